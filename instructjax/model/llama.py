@@ -41,12 +41,13 @@ class Dense(nnx.Module):
         self.dtype = jnp.dtype(config.dtype)
 
     def __call__(self, x: Array) -> Array:
-        """One 2-D matmul over the flattened contracted dims: the same maths as a tensordot with the 3-D
-        kernel, but its backward pass is ~13% faster on XLA:CPU (benchmarks/RESULTS.md)."""
+        """One 2-D matmul [tokens, in] @ [in, out] with batch and length flattened into tokens: the same
+        maths as a tensordot, but XLA:CPU runs the weight gradient as one plain GEMM instead of
+        transposing activations first (benchmarks/RESULTS.md)."""
         kernel = self.kernel[...].astype(self.dtype)
         in_size = math.prod(kernel.shape[: self.n_in])
         lead = x.shape[: x.ndim - self.n_in]
-        y = x.astype(self.dtype).reshape(*lead, in_size) @ kernel.reshape(in_size, -1)
+        y = x.astype(self.dtype).reshape(-1, in_size) @ kernel.reshape(in_size, -1)
         return y.reshape(*lead, *kernel.shape[self.n_in :])
 
 
