@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from instructjax.model.llama import Llama, attend, rope_cos_sin, rope_inv_freq
+from instructjax.model.llama import Llama, attend, attention_bias, rope_cos_sin, rope_inv_freq
 
 Array = jax.Array
 
@@ -49,13 +49,13 @@ def forward_cached(model: Llama, tokens: Array, positions: Array, cache: list, i
     cos, sin = rope_cos_sin(positions, rope_inv_freq(model.config))
     t, s = tokens.shape[1], key_valid.shape[1]
     causal = jnp.arange(s)[None, :] <= (index + jnp.arange(t))[:, None]  # [T, S]
-    mask = (causal[None] & key_valid[:, None, :].astype(bool))[:, None]  # [B, 1, T, S]
+    bias = attention_bias((causal[None] & key_valid[:, None, :].astype(bool))[:, None])  # [B, 1, T, S]
     new_cache = []
     for layer, (ck, cv) in zip(model.layers, cache, strict=True):
         q, k, v = layer.self_attn.qkv(layer.input_layernorm(x), cos, sin)
         ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
         cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
-        x = x + layer.self_attn.o_proj(attend(q, ck, cv, mask))
+        x = x + layer.self_attn.o_proj(attend(q, ck, cv, bias))
         x = x + layer.mlp(layer.post_attention_layernorm(x))
         new_cache.append((ck, cv))
     x = model.norm(x)
