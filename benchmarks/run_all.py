@@ -41,6 +41,10 @@ BENCHMARKS = {
     "gpu_mfu": ([], [], lambda s: ("skipped (no GPU)", ">= 45% MFU", None) if "skipped" in s else (
         f"{s['mfu']:.1%} MFU, {s['tokens_per_s']:,.0f} tokens/s on {s['device']}", ">= 45% MFU", s["mfu"] >= 0.45)),
     "mosaic_cost": ([], ["--rows", "200", "--passes", "1"], None),
+    "profile_step": ([], TINY, lambda s: (
+        f"step {s['wall_s']:.2f} s, {s['op_seconds']:.2f} s of op time: " + ", ".join(
+            f"{kind} {t / s['op_seconds']:.0%}" for kind, t in sorted(s["by_kind"].items(), key=lambda kv: -kv[1])[:3]),
+        "-", None)),
 }  # fmt: skip
 DEFAULT = [name for name in BENCHMARKS if name != "mosaic_cost"]
 
