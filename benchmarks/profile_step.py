@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import common  # noqa: E402
 
-HOST_THREADS = ("tf_XLAEigen", "XLA")  # XLA:CPU worker threads; on GPU the device planes are read instead
+HOST_THREADS = "tf_XLAEigen"  # XLA:CPU worker threads; on GPU the device planes are read instead
 
 
 def op_durations(trace_dir: str) -> dict[str, float]:
