@@ -1,15 +1,16 @@
-"""Tokenizer and encode_conversation: ids equal HF's on the full text, masks, truncation, speed."""
+"""Tokenizer and encode_conversation against the tokenizer libraries themselves: the `sentencepiece`
+processor for a `.model`, the raw `tokenizers.Tokenizer.from_file` for a `tokenizer.json`."""
 
 from __future__ import annotations
 
 import json
 import os
-import time
 
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from pretrained_models import reference_ids  # noqa: E402  (tests/pretrained_models.py)
 from text_strategies import FRAGMENTS, responses, texts  # noqa: E402  (tests/text_strategies.py)
 
 from instructjax.data.encode import count_tokens, encode_conversation, response_token_length
@@ -37,13 +38,11 @@ def tok():
 
 
 @pytest.fixture(scope="module")
-def hf_reference(tmp_path_factory):
-    """The transformers tokenizer built directly from the same .model file (BOS added, as for LLaMA)."""
-    from transformers import LlamaTokenizer
+def sp():
+    """The `sentencepiece` processor of the built-in default model: the reference for a `.model`."""
+    import sentencepiece as spm
 
-    d = tmp_path_factory.mktemp("spm")
-    os.symlink(default_tokenizer_path(), d / "tokenizer.model")
-    return LlamaTokenizer.from_pretrained(d, add_bos_token=True)
+    return spm.SentencePieceProcessor(model_file=default_tokenizer_path())
 
 
 def conv_of(*turns, system=None):
@@ -58,71 +57,55 @@ def trained_runs(mask: np.ndarray) -> list[tuple[int, int]]:
     return list(zip(edges[::2], edges[1::2], strict=True))
 
 
-def test_default_tokenizer_is_the_llama_layout(tok):
+def test_default_tokenizer_is_mistrals_sentencepiece_model(tok, sp):
     assert (tok.vocab_size, tok.unk_id, tok.bos_id, tok.eos_id, tok.pad_id) == (32000, 0, 1, 2, None)
-    assert tok.eos_token == "</s>"
+    assert tok.eos_token == "</s>" and tok.adds_bos
     assert tok.path == default_tokenizer_path()
     assert Tokenizer.load(None) is tok  # cached
+    assert tok.encode("Hello world") == sp.encode("Hello world") == [22557, 1526]  # LLaMA-2 says [15043, 3186]
 
 
-@pytest.fixture(scope="module")
-def sentencepiece_model():
-    import sentencepiece as spm
-
-    return spm.SentencePieceProcessor(model_file=default_tokenizer_path())
-
-
-@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(words=st.lists(st.sampled_from(FRAGMENTS[:3] + FRAGMENTS[10:20] + ["ÿ", "ü", "x9"]), max_size=12))
-def test_single_spaced_text_matches_the_sentencepiece_library(words, sentencepiece_model):
-    """On text without whitespace runs the HF engine gives the same ids as sentencepiece itself."""
-    text = " ".join(w for w in words if w.strip())
-    assert Tokenizer.load().encode(text) == sentencepiece_model.encode(text)
-
-
-@HYPO
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(text=texts)
-def test_encode_decode_offsets(text, hf_reference):
-    tok = Tokenizer.load()
+def test_encode_decode_offsets_equal_sentencepiece(text, tok, sp):
+    """Whitespace runs, a leading space, byte fallback: the ids are sentencepiece's own."""
     ids, offsets = tok.encode_with_offsets(text)
-    assert ids == tok.encode(text) == hf_reference(text, add_special_tokens=False).input_ids
-    assert tok.decode(ids) == hf_reference.decode(ids, skip_special_tokens=True)
-    if text and text[0] != " ":
-        assert tok.decode(ids) == text
+    assert ids == tok.encode(text) == sp.encode(text)
+    assert tok.decode(ids) == sp.decode(ids)
     assert len(offsets) == len(ids)
     assert all(0 <= a <= b <= len(text) for a, b in offsets)
 
 
 @HYPO
 @given(conv=conversations())
-def test_tokens_equal_hf_on_the_rendered_text_and_mask_covers_responses(conv, tok, hf_reference):
+def test_tokens_equal_sentencepiece_and_mask_covers_responses(conv, tok, sp):
     responses_text = [m["content"].strip() for m in conv.messages if m["role"] == "assistant"]
     for name in template_names():
         text = render(conv, name).text
         enc = encode_conversation(conv, name, tok)
         assert enc.tokens.dtype == np.int32 and enc.loss_mask.dtype == np.int32
-        assert enc.tokens.tolist() == hf_reference(text).input_ids, name
-        # the trained runs decode to exactly each response followed by the real EOS id
+        assert enc.tokens.tolist() == reference_ids(default_tokenizer_path(), text, bos="<s>", eos="</s>"), name
+        # the trained runs are exactly each response followed by the real EOS id
         runs = trained_runs(enc.loss_mask)
         assert len(runs) == len(responses_text), name
         for (a, b), response in zip(runs, responses_text, strict=True):
             assert enc.tokens[b - 1] == tok.eos_id
-            assert hf_reference.decode(enc.tokens[a:b].tolist()) == response + "</s>", name
+            assert sp.decode(enc.tokens[a : b - 1].tolist()) == response, name
         assert int((enc.tokens == tok.eos_id).sum()) == len(responses_text)
         assert enc.n_trained == int(enc.loss_mask.sum()) and not enc.truncated
         assert count_tokens(conv, name, tok) == len(enc)
 
 
-def test_tulu_mask_by_hand(tok, hf_reference):
+def test_tulu_mask_by_hand(tok, sp):
     conv = conv_of("What is 2+2?", "It is 4.", "And 3+3?", "6", system="Be exact.")
     enc = encode_conversation(conv, "tulu", tok)
-    pieces = hf_reference.convert_ids_to_tokens(enc.tokens.tolist())
+    pieces = [sp.id_to_piece(int(i)) for i in enc.tokens]
     trained = [p for p, m in zip(pieces, enc.loss_mask, strict=True) if m]
     assert trained == ["It", "▁is", "▁", "4", ".", "</s>", "6", "</s>"]
     assert pieces[0] == "<s>" and enc.loss_mask[0] == 0
-    # the newline after the first EOS is not trained
+    # the newline after the first EOS is not trained; sentencepiece gives it its own dummy prefix
     after_eos = pieces.index("</s>") + 1
-    assert pieces[after_eos] == "<0x0A>" and enc.loss_mask[after_eos] == 0
+    assert pieces[after_eos : after_eos + 2] == ["▁", "<0x0A>"] and not enc.loss_mask[after_eos : after_eos + 2].any()
 
 
 def test_literal_eos_text_in_content_is_not_an_eos_id(tok):
@@ -156,45 +139,46 @@ def test_truncation_that_leaves_nothing_is_flagged(tok):
         encode_conversation(conv, "tulu", tok, max_length=0)
 
 
-def test_no_bos(tok):
-    conv = conv_of("q", "a")
-    with_bos = encode_conversation(conv, "alpaca", tok)
-    without = encode_conversation(conv, "alpaca", tok, add_bos=False)
-    assert np.array_equal(with_bos.tokens[1:], without.tokens)
-    assert np.array_equal(with_bos.loss_mask[1:], without.loss_mask)
-
-
-def test_response_token_length(tok, hf_reference):
+def test_response_token_length(tok, sp):
     conv = conv_of("q", "  The answer is 42.  ", "more?", "Yes, plenty more.\n", system="s")
-    expected = sum(
-        len(hf_reference(r.strip(), add_special_tokens=False).input_ids)
-        for r in ["  The answer is 42.  ", "Yes, plenty more.\n"]
-    )
+    expected = sum(len(sp.encode(r.strip())) for r in ["  The answer is 42.  ", "Yes, plenty more.\n"])
     assert response_token_length(conv, tok) == expected
 
 
 # ---- tokenizers from Hugging Face directories --------------------------------------------------------
 
 
-def _legacy_llama_dir(tmp_path, tok) -> str:
-    """A LLaMA-2-hub-style tokenizer.json: Prepend("▁") normalizer, no pre-tokenizer (the 'legacy' layout)."""
-    hf = tok.to_hf()
-    spec = json.loads(hf.backend_tokenizer.to_str())
-    spec["normalizer"] = {
-        "type": "Sequence",
-        "normalizers": [
-            {"type": "Prepend", "prepend": "▁"},
-            {"type": "Replace", "pattern": {"String": " "}, "content": "▁"},
-        ],
-    }
+def _transformers_llama_dir(tmp_path) -> str:
+    """What transformers 5 writes for a LLaMA SentencePiece model: Metaspace(prepend_scheme="first")."""
+    from transformers import LlamaTokenizer
+
+    link = tmp_path / "spm"
+    link.mkdir()
+    os.symlink(default_tokenizer_path(), link / "tokenizer.model")
+    LlamaTokenizer.from_pretrained(str(link), add_bos_token=True).save_pretrained(tmp_path / "metaspace")
+    return str(tmp_path / "metaspace")
+
+
+def _legacy_llama_dir(tmp_path) -> str:
+    """A LLaMA-1/2-hub-style tokenizer.json: Prepend("▁") normalizer, no pre-tokenizer, BOS post-processor,
+    and a tokenizer_config.json naming LlamaTokenizer without a `legacy` flag."""
+    path = _transformers_llama_dir(tmp_path)
+    spec = json.loads((tmp_path / "metaspace" / "tokenizer.json").read_text())
+    spec["normalizer"] = {"type": "Sequence", "normalizers": [
+        {"type": "Prepend", "prepend": "▁"}, {"type": "Replace", "pattern": {"String": " "}, "content": "▁"}]}
     spec["pre_tokenizer"] = None
-    hf.save_pretrained(tmp_path)
-    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
-    return str(tmp_path)
+    spec["post_processor"] = {"type": "TemplateProcessing", "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}},
+                              {"Sequence": {"id": "A", "type_id": 0}}], "pair": [{"Sequence": {"id": "A", "type_id": 0}}],
+                              "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}}  # fmt: skip
+    (tmp_path / "metaspace" / "tokenizer.json").write_text(json.dumps(spec))
+    config = json.loads((tmp_path / "metaspace" / "tokenizer_config.json").read_text())
+    config.pop("legacy", None)
+    (tmp_path / "metaspace" / "tokenizer_config.json").write_text(json.dumps({**config, "add_bos_token": True}))
+    return path
 
 
 def _byte_level_bpe_dir(tmp_path) -> str:
-    """A small byte-level BPE (LLaMA-3/GPT-2 style) trained here, saved as an HF tokenizer directory."""
+    """A small byte-level BPE (LLaMA-3/GPT-2 style) trained here: a BOS token exists but is not added."""
     from tokenizers import Tokenizer as RustTokenizer
     from tokenizers import decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -202,50 +186,64 @@ def _byte_level_bpe_dir(tmp_path) -> str:
     rust = RustTokenizer(models.BPE())
     rust.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     rust.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=400,
-        special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    corpus = [" ".join(FRAGMENTS) * 3, "Below is an instruction that describes a task. " * 5]
-    rust.train_from_iterator(corpus, trainer)
-    hf = PreTrainedTokenizerFast(
-        tokenizer_object=rust, bos_token="<|begin_of_text|>", eos_token="<|end_of_text|>"
-    )
-    hf.save_pretrained(tmp_path)
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<|begin_of_text|>", "<|end_of_text|>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    rust.train_from_iterator([" ".join(FRAGMENTS) * 3, "Below is an instruction that describes a task. " * 5], trainer)
+    PreTrainedTokenizerFast(tokenizer_object=rust, bos_token="<|begin_of_text|>",
+                            eos_token="<|end_of_text|>").save_pretrained(tmp_path)
     return str(tmp_path)
 
 
-@pytest.mark.parametrize("kind", ["saved_default", "legacy_llama", "byte_level_bpe"])
-def test_hf_directory_tokenizers_match_hf_on_full_text(kind, tmp_path, tok):
-    from transformers import AutoTokenizer
+def _saved_default_dir(tmp_path) -> str:
+    return Tokenizer.load().save(str(tmp_path / "saved"))
 
-    if kind == "saved_default":
-        tok.to_hf().save_pretrained(tmp_path)
-        path = str(tmp_path)
-    elif kind == "legacy_llama":
-        path = _legacy_llama_dir(tmp_path, tok)
-    else:
-        path = _byte_level_bpe_dir(tmp_path)
+
+DIRS = {  # kind -> (builder, does the tokenizer add BOS)
+    "saved_default": (_saved_default_dir, True),
+    "legacy_llama": (_legacy_llama_dir, True),
+    "metaspace_first": (_transformers_llama_dir, True),
+    "byte_level_bpe": (_byte_level_bpe_dir, False),
+}
+
+
+@pytest.mark.parametrize("kind", list(DIRS))
+def test_hf_directory_tokenizers_equal_the_raw_file(kind, tmp_path):
+    """Ids of BOS (where added) + the rendered text = `tokenizers.Tokenizer.from_file` on that one string,
+    including after every special token (the legacy Prepend normalizer adds "▁" there, Metaspace "first"
+    does not)."""
+    from tokenizers import Tokenizer as Raw
+
+    build, adds_bos = DIRS[kind]
+    path = build(tmp_path)
     ours = Tokenizer.load(path)
-    reference = AutoTokenizer.from_pretrained(path)
-    conv = conv_of(
-        "Hi  there\n    return x", " Hello!\n\n  日本語 ", "café?", "Привет 😀", system="System: be brief."
-    )
+    assert ours.adds_bos == adds_bos
+    raw = Raw.from_file(os.path.join(path, "tokenizer.json"))
+    conv = conv_of("Hi  there\n    return x", " Hello!\n\n  日本語 ", "café?", "Привет 😀", system="System: be brief.")
     for name in template_names():
         text = render(conv, name, eos_token=ours.eos_token).text
         enc = encode_conversation(conv, name, ours)
-        expected = reference(text, add_special_tokens=False).input_ids
-        if ours.bos_id is not None:
-            expected = [ours.bos_id] + expected
-        assert enc.tokens.tolist() == expected, (kind, name)
+        bos = ours.bos_token if adds_bos else None
+        assert enc.tokens.tolist() == reference_ids(path, text, bos=bos, eos=ours.eos_token), (kind, name)
         runs = trained_runs(enc.loss_mask)
-        assert [reference.decode(enc.tokens[a:b].tolist()).strip() for a, b in runs] == [
-            "Hello!\n\n  日本語" + ours.eos_token,
-            "Привет 😀" + ours.eos_token,
-        ]
+        assert [raw.decode(enc.tokens[a:b - 1].tolist()).strip() for a, b in runs] == ["Hello!\n\n  日本語", "Привет 😀"]
+        assert all(enc.tokens[b - 1] == ours.eos_id for _, b in runs)
     if kind == "saved_default":
-        assert ours.encode("a  b\n c") == tok.encode("a  b\n c")
+        assert ours == Tokenizer.load() and ours.encode("a  b\n c") == Tokenizer.load().encode("a  b\n c")
+
+
+def test_transformers_5_rewrites_a_legacy_llama_tokenizer_and_our_export_does_not(tmp_path):
+    """transformers 5 loads a LLaMA-1/2 `tokenizer.json` as a LlamaTokenizer with Metaspace("first") in place
+    of its Prepend normalizer, so the ids after `</s>` differ from the file's. The file is right for this
+    family (it is what sentencepiece, and Meta's per-turn encoding, give); what we export names the generic
+    fast class, so transformers reads it as written."""
+    from transformers import AutoTokenizer
+
+    path = _legacy_llama_dir(tmp_path)
+    text = "<s><|user|>\nHi\n<|assistant|>\nHello</s>\n<|user|>\nMore"
+    raw_ids = reference_ids(path, text[3:], bos="<s>", eos="</s>")
+    assert AutoTokenizer.from_pretrained(path)(text, add_special_tokens=False).input_ids != raw_ids
+    exported = Tokenizer.load(path).save(str(tmp_path / "exported"))
+    assert AutoTokenizer.from_pretrained(exported)(text, add_special_tokens=False).input_ids == raw_ids
 
 
 def test_bad_tokenizer_paths(tmp_path):
@@ -263,28 +261,31 @@ def test_pickles_as_its_path(tok):
     assert pickle.loads(pickle.dumps(tok)) is tok
 
 
-def test_throughput(tok):
-    """encode_conversation on a few thousand synthetic conversations; rates are printed (-s).
+SPM_KINDS = {  # trainer options of locally trained SentencePiece models, besides the LLaMA-like default
+    "bpe_nfkc_collapse": dict(model_type="bpe", normalization_rule_name="nmt_nfkc", remove_extra_whitespaces=True),
+    "unigram": dict(model_type="unigram", byte_fallback=True, normalization_rule_name="identity",
+                    remove_extra_whitespaces=False),
+    "bpe_no_dummy_prefix": dict(model_type="bpe", byte_fallback=True, add_dummy_prefix=False,
+                                normalization_rule_name="identity", remove_extra_whitespaces=False),
+}
 
-    The bound is on CPU time of this process, so that other jobs on a shared machine do not fail it.
-    """
-    rng = np.random.default_rng(0)
-    words = np.array(
-        "the of and to in is that for it as with was on be by this are or from at".split() + FRAGMENTS
-    )
 
-    def sentence(n):
-        return " ".join(rng.choice(words, size=n))
+@pytest.fixture(scope="module")
+def trained_spm(tmp_path_factory):
+    import sentencepiece as spm
+    from pretrained_models import corpus
 
-    convs = [
-        conv_of(*[sentence(int(rng.integers(10, 120))) for _ in range(2 * int(rng.integers(1, 3)))])
-        for _ in range(1000)
-    ]
-    wall, cpu = time.perf_counter(), time.process_time()
-    n_tokens = sum(len(encode_conversation(c, "tulu", tok, max_length=2048)) for c in convs)
-    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    print(
-        f"\nencode_conversation: {len(convs)} conversations, {n_tokens} tokens, "
-        f"{n_tokens / wall:,.0f} tokens/s wall, {n_tokens / cpu:,.0f} tokens/s of CPU time"
-    )
-    assert n_tokens / cpu > 15_000  # a gross-regression guard only: CPU time on shared machines varies 6x
+    out = {}
+    for kind, options in SPM_KINDS.items():
+        prefix = str(tmp_path_factory.mktemp(kind) / "m")
+        spm.SentencePieceTrainer.train(sentence_iterator=iter(corpus()), model_prefix=prefix, vocab_size=600,
+                                       hard_vocab_limit=False, minloglevel=2, num_threads=1, **options)
+        out[kind] = (Tokenizer.load(prefix + ".model"), spm.SentencePieceProcessor(model_file=prefix + ".model"))
+    return out
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=texts)
+def test_converted_sentencepiece_models_give_sentencepieces_ids(text, trained_spm):
+    for kind, (ours, sp) in trained_spm.items():
+        assert ours.encode(text) == sp.encode(text), kind

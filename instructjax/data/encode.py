@@ -1,8 +1,11 @@
 """Conversation -> token ids and the per-token loss mask (1 on assistant content and the EOS after it).
 
-The rendered text is cut at each end-of-sequence marker; the pieces are tokenized (the first as a
-sequence start, the rest as continuations, exactly as HF tokenizes the whole string) and the real EOS
-id is put between them. A token is trained when its characters overlap a trained span of the template.
+The ids are the tokenizer's ids of one string: BOS (where the tokenizer adds one), then the rendered
+conversation with the tokenizer's EOS token after each assistant turn. The rendered text is cut at each
+EOS marker; the pieces are tokenized the way the engine tokenizes them inside that string (the first as
+a sequence start unless it follows BOS, the rest after a special token) and the real EOS id is put
+between them, so a literal "</s>" typed in a message stays text. A token is trained when its
+characters overlap a trained span of the template.
 """
 
 from __future__ import annotations
@@ -40,7 +43,6 @@ def encode_conversation(
     template: str | ChatTemplate,
     tokenizer: Tokenizer,
     max_length: int | None = None,
-    add_bos: bool = True,
 ) -> Encoded:
     """Tokenize `conv` under `template`; keep at most `max_length` tokens (BOS included)."""
     if max_length is not None and max_length < 1:
@@ -63,10 +65,10 @@ def encode_conversation(
 
     token_parts: list[np.ndarray] = []
     mask_parts: list[np.ndarray] = []
-    if add_bos and tokenizer.bos_id is not None:
+    if tokenizer.adds_bos:
         token_parts.append(np.array([tokenizer.bos_id], np.int32))
         mask_parts.append(np.zeros(1, np.int32))
-    for i, (ids, offsets) in enumerate(tokenizer.encode_continued(pieces)):
+    for i, (ids, offsets) in enumerate(tokenizer.encode_continued(pieces, after_special=tokenizer.adds_bos)):
         if ids:
             spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2) + bounds[2 * i]
             starts, ends = spans[:, 0], spans[:, 1]

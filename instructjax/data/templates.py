@@ -36,6 +36,7 @@ from typing import Any
 from instructjax.data.schema import Conversation
 from instructjax.errors import ConfigError, DataError
 
+DEFAULT_TEMPLATE = "tulu"
 PROMPT = "prompt"
 RESPONSE = "response"
 EOS = "eos"
@@ -97,9 +98,11 @@ def get_template(template: str | ChatTemplate) -> ChatTemplate:
     return _TEMPLATES[template]
 
 
-def jinja_template(name: str) -> str:
-    """The Jinja chat template (for HF `apply_chat_template`) equivalent to template `name`."""
-    return get_template(name).jinja
+def jinja_template(name: str, *, bos: bool = False) -> str:
+    """The Jinja chat template (for HF `apply_chat_template`) equivalent to template `name`; with `bos`
+    it starts with `{{ bos_token }}` (for a tokenizer that adds BOS: `apply_chat_template(tokenize=True)`
+    adds no special tokens of its own, so the template must)."""
+    return ("{{ bos_token }}" if bos else "") + get_template(name).jinja
 
 
 def render(conv: Conversation, template: str | ChatTemplate, eos_token: str = "</s>") -> Rendered:

@@ -1,123 +1,177 @@
-"""The tokenizer every part of instructjax uses: one object over a SentencePiece .model or an HF directory.
+"""The run's tokenizer: the model's own tokenizer files, run by the `tokenizers` (Rust) engine as written.
 
-Both kinds are run by the Hugging Face `tokenizers` (Rust) engine, so the ids we train on are exactly the
-ids the exported HF tokenizer produces at evaluation time. (The `sentencepiece` library itself splits
-whitespace runs differently from HF's converted LLaMA tokenizer, e.g. "  hi" -> "▁" "▁hi" vs "▁▁" "hi";
-we follow HF, the format the trained model ships in.)
+What a path may be:
+- an HF tokenizer directory with `tokenizer.json`: the engine is that file exactly as
+  `tokenizers.Tokenizer.from_file` reads it; the special tokens, `add_bos_token` and the chat template
+  come from `tokenizer_config.json` (or `special_tokens_map.json`);
+- a SentencePiece `.model` file, or a directory holding only `tokenizer.model`: converted so that the
+  engine gives the `sentencepiece` library's own ids (`instructjax.data.spm_convert`);
+- None: the built-in default, Mistral-7B's 32000-piece SentencePiece model from the `mistral-common`
+  package. It is only for from-scratch presets: a pretrained model brings its own tokenizer.
 
-A SentencePiece model adds a "dummy prefix" (a leading "▁") to the start of a text. After a special token
-in the middle of a sequence HF adds none (Metaspace `prepend_scheme="first"`). `encode_continued` mirrors
-this: the first text is encoded as a start, the following ones as continuations, so that encoding the
-pieces between end-of-sequence markers one by one equals encoding the whole string with HF.
+Which ids are right, per model family (both are tested against the raw file / `sentencepiece`):
+- SentencePiece models (LLaMA-1/2, Mistral): every text piece between special tokens gets the dummy
+  prefix "▁", as `sentencepiece` encodes each piece and as their hub `tokenizer.json` says (a legacy
+  `Prepend("▁")` normalizer). transformers 5's `LlamaTokenizer` replaces that normalizer with
+  `Metaspace(prepend_scheme="first")` unless `legacy: true`, which changes the ids after every `</s>`;
+  we follow the file, and export with the generic `PreTrainedTokenizerFast` class so transformers, vLLM
+  and lm-eval read the exported `tokenizer.json` as written and see the ids we trained on.
+- Byte-level BPE (GPT-2 style, LLaMA-3): no prefix rule; the raw file and transformers agree.
+
+One rule for BOS: it is added where the tokenizer adds one (`add_bos_token`, else its post-processor),
+in training (`encode.py`), in the exported chat template (`{{ bos_token }}` first) and in generation.
+Text after a special token (BOS, or an EOS between turns) is encoded the way the engine encodes it
+inside a string holding that special token (`encode_continued`). Literal special-token strings inside
+a text (e.g. a user writing "</s>") are plain text: special ids are only ever inserted by code.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
+import hashlib
 import json
 import os
-import pickle
+import shutil
 import tempfile
+
+from tokenizers import Tokenizer as Engine
+from tokenizers import processors
 
 from instructjax.errors import ConfigError
 
+SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
+EXPORT_CLASS = "PreTrainedTokenizerFast"  # generic: transformers 4 and 5, vLLM read tokenizer.json as written
+
 
 def default_tokenizer_path() -> str:
-    """The real LLaMA-layout 32000-piece SentencePiece model shipped in the `mistral-common` package."""
+    """Mistral-7B's SentencePiece model (32000 pieces, byte fallback, unk/bos/eos = 0/1/2) from `mistral-common`.
+
+    Not LLaMA's: "Hello world" is [22557, 1526] here, [15043, 3186] in LLaMA-2. For from-scratch presets only.
+    """
     import mistral_common
 
     return os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
 
 
-def _load_hf(path: str):
-    """A transformers tokenizer (tokenizers backend) from a .model file or an HF tokenizer directory."""
-    if os.path.isdir(path):
-        has_hf_files = any(
-            os.path.exists(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer_config.json")
-        )
-        if not has_hf_files and os.path.exists(os.path.join(path, "tokenizer.model")):
-            return _load_hf(os.path.join(path, "tokenizer.model"))
-        from transformers import AutoTokenizer  # imports torch when installed: only for directories
+def _token_text(value) -> str | None:
+    if isinstance(value, dict):
+        return value.get("content")
+    return value if isinstance(value, str) else None
 
-        try:
-            hf = AutoTokenizer.from_pretrained(path, local_files_only=True)
-        except Exception as e:  # transformers raises many types for a bad directory
-            raise ConfigError(f"tokenizer directory {path}: cannot load with AutoTokenizer: {e}") from e
-    elif os.path.isfile(path):
-        from transformers import LlamaTokenizer
 
-        # transformers converts a SentencePiece model only when the file is named *.model: link it so.
-        link_dir = tempfile.mkdtemp(prefix="instructjax-spm-")
-        os.symlink(os.path.abspath(path), os.path.join(link_dir, "tokenizer.model"))
-        try:
-            hf = LlamaTokenizer.from_pretrained(link_dir, add_bos_token=True, local_files_only=True)
-        except Exception as e:
-            raise ConfigError(f"tokenizer file {path}: not a loadable SentencePiece model: {e}") from e
-    else:
+def _read_json(path: str) -> dict:
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"tokenizer file {path}: not valid JSON ({e})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"tokenizer file {path}: expected a JSON object")
+    return data
+
+
+def _chat_template(directory: str, config: dict) -> str | None:
+    jinja = os.path.join(directory, "chat_template.jinja")
+    if os.path.isfile(jinja):
+        with open(jinja, encoding="utf-8") as f:
+            return f.read()
+    template = config.get("chat_template")
+    if isinstance(template, list):  # [{name, template}, ...]: the default one
+        template = next((t["template"] for t in template if t.get("name") == "default"), None)
+    return template if isinstance(template, str) else None
+
+
+def _read(path: str) -> tuple[Engine, dict, bool | None, str | None]:
+    """(engine, special token strings, add_bos_token or None if unsaid, chat template) of a tokenizer path."""
+    from instructjax.data import spm_convert
+
+    if os.path.isfile(path):  # a bare SentencePiece model: BOS first, as LLaMA's and Mistral's code adds it
+        engine, special = spm_convert.engine_from_model(path)
+        return engine, special, special["bos_token"] is not None, None
+    if not os.path.isdir(path):
         raise ConfigError(f"tokenizer path {path} does not exist")
-    if getattr(hf, "backend_tokenizer", None) is None:
-        raise ConfigError(f"tokenizer {path}: needs a fast (tokenizers) backend, got {type(hf).__name__}")
-    if hf.eos_token_id is None:
-        raise ConfigError(f"tokenizer {path}: has no end-of-sequence token")
-    return hf
+    config_path = os.path.join(path, "tokenizer_config.json")
+    config = _read_json(config_path) if os.path.isfile(config_path) else {}
+    special_map_path = os.path.join(path, "special_tokens_map.json")
+    special_map = _read_json(special_map_path) if os.path.isfile(special_map_path) else {}
+    if os.path.isfile(os.path.join(path, "tokenizer.json")):
+        try:
+            engine = Engine.from_file(os.path.join(path, "tokenizer.json"))
+        except Exception as e:  # noqa: BLE001 - the Rust engine raises plain Exceptions
+            raise ConfigError(f"tokenizer file {os.path.join(path, 'tokenizer.json')}: cannot load ({e})") from None
+        special = {}
+    elif os.path.isfile(os.path.join(path, "tokenizer.model")):
+        engine, special = spm_convert.engine_from_model(os.path.join(path, "tokenizer.model"))
+        config.setdefault("add_bos_token", special["bos_token"] is not None)
+    else:
+        raise ConfigError(f"tokenizer directory {path}: no tokenizer.json or tokenizer.model")
+    for key in SPECIAL_KEYS:  # the config's word wins over the model file's
+        text = _token_text(config.get(key, special_map.get(key)))
+        if key in config or key in special_map:
+            special[key] = text
+    add_bos = config.get("add_bos_token")
+    return engine, special, (bool(add_bos) if add_bos is not None else None), _chat_template(path, config)
 
 
-def _engines(backend) -> tuple:
-    """Two copies of the Rust tokenizer: one for a sequence start, one adding no dummy prefix ("▁").
+def _continuation_engine(engine: Engine) -> Engine:
+    """A copy of `engine` that encodes a text as it does right after a special token.
 
-    Both encode special-token strings as plain text. When HF would encode a text after a special
-    token like a fresh text (no Metaspace `prepend_scheme="first"`), the two are the same object.
+    A Metaspace pre-tokenizer with `prepend_scheme="first"` adds the dummy prefix only to the piece at the
+    start of the whole input; the copy never adds it. Every other engine treats the two alike (a
+    `Prepend` normalizer runs on each piece between special tokens), and the engine itself is returned.
     """
-    from tokenizers import Tokenizer as RustTokenizer
+    spec = json.loads(engine.to_str())
 
-    serialized = backend.to_str()
-    engine = RustTokenizer.from_str(serialized)
-    engine.encode_special_tokens = True
-    pre_spec = json.loads(engine.pre_tokenizer.__getstate__()) if engine.pre_tokenizer else None
-
-    def drop_prefix(pre: dict | None) -> bool:
-        if pre is None:
+    def first_to_never(node) -> bool:
+        if not isinstance(node, dict):
             return False
-        if pre.get("type") == "Sequence":
-            return any([drop_prefix(p) for p in pre["pretokenizers"]])
-        if pre.get("type") == "Metaspace" and pre.get("prepend_scheme") == "first":
-            pre["prepend_scheme"] = "never"
+        if node.get("type") == "Sequence":
+            return any([first_to_never(p) for p in node.get("pretokenizers", [])])
+        if node.get("type") == "Metaspace" and node.get("prepend_scheme") == "first":
+            node["prepend_scheme"] = "never"
             return True
         return False
 
-    if not drop_prefix(pre_spec):
-        return engine, engine
-    continuation = RustTokenizer.from_str(serialized)
+    if not first_to_never(spec.get("pre_tokenizer")):
+        return engine
+    continuation = Engine.from_str(json.dumps(spec))
     continuation.encode_special_tokens = True
-    pre = pickle.loads(pickle.dumps(engine.pre_tokenizer))  # a copy of the same class
-    pre.__setstate__(json.dumps(pre_spec).encode())
-    continuation.pre_tokenizer = pre
-    return engine, continuation
+    return continuation
 
 
 class Tokenizer:
-    """Text <-> ids for training and export. Build with `Tokenizer.load(path_or_none)`.
+    """Text <-> ids for training, selection, export and generation. Build with `Tokenizer.load(path)`."""
 
-    Literal special-token strings inside a text (e.g. a user writing "</s>") are encoded as plain text;
-    special ids are only ever inserted by code (BOS, the EOS after each assistant turn).
-    """
-
-    def __init__(self, hf_tokenizer, path: str):
+    def __init__(self, path: str):
         self.path = path
-        self._hf = hf_tokenizer
-        self._engine, self._continuation = _engines(hf_tokenizer.backend_tokenizer)
-        self.vocab_size: int = len(hf_tokenizer)
-        self.bos_id: int | None = hf_tokenizer.bos_token_id
-        self.eos_id: int = hf_tokenizer.eos_token_id
-        self.pad_id: int | None = hf_tokenizer.pad_token_id
-        self.unk_id: int | None = hf_tokenizer.unk_token_id
-        self.eos_token: str = hf_tokenizer.eos_token
-        self._special_ids = frozenset(hf_tokenizer.all_special_ids)
+        raw, special, add_bos, self.chat_template = _read(path)
+        vocab = raw.get_vocab(with_added_tokens=True)
+        self.vocab_size: int = max(vocab.values()) + 1
+        ids = {key: (vocab.get(special[key]) if special.get(key) else None) for key in SPECIAL_KEYS}
+        for key in SPECIAL_KEYS:
+            if special.get(key) and ids[key] is None:
+                raise ConfigError(f"tokenizer {path}: its {key} {special[key]!r} is not in the vocabulary")
+        self.bos_token, self.eos_token = special.get("bos_token"), special.get("eos_token")
+        self.unk_token, self.pad_token = special.get("unk_token"), special.get("pad_token")
+        self.bos_id, self.eos_id, self.unk_id, self.pad_id = (ids[k] for k in SPECIAL_KEYS)
+        if self.eos_id is None:
+            raise ConfigError(f"tokenizer {path}: has no end-of-sequence token (eos_token in tokenizer_config.json)")
+        if add_bos is None:  # unsaid: what the post-processor does
+            add_bos = self.bos_id is not None and raw.encode("a", add_special_tokens=True).ids[:1] == [self.bos_id]
+        self.adds_bos: bool = bool(add_bos) and self.bos_id is not None
+        raw.post_processor = (processors.TemplateProcessing(single=f"{self.bos_token} $A", pair=f"{self.bos_token} $A $B",
+                                                            special_tokens=[(self.bos_token, self.bos_id)])
+                              if self.adds_bos else None)  # fmt: skip
+        self._serialized = raw.to_str()
+        self._engine = Engine.from_str(self._serialized)
+        self._engine.encode_special_tokens = True
+        self._continuation = _continuation_engine(self._engine)
+        self.fingerprint: str = hashlib.sha256(
+            json.dumps([self._serialized, [getattr(self, k) for k in SPECIAL_KEYS], self.adds_bos]).encode()).hexdigest()[:16]
 
     @classmethod
     def load(cls, path: str | None = None) -> Tokenizer:
-        """Load (cached per path): None -> the default LLaMA .model; a .model file; an HF tokenizer dir."""
+        """Load (cached per path): None -> the built-in default; a `.model` file; an HF tokenizer directory."""
         return _load_cached(os.path.abspath(path) if path else default_tokenizer_path())
 
     def __reduce__(self):  # pickles as its path: cheap to send to tf.data / worker processes
@@ -125,6 +179,12 @@ class Tokenizer:
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.path!r}, vocab_size={self.vocab_size})"
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Tokenizer) and other.fingerprint == self.fingerprint
+
+    def __hash__(self) -> int:
+        return hash(self.fingerprint)
 
     def encode(self, text: str) -> list[int]:
         """Ids of `text` as the start of a sequence, without BOS/EOS."""
@@ -139,34 +199,83 @@ class Tokenizer:
         enc = self._engine.encode(text, add_special_tokens=False)
         return enc.ids, enc.offsets
 
-    def encode_continued(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]]]]:
+    def encode_continued(self, texts: list[str], *, after_special: bool = False
+                         ) -> list[tuple[list[int], list[tuple[int, int]]]]:
         """Ids and offsets of texts that follow one another in one sequence, separated by special ids.
 
-        The first text is encoded as a sequence start, the rest as continuations (no dummy prefix),
-        which is how HF tokenizes a string holding special tokens between these texts.
+        The first text is a sequence start unless `after_special` (it follows BOS); every other text
+        follows a special id. This is how the engine tokenizes one string holding those special tokens.
         """
         out = []
-        if texts:
+        if texts and not after_special:
             first = self._engine.encode(texts[0], add_special_tokens=False)
             out.append((first.ids, first.offsets))
-        if len(texts) > 1:
-            for enc in self._continuation.encode_batch(texts[1:], add_special_tokens=False):
-                out.append((enc.ids, enc.offsets))
+            texts = texts[1:]
+        if texts:
+            out += [(e.ids, e.offsets) for e in self._continuation.encode_batch(texts, add_special_tokens=False)]
         return out
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """Text of `ids` (a list or numpy array); special ids (BOS, EOS, UNK, PAD) dropped by default."""
-        ids = [int(i) for i in ids]
-        return self._engine.decode(ids, skip_special_tokens=skip_special_tokens)
+        return self._engine.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    # ---- the HF files ------------------------------------------------------------------------------
+
+    def files(self, chat_template: str | None = None) -> dict[str, str]:
+        """The HF tokenizer files (name -> text): `tokenizer.json` as the engine reads it, and a
+        `tokenizer_config.json` naming the generic fast class, the special tokens and `chat_template`
+        (default: the tokenizer's own)."""
+        template = chat_template if chat_template is not None else self.chat_template
+        config = {"tokenizer_class": EXPORT_CLASS, "add_bos_token": self.adds_bos, "add_eos_token": False,
+                  "clean_up_tokenization_spaces": False, "model_max_length": 1 << 30}
+        config.update({key: getattr(self, key) for key in SPECIAL_KEYS if getattr(self, key) is not None})
+        files = {"tokenizer.json": self._serialized, "tokenizer_config.json": json.dumps(config, indent=2)}
+        if template is not None:
+            config["chat_template"] = template  # transformers < 4.43 reads it here, later ones the .jinja file
+            files["tokenizer_config.json"] = json.dumps(config, indent=2)
+            files["chat_template.jinja"] = template
+        return files
+
+    def save(self, directory: str, chat_template: str | None = None) -> str:
+        """Write `files(chat_template)` into `directory` (an HF tokenizer directory); returns it."""
+        os.makedirs(directory, exist_ok=True)
+        for name, text in self.files(chat_template).items():
+            with open(os.path.join(directory, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        return directory
 
     def to_hf(self, chat_template: str | None = None):
-        """A transformers tokenizer (a copy) for `save_pretrained`, carrying `chat_template` if given."""
-        hf = copy.deepcopy(self._hf)
-        if chat_template is not None:
-            hf.chat_template = chat_template
+        """A transformers tokenizer over the same engine (for `apply_chat_template`, lm-eval, generation)."""
+        from transformers import PreTrainedTokenizerFast
+
+        kwargs = {key: getattr(self, key) for key in SPECIAL_KEYS if getattr(self, key) is not None}
+        hf = PreTrainedTokenizerFast(tokenizer_object=Engine.from_str(self._serialized), clean_up_tokenization_spaces=False,
+                                     **kwargs)  # fmt: skip
+        template = chat_template if chat_template is not None else self.chat_template
+        if template is not None:
+            hf.chat_template = template
         return hf
 
 
-@functools.lru_cache(maxsize=8)
+@functools.lru_cache(maxsize=16)
 def _load_cached(path: str) -> Tokenizer:
-    return Tokenizer(_load_hf(path), path)
+    return Tokenizer(path)
+
+
+def materialize(files: dict[str, str]) -> str:
+    """A tokenizer directory holding `files` (from `Tokenizer.files`), content-addressed under the temp
+    directory so the same files always give the same path (and one cached `Tokenizer`)."""
+    digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:20]
+    parent = os.path.join(tempfile.gettempdir(), "instructjax-tokenizers")
+    directory = os.path.join(parent, digest)
+    if not os.path.isdir(directory):
+        os.makedirs(parent, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{digest}-", dir=parent)
+        for name, text in files.items():
+            with open(os.path.join(staging, name), "w", encoding="utf-8") as f:
+                f.write(text)
+        try:
+            os.rename(staging, directory)  # atomic: a concurrent writer either wins or finds it done
+        except OSError:
+            shutil.rmtree(staging, ignore_errors=True)
+    return directory
