@@ -70,6 +70,8 @@ class RunConfig:
     log_every: int = 10
     mesh: dict[str, int] = field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})
     distributed: bool = False  # call jax.distributed.initialize (also when JAX_COORDINATOR_ADDRESS is set)
+    tokenizer: str | None = None  # None: the one saved with model.init_from (the built-in default from scratch)
+    template: str | None = None  # chat template of every task; None: the tasks' own (tulu unless they say)
     model: ModelSection = field(default_factory=ModelSection)
     data: DataConfig = field(default_factory=lambda: DataConfig(mixture="acp_ACP_builtin"))
     optim: OptimSection = field(default_factory=OptimSection)

@@ -229,7 +229,7 @@ def estimate_epoch(config: RunConfig) -> DataEstimate:
         per_task[task] = n
         length = min(mean_len, data.seq_len)
         if data.mosaic is not None:
-            cap = max(1, int(data.mosaic.max_length // mean_len))
+            cap = max(1, int((data.mosaic.max_length or data.seq_len) // mean_len))
             rng = np.random.default_rng(0)
             k = np.mean([min(sample_count(rng, data.mosaic), cap) for _ in range(4000)])
             n_out, length = n / k, min(k * mean_len, data.seq_len)
@@ -243,10 +243,12 @@ def estimate_epoch(config: RunConfig) -> DataEstimate:
 
 
 def real_epoch(config: RunConfig) -> DataEstimate:
-    """One epoch counted by the real pipeline (reads and encodes the data: local or built-in only)."""
+    """One epoch counted by the real pipeline with the run's tokenizer (reads and encodes the data: local or
+    built-in only)."""
+    from instructjax import run_setup
     from instructjax.data.pipeline import DataPipeline
 
-    plan = DataPipeline(config.data).plan_epoch(0)
+    plan = DataPipeline(run_setup.bind_data(config, run_setup.tokenizer_path(config)).config).plan_epoch(0)
     return DataEstimate(plan.examples, plan.rows, plan.tokens, plan.steps, "the real pipeline (data read and packed)")
 
 

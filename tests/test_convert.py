@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shutil
-import tempfile
 
 import jax.numpy as jnp
 import numpy as np
@@ -23,8 +21,8 @@ from instructjax.convert.hf import (  # noqa: E402
     load_model,
     read_hf_config,
 )
-from instructjax.data.templates import jinja_template, render  # noqa: E402
-from instructjax.data.tokenizer import Tokenizer  # noqa: E402
+from instructjax.data.templates import render  # noqa: E402
+from instructjax.data.tokenizer import default_tokenizer_path  # noqa: E402
 
 BASE = dict(vocab_size=32000, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
@@ -39,7 +37,8 @@ CONFIGS = {
 
 
 def make_hf(directory, name: str, *, seed: int = 0, **save_kwargs) -> str:
-    """A random HF LlamaForCausalLM (+ the LLaMA tokenizer with the tulu template) saved under directory/name."""
+    """A random HF LlamaForCausalLM saved under directory/name with a LLaMA-2-style tokenizer: the built-in
+    SentencePiece model as `tokenizer.model` and a `tokenizer_config.json` (no chat template, as base models)."""
     torch.manual_seed(seed)
     config = transformers.LlamaConfig(**{**BASE, **CONFIGS[name]})
     model = transformers.LlamaForCausalLM(config).float()
@@ -49,16 +48,10 @@ def make_hf(directory, name: str, *, seed: int = 0, **save_kwargs) -> str:
                 p.uniform_(0.5, 1.5)
     path = os.path.join(directory, name)
     model.save_pretrained(path, **save_kwargs)
-    for name in os.listdir(_tokenizer_dir()):
-        shutil.copy(os.path.join(_tokenizer_dir(), name), path)
-    return path
-
-
-@functools.lru_cache(maxsize=1)
-def _tokenizer_dir() -> str:
-    """The LLaMA tokenizer with the tulu template, converted once per process (conversion is slow)."""
-    path = tempfile.mkdtemp(prefix="instructjax-test-tok-")
-    Tokenizer.load(None).to_hf(jinja_template("tulu")).save_pretrained(path)
+    shutil.copy(default_tokenizer_path(), os.path.join(path, "tokenizer.model"))
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                   "add_bos_token": True, "legacy": True}, f)
     return path
 
 
@@ -104,7 +97,7 @@ def test_sharded_export_has_index(round_trips):
 def test_export_logits_match_jax(round_trips, name):
     """transformers loads the export; its fp32 logits equal the JAX model's on the checkpoint."""
     _, ckpt, exported = round_trips[name]
-    model, _ = load_model(ckpt, dtype="float32")
+    model = load_model(ckpt, dtype="float32")
     rng = np.random.default_rng(1)
     tokens = rng.integers(0, 32000, size=(2, 80)).astype(np.int32)  # > original_max_position_embeddings
     positions = np.broadcast_to(np.arange(80), tokens.shape)
@@ -120,19 +113,22 @@ def test_export_logits_match_jax(round_trips, name):
 
 
 def test_exported_tokenizer_reproduces_training_format(round_trips, tmp_path):
-    """apply_chat_template on the export gives the training text, and the same ids as our tokenizer."""
+    """apply_chat_template(tokenize=True) on the export gives the sentencepiece ids of BOS + the training
+    text; an import never trained keeps the model's own (here: no) chat template."""
+    from pretrained_models import reference_ids
+
     from instructjax.data.schema import Conversation
 
-    _, ckpt, _ = round_trips["mha"]
+    hf, ckpt, exported = round_trips["mha"]
     out = str(tmp_path / "alpaca_export")
-    export_checkpoint(ckpt, out, template="alpaca", tokenizer=None)  # the template flag overrides the import's
+    export_checkpoint(ckpt, out, template="alpaca")
     hf_tok = transformers.AutoTokenizer.from_pretrained(out)
-    messages = [{"role": "user", "content": "Name a colour."}, {"role": "assistant", "content": "Blue."},
+    messages = [{"role": "user", "content": "Name a  colour."}, {"role": "assistant", "content": " Blue."},
                 {"role": "user", "content": "Another?"}, {"role": "assistant", "content": "Green."}]
-    conv = Conversation(messages=messages, source="t", id="t/0")
-    assert hf_tok.apply_chat_template(messages, tokenize=False) == render(conv, "alpaca").text
-    tulu = transformers.AutoTokenizer.from_pretrained(round_trips["mha"][2])  # the import kept the HF template
-    assert tulu.apply_chat_template(messages, tokenize=False) == render(conv, "tulu").text
+    text = render(Conversation(messages=messages, source="t", id="t/0"), "alpaca").text
+    ids = hf_tok.apply_chat_template(messages, tokenize=True)
+    assert list(ids["input_ids"] if hasattr(ids, "keys") else ids) == reference_ids(hf, text, bos="<s>", eos="</s>")
+    assert transformers.AutoTokenizer.from_pretrained(exported).chat_template is None
     with open(os.path.join(out, "generation_config.json")) as f:
         assert json.load(f)["eos_token_id"] == hf_tok.eos_token_id == 2
 

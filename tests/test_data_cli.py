@@ -67,3 +67,55 @@ def test_select_writes_the_longest_responses(capsys, tmp_path):
 def test_unknown_name_is_a_one_line_error(capsys):
     code, _, err = run(capsys, "data", "stats", "no_such_blend")
     assert code == 2 and "no_such_blend" in err and err.count("\n") == 1
+
+
+def _builtin_configs() -> list[str]:
+    """Every config under configs/ whose data is the built-in rows (the others read hub datasets)."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent / "configs"
+    out = []
+    for path in sorted(root.rglob("*.yaml")):
+        config = yaml.safe_load(path.read_text()) or {}
+        mixture = (config.get("data") or {}).get("mixture", "")
+        tasks = ((config.get("define") or {}).get("tasks") or {}).values()
+        if mixture.endswith("_builtin") or any(t.get("data_files") == ["builtin"] for t in tasks):
+            out.append(str(path))
+    return out
+
+
+@pytest.mark.parametrize("path", _builtin_configs(), ids=lambda p: p.rsplit("configs/", 1)[-1])
+def test_preview_every_builtin_config(capsys, path):
+    """Previews render, including a mosaic with nothing left to train (it used to crash on one)."""
+    code, out, err = run(capsys, "data", "preview", "--config", path, "-n", "40")
+    assert code == 0, err
+    assert out.count("=== ") == 40
+
+
+def test_quickstart_mosaics_fit_its_rows():
+    """The Mosaic-IT budget follows data.seq_len: no mosaic of the quickstart's epochs loses every trained
+    token to truncation, and every mosaic of an epoch is trained on (the default budget of 2048 tokens at
+    seq_len 256 made 93 of epoch 0's mosaics untrainable)."""
+    from instructjax import run_setup
+    from instructjax.config import load_config
+    from instructjax.data.pipeline import DataPipeline
+    from instructjax.quickstart import QUICKSTART_CONFIG
+
+    config = load_config(QUICKSTART_CONFIG)
+    pipeline = DataPipeline(run_setup.bind_data(config, None).config)
+    steps_per_epoch = pipeline.plan_epoch(0).steps
+    for epoch in range(-(-config.max_steps // steps_per_epoch)):
+        examples = pipeline.epoch_examples(epoch)
+        assert len(examples) == len(pipeline.mosaic_conversations(epoch))
+        assert all(len(e["tokens"]) <= config.data.seq_len and e["loss_mask"].sum() > 0 for e in examples)
+    assert pipeline.untrainable == {}
+
+
+def test_mosaic_budget_above_the_row_length_is_a_config_error(capsys, tmp_path):
+    from instructjax.quickstart import QUICKSTART_CONFIG
+
+    code, _, err = run(capsys, "train", "--config", str(QUICKSTART_CONFIG), "data.mosaic.max_length=512", "data.global_batch=8",
+                       f"run_dir={tmp_path}")
+    assert code == 2 and err.count("\n") == 1 and "data.mosaic.max_length=512 is above data.seq_len=256" in err

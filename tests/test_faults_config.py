@@ -13,7 +13,7 @@ import pytest
 import instructjax.train.trainer  # noqa: F401  (imported before jit is trapped: libraries jit at import)
 from instructjax import cli
 
-BASE = ["model.preset=tiny", "model.dtype=float32", "data.mixture=acp_ACP_builtin", "data.seq_len=128",
+BASE = ["model.preset=tiny", "model.dtype=float32", "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=128",
         "data.global_batch=8", "data.pack_window=64", "max_steps=2"]  # fmt: skip
 
 

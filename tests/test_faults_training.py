@@ -32,7 +32,7 @@ pytestmark = pytest.mark.slow
 WORKER = Path(__file__).with_name("fault_worker.py")
 STEPS = 6
 ARGS = [
-    "model.preset=tiny", "model.dtype=float32", "data.mixture=acp_ACP_builtin", "data.seq_len=128",
+    "model.preset=tiny", "model.dtype=float32", "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=128",
     "data.global_batch=8", "data.pack_window=64", "optim.lr=3e-3", "optim.epochs=1", "log_every=1",
     f"max_steps={STEPS}", "checkpoint.every=2",
 ]  # fmt: skip

@@ -25,9 +25,12 @@ PROMPTS = [[1, 450, 4996, 17354], [1, 306], [1, 18637, 29892, 920, 526, 366, 299
 def models(tmp_path_factory):
     """(JAX model, HF torch model, HF tokenizer) on the same random llama3-rope GQA weights."""
     path = make_hf(tmp_path_factory.mktemp("gen"), "llama3_rope", seed=7)
-    model, _ = load_model(path, dtype="float32")
+    model = load_model(path, dtype="float32")
     hf_model = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    return model, hf_model, transformers.AutoTokenizer.from_pretrained(path)
+    from instructjax.data.templates import jinja_template
+    from instructjax.data.tokenizer import Tokenizer
+
+    return model, hf_model, Tokenizer.load(path).to_hf(jinja_template("tulu", bos=True))
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -110,8 +113,7 @@ def test_chat_uses_template(models):
     gen = Generator(model, tok, batch_size=2)
     messages = [{"role": "user", "content": "Hi"}]
     ids = gen.encode_chat(messages)
-    assert tok.decode(ids) == "<s> <|user|>\nHi\n<|assistant|>\n" or tok.decode(ids).startswith("<s>")
-    assert ids[0] == 1 and tok.decode(ids[1:]) == "<|user|>\nHi\n<|assistant|>\n"
+    assert ids[0] == 1 and ids.count(1) == 1 and tok.decode(ids[1:]) == "<|user|>\nHi\n<|assistant|>\n"
     out = gen.chat([messages, messages + [{"role": "assistant", "content": "Yo"}, {"role": "user", "content": "?"}]],
                    Sampling(max_new_tokens=4))
     assert len(out) == 2 and all(isinstance(t, str) for t in out)

@@ -11,12 +11,13 @@ import jax
 import numpy as np
 import pytest
 
+from instructjax import run_setup
 from instructjax.config import load_config
 from instructjax.data.pipeline import BATCH_KEYS, DataPipeline
 from instructjax.train.trainer import Trainer
 
 OVERRIDES = [
-    "model.preset=tiny", "model.dtype=float32", "data.mixture=acp_ACP_builtin", "data.seq_len=128",
+    "model.preset=tiny", "model.dtype=float32", "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=128",
     "data.global_batch=8", "data.pack_window=64", "optim.lr=3e-3", "optim.epochs=1", "log_every=1",
     "max_steps=3", "checkpoint.every=2", "mesh.data=4", "mesh.fsdp=2",
 ]  # fmt: skip
@@ -62,7 +63,7 @@ def test_two_processes_match_one(tmp_path):
         assert p.returncode == 0, out[-3000:]
 
     config = load_config(None, [*OVERRIDES, f"run_dir={tmp_path / 'single'}"])
-    single_feed = TwoHostFeed(config.data)
+    single_feed = TwoHostFeed(run_setup.bind_data(config, None).config)  # the data as the trainer binds it
     single = Trainer(config, devices=jax.devices()[:8], pipeline=single_feed).run()
 
     records = [json.loads(line) for line in (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from instructjax import cli
+from instructjax import cli, run_setup
 from instructjax.config import load_config
 from instructjax.data.pipeline import DataPipeline
 from instructjax.errors import ConfigError
@@ -20,7 +20,7 @@ from instructjax.train import checkpoint as ckpt
 from instructjax.train.trainer import NonFiniteLoss, Trainer
 
 BASE = [
-    "model.preset=tiny", "model.dtype=float32", "data.mixture=acp_ACP_builtin", "data.seq_len=128",
+    "model.preset=tiny", "model.dtype=float32", "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=128",
     "data.global_batch=8", "data.pack_window=64", "optim.lr=3e-3", "optim.epochs=1", "log_every=1",
 ]  # fmt: skip
 
@@ -48,7 +48,7 @@ def test_first_loss_matches_numpy_cross_entropy(reference):
     """Step 1's loss is the token-weighted mean cross-entropy of the initial model on the first batch."""
     config = preset("tiny", dtype="float32")
     model = Llama(config, rngs=nnx.Rngs(0))  # the trainer's seed
-    data = load_config(None, BASE).data
+    data = run_setup.bind_data(load_config(None, BASE), None).config  # as the trainer binds it
     batch = next(iter(DataPipeline(data)))
     logits = np.asarray(model(batch["tokens"], batch["positions"], batch["segment_ids"]), np.float64)
     logp = logits - logits.max(-1, keepdims=True)

@@ -322,8 +322,6 @@ def write_hf_config(config: LlamaConfig, out_dir: str, *, dtype: np.dtype, bos_i
 
 # ---- checkpoint-level import / export ----------------------------------------------------------------------
 
-DEFAULT_TEMPLATE = "tulu"
-
 
 def split_checkpoint_path(path: str) -> tuple[str, int | None]:
     """RUN_DIR or RUN_DIR/STEP (or RUN_DIR/checkpoints/STEP) -> (directory, step or None)."""
@@ -334,65 +332,78 @@ def split_checkpoint_path(path: str) -> tuple[str, int | None]:
     return path, None
 
 
+def _is_hf_dir(path: str) -> bool:
+    return os.path.isfile(os.path.join(path, "config.json"))
+
+
+def _has_tokenizer(path: str) -> bool:
+    return any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer.model"))
+
+
 def import_hf(hf_dir: str, out: str, *, mesh=None, param_dtype: str = "float32") -> LlamaConfig:
-    """HF model directory -> params-only instructjax checkpoint at OUT (+ OUT/tokenizer with its chat template)."""
+    """HF model directory -> params-only instructjax checkpoint at OUT, carrying the model's own tokenizer
+    (and its chat template, if it has one)."""
+    from instructjax.data.tokenizer import Tokenizer
     from instructjax.train.checkpoint import save_params
 
     config = read_hf_config(hf_dir)
     params, config = hf_to_params(hf_dir, config, mesh=mesh, param_dtype=param_dtype)
-    run_config = {"source": os.path.abspath(hf_dir)}
-    if any(os.path.isfile(os.path.join(hf_dir, f)) for f in ("tokenizer.json", "tokenizer.model")):
-        from instructjax.data.tokenizer import Tokenizer
-
-        tokenizer_dir = os.path.join(os.path.abspath(out), "tokenizer")
-        Tokenizer.load(hf_dir).to_hf().save_pretrained(tokenizer_dir)  # keeps the model's own chat template
-        run_config["tokenizer"] = tokenizer_dir
-    save_params(out, params, config.replace(dtype="bfloat16"), run_config=run_config, step=0)
+    tokenizer = {"files": Tokenizer.load(hf_dir).files(), "template": None} if _has_tokenizer(hf_dir) else None
+    save_params(out, params, config.replace(dtype="bfloat16"), run_config={"source": os.path.abspath(hf_dir)},
+                step=0, tokenizer=tokenizer)
     return config
 
 
-def _resolve_tokenizer(run_config: dict | None, tokenizer: str | None, template: str | None):
-    """(Tokenizer, chat template text) for an export: flags, then the checkpoint's run config, then defaults."""
+def saved_tokenizer(path: str, *, step: int | None = None, tokenizer: str | None = None, template: str | None = None):
+    """(Tokenizer, chat template or None) of a checkpoint (RUN_DIR[/STEP]) or an HF directory: the ones it
+    was trained with (the checkpoint's `tokenizer` item), unless `tokenizer` (a path) or `template` (a
+    template name) say otherwise. A model that carries no tokenizer needs `tokenizer`: no default."""
     from instructjax.data.templates import jinja_template
     from instructjax.data.tokenizer import Tokenizer
 
-    rc = run_config or {}
-    sections = [rc, rc.get("eval") or {}]
-    tokenizer = tokenizer or next((s["tokenizer"] for s in sections if s.get("tokenizer")), None)
-    template = template or next((s["template"] for s in sections if s.get("template")), None)
-    tok = Tokenizer.load(tokenizer)
-    if template is None and getattr(tok.to_hf(), "chat_template", None):
-        return tok, None  # an imported tokenizer keeps its own template
-    return tok, jinja_template(template or DEFAULT_TEMPLATE)
+    if _is_hf_dir(path):
+        saved, saved_template = (path if _has_tokenizer(path) else None), None
+    else:
+        from instructjax.train.checkpoint import read_tokenizer
+
+        directory, path_step = split_checkpoint_path(path)
+        saved, saved_template = read_tokenizer(directory, path_step if step is None else step)
+    if (tokenizer or saved) is None:
+        raise ConfigError(f"{path} carries no tokenizer: pass --tokenizer (the model's own tokenizer)")
+    tok = Tokenizer.load(tokenizer or saved)
+    if template or (tokenizer and saved_template):
+        return tok, jinja_template(template or saved_template, bos=tok.adds_bos)
+    return tok, tok.chat_template
 
 
 def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", tokenizer: str | None = None,
                       template: str | None = None, max_shard_bytes: int = 5 * 2**30) -> LlamaConfig:
-    """instructjax checkpoint (RUN_DIR[/STEP]) -> HF directory: safetensors, configs, tokenizer, chat template."""
+    """instructjax checkpoint (RUN_DIR[/STEP]) -> HF directory: safetensors, configs, and the tokenizer and
+    chat template the run trained with (`tokenizer` / `template` override them)."""
     from instructjax.train.checkpoint import load_params
 
     directory, step = split_checkpoint_path(checkpoint)
-    params, config, run_config, _ = load_params(directory, step)
-    tok, chat_template = _resolve_tokenizer(run_config, tokenizer, template)
+    params, config, _, step = load_params(directory, step)
+    tok, chat_template = saved_tokenizer(directory, step=step, tokenizer=tokenizer, template=template)
     if tok.vocab_size > config.vocab_size:
         raise ConversionError(f"tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {config.vocab_size}")
     target = _np_dtype(dtype, config.param_dtype)
     params_to_hf(params, config, out, dtype=dtype, max_shard_bytes=max_shard_bytes)
-    write_hf_config(config, out, dtype=target, bos_id=tok.bos_id, eos_ids=[tok.eos_id], pad_id=tok.pad_id)
-    tok.to_hf(chat_template).save_pretrained(out)
+    eos_ids = [tok.eos_id] + [i for i in config.eos_ids if i != tok.eos_id]
+    write_hf_config(config, out, dtype=target, bos_id=tok.bos_id, eos_ids=eos_ids, pad_id=tok.pad_id)
+    tok.save(out, chat_template)
     return config
 
 
 def load_model(path: str, *, mesh=None, dtype: str = "float32", step: int | None = None):
-    """(nnx Llama, tokenizer path or None) from an instructjax checkpoint or an HF model directory."""
+    """The nnx Llama of an instructjax checkpoint (RUN_DIR[/STEP]) or an HF model directory
+    (its tokenizer: `saved_tokenizer(path)`)."""
     from flax import nnx
 
     from instructjax.model.llama import Llama
 
-    if os.path.isfile(os.path.join(path, "config.json")):
+    if _is_hf_dir(path):
         params, config = hf_to_params(path, mesh=mesh)
-        tokenizer = path if any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer.model")) \
-            else None
     else:
         from instructjax.train.checkpoint import load_params, read_meta
 
@@ -400,13 +411,10 @@ def load_model(path: str, *, mesh=None, dtype: str = "float32", step: int | None
         step = path_step if step is None else step
         config, _, _ = read_meta(directory, step)
         shardings = param_shardings(config, mesh) if mesh is not None else None
-        params, config, run_config, _ = load_params(directory, step, shardings=shardings)
-        rc = run_config or {}
-        tokenizer = rc.get("tokenizer") or (rc.get("eval") or {}).get("tokenizer")
+        params, config, _, _ = load_params(directory, step, shardings=shardings)
     config = config.replace(dtype=dtype)
     model = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
     state = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(state, params)
     nnx.update(model, state)
-    return model, tokenizer
-
+    return model

@@ -46,7 +46,8 @@ def register(subparsers) -> None:
     select.add_argument("--num-clusters", type=int, default=100, help="k-means clusters (seed 002: 100)")
     select.add_argument("--encoder", default="tfidf-svd",
                         help="instruction embeddings for kmeans/kcenter: tfidf-svd, or llama-mean (seed 002's)")
-    select.add_argument("--encoder-model", help="checkpoint or HF directory for --encoder llama-mean")
+    select.add_argument("--encoder-model",
+                        help="checkpoint or HF directory for --encoder llama-mean (default: the config's model.init_from)")
     select.add_argument("--seed", type=int, default=0)
     select.add_argument("--score-key", default="score", help="meta column for --method quality")
     select.add_argument("--out", required=True, help="output .jsonl with the chosen examples and scores")
@@ -63,19 +64,18 @@ class Target:
 
 
 def resolve(args) -> Target:
-    """Turn NAME / --config / --data-files into registered seqio names."""
+    """Turn NAME / --config / --data-files into registered seqio names. With --config the tasks are bound
+    to that run: its model's tokenizer, its chat template and its row length (`instructjax.data.binding`)."""
     import seqio
 
     from instructjax.config import define_data, load_config
-    from instructjax.data import mixtures  # noqa: F401  (registers the papers' mixtures)
+    from instructjax.data import mixtures
     from instructjax.data import tasks as task_lib
 
-    config = None
-    name = args.name
-    if args.config:
-        config = load_config(args.config)
+    config = load_config(args.config) if args.config else None
+    if config is not None:
         define_data(config.define)
-        name = name or config.data.mixture
+    name = args.name or (config.data.mixture if config is not None else None)
     if not name:
         raise ConfigError("name a task or mixture, or pass --config FILE")
     changes = {}
@@ -89,37 +89,23 @@ def resolve(args) -> Target:
         changes["max_length"] = args.max_length
     if args.on_bad_row != "error":
         changes["on_bad_row"] = args.on_bad_row
-    provider = seqio.get_mixture_or_task(name) if _registered(name) else None
-    if provider is None:
+    if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
         raise ConfigError(f"{name!r} is not a registered task or mixture (see README: defining a task)")
+    provider = seqio.get_mixture_or_task(name)
     tasks = [t.name for t in provider.tasks] if isinstance(provider, seqio.Mixture) else [name]
     if changes:
-        tasks = [task_lib.with_options(t, **changes) for t in tasks]
-        if isinstance(provider, seqio.Mixture):
-            name = _remix(name, provider, tasks)
-        else:
-            name = tasks[0]
+        variants = [task_lib.with_options(t, **changes) for t in tasks]
+        name = mixtures.remix(name, dict(zip(tasks, variants, strict=True))) if isinstance(
+            provider, seqio.Mixture) else variants[0]
+        tasks = variants
+    if config is not None:
+        from instructjax import run_setup
+        from instructjax.data.binding import bind
+
+        bound = bind(name, tokenizer=run_setup.tokenizer_path(config), template=config.template,
+                     max_length=config.data.seq_len, model=config.model.init_from)
+        name, tasks = bound.name, bound.tasks
     return Target(name=name, tasks=tasks, config=config)
-
-
-def _registered(name: str) -> bool:
-    import seqio
-
-    return name in seqio.TaskRegistry.names() or name in seqio.MixtureRegistry.names()
-
-
-def _remix(name: str, provider, tasks: list[str]) -> str:
-    """The same mixture over task variants (e.g. with another template)."""
-    from instructjax.data import mixtures
-
-    variant = f"{name}.{tasks[0].rsplit('.', 1)[-1]}"
-    originals = [t.name for t in provider.tasks]
-    if isinstance(provider, mixtures.EpochMixture):
-        mixtures.register_epoch_mixture(variant, {v: provider.counts[o] for o, v in zip(originals, tasks, strict=True)})
-    else:
-        rates = {v: provider.get_rate(t) for t, v in zip(provider.tasks, tasks, strict=True)}
-        mixtures.register_rate_mixture(variant, rates)
-    return variant
 
 
 def task_stats(task: str) -> dict:
@@ -145,8 +131,9 @@ def task_stats(task: str) -> dict:
     report = task_lib.task_report(task)
     paper = LENGTH_STATS.get(spec.source)
     return {
-        "task": task,
+        "task": task_lib.base_name(task),
         "source": spec.source,
+        "tokenizer": tokenizer.path,
         "instances": len(examples),
         "mean_rounds": float(np.mean(rounds)) if rounds else 0.0,
         "mean_prompt_tokens": float(np.mean(prompt)) if prompt else 0.0,
@@ -176,7 +163,7 @@ def run_stats(args) -> int:
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{target.name}: {len(rows)} task(s)")
+    print(f"{target.name}: {len(rows)} task(s), tokenizer {rows[0]['tokenizer'] if rows else '-'}")
     header = (
         f"{'task':<28} {'instances':>9} {'rounds':>6} {'prompt':>7} {'compl.':>7} {'trained tok':>12}"
         f"   | paper: {'rounds':>6} {'prompt':>7} {'compl.':>7}"
@@ -227,15 +214,13 @@ def run_preview(args) -> int:
     target = resolve(args)
     mosaic = target.config.data.mosaic if target.config else None
     tokenizer = Tokenizer.load(task_lib.get_spec(target.tasks[0]).tokenizer)
-    shown = []
+    shown = []  # (conversation, tokens, loss mask)
     if mosaic is not None:
         data = DataConfig(**{**asdict(target.config.data), "mosaic": mosaic, "mixture": target.name, "prefetch": 0})
         pipeline = DataPipeline(data)
-        encoder = pipeline._mosaic_encoder
-        convs = pipeline.mosaic_conversations(0)[: args.n]
-        for conv in convs:
-            enc = encoder.encode(conv)
-            shown.append((conv, enc["tokens"], enc["loss_mask"]))
+        for conv in pipeline.mosaic_conversations(0)[: args.n]:
+            enc = pipeline._mosaic_encoder.encode(conv)
+            shown.append((conv, enc.tokens, enc.loss_mask))
     else:
         per_task = max(1, -(-args.n // len(target.tasks)))
         for task in target.tasks:
@@ -252,6 +237,8 @@ def run_preview(args) -> int:
         print(f"=== {conv.id} ({conv.source}) {len(tokens)} tokens, {int(mask.sum())} trained ===")
         if conv.meta.get("mosaic"):
             print(f"mosaic: {json.dumps(conv.meta['mosaic'], ensure_ascii=False)}")
+        if not mask.any():
+            print(f"(no trained token within the first {len(tokens)} tokens: this example is kept out of training)")
         print(highlight(tokenizer, tokens, mask, color))
     return 0
 
@@ -260,7 +247,7 @@ def run_select(args) -> int:
     from functools import partial
 
     from instructjax.data import tasks as task_lib
-    from instructjax.data.embeddings import get_encoder
+    from instructjax.data.embeddings import MODEL_ENCODERS, get_encoder
     from instructjax.data.encode import response_token_length
     from instructjax.data.schema import Conversation
     from instructjax.data.selection import select, write_selection
@@ -271,6 +258,13 @@ def run_select(args) -> int:
         Conversation.from_json(ex["conversation"]) for t in target.tasks for ex in task_lib.encoded_examples(t)
     ]
     tokenizer = Tokenizer.load(task_lib.get_spec(target.tasks[0]).tokenizer)
+    encoder_kwargs = {}
+    if args.encoder in MODEL_ENCODERS:
+        model = args.encoder_model or (target.config.model.init_from if target.config else None)
+        if not model:
+            raise ConfigError(f"--encoder {args.encoder} embeds with a model: pass --encoder-model, or --config "
+                              "with model.init_from")
+        encoder_kwargs = {"model": model, "tokenizer": task_lib.get_spec(target.tasks[0]).tokenizer}
     chosen = select(
         convs,
         args.method,
@@ -278,7 +272,7 @@ def run_select(args) -> int:
         seed=args.seed,
         response_length=partial(response_token_length, tokenizer=tokenizer),
         score_key=args.score_key,
-        encoder=get_encoder(args.encoder, **({"model": args.encoder_model} if args.encoder_model else {})),
+        encoder=get_encoder(args.encoder, **encoder_kwargs),
         num_clusters=args.num_clusters,
     )
     write_selection(chosen, args.out, method=args.method)

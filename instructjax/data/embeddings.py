@@ -75,6 +75,7 @@ def _llama_mean(**kwargs) -> Encoder:
 
 
 _ENCODERS: dict[str, Callable[..., Encoder]] = {"tfidf-svd": TfidfSvdEncoder, "llama-mean": _llama_mean}
+MODEL_ENCODERS = ("llama-mean",)  # embed with the run's model: built with model= (and tokenizer=)
 
 DEFAULT_ENCODER = "tfidf-svd"
 

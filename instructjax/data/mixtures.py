@@ -72,6 +72,24 @@ def register_rate_mixture(name: str, rates: dict[str, float]) -> seqio.Mixture:
     return seqio.MixtureRegistry.add(name, list(rates.items()))
 
 
+def remix(name: str, task_map: dict[str, str]) -> str:
+    """Register (once) mixture `name` over other tasks (`task_map`: old task -> new task), with the same
+    counts or rates, and return its name (e.g. a mixture of the variants bound to a run)."""
+    import hashlib
+
+    provider = seqio.get_mixture_or_task(name)
+    digest = hashlib.sha1(repr(sorted(task_map.items())).encode()).hexdigest()[:8]
+    base = task_lib.base_name(name)
+    variant = f"{base}.{digest}"
+    if variant not in seqio.MixtureRegistry.names():
+        if isinstance(provider, EpochMixture):
+            register_epoch_mixture(variant, {task_map[t]: n for t, n in provider.counts.items()})
+        else:
+            register_rate_mixture(variant, {task_map[t.name]: provider.get_rate(t) for t in provider.tasks})
+        task_lib.VARIANT_OF[variant] = base
+    return variant
+
+
 def is_epoch_mixture(name: str) -> bool:
     return isinstance(seqio.get_mixture_or_task(name), EpochMixture)
 

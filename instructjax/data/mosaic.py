@@ -54,6 +54,7 @@ DISTRIBUTIONS: dict[str, dict[str, float]] = {
 """Count distributions of Appendix A -> default numpy parameters (override via distribution_params)."""
 
 _MAX_REDRAWS = 100_000
+DEFAULT_MAX_LENGTH = 2048  # the budget of a mosaic pass outside a run (a run uses its data.seq_len)
 
 
 @dataclass
@@ -64,7 +65,7 @@ class MosaicConfig:
     k_max: int = 10
     distribution: str = "uniform"
     distribution_params: dict[str, float] = field(default_factory=dict)
-    max_length: int = 2048
+    max_length: int | None = None  # token budget; None: the run's data.seq_len (2048 outside a run)
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -81,7 +82,7 @@ class MosaicConfig:
             )
         if not isinstance(self.k_max, int) or self.k_max < 1:
             raise ConfigError(f"mosaic.k_max must be an integer >= 1, got {self.k_max!r}")
-        if not isinstance(self.max_length, int) or self.max_length < 1:
+        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):
             raise ConfigError(f"mosaic.max_length must be an integer >= 1, got {self.max_length!r}")
 
     @classmethod
@@ -372,7 +373,7 @@ def mosaic_epoch(
         def build(m: int, group=group, plan=plan, source=source, mosaic_id=mosaic_id) -> Conversation:
             return build_mosaic(group[:m], plan, conv_id=mosaic_id, source=source)
 
-        mosaic, used, tokens = fit_prefix(group, build, count, config.max_length)
+        mosaic, used, tokens = fit_prefix(group, build, count, config.max_length or DEFAULT_MAX_LENGTH)
         if mosaic is None:
             out.append(group[0])
             stats.over_budget += 1

@@ -17,6 +17,7 @@ packs its own shard into rows and emits `global_batch / H` rows per step.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import queue
 import threading
@@ -28,10 +29,11 @@ import seqio
 
 from instructjax.data import mixtures
 from instructjax.data import tasks as task_lib
-from instructjax.data.encode import encode_conversation
+from instructjax.data.encode import Encoded, encode_conversation
 from instructjax.data.mosaic import MosaicConfig, mosaic_epoch
 from instructjax.data.packing import PackStats, SequencePacker
 from instructjax.data.schema import Conversation
+from instructjax.data.templates import DEFAULT_TEMPLATE
 from instructjax.data.tokenizer import Tokenizer
 from instructjax.errors import ConfigError
 
@@ -85,7 +87,11 @@ class EpochPlan:
 class DataPipeline:
     """Host batches (numpy, `[global_batch / process_count, seq_len]`) from a seqio Task or Mixture."""
 
-    def __init__(self, config: DataConfig, *, process_index: int = 0, process_count: int = 1):
+    def __init__(self, config: DataConfig, *, process_index: int = 0, process_count: int = 1,
+                 vocab_size: int | None = None):
+        """`vocab_size`: the model's; a token id outside it is a ConfigError here, before training."""
+        if config.mosaic is not None and config.mosaic.max_length is None:  # the budget follows the row length
+            config = dataclasses.replace(config, mosaic=dataclasses.replace(config.mosaic, max_length=config.seq_len))
         self.config = config
         self.process_index, self.process_count = process_index, process_count
         _check_config(config, process_count)
@@ -101,7 +107,9 @@ class DataPipeline:
         self.examples = [_task_examples(t) for t in self.task_names]
         for name, ex in zip(self.task_names, self.examples, strict=True):
             if not ex:
-                raise ConfigError(f"task {name!r} has no usable examples")
+                raise ConfigError(f"task {task_lib.base_name(name)!r} has no usable examples")
+            if vocab_size is not None:
+                _check_token_range(task_lib.base_name(name), ex, vocab_size)
         self.packer = SequencePacker(
             config.seq_len, window=config.pack_window, overlong=config.overlong, pack=config.pack
         )
@@ -125,9 +133,13 @@ class DataPipeline:
             if count is None:
                 idx = np.arange(len(ex))
             elif count > len(ex):
-                raise ConfigError(
-                    f"mixture {self.config.mixture!r} asks for {count} examples of {name!r}, which has {len(ex)}"
-                )
+                try:
+                    out = task_lib.task_report(name).empty_after_truncation
+                except ConfigError:  # a user's own seqio Task keeps no report
+                    out = 0
+                why = f" ({out} more have nothing to train within {self.config.seq_len} tokens)" if out else ""
+                raise ConfigError(f"mixture {task_lib.base_name(self.config.mixture)!r} asks for {count} examples of "
+                                  f"{task_lib.base_name(name)!r}, which has {len(ex)} trainable{why}")
             else:
                 idx = np.sort(np.random.default_rng([self.config.seed, 0, t]).choice(len(ex), count, replace=False))
             pairs += [(t, int(i)) for i in idx]
@@ -149,11 +161,11 @@ class DataPipeline:
             mosaics = self.mosaic_conversations(epoch)[self.process_index :: self.process_count]
             out = []
             for conv in mosaics:
-                example = self._mosaic_encoder.encode(conv)
-                if example is None:  # nothing left to train after truncation: counted, not hidden
+                enc = self._mosaic_encoder.encode(conv)
+                if enc.n_trained == 0:  # nothing left to train after truncation: counted, not hidden
                     self.untrainable[epoch] = self.untrainable.get(epoch, 0) + 1
                     continue
-                out.append({**example, "source": self._task_of(conv)})
+                out.append({"tokens": enc.tokens, "loss_mask": enc.loss_mask, "source": self._task_of(conv)})
         self._epoch_cache = (epoch, out)
         return out
 
@@ -300,7 +312,7 @@ class DataPipeline:
         lines = []
         for name in self.task_names:
             try:
-                lines += [f"{name}: {line}" for line in task_lib.task_report(name).lines()]
+                lines += [f"{task_lib.base_name(name)}: {line}" for line in task_lib.task_report(name).lines()]
             except ConfigError:  # a user's own seqio Task keeps no instructjax report
                 pass
         lines += [f"epoch {e}: {n} mosaic example(s) had no trained token left" for e, n in self.untrainable.items()]
@@ -344,6 +356,20 @@ def _check_config(config: DataConfig, process_count: int) -> None:
         raise ConfigError(f"data.pack_window must be >= 1, got {config.pack_window}")
     if config.mixture not in seqio.TaskRegistry.names() and config.mixture not in seqio.MixtureRegistry.names():
         raise ConfigError(f"data.mixture={config.mixture!r} is not a registered seqio Task or Mixture")
+    if config.mosaic is not None and (config.mosaic.max_length or 0) > config.seq_len:
+        raise ConfigError(f"data.mosaic.max_length={config.mosaic.max_length} is above data.seq_len={config.seq_len}: "
+                          "a mosaic that long would be truncated in its row (leave it unset: it follows seq_len)")
+
+
+def _check_token_range(task: str, examples: list[dict], vocab_size: int) -> None:
+    """A ConfigError naming the first example with a token id outside [0, vocab_size)."""
+    for ex in examples:
+        tokens = np.asarray(ex["tokens"])
+        if tokens.size and (int(tokens.max()) >= vocab_size or int(tokens.min()) < 0):
+            bad = int(tokens.max()) if int(tokens.max()) >= vocab_size else int(tokens.min())
+            where = f"example {ex['id']!r}" if ex.get("id") else "an example"
+            raise ConfigError(f"task {task!r}, {where}: token id {bad} is outside the model's vocabulary "
+                              f"[0, {vocab_size}); was it tokenized with another tokenizer?")
 
 
 def _task_examples(name: str) -> list[dict]:
@@ -373,20 +399,20 @@ class _MosaicEncoder:
     def count(self, conv: Conversation) -> int:
         return len(encode_conversation(conv, self.template, self.tokenizer).tokens)
 
-    def encode(self, conv: Conversation) -> dict | None:
-        enc = encode_conversation(conv, self.template, self.tokenizer, max_length=self.max_length)
-        if enc.n_trained == 0:
-            return None
-        return {"tokens": enc.tokens, "loss_mask": enc.loss_mask}
+    def encode(self, conv: Conversation) -> Encoded:
+        """Tokens and loss mask within the budget (`n_trained == 0`: nothing left to train)."""
+        return encode_conversation(conv, self.template, self.tokenizer, max_length=self.max_length)
 
 
 def _mosaic_encoder(task_names: list[str], config: DataConfig) -> _MosaicEncoder:
+    """The mixture's template and tokenizer with the Mosaic-IT token budget (`mosaic.max_length`, by
+    default the row length `seq_len`)."""
     specs = {task_lib.get_spec(t) for t in task_names}
-    keys = {(s.template, s.tokenizer) for s in specs}
+    keys = {(s.template or DEFAULT_TEMPLATE, s.tokenizer) for s in specs}
     if len(keys) != 1:
         raise ConfigError("Mosaic-IT needs every task of the mixture to share one template and tokenizer")
     template, tokenizer = keys.pop()
-    return _MosaicEncoder(template, tokenizer, config.seq_len)
+    return _MosaicEncoder(template, tokenizer, config.mosaic.max_length)
 
 
 def global_batch(host_batch: dict[str, np.ndarray], sharding) -> dict:

@@ -31,6 +31,7 @@ import tensorflow as tf
 from instructjax.data import sources, synthetic
 from instructjax.data.encode import encode_conversation
 from instructjax.data.schema import Conversation
+from instructjax.data.templates import DEFAULT_TEMPLATE
 from instructjax.data.tokenizer import Tokenizer
 from instructjax.data.vocab import get_vocabulary
 from instructjax.errors import BadRowPolicy, ConfigError
@@ -39,6 +40,7 @@ datasets.disable_progress_bars()  # one line per file per task is noise in `data
 
 BUILTIN = "builtin"
 BUILTIN_SUFFIX = "_builtin"
+DEFAULT_MAX_LENGTH = 2048  # outside a run; a run truncates at its data.seq_len
 
 
 @dataclass(frozen=True)
@@ -51,6 +53,8 @@ class SelectionSpec:
     score_key: str = "score"
     num_clusters: int = 100
     encoder: str | None = None
+    encoder_model: str | None = None  # for an encoder that embeds with a model: the run binds its own
+    encoder_tokenizer: str | None = None
 
     def __post_init__(self):
         from instructjax.data.selection import METHODS
@@ -69,13 +73,16 @@ class TaskSpec:
     the dataset's native schema. `source_options` are passed to the source adapter (e.g.
     `(("top_k", 1),)` for oasst1). `selection` keeps a subset before encoding (seed 002);
     longest/shortest count response tokens under this task's tokenizer.
+
+    `template`, `tokenizer` and `max_length` (where each example is truncated) left unset take the run's
+    (`instructjax.data.binding`); outside a run they are tulu, the built-in default tokenizer and 2048.
     """
 
     source: str
     data_files: tuple[str, ...] | None = None
-    template: str = "tulu"
+    template: str | None = None
     tokenizer: str | None = None
-    max_length: int = 2048
+    max_length: int | None = None
     source_options: tuple[tuple[str, object], ...] = ()
     on_bad_row: str = "error"
     selection: SelectionSpec | None = None
@@ -106,6 +113,7 @@ class TaskReport:
 
 _SPECS: dict[str, TaskSpec] = {}
 _REPORTS: dict[str, TaskReport] = {}
+VARIANT_OF: dict[str, str] = {}  # a registered variant of a task or mixture -> the name it was made from
 
 
 def output_features(tokenizer_path: str | None = None) -> dict[str, seqio.Feature]:
@@ -140,9 +148,10 @@ def _encode_task(name: str, spec: TaskSpec) -> tuple[dict, ...]:
     conversations = read_conversations(spec, policy)
     if spec.selection is not None:
         conversations = _apply_selection(list(conversations), spec.selection, tokenizer)
+    template, max_length = spec.template or DEFAULT_TEMPLATE, spec.max_length or DEFAULT_MAX_LENGTH
     for conv in conversations:
         report.rows += 1
-        enc = encode_conversation(conv, spec.template, tokenizer, max_length=spec.max_length)
+        enc = encode_conversation(conv, template, tokenizer, max_length=max_length)
         report.truncated += int(enc.truncated)
         if enc.n_trained == 0:
             report.empty_after_truncation += 1
@@ -163,12 +172,19 @@ def _encode_task(name: str, spec: TaskSpec) -> tuple[dict, ...]:
 
 def _apply_selection(convs: list[Conversation], sel: SelectionSpec, tokenizer: Tokenizer) -> list[Conversation]:
     """The conversations `sel` keeps, in the selection's order (rows, i.e. report.rows, count only these)."""
+    from instructjax.data.embeddings import MODEL_ENCODERS, get_encoder
     from instructjax.data.encode import response_token_length
     from instructjax.data.selection import select
 
+    encoder = sel.encoder
+    if encoder in MODEL_ENCODERS:
+        if sel.encoder_model is None:
+            raise ConfigError(f"selection encoder {encoder!r} embeds with a model: train through a config with "
+                              "model.init_from, or set selection.encoder_model")
+        encoder = get_encoder(encoder, model=sel.encoder_model, tokenizer=sel.encoder_tokenizer)
     chosen = select(
         convs, sel.method, sel.k, seed=sel.seed, score_key=sel.score_key, num_clusters=sel.num_clusters,
-        encoder=sel.encoder, response_length=lambda c: response_token_length(c, tokenizer),
+        encoder=encoder, response_length=lambda c: response_token_length(c, tokenizer),
     )
     return [s.conversation for s in chosen]
 
@@ -224,10 +240,17 @@ def with_options(name: str, **changes) -> str:
     spec = dataclasses.replace(get_spec(name), **changes)
     if spec == get_spec(name):
         return name
-    variant = f"{name}.{hashlib.sha1(repr(spec).encode()).hexdigest()[:8]}"
+    variant = f"{base_name(name)}.{hashlib.sha1(repr(spec).encode()).hexdigest()[:8]}"
     if variant not in _SPECS:
         register_task(variant, spec)
+        VARIANT_OF[variant] = base_name(name)
     return variant
+
+
+def base_name(name: str) -> str:
+    """The name a variant of a task or mixture (`with_options`, `mixtures.remix`) was made from: what
+    reports and metrics show."""
+    return VARIANT_OF.get(name, name)
 
 
 def register_builtin_tasks() -> None:

@@ -61,23 +61,24 @@ def register(subparsers) -> None:
 
 def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a checkpoint (RUN_DIR[/STEP]) or an HF model directory")
-    p.add_argument("--tokenizer", help="tokenizer override (.model or HF dir)")
-    p.add_argument("--template", help="chat template name when the tokenizer carries none (default tulu)")
+    p.add_argument("--tokenizer", help="tokenizer override (.model or HF dir); default: the model's own")
+    p.add_argument("--template", help="chat template name; default: the one the model was trained with")
     p.add_argument("--batch-size", type=int, default=8)
 
 
 def load_generator(args):
-    """(Generator, HF tokenizer) for --model / --tokenizer / --template."""
-    from instructjax.convert.hf import load_model
-    from instructjax.data.templates import jinja_template
-    from instructjax.data.tokenizer import Tokenizer
+    """(Generator, HF tokenizer) for --model / --tokenizer / --template: the model's own tokenizer and the
+    chat template it was trained with (tulu, with a note, for a model that carries none)."""
+    from instructjax.convert.hf import load_model, saved_tokenizer
+    from instructjax.data.templates import DEFAULT_TEMPLATE, jinja_template
     from instructjax.eval.generate import Generator
 
-    model, tokenizer_path = load_model(args.model)
-    hf_tok = Tokenizer.load(args.tokenizer or tokenizer_path).to_hf()
-    if args.template or not getattr(hf_tok, "chat_template", None):
-        hf_tok.chat_template = jinja_template(args.template or "tulu")
-    return Generator(model, hf_tok, batch_size=args.batch_size), hf_tok
+    tokenizer, chat_template = saved_tokenizer(args.model, tokenizer=args.tokenizer, template=args.template)
+    if chat_template is None:
+        print(f"instructjax: note: {args.model} carries no chat template; using {DEFAULT_TEMPLATE!r}", file=sys.stderr)
+        chat_template = jinja_template(DEFAULT_TEMPLATE, bos=tokenizer.adds_bos)
+    hf_tok = tokenizer.to_hf(chat_template)
+    return Generator(load_model(args.model), hf_tok, batch_size=args.batch_size), hf_tok
 
 
 def _rows(path: str) -> list[dict]:

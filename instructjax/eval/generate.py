@@ -9,7 +9,7 @@ as it would alone. The prompt is prefilled in one pass, then one token per step 
 from __future__ import annotations
 
 import functools
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import jax
@@ -153,9 +153,11 @@ class Generator:
         self.stop_ids = list(stop_ids) if stop_ids is not None else [hf_tokenizer.eos_token_id]
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        """BOS + the chat template's prompt asking for the next assistant turn (as in training)."""
-        text = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-        return self.tokenizer(text, add_special_tokens=True)["input_ids"]
+        """The chat template's prompt asking for the next assistant turn, tokenized as transformers does
+        (`apply_chat_template(tokenize=True)`: the template itself starts with BOS where the tokenizer adds
+        one, as in training)."""
+        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
 
     def generate(self, prompts: Sequence[str | Sequence[int]], sampling: Sampling = Sampling(),
                  until: Sequence[str] = ()) -> list[str]:

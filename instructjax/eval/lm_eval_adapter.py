@@ -28,11 +28,11 @@ class InstructJaxLM(TemplateLM):
                  max_length: int | None = None, max_gen_toks: int = 256, dtype: str = "float32",
                  add_bos_token: bool = True, **kwargs):
         super().__init__()
-        from instructjax.convert.hf import load_model
-        from instructjax.data.tokenizer import Tokenizer
+        from instructjax.convert.hf import load_model, saved_tokenizer
 
-        self.model, tokenizer_path = load_model(pretrained, dtype=dtype)
-        self.tokenizer = Tokenizer.load(tokenizer or tokenizer_path).to_hf()
+        self.model = load_model(pretrained, dtype=dtype)
+        saved, chat_template = saved_tokenizer(pretrained, tokenizer=tokenizer)
+        self.tokenizer = saved.to_hf(chat_template)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8  # "auto" -> a fixed size
         self._max_length = int(max_length or self.model.config.max_position_embeddings)
         self.max_gen_toks = int(max_gen_toks)

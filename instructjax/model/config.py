@@ -41,13 +41,15 @@ class LlamaConfig:
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
     remat: str = "none"
-    bos_id: int = 1
+    bos_id: int | None = 1
     eos_id: int = 2
+    extra_eos_ids: tuple[int, ...] = ()  # further end-of-turn ids (an HF `eos_token_id` list after its first)
     pad_id: int | None = None
     initializer_range: float = 0.02
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unmapped HF keys, kept for export
 
     def __post_init__(self):
+        object.__setattr__(self, "extra_eos_ids", tuple(self.extra_eos_ids))  # a list after a JSON round trip
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
         problems = []
@@ -67,6 +69,11 @@ class LlamaConfig:
     def __hash__(self) -> int:  # nnx keeps the config in the (hashed) graph definition
         return hash(json.dumps({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare},
                                sort_keys=True))
+
+    @property
+    def eos_ids(self) -> tuple[int, ...]:
+        """Every id that ends a turn: `eos_id` first."""
+        return (self.eos_id, *self.extra_eos_ids)
 
     def replace(self, **changes: Any) -> LlamaConfig:
         """A copy with some fields changed (e.g. `preset("tiny").replace(dtype="float32")`)."""
@@ -100,7 +107,7 @@ class LlamaConfig:
             "mlp_bias": False,
             "initializer_range": self.initializer_range,
             "bos_token_id": self.bos_id,
-            "eos_token_id": self.eos_id,
+            "eos_token_id": list(self.eos_ids) if self.extra_eos_ids else self.eos_id,
             "pad_token_id": self.pad_id,
             "torch_dtype": self.dtype,
         }
@@ -117,7 +124,7 @@ class LlamaConfig:
         rope_theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
         rope_scaling = {k: rope[k] for k in _ROPE_SCALING_KEYS} if rope_type == "llama3" else None
         eos = hf.get("eos_token_id", 2)
-        eos = eos[0] if isinstance(eos, list) else eos
+        eos = list(eos) if isinstance(eos, list) and eos else [eos]
         num_heads = hf["num_attention_heads"]
         mapped = {
             "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
@@ -139,7 +146,8 @@ class LlamaConfig:
             max_position_embeddings=hf.get("max_position_embeddings", 2048),
             tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
             bos_id=hf.get("bos_token_id", 1),
-            eos_id=eos,
+            eos_id=eos[0],
+            extra_eos_ids=tuple(eos[1:]),
             pad_id=hf.get("pad_token_id"),
             initializer_range=hf.get("initializer_range", 0.02),
             extra={k: v for k, v in hf.items() if k not in mapped and not k.startswith("_")},

@@ -12,17 +12,15 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from instructjax.data.tokenizer import Tokenizer
-
 
 class LlamaMeanEncoder:
     """Embeds texts as the mean last hidden state of a LLaMA (instructjax checkpoint or HF directory)."""
 
     def __init__(self, model: str, tokenizer: str | None = None, max_length: int = 512, batch_size: int = 16):
-        from instructjax.convert.hf import load_model
+        from instructjax.convert.hf import load_model, saved_tokenizer
 
-        self.model, found_tokenizer = load_model(model)
-        self.tokenizer = Tokenizer.load(tokenizer or found_tokenizer)
+        self.model = load_model(model)
+        self.tokenizer = saved_tokenizer(model, tokenizer=tokenizer)[0]
         self.max_length, self.batch_size = max_length, batch_size
         graphdef, state = nnx.split(self.model)
 
@@ -37,10 +35,13 @@ class LlamaMeanEncoder:
         self._state, self._mean_hidden = state, mean_hidden
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        """[N, hidden] float32: each text's BOS + tokens (truncated to max_length), mean-pooled."""
+        """[N, hidden] float32: each text's tokens (after BOS where the tokenizer adds one, truncated to
+        max_length), mean-pooled."""
         out = []
+        bos = [self.tokenizer.bos_id] if self.tokenizer.adds_bos else []
         for start in range(0, len(texts), self.batch_size):
-            chunk = [[self.tokenizer.bos_id, *self.tokenizer.encode(t)][: self.max_length] for t in texts[start:start + self.batch_size]]
+            chunk = [[*bos, *self.tokenizer.encode(t)][: self.max_length] or [self.tokenizer.eos_id]
+                     for t in texts[start:start + self.batch_size]]
             width = max(len(ids) for ids in chunk)
             width = 1 << (width - 1).bit_length()  # few distinct shapes, few compilations
             tokens = np.zeros((self.batch_size, width), np.int32)

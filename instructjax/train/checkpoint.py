@@ -1,10 +1,13 @@
 """Orbax checkpoints of a run: one CheckpointManager at RUN_DIR/checkpoints.
 
-Each step directory holds four items:
+Each step directory holds these items:
 - `params`: the model parameters as a plain nested dict (nnx pure dict, names as in the model);
 - `opt_state`: the optax state (absent in a params-only checkpoint, e.g. one imported from HF);
 - `data`: every host's iterator state, int64 `[process_count, 3]` (epoch, window, row);
-- `meta`: JSON {step, run_config, model_config}.
+- `meta`: JSON {step, run_config, model_config};
+- `tokenizer`: JSON {files, template}: the HF tokenizer files the run trained with (`Tokenizer.files`,
+  the chat template included) and the name of its chat template (None for an import, which keeps the
+  model's own). Export, generation and evaluation read it (`read_tokenizer`), never a default.
 
 `Checkpointer` is what the trainer uses; `save_params` / `load_params` are the params-only view
 that HF import/export and `model.init_from` use.
@@ -84,8 +87,11 @@ def _disk_full(exc: BaseException) -> str | None:
 class Checkpointer:
     """The run's checkpoint manager: async saves, keep-N, restore of the latest complete step."""
 
-    def __init__(self, run_dir: str | Path, *, keep: int | None = 3, async_save: bool = True):
+    def __init__(self, run_dir: str | Path, *, keep: int | None = 3, async_save: bool = True,
+                 tokenizer: dict | None = None):
+        """`tokenizer`: the `tokenizer` item saved with every step (see the module doc)."""
         self.directory = checkpoints_dir(run_dir)
+        self.tokenizer = tokenizer
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
@@ -123,16 +129,15 @@ class Checkpointer:
         return guard()
 
     def _save(self, step: int, params: Any, opt_state: Any, data_state: np.ndarray, meta: dict) -> None:
-        self.manager.save(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardSave(params),
-                opt_state=ocp.args.StandardSave(opt_state),
-                data=ocp.args.StandardSave(np.asarray(data_state, np.int64)),
-                meta=ocp.args.JsonSave({**meta, "step": step}),
-            ),
-            force=True,
+        items = dict(
+            params=ocp.args.StandardSave(params),
+            opt_state=ocp.args.StandardSave(opt_state),
+            data=ocp.args.StandardSave(np.asarray(data_state, np.int64)),
+            meta=ocp.args.JsonSave({**meta, "step": step}),
         )
+        if self.tokenizer is not None:
+            items["tokenizer"] = ocp.args.JsonSave(self.tokenizer)
+        self.manager.save(step, args=ocp.args.Composite(**items), force=True)
         self._saving = step
 
     def restore_latest(self, abstract_params: Any, abstract_opt_state: Any) -> tuple[int, Any, Any, np.ndarray, dict]:
@@ -198,14 +203,17 @@ def save_params(
     model_config: LlamaConfig,
     run_config: dict | None = None,
     step: int = 0,
+    tokenizer: dict | None = None,
 ) -> Path:
-    """Write a params-only checkpoint (what HF import produces) under `directory` (a run dir). Returns
-    the checkpoints dir."""
+    """Write a params-only checkpoint (what HF import produces) under `directory` (a run dir), with the
+    `tokenizer` item when given. Returns the checkpoints dir."""
     path = checkpoints_dir(directory)
     with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=True)) as manager:
         meta = {"step": step, "run_config": run_config, "model_config": model_config_dict(model_config)}
-        manager.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta)),
-                     force=True)  # fmt: skip
+        items = dict(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta))
+        if tokenizer is not None:
+            items["tokenizer"] = ocp.args.JsonSave(tokenizer)
+        manager.save(step, args=ocp.args.Composite(**items), force=True)
         manager.wait_until_finished()
     return path
 
@@ -221,7 +229,8 @@ def _reader(directory: str | Path) -> ocp.CheckpointManager:
     path = checkpoints_dir(directory)
     if not _has_steps(path):
         raise ConfigError(f"no checkpoint found in {directory}")
-    handlers = {"params": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler()}
+    handlers = {"params": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
+                "tokenizer": ocp.JsonCheckpointHandler()}
     return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False), item_handlers=handlers)
 
 
@@ -231,6 +240,20 @@ def read_meta(directory: str | Path, step: int | None = None) -> tuple[LlamaConf
         step = _resolve_step(manager, step, manager.directory)
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     return LlamaConfig(**meta["model_config"]), meta.get("run_config"), int(meta["step"])
+
+
+def read_tokenizer(directory: str | Path, step: int | None = None) -> tuple[str | None, str | None]:
+    """(tokenizer directory, chat template name) saved with a checkpoint; (None, None) when it carries none.
+
+    The files are written once into a content-addressed directory (`tokenizer.materialize`)."""
+    from instructjax.data.tokenizer import materialize
+
+    with _reader(directory) as manager:
+        step = _resolve_step(manager, step, manager.directory)
+        if not (Path(manager.directory) / str(step) / "tokenizer").is_dir():
+            return None, None
+        item = manager.restore(step, args=ocp.args.Composite(tokenizer=ocp.args.JsonRestore()))["tokenizer"]
+    return materialize(item["files"]), item.get("template")
 
 
 def load_params(

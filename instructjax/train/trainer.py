@@ -12,6 +12,7 @@ loop:        host batch -> global jax.Array -> step; metrics to RUN_DIR/metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import yaml
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from instructjax.config import RunConfig, define_data, to_dict
+from instructjax.config import RunConfig, to_dict
 from instructjax.errors import ConfigError, InstructJaxError
 from instructjax.model.config import LlamaConfig, preset
 from instructjax.model.llama import Llama
@@ -140,28 +141,42 @@ class Trainer:
         """`devices`: the mesh's devices (default all); `pipeline`: a stand-in for the config's DataPipeline
         with the same interface (iteration, state, restore, task_names, plan_epoch)."""
         maybe_initialize_distributed(config)
+        from instructjax import run_setup
         from instructjax.data.pipeline import DataPipeline, global_batch
+        from instructjax.data.tokenizer import Tokenizer
 
-        self.config, self.resume, self.global_batch = config, resume, global_batch
+        self.resume, self.global_batch = resume, global_batch
         self.run_dir = Path(config.run_dir)
         self.mesh = sharding.make_mesh(config.mesh, devices)
         check_batch(config, self.mesh)
-        self.model_config = resolve_model_config(config)
-        if config.define:
-            define_data(config.define)
-        self.pipeline = pipeline or DataPipeline(
-            config.data, process_index=jax.process_index(), process_count=jax.process_count())
-        self.sources = list(self.pipeline.task_names)
+        tokenizer_path = run_setup.tokenizer_path(config)
+        self.tokenizer = Tokenizer.load(tokenizer_path)
+        self.model_config = run_setup.fit_model_to_tokenizer(resolve_model_config(config), self.tokenizer,
+                                                             pretrained=bool(config.model.init_from))
+        data = run_setup.bind_data(config, tokenizer_path)
+        self.config = dataclasses.replace(config, template=data.template)  # what config.yaml records
+        self.pipeline = pipeline or DataPipeline(data.config, process_index=jax.process_index(),
+                                                 process_count=jax.process_count(),
+                                                 vocab_size=self.model_config.vocab_size)
+        self.sources = data.sources if pipeline is None else list(self.pipeline.task_names)
         steps_per_epoch = self.pipeline.plan_epoch(0).steps
         if jax.process_index() == 0:  # skipped rows and truncations are reported, never silent
             for line in getattr(self.pipeline, "report", list)():
                 print(f"data: {line}", flush=True)
         self.total_steps = config.max_steps or config.optim.epochs * steps_per_epoch
         self.tx, self.schedule = make_optimizer(config.optim, self.total_steps)
+        self.tokenizer_item = run_setup.tokenizer_item(self.tokenizer, data.template)
         self.checkpointer = ckpt.Checkpointer(self.run_dir, keep=config.checkpoint.keep,
-                                              async_save=config.checkpoint.async_save)  # fmt: skip
-        if not resume and self.checkpointer.latest_step() is not None:
+                                              async_save=config.checkpoint.async_save,
+                                              tokenizer=self.tokenizer_item)  # fmt: skip
+        latest = self.checkpointer.latest_step()
+        if not resume and latest is not None:
             raise ConfigError(f"{self.run_dir} already has checkpoints: pass --resume, or choose another run_dir")
+        if resume and latest is not None:
+            saved, _ = ckpt.read_tokenizer(self.run_dir)
+            if saved is not None and Tokenizer.load(saved) != self.tokenizer:
+                raise ConfigError(f"{self.run_dir} was trained with another tokenizer than {self.tokenizer.path}; "
+                                  "resume with the run's own tokenizer (config `tokenizer:` / model.init_from)")
 
     def init_state(self):
         """(params, opt_state, start step, tokens so far): fresh, from init_from, or from the latest checkpoint."""
