@@ -53,24 +53,33 @@ class DataError(InstructJaxError):
         return f"{prefix}: {self.problem}" if prefix else self.problem
 
 
+class SkippedRow(DataError):
+    """A well-formed row that the dataset's own reference pipeline drops too (e.g. a ShareGPT conversation
+    with a Bing speaker, a P3 answer choice marked incorrect): skipped and counted under any policy."""
+
+
 @dataclass
 class BadRowPolicy:
-    """What to do with a bad row: raise (`on_bad_row="error"`, the default) or skip and count.
+    """What happened to the rows of a source, and what to do with a bad one: raise
+    (`on_bad_row="error"`, the default) or skip and count. A `SkippedRow` is always skipped and counted.
 
-    Skipped rows are never silent: `summary()` gives one line per reason, printed at the end.
+    Nothing is silent: `read` rows, `skipped` per reason (first example kept), `repaired` per repair
+    (what an adapter changed, e.g. "dropped a leading gpt turn"); `summary()` gives one line per reason.
     """
 
     on_bad_row: str = "error"
     skipped: Counter = field(default_factory=Counter)
     examples: dict = field(default_factory=dict)
+    repaired: Counter = field(default_factory=Counter)
+    read: int = 0
 
     def __post_init__(self):
         if self.on_bad_row not in ("error", "skip"):
             raise ConfigError(f"on_bad_row must be 'error' or 'skip', got {self.on_bad_row!r}")
 
     def handle(self, error: DataError) -> None:
-        """Raise `error`, or record it when skipping."""
-        if self.on_bad_row == "error":
+        """Raise `error`, or record it when skipping (always for a `SkippedRow`)."""
+        if self.on_bad_row == "error" and not isinstance(error, SkippedRow):
             raise error
         self.skipped[error.reason] += 1
         self.examples.setdefault(error.reason, str(error))

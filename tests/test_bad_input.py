@@ -1,4 +1,6 @@
-"""Bad rows: one DataError naming file, row and problem; or skipped and counted per reason."""
+"""Bad rows: one DataError naming file, row and problem; or skipped and counted per reason. Rows that are
+well formed but that the dataset's reference pipeline drops (an empty response, a ShareGPT conversation
+with nothing answered) are skipped and counted under any policy, the first one named."""
 
 import json
 
@@ -30,20 +32,24 @@ def skipped(name, path, **options):
     return convs, dict(policy.skipped), policy
 
 
-# (source, bad row, reason, words the message must contain)
+# (source, bad row, reason, words the message must contain): rows that break the schema
 CASES = [
     ("alpaca", b'{"instruction": "x", "output": ', "malformed_json", "malformed JSON"),
     ("alpaca", b'{"instruction": "caf\xe9", "input": "", "output": "y"}', "invalid_utf8", "UTF-8"),
     ("alpaca", {"instruction": "x", "input": ""}, "missing_field", "'output'"),
     ("alpaca", {"instruction": "x", "input": "", "output": 7}, "wrong_type", "'output' is int"),
     ("alpaca", b'["not", "an", "object"]', "wrong_type", "expected an object"),
+    ("sharegpt", {"id": "s", "conversations": [{"from": "human", "value": "a"}, {"value": "b"}]}, "missing_field",
+     "'from'"),
+]
+# well-formed rows the reference pipelines drop: skipped and counted, never fatal
+QUIRKS = [
     ("alpaca", {"instruction": "x", "input": "", "output": "   "}, "empty_response", "empty"),
     ("dolly", {"instruction": "x", "context": "", "response": ""}, "empty_response", "empty"),
     ("sharegpt", {"id": "s", "conversations": [{"from": "gpt", "value": "hi"}, {"from": "human", "value": "yo"}]},
-     "role_order", "roles out of order"),
-    ("sharegpt", {"id": "s", "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"},
-                                               {"from": "human", "value": "c"}]}, "ends_on_user", "user turn"),
-    ("baize", {"input": "[|Human|] hi\n[|AI|] hello\n[|Human|] are you there?"}, "ends_on_user", "[|Human|]"),
+     "no_answered_round", "no answered round"),
+    ("sharegpt", {"id": "s", "conversations": [{"from": "human", "value": "a"}, {"from": "bard", "value": "b"}]},
+     "other_speaker", "'bard'"),
     ("baize", {"input": "[|Human|] hi\n[|AI|] hello [|AI|] again\n[|Human|] "}, "role_order", "two [|AI|]"),
 ]
 
@@ -68,10 +74,21 @@ def test_bad_row_is_named_then_skipped(tmp_path, source, bad, reason, words):
     assert policy.summary()[0].startswith(f"skipped 1 bad row(s): {reason}")
 
 
+@pytest.mark.parametrize("source,quirk,reason,words", QUIRKS, ids=[f"{c[0]}-{c[2]}" for c in QUIRKS])
+def test_quirk_is_counted_under_the_default_policy(tmp_path, source, quirk, reason, words):
+    good = good_rows_for(source)
+    path = write_lines(tmp_path, [good, good, quirk, good])
+    policy = BadRowPolicy()  # error on a bad row
+    convs = list(load_conversations(source, [path], policy=policy))
+    assert len(convs) == 3 and dict(policy.skipped) == {reason: 1} and policy.read == 4
+    first = policy.examples[reason]
+    assert f"file {path}" in first and "row 3" in first and words in first
+
+
 def test_line_numbers_survive_blank_lines(tmp_path):
-    path = write_lines(tmp_path, [GOOD, "", GOOD, "   ", {"instruction": "x", "input": "", "output": ""}])
+    path = write_lines(tmp_path, [GOOD, "", GOOD, "   ", {"instruction": "x", "input": ""}])
     err = first_error("alpaca", path)
-    assert (err.reason, err.row) == ("empty_response", 5)
+    assert (err.reason, err.row) == ("missing_field", 5)
 
 
 def test_several_reasons_counted_separately(tmp_path):
@@ -83,9 +100,9 @@ def test_several_reasons_counted_separately(tmp_path):
 
 def test_json_array_names_the_element_index(tmp_path):
     path = tmp_path / "rows.json"
-    path.write_text(json.dumps([GOOD, GOOD, {"instruction": "x", "input": "", "output": ""}, GOOD]))
+    path.write_text(json.dumps([GOOD, GOOD, {"instruction": "x", "input": "", "output": 3}, GOOD]))
     err = first_error("alpaca", str(path))
-    assert (err.reason, err.row, err.file) == ("empty_response", 2, str(path))
+    assert (err.reason, err.row, err.file) == ("wrong_type", 2, str(path))
 
 
 def test_json_array_bad_utf8_is_confined_to_its_element(tmp_path):
@@ -124,8 +141,11 @@ def test_oasst1_orphans_and_their_subtrees_are_reported(tmp_path):
     assert counts == {"role_order": 1, "broken_tree": 2}
 
 
-def test_oasst1_empty_reply_names_its_row(tmp_path):
+def test_oasst1_empty_reply_is_counted_naming_its_row(tmp_path):
     rows = [{"message_id": "p1", "parent_id": None, "role": "prompter", "text": "q"},
-            {"message_id": "a1", "parent_id": "p1", "role": "assistant", "text": " "}]
-    err = first_error("oasst1", write_lines(tmp_path, rows))
-    assert (err.reason, err.row) == ("empty_response", 2)
+            {"message_id": "a1", "parent_id": "p1", "role": "assistant", "text": " "},
+            {"message_id": "a2", "parent_id": "p1", "role": "assistant", "text": "r"}]
+    policy = BadRowPolicy()
+    convs = list(load_conversations("oasst1", [write_lines(tmp_path, rows)], policy=policy))
+    assert [c.id for c in convs] == ["oasst1-a2"] and dict(policy.skipped) == {"empty_response": 1}
+    assert "row 2" in policy.examples["empty_response"]

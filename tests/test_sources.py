@@ -1,6 +1,7 @@
 """Every source adapter on a hand-written sample of its native hub schema, loaded from local files."""
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -35,137 +36,213 @@ def test_registry_has_the_fourteen_datasets():
     assert SOURCES["oasst1"].hub_id == "OpenAssistant/oasst1"
 
 
-@pytest.mark.parametrize("name", ["alpaca", "code_alpaca", "gpt4_alpaca"])
-def test_alpaca_style_keeps_instruction_and_input(tmp_path, name):
-    rows = [{"instruction": "Add the numbers.", "input": "2 and 3", "output": "5", "score": 4.5},
-            {"instruction": "  Name a color. ", "input": "", "output": " Blue.\n"}]
-    c0, c1 = load(tmp_path, name, rows)
-    assert c0.messages == [u("Add the numbers.\n\n2 and 3"), a("5")]
-    assert (c0.meta["instruction"], c0.meta["input"], c0.meta["score"]) == ("Add the numbers.", "2 and 3", 4.5)
-    assert c1.messages == [u("Name a color."), a("Blue.")]
-    assert c1.meta["input"] == ""
-    assert (c0.id, c1.id, c0.source) == (f"{name}-0", f"{name}-1", name)
+# ---- real hub schemas: tests/data/hub/, one hand-written file per source --------------------------------
+
+HUB = Path(__file__).resolve().parent / "data" / "hub"
+LEAD, TRAIL, EMPTY_TURN = ("dropped a leading assistant turn", "dropped a trailing unanswered user turn",
+                           "cut at an empty turn")
+NOINPUT, BAIZE_CUT = "dropped a <noinput> placeholder", "cut at an unanswered or empty round"
+ZH = json.loads((HUB / "sharegpt.json").read_text())[-1]["conversations"]
+
+# source -> (kept [(id, messages)], skipped {reason: n}, repaired {how: n}), as each dataset's reference
+# pipeline makes of the rows (see the comments; written by hand, not computed by the adapters).
+EXPECTED = {
+    "alpaca": ([
+        ("alpaca-0", [u("Give three tips for staying healthy."),
+                      a("1. Eat a balanced and nutritious diet.\n2. Exercise regularly.\n3. Get enough sleep.")]),
+        ("alpaca-1", [u("Identify the odd one out.\n\nTwitter, Instagram, Telegram"), a("Telegram")]),
+        ("alpaca-2", [u("Generate a list of adjectives that describe a person as brave."),  # "<noinput>" is no input
+                      a("Courageous, fearless, bold, daring, valiant.")]),
+    ], {"empty_response": 1}, {NOINPUT: 1}),
+    "code_alpaca": ([
+        ("code_alpaca-0", [u("Create an array of length 5 which contains all even numbers between 1 and 10."),
+                           a("arr = [2, 4, 6, 8, 10]")]),
+        ("code_alpaca-1", [u("Write a function to compute the sum of a list in Python.\n\n[1, 2, 3]"),
+                           a("def list_sum(numbers):\n    total = 0\n    for n in numbers:\n        total += n\n"
+                             "    return total")]),
+    ], {}, {}),
+    "gpt4_alpaca": ([
+        ("gpt4_alpaca-0", [u("What are the three primary colors?"),
+                           a("The three primary colors are red, blue, and yellow. These colors are called primary "
+                             "because they cannot be created by mixing other colors.")]),
+        ("gpt4_alpaca-1", [u("Suggest a name for a coffee shop."), a("Bean There, Done That.")]),
+    ], {}, {NOINPUT: 1}),
+    "dolly": ([
+        ("dolly-0", [u("When did Virgin Australia start operating?\n\nVirgin Australia, the trading name of Virgin "
+                       "Australia Airlines Pty Ltd, is an Australian-based airline. It commenced services on 31 August "
+                       "2000 as Virgin Blue, with two aircraft on a single route."),
+                     a("Virgin Australia commenced services on 31 August 2000 as Virgin Blue, with two aircraft on a "
+                       "single route.")]),
+        ("dolly-1", [u("Why can camels survive for long without water?"),
+                     a("Camels use the fat in their humps to keep them filled with energy and hydration for long "
+                       "periods of time.")]),
+    ], {"empty_response": 1}, {}),  # open-instruct would train an empty completion: nothing to learn, skipped
+    "self_instruct": ([
+        ("self_instruct-0", [u("Make a list of 10 ways to help students improve their study skills."),
+                             a("1. Make a schedule for studying and stick to it.\n2. Study in the same place every "
+                               "time.\n3. Set goals for yourself.")]),
+        ("self_instruct-1", [u("Classify the sentiment of the sentence into positive, negative or mixed.\n\nInput: I "
+                               "enjoy the flavor of the restaurant but their service is too slow."), a("mixed")]),
+    ], {}, {}),
+    "unnatural_instructions": ([  # open-instruct: the constraints follow the instruction unless "None."
+        ("unnatural_instructions-0-0", [
+            u("You are given a review of a restaurant. Your task is to classify the review as positive or negative.\n"
+              "The output should be one of the two: 'positive' or 'negative'.\n\n"
+              "The food was cold and the waiter was rude."), a("negative")]),
+        ("unnatural_instructions-1-0", [
+            u("Write a question about the passage that can be answered with a number.\n\n"
+              "The bridge is 300 meters long and was built in 1932."), a("How long is the bridge in meters?")]),
+        ("unnatural_instructions-1-1", [
+            u("Write a question about the passage that can be answered with a number.\n\nThe lake holds 12 islands."),
+            a("How many islands does the lake hold?")]),
+    ], {}, {}),
+    "superni": ([
+        ("superni-task1344-8a2b1f0e6d5c4b3a9e8f7d6c5b4a3f2e", [
+            u("In this task, you're given two sentences. Indicate if the first sentence clearly entails the second "
+              "sentence (i.e., one can conclude the 2nd sentence by reading the 1st one). Indicate your answer with "
+              "'1' if the first sentence entails the second sentence, otherwise answer with '0'.\n\nSentence 1: No "
+              "Weapons of Mass Destruction Found in Iraq Yet. Sentence 2: Weapons of Mass Destruction Found in "
+              "Iraq."), a("0")]),
+        ("superni-task039-1f2e3d4c5b6a79880a1b2c3d4e5f6a7b", [
+            u("Generate an overlapping word between the given two sentences.\n\nSentence1: pesticides cause "
+              "pollution. \nSentence2: purple loosestrife causes pollution."), a("pollution")]),
+    ], {}, {}),
+    "flan_v2": ([
+        ("flan_v2-0", [u('Premise: "A man in a blue shirt is standing on a ladder."\nHypothesis: "A man is painting a '
+                         'house."\nDoes the premise entail the hypothesis?\nOPTIONS:\n- yes\n- it is not possible to '
+                         "tell\n- no"), a("it is not possible to tell")]),
+        ("flan_v2-1", [u('Translate "The meeting will take place tomorrow." to German?'),
+                       a("Das Treffen findet morgen statt.")]),
+    ], {"empty_response": 1}, {}),
+    "cot": ([
+        ("cot-0", [u("Q: Leah had 32 chocolates and her sister had 42. If they ate 35, how many pieces do they have "
+                     "left in total?\nA: Let's think step by step."),
+                   a("Originally, Leah had 32 chocolates. Her sister had 42. So in total they had 32 + 42 = 74. After "
+                     "eating 35, they had 74 - 35 = 39. The answer is 39.")]),
+        ("cot-1", [u('Is the following sentence plausible? "Joao Moutinho caught the screen pass in the NFC '
+                     'championship."'),
+                   a("Joao Moutinho is a soccer player. The NFC championship is part of American football, not "
+                     "soccer. So the answer is no.")]),
+    ], {}, {}),
+    "p3": ([  # a *_score_eval row per answer choice: only the correct one is a training pair
+        ("p3-0", [u("Persian language -- Persian is one of the Western Iranian languages within the Indo-Iranian "
+                    "branch of the Indo-European language family.\nQuestion: do iran and afghanistan speak the same "
+                    "language?\nAnswer:"), a("True")]),
+        ("p3-1", [u("Ethanol fuel -- All biomass goes through at least some of these steps.\nQuestion: does ethanol "
+                    "take more energy make that produces?\nAnswer:"), a("False")]),
+    ], {"incorrect_choice": 1}, {}),
+    "wizardlm": ([  # a V1 row and a V2 `conversations` row
+        ("wizardlm-0", [u("As a sports nutritionist, what would be your advice for a marathon runner the week before "
+                          "the race?"),
+                        a("In the week before a marathon, reduce your training volume and increase your carbohydrate "
+                          "intake over the last three days, drink enough water, and avoid trying new foods.")]),
+        ("wizardlm-alpaca_4f0c2d", [u("Name two benefits of meditation."),
+                                    a("Meditation can lower stress and improve concentration."),
+                                    u("How long should a beginner meditate?"),
+                                    a("Five to ten minutes a day is a good start.")]),
+    ], {}, {}),
+    "baize": ([  # open-instruct drops the preamble and rounds without a reply; we keep the answered prefix
+        ("baize-0", [u("How do I make a cup of tea?"),
+                     a("Boil water, pour it over a tea bag in a cup and let it steep for three to five minutes."),
+                     u("Should I add milk before or after?"), a("Add milk after steeping, so the tea can brew properly.")]),
+        ("baize-1", [u("What is the best way to learn Python?"),
+                     a("Start with the official tutorial and write small programs every day.")]),
+        ("baize-2", [u("Where is the Eiffel Tower?"), a("It is in Paris, France.")]),
+    ], {"no_answered_round": 1}, {BAIZE_CUT: 2}),
+    "sharegpt": ([  # FastChat's clean_sharegpt, then open-instruct's speaker mapping
+        ("sharegpt-QWJhYvA_0", [
+            u("Summarize the main ideas of Jeff Walker's Product Launch Formula."),
+            a("Product Launch Formula is a step-by-step process: build anticipation with pre-launch content, open the "
+              "cart for a limited time, then follow up with the people who did not buy."),
+            u("Give me a one-line version."), a("Build anticipation, open the cart briefly, follow up.")]),
+        ("sharegpt-VyaZlh4_0", [u("What is the capital of Australia?"), a("The capital of Australia is Canberra.")]),
+        ("sharegpt-mrllZ6u_0", [u("What does HTTP stand for?"), a("HTTP stands for Hypertext Transfer Protocol.")]),
+        ("sharegpt-A5AbcES_0", [u("Write a haiku about autumn."),
+                                a("Crisp leaves drift and fall,\ngolden light on quiet paths,\nthe year breathes out slow.")]),
+        ("sharegpt-kP9q2Lm_0", [u("Explain recursion in one sentence."),
+                                a("Recursion is when a function solves a problem by calling itself on smaller "
+                                  "versions of the same problem.")]),
+        ("sharegpt-zh7Lq0a_0", [(u if k % 2 == 0 else a)(t["value"]) for k, t in enumerate(ZH)]),
+    ], {"role_order": 1, "too_short": 1, "other_speaker": 1}, {LEAD: 1, EMPTY_TURN: 1, TRAIL: 1}),
+}
 
 
-def test_wizardlm(tmp_path):
-    [c] = load(tmp_path, "wizardlm", [{"instruction": "Explain RoPE.", "output": "Rotary embeddings..."}])
-    assert c.messages == [u("Explain RoPE."), a("Rotary embeddings...")]
-    assert c.meta["input"] == ""
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_real_hub_rows_load_as_the_reference_pipeline_loads_them(name, tmp_path):
+    """Under the default policy (error on a bad row) the quirks of real rows are repaired or counted, never
+    fatal; every kept conversation is as the dataset's reference pipeline makes it."""
+    from instructjax.errors import BadRowPolicy
+
+    [path] = [p for p in HUB.iterdir() if p.stem == name]
+    policy = BadRowPolicy()
+    got = list(load_conversations(name, [str(path)], policy=policy, cache_dir=str(tmp_path / "c")))
+    kept, skipped, repaired = EXPECTED[name]
+    assert [(c.id, c.messages) for c in got] == kept
+    assert dict(policy.skipped) == skipped and dict(policy.repaired) == repaired
+    rows = len(json.loads(path.read_text())) if path.suffix == ".json" else len(path.read_text().splitlines())
+    assert policy.read == rows
 
 
-def test_dolly(tmp_path):
-    rows = [{"instruction": "Who wrote it?", "context": "Hamlet is a play by Shakespeare.",
-             "response": "Shakespeare.", "category": "closed_qa"},
-            {"instruction": "Give a tip.", "context": "", "response": "Sleep.", "category": "brainstorming"}]
-    c0, c1 = load(tmp_path, "dolly", rows)
-    assert c0.messages == [u("Who wrote it?\n\nHamlet is a play by Shakespeare."), a("Shakespeare.")]
-    assert c0.meta["category"] == "closed_qa" and c0.meta["input"] == "Hamlet is a play by Shakespeare."
-    assert c1.messages == [u("Give a tip."), a("Sleep.")]
+def test_unnatural_instructions_and_alpaca_meta(tmp_path):
+    c0 = list(load_conversations("unnatural_instructions", [str(HUB / "unnatural_instructions.jsonl")],
+                                 cache_dir=str(tmp_path / "c")))[0]
+    assert c0.meta["constraints"] == "The output should be one of the two: 'positive' or 'negative'."
+    assert c0.meta["input"] == "The food was cold and the waiter was rude."
+    alpaca = list(load_conversations("alpaca", [str(HUB / "alpaca.jsonl")], cache_dir=str(tmp_path / "c")))
+    assert alpaca[2].meta["input"] == "" and alpaca[2].meta["repairs"] == [NOINPUT]
 
 
-def test_superni_uses_its_own_id(tmp_path):
-    rows = [{"task_name": "task001_quoref_question_generation", "id": "task001-abc",
-             "definition": "Write a question.", "inputs": "Passage: x", "targets": "What is x?"}]
-    [c] = load(tmp_path, "superni", rows)
-    assert c.messages == [u("Write a question.\n\nPassage: x"), a("What is x?")]
-    assert c.id == "superni-task001-abc" and c.meta["task_name"] == "task001_quoref_question_generation"
+def test_oasst1_real_rows_leave_out_failed_review_and_deleted(tmp_path):
+    from instructjax.errors import BadRowPolicy
+
+    policy = BadRowPolicy()
+    got = list(load_conversations("oasst1", [str(HUB / "oasst1.jsonl")], policy=policy, cache_dir=str(tmp_path)))
+    question = u('Can you write a short introduction about the relevance of the term "monopsony" in economics?')
+    by_id = {c.id: c.messages for c in got}
+    # the best reply's follow-up lost its only answer (deleted): the path ends at that reply, which
+    # open-instruct's leaf-only walk would drop; the reply that failed review is not a path
+    assert by_id == {
+        "oasst1-c8e83833-ecbc-44fe-b6db-735228c25a1c": [question, a('"Monopsony" refers to a market structure where '
+                                                                    "there is only one buyer for a particular good or "
+                                                                    "service.")],
+        "oasst1-343ee2d4-87ae-41fd-a768-bdd65959dc4a": [question, a("Monopsony is a market structure in which there is "
+                                                                    "a single buyer in a market.")],
+    }
+    assert dict(policy.skipped) == {"failed_review": 1, "deleted": 1} and policy.read == 6
 
 
-@pytest.mark.parametrize("name", ["cot", "flan_v2"])
-def test_flan_inputs_targets(tmp_path, name):
-    rows = [{"inputs": "Q: 2+2? Let's think step by step.", "targets": "2+2=4. The answer is 4.",
-             "task": "gsm8k"}]
-    [c] = load(tmp_path, name, rows)
-    assert c.messages == [u("Q: 2+2? Let's think step by step."), a("2+2=4. The answer is 4.")]
-    assert c.meta["task"] == "gsm8k"
+def test_sharegpt_is_split_by_the_runs_tokenizer_at_the_runs_length(tmp_path):
+    """The four Chinese rounds: chars / 4 estimates far fewer tokens than the tokenizer counts; blocks are cut
+    so that every block fits max_length under the run's tokenizer and template, and each is as long as
+    it can be (the next round would not fit)."""
+    from pretrained_models import reference_ids
 
+    from instructjax.data import tasks
+    from instructjax.data.binding import bind
+    from instructjax.data.schema import Conversation
+    from instructjax.data.templates import render
+    from instructjax.data.tokenizer import default_tokenizer_path
 
-def test_p3(tmp_path):
-    rows = [{"inputs_pretokenized": "Is the sky blue?\nAnswer yes or no.\n", "targets_pretokenized": " yes",
-             "inputs": [1, 2], "targets": [3]}]
-    [c] = load(tmp_path, "p3", rows)
-    assert c.messages == [u("Is the sky blue?\nAnswer yes or no."), a("yes")]
+    tasks.register_task("hub_sharegpt", tasks.TaskSpec(source="sharegpt", data_files=(str(HUB / "sharegpt.json"),)))
+    max_length = 400
+    bound = bind("hub_sharegpt", tokenizer=None, max_length=max_length)
+    examples = tasks.encoded_examples(bound.name)
 
+    def real_length(messages):
+        text = render(Conversation(messages, "s", "x"), "tulu").text
+        return len(reference_ids(default_tokenizer_path(), text, bos="<s>", eos="</s>"))
 
-def test_self_instruct_strips_gpt3_markers(tmp_path):
-    rows = [{"prompt": "Make a list of fruits.\n\nOutput:", "completion": " apple, pear<|endoftext|>"}]
-    [c] = load(tmp_path, "self_instruct", rows)
-    assert c.messages == [u("Make a list of fruits."), a("apple, pear")]
-
-
-def test_unnatural_instructions_one_conversation_per_instance(tmp_path):
-    rows = [{"instruction": "Translate to French.", "instances": [
-        {"instruction_with_input": "Translate to French.\n\nhello", "input": "hello", "constraints": "None.",
-         "output": "bonjour"},
-        {"instruction_with_input": "Translate to French.\n\ncat", "input": "cat", "constraints": "None.",
-         "output": "chat"}]}]
-    c0, c1 = load(tmp_path, "unnatural_instructions", rows)
-    assert c0.messages == [u("Translate to French.\n\nhello"), a("bonjour")]
-    assert c1.messages == [u("Translate to French.\n\ncat"), a("chat")]
-    assert (c0.id, c1.id) == ("unnatural_instructions-0-0", "unnatural_instructions-0-1")
-    assert c1.meta["instruction"] == "Translate to French." and c1.meta["input"] == "cat"
-
-
-def test_baize_transcript(tmp_path):
-    transcript = ("The conversation between human and AI assistant.\n[|Human|] Hi there\n[|AI|] Hello! How can"
-                  " I help?\n[|Human|] Tell me a joke.\n[|AI|] Why did the chicken cross the road?\n[|Human|] ")
-    [c] = load(tmp_path, "baize", [{"topic": "jokes", "input": transcript}])
-    assert c.messages == [u("Hi there"), a("Hello! How can I help?"), u("Tell me a joke."),
-                          a("Why did the chicken cross the road?")]
-    assert c.meta["topic"] == "jokes"
-
-
-def test_sharegpt_short_conversation_unsplit(tmp_path):
-    row = {"id": "QWJhYvA_0", "conversations": [
-        {"from": "human", "value": "hi"}, {"from": "gpt", "value": "hello"},
-        {"from": "human", "value": "bye"}, {"from": "gpt", "value": "goodbye"}]}
-    [c] = load(tmp_path, "sharegpt", [row])
-    assert c.messages == [u("hi"), a("hello"), u("bye"), a("goodbye")]
-    assert c.id == "sharegpt-QWJhYvA_0"
-
-
-def brute_force_blocks(lengths, max_length):
-    """Reference split: walk pairs, start a new block when the next pair would overflow a non-empty one."""
-    blocks, current, used = [], [], 0
-    for k, n in enumerate(lengths):
-        if current and used + n > max_length:
-            blocks.append(current)
-            current, used = [], 0
-        current.append(k)
-        used += n
-    return blocks + [current]
-
-
-def test_sharegpt_splits_long_conversations_at_turn_boundaries(tmp_path):
-    # Pair k costs (k+1)*10 "tokens" under a words-as-tokens length function.
-    turns = []
-    for k in range(8):
-        turns += [{"from": "human", "value": " ".join(["q"] * (k + 1) * 4)},
-                  {"from": "gpt", "value": " ".join(["r"] * (k + 1) * 6)}]
-    convs = load(tmp_path, "sharegpt", [{"id": "long", "conversations": turns}],
-                 max_length=60, length_fn=lambda s: len(s.split()))
-    expected = brute_force_blocks([(k + 1) * 10 for k in range(8)], 60)
-    assert [[len(m["content"].split()) // 4 - 1 for m in c.messages[::2]] for c in convs] == expected
-    assert [c.id for c in convs] == [f"sharegpt-long-b{k}" for k in range(len(expected))]
-    for c in convs:
-        assert c.messages[0]["role"] == "user" and c.messages[-1]["role"] == "assistant"
-        assert sum(len(m["content"].split()) for m in c.messages) <= 60 or len(c.messages) == 2
-    # nothing lost or duplicated
-    assert [m for c in convs for m in c.messages] == [
-        {"role": "user" if t["from"] == "human" else "assistant", "content": t["value"]} for t in turns]
-
-
-def test_sharegpt_default_length_is_chars_over_4(tmp_path):
-    turns = [{"from": "human", "value": "x" * 4000}, {"from": "gpt", "value": "y" * 4000}] * 2
-    convs = load(tmp_path, "sharegpt", [{"id": "c", "conversations": turns}])
-    assert len(convs) == 2  # 2000 estimated tokens per pair, 2048 per block
-
-
-def test_sharegpt_trim_trailing_user_option(tmp_path):
-    row = {"id": "t", "conversations": [{"from": "human", "value": "a"}, {"from": "gpt", "value": "b"},
-                                        {"from": "human", "value": "c"}]}
-    [c] = load(tmp_path, "sharegpt", [row], trim_trailing_user=True)
-    assert c.messages == [u("a"), a("b")]
+    zh = [(u if k % 2 == 0 else a)(t["value"]) for k, t in enumerate(ZH)]
+    assert sum(len(m["content"]) // 4 for m in zh) < max_length < real_length(zh)  # the estimate would not split
+    blocks = [Conversation.from_json(e["conversation"]) for e in examples if e["id"].startswith("sharegpt-zh7Lq0a_0")]
+    assert len(blocks) > 1 and [b.id for b in blocks] == [f"sharegpt-zh7Lq0a_0-b{k}" for k in range(len(blocks))]
+    assert [m for b in blocks for m in b.messages] == zh  # nothing lost or repeated
+    for k, block in enumerate(blocks):
+        assert real_length(block.messages) <= max_length
+        if k + 1 < len(blocks):
+            assert real_length(block.messages + blocks[k + 1].messages[:2]) > max_length
+    report = tasks.task_report(bound.name)
+    assert report.split == 1 and report.truncated == 0
 
 
 def oasst_row(mid, parent, role, text, rank=None, deleted=False):

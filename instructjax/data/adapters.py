@@ -1,9 +1,12 @@
-"""Per-dataset adapters: one native hub row -> Conversations.
+"""Per-dataset adapters: one native hub row -> Conversations, with the dataset's real quirks handled the
+way its reference pipeline handles them (each adapter says which, and how).
 
-Every adapter reads the row schema of the dataset's Hugging Face hub version (see `sources.SOURCES`)
-and raises a `DataError` with a stable `reason` (no file/row: the loader adds where the row came from).
-Row adapters have the signature `(row, name, index) -> list[Conversation]`; Open Assistant, whose rows
-are single messages of a tree, has a whole-table adapter (`oasst1_conversations`).
+Every adapter reads the row schema of the dataset's Hugging Face hub version (see `sources.SOURCES`).
+A row that breaks the schema (a missing or mistyped field) raises a `DataError` with a stable `reason`;
+a well-formed row that the reference pipeline drops raises a `SkippedRow` (always skipped and counted);
+a row the reference pipeline repairs is repaired and the repair is listed in `meta["repairs"]` (counted
+by the loader). Row adapters have the signature `(row, name, index) -> list[Conversation]`; Open
+Assistant, whose rows are single messages of a tree, has a whole-table adapter (`oasst1_conversations`).
 """
 
 from __future__ import annotations
@@ -13,11 +16,12 @@ from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from instructjax.data.schema import Conversation
-from instructjax.errors import DataError
+from instructjax.errors import DataError, SkippedRow
 
 # Columns copied into meta when a row has them (quality scores, categories, synthetic labels).
 META_COLUMNS = ("score", "quality_score", "category", "task", "task_name", "task_source", "template_type",
                 "topic", "synthetic")
+NO_INPUT = ("<noinput>", "<no input>", "noinput")  # Alpaca-style "no input" placeholders
 
 
 def field(row: dict, key: str, kind: type = str) -> Any:
@@ -49,15 +53,29 @@ def row_meta(row: dict, **extra: Any) -> dict[str, Any]:
     return meta
 
 
+def repaired(meta: dict[str, Any], *repairs: str) -> dict[str, Any]:
+    """`meta` with `repairs` (what was changed in the row) listed under "repairs"."""
+    if repairs:
+        meta = {**meta, "repairs": [*meta.get("repairs", []), *repairs]}
+    return meta
+
+
 def pair(user: str, assistant: str) -> list[dict[str, str]]:
+    """One exchange; an empty response is a `SkippedRow` (the reference pipelines would train on the
+    end-of-turn marker alone; there is nothing to learn from it)."""
+    if not assistant.strip():
+        raise SkippedRow("the response is empty", reason="empty_response")
     return [{"role": "user", "content": user}, {"role": "assistant", "content": assistant}]
 
 
 def instruction_conversation(
     name: str, cid: str, instruction: str, input_text: str, output: str, meta: dict[str, Any]
 ) -> Conversation:
-    """Instruction/input/output row: user = instruction + "\\n\\n" + input (input only when non-empty)."""
+    """Instruction/input/output row: user = instruction + "\n\n" + input (input only when non-empty), as
+    open-instruct's plain encoding. A "<noinput>" placeholder (Alpaca's generation pipeline) is no input."""
     instruction, input_text = instruction.strip(), input_text.strip()
+    if input_text.lower() in NO_INPUT:
+        input_text, meta = "", repaired(meta, "dropped a <noinput> placeholder")
     user = f"{instruction}\n\n{input_text}" if input_text else instruction
     meta = {**meta, "instruction": instruction, "input": input_text}
     return Conversation(pair(user, output.strip()), name, cid, meta)
@@ -66,11 +84,20 @@ def instruction_conversation(
 # --- instruction/input/output datasets -----------------------------------------------------------
 
 def alpaca_style(row: dict, name: str, index: int) -> list[Conversation]:
-    """Alpaca, Code-Alpaca, GPT4-Alpaca, WizardLM-70k: instruction / input (optional) / output."""
+    """Alpaca, Code-Alpaca, GPT4-Alpaca: instruction / input (optional) / output."""
     return [instruction_conversation(
         name, row_id(name, row, index), field(row, "instruction"), optional_text(row, "input"),
         field(row, "output"), row_meta(row),
     )]
+
+
+def wizardlm(row: dict, name: str, index: int) -> list[Conversation]:
+    """WizardLM: V1 (evol_instruct_70k) instruction / output rows, or V2 (evol_instruct_V2_143k)
+    `conversations` of human/gpt turns (read as open-instruct's `convert_wizardlm_data` reads them)."""
+    if row.get("conversations") is not None and row.get("instruction") is None:  # datasets fills absent columns
+        messages, repairs = chat_messages(field(row, "conversations", list))
+        return [Conversation(messages, name, row_id(name, row, index, key="idx"), repaired(row_meta(row), *repairs))]
+    return alpaca_style(row, name, index)
 
 
 def dolly(row: dict, name: str, index: int) -> list[Conversation]:
@@ -101,7 +128,12 @@ def inputs_targets(row: dict, name: str, index: int) -> list[Conversation]:
 
 
 def p3(row: dict, name: str, index: int) -> list[Conversation]:
-    """bigscience/P3 (one config per prompted subtask): inputs_pretokenized / targets_pretokenized."""
+    """bigscience/P3 (one config per prompted subtask): inputs_pretokenized / targets_pretokenized.
+
+    In the `*_score_eval` subtasks every answer choice is a row with `is_correct`; training on the wrong
+    choices would teach the model to answer them, so rows with `is_correct: false` are skipped (counted)."""
+    if row.get("is_correct") is False:
+        raise SkippedRow("an answer choice marked is_correct=false (a *_score_eval row)", reason="incorrect_choice")
     user = field(row, "inputs_pretokenized").strip()
     target = field(row, "targets_pretokenized").strip()
     return [Conversation(pair(user, target), name, row_id(name, row, index), row_meta(row))]
@@ -118,8 +150,12 @@ def self_instruct(row: dict, name: str, index: int) -> list[Conversation]:
 
 def unnatural_instructions(row: dict, name: str, index: int) -> list[Conversation]:
     """mrm8488/unnatural-instructions-core: instruction + instances[{instruction_with_input, input,
-    constraints, output}]; one conversation per instance (Tulu's 68,478 instances)."""
-    instruction = field(row, "instruction")
+    constraints, output}]; one conversation per instance (Tulu's 68,478 instances).
+
+    As open-instruct (`convert_unnatural_instructions_data`): the instance's `constraints` ("The output
+    should be one of ...") are appended to the instruction on a new line unless they are "None."; the
+    prompt is that instruction and the instance's input."""
+    instruction = field(row, "instruction").strip()
     instances = field(row, "instances", list)
     if not instances:
         raise DataError("field 'instances' is empty", reason="missing_field")
@@ -127,12 +163,14 @@ def unnatural_instructions(row: dict, name: str, index: int) -> list[Conversatio
     for k, instance in enumerate(instances):
         if not isinstance(instance, dict):
             raise DataError(f"instances[{k}] is {type(instance).__name__}, expected object", reason="wrong_type")
-        user = field(instance, "instruction_with_input").strip()
-        meta = row_meta(row, instruction=instruction.strip(), input=optional_text(instance, "input").strip())
-        if instance.get("constraints"):
-            meta["constraints"] = instance["constraints"]
-        cid = f"{row_id(name, row, index)}-{k}"
-        conversations.append(Conversation(pair(user, field(instance, "output").strip()), name, cid, meta))
+        constraints = optional_text(instance, "constraints").strip()
+        full = instruction
+        if constraints and constraints.lower() not in ("none", "none."):
+            full = f"{instruction}\n{constraints}"
+        meta = row_meta(row, constraints=constraints) if constraints else row_meta(row)
+        conversations.append(instruction_conversation(name, f"{row_id(name, row, index)}-{k}", full,
+                                                      optional_text(instance, "input"), field(instance, "output"),
+                                                      meta))
     return conversations
 
 
@@ -142,82 +180,99 @@ BAIZE_HUMAN, BAIZE_AI = "[|Human|]", "[|AI|]"
 
 
 def baize(row: dict, name: str, index: int) -> list[Conversation]:
-    """Baize self-chat: `input` is "<preamble>[|Human|] ...[|AI|] ...[|Human|] " (trailing empty human)."""
+    """Baize self-chat: `input` is "<preamble>[|Human|] ...[|AI|] ...[|Human|] " (a trailing empty human).
+
+    As open-instruct (`convert_baize_data`), the preamble goes and a round without an [|AI|] reply (the
+    trailing empty human, an unanswered question) is left out. The conversation is kept up to its first
+    unanswered or empty reply (later rounds build on it); with no answered round left the row is skipped.
+    A round with two [|AI|] replies (open-instruct fails on it) is skipped."""
     transcript = field(row, "input")
     rounds = transcript.split(BAIZE_HUMAN)[1:]
-    if not rounds:
-        raise DataError(f"transcript has no {BAIZE_HUMAN} turn", reason="role_order")
     messages: list[dict[str, str]] = []
+    repairs = []
     for k, chunk in enumerate(rounds):
         parts = chunk.split(BAIZE_AI)
         if len(parts) > 2:
-            raise DataError(f"round {k} has two {BAIZE_AI} turns in a row", reason="role_order")
-        if len(parts) == 1:  # a human turn with no reply: only allowed as the empty terminator
-            if parts[0].strip():
-                raise DataError("transcript ends on a [|Human|] turn", reason="ends_on_user")
-            if k != len(rounds) - 1:
-                raise DataError(f"round {k} is an empty [|Human|] turn", reason="role_order")
-            continue
-        messages += pair(parts[0].strip(), parts[1].strip())
-    return [Conversation(messages, name, row_id(name, row, index), row_meta(row))]
+            raise SkippedRow(f"round {k} has two {BAIZE_AI} replies", reason="role_order")
+        human, reply = parts[0].strip(), (parts[1].strip() if len(parts) == 2 else "")
+        if not reply:
+            if human or k != len(rounds) - 1:  # the empty closing [|Human|] is how every transcript ends
+                repairs.append("cut at an unanswered or empty round")
+            break
+        messages += [{"role": "user", "content": human}, {"role": "assistant", "content": reply}]
+    if not messages:
+        raise SkippedRow("no answered [|Human|]/[|AI|] round", reason="no_answered_round")
+    return [Conversation(messages, name, row_id(name, row, index), repaired(row_meta(row), *repairs))]
 
 
-SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "chatgpt": "assistant",
-                  "bard": "assistant", "bing": "assistant", "assistant": "assistant", "system": "system"}
+CHAT_USER = ("human", "user")
+CHAT_ASSISTANT = ("gpt", "chatgpt")  # open-instruct's `convert_sharegpt_data`: both are assistant replies
 
 
-def chars_over_4(text: str) -> int:
-    """Rough LLaMA token estimate (a token is about 4 characters)."""
-    return (len(text) + 3) // 4
+def chat_messages(turns: list) -> tuple[list[dict[str, str]], list[str]]:
+    """ShareGPT-format turns [{from, value}] -> (alternating messages, the repairs made), cleaned as
+    FastChat's `clean_sharegpt` does and read as open-instruct reads them:
 
-
-def split_blocks(messages: list[dict[str, str]], max_length: int,
-                 length_fn: Callable[[str], int]) -> list[list[dict[str, str]]]:
-    """Vicuna-style split at turn boundaries: greedy blocks of whole user/assistant pairs whose total
-    length is <= max_length; a leading system turn stays with the first block; a single pair longer
-    than max_length becomes a block of its own (truncation is the packer's job)."""
-    system = messages[:1] if messages[0]["role"] == "system" else []
-    turns = messages[len(system):]
-    blocks: list[list[dict[str, str]]] = []
-    current, used = list(system), sum(length_fn(m["content"]) for m in system)
-    for i in range(0, len(turns), 2):
-        cost = length_fn(turns[i]["content"]) + length_fn(turns[i + 1]["content"])
-        if used + cost > max_length and any(m["role"] == "assistant" for m in current):
-            blocks.append(current)
-            current, used = [], 0
-        current += turns[i : i + 2]
-        used += cost
-    blocks.append(current)
-    return blocks
-
-
-def sharegpt(row: dict, name: str, index: int, *, max_length: int = 2048,
-             length_fn: Callable[[str], int] = chars_over_4,
-             trim_trailing_user: bool = False) -> list[Conversation]:
-    """ShareGPT (Vicuna html-cleaned): id + conversations[{from: human|gpt|system, value}].
-
-    Conversations longer than `max_length` (by `length_fn`, tokens) are split into blocks that start
-    with a user turn and end with an assistant turn; ids get a "-b<k>" suffix when split.
-    `trim_trailing_user` drops a final unanswered user turn (as Vicuna's splitter does) instead of
-    reporting it."""
-    turns = field(row, "conversations", list)
-    messages = []
+    - speakers human/user are the user, gpt/chatgpt the assistant; a conversation with another speaker
+      (bing, bard, system) is skipped, as open-instruct skips bing and system conversations;
+    - a leading non-user turn is dropped, and a trailing unanswered user turn;
+    - turns that do not alternate user/assistant after that: skipped (FastChat drops them);
+    - the conversation is cut at its first empty turn (FastChat keeps what came before), to whole rounds;
+    - one turn or nothing left: skipped.
+    """
+    speakers = []
     for k, turn in enumerate(turns):
         if not isinstance(turn, dict):
             raise DataError(f"conversations[{k}] is {type(turn).__name__}, expected object", reason="wrong_type")
         speaker = field(turn, "from")
-        if speaker not in SHAREGPT_ROLES:
-            raise DataError(f"conversations[{k}] has unknown speaker {speaker!r}", reason="role_order")
-        messages.append({"role": SHAREGPT_ROLES[speaker], "content": field(turn, "value").strip()})
-    if trim_trailing_user and messages and messages[-1]["role"] == "user":
-        messages.pop()
-    base_id = row_id(name, row, index)
-    whole = Conversation(messages, name, base_id, row_meta(row)).validate()
-    blocks = split_blocks(whole.messages, max_length, length_fn)
-    if len(blocks) == 1:
-        return [whole]
-    return [Conversation(b, name, f"{base_id}-b{k}", row_meta(row, block=k, blocks=len(blocks)))
-            for k, b in enumerate(blocks)]
+        if speaker not in CHAT_USER + CHAT_ASSISTANT:
+            raise SkippedRow(f"conversations[{k}] is from {speaker!r}, not a user or a ChatGPT reply",
+                             reason="other_speaker")
+        speakers.append(("user" if speaker in CHAT_USER else "assistant", field(turn, "value").strip()))
+    if len(speakers) <= 1:
+        raise SkippedRow(f"{len(speakers)} turn(s): nothing to train on", reason="too_short")
+    repairs = []
+    if speakers[0][0] != "user":
+        speakers, repairs = speakers[1:], [*repairs, "dropped a leading assistant turn"]
+    if speakers and speakers[-1][0] == "user":
+        speakers, repairs = speakers[:-1], [*repairs, "dropped a trailing unanswered user turn"]
+    for k, (role, _) in enumerate(speakers):
+        if role != ("user", "assistant")[k % 2]:
+            raise SkippedRow(f"turn {k} is a second {role} turn in a row", reason="role_order")
+    empty = next((k for k, (_, text) in enumerate(speakers) if not text), None)
+    if empty is not None:
+        speakers, repairs = speakers[: empty // 2 * 2], [*repairs, "cut at an empty turn"]
+    if not speakers:
+        raise SkippedRow("no answered round", reason="no_answered_round")
+    return [{"role": role, "content": text} for role, text in speakers], repairs
+
+
+def sharegpt(row: dict, name: str, index: int) -> list[Conversation]:
+    """ShareGPT (Vicuna html-cleaned): id + conversations[{from: human|gpt|..., value}], cleaned as
+    `chat_messages` says. A conversation longer than the run's row length is split into blocks of whole
+    rounds with the run's tokenizer when it is encoded (`Source.split_long`, as Vicuna's splitter)."""
+    messages, repairs = chat_messages(field(row, "conversations", list))
+    return [Conversation(messages, name, row_id(name, row, index), repaired(row_meta(row), *repairs))]
+
+
+def split_blocks(messages: list[dict[str, str]], max_length: int,
+                 length_fn: Callable[[list[dict[str, str]]], int]) -> list[list[dict[str, str]]]:
+    """Vicuna-style split at round boundaries: greedy blocks of whole user/assistant rounds whose length
+    (`length_fn` of the block's messages, e.g. its tokens under the chat template) is <= max_length; a
+    leading system turn stays with the first block; a round longer than max_length alone is a block of
+    its own (it is truncated later). Unlike FastChat's splitter, a block closed by the last round is kept."""
+    system = messages[:1] if messages[0]["role"] == "system" else []
+    turns = messages[len(system):]
+    blocks: list[list[dict[str, str]]] = []
+    current = list(system)
+    for i in range(0, len(turns), 2):
+        candidate = current + turns[i: i + 2]
+        if any(m["role"] == "assistant" for m in current) and length_fn(candidate) > max_length:
+            blocks.append(current)
+            candidate = turns[i: i + 2]
+        current = candidate
+    blocks.append(current)
+    return blocks
 
 
 # --- Open Assistant 1: message trees -------------------------------------------------------------
@@ -239,8 +294,9 @@ def oasst1_conversations(
     """Rebuild OASST1 message trees; yield (row of the last message, conversation) per root-to-leaf path.
 
     Rows: message_id, parent_id (None at the root), role (prompter|assistant), text, rank (0 = best
-    among siblings), lang, message_tree_id, deleted. Deleted messages and their subtrees are left out
-    (as open-instruct does). `top_k` keeps the k best-ranked replies at every branching point
+    among siblings), lang, message_tree_id, deleted, review_result. Deleted messages, messages that
+    failed review (`review_result: false`: not in OASST's "ready" trees that open-instruct reads), empty
+    replies and the messages below them are left out, each counted as a skip. `top_k` keeps the k best-ranked replies at every branching point
     (top_k=1: the single highest-ranked path per tree, what Tulu trained on). A path ends at an
     assistant message none of whose kept descendants is an assistant reply. Bad messages, and the
     messages below them that can no longer be reached, go to `report(error, row)`.
@@ -266,7 +322,10 @@ def oasst1_conversations(
         except DataError as err:
             report(err, rownum)
             continue
-        if row.get("deleted"):
+        removed = ("deleted" if row.get("deleted") else "failed_review" if row.get("review_result") is False
+                   else "empty_response" if role == "assistant" and not text.strip() else None)
+        if removed is not None:
+            report(SkippedRow(f"message {removed.replace('_', ' ')}", reason=removed), rownum)
             deleted.add(message_id)
             continue
         messages[message_id] = dict(message_id=message_id, parent_id=parent, role=role, text=text, rank=rank,
@@ -323,7 +382,11 @@ def oasst1_conversations(
         return status[chain[0]] if chain else status[message_id]
 
     for message_id, m in messages.items():
-        if connection(message_id) == "broken":
+        state = connection(message_id)
+        if state == "broken":
             problem = (f"parent {m['parent_id']!r} is missing or was rejected" if m["parent_id"] not in messages
                        else "message hangs below a message with a missing or rejected parent")
             report(DataError(problem, reason="broken_tree"), where[message_id])
+        elif state == "deleted":
+            report(SkippedRow("message below a deleted or failed-review message", reason="below_removed"),
+                   where[message_id])

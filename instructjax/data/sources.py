@@ -3,21 +3,27 @@
 `load_conversations("alpaca")` reads the hub dataset through `datasets.load_dataset` (for users;
 tests never touch the hub); `load_conversations("alpaca", ["rows.jsonl"])` reads local json / jsonl /
 parquet files in the same native schema, also through `datasets`. Bad rows raise one `DataError`
-naming file, row and problem, or are skipped and counted under a `BadRowPolicy(on_bad_row="skip")`.
-Rows are numbered as a person finds them: 1-based line numbers in jsonl, 0-based indices in JSON
-arrays, parquet files and hub splits.
+naming file, row and problem, or are skipped and counted under a `BadRowPolicy(on_bad_row="skip")`;
+rows the dataset's reference pipeline drops are always skipped and counted, repairs are counted
+(see `adapters`). Rows are numbered as a person finds them: 1-based line numbers in jsonl, 0-based
+indices in JSON arrays, parquet files and hub splits.
+
+`shuffle_seed` visits the rows in a seeded random order, fetching them a chunk at a time from the
+memory-mapped Arrow table `datasets` keeps, so taking the first 100K conversations of a source of
+millions costs time in proportion to 100K (the rows are only rendered and tokenized as they are taken).
 """
 
 from __future__ import annotations
 
 import codecs
-import itertools
 import json
 import os
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
+
+import numpy as np
 
 from instructjax.data import adapters
 from instructjax.data.schema import Conversation
@@ -40,6 +46,7 @@ class Source:
     hub_data_files: str | tuple[str, ...] | None = None
     options: dict[str, Any] = field(default_factory=dict)
     tree: bool = False  # rows are messages of trees: the adapter needs the whole table
+    split_long: bool = False  # conversations longer than a row are split into blocks of whole rounds
 
 
 _ALPACA = ("instruction", "input", "output")
@@ -68,11 +75,10 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("sharegpt", "ShareGPT", "anon8231489123/ShareGPT_Vicuna_unfiltered", ("id", "conversations"),
            adapters.sharegpt,
            hub_data_files=("HTML_cleaned_raw_dataset/sg_90k_part1_html_cleaned.json",
-                           "HTML_cleaned_raw_dataset/sg_90k_part2_html_cleaned.json"),
-           options={"max_length": 2048, "length_fn": adapters.chars_over_4, "trim_trailing_user": False}),
+                           "HTML_cleaned_raw_dataset/sg_90k_part2_html_cleaned.json"), split_long=True),
     Source("p3", "P3", "bigscience/P3", ("inputs_pretokenized", "targets_pretokenized"), adapters.p3),
     Source("wizardlm", "WizardLM", "WizardLM/WizardLM_evol_instruct_70k", ("instruction", "output"),
-           adapters.alpaca_style),
+           adapters.wizardlm),
 ]}
 
 
@@ -91,13 +97,15 @@ def load_conversations(
     policy: BadRowPolicy | None = None,
     hub_config: str | None = None,
     cache_dir: str | None = None,
+    shuffle_seed: int | None = None,
     **options: Any,
 ) -> Iterator[Conversation]:
-    """Yield the validated Conversations of source `name`.
+    """Yield the validated Conversations of source `name`, in row order or, with `shuffle_seed`, in a
+    seeded random order of the rows (of the conversations, for a tree source).
 
     `data_files` None reads the hub dataset (`hub_config` overrides the registered config; P3 needs one,
     e.g. "super_glue_boolq_GPT_3_Style"); otherwise local json/jsonl/parquet files in the native schema.
-    `options` are per source: oasst1 `top_k`; sharegpt `max_length`, `length_fn`, `trim_trailing_user`.
+    `options` are per source: oasst1 `top_k`. `policy` counts the rows read, skipped and repaired.
     """
     source = get_source(name)
     unknown = set(options) - set(source.options)
@@ -107,50 +115,82 @@ def load_conversations(
     opts = {**source.options, **options}
     policy = policy if policy is not None else BadRowPolicy()
     if data_files is None:
-        tables = [(source.hub_id, _hub_rows(source, split, hub_config, cache_dir))]
+        tables = [_hub_table(source, split, hub_config, cache_dir)]
     else:
         paths = [data_files] if isinstance(data_files, (str, os.PathLike)) else list(data_files)
         if not paths:
             raise ConfigError(f"source {name!r}: data_files is empty")
-        tables = [(str(p), read_rows(str(p), cache_dir)) for p in paths]
+        tables = [RowFile(str(p), cache_dir) for p in paths]
     if source.tree:
-        yield from _tree_conversations(source, tables, policy, opts)
+        conversations = list(_tree_conversations(source, tables, policy, opts))
+        if shuffle_seed is not None:
+            order = np.random.default_rng(shuffle_seed).permutation(len(conversations))
+            conversations = [conversations[i] for i in order]
+        yield from conversations
     else:
-        yield from _row_conversations(source, tables, policy, opts)
+        yield from _row_conversations(source, tables, policy, opts, shuffle_seed)
 
 
 def _locate(err: DataError, file: str, row: int | str, source: str) -> DataError:
     """`err` with file, row and source filled in where the adapter could not know them."""
     if err.file is not None:
         return err
-    return DataError(err.problem, reason=err.reason, file=file, row=row, source=source)
+    return type(err)(err.problem, reason=err.reason, file=file, row=row, source=source)
 
 
-def _row_conversations(source: Source, tables, policy: BadRowPolicy, opts: dict) -> Iterator[Conversation]:
-    index = 0  # ordinal over all rows of all files, for stable ids
-    for file, rows in tables:
-        for rownum, row in rows:
-            index += 1
-            try:
-                if isinstance(row, DataError):
-                    raise row
-                conversations = source.adapter(row, source.name, index - 1, **opts)
-                for convo in conversations:
-                    convo.validate(file=file, row=rownum)
-            except DataError as err:
-                policy.handle(_locate(err, file, rownum, source.name))
-                continue
-            yield from conversations
-
-
-def _tree_conversations(source: Source, tables, policy: BadRowPolicy, opts: dict) -> Iterator[Conversation]:
-    located = []
-    for file, rows in tables:
-        for rownum, row in rows:
+def _row_conversations(source: Source, tables: list[RowFile], policy: BadRowPolicy, opts: dict,
+                       shuffle_seed: int | None) -> Iterator[Conversation]:
+    for index, file, rownum, row in _visit(tables, shuffle_seed):
+        policy.read += 1
+        try:
             if isinstance(row, DataError):
-                policy.handle(_locate(row, file, rownum, source.name))
+                raise row
+            conversations = source.adapter(row, source.name, index, **opts)  # index: ordinal over all files
+            for convo in conversations:
+                convo.validate(file=file, row=rownum)
+        except DataError as err:
+            policy.handle(_locate(err, file, rownum, source.name))
+            continue
+        for convo in conversations:
+            for how in convo.meta.get("repairs", ()):
+                policy.repaired[how] += 1
+        yield from conversations
+
+
+def _visit(tables: list[RowFile], shuffle_seed: int | None, chunk: int = 4096) -> Iterator[tuple]:
+    """(ordinal, file, row number, row or DataError) of every row of `tables`: in order, or in a seeded
+    random order fetched `chunk` rows at a time."""
+    sizes = [len(t) for t in tables]
+    starts = np.cumsum([0] + sizes)
+    if shuffle_seed is None:
+        for t, table in enumerate(tables):
+            for local, (rownum, row) in enumerate(table.rows()):
+                yield int(starts[t]) + local, table.path, rownum, row
+        return
+    order = np.random.default_rng(shuffle_seed).permutation(int(starts[-1]))
+    for begin in range(0, len(order), chunk):
+        wanted = order[begin: begin + chunk]
+        which = np.searchsorted(starts, wanted, side="right") - 1
+        fetched = {}
+        for t in np.unique(which):
+            local = wanted[which == t] - starts[t]
+            for position, item in zip(local.tolist(), tables[t].rows(local.tolist()), strict=True):
+                fetched[int(starts[t]) + position] = item
+        for ordinal, t in zip(wanted.tolist(), which.tolist(), strict=True):
+            rownum, row = fetched[ordinal]
+            yield ordinal, tables[t].path, rownum, row
+
+
+def _tree_conversations(source: Source, tables: list[RowFile], policy: BadRowPolicy, opts: dict
+                        ) -> Iterator[Conversation]:
+    located = []
+    for table in tables:
+        for rownum, row in table.rows():
+            policy.read += 1
+            if isinstance(row, DataError):
+                policy.handle(_locate(row, table.path, rownum, source.name))
             else:
-                located.append(((file, rownum), row))
+                located.append(((table.path, rownum), row))
 
     def report(err: DataError, where: tuple[str, int]) -> None:
         policy.handle(_locate(err, *where, source.name))
@@ -175,7 +215,59 @@ def _iter_dataset(ds) -> Iterator[dict]:
             yield dict(zip(columns, values, strict=True))
 
 
-def _hub_rows(source: Source, split: str, hub_config: str | None, cache_dir: str | None) -> Iterator[NumberedRow]:
+class RowFile:
+    """The rows of one file (or hub split) with random access: an Arrow-backed `datasets.Dataset` when
+    `datasets` can parse it, else the rows scanned one by one here so that each bad row is named."""
+
+    def __init__(self, path: str, cache_dir: str | None = None, *, dataset=None, numbered=None):
+        self.path = path
+        self._ds, self._scanned, self._numbers = dataset, numbered, None
+        if dataset is None and numbered is None:
+            self._open(cache_dir)
+
+    def _open(self, cache_dir: str | None) -> None:
+        import datasets
+
+        if not os.path.exists(self.path):
+            raise ConfigError(f"data file not found: {self.path}")
+        fmt = file_format(self.path)
+        if fmt != "parquet" and not _is_utf8(self.path):  # pyarrow may accept bad UTF-8 and fail later
+            self._scanned = list(_scan_jsonl(self.path) if fmt == "jsonl" else _scan_json_array(self.path))
+            return
+        try:
+            self._ds = datasets.load_dataset("parquet" if fmt == "parquet" else "json", data_files=self.path,
+                                             split="train", cache_dir=cache_dir)
+        except (datasets.exceptions.DatasetGenerationError, ValueError) as exc:  # UnicodeDecodeError is one
+            if fmt == "parquet":
+                raise DataError(f"cannot read parquet file: {exc}", reason="unreadable", file=self.path) from exc
+            self._scanned = list(_scan_jsonl(self.path) if fmt == "jsonl" else _scan_json_array(self.path))
+            return
+        if fmt == "jsonl":
+            self._numbers = _LineNumbers(self.path)
+
+    def __len__(self) -> int:
+        return len(self._ds) if self._ds is not None else len(self._scanned)
+
+    def number(self, position: int) -> int:
+        """The row number errors print for the row at `position`."""
+        if self._numbers is not None:
+            return self._numbers[position]
+        return position
+
+    def rows(self, positions: list[int] | None = None) -> Iterator[NumberedRow]:
+        """(row number, row or DataError) at `positions` (in that order), or of every row in order."""
+        if self._scanned is not None:
+            yield from (self._scanned if positions is None else (self._scanned[p] for p in positions))
+            return
+        if positions is None:
+            yield from ((self.number(i), row) for i, row in enumerate(_iter_dataset(self._ds)))
+            return
+        ordered = sorted(set(positions))
+        found = dict(zip(ordered, _iter_dataset(self._ds.select(ordered)), strict=True))
+        yield from ((self.number(p), found[p]) for p in positions)
+
+
+def _hub_table(source: Source, split: str, hub_config: str | None, cache_dir: str | None) -> RowFile:
     import datasets
 
     config = hub_config or source.hub_config
@@ -183,7 +275,7 @@ def _hub_rows(source: Source, split: str, hub_config: str | None, cache_dir: str
         raise ConfigError("source 'p3' needs hub_config: bigscience/P3 has one config per prompted subtask")
     ds = datasets.load_dataset(source.hub_id, config, data_files=source.hub_data_files, split=split,
                                cache_dir=cache_dir)
-    yield from enumerate(_iter_dataset(ds))
+    return RowFile(source.hub_id, dataset=ds)
 
 
 def file_format(path: str) -> str:
@@ -199,28 +291,8 @@ def file_format(path: str) -> str:
 
 
 def read_rows(path: str, cache_dir: str | None = None) -> Iterator[NumberedRow]:
-    """Yield (row number, row) for one local file through `datasets`; when `datasets` cannot parse it
-    (malformed JSON, bad UTF-8, a line that is not an object), re-read it here to name each bad row."""
-    import datasets
-
-    if not os.path.exists(path):
-        raise ConfigError(f"data file not found: {path}")
-    fmt = file_format(path)
-    builder = "parquet" if fmt == "parquet" else "json"
-    if fmt != "parquet" and not _is_utf8(path):  # pyarrow may accept bad UTF-8 and fail later
-        yield from (_scan_jsonl(path) if fmt == "jsonl" else _scan_json_array(path))
-        return
-    try:
-        ds = datasets.load_dataset(builder, data_files=path, split="train", cache_dir=cache_dir)
-    except (datasets.exceptions.DatasetGenerationError, ValueError) as exc:  # UnicodeDecodeError is one
-        if fmt == "parquet":
-            raise DataError(f"cannot read parquet file: {exc}", reason="unreadable", file=path) from exc
-        yield from (_scan_jsonl(path) if fmt == "jsonl" else _scan_json_array(path))
-        return
-    if fmt == "jsonl":
-        yield from zip(_object_line_numbers(path), _iter_dataset(ds), strict=False)  # numbers are endless
-    else:
-        yield from enumerate(_iter_dataset(ds))
+    """Yield (row number, row or DataError) of one local file, in order (see `RowFile`)."""
+    yield from RowFile(path, cache_dir).rows()
 
 
 def _is_utf8(path: str, chunk: int = 1 << 24) -> bool:
@@ -235,19 +307,25 @@ def _is_utf8(path: str, chunk: int = 1 << 24) -> bool:
     return True
 
 
-_BLANK_LINE = re.compile(rb"^[ \t\r]*$", re.MULTILINE)
+class _LineNumbers:
+    """1-based numbers of the non-blank lines of a jsonl file (datasets skips blank lines): the position
+    + 1, unless the file has blank lines, whose line numbers are then read once."""
 
+    _BLANK = re.compile(rb"(?:^|\n)[ \t\r]*\n")
 
-def _object_line_numbers(path: str) -> Iterator[int]:
-    """1-based numbers of the non-blank lines of a jsonl file (datasets skips blank lines)."""
-    with open(path, "rb") as f:
-        data = f.read()
-    if not _BLANK_LINE.search(data.rstrip(b"\n")):
-        yield from itertools.count(1)
-        return
-    for number, line in enumerate(data.split(b"\n"), start=1):
-        if line.strip():
-            yield number
+    def __init__(self, path: str, chunk: int = 1 << 26):
+        self._table = None
+        with open(path, "rb") as f:
+            tail = b""
+            while block := f.read(chunk):
+                if self._BLANK.search(tail + block):
+                    f.seek(0)
+                    self._table = [n for n, line in enumerate(f, start=1) if line.strip()]
+                    return
+                tail = block[block.rfind(b"\n") + 1:]  # starts a line, as the file's start does
+
+    def __getitem__(self, position: int) -> int:
+        return self._table[position] if self._table is not None else position + 1
 
 
 def _parse_object(text: str | bytes) -> dict:
