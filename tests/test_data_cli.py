@@ -40,16 +40,17 @@ def test_preview_json_round_trips_tokens_and_mask(capsys):
 def test_bad_file_is_one_line_naming_file_and_row_and_exits_nonzero(capsys, tmp_path):
     path = tmp_path / "dolly.jsonl"
     good = {"instruction": "Name a fruit.", "context": "", "response": "Apple.", "category": "open_qa"}
-    empty = {**good, "response": "   "}
-    path.write_text("\n".join(json.dumps(r) for r in [good, empty, good]) + "\n")
+    mistyped = {**good, "response": 3}
+    empty = {**good, "response": "   "}  # a quirk: counted, not fatal
+    path.write_text("\n".join(json.dumps(r) for r in [good, mistyped, good, empty]) + "\n")
     code, out, err = run(capsys, "data", "stats", "dolly", "--data-files", str(path))
     assert code == 2
-    assert err.count("\n") == 1 and "dolly.jsonl" in err and "row 2" in err and "empty" in err
+    assert err.count("\n") == 1 and "dolly.jsonl" in err and "row 2" in err and "'response' is int" in err
 
     code, out, err = run(capsys, "data", "stats", "dolly", "--data-files", str(path), "--on-bad-row", "skip")
     assert code == 0
-    assert "skipped 1 bad row(s): empty_response" in out
-    assert "dolly" in out and " 2 " in out  # two good rows remain
+    assert "skipped 1 row(s): wrong_type" in out and "skipped 1 row(s): empty_response" in out
+    assert "read 4, kept 2 example(s)" in out
 
 
 def test_select_writes_the_longest_responses(capsys, tmp_path):

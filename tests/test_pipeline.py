@@ -1,5 +1,6 @@
 """The input pipeline: exact resume, disjoint host shards, mixture proportions, clear config errors."""
 
+import json
 from collections import Counter
 
 import numpy as np
@@ -166,7 +167,7 @@ def test_report_names_skipped_rows_and_truncations(tmp_path):
     task_lib.register_task("report_alpaca", spec)
     name = mixtures.register_epoch_mixture("report_mix", {"report_alpaca": None}).name
     lines = DataPipeline(config(mixture=name)).report()
-    assert "report_alpaca: skipped 1 bad row(s): malformed_json" in lines
+    assert "report_alpaca: skipped 1 row(s): malformed_json" in lines
     assert "report_alpaca: 2 example(s) truncated to max_length" in lines
 
 
@@ -177,3 +178,39 @@ def test_plan_counts_rows_and_steps_of_an_epoch():
     assert plan.examples == 100 and plan.rows == rows
     assert plan.steps == int(np.ceil(rows / 4))
     assert 0.5 < plan.efficiency <= 1.0
+
+
+def _subset_ids(mixture: str, task: str, seed: int = 7) -> list[str]:
+    pipe = DataPipeline(config(mixture=mixture, seq_len=2048, seed=seed))
+    examples = pipe.examples[pipe.task_names.index(task)]
+    return sorted(json.loads(e["conversation"])["id"] for e in examples)
+
+
+def test_subsets_depend_on_seed_dataset_and_size_only_and_nest():
+    """P3's 200 in acp_P, acp_AP and acp_ACP are one draw (not one per mixture position); the data-count
+    sweep's 25 lie inside its 50; another seed draws another subset."""
+    p3 = _subset_ids("acp_P_builtin", "p3_builtin")
+    assert len(p3) == 200 and p3 == _subset_ids("acp_AP_builtin", "p3_builtin") == _subset_ids("acp_ACP_builtin",
+                                                                                               "p3_builtin")
+    small, large = _subset_ids("acp_ACP_n2500_builtin", "p3_builtin"), _subset_ids("acp_ACP_n5000_builtin",
+                                                                                  "p3_builtin")
+    assert (len(small), len(large)) == (25, 50) and set(small) < set(large) and set(large) < set(p3)
+    assert _subset_ids("acp_P_builtin", "p3_builtin", seed=8) != p3
+
+
+def test_a_subset_reads_in_proportion_to_its_size(tmp_path):
+    """Drawing 30 of 600 rows reads, renders and tokenizes about 30 rows (the skipped ones too), not 600."""
+    from instructjax.data import tasks
+
+    rows = [{"inputs": f"Question {i}: what is {i} plus {i}?", "targets": "" if i % 10 == 0 else str(2 * i),
+             "task_name": "sum", "template_type": "zs_opt"} for i in range(600)]  # every tenth target is empty
+    path = tmp_path / "flan.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    tasks.register_task("sampled_flan", tasks.TaskSpec(source="flan_v2", data_files=(str(path),)))
+    mixtures.register_epoch_mixture("sampled_flan_mix", {"sampled_flan": 30})
+    pipe = DataPipeline(config(mixture="sampled_flan_mix", seq_len=512, seed=3))
+    report = tasks.task_report("sampled_flan", seed=3)
+    assert len(pipe.examples[0]) == 30 == report.examples
+    assert report.read == 30 + report.skipped["empty_response"] and report.read < 60
+    targets = [json.loads(e["conversation"])["messages"][1]["content"] for e in pipe.examples[0]]
+    assert len(set(targets)) == 30 and "" not in targets

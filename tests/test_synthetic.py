@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from instructjax.data import synthetic
+from instructjax.data import synthetic, tasks
+from instructjax.data.binding import bind
+from instructjax.data.schema import Conversation
 from instructjax.data.sources import SOURCES, load_conversations
 from instructjax.data.synthetic import LENGTH_STATS, TULU_TABLE1, ensure_synthetic, write_synthetic
 
@@ -25,7 +27,13 @@ def loaded(tmp_path_factory):
         [path] = write_synthetic(name, str(directory))
         with open(path) as f:
             rows = [json.loads(line) for line in f]
-        out[name] = rows, list(load_conversations(name, [path], cache_dir=str(directory / "cache")))
+        if SOURCES[name].split_long:  # ShareGPT is split into blocks when encoded for a 2048-token row
+            tasks.register_task(f"synthetic_{name}", tasks.TaskSpec(source=name, data_files=(path,)))
+            bound = bind(f"synthetic_{name}", tokenizer=None, max_length=2048)
+            convs = [Conversation.from_json(e["conversation"]) for e in tasks.encoded_examples(bound.name)]
+        else:
+            convs = list(load_conversations(name, [path], cache_dir=str(directory / "cache")))
+        out[name] = rows, convs
     return out
 
 

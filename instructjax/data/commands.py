@@ -98,26 +98,31 @@ def resolve(args) -> Target:
         name = mixtures.remix(name, dict(zip(tasks, variants, strict=True))) if isinstance(
             provider, seqio.Mixture) else variants[0]
         tasks = variants
-    if config is not None:
+    from instructjax.data.binding import bind
+
+    if config is not None:  # bound to the run: its model's tokenizer, chat template and row length
         from instructjax import run_setup
-        from instructjax.data.binding import bind
 
         bound = bind(name, tokenizer=run_setup.tokenizer_path(config), template=config.template,
                      max_length=config.data.seq_len, model=config.model.init_from)
-        name, tasks = bound.name, bound.tasks
+    else:  # the built-in default tokenizer, and the row length asked for (ShareGPT splits at it)
+        bound = bind(name, tokenizer=None, max_length=getattr(args, "seq_len", None) or args.max_length)
+    name, tasks = bound.name, bound.tasks
     return Target(name=name, tasks=tasks, config=config)
 
 
-def task_stats(task: str) -> dict:
-    """Tulu Table 1 columns (instances, mean rounds, mean prompt / completion tokens per round) and
-    trained-token totals of one task, measured with the task's tokenizer."""
+def task_stats(task: str, count: int | None = None, seed: int | None = None) -> dict:
+    """Tulu Table 1 columns (instances, mean rounds, mean prompt / completion tokens per round),
+    trained-token totals and what happened to the rows (read, kept, repaired, skipped) of one task, or of
+    its subset of `count` drawn with `seed`, measured with the task's tokenizer."""
     from instructjax.data import tasks as task_lib
     from instructjax.data.schema import Conversation
     from instructjax.data.tokenizer import Tokenizer
 
     spec = task_lib.get_spec(task)
     tokenizer = Tokenizer.load(spec.tokenizer)
-    examples = task_lib.encoded_examples(task)
+    seed = seed if count is not None else None
+    examples = task_lib.encoded_examples(task, count, seed)
     rounds, prompt, completion = [], [], []
     for ex in examples:
         conv = Conversation.from_json(ex["conversation"])
@@ -128,7 +133,7 @@ def task_stats(task: str) -> dict:
                 (completion if m["role"] == "assistant" else prompt).append(n)
     trained = int(sum(int(ex["loss_mask"].sum()) for ex in examples))
     total = int(sum(len(ex["tokens"]) for ex in examples))
-    report = task_lib.task_report(task)
+    report = task_lib.task_report(task, seed)
     paper = LENGTH_STATS.get(spec.source)
     return {
         "task": task_lib.base_name(task),
@@ -140,6 +145,7 @@ def task_stats(task: str) -> dict:
         "mean_completion_tokens": float(np.mean(completion)) if completion else 0.0,
         "tokens": total,
         "trained_tokens": trained,
+        "rows": report.as_dict(),
         "notes": report.lines(),
         "paper": None if paper is None else dict(paper._asdict(), table="Tulu Table 1" if spec.source in TULU_TABLE1
                                                   else "our estimate (not in Tulu Table 1)"),
@@ -147,23 +153,29 @@ def task_stats(task: str) -> dict:
 
 
 def run_stats(args) -> int:
+    import seqio
+
+    from instructjax.data import tasks as task_lib
+    from instructjax.data.mixtures import EpochMixture
     from instructjax.data.pipeline import DataConfig, DataPipeline
 
     target = resolve(args)
-    rows = [task_stats(t) for t in target.tasks]
     base = target.config.data if target.config else DataConfig(mixture=target.name)
+    provider = seqio.get_mixture_or_task(target.name)
+    counts = provider.counts if isinstance(provider, EpochMixture) else {}
+    rows = [task_stats(t, counts.get(t), base.seed) for t in target.tasks]
     data = DataConfig(
         **{**asdict(base), "mosaic": base.mosaic, "mixture": target.name, "prefetch": 0}
     )
     data.seq_len = args.seq_len or (base.seq_len if target.config else 2048)
     data.global_batch = args.global_batch or (base.global_batch if target.config else 64)
     plan = DataPipeline(data).plan_epoch(0)
-    result = {"name": target.name, "tasks": rows, "epoch": asdict(plan), "seq_len": data.seq_len,
+    result = {"name": task_lib.base_name(target.name), "tasks": rows, "epoch": asdict(plan), "seq_len": data.seq_len,
               "global_batch": data.global_batch}  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{target.name}: {len(rows)} task(s), tokenizer {rows[0]['tokenizer'] if rows else '-'}")
+    print(f"{task_lib.base_name(target.name)}: {len(rows)} task(s), tokenizer {rows[0]['tokenizer'] if rows else '-'}")
     header = (
         f"{'task':<28} {'instances':>9} {'rounds':>6} {'prompt':>7} {'compl.':>7} {'trained tok':>12}"
         f"   | paper: {'rounds':>6} {'prompt':>7} {'compl.':>7}"
@@ -178,6 +190,8 @@ def run_stats(args) -> int:
             f"{r['task']:<28} {r['instances']:>9} {r['mean_rounds']:>6.1f} {r['mean_prompt_tokens']:>7.1f}"
             f" {r['mean_completion_tokens']:>7.1f} {r['trained_tokens']:>12,}   |        {ref}{mark}"
         )
+        kept = r["rows"]
+        print(f"  rows: read {kept['read']:,}, kept {kept['kept']:,} example(s)")
         for note in r["notes"]:
             print(f"  note: {note}")
     if any(r["paper"] and r["paper"]["table"] != "Tulu Table 1" for r in rows):

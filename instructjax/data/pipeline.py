@@ -104,7 +104,9 @@ class DataPipeline:
         else:
             self.task_names, self.rate_mode, self.counts = [provider.name], False, {}
             self.rates = np.ones(1)
-        self.examples = [_task_examples(t) for t in self.task_names]
+        # epoch mode: each task's subset is the first `count` trainable examples of its seeded order
+        self._subset_seeds = {t: config.seed if self.counts.get(t) is not None else None for t in self.task_names}
+        self.examples = [_task_examples(t, self.counts.get(t), self._subset_seeds[t]) for t in self.task_names]
         for name, ex in zip(self.task_names, self.examples, strict=True):
             if not ex:
                 raise ConfigError(f"task {task_lib.base_name(name)!r} has no usable examples")
@@ -126,23 +128,20 @@ class DataPipeline:
 
     # ---- the example stream -------------------------------------------------------------------
     def _draw_subsets(self) -> list[tuple[int, int]]:
-        """Epoch mode: (task, example) pairs of the fixed per-task subsets, drawn once from the seed."""
+        """Epoch mode: (task, example) pairs of the fixed per-task subsets (drawn by the tasks themselves:
+        see `tasks.encoded_examples`), checked to hold the mixture's counts."""
         pairs = []
         for t, (name, ex) in enumerate(zip(self.task_names, self.examples, strict=True)):
             count = self.counts.get(name)
-            if count is None:
-                idx = np.arange(len(ex))
-            elif count > len(ex):
+            if count is not None and count > len(ex):
                 try:
-                    out = task_lib.task_report(name).empty_after_truncation
+                    out = task_lib.task_report(name, self._subset_seeds[name]).empty_after_truncation
                 except ConfigError:  # a user's own seqio Task keeps no report
                     out = 0
                 why = f" ({out} more have nothing to train within {self.config.seq_len} tokens)" if out else ""
                 raise ConfigError(f"mixture {task_lib.base_name(self.config.mixture)!r} asks for {count} examples of "
                                   f"{task_lib.base_name(name)!r}, which has {len(ex)} trainable{why}")
-            else:
-                idx = np.sort(np.random.default_rng([self.config.seed, 0, t]).choice(len(ex), count, replace=False))
-            pairs += [(t, int(i)) for i in idx]
+            pairs += [(t, i) for i in range(len(ex))]
         return pairs
 
     def _epoch_order(self, epoch: int) -> list[tuple[int, int]]:
@@ -311,10 +310,9 @@ class DataPipeline:
         """What the tasks did not train as given: skipped bad rows, truncations, untrainable examples."""
         lines = []
         for name in self.task_names:
-            try:
-                lines += [f"{task_lib.base_name(name)}: {line}" for line in task_lib.task_report(name).lines()]
-            except ConfigError:  # a user's own seqio Task keeps no instructjax report
-                pass
+            if task_lib.is_task(name):  # a user's own seqio Task keeps no report
+                report = task_lib.task_report(name, self._subset_seeds[name])
+                lines += [f"{task_lib.base_name(name)}: {line}" for line in report.lines()]
         lines += [f"epoch {e}: {n} mosaic example(s) had no trained token left" for e, n in self.untrainable.items()]
         return lines
 
@@ -372,12 +370,11 @@ def _check_token_range(task: str, examples: list[dict], vocab_size: int) -> None
                               f"[0, {vocab_size}); was it tokenized with another tokenizer?")
 
 
-def _task_examples(name: str) -> list[dict]:
-    """A task's encoded examples: straight from instructjax tasks, else through seqio's get_dataset."""
-    try:
-        return task_lib.encoded_examples(name)
-    except ConfigError:
-        pass  # a user's own seqio Task: read it through seqio
+def _task_examples(name: str, count: int | None, seed: int | None) -> list[dict]:
+    """A task's encoded examples (its subset of `count` when `seed` is set): straight from instructjax
+    tasks, else read through seqio's get_dataset (a user's own seqio Task) and drawn the same way."""
+    if task_lib.is_task(name):
+        return task_lib.encoded_examples(name, count, seed)
     task = seqio.get_mixture_or_task(name)
     ds = task.get_dataset(sequence_length=None, split="train", shuffle=False, use_cached=False)
     out = []
@@ -386,6 +383,9 @@ def _task_examples(name: str) -> list[dict]:
             raise ConfigError(f"seqio task {name!r} must output 'tokens' and 'loss_mask' features")
         conv = ex.get("conversation", b"")
         out.append({"tokens": ex["tokens"], "loss_mask": ex["loss_mask"], "conversation": conv.decode()})
+    if seed is not None:
+        order = np.random.default_rng(task_lib.subset_seed(seed, name)).permutation(len(out))
+        out = [out[i] for i in order[:count]]
     return out
 
 

@@ -17,14 +17,12 @@ Every built-in source is registered twice: `NAME` reads the hub dataset (for use
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import datasets
-import numpy as np
 import seqio
 import tensorflow as tf
 
@@ -90,13 +88,20 @@ class TaskSpec:
 
 @dataclass
 class TaskReport:
-    """What happened to the rows of one task: nothing is dropped without being counted here."""
+    """What happened to the rows of one task: nothing is dropped without being counted here.
 
-    rows: int = 0
+    `read` rows of the source (in a sampled task, the rows visited), `skipped` per reason, `repaired`
+    per repair (adapters), `split` conversations cut into blocks of whole rounds (ShareGPT), `truncated`
+    examples, `empty_after_truncation` (nothing left to train: kept out), `examples` kept."""
+
+    read: int = 0
+    rows: int = 0  # conversations encoded (after selection)
     examples: int = 0
     truncated: int = 0
     empty_after_truncation: int = 0
+    split: int = 0
     skipped: Counter = field(default_factory=Counter)
+    repaired: Counter = field(default_factory=Counter)
 
     def lines(self) -> list[str]:
         out = []
@@ -107,12 +112,19 @@ class TaskReport:
                 f"{self.empty_after_truncation} example(s) left with no trained token after truncation "
                 "(kept out of training)"
             )
-        out += [f"skipped {n} bad row(s): {reason}" for reason, n in sorted(self.skipped.items())]
+        if self.split:
+            out.append(f"split {self.split} long conversation(s) into blocks of whole rounds")
+        out += [f"repaired {n} row(s): {how}" for how, n in sorted(self.repaired.items())]
+        out += [f"skipped {n} row(s): {reason}" for reason, n in sorted(self.skipped.items())]
         return out
+
+    def as_dict(self) -> dict:
+        return {"read": self.read, "kept": self.examples, "repaired": dict(self.repaired),
+                "skipped": dict(self.skipped), "split": self.split, "truncated": self.truncated,
+                "untrainable": self.empty_after_truncation}
 
 
 _SPECS: dict[str, TaskSpec] = {}
-_REPORTS: dict[str, TaskReport] = {}
 VARIANT_OF: dict[str, str] = {}  # a registered variant of a task or mixture -> the name it was made from
 
 
@@ -124,50 +136,108 @@ def output_features(tokenizer_path: str | None = None) -> dict[str, seqio.Featur
     }
 
 
-def read_conversations(spec: TaskSpec, policy: BadRowPolicy | None = None) -> Iterator[Conversation]:
+def read_conversations(spec: TaskSpec, policy: BadRowPolicy | None = None, shuffle_seed: int | None = None
+                       ) -> Iterator[Conversation]:
     """The source's Conversations for a spec (hub, local files, or built-in synthetic rows)."""
     files: list[str] | None
     if spec.data_files == (BUILTIN,):
         files = synthetic.ensure_synthetic(spec.source)
     else:
         files = list(spec.data_files) if spec.data_files is not None else None
-    return sources.load_conversations(spec.source, files, policy=policy, **dict(spec.source_options))
+    return sources.load_conversations(spec.source, files, policy=policy, shuffle_seed=shuffle_seed,
+                                      **dict(spec.source_options))
 
 
-def encoded_examples(name: str) -> list[dict[str, np.ndarray | str]]:
-    """Read and encode every row of task `name` (cached per process); see `task_report(name)`."""
-    return list(_encode_task(name, get_spec(name)))
+def subset_seed(seed: int, task: str) -> int:
+    """The seed of a task's subset draw: a function of the run's data seed and the dataset alone, so every
+    mixture holding the dataset draws the same subset, and a smaller subset is a prefix of a larger one."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{base_name(task)}".encode()).digest()[:8], "little")
 
 
-@functools.cache
-def _encode_task(name: str, spec: TaskSpec) -> tuple[dict, ...]:
-    tokenizer = Tokenizer.load(spec.tokenizer)
-    policy = BadRowPolicy(spec.on_bad_row)
-    report = TaskReport()
-    out = []
-    conversations = read_conversations(spec, policy)
-    if spec.selection is not None:
-        conversations = _apply_selection(list(conversations), spec.selection, tokenizer)
-    template, max_length = spec.template or DEFAULT_TEMPLATE, spec.max_length or DEFAULT_MAX_LENGTH
-    for conv in conversations:
-        report.rows += 1
-        enc = encode_conversation(conv, template, tokenizer, max_length=max_length)
-        report.truncated += int(enc.truncated)
-        if enc.n_trained == 0:
-            report.empty_after_truncation += 1
-            continue
-        out.append(
-            {
-                "tokens": enc.tokens,
-                "loss_mask": enc.loss_mask,
-                "conversation": conv.to_json(),
-                "id": conv.id,
-            }
-        )
-    report.examples = len(out)
-    report.skipped = Counter(policy.skipped)
-    _REPORTS[name] = report
-    return tuple(out)
+def encoded_examples(name: str, count: int | None = None, seed: int | None = None) -> list[dict]:
+    """Encoded examples of task `name` (cached per process), see `task_report`.
+
+    `seed` None: every example, in row order. With `seed`: the first `count` trainable examples in the
+    task's seeded random order (`subset_seed`), read, rendered and tokenized only as far as needed."""
+    return _stream(name, get_spec(name), seed).take(count)
+
+
+def task_report(name: str, seed: int | None = None) -> TaskReport:
+    """What happened to the rows of task `name` so far (the whole task when `seed` is None)."""
+    stream = _stream(name, get_spec(name), seed)
+    if seed is None:
+        stream.take(None)
+    return stream.report
+
+
+class _Stream:
+    """A task's examples, encoded as they are asked for (see `encoded_examples`)."""
+
+    def __init__(self, name: str, spec: TaskSpec, seed: int | None):
+        self.spec, self.report, self.examples = spec, TaskReport(), []
+        self.tokenizer = Tokenizer.load(spec.tokenizer)
+        self.template = spec.template or DEFAULT_TEMPLATE
+        self.max_length = spec.max_length or DEFAULT_MAX_LENGTH
+        self.policy = BadRowPolicy(spec.on_bad_row)
+        shuffle = subset_seed(seed, name) if seed is not None and spec.selection is None else None
+        conversations = read_conversations(spec, self.policy, shuffle)
+        if spec.selection is not None:
+            conversations = iter(_apply_selection(list(conversations), spec.selection, self.tokenizer))
+        self._conversations = conversations
+        self._split_long = sources.get_source(spec.source).split_long
+
+    def take(self, count: int | None) -> list[dict]:
+        while count is None or len(self.examples) < count:
+            conv = next(self._conversations, None)
+            if conv is None:
+                break
+            self._add(conv)
+        report = self.report
+        report.read, report.skipped, report.repaired = self.policy.read, Counter(self.policy.skipped), Counter(
+            self.policy.repaired)
+        report.examples = len(self.examples)
+        return self.examples[:count] if count is not None else list(self.examples)
+
+    def _add(self, conv: Conversation) -> None:
+        enc = encode_conversation(conv, self.template, self.tokenizer, max_length=self.max_length)
+        pieces = [(conv, enc)]
+        if enc.truncated and self._split_long and conv.rounds > 1:
+            pieces = [(block, encode_conversation(block, self.template, self.tokenizer, max_length=self.max_length))
+                      for block in self._blocks(conv)]
+            self.report.split += len(pieces) > 1
+        for piece, piece_enc in pieces:
+            self.report.rows += 1
+            self.report.truncated += int(piece_enc.truncated)
+            if piece_enc.n_trained == 0:
+                self.report.empty_after_truncation += 1
+                continue
+            self.examples.append({"tokens": piece_enc.tokens, "loss_mask": piece_enc.loss_mask,
+                                  "conversation": piece.to_json(), "id": piece.id})
+
+    def _blocks(self, conv: Conversation) -> list[Conversation]:
+        """Blocks of whole rounds within max_length tokens (the run's tokenizer and template), as Vicuna
+        splits ShareGPT; ids get a "-b<k>" suffix."""
+        from instructjax.data.adapters import split_blocks
+        from instructjax.data.encode import count_tokens
+
+        def length(messages):
+            return count_tokens(Conversation(messages, conv.source, conv.id), self.template, self.tokenizer)
+
+        blocks = split_blocks(conv.messages, self.max_length, length)
+        if len(blocks) == 1:
+            return [conv]
+        return [Conversation(b, conv.source, f"{conv.id}-b{k}", {**conv.meta, "block": k, "blocks": len(blocks)})
+                for k, b in enumerate(blocks)]
+
+
+_STREAMS: dict[tuple, _Stream] = {}
+
+
+def _stream(name: str, spec: TaskSpec, seed: int | None) -> _Stream:
+    key = (name, spec, seed)
+    if key not in _STREAMS:
+        _STREAMS[key] = _Stream(name, spec, seed)
+    return _STREAMS[key]
 
 
 def _apply_selection(convs: list[Conversation], sel: SelectionSpec, tokenizer: Tokenizer) -> list[Conversation]:
@@ -187,13 +257,6 @@ def _apply_selection(convs: list[Conversation], sel: SelectionSpec, tokenizer: T
         encoder=encoder, response_length=lambda c: response_token_length(c, tokenizer),
     )
     return [s.conversation for s in chosen]
-
-
-def task_report(name: str) -> TaskReport:
-    """The report of the last encoding of task `name` (encodes it if needed)."""
-    if name not in _REPORTS:
-        encoded_examples(name)
-    return _REPORTS[name]
 
 
 def _dataset_fn(name: str):
@@ -217,8 +280,8 @@ def register_task(name: str, spec: TaskSpec, *, overwrite: bool = True) -> seqio
         raise ConfigError(f"task {name!r}: unknown source {spec.source!r} (known: {known})")
     if overwrite and name in seqio.TaskRegistry.names():
         seqio.TaskRegistry.remove(name)
-        _encode_task.cache_clear()
-        _REPORTS.pop(name, None)
+        for key in [k for k in _STREAMS if k[0] == name]:
+            del _STREAMS[key]
     _SPECS[name] = spec
     return seqio.TaskRegistry.add(
         name,
@@ -226,6 +289,11 @@ def register_task(name: str, spec: TaskSpec, *, overwrite: bool = True) -> seqio
         preprocessors=[],
         output_features=output_features(spec.tokenizer),
     )
+
+
+def is_task(name: str) -> bool:
+    """True for a task registered through `register_task` (not a user's plain seqio Task)."""
+    return name in _SPECS
 
 
 def get_spec(name: str) -> TaskSpec:
