@@ -127,10 +127,11 @@ def train_step(model_config: Any, *, lr: float = 1e-4, total_steps: int = 1000, 
     from flax import nnx
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from instructjax.config import RunConfig
+    from instructjax.core import sharding
+    from instructjax.core.config import RunConfig
     from instructjax.model.llama import Llama
-    from instructjax.train import sharding
-    from instructjax.train.trainer import make_optimizer, make_train_step
+    from instructjax.train.optim import make_optimizer
+    from instructjax.train.trainer import make_train_step
 
     config = RunConfig(seed=seed)
     config.optim.lr = lr

@@ -59,8 +59,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     import jax
 
+    from instructjax.core import sharding
     from instructjax.model.config import LlamaConfig, param_count
-    from instructjax.train import sharding
 
     load_before = common.load_average()
     config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,

@@ -31,8 +31,8 @@ def child(layers: int, hidden: int, seq: int, batch: int, steps: int, remat: str
     import jax
 
     import instructjax.train.trainer  # noqa: F401  (imported before the baseline)
+    from instructjax.core import sharding
     from instructjax.model.config import LlamaConfig, param_count
-    from instructjax.train import sharding
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     config = LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=int(hidden * 8 / 3 // 32 * 32),

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from instructjax.core.config import MosaicSection
 from instructjax.data.encode import count_tokens
-from instructjax.data.mosaic import MosaicConfig, mosaic_epoch
+from instructjax.data.mosaic import mosaic_epoch
 from instructjax.data.schema import Conversation
 from instructjax.data.sources import load_conversations
 from instructjax.data.synthetic import ensure_synthetic
@@ -49,11 +50,11 @@ PAPER_MIX_LE_5 = {"fixed": 0.0239, "exponential": 0.0258, "pareto": 0.0894, "log
                   "logistic": 0.1584, "uni-10": 0.5145}  # fmt: skip
 
 
-def settings() -> dict[str, MosaicConfig]:
+def settings() -> dict[str, MosaicSection]:
     """The columns of Table 7 (all with the default Permute/Maskout mix)."""
-    out = {f"uni-{k}": MosaicConfig(k_max=k, max_length=MAX_LENGTH) for k in (2, 4, 6, 8, 10, 12)}
+    out = {f"uni-{k}": MosaicSection(k_max=k, max_length=MAX_LENGTH) for k in (2, 4, 6, 8, 10, 12)}
     for dist in ("fixed", "exponential", "pareto", "lognormal", "logistic"):
-        out[dist] = MosaicConfig(distribution=dist, max_length=MAX_LENGTH)
+        out[dist] = MosaicSection(distribution=dist, max_length=MAX_LENGTH)
     return out
 
 

@@ -76,24 +76,24 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = common.load_average()
     t0 = time.perf_counter()
     import instructjax.data.mixtures  # noqa: F401  (registers the built-in Tasks and Mixtures)
-    from instructjax.data.mosaic import MosaicConfig
-    from instructjax.data.pipeline import DataConfig, DataPipeline
+    from instructjax.core.config import DataSection, MosaicSection
+    from instructjax.data.pipeline import DataPipeline
 
     import_s = time.perf_counter() - t0
-    from instructjax.errors import ConfigError
+    from instructjax.core.errors import ConfigError
 
     note = ""
     try:
-        config = DataConfig(mixture=args.mixture, seq_len=args.seq_len, global_batch=args.batch, prefetch=0)
+        config = DataSection(mixture=args.mixture, seq_len=args.seq_len, global_batch=args.batch, prefetch=0)
         pipeline, encode_s, encode_prof = _profiled(args.profile, DataPipeline, config)
     except ConfigError as e:  # e.g. a built-in mixture asking for more rows than its synthetic task holds
         note = f"`{args.mixture}` could not be built ({e}); measured `{FALLBACK}` instead. "
         print(note)
         args.mixture = FALLBACK
-        config = DataConfig(mixture=args.mixture, seq_len=args.seq_len, global_batch=args.batch, prefetch=0)
+        config = DataSection(mixture=args.mixture, seq_len=args.seq_len, global_batch=args.batch, prefetch=0)
         pipeline, encode_s, encode_prof = _profiled(args.profile, DataPipeline, config)
-    examples = sum(len(e) for e in pipeline.examples)
-    encoded_tokens = sum(len(x["tokens"]) for e in pipeline.examples for x in e)
+    examples = sum(len(e) for e in pipeline.stream.examples)
+    encoded_tokens = sum(len(x["tokens"]) for e in pipeline.stream.examples for x in e)
     (steps, tokens, rows), pack_s, pack_prof = _profiled(args.profile, one_epoch, pipeline)
     efficiency = tokens / (rows * args.seq_len)
     rows_out = [
@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
     ]  # fmt: skip
     profiles = {"encode": encode_prof, "pack": pack_prof}
     if args.mosaic:
-        mconfig = DataConfig(mixture=args.mixture, seq_len=args.seq_len, global_batch=args.batch, prefetch=0,
-                             mosaic=MosaicConfig(max_length=args.seq_len))  # fmt: skip
+        mconfig = DataSection(mixture=args.mixture, seq_len=args.seq_len, global_batch=args.batch, prefetch=0,
+                             mosaic=MosaicSection(max_length=args.seq_len))  # fmt: skip
         mpipe = DataPipeline(mconfig)  # tasks already encoded (cached): this times the mosaic epoch only
         (msteps, mtokens, mrows), mosaic_s, profiles["mosaic"] = _profiled(args.profile, one_epoch, mpipe)
         rows_out.append(["Mosaic-IT epoch (mix, k<=10: mosaic + template + tokenize + pack)",

@@ -64,7 +64,7 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = common.load_average()
     import jax
 
-    from instructjax.train import sharding
+    from instructjax.core import sharding
 
     config = common.model_config(args)
     step, params, opt_state, mesh, which = common.train_step(config)

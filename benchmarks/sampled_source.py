@@ -5,7 +5,7 @@ Tulu Table 1 lengths) of `--rows` rows; a mixture that keeps `--sample` of it. T
   whole then sample  every row read, rendered and tokenized, then the sample drawn (what the pipeline did
                      before: FLAN V2's flan_zs_opt is ~10.9 GB gzipped, millions of rows, on every host);
   sample only        the rows visited in the task's seeded order until the sample is full
-                     (`tasks.encoded_examples(name, count, seed)`), each read from the Arrow table.
+                     (`examples_lib.encoded_examples(name, count, seed)`), each read from the Arrow table.
 Both read through `datasets` into its memory-mapped Arrow cache first (timed apart: done once per
 machine and kept). Figures: conversations of the sample per second.
 
@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
 
-    from instructjax.data import sources, synthetic, tasks
+    from instructjax.data import examples as examples_lib
+    from instructjax.data import sources, specs, synthetic
     from instructjax.data.binding import bind
 
     load = common.load_average()
@@ -47,18 +48,18 @@ def main(argv: list[str] | None = None) -> int:
     arrow = time.perf_counter() - t0
 
     def task(name: str) -> str:
-        tasks.register_task(name, tasks.TaskSpec(source="flan_v2", data_files=(path,)))
+        specs.add_task(name, specs.TaskSpec(source="flan_v2", data_files=(path,)))
         return bind(name, tokenizer=None, max_length=args.seq_len).name
 
     whole = task("bench_flan_whole")
     t0 = time.perf_counter()
-    everything = tasks.encoded_examples(whole)
+    everything = examples_lib.encoded_examples(whole)
     whole_seconds = time.perf_counter() - t0
     sampled = task("bench_flan_sampled")
     t0 = time.perf_counter()
-    sample = tasks.encoded_examples(sampled, args.sample, 0)
+    sample = examples_lib.encoded_examples(sampled, args.sample, 0)
     sample_seconds = time.perf_counter() - t0
-    report = tasks.task_report(sampled, 0)
+    report = examples_lib.task_report(sampled, 0)
     rows = [
         ["whole then sample (before)", f"{len(everything):,}", f"{whole_seconds:,.1f}",
          f"{args.sample / whole_seconds:,.0f}"],

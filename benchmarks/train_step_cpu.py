@@ -47,17 +47,13 @@ def jax_worker(conn, args, weights_path: str) -> None:
     """Builds the trainer's step, writes its initial weights (HF names) for the torch worker, then steps on demand."""
     import jax
     import numpy as np
-    from flax import nnx
 
-    from instructjax.model.llama import Llama, export_hf_weights
-    from instructjax.train import sharding
+    from instructjax.convert.hf import hf_state
+    from instructjax.core import sharding
 
     config = common.model_config(args)
     step, params, opt_state, mesh, which = common.train_step(config)
-    model = Llama(config, rngs=nnx.Rngs(0))
-    nnx.update(model, nnx.State(params))
-    np.savez(weights_path, **export_hf_weights(model))
-    del model
+    np.savez(weights_path, **hf_state(params, config))
     with jax.set_mesh(mesh):
         batch = jax.device_put(clm_batch(args, config.vocab_size), sharding.batch_sharding(mesh))
         t0 = time.perf_counter()

@@ -49,8 +49,8 @@ def main(argv: list[str] | None = None) -> dict:
     import jax.numpy as jnp
     from flax import nnx
 
+    from instructjax.core import sharding
     from instructjax.model.config import param_count
-    from instructjax.train import sharding
     from instructjax.train.loss import loss_sums
 
     config = common.model_config(args)

@@ -5,6 +5,7 @@ Used by tests/test_faults_training.py, which kill -9s it, fills its disk, or cor
                           temporary directory, then writes the path to $FAULT_MARKER and hangs just
                           before the atomic rename (so a kill -9 lands mid-save, deterministically)
   FAULT_NAN_AT_STEP=N     step N's batch gets NaN loss weights (a non-finite loss at step N)
+  FAULT_STEP_SECONDS=S    every step takes at least S seconds (a kill "at a random moment" lands mid-run)
 Everything else is the production code path: `python tests/fault_worker.py train --config ...`.
 """
 
@@ -33,18 +34,32 @@ def hold_save(step: int, marker: str) -> None:
 
 
 def nan_at(step: int) -> None:
-    from instructjax.data import pipeline
+    from instructjax.train import trainer
 
-    original, calls = pipeline.global_batch, [0]
+    original, calls = trainer.on_mesh, [0]
 
-    def global_batch(host_batch, sharding):
+    def on_mesh(host_batch, sharding):
         calls[0] += 1  # one call per step, from step 1 in a fresh run
         if calls[0] == step:
             host_batch = {**host_batch, "loss_weights": np.where(host_batch["loss_weights"] > 0, np.nan, 0.0)
                           .astype(host_batch["loss_weights"].dtype)}  # fmt: skip
         return original(host_batch, sharding)
 
-    pipeline.global_batch = global_batch
+    trainer.on_mesh = on_mesh
+
+
+def slow_steps(seconds: float) -> None:
+    import time
+
+    from instructjax.train import trainer
+
+    original = trainer.on_mesh
+
+    def on_mesh(host_batch, sharding):
+        time.sleep(seconds)
+        return original(host_batch, sharding)
+
+    trainer.on_mesh = on_mesh
 
 
 def main() -> int:
@@ -52,6 +67,8 @@ def main() -> int:
         hold_save(int(os.environ["FAULT_HOLD_SAVE_STEP"]), os.environ["FAULT_MARKER"])
     if "FAULT_NAN_AT_STEP" in os.environ:
         nan_at(int(os.environ["FAULT_NAN_AT_STEP"]))
+    if "FAULT_STEP_SECONDS" in os.environ:
+        slow_steps(float(os.environ["FAULT_STEP_SECONDS"]))
     from instructjax import cli
 
     return cli.main(sys.argv[1:])

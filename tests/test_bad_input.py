@@ -6,8 +6,8 @@ import json
 
 import pytest
 
+from instructjax.core.errors import BadRowPolicy, DataError
 from instructjax.data.sources import load_conversations
-from instructjax.errors import BadRowPolicy, DataError
 
 GOOD = {"instruction": "Say hi.", "input": "", "output": "hi"}
 

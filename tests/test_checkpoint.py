@@ -1,16 +1,17 @@
 """Checkpoint layout and the params-only contract (save_params / load_params), on real Orbax."""
 
+import dataclasses
 import jax
 import numpy as np
 import optax
 import pytest
 from flax import nnx
 
-from instructjax.errors import ConfigError
-from instructjax.model.config import preset
+from instructjax.core import checkpoint as ckpt
+from instructjax.core import sharding
+from instructjax.core.errors import ConfigError
+from instructjax.model.config import LlamaConfig, preset
 from instructjax.model.llama import Llama
-from instructjax.train import checkpoint as ckpt
-from instructjax.train import sharding
 
 
 @pytest.fixture(scope="module")
@@ -29,12 +30,12 @@ def _assert_same(a, b):
 
 def test_save_load_params_roundtrip(tmp_path, tiny):
     config, params = tiny
-    out = ckpt.save_params(tmp_path / "run", params, config, run_config={"name": "x"}, step=7)
+    out = ckpt.save_params(tmp_path / "run", params, dataclasses.asdict(config), run_config={"name": "x"}, step=7)
     assert out == (tmp_path / "run" / "checkpoints").absolute()
     assert {"meta", "params"} <= {p.name for p in (out / "7").iterdir()}
     for where in (tmp_path / "run", out):  # a run dir or its checkpoints dir
         loaded, loaded_config, run_config, step = ckpt.load_params(where)
-        assert (loaded_config, run_config, step) == (config, {"name": "x"}, 7)
+        assert (LlamaConfig(**loaded_config), run_config, step) == (config, {"name": "x"}, 7)
         assert isinstance(loaded["layers"][0]["self_attn"]["q_proj"]["kernel"], np.ndarray)
         _assert_same(loaded, params)
     # the loaded dict is what the model takes back
@@ -47,9 +48,9 @@ def test_save_load_params_roundtrip(tmp_path, tiny):
 
 def test_load_params_sharded_and_latest_step(tmp_path, tiny):
     config, params = tiny
-    ckpt.save_params(tmp_path, params, config, step=1)
+    ckpt.save_params(tmp_path, params, dataclasses.asdict(config), step=1)
     bumped = jax.tree.map(lambda x: x + 1, params)
-    ckpt.save_params(tmp_path, bumped, config, step=5)
+    ckpt.save_params(tmp_path, bumped, dataclasses.asdict(config), step=5)
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices()[:8])
     abstract = nnx.state(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))))
     shardings = nnx.to_pure_dict(sharding.state_shardings(abstract, mesh))
@@ -91,7 +92,7 @@ def test_checkpointer_keeps_n_and_restores_everything(tmp_path, tiny):
     assert meta["step"] == 30 and meta["run_config"] == {"seed": 30}
     saver.close()
     # a params-only checkpoint (HF import) cannot be resumed from
-    ckpt.save_params(tmp_path / "imported", params, config)
+    ckpt.save_params(tmp_path / "imported", params, dataclasses.asdict(config))
     with pytest.raises(ConfigError, match="optimizer state"):
         ckpt.Checkpointer(tmp_path / "imported").restore(0, as_target(params), as_target(opt_state))
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import seqio
 
-from instructjax import experiments
-from instructjax.config import define_data, load_config
-from instructjax.data import mixtures  # noqa: F401  (registers the papers' mixtures)
+from instructjax import cli
+from instructjax.cli import experiments
+from instructjax.core.config import load_config
+from instructjax.data import specs
+from instructjax.data.specs import define as define_data
 from instructjax.eval.suite import SUITES
 from instructjax.model.config import PRESETS
 
@@ -45,7 +46,7 @@ def test_config_loads_and_refers_to_real_things(path):
     if config.max_steps == 0:  # eval-only (seed 000 "None")
         return
     define_data(config.define)
-    assert config.data.mixture in seqio.MixtureRegistry.names()
+    assert specs.tasks_of(config.data.mixture) is not None
     assert config.optim.weight_decay == 0.0 and not config.data.pack
 
 
@@ -60,9 +61,9 @@ def test_seed000_matches_paper():
     assert settings == {"None", "A", "C", "P", "AC", "AP", "CP", "ACP"}
     # ratio 1.5: Alpaca fixed at 20K, specialized 1.5 x 20K = 30K split equally between CodeAlpaca and P3
     c = load("seed000_acp/acp_ratio_1.5_llama2_7b.yaml")
-    assert seqio.get_mixture_or_task(c.data.mixture).counts == {"alpaca": 20000, "code_alpaca": 15000, "p3": 15000}
+    assert dict(specs.lookup_mixture(c.data.mixture).counts) == {"alpaca": 20000, "code_alpaca": 15000, "p3": 15000}
     c = load("seed000_acp/acp_count_2500_llama2_7b.yaml")
-    assert seqio.get_mixture_or_task(c.data.mixture).counts == {"alpaca": 2500, "code_alpaca": 2500, "p3": 2500}
+    assert dict(specs.lookup_mixture(c.data.mixture).counts) == {"alpaca": 2500, "code_alpaca": 2500, "p3": 2500}
 
 
 def test_seed002_matches_paper():
@@ -118,7 +119,8 @@ def test_seed004_matches_paper():
 
 
 def test_selection_in_a_task_keeps_the_top_k_longest():
-    from instructjax.data.tasks import TaskSpec, encoded_examples, read_conversations, task_report
+    from instructjax.data.examples import encoded_examples, read_conversations, task_report
+    from instructjax.data.specs import TaskSpec
     from instructjax.data.tokenizer import Tokenizer
 
     define_data({"tasks": {"dolly_longest_test": {"source": "dolly", "data_files": ["builtin"],
@@ -134,7 +136,7 @@ def test_selection_in_a_task_keeps_the_top_k_longest():
 
 def test_generator_check_mode_reports_edits(tmp_path):
     experiments.write(tmp_path)
-    assert experiments.main(["--check", "--root", str(tmp_path)]) == 0
+    assert cli.main(["experiments", "--check", "--root", str(tmp_path)]) == 0
     first = tmp_path / EXPS[0].path
     first.write_text(first.read_text() + "# edited\n")
     (tmp_path / "seed004_tulu" / "stale.yaml").write_text("name: x\n")
@@ -142,7 +144,7 @@ def test_generator_check_mode_reports_edits(tmp_path):
 
 
 def test_bad_selection_is_a_config_error():
-    from instructjax.errors import ConfigError
+    from instructjax.core.errors import ConfigError
 
     for bad, match in (({"method": "longst", "k": 3}, "selection.method"), ({"method": "longest", "k": 0}, "k must")):
         with pytest.raises(ConfigError, match=match):

@@ -99,23 +99,23 @@ def test_quickstart_mosaics_fit_its_rows():
     """The Mosaic-IT budget follows data.seq_len: no mosaic of the quickstart's epochs loses every trained
     token to truncation, and every mosaic of an epoch is trained on (the default budget of 2048 tokens at
     seq_len 256 made 93 of epoch 0's mosaics untrainable)."""
-    from instructjax import run_setup
-    from instructjax.config import load_config
+    from instructjax.cli.quickstart import QUICKSTART_CONFIG
+    from instructjax.core.config import load_config
     from instructjax.data.pipeline import DataPipeline
-    from instructjax.quickstart import QUICKSTART_CONFIG
+    from instructjax.train import setup as run_setup
 
     config = load_config(QUICKSTART_CONFIG)
     pipeline = DataPipeline(run_setup.bind_data(config, None).config)
     steps_per_epoch = pipeline.plan_epoch(0).steps
     for epoch in range(-(-config.max_steps // steps_per_epoch)):
-        examples = pipeline.epoch_examples(epoch)
-        assert len(examples) == len(pipeline.mosaic_conversations(epoch))
+        examples = pipeline.stream.epoch_examples(epoch)
+        assert len(examples) == len(pipeline.stream.mosaic_conversations(epoch))
         assert all(len(e["tokens"]) <= config.data.seq_len and e["loss_mask"].sum() > 0 for e in examples)
-    assert pipeline.untrainable == {}
+    assert pipeline.stream.untrainable == {}
 
 
 def test_mosaic_budget_above_the_row_length_is_a_config_error(capsys, tmp_path):
-    from instructjax.quickstart import QUICKSTART_CONFIG
+    from instructjax.cli.quickstart import QUICKSTART_CONFIG
 
     code, _, err = run(capsys, "train", "--config", str(QUICKSTART_CONFIG), "data.mosaic.max_length=512", "data.global_batch=8",
                        f"run_dir={tmp_path}")

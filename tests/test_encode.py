@@ -13,11 +13,11 @@ from hypothesis import strategies as st
 from pretrained_models import reference_ids  # noqa: E402  (tests/pretrained_models.py)
 from text_strategies import FRAGMENTS, responses, texts  # noqa: E402  (tests/text_strategies.py)
 
+from instructjax.core.errors import ConfigError
 from instructjax.data.encode import count_tokens, encode_conversation, response_token_length
 from instructjax.data.schema import Conversation
 from instructjax.data.templates import render, template_names
 from instructjax.data.tokenizer import Tokenizer, default_tokenizer_path
-from instructjax.errors import ConfigError
 
 
 @st.composite

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from instructjax.errors import DataError
+from instructjax.core.errors import DataError
 from instructjax.eval import pairwise as pw
 from instructjax.eval.humaneval import (
     check_program,
@@ -179,8 +179,8 @@ def test_lm_eval_backends_agree(tmp_path, monkeypatch):
     pytest.importorskip("accelerate")
     from test_convert import make_hf
 
+    from instructjax.cli.eval import run_lm_eval
     from instructjax.convert.hf import export_checkpoint, import_hf
-    from instructjax.eval.commands import run_lm_eval
 
     monkeypatch.chdir(REPO)  # the task YAMLs name their data files relative to the repository
     hf = make_hf(tmp_path, "gqa", seed=11)

@@ -57,9 +57,8 @@ def make_hf_dir(path) -> str:
     """A tiny LLaMA in the HF layout (config.json + model.safetensors), written without torch."""
     from safetensors.numpy import save_file
 
-    from instructjax.convert.hf import abstract_params, get_path, hf_shape
+    from instructjax.convert.hf import abstract_params, get_path, hf_shape, hf_weight_table
     from instructjax.model.config import preset
-    from instructjax.model.llama import hf_weight_table
 
     config = preset("tiny", dtype="float32")
     path.mkdir()

@@ -17,10 +17,11 @@ import pytest
 import yaml
 
 from instructjax import cli
-from instructjax.config import define_data, load_config
-from instructjax.data import tasks as task_lib
-from instructjax.data.pipeline import BATCH_KEYS, DataConfig, DataPipeline
-from instructjax.errors import DataError
+from instructjax.core.config import DataSection, load_config
+from instructjax.core.errors import DataError
+from instructjax.data import examples as examples_lib
+from instructjax.data.pipeline import BATCH_KEYS, DataPipeline
+from instructjax.data.specs import define as define_data
 
 SOURCES = ("alpaca", "dolly", "sharegpt")
 SUFFIX = {"alpaca": "jsonl", "dolly": "json", "sharegpt": "jsonl"}  # dolly as a JSON array
@@ -154,15 +155,15 @@ def test_skip_counts_per_reason_and_trains_exactly_the_good_rows(tmp_path):
     goods, mixed, expected = skip_fixture(tmp_path)
     clean_config, _ = make_config(tmp_path, goods, name="clean")
     clean = one_epoch(pipeline(clean_config))
-    clean_examples = {t: task_lib.encoded_examples(t) for t in expected}
+    clean_examples = {t: examples_lib.encoded_examples(t) for t in expected}
 
     config, _ = make_config(tmp_path, mixed, on_bad_row="skip", name="mixed")
     skipping = pipeline(config)
     for task, counts in expected.items():
-        report = task_lib.task_report(task)
+        report = examples_lib.task_report(task)
         assert dict(report.skipped) == counts, task
         assert report.examples == 6 and report.rows == 6
-        kept = task_lib.encoded_examples(task)
+        kept = examples_lib.encoded_examples(task)
         assert [json.loads(e["conversation"])["messages"] for e in kept] == \
             [json.loads(e["conversation"])["messages"] for e in clean_examples[task]]  # fmt: skip
     batches = one_epoch(skipping)
@@ -190,9 +191,9 @@ def test_cli_on_bad_row_skip_reports_counts_per_reason(tmp_path, capsys):
 def test_data_order_is_the_same_on_one_and_two_hosts():
     """Host h of H takes every H-th example of one global order: interleaving the 2 hosts' streams
     gives the 1-host stream (so a restart on another host count trains the same examples in order)."""
-    config = DataConfig(mixture="acp_ACP_builtin", seq_len=128, global_batch=8, pack_window=64)
-    one = [e["origin"] for e in DataPipeline(config).epoch_examples(0)]
-    hosts = [[e["origin"] for e in DataPipeline(config, process_index=i, process_count=2).epoch_examples(0)]
+    config = DataSection(mixture="acp_ACP_builtin", seq_len=128, global_batch=8, pack_window=64)
+    one = [e["origin"] for e in DataPipeline(config).stream.epoch_examples(0)]
+    hosts = [[e["origin"] for e in DataPipeline(config, process_index=i, process_count=2).stream.epoch_examples(0)]
              for i in range(2)]  # fmt: skip
     interleaved = [x for pair in zip(*hosts, strict=False) for x in pair] + hosts[0][len(hosts[1]):]
     assert len(one) > 100 and interleaved == one

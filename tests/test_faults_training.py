@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from instructjax.train import checkpoint as ckpt
+from instructjax.core import checkpoint as ckpt
 
 pytestmark = pytest.mark.slow
 
@@ -146,8 +146,8 @@ def test_kill_9_mid_async_save_then_at_a_random_step_loses_nothing(tmp_path, env
     # 2. --resume (from 2, ignoring the torn 4), kill -9 at a random moment after a random logged step
     seed = int(os.environ.get("FAULT_SEED", time.time_ns() % 10**6))
     rng = random.Random(seed)
-    kill_after, delay = rng.randint(3, 5), rng.uniform(0.0, 1.5)
-    proc = start(run_dir, env, resume=True)
+    kill_after, delay = rng.randint(3, 4), rng.uniform(0.0, 0.9)  # steps take >= 0.5 s: the kill lands before 6
+    proc = start(run_dir, env, resume=True, faults={"FAULT_STEP_SECONDS": "0.5"})
     kill_when(proc, lambda: last_logged(run_dir) >= kill_after and (time.sleep(delay) or True), f"step {kill_after}")
     resumed = metric_lines(run_dir)
     assert resumed[:2] == before[:2], f"seed {seed}: run 2 did not start from checkpoint 2"

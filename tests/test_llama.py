@@ -8,17 +8,17 @@ import torch
 import transformers
 from flax import nnx
 
-from instructjax.errors import ConfigError
+from instructjax.convert.hf import hf_state, params_from_tensors
+from instructjax.core.errors import ConfigError
 from instructjax.model.config import PRESETS, LlamaConfig, param_count, preset
 from instructjax.model.llama import (
     Llama,
     abstract_model,
     attention_bias,
     causal_attend,
-    export_hf_weights,
-    load_hf_weights,
     rope_inv_freq,
     segment_causal_mask,
+    with_params,
 )
 
 ROPE_SCALED = dict(
@@ -56,9 +56,8 @@ def random_hf_model(config: LlamaConfig, seed: int = 0) -> transformers.LlamaFor
 
 
 def ours_from_hf(hf_model, config: LlamaConfig) -> Llama:
-    model = abstract_model(config)
-    load_hf_weights(model, {k: v.detach().numpy() for k, v in hf_model.state_dict().items()})
-    return model
+    state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
+    return with_params(config, params_from_tensors(state, config))
 
 
 @pytest.mark.parametrize("case,length", [(case, 24) for case in CASES] + [("gqa", 300)])
@@ -90,7 +89,7 @@ def test_rope_inv_freq_matches_transformers():
 def test_export_round_trips_hf_state_dict(case):
     config = CASES[case]
     hf_model = random_hf_model(config, seed=3)
-    exported = export_hf_weights(ours_from_hf(hf_model, config))
+    exported = hf_state(nnx.state(ours_from_hf(hf_model, config), nnx.Param).to_pure_dict(), config)
     state = {k: v.numpy() for k, v in hf_model.state_dict().items() if k != "lm_head.weight" or not config.tie_embeddings}
     assert sorted(exported) == sorted(state)
     for name, value in state.items():
@@ -100,12 +99,11 @@ def test_export_round_trips_hf_state_dict(case):
 def test_load_rejects_mismatched_checkpoint():
     config = CASES["gqa"]
     tensors = {k: v.numpy() for k, v in random_hf_model(config).state_dict().items()}
-    model = abstract_model(config.replace(num_kv_heads=4))
     with pytest.raises(ConfigError, match="k_proj"):
-        load_hf_weights(model, tensors)
+        params_from_tensors(tensors, config.replace(num_kv_heads=4))
     del tensors["model.norm.weight"]
     with pytest.raises(ConfigError, match="model.norm.weight"):
-        load_hf_weights(abstract_model(config), tensors)
+        params_from_tensors(tensors, config)
 
 
 @nnx.jit

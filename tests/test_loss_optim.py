@@ -8,11 +8,12 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from instructjax.errors import ConfigError
+from instructjax.core.config import OptimSection
+from instructjax.core.errors import ConfigError
 from instructjax.model.config import preset
 from instructjax.model.llama import abstract_model
-from instructjax.train.loss import loss_sums, per_source_sums, reduce_loss, token_nll
-from instructjax.train.optim import accumulate_gradients, make_optimizer, warmup_linear_decay
+from instructjax.train.loss import accumulate_gradients, loss_sums, per_source_sums, reduce_loss, token_nll
+from instructjax.train.optim import make_optimizer, warmup_linear_decay
 
 
 def random_model(config, seed=0, std=0.05):
@@ -85,9 +86,10 @@ def test_accumulating_uneven_micro_batches_equals_one_big_batch():
     big = {k: jnp.asarray(np.concatenate([a[k], b[k]])) for k in a}
     big_loss, big_grads = jax.jit(jax.value_and_grad(lambda p: reduce_loss(*sums_fn(p, big))))(params)
     micro = {k: jnp.asarray(np.stack([a[k], b[k]])) for k in a}
-    loss, grads, weight = jax.jit(lambda p, mb: accumulate_gradients(sums_fn, p, mb))(params, micro)
+    loss, grads, aux, weight = jax.jit(lambda p, mb: accumulate_gradients(sums_fn, p, mb))(params, micro)
     np.testing.assert_allclose(float(loss), float(big_loss), rtol=1e-5)
-    np.testing.assert_allclose(float(weight), float(big["loss_weights"].sum()), rtol=1e-6)  # aux sums add up
+    np.testing.assert_allclose(float(aux), float(big["loss_weights"].sum()), rtol=1e-6)  # aux sums add up
+    assert float(weight) == float(big["loss_weights"].sum())
     for g, ref in zip(jax.tree.leaves(grads), jax.tree.leaves(big_grads), strict=True):
         np.testing.assert_allclose(np.asarray(g), np.asarray(ref), rtol=1e-4, atol=1e-7)
     # the naive mean of per-micro-batch means (what optax.MultiSteps does) is different
@@ -153,7 +155,7 @@ def test_adamw_steps_match_numpy(weight_decay):
     params = {"kernel": rng.normal(size=(6, 5)).astype(np.float32), "scale": rng.normal(size=(5,)).astype(np.float32)}
     grads = [{k: (rng.normal(size=p.shape) * 3).astype(np.float32) for k, p in params.items()} for _ in range(5)]
     total, ratio, peak = 10, 0.2, 1e-2
-    tx = make_optimizer(peak, total, warmup_ratio=ratio, weight_decay=weight_decay, max_grad_norm=1.0)
+    tx, _ = make_optimizer(OptimSection(lr=peak, warmup_ratio=ratio, weight_decay=weight_decay, grad_clip=1.0), total)
     state, ours = tx.init(params), {k: jnp.asarray(v) for k, v in params.items()}
     for g in grads:
         updates, state = tx.update({k: jnp.asarray(v) for k, v in g.items()}, state, ours)
@@ -171,5 +173,9 @@ def test_bad_settings_raise_config_error():
     with pytest.raises(ConfigError, match="warmup_ratio"):
         warmup_linear_decay(1e-5, 100, warmup_ratio=1.5)
     with pytest.raises(ConfigError, match="total_steps"):
-        make_optimizer(1e-5, 0)
+        make_optimizer(OptimSection(lr=1e-5), 0)
+    with pytest.raises(ConfigError, match="optim.warmup_ratio"):
+        OptimSection(warmup_ratio=1.5)
+    with pytest.raises(ConfigError, match="optim.loss_reduction"):
+        OptimSection(loss_reduction="median")
     assert token_nll(jnp.zeros((1, 2, 4)), jnp.zeros((1, 2), jnp.int32)).shape == (1, 2)

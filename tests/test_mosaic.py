@@ -17,10 +17,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
+from instructjax.core.config import MOSAIC_DISTRIBUTIONS as DISTRIBUTIONS
+from instructjax.core.config import MosaicSection, load_config
+from instructjax.core.errors import ConfigError, DataError
 from instructjax.data import mosaic_rules as R
 from instructjax.data.mosaic import (
-    DISTRIBUTIONS,
-    MosaicConfig,
     build_mosaic,
     draw_plan,
     fit_prefix,
@@ -28,7 +29,6 @@ from instructjax.data.mosaic import (
     sample_count,
 )
 from instructjax.data.schema import Conversation
-from instructjax.errors import ConfigError, DataError
 
 WORDS = "apple Banana cherry date Elder fig grape honeydew kiwi lemon Mango nectarine olive pear quince".split()
 
@@ -231,7 +231,7 @@ def test_every_mosaic_is_right_item_by_item(strategy):
     rules_seen = Counter()
     for seed in range(6):
         out, stats = mosaic_epoch(
-            data, MosaicConfig(strategy=strategy, max_length=100_000), seed=seed, epoch=0, count_tokens=whitespace_tokens
+            data, MosaicSection(strategy=strategy, max_length=100_000), seed=seed, epoch=0, count_tokens=whitespace_tokens
         )
         assert stats.over_budget == stats.reduced == 0
         for conv in out:
@@ -280,7 +280,7 @@ def test_budget_is_respected_and_every_example_appears_once(count_tokens):
     data[7].messages[0]["content"] += " long" * budget  # too long even alone (and even if masked out)
     data += [system, multi]
     by_id = {c.id: c for c in data}
-    config = MosaicConfig(max_length=budget)
+    config = MosaicSection(max_length=budget)
     for epoch in range(1 if expensive else 3):
         out, stats = mosaic_epoch(data, config, seed=11, epoch=epoch, count_tokens=count_tokens)
         seen = []
@@ -326,7 +326,7 @@ def test_fit_prefix_finds_the_longest_fitting_prefix():
 
 def test_same_seed_same_output_different_epochs_differ():
     data = make_data(200, seed=1)
-    config = MosaicConfig(max_length=400)
+    config = MosaicSection(max_length=400)
 
     def run(seed, epoch):
         out, _ = mosaic_epoch(data, config, seed=seed, epoch=epoch, count_tokens=whitespace_tokens)
@@ -365,7 +365,7 @@ def analytic_pmf(distribution: str, k_max: int, params: dict) -> np.ndarray:
      ("logistic", 10, {}), ("pareto", 10, {}), ("pareto", 6, {"a": 2.0}), ("logistic", 12, {"loc": 3.0})],
 )  # fmt: skip
 def test_count_histogram_matches_distribution(distribution, k_max, params):
-    config = MosaicConfig(distribution=distribution, k_max=k_max, distribution_params=params)
+    config = MosaicSection(distribution=distribution, k_max=k_max, distribution_params=params)
     rng = np.random.default_rng(123)
     n = 20_000
     hist = np.bincount([sample_count(rng, config) for _ in range(n)], minlength=k_max + 1)
@@ -383,9 +383,9 @@ def test_count_histogram_matches_distribution(distribution, k_max, params):
 
 def test_fixed_distribution_and_requested_histogram_in_an_epoch():
     data = make_data(3000, seed=2, max_words=5)
-    out, stats = mosaic_epoch(data, MosaicConfig(distribution="fixed"), seed=0, epoch=0, count_tokens=whitespace_tokens)
+    out, stats = mosaic_epoch(data, MosaicSection(distribution="fixed"), seed=0, epoch=0, count_tokens=whitespace_tokens)
     assert set(stats.requested_k_histogram) == {10} and stats.k_histogram[10] == 300
-    out, stats = mosaic_epoch(data, MosaicConfig(), seed=0, epoch=0, count_tokens=whitespace_tokens)
+    out, stats = mosaic_epoch(data, MosaicSection(), seed=0, epoch=0, count_tokens=whitespace_tokens)
     observed = [stats.requested_k_histogram[k] for k in range(1, 11)]
     assert scipy_stats.chisquare(observed).pvalue > 1e-3  # uniform 1..10
 
@@ -395,19 +395,20 @@ def test_fixed_distribution_and_requested_histogram_in_an_epoch():
 
 def test_bad_config_and_bad_rows_give_one_clear_error():
     with pytest.raises(ConfigError, match="strategy"):
-        MosaicConfig(strategy="shuffle")
+        MosaicSection(strategy="shuffle")
     with pytest.raises(ConfigError, match="distribution"):
-        MosaicConfig(distribution="poisson")
+        MosaicSection(distribution="poisson")
     with pytest.raises(ConfigError, match="sigma"):
-        MosaicConfig(distribution="exponential", distribution_params={"sigma": 1.0})
+        MosaicSection(distribution="exponential", distribution_params={"sigma": 1.0})
     with pytest.raises(ConfigError, match="k_max"):
-        MosaicConfig(k_max=0)
-    with pytest.raises(ConfigError, match="unknown mosaic config"):
-        MosaicConfig.from_dict({"strategy": "mix", "kmax": 3})
-    assert MosaicConfig.from_dict({"distribution": "pareto", "k_max": 6}).params == {"a": 1.0}
+        MosaicSection(k_max=0)
+    with pytest.raises(ConfigError, match="unknown config key 'data.mosaic.kmax'"):
+        load_config(None, ["data.mosaic.strategy=mix", "data.mosaic.kmax=3"])
+    built = load_config(None, ["data.mosaic.distribution=pareto", "data.mosaic.k_max=6"]).data.mosaic
+    assert isinstance(built, MosaicSection) and built.params == {"a": 1.0}
     bad = Conversation([{"role": "user", "content": "q"}], source="alpaca", id="alpaca/9")
     with pytest.raises(DataError, match="alpaca/9"):
-        mosaic_epoch(make_data(3) + [bad], MosaicConfig(), seed=0, epoch=0, count_tokens=whitespace_tokens)
+        mosaic_epoch(make_data(3) + [bad], MosaicSection(), seed=0, epoch=0, count_tokens=whitespace_tokens)
 
 
 def test_single_item_mosaic_is_format_only():

@@ -11,9 +11,9 @@ import jax
 import numpy as np
 import pytest
 
-from instructjax import run_setup
-from instructjax.config import load_config
+from instructjax.core.config import load_config
 from instructjax.data.pipeline import BATCH_KEYS, DataPipeline
+from instructjax.train import setup as run_setup
 from instructjax.train.trainer import Trainer
 
 OVERRIDES = [

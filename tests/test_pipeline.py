@@ -8,19 +8,19 @@ import pytest
 import seqio
 from scipy import stats
 
-from instructjax.data import mixtures
-from instructjax.data.mosaic import MosaicConfig
-from instructjax.data.pipeline import DataConfig, DataPipeline, IteratorState
-from instructjax.errors import ConfigError
+from instructjax.core.config import DataSection, MosaicSection
+from instructjax.core.errors import ConfigError
+from instructjax.data import blends, mixtures, specs
+from instructjax.data.pipeline import DataPipeline, IteratorState
 
 # Small built-in blends keep these fast: ~200 examples per task.
 EPOCH_MIX = mixtures.register_epoch_mixture("test_epoch_mix", {"alpaca_builtin": 60, "code_alpaca_builtin": 40}).name
 RATE_MIX = mixtures.register_rate_mixture("test_rate_mix", {"alpaca_builtin": 1.0, "dolly_builtin": 3.0}).name
 
 
-def config(mixture=EPOCH_MIX, **kw) -> DataConfig:
+def config(mixture=EPOCH_MIX, **kw) -> DataSection:
     base = dict(mixture=mixture, seq_len=256, global_batch=4, pack_window=32, prefetch=0, seed=7)
-    return DataConfig(**{**base, **kw})
+    return DataSection(**{**base, **kw})
 
 
 def take(pipeline: DataPipeline, n: int) -> list[tuple[dict, IteratorState]]:
@@ -39,7 +39,7 @@ def same(a: dict, b: dict) -> bool:
     [
         config(),
         config(mixture=RATE_MIX),
-        config(mosaic=MosaicConfig(k_max=3, max_length=256)),
+        config(mosaic=MosaicSection(k_max=3, max_length=256)),
     ],
     ids=["epoch", "rate", "epoch+mosaic"],
 )
@@ -47,7 +47,7 @@ def test_resume_at_any_point_gives_identical_batches(cfg):
     """Crossing epoch boundaries (an epoch is ~10 batches here), resume from every saved state."""
     straight = take(DataPipeline(cfg), 24)
     epochs = {state.epoch for _, state in straight}
-    if not DataPipeline(cfg).rate_mode:
+    if not DataPipeline(cfg).stream.rate_mode:
         assert len(epochs) >= 2, "the run should cross an epoch boundary"
     for k in (1, 5, 11, 17):
         resumed = DataPipeline(cfg)
@@ -66,7 +66,7 @@ def test_prefetch_thread_yields_the_same_batches_and_state():
 
 def test_epoch_mode_counts_are_exact_and_each_epoch_is_reshuffled():
     p = DataPipeline(config())
-    first, second = p.epoch_examples(0), DataPipeline(config()).epoch_examples(1)
+    first, second = p.stream.epoch_examples(0), DataPipeline(config()).stream.epoch_examples(1)
     count = Counter(p.task_names[ex["source"]] for ex in first)
     assert count == {"alpaca_builtin": 60, "code_alpaca_builtin": 40}
     assert sorted(ex["origin"] for ex in first) == sorted(ex["origin"] for ex in second)  # same subset
@@ -78,17 +78,17 @@ def test_two_hosts_get_disjoint_shards_that_cover_the_data(mixture):
     cfg = config(mixture=mixture)
     single = DataPipeline(cfg)
     hosts = [DataPipeline(cfg, process_index=i, process_count=2) for i in range(2)]
-    if single.rate_mode:
-        got = [[ex["origin"] for w in range(6) for ex in h.window_examples(0, w)] for h in hosts]
+    if single.stream.rate_mode:
+        got = [[ex["origin"] for w in range(6) for ex in h.stream.window_examples(0, w)] for h in hosts]
         assert not set(got[0]) & set(got[1])
         # Each host cycles through its own half of every task.
         for t in range(len(single.task_names)):
             mine = [{i for task, i in g if task == t} for g in got]
             assert all(i % 2 == h for h in (0, 1) for i in mine[h])
     else:
-        got = [[ex["origin"] for ex in h.epoch_examples(0)] for h in hosts]
+        got = [[ex["origin"] for ex in h.stream.epoch_examples(0)] for h in hosts]
         assert not set(got[0]) & set(got[1])
-        assert sorted(got[0] + got[1]) == sorted(ex["origin"] for ex in single.epoch_examples(0))
+        assert sorted(got[0] + got[1]) == sorted(ex["origin"] for ex in single.stream.epoch_examples(0))
     batch = next(iter(hosts[0]))
     assert batch["tokens"].shape == (cfg.global_batch // 2, cfg.seq_len)
 
@@ -96,7 +96,7 @@ def test_two_hosts_get_disjoint_shards_that_cover_the_data(mixture):
 def test_rate_mode_draws_tasks_in_proportion_to_rates_like_seqio():
     """Our draws and seqio's own Mixture sampling both match the 1:3 rates (chi-square)."""
     p = DataPipeline(config(mixture=RATE_MIX, pack_window=500))
-    ours = Counter(ex["source"] for w in range(4) for ex in p.window_examples(0, w))
+    ours = Counter(ex["source"] for w in range(4) for ex in p.stream.window_examples(0, w))
     n = sum(ours.values())
     expected = [n / 4, 3 * n / 4]
     assert stats.chisquare([ours[0], ours[1]], expected).pvalue > 1e-3
@@ -108,18 +108,22 @@ def test_rate_mode_draws_tasks_in_proportion_to_rates_like_seqio():
     assert stats.chisquare([theirs["alpaca"], theirs["dolly"]], [250, 750]).pvalue > 1e-3
 
 
+def _counts(name: str) -> dict:
+    return dict(specs.lookup_mixture(name).counts)
+
+
 def test_paper_mixture_families_have_the_papers_counts():
-    ratio = seqio.get_mixture_or_task(mixtures.acp_ratio(1.5))
-    assert ratio.counts == {"alpaca": 20_000, "code_alpaca": 15_000, "p3": 15_000}
-    assert seqio.get_mixture_or_task("acp_ratio_2").counts == seqio.get_mixture_or_task("acp_ACP").counts
-    assert seqio.get_mixture_or_task(mixtures.acp_count(5_000)).counts == dict.fromkeys(["alpaca", "code_alpaca", "p3"], 5_000)
-    assert set(seqio.get_mixture_or_task("acp_CP").counts) == {"code_alpaca", "p3"}
-    human_gpt = seqio.get_mixture_or_task("tulu_human_gpt").counts
-    assert human_gpt == {"flan_v2": 100_000, "cot": 100_000, "dolly": None, "oasst1": None,
-                         "gpt4_alpaca": None, "code_alpaca": None, "sharegpt": None}  # fmt: skip
-    assert set(seqio.get_mixture_or_task("tulu_human_builtin").counts) == {
-        "flan_v2_builtin", "cot_builtin", "dolly_builtin", "oasst1_builtin"}  # fmt: skip
-    assert len([m for m in seqio.MixtureRegistry.names() if m.startswith("tulu_single_") and "builtin" not in m]) == 12
+    assert _counts("acp_ratio_1.5") == {"alpaca": 20_000, "code_alpaca": 15_000, "p3": 15_000}
+    assert _counts("acp_ratio_2") == _counts("acp_ACP")
+    assert _counts("acp_ACP_n5000") == dict.fromkeys(["alpaca", "code_alpaca", "p3"], 5_000)
+    assert set(_counts("acp_CP")) == {"code_alpaca", "p3"}
+    assert _counts("tulu_human_gpt") == {"flan_v2": 100_000, "cot": 100_000, "dolly": None, "oasst1": None,
+                                         "gpt4_alpaca": None, "code_alpaca": None, "sharegpt": None}  # fmt: skip
+    assert set(_counts("tulu_human_builtin")) == {"flan_v2_builtin", "cot_builtin", "dolly_builtin", "oasst1_builtin"}
+    assert len([m for m in blends.paper_names() if m.startswith("tulu_single_") and "builtin" not in m]) == 12
+    assert specs.lookup_mixture("acp_Q") is None and specs.lookup_mixture("tulu_single_lima") is None
+    # the seqio face registers the same mixtures
+    assert seqio.get_mixture_or_task("acp_ratio_1.5").counts == _counts("acp_ratio_1.5")
 
 
 def test_every_builtin_mixture_fits_the_builtin_data():
@@ -127,11 +131,10 @@ def test_every_builtin_mixture_fits_the_builtin_data():
     for every source with a count)."""
     from instructjax.data import synthetic
 
-    for name in seqio.MixtureRegistry.names():
-        mixture = seqio.get_mixture_or_task(name)
-        if not name.endswith("_builtin") or not isinstance(mixture, mixtures.EpochMixture):
+    for name in blends.paper_names():
+        if not name.endswith("_builtin"):
             continue
-        for task, count in mixture.counts.items():
+        for task, count in _counts(name).items():
             rows = synthetic.default_rows(task.removesuffix("_builtin"))
             assert count is None or count <= rows, (name, task, count, rows)
 
@@ -139,7 +142,6 @@ def test_every_builtin_mixture_fits_the_builtin_data():
 @pytest.mark.parametrize(
     "changes, message",
     [
-        (dict(global_batch=5), "not divisible by the 2 host"),
         (dict(seq_len=4), "too small"),
         (dict(mixture="no_such_mixture"), "not a registered"),
         (dict(pack_window=0), "pack_window"),
@@ -151,6 +153,14 @@ def test_bad_configurations_fail_with_one_clear_line(changes, message):
     assert "\n" not in str(err.value)
 
 
+def test_a_batch_hosts_cannot_share_is_an_error_of_the_run_config():
+    from instructjax.core.config import RunConfig
+    from instructjax.core.sharding import resolve_mesh
+
+    with pytest.raises(ConfigError, match="not divisible by the 2 host"):
+        resolve_mesh(RunConfig(data=config(global_batch=5)), device_count=2, process_count=2)
+
+
 def test_asking_for_more_examples_than_a_task_has_is_an_error():
     name = mixtures.register_epoch_mixture("too_many", {"alpaca_builtin": 10**6}).name
     with pytest.raises(ConfigError, match="asks for 1000000 examples of 'alpaca_builtin'"):
@@ -158,13 +168,13 @@ def test_asking_for_more_examples_than_a_task_has_is_an_error():
 
 
 def test_report_names_skipped_rows_and_truncations(tmp_path):
-    from instructjax.data import tasks as task_lib
+    from instructjax.data import specs
 
     path = tmp_path / "alpaca.jsonl"
     good = '{"instruction": "Say it.", "input": "", "output": "' + "word " * 300 + '"}'
     path.write_text(good + "\n" + '{"instruction": "broken"' + "\n" + good.replace("Say", "Tell") + "\n")
-    spec = task_lib.TaskSpec(source="alpaca", data_files=(str(path),), on_bad_row="skip", max_length=64)
-    task_lib.register_task("report_alpaca", spec)
+    spec = specs.TaskSpec(source="alpaca", data_files=(str(path),), on_bad_row="skip", max_length=64)
+    specs.add_task("report_alpaca", spec)
     name = mixtures.register_epoch_mixture("report_mix", {"report_alpaca": None}).name
     lines = DataPipeline(config(mixture=name)).report()
     assert "report_alpaca: skipped 1 row(s): malformed_json" in lines
@@ -182,7 +192,7 @@ def test_plan_counts_rows_and_steps_of_an_epoch():
 
 def _subset_ids(mixture: str, task: str, seed: int = 7) -> list[str]:
     pipe = DataPipeline(config(mixture=mixture, seq_len=2048, seed=seed))
-    examples = pipe.examples[pipe.task_names.index(task)]
+    examples = pipe.stream.examples[pipe.task_names.index(task)]
     return sorted(json.loads(e["conversation"])["id"] for e in examples)
 
 
@@ -200,17 +210,18 @@ def test_subsets_depend_on_seed_dataset_and_size_only_and_nest():
 
 def test_a_subset_reads_in_proportion_to_its_size(tmp_path):
     """Drawing 30 of 600 rows reads, renders and tokenizes about 30 rows (the skipped ones too), not 600."""
-    from instructjax.data import tasks
+    from instructjax.data import examples as examples_lib
+    from instructjax.data import specs
 
     rows = [{"inputs": f"Question {i}: what is {i} plus {i}?", "targets": "" if i % 10 == 0 else str(2 * i),
              "task_name": "sum", "template_type": "zs_opt"} for i in range(600)]  # every tenth target is empty
     path = tmp_path / "flan.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tasks.register_task("sampled_flan", tasks.TaskSpec(source="flan_v2", data_files=(str(path),)))
+    specs.add_task("sampled_flan", specs.TaskSpec(source="flan_v2", data_files=(str(path),)))
     mixtures.register_epoch_mixture("sampled_flan_mix", {"sampled_flan": 30})
     pipe = DataPipeline(config(mixture="sampled_flan_mix", seq_len=512, seed=3))
-    report = tasks.task_report("sampled_flan", seed=3)
-    assert len(pipe.examples[0]) == 30 == report.examples
+    report = examples_lib.task_report("sampled_flan", seed=3)
+    assert len(pipe.stream.examples[0]) == 30 == report.examples
     assert report.read == 30 + report.skipped["empty_response"] and report.read < 60
-    targets = [json.loads(e["conversation"])["messages"][1]["content"] for e in pipe.examples[0]]
+    targets = [json.loads(e["conversation"])["messages"][1]["content"] for e in pipe.stream.examples[0]]
     assert len(set(targets)) == 30 and "" not in targets

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 
 from instructjax.cli import main
-from instructjax.config import load_config
-from instructjax.errors import ConfigError
+from instructjax.core.config import load_config
+from instructjax.core.errors import ConfigError
 from instructjax.model.config import preset
-from instructjax.plan import GIB, activation_bytes, gpu_topology, make_plan, tpu_topology
+from instructjax.train.plan import GIB, activation_bytes, gpu_topology, make_plan, tpu_topology
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TULU7B = CONFIGS / "seed004_tulu" / "tulu_human_gpt_llama2_7b.yaml"
@@ -93,8 +93,10 @@ def test_does_not_fit_and_errors():
         make_plan(load_config(TULU7B, ["mesh.tensor=3"]), gpu_topology(6))
     with pytest.raises(ConfigError, match="does not divide"):
         make_plan(load_config(TULU7B, ["mesh.tensor=3"]), tpu_topology("v4-64"))
-    with pytest.raises(ConfigError, match="does not split"):
+    with pytest.raises(ConfigError, match="not divisible by the 8 host"):  # v4-64: 32 chips on 8 hosts
         make_plan(load_config(TULU7B, ["data.global_batch=100"]), tpu_topology("v4-64"))
+    with pytest.raises(ConfigError, match="does not divide over the mesh's data\\*fsdp=32 devices"):
+        make_plan(load_config(TULU7B, ["data.global_batch=104"]), tpu_topology("v4-64"))
 
 
 def test_eval_only_config_and_cli(capsys):

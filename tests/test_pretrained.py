@@ -90,7 +90,7 @@ def references(name: str, tok_dir: str):
 
 
 def test_first_batch_is_the_tokenizers_own_ids(setup):
-    from instructjax.config import load_config
+    from instructjax.core.config import load_config
     from instructjax.train.trainer import Trainer
 
     name, tok_dir, _, _, config_file, _ = setup
@@ -265,7 +265,7 @@ def test_model_encoder_selection_uses_the_runs_model(setup, tmp_path, capsys):
     select = ["define.tasks.real_rows.selection.method=kmeans", "define.tasks.real_rows.selection.k=4",
               "define.tasks.real_rows.selection.num_clusters=2", "define.tasks.real_rows.selection.encoder=llama-mean"]
     config = tmp_path / "kmeans.yaml"
-    from instructjax.config import load_config, to_dict
+    from instructjax.core.config import load_config, to_dict
 
     config.write_text(yaml.safe_dump(to_dict(load_config(config_file, select))))
     assert cli.main(["data", "stats", "--config", str(config), "--json"]) == 0

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from sklearn.cluster import KMeans
 
+from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.embeddings import TfidfSvdEncoder, encoder_names, get_encoder, register_encoder
 from instructjax.data.schema import Conversation
 from instructjax.data.selection import (
@@ -24,7 +25,6 @@ from instructjax.data.selection import (
     select,
     write_selection,
 )
-from instructjax.errors import ConfigError, DataError
 
 TOPICS = {
     "poem": "write a poem about the sea moon night stars love verse rhyme",

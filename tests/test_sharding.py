@@ -8,12 +8,8 @@ from flax import nnx
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from instructjax.errors import ConfigError
-from instructjax.model.config import preset
-from instructjax.model.llama import Llama, abstract_model
-from instructjax.train.loss import loss_sums, reduce_loss
-from instructjax.train.optim import make_optimizer
-from instructjax.train.sharding import (
+from instructjax.core.errors import ConfigError
+from instructjax.core.sharding import (
     batch_shardings,
     create_sharded_model,
     logical_to_spec,
@@ -22,6 +18,10 @@ from instructjax.train.sharding import (
     shard_model,
     state_shardings,
 )
+from instructjax.model.config import preset
+from instructjax.model.llama import Llama, abstract_model
+from instructjax.train.loss import loss_sums, reduce_loss
+from instructjax.train.optim import adamw
 
 
 def random_model(config, seed=0):
@@ -136,7 +136,7 @@ def test_shard_model_and_optimizer_state_follow_the_rules():
     model = shard_model(random_model(CONFIG), mesh)
     assert model.lm_head.kernel[...].sharding.spec == P("fsdp", "tensor")
     assert model.embed_tokens.embedding[...].sharding.spec == P("tensor", "fsdp")
-    optimizer = nnx.eval_shape(lambda: nnx.Optimizer(abstract_model(CONFIG), make_optimizer(1e-4, 100), wrt=nnx.Param))
+    optimizer = nnx.eval_shape(lambda: nnx.Optimizer(abstract_model(CONFIG), adamw(1e-4), wrt=nnx.Param))
     shardings = state_shardings(nnx.state(optimizer), mesh)
     mu = shardings["opt_state"][1][0]["mu"]["layers"][0]["self_attn"]["o_proj"]["kernel"]
     assert mu.get_value().spec == P("tensor", None, "fsdp")

@@ -6,8 +6,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from instructjax.core.errors import ConfigError
 from instructjax.data.sources import SOURCES, load_conversations
-from instructjax.errors import ConfigError
 
 
 def write_jsonl(tmp_path, rows, name="rows.jsonl"):
@@ -171,7 +171,7 @@ EXPECTED = {
 def test_real_hub_rows_load_as_the_reference_pipeline_loads_them(name, tmp_path):
     """Under the default policy (error on a bad row) the quirks of real rows are repaired or counted, never
     fatal; every kept conversation is as the dataset's reference pipeline makes it."""
-    from instructjax.errors import BadRowPolicy
+    from instructjax.core.errors import BadRowPolicy
 
     [path] = [p for p in HUB.iterdir() if p.stem == name]
     policy = BadRowPolicy()
@@ -193,7 +193,7 @@ def test_unnatural_instructions_and_alpaca_meta(tmp_path):
 
 
 def test_oasst1_real_rows_leave_out_failed_review_and_deleted(tmp_path):
-    from instructjax.errors import BadRowPolicy
+    from instructjax.core.errors import BadRowPolicy
 
     policy = BadRowPolicy()
     got = list(load_conversations("oasst1", [str(HUB / "oasst1.jsonl")], policy=policy, cache_dir=str(tmp_path)))
@@ -217,16 +217,17 @@ def test_sharegpt_is_split_by_the_runs_tokenizer_at_the_runs_length(tmp_path):
     it can be (the next round would not fit)."""
     from pretrained_models import reference_ids
 
-    from instructjax.data import tasks
+    from instructjax.data import examples as examples_lib
+    from instructjax.data import specs
     from instructjax.data.binding import bind
     from instructjax.data.schema import Conversation
     from instructjax.data.templates import render
     from instructjax.data.tokenizer import default_tokenizer_path
 
-    tasks.register_task("hub_sharegpt", tasks.TaskSpec(source="sharegpt", data_files=(str(HUB / "sharegpt.json"),)))
+    specs.add_task("hub_sharegpt", specs.TaskSpec(source="sharegpt", data_files=(str(HUB / "sharegpt.json"),)))
     max_length = 400
     bound = bind("hub_sharegpt", tokenizer=None, max_length=max_length)
-    examples = tasks.encoded_examples(bound.name)
+    examples = examples_lib.encoded_examples(bound.name)
 
     def real_length(messages):
         text = render(Conversation(messages, "s", "x"), "tulu").text
@@ -241,7 +242,7 @@ def test_sharegpt_is_split_by_the_runs_tokenizer_at_the_runs_length(tmp_path):
         assert real_length(block.messages) <= max_length
         if k + 1 < len(blocks):
             assert real_length(block.messages + blocks[k + 1].messages[:2]) > max_length
-    report = tasks.task_report(bound.name)
+    report = examples_lib.task_report(bound.name)
     assert report.split == 1 and report.truncated == 0
 
 

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from instructjax.data import synthetic, tasks
+from instructjax.data import examples as examples_lib
+from instructjax.data import specs, synthetic
 from instructjax.data.binding import bind
 from instructjax.data.schema import Conversation
 from instructjax.data.sources import SOURCES, load_conversations
@@ -28,9 +29,9 @@ def loaded(tmp_path_factory):
         with open(path) as f:
             rows = [json.loads(line) for line in f]
         if SOURCES[name].split_long:  # ShareGPT is split into blocks when encoded for a 2048-token row
-            tasks.register_task(f"synthetic_{name}", tasks.TaskSpec(source=name, data_files=(path,)))
+            specs.add_task(f"synthetic_{name}", specs.TaskSpec(source=name, data_files=(path,)))
             bound = bind(f"synthetic_{name}", tokenizer=None, max_length=2048)
-            convs = [Conversation.from_json(e["conversation"]) for e in tasks.encoded_examples(bound.name)]
+            convs = [Conversation.from_json(e["conversation"]) for e in examples_lib.encoded_examples(bound.name)]
         else:
             convs = list(load_conversations(name, [path], cache_dir=str(directory / "cache")))
         out[name] = rows, convs

@@ -6,28 +6,29 @@ import numpy as np
 import pytest
 import seqio
 
-from instructjax.config import define_data
-from instructjax.data import sources, synthetic
-from instructjax.data import tasks as task_lib
-from instructjax.data.commands import task_stats
+import instructjax.data.mixtures  # noqa: F401  (the seqio face: registers the tasks and the papers' mixtures)
+from instructjax.cli.data import task_stats
+from instructjax.core.errors import ConfigError, DataError
+from instructjax.data import examples as examples_lib
+from instructjax.data import sources, specs, synthetic
+from instructjax.data.specs import define as define_data
 from instructjax.data.templates import render
 from instructjax.data.tokenizer import Tokenizer
-from instructjax.errors import ConfigError, DataError
 
 
 def test_every_source_is_a_task_twice():
     names = seqio.TaskRegistry.names()
     for source in sources.SOURCES:
         assert source in names and source + "_builtin" in names
-        assert task_lib.get_spec(source).data_files is None  # the hub, for users
-        assert task_lib.get_spec(source + "_builtin").data_files == ("builtin",)
+        assert specs.task(source).data_files is None  # the hub, for users
+        assert specs.task(source + "_builtin").data_files == ("builtin",)
 
 
 def test_get_dataset_round_trip_through_seqio_vocabulary():
     """What seqio serves decodes (through the task's own seqio vocabulary) to the rendered text."""
     task = seqio.get_mixture_or_task("dolly_builtin")
     examples = list(task.get_dataset(sequence_length=None, split="train", shuffle=False).as_numpy_iterator())
-    conversations = list(task_lib.read_conversations(task_lib.get_spec("dolly_builtin")))
+    conversations = list(examples_lib.read_conversations(specs.task("dolly_builtin")))
     assert len(examples) == len(conversations) > 100
     vocab = task.output_features["tokens"].vocabulary
     tokenizer = Tokenizer.load(None)
@@ -53,27 +54,27 @@ def test_user_task_from_local_files_and_config_define(tmp_path):
             "mixtures": {"my_blend": {"mode": "epoch", "counts": {"my_alpaca": 3, "dolly_builtin": 2}}},
         }
     )
-    got = task_lib.encoded_examples("my_alpaca")
+    got = examples_lib.encoded_examples("my_alpaca")
     assert [json.loads(e["conversation"])["messages"][1]["content"] for e in got] == [r["output"] for r in rows]
     assert all(len(e["tokens"]) <= 64 for e in got)
-    assert "my_blend" in seqio.MixtureRegistry.names()
+    assert specs.lookup_mixture("my_blend").counts == (("my_alpaca", 3), ("dolly_builtin", 2))
 
 
 def test_bad_row_in_a_task_names_source_file_and_row(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text('{"instruction": "a", "input": "", "output": "b"}\n{"instruction": "a", "input": ""\n')
-    task_lib.register_task("bad_alpaca", task_lib.TaskSpec(source="alpaca", data_files=(str(path),)))
+    specs.add_task("bad_alpaca", specs.TaskSpec(source="alpaca", data_files=(str(path),)))
     with pytest.raises(DataError) as err:
-        task_lib.encoded_examples("bad_alpaca")
+        examples_lib.encoded_examples("bad_alpaca")
     assert "bad.jsonl" in str(err.value) and "row 2" in str(err.value)
-    skip = task_lib.with_options("bad_alpaca", on_bad_row="skip")
-    assert len(task_lib.encoded_examples(skip)) == 1
-    assert task_lib.task_report(skip).skipped == {"malformed_json": 1}
+    skip = specs.with_options("bad_alpaca", on_bad_row="skip")
+    assert len(examples_lib.encoded_examples(skip)) == 1
+    assert examples_lib.task_report(skip).skipped == {"malformed_json": 1}
 
 
 def test_unknown_source_is_a_config_error():
     with pytest.raises(ConfigError, match="unknown source"):
-        task_lib.register_task("nope", task_lib.TaskSpec(source="not_a_dataset"))
+        specs.add_task("nope", specs.TaskSpec(source="not_a_dataset"))
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.schema import Conversation
 from instructjax.data.templates import (
     jinja_template,
@@ -16,7 +17,6 @@ from instructjax.data.templates import (
     template_names,
 )
 from instructjax.data.tokenizer import Tokenizer
-from instructjax.errors import ConfigError, DataError
 
 # open-instruct's Tulu chat template (open_instruct/dataset_transformation.py, CHAT_TEMPLATES["tulu"]),
 # written out here as the independent reference; contents are stripped as open-instruct's

@@ -10,13 +10,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from instructjax import cli, run_setup
-from instructjax.config import load_config
+from instructjax import cli
+from instructjax.core import checkpoint as ckpt
+from instructjax.core.config import load_config
+from instructjax.core.errors import ConfigError
 from instructjax.data.pipeline import DataPipeline
-from instructjax.errors import ConfigError
 from instructjax.model.config import preset
 from instructjax.model.llama import Llama
-from instructjax.train import checkpoint as ckpt
+from instructjax.train import setup as run_setup
 from instructjax.train.trainer import NonFiniteLoss, Trainer
 
 BASE = [

@@ -1,10 +1,9 @@
 """Hugging Face LLaMA-family checkpoints <-> instructjax parameters, both directions.
 
-The per-parameter mapping is a MaxText-style hook table: each tensor kind is a chain of small
-reversible steps (HF -> ours applies the forward functions in order, ours -> HF the inverses in
-reverse order), and `hf_weight_table` (instructjax.model.llama) names which HF tensor feeds which
-parameter with which kind. Conversion is transposes and reshapes only, because the model keeps HF's
-RoPE layout.
+Names and layouts live together here, as in MaxText's `param_mapping.py`: `hf_weight_table` names which
+HF tensor feeds which of our parameters with which kind, and each kind is a chain of small reversible
+steps (`HOOKS`: HF -> ours applies the forward functions in order, ours -> HF the inverses in reverse
+order). Conversion is transposes and reshapes only, because the model keeps HF's RoPE layout.
 
 Import reads one tensor at a time (safetensors memory-maps, torch `.bin` loads with `mmap=True`) and
 puts each converted tensor straight onto its mesh sharding, so a 7B import holds one full tensor on
@@ -14,6 +13,7 @@ safetensors shards of at most `max_shard_bytes` with an HF index.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -22,9 +22,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from instructjax.errors import ConfigError
+from instructjax.core.errors import ConfigError
 from instructjax.model.config import LlamaConfig
-from instructjax.model.llama import hf_weight_table
+from instructjax.model.llama import abstract_model, with_params
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
@@ -65,6 +65,28 @@ HOOKS: dict[str, tuple[Step, ...]] = {
 }
 
 
+def hf_weight_table(config: LlamaConfig) -> list[tuple[tuple, str, str]]:
+    """(our parameter path, HF LlamaForCausalLM state-dict name, hook kind) of every parameter."""
+    table = [(("embed_tokens", "embedding"), "model.embed_tokens.weight", "copy")]
+    for i in range(config.num_layers):
+        ours, hf = ("layers", i), f"model.layers.{i}."
+        table += [
+            (ours + ("input_layernorm", "scale"), hf + "input_layernorm.weight", "copy"),
+            (ours + ("post_attention_layernorm", "scale"), hf + "post_attention_layernorm.weight", "copy"),
+            (ours + ("self_attn", "q_proj", "kernel"), hf + "self_attn.q_proj.weight", "q"),
+            (ours + ("self_attn", "k_proj", "kernel"), hf + "self_attn.k_proj.weight", "kv"),
+            (ours + ("self_attn", "v_proj", "kernel"), hf + "self_attn.v_proj.weight", "kv"),
+            (ours + ("self_attn", "o_proj", "kernel"), hf + "self_attn.o_proj.weight", "o"),
+            (ours + ("mlp", "gate_proj", "kernel"), hf + "mlp.gate_proj.weight", "linear"),
+            (ours + ("mlp", "up_proj", "kernel"), hf + "mlp.up_proj.weight", "linear"),
+            (ours + ("mlp", "down_proj", "kernel"), hf + "mlp.down_proj.weight", "linear"),
+        ]
+    table.append((("norm", "scale"), "model.norm.weight", "copy"))
+    if not config.tie_embeddings:
+        table.append((("lm_head", "kernel"), "lm_head.weight", "linear"))
+    return table
+
+
 def to_ours(tensor: np.ndarray, kind: str, config: LlamaConfig) -> np.ndarray:
     """One HF tensor in our layout."""
     for forward, _ in HOOKS[kind]:
@@ -91,21 +113,16 @@ def abstract_params(config: LlamaConfig) -> dict:
     """Our parameter tree (nested dict, as `nnx.state(model, nnx.Param).to_pure_dict()`) of ShapeDtypeStructs."""
     from flax import nnx
 
-    from instructjax.model.llama import Llama
-
-    model = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
-    return nnx.state(model, nnx.Param).to_pure_dict()
+    return nnx.state(abstract_model(config), nnx.Param).to_pure_dict()
 
 
 def param_shardings(config: LlamaConfig, mesh) -> dict:
     """NamedSharding per parameter (same tree as `abstract_params`) from the model's logical axes."""
     from flax import nnx
 
-    from instructjax.model.llama import Llama
-    from instructjax.train.sharding import state_shardings
+    from instructjax.core.sharding import state_shardings
 
-    model = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
-    return state_shardings(nnx.state(model, nnx.Param), mesh).to_pure_dict()
+    return state_shardings(nnx.state(abstract_model(config), nnx.Param), mesh).to_pure_dict()
 
 
 def get_path(tree: Mapping, path: tuple) -> Any:
@@ -221,32 +238,45 @@ class HFTensors(Mapping):
         return len(self._files)
 
 
+def params_from_tensors(tensors: Mapping[str, Any], config: LlamaConfig, *, where: str = "HF checkpoint",
+                        shardings: Any = None, param_dtype: str = "float32") -> dict:
+    """Our parameter tree from HF tensors (name -> array: an HF state dict, or `HFTensors` reading one
+    file at a time), each converted tensor placed on its sharding as it is read."""
+    abstract = abstract_params(config)
+    params: dict = {}
+    for path, name, kind in hf_weight_table(config):
+        if name not in tensors:
+            raise ConversionError(f"{where}: missing tensor {name!r} (for parameter {'/'.join(map(str, path))})")
+        tensor = tensors[name]
+        want_hf = hf_shape(tuple(get_path(abstract, path).shape), kind, config)
+        if tuple(tensor.shape) != want_hf:
+            raise ConversionError(f"{where}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {want_hf} "
+                                  "from config.json")
+        value = np.asarray(to_ours(np.asarray(tensor), kind, config)).astype(param_dtype)
+        _set_path(params, path, jax.device_put(value, get_path(shardings, path) if shardings is not None else None))
+        del tensor, value
+    known = {name for _, name, _ in hf_weight_table(config)}
+    if config.tie_embeddings:
+        known.add("lm_head.weight")  # a state dict repeats the tied embedding under this name
+    extra = [n for n in tensors if n not in known and "rotary_emb.inv_freq" not in n]
+    if extra:
+        raise ConversionError(f"{where}: unexpected tensor {extra[0]!r} ({len(extra)} unmapped); not a LLaMA layout?")
+    return params
+
+
+def hf_state(params: Mapping, config: LlamaConfig) -> dict[str, np.ndarray]:
+    """Our parameters as an HF LlamaForCausalLM state dict (numpy, the parameters' dtype)."""
+    return {name: to_hf(np.asarray(jax.device_get(get_path(params, path))), kind, config)
+            for path, name, kind in hf_weight_table(config)}
+
+
 def hf_to_params(hf_dir: str, config: LlamaConfig | None = None, *, mesh=None,
                  param_dtype: str = "float32") -> tuple[dict, LlamaConfig]:
     """Our parameter tree from an HF directory, each tensor placed on its mesh sharding as it is read."""
     config = config or read_hf_config(hf_dir)
-    tensors = HFTensors(hf_dir)
-    abstract = abstract_params(config)
     shardings = param_shardings(config, mesh) if mesh is not None else None
-    params: dict = {}
-    for path, name, kind in hf_weight_table(config):
-        if name not in tensors:
-            raise ConversionError(f"{hf_dir}: missing tensor {name!r} (for parameter {'/'.join(map(str, path))})")
-        tensor = tensors[name]
-        expected = tuple(get_path(abstract, path).shape)
-        want_hf = hf_shape(expected, kind, config)
-        if tuple(tensor.shape) != want_hf:
-            raise ConversionError(
-                f"{hf_dir}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {want_hf} from config.json"
-            )
-        value = np.asarray(to_ours(np.asarray(tensor), kind, config)).astype(param_dtype)
-        sharding = get_path(shardings, path) if shardings is not None else None
-        _set_path(params, path, jax.device_put(value, sharding))
-        del tensor, value
-    known = {name for _, name, _ in hf_weight_table(config)}
-    extra = [n for n in tensors if n not in known and "rotary_emb.inv_freq" not in n]
-    if extra:
-        raise ConversionError(f"{hf_dir}: unexpected tensor {extra[0]!r} ({len(extra)} unmapped); not a LLaMA layout?")
+    params = params_from_tensors(HFTensors(hf_dir), config, where=hf_dir, shardings=shardings,
+                                 param_dtype=param_dtype)
     return params, config.replace(param_dtype=param_dtype)
 
 
@@ -343,13 +373,13 @@ def _has_tokenizer(path: str) -> bool:
 def import_hf(hf_dir: str, out: str, *, mesh=None, param_dtype: str = "float32") -> LlamaConfig:
     """HF model directory -> params-only instructjax checkpoint at OUT, carrying the model's own tokenizer
     (and its chat template, if it has one)."""
+    from instructjax.core.checkpoint import save_params
     from instructjax.data.tokenizer import Tokenizer
-    from instructjax.train.checkpoint import save_params
 
     config = read_hf_config(hf_dir)
     params, config = hf_to_params(hf_dir, config, mesh=mesh, param_dtype=param_dtype)
     tokenizer = {"files": Tokenizer.load(hf_dir).files(), "template": None} if _has_tokenizer(hf_dir) else None
-    save_params(out, params, config.replace(dtype="bfloat16"), run_config={"source": os.path.abspath(hf_dir)},
+    save_params(out, params, dataclasses.asdict(config.replace(dtype="bfloat16")), run_config={"source": os.path.abspath(hf_dir)},
                 step=0, tokenizer=tokenizer)
     return config
 
@@ -364,10 +394,12 @@ def saved_tokenizer(path: str, *, step: int | None = None, tokenizer: str | None
     if _is_hf_dir(path):
         saved, saved_template = (path if _has_tokenizer(path) else None), None
     else:
-        from instructjax.train.checkpoint import read_tokenizer
+        from instructjax.core.checkpoint import read_tokenizer
+        from instructjax.data.tokenizer import materialize
 
         directory, path_step = split_checkpoint_path(path)
-        saved, saved_template = read_tokenizer(directory, path_step if step is None else step)
+        item = read_tokenizer(directory, path_step if step is None else step)
+        saved, saved_template = (materialize(item["files"]), item.get("template")) if item else (None, None)
     if (tokenizer or saved) is None:
         raise ConfigError(f"{path} carries no tokenizer: pass --tokenizer (the model's own tokenizer)")
     tok = Tokenizer.load(tokenizer or saved)
@@ -380,10 +412,11 @@ def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", 
                       template: str | None = None, max_shard_bytes: int = 5 * 2**30) -> LlamaConfig:
     """instructjax checkpoint (RUN_DIR[/STEP]) -> HF directory: safetensors, configs, and the tokenizer and
     chat template the run trained with (`tokenizer` / `template` override them)."""
-    from instructjax.train.checkpoint import load_params
+    from instructjax.core.checkpoint import load_params
 
     directory, step = split_checkpoint_path(checkpoint)
     params, config, _, step = load_params(directory, step)
+    config = LlamaConfig(**config)
     tok, chat_template = saved_tokenizer(directory, step=step, tokenizer=tokenizer, template=template)
     if tok.vocab_size > config.vocab_size:
         raise ConversionError(f"tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {config.vocab_size}")
@@ -398,23 +431,14 @@ def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", 
 def load_model(path: str, *, mesh=None, dtype: str = "float32", step: int | None = None):
     """The nnx Llama of an instructjax checkpoint (RUN_DIR[/STEP]) or an HF model directory
     (its tokenizer: `saved_tokenizer(path)`)."""
-    from flax import nnx
-
-    from instructjax.model.llama import Llama
-
     if _is_hf_dir(path):
         params, config = hf_to_params(path, mesh=mesh)
     else:
-        from instructjax.train.checkpoint import load_params, read_meta
+        from instructjax.core.checkpoint import load_params, read_meta
 
         directory, path_step = split_checkpoint_path(path)
         step = path_step if step is None else step
-        config, _, _ = read_meta(directory, step)
+        config = LlamaConfig(**read_meta(directory, step)[0])
         shardings = param_shardings(config, mesh) if mesh is not None else None
-        params, config, _, _ = load_params(directory, step, shardings=shardings)
-    config = config.replace(dtype=dtype)
-    model = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
-    state = nnx.state(model, nnx.Param)
-    nnx.replace_by_pure_dict(state, params)
-    nnx.update(model, state)
-    return model
+        params = load_params(directory, step, shardings=shardings)[0]
+    return with_params(config.replace(dtype=dtype), params)

@@ -15,8 +15,8 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
+from instructjax.core.errors import DataError, SkippedRow
 from instructjax.data.schema import Conversation
-from instructjax.errors import DataError, SkippedRow
 
 # Columns copied into meta when a row has them (quality scores, categories, synthetic labels).
 META_COLUMNS = ("score", "quality_score", "category", "task", "task_name", "task_source", "template_type",

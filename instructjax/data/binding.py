@@ -1,33 +1,31 @@
 """Bind a task or mixture to one run: the run's tokenizer, chat template, row length and model.
 
 Tasks are registered once, by name, and say only what they must: a task that leaves `tokenizer`,
-`template` or `max_length` unset takes the run's. An example whose prompt fills the whole row has
-nothing to train: it is counted in the task's report and kept out before any subset is drawn, so a
-mixture's counts are counts of trainable examples. `bind` registers (once) a variant of each task with
-those filled in, and a mixture over the variants, so encoding, selection lengths, Mosaic-IT budgets
-and `data stats/preview/select --config` all count the tokens the model will see. A task that names
-another tokenizer, or a template other than the run's, is a one-line ConfigError.
+`template` or `max_length` unset takes the run's. `bind` registers (once) a variant of each task with
+those filled in, and a mixture over the variants, so encoding, selection lengths, Mosaic-IT budgets and
+`data stats/preview/select --config` all count the tokens the model will see. An example whose prompt
+fills the whole row has nothing to train: it is counted in the task's report and kept out before any
+subset is drawn, so a mixture's counts are counts of trainable examples. A task that names another
+tokenizer, or a template other than the run's, is a one-line ConfigError.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 
-import seqio
-
-from instructjax.data import mixtures
-from instructjax.data import tasks as task_lib
+from instructjax.core.errors import ConfigError
+from instructjax.data import specs
 from instructjax.data.embeddings import MODEL_ENCODERS
 from instructjax.data.templates import DEFAULT_TEMPLATE
 from instructjax.data.tokenizer import Tokenizer
-from instructjax.errors import ConfigError
 
 
 @dataclass(frozen=True)
 class Bound:
-    """A bound mixture (or task): its registered name, its tasks and the one chat template they share
-    (None when the tasks use several), and each task's name as the user wrote it (for metrics)."""
+    """A bound mixture (or task): its registered name, its tasks, the one chat template they share (None
+    when they use several), and each task's name as the user wrote it (for reports and metrics)."""
 
     name: str
     tasks: list[str]
@@ -35,22 +33,43 @@ class Bound:
     sources: list[str]
 
 
+def resolve(name: str) -> tuple[list[str], specs.MixtureSpec | None] | None:
+    """(task names, mixture spec or None) of a task or mixture, or of a user's own seqio Task or Mixture
+    (looked up in seqio's registries only when seqio is imported: a seqio-registered name needs it)."""
+    found = specs.tasks_of(name)
+    if found is None and "seqio" in sys.modules:
+        from instructjax.data import seqio_lookup
+
+        mixture = seqio_lookup.mixture_spec(name)
+        if mixture is not None:
+            specs.add_foreign_mixture(name, mixture)
+            found = mixture.tasks, mixture
+    return found
+
+
+def uses_model_encoder(name: str) -> bool:
+    """True when a task of `name` selects its examples with an encoder that runs a model (its code must be
+    imported first: `instructjax.eval.embed`)."""
+    found = resolve(name)
+    task_specs = [specs.lookup_task(t) for t in (found[0] if found else [])]
+    return any(s is not None and s.selection is not None and s.selection.encoder in MODEL_ENCODERS for s in task_specs)
+
+
 def bind(name: str, *, tokenizer: str | None, template: str | None = None, max_length: int | None = None,
          model: str | None = None) -> Bound:
     """Bind task or mixture `name` to the run's `tokenizer` (a path, None = the built-in default),
-    `template` (None: the tasks' own, else tulu), `max_length` (the run's row length: an example is
-    encoded for the row it trains in) and `model` (the run's checkpoint, for selection encoders that
-    embed with it)."""
-    if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
-        raise ConfigError(f"data.mixture={name!r} is not a registered seqio Task or Mixture")
-    provider = seqio.get_mixture_or_task(name)
-    originals = [t.name for t in provider.tasks] if isinstance(provider, seqio.Mixture) else [name]
+    `template` (None: the tasks' own, else tulu), `max_length` (the run's row length) and `model` (the
+    run's checkpoint, for selection encoders that embed with it). A user's own seqio Task (not an
+    instructjax task) is left as it is: it brings its tokens, whose range the pipeline checks."""
+    found = resolve(name)
+    if found is None:
+        raise ConfigError(f"{name!r} is not a registered task or mixture (README: defining your own task or mixture)")
+    originals, mixture = found
     run_tokenizer = Tokenizer.load(tokenizer)
     variants, templates = [], set()
     for task in originals:
-        try:
-            spec = task_lib.get_spec(task)
-        except ConfigError:  # a user's own seqio Task: it brings its tokens; their range is checked later
+        spec = specs.lookup_task(task)
+        if spec is None:  # a user's own seqio Task in a seqio Mixture
             variants.append(task)
             continue
         if spec.tokenizer is not None and Tokenizer.load(spec.tokenizer) != run_tokenizer:
@@ -69,9 +88,8 @@ def bind(name: str, *, tokenizer: str | None, template: str | None = None, max_l
             changes["selection"] = dataclasses.replace(
                 spec.selection, encoder_model=spec.selection.encoder_model or model,
                 encoder_tokenizer=tokenizer if tokenizer else None)
-        variants.append(task_lib.with_options(task, **changes))
+        variants.append(specs.with_options(task, **changes))
     bound = name
     if variants != originals:
-        bound = mixtures.remix(name, dict(zip(originals, variants, strict=True))) if isinstance(
-            provider, seqio.Mixture) else variants[0]
+        bound = specs.remix(name, dict(zip(originals, variants, strict=True))) if mixture else variants[0]
     return Bound(bound, variants, templates.pop() if len(templates) == 1 else None, originals)

@@ -2,9 +2,9 @@
 
 An encoder turns texts into one row vector each: `Encoder.encode(texts) -> float32[N, D]`.
 The paper (seed 002, Sec. 3) embeds each training instruction with LLaMA-2-7B, averaging the
-last hidden layer over all tokens. That encoder registers here by name once the model exists;
-until then the default is an offline scikit-learn encoder (TF-IDF followed by truncated SVD,
-i.e. latent semantic analysis), L2-normalized so Euclidean distance ranks like cosine distance.
+last hidden layer over all tokens: "llama-mean", registered by `instructjax.eval.embed` (it runs a
+model). The offline default is a scikit-learn encoder (TF-IDF followed by truncated SVD, i.e. latent
+semantic analysis), L2-normalized so Euclidean distance ranks like cosine distance.
 
     encoder = get_encoder("tfidf-svd", dim=256, seed=0)
     vectors = encoder.encode(["Write a poem.", "Sum 2 and 3."])
@@ -23,7 +23,7 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
-from instructjax.errors import ConfigError, DataError
+from instructjax.core.errors import ConfigError, DataError
 
 
 @runtime_checkable
@@ -68,14 +68,11 @@ class TfidfSvdEncoder:
         return normalize(vectors).astype(np.float32)
 
 
-def _llama_mean(**kwargs) -> Encoder:
-    from instructjax.model.encoder import LlamaMeanEncoder  # imports JAX only when asked for
-
-    return LlamaMeanEncoder(**kwargs)
-
-
-_ENCODERS: dict[str, Callable[..., Encoder]] = {"tfidf-svd": TfidfSvdEncoder, "llama-mean": _llama_mean}
-MODEL_ENCODERS = ("llama-mean",)  # embed with the run's model: built with model= (and tokenizer=)
+_ENCODERS: dict[str, Callable[..., Encoder]] = {"tfidf-svd": TfidfSvdEncoder}
+# Encoders that embed with a model (built with model= and tokenizer=). They run a saved model, so they are
+# registered by the code that does (`instructjax.eval.embed` registers "llama-mean" when imported; a run
+# that selects with one imports it).
+MODEL_ENCODERS = ("llama-mean",)
 
 DEFAULT_ENCODER = "tfidf-svd"
 
@@ -92,6 +89,9 @@ def encoder_names() -> list[str]:
 
 def get_encoder(name: str = DEFAULT_ENCODER, **kwargs) -> Encoder:
     """Build the registered encoder `name` (ConfigError naming the known ones if there is none)."""
+    if name in MODEL_ENCODERS and name not in _ENCODERS:
+        raise ConfigError(f"encoder {name!r} runs a model: `import instructjax.eval.embed` registers it "
+                          "(`instructjax train` and `instructjax data` do)")
     if name not in _ENCODERS:
         raise ConfigError(f"unknown encoder {name!r}; known: {', '.join(encoder_names())}")
     return _ENCODERS[name](**kwargs)

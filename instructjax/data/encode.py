@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from instructjax.core.errors import ConfigError
 from instructjax.data.schema import Conversation
 from instructjax.data.templates import ChatTemplate, render
 from instructjax.data.tokenizer import Tokenizer
-from instructjax.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 One call to `mosaic_epoch` is one random mosaic pass over the data, deterministic from (seed, epoch).
 For n training epochs the paper runs n passes and trains one epoch on their union (Appendix B.1).
 
-Strategies (`MosaicConfig.strategy`):
+Strategies (`MosaicSection.strategy`):
   primary  numbered instructions in, numbered responses out in the same order, no meta-instruction.
   format   a random serial-digit format, and with probability 1/2 a parsing bracket + text pair
            around each response, stated in a meta-instruction (Table 8).
@@ -33,74 +33,20 @@ from __future__ import annotations
 import math
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, fields
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 
+from instructjax.core.config import MosaicSection
+from instructjax.core.errors import ConfigError
 from instructjax.data import mosaic_rules as R
 from instructjax.data.schema import Conversation
-from instructjax.errors import ConfigError
-
-STRATEGIES = ("primary", "format", "permute", "maskout", "mix")
-DISTRIBUTIONS: dict[str, dict[str, float]] = {
-    "uniform": {},
-    "fixed": {},
-    "exponential": {"scale": 1.0},
-    "lognormal": {"mean": 0.0, "sigma": 1.0},
-    "logistic": {"loc": 0.0, "scale": 2.0},
-    "pareto": {"a": 1.0},
-}
-"""Count distributions of Appendix A -> default numpy parameters (override via distribution_params)."""
 
 _MAX_REDRAWS = 100_000
 DEFAULT_MAX_LENGTH = 2048  # the budget of a mosaic pass outside a run (a run uses its data.seq_len)
 
 
-@dataclass
-class MosaicConfig:
-    """What a `mosaic:` block of an experiment YAML maps onto."""
-
-    strategy: str = "mix"
-    k_max: int = 10
-    distribution: str = "uniform"
-    distribution_params: dict[str, float] = field(default_factory=dict)
-    max_length: int | None = None  # token budget; None: the run's data.seq_len (2048 outside a run)
-
-    def __post_init__(self):
-        if self.strategy not in STRATEGIES:
-            raise ConfigError(f"mosaic.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
-        if self.distribution not in DISTRIBUTIONS:
-            raise ConfigError(
-                f"mosaic.distribution must be one of {tuple(DISTRIBUTIONS)}, got {self.distribution!r}"
-            )
-        unknown = set(self.distribution_params) - set(DISTRIBUTIONS[self.distribution])
-        if unknown:
-            raise ConfigError(
-                f"mosaic.distribution_params {sorted(unknown)} unknown for {self.distribution!r} "
-                f"(allowed: {sorted(DISTRIBUTIONS[self.distribution])})"
-            )
-        if not isinstance(self.k_max, int) or self.k_max < 1:
-            raise ConfigError(f"mosaic.k_max must be an integer >= 1, got {self.k_max!r}")
-        if self.max_length is not None and (not isinstance(self.max_length, int) or self.max_length < 1):
-            raise ConfigError(f"mosaic.max_length must be an integer >= 1, got {self.max_length!r}")
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> MosaicConfig:
-        """Build from a YAML mapping; unknown keys are a ConfigError."""
-        names = {f.name for f in fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise ConfigError(f"unknown mosaic config key(s) {sorted(unknown)}; allowed: {sorted(names)}")
-        return cls(**d)
-
-    @property
-    def params(self) -> dict[str, float]:
-        """The distribution's numpy parameters: defaults overridden by distribution_params."""
-        return {**DISTRIBUTIONS[self.distribution], **self.distribution_params}
-
-
-def sample_count(rng: np.random.Generator, config: MosaicConfig) -> int:
+def sample_count(rng: np.random.Generator, config: MosaicSection) -> int:
     """Draw the number of instructions k in 1..k_max from the configured distribution (Appendix A)."""
     k_max, p = config.k_max, config.params
     if config.distribution == "uniform":
@@ -333,7 +279,7 @@ def fit_prefix(
 
 def mosaic_epoch(
     conversations: Sequence[Conversation],
-    config: MosaicConfig,
+    config: MosaicSection,
     *,
     seed: int,
     epoch: int,

@@ -3,9 +3,9 @@
 Examples are `(tokens int32[L], loss_mask int32[L])` pairs (dicts or objects with those two fields,
 plus an optional integer `source`). The stream is cut into windows of `window` examples; each window
 is packed on its own by best-fit-decreasing, so a window's rows are a function of the window alone
-and a run resumes from `PackCursor(window, rows_done)`.
+(the pipeline resumes from a window and a row in it).
 
-One packed row, all `[seq_len]` (DESIGN.md "Packed batch"):
+One packed row, all `[seq_len]` (the batch contract the trainer eats):
   tokens        the example tokens, concatenated; 0 on padding (the value is irrelevant)
   targets       the next token of the same segment; 0 on the last token of a segment and on padding
   loss_weights  float32 loss_mask of the target token (weight[t] = loss_mask[t + 1]); 0 on the last
@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from instructjax.errors import ConfigError, DataError
+from instructjax.core.errors import ConfigError, DataError
 
 FEATURES = ("tokens", "targets", "loss_weights", "segment_ids", "positions", "source_ids")
 OVERLONG_MODES = ("truncate", "split")
@@ -67,14 +67,6 @@ class PackStats:
             f"{self.truncated} truncated ({self.truncated_tokens} tokens cut), {self.split} split, "
             f"{self.dropped_empty} empty dropped"
         )
-
-
-@dataclass(frozen=True)
-class PackCursor:
-    """Where a packed stream stands: the next row is row `rows_done` of window `window`."""
-
-    window: int = 0
-    rows_done: int = 0
 
 
 @dataclass(frozen=True)
@@ -197,7 +189,6 @@ class SequencePacker:
 
     `overlong`: "truncate" keeps the first seq_len tokens of a longer example, "split" cuts it into
     seq_len chunks (each its own segment). `pack=False` puts one segment per row (the baseline).
-    `stats` accumulates over everything `iter_windows`/`iter_batches` produced.
     """
 
     def __init__(
@@ -215,7 +206,6 @@ class SequencePacker:
         if overlong not in OVERLONG_MODES:
             raise ConfigError(f"overlong must be one of {OVERLONG_MODES}, got {overlong!r}")
         self.seq_len, self.window, self.overlong, self.pack = seq_len, window, overlong, pack
-        self.stats = PackStats()
 
     def pack_window(
         self, examples: Sequence[Any], *, first_index: int = 0
@@ -278,57 +268,11 @@ class SequencePacker:
         flat["source_ids"][dest] = np.asarray(sources, np.int32)[segment_of]
         return rows, stats
 
-    def iter_windows(
-        self, examples: Iterable[Any], start: PackCursor = PackCursor()
-    ) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-        """Yield (window index, rows) per window, from window `start.window` of the full stream.
-
-        The `start.window * window` examples before it are read and skipped; `start.rows_done` is
-        left to the caller (see `iter_batches`). Adds each window's stats to `self.stats`.
-        """
+    def windows(self, examples: Iterable[Any]) -> Iterator[tuple[dict[str, np.ndarray], PackStats]]:
+        """(rows, stats) of every window of `examples`, in order (the pipeline packs one window at a time,
+        resumable from its own state; this is for measuring a whole stream)."""
         stream = iter(examples)
-        index = start.window
-        for _ in itertools.islice(stream, index * self.window):
-            pass
+        index = 0
         while chunk := list(itertools.islice(stream, self.window)):
-            rows, stats = self.pack_window(chunk, first_index=index * self.window)
-            self.stats += stats
-            yield index, rows
+            yield self.pack_window(chunk, first_index=index * self.window)
             index += 1
-
-    def iter_batches(
-        self,
-        examples: Iterable[Any],
-        batch_size: int,
-        start: PackCursor = PackCursor(),
-        *,
-        drop_remainder: bool = False,
-    ) -> Iterator[tuple[dict[str, np.ndarray], PackCursor]]:
-        """Yield (batch [batch_size, seq_len] per feature, cursor after it) over the full stream.
-
-        Restarting with `start=` a yielded cursor continues with exactly the batches that followed
-        it. The last partial batch is filled with padding rows unless `drop_remainder`.
-        """
-        if batch_size < 1:
-            raise ConfigError(f"batch_size must be >= 1, got {batch_size}")
-        pending: list[dict[str, np.ndarray]] = []
-        pending_rows = 0
-        cursor = start
-        for index, rows in self.iter_windows(examples, start):
-            n = len(rows["tokens"])
-            pos = start.rows_done if index == start.window else 0
-            cursor = PackCursor(index + 1, 0)
-            while pos < n:
-                take = min(batch_size - pending_rows, n - pos)
-                pending.append({k: v[pos : pos + take] for k, v in rows.items()})
-                pending_rows, pos = pending_rows + take, pos + take
-                if pending_rows == batch_size:
-                    after = PackCursor(index, pos) if pos < n else PackCursor(index + 1, 0)
-                    yield {k: np.concatenate([p[k] for p in pending]) for k in FEATURES}, after
-                    pending, pending_rows = [], 0
-        if pending_rows and not drop_remainder:
-            pad = batch_size - pending_rows
-            pending.append(empty_rows(pad, self.seq_len))
-            self.stats.padding += pad * self.seq_len
-            self.stats.rows += pad
-            yield {k: np.concatenate([p[k] for p in pending]) for k in FEATURES}, cursor

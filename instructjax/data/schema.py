@@ -6,7 +6,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from instructjax.errors import DataError
+from instructjax.core.errors import DataError
 
 ROLES = ("system", "user", "assistant")
 

@@ -46,9 +46,9 @@ from typing import NamedTuple
 import numpy as np
 from sklearn.cluster import KMeans
 
+from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.embeddings import DEFAULT_ENCODER, Encoder, embed, get_encoder
 from instructjax.data.schema import Conversation
-from instructjax.errors import ConfigError, DataError
 
 METHODS = ("longest", "shortest", "random", "kmeans", "kcenter", "quality", "full")
 KMEANS_N_INIT = 1  # one k-means++ start, as sklearn's n_init="auto" does for k-means++

@@ -25,9 +25,9 @@ from typing import Any
 
 import numpy as np
 
+from instructjax.core.errors import BadRowPolicy, ConfigError, DataError
 from instructjax.data import adapters
 from instructjax.data.schema import Conversation
-from instructjax.errors import BadRowPolicy, ConfigError, DataError
 
 # A row as read from a file: its number as printed in errors, and the row or why it could not be read.
 NumberedRow = tuple[int, "dict | DataError"]
@@ -215,6 +215,15 @@ def _iter_dataset(ds) -> Iterator[dict]:
             yield dict(zip(columns, values, strict=True))
 
 
+def _datasets():
+    """The `datasets` library, quiet: no progress bars or log lines (one per file per task is noise)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+    return datasets
+
+
 class RowFile:
     """The rows of one file (or hub split) with random access: an Arrow-backed `datasets.Dataset` when
     `datasets` can parse it, else the rows scanned one by one here so that each bad row is named."""
@@ -226,7 +235,7 @@ class RowFile:
             self._open(cache_dir)
 
     def _open(self, cache_dir: str | None) -> None:
-        import datasets
+        datasets = _datasets()
 
         if not os.path.exists(self.path):
             raise ConfigError(f"data file not found: {self.path}")
@@ -268,7 +277,7 @@ class RowFile:
 
 
 def _hub_table(source: Source, split: str, hub_config: str | None, cache_dir: str | None) -> RowFile:
-    import datasets
+    datasets = _datasets()
 
     config = hub_config or source.hub_config
     if source.name == "p3" and config is None:

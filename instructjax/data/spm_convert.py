@@ -21,7 +21,7 @@ from __future__ import annotations
 from tokenizers import AddedToken, Regex, decoders, models, normalizers
 from tokenizers import Tokenizer as Engine
 
-from instructjax.errors import ConfigError
+from instructjax.core.errors import ConfigError
 
 # sentencepiece_model.proto piece types and model types
 NORMAL, UNKNOWN, CONTROL, USER_DEFINED, UNUSED, BYTE = 1, 2, 3, 4, 5, 6

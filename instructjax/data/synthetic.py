@@ -17,7 +17,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from instructjax.errors import ConfigError
+from instructjax.core.errors import ConfigError
+
+BUILTIN = "builtin"  # a task's data_files = (BUILTIN,): these synthetic rows
+BUILTIN_SUFFIX = "_builtin"  # every source's built-in task is named SOURCE_builtin
 
 GENERATOR_VERSION = 2
 

@@ -33,8 +33,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.schema import Conversation
-from instructjax.errors import ConfigError, DataError
 
 DEFAULT_TEMPLATE = "tulu"
 PROMPT = "prompt"

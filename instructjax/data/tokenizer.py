@@ -37,7 +37,7 @@ import tempfile
 from tokenizers import Tokenizer as Engine
 from tokenizers import processors
 
-from instructjax.errors import ConfigError
+from instructjax.core.errors import ConfigError
 
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 EXPORT_CLASS = "PreTrainedTokenizerFast"  # generic: transformers 4 and 5, vLLM read tokenizer.json as written

@@ -1,8 +1,8 @@
 """Batched autoregressive generation with a KV cache: greedy or temperature / top-p sampling.
 
-Prompts are left-padded into one `[B, P]` block; each row's positions count only its real tokens, and
-a `key_valid [B, P + max_new]` mask hides the padding from attention, so a padded row decodes exactly
-as it would alone. The prompt is prefilled in one pass, then one token per step runs inside a single
+Prompts are left-padded into one `[B, P]` block; each row's positions count only its real tokens and the
+padding is segment 0 in the model's cache (never attended), so a padded row decodes exactly as it would
+alone. The model prefills the prompt in one pass, then one token per step runs inside a single
 `lax.while_loop` (one compilation per shape), stopping when every row has produced an end-of-turn id.
 """
 
@@ -17,7 +17,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from instructjax.model.llama import Llama, attend, attention_bias, rope_cos_sin, rope_inv_freq
+from instructjax.model.llama import Llama, init_cache
 
 Array = jax.Array
 
@@ -30,37 +30,6 @@ class Sampling:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
-
-
-def init_cache(model: Llama, batch: int, length: int) -> list[tuple[Array, Array]]:
-    """Zeroed (k, v) per layer, each `[batch, length, kv_heads, head_dim]` in the compute dtype."""
-    c = model.config
-    shape = (batch, length, c.num_kv_heads, c.head_dim)
-    return [(jnp.zeros(shape, c.dtype), jnp.zeros(shape, c.dtype)) for _ in range(c.num_layers)]
-
-
-def forward_cached(model: Llama, tokens: Array, positions: Array, cache: list, index: Array,
-                   key_valid: Array) -> tuple[Array, list]:
-    """Logits `[B, T, V]` for tokens written at cache slots `index .. index+T-1`, and the updated cache.
-
-    Query t sees slot s iff `key_valid[:, s]` and `s <= index + t`.
-    """
-    x = model.embed_tokens(tokens)
-    cos, sin = rope_cos_sin(positions, rope_inv_freq(model.config))
-    t, s = tokens.shape[1], key_valid.shape[1]
-    causal = jnp.arange(s)[None, :] <= (index + jnp.arange(t))[:, None]  # [T, S]
-    bias = attention_bias((causal[None] & key_valid[:, None, :].astype(bool))[:, None])  # [B, 1, T, S]
-    new_cache = []
-    for layer, (ck, cv) in zip(model.layers, cache, strict=True):
-        q, k, v = layer.self_attn.qkv(layer.input_layernorm(x), cos, sin)
-        ck = jax.lax.dynamic_update_slice(ck, k.astype(ck.dtype), (0, index, 0, 0))
-        cv = jax.lax.dynamic_update_slice(cv, v.astype(cv.dtype), (0, index, 0, 0))
-        x = x + layer.self_attn.o_proj(attend(q, ck, cv, bias))
-        x = x + layer.mlp(layer.post_attention_layernorm(x))
-        new_cache.append((ck, cv))
-    x = model.norm(x)
-    logits = model.embed_tokens.attend(x) if model.lm_head is None else model.lm_head(x)
-    return logits.astype(jnp.float32), new_cache
 
 
 def sample_token(logits: Array, rng: Array, temperature: Array | float, top_p: Array | float) -> Array:
@@ -87,13 +56,11 @@ def _generate(graphdef, state, prompt: Array, valid: Array, stop_ids: Array, rng
               top_p: Array, *, max_new: int) -> tuple[Array, Array]:
     model = nnx.merge(graphdef, state)
     b, p = prompt.shape
-    key_valid = jnp.concatenate([valid, jnp.ones((b, max_new), valid.dtype)], axis=1)
     positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
-    cache = init_cache(model, b, p + max_new)
-    logits, cache = forward_cached(model, prompt, positions, cache, jnp.int32(0), key_valid)
+    logits, cache = model(prompt, positions, valid, cache=init_cache(model.config, b, p + max_new))  # padding: 0
     out = jnp.zeros((b, max_new), jnp.int32)
     done = jnp.zeros((b,), bool)
-    carry = (jnp.int32(0), logits[:, -1], cache, out, done, positions[:, -1] + 1, rng)
+    carry = (jnp.int32(0), logits[:, -1].astype(jnp.float32), cache, out, done, positions[:, -1] + 1, rng)
 
     def cond(c):
         i, _, _, _, done, _, _ = c
@@ -105,8 +72,8 @@ def _generate(graphdef, state, prompt: Array, valid: Array, stop_ids: Array, rng
         token = jnp.where(done, stop_ids[0], sample_token(last, step_rng, temperature, top_p))
         out = out.at[:, i].set(token)
         done = done | jnp.isin(token, stop_ids)
-        logits, cache = forward_cached(model, token[:, None], pos[:, None], cache, p + i, key_valid)
-        return i + 1, logits[:, -1], cache, out, done, pos + 1, rng
+        logits, cache = model(token[:, None], pos[:, None], jnp.ones((b, 1), jnp.int32), cache=cache)
+        return i + 1, logits[:, -1].astype(jnp.float32), cache, out, done, pos + 1, rng
 
     i, _, _, out, _, _, _ = jax.lax.while_loop(cond, body, carry)
     return out, i

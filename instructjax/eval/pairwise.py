@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from instructjax.errors import DataError
+from instructjax.core.errors import DataError
 
 FLASK_SKILLS = ("logical correctness", "factuality", "commonsense understanding", "comprehension",
                 "completeness", "insightfulness", "readability", "conciseness")

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from instructjax.errors import ConfigError
+from instructjax.core.errors import ConfigError
 
 CODEX_EVAL = "codex_eval"  # run by instructjax.eval.humaneval, not lm-eval
 

@@ -3,14 +3,14 @@
 Attention is causal and confined to one segment of a packed row (segment 0 is padding). Parameter
 names mirror Hugging Face LLaMA (`embed_tokens`, `layers[i].self_attn.q_proj`, ..., `norm`, `lm_head`),
 RoPE uses HF's `rotate_half` layout, so `HF_WEIGHT_TABLE` converts weights with transposes and
-reshapes only. Parameters carry logical axis names (see instructjax.train.sharding); compute runs in
+reshapes only. Parameters carry logical axis names (see instructjax.core.sharding); compute runs in
 `config.dtype` over `config.param_dtype` parameters.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -18,9 +18,8 @@ import numpy as np
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
-from instructjax.errors import ConfigError
+from instructjax.core.sharding import with_logical_constraint
 from instructjax.model.config import LlamaConfig
-from instructjax.train.sharding import with_logical_constraint
 
 Array = jax.Array
 
@@ -132,6 +131,15 @@ def segment_causal_mask(segment_ids: Array) -> Array:
     return (same_segment & causal)[:, None]
 
 
+def cached_mask(query_segments: Array, key_segments: Array, index: Array) -> Array:
+    """Boolean mask [B, 1, T, S] of T queries written at cache slots index.. over S slots: a query sees a
+    filled slot (segment > 0) of its own segment at or before its own slot."""
+    t, s = query_segments.shape[1], key_segments.shape[1]
+    causal = jnp.arange(s)[None, :] <= (index + jnp.arange(t))[:, None]
+    same = (query_segments[:, :, None] == key_segments[:, None, :]) & (key_segments[:, None, :] > 0)
+    return (causal[None] & same)[:, None]
+
+
 def attention_bias(mask: Array) -> Array:
     """Additive float32 bias [B, 1, T, S] for a boolean mask: 0 where the query sees the key, MASKED elsewhere."""
     return jnp.where(mask, 0.0, MASKED).astype(jnp.float32)
@@ -183,8 +191,26 @@ def causal_attend(q: Array, k: Array, v: Array, bias: Array, block: int = 128) -
     return _heads_last(jnp.concatenate(outs, axis=3))
 
 
+class Cache(NamedTuple):
+    """Keys and values of every layer for decoding, [B, S, K, D] each, the segment of every slot (0 =
+    empty or padding: never attended) and the next slot to fill."""
+
+    keys: tuple[Array, ...]
+    values: tuple[Array, ...]
+    segments: Array  # [B, S] int32
+    index: Array  # int32 scalar
+
+
+def init_cache(config: LlamaConfig, batch: int, length: int) -> Cache:
+    """An empty cache of `length` slots in the compute dtype."""
+    shape = (batch, length, config.num_kv_heads, config.head_dim)
+    zeros = tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))
+    return Cache(zeros, zeros, jnp.zeros((batch, length), jnp.int32), jnp.int32(0))
+
+
 class Attention(nnx.Module):
-    """LLaMA self-attention with RoPE and grouped-query heads."""
+    """LLaMA self-attention with RoPE and grouped-query heads; with `kv` (a layer's cached keys and
+    values) it writes the new ones at `index` and attends over the cache."""
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         e, h, k, d = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
@@ -200,10 +226,14 @@ class Attention(nnx.Module):
         v = with_logical_constraint(self.v_proj(x), ("batch", "length", "kv_heads", "head_dim"))
         return q, k, v
 
-    def __call__(self, x: Array, cos: Array, sin: Array, bias: Array) -> Array:
+    def __call__(self, x: Array, cos: Array, sin: Array, bias: Array, kv: tuple[Array, Array] | None = None,
+                 index: Array | None = None) -> tuple[Array, tuple[Array, Array] | None]:
         q, k, v = self.qkv(x, cos, sin)
-        out = checkpoint_name(causal_attend(q, k, v, bias), "attention")
-        return self.o_proj(out)
+        if kv is None:
+            return self.o_proj(checkpoint_name(causal_attend(q, k, v, bias), "attention")), None
+        keys = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, index, 0, 0))
+        values = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, index, 0, 0))
+        return self.o_proj(attend(q, keys, values, bias)), (keys, values)
 
 
 class MLP(nnx.Module):
@@ -229,10 +259,12 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x: Array, cos: Array, sin: Array, bias: Array) -> Array:
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, bias)
+    def __call__(self, x: Array, cos: Array, sin: Array, bias: Array, kv: tuple[Array, Array] | None = None,
+                 index: Array | None = None) -> tuple[Array, tuple[Array, Array] | None]:
+        attended, kv = self.self_attn(self.input_layernorm(x), cos, sin, bias, kv, index)
+        x = x + attended
         x = x + self.mlp(self.post_attention_layernorm(x))
-        return with_logical_constraint(x, ("batch", "length", "embed"))
+        return with_logical_constraint(x, ("batch", "length", "embed")), kv
 
 
 def _remat_policy(name: str):
@@ -246,7 +278,7 @@ def _remat_policy(name: str):
 
 
 def _run_layer(layer: DecoderLayer, x: Array, cos: Array, sin: Array, bias: Array) -> Array:
-    return layer(x, cos, sin, bias)
+    return layer(x, cos, sin, bias)[0]
 
 
 class Llama(nnx.Module):
@@ -261,124 +293,47 @@ class Llama(nnx.Module):
             config.hidden_size, config.vocab_size, ("embed", "vocab"), config, rngs=rngs
         )
 
-    def __call__(self, tokens: Array, positions: Array, segment_ids: Array) -> Array:
-        """Logits [B, T, vocab] in `config.dtype` for int arrays [B, T]; segment 0 marks padding."""
-        x = self.hidden_states(tokens, positions, segment_ids)
+    def __call__(self, tokens: Array, positions: Array, segment_ids: Array, cache: Cache | None = None):
+        """Logits [B, T, vocab] in `config.dtype` for int arrays [B, T] (segment 0 marks padding); with a
+        `cache`, (logits, the cache with these tokens written at its index)."""
+        x, cache = self.hidden_states(tokens, positions, segment_ids, cache)
         logits = self.embed_tokens.attend(x) if self.lm_head is None else self.lm_head(x)
-        return with_logical_constraint(logits, ("batch", "length", "vocab"))
+        logits = with_logical_constraint(logits, ("batch", "length", "vocab"))
+        return logits if cache is None else (logits, cache)
 
-    def hidden_states(self, tokens: Array, positions: Array, segment_ids: Array) -> Array:
-        """The last hidden layer [B, T, hidden] after the final norm (HF's `hidden_states[-1]`)."""
+    def hidden_states(self, tokens: Array, positions: Array, segment_ids: Array, cache: Cache | None = None
+                      ) -> tuple[Array, Cache | None]:
+        """The last hidden layer [B, T, hidden] after the final norm (HF's `hidden_states[-1]`), and the
+        updated cache when decoding."""
         x = with_logical_constraint(self.embed_tokens(tokens), ("batch", "length", "embed"))
         cos, sin = rope_cos_sin(positions, rope_inv_freq(self.config))
-        bias = attention_bias(segment_causal_mask(segment_ids))
-        run_layer = _run_layer
-        if self.config.remat != "none":
-            run_layer = nnx.remat(_run_layer, policy=_remat_policy(self.config.remat))
-        for layer in self.layers:
-            x = run_layer(layer, x, cos, sin, bias)
-        return self.norm(x)
+        if cache is None:
+            bias = attention_bias(segment_causal_mask(segment_ids))
+            run_layer = _run_layer
+            if self.config.remat != "none":
+                run_layer = nnx.remat(_run_layer, policy=_remat_policy(self.config.remat))
+            for layer in self.layers:
+                x = run_layer(layer, x, cos, sin, bias)
+            return self.norm(x), None
+        segments = jax.lax.dynamic_update_slice(cache.segments, segment_ids.astype(jnp.int32), (0, cache.index))
+        bias = attention_bias(cached_mask(segment_ids, segments, cache.index))
+        keys, values = [], []
+        for layer, kv in zip(self.layers, zip(cache.keys, cache.values, strict=True), strict=True):
+            x, (k, v) = layer(x, cos, sin, bias, kv, cache.index)
+            keys.append(k)
+            values.append(v)
+        return self.norm(x), Cache(tuple(keys), tuple(values), segments, cache.index + tokens.shape[1])
 
 
 def abstract_model(config: LlamaConfig) -> Llama:
-    """A Llama whose parameters are shape/dtype placeholders (no memory, no RNG); fill with load_hf_weights."""
+    """A Llama whose parameters are shape/dtype placeholders (no memory, no RNG)."""
     return nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
 
 
-# ---- Hugging Face weight mapping -----------------------------------------------------------------
-# Each entry: (our path, HF name, kind). Kinds say how an HF tensor becomes ours (and back):
-#   copy: same layout; linear: HF [out, in] -> transpose; q/kv: transpose then split out into (heads, head_dim);
-#   o: transpose then split in into (heads, head_dim).
-
-
-def hf_weight_table(config: LlamaConfig) -> list[tuple[tuple, str, str]]:
-    """The one-to-one map between our parameter paths and HF LlamaForCausalLM state-dict names."""
-    table = [(("embed_tokens", "embedding"), "model.embed_tokens.weight", "copy")]
-    for i in range(config.num_layers):
-        ours, hf = ("layers", i), f"model.layers.{i}."
-        table += [
-            (ours + ("input_layernorm", "scale"), hf + "input_layernorm.weight", "copy"),
-            (ours + ("post_attention_layernorm", "scale"), hf + "post_attention_layernorm.weight", "copy"),
-            (ours + ("self_attn", "q_proj", "kernel"), hf + "self_attn.q_proj.weight", "q"),
-            (ours + ("self_attn", "k_proj", "kernel"), hf + "self_attn.k_proj.weight", "kv"),
-            (ours + ("self_attn", "v_proj", "kernel"), hf + "self_attn.v_proj.weight", "kv"),
-            (ours + ("self_attn", "o_proj", "kernel"), hf + "self_attn.o_proj.weight", "o"),
-            (ours + ("mlp", "gate_proj", "kernel"), hf + "mlp.gate_proj.weight", "linear"),
-            (ours + ("mlp", "up_proj", "kernel"), hf + "mlp.up_proj.weight", "linear"),
-            (ours + ("mlp", "down_proj", "kernel"), hf + "mlp.down_proj.weight", "linear"),
-        ]
-    table.append((("norm", "scale"), "model.norm.weight", "copy"))
-    if not config.tie_embeddings:
-        table.append((("lm_head", "kernel"), "lm_head.weight", "linear"))
-    return table
-
-
-def hf_to_ours(hf_tensor: np.ndarray, kind: str, config: LlamaConfig) -> np.ndarray:
-    """One HF tensor in our layout."""
-    h, k, d = config.num_heads, config.num_kv_heads, config.head_dim
-    if kind == "copy":
-        return hf_tensor
-    t = hf_tensor.T
-    if kind == "q":
-        return t.reshape(t.shape[0], h, d)
-    if kind == "kv":
-        return t.reshape(t.shape[0], k, d)
-    if kind == "o":
-        return t.reshape(h, d, t.shape[1])
-    return t  # linear
-
-
-def ours_to_hf(array: np.ndarray, kind: str) -> np.ndarray:
-    """One of our parameters in HF layout ([out, in] for linear layers)."""
-    if kind == "copy":
-        return array
-    if kind in ("q", "kv"):
-        array = array.reshape(array.shape[0], -1)
-    elif kind == "o":
-        array = array.reshape(-1, array.shape[-1])
-    return array.T
-
-
-def _hf_shape(shape: tuple[int, ...], kind: str) -> tuple[int, ...]:
-    """The HF tensor shape of one of our parameters of `shape`."""
-    if kind == "copy":
-        return shape
-    if kind in ("q", "kv"):
-        return (shape[1] * shape[2], shape[0])
-    if kind == "o":
-        return (shape[2], shape[0] * shape[1])
-    return (shape[1], shape[0])
-
-
-def _variable(model: Llama, path: tuple) -> nnx.Variable:
-    node = model
-    for key in path:
-        node = node[key] if isinstance(key, int) else getattr(node, key)
-    return node
-
-
-def load_hf_weights(model: Llama, tensors: Mapping[str, np.ndarray]) -> None:
-    """Copy an HF LlamaForCausalLM state dict (name -> array) into `model` in place, keeping its shardings."""
-    config = model.config
-    for path, hf_name, kind in hf_weight_table(config):
-        if hf_name not in tensors:
-            raise ConfigError(f"HF checkpoint lacks {hf_name!r} (needed for {'/'.join(map(str, path))})")
-        variable = _variable(model, path)
-        hf_tensor = np.asarray(tensors[hf_name])
-        expected = _hf_shape(variable.get_value().shape, kind)
-        if hf_tensor.shape != expected:
-            raise ConfigError(
-                f"HF tensor {hf_name!r} has shape {hf_tensor.shape}, but the model expects {expected}; "
-                "does the config match the checkpoint?"
-            )
-        value = hf_to_ours(hf_tensor, kind, config)
-        sharding = getattr(variable.get_value(), "sharding", None)
-        variable.set_value(jax.device_put(value.astype(config.param_dtype), sharding))
-
-
-def export_hf_weights(model: Llama) -> dict[str, np.ndarray]:
-    """The model's parameters as an HF LlamaForCausalLM state dict (numpy, param dtype)."""
-    return {
-        hf_name: ours_to_hf(np.asarray(jax.device_get(_variable(model, path).get_value())), kind)
-        for path, hf_name, kind in hf_weight_table(model.config)
-    }
+def with_params(config: LlamaConfig, params: dict) -> Llama:
+    """A Llama holding `params` (a pure dict as `nnx.state(model, nnx.Param).to_pure_dict()` gives)."""
+    model = abstract_model(config)
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(model, state)
+    return model

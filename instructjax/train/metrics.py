@@ -1,8 +1,8 @@
 """Run metrics: RUN_DIR/metrics.jsonl, TensorBoard events, and loss.png at the end.
 
-One JSON object per logged step (`step`, `loss`, `lr`, `grad_norm`, `tokens`, `tokens_per_sec`, and
-`loss/<source>` for every mixture source that had trained tokens in the logged window). Only the
-primary host writes.
+One JSON object per logged step (`step`, `loss` with `loss_reduction` saying which objective it is,
+`lr`, `grad_norm`, `tokens`, `tokens_per_sec`, and `loss/<source>`, the mean token loss of every mixture
+source that had trained tokens in the logged window). Only the primary host writes.
 """
 
 from __future__ import annotations
@@ -39,7 +39,8 @@ class MetricsLogger:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
         for key, value in values.items():
-            self.writer.add_scalar(key, value, step)
+            if isinstance(value, (int, float)):
+                self.writer.add_scalar(key, value, step)
         self.writer.flush()
 
     def close(self) -> None:

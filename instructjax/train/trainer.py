@@ -26,13 +26,13 @@ import yaml
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
-from instructjax.config import RunConfig, to_dict
-from instructjax.errors import ConfigError, InstructJaxError
+from instructjax.core import checkpoint as ckpt
+from instructjax.core import sharding
+from instructjax.core.config import RunConfig, to_dict
+from instructjax.core.errors import ConfigError, InstructJaxError
 from instructjax.model.config import LlamaConfig, preset
 from instructjax.model.llama import Llama
-from instructjax.train import checkpoint as ckpt
-from instructjax.train import loss as loss_lib
-from instructjax.train import optim, sharding
+from instructjax.train import loss, optim
 from instructjax.train.metrics import MetricsLogger, plot_losses
 
 
@@ -64,41 +64,8 @@ def maybe_initialize_distributed(config: RunConfig) -> None:
 def resolve_model_config(config: RunConfig) -> LlamaConfig:
     """The preset with overrides, or the config stored with `model.init_from`'s params (plus overrides)."""
     if config.model.init_from:
-        return ckpt.read_meta(config.model.init_from)[0].replace(**config.model.overrides)
+        return LlamaConfig(**ckpt.read_meta(config.model.init_from)[0]).replace(**config.model.overrides)
     return preset(config.model.preset, **config.model.overrides)
-
-
-def check_batch(config: RunConfig, mesh: jax.sharding.Mesh) -> None:
-    """Batch, micro-batch and loss settings that cannot run, as one-line ConfigErrors."""
-    micro, batch = config.optim.micro_batches, config.data.global_batch
-    if micro < 1 or batch % micro:
-        raise ConfigError(f"data.global_batch={batch} is not divisible by optim.micro_batches={micro}")
-    shards = mesh.shape["data"] * mesh.shape["fsdp"]
-    if (batch // micro) % shards:
-        raise ConfigError(
-            f"a micro-batch of {batch // micro} rows (data.global_batch={batch} / optim.micro_batches={micro}) "
-            f"does not divide over the mesh's data*fsdp={shards} devices"
-        )
-    if config.optim.loss_reduction not in ("mean", "sum"):
-        raise ConfigError(f"optim.loss_reduction must be 'mean' or 'sum', got {config.optim.loss_reduction!r}")
-    if config.max_steps is not None and config.max_steps < 1:
-        raise ConfigError(f"max_steps must be >= 1, got {config.max_steps}")
-
-
-def loss_terms(logits: jax.Array, batch: dict, num_sources: int) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Weighted cross-entropy sum over the batch, and its per-source sums and weights ([num_sources])."""
-    nll = loss_lib.token_nll(logits, batch["targets"])
-    weights = batch["loss_weights"].astype(jnp.float32)
-    source_sums, source_weights = loss_lib.per_source_sums(nll, weights, batch["source_ids"], num_sources)
-    return jnp.sum(nll * weights), source_sums, source_weights
-
-
-def make_optimizer(section, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The config's AdamW (optim.make_optimizer) and its learning-rate schedule, for logging."""
-    kwargs = dict(warmup_ratio=section.warmup_ratio, schedule=section.schedule)
-    tx = optim.make_optimizer(section.lr, total_steps, weight_decay=section.weight_decay, max_grad_norm=section.grad_clip,
-                              b1=section.b1, b2=section.b2, eps=section.eps, **kwargs)  # fmt: skip
-    return tx, optim.lr_schedule(section.lr, total_steps, **kwargs)
 
 
 def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
@@ -111,20 +78,22 @@ def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
         return jax.lax.with_sharding_constraint(x, micro_spec)
 
     def step(params, opt_state, batch):
-        def loss_sums(p, mb):
+        def sums(p, mb):
             logits = nnx.merge(graphdef, p)(mb["tokens"], mb["positions"], mb["segment_ids"])
-            loss_sum, source_sums, source_weights = loss_terms(logits, mb, num_sources)
+            nll = loss.token_nll(logits, mb["targets"])
+            weights = mb["loss_weights"].astype(jnp.float32)
+            source_sums, source_weights = loss.per_source_sums(nll, weights, mb["source_ids"], num_sources)
+            loss_sum = jnp.sum(nll * weights)
             return loss_sum, (loss_sum, source_sums, source_weights)
 
-        _, grads, (loss_sum, source_sums, source_weights) = optim.accumulate_gradients(
-            loss_sums, params, jax.tree.map(split, batch), config.optim.loss_reduction
-        )
-        total_weight = batch["loss_weights"].astype(jnp.float32).sum()
-        updates, opt_state = tx.update(grads, opt_state, params)
+        result = loss.accumulate_gradients(sums, params, jax.tree.map(split, batch), config.optim.loss_reduction)
+        loss_sum, source_sums, source_weights = result.aux
+        updates, opt_state = tx.update(result.grads, opt_state, params)
         metrics = {
-            "loss": loss_sum / jnp.maximum(total_weight, 1.0),
-            "grad_norm": optax.global_norm(grads),
-            "trained_tokens": total_weight,
+            "loss": result.loss,  # the objective: what is optimised (config.optim.loss_reduction)
+            "loss_sum": loss_sum,
+            "grad_norm": optax.global_norm(result.grads),
+            "trained_tokens": result.weight,
             "tokens": (batch["segment_ids"] > 0).sum(),
             "source_sums": source_sums,
             "source_weights": source_weights,
@@ -134,6 +103,11 @@ def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
     return step
 
 
+def on_mesh(host_batch: dict[str, np.ndarray], batch_sharding: NamedSharding) -> dict[str, jax.Array]:
+    """This host's rows as its part of global `jax.Array`s laid out by `batch_sharding` (batch axis first)."""
+    return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in host_batch.items()}
+
+
 class Trainer:
     """Everything a run needs, set up (and checked) before any compilation; `run()` trains."""
 
@@ -141,14 +115,17 @@ class Trainer:
         """`devices`: the mesh's devices (default all); `pipeline`: a stand-in for the config's DataPipeline
         with the same interface (iteration, state, restore, task_names, plan_epoch)."""
         maybe_initialize_distributed(config)
-        from instructjax import run_setup
-        from instructjax.data.pipeline import DataPipeline, global_batch
-        from instructjax.data.tokenizer import Tokenizer
+        from instructjax.data.pipeline import DataPipeline
+        from instructjax.data.tokenizer import Tokenizer, materialize
+        from instructjax.train import setup as run_setup
 
-        self.resume, self.global_batch = resume, global_batch
+        self.resume = resume
         self.run_dir = Path(config.run_dir)
-        self.mesh = sharding.make_mesh(config.mesh, devices)
-        check_batch(config, self.mesh)
+        devices = list(jax.devices() if devices is None else devices)
+        sizes = sharding.resolve_mesh(config, len(devices), jax.process_count())
+        self.mesh = sharding.make_mesh(sizes, devices)
+        if config.max_steps == 0:
+            raise ConfigError("max_steps must be >= 1 to train (0 marks an evaluation-only config)")
         tokenizer_path = run_setup.tokenizer_path(config)
         self.tokenizer = Tokenizer.load(tokenizer_path)
         self.model_config = run_setup.fit_model_to_tokenizer(resolve_model_config(config), self.tokenizer,
@@ -164,7 +141,7 @@ class Trainer:
             for line in getattr(self.pipeline, "report", list)():
                 print(f"data: {line}", flush=True)
         self.total_steps = config.max_steps or config.optim.epochs * steps_per_epoch
-        self.tx, self.schedule = make_optimizer(config.optim, self.total_steps)
+        self.tx, self.schedule = optim.make_optimizer(config.optim, self.total_steps)
         self.tokenizer_item = run_setup.tokenizer_item(self.tokenizer, data.template)
         self.checkpointer = ckpt.Checkpointer(self.run_dir, keep=config.checkpoint.keep,
                                               async_save=config.checkpoint.async_save,
@@ -173,8 +150,8 @@ class Trainer:
         if not resume and latest is not None:
             raise ConfigError(f"{self.run_dir} already has checkpoints: pass --resume, or choose another run_dir")
         if resume and latest is not None:
-            saved, _ = ckpt.read_tokenizer(self.run_dir)
-            if saved is not None and Tokenizer.load(saved) != self.tokenizer:
+            saved = ckpt.read_tokenizer(self.run_dir)
+            if saved is not None and Tokenizer.load(materialize(saved["files"])) != self.tokenizer:
                 raise ConfigError(f"{self.run_dir} was trained with another tokenizer than {self.tokenizer.path}; "
                                   "resume with the run's own tokenizer (config `tokenizer:` / model.init_from)")
 
@@ -209,7 +186,7 @@ class Trainer:
         return params, init_opt(params), 0, 0
 
     def save(self, step: int, params, opt_state, tokens: int) -> None:
-        meta = {"run_config": to_dict(self.config), "model_config": ckpt.model_config_dict(self.model_config),
+        meta = {"run_config": to_dict(self.config), "model_config": dataclasses.asdict(self.model_config),
                 "tokens": tokens}  # fmt: skip
         data = ckpt.gather_data_state(self.pipeline.state.to_array())
         self.checkpointer.save(step, params, opt_state, data, meta)
@@ -232,7 +209,7 @@ class Trainer:
             donate_argnums=(0, 1),
         )
         batch_sharding = sharding.batch_sharding(self.mesh)
-        window = _Window(len(self.sources))
+        window = _Window(len(self.sources), self.config.optim.loss_reduction)
         bar = tqdm(total=self.total_steps, initial=start, disable=not primary, desc="train", unit="step")
         batches = iter(self.pipeline)
         pending = None  # (step, metrics) fetched one step late, so the host never stalls the device
@@ -257,7 +234,7 @@ class Trainer:
         try:
             with jax.set_mesh(self.mesh):
                 for step in range(start + 1, min(stop_at or self.total_steps, self.total_steps) + 1):
-                    batch = self.global_batch(next(batches), batch_sharding)
+                    batch = on_mesh(next(batches), batch_sharding)
                     params, opt_state, metrics = step_fn(params, opt_state, batch)
                     if pending:
                         finish(*pending)
@@ -277,20 +254,25 @@ class Trainer:
 
 
 class _Window:
-    """Sums over the steps since the last log line (tokens/s excludes the first, compiling, step)."""
+    """Sums over the steps since the last log line (tokens/s excludes the first, compiling, step).
 
-    def __init__(self, num_sources: int):
-        self.num_sources = num_sources
+    The logged `loss` is the objective the steps optimised (`loss_reduction`): with "mean" the trained
+    tokens' mean cross-entropy over the window, with "sum" the mean per step of the summed loss."""
+
+    def __init__(self, num_sources: int, reduction: str):
+        self.num_sources, self.reduction = num_sources, reduction
         self.reset()
 
     def reset(self) -> None:
         self.loss_sum = self.weight = self.tokens = 0.0
+        self.steps = 0
         self.source_sums, self.source_weights = np.zeros(self.num_sources), np.zeros(self.num_sources)
         self.start = time.perf_counter()
 
     def add(self, m: dict, first: bool) -> None:
-        self.loss_sum += float(m["loss"]) * float(m["trained_tokens"])
+        self.loss_sum += float(m["loss_sum"])
         self.weight += float(m["trained_tokens"])
+        self.steps += 1
         self.source_sums += m["source_sums"]
         self.source_weights += m["source_weights"]
         if first:  # restart the clock after compilation
@@ -300,8 +282,10 @@ class _Window:
 
     def flush(self, m: dict, total_tokens: int, sources: list[str]) -> dict:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
+        per = self.weight if self.reduction == "mean" else self.steps
         record = {
-            "loss": self.loss_sum / max(self.weight, 1.0),
+            "loss": self.loss_sum / per if per else 0.0,
+            "loss_reduction": self.reduction,
             "lr": float(m["lr"]),
             "grad_norm": float(m["grad_norm"]),
             "tokens": total_tokens,

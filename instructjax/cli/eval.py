@@ -7,7 +7,7 @@ import json
 import os
 import sys
 
-from instructjax.errors import ConfigError
+from instructjax.core.errors import ConfigError
 
 
 def register(subparsers) -> None:

@@ -20,8 +20,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from instructjax.config import load_config
-    from instructjax.plan import format_plan, gpu_topology, make_plan, tpu_topology
+    from instructjax.core.config import load_config
+    from instructjax.train.plan import format_plan, gpu_topology, make_plan, tpu_topology
 
     config = load_config(args.config, args.overrides)
     topology = tpu_topology(args.topology) if args.topology else gpu_topology(args.gpus, args.gpu_type)

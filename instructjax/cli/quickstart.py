@@ -13,7 +13,7 @@ import os
 import time
 from pathlib import Path
 
-QUICKSTART_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+QUICKSTART_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
 
 
 def register(subparsers) -> None:
@@ -25,7 +25,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from instructjax.data import commands
+    from instructjax.cli import data as commands
 
     common = dict(name=None, config=args.config, data_files=None, on_bad_row="error", template=None,
                   max_length=None, json=False)  # fmt: skip
@@ -33,7 +33,7 @@ def run(args) -> int:
     commands.run_stats(argparse.Namespace(**common, seq_len=None, global_batch=None))
     commands.run_preview(argparse.Namespace(**common, n=1))
 
-    from instructjax.config import load_config
+    from instructjax.core.config import load_config
     from instructjax.train.trainer import train
 
     overrides = list(args.overrides)
@@ -56,8 +56,8 @@ def export_and_evaluate(run_dir: Path) -> None:
     on the small offline tasks under tests/data/lm_eval (nothing is downloaded)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    from instructjax.cli.eval import run_lm_eval
     from instructjax.convert.hf import export_checkpoint
-    from instructjax.eval.commands import run_lm_eval
 
     hf_dir = (run_dir / "hf").resolve()
     print(f"== export: Hugging Face safetensors + tokenizer + chat template -> {hf_dir} ==")

@@ -4,10 +4,12 @@ Each step directory holds these items:
 - `params`: the model parameters as a plain nested dict (nnx pure dict, names as in the model);
 - `opt_state`: the optax state (absent in a params-only checkpoint, e.g. one imported from HF);
 - `data`: every host's iterator state, int64 `[process_count, 3]` (epoch, window, row);
-- `meta`: JSON {step, run_config, model_config};
+- `meta`: JSON {step, run_config, model_config} (the model config as a plain dict: `LlamaConfig(**d)`);
 - `tokenizer`: JSON {files, template}: the HF tokenizer files the run trained with (`Tokenizer.files`,
   the chat template included) and the name of its chat template (None for an import, which keeps the
   model's own). Export, generation and evaluation read it (`read_tokenizer`), never a default.
+
+This module knows the format only: it imports neither the model nor the data layer.
 
 `Checkpointer` is what the trainer uses; `save_params` / `load_params` are the params-only view
 that HF import/export and `model.init_from` use.
@@ -15,7 +17,6 @@ that HF import/export and `model.init_from` use.
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import sys
 from pathlib import Path
@@ -26,8 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from instructjax.errors import ConfigError, InstructJaxError
-from instructjax.model.config import LlamaConfig
+from instructjax.core.errors import ConfigError, InstructJaxError
 
 
 def checkpoints_dir(directory: str | Path) -> Path:
@@ -53,10 +53,6 @@ def _str_keys(tree: Any) -> Any:
     if isinstance(tree, dict):
         return {str(k): _str_keys(v) for k, v in tree.items()}
     return tree
-
-
-def model_config_dict(config: LlamaConfig) -> dict:
-    return dataclasses.asdict(config)
 
 
 def gather_data_state(host_state: np.ndarray) -> np.ndarray:
@@ -200,7 +196,7 @@ class Checkpointer:
 def save_params(
     directory: str | Path,
     params: Any,
-    model_config: LlamaConfig,
+    model_config: dict,
     run_config: dict | None = None,
     step: int = 0,
     tokenizer: dict | None = None,
@@ -209,7 +205,7 @@ def save_params(
     `tokenizer` item when given. Returns the checkpoints dir."""
     path = checkpoints_dir(directory)
     with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=True)) as manager:
-        meta = {"step": step, "run_config": run_config, "model_config": model_config_dict(model_config)}
+        meta = {"step": step, "run_config": run_config, "model_config": model_config}
         items = dict(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta))
         if tokenizer is not None:
             items["tokenizer"] = ocp.args.JsonSave(tokenizer)
@@ -229,37 +225,34 @@ def _reader(directory: str | Path) -> ocp.CheckpointManager:
     path = checkpoints_dir(directory)
     if not _has_steps(path):
         raise ConfigError(f"no checkpoint found in {directory}")
-    handlers = {"params": ocp.PyTreeCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
-                "tokenizer": ocp.JsonCheckpointHandler()}
+    handlers = {"params": ocp.PyTreeCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
+                "data": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
+                "tokenizer": ocp.JsonCheckpointHandler()}  # every item, so reading some warns about none
     return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False), item_handlers=handlers)
 
 
-def read_meta(directory: str | Path, step: int | None = None) -> tuple[LlamaConfig, dict | None, int]:
-    """(LlamaConfig, run_config dict or None, step) of a checkpoint, without reading any array."""
+def read_meta(directory: str | Path, step: int | None = None) -> tuple[dict, dict | None, int]:
+    """(model config dict, run_config dict or None, step) of a checkpoint, without reading any array."""
     with _reader(directory) as manager:
         step = _resolve_step(manager, step, manager.directory)
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    return LlamaConfig(**meta["model_config"]), meta.get("run_config"), int(meta["step"])
+    return meta["model_config"], meta.get("run_config"), int(meta["step"])
 
 
-def read_tokenizer(directory: str | Path, step: int | None = None) -> tuple[str | None, str | None]:
-    """(tokenizer directory, chat template name) saved with a checkpoint; (None, None) when it carries none.
-
-    The files are written once into a content-addressed directory (`tokenizer.materialize`)."""
-    from instructjax.data.tokenizer import materialize
-
+def read_tokenizer(directory: str | Path, step: int | None = None) -> dict | None:
+    """The `tokenizer` item saved with a checkpoint ({files, template}), or None when it carries none
+    (`data.tokenizer.materialize(item["files"])` makes a tokenizer directory of it)."""
     with _reader(directory) as manager:
         step = _resolve_step(manager, step, manager.directory)
         if not (Path(manager.directory) / str(step) / "tokenizer").is_dir():
-            return None, None
-        item = manager.restore(step, args=ocp.args.Composite(tokenizer=ocp.args.JsonRestore()))["tokenizer"]
-    return materialize(item["files"]), item.get("template")
+            return None
+        return manager.restore(step, args=ocp.args.Composite(tokenizer=ocp.args.JsonRestore()))["tokenizer"]
 
 
 def load_params(
     directory: str | Path, step: int | None = None, shardings: Any = None
-) -> tuple[Any, LlamaConfig, dict | None, int]:
-    """(params, LlamaConfig, run_config dict or None, step) from a run dir or its checkpoints dir.
+) -> tuple[Any, dict, dict | None, int]:
+    """(params, model config dict, run_config dict or None, step) from a run dir or its checkpoints dir.
 
     `step=None` takes the latest complete step. `shardings` (a pytree of NamedShardings shaped like the
     params) places the arrays; without it they come back as numpy arrays.

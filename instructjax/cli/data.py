@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from instructjax.core.errors import ConfigError
 from instructjax.data.synthetic import LENGTH_STATS, TULU_TABLE1
-from instructjax.errors import ConfigError
 
 GREEN, RESET = "\033[32m", "\033[0m"
 
@@ -64,23 +65,22 @@ class Target:
 
 
 def resolve(args) -> Target:
-    """Turn NAME / --config / --data-files into registered seqio names. With --config the tasks are bound
-    to that run: its model's tokenizer, its chat template and its row length (`instructjax.data.binding`)."""
-    import seqio
-
-    from instructjax.config import define_data, load_config
-    from instructjax.data import mixtures
-    from instructjax.data import tasks as task_lib
+    """Turn NAME / --config / --data-files into a bound task or mixture. With --config the tasks are bound to
+    that run: its model's tokenizer, its chat template and its row length (`instructjax.data.binding`)."""
+    from instructjax.core.config import load_config
+    from instructjax.data import specs
+    from instructjax.data.binding import bind, resolve, uses_model_encoder
+    from instructjax.data.sources import SOURCES
 
     config = load_config(args.config) if args.config else None
     if config is not None:
-        define_data(config.define)
+        specs.define(config.define)
     name = args.name or (config.data.mixture if config is not None else None)
     if not name:
         raise ConfigError("name a task or mixture, or pass --config FILE")
     changes = {}
     if args.data_files:
-        if name not in task_lib.sources.SOURCES:
+        if name not in SOURCES:
             raise ConfigError(f"--data-files needs a source name, got {name!r}")
         changes["data_files"] = tuple(args.data_files)
     if args.template:
@@ -89,40 +89,38 @@ def resolve(args) -> Target:
         changes["max_length"] = args.max_length
     if args.on_bad_row != "error":
         changes["on_bad_row"] = args.on_bad_row
-    if name not in seqio.TaskRegistry.names() and name not in seqio.MixtureRegistry.names():
-        raise ConfigError(f"{name!r} is not a registered task or mixture (see README: defining a task)")
-    provider = seqio.get_mixture_or_task(name)
-    tasks = [t.name for t in provider.tasks] if isinstance(provider, seqio.Mixture) else [name]
+    found = resolve(name)
+    if found is None:
+        raise ConfigError(f"{name!r} is not a registered task or mixture (README: defining your own task or mixture)")
+    tasks, mixture = found
     if changes:
-        variants = [task_lib.with_options(t, **changes) for t in tasks]
-        name = mixtures.remix(name, dict(zip(tasks, variants, strict=True))) if isinstance(
-            provider, seqio.Mixture) else variants[0]
-        tasks = variants
-    from instructjax.data.binding import bind
-
+        variants = [specs.with_options(t, **changes) for t in tasks]
+        name = specs.remix(name, dict(zip(tasks, variants, strict=True))) if mixture else variants[0]
+    if uses_model_encoder(name):
+        import instructjax.eval.embed  # noqa: F401  (registers the encoders that run a model)
     if config is not None:  # bound to the run: its model's tokenizer, chat template and row length
-        from instructjax import run_setup
+        from instructjax.train import setup as run_setup
 
         bound = bind(name, tokenizer=run_setup.tokenizer_path(config), template=config.template,
                      max_length=config.data.seq_len, model=config.model.init_from)
     else:  # the built-in default tokenizer, and the row length asked for (ShareGPT splits at it)
         bound = bind(name, tokenizer=None, max_length=getattr(args, "seq_len", None) or args.max_length)
-    name, tasks = bound.name, bound.tasks
-    return Target(name=name, tasks=tasks, config=config)
+    return Target(name=bound.name, tasks=bound.tasks, config=config)
 
 
 def task_stats(task: str, count: int | None = None, seed: int | None = None) -> dict:
     """Tulu Table 1 columns (instances, mean rounds, mean prompt / completion tokens per round),
     trained-token totals and what happened to the rows (read, kept, repaired, skipped) of one task, or of
     its subset of `count` drawn with `seed`, measured with the task's tokenizer."""
-    from instructjax.data import tasks as task_lib
+    from instructjax.data import examples as examples_lib
+    from instructjax.data import specs
     from instructjax.data.schema import Conversation
     from instructjax.data.tokenizer import Tokenizer
 
-    spec = task_lib.get_spec(task)
+    spec = specs.task(task)
     tokenizer = Tokenizer.load(spec.tokenizer)
     seed = seed if count is not None else None
-    examples = task_lib.encoded_examples(task, count, seed)
+    examples = examples_lib.encoded_examples(task, count, seed)
     rounds, prompt, completion = [], [], []
     for ex in examples:
         conv = Conversation.from_json(ex["conversation"])
@@ -133,10 +131,10 @@ def task_stats(task: str, count: int | None = None, seed: int | None = None) -> 
                 (completion if m["role"] == "assistant" else prompt).append(n)
     trained = int(sum(int(ex["loss_mask"].sum()) for ex in examples))
     total = int(sum(len(ex["tokens"]) for ex in examples))
-    report = task_lib.task_report(task, seed)
+    report = examples_lib.task_report(task, seed)
     paper = LENGTH_STATS.get(spec.source)
     return {
-        "task": task_lib.base_name(task),
+        "task": specs.base_name(task),
         "source": spec.source,
         "tokenizer": tokenizer.path,
         "instances": len(examples),
@@ -153,29 +151,24 @@ def task_stats(task: str, count: int | None = None, seed: int | None = None) -> 
 
 
 def run_stats(args) -> int:
-    import seqio
-
-    from instructjax.data import tasks as task_lib
-    from instructjax.data.mixtures import EpochMixture
-    from instructjax.data.pipeline import DataConfig, DataPipeline
+    from instructjax.core.config import DataSection
+    from instructjax.data import specs
+    from instructjax.data.pipeline import DataPipeline
 
     target = resolve(args)
-    base = target.config.data if target.config else DataConfig(mixture=target.name)
-    provider = seqio.get_mixture_or_task(target.name)
-    counts = provider.counts if isinstance(provider, EpochMixture) else {}
+    base = target.config.data if target.config else DataSection(mixture=target.name)
+    mixture = specs.lookup_mixture(target.name)
+    counts = dict(mixture.counts) if mixture is not None else {}
     rows = [task_stats(t, counts.get(t), base.seed) for t in target.tasks]
-    data = DataConfig(
-        **{**asdict(base), "mosaic": base.mosaic, "mixture": target.name, "prefetch": 0}
-    )
-    data.seq_len = args.seq_len or (base.seq_len if target.config else 2048)
-    data.global_batch = args.global_batch or (base.global_batch if target.config else 64)
+    data = dataclasses.replace(base, mixture=target.name, prefetch=0, seq_len=args.seq_len or base.seq_len,
+                               global_batch=args.global_batch or base.global_batch)
     plan = DataPipeline(data).plan_epoch(0)
-    result = {"name": task_lib.base_name(target.name), "tasks": rows, "epoch": asdict(plan), "seq_len": data.seq_len,
+    result = {"name": specs.base_name(target.name), "tasks": rows, "epoch": asdict(plan), "seq_len": data.seq_len,
               "global_batch": data.global_batch}  # fmt: skip
     if args.json:
         print(json.dumps(result, indent=2))
         return 0
-    print(f"{task_lib.base_name(target.name)}: {len(rows)} task(s), tokenizer {rows[0]['tokenizer'] if rows else '-'}")
+    print(f"{specs.base_name(target.name)}: {len(rows)} task(s), tokenizer {rows[0]['tokenizer'] if rows else '-'}")
     header = (
         f"{'task':<28} {'instances':>9} {'rounds':>6} {'prompt':>7} {'compl.':>7} {'trained tok':>12}"
         f"   | paper: {'rounds':>6} {'prompt':>7} {'compl.':>7}"
@@ -220,25 +213,26 @@ def highlight(tokenizer, tokens: np.ndarray, mask: np.ndarray, color: bool) -> s
 
 
 def run_preview(args) -> int:
-    from instructjax.data import tasks as task_lib
-    from instructjax.data.pipeline import DataConfig, DataPipeline
+    from instructjax.data import examples as examples_lib
+    from instructjax.data import specs
+    from instructjax.data.pipeline import DataPipeline
     from instructjax.data.schema import Conversation
     from instructjax.data.tokenizer import Tokenizer
 
     target = resolve(args)
     mosaic = target.config.data.mosaic if target.config else None
-    tokenizer = Tokenizer.load(task_lib.get_spec(target.tasks[0]).tokenizer)
+    tokenizer = Tokenizer.load(specs.task(target.tasks[0]).tokenizer)
     shown = []  # (conversation, tokens, loss mask)
     if mosaic is not None:
-        data = DataConfig(**{**asdict(target.config.data), "mosaic": mosaic, "mixture": target.name, "prefetch": 0})
+        data = dataclasses.replace(target.config.data, mixture=target.name, prefetch=0)
         pipeline = DataPipeline(data)
-        for conv in pipeline.mosaic_conversations(0)[: args.n]:
-            enc = pipeline._mosaic_encoder.encode(conv)
+        for conv in pipeline.stream.mosaic_conversations(0)[: args.n]:
+            enc = pipeline.stream.mosaic_encoder.encode(conv)
             shown.append((conv, enc.tokens, enc.loss_mask))
     else:
         per_task = max(1, -(-args.n // len(target.tasks)))
         for task in target.tasks:
-            for ex in task_lib.encoded_examples(task)[:per_task]:
+            for ex in examples_lib.encoded_examples(task)[:per_task]:
                 shown.append((Conversation.from_json(ex["conversation"]), ex["tokens"], ex["loss_mask"]))
         shown = shown[: args.n]
     color = sys.stdout.isatty()
@@ -260,7 +254,8 @@ def run_preview(args) -> int:
 def run_select(args) -> int:
     from functools import partial
 
-    from instructjax.data import tasks as task_lib
+    from instructjax.data import examples as examples_lib
+    from instructjax.data import specs
     from instructjax.data.embeddings import MODEL_ENCODERS, get_encoder
     from instructjax.data.encode import response_token_length
     from instructjax.data.schema import Conversation
@@ -269,16 +264,18 @@ def run_select(args) -> int:
 
     target = resolve(args)
     convs = [
-        Conversation.from_json(ex["conversation"]) for t in target.tasks for ex in task_lib.encoded_examples(t)
+        Conversation.from_json(ex["conversation"]) for t in target.tasks for ex in examples_lib.encoded_examples(t)
     ]
-    tokenizer = Tokenizer.load(task_lib.get_spec(target.tasks[0]).tokenizer)
+    tokenizer = Tokenizer.load(specs.task(target.tasks[0]).tokenizer)
     encoder_kwargs = {}
     if args.encoder in MODEL_ENCODERS:
+        import instructjax.eval.embed  # noqa: F401  (registers the encoders that run a model)
+
         model = args.encoder_model or (target.config.model.init_from if target.config else None)
         if not model:
             raise ConfigError(f"--encoder {args.encoder} embeds with a model: pass --encoder-model, or --config "
                               "with model.init_from")
-        encoder_kwargs = {"model": model, "tokenizer": task_lib.get_spec(target.tasks[0]).tokenizer}
+        encoder_kwargs = {"model": model, "tokenizer": specs.task(target.tasks[0]).tokenizer}
     chosen = select(
         convs,
         args.method,

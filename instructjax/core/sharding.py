@@ -23,7 +23,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from instructjax.errors import ConfigError
+from instructjax.core.errors import ConfigError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 
@@ -41,9 +41,9 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
-def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh with axes (data, fsdp, tensor); axes missing from `shape` have size 1, one may be -1 (the rest)."""
-    devices = list(jax.devices() if devices is None else devices)
+def mesh_sizes(shape: Mapping[str, int], device_count: int) -> dict[str, int]:
+    """The mesh shape resolved for `device_count` devices: axes missing from `shape` have size 1, one
+    axis may be -1 (the rest). The one resolution the trainer (`make_mesh`) and `plan` both use."""
     unknown = set(shape) - set(MESH_AXES)
     if unknown:
         raise ConfigError(f"unknown mesh axes {sorted(unknown)}; the mesh axes are {MESH_AXES}")
@@ -53,15 +53,33 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
         raise ConfigError(f"mesh shape {dict(shape)}: sizes must be positive, with at most one -1")
     if free:
         rest = math.prod(n for n in sizes.values() if n != -1)
-        if len(devices) % rest:
-            raise ConfigError(f"mesh shape {dict(shape)} does not divide {len(devices)} devices")
-        sizes[free[0]] = len(devices) // rest
-    if math.prod(sizes.values()) != len(devices):
-        raise ConfigError(
-            f"mesh shape {sizes} needs {math.prod(sizes.values())} devices, but there are {len(devices)}"
-        )
-    device_grid = np.asarray(devices).reshape(tuple(sizes.values()))
-    return Mesh(device_grid, MESH_AXES)
+        if device_count % rest:
+            raise ConfigError(f"mesh shape {dict(shape)} does not divide {device_count} devices")
+        sizes[free[0]] = device_count // rest
+    if math.prod(sizes.values()) != device_count:
+        raise ConfigError(f"mesh shape {sizes} needs {math.prod(sizes.values())} devices, but there are {device_count}")
+    return sizes
+
+
+def resolve_mesh(config, device_count: int, process_count: int = 1) -> dict[str, int]:
+    """The run's mesh sizes on `device_count` devices and `process_count` hosts, with the batch checked
+    against them: every host feeds whole rows, every micro-batch splits over the data-parallel devices."""
+    sizes = mesh_sizes(config.mesh, device_count)
+    batch, micro = config.data.global_batch, config.optim.micro_batches
+    if batch % process_count:
+        raise ConfigError(f"data.global_batch={batch} is not divisible by the {process_count} host(s)")
+    shards = sizes["data"] * sizes["fsdp"]
+    if (batch // micro) % shards:
+        raise ConfigError(f"a micro-batch of {batch // micro} rows (data.global_batch={batch} / optim.micro_batches="
+                          f"{micro}) does not divide over the mesh's data*fsdp={shards} devices")
+    return sizes
+
+
+def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A mesh with axes (data, fsdp, tensor) over `devices` (default all), sized by `mesh_sizes`."""
+    devices = list(jax.devices() if devices is None else devices)
+    sizes = mesh_sizes(shape, len(devices))
+    return Mesh(np.asarray(devices).reshape(tuple(sizes.values())), MESH_AXES)
 
 
 def logical_to_spec(

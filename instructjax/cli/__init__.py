@@ -12,16 +12,17 @@ import importlib
 import os
 import sys
 
-from instructjax.errors import InstructJaxError
+from instructjax.core.errors import InstructJaxError
 
 # Command modules, in the order their subcommands appear in --help.
 COMMAND_MODULES = [
-    "instructjax.data.commands",
-    "instructjax.convert.commands",
-    "instructjax.eval.commands",
-    "instructjax.train.commands",
-    "instructjax.plan_commands",
-    "instructjax.quickstart",
+    "instructjax.cli.data",
+    "instructjax.cli.convert",
+    "instructjax.cli.eval",
+    "instructjax.cli.train",
+    "instructjax.cli.plan",
+    "instructjax.cli.experiments",
+    "instructjax.cli.quickstart",
 ]
 
 

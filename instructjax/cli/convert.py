@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 def _parse_mesh(text: str | None):
     if not text:
         return None
-    from instructjax.train.sharding import make_mesh
+    from instructjax.core.sharding import make_mesh
 
     return make_mesh({k: int(v) for k, v in (part.split("=") for part in text.split(","))})
 

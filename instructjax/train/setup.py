@@ -15,8 +15,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-from instructjax.config import RunConfig, define_data
-from instructjax.errors import ConfigError
+from instructjax.core.config import RunConfig
+from instructjax.core.errors import ConfigError
 from instructjax.model.config import LlamaConfig
 
 
@@ -26,13 +26,15 @@ def tokenizer_path(config: RunConfig) -> str | None:
         return config.tokenizer
     if not config.model.init_from:
         return None
-    from instructjax.train.checkpoint import read_tokenizer
+    from instructjax.core.checkpoint import read_tokenizer
+    from instructjax.data.tokenizer import materialize
 
     try:
-        path, _ = read_tokenizer(config.model.init_from)
+        item = read_tokenizer(config.model.init_from)
     except ConfigError as e:
         raise ConfigError(f"model.init_from={config.model.init_from}: {e}; write it with "
                           f"`instructjax import --hf HF_DIR --out {config.model.init_from}`") from None
+    path = materialize(item["files"]) if item else None
     if path is None:
         raise ConfigError(f"model.init_from={config.model.init_from} carries no tokenizer (its HF directory had "
                           "none): set `tokenizer:` in the config to the model's tokenizer")
@@ -59,7 +61,7 @@ def fit_model_to_tokenizer(model: LlamaConfig, tokenizer, *, pretrained: bool) -
 
 @dataclass(frozen=True)
 class RunData:
-    """The run's data bound to its tokenizer: `config` (a DataConfig over the bound mixture), the task
+    """The run's data bound to its tokenizer: `config` (a DataSection over the bound mixture), the task
     names as the user wrote them (`sources`), the chat template and the tokenizer path."""
 
     config: object
@@ -70,9 +72,12 @@ class RunData:
 
 def bind_data(config: RunConfig, tokenizer: str | None) -> RunData:
     """Register the config's own tasks (`define:`) and bind its mixture to the run (see the module doc)."""
-    from instructjax.data.binding import bind
+    from instructjax.data.binding import bind, uses_model_encoder
+    from instructjax.data.specs import define
 
-    define_data(config.define)
+    define(config.define)
+    if uses_model_encoder(config.data.mixture):  # its encoder runs the run's model
+        import instructjax.eval.embed  # noqa: F401  (registers "llama-mean")
     bound = bind(config.data.mixture, tokenizer=tokenizer, template=config.template, max_length=config.data.seq_len,
                  model=config.model.init_from)
     return RunData(dataclasses.replace(config.data, mixture=bound.name), bound.sources,

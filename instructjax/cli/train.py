@@ -12,7 +12,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from instructjax.config import load_config
+    from instructjax.core.config import load_config
     from instructjax.train.trainer import train
 
     config = load_config(args.config, args.overrides)

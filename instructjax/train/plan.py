@@ -45,11 +45,11 @@ import optax
 from flax import nnx
 from jax.sharding import AbstractMesh, PartitionSpec
 
-from instructjax.config import RunConfig, define_data
-from instructjax.errors import ConfigError
+from instructjax.core import sharding
+from instructjax.core.config import RunConfig
+from instructjax.core.errors import ConfigError
 from instructjax.model.config import LlamaConfig, param_count, preset
-from instructjax.train import sharding
-from instructjax.train.optim import make_optimizer
+from instructjax.train.optim import adamw
 
 GIB = 2**30
 USABLE = 0.9  # headroom for XLA temporaries, fragmentation and the runtime
@@ -95,22 +95,6 @@ def gpu_topology(count: int, gpu: str = "h100") -> Topology:
     return Topology(f"{count}x{gpu.lower()}", count, GPU_HBM[gpu.lower()], math.ceil(count / GPUS_PER_NODE))
 
 
-def mesh_sizes(shape: dict[str, int], devices: int) -> dict[str, int]:
-    """The config's mesh shape resolved for `devices` (one -1 takes the rest), as `make_mesh` does."""
-    sizes = {a: int(shape.get(a, 1)) for a in sharding.MESH_AXES}
-    free = [a for a, n in sizes.items() if n == -1]
-    if len(free) > 1 or any(n == 0 or n < -1 for n in sizes.values()):
-        raise ConfigError(f"mesh shape {shape}: sizes must be positive, with at most one -1")
-    rest = math.prod(n for n in sizes.values() if n != -1)
-    if free:
-        if devices % rest:
-            raise ConfigError(f"mesh shape {shape} does not divide {devices} devices")
-        sizes[free[0]] = devices // rest
-    if math.prod(sizes.values()) != devices:
-        raise ConfigError(f"mesh shape {sizes} needs {math.prod(sizes.values())} devices, the topology has {devices}")
-    return sizes
-
-
 class _Spec:
     """A PartitionSpec kept as one pytree leaf."""
 
@@ -135,7 +119,7 @@ def _abstract_state(model: LlamaConfig, clip: bool) -> tuple[Any, Any, Any]:
     names = nnx.to_pure_dict(jax.tree.map(lambda v: _Spec(v.get_metadata().get("out_sharding")), state,
                                           is_leaf=lambda x: isinstance(x, nnx.Variable)))
     params = nnx.to_pure_dict(state)
-    tx = make_optimizer(1.0, 10, max_grad_norm=1.0 if clip else None)  # state shapes do not depend on lr/steps
+    tx = adamw(optax.constant_schedule(1.0), max_grad_norm=1.0 if clip else None)  # a schedule, as trained
     return params, names, jax.eval_shape(tx.init, params), tx
 
 
@@ -198,10 +182,10 @@ class DataEstimate:
 
 def _task_examples(task: str, count: int | None) -> tuple[int, float, str]:
     """(examples, mean tokens per example, source name) of one mixture component from the papers' sizes."""
+    from instructjax.data.specs import task as task_spec
     from instructjax.data.synthetic import LENGTH_STATS
-    from instructjax.data.tasks import get_spec
 
-    spec = get_spec(task)
+    spec = task_spec(task)
     stats = LENGTH_STATS.get(spec.source)
     if stats is None:
         raise ConfigError(f"task {task!r}: no paper size for source {spec.source!r}; use --real-data")
@@ -215,21 +199,24 @@ def _task_examples(task: str, count: int | None) -> tuple[int, float, str]:
 
 def estimate_epoch(config: RunConfig) -> DataEstimate:
     """One epoch from the papers' dataset sizes and mean lengths (Tulu Table 1; see the module doc)."""
-    from instructjax.data import mixtures
+    from instructjax.data import specs
     from instructjax.data.mosaic import sample_count
 
     data = config.data
-    mixture = mixtures.seqio.get_mixture_or_task(data.mixture)
-    if not isinstance(mixture, mixtures.EpochMixture):
+    found = specs.tasks_of(data.mixture)
+    if found is None:
+        raise ConfigError(f"data.mixture={data.mixture!r} is not a registered task or mixture")
+    tasks, mixture = found
+    if mixture is not None and not mixture.epoch_mode:
         raise ConfigError(f"mixture {data.mixture!r} is rate mode (endless): plan needs an epoch mixture")
     examples = tokens = 0.0
     per_task = {}
-    for task, count in mixture.counts.items():
+    for task, count in (mixture.counts if mixture is not None else ((tasks[0], None),)):
         n, mean_len, _ = _task_examples(task, count)
         per_task[task] = n
         length = min(mean_len, data.seq_len)
         if data.mosaic is not None:
-            cap = max(1, int((data.mosaic.max_length or data.seq_len) // mean_len))
+            cap = max(1, int(data.mosaic_budget // mean_len))
             rng = np.random.default_rng(0)
             k = np.mean([min(sample_count(rng, data.mosaic), cap) for _ in range(4000)])
             n_out, length = n / k, min(k * mean_len, data.seq_len)
@@ -245,8 +232,8 @@ def estimate_epoch(config: RunConfig) -> DataEstimate:
 def real_epoch(config: RunConfig) -> DataEstimate:
     """One epoch counted by the real pipeline with the run's tokenizer (reads and encodes the data: local or
     built-in only)."""
-    from instructjax import run_setup
     from instructjax.data.pipeline import DataPipeline
+    from instructjax.train import setup as run_setup
 
     plan = DataPipeline(run_setup.bind_data(config, run_setup.tokenizer_path(config)).config).plan_epoch(0)
     return DataEstimate(plan.examples, plan.rows, plan.tokens, plan.steps, "the real pipeline (data read and packed)")
@@ -277,10 +264,13 @@ class Plan:
 def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False, name: str = "") -> Plan:
     """The plan of `config` on `topology` (see the module docstring)."""
     if config.define:
-        define_data(config.define)
+        from instructjax.data.specs import define
+
+        define(config.define)
     model = preset(config.model.preset, **config.model.overrides)
-    sizes = mesh_sizes(config.mesh, topology.devices)
     training = config.max_steps != 0
+    sizes = (sharding.resolve_mesh(config, topology.devices, topology.hosts) if training
+             else sharding.mesh_sizes(config.mesh, topology.devices))
     data = None
     if training:
         data = real_epoch(config) if real_data else estimate_epoch(config)
@@ -289,9 +279,6 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
         raise AssertionError(f"eval_shape gives {memory['params']} parameters, param_count {param_count(model)}")
     shards = sizes["data"] * sizes["fsdp"]
     micro = config.optim.micro_batches
-    if training and config.data.global_batch % (micro * shards):
-        raise ConfigError(f"data.global_batch={config.data.global_batch} does not split into {micro} micro-batch(es) "
-                          f"over data x fsdp = {shards} devices")
     rows = config.data.global_batch // (micro * shards) if training else 0
     memory["grad_bytes"] = (memory["param_bytes"] * (2 if micro > 1 else 1)) if training else 0
     acts = activation_bytes(model, rows, config.data.seq_len, sizes["tensor"]) if training else \

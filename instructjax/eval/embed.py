@@ -1,8 +1,9 @@
 """The selection paper's instruction encoder: the mean of the model's last hidden layer over all tokens.
 
 Seed 002 embeds each instruction with the model being tuned (the final-norm hidden states, averaged
-over the instruction's tokens) for k-means and k-center selection. Registered as "llama-mean" in
-`instructjax.data.embeddings`: `select(..., encoder=get_encoder("llama-mean", model="CKPT_OR_HF_DIR"))`.
+over the instruction's tokens) for k-means and k-center selection. Importing this module
+registers it as "llama-mean" in `instructjax.data.embeddings`:
+`select(..., encoder=get_encoder("llama-mean", model="CKPT_OR_HF_DIR"))`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from instructjax.data.embeddings import register_encoder
 
 
 class LlamaMeanEncoder:
@@ -28,7 +31,7 @@ class LlamaMeanEncoder:
         def mean_hidden(state, tokens, segment_ids):
             model = nnx.merge(graphdef, state)
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-            hidden = model.hidden_states(tokens, positions, segment_ids).astype(jnp.float32)
+            hidden = model.hidden_states(tokens, positions, segment_ids)[0].astype(jnp.float32)
             keep = (segment_ids > 0)[..., None]
             return (hidden * keep).sum(1) / jnp.maximum(keep.sum(1), 1)
 
@@ -50,3 +53,6 @@ class LlamaMeanEncoder:
                 tokens[row, : len(ids)], segments[row, : len(ids)] = ids, 1
             out.append(np.asarray(self._mean_hidden(self._state, tokens, segments))[: len(chunk)])
         return np.concatenate(out) if out else np.zeros((0, self.model.config.hidden_size), np.float32)
+
+
+register_encoder("llama-mean", LlamaMeanEncoder)

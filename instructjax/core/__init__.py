@@ -1,0 +1,1 @@
+"""The neutral bottom layer every other part uses: errors, the run config, sharding rules + mesh, the checkpoint format."""

@@ -1,0 +1,296 @@
+"""Run configuration: one YAML file per experiment, read into typed sections that check themselves.
+
+A config reads like a paper's experiment section::
+
+    name: acp_ACP_llama2_7b
+    model: {preset: llama2-7b, init_from: checkpoints/base/llama2-7b}
+    data: {mixture: acp_ACP, seq_len: 2048, global_batch: 64}
+    optim: {lr: 5.0e-5, warmup_ratio: 0.03, epochs: 2}
+
+Every section is a light dataclass (no JAX, seqio or TensorFlow import) that checks its own values when it
+is built; `RunConfig` checks what spans sections. Unknown keys, wrong types and impossible values are
+one-line `ConfigError`s before any work. What depends on the machine (the mesh against the device count,
+the batch against hosts and devices) is checked by `core.sharding.resolve_mesh`, which the trainer and
+`plan` both call. `key=value` overrides with dotted keys (`optim.lr=1e-5`, `max_steps=20`) apply on top of
+the file. A `define:` block holds the config's own tasks and mixtures (`data.binding.define` registers them).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from instructjax.core.errors import ConfigError
+
+SCHEDULES = ("linear", "cosine")
+LOSS_REDUCTIONS = ("mean", "sum")
+OVERLONG = ("truncate", "split")
+MOSAIC_STRATEGIES = ("primary", "format", "permute", "maskout", "mix")
+MOSAIC_DISTRIBUTIONS: dict[str, dict[str, float]] = {  # Appendix A -> default numpy parameters
+    "uniform": {},
+    "fixed": {},
+    "exponential": {"scale": 1.0},
+    "lognormal": {"mean": 0.0, "sigma": 1.0},
+    "logistic": {"loc": 0.0, "scale": 2.0},
+    "pareto": {"a": 1.0},
+}
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+@dataclass
+class ModelSection:
+    """`preset` names a LlamaConfig preset; any other key overrides one of its fields."""
+
+    preset: str = "tiny"
+    overrides: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None  # an instructjax checkpoint (e.g. imported from HF) to start from
+
+
+@dataclass
+class MosaicSection:
+    """Mosaic-IT (seed 003): what a `data.mosaic:` block maps onto (see `data.mosaic`)."""
+
+    strategy: str = "mix"
+    k_max: int = 10
+    distribution: str = "uniform"
+    distribution_params: dict[str, float] = field(default_factory=dict)
+    max_length: int | None = None  # token budget; None: the run's data.seq_len (2048 outside a run)
+
+    def __post_init__(self):
+        _check(self.strategy in MOSAIC_STRATEGIES,
+               f"mosaic.strategy must be one of {MOSAIC_STRATEGIES}, got {self.strategy!r}")
+        _check(self.distribution in MOSAIC_DISTRIBUTIONS,
+               f"mosaic.distribution must be one of {tuple(MOSAIC_DISTRIBUTIONS)}, got {self.distribution!r}")
+        unknown = set(self.distribution_params) - set(MOSAIC_DISTRIBUTIONS[self.distribution])
+        _check(not unknown, f"mosaic.distribution_params {sorted(unknown)} unknown for {self.distribution!r} "
+                            f"(allowed: {sorted(MOSAIC_DISTRIBUTIONS[self.distribution])})")
+        _check(isinstance(self.k_max, int) and self.k_max >= 1,
+               f"mosaic.k_max must be an integer >= 1, got {self.k_max!r}")
+        _check(self.max_length is None or (isinstance(self.max_length, int) and self.max_length >= 1),
+               f"mosaic.max_length must be an integer >= 1, got {self.max_length!r}")
+
+    @property
+    def params(self) -> dict[str, float]:
+        """The distribution's numpy parameters: defaults overridden by distribution_params."""
+        return {**MOSAIC_DISTRIBUTIONS[self.distribution], **self.distribution_params}
+
+
+@dataclass
+class DataSection:
+    """The data of a run: a registered seqio Task or Mixture, rows of `seq_len` tokens, `global_batch` rows a
+    step, packed (best-fit-decreasing in windows of `pack_window` examples) or one example a row."""
+
+    mixture: str = "acp_ACP_builtin"
+    seq_len: int = 2048
+    global_batch: int = 64
+    seed: int = 0
+    pack: bool = True
+    pack_window: int = 1000
+    overlong: str = "truncate"
+    mosaic: MosaicSection | None = None
+    prefetch: int = 2
+
+    def __post_init__(self):
+        _check(self.seq_len >= 8, f"data.seq_len={self.seq_len} is too small for any example")
+        _check(self.global_batch >= 1, f"data.global_batch must be >= 1, got {self.global_batch}")
+        _check(self.pack_window >= 1, f"data.pack_window must be >= 1, got {self.pack_window}")
+        _check(self.overlong in OVERLONG, f"data.overlong must be one of {OVERLONG}, got {self.overlong!r}")
+        _check(self.prefetch >= 0, f"data.prefetch must be >= 0, got {self.prefetch}")
+        if self.mosaic is not None and self.mosaic.max_length is not None:
+            _check(self.mosaic.max_length <= self.seq_len,
+                   f"data.mosaic.max_length={self.mosaic.max_length} is above data.seq_len={self.seq_len}: a mosaic "
+                   "that long would be truncated in its row (leave it unset: it follows seq_len)")
+
+    @property
+    def mosaic_budget(self) -> int | None:
+        """Mosaic-IT's token budget: `mosaic.max_length`, by default the row length."""
+        return None if self.mosaic is None else (self.mosaic.max_length or self.seq_len)
+
+
+@dataclass
+class OptimSection:
+    """AdamW with linear warmup over `warmup_ratio` of the steps, then linear (or cosine) decay to 0
+    (`train.optim.make_optimizer` builds it)."""
+
+    lr: float = 2e-5
+    warmup_ratio: float = 0.03
+    schedule: str = "linear"  # decay after warmup: "linear" (seeds 000/002/004) or "cosine" (seed 003)
+    weight_decay: float = 0.0
+    b1: float = 0.9
+    b2: float = 0.999
+    eps: float = 1e-8
+    grad_clip: float | None = 1.0
+    epochs: int = 2
+    micro_batches: int = 1  # gradient accumulation: the global batch is split into this many
+    loss_reduction: str = "mean"  # "mean" over the global batch's trained tokens, or "sum" (see train.loss)
+
+    def __post_init__(self):
+        _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
+        _check(0 <= self.warmup_ratio < 1, f"optim.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        _check(self.schedule in SCHEDULES, f"optim.schedule must be one of {SCHEDULES}, got {self.schedule!r}")
+        _check(self.epochs >= 1, f"optim.epochs must be >= 1, got {self.epochs}")
+        _check(self.micro_batches >= 1, f"optim.micro_batches must be >= 1, got {self.micro_batches}")
+        _check(self.loss_reduction in LOSS_REDUCTIONS,
+               f"optim.loss_reduction must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}")
+        _check(self.grad_clip is None or self.grad_clip > 0, f"optim.grad_clip must be > 0, got {self.grad_clip}")
+
+
+@dataclass
+class CheckpointSection:
+    every: int = 500
+    keep: int | None = 3
+    async_save: bool = True
+
+    def __post_init__(self):
+        _check(self.every >= 1, f"checkpoint.every must be >= 1, got {self.every}")
+        _check(self.keep is None or self.keep >= 1, f"checkpoint.keep must be >= 1, got {self.keep}")
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    run_dir: str = "runs/run"
+    seed: int = 0
+    max_steps: int | None = None  # cut the run short (None: optim.epochs worth of steps; 0: evaluate only)
+    log_every: int = 10
+    mesh: dict[str, int] = field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})
+    distributed: bool = False  # call jax.distributed.initialize (also when JAX_COORDINATOR_ADDRESS is set)
+    tokenizer: str | None = None  # None: the one saved with model.init_from (the built-in default from scratch)
+    template: str | None = None  # chat template of every task; None: the tasks' own (tulu unless they say)
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataSection = field(default_factory=DataSection)
+    optim: OptimSection = field(default_factory=OptimSection)
+    checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    eval: dict[str, Any] = field(default_factory=dict)
+    define: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self):
+        _check(self.max_steps is None or self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")
+        _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        micro, batch = self.optim.micro_batches, self.data.global_batch
+        _check(batch % micro == 0, f"data.global_batch={batch} is not divisible by optim.micro_batches={micro}")
+        unknown = set(self.define) - {"tasks", "mixtures"}
+        _check(not unknown, f"define: unknown key(s) {sorted(unknown)}; 'tasks' and 'mixtures'")
+
+
+def _coerce(value: Any, kind: Any, where: str) -> Any:
+    """Check/convert a YAML value to a dataclass field type, or raise a ConfigError naming it."""
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, where)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
+    if dataclasses.is_dataclass(kind):
+        if isinstance(value, kind):  # already built (data.mosaic)
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return _build(kind, value, where)
+    if origin in (tuple, list) or kind in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return (tuple if (origin or kind) is tuple else list)(value)
+    if origin is dict or kind is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if kind is Any:
+        return value
+    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind in (int, str, bool) and type(value) is kind:
+        return value
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    raise ConfigError(f"{where}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
+
+
+def build_section(cls, values: dict, where: str):
+    """A dataclass from a YAML mapping, each value checked against the field's type (one-line ConfigErrors
+    naming `where`): how every config section, and a `define:` block's task specs, are built."""
+    return _build(cls, values, where)
+
+
+def _build(cls, values: dict, where: str):
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs = {}
+    for key, value in values.items():
+        path = f"{where}.{key}" if where else key
+        if cls is ModelSection and key not in names:
+            kwargs.setdefault("overrides", {})[key] = value
+            continue
+        if key not in names:
+            raise ConfigError(f"unknown config key {path!r} (known: {', '.join(sorted(names))})")
+        kwargs[key] = _coerce(value, hints[key], path)
+    try:
+        return cls(**kwargs)
+    except TypeError as e:
+        raise ConfigError(f"{where or 'config'}: {e}") from None
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """`["optim.lr=1e-5", "max_steps=20"]` -> nested dict, values parsed as YAML scalars."""
+    out: dict = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ConfigError(f"override {pair!r} is not key=value")
+        key, raw = pair.split("=", 1)
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = yaml.safe_load(raw) if raw else None
+    return out
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for k, v in extra.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or only overrides when `path` is None) into a checked RunConfig."""
+    raw: dict = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"config file {path}: expected a mapping at the top level")
+    raw = _merge(raw, parse_overrides(overrides or []))
+    return _build(RunConfig, raw, "")
+
+
+def to_dict(config: RunConfig) -> dict:
+    """The resolved config as plain data (saved with every checkpoint)."""
+    return dataclasses.asdict(config)

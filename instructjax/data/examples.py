@@ -1,0 +1,180 @@
+"""A task's examples: its rows read, rendered with the chat template, tokenized with the loss mask.
+
+`encoded_examples(name)` gives every example of a task in row order; `encoded_examples(name, count,
+seed)` its subset: the first `count` trainable examples in a random order seeded by the run's data seed
+and the dataset alone (`specs.subset_seed`), so every mixture holding a dataset draws the same subset, a smaller
+subset is a prefix of a larger one, and only the rows taken are read, rendered and tokenized. Examples are
+made as they are asked for and kept per process. `task_report(name)` says what happened to the rows:
+nothing is dropped without being counted there. No seqio or TensorFlow here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+from instructjax.core.errors import BadRowPolicy, ConfigError
+from instructjax.data import sources, specs, synthetic
+from instructjax.data.encode import encode_conversation
+from instructjax.data.schema import Conversation
+from instructjax.data.specs import BUILTIN, SelectionSpec, TaskSpec
+from instructjax.data.templates import DEFAULT_TEMPLATE
+from instructjax.data.tokenizer import Tokenizer
+
+DEFAULT_MAX_LENGTH = 2048  # outside a run; a run truncates at its data.seq_len
+
+
+@dataclass
+class TaskReport:
+    """What happened to the rows of one task: nothing is dropped without being counted here.
+
+    `read` rows of the source (in a sampled task, the rows visited), `skipped` per reason, `repaired`
+    per repair (adapters), `split` conversations cut into blocks of whole rounds (ShareGPT), `truncated`
+    examples, `empty_after_truncation` (nothing left to train: kept out), `examples` kept."""
+
+    read: int = 0
+    rows: int = 0  # conversations encoded (after selection)
+    examples: int = 0
+    truncated: int = 0
+    empty_after_truncation: int = 0
+    split: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    repaired: Counter = field(default_factory=Counter)
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.truncated:
+            out.append(f"{self.truncated} example(s) truncated to max_length")
+        if self.empty_after_truncation:
+            out.append(
+                f"{self.empty_after_truncation} example(s) left with no trained token after truncation "
+                "(kept out of training)"
+            )
+        if self.split:
+            out.append(f"split {self.split} long conversation(s) into blocks of whole rounds")
+        out += [f"repaired {n} row(s): {how}" for how, n in sorted(self.repaired.items())]
+        out += [f"skipped {n} row(s): {reason}" for reason, n in sorted(self.skipped.items())]
+        return out
+
+    def as_dict(self) -> dict:
+        return {"read": self.read, "kept": self.examples, "repaired": dict(self.repaired),
+                "skipped": dict(self.skipped), "split": self.split, "truncated": self.truncated,
+                "untrainable": self.empty_after_truncation}
+
+
+def read_conversations(spec: TaskSpec, policy: BadRowPolicy | None = None, shuffle_seed: int | None = None
+                       ) -> Iterator[Conversation]:
+    """The source's Conversations for a spec (hub, local files, or built-in synthetic rows)."""
+    files: list[str] | None
+    if spec.data_files == (BUILTIN,):
+        files = synthetic.ensure_synthetic(spec.source)
+    else:
+        files = list(spec.data_files) if spec.data_files is not None else None
+    return sources.load_conversations(spec.source, files, policy=policy, shuffle_seed=shuffle_seed,
+                                      **dict(spec.source_options))
+
+
+def encoded_examples(name: str, count: int | None = None, seed: int | None = None) -> list[dict]:
+    """Encoded examples of task `name` (cached per process), see `task_report`.
+
+    `seed` None: every example, in row order. With `seed`: the first `count` trainable examples in the
+    task's seeded random order (`specs.subset_seed`), read, rendered and tokenized only as far as needed."""
+    return _stream(name, specs.task(name), seed).take(count)
+
+
+def task_report(name: str, seed: int | None = None) -> TaskReport:
+    """What happened to the rows of task `name` so far (the whole task when `seed` is None)."""
+    stream = _stream(name, specs.task(name), seed)
+    if seed is None:
+        stream.take(None)
+    return stream.report
+
+
+class _Stream:
+    """A task's examples, encoded as they are asked for (see `encoded_examples`)."""
+
+    def __init__(self, name: str, spec: TaskSpec, seed: int | None):
+        self.spec, self.report, self.examples = spec, TaskReport(), []
+        self.tokenizer = Tokenizer.load(spec.tokenizer)
+        self.template = spec.template or DEFAULT_TEMPLATE
+        self.max_length = spec.max_length or DEFAULT_MAX_LENGTH
+        self.policy = BadRowPolicy(spec.on_bad_row)
+        shuffle = specs.subset_seed(seed, name) if seed is not None and spec.selection is None else None
+        conversations = read_conversations(spec, self.policy, shuffle)
+        if spec.selection is not None:
+            conversations = iter(_apply_selection(list(conversations), spec.selection, self.tokenizer))
+        self._conversations = conversations
+        self._split_long = sources.get_source(spec.source).split_long
+
+    def take(self, count: int | None) -> list[dict]:
+        while count is None or len(self.examples) < count:
+            conv = next(self._conversations, None)
+            if conv is None:
+                break
+            self._add(conv)
+        report = self.report
+        report.read, report.skipped, report.repaired = self.policy.read, Counter(self.policy.skipped), Counter(
+            self.policy.repaired)
+        report.examples = len(self.examples)
+        return self.examples[:count] if count is not None else list(self.examples)
+
+    def _add(self, conv: Conversation) -> None:
+        enc = encode_conversation(conv, self.template, self.tokenizer, max_length=self.max_length)
+        pieces = [(conv, enc)]
+        if enc.truncated and self._split_long and conv.rounds > 1:
+            pieces = [(block, encode_conversation(block, self.template, self.tokenizer, max_length=self.max_length))
+                      for block in self._blocks(conv)]
+            self.report.split += len(pieces) > 1
+        for piece, piece_enc in pieces:
+            self.report.rows += 1
+            self.report.truncated += int(piece_enc.truncated)
+            if piece_enc.n_trained == 0:
+                self.report.empty_after_truncation += 1
+                continue
+            self.examples.append({"tokens": piece_enc.tokens, "loss_mask": piece_enc.loss_mask,
+                                  "conversation": piece.to_json(), "id": piece.id})
+
+    def _blocks(self, conv: Conversation) -> list[Conversation]:
+        """Blocks of whole rounds within max_length tokens (the run's tokenizer and template), as Vicuna
+        splits ShareGPT; ids get a "-b<k>" suffix."""
+        from instructjax.data.adapters import split_blocks
+        from instructjax.data.encode import count_tokens
+
+        def length(messages):
+            return count_tokens(Conversation(messages, conv.source, conv.id), self.template, self.tokenizer)
+
+        blocks = split_blocks(conv.messages, self.max_length, length)
+        if len(blocks) == 1:
+            return [conv]
+        return [Conversation(b, conv.source, f"{conv.id}-b{k}", {**conv.meta, "block": k, "blocks": len(blocks)})
+                for k, b in enumerate(blocks)]
+
+
+_STREAMS: dict[tuple, _Stream] = {}
+
+
+def _stream(name: str, spec: TaskSpec, seed: int | None) -> _Stream:
+    key = (name, spec, seed)
+    if key not in _STREAMS:
+        _STREAMS[key] = _Stream(name, spec, seed)
+    return _STREAMS[key]
+
+
+def _apply_selection(convs: list[Conversation], sel: SelectionSpec, tokenizer: Tokenizer) -> list[Conversation]:
+    """The conversations `sel` keeps, in the selection's order (rows, i.e. report.rows, count only these)."""
+    from instructjax.data.embeddings import MODEL_ENCODERS, get_encoder
+    from instructjax.data.encode import response_token_length
+    from instructjax.data.selection import select
+
+    encoder = sel.encoder
+    if encoder in MODEL_ENCODERS:
+        if sel.encoder_model is None:
+            raise ConfigError(f"selection encoder {encoder!r} embeds with a model: train through a config with "
+                              "model.init_from, or set selection.encoder_model")
+        encoder = get_encoder(encoder, model=sel.encoder_model, tokenizer=sel.encoder_tokenizer)
+    chosen = select(
+        convs, sel.method, sel.k, seed=sel.seed, score_key=sel.score_key, num_clusters=sel.num_clusters,
+        encoder=encoder, response_length=lambda c: response_token_length(c, tokenizer),
+    )
+    return [s.conversation for s in chosen]

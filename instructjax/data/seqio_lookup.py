@@ -1,0 +1,41 @@
+"""A user's own seqio Tasks and Mixtures (registered with seqio, not through instructjax): their specs and
+examples, so the pipeline trains on them as on its own. Only imported when seqio already is."""
+
+from __future__ import annotations
+
+import numpy as np
+import seqio
+
+from instructjax.core.errors import ConfigError
+from instructjax.data.specs import MixtureSpec, subset_seed
+
+
+def mixture_spec(name: str) -> MixtureSpec | None:
+    """A seqio Mixture as a spec (exact counts when it carries them, else its rates); a lone seqio Task
+    as an epoch-mode mixture of all of it; None when seqio knows neither."""
+    if name not in seqio.MixtureRegistry.names() and name not in seqio.TaskRegistry.names():
+        return None
+    provider = seqio.get_mixture_or_task(name)
+    if not isinstance(provider, seqio.Mixture):
+        return MixtureSpec(counts=((name, None),))
+    counts = getattr(provider, "counts", None)
+    if counts is not None:
+        return MixtureSpec(counts=tuple(counts.items()))
+    return MixtureSpec(rates=tuple((t.name, provider.get_rate(t)) for t in provider.tasks))
+
+
+def examples(name: str, count: int | None, seed: int | None) -> list[dict]:
+    """The `tokens` / `loss_mask` examples of a user's seqio Task (its subset of `count` when `seed` is
+    set, drawn in the order `specs.subset_seed` gives)."""
+    ds = seqio.get_mixture_or_task(name).get_dataset(sequence_length=None, split="train", shuffle=False,
+                                                      use_cached=False)
+    out = []
+    for ex in ds.as_numpy_iterator():
+        if "tokens" not in ex or "loss_mask" not in ex:
+            raise ConfigError(f"seqio task {name!r} must output 'tokens' and 'loss_mask' features")
+        out.append({"tokens": ex["tokens"], "loss_mask": ex["loss_mask"],
+                    "conversation": ex.get("conversation", b"").decode()})
+    if seed is not None:
+        order = np.random.default_rng(subset_seed(seed, name)).permutation(len(out))
+        out = [out[i] for i in order[:count]]
+    return out

@@ -1,0 +1,221 @@
+"""Tasks and mixtures as data: what a task reads and how it encodes it, what a mixture holds, by name.
+
+The pipeline, run binding, `data stats` and `plan` read these, so none of them imports seqio or
+TensorFlow; `data.tasks` and `data.mixtures` register every spec in seqio's registries too (the public
+face: `seqio.get_mixture_or_task(...)` works on them). Names resolve on first lookup: `NAME` and
+`NAME_builtin` for every source (`sources.SOURCES`), the papers' mixtures from their names (`blends`),
+everything registered with `add_task` / `add_mixture` (a config's `define:` block, your own code).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+
+from instructjax.core.errors import ConfigError
+from instructjax.data.synthetic import BUILTIN, BUILTIN_SUFFIX  # noqa: F401  (names of the built-in tasks)
+
+
+@dataclass(frozen=True)
+class SelectionSpec:
+    """Keep `k` of a task's conversations chosen by `method` (see instructjax.data.selection)."""
+
+    method: str
+    k: int | None = None
+    seed: int = 0
+    score_key: str = "score"
+    num_clusters: int = 100
+    encoder: str | None = None
+    encoder_model: str | None = None  # for an encoder that embeds with a model: the run binds its own
+    encoder_tokenizer: str | None = None
+
+    def __post_init__(self):
+        from instructjax.data.selection import METHODS
+
+        if self.method not in METHODS:
+            raise ConfigError(f"selection.method must be one of {METHODS}, got {self.method!r}")
+        if self.k is not None and self.k < 1:
+            raise ConfigError(f"selection.k must be >= 1 (or null for 'full'), got {self.k}")
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """How a task reads and encodes its data.
+
+    `data_files`: None reads the hub dataset, ("builtin",) the synthetic rows, else local files in the
+    dataset's native schema. `source_options` go to the source adapter (e.g. `(("top_k", 1),)` for oasst1).
+    `selection` keeps a subset before encoding (seed 002); longest/shortest count response tokens under
+    this task's tokenizer. `template`, `tokenizer` and `max_length` (where each example is truncated)
+    left unset take the run's (`data.binding`); outside a run: tulu, the built-in tokenizer and 2048.
+    """
+
+    source: str
+    data_files: tuple[str, ...] | None = None
+    template: str | None = None
+    tokenizer: str | None = None
+    max_length: int | None = None
+    source_options: tuple[tuple[str, object], ...] = ()
+    on_bad_row: str = "error"
+    selection: SelectionSpec | None = None
+
+    def __post_init__(self):
+        from instructjax.data.sources import SOURCES
+
+        if self.source not in SOURCES:
+            raise ConfigError(f"unknown source {self.source!r} (known: {', '.join(sorted(SOURCES))})")
+
+
+@dataclass(frozen=True)
+class MixtureSpec:
+    """Tasks with exact counts (epoch mode: a fixed subset of each, None = all, shuffled, N epochs) or
+    with relative rates (rate mode: seqio's endless sampling)."""
+
+    counts: tuple[tuple[str, int | None], ...] = ()
+    rates: tuple[tuple[str, float], ...] = ()
+
+    def __post_init__(self):
+        if bool(self.counts) == bool(self.rates):
+            raise ConfigError("a mixture has counts (epoch mode) or rates (rate mode), and at least one task")
+        if any(n is not None and n <= 0 for _, n in self.counts):
+            raise ConfigError(f"mixture counts must be positive or null (all), got {dict(self.counts)}")
+        if any(r <= 0 for _, r in self.rates):
+            raise ConfigError(f"mixture rates must be positive, got {dict(self.rates)}")
+
+    @property
+    def epoch_mode(self) -> bool:
+        return bool(self.counts)
+
+    @property
+    def tasks(self) -> list[str]:
+        return [t for t, _ in (self.counts or self.rates)]
+
+
+_TASKS: dict[str, TaskSpec] = {}
+_MIXTURES: dict[str, MixtureSpec] = {}
+VARIANT_OF: dict[str, str] = {}  # a variant of a task or mixture -> the name it was made from
+
+
+def add_task(name: str, spec: TaskSpec) -> None:
+    """Register (or replace) task `name`."""
+    _TASKS[name] = spec
+
+
+def add_mixture(name: str, spec: MixtureSpec) -> None:
+    """Register (or replace) mixture `name`; its tasks must resolve."""
+    missing = [t for t in spec.tasks if lookup_task(t) is None]
+    if missing:
+        raise ConfigError(f"mixture {name!r}: unknown task(s) {missing}; register them first")
+    _MIXTURES[name] = spec
+
+
+def lookup_task(name: str) -> TaskSpec | None:
+    """The task called `name` (the built-in `SOURCE` / `SOURCE_builtin` ones made on first lookup)."""
+    if name not in _TASKS:
+        from instructjax.data.sources import SOURCES
+
+        source = name.removesuffix(BUILTIN_SUFFIX)
+        if source in SOURCES:
+            _TASKS[name] = TaskSpec(source=source, data_files=(BUILTIN,) if name != source else None)
+    return _TASKS.get(name)
+
+
+def lookup_mixture(name: str) -> MixtureSpec | None:
+    """The mixture called `name` (the papers' mixtures made from their names on first lookup)."""
+    if name not in _MIXTURES:
+        from instructjax.data import blends
+
+        counts = blends.resolve(name)
+        if counts is not None:
+            add_mixture(name, MixtureSpec(counts=counts))
+    return _MIXTURES.get(name)
+
+
+def add_foreign_mixture(name: str, spec: MixtureSpec) -> None:
+    """Register the spec of a mixture whose tasks are not all instructjax tasks (a user's seqio Mixture)."""
+    _MIXTURES[name] = spec
+
+
+def task(name: str) -> TaskSpec:
+    """The task called `name`, or a one-line ConfigError."""
+    spec = lookup_task(name)
+    if spec is None:
+        raise ConfigError(f"{name!r} is not an instructjax task")
+    return spec
+
+
+def tasks_of(name: str) -> tuple[list[str], MixtureSpec | None] | None:
+    """(task names, mixture spec or None) of a mixture or task called `name`; None if neither."""
+    mixture = lookup_mixture(name)
+    if mixture is not None:
+        return mixture.tasks, mixture
+    return ([name], None) if lookup_task(name) is not None else None
+
+
+def subset_seed(seed: int, task: str) -> int:
+    """The seed of a task's subset draw: a function of the run's data seed and the dataset alone, so every
+    mixture holding the dataset draws the same subset, and a smaller subset is a prefix of a larger one."""
+    return int.from_bytes(hashlib.sha256(f"{seed}/{base_name(task)}".encode()).digest()[:8], "little")
+
+
+def base_name(name: str) -> str:
+    """The name a variant (`with_options`, `remix`) was made from: what reports and metrics show."""
+    return VARIANT_OF.get(name, name)
+
+
+def _digest(value) -> str:
+    return hashlib.sha1(repr(value).encode()).hexdigest()[:8]
+
+
+def with_options(name: str, **changes) -> str:
+    """Register (once) and return a variant of task `name` with TaskSpec fields changed."""
+    original = task(name)
+    spec = dataclasses.replace(original, **changes)
+    if spec == original:
+        return name
+    variant = f"{base_name(name)}.{_digest(spec)}"
+    if variant not in _TASKS:
+        add_task(variant, spec)
+        VARIANT_OF[variant] = base_name(name)
+    return variant
+
+
+def remix(name: str, task_map: dict[str, str]) -> str:
+    """Register (once) and return mixture `name` over other tasks (`task_map`: old -> new), same counts or rates."""
+    spec = lookup_mixture(name)
+    if spec is None:
+        raise ConfigError(f"{name!r} is not a registered mixture")
+    variant = f"{base_name(name)}.{_digest(sorted(task_map.items()))}"
+    if variant not in _MIXTURES:
+        add_mixture(variant, MixtureSpec(counts=tuple((task_map[t], n) for t, n in spec.counts),
+                                         rates=tuple((task_map[t], r) for t, r in spec.rates)))
+        VARIANT_OF[variant] = base_name(name)
+    return variant
+
+
+def define(block: dict) -> None:
+    """Register a config's own tasks and mixtures (its `define:` block)::
+
+    define:
+      tasks:    {my_chats: {source: sharegpt, data_files: [/data/chats.jsonl], template: tulu}}
+      mixtures: {my_blend: {mode: epoch, counts: {alpaca: 20000, my_chats: null}},
+                 my_rates: {mode: rate, rates: {alpaca: 1.0, my_chats: 2.0}}}
+    """
+    from instructjax.core.config import build_section
+
+    for name, values in (block.get("tasks") or {}).items():
+        values = dict(values)
+        if values.get("data_files") is not None:
+            files = values["data_files"]
+            values["data_files"] = tuple([files] if isinstance(files, str) else files)
+        if "source_options" in values:
+            values["source_options"] = tuple(sorted(values["source_options"].items()))
+        add_task(name, build_section(TaskSpec, values, f"define.tasks.{name}"))
+    for name, values in (block.get("mixtures") or {}).items():
+        mode = values.get("mode", "epoch")
+        if mode not in ("epoch", "rate"):
+            raise ConfigError(f"define.mixtures.{name}.mode must be 'epoch' or 'rate', got {mode!r}")
+        entries = tuple((values.get("counts" if mode == "epoch" else "rates") or {}).items())
+        if not entries:
+            raise ConfigError(f"mixture {name!r} has no tasks")
+        add_mixture(name, MixtureSpec(counts=entries) if mode == "epoch" else MixtureSpec(rates=entries))

@@ -1,0 +1,230 @@
+"""Which examples a run trains on, and in which order: the example side of the pipeline.
+
+- Epoch mode (an epoch-mode mixture, or a single task): each task's subset is drawn once (by the task
+  itself: `examples.encoded_examples`); every epoch shuffles their concatenation afresh, and Mosaic-IT
+  (if on) makes a fresh pass over the whole epoch.
+- Rate mode (a rate-mode mixture): each draw picks a task with probability proportional to its rate,
+  then that task's next example in its own per-cycle shuffle; endless.
+
+Several hosts: every host computes the same global order and takes every H-th example from position
+`process_index` (seqio's ShardInfo). Every random draw comes from a named stream (`named_rng`), so all
+of it is a function of (seed, epoch, window).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+from instructjax.core.config import DataSection
+from instructjax.core.errors import ConfigError
+from instructjax.data import examples as examples_lib
+from instructjax.data import specs
+from instructjax.data.binding import resolve
+from instructjax.data.encode import Encoded, encode_conversation
+from instructjax.data.mosaic import mosaic_epoch
+from instructjax.data.schema import Conversation
+from instructjax.data.templates import DEFAULT_TEMPLATE
+from instructjax.data.tokenizer import Tokenizer
+
+# The random streams of the example side (and of the packer's row order), each named for what it draws.
+RANDOM_STREAMS = {"epoch_order": 1, "rate_cycle": 2, "rate_choices": 3, "window_rows": 4, "mosaic_order": 5}
+
+
+def named_rng(seed: int, stream: str, *keys: int) -> np.random.Generator:
+    """The generator of random stream `stream` (see RANDOM_STREAMS) for `keys` (epoch, window, task...)."""
+    return np.random.default_rng([seed, RANDOM_STREAMS[stream], *keys])
+
+
+class ExampleStream:
+    """This host's examples of a bound mixture or task, per epoch (epoch mode) or per window (rate mode)."""
+
+    def __init__(self, config: DataSection, *, process_index: int = 0, process_count: int = 1,
+                 vocab_size: int | None = None):
+        """`vocab_size`: the model's; a token id outside it is a ConfigError here, before training."""
+        found = resolve(config.mixture)
+        if found is None:
+            raise ConfigError(f"data.mixture={config.mixture!r} is not a registered task or mixture")
+        self.config = config
+        self.process_index, self.process_count = process_index, process_count
+        self.task_names, mixture = found
+        self.rate_mode = mixture is not None and not mixture.epoch_mode
+        self.counts = dict(mixture.counts) if mixture is not None and mixture.epoch_mode else {}
+        rates = dict(mixture.rates) if self.rate_mode else {}
+        self.rates = np.array([rates.get(t, 1.0) for t in self.task_names], dtype=np.float64)
+        # epoch mode: each task's subset is the first `count` trainable examples of its seeded order
+        self._subset_seeds = {t: config.seed if self.counts.get(t) is not None else None for t in self.task_names}
+        self.examples = [_task_examples(t, self.counts.get(t), self._subset_seeds[t]) for t in self.task_names]
+        for name, ex in zip(self.task_names, self.examples, strict=True):
+            if not ex:
+                raise ConfigError(f"task {specs.base_name(name)!r} has no usable examples")
+            if vocab_size is not None:
+                _check_token_range(specs.base_name(name), ex, vocab_size)
+        # Mosaic-IT's token budget follows the row length unless the config sets one
+        self.mosaic = (dataclasses.replace(config.mosaic, max_length=config.mosaic_budget) if config.mosaic
+                       else None)
+        self.mosaic_encoder = _mosaic_encoder(self.task_names, config) if config.mosaic else None
+        self._epoch_cache: tuple[int, list] | None = None
+        self._task_by_id: dict[str, int] | None = None
+        self.untrainable: dict[int, int] = {}  # epoch -> mosaic examples with no trained token left
+        self._subset = None if self.rate_mode else self._draw_subsets()
+
+    def report(self) -> list[str]:
+        """What the tasks did not train as given: skipped rows, repairs, truncations, untrainable examples."""
+        lines = []
+        for name in self.task_names:
+            if specs.lookup_task(name) is not None:  # a user's own seqio Task keeps no report
+                report = examples_lib.task_report(name, self._subset_seeds[name])
+                lines += [f"{specs.base_name(name)}: {line}" for line in report.lines()]
+        lines += [f"epoch {e}: {n} mosaic example(s) had no trained token left" for e, n in self.untrainable.items()]
+        return lines
+
+    def _draw_subsets(self) -> list[tuple[int, int]]:
+        """Epoch mode: (task, example) pairs of the fixed per-task subsets (drawn by the tasks themselves:
+        see `tasks.encoded_examples`), checked to hold the mixture's counts."""
+        pairs = []
+        for t, (name, ex) in enumerate(zip(self.task_names, self.examples, strict=True)):
+            count = self.counts.get(name)
+            if count is not None and count > len(ex):
+                try:
+                    out = examples_lib.task_report(name, self._subset_seeds[name]).empty_after_truncation
+                except ConfigError:  # a user's own seqio Task keeps no report
+                    out = 0
+                why = f" ({out} more have nothing to train within {self.config.seq_len} tokens)" if out else ""
+                raise ConfigError(f"mixture {specs.base_name(self.config.mixture)!r} asks for {count} examples of "
+                                  f"{specs.base_name(name)!r}, which has {len(ex)} trainable{why}")
+            pairs += [(t, i) for i in range(len(ex))]
+        return pairs
+
+    def _epoch_order(self, epoch: int) -> list[tuple[int, int]]:
+        """Epoch mode: the (task, example) pairs of `epoch` in training order, before sharding."""
+        order = named_rng(self.config.seed, "epoch_order", epoch).permutation(len(self._subset))
+        return [self._subset[i] for i in order]
+
+    def epoch_examples(self, epoch: int) -> list[dict]:
+        """Epoch mode: this host's examples of `epoch`, in training order (cached for one epoch)."""
+        if self._epoch_cache is not None and self._epoch_cache[0] == epoch:
+            return self._epoch_cache[1]
+        if self.config.mosaic is None:
+            chosen = self._epoch_order(epoch)[self.process_index :: self.process_count]
+            out = [self._example(t, i) for t, i in chosen]
+        else:
+            mosaics = self.mosaic_conversations(epoch)[self.process_index :: self.process_count]
+            out = []
+            for conv in mosaics:
+                enc = self.mosaic_encoder.encode(conv)
+                if enc.n_trained == 0:  # nothing left to train after truncation: counted, not hidden
+                    self.untrainable[epoch] = self.untrainable.get(epoch, 0) + 1
+                    continue
+                out.append({"tokens": enc.tokens, "loss_mask": enc.loss_mask, "source": self._task_of(conv)})
+        self._epoch_cache = (epoch, out)
+        return out
+
+    def mosaic_conversations(self, epoch: int) -> list[Conversation]:
+        """A fresh Mosaic-IT pass over the whole of `epoch` (the same on every host)."""
+        convs = []
+        for t, i in self._epoch_order(epoch):
+            conv = Conversation.from_json(self.examples[t][i]["conversation"])
+            conv.meta["task_index"] = t
+            convs.append(conv)
+        count = self.mosaic_encoder.count
+        mosaics, _ = mosaic_epoch(convs, self.mosaic, seed=self.config.seed, epoch=epoch, count_tokens=count)
+        order = named_rng(self.config.seed, "mosaic_order", epoch).permutation(len(mosaics))
+        return [mosaics[i] for i in order]  # pass-through examples come last from mosaic_epoch
+
+    def _task_of(self, conv: Conversation) -> int:
+        """The task a (mosaic) conversation counts towards: that of its first source example."""
+        if "task_index" in conv.meta:
+            return int(conv.meta["task_index"])
+        if self._task_by_id is None:
+            self._task_by_id = {}
+            for t, examples in enumerate(self.examples):
+                for ex in examples:
+                    self._task_by_id.setdefault(Conversation.from_json(ex["conversation"]).id, t)
+        ids = (conv.meta.get("mosaic") or {}).get("source_ids") or [conv.id]
+        return self._task_by_id.get(ids[0], 0)
+
+    def _rate_window(self, window: int) -> list[dict]:
+        """Rate mode: the draws of one window (task by rate, then that task's next shuffled example)."""
+        counters = self._rate_counters(window)
+        out = []
+        for t in self._rate_choices(window)[self.process_index :: self.process_count]:
+            shard = np.arange(len(self.examples[t]))[self.process_index :: self.process_count]
+            cycle, pos = divmod(int(counters[t]), len(shard))
+            perm = named_rng(self.config.seed, "rate_cycle", int(t), cycle).permutation(shard)
+            out.append(self._example(int(t), int(perm[pos])))
+            counters[t] += 1
+        return out
+
+    def _rate_choices(self, window: int) -> np.ndarray:
+        rng = named_rng(self.config.seed, "rate_choices", window)
+        return rng.choice(len(self.task_names), size=self.config.pack_window, p=self.rates / self.rates.sum())
+
+    def _rate_counters(self, window: int) -> np.ndarray:
+        """How many draws of each task this host made before `window` (replayed from the seed)."""
+        counters = np.zeros(len(self.task_names), dtype=np.int64)
+        for w in range(window):
+            mine = self._rate_choices(w)[self.process_index :: self.process_count]
+            counters += np.bincount(mine, minlength=len(self.task_names))
+        return counters
+
+    def _example(self, task: int, index: int) -> dict:
+        ex = self.examples[task][index]
+        return {"tokens": ex["tokens"], "loss_mask": ex["loss_mask"], "source": task, "origin": (task, index)}
+
+    def window_examples(self, epoch: int, window: int) -> list[dict] | None:
+        """The examples of one packing window, or None past the end of the epoch (epoch mode)."""
+        if self.rate_mode:
+            return self._rate_window(window)
+        examples = self.epoch_examples(epoch)
+        w = self.config.pack_window
+        chunk = examples[window * w : (window + 1) * w]
+        return chunk or None
+
+
+def _check_token_range(task: str, examples: list[dict], vocab_size: int) -> None:
+    """A ConfigError naming the first example with a token id outside [0, vocab_size)."""
+    for ex in examples:
+        tokens = np.asarray(ex["tokens"])
+        if tokens.size and (int(tokens.max()) >= vocab_size or int(tokens.min()) < 0):
+            bad = int(tokens.max()) if int(tokens.max()) >= vocab_size else int(tokens.min())
+            where = f"example {ex['id']!r}" if ex.get("id") else "an example"
+            raise ConfigError(f"task {task!r}, {where}: token id {bad} is outside the model's vocabulary "
+                              f"[0, {vocab_size}); was it tokenized with another tokenizer?")
+
+
+def _task_examples(name: str, count: int | None, seed: int | None) -> list[dict]:
+    """A task's encoded examples (its subset of `count` when `seed` is set): an instructjax task's own,
+    else a user's seqio Task read through seqio and drawn the same way."""
+    if specs.lookup_task(name) is not None:
+        return examples_lib.encoded_examples(name, count, seed)
+    from instructjax.data import seqio_lookup
+
+    return seqio_lookup.examples(name, count, seed)
+
+
+class _MosaicEncoder:
+    """Template + tokenizer of the mixture's tasks, to count and encode Mosaic-IT conversations."""
+
+    def __init__(self, template: str, tokenizer_path: str | None, max_length: int):
+        self.template, self.max_length = template, max_length
+        self.tokenizer = Tokenizer.load(tokenizer_path)
+
+    def count(self, conv: Conversation) -> int:
+        return len(encode_conversation(conv, self.template, self.tokenizer).tokens)
+
+    def encode(self, conv: Conversation) -> Encoded:
+        """Tokens and loss mask within the budget (`n_trained == 0`: nothing left to train)."""
+        return encode_conversation(conv, self.template, self.tokenizer, max_length=self.max_length)
+
+
+def _mosaic_encoder(task_names: list[str], config: DataSection) -> _MosaicEncoder:
+    """The mixture's template and tokenizer with the Mosaic-IT token budget (`mosaic.max_length`, by
+    default the row length `seq_len`)."""
+    task_specs = {specs.task(t) for t in task_names}
+    keys = {(s.template or DEFAULT_TEMPLATE, s.tokenizer) for s in task_specs}
+    if len(keys) != 1:
+        raise ConfigError("Mosaic-IT needs every task of the mixture to share one template and tokenizer")
+    template, tokenizer = keys.pop()
+    return _MosaicEncoder(template, tokenizer, config.mosaic_budget)

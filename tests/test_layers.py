@@ -1,0 +1,79 @@
+"""The house's layers as the user meets them: commands that need no data never import TensorFlow or seqio,
+importing the trainer does not either, and a one-line error is the only line a command prints."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PROBE = """
+import sys
+from instructjax.cli import main
+code = main({argv!r})
+heavy = sorted(m for m in ("tensorflow", "seqio") if m in sys.modules)
+print("PROBE", code, ",".join(heavy) or "-")
+"""
+
+
+def probe(argv: list[str], cwd: Path) -> tuple[int, str, str]:
+    """(exit code, heavy modules imported, stderr) of `instructjax ARGV` in a fresh interpreter."""
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+    line = [x for x in proc.stdout.splitlines() if x.startswith("PROBE ")]
+    assert line, proc.stderr[-3000:]
+    _, code, heavy = line[-1].split(" ")
+    return int(code), heavy, proc.stderr
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory):
+    from test_faults_config import make_hf_dir
+
+    return make_hf_dir(tmp_path_factory.mktemp("layers") / "hf")
+
+
+@pytest.mark.slow
+def test_plan_import_export_generate_eval_never_import_tensorflow_or_seqio(hf_dir, tmp_path):
+    from instructjax.data.tokenizer import Tokenizer
+
+    Tokenizer.load().save(hf_dir)  # the tiny model takes the built-in tokenizer
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "1", "instruction": "Say hi."}) + "\n")
+    commands = {
+        "plan": ["plan", "--config", str(REPO / "configs/seed000_acp/acp_ACP_llama2_7b.yaml"), "--topology", "v4-64"],
+        "import": ["import", "--hf", hf_dir, "--out", str(tmp_path / "ckpt")],
+        "export": ["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "export"),
+                   "--template", "tulu"],
+        "generate": ["generate", "--model", str(tmp_path / "ckpt"), "--prompts", str(prompts), "--out",
+                     str(tmp_path / "out.jsonl"), "--max-new-tokens", "2"],
+        "eval": ["eval", "--model", str(tmp_path / "export"), "--tasks", "ij_mc", "--include-path",
+                 str(REPO / "tests/data/lm_eval"), "--limit", "2"],
+    }
+    for name, argv in commands.items():
+        code, heavy, err = probe(argv, REPO)
+        assert code == 0, (name, err[-3000:])
+        assert heavy == "-", f"`instructjax {name}` imported {heavy}"
+
+
+def test_importing_the_trainer_does_not_import_tensorflow():
+    proc = subprocess.run([sys.executable, "-X", "importtime", "-c", "import instructjax.train.trainer"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.split("|")[-1].strip() for line in proc.stderr.splitlines() if "|" in line}
+    assert "instructjax.train.trainer" in imported
+    assert not {m for m in imported if m.split(".")[0] in ("tensorflow", "seqio")}
+
+
+def test_a_bad_row_error_is_the_only_line_printed(tmp_path):
+    bad = tmp_path / "rows.jsonl"
+    bad.write_text(json.dumps({"instruction": "x", "input": "", "output": 3}) + "\n")
+    proc = subprocess.run([sys.executable, "-m", "instructjax.cli", "data", "stats", "alpaca", "--data-files", str(bad)],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == f"instructjax: error: source alpaca, file {bad}, row 1: field 'output' is int, expected str\n"
