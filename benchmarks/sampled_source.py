@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from instructjax.data import examples as examples_lib
-    from instructjax.data import sources, specs, synthetic
+    from instructjax.data import rows, specs, synthetic
     from instructjax.data.binding import bind
 
     load = common.load_average()
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     [path] = synthetic.write_synthetic("flan_v2", workdir, n_rows=args.rows, seed=0)
     written = time.perf_counter() - t0
     t0 = time.perf_counter()
-    sources.RowFile(path, cache_dir=f"{workdir}/cache")  # datasets' Arrow conversion, kept on disk
+    rows.RowFile(path, cache_dir=f"{workdir}/cache")  # datasets' Arrow conversion, kept on disk
     arrow = time.perf_counter() - t0
 
     def task(name: str) -> str:

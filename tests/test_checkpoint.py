@@ -1,6 +1,7 @@
 """Checkpoint layout and the params-only contract (save_params / load_params), on real Orbax."""
 
 import dataclasses
+
 import jax
 import numpy as np
 import optax

@@ -13,14 +13,8 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from instructjax.convert.hf import (  # noqa: E402
-    ConversionError,
-    HFTensors,
-    export_checkpoint,
-    import_hf,
-    load_model,
-    read_hf_config,
-)
+from instructjax.convert.hf import ConversionError, HFTensors, read_hf_config  # noqa: E402
+from instructjax.convert.saved import export_checkpoint, import_hf, load_model  # noqa: E402
 from instructjax.data.templates import render  # noqa: E402
 from instructjax.data.tokenizer import default_tokenizer_path  # noqa: E402
 

@@ -180,7 +180,7 @@ def test_lm_eval_backends_agree(tmp_path, monkeypatch):
     from test_convert import make_hf
 
     from instructjax.cli.eval import run_lm_eval
-    from instructjax.convert.hf import export_checkpoint, import_hf
+    from instructjax.convert.saved import export_checkpoint, import_hf
 
     monkeypatch.chdir(REPO)  # the task YAMLs name their data files relative to the repository
     hf = make_hf(tmp_path, "gqa", seed=11)

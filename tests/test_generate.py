@@ -14,7 +14,7 @@ transformers = pytest.importorskip("transformers")
 
 from test_convert import make_hf  # noqa: E402
 
-from instructjax.convert.hf import load_model  # noqa: E402
+from instructjax.convert.saved import load_model  # noqa: E402
 from instructjax.eval.generate import Generator, Sampling, generate_ids, sample_token  # noqa: E402
 from instructjax.eval.score import score_ids  # noqa: E402
 

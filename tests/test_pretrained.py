@@ -153,7 +153,7 @@ def test_export_chat_template_gives_the_training_ids(setup, exported):
 def test_export_logits_match_ours(setup, exported):
     import jax.numpy as jnp
 
-    from instructjax.convert.hf import load_model
+    from instructjax.convert.saved import load_model
 
     name, tok_dir, *_, run_dir = setup
     ids = np.array([references(name, tok_dir)[0][0]], np.int32)

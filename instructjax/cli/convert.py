@@ -38,7 +38,7 @@ def _report(what: str, start: float) -> None:
 
 
 def run_import(args) -> int:
-    from instructjax.convert.hf import import_hf
+    from instructjax.convert.saved import import_hf
     from instructjax.model.config import param_count
 
     start = time.perf_counter()
@@ -48,7 +48,7 @@ def run_import(args) -> int:
 
 
 def run_export(args) -> int:
-    from instructjax.convert.hf import export_checkpoint
+    from instructjax.convert.saved import export_checkpoint
     from instructjax.model.config import param_count
 
     start = time.perf_counter()

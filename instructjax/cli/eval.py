@@ -69,7 +69,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 def load_generator(args):
     """(Generator, HF tokenizer) for --model / --tokenizer / --template: the model's own tokenizer and the
     chat template it was trained with (tulu, with a note, for a model that carries none)."""
-    from instructjax.convert.hf import load_model, saved_tokenizer
+    from instructjax.convert.saved import load_model, saved_tokenizer
     from instructjax.data.templates import DEFAULT_TEMPLATE, jinja_template
     from instructjax.eval.generate import Generator
 

@@ -57,7 +57,7 @@ def export_and_evaluate(run_dir: Path) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from instructjax.cli.eval import run_lm_eval
-    from instructjax.convert.hf import export_checkpoint
+    from instructjax.convert.saved import export_checkpoint
 
     hf_dir = (run_dir / "hf").resolve()
     print(f"== export: Hugging Face safetensors + tokenizer + chat template -> {hf_dir} ==")

@@ -13,7 +13,6 @@ safetensors shards of at most `max_shard_bytes` with an HF index.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
@@ -24,7 +23,7 @@ import numpy as np
 
 from instructjax.core.errors import ConfigError
 from instructjax.model.config import LlamaConfig
-from instructjax.model.llama import abstract_model, with_params
+from instructjax.model.llama import abstract_model
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 SUPPORTED_MODEL_TYPES = ("llama", "mistral")
@@ -283,7 +282,7 @@ def hf_to_params(hf_dir: str, config: LlamaConfig | None = None, *, mesh=None,
 # ---- writing Hugging Face directories -------------------------------------------------------------------
 
 
-def _np_dtype(dtype: str | None, default) -> Any:
+def np_dtype(dtype: str | None, default) -> Any:
     if dtype is None:
         return np.dtype(default)
     if dtype not in DTYPES:
@@ -300,7 +299,7 @@ def params_to_hf(params: Mapping, config: LlamaConfig, out_dir: str, *, dtype: s
     """Write `params` as HF safetensors (sharded with an index above `max_shard_bytes`); returns file names."""
     from safetensors.numpy import save_file
 
-    target = _np_dtype(dtype, config.param_dtype)
+    target = np_dtype(dtype, config.param_dtype)
     table = hf_weight_table(config)
     sizes = []
     for path, name, _ in table:
@@ -348,97 +347,3 @@ def write_hf_config(config: LlamaConfig, out_dir: str, *, dtype: np.dtype, bos_i
                   "pad_token_id": pad_id, "do_sample": False}
     with open(os.path.join(out_dir, "generation_config.json"), "w") as f:
         json.dump({k: v for k, v in generation.items() if v is not None}, f, indent=2)
-
-
-# ---- checkpoint-level import / export ----------------------------------------------------------------------
-
-
-def split_checkpoint_path(path: str) -> tuple[str, int | None]:
-    """RUN_DIR or RUN_DIR/STEP (or RUN_DIR/checkpoints/STEP) -> (directory, step or None)."""
-    path = os.path.normpath(path)
-    name = os.path.basename(path)
-    if name.isdigit() and os.path.isdir(os.path.join(path, "params")):
-        return os.path.dirname(path), int(name)
-    return path, None
-
-
-def _is_hf_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json"))
-
-
-def _has_tokenizer(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer.model"))
-
-
-def import_hf(hf_dir: str, out: str, *, mesh=None, param_dtype: str = "float32") -> LlamaConfig:
-    """HF model directory -> params-only instructjax checkpoint at OUT, carrying the model's own tokenizer
-    (and its chat template, if it has one)."""
-    from instructjax.core.checkpoint import save_params
-    from instructjax.data.tokenizer import Tokenizer
-
-    config = read_hf_config(hf_dir)
-    params, config = hf_to_params(hf_dir, config, mesh=mesh, param_dtype=param_dtype)
-    tokenizer = {"files": Tokenizer.load(hf_dir).files(), "template": None} if _has_tokenizer(hf_dir) else None
-    save_params(out, params, dataclasses.asdict(config.replace(dtype="bfloat16")), run_config={"source": os.path.abspath(hf_dir)},
-                step=0, tokenizer=tokenizer)
-    return config
-
-
-def saved_tokenizer(path: str, *, step: int | None = None, tokenizer: str | None = None, template: str | None = None):
-    """(Tokenizer, chat template or None) of a checkpoint (RUN_DIR[/STEP]) or an HF directory: the ones it
-    was trained with (the checkpoint's `tokenizer` item), unless `tokenizer` (a path) or `template` (a
-    template name) say otherwise. A model that carries no tokenizer needs `tokenizer`: no default."""
-    from instructjax.data.templates import jinja_template
-    from instructjax.data.tokenizer import Tokenizer
-
-    if _is_hf_dir(path):
-        saved, saved_template = (path if _has_tokenizer(path) else None), None
-    else:
-        from instructjax.core.checkpoint import read_tokenizer
-        from instructjax.data.tokenizer import materialize
-
-        directory, path_step = split_checkpoint_path(path)
-        item = read_tokenizer(directory, path_step if step is None else step)
-        saved, saved_template = (materialize(item["files"]), item.get("template")) if item else (None, None)
-    if (tokenizer or saved) is None:
-        raise ConfigError(f"{path} carries no tokenizer: pass --tokenizer (the model's own tokenizer)")
-    tok = Tokenizer.load(tokenizer or saved)
-    if template or (tokenizer and saved_template):
-        return tok, jinja_template(template or saved_template, bos=tok.adds_bos)
-    return tok, tok.chat_template
-
-
-def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", tokenizer: str | None = None,
-                      template: str | None = None, max_shard_bytes: int = 5 * 2**30) -> LlamaConfig:
-    """instructjax checkpoint (RUN_DIR[/STEP]) -> HF directory: safetensors, configs, and the tokenizer and
-    chat template the run trained with (`tokenizer` / `template` override them)."""
-    from instructjax.core.checkpoint import load_params
-
-    directory, step = split_checkpoint_path(checkpoint)
-    params, config, _, step = load_params(directory, step)
-    config = LlamaConfig(**config)
-    tok, chat_template = saved_tokenizer(directory, step=step, tokenizer=tokenizer, template=template)
-    if tok.vocab_size > config.vocab_size:
-        raise ConversionError(f"tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {config.vocab_size}")
-    target = _np_dtype(dtype, config.param_dtype)
-    params_to_hf(params, config, out, dtype=dtype, max_shard_bytes=max_shard_bytes)
-    eos_ids = [tok.eos_id] + [i for i in config.eos_ids if i != tok.eos_id]
-    write_hf_config(config, out, dtype=target, bos_id=tok.bos_id, eos_ids=eos_ids, pad_id=tok.pad_id)
-    tok.save(out, chat_template)
-    return config
-
-
-def load_model(path: str, *, mesh=None, dtype: str = "float32", step: int | None = None):
-    """The nnx Llama of an instructjax checkpoint (RUN_DIR[/STEP]) or an HF model directory
-    (its tokenizer: `saved_tokenizer(path)`)."""
-    if _is_hf_dir(path):
-        params, config = hf_to_params(path, mesh=mesh)
-    else:
-        from instructjax.core.checkpoint import load_params, read_meta
-
-        directory, path_step = split_checkpoint_path(path)
-        step = path_step if step is None else step
-        config = LlamaConfig(**read_meta(directory, step)[0])
-        shardings = param_shardings(config, mesh) if mesh is not None else None
-        params = load_params(directory, step, shardings=shardings)[0]
-    return with_params(config.replace(dtype=dtype), params)

@@ -20,7 +20,7 @@ class LlamaMeanEncoder:
     """Embeds texts as the mean last hidden state of a LLaMA (instructjax checkpoint or HF directory)."""
 
     def __init__(self, model: str, tokenizer: str | None = None, max_length: int = 512, batch_size: int = 16):
-        from instructjax.convert.hf import load_model, saved_tokenizer
+        from instructjax.convert.saved import load_model, saved_tokenizer
 
         self.model = load_model(model)
         self.tokenizer = saved_tokenizer(model, tokenizer=tokenizer)[0]

@@ -22,13 +22,13 @@ from instructjax.eval.score import score_ids
 
 @register_model("instructjax")
 class InstructJaxLM(TemplateLM):
-    """lm-eval LM over `instructjax.convert.hf.load_model(pretrained)`."""
+    """lm-eval LM over `instructjax.convert.saved.load_model(pretrained)`."""
 
     def __init__(self, pretrained: str, tokenizer: str | None = None, batch_size: int | str = 8,
                  max_length: int | None = None, max_gen_toks: int = 256, dtype: str = "float32",
                  add_bos_token: bool = True, **kwargs):
         super().__init__()
-        from instructjax.convert.hf import load_model, saved_tokenizer
+        from instructjax.convert.saved import load_model, saved_tokenizer
 
         self.model = load_model(pretrained, dtype=dtype)
         saved, chat_template = saved_tokenizer(pretrained, tokenizer=tokenizer)

@@ -1,0 +1,215 @@
+"""Reading the rows of a local file (json, jsonl or parquet) or a hub split, each numbered as a person finds
+it: 1-based line numbers in jsonl, 0-based indices in JSON arrays, parquet files and hub splits.
+
+`datasets` parses a file into its memory-mapped Arrow cache (`RowFile` then gives random access: a sample
+of rows costs time in proportion to the sample); when it cannot (malformed JSON, bad UTF-8, a line that
+is not an object) the file is re-read here so that each bad row is named, as a `DataError` in its place.
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+import os
+import re
+from collections.abc import Iterator
+from typing import Any
+
+from instructjax.core.errors import ConfigError, DataError
+
+# A row as read from a file: its number as printed in errors, and the row or why it could not be read.
+NumberedRow = tuple[int, "dict | DataError"]
+
+_BATCH = 1024
+
+
+def _iter_dataset(ds) -> Iterator[dict]:
+    """Rows of a `datasets.Dataset` as dicts, a column batch at a time (much faster than ds[i])."""
+    for batch in ds.iter(batch_size=_BATCH):
+        columns = list(batch)
+        for values in zip(*(batch[c] for c in columns), strict=True):
+            yield dict(zip(columns, values, strict=True))
+
+
+def datasets_quietly():
+    """The `datasets` library, quiet: no progress bars or log lines (one per file per task is noise)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity_error()
+    return datasets
+
+
+class RowFile:
+    """The rows of one file (or hub split) with random access: an Arrow-backed `datasets.Dataset` when
+    `datasets` can parse it, else the rows scanned one by one here so that each bad row is named."""
+
+    def __init__(self, path: str, cache_dir: str | None = None, *, dataset=None, numbered=None):
+        self.path = path
+        self._ds, self._scanned, self._numbers = dataset, numbered, None
+        if dataset is None and numbered is None:
+            self._open(cache_dir)
+
+    def _open(self, cache_dir: str | None) -> None:
+        datasets = datasets_quietly()
+
+        if not os.path.exists(self.path):
+            raise ConfigError(f"data file not found: {self.path}")
+        fmt = file_format(self.path)
+        if fmt != "parquet" and not _is_utf8(self.path):  # pyarrow may accept bad UTF-8 and fail later
+            self._scanned = list(_scan_jsonl(self.path) if fmt == "jsonl" else _scan_json_array(self.path))
+            return
+        try:
+            self._ds = datasets.load_dataset("parquet" if fmt == "parquet" else "json", data_files=self.path,
+                                             split="train", cache_dir=cache_dir)
+        except (datasets.exceptions.DatasetGenerationError, ValueError) as exc:  # UnicodeDecodeError is one
+            if fmt == "parquet":
+                raise DataError(f"cannot read parquet file: {exc}", reason="unreadable", file=self.path) from exc
+            self._scanned = list(_scan_jsonl(self.path) if fmt == "jsonl" else _scan_json_array(self.path))
+            return
+        if fmt == "jsonl":
+            self._numbers = _LineNumbers(self.path)
+
+    def __len__(self) -> int:
+        return len(self._ds) if self._ds is not None else len(self._scanned)
+
+    def number(self, position: int) -> int:
+        """The row number errors print for the row at `position`."""
+        if self._numbers is not None:
+            return self._numbers[position]
+        return position
+
+    def rows(self, positions: list[int] | None = None) -> Iterator[NumberedRow]:
+        """(row number, row or DataError) at `positions` (in that order), or of every row in order."""
+        if self._scanned is not None:
+            yield from (self._scanned if positions is None else (self._scanned[p] for p in positions))
+            return
+        if positions is None:
+            yield from ((self.number(i), row) for i, row in enumerate(_iter_dataset(self._ds)))
+            return
+        ordered = sorted(set(positions))
+        found = dict(zip(ordered, _iter_dataset(self._ds.select(ordered)), strict=True))
+        yield from ((self.number(p), found[p]) for p in positions)
+
+
+def file_format(path: str) -> str:
+    """"parquet", "json" (one JSON array) or "jsonl" (one object per line), from name and first byte."""
+    lower = path.lower()
+    if lower.endswith(".parquet"):
+        return "parquet"
+    if not lower.endswith((".json", ".jsonl")):
+        raise ConfigError(f"{path}: unsupported file type (expected .json, .jsonl or .parquet)")
+    with open(path, "rb") as f:
+        head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
+    return "json" if head.startswith(b"[") else "jsonl"
+
+
+def read_rows(path: str, cache_dir: str | None = None) -> Iterator[NumberedRow]:
+    """Yield (row number, row or DataError) of one local file, in order (see `RowFile`)."""
+    yield from RowFile(path, cache_dir).rows()
+
+
+def _is_utf8(path: str, chunk: int = 1 << 24) -> bool:
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                decoder.decode(block)
+        decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+class _LineNumbers:
+    """1-based numbers of the non-blank lines of a jsonl file (datasets skips blank lines): the position
+    + 1, unless the file has blank lines, whose line numbers are then read once."""
+
+    _BLANK = re.compile(rb"(?:^|\n)[ \t\r]*\n")
+
+    def __init__(self, path: str, chunk: int = 1 << 26):
+        self._table = None
+        with open(path, "rb") as f:
+            tail = b""
+            while block := f.read(chunk):
+                if self._BLANK.search(tail + block):
+                    f.seek(0)
+                    self._table = [n for n, line in enumerate(f, start=1) if line.strip()]
+                    return
+                tail = block[block.rfind(b"\n") + 1:]  # starts a line, as the file's start does
+
+    def __getitem__(self, position: int) -> int:
+        return self._table[position] if self._table is not None else position + 1
+
+
+def _parse_object(text: str | bytes) -> dict:
+    if isinstance(text, bytes):
+        try:
+            text = text.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"invalid UTF-8 at byte {exc.start}", reason="invalid_utf8") from None
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise DataError(f"malformed JSON: {exc.msg} at column {exc.colno}", reason="malformed_json") from None
+    if not isinstance(row, dict):
+        raise DataError(f"row is a JSON {type(row).__name__}, expected an object", reason="wrong_type")
+    return row
+
+
+def _scan_jsonl(path: str) -> Iterator[NumberedRow]:
+    with open(path, "rb") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, _parse_object(line)
+            except DataError as err:
+                yield number, err
+
+
+def _scan_json_array(path: str) -> Iterator[NumberedRow]:
+    """Elements of a JSON array one by one, so a problem names its index. Bad UTF-8 is confined to the
+    element holding it; malformed JSON cannot be skipped (the parser loses its place) and always raises."""
+    with open(path, "rb") as f:
+        text = f.read().decode("utf-8", errors="surrogateescape").lstrip("\ufeff \t\r\n")
+    decoder = json.JSONDecoder()
+    pos, index = 1, 0  # just past "["
+    while True:
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        if pos < len(text) and text[pos] == "]" and index == 0:
+            return
+        try:
+            element, pos = decoder.raw_decode(text, pos)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"malformed JSON in array element: {exc.msg}; the rest of the file cannot be read",
+                            reason="malformed_json", file=path, row=index) from None
+        if _has_bad_bytes(element):
+            yield index, DataError("invalid UTF-8 in a string", reason="invalid_utf8")
+        elif not isinstance(element, dict):
+            yield index, DataError(f"row is a JSON {type(element).__name__}, expected an object",
+                                   reason="wrong_type")
+        else:
+            yield index, element
+        index += 1
+        while pos < len(text) and text[pos] in " \t\r\n":
+            pos += 1
+        if pos < len(text) and text[pos] == ",":
+            pos += 1
+        elif pos < len(text) and text[pos] == "]":
+            return
+        else:
+            raise DataError("malformed JSON: expected ',' or ']' after the element; the rest of the file "
+                            "cannot be read", reason="malformed_json", file=path, row=index)
+
+
+def _has_bad_bytes(value: Any) -> bool:
+    """True if a decoded JSON value holds undecodable bytes (surrogate escapes)."""
+    if isinstance(value, str):
+        return any("\udc80" <= ch <= "\udcff" for ch in value)
+    if isinstance(value, dict):
+        return any(_has_bad_bytes(k) or _has_bad_bytes(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_has_bad_bytes(v) for v in value)
+    return False
