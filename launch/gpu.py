@@ -10,17 +10,22 @@ jax.distributed environment the trainer reads (JAX_COORDINATOR_ADDRESS = the fir
 JAX_NUM_PROCESSES = tasks, JAX_PROCESS_ID = SLURM_PROCID); `--requeue` plus `--resume` make a
 preempted or failed-node job continue from its latest checkpoint. `--dry-run` prints the exact
 commands (and the sbatch script) instead of running them.
+
+SIGTERM makes `instructjax train` save the step in flight and exit 75 (EXIT_PREEMPTED): `single` then runs
+it again (it resumes), unless the launcher itself was told to stop; the sbatch script re-queues the job.
 """
 
 from __future__ import annotations
 
 import argparse
 import shlex
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 COORDINATOR_PORT = 12355
+EXIT_PREEMPTED = 75  # `instructjax train` saved a checkpoint on SIGTERM (instructjax.train.preemption)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -68,6 +73,7 @@ def sbatch_script(args) -> str:
         f"#SBATCH --gpus-per-node={args.gpus_per_node}",
         f"#SBATCH --time={args.time}",
         "#SBATCH --requeue",
+        "#SBATCH --signal=TERM@300",  # before the time limit: save, exit 75, re-queue
         "#SBATCH --output=%x-%j.out",
     ]
     header += [f"#SBATCH --partition={args.partition}"] if args.partition else []
@@ -80,7 +86,10 @@ def sbatch_script(args) -> str:
         "export XLA_PYTHON_CLIENT_MEM_FRACTION=0.95",
         # JAX_PROCESS_ID must be each task's own rank, so it is set inside the srun'd shell
         "srun --kill-on-bad-exit=1 bash -c "
-        + shlex.quote("JAX_PROCESS_ID=$SLURM_PROCID exec " + shlex.join(train_argv(args, distributed=True))),
+        + shlex.quote("JAX_PROCESS_ID=$SLURM_PROCID exec " + shlex.join(train_argv(args, distributed=True)))
+        + " && rc=0 || rc=$?",
+        f'if [ "$rc" -eq {EXIT_PREEMPTED} ]; then scontrol requeue "$SLURM_JOB_ID"; fi',
+        'exit "$rc"',
         "",
     ]
     return "\n".join(header + body)
@@ -98,7 +107,29 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.script).write_text(script)
         cmd = ["sbatch", args.script]
     print("+ " + shlex.join(cmd), flush=True)
-    return 0 if args.dry_run else subprocess.run(cmd).returncode
+    if args.dry_run:
+        return 0
+    return run_resuming(cmd) if args.mode == "single" else subprocess.run(cmd).returncode
+
+
+def run_resuming(cmd: list[str]) -> int:
+    """Run `cmd`; while it exits EXIT_PREEMPTED (saved on SIGTERM) run it again, unless this launcher was
+    itself sent SIGTERM (then the signal is passed on and the status returned)."""
+    stopping = False
+
+    def forward(signum, frame):
+        nonlocal stopping
+        stopping = True
+        if child.poll() is None:
+            child.send_signal(signum)
+
+    signal.signal(signal.SIGTERM, forward)
+    while True:
+        child = subprocess.Popen(cmd)
+        code = child.wait()
+        if code != EXIT_PREEMPTED or stopping:
+            return code
+        print("+ preempted (checkpoint saved): resuming", flush=True)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ DEFAULT_RUNTIME = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lit
                    "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
 REMOTE_CONFIG = "~/instructjax_run.yaml"
 REMOTE_LOG = "~/instructjax_train.log"
+EXIT_PREEMPTED = 75  # `instructjax train` saved a checkpoint on SIGTERM (instructjax.train.preemption)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -78,13 +79,17 @@ def install_command(package: str) -> str:
 
 
 def train_command(args) -> str:
-    """The one training command every worker runs: resume from the bucket, multi-host JAX."""
+    """The one training command every worker runs: resume from the bucket, multi-host JAX; a run that
+    stopped for a preemption notice (exit 75, checkpoint saved) is resumed at once while the VM lives, and
+    DONE is written only when the run finished."""
     preset = yaml.safe_load(Path(args.config).read_text())["model"]["preset"]
     run_dir = f"{args.bucket}/runs/{args.name}"
     overrides = [f"run_dir={run_dir}", "distributed=true", f"model.init_from={args.bucket}/checkpoints/base/{preset}"]
     train = f"instructjax train --config {REMOTE_CONFIG} --resume " + " ".join(overrides)
     done = f"echo done | gcloud storage cp - {run_dir}/DONE"
-    return f"{train} >> {REMOTE_LOG} 2>&1 && {done}"
+    return (f"while true; do {train} >> {REMOTE_LOG} 2>&1 && rc=0 || rc=$?; "
+            f"[ $rc -eq {EXIT_PREEMPTED} ] || break; echo 'preempted: resuming' >> {REMOTE_LOG}; done; "
+            f"[ $rc -eq 0 ] && {done}")
 
 
 def startup_script(args) -> str:

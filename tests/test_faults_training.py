@@ -6,7 +6,9 @@ uninterrupted reference run (same command, same environment) through metrics.jso
 - a torn latest checkpoint (truncated array file): resume warns, falls back to the previous step, and
   again ends with exactly the reference losses;
 - no space left while saving (a real 48 MiB tmpfs): one-line error, exit 2, the previous checkpoint intact;
-- an injected NaN at a checkpoint step: clean stop naming the step, nothing of the broken state saved.
+- an injected NaN at a checkpoint step: clean stop naming the step, nothing of the broken state saved;
+- SIGTERM (a preemption) at a seeded random step with no checkpoint due: the step in flight is saved, the
+  exit status is 75, and --resume ends with exactly the reference losses.
 
 Each run is a subprocess (tests/fault_worker.py -> the real `instructjax train` CLI); they share a
 persistent XLA compilation cache so only the first one compiles.
@@ -221,3 +223,25 @@ def test_injected_nan_stops_naming_the_step_and_saves_nothing_broken(tmp_path, e
     assert_params_equal(run_dir, reference, 2)
     ref = losses(reference)
     assert losses(run_dir) == {s: ref[s] for s in (1, 2, 3)}
+
+
+def test_sigterm_saves_the_step_in_flight_and_resume_loses_nothing(tmp_path, env, reference):
+    run_dir = tmp_path / "run"
+    seed = int(os.environ.get("FAULT_SEED", time.time_ns() % 10**6))
+    after = random.Random(seed).randint(1, STEPS - 2)
+    proc = start(run_dir, env, "checkpoint.every=1000", faults={"FAULT_STEP_SECONDS": "0.5"})
+    deadline = time.monotonic() + TIMEOUT
+    while last_logged(run_dir) < after:
+        assert proc.poll() is None, f"seed {seed}: exited before step {after}: {proc.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    rc, _, err = finish(proc)
+    saved = complete_steps(run_dir)
+    assert rc == 75, f"seed {seed}: {err[-3000:]}"
+    assert len(saved) == 1 and after <= saved[0] < STEPS, f"seed {seed}: {saved}"  # the step in flight, not the end
+    assert f"preempted: saved step {saved[0]}" in err and not torn_dirs(run_dir)
+    rc, _, err = finish(start(run_dir, env, "checkpoint.every=1000", resume=True))
+    assert rc == 0, err[-3000:]
+    assert losses(run_dir) == losses(reference), f"seed {seed} (SIGTERM after step {after})"
+    assert_params_equal(run_dir, reference, STEPS)

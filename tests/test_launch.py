@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -40,9 +43,10 @@ def test_tpu_up_dry_run(capsys):
     remote = train[-1]
     assert remote.startswith("nohup bash -c ")
     inner = shlex.split(remote)[3]
-    assert inner.startswith("instructjax train --config ~/instructjax_run.yaml --resume run_dir=gs://bkt/runs/tulu7b "
-                            "distributed=true model.init_from=gs://bkt/checkpoints/base/llama2-7b")
-    assert inner.endswith("&& echo done | gcloud storage cp - gs://bkt/runs/tulu7b/DONE")
+    assert inner.startswith("while true; do instructjax train --config ~/instructjax_run.yaml --resume "
+                            "run_dir=gs://bkt/runs/tulu7b distributed=true "
+                            "model.init_from=gs://bkt/checkpoints/base/llama2-7b")
+    assert inner.endswith("[ $rc -eq 0 ] && echo done | gcloud storage cp - gs://bkt/runs/tulu7b/DONE")
 
 
 def test_tpu_queued_and_watch(capsys):
@@ -88,7 +92,35 @@ def test_gpu_single_and_slurm(capsys):
                  "#SBATCH --partition=gpu", "export JAX_COORDINATOR_ADDRESS=$HEAD:12355",
                  "export JAX_NUM_PROCESSES=$SLURM_NTASKS",
                  "srun --kill-on-bad-exit=1 bash -c 'JAX_PROCESS_ID=$SLURM_PROCID exec instructjax train --config "
-                 "c.yaml --resume run_dir=/shared/r distributed=true'", "+ sbatch instructjax.sbatch"):
+                 "c.yaml --resume run_dir=/shared/r distributed=true' && rc=0 || rc=$?",
+                 'if [ "$rc" -eq 75 ]; then scontrol requeue "$SLURM_JOB_ID"; fi', "+ sbatch instructjax.sbatch"):
         assert line in out.splitlines()
     with pytest.raises(SystemExit):
         gpu.main(["single", "--config", "c.yaml", "--nodes", "2"])
+
+
+def _exits(tmp_path, codes: list[int]) -> list[str]:
+    """A command that exits with `codes[i]` on its i-th run (counted in a file)."""
+    counter = tmp_path / "runs"
+    script = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); n = int(p.read_text()) if p.exists() else 0; "
+              f"p.write_text(str(n + 1)); sys.exit({codes}[n])")
+    return [sys.executable, "-c", script, str(counter)]
+
+
+def test_preempted_runs_are_resumed_by_the_launchers(tmp_path):
+    """The exit status `instructjax train` gives after saving on SIGTERM is the one both launchers resume on:
+    `single` runs the command again until it exits otherwise; the TPU worker loop does the same in bash."""
+    from instructjax.train.preemption import EXIT_PREEMPTED
+
+    assert gpu.EXIT_PREEMPTED == tpu.EXIT_PREEMPTED == EXIT_PREEMPTED
+    assert gpu.run_resuming(_exits(tmp_path, [EXIT_PREEMPTED, EXIT_PREEMPTED, 0])) == 0
+    assert (tmp_path / "runs").read_text() == "3"
+    (tmp_path / "runs").unlink()
+    assert gpu.run_resuming(_exits(tmp_path, [EXIT_PREEMPTED, 2, 0])) == 2  # an error is not retried
+    (tmp_path / "runs").unlink()
+    args = tpu.parse_args(["train", *BASE])
+    loop = re.sub(r"instructjax train [^>]*", shlex.join(_exits(tmp_path, [75, 75, 0])) + " ", tpu.train_command(args))
+    loop = loop.replace("~/instructjax_train.log", str(tmp_path / "log")).replace("gcloud storage cp -", "cat >")
+    loop = loop.replace("gs://bkt/runs/tulu7b/DONE", str(tmp_path / "DONE"))
+    assert subprocess.run(["bash", "-c", loop]).returncode == 0
+    assert (tmp_path / "runs").read_text() == "3" and (tmp_path / "DONE").read_text() == "done\n"

@@ -1,45 +1,40 @@
-"""Multi-host training: 2 local processes (gloo collectives, 4 CPU devices each) through the real CLI give
-the losses of a single-process 8-device run fed the same global batches (host 0's rows, then host 1's)."""
+"""Multi-host training through the real CLI: 2 and 4 local processes (gloo collectives) against one process
+with the same 8 CPU devices.
+
+- without `max_steps`, on mixtures whose sizes do not divide among hosts, every host plans the same steps,
+  the run finishes and saves, and the losses equal the one-process run (the same global batches);
+- SIGTERM to one of 2 hosts: both save the same step and exit 75; one process resumes it, and a run
+  preempted on 1 process resumes on 2: the losses are those of the uninterrupted run;
+- a torn newest checkpoint under 2 processes: both fall back to the same step and finish with the
+  uninterrupted run's losses.
+"""
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
 
 from instructjax.core.config import load_config
-from instructjax.data.pipeline import BATCH_KEYS, DataPipeline
-from instructjax.train import setup as run_setup
 from instructjax.train.trainer import Trainer
 
-OVERRIDES = [
-    "model.preset=tiny", "model.dtype=float32", "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=128",
-    "data.global_batch=8", "data.pack_window=64", "optim.lr=3e-3", "optim.epochs=1", "log_every=1",
-    "max_steps=3", "checkpoint.every=2", "mesh.data=4", "mesh.fsdp=2",
-]  # fmt: skip
+pytestmark = pytest.mark.slow
 
-
-class TwoHostFeed:
-    """What the two hosts feed, as one process: each step, host 0's rows then host 1's."""
-
-    def __init__(self, config):
-        self.hosts = [DataPipeline(config, process_index=i, process_count=2) for i in range(2)]
-        self.task_names = self.hosts[0].task_names
-
-    def plan_epoch(self, epoch=0):
-        return self.hosts[0].plan_epoch(epoch)
-
-    def __iter__(self):
-        for parts in zip(*self.hosts, strict=True):
-            yield {k: np.concatenate([p[k] for p in parts]) for k in BATCH_KEYS}
-
-    @property
-    def state(self):
-        return self.hosts[0].state
+WORKER = Path(__file__).with_name("fault_worker.py")
+DEVICES = 8
+TIMEOUT = 900
+BASE = ["model.preset=tiny", "model.dtype=float32", "optim.lr=3e-3", "optim.epochs=1", "log_every=1",
+        "mesh.data=4", "mesh.fsdp=2", "data.prefetch=0"]  # fmt: skip
+SMALL = [*BASE, "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=128", "data.global_batch=8",
+         "data.pack_window=64", "max_steps=8"]  # fmt: skip
 
 
 def _free_port() -> int:
@@ -48,36 +43,107 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_match_one(tmp_path):
-    port = _free_port()
-    procs = []
-    for i in range(2):
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
-               "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}  # fmt: skip
-        cmd = [sys.executable, "-m", "instructjax.cli", "train", "--config", "/dev/null", *OVERRIDES,
-               f"run_dir={tmp_path / 'multi'}"]  # fmt: skip
-        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
-    outputs = [p.communicate(timeout=900)[0] for p in procs]
-    for p, out in zip(procs, outputs, strict=True):
-        assert p.returncode == 0, out[-3000:]
-
-    config = load_config(None, [*OVERRIDES, f"run_dir={tmp_path / 'single'}"])
-    single_feed = TwoHostFeed(run_setup.bind_data(config, None).config)  # the data as the trainer binds it
-    single = Trainer(config, devices=jax.devices()[:8], pipeline=single_feed).run()
-
-    records = [json.loads(line) for line in (tmp_path / "multi" / "metrics.jsonl").read_text().splitlines()]
-    assert [r["step"] for r in records] == [1, 2, 3]
-    np.testing.assert_allclose([r["loss"] for r in records], [single.losses[s] for s in (1, 2, 3)], rtol=2e-5)
-    saved = sorted(int(p.name) for p in (tmp_path / "multi" / "checkpoints").iterdir() if p.name.isdigit())
-    assert saved == [2, 3]
-    # every host's iterator state is in the checkpoint, one row per host, as the reference hosts stand
-    feed = single_feed.hosts
-    assert _data_item(tmp_path / "multi", 3).tolist() == [h.state.to_array().tolist() for h in feed]
+def launch(hosts: int, run_dir, args, *extra, env_extra=None) -> list[subprocess.Popen]:
+    """`instructjax train` on `hosts` local processes (DEVICES / hosts CPU devices each)."""
+    port, procs = _free_port(), []
+    for i in range(hosts):
+        env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES // hosts}",
+               "JAX_PLATFORMS": "cpu", **(env_extra or {})}  # fmt: skip
+        if hosts > 1:
+            env |= {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(hosts),
+                    "JAX_PROCESS_ID": str(i)}  # fmt: skip
+        cmd = [sys.executable, str(WORKER), "train", "--config", "/dev/null", *args, f"run_dir={run_dir}", *extra]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return procs
 
 
-def _data_item(run_dir, step):
-    import orbax.checkpoint as ocp
+def wait(procs) -> list[tuple[int, str]]:
+    out = []
+    for p in procs:
+        try:
+            _, err = p.communicate(timeout=TIMEOUT)
+        finally:
+            if p.poll() is None:
+                p.kill()
+        out.append((p.returncode, err))
+    return out
 
-    with ocp.CheckpointManager(run_dir / "checkpoints", item_handlers={"data": ocp.StandardCheckpointHandler()}) as m:
-        return np.asarray(m.restore(step, args=ocp.args.Composite(data=ocp.args.StandardRestore()))["data"])
+
+def losses(run_dir) -> dict[int, float]:
+    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in records}
+
+
+def saved_steps(run_dir) -> list[int]:
+    return sorted(int(p.name) for p in (Path(run_dir) / "checkpoints").iterdir() if p.name.isdigit())
+
+
+def one_process(args, run_dir):
+    """The same config trained in this process on the same 8 devices: the reference."""
+    return Trainer(load_config(None, [*args, f"run_dir={run_dir}"]), devices=jax.devices()[:DEVICES]).run()
+
+
+@pytest.mark.parametrize("hosts, mixture", [(2, "tulu_human_gpt_builtin"), (4, "tulu_single_sharegpt_builtin")])
+def test_hosts_plan_one_run_and_match_one_process(tmp_path, hosts, mixture):
+    args = [*BASE, f"data.mixture={mixture}", "data.seq_len=512", "data.global_batch=64", "data.pack_window=256",
+            "checkpoint.every=1000"]  # fmt: skip
+    results = wait(launch(hosts, tmp_path / "multi", args))
+    assert all(rc == 0 for rc, _ in results), results[0][1][-3000:] + results[-1][1][-3000:]
+    reference = one_process(args, tmp_path / "single")
+    assert reference.step > 3 and saved_steps(tmp_path / "multi") == [reference.step]  # the final save
+    got = losses(tmp_path / "multi")
+    assert sorted(got) == list(range(1, reference.step + 1))
+    np.testing.assert_allclose([got[s] for s in sorted(got)], [reference.losses[s] for s in sorted(got)], rtol=2e-5)
+
+
+def _sigterm_after(procs, run_dir, step: int, target: int = 0) -> None:
+    """SIGTERM to process `target` once step `step` is logged."""
+    deadline = time.monotonic() + TIMEOUT
+    metrics = Path(run_dir) / "metrics.jsonl"
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= step):
+        assert all(p.poll() is None for p in procs), wait(procs)[0][1][-3000:]
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    procs[target].send_signal(signal.SIGTERM)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
+    return one_process([*SMALL, "checkpoint.every=3"], run_dir), run_dir
+
+
+@pytest.mark.parametrize("before, after", [(2, 1), (1, 2)])
+def test_preempted_on_some_hosts_resumes_on_others(tmp_path, uninterrupted, before, after):
+    reference, _ = uninterrupted
+    run_dir = tmp_path / "run"
+    procs = launch(before, run_dir, SMALL, "checkpoint.every=1000", env_extra={"FAULT_STEP_SECONDS": "0.5"})
+    _sigterm_after(procs, run_dir, 2, target=before - 1)  # the last host hears it; all must stop together
+    results = wait(procs)
+    assert all(rc == 75 for rc, _ in results), [err[-2000:] for _, err in results]
+    (step,) = saved_steps(run_dir)
+    assert 2 <= step < 8
+    results = wait(launch(after, run_dir, SMALL, "checkpoint.every=1000", "--resume"))
+    assert all(rc == 0 for rc, _ in results), results[0][1][-3000:]
+    got = losses(run_dir)
+    assert sorted(got) == list(range(1, 9))
+    np.testing.assert_allclose([got[s] for s in range(1, 9)], [reference.losses[s] for s in range(1, 9)], rtol=2e-5)
+
+
+def test_torn_newest_checkpoint_every_host_falls_back_to_the_same_step(tmp_path, uninterrupted):
+    reference, reference_dir = uninterrupted
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_dir, run_dir)
+    assert saved_steps(run_dir) == [3, 6, 8]
+    params = run_dir / "checkpoints" / "8" / "params"
+    for f in sorted(p for p in params.rglob("*") if p.is_file() and p.stat().st_size > 1000)[:1]:
+        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # a write torn half way
+    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines[:6]) + "\n")
+    results = wait(launch(2, run_dir, [*SMALL, "checkpoint.every=3"], "--resume"))
+    assert all(rc == 0 for rc, _ in results), results[0][1][-3000:]
+    for _, err in results:  # each host reports the same fallback
+        assert "checkpoint step 8" in err and "falling back to step 6" in err, err[-3000:]
+    got = losses(run_dir)
+    np.testing.assert_allclose([got[s] for s in (7, 8)], [reference.losses[s] for s in (7, 8)], rtol=2e-5)
+    assert saved_steps(run_dir) == [3, 6, 8]

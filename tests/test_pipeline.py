@@ -1,4 +1,4 @@
-"""The input pipeline: exact resume, disjoint host shards, mixture proportions, clear config errors."""
+"""The input pipeline: exact resume, one global plan sliced by host, mixture proportions, clear config errors."""
 
 import json
 from collections import Counter
@@ -74,23 +74,38 @@ def test_epoch_mode_counts_are_exact_and_each_epoch_is_reshuffled():
 
 
 @pytest.mark.parametrize("mixture", [EPOCH_MIX, RATE_MIX])
-def test_two_hosts_get_disjoint_shards_that_cover_the_data(mixture):
-    cfg = config(mixture=mixture)
+@pytest.mark.parametrize("hosts", [2, 4])
+def test_hosts_take_slices_of_one_global_plan(mixture, hosts):
+    """Every host plans the same steps; each step the hosts' rows, in host order, are the one-host global
+    batch; no row is given to two hosts."""
+    cfg = config(mixture=mixture, global_batch=8)
     single = DataPipeline(cfg)
-    hosts = [DataPipeline(cfg, process_index=i, process_count=2) for i in range(2)]
-    if single.stream.rate_mode:
-        got = [[ex["origin"] for w in range(6) for ex in h.stream.window_examples(0, w)] for h in hosts]
-        assert not set(got[0]) & set(got[1])
-        # Each host cycles through its own half of every task.
-        for t in range(len(single.task_names)):
-            mine = [{i for task, i in g if task == t} for g in got]
-            assert all(i % 2 == h for h in (0, 1) for i in mine[h])
-    else:
-        got = [[ex["origin"] for ex in h.stream.epoch_examples(0)] for h in hosts]
-        assert not set(got[0]) & set(got[1])
-        assert sorted(got[0] + got[1]) == sorted(ex["origin"] for ex in single.stream.epoch_examples(0))
-    batch = next(iter(hosts[0]))
-    assert batch["tokens"].shape == (cfg.global_batch // 2, cfg.seq_len)
+    parts = [DataPipeline(cfg, process_index=i, process_count=hosts) for i in range(hosts)]
+    assert len({p.plan_epoch(0).steps for p in parts + [single]}) == 1
+    steps = single.plan_epoch(0).steps + 3  # across the epoch boundary
+    reference = take(single, steps)
+    per_host = [take(p, steps) for p in parts]
+    for s, (batch, state) in enumerate(reference):
+        got = {k: np.concatenate([h[s][0][k] for h in per_host]) for k in batch}
+        assert same(got, batch)
+        assert all(h[s][1] == state for h in per_host)  # the data position is global
+        assert all(h[s][0]["tokens"].shape == (8 // hosts, cfg.seq_len) for h in per_host)
+
+
+def test_a_run_saved_on_two_hosts_resumes_on_one_and_on_four():
+    """Elastic resume: the state two hosts saved after 5 steps continues the same global batches on 1 or 4."""
+    cfg = config(global_batch=8)
+    straight = take(DataPipeline(cfg), 12)
+    two = [DataPipeline(cfg, process_index=i, process_count=2) for i in range(2)]
+    saved = [take(p, 5)[-1][1] for p in two]
+    assert saved[0] == saved[1]
+    for hosts in (1, 4):
+        parts = [DataPipeline(cfg, process_index=i, process_count=hosts) for i in range(hosts)]
+        for p in parts:
+            p.restore(saved[0].to_array())
+        again = [take(p, 7) for p in parts]
+        for s, (batch, _) in enumerate(straight[5:]):
+            assert same({k: np.concatenate([h[s][0][k] for h in again]) for k in batch}, batch)
 
 
 def test_rate_mode_draws_tasks_in_proportion_to_rates_like_seqio():

@@ -1,4 +1,8 @@
-"""`instructjax train --config FILE [key=value ...] [--resume]`."""
+"""`instructjax train --config FILE [key=value ...] [--resume]`.
+
+Exit status: 0 trained to the end; 2 a user error (one line on stderr); 75 (`EXIT_PREEMPTED`) stopped by
+SIGTERM after saving a checkpoint: run the same command with `--resume` (the launchers do).
+"""
 
 from __future__ import annotations
 
@@ -13,10 +17,11 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from instructjax.core.config import load_config
+    from instructjax.train.preemption import EXIT_PREEMPTED
     from instructjax.train.trainer import train
 
     config = load_config(args.config, args.overrides)
     result = train(config, resume=args.resume)
     if result.losses:
         print(f"trained to step {result.step}: loss {result.losses[result.step]:.4f}; run dir {result.run_dir}")
-    return 0
+    return EXIT_PREEMPTED if result.preempted else 0

@@ -3,7 +3,8 @@
 Each step directory holds these items:
 - `params`: the model parameters as a plain nested dict (nnx pure dict, names as in the model);
 - `opt_state`: the optax state (absent in a params-only checkpoint, e.g. one imported from HF);
-- `data`: every host's iterator state, int64 `[process_count, 3]` (epoch, window, row);
+- `data`: the global data position (epoch, window, row) as every host holds it, int64 `[process_count, 3]`
+  (the rows are equal: the data plan is global, so any number of hosts resumes from row 0);
 - `meta`: JSON {step, run_config, model_config} (the model config as a plain dict: `LlamaConfig(**d)`);
 - `tokenizer`: JSON {files, template}: the HF tokenizer files the run trained with (`Tokenizer.files`,
   the chat template included) and the name of its chat template (None for an import, which keeps the
@@ -59,6 +60,13 @@ def gather_data_state(host_state: np.ndarray) -> np.ndarray:
     """Every host's `[3]` iterator state, stacked to int64 `[process_count, 3]` (a collective)."""
     gathered = multihost_utils.process_allgather(np.asarray(host_state, np.int32))
     return np.asarray(gathered, np.int64).reshape(jax.process_count(), 3)
+
+
+def _failed_on_any_host(failed: bool) -> bool:
+    """Whether any host reports a failure (a collective with several hosts)."""
+    if jax.process_count() == 1:
+        return failed
+    return bool(np.max(multihost_utils.process_allgather(np.array([int(failed)], np.int32))))
 
 
 class CheckpointError(InstructJaxError):
@@ -138,28 +146,39 @@ class Checkpointer:
 
     def restore_latest(self, abstract_params: Any, abstract_opt_state: Any) -> tuple[int, Any, Any, np.ndarray, dict]:
         """(step, params, opt_state, data, meta) of the newest step that restores; a torn or corrupted newer
-        step is reported on stderr and skipped (the run resumes from the one before it)."""
+        step is reported on stderr and skipped (the run resumes from the one before it). With several hosts
+        a step counts as restored only when every host restored it, so all hosts fall back to the same step."""
         steps = sorted(self.manager.all_steps(), reverse=True)
         if not steps:
             raise ConfigError(f"no complete checkpoint in {self.directory} to resume from")
+        if jax.process_count() > 1:  # every host starts from the same list (a step committed late on one host)
+            newest = multihost_utils.process_allgather(np.array([steps[0]], np.int32))
+            steps = [s for s in steps if s <= int(np.min(newest))]
         for i, step in enumerate(steps):
             try:
-                return step, *self.restore(step, abstract_params, abstract_opt_state)
+                restored, problem = self.restore(step, abstract_params, abstract_opt_state), None
             except Exception as exc:  # noqa: BLE001 - any unreadable step: try the previous one
-                reason = " ".join(str(exc).split())[:300]
-                if i + 1 == len(steps):
-                    raise ConfigError(f"no checkpoint in {self.directory} can be restored; step {step}: {reason}") from None
-                aside = self._set_aside(step)
-                print(f"instructjax: warning: checkpoint step {step} in {self.directory} cannot be restored "
-                      f"({type(exc).__name__}: {reason}); falling back to step {steps[i + 1]}"
-                      + (f" (the unreadable step is kept as {aside.name})" if aside else ""), file=sys.stderr)
+                restored, problem = None, exc
+            if not _failed_on_any_host(problem is not None):
+                return step, *restored
+            kind = type(problem).__name__ if problem is not None else "elsewhere"
+            reason = " ".join(str(problem).split())[:300] if problem is not None else "another host could not read it"
+            if i + 1 == len(steps):
+                raise ConfigError(f"no checkpoint in {self.directory} can be restored; step {step}: {reason}") from None
+            aside = self._set_aside(step)
+            print(f"instructjax: warning: checkpoint step {step} in {self.directory} cannot be restored "
+                  f"({kind}: {reason}); falling back to step {steps[i + 1]}"
+                  + (f" (the unreadable step is kept as {aside.name})" if aside else ""), file=sys.stderr)
         raise AssertionError("unreachable")
 
     def _set_aside(self, step: int) -> Path | None:
         """Rename an unreadable step out of the manager's view (so the resumed run can save that step
-        again) without deleting anything; the primary host does it."""
+        again) without deleting anything; the primary host does it once every host is done reading."""
         source = self.directory / str(step)
+        if jax.process_count() > 1:
+            multihost_utils.sync_global_devices(f"instructjax set aside step {step}")
         if jax.process_index() != 0 or not source.exists():
+            self.manager.reload()
             return None
         target = source.with_name(f"{step}.unreadable")
         n = 1

@@ -4,22 +4,24 @@
 seed)` its subset: the first `count` trainable examples in a random order seeded by the run's data seed
 and the dataset alone (`specs.subset_seed`), so every mixture holding a dataset draws the same subset, a smaller
 subset is a prefix of a larger one, and only the rows taken are read, rendered and tokenized. Examples are
-made as they are asked for and kept per process. `task_report(name)` says what happened to the rows:
-nothing is dropped without being counted there. No seqio or TensorFlow here.
+made as they are asked for and kept per process, and on disk (`data.cache`: a restart reads them back
+instead of tokenizing again). `task_report(name)` says what happened to the rows: nothing is dropped
+without being counted there. No seqio or TensorFlow here.
 """
 
 from __future__ import annotations
 
+import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from instructjax.core.errors import BadRowPolicy, ConfigError
-from instructjax.data import sources, specs, synthetic
+from instructjax.data import cache, sources, specs, synthetic
 from instructjax.data.encode import encode_conversation
 from instructjax.data.schema import Conversation
 from instructjax.data.specs import BUILTIN, SelectionSpec, TaskSpec
-from instructjax.data.templates import DEFAULT_TEMPLATE
+from instructjax.data.templates import DEFAULT_TEMPLATE, get_template
 from instructjax.data.tokenizer import Tokenizer
 
 DEFAULT_MAX_LENGTH = 2048  # outside a run; a run truncates at its data.seq_len
@@ -79,8 +81,58 @@ def encoded_examples(name: str, count: int | None = None, seed: int | None = Non
     """Encoded examples of task `name` (cached per process), see `task_report`.
 
     `seed` None: every example, in row order. With `seed`: the first `count` trainable examples in the
-    task's seeded random order (`specs.subset_seed`), read, rendered and tokenized only as far as needed."""
-    return _stream(name, specs.task(name), seed).take(count)
+    task's seeded random order (`specs.subset_seed`), read, rendered and tokenized only as far as needed.
+    Cached on disk when the task reads local files (see `data.cache`)."""
+    spec = specs.task(name)
+    known = _STREAMS.get((name, spec, seed))
+    if isinstance(known, _Cached) and (count is None or count > len(known.examples)):
+        del _STREAMS[(name, spec, seed)]  # a larger subset than the cached one: read on
+    elif known is not None:
+        return known.take(count)
+    where = _cache_path(name, spec, count, seed)
+    cached = cache.load(where) if where is not None else None
+    if cached is not None:
+        examples, report = cached
+        _STREAMS[(name, spec, seed)] = _Cached(examples, report)
+        return examples
+    examples = _stream(name, spec, seed).take(count)
+    if where is not None:
+        report = _STREAMS[(name, spec, seed)].report
+        cache.save(where, examples, {**report.as_dict(), "rows": report.rows})
+    return examples
+
+
+def _cache_path(name: str, spec: TaskSpec, count: int | None, seed: int | None):
+    """Where this task's examples are cached (None: cache off, or a hub dataset without local files)."""
+    if cache.cache_dir() is None or spec.data_files is None:
+        return None
+    files = synthetic.ensure_synthetic(spec.source) if spec.data_files == (BUILTIN,) else list(spec.data_files)
+    if not all(os.path.isfile(f) for f in files):
+        return None
+    template = get_template(spec.template or DEFAULT_TEMPLATE)
+    key = cache.key(files=files, spec_repr=repr(spec), tokenizer_fingerprint=Tokenizer.load(spec.tokenizer).fingerprint,
+                    template_repr=_template_identity(template), max_length=spec.max_length or DEFAULT_MAX_LENGTH,
+                    count=count, seed=seed)  # fmt: skip
+    return cache.path_of(name, key)
+
+
+def _template_identity(template) -> str:
+    """A template as the cache key sees it (its fields; a function by its qualified name, not its address)."""
+    fields = [f"{k}={getattr(v, '__qualname__', v)!r}" for k, v in sorted(vars(template).items())]
+    return f"{type(template).__qualname__}({', '.join(fields)})"
+
+
+class _Cached:
+    """A task's examples read back from the cache (stands where its `_Stream` would)."""
+
+    def __init__(self, examples: list[dict], report: dict):
+        self.examples = examples
+        self.report = TaskReport(read=report["read"], rows=report["rows"], examples=report["kept"], repaired=Counter(report["repaired"]),
+                                 skipped=Counter(report["skipped"]), split=report["split"],
+                                 truncated=report["truncated"], empty_after_truncation=report["untrainable"])
+
+    def take(self, count: int | None) -> list[dict]:
+        return self.examples[:count] if count is not None else list(self.examples)
 
 
 def task_report(name: str, seed: int | None = None) -> TaskReport:

@@ -1,10 +1,11 @@
 """From a bound task or mixture to this host's packed batches, deterministic and resumable.
 
-The examples (`streams.ExampleStream`: which ones, in which order) are cut into windows; each window is
-packed on its own (best-fit-decreasing), so everything is a pure function of (seed, epoch, window). The
-iterator state is three integers, `epoch`, `window` and `row` (rows of that window already emitted):
-restoring it rebuilds that one window and continues with the identical next batch. Each host packs its
-own shard of the examples and emits `global_batch / H` rows per step; a background thread prefetches.
+One global plan: the examples (`streams.ExampleStream`: which ones, in which order) are cut into windows;
+each window is packed on its own (best-fit-decreasing), so the global sequence of packed rows is a pure
+function of (seed, epoch, window), computed alike on every host. A step takes the next `global_batch` rows
+and host h keeps its slice `[h * B/H, (h+1) * B/H)`: every host plans the same steps and batch shapes, and
+the iterator state (`epoch`, `window`, `row`: rows of that window already consumed) is global, so a run
+saved on H hosts resumes on any H' and sees the same global batches. A background thread prefetches.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from instructjax.core.config import DataSection
+from instructjax.core.errors import ConfigError
 from instructjax.data.packing import PackStats, SequencePacker
 from instructjax.data.streams import ExampleStream, named_rng
 
@@ -26,7 +28,7 @@ BATCH_KEYS = ("tokens", "targets", "loss_weights", "segment_ids", "positions", "
 
 @dataclass
 class IteratorState:
-    """Where this host's stream stands: the next row is row `row` of window `window` of `epoch`."""
+    """Where the global row stream stands: the next row is row `row` of window `window` of `epoch`."""
 
     epoch: int = 0
     window: int = 0
@@ -42,7 +44,7 @@ class IteratorState:
 
 @dataclass
 class EpochPlan:
-    """Sizes of one epoch of this host's stream (what `data stats` and the trainer need)."""
+    """Sizes of one epoch of the global stream (what `data stats` and the trainer need): the same on every host."""
 
     examples: int
     rows: int
@@ -61,8 +63,9 @@ class DataPipeline:
         """`vocab_size`: the model's; a token id outside it is a ConfigError here, before training."""
         self.config = config
         self.process_index, self.process_count = process_index, process_count
-        self.stream = ExampleStream(config, process_index=process_index, process_count=process_count,
-                                    vocab_size=vocab_size)
+        if config.global_batch % process_count:
+            raise ConfigError(f"data.global_batch={config.global_batch} is not divisible by the {process_count} host(s)")
+        self.stream = ExampleStream(config, vocab_size=vocab_size)
         self.task_names = self.stream.task_names
         self.packer = SequencePacker(config.seq_len, window=config.pack_window, overlong=config.overlong,
                                      pack=config.pack)
@@ -101,11 +104,14 @@ class DataPipeline:
             window, row = window + 1, 0
 
     def _batches(self, state: IteratorState) -> Iterator[tuple[dict[str, np.ndarray], IteratorState]]:
+        """This host's slice of each global batch, with the (global) state after the whole global batch."""
         rows = self._rows(state)
+        first = self.process_index * self.host_batch
         while True:
-            chunk = [next(rows) for _ in range(self.host_batch)]
+            global_chunk = [next(rows) for _ in range(self.config.global_batch)]
+            chunk = global_chunk[first : first + self.host_batch]
             batch = {k: np.stack([r[k] for r, _ in chunk]) for k in BATCH_KEYS}
-            yield batch, chunk[-1][1]
+            yield batch, global_chunk[-1][1]
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         """Host batches from the current state on; `self.state` follows the batches handed out."""
@@ -154,7 +160,7 @@ class DataPipeline:
 
     # ---- sizes --------------------------------------------------------------------------------
     def plan_epoch(self, epoch: int = 0) -> EpochPlan:
-        """Rows, tokens, packing efficiency and optimizer steps of one epoch of this host's stream.
+        """Rows, tokens, packing efficiency and optimizer steps of one epoch (of the global stream).
 
         In rate mode an "epoch" is as many draws as all tasks together hold.
         """
@@ -175,6 +181,6 @@ class DataPipeline:
             tokens=stats.tokens,
             trained_tokens=trained,
             efficiency=stats.efficiency if stats.rows else 0.0,
-            steps=math.ceil(stats.rows / self.host_batch),
+            steps=math.ceil(stats.rows / self.config.global_batch),
             packing=asdict(stats),
         )

@@ -6,9 +6,9 @@
 - Rate mode (a rate-mode mixture): each draw picks a task with probability proportional to its rate,
   then that task's next example in its own per-cycle shuffle; endless.
 
-Several hosts: every host computes the same global order and takes every H-th example from position
-`process_index` (seqio's ShardInfo). Every random draw comes from a named stream (`named_rng`), so all
-of it is a function of (seed, epoch, window).
+The stream is global: every host computes the same examples in the same order (the pipeline then gives
+each host its slice of every global batch). Every random draw comes from a named stream (`named_rng`), so
+all of it is a function of (seed, epoch, window).
 """
 
 from __future__ import annotations
@@ -38,16 +38,15 @@ def named_rng(seed: int, stream: str, *keys: int) -> np.random.Generator:
 
 
 class ExampleStream:
-    """This host's examples of a bound mixture or task, per epoch (epoch mode) or per window (rate mode)."""
+    """The examples of a bound mixture or task, per epoch (epoch mode) or per window (rate mode), the same
+    on every host."""
 
-    def __init__(self, config: DataSection, *, process_index: int = 0, process_count: int = 1,
-                 vocab_size: int | None = None):
+    def __init__(self, config: DataSection, *, vocab_size: int | None = None):
         """`vocab_size`: the model's; a token id outside it is a ConfigError here, before training."""
         found = resolve(config.mixture)
         if found is None:
             raise ConfigError(f"data.mixture={config.mixture!r} is not a registered task or mixture")
         self.config = config
-        self.process_index, self.process_count = process_index, process_count
         self.task_names, mixture = found
         self.rate_mode = mixture is not None and not mixture.epoch_mode
         self.counts = dict(mixture.counts) if mixture is not None and mixture.epoch_mode else {}
@@ -103,16 +102,14 @@ class ExampleStream:
         return [self._subset[i] for i in order]
 
     def epoch_examples(self, epoch: int) -> list[dict]:
-        """Epoch mode: this host's examples of `epoch`, in training order (cached for one epoch)."""
+        """Epoch mode: the examples of `epoch`, in training order (cached for one epoch)."""
         if self._epoch_cache is not None and self._epoch_cache[0] == epoch:
             return self._epoch_cache[1]
         if self.config.mosaic is None:
-            chosen = self._epoch_order(epoch)[self.process_index :: self.process_count]
-            out = [self._example(t, i) for t, i in chosen]
+            out = [self._example(t, i) for t, i in self._epoch_order(epoch)]
         else:
-            mosaics = self.mosaic_conversations(epoch)[self.process_index :: self.process_count]
             out = []
-            for conv in mosaics:
+            for conv in self.mosaic_conversations(epoch):
                 enc = self.mosaic_encoder.encode(conv)
                 if enc.n_trained == 0:  # nothing left to train after truncation: counted, not hidden
                     self.untrainable[epoch] = self.untrainable.get(epoch, 0) + 1
@@ -122,7 +119,7 @@ class ExampleStream:
         return out
 
     def mosaic_conversations(self, epoch: int) -> list[Conversation]:
-        """A fresh Mosaic-IT pass over the whole of `epoch` (the same on every host)."""
+        """A fresh Mosaic-IT pass over the whole of `epoch`."""
         convs = []
         for t, i in self._epoch_order(epoch):
             conv = Conversation.from_json(self.examples[t][i]["conversation"])
@@ -149,10 +146,9 @@ class ExampleStream:
         """Rate mode: the draws of one window (task by rate, then that task's next shuffled example)."""
         counters = self._rate_counters(window)
         out = []
-        for t in self._rate_choices(window)[self.process_index :: self.process_count]:
-            shard = np.arange(len(self.examples[t]))[self.process_index :: self.process_count]
-            cycle, pos = divmod(int(counters[t]), len(shard))
-            perm = named_rng(self.config.seed, "rate_cycle", int(t), cycle).permutation(shard)
+        for t in self._rate_choices(window):
+            cycle, pos = divmod(int(counters[t]), len(self.examples[t]))
+            perm = named_rng(self.config.seed, "rate_cycle", int(t), cycle).permutation(len(self.examples[t]))
             out.append(self._example(int(t), int(perm[pos])))
             counters[t] += 1
         return out
@@ -162,11 +158,10 @@ class ExampleStream:
         return rng.choice(len(self.task_names), size=self.config.pack_window, p=self.rates / self.rates.sum())
 
     def _rate_counters(self, window: int) -> np.ndarray:
-        """How many draws of each task this host made before `window` (replayed from the seed)."""
+        """How many draws of each task were made before `window` (replayed from the seed)."""
         counters = np.zeros(len(self.task_names), dtype=np.int64)
         for w in range(window):
-            mine = self._rate_choices(w)[self.process_index :: self.process_count]
-            counters += np.bincount(mine, minlength=len(self.task_names))
+            counters += np.bincount(self._rate_choices(w), minlength=len(self.task_names))
         return counters
 
     def _example(self, task: int, index: int) -> dict:

@@ -7,13 +7,16 @@ train step:  jit with explicit shardings, state donated; the global batch is spl
              normalized by the trained-token weight of the whole global batch (all hosts)
 loop:        host batch -> global jax.Array -> step; metrics to RUN_DIR/metrics.jsonl + TensorBoard;
              Orbax saves every `checkpoint.every` steps and at the end; a non-finite loss stops the run
-             before anything broken is saved.
+             before anything broken is saved; SIGTERM saves the step in flight and stops (preemption.py).
+hosts:       every host plans the same global steps (data.pipeline); a host whose plan differs stops the
+             run at once with one line, and a checkpoint resumes on any number of hosts.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +48,7 @@ class TrainResult:
     run_dir: Path
     step: int  # the last completed step
     losses: dict[int, float] = field(default_factory=dict)  # every step this run trained
+    preempted: bool = False  # stopped by SIGTERM after saving `step`
 
 
 def maybe_initialize_distributed(config: RunConfig) -> None:
@@ -136,7 +140,9 @@ class Trainer:
                                                  process_count=jax.process_count(),
                                                  vocab_size=self.model_config.vocab_size)
         self.sources = data.sources if pipeline is None else list(self.pipeline.task_names)
-        steps_per_epoch = self.pipeline.plan_epoch(0).steps
+        plan = self.pipeline.plan_epoch(0)
+        steps_per_epoch = plan.steps
+        _check_hosts_agree(plan, config)
         if jax.process_index() == 0:  # skipped rows and truncations are reported, never silent
             for line in getattr(self.pipeline, "report", list)():
                 print(f"data: {line}", flush=True)
@@ -174,10 +180,10 @@ class Trainer:
             abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
             latest, params, opt_state, data, meta = self.checkpointer.restore_latest(  # skips a torn newest step
                 target(abstract_params, self.param_shardings), target(abstract_opt, self.opt_shardings))
-            if len(data) != jax.process_count():
-                raise ConfigError(f"checkpoint step {latest} was written by {len(data)} host(s), this run has "
-                                  f"{jax.process_count()}; resume with the same number of hosts")  # fmt: skip
-            self.pipeline.restore(data[jax.process_index()])
+            if not (data == data[0]).all():
+                raise ConfigError(f"checkpoint step {latest} holds one data position per host (an older per-host "
+                                  f"layout); it cannot resume with the global plan")  # fmt: skip
+            self.pipeline.restore(data[0])  # the global position: any number of hosts continues from it
             return params, opt_state, latest, int(meta.get("tokens", 0))
         if self.config.model.init_from:
             params = ckpt.load_params(self.config.model.init_from, shardings=self.param_shardings)[0]
@@ -194,6 +200,8 @@ class Trainer:
     def run(self, stop_at: int | None = None) -> TrainResult:
         """Train to the last step, or stop after `stop_at` (as a preempted run would, after saving it)."""
         from tqdm import tqdm
+
+        from instructjax.train.preemption import PreemptionWatch
 
         primary = jax.process_index() == 0
         params, opt_state, start, tokens = self.init_state()
@@ -231,6 +239,7 @@ class Trainer:
             if step % self.config.log_every == 0 or step == self.total_steps:
                 logger.log(step, window.flush(m, tokens, self.sources))
 
+        preemption = PreemptionWatch()
         try:
             with jax.set_mesh(self.mesh):
                 for step in range(start + 1, min(stop_at or self.total_steps, self.total_steps) + 1):
@@ -239,11 +248,19 @@ class Trainer:
                     if pending:
                         finish(*pending)
                     pending = (step, metrics)
-                    if step % self.config.checkpoint.every == 0 or step in (self.total_steps, stop_at):
+                    result.preempted = preemption.should_stop(step)
+                    if step % self.config.checkpoint.every == 0 or step in (self.total_steps, stop_at) \
+                            or result.preempted:
                         finish(*pending)
                         pending = None
                         self.save(step, params, opt_state, tokens)
+                    if result.preempted:
+                        if primary:
+                            print(f"instructjax: preempted: saved step {step}; `--resume` continues from it",
+                                  file=sys.stderr, flush=True)
+                        break
         finally:
+            preemption.close()
             bar.close()
             self.checkpointer.wait()
             logger.close()
@@ -296,6 +313,24 @@ class _Window:
                 record[f"loss/{name}"] = float(s / w)
         self.reset()
         return record
+
+
+def _check_hosts_agree(plan, config: RunConfig) -> None:
+    """Stop at once, with one line, when another host planned a different epoch (a changed data file on
+    one host, a different package version): hosts that disagree would otherwise hang or drift apart."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    mine = np.array([plan.examples, plan.rows, plan.tokens, plan.trained_tokens, config.max_steps or 0], np.int64)
+    every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
+    differing = [h for h in range(len(every)) if not np.array_equal(every[h], every[0])]
+    if differing:
+        names = ("examples", "rows", "tokens", "trained tokens", "max_steps")
+        mismatch = ", ".join(f"{n} {every[0][i]} vs {every[differing[0]][i]}" for i, n in enumerate(names)
+                             if every[0][i] != every[differing[0]][i])  # fmt: skip
+        raise ConfigError(f"host {differing[0]} planned a different epoch than host 0 ({mismatch}); "
+                          "check that every host reads the same data files and config")
 
 
 def train(config: RunConfig, *, resume: bool = False, **kwargs) -> TrainResult:
