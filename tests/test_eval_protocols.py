@@ -3,6 +3,7 @@ protocols (FLASK scale, pairwise/AlpacaEval rules) and `instructjax eval --confi
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -21,7 +22,7 @@ from instructjax.eval.protocols import (
     score_suite_task,
     subset,
 )
-from instructjax.eval.suite import SUITES, protocols
+from instructjax.eval.suite import SUITES, SuiteTask, protocols
 
 # ---- GSM8K: the last number ------------------------------------------------------------------------------
 
@@ -220,3 +221,128 @@ def test_alpacaeval_hand_computed_win_rate():
     wanted = {"0": "m", "1": "r", "3": "m"}
     replies = [{"id": i, "reply": "tie" if i == "2" else ("1" if first[i] == wanted[i] else "2")} for i in first]
     assert pw.score_alpacaeval(requests, replies) == {"win_rate": 62.5, "n": 4}
+
+
+# ---- the suite path through lm-eval, on local tasks ---------------------------------------------------------
+
+
+def _write_tasks(root) -> str:
+    """Offline lm-eval tasks shaped like gsm8k_cot (one task) and bbh_cot_fewshot (a group of two)."""
+    def jsonl(name, rows):
+        path = root / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return str(path)
+
+    gsm = jsonl("gsm.jsonl", [{"question": f"What is {i} + {i + 1}?", "answer": f"{i} + {i + 1}\n#### {2 * i + 1}"}
+                              for i in range(10)])
+    (root / "ij_gsm.yaml").write_text(f"""task: ij_gsm
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {gsm}
+test_split: test
+output_type: generate_until
+doc_to_text: "Q: {{{{question}}}}\\nA:"
+doc_to_target: "{{{{answer.split('####')[-1].strip()}}}}"
+generation_kwargs:
+  until: ["\\n\\n"]
+  max_gen_toks: 4
+  do_sample: false
+metric_list:
+  - metric: exact_match
+""")
+    for name, n in (("alpha", 6), ("beta", 5)):
+        data = jsonl(f"{name}.jsonl", [{"input": f"{name} item {i}", "target": "(A)" if i % 2 == 0 else "(B)"}
+                                       for i in range(n)])
+        (root / f"ij_bbh_{name}.yaml").write_text(f"""task: ij_bbh_{name}
+dataset_path: json
+dataset_kwargs:
+  data_files:
+    test: {data}
+test_split: test
+output_type: generate_until
+doc_to_text: "Q: {{{{input}}}}\\nA: Let's think step by step.\\n"
+doc_to_target: "{{{{target}}}}"
+generation_kwargs:
+  until: ["\\n\\n"]
+  max_gen_toks: 4
+  do_sample: false
+metric_list:
+  - metric: exact_match
+""")
+    (root / "ij_bbh.yaml").write_text("""group: ij_bbh
+task: [ij_bbh_alpha, ij_bbh_beta]
+aggregate_metric_list:
+  - metric: exact_match
+    aggregation: mean
+    weight_by_size: false
+""")
+    return str(root)
+
+
+ORACLE_SUITE = (
+    SuiteTask("GSM-like", "ij_gsm", 0, "exact_match", protocol=Protocol("gsm8k", 4, 42)),
+    SuiteTask("BBH-like", "ij_bbh", 0, "exact_match", protocol=Protocol("bbh", 3, 42)),
+)
+
+
+def _register_oracle():
+    """An lm-eval model that answers GSM-like problem i right unless i % 3 == 0, and always "(A)" on BBH."""
+    import re as _re
+
+    from lm_eval.api.model import LM
+    from lm_eval.api.registry import MODEL_REGISTRY, register_model
+
+    if "ij_oracle" in MODEL_REGISTRY:
+        return
+
+    @register_model("ij_oracle")
+    class Oracle(LM):
+        def __init__(self, **kwargs):
+            super().__init__()
+
+        def loglikelihood(self, requests):
+            raise NotImplementedError
+
+        def loglikelihood_rolling(self, requests):
+            raise NotImplementedError
+
+        def generate_until(self, requests):
+            out = []
+            for r in requests:
+                m = _re.search(r"What is (\d+) \+ (\d+)\?\nA:$", r.args[0])
+                if m:
+                    i = int(m.group(1))
+                    total = 2 * i + 1 + (1 if i % 3 == 0 else 0)
+                    out.append(f" {i} + {i + 1} = {total}. The answer is {total:,}.")
+                else:
+                    out.append("The item is first. So the answer is (A).")
+            return out
+
+
+def test_run_suite_scores_the_seeded_subsets(tmp_path, monkeypatch):
+    from instructjax.cli.eval import run_suite
+    from instructjax.eval import suite as suite_mod
+
+    _register_oracle()
+    include = _write_tasks(tmp_path)
+    monkeypatch.setitem(suite_mod.SUITES, "ij_proto", ORACLE_SUITE)
+    out = run_suite("unused", "ij_proto", backend="ij_oracle", include_path=include,
+                    samples_out=str(tmp_path / "samples.jsonl"))
+    gsm_ids = sorted(random.Random(42).sample(range(10), 4))  # the draw, written out independently
+    logged = pw.read_jsonl(str(tmp_path / "samples.jsonl"))
+    assert sorted(r["doc_id"] for r in logged if r["task"] == "ij_gsm") == gsm_ids
+    expected_gsm = 100 * sum(i % 3 != 0 for i in gsm_ids) / 4
+    assert out["ij_gsm|0-shot"]["protocol"]["exact_match"] == expected_gsm
+    assert out["ij_gsm|0-shot"]["protocol"]["n"] == 4
+    per_task = {}
+    for name, n in (("alpha", 6), ("beta", 5)):
+        ids = sorted(random.Random(f"42/{name}").sample(range(n), 3))
+        assert sorted(r["doc_id"] for r in logged if r["task"] == f"ij_bbh_{name}") == ids
+        per_task[name] = 100 * sum(i % 2 == 0 for i in ids) / 3
+    bbh = out["ij_bbh|0-shot"]["protocol"]
+    assert bbh["tasks"]["ij_bbh_alpha"]["exact_match"] == pytest.approx(per_task["alpha"])
+    assert bbh["exact_match"] == pytest.approx((per_task["alpha"] + per_task["beta"]) / 2)
+    assert bbh["n"] == 6
+    # lm-eval saw the same documents (its own exact match on the GSM-like task: the answer text is not the target)
+    assert out["ij_gsm|0-shot"]["exact_match,none"] == 0.0
