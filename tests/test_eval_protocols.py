@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -23,6 +24,8 @@ from instructjax.eval.protocols import (
     subset,
 )
 from instructjax.eval.suite import SUITES, SuiteTask, protocols
+
+REPO = Path(__file__).resolve().parent.parent
 
 # ---- GSM8K: the last number ------------------------------------------------------------------------------
 
@@ -346,3 +349,118 @@ def test_run_suite_scores_the_seeded_subsets(tmp_path, monkeypatch):
     assert bbh["n"] == 6
     # lm-eval saw the same documents (its own exact match on the GSM-like task: the answer text is not the target)
     assert out["ij_gsm|0-shot"]["exact_match,none"] == 0.0
+
+
+# ---- instructjax eval --config -------------------------------------------------------------------------------
+
+
+def test_config_parts_of_the_papers_configs():
+    from instructjax.cli.eval import config_parts
+    from instructjax.core.config import eval_section, load_config
+
+    configs = REPO / "configs"
+    parts = {name: config_parts(eval_section(load_config(configs / name).eval)) for name in (
+        "seed000_acp/acp_ACP_llama2_7b.yaml", "seed002_selection/alpaca_longest_1k_llama2_7b.yaml",
+        "seed004_tulu/tulu_human_gpt_llama1_7b.yaml")}
+    assert parts == {"seed000_acp/acp_ACP_llama2_7b.yaml": ["suite", "codex", "flask"],
+                     "seed002_selection/alpaca_longest_1k_llama2_7b.yaml": ["suite", "pairwise"],
+                     "seed004_tulu/tulu_human_gpt_llama1_7b.yaml": ["suite", "codex", "alpaca_eval"]}
+
+
+class _FakeGenerator:
+    """Records the sampling of each chat call; answers "out <instruction>"."""
+
+    def __init__(self):
+        self.calls = []
+
+    def chat(self, conversations, sampling):
+        self.calls.append(sampling)
+        return [f"out {c[-1]['content']}" for c in conversations]
+
+
+def test_judged_parts_generate_at_the_papers_length(tmp_path):
+    from instructjax.cli.eval import run_judged
+    from instructjax.core.config import eval_section
+
+    rows = [{"id": str(i), "instruction": f"q{i}", "skills": ["factuality"]} for i in range(3)]
+    for mode in ("pairwise", "alpaca_eval", "flask"):
+        (tmp_path / mode).mkdir()
+        pw.write_jsonl(tmp_path / mode / "prompts.jsonl", rows)
+    others = [{"id": str(i), "instruction": f"q{i}", "output": f"other {i}"} for i in range(3)]
+    pw.write_jsonl(tmp_path / "pairwise" / "against.jsonl", others)
+    pw.write_jsonl(tmp_path / "alpaca_eval" / "reference.jsonl", others)
+    ev = eval_section({"pairwise": True, "alpaca_eval": True, "flask": {"max_new_tokens": 64},
+                       "data_dir": str(tmp_path)})
+    lengths = {}
+    for mode in ("pairwise", "alpaca_eval", "flask"):
+        gen = _FakeGenerator()
+        result = run_judged(gen, ev, mode, str(tmp_path))
+        lengths[mode] = (gen.calls[0].max_new_tokens, gen.calls[0].temperature)
+        assert "none yet" in result["replies"]
+        requests = pw.read_jsonl(result["requests"])
+        assert len(requests) == (6 if mode == "pairwise" else 3)
+        assert "out q1" in next(r["prompt"] for r in requests if r["item"] == "1")
+    assert lengths == {"pairwise": (2048, 0.0), "alpaca_eval": (8192, 0.0), "flask": (64, 0.0)}
+
+
+@pytest.mark.slow
+def test_eval_config_runs_the_eval_block(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    from test_convert import make_hf
+
+    from instructjax.cli import main
+    from instructjax.convert.saved import import_hf
+    from instructjax.eval import suite as suite_mod
+
+    monkeypatch.setitem(suite_mod.SUITES, "ij_proto", ORACLE_SUITE)
+    include = _write_tasks(tmp_path)
+    run_dir = tmp_path / "run"
+    import_hf(make_hf(tmp_path, "gqa", seed=3), str(run_dir))
+    prompts = [{"id": str(i), "instruction": f"Say {w}.", "skills": ["Factuality", "conciseness"]}
+               for i, w in enumerate(("hi", "yes", "no"))]
+    other = [{"id": r["id"], "instruction": r["instruction"], "output": "B"} for r in prompts]
+    for name, rows in (("p.jsonl", prompts), ("b.jsonl", other)):
+        pw.write_jsonl(tmp_path / name, rows)
+    # judge replies, recorded: pairwise items 0 and 2 won in both orders, 1 a tie -> (2 - 0) / 3 + 1
+    pw.write_jsonl(tmp_path / "pw_replies.jsonl", [
+        {"id": i, "reply": r} for i, r in (("0|ab", "8 3"), ("0|ba", "2 9"), ("1|ab", "5 5"), ("1|ba", "6 4"),
+                                           ("2|ab", "9 1"), ("2|ba", "1 9"))])
+    pw.write_jsonl(tmp_path / "ae_replies.jsonl", [{"id": str(i), "reply": "1"} for i in range(3)])
+    rng = random.Random(5)  # alpacaeval's order per item, drawn independently: "1" wins where the model is first
+    expected_win = 100 * sum(rng.choice(("mr", "rm")) == "mr" for _ in range(3)) / 3
+    out_dir = tmp_path / "out"
+    (tmp_path / "run.yaml").write_text(f"""name: tiny
+run_dir: {run_dir}
+eval:
+  suite: ij_proto
+  include_path: {include}
+  backend: instructjax
+  batch_size: 4
+  out_dir: {out_dir}
+  pairwise: {{prompts: {tmp_path / 'p.jsonl'}, against: {tmp_path / 'b.jsonl'},
+             replies: {tmp_path / 'pw_replies.jsonl'}, max_new_tokens: 4}}
+  alpaca_eval: {{prompts: {tmp_path / 'p.jsonl'}, against: {tmp_path / 'b.jsonl'},
+                replies: {tmp_path / 'ae_replies.jsonl'}, max_new_tokens: 4, seed: 5}}
+  flask: {{prompts: {tmp_path / 'p.jsonl'}, max_new_tokens: 4}}
+""")
+    assert main(["eval", "--config", str(tmp_path / "run.yaml")]) == 0
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["parts"] == ["suite", "pairwise", "alpaca_eval", "flask"]
+    assert results["model"] == str(run_dir)
+    assert results["suite"]["ij_gsm|0-shot"]["protocol"]["n"] == 4
+    assert results["suite"]["ij_bbh|0-shot"]["protocol"]["n"] == 6
+    logged = pw.read_jsonl(str(out_dir / "suite_samples.jsonl"))
+    assert sorted(r["doc_id"] for r in logged if r["task"] == "ij_gsm") == sorted(random.Random(42).sample(range(10), 4))
+    pair = results["pairwise"]
+    assert (pair["win"], pair["tie"], pair["lose"]) == (2, 1, 0)
+    assert pair["winning_score"] == pytest.approx(5 / 3)
+    assert results["alpaca_eval"]["win_rate"] == pytest.approx(expected_win)
+    assert "none yet" in results["flask"]["replies"]
+    flask_requests = pw.read_jsonl(str(out_dir / "flask_requests.jsonl"))
+    assert [r["skills"] for r in flask_requests] == [["factuality", "conciseness"]] * 3
+    outputs = pw.read_jsonl(str(out_dir / "pairwise_outputs.jsonl"))
+    assert [r["id"] for r in outputs] == ["0", "1", "2"]
+    # a judged part whose input file is missing stops before any work, naming the key
+    (tmp_path / "bad.yaml").write_text(f"name: bad\nrun_dir: {run_dir}\neval:\n  flask: {{prompts: nope.jsonl}}\n")
+    assert main(["eval", "--config", str(tmp_path / "bad.yaml")]) == 2
+    assert main(["eval", "--config", str(tmp_path / "run.yaml"), "--only", "codex"]) == 2
