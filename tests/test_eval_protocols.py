@@ -464,3 +464,16 @@ eval:
     (tmp_path / "bad.yaml").write_text(f"name: bad\nrun_dir: {run_dir}\neval:\n  flask: {{prompts: nope.jsonl}}\n")
     assert main(["eval", "--config", str(tmp_path / "bad.yaml")]) == 2
     assert main(["eval", "--config", str(tmp_path / "run.yaml"), "--only", "codex"]) == 2
+
+
+def test_flask_subset_and_pairwise_scale():
+    rows = [{"id": "a", "skills": ["Factuality", "Readability", "Conciseness"]},
+            {"id": "b", "skills": ["Harmlessness", "Factuality", "Completeness"]},  # a skill outside the eight
+            {"id": "c", "skills": ["logical correctness", "insightfulness", "comprehension"]},
+            {"id": "d", "skills": ["Metacognition", "Readability", "Logical Efficiency"]}]
+    assert [r["id"] for r in pw.flask_subset(rows)] == ["a", "c"]
+    assert pw.parse_score_pair("10 1") == (10.0, 1.0)
+    with pytest.raises(pw.DataError, match="outside the 1-10 scale"):
+        pw.parse_score_pair("11 3", "x|ab")
+    with pytest.raises(pw.DataError, match="outside the 1-10 scale"):
+        pw.parse_score_pair("0 3")

@@ -329,7 +329,13 @@ def run_judged(generator, ev, mode: str, out_dir: str) -> dict:
     section, files = ev.judge(mode), judge_files(ev, mode, out_dir)
     protocol = pw.JUDGE_PROTOCOLS[JUDGE_MODE[mode]]
     max_new = section.max_new_tokens or protocol.max_new_tokens
-    outputs = complete(generator, _rows(files["prompts"]), Sampling(max_new, section.temperature, 1.0, section.seed),
+    prompts = _rows(files["prompts"])
+    result: dict = {}
+    if mode == "flask":
+        kept = pw.flask_subset(prompts)
+        result["dropped_other_skills"] = len(prompts) - len(kept)
+        prompts = kept
+    outputs = complete(generator, prompts, Sampling(max_new, section.temperature, 1.0, section.seed),
                        keep=("skills", "reference"))
     pw.write_jsonl(files["outputs"], outputs)
     if mode == "pairwise":
@@ -339,7 +345,7 @@ def run_judged(generator, ev, mode: str, out_dir: str) -> dict:
     else:
         requests = pw.flask_requests(outputs)
     pw.write_jsonl(files["requests"], requests)
-    result: dict = {"outputs": files["outputs"], "requests": files["requests"], "max_new_tokens": max_new}
+    result.update(outputs=files["outputs"], requests=files["requests"], max_new_tokens=max_new)
     if not os.path.exists(files["replies"]):
         result["replies"] = f"none yet: put the judge's replies ({{id, reply}} per request) in {files['replies']}"
         return result

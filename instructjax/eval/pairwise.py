@@ -164,6 +164,12 @@ def alpacaeval_requests(model: Sequence[Mapping], reference: Sequence[Mapping], 
     return requests
 
 
+def flask_subset(rows: Sequence[Mapping]) -> list[Mapping]:
+    """Seed 000's FLASK set: the instructions whose annotated skills are all among the eight kept
+    (appendix A: instructions annotated with any other skill are filtered out; 1,180 remain)."""
+    return [row for row in rows if all(str(s).lower() in FLASK_SKILLS for s in row["skills"])]
+
+
 def flask_requests(rows: Sequence[Mapping]) -> list[dict]:
     """One request per {"id", "instruction", "output", "skills": [...], "reference"?} row."""
     requests = []
@@ -202,6 +208,10 @@ def parse_score_pair(reply: str, request_id: str = "") -> tuple[float, float]:
     if len(numbers) != 2:
         raise DataError(f"judge reply's first line {_first_line(reply)!r} does not hold two scores",
                         reason="wrong_type", row=request_id)
+    low, high = JUDGE_PROTOCOLS["pairwise"].scale
+    if not all(low <= n <= high for n in numbers):
+        raise DataError(f"judge reply's scores {numbers} are outside the {low}-{high} scale", reason="wrong_type",
+                        row=request_id)
     return numbers[0], numbers[1]
 
 
