@@ -477,3 +477,19 @@ def test_flask_subset_and_pairwise_scale():
         pw.parse_score_pair("11 3", "x|ab")
     with pytest.raises(pw.DataError, match="outside the 1-10 scale"):
         pw.parse_score_pair("0 3")
+
+
+def test_flask_cli_scores_on_the_papers_scale(tmp_path, capsys):
+    from instructjax.cli import main
+
+    rows = [{"id": str(i), "instruction": "q", "output": "r", "skills": ["Readability"]} for i in range(3)]
+    pw.write_jsonl(tmp_path / "a.jsonl", rows)
+    req = str(tmp_path / "req.jsonl")
+    assert main(["eval", "pairwise", "requests", "--mode", "flask", "--a", str(tmp_path / "a.jsonl"),
+                 "--requests", req]) == 0
+    pw.write_jsonl(tmp_path / "rep.jsonl", [{"id": str(i), "reply": f"Readability: {s}"} for i, s in enumerate((4, 5, 5))])
+    capsys.readouterr()
+    assert main(["eval", "pairwise", "score", "--mode", "flask", "--requests", req, "--replies",
+                 str(tmp_path / "rep.jsonl"), "--round-like-table"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores == pytest.approx({"readability": 93.4, "average": 93.4})  # 14 / 3 = 4.666.. -> 4.67 -> x 20

@@ -63,6 +63,8 @@ def register(subparsers) -> None:
     pw.add_argument("--requests", required=True, help="requests JSONL (written by `requests`, read by `score`)")
     pw.add_argument("--replies", help="the judge's replies: JSONL {id, reply}")
     pw.add_argument("--seed", type=int, default=0)
+    pw.add_argument("--round-like-table", action="store_true",
+                    help="flask: round the 1-5 means to two decimals before scaling, as seed 000's Table 2")
     pw.set_defaults(func=run_pairwise)
 
     codex = sub.add_parser("codex", help="Codex-Eval on the 164 HumanEval problems (pass@1 T=0.1, pass@10 T=0.8)")
@@ -196,6 +198,9 @@ def run_suite(model: str, name: str, *, backend: str = "auto", include_path: str
     from instructjax.eval.suite import SUITE_MAX_GEN_TOKS, lm_eval_runs, protocols
 
     by_task = protocols(name)
+    if by_task and limit is not None:
+        print(f"instructjax: note: --limit takes lm-eval's first documents of {', '.join(by_task)}, not the "
+              "paper's seeded subsets", file=sys.stderr)
     gen_kwargs = {"max_gen_toks": SUITE_MAX_GEN_TOKS[name]} if name in SUITE_MAX_GEN_TOKS else None
     summary: dict[str, dict] = {}
     logged: list[dict] = []
@@ -274,7 +279,7 @@ def run_pairwise(args) -> int:
     elif args.mode == "alpacaeval":
         result = pw.score_alpacaeval(requests, replies)
     else:
-        result = pw.score_flask(requests, replies)
+        result = pw.score_flask(requests, replies, round_like_table=args.round_like_table)
     json.dump(result, sys.stdout, indent=2)
     print()
     return 0
@@ -407,7 +412,8 @@ def run_config(args) -> int:
         else:
             results[part] = run_judged(generator, ev, part, out_dir)
     text = json.dumps(results, indent=2, default=str)
-    with open(os.path.join(out_dir, "results.json"), "w") as f:
-        f.write(text + "\n")
+    for path in [os.path.join(out_dir, "results.json")] + ([args.out] if args.out else []):
+        with open(path, "w") as f:
+            f.write(text + "\n")
     print(text)
     return 0
