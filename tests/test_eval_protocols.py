@@ -493,3 +493,18 @@ def test_flask_cli_scores_on_the_papers_scale(tmp_path, capsys):
                  str(tmp_path / "rep.jsonl"), "--round-like-table"]) == 0
     scores = json.loads(capsys.readouterr().out)
     assert scores == pytest.approx({"readability": 93.4, "average": 93.4})  # 14 / 3 = 4.666.. -> 4.67 -> x 20
+
+
+def test_eval_config_errors_are_one_line(tmp_path, capsys):
+    from instructjax.cli import main
+
+    cases = {"eval:\n  suite: nope\n": "unknown eval suite 'nope'",
+             "eval:\n  flask: {promts: x.jsonl}\n": "unknown config key 'eval.flask.promts'",
+             "eval:\n  flask: {prompts: missing.jsonl}\n": "eval.flask.prompts: missing.jsonl does not exist",
+             "eval: {}\n": "names nothing to run"}
+    for i, (block, message) in enumerate(cases.items()):
+        path = tmp_path / f"c{i}.yaml"
+        path.write_text(f"name: c\nrun_dir: {tmp_path / 'run'}\n{block}")
+        assert main(["eval", "--config", str(path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err

@@ -373,7 +373,7 @@ def run_config(args) -> int:
 
     config = load_config(args.config)
     ev = eval_section(config.eval)
-    parts = config_parts(ev)
+    parts = config_parts(ev)  # an unknown suite: a one-line ConfigError
     if args.only:
         wanted = [p.strip() for p in args.only.split(",") if p.strip()]
         unknown = [p for p in wanted if p not in parts]

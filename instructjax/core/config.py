@@ -200,11 +200,7 @@ class EvalSection:
     data_dir: str = "eval_data"
     out_dir: str | None = None  # None: <run_dir>/eval
 
-    def __post_init__(self):
-        if self.suite is not None:
-            from instructjax.eval.suite import SUITES  # data only: no lm-eval import
-
-            _check(self.suite in SUITES, f"eval.suite must be one of {tuple(SUITES)}, got {self.suite!r}")
+    def __post_init__(self):  # the suite's name is checked by `instructjax eval` (eval/suite.py; core is below eval)
         _check(self.backend in EVAL_BACKENDS, f"eval.backend must be one of {EVAL_BACKENDS}, got {self.backend!r}")
         _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
         _check(self.codex_samples >= 10, f"eval.codex_samples must be >= 10 (pass@10), got {self.codex_samples}")
