@@ -133,8 +133,10 @@ def test_flask_per_skill_scaled():
     replies = [{"id": "a", "reply": "Factuality: 5\nReadability: 3\nConciseness: 1\nGood facts."},
                {"id": "b", "reply": "- factuality: 4\n- completeness: 2\n- readability: 5"}]
     scores = pw.score_flask(requests, replies)
-    assert scores["factuality"] == ((5 + 4) / 2 - 1) / 4 * 100
-    assert scores["readability"] == 75.0 and scores["conciseness"] == 0.0 and scores["completeness"] == 25.0
+    # seed 000's [0, 100] scale is mean / 5 * 100 (see test_eval_protocols: Table 2)
+    assert scores["factuality"] == 90.0  # (5 + 4) / 2 = 4.5
+    assert scores["readability"] == 80.0 and scores["conciseness"] == 20.0 and scores["completeness"] == 40.0
+    assert scores["average"] == pytest.approx((4.5 + 4 + 1 + 2) / 4 * 20)
     with pytest.raises(DataError, match="unknown FLASK skill 'humour'"):
         pw.flask_requests([{**rows[0], "skills": ["humour"]}])
     assert len(pw.FLASK_SKILLS) == 8

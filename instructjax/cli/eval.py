@@ -1,4 +1,12 @@
-"""`instructjax score`, `generate` and `eval` (lm-eval, the papers' suites, Codex-Eval, pairwise judging)."""
+"""`instructjax score`, `generate` and `eval` (lm-eval, the papers' suites, Codex-Eval, pairwise judging).
+
+`instructjax eval --config RUN.yaml` runs what the config's `eval:` block names (core.config.EvalSection):
+the suite (GSM8K/BBH by the paper's protocol, instructjax.eval.protocols), extra lm-eval tasks, Codex-Eval,
+and the judged evaluations (pairwise, alpaca_eval, flask): the model answers the instructions at the
+paper's generation length, the judge requests are written, and scored once the judge's replies are there.
+Everything lands in the eval directory (default RUN_DIR/eval): results.json, suite_samples.jsonl,
+<mode>_outputs.jsonl, <mode>_requests.jsonl.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,9 @@ import os
 import sys
 
 from instructjax.core.errors import ConfigError
+
+EVAL_PARTS = ("suite", "tasks", "codex", "pairwise", "alpaca_eval", "flask")
+JUDGE_MODE = {"pairwise": "pairwise", "alpaca_eval": "alpacaeval", "flask": "flask"}  # config key -> pairwise.py
 
 
 def register(subparsers) -> None:
@@ -29,7 +40,10 @@ def register(subparsers) -> None:
 
     ev = subparsers.add_parser("eval", help="lm-eval tasks or a paper's suite; `eval pairwise`, `eval codex`",
                                allow_abbrev=False)
-    ev.add_argument("--model", help="an exported HF directory (hf backend) or a checkpoint (instructjax backend)")
+    ev.add_argument("--config", help="a run config: run what its eval: block names (--only picks parts)")
+    ev.add_argument("--only", help=f"with --config: comma-separated parts among {', '.join(EVAL_PARTS)}")
+    ev.add_argument("--model", help="an exported HF directory (hf backend) or a checkpoint (instructjax backend); "
+                                    "with --config: instead of the run's checkpoint")
     ev.add_argument("--tasks", help="comma-separated lm-eval task names")
     ev.add_argument("--suite", help="a paper's suite instead of --tasks: tulu, mixture, leaderboard")
     ev.add_argument("--num-fewshot", type=int)
@@ -49,6 +63,8 @@ def register(subparsers) -> None:
     pw.add_argument("--requests", required=True, help="requests JSONL (written by `requests`, read by `score`)")
     pw.add_argument("--replies", help="the judge's replies: JSONL {id, reply}")
     pw.add_argument("--seed", type=int, default=0)
+    pw.add_argument("--round-like-table", action="store_true",
+                    help="flask: round the 1-5 means to two decimals before scaling, as seed 000's Table 2")
     pw.set_defaults(func=run_pairwise)
 
     codex = sub.add_parser("codex", help="Codex-Eval on the 164 HumanEval problems (pass@1 T=0.1, pass@10 T=0.8)")
@@ -100,11 +116,8 @@ def run_score(args) -> int:
     return 0
 
 
-def run_generate(args) -> int:
-    from instructjax.eval.generate import Sampling
-    from instructjax.eval.pairwise import write_jsonl
-
-    rows = _rows(args.prompts)
+def complete(generator, rows: list[dict], sampling, keep: tuple[str, ...] = ()) -> list[dict]:
+    """{id, instruction, output} (plus the row's `keep` fields) for rows with 'messages' or 'instruction'."""
     conversations = []
     for i, row in enumerate(rows):
         messages = row.get("messages") or [{"role": "user", "content": row.get("instruction", "")}]
@@ -113,19 +126,29 @@ def run_generate(args) -> int:
         conversations.append(messages)
         row.setdefault("id", str(i))
         row.setdefault("instruction", messages[-1]["content"])
-    generator, _ = load_generator(args)
-    sampling = Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed)
     outputs = generator.chat(conversations, sampling)
-    write_jsonl(args.out, ({"id": r["id"], "instruction": r["instruction"], "output": o}
-                           for r, o in zip(rows, outputs, strict=True)))
-    print(f"wrote {len(outputs)} completions to {args.out}")
+    return [{"id": r["id"], "instruction": r["instruction"], "output": o, **{k: r[k] for k in keep if k in r}}
+            for r, o in zip(rows, outputs, strict=True)]
+
+
+def run_generate(args) -> int:
+    from instructjax.eval.generate import Sampling
+    from instructjax.eval.pairwise import write_jsonl
+
+    rows = _rows(args.prompts)
+    generator, _ = load_generator(args)
+    completions = complete(generator, rows, Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed))
+    write_jsonl(args.out, completions)
+    print(f"wrote {len(completions)} completions to {args.out}")
     return 0
 
 
 def run_lm_eval(model: str, tasks: list[str], *, backend: str = "auto", num_fewshot: int | None = None,
                 include_path: str | None = None, limit: float | None = None, batch_size: int = 8,
-                log_samples: bool = False) -> dict:
-    """lm-eval's simple_evaluate with the hf backend on an HF directory, or ours on a checkpoint."""
+                log_samples: bool = False, samples: dict[str, list[int]] | None = None,
+                gen_kwargs: dict | None = None) -> dict:
+    """lm-eval's simple_evaluate with the hf backend on an HF directory, or ours on a checkpoint (or any
+    registered lm-eval model named by `backend`); `samples`: the documents of each task to evaluate."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -137,23 +160,92 @@ def run_lm_eval(model: str, tasks: list[str], *, backend: str = "auto", num_fews
     return lm_eval.simple_evaluate(
         model=backend, model_args=model_args, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
         batch_size=batch_size, device="cpu" if backend == "hf" else None, log_samples=log_samples,
-        task_manager=TaskManager(include_path=include_path), bootstrap_iters=0,
+        task_manager=TaskManager(include_path=include_path), bootstrap_iters=0, samples=samples,
+        gen_kwargs=gen_kwargs,
     )
 
 
-def run_eval(args) -> int:
-    from instructjax.eval.suite import lm_eval_runs
+def leaf_sizes(task: str, include_path: str | None = None) -> dict[str, int]:
+    """{leaf task: document count} of an lm-eval task or group (the group's tasks, recursively)."""
+    from lm_eval.api.task import Task
+    from lm_eval.tasks import TaskManager, get_task_dict
 
-    if not args.model or not (args.tasks or args.suite):
-        raise ConfigError("eval: give --model and --tasks or --suite (or a subcommand: pairwise, codex)")
-    runs = lm_eval_runs(args.suite) if args.suite else [(args.num_fewshot, args.tasks.split(","))]
-    summary = {}
-    for shots, tasks in runs:
-        out = run_lm_eval(args.model, tasks, backend=args.backend, num_fewshot=shots,
-                          include_path=args.include_path, limit=args.limit, batch_size=args.batch_size)
+    sizes: dict[str, int] = {}
+
+    def walk(node) -> None:
+        for value in node.values():
+            if isinstance(value, dict):
+                walk(value)
+            elif isinstance(value, Task):
+                sizes[value.config.task] = len(value.eval_docs)
+
+    walk(get_task_dict([task], TaskManager(include_path=include_path)))
+    return sizes
+
+
+def _numeric(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "stderr" not in k}
+
+
+def run_suite(model: str, name: str, *, backend: str = "auto", include_path: str | None = None,
+              limit: float | None = None, batch_size: int = 8, samples_out: str | None = None) -> dict:
+    """A paper's suite through lm-eval: one call per shot count; the protocol benchmarks (GSM8K, BBH) on
+    their seeded subsets (all documents, or lm-eval's first `limit`, when a limit is given) and scored from
+    the raw generations by the paper's answer rule (`protocol` in their entry). `samples_out`: JSONL of
+    every protocol document's response and extracted answer."""
+    from instructjax.eval.pairwise import write_jsonl
+    from instructjax.eval.protocols import bbh_answer, gsm8k_answer, protocol_samples, score_suite_task
+    from instructjax.eval.suite import SUITE_MAX_GEN_TOKS, lm_eval_runs, protocols
+
+    by_task = protocols(name)
+    if by_task and limit is not None:
+        print(f"instructjax: note: --limit takes lm-eval's first documents of {', '.join(by_task)}, not the "
+              "paper's seeded subsets", file=sys.stderr)
+    gen_kwargs = {"max_gen_toks": SUITE_MAX_GEN_TOKS[name]} if name in SUITE_MAX_GEN_TOKS else None
+    summary: dict[str, dict] = {}
+    logged: list[dict] = []
+    for shots, tasks in lm_eval_runs(name):
+        here = {t: by_task[t] for t in tasks if t in by_task}
+        leaves = {t: leaf_sizes(t, include_path) for t in here}
+        samples = None
+        if here and limit is None:
+            samples = {}
+            for task, protocol in here.items():
+                samples.update(protocol_samples(protocol, task, leaves[task]))
+        out = run_lm_eval(model, tasks, backend=backend, num_fewshot=shots, include_path=include_path, limit=limit,
+                          batch_size=batch_size, log_samples=bool(here), samples=samples, gen_kwargs=gen_kwargs)
         for task, metrics in out["results"].items():
-            summary[f"{task}|{shots}-shot" if args.suite else task] = {
-                k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "stderr" not in k}
+            summary[f"{task}|{shots}-shot"] = _numeric(metrics)
+        for task, protocol in here.items():
+            scores = score_suite_task(protocol.kind, list(leaves[task]), out.get("samples", {}))
+            summary.setdefault(f"{task}|{shots}-shot", {})["protocol"] = {
+                "kind": protocol.kind, "per_task": protocol.per_task, "seed": protocol.seed, **scores}
+            extract = gsm8k_answer if protocol.kind == "gsm8k" else bbh_answer
+            for leaf in leaves[task]:
+                seen = set()
+                for s in out.get("samples", {}).get(leaf, []):
+                    if s["doc_id"] not in seen:
+                        seen.add(s["doc_id"])
+                        text = s["resps"][0][0]
+                        logged.append({"task": leaf, "doc_id": s["doc_id"], "target": s["target"],
+                                       "response": text, "answer": extract(text)})
+    if samples_out and logged:
+        write_jsonl(samples_out, logged)
+    return summary
+
+
+def run_eval(args) -> int:
+    if args.config:
+        return run_config(args)
+    if not args.model or not (args.tasks or args.suite):
+        raise ConfigError("eval: give --model and --tasks or --suite, or --config (or a subcommand: pairwise, codex)")
+    if args.suite:
+        summary = run_suite(args.model, args.suite, backend=args.backend, include_path=args.include_path,
+                            limit=args.limit, batch_size=args.batch_size)
+    else:
+        out = run_lm_eval(args.model, args.tasks.split(","), backend=args.backend, num_fewshot=args.num_fewshot,
+                          include_path=args.include_path, limit=args.limit, batch_size=args.batch_size)
+        summary = {task: _numeric(metrics) for task, metrics in out["results"].items()}
     text = json.dumps(summary, indent=2)
     print(text)
     if args.out:
@@ -187,7 +279,7 @@ def run_pairwise(args) -> int:
     elif args.mode == "alpacaeval":
         result = pw.score_alpacaeval(requests, replies)
     else:
-        result = pw.score_flask(requests, replies)
+        result = pw.score_flask(requests, replies, round_like_table=args.round_like_table)
     json.dump(result, sys.stdout, indent=2)
     print()
     return 0
@@ -201,4 +293,127 @@ def run_codex(args) -> int:
         problems = dict(list(problems.items())[: args.limit])
     generator, _ = load_generator(args)
     print(json.dumps(codex_eval(generator, problems, n=args.n, max_new_tokens=args.max_new_tokens), indent=2))
+    return 0
+
+
+def config_parts(ev) -> list[str]:
+    """The parts of EVAL_PARTS an EvalSection names, in that order (codex: as asked, else with the suite's)."""
+    from instructjax.eval.suite import CODEX_EVAL, suite
+
+    parts = []
+    if ev.suite:
+        parts.append("suite")
+    if ev.tasks:
+        parts.append("tasks")
+    codex = ev.codex if ev.codex is not None else bool(ev.suite and any(t.task == CODEX_EVAL for t in suite(ev.suite)))
+    if codex:
+        parts.append("codex")
+    parts += [mode for mode in JUDGE_MODE if ev.judge(mode) is not None]
+    return parts
+
+
+def judge_files(ev, mode: str, out_dir: str) -> dict[str, str | None]:
+    """Input/output paths of one judged evaluation: prompts, against (the other system / the reference;
+    None for flask), replies, outputs, requests, scores."""
+    section = ev.judge(mode)
+    default = os.path.join(ev.data_dir, mode)
+    against = None if mode == "flask" else (
+        section.against or os.path.join(default, "against.jsonl" if mode == "pairwise" else "reference.jsonl"))
+    return {"prompts": section.prompts or os.path.join(default, "prompts.jsonl"), "against": against,
+            "replies": section.replies or os.path.join(out_dir, f"{mode}_replies.jsonl"),
+            "outputs": os.path.join(out_dir, f"{mode}_outputs.jsonl"),
+            "requests": os.path.join(out_dir, f"{mode}_requests.jsonl")}
+
+
+def run_judged(generator, ev, mode: str, out_dir: str) -> dict:
+    """Model outputs at the paper's generation length, the judge requests, and the scores when the judge's
+    replies are there (else where to put them)."""
+    from instructjax.eval import pairwise as pw
+    from instructjax.eval.generate import Sampling
+
+    section, files = ev.judge(mode), judge_files(ev, mode, out_dir)
+    protocol = pw.JUDGE_PROTOCOLS[JUDGE_MODE[mode]]
+    max_new = section.max_new_tokens or protocol.max_new_tokens
+    prompts = _rows(files["prompts"])
+    result: dict = {}
+    if mode == "flask":
+        kept = pw.flask_subset(prompts)
+        result["dropped_other_skills"] = len(prompts) - len(kept)
+        prompts = kept
+    outputs = complete(generator, prompts, Sampling(max_new, section.temperature, 1.0, section.seed),
+                       keep=("skills", "reference"))
+    pw.write_jsonl(files["outputs"], outputs)
+    if mode == "pairwise":
+        requests = pw.pairwise_requests(outputs, _rows(files["against"]))
+    elif mode == "alpaca_eval":
+        requests = pw.alpacaeval_requests(outputs, _rows(files["against"]), seed=section.seed)
+    else:
+        requests = pw.flask_requests(outputs)
+    pw.write_jsonl(files["requests"], requests)
+    result.update(outputs=files["outputs"], requests=files["requests"], max_new_tokens=max_new)
+    if not os.path.exists(files["replies"]):
+        result["replies"] = f"none yet: put the judge's replies ({{id, reply}} per request) in {files['replies']}"
+        return result
+    replies = _rows(files["replies"])
+    if mode == "pairwise":
+        r = pw.score_pairwise(requests, replies)
+        result.update(win=r.win, tie=r.tie, lose=r.lose, n=r.n, winning_score=r.winning_score)
+    elif mode == "alpaca_eval":
+        result.update(pw.score_alpacaeval(requests, replies))
+    else:
+        result.update(pw.score_flask(requests, replies))
+    return result
+
+
+def run_config(args) -> int:
+    """`eval --config RUN.yaml [--only PARTS] [--model M]`: the eval: block's parts, results in its out dir."""
+    from types import SimpleNamespace
+
+    from instructjax.core.config import eval_section, load_config
+
+    config = load_config(args.config)
+    ev = eval_section(config.eval)
+    parts = config_parts(ev)  # an unknown suite: a one-line ConfigError
+    if args.only:
+        wanted = [p.strip() for p in args.only.split(",") if p.strip()]
+        unknown = [p for p in wanted if p not in parts]
+        if unknown:
+            raise ConfigError(f"--only {unknown[0]!r}: the config's eval: block names {', '.join(parts) or 'nothing'}")
+        parts = [p for p in parts if p in wanted]
+    if not parts:
+        raise ConfigError(f"{args.config}: the eval: block names nothing to run (suite, tasks, codex, "
+                          "pairwise, alpaca_eval, flask)")
+    model = args.model or (config.model.init_from if config.max_steps == 0 else config.run_dir)
+    if not model:
+        raise ConfigError(f"{args.config}: no model to evaluate (give --model)")
+    out_dir = ev.out_dir or os.path.join(config.run_dir, "eval")
+    for mode in (p for p in parts if p in JUDGE_MODE):  # every input file before any work
+        for key, path in judge_files(ev, mode, out_dir).items():
+            if key in ("prompts", "against") and path and not os.path.isfile(path):
+                raise ConfigError(f"eval.{mode}.{key}: {path} does not exist")
+    os.makedirs(out_dir, exist_ok=True)
+    results: dict = {"model": model, "parts": parts}
+    if "suite" in parts:
+        results["suite"] = run_suite(model, ev.suite, backend=ev.backend, include_path=ev.include_path,
+                                     batch_size=ev.batch_size, samples_out=os.path.join(out_dir, "suite_samples.jsonl"))
+    if "tasks" in parts:
+        out = run_lm_eval(model, list(ev.tasks), backend=ev.backend, num_fewshot=ev.num_fewshot,
+                          include_path=ev.include_path, batch_size=ev.batch_size)
+        results["tasks"] = {task: _numeric(metrics) for task, metrics in out["results"].items()}
+    generator = None
+    for part in (p for p in parts if p == "codex" or p in JUDGE_MODE):
+        if generator is None:
+            generator, _ = load_generator(SimpleNamespace(model=model, tokenizer=None, template=None,
+                                                          batch_size=ev.batch_size))
+        if part == "codex":
+            from instructjax.eval.humaneval import codex_eval
+
+            results["codex"] = codex_eval(generator, n=ev.codex_samples)
+        else:
+            results[part] = run_judged(generator, ev, part, out_dir)
+    text = json.dumps(results, indent=2, default=str)
+    for path in [os.path.join(out_dir, "results.json")] + ([args.out] if args.out else []):
+        with open(path, "w") as f:
+            f.write(text + "\n")
+    print(text)
     return 0

@@ -156,6 +156,66 @@ class CheckpointSection:
         _check(self.keep is None or self.keep >= 1, f"checkpoint.keep must be >= 1, got {self.keep}")
 
 
+EVAL_BACKENDS = ("auto", "hf", "instructjax")
+JUDGE_MODES = ("pairwise", "alpaca_eval", "flask")
+
+
+@dataclass
+class JudgeSection:
+    """One judged evaluation of an `eval:` block (`pairwise`, `alpaca_eval`, `flask`): the instructions the
+    model answers, the other system's outputs (pairwise: the system compared against; alpaca_eval: the
+    reference, Davinci-003), the judge's replies once there are some. Paths left out default to
+    `eval.data_dir/<mode>/{prompts,against,reference}.jsonl` and `<eval out dir>/<mode>_replies.jsonl`."""
+
+    prompts: str | None = None
+    against: str | None = None  # pairwise: the other system; alpaca_eval: the reference outputs
+    replies: str | None = None
+    max_new_tokens: int | None = None  # None: the paper's (instructjax.eval.pairwise.JUDGE_PROTOCOLS)
+    temperature: float = 0.0
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(self.max_new_tokens is None or self.max_new_tokens >= 1,
+               f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        _check(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
+
+
+@dataclass
+class EvalSection:
+    """What `instructjax eval --config RUN.yaml` runs: a paper's `suite` (lm-eval, GSM8K/BBH by the paper's
+    protocol) and/or lm-eval `tasks`, Codex-Eval (`codex`; None: when the suite has it), and the judged
+    evaluations (`true` or a JudgeSection mapping)."""
+
+    suite: str | None = None
+    tasks: list[str] = field(default_factory=list)
+    num_fewshot: int | None = None  # for `tasks`
+    include_path: str | None = None  # extra (e.g. offline) lm-eval task YAMLs
+    backend: str = "auto"
+    batch_size: int = 8
+    codex: bool | None = None
+    codex_samples: int = 20
+    pairwise: JudgeSection | bool = False
+    alpaca_eval: JudgeSection | bool = False
+    flask: JudgeSection | bool = False
+    data_dir: str = "eval_data"
+    out_dir: str | None = None  # None: <run_dir>/eval
+
+    def __post_init__(self):  # the suite's name is checked by `instructjax eval` (eval/suite.py; core is below eval)
+        _check(self.backend in EVAL_BACKENDS, f"eval.backend must be one of {EVAL_BACKENDS}, got {self.backend!r}")
+        _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.codex_samples >= 10, f"eval.codex_samples must be >= 10 (pass@10), got {self.codex_samples}")
+
+    def judge(self, mode: str) -> JudgeSection | None:
+        """The JudgeSection of `mode` (defaults for `true`), None when the block does not name it."""
+        value = getattr(self, mode)
+        return JudgeSection() if value is True else (value or None)
+
+
+def eval_section(values: dict[str, Any]) -> EvalSection:
+    """The checked EvalSection of a config's `eval:` mapping (RunConfig keeps the mapping itself)."""
+    return build_section(EvalSection, values, "eval")
+
+
 @dataclass
 class RunConfig:
     name: str = "run"
@@ -181,6 +241,7 @@ class RunConfig:
         _check(batch % micro == 0, f"data.global_batch={batch} is not divisible by optim.micro_batches={micro}")
         unknown = set(self.define) - {"tasks", "mixtures"}
         _check(not unknown, f"define: unknown key(s) {sorted(unknown)}; 'tasks' and 'mixtures'")
+        eval_section(self.eval)  # checked here; read with eval_section(config.eval)
 
 
 def _coerce(value: Any, kind: Any, where: str) -> Any:

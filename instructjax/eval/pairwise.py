@@ -1,17 +1,22 @@
 """LLM-as-judge evaluation as files: write judge requests, read the judge's replies, compute the scores.
 
 The judge is an outside API; requests and replies are JSONL (`{"id", "prompt", ...}` out,
-`{"id", "reply"}` back), so runs are reproducible from recorded replies. Three modes:
+`{"id", "reply"}` back), so runs are reproducible from recorded replies. Prompts are our own words; the
+protocol of each paper (`JUDGE_PROTOCOLS`: scale, orders, tie rule, the evaluated model's generation length)
+is the paper's:
 
 - pairwise (seeds 002/003): each instruction is judged twice with the two responses swapped; the judge
   gives each response a 1-10 score on its first line. A system wins (loses) an instruction only when
-  it is preferred (dispreferred) in both orders, otherwise it is a tie. Winning score =
-  (Win - Lose) / N + 1, in [0, 2]; above 1 means A is better.
-- alpacaeval (seed 004): model output vs a reference output (e.g. Davinci-003), in a random order per
+  it is preferred (dispreferred) in both orders, otherwise it is a tie (equal scores in a pass prefer
+  neither). Winning score = (Win - Lose) / N + 1, in [0, 2]; above 1 means A is better.
+- alpacaeval (seed 004): model output vs a reference output (Davinci-003), in a random order per
   instruction (fixed seed); the judge names the better output ("1", "2" or "tie"); win rate =
-  (wins + ties / 2) / N, in percent.
-- flask (seed 000 appendix A): one response rated 1-5 on each skill the instruction is annotated
-  with, among eight; per-skill means scaled to 0-100 by (score - 1) / 4 * 100.
+  (wins + ties / 2) / N, in percent (AlpacaEval's rule; its GPT-4 annotator gives no ties). The model
+  generates up to 8192 new tokens, greedily, with no stop sequence but its end of turn.
+- flask (seed 000 section 4.2, appendix A): one response rated 1-5 on each skill the instruction is
+  annotated with, among eight; a skill's score is the mean over the instructions annotated with it, scaled
+  to [0, 100] as mean / 5 * 100 (every value in Table 2 is 20 x a two-decimal mean; (mean - 1) / 4 * 100
+  could not give 55.4); the average is over the eight skills.
 """
 
 from __future__ import annotations
@@ -23,6 +28,35 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from instructjax.core.errors import DataError
+
+
+@dataclass(frozen=True)
+class JudgeProtocol:
+    """One paper's judging protocol (see the module docstring)."""
+
+    mode: str
+    papers: str
+    scale: tuple[int, int] | None  # the judge's rating scale; None: it names a preference
+    orders: str  # "both": judged twice, swapped; "random": one seeded random order; "single": one response
+    tie_rule: str
+    max_new_tokens: int  # the evaluated model's outputs (greedy)
+    paper_says_length: bool  # False: the paper gives no generation length (ours)
+    report: str
+
+
+JUDGE_PROTOCOLS: dict[str, JudgeProtocol] = {
+    "pairwise": JudgeProtocol(
+        "pairwise", "seed 002 section 3 (Figure 4), seed 003 appendix B", (1, 10), "both",
+        "win/lose only when preferred/dispreferred in both orders; anything else (incl. equal scores) a tie",
+        2048, False, "winning score (Win - Lose) / N + 1"),
+    "alpacaeval": JudgeProtocol(
+        "alpacaeval", "seed 004 section 4 and appendix E", None, "random",
+        "a tie counts half (AlpacaEval's win rate)", 8192, True, "win rate (%) against Davinci-003"),
+    "flask": JudgeProtocol(
+        "flask", "seed 000 section 4.2, Table 2, appendix A", (1, 5), "single",
+        "no ties (absolute ratings)", 2048, False,
+        "per-skill mean / 5 * 100 and its average over the eight skills"),
+}
 
 FLASK_SKILLS = ("logical correctness", "factuality", "commonsense understanding", "comprehension",
                 "completeness", "insightfulness", "readability", "conciseness")
@@ -130,6 +164,12 @@ def alpacaeval_requests(model: Sequence[Mapping], reference: Sequence[Mapping], 
     return requests
 
 
+def flask_subset(rows: Sequence[Mapping]) -> list[Mapping]:
+    """Seed 000's FLASK set: the instructions whose annotated skills are all among the eight kept
+    (appendix A: instructions annotated with any other skill are filtered out; 1,180 remain)."""
+    return [row for row in rows if all(str(s).lower() in FLASK_SKILLS for s in row["skills"])]
+
+
 def flask_requests(rows: Sequence[Mapping]) -> list[dict]:
     """One request per {"id", "instruction", "output", "skills": [...], "reference"?} row."""
     requests = []
@@ -168,6 +208,10 @@ def parse_score_pair(reply: str, request_id: str = "") -> tuple[float, float]:
     if len(numbers) != 2:
         raise DataError(f"judge reply's first line {_first_line(reply)!r} does not hold two scores",
                         reason="wrong_type", row=request_id)
+    low, high = JUDGE_PROTOCOLS["pairwise"].scale
+    if not all(low <= n <= high for n in numbers):
+        raise DataError(f"judge reply's scores {numbers} are outside the {low}-{high} scale", reason="wrong_type",
+                        row=request_id)
     return numbers[0], numbers[1]
 
 
@@ -224,8 +268,16 @@ def score_alpacaeval(requests: Sequence[Mapping], replies: Sequence[Mapping]) ->
     return {"win_rate": 100 * sum(points) / len(points), "n": len(points)}
 
 
-def score_flask(requests: Sequence[Mapping], replies: Sequence[Mapping]) -> dict[str, float]:
-    """Per-skill mean rating scaled to 0-100 ((score - 1) / 4 * 100), plus the average over skills."""
+def flask_scale(mean: float) -> float:
+    """A 1-5 mean rating on seed 000's [0, 100] scale: mean / 5 * 100."""
+    return mean / 5 * 100
+
+
+def score_flask(requests: Sequence[Mapping], replies: Sequence[Mapping], *,
+                round_like_table: bool = False) -> dict[str, float]:
+    """Per-skill mean rating scaled to [0, 100] (`flask_scale`), plus the average over skills (the mean of
+    the skills' 1-5 means, scaled). `round_like_table`: round each 1-5 mean to two decimals before scaling,
+    as seed 000's Table 2 values imply."""
     texts = _replies(requests, replies)
     ratings: dict[str, list[float]] = {}
     for req in requests:
@@ -239,6 +291,11 @@ def score_flask(requests: Sequence[Mapping], replies: Sequence[Mapping]) -> dict
             raise DataError(f"judge reply rates no {missing[0]!r}", reason="missing_field", row=req["id"])
         for skill, score in found.items():
             ratings.setdefault(skill, []).append(score)
-    out = {skill: (sum(v) / len(v) - 1) / 4 * 100 for skill, v in ratings.items()}
-    out["average"] = sum(out.values()) / len(out)
+    means = {skill: sum(v) / len(v) for skill, v in ratings.items()}
+    average = sum(means.values()) / len(means)
+    if round_like_table:
+        means = {skill: round(m, 2) for skill, m in means.items()}
+        average = round(sum(means.values()) / len(means), 2)
+    out = {skill: flask_scale(m) for skill, m in means.items()}
+    out["average"] = flask_scale(average)
     return out

@@ -10,7 +10,10 @@
   and IFEval (seed 003) 0-shot.
 
 Where lm-eval's task differs from a paper's script (TruthfulQA/ToxiGen judges are GPT/RoBERTa
-classifiers in seed 004; lm-eval's toxigen is a classification task), `note` says so.
+classifiers in seed 004; lm-eval's toxigen is a classification task), `note` says so. GSM8K and BBH carry
+their paper's `Protocol` (instructjax.eval.protocols): a seeded subset of the test problems and the paper's
+answer rule, applied to the raw generations. `SUITE_MAX_GEN_TOKS`: seed 004 generates at most 512 new
+tokens, greedily, unless a benchmark says otherwise (lm-eval's task defaults elsewhere).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from instructjax.core.errors import ConfigError
+from instructjax.eval.protocols import Protocol
 
 CODEX_EVAL = "codex_eval"  # run by instructjax.eval.humaneval, not lm-eval
 
@@ -31,6 +35,7 @@ class SuiteTask:
     num_fewshot: int
     metric: str
     note: str = ""
+    protocol: Protocol | None = None  # the paper's subset + answer rule (generative reasoning tasks)
 
 
 SUITES: dict[str, tuple[SuiteTask, ...]] = {
@@ -38,9 +43,12 @@ SUITES: dict[str, tuple[SuiteTask, ...]] = {
         SuiteTask("MMLU (0-shot)", "mmlu", 0, "acc"),
         SuiteTask("MMLU (5-shot)", "mmlu", 5, "acc"),
         SuiteTask("GSM8K (8-shot CoT)", "gsm8k_cot", 8, "exact_match,strict-match",
-                  "seed 004 uses 200 sampled test problems: pass limit=200"),
+                  "200 of the 1,319 test problems drawn with seed 42 (the reference script's draw); "
+                  "the last number in the response", Protocol("gsm8k", 200, 42)),
         SuiteTask("BBH (3-shot CoT)", "bbh_cot_fewshot", 3, "exact_match,get-answer",
-                  "the official 3-shot CoT prompts are part of each task's prompt"),
+                  "the official 3-shot CoT prompts are part of each task's prompt; 40 problems per task "
+                  "(the reference scripts: the paper gives no number); the answer after 'So the answer is'",
+                  Protocol("bbh", 40, 42)),
         SuiteTask("TydiQA (1-shot, gold passage)", "tydiqa_goldp", 1, "f1"),
         SuiteTask("TruthfulQA", "truthfulqa_gen", 0, "bleu_acc",
                   "seed 004 judges with fine-tuned GPT classifiers; the 6 QA examples are in the prompt"),
@@ -64,11 +72,15 @@ SUITES: dict[str, tuple[SuiteTask, ...]] = {
         SuiteTask("TruthfulQA", "truthfulqa_mc2", 0, "acc", "the task's prompt holds the 6 QA examples"),
         SuiteTask("Winogrande", "winogrande", 5, "acc"),
         SuiteTask("GSM8K", "gsm8k_cot", 8, "exact_match,strict-match",
-                  "seed 002 evaluates 200 random test problems"),
-        SuiteTask("BBH", "bbh_cot_fewshot", 3, "exact_match,get-answer"),
+                  "seed 002 evaluates 200 random test problems (Appendix F)", Protocol("gsm8k", 200, 42)),
+        SuiteTask("BBH", "bbh_cot_fewshot", 3, "exact_match,get-answer",
+                  "seed 002 samples 50 problems per task (Appendix F)", Protocol("bbh", 50, 42)),
         SuiteTask("IFEval", "ifeval", 0, "prompt_level_strict_acc", "seed 003 also reports loose and inst-level"),
     ),
 }
+
+
+SUITE_MAX_GEN_TOKS: dict[str, int] = {"tulu": 512}
 
 
 def suite(name: str) -> tuple[SuiteTask, ...]:
@@ -85,3 +97,8 @@ def lm_eval_runs(name: str) -> list[tuple[int, list[str]]]:
         if t.task != CODEX_EVAL and t.task not in groups.get(t.num_fewshot, []):
             groups.setdefault(t.num_fewshot, []).append(t.task)
     return sorted(groups.items())
+
+
+def protocols(name: str) -> dict[str, Protocol]:
+    """{lm-eval task (or group): its Protocol} of the suite's protocol-scored benchmarks."""
+    return {t.task: t.protocol for t in suite(name) if t.protocol is not None}
