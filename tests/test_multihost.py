@@ -43,8 +43,9 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch(hosts: int, run_dir, args, *extra, env_extra=None) -> list[subprocess.Popen]:
-    """`instructjax train` on `hosts` local processes (DEVICES / hosts CPU devices each)."""
+def launch(hosts: int, run_dir, args, *extra, env_extra=None, config="/dev/null") -> list[subprocess.Popen]:
+    """`instructjax train` on `hosts` local processes (DEVICES / hosts CPU devices each); `config` may
+    name one file per host."""
     port, procs = _free_port(), []
     for i in range(hosts):
         env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={DEVICES // hosts}",
@@ -52,7 +53,8 @@ def launch(hosts: int, run_dir, args, *extra, env_extra=None) -> list[subprocess
         if hosts > 1:
             env |= {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(hosts),
                     "JAX_PROCESS_ID": str(i)}  # fmt: skip
-        cmd = [sys.executable, str(WORKER), "train", "--config", "/dev/null", *args, f"run_dir={run_dir}", *extra]
+        mine = config[i] if isinstance(config, list) else config
+        cmd = [sys.executable, str(WORKER), "train", "--config", str(mine), *args, f"run_dir={run_dir}", *extra]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     return procs
 
@@ -83,10 +85,18 @@ def one_process(args, run_dir):
     return Trainer(load_config(None, [*args, f"run_dir={run_dir}"]), devices=jax.devices()[:DEVICES]).run()
 
 
+@pytest.fixture(scope="module")
+def small_vocab(tmp_path_factory):
+    """A 600-id BPE tokenizer, so a whole epoch of the built-in Tulu data trains in seconds per host."""
+    from pretrained_models import bpe_tokenizer
+
+    return bpe_tokenizer(str(tmp_path_factory.mktemp("tokenizer")), vocab_size=600)
+
+
 @pytest.mark.parametrize("hosts, mixture", [(2, "tulu_human_gpt_builtin"), (4, "tulu_single_sharegpt_builtin")])
-def test_hosts_plan_one_run_and_match_one_process(tmp_path, hosts, mixture):
-    args = [*BASE, f"data.mixture={mixture}", "data.seq_len=512", "data.global_batch=64", "data.pack_window=256",
-            "checkpoint.every=1000"]  # fmt: skip
+def test_hosts_plan_one_run_and_match_one_process(tmp_path, small_vocab, hosts, mixture):
+    args = [*BASE, f"tokenizer={small_vocab}", "model.vocab_size=640", f"data.mixture={mixture}",
+            "data.seq_len=512", "data.global_batch=32", "data.pack_window=256", "checkpoint.every=1000"]  # fmt: skip
     results = wait(launch(hosts, tmp_path / "multi", args))
     assert all(rc == 0 for rc, _ in results), results[0][1][-3000:] + results[-1][1][-3000:]
     reference = one_process(args, tmp_path / "single")
@@ -147,3 +157,22 @@ def test_torn_newest_checkpoint_every_host_falls_back_to_the_same_step(tmp_path,
     got = losses(run_dir)
     np.testing.assert_allclose([got[s] for s in (7, 8)], [reference.losses[s] for s in (7, 8)], rtol=2e-5)
     assert saved_steps(run_dir) == [3, 6, 8]
+
+
+def test_a_host_with_other_data_stops_the_run_with_one_line(tmp_path):
+    """Host 1's copy of the data file lost a row: both hosts stop before the first step, naming the mismatch."""
+    rows = [json.dumps({"instruction": f"Say {i}.", "input": "", "output": f"{i} " * 20}) for i in range(40)]
+    configs = []
+    for host, kept in enumerate((rows, rows[:-1])):
+        data = tmp_path / f"host{host}.jsonl"
+        data.write_text("\n".join(kept) + "\n")
+        config = tmp_path / f"host{host}.yaml"
+        config.write_text(json.dumps({"define": {"tasks": {"mine": {"source": "alpaca", "data_files": [str(data)]}}}}))
+        configs.append(config)
+    args = [*BASE, "data.mixture=mine", "data.seq_len=128", "data.global_batch=8"]
+    results = wait(launch(2, tmp_path / "run", args, config=configs))
+    for rc, err in results:
+        errors = [line for line in err.splitlines() if line.startswith("instructjax: error:")]
+        assert rc == 2 and len(errors) == 1, err[-3000:]
+        assert "host 1 planned a different epoch than host 0 (examples 40 vs 39" in errors[0]
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
