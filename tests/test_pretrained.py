@@ -258,6 +258,40 @@ def test_mismatches_are_one_line_errors_before_compiling(setup, tmp_path, capsys
         assert err.count("\n") == 1 and err.startswith("instructjax: error: ") and words in err, (case, err)
 
 
+def _response_length(tok_dir: str, text: str) -> int:
+    """The tokenizer library's own count of a response's ids (no BOS/EOS), as selection ranks them."""
+    if os.path.isfile(os.path.join(tok_dir, "tokenizer.json")):
+        from tokenizers import Tokenizer as Raw
+
+        return len(Raw.from_file(os.path.join(tok_dir, "tokenizer.json")).encode(text, add_special_tokens=False).ids)
+    import sentencepiece as spm
+
+    return len(spm.SentencePieceProcessor(model_file=os.path.join(tok_dir, "tokenizer.model")).encode(text))
+
+
+def test_data_commands_with_the_config_use_the_models_tokenizer(setup, tmp_path, capsys):
+    """`data preview/stats/select --config` read the run's tokenizer from model.init_from (not the default):
+    the previewed ids are the tokenizer library's, stats count its trained tokens, select ranks its lengths."""
+    name, tok_dir, _, _, config_file, _ = setup
+    want = references(name, tok_dir)
+    assert cli.main(["data", "preview", "--config", config_file, "--json", "-n", str(len(want))]) == 0
+    shown = [json.loads(line) for line in capsys.readouterr().out.strip().splitlines()]
+    assert [(row["tokens"], row["loss_mask"]) for row in shown] == [(ids, mask.tolist()) for ids, mask in want]
+
+    assert cli.main(["data", "stats", "--config", config_file, "--json"]) == 0
+    (task,) = json.loads(capsys.readouterr().out)["tasks"]
+    assert task["instances"] == len(want) and task["trained_tokens"] == sum(int(mask.sum()) for _, mask in want)
+
+    out = tmp_path / "longest.jsonl"
+    assert cli.main(["data", "select", "--config", config_file, "--method", "longest", "-k", "3", "--out", str(out)]) == 0
+    capsys.readouterr()
+    chosen = [json.loads(line) for line in out.read_text().splitlines()]
+    lengths = sorted((_response_length(tok_dir, row["output"].strip()) for row in pm.ALPACA_ROWS), reverse=True)
+    for row in chosen:
+        assert row["selection"]["score"] == _response_length(tok_dir, row["messages"][-1]["content"])
+    assert [row["selection"]["score"] for row in chosen] == lengths[:3]
+
+
 def test_model_encoder_selection_uses_the_runs_model(setup, tmp_path, capsys):
     """`selection: {encoder: llama-mean}` in a config embeds with model.init_from; without one it is a
     one-line error."""
