@@ -120,3 +120,60 @@ def test_mosaic_budget_above_the_row_length_is_a_config_error(capsys, tmp_path):
     code, _, err = run(capsys, "train", "--config", str(QUICKSTART_CONFIG), "data.mosaic.max_length=512", "data.global_batch=8",
                        f"run_dir={tmp_path}")
     assert code == 2 and err.count("\n") == 1 and "data.mosaic.max_length=512 is above data.seq_len=256" in err
+
+
+def test_preview_shows_a_mosaic_with_nothing_to_train(capsys, tmp_path):
+    """A mosaic budget far below the prompts leaves mosaics with no trained token: preview shows and labels
+    them (it used to crash on one with a TypeError) and exits 0."""
+    import yaml
+
+    from instructjax.cli.quickstart import QUICKSTART_CONFIG
+
+    config = yaml.safe_load(QUICKSTART_CONFIG.read_text())
+    config["data"]["mosaic"]["max_length"] = 48
+    path = tmp_path / "tight_mosaic.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code, out, err = run(capsys, "data", "preview", "--config", str(path), "-n", "60")
+    assert code == 0, err
+    assert out.count("=== ") == 60
+    assert ", 0 trained ===" in out and "(no trained token within the first 48 tokens" in out
+
+
+def test_stats_reports_rows_read_kept_repaired_skipped_per_source(capsys, tmp_path):
+    """`data stats --config` over the hand-written hub rows of all fourteen sources: per source, the rows read,
+    the examples kept, the repairs (how) and the skips (why) that each reference pipeline implies
+    (tests/test_sources.py states them row by row)."""
+    from pathlib import Path
+
+    import yaml
+    from test_sources import EXPECTED  # noqa: E402  (tests/test_sources.py)
+
+    from instructjax.data.sources import SOURCES
+
+    hub = Path(__file__).resolve().parent / "data" / "hub"
+    files = {s: str(next(p for p in hub.iterdir() if p.stem == s)) for s in SOURCES}
+    config = {
+        "run_dir": str(tmp_path / "run"), "model": {"preset": "tiny", "dtype": "float32"},
+        "data": {"mixture": "hubstats_mix", "seq_len": 2048, "global_batch": 8},
+        "define": {"tasks": {f"hubstats_{s}": {"source": s, "data_files": [f]} for s, f in files.items()},
+                   "mixtures": {"hubstats_mix": {"mode": "epoch", "counts": {f"hubstats_{s}": None for s in files}}}},
+    }
+    path = tmp_path / "hub.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code, out, err = run(capsys, "data", "stats", "--config", str(path), "--json")
+    assert code == 0, err
+    by_source = {t["source"]: t["rows"] for t in json.loads(out)["tasks"]}
+    expected = {s: (len(kept), skipped, repaired) for s, (kept, skipped, repaired) in EXPECTED.items()}
+    expected["oasst1"] = (2, {"failed_review": 1, "deleted": 1}, {})  # test_oasst1_real_rows_leave_out_...
+    for source, file in files.items():
+        rows = (len(json.loads(Path(file).read_text())) if file.endswith(".json")
+                else len(Path(file).read_text().splitlines()))
+        kept, skipped, repaired = expected[source]
+        assert by_source[source] == {"read": rows, "kept": kept, "repaired": repaired, "skipped": skipped,
+                                     "split": 0, "truncated": 0, "untrainable": 0}, source
+
+    code, out, _ = run(capsys, "data", "stats", "--config", str(path))
+    assert code == 0
+    assert "  rows: read 9, kept 6 example(s)" in out  # sharegpt
+    assert "  note: repaired 1 row(s): dropped a leading assistant turn" in out
+    assert "  note: skipped 1 row(s): incorrect_choice" in out  # p3
