@@ -96,8 +96,9 @@ def expected_order(rule: str, texts: list[str]) -> list[int]:
         odd = [i for i in range(k) if (i + 1) % 2 == 1]
         even = [i for i in range(k) if (i + 1) % 2 == 0]
         return odd + even if rule == "ODD_EVEN" else even + odd
-    if rule in ("ALPHA", "REVERSE_ALPHA"):
-        _, key = np.unique(np.array([t.casefold() for t in texts]), return_inverse=True)
+    if rule in ("ALPHA", "REVERSE_ALPHA"):  # Table 9: "the first letter of tasks"
+        letters = [next((c.lower() for c in t if c.isalpha()), "") for t in texts]
+        _, key = np.unique(np.array(letters), return_inverse=True)
     elif "WORD" in rule:
         key = np.array([len(t.split()) for t in texts])
     else:
@@ -212,6 +213,17 @@ texts_strategy = st.lists(
 @given(texts=texts_strategy, rule=st.sampled_from([r for r in R.PERMUTE_RULES if r != "FIX"]))
 def test_permute_rules_match_reference(texts, rule):
     assert R.permute_order(rule, texts) == expected_order(rule, texts)
+
+
+def test_alpha_orders_by_the_first_letter_only():
+    """Table 9: "Respond in the (reverse) alphabetical order of the first letter of tasks" - tasks that share
+    a first letter keep their numbering order, whatever follows it (hand-computed)."""
+    texts = ["zebra crossing rules", "Apple pie recipe", "apricot jam", "1. banana bread", "Avocado toast"]
+    # first letters: z, a, a, b, a
+    assert R.permute_order("ALPHA", texts) == [1, 2, 4, 3, 0]
+    assert R.permute_order("REVERSE_ALPHA", texts) == [0, 3, 1, 2, 4]
+    assert R.permute_order("ALPHA", ["azure", "apple"]) == [0, 1]  # the whole text would put apple first
+    assert R.permute_order("ALPHA", ["b", "42", "a"]) == [1, 2, 0]  # no letter sorts first
 
 
 @settings(max_examples=150, deadline=None)

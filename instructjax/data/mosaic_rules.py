@@ -68,13 +68,14 @@ PERMUTE_RULES: dict[str, tuple[str, ...]] = {
         "Answer from the bottom up, beginning with the final task.",
     ),
     "ALPHA": (
-        "Order your answers alphabetically by the text of each task (A before Z, case ignored; "
-        "identical texts keep their numbering order).",
-        "Sort the answers so the tasks come in alphabetical order of their wording, A to Z.",
+        "Order your answers alphabetically by the first letter of each task (A before Z, case ignored; "
+        "tasks that start with the same letter keep their numbering order).",
+        "Sort the answers by the first letter of each task, A to Z; equal first letters keep their numbering order.",
     ),
     "REVERSE_ALPHA": (
-        "Order your answers reverse-alphabetically by the text of each task (Z before A, case ignored).",
-        "Sort the answers so the tasks come in reverse alphabetical order of their wording, Z to A.",
+        "Order your answers reverse-alphabetically by the first letter of each task (Z before A, case ignored; "
+        "tasks that start with the same letter keep their numbering order).",
+        "Sort the answers by the first letter of each task, Z to A; equal first letters keep their numbering order.",
     ),
     "LENGTH_WORD": (
         "Answer the tasks from the fewest words to the most; equal lengths keep their numbering order.",
@@ -142,11 +143,18 @@ def _stable_order(keys: Sequence, reverse: bool = False) -> list[int]:
     return sorted(range(len(keys)), key=lambda i: keys[i], reverse=reverse)
 
 
+def first_letter(text: str) -> str:
+    """The key of ALPHA / REVERSE_ALPHA: the task's first letter (its first alphabetic character), case
+    ignored; "" for a task without letters, which sorts first under ALPHA and last under REVERSE_ALPHA."""
+    return next((c for c in text if c.isalpha()), "").casefold()
+
+
 def permute_order(rule: str, instructions: Sequence[str], fixed: Sequence[int] | None = None) -> list[int]:
     """0-based task indices in the order the response must follow under a Permute `rule`.
 
     `fixed` is the requested order for rule FIX. Word length is `len(text.split())`, character
-    length `len(text)`, alphabetical order compares `text.casefold()`; ties keep numbering order.
+    length `len(text)`; alphabetical order compares the first letter of each task, case ignored
+    (`first_letter`: Table 9 says "the first letter of tasks", not the whole text); ties keep numbering order.
     """
     k = len(instructions)
     if rule == "FIX":
@@ -156,7 +164,7 @@ def permute_order(rule: str, instructions: Sequence[str], fixed: Sequence[int] |
     if rule == "REVERSE":
         return list(range(k))[::-1]
     if rule in ("ALPHA", "REVERSE_ALPHA"):
-        return _stable_order([t.casefold() for t in instructions], reverse=rule == "REVERSE_ALPHA")
+        return _stable_order([first_letter(t) for t in instructions], reverse=rule == "REVERSE_ALPHA")
     if rule in ("LENGTH_WORD", "REVERSE_LENGTH_WORD"):
         return _stable_order([len(t.split()) for t in instructions], reverse=rule.startswith("REVERSE"))
     if rule in ("LENGTH_CHAR", "REVERSE_LENGTH_CHAR"):
