@@ -27,6 +27,30 @@ def test_stats_json_has_table1_columns_and_packing(capsys):
     assert epoch["steps"] == -(-epoch["rows"] // 8)
 
 
+def test_stats_json_names_each_tasks_subset_by_the_sha256_of_its_ids(capsys):
+    """Seed 000 draws one random subset per dataset, shared by every setting: `data stats --json` prints the
+    sha256 of each task's sorted selected ids - the same for P3 in acp_P and acp_ACP, and the digest of the
+    ids the training pipeline holds (hashed here independently)."""
+    import hashlib
+
+    from instructjax.core.config import DataSection
+    from instructjax.data import specs
+    from instructjax.data.pipeline import DataPipeline
+
+    digests = {}
+    for mixture in ("acp_P_builtin", "acp_ACP_builtin"):
+        code, out, _ = run(capsys, "data", "stats", mixture, "--json")
+        assert code == 0
+        digests[mixture] = {t["task"]: t["subset_sha256"] for t in json.loads(out)["tasks"]}
+    assert digests["acp_P_builtin"]["p3_builtin"] == digests["acp_ACP_builtin"]["p3_builtin"]
+    pipe = DataPipeline(DataSection(mixture="acp_ACP_builtin", prefetch=0))
+    assert len(pipe.task_names) == 3
+    for task, examples in zip(pipe.task_names, pipe.stream.examples, strict=True):
+        ids = "\n".join(sorted(json.loads(e["conversation"])["id"] for e in examples))
+        assert digests["acp_ACP_builtin"][specs.base_name(task)] == hashlib.sha256(ids.encode()).hexdigest()
+    assert len(set(digests["acp_ACP_builtin"].values())) == 3
+
+
 def test_preview_json_round_trips_tokens_and_mask(capsys):
     code, out, _ = run(capsys, "data", "preview", "alpaca_builtin", "-n", "2", "--json")
     assert code == 0

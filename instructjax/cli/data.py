@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -108,10 +109,17 @@ def resolve(args) -> Target:
     return Target(name=bound.name, tasks=bound.tasks, config=config)
 
 
+def subset_sha256(ids) -> str:
+    """The sha256 of a task's selected example ids, sorted and joined by newlines: two runs trained on the same
+    examples of a task print the same digest (seed 000 shares one 20K draw per dataset across settings)."""
+    return hashlib.sha256("\n".join(sorted(ids)).encode()).hexdigest()
+
+
 def task_stats(task: str, count: int | None = None, seed: int | None = None) -> dict:
     """Tulu Table 1 columns (instances, mean rounds, mean prompt / completion tokens per round),
     trained-token totals and what happened to the rows (read, kept, repaired, skipped) of one task, or of
-    its subset of `count` drawn with `seed`, measured with the task's tokenizer."""
+    its subset of `count` drawn with `seed`, measured with the task's tokenizer, and the digest of the
+    examples a run trains on (see `subset_sha256`)."""
     from instructjax.data import examples as examples_lib
     from instructjax.data import specs
     from instructjax.data.schema import Conversation
@@ -121,9 +129,10 @@ def task_stats(task: str, count: int | None = None, seed: int | None = None) -> 
     tokenizer = Tokenizer.load(spec.tokenizer)
     seed = seed if count is not None else None
     examples = examples_lib.encoded_examples(task, count, seed)
-    rounds, prompt, completion = [], [], []
+    rounds, prompt, completion, ids = [], [], [], []
     for ex in examples:
         conv = Conversation.from_json(ex["conversation"])
+        ids.append(conv.id)
         rounds.append(conv.rounds)
         for m in conv.messages:
             if m["role"] != "system":  # Table 1 counts user prompts and assistant completions per round
@@ -138,6 +147,7 @@ def task_stats(task: str, count: int | None = None, seed: int | None = None) -> 
         "source": spec.source,
         "tokenizer": tokenizer.path,
         "instances": len(examples),
+        "subset_sha256": subset_sha256(ids),
         "mean_rounds": float(np.mean(rounds)) if rounds else 0.0,
         "mean_prompt_tokens": float(np.mean(prompt)) if prompt else 0.0,
         "mean_completion_tokens": float(np.mean(completion)) if completion else 0.0,
