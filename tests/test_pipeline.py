@@ -136,6 +136,10 @@ def test_paper_mixture_families_have_the_papers_counts():
                                          "gpt4_alpaca": None, "code_alpaca": None, "sharegpt": None}  # fmt: skip
     assert set(_counts("tulu_human_builtin")) == {"flan_v2_builtin", "cot_builtin", "dolly_builtin", "oasst1_builtin"}
     assert len([m for m in blends.paper_names() if m.startswith("tulu_single_") and "builtin" not in m]) == 12
+    # Table 1: SuperNI 96,913 instances (not the hub split's millions); CoT / FLAN V2 100K; the rest whole
+    assert _counts("tulu_single_superni") == {"superni": 96_913}
+    assert _counts("tulu_single_cot") == {"cot": 100_000} and _counts("tulu_single_dolly") == {"dolly": None}
+    assert _counts("tulu_single_superni_builtin") == {"superni_builtin": None}
     assert specs.lookup_mixture("acp_Q") is None and specs.lookup_mixture("tulu_single_lima") is None
     # the seqio face registers the same mixtures
     assert seqio.get_mixture_or_task("acp_ratio_1.5").counts == _counts("acp_ratio_1.5")
