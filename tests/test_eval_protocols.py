@@ -355,7 +355,7 @@ def test_run_suite_scores_the_seeded_subsets(tmp_path, monkeypatch):
 
 
 def test_config_parts_of_the_papers_configs():
-    from instructjax.cli.eval import config_parts
+    from instructjax.cli.eval_config import config_parts
     from instructjax.core.config import eval_section, load_config
 
     configs = REPO / "configs"
@@ -379,7 +379,7 @@ class _FakeGenerator:
 
 
 def test_judged_parts_generate_at_the_papers_length(tmp_path):
-    from instructjax.cli.eval import run_judged
+    from instructjax.cli.eval_config import run_judged
     from instructjax.core.config import eval_section
 
     rows = [{"id": str(i), "instruction": f"q{i}", "skills": ["factuality"]} for i in range(3)]
