@@ -90,12 +90,33 @@ def test_sum_reduction_scales_the_gradient_by_the_token_count(tmp_path):
     params = nnx.to_pure_dict(state)
     batch = next(iter(DataPipeline(load_config(None, BASE).data)))
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
-    norms = {}
+    norms, objectives = {}, {}
     for reduction in ("mean", "sum"):
         run_config = load_config(None, [*BASE, f"optim.loss_reduction={reduction}", "optim.micro_batches=2"])
         step = jax.jit(make_train_step(graphdef, optax.sgd(0.0), run_config, 3, mesh))
-        norms[reduction] = float(step(params, optax.sgd(0.0).init(params), batch)[2]["grad_norm"])
+        metrics = step(params, optax.sgd(0.0).init(params), batch)[2]
+        norms[reduction], objectives[reduction] = float(metrics["grad_norm"]), float(metrics["loss"])
+        np.testing.assert_allclose(float(metrics["loss_sum"]), objectives["mean"] * batch["loss_weights"].sum(),
+                                   rtol=1e-5)  # the same token losses under both
     np.testing.assert_allclose(norms["sum"], norms["mean"] * batch["loss_weights"].sum(), rtol=1e-4)
+    # the step's `loss` is the objective it optimised: the summed token loss under "sum", not a mean
+    np.testing.assert_allclose(objectives["sum"], objectives["mean"] * batch["loss_weights"].sum(), rtol=1e-5)
+
+
+@pytest.mark.parametrize("reduction, expected", [("mean", (10.0 + 20.0) / (4 + 6)), ("sum", (10.0 + 20.0) / 2)])
+def test_logged_loss_is_the_optimised_objective_and_says_which(reduction, expected):
+    """metrics.jsonl's `loss` over a log window: the trained tokens' mean under "mean" (total loss / total
+    weight), the mean per step of the summed loss under "sum"; `loss_reduction` names it (hand-computed)."""
+    from instructjax.train.trainer import _Window
+
+    window = _Window(1, reduction)
+    for loss_sum, weight in ((10.0, 4.0), (20.0, 6.0)):
+        window.add({"loss_sum": loss_sum, "trained_tokens": weight, "tokens": 16, "source_sums": np.array([loss_sum]),
+                    "source_weights": np.array([weight])}, first=False)  # fmt: skip
+    record = window.flush({"lr": 0.1, "grad_norm": 1.0}, 32, ["src"])
+    assert record["loss_reduction"] == reduction
+    assert record["loss"] == pytest.approx(expected)
+    assert record["loss/src"] == pytest.approx(3.0)  # per-source losses stay token means
 
 
 @pytest.mark.slow
