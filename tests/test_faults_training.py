@@ -245,3 +245,32 @@ def test_sigterm_saves_the_step_in_flight_and_resume_loses_nothing(tmp_path, env
     assert rc == 0, err[-3000:]
     assert losses(run_dir) == losses(reference), f"seed {seed} (SIGTERM after step {after})"
     assert_params_equal(run_dir, reference, STEPS)
+
+
+def test_a_second_sigterm_exits_at_once_and_leaves_no_half_written_step(tmp_path, env, reference):
+    """The first SIGTERM asks for a save; while a checkpoint commit hangs (held before Orbax's rename, as on a
+    stalled disk) a second SIGTERM exits at once with 128 + SIGTERM. What was being written is not a step:
+    --resume starts from the last complete one and ends with the reference losses."""
+    run_dir, marker = tmp_path / "run", tmp_path / "saving"
+    proc = start(run_dir, env, faults={"FAULT_HOLD_SAVE_STEP": "4", "FAULT_MARKER": str(marker),
+                                       "FAULT_STEP_SECONDS": "0.5"})  # fmt: skip
+    deadline = time.monotonic() + TIMEOUT
+    while not marker.exists():
+        assert proc.poll() is None, f"exited before checkpoint 4's commit: {proc.communicate()[1][-3000:]}"
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    time.sleep(1.0)  # the step in flight ends; its save waits behind the held commit of step 4
+    assert proc.poll() is None, "the first SIGTERM alone must not end the run before its save"
+    proc.send_signal(signal.SIGTERM)
+    sent = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert time.monotonic() - sent < 30  # at once, not after the held save (an hour)
+    assert "SIGTERM: saving after the step in flight" in err
+    assert complete_steps(run_dir) == [2]  # step 4 is not a checkpoint; nothing after it was saved
+    assert any(name.startswith("4.") for name in torn_dirs(run_dir))  # the interrupted write, set apart by name
+    rc, _, err = finish(start(run_dir, env, resume=True))
+    assert rc == 0, err[-3000:]
+    assert losses(run_dir) == losses(reference)
+    assert_params_equal(run_dir, reference, STEPS)
