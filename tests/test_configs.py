@@ -43,6 +43,8 @@ def test_config_loads_and_refers_to_real_things(path):
     assert config.model.preset in PRESETS
     assert config.eval["suite"] in SUITES
     assert config.name == Path(path).stem
+    # every paper run starts from its base model's imported checkpoint, so it takes that model's tokenizer
+    assert config.model.init_from == f"checkpoints/base/{config.model.preset}" and config.tokenizer is None
     if config.max_steps == 0:  # eval-only (seed 000 "None")
         return
     define_data(config.define)
