@@ -14,6 +14,7 @@ from typing import Any
 from instructjax.core.errors import ConfigError
 
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_attention")
+ATTENTION = ("auto", "xla", "blockwise", "splash", "pallas_gpu")  # see instructjax.model.attention
 _ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
@@ -24,6 +25,12 @@ class LlamaConfig:
     `dtype` is the compute dtype (activations, matmul inputs); `param_dtype` the stored (master) dtype.
     `rope_scaling` is None or the LLaMA-3.1 dict {factor, low_freq_factor, high_freq_factor,
     original_max_position_embeddings}. `remat` names the per-layer rematerialisation policy.
+
+    How the model runs, not what it computes (none of it reaches an HF config.json): `attention` picks
+    the attention implementation (`auto`: splash on TPU, Pallas GPU flash attention on GPU, blockwise
+    on CPU), `attention_block` its tile size (None: the implementation's default), and `scan_layers`
+    runs the decoder layers as one `scan` over stacked parameters (compile time independent of depth)
+    instead of a Python loop over per-layer parameters.
     """
 
     vocab_size: int = 32000
@@ -41,6 +48,9 @@ class LlamaConfig:
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
     remat: str = "none"
+    attention: str = "auto"
+    attention_block: int | None = None
+    scan_layers: bool = True
     bos_id: int | None = 1
     eos_id: int = 2
     extra_eos_ids: tuple[int, ...] = ()  # further end-of-turn ids (an HF `eos_token_id` list after its first)
@@ -59,6 +69,13 @@ class LlamaConfig:
             problems.append(f"head_dim={self.head_dim} must be even for RoPE")
         if self.remat not in REMAT_POLICIES:
             problems.append(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
+        if self.attention not in ATTENTION:
+            problems.append(f"attention={self.attention!r} is not one of {ATTENTION}")
+        if self.attention_block is not None and (not isinstance(self.attention_block, int) or self.attention_block < 8
+                                                 or self.attention_block % 8):
+            problems.append(f"attention_block={self.attention_block!r} must be a multiple of 8 (or null)")
+        if not isinstance(self.scan_layers, bool):
+            problems.append(f"scan_layers={self.scan_layers!r} must be true or false")
         if self.rope_scaling is not None:
             missing = [k for k in _ROPE_SCALING_KEYS if k not in self.rope_scaling]
             if missing:
