@@ -37,7 +37,7 @@ def test_save_load_params_roundtrip(tmp_path, tiny):
     for where in (tmp_path / "run", out):  # a run dir or its checkpoints dir
         loaded, loaded_config, run_config, step = ckpt.load_params(where)
         assert (LlamaConfig(**loaded_config), run_config, step) == (config, {"name": "x"}, 7)
-        assert isinstance(loaded["layers"][0]["self_attn"]["q_proj"]["kernel"], np.ndarray)
+        assert isinstance(loaded["layers"]["self_attn"]["q_proj"]["kernel"], np.ndarray)
         _assert_same(loaded, params)
     # the loaded dict is what the model takes back
     model = Llama(config, rngs=nnx.Rngs(0))
@@ -58,9 +58,9 @@ def test_load_params_sharded_and_latest_step(tmp_path, tiny):
     loaded, _, _, step = ckpt.load_params(tmp_path, shardings=shardings)
     assert step == 5
     _assert_same(loaded, bumped)
-    q = loaded["layers"][1]["self_attn"]["q_proj"]["kernel"]
-    assert q.sharding == shardings["layers"][1]["self_attn"]["q_proj"]["kernel"]
-    assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape == (32, 2, 16)
+    q = loaded["layers"]["self_attn"]["q_proj"]["kernel"]  # stacked layers: [layers, embed, heads, head_dim]
+    assert q.sharding == shardings["layers"]["self_attn"]["q_proj"]["kernel"]
+    assert len(q.addressable_shards) == 8 and q.addressable_shards[0].data.shape == (config.num_layers, 32, 2, 16)
     _assert_same(ckpt.load_params(tmp_path, step=1)[0], params)
     with pytest.raises(ConfigError, match="step 3"):
         ckpt.load_params(tmp_path, step=3)
@@ -101,3 +101,26 @@ def test_checkpointer_keeps_n_and_restores_everything(tmp_path, tiny):
 def test_gather_data_state_single_host():
     out = ckpt.gather_data_state(np.array([3, 4, 5], np.int64))
     assert out.dtype == np.int64 and out.tolist() == [[3, 4, 5]]
+
+
+@pytest.mark.parametrize("saved_scanned", [True, False])
+def test_params_load_in_either_layer_layout(tmp_path, saved_scanned):
+    """A checkpoint saved with scanned (stacked) or looped (listed) layers says so in its meta, and loads into
+    a model of the other layout with the same logits, on a mesh too."""
+    from instructjax.convert.saved import load_params_as
+    from instructjax.model.llama import with_params
+
+    saved = preset("tiny", dtype="float32", scan_layers=saved_scanned)
+    params = jax.device_get(nnx.to_pure_dict(nnx.state(Llama(saved, rngs=nnx.Rngs(4)))))
+    ckpt.save_params(tmp_path, params, dataclasses.asdict(saved), step=1)
+    assert ckpt.read_meta(tmp_path)[0]["scan_layers"] is saved_scanned
+    other = saved.replace(scan_layers=not saved_scanned)
+    mesh = sharding.make_mesh({"fsdp": 2, "tensor": 2}, jax.devices()[:4])
+    abstract = nnx.state(nnx.eval_shape(lambda: Llama(other, rngs=nnx.Rngs(0))))
+    shardings = nnx.to_pure_dict(sharding.state_shardings(abstract, mesh))
+    loaded = load_params_as(str(tmp_path), other, shardings=shardings)
+    tokens = np.random.default_rng(0).integers(0, saved.vocab_size, (2, 12))
+    positions, segments = np.broadcast_to(np.arange(12), (2, 12)), np.ones((2, 12), np.int32)
+    expected = with_params(saved, params)(tokens, positions, segments)
+    np.testing.assert_allclose(np.asarray(with_params(other, loaded)(tokens, positions, segments)),
+                               np.asarray(expected), atol=1e-5, rtol=0)

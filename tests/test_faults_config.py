@@ -57,7 +57,7 @@ def make_hf_dir(path) -> str:
     """A tiny LLaMA in the HF layout (config.json + model.safetensors), written without torch."""
     from safetensors.numpy import save_file
 
-    from instructjax.convert.hf import abstract_params, get_path, hf_shape, hf_weight_table
+    from instructjax.convert.hf import abstract_params, entry_shape, hf_shape, hf_weight_table
     from instructjax.model.config import preset
 
     config = preset("tiny", dtype="float32")
@@ -65,8 +65,8 @@ def make_hf_dir(path) -> str:
     (path / "config.json").write_text(json.dumps(config.to_hf_dict()))
     abstract = abstract_params(config)
     rng = np.random.default_rng(0)
-    tensors = {name: rng.normal(size=hf_shape(tuple(get_path(abstract, p).shape), kind, config)).astype(np.float32)
-               for p, name, kind in hf_weight_table(config)}  # fmt: skip
+    tensors = {e.name: rng.normal(size=hf_shape(entry_shape(abstract, e), e.kind, config)).astype(np.float32)
+               for e in hf_weight_table(config)}  # fmt: skip
     save_file(tensors, str(path / "model.safetensors"))
     return str(path)
 

@@ -3,7 +3,9 @@
 Names and layouts live together here, as in MaxText's `param_mapping.py`: `hf_weight_table` names which
 HF tensor feeds which of our parameters with which kind, and each kind is a chain of small reversible
 steps (`HOOKS`: HF -> ours applies the forward functions in order, ours -> HF the inverses in reverse
-order). Conversion is transposes and reshapes only, because the model keeps HF's RoPE layout.
+order). Conversion is transposes and reshapes only, because the model keeps HF's RoPE layout. Scanned
+layers keep one stacked parameter per weight; their entries name a `layer` of its leading axis, so the
+HF files are the same whichever layout a model runs with.
 
 Import reads one tensor at a time (safetensors memory-maps, torch `.bin` loads with `mmap=True`) and
 puts each converted tensor straight onto its mesh sharding, so a 7B import holds one full tensor on
@@ -16,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import numpy as np
@@ -64,26 +66,54 @@ HOOKS: dict[str, tuple[Step, ...]] = {
 }
 
 
-def hf_weight_table(config: LlamaConfig) -> list[tuple[tuple, str, str]]:
-    """(our parameter path, HF LlamaForCausalLM state-dict name, hook kind) of every parameter."""
-    table = [(("embed_tokens", "embedding"), "model.embed_tokens.weight", "copy")]
+LAYER_WEIGHTS: tuple[tuple[tuple[str, ...], str, str], ...] = (  # (our path in a layer, HF name in a layer, kind)
+    (("input_layernorm", "scale"), "input_layernorm.weight", "copy"),
+    (("post_attention_layernorm", "scale"), "post_attention_layernorm.weight", "copy"),
+    (("self_attn", "q_proj", "kernel"), "self_attn.q_proj.weight", "q"),
+    (("self_attn", "k_proj", "kernel"), "self_attn.k_proj.weight", "kv"),
+    (("self_attn", "v_proj", "kernel"), "self_attn.v_proj.weight", "kv"),
+    (("self_attn", "o_proj", "kernel"), "self_attn.o_proj.weight", "o"),
+    (("mlp", "gate_proj", "kernel"), "mlp.gate_proj.weight", "linear"),
+    (("mlp", "up_proj", "kernel"), "mlp.up_proj.weight", "linear"),
+    (("mlp", "down_proj", "kernel"), "mlp.down_proj.weight", "linear"),
+)
+
+
+class Entry(NamedTuple):
+    """One HF tensor: our parameter `path`, the HF state-dict `name`, the hook `kind`, and for scanned
+    (stacked) layers the `layer` index into the parameter's leading axis (None: the whole parameter)."""
+
+    path: tuple
+    name: str
+    kind: str
+    layer: int | None = None
+
+
+def hf_weight_table(config: LlamaConfig) -> list[Entry]:
+    """Every parameter's entry, in HF order. Scanned layers: one stacked parameter, one entry per layer."""
+    table = [Entry(("embed_tokens", "embedding"), "model.embed_tokens.weight", "copy")]
     for i in range(config.num_layers):
-        ours, hf = ("layers", i), f"model.layers.{i}."
-        table += [
-            (ours + ("input_layernorm", "scale"), hf + "input_layernorm.weight", "copy"),
-            (ours + ("post_attention_layernorm", "scale"), hf + "post_attention_layernorm.weight", "copy"),
-            (ours + ("self_attn", "q_proj", "kernel"), hf + "self_attn.q_proj.weight", "q"),
-            (ours + ("self_attn", "k_proj", "kernel"), hf + "self_attn.k_proj.weight", "kv"),
-            (ours + ("self_attn", "v_proj", "kernel"), hf + "self_attn.v_proj.weight", "kv"),
-            (ours + ("self_attn", "o_proj", "kernel"), hf + "self_attn.o_proj.weight", "o"),
-            (ours + ("mlp", "gate_proj", "kernel"), hf + "mlp.gate_proj.weight", "linear"),
-            (ours + ("mlp", "up_proj", "kernel"), hf + "mlp.up_proj.weight", "linear"),
-            (ours + ("mlp", "down_proj", "kernel"), hf + "mlp.down_proj.weight", "linear"),
-        ]
-    table.append((("norm", "scale"), "model.norm.weight", "copy"))
+        for ours, hf, kind in LAYER_WEIGHTS:
+            if config.scan_layers:
+                table.append(Entry(("layers", *ours), f"model.layers.{i}.{hf}", kind, i))
+            else:
+                table.append(Entry(("layers", i, *ours), f"model.layers.{i}.{hf}", kind))
+    table.append(Entry(("norm", "scale"), "model.norm.weight", "copy"))
     if not config.tie_embeddings:
-        table.append((("lm_head", "kernel"), "lm_head.weight", "linear"))
+        table.append(Entry(("lm_head", "kernel"), "lm_head.weight", "linear"))
     return table
+
+
+def entry_value(params: Mapping, entry: Entry) -> np.ndarray:
+    """The part of `params` an entry names, fetched to the host."""
+    value = get_path(params, entry.path)
+    return np.asarray(jax.device_get(value if entry.layer is None else value[entry.layer]))
+
+
+def entry_shape(abstract: Mapping, entry: Entry) -> tuple[int, ...]:
+    """Our shape of the tensor an entry names (a stacked parameter without its `layers` axis)."""
+    shape = tuple(get_path(abstract, entry.path).shape)
+    return shape if entry.layer is None else shape[1:]
 
 
 def to_ours(tensor: np.ndarray, kind: str, config: LlamaConfig) -> np.ndarray:
@@ -240,21 +270,30 @@ class HFTensors(Mapping):
 def params_from_tensors(tensors: Mapping[str, Any], config: LlamaConfig, *, where: str = "HF checkpoint",
                         shardings: Any = None, param_dtype: str = "float32") -> dict:
     """Our parameter tree from HF tensors (name -> array: an HF state dict, or `HFTensors` reading one
-    file at a time), each converted tensor placed on its sharding as it is read."""
+    file at a time), each converted tensor placed on its sharding as it is read; a stacked (scanned)
+    parameter is stacked on the devices once its last layer is read."""
     abstract = abstract_params(config)
     params: dict = {}
-    for path, name, kind in hf_weight_table(config):
+    layers: dict[tuple, list] = {}  # stacked parameter -> its layers read so far
+    for entry in hf_weight_table(config):
+        path, name, kind = entry.path, entry.name, entry.kind
         if name not in tensors:
             raise ConversionError(f"{where}: missing tensor {name!r} (for parameter {'/'.join(map(str, path))})")
         tensor = tensors[name]
-        want_hf = hf_shape(tuple(get_path(abstract, path).shape), kind, config)
+        want_hf = hf_shape(entry_shape(abstract, entry), kind, config)
         if tuple(tensor.shape) != want_hf:
             raise ConversionError(f"{where}: tensor {name!r} has shape {tuple(tensor.shape)}, expected {want_hf} "
                                   "from config.json")
         value = np.asarray(to_ours(np.asarray(tensor), kind, config)).astype(param_dtype)
-        _set_path(params, path, jax.device_put(value, get_path(shardings, path) if shardings is not None else None))
+        sharding = get_path(shardings, path) if shardings is not None else None
+        if entry.layer is None:
+            _set_path(params, path, jax.device_put(value, sharding))
+        else:
+            layers.setdefault(path, []).append(jax.device_put(value, _without_layers_axis(sharding)))
+            if len(layers[path]) == config.num_layers:
+                _set_path(params, path, _stack(layers.pop(path), sharding))
         del tensor, value
-    known = {name for _, name, _ in hf_weight_table(config)}
+    known = {entry.name for entry in hf_weight_table(config)}
     if config.tie_embeddings:
         known.add("lm_head.weight")  # a state dict repeats the tied embedding under this name
     extra = [n for n in tensors if n not in known and "rotary_emb.inv_freq" not in n]
@@ -263,10 +302,24 @@ def params_from_tensors(tensors: Mapping[str, Any], config: LlamaConfig, *, wher
     return params
 
 
+def _without_layers_axis(sharding):
+    if sharding is None:
+        return None
+    return jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec(*tuple(sharding.spec)[1:]))
+
+
+def _stack(layers: list, sharding) -> Any:
+    """One stacked parameter from its per-layer arrays, laid out by `sharding` (numpy without one)."""
+    if sharding is None:
+        return np.stack([np.asarray(x) for x in layers])
+    import jax.numpy as jnp
+
+    return jax.jit(lambda *xs: jnp.stack(xs), out_shardings=sharding)(*layers)
+
+
 def hf_state(params: Mapping, config: LlamaConfig) -> dict[str, np.ndarray]:
     """Our parameters as an HF LlamaForCausalLM state dict (numpy, the parameters' dtype)."""
-    return {name: to_hf(np.asarray(jax.device_get(get_path(params, path))), kind, config)
-            for path, name, kind in hf_weight_table(config)}
+    return {entry.name: to_hf(entry_value(params, entry), entry.kind, config) for entry in hf_weight_table(config)}
 
 
 def hf_to_params(hf_dir: str, config: LlamaConfig | None = None, *, mesh=None,
@@ -302,12 +355,14 @@ def params_to_hf(params: Mapping, config: LlamaConfig, out_dir: str, *, dtype: s
     target = np_dtype(dtype, config.param_dtype)
     table = hf_weight_table(config)
     sizes = []
-    for path, name, _ in table:
+    for entry in table:
         try:
-            leaf = get_path(params, path)
+            leaf = get_path(params, entry.path)
         except KeyError:
-            raise ConversionError(f"checkpoint lacks parameter {'/'.join(map(str, path))} (HF {name!r})") from None
-        sizes.append(int(np.prod(leaf.shape)) * target.itemsize)
+            raise ConversionError(f"checkpoint lacks parameter {'/'.join(map(str, entry.path))} "
+                                  f"(HF {entry.name!r})") from None
+        shape = leaf.shape if entry.layer is None else leaf.shape[1:]
+        sizes.append(int(np.prod(shape)) * target.itemsize)
     shards: list[list[int]] = [[]]
     used = 0
     for i, size in enumerate(sizes):
@@ -323,10 +378,10 @@ def params_to_hf(params: Mapping, config: LlamaConfig, out_dir: str, *, dtype: s
     for file, members in zip(names, shards, strict=True):
         tensors = {}
         for i in members:
-            path, name, kind = table[i]
-            array = np.asarray(jax.device_get(get_path(params, path)))
-            tensors[name] = np.ascontiguousarray(to_hf(array, kind, config).astype(target))
-            weight_map[name] = file
+            entry = table[i]
+            tensors[entry.name] = np.ascontiguousarray(to_hf(entry_value(params, entry), entry.kind, config)
+                                                       .astype(target))
+            weight_map[entry.name] = file
         save_file(tensors, os.path.join(out_dir, file), metadata={"format": "pt"})
         del tensors
     if len(shards) > 1:

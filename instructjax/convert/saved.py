@@ -98,6 +98,34 @@ def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", 
     return config
 
 
+def relayout_layers(params: dict, num_layers: int, stacked: bool) -> dict:
+    """Host (numpy) params with their decoder layers stacked (scanned layout) or as a list, as `stacked` says."""
+    import jax
+    import numpy as np
+
+    layers = params["layers"]
+    is_list = bool(layers) and all(isinstance(k, int) for k in layers)
+    if stacked and is_list:
+        layers = jax.tree.map(lambda *xs: np.stack(xs), *[layers[i] for i in range(num_layers)])
+    elif not stacked and not is_list:
+        layers = {i: jax.tree.map(lambda x, i=i: np.asarray(x)[i], layers) for i in range(num_layers)}
+    return {**params, "layers": layers}
+
+
+def load_params_as(directory: str, config: LlamaConfig, *, step: int | None = None, shardings=None) -> dict:
+    """A checkpoint's params in the layout `config` runs with, placed by `shardings`. Stored in the other
+    layout (`model.scan_layers` changed), they are read to the host, restacked and then placed."""
+    import jax
+
+    from instructjax.core.checkpoint import load_params, read_meta
+
+    stored = read_meta(directory, step)[0]["scan_layers"]
+    if stored == config.scan_layers:
+        return load_params(directory, step, shardings=shardings)[0]
+    params = relayout_layers(load_params(directory, step)[0], config.num_layers, config.scan_layers)
+    return params if shardings is None else jax.device_put(params, shardings)
+
+
 def load_model(path: str, *, mesh=None, dtype: str = "float32", step: int | None = None):
     """The nnx Llama of an instructjax checkpoint (RUN_DIR[/STEP]) or an HF model directory
     (its tokenizer: `saved_tokenizer(path)`)."""

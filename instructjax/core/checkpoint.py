@@ -250,12 +250,21 @@ def _reader(directory: str | Path) -> ocp.CheckpointManager:
     return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False), item_handlers=handlers)
 
 
+def _stacked_layers(params_tree: Any) -> bool:
+    """Whether a stored params tree keeps its decoder layers stacked (scanned) or as a list ("0", "1", ...)."""
+    layers = params_tree.get("layers", {}) if isinstance(params_tree, dict) else {}
+    return not (layers and all(str(k).isdigit() for k in layers))
+
+
 def read_meta(directory: str | Path, step: int | None = None) -> tuple[dict, dict | None, int]:
-    """(model config dict, run_config dict or None, step) of a checkpoint, without reading any array."""
+    """(model config dict, run_config dict or None, step) of a checkpoint, without reading any array. The
+    model config's `scan_layers` says how the stored parameters are laid out (read from the stored tree, so
+    checkpoints written before the option existed say it too)."""
     with _reader(directory) as manager:
         step = _resolve_step(manager, step, manager.directory)
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    return meta["model_config"], meta.get("run_config"), int(meta["step"])
+        stacked = _stacked_layers(manager.item_metadata(step)["params"].tree)
+    return {**meta["model_config"], "scan_layers": stacked}, meta.get("run_config"), int(meta["step"])
 
 
 def read_tokenizer(directory: str | Path, step: int | None = None) -> dict | None:

@@ -38,6 +38,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("head_dim", None),
     ("vocab", "tensor"),
     ("norm", None),
+    ("layers", None),  # the stacked axis of scanned layers: every device holds its shard of every layer
 )
 
 

@@ -60,22 +60,24 @@ def _generate(graphdef, state, prompt: Array, valid: Array, stop_ids: Array, rng
     logits, cache = model(prompt, positions, valid, cache=init_cache(model.config, b, p + max_new))  # padding: 0
     out = jnp.zeros((b, max_new), jnp.int32)
     done = jnp.zeros((b,), bool)
-    carry = (jnp.int32(0), logits[:, -1].astype(jnp.float32), cache, out, done, positions[:, -1] + 1, rng)
+    # the parameters ride in the loop's carry: the layers' nnx.scan needs them at the loop body's trace level
+    carry = (jnp.int32(0), logits[:, -1].astype(jnp.float32), cache, out, done, positions[:, -1] + 1, rng, state)
 
     def cond(c):
-        i, _, _, _, done, _, _ = c
+        i, _, _, _, done, _, _, _ = c
         return (i < max_new) & ~jnp.all(done)
 
     def body(c):
-        i, last, cache, out, done, pos, rng = c
+        i, last, cache, out, done, pos, rng, state = c
         rng, step_rng = jax.random.split(rng)
         token = jnp.where(done, stop_ids[0], sample_token(last, step_rng, temperature, top_p))
         out = out.at[:, i].set(token)
         done = done | jnp.isin(token, stop_ids)
-        logits, cache = model(token[:, None], pos[:, None], jnp.ones((b, 1), jnp.int32), cache=cache)
-        return i + 1, logits[:, -1].astype(jnp.float32), cache, out, done, pos + 1, rng
+        logits, cache = nnx.merge(graphdef, state)(token[:, None], pos[:, None], jnp.ones((b, 1), jnp.int32),
+                                                   cache=cache)
+        return i + 1, logits[:, -1].astype(jnp.float32), cache, out, done, pos + 1, rng, state
 
-    i, _, _, out, _, _, _ = jax.lax.while_loop(cond, body, carry)
+    i, _, _, out, _, _, _, _ = jax.lax.while_loop(cond, body, carry)
     return out, i
 
 

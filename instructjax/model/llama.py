@@ -1,10 +1,13 @@
-"""LLaMA decoder in Flax NNX: `logits = model(tokens, positions, segment_ids)`.
+"""LLaMA decoder in Flax NNX: `logits = model(tokens, positions, segment_ids)`, and with a KV cache for decoding.
 
-Attention is causal and confined to one segment of a packed row (segment 0 is padding). Parameter
-names mirror Hugging Face LLaMA (`embed_tokens`, `layers[i].self_attn.q_proj`, ..., `norm`, `lm_head`),
-RoPE uses HF's `rotate_half` layout, so `HF_WEIGHT_TABLE` converts weights with transposes and
-reshapes only. Parameters carry logical axis names (see instructjax.core.sharding); compute runs in
-`config.dtype` over `config.param_dtype` parameters.
+Attention is causal and confined to one segment of a packed row (segment 0 is padding), by the
+implementation `config.attention` names (`instructjax.model.attention`). Parameter names mirror Hugging
+Face LLaMA (`embed_tokens`, `layers.self_attn.q_proj`, ..., `norm`, `lm_head`) and RoPE uses HF's
+`rotate_half` layout, so `convert.hf` converts weights with transposes and reshapes only. With
+`config.scan_layers` the decoder layers are one module whose parameters carry a leading `layers` axis,
+run by `nnx.scan` (compile time does not grow with depth); without it, `layers` is a list of modules.
+Parameters carry logical axis names (see instructjax.core.sharding); compute runs in `config.dtype` over
+`config.param_dtype` parameters.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from instructjax.core.sharding import with_logical_constraint
+from instructjax.model import attention
 from instructjax.model.config import LlamaConfig
 
 Array = jax.Array
@@ -117,94 +121,19 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
 
 
-# ---- attention -----------------------------------------------------------------------------------
-
-
-MASKED = -1e30  # additive bias of a key a query may not see: finite, so a fully masked row gives no NaN
-
-
-def segment_causal_mask(segment_ids: Array) -> Array:
-    """Boolean mask [B, 1, T, T]: query i sees key j iff j <= i and both lie in the same segment."""
-    t = segment_ids.shape[-1]
-    same_segment = segment_ids[:, :, None] == segment_ids[:, None, :]
-    causal = jnp.tril(jnp.ones((t, t), dtype=bool))
-    return (same_segment & causal)[:, None]
-
-
-def cached_mask(query_segments: Array, key_segments: Array, index: Array) -> Array:
-    """Boolean mask [B, 1, T, S] of T queries written at cache slots index.. over S slots: a query sees a
-    filled slot (segment > 0) of its own segment at or before its own slot."""
-    t, s = query_segments.shape[1], key_segments.shape[1]
-    causal = jnp.arange(s)[None, :] <= (index + jnp.arange(t))[:, None]
-    same = (query_segments[:, :, None] == key_segments[:, None, :]) & (key_segments[:, None, :] > 0)
-    return (causal[None] & same)[:, None]
-
-
-def attention_bias(mask: Array) -> Array:
-    """Additive float32 bias [B, 1, T, S] for a boolean mask: 0 where the query sees the key, MASKED elsewhere."""
-    return jnp.where(mask, 0.0, MASKED).astype(jnp.float32)
-
-
-def _heads_first(q: Array, k: Array, v: Array) -> tuple[Array, Array, Array]:
-    """q [B, T, H, D] -> [B, K, G, T, D] (G = H // K query heads per kv head); k, v [B, S, K, D] -> [B, K, S, D]."""
-    b, t, h, d = q.shape
-    kv_heads = k.shape[2]
-    q = q.reshape(b, t, kv_heads, h // kv_heads, d).transpose(0, 2, 3, 1, 4)
-    return q, k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-
-
-def _attend_heads_first(q: Array, k: Array, v: Array, bias: Array) -> Array:
-    """softmax(q k^T / sqrt(D) + bias) v with the softmax in float32, heads-first layout -> [B, K, G, T, D]."""
-    scores = jnp.einsum("bkgtd,bksd->bkgts", q, k, preferred_element_type=jnp.float32) / math.sqrt(q.shape[-1])
-    probs = jax.nn.softmax(scores + bias[:, :, None], axis=-1).astype(v.dtype)
-    return jnp.einsum("bkgts,bksd->bkgtd", probs, v)
-
-
-def _heads_last(out: Array) -> Array:
-    b, k, g, t, d = out.shape
-    return out.transpose(0, 3, 1, 2, 4).reshape(b, t, k * g, d)
-
-
-def attend(q: Array, k: Array, v: Array, bias: Array) -> Array:
-    """Grouped-query attention: q [B, T, H, D], k/v [B, S, K, D], additive bias [B, 1, T, S] -> [B, T, H, D].
-
-    Query head h uses kv head h // (H // K) (HF's repeat_kv). Softmax runs in float32. A KV cache only
-    has to supply longer k/v and the matching bias.
-    """
-    return _heads_last(_attend_heads_first(*_heads_first(q, k, v), bias))
-
-
-def causal_attend(q: Array, k: Array, v: Array, bias: Array, block: int = 128) -> Array:
-    """`attend` for causal self-attention (k, v at the same positions as q), in query blocks of `block`.
-
-    Block i needs only the keys up to its last query, so the blocks skip the square's upper triangle: the
-    same result with about half the score FLOPs and memory (attention fwd+bwd 2.3x faster at T=512 on
-    XLA:CPU, benchmarks/RESULTS.md).
-    """
-    t = q.shape[1]
-    q, k, v = _heads_first(q, k, v)
-    outs = [
-        _attend_heads_first(q[:, :, :, s : s + block], k[:, :, : s + block], v[:, :, : s + block],
-                            bias[:, :, s : s + block, : s + block])  # fmt: skip
-        for s in range(0, t, block)
-    ]
-    return _heads_last(jnp.concatenate(outs, axis=3))
-
-
 class Cache(NamedTuple):
-    """Keys and values of every layer for decoding, [B, S, K, D] each, the segment of every slot (0 =
-    empty or padding: never attended) and the next slot to fill."""
+    """Keys and values of every layer for decoding, [layers, B, S, K, D] each, the segment of every slot
+    (0 = empty or padding: never attended) and the next slot to fill."""
 
-    keys: tuple[Array, ...]
-    values: tuple[Array, ...]
+    keys: Array
+    values: Array
     segments: Array  # [B, S] int32
     index: Array  # int32 scalar
 
 
 def init_cache(config: LlamaConfig, batch: int, length: int) -> Cache:
     """An empty cache of `length` slots in the compute dtype."""
-    shape = (batch, length, config.num_kv_heads, config.head_dim)
-    zeros = tuple(jnp.zeros(shape, config.dtype) for _ in range(config.num_layers))
+    zeros = jnp.zeros((config.num_layers, batch, length, config.num_kv_heads, config.head_dim), config.dtype)
     return Cache(zeros, zeros, jnp.zeros((batch, length), jnp.int32), jnp.int32(0))
 
 
@@ -218,6 +147,7 @@ class Attention(nnx.Module):
         self.k_proj = Dense(e, (k, d), ("embed", "kv_heads", "head_dim"), config, rngs=rngs)
         self.v_proj = Dense(e, (k, d), ("embed", "kv_heads", "head_dim"), config, rngs=rngs)
         self.o_proj = Dense((h, d), e, ("heads", "head_dim", "embed"), config, rngs=rngs)
+        self.implementation, self.block = config.attention, config.attention_block
 
     def qkv(self, x: Array, cos: Array, sin: Array) -> tuple[Array, Array, Array]:
         """Projected and rotated q [B, T, H, D], k and v [B, T, K, D]."""
@@ -226,14 +156,17 @@ class Attention(nnx.Module):
         v = with_logical_constraint(self.v_proj(x), ("batch", "length", "kv_heads", "head_dim"))
         return q, k, v
 
-    def __call__(self, x: Array, cos: Array, sin: Array, bias: Array, kv: tuple[Array, Array] | None = None,
+    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, kv: tuple[Array, Array] | None = None,
                  index: Array | None = None) -> tuple[Array, tuple[Array, Array] | None]:
+        """Training / prefill without a cache: `mask` is `attention.mask_input` of the segment ids. Decoding:
+        `mask` is the additive bias over the cache's slots."""
         q, k, v = self.qkv(x, cos, sin)
         if kv is None:
-            return self.o_proj(checkpoint_name(causal_attend(q, k, v, bias), "attention")), None
+            out = attention.self_attention(q, k, v, mask, attention.resolve(self.implementation), self.block)
+            return self.o_proj(checkpoint_name(out, "attention")), None
         keys = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, index, 0, 0))
         values = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, index, 0, 0))
-        return self.o_proj(attend(q, keys, values, bias)), (keys, values)
+        return self.o_proj(attention.attend(q, keys, values, mask)), (keys, values)
 
 
 class MLP(nnx.Module):
@@ -259,9 +192,9 @@ class DecoderLayer(nnx.Module):
         self.post_attention_layernorm = RMSNorm(config)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x: Array, cos: Array, sin: Array, bias: Array, kv: tuple[Array, Array] | None = None,
+    def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, kv: tuple[Array, Array] | None = None,
                  index: Array | None = None) -> tuple[Array, tuple[Array, Array] | None]:
-        attended, kv = self.self_attn(self.input_layernorm(x), cos, sin, bias, kv, index)
+        attended, kv = self.self_attn(self.input_layernorm(x), cos, sin, mask, kv, index)
         x = x + attended
         x = x + self.mlp(self.post_attention_layernorm(x))
         return with_logical_constraint(x, ("batch", "length", "embed")), kv
@@ -277,17 +210,28 @@ def _remat_policy(name: str):
     }[name]
 
 
-def _run_layer(layer: DecoderLayer, x: Array, cos: Array, sin: Array, bias: Array) -> Array:
-    return layer(x, cos, sin, bias)[0]
+def stacked_layers(config: LlamaConfig, rngs: nnx.Rngs) -> DecoderLayer:
+    """`num_layers` decoder layers as one module whose parameters have a leading `layers` axis."""
+
+    @nnx.split_rngs(splits=config.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(rngs: nnx.Rngs) -> DecoderLayer:
+        return DecoderLayer(config, rngs=rngs)
+
+    return make(rngs)
 
 
 class Llama(nnx.Module):
-    """LLaMA-family causal LM. `config.remat` picks the per-layer rematerialisation policy."""
+    """LLaMA-family causal LM. `config.remat` picks the per-layer rematerialisation policy,
+    `config.scan_layers` stacked layers under a scan or a list of layers."""
 
     def __init__(self, config: LlamaConfig, *, rngs: nnx.Rngs):
         self.config = config
         self.embed_tokens = Embed(config, rngs=rngs)
-        self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+        if config.scan_layers:
+            self.layers = stacked_layers(config, rngs)
+        else:
+            self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
         self.norm = RMSNorm(config)
         self.lm_head = None if config.tie_embeddings else Dense(
             config.hidden_size, config.vocab_size, ("embed", "vocab"), config, rngs=rngs
@@ -308,21 +252,46 @@ class Llama(nnx.Module):
         x = with_logical_constraint(self.embed_tokens(tokens), ("batch", "length", "embed"))
         cos, sin = rope_cos_sin(positions, rope_inv_freq(self.config))
         if cache is None:
-            bias = attention_bias(segment_causal_mask(segment_ids))
-            run_layer = _run_layer
-            if self.config.remat != "none":
-                run_layer = nnx.remat(_run_layer, policy=_remat_policy(self.config.remat))
-            for layer in self.layers:
-                x = run_layer(layer, x, cos, sin, bias)
-            return self.norm(x), None
+            mask = attention.mask_input(attention.resolve(self.config.attention), segment_ids)
+            return self.norm(self._train_layers(x, cos, sin, mask)), None
         segments = jax.lax.dynamic_update_slice(cache.segments, segment_ids.astype(jnp.int32), (0, cache.index))
-        bias = attention_bias(cached_mask(segment_ids, segments, cache.index))
-        keys, values = [], []
-        for layer, kv in zip(self.layers, zip(cache.keys, cache.values, strict=True), strict=True):
-            x, (k, v) = layer(x, cos, sin, bias, kv, cache.index)
-            keys.append(k)
-            values.append(v)
-        return self.norm(x), Cache(tuple(keys), tuple(values), segments, cache.index + tokens.shape[1])
+        bias = attention.attention_bias(attention.cached_mask(segment_ids, segments, cache.index))
+        x, keys, values = self._cached_layers(x, cos, sin, bias, cache)
+        return self.norm(x), Cache(keys, values, segments, cache.index + tokens.shape[1])
+
+    def _train_layers(self, x: Array, cos: Array, sin: Array, mask: Array) -> Array:
+        def run_layer(layer: DecoderLayer, x: Array, cos: Array, sin: Array, mask: Array) -> Array:
+            return layer(x, cos, sin, mask)[0]
+
+        if self.config.remat != "none":
+            run_layer = nnx.remat(run_layer, policy=_remat_policy(self.config.remat))
+        if not self.config.scan_layers:
+            for layer in self.layers:
+                x = run_layer(layer, x, cos, sin, mask)
+            return x
+
+        @nnx.scan(in_axes=(0, nnx.Carry, None, None, None), out_axes=nnx.Carry)
+        def scan(layer: DecoderLayer, x: Array, cos: Array, sin: Array, mask: Array) -> Array:
+            return run_layer(layer, x, cos, sin, mask)
+
+        return scan(self.layers, x, cos, sin, mask)
+
+    def _cached_layers(self, x: Array, cos: Array, sin: Array, bias: Array, cache: Cache
+                       ) -> tuple[Array, Array, Array]:
+        if not self.config.scan_layers:
+            keys, values = [], []
+            for i, layer in enumerate(self.layers):
+                x, (k, v) = layer(x, cos, sin, bias, (cache.keys[i], cache.values[i]), cache.index)
+                keys.append(k)
+                values.append(v)
+            return x, jnp.stack(keys), jnp.stack(values)
+
+        @nnx.scan(in_axes=(0, nnx.Carry, 0, 0, None, None, None, None), out_axes=(nnx.Carry, 0, 0))
+        def scan(layer, x, k, v, cos, sin, bias, index):
+            x, (k, v) = layer(x, cos, sin, bias, (k, v), index)
+            return x, k, v
+
+        return scan(self.layers, x, cache.keys, cache.values, cos, sin, bias, cache.index)
 
 
 def abstract_model(config: LlamaConfig) -> Llama:

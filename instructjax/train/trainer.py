@@ -29,6 +29,7 @@ import yaml
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec
 
+from instructjax.convert.saved import load_params_as
 from instructjax.core import checkpoint as ckpt
 from instructjax.core import sharding
 from instructjax.core.config import RunConfig, to_dict
@@ -156,6 +157,9 @@ class Trainer:
         if not resume and latest is not None:
             raise ConfigError(f"{self.run_dir} already has checkpoints: pass --resume, or choose another run_dir")
         if resume and latest is not None:
+            stored = ckpt.read_meta(self.run_dir)[0]["scan_layers"]
+            if stored != self.model_config.scan_layers:  # continue in the layout the run was saved in
+                self.model_config = self.model_config.replace(scan_layers=stored)
             saved = ckpt.read_tokenizer(self.run_dir)
             if saved is not None and Tokenizer.load(materialize(saved["files"])) != self.tokenizer:
                 raise ConfigError(f"{self.run_dir} was trained with another tokenizer than {self.tokenizer.path}; "
@@ -186,7 +190,7 @@ class Trainer:
             self.pipeline.restore(data[0])  # the global position: any number of hosts continues from it
             return params, opt_state, latest, int(meta.get("tokens", 0))
         if self.config.model.init_from:
-            params = ckpt.load_params(self.config.model.init_from, shardings=self.param_shardings)[0]
+            params = load_params_as(self.config.model.init_from, self.model_config, shardings=self.param_shardings)
         else:
             params = nnx.to_pure_dict(nnx.state(sharding.create_sharded_model(make_model, self.mesh)))
         return params, init_opt(params), 0, 0
