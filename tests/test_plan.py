@@ -60,11 +60,12 @@ def test_llama2_7b_activations_and_data_by_hand(tulu7b_v4_64):
     a = tulu7b_v4_64.activations
     # 128 rows / 32 devices = 4 rows of 2048 per device, remat "full": each layer keeps its input
     # 2 x 2048 x 4 x 4096 bytes; one layer is recomputed with everything: 2*2048*4*(4*4096 + 64*128 + 4*11008)
-    # + 2*32*2048^2*4; logits 6 bytes x 2048 x 4 x 32000.
-    assert a["layers"] == 32 * 67_108_864 + (16_384 * 76_800 + 1_073_741_824)
+    # + splash attention's float32 log-sum-exp 4*32*2048*4 (no 2048^2 term on TPU); logits 6 bytes x 2048 x 4 x 32000.
+    assert a["attention"] == "splash"
+    assert a["layers"] == 32 * 67_108_864 + (16_384 * 76_800 + 1_048_576)
     assert a["logits"] == 1_572_864_000
-    assert a["total"] == 6_052_380_672
-    assert tulu7b_v4_64.total_bytes == 843_333_632 * 4 + 8 + 6_052_380_672
+    assert a["total"] == 4_979_687_424
+    assert tulu7b_v4_64.total_bytes == 843_333_632 * 4 + 8 + 4_979_687_424
     assert tulu7b_v4_64.fits
     d = tulu7b_v4_64.data
     # Human+GPT: FLAN V2 100K + CoT 100K + Dolly 15,011 + OASST1 34,795 + GPT4-Alpaca 52,002 + Code-Alpaca
@@ -78,7 +79,12 @@ def test_activation_policies_order():
              ("none", "full", "save_attention", "dots_with_no_batch_dims_saveable", "dots_saveable")}
     assert sizes["full"] < sizes["save_attention"] < sizes["dots_with_no_batch_dims_saveable"] < \
         sizes["dots_saveable"]
-    assert sizes["none"] == 32 * 2_332_033_024 + 1_572_864_000  # no recompute term
+    assert sizes["none"] == 32 * (1_258_291_200 + 1_048_576) + 1_572_864_000  # no recompute term, fused attention
+    # the dense attention keeps its bf16 probabilities, 2*32*2048^2*4 bytes a layer; a GPU runs a fused kernel too
+    dense = model.replace(remat="none", attention="xla")
+    assert activation_bytes(dense, 4, 2048, 1)["total"] == 32 * (1_258_291_200 + 1_073_741_824) + 1_572_864_000
+    assert activation_bytes(model.replace(remat="none"), 4, 2048, 1, "gpu")["attention"] == "pallas_gpu"
+    assert activation_bytes(model.replace(remat="none"), 4, 2048, 1, "gpu")["total"] == sizes["none"]
     # tensor parallelism divides the head/MLP parts and the logits
     assert activation_bytes(model, 4, 2048, 4)["logits"] == 1_572_864_000 // 4
 

@@ -11,13 +11,18 @@ Activations are an estimate, per device, for one micro-batch of `r` rows of `s` 
 batch / micro-batches / (data x fsdp)), tensor size `t`, 2-byte (bf16) compute, per decoder layer:
 
 - remat ``none``: everything the backward pass reads is kept:
-  `2 s r (4h + (2a + 2k) d / t + 4m / t) + 2 (a / t) s^2 r` bytes (two norm inputs and outputs; q,
-  k, v and the attention output; gate, up, silu(gate) and their product; softmax probabilities);
+  `2 s r (4h + (2a + 2k) d / t + 4m / t) + A` bytes (two norm inputs and outputs; q, k, v and the
+  attention output; gate, up, silu(gate) and their product; the attention's own residual `A`);
 - ``full``: only each layer's input `2 s r h`, plus one layer recomputed at a time (the ``none`` term once);
 - ``save_attention``: the layer input and attention output `2 s r (h + a d / t)`, plus one recomputed layer;
 - ``dots_with_no_batch_dims_saveable``: the layer input and the weight matmul outputs
   `2 s r (h + (a + 2k) d / t + h + 2m / t + h)`, plus one recomputed layer;
-- ``dots_saveable``: that plus the attention einsums: float32 scores `4 (a / t) s^2 r` and the output `2 s r a d / t`.
+- ``dots_saveable``: that plus, for the dense `xla` attention, its einsums: float32 scores `4 (a / t) s^2 r`
+  and the output `2 s r a d / t` (a fused kernel's einsums stay inside it).
+
+`A` depends on the attention implementation the topology runs (`model.attention`, `auto` resolved for the
+platform): the dense `xla` one keeps its softmax probabilities `2 (a / t) s^2 r`; the fused ones (splash on
+TPU, Pallas flash on GPU, blockwise) keep only a float32 log-sum-exp per query `4 (a / t) s r`, no s^2 term.
 
 Plus the logits `s r V / t` in bf16 and their float32 log-softmax (6 bytes each). XLA fuses and
 schedules differently, so real peaks differ by tens of percent; a config "fits" when the total is
@@ -68,6 +73,7 @@ class Topology:
     devices: int
     hbm_gib: float
     hosts: int
+    platform: str = "tpu"  # which attention `auto` stands for
 
 
 def tpu_topology(name: str) -> Topology:
@@ -92,7 +98,7 @@ def gpu_topology(count: int, gpu: str = "h100") -> Topology:
         raise ConfigError(f"unknown GPU type {gpu!r}; one of {', '.join(GPU_HBM)}")
     if count < 1:
         raise ConfigError(f"--gpus must be >= 1, got {count}")
-    return Topology(f"{count}x{gpu.lower()}", count, GPU_HBM[gpu.lower()], math.ceil(count / GPUS_PER_NODE))
+    return Topology(f"{count}x{gpu.lower()}", count, GPU_HBM[gpu.lower()], math.ceil(count / GPUS_PER_NODE), "gpu")
 
 
 class _Spec:
@@ -147,12 +153,17 @@ def state_memory(model: LlamaConfig, sizes: dict[str, int], clip: bool = True) -
             "opt_bytes": o_local, "opt_bytes_global": o_global}
 
 
-def activation_bytes(model: LlamaConfig, rows: int, seq_len: int, tensor: int) -> dict[str, int]:
-    """Per-device activation bytes for `rows` rows of `seq_len` (see the module docstring's formula)."""
+def activation_bytes(model: LlamaConfig, rows: int, seq_len: int, tensor: int, platform: str = "tpu") -> dict:
+    """Per-device activation bytes for `rows` rows of `seq_len` on `platform` (see the module docstring's formula)."""
+    from instructjax.model import attention
+
     s, r, t = seq_len, rows, tensor
     h, m, a, k, d, layers = (model.hidden_size, model.intermediate_size, model.num_heads, model.num_kv_heads,
                              model.head_dim, model.num_layers)
-    full_layer = 2 * s * r * (4 * h + (2 * a + 2 * k) * d / t + 4 * m / t) + 2 * (a / t) * s * s * r
+    implementation = attention.resolve(model.attention, platform)
+    fused = implementation in attention.FUSED
+    residual = 4 * (a / t) * s * r if fused else 2 * (a / t) * s * s * r
+    full_layer = 2 * s * r * (4 * h + (2 * a + 2 * k) * d / t + 4 * m / t) + residual
     layer_input = 2 * s * r * h
     saved = {
         "none": full_layer,
@@ -160,12 +171,13 @@ def activation_bytes(model: LlamaConfig, rows: int, seq_len: int, tensor: int) -
         "save_attention": 2 * s * r * (h + a * d / t),
         "dots_with_no_batch_dims_saveable": 2 * s * r * (3 * h + (a + 2 * k) * d / t + 2 * m / t),
     }
-    saved["dots_saveable"] = saved["dots_with_no_batch_dims_saveable"] + 4 * (a / t) * s * s * r + 2 * s * r * a * d / t
+    saved["dots_saveable"] = saved["dots_with_no_batch_dims_saveable"] + (
+        0 if fused else 4 * (a / t) * s * s * r + 2 * s * r * a * d / t)
     per_layer = saved[model.remat]
     recompute = 0 if model.remat == "none" else full_layer
     logits = 6 * s * r * model.vocab_size / t
     return {"per_layer": int(per_layer), "layers": int(per_layer * layers + recompute), "logits": int(logits),
-            "total": int(per_layer * layers + recompute + logits)}
+            "total": int(per_layer * layers + recompute + logits), "attention": implementation}
 
 
 @dataclass
@@ -247,7 +259,7 @@ class Plan:
     topology: Topology
     mesh: dict[str, int]
     memory: dict[str, int]
-    activations: dict[str, int]
+    activations: dict[str, Any]  # bytes, and which attention implementation they assume
     data: DataEstimate | None
     epochs: int
     fits: bool
@@ -281,8 +293,8 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
     micro = config.optim.micro_batches
     rows = config.data.global_batch // (micro * shards) if training else 0
     memory["grad_bytes"] = (memory["param_bytes"] * (2 if micro > 1 else 1)) if training else 0
-    acts = activation_bytes(model, rows, config.data.seq_len, sizes["tensor"]) if training else \
-        {"per_layer": 0, "layers": 0, "logits": 0, "total": 0}
+    acts = activation_bytes(model, rows, config.data.seq_len, sizes["tensor"], topology.platform) if training else \
+        {"per_layer": 0, "layers": 0, "logits": 0, "total": 0, "attention": None}
     plan = Plan(name, topology, sizes, memory, acts, data, config.optim.epochs, False)
     plan.fits = plan.total_bytes <= USABLE * topology.hbm_gib * GIB
     return plan
@@ -304,7 +316,8 @@ def format_plan(plan: Plan) -> str:
         f"  params        {_gib(m['param_bytes'])}",
         f"  optimizer     {_gib(m['opt_bytes'])} (global {m['opt_bytes_global'] / 1e9:.2f} GB)",
         f"  gradients     {_gib(m['grad_bytes'])}",
-        f"  activations   {_gib(a['total'])} (layers {_gib(a['layers'])}, logits {_gib(a['logits'])}; estimate)",
+        f"  activations   {_gib(a['total'])} (layers {_gib(a['layers'])}, logits {_gib(a['logits'])}; "
+        f"{a['attention']} attention; estimate)",
         f"  total         {_gib(plan.total_bytes)} of {t.hbm_gib:g} GiB -> "
         + ("fits" if plan.fits else f"DOES NOT FIT (limit {USABLE:.0%} of HBM)"),
     ]
