@@ -177,6 +177,8 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--remat", default="none")
+    parser.add_argument("--attention", default="auto", help="model.attention: auto, xla, blockwise, splash, pallas_gpu")
+    parser.add_argument("--scan-layers", default=True, action=argparse.BooleanOptionalAction)
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (one measurement of each per round)")
 
 
@@ -188,4 +190,5 @@ def model_config(args: argparse.Namespace):
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate or int(args.hidden * 8 / 3 // 32 * 32),
         num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.kv_heads or args.heads,
         max_position_embeddings=max(2048, args.seq), dtype="float32", param_dtype="float32", remat=args.remat,
+        attention=args.attention, scan_layers=args.scan_layers,
     )  # fmt: skip

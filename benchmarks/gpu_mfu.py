@@ -1,20 +1,26 @@
-"""GPU model FLOPs utilization of the trainer's step: a ~1B LLaMA at seq 2048, bf16, on one GPU.
+"""GPU training step, side by side: instructjax against transformers' PyTorch LlamaForCausalLM, ~1B LLaMA.
 
-Model (TinyLlama-1.1B shape): 22 layers x 2048 wide, MLP 5632, 32 heads, 4 kv heads, vocab 32000;
-bf16 compute over fp32 master weights (the papers' setting). MFU = (6 x matmul params + 12 L T H D)
-x tokens / step time / peak, with the peak 989 TFLOP/s (H100 SXM dense bf16; `--peak-tflops` for other
-GPUs). Without a GPU it prints that it was skipped and exits 0. `--profile DIR` writes a jax.profiler
-trace of a few steps (open it in TensorBoard/Perfetto for the top costs).
+Model (TinyLlama-1.1B shape): 22 layers x 2048 wide, MLP 5632, 32 heads, 4 kv heads, vocab 32000, seq 2048;
+bf16 compute over fp32 master weights (the papers' setting). instructjax runs the trainer's step with the
+GPU attention (`--attention`, default auto: Pallas flash attention with segment ids); transformers runs
+SDPA under bf16 autocast with fused AdamW. Each framework runs in its own process, one after the other (JAX
+preallocates GPU memory). MFU = (6 x matmul params + 12 L T H D) x tokens / step time / peak, with the peak
+989 TFLOP/s (H100/H200 SXM dense bf16; `--peak-tflops` otherwise). Without a GPU it prints that it was skipped
+and exits 0 (`--allow-cpu` runs it anyway, at whatever size you give, to check the script). `--profile DIR`
+writes a jax.profiler trace of a few instructjax steps (benchmarks/profile_step.py reads the top costs).
 
     python benchmarks/gpu_mfu.py [--batch 4 --seq 2048 --remat dots_with_no_batch_dims_saveable --steps 10]
 
-Goal: >= 45% MFU.
+Goals (issue 16): instructjax >= 45% MFU, and >= 1.3x transformers' tokens/s.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import statistics
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,41 +40,23 @@ def gpu_available() -> bool:
         return False
 
 
-def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--layers", type=int, default=22)
-    parser.add_argument("--hidden", type=int, default=2048)
-    parser.add_argument("--intermediate", type=int, default=5632)
-    parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--kv-heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=32000)
-    parser.add_argument("--seq", type=int, default=2048)
-    parser.add_argument("--batch", type=int, default=4)
-    parser.add_argument("--remat", default="dots_with_no_batch_dims_saveable")
-    parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--peak-tflops", type=float, default=989.0)
-    parser.add_argument("--profile", default=None, help="write a jax.profiler trace here")
-    parser.add_argument("--no-append", action="store_true")
-    parser.add_argument("--json", default=None)
-    args = parser.parse_args(argv)
+def model_config(args):
+    from instructjax.model.config import LlamaConfig
 
-    if not gpu_available():
-        print("gpu_mfu: skipped (no GPU visible to JAX)")
-        common.write_summary(args.json, {"skipped": "no GPU"})
-        return {"skipped": "no GPU"}
+    return LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+                       num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.kv_heads,
+                       max_position_embeddings=max(2048, args.seq), dtype="bfloat16", param_dtype="float32",
+                       remat=args.remat, attention=args.attention)  # fmt: skip
 
+
+def jax_child(args) -> dict:
+    """Median step seconds of the trainer's step (and the device, the attention it ran)."""
     import jax
 
     from instructjax.core import sharding
-    from instructjax.model.config import LlamaConfig, param_count
+    from instructjax.model import attention
 
-    load_before = common.load_average()
-    config = LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
-                         num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.kv_heads,
-                         max_position_embeddings=max(2048, args.seq), dtype="bfloat16", param_dtype="float32",
-                         remat=args.remat)  # fmt: skip
-    tokens = args.batch * args.seq
-    flops = common.model_flops_per_token(config, args.seq) * tokens
+    config = model_config(args)
     step, params, opt_state, mesh, which = common.train_step(config)
     with jax.set_mesh(mesh):
         batch = jax.device_put(common.synthetic_batch(args.batch, args.seq, config.vocab_size),
@@ -87,24 +75,112 @@ def main(argv: list[str] | None = None) -> dict:
                 for _ in range(3):
                     params, opt_state, m = step(params, opt_state, batch)
                 jax.block_until_ready(m)
-    step_s = statistics.median(times)
-    mfu = flops / step_s / (args.peak_tflops * 1e12)
-    device = jax.devices()[0].device_kind
+    return {"step_s": statistics.median(times), "device": jax.devices()[0].device_kind, "which": which,
+            "attention": attention.resolve(config.attention)}
+
+
+def torch_child(args) -> dict:
+    """Median step seconds of transformers' LlamaForCausalLM: SDPA, bf16 autocast, fused AdamW, clip 1.0."""
+    import torch
+    from transformers import LlamaConfig as HFConfig
+    from transformers import LlamaForCausalLM
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    config = model_config(args)
+    model = LlamaForCausalLM._from_config(HFConfig(**config.to_hf_dict()), attn_implementation="sdpa",
+                                          dtype=torch.float32).to(device)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=device == "cuda")
+    ids = torch.from_numpy(common.synthetic_batch(args.batch, args.seq, config.vocab_size)["tokens"]).long().to(device)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with torch.autocast(device_type=device, dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    for _ in range(2):
+        step()
+    times = []
+    for _ in range(args.steps):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    name = torch.cuda.get_device_name() if device == "cuda" else "cpu"
+    return {"step_s": statistics.median(times), "device": name, "version": torch.__version__}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--layers", type=int, default=22)
+    parser.add_argument("--hidden", type=int, default=2048)
+    parser.add_argument("--intermediate", type=int, default=5632)
+    parser.add_argument("--heads", type=int, default=32)
+    parser.add_argument("--kv-heads", type=int, default=4)
+    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--seq", type=int, default=2048)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--remat", default="dots_with_no_batch_dims_saveable")
+    parser.add_argument("--attention", default="auto")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument("--profile", default=None, help="write a jax.profiler trace here")
+    parser.add_argument("--allow-cpu", action="store_true", help="run without a GPU (to check the script)")
+    parser.add_argument("--child", choices=("jax", "torch"), default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--no-append", action="store_true")
+    parser.add_argument("--json", default=None)
+    args = parser.parse_args(argv)
+    if args.child:
+        print("RESULT " + json.dumps(jax_child(args) if args.child == "jax" else torch_child(args)), flush=True)
+        return {}
+    if not args.allow_cpu and not gpu_available():
+        print("gpu_mfu: skipped (no GPU visible to JAX)")
+        common.write_summary(args.json, {"skipped": "no GPU"})
+        return {"skipped": "no GPU"}
+
+    from instructjax.model.config import param_count
+
+    load_before = common.load_average()
+    config = model_config(args)
+    tokens = args.batch * args.seq
+    flops = common.model_flops_per_token(config, args.seq) * tokens
+    results = {}
+    for framework in ("jax", "torch"):
+        passed = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--no-append",)]
+        proc = subprocess.run([sys.executable, __file__, *passed, "--child", framework], capture_output=True, text=True,
+                              env=os.environ)
+        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
+        if proc.returncode or not lines:
+            print(proc.stderr[-3000:])
+            raise SystemExit(f"gpu_mfu: the {framework} run failed")
+        results[framework] = json.loads(lines[-1][len("RESULT "):])
+    ours, ref = results["jax"], results["torch"]
+    mfu = {k: flops / r["step_s"] / (args.peak_tflops * 1e12) for k, r in results.items()}
+    ratio = ref["step_s"] / ours["step_s"]
+    rows = [[f"instructjax ({ours['attention']} attention)", f"{ours['step_s']:.3f}", f"{tokens / ours['step_s']:,.0f}",
+             f"{flops / ours['step_s'] / 1e12:.1f}", f"**{mfu['jax']:.1%}**"],
+            [f"transformers (torch {ref['version']}, SDPA, bf16 autocast, fused AdamW)", f"{ref['step_s']:.3f}",
+             f"{tokens / ref['step_s']:,.0f}", f"{flops / ref['step_s'] / 1e12:.1f}", f"{mfu['torch']:.1%}"]]
     body = (
-        f"{device}; {param_count(config) / 1e9:.2f}B params ({args.layers} x {args.hidden}, kv heads "
+        f"{ours['device']}; {param_count(config) / 1e9:.2f}B params ({args.layers} x {args.hidden}, kv heads "
         f"{args.kv_heads}), batch {args.batch} x seq {args.seq}, bf16 compute / fp32 params, remat "
-        f"{args.remat}; `{which}`; median of {args.steps} steps.\n\n"
-        + common.table(["s/step", "tokens/s", "model TFLOP/s", "peak TFLOP/s", "MFU"],
-                       [[f"{step_s:.3f}", f"{tokens / step_s:,.0f}", f"{flops / step_s / 1e12:.1f}",
-                         f"{args.peak_tflops:g}", f"**{mfu:.1%}**"]])  # fmt: skip
-        + f"\n\nGoal >= 45%: {'met' if mfu >= 0.45 else 'missed'}."
+        f"{args.remat}; `{ours['which']}`; median of {args.steps} steps each, peak {args.peak_tflops:g} TFLOP/s.\n\n"
+        + common.table(["implementation", "s/step", "tokens/s", "model TFLOP/s", "MFU"], rows)
+        + f"\n\ninstructjax / transformers = **{ratio:.2f}x** tokens/s (goal >= 1.3x: "
+        + f"{'met' if ratio >= 1.3 else 'missed'}); MFU goal >= 45%: {'met' if mfu['jax'] >= 0.45 else 'missed'}."
         + (f" Profile trace: `{args.profile}`." if args.profile else "")
         + "\n"
     )
     print(body)
-    summary = {"mfu": mfu, "tokens_per_s": tokens / step_s, "device": device, "load_before": load_before}
+    summary = {"mfu": mfu["jax"], "tokens_per_s": tokens / ours["step_s"], "torch_tokens_per_s": tokens / ref["step_s"],
+               "ratio": ratio, "device": ours["device"], "load_before": load_before}
     if not args.no_append:
-        common.append_results("GPU MFU: ~1B LLaMA, seq 2048, bf16", body, load_before=load_before)
+        common.append_results("GPU step: ~1B LLaMA, seq 2048, bf16, instructjax vs transformers", body,
+                              load_before=load_before)
     common.write_summary(args.json, summary)
     return summary
 

@@ -38,8 +38,17 @@ BENCHMARKS = {
     "memory": ([], ["--sizes", "2x64,2x128", "--seq", "64"], lambda s: (
         "; ".join(f"{k}: {v['params'] / 1e6:.0f}M params, {v['peak_mib']:,.0f} MiB, {v['bytes_per_param']:.0f} B/param"
                   for k, v in s.items() if isinstance(v, dict)), "-", None)),
-    "gpu_mfu": ([], [], lambda s: ("skipped (no GPU)", ">= 45% MFU", None) if "skipped" in s else (
-        f"{s['mfu']:.1%} MFU, {s['tokens_per_s']:,.0f} tokens/s on {s['device']}", ">= 45% MFU", s["mfu"] >= 0.45)),
+    "gpu_mfu": ([], [], lambda s: ("skipped (no GPU)", ">= 45% MFU, >= 1.3x transformers", None) if "skipped" in s
+                else (f"{s['mfu']:.1%} MFU, {s['tokens_per_s']:,.0f} tokens/s = {s['ratio']:.2f}x transformers on "
+                      f"{s['device']}", ">= 45% MFU, >= 1.3x transformers", s["mfu"] >= 0.45 and s["ratio"] >= 1.3)),
+    "long_context_cpu": ([], ["--seqs", "128,256", "--layers", "2", "--hidden", "64", "--heads", "4", "--vocab",
+                              "1000", "--steps", "1"], lambda s: (
+        "; ".join(f"{name} seq {seq}: {r['peak'] / 2**30:.2f} GiB, {r['step_s']:.2f} s" for name, by_seq in
+                  s["results"].items() for seq, r in by_seq.items() if "step_s" in r and "dense" not in name),
+        "at 8192: memory and time <= transformers", s["met"])),
+    "compile_depth": ([], ["--depths", "1,4", "--hidden", "64", "--vocab", "1000", "--seq", "64"], lambda s: (
+        f"scanned: {s['ratios']['scan']:.2f}x, looped: {s['ratios']['loop']:.2f}x (deepest / shallowest)",
+        "scanned 32 layers <= 1.3x of 8", s["met"])),
     "mosaic_cost": ([], ["--rows", "200", "--passes", "1"], None),
     "profile_step": ([], TINY, lambda s: (
         f"step {s['wall_s']:.2f} s, {s['op_seconds']:.2f} s of op time: " + ", ".join(

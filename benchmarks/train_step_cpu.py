@@ -99,14 +99,16 @@ def start_worker(ctx, target, args, weights_path: str):
 
 
 def torch_step_fn(config, weights, args):
-    """step() -> loss: one training step of transformers' LlamaForCausalLM with our weights, AdamW, clip 1.0."""
+    """step() -> loss: one training step of transformers' LlamaForCausalLM with our weights (None: its own
+    random init), AdamW, clip 1.0."""
     import torch
     from transformers import LlamaConfig as HFConfig
     from transformers import LlamaForCausalLM
 
     hf_config = HFConfig(**config.to_hf_dict())
     model = LlamaForCausalLM._from_config(hf_config, attn_implementation=args.torch_attention, dtype=torch.float32)
-    model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()}, strict=True)
+    if weights is not None:
+        model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()}, strict=True)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.999), eps=1e-8, weight_decay=0.0)
     batch = common.synthetic_batch(args.batch, args.seq, config.vocab_size)
