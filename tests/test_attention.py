@@ -99,6 +99,8 @@ def test_blockwise_skips_tiles_that_cannot_meet():
     segments = jnp.asarray(np.repeat([1, 2], [40, 88])[None].astype(np.int32))  # a document across tiles 0-1
     visible = np.asarray(attention._visible_tiles(segments, 32))
     assert visible[1, 0] and visible[3, 1] and not visible[2, 0] and not visible[0, 1]
+    first, last = attention._tile_ranges(segments, 32)  # the loops' bounds: key tiles per query tile and back
+    assert list(np.asarray(first)) == [0, 0, 1, 1] and list(np.asarray(last)) == [2, 4, 4, 4]
 
 
 @pytest.mark.parametrize("platform,expected", [("tpu", "splash"), ("gpu", "pallas_gpu"), ("cpu", "blockwise")])
