@@ -135,6 +135,17 @@ def test_resume_is_exact(tmp_path):
     assert steps == list(range(1, 21))
 
 
+def test_resume_continues_in_the_layer_layout_it_was_saved_in(tmp_path):
+    """A run saved with looped layers resumes under a config that now scans them (the default): it continues
+    in the saved layout, with the losses of the uninterrupted run."""
+    common = ["max_steps=4", "checkpoint.every=2"]
+    straight = run(tmp_path, *common, "model.scan_layers=false", name="straight", devices=jax.devices()[:1])
+    first = run(tmp_path, *common, "model.scan_layers=false", devices=jax.devices()[:1], stop_at=2)
+    second = run(tmp_path, *common, devices=jax.devices()[:1], resume=True)
+    assert sorted(second.losses) == [3, 4]
+    np.testing.assert_allclose(losses(first).tolist() + losses(second).tolist(), losses(straight), rtol=2e-5)
+
+
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
     """An absurd learning rate blows the weights up after step 1: the run stops naming the step."""
     with pytest.raises(NonFiniteLoss, match=r"non-finite loss \(\w+\) at step (\d+)") as info:
