@@ -31,7 +31,7 @@ import common  # noqa: E402
 
 IMPLEMENTATIONS = {  # name -> (framework, attention)
     "instructjax": ("jax", "auto"),
-    "instructjax, dense xla attention": ("jax", "xla"),
+    "instructjax (dense xla attention)": ("jax", "xla"),
     "transformers (SDPA)": ("torch", "sdpa"),
 }
 GIB = 2**30
