@@ -107,3 +107,26 @@ def test_blockwise_skips_tiles_that_cannot_meet():
 def test_auto_picks_by_platform(platform, expected):
     assert attention.resolve("auto", platform) == expected
     assert attention.resolve("xla", platform) == "xla"
+
+
+@pytest.mark.parametrize("implementation,block", [("splash", 128), ("pallas_gpu", 64), ("blockwise", 64)])
+@pytest.mark.parametrize("mesh_shape", [{"data": 2, "tensor": 2}, {"tensor": 4}], ids=["data2-tensor2", "tensor4"])
+def test_sharded_over_batch_and_heads(implementation, block, mesh_shape):
+    """On a mesh, the kernels run per shard of batch and heads; with tensor=4 the 2 kv heads do not split
+    like the 4 query heads and are repeated per query head first. Same values and gradients as float64."""
+    from instructjax.core.sharding import make_mesh
+
+    mesh = make_mesh(mesh_shape, jax.devices()[: 4])
+    q, k, v, d_out = inputs(3)
+    expected, expected_grads = reference(q, k, v, SEGMENTS, d_out)
+
+    @jax.jit
+    def value_and_grads(q, k, v):
+        out, vjp = jax.vjp(lambda q, k, v: run(implementation, block, q, k, v, SEGMENTS), q, k, v)
+        return out, vjp(jnp.asarray(d_out))
+
+    with jax.set_mesh(mesh):
+        out, grads = value_and_grads(q, k, v)
+    np.testing.assert_allclose(np.asarray(out), expected, atol=2e-5, rtol=0)
+    for name, got, want in zip("qkv", grads, expected_grads, strict=True):
+        np.testing.assert_allclose(np.asarray(got), want, atol=5e-5, rtol=0, err_msg=f"d{name}")
