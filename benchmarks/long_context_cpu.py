@@ -130,8 +130,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"remat {args.remat}, scan_layers {args.scan_layers}; one process per cell; peak RSS / median of "
         f"{args.steps} steps after the first.\n\n"
         + common.table(["implementation"] + [f"seq {s}: peak RSS / step" for s in seqs], rows)
-        + "\n\n" + "; ".join(verdicts)
-        + f".\n\n**Goal at seq {last}: instructjax memory and time at or below transformers': "
+        + "\n\n" + ("; ".join(verdicts) + ".\n\n" if verdicts else "")
+        + f"**Goal at seq {last}: instructjax memory and time at or below transformers': "
         + ("met" if met else "missed") + ".**\n"
     )
     print(body)
