@@ -296,10 +296,12 @@ def oasst1_conversations(
     Rows: message_id, parent_id (None at the root), role (prompter|assistant), text, rank (0 = best
     among siblings), lang, message_tree_id, deleted, review_result. Deleted messages, messages that
     failed review (`review_result: false`: not in OASST's "ready" trees that open-instruct reads), empty
-    replies and the messages below them are left out, each counted as a skip. `top_k` keeps the k best-ranked replies at every branching point
-    (top_k=1: the single highest-ranked path per tree, what Tulu trained on). A path ends at an
-    assistant message none of whose kept descendants is an assistant reply. Bad messages, and the
-    messages below them that can no longer be reached, go to `report(error, row)`.
+    replies and the messages below them are left out, each counted as a skip. `top_k` keeps the k
+    best-ranked replies at every branching point: None (the default) keeps every reviewed path, as Tulu v1
+    did (seed 004; the reference script's `top_k_reply=None`); 1 keeps the single highest-ranked path per
+    tree (Tulu v2's setting). A path ends at an assistant message none of whose kept descendants is an
+    assistant reply. Bad messages, and the messages below them that can no longer be reached, go to
+    `report(error, row)`.
     """
     if top_k is not None and top_k < 1:
         raise DataError(f"top_k must be >= 1, got {top_k}", reason="bad_option")
