@@ -130,8 +130,9 @@ def inputs_targets(row: dict, name: str, index: int) -> list[Conversation]:
 def p3(row: dict, name: str, index: int) -> list[Conversation]:
     """bigscience/P3 (one config per prompted subtask): inputs_pretokenized / targets_pretokenized.
 
-    In the `*_score_eval` subtasks every answer choice is a row with `is_correct`; training on the wrong
-    choices would teach the model to answer them, so rows with `is_correct: false` are skipped (counted)."""
+    In the `*_score_eval` subtasks every answer choice is a row (with `idx`, `is_correct`, `weight`);
+    training on the wrong choices would teach the model to answer them, so rows with `is_correct: false`
+    are skipped (counted). The `p3` source pools 1K such pairs of every subtask (`sources`, `per_part`)."""
     if row.get("is_correct") is False:
         raise SkippedRow("an answer choice marked is_correct=false (a *_score_eval row)", reason="incorrect_choice")
     user = field(row, "inputs_pretokenized").strip()

@@ -11,10 +11,21 @@ indices in JSON arrays, parquet files and hub splits.
 `shuffle_seed` visits the rows in a seeded random order, fetching them a chunk at a time from the
 memory-mapped Arrow table `datasets` keeps, so taking the first 100K conversations of a source of
 millions costs time in proportion to 100K (the rows are only rendered and tokenized as they are taken).
+
+Pooled sources (option `per_part`): the source is read as parts (P3: one per prompted subtask), and
+each part gives the first `per_part` rows of its own random order,
+seeded by `pool_seed` and the part's name, that the adapter makes a conversation of (rows it skips on the
+way are counted). The pool depends on nothing else, so it is the same in every run and mixture, a
+smaller `per_part` gives a subset of a larger one, and adding a part leaves the others' rows alone. Parts
+are the hub's configs or files (`Source.hub_parts`), or, from local data, the files: a directory in
+`data_files` stands for the files in it (sorted by name), and a part is named after its file without the
+extension (P3: `<directory>/<subtask>.jsonl`, as the hub config names the subtask). A file that already
+holds a pool (P3 pooled elsewhere) is read whole with `per_part: null` in the task's `source_options`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -22,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from instructjax.core.errors import BadRowPolicy, ConfigError, DataError
+from instructjax.core.errors import BadRowPolicy, ConfigError, DataError, SkippedRow
 from instructjax.data import adapters
 from instructjax.data.rows import RowFile, datasets_quietly
 from instructjax.data.schema import Conversation
@@ -39,12 +50,14 @@ class Source:
     adapter: Callable[..., Any]
     hub_config: str | None = None
     hub_data_files: str | tuple[str, ...] | None = None
+    hub_parts: str | None = None  # pooled: "configs" (every hub config is a part) or "files" (every hub file)
     options: dict[str, Any] = field(default_factory=dict)
     tree: bool = False  # rows are messages of trees: the adapter needs the whole table
     split_long: bool = False  # conversations longer than a row are split into blocks of whole rounds
 
 
 _ALPACA = ("instruction", "input", "output")
+POOL_OPTIONS = {"per_part": None, "pool_seed": 0}  # every row source takes these (see the module doc)
 SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("superni", "SuperNI", "Muennighoff/natural-instructions",
            ("task_name", "id", "definition", "inputs", "targets"), adapters.superni),
@@ -71,7 +84,9 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            adapters.sharegpt,
            hub_data_files=("HTML_cleaned_raw_dataset/sg_90k_part1_html_cleaned.json",
                            "HTML_cleaned_raw_dataset/sg_90k_part2_html_cleaned.json"), split_long=True),
-    Source("p3", "P3", "bigscience/P3", ("inputs_pretokenized", "targets_pretokenized"), adapters.p3),
+    # seed 000's P3 pool: 1K rows of every prompted subtask (one hub config each)
+    Source("p3", "P3", "bigscience/P3", ("inputs_pretokenized", "targets_pretokenized"), adapters.p3,
+           hub_parts="configs", options={"per_part": 1000, "pool_seed": 0}),
     Source("wizardlm", "WizardLM", "WizardLM/WizardLM_evol_instruct_70k", ("instruction", "output"),
            adapters.wizardlm),
 ]}
@@ -98,24 +113,27 @@ def load_conversations(
     """Yield the validated Conversations of source `name`, in row order or, with `shuffle_seed`, in a
     seeded random order of the rows (of the conversations, for a tree source).
 
-    `data_files` None reads the hub dataset (`hub_config` overrides the registered config; P3 needs one,
-    e.g. "super_glue_boolq_GPT_3_Style"); otherwise local json/jsonl/parquet files in the native schema.
-    `options` are per source: oasst1 `top_k`. `policy` counts the rows read, skipped and repaired.
+    `data_files` None reads the hub dataset (`hub_config` overrides the registered config; for P3 it names
+    the one subtask to read); otherwise local json/jsonl/parquet files in the native schema, a directory
+    standing for the files in it. `options` are per source: oasst1 `top_k`; every row source `per_part` and
+    `pool_seed` (see the module doc; `per_part=None` reads every row). `policy` counts the rows read,
+    skipped and repaired.
     """
     source = get_source(name)
-    unknown = set(options) - set(source.options)
+    defaults = {**({} if source.tree else POOL_OPTIONS), **source.options}
+    unknown = set(options) - set(defaults)
     if unknown:
-        raise ConfigError(f"source {name!r} takes options {sorted(source.options) or 'none'}, "
-                          f"not {sorted(unknown)}")
-    opts = {**source.options, **options}
+        raise ConfigError(f"source {name!r} takes options {sorted(defaults) or 'none'}, not {sorted(unknown)}")
+    opts = {**defaults, **options}  # what is left after the pool options goes to the adapter
+    per_part, pool_seed = opts.pop("per_part", None), opts.pop("pool_seed", 0)
+    if per_part is not None and (not isinstance(per_part, int) or per_part < 1):
+        raise ConfigError(f"source {name!r}: per_part must be a positive integer or null, got {per_part!r}")
     policy = policy if policy is not None else BadRowPolicy()
     if data_files is None:
-        tables = [_hub_table(source, split, hub_config, cache_dir)]
+        parts = _hub_parts(source, split, hub_config, cache_dir, policy)
     else:
-        paths = [data_files] if isinstance(data_files, (str, os.PathLike)) else list(data_files)
-        if not paths:
-            raise ConfigError(f"source {name!r}: data_files is empty")
-        tables = [RowFile(str(p), cache_dir) for p in paths]
+        parts = [(part_name(p), RowFile(p, cache_dir)) for p in local_files(data_files, name)]
+    tables = [table for _, table in parts]
     if source.tree:
         conversations = list(_tree_conversations(source, tables, policy, opts))
         if shuffle_seed is not None:
@@ -123,7 +141,44 @@ def load_conversations(
             conversations = [conversations[i] for i in order]
         yield from conversations
     else:
-        yield from _row_conversations(source, tables, policy, opts, shuffle_seed)
+        pools = None if per_part is None else _pools(source, parts, per_part, pool_seed, policy, opts)
+        yield from _row_conversations(source, tables, policy, opts, shuffle_seed, pools)
+
+
+def local_files(data_files: str | os.PathLike | Iterable[str | os.PathLike], source: str) -> list[str]:
+    """The files of `data_files`, in order; a directory stands for the files in it, sorted by name (files
+    whose names start with "." are not data)."""
+    paths = [data_files] if isinstance(data_files, (str, os.PathLike)) else list(data_files)
+    if not paths:
+        raise ConfigError(f"source {source!r}: data_files is empty")
+    files = []
+    for path in map(str, paths):
+        if not os.path.isdir(path):
+            files.append(path)
+            continue
+        inside = [os.path.join(path, entry) for entry in sorted(os.listdir(path)) if not entry.startswith(".")]
+        if not inside:
+            raise ConfigError(f"source {source!r}: data directory {path} holds no files")
+        for entry in inside:
+            if os.path.isdir(entry):
+                raise ConfigError(f"source {source!r}: {entry} is a directory; a data directory holds files only")
+        files += inside
+    return files
+
+
+def part_name(path: str) -> str:
+    """The name of the part a file holds: its file name without the data extension (P3: the subtask)."""
+    base = os.path.basename(path)
+    for ext in (".jsonl.gz", ".json.gz", ".jsonl", ".json", ".parquet"):
+        if base.endswith(ext):
+            return base[: -len(ext)]
+    return base
+
+
+def part_order(pool_seed: int, part: str, size: int) -> np.ndarray:
+    """The random order in which a pooled source visits the `size` rows of `part`."""
+    key = int.from_bytes(hashlib.sha256(part.encode()).digest()[:8], "little")
+    return np.random.default_rng([pool_seed, key]).permutation(size)
 
 
 def _locate(err: DataError, file: str, row: int | str, source: str) -> DataError:
@@ -133,36 +188,72 @@ def _locate(err: DataError, file: str, row: int | str, source: str) -> DataError
     return type(err)(err.problem, reason=err.reason, file=file, row=row, source=source)
 
 
-def _row_conversations(source: Source, tables: list[RowFile], policy: BadRowPolicy, opts: dict,
-                       shuffle_seed: int | None) -> Iterator[Conversation]:
-    for index, file, rownum, row in _visit(tables, shuffle_seed):
-        policy.read += 1
-        try:
-            if isinstance(row, DataError):
-                raise row
-            conversations = source.adapter(row, source.name, index, **opts)  # index: ordinal over all files
-            for convo in conversations:
-                convo.validate(file=file, row=rownum)
-        except DataError as err:
-            policy.handle(_locate(err, file, rownum, source.name))
-            continue
+def _adapt(source: Source, row: dict | DataError, index: int, file: str, rownum: int, policy: BadRowPolicy,
+           opts: dict) -> list[Conversation] | None:
+    """The validated conversations of one row (`index`: its ordinal over all files), or None when the
+    row is bad or skipped (`policy` raises or counts it)."""
+    try:
+        if isinstance(row, DataError):
+            raise row
+        conversations = source.adapter(row, source.name, index, **opts)
         for convo in conversations:
+            convo.validate(file=file, row=rownum)
+        return conversations
+    except DataError as err:
+        policy.handle(_locate(err, file, rownum, source.name))
+        return None
+
+
+def _row_conversations(source: Source, tables: list[RowFile], policy: BadRowPolicy, opts: dict,
+                       shuffle_seed: int | None, pools: list[np.ndarray] | None) -> Iterator[Conversation]:
+    for index, file, rownum, row in _visit(tables, shuffle_seed, pools):
+        policy.read += 1
+        conversations = _adapt(source, row, index, file, rownum, policy, opts)
+        for convo in conversations or ():
             for how in convo.meta.get("repairs", ()):
                 policy.repaired[how] += 1
-        yield from conversations
+        yield from conversations or ()
 
 
-def _visit(tables: list[RowFile], shuffle_seed: int | None, chunk: int = 4096) -> Iterator[tuple]:
-    """(ordinal, file, row number, row or DataError) of every row of `tables`: in order, or in a seeded
-    random order fetched `chunk` rows at a time."""
+def _pools(source: Source, parts: list[tuple[str, RowFile]], per_part: int, pool_seed: int,
+           policy: BadRowPolicy, opts: dict) -> list[np.ndarray]:
+    """Per part, the sorted positions of the first `per_part` rows of `part_order` that the adapter makes
+    a conversation of. The rows skipped on the way are read and counted here; the kept ones when visited."""
+    pools, start = [], 0
+    for name, table in parts:
+        order, kept, begin = part_order(pool_seed, name, len(table)), [], 0
+        while len(kept) < per_part and begin < len(order):
+            positions = order[begin: begin + max(per_part - len(kept), 64)].tolist()
+            begin += len(positions)
+            for position, (rownum, row) in zip(positions, table.rows(positions), strict=True):
+                if _adapt(source, row, start + position, table.path, rownum, policy, opts) is None:
+                    policy.read += 1
+                else:
+                    kept.append(position)
+                    if len(kept) == per_part:
+                        break
+        pools.append(np.sort(np.array(kept, dtype=np.int64)))
+        start += len(table)
+    return pools
+
+
+def _visit(tables: list[RowFile], shuffle_seed: int | None, pools: list[np.ndarray] | None = None,
+           chunk: int = 4096) -> Iterator[tuple]:
+    """(ordinal, file, row number, row or DataError) of every row of `tables` (of the positions `pools[t]`
+    of table t, when given): in order, or in a seeded random order fetched `chunk` rows at a time."""
     sizes = [len(t) for t in tables]
     starts = np.cumsum([0] + sizes)
-    if shuffle_seed is None:
+    if shuffle_seed is None and pools is None:
         for t, table in enumerate(tables):
             for local, (rownum, row) in enumerate(table.rows()):
                 yield int(starts[t]) + local, table.path, rownum, row
         return
-    order = np.random.default_rng(shuffle_seed).permutation(int(starts[-1]))
+    if pools is None:
+        order = np.arange(int(starts[-1]))
+    else:
+        order = np.concatenate([starts[t] + pool for t, pool in enumerate(pools)] + [np.zeros(0, np.int64)])
+    if shuffle_seed is not None:
+        order = order[np.random.default_rng(shuffle_seed).permutation(len(order))]
     for begin in range(0, len(order), chunk):
         wanted = order[begin: begin + chunk]
         which = np.searchsorted(starts, wanted, side="right") - 1
@@ -197,14 +288,30 @@ def _tree_conversations(source: Source, tables: list[RowFile], policy: BadRowPol
             policy.handle(err)
 
 
-def _hub_table(source: Source, split: str, hub_config: str | None, cache_dir: str | None) -> RowFile:
+def _hub_parts(source: Source, split: str, hub_config: str | None, cache_dir: str | None,
+               policy: BadRowPolicy) -> list[tuple[str, RowFile]]:
+    """(part name, rows) of the hub dataset: one part per config or file for a source with `hub_parts`
+    (P3: every config, or the one `hub_config` names), else one."""
     datasets = datasets_quietly()
 
     config = hub_config or source.hub_config
-    if source.name == "p3" and config is None:
-        raise ConfigError("source 'p3' needs hub_config: bigscience/P3 has one config per prompted subtask")
-    ds = datasets.load_dataset(source.hub_id, config, data_files=source.hub_data_files, split=split,
-                               cache_dir=cache_dir)
-    return RowFile(source.hub_id, dataset=ds)
 
+    def load(config: str | None, data_files, where: str) -> RowFile:
+        ds = datasets.load_dataset(source.hub_id, config, data_files=data_files, split=split, cache_dir=cache_dir)
+        return RowFile(where, dataset=ds)
 
+    if source.hub_parts == "files":
+        return [(part_name(f), load(config, f, f"{source.hub_id}/{f}")) for f in source.hub_data_files]
+    if source.hub_parts == "configs" and config is None:
+        parts = []
+        for name in sorted(datasets.get_dataset_config_names(source.hub_id)):
+            try:
+                parts.append((name, load(name, None, f"{source.hub_id}:{name}")))
+            except ValueError as exc:  # a subtask with no such split (P3 has evaluation-only subtasks)
+                if "Unknown split" not in str(exc):
+                    raise
+                policy.handle(SkippedRow(f"subtask has no {split!r} split", reason="no_split",
+                                         file=f"{source.hub_id}:{name}", source=source.name))
+        return parts
+    where = source.hub_id if config is None else f"{source.hub_id}:{config}"
+    return [(config or source.name, load(config, source.hub_data_files, where))]

@@ -44,7 +44,8 @@ class TaskSpec:
     """How a task reads and encodes its data.
 
     `data_files`: None reads the hub dataset, ("builtin",) the synthetic rows, else local files in the
-    dataset's native schema. `source_options` go to the source adapter (e.g. `(("top_k", 1),)` for oasst1).
+    dataset's native schema (a directory: the files in it). `source_options` go to the source (e.g.
+    `(("top_k", 1),)` for oasst1, `(("per_part", 500),)` for a pooled source such as P3; see `sources`).
     `selection` keeps a subset before encoding (seed 002); longest/shortest count response tokens under
     this task's tokenizer. `template`, `tokenizer` and `max_length` (where each example is truncated)
     left unset take the run's (`data.binding`); outside a run: tulu, the built-in tokenizer and 2048.

@@ -1,0 +1,165 @@
+"""Pooled sources on local files in their hub schemas, against brute-force draws: seed 000's P3 pool
+(1K of every prompted subtask)."""
+
+import hashlib
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from instructjax.core.errors import BadRowPolicy, ConfigError, DataError
+from instructjax.data import examples as examples_lib
+from instructjax.data import specs
+from instructjax.data.sources import SOURCES, load_conversations
+
+# ---- P3: one file per prompted subtask, in bigscience/P3's schema (the dataset card's fields) -------------
+
+
+def _p3_row(inputs: str, target: str, **score_eval) -> dict:
+    # `inputs` / `targets` are T5 token ids on the hub; the adapter reads the *_pretokenized text only
+    return {"inputs": [0], "inputs_pretokenized": inputs, "targets": [1], "targets_pretokenized": " " + target,
+            **score_eval}
+
+
+BOOLQ = [_p3_row(f"Passage {i}: the river {i} flows north.\nQuestion: does river {i} flow north?\nAnswer:",
+                 "True" if i % 2 else "False") for i in range(7)]
+# *_score_eval: one row per answer choice; only the is_correct one is a training pair
+COPA = [_p3_row(f"Premise {q}: the glass fell.\nWhat was the effect?\nOption A: it broke {q}.\nOption B: it sang {q}.",
+                choice, idx=[q, c], is_correct=(c == q % 2), weight=1.0)
+        for q in range(5) for c, choice in enumerate([f"it broke {q}.", f"it sang {q}."])]
+AG_NEWS = [_p3_row(f"Headline {i}: stocks rally on earnings.\nWhich section is this article in?",
+                   "" if i == 2 else "Business") for i in range(6)]  # row 2: an empty target (skipped, counted)
+COS_E = [_p3_row(f"Why would someone carry an umbrella {i}?", f"Because rain is expected {i}.") for i in range(2)]
+XSUM = [_p3_row(f"Summarize the document {i}: the council met on Tuesday and voted.",
+                f"The council voted {i}.") for i in range(4)]
+P3_SUBTASKS = {"super_glue_boolq_GPT_3_style": BOOLQ, "super_glue_copa_best_option_score_eval": COPA,
+               "ag_news_classify": AG_NEWS, "cos_e_v1.11_explain_why_human": COS_E, "xsum_summarize_DOC": XSUM}
+
+
+def write_dir(directory, parts: dict[str, list[dict]], parquet: tuple[str, ...] = ()) -> str:
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, rows in parts.items():
+        if name in parquet:
+            pd.DataFrame(rows).to_parquet(directory / f"{name}.parquet")
+        else:
+            (directory / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(directory)
+
+
+def pair_of(row: dict) -> tuple[str, str]:
+    if "inputs_pretokenized" in row:
+        return row["inputs_pretokenized"].strip(), row["targets_pretokenized"].strip()
+    return row["inputs"].strip(), row["targets"].strip()
+
+
+def usable(row: dict) -> bool:
+    return row.get("is_correct") is not False and bool(pair_of(row)[1])
+
+
+def seeded_order(pool_seed: int, part: str, n: int) -> list[int]:
+    """The documented part order: numpy's permutation seeded by (pool_seed, sha256 of the part's name)."""
+    key = int.from_bytes(hashlib.sha256(part.encode()).digest()[:8], "little")
+    return np.random.default_rng([pool_seed, key]).permutation(n).tolist()
+
+
+def brute_pool(parts: dict[str, list[dict]], per_part: int, pool_seed: int = 0) -> tuple[dict, dict]:
+    """Per part, the pairs of its first `per_part` usable rows in its seeded order; and the skips passed over."""
+    pool, skipped = {}, {"incorrect_choice": 0, "empty_response": 0}
+    for name, rows in parts.items():
+        taken = []
+        for i in seeded_order(pool_seed, name, len(rows)):
+            if len(taken) == per_part:
+                break
+            if usable(rows[i]):
+                taken.append(pair_of(rows[i]))
+            else:
+                skipped["incorrect_choice" if rows[i].get("is_correct") is False else "empty_response"] += 1
+        pool[name] = taken
+    return pool, {k: v for k, v in skipped.items() if v}
+
+
+def pairs(conversations) -> list[tuple[str, str]]:
+    return [(c.messages[0]["content"], c.messages[1]["content"]) for c in conversations]
+
+
+@pytest.mark.parametrize("per_part", [3, 1000])
+def test_p3_pool_is_the_first_usable_rows_of_each_subtasks_seeded_order(tmp_path, per_part):
+    """A directory of subtask files (jsonl and parquet) is the P3 pool: each subtask gives its first
+    `per_part` answer pairs in its own seeded order (all of a smaller subtask), wrong choices and empty
+    targets passed over and counted; in row order without a shuffle seed."""
+    directory = write_dir(tmp_path / "p3", P3_SUBTASKS, parquet=("xsum_summarize_DOC",))
+    policy = BadRowPolicy()
+    got = list(load_conversations("p3", [directory], policy=policy, cache_dir=str(tmp_path / "c"),
+                                  per_part=per_part))
+    pool, skipped = brute_pool(P3_SUBTASKS, per_part)
+    assert sorted(pairs(got)) == sorted(p for taken in pool.values() for p in taken)
+    if per_part == 3:  # every subtask but cos_e (2 rows) gives exactly 3; 5 correct COPA choices give 3
+        assert [len(pool[n]) for n in P3_SUBTASKS] == [3, 3, 3, 2, 3]
+    else:  # whole subtasks: 7 + 5 correct choices + 5 non-empty + 2 + 4
+        assert len(got) == 23 and skipped == {"incorrect_choice": 5, "empty_response": 1}
+    assert dict(policy.skipped) == skipped and policy.read == len(got) + sum(skipped.values())
+    # row order: subtasks by file name, rows in file order
+    order = [(name, i) for name in sorted(P3_SUBTASKS) for i, r in enumerate(P3_SUBTASKS[name])]
+    position = {pair_of(P3_SUBTASKS[n][i]): k for k, (n, i) in enumerate(order) if usable(P3_SUBTASKS[n][i])}
+    assert [position[p] for p in pairs(got)] == sorted(position[p] for p in pairs(got))
+    assert not {pair_of(r) for r in COPA if not r["is_correct"]} & set(pairs(got))
+
+
+def test_p3_pool_nests_is_stable_per_subtask_and_is_sampled_by_the_run(tmp_path):
+    """Smaller pools lie inside larger ones; removing a subtask leaves the others' rows alone; another
+    pool_seed draws another pool; a shuffle seed visits the same pool in another order."""
+    directory = write_dir(tmp_path / "p3", P3_SUBTASKS)
+
+    def pool(d=directory, **options) -> list[tuple[str, str]]:
+        return pairs(load_conversations("p3", [d], cache_dir=str(tmp_path / "c"), **options))
+
+    two, three = pool(per_part=2), pool(per_part=3)
+    assert len(two) == 5 * 2 and set(two) < set(three)
+    fewer = write_dir(tmp_path / "p3_fewer", {k: v for k, v in P3_SUBTASKS.items() if k != "ag_news_classify"})
+    ag_news = {pair_of(r) for r in AG_NEWS}
+    assert pool(fewer, per_part=3) == [p for p in three if p not in ag_news]
+    assert set(pool(per_part=3, pool_seed=1)) != set(three)
+    shuffled = pool(per_part=3, shuffle_seed=5)
+    assert sorted(shuffled) == sorted(three) and shuffled != three
+
+
+def test_a_p3_mixture_draws_its_subset_from_the_pool(tmp_path):
+    """Through the task layer: the subset of a pooled task is the first N of the pool in the task's seeded
+    order (brute force: the pool visited by numpy's permutation seeded with specs.subset_seed)."""
+    directory = write_dir(tmp_path / "p3", P3_SUBTASKS)
+    specs.add_task("pool_p3", specs.TaskSpec(source="p3", data_files=(directory,), source_options=(("per_part", 3),)))
+    got = [json.loads(e["conversation"])["messages"] for e in examples_lib.encoded_examples("pool_p3", 6, seed=11)]
+    pool, _ = brute_pool(P3_SUBTASKS, 3)
+    in_row_order = [pair_of(r) for name in sorted(P3_SUBTASKS) for r in P3_SUBTASKS[name]
+                    if pair_of(r) in set(pool[name])]
+    order = np.random.default_rng(specs.subset_seed(11, "pool_p3")).permutation(len(in_row_order))
+    assert [(m[0]["content"], m[1]["content"]) for m in got] == [in_row_order[i] for i in order[:6]]
+
+
+def test_p3_bad_rows_and_bad_directories_are_one_line_errors(tmp_path):
+    broken = dict(P3_SUBTASKS, ag_news_classify=AG_NEWS[:3] + [{"inputs_pretokenized": "No target here."}])
+    directory = write_dir(tmp_path / "p3", broken)
+    with pytest.raises(DataError, match=r"ag_news_classify\.jsonl, row 4: missing field 'targets_pretokenized'") as err:
+        list(load_conversations("p3", [directory], cache_dir=str(tmp_path / "c")))
+    assert "\n" not in str(err.value)
+    skipping = BadRowPolicy("skip")
+    got = list(load_conversations("p3", [directory], policy=skipping, cache_dir=str(tmp_path / "c")))
+    assert skipping.skipped["missing_field"] == 1 and len(got) == 7 + 5 + 2 + 2 + 4
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "p3" / "notes.txt").write_text("not data")
+    (tmp_path / "nested" / "inner").mkdir(parents=True)
+    for where, message in [("empty", "holds no files"), ("p3", "unsupported file type"),
+                           ("nested", "a data directory holds files only")]:
+        with pytest.raises(ConfigError, match=message) as err:
+            list(load_conversations("p3", [str(tmp_path / where)], cache_dir=str(tmp_path / "c")))
+        assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="per_part must be a positive integer"):
+        list(load_conversations("p3", [directory], per_part=0))
+
+
+def test_p3_defaults_are_the_papers_pool():
+    p3 = SOURCES["p3"]
+    assert p3.options == {"per_part": 1000, "pool_seed": 0} and p3.hub_parts == "configs"
+    assert dict(specs.lookup_mixture("acp_P").counts) == {"p3": 20_000}  # 20K drawn from the ~660K pool
