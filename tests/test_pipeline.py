@@ -10,7 +10,7 @@ from scipy import stats
 
 from instructjax.core.config import DataSection, MosaicSection
 from instructjax.core.errors import ConfigError
-from instructjax.data import blends, mixtures, specs
+from instructjax.data import blends, mixtures, sources, specs
 from instructjax.data.pipeline import DataPipeline, IteratorState
 
 # Small built-in blends keep these fast: ~200 examples per task.
@@ -132,13 +132,17 @@ def test_paper_mixture_families_have_the_papers_counts():
     assert _counts("acp_ratio_2") == _counts("acp_ACP")
     assert _counts("acp_ACP_n5000") == dict.fromkeys(["alpaca", "code_alpaca", "p3"], 5_000)
     assert set(_counts("acp_CP")) == {"code_alpaca", "p3"}
-    assert _counts("tulu_human_gpt") == {"flan_v2": 100_000, "cot": 100_000, "dolly": None, "oasst1": None,
+    assert _counts("tulu_human_gpt") == {"flan_v2": 100_000, "cot": None, "dolly": None, "oasst1": None,
                                          "gpt4_alpaca": None, "code_alpaca": None, "sharegpt": None}  # fmt: skip
     assert set(_counts("tulu_human_builtin")) == {"flan_v2_builtin", "cot_builtin", "dolly_builtin", "oasst1_builtin"}
     assert len([m for m in blends.paper_names() if m.startswith("tulu_single_") and "builtin" not in m]) == 12
-    # Table 1: SuperNI 96,913 instances (not the hub split's millions); CoT / FLAN V2 100K; the rest whole
+    # Table 1: SuperNI 96,913 instances (not the hub split's millions); FLAN V2 100K; the rest whole, CoT's
+    # 100K being its source's pool: 50K from each of the zero-shot and few-shot submixes (tests/test_pools.py)
     assert _counts("tulu_single_superni") == {"superni": 96_913}
-    assert _counts("tulu_single_cot") == {"cot": 100_000} and _counts("tulu_single_dolly") == {"dolly": None}
+    assert _counts("tulu_single_cot") == {"cot": None} and _counts("tulu_single_dolly") == {"dolly": None}
+    cot = sources.SOURCES["cot"]
+    assert cot.options["per_part"] * len(cot.hub_data_files) == 100_000
+    assert sources.SOURCES["p3"].options["per_part"] == 1000  # seed 000: 1K of every prompted subtask
     assert _counts("tulu_single_superni_builtin") == {"superni_builtin": None}
     assert specs.lookup_mixture("acp_Q") is None and specs.lookup_mixture("tulu_single_lima") is None
     # the seqio face registers the same mixtures

@@ -1,6 +1,8 @@
-"""Pooled sources on local files in their hub schemas, against brute-force draws: seed 000's P3 pool
-(1K of every prompted subtask)."""
+"""Pooled and whole-collection sources on local files in their hub schemas, against brute-force draws:
+seed 000's P3 pool (1K of every prompted subtask), seed 004's FLAN V2 (sampled from every submix of the
+collection) and CoT (50K zero-shot + 50K few-shot, as open-instruct's `convert_cot_data`)."""
 
+import fnmatch
 import hashlib
 import json
 
@@ -9,9 +11,9 @@ import pandas as pd
 import pytest
 
 from instructjax.core.errors import BadRowPolicy, ConfigError, DataError
+from instructjax.data import blends, specs
 from instructjax.data import examples as examples_lib
-from instructjax.data import specs
-from instructjax.data.sources import SOURCES, load_conversations
+from instructjax.data.sources import FLAN_V2_SUBMIXES, SOURCES, load_conversations
 
 # ---- P3: one file per prompted subtask, in bigscience/P3's schema (the dataset card's fields) -------------
 
@@ -163,3 +165,62 @@ def test_p3_defaults_are_the_papers_pool():
     p3 = SOURCES["p3"]
     assert p3.options == {"per_part": 1000, "pool_seed": 0} and p3.hub_parts == "configs"
     assert dict(specs.lookup_mixture("acp_P").counts) == {"p3": 20_000}  # 20K drawn from the ~660K pool
+
+
+# ---- FLAN V2: every submix file of the collection (SirNeural/flan_v2's files and schema) --------------------
+
+def _flan_rows(submix: str, shots: str, options: str, n: int) -> list[dict]:
+    return [{"inputs": f"[{submix} {shots} {options} {i}] Answer the question: what is {i} + {len(submix)}?",
+             "targets": "" if i == 3 else str(i + len(submix)), "task_source": submix.capitalize(),
+             "task_name": f"{submix}_task_{i % 3}", "template_type": f"{shots}_{options}"} for i in range(n)]
+
+
+FLAN_FILES = {  # file stem -> rows, as the hub names the files (flan_fs_opt comes in parts)
+    "flan_zs_opt_train": _flan_rows("flan", "zs", "opt", 30),
+    "flan_fs_opt_train_part1": _flan_rows("flan", "fs", "opt", 12),
+    "flan_fs_opt_train_part2": _flan_rows("flan", "fs", "opt2", 9),
+    "t0_zs_noopt_train": _flan_rows("t0", "zs", "noopt", 25),
+    "niv2_fs_opt_train": _flan_rows("niv2", "fs", "opt", 20),
+    "cot_zs_opt_train": _flan_rows("cot", "zs", "opt", 8),
+    "dialog_fs_noopt_train": _flan_rows("dialog", "fs", "noopt", 16),
+}
+
+
+def test_flan_v2_reads_every_submix_file_of_the_collection():
+    patterns = SOURCES["flan_v2"].hub_data_files
+    assert {p.split("_")[0] for p in patterns} == set(FLAN_V2_SUBMIXES) == {"flan", "t0", "niv2", "cot", "dialog"}
+    for stem in FLAN_FILES:
+        assert sum(fnmatch.fnmatch(stem + ".jsonl.gz", p) for p in patterns) == 1, stem
+    assert not any(fnmatch.fnmatch("README.md", p) for p in patterns)
+
+
+def test_flan_v2_samples_across_all_submixes_like_a_brute_force_draw(tmp_path):
+    """100K of the whole collection, scaled down: the first N non-empty rows of one seeded permutation of
+    all rows of all submix files (a directory of them, sorted by name), read with json here."""
+    directory = write_dir(tmp_path / "flan", FLAN_FILES)
+    specs.add_task("whole_flan", specs.TaskSpec(source="flan_v2", data_files=(directory,)))
+    got = [json.loads(e["conversation"]) for e in examples_lib.encoded_examples("whole_flan", 60, seed=4)]
+    rows = [r for stem in sorted(FLAN_FILES) for r in FLAN_FILES[stem]]
+    order = np.random.default_rng(specs.subset_seed(4, "whole_flan")).permutation(len(rows))
+    expected = [pair_of(rows[i]) for i in order if pair_of(rows[i])[1]][:60]
+    assert [(c["messages"][0]["content"], c["messages"][1]["content"]) for c in got] == expected
+    assert {c["meta"]["task_source"].lower() for c in got} == set(FLAN_V2_SUBMIXES)
+    assert blends.TULU_SAMPLED["flan_v2"] == 100_000
+
+
+# ---- CoT: 50K zero-shot + 50K few-shot -------------------------------------------------------------------
+
+def test_cot_is_a_pool_of_zero_shot_and_few_shot_halves(tmp_path):
+    """open-instruct's convert_cot_data(50000, 50000): n of cot_zs_opt and n of cot_fs_opt, each a seeded
+    draw of its file (brute force per file), so the Tulu mixtures take the CoT pool whole."""
+    cot = SOURCES["cot"]
+    assert cot.options["per_part"] == 50_000 and cot.hub_parts == "files"
+    assert cot.hub_data_files == ("cot_zs_opt_train.jsonl.gz", "cot_fs_opt_train.jsonl.gz")
+    assert dict(specs.lookup_mixture("tulu_single_cot").counts) == {"cot": None}
+
+    files = {"cot_zs_opt_train": _flan_rows("cot", "zs", "opt", 14), "cot_fs_opt_train": _flan_rows("cot", "fs", "opt", 19)}
+    directory = write_dir(tmp_path / "cot", files)
+    got = pairs(load_conversations("cot", [directory], cache_dir=str(tmp_path / "c"), per_part=5))
+    pool, _ = brute_pool(files, 5)
+    assert sorted(got) == sorted(pool["cot_zs_opt_train"] + pool["cot_fs_opt_train"])
+    assert [sum("[cot zs" in p[0] for p in got), sum("[cot fs" in p[0] for p in got)] == [5, 5]

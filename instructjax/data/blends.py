@@ -3,8 +3,9 @@
 - seed 000 (A/C/P): `acp_<setting>` for A, C, P, AC, AP, CP, ACP (20K random examples of each type),
   `acp_ratio_<r>` (Alpaca fixed at 20K, P3 + CodeAlpaca at r x 20K, split equally), `acp_ACP_n<N>` (the
   data-count sweep: N of each).
-- seed 004 (Tulu): `tulu_human`, `tulu_human_gpt` (datasets concatenated whole, FLAN V2 and CoT sampled to
-  100K, Table 1), `tulu_single_<dataset>` for the 12 datasets of Table 3 (SuperNI sampled to Table 1's 96,913).
+- seed 004 (Tulu): `tulu_human`, `tulu_human_gpt` (datasets concatenated whole, FLAN V2 sampled to 100K of
+  the whole collection, CoT the 50K zero-shot + 50K few-shot pool of its source, Table 1),
+  `tulu_single_<dataset>` for the 12 datasets of Table 3 (SuperNI sampled to Table 1's 96,913).
 - `all_builtin`: every built-in dataset, whole.
 Each has a `_builtin` twin over the synthetic rows that ship with the package, with counts scaled by
 `BUILTIN_SCALE` (the built-in FLAN V2 and CoT rows are already Tulu's sample: taken whole).
@@ -25,10 +26,10 @@ ACP_PER_SOURCE = 20_000
 ACP_RATIOS = (0.5, 1.0, 1.5, 2.0)
 ACP_COUNTS = (2_500, 5_000, 10_000, 20_000)  # data-count sweep: same n of each type (CodeAlpaca has 20K)
 
-# seed 004: FLAN V2 and CoT are sampled to 100K and SuperNI holds 96,913 instances (Table 1), not the hub
-# split's millions; the other datasets are taken whole. (Where the reference scripts draw these differently,
-# docs/fidelity.md says so.)
-TULU_SAMPLED = {"flan_v2": 100_000, "cot": 100_000, "superni": 96_913}
+# seed 004: FLAN V2 is sampled to 100K and SuperNI holds 96,913 instances (Table 1), not the hub's millions;
+# CoT's 100K is its source's pool (50K zero-shot + 50K few-shot, `sources.SOURCES["cot"]`), taken whole like
+# the other datasets. (Where the reference scripts draw these differently, docs/fidelity.md says so.)
+TULU_SAMPLED = {"flan_v2": 100_000, "superni": 96_913}
 TULU_HUMAN = ("flan_v2", "cot", "dolly", "oasst1")
 TULU_HUMAN_GPT = TULU_HUMAN + ("gpt4_alpaca", "code_alpaca", "sharegpt")
 TULU_TABLE3 = (
@@ -68,7 +69,7 @@ def acp_ratio(ratio: float, *, general: int = ACP_PER_SOURCE, builtin: bool = Fa
 
 
 def tulu(sources: tuple[str, ...], *, builtin: bool = False) -> Counts:
-    """Seed 004's datasets concatenated whole, FLAN V2, CoT and SuperNI sampled to Table 1's sizes (whole when
+    """Seed 004's datasets concatenated whole, FLAN V2 and SuperNI sampled to Table 1's sizes (whole when
     built in)."""
     return tuple((_task(s, builtin), None if builtin else TULU_SAMPLED.get(s)) for s in sources)
 

@@ -12,8 +12,8 @@ indices in JSON arrays, parquet files and hub splits.
 memory-mapped Arrow table `datasets` keeps, so taking the first 100K conversations of a source of
 millions costs time in proportion to 100K (the rows are only rendered and tokenized as they are taken).
 
-Pooled sources (option `per_part`): the source is read as parts (P3: one per prompted subtask), and
-each part gives the first `per_part` rows of its own random order,
+Pooled sources (option `per_part`): the source is read as parts (P3: one per prompted subtask; CoT: its
+zero-shot and few-shot submixes), and each part gives the first `per_part` rows of its own random order,
 seeded by `pool_seed` and the part's name, that the adapter makes a conversation of (rows it skips on the
 way are counted). The pool depends on nothing else, so it is the same in every run and mixture, a
 smaller `per_part` gives a subset of a larger one, and adding a part leaves the others' rows alone. Parts
@@ -57,14 +57,19 @@ class Source:
 
 
 _ALPACA = ("instruction", "input", "output")
+# The Flan Collection (SirNeural/flan_v2): five submixes, each zero-/few-shot and with/without answer options
+# (`{submix}_{zs|fs}_{opt|noopt}_train*.jsonl.gz`; some are split into parts). Tulu's FLAN V2 samples them all.
+FLAN_V2_SUBMIXES = ("flan", "t0", "niv2", "cot", "dialog")
 POOL_OPTIONS = {"per_part": None, "pool_seed": 0}  # every row source takes these (see the module doc)
 SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("superni", "SuperNI", "Muennighoff/natural-instructions",
            ("task_name", "id", "definition", "inputs", "targets"), adapters.superni),
+    # CoT as open-instruct's convert_cot_data: 50K zero-shot + 50K few-shot (the pool of two parts)
     Source("cot", "CoT", "SirNeural/flan_v2", ("inputs", "targets", "task"), adapters.inputs_targets,
-           hub_data_files="cot_zs_opt_train.jsonl.gz"),
+           hub_data_files=("cot_zs_opt_train.jsonl.gz", "cot_fs_opt_train.jsonl.gz"), hub_parts="files",
+           options={"per_part": 50_000, "pool_seed": 0}),
     Source("flan_v2", "Flan V2", "SirNeural/flan_v2", ("inputs", "targets", "task"), adapters.inputs_targets,
-           hub_data_files="flan_zs_opt_train.jsonl.gz"),
+           hub_data_files=tuple(f"{m}_*_train*.jsonl.gz" for m in FLAN_V2_SUBMIXES)),
     Source("dolly", "Dolly", "databricks/databricks-dolly-15k",
            ("instruction", "context", "response", "category"), adapters.dolly),
     Source("oasst1", "Open Assistant 1", "OpenAssistant/oasst1",
