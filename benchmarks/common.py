@@ -58,6 +58,25 @@ def append_results(title: str, body: str, *, load_before: str | None = None) -> 
     print(f"appended to {RESULTS}")
 
 
+def child_result(result: dict[str, Any]) -> None:
+    """Print a `--child` process's result for `run_child` to read."""
+    print("RESULT " + json.dumps(result), flush=True)
+
+
+def run_child(argv: list[str], env: dict[str, str] | None = None) -> dict[str, Any] | None:
+    """Run `python ARGV` (a benchmark in its `--child` mode) in a fresh process and return its result, or None
+    after printing its stderr tail if it failed. Default environment: this one, on JAX's CPU platform."""
+    import subprocess
+
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"} if env is None else env
+    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, env=env)
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode or not lines:
+        print(f"{' '.join(argv[:3])}...: exit {proc.returncode}\n{proc.stderr[-3000:]}")
+        return None
+    return json.loads(lines[-1][len("RESULT "):])
+
+
 def write_summary(path: str | None, summary: dict[str, Any]) -> None:
     """Write a script's headline figures as JSON (for run_all's summary table); no-op without a path."""
     if path:

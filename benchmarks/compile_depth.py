@@ -12,9 +12,6 @@ Goal (issue 16): with the default (scanned) layers, 32 layers compile in at most
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -54,7 +51,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(child(args)), flush=True)
+        common.child_result(child(args))
         return {}
 
     load_before = common.load_average()
@@ -62,16 +59,13 @@ def main(argv: list[str] | None = None) -> dict:
     results: dict[str, dict[int, dict]] = {}
     for layout in ("scan", "loop"):
         for depth in depths:
-            cmd = [sys.executable, __file__, "--child", "--layers", str(depth), "--hidden", str(args.hidden),
-                   "--heads", str(args.heads), "--vocab", str(args.vocab), "--seq", str(args.seq),
-                   "--batch", str(args.batch), "--remat", args.remat, "--attention", args.attention,
-                   "--scan-layers" if layout == "scan" else "--no-scan-layers"]  # fmt: skip
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                print(proc.stderr[-2000:])
+            r = common.run_child([__file__, "--child", "--layers", str(depth), "--hidden", str(args.hidden),
+                                  "--heads", str(args.heads), "--vocab", str(args.vocab), "--seq", str(args.seq),
+                                  "--batch", str(args.batch), "--remat", args.remat, "--attention", args.attention,
+                                  "--scan-layers" if layout == "scan" else "--no-scan-layers"])  # fmt: skip
+            if r is None:
                 raise SystemExit(f"{layout} at depth {depth} failed")
-            r = results.setdefault(layout, {})[depth] = json.loads(lines[-1][len("RESULT "):])
+            results.setdefault(layout, {})[depth] = r
             print(f"{layout:4s} {depth:3d} layers: trace+lower {r['trace_s']:.2f} s, compile {r['compile_s']:.2f} s, "
                   f"total {r['total_s']:.2f} s; load {common.load_average()}")
     lo, hi = depths[0], depths[-1]

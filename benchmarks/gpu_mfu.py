@@ -17,10 +17,8 @@ Goals (issue 16): instructjax >= 45% MFU, and >= 1.3x transformers' tokens/s.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -135,7 +133,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(jax_child(args) if args.child == "jax" else torch_child(args)), flush=True)
+        common.child_result(jax_child(args) if args.child == "jax" else torch_child(args))
         return {}
     if not args.allow_cpu and not gpu_available():
         print("gpu_mfu: skipped (no GPU visible to JAX)")
@@ -151,13 +149,10 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for framework in ("jax", "torch"):
         passed = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--no-append",)]
-        proc = subprocess.run([sys.executable, __file__, *passed, "--child", framework], capture_output=True, text=True,
-                              env=os.environ)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            print(proc.stderr[-3000:])
+        result = common.run_child([__file__, *passed, "--child", framework], env=dict(os.environ))
+        if result is None:
             raise SystemExit(f"gpu_mfu: the {framework} run failed")
-        results[framework] = json.loads(lines[-1][len("RESULT "):])
+        results[framework] = result
     ours, ref = results["jax"], results["torch"]
     mfu = {k: flops / r["step_s"] / (args.peak_tflops * 1e12) for k, r in results.items()}
     ratio = ref["step_s"] / ours["step_s"]

@@ -16,11 +16,9 @@ Goal (issue 16): at seq 8192, instructjax's peak memory and step time both at or
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -87,7 +85,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.child:
-        print("RESULT " + json.dumps(child(args)), flush=True)
+        common.child_result(child(args))
         return {}
 
     load_before = common.load_average()
@@ -95,17 +93,13 @@ def main(argv: list[str] | None = None) -> dict:
     names = [n for n in IMPLEMENTATIONS if n in args.only.split(",")]
     for seq in (int(s) for s in args.seqs.split(",")):
         for name in names:
-            cmd = [sys.executable, __file__, "--child", name, "--seq", str(seq), "--steps", str(args.steps),
-                   "--layers", str(args.layers), "--hidden", str(args.hidden), "--heads", str(args.heads),
-                   "--vocab", str(args.vocab), "--batch", str(args.batch), "--remat", args.remat,
-                   "--scan-layers" if args.scan_layers else "--no-scan-layers"]  # fmt: skip
-            proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-            if proc.returncode or not lines:
-                print(f"{name} at {seq}: failed (exit {proc.returncode})\n{proc.stderr[-2000:]}")
-                results.setdefault(name, {})[seq] = {"failed": proc.returncode}
+            r = common.run_child([__file__, "--child", name, "--seq", str(seq), "--steps", str(args.steps),
+                                  "--layers", str(args.layers), "--hidden", str(args.hidden), "--heads", str(args.heads),
+                                  "--vocab", str(args.vocab), "--batch", str(args.batch), "--remat", args.remat,
+                                  "--scan-layers" if args.scan_layers else "--no-scan-layers"])  # fmt: skip
+            if r is None:
+                results.setdefault(name, {})[seq] = {"failed": True}
                 continue
-            r = json.loads(lines[-1][len("RESULT "):])
             results.setdefault(name, {})[seq] = r
             print(f"{name:34s} seq {seq:6d}: {r['peak'] / GIB:6.2f} GiB peak, {r['step_s']:7.2f} s/step "
                   f"(first {r['first_s']:.1f} s), attention {r['attention']}; load {common.load_average()}")

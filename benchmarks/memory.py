@@ -12,10 +12,7 @@ activations, XLA's buffers and the compiled program.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import resource
-import subprocess
 import sys
 from pathlib import Path
 
@@ -63,21 +60,17 @@ def main(argv: list[str] | None = None) -> dict:
     if args.child:
         size, _, remat = args.child.partition(":")
         layers, hidden = (int(x) for x in size.split("x"))
-        print("RESULT " + json.dumps(child(layers, hidden, args.seq, args.batch, args.steps, remat or "none")))
+        common.child_result(child(layers, hidden, args.seq, args.batch, args.steps, remat or "none"))
         return {}
 
     load_before = common.load_average()
     rows, summary = [], {"load_before": load_before}
     for spec in args.sizes.split(","):
-        cmd = [sys.executable, __file__, "--child", spec, "--seq", str(args.seq), "--batch", str(args.batch),
-               "--steps", str(args.steps)]  # fmt: skip
-        proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-        if proc.returncode or not lines:
-            print(proc.stderr[-3000:])
+        r = common.run_child([__file__, "--child", spec, "--seq", str(args.seq), "--batch", str(args.batch),
+                              "--steps", str(args.steps)])  # fmt: skip
+        if r is None:
             rows.append([spec, "failed", "", "", "", ""])
             continue
-        r = json.loads(lines[-1][len("RESULT "):])
         train = r["peak"] - r["baseline"]
         row = [spec, f"{r['params'] / 1e6:.1f}M", f"{r['peak'] / MIB:,.0f}", f"{r['baseline'] / MIB:,.0f}",
                f"{train / MIB:,.0f}", f"{train / r['params']:.1f}"]  # fmt: skip
