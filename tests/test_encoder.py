@@ -5,7 +5,7 @@ import pytest
 import torch
 import transformers
 
-import instructjax.eval.embed  # noqa: F401  (registers the model encoder "llama-mean")
+import instructjax.train.embed  # noqa: F401  (registers the model encoder "llama-mean")
 from instructjax.data.embeddings import get_encoder
 from instructjax.data.tokenizer import Tokenizer
 

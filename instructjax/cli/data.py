@@ -98,7 +98,7 @@ def resolve(args) -> Target:
         variants = [specs.with_options(t, **changes) for t in tasks]
         name = specs.remix(name, dict(zip(tasks, variants, strict=True))) if mixture else variants[0]
     if uses_model_encoder(name):
-        import instructjax.eval.embed  # noqa: F401  (registers the encoders that run a model)
+        import instructjax.train.embed  # noqa: F401  (registers the encoders that run a model)
     if config is not None:  # bound to the run: its model's tokenizer, chat template and row length
         from instructjax.train import setup as run_setup
 
@@ -279,7 +279,7 @@ def run_select(args) -> int:
     tokenizer = Tokenizer.load(specs.task(target.tasks[0]).tokenizer)
     encoder_kwargs = {}
     if args.encoder in MODEL_ENCODERS:
-        import instructjax.eval.embed  # noqa: F401  (registers the encoders that run a model)
+        import instructjax.train.embed  # noqa: F401  (registers the encoders that run a model)
 
         model = args.encoder_model or (target.config.model.init_from if target.config else None)
         if not model:

@@ -49,7 +49,7 @@ def resolve(name: str) -> tuple[list[str], specs.MixtureSpec | None] | None:
 
 def uses_model_encoder(name: str) -> bool:
     """True when a task of `name` selects its examples with an encoder that runs a model (its code must be
-    imported first: `instructjax.eval.embed`)."""
+    imported first: `instructjax.train.embed`)."""
     found = resolve(name)
     task_specs = [specs.lookup_task(t) for t in (found[0] if found else [])]
     return any(s is not None and s.selection is not None and s.selection.encoder in MODEL_ENCODERS for s in task_specs)

@@ -2,7 +2,7 @@
 
 An encoder turns texts into one row vector each: `Encoder.encode(texts) -> float32[N, D]`.
 The paper (seed 002, Sec. 3) embeds each training instruction with LLaMA-2-7B, averaging the
-last hidden layer over all tokens: "llama-mean", registered by `instructjax.eval.embed` (it runs a
+last hidden layer over all tokens: "llama-mean", registered by `instructjax.train.embed` (it runs a
 model). The offline default is a scikit-learn encoder (TF-IDF followed by truncated SVD, i.e. latent
 semantic analysis), L2-normalized so Euclidean distance ranks like cosine distance.
 
@@ -19,9 +19,6 @@ from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
 import numpy as np
-from sklearn.decomposition import TruncatedSVD
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.preprocessing import normalize
 
 from instructjax.core.errors import ConfigError, DataError
 
@@ -50,6 +47,11 @@ class TfidfSvdEncoder:
         self.max_features = max_features
 
     def encode(self, texts: list[str]) -> np.ndarray:
+        # scikit-learn is imported here, not with the module: every run binds its data through this module
+        from sklearn.decomposition import TruncatedSVD
+        from sklearn.feature_extraction.text import TfidfVectorizer
+        from sklearn.preprocessing import normalize
+
         if not texts:
             return np.zeros((0, self.dim), np.float32)
         vectorizer = TfidfVectorizer(
@@ -70,7 +72,7 @@ class TfidfSvdEncoder:
 
 _ENCODERS: dict[str, Callable[..., Encoder]] = {"tfidf-svd": TfidfSvdEncoder}
 # Encoders that embed with a model (built with model= and tokenizer=). They run a saved model, so they are
-# registered by the code that does (`instructjax.eval.embed` registers "llama-mean" when imported; a run
+# registered by the code that does (`instructjax.train.embed` registers "llama-mean" when imported; a run
 # that selects with one imports it).
 MODEL_ENCODERS = ("llama-mean",)
 
@@ -90,7 +92,7 @@ def encoder_names() -> list[str]:
 def get_encoder(name: str = DEFAULT_ENCODER, **kwargs) -> Encoder:
     """Build the registered encoder `name` (ConfigError naming the known ones if there is none)."""
     if name in MODEL_ENCODERS and name not in _ENCODERS:
-        raise ConfigError(f"encoder {name!r} runs a model: `import instructjax.eval.embed` registers it "
+        raise ConfigError(f"encoder {name!r} runs a model: `import instructjax.train.embed` registers it "
                           "(`instructjax train` and `instructjax data` do)")
     if name not in _ENCODERS:
         raise ConfigError(f"unknown encoder {name!r}; known: {', '.join(encoder_names())}")

@@ -77,7 +77,7 @@ def bind_data(config: RunConfig, tokenizer: str | None) -> RunData:
 
     define(config.define)
     if uses_model_encoder(config.data.mixture):  # its encoder runs the run's model
-        import instructjax.eval.embed  # noqa: F401  (registers "llama-mean")
+        import instructjax.train.embed  # noqa: F401  (registers "llama-mean")
     bound = bind(config.data.mixture, tokenizer=tokenizer, template=config.template, max_length=config.data.seq_len,
                  model=config.model.init_from)
     return RunData(dataclasses.replace(config.data, mixture=bound.name), bound.sources,
