@@ -2,6 +2,8 @@
 corrupted or written by several processes at once; its key follows the data files, tokenizer, template
 and max length."""
 
+import dataclasses
+import json
 import subprocess
 import sys
 import threading
@@ -10,7 +12,9 @@ import numpy as np
 import pytest
 
 from instructjax.core.config import DataSection
+from instructjax.core.errors import ConfigError
 from instructjax.data import cache, examples
+from instructjax.data.packing import PackStats
 from instructjax.data.pipeline import DataPipeline
 
 MIX = "acp_ACP_n10000_builtin"
@@ -32,7 +36,7 @@ def test_cold_warm_and_corrupted_cache_give_the_batches_of_no_cache(monkeypatch,
     reference = batches(monkeypatch, "off")
     where = tmp_path / "cache"
     assert same(batches(monkeypatch, where), reference)  # cold: written
-    files = sorted(where.glob("*.npz"))
+    files = sorted(where.glob("*.tok"))
     assert len(files) == 3  # one per task of the mixture
     stamps = [f.stat().st_mtime_ns for f in files]
     assert same(batches(monkeypatch, where), reference)  # warm: read back, nothing rewritten
@@ -64,7 +68,7 @@ def test_the_key_follows_content_tokenizer_template_and_length(tmp_path):
 
 
 def test_concurrent_writers_leave_one_whole_file(tmp_path):
-    path = tmp_path / "task-x.npz"
+    path = tmp_path / "task-x.tok"
     exs = [{"tokens": np.arange(n, dtype=np.int32), "loss_mask": np.ones(n, np.int32), "conversation": "{}",
             "id": str(n)} for n in range(1, 200)]  # fmt: skip
     threads = [threading.Thread(target=cache.save, args=(path, exs, {"read": 1})) for _ in range(8)]
@@ -75,7 +79,97 @@ def test_concurrent_writers_leave_one_whole_file(tmp_path):
     loaded, report = cache.load(path)
     assert report == {"read": 1} and [e["id"] for e in loaded] == [e["id"] for e in exs]
     assert all(np.array_equal(a["tokens"], b["tokens"]) for a, b in zip(loaded, exs, strict=True))
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["task-x.npz"]  # no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["task-x.tok"]  # no temporary file left
+
+
+def _examples():
+    rng = np.random.default_rng(0)
+    exs = [{"tokens": rng.integers(0, 70_000 if n % 7 == 0 else 300, n).astype(np.int32),
+            "loss_mask": rng.integers(0, 2, n).astype(np.int32),
+            "conversation": json.dumps({"id": f"c{n}", "text": "héllo ✓" * n}), "id": f"c{n}"}
+           for n in range(40)]  # fmt: skip
+    exs[3]["id"] = None
+    return exs
+
+
+def test_a_cache_file_gives_back_every_example_exactly(tmp_path):
+    """Tokens (narrowed on disk to what holds them) and masks come back int32; conversations, ids, slices,
+    sizes and the token range agree with the examples written."""
+    exs = _examples()
+    path = tmp_path / "task-x.tok"
+    cache.save(path, exs, {"read": 40})
+    loaded, report = cache.load(path)
+    assert report == {"read": 40} and len(loaded) == 40
+    for got, want in zip(loaded, exs, strict=True):
+        assert got.keys() == want.keys()
+        assert got["tokens"].dtype == got["loss_mask"].dtype == np.int32
+        assert all(np.array_equal(got[k], want[k]) for k in ("tokens", "loss_mask"))
+        assert (got["conversation"], got["id"]) == (want["conversation"], want["id"])
+    assert loaded[-1]["id"] == exs[-1]["id"] and loaded[3]["id"] is None
+    part = loaded[10:20]
+    assert len(part) == 10 and [e["id"] for e in part] == [e["id"] for e in exs[10:20]]
+    lengths, trained = part.sizes()
+    assert lengths.tolist() == list(range(10, 20))
+    assert trained.tolist() == [int(np.count_nonzero(e["loss_mask"][1:])) for e in exs[10:20]]
+    assert part.token_range() == (min(int(e["tokens"].min()) for e in exs[10:20]),
+                                  max(int(e["tokens"].max()) for e in exs[10:20]))  # fmt: skip
+    assert loaded[:1].token_range() is None  # the empty example holds no token
+
+
+def test_every_damaged_byte_and_every_wrong_length_is_detected(tmp_path, capfd):
+    """A flipped byte anywhere (magic, each array, header, trailer), a cut or a longer file: reported in one
+    line and not used (None: the caller rebuilds)."""
+    path = tmp_path / "task-x.tok"
+    cache.save(path, _examples(), {"read": 40})
+    good = path.read_bytes()
+    damaged = [bytes(good[:i]) + bytes([good[i] ^ 0x01]) + bytes(good[i + 1 :])
+               for i in range(0, len(good), max(1, len(good) // 300))]  # fmt: skip
+    damaged += [good[:-1], good[:-40], good[: len(good) // 2], good[:10], b"", good + b"\0"]
+    capfd.readouterr()
+    for data in damaged:
+        path.write_bytes(data)
+        assert cache.load(path) is None
+    warnings = capfd.readouterr().err.splitlines()
+    assert len(warnings) == len(damaged)
+    assert all(w.startswith("instructjax: warning: tokenized cache") and w.endswith("rebuilding it") for w in warnings)
+
+
+def test_a_warm_cache_plans_the_epoch_that_packing_every_window_gives(monkeypatch, tmp_path):
+    """The plan from the cached sizes (no example made) equals packing every window, and the no-cache plan."""
+    config = DataSection(mixture=MIX, seq_len=128, global_batch=8, pack_window=64, prefetch=0)
+    plans = []
+    for where in ("off", tmp_path, tmp_path):  # no cache, cold, warm
+        monkeypatch.setenv("INSTRUCTJAX_CACHE_DIR", str(where))
+        examples._STREAMS.clear()
+        pipeline = DataPipeline(config)
+        plans.append(pipeline.plan_epoch(0))
+    assert all(isinstance(e, cache.CachedExamples) for e in pipeline.stream.examples)
+    assert plans[0] == plans[1] == plans[2]
+    stats, trained, w = PackStats(), 0, 0
+    while (window := pipeline.stream.window_examples(0, w)) is not None:
+        rows, window_stats = pipeline.packer.pack_window(window)
+        stats += window_stats
+        trained += int((rows["loss_weights"] > 0).sum())
+        w += 1
+    assert plans[2].packing == dataclasses.asdict(stats) and plans[2].trained_tokens == trained
+    assert (plans[2].examples, plans[2].rows, plans[2].tokens) == (stats.examples, stats.rows, stats.tokens)
+
+
+def test_a_token_outside_the_vocabulary_is_named_from_the_cache_as_without_it(monkeypatch, tmp_path):
+    """The cached token range stands for a scan of the tokens: the same one-line error names the same example."""
+    config = DataSection(mixture=MIX, seq_len=128, global_batch=8, pack_window=64, prefetch=0)
+    errors = []
+    for where in ("off", tmp_path, tmp_path):  # no cache, cold, warm
+        monkeypatch.setenv("INSTRUCTJAX_CACHE_DIR", str(where))
+        examples._STREAMS.clear()
+        with pytest.raises(ConfigError) as error:
+            DataPipeline(config, vocab_size=300)
+        errors.append(str(error.value))
+    assert errors[0] == errors[1] == errors[2] and "outside the model's vocabulary [0, 300)" in errors[0]
+    span = max(e.token_range()[1] for e in DataPipeline(config).stream.examples)
+    DataPipeline(config, vocab_size=span + 1)  # the largest id fits: no error
+    with pytest.raises(ConfigError, match=f"token id {span} is outside"):
+        DataPipeline(config, vocab_size=span)
 
 
 @pytest.mark.slow
@@ -89,6 +183,6 @@ def test_two_processes_filling_one_cache_at_once_agree(tmp_path):
              for _ in range(2)]
     rows = [p.communicate(timeout=600)[0].strip() for p in procs]
     assert all(p.returncode == 0 for p in procs) and rows[0] == rows[1]
-    files = sorted(tmp_path.glob("*.npz"))
+    files = sorted(tmp_path.glob("*.tok"))
     assert len(files) == 3 and all(cache.load(f) is not None for f in files)
     assert not list(tmp_path.glob("*.tmp"))

@@ -18,6 +18,7 @@ from instructjax.data.packing import (
     best_fit_decreasing,
     count_rows,
     efficiency,
+    example_sizes,
 )
 
 
@@ -300,3 +301,20 @@ def test_split_keeps_every_token():
     chunks = sorted(unpack(rows)[0], key=lambda s: (-len(s["at"]), s["row"]))  # ties: input order
     joined = np.concatenate([c["tokens"] for c in chunks])
     np.testing.assert_array_equal(joined, examples[0]["tokens"])
+
+
+@settings(max_examples=150, deadline=None)
+@given(pack_case)
+def test_planning_a_window_from_sizes_counts_what_packing_it_does(case):
+    """`plan_window` (sizes only, no rows laid out) reports the stats and trained tokens of `pack_window`."""
+    seq_len, lengths, _, pack, seed = case
+    lengths = [min(n, seq_len) for n in lengths]  # planning is for windows without over-long examples
+    examples = make_examples(np.random.default_rng(seed), lengths)
+    packer = SequencePacker(seq_len, pack=pack)
+    rows, stats = packer.pack_window(examples)
+    planned, trained = packer.plan_window(*example_sizes(examples))
+    assert planned == stats
+    assert trained == int((rows["loss_weights"] > 0).sum())
+    if max(lengths, default=0) > 2:
+        with pytest.raises(ValueError, match="longer than seq_len"):
+            SequencePacker(max(lengths) - 1, pack=pack).plan_window(*example_sizes(examples))

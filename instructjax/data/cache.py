@@ -1,29 +1,45 @@
 """Tokenized tasks cached on disk, so a restart goes to its first step without re-reading and re-tokenizing.
 
 One file per (task spec, subset) keyed by the sha256 of everything the examples depend on: the data
-files' content, the tokenizer (its fingerprint), the chat template, the max length, the rest of the task
-spec, the subset (count, seed) and the data layer's own source code. Hub datasets (no local files) are
-not cached. A file is written to a temporary name and renamed, so concurrent writers (several hosts on
-one disk) and a crash never leave a partial file under the real name; a file that does not check out
-(its payload's sha256) is reported in one line, rebuilt and replaced. Directory: `INSTRUCTJAX_CACHE_DIR`
-(default `~/.cache/instructjax/tokenized`); `INSTRUCTJAX_CACHE_DIR=off` turns the cache off.
+files' content (their xxh3-128: ten times faster than a sha256 over gigabytes), the tokenizer (its
+fingerprint), the chat template, the max length, the rest of the task spec, the subset (count, seed) and
+the data layer's own source code. Hub datasets (no local files) are not cached. A file is written to a
+temporary name and renamed, so concurrent writers (several hosts on one disk) and a crash never leave a
+partial file under the real name; a file that does not check out (its length, then the xxh3-128
+checksums of its header and of its whole payload, all verified before any of it is used) is reported in
+one line, rebuilt and replaced. Directory: `INSTRUCTJAX_CACHE_DIR` (default
+`~/.cache/instructjax/tokenized`); `INSTRUCTJAX_CACHE_DIR=off` turns the cache off.
+
+Layout: a magic line; flat arrays, each 64-byte aligned: the tokens and loss masks of all examples end
+to end (in the narrowest integer type that holds them), per-example offsets, trained-token counts and
+token ranges, the conversations and the ids (JSON) as utf-8; a JSON header (where each array lies, the
+task report, the payload's checksum); a trailer (the header's offset, length and checksum, an end mark).
+A reader verifies the file, then memory-maps it: `CachedExamples` makes an example when it is asked for.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
+import mmap
+import operator
 import os
+import struct
 import sys
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import xxhash
 
-FORMAT = 1
-_HEADER = b"instructjax-tokenized-cache\n"
-_FILE_DIGESTS: dict[tuple[str, float, int], str] = {}
+FORMAT = 2
+_MAGIC = b"instructjax-tokenized-cache 2\n"
+_END = b"ijxcache"
+_TRAILER = struct.Struct("<QQ16s8s")  # header offset, header length, header xxh3-128, end mark
+_ALIGN = 64
+_READ = 16 << 20  # bytes hashed per read when verifying
+_FILE_DIGESTS: dict[tuple, str] = {}
 
 
 def cache_dir() -> Path | None:
@@ -33,13 +49,13 @@ def cache_dir() -> Path | None:
 
 
 def _file_digest(path: str) -> str:
-    """sha256 of a file's bytes (remembered per path, mtime and size within a process)."""
+    """xxh3-128 of a file's bytes (remembered per path, inode, mtime and size within a process)."""
     st = os.stat(path)
-    key = (os.path.abspath(path), st.st_mtime, st.st_size)
+    key = (os.path.abspath(path), st.st_ino, st.st_mtime_ns, st.st_size)
     if key not in _FILE_DIGESTS:
-        h = hashlib.sha256()
+        h = xxhash.xxh3_128()
         with open(path, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
+            for block in iter(lambda: f.read(_READ), b""):
                 h.update(block)
         _FILE_DIGESTS[key] = h.hexdigest()
     return _FILE_DIGESTS[key]
@@ -64,50 +80,181 @@ def key(*, files: list[str], spec_repr: str, tokenizer_fingerprint: str, templat
 
 def path_of(name: str, cache_key: str) -> Path | None:
     where = cache_dir()
-    return None if where is None else where / f"{name.replace('/', '_')}-{cache_key[:24]}.npz"
+    return None if where is None else where / f"{name.replace('/', '_')}-{cache_key[:24]}.tok"
 
 
-def load(path: Path) -> tuple[list[dict], dict] | None:
+class CachedExamples(Sequence):
+    """A task's examples read back from a cache file: memory-mapped arrays, each example (a dict like
+    the encoder's: int32 `tokens` and `loss_mask`, `conversation`, `id`) made when it is asked for. A
+    slice is a view; `sizes` and `token_range` answer without touching the tokens."""
+
+    def __init__(self, arrays: dict[str, np.ndarray], start: int = 0, stop: int | None = None):
+        self._a = arrays
+        self._start = start
+        self._stop = len(arrays["offsets"]) - 1 if stop is None else stop
+
+    def __len__(self) -> int:
+        return self._stop - self._start
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            start, stop, step = i.indices(len(self))
+            if step != 1:
+                return [self[j] for j in range(start, stop, step)]
+            return CachedExamples(self._a, self._start + start, self._start + max(start, stop))
+        i = operator.index(i)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"example {i} of {len(self)}")
+        j = self._start + i % len(self)
+        a = self._a
+        lo, hi = int(a["offsets"][j]), int(a["offsets"][j + 1])
+        return {"tokens": a["tokens"][lo:hi].astype(np.int32), "loss_mask": a["loss_mask"][lo:hi].astype(np.int32),
+                "conversation": _text(a["conversations"], a["conversation_offsets"], j),
+                "id": json.loads(_text(a["ids"], a["id_offsets"], j))}  # fmt: skip
+
+    def sizes(self) -> tuple[np.ndarray, np.ndarray]:
+        """(token lengths, trained weights when packed whole: nonzero loss_mask[1:]) of the examples."""
+        offsets = self._a["offsets"][self._start : self._stop + 1]
+        return np.diff(offsets), self._a["trained"][self._start : self._stop].astype(np.int64)
+
+    def token_range(self) -> tuple[int, int] | None:
+        """(smallest, largest) token id of the examples; None when they hold no token."""
+        lengths = self.sizes()[0]
+        if not lengths.any():
+            return None
+        nonempty = slice(self._start, self._stop)
+        return (int(self._a["token_min"][nonempty][lengths > 0].min()),
+                int(self._a["token_max"][nonempty][lengths > 0].max()))  # fmt: skip
+
+
+def _text(blob: np.ndarray, offsets: np.ndarray, j: int) -> str:
+    return blob[int(offsets[j]) : int(offsets[j + 1])].tobytes().decode()
+
+
+def load(path: Path) -> tuple[CachedExamples, dict] | None:
     """(examples, report) from a cache file; None when absent, and when unreadable (reported, then rebuilt)."""
-    if not path.exists():
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed below; the memory map outlives it
+    except FileNotFoundError:
         return None
     try:
-        raw = path.read_bytes()
-        if not raw.startswith(_HEADER):
-            raise ValueError("not a cache file")
-        digest, payload = raw[len(_HEADER) : len(_HEADER) + 64].decode(), raw[len(_HEADER) + 64 :]
-        if hashlib.sha256(payload).hexdigest() != digest:
-            raise ValueError("its checksum does not match (a torn or corrupted write)")
-        with np.load(io.BytesIO(payload), allow_pickle=False) as z:
-            tokens, masks, offsets = z["tokens"], z["loss_mask"], z["offsets"]
-            meta = json.loads(bytes(z["meta"]).decode())
+        with f:
+            header = _verified_header(f)
+            view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        arrays = {name: np.frombuffer(view, np.dtype(dtype), count=count, offset=offset)
+                  for name, (offset, dtype, count) in header["arrays"].items()}  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - any unreadable file is rebuilt
         print(f"instructjax: warning: tokenized cache {path} is unreadable ({exc}); rebuilding it",
               file=sys.stderr, flush=True)
         return None
-    examples = [{"tokens": tokens[a:b], "loss_mask": masks[a:b], "conversation": conv, "id": ex_id}
-                for a, b, conv, ex_id in zip(offsets[:-1], offsets[1:], meta["conversations"], meta["ids"],
-                                             strict=True)]  # fmt: skip
-    return examples, meta["report"]
+    return CachedExamples(arrays), header["report"]
 
 
-def save(path: Path, examples: list[dict], report: dict) -> None:
+def _verified_header(f) -> dict:
+    """The header of an open cache file whose length, header and payload check out (else ValueError)."""
+    size = os.fstat(f.fileno()).st_size
+    if size < len(_MAGIC) + _TRAILER.size:
+        raise ValueError(f"it is {size} bytes long (a torn write)")
+    f.seek(size - _TRAILER.size)
+    offset, length, digest, end = _TRAILER.unpack(f.read(_TRAILER.size))
+    if end != _END or offset + length + _TRAILER.size != size:
+        raise ValueError("its trailer is missing or wrong (a torn write, or not a cache file)")
+    f.seek(offset)
+    raw = f.read(length)
+    if xxhash.xxh3_128_digest(raw) != digest:
+        raise ValueError("its header's checksum does not match (a torn or corrupted write)")
+    header = json.loads(raw)
+    if header.get("format") != FORMAT:
+        raise ValueError(f"its format is {header.get('format')}, not {FORMAT}")
+    f.seek(0)
+    magic = f.read(len(_MAGIC))
+    if magic != _MAGIC:
+        raise ValueError("not a cache file of this format")
+    h, buffer, left = xxhash.xxh3_128(magic), bytearray(_READ), offset - len(magic)
+    view = memoryview(buffer)
+    while left:
+        n = f.readinto(view[: min(left, _READ)])
+        if not n:
+            raise ValueError("it ends early (a torn write)")
+        h.update(view[:n])
+        left -= n
+    if h.hexdigest() != header["payload"]:
+        raise ValueError("its checksum does not match (a torn or corrupted write)")
+    return header
+
+
+def _narrow(lo: int, hi: int) -> np.dtype:
+    """The smallest integer type that holds lo..hi."""
+    for dtype in (np.uint8, np.uint16, np.int32):
+        info = np.iinfo(dtype)
+        if info.min <= lo and hi <= info.max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
+class _Writer:
+    """Appends 64-byte-aligned arrays to a file, hashing every byte; records where each one lies."""
+
+    def __init__(self, f):
+        self.f, self.hash, self.at, self.arrays = f, xxhash.xxh3_128(), 0, {}
+
+    def raw(self, data: bytes | memoryview) -> None:
+        self.f.write(data)
+        self.hash.update(data)
+        self.at += len(data)
+
+    def array(self, name: str, dtype: np.dtype, chunks) -> None:
+        """Array `name` of `dtype`, written chunk by chunk (each chunk converted losslessly)."""
+        self.raw(b"\0" * (-self.at % _ALIGN))
+        start, count = self.at, 0
+        for chunk in chunks:
+            data = np.ascontiguousarray(chunk, dtype)
+            self.raw(memoryview(data).cast("B"))
+            count += data.size
+        self.arrays[name] = [start, dtype.str, count]
+
+
+def _batched(seq: list, n: int = 4096):
+    for i in range(0, len(seq), n):
+        yield seq[i : i + n]
+
+
+def save(path: Path, examples: Sequence[dict], report: dict) -> None:
     """Write atomically (temporary file + rename): readers see the old file, the new one, or none."""
-    lengths = [len(ex["tokens"]) for ex in examples]
-    offsets = np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]).astype(np.int64)
-    concat = lambda k, dtype: (np.concatenate([np.asarray(ex[k], dtype) for ex in examples])  # noqa: E731
-                               if examples else np.zeros(0, dtype))
-    meta = {"conversations": [ex["conversation"] for ex in examples], "ids": [ex["id"] for ex in examples],
-            "report": report}  # fmt: skip
-    buffer = io.BytesIO()
-    np.savez(buffer, tokens=concat("tokens", np.int32), loss_mask=concat("loss_mask", np.int32), offsets=offsets,
-             meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))  # fmt: skip
-    payload = buffer.getvalue()
+    tokens = [np.asarray(ex["tokens"]) for ex in examples]
+    masks = [np.asarray(ex["loss_mask"]) for ex in examples]
+    lengths = np.array([t.size for t in tokens], np.int64)
+    token_min = np.array([t.min() if t.size else 0 for t in tokens], np.int64)
+    token_max = np.array([t.max() if t.size else 0 for t in tokens], np.int64)
+    mask_lo = min((int(m.min()) for m in masks if m.size), default=0)
+    mask_hi = max((int(m.max()) for m in masks if m.size), default=0)
+    trained = np.array([np.count_nonzero(m[1:]) for m in masks], np.int64)
+    conversations = [ex["conversation"].encode() for ex in examples]
+    ids = [json.dumps(ex["id"]).encode() for ex in examples]
+    text_offsets = lambda texts: np.cumsum([0] + [len(t) for t in texts], dtype=np.int64)  # noqa: E731
+    concat = lambda parts: (np.concatenate(b) for b in _batched(parts) if b)  # noqa: E731
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(_HEADER + hashlib.sha256(payload).hexdigest().encode() + payload)
+            w = _Writer(f)
+            w.raw(_MAGIC)
+            token_type = _narrow(int(token_min.min(initial=0)), int(token_max.max(initial=0)))
+            w.array("tokens", token_type, concat(tokens))
+            w.array("loss_mask", _narrow(mask_lo, mask_hi), concat(masks))
+            w.array("offsets", np.dtype(np.int64), [np.concatenate([[0], np.cumsum(lengths)])])
+            w.array("trained", np.dtype(np.int32), [trained])
+            w.array("token_min", token_type, [token_min])
+            w.array("token_max", token_type, [token_max])
+            w.array("conversations", np.dtype(np.uint8), (np.frombuffer(b"".join(b), np.uint8)
+                                                          for b in _batched(conversations)))  # fmt: skip
+            w.array("conversation_offsets", np.dtype(np.int64), [text_offsets(conversations)])
+            w.array("ids", np.dtype(np.uint8), (np.frombuffer(b"".join(b), np.uint8) for b in _batched(ids)))
+            w.array("id_offsets", np.dtype(np.int64), [text_offsets(ids)])
+            header = json.dumps({"format": FORMAT, "arrays": w.arrays, "report": report,
+                                 "payload": w.hash.hexdigest()}).encode()  # fmt: skip
+            offset = w.at
+            f.write(header + _TRAILER.pack(offset, len(header), xxhash.xxh3_128_digest(header), _END))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

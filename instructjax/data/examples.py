@@ -123,16 +123,17 @@ def _template_identity(template) -> str:
 
 
 class _Cached:
-    """A task's examples read back from the cache (stands where its `_Stream` would)."""
+    """A task's examples read back from the cache (stands where its `_Stream` would; `cache.CachedExamples`
+    makes each example when it is asked for)."""
 
-    def __init__(self, examples: list[dict], report: dict):
+    def __init__(self, examples: cache.CachedExamples, report: dict):
         self.examples = examples
         self.report = TaskReport(read=report["read"], rows=report["rows"], examples=report["kept"], repaired=Counter(report["repaired"]),
                                  skipped=Counter(report["skipped"]), split=report["split"],
                                  truncated=report["truncated"], empty_after_truncation=report["untrainable"])
 
-    def take(self, count: int | None) -> list[dict]:
-        return self.examples[:count] if count is not None else list(self.examples)
+    def take(self, count: int | None) -> cache.CachedExamples:
+        return self.examples[:count]
 
 
 def task_report(name: str, seed: int | None = None) -> TaskReport:

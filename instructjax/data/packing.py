@@ -184,6 +184,21 @@ def _read_example(example: Any, index: int) -> tuple[np.ndarray, np.ndarray, int
     return tokens, mask, 0 if source is None else int(source)
 
 
+def example_sizes(examples: Sequence[Any], *, first_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(token lengths, trained weights when packed whole) of examples: what planning rows needs.
+
+    An example packed whole trains its nonzero loss_mask[1:] (a segment's last token has no target). A
+    sequence with its own `sizes()` (`cache.CachedExamples`) answers without making its examples; other
+    examples are read and checked as `pack_window` reads them (a DataError names a bad one)."""
+    if hasattr(examples, "sizes"):
+        return examples.sizes()
+    lengths, trained = np.zeros(len(examples), np.int64), np.zeros(len(examples), np.int64)
+    for i, example in enumerate(examples):
+        tokens, mask, _ = _read_example(example, first_index + i)
+        lengths[i], trained[i] = tokens.size, np.count_nonzero(mask[1:])
+    return lengths, trained
+
+
 class SequencePacker:
     """Packs examples into rows of `seq_len`, best-fit-decreasing within windows of `window` examples.
 
@@ -267,6 +282,20 @@ class SequencePacker:
         flat["positions"][dest] = position
         flat["source_ids"][dest] = np.asarray(sources, np.int32)[segment_of]
         return rows, stats
+
+    def plan_window(self, lengths: np.ndarray, trained: np.ndarray) -> tuple[PackStats, int]:
+        """What `pack_window` reports for a window of examples of these sizes (`example_sizes`), and the
+        trained tokens of its rows, without laying the rows out. No length may exceed seq_len (what a longer
+        example trains depends on where it is cut: pack that window)."""
+        lengths = np.asarray(lengths, np.int64)
+        if lengths.size and lengths.max() > self.seq_len:
+            raise ValueError(f"an example of {lengths.max()} tokens is longer than seq_len={self.seq_len}")
+        kept = lengths[lengths > 0]
+        rows = best_fit_decreasing(kept, self.seq_len).n_rows if self.pack else kept.size
+        tokens = int(kept.sum())
+        stats = PackStats(examples=lengths.size, dropped_empty=lengths.size - kept.size, segments=kept.size,
+                          tokens=tokens, padding=rows * self.seq_len - tokens, rows=rows)  # fmt: skip
+        return stats, int(np.asarray(trained, np.int64)[lengths > 0].sum())
 
     def windows(self, examples: Iterable[Any]) -> Iterator[tuple[dict[str, np.ndarray], PackStats]]:
         """(rows, stats) of every window of `examples`, in order (the pipeline packs one window at a time,

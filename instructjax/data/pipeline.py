@@ -162,19 +162,22 @@ class DataPipeline:
     def plan_epoch(self, epoch: int = 0) -> EpochPlan:
         """Rows, tokens, packing efficiency and optimizer steps of one epoch (of the global stream).
 
-        In rate mode an "epoch" is as many draws as all tasks together hold.
+        In rate mode an "epoch" is as many draws as all tasks together hold. Each window is planned from
+        its examples' sizes (`packer.plan_window`: the same counts as packing it), or packed when one of
+        them is longer than a row.
         """
         stats = PackStats()
-        if self.stream.rate_mode:
-            total = sum(len(e) for e in self.stream.examples)
-            windows = range(math.ceil(total / self.config.pack_window))
-        else:
-            windows = range(math.ceil(len(self.stream.epoch_examples(epoch)) / self.config.pack_window))
+        total = sum(len(e) for e in self.stream.examples) if self.stream.rate_mode else self.stream.epoch_size(epoch)
         trained = 0
-        for w in windows:
-            packed, window_stats = self.packer.pack_window(self.stream.window_examples(epoch, w) or [])
+        for w in range(math.ceil(total / self.config.pack_window)):
+            lengths, weights = self.stream.window_sizes(epoch, w)
+            if lengths.size and lengths.max() > self.config.seq_len:  # cut where packing cuts: pack it
+                packed, window_stats = self.packer.pack_window(self.stream.window_examples(epoch, w))
+                window_trained = int((packed["loss_weights"] > 0).sum())
+            else:
+                window_stats, window_trained = self.packer.plan_window(lengths, weights)
             stats += window_stats
-            trained += int((packed["loss_weights"] > 0).sum())
+            trained += window_trained
         return EpochPlan(
             examples=stats.examples,
             rows=stats.rows,

@@ -24,6 +24,7 @@ from instructjax.data import specs
 from instructjax.data.binding import resolve
 from instructjax.data.encode import Encoded, encode_conversation
 from instructjax.data.mosaic import mosaic_epoch
+from instructjax.data.packing import example_sizes
 from instructjax.data.schema import Conversation
 from instructjax.data.templates import DEFAULT_TEMPLATE
 from instructjax.data.tokenizer import Tokenizer
@@ -65,6 +66,8 @@ class ExampleStream:
                        else None)
         self.mosaic_encoder = _mosaic_encoder(self.task_names, config) if config.mosaic else None
         self._epoch_cache: tuple[int, list] | None = None
+        self._order_cache: tuple[int, np.ndarray] | None = None
+        self._sizes: tuple[np.ndarray, np.ndarray] | None = None
         self._task_by_id: dict[str, int] | None = None
         self.untrainable: dict[int, int] = {}  # epoch -> mosaic examples with no trained token left
         self._subset = None if self.rate_mode else self._draw_subsets()
@@ -79,9 +82,9 @@ class ExampleStream:
         lines += [f"epoch {e}: {n} mosaic example(s) had no trained token left" for e, n in self.untrainable.items()]
         return lines
 
-    def _draw_subsets(self) -> list[tuple[int, int]]:
-        """Epoch mode: (task, example) pairs of the fixed per-task subsets (drawn by the tasks themselves:
-        see `tasks.encoded_examples`), checked to hold the mixture's counts."""
+    def _draw_subsets(self) -> np.ndarray:
+        """Epoch mode: (task, example) pairs ([n, 2]) of the fixed per-task subsets (drawn by the tasks
+        themselves: see `tasks.encoded_examples`), checked to hold the mixture's counts."""
         pairs = []
         for t, (name, ex) in enumerate(zip(self.task_names, self.examples, strict=True)):
             count = self.counts.get(name)
@@ -93,13 +96,19 @@ class ExampleStream:
                 why = f" ({out} more have nothing to train within {self.config.seq_len} tokens)" if out else ""
                 raise ConfigError(f"mixture {specs.base_name(self.config.mixture)!r} asks for {count} examples of "
                                   f"{specs.base_name(name)!r}, which has {len(ex)} trainable{why}")
-            pairs += [(t, i) for i in range(len(ex))]
-        return pairs
+            pairs.append(np.stack([np.full(len(ex), t), np.arange(len(ex))], axis=1))
+        return np.concatenate(pairs)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        """Epoch mode: the subset's indices in `epoch`'s training order, before sharding (kept for one epoch)."""
+        if self._order_cache is None or self._order_cache[0] != epoch:
+            order = named_rng(self.config.seed, "epoch_order", epoch).permutation(len(self._subset))
+            self._order_cache = (epoch, order)
+        return self._order_cache[1]
 
     def _epoch_order(self, epoch: int) -> list[tuple[int, int]]:
         """Epoch mode: the (task, example) pairs of `epoch` in training order, before sharding."""
-        order = named_rng(self.config.seed, "epoch_order", epoch).permutation(len(self._subset))
-        return [self._subset[i] for i in order]
+        return [tuple(pair) for pair in self._subset[self._permutation(epoch)].tolist()]
 
     def epoch_examples(self, epoch: int) -> list[dict]:
         """Epoch mode: the examples of `epoch`, in training order (cached for one epoch)."""
@@ -172,14 +181,35 @@ class ExampleStream:
         """The examples of one packing window, or None past the end of the epoch (epoch mode)."""
         if self.rate_mode:
             return self._rate_window(window)
-        examples = self.epoch_examples(epoch)
         w = self.config.pack_window
-        chunk = examples[window * w : (window + 1) * w]
-        return chunk or None
+        if self.config.mosaic is None:  # only this window's examples are made
+            pairs = self._subset[self._permutation(epoch)[window * w : (window + 1) * w]].tolist()
+            return [self._example(t, i) for t, i in pairs] or None
+        return self.epoch_examples(epoch)[window * w : (window + 1) * w] or None
+
+    def epoch_size(self, epoch: int) -> int:
+        """Epoch mode: how many examples `epoch` holds."""
+        return len(self._subset) if self.config.mosaic is None else len(self.epoch_examples(epoch))
+
+    def window_sizes(self, epoch: int, window: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """(token lengths, trained weights when packed whole) of one window's examples (`example_sizes`),
+        or None past the end of the epoch; without making the examples when the tasks know their sizes."""
+        if self.rate_mode or self.config.mosaic is not None:
+            examples = self.window_examples(epoch, window)
+            return None if examples is None else example_sizes(examples, first_index=window * self.config.pack_window)
+        if self._sizes is None:  # the subset's, in subset order
+            per_task = [example_sizes(ex) for ex in self.examples]
+            self._sizes = tuple(np.concatenate([sizes[k] for sizes in per_task]) for k in (0, 1))
+        w = self.config.pack_window
+        chosen = self._permutation(epoch)[window * w : (window + 1) * w]
+        return (self._sizes[0][chosen], self._sizes[1][chosen]) if chosen.size else None
 
 
 def _check_token_range(task: str, examples: list[dict], vocab_size: int) -> None:
     """A ConfigError naming the first example with a token id outside [0, vocab_size)."""
+    span = examples.token_range() if hasattr(examples, "token_range") else None  # cache.CachedExamples
+    if span is not None and 0 <= span[0] and span[1] < vocab_size:
+        return
     for ex in examples:
         tokens = np.asarray(ex["tokens"])
         if tokens.size and (int(tokens.max()) >= vocab_size or int(tokens.min()) < 0):
