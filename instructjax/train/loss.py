@@ -93,11 +93,12 @@ def accumulate_gradients(
     grad_fn = jax.value_and_grad(scaled, has_aux=True)
 
     def step(carry, micro_batch):
-        (loss, aux), grads = grad_fn(params, micro_batch)
-        return jax.tree.map(jnp.add, carry, (grads, aux)), loss
+        sums, p = carry  # the parameters ride in the carry: a model merged from them (nnx) lives at this trace level
+        (loss, aux), grads = grad_fn(p, micro_batch)
+        return (jax.tree.map(jnp.add, sums, (grads, aux)), p), loss
 
     first = jax.tree.map(lambda x: x[0], dict(micro_batches))
-    aux_shape = jax.eval_shape(lambda: loss_sums_fn(params, first)[1])
+    aux_shape = jax.eval_shape(lambda p, mb: loss_sums_fn(p, mb)[1], params, first)
     zeros = jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
-    (grads, aux), losses = jax.lax.scan(step, zeros, dict(micro_batches))
+    ((grads, aux), _), losses = jax.lax.scan(step, (zeros, params), dict(micro_batches))
     return Accumulated(jnp.sum(losses), grads, aux, weight)
