@@ -114,6 +114,9 @@ def test_params_load_in_either_layer_layout(tmp_path, saved_scanned):
     params = jax.device_get(nnx.to_pure_dict(nnx.state(Llama(saved, rngs=nnx.Rngs(4)))))
     ckpt.save_params(tmp_path, params, dataclasses.asdict(saved), step=1)
     assert ckpt.read_meta(tmp_path)[0]["scan_layers"] is saved_scanned
+    older = {k: v for k, v in dataclasses.asdict(saved).items() if k != "scan_layers"}  # before the option existed
+    ckpt.save_params(tmp_path / "older", params, older, step=1)
+    assert ckpt.read_meta(tmp_path / "older")[0]["scan_layers"] is saved_scanned  # read from the stored tree
     other = saved.replace(scan_layers=not saved_scanned)
     mesh = sharding.make_mesh({"fsdp": 2, "tensor": 2}, jax.devices()[:4])
     abstract = nnx.state(nnx.eval_shape(lambda: Llama(other, rngs=nnx.Rngs(0))))

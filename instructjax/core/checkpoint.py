@@ -258,13 +258,16 @@ def _stacked_layers(params_tree: Any) -> bool:
 
 def read_meta(directory: str | Path, step: int | None = None) -> tuple[dict, dict | None, int]:
     """(model config dict, run_config dict or None, step) of a checkpoint, without reading any array. The
-    model config's `scan_layers` says how the stored parameters are laid out (read from the stored tree, so
-    checkpoints written before the option existed say it too)."""
+    model config's `scan_layers` says how the stored parameters are laid out (for checkpoints written before
+    the option existed, read from the stored tree)."""
     with _reader(directory) as manager:
         step = _resolve_step(manager, step, manager.directory)
         meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        stacked = _stacked_layers(manager.item_metadata(step)["params"].tree)
-    return {**meta["model_config"], "scan_layers": stacked}, meta.get("run_config"), int(meta["step"])
+        model_config = meta["model_config"]
+        if "scan_layers" not in model_config:
+            model_config = {**model_config,
+                            "scan_layers": _stacked_layers(manager.item_metadata(step)["params"].tree)}
+    return model_config, meta.get("run_config"), int(meta["step"])
 
 
 def read_tokenizer(directory: str | Path, step: int | None = None) -> dict | None:
