@@ -64,7 +64,7 @@ def test_values_and_gradients_match_float64_reference(implementation, block):
         np.testing.assert_allclose(np.asarray(got), want, atol=5e-5, rtol=0, err_msg=f"d{name}")
 
 
-@pytest.mark.parametrize("implementation,block", CASES)
+@pytest.mark.parametrize("implementation,block", [("xla", 64), ("blockwise", 16), ("splash", 128), ("pallas_gpu", 16)])
 def test_nothing_leaks_across_segment_boundaries(implementation, block):
     """Changing the keys and values of one document changes nothing in its neighbours, in either
     direction, and a loss on one document has exactly zero gradient on the others' keys and values."""
