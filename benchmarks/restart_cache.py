@@ -9,7 +9,9 @@ of starting JAX and compiling the step), with its peak RSS:
   cold      the first start with the cache on (tokenizes, then writes the cache; an existing one is removed);
   warm      a restart: the tokenized tasks read back (`--warm` times).
 `--dir` keeps the data and the cache between invocations, so a large size is written and tokenized once
-and later invocations time warm restarts alone (`--starts warm`).
+and later invocations time warm restarts alone (`--starts warm`). `--xla-cache` also turns on JAX's own
+persistent compilation cache (JAX_COMPILATION_CACHE_DIR, in the same directory) for every start, to
+see what compiling the step costs a restart.
 
     python benchmarks/restart_cache.py [--examples 500000 --seq-len 2048]
     python benchmarks/restart_cache.py --examples 500000 --dir /tmp/bench500k --starts cold,warm
@@ -55,7 +57,7 @@ def write_data(directory: Path, examples: int) -> dict:
 def prepare(directory: Path, examples: int, seq_len: int) -> tuple[Path, str]:
     """The run config over `examples` rows in `directory` (written unless an earlier run left them there)."""
     config, marker = directory / "run.yaml", directory / "examples.txt"
-    if config.exists() and marker.exists() and marker.read_text() == str(examples):
+    if config.exists() and marker.exists() and marker.read_text().strip() == str(examples):
         return config, "written by an earlier run"
     shutil.rmtree(directory / "data", ignore_errors=True)
     start = time.perf_counter()
@@ -69,10 +71,13 @@ def prepare(directory: Path, examples: int, seq_len: int) -> tuple[Path, str]:
     return config, f"written in {time.perf_counter() - start:.0f} s"
 
 
-def first_step(config: Path, run_dir: Path, cache: str, seq_len: int) -> tuple[float, float]:
+def first_step(config: Path, run_dir: Path, cache: str, seq_len: int, xla_cache: Path | None = None
+               ) -> tuple[float, float]:
     """(seconds from process start to the end of step 1, peak RSS in GiB) of a fresh `instructjax train`."""
     shutil.rmtree(run_dir, ignore_errors=True)
     env = {**os.environ, "INSTRUCTJAX_CACHE_DIR": cache, "JAX_PLATFORMS": "cpu"}
+    if xla_cache is not None:
+        env["JAX_COMPILATION_CACHE_DIR"] = str(xla_cache)
     cmd = [sys.executable, "-m", "instructjax.cli", "train", "--config", str(config), f"run_dir={run_dir}",
            "max_steps=1", f"data.seq_len={seq_len}"]  # fmt: skip
     with tempfile.TemporaryFile() as err:
@@ -94,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dir", type=Path, help="keep the data and the cache here (default: a temporary directory)")
     parser.add_argument("--starts", default=",".join(STARTS), help=f"which starts to time, of {', '.join(STARTS)}")
     parser.add_argument("--warm", type=int, default=1, help="warm restarts to time")
+    parser.add_argument("--xla-cache", action="store_true", help="with JAX's persistent compilation cache")
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
     starts = args.starts.split(",")
@@ -108,8 +114,10 @@ def main(argv: list[str] | None = None) -> int:
         cache = where / "cache"
         rows = []
 
+        xla = where / "xla" if args.xla_cache else None
+
         def timed(label: str, cache_dir: str) -> None:
-            seconds, rss = first_step(config, where / "run", cache_dir, args.seq_len)
+            seconds, rss = first_step(config, where / "run", cache_dir, args.seq_len, xla)
             rows.append([label, f"{seconds:.1f}", f"{rss:.2f}"])
             print(f"{label}: {seconds:.1f} s, peak RSS {rss:.2f} GiB", flush=True)
 
@@ -124,8 +132,9 @@ def main(argv: list[str] | None = None) -> int:
             for k in range(args.warm):
                 timed(f"warm cache (restart {k + 1})" if args.warm > 1 else "warm cache (a restart)", str(cache))
         size = sum(f.stat().st_size for f in cache.glob("*.tok")) / 2**20
+    xla_note = "; JAX's persistent compilation cache on" if args.xla_cache else ""
     body = (f"{args.examples} examples (Tulu Human+GPT shape, built-in rows {written}), seq {args.seq_len}, tiny "
-            f"model, 1 step; cache {size:.0f} MiB; goal: warm restart <= 60 s\n\n"
+            f"model, 1 step; cache {size:.0f} MiB{xla_note}; goal: warm restart <= 60 s\n\n"
             + common.table(["start", "seconds to the end of step 1", "peak RSS (GiB)"], rows))  # fmt: skip
     print(body)
     if not args.no_append:

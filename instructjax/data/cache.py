@@ -14,7 +14,8 @@ Layout: a magic line; flat arrays, each 64-byte aligned: the tokens and loss mas
 to end (in the narrowest integer type that holds them), per-example offsets, trained-token counts and
 token ranges, the conversations and the ids (JSON) as utf-8; a JSON header (where each array lies, the
 task report, the payload's checksum); a trailer (the header's offset, length and checksum, an end mark).
-A reader verifies the file, then memory-maps it: `CachedExamples` makes an example when it is asked for.
+A reader verifies the file, then memory-maps it: `CachedExamples` makes an example when it is asked for
+(a file is never changed in place, only replaced by a rename, so a mapped file stays what was verified).
 """
 
 from __future__ import annotations
@@ -122,9 +123,9 @@ class CachedExamples(Sequence):
         lengths = self.sizes()[0]
         if not lengths.any():
             return None
-        nonempty = slice(self._start, self._stop)
-        return (int(self._a["token_min"][nonempty][lengths > 0].min()),
-                int(self._a["token_max"][nonempty][lengths > 0].max()))  # fmt: skip
+        mine = slice(self._start, self._stop)
+        return (int(self._a["token_min"][mine][lengths > 0].min()),
+                int(self._a["token_max"][mine][lengths > 0].max()))  # fmt: skip
 
 
 def _text(blob: np.ndarray, offsets: np.ndarray, j: int) -> str:
@@ -134,7 +135,7 @@ def _text(blob: np.ndarray, offsets: np.ndarray, j: int) -> str:
 def load(path: Path) -> tuple[CachedExamples, dict] | None:
     """(examples, report) from a cache file; None when absent, and when unreadable (reported, then rebuilt)."""
     try:
-        f = open(path, "rb")  # noqa: SIM115 - closed below; the memory map outlives it
+        f = open(path, "rb")  # closed below; the memory map outlives it
     except FileNotFoundError:
         return None
     try:
