@@ -139,6 +139,31 @@ def test_a_p3_mixture_draws_its_subset_from_the_pool(tmp_path):
     assert [(m[0]["content"], m[1]["content"]) for m in got] == [in_row_order[i] for i in order[:6]]
 
 
+
+def test_a_pool_read_from_a_directory_is_cached_and_a_new_part_changes_the_key(monkeypatch, tmp_path):
+    """A directory of parts is cached like a list of files: a restart reads the examples back without
+    rewriting the file; a subtask added to the directory is a new key, whose examples are the uncached ones."""
+    directory = write_dir(tmp_path / "p3", P3_SUBTASKS)
+    specs.add_task("pool_cached", specs.TaskSpec(source="p3", data_files=(directory,), source_options=(("per_part", 3),)))
+
+    def read(where):
+        monkeypatch.setenv("INSTRUCTJAX_CACHE_DIR", str(where))
+        examples_lib._STREAMS.clear()  # what a new process starts with
+        return [e["conversation"] for e in examples_lib.encoded_examples("pool_cached", 8, seed=2)]
+
+    where = tmp_path / "cache"
+    reference = read("off")
+    assert read(where) == reference  # cold: written
+    files = sorted(where.glob("*.tok"))
+    assert len(files) == 1
+    stamp = files[0].stat().st_mtime_ns
+    assert read(where) == reference and files[0].stat().st_mtime_ns == stamp  # warm: read back
+
+    write_dir(tmp_path / "p3", {"squad_v2_answer": [_p3_row(f"Question {i}: who?", f"Answer {i}.") for i in range(4)]})
+    grown = read("off")
+    assert grown != reference
+    assert read(where) == grown and len(list(where.glob("*.tok"))) == 2
+
 def test_p3_bad_rows_and_bad_directories_are_one_line_errors(tmp_path):
     broken = dict(P3_SUBTASKS, ag_news_classify=AG_NEWS[:3] + [{"inputs_pretokenized": "No target here."}])
     directory = write_dir(tmp_path / "p3", broken)

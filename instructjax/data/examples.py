@@ -106,7 +106,10 @@ def _cache_path(name: str, spec: TaskSpec, count: int | None, seed: int | None):
     """Where this task's examples are cached (None: cache off, or a hub dataset without local files)."""
     if cache.cache_dir() is None or spec.data_files is None:
         return None
-    files = synthetic.ensure_synthetic(spec.source) if spec.data_files == (BUILTIN,) else list(spec.data_files)
+    if spec.data_files == (BUILTIN,):
+        files = synthetic.ensure_synthetic(spec.source)
+    else:  # a directory stands for its files (a pooled source's parts): each one's content is in the key
+        files = sources.local_files(spec.data_files, spec.source)
     if not all(os.path.isfile(f) for f in files):
         return None
     template = get_template(spec.template or DEFAULT_TEMPLATE)
