@@ -2,11 +2,12 @@
 well formed but that the dataset's reference pipeline drops (an empty response, a ShareGPT conversation
 with nothing answered) are skipped and counted under any policy, the first one named."""
 
+import gzip
 import json
 
 import pytest
 
-from instructjax.core.errors import BadRowPolicy, DataError
+from instructjax.core.errors import BadRowPolicy, ConfigError, DataError
 from instructjax.data.sources import load_conversations
 
 GOOD = {"instruction": "Say hi.", "input": "", "output": "hi"}
@@ -97,6 +98,32 @@ def test_several_reasons_counted_separately(tmp_path):
     assert len(convs) == 2
     assert counts == {"malformed_json": 2, "missing_field": 1, "wrong_type": 1}
 
+
+
+@pytest.mark.parametrize("name", ["rows.jsonl", "rows.json"])
+def test_gzipped_files_read_as_their_plain_twins(tmp_path, name):
+    """A .gz copy (the hub's FLAN V2 files are .jsonl.gz) gives the plain file's conversations, and a bad row
+    in it is named by the plain file's line number or index; an other suffix is a one-line ConfigError."""
+    rows = [dict(GOOD, output=f"hi {i}") for i in range(5)]
+    bad = dict(GOOD, output=7)
+    if name.endswith(".jsonl"):
+        lines = [json.dumps(r) for r in rows[:2]] + [""] + [json.dumps(r) for r in rows[2:] + [bad]]
+        text, where = "\n".join(lines) + "\n", 7  # the blank line 3 is passed over, the bad row is line 7
+    else:
+        text, where = json.dumps(rows + [bad]), 5
+    plain = tmp_path / name
+    plain.write_text(text)
+    packed = tmp_path / "gz" / (name + ".gz")
+    packed.parent.mkdir()
+    packed.write_bytes(gzip.compress(text.encode()))
+    read = [skipped("alpaca", str(path))[0] for path in (plain, packed)]
+    assert [c.messages for c in read[1]] == [c.messages for c in read[0]] and len(read[0]) == 5
+    err = first_error("alpaca", str(packed))
+    assert (err.reason, err.row, err.file) == ("wrong_type", where, str(packed))
+    other = tmp_path / "rows.jsonl.zst"
+    other.write_bytes(b"")
+    with pytest.raises(ConfigError, match=r"rows\.jsonl\.zst: unsupported file type"):
+        list(load_conversations("alpaca", [str(other)]))
 
 def test_json_array_names_the_element_index(tmp_path):
     path = tmp_path / "rows.json"

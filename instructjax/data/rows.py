@@ -1,4 +1,5 @@
-"""Reading the rows of a local file (json, jsonl or parquet) or a hub split, each numbered as a person finds
+"""Reading the rows of a local file (json, jsonl or parquet; json and jsonl may be gzipped, as the hub's
+FLAN V2 files are) or a hub split, each numbered as a person finds
 it: 1-based line numbers in jsonl, 0-based indices in JSON arrays, parquet files and hub splits.
 
 `datasets` parses a file into its memory-mapped Arrow cache (`RowFile` then gives random access: a sample
@@ -9,6 +10,7 @@ is not an object) the file is re-read here so that each bad row is named, as a `
 from __future__ import annotations
 
 import codecs
+import gzip
 import json
 import os
 import re
@@ -97,9 +99,10 @@ def file_format(path: str) -> str:
     lower = path.lower()
     if lower.endswith(".parquet"):
         return "parquet"
-    if not lower.endswith((".json", ".jsonl")):
-        raise ConfigError(f"{path}: unsupported file type (expected .json, .jsonl or .parquet)")
-    with open(path, "rb") as f:
+    if not lower.removesuffix(".gz").endswith((".json", ".jsonl")):
+        raise ConfigError(f"{path}: unsupported file type (expected .json, .jsonl or .parquet; json and jsonl "
+                          "may be gzipped: .json.gz, .jsonl.gz)")
+    with _open_bytes(path) as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     return "json" if head.startswith(b"[") else "jsonl"
 
@@ -109,10 +112,15 @@ def read_rows(path: str, cache_dir: str | None = None) -> Iterator[NumberedRow]:
     yield from RowFile(path, cache_dir).rows()
 
 
+def _open_bytes(path: str):
+    """A file's bytes, decompressed when its name ends in .gz."""
+    return gzip.open(path, "rb") if path.lower().endswith(".gz") else open(path, "rb")  # noqa: SIM115
+
+
 def _is_utf8(path: str, chunk: int = 1 << 24) -> bool:
     decoder = codecs.getincrementaldecoder("utf-8")()
     try:
-        with open(path, "rb") as f:
+        with _open_bytes(path) as f:
             while block := f.read(chunk):
                 decoder.decode(block)
         decoder.decode(b"", final=True)
@@ -129,7 +137,7 @@ class _LineNumbers:
 
     def __init__(self, path: str, chunk: int = 1 << 26):
         self._table = None
-        with open(path, "rb") as f:
+        with _open_bytes(path) as f:
             tail = b""
             while block := f.read(chunk):
                 if self._BLANK.search(tail + block):
@@ -158,7 +166,7 @@ def _parse_object(text: str | bytes) -> dict:
 
 
 def _scan_jsonl(path: str) -> Iterator[NumberedRow]:
-    with open(path, "rb") as f:
+    with _open_bytes(path) as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():
                 continue
@@ -171,7 +179,7 @@ def _scan_jsonl(path: str) -> Iterator[NumberedRow]:
 def _scan_json_array(path: str) -> Iterator[NumberedRow]:
     """Elements of a JSON array one by one, so a problem names its index. Bad UTF-8 is confined to the
     element holding it; malformed JSON cannot be skipped (the parser loses its place) and always raises."""
-    with open(path, "rb") as f:
+    with _open_bytes(path) as f:
         text = f.read().decode("utf-8", errors="surrogateescape").lstrip("\ufeff \t\r\n")
     decoder = json.JSONDecoder()
     pos, index = 1, 0  # just past "["
