@@ -20,9 +20,14 @@ from instructjax.data.pipeline import DataPipeline
 MIX = "acp_ACP_n10000_builtin"
 
 
-def batches(monkeypatch, where, n=4):
+def as_a_new_process(monkeypatch, where) -> None:
+    """The cache at `where` ("off": none) and no task read yet, as a new process starts."""
     monkeypatch.setenv("INSTRUCTJAX_CACHE_DIR", str(where))
-    examples._STREAMS.clear()  # what a new process starts with
+    examples._STREAMS.clear()
+
+
+def batches(monkeypatch, where, n=4):
+    as_a_new_process(monkeypatch, where)
     config = DataSection(mixture=MIX, seq_len=128, global_batch=8, pack_window=64, prefetch=0)
     it = iter(DataPipeline(config))
     return [next(it) for _ in range(n)]
@@ -139,8 +144,7 @@ def test_a_warm_cache_plans_the_epoch_that_packing_every_window_gives(monkeypatc
     config = DataSection(mixture=MIX, seq_len=128, global_batch=8, pack_window=64, prefetch=0)
     plans = []
     for where in ("off", tmp_path, tmp_path):  # no cache, cold, warm
-        monkeypatch.setenv("INSTRUCTJAX_CACHE_DIR", str(where))
-        examples._STREAMS.clear()
+        as_a_new_process(monkeypatch, where)
         pipeline = DataPipeline(config)
         plans.append(pipeline.plan_epoch(0))
     assert all(isinstance(e, cache.CachedExamples) for e in pipeline.stream.examples)
@@ -160,8 +164,7 @@ def test_a_token_outside_the_vocabulary_is_named_from_the_cache_as_without_it(mo
     config = DataSection(mixture=MIX, seq_len=128, global_batch=8, pack_window=64, prefetch=0)
     errors = []
     for where in ("off", tmp_path, tmp_path):  # no cache, cold, warm
-        monkeypatch.setenv("INSTRUCTJAX_CACHE_DIR", str(where))
-        examples._STREAMS.clear()
+        as_a_new_process(monkeypatch, where)
         with pytest.raises(ConfigError) as error:
             DataPipeline(config, vocab_size=300)
         errors.append(str(error.value))
