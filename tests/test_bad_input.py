@@ -120,6 +120,11 @@ def test_gzipped_files_read_as_their_plain_twins(tmp_path, name):
     assert [c.messages for c in read[1]] == [c.messages for c in read[0]] and len(read[0]) == 5
     err = first_error("alpaca", str(packed))
     assert (err.reason, err.row, err.file) == ("wrong_type", where, str(packed))
+    for broken in (text.encode(), gzip.compress(text.encode())[:-8]):  # not gzip at all; cut short
+        packed.write_bytes(broken)
+        with pytest.raises(DataError, match="cannot decompress gzip file") as info:
+            list(load_conversations("alpaca", [str(packed)]))
+        assert info.value.file == str(packed) and "\n" not in str(info.value)
     other = tmp_path / "rows.jsonl.zst"
     other.write_bytes(b"")
     with pytest.raises(ConfigError, match=r"rows\.jsonl\.zst: unsupported file type"):

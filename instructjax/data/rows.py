@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -53,6 +54,12 @@ class RowFile:
             self._open(cache_dir)
 
     def _open(self, cache_dir: str | None) -> None:
+        try:
+            self._read(cache_dir)
+        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:  # the file as a whole, not one row
+            raise DataError(f"cannot decompress gzip file: {exc}", reason="unreadable", file=self.path) from None
+
+    def _read(self, cache_dir: str | None) -> None:
         datasets = datasets_quietly()
 
         if not os.path.exists(self.path):
