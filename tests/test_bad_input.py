@@ -130,6 +130,31 @@ def test_gzipped_files_read_as_their_plain_twins(tmp_path, name):
     with pytest.raises(ConfigError, match=r"rows\.jsonl\.zst: unsupported file type"):
         list(load_conversations("alpaca", [str(other)]))
 
+@pytest.mark.parametrize("name", ["rows.jsonl", "rows.json"])
+def test_without_datasets_the_same_rows_and_errors(tmp_path, monkeypatch, name):
+    """Where `datasets` is not installed (a bare accelerator image), json and jsonl are read here: the same
+    conversations and the same bad-row report as through `datasets`; parquet is a one-line ConfigError."""
+    from instructjax.data import rows as rows_lib
+
+    rows = [dict(GOOD, output=f"hi {i}") for i in range(4)] + [dict(GOOD, output=7)]
+    path = tmp_path / name
+    path.write_text("\n".join(json.dumps(r) for r in rows) if name.endswith(".jsonl") else json.dumps(rows))
+    with_datasets = skipped("alpaca", str(path))
+
+    def missing():
+        raise ImportError("No module named 'datasets'")
+
+    monkeypatch.setattr(rows_lib, "datasets_quietly", missing)
+    without = skipped("alpaca", str(path))
+    assert [c.messages for c in without[0]] == [c.messages for c in with_datasets[0]] and len(without[0]) == 4
+    assert without[1] == with_datasets[1] == {"wrong_type": 1}
+    assert first_error("alpaca", str(path)).row == (5 if name.endswith(".jsonl") else 4)
+    parquet = tmp_path / "rows.parquet"
+    parquet.write_bytes(b"PAR1")
+    with pytest.raises(ConfigError, match="reading parquet needs the `datasets` package"):
+        list(load_conversations("alpaca", [str(parquet)]))
+
+
 def test_json_array_names_the_element_index(tmp_path):
     path = tmp_path / "rows.json"
     path.write_text(json.dumps([GOOD, GOOD, {"instruction": "x", "input": "", "output": 3}, GOOD]))

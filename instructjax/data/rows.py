@@ -60,12 +60,16 @@ class RowFile:
             raise DataError(f"cannot decompress gzip file: {exc}", reason="unreadable", file=self.path) from None
 
     def _read(self, cache_dir: str | None) -> None:
-        datasets = datasets_quietly()
-
         if not os.path.exists(self.path):
             raise ConfigError(f"data file not found: {self.path}")
         fmt = file_format(self.path)
-        if fmt != "parquet" and not _is_utf8(self.path):  # pyarrow may accept bad UTF-8 and fail later
+        try:
+            datasets = datasets_quietly()
+        except ImportError:  # a bare accelerator image: json and jsonl are read here, parquet needs datasets
+            if fmt == "parquet":
+                raise ConfigError(f"{self.path}: reading parquet needs the `datasets` package") from None
+            datasets = None
+        if fmt != "parquet" and (datasets is None or not _is_utf8(self.path)):  # pyarrow may accept bad UTF-8
             self._scanned = list(_scan_jsonl(self.path) if fmt == "jsonl" else _scan_json_array(self.path))
             return
         try:
