@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 from pathlib import Path
 
 
@@ -28,8 +29,12 @@ class MetricsLogger:
             self.path.write_text("".join(line + "\n" for line in kept))
         elif resume_step is None:
             self.path.write_text("")
-        from tensorboardX import SummaryWriter
-
+        try:
+            from tensorboardX import SummaryWriter
+        except ImportError:  # a bare accelerator image: metrics.jsonl only
+            print("instructjax: tensorboardX is not installed: no TensorBoard events (metrics.jsonl is written)",
+                  file=sys.stderr)
+            return
         self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step)
 
     def log(self, step: int, values: dict[str, float]) -> None:
@@ -38,6 +43,8 @@ class MetricsLogger:
         record = {"step": step, **values}
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
+        if self.writer is None:
+            return
         for key, value in values.items():
             if isinstance(value, (int, float)):
                 self.writer.add_scalar(key, value, step)
