@@ -130,3 +130,14 @@ def test_sharded_over_batch_and_heads(implementation, block, mesh_shape):
     np.testing.assert_allclose(np.asarray(out), expected, atol=2e-5, rtol=0)
     for name, got, want in zip("qkv", grads, expected_grads, strict=True):
         np.testing.assert_allclose(np.asarray(got), want, atol=5e-5, rtol=0, err_msg=f"d{name}")
+
+
+@pytest.mark.parametrize("length", [1, 15, 48, 100, 150, 600, 1000, 2048])
+@pytest.mark.parametrize("dtype,head_dim", [("bfloat16", 64), ("bfloat16", 128), ("float32", 64), ("float32", 128)])
+def test_pallas_gpu_tiles_fit_triton(length, dtype, head_dim):
+    """Triton wants power-of-two tiles of at least 16 (a 48-token row got a 48-wide tile before, which broke scoring on an H100),
+    never longer than the padded row, and backward tiles no longer than forward ones."""
+    forward, backward = attention.pallas_gpu_tiles(128, length, head_dim * jnp.dtype(dtype).itemsize)
+    for tile in (forward, backward):
+        assert tile >= 16 and tile & (tile - 1) == 0
+    assert backward <= forward and forward < 2 * max(length, 16)

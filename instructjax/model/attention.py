@@ -311,16 +311,25 @@ def splash_attention(q: Array, k: Array, v: Array, segment_ids: Array, block: in
     return _per_shard(kernel, q, k, v, segment_ids)[:, :t]
 
 
+def pallas_gpu_tiles(block: int, length: int, row_bytes: int) -> tuple[int, int]:
+    """(forward, backward) tiles of the GPU kernel: powers of two (Triton's), at least 16, no longer than
+    the padded row, and small enough for shared memory. Measured on an H100 (benchmarks/RESULTS.md): with
+    rows of a head of 128 bytes (bf16, head dim 64) backward tiles of 64 ran the TinyLlama step 10% faster
+    than the kernel's default 32; at 256 bytes forward tiles of 128 and backward tiles of 32 run; float32
+    at head dim 128 (512 bytes) failed with forward tiles of 128, so it gets 64."""
+    block = min(block, max(16, 1 << (length - 1).bit_length()), 128 if row_bytes <= 256 else 64)
+    return block, min(block, 64 if row_bytes <= 128 else 32)
+
+
 def pallas_gpu_attention(q: Array, k: Array, v: Array, segment_ids: Array, block: int = 128) -> Array:
     """GPU Pallas (Triton) flash attention with segment ids, per shard of batch and heads. The kernel wants
     one kv head per query head, so grouped kv heads are repeated (their gradients sum back)."""
     from jax.experimental.pallas.ops.gpu import attention as gpu
 
+    block, backward = pallas_gpu_tiles(block, q.shape[1], q.shape[-1] * q.dtype.itemsize)
     t = q.shape[1]
-    block = min(block, t)
     q, k, v, segment_ids = _pad_to_blocks(block, q, k, v, segment_ids.astype(jnp.int32))
     interpret = jax.default_backend() not in ("gpu", "cuda", "rocm")
-    backward = min(32, block)  # the kernel's own default backward tiles
     sizes = gpu.BlockSizes(block_q=block, block_k=block, block_q_dkv=backward, block_kv_dkv=backward,
                            block_q_dq=backward, block_kv_dq=backward)
 
