@@ -10,13 +10,18 @@
 The reference ids (`reference_ids`) come from the tokenizer libraries themselves, never from instructjax:
 `tokenizers.Tokenizer.from_file` on the whole string for a `tokenizer.json` (special tokens parsed from
 the text), and the `sentencepiece` processor on each piece between special tokens for a `.model`.
+The reference loss masks come from the papers' own code (`tests/upstream_code.py`, copied verbatim):
+open-instruct's `encode_with_messages_format` for Tulu, Stanford Alpaca's `preprocess` for Alpaca, each
+calling the tokenizer libraries through `LibraryTokenizer`.
 """
 
 from __future__ import annotations
 
+import functools
 import inspect
 import json
 import os
+import types
 
 import numpy as np
 
@@ -131,17 +136,29 @@ def hf_model(directory: str, tokenizer_dir: str, *, vocab_size: int, bos: int | 
     return directory
 
 
+@functools.lru_cache(maxsize=16)
+def _raw_tokenizer(file: str, mtime: float):  # mtime: a rewritten file is read again
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(file)
+
+
+@functools.lru_cache(maxsize=16)
+def _sentencepiece(file: str, mtime: float):
+    import sentencepiece as spm
+
+    return spm.SentencePieceProcessor(model_file=file)
+
+
 def reference_ids(path: str, text: str, *, bos: str | None, eos: str) -> list[int]:
     """The tokenizer library's own ids of BOS + `text`, `text` holding `eos` markers between turns.
     `path`: an HF directory (its tokenizer.json, else its tokenizer.model) or a `.model` file."""
     if os.path.isfile(os.path.join(path, "tokenizer.json")):
-        from tokenizers import Tokenizer
-
-        raw = Tokenizer.from_file(os.path.join(path, "tokenizer.json"))
+        file = os.path.join(path, "tokenizer.json")
+        raw = _raw_tokenizer(file, os.path.getmtime(file))
         return raw.encode((bos or "") + text, add_special_tokens=False).ids
-    import sentencepiece as spm
-
-    sp = spm.SentencePieceProcessor(model_file=path if os.path.isfile(path) else os.path.join(path, "tokenizer.model"))
+    file = path if os.path.isfile(path) else os.path.join(path, "tokenizer.model")
+    sp = _sentencepiece(file, os.path.getmtime(file))
     ids = [sp.piece_to_id(bos)] if bos else []
     pieces = text.split(eos)
     for i, piece in enumerate(pieces):
@@ -151,15 +168,48 @@ def reference_ids(path: str, text: str, *, bos: str | None, eos: str) -> list[in
     return ids
 
 
-def reference_example(tokenizer_dir: str, text: str, trained_spans, *, bos: str | None, eos: str
-                      ) -> tuple[list[int], np.ndarray]:
-    """(ids, loss mask) as open-instruct masks them: the tokens between the encodings of the text before
-    and after each trained span (response + EOS) are trained."""
-    ids = reference_ids(tokenizer_dir, text, bos=bos, eos=eos)
-    mask = np.zeros(len(ids), np.int32)
-    for start, end in trained_spans:
-        before = reference_ids(tokenizer_dir, text[:start], bos=bos, eos=eos)
-        through = reference_ids(tokenizer_dir, text[:end], bos=bos, eos=eos)
-        assert ids[: len(through)] == through and through[: len(before)] == before, "token crosses a span edge"
-        mask[len(before): len(through)] = 1
-    return ids, mask
+class LibraryTokenizer:
+    """What the reference scripts call on an HF tokenizer (`tokenizer(text, return_tensors="pt", max_length=...,
+    truncation=True).input_ids`, `eos_token`, `bos_token`, `pad_token_id`, `model_max_length`), answered
+    by `reference_ids`: BOS first where the model adds one (as LLaMA's tokenizer does), and the EOS string
+    in a text is the EOS id."""
+
+    def __init__(self, path: str, *, bos: str | None, eos: str):
+        self.path, self.bos_token, self.eos_token = path, bos, eos
+        self.pad_token_id = -1  # no id: one text at a time, nothing is padded
+        self.model_max_length = 1 << 30
+
+    def __call__(self, text: str, return_tensors: str = "pt", max_length: int | None = None,
+                 truncation: bool = False, padding: bool | str = False) -> types.SimpleNamespace:
+        import torch
+
+        assert return_tensors == "pt"
+        ids = reference_ids(self.path, text, bos=self.bos_token, eos=self.eos_token)
+        if truncation and max_length is not None:
+            ids = ids[:max_length]
+        return types.SimpleNamespace(input_ids=torch.tensor([ids], dtype=torch.long))
+
+
+def open_instruct_example(tokenizer_dir: str, messages: list[dict[str, str]], *, bos: str | None, eos: str,
+                          max_seq_length: int = 1 << 30) -> tuple[list[int], np.ndarray]:
+    """(ids, loss mask) of a conversation by open-instruct's own `encode_with_messages_format` (Tulu v1/v2):
+    a token is trained where its label is not -100."""
+    from upstream_code import encode_with_messages_format
+
+    out = encode_with_messages_format({"messages": messages}, LibraryTokenizer(tokenizer_dir, bos=bos, eos=eos),
+                                      max_seq_length)
+    return out["input_ids"].tolist(), (out["labels"] != -100).numpy().astype(np.int32)
+
+
+ALPACA_RESPONSE_SEPARATOR = "\n"  # ours after "### Response:" (docs/fidelity.md); Stanford Alpaca's code has none
+
+
+def stanford_alpaca_example(tokenizer_dir: str, row: dict, *, bos: str | None, eos: str) -> tuple[list[int], np.ndarray]:
+    """(ids, loss mask) of an Alpaca row by Stanford Alpaca's own prompt and `preprocess` (the prompt tokens
+    are masked), with our newline after "### Response:"."""
+    from upstream_code import STANFORD_ALPACA_PROMPT_DICT, preprocess
+
+    key = "prompt_input" if row.get("input", "") != "" else "prompt_no_input"
+    source = STANFORD_ALPACA_PROMPT_DICT[key].format_map(row) + ALPACA_RESPONSE_SEPARATOR
+    out = preprocess([source], [f"{row['output']}{eos}"], LibraryTokenizer(tokenizer_dir, bos=bos, eos=eos))
+    return out["input_ids"][0].tolist(), (out["labels"][0] != -100).numpy().astype(np.int32)

@@ -8,7 +8,7 @@ import os
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pretrained_models import reference_ids  # noqa: E402  (tests/pretrained_models.py)
 from text_strategies import FRAGMENTS, responses, texts  # noqa: E402  (tests/text_strategies.py)
@@ -16,7 +16,7 @@ from text_strategies import FRAGMENTS, responses, texts  # noqa: E402  (tests/te
 from instructjax.core.errors import ConfigError
 from instructjax.data.encode import count_tokens, encode_conversation, response_token_length
 from instructjax.data.schema import Conversation
-from instructjax.data.templates import render, template_names
+from instructjax.data.templates import jinja_template, render, template_names
 from instructjax.data.tokenizer import Tokenizer, default_tokenizer_path
 
 
@@ -85,12 +85,15 @@ def test_tokens_equal_sentencepiece_and_mask_covers_responses(conv, tok, sp):
         enc = encode_conversation(conv, name, tok)
         assert enc.tokens.dtype == np.int32 and enc.loss_mask.dtype == np.int32
         assert enc.tokens.tolist() == reference_ids(default_tokenizer_path(), text, bos="<s>", eos="</s>"), name
-        # the trained runs are exactly each response followed by the real EOS id
+        # the trained runs are exactly each response followed by the real EOS id (and, for Tulu, the
+        # newline after a non-final EOS)
         runs = trained_runs(enc.loss_mask)
         assert len(runs) == len(responses_text), name
-        for (a, b), response in zip(runs, responses_text, strict=True):
-            assert enc.tokens[b - 1] == tok.eos_id
-            assert sp.decode(enc.tokens[a : b - 1].tolist()) == response, name
+        for k, ((a, b), response) in enumerate(zip(runs, responses_text, strict=True)):
+            eos_at = a + enc.tokens[a:b].tolist().index(tok.eos_id)
+            assert sp.decode(enc.tokens[a:eos_at].tolist()) == response, name
+            separator = "\n" if name == "tulu" and k < len(runs) - 1 else ""
+            assert sp.decode(enc.tokens[eos_at + 1 : b].tolist()) == separator, name
         assert int((enc.tokens == tok.eos_id).sum()) == len(responses_text)
         assert enc.n_trained == int(enc.loss_mask.sum()) and not enc.truncated
         assert count_tokens(conv, name, tok) == len(enc)
@@ -101,11 +104,12 @@ def test_tulu_mask_by_hand(tok, sp):
     enc = encode_conversation(conv, "tulu", tok)
     pieces = [sp.id_to_piece(int(i)) for i in enc.tokens]
     trained = [p for p, m in zip(pieces, enc.loss_mask, strict=True) if m]
-    assert trained == ["It", "▁is", "▁", "4", ".", "</s>", "6", "</s>"]
+    # the newline after the first EOS is trained (open-instruct's rule); sentencepiece gives it its own
+    # dummy prefix, and both tokens are trained; "<|user|>" after it is not
+    assert trained == ["It", "▁is", "▁", "4", ".", "</s>", "▁", "<0x0A>", "6", "</s>"]
     assert pieces[0] == "<s>" and enc.loss_mask[0] == 0
-    # the newline after the first EOS is not trained; sentencepiece gives it its own dummy prefix
     after_eos = pieces.index("</s>") + 1
-    assert pieces[after_eos : after_eos + 2] == ["▁", "<0x0A>"] and not enc.loss_mask[after_eos : after_eos + 2].any()
+    assert pieces[after_eos : after_eos + 3] == ["▁", "<0x0A>", "<"] and enc.loss_mask[after_eos : after_eos + 3].tolist() == [1, 1, 0]
 
 
 def test_literal_eos_text_in_content_is_not_an_eos_id(tok):
@@ -224,9 +228,10 @@ def test_hf_directory_tokenizers_equal_the_raw_file(kind, tmp_path):
         enc = encode_conversation(conv, name, ours)
         bos = ours.bos_token if adds_bos else None
         assert enc.tokens.tolist() == reference_ids(path, text, bos=bos, eos=ours.eos_token), (kind, name)
-        runs = trained_runs(enc.loss_mask)
-        assert [raw.decode(enc.tokens[a:b - 1].tolist()).strip() for a, b in runs] == ["Hello!\n\n  日本語", "Привет 😀"]
-        assert all(enc.tokens[b - 1] == ours.eos_id for _, b in runs)
+        runs = [(a, a + enc.tokens[a:b].tolist().index(ours.eos_id), b) for a, b in trained_runs(enc.loss_mask)]
+        assert [raw.decode(enc.tokens[a:e].tolist()).strip() for a, e, _ in runs] == ["Hello!\n\n  日本語", "Привет 😀"]
+        after_eos = [raw.decode(enc.tokens[e + 1 : b].tolist()).strip(" ") for _, e, b in runs]
+        assert after_eos == (["\n", ""] if name == "tulu" else ["", ""]), (kind, name)
     if kind == "saved_default":
         assert ours == Tokenizer.load() and ours.encode("a  b\n c") == Tokenizer.load().encode("a  b\n c")
 
@@ -289,3 +294,108 @@ def trained_spm(tmp_path_factory):
 def test_converted_sentencepiece_models_give_sentencepieces_ids(text, trained_spm):
     for kind, (ours, sp) in trained_spm.items():
         assert ours.encode(text) == sp.encode(text), kind
+
+
+# ---- the loss mask against the papers' own code and transformers' assistant mask ----------------------
+
+MULTI_TURN = [  # multi-turn rows, with and without a system turn, text that stresses tokenizers
+    conv_of("Hi  there\n    return x", " Hello!\n\n  日本語 ", "café?", "Привет 😀", "And 3+3?", "6.", system="Be brief."),
+    conv_of("What is 2+2?", "It is 4.", "def f():", "    return x\n", system="You are terse.\n"),
+    conv_of("q1", "a1", "q2: ASSISTANT: <|user|>", "### Response: a2"),
+    conv_of("Name a color.", "Blue."),
+]
+
+
+@pytest.fixture(scope="module")
+def library_tokenizers(tmp_path_factory):
+    """kind -> (path, BOS, EOS): a byte-level BPE with its own EOS and no BOS, and a SentencePiece BPE
+    (both trained here, `tests/pretrained_models.py`), and the built-in default."""
+    import pretrained_models as pm
+
+    return {
+        "bpe": (pm.bpe_tokenizer(str(tmp_path_factory.mktemp("bpe"))), None, "<|endoftext|>"),
+        "spm": (pm.spm_tokenizer(str(tmp_path_factory.mktemp("spm"))), "<s>", "</s>"),
+        "default": (default_tokenizer_path(), "<s>", "</s>"),
+    }
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(conv=conversations())
+@example(conv=MULTI_TURN[0])
+@example(conv=MULTI_TURN[1])
+def test_tulu_mask_equals_open_instructs_own_code(conv, library_tokenizers):
+    """Ids and loss mask = open-instruct's `encode_with_messages_format` (copied verbatim, tests/upstream_code.py)
+    on the tokenizer libraries' ids: every token but the non-assistant messages (and "<|assistant|>\\n") is
+    trained, the newline after a non-final EOS included."""
+    pytest.importorskip("torch")
+    from pretrained_models import open_instruct_example
+
+    for kind, (path, bos, eos) in library_tokenizers.items():
+        enc = encode_conversation(conv, "tulu", Tokenizer.load(path))
+        ids, mask = open_instruct_example(path, conv.messages, bos=bos, eos=eos)
+        assert enc.tokens.tolist() == ids, kind
+        assert enc.loss_mask.tolist() == mask.tolist(), kind
+
+
+def transformers_assistant_mask(hf, conv: Conversation, name: str, ours: Tokenizer) -> np.ndarray:
+    """transformers' assistant mask of `conv` through the exported tokenizer `hf`, checked to give our ids."""
+    got = hf.apply_chat_template(conv.messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+    assert list(got["input_ids"]) == encode_conversation(conv, name, ours).tokens.tolist(), name
+    return np.asarray(got["assistant_masks"], np.int32)
+
+
+def left_out_by_transformers(ids: list[int], pieces: list[str], name: str, eos_id: int) -> list[int]:
+    """Positions of the "<0x0A>" of a dummy-prefixed Tulu separator ("</s>", "▁", "<0x0A>"), the one place
+    transformers' character-based assistant mask cannot reach (see the test below)."""
+    return [i + 1 for i in range(1, len(ids) - 1)
+            if name == "tulu" and ids[i - 1] == eos_id and pieces[i : i + 2] == ["▁", "<0x0A>"]]
+
+
+@pytest.mark.parametrize("kind", list(DIRS))
+def test_exported_chat_template_masks_the_trained_tokens(kind, tmp_path):
+    """transformers' `apply_chat_template(tokenize=True, return_dict=True, return_assistant_tokens_mask=True)`
+    (TRL's assistant-only loss) on the tokenizer `instructjax export` writes (`Tokenizer.save` with the run's
+    `jinja_template(name, bos=...)`, as `convert/saved.py` does) gives our ids and loss mask, for every
+    template, with one exception: transformers marks the tokens from the one holding a `{% generation %}`
+    span's first character to the *first* one holding its last, so where a legacy SentencePiece tokenizer
+    (Prepend normalizer: LLaMA-1/2, the default) encodes Tulu's trained "\\n" after a non-final EOS as a
+    dummy prefix "▁" plus the byte "<0x0A>", both covering that one character, it leaves "<0x0A>" out."""
+    from transformers import AutoTokenizer
+
+    build, _ = DIRS[kind]
+    ours = Tokenizer.load(build(tmp_path))
+    for name in template_names():
+        exported = ours.save(str(tmp_path / f"exported_{name}"), jinja_template(name, bos=ours.adds_bos))
+        hf = AutoTokenizer.from_pretrained(exported)
+        for conv in MULTI_TURN:
+            theirs = transformers_assistant_mask(hf, conv, name, ours)
+            enc = encode_conversation(conv, name, ours)
+            ids = enc.tokens.tolist()
+            left_out = left_out_by_transformers(ids, hf.convert_ids_to_tokens(ids), name, ours.eos_id)
+            turns = sum(m["role"] == "assistant" for m in conv.messages)
+            assert len(left_out) == (turns - 1 if kind in ("saved_default", "legacy_llama") and name == "tulu" else 0)
+            expected = enc.loss_mask.copy()
+            expected[left_out] = 0
+            assert theirs.tolist() == expected.tolist(), (kind, name, conv.messages)
+
+
+@pytest.fixture(scope="module")
+def exported_default(tmp_path_factory):
+    """template -> the built-in tokenizer as exported with that template, loaded by transformers."""
+    from transformers import AutoTokenizer
+
+    tok = Tokenizer.load()
+    return {name: AutoTokenizer.from_pretrained(tok.save(str(tmp_path_factory.mktemp(name)),
+                                                         jinja_template(name, bos=tok.adds_bos)))
+            for name in template_names()}
+
+
+@HYPO
+@given(conv=conversations())
+def test_exported_chat_template_masks_any_conversation(conv, tok, exported_default):
+    for name, hf in exported_default.items():
+        enc = encode_conversation(conv, name, tok)
+        ids = enc.tokens.tolist()
+        expected = enc.loss_mask.copy()
+        expected[left_out_by_transformers(ids, hf.convert_ids_to_tokens(ids), name, tok.eos_id)] = 0
+        assert transformers_assistant_mask(hf, conv, name, tok).tolist() == expected.tolist(), name

@@ -80,13 +80,13 @@ def setup(request, tmp_path_factory):
 
 
 def references(name: str, tok_dir: str):
-    """(ids, loss mask) of every row from the tokenizer library, in row order."""
+    """(ids, loss mask) of every row, in row order, by the paper's own code (open-instruct's
+    `encode_with_messages_format` for Tulu, Stanford Alpaca's `preprocess` for Alpaca) over the tokenizer
+    library's ids."""
     _, bos, eos, template = VARIANTS[name]
-    out = []
-    for row in pm.ALPACA_ROWS:
-        rendered = render(conversation(row), template, eos_token=eos)
-        out.append(pm.reference_example(tok_dir, rendered.text, rendered.trained_spans, bos=bos, eos=eos))
-    return out
+    if template == "tulu":
+        return [pm.open_instruct_example(tok_dir, conversation(row).messages, bos=bos, eos=eos) for row in pm.ALPACA_ROWS]
+    return [pm.stanford_alpaca_example(tok_dir, row, bos=bos, eos=eos) for row in pm.ALPACA_ROWS]
 
 
 def test_first_batch_is_the_tokenizers_own_ids(setup):
@@ -136,13 +136,13 @@ def test_export_chat_template_gives_the_training_ids(setup, exported):
     name, tok_dir, *_ = setup
     _, bos, eos, template = VARIANTS[name]
     hf_tok = transformers.AutoTokenizer.from_pretrained(exported)
-    for row, (ids, _) in zip(pm.ALPACA_ROWS, references(name, tok_dir), strict=True):
+    for row, (ids, mask) in zip(pm.ALPACA_ROWS, references(name, tok_dir), strict=True):
         conv = conversation(row)
         if template == "alpaca" and row["input"]:
             continue  # the Jinja twin renders messages only; an Alpaca input is a meta field of the row
-        got = hf_tok.apply_chat_template(conv.messages, tokenize=True)
-        got = list(got["input_ids"] if isinstance(got, dict) or hasattr(got, "keys") else got)
-        assert got == ids, row["instruction"]
+        got = hf_tok.apply_chat_template(conv.messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        assert list(got["input_ids"]) == ids, row["instruction"]
+        assert list(got["assistant_masks"]) == mask.tolist(), row["instruction"]  # TRL's assistant-only loss
     with open(os.path.join(exported, "config.json")) as f:
         config = json.load(f)
     assert config["eos_token_id"] == hf_tok.eos_token_id == hf_tok.convert_tokens_to_ids(eos)

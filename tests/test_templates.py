@@ -1,4 +1,6 @@
-"""Chat templates: exact wording, trained spans, and equality with independent Jinja/HF renderings."""
+"""Chat templates: exact wording, trained spans, and equality with independent renderings: open-instruct's
+Tulu Jinja, FastChat's own conversation templates (fschat 0.2.36), Stanford Alpaca's and WizardLM's prompt
+code (tests/upstream_code.py, verbatim)."""
 
 from __future__ import annotations
 
@@ -94,12 +96,17 @@ def test_tulu_matches_open_instruct(conv, hf_tokenizer):
 @HYPO
 @given(conv=conversations())
 def test_trained_spans_are_each_response_and_its_eos(conv):
-    expected = [m["content"].strip() + "</s>" for m in conv.messages if m["role"] == "assistant"]
+    """Each response and its EOS marker; Tulu also the "\\n" after a non-final marker (open-instruct trains
+    it: `tests/test_encode.py::test_tulu_mask_equals_open_instructs_own_code`)."""
+    responses = [m["content"].strip() + "</s>" for m in conv.messages if m["role"] == "assistant"]
     for name in template_names():
+        separators = ["\n"] * (len(responses) - 1) + [""] if name == "tulu" else [""] * len(responses)
         r = render(conv, name)
-        assert [r.text[a:b] for a, b in r.trained_spans] == expected, name
-        assert [r.text[o : o + 4] for o in r.eos_offsets] == ["</s>"] * len(expected)
-        assert all(b == o + 4 for (_, b), o in zip(r.trained_spans, r.eos_offsets, strict=True))
+        assert [r.text[a:b] for a, b in r.trained_spans] == [x + y for x, y in zip(responses, separators, strict=True)], name
+        assert [r.text[o : o + 4] for o in r.eos_offsets] == ["</s>"] * len(responses)
+        assert [b - o for (_, b), o in zip(r.trained_spans, r.eos_offsets, strict=True)] == [
+            4 + len(sep) for sep in separators
+        ]
 
 
 @HYPO
@@ -125,6 +132,98 @@ def test_generation_prompt_matches_jinja(conv, hf_tokenizer):
         # the prompt is exactly the training text up to where the last response starts
         full = render(conv, name)
         assert full.text[: full.trained_spans[-1][0]].rstrip(" ") == ours.rstrip(" ")
+
+
+# ---- against FastChat's own templates (fschat 0.2.36) and the papers' own prompt code -----------------
+
+
+@st.composite
+def nonempty_conversations(draw):
+    """As `conversations`, with non-empty user turns (FastChat renders an empty message as a missing one)."""
+    messages = [{"role": "system", "content": draw(responses)}] if draw(st.booleans()) else []
+    for _ in range(draw(st.integers(1, 3))):
+        messages += [{"role": "user", "content": draw(responses)}, {"role": "assistant", "content": draw(responses)}]
+    return Conversation(messages, source="test", id="t-0")
+
+
+def fastchat(name: str, messages: list[dict[str, str]], *, system_suffix: str = "", **fields) -> str:
+    """FastChat's `get_conv_template(name)` (`fields` replaced) over stripped `messages` (a system turn is
+    its system message, then `system_suffix`); a trailing user turn gets FastChat's empty assistant slot,
+    i.e. the generation prompt."""
+    from fastchat.conversation import get_conv_template
+
+    conv = get_conv_template(name)
+    for key, value in fields.items():
+        setattr(conv, key, value)
+    for m in stripped(messages):
+        if m["role"] == "system":
+            conv.set_system_message(m["content"] + system_suffix)
+        else:
+            conv.append_message(conv.roles[m["role"] == "assistant"], m["content"])
+    if messages[-1]["role"] == "user":
+        conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
+
+
+@HYPO
+@given(conv=nonempty_conversations())
+def test_vicuna_is_fastchats_vicuna_v1_1(conv):
+    assert render(conv, "vicuna").text == fastchat("vicuna_v1.1", conv.messages)
+    assert render_prompt(conv.messages[:-1], "vicuna") == fastchat("vicuna_v1.1", conv.messages[:-1])
+
+
+@HYPO
+@given(conv=nonempty_conversations())
+def test_alpaca_is_fastchats_dolly_style_with_the_eos_as_end_marker(conv):
+    """Seed 002 prints the Stanford Alpaca prompt ("### Instruction:\\n{instruction}\\n\\n### Response:") and
+    cites FastChat. FastChat's template with exactly that layout is `dolly_v2` (its DOLLY style, the same
+    preamble, roles "### Instruction"/"### Response"); we end a response with EOS where it writes "### End".
+    FastChat also appends "\\n\\n" after the last response; we end the sequence at its EOS."""
+    ours = render(conv, "alpaca").text
+    dolly = dict(sep2="</s>", system_suffix="\n\n")  # dolly_v2's system message is "{preamble}\n\n"
+    assert ours + "\n\n" == fastchat("dolly_v2", conv.messages, **dolly)
+    assert render_prompt(conv.messages[:-1], "alpaca") == fastchat("dolly_v2", conv.messages[:-1], **dolly)
+
+
+def test_fastchats_alpaca_template_differs_from_the_papers_prompt():
+    """FastChat's `alpaca` template puts the message after "### Instruction: " / "### Response: " on the same
+    line and no separator after "</s>"; the paper's printed prompt (which we follow) has newlines."""
+    conv = Conversation([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                         {"role": "user", "content": "c"}, {"role": "assistant", "content": "d"}], source="t", id="x")
+    ours = render(conv, "alpaca").text
+    assert ours.replace(":\n", ": ").replace("</s>\n\n", "</s>") == fastchat("alpaca", conv.messages)
+    assert ours != fastchat("alpaca", conv.messages)
+
+
+@pytest.fixture(scope="module")
+def upstream():
+    pytest.importorskip("torch")  # tests/upstream_code.py imports it (open-instruct's function needs it)
+    import upstream_code
+
+    return upstream_code
+
+
+def test_alpaca_rows_are_stanford_alpacas_prompts_plus_a_newline(upstream):
+    """With and without input, the prompt is Stanford Alpaca's own PROMPT_DICT (what seed 002 prints), then
+    our newline after "### Response:" (Stanford Alpaca's code puts the response right after the colon)."""
+    from pretrained_models import ALPACA_RESPONSE_SEPARATOR, ALPACA_ROWS
+
+    assert ALPACA_RESPONSE_SEPARATOR == "\n"
+    for row in ALPACA_ROWS:
+        meta = {"instruction": row["instruction"], "input": row["input"]}
+        conv = single(row["instruction"] + (f"\n\n{row['input']}" if row["input"] else ""), row["output"], meta)
+        prompt = upstream.STANFORD_ALPACA_PROMPT_DICT["prompt_input" if row["input"] else "prompt_no_input"]
+        assert render(conv, "alpaca").text == prompt.format_map(row) + "\n" + row["output"] + "</s>"
+
+
+def test_wizardlm_is_xu_et_als_training_prompt_plus_a_newline(upstream):
+    """FastChat 0.2.36 has no template with this prompt (its WizardLM adapter gives `vicuna_v1.1` for 13B+
+    and `one_shot` otherwise); the reference is WizardLM's own train_freeform.py PROMPT_DICT, which seed 002
+    uses. As for Alpaca, we add a newline after "### Response:"."""
+    for instruction, output in [("Write a haiku.", "Leaves fall."), ("def f():\n    return x", "日本語 😀")]:
+        prompt = upstream.WIZARDLM_PROMPT_DICT["prompt_no_input"].format_map({"instruction": instruction})
+        assert render(single(instruction, output), "wizardlm").text == prompt + "\n" + output + "</s>"
+        assert render_prompt([{"role": "user", "content": instruction}], "wizardlm") == prompt + "\n"
 
 
 ALPACA_NO_INPUT = (

@@ -1,11 +1,13 @@
-"""Conversation -> token ids and the per-token loss mask (1 on assistant content and the EOS after it).
+"""Conversation -> token ids and the per-token loss mask (1 on the template's trained spans: assistant
+content, the EOS after it, and for Tulu the newline after a non-final EOS, as open-instruct trains it).
 
 The ids are the tokenizer's ids of one string: BOS (where the tokenizer adds one), then the rendered
 conversation with the tokenizer's EOS token after each assistant turn. The rendered text is cut at each
 EOS marker; the pieces are tokenized the way the engine tokenizes them inside that string (the first as
 a sequence start unless it follows BOS, the rest after a special token) and the real EOS id is put
 between them, so a literal "</s>" typed in a message stays text. A token is trained when its
-characters overlap a trained span of the template.
+characters overlap a trained span of the template (a dummy-prefix "▁" that a SentencePiece model puts
+before a piece covers that piece's first character).
 """
 
 from __future__ import annotations

@@ -18,13 +18,21 @@ Four templates, registered by name (message contents are stripped of surrounding
   separated by "\\n\\n"; a system turn is put first, followed by "\\n\\n".
 - "vicuna": FastChat's Vicuna v1.1: "{system} USER: {user} ASSISTANT: {assistant}</s>USER: ...".
 
-We put a newline after "### Response:" (the papers' appendix shows the response on the next line).
+The Alpaca prompt is the one seed 002 prints (Stanford Alpaca's); FastChat's template with that layout is
+`dolly_v2`, whose "### End" we replace by EOS. FastChat's own `alpaca` template differs (message on the
+"### Instruction: " line, nothing after "</s>"). We put a newline after "### Response:" as FastChat's
+`dolly_v2` does; Stanford Alpaca's and WizardLM's training code put the response right after the colon.
 
-The trained spans cover each assistant turn's content and the end-of-sequence marker right after it:
-no role markers, no separators. `Rendered.eos_offsets` says where the markers were inserted, so a
-tokenizer can put the real EOS id there rather than tokenizing the marker's text.
+The trained spans cover each assistant turn's content and the end-of-sequence marker right after it,
+never a role marker. Tulu also trains the "\\n" after a non-final marker, as open-instruct's
+`encode_with_messages_format` does (it masks only the non-assistant messages, and that newline ends the
+assistant message's text); the other templates train no separator. `Rendered.eos_offsets` says where
+the markers were inserted, so a tokenizer can put the real EOS id there rather than tokenizing the
+marker's text.
 Each template also has a Jinja twin (`jinja_template(name)`) for the exported HF tokenizer; on
-conversations without meta it renders the same text through `apply_chat_template`.
+conversations without meta it renders the same text through `apply_chat_template`, and it wraps the
+trained spans in `{% generation %}` ... `{% endgeneration %}`, so that
+`apply_chat_template(..., return_assistant_tokens_mask=True)` (TRL's assistant-only loss) marks them.
 """
 
 from __future__ import annotations
@@ -51,7 +59,7 @@ VICUNA_SYSTEM = (
     "The assistant gives helpful, detailed, and polite answers to the user's questions."
 )
 
-Piece = tuple[str, str]  # (text, PROMPT | RESPONSE | EOS); EOS pieces hold the marker text
+Piece = tuple[str, str]  # (text, PROMPT | RESPONSE | EOS); RESPONSE and EOS are trained; EOS holds the marker
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,7 @@ def _tulu_pieces(messages, meta, eos):
         if m["role"] == "assistant":
             out += [("<|assistant|>\n", PROMPT), (content, RESPONSE), (eos, EOS)]
             if i < len(messages) - 1:
-                out.append(("\n", PROMPT))
+                out.append(("\n", RESPONSE))  # trained: open-instruct masks only non-assistant messages
         else:
             out.append((f"<|{m['role']}|>\n{content}\n", PROMPT))
     return out
@@ -163,7 +171,8 @@ _TULU_JINJA = (
     r"{%- if message['role'] == 'system' -%}{{ '<|system|>\n' + (message['content'] | trim) + '\n' }}"
     r"{%- elif message['role'] == 'user' -%}{{ '<|user|>\n' + (message['content'] | trim) + '\n' }}"
     r"{%- elif message['role'] == 'assistant' -%}"
-    r"{{ '<|assistant|>\n' + (message['content'] | trim) + eos_token }}{%- if not loop.last -%}{{ '\n' }}{%- endif -%}"
+    r"{{ '<|assistant|>\n' }}{%- generation -%}{{ (message['content'] | trim) + eos_token }}"
+    r"{%- if not loop.last -%}{{ '\n' }}{%- endif -%}{%- endgeneration -%}"
     r"{%- endif -%}"
     r"{%- endfor -%}"
     r"{%- if add_generation_prompt -%}{{ '<|assistant|>\n' }}{%- endif -%}"
@@ -204,7 +213,7 @@ _ALPACA_JINJA = (
     r"{%- for message in messages -%}"
     r"{%- if message['role'] == 'user' -%}{{ '\n\n### Instruction:\n' + (message['content'] | trim) }}"
     r"{%- elif message['role'] == 'assistant' -%}"
-    r"{{ '\n\n### Response:\n' + (message['content'] | trim) + eos_token }}"
+    r"{{ '\n\n### Response:\n' }}{%- generation -%}{{ (message['content'] | trim) + eos_token }}{%- endgeneration -%}"
     r"{%- endif -%}"
     r"{%- endfor -%}"
     r"{%- if add_generation_prompt -%}{{ '\n\n### Response:\n' }}{%- endif -%}"
@@ -232,7 +241,7 @@ _WIZARDLM_JINJA = (
     r"{%- elif message['role'] == 'user' -%}"
     r"{%- if not ns.first -%}{{ '\n\n' }}{%- endif -%}{{ message['content'] | trim }}{%- set ns.first = false -%}"
     r"{%- elif message['role'] == 'assistant' -%}"
-    r"{{ '\n\n### Response:\n' + (message['content'] | trim) + eos_token }}"
+    r"{{ '\n\n### Response:\n' }}{%- generation -%}{{ (message['content'] | trim) + eos_token }}{%- endgeneration -%}"
     r"{%- endif -%}"
     r"{%- endfor -%}"
     r"{%- if add_generation_prompt -%}{{ '\n\n### Response:\n' }}{%- endif -%}"
@@ -258,7 +267,8 @@ _VICUNA_JINJA = (
     r"{%- else -%}{{ '" + VICUNA_SYSTEM.replace("'", r"\'") + r" ' }}{%- endif -%}"
     r"{%- for message in messages -%}"
     r"{%- if message['role'] == 'user' -%}{{ 'USER: ' + (message['content'] | trim) + ' ' }}"
-    r"{%- elif message['role'] == 'assistant' -%}{{ 'ASSISTANT: ' + (message['content'] | trim) + eos_token }}"
+    r"{%- elif message['role'] == 'assistant' -%}{{ 'ASSISTANT: ' }}"
+    r"{%- generation -%}{{ (message['content'] | trim) + eos_token }}{%- endgeneration -%}"
     r"{%- endif -%}"
     r"{%- endfor -%}"
     r"{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
