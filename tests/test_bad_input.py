@@ -48,7 +48,7 @@ QUIRKS = [
     ("alpaca", {"instruction": "x", "input": "", "output": "   "}, "empty_response", "empty"),
     ("dolly", {"instruction": "x", "context": "", "response": ""}, "empty_response", "empty"),
     ("sharegpt", {"id": "s", "conversations": [{"from": "gpt", "value": "hi"}, {"from": "human", "value": "yo"}]},
-     "no_answered_round", "no answered round"),
+     "role_order", "'gpt' where 'human' is due"),
     ("sharegpt", {"id": "s", "conversations": [{"from": "human", "value": "a"}, {"from": "bard", "value": "b"}]},
      "other_speaker", "'bard'"),
     ("baize", {"input": "[|Human|] hi\n[|AI|] hello [|AI|] again\n[|Human|] "}, "role_order", "two [|AI|]"),

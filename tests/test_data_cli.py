@@ -77,6 +77,20 @@ def test_bad_file_is_one_line_naming_file_and_row_and_exits_nonzero(capsys, tmp_
     assert "read 4, kept 2 example(s)" in out
 
 
+def test_malformed_json_row_is_one_stderr_line_from_the_real_command(tmp_path):
+    """In a real process (library loggers write to the original stderr, out of capsys' reach): `datasets`
+    fails to parse the file and would log it; only our line naming the row is printed."""
+    import subprocess
+    import sys
+
+    path = tmp_path / "alpaca.jsonl"
+    path.write_text(json.dumps({"instruction": "a", "input": "", "output": "b"}) + "\n{oops\n")
+    proc = subprocess.run([sys.executable, "-m", "instructjax.cli", "data", "stats", "alpaca", "--data-files",
+                           str(path)], capture_output=True, text=True)  # fmt: skip
+    assert proc.returncode == 2
+    assert proc.stderr.count("\n") == 1 and "row 2: malformed JSON" in proc.stderr, proc.stderr
+
+
 def test_select_writes_the_longest_responses(capsys, tmp_path):
     out_path = tmp_path / "longest.jsonl"
     code, out, _ = run(capsys, "data", "select", "alpaca_builtin", "--method", "longest", "-k", "5",
@@ -198,6 +212,6 @@ def test_stats_reports_rows_read_kept_repaired_skipped_per_source(capsys, tmp_pa
 
     code, out, _ = run(capsys, "data", "stats", "--config", str(path))
     assert code == 0
-    assert "  rows: read 9, kept 6 example(s)" in out  # sharegpt
-    assert "  note: repaired 1 row(s): dropped a leading assistant turn" in out
+    assert "  rows: read 9, kept 4 example(s)" in out  # sharegpt
+    assert "  note: repaired 1 row(s): dropped the unpaired last turn" in out
     assert "  note: skipped 1 row(s): incorrect_choice" in out  # p3

@@ -39,8 +39,7 @@ def test_registry_has_the_fourteen_datasets():
 # ---- real hub schemas: tests/data/hub/, one hand-written file per source --------------------------------
 
 HUB = Path(__file__).resolve().parent / "data" / "hub"
-LEAD, TRAIL, EMPTY_TURN = ("dropped a leading assistant turn", "dropped a trailing unanswered user turn",
-                           "cut at an empty turn")
+UNPAIRED, EMPTY_REPLY = "dropped the unpaired last turn", "cut at an empty reply"
 NOINPUT, BAIZE_CUT = "dropped a <noinput> placeholder", "cut at an unanswered or empty round"
 ZH = json.loads((HUB / "sharegpt.json").read_text())[-1]["conversations"]
 
@@ -149,21 +148,19 @@ EXPECTED = {
                      a("Start with the official tutorial and write small programs every day.")]),
         ("baize-2", [u("Where is the Eiffel Tower?"), a("It is in Paris, France.")]),
     ], {"no_answered_round": 1}, {BAIZE_CUT: 2}),
-    "sharegpt": ([  # FastChat's clean_sharegpt, then open-instruct's speaker mapping
+    # open-instruct's ShareGPT steps (tests/test_sharegpt.py runs its own code): a leading gpt turn (VyaZlh4) or
+    # two human turns are out of order, bing and chatgpt (kP9q2Lm) other speakers; an empty reply ends the chat
+    "sharegpt": ([
         ("sharegpt-QWJhYvA_0", [
             u("Summarize the main ideas of Jeff Walker's Product Launch Formula."),
             a("Product Launch Formula is a step-by-step process: build anticipation with pre-launch content, open the "
               "cart for a limited time, then follow up with the people who did not buy."),
             u("Give me a one-line version."), a("Build anticipation, open the cart briefly, follow up.")]),
-        ("sharegpt-VyaZlh4_0", [u("What is the capital of Australia?"), a("The capital of Australia is Canberra.")]),
         ("sharegpt-mrllZ6u_0", [u("What does HTTP stand for?"), a("HTTP stands for Hypertext Transfer Protocol.")]),
         ("sharegpt-A5AbcES_0", [u("Write a haiku about autumn."),
                                 a("Crisp leaves drift and fall,\ngolden light on quiet paths,\nthe year breathes out slow.")]),
-        ("sharegpt-kP9q2Lm_0", [u("Explain recursion in one sentence."),
-                                a("Recursion is when a function solves a problem by calling itself on smaller "
-                                  "versions of the same problem.")]),
         ("sharegpt-zh7Lq0a_0", [(u if k % 2 == 0 else a)(t["value"]) for k, t in enumerate(ZH)]),
-    ], {"role_order": 1, "too_short": 1, "other_speaker": 1}, {LEAD: 1, EMPTY_TURN: 1, TRAIL: 1}),
+    ], {"role_order": 2, "too_short": 1, "other_speaker": 2}, {EMPTY_REPLY: 1, UNPAIRED: 1}),
 }
 
 

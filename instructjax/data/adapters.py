@@ -7,6 +7,7 @@ a well-formed row that the reference pipeline drops raises a `SkippedRow` (alway
 a row the reference pipeline repairs is repaired and the repair is listed in `meta["repairs"]` (counted
 by the loader). Row adapters have the signature `(row, name, index) -> list[Conversation]`; Open
 Assistant, whose rows are single messages of a tree, has a whole-table adapter (`oasst1_conversations`).
+ShareGPT's adapter and its two cleanings are in `sharegpt`; its split into blocks is `split_blocks` here.
 """
 
 from __future__ import annotations
@@ -207,18 +208,16 @@ def baize(row: dict, name: str, index: int) -> list[Conversation]:
 
 
 CHAT_USER = ("human", "user")
-CHAT_ASSISTANT = ("gpt", "chatgpt")  # open-instruct's `convert_sharegpt_data`: both are assistant replies
+CHAT_ASSISTANT = ("gpt", "chatgpt")
 
 
 def chat_messages(turns: list) -> tuple[list[dict[str, str]], list[str]]:
-    """ShareGPT-format turns [{from, value}] -> (alternating messages, the repairs made), cleaned as
-    FastChat's `clean_sharegpt` does and read as open-instruct reads them:
+    """ShareGPT-format turns (WizardLM V2) -> (alternating messages, the repairs made), values stripped:
 
-    - speakers human/user are the user, gpt/chatgpt the assistant; a conversation with another speaker
-      (bing, bard, system) is skipped, as open-instruct skips bing and system conversations;
+    - speakers human/user are the user, gpt/chatgpt the assistant; another speaker: skipped;
     - a leading non-user turn is dropped, and a trailing unanswered user turn;
-    - turns that do not alternate user/assistant after that: skipped (FastChat drops them);
-    - the conversation is cut at its first empty turn (FastChat keeps what came before), to whole rounds;
+    - turns that do not alternate user/assistant after that: skipped;
+    - the conversation is cut at its first empty turn, to whole rounds;
     - one turn or nothing left: skipped.
     """
     speakers = []
@@ -248,20 +247,17 @@ def chat_messages(turns: list) -> tuple[list[dict[str, str]], list[str]]:
     return [{"role": role, "content": text} for role, text in speakers], repairs
 
 
-def sharegpt(row: dict, name: str, index: int) -> list[Conversation]:
-    """ShareGPT (Vicuna html-cleaned): id + conversations[{from: human|gpt|..., value}], cleaned as
-    `chat_messages` says. A conversation longer than the run's row length is split into blocks of whole
-    rounds with the run's tokenizer when it is encoded (`Source.split_long`, as Vicuna's splitter)."""
-    messages, repairs = chat_messages(field(row, "conversations", list))
-    return [Conversation(messages, name, row_id(name, row, index), repaired(row_meta(row), *repairs))]
-
-
 def split_blocks(messages: list[dict[str, str]], max_length: int,
                  length_fn: Callable[[list[dict[str, str]]], int]) -> list[list[dict[str, str]]]:
-    """Vicuna-style split at round boundaries: greedy blocks of whole user/assistant rounds whose length
-    (`length_fn` of the block's messages, e.g. its tokens under the chat template) is <= max_length; a
-    leading system turn stays with the first block; a round longer than max_length alone is a block of
-    its own (it is truncated later). Unlike FastChat's splitter, a block closed by the last round is kept."""
+    """Vicuna's split at round boundaries (FastChat's `split_long_conversation.py`, which open-instruct's
+    `split_sharegpt_conversations.py` copies): greedy blocks of whole user/assistant rounds whose length
+    (`length_fn` of the block's messages) is <= max_length; a leading system turn stays with the first block.
+
+    Where we differ, on purpose: the length is the block's tokens under the run's chat template and
+    tokenizer (`length_fn`; theirs adds up each turn's LLaMA tokens + 6, so a block may not fit the row);
+    the last round is kept when it opens a block of its own (both scripts then lose it: a bug); a round longer than max_length alone is a block of its own, truncated when it is
+    encoded, as FastChat's trainer truncates it (open-instruct's script drops such a round, and with it a
+    conversation that is a single such round)."""
     system = messages[:1] if messages[0]["role"] == "system" else []
     turns = messages[len(system):]
     blocks: list[list[dict[str, str]]] = []

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from instructjax.core.errors import BadRowPolicy, ConfigError, DataError, SkippedRow
-from instructjax.data import adapters
+from instructjax.data import adapters, sharegpt
 from instructjax.data.rows import RowFile, datasets_quietly
 from instructjax.data.schema import Conversation
 
@@ -54,6 +54,9 @@ class Source:
     options: dict[str, Any] = field(default_factory=dict)
     tree: bool = False  # rows are messages of trees: the adapter needs the whole table
     split_long: bool = False  # conversations longer than a row are split into blocks of whole rounds
+    # (local tables or None for the hub, adapter options) -> adapter options: a pass over every row, in file
+    # order, before any row is adapted (ShareGPT's `clean: fastchat` de-duplicates the dump; `sharegpt.prepare`)
+    prepare: Callable[..., dict[str, Any]] | None = None
 
 
 _ALPACA = ("instruction", "input", "output")
@@ -85,10 +88,12 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("baize", "Baize", "taskydata/baize_chatbot", ("topic", "input"), adapters.baize,
            hub_data_files=("alpaca_chat_data.json", "medical_chat_data.json", "quora_chat_data.json",
                            "stackoverflow_chat_data.json")),
+    # the html-cleaned release as open-instruct reads it; `clean: fastchat` cleans a raw HTML dump (`sharegpt`)
     Source("sharegpt", "ShareGPT", "anon8231489123/ShareGPT_Vicuna_unfiltered", ("id", "conversations"),
-           adapters.sharegpt,
+           sharegpt.sharegpt,
            hub_data_files=("HTML_cleaned_raw_dataset/sg_90k_part1_html_cleaned.json",
-                           "HTML_cleaned_raw_dataset/sg_90k_part2_html_cleaned.json"), split_long=True),
+                           "HTML_cleaned_raw_dataset/sg_90k_part2_html_cleaned.json"), split_long=True,
+           options={"clean": None}, prepare=sharegpt.prepare),
     # seed 000's P3 pool: 1K rows of every prompted subtask (one hub config each)
     Source("p3", "P3", "bigscience/P3", ("inputs_pretokenized", "targets_pretokenized"), adapters.p3,
            hub_parts="configs", options={"per_part": 1000, "pool_seed": 0}),
@@ -120,9 +125,10 @@ def load_conversations(
 
     `data_files` None reads the hub dataset (`hub_config` overrides the registered config; for P3 it names
     the one subtask to read); otherwise local json/jsonl/parquet files in the native schema, a directory
-    standing for the files in it. `options` are per source: oasst1 `top_k`; every row source `per_part` and
-    `pool_seed` (see the module doc; `per_part=None` reads every row). `policy` counts the rows read,
-    skipped and repaired.
+    standing for the files in it. `options` are per source: oasst1 `top_k`; sharegpt `clean` (null: the
+    html-cleaned release, or "fastchat": FastChat's cleaner on a raw HTML dump; see `sharegpt`); every row
+    source `per_part` and `pool_seed` (see the module doc; `per_part=None` reads every row). `policy`
+    counts the rows read, skipped and repaired.
     """
     source = get_source(name)
     defaults = {**({} if source.tree else POOL_OPTIONS), **source.options}
@@ -135,9 +141,13 @@ def load_conversations(
         raise ConfigError(f"source {name!r}: per_part must be a positive integer or null, got {per_part!r}")
     policy = policy if policy is not None else BadRowPolicy()
     if data_files is None:
+        if source.prepare is not None:  # None: the hub dataset, its options checked before it is fetched
+            opts = source.prepare(None, opts)
         parts = _hub_parts(source, split, hub_config, cache_dir, policy)
     else:
         parts = [(part_name(p), RowFile(p, cache_dir)) for p in local_files(data_files, name)]
+        if source.prepare is not None:
+            opts = source.prepare([table for _, table in parts], opts)
     tables = [table for _, table in parts]
     if source.tree:
         conversations = list(_tree_conversations(source, tables, policy, opts))
