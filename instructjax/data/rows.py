@@ -39,7 +39,9 @@ def datasets_quietly():
     import datasets
 
     datasets.disable_progress_bars()
-    datasets.utils.logging.set_verbosity_error()
+    # CRITICAL: a file it cannot parse is logged at ERROR ("Failed to load JSON from file ...") before the
+    # exception that `RowFile` answers by naming the bad row itself, in one line
+    datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
     return datasets
 
 
