@@ -72,6 +72,39 @@ def test_the_key_follows_content_tokenizer_template_and_length(tmp_path):
     assert cache.key(**base) != k  # the same file name, another content
 
 
+def test_the_key_follows_a_selection_encoders_weights_not_its_path(monkeypatch, tmp_path):
+    """k-means with the model encoder names its model by path (`checkpoints/base/<preset>` in the paper
+    configs): other weights saved at that path give another key; the files unchanged, the same key."""
+    import jax
+
+    from instructjax.core.checkpoint import save_params
+    from instructjax.data import specs
+    from instructjax.data.specs import SelectionSpec
+    from instructjax.model.config import preset
+    from instructjax.model.llama import Llama
+
+    monkeypatch.setenv("INSTRUCTJAX_CACHE_DIR", str(tmp_path / "cache"))
+    from flax import nnx
+
+    config = preset("tiny")
+    model_dir = tmp_path / "checkpoints" / "base" / "tiny"
+
+    def save(seed):
+        import shutil
+
+        shutil.rmtree(model_dir, ignore_errors=True)
+        params = jax.device_get(nnx.to_pure_dict(nnx.state(Llama(config, rngs=nnx.Rngs(seed)), nnx.Param)))
+        save_params(model_dir, params, dataclasses.asdict(config))
+
+    spec = dataclasses.replace(specs.task("alpaca_builtin"), selection=SelectionSpec(
+        method="kmeans", k=8, encoder="llama-mean", encoder_model=str(model_dir)))
+    save(0)
+    first = examples._cache_path("alpaca_builtin", spec, None, None)
+    assert examples._cache_path("alpaca_builtin", spec, None, None) == first
+    save(1)  # other weights, the same path
+    assert examples._cache_path("alpaca_builtin", spec, None, None) != first
+
+
 def test_concurrent_writers_leave_one_whole_file(tmp_path):
     path = tmp_path / "task-x.tok"
     exs = [{"tokens": np.arange(n, dtype=np.int32), "loss_mask": np.ones(n, np.int32), "conversation": "{}",

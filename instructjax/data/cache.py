@@ -62,6 +62,25 @@ def _file_digest(path: str) -> str:
     return _FILE_DIGESTS[key]
 
 
+def model_digest(path: str) -> str | None:
+    """xxh3-128 digests of the weights a selection encoder will read from `path`: every file of a Hugging Face
+    directory, or of an instructjax checkpoint's newest step; None when `path` holds neither."""
+    root = Path(path)
+    if (root / "config.json").is_file():
+        files = sorted(p for p in root.iterdir() if p.is_file())
+    else:
+        steps = root / "checkpoints" if (root / "checkpoints").is_dir() else root
+        numbered = [p for p in steps.iterdir() if p.name.isdigit()] if steps.is_dir() else []
+        if not numbered:
+            return None
+        newest = max(numbered, key=lambda p: int(p.name))
+        files = sorted(p for p in newest.rglob("*") if p.is_file())
+    h = hashlib.sha256()
+    for f in files:
+        h.update(f"{f.relative_to(root)}:{_file_digest(str(f))}\n".encode())
+    return h.hexdigest()
+
+
 def _code_digest() -> str:
     """sha256 of the data layer's source: a change to how rows are read or encoded invalidates the cache."""
     h = hashlib.sha256()
@@ -71,11 +90,14 @@ def _code_digest() -> str:
 
 
 def key(*, files: list[str], spec_repr: str, tokenizer_fingerprint: str, template_repr: str, max_length: int,
-        count: int | None, seed: int | None) -> str:
-    """The cache key of one task's encoded examples."""
+        count: int | None, seed: int | None, encoder_weights: str | None = None) -> str:
+    """The cache key of one task's encoded examples (`encoder_weights`: `model_digest` of the model a
+    selection encoder embeds with, whose path alone is in the spec)."""
     parts = {"format": FORMAT, "files": [_file_digest(f) for f in files], "spec": spec_repr,
              "tokenizer": tokenizer_fingerprint, "template": template_repr, "max_length": max_length,
              "count": count, "seed": seed, "code": _code_digest()}  # fmt: skip
+    if encoder_weights is not None:
+        parts["encoder_weights"] = encoder_weights
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 

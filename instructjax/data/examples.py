@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 from instructjax.core.errors import BadRowPolicy, ConfigError
 from instructjax.data import cache, sources, specs, synthetic
+from instructjax.data.embeddings import MODEL_ENCODERS
 from instructjax.data.encode import encode_conversation
 from instructjax.data.schema import Conversation
 from instructjax.data.specs import BUILTIN, SelectionSpec, TaskSpec
@@ -113,9 +114,12 @@ def _cache_path(name: str, spec: TaskSpec, count: int | None, seed: int | None):
     if not all(os.path.isfile(f) for f in files):
         return None
     template = get_template(spec.template or DEFAULT_TEMPLATE)
+    sel = spec.selection
+    weights = (cache.model_digest(sel.encoder_model) if sel is not None and sel.encoder in MODEL_ENCODERS
+               and sel.encoder_model and os.path.isdir(sel.encoder_model) else None)  # fmt: skip
     key = cache.key(files=files, spec_repr=repr(spec), tokenizer_fingerprint=Tokenizer.load(spec.tokenizer).fingerprint,
                     template_repr=_template_identity(template), max_length=spec.max_length or DEFAULT_MAX_LENGTH,
-                    count=count, seed=seed)  # fmt: skip
+                    count=count, seed=seed, encoder_weights=weights)  # fmt: skip
     return cache.path_of(name, key)
 
 
@@ -219,7 +223,7 @@ def _stream(name: str, spec: TaskSpec, seed: int | None) -> _Stream:
 
 def _apply_selection(convs: list[Conversation], sel: SelectionSpec, tokenizer: Tokenizer) -> list[Conversation]:
     """The conversations `sel` keeps, in the selection's order (rows, i.e. report.rows, count only these)."""
-    from instructjax.data.embeddings import MODEL_ENCODERS, get_encoder
+    from instructjax.data.embeddings import get_encoder
     from instructjax.data.encode import response_token_length
     from instructjax.data.selection import select
 
