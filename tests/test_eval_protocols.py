@@ -499,7 +499,7 @@ def test_eval_config_errors_are_one_line(tmp_path, capsys):
     from instructjax.cli import main
 
     cases = {"eval:\n  suite: nope\n": "unknown eval suite 'nope'",
-             "eval:\n  flask: {promts: x.jsonl}\n": "unknown config key 'eval.flask.promts'",
+             "eval:\n  flask: {promts: x.jsonl}\n": "eval.flask.promts: unknown key; did you mean prompts?",
              "eval:\n  flask: {prompts: missing.jsonl}\n": "eval.flask.prompts: missing.jsonl does not exist",
              "eval: {}\n": "names nothing to run"}
     for i, (block, message) in enumerate(cases.items()):

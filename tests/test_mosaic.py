@@ -414,7 +414,7 @@ def test_bad_config_and_bad_rows_give_one_clear_error():
         MosaicSection(distribution="exponential", distribution_params={"sigma": 1.0})
     with pytest.raises(ConfigError, match="k_max"):
         MosaicSection(k_max=0)
-    with pytest.raises(ConfigError, match="unknown config key 'data.mosaic.kmax'"):
+    with pytest.raises(ConfigError, match="data.mosaic.kmax: unknown key; did you mean k_max"):
         load_config(None, ["data.mosaic.strategy=mix", "data.mosaic.kmax=3"])
     built = load_config(None, ["data.mosaic.distribution=pareto", "data.mosaic.k_max=6"]).data.mosaic
     assert isinstance(built, MosaicSection) and built.params == {"a": 1.0}

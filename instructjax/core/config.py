@@ -18,6 +18,10 @@ the file. A `define:` block holds the config's own tasks and mixtures (`data.bin
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import importlib
+import importlib.util
+import sys
 import types
 import typing
 from dataclasses import dataclass, field
@@ -94,6 +98,7 @@ class DataSection:
     seq_len: int = 2048
     global_batch: int = 64
     seed: int = 0
+    shuffle: bool = True  # false: the epoch's examples, and the rows, in file order (no shuffling anywhere)
     pack: bool = True
     pack_window: int = 1000
     overlong: str = "truncate"
@@ -233,6 +238,7 @@ class RunConfig:
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
     eval: dict[str, Any] = field(default_factory=dict)
     define: dict[str, Any] = field(default_factory=dict)
+    imports: list[str] = field(default_factory=list)  # user modules (names or .py paths) imported on load
 
     def __post_init__(self):
         _check(self.max_steps is None or self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")
@@ -290,6 +296,19 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     raise ConfigError(f"{where}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
 
 
+def check_value(value: Any, kind: Any, where: str) -> Any:
+    """`value` checked (and converted) against the type `kind` of the config key `where`: one ConfigError line."""
+    return _coerce(value, kind, where)
+
+
+def unknown_key(path: str, known) -> ConfigError:
+    """`model.dtyp: unknown key; did you mean dtype?` (or the known keys when none is close)."""
+    key = path.rsplit(".", 1)[-1]
+    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
+    hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(known))}"
+    return ConfigError(f"{path}: unknown key; {hint}")
+
+
 def build_section(cls, values: dict, where: str):
     """A dataclass from a YAML mapping, each value checked against the field's type (one-line ConfigErrors
     naming `where`): how every config section, and a `define:` block's task specs, are built."""
@@ -306,7 +325,7 @@ def _build(cls, values: dict, where: str):
             kwargs.setdefault("overrides", {})[key] = value
             continue
         if key not in names:
-            raise ConfigError(f"unknown config key {path!r} (known: {', '.join(sorted(names))})")
+            raise unknown_key(path, names)
         kwargs[key] = _coerce(value, hints[key], path)
     try:
         return cls(**kwargs)
@@ -349,7 +368,37 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
     raw = _merge(raw, parse_overrides(overrides or []))
-    return _build(RunConfig, raw, "")
+    config = _build(RunConfig, raw, "")
+    import_modules(config.imports, Path(path).parent if path is not None else None)
+    return config
+
+
+def import_modules(names: list[str], base: Path | None = None) -> None:
+    """Import a config's `imports:` (or `--import`) before anything is resolved, so the tasks, sources and
+    seqio Tasks they register are known: a module name (found on sys.path, the config's directory or the
+    working directory) or a path to a .py file (relative to the config's directory, else the working
+    directory). A module that fails to import is one ConfigError line."""
+    for name in names:
+        try:
+            if name.endswith(".py") or "/" in name:
+                candidates = [Path(name)] if base is None else [base / name, Path(name)]
+                found = next((p for p in candidates if p.is_file()), None)
+                if found is None:
+                    raise FileNotFoundError(f"no file {name}")
+                module_name = found.stem
+                if module_name in sys.modules and getattr(sys.modules[module_name], "__file__", None) == str(found):
+                    continue
+                spec = importlib.util.spec_from_file_location(module_name, found)
+                module = importlib.util.module_from_spec(spec)
+                sys.modules[module_name] = module
+                spec.loader.exec_module(module)
+            else:
+                extra = [str(p) for p in (base, Path.cwd()) if p is not None and str(p) not in sys.path]
+                sys.path[len(sys.path):] = extra
+                importlib.import_module(name)
+        except Exception as exc:  # noqa: BLE001  whatever the user's module raises: one line
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())
+            raise ConfigError(f"imports: cannot import {name!r}: {detail[:300]}") from None
 
 
 def to_dict(config: RunConfig) -> dict:

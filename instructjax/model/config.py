@@ -228,7 +228,22 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def preset(name: str, **overrides: Any) -> LlamaConfig:
-    """The named preset (see `PRESETS`), with optional field overrides."""
+    """The named preset (see `PRESETS`), with optional field overrides (checked as a config's `model:`)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
-    return LlamaConfig(**{**PRESETS[name], **overrides})
+    return with_overrides(LlamaConfig(**PRESETS[name]), overrides)
+
+
+def with_overrides(config: LlamaConfig, overrides: dict[str, Any]) -> LlamaConfig:
+    """`config` with a run config's `model:` keys applied: an unknown key or a wrong type is one ConfigError
+    line naming `model.<key>` (before anything is built or compiled)."""
+    import typing
+
+    from instructjax.core.config import check_value, unknown_key
+
+    hints = typing.get_type_hints(LlamaConfig)
+    names = {f.name for f in dataclasses.fields(LlamaConfig)}
+    for key in overrides:
+        if key not in names:
+            raise unknown_key(f"model.{key}", names | {"preset", "init_from"})
+    return config.replace(**{k: check_value(v, hints[k], f"model.{k}") for k, v in overrides.items()})
