@@ -31,7 +31,8 @@ def a(text):
 def test_registry_has_the_fourteen_datasets():
     assert set(SOURCES) == {"superni", "cot", "flan_v2", "dolly", "oasst1", "self_instruct",
                             "unnatural_instructions", "alpaca", "code_alpaca", "gpt4_alpaca", "baize",
-                            "sharegpt", "p3", "wizardlm"}
+                            "sharegpt", "p3", "wizardlm", "messages"}  # messages: your own chats, no hub dataset
+    assert SOURCES["messages"].hub_id is None
     assert SOURCES["dolly"].hub_id == "databricks/databricks-dolly-15k"
     assert SOURCES["oasst1"].hub_id == "OpenAssistant/oasst1"
 
@@ -161,6 +162,27 @@ EXPECTED = {
                                 a("Crisp leaves drift and fall,\ngolden light on quiet paths,\nthe year breathes out slow.")]),
         ("sharegpt-zh7Lq0a_0", [(u if k % 2 == 0 else a)(t["value"]) for k, t in enumerate(ZH)]),
     ], {"role_order": 2, "too_short": 1, "other_speaker": 2}, {EMPTY_REPLY: 1, UNPAIRED: 1}),
+    # the messages format (no hub dataset of its own; rows as in allenai/tulu-v2-sft-mixture, with a system turn
+    # added): a leading assistant turn and a trailing unanswered user turn are dropped, two user turns in a row
+    # merged, an empty reply cuts the conversation to its whole rounds before it
+    "messages": ([
+        ("messages-flan_v2_0", [u('Translate "The meeting will take place tomorrow." to German?'),
+                                a("Das Treffen findet morgen statt.")]),
+        ("messages-oasst1_4000", [u("What is the boiling point of water at sea level?"),
+                                  a("100 degrees Celsius, or 212 degrees Fahrenheit."), u("And on top of Mount Everest?"),
+                                  a("About 70 degrees Celsius, because the air pressure is much lower.")]),
+        ("messages-sharegpt_VyaZlh4_0", [u("What is the capital of Australia?"),
+                                         a("The capital of Australia is Canberra.")]),
+        ("messages-sharegpt_i6IyJda_0", [u("I want to write a cover letter.\n\nIt is for a data analyst job."),
+                                         a("Sure. Start with a short opening that names the role, then two paragraphs "
+                                           "on your analysis work.")]),
+        ("messages-lima_12", [{"role": "system", "content": "You are a concise assistant. Answer in one sentence."},
+                              u("Why is the sky blue?"),
+                              a("Air molecules scatter blue sunlight more than red light, so the sky looks blue.")]),
+        ("messages-sharegpt_mrllZ6u_0", [u("What does HTTP stand for?"), a("HTTP stands for Hypertext Transfer Protocol.")]),
+        ("messages-gpt4_alpaca_77", [u("Suggest a name for a coffee shop."), a("Bean There, Done That.")]),
+    ], {}, {"dropped a leading assistant turn": 1, "merged consecutive same-role turns": 1,
+            "dropped a trailing unanswered user turn": 1, "cut at an empty turn": 1}),
 }
 
 

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from instructjax.core.errors import ConfigError
-from instructjax.data.synthetic import LENGTH_STATS, TULU_TABLE1
+from instructjax.data.synthetic import BUILTIN, LENGTH_STATS, TULU_TABLE1
 
 GREEN, RESET = "\033[32m", "\033[0m"
 
@@ -123,6 +123,7 @@ def task_stats(task: str, count: int | None = None, seed: int | None = None) -> 
     from instructjax.data import examples as examples_lib
     from instructjax.data import specs
     from instructjax.data.schema import Conversation
+    from instructjax.data.sources import get_source
     from instructjax.data.tokenizer import Tokenizer
 
     spec = specs.task(task)
@@ -141,7 +142,8 @@ def task_stats(task: str, count: int | None = None, seed: int | None = None) -> 
     trained = int(sum(int(ex["loss_mask"].sum()) for ex in examples))
     total = int(sum(len(ex["tokens"]) for ex in examples))
     report = examples_lib.task_report(task, seed)
-    paper = LENGTH_STATS.get(spec.source)
+    own_data = get_source(spec.source).hub_id is None and spec.data_files != (BUILTIN,)  # nothing to compare to
+    paper = None if own_data else LENGTH_STATS.get(spec.source)
     return {
         "task": specs.base_name(task),
         "source": spec.source,

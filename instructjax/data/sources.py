@@ -45,7 +45,7 @@ class Source:
 
     name: str
     title: str
-    hub_id: str
+    hub_id: str | None  # None: no hub dataset, the user's own files (data_files is required)
     columns: tuple[str, ...]
     adapter: Callable[..., Any]
     hub_config: str | None = None
@@ -99,6 +99,8 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            hub_parts="configs", options={"per_part": 1000, "pool_seed": 0}),
     Source("wizardlm", "WizardLM", "WizardLM/WizardLM_evol_instruct_70k", ("instruction", "output"),
            adapters.wizardlm),
+    # your own chats in today's standard format ({messages: [{role, content}]}): no hub dataset of its own
+    Source("messages", "Your own chats (messages)", None, ("messages",), adapters.messages),
 ]}
 
 
@@ -118,17 +120,20 @@ def load_conversations(
     hub_config: str | None = None,
     cache_dir: str | None = None,
     shuffle_seed: int | None = None,
+    positions: list[int] | None = None,
     **options: Any,
 ) -> Iterator[Conversation]:
     """Yield the validated Conversations of source `name`, in row order or, with `shuffle_seed`, in a
     seeded random order of the rows (of the conversations, for a tree source).
 
     `data_files` None reads the hub dataset (`hub_config` overrides the registered config; for P3 it names
-    the one subtask to read); otherwise local json/jsonl/parquet files in the native schema, a directory
-    standing for the files in it. `options` are per source: oasst1 `top_k`; sharegpt `clean` (null: the
-    html-cleaned release, or "fastchat": FastChat's cleaner on a raw HTML dump; see `sharegpt`); every row
-    source `per_part` and `pool_seed` (see the module doc; `per_part=None` reads every row). `policy`
-    counts the rows read, skipped and repaired.
+    the one subtask to read; `messages` has none: a ConfigError); otherwise local json/jsonl/parquet files
+    in the native schema, a directory standing for the files in it. `options` are per source: oasst1
+    `top_k`; sharegpt `clean` (null: the html-cleaned release, or "fastchat": FastChat's cleaner on a raw
+    HTML dump; see `sharegpt`); every row source `per_part` and `pool_seed` (see the module doc;
+    `per_part=None` reads every row). `policy` counts the rows read, skipped and repaired. `positions`, when
+    given, gets each conversation's place in row order appended just before it is yielded (its row's ordinal
+    over all files; a tree source's conversation index): how a shuffled read is put back in file order.
     """
     source = get_source(name)
     defaults = {**({} if source.tree else POOL_OPTIONS), **source.options}
@@ -141,6 +146,9 @@ def load_conversations(
         raise ConfigError(f"source {name!r}: per_part must be a positive integer or null, got {per_part!r}")
     policy = policy if policy is not None else BadRowPolicy()
     if data_files is None:
+        if source.hub_id is None:
+            raise ConfigError(f"source {name!r} has no hub dataset: set data_files to your own json, jsonl or "
+                              "parquet files (or a directory of them)")
         if source.prepare is not None:  # None: the hub dataset, its options checked before it is fetched
             opts = source.prepare(None, opts)
         parts = _hub_parts(source, split, hub_config, cache_dir, policy)
@@ -151,13 +159,15 @@ def load_conversations(
     tables = [table for _, table in parts]
     if source.tree:
         conversations = list(_tree_conversations(source, tables, policy, opts))
-        if shuffle_seed is not None:
-            order = np.random.default_rng(shuffle_seed).permutation(len(conversations))
-            conversations = [conversations[i] for i in order]
-        yield from conversations
+        order = (np.random.default_rng(shuffle_seed).permutation(len(conversations)) if shuffle_seed is not None
+                 else np.arange(len(conversations)))
+        for i in order.tolist():
+            if positions is not None:
+                positions.append(i)
+            yield conversations[i]
     else:
         pools = None if per_part is None else _pools(source, parts, per_part, pool_seed, policy, opts)
-        yield from _row_conversations(source, tables, policy, opts, shuffle_seed, pools)
+        yield from _row_conversations(source, tables, policy, opts, shuffle_seed, pools, positions)
 
 
 def local_files(data_files: str | os.PathLike | Iterable[str | os.PathLike], source: str) -> list[str]:
@@ -220,14 +230,18 @@ def _adapt(source: Source, row: dict | DataError, index: int, file: str, rownum:
 
 
 def _row_conversations(source: Source, tables: list[RowFile], policy: BadRowPolicy, opts: dict,
-                       shuffle_seed: int | None, pools: list[np.ndarray] | None) -> Iterator[Conversation]:
+                       shuffle_seed: int | None, pools: list[np.ndarray] | None,
+                       positions: list[int] | None = None) -> Iterator[Conversation]:
     for index, file, rownum, row in _visit(tables, shuffle_seed, pools):
         policy.read += 1
         conversations = _adapt(source, row, index, file, rownum, policy, opts)
         for convo in conversations or ():
             for how in convo.meta.get("repairs", ()):
                 policy.repaired[how] += 1
-        yield from conversations or ()
+        for convo in conversations or ():
+            if positions is not None:
+                positions.append(index)
+            yield convo
 
 
 def _pools(source: Source, parts: list[tuple[str, RowFile]], per_part: int, pool_seed: int,

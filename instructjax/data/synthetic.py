@@ -50,10 +50,12 @@ TULU_TABLE1: dict[str, LengthStats] = {
 }
 
 # Not in Table 1, so our own estimates: P3 prompts hold a passage or question with short label-like
-# targets (seed 000); WizardLM-70k's evolved instructions get long answers (seed 002 selects by them).
+# targets (seed 000); WizardLM-70k's evolved instructions get long answers (seed 002 selects by them);
+# `messages` (a user's own chats) gets a generic multi-turn chat dataset, one in three with a system turn.
 OTHER_STATS: dict[str, LengthStats] = {
     "p3": LengthStats(660_000, 1.0, 160.0, 6.0),
     "wizardlm": LengthStats(70_000, 1.0, 120.0, 380.0),
+    "messages": LengthStats(100_000, 2.0, 80.0, 250.0),
 }
 LENGTH_STATS = {**TULU_TABLE1, **OTHER_STATS}
 
@@ -210,6 +212,20 @@ def _sharegpt_rows(name, rng, n, stats):
         yield {"id": f"synthetic-{i:05d}", "conversations": turns}
 
 
+def _messages_rows(name, rng, n, stats):
+    """Chats in the `messages` format: 1 + Poisson rounds, a system turn (not counted in the stats) in one
+    row of three."""
+    rounds = 1 + rng.poisson(stats.rounds - 1, size=n)
+    users, bots = _turn_lengths(rng, stats, rounds)
+    for i in range(n):
+        messages = [{"role": "system", "content": _text(rng, 15)}] if rng.random() < 1 / 3 else []
+        for _ in range(rounds[i]):
+            messages.append({"role": "user", "content": _text(rng, next(users))})
+            messages.append({"role": "assistant", "content": _text(rng, next(bots),
+                                                                    "code" if rng.random() < .1 else "prose")})
+        yield {"id": f"synthetic-{i:05d}", "messages": messages}
+
+
 def _oasst1_rows(name, rng, n, stats):
     """Message trees: a prompt, 1-3 ranked replies, follow-up prompts with their own ranked replies."""
     users, bots = iter(_lengths(rng, stats.prompt, 40 * n)), iter(_lengths(rng, stats.completion, 40 * n, 0.7))
@@ -250,6 +266,7 @@ _GENERATORS = {
                                                                          "targets_pretokenized")),
     "wizardlm": lambda name, rng, n, s: _instruction_rows(name, rng, n, s, has_input=0.0, input_field=None,
                                                          score=True),
+    "messages": _messages_rows,
 }
 
 
