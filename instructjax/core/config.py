@@ -92,13 +92,18 @@ class MosaicSection:
 @dataclass
 class DataSection:
     """The data of a run: a registered seqio Task or Mixture, rows of `seq_len` tokens, `global_batch` rows a
-    step, packed (best-fit-decreasing in windows of `pack_window` examples) or one example a row."""
+    step, packed (best-fit-decreasing in windows of `pack_window` examples) or one example a row.
+    `shuffle: false` trains in file order (see `data.streams`)."""
 
     mixture: str = "acp_ACP_builtin"
     seq_len: int = 2048
     global_batch: int = 64
     seed: int = 0
-    shuffle: bool = True  # false: the epoch's examples, and the rows, in file order (no shuffling anywhere)
+    # false: file order: each task's examples as its files hold them (a subset of `count`: the seed's members,
+    # in file order), tasks in the mixture's order, the same every epoch; a window's rows in the order of their
+    # first examples (pack: false: the examples themselves). Rate mode still picks tasks by rate; Mosaic-IT
+    # still draws k and formats each epoch
+    shuffle: bool = True
     pack: bool = True
     pack_window: int = 1000
     overlong: str = "truncate"

@@ -3,10 +3,11 @@
 `encoded_examples(name)` gives every example of a task in row order; `encoded_examples(name, count,
 seed)` its subset: the first `count` trainable examples in a random order seeded by the run's data seed
 and the dataset alone (`specs.subset_seed`), so every mixture holding a dataset draws the same subset, a smaller
-subset is a prefix of a larger one, and only the rows taken are read, rendered and tokenized. Examples are
-made as they are asked for and kept per process, and on disk (`data.cache`: a restart reads them back
-instead of tokenizing again). `task_report(name)` says what happened to the rows: nothing is dropped
-without being counted there. No seqio or TensorFlow here.
+subset is a prefix of a larger one, and only the rows taken are read, rendered and tokenized
+(`in_file_order`: the same subset, its members in row order). Examples are made as they are asked for and
+kept per process, and on disk (`data.cache`: a restart reads them back instead of tokenizing again).
+`task_report(name)` says what happened to the rows: nothing is dropped without being counted there. No seqio
+or TensorFlow here.
 """
 
 from __future__ import annotations
@@ -66,24 +67,37 @@ class TaskReport:
                 "untrainable": self.empty_after_truncation}
 
 
-def read_conversations(spec: TaskSpec, policy: BadRowPolicy | None = None, shuffle_seed: int | None = None
-                       ) -> Iterator[Conversation]:
-    """The source's Conversations for a spec (hub, local files, or built-in synthetic rows)."""
+def read_conversations(spec: TaskSpec, policy: BadRowPolicy | None = None, shuffle_seed: int | None = None,
+                       positions: list[int] | None = None) -> Iterator[Conversation]:
+    """The source's Conversations for a spec (hub, local files, or built-in synthetic rows); `positions`: see
+    `sources.load_conversations`."""
     files: list[str] | None
     if spec.data_files == (BUILTIN,):
         files = synthetic.ensure_synthetic(spec.source)
     else:
         files = list(spec.data_files) if spec.data_files is not None else None
     return sources.load_conversations(spec.source, files, policy=policy, shuffle_seed=shuffle_seed,
-                                      **dict(spec.source_options))
+                                      positions=positions, **dict(spec.source_options))
 
 
-def encoded_examples(name: str, count: int | None = None, seed: int | None = None) -> list[dict]:
+def encoded_examples(name: str, count: int | None = None, seed: int | None = None, *,
+                     in_file_order: bool = False) -> list[dict]:
     """Encoded examples of task `name` (cached per process), see `task_report`.
 
     `seed` None: every example, in row order. With `seed`: the first `count` trainable examples in the
-    task's seeded random order (`specs.subset_seed`), read, rendered and tokenized only as far as needed.
+    task's seeded random order (`specs.subset_seed`), read, rendered and tokenized only as far as needed;
+    `in_file_order`: the same examples in row order (rows by their ordinal over the task's files, a row's
+    examples in their own order). A selection task is never shuffled: its order is the selection's.
     Cached on disk when the task reads local files (see `data.cache`)."""
+    examples = _encoded_examples(name, count, seed)
+    positions = _STREAMS[(name, specs.task(name), seed)].positions if seed is not None else None
+    if in_file_order and positions is not None:
+        order = sorted(range(len(examples)), key=positions.__getitem__)  # stable: a row's examples keep theirs
+        return [examples[i] for i in order]
+    return examples
+
+
+def _encoded_examples(name: str, count: int | None, seed: int | None) -> list[dict]:
     spec = specs.task(name)
     known = _STREAMS.get((name, spec, seed))
     if isinstance(known, _Cached) and (count is None or count > len(known.examples)):
@@ -98,8 +112,10 @@ def encoded_examples(name: str, count: int | None = None, seed: int | None = Non
         return examples
     examples = _stream(name, spec, seed).take(count)
     if where is not None:
-        report = _STREAMS[(name, spec, seed)].report
-        cache.save(where, examples, {**report.as_dict(), "rows": report.rows})
+        stream = _STREAMS[(name, spec, seed)]
+        report = stream.report
+        extra = {} if stream.positions is None else {"positions": stream.positions[: len(examples)]}
+        cache.save(where, examples, {**report.as_dict(), "rows": report.rows, **extra})
     return examples
 
 
@@ -138,6 +154,7 @@ class _Cached:
         self.report = TaskReport(read=report["read"], rows=report["rows"], examples=report["kept"], repaired=Counter(report["repaired"]),
                                  skipped=Counter(report["skipped"]), split=report["split"],
                                  truncated=report["truncated"], empty_after_truncation=report["untrainable"])
+        self.positions: list[int] | None = report.get("positions")
 
     def take(self, count: int | None) -> cache.CachedExamples:
         return self.examples[:count]
@@ -161,7 +178,10 @@ class _Stream:
         self.max_length = spec.max_length or DEFAULT_MAX_LENGTH
         self.policy = BadRowPolicy(spec.on_bad_row)
         shuffle = specs.subset_seed(seed, name) if seed is not None and spec.selection is None else None
-        conversations = read_conversations(spec, self.policy, shuffle)
+        # a shuffled read notes each conversation's place in row order; per example in `positions`
+        self._read_at: list[int] | None = [] if shuffle is not None else None
+        self.positions: list[int] | None = [] if shuffle is not None else None
+        conversations = read_conversations(spec, self.policy, shuffle, self._read_at)
         if spec.selection is not None:
             conversations = iter(_apply_selection(list(conversations), spec.selection, self.tokenizer))
         self._conversations = conversations
@@ -194,6 +214,8 @@ class _Stream:
                 continue
             self.examples.append({"tokens": piece_enc.tokens, "loss_mask": piece_enc.loss_mask,
                                   "conversation": piece.to_json(), "id": piece.id})
+            if self.positions is not None:
+                self.positions.append(self._read_at[-1])
 
     def _blocks(self, conv: Conversation) -> list[Conversation]:
         """Blocks of whole rounds within max_length tokens (the run's tokenizer and template), as Vicuna

@@ -284,6 +284,7 @@ def mosaic_epoch(
     seed: int,
     epoch: int,
     count_tokens: Callable[[Conversation], int],
+    shuffle: bool = True,
 ) -> tuple[list[Conversation], MosaicStats]:
     """One random mosaic pass over `conversations`, deterministic from (seed, epoch).
 
@@ -291,6 +292,9 @@ def mosaic_epoch(
     is called about once per output mosaic (more only when a mosaic has to shrink to fit). Output:
     the mosaics in stream order, then the pass-through conversations. Every input appears in
     exactly one output (mosaics list their inputs in meta["mosaic"]["source_ids"]).
+    `shuffle=False`: the stream is the input order (each mosaic joins consecutive inputs; k and the
+    formats are drawn as with shuffling) and the output is in input order too, each mosaic or passed-through
+    conversation where its first input stood.
     """
     stats = MosaicStats(inputs=len(conversations))
 
@@ -302,10 +306,11 @@ def mosaic_epoch(
         conv.validate()
     passthrough = [c for c in conversations if not is_mosaicable(c)]
     rng = np.random.default_rng([seed, epoch])
-    stream = [
-        conversations[i] for i in rng.permutation(len(conversations)) if is_mosaicable(conversations[i])
-    ]
+    order = rng.permutation(len(conversations))  # drawn either way: k and the plans follow the same draws
+    where = [i for i in (order if shuffle else range(len(conversations))) if is_mosaicable(conversations[i])]
+    stream = [conversations[i] for i in where]
     out: list[Conversation] = []
+    first: list[int] = []  # per output, the input index of its first conversation
     start = 0
     while start < len(stream):
         k = sample_count(rng, config)
@@ -320,6 +325,7 @@ def mosaic_epoch(
             return build_mosaic(group[:m], plan, conv_id=mosaic_id, source=source)
 
         mosaic, used, tokens = fit_prefix(group, build, count, config.max_length or DEFAULT_MAX_LENGTH)
+        first.append(int(where[start]))
         if mosaic is None:
             out.append(group[0])
             stats.over_budget += 1
@@ -337,6 +343,9 @@ def mosaic_epoch(
         out.append(mosaic)
         start += used
     out.extend(passthrough)
+    first += [i for i, c in enumerate(conversations) if not is_mosaicable(c)]
+    if not shuffle:
+        out = [out[j] for j in sorted(range(len(out)), key=first.__getitem__)]
     stats.passthrough = len(passthrough)
     stats.sequences_out = len(out)
     return out, stats

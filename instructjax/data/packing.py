@@ -116,6 +116,16 @@ def best_fit_decreasing(lengths: Sequence[int], capacity: int) -> Placement:
     )
 
 
+def rows_in_input_order(place: Placement) -> Placement:
+    """`place` with its rows renumbered by the first item each holds (in input order), instead of by
+    opening order (best-fit-decreasing opens the longest first); offsets and segment ids are unchanged."""
+    first = np.full(place.n_rows, len(place.row), np.int64)
+    np.minimum.at(first, place.row, np.arange(len(place.row)))
+    rank = np.empty(place.n_rows, np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(place.n_rows)
+    return Placement(rank[place.row], place.offset, place.segment, place.n_rows)
+
+
 def one_per_row(lengths: Sequence[int]) -> Placement:
     """The no-packing placement: item i alone in row i."""
     n = len(lengths)
@@ -204,6 +214,8 @@ class SequencePacker:
 
     `overlong`: "truncate" keeps the first seq_len tokens of a longer example, "split" cuts it into
     seq_len chunks (each its own segment). `pack=False` puts one segment per row (the baseline).
+    `in_input_order`: a window's rows in the order of the first example each holds (`rows_in_input_order`),
+    not in best-fit-decreasing's opening order (longest first); one segment per row is input order anyway.
     """
 
     def __init__(
@@ -213,6 +225,7 @@ class SequencePacker:
         window: int = DEFAULT_WINDOW,
         overlong: str = "truncate",
         pack: bool = True,
+        in_input_order: bool = False,
     ):
         if seq_len < 2:
             raise ConfigError(f"packing seq_len must be >= 2, got {seq_len}")
@@ -221,6 +234,7 @@ class SequencePacker:
         if overlong not in OVERLONG_MODES:
             raise ConfigError(f"overlong must be one of {OVERLONG_MODES}, got {overlong!r}")
         self.seq_len, self.window, self.overlong, self.pack = seq_len, window, overlong, pack
+        self.in_input_order = in_input_order
 
     def pack_window(
         self, examples: Sequence[Any], *, first_index: int = 0
@@ -254,6 +268,8 @@ class SequencePacker:
 
         lengths = np.fromiter((t.size for t in tokens), np.int64, len(tokens))
         place = best_fit_decreasing(lengths, S) if self.pack else one_per_row(lengths)
+        if self.pack and self.in_input_order:
+            place = rows_in_input_order(place)
         rows = empty_rows(place.n_rows, S)
         stats.rows, stats.segments = place.n_rows, len(lengths)
         stats.tokens = int(lengths.sum())

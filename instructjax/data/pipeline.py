@@ -6,6 +6,10 @@ function of (seed, epoch, window), computed alike on every host. A step takes th
 and host h keeps its slice `[h * B/H, (h+1) * B/H)`: every host plans the same steps and batch shapes, and
 the iterator state (`epoch`, `window`, `row`: rows of that window already consumed) is global, so a run
 saved on H hosts resumes on any H' and sees the same global batches. A background thread prefetches.
+
+A window's rows come in a seeded random order, or with `data.shuffle: false` in the order of the first
+example each holds (one example a row with `pack: false`: the rows are the examples, in order); the
+examples' own order is `streams`'.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ class DataPipeline:
         self.stream = ExampleStream(config, vocab_size=vocab_size)
         self.task_names = self.stream.task_names
         self.packer = SequencePacker(config.seq_len, window=config.pack_window, overlong=config.overlong,
-                                     pack=config.pack)
+                                     pack=config.pack, in_input_order=not config.shuffle)
         self.state = IteratorState()
 
     @property
@@ -80,11 +84,14 @@ class DataPipeline:
         return self.stream.report()
 
     def packed_window(self, epoch: int, window: int) -> dict[str, np.ndarray] | None:
-        """One window's rows, in a seeded random order (best-fit-decreasing opens long rows first)."""
+        """One window's rows, in a seeded random order (best-fit-decreasing opens long rows first), or without
+        shuffling in the order of their first examples."""
         examples = self.stream.window_examples(epoch, window)
         if examples is None:
             return None
         rows, _ = self.packer.pack_window(examples, first_index=window * self.config.pack_window)
+        if not self.config.shuffle:
+            return rows
         order = named_rng(self.config.seed, "window_rows", epoch, window).permutation(len(rows["tokens"]))
         return {k: v[order] for k, v in rows.items()}
 

@@ -24,9 +24,9 @@ def mixture_spec(name: str) -> MixtureSpec | None:
     return MixtureSpec(rates=tuple((t.name, provider.get_rate(t)) for t in provider.tasks))
 
 
-def examples(name: str, count: int | None, seed: int | None) -> list[dict]:
+def examples(name: str, count: int | None, seed: int | None, *, in_file_order: bool = False) -> list[dict]:
     """The `tokens` / `loss_mask` examples of a user's seqio Task (its subset of `count` when `seed` is
-    set, drawn in the order `specs.subset_seed` gives)."""
+    set, drawn in the order `specs.subset_seed` gives; `in_file_order`: the subset in the dataset's order)."""
     ds = seqio.get_mixture_or_task(name).get_dataset(sequence_length=None, split="train", shuffle=False,
                                                       use_cached=False)
     out = []
@@ -37,5 +37,6 @@ def examples(name: str, count: int | None, seed: int | None) -> list[dict]:
                     "conversation": ex.get("conversation", b"").decode()})
     if seed is not None:
         order = np.random.default_rng(subset_seed(seed, name)).permutation(len(out))
-        out = [out[i] for i in order[:count]]
+        chosen = order[:count]
+        out = [out[i] for i in (np.sort(chosen) if in_file_order else chosen)]
     return out

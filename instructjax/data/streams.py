@@ -6,6 +6,14 @@
 - Rate mode (a rate-mode mixture): each draw picks a task with probability proportional to its rate,
   then that task's next example in its own per-cycle shuffle; endless.
 
+`data.shuffle: false` keeps file order: a task's order is its rows' (files in order, rows in order, a row's
+examples in order; a selection task's is the selection's), and a subset of `count` keeps the members the seed
+draws, in that order. Epoch mode: every epoch is the tasks in the mixture's order, each task's examples in
+that order (the same order every epoch). Rate mode: each task's examples cycle in that order; which task each
+draw takes stays a seeded choice by rate (sampling, not shuffling). Mosaic-IT: each mosaic joins consecutive
+examples of the epoch's order and the mosaics keep that order (k, formats and rules are still drawn afresh
+every epoch: the augmentation). The packer's rows keep their examples' order (see `pipeline`).
+
 The stream is global: every host computes the same examples in the same order (the pipeline then gives
 each host its slice of every global batch). Every random draw comes from a named stream (`named_rng`), so
 all of it is a function of (seed, epoch, window).
@@ -29,7 +37,9 @@ from instructjax.data.schema import Conversation
 from instructjax.data.templates import DEFAULT_TEMPLATE
 from instructjax.data.tokenizer import Tokenizer
 
-# The random streams of the example side (and of the packer's row order), each named for what it draws.
+# The random streams of the example side (and of the packer's row order), each named for what it draws;
+# `data.shuffle: false` draws none of the orders (epoch_order, rate_cycle, window_rows, mosaic_order), only the
+# rate-mode task choices (rate_choices) and Mosaic-IT's own draws (`mosaic.mosaic_epoch`).
 RANDOM_STREAMS = {"epoch_order": 1, "rate_cycle": 2, "rate_choices": 3, "window_rows": 4, "mosaic_order": 5}
 
 
@@ -55,7 +65,9 @@ class ExampleStream:
         self.rates = np.array([rates.get(t, 1.0) for t in self.task_names], dtype=np.float64)
         # epoch mode: each task's subset is the first `count` trainable examples of its seeded order
         self._subset_seeds = {t: config.seed if self.counts.get(t) is not None else None for t in self.task_names}
-        self.examples = [_task_examples(t, self.counts.get(t), self._subset_seeds[t]) for t in self.task_names]
+        self.shuffle = config.shuffle
+        self.examples = [_task_examples(t, self.counts.get(t), self._subset_seeds[t], in_file_order=not self.shuffle)
+                         for t in self.task_names]
         for name, ex in zip(self.task_names, self.examples, strict=True):
             if not ex:
                 raise ConfigError(f"task {specs.base_name(name)!r} has no usable examples")
@@ -100,9 +112,11 @@ class ExampleStream:
         return np.concatenate(pairs)
 
     def _permutation(self, epoch: int) -> np.ndarray:
-        """Epoch mode: the subset's indices in `epoch`'s training order, before sharding (kept for one epoch)."""
+        """Epoch mode: the subset's indices in `epoch`'s training order, before sharding (kept for one epoch);
+        without shuffling, the subset's own order (tasks in the mixture's order, each in file order)."""
         if self._order_cache is None or self._order_cache[0] != epoch:
-            order = named_rng(self.config.seed, "epoch_order", epoch).permutation(len(self._subset))
+            order = (named_rng(self.config.seed, "epoch_order", epoch).permutation(len(self._subset)) if self.shuffle
+                     else np.arange(len(self._subset)))
             self._order_cache = (epoch, order)
         return self._order_cache[1]
 
@@ -128,14 +142,17 @@ class ExampleStream:
         return out
 
     def mosaic_conversations(self, epoch: int) -> list[Conversation]:
-        """A fresh Mosaic-IT pass over the whole of `epoch`."""
+        """A fresh Mosaic-IT pass over the whole of `epoch` (without shuffling: in the epoch's order)."""
         convs = []
         for t, i in self._epoch_order(epoch):
             conv = Conversation.from_json(self.examples[t][i]["conversation"])
             conv.meta["task_index"] = t
             convs.append(conv)
         count = self.mosaic_encoder.count
-        mosaics, _ = mosaic_epoch(convs, self.mosaic, seed=self.config.seed, epoch=epoch, count_tokens=count)
+        mosaics, _ = mosaic_epoch(convs, self.mosaic, seed=self.config.seed, epoch=epoch, count_tokens=count,
+                                  shuffle=self.shuffle)
+        if not self.shuffle:
+            return mosaics
         order = named_rng(self.config.seed, "mosaic_order", epoch).permutation(len(mosaics))
         return [mosaics[i] for i in order]  # pass-through examples come last from mosaic_epoch
 
@@ -152,13 +169,15 @@ class ExampleStream:
         return self._task_by_id.get(ids[0], 0)
 
     def _rate_window(self, window: int) -> list[dict]:
-        """Rate mode: the draws of one window (task by rate, then that task's next shuffled example)."""
+        """Rate mode: the draws of one window (task by rate, then that task's next example in its per-cycle
+        shuffle, or in file order)."""
         counters = self._rate_counters(window)
         out = []
         for t in self._rate_choices(window):
             cycle, pos = divmod(int(counters[t]), len(self.examples[t]))
-            perm = named_rng(self.config.seed, "rate_cycle", int(t), cycle).permutation(len(self.examples[t]))
-            out.append(self._example(int(t), int(perm[pos])))
+            if self.shuffle:
+                pos = named_rng(self.config.seed, "rate_cycle", int(t), cycle).permutation(len(self.examples[t]))[pos]
+            out.append(self._example(int(t), int(pos)))
             counters[t] += 1
         return out
 
@@ -219,14 +238,14 @@ def _check_token_range(task: str, examples: list[dict], vocab_size: int) -> None
                               f"[0, {vocab_size}); was it tokenized with another tokenizer?")
 
 
-def _task_examples(name: str, count: int | None, seed: int | None) -> list[dict]:
-    """A task's encoded examples (its subset of `count` when `seed` is set): an instructjax task's own,
-    else a user's seqio Task read through seqio and drawn the same way."""
+def _task_examples(name: str, count: int | None, seed: int | None, *, in_file_order: bool) -> list[dict]:
+    """A task's encoded examples (its subset of `count` when `seed` is set, in the draw's order or in file
+    order): an instructjax task's own, else a user's seqio Task read through seqio and drawn the same way."""
     if specs.lookup_task(name) is not None:
-        return examples_lib.encoded_examples(name, count, seed)
+        return examples_lib.encoded_examples(name, count, seed, in_file_order=in_file_order)
     from instructjax.data import seqio_lookup
 
-    return seqio_lookup.examples(name, count, seed)
+    return seqio_lookup.examples(name, count, seed, in_file_order=in_file_order)
 
 
 class _MosaicEncoder:
