@@ -5,6 +5,8 @@ collection) and CoT (50K zero-shot + 50K few-shot, as open-instruct's `convert_c
 import fnmatch
 import hashlib
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -249,3 +251,96 @@ def test_cot_is_a_pool_of_zero_shot_and_few_shot_halves(tmp_path):
     pool, _ = brute_pool(files, 5)
     assert sorted(got) == sorted(pool["cot_zs_opt_train"] + pool["cot_fs_opt_train"])
     assert [sum("[cot zs" in p[0] for p in got), sum("[cot fs" in p[0] for p in got)] == [5, 5]
+
+
+# ---- Golden draws: the rows every pool and subset draw takes, stored once ----------------------------------
+#
+# The brute-force references above restate the drawing rules, so a change of rule made in both places would
+# pass them. These tests pin the outcome instead: the rows each draw takes, in order, on the hand-written files
+# above, as stored in tests/data/golden/*.json. A row is named "<file stem>:<0-based row in that file>", found
+# from its (input, target) text, so the stored lists depend on which rows are drawn and in which order, not on
+# conversation ids, templates or tokenizers.
+#
+# How they were made: `INSTRUCTJAX_WRITE_GOLDEN=1 pytest tests/test_pools.py tests/test_tasks.py -k golden`
+# writes the files from the current code (the tests then skip); the lists were written once, after the
+# brute-force tests above passed on the same inputs. Writing them again is a deliberate change of the drawing
+# semantics: every paper's P3 pool, FLAN V2 / CoT sample and A/C/P subset changes with it. Say so in the commit.
+
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
+
+
+def check_golden(name: str, got) -> None:
+    """`got` equals tests/data/golden/<name>.json (or, with INSTRUCTJAX_WRITE_GOLDEN=1, is written there)."""
+    path = GOLDEN / f"{name}.json"
+    if os.environ.get("INSTRUCTJAX_WRITE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(got, indent=1) + "\n")
+        pytest.skip(f"wrote {path}")
+    assert got == json.loads(path.read_text()), f"the draw no longer gives {path.name} (see the section comment)"
+
+
+def row_names(parts: dict[str, list[dict]]):
+    """A function from (input, target) pairs to the "<file stem>:<row>" names of the rows they came from."""
+    names = {pair_of(row): f"{stem}:{i}" for stem, rows in parts.items() for i, row in enumerate(rows)}
+    assert len(names) == sum(len(rows) for rows in parts.values()), "the golden rows must be told apart by text"
+    return lambda taken: [names[p] for p in taken]
+
+
+def example_pairs(examples: list[dict]) -> list[tuple[str, str]]:
+    """The (input, target) pair of each encoded example (its conversation)."""
+    return [(m[0]["content"], m[1]["content"]) for m in (json.loads(e["conversation"])["messages"] for e in examples)]
+
+
+def test_golden_p3_pools(tmp_path):
+    """The P3 pool (seed 000): per_part 3 under pool seeds 0 and 1, in row order and visited with a shuffle
+    seed, and whole subtasks (per_part 1000)."""
+    directory = write_dir(tmp_path / "p3", P3_SUBTASKS, parquet=("xsum_summarize_DOC",))
+    name = row_names(P3_SUBTASKS)
+
+    def pool(**options) -> list[str]:
+        return name(pairs(load_conversations("p3", [directory], cache_dir=str(tmp_path / "c"), **options)))
+
+    check_golden("p3_pools", {
+        "per_part=3": pool(per_part=3),
+        "per_part=3,pool_seed=1": pool(per_part=3, pool_seed=1),
+        "per_part=3,shuffle_seed=5": pool(per_part=3, shuffle_seed=5),
+        "per_part=1000": pool(per_part=1000),
+    })
+
+
+def test_golden_p3_task_subset(tmp_path):
+    """Through the task layer: 6 examples of a pooled P3 task (per_part 3) drawn with data seeds 11 and 12."""
+    directory = write_dir(tmp_path / "p3", P3_SUBTASKS)
+    specs.add_task("golden_p3", specs.TaskSpec(source="p3", data_files=(directory,),
+                                               source_options=(("per_part", 3),)))
+    name = row_names(P3_SUBTASKS)
+
+    def subset(seed: int) -> list[str]:
+        return name(example_pairs(examples_lib.encoded_examples("golden_p3", 6, seed=seed)))
+
+    check_golden("p3_task_subset", {"seed=11": subset(11), "seed=12": subset(12)})
+
+
+def test_golden_flan_v2_and_cot_draws(tmp_path):
+    """Seed 004's FLAN V2 sample (60 of the whole collection, data seeds 4 and 5) and CoT pool (5 zero-shot +
+    5 few-shot, pool seeds 0 and 1)."""
+    flan = write_dir(tmp_path / "flan", FLAN_FILES)
+    specs.add_task("golden_flan", specs.TaskSpec(source="flan_v2", data_files=(flan,)))
+    name = row_names(FLAN_FILES)
+
+    def flan_subset(seed: int) -> list[str]:
+        return name(example_pairs(examples_lib.encoded_examples("golden_flan", 60, seed)))
+
+    cot_files = {"cot_zs_opt_train": _flan_rows("cot", "zs", "opt", 14),
+                 "cot_fs_opt_train": _flan_rows("cot", "fs", "opt", 19)}
+    cot = write_dir(tmp_path / "cot", cot_files)
+
+    def cot_pool(**options) -> list[str]:
+        return row_names(cot_files)(pairs(load_conversations("cot", [cot], cache_dir=str(tmp_path / "c"), **options)))
+
+    check_golden("flan_v2_cot_draws", {
+        "flan_v2,seed=4": flan_subset(4),
+        "flan_v2,seed=5": flan_subset(5),
+        "cot,per_part=5": cot_pool(per_part=5),
+        "cot,per_part=5,pool_seed=1": cot_pool(per_part=5, pool_seed=1),
+    })

@@ -14,12 +14,14 @@ from collections import Counter
 import numpy as np
 import pytest
 from sklearn.cluster import KMeans
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.preprocessing import normalize
 
 from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.embeddings import TfidfSvdEncoder, encoder_names, get_encoder, register_encoder
 from instructjax.data.schema import Conversation
 from instructjax.data.selection import (
-    KMEANS_N_INIT,
     equal_allocation,
     instruction_text,
     select,
@@ -171,14 +173,91 @@ def test_random_is_uniform_over_seeds():
 
 
 # ------------------------------------------------------------------ kmeans
+#
+# The reference is scikit-learn alone, on the raw rows: the test reads each row's instruction the way the
+# Conversation schema defines it (its user turns; a system turn is not one), embeds the texts with the recipe
+# `embeddings.TfidfSvdEncoder` documents (TF-IDF over words with sublinear tf -> TruncatedSVD(dim) -> unit
+# rows, the TF-IDF vectors kept whole when the pool has no more than `dim` dimensions) and runs `KMeans` with
+# sklearn's own defaults (k-means++, n_init="auto": one start) and the selection's seed. None of
+# instruction_text, the encoder, KMEANS_N_INIT or kmeans_labels is called on the reference side.
+#
+# The rows repeat each word of their group 1-4 times plus shared filler words 0-2 times: the TF-IDF weights
+# take many values, so no point is exactly equidistant from two centres. (With disjoint 0/1 vocabularies every
+# cross-topic distance is exactly sqrt(2), which centre such a tie goes to depends on float32 vs float64
+# rounding, and two correct pipelines give different partitions: on topic_pool they do for 7 seeds of 8.)
+
+FILLERS = "please explain describe tell me more".split()
+SYSTEM = "You are a helpful assistant who answers every question carefully."
 
 
-def sklearn_cluster_sizes(pool, num_clusters, seed):
-    """Independent labels: embed the id-ordered instructions and run sklearn KMeans directly."""
-    ordered = sorted(pool, key=lambda c: c.id)
-    vectors = TfidfSvdEncoder().encode([instruction_text(c) for c in ordered])
-    labels = KMeans(n_clusters=num_clusters, n_init=KMEANS_N_INIT, random_state=seed).fit_predict(vectors)
-    return {c.id: int(label) for c, label in zip(ordered, labels, strict=True)}
+def group_rows(groups: dict, seed: int) -> list[dict]:
+    """Rows in the Conversation schema, shuffled: for each group (words, extra words, count), `count` rows whose
+    user turns repeat the group's words (and one extra word); every third row has a system turn, every fourth
+    a second round."""
+    rng = random.Random(seed)
+
+    def turn(words: list[str]) -> str:
+        out = [w for w in words for _ in range(rng.randint(1, 4))]
+        out += [w for w in FILLERS for _ in range(rng.randint(0, 2))]
+        rng.shuffle(out)
+        return " ".join(out)
+
+    rows, i = [], 0
+    for group, (words, extra, count) in groups.items():
+        for _ in range(count):
+            messages = [{"role": "system", "content": SYSTEM}] if i % 3 == 0 else []
+            for r in range(1 + (i % 4 == 0)):
+                messages += [{"role": "user", "content": turn(words + rng.sample(extra, min(1, len(extra))))},
+                             {"role": "assistant", "content": f"answer {i}.{r}"}]
+            rows.append({"id": f"row-{i:04d}", "source": "synthetic", "messages": messages, "meta": {"group": group}})
+            i += 1
+    rng.shuffle(rows)
+    return rows
+
+
+def six_topic_rows(sizes: dict[str, int], seed: int) -> list[dict]:
+    return group_rows({t: (TOPICS[t].split(), [], n) for t, n in sizes.items()}, seed)
+
+
+def micro_topic_rows(n: int, seed: int) -> list[dict]:
+    """`n` narrow topics of 1-5 rows, each its own four words plus one word of a broad topic (100 topics: 312
+    rows of 458 words, more than the 256 dimensions the encoder keeps, so its SVD reduces)."""
+    rng, broad = random.Random(seed), list(TOPICS)
+    return group_rows({j: ([f"{broad[j % 6]}{j}{c}" for c in "abcd"], TOPICS[broad[j % 6]].split(),
+                           rng.randint(1, 5)) for j in range(n)}, seed)
+
+
+def schema_instruction(row: dict) -> str:
+    """The instruction of a row as the Conversation schema defines it: its user turns."""
+    return " ".join(m["content"] for m in row["messages"] if m["role"] == "user")
+
+
+def sklearn_lsa(texts: list[str], dim: int = 256, seed: int = 0) -> np.ndarray:
+    """TfidfSvdEncoder's documented recipe, in scikit-learn directly (float64 throughout)."""
+    tfidf = TfidfVectorizer(sublinear_tf=True, max_features=65_536).fit_transform(texts)
+    if dim >= min(tfidf.shape):  # "too small for dim components": the TF-IDF vectors as they are
+        return normalize(tfidf.toarray())
+    return normalize(TruncatedSVD(n_components=dim, algorithm="randomized", random_state=seed).fit_transform(tfidf))
+
+
+def sklearn_labels(rows: list[dict], num_clusters: int, seed: int) -> dict[str, int]:
+    """Each row's cluster: sklearn KMeans (its defaults) on sklearn_lsa of the id-ordered instructions."""
+    ordered = sorted(rows, key=lambda r: r["id"])
+    vectors = sklearn_lsa([schema_instruction(r) for r in ordered])
+    labels = KMeans(n_clusters=num_clusters, random_state=seed).fit_predict(vectors)
+    return {r["id"]: int(label) for r, label in zip(ordered, labels, strict=True)}
+
+
+def groups(label_of: dict[str, object]) -> set[frozenset[str]]:
+    """The partition of ids that a labelling makes (label names aside)."""
+    members = {}
+    for i, label in label_of.items():
+        members.setdefault(label, set()).add(i)
+    return {frozenset(m) for m in members.values()}
+
+
+def conversations(rows: list[dict]) -> list[Conversation]:
+    return [Conversation(**row).validate() for row in rows]
 
 
 def assert_max_min_fair(taken: dict[int, int], sizes: dict[int, int], k: int):
@@ -190,36 +269,44 @@ def assert_max_min_fair(taken: dict[int, int], sizes: dict[int, int], k: int):
             assert all(taken.get(a, 0) >= taken.get(b, 0) - 1 for b in sizes)
 
 
+SIX_TOPICS = {"poem": 40, "code": 30, "math": 3, "cook": 25, "travel": 2, "health": 20}
+
+
 @pytest.mark.parametrize("k", [30, 31, 47])
 def test_kmeans_takes_equally_from_sklearn_clusters(k):
     # six topics, two of them smaller than an equal share of 30/6 = 5
-    pool = topic_pool({"poem": 40, "code": 30, "math": 3, "cook": 25, "travel": 2, "health": 20})
-    label_of = sklearn_cluster_sizes(pool, 6, seed=0)
+    rows = six_topic_rows(SIX_TOPICS, seed=0)
+    label_of = sklearn_labels(rows, 6, seed=1)
     sizes = Counter(label_of.values())
+    # the data is what the test needs: sklearn's six clusters are the six topics, small ones included
+    assert groups(label_of) == groups({r["id"]: r["meta"]["group"] for r in rows}), \
+        "sklearn's k-means no longer finds the six topics from this seed: choose another seed for the test"
 
-    got = select(pool, "kmeans", k, num_clusters=6, seed=0)
+    got = select(conversations(rows), "kmeans", k, num_clusters=6, seed=1)
 
     ids = [s.conversation.id for s in got]
     assert len(set(ids)) == k
     taken = Counter(label_of[i] for i in ids)
     assert_max_min_fair(taken, sizes, k)
-    assert all(
-        sizes[c] in (2, 3) and taken[c] == sizes[c] for c in sizes if sizes[c] < 4
-    )  # small topics exhausted
-    # the score is the cluster; clusters are listed in order
-    assert [s.score for s in got] == sorted(s.score for s in got)
+    assert all(taken[c] == sizes[c] for c in sizes if sizes[c] < 4)  # the 2- and 3-row topics are exhausted
+    # the score is the cluster; clusters are listed in order, ids in order within one
+    assert [(s.score, s.conversation.id) for s in got] == sorted((s.score, s.conversation.id) for s in got)
     # the cluster index reported is sklearn's cluster of that conversation, up to relabelling
     pairs = {(int(s.score), label_of[s.conversation.id]) for s in got}
-    assert len(pairs) == len({p[0] for p in pairs}) == len({p[1] for p in pairs})
+    assert len(pairs) == len({p[0] for p in pairs}) == len({p[1] for p in pairs}) == 6
 
 
 def test_kmeans_with_the_papers_100_clusters_is_even_and_reproducible():
-    pool = topic_pool({t: 60 for t in TOPICS}, seed=1)  # 360 conversations
-    label_of = sklearn_cluster_sizes(pool, 100, seed=5)
+    rows = micro_topic_rows(100, seed=0)  # 312 conversations
+    label_of = sklearn_labels(rows, 100, seed=5)
     sizes = Counter(label_of.values())
+    assert len(sizes) == 100 and min(sizes.values()) < 2 < max(sizes.values())  # some exhausted, some not
+    pool = conversations(rows)
     got = select(pool, "kmeans", 200, seed=5)
     taken = Counter(label_of[s.conversation.id] for s in got)
     assert_max_min_fair(taken, sizes, 200)
+    pairs = {(int(s.score), label_of[s.conversation.id]) for s in got}
+    assert len(pairs) == len({p[0] for p in pairs}) == len({p[1] for p in pairs}) == 100
     again = select(list(reversed(pool)), "kmeans", 200, seed=5)
     assert [s.conversation.id for s in got] == [s.conversation.id for s in again]
 
@@ -415,6 +502,26 @@ def test_tfidf_svd_encoder_is_deterministic_and_normalized():
     same = np.array([[x == y for y in topic] for x in topic])
     assert sims[same].mean() > sims[~same].mean() + 0.3
     assert TfidfSvdEncoder().encode(["one text only"]).shape[0] == 1
+
+
+@pytest.mark.parametrize("rows,dim", [
+    (six_topic_rows({t: 60 for t in TOPICS}, seed=0), 256),  # 360 rows x 58 words: TF-IDF kept whole
+    (micro_topic_rows(8, seed=0), 256),  # 28 rows x 62 words: kept whole
+    (six_topic_rows(SIX_TOPICS, seed=0), 16),  # 120 rows x 58 words, reduced to 16 components
+    (micro_topic_rows(100, seed=0), 256),  # 312 rows x 458 words, reduced to 256
+], ids=["kept-few-words", "kept-few-rows", "reduced-16", "reduced-256"])
+def test_tfidf_svd_encoder_is_its_documented_sklearn_recipe(rows, dim):
+    """What selection embeds (the encoder on `instruction_text`) against `sklearn_lsa` on the schema's user
+    turns: the same vectors up to a rotation (an SVD's basis and signs are its own), i.e. the same Gram
+    matrix. Before the fix the encoder kept min(dim, N-1, words-1) components, dropping one direction of
+    every small pool where its documentation keeps the TF-IDF vectors (the two "kept" cases: Gram entries off
+    by 0.03 and 0.014)."""
+    ordered = sorted(rows, key=lambda r: r["id"])
+    ours = TfidfSvdEncoder(dim=dim).encode([instruction_text(c) for c in conversations(ordered)])
+    reference = sklearn_lsa([schema_instruction(r) for r in ordered], dim)
+    assert ours.dtype == np.float32 and ours.shape[0] == len(rows)
+    np.testing.assert_allclose(ours.astype(np.float64) @ ours.T.astype(np.float64), reference @ reference.T,
+                               atol=1e-5)
 
 
 def test_encoder_registry_plugs_in_by_name():

@@ -89,3 +89,53 @@ def test_builtin_data_reproduces_tulu_table1_columns(source):
     assert stats["mean_completion_tokens"] == pytest.approx(expected.completion, rel=0.2)
     assert 0 < stats["trained_tokens"] < stats["tokens"]
     assert np.isfinite(stats["mean_prompt_tokens"])
+
+
+# ---- Golden A/C/P subsets (see tests/test_pools.py, "Golden draws", for how the stored lists were made) --------
+
+ALPACA_ROWS = [{"instruction": f"Name a fruit that is {c}.", "input": "" if i % 3 else f"Think of {i} shops.",
+                "output": f"A {c} fruit, number {i}."} for i, c in enumerate(
+                    "red green yellow orange purple blue pink brown black white gold silver cream".split())]
+CODE_ALPACA_ROWS = [{"instruction": f"Write a function that returns {i} squared.", "input": "",
+                     "output": "" if i == 4 else f"def f():\n    return {i} ** 2"} for i in range(11)]  # row 4: skipped
+
+
+def test_golden_acp_mixture_subsets_and_epoch_order(tmp_path):
+    """Seed 000's ACP setting scaled down (`acp_ACP_n6`: 6 examples each of Alpaca, CodeAlpaca and the P3 pool),
+    on hand-written files bound to the papers' task names (so the subsets are drawn with the seeds a real run's
+    are: `specs.subset_seed` of the data seed and the dataset), for data seeds 0 and 1: each task's subset in
+    order, and the first two epochs' training order (`ExampleStream`: the subsets' concatenation shuffled per
+    epoch). Compared with tests/data/golden/acp_ACP_n6.json: a change there is a change of every A/C/P run."""
+    from test_pools import P3_SUBTASKS, check_golden, pair_of, write_dir
+
+    from instructjax.core.config import DataSection
+    from instructjax.data.streams import ExampleStream
+
+    (tmp_path / "alpaca_rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ALPACA_ROWS))
+    (tmp_path / "code_alpaca_rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in CODE_ALPACA_ROWS))
+    p3 = write_dir(tmp_path / "p3", P3_SUBTASKS)
+    tasks = {"alpaca": specs.with_options("alpaca", data_files=(str(tmp_path / "alpaca_rows.jsonl"),)),
+             "code_alpaca": specs.with_options("code_alpaca", data_files=(str(tmp_path / "code_alpaca_rows.jsonl"),)),
+             "p3": specs.with_options("p3", data_files=(p3,), source_options=(("per_part", 3),))}
+    mixture = specs.remix("acp_ACP_n6", tasks)
+    assert dict(specs.lookup_mixture(mixture).counts) == {tasks[t]: 6 for t in tasks}
+    # a row by the text it leaves in its conversation: the response (unique here), or P3's (input, target)
+    names = {**{("alpaca", r["output"]): f"alpaca_rows:{i}" for i, r in enumerate(ALPACA_ROWS)},
+             **{("code_alpaca", r["output"]): f"code_alpaca_rows:{i}" for i, r in enumerate(CODE_ALPACA_ROWS)},
+             **{("p3", pair_of(r)): f"{stem}:{i}" for stem, rows in P3_SUBTASKS.items() for i, r in enumerate(rows)}}
+
+    def name(task: str, example: dict) -> str:
+        messages = json.loads(example["conversation"])["messages"]
+        return names[(task, messages[-1]["content"] if task != "p3" else (messages[0]["content"], messages[1]["content"]))]
+
+    got = {}
+    for seed in (0, 1):
+        stream = ExampleStream(DataSection(mixture=mixture, seq_len=256, global_batch=2, pack_window=8, prefetch=0,
+                                           seed=seed))
+        order = list(tasks)
+        assert [specs.base_name(t) for t in stream.task_names] == order
+        drawn = {t: [name(t, ex) for ex in examples] for t, examples in zip(order, stream.examples, strict=True)}
+        epochs = {f"epoch{e}": [name(order[t], stream.examples[t][i]) for t, i in
+                                (ex["origin"] for ex in stream.epoch_examples(e))] for e in (0, 1)}
+        got[f"seed={seed}"] = {**drawn, **epochs}
+    check_golden("acp_ACP_n6", got)

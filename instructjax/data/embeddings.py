@@ -61,11 +61,10 @@ class TfidfSvdEncoder:
             tfidf = vectorizer.fit_transform(texts)
         except ValueError as e:  # every text empty or stop-words only
             raise DataError(f"cannot embed the instructions: {e}", reason="empty_text") from e
-        n_components = min(self.dim, tfidf.shape[0] - 1, tfidf.shape[1] - 1)
-        if n_components < 1:
+        if self.dim >= min(tfidf.shape):  # rank <= min(shape): nothing to reduce, every distance kept as is
             vectors = tfidf.toarray()
         else:
-            svd = TruncatedSVD(n_components=n_components, algorithm="randomized", random_state=self.seed)
+            svd = TruncatedSVD(n_components=self.dim, algorithm="randomized", random_state=self.seed)
             vectors = svd.fit_transform(tfidf)
         return normalize(vectors).astype(np.float32)
 

@@ -231,12 +231,17 @@ def preset(name: str, **overrides: Any) -> LlamaConfig:
     """The named preset (see `PRESETS`), with optional field overrides (checked as a config's `model:`)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
-    return with_overrides(LlamaConfig(**PRESETS[name]), overrides)
+    return LlamaConfig(**{**PRESETS[name], **checked_overrides(overrides)})  # head_dim follows the overrides
 
 
 def with_overrides(config: LlamaConfig, overrides: dict[str, Any]) -> LlamaConfig:
-    """`config` with a run config's `model:` keys applied: an unknown key or a wrong type is one ConfigError
-    line naming `model.<key>` (before anything is built or compiled)."""
+    """`config` (e.g. a checkpoint's) with a run config's `model:` keys applied (see `checked_overrides`)."""
+    return config.replace(**checked_overrides(overrides))
+
+
+def checked_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """A run config's `model:` keys, each checked against LlamaConfig's fields and types: an unknown key or a
+    wrong type is one ConfigError line naming `model.<key>` (before anything is built or compiled)."""
     import typing
 
     from instructjax.core.config import check_value, unknown_key
@@ -246,4 +251,4 @@ def with_overrides(config: LlamaConfig, overrides: dict[str, Any]) -> LlamaConfi
     for key in overrides:
         if key not in names:
             raise unknown_key(f"model.{key}", names | {"preset", "init_from"})
-    return config.replace(**{k: check_value(v, hints[k], f"model.{k}") for k, v in overrides.items()})
+    return {k: check_value(v, hints[k], f"model.{k}") for k, v in overrides.items()}

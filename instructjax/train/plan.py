@@ -8,25 +8,30 @@ needed). Gradients are float32 and sharded like the parameters (one more copy as
 when `optim.micro_batches > 1`).
 
 Activations are an estimate, per device, for one micro-batch of `r` rows of `s` tokens (`r` = global
-batch / micro-batches / (data x fsdp)), tensor size `t`, 2-byte (bf16) compute, per decoder layer:
+batch / micro-batches / (data x fsdp)), tensor size `t`, `c`-byte compute (`model.dtype`: 2 for bf16), per
+decoder layer:
 
-- remat ``none``: everything the backward pass reads is kept:
-  `2 s r (4h + (2a + 2k) d / t + 4m / t) + A` bytes (two norm inputs and outputs; q, k, v and the
-  attention output; gate, up, silu(gate) and their product; the attention's own residual `A`);
-- ``full``: only each layer's input `2 s r h`, plus one layer recomputed at a time (the ``none`` term once);
-- ``save_attention``: the layer input and attention output `2 s r (h + a d / t)`, plus one recomputed layer;
+- remat ``none``: everything the backward pass reads is kept (the residuals JAX saves, as
+  `jax.ad_checkpoint.print_saved_residuals` lists them):
+  `s r (2 (4 + c) h + c (2a + 2k) d / t + 6 c m / t) + A + W` bytes (each norm's input in float32 and its
+  output; q, k, v and the attention output; gate, up, silu's three residuals and the product; the
+  attention's own residual `A`; the layer's weight matrices cast to the compute dtype,
+  `W = c (h d (2a + 2k) + 3 h m) / t`, whole over fsdp: a layer's weights are gathered to be used);
+- ``full``: only each layer's input `c s r h`, plus one layer recomputed at a time (the ``none`` term once);
+- ``save_attention``: the layer input and attention output `c s r (h + a d / t)`, plus one recomputed layer;
 - ``dots_with_no_batch_dims_saveable``: the layer input and the weight matmul outputs
-  `2 s r (h + (a + 2k) d / t + h + 2m / t + h)`, plus one recomputed layer;
+  `c s r (h + (a + 2k) d / t + h + 2m / t + h)`, plus one recomputed layer;
 - ``dots_saveable``: that plus, for the dense `xla` attention, its einsums: float32 scores `4 (a / t) s^2 r`
-  and the output `2 s r a d / t` (a fused kernel's einsums stay inside it).
+  and the output `c s r a d / t` (a fused kernel's einsums stay inside it).
 
 `A` depends on the attention implementation the topology runs (`model.attention`, `auto` resolved for the
-platform): the dense `xla` one keeps its softmax probabilities `2 (a / t) s^2 r`; the fused ones (splash on
+platform): the dense `xla` one keeps its softmax probabilities `c (a / t) s^2 r`; the fused ones (splash on
 TPU, Pallas flash on GPU, blockwise) keep only a float32 log-sum-exp per query `4 (a / t) s r`, no s^2 term.
 
-Plus the logits `s r V / t` in bf16 and their float32 log-softmax (6 bytes each). XLA fuses and
-schedules differently, so real peaks differ by tens of percent; a config "fits" when the total is
-within `USABLE` of the chip's HBM.
+Plus the logits `s r V / t` in the compute dtype and their float32 log-softmax (`c + 4` bytes each). The
+total is checked against XLA's own buffer assignment of the compiled train step (tests/test_plan.py: within
+15% on XLA:CPU in float32). XLA fuses and schedules differently on each platform, so real peaks differ by
+tens of percent; a config "fits" when the total is within `USABLE` of the chip's HBM.
 
 Steps per epoch: with the real pipeline (`real_data=True`, for mixtures whose data is local or
 built-in) or estimated from the papers' dataset sizes and mean lengths (Tulu Table 1 and our
@@ -158,24 +163,26 @@ def activation_bytes(model: LlamaConfig, rows: int, seq_len: int, tensor: int, p
     from instructjax.model import attention
 
     s, r, t = seq_len, rows, tensor
+    c = np.dtype(model.dtype).itemsize  # the compute dtype's bytes: 2 for bfloat16
     h, m, a, k, d, layers = (model.hidden_size, model.intermediate_size, model.num_heads, model.num_kv_heads,
                              model.head_dim, model.num_layers)
     implementation = attention.resolve(model.attention, platform)
     fused = implementation in attention.FUSED
-    residual = 4 * (a / t) * s * r if fused else 2 * (a / t) * s * s * r
-    full_layer = 2 * s * r * (4 * h + (2 * a + 2 * k) * d / t + 4 * m / t) + residual
-    layer_input = 2 * s * r * h
+    residual = 4 * (a / t) * s * r if fused else c * (a / t) * s * s * r
+    weights = c * (h * d * (2 * a + 2 * k) + 3 * h * m) / t  # the layer's matrices cast to the compute dtype
+    full_layer = s * r * (2 * (4 + c) * h + c * (2 * a + 2 * k) * d / t + 6 * c * m / t) + residual + weights
+    layer_input = c * s * r * h
     saved = {
         "none": full_layer,
         "full": layer_input,
-        "save_attention": 2 * s * r * (h + a * d / t),
-        "dots_with_no_batch_dims_saveable": 2 * s * r * (3 * h + (a + 2 * k) * d / t + 2 * m / t),
+        "save_attention": c * s * r * (h + a * d / t),
+        "dots_with_no_batch_dims_saveable": c * s * r * (3 * h + (a + 2 * k) * d / t + 2 * m / t),
     }
     saved["dots_saveable"] = saved["dots_with_no_batch_dims_saveable"] + (
-        0 if fused else 4 * (a / t) * s * s * r + 2 * s * r * a * d / t)
+        0 if fused else 4 * (a / t) * s * s * r + c * s * r * a * d / t)
     per_layer = saved[model.remat]
     recompute = 0 if model.remat == "none" else full_layer
-    logits = 6 * s * r * model.vocab_size / t
+    logits = (c + 4) * s * r * model.vocab_size / t
     return {"per_layer": int(per_layer), "layers": int(per_layer * layers + recompute), "logits": int(logits),
             "total": int(per_layer * layers + recompute + logits), "attention": implementation}
 
