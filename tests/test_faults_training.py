@@ -3,8 +3,9 @@ uninterrupted reference run (same command, same environment) through metrics.jso
 
 - kill -9 while an asynchronous checkpoint is being committed, then kill -9 at a random step of the
   resumed run, then a torn metrics line: the final --resume ends with exactly the reference losses;
-- a torn latest checkpoint (truncated array file): resume warns, falls back to the previous step, and
-  again ends with exactly the reference losses;
+- torn latest checkpoints (every file of the newest emptied, as in issue 25's report, and a seeded
+  (file, way) of the one before): resume warns once, falls back to the newest intact step, and again
+  ends with exactly the reference losses (every file damaged every way: tests/test_checkpoint_damage.py);
 - no space left while saving (a real 48 MiB tmpfs): one-line error, exit 2, the previous checkpoint intact;
 - an injected NaN at a checkpoint step: clean stop naming the step, nothing of the broken state saved;
 - SIGTERM (a preemption) at a seeded random step with no checkpoint due: the step in flight is saved, the
@@ -26,8 +27,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from damage import damage, draw
 
 from instructjax.core import checkpoint as ckpt
+from instructjax.core.integrity import MANIFEST
 
 pytestmark = pytest.mark.slow
 
@@ -102,8 +105,11 @@ def last_logged(run_dir) -> int:
 
 
 def complete_steps(run_dir) -> list[int]:
+    """The steps a resume may start from: committed by Orbax and sealed by their manifest."""
     d = Path(run_dir) / "checkpoints"
-    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit()) if d.exists() else []
+    if not d.exists():
+        return []
+    return sorted(int(p.name) for p in d.iterdir() if p.name.isdigit() and (p / MANIFEST).is_file())
 
 
 def torn_dirs(run_dir) -> list[str]:
@@ -167,21 +173,29 @@ def test_kill_9_mid_async_save_then_at_a_random_step_loses_nothing(tmp_path, env
     assert_params_equal(run_dir, reference, STEPS)
 
 
-def test_torn_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, env, reference):
+def test_torn_latest_checkpoints_fall_back_to_the_newest_intact_one(tmp_path, env, reference):
+    """Every file of step 6 emptied (what a full disk or a killed copy leaves) and a seeded (file, way) of
+    step 4: one warning line names both, both are set aside (kept), and the run resumes from step 2."""
     run_dir = tmp_path / "run"
     shutil.copytree(reference, run_dir)
     shutil.rmtree(run_dir / "tensorboard")
-    data = max((p for p in (run_dir / "checkpoints" / "6" / "params").rglob("*") if p.is_file()),
-               key=lambda p: p.stat().st_size)  # fmt: skip
-    with data.open("r+b") as f:  # a write torn half way through the largest array file
-        f.truncate(data.stat().st_size // 2)
+    for f in (run_dir / "checkpoints" / "6").rglob("*"):
+        if f.is_file():
+            f.write_bytes(b"")
+    seed = int(os.environ.get("FAULT_SEED", time.time_ns() % 10**6))
+    rng = random.Random(seed)
+    name, way = rng.choice(draw(run_dir / "checkpoints" / "4", rng))
+    damage(run_dir / "checkpoints" / "4" / name, way, rng)
+    case = f"seed {seed}: step 4's {name} {way}"
     rc, _, err = finish(start(run_dir, env, resume=True))
-    assert rc == 0, err[-3000:]
-    assert "warning: checkpoint step 6" in err and "falling back to step 4" in err, err[-3000:]
-    assert metric_lines(run_dir)[:4] == metric_lines(reference)[:4]  # resumed from step 4, not from scratch
-    assert losses(run_dir) == losses(reference)
+    assert rc == 0, f"{case}: {err[-3000:]}"
+    warnings = [line for line in err.splitlines() if line.startswith("instructjax: warning:")]
+    assert len(warnings) == 1 and "checkpoint steps 6, 4 in" in warnings[0], f"{case}: {err[-3000:]}"
+    assert "falling back to step 2 (kept as 6.unreadable, 4.unreadable)" in warnings[0], f"{case}: {warnings}"
+    assert metric_lines(run_dir)[:2] == metric_lines(reference)[:2]  # resumed from step 2, not from scratch
+    assert losses(run_dir) == losses(reference), case
     assert complete_steps(run_dir) == [2, 4, 6]
-    assert (run_dir / "checkpoints" / "6.unreadable").is_dir()  # set aside, not deleted
+    assert all((run_dir / "checkpoints" / f"{s}.unreadable").is_dir() for s in (4, 6))  # kept, not deleted
     assert_params_equal(run_dir, reference, 6)
 
 

@@ -5,12 +5,13 @@ with the same 8 CPU devices.
   the run finishes and saves, and the losses equal the one-process run (the same global batches);
 - SIGTERM to one of 2 hosts: both save the same step and exit 75; one process resumes it, and a run
   preempted on 1 process resumes on 2: the losses are those of the uninterrupted run;
-- a torn newest checkpoint under 2 processes: both fall back to the same step and finish with the
-  uninterrupted run's losses.
+- a torn newest checkpoint under 2 processes (a seeded (file, way) of its files): both hosts print the
+  same one warning line, fall back to the same step and finish with the uninterrupted run's losses.
 """
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from damage import damage, draw
 
 from instructjax.core.config import load_config
 from instructjax.train.trainer import Trainer
@@ -145,15 +147,19 @@ def test_torn_newest_checkpoint_every_host_falls_back_to_the_same_step(tmp_path,
     run_dir = tmp_path / "run"
     shutil.copytree(reference_dir, run_dir)
     assert saved_steps(run_dir) == [3, 6, 8]
-    params = run_dir / "checkpoints" / "8" / "params"
-    for f in sorted(p for p in params.rglob("*") if p.is_file() and p.stat().st_size > 1000)[:1]:
-        f.write_bytes(f.read_bytes()[: f.stat().st_size // 2])  # a write torn half way
+    seed = int(os.environ.get("FAULT_SEED", time.time_ns() % 10**6))
+    rng = random.Random(seed)
+    name, way = rng.choice(draw(run_dir / "checkpoints" / "8", rng))
+    damage(run_dir / "checkpoints" / "8" / name, way, rng)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
     (run_dir / "metrics.jsonl").write_text("\n".join(lines[:6]) + "\n")
     results = wait(launch(2, run_dir, [*SMALL, "checkpoint.every=3"], "--resume"))
     assert all(rc == 0 for rc, _ in results), results[0][1][-3000:]
-    for _, err in results:  # each host reports the same fallback
-        assert "checkpoint step 8" in err and "falling back to step 6" in err, err[-3000:]
+    case = f"seed {seed}: {name} {way}"
+    warnings = [[line for line in err.splitlines() if line.startswith("instructjax: warning:")]
+                for _, err in results]  # fmt: skip
+    assert len(warnings[0]) == 1 and warnings[0] == warnings[1], f"{case}: {warnings}"  # alike on each host
+    assert "checkpoint step 8" in warnings[0][0] and "falling back to step 6" in warnings[0][0], case
     got = losses(run_dir)
     np.testing.assert_allclose([got[s] for s in (7, 8)], [reference.losses[s] for s in (7, 8)], rtol=2e-5)
     assert saved_steps(run_dir) == [3, 6, 8]

@@ -24,10 +24,11 @@ from instructjax.model.llama import with_params
 
 
 def split_checkpoint_path(path: str) -> tuple[str, int | None]:
-    """RUN_DIR or RUN_DIR/STEP (or RUN_DIR/checkpoints/STEP) -> (directory, step or None)."""
+    """RUN_DIR or RUN_DIR/checkpoints/STEP -> (directory, step or None). A step directory is named by its
+    number (whatever is left in it: a damaged step is then a one-line error, not "no checkpoint")."""
     path = os.path.normpath(path)
     name = os.path.basename(path)
-    if name.isdigit() and os.path.isdir(os.path.join(path, "params")):
+    if name.isdigit() and os.path.isdir(path) and not os.path.isdir(os.path.join(path, "checkpoints")):
         return os.path.dirname(path), int(name)
     return path, None
 
@@ -119,8 +120,8 @@ def load_params_as(directory: str, config: LlamaConfig, *, step: int | None = No
 
     from instructjax.core.checkpoint import load_params, read_meta
 
-    stored = read_meta(directory, step)[0]["scan_layers"]
-    if stored == config.scan_layers:
+    stored, _, step = read_meta(directory, step)  # the step to read, once: the newest intact one by default
+    if stored["scan_layers"] == config.scan_layers:
         return load_params(directory, step, shardings=shardings)[0]
     params = relayout_layers(load_params(directory, step)[0], config.num_layers, config.scan_layers)
     return params if shardings is None else jax.device_put(params, shardings)
@@ -136,7 +137,8 @@ def load_model(path: str, *, mesh=None, dtype: str = "float32", step: int | None
 
         directory, path_step = split_checkpoint_path(path)
         step = path_step if step is None else step
-        config = LlamaConfig(**read_meta(directory, step)[0])
+        model_config, _, step = read_meta(directory, step)  # the newest intact step unless one is named
+        config = LlamaConfig(**model_config)
         shardings = param_shardings(config, mesh) if mesh is not None else None
         params = load_params(directory, step, shardings=shardings)[0]
     return with_params(config.replace(dtype=dtype), params)

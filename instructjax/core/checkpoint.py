@@ -9,6 +9,13 @@ Each step directory holds these items:
 - `tokenizer`: JSON {files, template}: the HF tokenizer files the run trained with (`Tokenizer.files`,
   the chat template included) and the name of its chat template (None for an import, which keeps the
   model's own). Export, generation and evaluation read it (`read_tokenizer`), never a default.
+- `instructjax.manifest`: every file of the step with its size and xxh3-128, written by the primary host
+  once Orbax has committed the step (`core/integrity.py`).
+
+Every reader opens the step `integrity.intact_step` names: the one asked for, or the newest intact one
+(damaged newer steps are named in one warning line; resume renames them to `STEP.unreadable`, kept).
+Rotation (`keep`) is done here, not by Orbax: it counts usable steps only (sealed by a manifest, or
+written before manifests), so a step committed without its manifest never pushes out the last sealed one.
 
 This module knows the format only: it imports neither the model nor the data layer.
 
@@ -18,8 +25,10 @@ that HF import/export and `model.init_from` use.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import sys
+import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +37,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
+from instructjax.core import integrity
 from instructjax.core.errors import ConfigError, InstructJaxError
 
 
@@ -62,11 +72,25 @@ def gather_data_state(host_state: np.ndarray) -> np.ndarray:
     return np.asarray(gathered, np.int64).reshape(jax.process_count(), 3)
 
 
-def _failed_on_any_host(failed: bool) -> bool:
-    """Whether any host reports a failure (a collective with several hosts)."""
-    if jax.process_count() == 1:
-        return failed
-    return bool(np.max(multihost_utils.process_allgather(np.array([int(failed)], np.int32))))
+_ITEMS = {"params": ocp.PyTreeCheckpointHandler, "opt_state": ocp.StandardCheckpointHandler,
+          "data": ocp.StandardCheckpointHandler, "meta": ocp.JsonCheckpointHandler,
+          "tokenizer": ocp.JsonCheckpointHandler}  # fmt: skip
+
+
+def _open_step(step_dir: Path) -> ocp.Checkpointer:
+    """An Orbax reader of one step directory (every item registered, so reading some warns about none)."""
+    return ocp.Checkpointer(ocp.CompositeCheckpointHandler(**{name: make() for name, make in _ITEMS.items()}))
+
+
+def _read(step_dir: Path, **items: Any) -> dict:
+    """Items of one step (name -> Orbax restore args), opening that step directory only."""
+    with _open_step(step_dir) as reader:
+        return reader.restore(step_dir, args=ocp.args.Composite(**items))
+
+
+def _params_tree(step_dir: Path) -> Any:
+    with _open_step(step_dir) as reader:
+        return reader.metadata(step_dir).item_metadata["params"].tree  # keys as stored: strings
 
 
 class CheckpointError(InstructJaxError):
@@ -89,28 +113,77 @@ def _disk_full(exc: BaseException) -> str | None:
 
 
 class Checkpointer:
-    """The run's checkpoint manager: async saves, keep-N, restore of the latest complete step."""
+    """The run's checkpoint manager: async saves sealed by a manifest, keep-N, restore of the newest intact
+    step.
+
+    A save's manifest is written by a thread of the primary host as soon as Orbax has committed the step
+    (`_seal`); the next `save` and `wait` wait for it, then rotate out the steps beyond `keep`."""
 
     def __init__(self, run_dir: str | Path, *, keep: int | None = 3, async_save: bool = True,
                  tokenizer: dict | None = None):
         """`tokenizer`: the `tokenizer` item saved with every step (see the module doc)."""
         self.directory = checkpoints_dir(run_dir)
-        self.tokenizer = tokenizer
-        options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save, create=True)
+        self.tokenizer, self.keep = tokenizer, keep
+        options = ocp.CheckpointManagerOptions(max_to_keep=None, enable_async_checkpointing=async_save,
+                                               create=True, lightweight_initialize=True)  # reads no step
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._saving: int | None = None  # the step of the last save started
+        self._sealer: threading.Thread | None = None
+        self._seal_error: BaseException | None = None
+        self._unrestorable: dict[int, str] = {}  # steps without a manifest that Orbax could not restore
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
 
     def save(self, step: int, params: Any, opt_state: Any, data_state: np.ndarray, meta: dict) -> None:
         """Start saving `step` (returns once the arrays are copied off the device when async)."""
+        self._finish_pending()
         with self._save_errors(step):
             self._save(step, params, opt_state, data_state, meta)
+        self._saving = step
+        if jax.process_index() == 0:
+            self._sealer = threading.Thread(target=self._seal, args=(step,), name=f"seal-{step}", daemon=True)
+            self._sealer.start()
 
-    def _save_errors(self, step: int):
-        """Turn a failed write (this step's, or the previous async one surfacing now) into a one-line
-        CheckpointError naming the step and the last complete checkpoint."""
-        import contextlib
+    def _seal(self, step: int) -> None:
+        """Write `step`'s manifest once Orbax has committed it (a thread of the primary host)."""
+        try:
+            self.manager.wait_until_finished()
+        except Exception:  # noqa: BLE001 - a failed save is reported by the main thread's own wait
+            return
+        try:
+            if (self.directory / str(step)).is_dir():
+                integrity.write_manifest(self.directory / str(step))
+        except Exception as exc:  # noqa: BLE001 - raised on the main thread by `_finish_pending`
+            self._seal_error = exc
+
+    def _finish_pending(self) -> None:
+        """Wait until the save in flight is committed and sealed (its errors name its step), then rotate."""
+        with self._save_errors(self._saving):
+            self.manager.wait_until_finished()
+            if self._sealer is not None:
+                self._sealer.join()
+                self._sealer, error, self._seal_error = None, self._seal_error, None
+                if error is not None:
+                    raise error
+        self._rotate()
+
+    def _rotate(self) -> None:
+        """Delete the steps older than the newest `keep` usable ones (primary host). Damaged steps set aside
+        (`STEP.unreadable`) are never deleted."""
+        if self.keep is None or jax.process_index() != 0:
+            return
+        steps = integrity.steps_on_disk(self.directory)
+        unsealed = integrity.unsealed(self.directory, steps)
+        usable = [s for s in steps if s not in unsealed]
+        if len(usable) <= self.keep:
+            return
+        for step in (s for s in steps if s < usable[-self.keep]):
+            shutil.rmtree(self.directory / str(step))
+        self.manager.reload()
+
+    def _save_errors(self, step: int | None):
+        """A failed write of `step` as a one-line CheckpointError naming it and the last complete step."""
 
         @contextlib.contextmanager
         def guard():
@@ -120,15 +193,13 @@ class Checkpointer:
                 problem = _disk_full(exc)
                 if problem is None:
                     raise
-                done = {int(d.name) for d in self.directory.iterdir() if d.name.isdigit()}  # on disk: orbax
-                # drops the steps a save will rotate out from its own list before that save commits
-                pending = getattr(self, "_saving", None)  # an async save may fail only now
-                failed = pending if pending is not None and pending not in done else step
-                complete = [s for s in done if s != failed]
-                raise CheckpointError(
-                    f"{problem.lower()} while saving checkpoint step {failed} to {self.directory}; "
-                    f"stopped, the last complete checkpoint is {'step ' + str(max(complete)) if complete else 'none'}"
-                ) from None
+                steps = integrity.steps_on_disk(self.directory)
+                unsealed = integrity.unsealed(self.directory, steps)
+                complete = [s for s in steps if s != step and s not in unsealed]
+                last = f"step {max(complete)}" if complete else "none"
+                raise CheckpointError(f"{problem.lower()} while saving checkpoint step {step} to "
+                                      f"{self.directory}; stopped, the last complete checkpoint is {last}"
+                                      ) from None  # fmt: skip
 
         return guard()
 
@@ -142,51 +213,38 @@ class Checkpointer:
         if self.tokenizer is not None:
             items["tokenizer"] = ocp.args.JsonSave(self.tokenizer)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
-        self._saving = step
 
-    def restore_latest(self, abstract_params: Any, abstract_opt_state: Any) -> tuple[int, Any, Any, np.ndarray, dict]:
-        """(step, params, opt_state, data, meta) of the newest step that restores; a torn or corrupted newer
-        step is reported on stderr and skipped (the run resumes from the one before it). With several hosts
-        a step counts as restored only when every host restored it, so all hosts fall back to the same step."""
-        steps = sorted(self.manager.all_steps(), reverse=True)
-        if not steps:
-            raise ConfigError(f"no complete checkpoint in {self.directory} to resume from")
-        if jax.process_count() > 1:  # every host starts from the same list (a step committed late on one host)
-            newest = multihost_utils.process_allgather(np.array([steps[0]], np.int32))
-            steps = [s for s in steps if s <= int(np.min(newest))]
-        for i, step in enumerate(steps):
+    def resume_step(self) -> int | None:
+        """The newest intact step (None: no step at all); damaged newer ones are named in one warning line and
+        renamed aside (`STEP.unreadable`), on every host alike (a collective with several hosts)."""
+        if not integrity.steps_on_disk(self.directory):
+            return None
+        step = integrity.intact_step(self.directory, set_aside=True, damaged=self._unrestorable)
+        self.manager.reload()  # the steps set aside are no longer the manager's
+        return step
+
+    def restore_latest(self, abstract_params: Any,
+                       abstract_opt_state: Any) -> tuple[int, Any, Any, np.ndarray, dict]:
+        """(step, params, opt_state, data, meta) of the newest intact step (`resume_step`). A step that
+        matches its manifest but does not restore (another model or optimizer) is a ConfigError; one
+        written before manifests that Orbax cannot restore counts as damaged, as a failed manifest does."""
+        while True:
+            step = self.resume_step()
+            if step is None:
+                raise ConfigError(f"no complete checkpoint in {self.directory} to resume from")
             try:
                 restored, problem = self.restore(step, abstract_params, abstract_opt_state), None
-            except Exception as exc:  # noqa: BLE001 - any unreadable step: try the previous one
-                restored, problem = None, exc
-            if not _failed_on_any_host(problem is not None):
+            except ConfigError:
+                raise
+            except Exception as exc:  # noqa: BLE001 - judged below, the same way on every host
+                restored, problem = None, integrity.describe(exc)
+            problem = integrity.agree(problem)
+            if problem is None:
                 return step, *restored
-            kind = type(problem).__name__ if problem is not None else "elsewhere"
-            reason = " ".join(str(problem).split())[:300] if problem is not None else "another host could not read it"
-            if i + 1 == len(steps):
-                raise ConfigError(f"no checkpoint in {self.directory} can be restored; step {step}: {reason}") from None
-            aside = self._set_aside(step)
-            print(f"instructjax: warning: checkpoint step {step} in {self.directory} cannot be restored "
-                  f"({kind}: {reason}); falling back to step {steps[i + 1]}"
-                  + (f" (the unreadable step is kept as {aside.name})" if aside else ""), file=sys.stderr)
-        raise AssertionError("unreachable")
-
-    def _set_aside(self, step: int) -> Path | None:
-        """Rename an unreadable step out of the manager's view (so the resumed run can save that step
-        again) without deleting anything; the primary host does it once every host is done reading."""
-        source = self.directory / str(step)
-        if jax.process_count() > 1:
-            multihost_utils.sync_global_devices(f"instructjax set aside step {step}")
-        if jax.process_index() != 0 or not source.exists():
-            self.manager.reload()
-            return None
-        target = source.with_name(f"{step}.unreadable")
-        n = 1
-        while target.exists():
-            target, n = source.with_name(f"{step}.unreadable{n}"), n + 1
-        source.rename(target)
-        self.manager.reload()
-        return target
+            if integrity.has_manifest(self.directory / str(step)):
+                raise ConfigError(f"checkpoint step {step} in {self.directory} matches its manifest but does "
+                                  f"not restore into this run's model and optimizer ({problem})")
+            self._unrestorable[step] = problem
 
     def restore(self, step: int, abstract_params: Any, abstract_opt_state: Any) -> tuple[Any, Any, np.ndarray, dict]:
         """(params, opt_state, data [process_count, 3], meta) of `step`, laid out as the abstract targets say."""
@@ -205,10 +263,11 @@ class Checkpointer:
         return restored["params"], restored["opt_state"], data, restored["meta"]
 
     def wait(self) -> None:
-        with self._save_errors(getattr(self, "_saving", None)):
-            self.manager.wait_until_finished()
+        """Wait until the last save is committed and sealed (and older steps rotated out)."""
+        self._finish_pending()
 
     def close(self) -> None:
+        self.wait()
         self.manager.close()
 
 
@@ -221,7 +280,7 @@ def save_params(
     tokenizer: dict | None = None,
 ) -> Path:
     """Write a params-only checkpoint (what HF import produces) under `directory` (a run dir), with the
-    `tokenizer` item when given. Returns the checkpoints dir."""
+    `tokenizer` item when given, sealed by its manifest. Returns the checkpoints dir."""
     path = checkpoints_dir(directory)
     with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=True)) as manager:
         meta = {"step": step, "run_config": run_config, "model_config": model_config}
@@ -230,24 +289,9 @@ def save_params(
             items["tokenizer"] = ocp.args.JsonSave(tokenizer)
         manager.save(step, args=ocp.args.Composite(**items), force=True)
         manager.wait_until_finished()
+    if jax.process_index() == 0:
+        integrity.write_manifest(path / str(step))
     return path
-
-
-def _resolve_step(manager: ocp.CheckpointManager, step: int | None, path: Path) -> int:
-    resolved = manager.latest_step() if step is None else step
-    if resolved is None or resolved not in manager.all_steps():
-        raise ConfigError(f"no complete checkpoint{'' if step is None else f' at step {step}'} in {path}")
-    return resolved
-
-
-def _reader(directory: str | Path) -> ocp.CheckpointManager:
-    path = checkpoints_dir(directory)
-    if not _has_steps(path):
-        raise ConfigError(f"no checkpoint found in {directory}")
-    handlers = {"params": ocp.PyTreeCheckpointHandler(), "opt_state": ocp.StandardCheckpointHandler(),
-                "data": ocp.StandardCheckpointHandler(), "meta": ocp.JsonCheckpointHandler(),
-                "tokenizer": ocp.JsonCheckpointHandler()}  # every item, so reading some warns about none
-    return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=False), item_handlers=handlers)
 
 
 def _stacked_layers(params_tree: Any) -> bool:
@@ -257,27 +301,26 @@ def _stacked_layers(params_tree: Any) -> bool:
 
 
 def read_meta(directory: str | Path, step: int | None = None) -> tuple[dict, dict | None, int]:
-    """(model config dict, run_config dict or None, step) of a checkpoint, without reading any array. The
-    model config's `scan_layers` says how the stored parameters are laid out (for checkpoints written before
-    the option existed, read from the stored tree)."""
-    with _reader(directory) as manager:
-        step = _resolve_step(manager, step, manager.directory)
-        meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        model_config = meta["model_config"]
-        if "scan_layers" not in model_config:
-            model_config = {**model_config,
-                            "scan_layers": _stacked_layers(manager.item_metadata(step)["params"].tree)}
-    return model_config, meta.get("run_config"), int(meta["step"])
+    """(model config dict, run_config dict or None, step) of a checkpoint (`step`, else the newest intact one:
+    see `intact_step`), without reading any array. The model config's `scan_layers` says how the stored
+    parameters are laid out (for checkpoints written before the option existed, read from the stored tree)."""
+    path = checkpoints_dir(directory)
+    step = integrity.intact_step(path, step)
+    meta = _read(path / str(step), meta=ocp.args.JsonRestore())["meta"]
+    model_config = meta["model_config"]
+    if "scan_layers" not in model_config:
+        model_config = {**model_config, "scan_layers": _stacked_layers(_params_tree(path / str(step)))}
+    return model_config, meta.get("run_config"), step
 
 
 def read_tokenizer(directory: str | Path, step: int | None = None) -> dict | None:
     """The `tokenizer` item saved with a checkpoint ({files, template}), or None when it carries none
     (`data.tokenizer.materialize(item["files"])` makes a tokenizer directory of it)."""
-    with _reader(directory) as manager:
-        step = _resolve_step(manager, step, manager.directory)
-        if not (Path(manager.directory) / str(step) / "tokenizer").is_dir():
-            return None
-        return manager.restore(step, args=ocp.args.Composite(tokenizer=ocp.args.JsonRestore()))["tokenizer"]
+    path = checkpoints_dir(directory)
+    step = integrity.intact_step(path, step)
+    if not (path / str(step) / "tokenizer").is_dir():
+        return None
+    return _read(path / str(step), tokenizer=ocp.args.JsonRestore())["tokenizer"]
 
 
 def load_params(
@@ -285,19 +328,19 @@ def load_params(
 ) -> tuple[Any, dict, dict | None, int]:
     """(params, model config dict, run_config dict or None, step) from a run dir or its checkpoints dir.
 
-    `step=None` takes the latest complete step. `shardings` (a pytree of NamedShardings shaped like the
+    `step=None` takes the newest intact step. `shardings` (a pytree of NamedShardings shaped like the
     params) places the arrays; without it they come back as numpy arrays.
     """
     model_config, run_config, step = read_meta(directory, step)
-    with _reader(directory) as manager:
-        tree = manager.item_metadata(step)["params"].tree  # keys as stored: strings
-        is_leaf = lambda x: hasattr(x, "shape")  # noqa: E731
-        if shardings is None:
-            restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree, is_leaf=is_leaf)
-            args = ocp.args.PyTreeRestore(restore_args=restore_args)
-        else:
-            target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), tree,
-                                  _str_keys(shardings), is_leaf=is_leaf)  # fmt: skip
-            args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
-        params = manager.restore(step, args=ocp.args.Composite(params=args))["params"]
+    step_dir = checkpoints_dir(directory) / str(step)
+    tree = _params_tree(step_dir)
+    is_leaf = lambda x: hasattr(x, "shape")  # noqa: E731
+    if shardings is None:
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree, is_leaf=is_leaf)
+        args = ocp.args.PyTreeRestore(restore_args=restore_args)
+    else:
+        target = jax.tree.map(lambda m, s: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=s), tree,
+                              _str_keys(shardings), is_leaf=is_leaf)  # fmt: skip
+        args = ocp.args.PyTreeRestore(target, restore_args=ocp.checkpoint_utils.construct_restore_args(target))
+    params = _read(step_dir, params=args)["params"]
     return _int_keys(params), model_config, run_config, step
