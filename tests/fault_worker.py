@@ -6,6 +6,7 @@ Used by tests/test_faults_training.py, which kill -9s it, fills its disk, or cor
                           before the atomic rename (so a kill -9 lands mid-save, deterministically)
   FAULT_NAN_AT_STEP=N     step N's batch gets NaN loss weights (a non-finite loss at step N)
   FAULT_STEP_SECONDS=S    every step takes at least S seconds (a kill "at a random moment" lands mid-run)
+  FAULT_SIGTERM_AFTER_STEP=N  the process sends itself SIGTERM once step N is done (a preemption at N)
 Everything else is the production code path: `python tests/fault_worker.py train --config ...`.
 """
 
@@ -62,6 +63,21 @@ def slow_steps(seconds: float) -> None:
     trainer.on_mesh = on_mesh
 
 
+def sigterm_after(step: int) -> None:
+    import signal
+
+    from instructjax.train import preemption
+
+    original = preemption.PreemptionWatch.should_stop
+
+    def should_stop(self, done: int) -> bool:
+        if done == step:
+            os.kill(os.getpid(), signal.SIGTERM)  # handled by the real handler before the check below
+        return original(self, done)
+
+    preemption.PreemptionWatch.should_stop = should_stop
+
+
 def main() -> int:
     if "FAULT_HOLD_SAVE_STEP" in os.environ:
         hold_save(int(os.environ["FAULT_HOLD_SAVE_STEP"]), os.environ["FAULT_MARKER"])
@@ -69,6 +85,8 @@ def main() -> int:
         nan_at(int(os.environ["FAULT_NAN_AT_STEP"]))
     if "FAULT_STEP_SECONDS" in os.environ:
         slow_steps(float(os.environ["FAULT_STEP_SECONDS"]))
+    if "FAULT_SIGTERM_AFTER_STEP" in os.environ:
+        sigterm_after(int(os.environ["FAULT_SIGTERM_AFTER_STEP"]))
     from instructjax import cli
 
     return cli.main(sys.argv[1:])

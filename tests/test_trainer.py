@@ -4,6 +4,7 @@ real Orbax checkpoints, the non-finite stop, run outputs and config errors throu
 
 import json
 import re
+import sys
 
 import jax
 import numpy as np
@@ -112,8 +113,9 @@ def test_logged_loss_is_the_optimised_objective_and_says_which(reduction, expect
     window = _Window(1, reduction)
     for loss_sum, weight in ((10.0, 4.0), (20.0, 6.0)):
         window.add({"loss_sum": loss_sum, "trained_tokens": weight, "tokens": 16, "source_sums": np.array([loss_sum]),
-                    "source_weights": np.array([weight])}, first=False)  # fmt: skip
+                    "source_weights": np.array([weight])}, 0.25)  # fmt: skip
     record = window.flush({"lr": 0.1, "grad_norm": 1.0}, 32, ["src"])
+    assert record["tokens_per_sec"] == pytest.approx(32 / 0.5) and record["step_seconds"] == pytest.approx(0.25)
     assert record["loss_reduction"] == reduction
     assert record["loss"] == pytest.approx(expected)
     assert record["loss/src"] == pytest.approx(3.0)  # per-source losses stay token means
@@ -187,7 +189,18 @@ def test_cli_run_writes_metrics_tensorboard_plot_and_checkpoints(tmp_path, capsy
 @pytest.mark.parametrize(
     "override, message",
     [
-        ("optim.learning_rate=1", "unknown config key 'optim.learning_rate'"),
+        ("optim.learning_rate=1", "optim.learning_rate: unknown key; known: b1, b2"),
+        # a misspelt key of every section: one line naming the key and its section, before any compilation
+        ("max_stepz=3", "max_stepz: unknown key; did you mean max_steps?"),
+        ("model.dtyp=float32", "model.dtyp: unknown key; did you mean dtype?"),
+        ("model.num_layers=two", "model.num_layers: expected int, got 'two'"),
+        ("data.seq_length=64", "data.seq_length: unknown key; did you mean seq_len?"),
+        ("data.mosaic.kmax=3", "data.mosaic.kmax: unknown key; did you mean k_max?"),
+        ("optim.warmup=0.1", "optim.warmup: unknown key; did you mean warmup_ratio?"),
+        ("checkpoint.evry=2", "checkpoint.evry: unknown key; did you mean every?"),
+        ("eval.tsks=[a]", "eval.tsks: unknown key; did you mean tasks?"),
+        ("define.tasks.mine.sorce=alpaca", "define.tasks.mine.sorce: unknown key; did you mean source?"),
+        ("mesh.dta=2", "unknown mesh axes ['dta']"),
         ("mesh.data=3", "mesh shape"),
         ("data.global_batch=6", "does not divide over the mesh"),
         ("optim.micro_batches=3", "not divisible by optim.micro_batches=3"),
@@ -198,7 +211,69 @@ def test_config_errors_are_one_line(tmp_path, capsys, override, message):
     args = ["train", "--config", "/dev/null", *BASE, f"run_dir={tmp_path}", "mesh.data=-1", override]
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip()
-    assert message in err and len(err.splitlines()) == 1
+    assert message in err and len(err.splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("entry", ["user_tasks", "user_tasks.py"])
+def test_config_imports_register_a_task_for_train_and_data_stats(tmp_path, capsys, monkeypatch, entry):
+    """`imports:` names a module in the config's directory (by name, or as a .py path) that registers a
+    task; `train` and `data stats --config` use it. `--import` does the same from the command line; a module
+    that fails to import is one line."""
+    name = f"user_alpaca_{entry.replace('.', '_')}"
+    (tmp_path / "user_tasks.py").write_text(
+        "from instructjax.data.tasks import TaskSpec, register_task\n"
+        f"register_task({name!r}, TaskSpec(source='alpaca', data_files=('builtin',)))\n")
+    monkeypatch.delitem(sys.modules, "user_tasks", raising=False)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"imports: [{entry}]\ndata: {{mixture: {name}, seq_len: 128, global_batch: 8, pack_window: 64}}\n"
+                      "model: {preset: tiny, dtype: float32}\nmax_steps: 1\n")
+    monkeypatch.chdir(tmp_path.parent)  # not the config's directory: `imports` is found next to the config
+    assert cli.main(["data", "stats", "--config", str(config)]) == 0
+    assert name in capsys.readouterr().out
+    assert cli.main(["train", "--config", str(config), f"run_dir={tmp_path / 'run'}"]) == 0
+    assert ckpt.read_meta(tmp_path / "run")[2] == 1
+    (tmp_path / "broken.py").write_text("raise RuntimeError('no GPU here')\n")
+    capsys.readouterr()
+    assert cli.main(["--import", str(tmp_path / "broken.py"), "data", "stats", "alpaca_builtin"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "instructjax: error: imports: cannot import " + repr(str(tmp_path / "broken.py")) + \
+        ": RuntimeError: no GPU here"
+
+
+def test_tokens_per_sec_is_each_steps_tokens_over_its_own_wall_time(tmp_path, monkeypatch):
+    """Steps made alternately slow and fast (a host-side pause while each step runs); each step's duration
+    is measured outside the trainer, from one metrics line being written to the next (log_every=1). Every
+    step's `tokens_per_sec`, the first and the last included, is its own tokens over its own duration: a
+    figure shifted by one step, or a last step timed over nothing, fails."""
+    import time
+
+    from instructjax.train import metrics, trainer
+
+    pauses = iter([0.0] + [2.0, 0.0] * 10)  # batch k+1 is made while step k runs: step k gets pause k
+    original_on_mesh, original_log = trainer.on_mesh, metrics.MetricsLogger.log
+    stamps = []
+
+    def on_mesh(host_batch, batch_sharding):
+        time.sleep(next(pauses))
+        placed = original_on_mesh(host_batch, batch_sharding)
+        if not stamps:
+            stamps.append(time.perf_counter())  # the first batch is placed just before step 1 starts
+        return placed
+
+    def log(self, step, values):
+        stamps.append(time.perf_counter())
+        return original_log(self, step, values)
+
+    monkeypatch.setattr(trainer, "on_mesh", on_mesh)
+    monkeypatch.setattr(metrics.MetricsLogger, "log", log)
+    run(tmp_path, "max_steps=6", "checkpoint.every=1000", devices=jax.devices()[:1])
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4, 5, 6]
+    seconds = np.diff(stamps)
+    tokens = np.diff([0] + [r["tokens"] for r in records])
+    assert all(seconds[k] > 2.0 for k in (0, 2, 4)) and all(seconds[k] < 1.9 for k in (1, 3))  # as paused
+    np.testing.assert_allclose([r["step_seconds"] for r in records], seconds, rtol=0.1, atol=0.25)
+    np.testing.assert_allclose([r["tokens_per_sec"] * r["step_seconds"] for r in records], tokens, rtol=1e-6)
 
 
 def test_trainer_refuses_mesh_larger_than_devices(tmp_path):

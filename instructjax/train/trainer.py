@@ -34,7 +34,7 @@ from instructjax.core import checkpoint as ckpt
 from instructjax.core import sharding
 from instructjax.core.config import RunConfig, to_dict
 from instructjax.core.errors import ConfigError, InstructJaxError
-from instructjax.model.config import LlamaConfig, preset
+from instructjax.model.config import LlamaConfig, preset, with_overrides
 from instructjax.model.llama import Llama
 from instructjax.train import loss, optim
 from instructjax.train.metrics import MetricsLogger, plot_losses
@@ -69,7 +69,7 @@ def maybe_initialize_distributed(config: RunConfig) -> None:
 def resolve_model_config(config: RunConfig) -> LlamaConfig:
     """The preset with overrides, or the config stored with `model.init_from`'s params (plus overrides)."""
     if config.model.init_from:
-        return LlamaConfig(**ckpt.read_meta(config.model.init_from)[0]).replace(**config.model.overrides)
+        return with_overrides(LlamaConfig(**ckpt.read_meta(config.model.init_from)[0]), config.model.overrides)
     return preset(config.model.preset, **config.model.overrides)
 
 
@@ -156,11 +156,13 @@ class Trainer:
         latest = self.checkpointer.latest_step()
         if not resume and latest is not None:
             raise ConfigError(f"{self.run_dir} already has checkpoints: pass --resume, or choose another run_dir")
+        self.resume_from = None  # the newest intact step: damaged newer ones are reported and set aside first
         if resume and latest is not None:
-            stored = ckpt.read_meta(self.run_dir)[0]["scan_layers"]
+            self.resume_from = self.checkpointer.resume_step()
+            stored = ckpt.read_meta(self.run_dir, self.resume_from)[0]["scan_layers"]
             if stored != self.model_config.scan_layers:  # continue in the layout the run was saved in
                 self.model_config = self.model_config.replace(scan_layers=stored)
-            saved = ckpt.read_tokenizer(self.run_dir)
+            saved = ckpt.read_tokenizer(self.run_dir, self.resume_from)
             if saved is not None and Tokenizer.load(materialize(saved["files"])) != self.tokenizer:
                 raise ConfigError(f"{self.run_dir} was trained with another tokenizer than {self.tokenizer.path}; "
                                   "resume with the run's own tokenizer (config `tokenizer:` / model.init_from)")
@@ -177,8 +179,7 @@ class Trainer:
             self.tx, lambda _, s: s, jax.eval_shape(self.tx.init, abstract_params), self.param_shardings,
             transform_non_params=lambda _: replicated)  # fmt: skip
         init_opt = jax.jit(self.tx.init, out_shardings=self.opt_shardings)
-        latest = self.checkpointer.latest_step() if self.resume else None
-        if latest is not None:
+        if self.resume_from is not None:
             target = lambda tree, shards: jax.tree.map(  # noqa: E731
                 lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shards)
             abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
@@ -188,6 +189,7 @@ class Trainer:
                 raise ConfigError(f"checkpoint step {latest} holds one data position per host (an older per-host "
                                   f"layout); it cannot resume with the global plan")  # fmt: skip
             self.pipeline.restore(data[0])  # the global position: any number of hosts continues from it
+            self.restored_window = meta.get("metrics_window")  # the log window the checkpoint was saved in
             return params, opt_state, latest, int(meta.get("tokens", 0))
         if self.config.model.init_from:
             params = load_params_as(self.config.model.init_from, self.model_config, shardings=self.param_shardings)
@@ -195,10 +197,11 @@ class Trainer:
             params = nnx.to_pure_dict(nnx.state(sharding.create_sharded_model(make_model, self.mesh)))
         return params, init_opt(params), 0, 0
 
-    def save(self, step: int, params, opt_state, tokens: int) -> None:
+    def save(self, step: int, params, opt_state, tokens: int, position, window: _Window | None = None) -> None:
+        """Save `step` with the data `position` after its batch and the metrics `window` open at it."""
         meta = {"run_config": to_dict(self.config), "model_config": dataclasses.asdict(self.model_config),
-                "tokens": tokens}  # fmt: skip
-        data = ckpt.gather_data_state(self.pipeline.state.to_array())
+                "tokens": tokens, "metrics_window": window.state() if window is not None else None}  # fmt: skip
+        data = ckpt.gather_data_state(position.to_array())
         self.checkpointer.save(step, params, opt_state, data, meta)
 
     def run(self, stop_at: int | None = None) -> TrainResult:
@@ -222,22 +225,24 @@ class Trainer:
         )
         batch_sharding = sharding.batch_sharding(self.mesh)
         window = _Window(len(self.sources), self.config.optim.loss_reduction)
+        if start and getattr(self, "restored_window", None):  # a preempted run's half-filled log window
+            window.load(self.restored_window)
+        last = min(stop_at or self.total_steps, self.total_steps)
         bar = tqdm(total=self.total_steps, initial=start, disable=not primary, desc="train", unit="step")
         batches = iter(self.pipeline)
-        pending = None  # (step, metrics) fetched one step late, so the host never stalls the device
 
-        def finish(step, metrics):
+        def finish(step, metrics, seconds):
             nonlocal tokens
             m = jax.device_get(metrics)
             if not np.isfinite(m["loss"]):
                 self.checkpointer.wait()
-                last = self.checkpointer.latest_step()
-                raise NonFiniteLoss(f"non-finite loss ({m['loss']}) at step {step}; stopped, "
-                                    f"the last good checkpoint is {'step ' + str(last) if last else 'none'}")  # fmt: skip
+                last_saved = self.checkpointer.latest_step()
+                raise NonFiniteLoss(f"non-finite loss ({m['loss']}) at step {step}; stopped, the last good "
+                                    f"checkpoint is {'step ' + str(last_saved) if last_saved else 'none'}")
             result.losses[step], result.step = float(m["loss"]), step
             tokens += int(m["tokens"])
             m["lr"] = float(self.schedule(step - 1))
-            window.add(m, first=step == start + 1)
+            window.add(m, seconds)
             bar.update(1)
             bar.set_postfix(loss=f"{float(m['loss']):.4f}")
             if step % self.config.log_every == 0 or step == self.total_steps:
@@ -246,23 +251,28 @@ class Trainer:
         preemption = PreemptionWatch()
         try:
             with jax.set_mesh(self.mesh):
-                for step in range(start + 1, min(stop_at or self.total_steps, self.total_steps) + 1):
-                    batch = on_mesh(next(batches), batch_sharding)
+                self.schedule(start)  # its ops compiled here, not in the wall time of the second step
+                if start < last:
+                    batch, position = on_mesh(next(batches), batch_sharding), self.pipeline.state
+                clock = time.perf_counter()  # a step's wall time ends when its outputs are ready
+                for step in range(start + 1, last + 1):
                     params, opt_state, metrics = step_fn(params, opt_state, batch)
-                    if pending:
-                        finish(*pending)
-                    pending = (step, metrics)
+                    if step < last:  # the next batch is made while this step runs
+                        batch, following = on_mesh(next(batches), batch_sharding), self.pipeline.state
+                    jax.block_until_ready(metrics)
+                    now = time.perf_counter()
+                    finish(step, metrics, now - clock)
+                    clock = now
                     result.preempted = preemption.should_stop(step)
-                    if step % self.config.checkpoint.every == 0 or step in (self.total_steps, stop_at) \
-                            or result.preempted:
-                        finish(*pending)
-                        pending = None
-                        self.save(step, params, opt_state, tokens)
+                    if step % self.config.checkpoint.every == 0 or step == last or result.preempted:
+                        self.save(step, params, opt_state, tokens, position, window)
                     if result.preempted:
                         if primary:
                             print(f"instructjax: preempted: saved step {step}; `--resume` continues from it",
                                   file=sys.stderr, flush=True)
                         break
+                    if step < last:
+                        position = following
         finally:
             preemption.close()
             bar.close()
@@ -275,7 +285,10 @@ class Trainer:
 
 
 class _Window:
-    """Sums over the steps since the last log line (tokens/s excludes the first, compiling, step).
+    """Sums over the steps since the last log line. A step's time runs from the previous step's outputs
+    being ready to its own (the first step of a process includes compilation); `tokens_per_sec` and
+    `step_seconds` are the window's tokens and time over its steps. The open window is saved with a
+    checkpoint (`state`, `load`), so a preempted and resumed run logs what an uninterrupted one logs.
 
     The logged `loss` is the objective the steps optimised (`loss_reduction`): with "mean" the trained
     tokens' mean cross-entropy over the window, with "sum" the mean per step of the summed loss."""
@@ -285,24 +298,34 @@ class _Window:
         self.reset()
 
     def reset(self) -> None:
-        self.loss_sum = self.weight = self.tokens = 0.0
+        self.loss_sum = self.weight = self.tokens = self.seconds = 0.0
         self.steps = 0
         self.source_sums, self.source_weights = np.zeros(self.num_sources), np.zeros(self.num_sources)
-        self.start = time.perf_counter()
 
-    def add(self, m: dict, first: bool) -> None:
+    def state(self) -> dict:
+        """The open window as JSON values (saved with a checkpoint)."""
+        return {"loss_sum": self.loss_sum, "weight": self.weight, "tokens": self.tokens, "seconds": self.seconds,
+                "steps": self.steps, "source_sums": self.source_sums.tolist(),
+                "source_weights": self.source_weights.tolist()}
+
+    def load(self, state: dict) -> None:
+        if len(state["source_sums"]) != self.num_sources:  # another mixture: start a fresh window
+            return
+        self.loss_sum, self.weight, self.tokens = state["loss_sum"], state["weight"], state["tokens"]
+        self.seconds, self.steps = state["seconds"], state["steps"]
+        self.source_sums = np.asarray(state["source_sums"], np.float64)
+        self.source_weights = np.asarray(state["source_weights"], np.float64)
+
+    def add(self, m: dict, seconds: float) -> None:
         self.loss_sum += float(m["loss_sum"])
         self.weight += float(m["trained_tokens"])
+        self.tokens += float(m["tokens"])
+        self.seconds += seconds
         self.steps += 1
         self.source_sums += m["source_sums"]
         self.source_weights += m["source_weights"]
-        if first:  # restart the clock after compilation
-            self.start, self.tokens = time.perf_counter(), 0.0
-        else:
-            self.tokens += float(m["tokens"])
 
     def flush(self, m: dict, total_tokens: int, sources: list[str]) -> dict:
-        elapsed = max(time.perf_counter() - self.start, 1e-9)
         per = self.weight if self.reduction == "mean" else self.steps
         record = {
             "loss": self.loss_sum / per if per else 0.0,
@@ -310,7 +333,8 @@ class _Window:
             "lr": float(m["lr"]),
             "grad_norm": float(m["grad_norm"]),
             "tokens": total_tokens,
-            "tokens_per_sec": self.tokens / elapsed,
+            "tokens_per_sec": self.tokens / max(self.seconds, 1e-9),
+            "step_seconds": self.seconds / max(self.steps, 1),
         }
         for name, s, w in zip(sources, self.source_sums, self.source_weights, strict=True):
             if w > 0:

@@ -1,0 +1,73 @@
+"""A preempted and resumed run logs what an uninterrupted run logs: metrics.jsonl and the TensorBoard
+events line by line (timings aside), with SIGTERM at a step inside a log window (log_every=10).
+
+Each run is the real `instructjax train` CLI in its own process (tests/fault_worker.py); the signal is a
+real SIGTERM the process sends itself once the chosen step is done."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+WORKER = Path(__file__).with_name("fault_worker.py")
+ARGS = [
+    "model.preset=tiny", "model.dtype=float32", "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=128",
+    "data.global_batch=8", "data.pack_window=64", "optim.lr=3e-3", "optim.epochs=1", "log_every=10",
+    "max_steps=13", "checkpoint.every=1000",
+]  # fmt: skip
+TIMINGS = {"tokens_per_sec", "step_seconds"}
+
+
+def train(run_dir, env, *extra, faults=None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, str(WORKER), "train", "--config", "/dev/null", *ARGS, f"run_dir={run_dir}", *extra]
+    return subprocess.run(cmd, env={**env, **(faults or {})}, capture_output=True, text=True, timeout=900)
+
+
+def lines(run_dir) -> list[dict]:
+    records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in TIMINGS} for r in records]
+
+
+def tensorboard_scalars(run_dir) -> dict[tuple[str, int], float]:
+    """(tag, step) -> value as TensorBoard shows it: events in the order written, and a restart's
+    SessionLog.START at step s (tensorboardX's purge_step) discarding what was logged at steps >= s."""
+    import tensorflow as tf
+
+    scalars: dict[tuple[str, int], float] = {}
+    for path in sorted((Path(run_dir) / "tensorboard").glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            if event.HasField("session_log") and event.session_log.status == event.session_log.START:
+                scalars = {k: v for k, v in scalars.items() if k[1] < event.step}
+            for value in event.summary.value:
+                if value.tag not in TIMINGS:
+                    scalars[(value.tag, event.step)] = value.simple_value
+    return scalars
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    cache = tmp_path_factory.mktemp("xla_cache")
+    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PLATFORMS": "cpu"}
+
+
+def test_sigterm_inside_a_log_window_logs_what_an_uninterrupted_run_logs(tmp_path, env):
+    reference = tmp_path / "reference"
+    done = train(reference, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert [r["step"] for r in lines(reference)] == [10, 13]
+
+    run_dir = tmp_path / "run"
+    stopped = train(run_dir, env, faults={"FAULT_SIGTERM_AFTER_STEP": "7"})
+    assert stopped.returncode == 75 and "preempted: saved step 7" in stopped.stderr, stopped.stderr[-3000:]
+    assert lines(run_dir) == []  # nothing was due before the signal
+    resumed = train(run_dir, env, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert lines(run_dir) == lines(reference)  # step 10's window covers steps 1-10 across the restart
+    assert tensorboard_scalars(run_dir) == tensorboard_scalars(reference)
+    for record in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
+        assert 0 < record["tokens_per_sec"] < 1e7 and 0 < record["step_seconds"] < 60
