@@ -1,8 +1,9 @@
 """Run metrics: RUN_DIR/metrics.jsonl, TensorBoard events, and loss.png at the end.
 
 One JSON object per logged step (`step`, `loss` with `loss_reduction` saying which objective it is,
-`lr`, `grad_norm`, `tokens`, `tokens_per_sec`, and `loss/<source>`, the mean token loss of every mixture
-source that had trained tokens in the logged window). Only the primary host writes.
+`lr`, `grad_norm`, `tokens`, `tokens_per_sec` and `step_seconds` over the logged window's own wall time,
+and `loss/<source>`, the mean token loss of every mixture source that had trained tokens in the logged
+window). Only the primary host writes; without tensorboardX, metrics.jsonl alone.
 """
 
 from __future__ import annotations
