@@ -14,7 +14,6 @@
 `FAULT_SEED=N` replays a draw.
 """
 
-import argparse
 import dataclasses
 import os
 import random
@@ -216,10 +215,10 @@ def damaged_model_run(model_run, to: Path) -> Path:
 
 
 def test_export_generate_and_init_from_fall_back_with_one_warning(tmp_path, model_run, capsys):
-    from instructjax.cli.eval import load_generator
     from instructjax.convert.hf import hf_to_params
     from instructjax.convert.saved import load_params_as
     from instructjax.core.config import load_config
+    from instructjax.eval.generate import load_generator
     from instructjax.train import setup
     from instructjax.train.trainer import resolve_model_config
 
@@ -230,8 +229,7 @@ def test_export_generate_and_init_from_fall_back_with_one_warning(tmp_path, mode
     assert_same(jax.device_get(hf_to_params(str(tmp_path / "hf"))[0]), first)
 
     run_dir = damaged_model_run(model_run, tmp_path / "generate")
-    args = argparse.Namespace(model=str(run_dir), tokenizer=None, template=None, batch_size=1)
-    generator, _ = load_generator(args)  # what generate, score and codex open
+    generator, _ = load_generator(str(run_dir), batch_size=1)  # what generate, score and codex open
     one_fallback(capsys, 2, 1)
     assert_same(jax.device_get(nnx.to_pure_dict(nnx.state(generator.model))), first)
 

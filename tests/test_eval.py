@@ -181,8 +181,8 @@ def test_lm_eval_backends_agree(tmp_path, monkeypatch, caplog):
     pytest.importorskip("accelerate")
     from test_convert import make_hf
 
-    from instructjax.cli.eval import run_lm_eval
     from instructjax.convert.saved import export_checkpoint, import_hf
+    from instructjax.eval.harness import run_lm_eval
 
     monkeypatch.chdir(REPO)  # the task YAMLs name their data files relative to the repository
     hf = make_hf(tmp_path, "gqa", seed=11)

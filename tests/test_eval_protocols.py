@@ -324,8 +324,8 @@ def _register_oracle():
 
 
 def test_run_suite_scores_the_seeded_subsets(tmp_path, monkeypatch):
-    from instructjax.cli.eval import run_suite
     from instructjax.eval import suite as suite_mod
+    from instructjax.eval.harness import run_suite
 
     _register_oracle()
     include = _write_tasks(tmp_path)
@@ -355,8 +355,8 @@ def test_run_suite_scores_the_seeded_subsets(tmp_path, monkeypatch):
 
 
 def test_config_parts_of_the_papers_configs():
-    from instructjax.cli.eval_config import config_parts
     from instructjax.core.config import eval_section, load_config
+    from instructjax.eval.run import config_parts
 
     configs = REPO / "configs"
     parts = {name: config_parts(eval_section(load_config(configs / name).eval)) for name in (
@@ -379,8 +379,8 @@ class _FakeGenerator:
 
 
 def test_judged_parts_generate_at_the_papers_length(tmp_path):
-    from instructjax.cli.eval_config import run_judged
     from instructjax.core.config import eval_section
+    from instructjax.eval.run import run_judged
 
     rows = [{"id": str(i), "instruction": f"q{i}", "skills": ["factuality"]} for i in range(3)]
     for mode in ("pairwise", "alpaca_eval", "flask"):

@@ -22,6 +22,8 @@ COMMAND_MODULES = [
     "instructjax.cli.train",
     "instructjax.cli.plan",
     "instructjax.cli.experiments",
+    "instructjax.cli.sweep",
+    "instructjax.cli.report",
     "instructjax.cli.quickstart",
 ]
 

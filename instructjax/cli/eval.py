@@ -1,18 +1,17 @@
 """`instructjax score`, `generate` and `eval` (lm-eval, the papers' suites, Codex-Eval, pairwise judging).
 
-`instructjax eval --config RUN.yaml` (what the config's `eval:` block names) is `cli/eval_config.py`.
+`instructjax eval --config RUN.yaml` runs what the config's `eval:` block names (instructjax/eval/run.py);
+the lm-eval runs are instructjax/eval/harness.py, generation instructjax/eval/generate.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 
 from instructjax.core.errors import ConfigError
-
-EVAL_PARTS = ("suite", "tasks", "codex", "pairwise", "alpaca_eval", "flask")  # what `eval --config` runs
+from instructjax.eval.run import EVAL_PARTS
 
 
 def register(subparsers) -> None:
@@ -76,19 +75,10 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
 
 
-def load_generator(args):
-    """(Generator, HF tokenizer) for --model / --tokenizer / --template: the model's own tokenizer and the
-    chat template it was trained with (tulu, with a note, for a model that carries none)."""
-    from instructjax.convert.saved import load_model, saved_tokenizer
-    from instructjax.data.templates import DEFAULT_TEMPLATE, jinja_template
-    from instructjax.eval.generate import Generator
+def _generator(args):
+    from instructjax.eval.generate import load_generator
 
-    tokenizer, chat_template = saved_tokenizer(args.model, tokenizer=args.tokenizer, template=args.template)
-    if chat_template is None:
-        print(f"instructjax: note: {args.model} carries no chat template; using {DEFAULT_TEMPLATE!r}", file=sys.stderr)
-        chat_template = jinja_template(DEFAULT_TEMPLATE, bos=tokenizer.adds_bos)
-    hf_tok = tokenizer.to_hf(chat_template)
-    return Generator(load_model(args.model), hf_tok, batch_size=args.batch_size), hf_tok
+    return load_generator(args.model, tokenizer=args.tokenizer, template=args.template, batch_size=args.batch_size)
 
 
 def _rows(path: str) -> list[dict]:
@@ -103,151 +93,60 @@ def run_score(args) -> int:
     texts = list(args.text) + ([r["text"] for r in _rows(args.file)] if args.file else [])
     if not texts:
         raise ConfigError("score: give --text or --file")
-    generator, hf_tok = load_generator(args)
+    generator, hf_tok = _generator(args)
     for text, scores in zip(texts, score_texts(generator.model, hf_tok, texts, args.batch_size), strict=True):
         total = sum(lp for _, lp in scores)
         print(json.dumps({"text": text, "logprob": total, "tokens": scores}, ensure_ascii=False))
     return 0
 
 
-def complete(generator, rows: list[dict], sampling, keep: tuple[str, ...] = ()) -> list[dict]:
-    """{id, instruction, output} (plus the row's `keep` fields) for rows with 'messages' or 'instruction'."""
-    conversations = []
-    for i, row in enumerate(rows):
-        messages = row.get("messages") or [{"role": "user", "content": row.get("instruction", "")}]
-        if messages[-1]["role"] == "assistant":
-            messages = messages[:-1]
-        conversations.append(messages)
-        row.setdefault("id", str(i))
-        row.setdefault("instruction", messages[-1]["content"])
-    outputs = generator.chat(conversations, sampling)
-    return [{"id": r["id"], "instruction": r["instruction"], "output": o, **{k: r[k] for k in keep if k in r}}
-            for r, o in zip(rows, outputs, strict=True)]
-
-
 def run_generate(args) -> int:
-    from instructjax.eval.generate import Sampling
+    from instructjax.eval.generate import Sampling, complete
     from instructjax.eval.pairwise import write_jsonl
 
     rows = _rows(args.prompts)
-    generator, _ = load_generator(args)
+    generator, _ = _generator(args)
     completions = complete(generator, rows, Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed))
     write_jsonl(args.out, completions)
     print(f"wrote {len(completions)} completions to {args.out}")
     return 0
 
 
-def run_lm_eval(model: str, tasks: list[str], *, backend: str = "auto", num_fewshot: int | None = None,
-                include_path: str | None = None, limit: float | None = None, batch_size: int = 8,
-                log_samples: bool = False, samples: dict[str, list[int]] | None = None,
-                gen_kwargs: dict | None = None) -> dict:
-    """lm-eval's simple_evaluate with the hf backend on an HF directory, or ours on a checkpoint (or any
-    registered lm-eval model named by `backend`); `samples`: the documents of each task to evaluate."""
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
-    import instructjax.eval.lm_eval_adapter  # noqa: F401  (registers "instructjax")
-
-    if backend == "auto":
-        backend = "hf" if os.path.isfile(os.path.join(model, "config.json")) else "instructjax"
-    model_args = f"pretrained={model}" + (",dtype=float32" if backend == "hf" else "")
-    return lm_eval.simple_evaluate(
-        model=backend, model_args=model_args, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
-        batch_size=batch_size, device="cpu" if backend == "hf" else None, log_samples=log_samples,
-        task_manager=TaskManager(include_path=include_path), bootstrap_iters=0, samples=samples,
-        gen_kwargs=gen_kwargs,
-    )
-
-
-def leaf_sizes(task: str, include_path: str | None = None) -> dict[str, int]:
-    """{leaf task: document count} of an lm-eval task or group (the group's tasks, recursively)."""
-    from lm_eval.api.task import Task
-    from lm_eval.tasks import TaskManager, get_task_dict
-
-    sizes: dict[str, int] = {}
-
-    def walk(node) -> None:
-        for value in node.values():
-            if isinstance(value, dict):
-                walk(value)
-            elif isinstance(value, Task):
-                sizes[value.config.task] = len(value.eval_docs)
-
-    walk(get_task_dict([task], TaskManager(include_path=include_path)))
-    return sizes
-
-
-def _numeric(metrics: dict) -> dict:
-    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "stderr" not in k}
-
-
-def run_suite(model: str, name: str, *, backend: str = "auto", include_path: str | None = None,
-              limit: float | None = None, batch_size: int = 8, samples_out: str | None = None) -> dict:
-    """A paper's suite through lm-eval: one call per shot count; the protocol benchmarks (GSM8K, BBH) on
-    their seeded subsets (all documents, or lm-eval's first `limit`, when a limit is given) and scored from
-    the raw generations by the paper's answer rule (`protocol` in their entry). `samples_out`: JSONL of
-    every protocol document's response and extracted answer."""
-    from instructjax.eval.pairwise import write_jsonl
-    from instructjax.eval.protocols import bbh_answer, gsm8k_answer, protocol_samples, score_suite_task
-    from instructjax.eval.suite import SUITE_MAX_GEN_TOKS, lm_eval_runs, protocols
-
-    by_task = protocols(name)
-    if by_task and limit is not None:
-        print(f"instructjax: note: --limit takes lm-eval's first documents of {', '.join(by_task)}, not the "
-              "paper's seeded subsets", file=sys.stderr)
-    gen_kwargs = {"max_gen_toks": SUITE_MAX_GEN_TOKS[name]} if name in SUITE_MAX_GEN_TOKS else None
-    summary: dict[str, dict] = {}
-    logged: list[dict] = []
-    for shots, tasks in lm_eval_runs(name):
-        here = {t: by_task[t] for t in tasks if t in by_task}
-        leaves = {t: leaf_sizes(t, include_path) for t in here}
-        samples = None
-        if here and limit is None:
-            samples = {}
-            for task, protocol in here.items():
-                samples.update(protocol_samples(protocol, task, leaves[task]))
-        out = run_lm_eval(model, tasks, backend=backend, num_fewshot=shots, include_path=include_path, limit=limit,
-                          batch_size=batch_size, log_samples=bool(here), samples=samples, gen_kwargs=gen_kwargs)
-        for task, metrics in out["results"].items():
-            summary[f"{task}|{shots}-shot"] = _numeric(metrics)
-        for task, protocol in here.items():
-            scores = score_suite_task(protocol.kind, list(leaves[task]), out.get("samples", {}))
-            summary.setdefault(f"{task}|{shots}-shot", {})["protocol"] = {
-                "kind": protocol.kind, "per_task": protocol.per_task, "seed": protocol.seed, **scores}
-            extract = gsm8k_answer if protocol.kind == "gsm8k" else bbh_answer
-            for leaf in leaves[task]:
-                seen = set()
-                for s in out.get("samples", {}).get(leaf, []):
-                    if s["doc_id"] not in seen:
-                        seen.add(s["doc_id"])
-                        text = s["resps"][0][0]
-                        logged.append({"task": leaf, "doc_id": s["doc_id"], "target": s["target"],
-                                       "response": text, "answer": extract(text)})
-    if samples_out and logged:
-        write_jsonl(samples_out, logged)
-    return summary
-
-
 def run_eval(args) -> int:
     if args.config:
-        from instructjax.cli.eval_config import run_config
-
-        return run_config(args)
+        return run_eval_config(args)
     if not args.model or not (args.tasks or args.suite):
         raise ConfigError("eval: give --model and --tasks or --suite, or --config (or a subcommand: pairwise, codex)")
+    from instructjax.eval.harness import numeric, run_lm_eval, run_suite
+
     if args.suite:
         summary = run_suite(args.model, args.suite, backend=args.backend, include_path=args.include_path,
                             limit=args.limit, batch_size=args.batch_size)
     else:
         out = run_lm_eval(args.model, args.tasks.split(","), backend=args.backend, num_fewshot=args.num_fewshot,
                           include_path=args.include_path, limit=args.limit, batch_size=args.batch_size)
-        summary = {task: _numeric(metrics) for task, metrics in out["results"].items()}
-    text = json.dumps(summary, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+        summary = {task: numeric(metrics) for task, metrics in out["results"].items()}
+    _print_and_write(summary, args.out)
     return 0
+
+
+def run_eval_config(args) -> int:
+    """`eval --config RUN.yaml [--only PARTS] [--model M]`: the eval: block's parts, results in its out dir."""
+    from instructjax.core.config import load_config
+    from instructjax.eval.run import evaluate_config
+
+    only = [p.strip() for p in args.only.split(",") if p.strip()] if args.only else None
+    results = evaluate_config(load_config(args.config), model=args.model, only=only)
+    _print_and_write(results, args.out)
+    return 0
+
+
+def _print_and_write(summary: dict, out: str | None) -> None:
+    text = json.dumps(summary, indent=2, default=str)
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
 
 
 def run_pairwise(args) -> int:
@@ -287,6 +186,6 @@ def run_codex(args) -> int:
     problems = load_problems()
     if args.limit:
         problems = dict(list(problems.items())[: args.limit])
-    generator, _ = load_generator(args)
+    generator, _ = _generator(args)
     print(json.dumps(codex_eval(generator, problems, n=args.n, max_new_tokens=args.max_new_tokens), indent=2))
     return 0

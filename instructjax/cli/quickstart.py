@@ -56,8 +56,8 @@ def export_and_evaluate(run_dir: Path) -> None:
     on the small offline tasks under tests/data/lm_eval (nothing is downloaded)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    from instructjax.cli.eval import run_lm_eval
     from instructjax.convert.saved import export_checkpoint
+    from instructjax.eval.harness import run_lm_eval
 
     hf_dir = (run_dir / "hf").resolve()
     print(f"== export: Hugging Face safetensors + tokenizer + chat template -> {hf_dir} ==")

@@ -148,3 +148,36 @@ class Generator:
     def chat(self, conversations: Sequence[list[dict[str, str]]], sampling: Sampling = Sampling()) -> list[str]:
         """The next assistant turn for each conversation (messages ending on a user turn)."""
         return [t.strip() for t in self.generate([self.encode_chat(m) for m in conversations], sampling)]
+
+
+def load_generator(model: str, *, tokenizer: str | None = None, template: str | None = None,
+                   batch_size: int = 8) -> tuple[Generator, object]:
+    """(Generator, HF tokenizer) of a saved model (checkpoint or HF directory): its own tokenizer and the chat
+    template it was trained with (tulu, with a note, for a model that carries none); `tokenizer` and
+    `template` override them."""
+    import sys
+
+    from instructjax.convert.saved import load_model, saved_tokenizer
+    from instructjax.data.templates import DEFAULT_TEMPLATE, jinja_template
+
+    saved, chat_template = saved_tokenizer(model, tokenizer=tokenizer, template=template)
+    if chat_template is None:
+        print(f"instructjax: note: {model} carries no chat template; using {DEFAULT_TEMPLATE!r}", file=sys.stderr)
+        chat_template = jinja_template(DEFAULT_TEMPLATE, bos=saved.adds_bos)
+    hf_tok = saved.to_hf(chat_template)
+    return Generator(load_model(model), hf_tok, batch_size=batch_size), hf_tok
+
+
+def complete(generator: Generator, rows: list[dict], sampling: Sampling, keep: tuple[str, ...] = ()) -> list[dict]:
+    """{id, instruction, output} (plus the row's `keep` fields) for rows with 'messages' or 'instruction'."""
+    conversations = []
+    for i, row in enumerate(rows):
+        messages = row.get("messages") or [{"role": "user", "content": row.get("instruction", "")}]
+        if messages[-1]["role"] == "assistant":
+            messages = messages[:-1]
+        conversations.append(messages)
+        row.setdefault("id", str(i))
+        row.setdefault("instruction", messages[-1]["content"])
+    outputs = generator.chat(conversations, sampling)
+    return [{"id": r["id"], "instruction": r["instruction"], "output": o, **{k: r[k] for k in keep if k in r}}
+            for r, o in zip(rows, outputs, strict=True)]

@@ -1,0 +1,122 @@
+"""lm-evaluation-harness runs: tasks on a model, and a paper's suite (eval/suite.py) scored by its protocol.
+
+The backend is lm-eval's `hf` on an exported HF directory, or ours ("instructjax", eval/lm_eval_adapter.py)
+on a checkpoint. `instructjax eval`, `eval --config` (eval/run.py) and `instructjax sweep` all call these.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lm_eval.tasks import TaskManager
+
+
+def run_lm_eval(model: str, tasks: list[str], *, backend: str = "auto", num_fewshot: int | None = None,
+                include_path: str | None = None, limit: float | None = None, batch_size: int = 8,
+                log_samples: bool = False, samples: dict[str, list[int]] | None = None,
+                gen_kwargs: dict | None = None) -> dict:
+    """lm-eval's simple_evaluate with the hf backend on an HF directory, or ours on a checkpoint (or any
+    registered lm-eval model named by `backend`); `samples`: the documents of each task to evaluate."""
+    import lm_eval
+
+    import instructjax.eval.lm_eval_adapter  # noqa: F401  (registers "instructjax")
+
+    if backend == "auto":
+        backend = "hf" if os.path.isfile(os.path.join(model, "config.json")) else "instructjax"
+    model_args = f"pretrained={model}" + (",dtype=float32" if backend == "hf" else "")
+    return lm_eval.simple_evaluate(
+        model=backend, model_args=model_args, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
+        batch_size=batch_size, device="cpu" if backend == "hf" else None, log_samples=log_samples,
+        task_manager=task_manager(include_path, tasks), bootstrap_iters=0, samples=samples,
+        gen_kwargs=gen_kwargs,
+    )
+
+
+def task_manager(include_path: str | None, tasks: Sequence[str] = ()) -> TaskManager:
+    """lm-eval's task index for `tasks`: the include path's own when it holds them all as tasks (reading every
+    one of lm-eval's task YAMLs takes seconds), else lm-eval's with the include path; built once per process."""
+    if include_path and set(tasks) <= set(_index(include_path, False).all_subtasks):
+        return _index(include_path, False)
+    return _index(include_path, True)
+
+
+@functools.lru_cache(maxsize=8)
+def _index(include_path: str | None, defaults: bool) -> TaskManager:
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager(include_path=include_path, include_defaults=defaults)
+
+
+def leaf_sizes(task: str, include_path: str | None = None) -> dict[str, int]:
+    """{leaf task: document count} of an lm-eval task or group (the group's tasks, recursively)."""
+    from lm_eval.api.task import Task
+    from lm_eval.tasks import get_task_dict
+
+    sizes: dict[str, int] = {}
+
+    def walk(node) -> None:
+        for value in node.values():
+            if isinstance(value, dict):
+                walk(value)
+            elif isinstance(value, Task):
+                sizes[value.config.task] = len(value.eval_docs)
+
+    walk(get_task_dict([task], task_manager(include_path, [task])))
+    return sizes
+
+
+def numeric(metrics: dict) -> dict:
+    """A task's numeric lm-eval metrics, without their standard errors."""
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and "stderr" not in k}
+
+
+def run_suite(model: str, name: str, *, backend: str = "auto", include_path: str | None = None,
+              limit: float | None = None, batch_size: int = 8, samples_out: str | None = None) -> dict:
+    """A paper's suite through lm-eval: one call per shot count; the protocol benchmarks (GSM8K, BBH) on
+    their seeded subsets (all documents, or lm-eval's first `limit`, when a limit is given) and scored from
+    the raw generations by the paper's answer rule (`protocol` in their entry). `samples_out`: JSONL of
+    every protocol document's response and extracted answer."""
+    from instructjax.eval.pairwise import write_jsonl
+    from instructjax.eval.protocols import bbh_answer, gsm8k_answer, protocol_samples, score_suite_task
+    from instructjax.eval.suite import SUITE_MAX_GEN_TOKS, lm_eval_runs, protocols
+
+    by_task = protocols(name)
+    if by_task and limit is not None:
+        print(f"instructjax: note: --limit takes lm-eval's first documents of {', '.join(by_task)}, not the "
+              "paper's seeded subsets", file=sys.stderr)
+    gen_kwargs = {"max_gen_toks": SUITE_MAX_GEN_TOKS[name]} if name in SUITE_MAX_GEN_TOKS else None
+    summary: dict[str, dict] = {}
+    logged: list[dict] = []
+    for shots, tasks in lm_eval_runs(name):
+        here = {t: by_task[t] for t in tasks if t in by_task}
+        leaves = {t: leaf_sizes(t, include_path) for t in here}
+        samples = None
+        if here and limit is None:
+            samples = {}
+            for task, protocol in here.items():
+                samples.update(protocol_samples(protocol, task, leaves[task]))
+        out = run_lm_eval(model, tasks, backend=backend, num_fewshot=shots, include_path=include_path, limit=limit,
+                          batch_size=batch_size, log_samples=bool(here), samples=samples, gen_kwargs=gen_kwargs)
+        for task, metrics in out["results"].items():
+            summary[f"{task}|{shots}-shot"] = numeric(metrics)
+        for task, protocol in here.items():
+            scores = score_suite_task(protocol.kind, list(leaves[task]), out.get("samples", {}))
+            summary.setdefault(f"{task}|{shots}-shot", {})["protocol"] = {
+                "kind": protocol.kind, "per_task": protocol.per_task, "seed": protocol.seed, **scores}
+            extract = gsm8k_answer if protocol.kind == "gsm8k" else bbh_answer
+            for leaf in leaves[task]:
+                seen = set()
+                for s in out.get("samples", {}).get(leaf, []):
+                    if s["doc_id"] not in seen:
+                        seen.add(s["doc_id"])
+                        text = s["resps"][0][0]
+                        logged.append({"task": leaf, "doc_id": s["doc_id"], "target": s["target"],
+                                       "response": text, "answer": extract(text)})
+    if samples_out and logged:
+        write_jsonl(samples_out, logged)
+    return summary

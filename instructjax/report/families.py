@@ -1,0 +1,69 @@
+"""The four papers' families and the report of their runs: per family a markdown page with the paper's tables
+(ours / paper / difference), a CSV per table, and PNG figures (the paper's sweep curves, the training losses).
+
+A family is a module (seed000, seed002, seed003, seed004) with KEY, TITLE, `coordinates(run)` (where a run
+sits in the paper, read from its config's name and model; None: not this paper's), TABLES and
+`figures(runs, published)`; its published numbers are `<KEY>.yaml` beside it.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+from types import ModuleType
+
+import yaml
+
+from instructjax.report import seed000, seed002, seed003, seed004
+from instructjax.report.figures import Figure, draw, loss_panels
+from instructjax.report.runs import Run, link_pairwise, read_run
+from instructjax.report.tables import fill, markdown, write_csv
+
+FAMILIES = (seed000, seed002, seed003, seed004)
+
+
+def published(family: ModuleType) -> dict:
+    """The family's published numbers: {paper, seed, tables: {id: {source, columns, rows}}}."""
+    return yaml.safe_load((files("instructjax.report") / f"{family.KEY}.yaml").read_text())
+
+
+def family_of(run: Run) -> ModuleType | None:
+    """The family (module) whose paper the run is of."""
+    return next((f for f in FAMILIES if f.coordinates(run) is not None), None)
+
+
+def write_report(paths: list[Path], out: Path) -> tuple[list[Path], list[str]]:
+    """Write the report of the configs' runs under `out`: (files written, names of runs of no family)."""
+    runs = [read_run(p) for p in paths]
+    link_pairwise(runs)
+    out.mkdir(parents=True, exist_ok=True)
+    written: list[Path] = []
+    for family in FAMILIES:
+        mine = [r for r in runs if family_of(r) is family]
+        if not mine:
+            continue
+        data = published(family)
+        evaluated = sum(r.results is not None for r in mine)
+        page = [f"# {family.TITLE}", "",
+                f"{len(mine)} runs, {evaluated} with results (`eval --config`). Each cell: ours / paper "
+                "(ours - paper); — : missing (not run, not finished, or not evaluated by us). "
+                f"Published numbers: `instructjax/report/{family.KEY}.yaml`, from {data['seed']}.", ""]
+        for table in family.TABLES:
+            filled = fill(table, mine, data["tables"][table.id])
+            if not filled.rows:  # a sweep the paper prints no numbers of, and none of ours
+                continue
+            path = out / f"{family.KEY}_{table.id}.csv"
+            write_csv(filled, path)
+            page += [markdown(filled), f"CSV: [{path.name}]({path.name})", ""]
+            written.append(path)
+        figures = family.figures(mine, data)
+        if any(r.metrics for r in mine):
+            figures["loss"] = Figure(f"training loss of every run, per source ({family.KEY})", loss_panels(mine))
+        for name, figure in figures.items():
+            path = draw(out / f"{family.KEY}_{name}.png", figure)
+            page += [f"![{figure.title}]({path.name})", ""]
+            written.append(path)
+        md = out / f"{family.KEY}.md"
+        md.write_text("\n".join(page))
+        written.append(md)
+    return written, [r.name for r in runs if family_of(r) is None]

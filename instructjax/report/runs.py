@@ -1,0 +1,84 @@
+"""A family's runs on disk: the configs a DIR_OR_GLOB names, and each run's results and metrics.
+
+`sweep` runs the configs; `report` reads what the runs left: RUN_DIR/eval/results.json (written by
+`eval --config`, layout in instructjax/eval/run.py) and RUN_DIR/metrics.jsonl (instructjax/train/metrics.py).
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from instructjax.core.config import RunConfig, eval_section, load_config
+from instructjax.core.errors import ConfigError
+
+
+def config_paths(where: str) -> list[Path]:
+    """The YAML configs of a directory (recursively) or a glob, sorted; one line when there are none."""
+    path = Path(where)
+    found = sorted(path.rglob("*.yaml")) if path.is_dir() else sorted(Path(p) for p in glob.glob(where, recursive=True))
+    found = [p for p in found if p.is_file() and p.suffix in (".yaml", ".yml")]
+    if not found:
+        raise ConfigError(f"{where}: no config files (a directory of .yaml files, or a glob)")
+    return found
+
+
+@dataclass
+class Run:
+    """One config and what its run left on disk (results None: no results.json yet)."""
+
+    path: Path
+    config: RunConfig
+    results: dict | None = None
+    metrics: list[dict] = field(default_factory=list)
+    against: Run | None = None  # the run its pairwise judge compared it with (`link_pairwise`)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def pairwise_against(self) -> str | None:
+        """The file the pairwise judge compared this run with (`eval.pairwise.against`), if the block names one."""
+        section = eval_section(self.config.eval).judge("pairwise")
+        return section.against if section is not None else None
+
+
+def read_run(path: Path) -> Run:
+    """The run of one config: its results.json and metrics.jsonl (torn or missing files read as nothing)."""
+    from instructjax.eval.run import read_results
+
+    config = load_config(path)
+    return Run(path, config, read_results(config), read_metrics(Path(config.run_dir) / "metrics.jsonl"))
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """metrics.jsonl records; a line torn by a kill is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def number(value: object) -> float | None:
+    """A finite number, else None (missing is never zero)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return float(value)
+
+
+def link_pairwise(runs: list[Run]) -> None:
+    """Set each run's `against`: the run whose name is a component (or the file's stem) of the path its
+    `eval.pairwise.against` names, e.g. runs/seed002_selection/alpaca_full_llama2_7b/eval/pairwise_outputs.jsonl."""
+    for run in runs:
+        path = run.pairwise_against()
+        parts = (set(Path(os.path.normpath(path)).parts) | {Path(path).stem}) if path else set()
+        run.against = next((r for r in runs if r.name in parts and r is not run), None)

@@ -1,0 +1,130 @@
+"""Seed 003, Mosaic-IT: Tables 1, 2, 4 and 5 and the k distributions (Figures 3 and 5).
+
+A run is read from its config's name (`<dataset>_<baseline|mosaic>_*`, `ablation_<strategy|kmax|dist>_<value>_*`,
+as `instructjax experiments` names them) and `model.preset`. Winning scores are against the run named in
+`eval.pairwise.against` when that is a baseline run. The ablation rows are Mistral-7B's; another model's
+runs get rows of their own, labelled with the model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Callable
+
+import numpy as np
+
+from instructjax.report import numbers as n
+from instructjax.report.figures import Figure, Panel, Series
+from instructjax.report.runs import Run
+from instructjax.report.tables import Column, RowOf, Table
+
+KEY = "seed003"
+TITLE = "Mosaic-IT: compositional data augmentation (seed 003)"
+MODELS = {"mistral-7b": "Mistral-7B", "llama2-7b": "Llama2-7B", "llama2-13b": "Llama2-13B"}
+DATASETS = {"alpaca_gpt4": "Alpaca-GPT4", "alpaca": "Alpaca", "wizardlm": "Wizard-70k"}
+MAIN = re.compile(r"^(?P<dataset>alpaca_gpt4|alpaca|wizardlm)_(?P<method>baseline|mosaic)(?:_|$)")
+ABLATION = re.compile(r"^ablation_(?P<ablation>strategy|kmax|dist)_(?P<value>[a-z0-9]+)(?:_|$)")
+STRATEGIES = {"primary": "Primary", "format": "Format", "permute": "Permute", "maskout": "Maskout"}
+DISTRIBUTIONS = {"fixed": "Fix", "exponential": "Exponential", "pareto": "Pareto", "lognormal": "Log-normal",
+                 "logistic": "Logistic"}
+DRAWS = 20_000  # k draws per distribution for the figure and Table 5's "Mix <= 5"
+
+
+def coordinates(run: Run) -> dict | None:
+    """{model, dataset, method} of a main run, {model, ablation, value} of an ablation; None for another family's."""
+    model = MODELS.get(run.config.model.preset, run.config.model.preset)
+    if m := MAIN.match(run.name):
+        return {"model": model, "dataset": m["dataset"], "method": m["method"]}
+    if m := ABLATION.match(run.name):
+        return {"model": model, "dataset": "alpaca_gpt4", "method": "mosaic", **m.groupdict()}
+    return None
+
+
+def _main_row(run: Run) -> tuple[str, ...] | None:
+    c = coordinates(run)
+    if not c or "ablation" in c:
+        return None
+    return c["model"], DATASETS[c["dataset"]], "Baseline" if c["method"] == "baseline" else "Mosaic-IT"
+
+
+def _ablation_row(ablation: str, label: Callable[[str], str], default: str) -> RowOf:
+    """The row of an ablation run, or of the default Mosaic-IT run (Alpaca-GPT4) under `default`."""
+    def row(run: Run) -> tuple[str, ...] | None:
+        c = coordinates(run)
+        if not c:
+            return None
+        if c.get("ablation") == ablation:
+            name = label(c["value"])
+        elif "ablation" not in c and (c["dataset"], c["method"]) == ("alpaca_gpt4", "mosaic"):
+            name = default
+        else:
+            return None
+        return (name,) if c["model"] == "Mistral-7B" else (f"{name} ({c['model']})",)
+    return row
+
+
+def k_draws(run: Run) -> Counter | None:
+    """How often each k is drawn from the run's mosaic distribution (data.mosaic.sample_count), None without."""
+    from instructjax.data.mosaic import sample_count
+
+    section = run.config.data.mosaic
+    if section is None:
+        return None
+    rng = np.random.default_rng(run.config.seed)
+    return Counter(sample_count(rng, section) for _ in range(DRAWS))
+
+
+def _mix_at_most_5(run: Run) -> float | None:
+    counts = k_draws(run)
+    return None if counts is None else 100 * sum(v for k, v in counts.items() if k <= 5) / DRAWS
+
+
+BASELINE = lambda run: (coordinates(run) or {}).get("method") == "baseline"  # noqa: E731
+VERSUS = (Column("Winning Score", n.pairwise("winning_score", BASELINE), 3),
+          *(Column(label, n.pairwise(key, BASELINE), 0) for label, key in (("Win", "win"), ("Tie", "tie"),
+                                                                             ("Lose", "lose"))))
+LEADERBOARD = (("ARC", n.lm("arc_challenge", 25, "acc_norm")), ("HellaSwag", n.lm("hellaswag", 10, "acc_norm")),
+               ("MMLU", n.lm("mmlu", 5, "acc")), ("TruthfulQA", n.lm("truthfulqa_mc2", 0, "acc")))
+IFEVAL = (("IFEval Prompt (S)", "prompt_level_strict_acc"), ("IFEval Inst (S)", "inst_level_strict_acc"),
+          ("IFEval Prompt (L)", "prompt_level_loose_acc"), ("IFEval Inst (L)", "inst_level_loose_acc"))
+KEYS = ("Model", "Dataset", "Method")
+
+TABLES = (
+    Table("table1", "pairwise winning score (Mosaic-IT vs. baseline) and the Open LLM Leaderboard", KEYS,
+          (VERSUS[0], Column("Average", n.mean(*(r for _, r in LEADERBOARD))),
+           *(Column(label, r) for label, r in LEADERBOARD)), _main_row,
+          "A baseline's winning score is 1 by definition: ours is missing unless it was judged."),
+    Table("table2", "MT-Bench, AlpacaEval 2 and IFEval", KEYS,
+          (*(Column(label, n.never) for label in ("MT-Bench 1-round", "MT-Bench 2-round", "AlpacaEval 2 Rate (LC)",
+                                                  "AlpacaEval 2 Rate")),
+           *(Column(label, n.lm("ifeval", 0, metric)) for label, metric in IFEVAL)), _main_row,
+          "MT-Bench and AlpacaEval 2 are not in our suites; IFEval is lm-eval's (suite `leaderboard`)."),
+    Table("table4a", "ablation: Mosaic-IT strategies (vs. the baseline)", ("Strategy",), VERSUS,
+          _ablation_row("strategy", STRATEGIES.get, "Permute/Maskout")),
+    Table("table4b", "ablation: the maximum number of instructions (vs. the baseline)", ("Max Count",), VERSUS,
+          _ablation_row("kmax", lambda v: f"Max Count = {v}", "Max Count = 10")),
+    Table("table5", "ablation: the distribution of the number of instructions (vs. the baseline)", ("Distribution",),
+          (*VERSUS, Column("Mix <= 5", _mix_at_most_5)), _ablation_row("dist", DISTRIBUTIONS.get, "Uniform"),
+          f"Our \"Mix <= 5\" is the share of k <= 5 in {DRAWS} draws from the run's distribution (its config), "
+          "before any mosaic is cut to fit the length; the paper counts its training data."),
+)
+
+
+def figures(runs: list[Run], published: dict) -> dict[str, Figure]:
+    """The k distribution of every distinct data.mosaic count setting among the runs (Figures 3 and 5)."""
+    panels, seen = [], set()
+    for run in runs:
+        section = run.config.data.mosaic
+        if section is None or coordinates(run) is None:
+            continue
+        setting = (section.distribution, section.k_max, tuple(sorted(section.params.items())))
+        if setting in seen:
+            continue
+        seen.add(setting)
+        counts = k_draws(run)
+        ks = list(range(1, section.k_max + 1))
+        panels.append(Panel(f"{section.distribution}, k_max = {section.k_max}", "k (instructions per mosaic)",
+                            "share of mosaics (%)", [Series(run.name, ks, [100 * counts[k] / DRAWS for k in ks])],
+                            bars=True))
+    return {"k_distributions": Figure("Mosaic-IT: the number of instructions k (seed 003)", panels)} if panels else {}

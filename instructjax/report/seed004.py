@@ -1,0 +1,100 @@
+"""Seed 004, How Far Can Camels Go? (Tulu): Tables 3, 4, 5 and 7.
+
+A run is a `tulu_*` config; what it trained on is its `data.mixture` (tulu_single_<dataset>, tulu_human,
+tulu_human_gpt, or their _builtin twins) and its model `model.preset` (llama1-33b is the paper's "30B").
+"""
+
+from __future__ import annotations
+
+from instructjax.report import numbers as n
+from instructjax.report.figures import Figure
+from instructjax.report.runs import Run
+from instructjax.report.tables import Column, Table
+
+KEY = "seed004"
+TITLE = "How Far Can Camels Go? Exploring the State of Instruction Tuning on Open Resources (seed 004)"
+MODELS = {"llama1-7b": ("LLaMA", "7B"), "llama1-13b": ("LLaMA", "13B"), "llama1-33b": ("LLaMA", "30B"),
+          "llama1-65b": ("LLaMA", "65B"), "llama2-7b": ("LLaMA-2", "7B"), "llama2-13b": ("LLaMA-2", "13B")}
+DATASETS = {"superni": "SuperNI", "cot": "CoT", "flan_v2": "Flan V2", "dolly": "Dolly", "oasst1": "Open Assistant 1",
+            "self_instruct": "Self-instruct", "unnatural_instructions": "Unnatural Instructions", "alpaca": "Alpaca",
+            "code_alpaca": "Code-Alpaca", "gpt4_alpaca": "GPT4-Alpaca", "baize": "Baize", "sharegpt": "ShareGPT"}
+MIXES = {"human": ("+Human data mix.", "Human mix."), "human_gpt": ("+Human+GPT data mix.", "Tulu")}
+
+
+def coordinates(run: Run) -> dict | None:
+    """{data (a dataset of Table 3, human or human_gpt), model (LLaMA, LLaMA-2, or the preset), size}."""
+    mixture = run.config.data.mixture or ""
+    base = mixture.removesuffix("_builtin")
+    data = base.removeprefix("tulu_single_") if base.startswith("tulu_single_") else base.removeprefix("tulu_")
+    if not run.name.startswith("tulu_") or (data not in DATASETS and data not in MIXES):
+        return None
+    model, size = MODELS.get(run.config.model.preset, (run.config.model.preset, ""))
+    return {"data": data, "model": model, "size": size}
+
+
+def _label(c: dict, table3: bool) -> str:
+    if c["data"] in MIXES:
+        return MIXES[c["data"]][0 if table3 else 1]
+    return ("+" if table3 else "") + DATASETS[c["data"]]
+
+
+def _table3_row(run: Run) -> tuple[str, ...] | None:
+    c = coordinates(run)
+    if not c:
+        return None
+    label = _label(c, True)
+    if (c["model"], c["size"]) != ("LLaMA", "13B"):
+        label += f" ({' '.join(filter(None, (c['model'], c['size'])))})"
+    return (label,)
+
+
+TABLE4 = {("LLaMA", "7B"): "LLAMA 7B", ("LLaMA-2", "7B"): "LLAMA-2 7B"}
+
+
+def _table4_row(run: Run) -> tuple[str, ...] | None:
+    c = coordinates(run)
+    key = (c["model"], c["size"]) if c and c["data"] == "human_gpt" else None
+    return (TABLE4[key],) if key in TABLE4 else None
+
+
+def _table5_row(run: Run) -> tuple[str, ...] | None:
+    c = coordinates(run)
+    if not c:
+        return None
+    if c["data"] == "human_gpt":
+        tulu = {"LLaMA": "Tulu", "LLaMA-2": "Tulu-1.1"}.get(c["model"])
+        return (f"{tulu} {c['size']}",) if tulu else (f"Tulu ({c['model']})",)
+    if c["data"] in ("sharegpt", "human") and (c["model"], c["size"]) == ("LLaMA", "65B"):
+        return ("ShareGPT 65B" if c["data"] == "sharegpt" else "Human mix. 65B",)
+    return None
+
+
+def _table7_row(run: Run) -> tuple[str, ...] | None:
+    c = coordinates(run)
+    return (_label(c, False),) if c and c["model"] == "LLaMA" else None
+
+
+def _win_rate_at(size: str) -> n.Read:
+    return lambda run: n.judged("alpaca_eval", "win_rate")(run) if (coordinates(run) or {}).get("size") == size else None
+
+
+SUITE = (("MMLU", n.lm("mmlu", 0, "acc")), ("GSM", n.protocol("gsm8k_cot", 8)), ("BBH", n.protocol("bbh_cot_fewshot", 3)),
+         ("TydiQA", n.leaf_mean("tydiqa_goldp", 1, "f1")), ("Codex-Eval", n.codex(10)),
+         ("AlpacaEval", n.judged("alpaca_eval", "win_rate")))
+COLUMNS = (*(Column(label, read, 1) for label, read in SUITE), Column("Average", n.mean(*(r for _, r in SUITE)), 1))
+NOTE = ("MMLU EM 0-shot, GSM EM 8-shot CoT and BBH EM 3-shot CoT on the paper's subsets, TydiQA F1 1-shot gold "
+        "passage (mean over languages), Codex-Eval pass@10, AlpacaEval win % against Davinci-003 (suite `tulu`).")
+
+TABLES = (
+    Table("table3", "instruction datasets on LLaMA 13B", ("Dataset",), COLUMNS, _table3_row,
+          NOTE + " Runs of other sizes are rows of their own (the paper's Table 8 is not transcribed)."),
+    Table("table4", "base models trained on the Human+GPT mixture", ("Model",), COLUMNS, _table4_row, NOTE),
+    Table("table5", "Tulu and the other mixtures across LLaMA sizes", ("Model",), COLUMNS, _table5_row, NOTE),
+    Table("table7", "AlpacaEval win rate (%) against Davinci-003 by LLaMA size", ("Training Dataset",),
+          tuple(Column(size, _win_rate_at(size), 1) for size in ("7B", "13B", "30B", "65B")), _table7_row),
+)
+
+
+def figures(runs: list[Run], published: dict) -> dict[str, Figure]:
+    """No sweep curves: the paper draws none from these runs (its figures are judge and human studies)."""
+    return {}

@@ -1,0 +1,197 @@
+"""`instructjax report`: the published numbers against the papers' text, and the tables, CSV and figures from
+runs whose results.json are written here in `eval --config`'s layout (no training, no evaluation)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from instructjax.report import families, seed000, seed002, seed003, seed004
+
+SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"  # the papers' text, beside a developer's checkout
+# the lines of the papers' tables these tests read, copied verbatim from the seeds' text, so the published
+# numbers are checked wherever the tests run (test_table_excerpts_are_the_papers_own_lines checks the copy)
+EXCERPTS = Path(__file__).with_name("data") / "seed_tables"
+
+
+def paper_text(seed: str) -> str:
+    """A seed's text: the whole paper where it is at hand, else the excerpt of its tables."""
+    return (SEEDS / seed if (SEEDS / seed).is_file() else EXCERPTS / seed).read_text()
+
+
+@pytest.mark.parametrize("seed", sorted(p.name for p in EXCERPTS.glob("*.txt")))
+def test_table_excerpts_are_the_papers_own_lines(seed):
+    """Each excerpt line is a line of the paper, in the paper's order (skipped where the papers are not here)."""
+    if not (SEEDS / seed).is_file():
+        pytest.skip(f"the papers' text is not beside this checkout ({SEEDS})")
+    full = iter((SEEDS / seed).read_text().splitlines())
+    for line in (EXCERPTS / seed).read_text().splitlines():
+        assert any(line == other for other in full), line
+
+# (family, table id, seed file, the line after which the table's rows start, the line that ends them, which
+# occurrence of the start line, how values are read: "tail" = the row's last cells, "after_label" = the cells
+# after the first, an empty cell missing)
+TABLES = [
+    (seed000, "table1", "000_ee17504fde723e0b.txt", "Model\tData\tARC", "Table 1:", 0, "tail"),
+    (seed000, "table2", "000_ee17504fde723e0b.txt", "Model\tData\tCorr.", "Table 2:", 0, "tail"),
+    (seed002, "table1", "002_90d96a546d3b6616.txt", "Dataset\tSize\tStrategy", "Table 1:", 0, "tail"),
+    (seed002, "table2", "002_90d96a546d3b6616.txt", "Dataset\tStrategy-Size", "Table 2:", 0, "tail"),
+    (seed002, "table3", "002_90d96a546d3b6616.txt", "\tLongForm\tELI5", "Table 3:", 0, "tail"),
+    (seed002, "table4", "002_90d96a546d3b6616.txt", "\tAlpaca-1K", "Table 4:", 0, "tail"),
+    (seed002, "table6", "002_90d96a546d3b6616.txt", "Dataset\tSubset-Size", "Table 6:", 0, "tail"),
+    (seed002, "table7", "002_90d96a546d3b6616.txt", "\tLongForm\tELI5", "Table 7:", 1, "tail"),
+    (seed002, "table8", "002_90d96a546d3b6616.txt", "\tLongForm\tELI5", "Table 8:", 2, "tail"),
+    (seed003, "table1", "003_5f58a71acda3a4fb.txt", "| Model | Dataset | Method | Pair-wise", "Table 2:", 0, "tail"),
+    (seed003, "table2", "003_5f58a71acda3a4fb.txt", "| Model | Dataset | Method | MT-Bench", "Human Evaluation", 0,
+     "tail"),
+    (seed003, "table5", "003_5f58a71acda3a4fb.txt", "| | Winning Score | Win | Tie | Lose | Mix", "Figure 3:", 0,
+     "tail"),
+    (seed004, "table3", "004_c95fab1b15b30ce8.txt", "\tEM (0-shot)", "Table 3:", 0, "tail"),
+    (seed004, "table4", "004_c95fab1b15b30ce8.txt", "\tEM (0-shot)", "Pairwise preference", 1, "tail"),
+    (seed004, "table5", "004_c95fab1b15b30ce8.txt", "\tEM (0-shot)", "Table 5:", 2, "tail"),
+    (seed004, "table7", "004_c95fab1b15b30ce8.txt", "Training Dataset", "Table 7:", 0, "after_label"),
+]
+NUMBER = re.compile(r"-|-?\d+(\.\d+)?")
+
+
+def _value(cell: str) -> float | None:
+    cell = cell.strip().rstrip("%")
+    return None if cell in ("-", "") else float(cell)
+
+
+def _label(text: str) -> str:
+    return re.sub(r"[^a-z0-9.+%-]", "", text.lower().replace("ü", "u"))  # "TÜLU Ҟ 7B" -> "tulu7b"
+
+
+def seed_rows(text: str, start: str, end: str, occurrence: int, width: int, mode: str) -> list[tuple[list, list]]:
+    """(label cells, values) of a table's rows in the paper's text: lines whose value cells are all numbers or
+    '-' (captions, group headers and garbled section lines are not); "(+2.6)"-style differences and <u> marks
+    dropped, labels reduced to letters and digits."""
+    lines = text.splitlines()
+    first = [i for i, line in enumerate(lines) if line.startswith(start)][occurrence]
+    rows = []
+    for line in lines[first + 1:]:
+        if line.startswith(end):
+            break
+        line = re.sub(r"\([^)]*\)|</?u>|\*\*", "", line)
+        cells = [c.strip() for c in (line.strip().strip("|").split("|") if line.startswith("|") else line.split("\t"))]
+        if mode == "tail":
+            while cells and not cells[-1]:
+                cells.pop()
+            labels, values = cells[:-width], cells[-width:]
+        else:
+            labels, values = cells[:1], (cells[1:] + [""] * width)[:width]
+        if len(values) == width and any(values) and all(not v or NUMBER.fullmatch(v.rstrip("%")) for v in values):
+            rows.append(([_label(c) for c in labels], [_value(v) for v in values]))
+    return rows
+
+
+@pytest.mark.parametrize("family, table_id, seed, start, end, occurrence, mode", TABLES,
+                         ids=[f"{t[0].KEY}-{t[1]}" for t in TABLES])
+def test_published_numbers_match_the_papers_text(family, table_id, seed, start, end, occurrence, mode):
+    published = families.published(family)["tables"][table_id]
+    width = len(published["columns"])
+    found = seed_rows(paper_text(seed), start, end, occurrence, width, mode)
+    assert [values for _, values in found] == [row[-width:] for row in published["rows"]]
+    for (labels, _), row in zip(found, published["rows"], strict=True):  # the row's own label is on its line
+        assert _label(str(row[-width - 1])) in labels, (labels, row)
+
+
+def test_published_table4_of_seed003_side_by_side():
+    lines = paper_text("003_5f58a71acda3a4fb.txt").splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith("| (a) Ablation on Mosaic-IT strategies"))
+    rows = [[c.strip() for c in line.strip().strip("|").split("|")] for line in lines[first + 3: first + 9]]
+    strategies = [[r[0], *map(float, r[1:5])] for r in rows if r[0]]
+    counts = [[r[5], *map(float, r[6:10])] for r in rows]
+    tables = families.published(seed003)["tables"]
+    assert strategies == tables["table4a"]["rows"] and counts == tables["table4b"]["rows"]
+
+
+def test_every_layout_matches_its_published_table():
+    for family in families.FAMILIES:
+        published = families.published(family)["tables"]
+        for table in family.TABLES:
+            assert published[table.id]["columns"] == [c.label for c in table.columns], (family.KEY, table.id)
+            for row in published[table.id]["rows"]:
+                assert len(row) == len(table.keys) + len(table.columns), (family.KEY, table.id, row)
+
+
+# ---- a report from results written in eval --config's layout --------------------------------------------------
+
+
+def _run(root: Path, name: str, config: str, results: dict | None) -> None:
+    run_dir = root / "runs" / name
+    (root / "configs").mkdir(exist_ok=True)
+    (root / "configs" / f"{name}.yaml").write_text(f"name: {name}\nrun_dir: {run_dir}\n{config}")
+    if results is not None:
+        (run_dir / "eval").mkdir(parents=True)
+        (run_dir / "eval" / "results.json").write_text(json.dumps(results))
+
+
+def _mixture_results(scale: float) -> dict:
+    suite = {f"{task}|0-shot": {"acc,none": scale + i / 100, "acc_stderr,none": 0.01}
+             for i, task in enumerate(("arc_challenge", "winogrande", "piqa", "mmlu", "race", "hellaswag"))}
+    return {"model": "m", "parts": ["suite", "codex"], "suite": suite, "codex": {"pass@1": scale / 4, "pass@10": "NaN"}}
+
+
+def _csv(path: Path) -> list[dict]:
+    with path.open() as f:
+        return list(csv.DictReader(f))
+
+
+def test_report_tables_and_figures_from_results(tmp_path):
+    from PIL import Image
+
+    from instructjax.report.figures import figure_size
+
+    for ratio, scale in (("0.5", 0.4), ("1", 0.5), ("2", 0.45)):
+        _run(tmp_path, f"acp_ratio_{ratio}_llama2_7b", "model: {preset: llama2-7b}\n", _mixture_results(scale))
+    _run(tmp_path, "acp_ratio_1.5_llama2_7b", "model: {preset: llama2-7b}\n", None)  # not finished
+    full = tmp_path / "runs" / "alpaca_full_llama2_7b" / "eval" / "pairwise_outputs.jsonl"
+    _run(tmp_path, "alpaca_full_llama2_7b", "eval: {pairwise: true}\n", None)
+    _run(tmp_path, "alpaca_longest_1k_llama2_7b", f"eval: {{pairwise: {{against: {full}}}}}\n",
+         {"model": "m", "parts": ["pairwise"], "pairwise": {"win": 5, "tie": 3, "lose": 2, "n": 10,
+                                                             "winning_score": 1.3}})
+    _run(tmp_path, "ablation_dist_pareto_mistral_7b", "model: {preset: mistral-7b}\n"
+         "data: {mixture: x, mosaic: {distribution: pareto}}\n", None)
+    tydiqa = {f"tydiqa_goldp_{lang}|1-shot": {"f1,none": f1} for lang, f1 in (("en", 0.5), ("fi", 0.3))}
+    gsm = {"exact_match,strict-match": 0.1, "protocol": {"kind": "gsm8k", "exact_match": 21.5, "n": 200}}
+    bbh = {"protocol": {"kind": "bbh", "exact_match": 0.0, "n": 0}}  # scored nothing: missing, not 0
+    _run(tmp_path, "tulu_human_gpt_llama1_13b", "model: {preset: llama1-13b}\ndata: {mixture: tulu_human_gpt}\n",
+         {"model": "m", "parts": ["suite", "codex", "alpaca_eval"], "codex": {"pass@1": 0.2, "pass@10": 0.4},
+          "suite": {"mmlu|0-shot": {"acc,none": 0.5}, "gsm8k_cot|8-shot": gsm, "bbh_cot_fewshot|3-shot": bbh,
+                    **tydiqa}, "alpaca_eval": {"win_rate": 61.0, "n": 805}})
+
+    written, strangers = families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
+    out = tmp_path / "out"
+    assert strangers == []
+    ratio = {r["Ratio"]: r for r in _csv(out / "seed000_figure2_ratio.csv")}
+    assert float(ratio["0.5"]["MMLU (ours)"]) == pytest.approx(100 * 0.43)
+    assert float(ratio["2"]["Average (ours)"]) == pytest.approx(100 * (0.45 + 0.025))
+    assert float(ratio["1"]["HumanEval @1 (ours)"]) == pytest.approx(12.5)
+    assert ratio["1"]["HumanEval @10 (ours)"] == "" and ratio["1.5"]["Average (ours)"] == ""  # NaN, not finished
+    selection = {(r["Dataset"], r["Size"], r["Strategy"]): r for r in _csv(out / "seed002_table1.csv")}
+    longest = selection[("Alpaca", "1K", "Longest")]
+    assert (float(longest["vs. Full (ours)"]), float(longest["vs. Full (paper)"])) == (1.3, 1.4505)
+    assert float(longest["vs. Full (diff)"]) == pytest.approx(1.3 - 1.4505)
+    assert longest["vs. Random (ours)"] == ""  # judged against the full dataset only
+    tulu = {r["Dataset"]: r for r in _csv(out / "seed004_table3.csv")}["+Human+GPT data mix."]
+    assert [tulu[f"{c} (ours)"] for c in ("MMLU", "GSM", "TydiQA", "Codex-Eval", "AlpacaEval")] == \
+        ["50.0", "21.5", "40.0", "40.0", "61.0"]
+    assert tulu["BBH (ours)"] == "" and tulu["Average (ours)"] == "" and tulu["BBH (paper)"] == "43.3"
+    mix = {r["Distribution"]: r for r in _csv(out / "seed003_table5.csv")}["Pareto"]
+    assert 0 < float(mix["Mix <= 5 (ours)"]) < 20 and mix["Winning Score (ours)"] == ""
+    assert "| 1.300 / 1.451 (-0.151)" not in (out / "seed002.md").read_text()  # the paper's 4 digits
+    assert "| Alpaca | 1K | Longest | 1.3000 / 1.4505 (-0.1505) | — / 1.4631 |" in (out / "seed002.md").read_text()
+    sizes = {"seed000_figure2_ratio.png": figure_size(2), "seed002_size_sweep.png": figure_size(6, 3),
+             "seed003_k_distributions.png": figure_size(1)}
+    for name, size in sizes.items():
+        assert out / name in written
+        with Image.open(out / name) as image:
+            assert image.size == size, name
+            assert len(image.convert("RGB").getcolors(1 << 20)) > 20, name  # not blank
+    assert not (out / "seed000_figure2_count.png").exists() and not (out / "seed000_loss.png").exists()
