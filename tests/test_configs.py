@@ -49,7 +49,7 @@ def test_config_loads_and_refers_to_real_things(path):
         return
     define_data(config.define)
     assert specs.tasks_of(config.data.mixture) is not None
-    assert config.optim.weight_decay == 0.0 and not config.data.pack
+    assert config.optim.weight_decay == 0.0 and config.data.pack == "per_step"  # the papers' steps, packed
 
 
 def test_seed000_matches_paper():

@@ -19,6 +19,7 @@ from instructjax.data.packing import (
     count_rows,
     efficiency,
     example_sizes,
+    pack_segments,
 )
 
 
@@ -318,3 +319,32 @@ def test_planning_a_window_from_sizes_counts_what_packing_it_does(case):
     if max(lengths, default=0) > 2:
         with pytest.raises(ValueError, match="longer than seq_len"):
             SequencePacker(max(lengths) - 1, pack=pack).plan_window(*example_sizes(examples))
+
+
+@settings(max_examples=100, deadline=None)
+@given(pack_case)
+def test_pack_segments_moves_whole_segments_and_keeps_every_value(case):
+    """One-segment rows (`pack=False`'s) packed into fewer rows: every segment comes back with all its features,
+    placed as best-fit-decreasing places its length; asked-for extra rows are empty, too few is an error."""
+    seq_len, lengths, overlong, _, seed = case
+    examples = make_examples(np.random.default_rng(seed), lengths)
+    rows, stats = SequencePacker(seq_len, overlong=overlong, pack=False).pack_window(examples)
+    packed = pack_segments(rows, stats.rows + 1)
+    used = np.count_nonzero(packed["segment_ids"].any(axis=1))
+    assert used == best_fit_decreasing(np.count_nonzero(rows["segment_ids"], axis=1), seq_len).n_rows
+    assert all(v.shape == (stats.rows + 1, seq_len) and v.dtype == rows[k].dtype for k, v in packed.items())
+    assert not packed["segment_ids"][used:].any() and (packed["source_ids"][used:] == -1).all()
+
+    def segments(batch):
+        return sorted(tuple(batch[k][r, batch["segment_ids"][r] == s].tobytes() for k in FEATURES if k != "segment_ids")
+                      for r in range(len(batch["tokens"])) for s in np.unique(batch["segment_ids"][r]) if s)  # fmt: skip
+
+    assert segments(packed) == segments(rows)
+    if stats.rows:
+        assert pack_segments(rows)["tokens"].shape == (used, seq_len)
+    if used > 1:
+        with pytest.raises(ValueError, match="more than the"):
+            pack_segments(rows, used - 1)
+    if packed["segment_ids"].max(initial=0) > 1:
+        with pytest.raises(ValueError, match="one segment each"):
+            pack_segments({k: v[:used] for k, v in packed.items()})

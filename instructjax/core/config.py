@@ -35,6 +35,7 @@ from instructjax.core.errors import ConfigError
 SCHEDULES = ("linear", "cosine")
 LOSS_REDUCTIONS = ("mean", "sum")
 OVERLONG = ("truncate", "split")
+PACK_MODES = (True, False, "per_step")
 MOSAIC_STRATEGIES = ("primary", "format", "permute", "maskout", "mix")
 MOSAIC_DISTRIBUTIONS: dict[str, dict[str, float]] = {  # Appendix A -> default numpy parameters
     "uniform": {},
@@ -93,6 +94,8 @@ class MosaicSection:
 class DataSection:
     """The data of a run: a registered seqio Task or Mixture, rows of `seq_len` tokens, `global_batch` rows a
     step, packed (best-fit-decreasing in windows of `pack_window` examples) or one example a row.
+    `pack: per_step`: a step takes the `global_batch` examples an unpacked run's step takes and packs them
+    into fewer rows (the same optimization, less padding: see `data.pipeline`).
     `shuffle: false` trains in file order (see `data.streams`)."""
 
     mixture: str = "acp_ACP_builtin"
@@ -104,7 +107,7 @@ class DataSection:
     # first examples (pack: false: the examples themselves). Rate mode still picks tasks by rate; Mosaic-IT
     # still draws k and formats each epoch
     shuffle: bool = True
-    pack: bool = True
+    pack: bool | str = True  # true, false or "per_step"
     pack_window: int = 1000
     overlong: str = "truncate"
     mosaic: MosaicSection | None = None
@@ -115,6 +118,8 @@ class DataSection:
         _check(self.global_batch >= 1, f"data.global_batch must be >= 1, got {self.global_batch}")
         _check(self.pack_window >= 1, f"data.pack_window must be >= 1, got {self.pack_window}")
         _check(self.overlong in OVERLONG, f"data.overlong must be one of {OVERLONG}, got {self.overlong!r}")
+        _check(isinstance(self.pack, (bool, str)) and self.pack in PACK_MODES,
+               f"data.pack must be true, false or per_step, got {self.pack!r}")
         _check(self.prefetch >= 0, f"data.prefetch must be >= 0, got {self.prefetch}")
         if self.mosaic is not None and self.mosaic.max_length is not None:
             _check(self.mosaic.max_length <= self.seq_len,

@@ -76,6 +76,12 @@ def resolve_mesh(config, device_count: int, process_count: int = 1) -> dict[str,
     return sizes
 
 
+def row_multiple(config, sizes: Mapping[str, int], process_count: int = 1) -> int:
+    """What every step's row count must be a multiple of on this mesh: whole rows per host, and each of the
+    `optim.micro_batches` micro-batches split evenly over the data-parallel (data x fsdp) devices."""
+    return math.lcm(config.optim.micro_batches * sizes["data"] * sizes["fsdp"], process_count)
+
+
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A mesh with axes (data, fsdp, tensor) over `devices` (default all), sized by `mesh_sizes`."""
     devices = list(jax.devices() if devices is None else devices)

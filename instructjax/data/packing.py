@@ -3,7 +3,8 @@
 Examples are `(tokens int32[L], loss_mask int32[L])` pairs (dicts or objects with those two fields,
 plus an optional integer `source`). The stream is cut into windows of `window` examples; each window
 is packed on its own by best-fit-decreasing, so a window's rows are a function of the window alone
-(the pipeline resumes from a window and a row in it).
+(the pipeline resumes from a window and a row in it). `pack_segments` packs rows of one segment each (one
+step's unpacked rows, for `data.pack: per_step`) into fewer rows, by the same best-fit-decreasing.
 
 One packed row, all `[seq_len]` (the batch contract the trainer eats):
   tokens        the example tokens, concatenated; 0 on padding (the value is irrelevant)
@@ -133,14 +134,16 @@ def one_per_row(lengths: Sequence[int]) -> Placement:
 
 
 def segment_lengths(lengths: Sequence[int], seq_len: int, overlong: str = "truncate") -> np.ndarray:
-    """The segment lengths examples of `lengths` become: empty ones dropped, over-long ones cut."""
+    """The segment lengths examples of `lengths` become, in order (a split example's chunks in its order):
+    empty ones dropped, over-long ones cut. One a row, this is the order of `pack=False`'s rows."""
     lengths = np.asarray(lengths, dtype=np.int64)
     lengths = lengths[lengths > 0]
     if overlong == "truncate":
         return np.minimum(lengths, seq_len)
-    full, rest = np.divmod(lengths, seq_len)
-    out = np.concatenate([np.full(int(full.sum()), seq_len), rest[rest > 0]])
-    return out.astype(np.int64)
+    chunks = -(-lengths // seq_len)
+    out = np.full(int(chunks.sum()), seq_len, np.int64)
+    out[np.cumsum(chunks) - 1] = lengths - (chunks - 1) * seq_len  # each example's last chunk: the rest
+    return out
 
 
 def count_rows(lengths: Sequence[int], seq_len: int, *, overlong: str = "truncate", pack: bool = True) -> int:
@@ -162,6 +165,30 @@ def empty_rows(n_rows: int, seq_len: int) -> dict[str, np.ndarray]:
     rows["loss_weights"] = np.zeros(shape, np.float32)
     rows["source_ids"] = np.full(shape, -1, np.int32)
     return rows
+
+
+def pack_segments(rows: dict[str, np.ndarray], n_rows: int | None = None) -> dict[str, np.ndarray]:
+    """Rows of one segment each (`pack=False` rows: the segment from offset 0, then padding) packed whole by
+    best-fit-decreasing into `n_rows` rows (default: as few as they fill), empty rows last.
+
+    A segment keeps every value of every feature (targets and loss weights never cross a segment boundary):
+    only its row, its offset and its segment id change."""
+    seq_len = rows["segment_ids"].shape[1]
+    lengths = np.count_nonzero(rows["segment_ids"], axis=1)
+    inside = np.arange(seq_len) < lengths[:, None]
+    if not np.array_equal(rows["segment_ids"], inside.astype(rows["segment_ids"].dtype)):
+        raise ValueError("pack_segments takes rows of one segment each, from offset 0")
+    place = best_fit_decreasing(lengths, seq_len)
+    n_rows = place.n_rows if n_rows is None else n_rows
+    if place.n_rows > n_rows:
+        raise ValueError(f"these segments fill {place.n_rows} rows, more than the {n_rows} asked for")
+    out = empty_rows(n_rows, seq_len)
+    row, at = np.nonzero(inside)  # every token, by its row and position in it
+    dest = place.row[row], place.offset[row] + at
+    for k in FEATURES:
+        out[k][dest] = rows[k][row, at]
+    out["segment_ids"][dest] = place.segment[row]
+    return out
 
 
 def _read_example(example: Any, index: int) -> tuple[np.ndarray, np.ndarray, int]:

@@ -10,6 +10,13 @@ saved on H hosts resumes on any H' and sees the same global batches. A backgroun
 A window's rows come in a seeded random order, or with `data.shuffle: false` in the order of the first
 example each holds (one example a row with `pack: false`: the rows are the examples, in order); the
 examples' own order is `streams`'.
+
+`pack: per_step` keeps every step of `pack: false` (the same examples, the same iterator state, so resume and
+resume on other hosts are unchanged) and packs its `global_batch` one-example rows into fewer rows
+(`packing.pack_segments`); the loss, being a sum over trained tokens, is the same up to float reassociation.
+XLA needs few shapes: `plan_steps` works out from the examples' sizes how many rows every step of the run
+fills and picks at most `MAX_STEP_SHAPES` row counts (multiples of the mesh's row multiple) that waste the
+fewest rows; each step is padded with empty rows to the smallest that holds it.
 """
 
 from __future__ import annotations
@@ -17,17 +24,27 @@ from __future__ import annotations
 import math
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from instructjax.core.config import DataSection
-from instructjax.core.errors import ConfigError
-from instructjax.data.packing import PackStats, SequencePacker
+from instructjax.core.errors import ConfigError, DataError
+from instructjax.data.packing import (
+    PackStats,
+    SequencePacker,
+    best_fit_decreasing,
+    pack_segments,
+    segment_lengths,
+)
 from instructjax.data.streams import ExampleStream, named_rng
 
 BATCH_KEYS = ("tokens", "targets", "loss_weights", "segment_ids", "positions", "source_ids")
+# pack: per_step: at most this many step shapes (each compiled once). Tulu lengths, seq 2048, batch 128, rows a
+# multiple of 1 or 8: 70-79% of the tokens processed are real with one shape, 91-95% with four, 98% with a shape
+# for every step (benchmarks/per_step.py, benchmarks/RESULTS.md)
+MAX_STEP_SHAPES = 4
 
 
 @dataclass
@@ -59,8 +76,63 @@ class EpochPlan:
     packing: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class StepPlan:
+    """`pack: per_step` over a run: the rows each step's examples fill and the row counts steps are padded to."""
+
+    needed: np.ndarray  # rows the examples of steps 1, 2, ... fill (best-fit-decreasing)
+    tokens: np.ndarray  # their real (non-padding) tokens
+    shapes: tuple[int, ...]  # the rows a step may have, ascending: one compiled step each
+    seq_len: int
+
+    def rows(self, needed: int | np.ndarray) -> int | np.ndarray:
+        """The rows of a step whose examples fill `needed`: the smallest shape that holds them."""
+        i = np.searchsorted(self.shapes, needed)
+        if np.any(i == len(self.shapes)):
+            raise DataError(f"a step fills {np.max(needed)} rows, more than the {self.shapes[-1]} planned "
+                            f"(past the planned steps?)", reason="unplanned_step")
+        return np.asarray(self.shapes)[i]
+
+    @property
+    def efficiency(self) -> float:
+        """Real tokens / all tokens of the run's rows."""
+        return float(self.tokens.sum() / (self.rows(self.needed).sum() * self.seq_len)) if len(self.needed) else 1.0
+
+
+def plan_step_rows(segments: np.ndarray, global_batch: int, seq_len: int, multiple: int = 1) -> StepPlan:
+    """The StepPlan of a run whose unpacked rows hold segments of these lengths, in order: `global_batch` a step."""
+    steps = [segments[i : i + global_batch] for i in range(0, len(segments) - global_batch + 1, global_batch)]
+    needed = [best_fit_decreasing(step, seq_len).n_rows for step in steps]
+    return StepPlan(np.asarray(needed, np.int64), np.asarray([step.sum() for step in steps], np.int64),
+                    step_shapes(needed, multiple), seq_len)
+
+
+def step_shapes(needed: Sequence[int], multiple: int = 1, limit: int = MAX_STEP_SHAPES) -> tuple[int, ...]:
+    """At most `limit` row counts, multiples of `multiple`, such that padding every step up to the smallest
+    one that holds its `needed` rows costs the fewest rows in all (exact: dynamic programming over the
+    distinct counts; the largest is always one, and fewer are taken when they do as well)."""
+    values, counts = np.unique(-(-np.asarray(needed, np.int64) // multiple) * multiple, return_counts=True)
+    below = np.concatenate([[0], np.cumsum(counts)])  # steps needing less than values[i]
+    n = len(values)
+    # cost[k, i]: fewest rows for the steps needing up to values[i - 1], with k shapes, the largest values[i - 1]
+    cost = np.full((limit + 1, n + 1), np.inf)
+    cost[0, 0] = 0
+    prev = np.zeros((limit + 1, n + 1), np.int64)
+    for k in range(1, limit + 1):
+        for i in range(1, n + 1):
+            options = cost[k - 1, :i] + values[i - 1] * (below[i] - below[:i])
+            prev[k, i] = np.argmin(options)
+            cost[k, i] = options[prev[k, i]]
+    k, i, shapes = int(np.argmin(cost[1:, n])) + 1, n, []
+    while i:
+        shapes.append(int(values[i - 1]))
+        i, k = prev[k, i], k - 1
+    return tuple(sorted(shapes))
+
+
 class DataPipeline:
-    """Host batches (numpy, `[global_batch / process_count, seq_len]`) of a bound task or mixture."""
+    """Host batches (numpy, `[rows / process_count, seq_len]`) of a bound task or mixture: `global_batch` rows a
+    step, or with `pack: per_step` the rows its `plan_steps` gives that step."""
 
     def __init__(self, config: DataSection, *, process_index: int = 0, process_count: int = 1,
                  vocab_size: int | None = None):
@@ -71,13 +143,11 @@ class DataPipeline:
             raise ConfigError(f"data.global_batch={config.global_batch} is not divisible by the {process_count} host(s)")
         self.stream = ExampleStream(config, vocab_size=vocab_size)
         self.task_names = self.stream.task_names
+        self.per_step = config.pack == "per_step"  # the rows (and state) are pack: false's, packed per step
         self.packer = SequencePacker(config.seq_len, window=config.pack_window, overlong=config.overlong,
-                                     pack=config.pack, in_input_order=not config.shuffle)
+                                     pack=config.pack is True, in_input_order=not config.shuffle)
         self.state = IteratorState()
-
-    @property
-    def host_batch(self) -> int:
-        return self.config.global_batch // self.process_count
+        self.step_plan: StepPlan | None = None  # pack: per_step: set by plan_steps
 
     def report(self) -> list[str]:
         """What the data did not train as given (see `ExampleStream.report`)."""
@@ -92,8 +162,12 @@ class DataPipeline:
         rows, _ = self.packer.pack_window(examples, first_index=window * self.config.pack_window)
         if not self.config.shuffle:
             return rows
-        order = named_rng(self.config.seed, "window_rows", epoch, window).permutation(len(rows["tokens"]))
+        order = self._row_order(epoch, window, len(rows["tokens"]))
         return {k: v[order] for k, v in rows.items()}
+
+    def _row_order(self, epoch: int, window: int, n_rows: int) -> np.ndarray:
+        """The seeded order of a window's rows (with `shuffle`)."""
+        return named_rng(self.config.seed, "window_rows", epoch, window).permutation(n_rows)
 
     # ---- iteration and state ------------------------------------------------------------------
     def _rows(self, state: IteratorState) -> Iterator[tuple[dict[str, np.ndarray], IteratorState]]:
@@ -112,13 +186,19 @@ class DataPipeline:
 
     def _batches(self, state: IteratorState) -> Iterator[tuple[dict[str, np.ndarray], IteratorState]]:
         """This host's slice of each global batch, with the (global) state after the whole global batch."""
+        if self.per_step and self.step_plan is None:
+            raise ConfigError("data.pack=per_step: plan the run's steps first (DataPipeline.plan_steps)")
         rows = self._rows(state)
-        first = self.process_index * self.host_batch
         while True:
             global_chunk = [next(rows) for _ in range(self.config.global_batch)]
-            chunk = global_chunk[first : first + self.host_batch]
-            batch = {k: np.stack([r[k] for r, _ in chunk]) for k in BATCH_KEYS}
-            yield batch, global_chunk[-1][1]
+            batch = {k: np.stack([r[k] for r, _ in global_chunk]) for k in BATCH_KEYS}
+            if self.per_step:  # the step's examples packed whole, padded to its planned shape
+                lengths = np.count_nonzero(batch["segment_ids"], axis=1)
+                needed = best_fit_decreasing(lengths, self.config.seq_len).n_rows
+                batch = pack_segments(batch, int(self.step_plan.rows(needed)))
+            share = len(batch["tokens"]) // self.process_count
+            mine = slice(self.process_index * share, (self.process_index + 1) * share)
+            yield {k: v[mine] for k, v in batch.items()}, global_chunk[-1][1]
 
     def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
         """Host batches from the current state on; `self.state` follows the batches handed out."""
@@ -166,6 +246,24 @@ class DataPipeline:
         self.state = state
 
     # ---- sizes --------------------------------------------------------------------------------
+    def plan_steps(self, steps: int, multiple: int = 1) -> StepPlan:
+        """`pack: per_step`: the rows of the run's `steps` steps (from its start, whatever the state), from the
+        examples' sizes alone, and the row counts (multiples of `multiple`: hosts x micro-batches x data-parallel
+        devices) its batches are padded to; iteration uses them from here on."""
+        rows, have, epoch, window = steps * self.config.global_batch, 0, 0, 0
+        segments = [np.zeros(0, np.int64)]  # the lengths of pack: false's rows, in their order
+        while have < rows:
+            sizes = self.stream.window_sizes(epoch, window)
+            if sizes is None:
+                epoch, window = epoch + 1, 0
+                continue
+            lengths = segment_lengths(sizes[0], self.config.seq_len, self.config.overlong)
+            segments.append(lengths[self._row_order(epoch, window, len(lengths))] if self.config.shuffle else lengths)
+            have, window = have + len(lengths), window + 1
+        self.step_plan = plan_step_rows(np.concatenate(segments)[:rows], self.config.global_batch,
+                                        self.config.seq_len, multiple)
+        return self.step_plan
+
     def plan_epoch(self, epoch: int = 0) -> EpochPlan:
         """Rows, tokens, packing efficiency and optimizer steps of one epoch (of the global stream).
 

@@ -38,6 +38,11 @@ built-in) or estimated from the papers' dataset sizes and mean lengths (Tulu Tab
 estimates in `data.synthetic.LENGTH_STATS`): each example is `rounds x (prompt + completion)`
 tokens, truncated to `seq_len`; packed rows fill `PACKING_EFFICIENCY` of `seq_len`
 (benchmarks/RESULTS.md); Mosaic-IT divides the examples by the mean count of a draw capped by the budget.
+
+`data.pack: per_step` keeps the unpacked steps (so the epoch's rows and steps are the unpacked ones) and packs
+each step's examples into fewer rows, a multiple of `sharding.row_multiple`: with the real pipeline, the run's
+step shapes as the trainer plans them (`DataPipeline.plan_steps`) and activations for the largest; estimated,
+the rows the mean step fills, and activations for `global_batch` rows (no step has more).
 """
 
 from __future__ import annotations
@@ -197,6 +202,9 @@ class DataEstimate:
     steps: int
     source: str
     per_task: dict[str, int] = field(default_factory=dict)
+    step_rows: tuple[int, ...] = ()  # the rows a step has (per_step: its shapes, or the mean step's estimated)
+    real_share: float = 0.0  # real tokens / all tokens of the rows the steps process
+    step: str = ""  # how a step's rows are laid out, in words
 
 
 def _task_examples(task: str, count: int | None) -> tuple[int, float, str]:
@@ -216,8 +224,9 @@ def _task_examples(task: str, count: int | None) -> tuple[int, float, str]:
     return n, stats.rounds * (stats.prompt + stats.completion), spec.source
 
 
-def estimate_epoch(config: RunConfig) -> DataEstimate:
-    """One epoch from the papers' dataset sizes and mean lengths (Tulu Table 1; see the module doc)."""
+def estimate_epoch(config: RunConfig, multiple: int = 1) -> DataEstimate:
+    """One epoch from the papers' dataset sizes and mean lengths (Tulu Table 1; see the module doc); `multiple`:
+    what a per_step step's rows are a multiple of."""
     from instructjax.data import specs
     from instructjax.data.mosaic import sample_count
 
@@ -243,19 +252,41 @@ def estimate_epoch(config: RunConfig) -> DataEstimate:
             n_out = n
         examples += n_out
         tokens += n_out * length
-    rows = math.ceil(examples) if not data.pack else math.ceil(tokens / (data.seq_len * PACKING_EFFICIENCY))
+    rows = math.ceil(examples) if data.pack is not True else math.ceil(tokens / (data.seq_len * PACKING_EFFICIENCY))
+    step_rows = data.global_batch
+    if data.pack == "per_step":  # the rows the mean step's examples fill, packed
+        step_tokens = data.global_batch * tokens / examples
+        step_rows = min(data.global_batch, -(-math.ceil(step_tokens / (data.seq_len * PACKING_EFFICIENCY)) // multiple)
+                        * multiple)
+    step = (f"{data.global_batch} examples packed into about {step_rows} rows (the mean step; --real-data plans "
+            "every step)") if data.pack == "per_step" else _step_words(data)
     return DataEstimate(math.ceil(examples), rows, int(tokens), math.ceil(rows / data.global_batch),
-                        "papers' dataset sizes x mean lengths (Tulu Table 1, data.synthetic.LENGTH_STATS)", per_task)
+                        "papers' dataset sizes x mean lengths (Tulu Table 1, data.synthetic.LENGTH_STATS)", per_task,
+                        (step_rows,), tokens / (rows / data.global_batch * step_rows * data.seq_len), step)
 
 
-def real_epoch(config: RunConfig) -> DataEstimate:
+def _step_words(data, shapes: tuple[int, ...] = ()) -> str:
+    """How a step's rows are laid out under `data.pack`, in words."""
+    if data.pack == "per_step":
+        return (f"{data.global_batch} examples packed into {', '.join(map(str, shapes))} rows "
+                f"({len(shapes)} step shape(s), each compiled once)")
+    return f"{data.global_batch} rows" + (" of packed examples" if data.pack else ", one example each")
+
+
+def real_epoch(config: RunConfig, multiple: int = 1) -> DataEstimate:
     """One epoch counted by the real pipeline with the run's tokenizer (reads and encodes the data: local or
-    built-in only)."""
+    built-in only); per_step: the run's step shapes, rows a multiple of `multiple`, as the trainer plans them."""
     from instructjax.data.pipeline import DataPipeline
     from instructjax.train import setup as run_setup
 
-    plan = DataPipeline(run_setup.bind_data(config, run_setup.tokenizer_path(config)).config).plan_epoch(0)
-    return DataEstimate(plan.examples, plan.rows, plan.tokens, plan.steps, "the real pipeline (data read and packed)")
+    pipeline = DataPipeline(run_setup.bind_data(config, run_setup.tokenizer_path(config)).config)
+    plan = pipeline.plan_epoch(0)
+    step_rows, real_share = (config.data.global_batch,), plan.efficiency
+    if config.data.pack == "per_step":
+        steps = pipeline.plan_steps(config.max_steps or config.optim.epochs * plan.steps, multiple)
+        step_rows, real_share = steps.shapes, steps.efficiency
+    return DataEstimate(plan.examples, plan.rows, plan.tokens, plan.steps, "the real pipeline (data read and packed)",
+                        step_rows=step_rows, real_share=real_share, step=_step_words(config.data, step_rows))
 
 
 @dataclass
@@ -292,13 +323,15 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
              else sharding.mesh_sizes(config.mesh, topology.devices))
     data = None
     if training:
-        data = real_epoch(config) if real_data else estimate_epoch(config)
+        multiple = sharding.row_multiple(config, sizes, topology.hosts)
+        data = real_epoch(config, multiple) if real_data else estimate_epoch(config, multiple)
     memory = state_memory(model, sizes, clip=bool(config.optim.grad_clip))
     if memory["params"] != param_count(model):
         raise AssertionError(f"eval_shape gives {memory['params']} parameters, param_count {param_count(model)}")
     shards = sizes["data"] * sizes["fsdp"]
     micro = config.optim.micro_batches
-    rows = config.data.global_batch // (micro * shards) if training else 0
+    most = max(data.step_rows) if real_data and training else config.data.global_batch  # rows of the largest step
+    rows = most // (micro * shards) if training else 0
     memory["grad_bytes"] = (memory["param_bytes"] * (2 if micro > 1 else 1)) if training else 0
     acts = activation_bytes(model, rows, config.data.seq_len, sizes["tensor"], topology.platform) if training else \
         {"per_layer": 0, "layers": 0, "logits": 0, "total": 0, "attention": None}
@@ -334,5 +367,6 @@ def format_plan(plan: Plan) -> str:
         d = plan.data
         lines += [f"epoch       {d.examples:,} examples -> {d.rows:,} rows, {d.steps:,} steps, {d.tokens:,} tokens",
                   f"run         {plan.epochs} epoch(s): {plan.epochs * d.steps:,} steps, {plan.epochs * d.tokens:,} tokens",
+                  f"a step      {d.step}; {d.real_share:.1%} of the tokens processed are real",
                   f"source      {d.source}"]
     return "\n".join(lines)

@@ -4,7 +4,9 @@ init:        mesh -> data pipeline -> model + AdamW state, created directly in t
              (or restored from the latest checkpoint with `resume`, or params from `model.init_from`)
 train step:  jit with explicit shardings, state donated; the global batch is split into
              `optim.micro_batches` micro-batches whose gradients are summed (lax.scan), the loss
-             normalized by the trained-token weight of the whole global batch (all hosts)
+             normalized by the trained-token weight of the whole global batch (all hosts). With
+             `data.pack: per_step` the pipeline plans the run's few step shapes (rows a multiple of
+             `sharding.row_multiple`); each is compiled before step 1
 loop:        host batch -> global jax.Array -> step; metrics to RUN_DIR/metrics.jsonl + TensorBoard;
              Orbax saves every `checkpoint.every` steps and at the end; a non-finite loss stops the run
              before anything broken is saved; SIGTERM saves the step in flight and stops (preemption.py).
@@ -118,7 +120,7 @@ class Trainer:
 
     def __init__(self, config: RunConfig, *, resume: bool = False, devices=None, pipeline=None):
         """`devices`: the mesh's devices (default all); `pipeline`: a stand-in for the config's DataPipeline
-        with the same interface (iteration, state, restore, task_names, plan_epoch)."""
+        with the same interface (iteration, state, restore, task_names, plan_epoch; plan_steps for per_step)."""
         maybe_initialize_distributed(config)
         from instructjax.data.pipeline import DataPipeline
         from instructjax.data.tokenizer import Tokenizer, materialize
@@ -143,11 +145,17 @@ class Trainer:
         self.sources = data.sources if pipeline is None else list(self.pipeline.task_names)
         plan = self.pipeline.plan_epoch(0)
         steps_per_epoch = plan.steps
-        _check_hosts_agree(plan, config)
+        self.total_steps = config.max_steps or config.optim.epochs * steps_per_epoch
+        self.step_shapes: tuple[int, ...] = ()  # pack: per_step: the rows a step may have, each compiled once
+        step_rows = 0
+        if config.data.pack == "per_step":
+            multiple = sharding.row_multiple(config, sizes, jax.process_count())
+            step_plan = self.pipeline.plan_steps(self.total_steps, multiple)
+            self.step_shapes, step_rows = step_plan.shapes, int(step_plan.rows(step_plan.needed).sum())
+        _check_hosts_agree(plan, config, step_rows)
         if jax.process_index() == 0:  # skipped rows and truncations are reported, never silent
             for line in getattr(self.pipeline, "report", list)():
                 print(f"data: {line}", flush=True)
-        self.total_steps = config.max_steps or config.optim.epochs * steps_per_epoch
         self.tx, self.schedule = optim.make_optimizer(config.optim, self.total_steps)
         self.tokenizer_item = run_setup.tokenizer_item(self.tokenizer, data.template)
         self.checkpointer = ckpt.Checkpointer(self.run_dir, keep=config.checkpoint.keep,
@@ -252,6 +260,9 @@ class Trainer:
         try:
             with jax.set_mesh(self.mesh):
                 self.schedule(start)  # its ops compiled here, not in the wall time of the second step
+                for rows in self.step_shapes:  # compiled now: a shape first used mid-run costs no step time
+                    spec = _batch_spec(rows, self.config.data.seq_len, batch_sharding)
+                    step_fn.lower(params, opt_state, spec).compile()
                 if start < last:
                     batch, position = on_mesh(next(batches), batch_sharding), self.pipeline.state
                 clock = time.perf_counter()  # a step's wall time ends when its outputs are ready
@@ -343,18 +354,28 @@ class _Window:
         return record
 
 
-def _check_hosts_agree(plan, config: RunConfig) -> None:
+def _batch_spec(rows: int, seq_len: int, batch_sharding: NamedSharding) -> dict[str, jax.ShapeDtypeStruct]:
+    """The global batch of `rows` rows as the step receives it (shapes, dtypes, sharding), to compile for."""
+    from instructjax.data.packing import empty_rows
+
+    return {k: jax.ShapeDtypeStruct((rows, seq_len), v.dtype, sharding=batch_sharding)
+            for k, v in empty_rows(1, seq_len).items()}
+
+
+def _check_hosts_agree(plan, config: RunConfig, step_rows: int = 0) -> None:
     """Stop at once, with one line, when another host planned a different epoch (a changed data file on
-    one host, a different package version): hosts that disagree would otherwise hang or drift apart."""
+    one host, a different package version): hosts that disagree would otherwise hang or drift apart.
+    `step_rows`: the rows of all the run's steps under `pack: per_step` (0 otherwise)."""
     if jax.process_count() == 1:
         return
     from jax.experimental import multihost_utils
 
-    mine = np.array([plan.examples, plan.rows, plan.tokens, plan.trained_tokens, config.max_steps or 0], np.int64)
+    mine = np.array([plan.examples, plan.rows, plan.tokens, plan.trained_tokens, config.max_steps or 0, step_rows],
+                    np.int64)
     every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
     differing = [h for h in range(len(every)) if not np.array_equal(every[h], every[0])]
     if differing:
-        names = ("examples", "rows", "tokens", "trained tokens", "max_steps")
+        names = ("examples", "rows", "tokens", "trained tokens", "max_steps", "per_step rows")
         mismatch = ", ".join(f"{n} {every[0][i]} vs {every[differing[0]][i]}" for i, n in enumerate(names)
                              if every[0][i] != every[differing[0]][i])  # fmt: skip
         raise ConfigError(f"host {differing[0]} planned a different epoch than host 0 ({mismatch}); "
