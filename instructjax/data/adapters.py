@@ -253,6 +253,8 @@ def split_blocks(messages: list[dict[str, str]], max_length: int,
     """Vicuna's split at round boundaries (FastChat's `split_long_conversation.py`, which open-instruct's
     `split_sharegpt_conversations.py` copies): greedy blocks of whole user/assistant rounds whose length
     (`length_fn` of the block's messages) is <= max_length; a leading system turn stays with the first block.
+    `length_fn` is asked about each candidate block (the block so far and the next round); `encode_pool`
+    answers from the rounds' own tokens, so a conversation is split in time linear in its rounds.
 
     Where we differ, on purpose: the length is the block's tokens under the run's chat template and
     tokenizer (`length_fn`; theirs adds up each turn's LLaMA tokens + 6, so a block may not fit the row);

@@ -3,22 +3,29 @@ content, the EOS after it, and for Tulu the newline after a non-final EOS, as op
 
 The ids are the tokenizer's ids of one string: BOS (where the tokenizer adds one), then the rendered
 conversation with the tokenizer's EOS token after each assistant turn. The rendered text is cut at each
-EOS marker; the pieces are tokenized the way the engine tokenizes them inside that string (the first as
-a sequence start unless it follows BOS, the rest after a special token) and the real EOS id is put
+EOS marker; the segments are tokenized the way the engine tokenizes them inside that string (the first
+as a sequence start unless it follows BOS, the rest after a special token) and the real EOS id is put
 between them, so a literal "</s>" typed in a message stays text. A token is trained when its
 characters overlap a trained span of the template (a dummy-prefix "▁" that a SentencePiece model puts
-before a piece covers that piece's first character).
+before a segment covers that segment's first character).
+
+`encode_conversations` encodes a batch at once: every segment of every conversation through one call of
+the tokenizer's batch path, the masks in a few numpy operations over the whole batch. Since the engine
+never merges across a special token, a conversation's length is the sum of its segments' lengths: a
+`Segments` memo tokenizes each distinct segment once, which is how a long conversation is split into
+blocks of whole rounds without tokenizing any candidate block again (`count_tokens(..., segments)`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from instructjax.core.errors import ConfigError
 from instructjax.data.schema import Conversation
-from instructjax.data.templates import ChatTemplate, render
+from instructjax.data.templates import ChatTemplate, Rendered, render
 from instructjax.data.tokenizer import Tokenizer
 
 
@@ -40,6 +47,137 @@ class Encoded:
         return int(self.tokens.shape[0])
 
 
+Segment = tuple[str, bool]  # (text between special tokens, whether it is the sequence start)
+
+
+class Segments:
+    """Token ids and character offsets of segments (see the module doc), each distinct one tokenized once,
+    a batch of new ones through one call of the tokenizer's batch path."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self.tokenizer = tokenizer
+        self._known: dict[Segment, tuple[np.ndarray, np.ndarray]] = {}
+
+    def get(self, segments: Sequence[Segment]) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(ids int32[n], offsets int64[n, 2] within the segment) of each segment."""
+        new = [s for s in dict.fromkeys(segments) if s not in self._known]
+        if new:
+            ids, offsets, lengths = _tokenize(new, self.tokenizer)
+            ends = np.cumsum(lengths).tolist()
+            for segment, a, b in zip(new, [0, *ends[:-1]], ends, strict=True):
+                self._known[segment] = (ids[a:b], offsets[a:b])
+        return [self._known[s] for s in segments]
+
+
+def _tokenize(segments: Sequence[Segment], tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(ids, offsets, ids per segment) of the segments end to end, in their order: one batch call for the
+    sequence starts, one for the rest (`Tokenizer.encode_offsets`)."""
+    first = np.fromiter((start for _, start in segments), bool, len(segments))
+    if first.all() or not first.any():
+        return tokenizer.encode_offsets([text for text, _ in segments], continued=not first.any())
+    order = np.concatenate([np.flatnonzero(first), np.flatnonzero(~first)])  # the two calls' order
+    parts = [tokenizer.encode_offsets([segments[i][0] for i in which], continued=not start)
+             for which, start in ((order[: first.sum()], True), (order[first.sum():], False))]
+    ids, offsets = (np.concatenate([part[k] for part in parts]) for k in (0, 1))
+    lengths = np.empty(len(segments), np.int64)
+    lengths[order] = np.concatenate([part[2] for part in parts])
+    begin = np.empty(len(segments), np.int64)  # where each segment's ids lie in the calls' output
+    begin[order] = np.cumsum(lengths[order]) - lengths[order]
+    gather = np.arange(int(lengths.sum())) + np.repeat(begin - (np.cumsum(lengths) - lengths), lengths)
+    return ids[gather], offsets[gather], lengths
+
+
+def _segments(rendered: Rendered, tokenizer: Tokenizer) -> tuple[list[Segment], list[int]]:
+    """The segments of a rendered text (cut at each EOS marker) and where each starts in the text."""
+    bounds = [0]
+    for offset in rendered.eos_offsets:
+        bounds += [offset, offset + len(tokenizer.eos_token)]
+    bounds.append(len(rendered.text))
+    text = rendered.text
+    starts = bounds[0::2]
+    return [(text[a:b], k == 0 and not tokenizer.adds_bos) for k, (a, b) in enumerate(zip(starts, bounds[1::2],
+                                                                                              strict=True))], starts
+
+
+def encode_conversations(convs: Sequence[Conversation], template: str | ChatTemplate, tokenizer: Tokenizer,
+                         max_length: int | None = None, segments: Segments | None = None) -> list[Encoded]:
+    """`encode_conversation` of each conversation, as one batch (`segments`: a memo to use and fill)."""
+    if max_length is not None and max_length < 1:
+        raise ConfigError(f"max_length must be >= 1, got {max_length}")
+    if not convs:
+        return []
+    rendered = [render(conv, template, eos_token=tokenizer.eos_token) for conv in convs]
+    keys: list[Segment] = []
+    starts: list[int] = []  # each segment's start in its conversation's text
+    counts = []  # segments per conversation
+    for r in rendered:
+        k, s = _segments(r, tokenizer)
+        keys += k
+        starts += s
+        counts.append(len(k))
+    if segments is None:
+        ids, offsets, lengths = _tokenize(keys, tokenizer)
+    else:
+        encoded = segments.get(keys)
+        ids, offsets = (np.concatenate([e[k] for e in encoded]) for k in (0, 1))
+        lengths = np.fromiter((e[0].shape[0] for e in encoded), np.int64, len(encoded))
+    return _assemble(rendered, counts, starts, ids, offsets.reshape(-1, 2), lengths, tokenizer, max_length)
+
+
+def _assemble(rendered: list[Rendered], counts: list[int], starts: list[int], ids: np.ndarray, offsets: np.ndarray,
+              lengths: np.ndarray, tokenizer: Tokenizer, max_length: int | None) -> list[Encoded]:
+    """Encoded examples from their segments' ids and offsets: [BOS] seg0 EOS seg1 EOS ... segN, each token
+    trained when its characters overlap a trained span (a zero-width one when the character at it is).
+    Vectorized over the batch: conversation c's characters sit at char_base[c] in one long text."""
+    n_conv = len(rendered)
+    bos = int(tokenizer.adds_bos)
+    counts_arr = np.asarray(counts, np.int64)
+    conv_of = np.repeat(np.arange(n_conv), counts_arr)  # each segment's conversation
+    text_len = np.fromiter((len(r.text) for r in rendered), np.int64, n_conv)
+    char_base = np.cumsum(text_len) - text_len
+
+    # trained characters of every text, end to end, and how many lie before each character
+    span_list = [(a, b) for r in rendered for a, b in r.trained_spans]
+    per_conv = np.fromiter((len(r.trained_spans) for r in rendered), np.int64, n_conv)
+    spans = np.asarray(span_list, np.int64).reshape(-1, 2) + np.repeat(char_base, per_conv)[:, None]
+    edges = np.zeros(int(text_len.sum()) + 1, np.int64)
+    np.add.at(edges, spans[:, 0], 1)
+    np.add.at(edges, spans[:, 1], -1)
+    char_trained = np.cumsum(edges[:-1]) > 0
+    trained_before = np.concatenate([[0], np.cumsum(char_trained)])
+
+    shift = np.repeat(char_base[conv_of] + np.asarray(starts, np.int64), lengths)
+    first, last = offsets[:, 0] + shift, offsets[:, 1] + shift
+    overlap = trained_before[last] - trained_before[first]
+    at = char_trained[np.minimum(first, np.repeat((char_base + text_len - 1)[conv_of], lengths))]
+    trained = np.where(last > first, overlap > 0, at)
+
+    # layout: conversation c at out_base[c]; segment k of it after BOS, the k segments before it and k EOS
+    conv_len = bos + np.bincount(conv_of, lengths, n_conv).astype(np.int64) + counts_arr - 1
+    out_base = np.cumsum(conv_len) - conv_len
+    seg_base = np.cumsum(lengths) - lengths  # each segment's first token among all segments' tokens
+    first_seg = np.cumsum(counts_arr) - counts_arr
+    within = seg_base - seg_base[first_seg][conv_of]  # tokens of the earlier segments of its conversation
+    index_in_conv = np.arange(len(lengths)) - first_seg[conv_of]
+    seg_out = out_base[conv_of] + bos + within + index_in_conv
+    where = np.arange(ids.shape[0]) + np.repeat(seg_out - seg_base, lengths)
+    tokens = np.full(int(conv_len.sum()), tokenizer.eos_id, np.int32)
+    mask = np.ones(int(conv_len.sum()), np.int32)
+    if bos:
+        tokens[out_base] = tokenizer.bos_id
+        mask[out_base] = 0
+    tokens[where] = ids
+    mask[where] = trained
+
+    keep = conv_len if max_length is None else np.minimum(conv_len, max_length)
+    trained_total = np.concatenate([[0], np.cumsum(mask)])
+    n_trained = (trained_total[out_base + keep] - trained_total[out_base]).tolist()
+    truncated = (keep < conv_len).tolist()
+    return [Encoded(tokens[a:b], mask[a:b], n, cut)
+            for a, b, n, cut in zip(out_base.tolist(), (out_base + keep).tolist(), n_trained, truncated,
+                                    strict=True)]
+
+
 def encode_conversation(
     conv: Conversation,
     template: str | ChatTemplate,
@@ -47,49 +185,7 @@ def encode_conversation(
     max_length: int | None = None,
 ) -> Encoded:
     """Tokenize `conv` under `template`; keep at most `max_length` tokens (BOS included)."""
-    if max_length is not None and max_length < 1:
-        raise ConfigError(f"max_length must be >= 1, got {max_length}")
-    eos = tokenizer.eos_token
-    rendered = render(conv, template, eos_token=eos)
-    text = rendered.text
-
-    # char_trained_before[i] = number of trained characters in text[:i]
-    char_trained = np.zeros(len(text), dtype=np.int32)
-    for start, end in rendered.trained_spans:
-        char_trained[start:end] = 1
-    char_trained_before = np.concatenate([[0], np.cumsum(char_trained)])
-
-    bounds = [0]
-    for offset in rendered.eos_offsets:
-        bounds += [offset, offset + len(eos)]
-    bounds.append(len(text))
-    pieces = [text[bounds[i] : bounds[i + 1]] for i in range(0, len(bounds), 2)]
-
-    token_parts: list[np.ndarray] = []
-    mask_parts: list[np.ndarray] = []
-    if tokenizer.adds_bos:
-        token_parts.append(np.array([tokenizer.bos_id], np.int32))
-        mask_parts.append(np.zeros(1, np.int32))
-    for i, (ids, offsets) in enumerate(tokenizer.encode_continued(pieces, after_special=tokenizer.adds_bos)):
-        if ids:
-            spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2) + bounds[2 * i]
-            starts, ends = spans[:, 0], spans[:, 1]
-            overlap = char_trained_before[ends] - char_trained_before[starts]
-            # a zero-width token (rare) is trained when the character at its position is
-            at = char_trained[np.minimum(starts, len(text) - 1)]
-            trained = np.where(ends > starts, overlap > 0, at > 0)
-            token_parts.append(np.asarray(ids, np.int32))
-            mask_parts.append(trained.astype(np.int32))
-        if i < len(rendered.eos_offsets):
-            token_parts.append(np.array([tokenizer.eos_id], np.int32))
-            mask_parts.append(np.ones(1, np.int32))
-
-    tokens = np.concatenate(token_parts)
-    loss_mask = np.concatenate(mask_parts)
-    truncated = max_length is not None and tokens.shape[0] > max_length
-    if truncated:
-        tokens, loss_mask = tokens[:max_length], loss_mask[:max_length]
-    return Encoded(tokens, loss_mask, int(loss_mask.sum()), bool(truncated))
+    return encode_conversations([conv], template, tokenizer, max_length)[0]
 
 
 def response_token_length(conv: Conversation, tokenizer: Tokenizer) -> int:
@@ -98,6 +194,9 @@ def response_token_length(conv: Conversation, tokenizer: Tokenizer) -> int:
     return sum(len(ids) for ids in tokenizer.encode_batch(responses)) if responses else 0
 
 
-def count_tokens(conv: Conversation, template: str | ChatTemplate, tokenizer: Tokenizer) -> int:
-    """Length in tokens (BOS and EOS ids included) of `conv` after the chat template."""
-    return len(encode_conversation(conv, template, tokenizer))
+def count_tokens(conv: Conversation, template: str | ChatTemplate, tokenizer: Tokenizer,
+                 segments: Segments | None = None) -> int:
+    """Length in tokens (BOS and EOS ids included) of `conv` after the chat template (`segments`: a memo)."""
+    keys, _ = _segments(render(conv, template, eos_token=tokenizer.eos_token), tokenizer)
+    lengths = [e[0].shape[0] for e in segments.get(keys)] if segments is not None else _tokenize(keys, tokenizer)[2]
+    return int(tokenizer.adds_bos) + int(sum(lengths)) + len(keys) - 1

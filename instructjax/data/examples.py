@@ -4,8 +4,10 @@
 seed)` its subset: the first `count` trainable examples in a random order seeded by the run's data seed
 and the dataset alone (`specs.subset_seed`), so every mixture holding a dataset draws the same subset, a smaller
 subset is a prefix of a larger one, and only the rows taken are read, rendered and tokenized
-(`in_file_order`: the same subset, its members in row order). Examples are made as they are asked for and
-kept per process, and on disk (`data.cache`: a restart reads them back instead of tokenizing again).
+(`in_file_order`: the same subset, its members in row order). Examples are made as they are asked for, in
+batches over every core (`encode_pool`) yet exactly as one process encoding one conversation at a time
+makes them, and kept per process, and on disk (`data.cache`: a restart reads them back instead of
+tokenizing again). A read that fails is not kept: asking again reads again.
 `task_report(name)` says what happened to the rows: nothing is dropped without being counted there. No seqio
 or TensorFlow here.
 """
@@ -16,11 +18,12 @@ import os
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from instructjax.core.errors import BadRowPolicy, ConfigError
 from instructjax.data import cache, sources, specs, synthetic
 from instructjax.data.embeddings import MODEL_ENCODERS
-from instructjax.data.encode import encode_conversation
+from instructjax.data.encode_pool import Encoder, Job, Result
 from instructjax.data.schema import Conversation
 from instructjax.data.specs import BUILTIN, SelectionSpec, TaskSpec
 from instructjax.data.templates import DEFAULT_TEMPLATE, get_template
@@ -103,20 +106,31 @@ def _encoded_examples(name: str, count: int | None, seed: int | None) -> list[di
     if isinstance(known, _Cached) and (count is None or count > len(known.examples)):
         del _STREAMS[(name, spec, seed)]  # a larger subset than the cached one: read on
     elif known is not None:
-        return known.take(count)
+        return _take(name, spec, seed, count)
     where = _cache_path(name, spec, count, seed)
     cached = cache.load(where) if where is not None else None
     if cached is not None:
         examples, report = cached
         _STREAMS[(name, spec, seed)] = _Cached(examples, report)
         return examples
-    examples = _stream(name, spec, seed).take(count)
+    examples = _take(name, spec, seed, count)
     if where is not None:
         stream = _STREAMS[(name, spec, seed)]
         report = stream.report
         extra = {} if stream.positions is None else {"positions": stream.positions[: len(examples)]}
         cache.save(where, examples, {**report.as_dict(), "rows": report.rows, **extra})
     return examples
+
+
+def _take(name: str, spec: TaskSpec, seed: int | None, count: int | None) -> list[dict]:
+    """`take(count)` of the task's stream; a read that fails is dropped, so asking again reads again (and
+    raises again) rather than returning what was read before the failure."""
+    stream = _stream(name, spec, seed)
+    try:
+        return stream.take(count)
+    except BaseException:
+        _STREAMS.pop((name, spec, seed), None)
+        raise
 
 
 def _cache_path(name: str, spec: TaskSpec, count: int | None, seed: int | None):
@@ -162,14 +176,28 @@ class _Cached:
 
 def task_report(name: str, seed: int | None = None) -> TaskReport:
     """What happened to the rows of task `name` so far (the whole task when `seed` is None)."""
-    stream = _stream(name, specs.task(name), seed)
+    spec = specs.task(name)
     if seed is None:
-        stream.take(None)
-    return stream.report
+        _take(name, spec, seed, None)
+    return _stream(name, spec, seed).report
+
+
+class _Read(NamedTuple):
+    """What the policy had counted when a conversation was read (what the report says if the caller's
+    examples end with it), and its place in row order; `error`: the read failed there."""
+
+    read: int
+    skipped: dict
+    repaired: dict
+    at: int | None = None
+    error: Exception | None = None
 
 
 class _Stream:
-    """A task's examples, encoded as they are asked for (see `encoded_examples`)."""
+    """A task's examples, encoded as they are asked for (see `encoded_examples`), in batches over every core
+    (`encode_pool.Encoder`) and exactly as one process encoding one conversation at a time makes them: the
+    conversations are read ahead, each with what the policy had counted when it was read (`_Read`), and the
+    report, the positions and a read error follow the last conversation taken, not the last one read."""
 
     def __init__(self, name: str, spec: TaskSpec, seed: int | None):
         self.spec, self.report, self.examples = spec, TaskReport(), []
@@ -184,53 +212,56 @@ class _Stream:
         conversations = read_conversations(spec, self.policy, shuffle, self._read_at)
         if spec.selection is not None:
             conversations = iter(_apply_selection(list(conversations), spec.selection, self.tokenizer))
-        self._conversations = conversations
-        self._split_long = sources.get_source(spec.source).split_long
+        self._last = self._counted()
+        job = Job(self.template, self.tokenizer.path, self.max_length, sources.get_source(spec.source).split_long)
+        self._encoder = Encoder(job, self._read(conversations))
+
+    def _counted(self, error: Exception | None = None) -> _Read:
+        policy, at = self.policy, self._read_at[-1] if self._read_at else None
+        return _Read(policy.read, dict(policy.skipped), dict(policy.repaired), at, error)
+
+    def _read(self, conversations: Iterator[Conversation]) -> Iterator[tuple[Conversation | None, _Read]]:
+        """Each conversation with `_counted()` right after it is read; then (None, counted at the end, or
+        the read's error)."""
+        while True:
+            try:
+                conv = next(conversations, None)
+            except Exception as exc:  # noqa: BLE001 - raised when the conversations before it are taken
+                yield None, self._counted(exc)
+                return
+            yield conv, self._counted()
+            if conv is None:
+                return
 
     def take(self, count: int | None) -> list[dict]:
         while count is None or len(self.examples) < count:
-            conv = next(self._conversations, None)
-            if conv is None:
+            got = self._encoder.next(None if count is None else count - len(self.examples))
+            if got is None:
                 break
-            self._add(conv)
-        report = self.report
-        report.read, report.skipped, report.repaired = self.policy.read, Counter(self.policy.skipped), Counter(
-            self.policy.repaired)
+            self._last, result = got
+            if self._last.error is not None:
+                raise self._last.error
+            if result is None:
+                break
+            self._add(result)
+        report, last = self.report, self._last
+        report.read, report.skipped, report.repaired = last.read, Counter(last.skipped), Counter(last.repaired)
         report.examples = len(self.examples)
         return self.examples[:count] if count is not None else list(self.examples)
 
-    def _add(self, conv: Conversation) -> None:
-        enc = encode_conversation(conv, self.template, self.tokenizer, max_length=self.max_length)
-        pieces = [(conv, enc)]
-        if enc.truncated and self._split_long and conv.rounds > 1:
-            pieces = [(block, encode_conversation(block, self.template, self.tokenizer, max_length=self.max_length))
-                      for block in self._blocks(conv)]
-            self.report.split += len(pieces) > 1
-        for piece, piece_enc in pieces:
+    def _add(self, result: Result) -> None:
+        pieces, split = result
+        self.report.split += split
+        for piece in pieces:
             self.report.rows += 1
-            self.report.truncated += int(piece_enc.truncated)
-            if piece_enc.n_trained == 0:
+            self.report.truncated += int(piece.truncated)
+            if piece.n_trained == 0:
                 self.report.empty_after_truncation += 1
                 continue
-            self.examples.append({"tokens": piece_enc.tokens, "loss_mask": piece_enc.loss_mask,
-                                  "conversation": piece.to_json(), "id": piece.id})
+            self.examples.append({"tokens": piece.tokens, "loss_mask": piece.loss_mask,
+                                  "conversation": piece.conversation, "id": piece.id})
             if self.positions is not None:
-                self.positions.append(self._read_at[-1])
-
-    def _blocks(self, conv: Conversation) -> list[Conversation]:
-        """Blocks of whole rounds within max_length tokens (the run's tokenizer and template), as Vicuna
-        splits ShareGPT; ids get a "-b<k>" suffix."""
-        from instructjax.data.adapters import split_blocks
-        from instructjax.data.encode import count_tokens
-
-        def length(messages):
-            return count_tokens(Conversation(messages, conv.source, conv.id), self.template, self.tokenizer)
-
-        blocks = split_blocks(conv.messages, self.max_length, length)
-        if len(blocks) == 1:
-            return [conv]
-        return [Conversation(b, conv.source, f"{conv.id}-b{k}", {**conv.meta, "block": k, "blocks": len(blocks)})
-                for k, b in enumerate(blocks)]
+                self.positions.append(self._last.at)
 
 
 _STREAMS: dict[tuple, _Stream] = {}

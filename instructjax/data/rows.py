@@ -146,14 +146,16 @@ class _LineNumbers:
     """1-based numbers of the non-blank lines of a jsonl file (datasets skips blank lines): the position
     + 1, unless the file has blank lines, whose line numbers are then read once."""
 
-    _BLANK = re.compile(rb"(?:^|\n)[ \t\r]*\n")
+    _BLANK = re.compile(rb"\n[ \t\r]*\n")  # a blank line after the first (no `(?:^|\n)`: re would try every byte)
+    _BLANK_FIRST = re.compile(rb"[ \t\r]*\n")
 
     def __init__(self, path: str, chunk: int = 1 << 26):
         self._table = None
         with _open_bytes(path) as f:
             tail = b""
             while block := f.read(chunk):
-                if self._BLANK.search(tail + block):
+                data = tail + block
+                if self._BLANK.search(data) or self._BLANK_FIRST.match(data):
                     f.seek(0)
                     self._table = [n for n, line in enumerate(f, start=1) if line.strip()]
                     return

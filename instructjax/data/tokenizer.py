@@ -33,7 +33,9 @@ import json
 import os
 import shutil
 import tempfile
+from itertools import chain
 
+import numpy as np
 from tokenizers import Tokenizer as Engine
 from tokenizers import processors
 
@@ -214,6 +216,19 @@ class Tokenizer:
         if texts:
             out += [(e.ids, e.offsets) for e in self._continuation.encode_batch(texts, add_special_tokens=False)]
         return out
+
+    def encode_offsets(self, texts: list[str], *, continued: bool = False
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Many texts, each encoded on its own (as a sequence start, or `continued`: right after a special
+        token, as in `encode_continued`), in one call of the engine's batch path: (ids int32[n], each id's
+        character span in its text int64[n, 2], ids per text int64[len(texts)]), the texts' ids end to end."""
+        engine = self._continuation if continued else self._engine
+        encodings = engine.encode_batch(texts, add_special_tokens=False)
+        lengths = np.fromiter(map(len, encodings), np.int64, len(encodings))
+        n = int(lengths.sum())
+        ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int32, n)
+        spans = chain.from_iterable(chain.from_iterable(e.offsets for e in encodings))
+        return ids, np.fromiter(spans, np.int64, 2 * n).reshape(n, 2), lengths
 
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """Text of `ids` (a list or numpy array); special ids (BOS, EOS, UNK, PAD) dropped by default."""

@@ -1,0 +1,348 @@
+"""A task's conversations -> its examples, in batches and on every core, handed back in read order.
+
+`encode_rows(job, convs)` makes the examples of each conversation: encoded as one batch (`encode_conversations`)
+under the job's template, tokenizer and row length; a conversation over the row length, of a source that
+splits (ShareGPT), cut into blocks of whole rounds (`adapters.split_blocks`). The candidate blocks are
+measured by a `Segments` memo seeded with the conversation's own encoding: each round is tokenized once
+(once more where it opens a block), the blocks are put together from the same segments, and a block of
+several rounds found over the row length (which the memo cannot give) is split again the exact way.
+
+`Encoder` runs `encode_rows` over a stream of conversations, in batches of up to `BATCH`, and hands the
+results back one by one in the stream's order. Its first `IN_PROCESS` conversations are encoded in this
+process (the tokenizer's own threads then use every core for the token work); after them, or at once when
+the pool is already up, batches go to a shared pool of worker processes (spawned, one per core, each
+tokenizing on one thread), `2 x workers` batches in flight. It reads only as far ahead as the caller
+still wants examples. A conversation whose batch failed is encoded again alone in this process when it is
+handed back, so its error is raised where one process encoding one conversation at a time raises it.
+`INSTRUCTJAX_ENCODE_WORKERS`: worker processes (default: the CPUs this process may use, at most
+`MAX_WORKERS`); 0 encodes one conversation at a time in this process, reading nothing ahead.
+The pool is shut down after `IDLE_SECONDS` without work (and at exit).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import multiprocessing
+import os
+import signal
+import sys
+import threading
+import time
+import types
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from contextlib import contextmanager
+from dataclasses import dataclass
+from itertools import islice
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from instructjax.core.errors import ConfigError
+from instructjax.data.adapters import split_blocks
+from instructjax.data.encode import Encoded, Segments, count_tokens, encode_conversations
+from instructjax.data.schema import Conversation
+from instructjax.data.templates import get_template
+from instructjax.data.tokenizer import Tokenizer
+
+BATCH = 128  # conversations per batch
+IN_PROCESS = 1000  # conversations a stream encodes here before it uses the pool (when the pool is not up)
+MAX_WORKERS = 32
+IDLE_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Job:
+    """How a task's conversations are encoded (what a worker process needs to know)."""
+
+    template: str
+    tokenizer: str  # path (`Tokenizer.path`)
+    max_length: int
+    split_long: bool  # cut a conversation over max_length into blocks of whole rounds
+
+    def portable(self) -> bool:
+        """Whether a fresh process knows the template (a built-in one; one registered at run time may not be)."""
+        return get_template(self.template).pieces.__module__ == get_template.__module__
+
+
+class Example(NamedTuple):
+    """One example of a conversation (the conversation itself, or one of its blocks)."""
+
+    conversation: str  # JSON
+    id: str
+    tokens: np.ndarray
+    loss_mask: np.ndarray
+    n_trained: int
+    truncated: bool
+
+
+Result = tuple[list[Example], bool]  # a conversation's examples, and whether it was split into blocks
+
+
+def encode_rows(job: Job, convs: list[Conversation]) -> list[Result]:
+    """The examples of each conversation (see the module doc)."""
+    tokenizer = Tokenizer.load(job.tokenizer)
+    segments = Segments(tokenizer) if job.split_long else None  # a memo for the blocks
+    out = []
+    for conv, enc in zip(convs, encode_conversations(convs, job.template, tokenizer, job.max_length, segments),
+                         strict=True):
+        pieces = [(conv, enc)]
+        if enc.truncated and segments is not None and conv.rounds > 1:
+            pieces = _blocks(conv, job, tokenizer, segments)
+        out.append(([Example(_to_json(c), c.id, e.tokens, e.loss_mask, e.n_trained, e.truncated) for c, e in pieces],
+                    len(pieces) > 1))
+    return out
+
+
+def _to_json(conv: Conversation) -> str:
+    """`conv.to_json()`, without its deep copy (`dataclasses.asdict`) where the values are plain JSON."""
+    try:
+        return json.dumps({"id": conv.id, "messages": conv.messages, "meta": conv.meta, "source": conv.source},
+                          ensure_ascii=False, sort_keys=True)
+    except TypeError:  # something asdict converts (a dataclass in meta), or that neither can write
+        return conv.to_json()
+
+
+def _blocks(conv: Conversation, job: Job, tokenizer: Tokenizer, segments: Segments | None
+            ) -> list[tuple[Conversation, Encoded]]:
+    """`conv` cut into blocks of whole rounds within max_length tokens, as Vicuna splits ShareGPT (ids get a
+    "-b<k>" suffix), each with its encoding; `segments` None measures every candidate block afresh."""
+
+    def length(messages: list[dict[str, str]]) -> int:
+        return count_tokens(Conversation(messages, conv.source, conv.id), job.template, tokenizer, segments)
+
+    found = split_blocks(conv.messages, job.max_length, length)
+    blocks = [conv] if len(found) == 1 else [
+        Conversation(b, conv.source, f"{conv.id}-b{k}", {**conv.meta, "block": k, "blocks": len(found)})
+        for k, b in enumerate(found)]  # fmt: skip
+    encs = encode_conversations(blocks, job.template, tokenizer, job.max_length, segments)
+    if segments is not None and any(e.truncated and b.rounds > 1 for b, e in zip(blocks, encs, strict=True)):
+        return _blocks(conv, job, tokenizer, None)  # the segments' sum fell short of a block's encoding
+    return list(zip(blocks, encs, strict=True))
+
+
+class _Packed(NamedTuple):
+    """A batch's results in few objects (quick to pickle): the examples' tokens and loss masks end to end."""
+
+    tokens: np.ndarray  # int32
+    loss_mask: np.ndarray  # uint8
+    ends: list[int]  # each example's end in tokens
+    fields: list[tuple[str, str, int, bool]]  # each example's conversation, id, n_trained, truncated
+    results: list[tuple[int, bool] | None]  # each conversation's examples and split, None: failed
+
+
+def _pack(results: list[Result | None]) -> _Packed:
+    examples = [ex for r in results if r is not None for ex in r[0]]
+    return _Packed(np.concatenate([ex.tokens for ex in examples] or [np.zeros(0, np.int32)]),
+                   np.concatenate([ex.loss_mask for ex in examples] or [np.zeros(0, np.int32)]).astype(np.uint8),
+                   np.cumsum([ex.tokens.shape[0] for ex in examples], dtype=np.int64).tolist(),
+                   [(ex.conversation, ex.id, ex.n_trained, ex.truncated) for ex in examples],
+                   [None if r is None else (len(r[0]), r[1]) for r in results])
+
+
+def _unpack(packed: _Packed) -> list[Result | None]:
+    mask = packed.loss_mask.astype(np.int32)
+    examples = [Example(conversation, cid, packed.tokens[a:b], mask[a:b], n, cut) for a, b, (conversation, cid, n, cut)
+                in zip([0, *packed.ends[:-1]], packed.ends, packed.fields, strict=True)]
+    out: list[Result | None] = []
+    at = 0
+    for r in packed.results:
+        out.append(None if r is None else (examples[at : at + r[0]], r[1]))
+        at += r[0] if r is not None else 0
+    return out
+
+
+def _encode_packed(job: Job, convs: list[Conversation]) -> _Packed:
+    """What a worker process does with a batch: `_encode_each`, packed."""
+    return _pack(_encode_each(job, convs))
+
+
+def _encode_each(job: Job, convs: list[Conversation]) -> list[Result | None]:
+    """`encode_rows`, with None for a conversation that fails (the batch is then encoded one by one)."""
+    try:
+        return encode_rows(job, convs)
+    except Exception:  # noqa: BLE001 - raised again where the conversation is handed back
+        out: list[Result | None] = []
+        for conv in convs:
+            try:
+                out += encode_rows(job, [conv])
+            except Exception:  # noqa: BLE001
+                out.append(None)
+        return out
+
+
+def default_workers() -> int:
+    """Worker processes: `INSTRUCTJAX_ENCODE_WORKERS`, else the CPUs this process may use (at most MAX_WORKERS)."""
+    said = os.environ.get("INSTRUCTJAX_ENCODE_WORKERS")
+    if said is not None:
+        if not said.strip().isdigit():
+            raise ConfigError(f"INSTRUCTJAX_ENCODE_WORKERS must be a number of processes (0: none), got {said!r}")
+        return int(said)
+    return min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+
+
+class _Batch:
+    """Items of the stream in order, with their results, or the future that brings them (`workers` > 0:
+    encoded in the pool of that many processes; 0: here, now)."""
+
+    def __init__(self, job: Job, items: list[tuple[Conversation | None, Any]], workers: int):
+        self.items, self.taken, self.workers = items, 0, workers
+        self._job, self._convs = job, [c for c, _ in items if c is not None]
+        self.results: list | Future = (_submit(workers, job, self._convs) if workers and self._convs
+                                       else _encode_each(job, self._convs) if self._convs else [])
+
+    def pop(self) -> tuple[Conversation | None, Any, Result | None]:
+        if isinstance(self.results, Future):
+            try:
+                self.results = _unpack(self.results.result())
+            except Exception as exc:  # noqa: BLE001 - a worker died (killed, out of memory), ...: this batch here
+                if isinstance(exc, BrokenProcessPool):
+                    shutdown()
+                self.results = _encode_each(self._job, self._convs)
+        conv, tag = self.items[self.taken]
+        self.taken += 1
+        return conv, tag, self.results[self.taken - 1] if conv is not None else None  # None: only last
+
+    def __len__(self) -> int:
+        return len(self.items) - self.taken
+
+
+class Encoder:
+    """(conversation, tag) items in read order -> (tag, result) in that order (see the module doc). An item
+    whose conversation is None ends the stream (its tag says why); its result is None."""
+
+    def __init__(self, job: Job, items: Iterator[tuple[Conversation | None, Any]], workers: int | None = None):
+        self.job, self._items = job, items
+        self.workers = default_workers() if workers is None else workers
+        # a pool needs a template that a fresh process knows, and a process that may have children
+        self._poolable = self.workers > 0 and job.portable() and not multiprocessing.current_process().daemon
+        self._queue: deque[_Batch] = deque()
+        self._queued = 0  # items read and not handed back yet
+        self._pooled = 0  # batches in the queue sent to the pool
+        self._ended = False
+        self._here = 0  # conversations encoded in this process
+
+    def next(self, wanted: int | None) -> tuple[Any, Result | None] | None:
+        """The next item's tag and result, None after the last; `wanted`: examples the caller still needs
+        (None: every one), so that no more conversations than that are read ahead."""
+        self._read(math.inf if wanted is None else wanted)
+        if not self._queue:
+            return None
+        head = self._queue[0]
+        conv, tag, result = head.pop()
+        self._queued -= 1
+        if not head:
+            self._queue.popleft()
+            self._pooled -= head.workers > 0
+        if conv is not None and result is None:  # its batch failed: alone, here, to raise its error
+            result = encode_rows(self.job, [conv])[0]
+        return tag, result
+
+    def _read(self, wanted: float) -> None:
+        if not self._poolable or (self._here < IN_PROCESS and not _pool_is_up()):
+            if not self._queue:  # one batch at a time, here
+                self._here += self._batch(1 if self.workers == 0 else min(BATCH, wanted), 0)
+            return
+        while not self._ended and self._queued < wanted and self._pooled < 2 * self.workers:
+            left = (wanted - self._queued) / self.workers
+            self._batch(BATCH if left == math.inf else max(1, min(BATCH, math.ceil(left))), self.workers)
+
+    def _batch(self, n: int, workers: int) -> int:
+        """Read up to `n` items into a batch (encoded here, or in a pool of `workers`); its conversations."""
+        items = [] if self._ended else list(islice(self._items, n))
+        self._ended = len(items) < n or items[-1][0] is None
+        if items:
+            self._queued += len(items)
+            self._pooled += workers > 0
+            self._queue.append(_Batch(self.job, items, workers))
+        return sum(c is not None for c, _ in items)
+
+
+# ---- the shared pool of worker processes -------------------------------------------------------------
+
+_LOCK = threading.Lock()
+_POOL: ProcessPoolExecutor | None = None
+_POOL_WORKERS = 0
+_POOL_PID = 0  # the process that started the pool (a forked child has none of its own)
+_PENDING = 0  # batches submitted and not done
+_ACTIVE = 0.0  # when a batch was last submitted or done (time.monotonic)
+
+
+def _init_worker() -> None:
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process: the processes use the cores
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+
+
+@contextmanager
+def _without_main() -> Iterator[None]:
+    """Workers need nothing from `__main__`: a process spawned in here does not import it again (multiprocessing
+    would, running a script that encodes at its top level, with no `if __name__ == "__main__":`, once more
+    in every worker)."""
+    main = sys.modules["__main__"]
+    sys.modules["__main__"] = types.ModuleType("__main__")  # no __file__, no __spec__: nothing to import
+    try:
+        yield
+    finally:
+        sys.modules["__main__"] = main
+
+
+def _pool_is_up() -> bool:
+    return _POOL is not None and _POOL_PID == os.getpid()
+
+
+def _submit(workers: int, job: Job, convs: list[Conversation]) -> Future:
+    """`_encode_packed(job, convs)` in the pool of `workers` processes (started, or restarted at that size)."""
+    global _POOL, _POOL_WORKERS, _POOL_PID, _PENDING, _ACTIVE
+    old = None
+    with _LOCK:
+        if _POOL_PID != os.getpid():  # inherited through a fork: not ours to use
+            _POOL, _PENDING = None, 0
+        if _POOL is not None and _POOL_WORKERS != workers:
+            old, _POOL = _POOL, None
+        if _POOL is None:
+            _POOL = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                        initializer=_init_worker)
+            _POOL_WORKERS, _POOL_PID = workers, os.getpid()
+            threading.Thread(target=_reap, args=(_POOL,), daemon=True).start()
+        with _without_main():  # a batch may start a worker
+            future = _POOL.submit(_encode_packed, job, convs)
+        _PENDING += 1
+        _ACTIVE = time.monotonic()
+    if old is not None:
+        old.shutdown(wait=False)  # its batches still finish
+    future.add_done_callback(_done)
+    return future
+
+
+def _done(_: Future) -> None:
+    global _PENDING, _ACTIVE
+    with _LOCK:
+        _PENDING -= 1
+        _ACTIVE = time.monotonic()
+
+
+def _reap(pool: ProcessPoolExecutor) -> None:
+    """Shut `pool` down once it has had nothing to do for IDLE_SECONDS."""
+    while True:
+        time.sleep(IDLE_SECONDS / 4)
+        with _LOCK:
+            if _POOL is not pool:
+                return
+            if _PENDING or time.monotonic() - _ACTIVE < IDLE_SECONDS:
+                continue
+        shutdown(if_idle=True)
+        return
+
+
+def shutdown(if_idle: bool = False) -> None:
+    """Stop the worker processes (a later batch starts them again); `if_idle`: only when no batch is pending."""
+    global _POOL
+    with _LOCK:
+        if _POOL is None or (if_idle and _PENDING):
+            return
+        pool, _POOL = _POOL, None
+    if _POOL_PID == os.getpid():
+        pool.shutdown()
