@@ -7,13 +7,14 @@ import re
 
 import numpy as np
 import pytest
+from test_pipeline import take  # the batches and the state after each
 
 from instructjax.core.config import DataSection, MosaicSection
 from instructjax.data import examples as examples_lib
 from instructjax.data import mixtures, specs
 from instructjax.data.mosaic import mosaic_epoch
 from instructjax.data.packing import best_fit_decreasing, rows_in_input_order
-from instructjax.data.pipeline import DataPipeline, IteratorState
+from instructjax.data.pipeline import DataPipeline
 from instructjax.data.schema import Conversation
 from instructjax.data.tokenizer import Tokenizer
 
@@ -43,11 +44,6 @@ def config(mixture: str = "shuf_ab", **kw) -> DataSection:
     return DataSection(**{**base, **kw})
 
 
-def take(pipeline: DataPipeline, n: int) -> list[tuple[dict, IteratorState]]:
-    out, it = [], iter(pipeline)
-    for _ in range(n):
-        out.append((next(it), pipeline.state))
-    return out
 
 
 def segments(rows: dict, files: dict[str, list[dict]]) -> list[list[str]]:
