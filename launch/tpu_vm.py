@@ -79,13 +79,15 @@ def install_command(package: str) -> str:
 
 
 def train_command(args) -> str:
-    """The one training command every worker runs: resume from the bucket, multi-host JAX; a run that
+    """The one training command every worker runs: resume from the bucket, multi-host JAX, the tokenized cache
+    in the bucket (shared by the workers, or made ahead by `instructjax data prepare`); a run that
     stopped for a preemption notice (exit 75, checkpoint saved) is resumed at once while the VM lives, and
     DONE is written only when the run finished."""
     preset = yaml.safe_load(Path(args.config).read_text())["model"]["preset"]
     run_dir = f"{args.bucket}/runs/{args.name}"
     overrides = [f"run_dir={run_dir}", "distributed=true", f"model.init_from={args.bucket}/checkpoints/base/{preset}"]
-    train = f"instructjax train --config {REMOTE_CONFIG} --resume " + " ".join(overrides)
+    cache = f"INSTRUCTJAX_CACHE_DIR={args.bucket}/tokenized"  # the workers tokenize together, once (data prepare)
+    train = f"{cache} instructjax train --config {REMOTE_CONFIG} --resume " + " ".join(overrides)
     done = f"echo done | gcloud storage cp - {run_dir}/DONE"
     return (f"while true; do {train} >> {REMOTE_LOG} 2>&1 && rc=0 || rc=$?; "
             f"[ $rc -eq {EXIT_PREEMPTED} ] || break; echo 'preempted: resuming' >> {REMOTE_LOG}; done; "

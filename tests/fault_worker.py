@@ -7,6 +7,9 @@ Used by tests/test_faults_training.py, which kill -9s it, fills its disk, or cor
   FAULT_NAN_AT_STEP=N     step N's batch gets NaN loss weights (a non-finite loss at step N)
   FAULT_STEP_SECONDS=S    every step takes at least S seconds (a kill "at a random moment" lands mid-run)
   FAULT_SIGTERM_AFTER_STEP=N  the process sends itself SIGTERM once step N is done (a preemption at N)
+  FAULT_COUNT_ENCODED=PATH    at exit, write to PATH how many conversations this process tokenized
+  FAULT_DIE_TOKENIZING=1      the process dies (os._exit, no clean-up) as it starts tokenizing its first
+                              piece of a shared cache
 Everything else is the production code path: `python tests/fault_worker.py train --config ...`.
 """
 
@@ -78,6 +81,30 @@ def sigterm_after(step: int) -> None:
     preemption.PreemptionWatch.should_stop = should_stop
 
 
+def count_encoded(path: str) -> None:
+    import atexit
+
+    from instructjax.data import encode_pool
+
+    original, count = encode_pool._Batch.__init__, [0]
+
+    def init(self, job, items, workers):
+        original(self, job, items, workers)
+        count[0] += len(self._convs)  # every conversation this process encodes goes through one batch
+
+    encode_pool._Batch.__init__ = init
+    atexit.register(lambda: Path(path).write_text(str(count[0])))
+
+
+def die_tokenizing() -> None:
+    from instructjax.data import shared_cache
+
+    def encode(job, convs):
+        os._exit(9)
+
+    shared_cache._encode = encode
+
+
 def main() -> int:
     if "FAULT_HOLD_SAVE_STEP" in os.environ:
         hold_save(int(os.environ["FAULT_HOLD_SAVE_STEP"]), os.environ["FAULT_MARKER"])
@@ -87,6 +114,10 @@ def main() -> int:
         slow_steps(float(os.environ["FAULT_STEP_SECONDS"]))
     if "FAULT_SIGTERM_AFTER_STEP" in os.environ:
         sigterm_after(int(os.environ["FAULT_SIGTERM_AFTER_STEP"]))
+    if "FAULT_COUNT_ENCODED" in os.environ:
+        count_encoded(os.environ["FAULT_COUNT_ENCODED"])
+    if os.environ.get("FAULT_DIE_TOKENIZING"):
+        die_tokenizing()
     from instructjax import cli
 
     return cli.main(sys.argv[1:])

@@ -43,7 +43,7 @@ def test_tpu_up_dry_run(capsys):
     remote = train[-1]
     assert remote.startswith("nohup bash -c ")
     inner = shlex.split(remote)[3]
-    assert inner.startswith("while true; do instructjax train --config ~/instructjax_run.yaml --resume "
+    assert inner.startswith("while true; do INSTRUCTJAX_CACHE_DIR=gs://bkt/tokenized instructjax train --config ~/instructjax_run.yaml --resume "
                             "run_dir=gs://bkt/runs/tulu7b distributed=true "
                             "model.init_from=gs://bkt/checkpoints/base/llama2-7b")
     assert inner.endswith("[ $rc -eq 0 ] && echo done | gcloud storage cp - gs://bkt/runs/tulu7b/DONE")

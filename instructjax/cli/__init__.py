@@ -61,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
         import_modules([*args.imports_first, *getattr(args, "imports", [])])
         code = args.func(args)
     except InstructJaxError as e:
-        print(f"instructjax: error: {e}", file=sys.stderr)
+        print(f"instructjax: error: {e}", file=sys.stderr, flush=True)
+        if getattr(e, "host_lost", False):  # JAX's runtime would wait for the lost host at exit, then abort
+            sys.stdout.flush()
+            os._exit(2)
         return 2
     return int(code or 0)
 

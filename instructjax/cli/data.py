@@ -1,4 +1,5 @@
-"""`instructjax data stats|preview|select`: look at a task or mixture before training on it."""
+"""`instructjax data stats|preview|select|prepare`: look at a task or mixture before training on it, and
+tokenize a run's data ahead of it."""
 
 from __future__ import annotations
 
@@ -54,6 +55,11 @@ def register(subparsers) -> None:
     select.add_argument("--score-key", default="score", help="meta column for --method quality")
     select.add_argument("--out", required=True, help="output .jsonl with the chosen examples and scores")
     select.set_defaults(func=run_select)
+
+    prepare = sub.add_parser("prepare", help="tokenize a run's data ahead of training (train starts from the cache)")
+    prepare.add_argument("--config", required=True, help="the run config YAML that train will be given")
+    prepare.add_argument("overrides", nargs="*", metavar="key=value", help="the dotted overrides train will be given")
+    prepare.set_defaults(func=run_prepare)
 
 
 @dataclass
@@ -301,3 +307,67 @@ def run_select(args) -> int:
     write_selection(chosen, args.out, method=args.method)
     print(f"selected {len(chosen)} of {len(convs)} examples by {args.method} -> {args.out}")
     return 0
+
+
+def run_prepare(args) -> int:
+    """Exactly the training run's data side (the same binding, task keys and cache files, on every host of a
+    multi-host launch), with a progress bar per task and a summary of the cache."""
+    import time
+
+    import jax
+    from tqdm import tqdm
+
+    from instructjax.core.config import load_config
+    from instructjax.data import cache, examples
+    from instructjax.data.pipeline import DataPipeline
+    from instructjax.data.tokenizer import Tokenizer
+    from instructjax.train import hosts
+    from instructjax.train import setup as run_setup
+    from instructjax.train.trainer import maybe_initialize_distributed, resolve_model_config
+
+    config = load_config(args.config, args.overrides)
+    maybe_initialize_distributed(config)
+    hosts.install()
+    if cache.cache_dir() is None:
+        raise ConfigError("the tokenized cache is off (INSTRUCTJAX_CACHE_DIR=off): there is nowhere to prepare to")
+    tokenizer_path = run_setup.tokenizer_path(config)
+    model_config = run_setup.fit_model_to_tokenizer(resolve_model_config(config), Tokenizer.load(tokenizer_path),
+                                                    pretrained=bool(config.model.init_from))  # fmt: skip
+    data = run_setup.bind_data(config, tokenizer_path)
+    primary, bars = jax.process_index() == 0, {}
+
+    def progress(task: str, done: int, total: int | None) -> None:
+        if task not in bars:
+            for bar in bars.values():
+                bar.close()
+            bars[task] = tqdm(total=total, desc=task, unit="row", disable=not primary, mininterval=1.0)
+        bars[task].n = done
+        bars[task].refresh() if total is not None and done >= total else bars[task].update(0)
+
+    start = time.time()
+    with examples.progress(progress):
+        pipeline = DataPipeline(data.config, process_index=jax.process_index(), process_count=jax.process_count(),
+                                vocab_size=model_config.vocab_size)  # fmt: skip
+        plan = pipeline.plan_epoch(0)
+    for bar in bars.values():
+        bar.close()
+    if primary:
+        files = [f for f in dict.fromkeys(examples.CACHE_FILES.values()) if f.exists()]
+        size = sum(f.stat().st_size for f in files)
+        found = sum(f.stat().st_mtime < start for f in files)
+        print(f"prepared {len(pipeline.task_names)} task(s) of {specs_name(config.data.mixture)} in "
+              f"{time.time() - start:.1f} s: {plan.examples:,} examples, {plan.tokens:,} tokens, "
+              f"{plan.steps} steps per epoch")
+        print(f"cache: {cache.cache_dir()} ({len(files)} file(s), {size / 2**20:.1f} MiB; "
+              f"{len(files) - found} written now, {found} there already)")
+        for f in files:
+            print(f"  {f.name}  {f.stat().st_size / 2**20:.1f} MiB")
+        print(f"train starts from it: instructjax train --config {args.config}"
+              + "".join(f" {o}" for o in args.overrides))
+    return 0
+
+
+def specs_name(name: str) -> str:
+    from instructjax.data import specs
+
+    return specs.base_name(name)

@@ -8,7 +8,10 @@ temporary name and renamed, so concurrent writers (several hosts on one disk) an
 partial file under the real name; a file that does not check out (its length, then the xxh3-128
 checksums of its header and of its whole payload, all verified before any of it is used) is reported in
 one line, rebuilt and replaced. Directory: `INSTRUCTJAX_CACHE_DIR` (default
-`~/.cache/instructjax/tokenized`); `INSTRUCTJAX_CACHE_DIR=off` turns the cache off.
+`~/.cache/instructjax/tokenized`), a local path or a URL Orbax's file layer (`etils.epath`) opens (`gs://...`:
+a file there is copied to `~/.cache/instructjax/staged` to be read, and written there first, then uploaded to a
+temporary name and renamed); `INSTRUCTJAX_CACHE_DIR=off` turns the cache off. Several hosts share one directory
+through `data.shared_cache`.
 
 Layout: a magic line; flat arrays, each 64-byte aligned: the tokens and loss masks of all examples end
 to end (in the narrowest integer type that holds them), per-example offsets, trained-token counts and
@@ -25,11 +28,14 @@ import json
 import mmap
 import operator
 import os
+import shutil
 import struct
 import sys
 import tempfile
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import xxhash
@@ -41,12 +47,50 @@ _TRAILER = struct.Struct("<QQ16s8s")  # header offset, header length, header xxh
 _ALIGN = 64
 _READ = 16 << 20  # bytes hashed per read when verifying
 _FILE_DIGESTS: dict[tuple, str] = {}
+STAGING = Path("~/.cache/instructjax/staged")  # local copies of the files of a remote cache directory
 
 
-def cache_dir() -> Path | None:
-    """The cache directory, or None when the cache is off."""
+def cache_dir() -> Path | Any | None:
+    """The cache directory (a `Path`, or an `etils.epath.Path` for a URL), or None when the cache is off."""
     where = os.environ.get("INSTRUCTJAX_CACHE_DIR", "~/.cache/instructjax/tokenized")
-    return None if where.lower() in ("off", "none", "0", "") else Path(where).expanduser()
+    return None if where.lower() in ("off", "none", "0", "") else as_path(where)
+
+
+def as_path(where: str) -> Path | Any:
+    """A local `Path`, or for a URL (`gs://...`) an `etils.epath.Path` (the file layer Orbax uses)."""
+    if is_remote(where):
+        from etils import epath
+
+        return epath.Path(where)
+    return Path(where).expanduser()
+
+
+def is_remote(path) -> bool:
+    return "://" in str(path)
+
+
+def _staged(path) -> Path:
+    """Where the local copy of remote file `path` lives (one directory per remote directory)."""
+    return STAGING.expanduser() / hashlib.sha256(str(path.parent).encode()).hexdigest()[:16] / path.name
+
+
+def _download(path) -> Path | None:
+    """A local copy of remote file `path` (kept: its name holds its key), or None when there is no such file."""
+    local = _staged(path)
+    if local.exists():
+        return local
+    if not path.exists():
+        return None
+    local.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=local.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as out, path.open("rb") as f:
+            shutil.copyfileobj(f, out, _READ)
+        os.replace(tmp, local)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return local
 
 
 def _file_digest(path: str) -> str:
@@ -90,14 +134,17 @@ def _code_digest() -> str:
 
 
 def key(*, files: list[str], spec_repr: str, tokenizer_fingerprint: str, template_repr: str, max_length: int,
-        count: int | None, seed: int | None, encoder_weights: str | None = None) -> str:
+        count: int | None, seed: int | None, encoder_weights: str | None = None, hub: list[str] | None = None) -> str:
     """The cache key of one task's encoded examples (`encoder_weights`: `model_digest` of the model a
-    selection encoder embeds with, whose path alone is in the spec)."""
+    selection encoder embeds with, whose path alone is in the spec; `hub`: a hub dataset's identity, for a
+    task with no local files)."""
     parts = {"format": FORMAT, "files": [_file_digest(f) for f in files], "spec": spec_repr,
              "tokenizer": tokenizer_fingerprint, "template": template_repr, "max_length": max_length,
              "count": count, "seed": seed, "code": _code_digest()}  # fmt: skip
     if encoder_weights is not None:
         parts["encoder_weights"] = encoder_weights
+    if hub is not None:
+        parts["hub"] = hub
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
@@ -154,11 +201,14 @@ def _text(blob: np.ndarray, offsets: np.ndarray, j: int) -> str:
     return blob[int(offsets[j]) : int(offsets[j + 1])].tobytes().decode()
 
 
-def load(path: Path) -> tuple[CachedExamples, dict] | None:
+def load(path) -> tuple[CachedExamples, dict] | None:
     """(examples, report) from a cache file; None when absent, and when unreadable (reported, then rebuilt)."""
+    local = _download(path) if is_remote(path) else path
     try:
-        f = open(path, "rb")  # closed below; the memory map outlives it
+        f = open(local, "rb") if local is not None else None  # closed below; the memory map outlives it
     except FileNotFoundError:
+        f = None
+    if f is None:
         return None
     try:
         with f:
@@ -169,6 +219,8 @@ def load(path: Path) -> tuple[CachedExamples, dict] | None:
     except Exception as exc:  # noqa: BLE001 - any unreadable file is rebuilt
         print(f"instructjax: warning: tokenized cache {path} is unreadable ({exc}); rebuilding it",
               file=sys.stderr, flush=True)
+        if local is not path:
+            local.unlink(missing_ok=True)
         return None
     return CachedExamples(arrays), header["report"]
 
@@ -242,8 +294,35 @@ def _batched(seq: list, n: int = 4096):
         yield seq[i : i + n]
 
 
-def save(path: Path, examples: Sequence[dict], report: dict) -> None:
-    """Write atomically (temporary file + rename): readers see the old file, the new one, or none."""
+def save(path, examples: Sequence[dict], report: dict) -> None:
+    """Write atomically (temporary file + rename): readers see the old file, the new one, or none. A remote
+    file is written to its local copy first, then uploaded to a temporary name and renamed."""
+    remote = is_remote(path)
+    local = _staged(path) if remote else path
+    local.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=local.name + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write(f, examples, report)
+        if remote:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            upload = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+            try:
+                with open(tmp, "rb") as f, upload.open("wb") as out:
+                    shutil.copyfileobj(f, out, _READ)
+                upload.rename(path)
+            except BaseException:
+                if upload.exists():
+                    upload.unlink()
+                raise
+        os.replace(tmp, local)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _write(f, examples: Sequence[dict], report: dict) -> None:
+    """The cache file of `examples` and `report`, written to open file `f`."""
     tokens = [np.asarray(ex["tokens"]) for ex in examples]
     masks = [np.asarray(ex["loss_mask"]) for ex in examples]
     lengths = np.array([t.size for t in tokens], np.int64)
@@ -256,29 +335,20 @@ def save(path: Path, examples: Sequence[dict], report: dict) -> None:
     ids = [json.dumps(ex["id"]).encode() for ex in examples]
     text_offsets = lambda texts: np.cumsum([0] + [len(t) for t in texts], dtype=np.int64)  # noqa: E731
     concat = lambda parts: (np.concatenate(b) for b in _batched(parts) if b)  # noqa: E731
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            w = _Writer(f)
-            w.raw(_MAGIC)
-            token_type = _narrow(int(token_min.min(initial=0)), int(token_max.max(initial=0)))
-            w.array("tokens", token_type, concat(tokens))
-            w.array("loss_mask", _narrow(mask_lo, mask_hi), concat(masks))
-            w.array("offsets", np.dtype(np.int64), [np.concatenate([[0], np.cumsum(lengths)])])
-            w.array("trained", np.dtype(np.int32), [trained])
-            w.array("token_min", token_type, [token_min])
-            w.array("token_max", token_type, [token_max])
-            w.array("conversations", np.dtype(np.uint8), (np.frombuffer(b"".join(b), np.uint8)
-                                                          for b in _batched(conversations)))  # fmt: skip
-            w.array("conversation_offsets", np.dtype(np.int64), [text_offsets(conversations)])
-            w.array("ids", np.dtype(np.uint8), (np.frombuffer(b"".join(b), np.uint8) for b in _batched(ids)))
-            w.array("id_offsets", np.dtype(np.int64), [text_offsets(ids)])
-            header = json.dumps({"format": FORMAT, "arrays": w.arrays, "report": report,
-                                 "payload": w.hash.hexdigest()}).encode()  # fmt: skip
-            offset = w.at
-            f.write(header + _TRAILER.pack(offset, len(header), xxhash.xxh3_128_digest(header), _END))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    w = _Writer(f)
+    w.raw(_MAGIC)
+    token_type = _narrow(int(token_min.min(initial=0)), int(token_max.max(initial=0)))
+    w.array("tokens", token_type, concat(tokens))
+    w.array("loss_mask", _narrow(mask_lo, mask_hi), concat(masks))
+    w.array("offsets", np.dtype(np.int64), [np.concatenate([[0], np.cumsum(lengths)])])
+    w.array("trained", np.dtype(np.int32), [trained])
+    w.array("token_min", token_type, [token_min])
+    w.array("token_max", token_type, [token_max])
+    w.array("conversations", np.dtype(np.uint8), (np.frombuffer(b"".join(b), np.uint8)
+                                                  for b in _batched(conversations)))  # fmt: skip
+    w.array("conversation_offsets", np.dtype(np.int64), [text_offsets(conversations)])
+    w.array("ids", np.dtype(np.uint8), (np.frombuffer(b"".join(b), np.uint8) for b in _batched(ids)))
+    w.array("id_offsets", np.dtype(np.int64), [text_offsets(ids)])
+    header = json.dumps({"format": FORMAT, "arrays": w.arrays, "report": report,
+                         "payload": w.hash.hexdigest()}).encode()  # fmt: skip
+    f.write(header + _TRAILER.pack(w.at, len(header), xxhash.xxh3_128_digest(header), _END))

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -71,16 +72,16 @@ class TaskReport:
 
 
 def read_conversations(spec: TaskSpec, policy: BadRowPolicy | None = None, shuffle_seed: int | None = None,
-                       positions: list[int] | None = None) -> Iterator[Conversation]:
-    """The source's Conversations for a spec (hub, local files, or built-in synthetic rows); `positions`: see
-    `sources.load_conversations`."""
+                       positions: list[int] | None = None, total: list[int] | None = None) -> Iterator[Conversation]:
+    """The source's Conversations for a spec (hub, local files, or built-in synthetic rows); `positions` and
+    `total`: see `sources.load_conversations`."""
     files: list[str] | None
     if spec.data_files == (BUILTIN,):
         files = synthetic.ensure_synthetic(spec.source)
     else:
         files = list(spec.data_files) if spec.data_files is not None else None
     return sources.load_conversations(spec.source, files, policy=policy, shuffle_seed=shuffle_seed,
-                                      positions=positions, **dict(spec.source_options))
+                                      positions=positions, total=total, **dict(spec.source_options))
 
 
 def encoded_examples(name: str, count: int | None = None, seed: int | None = None, *,
@@ -108,18 +109,31 @@ def _encoded_examples(name: str, count: int | None, seed: int | None) -> list[di
     elif known is not None:
         return _take(name, spec, seed, count)
     where = _cache_path(name, spec, count, seed)
-    cached = cache.load(where) if where is not None else None
+    cached = None
+    if where is not None:
+        from instructjax.data import shared_cache
+
+        CACHE_FILES[name] = where
+        cached = shared_cache.load_or_build(name, spec, seed, count, where)  # None: this host alone
+        cached = cached if cached is not None else cache.load(where)
     if cached is not None:
         examples, report = cached
         _STREAMS[(name, spec, seed)] = _Cached(examples, report)
         return examples
     examples = _take(name, spec, seed, count)
     if where is not None:
-        stream = _STREAMS[(name, spec, seed)]
-        report = stream.report
-        extra = {} if stream.positions is None else {"positions": stream.positions[: len(examples)]}
-        cache.save(where, examples, {**report.as_dict(), "rows": report.rows, **extra})
+        save(where, _STREAMS[(name, spec, seed)], examples)
     return examples
+
+
+CACHE_FILES: dict = {}  # task -> the cache file its examples were last asked from (`data prepare` lists them)
+
+
+def save(where, stream: _Stream, examples: list[dict]) -> None:
+    """Cache the examples `stream` took, with its report."""
+    report = stream.report
+    extra = {} if stream.positions is None else {"positions": stream.positions[: len(examples)]}
+    cache.save(where, examples, {**report.as_dict(), "rows": report.rows, **extra})
 
 
 def _take(name: str, spec: TaskSpec, seed: int | None, count: int | None) -> list[dict]:
@@ -134,10 +148,19 @@ def _take(name: str, spec: TaskSpec, seed: int | None, count: int | None) -> lis
 
 
 def _cache_path(name: str, spec: TaskSpec, count: int | None, seed: int | None):
-    """Where this task's examples are cached (None: cache off, or a hub dataset without local files)."""
-    if cache.cache_dir() is None or spec.data_files is None:
+    """Where this task's examples are cached (None: cache off, or a source with neither files nor a hub dataset).
+    A hub dataset is known by what `datasets` names its prepared files after (its files' revision)."""
+    if cache.cache_dir() is None:
         return None
-    if spec.data_files == (BUILTIN,):
+    hub = None
+    if spec.data_files is None:
+        try:  # offline with nothing downloaded: no identity, no cache (the read then says what is missing)
+            files, hub = [], sources.hub_identity(spec.source)
+        except Exception:  # noqa: BLE001
+            hub = None
+        if hub is None:
+            return None
+    elif spec.data_files == (BUILTIN,):
         files = synthetic.ensure_synthetic(spec.source)
     else:  # a directory stands for its files (a pooled source's parts): each one's content is in the key
         files = sources.local_files(spec.data_files, spec.source)
@@ -149,7 +172,7 @@ def _cache_path(name: str, spec: TaskSpec, count: int | None, seed: int | None):
                and sel.encoder_model and os.path.isdir(sel.encoder_model) else None)  # fmt: skip
     key = cache.key(files=files, spec_repr=repr(spec), tokenizer_fingerprint=Tokenizer.load(spec.tokenizer).fingerprint,
                     template_repr=_template_identity(template), max_length=spec.max_length or DEFAULT_MAX_LENGTH,
-                    count=count, seed=seed, encoder_weights=weights)  # fmt: skip
+                    count=count, seed=seed, encoder_weights=weights, hub=hub)  # fmt: skip
     return cache.path_of(name, key)
 
 
@@ -193,49 +216,61 @@ class _Read(NamedTuple):
     error: Exception | None = None
 
 
+def conversation_items(name: str, spec: TaskSpec, seed: int | None, total: list[int] | None = None
+                       ) -> Iterator[tuple[Conversation | None, _Read]]:
+    """The task's conversations in the stream's order, each with `_Read` taken right after it was read; then
+    (None, counted at the end, or the read's error). `total` gets the rows the read will visit, once known."""
+    policy = BadRowPolicy(spec.on_bad_row)
+    shuffle = specs.subset_seed(seed, name) if seed is not None and spec.selection is None else None
+    read_at: list[int] | None = [] if shuffle is not None else None  # each conversation's place in row order
+
+    def counted(error: Exception | None = None) -> _Read:
+        return _Read(policy.read, dict(policy.skipped), dict(policy.repaired), read_at[-1] if read_at else None,
+                     error)
+
+    conversations = read_conversations(spec, policy, shuffle, read_at, total)
+    try:
+        if spec.selection is not None:  # the selection's order (it reads every row first)
+            conversations = iter(_apply_selection(list(conversations), spec.selection, Tokenizer.load(spec.tokenizer)))
+    except Exception as exc:  # noqa: BLE001 - raised when the stream is first taken from
+        yield None, counted(exc)
+        return
+    while True:
+        try:
+            conv = next(conversations, None)
+        except Exception as exc:  # noqa: BLE001 - raised when the conversations before it are taken
+            yield None, counted(exc)
+            return
+        yield conv, counted()
+        if conv is None:
+            return
+
+
+def job_of(spec: TaskSpec) -> Job:
+    """How the task's conversations are encoded."""
+    return Job(spec.template or DEFAULT_TEMPLATE, Tokenizer.load(spec.tokenizer).path,
+               spec.max_length or DEFAULT_MAX_LENGTH, sources.get_source(spec.source).split_long)
+
+
 class _Stream:
     """A task's examples, encoded as they are asked for (see `encoded_examples`), in batches over every core
     (`encode_pool.Encoder`) and exactly as one process encoding one conversation at a time makes them: the
     conversations are read ahead, each with what the policy had counted when it was read (`_Read`), and the
-    report, the positions and a read error follow the last conversation taken, not the last one read."""
+    report, the positions and a read error follow the last conversation taken, not the last one read.
+    `results`: where the (`_Read`, result) of each conversation come from instead (`shared_cache`: shards)."""
 
-    def __init__(self, name: str, spec: TaskSpec, seed: int | None):
-        self.spec, self.report, self.examples = spec, TaskReport(), []
-        self.tokenizer = Tokenizer.load(spec.tokenizer)
-        self.template = spec.template or DEFAULT_TEMPLATE
-        self.max_length = spec.max_length or DEFAULT_MAX_LENGTH
-        self.policy = BadRowPolicy(spec.on_bad_row)
-        shuffle = specs.subset_seed(seed, name) if seed is not None and spec.selection is None else None
-        # a shuffled read notes each conversation's place in row order; per example in `positions`
-        self._read_at: list[int] | None = [] if shuffle is not None else None
-        self.positions: list[int] | None = [] if shuffle is not None else None
-        conversations = read_conversations(spec, self.policy, shuffle, self._read_at)
-        if spec.selection is not None:
-            conversations = iter(_apply_selection(list(conversations), spec.selection, self.tokenizer))
-        self._last = self._counted()
-        job = Job(self.template, self.tokenizer.path, self.max_length, sources.get_source(spec.source).split_long)
-        self._encoder = Encoder(job, self._read(conversations))
-
-    def _counted(self, error: Exception | None = None) -> _Read:
-        policy, at = self.policy, self._read_at[-1] if self._read_at else None
-        return _Read(policy.read, dict(policy.skipped), dict(policy.repaired), at, error)
-
-    def _read(self, conversations: Iterator[Conversation]) -> Iterator[tuple[Conversation | None, _Read]]:
-        """Each conversation with `_counted()` right after it is read; then (None, counted at the end, or
-        the read's error)."""
-        while True:
-            try:
-                conv = next(conversations, None)
-            except Exception as exc:  # noqa: BLE001 - raised when the conversations before it are taken
-                yield None, self._counted(exc)
-                return
-            yield conv, self._counted()
-            if conv is None:
-                return
+    def __init__(self, name: str, spec: TaskSpec, seed: int | None, results=None):
+        self.name, self.report, self.examples = name, TaskReport(), []
+        # a shuffled read notes each example's conversation's place in row order in `positions`
+        self.positions: list[int] | None = [] if seed is not None and spec.selection is None else None
+        self._last = _Read(0, {}, {})
+        self.total: list[int] = []  # the rows the read will visit (for progress)
+        self._results = results if results is not None else Encoder(
+            job_of(spec), conversation_items(name, spec, seed, self.total))
 
     def take(self, count: int | None) -> list[dict]:
         while count is None or len(self.examples) < count:
-            got = self._encoder.next(None if count is None else count - len(self.examples))
+            got = self._results.next(None if count is None else count - len(self.examples))
             if got is None:
                 break
             self._last, result = got
@@ -244,10 +279,18 @@ class _Stream:
             if result is None:
                 break
             self._add(result)
+            if _PROGRESS is not None:
+                _PROGRESS(self.name, *self.progress(count))
         report, last = self.report, self._last
         report.read, report.skipped, report.repaired = last.read, Counter(last.skipped), Counter(last.repaired)
         report.examples = len(self.examples)
         return self.examples[:count] if count is not None else list(self.examples)
+
+    def progress(self, count: int | None) -> tuple[int, int | None]:
+        """(done, total): examples of `count`, or rows read of the rows there are."""
+        if count is not None:
+            return min(len(self.examples), count), count
+        return self._last.read, self.total[0] if self.total else None
 
     def _add(self, result: Result) -> None:
         pieces, split = result
@@ -262,6 +305,21 @@ class _Stream:
                                   "conversation": piece.conversation, "id": piece.id})
             if self.positions is not None:
                 self.positions.append(self._last.at)
+
+
+_PROGRESS: Callable[[str, int, int | None], None] | None = None
+
+
+@contextmanager
+def progress(callback: Callable[[str, int, int | None], None]) -> Iterator[None]:
+    """Within: `callback(task, done, total)` as a task's examples are made (done: examples of its count, or rows
+    read of the rows there are; total None: not known)."""
+    global _PROGRESS
+    _PROGRESS = callback
+    try:
+        yield
+    finally:
+        _PROGRESS = None
 
 
 _STREAMS: dict[tuple, _Stream] = {}

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from instructjax.core.errors import BadRowPolicy, ConfigError, DataError, SkippedRow
-from instructjax.data import adapters, sharegpt
+from instructjax.data import adapters, cache, coordination, sharegpt
 from instructjax.data.rows import RowFile, datasets_quietly
 from instructjax.data.schema import Conversation
 
@@ -121,6 +121,7 @@ def load_conversations(
     cache_dir: str | None = None,
     shuffle_seed: int | None = None,
     positions: list[int] | None = None,
+    total: list[int] | None = None,
     **options: Any,
 ) -> Iterator[Conversation]:
     """Yield the validated Conversations of source `name`, in row order or, with `shuffle_seed`, in a
@@ -134,6 +135,7 @@ def load_conversations(
     `per_part=None` reads every row). `policy` counts the rows read, skipped and repaired. `positions`, when
     given, gets each conversation's place in row order appended just before it is yielded (its row's ordinal
     over all files; a tree source's conversation index): how a shuffled read is put back in file order.
+    `total`, when given, gets the number of rows the read visits once the files are open (for progress).
     """
     source = get_source(name)
     defaults = {**({} if source.tree else POOL_OPTIONS), **source.options}
@@ -157,6 +159,8 @@ def load_conversations(
         if source.prepare is not None:
             opts = source.prepare([table for _, table in parts], opts)
     tables = [table for _, table in parts]
+    if total is not None:
+        total.append(sum(len(t) for t in tables) if per_part is None or source.tree else per_part * len(tables))
     if source.tree:
         conversations = list(_tree_conversations(source, tables, policy, opts))
         order = (np.random.default_rng(shuffle_seed).permutation(len(conversations)) if shuffle_seed is not None
@@ -326,8 +330,7 @@ def _hub_parts(source: Source, split: str, hub_config: str | None, cache_dir: st
     config = hub_config or source.hub_config
 
     def load(config: str | None, data_files, where: str) -> RowFile:
-        ds = datasets.load_dataset(source.hub_id, config, data_files=data_files, split=split, cache_dir=cache_dir)
-        return RowFile(where, dataset=ds)
+        return _hub_table(source.hub_id, config, data_files, split, cache_dir, where)
 
     if source.hub_parts == "files":
         return [(part_name(f), load(config, f, f"{source.hub_id}/{f}")) for f in source.hub_data_files]
@@ -344,3 +347,57 @@ def _hub_parts(source: Source, split: str, hub_config: str | None, cache_dir: st
         return parts
     where = source.hub_id if config is None else f"{source.hub_id}:{config}"
     return [(config or source.name, load(config, source.hub_data_files, where))]
+
+
+_HUB_TABLES: dict[tuple, RowFile] = {}
+_HUB_IDS: dict[str, list[str]] = {}
+
+
+def _hub_table(hub_id: str, config: str | None, data_files, split: str, cache_dir: str | None, where: str) -> RowFile:
+    """One hub split as memory-mapped Arrow rows (opened once per process). When several hosts share the
+    tokenized cache directory (`coordination`), host 0 converts the split into its `hub/` directory and the
+    others open the same Arrow files once it is done: no host but one converts a hub file whole."""
+    key = (hub_id, config, data_files, split, cache_dir)
+    if key not in _HUB_TABLES:
+        shared = cache_dir or _shared_hub_dir()
+
+        def convert():
+            return datasets_quietly().load_dataset(hub_id, config, data_files=data_files, split=split,
+                                                   cache_dir=shared)
+
+        ds = coordination.first_then_others(convert, f"converting {where}") if shared else convert()
+        _HUB_TABLES[key] = RowFile(where, dataset=ds)
+    return _HUB_TABLES[key]
+
+
+def _shared_hub_dir() -> str | None:
+    """`hub/` in the tokenized cache directory when several hosts see it as one local or network directory
+    (Arrow files are memory-mapped: not a bucket); else None (each host's own `datasets` cache)."""
+    where = cache.cache_dir()
+    if coordination.current() is None or where is None or cache.is_remote(where):
+        return None
+    return str(where / "hub") if coordination.sees_one_directory(where) else None
+
+
+def hub_identity(name: str) -> list[str] | None:
+    """What names source `name`'s hub dataset without converting it (the tokenized cache's key): per part, the
+    directory `datasets` would prepare it in (dataset, config, version and a hash of its resolved data files,
+    which holds their revision); None for a source with no hub dataset."""
+    source = get_source(name)
+    if source.hub_id is None:
+        return None
+    if name not in _HUB_IDS:
+        datasets = datasets_quietly()
+
+        def identity(config: str | None, data_files) -> str:
+            return datasets.load_dataset_builder(source.hub_id, config, data_files=data_files)._relative_data_dir()
+
+        config = source.hub_config
+        if source.hub_parts == "files":
+            ids = [identity(config, f) for f in source.hub_data_files]
+        elif source.hub_parts == "configs" and config is None:
+            ids = [identity(c, None) for c in sorted(datasets.get_dataset_config_names(source.hub_id))]
+        else:
+            ids = [identity(config, source.hub_data_files)]
+        _HUB_IDS[name] = ids
+    return _HUB_IDS[name]

@@ -124,8 +124,10 @@ class Trainer:
         maybe_initialize_distributed(config)
         from instructjax.data.pipeline import DataPipeline
         from instructjax.data.tokenizer import Tokenizer, materialize
+        from instructjax.train import hosts
         from instructjax.train import setup as run_setup
 
+        hosts.install()  # the hosts tokenize the data together, each its share
         self.resume = resume
         self.run_dir = Path(config.run_dir)
         devices = list(jax.devices() if devices is None else devices)
