@@ -69,7 +69,8 @@ def timeout() -> float:
 
 
 def next_name(what: str) -> str:
-    """A fresh key prefix for one collective, the same on every host."""
+    """A fresh key prefix for one collective, the same on every host (its sequence number; `what`, a constant
+    naming the step, only helps reading: nothing host-specific goes in it)."""
     global _SEQUENCE
     _SEQUENCE += 1
     return f"instructjax/{_SEQUENCE}/{what}"

@@ -37,9 +37,11 @@ def load_or_build(name: str, spec, seed: int | None, count: int | None, where) -
     if hosts is None or not coordination.sees_one_directory(where.parent):
         return None
     found = cache.load(where)
-    have = coordination.all_gather(hosts, coordination.next_name("have"), found is not None,
+    have = coordination.all_gather(hosts, coordination.next_name("have"), [where.name, found is not None],
                                    f"looking for the cache of {name}")  # fmt: skip
-    if all(have):
+    if any(file != where.name for file, _ in have):  # other data, tokenizer or code: each host alone (and
+        return None  # the run's own check of the hosts' epochs names the difference)
+    if all(there for _, there in have):
         return found
     _build(hosts, name, spec, seed, count, where)
     return cache.load(where)
@@ -61,7 +63,7 @@ def _build(hosts, name: str, spec, seed: int | None, count: int | None, where) -
         a, b = bounds[me], bounds[me + 1]
         if a < b and _read_piece(pieces, a, b) is None:
             _write_piece(pieces, a, b, _encode(job, convs[a:b]))
-        coordination.all_gather(hosts, coordination.next_name(f"{name}/piece"), [a, b],
+        coordination.all_gather(hosts, coordination.next_name("piece"), [a, b],
                                 f"tokenizing its piece of {name} (conversations {lo}-{hi})")  # fmt: skip
         for h in range(n):
             got = _read_piece(pieces, bounds[h], bounds[h + 1]) if bounds[h] < bounds[h + 1] else []
@@ -70,12 +72,12 @@ def _build(hosts, name: str, spec, seed: int | None, count: int | None, where) -
                                                 "but this host cannot read it")  # fmt: skip
             results += got
         made = sum(_examples_in(r) for r in results)
-    coordination.all_gather(hosts, coordination.next_name(f"{name}/read"), True,
+    coordination.all_gather(hosts, coordination.next_name("read"), True,
                             f"reading the pieces of {name}")  # then host 0 may remove them  # fmt: skip
     whole = len(results) == len(convs) and not _failed(results)
     stream = examples._Stream(name, spec, seed, results=_Replay(reads, results, end if whole else None))
     taken = stream.take(count)  # on every host: an error in the data is raised by all of them alike
-    saved = coordination.next_name(f"{name}/saved")
+    saved = coordination.next_name("saved")
     if me == 0:
         examples.save(where, stream, taken)
         hosts.set(saved, "saved")
