@@ -12,7 +12,9 @@ preempted slice is deleted and re-queued, and its startup script resumes from th
 in the bucket, until the run writes its DONE marker). `--dry-run` prints the exact commands.
 
 Checkpoints go to `BUCKET/runs/NAME`, the base weights are read from `BUCKET/checkpoints/base/PRESET`
-(`instructjax import` writes them there); Orbax reads and writes gs:// directly.
+(`instructjax import --out gs://...` writes them there). The workers install the package from this checkout:
+`setup`, `up` and `queued` first build its wheel (`pip wheel --no-deps .`) and copy it to `BUCKET/wheels/`;
+`--package` names another (a gs:// wheel, `git+https://...`, or a requirement an index you use holds).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from pathlib import Path
 
 import yaml
 
+ROOT = Path(__file__).resolve().parents[1]  # the source checkout
 DEFAULT_RUNTIME = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite", "v5e": "v2-alpha-tpuv5-lite",
                    "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
 REMOTE_CONFIG = "~/instructjax_run.yaml"
@@ -45,13 +48,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--spot", action="store_true", help="spot capacity (preemptible; use with queued + watch)")
     p.add_argument("--bucket", help="gs:// bucket for runs and base checkpoints")
     p.add_argument("--config", help="run config YAML (train, up, queued)")
-    p.add_argument("--package", default="instructjax", help="pip requirement to install on the workers "
-                   "(a wheel on gs:// is copied first, or git+https://...)")
+    p.add_argument("--package", help="what the workers install: a wheel on gs:// (copied down first), "
+                   "git+https://..., or a requirement (default: this checkout's wheel, built and put in the bucket)")
     p.add_argument("--poll", type=int, default=300, help="watch: seconds between state checks")
     p.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
     args = p.parse_args(argv)
     if args.action in ("train", "up", "queued") and not (args.config and args.bucket):
         p.error(f"{args.action} needs --config and --bucket")
+    if args.action == "setup" and not (args.package or args.bucket):
+        p.error("setup needs --bucket (this checkout's wheel goes there) or --package")
     if args.bucket and not args.bucket.startswith("gs://"):
         p.error(f"--bucket must be a gs:// path, got {args.bucket!r}")
     return args
@@ -70,6 +75,28 @@ def _ssh(args, command: str, worker: str = "all") -> list[str]:
             "--command", command]
 
 
+def wheel() -> str:
+    """The file name of this checkout's wheel (its version from pyproject.toml)."""
+    import tomllib
+
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    return f"instructjax-{version}-py3-none-any.whl"
+
+
+def package(args) -> str:
+    """What the workers install: `--package`, else this checkout's wheel in the bucket."""
+    return args.package or f"{args.bucket}/wheels/{wheel()}"
+
+
+def publish_commands(args) -> list[list[str]]:
+    """Build this checkout's wheel and copy it to the bucket (nothing when `--package` names another)."""
+    if args.package:
+        return []
+    built = Path(tempfile.gettempdir()) / "instructjax-wheel"
+    return [[sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(built), str(ROOT)],
+            ["gcloud", "storage", "cp", str(built / wheel()), package(args)]]
+
+
 def install_command(package: str) -> str:
     """Shell that installs the package (a gs:// wheel is copied down first) with TPU jax."""
     if package.startswith("gs://"):
@@ -78,20 +105,23 @@ def install_command(package: str) -> str:
     return f"pip install {shlex.quote(package)} 'jax[tpu]'"
 
 
+def run_dir(args) -> str:
+    """Where the run lives: BUCKET/runs/NAME (`instructjax sweep --launch tpu` reads it there too)."""
+    return f"{args.bucket}/runs/{args.name}"
+
+
 def train_command(args) -> str:
     """The one training command every worker runs: resume from the bucket, multi-host JAX, the tokenized cache
     in the bucket (shared by the workers, or made ahead by `instructjax data prepare`); a run that
-    stopped for a preemption notice (exit 75, checkpoint saved) is resumed at once while the VM lives, and
-    DONE is written only when the run finished."""
+    stopped for a preemption notice (exit 75, checkpoint saved) is resumed at once while the VM lives. The run
+    writes RUN_DIR/DONE itself once it trained to its last step."""
     preset = yaml.safe_load(Path(args.config).read_text())["model"]["preset"]
-    run_dir = f"{args.bucket}/runs/{args.name}"
-    overrides = [f"run_dir={run_dir}", "distributed=true", f"model.init_from={args.bucket}/checkpoints/base/{preset}"]
+    overrides = [f"run_dir={run_dir(args)}", "distributed=true",
+                 f"model.init_from={args.bucket}/checkpoints/base/{preset}"]  # fmt: skip
     cache = f"INSTRUCTJAX_CACHE_DIR={args.bucket}/tokenized"  # the workers tokenize together, once (data prepare)
     train = f"{cache} instructjax train --config {REMOTE_CONFIG} --resume " + " ".join(overrides)
-    done = f"echo done | gcloud storage cp - {run_dir}/DONE"
     return (f"while true; do {train} >> {REMOTE_LOG} 2>&1 && rc=0 || rc=$?; "
-            f"[ $rc -eq {EXIT_PREEMPTED} ] || break; echo 'preempted: resuming' >> {REMOTE_LOG}; done; "
-            f"[ $rc -eq 0 ] && {done}")
+            f"[ $rc -eq {EXIT_PREEMPTED} ] || break; echo 'preempted: resuming' >> {REMOTE_LOG}; done")
 
 
 def startup_script(args) -> str:
@@ -100,7 +130,7 @@ def startup_script(args) -> str:
         "#!/bin/bash",
         "set -euo pipefail",
         "cd ~",
-        install_command(args.package),
+        install_command(package(args)),
         f"gcloud storage cp {args.bucket}/configs/{args.name}.yaml {REMOTE_CONFIG}",
         train_command(args),
         "",
@@ -117,7 +147,8 @@ def commands(args) -> list[list[str]]:
     tpus = ["gcloud", "compute", "tpus"]
     create = [*tpus, "tpu-vm", "create", args.name, *_where(args), f"--accelerator-type={args.accelerator}",
               f"--version={_runtime(args)}"] + (["--spot"] if args.spot else [])
-    setup = [_ssh(args, install_command(args.package))]
+    setup = [*publish_commands(args), _ssh(args, install_command(package(args)))] if args.bucket or args.package \
+        else []
     train = []
     if args.config:
         train = [[*tpus, "tpu-vm", "scp", args.config, f"{args.name}:{REMOTE_CONFIG}", *_where(args), "--worker=all"],
@@ -129,7 +160,7 @@ def commands(args) -> list[list[str]]:
     if args.action == "train":
         return train
     if args.action == "up":
-        return [create, *setup, *train]
+        return [*setup[:-1], create, setup[-1], *train]  # the wheel is built before a VM is paid for
     if args.action == "logs":
         return [_ssh(args, f"tail -n 100 -f {REMOTE_LOG}", worker="0")]
     if args.action == "stop":
@@ -137,7 +168,7 @@ def commands(args) -> list[list[str]]:
     if args.action == "delete":
         return [[*tpus, "tpu-vm", "delete", args.name, *_where(args), "--quiet"]]
     if args.action == "queued":
-        return [["gcloud", "storage", "cp", args.config, f"{args.bucket}/configs/{args.name}.yaml"],
+        return [*publish_commands(args), ["gcloud", "storage", "cp", args.config, f"{args.bucket}/configs/{args.name}.yaml"],
                 [*tpus, "queued-resources", "create", f"{args.name}-qr", f"--node-id={args.name}", *_where(args),
                  f"--accelerator-type={args.accelerator}", f"--runtime-version={_runtime(args)}",
                  f"--metadata-from-file=startup-script={startup_path(args)}"] + (["--spot"] if args.spot else [])]
@@ -149,7 +180,7 @@ def requeue_commands(args) -> list[list[str]]:
     """What `watch` runs when the slice was preempted: delete the queued resource and queue it again."""
     delete = ["gcloud", "compute", "tpus", "queued-resources", "delete", f"{args.name}-qr", *_where(args),
               "--force", "--quiet"]
-    return [delete, *commands(argparse.Namespace(**{**vars(args), "action": "queued"}))[1:]]
+    return [delete, commands(argparse.Namespace(**{**vars(args), "action": "queued"}))[-1]]  # create it again
 
 
 def _run(cmd: list[str], dry_run: bool, capture: bool = False) -> str:
@@ -162,7 +193,7 @@ def _run(cmd: list[str], dry_run: bool, capture: bool = False) -> str:
 
 def watch(args) -> int:
     """Re-queue a preempted slice until BUCKET/runs/NAME/DONE exists."""
-    done = ["gcloud", "storage", "ls", f"{args.bucket}/runs/{args.name}/DONE"]
+    done = ["gcloud", "storage", "ls", f"{run_dir(args)}/DONE"]
     while True:
         if args.dry_run:
             for cmd in [done, *commands(args), *requeue_commands(args)]:

@@ -14,3 +14,28 @@ if "INSTRUCTJAX_CACHE_DIR" not in os.environ:
     import tempfile
 
     os.environ["INSTRUCTJAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="instructjax-test-cache-")
+
+
+
+import uuid  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def gcs_server():
+    """A real GCS-API server on 127.0.0.1 (tests/gcs_emulator.py), reached through the standard emulator
+    variables alone, set in this process's environment so every process a test starts sees them too."""
+    from gcs_emulator import GCSEmulator
+
+    with GCSEmulator() as server:
+        os.environ.update(server.variables)
+        yield server
+        for key in server.variables:
+            os.environ.pop(key, None)
+
+
+@pytest.fixture
+def bucket(gcs_server) -> str:
+    """A fresh, empty bucket on the GCS-API server: "gs://NAME"."""
+    return gcs_server.bucket(f"b-{uuid.uuid4().hex[:12]}")

@@ -10,6 +10,10 @@ Used by tests/test_faults_training.py, which kill -9s it, fills its disk, or cor
   FAULT_COUNT_ENCODED=PATH    at exit, write to PATH how many conversations this process tokenized
   FAULT_DIE_TOKENIZING=1      the process dies (os._exit, no clean-up) as it starts tokenizing its first
                               piece of a shared cache
+  FAULT_COUNT_READ=PATH       at exit, write to PATH how many conversations this process read
+  FAULT_FAIL_ENCODING=TEXT    tokenizing a conversation whose text holds TEXT raises a DataError
+  FAULT_ALONE=1               this host finds no cache path for any task (as when its hub lookup fails), so it
+                              skips the shared cache's collectives the others enter
 Everything else is the production code path: `python tests/fault_worker.py train --config ...`.
 """
 
@@ -105,6 +109,43 @@ def die_tokenizing() -> None:
     shared_cache._encode = encode
 
 
+def count_read(path: str) -> None:
+    import atexit
+
+    from instructjax.data import examples
+
+    original, count = examples.conversation_items, [0]
+
+    def items(*args, **kwargs):
+        for conv, read in original(*args, **kwargs):
+            count[0] += conv is not None
+            yield conv, read
+
+    examples.conversation_items = items
+    atexit.register(lambda: Path(path).write_text(str(count[0])))
+
+
+def fail_encoding(text: str) -> None:
+    from instructjax.core.errors import DataError
+    from instructjax.data import encode_pool
+
+    original = encode_pool.encode_rows
+
+    def encode_rows(job, convs):
+        for conv in convs:
+            if any(text in m["content"] for m in conv.messages):
+                raise DataError("cannot be tokenized (a fault injected by the test)", reason="injected", row=conv.id)
+        return original(job, convs)
+
+    encode_pool.encode_rows = encode_rows
+
+
+def alone() -> None:
+    from instructjax.data import examples
+
+    examples._cache_path = lambda *args: None
+
+
 def main() -> int:
     if "FAULT_HOLD_SAVE_STEP" in os.environ:
         hold_save(int(os.environ["FAULT_HOLD_SAVE_STEP"]), os.environ["FAULT_MARKER"])
@@ -118,6 +159,12 @@ def main() -> int:
         count_encoded(os.environ["FAULT_COUNT_ENCODED"])
     if os.environ.get("FAULT_DIE_TOKENIZING"):
         die_tokenizing()
+    if "FAULT_COUNT_READ" in os.environ:
+        count_read(os.environ["FAULT_COUNT_READ"])
+    if "FAULT_FAIL_ENCODING" in os.environ:
+        fail_encoding(os.environ["FAULT_FAIL_ENCODING"])
+    if os.environ.get("FAULT_ALONE"):
+        alone()
     from instructjax import cli
 
     return cli.main(sys.argv[1:])

@@ -144,7 +144,7 @@ def test_a_step_committed_without_its_manifest_is_not_used_nor_rotated_over(tmp_
         assert time.monotonic() < deadline
         time.sleep(0.01)
     with monkeypatch.context() as m:
-        m.setattr(integrity, "write_manifest", lambda step_dir: None)  # "dies" before step 2's manifest
+        m.setattr(integrity, "write_manifest", lambda step_dir, files: None)  # "dies" before step 2's manifest
         saver.save(2, *saved[2], np.zeros((1, 3)), meta)
         saver.wait()
     assert integrity.steps_on_disk(saver.directory) == [1, 2]  # keep=1, yet step 1 stays: 2 is not sealed

@@ -31,13 +31,23 @@ def printed(capsys) -> list[list[str]]:
     return [shlex.split(line[2:]) for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
 
 
-def test_tpu_up_dry_run(capsys):
+def test_tpu_up_dry_run(capsys, tmp_path):
     assert tpu.main(["up", *BASE, "--accelerator", "v4-64", "--dry-run"]) == 0
-    create, setup, scp, train = printed(capsys)
+    build, upload, create, setup, scp, train = printed(capsys)
+    wheel = tpu.wheel()
+    assert build[1:4] == ["-m", "pip", "wheel"] and build[-1] == str(ROOT)  # this checkout's wheel, before any VM
+    assert upload == ["gcloud", "storage", "cp", str(Path(build[build.index("-w") + 1]) / wheel),
+                      f"gs://bkt/wheels/{wheel}"]
     assert create == ["gcloud", "compute", "tpus", "tpu-vm", "create", "tulu7b", "--zone", "us-central2-b",
                       "--accelerator-type=v4-64", "--version=tpu-ubuntu2204-base"]
     assert setup[:7] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "tulu7b", "--zone"]
-    assert "--worker=all" in setup and setup[-1] == "pip install instructjax 'jax[tpu]'"
+    assert "--worker=all" in setup and setup[-1] == (f"gcloud storage cp gs://bkt/wheels/{wheel} /tmp/{wheel} && "
+                                                     f"pip install '/tmp/{wheel}' 'jax[tpu]'")
+    built = subprocess.run([*build[:build.index("-w") + 1], str(tmp_path), build[-1]], capture_output=True, text=True)
+    assert built.returncode == 0 and [p.name for p in tmp_path.iterdir()] == [wheel], built.stderr[-2000:]
+    assert tpu.main(["setup", *BASE, "--package", "git+https://example.org/instructjax.git", "--dry-run"]) == 0
+    (setup,) = printed(capsys)  # another package: nothing built
+    assert setup[-1] == "pip install git+https://example.org/instructjax.git 'jax[tpu]'"
     assert scp[-3:] == ["--zone", "us-central2-b", "--worker=all"][-3:] or "--worker=all" in scp
     assert "--worker=all" in train
     remote = train[-1]
@@ -46,19 +56,20 @@ def test_tpu_up_dry_run(capsys):
     assert inner.startswith("while true; do INSTRUCTJAX_CACHE_DIR=gs://bkt/tokenized instructjax train --config ~/instructjax_run.yaml --resume "
                             "run_dir=gs://bkt/runs/tulu7b distributed=true "
                             "model.init_from=gs://bkt/checkpoints/base/llama2-7b")
-    assert inner.endswith("[ $rc -eq 0 ] && echo done | gcloud storage cp - gs://bkt/runs/tulu7b/DONE")
+    assert inner.endswith("; done") and "DONE" not in inner  # the run writes its own DONE marker
 
 
 def test_tpu_queued_and_watch(capsys):
     assert tpu.main(["queued", *BASE, "--accelerator", "v5litepod-16", "--spot", "--dry-run"]) == 0
     out = capsys.readouterr().out
-    cmds = [shlex.split(line[2:]) for line in out.splitlines() if line.startswith("+ ")]
+    cmds = [shlex.split(line[2:]) for line in out.splitlines() if line.startswith("+ ")][2:]  # after the wheel's two
     assert cmds[0] == ["gcloud", "storage", "cp", str(ROOT / CONFIG), "gs://bkt/configs/tulu7b.yaml"]
     assert cmds[1][:6] == ["gcloud", "compute", "tpus", "queued-resources", "create", "tulu7b-qr"]
     assert "--node-id=tulu7b" in cmds[1] and "--runtime-version=v2-alpha-tpuv5-lite" in cmds[1] and cmds[1][-1] == "--spot"
     script = Path(next(a for a in cmds[1] if a.startswith("--metadata-from-file=")).split("=", 2)[2]).read_text()
     assert "gcloud storage cp gs://bkt/configs/tulu7b.yaml ~/instructjax_run.yaml" in script
     assert "instructjax train --config ~/instructjax_run.yaml --resume run_dir=gs://bkt/runs/tulu7b" in script
+    assert f"pip install '/tmp/{tpu.wheel()}' 'jax[tpu]'" in script
     assert tpu.main(["watch", *BASE, "--dry-run"]) == 0
     done, describe, delete, create = printed(capsys)
     assert done == ["gcloud", "storage", "ls", "gs://bkt/runs/tulu7b/DONE"]
@@ -120,7 +131,6 @@ def test_preempted_runs_are_resumed_by_the_launchers(tmp_path):
     (tmp_path / "runs").unlink()
     args = tpu.parse_args(["train", *BASE])
     loop = re.sub(r"instructjax train [^>]*", shlex.join(_exits(tmp_path, [75, 75, 0])) + " ", tpu.train_command(args))
-    loop = loop.replace("~/instructjax_train.log", str(tmp_path / "log")).replace("gcloud storage cp -", "cat >")
-    loop = loop.replace("gs://bkt/runs/tulu7b/DONE", str(tmp_path / "DONE"))
+    loop = loop.replace("~/instructjax_train.log", str(tmp_path / "log"))
     assert subprocess.run(["bash", "-c", loop]).returncode == 0
-    assert (tmp_path / "runs").read_text() == "3" and (tmp_path / "DONE").read_text() == "done\n"
+    assert (tmp_path / "runs").read_text() == "3"

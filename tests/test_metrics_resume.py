@@ -1,5 +1,6 @@
 """A preempted and resumed run logs what an uninterrupted run logs: metrics.jsonl and the TensorBoard
-events line by line (timings aside), with SIGTERM at a step inside a log window (log_every=10).
+events line by line (timings aside), with SIGTERM at a step inside a log window and at a logged step
+(log_every=10: steps 7 and 10).
 
 Each run is the real `instructjax train` CLI in its own process (tests/fault_worker.py); the signal is a
 real SIGTERM the process sends itself once the chosen step is done."""
@@ -55,19 +56,25 @@ def env(tmp_path_factory):
     return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PLATFORMS": "cpu"}
 
 
-def test_sigterm_inside_a_log_window_logs_what_an_uninterrupted_run_logs(tmp_path, env):
-    reference = tmp_path / "reference"
-    done = train(reference, env)
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory, env):
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    done = train(run_dir, env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert [r["step"] for r in lines(reference)] == [10, 13]
+    assert [r["step"] for r in lines(run_dir)] == [10, 13]
+    return run_dir
 
+
+@pytest.mark.parametrize("at", [7, 10])  # inside a log window; a logged step (TensorBoard keeps it on resume)
+def test_sigterm_then_resume_logs_what_an_uninterrupted_run_logs(tmp_path, env, reference, at):
     run_dir = tmp_path / "run"
-    stopped = train(run_dir, env, faults={"FAULT_SIGTERM_AFTER_STEP": "7"})
-    assert stopped.returncode == 75 and "preempted: saved step 7" in stopped.stderr, stopped.stderr[-3000:]
-    assert lines(run_dir) == []  # nothing was due before the signal
+    stopped = train(run_dir, env, faults={"FAULT_SIGTERM_AFTER_STEP": str(at)})
+    assert stopped.returncode == 75 and f"preempted: saved step {at}" in stopped.stderr, stopped.stderr[-3000:]
+    assert [r["step"] for r in lines(run_dir)] == [s for s in (10,) if s <= at]  # what was due before the signal
     resumed = train(run_dir, env, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert lines(run_dir) == lines(reference)  # step 10's window covers steps 1-10 across the restart
     assert tensorboard_scalars(run_dir) == tensorboard_scalars(reference)
+    assert ("loss", 10) in tensorboard_scalars(run_dir)
     for record in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
         assert 0 < record["tokens_per_sec"] < 1e7 and 0 < record["step_seconds"] < 60

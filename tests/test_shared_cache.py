@@ -1,12 +1,19 @@
 """Hosts build one tokenized cache together, and `data prepare` builds it ahead of `train`, through the real
 CLI in real processes (gloo collectives, JAX's distributed runtime), counting the conversations each process
-tokenizes (tests/fault_worker.py FAULT_COUNT_ENCODED):
+tokenizes and reads (tests/fault_worker.py FAULT_COUNT_ENCODED, FAULT_COUNT_READ):
 
 - 2 hosts starting cold on one cache directory tokenize, together, exactly the conversations one process
   tokenizes (each once); the cache files equal the one-process files byte for byte; the losses are equal;
-- 4 hosts, one of which dies as it starts tokenizing: the others stop with one line naming it after
-  INSTRUCTJAX_SHARED_TIMEOUT; the pieces the others finished stay, and the restart tokenizes only the rest,
-  ending with the same bytes;
+- 4 hosts, one of which dies as it starts tokenizing: the others stop with one line naming it (JAX's heartbeat,
+  INSTRUCTJAX_HEARTBEAT_SECONDS); the pieces the others finished stay, and a restart on 2 hosts (piece names do not
+  depend on the host count) tokenizes only the rest, ending with the same bytes;
+- host 0, then host 1, killed mid-build: the other exits at once (host 0 is the coordinator) or after the
+  heartbeat timeout, with one line naming the lost host;
+- two concurrent 2-host `data prepare` runs on one directory both finish, with the one-process bytes;
+- a host that skips a collective (its cache lookup failed alone) stops both hosts at once with one line;
+- on a task that keeps 40 of 600 rows, each of 2 hosts reads exactly the conversations one process reads;
+- a conversation that fails to tokenize is recorded in its piece: the same one line on both hosts, and again
+  on a restart (which reads the piece back);
 - `data prepare --config` then `train` with the same config: train tokenizes nothing.
 """
 
@@ -15,6 +22,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -33,21 +41,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def train(hosts: int, cache: Path, run_dir: Path, dies: int | None = None) -> list[tuple[int, str, int | None]]:
-    """`instructjax train` on `hosts` processes sharing `cache`: per host (exit code, stderr, conversations
-    it tokenized; None when it did not exit cleanly). Host `dies` dies as it starts tokenizing."""
+def train(hosts: int, cache: Path, run_dir: Path, dies: int | None = None, *, command: tuple[str, ...] = ("train",),
+          args: list[str] = RUN, env_of=None, start: bool = True):
+    """`instructjax train` (or `command`) on `hosts` processes sharing `cache`: per host (exit code, stderr,
+    conversations it tokenized; None when it did not exit cleanly). Host `dies` dies as it starts tokenizing;
+    `env_of(i)`: more environment for host i. `start=False`: the started processes, not waited for."""
     port, procs = _free_port(), []
     for i in range(hosts):
         env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={8 // hosts}",
-               "JAX_PLATFORMS": "cpu", "INSTRUCTJAX_CACHE_DIR": str(cache), "INSTRUCTJAX_SHARED_TIMEOUT": "20",
-               "FAULT_COUNT_ENCODED": f"{run_dir}.count{i}"}  # fmt: skip
+               "JAX_PLATFORMS": "cpu", "INSTRUCTJAX_CACHE_DIR": str(cache), "INSTRUCTJAX_HEARTBEAT_SECONDS": "10",
+               "FAULT_COUNT_ENCODED": f"{run_dir}.count{i}", **(env_of(i) if env_of else {})}  # fmt: skip
         if hosts > 1:
             env |= {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(hosts),
                     "JAX_PROCESS_ID": str(i)}  # fmt: skip
         if i == dies:
             env["FAULT_DIE_TOKENIZING"] = "1"
-        cmd = [sys.executable, str(WORKER), "train", "--config", "/dev/null", *RUN, f"run_dir={run_dir}"]
+        cmd = [sys.executable, str(WORKER), *command, "--config", "/dev/null", *args, f"run_dir={run_dir}"]
         procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    return wait(procs, run_dir) if start else (procs, run_dir)
+
+
+def wait(procs, run_dir: Path) -> list[tuple[int, str, int | None]]:
     out = []
     for i, p in enumerate(procs):
         try:
@@ -58,6 +72,11 @@ def train(hosts: int, cache: Path, run_dir: Path, dies: int | None = None) -> li
         counted = Path(f"{run_dir}.count{i}")
         out.append((p.returncode, err, int(counted.read_text()) if counted.exists() else None))
     return out
+
+
+def error_lines(err: str) -> list[str]:
+    """Every line that speaks of an error (JAX's own report of a lost host included, were it shown)."""
+    return [line for line in err.splitlines() if "error" in line.lower() or "Traceback" in line]
 
 
 def files(cache: Path) -> dict[str, bytes]:
@@ -91,18 +110,100 @@ def test_hosts_share_one_cache_and_a_lost_host_costs_only_its_piece(tmp_path):
     assert files(tmp_path / "two") == reference
     assert losses(tmp_path / "run2") == pytest.approx(losses(tmp_path / "run1"), rel=1e-6)
 
+    started = time.monotonic()
     lost = train(4, tmp_path / "four", tmp_path / "run4a", dies=3)
-    assert lost[3][0] == 9
+    assert lost[3][0] == 9 and time.monotonic() - started < 120
     for code, err, _ in lost[:3]:
-        errors = [line for line in err.splitlines() if "error" in line.lower()]
-        assert code == 2 and len(errors) == 1 and "host 3 did not finish tokenizing" in errors[0], err[-3000:]
+        errors = error_lines(err)
+        assert code != 0 and len(errors) == 1 and "host 3 stopped sending heartbeats" in errors[0], err[-3000:]
     done = pieces_done(tmp_path / "four")
     assert done > 0 and not list((tmp_path / "four").glob("*.tok"))
 
-    again = train(4, tmp_path / "four", tmp_path / "run4b")
+    again = train(2, tmp_path / "four", tmp_path / "run4b")  # another host count: the same pieces
     assert all(code == 0 for code, _, _ in again), [err[-3000:] for _, err, _ in again]
     assert sum(n for _, _, n in again) == alone - done  # only what the lost run did not finish
     assert files(tmp_path / "four") == reference  # the pieces are gone, the files are the one-process ones
+    REFERENCE.update(reference)
+
+
+REFERENCE: dict[str, bytes] = {}  # the one-process cache files of RUN (the test above)
+
+
+@pytest.mark.parametrize("dead", [0, 1])
+def test_a_host_killed_mid_build_stops_the_other_with_one_line(tmp_path, dead):
+    started = time.monotonic()
+    results = train(2, tmp_path / "cache", tmp_path / "run", dies=dead)
+    alive = results[1 - dead]
+    assert results[dead][0] == 9 and alive[0] != 0
+    errors = error_lines(alive[1])
+    who = "host 0 (the coordinator of JAX's distributed runtime) stopped" if dead == 0 else \
+        "host 1 stopped sending heartbeats"
+    assert len(errors) == 1 and who in errors[0], alive[1][-3000:]
+    assert time.monotonic() - started < 120  # JAX's heartbeat (10 s here; 100 s by default), not an hour
+
+
+def test_two_concurrent_prepares_on_one_directory_both_finish_with_the_same_bytes(tmp_path):
+    first = train(2, tmp_path / "cache", tmp_path / "a", command=("data", "prepare"), args=RUN[:-1], start=False)
+    second = train(2, tmp_path / "cache", tmp_path / "b", command=("data", "prepare"), args=RUN[:-1], start=False)
+    for results in (wait(*first), wait(*second)):
+        assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, err, _ in results]
+    assert not list((tmp_path / "cache").glob("*.pieces"))
+    if REFERENCE:  # the one-process files, when the test above ran in this process
+        assert files(tmp_path / "cache") == REFERENCE
+    else:
+        assert len(files(tmp_path / "cache")) == 3
+
+
+def test_a_host_that_skips_a_collective_stops_every_host_with_one_line(tmp_path):
+    started = time.monotonic()
+    results = train(2, tmp_path / "cache", tmp_path / "run", env_of=lambda i: {"FAULT_ALONE": "1"} if i == 1 else {})
+    for code, err, _ in results:
+        errors = error_lines(err)
+        assert code == 2 and len(errors) == 1, err[-3000:]
+        assert "host 1 entered collective 'plan'" in errors[0] or "host 0 entered collective 'shared-dir/" in errors[0]
+        assert "the hosts ran different steps" in errors[0]
+    assert time.monotonic() - started < 120
+
+
+def _rows(tmp_path: Path, n: int, marked: int | None = None) -> Path:
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps({"instruction": f"Say {i}.", "input": "",
+                                        "output": ("BROKEN " if i == marked else "") + f"{i} " * 12}) + "\n"
+                            for i in range(n)))  # fmt: skip
+    return rows
+
+
+def _subset_args(rows: Path, count: int | None) -> list[str]:
+    define = {"tasks": {"mine": {"source": "alpaca", "data_files": [str(rows)]}},
+              "mixtures": {"mine_mix": {"mode": "epoch", "counts": {"mine": count}}}}
+    return [a for a in RUN if not a.startswith("data.mixture")] + ["data.mixture=mine_mix", f"define={json.dumps(define)}"]
+
+
+def test_hosts_read_only_the_conversations_the_run_keeps(tmp_path):
+    args = _subset_args(_rows(tmp_path, 600), 40)
+    count = lambda tag: (lambda i: {"FAULT_COUNT_READ": str(tmp_path / f"{tag}{i}.read")})  # noqa: E731
+    ((code, err, _),) = train(1, tmp_path / "one", tmp_path / "run1", args=args, env_of=count("one"))
+    assert code == 0, err[-3000:]
+    alone = int((tmp_path / "one0.read").read_text())
+    assert 40 <= alone < 600  # one process reads what it keeps (and what its read-ahead needs), not every row
+    results = train(2, tmp_path / "two", tmp_path / "run2", args=args, env_of=count("two"))
+    assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, err, _ in results]
+    assert [int((tmp_path / f"two{i}.read").read_text()) for i in range(2)] == [alone, alone]
+    assert files(tmp_path / "two") == files(tmp_path / "one")
+
+
+def test_a_failed_conversation_is_the_same_line_on_every_host_and_restart(tmp_path):
+    args = _subset_args(_rows(tmp_path, 120, marked=70), None)
+    fault = lambda i: {"FAULT_FAIL_ENCODING": "BROKEN"}  # noqa: E731
+    seen = []
+    for _ in range(2):  # the second run finds the pieces, the failed one included, and reads them back
+        results = train(2, tmp_path / "cache", tmp_path / "run", args=args, env_of=fault)
+        for code, err, _ in results:
+            errors = error_lines(err)
+            assert code == 2 and len(errors) == 1 and "cannot be tokenized" in errors[0], err[-3000:]
+            seen.append(errors[0])
+    assert len(set(seen)) == 1, seen  # both hosts, both runs
+    assert list((tmp_path / "cache").glob("*.pieces/*"))  # kept: nothing was written from them
 
 
 def test_prepare_then_train_tokenizes_nothing(tmp_path):
@@ -114,6 +215,7 @@ def test_prepare_then_train_tokenizes_nothing(tmp_path):
                              env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert prepare.returncode == 0, prepare.stderr[-3000:]
     assert "3 written now, 0 there already" in prepare.stdout, prepare.stdout
+    assert f"train starts from it: INSTRUCTJAX_CACHE_DIR={tmp_path / 'cache'} instructjax train" in prepare.stdout
     assert int((tmp_path / "prepare.count").read_text()) > 0
 
     env["FAULT_COUNT_ENCODED"] = str(tmp_path / "train.count")
@@ -121,3 +223,5 @@ def test_prepare_then_train_tokenizes_nothing(tmp_path):
                           f"run_dir={tmp_path / 'run'}"], env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert run.returncode == 0, run.stderr[-3000:]
     assert int((tmp_path / "train.count").read_text()) == 0
+    assert "data: 3 of 3 task(s) read from the tokenized cache" in run.stdout  # what train itself says
+    assert "; 0 conversation(s) tokenized here" in run.stdout

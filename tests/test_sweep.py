@@ -136,8 +136,10 @@ def test_report_of_the_sweep_has_three_rows_of_numbers(swept, tmp_path):
     assert not (tmp_path / "seed000_figure2_ratio.png").exists()  # no ratio runs: no ratio curve
 
 
-def test_dry_run_prints_the_commands_and_hands_training_to_the_launchers(tmp_path, capfd, monkeypatch):
+def test_dry_run_prints_the_commands_and_hands_training_to_the_launchers(tmp_path, capfd, monkeypatch, bucket):
     from instructjax.cli import main
+    from instructjax.core import storage
+    from instructjax.core.config import load_config, training_digest
 
     monkeypatch.chdir(REPO)
     configs = tmp_path / "configs"
@@ -148,18 +150,27 @@ def test_dry_run_prints_the_commands_and_hands_training_to_the_launchers(tmp_pat
     assert main(["sweep", str(configs), "--dry-run"]) == 0
     out = capfd.readouterr().out
     run_a = tmp_path / "runs" / "seed000_acp" / "acp_A_tiny"
-    for command in (f"instructjax train --config {configs / 'acp_A_tiny.yaml'} --resume && touch {run_a / 'DONE'}",
+    for command in (f"instructjax train --config {configs / 'acp_A_tiny.yaml'} --resume",
                     f"instructjax export --checkpoint {run_a} --out {run_a / 'hf'}",
                     f"instructjax eval --config {configs / 'acp_C_tiny.yaml'}"):
         assert f"+ {command}\n" in out
     assert out.count("would run") == 6 and not (tmp_path / "runs").exists()  # a dry run writes nothing
 
-    assert main(["sweep", str(configs), "--launch", "tpu", "--launch-args", "--zone us-central2-b --bucket gs://b",
+    assert main(["sweep", str(configs), "--launch", "tpu", "--launch-args", f"--zone us-central2-b --bucket {bucket}",
                  "--dry-run"]) == 0
     out = capfd.readouterr().out
     assert f"tpu_vm.py up --name acp-a-tiny --config {configs / 'acp_A_tiny.yaml'} --zone us-central2-b" in out
     assert "gcloud compute tpus tpu-vm create acp-c-tiny --zone us-central2-b" in out  # the launcher's own commands
-    assert "instructjax train --config ~/instructjax_run.yaml --resume run_dir=gs://b/runs/acp-a-tiny" in out
+    assert f"instructjax train --config ~/instructjax_run.yaml --resume run_dir={bucket}/runs/acp-a-tiny" in out
+
+    # acp_A_tiny trained on its VM: the run wrote DONE where the launcher put it; the sweep reads it there
+    done = {"step": STEPS, "config": training_digest(load_config(configs / "acp_A_tiny.yaml"))}
+    storage.write_text(f"{bucket}/runs/acp-a-tiny/DONE", json.dumps(done))
+    assert main(["sweep", str(configs), "--launch", "tpu", "--launch-args", f"--zone us-central2-b --bucket {bucket}",
+                 "--dry-run"]) == 0
+    out = capfd.readouterr().out
+    assert "tpu_vm.py up --name acp-a-tiny" not in out and "tpu_vm.py up --name acp-c-tiny" in out
+    assert f"+ instructjax export --checkpoint {bucket}/runs/acp-a-tiny --out {bucket}/runs/acp-a-tiny/hf" in out
 
     assert main(["sweep", str(configs), "--launch", "gpu", "--launch-args", "--gpus-per-node 2", "--dry-run"]) == 0
     out = capfd.readouterr().out
@@ -181,7 +192,8 @@ def test_eval_stage_scores_only_the_judged_parts_whose_replies_arrived(tmp_path,
     config = load_config(tmp_path / "c.yaml")
     assert eval_todo(config) == ["tasks", "pairwise"] and not stage_done(config, "eval")
     (run_dir / "eval").mkdir(parents=True)
-    earlier = {"model": str(run_dir), "parts": ["tasks", "pairwise"], "tasks": {"ij_mc": {"acc,none": 0.3}},
+    earlier = {"model": str(run_dir), "step": None, "eval": eval_run.eval_digest(config), "parts": ["tasks", "pairwise"],
+               "tasks": {"ij_mc": {"acc,none": 0.3}},
                "pairwise": {"replies": "none yet: put the judge's replies in ..."}}
     (run_dir / "eval" / "results.json").write_text(json.dumps(earlier))
     assert eval_todo(config) == [] and stage_done(config, "eval")
@@ -193,3 +205,42 @@ def test_eval_stage_scores_only_the_judged_parts_whose_replies_arrived(tmp_path,
     assert results == {**earlier, "pairwise": {"winning_score": 1.25}}  # the lm-eval part kept, not run again
     assert json.loads((run_dir / "eval" / "results.json").read_text()) == results
     assert stage_done(config, "eval")
+
+
+@pytest.mark.slow
+def test_markers_say_what_each_stage_stands_for(swept, tmp_path):
+    """A finished run (acp_A_tiny), copied: its stages are done for its own config; more steps retrain (and so
+    re-export and re-evaluate); an eval taken at another step is redone; with its newest step damaged the export
+    is redone from the step before, and that is the step the status shows."""
+    import random
+    import shutil
+
+    from damage import damage
+
+    from instructjax.cli import sweep
+    from instructjax.core.config import load_config
+
+    run = tmp_path / "acp_A_tiny"
+    shutil.copytree(swept["root"] / "runs" / "seed000_acp" / "acp_A_tiny", run)
+    path = swept["configs"] / "acp_A_tiny.yaml"
+    config = load_config(path, [f"run_dir={run}"])
+    results = json.loads((run / "eval" / "results.json").read_text())
+    assert not sweep.stage_done(config, "eval")  # its results are of the run it was copied from
+    (run / "eval" / "results.json").write_text(json.dumps({**results, "model": str(run)}))
+    assert all(sweep.stage_done(config, s) for s in sweep.STAGES)
+    assert sweep.trained_step(config) == sweep.exported_step(config) == STEPS
+    assert not sweep.stage_done(load_config(path, [f"run_dir={run}", f"max_steps={STEPS + 1}"]), "train")
+    assert not sweep.stage_done(load_config(path, [f"run_dir={run}", "optim.lr=2e-3"]), "train")
+    assert sweep.stage_done(load_config(path, [f"run_dir={run}", "log_every=5", "mesh.data=1"]), "train")
+    assert not sweep.stage_done(load_config(path, [f"run_dir={run}", "eval.num_fewshot=3"]), "eval")
+
+    (run / "eval" / "results.json").write_text(json.dumps({**results, "model": str(run), "step": STEPS - 2}))  # mid-run
+    assert sweep.eval_todo(config) == ["tasks"]
+
+    step_dir = run / "checkpoints" / str(STEPS)
+    array = sorted(p for p in step_dir.rglob("*") if p.is_file() and "/d/" in p.as_posix())[0]
+    damage(array, "cut", random.Random(0))
+    assert not sweep.stage_done(config, "export")  # its export holds a step that is no longer the newest intact
+    row = sweep.Row("acp_A_tiny", "export")
+    sweep.export_stage(config, row)
+    assert row.steps == str(STEPS - 1) and sweep.exported_step(config) == STEPS - 1

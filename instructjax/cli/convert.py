@@ -9,7 +9,8 @@ import time
 def register(subparsers) -> None:
     imp = subparsers.add_parser("import", help="a Hugging Face LLaMA-family model -> an instructjax checkpoint")
     imp.add_argument("--hf", required=True, help="HF model directory (safetensors or .bin, sharded or not)")
-    imp.add_argument("--out", required=True, help="run directory to write (OUT/checkpoints/0, OUT/tokenizer)")
+    imp.add_argument("--out", required=True, help="run directory to write: OUT/checkpoints/0 (the weights, and the "
+                     "model's tokenizer as the step's `tokenizer` item), local or gs://")
     imp.add_argument("--mesh", default=None,
                      help="place parameters on a mesh while reading, e.g. fsdp=-1 or data=1,fsdp=4,tensor=2")
     imp.set_defaults(func=run_import)

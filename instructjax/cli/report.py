@@ -2,7 +2,7 @@
 
 Reads each config's run (RUN_DIR/eval/results.json, RUN_DIR/metrics.jsonl) and writes, per paper family,
 OUT/<family>.md (the paper's tables: ours / paper / difference), OUT/<family>_<table>.csv and PNG figures
-(instructjax/report/families.py).
+(instructjax/report/families.py). OUT may be local or in a bucket.
 """
 
 from __future__ import annotations
@@ -13,17 +13,20 @@ from pathlib import Path
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="the papers' tables (ours vs published) and figures from runs")
     p.add_argument("configs", metavar="DIR_OR_GLOB", help="a directory of run configs (recursively) or a glob")
-    p.add_argument("--out", required=True, type=Path, help="directory for the markdown, CSV and PNG files")
+    p.add_argument("--out", required=True, help="directory for the markdown, CSV and PNG files")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    from instructjax.core import storage
     from instructjax.report.families import write_report
     from instructjax.report.runs import config_paths
 
-    written, strangers = write_report(config_paths(args.configs), args.out)
+    paths = config_paths(args.configs)
+    with storage.writing_dir(args.out) as local:  # a bucket: written here, then uploaded
+        written, strangers = write_report(paths, Path(local))
     for path in written:
-        print(f"wrote {path}")
+        print(f"wrote {storage.join(args.out, path.name)}")
     if strangers:
         print(f"not of a paper family (no table): {', '.join(strangers)}")
     return 0

@@ -1,17 +1,25 @@
 """`instructjax sweep DIR_OR_GLOB`: run every config of a family in turn: train, export, `eval --config`.
 
-A stage whose output is complete is skipped, so running the sweep again continues where it stopped:
-  train   RUN_DIR/DONE: written once `train` has trained to the last step (launch/tpu_vm.py writes the same
-          marker); an interrupted run resumes from its latest checkpoint. None for max_steps: 0 (eval only).
-  export  RUN_DIR/hf/config.json: the export is written to RUN_DIR/hf.partial and renamed when whole.
-  eval    RUN_DIR/eval/results.json (eval.out_dir) holds every part the eval: block names for this model;
-          a judged part whose judge replies have arrived since is run again (the other parts are kept).
+A stage whose output is complete and stands for what the config asks now is skipped, so running the sweep
+again continues where it stopped and redoes what a changed config changed. Each stage's marker records what
+it stands for:
+  train   RUN_DIR/DONE, written by `train` when it trained to the last step: {step, config} with the config's
+          `training_digest`; a changed training config (more epochs, other data) trains again, resuming from the
+          latest checkpoint. None for max_steps: 0 (eval only).
+  export  RUN_DIR/hf/instructjax_export.json, written last by `export`: the checkpoint step it holds, which must
+          be the run's newest intact step (a damaged newest step: the one before, as export itself takes).
+  eval    RUN_DIR/eval/results.json (eval.out_dir): the model, the checkpoint step evaluated and the eval: block's
+          digest, and every part the block names; another step (an `eval --config` taken during training) or
+          another block is evaluated again; a judged part whose judge replies have arrived since is run again
+          (the other parts are kept).
+RUN_DIR may be local or in a bucket. With `--launch tpu` a run lives where the launcher puts it
+(BUCKET/runs/NAME, launch/tpu_vm.py `run_dir`), and every stage reads it there.
 The stages run in this process, the same code as `train --resume`, `export` and `eval --config`. SIGTERM
 during training saves the step in flight and the sweep exits 75, as `train` does. A stage that fails is
 reported in one line, the run's later stages wait, and the sweep goes on with the next config.
 
 One status table (config, stage, steps, result, elapsed) is printed at the end and kept, updated after every
-stage, in sweep.json (`--status`; default: in the common parent of the run directories).
+stage, in sweep.json (`--status`; default: in the common parent of the run directories, local or a bucket).
 
 `--launch tpu|gpu` hands each run's training to launch/tpu_vm.py (`up`) or launch/gpu.py (`single`), with
 `--launch-args`; a GPU run is then exported and evaluated here, a TPU run trains on its VM (checkpoints and
@@ -20,10 +28,11 @@ DONE in BUCKET/runs/NAME). `--dry-run` prints the commands instead of running th
 
 from __future__ import annotations
 
+import dataclasses
+import importlib.util
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
@@ -32,6 +41,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from instructjax.cli import add_on_bad_row, on_bad_row_overrides
+from instructjax.core import storage
 from instructjax.core.errors import InstructJaxError
 
 if TYPE_CHECKING:
@@ -53,6 +64,7 @@ def register(subparsers) -> None:
     p.add_argument("--launch-args", default="", help="arguments for the launcher, e.g. '--zone Z --bucket gs://B' "
                                                       "(one flag alone: --launch-args=--spot)")
     p.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
+    add_on_bad_row(p)
     p.set_defaults(func=run)
 
 
@@ -70,7 +82,7 @@ class Row:
 class Status:
     """The status table, printed and kept in sweep.json (rewritten whole after every change)."""
 
-    def __init__(self, path: Path | None):
+    def __init__(self, path: str | None):
         self.path, self.rows = path, []  # path None (a dry run): kept nowhere
 
     def add(self, config: str, stage: str) -> Row:
@@ -80,11 +92,8 @@ class Status:
     def save(self) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps({"updated": time.strftime("%Y-%m-%d %H:%M:%S"),
-                                   "rows": [asdict(r) for r in self.rows]}, indent=2) + "\n")
-        os.replace(tmp, self.path)
+        storage.write_text(self.path, json.dumps({"updated": time.strftime("%Y-%m-%d %H:%M:%S"),
+                                                  "rows": [asdict(r) for r in self.rows]}, indent=2) + "\n")
 
     def table(self) -> str:
         cells = [("config", "stage", "steps", "result", "elapsed")]
@@ -97,34 +106,54 @@ class Status:
 # ---- when a stage is complete ------------------------------------------------------------------------------
 
 
-def latest_step(run_dir: Path) -> int | None:
-    """The newest checkpoint step on disk (committed; not checked for integrity)."""
-    steps = [int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit()]
-    return max(steps) if steps else None
+def _marker(path) -> dict:
+    """A stage's JSON marker ({} when it is missing, torn or from before markers said what they stand for)."""
+    try:
+        found = json.loads(storage.path(path).read_text())
+    except (OSError, ValueError):
+        return {}
+    return found if isinstance(found, dict) else {}
+
+
+def trained_step(config: RunConfig) -> int | None:
+    """The step RUN_DIR/DONE records, when it stands for this config's training (None otherwise)."""
+    from instructjax.core.config import training_digest
+
+    done = _marker(storage.join(config.run_dir, "DONE"))
+    return done.get("step") if done.get("config") == training_digest(config) else None
+
+
+def exported_step(config: RunConfig) -> int | None:
+    """The checkpoint step RUN_DIR/hf holds, when it is the run's newest intact step (None otherwise)."""
+    from instructjax.convert.saved import EXPORT_MARKER
+    from instructjax.eval.run import model_step
+
+    step = _marker(storage.join(config.run_dir, "hf", EXPORT_MARKER)).get("step")
+    return step if step is not None and step == model_step(config.run_dir) else None
 
 
 def eval_todo(config: RunConfig) -> list[str]:
-    """The eval: parts still to run: all of them without a results.json of this model, else the parts it lacks
-    and the judged parts whose replies have arrived since."""
+    """The eval: parts still to run: all of them without a results.json of this model, step and block, else the
+    parts it lacks and the judged parts whose replies have arrived since."""
     from instructjax.core.config import eval_section
-    from instructjax.eval.run import JUDGE_MODE, config_parts, eval_model, judge_files, out_dir, read_results
+    from instructjax.eval import run as ev_run
 
     ev = eval_section(config.eval)
-    named, results = config_parts(ev), read_results(config)
-    if not results or results.get("model") != eval_model(config):
+    named, results, model = ev_run.config_parts(ev), ev_run.read_results(config), ev_run.eval_model(config)
+    if (not results or results.get("model") != model or results.get("eval") != ev_run.eval_digest(config)
+            or results.get("step") != (ev_run.model_step(model) if model else None)):
         return named
-    waiting = [p for p in named if p in JUDGE_MODE and "replies" in (results.get(p) or {})
-               and os.path.exists(judge_files(ev, p, out_dir(config))["replies"])]
+    waiting = [p for p in named if p in ev_run.JUDGE_MODE and "replies" in (results.get(p) or {})
+               and storage.path(ev_run.judge_files(ev, p, ev_run.out_dir(config))["replies"]).exists()]
     return [p for p in named if p not in results.get("parts", []) or p in waiting]
 
 
 def stage_done(config: RunConfig, stage: str) -> bool:
-    """Whether the stage's output is complete (see the module's docstring)."""
-    run_dir = Path(config.run_dir)
+    """Whether the stage's output is complete and stands for what the config asks (the module's docstring)."""
     if stage == "train":
-        return (run_dir / "DONE").is_file()
+        return trained_step(config) is not None
     if stage == "export":
-        return (run_dir / "hf" / "config.json").is_file()
+        return exported_step(config) is not None
     return not eval_todo(config)
 
 
@@ -135,28 +164,27 @@ def train_stage(config: RunConfig, row: Row) -> bool:
     """Train (resuming); True when the run reached its last step, False when SIGTERM stopped it."""
     from instructjax.train.trainer import Trainer
 
-    trainer = Trainer(config, resume=True)
+    trainer = Trainer(config, resume=True, accept_changes=True)  # a changed config is what the sweep retrains for
     start = trainer.resume_from
-    result = trainer.run()
+    result = trainer.run()  # writes RUN_DIR/DONE when it reaches the last step
     row.steps = f"{result.step}/{trainer.total_steps}"
     if result.preempted:
         row.result = f"preempted at step {result.step}: run the sweep again to resume"
         return False
-    (Path(config.run_dir) / "DONE").write_text("done\n")
     row.result = "done" + (f" (resumed at step {start})" if start else "")
     return True
 
 
 def export_stage(config: RunConfig, row: Row) -> None:
-    """The run's latest checkpoint as an HF directory, RUN_DIR/hf, renamed into place when whole."""
-    from instructjax.convert.saved import export_checkpoint
+    """The run's newest intact checkpoint as an HF directory, RUN_DIR/hf; its marker is written last, so a killed
+    export never counts as done."""
+    from instructjax.convert.saved import EXPORT_MARKER, export_checkpoint
 
-    final, partial = Path(config.run_dir) / "hf", Path(config.run_dir) / "hf.partial"
-    shutil.rmtree(partial, ignore_errors=True)  # a killed export's leftovers
-    export_checkpoint(config.run_dir, str(partial))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(partial, final)
-    row.steps, row.result = str(latest_step(Path(config.run_dir)) or "-"), "done"
+    final = storage.join(config.run_dir, "hf")
+    storage.remove_tree(storage.join(final, EXPORT_MARKER))  # first: what follows no longer counts as done
+    storage.remove_tree(final)  # an older export's files (fewer shards now, say)
+    export_checkpoint(config.run_dir, final)
+    row.steps, row.result = str(exported_step(config) or "-"), "done"
 
 
 def eval_stage(config: RunConfig, row: Row) -> None:
@@ -173,8 +201,7 @@ def launch_command(kind: str, path: Path, config: RunConfig, launch_args: str, d
     if not LAUNCH_DIR.is_dir():
         raise InstructJaxError(f"--launch needs the launch/ scripts of a source checkout ({LAUNCH_DIR} is missing)")
     if kind == "tpu":
-        name = config.name.lower().replace("_", "-").replace(".", "-")  # TPU node names: a-z, 0-9, -
-        cmd = [sys.executable, str(LAUNCH_DIR / "tpu_vm.py"), "up", "--name", name, "--config", str(path)]
+        cmd = [sys.executable, str(LAUNCH_DIR / "tpu_vm.py"), "up", "--name", tpu_name(config), "--config", str(path)]
     else:
         cmd = [sys.executable, str(LAUNCH_DIR / "gpu.py"), "single", "--config", str(path)]
     return cmd + shlex.split(launch_args) + (["--dry-run"] if dry_run else [])
@@ -182,10 +209,22 @@ def launch_command(kind: str, path: Path, config: RunConfig, launch_args: str, d
 
 def local_commands(path: Path, config: RunConfig) -> dict[str, str]:
     """What each stage amounts to on the command line (printed by --dry-run)."""
-    hf = os.path.join(config.run_dir, "hf")
-    return {"train": f"instructjax train --config {path} --resume && touch {os.path.join(config.run_dir, 'DONE')}",
-            "export": f"instructjax export --checkpoint {config.run_dir} --out {hf}",
+    return {"train": f"instructjax train --config {path} --resume",
+            "export": f"instructjax export --checkpoint {config.run_dir} --out {storage.join(config.run_dir, 'hf')}",
             "eval": f"instructjax eval --config {path}"}
+
+
+def launcher_run_dir(path: Path, config: RunConfig, launch_args: str) -> str:
+    """Where launch/tpu_vm.py puts the run of `config` (its own `run_dir`, from the same arguments)."""
+    spec = importlib.util.spec_from_file_location("instructjax_tpu_vm", LAUNCH_DIR / "tpu_vm.py")
+    launcher = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(launcher)
+    args = launcher.parse_args(["train", "--name", tpu_name(config), "--config", str(path), *shlex.split(launch_args)])
+    return launcher.run_dir(args)
+
+
+def tpu_name(config: RunConfig) -> str:
+    return config.name.lower().replace("_", "-").replace(".", "-")  # TPU node names: a-z, 0-9, -
 
 
 # ---- the sweep ---------------------------------------------------------------------------------------------
@@ -199,13 +238,15 @@ def run(args: argparse.Namespace) -> int:
     loaded, failed_to_load = {}, {}
     for path in paths:
         try:
-            loaded[path] = load_config(path)
+            loaded[path] = load_config(path, on_bad_row_overrides(args))
             stages_of(loaded[path])  # an unknown suite: one line, before anything runs
-        except InstructJaxError as e:
+            if args.launch == "tpu":  # the run lives where the launcher puts it: every stage reads it there
+                remote = launcher_run_dir(path, loaded[path], args.launch_args)
+                loaded[path] = dataclasses.replace(loaded[path], run_dir=remote)
+        except (InstructJaxError, SystemExit) as e:
             loaded.pop(path, None)
             failed_to_load[path] = str(e)
-    parents = [Path(c.run_dir).absolute().parent for c in loaded.values()] or [Path.cwd()]
-    where = Path(args.status) if args.status else Path(os.path.commonpath(parents)) / "sweep.json"
+    where = args.status or storage.join(common_parent([c.run_dir for c in loaded.values()]), "sweep.json")
     status = Status(None if args.dry_run else where)
     code = 0
     for path in paths:
@@ -245,7 +286,9 @@ def sweep_one(path: Path, config: RunConfig, status: Status, args: argparse.Name
         if stage_done(config, stage):
             row.result = "complete (skipped)"
             if stage == "train":
-                row.steps = str(latest_step(Path(config.run_dir)) or "-")
+                row.steps = str(trained_step(config))
+            elif stage == "export":
+                row.steps = str(exported_step(config))
             continue
         if args.dry_run and not (stage == "train" and args.launch):
             print(f"+ {local_commands(path, config)[stage]}", flush=True)
@@ -276,6 +319,18 @@ def sweep_one(path: Path, config: RunConfig, status: Status, args: argparse.Name
     return "done"
 
 
+def common_parent(run_dirs: list[str]) -> str:
+    """The deepest directory holding every run directory (local paths or URLs); the working directory when they
+    share none."""
+    prefix: list[str] = []
+    for parts in zip(*(str(storage.path(d).parent).split("/") for d in run_dirs), strict=False):
+        if any(p != parts[0] for p in parts):
+            break
+        prefix.append(parts[0])
+    shallow = len(prefix) < (3 if prefix and prefix[0].endswith(":") else 2)  # "/", or "gs://" without a bucket
+    return os.getcwd() if shallow else "/".join(prefix)
+
+
 def launch_stage(path: Path, config: RunConfig, row: Row, args: argparse.Namespace) -> str:
     """Training through a launcher: 'done' (a GPU run that finished here), 'waiting', 'preempted', 'failed'."""
     cmd = launch_command(args.launch, path, config, args.launch_args, args.dry_run)
@@ -290,6 +345,9 @@ def launch_stage(path: Path, config: RunConfig, row: Row, args: argparse.Namespa
     if args.dry_run or args.launch == "tpu":
         row.result = "printed" if args.dry_run else "launched: training on the TPU VM"
         return "waiting"
-    (Path(config.run_dir) / "DONE").write_text("done\n")
-    row.steps, row.result = str(latest_step(Path(config.run_dir)) or "-"), "done (gpu launcher)"
+    step = trained_step(config)  # the run's own DONE marker, written when it reached its last step
+    if step is None:
+        row.result = "failed: the launcher exited 0 but the run wrote no DONE marker for this config"
+        return "failed"
+    row.steps, row.result = str(step), "done (gpu launcher)"
     return "done"

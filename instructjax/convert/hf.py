@@ -11,6 +11,9 @@ Import reads one tensor at a time (safetensors memory-maps, torch `.bin` loads w
 puts each converted tensor straight onto its mesh sharding, so a 7B import holds one full tensor on
 the host at a time plus the sharded model. Export fetches one parameter at a time and writes
 safetensors shards of at most `max_shard_bytes` with an HF index.
+
+Directories here are local (safetensors maps files): `convert/saved.py` hands in a bucket's HF directory as its
+local copy and writes an export bound for a bucket locally first (`core/storage.py`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from instructjax.core import storage
 from instructjax.core.errors import ConfigError
 from instructjax.model.config import LlamaConfig
 from instructjax.model.llama import abstract_model
@@ -383,6 +387,7 @@ def params_to_hf(params: Mapping, config: LlamaConfig, out_dir: str, *, dtype: s
                                                        .astype(target))
             weight_map[entry.name] = file
         save_file(tensors, os.path.join(out_dir, file), metadata={"format": "pt"})
+        storage.usual_mode(os.path.join(out_dir, file))  # safetensors writes 0600
         del tensors
     if len(shards) > 1:
         with open(os.path.join(out_dir, "model.safetensors.index.json"), "w") as f:

@@ -7,7 +7,7 @@ The tensor-level mapping is `convert.hf`; this module decides which files go whe
 from __future__ import annotations
 
 import dataclasses
-import os
+import json
 
 from instructjax.convert.hf import (
     ConversionError,
@@ -18,39 +18,43 @@ from instructjax.convert.hf import (
     read_hf_config,
     write_hf_config,
 )
+from instructjax.core import storage
 from instructjax.core.errors import ConfigError
 from instructjax.model.config import LlamaConfig
 from instructjax.model.llama import with_params
 
+EXPORT_MARKER = "instructjax_export.json"  # written last into an export: the checkpoint and step it holds
+
 
 def split_checkpoint_path(path: str) -> tuple[str, int | None]:
-    """RUN_DIR or RUN_DIR/checkpoints/STEP -> (directory, step or None). A step directory is named by its
-    number (whatever is left in it: a damaged step is then a one-line error, not "no checkpoint")."""
-    path = os.path.normpath(path)
-    name = os.path.basename(path)
-    if name.isdigit() and os.path.isdir(path) and not os.path.isdir(os.path.join(path, "checkpoints")):
-        return os.path.dirname(path), int(name)
-    return path, None
+    """RUN_DIR or RUN_DIR/checkpoints/STEP (local or in a bucket) -> (directory, step or None). A step directory is
+    named by its number (whatever is left in it: a damaged step is then a one-line error, not "no checkpoint")."""
+    where = storage.path(path)
+    if where.name.isdigit() and where.is_dir() and not (where / "checkpoints").is_dir():
+        return str(where.parent), int(where.name)
+    return str(where), None
 
 
-def _is_hf_dir(path: str) -> bool:
-    return os.path.isfile(os.path.join(path, "config.json"))
+def is_hf_dir(path: str) -> bool:
+    return (storage.path(path) / "config.json").is_file()
 
 
 def _has_tokenizer(path: str) -> bool:
-    return any(os.path.isfile(os.path.join(path, f)) for f in ("tokenizer.json", "tokenizer.model"))
+    return any((storage.path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
 
 
 def import_hf(hf_dir: str, out: str, *, mesh=None, param_dtype: str = "float32") -> LlamaConfig:
     """HF model directory -> params-only instructjax checkpoint at OUT, carrying the model's own tokenizer
-    (and its chat template, if it has one)."""
+    (and its chat template, if it has one); either may be local or in a bucket."""
     from instructjax.core.checkpoint import save_params
     from instructjax.data.tokenizer import Tokenizer
 
+    source = str(storage.path(hf_dir))
+    hf_dir = _local_hf_dir(hf_dir)
     config = read_hf_config(hf_dir)
     params, config = hf_to_params(hf_dir, config, mesh=mesh, param_dtype=param_dtype)
     tokenizer = {"files": Tokenizer.load(hf_dir).files(), "template": None} if _has_tokenizer(hf_dir) else None
-    save_params(out, params, dataclasses.asdict(config.replace(dtype="bfloat16")), run_config={"source": os.path.abspath(hf_dir)},
+    save_params(out, params, dataclasses.asdict(config.replace(dtype="bfloat16")), run_config={"source": source},
                 step=0, tokenizer=tokenizer)
     return config
 
@@ -62,7 +66,7 @@ def saved_tokenizer(path: str, *, step: int | None = None, tokenizer: str | None
     from instructjax.data.templates import jinja_template
     from instructjax.data.tokenizer import Tokenizer
 
-    if _is_hf_dir(path):
+    if is_hf_dir(path):
         saved, saved_template = (path if _has_tokenizer(path) else None), None
     else:
         from instructjax.core.checkpoint import read_tokenizer
@@ -92,11 +96,29 @@ def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", 
     if tok.vocab_size > config.vocab_size:
         raise ConversionError(f"tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {config.vocab_size}")
     target = np_dtype(dtype, config.param_dtype)
-    params_to_hf(params, config, out, dtype=dtype, max_shard_bytes=max_shard_bytes)
     eos_ids = [tok.eos_id] + [i for i in config.eos_ids if i != tok.eos_id]
-    write_hf_config(config, out, dtype=target, bos_id=tok.bos_id, eos_ids=eos_ids, pad_id=tok.pad_id)
-    tok.save(out, chat_template)
+    with storage.writing_dir(out) as local:  # a bucket: written here, then uploaded
+        params_to_hf(params, config, local, dtype=dtype, max_shard_bytes=max_shard_bytes)
+        write_hf_config(config, local, dtype=target, bos_id=tok.bos_id, eos_ids=eos_ids, pad_id=tok.pad_id)
+        tok.save(local, chat_template)
+    storage.write_text(storage.join(out, EXPORT_MARKER), json.dumps({"checkpoint": directory, "step": step}) + "\n")
     return config
+
+
+def export_step(hf_dir: str) -> int | None:
+    """The checkpoint step an export holds (its marker), None for an HF directory not written by `export`."""
+    try:
+        return int(json.loads((storage.path(hf_dir) / EXPORT_MARKER).read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _local_hf_dir(path: str) -> str:
+    """An HF model directory on the local disk (a bucket's is downloaded: `storage.local_copy`)."""
+    try:
+        return storage.local_copy(path)
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such Hugging Face model directory") from None
 
 
 def relayout_layers(params: dict, num_layers: int, stacked: bool) -> dict:
@@ -130,8 +152,8 @@ def load_params_as(directory: str, config: LlamaConfig, *, step: int | None = No
 def load_model(path: str, *, mesh=None, dtype: str = "float32", step: int | None = None):
     """The nnx Llama of an instructjax checkpoint (RUN_DIR[/STEP]) or an HF model directory
     (its tokenizer: `saved_tokenizer(path)`)."""
-    if _is_hf_dir(path):
-        params, config = hf_to_params(path, mesh=mesh)
+    if is_hf_dir(path):
+        params, config = hf_to_params(_local_hf_dir(path), mesh=mesh)
     else:
         from instructjax.core.checkpoint import load_params, read_meta
 

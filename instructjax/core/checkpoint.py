@@ -9,14 +9,15 @@ Each step directory holds these items:
 - `tokenizer`: JSON {files, template}: the HF tokenizer files the run trained with (`Tokenizer.files`,
   the chat template included) and the name of its chat template (None for an import, which keeps the
   model's own). Export, generation and evaluation read it (`read_tokenizer`), never a default.
-- `instructjax.manifest`: every file of the step with its size and xxh3-128, written by the primary host
-  once Orbax has committed the step (`core/integrity.py`).
+- `instructjax.manifest`: every file of the step with its size and digest, written once Orbax has committed
+  the step: each host digests what it wrote, host 0 writes the manifest (`core/integrity.py`).
 
 Every reader opens the step `integrity.intact_step` names: the one asked for, or the newest intact one
 (damaged newer steps are named in one warning line; resume renames them to `STEP.unreadable`, kept).
 Rotation (`keep`) is done here, not by Orbax: it counts usable steps only (sealed by a manifest, or
 written before manifests), so a step committed without its manifest never pushes out the last sealed one.
 
+The directory may be local or in a bucket (`core/storage.py`; Orbax reads and writes gs:// itself).
 This module knows the format only: it imports neither the model nor the data layer.
 
 `Checkpointer` is what the trainer uses; `save_params` / `load_params` are the params-only view
@@ -27,9 +28,8 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import shutil
+import os
 import threading
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -37,19 +37,19 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from instructjax.core import integrity
+from instructjax.core import integrity, storage
 from instructjax.core.errors import ConfigError, InstructJaxError
 
 
-def checkpoints_dir(directory: str | Path) -> Path:
+def checkpoints_dir(directory: str | os.PathLike) -> storage.Path:
     """RUN_DIR/checkpoints for a run dir; the directory itself if it already is a checkpoints dir."""
-    path = Path(directory).absolute()
+    path = storage.path(directory)
     if path.name == "checkpoints" or (not (path / "checkpoints").exists() and _has_steps(path)):
         return path
     return path / "checkpoints"
 
 
-def _has_steps(path: Path) -> bool:
+def _has_steps(path: storage.Path) -> bool:
     return path.is_dir() and any(p.name.isdigit() for p in path.iterdir())
 
 
@@ -77,18 +77,18 @@ _ITEMS = {"params": ocp.PyTreeCheckpointHandler, "opt_state": ocp.StandardCheckp
           "tokenizer": ocp.JsonCheckpointHandler}  # fmt: skip
 
 
-def _open_step(step_dir: Path) -> ocp.Checkpointer:
+def _open_step(step_dir: storage.Path) -> ocp.Checkpointer:
     """An Orbax reader of one step directory (every item registered, so reading some warns about none)."""
     return ocp.Checkpointer(ocp.CompositeCheckpointHandler(**{name: make() for name, make in _ITEMS.items()}))
 
 
-def _read(step_dir: Path, **items: Any) -> dict:
+def _read(step_dir: storage.Path, **items: Any) -> dict:
     """Items of one step (name -> Orbax restore args), opening that step directory only."""
     with _open_step(step_dir) as reader:
         return reader.restore(step_dir, args=ocp.args.Composite(**items))
 
 
-def _params_tree(step_dir: Path) -> Any:
+def _params_tree(step_dir: storage.Path) -> Any:
     with _open_step(step_dir) as reader:
         return reader.metadata(step_dir).item_metadata["params"].tree  # keys as stored: strings
 
@@ -116,10 +116,11 @@ class Checkpointer:
     """The run's checkpoint manager: async saves sealed by a manifest, keep-N, restore of the newest intact
     step.
 
-    A save's manifest is written by a thread of the primary host as soon as Orbax has committed the step
-    (`_seal`); the next `save` and `wait` wait for it, then rotate out the steps beyond `keep`."""
+    A save is sealed by a thread of every host as soon as Orbax has committed the step (`_seal`: each host digests
+    what it wrote, host 0 writes the manifest); the next `save` and `wait` wait for it, then rotate out the steps
+    beyond `keep`."""
 
-    def __init__(self, run_dir: str | Path, *, keep: int | None = 3, async_save: bool = True,
+    def __init__(self, run_dir: str | os.PathLike, *, keep: int | None = 3, async_save: bool = True,
                  tokenizer: dict | None = None):
         """`tokenizer`: the `tokenizer` item saved with every step (see the module doc)."""
         self.directory = checkpoints_dir(run_dir)
@@ -141,19 +142,17 @@ class Checkpointer:
         with self._save_errors(step):
             self._save(step, params, opt_state, data_state, meta)
         self._saving = step
-        if jax.process_index() == 0:
-            self._sealer = threading.Thread(target=self._seal, args=(step,), name=f"seal-{step}", daemon=True)
-            self._sealer.start()
+        self._sealer = threading.Thread(target=self._seal, args=(step,), name=f"seal-{step}", daemon=True)
+        self._sealer.start()
 
     def _seal(self, step: int) -> None:
-        """Write `step`'s manifest once Orbax has committed it (a thread of the primary host)."""
+        """Seal `step` once Orbax has committed it (a thread of every host; `integrity.seal`)."""
         try:
             self.manager.wait_until_finished()
         except Exception:  # noqa: BLE001 - a failed save is reported by the main thread's own wait
             return
         try:
-            if (self.directory / str(step)).is_dir():
-                integrity.write_manifest(self.directory / str(step))
+            integrity.seal(self.directory / str(step))
         except Exception as exc:  # noqa: BLE001 - raised on the main thread by `_finish_pending`
             self._seal_error = exc
 
@@ -179,7 +178,7 @@ class Checkpointer:
         if len(usable) <= self.keep:
             return
         for step in (s for s in steps if s < usable[-self.keep]):
-            shutil.rmtree(self.directory / str(step))
+            storage.remove_tree(self.directory / str(step))
         self.manager.reload()
 
     def _save_errors(self, step: int | None):
@@ -272,13 +271,13 @@ class Checkpointer:
 
 
 def save_params(
-    directory: str | Path,
+    directory: str | os.PathLike,
     params: Any,
     model_config: dict,
     run_config: dict | None = None,
     step: int = 0,
     tokenizer: dict | None = None,
-) -> Path:
+) -> storage.Path:
     """Write a params-only checkpoint (what HF import produces) under `directory` (a run dir), with the
     `tokenizer` item when given, sealed by its manifest. Returns the checkpoints dir."""
     path = checkpoints_dir(directory)
@@ -289,8 +288,7 @@ def save_params(
             items["tokenizer"] = ocp.args.JsonSave(tokenizer)
         manager.save(step, args=ocp.args.Composite(**items), force=True)
         manager.wait_until_finished()
-    if jax.process_index() == 0:
-        integrity.write_manifest(path / str(step))
+    integrity.seal(path / str(step))
     return path
 
 
@@ -300,7 +298,7 @@ def _stacked_layers(params_tree: Any) -> bool:
     return not (layers and all(str(k).isdigit() for k in layers))
 
 
-def read_meta(directory: str | Path, step: int | None = None) -> tuple[dict, dict | None, int]:
+def read_meta(directory: str | os.PathLike, step: int | None = None) -> tuple[dict, dict | None, int]:
     """(model config dict, run_config dict or None, step) of a checkpoint (`step`, else the newest intact one:
     see `intact_step`), without reading any array. The model config's `scan_layers` says how the stored
     parameters are laid out (for checkpoints written before the option existed, read from the stored tree)."""
@@ -313,7 +311,7 @@ def read_meta(directory: str | Path, step: int | None = None) -> tuple[dict, dic
     return model_config, meta.get("run_config"), step
 
 
-def read_tokenizer(directory: str | Path, step: int | None = None) -> dict | None:
+def read_tokenizer(directory: str | os.PathLike, step: int | None = None) -> dict | None:
     """The `tokenizer` item saved with a checkpoint ({files, template}), or None when it carries none
     (`data.tokenizer.materialize(item["files"])` makes a tokenizer directory of it)."""
     path = checkpoints_dir(directory)
@@ -324,7 +322,7 @@ def read_tokenizer(directory: str | Path, step: int | None = None) -> dict | Non
 
 
 def load_params(
-    directory: str | Path, step: int | None = None, shardings: Any = None
+    directory: str | os.PathLike, step: int | None = None, shardings: Any = None
 ) -> tuple[Any, dict, dict | None, int]:
     """(params, model config dict, run_config dict or None, step) from a run dir or its checkpoints dir.
 

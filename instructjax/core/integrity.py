@@ -2,28 +2,36 @@
 
 Orbax keeps no checksums: an emptied JSON item fails to parse, but a flipped byte in an array chunk can
 decode to silently wrong values and a flipped byte in a JSON item can still parse. So once Orbax has
-committed a step, the primary host hashes every file in it and writes `STEP/instructjax.manifest`
-(`write_manifest`: a temporary file, then a rename, so the manifest is whole or absent), and every reader
-checks the step against it before using anything in it (`intact_step`).
+committed a step it is sealed by `STEP/instructjax.manifest` (`seal`: every file's size and digest, written
+whole or not at all), and every reader checks the step against it before using anything in it (`intact_step`).
+
+The seal reads no host's files but its own, so a preemption save of any size is sealed in seconds:
+- in a bucket, the digest of a file is the checksum the store computed when the file was uploaded (md5, or
+  crc32c where the store keeps no md5); host 0 reads them all from one listing of the step, reading no object;
+- on a local disk or NFS, each host digests (xxh3-128) the files it wrote itself (Orbax's
+  `ocdbt.process_<host>/`; host 0 also the rest: metadata and JSON items), the hosts hand the digests to host 0
+  through the key-value store of JAX's runtime, and host 0 writes the manifest.
+A reader checks every size, and each digest: a store checksum against the store's listing (no object is read;
+any change to an object gives it a new one), an xxh3 by reading the file (with several hosts, each a share).
 
 Manifest format: the first line is the xxh3-128 (hex) of the rest of the file, so any damage to the manifest
-itself shows; the rest is JSON `{"format": 1, "files": {path relative to the step: [size, xxh3-128]}}`, one
-file a line. Files that are not listed (added after the manifest) are ignored: no reader opens them.
+itself shows; the rest is JSON `{"format": 2, "files": {path relative to the step: [size, digest]}}`, one file a
+line, a digest "xxh3:<hex>", "md5:<base64>" or "crc32c:<base64>" (format 1: a bare xxh3 hex). Files that are
+not listed (added after the manifest) are ignored: no reader opens them.
 
 A step without a manifest is torn when an older step of the directory has one (its process stopped between
 Orbax's commit and the manifest); otherwise it was written before manifests existed and is trusted as then,
 once its JSON items read. "The newest step" is the newest intact one: damaged newer steps are named in one
 warning line (and renamed to `STEP.unreadable` on resume, kept); a damaged step named explicitly is a
-one-line ConfigError. With several JAX processes `intact_step` is a collective: each host hashes a share of
-the files, the hosts exchange what they found, and all use the same step.
+one-line ConfigError. With several JAX processes `intact_step` is a collective: all hosts use the same step.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
+import re
 import sys
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -31,80 +39,99 @@ import orbax.checkpoint as ocp
 import xxhash
 from jax.experimental import multihost_utils
 
+from instructjax.core import hosts, storage
 from instructjax.core.errors import ConfigError
 
 MANIFEST = "instructjax.manifest"
-_CHUNK = 1 << 23
+_WRITER = re.compile(r"(?:^|/)ocdbt\.process_(\d+)(?:/|$)")
 
 # str(step dir), part, parts -> (what its files looked like when checked, problem found or None): one process
 # that opens a step several times (model config, tokenizer, params) reads its data once
 _checked: dict[tuple[str, int, int], tuple[tuple, str | None]] = {}
 
 
-def _digest(path: Path) -> tuple[int, str]:
-    """(size, xxh3-128 hex) of a file, read in chunks."""
-    h, size = xxhash.xxh3_128(), 0
-    with path.open("rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
-            size += len(chunk)
-    return size, h.hexdigest()
+def writer_of(name: str, process_count: int) -> int:
+    """The host that wrote file `name` of a step: Orbax's `ocdbt.process_<i>/` files are host i's, the rest
+    (metadata, JSON items) host 0's."""
+    found = _WRITER.search(name)
+    return int(found.group(1)) % process_count if found else 0
 
 
-def write_manifest(step_dir: Path) -> None:
-    """Record every file now in `step_dir` (a committed step) in its manifest, atomically."""
-    files = {}
-    for path in sorted(p for p in step_dir.rglob("*") if p.is_file()):
-        name = path.relative_to(step_dir).as_posix()
-        if not name.startswith(MANIFEST):  # the manifest and a temporary one left by an interrupted write
-            files[name] = list(_digest(path))
-    lines = ",\n".join(f"{json.dumps(name)}: {json.dumps(entry)}" for name, entry in files.items())
-    body = f'{{"format": 1, "files": {{\n{lines}\n}}}}\n'.encode()  # JSON, one file a line
-    tmp = step_dir / f"{MANIFEST}.tmp"
-    with tmp.open("wb") as f:
-        f.write(xxhash.xxh3_128_hexdigest(body).encode() + b"\n" + body)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(step_dir / MANIFEST)
-    fd = os.open(step_dir, os.O_RDONLY)  # make the rename itself durable
+def own_digests(step_dir, host: int, process_count: int) -> dict[str, list]:
+    """[size, digest] of the files of `step_dir` that host `host` wrote (in a bucket: host 0, every file, from
+    the store's checksums)."""
+    files = {n: e for n, e in storage.listing(step_dir).items() if not n.startswith(MANIFEST)}
+    if storage.is_remote(step_dir):
+        if host != 0:
+            return {}
+        return {n: [e.size, e.checksum or storage.digest(f"{step_dir}/{n}")] for n, e in sorted(files.items())}
+    return {n: [e.size, storage.digest(storage.path(step_dir) / n)] for n, e in sorted(files.items())
+            if writer_of(n, process_count) == host}  # fmt: skip
+
+
+def seal(step_dir) -> None:
+    """Seal a committed step (module doc): every host calls it once Orbax has committed `step_dir`; host 0 writes
+    the manifest once every host's digests are in."""
+    coordinator = hosts.current()
+    me, n = (coordinator.process_index, coordinator.process_count) if coordinator else (0, 1)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        mine, error = own_digests(step_dir, me, n), None
+    except Exception as exc:  # noqa: BLE001 - handed to host 0 too, then raised here
+        mine, error = {}, describe(exc)
+    if coordinator is not None and not storage.is_remote(step_dir):
+        name = f"seal/{hashlib.sha256(str(step_dir).encode()).hexdigest()[:16]}"
+        every = hosts.gather_to_first(coordinator, name, {"files": mine, "error": error},
+                                      f"sealing checkpoint {step_dir}")  # fmt: skip
+        if every is not None:
+            error = error or next((e["error"] for e in every if e["error"]), None)
+            mine = {k: v for e in every for k, v in e["files"].items()}
+    if error is not None:
+        raise RuntimeError(f"cannot seal checkpoint {step_dir}: {error}")
+    if me == 0:
+        write_manifest(step_dir, mine)
 
 
-def has_manifest(step_dir: Path) -> bool:
-    return (step_dir / MANIFEST).is_file()
+def write_manifest(step_dir, files: dict[str, list]) -> None:
+    """The manifest of `files` ({name: [size, digest]}), written whole or not at all (`storage.write_bytes`)."""
+    lines = ",\n".join(f"{json.dumps(name)}: {json.dumps(entry)}" for name, entry in sorted(files.items()))
+    body = f'{{"format": 2, "files": {{\n{lines}\n}}}}\n'.encode()  # JSON, one file a line
+    storage.write_bytes(storage.path(step_dir) / MANIFEST, xxhash.xxh3_128_hexdigest(body).encode() + b"\n" + body)
 
 
-def check_manifest(step_dir: Path, part: int = 0, parts: int = 1) -> str | None:
-    """What is wrong with `step_dir` against its manifest, or None. Every file's size is checked (a cut,
-    emptied or deleted file shows without reading any data); the digests of files `part::parts` (sorted by
+def has_manifest(step_dir) -> bool:
+    return (storage.path(step_dir) / MANIFEST).is_file()
+
+
+def check_manifest(step_dir, part: int = 0, parts: int = 1) -> str | None:
+    """What is wrong with `step_dir` against its manifest, or None. Every file's size is checked, and every store
+    checksum against the store's listing (nothing is read); the xxh3 digests of files `part::parts` (sorted by
     path) are then computed, so `parts` hosts share the reading of one step."""
     try:
-        raw = (step_dir / MANIFEST).read_bytes()
+        raw = (storage.path(step_dir) / MANIFEST).read_bytes()
     except OSError as exc:
         return f"its manifest cannot be read ({type(exc).__name__})"
     head, _, body = raw.partition(b"\n")
     if head != xxhash.xxh3_128_hexdigest(body).encode():
         return f"its manifest {MANIFEST} is damaged"
     files = sorted(json.loads(body)["files"].items())
+    found = storage.listing(step_dir)
     seen = []
-    for name, (size, _) in files:
-        try:
-            stat = (step_dir / name).stat()
-        except OSError:
+    for name, (size, digest) in files:
+        entry = found.get(name)
+        if entry is None:
             return f"{name} is missing"
-        if stat.st_size != size:
-            return f"{name} has {stat.st_size} bytes, its manifest says {size}"
-        seen.append((stat.st_ino, stat.st_mtime_ns))
+        if entry.size != size:
+            return f"{name} has {entry.size} bytes, its manifest says {size}"
+        if not _is_xxh3(digest) and entry.checksum != digest:
+            return f"{name} differs from its manifest ({digest.split(':')[0]} checksum)"
+        seen.append((name, entry.version, entry.checksum))
     key, state = (str(step_dir), part, parts), (head, tuple(seen))
     if key in _checked and _checked[key][0] == state:
         return _checked[key][1]
     problem = None
-    for name, (_, digest) in files[part::parts]:
+    for name, (_, digest) in [f for f in files if _is_xxh3(f[1][1])][part::parts]:
         try:
-            if _digest(step_dir / name)[1] != digest:
+            if storage.digest(storage.path(step_dir) / name) != (digest if ":" in digest else "xxh3:" + digest):
                 problem = f"{name} differs from its manifest (xxh3-128)"
         except OSError as exc:
             problem = f"{name} cannot be read ({type(exc).__name__})"
@@ -114,18 +141,23 @@ def check_manifest(step_dir: Path, part: int = 0, parts: int = 1) -> str | None:
     return problem
 
 
-def steps_on_disk(directory: Path) -> list[int]:
+def _is_xxh3(digest: str) -> bool:
+    return digest.startswith("xxh3:") or ":" not in digest  # format 1: a bare hex digest
+
+
+def steps_on_disk(directory) -> list[int]:
     """The committed steps of a checkpoints dir, oldest first. Orbax writes a step into a temporary
     `STEP.orbax-checkpoint-tmp-*` directory and renames it; a step set aside is `STEP.unreadable`."""
+    directory = storage.path(directory)
     return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit()) if directory.is_dir() else []
 
 
-def unsealed(directory: Path, steps: list[int]) -> set[int]:
+def unsealed(directory, steps: list[int]) -> set[int]:
     """Steps without a manifest although an older step has one: their process stopped between Orbax's
     commit and the manifest."""
     found, sealed_before = set(), False
     for step in steps:
-        if has_manifest(directory / str(step)):
+        if has_manifest(storage.path(directory) / str(step)):
             sealed_before = True
         elif sealed_before:
             found.add(step)
@@ -154,9 +186,9 @@ def agree(problem: str | None) -> str | None:
     return bytes(flagged[0][1:]).rstrip(b"\0").decode(errors="replace") if flagged else None
 
 
-def _problem(directory: Path, step: int) -> str | None:
+def _problem(directory, step: int) -> str | None:
     """What makes `step` unusable, or None (this host's share of the check: see `check_manifest`)."""
-    step_dir = directory / str(step)
+    step_dir = storage.path(directory) / str(step)
     if has_manifest(step_dir):
         return check_manifest(step_dir, jax.process_index(), jax.process_count())
     if step in unsealed(directory, steps_on_disk(directory)):
@@ -173,12 +205,12 @@ def _problem(directory: Path, step: int) -> str | None:
 _warned: set[tuple] = set()  # one warning per process for one fallback (a reader opens a step several times)
 
 
-def intact_step(directory: Path, step: int | None = None, *, set_aside: bool = False,
+def intact_step(directory, step: int | None = None, *, set_aside: bool = False,
                 damaged: dict[int, str] | None = None) -> int:
     """The step to read in a checkpoints dir: `step` itself when it is intact (a one-line ConfigError when it
     is not), else the newest intact step; damaged newer steps are named in one warning line on stderr and,
     with `set_aside`, renamed to `STEP.unreadable` (kept). `damaged`: steps already found unreadable."""
-    directory = Path(directory)
+    directory = storage.path(directory)
     steps = steps_on_disk(directory)
     if step is not None:
         if step not in steps:
@@ -206,7 +238,7 @@ def intact_step(directory: Path, step: int | None = None, *, set_aside: bool = F
     return candidate
 
 
-def _set_aside(directory: Path, steps: list[int]) -> list[str]:
+def _set_aside(directory, steps: list[int]) -> list[str]:
     """Rename damaged steps out of Orbax's view without deleting anything (the resumed run can save those
     steps again); the primary host renames once every host has agreed. Returns the new names."""
     targets = []
@@ -225,7 +257,7 @@ def _set_aside(directory: Path, steps: list[int]) -> list[str]:
     return [t.name for t in targets]
 
 
-def _warn(directory: Path, skipped: list[tuple[int, str]], using: int, kept: list[str]) -> None:
+def _warn(directory, skipped: list[tuple[int, str]], using: int, kept: list[str]) -> None:
     key = (str(directory), tuple(s for s, _ in skipped), using)
     if key in _warned:
         return

@@ -1,17 +1,18 @@
 """Tokenized tasks cached on disk, so a restart goes to its first step without re-reading and re-tokenizing.
 
 One file per (task spec, subset) keyed by the sha256 of everything the examples depend on: the data
-files' content (their xxh3-128: ten times faster than a sha256 over gigabytes), the tokenizer (its
-fingerprint), the chat template, the max length, the rest of the task spec, the subset (count, seed) and
-the data layer's own source code. Hub datasets (no local files) are not cached. A file is written to a
-temporary name and renamed, so concurrent writers (several hosts on one disk) and a crash never leave a
-partial file under the real name; a file that does not check out (its length, then the xxh3-128
-checksums of its header and of its whole payload, all verified before any of it is used) is reported in
-one line, rebuilt and replaced. Directory: `INSTRUCTJAX_CACHE_DIR` (default
-`~/.cache/instructjax/tokenized`), a local path or a URL Orbax's file layer (`etils.epath`) opens (`gs://...`:
-a file there is copied to `~/.cache/instructjax/staged` to be read, and written there first, then uploaded to a
-temporary name and renamed); `INSTRUCTJAX_CACHE_DIR=off` turns the cache off. Several hosts share one directory
-through `data.shared_cache`.
+files' content (`storage.fingerprint`: a local file's xxh3-128, ten times faster than a sha256 over gigabytes;
+a file in a bucket by the store's own checksum), the tokenizer (its fingerprint), the chat template, the max
+length, the rest of the task spec, the subset (count, seed) and the data layer's own source code; a hub dataset
+(no files of its own) by what `datasets` names its prepared files after. A file is written whole or not at all
+(`storage`: a temporary name and a rename on a disk, one upload in a bucket), so concurrent writers (several
+hosts, two runs) and a crash never leave a partial file under the real name; a file that does not check out
+(its length, then the xxh3-128 checksums of its header and of its whole payload, all verified before any of
+it is used), or cannot be read at all, is reported in one line, rebuilt and replaced. Directory:
+`INSTRUCTJAX_CACHE_DIR` (default `~/.cache/instructjax/tokenized`), local or a URL (`gs://...`: a file there
+is read from its local copy, `storage.local_copy`, and written locally first, then uploaded);
+`INSTRUCTJAX_CACHE_DIR=off` turns the cache off. Several hosts share one directory through
+`data.shared_cache`.
 
 Layout: a magic line; flat arrays, each 64-byte aligned: the tokens and loss masks of all examples end
 to end (in the narrowest integer type that holds them), per-example offsets, trained-token counts and
@@ -28,17 +29,15 @@ import json
 import mmap
 import operator
 import os
-import shutil
 import struct
 import sys
-import tempfile
-import uuid
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import xxhash
+
+from instructjax.core import storage
 
 FORMAT = 2
 _MAGIC = b"instructjax-tokenized-cache 2\n"
@@ -46,82 +45,32 @@ _END = b"ijxcache"
 _TRAILER = struct.Struct("<QQ16s8s")  # header offset, header length, header xxh3-128, end mark
 _ALIGN = 64
 _READ = 16 << 20  # bytes hashed per read when verifying
-_FILE_DIGESTS: dict[tuple, str] = {}
-STAGING = Path("~/.cache/instructjax/staged")  # local copies of the files of a remote cache directory
+WRITTEN: set[str] = set()  # the cache files this process wrote (`data prepare` tells them from those found)
 
 
-def cache_dir() -> Path | Any | None:
-    """The cache directory (a `Path`, or an `etils.epath.Path` for a URL), or None when the cache is off."""
+def cache_dir() -> storage.Path | None:
+    """The cache directory, or None when the cache is off."""
     where = os.environ.get("INSTRUCTJAX_CACHE_DIR", "~/.cache/instructjax/tokenized")
-    return None if where.lower() in ("off", "none", "0", "") else as_path(where)
-
-
-def as_path(where: str) -> Path | Any:
-    """A local `Path`, or for a URL (`gs://...`) an `etils.epath.Path` (the file layer Orbax uses)."""
-    if is_remote(where):
-        from etils import epath
-
-        return epath.Path(where)
-    return Path(where).expanduser()
-
-
-def is_remote(path) -> bool:
-    return "://" in str(path)
-
-
-def _staged(path) -> Path:
-    """Where the local copy of remote file `path` lives (one directory per remote directory)."""
-    return STAGING.expanduser() / hashlib.sha256(str(path.parent).encode()).hexdigest()[:16] / path.name
-
-
-def _download(path) -> Path | None:
-    """A local copy of remote file `path` (kept: its name holds its key), or None when there is no such file."""
-    local = _staged(path)
-    if local.exists():
-        return local
-    if not path.exists():
-        return None
-    local.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=local.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as out, path.open("rb") as f:
-            shutil.copyfileobj(f, out, _READ)
-        os.replace(tmp, local)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return local
-
-
-def _file_digest(path: str) -> str:
-    """xxh3-128 of a file's bytes (remembered per path, inode, mtime and size within a process)."""
-    st = os.stat(path)
-    key = (os.path.abspath(path), st.st_ino, st.st_mtime_ns, st.st_size)
-    if key not in _FILE_DIGESTS:
-        h = xxhash.xxh3_128()
-        with open(path, "rb") as f:
-            for block in iter(lambda: f.read(_READ), b""):
-                h.update(block)
-        _FILE_DIGESTS[key] = h.hexdigest()
-    return _FILE_DIGESTS[key]
+    return None if where.lower() in ("off", "none", "0", "") else storage.path(where)
 
 
 def model_digest(path: str) -> str | None:
-    """xxh3-128 digests of the weights a selection encoder will read from `path`: every file of a Hugging Face
-    directory, or of an instructjax checkpoint's newest step; None when `path` holds neither."""
-    root = Path(path)
+    """The content of the weights a selection encoder will read from `path` (`storage.fingerprint` of each file):
+    every file of a Hugging Face directory, or of an instructjax checkpoint's newest step; None when `path`
+    holds neither."""
+    root = storage.path(path)
     if (root / "config.json").is_file():
-        files = sorted(p for p in root.iterdir() if p.is_file())
+        files = sorted(p.name for p in root.iterdir() if p.is_file())
     else:
-        steps = root / "checkpoints" if (root / "checkpoints").is_dir() else root
-        numbered = [p for p in steps.iterdir() if p.name.isdigit()] if steps.is_dir() else []
+        steps = "checkpoints/" if (root / "checkpoints").is_dir() else ""
+        numbered = [p.name for p in (root / steps).iterdir() if p.name.isdigit()] if (root / steps).is_dir() else []
         if not numbered:
             return None
-        newest = max(numbered, key=lambda p: int(p.name))
-        files = sorted(p for p in newest.rglob("*") if p.is_file())
+        newest = f"{steps}{max(numbered, key=int)}"
+        files = sorted(f"{newest}/{name}" for name in storage.listing(root / newest))
     h = hashlib.sha256()
-    for f in files:
-        h.update(f"{f.relative_to(root)}:{_file_digest(str(f))}\n".encode())
+    for name in files:
+        h.update(f"{name}:{storage.fingerprint(root / name)}\n".encode())
     return h.hexdigest()
 
 
@@ -138,7 +87,7 @@ def key(*, files: list[str], spec_repr: str, tokenizer_fingerprint: str, templat
     """The cache key of one task's encoded examples (`encoder_weights`: `model_digest` of the model a
     selection encoder embeds with, whose path alone is in the spec; `hub`: a hub dataset's identity, for a
     task with no local files)."""
-    parts = {"format": FORMAT, "files": [_file_digest(f) for f in files], "spec": spec_repr,
+    parts = {"format": FORMAT, "files": [storage.fingerprint(f) for f in files], "spec": spec_repr,
              "tokenizer": tokenizer_fingerprint, "template": template_repr, "max_length": max_length,
              "count": count, "seed": seed, "code": _code_digest()}  # fmt: skip
     if encoder_weights is not None:
@@ -148,7 +97,7 @@ def key(*, files: list[str], spec_repr: str, tokenizer_fingerprint: str, templat
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
 
-def path_of(name: str, cache_key: str) -> Path | None:
+def path_of(name: str, cache_key: str) -> storage.Path | None:
     where = cache_dir()
     return None if where is None else where / f"{name.replace('/', '_')}-{cache_key[:24]}.tok"
 
@@ -202,25 +151,23 @@ def _text(blob: np.ndarray, offsets: np.ndarray, j: int) -> str:
 
 
 def load(path) -> tuple[CachedExamples, dict] | None:
-    """(examples, report) from a cache file; None when absent, and when unreadable (reported, then rebuilt)."""
-    local = _download(path) if is_remote(path) else path
+    """(examples, report) from a cache file; None when absent, and when unreadable or not whole (reported in one
+    line, then rebuilt)."""
+    local = None
     try:
-        f = open(local, "rb") if local is not None else None  # closed below; the memory map outlives it
-    except FileNotFoundError:
-        f = None
-    if f is None:
-        return None
-    try:
-        with f:
+        local = storage.local_copy(path)  # a file in a bucket: downloaded (inside: a failed download is reported)
+        with open(local, "rb") as f:  # closed here; the memory map outlives it
             header = _verified_header(f)
             view = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         arrays = {name: np.frombuffer(view, np.dtype(dtype), count=count, offset=offset)
                   for name, (offset, dtype, count) in header["arrays"].items()}  # fmt: skip
+    except FileNotFoundError:
+        return None
     except Exception as exc:  # noqa: BLE001 - any unreadable file is rebuilt
-        print(f"instructjax: warning: tokenized cache {path} is unreadable ({exc}); rebuilding it",
-              file=sys.stderr, flush=True)
-        if local is not path:
-            local.unlink(missing_ok=True)
+        print(f"instructjax: warning: tokenized cache {path} is unreadable ({' '.join(str(exc).split())[:300]}); "
+              "rebuilding it", file=sys.stderr, flush=True)
+        if local is not None and storage.is_remote(path):
+            Path(local).unlink(missing_ok=True)
         return None
     return CachedExamples(arrays), header["report"]
 
@@ -295,30 +242,26 @@ def _batched(seq: list, n: int = 4096):
 
 
 def save(path, examples: Sequence[dict], report: dict) -> None:
-    """Write atomically (temporary file + rename): readers see the old file, the new one, or none. A remote
-    file is written to its local copy first, then uploaded to a temporary name and renamed."""
-    remote = is_remote(path)
-    local = _staged(path) if remote else path
-    local.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=local.parent, prefix=local.name + ".", suffix=".tmp")
+    """Write whole or not at all: readers see the old file, the new one, or none. The file is written to a local
+    temporary file first, then renamed into place (a local directory) or uploaded (`storage.upload`)."""
+    path = storage.path(path)
+    remote = storage.is_remote(path)
+    folder = storage.staging_dir() if remote else os.fspath(path.parent)
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = storage.temporary_file(folder, path.name)
     try:
         with os.fdopen(fd, "wb") as f:
             _write(f, examples, report)
+            f.flush()
+            os.fsync(f.fileno())
         if remote:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            upload = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-            try:
-                with open(tmp, "rb") as f, upload.open("wb") as out:
-                    shutil.copyfileobj(f, out, _READ)
-                upload.rename(path)
-            except BaseException:
-                if upload.exists():
-                    upload.unlink()
-                raise
-        os.replace(tmp, local)
-    except BaseException:
+            storage.upload(tmp, path, keep=True)  # the local copy a later `load` reads
+        else:
+            os.replace(tmp, os.fspath(path))
+            storage.fsync_dir(path.parent)
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
+    WRITTEN.add(str(path))
 
 
 def _write(f, examples: Sequence[dict], report: dict) -> None:

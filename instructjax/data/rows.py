@@ -18,6 +18,7 @@ import zlib
 from collections.abc import Iterator
 from typing import Any
 
+from instructjax.core import storage
 from instructjax.core.errors import ConfigError, DataError
 
 # A row as read from a file: its number as printed in errors, and the row or why it could not be read.
@@ -39,6 +40,9 @@ def datasets_quietly():
     import datasets
 
     datasets.disable_progress_bars()
+    import huggingface_hub.utils
+
+    huggingface_hub.utils.logging.set_verbosity_error()  # its retry warnings: the hub error is one line of ours
     # CRITICAL: a file it cannot parse is logged at ERROR ("Failed to load JSON from file ...") before the
     # exception that `RowFile` answers by naming the bad row itself, in one line
     datasets.utils.logging.set_verbosity(datasets.utils.logging.CRITICAL)
@@ -62,28 +66,34 @@ class RowFile:
             raise DataError(f"cannot decompress gzip file: {exc}", reason="unreadable", file=self.path) from None
 
     def _read(self, cache_dir: str | None) -> None:
-        if not os.path.exists(self.path):
-            raise ConfigError(f"data file not found: {self.path}")
-        fmt = file_format(self.path)
+        fmt = file_format(self.path)  # from the name: a bad one is said before anything is downloaded
+        try:
+            local = storage.local_copy(self.path)  # the file itself, or a bucket's file downloaded
+        except FileNotFoundError:
+            raise ConfigError(f"data file not found: {self.path}") from None
+        if not os.path.isfile(local):
+            raise ConfigError(f"data file not found: {self.path} (a directory)")
+        fmt = file_format(self.path, local)
         try:
             datasets = datasets_quietly()
         except ImportError:  # a bare accelerator image: json and jsonl are read here, parquet needs datasets
             if fmt == "parquet":
                 raise ConfigError(f"{self.path}: reading parquet needs the `datasets` package") from None
             datasets = None
-        if fmt != "parquet" and (datasets is None or not _is_utf8(self.path)):  # pyarrow may accept bad UTF-8
-            self._scanned = list(_scan_jsonl(self.path) if fmt == "jsonl" else _scan_json_array(self.path))
+        scan = lambda: list(_scan_jsonl(local) if fmt == "jsonl" else _scan_json_array(local, self.path))  # noqa: E731
+        if fmt != "parquet" and (datasets is None or not _is_utf8(local)):  # pyarrow may accept bad UTF-8
+            self._scanned = scan()
             return
         try:
-            self._ds = datasets.load_dataset("parquet" if fmt == "parquet" else "json", data_files=self.path,
+            self._ds = datasets.load_dataset("parquet" if fmt == "parquet" else "json", data_files=local,
                                              split="train", cache_dir=cache_dir)
         except (datasets.exceptions.DatasetGenerationError, ValueError) as exc:  # UnicodeDecodeError is one
             if fmt == "parquet":
                 raise DataError(f"cannot read parquet file: {exc}", reason="unreadable", file=self.path) from exc
-            self._scanned = list(_scan_jsonl(self.path) if fmt == "jsonl" else _scan_json_array(self.path))
+            self._scanned = scan()
             return
         if fmt == "jsonl":
-            self._numbers = _LineNumbers(self.path)
+            self._numbers = _LineNumbers(local)
 
     def __len__(self) -> int:
         return len(self._ds) if self._ds is not None else len(self._scanned)
@@ -107,15 +117,18 @@ class RowFile:
         yield from ((self.number(p), found[p]) for p in positions)
 
 
-def file_format(path: str) -> str:
-    """"parquet", "json" (one JSON array) or "jsonl" (one object per line), from name and first byte."""
+def file_format(path: str, local: str | None = None) -> str:
+    """"parquet", "json" (one JSON array) or "jsonl" (one object per line), from the name and the first byte of
+    `local` (the file's bytes, here; None: from the name alone, "json" for either of json and jsonl)."""
     lower = path.lower()
     if lower.endswith(".parquet"):
         return "parquet"
     if not lower.removesuffix(".gz").endswith((".json", ".jsonl")):
         raise ConfigError(f"{path}: unsupported file type (expected .json, .jsonl or .parquet; json and jsonl "
                           "may be gzipped: .json.gz, .jsonl.gz)")
-    with _open_bytes(path) as f:
+    if local is None:
+        return "json"
+    with _open_bytes(local) as f:
         head = f.read(4096).lstrip(b"\xef\xbb\xbf \t\r\n")
     return "json" if head.startswith(b"[") else "jsonl"
 
@@ -186,12 +199,12 @@ def _scan_jsonl(path: str) -> Iterator[NumberedRow]:
             if not line.strip():
                 continue
             try:
-                yield number, _parse_object(line)
+                yield number, _parse_object(line.rstrip(b"\r\n"))  # an error past the end: its column, not line 2
             except DataError as err:
                 yield number, err
 
 
-def _scan_json_array(path: str) -> Iterator[NumberedRow]:
+def _scan_json_array(path: str, name: str) -> Iterator[NumberedRow]:
     """Elements of a JSON array one by one, so a problem names its index. Bad UTF-8 is confined to the
     element holding it; malformed JSON cannot be skipped (the parser loses its place) and always raises."""
     with _open_bytes(path) as f:
@@ -207,7 +220,7 @@ def _scan_json_array(path: str) -> Iterator[NumberedRow]:
             element, pos = decoder.raw_decode(text, pos)
         except json.JSONDecodeError as exc:
             raise DataError(f"malformed JSON in array element: {exc.msg}; the rest of the file cannot be read",
-                            reason="malformed_json", file=path, row=index) from None
+                            reason="malformed_json", file=name, row=index) from None
         if _has_bad_bytes(element):
             yield index, DataError("invalid UTF-8 in a string", reason="invalid_utf8")
         elif not isinstance(element, dict):
@@ -224,7 +237,7 @@ def _scan_json_array(path: str) -> Iterator[NumberedRow]:
             return
         else:
             raise DataError("malformed JSON: expected ',' or ']' after the element; the rest of the file "
-                            "cannot be read", reason="malformed_json", file=path, row=index)
+                            "cannot be read", reason="malformed_json", file=name, row=index)
 
 
 def _has_bad_bytes(value: Any) -> bool:

@@ -83,15 +83,21 @@ def _chat_template(directory: str, config: dict) -> str | None:
     return template if isinstance(template, str) else None
 
 
-def _read(path: str) -> tuple[Engine, dict, bool | None, str | None]:
-    """(engine, special token strings, add_bos_token or None if unsaid, chat template) of a tokenizer path."""
+def _read(where: str) -> tuple[Engine, dict, bool | None, str | None]:
+    """(engine, special token strings, add_bos_token or None if unsaid, chat template) of a tokenizer path (local,
+    or a URL read from its local copy: `storage.local_copy`)."""
+    from instructjax.core import storage
     from instructjax.data import spm_convert
 
+    try:
+        path = storage.local_copy(where)
+    except FileNotFoundError:
+        raise ConfigError(f"tokenizer path {where} does not exist") from None
     if os.path.isfile(path):  # a bare SentencePiece model: BOS first, as LLaMA's and Mistral's code adds it
         engine, special = spm_convert.engine_from_model(path)
         return engine, special, special["bos_token"] is not None, None
     if not os.path.isdir(path):
-        raise ConfigError(f"tokenizer path {path} does not exist")
+        raise ConfigError(f"tokenizer path {where} does not exist")
     config_path = os.path.join(path, "tokenizer_config.json")
     config = _read_json(config_path) if os.path.isfile(config_path) else {}
     special_map_path = os.path.join(path, "special_tokens_map.json")
@@ -106,7 +112,7 @@ def _read(path: str) -> tuple[Engine, dict, bool | None, str | None]:
         engine, special = spm_convert.engine_from_model(os.path.join(path, "tokenizer.model"))
         config.setdefault("add_bos_token", special["bos_token"] is not None)
     else:
-        raise ConfigError(f"tokenizer directory {path}: no tokenizer.json or tokenizer.model")
+        raise ConfigError(f"tokenizer directory {where}: no tokenizer.json or tokenizer.model")
     for key in SPECIAL_KEYS:  # the config's word wins over the model file's
         text = _token_text(config.get(key, special_map.get(key)))
         if key in config or key in special_map:
@@ -173,8 +179,11 @@ class Tokenizer:
 
     @classmethod
     def load(cls, path: str | None = None) -> Tokenizer:
-        """Load (cached per path): None -> the built-in default; a `.model` file; an HF tokenizer directory."""
-        return _load_cached(os.path.abspath(path) if path else default_tokenizer_path())
+        """Load (cached per path): None -> the built-in default; a `.model` file; an HF tokenizer directory (local
+        or a URL: gs://...)."""
+        from instructjax.core import storage
+
+        return _load_cached(str(storage.path(path)) if path else default_tokenizer_path())
 
     def __reduce__(self):  # pickles as its path: cheap to send to tf.data / worker processes
         return (Tokenizer.load, (self.path,))

@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from instructjax.core import storage
 from instructjax.core.errors import DataError
 
 
@@ -102,22 +103,20 @@ Write one line per skill as "<skill>: <score>", then a short justification."""
 
 
 def read_jsonl(path: str) -> list[dict]:
-    """Rows of a JSONL file, or a one-line DataError naming the bad line."""
+    """Rows of a JSONL file (local or in a bucket), or a one-line DataError naming the bad line."""
     rows = []
-    with open(path) as f:
-        for i, line in enumerate(f, 1):
-            if line.strip():
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as e:
-                    raise DataError(f"invalid JSON ({e.msg})", reason="malformed_json", file=path, row=i) from None
+    for i, line in enumerate(storage.path(path).read_text().splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"invalid JSON ({e.msg})", reason="malformed_json", file=path, row=i) from None
     return rows
 
 
 def write_jsonl(path: str, rows: Iterable[Mapping]) -> None:
-    with open(path, "w") as f:
-        for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    """One JSON object a line, the file written whole (`storage.write_text`)."""
+    storage.write_text(path, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows))
 
 
 def _by_id(rows: Sequence[Mapping], what: str) -> dict[str, Mapping]:

@@ -7,21 +7,27 @@
 from __future__ import annotations
 
 import glob
-import json
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from instructjax.core import storage
 from instructjax.core.config import RunConfig, eval_section, load_config
 from instructjax.core.errors import ConfigError
 
 
-def config_paths(where: str) -> list[Path]:
-    """The YAML configs of a directory (recursively) or a glob, sorted; one line when there are none."""
-    path = Path(where)
-    found = sorted(path.rglob("*.yaml")) if path.is_dir() else sorted(Path(p) for p in glob.glob(where, recursive=True))
-    found = [p for p in found if p.is_file() and p.suffix in (".yaml", ".yml")]
+def config_paths(where: str) -> list:
+    """The YAML configs of a directory (recursively) or a glob (local or in a bucket), sorted; one line when there
+    are none."""
+    if storage.is_remote(where):
+        base, _, pattern = where.partition("*")
+        root = storage.path(base.rsplit("/", 1)[0]) if pattern else storage.path(where)
+        found = sorted(root.rglob("*.y*ml") if not pattern else root.glob(where[len(str(root)) + 1 :]))
+    else:
+        path = Path(where)
+        found = sorted(path.rglob("*.yaml")) if path.is_dir() else sorted(Path(p) for p in glob.glob(where, recursive=True))
+    found = [p for p in found if p.suffix in (".yaml", ".yml") and p.is_file()]
     if not found:
         raise ConfigError(f"{where}: no config files (a directory of .yaml files, or a glob)")
     return found
@@ -50,22 +56,10 @@ class Run:
 def read_run(path: Path) -> Run:
     """The run of one config: its results.json and metrics.jsonl (torn or missing files read as nothing)."""
     from instructjax.eval.run import read_results
+    from instructjax.train.metrics import read_metrics
 
     config = load_config(path)
-    return Run(path, config, read_results(config), read_metrics(Path(config.run_dir) / "metrics.jsonl"))
-
-
-def read_metrics(path: Path) -> list[dict]:
-    """metrics.jsonl records; a line torn by a kill is skipped."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return records
+    return Run(path, config, read_results(config), read_metrics(config.run_dir))
 
 
 def number(value: object) -> float | None:

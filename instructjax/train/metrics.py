@@ -1,60 +1,92 @@
-"""Run metrics: RUN_DIR/metrics.jsonl, TensorBoard events, and loss.png at the end.
+"""Run metrics: RUN_DIR/metrics.jsonl, TensorBoard events, and loss.png at the end; RUN_DIR local or in a bucket.
 
 One JSON object per logged step (`step`, `loss` with `loss_reduction` saying which objective it is,
 `lr`, `grad_norm`, `tokens`, `tokens_per_sec` and `step_seconds` over the logged window's own wall time,
 and `loss/<source>`, the mean token loss of every mixture source that had trained tokens in the logged
 window). Only the primary host writes; without tensorboardX, metrics.jsonl alone.
+
+Nothing can be appended to in a bucket: the files are written in a local mirror of the run directory
+(`storage.Mirror`) and uploaded whole by `sync()`: after a log line at most every `SYNC_SECONDS`, before every
+checkpoint save (so a checkpoint never holds a step the kept metrics lack) and at `close()`.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
-from pathlib import Path
+import time
+
+from instructjax.core import storage
+
+SYNC_SECONDS = 30.0
 
 
 class MetricsLogger:
-    """Appends metrics to RUN_DIR/metrics.jsonl and TensorBoard (RUN_DIR/tensorboard)."""
+    """Appends metrics to RUN_DIR/metrics.jsonl and TensorBoard (RUN_DIR/tensorboard). `resume_step`: a resumed
+    run keeps what was logged up to that step, and TensorBoard discards what the interrupted run logged after it."""
 
-    def __init__(self, run_dir: str | Path, *, enabled: bool = True, resume_step: int | None = None):
-        self.run_dir = Path(run_dir)
-        self.path = self.run_dir / "metrics.jsonl"
+    def __init__(self, run_dir, *, enabled: bool = True, resume_step: int | None = None):
         self.enabled = enabled
         self.writer = None
         if not enabled:
             return
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if resume_step is not None and self.path.exists():  # drop what the interrupted run logged after its checkpoint
-            kept = [line for line in self.path.read_text().splitlines() if _step(line) <= resume_step]
-            self.path.write_text("".join(line + "\n" for line in kept))
-        elif resume_step is None:
-            self.path.write_text("")
+        self.mirror = storage.Mirror(run_dir)
+        self.path = os.path.join(self.mirror.local, "metrics.jsonl")
+        kept = ""
+        if resume_step is not None:  # drop what the interrupted run logged after its checkpoint
+            kept = "".join(line + "\n" for line in _lines(run_dir) if _step(line) <= resume_step)
+        with open(self.path, "w") as f:
+            f.write(kept)
+        self.mirror.sync()
+        self._synced = time.monotonic()
         try:
             from tensorboardX import SummaryWriter
         except ImportError:  # a bare accelerator image: metrics.jsonl only
             print("instructjax: tensorboardX is not installed: no TensorBoard events (metrics.jsonl is written)",
                   file=sys.stderr)
             return
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=resume_step)
+        # purge_step: TensorBoard discards events from this step on in the files written before (the resumed run
+        # logs them again); the step the run resumes from was logged and saved, so it is kept
+        purge = resume_step + 1 if resume_step is not None else None
+        self.writer = SummaryWriter(os.path.join(self.mirror.local, "tensorboard"), purge_step=purge)
 
     def log(self, step: int, values: dict[str, float]) -> None:
         if not self.enabled:
             return
         record = {"step": step, **values}
-        with self.path.open("a") as f:
+        with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
-        if self.writer is None:
-            return
-        for key, value in values.items():
-            if isinstance(value, (int, float)):
-                self.writer.add_scalar(key, value, step)
-        self.writer.flush()
+        if self.writer is not None:
+            for key, value in values.items():
+                if isinstance(value, (int, float)):
+                    self.writer.add_scalar(key, value, step)
+            self.writer.flush()
+        if time.monotonic() - self._synced >= SYNC_SECONDS:
+            self.sync()
+
+    def sync(self) -> None:
+        """Make what was logged so far durable in the run directory (a bucket: upload what changed)."""
+        if self.enabled:
+            if self.writer is not None:
+                self.writer.flush()
+            self.mirror.sync()
+            self._synced = time.monotonic()
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        self.mirror.close()
+        self.enabled = False
+
+
+def _lines(run_dir) -> list[str]:
+    path = storage.path(run_dir) / "metrics.jsonl"
+    return path.read_text().splitlines() if path.is_file() else []
 
 
 def _step(line: str) -> float:
@@ -65,12 +97,18 @@ def _step(line: str) -> float:
         return math.inf
 
 
-def read_metrics(run_dir: str | Path) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line] if path.exists() else []
+def read_metrics(run_dir) -> list[dict]:
+    """RUN_DIR/metrics.jsonl's records (none when it is missing); a line torn by a kill is skipped."""
+    records = []
+    for line in _lines(run_dir):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
 
 
-def plot_losses(run_dir: str | Path) -> Path | None:
+def plot_losses(run_dir) -> str | None:
     """RUN_DIR/loss.png: total loss and each source's loss against the step. None without metrics."""
     records = read_metrics(run_dir)
     if not records:
@@ -87,11 +125,11 @@ def plot_losses(run_dir: str | Path) -> Path | None:
         if points:
             steps, values = zip(*points, strict=True)
             ax.plot(steps, values, label=key.removeprefix("loss/"), linewidth=2.2 if key == "loss" else 1.2)
-    ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=f"training loss: {Path(run_dir).name}")
+    ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=f"training loss: {storage.path(run_dir).name}")
     ax.grid(alpha=0.3)
     ax.legend()
-    out = Path(run_dir) / "loss.png"
     fig.tight_layout()
-    fig.savefig(out, dpi=110)
+    with storage.writing_dir(run_dir) as local:
+        fig.savefig(os.path.join(local, "loss.png"), dpi=110)
     plt.close(fig)
-    return out
+    return f"{storage.path(run_dir)}/loss.png"

@@ -1,0 +1,318 @@
+"""The hosts of a run: JAX's distributed runtime set up once (`initialize`), its key-value store as the data
+layer's collectives and the checkpoint seal's exchange, and a lost host as one line.
+
+Collectives are named by what the hosts agree on (`enter("have/<cache file>")`, `enter("plan")`), never by a
+count of collectives. Every host enters the same collectives in the same order (it runs the same code on the
+same config), and each checks it: a host records the name of the n-th collective it entered (`at/<host>/<n>`)
+and reads the others' n-th; a host that skipped one, or entered another (a step that failed on that host
+alone), stops every host at once with one line naming both. Keys live under a session named by what the hosts
+run (`install(session=...)`: the command and its run directory), so a process that installs again (a sweep of
+distributed configs) never meets its earlier keys, and hosts on different runs never share one.
+
+Waiting for another host is bounded by `INSTRUCTJAX_SHARED_TIMEOUT` seconds (default 3600: a slow host, e.g. one
+tokenizing a large piece). A host that dies is seen by JAX's heartbeat (`INSTRUCTJAX_HEARTBEAT_SECONDS`, default
+100, JAX's own), which stops the others at once when host 0 (the coordinator) dies and after the heartbeat
+timeout otherwise; JAX reports that on stderr in many lines and aborts, so a run of several processes sends its
+stderr through a small relay process (`core/stderr_relay.py`) that turns that report into one line naming the
+lost host. With one process nothing here does anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from instructjax.core import storage
+from instructjax.core.errors import InstructJaxError
+
+T = TypeVar("T")
+DEFAULT_TIMEOUT = 3600.0
+DEFAULT_HEARTBEAT = 100
+
+
+class Coordinator(Protocol):
+    """What the hosts of a run share: `set` a key once, `get` one (waiting at most `timeout_s`; TimeoutError
+    after), `delete` one."""
+
+    process_index: int
+    process_count: int
+
+    def set(self, key: str, value: str) -> None: ...
+
+    def get(self, key: str, timeout_s: float) -> str: ...
+
+    def delete(self, key: str) -> None: ...
+
+
+class HostsTimeout(InstructJaxError):
+    """Another host did not arrive in time (it stopped, or it is much slower)."""
+
+    host_lost = True  # the CLI exits at once: a clean exit would wait for that host
+
+
+class HostsDisagree(InstructJaxError):
+    """The hosts entered different collectives: they ran different steps (other data, config or code on one)."""
+
+    host_lost = True
+
+
+class HostLost(InstructJaxError):
+    """JAX's distributed runtime is gone: host 0 (its coordinator) stopped."""
+
+    host_lost = True
+
+
+class JaxHosts:
+    """`Coordinator` over `jax.distributed`'s client: a deadline is a TimeoutError, a lost coordinator HostLost."""
+
+    def __init__(self):
+        import jax
+        from jax._src import distributed
+
+        self.client = distributed.global_state.client
+        self.process_index, self.process_count = jax.process_index(), jax.process_count()
+
+    def set(self, key: str, value: str) -> None:
+        _bounded(self.client.key_value_set, key, value, True)
+
+    def get(self, key: str, timeout_s: float) -> str:
+        return _bounded(self.client.blocking_key_value_get, key, int(timeout_s * 1000))
+
+    def delete(self, key: str) -> None:
+        _bounded(self.client.key_value_delete, key)
+
+
+def _bounded(call, *args):
+    try:
+        return call(*args)
+    except Exception as exc:  # the runtime's own error type: judged by its status text
+        text = str(exc)
+        if "DEADLINE_EXCEEDED" in text or "timed out" in text.lower():
+            raise TimeoutError(text) from None
+        if "UNAVAILABLE" in text or "Socket closed" in text:
+            raise HostLost("host 0 (the coordinator of JAX's distributed runtime) stopped; this host stops too "
+                           "(saved checkpoints are intact: run again with --resume)") from None
+        raise
+
+
+_COORDINATOR: Coordinator | None = None
+_SESSION = ""  # key prefix of this install()
+_ENTERED = 0  # collectives this host entered in this session
+_NAMES: Counter = Counter()  # how often each name was entered in this session
+_SHARED_DIRS: dict[str, bool] = {}
+_SESSIONS: Counter = Counter()  # installs of each session name in this process
+
+
+def install(coordinator: Coordinator | None = None, session: str = "run") -> None:
+    """Install the run's hosts: `coordinator`, or JAX's runtime when it has several processes (else this process
+    works alone), with a fresh session of keys named `session` (what the hosts agree they run)."""
+    global _COORDINATOR, _SESSION, _ENTERED
+    if coordinator is None and _jax_processes() > 1:
+        coordinator = JaxHosts()
+    _SESSIONS[session] += 1
+    _COORDINATOR, _SESSION, _ENTERED = coordinator, f"instructjax/{session}#{_SESSIONS[session]}", 0
+    _NAMES.clear()
+    _SHARED_DIRS.clear()
+
+
+def _jax_processes() -> int:
+    """JAX's process count when `jax` is loaded and its distributed runtime is up, else 1 (never imports jax)."""
+    if "jax" not in sys.modules:
+        return 1
+    from jax._src import distributed
+
+    if distributed.global_state.client is None:
+        return 1
+    import jax
+
+    return jax.process_count()
+
+
+def current() -> Coordinator | None:
+    """The installed coordinator when there are several hosts, else None (installed on first use when JAX's
+    runtime is up and nobody installed one)."""
+    if _COORDINATOR is None and _jax_processes() > 1:
+        install()
+    return _COORDINATOR if _COORDINATOR is not None and _COORDINATOR.process_count > 1 else None
+
+
+def timeout() -> float:
+    said = os.environ.get("INSTRUCTJAX_SHARED_TIMEOUT")
+    return float(said) if said else DEFAULT_TIMEOUT
+
+
+def get(coordinator: Coordinator, key: str, host: int, doing: str, verb: str = "finish") -> str:
+    """`coordinator.get(key)`, or a one-line HostsTimeout: "host H did not {verb} {doing} within T s"."""
+    try:
+        return coordinator.get(key, timeout())
+    except TimeoutError:
+        raise HostsTimeout(f"host {host} did not {verb} {doing} within {timeout():.0f} s "
+                           "(INSTRUCTJAX_SHARED_TIMEOUT): is it much slower, or stuck?") from None
+
+
+class Collective:
+    """One collective of the session, entered by every host (see the module doc). `key(part)` names its keys."""
+
+    def __init__(self, coordinator: Coordinator, name: str, doing: str):
+        global _ENTERED
+        self.hosts, self.doing = coordinator, doing
+        n, me = _ENTERED, coordinator.process_index
+        _ENTERED += 1
+        _NAMES[name] += 1
+        self.prefix = f"{_SESSION}/{name}#{_NAMES[name]}"
+        coordinator.set(f"{_SESSION}/at/{me}/{n}", name)
+        for h in range(coordinator.process_count):
+            if h == me:
+                continue
+            theirs = get(coordinator, f"{_SESSION}/at/{h}/{n}", h, doing, verb="get to")
+            if theirs != name:
+                _disagree(coordinator, n, f"host {h} entered collective {theirs!r} where host {me} entered {name!r} "
+                                          f"({doing}): the hosts ran different steps; check that every host has the "
+                                          "same data files, config and package versions")  # fmt: skip
+
+    def key(self, part: str) -> str:
+        return f"{self.prefix}/{part}"
+
+    def all_gather(self, value: Any, part: str = "value") -> list[Any]:
+        """Every host's `value` (JSON), in host order."""
+        me = self.hosts.process_index
+        self.hosts.set(self.key(f"{part}/{me}"), json.dumps(value))
+        return [value if h == me else json.loads(get(self.hosts, self.key(f"{part}/{h}"), h, self.doing))
+                for h in range(self.hosts.process_count)]  # fmt: skip
+
+
+def gather_to_first(coordinator: Coordinator, name: str, value: Any, doing: str) -> list[Any] | None:
+    """Every host's `value` (JSON) at host 0, in host order; None on the others. Not one of the ordered
+    collectives (a background thread may call it): `name` must be unique within the session."""
+    key, me = f"{_SESSION}/gather/{name}", coordinator.process_index
+    if me != 0:
+        coordinator.set(f"{key}/{me}", json.dumps(value))
+        return None
+    every = [value] + [json.loads(get(coordinator, f"{key}/{h}", h, doing)) for h in range(1, coordinator.process_count)]
+    for h in range(1, coordinator.process_count):
+        coordinator.delete(f"{key}/{h}")
+    return every
+
+
+def _disagree(coordinator: Coordinator, n: int, message: str, wait_s: float = 10.0) -> None:
+    """Raise HostsDisagree once every host has found it too (each finds it at the same collective), host 0 last:
+    its exit takes JAX's runtime down, and a host still asking would report a lost coordinator instead."""
+    me = coordinator.process_index
+    others = [h for h in range(coordinator.process_count) if h != me]
+    try:
+        coordinator.set(f"{_SESSION}/disagree/{me}/{n}", "found")
+        for h in others:
+            coordinator.get(f"{_SESSION}/disagree/{h}/{n}", wait_s)
+        coordinator.set(f"{_SESSION}/disagree-read/{me}/{n}", "read")
+        if me == 0:
+            for h in others:
+                coordinator.get(f"{_SESSION}/disagree-read/{h}/{n}", wait_s)
+    except (TimeoutError, InstructJaxError):  # a host is elsewhere (or gone): say it here alone
+        pass
+    raise HostsDisagree(message)
+
+
+def enter(name: str, doing: str) -> Collective | None:
+    """Enter collective `name` (None with one host)."""
+    coordinator = current()
+    return None if coordinator is None else Collective(coordinator, name, doing)
+
+
+def first_then_others(name: str, make: Callable[[], T], doing: str) -> T:
+    """`make()` on host 0, then on the others once host 0 is done (what host 0 made, e.g. converted files in a
+    shared directory, the others then find). Host 0 failing lets the others go on: they fail alike."""
+    collective = enter(name, doing)
+    if collective is None:
+        return make()
+    if collective.hosts.process_index == 0:
+        try:
+            return make()
+        finally:
+            collective.hosts.set(collective.key("done"), "done")
+    get(collective.hosts, collective.key("done"), 0, doing)
+    return make()
+
+
+def sees_one_directory(directory) -> bool:
+    """Whether every host sees `directory` as one (each writes a marker there, then looks for the others'),
+    asked once per directory; with one host, True. When not, host 0 prints one note line."""
+    key = str(directory)
+    collective = enter(f"shared-dir/{key}", "checking the cache directory") if key not in _SHARED_DIRS else None
+    if collective is None:
+        return _SHARED_DIRS.get(key, True)
+    hosts = collective.hosts
+    token = collective.all_gather(uuid.uuid4().hex, "token")[0]
+    markers = storage.path(directory) / f".hosts-{token}"
+    try:
+        markers.mkdir(parents=True, exist_ok=True)
+        (markers / str(hosts.process_index)).write_text("here")
+        collective.all_gather(True, "written")
+        seen = all(_appears(markers / str(h)) for h in range(hosts.process_count))
+    except OSError:
+        seen = False
+    views = collective.all_gather(seen, "seen")
+    _SHARED_DIRS[key] = all(views)
+    if hosts.process_index == 0:
+        storage.remove_tree(markers)
+        if not all(views):
+            blind = [h for h, v in enumerate(views) if not v]
+            print(f"instructjax: note: the tokenized cache {directory} is not one directory for all "
+                  f"{hosts.process_count} hosts (host {blind[0]} cannot see the others' files): every "
+                  "host tokenizes every task itself", file=sys.stderr, flush=True)
+    return _SHARED_DIRS[key]
+
+
+def _appears(path, wait_s: float = 2.0) -> bool:
+    """Whether `path` exists, looking again for `wait_s` (a network file system may show it late)."""
+    deadline = time.monotonic() + wait_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+# ---- JAX's runtime ---------------------------------------------------------------------------------------------
+
+
+def initialize(distributed: bool, session: str = "run") -> None:
+    """`jax.distributed.initialize` when `distributed` or JAX_COORDINATOR_ADDRESS is set (JAX_NUM_PROCESSES /
+    JAX_PROCESS_ID give the rest on machines without a cluster auto-detection), with the heartbeat of
+    `INSTRUCTJAX_HEARTBEAT_SECONDS`; stderr then goes through the lost-host relay. Then `install(session=...)`."""
+    import jax
+
+    if not jax.distributed.is_initialized() and (distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+        if os.environ.get("JAX_PLATFORMS", "") == "cpu":
+            jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        env = {k: int(os.environ[v]) for k, v in (("num_processes", "JAX_NUM_PROCESSES"),
+                                                  ("process_id", "JAX_PROCESS_ID")) if v in os.environ}  # fmt: skip
+        heartbeat = int(os.environ.get("INSTRUCTJAX_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT))
+        jax.distributed.initialize(os.environ.get("JAX_COORDINATOR_ADDRESS"), heartbeat_timeout_seconds=heartbeat,
+                                   **env)  # fmt: skip
+        if jax.process_count() > 1:
+            _relay_stderr(jax.process_index())
+    install(session=session)
+
+
+_RELAY: subprocess.Popen | None = None
+
+
+def _relay_stderr(host: int) -> None:
+    """Send this process's stderr (Python's and the C++ runtime's: file descriptor 2) through `stderr_relay`, which
+    passes it on and turns JAX's report of a lost host into one line."""
+    global _RELAY
+    if _RELAY is not None:
+        return
+    sys.stderr.flush()
+    _RELAY = subprocess.Popen([sys.executable, "-m", "instructjax.core.stderr_relay", str(host)],
+                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fds=True,
+                              start_new_session=True)  # a terminal's Ctrl-C is this process's to handle
+    os.dup2(_RELAY.stdin.fileno(), 2)
+    _RELAY.stdin.close()
