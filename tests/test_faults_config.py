@@ -41,6 +41,9 @@ CONFIGS = [  # (id, config file text or None for a missing file, overrides, word
     ("init_from_missing", "", ["model.init_from=/nonexistent/ckpt"], "/nonexistent/ckpt"),
     ("bad_define", "define: {tasks: {t: {source: no_such_source}}}\n", [], "no_such_source"),
     ("zero_steps", "", ["max_steps=0"], "max_steps must be >= 1"),
+    ("mesh_size_not_a_number", "", ["mesh.data=two"], "mesh.data: expected int, got 'two'"),
+    ("distribution_param_not_a_number", "data: {mosaic: {distribution: logistic, distribution_params: {scale: wide}}}\n",
+     [], "data.mosaic.distribution_params.scale: expected float, got 'wide'"),
 ]
 
 
@@ -106,3 +109,21 @@ def test_bad_hf_dir_is_one_line(tmp_path, capsys, fault):
     err = one_line(capsys, ["import", "--hf", hf, "--out", str(tmp_path / "ckpt")])
     assert words in err
     assert not (tmp_path / "ckpt" / "checkpoints" / "0").exists()  # nothing half-imported left as complete
+
+
+def test_a_run_too_large_for_this_machine_is_one_line_before_compiling(tmp_path, capsys, no_compile):
+    """A step whose logits alone (seq_len x rows x vocab x 6 bytes) take twice the memory this machine has: one
+    line naming the estimate and the keys that change it, nothing compiled, no run directory left behind; `plan`
+    says the same of this machine."""
+    from instructjax.train.plan import available_memory
+
+    rows = -(-2 * available_memory() // (2048 * 32000 * 6 * 8)) * 8  # 8 devices: a multiple of 8
+    too_big = ["data.seq_len=2048", f"data.global_batch={rows}"]
+    err = one_line(capsys, ["train", "--config", "/dev/null", *BASE, *too_big, f"run_dir={tmp_path / 'run'}"])
+    assert "out of memory: a step needs about" in err and "(this machine (cpu))" in err
+    for key in ("data.global_batch", "data.seq_len", "optim.micro_batches", "model.remat"):
+        assert key in err
+    assert not (tmp_path / "run").exists()
+    assert cli.main(["plan", "--config", "/dev/null", *BASE, *too_big]) == 1
+    out = capsys.readouterr().out
+    assert "topology    this machine (cpu): 8 device(s)" in out and "DOES NOT FIT" in out

@@ -186,6 +186,12 @@ def test_cli_on_bad_row_skip_reports_counts_per_reason(tmp_path, capsys):
         notes = [n for n in by_source[source]["notes"] if n.startswith("skipped")]
         assert sorted(notes) == sorted(f"skipped {n} row(s): {r}" for r, n in counts.items())
         assert by_source[source]["instances"] == 6
+    # every command that reads the run's data takes it too, and the config's data.on_bad_row says the same
+    assert cli.main(["train", "--config", config, "max_steps=1", "--on-bad-row", "skip"]) == 0
+    out = capsys.readouterr().out
+    assert "data: fx_alpaca" in out and "skipped 2 row(s): malformed_json" in out
+    assert cli.main(["data", "prepare", "--config", config, "data.on_bad_row=skip"]) == 0
+    assert cli.main(["plan", "--config", config, "--on-bad-row", "skip", "--gpus", "1", "--real-data"]) == 0
 
 
 def test_data_order_is_the_same_on_one_and_two_hosts():

@@ -75,14 +75,17 @@ NONE_LAYER_7B = 8192 * 214_016 + 404_750_336  # at 4 rows of 2048 tokens, withou
 
 def test_llama2_7b_activations_and_data_by_hand(tulu7b_v4_64):
     a = tulu7b_v4_64.activations
-    # 128 rows / 32 devices = 4 rows of 2048 per device, remat "full": each layer keeps its input
-    # 2 x 2048 x 4 x 4096 bytes; one layer is recomputed with everything (NONE_LAYER_7B) + splash attention's
-    # float32 log-sum-exp 4*32*2048*4 (no 2048^2 term on TPU); logits 6 bytes x 2048 x 4 x 32000.
+    # pack: per_step: the mean step packs its 128 examples into about 64 rows (the layout the plan shows, and the
+    # rows its activations are for): 64 rows / 32 devices = 2 rows of 2048 per device, remat "full": each layer
+    # keeps its input 2 x 2048 x 2 x 4096 bytes; one layer is recomputed with everything (NONE_LAYER_7B at half the
+    # tokens) + splash attention's float32 log-sum-exp 4*32*2048*2 (no 2048^2 term on TPU); logits 6 x 2048 x 2 x 32000
+    assert tulu7b_v4_64.data.step_rows == (64,) and (a["rows"], a["seq_len"]) == (2, 2048)
     assert a["attention"] == "splash"
-    assert a["layers"] == 32 * 67_108_864 + (NONE_LAYER_7B + 1_048_576) == 4_306_501_632
-    assert a["logits"] == 1_572_864_000
-    assert a["total"] == 5_879_365_632
-    assert tulu7b_v4_64.total_bytes == 843_333_632 * 4 + 8 + 5_879_365_632
+    one_layer = 4096 * 214_016 + 404_750_336
+    assert a["layers"] == 32 * 33_554_432 + (one_layer + 524_288) == 2_355_625_984
+    assert a["logits"] == 786_432_000
+    assert a["total"] == 3_142_057_984
+    assert tulu7b_v4_64.total_bytes == 843_333_632 * 4 + 8 + 3_142_057_984
     assert tulu7b_v4_64.fits
     d = tulu7b_v4_64.data
     # Human+GPT: FLAN V2 100K + CoT 100K + Dolly 15,011 + OASST1 34,795 + GPT4-Alpaca 52,002 + Code-Alpaca

@@ -184,6 +184,20 @@ def test_cli_run_writes_metrics_tensorboard_plot_and_checkpoints(tmp_path, capsy
     # the same run dir again without --resume is refused rather than overwritten
     assert cli.main(args) == 2
     assert "--resume" in capsys.readouterr().err
+    # a resume that would change what the run trains stops with one line naming the changes...
+    longer = [*args, "--resume", "max_steps=6", "optim.lr=1e-3"]
+    assert cli.main(longer) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "was trained to step 4 with another config" in err
+    assert "max_steps: 4 -> 6" in err and "optim.lr: 0.003 -> 0.001" in err and "--accept-changes" in err
+    # ...unless accepted: then they are noted and recorded in the run directory
+    assert cli.main([*longer, "--accept-changes"]) == 0
+    assert "resuming" in capsys.readouterr().err
+    recorded = [json.loads(line) for line in (run_dir / "changes.jsonl").read_text().splitlines()]
+    assert recorded == [{"step": 4, "changes": ["max_steps: 4 -> 6", "optim.lr: 0.003 -> 0.001"]}]
+    # what does not change the run (the mesh, the log interval) resumes as it is
+    assert cli.main([*longer, "mesh.data=2", "mesh.fsdp=4", "log_every=1"]) == 0
+    assert ckpt.read_meta(run_dir)[2] == 6
 
 
 @pytest.mark.parametrize(

@@ -31,6 +31,18 @@ COMMAND_MODULES = [
 IMPORT_HELP = "import a module (name or .py path) first: its tasks, sources, seqio Tasks are then known"
 
 
+def add_on_bad_row(parser: argparse.ArgumentParser) -> None:
+    """`--on-bad-row` for a command that reads a run's data (the config's `data.on_bad_row`)."""
+    parser.add_argument("--on-bad-row", choices=["error", "skip"],
+                        help="a malformed row of any task: error (stop with one line naming file and row; the "
+                             "default) or skip (count it); the config's data.on_bad_row")  # fmt: skip
+
+
+def on_bad_row_overrides(args) -> list[str]:
+    """The config overrides `--on-bad-row` stands for."""
+    return [f"data.on_bad_row={args.on_bad_row}"] if getattr(args, "on_bad_row", None) else []
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instructjax", description=__doc__.splitlines()[0])
     parser.add_argument("--import", dest="imports_first", action="append", default=[], metavar="MODULE",
@@ -54,7 +66,15 @@ def _leaf_parsers(sub) -> list[argparse.ArgumentParser]:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow (via seqio) is chatty on import
-    args = build_parser().parse_args(argv)
+    from instructjax.core import progress
+
+    progress.quiet_libraries()  # off a terminal: the libraries' own bars off (ours print plain lines)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]  # key=value after a flag (`--resume max_steps=50`) too
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         from instructjax.core.config import import_modules
 

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from instructjax.cli import add_on_bad_row, on_bad_row_overrides
 from instructjax.core.errors import ConfigError
 from instructjax.data.synthetic import BUILTIN, LENGTH_STATS, TULU_TABLE1
 
@@ -19,14 +20,14 @@ GREEN, RESET = "\033[32m", "\033[0m"
 
 
 def register(subparsers) -> None:
-    data = subparsers.add_parser("data", help="inspect tasks and mixtures: stats, preview, select")
+    data = subparsers.add_parser("data", help="tasks and mixtures: stats, preview, select; prepare (tokenize ahead)")
     sub = data.add_subparsers(dest="data_command", required=True)
 
     def common(p: argparse.ArgumentParser) -> None:
         p.add_argument("name", nargs="?", help="a registered task or mixture, or a source name with --data-files")
         p.add_argument("--config", help="a run config: its data.mixture (and its define: block) is used")
         p.add_argument("--data-files", nargs="+", help="local json/jsonl/parquet files in the source's schema")
-        p.add_argument("--on-bad-row", choices=["error", "skip"], default="error")
+        add_on_bad_row(p)
         p.add_argument("--template", help="chat template (default: the task's, tulu)")
         p.add_argument("--max-length", type=int, help="truncate examples to this many tokens")
         p.add_argument("--json", action="store_true", help="machine-readable output")
@@ -58,6 +59,7 @@ def register(subparsers) -> None:
 
     prepare = sub.add_parser("prepare", help="tokenize a run's data ahead of training (train starts from the cache)")
     prepare.add_argument("--config", required=True, help="the run config YAML that train will be given")
+    add_on_bad_row(prepare)
     prepare.add_argument("overrides", nargs="*", metavar="key=value", help="the dotted overrides train will be given")
     prepare.set_defaults(func=run_prepare)
 
@@ -94,11 +96,12 @@ def resolve(args) -> Target:
         changes["template"] = args.template
     if args.max_length:
         changes["max_length"] = args.max_length
-    if args.on_bad_row != "error":
-        changes["on_bad_row"] = args.on_bad_row
+    on_bad_row = args.on_bad_row or (config.data.on_bad_row if config is not None else None)
+    if on_bad_row is not None and config is None:
+        changes["on_bad_row"] = on_bad_row
     found = resolve(name)
     if found is None:
-        raise ConfigError(f"{name!r} is not a registered task or mixture (README: defining your own task or mixture)")
+        raise specs.unknown(name)
     tasks, mixture = found
     if changes:
         variants = [specs.with_options(t, **changes) for t in tasks]
@@ -109,7 +112,7 @@ def resolve(args) -> Target:
         from instructjax.train import setup as run_setup
 
         bound = bind(name, tokenizer=run_setup.tokenizer_path(config), template=config.template,
-                     max_length=config.data.seq_len, model=config.model.init_from)
+                     max_length=config.data.seq_len, model=config.model.init_from, on_bad_row=on_bad_row)
     else:  # the built-in default tokenizer, and the row length asked for (ShareGPT splits at it)
         bound = bind(name, tokenizer=None, max_length=getattr(args, "seq_len", None) or args.max_length)
     return Target(name=bound.name, tasks=bound.tasks, config=config)
@@ -315,19 +318,17 @@ def run_prepare(args) -> int:
     import time
 
     import jax
-    from tqdm import tqdm
 
+    from instructjax.core import hosts, progress, storage
     from instructjax.core.config import load_config
     from instructjax.data import cache, examples
     from instructjax.data.pipeline import DataPipeline
     from instructjax.data.tokenizer import Tokenizer
-    from instructjax.train import hosts
     from instructjax.train import setup as run_setup
-    from instructjax.train.trainer import maybe_initialize_distributed, resolve_model_config
+    from instructjax.train.trainer import resolve_model_config
 
-    config = load_config(args.config, args.overrides)
-    maybe_initialize_distributed(config)
-    hosts.install()
+    config = load_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
+    hosts.initialize(config.distributed, f"prepare:{config.run_dir}")
     if cache.cache_dir() is None:
         raise ConfigError("the tokenized cache is off (INSTRUCTJAX_CACHE_DIR=off): there is nowhere to prepare to")
     tokenizer_path = run_setup.tokenizer_path(config)
@@ -336,34 +337,34 @@ def run_prepare(args) -> int:
     data = run_setup.bind_data(config, tokenizer_path)
     primary, bars = jax.process_index() == 0, {}
 
-    def progress(task: str, done: int, total: int | None) -> None:
+    def show(task: str, done: int, total: int | None) -> None:
         if task not in bars:
             for bar in bars.values():
                 bar.close()
-            bars[task] = tqdm(total=total, desc=task, unit="row", disable=not primary, mininterval=1.0)
+            bars[task] = progress.bar(total=total, desc=task, unit="row", disable=not primary)
         bars[task].n = done
         bars[task].refresh() if total is not None and done >= total else bars[task].update(0)
 
     start = time.time()
-    with examples.progress(progress):
+    with examples.progress(show):
         pipeline = DataPipeline(data.config, process_index=jax.process_index(), process_count=jax.process_count(),
                                 vocab_size=model_config.vocab_size)  # fmt: skip
         plan = pipeline.plan_epoch(0)
     for bar in bars.values():
         bar.close()
     if primary:
-        files = [f for f in dict.fromkeys(examples.CACHE_FILES.values()) if f.exists()]
-        size = sum(f.stat().st_size for f in files)
-        found = sum(f.stat().st_mtime < start for f in files)
+        files = {f: storage.stat(f).size for f in dict.fromkeys(examples.CACHE_FILES.values()) if f.exists()}
+        written = sum(str(f) in cache.WRITTEN for f in files)
         print(f"prepared {len(pipeline.task_names)} task(s) of {specs_name(config.data.mixture)} in "
               f"{time.time() - start:.1f} s: {plan.examples:,} examples, {plan.tokens:,} tokens, "
               f"{plan.steps} steps per epoch")
-        print(f"cache: {cache.cache_dir()} ({len(files)} file(s), {size / 2**20:.1f} MiB; "
-              f"{len(files) - found} written now, {found} there already)")
-        for f in files:
-            print(f"  {f.name}  {f.stat().st_size / 2**20:.1f} MiB")
-        print(f"train starts from it: instructjax train --config {args.config}"
-              + "".join(f" {o}" for o in args.overrides))
+        print(f"cache: {cache.cache_dir()} ({len(files)} file(s), {sum(files.values()) / 2**20:.1f} MiB; "
+              f"{written} written now, {len(files) - written} there already)")
+        for f, size in files.items():
+            print(f"  {f.name}  {size / 2**20:.1f} MiB")
+        flags = [f"--on-bad-row {args.on_bad_row}"] if args.on_bad_row else []
+        print(f"train starts from it: INSTRUCTJAX_CACHE_DIR={cache.cache_dir()} instructjax train --config "
+              f"{args.config}" + "".join(f" {o}" for o in [*args.overrides, *flags]))
     return 0
 
 

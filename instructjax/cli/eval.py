@@ -145,8 +145,9 @@ def _print_and_write(summary: dict, out: str | None) -> None:
     text = json.dumps(summary, indent=2, default=str)
     print(text)
     if out:
-        with open(out, "w") as f:
-            f.write(text + "\n")
+        from instructjax.core import storage
+
+        storage.write_text(out, text + "\n")
 
 
 def run_pairwise(args) -> int:

@@ -1,30 +1,34 @@
-"""`instructjax plan`: memory per device, steps and tokens of a config on a TPU slice or GPUs."""
+"""`instructjax plan`: memory per device, steps and tokens of a config on a TPU slice, GPUs, or this machine."""
 
 from __future__ import annotations
 
 import json
 
+from instructjax.cli import add_on_bad_row, on_bad_row_overrides
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("plan", help="pre-flight: per-device memory, fit, steps and tokens on a topology")
     p.add_argument("--config", required=True, help="a run config YAML (see configs/)")
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--topology", help="a TPU slice: v4-64, v5e-16, v5p-128, v6e-8")
-    where.add_argument("--gpus", type=int, help="number of GPUs (8 per node)")
+    where = p.add_mutually_exclusive_group()
+    where.add_argument("--topology", help="a TPU slice: v4-64, v5e-16, v5p-128, v6e-8 (default: this machine)")
+    where.add_argument("--gpus", type=int, help="number of GPUs (8 per node; default: this machine)")
     p.add_argument("--gpu-type", default="h100", help="h100, h200, a100-40, a100-80 (with --gpus)")
     p.add_argument("--real-data", action="store_true",
                    help="count the epoch with the real pipeline (local or built-in data) instead of paper sizes")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    add_on_bad_row(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.micro_batches=4")
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
     from instructjax.core.config import load_config
-    from instructjax.train.plan import format_plan, gpu_topology, make_plan, tpu_topology
+    from instructjax.train.plan import format_plan, gpu_topology, local_topology, make_plan, tpu_topology
 
-    config = load_config(args.config, args.overrides)
-    topology = tpu_topology(args.topology) if args.topology else gpu_topology(args.gpus, args.gpu_type)
+    config = load_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
+    topology = tpu_topology(args.topology) if args.topology else gpu_topology(args.gpus, args.gpu_type) \
+        if args.gpus else local_topology()
     plan = make_plan(config, topology, real_data=args.real_data, name=args.config)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
     return 0 if plan.fits else 1

@@ -27,7 +27,7 @@ def register(subparsers) -> None:
 def run(args) -> int:
     from instructjax.cli import data as commands
 
-    common = dict(name=None, config=args.config, data_files=None, on_bad_row="error", template=None,
+    common = dict(name=None, config=args.config, data_files=None, on_bad_row=None, template=None,
                   max_length=None, json=False)  # fmt: skip
     print("== data: the built-in A/C/P blend with Mosaic-IT ==")
     commands.run_stats(argparse.Namespace(**common, seq_len=None, global_batch=None))
@@ -47,25 +47,26 @@ def run(args) -> int:
     if losses:
         print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps, {time.perf_counter() - start:.0f}s; "
               f"curves: {config.run_dir}/loss.png, metrics: {config.run_dir}/metrics.jsonl")
-    export_and_evaluate(Path(config.run_dir))
+    export_and_evaluate(config.run_dir)
     return 0
 
 
-def export_and_evaluate(run_dir: Path) -> None:
+def export_and_evaluate(run_dir: str) -> None:
     """Export the run to Hugging Face weights and score them with lm-evaluation-harness (hf backend)
     on the small offline tasks under tests/data/lm_eval (nothing is downloaded)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from instructjax.convert.saved import export_checkpoint
+    from instructjax.core import storage
     from instructjax.eval.harness import run_lm_eval
 
-    hf_dir = (run_dir / "hf").resolve()
+    hf_dir = storage.join(run_dir, "hf")  # local, or in a bucket (run_dir=gs://...)
     print(f"== export: Hugging Face safetensors + tokenizer + chat template -> {hf_dir} ==")
-    export_checkpoint(str(run_dir), str(hf_dir))
+    export_checkpoint(run_dir, hf_dir)
     repo = QUICKSTART_CONFIG.parent.parent
     print("== evaluate: lm-evaluation-harness, hf backend, offline tasks ij_mc and ij_rolling ==")
     with contextlib.chdir(repo):  # the task files name their data relative to the repository root
-        results = run_lm_eval(str(hf_dir), ["ij_mc", "ij_rolling"], backend="hf",
+        results = run_lm_eval(hf_dir, ["ij_mc", "ij_rolling"], backend="hf",
                               include_path=str(repo / "tests" / "data" / "lm_eval"))  # fmt: skip
     for task, metrics in results["results"].items():
         shown = {k.split(",")[0]: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}

@@ -6,11 +6,17 @@ SIGTERM after saving a checkpoint: run the same command with `--resume` (the lau
 
 from __future__ import annotations
 
+from instructjax.cli import add_on_bad_row, on_bad_row_overrides
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a model on a config's data (SFT)")
     p.add_argument("--config", required=True, help="a run config YAML (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
+    p.add_argument("--accept-changes", action="store_true",
+                   help="with --resume: continue although the config changes what the run trains (recorded in "
+                        "RUN_DIR/changes.jsonl); without it such a resume stops, naming the changes")
+    add_on_bad_row(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. max_steps=20")
     p.set_defaults(func=run)
 
@@ -20,8 +26,8 @@ def run(args) -> int:
     from instructjax.train.preemption import EXIT_PREEMPTED
     from instructjax.train.trainer import train
 
-    config = load_config(args.config, args.overrides)
-    result = train(config, resume=args.resume)
+    config = load_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
+    result = train(config, resume=args.resume, accept_changes=args.accept_changes)
     if result.losses:
         print(f"trained to step {result.step}: loss {result.losses[result.step]:.4f}; run dir {result.run_dir}")
     return EXIT_PREEMPTED if result.preempted else 0

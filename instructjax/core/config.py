@@ -96,7 +96,9 @@ class DataSection:
     step, packed (best-fit-decreasing in windows of `pack_window` examples) or one example a row.
     `pack: per_step`: a step takes the `global_batch` examples an unpacked run's step takes and packs them
     into fewer rows (the same optimization, less padding: see `data.pipeline`).
-    `shuffle: false` trains in file order (see `data.streams`)."""
+    `shuffle: false` trains in file order (see `data.streams`). `on_bad_row`: what a malformed row of any task
+    does: "error" stops the run with one line, "skip" counts it (None: each task's own `on_bad_row`, "error" by
+    default); quirks a dataset's reference pipeline handles are skipped or repaired and counted either way."""
 
     mixture: str = "acp_ACP_builtin"
     seq_len: int = 2048
@@ -112,6 +114,7 @@ class DataSection:
     overlong: str = "truncate"
     mosaic: MosaicSection | None = None
     prefetch: int = 2
+    on_bad_row: str | None = None
 
     def __post_init__(self):
         _check(self.seq_len >= 8, f"data.seq_len={self.seq_len} is too small for any example")
@@ -121,6 +124,8 @@ class DataSection:
         _check(isinstance(self.pack, (bool, str)) and self.pack in PACK_MODES,
                f"data.pack must be true, false or per_step, got {self.pack!r}")
         _check(self.prefetch >= 0, f"data.prefetch must be >= 0, got {self.prefetch}")
+        _check(self.on_bad_row in (None, "error", "skip"),
+               f"data.on_bad_row must be error or skip, got {self.on_bad_row!r}")
         if self.mosaic is not None and self.mosaic.max_length is not None:
             _check(self.mosaic.max_length <= self.seq_len,
                    f"data.mosaic.max_length={self.mosaic.max_length} is above data.seq_len={self.seq_len}: a mosaic "
@@ -285,11 +290,14 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
     if origin in (tuple, list) or kind in (tuple, list):
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{where}: expected a list, got {value!r}")
-        return (tuple if (origin or kind) is tuple else list)(value)
+        item = typing.get_args(kind)[0] if origin is list and typing.get_args(kind) else Any
+        return (tuple if (origin or kind) is tuple else list)(_coerce(v, item, f"{where}[{i}]")
+                                                              for i, v in enumerate(value))  # fmt: skip
     if origin is dict or kind is dict:
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return dict(value)
+        item = typing.get_args(kind)[1] if typing.get_args(kind) else Any  # each value checked: mesh.data=two
+        return {k: _coerce(v, item, f"{where}.{k}") for k, v in value.items()}
     if kind is Any:
         return value
     if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -326,17 +334,23 @@ def build_section(cls, values: dict, where: str):
 
 
 def _build(cls, values: dict, where: str):
+    """The section, or one ConfigError naming every unknown key and bad value in it (not one per run)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    kwargs = {}
+    kwargs, problems = {}, []
     for key, value in values.items():
         path = f"{where}.{key}" if where else key
         if cls is ModelSection and key not in names:
             kwargs.setdefault("overrides", {})[key] = value
             continue
-        if key not in names:
-            raise unknown_key(path, names)
-        kwargs[key] = _coerce(value, hints[key], path)
+        try:
+            if key not in names:
+                raise unknown_key(path, names)
+            kwargs[key] = _coerce(value, hints[key], path)
+        except ConfigError as e:
+            problems.append(str(e))
+    if problems:
+        raise ConfigError("; ".join(problems))
     try:
         return cls(**kwargs)
     except TypeError as e:
@@ -366,11 +380,13 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (or only overrides when `path` is None) into a checked RunConfig."""
+    """Read a YAML config (local or in a bucket; or only overrides when `path` is None) into a checked RunConfig."""
+    from instructjax.core import storage
+
     raw: dict = {}
     if path is not None:
         try:
-            raw = yaml.safe_load(Path(path).read_text()) or {}
+            raw = yaml.safe_load(storage.path(path).read_text()) or {}
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist") from None
         except yaml.YAMLError as e:
@@ -379,7 +395,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
     raw = _merge(raw, parse_overrides(overrides or []))
     config = _build(RunConfig, raw, "")
-    import_modules(config.imports, Path(path).parent if path is not None else None)
+    local = path is not None and not storage.is_remote(path)  # a bucket's config: imports by name or path alone
+    import_modules(config.imports, Path(path).parent if local else None)
     return config
 
 
@@ -414,3 +431,51 @@ def import_modules(names: list[str], base: Path | None = None) -> None:
 def to_dict(config: RunConfig) -> dict:
     """The resolved config as plain data (saved with every checkpoint)."""
     return dataclasses.asdict(config)
+
+
+# where and how a run runs, is logged, saved and evaluated: none of it changes what it trains (dotted keys and
+# everything below them)
+NOT_TRAINING = ("name", "run_dir", "log_every", "mesh", "distributed", "checkpoint", "eval", "data.prefetch",
+                "model.overrides.attention", "model.overrides.attention_block", "model.overrides.scan_layers",
+                "model.overrides.remat")  # fmt: skip
+
+
+def digest(values: Any) -> str:
+    """sha256 (hex, 16 characters) of plain config data, independent of key order."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def training_values(config: RunConfig | dict) -> dict[str, Any]:
+    """What a run's training depends on: the config (or its `to_dict`) as dotted keys, but `NOT_TRAINING`."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if any(prefix == k or prefix.startswith(k + ".") for k in NOT_TRAINING):
+            return
+        if isinstance(value, dict) and value:
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix] = value
+
+    walk("", to_dict(config) if isinstance(config, RunConfig) else config)
+    return flat
+
+
+def training_digest(config: RunConfig) -> str:
+    """What a run's training depends on (`training_values`): a finished run's DONE marker records it, and a sweep
+    trains again when it changed (more epochs, other data, another learning rate)."""
+    return digest(training_values(config))
+
+
+def training_changes(before: dict, after: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """What `after` changes against the config `before` (a saved `to_dict`) in what the run trains, as
+    "key: old -> new" (keys only one side has, written before they existed, are left out; `ignore`: more keys)."""
+    import json
+
+    old, new = training_values(before), training_values(json.loads(json.dumps(to_dict(after), default=str)))
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new))
+            if old[k] != new[k] and k not in ignore]  # fmt: skip

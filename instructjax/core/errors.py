@@ -41,6 +41,9 @@ class DataError(InstructJaxError):
         self.source = source
         super().__init__(self._format())
 
+    def __reduce__(self):  # pickled (a shared cache's piece, a worker's error) with its keyword-only fields
+        return _data_error, (type(self), self.problem, self.reason, self.file, self.row, self.source)
+
     def _format(self) -> str:
         where = []
         if self.source:
@@ -51,6 +54,10 @@ class DataError(InstructJaxError):
             where.append(f"row {self.row}")
         prefix = ", ".join(where)
         return f"{prefix}: {self.problem}" if prefix else self.problem
+
+
+def _data_error(cls: type, problem: str, reason: str, file, row, source) -> DataError:
+    return cls(problem, reason=reason, file=file, row=row, source=source)
 
 
 class SkippedRow(DataError):

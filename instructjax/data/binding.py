@@ -56,14 +56,15 @@ def uses_model_encoder(name: str) -> bool:
 
 
 def bind(name: str, *, tokenizer: str | None, template: str | None = None, max_length: int | None = None,
-         model: str | None = None) -> Bound:
+         model: str | None = None, on_bad_row: str | None = None) -> Bound:
     """Bind task or mixture `name` to the run's `tokenizer` (a path, None = the built-in default),
-    `template` (None: the tasks' own, else tulu), `max_length` (the run's row length) and `model` (the
-    run's checkpoint, for selection encoders that embed with it). A user's own seqio Task (not an
-    instructjax task) is left as it is: it brings its tokens, whose range the pipeline checks."""
+    `template` (None: the tasks' own, else tulu), `max_length` (the run's row length), `model` (the
+    run's checkpoint, for selection encoders that embed with it) and `on_bad_row` (None: each task's own). A
+    user's own seqio Task (not an instructjax task) is left as it is: it brings its tokens, whose range the
+    pipeline checks."""
     found = resolve(name)
     if found is None:
-        raise ConfigError(f"{name!r} is not a registered task or mixture (README: defining your own task or mixture)")
+        raise specs.unknown(name)
     originals, mixture = found
     run_tokenizer = Tokenizer.load(tokenizer)
     variants, templates = [], set()
@@ -80,7 +81,7 @@ def bind(name: str, *, tokenizer: str | None, template: str | None = None, max_l
         task_template = template or spec.template or DEFAULT_TEMPLATE
         templates.add(task_template)
         changes = dict(tokenizer=tokenizer if tokenizer else None, template=task_template,
-                       max_length=spec.max_length or max_length)
+                       max_length=spec.max_length or max_length, on_bad_row=on_bad_row or spec.on_bad_row)
         if spec.selection is not None and spec.selection.encoder in MODEL_ENCODERS:
             if not (spec.selection.encoder_model or model):
                 raise ConfigError(f"task {task!r}: selection encoder {spec.selection.encoder!r} embeds with the "

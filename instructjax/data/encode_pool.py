@@ -184,6 +184,9 @@ def default_workers() -> int:
     return min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
+ENCODED = [0]  # conversations this process has given to be tokenized (`train` reports it)
+
+
 class _Batch:
     """Items of the stream in order, with their results, or the future that brings them (`workers` > 0:
     encoded in the pool of that many processes; 0: here, now)."""
@@ -191,6 +194,7 @@ class _Batch:
     def __init__(self, job: Job, items: list[tuple[Conversation | None, Any]], workers: int):
         self.items, self.taken, self.workers = items, 0, workers
         self._job, self._convs = job, [c for c, _ in items if c is not None]
+        ENCODED[0] += len(self._convs)
         self.results: list | Future = (_submit(workers, job, self._convs) if workers and self._convs
                                        else _encode_each(job, self._convs) if self._convs else [])
 

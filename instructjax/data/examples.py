@@ -14,13 +14,13 @@ or TensorFlow here.
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
+from instructjax.core import storage
 from instructjax.core.errors import BadRowPolicy, ConfigError
 from instructjax.data import cache, sources, specs, synthetic
 from instructjax.data.embeddings import MODEL_ENCODERS
@@ -119,6 +119,7 @@ def _encoded_examples(name: str, count: int | None, seed: int | None) -> list[di
     if cached is not None:
         examples, report = cached
         _STREAMS[(name, spec, seed)] = _Cached(examples, report)
+        FROM_CACHE.add(name)
         return examples
     examples = _take(name, spec, seed, count)
     if where is not None:
@@ -127,6 +128,19 @@ def _encoded_examples(name: str, count: int | None, seed: int | None) -> list[di
 
 
 CACHE_FILES: dict = {}  # task -> the cache file its examples were last asked from (`data prepare` lists them)
+FROM_CACHE: set[str] = set()  # the tasks whose examples came from their cache file
+
+
+def cache_report(tasks: list[str]) -> str:
+    """How the run's `tasks` got their examples: from the tokenized cache, or tokenized by this process."""
+    from instructjax.data.encode_pool import ENCODED
+
+    where = cache.cache_dir()
+    if where is None:
+        return f"the tokenized cache is off; {ENCODED[0]:,} conversation(s) tokenized here"
+    read = sum(t in FROM_CACHE for t in tasks)
+    return (f"{read} of {len(tasks)} task(s) read from the tokenized cache ({where}); {ENCODED[0]:,} "
+            "conversation(s) tokenized here")
 
 
 def save(where, stream: _Stream, examples: list[dict]) -> None:
@@ -164,12 +178,12 @@ def _cache_path(name: str, spec: TaskSpec, count: int | None, seed: int | None):
         files = synthetic.ensure_synthetic(spec.source)
     else:  # a directory stands for its files (a pooled source's parts): each one's content is in the key
         files = sources.local_files(spec.data_files, spec.source)
-    if not all(os.path.isfile(f) for f in files):
+    if not all(storage.path(f).is_file() for f in files):
         return None
     template = get_template(spec.template or DEFAULT_TEMPLATE)
     sel = spec.selection
     weights = (cache.model_digest(sel.encoder_model) if sel is not None and sel.encoder in MODEL_ENCODERS
-               and sel.encoder_model and os.path.isdir(sel.encoder_model) else None)  # fmt: skip
+               and sel.encoder_model and storage.path(sel.encoder_model).is_dir() else None)  # fmt: skip
     key = cache.key(files=files, spec_repr=repr(spec), tokenizer_fingerprint=Tokenizer.load(spec.tokenizer).fingerprint,
                     template_repr=_template_identity(template), max_length=spec.max_length or DEFAULT_MAX_LENGTH,
                     count=count, seed=seed, encoder_weights=weights, hub=hub)  # fmt: skip

@@ -46,6 +46,7 @@ from typing import NamedTuple
 import numpy as np
 from sklearn.cluster import KMeans
 
+from instructjax.core import storage
 from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.embeddings import DEFAULT_ENCODER, Encoder, embed, get_encoder
 from instructjax.data.schema import Conversation
@@ -173,15 +174,12 @@ def write_selection(selected: list[Selected], path: str | os.PathLike, *, method
     Each line is the conversation's own fields (readable back with `Conversation.from_json`) plus
     `"selection": {"rank": i, "score": s, "method": method}`; a NaN or infinite score is null.
     """
-    with open(path, "w", encoding="utf-8") as f:
-        for rank, (conversation, score) in enumerate(selected):
-            row = asdict(conversation)
-            row["selection"] = {
-                "rank": rank,
-                "score": score if math.isfinite(score) else None,
-                "method": method,
-            }
-            f.write(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+    lines = []
+    for rank, (conversation, score) in enumerate(selected):
+        row = asdict(conversation)
+        row["selection"] = {"rank": rank, "score": score if math.isfinite(score) else None, "method": method}
+        lines.append(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n")
+    storage.write_text(path, "".join(lines))  # local or in a bucket
 
 
 # --------------------------------------------------------------------------- helpers

@@ -33,11 +33,11 @@ is encoded (`adapters.split_blocks`).
 
 from __future__ import annotations
 
-import os
 import re
 from collections.abc import Hashable, Iterable
 from typing import Any
 
+from instructjax.core import storage
 from instructjax.core.errors import ConfigError, DataError, SkippedRow
 from instructjax.data.adapters import field, repaired, row_id, row_meta
 from instructjax.data.schema import Conversation
@@ -107,7 +107,7 @@ def sharegpt_id(row: dict) -> str | int:
     return cid
 
 
-_PREPARED: dict[tuple, dict] = {}  # the last whole-dump clean, by (files, sizes, mtimes)
+_PREPARED: dict[tuple, dict] = {}  # the last whole-dump clean, by (files, sizes, contents)
 
 
 def prepare(tables: list | None, opts: dict[str, Any]) -> dict[str, Any]:
@@ -125,7 +125,8 @@ def prepare(tables: list | None, opts: dict[str, Any]) -> dict[str, Any]:
     if tables is None:
         raise ConfigError("source 'sharegpt': clean: fastchat cleans a raw HTML dump given as data_files; the hub "
                           "files are the html-cleaned release (cleaning them again would escape their markdown)")
-    key = tuple((t.path, len(t), os.path.getmtime(t.path) if os.path.exists(t.path) else None) for t in tables)
+    key = tuple((t.path, len(t), storage.fingerprint(t.path) if storage.path(t.path).is_file() else None)
+                for t in tables)  # fmt: skip
     if key not in _PREPARED:
 
         def rows():

@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
-from instructjax.core.errors import BadRowPolicy, ConfigError, DataError, SkippedRow
-from instructjax.data import adapters, cache, coordination, sharegpt
+from instructjax.core import hosts, storage
+from instructjax.core.errors import BadRowPolicy, ConfigError, DataError, InstructJaxError, SkippedRow
+from instructjax.data import adapters, cache, sharegpt
 from instructjax.data.rows import RowFile, datasets_quietly
 from instructjax.data.schema import Conversation
 
@@ -175,23 +176,24 @@ def load_conversations(
 
 
 def local_files(data_files: str | os.PathLike | Iterable[str | os.PathLike], source: str) -> list[str]:
-    """The files of `data_files`, in order; a directory stands for the files in it, sorted by name (files
-    whose names start with "." are not data)."""
+    """The files of `data_files` (local or in a bucket), in order; a directory stands for the files in it, sorted
+    by name (files whose names start with "." are not data)."""
     paths = [data_files] if isinstance(data_files, (str, os.PathLike)) else list(data_files)
     if not paths:
         raise ConfigError(f"source {source!r}: data_files is empty")
     files = []
     for path in map(str, paths):
-        if not os.path.isdir(path):
+        folder = storage.path(path)
+        if not folder.is_dir():
             files.append(path)
             continue
-        inside = [os.path.join(path, entry) for entry in sorted(os.listdir(path)) if not entry.startswith(".")]
+        inside = [p for p in sorted(folder.iterdir(), key=lambda p: p.name) if not p.name.startswith(".")]
         if not inside:
             raise ConfigError(f"source {source!r}: data directory {path} holds no files")
         for entry in inside:
-            if os.path.isdir(entry):
+            if entry.is_dir():
                 raise ConfigError(f"source {source!r}: {entry} is a directory; a data directory holds files only")
-        files += inside
+        files += [f"{path.rstrip('/')}/{p.name}" for p in inside]
     return files
 
 
@@ -336,7 +338,7 @@ def _hub_parts(source: Source, split: str, hub_config: str | None, cache_dir: st
         return [(part_name(f), load(config, f, f"{source.hub_id}/{f}")) for f in source.hub_data_files]
     if source.hub_parts == "configs" and config is None:
         parts = []
-        for name in sorted(datasets.get_dataset_config_names(source.hub_id)):
+        for name in sorted(from_hub(source.hub_id, lambda: datasets.get_dataset_config_names(source.hub_id))):
             try:
                 parts.append((name, load(name, None, f"{source.hub_id}:{name}")))
             except ValueError as exc:  # a subtask with no such split (P3 has evaluation-only subtasks)
@@ -355,17 +357,17 @@ _HUB_IDS: dict[str, list[str]] = {}
 
 def _hub_table(hub_id: str, config: str | None, data_files, split: str, cache_dir: str | None, where: str) -> RowFile:
     """One hub split as memory-mapped Arrow rows (opened once per process). When several hosts share the
-    tokenized cache directory (`coordination`), host 0 converts the split into its `hub/` directory and the
+    tokenized cache directory (`core.hosts`), host 0 converts the split into its `hub/` directory and the
     others open the same Arrow files once it is done: no host but one converts a hub file whole."""
     key = (hub_id, config, data_files, split, cache_dir)
     if key not in _HUB_TABLES:
         shared = cache_dir or _shared_hub_dir()
 
         def convert():
-            return datasets_quietly().load_dataset(hub_id, config, data_files=data_files, split=split,
-                                                   cache_dir=shared)
+            return from_hub(where, lambda: datasets_quietly().load_dataset(hub_id, config, data_files=data_files,
+                                                                           split=split, cache_dir=shared))
 
-        ds = coordination.first_then_others(convert, f"converting {where}") if shared else convert()
+        ds = hosts.first_then_others(f"hub/{where}", convert, f"converting {where}") if shared else convert()
         _HUB_TABLES[key] = RowFile(where, dataset=ds)
     return _HUB_TABLES[key]
 
@@ -374,9 +376,53 @@ def _shared_hub_dir() -> str | None:
     """`hub/` in the tokenized cache directory when several hosts see it as one local or network directory
     (Arrow files are memory-mapped: not a bucket); else None (each host's own `datasets` cache)."""
     where = cache.cache_dir()
-    if coordination.current() is None or where is None or cache.is_remote(where):
+    if hosts.current() is None or where is None or storage.is_remote(where):
         return None
-    return str(where / "hub") if coordination.sees_one_directory(where) else None
+    return str(where / "hub") if hosts.sees_one_directory(where) else None
+
+
+def from_hub(what: str, call: Callable[[], Any]) -> Any:
+    """`call()`, which reaches the Hugging Face hub for dataset `what`; a failure there is one line naming the
+    dataset and the way out (a split it lacks is left to the caller: P3's evaluation-only subtasks)."""
+    try:
+        return call()
+    except (InstructJaxError, KeyboardInterrupt):
+        raise
+    except ValueError as exc:
+        if "Unknown split" in str(exc):
+            raise
+        raise ConfigError(hub_problem(what, exc)) from None
+    except Exception as exc:  # noqa: BLE001 - datasets and huggingface_hub raise many kinds
+        raise ConfigError(hub_problem(what, exc)) from None
+
+
+def hub_failure(exc: BaseException) -> str | None:
+    """The hub dataset `exc` says could not be reached, found or opened (a library's error), else None."""
+    import re
+
+    text, kind = str(exc), type(exc).__name__
+    if not (isinstance(exc, ConnectionError) or "NotFound" in kind or "Gated" in kind or "Couldn't reach" in text):
+        return None
+    found = (re.search(r"'([\w.-]+/[\w.-]+)'", text) or re.search(r"datasets?/([\w.-]+/[\w.-]+)", text)
+             or re.search(r"dataset ([\w.-]+/[\w.-]+)", text))
+    return found.group(1) if found else "(unnamed)"
+
+
+LOCAL_DATA = "or give the task local data_files in the dataset's schema (`define: tasks: {NAME: {source: ..., " \
+             "data_files: [...]}}`)"
+
+
+def hub_problem(what: str, exc: BaseException, local: str = LOCAL_DATA) -> str:
+    """What went wrong reaching hub dataset `what`, and what to do (`local`: the way around the hub), in one line."""
+    kind, text = type(exc).__name__, " ".join(str(exc).split())
+    if "Gated" in kind or "gated" in text.lower():
+        return f"hub dataset {what} is gated: accept its terms on huggingface.co and set HF_TOKEN, {local}"
+    if "NotFound" in kind or "doesn't exist" in text or "does not exist" in text:
+        return f"hub dataset {what} does not exist (a wrong id, or private: set HF_TOKEN), {local}"
+    if isinstance(exc, (ConnectionError, TimeoutError)) or "Couldn't reach" in text or "Offline" in text:
+        offline = " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)" if "Offline" in text else ""
+        return f"hub dataset {what}: the Hugging Face hub cannot be reached{offline}; download it where it can be, {local}"
+    return f"hub dataset {what} cannot be read ({kind}: {text[:200]}); {local}"
 
 
 def hub_identity(name: str) -> list[str] | None:
@@ -390,13 +436,15 @@ def hub_identity(name: str) -> list[str] | None:
         datasets = datasets_quietly()
 
         def identity(config: str | None, data_files) -> str:
-            return datasets.load_dataset_builder(source.hub_id, config, data_files=data_files)._relative_data_dir()
+            return from_hub(source.hub_id, lambda: datasets.load_dataset_builder(
+                source.hub_id, config, data_files=data_files)._relative_data_dir())
 
         config = source.hub_config
         if source.hub_parts == "files":
             ids = [identity(config, f) for f in source.hub_data_files]
         elif source.hub_parts == "configs" and config is None:
-            ids = [identity(c, None) for c in sorted(datasets.get_dataset_config_names(source.hub_id))]
+            names = from_hub(source.hub_id, lambda: datasets.get_dataset_config_names(source.hub_id))
+            ids = [identity(c, None) for c in sorted(names)]
         else:
             ids = [identity(config, source.hub_data_files)]
         _HUB_IDS[name] = ids

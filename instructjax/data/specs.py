@@ -141,7 +141,7 @@ def task(name: str) -> TaskSpec:
     """The task called `name`, or a one-line ConfigError."""
     spec = lookup_task(name)
     if spec is None:
-        raise ConfigError(f"{name!r} is not an instructjax task")
+        raise unknown(name, "an instructjax task")
     return spec
 
 
@@ -151,6 +151,19 @@ def tasks_of(name: str) -> tuple[list[str], MixtureSpec | None] | None:
     if mixture is not None:
         return mixture.tasks, mixture
     return ([name], None) if lookup_task(name) is not None else None
+
+
+def unknown(name: str, what: str = "a registered task or mixture") -> ConfigError:
+    """`NAME is not a registered task or mixture; did you mean ...?` (the closest known names)."""
+    import difflib
+
+    from instructjax.data import blends
+    from instructjax.data.sources import SOURCES
+
+    known = {*_TASKS, *_MIXTURES, *blends.paper_names(), *SOURCES, *(f"{s}{BUILTIN_SUFFIX}" for s in SOURCES)}
+    close = difflib.get_close_matches(name, sorted(k for k in known if k not in VARIANT_OF), n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}?" if close else "README: defining your own task or mixture"
+    return ConfigError(f"{name!r} is not {what}; {hint}")
 
 
 def subset_seed(seed: int, task: str) -> int:

@@ -56,7 +56,7 @@ class ExampleStream:
         """`vocab_size`: the model's; a token id outside it is a ConfigError here, before training."""
         found = resolve(config.mixture)
         if found is None:
-            raise ConfigError(f"data.mixture={config.mixture!r} is not a registered task or mixture")
+            raise specs.unknown(config.mixture, "a registered task or mixture (data.mixture)")
         self.config = config
         self.task_names, mixture = found
         self.rate_mode = mixture is not None and not mixture.epoch_mode

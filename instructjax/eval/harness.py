@@ -7,7 +7,6 @@ on a checkpoint. `instructjax eval`, `eval --config` (eval/run.py) and `instruct
 from __future__ import annotations
 
 import functools
-import os
 import sys
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -25,16 +24,30 @@ def run_lm_eval(model: str, tasks: list[str], *, backend: str = "auto", num_fews
     import lm_eval
 
     import instructjax.eval.lm_eval_adapter  # noqa: F401  (registers "instructjax")
+    from instructjax.core import storage
 
     if backend == "auto":
-        backend = "hf" if os.path.isfile(os.path.join(model, "config.json")) else "instructjax"
+        backend = "hf" if (storage.path(model) / "config.json").is_file() else "instructjax"
+    if backend == "hf":  # transformers reads a local directory (a bucket's: downloaded once)
+        model = storage.local_copy(model)
     model_args = f"pretrained={model}" + (",dtype=float32" if backend == "hf" else "")
-    return lm_eval.simple_evaluate(
-        model=backend, model_args=model_args, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
-        batch_size=batch_size, device="cpu" if backend == "hf" else None, log_samples=log_samples,
-        task_manager=task_manager(include_path, tasks), bootstrap_iters=0, samples=samples,
-        gen_kwargs=gen_kwargs,
-    )
+    try:
+        return lm_eval.simple_evaluate(
+            model=backend, model_args=model_args, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
+            batch_size=batch_size, device="cpu" if backend == "hf" else None, log_samples=log_samples,
+            task_manager=task_manager(include_path, tasks), bootstrap_iters=0, samples=samples,
+            gen_kwargs=gen_kwargs,
+        )
+    except Exception as exc:  # a task's hub dataset out of reach: one line naming it (else as raised)
+        from instructjax.core.errors import ConfigError
+        from instructjax.data.sources import hub_failure, hub_problem
+
+        dataset = hub_failure(exc)
+        if dataset is None:
+            raise
+        local = "or evaluate on tasks read from local files (lm-eval task YAMLs with `dataset_path: json`, " \
+                "`--include-path`: tests/data/lm_eval)"
+        raise ConfigError(f"lm-eval task(s) {', '.join(tasks)}: {hub_problem(dataset, exc, local)}") from None
 
 
 def task_manager(include_path: str | None, tasks: Sequence[str] = ()) -> TaskManager:

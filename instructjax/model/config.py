@@ -245,10 +245,18 @@ def checked_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     import typing
 
     from instructjax.core.config import check_value, unknown_key
+    from instructjax.core.errors import ConfigError
 
     hints = typing.get_type_hints(LlamaConfig)
     names = {f.name for f in dataclasses.fields(LlamaConfig)}
-    for key in overrides:
-        if key not in names:
-            raise unknown_key(f"model.{key}", names | {"preset", "init_from"})
-    return {k: check_value(v, hints[k], f"model.{k}") for k, v in overrides.items()}
+    checked, problems = {}, []  # every problem in one line, not one per run
+    for key, value in overrides.items():
+        try:
+            if key not in names:
+                raise unknown_key(f"model.{key}", names | {"preset", "init_from"})
+            checked[key] = check_value(value, hints[key], f"model.{key}")
+        except ConfigError as e:
+            problems.append(str(e))
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return checked

@@ -102,6 +102,53 @@ def tpu_topology(name: str) -> Topology:
     return Topology(name.strip().lower(), chips, hbm, hosts)
 
 
+def local_topology() -> Topology:
+    """This machine's JAX devices: an accelerator's memory as its runtime reports it; on the CPU, the memory the
+    machine has available, shared by its devices (`XLA_FLAGS=--xla_force_host_platform_device_count` splits it)."""
+    devices = jax.local_devices()
+    platform = devices[0].platform
+    limit = (devices[0].memory_stats() or {}).get("bytes_limit") if platform != "cpu" else None
+    if limit is None:
+        limit = available_memory() / len(devices)
+    return Topology(f"this machine ({platform})", len(devices) * jax.process_count(), limit / GIB, jax.process_count(),
+                    "gpu" if platform == "gpu" else platform)
+
+
+def available_memory() -> int:
+    """Bytes of memory this machine has available now (Linux's MemAvailable; else physical memory)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import os
+
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def device_memory(model: LlamaConfig, sizes: dict[str, int], *, rows: int, seq_len: int, micro_batches: int,
+                  clip: bool, platform: str) -> tuple[dict[str, int], dict[str, Any]]:
+    """(parameters, optimizer state and gradients, activations) per device for a step of `rows` rows of `seq_len`
+    (the plan's figures; `activation_bytes`, `state_memory`)."""
+    memory = state_memory(model, sizes, clip=clip)
+    memory["grad_bytes"] = memory["param_bytes"] * (2 if micro_batches > 1 else 1)  # + the accumulator
+    per_device = -(-rows // (micro_batches * sizes["data"] * sizes["fsdp"]))
+    acts = activation_bytes(model, per_device, seq_len, sizes["tensor"], platform)
+    acts.update(rows=per_device, seq_len=seq_len)
+    return memory, acts
+
+
+def out_of_memory(needed: int, memory: dict, acts: dict, topology: Topology) -> str:
+    """One line: what a step needs a device, what a device has, and the keys that change it."""
+    return (f"out of memory: a step needs about {needed / GIB:.1f} GiB a device (parameters {_gib(memory['param_bytes'])}"
+            f", AdamW state {_gib(memory['opt_bytes'])}, gradients {_gib(memory['grad_bytes'])}, activations "
+            f"{_gib(acts['total'])} for {acts['rows']} row(s) of {acts['seq_len']}), a device here has "
+            f"{topology.hbm_gib:.1f} GiB ({topology.name}); lower data.global_batch or data.seq_len, raise "
+            "optim.micro_batches, or set model.remat=full (`instructjax plan --config ...` shows the figures)")
+
+
 def gpu_topology(count: int, gpu: str = "h100") -> Topology:
     """`count` GPUs of type `gpu` (h100, h200, a100-40, a100-80), 8 per node."""
     if gpu.lower() not in GPU_HBM:
@@ -205,6 +252,7 @@ class DataEstimate:
     step_rows: tuple[int, ...] = ()  # the rows a step has (per_step: its shapes, or the mean step's estimated)
     real_share: float = 0.0  # real tokens / all tokens of the rows the steps process
     step: str = ""  # how a step's rows are laid out, in words
+    epoch: str = ""  # the epoch in words: examples, rows, steps, as the layout has them
 
 
 def _task_examples(task: str, count: int | None) -> tuple[int, float, str]:
@@ -233,7 +281,7 @@ def estimate_epoch(config: RunConfig, multiple: int = 1) -> DataEstimate:
     data = config.data
     found = specs.tasks_of(data.mixture)
     if found is None:
-        raise ConfigError(f"data.mixture={data.mixture!r} is not a registered task or mixture")
+        raise specs.unknown(data.mixture, "a registered task or mixture (data.mixture)")
     tasks, mixture = found
     if mixture is not None and not mixture.epoch_mode:
         raise ConfigError(f"mixture {data.mixture!r} is rate mode (endless): plan needs an epoch mixture")
@@ -260,9 +308,21 @@ def estimate_epoch(config: RunConfig, multiple: int = 1) -> DataEstimate:
                         * multiple)
     step = (f"{data.global_batch} examples packed into about {step_rows} rows (the mean step; --real-data plans "
             "every step)") if data.pack == "per_step" else _step_words(data)
-    return DataEstimate(math.ceil(examples), rows, int(tokens), math.ceil(rows / data.global_batch),
+    steps = math.ceil(rows / data.global_batch)
+    return DataEstimate(math.ceil(examples), rows, int(tokens), steps,
                         "papers' dataset sizes x mean lengths (Tulu Table 1, data.synthetic.LENGTH_STATS)", per_task,
-                        (step_rows,), tokens / (rows / data.global_batch * step_rows * data.seq_len), step)
+                        (step_rows,), tokens / (rows / data.global_batch * step_rows * data.seq_len), step,
+                        _epoch_words(data, math.ceil(examples), rows, steps, int(tokens)))
+
+
+def _epoch_words(data, examples: int, rows: int, steps: int, tokens: int) -> str:
+    """One epoch in the words of its layout (`data.pack`)."""
+    if data.pack == "per_step":  # the unpacked run's steps, each step's examples packed apart
+        return f"{examples:,} examples, {steps:,} steps of {data.global_batch} examples, {tokens:,} tokens"
+    if data.pack:
+        return (f"{examples:,} examples packed into {rows:,} rows of {data.seq_len}, {steps:,} steps of "
+                f"{data.global_batch} rows, {tokens:,} tokens")
+    return f"{examples:,} examples, one a row, {steps:,} steps of {data.global_batch} rows, {tokens:,} tokens"
 
 
 def _step_words(data, shapes: tuple[int, ...] = ()) -> str:
@@ -286,7 +346,8 @@ def real_epoch(config: RunConfig, multiple: int = 1) -> DataEstimate:
         steps = pipeline.plan_steps(config.max_steps or config.optim.epochs * plan.steps, multiple)
         step_rows, real_share = steps.shapes, steps.efficiency
     return DataEstimate(plan.examples, plan.rows, plan.tokens, plan.steps, "the real pipeline (data read and packed)",
-                        step_rows=step_rows, real_share=real_share, step=_step_words(config.data, step_rows))
+                        step_rows=step_rows, real_share=real_share, step=_step_words(config.data, step_rows),
+                        epoch=_epoch_words(config.data, plan.examples, plan.rows, plan.steps, plan.tokens))
 
 
 @dataclass
@@ -325,16 +386,15 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
     if training:
         multiple = sharding.row_multiple(config, sizes, topology.hosts)
         data = real_epoch(config, multiple) if real_data else estimate_epoch(config, multiple)
-    memory = state_memory(model, sizes, clip=bool(config.optim.grad_clip))
+    memory, acts = device_memory(model, sizes, rows=max(data.step_rows) if training else 0,  # the largest step shown
+                                 seq_len=config.data.seq_len, micro_batches=config.optim.micro_batches,
+                                 clip=bool(config.optim.grad_clip), platform=topology.platform)  # fmt: skip
     if memory["params"] != param_count(model):
         raise AssertionError(f"eval_shape gives {memory['params']} parameters, param_count {param_count(model)}")
-    shards = sizes["data"] * sizes["fsdp"]
-    micro = config.optim.micro_batches
-    most = max(data.step_rows) if real_data and training else config.data.global_batch  # rows of the largest step
-    rows = most // (micro * shards) if training else 0
-    memory["grad_bytes"] = (memory["param_bytes"] * (2 if micro > 1 else 1)) if training else 0
-    acts = activation_bytes(model, rows, config.data.seq_len, sizes["tensor"], topology.platform) if training else \
-        {"per_layer": 0, "layers": 0, "logits": 0, "total": 0, "attention": None}
+    if not training:
+        memory["grad_bytes"] = 0
+        acts = {"per_layer": 0, "layers": 0, "logits": 0, "total": 0, "attention": None, "rows": 0,
+                "seq_len": config.data.seq_len}  # fmt: skip
     plan = Plan(name, topology, sizes, memory, acts, data, config.optim.epochs, False)
     plan.fits = plan.total_bytes <= USABLE * topology.hbm_gib * GIB
     return plan
@@ -349,7 +409,8 @@ def format_plan(plan: Plan) -> str:
     m, a, t = plan.memory, plan.activations, plan.topology
     lines = [
         f"config      {plan.config}",
-        f"topology    {t.name}: {t.devices} devices on {t.hosts} host(s), {t.hbm_gib:g} GiB HBM each",
+        f"topology    {t.name}: {t.devices} device(s) on {t.hosts} host(s), {t.hbm_gib:.3g} GiB "
+        + ("of the machine's available memory" if t.platform == "cpu" else "HBM") + " each",
         "mesh        " + " x ".join(f"{k}={v}" for k, v in plan.mesh.items()),
         f"parameters  {m['params']:,} ({m['param_bytes_global'] / 1e9:.2f} GB global)",
         "per device:",
@@ -357,15 +418,15 @@ def format_plan(plan: Plan) -> str:
         f"  optimizer     {_gib(m['opt_bytes'])} (global {m['opt_bytes_global'] / 1e9:.2f} GB)",
         f"  gradients     {_gib(m['grad_bytes'])}",
         f"  activations   {_gib(a['total'])} (layers {_gib(a['layers'])}, logits {_gib(a['logits'])}; "
-        f"{a['attention']} attention; estimate)",
-        f"  total         {_gib(plan.total_bytes)} of {t.hbm_gib:g} GiB -> "
-        + ("fits" if plan.fits else f"DOES NOT FIT (limit {USABLE:.0%} of HBM)"),
+        f"{a['attention']} attention; {a['rows']} row(s) of {a['seq_len']} a device; estimate)",
+        f"  total         {_gib(plan.total_bytes)} of {t.hbm_gib:.3g} GiB -> "
+        + ("fits" if plan.fits else f"DOES NOT FIT (limit {USABLE:.0%} of it)"),
     ]
     if plan.data is None:
         lines.append("data        none: evaluation-only config (max_steps: 0)")
     else:
         d = plan.data
-        lines += [f"epoch       {d.examples:,} examples -> {d.rows:,} rows, {d.steps:,} steps, {d.tokens:,} tokens",
+        lines += [f"epoch       {d.epoch}",
                   f"run         {plan.epochs} epoch(s): {plan.epochs * d.steps:,} steps, {plan.epochs * d.tokens:,} tokens",
                   f"a step      {d.step}; {d.real_share:.1%} of the tokens processed are real",
                   f"source      {d.source}"]

@@ -10,6 +10,8 @@ train step:  jit with explicit shardings, state donated; the global batch is spl
 loop:        host batch -> global jax.Array -> step; metrics to RUN_DIR/metrics.jsonl + TensorBoard;
              Orbax saves every `checkpoint.every` steps and at the end; a non-finite loss stops the run
              before anything broken is saved; SIGTERM saves the step in flight and stops (preemption.py).
+             A run that reached its last step writes RUN_DIR/DONE: {step, config: `training_digest`}
+             (what `sweep` and the TPU launcher read). RUN_DIR may be local or in a bucket.
 hosts:       every host plans the same global steps (data.pipeline); a host whose plan differs stops the
              run at once with one line, and a checkpoint resumes on any number of hosts.
 """
@@ -17,11 +19,10 @@ hosts:       every host plans the same global steps (data.pipeline); a host whos
 from __future__ import annotations
 
 import dataclasses
-import os
+import json
 import sys
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -33,8 +34,8 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from instructjax.convert.saved import load_params_as
 from instructjax.core import checkpoint as ckpt
-from instructjax.core import sharding
-from instructjax.core.config import RunConfig, to_dict
+from instructjax.core import hosts, sharding, storage
+from instructjax.core.config import RunConfig, to_dict, training_changes, training_digest
 from instructjax.core.errors import ConfigError, InstructJaxError
 from instructjax.model.config import LlamaConfig, preset, with_overrides
 from instructjax.model.llama import Llama
@@ -48,24 +49,10 @@ class NonFiniteLoss(InstructJaxError):
 
 @dataclass
 class TrainResult:
-    run_dir: Path
+    run_dir: storage.Path
     step: int  # the last completed step
     losses: dict[int, float] = field(default_factory=dict)  # every step this run trained
     preempted: bool = False  # stopped by SIGTERM after saving `step`
-
-
-def maybe_initialize_distributed(config: RunConfig) -> None:
-    """jax.distributed.initialize when the config says so or JAX_COORDINATOR_ADDRESS is set.
-
-    JAX_NUM_PROCESSES / JAX_PROCESS_ID give the rest on machines without a cluster auto-detection.
-    """
-    if jax.distributed.is_initialized() or not (config.distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")):
-        return
-    if os.environ.get("JAX_PLATFORMS", "") == "cpu":
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    env = {k: int(os.environ[v]) for k, v in (("num_processes", "JAX_NUM_PROCESSES"), ("process_id", "JAX_PROCESS_ID"))
-           if v in os.environ}  # fmt: skip
-    jax.distributed.initialize(os.environ.get("JAX_COORDINATOR_ADDRESS"), **env)
 
 
 def resolve_model_config(config: RunConfig) -> LlamaConfig:
@@ -118,18 +105,18 @@ def on_mesh(host_batch: dict[str, np.ndarray], batch_sharding: NamedSharding) ->
 class Trainer:
     """Everything a run needs, set up (and checked) before any compilation; `run()` trains."""
 
-    def __init__(self, config: RunConfig, *, resume: bool = False, devices=None, pipeline=None):
-        """`devices`: the mesh's devices (default all); `pipeline`: a stand-in for the config's DataPipeline
-        with the same interface (iteration, state, restore, task_names, plan_epoch; plan_steps for per_step)."""
-        maybe_initialize_distributed(config)
+    def __init__(self, config: RunConfig, *, resume: bool = False, accept_changes: bool = False, devices=None,
+                 pipeline=None):
+        """`accept_changes`: resume although the config changes what the run trains (`check_unchanged`);
+        `devices`: the mesh's devices (default all); `pipeline`: a stand-in for the config's DataPipeline with the
+        same interface (iteration, state, restore, task_names, plan_epoch; plan_steps for per_step)."""
+        hosts.initialize(config.distributed, f"train:{config.run_dir}")  # the hosts tokenize together, each a share
         from instructjax.data.pipeline import DataPipeline
         from instructjax.data.tokenizer import Tokenizer, materialize
-        from instructjax.train import hosts
         from instructjax.train import setup as run_setup
 
-        hosts.install()  # the hosts tokenize the data together, each its share
         self.resume = resume
-        self.run_dir = Path(config.run_dir)
+        self.run_dir = storage.path(config.run_dir)
         devices = list(jax.devices() if devices is None else devices)
         sizes = sharding.resolve_mesh(config, len(devices), jax.process_count())
         self.mesh = sharding.make_mesh(sizes, devices)
@@ -140,7 +127,26 @@ class Trainer:
         self.model_config = run_setup.fit_model_to_tokenizer(resolve_model_config(config), self.tokenizer,
                                                              pretrained=bool(config.model.init_from))
         data = run_setup.bind_data(config, tokenizer_path)
+        self.training_digest = training_digest(config)  # of the config as given (what a sweep compares)
         self.config = dataclasses.replace(config, template=data.template)  # what config.yaml records
+        self.tokenizer_item = run_setup.tokenizer_item(self.tokenizer, data.template)
+        self.checkpointer = ckpt.Checkpointer(self.run_dir, keep=config.checkpoint.keep,
+                                              async_save=config.checkpoint.async_save,
+                                              tokenizer=self.tokenizer_item)  # fmt: skip
+        latest = self.checkpointer.latest_step()
+        if not resume and latest is not None:
+            raise ConfigError(f"{self.run_dir} already has checkpoints: pass --resume, or choose another run_dir")
+        self.resume_from = None  # the newest intact step: damaged newer ones are reported and set aside first
+        if resume and latest is not None:
+            self.resume_from = self.checkpointer.resume_step()
+            stored, saved_config, _ = ckpt.read_meta(self.run_dir, self.resume_from)
+            self.check_unchanged(saved_config or {}, accept_changes)
+            if stored["scan_layers"] != self.model_config.scan_layers:  # continue in the layout it was saved in
+                self.model_config = self.model_config.replace(scan_layers=stored["scan_layers"])
+            saved = ckpt.read_tokenizer(self.run_dir, self.resume_from)
+            if saved is not None and Tokenizer.load(materialize(saved["files"])) != self.tokenizer:
+                raise ConfigError(f"{self.run_dir} was trained with another tokenizer than {self.tokenizer.path}; "
+                                  "resume with the run's own tokenizer (config `tokenizer:` / model.init_from)")
         self.pipeline = pipeline or DataPipeline(data.config, process_index=jax.process_index(),
                                                  process_count=jax.process_count(),
                                                  vocab_size=self.model_config.vocab_size)
@@ -155,27 +161,48 @@ class Trainer:
             step_plan = self.pipeline.plan_steps(self.total_steps, multiple)
             self.step_shapes, step_rows = step_plan.shapes, int(step_plan.rows(step_plan.needed).sum())
         _check_hosts_agree(plan, config, step_rows)
+        self.check_memory(sizes)
         if jax.process_index() == 0:  # skipped rows and truncations are reported, never silent
             for line in getattr(self.pipeline, "report", list)():
                 print(f"data: {line}", flush=True)
+            if pipeline is None:
+                from instructjax.data.examples import cache_report
+
+                print(f"data: {cache_report(list(self.pipeline.task_names))}", flush=True)
         self.tx, self.schedule = optim.make_optimizer(config.optim, self.total_steps)
-        self.tokenizer_item = run_setup.tokenizer_item(self.tokenizer, data.template)
-        self.checkpointer = ckpt.Checkpointer(self.run_dir, keep=config.checkpoint.keep,
-                                              async_save=config.checkpoint.async_save,
-                                              tokenizer=self.tokenizer_item)  # fmt: skip
-        latest = self.checkpointer.latest_step()
-        if not resume and latest is not None:
-            raise ConfigError(f"{self.run_dir} already has checkpoints: pass --resume, or choose another run_dir")
-        self.resume_from = None  # the newest intact step: damaged newer ones are reported and set aside first
-        if resume and latest is not None:
-            self.resume_from = self.checkpointer.resume_step()
-            stored = ckpt.read_meta(self.run_dir, self.resume_from)[0]["scan_layers"]
-            if stored != self.model_config.scan_layers:  # continue in the layout the run was saved in
-                self.model_config = self.model_config.replace(scan_layers=stored)
-            saved = ckpt.read_tokenizer(self.run_dir, self.resume_from)
-            if saved is not None and Tokenizer.load(materialize(saved["files"])) != self.tokenizer:
-                raise ConfigError(f"{self.run_dir} was trained with another tokenizer than {self.tokenizer.path}; "
-                                  "resume with the run's own tokenizer (config `tokenizer:` / model.init_from)")
+
+    def check_memory(self, sizes: dict[str, int]) -> None:
+        """Stop with one line before anything compiles when a step cannot fit a device here: `plan`'s figures for
+        this model, mesh and the run's largest step, against this machine's devices (`plan.local_topology`)."""
+        from instructjax.train import plan
+
+        topology = plan.local_topology()
+        rows = max(self.step_shapes) if self.step_shapes else self.config.data.global_batch
+        memory, acts = plan.device_memory(self.model_config, sizes, rows=rows, seq_len=self.config.data.seq_len,
+                                          micro_batches=self.config.optim.micro_batches,
+                                          clip=bool(self.config.optim.grad_clip), platform=topology.platform)
+        needed = memory["param_bytes"] + memory["opt_bytes"] + memory["grad_bytes"] + acts["total"]
+        self.out_of_memory = plan.out_of_memory(needed, memory, acts, topology)  # also for XLA's own refusal
+        if needed > plan.USABLE * topology.hbm_gib * plan.GIB:
+            raise ConfigError(self.out_of_memory)
+
+    def check_unchanged(self, saved: dict, accept: bool) -> None:
+        """A resumed run continues exactly: a config that changes what it trains (schedule and length, optimizer,
+        data, model, seed: `training_changes`) against the one its checkpoint was saved with stops with one line
+        listing the changes, unless `accept` (then they are noted and appended to RUN_DIR/changes.jsonl)."""
+        step = self.resume_from
+        changes = training_changes(saved, self.config, ignore=("model.init_from", "tokenizer"))
+        if not changes:
+            return
+        if not accept:
+            raise ConfigError(f"{self.run_dir} was trained to step {step} with another config ({'; '.join(changes)}); "
+                              "resume with the run's own values, or add --accept-changes to continue with these")
+        if jax.process_index() == 0:
+            log = self.run_dir / "changes.jsonl"
+            before = log.read_text() if log.is_file() else ""
+            storage.write_text(log, before + json.dumps({"step": step, "changes": changes}) + "\n")
+            print(f"instructjax: note: resuming {self.run_dir} at step {step} with changes ({'; '.join(changes)}); "
+                  f"recorded in {log}", file=sys.stderr, flush=True)
 
     def init_state(self):
         """(params, opt_state, start step, tokens so far): fresh, from init_from, or from the latest checkpoint."""
@@ -216,16 +243,14 @@ class Trainer:
 
     def run(self, stop_at: int | None = None) -> TrainResult:
         """Train to the last step, or stop after `stop_at` (as a preempted run would, after saving it)."""
-        from tqdm import tqdm
-
+        from instructjax.core import progress
         from instructjax.train.preemption import PreemptionWatch
 
         primary = jax.process_index() == 0
         params, opt_state, start, tokens = self.init_state()
         result = TrainResult(self.run_dir, start)
         if primary:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.yaml").write_text(yaml.safe_dump(to_dict(self.config), sort_keys=False))
+            storage.write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.config), sort_keys=False))
         logger = MetricsLogger(self.run_dir, enabled=primary, resume_step=start if self.resume else None)
         step_fn = jax.jit(
             make_train_step(self.graphdef, self.tx, self.config, len(self.sources), self.mesh),
@@ -238,7 +263,7 @@ class Trainer:
         if start and getattr(self, "restored_window", None):  # a preempted run's half-filled log window
             window.load(self.restored_window)
         last = min(stop_at or self.total_steps, self.total_steps)
-        bar = tqdm(total=self.total_steps, initial=start, disable=not primary, desc="train", unit="step")
+        bar = progress.bar(total=self.total_steps, initial=start, disable=not primary, desc="train", unit="step")
         batches = iter(self.pipeline)
 
         def finish(step, metrics, seconds):
@@ -253,14 +278,14 @@ class Trainer:
             tokens += int(m["tokens"])
             m["lr"] = float(self.schedule(step - 1))
             window.add(m, seconds)
+            bar.set_postfix({"loss": f"{float(m['loss']):.4f}", "tokens/s": f"{m['tokens'] / max(seconds, 1e-9):,.0f}"})
             bar.update(1)
-            bar.set_postfix(loss=f"{float(m['loss']):.4f}")
             if step % self.config.log_every == 0 or step == self.total_steps:
                 logger.log(step, window.flush(m, tokens, self.sources))
 
         preemption = PreemptionWatch()
         try:
-            with jax.set_mesh(self.mesh):
+            with jax.set_mesh(self.mesh), self._memory_errors():
                 self.schedule(start)  # its ops compiled here, not in the wall time of the second step
                 for rows in self.step_shapes:  # compiled now: a shape first used mid-run costs no step time
                     spec = _batch_spec(rows, self.config.data.seq_len, batch_sharding)
@@ -278,6 +303,7 @@ class Trainer:
                     clock = now
                     result.preempted = preemption.should_stop(step)
                     if step % self.config.checkpoint.every == 0 or step == last or result.preempted:
+                        logger.sync()  # the metrics kept never lag behind a saved step
                         self.save(step, params, opt_state, tokens, position, window)
                     if result.preempted:
                         if primary:
@@ -294,7 +320,26 @@ class Trainer:
         self.checkpointer.close()
         if primary:
             plot_losses(self.run_dir)
+            if not result.preempted and result.step == self.total_steps:
+                storage.write_text(self.run_dir / "DONE", json.dumps({"step": result.step,
+                                                                      "config": self.training_digest}) + "\n")
         return result
+
+
+    def _memory_errors(self):
+        """XLA refusing a buffer (RESOURCE_EXHAUSTED, where the estimate was off) as the same one line."""
+        import contextlib
+
+        @contextlib.contextmanager
+        def guard():
+            try:
+                yield
+            except Exception as exc:
+                if "RESOURCE_EXHAUSTED" not in str(exc):
+                    raise
+                raise ConfigError(self.out_of_memory + f" [XLA: {' '.join(str(exc).split())[:160]}]") from None
+
+        return guard()
 
 
 class _Window:
@@ -372,6 +417,7 @@ def _check_hosts_agree(plan, config: RunConfig, step_rows: int = 0) -> None:
         return
     from jax.experimental import multihost_utils
 
+    hosts.enter("plan", "planning the run")  # a host that skipped a data collective stops here, named
     mine = np.array([plan.examples, plan.rows, plan.tokens, plan.trained_tokens, config.max_steps or 0, step_rows],
                     np.int64)
     every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
