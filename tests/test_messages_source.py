@@ -254,23 +254,3 @@ def test_tulu_ids_and_mask_with_a_system_turn_are_open_instructs(tmp_path):
     ids, mask = open_instruct_example(default_tokenizer_path(), ROWS[0]["messages"], bos="<s>", eos="</s>")
     assert example["tokens"].tolist() == ids
     assert example["loss_mask"].tolist() == mask.tolist()
-
-
-def test_the_readme_example_trains_as_written(capsys, tmp_path):
-    """The README's own-data section: its example file and config, as printed there."""
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
-    section = readme.split("## Defining your own task or mixture", 1)[1]
-    rows = section.split("```json\n", 1)[1].split("```", 1)[0]
-    config = yaml.safe_load(section.split("```yaml\n", 1)[1].split("```", 1)[0])
-    (tmp_path / "my_chats.jsonl").write_text(rows)
-    task = config["define"]["tasks"]["mine"]
-    assert task == {"source": "messages", "data_files": ["/data/my_chats.jsonl"]}
-    task["data_files"] = [str(tmp_path / "my_chats.jsonl")]
-    config["define"]["tasks"] = {"readme_mine": task}
-    config["data"] = {**config["data"], "mixture": "readme_mine", "global_batch": 8}
-    path = tmp_path / "readme.yaml"
-    path.write_text(yaml.safe_dump(config))
-    code, out, err = run(capsys, "data", "stats", "--config", str(path), "--json")
-    assert code == 0, err
-    (stats,) = json.loads(out)["tasks"]
-    assert stats["rows"]["read"] == stats["rows"]["kept"] == 2 and stats["mean_rounds"] == 1.5

@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from instructjax.convert.saved import load_params_as
 from instructjax.core import checkpoint as ckpt
-from instructjax.core import hosts, sharding, storage
+from instructjax.core import hosts, integrity, sharding, storage
 from instructjax.core.config import RunConfig, to_dict, training_changes, training_digest
 from instructjax.core.errors import ConfigError, InstructJaxError
 from instructjax.model.config import LlamaConfig, preset, with_overrides
@@ -130,15 +130,10 @@ class Trainer:
         self.training_digest = training_digest(config)  # of the config as given (what a sweep compares)
         self.config = dataclasses.replace(config, template=data.template)  # what config.yaml records
         self.tokenizer_item = run_setup.tokenizer_item(self.tokenizer, data.template)
-        self.checkpointer = ckpt.Checkpointer(self.run_dir, keep=config.checkpoint.keep,
-                                              async_save=config.checkpoint.async_save,
-                                              tokenizer=self.tokenizer_item)  # fmt: skip
-        latest = self.checkpointer.latest_step()
-        if not resume and latest is not None:
-            raise ConfigError(f"{self.run_dir} already has checkpoints: pass --resume, or choose another run_dir")
         self.resume_from = None  # the newest intact step: damaged newer ones are reported and set aside first
-        if resume and latest is not None:
-            self.resume_from = self.checkpointer.resume_step()
+        checkpoints = ckpt.checkpoints_dir(self.run_dir)  # read only: nothing is written before the checks pass
+        if resume and integrity.steps_on_disk(checkpoints):
+            self.resume_from = integrity.intact_step(checkpoints, set_aside=True)
             stored, saved_config, _ = ckpt.read_meta(self.run_dir, self.resume_from)
             self.check_unchanged(saved_config or {}, accept_changes)
             if stored["scan_layers"] != self.model_config.scan_layers:  # continue in the layout it was saved in
@@ -162,6 +157,12 @@ class Trainer:
             self.step_shapes, step_rows = step_plan.shapes, int(step_plan.rows(step_plan.needed).sum())
         _check_hosts_agree(plan, config, step_rows)
         self.check_memory(sizes)
+        self.checkpointer = ckpt.Checkpointer(self.run_dir, keep=config.checkpoint.keep,
+                                              async_save=config.checkpoint.async_save,
+                                              tokenizer=self.tokenizer_item)  # fmt: skip
+        latest = self.checkpointer.latest_step()
+        if not resume and latest is not None:
+            raise ConfigError(f"{self.run_dir} already has checkpoints: pass --resume, or choose another run_dir")
         if jax.process_index() == 0:  # skipped rows and truncations are reported, never silent
             for line in getattr(self.pipeline, "report", list)():
                 print(f"data: {line}", flush=True)
