@@ -35,8 +35,9 @@ GOAL = 1.5
 
 def write_tasks(directory: Path, examples: int) -> dict[str, str]:
     """source -> task name, over synthetic rows in each hub schema, `examples` rows in all (SHAPE's proportions)."""
-    from instructjax.data import specs, synthetic
-    from instructjax.data.specs import TaskSpec
+    from instructjax.data.blends import specs
+    from instructjax.data.blends.specs import TaskSpec
+    from instructjax.data.sources import synthetic
 
     total = sum(SHAPE.values())
     tasks = {}
@@ -57,10 +58,10 @@ def write_tasks(directory: Path, examples: int) -> dict[str, str]:
 def rendered_texts(task: str) -> list[str]:
     """The task's conversations rendered with its template (what the reference encodes)."""
     from instructjax.core.errors import BadRowPolicy
-    from instructjax.data import specs
-    from instructjax.data.examples import read_conversations
-    from instructjax.data.templates import DEFAULT_TEMPLATE, render
-    from instructjax.data.tokenizer import Tokenizer
+    from instructjax.data.blends import specs
+    from instructjax.data.encoding.templates import DEFAULT_TEMPLATE, render
+    from instructjax.data.encoding.tokenizer import Tokenizer
+    from instructjax.data.tokenized.stream import read_conversations
 
     spec = specs.task(task)
     eos = Tokenizer.load(spec.tokenizer).eos_token
@@ -84,7 +85,7 @@ def cpu_seconds() -> float:
 
 def ours(task: str, workers: int | None = None) -> tuple[float, float, int]:
     """(seconds, CPU seconds, tokens) of encoding `task` cold here (`workers`: INSTRUCTJAX_ENCODE_WORKERS)."""
-    from instructjax.data import examples
+    from instructjax.data.tokenized import examples
 
     if workers is not None:
         os.environ["INSTRUCTJAX_ENCODE_WORKERS"] = str(workers)
@@ -98,7 +99,7 @@ def ours(task: str, workers: int | None = None) -> tuple[float, float, int]:
 
 def reference(texts: list[str]) -> tuple[float, float, int]:
     """(seconds, CPU seconds, tokens) of the tokenizer's own batch encode of `texts`, ids read back as lists."""
-    from instructjax.data.tokenizer import Tokenizer
+    from instructjax.data.encoding.tokenizer import Tokenizer
 
     tok = Tokenizer.load()
     cpu, start = time.process_time(), time.perf_counter()
@@ -108,17 +109,17 @@ def reference(texts: list[str]) -> tuple[float, float, int]:
 
 def start_pool() -> float:
     """Seconds to start the worker pool (every worker spawned, its tokenizer loaded)."""
-    from instructjax.data import encode_pool
+    from instructjax.data.encoding import pool
+    from instructjax.data.encoding.tokenizer import Tokenizer
     from instructjax.data.schema import Conversation
-    from instructjax.data.tokenizer import Tokenizer
 
-    workers = encode_pool.default_workers()
+    workers = pool.default_workers()
     if not workers:
         return 0.0
-    job = encode_pool.Job("tulu", Tokenizer.load().path, 2048, False)
+    job = pool.Job("tulu", Tokenizer.load().path, 2048, False)
     conv = Conversation([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], "x", "x-0")
     start = time.perf_counter()
-    futures = [encode_pool._submit(workers, job, [conv]) for _ in range(workers * 4)]
+    futures = [pool._submit(workers, job, [conv]) for _ in range(workers * 4)]
     for f in futures:
         f.result()
     return time.perf_counter() - start
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
 
-    from instructjax.data import encode_pool, examples
+    from instructjax.data.encoding import pool
+    from instructjax.data.tokenized import examples
 
     load = common.load_average()
     with tempfile.TemporaryDirectory() as tmp:
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         start = time.perf_counter()
         texts = {source: rendered_texts(task) for source, task in tasks.items()}  # reads every file once
         first_read = time.perf_counter() - start
-        pool = start_pool()
+        pool_start = start_pool()
         runs: dict[str, list[tuple[float, float, int]]] = {s: [] for s in tasks}
         refs: dict[str, list[tuple[float, float, int]]] = {s: [] for s in tasks}
         for _ in range(args.rounds):
@@ -150,13 +152,13 @@ def main(argv: list[str] | None = None) -> int:
                 refs[source].append(reference(texts[source]))
                 print(f"{source}: ours {runs[source][-1][0]:.2f} s, encode_batch {refs[source][-1][0]:.2f} s", flush=True)
         serial = {source: ours(task, workers=0)[0] for source, task in tasks.items()} if args.serial else {}
-        encode_pool.shutdown()
+        pool.shutdown()
         examples._STREAMS.clear()
 
     def median(values: list[tuple[float, float, int]], k: int) -> float:
         return statistics.median(v[k] for v in values)
 
-    rows, totals = [], [pool, 0.0, 0.0, 0.0, sum(serial.values())]
+    rows, totals = [], [pool_start, 0.0, 0.0, 0.0, sum(serial.values())]
     for source in tasks:
         figures = [median(runs[source], 0), median(refs[source], 0), median(runs[source], 1), median(refs[source], 1)]
         totals = [t + f for t, f in zip(totals, [*figures, serial.get(source, 0.0)], strict=True)]
@@ -177,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         header.append("one at a time s (/ encode_batch)")
     worst = max(r[4] / r[5] for r in rows[:-1])
     body = (f"{args.examples} rows of Tulu Human+GPT's shape (synthetic, hub schemas), seq 2048, tulu template, the "
-            f"built-in tokenizer; median of {args.rounds} alternating rounds; {encode_pool.default_workers()} worker "
+            f"built-in tokenizer; median of {args.rounds} alternating rounds; {pool.default_workers()} worker "
             f"processes (ours) and the tokenizer's Rayon threads (encode_batch) on {os.cpu_count()} CPUs. Pool start "
             f"{pool:.2f} s (once per process, in the 'all' row); the first read of the files (datasets' JSON -> Arrow, "
             f"once per machine, and rendering) {first_read:.1f} s, not in the table. CPU: this process and its "

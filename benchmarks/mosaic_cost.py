@@ -28,12 +28,12 @@ from pathlib import Path
 import numpy as np
 
 from instructjax.core.config import MosaicSection
-from instructjax.data.encode import count_tokens
-from instructjax.data.mosaic import mosaic_epoch
+from instructjax.data.encoding.encode import count_tokens
+from instructjax.data.encoding.tokenizer import Tokenizer
+from instructjax.data.mosaic.augment import mosaic_epoch
 from instructjax.data.schema import Conversation
-from instructjax.data.sources import load_conversations
-from instructjax.data.synthetic import ensure_synthetic
-from instructjax.data.tokenizer import Tokenizer
+from instructjax.data.sources.catalog import load_conversations
+from instructjax.data.sources.synthetic import ensure_synthetic
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 RESULTS_HEADER = "# Benchmark results\n\nEach benchmark appends a dated section: machine, command, figures.\n"

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from instructjax.data.packing import PackStats, SequencePacker
+from instructjax.data.batches.packing import PackStats, SequencePacker
 
 RESULTS = Path(__file__).with_name("RESULTS.md")
 RESULTS_HEADER = "# Benchmark results\n\nEach benchmark appends a dated section: machine, command, figures.\n"
@@ -90,10 +90,10 @@ def make_examples(lengths: list[tuple[int, int]], seed: int = 0) -> list[dict[st
 def synthetic_examples(n_examples: int, seed: int = 0) -> list[dict[str, np.ndarray]]:
     """Built-in synthetic conversations, encoded with the Tulu template and the LLaMA tokenizer, then
     drawn (with replacement) per dataset in Table 1's proportions."""
-    from instructjax.data.encode import encode_conversation
-    from instructjax.data.sources import load_conversations
-    from instructjax.data.synthetic import ensure_synthetic
-    from instructjax.data.tokenizer import Tokenizer
+    from instructjax.data.encoding.encode import encode_conversation
+    from instructjax.data.encoding.tokenizer import Tokenizer
+    from instructjax.data.sources.catalog import load_conversations
+    from instructjax.data.sources.synthetic import ensure_synthetic
 
     tokenizer = Tokenizer.load()
     rng = np.random.default_rng(seed)

@@ -36,10 +36,10 @@ def padding_section() -> str:
     import numpy as np
     from packing import tulu_lengths
 
-    import instructjax.data.mixtures  # noqa: F401  (registers the built-in mixtures)
+    import instructjax.data.seqio.mixtures  # noqa: F401  (registers the built-in mixtures)
     from instructjax.core.config import DataSection
-    from instructjax.data.packing import count_rows
-    from instructjax.data.pipeline import DataPipeline, plan_step_rows, step_shapes
+    from instructjax.data.batches.packing import count_rows
+    from instructjax.data.batches.pipeline import DataPipeline, plan_step_rows, step_shapes
 
     seq, batch, epochs = 2048, 128, 2
     section = DataSection(mixture="tulu_human_gpt_builtin", seq_len=seq, global_batch=batch, prefetch=0,

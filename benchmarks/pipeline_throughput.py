@@ -75,9 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
 
     load_before = common.load_average()
     t0 = time.perf_counter()
-    import instructjax.data.mixtures  # noqa: F401  (registers the built-in Tasks and Mixtures)
+    import instructjax.data.seqio.mixtures  # noqa: F401  (registers the built-in Tasks and Mixtures)
     from instructjax.core.config import DataSection, MosaicSection
-    from instructjax.data.pipeline import DataPipeline
+    from instructjax.data.batches.pipeline import DataPipeline
 
     import_s = time.perf_counter() - t0
     from instructjax.core.errors import ConfigError

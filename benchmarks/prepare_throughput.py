@@ -73,7 +73,7 @@ def ours(config: Path, cache: Path) -> float:
 def spm(strings: list[str]) -> tuple[float, int]:
     import sentencepiece
 
-    from instructjax.data.tokenizer import default_tokenizer_path
+    from instructjax.data.encoding.tokenizer import default_tokenizer_path
 
     processor = sentencepiece.SentencePieceProcessor(model_file=default_tokenizer_path())
     start = time.perf_counter()

@@ -43,7 +43,7 @@ STARTS = ("no-cache", "cold", "warm")
 
 def write_data(directory: Path, examples: int) -> dict:
     """Synthetic rows in each dataset's schema, scaled to `examples` rows; the config's define block."""
-    from instructjax.data import synthetic
+    from instructjax.data.sources import synthetic
 
     total = sum(SHAPE.values())
     tasks = {}

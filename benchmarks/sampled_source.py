@@ -34,9 +34,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
 
-    from instructjax.data import examples as examples_lib
-    from instructjax.data import rows, specs, synthetic
     from instructjax.data.binding import bind
+    from instructjax.data.blends import specs
+    from instructjax.data.sources import rows, synthetic
+    from instructjax.data.tokenized import examples as examples_lib
 
     load = common.load_average()
     workdir = tempfile.mkdtemp(prefix="instructjax-sampled-")

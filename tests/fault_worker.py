@@ -88,48 +88,48 @@ def sigterm_after(step: int) -> None:
 def count_encoded(path: str) -> None:
     import atexit
 
-    from instructjax.data import encode_pool
+    from instructjax.data.encoding import pool
 
-    original, count = encode_pool._Batch.__init__, [0]
+    original, count = pool._Batch.__init__, [0]
 
     def init(self, job, items, workers):
         original(self, job, items, workers)
         count[0] += len(self._convs)  # every conversation this process encodes goes through one batch
 
-    encode_pool._Batch.__init__ = init
+    pool._Batch.__init__ = init
     atexit.register(lambda: Path(path).write_text(str(count[0])))
 
 
 def die_tokenizing() -> None:
-    from instructjax.data import shared_cache
+    from instructjax.data.tokenized import shared
 
     def encode(job, convs):
         os._exit(9)
 
-    shared_cache._encode = encode
+    shared._encode = encode
 
 
 def count_read(path: str) -> None:
     import atexit
 
-    from instructjax.data import examples
+    from instructjax.data.tokenized import stream
 
-    original, count = examples.conversation_items, [0]
+    original, count = stream.conversation_items, [0]
 
     def items(*args, **kwargs):
         for conv, read in original(*args, **kwargs):
             count[0] += conv is not None
             yield conv, read
 
-    examples.conversation_items = items
+    stream.conversation_items = items
     atexit.register(lambda: Path(path).write_text(str(count[0])))
 
 
 def fail_encoding(text: str) -> None:
     from instructjax.core.errors import DataError
-    from instructjax.data import encode_pool
+    from instructjax.data.encoding import pool
 
-    original = encode_pool.encode_rows
+    original = pool.encode_rows
 
     def encode_rows(job, convs):
         for conv in convs:
@@ -137,11 +137,11 @@ def fail_encoding(text: str) -> None:
                 raise DataError("cannot be tokenized (a fault injected by the test)", reason="injected", row=conv.id)
         return original(job, convs)
 
-    encode_pool.encode_rows = encode_rows
+    pool.encode_rows = encode_rows
 
 
 def alone() -> None:
-    from instructjax.data import examples
+    from instructjax.data.tokenized import examples
 
     examples._cache_path = lambda *args: None
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from instructjax.core.errors import BadRowPolicy, ConfigError, DataError
-from instructjax.data.sources import load_conversations
+from instructjax.data.sources.catalog import load_conversations
 
 GOOD = {"instruction": "Say hi.", "input": "", "output": "hi"}
 
@@ -134,7 +134,7 @@ def test_gzipped_files_read_as_their_plain_twins(tmp_path, name):
 def test_without_datasets_the_same_rows_and_errors(tmp_path, monkeypatch, name):
     """Where `datasets` is not installed (a bare accelerator image), json and jsonl are read here: the same
     conversations and the same bad-row report as through `datasets`; parquet is a one-line ConfigError."""
-    from instructjax.data import rows as rows_lib
+    from instructjax.data.sources import rows as rows_lib
 
     rows = [dict(GOOD, output=f"hi {i}") for i in range(4)] + [dict(GOOD, output=7)]
     path = tmp_path / name

@@ -87,7 +87,7 @@ def run(tmp_path_factory, gcs_server):
     by SIGTERM at step 4 then resumed, all in the bucket."""
     import pretrained_models as pm
 
-    from instructjax.data.synthetic import synthetic_rows
+    from instructjax.data.sources.synthetic import synthetic_rows
 
     root = tmp_path_factory.mktemp("buckets")
     fs, bucket = gcs(), gcs_server.bucket("instructjax-run")

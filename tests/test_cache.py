@@ -13,9 +13,10 @@ import pytest
 
 from instructjax.core.config import DataSection
 from instructjax.core.errors import ConfigError
-from instructjax.data import cache, examples
-from instructjax.data.packing import PackStats
-from instructjax.data.pipeline import DataPipeline
+from instructjax.data import cache
+from instructjax.data.batches.packing import PackStats
+from instructjax.data.batches.pipeline import DataPipeline
+from instructjax.data.tokenized import examples
 
 MIX = "acp_ACP_n10000_builtin"
 
@@ -78,8 +79,8 @@ def test_the_key_follows_a_selection_encoders_weights_not_its_path(monkeypatch, 
     import jax
 
     from instructjax.core.checkpoint import save_params
-    from instructjax.data import specs
-    from instructjax.data.specs import SelectionSpec
+    from instructjax.data.blends import specs
+    from instructjax.data.blends.specs import SelectionSpec
     from instructjax.model.config import preset
     from instructjax.model.llama import Llama
 
@@ -211,7 +212,7 @@ def test_a_token_outside_the_vocabulary_is_named_from_the_cache_as_without_it(mo
 @pytest.mark.slow
 def test_two_processes_filling_one_cache_at_once_agree(tmp_path):
     """Two hosts on one disk tokenize the same tasks at the same time: both finish, the files are whole."""
-    code = ("from instructjax.core.config import DataSection; from instructjax.data.pipeline import DataPipeline; "
+    code = ("from instructjax.core.config import DataSection; from instructjax.data.batches.pipeline import DataPipeline; "
             f"p = DataPipeline(DataSection(mixture={MIX!r}, seq_len=128, global_batch=8, pack_window=64)); "
             "print(p.plan_epoch(0).rows)")
     env = {"INSTRUCTJAX_CACHE_DIR": str(tmp_path), "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}

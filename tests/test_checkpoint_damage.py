@@ -193,7 +193,7 @@ def test_steps_written_before_manifests_are_trusted_as_then(tmp_path, run, capsy
 @pytest.fixture(scope="module")
 def model_run(tmp_path_factory):
     """A params-only run of a tiny Llama (as `import` writes one) at steps 1 and 2, with its tokenizer."""
-    from instructjax.data.tokenizer import Tokenizer, default_tokenizer_path
+    from instructjax.data.encoding.tokenizer import Tokenizer, default_tokenizer_path
 
     config = preset("tiny", dtype="float32")
     shapes = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))))

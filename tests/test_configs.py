@@ -9,8 +9,8 @@ import pytest
 from instructjax import cli
 from instructjax.cli import experiments
 from instructjax.core.config import load_config
-from instructjax.data import specs
-from instructjax.data.specs import define as define_data
+from instructjax.data.blends import specs
+from instructjax.data.blends.specs import define as define_data
 from instructjax.eval.suite import SUITES
 from instructjax.model.config import PRESETS
 
@@ -121,9 +121,10 @@ def test_seed004_matches_paper():
 
 
 def test_selection_in_a_task_keeps_the_top_k_longest():
-    from instructjax.data.examples import encoded_examples, read_conversations, task_report
-    from instructjax.data.specs import TaskSpec
-    from instructjax.data.tokenizer import Tokenizer
+    from instructjax.data.blends.specs import TaskSpec
+    from instructjax.data.encoding.tokenizer import Tokenizer
+    from instructjax.data.tokenized.examples import encoded_examples, task_report
+    from instructjax.data.tokenized.stream import read_conversations
 
     define_data({"tasks": {"dolly_longest_test": {"source": "dolly", "data_files": ["builtin"],
                                                   "selection": {"method": "longest", "k": 5}}}})

@@ -15,8 +15,8 @@ transformers = pytest.importorskip("transformers")
 
 from instructjax.convert.hf import ConversionError, HFTensors, read_hf_config  # noqa: E402
 from instructjax.convert.saved import export_checkpoint, import_hf, load_model  # noqa: E402
-from instructjax.data.templates import render  # noqa: E402
-from instructjax.data.tokenizer import default_tokenizer_path  # noqa: E402
+from instructjax.data.encoding.templates import render  # noqa: E402
+from instructjax.data.encoding.tokenizer import default_tokenizer_path  # noqa: E402
 
 BASE = dict(vocab_size=32000, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
             max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)

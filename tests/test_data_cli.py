@@ -34,8 +34,8 @@ def test_stats_json_names_each_tasks_subset_by_the_sha256_of_its_ids(capsys):
     import hashlib
 
     from instructjax.core.config import DataSection
-    from instructjax.data import specs
-    from instructjax.data.pipeline import DataPipeline
+    from instructjax.data.batches.pipeline import DataPipeline
+    from instructjax.data.blends import specs
 
     digests = {}
     for mixture in ("acp_P_builtin", "acp_ACP_builtin"):
@@ -139,7 +139,7 @@ def test_quickstart_mosaics_fit_its_rows():
     seq_len 256 made 93 of epoch 0's mosaics untrainable)."""
     from instructjax.cli.quickstart import QUICKSTART_CONFIG
     from instructjax.core.config import load_config
-    from instructjax.data.pipeline import DataPipeline
+    from instructjax.data.batches.pipeline import DataPipeline
     from instructjax.train import setup as run_setup
 
     config = load_config(QUICKSTART_CONFIG)
@@ -186,7 +186,7 @@ def test_stats_reports_rows_read_kept_repaired_skipped_per_source(capsys, tmp_pa
     import yaml
     from test_sources import EXPECTED  # noqa: E402  (tests/test_sources.py)
 
-    from instructjax.data.sources import SOURCES
+    from instructjax.data.sources.catalog import SOURCES
 
     hub = Path(__file__).resolve().parent / "data" / "hub"
     files = {s: str(next(p for p in hub.iterdir() if p.stem == s)) for s in SOURCES}

@@ -119,7 +119,7 @@ def bucket(gcs_server) -> str:
 
 @pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(REPO).as_posix() for p in PAGES])
 def test_every_shell_block_runs_as_written(page, tmp_path, bucket):
-    from instructjax.data.synthetic import synthetic_rows
+    from instructjax.data.sources.synthetic import synthetic_rows
 
     for name in LINKED:
         (tmp_path / name).symlink_to(REPO / name)

@@ -14,10 +14,10 @@ from pretrained_models import reference_ids  # noqa: E402  (tests/pretrained_mod
 from text_strategies import FRAGMENTS, responses, texts  # noqa: E402  (tests/text_strategies.py)
 
 from instructjax.core.errors import ConfigError
-from instructjax.data.encode import count_tokens, encode_conversation, response_token_length
+from instructjax.data.encoding.encode import count_tokens, encode_conversation, response_token_length
+from instructjax.data.encoding.templates import jinja_template, render, template_names
+from instructjax.data.encoding.tokenizer import Tokenizer, default_tokenizer_path
 from instructjax.data.schema import Conversation
-from instructjax.data.templates import jinja_template, render, template_names
-from instructjax.data.tokenizer import Tokenizer, default_tokenizer_path
 
 
 @st.composite

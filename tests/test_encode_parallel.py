@@ -12,13 +12,15 @@ import numpy as np
 import pytest
 
 from instructjax.core.errors import DataError
-from instructjax.data import encode_pool, examples, specs, templates
-from instructjax.data.adapters import split_blocks
-from instructjax.data.encode import Segments, encode_conversation, encode_conversations
+from instructjax.data.blends import specs
+from instructjax.data.blends.specs import BUILTIN, SelectionSpec, TaskSpec
+from instructjax.data.encoding import pool, templates
+from instructjax.data.encoding.encode import Segments, encode_conversation, encode_conversations
+from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.schema import Conversation
-from instructjax.data.sources import SOURCES
-from instructjax.data.specs import BUILTIN, SelectionSpec, TaskSpec
-from instructjax.data.tokenizer import Tokenizer
+from instructjax.data.sources.catalog import SOURCES
+from instructjax.data.sources.dialogues import split_blocks
+from instructjax.data.tokenized import examples
 
 HUB = Path(__file__).resolve().parent / "data" / "hub"
 
@@ -26,7 +28,7 @@ HUB = Path(__file__).resolve().parent / "data" / "hub"
 @pytest.fixture(scope="module", autouse=True)
 def _stop_the_pool():
     yield
-    encode_pool.shutdown()
+    pool.shutdown()
 
 
 @pytest.fixture
@@ -37,8 +39,8 @@ def encode_as(monkeypatch):
     def switch(parallel: bool, cache_dir: Path) -> None:
         monkeypatch.setenv("INSTRUCTJAX_CACHE_DIR", str(cache_dir))
         monkeypatch.setenv("INSTRUCTJAX_ENCODE_WORKERS", "3" if parallel else "0")
-        monkeypatch.setattr(encode_pool, "IN_PROCESS", 0)
-        monkeypatch.setattr(encode_pool, "BATCH", 4)
+        monkeypatch.setattr(pool, "IN_PROCESS", 0)
+        monkeypatch.setattr(pool, "BATCH", 4)
         examples._STREAMS.clear()
 
     yield switch
@@ -188,8 +190,8 @@ def test_blocks_from_round_lengths_equal_the_quadratic_split(split_tokenizers):
     for tok in split_tokenizers:
         for template in templates.template_names():
             for max_length in (60, 300):
-                job = encode_pool.Job(template, tok.path, max_length, split_long=True)
-                for conv, (pieces, split) in zip(convs, encode_pool.encode_rows(job, convs), strict=True):
+                job = pool.Job(template, tok.path, max_length, split_long=True)
+                for conv, (pieces, split) in zip(convs, pool.encode_rows(job, convs), strict=True):
                     reference = quadratic_blocks(conv, template, tok, max_length)
                     if not encode_conversation(conv, template, tok, max_length).truncated or conv.rounds == 1:
                         reference = [(conv.to_json(), conv.id, encode_conversation(conv, template, tok, max_length))]
@@ -208,11 +210,11 @@ def test_a_block_found_over_the_row_is_split_again_the_exact_way(monkeypatch):
     its encoding shows it, and the conversation is split by encoding every candidate."""
     tok, template, max_length = Tokenizer.load(), "tulu", 250
     conv = conversation(np.random.default_rng(3), 8, False)
-    exact = encode_pool.count_tokens
+    exact = pool.count_tokens
     short = lambda c, t, k, s=None: exact(c, t, k, s) - (80 if s is not None else 0)  # noqa: E731
     too_long = split_blocks(conv.messages, max_length, lambda m: short(Conversation(m, "x", "x"), template, tok, Segments(tok)))
-    monkeypatch.setattr(encode_pool, "count_tokens", short)
-    pieces = encode_pool._blocks(conv, encode_pool.Job(template, tok.path, max_length, True), tok, Segments(tok))
+    monkeypatch.setattr(pool, "count_tokens", short)
+    pieces = pool._blocks(conv, pool.Job(template, tok.path, max_length, True), tok, Segments(tok))
     reference = quadratic_blocks(conv, template, tok, max_length)
     assert len(too_long) < len(reference)  # the short lengths alone would put blocks over the row
     assert [(c.to_json(), c.id) for c, _ in pieces] == [(j, i) for j, i, _ in reference]
@@ -240,12 +242,12 @@ def test_workers_do_not_run_a_script_again(tmp_path, split_tokenizers):
 
     script = tmp_path / "script.py"
     script.write_text(
-        "from instructjax.data import encode_pool\n"
+        "from instructjax.data.encoding import pool\n"
         "from instructjax.data.schema import Conversation\n"
         "print('script ran', flush=True)\n"
         "conv = Conversation([{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'yo'}], 'x', 'x-0')\n"
-        f"job = encode_pool.Job('tulu', {split_tokenizers[1].path!r}, 64, False)\n"
-        "print(len(encode_pool._unpack(encode_pool._submit(1, job, [conv]).result())), flush=True)\n"
+        f"job = pool.Job('tulu', {split_tokenizers[1].path!r}, 64, False)\n"
+        "print(len(pool._unpack(pool._submit(1, job, [conv]).result())), flush=True)\n"
     )
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

@@ -6,8 +6,8 @@ import torch
 import transformers
 
 import instructjax.train.embed  # noqa: F401  (registers the model encoder "llama-mean")
-from instructjax.data.embeddings import get_encoder
-from instructjax.data.tokenizer import Tokenizer
+from instructjax.data.encoding.tokenizer import Tokenizer
+from instructjax.data.selection.embeddings import get_encoder
 
 
 @pytest.fixture(scope="module")

@@ -19,9 +19,9 @@ import yaml
 from instructjax import cli
 from instructjax.core.config import DataSection, load_config
 from instructjax.core.errors import DataError
-from instructjax.data import examples as examples_lib
-from instructjax.data.pipeline import BATCH_KEYS, DataPipeline
-from instructjax.data.specs import define as define_data
+from instructjax.data.batches.pipeline import BATCH_KEYS, DataPipeline
+from instructjax.data.blends.specs import define as define_data
+from instructjax.data.tokenized import examples as examples_lib
 
 SOURCES = ("alpaca", "dolly", "sharegpt")
 SUFFIX = {"alpaca": "jsonl", "dolly": "json", "sharegpt": "jsonl"}  # dolly as a JSON array

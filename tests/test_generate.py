@@ -27,8 +27,8 @@ def models(tmp_path_factory):
     path = make_hf(tmp_path_factory.mktemp("gen"), "llama3_rope", seed=7)
     model = load_model(path, dtype="float32")
     hf_model = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    from instructjax.data.templates import jinja_template
-    from instructjax.data.tokenizer import Tokenizer
+    from instructjax.data.encoding.templates import jinja_template
+    from instructjax.data.encoding.tokenizer import Tokenizer
 
     return model, hf_model, Tokenizer.load(path).to_hf(jinja_template("tulu", bos=True))
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from instructjax.data.sources import hub_failure, hub_problem
+from instructjax.data.sources.hub import hub_failure, hub_problem
 
 
 def cli(*argv: str, cwd: Path) -> subprocess.CompletedProcess:
@@ -35,7 +35,7 @@ def test_an_unreachable_hub_dataset_is_one_line_for_data_train_and_eval(tmp_path
 
     from test_faults_config import make_hf_dir
 
-    from instructjax.data.tokenizer import Tokenizer
+    from instructjax.data.encoding.tokenizer import Tokenizer
 
     model = make_hf_dir(tmp_path / "hf")
     Tokenizer.load().save(model)

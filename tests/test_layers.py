@@ -40,7 +40,7 @@ def hf_dir(tmp_path_factory):
 
 @pytest.mark.slow
 def test_plan_import_export_generate_eval_never_import_tensorflow_or_seqio(hf_dir, tmp_path):
-    from instructjax.data.tokenizer import Tokenizer
+    from instructjax.data.encoding.tokenizer import Tokenizer
 
     Tokenizer.load().save(hf_dir)  # the tiny model takes the built-in tokenizer
     prompts = tmp_path / "prompts.jsonl"
@@ -122,11 +122,68 @@ def test_no_module_imports_from_a_layer_above_or_beside_it():
 def test_the_data_layer_never_imports_jax():
     """Every data module but the seqio face (seqio itself imports jax) loads without jax: host batches are
     numpy, placing them on the mesh belongs to train."""
-    seqio_face = {"tasks", "mixtures", "vocab", "seqio_lookup"}
-    names = sorted(p.stem for p in (REPO / "instructjax/data").glob("*.py") if p.stem not in seqio_face | {"__init__"})
+    root = REPO / "instructjax/data"
+    names = sorted(".".join(p.relative_to(root).with_suffix("").parts) for p in root.rglob("*.py")
+                   if p.relative_to(root).parts[0] != "seqio" and p.name != "__init__.py")
     code = ("import importlib, sys\n"
             f"for n in {names!r}: importlib.import_module('instructjax.data.' + n)\n"
             "print(sorted({m.split('.')[0] for m in sys.modules} & {'jax', 'flax', 'tensorflow', 'seqio'}))")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert len(names) > 15 and proc.stdout.strip() == "[]"
+
+
+# Inside data/, its stages in pipeline order (docs/architecture.md): a module imports from its own stage or below.
+DATA_STAGES = {"schema": 0, "cache": 0, "sources": 1, "encoding": 2, "selection": 3, "mosaic": 3, "blends": 4,
+               "tokenized": 5, "seqio": 6, "binding": 7, "batches": 8}
+
+
+def _modules() -> dict[str, Path]:
+    root = REPO / "instructjax"
+    return {".".join(("instructjax", *p.relative_to(root).with_suffix("").parts)).removesuffix(".__init__"): p
+            for p in sorted(root.rglob("*.py"))}
+
+
+def test_data_stages_import_only_from_their_own_stage_or_below():
+    root = REPO / "instructjax" / "data"
+    assert set(DATA_STAGES) == {p.stem for p in root.iterdir() if p.name not in ("__init__.py", "__pycache__")}
+    wrong = []
+    for module, path in _modules().items():
+        parts = module.split(".")
+        if parts[:2] != ["instructjax", "data"] or len(parts) < 3:
+            continue
+        for target in _imports(path, module):
+            t = target.split(".")
+            if t[:2] == ["instructjax", "data"] and len(t) > 2 and t[2] != parts[2] and t[2] in DATA_STAGES:
+                if DATA_STAGES[t[2]] >= DATA_STAGES[parts[2]]:
+                    wrong.append(f"{module} imports {target}")
+    assert not wrong, wrong
+
+
+def test_no_circle_of_imports_anywhere():
+    """Imports inside functions count too: a circle broken only by importing late is still a circle."""
+    modules = _modules()
+    graph = {}
+    for module, path in modules.items():
+        targets = set()
+        for target in _imports(path, module):
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != module and target != "instructjax":
+                targets.add(target)
+        graph[module] = targets
+    circles, state = [], {}
+
+    def visit(module: str, trail: list[str]) -> None:
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            if state.get(target) == "open":
+                circles.append(" -> ".join([*trail[trail.index(target):], target]))
+            elif target not in state:
+                visit(target, [*trail, target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert not circles, circles

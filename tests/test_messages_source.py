@@ -12,7 +12,7 @@ import yaml
 
 from instructjax.cli import main
 from instructjax.core.errors import BadRowPolicy, DataError
-from instructjax.data.sources import load_conversations
+from instructjax.data.sources.catalog import load_conversations
 
 CHATS = Path(__file__).resolve().parent / "data" / "messages" / "chats.jsonl"
 ROWS = [json.loads(line) for line in CHATS.read_text().splitlines()]
@@ -142,7 +142,7 @@ def test_data_stats_counts_every_repair_and_skip(capsys, tmp_path):
 
 
 def test_data_preview_renders_the_system_turn_and_trains_only_replies(capsys, tmp_path):
-    from instructjax.data.tokenizer import Tokenizer
+    from instructjax.data.encoding.tokenizer import Tokenizer
 
     config = write_config(tmp_path, {"source": "messages", "data_files": [str(CHATS)]}, "mine_preview")
     code, out, err = run(capsys, "data", "preview", "--config", str(config), "-n", "20", "--json")
@@ -225,7 +225,7 @@ def test_tulu_system_turn_is_open_instructs_text_and_mask(tmp_path, row_id):
     (`<|system|>\\n...\\n` before the first user turn) and the trained characters. merge-system: two system turns
     merged into one, rendered as open-instruct renders one system turn holding both."""
     pytest.importorskip("torch")
-    from instructjax.data.templates import render
+    from instructjax.data.encoding.templates import render
 
     conv = next(c for c in load([CHATS], tmp_path) if c.id == f"messages-{row_id}")
     raw = next(r for r in ROWS if r.get("id") == row_id)["messages"]
@@ -243,10 +243,10 @@ def test_tulu_ids_and_mask_with_a_system_turn_are_open_instructs(tmp_path):
     pytest.importorskip("torch")
     from pretrained_models import open_instruct_example
 
-    from instructjax.data import examples as examples_lib
-    from instructjax.data import specs
     from instructjax.data.binding import bind
-    from instructjax.data.tokenizer import default_tokenizer_path
+    from instructjax.data.blends import specs
+    from instructjax.data.encoding.tokenizer import default_tokenizer_path
+    from instructjax.data.tokenized import examples as examples_lib
 
     specs.define({"tasks": {"mine_ids": {"source": "messages", "data_files": [str(CHATS)]}}})
     bound = bind("mine_ids", tokenizer=None, max_length=2048)

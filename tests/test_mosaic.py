@@ -20,8 +20,8 @@ from scipy import stats as scipy_stats
 from instructjax.core.config import MOSAIC_DISTRIBUTIONS as DISTRIBUTIONS
 from instructjax.core.config import MosaicSection, load_config
 from instructjax.core.errors import ConfigError, DataError
-from instructjax.data import mosaic_rules as R
-from instructjax.data.mosaic import (
+from instructjax.data.mosaic import rules as R
+from instructjax.data.mosaic.augment import (
     build_mosaic,
     draw_plan,
     fit_prefix,
@@ -75,8 +75,8 @@ _PROJECT_TOKENIZER = None
 def project_tulu_tokens(conv: Conversation) -> int:
     """The pipeline's own count: instructjax Tulu template + Tokenizer (what a caller passes)."""
     global _PROJECT_TOKENIZER
-    from instructjax.data.encode import count_tokens
-    from instructjax.data.tokenizer import Tokenizer
+    from instructjax.data.encoding.encode import count_tokens
+    from instructjax.data.encoding.tokenizer import Tokenizer
 
     if _PROJECT_TOKENIZER is None:
         _PROJECT_TOKENIZER = Tokenizer.load()

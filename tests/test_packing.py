@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from instructjax.core.errors import ConfigError, DataError
-from instructjax.data.packing import (
+from instructjax.data.batches.packing import (
     FEATURES,
     PackStats,
     SequencePacker,

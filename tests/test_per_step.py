@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 from instructjax import cli
 from instructjax.core.config import DataSection, MosaicSection, load_config
 from instructjax.core.errors import ConfigError, DataError
-from instructjax.data import mixtures
-from instructjax.data.pipeline import DataPipeline, step_shapes
+from instructjax.data.batches.pipeline import DataPipeline, step_shapes
+from instructjax.data.seqio import mixtures
 from instructjax.train.trainer import Trainer
 
 EPOCH_MIX = mixtures.register_epoch_mixture("per_step_mix", {"alpaca_builtin": 60, "code_alpaca_builtin": 40}).name

@@ -10,8 +10,10 @@ from scipy import stats
 
 from instructjax.core.config import DataSection, MosaicSection
 from instructjax.core.errors import ConfigError
-from instructjax.data import blends, mixtures, sources, specs
-from instructjax.data.pipeline import DataPipeline, IteratorState
+from instructjax.data.batches.pipeline import DataPipeline, IteratorState
+from instructjax.data.blends import papers, specs
+from instructjax.data.seqio import mixtures
+from instructjax.data.sources import catalog
 
 # Small built-in blends keep these fast: ~200 examples per task.
 EPOCH_MIX = mixtures.register_epoch_mixture("test_epoch_mix", {"alpaca_builtin": 60, "code_alpaca_builtin": 40}).name
@@ -135,14 +137,14 @@ def test_paper_mixture_families_have_the_papers_counts():
     assert _counts("tulu_human_gpt") == {"flan_v2": 100_000, "cot": None, "dolly": None, "oasst1": None,
                                          "gpt4_alpaca": None, "code_alpaca": None, "sharegpt": None}  # fmt: skip
     assert set(_counts("tulu_human_builtin")) == {"flan_v2_builtin", "cot_builtin", "dolly_builtin", "oasst1_builtin"}
-    assert len([m for m in blends.paper_names() if m.startswith("tulu_single_") and "builtin" not in m]) == 12
+    assert len([m for m in papers.paper_names() if m.startswith("tulu_single_") and "builtin" not in m]) == 12
     # Table 1: SuperNI 96,913 instances (not the hub split's millions); FLAN V2 100K; the rest whole, CoT's
     # 100K being its source's pool: 50K from each of the zero-shot and few-shot submixes (tests/test_pools.py)
     assert _counts("tulu_single_superni") == {"superni": 96_913}
     assert _counts("tulu_single_cot") == {"cot": None} and _counts("tulu_single_dolly") == {"dolly": None}
-    cot = sources.SOURCES["cot"]
+    cot = catalog.SOURCES["cot"]
     assert cot.options["per_part"] * len(cot.hub_data_files) == 100_000
-    assert sources.SOURCES["p3"].options["per_part"] == 1000  # seed 000: 1K of every prompted subtask
+    assert catalog.SOURCES["p3"].options["per_part"] == 1000  # seed 000: 1K of every prompted subtask
     assert _counts("tulu_single_superni_builtin") == {"superni_builtin": None}
     assert specs.lookup_mixture("acp_Q") is None and specs.lookup_mixture("tulu_single_lima") is None
     # the seqio face registers the same mixtures
@@ -152,9 +154,9 @@ def test_paper_mixture_families_have_the_papers_counts():
 def test_every_builtin_mixture_fits_the_builtin_data():
     """No `_builtin` twin asks for more examples than the synthetic rows hold (one row = one example
     for every source with a count)."""
-    from instructjax.data import synthetic
+    from instructjax.data.sources import synthetic
 
-    for name in blends.paper_names():
+    for name in papers.paper_names():
         if not name.endswith("_builtin"):
             continue
         for task, count in _counts(name).items():
@@ -191,7 +193,7 @@ def test_asking_for_more_examples_than_a_task_has_is_an_error():
 
 
 def test_report_names_skipped_rows_and_truncations(tmp_path):
-    from instructjax.data import specs
+    from instructjax.data.blends import specs
 
     path = tmp_path / "alpaca.jsonl"
     good = '{"instruction": "Say it.", "input": "", "output": "' + "word " * 300 + '"}'
@@ -233,8 +235,8 @@ def test_subsets_depend_on_seed_dataset_and_size_only_and_nest():
 
 def test_a_subset_reads_in_proportion_to_its_size(tmp_path):
     """Drawing 30 of 600 rows reads, renders and tokenizes about 30 rows (the skipped ones too), not 600."""
-    from instructjax.data import examples as examples_lib
-    from instructjax.data import specs
+    from instructjax.data.blends import specs
+    from instructjax.data.tokenized import examples as examples_lib
 
     rows = [{"inputs": f"Question {i}: what is {i} plus {i}?", "targets": "" if i % 10 == 0 else str(2 * i),
              "task_name": "sum", "template_type": "zs_opt"} for i in range(600)]  # every tenth target is empty

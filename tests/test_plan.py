@@ -15,7 +15,7 @@ from instructjax.cli import main
 from instructjax.core import sharding
 from instructjax.core.config import DataSection, ModelSection, OptimSection, RunConfig, load_config
 from instructjax.core.errors import ConfigError
-from instructjax.data.packing import FEATURES
+from instructjax.data.batches.packing import FEATURES
 from instructjax.model.config import preset
 from instructjax.model.llama import Llama
 from instructjax.train.optim import make_optimizer

@@ -13,9 +13,9 @@ import pandas as pd
 import pytest
 
 from instructjax.core.errors import BadRowPolicy, ConfigError, DataError
-from instructjax.data import blends, specs
-from instructjax.data import examples as examples_lib
-from instructjax.data.sources import FLAN_V2_SUBMIXES, SOURCES, load_conversations
+from instructjax.data.blends import papers, specs
+from instructjax.data.sources.catalog import FLAN_V2_SUBMIXES, SOURCES, load_conversations
+from instructjax.data.tokenized import examples as examples_lib
 
 # ---- P3: one file per prompted subtask, in bigscience/P3's schema (the dataset card's fields) -------------
 
@@ -232,7 +232,7 @@ def test_flan_v2_samples_across_all_submixes_like_a_brute_force_draw(tmp_path):
     expected = [pair_of(rows[i]) for i in order if pair_of(rows[i])[1]][:60]
     assert [(c["messages"][0]["content"], c["messages"][1]["content"]) for c in got] == expected
     assert {c["meta"]["task_source"].lower() for c in got} == set(FLAN_V2_SUBMIXES)
-    assert blends.TULU_SAMPLED["flan_v2"] == 100_000
+    assert papers.TULU_SAMPLED["flan_v2"] == 100_000
 
 
 # ---- CoT: 50K zero-shot + 50K few-shot -------------------------------------------------------------------

@@ -23,8 +23,8 @@ transformers = pytest.importorskip("transformers")
 import pretrained_models as pm  # noqa: E402  (tests/pretrained_models.py)
 
 from instructjax import cli  # noqa: E402
+from instructjax.data.encoding.templates import render  # noqa: E402
 from instructjax.data.schema import Conversation  # noqa: E402
-from instructjax.data.templates import render  # noqa: E402
 
 # variant -> (tokenizer builder, BOS piece or None, EOS piece, the chat template the run trains with)
 VARIANTS = {
@@ -235,7 +235,7 @@ def test_mismatches_are_one_line_errors_before_compiling(setup, tmp_path, capsys
     import jax
 
     import instructjax.train.trainer  # noqa: F401  (libraries jit at import: import before the trap)
-    from instructjax.data.tokenizer import default_tokenizer_path
+    from instructjax.data.encoding.tokenizer import default_tokenizer_path
 
     name, tok_dir, hf, ckpt, config_file, _ = setup
     _, bos, eos, _ = VARIANTS[name]

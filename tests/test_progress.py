@@ -35,7 +35,7 @@ def test_train_and_eval_off_a_terminal_print_plain_lines(tmp_path):
 
     from test_faults_config import make_hf_dir
 
-    from instructjax.data.tokenizer import Tokenizer
+    from instructjax.data.encoding.tokenizer import Tokenizer
 
     model = make_hf_dir(tmp_path / "hf")
     Tokenizer.load().save(model)

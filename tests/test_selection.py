@@ -19,9 +19,14 @@ from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.preprocessing import normalize
 
 from instructjax.core.errors import ConfigError, DataError
-from instructjax.data.embeddings import TfidfSvdEncoder, encoder_names, get_encoder, register_encoder
 from instructjax.data.schema import Conversation
-from instructjax.data.selection import (
+from instructjax.data.selection.embeddings import (
+    TfidfSvdEncoder,
+    encoder_names,
+    get_encoder,
+    register_encoder,
+)
+from instructjax.data.selection.methods import (
     equal_allocation,
     instruction_text,
     select,
@@ -126,10 +131,10 @@ def test_length_selection_ignores_input_order():
 
 @pytest.mark.slow  # loads transformers for the tokenizer: a few seconds alone, far more on a busy machine
 def test_longest_defaults_to_the_llama_tokenizer_count():
-    pytest.importorskip("instructjax.data.encode")
+    pytest.importorskip("instructjax.data.encoding.encode")
     import sentencepiece
 
-    from instructjax.data.tokenizer import default_tokenizer_path
+    from instructjax.data.encoding.tokenizer import default_tokenizer_path
 
     sp = sentencepiece.SentencePieceProcessor(model_file=default_tokenizer_path())
     rng = random.Random(1)

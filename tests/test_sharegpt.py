@@ -19,9 +19,9 @@ import pytest
 from fastchat.data import clean_sharegpt as fc
 
 from instructjax.core.errors import BadRowPolicy, ConfigError
-from instructjax.data import sharegpt
-from instructjax.data.adapters import split_blocks
-from instructjax.data.sources import load_conversations
+from instructjax.data.sources import sharegpt
+from instructjax.data.sources.catalog import load_conversations
+from instructjax.data.sources.dialogues import split_blocks
 
 RAW = Path(__file__).resolve().parent / "data" / "sharegpt_raw" / "sharegpt_html.json"
 # FastChat's counters (its summary line) -> our skip reasons
@@ -82,7 +82,7 @@ def test_fastchat_clean_matches_fastchats_cleaner_conversation_by_conversation(t
 
 
 def sharegpt_table(path, tmp_path):
-    from instructjax.data.rows import RowFile
+    from instructjax.data.sources.rows import RowFile
 
     return RowFile(str(path), str(tmp_path / "c"))
 

@@ -10,13 +10,14 @@ import pytest
 from test_pipeline import take  # the batches and the state after each
 
 from instructjax.core.config import DataSection, MosaicSection
-from instructjax.data import examples as examples_lib
-from instructjax.data import mixtures, specs
-from instructjax.data.mosaic import mosaic_epoch
-from instructjax.data.packing import best_fit_decreasing, rows_in_input_order
-from instructjax.data.pipeline import DataPipeline
+from instructjax.data.batches.packing import best_fit_decreasing, rows_in_input_order
+from instructjax.data.batches.pipeline import DataPipeline
+from instructjax.data.blends import specs
+from instructjax.data.encoding.tokenizer import Tokenizer
+from instructjax.data.mosaic.augment import mosaic_epoch
 from instructjax.data.schema import Conversation
-from instructjax.data.tokenizer import Tokenizer
+from instructjax.data.seqio import mixtures
+from instructjax.data.tokenized import examples as examples_lib
 
 MARK = re.compile(r"Item ([AB]\d+):")
 SIZES = {"A": 40, "B": 30}

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from instructjax.core.errors import ConfigError
-from instructjax.data.sources import SOURCES, load_conversations
+from instructjax.data.sources.catalog import SOURCES, load_conversations
 
 
 def write_jsonl(tmp_path, rows, name="rows.jsonl"):
@@ -236,12 +236,12 @@ def test_sharegpt_is_split_by_the_runs_tokenizer_at_the_runs_length(tmp_path):
     it can be (the next round would not fit)."""
     from pretrained_models import reference_ids
 
-    from instructjax.data import examples as examples_lib
-    from instructjax.data import specs
     from instructjax.data.binding import bind
+    from instructjax.data.blends import specs
+    from instructjax.data.encoding.templates import render
+    from instructjax.data.encoding.tokenizer import default_tokenizer_path
     from instructjax.data.schema import Conversation
-    from instructjax.data.templates import render
-    from instructjax.data.tokenizer import default_tokenizer_path
+    from instructjax.data.tokenized import examples as examples_lib
 
     specs.add_task("hub_sharegpt", specs.TaskSpec(source="sharegpt", data_files=(str(HUB / "sharegpt.json"),)))
     max_length = 400

@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 import sentencepiece as spm
 
-from instructjax.data import examples as examples_lib
-from instructjax.data import specs, synthetic
 from instructjax.data.binding import bind
+from instructjax.data.blends import specs
 from instructjax.data.schema import Conversation
-from instructjax.data.sources import SOURCES, load_conversations
-from instructjax.data.synthetic import LENGTH_STATS, TULU_TABLE1, ensure_synthetic, write_synthetic
+from instructjax.data.sources import synthetic
+from instructjax.data.sources.catalog import SOURCES, load_conversations
+from instructjax.data.sources.synthetic import LENGTH_STATS, TULU_TABLE1, ensure_synthetic, write_synthetic
+from instructjax.data.tokenized import examples as examples_lib
 
 TOKENIZER = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
 

@@ -6,19 +6,21 @@ import numpy as np
 import pytest
 import seqio
 
-import instructjax.data.mixtures  # noqa: F401  (the seqio face: registers the tasks and the papers' mixtures)
+import instructjax.data.seqio.mixtures  # noqa: F401  (the seqio face: registers the tasks and the papers' mixtures)
 from instructjax.cli.data import task_stats
 from instructjax.core.errors import ConfigError, DataError
-from instructjax.data import examples as examples_lib
-from instructjax.data import sources, specs, synthetic
-from instructjax.data.specs import define as define_data
-from instructjax.data.templates import render
-from instructjax.data.tokenizer import Tokenizer
+from instructjax.data.blends import specs
+from instructjax.data.blends.specs import define as define_data
+from instructjax.data.encoding.templates import render
+from instructjax.data.encoding.tokenizer import Tokenizer
+from instructjax.data.sources import catalog, synthetic
+from instructjax.data.tokenized import examples as examples_lib
+from instructjax.data.tokenized.stream import read_conversations
 
 
 def test_every_source_is_a_task_twice():
     names = seqio.TaskRegistry.names()
-    for source in sources.SOURCES:
+    for source in catalog.SOURCES:
         assert source in names and source + "_builtin" in names
         assert specs.task(source).data_files is None  # the hub, for users
         assert specs.task(source + "_builtin").data_files == ("builtin",)
@@ -28,7 +30,7 @@ def test_get_dataset_round_trip_through_seqio_vocabulary():
     """What seqio serves decodes (through the task's own seqio vocabulary) to the rendered text."""
     task = seqio.get_mixture_or_task("dolly_builtin")
     examples = list(task.get_dataset(sequence_length=None, split="train", shuffle=False).as_numpy_iterator())
-    conversations = list(examples_lib.read_conversations(specs.task("dolly_builtin")))
+    conversations = list(read_conversations(specs.task("dolly_builtin")))
     assert len(examples) == len(conversations) > 100
     vocab = task.output_features["tokens"].vocabulary
     tokenizer = Tokenizer.load(None)
@@ -78,7 +80,7 @@ def test_unknown_source_is_a_config_error():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", sorted(sources.SOURCES))
+@pytest.mark.parametrize("source", sorted(catalog.SOURCES))
 def test_builtin_data_reproduces_tulu_table1_columns(source):
     """`data stats` columns on the built-in data land near the paper's Table 1 (our estimates for p3/wizardlm)."""
     expected = synthetic.LENGTH_STATS[source]
@@ -109,7 +111,7 @@ def test_golden_acp_mixture_subsets_and_epoch_order(tmp_path):
     from test_pools import P3_SUBTASKS, check_golden, pair_of, write_dir
 
     from instructjax.core.config import DataSection
-    from instructjax.data.streams import ExampleStream
+    from instructjax.data.batches.streams import ExampleStream
 
     (tmp_path / "alpaca_rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ALPACA_ROWS))
     (tmp_path / "code_alpaca_rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in CODE_ALPACA_ROWS))

@@ -11,14 +11,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from instructjax.core.errors import ConfigError, DataError
-from instructjax.data.schema import Conversation
-from instructjax.data.templates import (
+from instructjax.data.encoding.templates import (
     jinja_template,
     render,
     render_prompt,
     template_names,
 )
-from instructjax.data.tokenizer import Tokenizer
+from instructjax.data.encoding.tokenizer import Tokenizer
+from instructjax.data.schema import Conversation
 
 # open-instruct's Tulu chat template (open_instruct/dataset_transformation.py, CHAT_TEMPLATES["tulu"]),
 # written out here as the independent reference; contents are stripped as open-instruct's

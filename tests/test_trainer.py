@@ -15,7 +15,7 @@ from instructjax import cli
 from instructjax.core import checkpoint as ckpt
 from instructjax.core.config import load_config
 from instructjax.core.errors import ConfigError
-from instructjax.data.pipeline import DataPipeline
+from instructjax.data.batches.pipeline import DataPipeline
 from instructjax.model.config import preset
 from instructjax.model.llama import Llama
 from instructjax.train import setup as run_setup
@@ -235,7 +235,7 @@ def test_config_imports_register_a_task_for_train_and_data_stats(tmp_path, capsy
     that fails to import is one line."""
     name = f"user_alpaca_{entry.replace('.', '_')}"
     (tmp_path / "user_tasks.py").write_text(
-        "from instructjax.data.tasks import TaskSpec, register_task\n"
+        "from instructjax.data.seqio.tasks import TaskSpec, register_task\n"
         f"register_task({name!r}, TaskSpec(source='alpaca', data_files=('builtin',)))\n")
     monkeypatch.delitem(sys.modules, "user_tasks", raising=False)
     config = tmp_path / "run.yaml"

@@ -7,8 +7,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
-from instructjax.data.tokenizer import Tokenizer
-from instructjax.data.vocab import TokenizerVocabulary, get_vocabulary
+from instructjax.data.encoding.tokenizer import Tokenizer
+from instructjax.data.seqio.vocab import TokenizerVocabulary, get_vocabulary
 
 TEXTS = [
     "Hello world",

@@ -14,7 +14,7 @@ import numpy as np
 
 from instructjax.cli import add_on_bad_row, on_bad_row_overrides
 from instructjax.core.errors import ConfigError
-from instructjax.data.synthetic import BUILTIN, LENGTH_STATS, TULU_TABLE1
+from instructjax.data.sources.synthetic import BUILTIN, LENGTH_STATS, TULU_TABLE1
 
 GREEN, RESET = "\033[32m", "\033[0m"
 
@@ -66,20 +66,22 @@ def register(subparsers) -> None:
 
 @dataclass
 class Target:
-    """What a data command looks at: task names, the mixture (or task) name and the run config."""
+    """What a data command looks at: task names, the mixture (or task) name, the run config and the bound
+    mixture resolved (`binding.Resolved`)."""
 
     name: str
     tasks: list[str]
     config: object | None
+    resolved: object | None = None
 
 
 def resolve(args) -> Target:
     """Turn NAME / --config / --data-files into a bound task or mixture. With --config the tasks are bound to
     that run: its model's tokenizer, its chat template and its row length (`instructjax.data.binding`)."""
     from instructjax.core.config import load_config
-    from instructjax.data import specs
     from instructjax.data.binding import bind, resolve, uses_model_encoder
-    from instructjax.data.sources import SOURCES
+    from instructjax.data.blends import specs
+    from instructjax.data.sources.catalog import SOURCES
 
     config = load_config(args.config) if args.config else None
     if config is not None:
@@ -102,7 +104,7 @@ def resolve(args) -> Target:
     found = resolve(name)
     if found is None:
         raise specs.unknown(name)
-    tasks, mixture = found
+    tasks, mixture = found.tasks, found.mixture
     if changes:
         variants = [specs.with_options(t, **changes) for t in tasks]
         name = specs.remix(name, dict(zip(tasks, variants, strict=True))) if mixture else variants[0]
@@ -115,7 +117,7 @@ def resolve(args) -> Target:
                      max_length=config.data.seq_len, model=config.model.init_from, on_bad_row=on_bad_row)
     else:  # the built-in default tokenizer, and the row length asked for (ShareGPT splits at it)
         bound = bind(name, tokenizer=None, max_length=getattr(args, "seq_len", None) or args.max_length)
-    return Target(name=bound.name, tasks=bound.tasks, config=config)
+    return Target(name=bound.name, tasks=bound.tasks, config=config, resolved=bound.resolved)
 
 
 def subset_sha256(ids) -> str:
@@ -129,11 +131,11 @@ def task_stats(task: str, count: int | None = None, seed: int | None = None) -> 
     trained-token totals and what happened to the rows (read, kept, repaired, skipped) of one task, or of
     its subset of `count` drawn with `seed`, measured with the task's tokenizer, and the digest of the
     examples a run trains on (see `subset_sha256`)."""
-    from instructjax.data import examples as examples_lib
-    from instructjax.data import specs
+    from instructjax.data.blends import specs
+    from instructjax.data.encoding.tokenizer import Tokenizer
     from instructjax.data.schema import Conversation
-    from instructjax.data.sources import get_source
-    from instructjax.data.tokenizer import Tokenizer
+    from instructjax.data.sources.catalog import get_source
+    from instructjax.data.tokenized import examples as examples_lib
 
     spec = specs.task(task)
     tokenizer = Tokenizer.load(spec.tokenizer)
@@ -173,8 +175,8 @@ def task_stats(task: str, count: int | None = None, seed: int | None = None) -> 
 
 def run_stats(args) -> int:
     from instructjax.core.config import DataSection
-    from instructjax.data import specs
-    from instructjax.data.pipeline import DataPipeline
+    from instructjax.data.batches.pipeline import DataPipeline
+    from instructjax.data.blends import specs
 
     target = resolve(args)
     base = target.config.data if target.config else DataSection(mixture=target.name)
@@ -183,7 +185,7 @@ def run_stats(args) -> int:
     rows = [task_stats(t, counts.get(t), base.seed) for t in target.tasks]
     data = dataclasses.replace(base, mixture=target.name, prefetch=0, seq_len=args.seq_len or base.seq_len,
                                global_batch=args.global_batch or base.global_batch)
-    plan = DataPipeline(data).plan_epoch(0)
+    plan = DataPipeline(data, resolved=target.resolved).plan_epoch(0)
     result = {"name": specs.base_name(target.name), "tasks": rows, "epoch": asdict(plan), "seq_len": data.seq_len,
               "global_batch": data.global_batch}  # fmt: skip
     if args.json:
@@ -234,11 +236,11 @@ def highlight(tokenizer, tokens: np.ndarray, mask: np.ndarray, color: bool) -> s
 
 
 def run_preview(args) -> int:
-    from instructjax.data import examples as examples_lib
-    from instructjax.data import specs
-    from instructjax.data.pipeline import DataPipeline
+    from instructjax.data.batches.pipeline import DataPipeline
+    from instructjax.data.blends import specs
+    from instructjax.data.encoding.tokenizer import Tokenizer
     from instructjax.data.schema import Conversation
-    from instructjax.data.tokenizer import Tokenizer
+    from instructjax.data.tokenized import examples as examples_lib
 
     target = resolve(args)
     mosaic = target.config.data.mosaic if target.config else None
@@ -246,7 +248,7 @@ def run_preview(args) -> int:
     shown = []  # (conversation, tokens, loss mask)
     if mosaic is not None:
         data = dataclasses.replace(target.config.data, mixture=target.name, prefetch=0)
-        pipeline = DataPipeline(data)
+        pipeline = DataPipeline(data, resolved=target.resolved)
         for conv in pipeline.stream.mosaic_conversations(0)[: args.n]:
             enc = pipeline.stream.mosaic_encoder.encode(conv)
             shown.append((conv, enc.tokens, enc.loss_mask))
@@ -275,13 +277,13 @@ def run_preview(args) -> int:
 def run_select(args) -> int:
     from functools import partial
 
-    from instructjax.data import examples as examples_lib
-    from instructjax.data import specs
-    from instructjax.data.embeddings import MODEL_ENCODERS, get_encoder
-    from instructjax.data.encode import response_token_length
+    from instructjax.data.blends import specs
+    from instructjax.data.encoding.encode import response_token_length
+    from instructjax.data.encoding.tokenizer import Tokenizer
     from instructjax.data.schema import Conversation
-    from instructjax.data.selection import select, write_selection
-    from instructjax.data.tokenizer import Tokenizer
+    from instructjax.data.selection.embeddings import MODEL_ENCODERS, get_encoder
+    from instructjax.data.selection.methods import select, write_selection
+    from instructjax.data.tokenized import examples as examples_lib
 
     target = resolve(args)
     convs = [
@@ -321,9 +323,10 @@ def run_prepare(args) -> int:
 
     from instructjax.core import hosts, progress, storage
     from instructjax.core.config import load_config
-    from instructjax.data import cache, examples
-    from instructjax.data.pipeline import DataPipeline
-    from instructjax.data.tokenizer import Tokenizer
+    from instructjax.data import cache
+    from instructjax.data.batches.pipeline import DataPipeline
+    from instructjax.data.encoding.tokenizer import Tokenizer
+    from instructjax.data.tokenized import examples, stream
     from instructjax.train import setup as run_setup
     from instructjax.train.trainer import resolve_model_config
 
@@ -346,9 +349,9 @@ def run_prepare(args) -> int:
         bars[task].refresh() if total is not None and done >= total else bars[task].update(0)
 
     start = time.time()
-    with examples.progress(show):
+    with stream.progress(show):
         pipeline = DataPipeline(data.config, process_index=jax.process_index(), process_count=jax.process_count(),
-                                vocab_size=model_config.vocab_size)  # fmt: skip
+                                vocab_size=model_config.vocab_size, resolved=data.resolved)  # fmt: skip
         plan = pipeline.plan_epoch(0)
     for bar in bars.values():
         bar.close()
@@ -369,6 +372,6 @@ def run_prepare(args) -> int:
 
 
 def specs_name(name: str) -> str:
-    from instructjax.data import specs
+    from instructjax.data.blends import specs
 
     return specs.base_name(name)

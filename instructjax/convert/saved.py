@@ -47,7 +47,7 @@ def import_hf(hf_dir: str, out: str, *, mesh=None, param_dtype: str = "float32")
     """HF model directory -> params-only instructjax checkpoint at OUT, carrying the model's own tokenizer
     (and its chat template, if it has one); either may be local or in a bucket."""
     from instructjax.core.checkpoint import save_params
-    from instructjax.data.tokenizer import Tokenizer
+    from instructjax.data.encoding.tokenizer import Tokenizer
 
     source = str(storage.path(hf_dir))
     hf_dir = _local_hf_dir(hf_dir)
@@ -63,14 +63,14 @@ def saved_tokenizer(path: str, *, step: int | None = None, tokenizer: str | None
     """(Tokenizer, chat template or None) of a checkpoint (RUN_DIR[/STEP]) or an HF directory: the ones it
     was trained with (the checkpoint's `tokenizer` item), unless `tokenizer` (a path) or `template` (a
     template name) say otherwise. A model that carries no tokenizer needs `tokenizer`: no default."""
-    from instructjax.data.templates import jinja_template
-    from instructjax.data.tokenizer import Tokenizer
+    from instructjax.data.encoding.templates import jinja_template
+    from instructjax.data.encoding.tokenizer import Tokenizer
 
     if is_hf_dir(path):
         saved, saved_template = (path if _has_tokenizer(path) else None), None
     else:
         from instructjax.core.checkpoint import read_tokenizer
-        from instructjax.data.tokenizer import materialize
+        from instructjax.data.encoding.tokenizer import materialize
 
         directory, path_step = split_checkpoint_path(path)
         item = read_tokenizer(directory, path_step if step is None else step)

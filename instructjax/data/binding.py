@@ -16,60 +16,79 @@ import sys
 from dataclasses import dataclass
 
 from instructjax.core.errors import ConfigError
-from instructjax.data import specs
-from instructjax.data.embeddings import MODEL_ENCODERS
-from instructjax.data.templates import DEFAULT_TEMPLATE
-from instructjax.data.tokenizer import Tokenizer
+from instructjax.data.blends import specs
+from instructjax.data.encoding.templates import DEFAULT_TEMPLATE
+from instructjax.data.encoding.tokenizer import Tokenizer
+from instructjax.data.selection.embeddings import MODEL_ENCODERS
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """A task or mixture with its specs looked up once, handed down to the stages that read it: the task
+    names in the mixture's order, each one's spec (None: a user's own seqio Task), the mixture's spec (None:
+    a single task)."""
+
+    name: str
+    tasks: tuple[str, ...]
+    specs: tuple[specs.TaskSpec | None, ...]
+    mixture: specs.MixtureSpec | None
+
+    def spec(self, task: str) -> specs.TaskSpec | None:
+        return self.specs[self.tasks.index(task)]
 
 
 @dataclass(frozen=True)
 class Bound:
     """A bound mixture (or task): its registered name, its tasks, the one chat template they share (None
-    when they use several), and each task's name as the user wrote it (for reports and metrics)."""
+    when they use several), each task's name as the user wrote it (for reports and metrics), and the bound
+    mixture resolved (`Resolved`)."""
 
     name: str
     tasks: list[str]
     template: str | None
     sources: list[str]
+    resolved: Resolved
 
 
-def resolve(name: str) -> tuple[list[str], specs.MixtureSpec | None] | None:
-    """(task names, mixture spec or None) of a task or mixture, or of a user's own seqio Task or Mixture
-    (looked up in seqio's registries only when seqio is imported: a seqio-registered name needs it)."""
+def resolve(name: str) -> Resolved | None:
+    """A task or mixture, or a user's own seqio Task or Mixture (looked up in seqio's registries only when
+    seqio is imported: a seqio-registered name needs it), resolved; None when `name` is none of these."""
     found = specs.tasks_of(name)
     if found is None and "seqio" in sys.modules:
-        from instructjax.data import seqio_lookup
+        from instructjax.data.seqio import lookup
 
-        mixture = seqio_lookup.mixture_spec(name)
+        mixture = lookup.mixture_spec(name)
         if mixture is not None:
             specs.add_foreign_mixture(name, mixture)
             found = mixture.tasks, mixture
-    return found
+    if found is None:
+        return None
+    tasks, mixture = found
+    return Resolved(name, tuple(tasks), tuple(specs.lookup_task(t) for t in tasks), mixture)
 
 
-def uses_model_encoder(name: str) -> bool:
+def uses_model_encoder(name: str | Resolved) -> bool:
     """True when a task of `name` selects its examples with an encoder that runs a model (its code must be
     imported first: `instructjax.train.embed`)."""
-    found = resolve(name)
-    task_specs = [specs.lookup_task(t) for t in (found[0] if found else [])]
-    return any(s is not None and s.selection is not None and s.selection.encoder in MODEL_ENCODERS for s in task_specs)
+    found = name if isinstance(name, Resolved) else resolve(name)
+    return any(s is not None and s.selection is not None and s.selection.encoder in MODEL_ENCODERS
+               for s in (found.specs if found else ()))
 
 
-def bind(name: str, *, tokenizer: str | None, template: str | None = None, max_length: int | None = None,
+def bind(name: str | Resolved, *, tokenizer: str | None, template: str | None = None, max_length: int | None = None,
          model: str | None = None, on_bad_row: str | None = None) -> Bound:
-    """Bind task or mixture `name` to the run's `tokenizer` (a path, None = the built-in default),
+    """Bind task or mixture `name` (or as `resolve` gave it) to the run's `tokenizer` (a path, None = the built-in default),
     `template` (None: the tasks' own, else tulu), `max_length` (the run's row length), `model` (the
     run's checkpoint, for selection encoders that embed with it) and `on_bad_row` (None: each task's own). A
     user's own seqio Task (not an instructjax task) is left as it is: it brings its tokens, whose range the
     pipeline checks."""
-    found = resolve(name)
+    found = name if isinstance(name, Resolved) else resolve(name)
     if found is None:
         raise specs.unknown(name)
-    originals, mixture = found
+    name, originals, mixture = found.name, list(found.tasks), found.mixture
     run_tokenizer = Tokenizer.load(tokenizer)
     variants, templates = [], set()
-    for task in originals:
-        spec = specs.lookup_task(task)
+    for task, spec in zip(found.tasks, found.specs, strict=True):
         if spec is None:  # a user's own seqio Task in a seqio Mixture
             variants.append(task)
             continue
@@ -93,4 +112,5 @@ def bind(name: str, *, tokenizer: str | None, template: str | None = None, max_l
     bound = name
     if variants != originals:
         bound = specs.remix(name, dict(zip(originals, variants, strict=True))) if mixture else variants[0]
-    return Bound(bound, variants, templates.pop() if len(templates) == 1 else None, originals)
+    resolved = found if bound == name else resolve(bound)
+    return Bound(bound, variants, templates.pop() if len(templates) == 1 else None, originals, resolved)

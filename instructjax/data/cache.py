@@ -12,7 +12,7 @@ it is used), or cannot be read at all, is reported in one line, rebuilt and repl
 `INSTRUCTJAX_CACHE_DIR` (default `~/.cache/instructjax/tokenized`), local or a URL (`gs://...`: a file there
 is read from its local copy, `storage.local_copy`, and written locally first, then uploaded);
 `INSTRUCTJAX_CACHE_DIR=off` turns the cache off. Several hosts share one directory through
-`data.shared_cache`.
+`data.tokenized.shared`.
 
 Layout: a magic line; flat arrays, each 64-byte aligned: the tokens and loss masks of all examples end
 to end (in the narrowest integer type that holds them), per-example offsets, trained-token counts and
@@ -77,8 +77,9 @@ def model_digest(path: str) -> str | None:
 def _code_digest() -> str:
     """sha256 of the data layer's source: a change to how rows are read or encoded invalidates the cache."""
     h = hashlib.sha256()
-    for path in sorted(Path(__file__).parent.glob("*.py")):
-        h.update(path.name.encode() + path.read_bytes())
+    root = Path(__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(path.relative_to(root).as_posix().encode() + path.read_bytes())
     return h.hexdigest()
 
 

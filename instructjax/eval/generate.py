@@ -158,7 +158,7 @@ def load_generator(model: str, *, tokenizer: str | None = None, template: str | 
     import sys
 
     from instructjax.convert.saved import load_model, saved_tokenizer
-    from instructjax.data.templates import DEFAULT_TEMPLATE, jinja_template
+    from instructjax.data.encoding.templates import DEFAULT_TEMPLATE, jinja_template
 
     saved, chat_template = saved_tokenizer(model, tokenizer=tokenizer, template=template)
     if chat_template is None:

@@ -40,7 +40,7 @@ def run_lm_eval(model: str, tasks: list[str], *, backend: str = "auto", num_fews
         )
     except Exception as exc:  # a task's hub dataset out of reach: one line naming it (else as raised)
         from instructjax.core.errors import ConfigError
-        from instructjax.data.sources import hub_failure, hub_problem
+        from instructjax.data.sources.hub import hub_failure, hub_problem
 
         dataset = hub_failure(exc)
         if dataset is None:

@@ -66,7 +66,7 @@ def _ablation_row(ablation: str, label: Callable[[str], str], default: str) -> R
 
 def k_draws(run: Run) -> Counter | None:
     """How often each k is drawn from the run's mosaic distribution (data.mosaic.sample_count), None without."""
-    from instructjax.data.mosaic import sample_count
+    from instructjax.data.mosaic.augment import sample_count
 
     section = run.config.data.mosaic
     if section is None:

@@ -2,7 +2,7 @@
 
 Seed 002 embeds each instruction with the model being tuned (the final-norm hidden states, averaged
 over the instruction's tokens) for k-means and k-center selection. Importing this module
-registers it as "llama-mean" in `instructjax.data.embeddings`:
+registers it as "llama-mean" in `instructjax.data.selection.embeddings`:
 `select(..., encoder=get_encoder("llama-mean", model="CKPT_OR_HF_DIR"))`.
 """
 
@@ -13,7 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from instructjax.data.embeddings import register_encoder
+from instructjax.data.selection.embeddings import register_encoder
 
 
 class LlamaMeanEncoder:

@@ -257,8 +257,8 @@ class DataEstimate:
 
 def _task_examples(task: str, count: int | None) -> tuple[int, float, str]:
     """(examples, mean tokens per example, source name) of one mixture component from the papers' sizes."""
-    from instructjax.data.specs import task as task_spec
-    from instructjax.data.synthetic import LENGTH_STATS
+    from instructjax.data.blends.specs import task as task_spec
+    from instructjax.data.sources.synthetic import LENGTH_STATS
 
     spec = task_spec(task)
     stats = LENGTH_STATS.get(spec.source)
@@ -275,8 +275,8 @@ def _task_examples(task: str, count: int | None) -> tuple[int, float, str]:
 def estimate_epoch(config: RunConfig, multiple: int = 1) -> DataEstimate:
     """One epoch from the papers' dataset sizes and mean lengths (Tulu Table 1; see the module doc); `multiple`:
     what a per_step step's rows are a multiple of."""
-    from instructjax.data import specs
-    from instructjax.data.mosaic import sample_count
+    from instructjax.data.blends import specs
+    from instructjax.data.mosaic.augment import sample_count
 
     data = config.data
     found = specs.tasks_of(data.mixture)
@@ -336,10 +336,11 @@ def _step_words(data, shapes: tuple[int, ...] = ()) -> str:
 def real_epoch(config: RunConfig, multiple: int = 1) -> DataEstimate:
     """One epoch counted by the real pipeline with the run's tokenizer (reads and encodes the data: local or
     built-in only); per_step: the run's step shapes, rows a multiple of `multiple`, as the trainer plans them."""
-    from instructjax.data.pipeline import DataPipeline
+    from instructjax.data.batches.pipeline import DataPipeline
     from instructjax.train import setup as run_setup
 
-    pipeline = DataPipeline(run_setup.bind_data(config, run_setup.tokenizer_path(config)).config)
+    data = run_setup.bind_data(config, run_setup.tokenizer_path(config))
+    pipeline = DataPipeline(data.config, resolved=data.resolved)
     plan = pipeline.plan_epoch(0)
     step_rows, real_share = (config.data.global_batch,), plan.efficiency
     if config.data.pack == "per_step":
@@ -375,7 +376,7 @@ class Plan:
 def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False, name: str = "") -> Plan:
     """The plan of `config` on `topology` (see the module docstring)."""
     if config.define:
-        from instructjax.data.specs import define
+        from instructjax.data.blends.specs import define
 
         define(config.define)
     model = preset(config.model.preset, **config.model.overrides)

@@ -27,7 +27,7 @@ def tokenizer_path(config: RunConfig) -> str | None:
     if not config.model.init_from:
         return None
     from instructjax.core.checkpoint import read_tokenizer
-    from instructjax.data.tokenizer import materialize
+    from instructjax.data.encoding.tokenizer import materialize
 
     try:
         item = read_tokenizer(config.model.init_from)
@@ -62,31 +62,36 @@ def fit_model_to_tokenizer(model: LlamaConfig, tokenizer, *, pretrained: bool) -
 @dataclass(frozen=True)
 class RunData:
     """The run's data bound to its tokenizer: `config` (a DataSection over the bound mixture), the task
-    names as the user wrote them (`sources`), the chat template and the tokenizer path."""
+    names as the user wrote them (`sources`), the chat template, the tokenizer path and the bound mixture
+    resolved once (`binding.Resolved`: what the pipeline reads)."""
 
     config: object
     sources: list[str]
     template: str | None
     tokenizer: str | None
+    resolved: object = None
 
 
 def bind_data(config: RunConfig, tokenizer: str | None) -> RunData:
     """Register the config's own tasks (`define:`) and bind its mixture to the run (see the module doc)."""
-    from instructjax.data.binding import bind, uses_model_encoder
-    from instructjax.data.specs import define
+    from instructjax.data.binding import bind, resolve, uses_model_encoder
+    from instructjax.data.blends.specs import define, unknown
 
     define(config.define)
-    if uses_model_encoder(config.data.mixture):  # its encoder runs the run's model
+    resolved = resolve(config.data.mixture)  # once: bind and the pipeline take it from here
+    if resolved is None:
+        raise unknown(config.data.mixture)
+    if uses_model_encoder(resolved):  # its encoder runs the run's model
         import instructjax.train.embed  # noqa: F401  (registers "llama-mean")
-    bound = bind(config.data.mixture, tokenizer=tokenizer, template=config.template, max_length=config.data.seq_len,
+    bound = bind(resolved, tokenizer=tokenizer, template=config.template, max_length=config.data.seq_len,
                  model=config.model.init_from, on_bad_row=config.data.on_bad_row)
     return RunData(dataclasses.replace(config.data, mixture=bound.name), bound.sources,
-                   config.template or bound.template, tokenizer)
+                   config.template or bound.template, tokenizer, bound.resolved)
 
 
 def tokenizer_item(tokenizer, template: str | None) -> dict:
     """The checkpoint's `tokenizer` item: the files with the run's chat template, and its name."""
-    from instructjax.data.templates import jinja_template
+    from instructjax.data.encoding.templates import jinja_template
 
     chat_template = jinja_template(template, bos=tokenizer.adds_bos) if template else None
     return {"files": tokenizer.files(chat_template), "template": template}

@@ -111,8 +111,8 @@ class Trainer:
         `devices`: the mesh's devices (default all); `pipeline`: a stand-in for the config's DataPipeline with the
         same interface (iteration, state, restore, task_names, plan_epoch; plan_steps for per_step)."""
         hosts.initialize(config.distributed, f"train:{config.run_dir}")  # the hosts tokenize together, each a share
-        from instructjax.data.pipeline import DataPipeline
-        from instructjax.data.tokenizer import Tokenizer, materialize
+        from instructjax.data.batches.pipeline import DataPipeline
+        from instructjax.data.encoding.tokenizer import Tokenizer, materialize
         from instructjax.train import setup as run_setup
 
         self.resume = resume
@@ -144,7 +144,7 @@ class Trainer:
                                   "resume with the run's own tokenizer (config `tokenizer:` / model.init_from)")
         self.pipeline = pipeline or DataPipeline(data.config, process_index=jax.process_index(),
                                                  process_count=jax.process_count(),
-                                                 vocab_size=self.model_config.vocab_size)
+                                                 vocab_size=self.model_config.vocab_size, resolved=data.resolved)
         self.sources = data.sources if pipeline is None else list(self.pipeline.task_names)
         plan = self.pipeline.plan_epoch(0)
         steps_per_epoch = plan.steps
@@ -167,7 +167,7 @@ class Trainer:
             for line in getattr(self.pipeline, "report", list)():
                 print(f"data: {line}", flush=True)
             if pipeline is None:
-                from instructjax.data.examples import cache_report
+                from instructjax.data.tokenized.examples import cache_report
 
                 print(f"data: {cache_report(list(self.pipeline.task_names))}", flush=True)
         self.tx, self.schedule = optim.make_optimizer(config.optim, self.total_steps)
@@ -404,7 +404,7 @@ class _Window:
 
 def _batch_spec(rows: int, seq_len: int, batch_sharding: NamedSharding) -> dict[str, jax.ShapeDtypeStruct]:
     """The global batch of `rows` rows as the step receives it (shapes, dtypes, sharding), to compile for."""
-    from instructjax.data.packing import empty_rows
+    from instructjax.data.batches.packing import empty_rows
 
     return {k: jax.ShapeDtypeStruct((rows, seq_len), v.dtype, sharding=batch_sharding)
             for k, v in empty_rows(1, seq_len).items()}

@@ -2,7 +2,7 @@
 
 `encode_rows(job, convs)` makes the examples of each conversation: encoded as one batch (`encode_conversations`)
 under the job's template, tokenizer and row length; a conversation over the row length, of a source that
-splits (ShareGPT), cut into blocks of whole rounds (`adapters.split_blocks`). The candidate blocks are
+splits (ShareGPT), cut into blocks of whole rounds (`dialogues.split_blocks`). The candidate blocks are
 measured by a `Segments` memo seeded with the conversation's own encoding: each round is tokenized once
 (once more where it opens a block), the blocks are put together from the same segments, and a block of
 several rounds found over the row length (which the memo cannot give) is split again the exact way.
@@ -42,11 +42,11 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from instructjax.core.errors import ConfigError
-from instructjax.data.adapters import split_blocks
-from instructjax.data.encode import Encoded, Segments, count_tokens, encode_conversations
+from instructjax.data.encoding.encode import Encoded, Segments, count_tokens, encode_conversations
+from instructjax.data.encoding.templates import get_template
+from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.schema import Conversation
-from instructjax.data.templates import get_template
-from instructjax.data.tokenizer import Tokenizer
+from instructjax.data.sources.dialogues import split_blocks
 
 BATCH = 128  # conversations per batch
 IN_PROCESS = 1000  # conversations a stream encodes here before it uses the pool (when the pool is not up)

@@ -10,7 +10,7 @@ conversation is read or tokenized that one process would not. A round's conversa
 pieces h, h + H, ... and writes each as one checksummed file into `<cache file>.pieces/` (`storage.write_bytes`:
 whole or not at all, so a host that dies leaves no piece that counts as done). The hosts tell each other a
 round is done through the key-value store of JAX's runtime (`core.hosts`); then each reads every piece. Every
-host then makes the examples from the pieces exactly as one process would (`examples._Stream` over the recorded
+host then makes the examples from the pieces exactly as one process would (`stream.TaskStream` over the recorded
 results: same examples, order, report, positions and errors), host 0 writes the cache file, and the others
 load that file: every host trains on the same bytes.
 
@@ -29,8 +29,10 @@ from typing import Any
 import xxhash
 
 from instructjax.core import hosts, storage
-from instructjax.data import cache, examples, specs
-from instructjax.data.encode_pool import Encoder, Result
+from instructjax.data import cache
+from instructjax.data.blends import specs
+from instructjax.data.encoding.pool import Encoder, Result
+from instructjax.data.tokenized import stream
 
 PIECES = 64  # pieces per round
 
@@ -52,11 +54,11 @@ def load_or_build(name: str, spec, seed: int | None, count: int | None, where) -
 
 
 class _Conversations:
-    """The task's conversations, read as far as asked (`upto`), each with its `_Read`; `end` once the read ended:
+    """The task's conversations, read as far as asked (`upto`), each with its `Read`; `end` once the read ended:
     (None, what was counted at the end, or the read's error)."""
 
     def __init__(self, name: str, spec, seed: int | None):
-        self._items = examples.conversation_items(name, spec, seed)
+        self._items = stream.conversation_items(name, spec, seed)
         self.convs, self.reads, self.end = [], [], None
 
     def upto(self, n: float) -> int:
@@ -71,7 +73,7 @@ class _Conversations:
 
 
 def _build(coordinator, name: str, spec, seed: int | None, count: int | None, where) -> tuple[Any, dict]:
-    read, pieces, job = _Conversations(name, spec, seed), _pieces_dir(where), examples.job_of(spec)
+    read, pieces, job = _Conversations(name, spec, seed), _pieces_dir(where), stream.job_of(spec)
     me, n = coordinator.process_index, coordinator.process_count
     results: list[Result | _Failed] = []
     made = 0  # examples the results so far give
@@ -98,13 +100,13 @@ def _build(coordinator, name: str, spec, seed: int | None, count: int | None, wh
         made = sum(_examples_in(r) for r in results)
     hosts.enter(f"read/{where.name}", f"reading the pieces of {name}").all_gather(True)  # host 0 may remove them
     whole = read.end is not None and len(results) == len(read.convs) and not _failed(results)
-    stream = examples._Stream(name, spec, seed, results=_Replay(read.reads, results, read.end if whole else None))
-    taken = stream.take(count)  # on every host: an error in the data is raised by all of them alike
+    replayed = stream.TaskStream(name, spec, seed, results=_Replay(read.reads, results, read.end if whole else None))
+    taken = replayed.take(count)  # on every host: an error in the data is raised by all of them alike
     saved = hosts.enter(f"saved/{where.name}", f"writing the cache of {name}")
     if me == 0:
         outcome = "saved"
         try:
-            examples.save(where, stream, taken)
+            stream.save(where, replayed, taken)
         except Exception as exc:  # noqa: BLE001 - the others stop too, naming it
             outcome = f"host 0 could not write {where}: {' '.join(str(exc).split())[:300]}"
             raise
@@ -149,7 +151,7 @@ def _examples_in(result) -> int:
 
 
 def _encode(job, convs: list) -> list[Result | _Failed]:
-    """The results of `convs` in order (over every core, `encode_pool`); an error ends them."""
+    """The results of `convs` in order (over every core, `encoding.pool`); an error ends them."""
     encoder, out = Encoder(job, iter([*((c, None) for c in convs), (None, None)])), []
     while True:
         try:

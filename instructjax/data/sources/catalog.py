@@ -33,11 +33,12 @@ from typing import Any
 
 import numpy as np
 
-from instructjax.core import hosts, storage
-from instructjax.core.errors import BadRowPolicy, ConfigError, DataError, InstructJaxError, SkippedRow
-from instructjax.data import adapters, cache, sharegpt
-from instructjax.data.rows import RowFile, datasets_quietly
+from instructjax.core import storage
+from instructjax.core.errors import BadRowPolicy, ConfigError, DataError, SkippedRow
 from instructjax.data.schema import Conversation
+from instructjax.data.sources import adapters, dialogues, messages, sharegpt
+from instructjax.data.sources.hub import from_hub, hub_table
+from instructjax.data.sources.rows import RowFile, datasets_quietly
 
 
 @dataclass(frozen=True)
@@ -78,7 +79,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            ("instruction", "context", "response", "category"), adapters.dolly),
     Source("oasst1", "Open Assistant 1", "OpenAssistant/oasst1",
            ("message_id", "parent_id", "role", "text", "rank", "lang", "message_tree_id", "deleted"),
-           adapters.oasst1_conversations, options={"top_k": None}, tree=True),
+           dialogues.oasst1_conversations, options={"top_k": None}, tree=True),
     Source("self_instruct", "Self-instruct", "yizhongw/self_instruct", ("prompt", "completion"),
            adapters.self_instruct, hub_config="self_instruct"),
     Source("unnatural_instructions", "Unnatural Instructions", "mrm8488/unnatural-instructions-core",
@@ -86,7 +87,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("alpaca", "Alpaca", "tatsu-lab/alpaca", _ALPACA, adapters.alpaca_style),
     Source("code_alpaca", "Code-Alpaca", "sahil2801/CodeAlpaca-20k", _ALPACA, adapters.alpaca_style),
     Source("gpt4_alpaca", "GPT4-Alpaca", "vicgalle/alpaca-gpt4", _ALPACA, adapters.alpaca_style),
-    Source("baize", "Baize", "taskydata/baize_chatbot", ("topic", "input"), adapters.baize,
+    Source("baize", "Baize", "taskydata/baize_chatbot", ("topic", "input"), dialogues.baize,
            hub_data_files=("alpaca_chat_data.json", "medical_chat_data.json", "quora_chat_data.json",
                            "stackoverflow_chat_data.json")),
     # the html-cleaned release as open-instruct reads it; `clean: fastchat` cleans a raw HTML dump (`sharegpt`)
@@ -99,9 +100,9 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("p3", "P3", "bigscience/P3", ("inputs_pretokenized", "targets_pretokenized"), adapters.p3,
            hub_parts="configs", options={"per_part": 1000, "pool_seed": 0}),
     Source("wizardlm", "WizardLM", "WizardLM/WizardLM_evol_instruct_70k", ("instruction", "output"),
-           adapters.wizardlm),
+           dialogues.wizardlm),
     # your own chats in today's standard format ({messages: [{role, content}]}): no hub dataset of its own
-    Source("messages", "Your own chats (messages)", None, ("messages",), adapters.messages),
+    Source("messages", "Your own chats (messages)", None, ("messages",), messages.messages),
 ]}
 
 
@@ -332,7 +333,7 @@ def _hub_parts(source: Source, split: str, hub_config: str | None, cache_dir: st
     config = hub_config or source.hub_config
 
     def load(config: str | None, data_files, where: str) -> RowFile:
-        return _hub_table(source.hub_id, config, data_files, split, cache_dir, where)
+        return hub_table(source.hub_id, config, data_files, split, cache_dir, where)
 
     if source.hub_parts == "files":
         return [(part_name(f), load(config, f, f"{source.hub_id}/{f}")) for f in source.hub_data_files]
@@ -351,78 +352,7 @@ def _hub_parts(source: Source, split: str, hub_config: str | None, cache_dir: st
     return [(config or source.name, load(config, source.hub_data_files, where))]
 
 
-_HUB_TABLES: dict[tuple, RowFile] = {}
 _HUB_IDS: dict[str, list[str]] = {}
-
-
-def _hub_table(hub_id: str, config: str | None, data_files, split: str, cache_dir: str | None, where: str) -> RowFile:
-    """One hub split as memory-mapped Arrow rows (opened once per process). When several hosts share the
-    tokenized cache directory (`core.hosts`), host 0 converts the split into its `hub/` directory and the
-    others open the same Arrow files once it is done: no host but one converts a hub file whole."""
-    key = (hub_id, config, data_files, split, cache_dir)
-    if key not in _HUB_TABLES:
-        shared = cache_dir or _shared_hub_dir()
-
-        def convert():
-            return from_hub(where, lambda: datasets_quietly().load_dataset(hub_id, config, data_files=data_files,
-                                                                           split=split, cache_dir=shared))
-
-        ds = hosts.first_then_others(f"hub/{where}", convert, f"converting {where}") if shared else convert()
-        _HUB_TABLES[key] = RowFile(where, dataset=ds)
-    return _HUB_TABLES[key]
-
-
-def _shared_hub_dir() -> str | None:
-    """`hub/` in the tokenized cache directory when several hosts see it as one local or network directory
-    (Arrow files are memory-mapped: not a bucket); else None (each host's own `datasets` cache)."""
-    where = cache.cache_dir()
-    if hosts.current() is None or where is None or storage.is_remote(where):
-        return None
-    return str(where / "hub") if hosts.sees_one_directory(where) else None
-
-
-def from_hub(what: str, call: Callable[[], Any]) -> Any:
-    """`call()`, which reaches the Hugging Face hub for dataset `what`; a failure there is one line naming the
-    dataset and the way out (a split it lacks is left to the caller: P3's evaluation-only subtasks)."""
-    try:
-        return call()
-    except (InstructJaxError, KeyboardInterrupt):
-        raise
-    except ValueError as exc:
-        if "Unknown split" in str(exc):
-            raise
-        raise ConfigError(hub_problem(what, exc)) from None
-    except Exception as exc:  # noqa: BLE001 - datasets and huggingface_hub raise many kinds
-        raise ConfigError(hub_problem(what, exc)) from None
-
-
-def hub_failure(exc: BaseException) -> str | None:
-    """The hub dataset `exc` says could not be reached, found or opened (a library's error), else None."""
-    import re
-
-    text, kind = str(exc), type(exc).__name__
-    if not (isinstance(exc, ConnectionError) or "NotFound" in kind or "Gated" in kind or "Couldn't reach" in text):
-        return None
-    found = (re.search(r"'([\w.-]+/[\w.-]+)'", text) or re.search(r"datasets?/([\w.-]+/[\w.-]+)", text)
-             or re.search(r"dataset ([\w.-]+/[\w.-]+)", text))
-    return found.group(1) if found else "(unnamed)"
-
-
-LOCAL_DATA = "or give the task local data_files in the dataset's schema (`define: tasks: {NAME: {source: ..., " \
-             "data_files: [...]}}`)"
-
-
-def hub_problem(what: str, exc: BaseException, local: str = LOCAL_DATA) -> str:
-    """What went wrong reaching hub dataset `what`, and what to do (`local`: the way around the hub), in one line."""
-    kind, text = type(exc).__name__, " ".join(str(exc).split())
-    if "Gated" in kind or "gated" in text.lower():
-        return f"hub dataset {what} is gated: accept its terms on huggingface.co and set HF_TOKEN, {local}"
-    if "NotFound" in kind or "doesn't exist" in text or "does not exist" in text:
-        return f"hub dataset {what} does not exist (a wrong id, or private: set HF_TOKEN), {local}"
-    if isinstance(exc, (ConnectionError, TimeoutError)) or "Couldn't reach" in text or "Offline" in text:
-        offline = " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)" if "Offline" in text else ""
-        return f"hub dataset {what}: the Hugging Face hub cannot be reached{offline}; download it where it can be, {local}"
-    return f"hub dataset {what} cannot be read ({kind}: {text[:200]}); {local}"
 
 
 def hub_identity(name: str) -> list[str] | None:

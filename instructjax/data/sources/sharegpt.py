@@ -24,11 +24,11 @@ kept so far is dropped when its id is that of one kept before it (id duplication
 duplication). Each is a skip reason of its own, counted in `instructjax data stats`: too_short,
 wrong_format, blocked_words, parser_error, duplicate_id, plugins, duplicate_first_exchange. FastChat's steps
 after the cleaner (`optional_clean`'s language filter, `filter_wrong_format`'s list-index check, the
-hard-coded identity questions) are not applied; its split is `adapters.split_blocks`. FastChat's main branch
+hard-coded identity questions) are not applied; its split is `dialogues.split_blocks`. FastChat's main branch
 since June 2024 also drops replies starting "Too many requests in 1 hour"; 0.2.36, the reference, does not.
 
 Either way a conversation longer than the run's row length is split into blocks of whole rounds when it
-is encoded (`adapters.split_blocks`).
+is encoded (`dialogues.split_blocks`).
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ from typing import Any
 
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError, DataError, SkippedRow
-from instructjax.data.adapters import field, repaired, row_id, row_meta
 from instructjax.data.schema import Conversation
+from instructjax.data.sources.adapters import field, repaired, row_id, row_meta
 
 SHAREGPT_ROLES = ("human", "gpt")  # the speakers both ways keep, in this order
 CLEAN_OPTIONS = (None, "fastchat")  # the `clean` option of the sharegpt source
@@ -159,7 +159,7 @@ def sharegpt(row: dict, name: str, index: int, clean: str | None = None,
     are kept (Tulu: "we do not do any further filtering"). `clean: fastchat`: a raw HTML dump cleaned by
     FastChat's whole cleaner (`clean_turns`, `clean_dump`; `prepare` runs it over the dump), human -> user,
     gpt -> assistant. Either way a conversation longer than the run's row length is split into blocks of
-    whole rounds when it is encoded (`adapters.split_blocks`)."""
+    whole rounds when it is encoded (`dialogues.split_blocks`)."""
     if clean == "fastchat":
         if cleaned is None:
             raise ConfigError("sharegpt clean: fastchat needs the whole dump cleaned first (`prepare`; "

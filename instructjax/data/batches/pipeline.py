@@ -31,14 +31,15 @@ import numpy as np
 
 from instructjax.core.config import DataSection
 from instructjax.core.errors import ConfigError, DataError
-from instructjax.data.packing import (
+from instructjax.data.batches.packing import (
     PackStats,
     SequencePacker,
     best_fit_decreasing,
     pack_segments,
     segment_lengths,
 )
-from instructjax.data.streams import ExampleStream, named_rng
+from instructjax.data.batches.streams import ExampleStream, named_rng
+from instructjax.data.binding import Resolved
 
 BATCH_KEYS = ("tokens", "targets", "loss_weights", "segment_ids", "positions", "source_ids")
 # pack: per_step: at most this many step shapes (each compiled once). Tulu lengths, seq 2048, batch 128, rows a
@@ -135,13 +136,14 @@ class DataPipeline:
     step, or with `pack: per_step` the rows its `plan_steps` gives that step."""
 
     def __init__(self, config: DataSection, *, process_index: int = 0, process_count: int = 1,
-                 vocab_size: int | None = None):
-        """`vocab_size`: the model's; a token id outside it is a ConfigError here, before training."""
+                 vocab_size: int | None = None, resolved: Resolved | None = None):
+        """`vocab_size`: the model's; a token id outside it is a ConfigError here, before training. `resolved`:
+        `config.mixture` as `binding.bind` resolved it (else resolved here)."""
         self.config = config
         self.process_index, self.process_count = process_index, process_count
         if config.global_batch % process_count:
             raise ConfigError(f"data.global_batch={config.global_batch} is not divisible by the {process_count} host(s)")
-        self.stream = ExampleStream(config, vocab_size=vocab_size)
+        self.stream = ExampleStream(config, vocab_size=vocab_size, resolved=resolved)
         self.task_names = self.stream.task_names
         self.per_step = config.pack == "per_step"  # the rows (and state) are pack: false's, packed per step
         self.packer = SequencePacker(config.seq_len, window=config.pack_window, overlong=config.overlong,

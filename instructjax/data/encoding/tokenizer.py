@@ -5,7 +5,7 @@ What a path may be:
   `tokenizers.Tokenizer.from_file` reads it; the special tokens, `add_bos_token` and the chat template
   come from `tokenizer_config.json` (or `special_tokens_map.json`);
 - a SentencePiece `.model` file, or a directory holding only `tokenizer.model`: converted so that the
-  engine gives the `sentencepiece` library's own ids (`instructjax.data.spm_convert`);
+  engine gives the `sentencepiece` library's own ids (`instructjax.data.encoding.spm_convert`);
 - None: the built-in default, Mistral-7B's 32000-piece SentencePiece model from the `mistral-common`
   package. It is only for from-scratch presets: a pretrained model brings its own tokenizer.
 
@@ -87,7 +87,7 @@ def _read(where: str) -> tuple[Engine, dict, bool | None, str | None]:
     """(engine, special token strings, add_bos_token or None if unsaid, chat template) of a tokenizer path (local,
     or a URL read from its local copy: `storage.local_copy`)."""
     from instructjax.core import storage
-    from instructjax.data import spm_convert
+    from instructjax.data.encoding import spm_convert
 
     try:
         path = storage.local_copy(where)

@@ -39,7 +39,7 @@ import numpy as np
 
 from instructjax.core.config import MosaicSection
 from instructjax.core.errors import ConfigError
-from instructjax.data import mosaic_rules as R
+from instructjax.data.mosaic import rules as R
 from instructjax.data.schema import Conversation
 
 _MAX_REDRAWS = 100_000

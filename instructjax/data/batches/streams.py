@@ -27,15 +27,15 @@ import numpy as np
 
 from instructjax.core.config import DataSection
 from instructjax.core.errors import ConfigError
-from instructjax.data import examples as examples_lib
-from instructjax.data import specs
-from instructjax.data.binding import resolve
-from instructjax.data.encode import Encoded, encode_conversation
-from instructjax.data.mosaic import mosaic_epoch
-from instructjax.data.packing import example_sizes
+from instructjax.data.batches.packing import example_sizes
+from instructjax.data.binding import Resolved, resolve
+from instructjax.data.blends import specs
+from instructjax.data.encoding.encode import Encoded, encode_conversation
+from instructjax.data.encoding.templates import DEFAULT_TEMPLATE
+from instructjax.data.encoding.tokenizer import Tokenizer
+from instructjax.data.mosaic.augment import mosaic_epoch
 from instructjax.data.schema import Conversation
-from instructjax.data.templates import DEFAULT_TEMPLATE
-from instructjax.data.tokenizer import Tokenizer
+from instructjax.data.tokenized import examples as examples_lib
 
 # The random streams of the example side (and of the packer's row order), each named for what it draws;
 # `data.shuffle: false` draws none of the orders (epoch_order, rate_cycle, window_rows, mosaic_order), only the
@@ -52,13 +52,14 @@ class ExampleStream:
     """The examples of a bound mixture or task, per epoch (epoch mode) or per window (rate mode), the same
     on every host."""
 
-    def __init__(self, config: DataSection, *, vocab_size: int | None = None):
-        """`vocab_size`: the model's; a token id outside it is a ConfigError here, before training."""
-        found = resolve(config.mixture)
+    def __init__(self, config: DataSection, *, vocab_size: int | None = None, resolved: Resolved | None = None):
+        """`vocab_size`: the model's; a token id outside it is a ConfigError here, before training. `resolved`:
+        `config.mixture` resolved by the binding (else resolved here, once)."""
+        found = resolved or resolve(config.mixture)
         if found is None:
             raise specs.unknown(config.mixture, "a registered task or mixture (data.mixture)")
-        self.config = config
-        self.task_names, mixture = found
+        self.config, self.resolved = config, found
+        self.task_names, mixture = list(found.tasks), found.mixture
         self.rate_mode = mixture is not None and not mixture.epoch_mode
         self.counts = dict(mixture.counts) if mixture is not None and mixture.epoch_mode else {}
         rates = dict(mixture.rates) if self.rate_mode else {}
@@ -66,8 +67,8 @@ class ExampleStream:
         # epoch mode: each task's subset is the first `count` trainable examples of its seeded order
         self._subset_seeds = {t: config.seed if self.counts.get(t) is not None else None for t in self.task_names}
         self.shuffle = config.shuffle
-        self.examples = [_task_examples(t, self.counts.get(t), self._subset_seeds[t], in_file_order=not self.shuffle)
-                         for t in self.task_names]
+        self.examples = [_task_examples(t, found.spec(t), self.counts.get(t), self._subset_seeds[t],
+                                        in_file_order=not self.shuffle) for t in self.task_names]
         for name, ex in zip(self.task_names, self.examples, strict=True):
             if not ex:
                 raise ConfigError(f"task {specs.base_name(name)!r} has no usable examples")
@@ -76,7 +77,7 @@ class ExampleStream:
         # Mosaic-IT's token budget follows the row length unless the config sets one
         self.mosaic = (dataclasses.replace(config.mosaic, max_length=config.mosaic_budget) if config.mosaic
                        else None)
-        self.mosaic_encoder = _mosaic_encoder(self.task_names, config) if config.mosaic else None
+        self.mosaic_encoder = _mosaic_encoder(found, config) if config.mosaic else None
         self._epoch_cache: tuple[int, list] | None = None
         self._order_cache: tuple[int, np.ndarray] | None = None
         self._sizes: tuple[np.ndarray, np.ndarray] | None = None
@@ -87,9 +88,9 @@ class ExampleStream:
     def report(self) -> list[str]:
         """What the tasks did not train as given: skipped rows, repairs, truncations, untrainable examples."""
         lines = []
-        for name in self.task_names:
-            if specs.lookup_task(name) is not None:  # a user's own seqio Task keeps no report
-                report = examples_lib.task_report(name, self._subset_seeds[name])
+        for name, spec in zip(self.task_names, self.resolved.specs, strict=True):
+            if spec is not None:  # a user's own seqio Task keeps no report
+                report = examples_lib.task_report(name, self._subset_seeds[name], spec=spec)
                 lines += [f"{specs.base_name(name)}: {line}" for line in report.lines()]
         lines += [f"epoch {e}: {n} mosaic example(s) had no trained token left" for e, n in self.untrainable.items()]
         return lines
@@ -101,10 +102,9 @@ class ExampleStream:
         for t, (name, ex) in enumerate(zip(self.task_names, self.examples, strict=True)):
             count = self.counts.get(name)
             if count is not None and count > len(ex):
-                try:
-                    out = examples_lib.task_report(name, self._subset_seeds[name]).empty_after_truncation
-                except ConfigError:  # a user's own seqio Task keeps no report
-                    out = 0
+                spec = self.resolved.spec(name)  # None: a user's own seqio Task keeps no report
+                out = (examples_lib.task_report(name, self._subset_seeds[name], spec=spec).empty_after_truncation
+                       if spec is not None else 0)
                 why = f" ({out} more have nothing to train within {self.config.seq_len} tokens)" if out else ""
                 raise ConfigError(f"mixture {specs.base_name(self.config.mixture)!r} asks for {count} examples of "
                                   f"{specs.base_name(name)!r}, which has {len(ex)} trainable{why}")
@@ -238,14 +238,15 @@ def _check_token_range(task: str, examples: list[dict], vocab_size: int) -> None
                               f"[0, {vocab_size}); was it tokenized with another tokenizer?")
 
 
-def _task_examples(name: str, count: int | None, seed: int | None, *, in_file_order: bool) -> list[dict]:
+def _task_examples(name: str, spec: specs.TaskSpec | None, count: int | None, seed: int | None, *,
+                   in_file_order: bool) -> list[dict]:
     """A task's encoded examples (its subset of `count` when `seed` is set, in the draw's order or in file
-    order): an instructjax task's own, else a user's seqio Task read through seqio and drawn the same way."""
-    if specs.lookup_task(name) is not None:
-        return examples_lib.encoded_examples(name, count, seed, in_file_order=in_file_order)
-    from instructjax.data import seqio_lookup
+    order): an instructjax task's own (`spec`), else a user's seqio Task read through seqio and drawn the same way."""
+    if spec is not None:
+        return examples_lib.encoded_examples(name, count, seed, in_file_order=in_file_order, spec=spec)
+    from instructjax.data.seqio import lookup
 
-    return seqio_lookup.examples(name, count, seed, in_file_order=in_file_order)
+    return lookup.examples(name, count, seed, in_file_order=in_file_order)
 
 
 class _MosaicEncoder:
@@ -263,11 +264,13 @@ class _MosaicEncoder:
         return encode_conversation(conv, self.template, self.tokenizer, max_length=self.max_length)
 
 
-def _mosaic_encoder(task_names: list[str], config: DataSection) -> _MosaicEncoder:
+def _mosaic_encoder(resolved: Resolved, config: DataSection) -> _MosaicEncoder:
     """The mixture's template and tokenizer with the Mosaic-IT token budget (`mosaic.max_length`, by
     default the row length `seq_len`)."""
-    task_specs = {specs.task(t) for t in task_names}
-    keys = {(s.template or DEFAULT_TEMPLATE, s.tokenizer) for s in task_specs}
+    for name, spec in zip(resolved.tasks, resolved.specs, strict=True):
+        if spec is None:  # a user's own seqio Task brings its tokens, not conversations
+            raise specs.unknown(name, "an instructjax task")
+    keys = {(s.template or DEFAULT_TEMPLATE, s.tokenizer) for s in resolved.specs}
     if len(keys) != 1:
         raise ConfigError("Mosaic-IT needs every task of the mixture to share one template and tokenizer")
     template, tokenizer = keys.pop()

@@ -7,7 +7,7 @@ import numpy as np
 import seqio
 
 from instructjax.core.errors import ConfigError
-from instructjax.data.specs import MixtureSpec, subset_seed
+from instructjax.data.blends.specs import MixtureSpec, subset_seed
 
 
 def mixture_spec(name: str) -> MixtureSpec | None:

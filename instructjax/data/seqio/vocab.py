@@ -13,7 +13,7 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
-from instructjax.data.tokenizer import Tokenizer
+from instructjax.data.encoding.tokenizer import Tokenizer
 
 
 class TokenizerVocabulary(seqio.Vocabulary):

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from instructjax.core.errors import ConfigError
+from instructjax.data.encoding.templates import ChatTemplate, Rendered, render
+from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.schema import Conversation
-from instructjax.data.templates import ChatTemplate, Rendered, render
-from instructjax.data.tokenizer import Tokenizer
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ JSON, and `id`) from `data.examples`, so seqio and the instructjax pipeline see 
 pipeline itself reads the specs (`data.specs`) and never needs this module: only code that asks seqio
 for a task does.
 
-    from instructjax.data.specs import TaskSpec
-    from instructjax.data.tasks import register_task
+    from instructjax.data.blends.specs import TaskSpec
+    from instructjax.data.seqio.tasks import register_task
     register_task("my_chats", TaskSpec(source="sharegpt", data_files=("/data/my_chats.jsonl",)))
 """
 
@@ -17,9 +17,11 @@ from __future__ import annotations
 import seqio
 import tensorflow as tf
 
-from instructjax.data import examples, sources, specs
-from instructjax.data.specs import BUILTIN_SUFFIX, TaskSpec
-from instructjax.data.vocab import get_vocabulary
+from instructjax.data.blends import specs
+from instructjax.data.blends.specs import BUILTIN_SUFFIX, TaskSpec
+from instructjax.data.seqio.vocab import get_vocabulary
+from instructjax.data.sources import catalog
+from instructjax.data.tokenized import examples
 
 
 def output_features(tokenizer_path: str | None = None) -> dict[str, seqio.Feature]:
@@ -58,7 +60,7 @@ def register_task(name: str, spec: TaskSpec, *, overwrite: bool = True) -> seqio
 
 def register_builtin_tasks() -> None:
     """Every source as `NAME` (hub) and `NAME_builtin` (synthetic rows shipped with the package)."""
-    for source in sources.SOURCES:
+    for source in catalog.SOURCES:
         for name in (source, source + BUILTIN_SUFFIX):
             register_task(name, specs.task(name), overwrite=False)
 

@@ -48,8 +48,8 @@ from sklearn.cluster import KMeans
 
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError, DataError
-from instructjax.data.embeddings import DEFAULT_ENCODER, Encoder, embed, get_encoder
 from instructjax.data.schema import Conversation
+from instructjax.data.selection.embeddings import DEFAULT_ENCODER, Encoder, embed, get_encoder
 
 METHODS = ("longest", "shortest", "random", "kmeans", "kcenter", "quality", "full")
 KMEANS_N_INIT = 1  # one k-means++ start, as sklearn's n_init="auto" does for k-means++
@@ -206,8 +206,8 @@ def _check_unique_ids(pool: list[Conversation]) -> None:
 def _default_response_length() -> Callable[[Conversation], int]:
     """Response tokens under the default training tokenizer (`encode.response_token_length`)."""
     try:
-        from instructjax.data.encode import response_token_length
-        from instructjax.data.tokenizer import Tokenizer
+        from instructjax.data.encoding.encode import response_token_length
+        from instructjax.data.encoding.tokenizer import Tokenizer
     except ImportError as e:
         raise ConfigError(
             f"longest/shortest selection needs a response_length counter and the default one is "

@@ -14,12 +14,12 @@ import hashlib
 from dataclasses import dataclass
 
 from instructjax.core.errors import ConfigError
-from instructjax.data.synthetic import BUILTIN, BUILTIN_SUFFIX  # noqa: F401  (names of the built-in tasks)
+from instructjax.data.sources.synthetic import BUILTIN, BUILTIN_SUFFIX  # noqa: F401  (names of the built-in tasks)
 
 
 @dataclass(frozen=True)
 class SelectionSpec:
-    """Keep `k` of a task's conversations chosen by `method` (see instructjax.data.selection)."""
+    """Keep `k` of a task's conversations chosen by `method` (see instructjax.data.selection.methods)."""
 
     method: str
     k: int | None = None
@@ -31,7 +31,7 @@ class SelectionSpec:
     encoder_tokenizer: str | None = None
 
     def __post_init__(self):
-        from instructjax.data.selection import METHODS
+        from instructjax.data.selection.methods import METHODS
 
         if self.method not in METHODS:
             raise ConfigError(f"selection.method must be one of {METHODS}, got {self.method!r}")
@@ -61,7 +61,7 @@ class TaskSpec:
     selection: SelectionSpec | None = None
 
     def __post_init__(self):
-        from instructjax.data.sources import SOURCES
+        from instructjax.data.sources.catalog import SOURCES
 
         if self.source not in SOURCES:
             raise ConfigError(f"unknown source {self.source!r} (known: {', '.join(sorted(SOURCES))})")
@@ -113,7 +113,7 @@ def add_mixture(name: str, spec: MixtureSpec) -> None:
 def lookup_task(name: str) -> TaskSpec | None:
     """The task called `name` (the built-in `SOURCE` / `SOURCE_builtin` ones made on first lookup)."""
     if name not in _TASKS:
-        from instructjax.data.sources import SOURCES
+        from instructjax.data.sources.catalog import SOURCES
 
         source = name.removesuffix(BUILTIN_SUFFIX)
         if source in SOURCES:
@@ -124,9 +124,9 @@ def lookup_task(name: str) -> TaskSpec | None:
 def lookup_mixture(name: str) -> MixtureSpec | None:
     """The mixture called `name` (the papers' mixtures made from their names on first lookup)."""
     if name not in _MIXTURES:
-        from instructjax.data import blends
+        from instructjax.data.blends import papers
 
-        counts = blends.resolve(name)
+        counts = papers.resolve(name)
         if counts is not None:
             add_mixture(name, MixtureSpec(counts=counts))
     return _MIXTURES.get(name)
@@ -157,10 +157,10 @@ def unknown(name: str, what: str = "a registered task or mixture") -> ConfigErro
     """`NAME is not a registered task or mixture; did you mean ...?` (the closest known names)."""
     import difflib
 
-    from instructjax.data import blends
-    from instructjax.data.sources import SOURCES
+    from instructjax.data.blends import papers
+    from instructjax.data.sources.catalog import SOURCES
 
-    known = {*_TASKS, *_MIXTURES, *blends.paper_names(), *SOURCES, *(f"{s}{BUILTIN_SUFFIX}" for s in SOURCES)}
+    known = {*_TASKS, *_MIXTURES, *papers.paper_names(), *SOURCES, *(f"{s}{BUILTIN_SUFFIX}" for s in SOURCES)}
     close = difflib.get_close_matches(name, sorted(k for k in known if k not in VARIANT_OF), n=3, cutoff=0.6)
     hint = f"did you mean {' or '.join(close)}?" if close else "README: defining your own task or mixture"
     return ConfigError(f"{name!r} is not {what}; {hint}")

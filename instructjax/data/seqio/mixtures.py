@@ -8,7 +8,7 @@ the exact counts; *rate mode* (seqio's native), endless sampling with relative r
 Importing this module registers the papers' mixtures (`data.blends`) in `seqio.MixtureRegistry`, as T5X
 registers tasks by importing a module; `register_epoch_mixture` / `register_rate_mixture` add your own::
 
-    from instructjax.data.mixtures import register_epoch_mixture
+    from instructjax.data.seqio.mixtures import register_epoch_mixture
     register_epoch_mixture("my_blend", {"alpaca": 20_000, "code_alpaca": 20_000, "my_chats": None})
 """
 
@@ -17,9 +17,9 @@ from __future__ import annotations
 import seqio
 
 from instructjax.core.errors import ConfigError
-from instructjax.data import blends, specs
-from instructjax.data.specs import MixtureSpec
-from instructjax.data.tasks import register_task
+from instructjax.data.blends import papers, specs
+from instructjax.data.blends.specs import MixtureSpec
+from instructjax.data.seqio.tasks import register_task
 
 
 class EpochMixture(seqio.Mixture):
@@ -65,7 +65,7 @@ def register_rate_mixture(name: str, rates: dict[str, float]) -> seqio.Mixture:
 
 def register_paper_mixtures() -> None:
     """The standard points of every family of the papers, each with its `_builtin` twin (`data.blends`)."""
-    for name in blends.paper_names():
+    for name in papers.paper_names():
         register_spec(name, specs.lookup_mixture(name))
 
 

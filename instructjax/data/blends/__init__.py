@@ -1,0 +1,1 @@
+"""Tasks and mixtures as data, looked up by name; the papers' mixtures."""

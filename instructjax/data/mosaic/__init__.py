@@ -1,0 +1,1 @@
+"""Mosaic-IT: several instructions concatenated into one example, by the paper's rules."""

@@ -1,0 +1,1 @@
+"""Which conversations a task keeps: longest responses, k-means, k-center, quality."""

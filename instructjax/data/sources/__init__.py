@@ -1,0 +1,1 @@
+"""Rows -> conversations: reading files and hub splits, each dataset's quirks, the built-in rows."""

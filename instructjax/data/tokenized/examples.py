@@ -1,0 +1,185 @@
+"""A task's examples: its rows read, rendered with the chat template, tokenized with the loss mask.
+
+`encoded_examples(name)` gives every example of a task in row order; `encoded_examples(name, count,
+seed)` its subset: the first `count` trainable examples in a random order seeded by the run's data seed
+and the dataset alone (`specs.subset_seed`), so every mixture holding a dataset draws the same subset, a smaller
+subset is a prefix of a larger one, and only the rows taken are read, rendered and tokenized
+(`in_file_order`: the same subset, its members in row order). Examples are made as they are asked for, in
+batches over every core (`encoding.pool`) yet exactly as one process encoding one conversation at a time
+makes them, and kept per process, and on disk (`data.cache`: a restart reads them back instead of
+tokenizing again). A read that fails is not kept: asking again reads again.
+`task_report(name)` says what happened to the rows: nothing is dropped without being counted there. No seqio
+or TensorFlow here.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from instructjax.core import storage
+from instructjax.data import cache
+from instructjax.data.blends import specs
+from instructjax.data.blends.specs import BUILTIN, TaskSpec
+from instructjax.data.encoding.templates import DEFAULT_TEMPLATE, get_template
+from instructjax.data.encoding.tokenizer import Tokenizer
+from instructjax.data.selection.embeddings import MODEL_ENCODERS
+from instructjax.data.sources import catalog, synthetic
+from instructjax.data.tokenized import shared
+from instructjax.data.tokenized.stream import (
+    DEFAULT_MAX_LENGTH,
+    TaskReport,
+    TaskStream,
+    save,
+)
+
+
+def encoded_examples(name: str, count: int | None = None, seed: int | None = None, *,
+                     in_file_order: bool = False, spec: TaskSpec | None = None) -> list[dict]:
+    """Encoded examples of task `name` (cached per process), see `task_report`.
+
+    `seed` None: every example, in row order. With `seed`: the first `count` trainable examples in the
+    task's seeded random order (`specs.subset_seed`), read, rendered and tokenized only as far as needed;
+    `in_file_order`: the same examples in row order (rows by their ordinal over the task's files, a row's
+    examples in their own order). A selection task is never shuffled: its order is the selection's.
+    Cached on disk when the task reads local files (see `data.cache`). `spec`: the task's, as the caller
+    resolved it (else looked up by name)."""
+    spec = spec or specs.task(name)
+    examples = _encoded_examples(name, spec, count, seed)
+    positions = _STREAMS[(name, spec, seed)].positions if seed is not None else None
+    if in_file_order and positions is not None:
+        order = sorted(range(len(examples)), key=positions.__getitem__)  # stable: a row's examples keep theirs
+        return [examples[i] for i in order]
+    return examples
+
+
+def _encoded_examples(name: str, spec: TaskSpec, count: int | None, seed: int | None) -> list[dict]:
+    known = _STREAMS.get((name, spec, seed))
+    if isinstance(known, _Cached) and (count is None or count > len(known.examples)):
+        del _STREAMS[(name, spec, seed)]  # a larger subset than the cached one: read on
+    elif known is not None:
+        return _take(name, spec, seed, count)
+    where = _cache_path(name, spec, count, seed)
+    cached = None
+    if where is not None:
+        CACHE_FILES[name] = where
+        cached = shared.load_or_build(name, spec, seed, count, where)  # None: this host alone
+        cached = cached if cached is not None else cache.load(where)
+    if cached is not None:
+        examples, report = cached
+        _STREAMS[(name, spec, seed)] = _Cached(examples, report)
+        FROM_CACHE.add(name)
+        return examples
+    examples = _take(name, spec, seed, count)
+    if where is not None:
+        save(where, _STREAMS[(name, spec, seed)], examples)
+    return examples
+
+
+CACHE_FILES: dict = {}  # task -> the cache file its examples were last asked from (`data prepare` lists them)
+FROM_CACHE: set[str] = set()  # the tasks whose examples came from their cache file
+
+
+def cache_report(tasks: list[str]) -> str:
+    """How the run's `tasks` got their examples: from the tokenized cache, or tokenized by this process."""
+    from instructjax.data.encoding.pool import ENCODED
+
+    where = cache.cache_dir()
+    if where is None:
+        return f"the tokenized cache is off; {ENCODED[0]:,} conversation(s) tokenized here"
+    read = sum(t in FROM_CACHE for t in tasks)
+    return (f"{read} of {len(tasks)} task(s) read from the tokenized cache ({where}); {ENCODED[0]:,} "
+            "conversation(s) tokenized here")
+
+
+
+
+def _take(name: str, spec: TaskSpec, seed: int | None, count: int | None) -> list[dict]:
+    """`take(count)` of the task's stream; a read that fails is dropped, so asking again reads again (and
+    raises again) rather than returning what was read before the failure."""
+    stream = _stream(name, spec, seed)
+    try:
+        return stream.take(count)
+    except BaseException:
+        _STREAMS.pop((name, spec, seed), None)
+        raise
+
+
+def _cache_path(name: str, spec: TaskSpec, count: int | None, seed: int | None):
+    """Where this task's examples are cached (None: cache off, or a source with neither files nor a hub dataset).
+    A hub dataset is known by what `datasets` names its prepared files after (its files' revision)."""
+    if cache.cache_dir() is None:
+        return None
+    hub = None
+    if spec.data_files is None:
+        try:  # offline with nothing downloaded: no identity, no cache (the read then says what is missing)
+            files, hub = [], catalog.hub_identity(spec.source)
+        except Exception:  # noqa: BLE001
+            hub = None
+        if hub is None:
+            return None
+    elif spec.data_files == (BUILTIN,):
+        files = synthetic.ensure_synthetic(spec.source)
+    else:  # a directory stands for its files (a pooled source's parts): each one's content is in the key
+        files = catalog.local_files(spec.data_files, spec.source)
+    if not all(storage.path(f).is_file() for f in files):
+        return None
+    template = get_template(spec.template or DEFAULT_TEMPLATE)
+    sel = spec.selection
+    weights = (cache.model_digest(sel.encoder_model) if sel is not None and sel.encoder in MODEL_ENCODERS
+               and sel.encoder_model and storage.path(sel.encoder_model).is_dir() else None)  # fmt: skip
+    key = cache.key(files=files, spec_repr=repr(spec), tokenizer_fingerprint=Tokenizer.load(spec.tokenizer).fingerprint,
+                    template_repr=_template_identity(template), max_length=spec.max_length or DEFAULT_MAX_LENGTH,
+                    count=count, seed=seed, encoder_weights=weights, hub=hub)  # fmt: skip
+    return cache.path_of(name, key)
+
+
+def _template_identity(template) -> str:
+    """A template as the cache key sees it (its fields; a function by its qualified name, not its address)."""
+    fields = [f"{k}={getattr(v, '__qualname__', v)!r}" for k, v in sorted(vars(template).items())]
+    return f"{type(template).__qualname__}({', '.join(fields)})"
+
+
+class _Cached:
+    """A task's examples read back from the cache (stands where its `TaskStream` would; `cache.CachedExamples`
+    makes each example when it is asked for)."""
+
+    def __init__(self, examples: cache.CachedExamples, report: dict):
+        self.examples = examples
+        self.report = TaskReport(read=report["read"], rows=report["rows"], examples=report["kept"], repaired=Counter(report["repaired"]),
+                                 skipped=Counter(report["skipped"]), split=report["split"],
+                                 truncated=report["truncated"], empty_after_truncation=report["untrainable"])
+        self.positions: list[int] | None = report.get("positions")
+
+    def take(self, count: int | None) -> cache.CachedExamples:
+        return self.examples[:count]
+
+
+def task_report(name: str, seed: int | None = None, *, spec: TaskSpec | None = None) -> TaskReport:
+    """What happened to the rows of task `name` so far (the whole task when `seed` is None); `spec`: the
+    task's, as the caller resolved it (else looked up by name)."""
+    spec = spec or specs.task(name)
+    if seed is None:
+        _take(name, spec, seed, None)
+    return _stream(name, spec, seed).report
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+_STREAMS: dict[tuple, TaskStream] = {}
+
+
+def _stream(name: str, spec: TaskSpec, seed: int | None) -> TaskStream:
+    key = (name, spec, seed)
+    if key not in _STREAMS:
+        _STREAMS[key] = TaskStream(name, spec, seed)
+    return _STREAMS[key]

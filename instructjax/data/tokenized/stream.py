@@ -1,0 +1,219 @@
+"""A task's examples as they are encoded: its conversations read (and selected), in the stream's order, encoded
+in batches over every core yet exactly as one process encoding one conversation at a time makes them, with
+the report of what happened to the rows (`TaskReport`). `examples` keeps these streams and the cache;
+`shared` replays one from pieces that several hosts encoded."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
+from instructjax.core.errors import BadRowPolicy, ConfigError
+from instructjax.data import cache
+from instructjax.data.blends import specs
+from instructjax.data.blends.specs import BUILTIN, SelectionSpec, TaskSpec
+from instructjax.data.encoding.pool import Encoder, Job, Result
+from instructjax.data.encoding.templates import DEFAULT_TEMPLATE
+from instructjax.data.encoding.tokenizer import Tokenizer
+from instructjax.data.schema import Conversation
+from instructjax.data.selection.embeddings import MODEL_ENCODERS
+from instructjax.data.sources import catalog, synthetic
+
+DEFAULT_MAX_LENGTH = 2048  # outside a run; a run truncates at its data.seq_len
+
+
+@dataclass
+class TaskReport:
+    """What happened to the rows of one task: nothing is dropped without being counted here.
+
+    `read` rows of the source (in a sampled task, the rows visited), `skipped` per reason, `repaired`
+    per repair (adapters), `split` conversations cut into blocks of whole rounds (ShareGPT), `truncated`
+    examples, `empty_after_truncation` (nothing left to train: kept out), `examples` kept."""
+
+    read: int = 0
+    rows: int = 0  # conversations encoded (after selection)
+    examples: int = 0
+    truncated: int = 0
+    empty_after_truncation: int = 0
+    split: int = 0
+    skipped: Counter = field(default_factory=Counter)
+    repaired: Counter = field(default_factory=Counter)
+
+    def lines(self) -> list[str]:
+        out = []
+        if self.truncated:
+            out.append(f"{self.truncated} example(s) truncated to max_length")
+        if self.empty_after_truncation:
+            out.append(
+                f"{self.empty_after_truncation} example(s) left with no trained token after truncation "
+                "(kept out of training)"
+            )
+        if self.split:
+            out.append(f"split {self.split} long conversation(s) into blocks of whole rounds")
+        out += [f"repaired {n} row(s): {how}" for how, n in sorted(self.repaired.items())]
+        out += [f"skipped {n} row(s): {reason}" for reason, n in sorted(self.skipped.items())]
+        return out
+
+    def as_dict(self) -> dict:
+        return {"read": self.read, "kept": self.examples, "repaired": dict(self.repaired),
+                "skipped": dict(self.skipped), "split": self.split, "truncated": self.truncated,
+                "untrainable": self.empty_after_truncation}
+
+
+def read_conversations(spec: TaskSpec, policy: BadRowPolicy | None = None, shuffle_seed: int | None = None,
+                       positions: list[int] | None = None, total: list[int] | None = None) -> Iterator[Conversation]:
+    """The source's Conversations for a spec (hub, local files, or built-in synthetic rows); `positions` and
+    `total`: see `catalog.load_conversations`."""
+    files: list[str] | None
+    if spec.data_files == (BUILTIN,):
+        files = synthetic.ensure_synthetic(spec.source)
+    else:
+        files = list(spec.data_files) if spec.data_files is not None else None
+    return catalog.load_conversations(spec.source, files, policy=policy, shuffle_seed=shuffle_seed,
+                                      positions=positions, total=total, **dict(spec.source_options))
+
+
+def save(where, stream: TaskStream, examples: list[dict]) -> None:
+    """Cache the examples `stream` took, with its report."""
+    report = stream.report
+    extra = {} if stream.positions is None else {"positions": stream.positions[: len(examples)]}
+    cache.save(where, examples, {**report.as_dict(), "rows": report.rows, **extra})
+
+
+class Read(NamedTuple):
+    """What the policy had counted when a conversation was read (what the report says if the caller's
+    examples end with it), and its place in row order; `error`: the read failed there."""
+
+    read: int
+    skipped: dict
+    repaired: dict
+    at: int | None = None
+    error: Exception | None = None
+
+
+def conversation_items(name: str, spec: TaskSpec, seed: int | None, total: list[int] | None = None
+                       ) -> Iterator[tuple[Conversation | None, Read]]:
+    """The task's conversations in the stream's order, each with `Read` taken right after it was read; then
+    (None, counted at the end, or the read's error). `total` gets the rows the read will visit, once known."""
+    policy = BadRowPolicy(spec.on_bad_row)
+    shuffle = specs.subset_seed(seed, name) if seed is not None and spec.selection is None else None
+    read_at: list[int] | None = [] if shuffle is not None else None  # each conversation's place in row order
+
+    def counted(error: Exception | None = None) -> Read:
+        return Read(policy.read, dict(policy.skipped), dict(policy.repaired), read_at[-1] if read_at else None,
+                     error)
+
+    conversations = read_conversations(spec, policy, shuffle, read_at, total)
+    try:
+        if spec.selection is not None:  # the selection's order (it reads every row first)
+            conversations = iter(_apply_selection(list(conversations), spec.selection, Tokenizer.load(spec.tokenizer)))
+    except Exception as exc:  # noqa: BLE001 - raised when the stream is first taken from
+        yield None, counted(exc)
+        return
+    while True:
+        try:
+            conv = next(conversations, None)
+        except Exception as exc:  # noqa: BLE001 - raised when the conversations before it are taken
+            yield None, counted(exc)
+            return
+        yield conv, counted()
+        if conv is None:
+            return
+
+
+def job_of(spec: TaskSpec) -> Job:
+    """How the task's conversations are encoded."""
+    return Job(spec.template or DEFAULT_TEMPLATE, Tokenizer.load(spec.tokenizer).path,
+               spec.max_length or DEFAULT_MAX_LENGTH, catalog.get_source(spec.source).split_long)
+
+
+class TaskStream:
+    """A task's examples, encoded as they are asked for (see `encoded_examples`), in batches over every core
+    (`encoding.pool.Encoder`) and exactly as one process encoding one conversation at a time makes them: the
+    conversations are read ahead, each with what the policy had counted when it was read (`Read`), and the
+    report, the positions and a read error follow the last conversation taken, not the last one read.
+    `results`: where the (`Read`, result) of each conversation come from instead (`tokenized.shared`: pieces)."""
+
+    def __init__(self, name: str, spec: TaskSpec, seed: int | None, results=None):
+        self.name, self.report, self.examples = name, TaskReport(), []
+        # a shuffled read notes each example's conversation's place in row order in `positions`
+        self.positions: list[int] | None = [] if seed is not None and spec.selection is None else None
+        self._last = Read(0, {}, {})
+        self.total: list[int] = []  # the rows the read will visit (for progress)
+        self._results = results if results is not None else Encoder(
+            job_of(spec), conversation_items(name, spec, seed, self.total))
+
+    def take(self, count: int | None) -> list[dict]:
+        while count is None or len(self.examples) < count:
+            got = self._results.next(None if count is None else count - len(self.examples))
+            if got is None:
+                break
+            self._last, result = got
+            if self._last.error is not None:
+                raise self._last.error
+            if result is None:
+                break
+            self._add(result)
+            if _PROGRESS is not None:
+                _PROGRESS(self.name, *self.progress(count))
+        report, last = self.report, self._last
+        report.read, report.skipped, report.repaired = last.read, Counter(last.skipped), Counter(last.repaired)
+        report.examples = len(self.examples)
+        return self.examples[:count] if count is not None else list(self.examples)
+
+    def progress(self, count: int | None) -> tuple[int, int | None]:
+        """(done, total): examples of `count`, or rows read of the rows there are."""
+        if count is not None:
+            return min(len(self.examples), count), count
+        return self._last.read, self.total[0] if self.total else None
+
+    def _add(self, result: Result) -> None:
+        pieces, split = result
+        self.report.split += split
+        for piece in pieces:
+            self.report.rows += 1
+            self.report.truncated += int(piece.truncated)
+            if piece.n_trained == 0:
+                self.report.empty_after_truncation += 1
+                continue
+            self.examples.append({"tokens": piece.tokens, "loss_mask": piece.loss_mask,
+                                  "conversation": piece.conversation, "id": piece.id})
+            if self.positions is not None:
+                self.positions.append(self._last.at)
+
+
+_PROGRESS: Callable[[str, int, int | None], None] | None = None
+
+
+@contextmanager
+def progress(callback: Callable[[str, int, int | None], None]) -> Iterator[None]:
+    """Within: `callback(task, done, total)` as a task's examples are made (done: examples of its count, or rows
+    read of the rows there are; total None: not known)."""
+    global _PROGRESS
+    _PROGRESS = callback
+    try:
+        yield
+    finally:
+        _PROGRESS = None
+
+
+def _apply_selection(convs: list[Conversation], sel: SelectionSpec, tokenizer: Tokenizer) -> list[Conversation]:
+    """The conversations `sel` keeps, in the selection's order (rows, i.e. report.rows, count only these)."""
+    from instructjax.data.encoding.encode import response_token_length
+    from instructjax.data.selection.embeddings import get_encoder
+    from instructjax.data.selection.methods import select
+
+    encoder = sel.encoder
+    if encoder in MODEL_ENCODERS:
+        if sel.encoder_model is None:
+            raise ConfigError(f"selection encoder {encoder!r} embeds with a model: train through a config with "
+                              "model.init_from, or set selection.encoder_model")
+        encoder = get_encoder(encoder, model=sel.encoder_model, tokenizer=sel.encoder_tokenizer)
+    chosen = select(
+        convs, sel.method, sel.k, seed=sel.seed, score_key=sel.score_key, num_clusters=sel.num_clusters,
+        encoder=encoder, response_length=lambda c: response_token_length(c, tokenizer),
+    )
+    return [s.conversation for s in chosen]
