@@ -9,8 +9,8 @@ DIR/accelerator_check.json. Four sections, each in its own process (JAX and torc
   GQA rows whose documents and last tile end mid-tile: values and dq/dk/dv against float64 numpy and the
   dense XLA implementation, in float32 and bfloat16, as relative L2 errors next to their tolerance; the
   leak test (another document's keys and values change nothing, and get exactly zero gradient).
-- train_step: benchmarks/gpu_mfu.py (TinyLlama-1.1B shape, seq 2048, bf16): MFU and tokens/s beside
-  transformers' PyTorch on the same device.
+- train_step: benchmarks/gpu_mfu.py (TinyLlama-1.1B shape, seq 2048, bf16; then the LLaMA-3.2-3B shape): MFU and
+  tokens/s beside transformers' PyTorch on the same device.
 - decode: greedy `generate` tokens/s at batch 1 and 32 on the same model shape, beside transformers'
   `generate` (both forced to the same number of new tokens).
 - real_run: the quickstart config through the CLI for 20 steps (checkpoint.every=10); the last checkpoint
@@ -20,7 +20,8 @@ DIR/accelerator_check.json. Four sections, each in its own process (JAX and torc
 It needs only jax, flax, optax, orbax-checkpoint, transformers and torch beside this package (`pip install
 --no-deps -e .`, plus the small `mistral-common` for the built-in tokenizer); a section that cannot run says
 why in one line. On a machine without an accelerator it runs a reduced size on the CPU (Pallas kernels in
-interpret mode, tiny shapes), which is how CI keeps it from rotting.
+interpret mode, tiny shapes), which is how CI keeps it from rotting. On a GPU every JAX child gets the GPU XLA
+flags of instructjax.core.xla_flags (what launch/gpu.py gives a training run).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ import common  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
 SECTIONS = ("kernels", "train_step", "decode", "real_run")
-TIMEOUT_S = {"kernels": 300, "train_step": 240, "decode": 180, "real_run": 240}
+TIMEOUT_S = {"kernels": 300, "train_step": 420, "decode": 180, "real_run": 240}
 SMALL_TIMEOUT_FACTOR = 3  # the reduced CPU size runs beside other work (CI's parallel tests): limits catch hangs
 # relative L2 error ||x - ref|| / ||ref|| allowed against float64: float32 inputs may meet TF32 matmuls on
 # GPUs (XLA's default for float32 dots there), bfloat16 keeps 8 bits of mantissa
@@ -51,6 +52,7 @@ TOLERANCE = {"float32": 2e-3, "bfloat16": 2e-2}
 LOSS_TOLERANCE = 1e-2  # relative, accelerator vs CPU losses of the real run (bf16-level)
 RESUME_TOLERANCE = 1e-3  # relative, resumed vs uninterrupted losses on one device (GPU scatter-adds reorder)
 TINYLLAMA = ["--layers", "22", "--hidden", "2048", "--intermediate", "5632", "--heads", "32", "--kv-heads", "4"]
+STEP_SHAPES = (["--shape", "tinyllama", "--batch", "4"], ["--shape", "llama3.2-3b", "--batch", "2"])  # full size
 SMALL_MODEL = ["--layers", "2", "--hidden", "64", "--intermediate", "128", "--heads", "4", "--kv-heads", "2",
                "--vocab", "1000"]
 
@@ -60,7 +62,7 @@ SMALL_MODEL = ["--layers", "2", "--hidden", "64", "--intermediate", "128", "--he
 
 def kernel_cases(platform: str, small: bool) -> dict:
     """Implementations, shapes and tiles for this platform and size."""
-    impls = {"gpu": ["xla", "blockwise", "pallas_gpu"], "tpu": ["xla", "blockwise", "splash"]}.get(
+    impls = {"gpu": ["xla", "blockwise", "pallas_gpu", "cudnn"], "tpu": ["xla", "blockwise", "splash"]}.get(
         platform, ["xla", "blockwise", "pallas_gpu", "splash"])
     if small:  # interpret mode: tiles of 64 leave partial last tiles at T=150; splash tiles are 128 wide
         return {"impls": impls, "shapes": [(2, 150, 4, 2, 16)], "block": {"splash": 128, "default": 64}}
@@ -131,6 +133,8 @@ def kernels_section(small: bool) -> dict:
             want = reference_attention(*(np.asarray(x.astype(jnp.float32)) for x in cast), segments)
             got = {}
             for impl in cases["impls"]:
+                if impl == "cudnn" and dtype == "float32":
+                    continue  # cuDNN's flash attention runs in bfloat16 or float16 only
                 block = cases["block"].get(impl, cases["block"].get("default"))
                 row = {"kind": "value", "impl": impl, "dtype": dtype, "shape": [b, t, h, kh, d], "block": block,
                        "compiled": _compiled(impl, platform), "tolerance": TOLERANCE[dtype]}
@@ -146,7 +150,8 @@ def kernels_section(small: bool) -> dict:
                     row["ok"] = all(e <= TOLERANCE[dtype] for e in row["vs_float64"].values())
                 rows.append(_emit(row))
             if (b, t, h, kh, d) == cases["shapes"][0]:
-                leaks += [_emit(_leak(impl, cases, cast, segments, dtype)) for impl in cases["impls"]]
+                leaks += [_emit(_leak(impl, cases, cast, segments, dtype)) for impl in cases["impls"]
+                          if not (impl == "cudnn" and dtype == "float32")]
     return {"platform": platform, "rows": rows, "leaks": leaks,
             "ok": all(r["ok"] for r in rows) and all(r["ok"] for r in leaks)}
 
@@ -178,6 +183,8 @@ def _value_and_grads(impl: str, block: int | None, segments, cast: list) -> list
 def _compiled(impl: str, platform: str) -> str:
     if impl in ("xla", "blockwise"):
         return "compiled (XLA)"
+    if impl == "cudnn":
+        return "compiled (cuDNN)"
     native = {"pallas_gpu": "gpu", "splash": "tpu"}[impl]
     return "compiled (Pallas)" if platform == native else "interpret"
 
@@ -304,7 +311,7 @@ def decode_torch(args) -> dict:
 
 
 def _cli(args: list[str], *, platform: str | None = None, log: Path) -> None:
-    env = dict(os.environ)
+    env = jax_environment()
     if platform:
         env["JAX_PLATFORMS"] = platform
     with log.open("a") as f:
@@ -439,7 +446,7 @@ def _child(argv: list[str], timeout: int, log: Path) -> dict:
     with log.open("w") as err:
         try:
             proc = subprocess.run([sys.executable, __file__, *argv], stdout=subprocess.PIPE, stderr=err, text=True,
-                                  timeout=timeout, env=dict(os.environ))
+                                  timeout=timeout, env=jax_environment())
         except subprocess.TimeoutExpired as exc:  # what it finished still counts
             out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else exc.stdout or ""
             done = [json.loads(line[len("ROW "):]) for line in out.splitlines() if line.startswith("ROW ")]
@@ -451,6 +458,14 @@ def _child(argv: list[str], timeout: int, log: Path) -> dict:
     if proc.returncode or not lines:
         raise RuntimeError(error_line(proc.stderr) or f"exit {proc.returncode}")
     return json.loads(lines[-1][len("RESULT "):])
+
+
+def jax_environment() -> dict[str, str]:
+    """This process's environment, with the GPU XLA flags where the check runs on a GPU (CHECK_PLATFORM)."""
+    from instructjax.core import xla_flags
+
+    env = dict(os.environ)
+    return xla_flags.gpu_environment(env) if env.get("CHECK_PLATFORM") == "gpu" else env
 
 
 def error_line(output: str) -> str:
@@ -468,17 +483,28 @@ def _decode_args(args, small: bool) -> list[str]:
 
 
 def _train_step(args, small: bool, limit: int) -> dict:
-    summary = Path(args.out) / "train_step.json"
-    argv = [str(Path(__file__).with_name("gpu_mfu.py")), "--no-append", "--json", str(summary)]
-    if small:
-        argv += [*SMALL_MODEL, "--seq", "64", "--batch", "2", "--steps", "2", "--allow-cpu", "--remat", "none"]
-    argv += args.train_step_args
-    proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=limit)
-    if proc.returncode or not summary.exists():
-        raise RuntimeError(error_line(proc.stdout + proc.stderr) or f"gpu_mfu exited {proc.returncode}")
-    result = json.loads(summary.read_text())
-    result["ok"] = "mfu" in result
-    return result
+    """gpu_mfu.py per shape (TinyLlama, then LLaMA-3.2-3B at full size): the first shape's figures, and every
+    shape's under `shapes`. The shapes share the section's time limit."""
+    shapes = [SMALL_MODEL + ["--seq", "64", "--batch", "2", "--steps", "2", "--allow-cpu", "--remat", "none"]] if small \
+        else [list(shape) for shape in STEP_SHAPES]
+    results, deadline = [], time.perf_counter() + limit
+    for i, shape in enumerate(shapes):
+        summary = Path(args.out) / f"train_step_{i}.json"
+        argv = [str(Path(__file__).with_name("gpu_mfu.py")), "--no-append", "--json", str(summary), *shape,
+                *args.train_step_args]
+        left = deadline - time.perf_counter()
+        try:
+            proc = subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=max(left, 1))
+        except subprocess.TimeoutExpired:
+            results.append({"error": f"{' '.join(shape[:2])}: stopped at the section's time limit"})
+            continue
+        if proc.returncode or not summary.exists():
+            results.append({"error": error_line(proc.stdout + proc.stderr) or f"gpu_mfu exited {proc.returncode}"})
+            continue
+        results.append(json.loads(summary.read_text()))
+    if "mfu" not in results[0]:
+        raise RuntimeError(results[0]["error"])
+    return {**results[0], "shapes": results, "ok": all("mfu" in r for r in results)}
 
 
 def report(found: dict, results: dict, small: bool) -> str:
@@ -524,15 +550,21 @@ def _kernels_md(r: dict) -> list[str]:
 
 
 def _train_md(r: dict) -> list[str]:
-    rows = [[f"instructjax ({r['attention']} attention)", f"{r['step_s']:.3f}", f"{r['tokens_per_s']:,.0f}",
-             f"{r['mfu']:.1%}"]]
-    if "torch_tokens_per_s" in r:
-        rows.append([f"transformers (torch {r['torch_version']})", f"{r['torch_step_s']:.3f}",
-                     f"{r['torch_tokens_per_s']:,.0f}", f"{r['torch_mfu']:.1%}"])
-    return [f"{r['model']}; peak {r['peak_tflops']:g} TFLOP/s.", "",
-            common.table(["implementation", "s/step", "tokens/s", "MFU"], rows), "",
-            f"instructjax / transformers = **{r.get('ratio', float('nan')):.2f}x** tokens/s (goal >= 1.3x); MFU "
-            f"**{r['mfu']:.1%}** (goal >= 45%)."]
+    out = []
+    for shape in r.get("shapes", [r]):
+        if "error" in shape:
+            out += [f"error: {shape['error']}", ""]
+            continue
+        rows = [[f"instructjax ({shape['attention']} attention)", f"{shape['step_s']:.3f}",
+                 f"{shape['tokens_per_s']:,.0f}", f"{shape['mfu']:.1%}"]]
+        if "torch_tokens_per_s" in shape:
+            rows.append([f"transformers (torch {shape['torch_version']})", f"{shape['torch_step_s']:.3f}",
+                         f"{shape['torch_tokens_per_s']:,.0f}", f"{shape['torch_mfu']:.1%}"])
+        out += [f"{shape['model']}; peak {shape['peak_tflops']:g} TFLOP/s.", "",
+                common.table(["implementation", "s/step", "tokens/s", "MFU"], rows), "",
+                f"instructjax / transformers = **{shape.get('ratio', float('nan')):.2f}x** tokens/s (goal >= 1.3x); "
+                f"MFU **{shape['mfu']:.1%}** (goal >= 45%).", ""]
+    return out[:-1]
 
 
 def _decode_md(r: dict) -> list[str]:
@@ -583,6 +615,7 @@ def main(argv: list[str] | None = None) -> int:
         return _run_child(args)
 
     found = probe()
+    os.environ["CHECK_PLATFORM"] = found["platform"]  # the children's XLA flags follow it (jax_environment)
     small = args.size == "small" or (args.size == "auto" and found["platform"] == "cpu")
     args.out = Path(args.out or REPO / "runs" / f"accelerator_check-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     args.out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,11 @@ preallocates GPU memory). MFU = (6 x matmul params + 12 L T H D) x tokens / step
 and exits 0 (`--allow-cpu` runs it anyway, at whatever size you give, to check the script). `--profile DIR`
 writes a jax.profiler trace of a few instructjax steps (benchmarks/profile_step.py reads the top costs).
 
-    python benchmarks/gpu_mfu.py [--batch 4 --seq 2048 --remat dots_with_no_batch_dims_saveable --steps 10]
+    python benchmarks/gpu_mfu.py [--shape tinyllama|llama3.2-3b] [--batch 4 --seq 2048 --remat minimal_with_context]
+                                 [--attention pallas_gpu --block 128 --backward-block 64] [--xla-flags gpu|none]
+
+`--xla-flags gpu` (the default) gives the JAX process instructjax.core.xla_flags' GPU set, as launch/gpu.py
+does for a training run; `none` leaves XLA's defaults.
 
 Goals (issue 16): instructjax >= 45% MFU, and >= 1.3x transformers' tokens/s.
 """
@@ -37,13 +41,37 @@ def gpu_available() -> bool:
     return subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
+# Model shapes: TinyLlama-1.1B, and LLaMA-3.2-3B (tied embeddings, vocabulary 128256).
+SHAPES = {
+    "tinyllama": dict(layers=22, hidden=2048, intermediate=5632, heads=32, kv_heads=4, vocab=32000, tie=False),
+    "llama3.2-3b": dict(layers=28, hidden=3072, intermediate=8192, heads=24, kv_heads=8, vocab=128256, tie=True),
+}
+
+
 def model_config(args):
     from instructjax.model.config import LlamaConfig
 
     return LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
                        num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.kv_heads,
                        max_position_embeddings=max(2048, args.seq), dtype="bfloat16", param_dtype="float32",
-                       remat=args.remat, attention=args.attention)  # fmt: skip
+                       remat=args.remat, attention=args.attention, attention_block=args.block,
+                       attention_backward_block=args.backward_block, tie_embeddings=args.tie)  # fmt: skip
+
+
+def setting_words(args) -> str:
+    """The measured setting in words (shape, batch, remat, attention and its tiles, XLA flags)."""
+    tiles = f", tiles {args.block or 'default'}/{args.backward_block or 'default'}" if args.attention != "xla" else ""
+    return (f"{args.shape} ({args.layers} x {args.hidden}, kv heads {args.kv_heads}, vocab {args.vocab}), batch "
+            f"{args.batch} x seq {args.seq}, bf16 compute / fp32 params, remat {args.remat}, attention "
+            f"{args.attention}{tiles}, XLA flags {args.xla_flags}")
+
+
+def child_environment(args) -> dict:
+    """The environment of the measured children: the GPU XLA flags unless `--xla-flags none`."""
+    from instructjax.core import xla_flags
+
+    env = dict(os.environ)
+    return xla_flags.gpu_environment(env) if args.xla_flags == "gpu" else env
 
 
 def jax_child(args) -> dict:
@@ -112,18 +140,19 @@ def torch_child(args) -> dict:
     return {"step_s": statistics.median(times), "device": name, "version": torch.__version__}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--layers", type=int, default=22)
-    parser.add_argument("--hidden", type=int, default=2048)
-    parser.add_argument("--intermediate", type=int, default=5632)
-    parser.add_argument("--heads", type=int, default=32)
-    parser.add_argument("--kv-heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=32000)
+    parser.add_argument("--shape", choices=SHAPES, default="tinyllama", help="model shape (layers, widths, vocab)")
+    for flag in ("layers", "hidden", "intermediate", "heads", "kv-heads", "vocab"):
+        parser.add_argument(f"--{flag}", type=int, default=None, help="override the shape's value")
     parser.add_argument("--seq", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--remat", default="dots_with_no_batch_dims_saveable")
     parser.add_argument("--attention", default="auto")
+    parser.add_argument("--block", type=int, default=None, help="model.attention_block (default: the kernel's)")
+    parser.add_argument("--backward-block", type=int, default=None, help="model.attention_backward_block")
+    parser.add_argument("--xla-flags", choices=("gpu", "none"), default="gpu",
+                        help="gpu: instructjax.core.xla_flags' GPU set in the JAX process (as launch/gpu.py)")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     parser.add_argument("--profile", default=None, help="write a jax.profiler trace here")
@@ -133,6 +162,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--no-append", action="store_true")
     parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
+    shape = SHAPES[args.shape]
+    for key in ("layers", "hidden", "intermediate", "heads", "kv_heads", "vocab"):
+        if getattr(args, key) is None:
+            setattr(args, key, shape[key])
+    args.tie = shape["tie"]
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
     if args.child:
         common.child_result(jax_child(args) if args.child == "jax" else torch_child(args))
         return {}
@@ -150,7 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     for framework in ("jax",) if args.no_torch else ("jax", "torch"):
         passed = [a for a in (argv if argv is not None else sys.argv[1:]) if a not in ("--no-append",)]
-        result = common.run_child([__file__, *passed, "--child", framework], env=dict(os.environ))
+        env = child_environment(args) if framework == "jax" else dict(os.environ)
+        result = common.run_child([__file__, *passed, "--child", framework], env=env)
         if result is None:
             raise SystemExit(f"gpu_mfu: the {framework} run failed")
         results[framework] = result
@@ -164,9 +204,8 @@ def main(argv: list[str] | None = None) -> dict:
             [f"transformers (torch {ref['version']}, SDPA, bf16 autocast, fused AdamW)", f"{ref['step_s']:.3f}",
              f"{tokens / ref['step_s']:,.0f}", f"{flops / ref['step_s'] / 1e12:.1f}", f"{mfu['torch']:.1%}"]]
     body = (
-        f"{ours['device']}; {param_count(config) / 1e9:.2f}B params ({args.layers} x {args.hidden}, kv heads "
-        f"{args.kv_heads}), batch {args.batch} x seq {args.seq}, bf16 compute / fp32 params, remat "
-        f"{args.remat}; `{ours['which']}`; median of {args.steps} steps each, peak {args.peak_tflops:g} TFLOP/s.\n\n"
+        f"{ours['device']}; {param_count(config) / 1e9:.2f}B params, {setting_words(args)}; `{ours['which']}`; "
+        f"median of {args.steps} steps each, peak {args.peak_tflops:g} TFLOP/s.\n\n"
         + common.table(["implementation", "s/step", "tokens/s", "model TFLOP/s", "MFU"], rows)
         + f"\n\ninstructjax / transformers = **{ratio:.2f}x** tokens/s (goal >= 1.3x: "
         + f"{'met' if ratio >= 1.3 else 'missed'}); MFU goal >= 45%: {'met' if mfu['jax'] >= 0.45 else 'missed'}."
@@ -178,11 +217,9 @@ def main(argv: list[str] | None = None) -> dict:
                "attention": ours["attention"], "torch_tokens_per_s": tokens / ref["step_s"], "torch_step_s": ref["step_s"],
                "torch_mfu": mfu["torch"], "torch_version": ref["version"], "ratio": ratio, "device": ours["device"],
                "peak_tflops": args.peak_tflops, "load_before": load_before,
-               "model": f"{param_count(config) / 1e9:.2f}B params ({args.layers} x {args.hidden}, kv heads "
-                        f"{args.kv_heads}), batch {args.batch} x seq {args.seq}, bf16 compute / fp32 params, remat "
-                        f"{args.remat}"}
+               "model": f"{param_count(config) / 1e9:.2f}B params, {setting_words(args)}"}
     if not args.no_append:
-        common.append_results("GPU step: ~1B LLaMA, seq 2048, bf16, instructjax vs transformers", body,
+        common.append_results(f"GPU step: {args.shape}, seq {args.seq}, bf16, instructjax vs transformers", body,
                               load_before=load_before)
     common.write_summary(args.json, summary)
     return summary

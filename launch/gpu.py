@@ -4,7 +4,9 @@
     python launch/gpu.py single --config configs/seed004_tulu/tulu_human_gpt_llama2_7b.yaml --dry-run
     python launch/gpu.py slurm --config CONFIG --nodes 4 --gpus-per-node 8 --partition gpu --dry-run
 
-`single` runs `instructjax train --resume` in one process that sees every local GPU. `slurm` writes
+`single` runs `instructjax train --resume` in one process that sees every local GPU. Both give the training
+process the GPU XLA flags of instructjax.core.xla_flags (the scheduler, GEMM and collective settings measured
+for LLaMA on H100s); a flag the user already has in XLA_FLAGS wins. `slurm` writes
 an sbatch script: one task per node, `srun` starts the same command everywhere with the
 jax.distributed environment the trainer reads (JAX_COORDINATOR_ADDRESS = the first node,
 JAX_NUM_PROCESSES = tasks, JAX_PROCESS_ID = SLURM_PROCID); `--requeue` plus `--resume` make a
@@ -18,11 +20,14 @@ it again (it resumes), unless the launcher itself was told to stop; the sbatch s
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import signal
 import subprocess
 import sys
 from pathlib import Path
+
+from instructjax.core import xla_flags
 
 COORDINATOR_PORT = 12355
 EXIT_PREEMPTED = 75  # `instructjax train` saved a checkpoint on SIGTERM (instructjax.train.preemption)
@@ -58,7 +63,8 @@ def train_argv(args, distributed: bool) -> list[str]:
 
 def single_command(args) -> list[str]:
     """One process over the node's GPUs (XLA may take 95% of each GPU's memory)."""
-    env = ["env", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95",
+    flags = xla_flags.merged(os.environ.get("XLA_FLAGS"), xla_flags.gpu_flags(args.gpus_per_node))
+    env = ["env", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95", f"XLA_FLAGS={flags}",
            f"CUDA_VISIBLE_DEVICES={','.join(str(i) for i in range(args.gpus_per_node))}"]
     return env + train_argv(args, distributed=False)
 
@@ -84,6 +90,8 @@ def sbatch_script(args) -> str:
         f"export JAX_COORDINATOR_ADDRESS=$HEAD:{COORDINATOR_PORT}",
         "export JAX_NUM_PROCESSES=$SLURM_NTASKS",
         "export XLA_PYTHON_CLIENT_MEM_FRACTION=0.95",
+        # ours first: a flag the job's own XLA_FLAGS names again comes later and wins
+        'export XLA_FLAGS="' + " ".join(xla_flags.gpu_flags(args.nodes * args.gpus_per_node)) + ' ${XLA_FLAGS:-}"',
         # JAX_PROCESS_ID must be each task's own rank, so it is set inside the srun'd shell
         "srun --kill-on-bad-exit=1 bash -c "
         + shlex.quote("JAX_PROCESS_ID=$SLURM_PROCID exec " + shlex.join(train_argv(args, distributed=True)))

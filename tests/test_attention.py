@@ -141,3 +141,24 @@ def test_pallas_gpu_tiles_fit_triton(length, dtype, head_dim):
     for tile in (forward, backward):
         assert tile >= 16 and tile & (tile - 1) == 0
     assert backward <= forward and forward < 2 * max(length, 16)
+
+
+def test_cudnn_segment_runs_describe_every_row():
+    """cuDNN's packed description of a row (offsets and lengths of its runs of equal ids) against a scan of
+    the row in Python; rows with padding, a one-token document and a single run."""
+    rows = np.concatenate([SEGMENTS, np.ones((1, T), np.int32)])
+    offsets, lengths = (np.asarray(x) for x in attention.segment_runs(jnp.asarray(rows), 8))
+    for row, off, length in zip(rows, offsets, lengths, strict=True):
+        starts = [i for i in range(T) if i == 0 or row[i] != row[i - 1]]
+        ends = starts[1:] + [T]
+        assert off.tolist() == starts + [-1] * (9 - len(starts))
+        assert length.tolist() == [e - s for s, e in zip(starts, ends, strict=True)] + [-1] * (8 - len(starts))
+
+
+def test_cudnn_off_its_platform_is_one_clear_error():
+    q, k, v, _ = inputs()
+    with pytest.raises(ValueError, match="bfloat16 or float16"):
+        attention.self_attention(jnp.asarray(q), jnp.asarray(k), jnp.asarray(v), jnp.asarray(SEGMENTS), "cudnn")
+    too_many = jnp.asarray(np.arange(T)[None].repeat(B, 0) // 2)  # 75 runs in a row
+    with pytest.raises(ValueError, match="75 segments"):
+        attention.self_attention(*(jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)), too_many, "cudnn")

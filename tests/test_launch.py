@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import re
 import shlex
 import subprocess
@@ -24,6 +25,7 @@ def _load(name: str):
 
 tpu = _load("tpu_vm")
 gpu = _load("gpu")
+xla_flags = gpu.xla_flags
 BASE = ["--name", "tulu7b", "--zone", "us-central2-b", "--bucket", "gs://bkt", "--config", str(ROOT / CONFIG)]
 
 
@@ -91,11 +93,13 @@ def test_tpu_stop_delete_logs_and_errors(capsys):
         tpu.main(["up", "--name", "x", "--zone", "z", "--dry-run"])
 
 
-def test_gpu_single_and_slurm(capsys):
+def test_gpu_single_and_slurm(capsys, monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
     assert gpu.main(["single", "--config", "c.yaml", "--gpus-per-node", "4", "--dry-run", "optim.micro_batches=2"]) == 0
     (cmd,) = printed(capsys)
-    assert cmd == ["env", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95", "CUDA_VISIBLE_DEVICES=0,1,2,3", "instructjax",
-                   "train", "--config", "c.yaml", "--resume", "optim.micro_batches=2"]
+    flags = " ".join(xla_flags.gpu_flags(4))
+    assert cmd == ["env", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95", f"XLA_FLAGS={flags}", "CUDA_VISIBLE_DEVICES=0,1,2,3",
+                   "instructjax", "train", "--config", "c.yaml", "--resume", "optim.micro_batches=2"]
     assert gpu.main(["slurm", "--config", "c.yaml", "--nodes", "4", "--partition", "gpu", "--run-dir", "/shared/r",
                      "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -104,10 +108,31 @@ def test_gpu_single_and_slurm(capsys):
                  "export JAX_NUM_PROCESSES=$SLURM_NTASKS",
                  "srun --kill-on-bad-exit=1 bash -c 'JAX_PROCESS_ID=$SLURM_PROCID exec instructjax train --config "
                  "c.yaml --resume run_dir=/shared/r distributed=true' && rc=0 || rc=$?",
-                 'if [ "$rc" -eq 75 ]; then scontrol requeue "$SLURM_JOB_ID"; fi', "+ sbatch instructjax.sbatch"):
+                 'if [ "$rc" -eq 75 ]; then scontrol requeue "$SLURM_JOB_ID"; fi', "+ sbatch instructjax.sbatch",
+                 f'export XLA_FLAGS="{" ".join(xla_flags.gpu_flags(32))} ${{XLA_FLAGS:-}}"'):
         assert line in out.splitlines()
     with pytest.raises(SystemExit):
         gpu.main(["single", "--config", "c.yaml", "--nodes", "2"])
+
+
+def test_gpu_flags_reach_the_process_and_xla_takes_them(capsys, monkeypatch):
+    """The launcher's environment starts a JAX process whose XLA parses every flag of the GPU set (an unknown
+    flag aborts XLA at start-up); a flag the user set keeps the user's value, in the launcher's merge and in
+    the sbatch script's order (XLA takes the last of a repeated flag)."""
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_triton_gemm=true --xla_force_host_platform_device_count=3")
+    assert gpu.main(["single", "--config", "c.yaml", "--gpus-per-node", "2", "--dry-run"]) == 0
+    (cmd,) = printed(capsys)
+    env = dict(a.split("=", 1) for a in cmd[1:4])  # env A=1 XLA_FLAGS=... CUDA_VISIBLE_DEVICES=... instructjax
+    flags = env["XLA_FLAGS"].split()
+    assert "--xla_gpu_enable_triton_gemm=true" in flags and "--xla_gpu_enable_triton_gemm=false" not in flags
+    assert set(xla_flags.gpu_flags(2)) - set(flags) == {"--xla_gpu_enable_triton_gemm=false"}
+    code = "import os, jax; print(jax.device_count(), os.environ['XLA_FLAGS'].count('--xla_gpu'))"
+    repeated = "--xla_force_host_platform_device_count=2 --xla_force_host_platform_device_count=5"
+    for xla, devices in ((env["XLA_FLAGS"], 3), (" ".join(xla_flags.gpu_flags(8)) + " " + repeated, 5)):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla})
+        assert proc.returncode == 0, proc.stderr[-500:]
+        assert proc.stdout.split()[0] == str(devices)
 
 
 def _exits(tmp_path, codes: list[int]) -> list[str]:

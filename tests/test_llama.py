@@ -1,5 +1,7 @@
 """The Flax LLaMA against transformers' PyTorch LlamaForCausalLM (same random weights), packing, remat."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -10,8 +12,8 @@ from flax import nnx
 
 from instructjax.convert.hf import hf_state, params_from_tensors
 from instructjax.core.errors import ConfigError
-from instructjax.model.config import PRESETS, LlamaConfig, param_count, preset
-from instructjax.model.llama import Llama, abstract_model, rope_inv_freq, with_params
+from instructjax.model.config import PRESETS, REMAT_POLICIES, LlamaConfig, param_count, preset
+from instructjax.model.llama import PROJECTIONS, Llama, abstract_model, rope_inv_freq, with_params
 
 ROPE_SCALED = dict(
     rope_theta=500000.0,
@@ -194,9 +196,33 @@ def _grads(config):
 def test_remat_policies_give_the_same_gradients():
     config = CASES["gqa"].replace(vocab_size=512)
     base = _grads(config)
-    for policy in ("full", "save_attention"):
+    for policy in REMAT_POLICIES[1:]:
         for g, ref in zip(_grads(config.replace(remat=policy)), base, strict=True):
             np.testing.assert_allclose(np.asarray(g), np.asarray(ref), atol=1e-6, err_msg=policy)
+
+
+def test_minimal_with_context_keeps_the_projections_and_the_attention_output():
+    """What JAX actually saves for the backward pass under `minimal_with_context` (looped layers, where the
+    names survive): every projection's output and the attention output of every layer that the backward
+    reads (all but down_proj's: the residual add after it is linear), and no other activation inside a
+    layer (norms, RoPE and the SwiGLU product are recomputed)."""
+    from jax._src.ad_checkpoint import saved_residuals
+
+    config = CASES["gqa"].replace(vocab_size=512, remat="minimal_with_context", scan_layers=False,
+                                  attention="blockwise")
+    graphdef, state = nnx.split(random_model(config))
+    tokens = jnp.zeros((2, 12), jnp.int32)
+    positions = jnp.broadcast_to(jnp.arange(12), (2, 12))
+
+    def loss(state):
+        return nnx.merge(graphdef, state)(tokens, positions, jnp.ones((2, 12), jnp.int32)).sum()
+
+    named = [re.search(r"named '(\w+)'", d).group(1) for _, d in saved_residuals(loss, state) if "named '" in d]
+    read = [name for name in (*PROJECTIONS, "attention") if name != "down_proj"]
+    assert sorted(named) == sorted(read * config.num_layers)
+    inside = [d for _, d in saved_residuals(loss, state) if "llama.py" in d and "named" not in d
+              and ("MLP" in d or "Attention" in d or "apply_rope" in d)]
+    assert not inside, inside
 
 
 KNOWN_SIZES = {"llama2-7b": 6_738_415_616, "llama2-70b": 68_976_648_192, "llama3-8b": 8_030_261_248,

@@ -178,6 +178,7 @@ def xla_bytes_per_device(config: RunConfig) -> int:
 @pytest.mark.parametrize("remat,mesh,micro_batches", [
     ("full", {"data": 2, "fsdp": 2, "tensor": 2}, 2),  # the papers' policy, every mesh axis, an accumulator
     ("none", {"data": 8}, 1),  # every layer's residuals: the term the other policies recompute one layer of
+    ("minimal_with_context", {"data": 4, "fsdp": 2}, 1),  # named projections and the attention output
 ])
 def test_plan_per_device_memory_is_within_15_percent_of_xla(remat, mesh, micro_batches):
     """`plan`'s per-device total (parameters + AdamW state + gradients + activations) against what XLA

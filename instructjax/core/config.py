@@ -436,7 +436,8 @@ def to_dict(config: RunConfig) -> dict:
 # where and how a run runs, is logged, saved and evaluated: none of it changes what it trains (dotted keys and
 # everything below them)
 NOT_TRAINING = ("name", "run_dir", "log_every", "mesh", "distributed", "checkpoint", "eval", "data.prefetch",
-                "model.overrides.attention", "model.overrides.attention_block", "model.overrides.scan_layers",
+                "model.overrides.attention", "model.overrides.attention_block", "model.overrides.attention_backward_block",
+                "model.overrides.scan_layers",
                 "model.overrides.remat")  # fmt: skip
 
 

@@ -11,6 +11,8 @@ One interface, several implementations (`LlamaConfig.attention`):
 | `splash`     | TPU (auto)       | Pallas splash attention (`CausalMask` + `SegmentIds`), per shard of batch   |
 |              |                  | and heads (`shard_map`)                                                    |
 | `pallas_gpu` | GPU (auto)       | Pallas (Triton) flash attention with `segment_ids`, per shard likewise     |
+| `cudnn`      | GPU (bf16/fp16)  | cuDNN fused flash attention, each row's segments as a packed (THD) batch   |
+|              |                  | of up to `CUDNN_MAX_SEGMENTS` sequences, per shard likewise                |
 
 Every implementation takes q [B, T, H, D], k and v [B, T, K, D] (query head h uses kv head h // (H / K),
 HF's repeat_kv) and segment ids [B, T] (0 = padding, which attends only to padding), and gives
@@ -30,8 +32,9 @@ from jax import lax
 Array = jax.Array
 
 AUTO = {"tpu": "splash", "gpu": "pallas_gpu", "cuda": "pallas_gpu", "rocm": "pallas_gpu"}  # else blockwise
-FUSED = ("blockwise", "splash", "pallas_gpu")  # never hold a [T, T] score array
-DEFAULT_BLOCK = {"xla": 128, "blockwise": 256, "splash": 512, "pallas_gpu": 128}
+FUSED = ("blockwise", "splash", "pallas_gpu", "cudnn")  # never hold a [T, T] score array
+DEFAULT_BLOCK = {"xla": 128, "blockwise": 256, "splash": 512, "pallas_gpu": 128, "cudnn": 0}
+CUDNN_MAX_SEGMENTS = 64  # runs of equal segment ids (padding included) a row may hold under `cudnn`
 MASKED = -1e30  # additive bias of a key a query may not see: finite, so a fully masked row gives no NaN
 LANES = 128  # splash tiles are multiples of this
 PAD_SEGMENT = -1  # segment of the positions added to fill the last block: they see only each other
@@ -311,24 +314,29 @@ def splash_attention(q: Array, k: Array, v: Array, segment_ids: Array, block: in
     return _per_shard(kernel, q, k, v, segment_ids)[:, :t]
 
 
-def pallas_gpu_tiles(block: int, length: int, row_bytes: int) -> tuple[int, int]:
+def pallas_gpu_tiles(block: int, length: int, row_bytes: int, backward: int | None = None) -> tuple[int, int]:
     """(forward, backward) tiles of the GPU kernel: powers of two (Triton's), at least 16, no longer than
     the padded row, and small enough for shared memory. Measured on an H100 (benchmarks/RESULTS.md): with
     rows of a head of 128 bytes (bf16, head dim 64) backward tiles of 64 ran the TinyLlama step 10% faster
     than the kernel's default 32; at 256 bytes forward tiles of 128 and backward tiles of 32 run; float32
-    at head dim 128 (512 bytes) failed with forward tiles of 128, so it gets 64."""
-    block = min(block, max(16, 1 << (length - 1).bit_length()), 128 if row_bytes <= 256 else 64)
+    at head dim 128 (512 bytes) failed with forward tiles of 128, so it gets 64. `backward` overrides the
+    backward tiles (still no longer than the padded row)."""
+    longest = max(16, 1 << (length - 1).bit_length())
+    block = min(block, longest, 128 if row_bytes <= 256 else 64)
+    if backward is not None:
+        return block, min(backward, longest)
     return block, min(block, 64 if row_bytes <= 128 else 32)
 
 
-def pallas_gpu_attention(q: Array, k: Array, v: Array, segment_ids: Array, block: int = 128) -> Array:
+def pallas_gpu_attention(q: Array, k: Array, v: Array, segment_ids: Array, block: int = 128,
+                         backward_block: int | None = None) -> Array:
     """GPU Pallas (Triton) flash attention with segment ids, per shard of batch and heads. The kernel wants
     one kv head per query head, so grouped kv heads are repeated (their gradients sum back)."""
     from jax.experimental.pallas.ops.gpu import attention as gpu
 
-    block, backward = pallas_gpu_tiles(block, q.shape[1], q.shape[-1] * q.dtype.itemsize)
+    block, backward = pallas_gpu_tiles(block, q.shape[1], q.shape[-1] * q.dtype.itemsize, backward_block)
     t = q.shape[1]
-    q, k, v, segment_ids = _pad_to_blocks(block, q, k, v, segment_ids.astype(jnp.int32))
+    q, k, v, segment_ids = _pad_to_blocks(max(block, backward), q, k, v, segment_ids.astype(jnp.int32))
     interpret = jax.default_backend() not in ("gpu", "cuda", "rocm")
     sizes = gpu.BlockSizes(block_q=block, block_k=block, block_q_dkv=backward, block_kv_dkv=backward,
                            block_q_dq=backward, block_kv_dq=backward)
@@ -342,6 +350,43 @@ def pallas_gpu_attention(q: Array, k: Array, v: Array, segment_ids: Array, block
     return _per_shard(kernel, q, k, v, segment_ids)[:, :t]
 
 
+def segment_runs(segment_ids: Array, max_segments: int) -> tuple[Array, Array]:
+    """(offsets [B, M+1], lengths [B, M]) of each row's runs of equal segment ids (padding is a run too),
+    -1 past a row's last run: the packed (THD) description cuDNN takes. Runs past `max_segments` are not
+    described (the caller checks the count)."""
+    b, t = segment_ids.shape
+    starts = jnp.concatenate([jnp.ones((b, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    offsets = jax.vmap(lambda row: jnp.nonzero(row, size=max_segments + 1, fill_value=-1)[0])(starts)
+    ends = jnp.where(offsets[:, 1:] >= 0, offsets[:, 1:], t)
+    lengths = jnp.where(offsets[:, :-1] >= 0, ends - offsets[:, :-1], -1)
+    return offsets.astype(jnp.int32), lengths.astype(jnp.int32)
+
+
+def cudnn_attention(q: Array, k: Array, v: Array, segment_ids: Array, block: int = 0,
+                    max_segments: int = CUDNN_MAX_SEGMENTS) -> Array:
+    """cuDNN's fused flash attention (GPU, bfloat16 or float16), causal within each run of a row's segment
+    ids: the runs are handed to cuDNN as a packed batch of sequences (offsets and lengths), so no mask array
+    exists. GQA runs natively. A row with more than `max_segments` runs is an error (checked on the host
+    where the ids are concrete; under jit the packer's rows hold far fewer)."""
+    from jax._src.cudnn.fused_attention_stablehlo import MaskType
+    from jax._src.cudnn.fused_attention_stablehlo import dot_product_attention as cudnn_dpa
+
+    if q.dtype not in (jnp.bfloat16, jnp.float16):
+        raise ValueError(f"cudnn attention runs in bfloat16 or float16, not {q.dtype} (model.dtype)")
+    segment_ids = segment_ids.astype(jnp.int32)
+    if not isinstance(segment_ids, jax.core.Tracer):
+        runs = int((segment_ids[:, 1:] != segment_ids[:, :-1]).sum(1).max()) + 1
+        if runs > max_segments:
+            raise ValueError(f"cudnn attention: a row holds {runs} segments, more than {max_segments}")
+
+    def kernel(q, k, v, segment_ids):
+        offsets, lengths = segment_runs(segment_ids, max_segments)
+        return cudnn_dpa(q, k, v, q_seqlen=lengths, kv_seqlen=lengths, q_offsets=offsets, kv_offsets=offsets,
+                         scale=1.0 / math.sqrt(q.shape[-1]), mask_type=MaskType.CAUSAL, qkv_layout="BTNH")
+
+    return _per_shard(kernel, q, k, v, segment_ids)
+
+
 # ---- the one entry point ---------------------------------------------------------------------------
 
 
@@ -352,10 +397,14 @@ def mask_input(implementation: str, segment_ids: Array) -> Array:
     return segment_ids
 
 
-def self_attention(q: Array, k: Array, v: Array, mask: Array, implementation: str, block: int | None = None) -> Array:
-    """Causal same-segment attention by `implementation` (resolved, not `auto`); `mask` from `mask_input`."""
+def self_attention(q: Array, k: Array, v: Array, mask: Array, implementation: str, block: int | None = None,
+                   backward_block: int | None = None) -> Array:
+    """Causal same-segment attention by `implementation` (resolved, not `auto`); `mask` from `mask_input`;
+    `backward_block` only where the kernel tiles its backward pass on its own (pallas_gpu)."""
     block = block or DEFAULT_BLOCK[implementation]
     if implementation == "xla":
         return causal_attend(q, k, v, mask, block=block)
-    run = {"blockwise": blockwise_attention, "splash": splash_attention, "pallas_gpu": pallas_gpu_attention}
+    if implementation == "pallas_gpu":
+        return pallas_gpu_attention(q, k, v, mask, block=block, backward_block=backward_block)
+    run = {"blockwise": blockwise_attention, "splash": splash_attention, "cudnn": cudnn_attention}
     return run[implementation](q, k, v, mask, block=block)

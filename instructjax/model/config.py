@@ -13,8 +13,9 @@ from typing import Any
 
 from instructjax.core.errors import ConfigError
 
-REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_attention")
-ATTENTION = ("auto", "xla", "blockwise", "splash", "pallas_gpu")  # see instructjax.model.attention
+REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_attention",
+                  "minimal_with_context")  # see instructjax.model.llama.remat_policy
+ATTENTION = ("auto", "xla", "blockwise", "splash", "pallas_gpu", "cudnn")  # see instructjax.model.attention
 _ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
 
 
@@ -28,7 +29,8 @@ class LlamaConfig:
 
     How the model runs, not what it computes (none of it reaches an HF config.json): `attention` picks
     the attention implementation (`auto`: splash on TPU, Pallas GPU flash attention on GPU, blockwise
-    on CPU), `attention_block` its tile size (None: the implementation's default), and `scan_layers`
+    on CPU), `attention_block` its tile size (None: the implementation's default),
+    `attention_backward_block` the backward pass's tiles where the kernel has its own (pallas_gpu), and `scan_layers`
     runs the decoder layers as one `scan` over stacked parameters (compile time independent of depth)
     instead of a Python loop over per-layer parameters.
     """
@@ -50,6 +52,7 @@ class LlamaConfig:
     remat: str = "none"
     attention: str = "auto"
     attention_block: int | None = None
+    attention_backward_block: int | None = None
     scan_layers: bool = True
     bos_id: int | None = 1
     eos_id: int = 2
@@ -74,6 +77,11 @@ class LlamaConfig:
         if self.attention_block is not None and (not isinstance(self.attention_block, int) or self.attention_block < 8
                                                  or self.attention_block % 8):
             problems.append(f"attention_block={self.attention_block!r} must be a multiple of 8 (or null)")
+        if self.attention_backward_block is not None and (
+                not isinstance(self.attention_backward_block, int) or self.attention_backward_block < 16
+                or self.attention_backward_block & (self.attention_backward_block - 1)):
+            problems.append(f"attention_backward_block={self.attention_backward_block!r} must be a power of two >= 16 "
+                            "(or null)")
         if not isinstance(self.scan_layers, bool):
             problems.append(f"scan_layers={self.scan_layers!r} must be true or false")
         if self.rope_scaling is not None:

@@ -148,13 +148,16 @@ class Attention(nnx.Module):
         self.v_proj = Dense(e, (k, d), ("embed", "kv_heads", "head_dim"), config, rngs=rngs)
         self.o_proj = Dense((h, d), e, ("heads", "head_dim", "embed"), config, rngs=rngs)
         self.implementation, self.block = config.attention, config.attention_block
+        self.backward_block = config.attention_backward_block
 
     def qkv(self, x: Array, cos: Array, sin: Array) -> tuple[Array, Array, Array]:
-        """Projected and rotated q [B, T, H, D], k and v [B, T, K, D]."""
-        q = with_logical_constraint(apply_rope(self.q_proj(x), cos, sin), ("batch", "length", "heads", "head_dim"))
-        k = with_logical_constraint(apply_rope(self.k_proj(x), cos, sin), ("batch", "length", "kv_heads", "head_dim"))
-        v = with_logical_constraint(self.v_proj(x), ("batch", "length", "kv_heads", "head_dim"))
-        return q, k, v
+        """Projected and rotated q [B, T, H, D], k and v [B, T, K, D] (the projections named for remat)."""
+        q = apply_rope(checkpoint_name(self.q_proj(x), "q_proj"), cos, sin)
+        k = apply_rope(checkpoint_name(self.k_proj(x), "k_proj"), cos, sin)
+        v = checkpoint_name(self.v_proj(x), "v_proj")
+        q = with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+        k = with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
+        return q, k, with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
 
     def __call__(self, x: Array, cos: Array, sin: Array, mask: Array, kv: tuple[Array, Array] | None = None,
                  index: Array | None = None) -> tuple[Array, tuple[Array, Array] | None]:
@@ -162,8 +165,9 @@ class Attention(nnx.Module):
         `mask` is the additive bias over the cache's slots."""
         q, k, v = self.qkv(x, cos, sin)
         if kv is None:
-            out = attention.self_attention(q, k, v, mask, attention.resolve(self.implementation), self.block)
-            return self.o_proj(checkpoint_name(out, "attention")), None
+            out = attention.self_attention(q, k, v, mask, attention.resolve(self.implementation), self.block,
+                                           self.backward_block)
+            return checkpoint_name(self.o_proj(checkpoint_name(out, "attention")), "o_proj"), None
         keys = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, index, 0, 0))
         values = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, index, 0, 0))
         return self.o_proj(attention.attend(q, keys, values, mask)), (keys, values)
@@ -179,8 +183,9 @@ class MLP(nnx.Module):
         self.down_proj = Dense(m, e, ("mlp", "embed"), config, rngs=rngs)
 
     def __call__(self, x: Array) -> Array:
-        hidden = jax.nn.silu(self.gate_proj(x)) * self.up_proj(x)
-        return self.down_proj(with_logical_constraint(hidden, ("batch", "length", "mlp")))
+        gate, up = checkpoint_name(self.gate_proj(x), "gate_proj"), checkpoint_name(self.up_proj(x), "up_proj")
+        hidden = jax.nn.silu(gate) * up
+        return checkpoint_name(self.down_proj(with_logical_constraint(hidden, ("batch", "length", "mlp"))), "down_proj")
 
 
 class DecoderLayer(nnx.Module):
@@ -200,13 +205,21 @@ class DecoderLayer(nnx.Module):
         return with_logical_constraint(x, ("batch", "length", "embed")), kv
 
 
-def _remat_policy(name: str):
+# Named activations of a layer (checkpoint_name above): every projection's output and the attention output.
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def remat_policy(name: str):
+    """The jax.checkpoint policy of `config.remat` (not `none`): what a layer keeps for its backward pass.
+    `minimal_with_context` is MaxText's GPU choice: every projection's output and the attention output are
+    kept, the rest (norms, RoPE, activations, the attention kernel's own residuals) recomputed."""
     policies = jax.checkpoint_policies
     return {
         "full": None,  # save nothing, recompute the whole layer
         "dots_saveable": policies.dots_saveable,
         "dots_with_no_batch_dims_saveable": policies.dots_with_no_batch_dims_saveable,
         "save_attention": policies.save_only_these_names("attention"),
+        "minimal_with_context": policies.save_only_these_names(*PROJECTIONS, "attention"),
     }[name]
 
 
@@ -264,7 +277,7 @@ class Llama(nnx.Module):
             return layer(x, cos, sin, mask)[0]
 
         if self.config.remat != "none":
-            run_layer = nnx.remat(run_layer, policy=_remat_policy(self.config.remat))
+            run_layer = nnx.remat(run_layer, policy=remat_policy(self.config.remat))
         if not self.config.scan_layers:
             for layer in self.layers:
                 x = run_layer(layer, x, cos, sin, mask)

@@ -21,6 +21,8 @@ decoder layer:
 - ``save_attention``: the layer input and attention output `c s r (h + a d / t)`, plus one recomputed layer;
 - ``dots_with_no_batch_dims_saveable``: the layer input and the weight matmul outputs
   `c s r (h + (a + 2k) d / t + h + 2m / t + h)`, plus one recomputed layer;
+- ``minimal_with_context``: the layer input, o_proj's output, q, k, v, the attention output, gate and up
+  `c s r (2h + (2a + 2k) d / t + 2m / t)` (down_proj's output is named but never read), plus one recomputed layer;
 - ``dots_saveable``: that plus, for the dense `xla` attention, its einsums: float32 scores `4 (a / t) s^2 r`
   and the output `c s r a d / t` (a fused kernel's einsums stay inside it).
 
@@ -229,6 +231,8 @@ def activation_bytes(model: LlamaConfig, rows: int, seq_len: int, tensor: int, p
         "full": layer_input,
         "save_attention": c * s * r * (h + a * d / t),
         "dots_with_no_batch_dims_saveable": c * s * r * (3 * h + (a + 2 * k) * d / t + 2 * m / t),
+        # the layer's input, o_proj, q/k/v, the attention output, gate and up (down_proj's output is not read)
+        "minimal_with_context": c * s * r * (2 * h + (2 * a + 2 * k) * d / t + 2 * m / t),
     }
     saved["dots_saveable"] = saved["dots_with_no_batch_dims_saveable"] + (
         0 if fused else 4 * (a / t) * s * s * r + c * s * r * a * d / t)
