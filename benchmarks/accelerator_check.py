@@ -64,11 +64,15 @@ def kernel_cases(platform: str, small: bool) -> dict:
     """Implementations, shapes and tiles for this platform and size."""
     impls = {"gpu": ["xla", "blockwise", "pallas_gpu", "cudnn"], "tpu": ["xla", "blockwise", "splash"]}.get(
         platform, ["xla", "blockwise", "pallas_gpu", "splash"])
+    # a shape is (batch, length, heads, kv heads, head dim, sliding window, soft-cap)
     if small:  # interpret mode: tiles of 64 leave partial last tiles at T=150; splash tiles are 128 wide
-        return {"impls": impls, "shapes": [(2, 150, 4, 2, 16)], "block": {"splash": 128, "default": 64}}
+        return {"impls": impls, "shapes": [(2, 150, 4, 2, 16, None, None), (2, 150, 4, 2, 16, 37, 2.0)],
+                "block": {"splash": 128, "default": 64}}
     # T=600: no tile size divides it; head dims of TinyLlama (64) and LLaMA-7B (128); T=100: a row shorter
-    # than one default tile (what scoring and decoding prefill with). Tiles: each implementation's default.
-    return {"impls": impls, "shapes": [(2, 600, 8, 2, 64), (2, 600, 8, 2, 128), (2, 100, 8, 2, 64)], "block": {}}
+    # than one default tile (what scoring and decoding prefill with); a window and a soft-cap (Gemma-2, Mistral:
+    # on a GPU our own Pallas kernel). Tiles: each implementation's default.
+    return {"impls": impls, "shapes": [(2, 600, 8, 2, 64, None, None), (2, 600, 8, 2, 128, None, None),
+                                       (2, 100, 8, 2, 64, None, None), (2, 600, 8, 2, 128, 200, 2.0)], "block": {}}
 
 
 def packed_segments(b: int, t: int) -> np.ndarray:  # noqa: F821  (numpy is imported inside)
@@ -84,9 +88,10 @@ def packed_segments(b: int, t: int) -> np.ndarray:  # noqa: F821  (numpy is impo
     return np.stack([rows[i % 2] for i in range(b)]).astype(np.int32)
 
 
-def reference_attention(q, k, v, d_out, segments):
+def reference_attention(q, k, v, d_out, segments, window=None, softcap=None):
     """float64 numpy forward and backward of causal same-segment GQA attention (batched matmuls over
-    [batch, head] in float64: BLAS, seconds at T=1000)."""
+    [batch, head] in float64: BLAS, seconds at T=1000); a key at distance >= `window` is not seen, scores are
+    capped as cap * tanh(s / cap)."""
     import numpy as np
 
     b, t, h, d = q.shape
@@ -94,12 +99,16 @@ def reference_attention(q, k, v, d_out, segments):
     heads_first = lambda x: np.asarray(x, np.float64).transpose(0, 2, 1, 3)  # noqa: E731  [B, H, T, D]
     q, d_out = heads_first(q), heads_first(d_out)
     k, v = (np.repeat(heads_first(x), group, axis=1) for x in (k, v))  # query head h uses kv head h // group
-    mask = (segments[:, :, None] == segments[:, None, :]) & np.tril(np.ones((t, t), bool))[None]
-    scores = np.where(mask[:, None], q @ k.transpose(0, 1, 3, 2) / np.sqrt(d), -np.inf)
+    distance = np.arange(t)[:, None] - np.arange(t)[None, :]
+    near = (distance >= 0) & (distance < (window or t + 1))
+    mask = (segments[:, :, None] == segments[:, None, :]) & near[None]
+    raw = q @ k.transpose(0, 1, 3, 2) / np.sqrt(d)
+    slope = 1.0 if softcap is None else 1 - np.tanh(raw / softcap) ** 2
+    scores = np.where(mask[:, None], raw if softcap is None else softcap * np.tanh(raw / softcap), -np.inf)
     p = np.exp(scores - scores.max(-1, keepdims=True))
     p /= p.sum(-1, keepdims=True)
     dp = d_out @ v.transpose(0, 1, 3, 2)
-    ds = p * (dp - (dp * p).sum(-1, keepdims=True)) / np.sqrt(d)
+    ds = p * (dp - (dp * p).sum(-1, keepdims=True)) * slope / np.sqrt(d)
     per_kv_head = lambda x: x.reshape(b, -1, group, t, d).sum(2)  # noqa: E731  GQA: gradients sum per group
     back = lambda x: x.transpose(0, 2, 1, 3)  # noqa: E731
     dk, dv = per_kv_head(ds.transpose(0, 1, 3, 2) @ q), per_kv_head(p.transpose(0, 1, 3, 2) @ d_out)
@@ -123,23 +132,25 @@ def kernels_section(small: bool) -> dict:
     platform = jax.default_backend()
     cases = kernel_cases(platform, small)
     rows, leaks = [], []
-    for b, t, h, kh, d in cases["shapes"]:
+    for b, t, h, kh, d, window, softcap in cases["shapes"]:
+        options = {"window": window, "softcap": softcap}
         segments = packed_segments(b, t)
         rng = np.random.default_rng(t + d)
         q, d_out = (rng.normal(size=(b, t, h, d)).astype(np.float32) for _ in range(2))
         k, v = (rng.normal(size=(b, t, kh, d)).astype(np.float32) for _ in range(2))
         for dtype in ("float32", "bfloat16"):
             cast = [jnp.asarray(x, dtype) for x in (q, k, v, d_out)]
-            want = reference_attention(*(np.asarray(x.astype(jnp.float32)) for x in cast), segments)
+            want = reference_attention(*(np.asarray(x.astype(jnp.float32)) for x in cast), segments, **options)
             got = {}
             for impl in cases["impls"]:
-                if impl == "cudnn" and dtype == "float32":
-                    continue  # cuDNN's flash attention runs in bfloat16 or float16 only
+                if impl == "cudnn" and (dtype == "float32" or softcap):
+                    continue  # cuDNN's flash attention runs in bfloat16 or float16 only, and has no soft-cap
                 block = cases["block"].get(impl, cases["block"].get("default"))
                 row = {"kind": "value", "impl": impl, "dtype": dtype, "shape": [b, t, h, kh, d], "block": block,
-                       "compiled": _compiled(impl, platform), "tolerance": TOLERANCE[dtype]}
+                       "window": window, "softcap": softcap, "compiled": _compiled(impl, platform),
+                       "tolerance": TOLERANCE[dtype]}
                 try:
-                    got[impl] = _value_and_grads(impl, block, segments, cast)
+                    got[impl] = _value_and_grads(impl, block, segments, cast, options)
                 except Exception as exc:  # noqa: BLE001  one kernel failing must not hide the others
                     row.update(error=_one_line(exc), ok=False)
                 else:
@@ -149,9 +160,9 @@ def kernels_section(small: bool) -> dict:
                                      if "xla" in got and impl != "xla" else {})
                     row["ok"] = all(e <= TOLERANCE[dtype] for e in row["vs_float64"].values())
                 rows.append(_emit(row))
-            if (b, t, h, kh, d) == cases["shapes"][0]:
-                leaks += [_emit(_leak(impl, cases, cast, segments, dtype)) for impl in cases["impls"]
-                          if not (impl == "cudnn" and dtype == "float32")]
+            if (b, t, h, kh, d, window, softcap) in (cases["shapes"][0], cases["shapes"][-1]):
+                leaks += [_emit(_leak(impl, cases, cast, segments, dtype, options)) for impl in cases["impls"]
+                          if not (impl == "cudnn" and (dtype == "float32" or softcap))]
     return {"platform": platform, "rows": rows, "leaks": leaks,
             "ok": all(r["ok"] for r in rows) and all(r["ok"] for r in leaks)}
 
@@ -161,7 +172,7 @@ def _emit(row: dict) -> dict:
     return row
 
 
-def _value_and_grads(impl: str, block: int | None, segments, cast: list) -> list:
+def _value_and_grads(impl: str, block: int | None, segments, cast: list, options: dict) -> list:
     """out, dq, dk, dv (float32 numpy) of one implementation under jit, for the cotangent cast[3]."""
     import jax
     import jax.numpy as jnp
@@ -170,7 +181,8 @@ def _value_and_grads(impl: str, block: int | None, segments, cast: list) -> list
     from instructjax.model import attention
 
     def forward(q, k, v):
-        return attention.self_attention(q, k, v, attention.mask_input(impl, jnp.asarray(segments)), impl, block)
+        mask = attention.mask_input(impl, jnp.asarray(segments), options["window"])
+        return attention.self_attention(q, k, v, mask, impl, block, **options)
 
     @jax.jit
     def run(q, k, v, d_out):
@@ -189,7 +201,7 @@ def _compiled(impl: str, platform: str) -> str:
     return "compiled (Pallas)" if platform == native else "interpret"
 
 
-def _leak(impl: str, cases: dict, cast: list, segments, dtype: str) -> dict:
+def _leak(impl: str, cases: dict, cast: list, segments, dtype: str, options: dict) -> dict:
     """Another document's keys/values changed: every other output is bit-identical, and a loss on one
     document gives exactly zero gradient on the other documents' keys and values."""
     import jax
@@ -202,7 +214,8 @@ def _leak(impl: str, cases: dict, cast: list, segments, dtype: str) -> dict:
     q, k, v = cast[:3]
 
     def forward(q, k, v):
-        return attention.self_attention(q, k, v, attention.mask_input(impl, jnp.asarray(segments)), impl, block)
+        mask = attention.mask_input(impl, jnp.asarray(segments), options["window"])
+        return attention.self_attention(q, k, v, mask, impl, block, **options)
 
     run = jax.jit(forward)
     try:
@@ -224,9 +237,9 @@ def _leak(impl: str, cases: dict, cast: list, segments, dtype: str) -> dict:
         grad_leak = max(grad_leak, float(max(np.abs(g[1 - row]).max() for g in (dk, dv))))
         grad_seen = float(min(np.abs(g[row, inside]).max() for g in (dk, dv)))
     except Exception as exc:  # noqa: BLE001
-        return {"kind": "leak", "impl": impl, "dtype": dtype, "error": _one_line(exc), "ok": False}
+        return {"kind": "leak", "impl": impl, "dtype": dtype, **options, "error": _one_line(exc), "ok": False}
     ok = outside_diff == 0.0 and other_rows_equal and seen > 1e-2 and grad_leak == 0.0 and grad_seen > 0
-    return {"kind": "leak", "impl": impl, "dtype": dtype, "outside_max_diff": outside_diff, "change_seen": seen,
+    return {"kind": "leak", "impl": impl, "dtype": dtype, **options, "outside_max_diff": outside_diff, "change_seen": seen,
             "grad_outside_max": grad_leak, "ok": ok}
 
 
@@ -235,9 +248,9 @@ def _leak(impl: str, cases: dict, cast: list, segments, dtype: str) -> dict:
 
 def decode_config(args):
     """The decoding model: the training step's shape, bf16 weights (as served)."""
-    from instructjax.model.config import LlamaConfig
+    from instructjax.model.config import DecoderConfig
 
-    return LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+    return DecoderConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
                        num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.kv_heads,
                        max_position_embeddings=max(2048, args.prompt + args.new_tokens), dtype="bfloat16",
                        param_dtype="bfloat16")
@@ -250,10 +263,10 @@ def decode_jax(args) -> dict:
     from flax import nnx
 
     from instructjax.eval.generate import Sampling, generate_ids
-    from instructjax.model.llama import Llama
+    from instructjax.model.decoder import Decoder
 
     config = decode_config(args)
-    model = nnx.jit(lambda: Llama(config, rngs=nnx.Rngs(0)))()  # one compiled init, not an op per tensor
+    model = nnx.jit(lambda: Decoder(config, rngs=nnx.Rngs(0)))()  # one compiled init, not an op per tensor
     sampling = Sampling(max_new_tokens=args.new_tokens)
     out = {}
     for batch in args.batches:
@@ -278,10 +291,12 @@ def decode_torch(args) -> dict:
     from transformers import LlamaConfig as HFConfig
     from transformers import LlamaForCausalLM
 
+    from instructjax.convert import hf_config
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = decode_config(args)
     with torch.device(device):  # initialised on the device
-        model = LlamaForCausalLM._from_config(HFConfig(**config.to_hf_dict()), attn_implementation="sdpa",
+        model = LlamaForCausalLM._from_config(HFConfig(**hf_config.to_hf(config)), attn_implementation="sdpa",
                                               dtype=torch.bfloat16).eval()
     out = {}
     for batch in args.batches:
@@ -530,7 +545,8 @@ def _kernels_md(r: dict) -> list[str]:
     rows = []
     for row in r["rows"]:
         b, t, h, kh, d = row["shape"]
-        shape = f"{b}x{t}, {h}/{kh} heads, d {d}"
+        shape = f"{b}x{t}, {h}/{kh} heads, d {d}" + (f", window {row['window']}" if row.get("window") else "") + (
+            f", cap {row['softcap']:g}" if row.get("softcap") else "")
         if "error" in row:
             rows.append([row["impl"], row["dtype"], shape, "-", row["error"], "-", "-", "**FAILED**"])
             continue
@@ -543,8 +559,9 @@ def _kernels_md(r: dict) -> list[str]:
            common.table(["implementation", "dtype", "shape", "tile", "mode", "vs float64", "vs xla", "tolerance"], rows),
            "", "Leak test (another document's keys and values perturbed): largest change of any other output, "
            "largest gradient on any other document's keys and values (both must be exactly 0):", ""]
-    out.append(common.table(["implementation", "dtype", "other outputs", "other gradients", ""], [
-        [x["impl"], x["dtype"], x.get("outside_max_diff", "-"), x.get("grad_outside_max", "-"),
+    out.append(common.table(["implementation", "dtype", "window / cap", "other outputs", "other gradients", ""], [
+        [x["impl"], x["dtype"], f"{x.get('window') or '-'} / {x.get('softcap') or '-'}",
+         x.get("outside_max_diff", "-"), x.get("grad_outside_max", "-"),
          "ok" if x["ok"] else f"**FAILED** {x.get('error', '')}"] for x in r["leaks"]]))
     return out
 

@@ -136,7 +136,7 @@ def synthetic_batch(batch: int, seq_len: int, vocab: int, seed: int = 0) -> dict
 
 def train_step(model_config: Any, *, lr: float = 1e-4, total_steps: int = 1000, seed: int = 0
                ) -> tuple[Callable, Any, Any, Any, str]:  # fmt: skip
-    """(jitted step, params, opt_state, mesh, which): the trainer's step over a fresh `Llama(model_config)`.
+    """(jitted step, params, opt_state, mesh, which): the trainer's step over a fresh `Decoder(model_config)`.
 
     `step(params, opt_state, batch) -> (params, opt_state, metrics)`, params and optimizer state donated,
     as in `Trainer.run`. Call it under `jax.set_mesh(mesh)`. `which` names the step implementation.
@@ -148,7 +148,7 @@ def train_step(model_config: Any, *, lr: float = 1e-4, total_steps: int = 1000, 
 
     from instructjax.core import sharding
     from instructjax.core.config import RunConfig
-    from instructjax.model.llama import Llama
+    from instructjax.model.decoder import Decoder
     from instructjax.train.optim import make_optimizer
     from instructjax.train.trainer import make_train_step
 
@@ -156,7 +156,7 @@ def train_step(model_config: Any, *, lr: float = 1e-4, total_steps: int = 1000, 
     config.optim.lr = lr
     mesh = sharding.make_mesh(config.mesh)
     tx, _ = make_optimizer(config.optim, total_steps)
-    model = sharding.create_sharded_model(lambda: Llama(model_config, rngs=nnx.Rngs(seed)), mesh)
+    model = sharding.create_sharded_model(lambda: Decoder(model_config, rngs=nnx.Rngs(seed)), mesh)
     graphdef, state = nnx.split(model)
     params = nnx.to_pure_dict(state)
     # The same explicit shardings as Trainer.run, so every call hits one compiled executable.
@@ -202,10 +202,10 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
 
 
 def model_config(args: argparse.Namespace):
-    """The benchmark's LlamaConfig (fp32 compute and parameters)."""
-    from instructjax.model.config import LlamaConfig
+    """The benchmark's DecoderConfig (fp32 compute and parameters)."""
+    from instructjax.model.config import DecoderConfig
 
-    return LlamaConfig(
+    return DecoderConfig(
         vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate or int(args.hidden * 8 / 3 // 32 * 32),
         num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.kv_heads or args.heads,
         max_position_embeddings=max(2048, args.seq), dtype="float32", param_dtype="float32", remat=args.remat,

@@ -49,9 +49,9 @@ SHAPES = {
 
 
 def model_config(args):
-    from instructjax.model.config import LlamaConfig
+    from instructjax.model.config import DecoderConfig
 
-    return LlamaConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
+    return DecoderConfig(vocab_size=args.vocab, hidden_size=args.hidden, intermediate_size=args.intermediate,
                        num_layers=args.layers, num_heads=args.heads, num_kv_heads=args.kv_heads,
                        max_position_embeddings=max(2048, args.seq), dtype="bfloat16", param_dtype="float32",
                        remat=args.remat, attention=args.attention, attention_block=args.block,
@@ -110,10 +110,12 @@ def torch_child(args) -> dict:
     from transformers import LlamaConfig as HFConfig
     from transformers import LlamaForCausalLM
 
+    from instructjax.convert import hf_config
+
     device = "cuda" if torch.cuda.is_available() else "cpu"
     config = model_config(args)
     with torch.device(device):  # initialised on the device
-        model = LlamaForCausalLM._from_config(HFConfig(**config.to_hf_dict()), attn_implementation="sdpa",
+        model = LlamaForCausalLM._from_config(HFConfig(**hf_config.to_hf(config)), attn_implementation="sdpa",
                                               dtype=torch.float32)
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0, fused=device == "cuda")

@@ -29,10 +29,10 @@ def child(layers: int, hidden: int, seq: int, batch: int, steps: int, remat: str
 
     import instructjax.train.trainer  # noqa: F401  (imported before the baseline)
     from instructjax.core import sharding
-    from instructjax.model.config import LlamaConfig, param_count
+    from instructjax.model.config import DecoderConfig, param_count
 
     base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    config = LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=int(hidden * 8 / 3 // 32 * 32),
+    config = DecoderConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=int(hidden * 8 / 3 // 32 * 32),
                          num_layers=layers, num_heads=max(1, hidden // 64), num_kv_heads=max(1, hidden // 64),
                          max_position_embeddings=max(2048, seq), dtype="float32", param_dtype="float32",
                          remat=remat)  # fmt: skip

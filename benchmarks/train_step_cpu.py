@@ -1,6 +1,6 @@
 """Training step on CPU, side by side: instructjax (JAX) against transformers' PyTorch LlamaForCausalLM.
 
-Same LLaMA configuration (built from one LlamaConfig, `to_hf_dict` for transformers), same weights,
+Same LLaMA configuration (built from one DecoderConfig, `convert.hf_config.to_hf` for transformers), same weights,
 batch and sequence length, fp32; one step = forward + backward + global-norm clipping + AdamW update.
 instructjax runs the trainer's own jitted step (params and optimizer state donated); PyTorch runs
 `model(input_ids, labels=...)`, `loss.backward()`, `clip_grad_norm_`, `AdamW.step()` with the default
@@ -105,7 +105,9 @@ def torch_step_fn(config, weights, args):
     from transformers import LlamaConfig as HFConfig
     from transformers import LlamaForCausalLM
 
-    hf_config = HFConfig(**config.to_hf_dict())
+    from instructjax.convert import hf_config as hf_json
+
+    hf_config = HFConfig(**hf_json.to_hf(config))
     model = LlamaForCausalLM._from_config(hf_config, attn_implementation=args.torch_attention, dtype=torch.float32)
     if weights is not None:
         model.load_state_dict({k: torch.from_numpy(v.copy()) for k, v in weights.items()}, strict=True)

@@ -161,9 +161,9 @@ def _model(config):
     """An abstract model (shapes only) for its graph definition."""
     from flax import nnx
 
-    from instructjax.model.llama import Llama
+    from instructjax.model.decoder import Decoder
 
-    return nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
+    return nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))
 
 
 if __name__ == "__main__":

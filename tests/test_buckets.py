@@ -174,7 +174,7 @@ def test_a_torn_step_in_the_bucket_falls_back_and_exports_to_a_local_directory(r
 
     from instructjax.convert.hf import hf_state
     from instructjax.core.checkpoint import load_params
-    from instructjax.model.config import LlamaConfig
+    from instructjax.model.config import DecoderConfig
 
     fs, name = run["fs"], run["bucket"].removeprefix("gs://")
     step_dir = f"{name}/runs/a/checkpoints/6"
@@ -188,7 +188,7 @@ def test_a_torn_step_in_the_bucket_falls_back_and_exports_to_a_local_directory(r
     assert json.loads((out / "instructjax_export.json").read_text())["step"] == 4
     model = transformers.AutoModelForCausalLM.from_pretrained(out, torch_dtype=torch.float32)
     params, config, _, step = load_params(f"{run['bucket']}/runs/a", 4)
-    want = hf_state(params, LlamaConfig(**config))
+    want = hf_state(params, DecoderConfig.from_dict(config))
     got = {k: v.detach().numpy() for k, v in model.state_dict().items()}
     assert step == 4 and set(want) <= set(got)
     for key, value in want.items():

@@ -82,7 +82,7 @@ def test_the_key_follows_a_selection_encoders_weights_not_its_path(monkeypatch, 
     from instructjax.data.blends import specs
     from instructjax.data.blends.specs import SelectionSpec
     from instructjax.model.config import preset
-    from instructjax.model.llama import Llama
+    from instructjax.model.decoder import Decoder
 
     monkeypatch.setenv("INSTRUCTJAX_CACHE_DIR", str(tmp_path / "cache"))
     from flax import nnx
@@ -94,7 +94,7 @@ def test_the_key_follows_a_selection_encoders_weights_not_its_path(monkeypatch, 
         import shutil
 
         shutil.rmtree(model_dir, ignore_errors=True)
-        params = jax.device_get(nnx.to_pure_dict(nnx.state(Llama(config, rngs=nnx.Rngs(seed)), nnx.Param)))
+        params = jax.device_get(nnx.to_pure_dict(nnx.state(Decoder(config, rngs=nnx.Rngs(seed)), nnx.Param)))
         save_params(model_dir, params, dataclasses.asdict(config))
 
     spec = dataclasses.replace(specs.task("alpaca_builtin"), selection=SelectionSpec(

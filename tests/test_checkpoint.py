@@ -11,14 +11,14 @@ from flax import nnx
 from instructjax.core import checkpoint as ckpt
 from instructjax.core import sharding
 from instructjax.core.errors import ConfigError
-from instructjax.model.config import LlamaConfig, preset
-from instructjax.model.llama import Llama
+from instructjax.model.config import DecoderConfig, preset
+from instructjax.model.decoder import Decoder
 
 
 @pytest.fixture(scope="module")
 def tiny():
     config = preset("tiny", dtype="float32")
-    params = nnx.to_pure_dict(nnx.state(Llama(config, rngs=nnx.Rngs(3))))
+    params = nnx.to_pure_dict(nnx.state(Decoder(config, rngs=nnx.Rngs(3))))
     return config, jax.device_get(params)
 
 
@@ -36,11 +36,11 @@ def test_save_load_params_roundtrip(tmp_path, tiny):
     assert {"meta", "params"} <= {p.name for p in (out / "7").iterdir()}
     for where in (tmp_path / "run", out):  # a run dir or its checkpoints dir
         loaded, loaded_config, run_config, step = ckpt.load_params(where)
-        assert (LlamaConfig(**loaded_config), run_config, step) == (config, {"name": "x"}, 7)
+        assert (DecoderConfig.from_dict(loaded_config), run_config, step) == (config, {"name": "x"}, 7)
         assert isinstance(loaded["layers"]["self_attn"]["q_proj"]["kernel"], np.ndarray)
         _assert_same(loaded, params)
     # the loaded dict is what the model takes back
-    model = Llama(config, rngs=nnx.Rngs(0))
+    model = Decoder(config, rngs=nnx.Rngs(0))
     state = nnx.state(model)
     nnx.replace_by_pure_dict(state, loaded)
     nnx.update(model, state)
@@ -53,7 +53,7 @@ def test_load_params_sharded_and_latest_step(tmp_path, tiny):
     bumped = jax.tree.map(lambda x: x + 1, params)
     ckpt.save_params(tmp_path, bumped, dataclasses.asdict(config), step=5)
     mesh = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices()[:8])
-    abstract = nnx.state(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0))))
+    abstract = nnx.state(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0))))
     shardings = nnx.to_pure_dict(sharding.state_shardings(abstract, mesh))
     loaded, _, _, step = ckpt.load_params(tmp_path, shardings=shardings)
     assert step == 5
@@ -108,10 +108,10 @@ def test_params_load_in_either_layer_layout(tmp_path, saved_scanned):
     """A checkpoint saved with scanned (stacked) or looped (listed) layers says so in its meta, and loads into
     a model of the other layout with the same logits, on a mesh too."""
     from instructjax.convert.saved import load_params_as
-    from instructjax.model.llama import with_params
+    from instructjax.model.decoder import with_params
 
     saved = preset("tiny", dtype="float32", scan_layers=saved_scanned)
-    params = jax.device_get(nnx.to_pure_dict(nnx.state(Llama(saved, rngs=nnx.Rngs(4)))))
+    params = jax.device_get(nnx.to_pure_dict(nnx.state(Decoder(saved, rngs=nnx.Rngs(4)))))
     ckpt.save_params(tmp_path, params, dataclasses.asdict(saved), step=1)
     assert ckpt.read_meta(tmp_path)[0]["scan_layers"] is saved_scanned
     older = {k: v for k, v in dataclasses.asdict(saved).items() if k != "scan_layers"}  # before the option existed
@@ -119,7 +119,7 @@ def test_params_load_in_either_layer_layout(tmp_path, saved_scanned):
     assert ckpt.read_meta(tmp_path / "older")[0]["scan_layers"] is saved_scanned  # read from the stored tree
     other = saved.replace(scan_layers=not saved_scanned)
     mesh = sharding.make_mesh({"fsdp": 2, "tensor": 2}, jax.devices()[:4])
-    abstract = nnx.state(nnx.eval_shape(lambda: Llama(other, rngs=nnx.Rngs(0))))
+    abstract = nnx.state(nnx.eval_shape(lambda: Decoder(other, rngs=nnx.Rngs(0))))
     shardings = nnx.to_pure_dict(sharding.state_shardings(abstract, mesh))
     loaded = load_params_as(str(tmp_path), other, shardings=shardings)
     tokens = np.random.default_rng(0).integers(0, saved.vocab_size, (2, 12))

@@ -33,7 +33,7 @@ from instructjax.core import checkpoint as ckpt
 from instructjax.core import integrity
 from instructjax.core.errors import ConfigError
 from instructjax.model.config import preset
-from instructjax.model.llama import Llama
+from instructjax.model.decoder import Decoder
 
 TOKENIZER = {"files": {"tokenizer.json": "{}" * 300}, "template": "tulu"}
 
@@ -192,11 +192,11 @@ def test_steps_written_before_manifests_are_trusted_as_then(tmp_path, run, capsy
 
 @pytest.fixture(scope="module")
 def model_run(tmp_path_factory):
-    """A params-only run of a tiny Llama (as `import` writes one) at steps 1 and 2, with its tokenizer."""
+    """A params-only run of a tiny Decoder (as `import` writes one) at steps 1 and 2, with its tokenizer."""
     from instructjax.data.encoding.tokenizer import Tokenizer, default_tokenizer_path
 
     config = preset("tiny", dtype="float32")
-    shapes = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))))
+    shapes = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))))
     rng = np.random.default_rng(5)
     first = jax.tree.map(lambda a: rng.standard_normal(a.shape).astype(a.dtype), shapes)
     tokenizer = {"files": Tokenizer.load(default_tokenizer_path()).files(), "template": "tulu"}

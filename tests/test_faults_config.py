@@ -60,15 +60,16 @@ def make_hf_dir(path) -> str:
     """A tiny LLaMA in the HF layout (config.json + model.safetensors), written without torch."""
     from safetensors.numpy import save_file
 
-    from instructjax.convert.hf import abstract_params, entry_shape, hf_shape, hf_weight_table
+    from instructjax.convert import hf_config
+    from instructjax.convert.hf import abstract_params, entry_hf_shape, hf_weight_table
     from instructjax.model.config import preset
 
     config = preset("tiny", dtype="float32")
     path.mkdir()
-    (path / "config.json").write_text(json.dumps(config.to_hf_dict()))
+    (path / "config.json").write_text(json.dumps(hf_config.to_hf(config)))
     abstract = abstract_params(config)
     rng = np.random.default_rng(0)
-    tensors = {e.name: rng.normal(size=hf_shape(entry_shape(abstract, e), e.kind, config)).astype(np.float32)
+    tensors = {e.name: rng.normal(size=entry_hf_shape(abstract, e, config)).astype(np.float32)
                for e in hf_weight_table(config)}  # fmt: skip
     save_file(tensors, str(path / "model.safetensors"))
     return str(path)
@@ -112,13 +113,13 @@ def test_bad_hf_dir_is_one_line(tmp_path, capsys, fault):
 
 
 def test_a_run_too_large_for_this_machine_is_one_line_before_compiling(tmp_path, capsys, no_compile):
-    """A step whose logits alone (seq_len x rows x vocab x 6 bytes) take twice the memory this machine has: one
-    line naming the estimate and the keys that change it, nothing compiled, no run directory left behind; `plan`
-    says the same of this machine."""
+    """A step whose logits alone (seq_len x rows x vocab x 6 bytes, all made at once: optim.loss_chunk=0) take
+    twice the memory this machine has: one line naming the estimate and the keys that change it, nothing
+    compiled, no run directory left behind; `plan` says the same of this machine."""
     from instructjax.train.plan import available_memory
 
     rows = -(-2 * available_memory() // (2048 * 32000 * 6 * 8)) * 8  # 8 devices: a multiple of 8
-    too_big = ["data.seq_len=2048", f"data.global_batch={rows}"]
+    too_big = ["data.seq_len=2048", f"data.global_batch={rows}", "optim.loss_chunk=0"]
     err = one_line(capsys, ["train", "--config", "/dev/null", *BASE, *too_big, f"run_dir={tmp_path / 'run'}"])
     assert "out of memory: a step needs about" in err and "(this machine (cpu))" in err
     for key in ("data.global_batch", "data.seq_len", "optim.micro_batches", "model.remat"):

@@ -11,13 +11,13 @@ from flax import nnx
 from instructjax.core.config import OptimSection
 from instructjax.core.errors import ConfigError
 from instructjax.model.config import preset
-from instructjax.model.llama import abstract_model
+from instructjax.model.decoder import abstract_model
 from instructjax.train.loss import accumulate_gradients, loss_sums, per_source_sums, reduce_loss, token_nll
 from instructjax.train.optim import make_optimizer, warmup_linear_decay
 
 
 def random_model(config, seed=0, std=0.05):
-    """A Llama with numpy-random weights: no RNG compile, so tests stay fast."""
+    """A Decoder with numpy-random weights: no RNG compile, so tests stay fast."""
     rng = np.random.default_rng(seed)
     graphdef, state = nnx.split(abstract_model(config))
     state = jax.tree.map(lambda x: jnp.asarray(rng.normal(0, std, x.shape), x.dtype), state)

@@ -19,13 +19,13 @@ from instructjax.core.sharding import (
     state_shardings,
 )
 from instructjax.model.config import preset
-from instructjax.model.llama import Llama, abstract_model
+from instructjax.model.decoder import Decoder, abstract_model
 from instructjax.train.loss import loss_sums, reduce_loss
 from instructjax.train.optim import adamw
 
 
 def random_model(config, seed=0):
-    """A Llama with numpy-random weights: no RNG compile, so tests stay fast."""
+    """A Decoder with numpy-random weights: no RNG compile, so tests stay fast."""
     rng = np.random.default_rng(seed)
     graphdef, state = nnx.split(abstract_model(config))
     state = jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.05, x.shape), x.dtype), state)
@@ -63,10 +63,10 @@ def test_logical_rules():
 
 def test_indivisible_parameter_names_the_parameter():
     mesh = make_mesh({"tensor": 3}, devices=jax.devices()[:3])
-    abstract = nnx.eval_shape(lambda: Llama(CONFIG, rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: Decoder(CONFIG, rngs=nnx.Rngs(0)))
     with pytest.raises(ConfigError, match=r"embed_tokens/embedding: dimension 0 \(vocab\).*not divisible"):
         state_shardings(nnx.state(abstract), mesh)
-    abstract = nnx.eval_shape(lambda: Llama(CONFIG.replace(vocab_size=510), rngs=nnx.Rngs(0)))
+    abstract = nnx.eval_shape(lambda: Decoder(CONFIG.replace(vocab_size=510), rngs=nnx.Rngs(0)))
     with pytest.raises(ConfigError, match=r"layers/.*\(mlp\).*not divisible"):
         state_shardings(nnx.state(abstract), mesh)
 
@@ -145,7 +145,7 @@ def test_shard_model_and_optimizer_state_follow_the_rules():
 @pytest.mark.slow
 def test_create_sharded_model_initialises_in_place():
     mesh = make_mesh({"fsdp": 4, "tensor": 2})
-    model = create_sharded_model(lambda: Llama(CONFIG, rngs=nnx.Rngs(0)), mesh)
+    model = create_sharded_model(lambda: Decoder(CONFIG, rngs=nnx.Rngs(0)), mesh)
     up = model.layers.mlp.up_proj.kernel[...]
     assert up.sharding.spec == P(None, "fsdp", "tensor") and up.addressable_shards[0].data.shape == (1, 16, 64)
     np.testing.assert_allclose(float(jnp.std(up)), CONFIG.initializer_range, rtol=0.1)

@@ -17,7 +17,7 @@ from instructjax.core.config import load_config
 from instructjax.core.errors import ConfigError
 from instructjax.data.batches.pipeline import DataPipeline
 from instructjax.model.config import preset
-from instructjax.model.llama import Llama
+from instructjax.model.decoder import Decoder
 from instructjax.train import setup as run_setup
 from instructjax.train.trainer import NonFiniteLoss, Trainer
 
@@ -49,7 +49,7 @@ def reference(tmp_path_factory):
 def test_first_loss_matches_numpy_cross_entropy(reference):
     """Step 1's loss is the token-weighted mean cross-entropy of the initial model on the first batch."""
     config = preset("tiny", dtype="float32")
-    model = Llama(config, rngs=nnx.Rngs(0))  # the trainer's seed
+    model = Decoder(config, rngs=nnx.Rngs(0))  # the trainer's seed
     data = run_setup.bind_data(load_config(None, BASE), None).config  # as the trainer binds it
     batch = next(iter(DataPipeline(data)))
     logits = np.asarray(model(batch["tokens"], batch["positions"], batch["segment_ids"]), np.float64)
@@ -87,7 +87,7 @@ def test_sum_reduction_scales_the_gradient_by_the_token_count(tmp_path):
     from instructjax.train.trainer import make_train_step
 
     config = preset("tiny", dtype="float32")
-    graphdef, state = nnx.split(Llama(config, rngs=nnx.Rngs(1)))
+    graphdef, state = nnx.split(Decoder(config, rngs=nnx.Rngs(1)))
     params = nnx.to_pure_dict(state)
     batch = next(iter(DataPipeline(load_config(None, BASE).data)))
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))

@@ -20,8 +20,8 @@ from instructjax.convert.hf import (
 )
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError
-from instructjax.model.config import LlamaConfig
-from instructjax.model.llama import with_params
+from instructjax.model.config import DecoderConfig
+from instructjax.model.decoder import with_params
 
 EXPORT_MARKER = "instructjax_export.json"  # written last into an export: the checkpoint and step it holds
 
@@ -43,7 +43,7 @@ def _has_tokenizer(path: str) -> bool:
     return any((storage.path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
 
 
-def import_hf(hf_dir: str, out: str, *, mesh=None, param_dtype: str = "float32") -> LlamaConfig:
+def import_hf(hf_dir: str, out: str, *, mesh=None, param_dtype: str = "float32") -> DecoderConfig:
     """HF model directory -> params-only instructjax checkpoint at OUT, carrying the model's own tokenizer
     (and its chat template, if it has one); either may be local or in a bucket."""
     from instructjax.core.checkpoint import save_params
@@ -84,14 +84,14 @@ def saved_tokenizer(path: str, *, step: int | None = None, tokenizer: str | None
 
 
 def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", tokenizer: str | None = None,
-                      template: str | None = None, max_shard_bytes: int = 5 * 2**30) -> LlamaConfig:
+                      template: str | None = None, max_shard_bytes: int = 5 * 2**30) -> DecoderConfig:
     """instructjax checkpoint (RUN_DIR[/STEP]) -> HF directory: safetensors, configs, and the tokenizer and
     chat template the run trained with (`tokenizer` / `template` override them)."""
     from instructjax.core.checkpoint import load_params
 
     directory, step = split_checkpoint_path(checkpoint)
     params, config, _, step = load_params(directory, step)
-    config = LlamaConfig(**config)
+    config = DecoderConfig.from_dict(config)
     tok, chat_template = saved_tokenizer(directory, step=step, tokenizer=tokenizer, template=template)
     if tok.vocab_size > config.vocab_size:
         raise ConversionError(f"tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {config.vocab_size}")
@@ -135,7 +135,7 @@ def relayout_layers(params: dict, num_layers: int, stacked: bool) -> dict:
     return {**params, "layers": layers}
 
 
-def load_params_as(directory: str, config: LlamaConfig, *, step: int | None = None, shardings=None) -> dict:
+def load_params_as(directory: str, config: DecoderConfig, *, step: int | None = None, shardings=None) -> dict:
     """A checkpoint's params in the layout `config` runs with, placed by `shardings`. Stored in the other
     layout (`model.scan_layers` changed), they are read to the host, restacked and then placed."""
     import jax
@@ -150,7 +150,7 @@ def load_params_as(directory: str, config: LlamaConfig, *, step: int | None = No
 
 
 def load_model(path: str, *, mesh=None, dtype: str = "float32", step: int | None = None):
-    """The nnx Llama of an instructjax checkpoint (RUN_DIR[/STEP]) or an HF model directory
+    """The nnx Decoder of an instructjax checkpoint (RUN_DIR[/STEP]) or an HF model directory
     (its tokenizer: `saved_tokenizer(path)`)."""
     if is_hf_dir(path):
         params, config = hf_to_params(_local_hf_dir(path), mesh=mesh)
@@ -160,7 +160,7 @@ def load_model(path: str, *, mesh=None, dtype: str = "float32", step: int | None
         directory, path_step = split_checkpoint_path(path)
         step = path_step if step is None else step
         model_config, _, step = read_meta(directory, step)  # the newest intact step unless one is named
-        config = LlamaConfig(**model_config)
+        config = DecoderConfig.from_dict(model_config)
         shardings = param_shardings(config, mesh) if mesh is not None else None
         params = load_params(directory, step, shardings=shardings)[0]
     return with_params(config.replace(dtype=dtype), params)

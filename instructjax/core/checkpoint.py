@@ -5,7 +5,7 @@ Each step directory holds these items:
 - `opt_state`: the optax state (absent in a params-only checkpoint, e.g. one imported from HF);
 - `data`: the global data position (epoch, window, row) as every host holds it, int64 `[process_count, 3]`
   (the rows are equal: the data plan is global, so any number of hosts resumes from row 0);
-- `meta`: JSON {step, run_config, model_config} (the model config as a plain dict: `LlamaConfig(**d)`);
+- `meta`: JSON {step, run_config, model_config} (the model config as a plain dict: `DecoderConfig.from_dict(d)`);
 - `tokenizer`: JSON {files, template}: the HF tokenizer files the run trained with (`Tokenizer.files`,
   the chat template included) and the name of its chat template (None for an import, which keeps the
   model's own). Export, generation and evaluation read it (`read_tokenizer`), never a default.

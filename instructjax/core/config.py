@@ -54,7 +54,7 @@ def _check(ok: bool, message: str) -> None:
 
 @dataclass
 class ModelSection:
-    """`preset` names a LlamaConfig preset; any other key overrides one of its fields."""
+    """`preset` names a DecoderConfig preset; any other key overrides one of its fields."""
 
     preset: str = "tiny"
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -153,6 +153,7 @@ class OptimSection:
     epochs: int = 2
     micro_batches: int = 1  # gradient accumulation: the global batch is split into this many
     loss_reduction: str = "mean"  # "mean" over the global batch's trained tokens, or "sum" (see train.loss)
+    loss_chunk: int = 4096  # tokens whose logits the loss makes at a time (train.loss.chunked_token_nll); 0: all
 
     def __post_init__(self):
         _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
@@ -163,6 +164,7 @@ class OptimSection:
         _check(self.loss_reduction in LOSS_REDUCTIONS,
                f"optim.loss_reduction must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}")
         _check(self.grad_clip is None or self.grad_clip > 0, f"optim.grad_clip must be > 0, got {self.grad_clip}")
+        _check(self.loss_chunk >= 0, f"optim.loss_chunk must be >= 0 (0: the whole micro-batch), got {self.loss_chunk}")
 
 
 @dataclass
@@ -438,7 +440,7 @@ def to_dict(config: RunConfig) -> dict:
 NOT_TRAINING = ("name", "run_dir", "log_every", "mesh", "distributed", "checkpoint", "eval", "data.prefetch",
                 "model.overrides.attention", "model.overrides.attention_block", "model.overrides.attention_backward_block",
                 "model.overrides.scan_layers",
-                "model.overrides.remat")  # fmt: skip
+                "model.overrides.remat", "optim.loss_chunk")  # fmt: skip
 
 
 def digest(values: Any) -> str:

@@ -4,6 +4,10 @@ Prompts are left-padded into one `[B, P]` block; each row's positions count only
 padding is segment 0 in the model's cache (never attended), so a padded row decodes exactly as it would
 alone. The model prefills the prompt in one pass, then one token per step runs inside a single
 `lax.while_loop` (one compilation per shape), stopping when every row has produced an end-of-turn id.
+
+A long-RoPE model (Phi-3) rotates with its short factors up to its original context and with the long ones
+past it; as transformers does, the step that first reaches past it recomputes the whole cache (prompt and
+tokens so far) with the long factors, and decoding goes on from there.
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from instructjax.model.llama import Llama, init_cache
+from instructjax.model.decoder import Decoder, init_cache
 
 Array = jax.Array
 
@@ -67,25 +71,50 @@ def _generate(graphdef, state, prompt: Array, valid: Array, stop_ids: Array, rng
         i, _, _, _, done, _, _, _ = c
         return (i < max_new) & ~jnp.all(done)
 
+    def step(token, i, out, cache, pos, state):
+        return nnx.merge(graphdef, state)(token[:, None], pos[:, None], jnp.ones((b, 1), jnp.int32), cache=cache)
+
+    def refill(token, i, out, cache, pos, state):
+        """The whole sequence so far through the model again, into a fresh cache whose next slot is p + i + 1."""
+        tokens = jnp.concatenate([prompt, out], axis=1)
+        seen = jnp.concatenate([valid, jnp.broadcast_to(jnp.arange(max_new) <= i, (b, max_new))], axis=1)
+        positions = jnp.maximum(jnp.cumsum(seen, axis=1) - 1, 0)
+        logits, fresh = nnx.merge(graphdef, state)(tokens, positions, seen.astype(jnp.int32),
+                                                   cache=init_cache(model.config, b, p + max_new))
+        last = jax.lax.dynamic_slice_in_dim(logits, p + i, 1, axis=1)
+        return last, fresh._replace(index=p + i + 1)
+
+    switch = longrope_switch(model.config)
+
     def body(c):
         i, last, cache, out, done, pos, rng, state = c
         rng, step_rng = jax.random.split(rng)
         token = jnp.where(done, stop_ids[0], sample_token(last, step_rng, temperature, top_p))
         out = out.at[:, i].set(token)
         done = done | jnp.isin(token, stop_ids)
-        logits, cache = nnx.merge(graphdef, state)(token[:, None], pos[:, None], jnp.ones((b, 1), jnp.int32),
-                                                   cache=cache)
+        args = (token, i, out, cache, pos, state)
+        if switch is None:
+            logits, cache = step(*args)
+        else:
+            logits, cache = jax.lax.cond(jnp.max(pos) == switch, refill, step, *args)
         return i + 1, logits[:, -1].astype(jnp.float32), cache, out, done, pos + 1, rng, state
 
     i, _, _, out, _, _, _, _ = jax.lax.while_loop(cond, body, carry)
     return out, i
 
 
+def longrope_switch(config) -> int | None:
+    """The position at which a long-RoPE model's cache is recomputed with its long factors (None: no such
+    model)."""
+    scaling = config.rope_scaling or {}
+    return scaling["original_max_position_embeddings"] if scaling.get("rope_type") == "longrope" else None
+
+
 def _bucket(n: int, minimum: int = 16) -> int:
     return max(minimum, 1 << (n - 1).bit_length())
 
 
-def generate_ids(model: Llama, prompts: Sequence[Sequence[int]], sampling: Sampling,
+def generate_ids(model: Decoder, prompts: Sequence[Sequence[int]], sampling: Sampling,
                  stop_ids: Sequence[int]) -> list[list[int]]:
     """New ids per prompt (the stop id that ended a row included); prompts must be non-empty."""
     if any(len(p) == 0 for p in prompts):
@@ -117,7 +146,7 @@ def generate_ids(model: Llama, prompts: Sequence[Sequence[int]], sampling: Sampl
 class Generator:
     """Text in, text out: a model plus its tokenizer (an HF tokenizer with the chat template)."""
 
-    def __init__(self, model: Llama, hf_tokenizer, *, batch_size: int = 8, stop_ids: Sequence[int] | None = None):
+    def __init__(self, model: Decoder, hf_tokenizer, *, batch_size: int = 8, stop_ids: Sequence[int] | None = None):
         self.model, self.tokenizer, self.batch_size = model, hf_tokenizer, batch_size
         self.stop_ids = list(stop_ids) if stop_ids is not None else [hf_tokenizer.eos_token_id]
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from instructjax.model.llama import Llama
+from instructjax.model.decoder import Decoder
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ def _bucket(n: int, minimum: int = 16) -> int:
     return max(minimum, 1 << (n - 1).bit_length())
 
 
-def score_ids(model: Llama, sequences: Sequence[Sequence[int]], batch_size: int = 8) -> list[TokenScores]:
+def score_ids(model: Decoder, sequences: Sequence[Sequence[int]], batch_size: int = 8) -> list[TokenScores]:
     """Scores of every sequence (each at least 2 ids), in input order; long ones first to bound recompiles."""
     if any(len(s) < 2 for s in sequences):
         raise ValueError("score_ids: each sequence needs at least two ids (a context and one scored token)")
@@ -59,7 +59,7 @@ def score_ids(model: Llama, sequences: Sequence[Sequence[int]], batch_size: int 
     return results  # type: ignore[return-value]
 
 
-def score_texts(model: Llama, hf_tokenizer, texts: Sequence[str], batch_size: int = 8) -> list[list[tuple[str, float]]]:
+def score_texts(model: Decoder, hf_tokenizer, texts: Sequence[str], batch_size: int = 8) -> list[list[tuple[str, float]]]:
     """(token text, log-prob) for every token after BOS of each text."""
     encoded = [hf_tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
     scores = score_ids(model, encoded, batch_size)

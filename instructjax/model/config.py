@@ -1,7 +1,26 @@
-"""LLaMA-family model configuration: one dataclass, named presets, parameter count, HF config mapping.
+"""Decoder configuration: one dataclass whose switches describe every family, the families as a table of
+those switches, named presets, and the parameter count.
 
-Mistral-7B is the LLaMA architecture plus a 4096-token sliding attention window; the window is not
-modelled here because every paper's max length (<= 2048) is below it, where the two are identical.
+The families differ only by these switches (`FAMILIES` sets them; `convert.hf_config` reads them from a
+Hugging Face config.json):
+
+| switch               | values                                                                            |
+|----------------------|-----------------------------------------------------------------------------------|
+| `norm`               | `rms` (LLaMA), `rms_plus_one` (Gemma: x * (1 + w)), `layer` (LayerNorm with bias)   |
+| `activation`         | `silu`, `gelu_tanh`, `gelu` (exact), `relu`; `gated_mlp`: down(act(gate x) * up x)  |
+| `residual`           | `sequential`, or `parallel` (GPT-NeoX: x + attn(norm1 x) + mlp(norm2 x))            |
+| `sandwich_norms`     | Gemma-2/3: a norm on the attention's and the MLP's outputs too                    |
+| `qk_norm`            | Qwen3, Gemma-3: a norm over each head of q and k, before RoPE                      |
+| `qkv_bias`, `o_bias`, `mlp_bias` | biases of the projections (Qwen2: q/k/v; OPT, GPT-NeoX: all)         |
+| `positions`          | `rope`, or `learned` (OPT, its table shifted by `position_offset`)                 |
+| `rotary_dims`        | None: RoPE over the whole head; else its first dims (GPT-NeoX: a quarter)         |
+| `rope_scaling`       | None, or {`rope_type`: `llama3` / `longrope` (Phi-3) / `linear`, ...}              |
+| `local_rope_theta`   | the sliding layers' own RoPE base (Gemma-3)                                       |
+| `embed_scale`        | Gemma: embeddings times sqrt(hidden_size)                                         |
+| `query_scale`        | the attention scores' scale (None: head_dim ** -0.5; Gemma: query_pre_attn_scalar ** -0.5) |
+| `attention_softcap`, `final_softcap` | cap * tanh(x / cap) on attention scores / output logits (Gemma-2) |
+| `sliding_window`, `layer_types` | a window of keys (query i sees keys i - window < j <= i), on the layers whose type is `sliding` (None: every layer when a window is set) |
+| `tie_embeddings`     | the output projection is the embedding table                                      |
 """
 
 from __future__ import annotations
@@ -14,27 +33,52 @@ from typing import Any
 from instructjax.core.errors import ConfigError
 
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_attention",
-                  "minimal_with_context")  # see instructjax.model.llama.remat_policy
+                  "minimal_with_context")  # see instructjax.model.decoder.remat_policy
 ATTENTION = ("auto", "xla", "blockwise", "splash", "pallas_gpu", "cudnn")  # see instructjax.model.attention
-_ROPE_SCALING_KEYS = ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings")
+NORMS = ("rms", "rms_plus_one", "layer")
+ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu")
+LAYER_TYPES = ("full", "sliding")
+ROPE_TYPES = {  # rope_scaling["rope_type"] -> the keys it needs
+    "llama3": ("factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"),
+    "longrope": ("short_factor", "long_factor", "original_max_position_embeddings"),
+    "linear": ("factor",),
+}
+
+# The families: the switches each sets (everything else is LLaMA's default). Sizes, windows, soft-caps, RoPE
+# bases and scalings come from a model's own config (`convert.hf_config`) or a preset below.
+FAMILIES: dict[str, dict[str, Any]] = {
+    "llama": {},
+    "mistral": {},
+    "qwen2": dict(qkv_bias=True),
+    "qwen3": dict(qk_norm=True),
+    "phi3": {},  # its files fuse q/k/v and gate/up (convert.hf splits and fuses them)
+    "gemma2": dict(norm="rms_plus_one", activation="gelu_tanh", sandwich_norms=True, embed_scale=True,
+                   tie_embeddings=True),
+    "gemma3": dict(norm="rms_plus_one", activation="gelu_tanh", sandwich_norms=True, embed_scale=True,
+                   qk_norm=True, tie_embeddings=True),
+    "opt": dict(norm="layer", activation="relu", gated_mlp=False, qkv_bias=True, o_bias=True, mlp_bias=True,
+                positions="learned", position_offset=2, tie_embeddings=True),
+    "gpt_neox": dict(norm="layer", activation="gelu", gated_mlp=False, residual="parallel", qkv_bias=True,
+                     o_bias=True, mlp_bias=True),
+}
 
 
 @dataclass(frozen=True)
-class LlamaConfig:
-    """Shape and numerics of a LLaMA-family decoder.
+class DecoderConfig:
+    """Shape, family switches (see the module doc) and numerics of a decoder.
 
     `dtype` is the compute dtype (activations, matmul inputs); `param_dtype` the stored (master) dtype.
-    `rope_scaling` is None or the LLaMA-3.1 dict {factor, low_freq_factor, high_freq_factor,
-    original_max_position_embeddings}. `remat` names the per-layer rematerialisation policy.
+    `remat` names the per-layer rematerialisation policy.
 
     How the model runs, not what it computes (none of it reaches an HF config.json): `attention` picks
     the attention implementation (`auto`: splash on TPU, Pallas GPU flash attention on GPU, blockwise
     on CPU), `attention_block` its tile size (None: the implementation's default),
-    `attention_backward_block` the backward pass's tiles where the kernel has its own (pallas_gpu), and `scan_layers`
-    runs the decoder layers as one `scan` over stacked parameters (compile time independent of depth)
-    instead of a Python loop over per-layer parameters.
+    `attention_backward_block` the backward pass's tiles where the kernel has its own (pallas_gpu), and
+    `scan_layers` runs the decoder layers as one `scan` over stacked parameters (compile time independent
+    of depth) instead of a Python loop over per-layer parameters.
     """
 
+    family: str = "llama"
     vocab_size: int = 32000
     hidden_size: int = 4096
     intermediate_size: int = 11008
@@ -42,11 +86,32 @@ class LlamaConfig:
     num_heads: int = 32
     num_kv_heads: int = 32
     head_dim: int | None = None  # None: hidden_size // num_heads
-    rms_norm_eps: float = 1e-6
+    # family switches
+    norm: str = "rms"
+    norm_eps: float = 1e-6
+    activation: str = "silu"
+    gated_mlp: bool = True
+    residual: str = "sequential"
+    sandwich_norms: bool = False
+    qk_norm: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    positions: str = "rope"
+    position_offset: int = 0
     rope_theta: float = 10000.0
-    rope_scaling: dict[str, float] | None = None
-    max_position_embeddings: int = 2048
+    rope_scaling: dict[str, Any] | None = None
+    rotary_dims: int | None = None  # None: head_dim
+    local_rope_theta: float | None = None
+    embed_scale: bool = False
+    query_scale: float | None = None
+    attention_softcap: float | None = None
+    final_softcap: float | None = None
+    sliding_window: int | None = None
+    layer_types: tuple[str, ...] | None = None
     tie_embeddings: bool = False
+    max_position_embeddings: int = 2048
+    # numerics and how it runs
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
     remat: str = "none"
@@ -63,33 +128,56 @@ class LlamaConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "extra_eos_ids", tuple(self.extra_eos_ids))  # a list after a JSON round trip
+        if self.layer_types is not None:
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
+        problems = self._problems()
+        if problems:
+            raise ConfigError("invalid model config: " + "; ".join(problems))
+
+    def _problems(self) -> list[str]:
         problems = []
+        choices = {"family": FAMILIES, "norm": NORMS, "activation": ACTIVATIONS, "residual": ("sequential", "parallel"),
+                   "positions": ("rope", "learned"), "remat": REMAT_POLICIES, "attention": ATTENTION}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                problems.append(f"{name}={getattr(self, name)!r} is not one of {tuple(allowed)}")
         if self.num_heads % self.num_kv_heads:
             problems.append(f"num_heads={self.num_heads} is not a multiple of num_kv_heads={self.num_kv_heads}")
-        if self.head_dim % 2:
-            problems.append(f"head_dim={self.head_dim} must be even for RoPE")
-        if self.remat not in REMAT_POLICIES:
-            problems.append(f"remat={self.remat!r} is not one of {REMAT_POLICIES}")
-        if self.attention not in ATTENTION:
-            problems.append(f"attention={self.attention!r} is not one of {ATTENTION}")
-        if self.attention_block is not None and (not isinstance(self.attention_block, int) or self.attention_block < 8
-                                                 or self.attention_block % 8):
+        if self.positions == "rope" and self.rotary_size % 2:
+            problems.append(f"the rotary dims ({self.rotary_size}) must be even for RoPE")
+        if self.rotary_dims is not None and not 0 < self.rotary_dims <= self.head_dim:
+            problems.append(f"rotary_dims={self.rotary_dims} must lie in 1..head_dim={self.head_dim}")
+        for name in ("attention_block", "sliding_window"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                problems.append(f"{name}={value!r} must be a positive integer (or null)")
+        if self.attention_block is not None and self.attention_block % 8:
             problems.append(f"attention_block={self.attention_block!r} must be a multiple of 8 (or null)")
-        if self.attention_backward_block is not None and (
-                not isinstance(self.attention_backward_block, int) or self.attention_backward_block < 16
-                or self.attention_backward_block & (self.attention_backward_block - 1)):
-            problems.append(f"attention_backward_block={self.attention_backward_block!r} must be a power of two >= 16 "
-                            "(or null)")
+        backward = self.attention_backward_block
+        if backward is not None and (not isinstance(backward, int) or backward < 16 or backward & (backward - 1)):
+            problems.append(f"attention_backward_block={backward!r} must be a power of two >= 16 (or null)")
         if not isinstance(self.scan_layers, bool):
             problems.append(f"scan_layers={self.scan_layers!r} must be true or false")
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_layers or set(self.layer_types) - set(LAYER_TYPES):
+                problems.append(f"layer_types must list {self.num_layers} of {LAYER_TYPES}, got {self.layer_types}")
+            elif "sliding" in self.layer_types and self.sliding_window is None:
+                problems.append("layer_types has sliding layers but sliding_window is not set")
         if self.rope_scaling is not None:
-            missing = [k for k in _ROPE_SCALING_KEYS if k not in self.rope_scaling]
-            if missing:
-                problems.append(f"rope_scaling lacks {missing} (expected the LLaMA-3 keys {_ROPE_SCALING_KEYS})")
-        if problems:
-            raise ConfigError("invalid LlamaConfig: " + "; ".join(problems))
+            kind = self.rope_scaling.get("rope_type")
+            if kind not in ROPE_TYPES:
+                problems.append(f"rope_scaling.rope_type={kind!r} is not one of {tuple(ROPE_TYPES)}")
+            else:
+                missing = [k for k in ROPE_TYPES[kind] if k not in self.rope_scaling]
+                if missing:
+                    problems.append(f"rope_scaling ({kind}) lacks {missing}")
+        for name in ("attention_softcap", "final_softcap", "query_scale"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                problems.append(f"{name}={value!r} must be positive (or null)")
+        return problems
 
     def __hash__(self) -> int:  # nnx keeps the config in the (hashed) graph definition
         return hash(json.dumps({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare},
@@ -100,118 +188,91 @@ class LlamaConfig:
         """Every id that ends a turn: `eos_id` first."""
         return (self.eos_id, *self.extra_eos_ids)
 
-    def replace(self, **changes: Any) -> LlamaConfig:
+    @property
+    def rotary_size(self) -> int:
+        """How many dims of each head RoPE rotates."""
+        return self.rotary_dims or self.head_dim
+
+    @property
+    def kinds(self) -> tuple[str, ...]:
+        """Each layer's attention: `full` or `sliding` (a window of `sliding_window` keys)."""
+        if self.sliding_window is None:
+            return ("full",) * self.num_layers
+        return self.layer_types or ("sliding",) * self.num_layers
+
+    def replace(self, **changes: Any) -> DecoderConfig:
         """A copy with some fields changed (e.g. `preset("tiny").replace(dtype="float32")`)."""
         return dataclasses.replace(self, **changes)
 
-    # ---- Hugging Face transformers LlamaConfig mapping -------------------------------------------
-
-    def to_hf_dict(self) -> dict[str, Any]:
-        """A transformers `LlamaConfig` dict (config.json), readable by transformers 4.x and 5.x."""
-        rope_scaling = None
-        if self.rope_scaling is not None:
-            rope_scaling = {"rope_type": "llama3", **{k: self.rope_scaling[k] for k in _ROPE_SCALING_KEYS}}
-        return {
-            **self.extra,
-            "architectures": ["LlamaForCausalLM"],
-            "model_type": "llama",
-            "vocab_size": self.vocab_size,
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads,
-            "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim,
-            "hidden_act": "silu",
-            "rms_norm_eps": self.rms_norm_eps,
-            "rope_theta": self.rope_theta,
-            "rope_scaling": rope_scaling,
-            "max_position_embeddings": self.max_position_embeddings,
-            "tie_word_embeddings": self.tie_embeddings,
-            "attention_bias": False,
-            "mlp_bias": False,
-            "initializer_range": self.initializer_range,
-            "bos_token_id": self.bos_id,
-            "eos_token_id": list(self.eos_ids) if self.extra_eos_ids else self.eos_id,
-            "pad_token_id": self.pad_id,
-            "torch_dtype": self.dtype,
-        }
-
     @classmethod
-    def from_hf_dict(cls, hf: dict[str, Any], **overrides: Any) -> LlamaConfig:
-        """Build from a transformers LlamaConfig dict (old `rope_scaling` or new `rope_parameters` form)."""
-        if hf.get("hidden_act", "silu") != "silu" or hf.get("attention_bias") or hf.get("mlp_bias"):
-            raise ConfigError("only LLaMA configs with silu activation and no biases are supported")
-        rope = hf.get("rope_parameters") or hf.get("rope_scaling") or {}
-        rope_type = rope.get("rope_type", rope.get("type", "default"))
-        if rope_type not in ("default", "llama3"):
-            raise ConfigError(f"unsupported rope type {rope_type!r}: only default and llama3 are implemented")
-        rope_theta = hf.get("rope_theta", rope.get("rope_theta", 10000.0))
-        rope_scaling = {k: rope[k] for k in _ROPE_SCALING_KEYS} if rope_type == "llama3" else None
-        eos = hf.get("eos_token_id", 2)
-        eos = list(eos) if isinstance(eos, list) and eos else [eos]
-        num_heads = hf["num_attention_heads"]
-        mapped = {
-            "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-            "num_key_value_heads", "head_dim", "rms_norm_eps", "rope_theta", "rope_scaling", "rope_parameters",
-            "max_position_embeddings", "tie_word_embeddings", "bos_token_id", "eos_token_id", "pad_token_id",
-            "initializer_range", "hidden_act", "attention_bias", "mlp_bias", "architectures", "model_type",
-        }
-        kwargs = dict(
-            vocab_size=hf["vocab_size"],
-            hidden_size=hf["hidden_size"],
-            intermediate_size=hf["intermediate_size"],
-            num_layers=hf["num_hidden_layers"],
-            num_heads=num_heads,
-            num_kv_heads=hf.get("num_key_value_heads") or num_heads,
-            head_dim=hf.get("head_dim") or hf["hidden_size"] // num_heads,
-            rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
-            rope_theta=float(rope_theta),
-            rope_scaling=rope_scaling,
-            max_position_embeddings=hf.get("max_position_embeddings", 2048),
-            tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-            bos_id=hf.get("bos_token_id", 1),
-            eos_id=eos[0],
-            extra_eos_ids=tuple(eos[1:]),
-            pad_id=hf.get("pad_token_id"),
-            initializer_range=hf.get("initializer_range", 0.02),
-            extra={k: v for k, v in hf.items() if k not in mapped and not k.startswith("_")},
-        )
-        kwargs.update(overrides)
-        return cls(**kwargs)
+    def from_dict(cls, values: dict[str, Any]) -> DecoderConfig:
+        """A config saved as a plain dict (`dataclasses.asdict`), including those saved before the family
+        switches existed (LLaMA's `rms_norm_eps`)."""
+        values = dict(values)
+        if "rms_norm_eps" in values:
+            values["norm_eps"] = values.pop("rms_norm_eps")
+        return cls(**values)
 
 
-def param_count(config: LlamaConfig) -> int:
+def param_count(config: DecoderConfig) -> int:
     """Number of parameters of the model `config` describes (tied embeddings counted once)."""
-    e, m, d = config.hidden_size, config.intermediate_size, config.head_dim
-    attention = e * d * (2 * config.num_heads + 2 * config.num_kv_heads)  # q, o + k, v
-    mlp = 3 * e * m
-    layer = attention + mlp + 2 * e  # + two RMSNorm scales
+    e, m, d, h, k = config.hidden_size, config.intermediate_size, config.head_dim, config.num_heads, config.num_kv_heads
+    norm = 2 * e if config.norm == "layer" else e
+    attention = e * d * (2 * h + 2 * k)  # q, o + k, v
+    attention += (h + 2 * k) * d * config.qkv_bias + e * config.o_bias + 2 * d * config.qk_norm
+    mlp = (3 if config.gated_mlp else 2) * e * m + config.mlp_bias * ((2 if config.gated_mlp else 1) * m + e)
+    layer = attention + mlp + (4 if config.sandwich_norms else 2) * norm
     embeddings = config.vocab_size * e * (1 if config.tie_embeddings else 2)
-    return config.num_layers * layer + embeddings + e  # + final norm
+    positions = (config.max_position_embeddings + config.position_offset) * e if config.positions == "learned" else 0
+    return config.num_layers * layer + embeddings + positions + norm  # + final norm
 
 
-_LLAMA3_ROPE_SCALING = {
-    "factor": 8.0,
-    "low_freq_factor": 1.0,
-    "high_freq_factor": 4.0,
-    "original_max_position_embeddings": 8192,
-}
+def alternating(num_layers: int, period: int) -> tuple[str, ...]:
+    """Layer types with a full-attention layer every `period` layers, the others sliding (Gemma-2: 2, Gemma-3: 6)."""
+    return tuple("full" if (i + 1) % period == 0 else "sliding" for i in range(num_layers))
 
 
 def _llama1(hidden: int, inter: int, layers: int, heads: int) -> dict[str, Any]:
     return dict(hidden_size=hidden, intermediate_size=inter, num_layers=layers, num_heads=heads,
-                num_kv_heads=heads, rms_norm_eps=1e-6, max_position_embeddings=2048)
+                num_kv_heads=heads, norm_eps=1e-6, max_position_embeddings=2048)
 
 
 def _llama2(hidden: int, inter: int, layers: int, heads: int, kv_heads: int) -> dict[str, Any]:
     return dict(hidden_size=hidden, intermediate_size=inter, num_layers=layers, num_heads=heads,
-                num_kv_heads=kv_heads, rms_norm_eps=1e-5, max_position_embeddings=4096)
+                num_kv_heads=kv_heads, norm_eps=1e-5, max_position_embeddings=4096)
 
 
-_LLAMA3_8B = dict(vocab_size=128256, hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
-                  num_kv_heads=8, rms_norm_eps=1e-5, rope_theta=500000.0, max_position_embeddings=8192,
-                  bos_id=128000, eos_id=128001)
+def _llama3(hidden: int, inter: int, layers: int, heads: int, factor: float | None, **more: Any) -> dict[str, Any]:
+    scaling = None if factor is None else {"rope_type": "llama3", "factor": factor, "low_freq_factor": 1.0,
+                                           "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}
+    return dict(vocab_size=128256, hidden_size=hidden, intermediate_size=inter, num_layers=layers, num_heads=heads,
+                num_kv_heads=8, norm_eps=1e-5, rope_theta=500000.0, rope_scaling=scaling,
+                max_position_embeddings=8192 if factor is None else 131072, bos_id=128000, eos_id=128001, **more)
+
+
+def _qwen(family: str, hidden: int, inter: int, layers: int, heads: int, kv_heads: int, tied: bool,
+          vocab: int = 151936, **more: Any) -> dict[str, Any]:
+    return dict(family=family, vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_layers=layers,
+                num_heads=heads, num_kv_heads=kv_heads, norm_eps=1e-6, rope_theta=1_000_000.0,
+                max_position_embeddings=32768, tie_embeddings=tied, bos_id=151643, eos_id=151643, **more)
+
+
+def _gemma2(hidden: int, inter: int, layers: int, heads: int, kv_heads: int, query: int) -> dict[str, Any]:
+    return dict(family="gemma2", vocab_size=256000, hidden_size=hidden, intermediate_size=inter, num_layers=layers,
+                num_heads=heads, num_kv_heads=kv_heads, head_dim=256, query_scale=query ** -0.5,
+                attention_softcap=50.0, final_softcap=30.0, sliding_window=4096, layer_types=alternating(layers, 2),
+                max_position_embeddings=8192, bos_id=2, eos_id=1, pad_id=0)
+
+
+def _gemma3(hidden: int, inter: int, layers: int, heads: int, kv_heads: int, window: int, vocab: int,
+            scaling: float | None) -> dict[str, Any]:
+    return dict(family="gemma3", vocab_size=vocab, hidden_size=hidden, intermediate_size=inter, num_layers=layers,
+                num_heads=heads, num_kv_heads=kv_heads, head_dim=256, query_scale=256 ** -0.5,
+                rope_theta=1_000_000.0, local_rope_theta=10_000.0, sliding_window=window,
+                layer_types=alternating(layers, 6), max_position_embeddings=32768 if scaling is None else 131072,
+                rope_scaling=None if scaling is None else {"rope_type": "linear", "factor": scaling},
+                bos_id=2, eos_id=1, pad_id=0)
+
 
 PRESETS: dict[str, dict[str, Any]] = {
     "llama1-7b": _llama1(4096, 11008, 32, 32),
@@ -221,10 +282,35 @@ PRESETS: dict[str, dict[str, Any]] = {
     "llama2-7b": _llama2(4096, 11008, 32, 32, 32),
     "llama2-13b": _llama2(5120, 13824, 40, 40, 40),
     "llama2-70b": _llama2(8192, 28672, 80, 64, 8),
-    "llama3-8b": _LLAMA3_8B,
-    "llama3.1-8b": {**_LLAMA3_8B, "rope_scaling": _LLAMA3_ROPE_SCALING, "max_position_embeddings": 131072},
-    "mistral-7b": dict(hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32, num_kv_heads=8,
-                       rms_norm_eps=1e-5, max_position_embeddings=32768),
+    "llama3-8b": _llama3(4096, 14336, 32, 32, None),
+    "llama3.1-8b": _llama3(4096, 14336, 32, 32, 8.0),
+    "llama3.2-1b": _llama3(2048, 8192, 16, 32, 32.0, tie_embeddings=True),
+    "llama3.2-3b": _llama3(3072, 8192, 28, 24, 32.0, tie_embeddings=True),
+    # Mistral-7B v0.1: LLaMA with grouped kv heads and a 4096-token sliding window on every layer
+    "mistral-7b": dict(family="mistral", hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
+                       num_kv_heads=8, norm_eps=1e-5, max_position_embeddings=32768, sliding_window=4096),
+    "qwen2.5-0.5b": _qwen("qwen2", 896, 4864, 24, 14, 2, True),
+    "qwen2.5-1.5b": _qwen("qwen2", 1536, 8960, 28, 12, 2, True),
+    "qwen2.5-3b": _qwen("qwen2", 2048, 11008, 36, 16, 2, True),
+    "qwen2.5-7b": _qwen("qwen2", 3584, 18944, 28, 28, 4, False, vocab=152064),
+    "qwen3-0.6b": _qwen("qwen3", 1024, 3072, 28, 16, 8, True, head_dim=128),
+    "qwen3-1.7b": _qwen("qwen3", 2048, 6144, 28, 16, 8, True, head_dim=128),
+    "qwen3-4b": _qwen("qwen3", 2560, 9728, 36, 32, 8, True, head_dim=128),
+    "qwen3-8b": _qwen("qwen3", 4096, 12288, 36, 32, 8, False, head_dim=128),
+    # Phi-3-mini-4k: LLaMA's layer with fused files and a 2047-token window
+    "phi3-mini": dict(family="phi3", vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_layers=32,
+                      num_heads=32, num_kv_heads=32, norm_eps=1e-5, max_position_embeddings=4096,
+                      sliding_window=2047, eos_id=32000, pad_id=32000),
+    "gemma2-2b": _gemma2(2304, 9216, 26, 8, 4, 256),
+    "gemma2-9b": _gemma2(3584, 14336, 42, 16, 8, 256),
+    "gemma3-1b": _gemma3(1152, 6912, 26, 4, 1, 512, 262144, None),
+    "gemma3-4b": _gemma3(2560, 10240, 34, 8, 4, 1024, 262208, 8.0),
+    "opt-6.7b": dict(family="opt", vocab_size=50272, hidden_size=4096, intermediate_size=16384, num_layers=32,
+                     num_heads=32, num_kv_heads=32, norm_eps=1e-5, max_position_embeddings=2048, bos_id=2, eos_id=2,
+                     pad_id=1, **FAMILIES["opt"]),
+    "pythia-6.9b": dict(family="gpt_neox", vocab_size=50432, hidden_size=4096, intermediate_size=16384, num_layers=32,
+                        num_heads=32, num_kv_heads=32, rotary_dims=32, norm_eps=1e-5, max_position_embeddings=2048,
+                        bos_id=0, eos_id=0, **FAMILIES["gpt_neox"]),
     # Test and smoke sizes (LLaMA vocabulary so the shipped SentencePiece tokenizer fits).
     "tiny": dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                  max_position_embeddings=512),
@@ -233,30 +319,32 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small-100m": dict(hidden_size=768, intermediate_size=2048, num_layers=8, num_heads=12, num_kv_heads=4,
                        max_position_embeddings=2048),
 }
+for _values in PRESETS.values():  # each preset carries its family's switches
+    for _key, _value in FAMILIES[_values.get("family", "llama")].items():
+        _values.setdefault(_key, _value)
 
 
-def preset(name: str, **overrides: Any) -> LlamaConfig:
+def preset(name: str, **overrides: Any) -> DecoderConfig:
     """The named preset (see `PRESETS`), with optional field overrides (checked as a config's `model:`)."""
     if name not in PRESETS:
         raise ConfigError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
-    return LlamaConfig(**{**PRESETS[name], **checked_overrides(overrides)})  # head_dim follows the overrides
+    return DecoderConfig(**{**PRESETS[name], **checked_overrides(overrides)})  # head_dim follows the overrides
 
 
-def with_overrides(config: LlamaConfig, overrides: dict[str, Any]) -> LlamaConfig:
+def with_overrides(config: DecoderConfig, overrides: dict[str, Any]) -> DecoderConfig:
     """`config` (e.g. a checkpoint's) with a run config's `model:` keys applied (see `checked_overrides`)."""
     return config.replace(**checked_overrides(overrides))
 
 
 def checked_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    """A run config's `model:` keys, each checked against LlamaConfig's fields and types: an unknown key or a
+    """A run config's `model:` keys, each checked against DecoderConfig's fields and types: an unknown key or a
     wrong type is one ConfigError line naming `model.<key>` (before anything is built or compiled)."""
     import typing
 
     from instructjax.core.config import check_value, unknown_key
-    from instructjax.core.errors import ConfigError
 
-    hints = typing.get_type_hints(LlamaConfig)
-    names = {f.name for f in dataclasses.fields(LlamaConfig)}
+    hints = typing.get_type_hints(DecoderConfig)
+    names = {f.name for f in dataclasses.fields(DecoderConfig)}
     checked, problems = {}, []  # every problem in one line, not one per run
     for key, value in overrides.items():
         try:

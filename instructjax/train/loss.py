@@ -11,24 +11,41 @@ Gradient accumulation uses `accumulate_gradients` (an explicit micro-batch loop)
 which averages per-micro-batch mean losses with equal weight: wrong when micro-batches hold different
 numbers of loss tokens. Cross-entropy is computed in float32 whatever the logits dtype; under jit with
 globally sharded arrays the sums already span all hosts.
+
+`chunked_token_nll` is `token_nll` from the final hidden states and the output head, a chunk of tokens at a
+time, never holding the [B, T, V] logits (Gemma's vocabulary is 256K).
 """
 
 from __future__ import annotations
 
+import functools
+import math
 from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import optax
+from jax.sharding import PartitionSpec
 
 from instructjax.core.config import LOSS_REDUCTIONS
 from instructjax.core.errors import ConfigError
+from instructjax.core.sharding import logical_to_spec
 
 
 def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
     """Per-token negative log-likelihood [B, T] in float32 for logits [B, T, V] and int targets [B, T]."""
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
+
+
+def model_nll(model, hidden: jax.Array, targets: jax.Array, chunk: int) -> jax.Array:
+    """Per-token nll [B, T] (float32) of a decoder's final hidden states: its logits `chunk` tokens at a time
+    (`chunked_token_nll`), or all at once with `chunk` 0."""
+    if chunk == 0:
+        return token_nll(model.logits(hidden), targets)
+    head, transposed = model.output_head()
+    return chunked_token_nll(hidden, head, targets, chunk=chunk, softcap=model.config.final_softcap,
+                             transposed=transposed, dtype=model.config.dtype)
 
 
 def loss_sums(logits: jax.Array, targets: jax.Array, loss_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -102,3 +119,76 @@ def accumulate_gradients(
     zeros = jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
     ((grads, aux), _), losses = jax.lax.scan(step, (zeros, params), dict(micro_batches))
     return Accumulated(jnp.sum(losses), grads, aux, weight)
+
+
+def chunked_token_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, *, chunk: int = 1024,
+                      softcap: float | None = None, transposed: bool = False,
+                      dtype: str | jnp.dtype = jnp.bfloat16) -> jax.Array:
+    """`token_nll` of the output projection's logits without ever holding them whole: [B, T] in float32.
+
+    hidden [B, T, E] (the final hidden states, after the final norm); head [E, V], or with `transposed` the
+    tied embedding table [V, E]; targets int [B, T]. The logits are made in this order, as in the model:
+    the product in `dtype`, `hidden.astype(dtype) @ head.astype(dtype)`, then cast to float32, then (with
+    `softcap`) capped in float32, `softcap * tanh(logits / softcap)`, then `token_nll` (float32).
+
+    Memory: the tokens are processed `chunk` at a time by a scan whose body is under `jax.checkpoint`; the
+    forward pass keeps only each chunk's [chunk] losses, the backward pass recomputes one chunk's logits at
+    a time, so neither holds more than one chunk's [chunk, V] logits (and their softmax). See `_chunked_nll`.
+
+    Sharding: under `jax.set_mesh(mesh)` with the batch dimension sharded by the logical rules ("batch" ->
+    data, fsdp), the loop runs inside a `shard_map` over those axes: each device loops over its own rows,
+    `ceil(chunk / shards)` tokens at a time, and accumulates the head's gradient locally; it is summed over
+    the devices once, after the loop. (Left to GSPMD, the head-sized gradient would be all-reduced after
+    every chunk.) Other mesh axes (tensor: the vocab) stay automatic. Outside a mesh, or
+    when the batch does not divide over the mesh, it is the plain loop.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    axes = () if mesh.empty else logical_to_spec(("batch",), mesh, hidden.shape[:1], strict=False)[0]
+    axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+    local = functools.partial(_chunked_nll, softcap=softcap, transposed=transposed, dtype=jnp.dtype(dtype))
+    if not axes:
+        return local(hidden, head, targets, chunk=chunk)
+    shards = math.prod(dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True))[a] for a in axes)
+
+    def per_device(h, w, y):  # w marked as varying before the loop: its gradient's psum lands here, once
+        return local(h, jax.lax.pcast(w, axes, to="varying"), y, chunk=-(-chunk // shards))
+
+    rows = PartitionSpec(axes)
+    return jax.shard_map(per_device, mesh=mesh, axis_names=set(axes), in_specs=(rows, PartitionSpec(), rows),
+                         out_specs=rows)(hidden, head, targets)
+
+
+def _chunked_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, *, chunk: int, softcap: float | None,
+                 transposed: bool, dtype: jnp.dtype) -> jax.Array:
+    """`chunked_token_nll` on one device's rows (or all of them, left to GSPMD).
+
+    The B*T tokens are flattened and padded at the end to a multiple of `chunk` (the padding, zero vectors
+    with target 0, is computed and dropped). Chunks are strided: with n padded tokens and m = n / chunk
+    chunks, chunk j holds tokens j, j + m, j + 2m, ..., so that every chunk takes an equal share of every
+    part of the token axis (of every device's rows when GSPMD partitions it). The head is a constant of the
+    scan, cast to `dtype` inside the checkpointed body (so it is stored once, XLA hoists the cast out of the
+    forward loop, and its gradient accumulates over chunks in the head's own dtype).
+    """
+    batch, length, embed = hidden.shape
+    n = batch * length
+    chunk = max(1, min(int(chunk), n))
+    num = -(-n // chunk)
+    pad = num * chunk - n
+    x = hidden.reshape(n, embed)
+    y = targets.reshape(n).astype(jnp.int32)
+    if pad:
+        x = jnp.pad(x, ((0, pad), (0, 0)))
+        y = jnp.pad(y, (0, pad))
+    xs = x.reshape(chunk, num, embed).swapaxes(0, 1)  # [num, chunk, E]: chunk j = tokens j, j + num, ...
+    ys = y.reshape(chunk, num).swapaxes(0, 1)
+    spec = "ve" if transposed else "ev"
+
+    @functools.partial(jax.checkpoint, prevent_cse=False)  # backward: recompute the chunk's logits
+    def one(x_c: jax.Array, y_c: jax.Array) -> jax.Array:
+        logits = jnp.einsum(f"ce,{spec}->cv", x_c.astype(dtype), head.astype(dtype)).astype(jnp.float32)
+        if softcap:
+            logits = softcap * jnp.tanh(logits / softcap)
+        return token_nll(logits, y_c)
+
+    nll = jax.lax.map(lambda xy: one(*xy), (xs, ys))  # [num, chunk]
+    return nll.swapaxes(0, 1).reshape(-1)[:n].reshape(batch, length)

@@ -1,7 +1,7 @@
 """Pre-flight plan: will a config fit on a TPU slice or a GPU node, and how long is one epoch?
 
 Memory per device comes from the real model and optimizer, never from guesses: the parameter tree is
-`nnx.eval_shape` of the Llama the trainer builds, the optimizer state is `jax.eval_shape` of
+`nnx.eval_shape` of the Decoder the trainer builds, the optimizer state is `jax.eval_shape` of
 `tx.init` on it, and each array's per-device shard is its shape divided by the mesh axes that
 `train.sharding.logical_to_spec` assigns it on an `AbstractMesh` of the target topology (no devices
 needed). Gradients are float32 and sharded like the parameters (one more copy as the accumulator
@@ -13,10 +13,12 @@ decoder layer:
 
 - remat ``none``: everything the backward pass reads is kept (the residuals JAX saves, as
   `jax.ad_checkpoint.print_saved_residuals` lists them):
-  `s r (2 (4 + c) h + c (2a + 2k) d / t + 6 c m / t) + A + W` bytes (each norm's input in float32 and its
-  output; q, k, v and the attention output; gate, up, silu's three residuals and the product; the
+  `s r (n (4 + c) h + c (2a + 2k) d / t + M c m / t) + A + W` bytes (each of the layer's `n` norms' input in
+  float32 and its output: 2, Gemma's 4, a LayerNorm's centred input too; q, k, v and the attention output; the
+  MLP's `M` arrays of m (`MLP_ARRAYS`: SwiGLU's gate, up, the activation's residuals and the product are 6); the
   attention's own residual `A`; the layer's weight matrices cast to the compute dtype,
-  `W = c (h d (2a + 2k) + 3 h m) / t`, whole over fsdp: a layer's weights are gathered to be used);
+  `W = c (h d (2a + 2k) + (g + 1) h m) / t` (`g` = 2 for a gated MLP), whole over fsdp: a layer's weights are
+  gathered to be used; q/k norms add their inputs and outputs; a parallel residual keeps one sum fewer);
 - ``full``: only each layer's input `c s r h`, plus one layer recomputed at a time (the ``none`` term once);
 - ``save_attention``: the layer input and attention output `c s r (h + a d / t)`, plus one recomputed layer;
 - ``dots_with_no_batch_dims_saveable``: the layer input and the weight matmul outputs
@@ -30,7 +32,8 @@ decoder layer:
 platform): the dense `xla` one keeps its softmax probabilities `c (a / t) s^2 r`; the fused ones (splash on
 TPU, Pallas flash on GPU, blockwise) keep only a float32 log-sum-exp per query `4 (a / t) s r`, no s^2 term.
 
-Plus the logits `s r V / t` in the compute dtype and their float32 log-softmax (`c + 4` bytes each). The
+Plus the logits of one loss chunk (`optim.loss_chunk` tokens split over the data-parallel devices; all
+`s r` tokens with 0) of `V / t` each in the compute dtype and their float32 log-softmax (`c + 4` bytes). The
 total is checked against XLA's own buffer assignment of the compiled train step (tests/test_plan.py: within
 15% on XLA:CPU in float32). XLA fuses and schedules differently on each platform, so real peaks differ by
 tens of percent; a config "fits" when the total is within `USABLE` of the chip's HBM.
@@ -65,7 +68,7 @@ from jax.sharding import AbstractMesh, PartitionSpec
 from instructjax.core import sharding
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
-from instructjax.model.config import LlamaConfig, param_count, preset
+from instructjax.model.config import DecoderConfig, param_count, preset
 from instructjax.train.optim import adamw
 
 GIB = 2**30
@@ -130,14 +133,15 @@ def available_memory() -> int:
     return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
-def device_memory(model: LlamaConfig, sizes: dict[str, int], *, rows: int, seq_len: int, micro_batches: int,
-                  clip: bool, platform: str) -> tuple[dict[str, int], dict[str, Any]]:
+def device_memory(model: DecoderConfig, sizes: dict[str, int], *, rows: int, seq_len: int, micro_batches: int,
+                  clip: bool, platform: str, loss_chunk: int = 0) -> tuple[dict[str, int], dict[str, Any]]:
     """(parameters, optimizer state and gradients, activations) per device for a step of `rows` rows of `seq_len`
     (the plan's figures; `activation_bytes`, `state_memory`)."""
     memory = state_memory(model, sizes, clip=clip)
     memory["grad_bytes"] = memory["param_bytes"] * (2 if micro_batches > 1 else 1)  # + the accumulator
     per_device = -(-rows // (micro_batches * sizes["data"] * sizes["fsdp"]))
-    acts = activation_bytes(model, per_device, seq_len, sizes["tensor"], platform)
+    loss_tokens = -(-loss_chunk // (sizes["data"] * sizes["fsdp"])) if loss_chunk else 0  # a chunk is split over rows
+    acts = activation_bytes(model, per_device, seq_len, sizes["tensor"], platform, loss_tokens)
     acts.update(rows=per_device, seq_len=seq_len)
     return memory, acts
 
@@ -176,11 +180,11 @@ def _shard_bytes(shape: tuple[int, ...], dtype: Any, spec: PartitionSpec, sizes:
 
 
 @functools.lru_cache(maxsize=8)
-def _abstract_state(model: LlamaConfig, clip: bool) -> tuple[Any, Any, Any]:
+def _abstract_state(model: DecoderConfig, clip: bool) -> tuple[Any, Any, Any]:
     """(params, their logical axis names, optimizer state), all abstract: nnx/jax.eval_shape, cached per model."""
-    from instructjax.model.llama import Llama
+    from instructjax.model.decoder import Decoder
 
-    state = nnx.state(nnx.eval_shape(lambda: Llama(model, rngs=nnx.Rngs(0))), nnx.Param)
+    state = nnx.state(nnx.eval_shape(lambda: Decoder(model, rngs=nnx.Rngs(0))), nnx.Param)
     names = nnx.to_pure_dict(jax.tree.map(lambda v: _Spec(v.get_metadata().get("out_sharding")), state,
                                           is_leaf=lambda x: isinstance(x, nnx.Variable)))
     params = nnx.to_pure_dict(state)
@@ -188,7 +192,7 @@ def _abstract_state(model: LlamaConfig, clip: bool) -> tuple[Any, Any, Any]:
     return params, names, jax.eval_shape(tx.init, params), tx
 
 
-def state_memory(model: LlamaConfig, sizes: dict[str, int], clip: bool = True) -> dict[str, int]:
+def state_memory(model: DecoderConfig, sizes: dict[str, int], clip: bool = True) -> dict[str, int]:
     """Per-device bytes of parameters and optimizer state, and their global totals, from eval_shape."""
     params, names, opt, tx = _abstract_state(model, clip)
     mesh = AbstractMesh(tuple(sizes.values()), tuple(sizes))
@@ -212,33 +216,51 @@ def state_memory(model: LlamaConfig, sizes: dict[str, int], clip: bool = True) -
             "opt_bytes": o_local, "opt_bytes_global": o_global}
 
 
-def activation_bytes(model: LlamaConfig, rows: int, seq_len: int, tensor: int, platform: str = "tpu") -> dict:
-    """Per-device activation bytes for `rows` rows of `seq_len` on `platform` (see the module docstring's formula)."""
+# [tokens, intermediate] arrays one MLP keeps for its backward pass, by (activation, gated): the projections'
+# outputs and the activation's own residuals (measured with jax's saved_residuals: e.g. SwiGLU gate, up, the
+# sigmoid's two and the product; exact GELU's erfc and exp)
+MLP_ARRAYS = {("silu", True): 6, ("gelu_tanh", True): 8, ("gelu", True): 8, ("relu", True): 5,
+              ("silu", False): 3, ("gelu_tanh", False): 4, ("gelu", False): 4, ("relu", False): 2}
+
+
+def activation_bytes(model: DecoderConfig, rows: int, seq_len: int, tensor: int, platform: str = "tpu",
+                     loss_tokens: int = 0) -> dict:
+    """Per-device activation bytes for `rows` rows of `seq_len` on `platform` (see the module docstring's formula);
+    the loss makes the logits of `loss_tokens` tokens at a time (0: all of them)."""
     from instructjax.model import attention
 
     s, r, t = seq_len, rows, tensor
     c = np.dtype(model.dtype).itemsize  # the compute dtype's bytes: 2 for bfloat16
     h, m, a, k, d, layers = (model.hidden_size, model.intermediate_size, model.num_heads, model.num_kv_heads,
                              model.head_dim, model.num_layers)
+    mlp_in = 2 if model.gated_mlp else 1  # gate and up, or up alone
+    norms = 4 if model.sandwich_norms else 2
+    # [tokens, m] arrays an MLP keeps (its outputs and its activation's residuals, `print_saved_residuals`)
+    mlp_arrays = MLP_ARRAYS[model.activation, model.gated_mlp]
+    norm_bytes = norms * (4 + c + (4 if model.norm == "layer" else 0)) * h  # LayerNorm also keeps x - mean
+    parallel = -c * h if model.residual == "parallel" else 0  # one residual sum fewer
     implementation = attention.resolve(model.attention, platform)
     fused = implementation in attention.FUSED
     residual = 4 * (a / t) * s * r if fused else c * (a / t) * s * s * r
-    weights = c * (h * d * (2 * a + 2 * k) + 3 * h * m) / t  # the layer's matrices cast to the compute dtype
-    full_layer = s * r * (2 * (4 + c) * h + c * (2 * a + 2 * k) * d / t + 6 * c * m / t) + residual + weights
+    weights = c * (h * d * (2 * a + 2 * k) + (mlp_in + 1) * h * m) / t  # the layer's matrices in the compute dtype
+    qk_norms = (4 + c) * (a + k) * d / t if model.qk_norm else 0
+    full_layer = (s * r * (norm_bytes + parallel + c * (2 * a + 2 * k) * d / t + mlp_arrays * c * m / t + qk_norms)
+                  + residual + weights)
     layer_input = c * s * r * h
     saved = {
         "none": full_layer,
         "full": layer_input,
         "save_attention": c * s * r * (h + a * d / t),
-        "dots_with_no_batch_dims_saveable": c * s * r * (3 * h + (a + 2 * k) * d / t + 2 * m / t),
+        "dots_with_no_batch_dims_saveable": c * s * r * (3 * h + (a + 2 * k) * d / t + mlp_in * m / t),
         # the layer's input, o_proj, q/k/v, the attention output, gate and up (down_proj's output is not read)
-        "minimal_with_context": c * s * r * (2 * h + (2 * a + 2 * k) * d / t + 2 * m / t),
+        "minimal_with_context": c * s * r * (2 * h + (2 * a + 2 * k) * d / t + mlp_in * m / t),
     }
     saved["dots_saveable"] = saved["dots_with_no_batch_dims_saveable"] + (
         0 if fused else 4 * (a / t) * s * s * r + c * s * r * a * d / t)
     per_layer = saved[model.remat]
     recompute = 0 if model.remat == "none" else full_layer
-    logits = (c + 4) * s * r * model.vocab_size / t
+    tokens = s * r if not loss_tokens else min(loss_tokens, s * r)
+    logits = (c + 4) * tokens * model.vocab_size / t
     return {"per_layer": int(per_layer), "layers": int(per_layer * layers + recompute), "logits": int(logits),
             "total": int(per_layer * layers + recompute + logits), "attention": implementation}
 
@@ -393,7 +415,8 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
         data = real_epoch(config, multiple) if real_data else estimate_epoch(config, multiple)
     memory, acts = device_memory(model, sizes, rows=max(data.step_rows) if training else 0,  # the largest step shown
                                  seq_len=config.data.seq_len, micro_batches=config.optim.micro_batches,
-                                 clip=bool(config.optim.grad_clip), platform=topology.platform)  # fmt: skip
+                                 clip=bool(config.optim.grad_clip), platform=topology.platform,
+                                 loss_chunk=config.optim.loss_chunk)  # fmt: skip
     if memory["params"] != param_count(model):
         raise AssertionError(f"eval_shape gives {memory['params']} parameters, param_count {param_count(model)}")
     if not training:

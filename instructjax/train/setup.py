@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
-from instructjax.model.config import LlamaConfig
+from instructjax.model.config import DecoderConfig
 
 
 def tokenizer_path(config: RunConfig) -> str | None:
@@ -41,7 +41,7 @@ def tokenizer_path(config: RunConfig) -> str | None:
     return path
 
 
-def fit_model_to_tokenizer(model: LlamaConfig, tokenizer, *, pretrained: bool) -> LlamaConfig:
+def fit_model_to_tokenizer(model: DecoderConfig, tokenizer, *, pretrained: bool) -> DecoderConfig:
     """`model` checked against `tokenizer` (one-line ConfigErrors); a from-scratch model takes its
     BOS/EOS/PAD ids from the tokenizer."""
     where = f"tokenizer {tokenizer.path}"

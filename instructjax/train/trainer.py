@@ -37,8 +37,8 @@ from instructjax.core import checkpoint as ckpt
 from instructjax.core import hosts, integrity, sharding, storage
 from instructjax.core.config import RunConfig, to_dict, training_changes, training_digest
 from instructjax.core.errors import ConfigError, InstructJaxError
-from instructjax.model.config import LlamaConfig, preset, with_overrides
-from instructjax.model.llama import Llama
+from instructjax.model.config import DecoderConfig, preset, with_overrides
+from instructjax.model.decoder import Decoder
 from instructjax.train import loss, optim
 from instructjax.train.metrics import MetricsLogger, plot_losses
 
@@ -55,10 +55,10 @@ class TrainResult:
     preempted: bool = False  # stopped by SIGTERM after saving `step`
 
 
-def resolve_model_config(config: RunConfig) -> LlamaConfig:
+def resolve_model_config(config: RunConfig) -> DecoderConfig:
     """The preset with overrides, or the config stored with `model.init_from`'s params (plus overrides)."""
     if config.model.init_from:
-        return with_overrides(LlamaConfig(**ckpt.read_meta(config.model.init_from)[0]), config.model.overrides)
+        return with_overrides(DecoderConfig.from_dict(ckpt.read_meta(config.model.init_from)[0]), config.model.overrides)
     return preset(config.model.preset, **config.model.overrides)
 
 
@@ -73,8 +73,9 @@ def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
 
     def step(params, opt_state, batch):
         def sums(p, mb):
-            logits = nnx.merge(graphdef, p)(mb["tokens"], mb["positions"], mb["segment_ids"])
-            nll = loss.token_nll(logits, mb["targets"])
+            model = nnx.merge(graphdef, p)
+            hidden, _ = model.hidden_states(mb["tokens"], mb["positions"], mb["segment_ids"])
+            nll = loss.model_nll(model, hidden, mb["targets"], config.optim.loss_chunk)
             weights = mb["loss_weights"].astype(jnp.float32)
             source_sums, source_weights = loss.per_source_sums(nll, weights, mb["source_ids"], num_sources)
             loss_sum = jnp.sum(nll * weights)
@@ -181,7 +182,8 @@ class Trainer:
         rows = max(self.step_shapes) if self.step_shapes else self.config.data.global_batch
         memory, acts = plan.device_memory(self.model_config, sizes, rows=rows, seq_len=self.config.data.seq_len,
                                           micro_batches=self.config.optim.micro_batches,
-                                          clip=bool(self.config.optim.grad_clip), platform=topology.platform)
+                                          clip=bool(self.config.optim.grad_clip), platform=topology.platform,
+                                          loss_chunk=self.config.optim.loss_chunk)
         needed = memory["param_bytes"] + memory["opt_bytes"] + memory["grad_bytes"] + acts["total"]
         self.out_of_memory = plan.out_of_memory(needed, memory, acts, topology)  # also for XLA's own refusal
         if needed > plan.USABLE * topology.hbm_gib * plan.GIB:
@@ -207,7 +209,7 @@ class Trainer:
 
     def init_state(self):
         """(params, opt_state, start step, tokens so far): fresh, from init_from, or from the latest checkpoint."""
-        make_model = lambda: Llama(self.model_config, rngs=nnx.Rngs(self.config.seed))  # noqa: E731
+        make_model = lambda: Decoder(self.model_config, rngs=nnx.Rngs(self.config.seed))  # noqa: E731
         abstract_model = nnx.eval_shape(make_model)
         self.graphdef, abstract_state = nnx.split(abstract_model)
         self.param_shardings = nnx.to_pure_dict(sharding.state_shardings(abstract_state, self.mesh))

@@ -1,4 +1,6 @@
-"""The Flax LLaMA against transformers' PyTorch LlamaForCausalLM (same random weights), packing, remat."""
+"""The decoder beyond what tests/test_families.py checks per family: every attention implementation inside the
+model (LLaMA, and Gemma-2's alternating windows and soft-caps under a scan of layers), LLaMA-3 RoPE, every
+preset's parameter count and config.json against transformers, bad configs, packing, bf16, remat policies."""
 
 import re
 
@@ -10,15 +12,17 @@ import torch
 import transformers
 from flax import nnx
 
+from instructjax.convert import hf_config
 from instructjax.convert.hf import hf_state, params_from_tensors
 from instructjax.core.errors import ConfigError
-from instructjax.model.config import PRESETS, REMAT_POLICIES, LlamaConfig, param_count, preset
-from instructjax.model.llama import PROJECTIONS, Llama, abstract_model, rope_inv_freq, with_params
+from instructjax.model import rope
+from instructjax.model.config import PRESETS, REMAT_POLICIES, DecoderConfig, param_count, preset
+from instructjax.model.decoder import PROJECTIONS, Decoder, abstract_model, with_params
 
 ROPE_SCALED = dict(
     rope_theta=500000.0,
     # a small original context so that high-, medium- and low-frequency bands all occur at head_dim 16
-    rope_scaling={"factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+    rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
                   "original_max_position_embeddings": 64},
 )
 
@@ -31,37 +35,47 @@ CASES = {
 
 
 def random_model(config, seed=0):
-    """A Llama with numpy-random weights: no RNG compile, so tests stay fast."""
+    """A Decoder with numpy-random weights: no RNG compile, so tests stay fast."""
     rng = np.random.default_rng(seed)
     graphdef, state = nnx.split(abstract_model(config))
     state = jax.tree.map(lambda x: jnp.asarray(rng.normal(0, 0.05, x.shape), x.dtype), state)
     return nnx.merge(graphdef, state)
 
 
-def random_hf_model(config: LlamaConfig, seed: int = 0) -> transformers.LlamaForCausalLM:
-    """An HF LLaMA with every weight random (norm scales too, so swapped norms would show)."""
+def random_hf_model(config: DecoderConfig, seed: int = 0):
+    """The HF model of `config`'s family with every weight random (norm scales too, so swapped norms would show)."""
     torch.manual_seed(seed)
-    hf_config = transformers.LlamaConfig(**{**config.to_hf_dict(), "torch_dtype": "float32"})
-    model = transformers.LlamaForCausalLM(hf_config).eval()
+    hf = transformers.AutoConfig.for_model(**{**hf_config.to_hf(config), "torch_dtype": "float32"})
+    hf._attn_implementation = "eager"
+    model = transformers.AutoModelForCausalLM.from_config(hf).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
-            p.copy_(1.0 + 0.1 * torch.randn_like(p) if "norm" in name else 0.05 * torch.randn_like(p))
+            base = 0.0 if config.norm == "rms_plus_one" else 1.0
+            p.copy_(base + 0.1 * torch.randn_like(p) if "norm" in name else 0.05 * torch.randn_like(p))
     return model
 
 
-def ours_from_hf(hf_model, config: LlamaConfig) -> Llama:
+def ours_from_hf(hf_model, config: DecoderConfig) -> Decoder:
     state = {k: v.detach().numpy() for k, v in hf_model.state_dict().items()}
     return with_params(config, params_from_tensors(state, config))
 
 
 MODES = {"scan": {}, "loop": {"scan_layers": False}}
 ATTENTION = {impl: {"attention": impl, "attention_block": 128} for impl in ("xla", "blockwise", "splash", "pallas_gpu")}
+# Gemma-2 in small: alternating sliding (window 40) and full layers, capped scores and logits, its own scale
+GEMMA = DecoderConfig(family="gemma2", vocab_size=512, hidden_size=64, intermediate_size=96, num_layers=3, num_heads=4,
+                      num_kv_heads=2, head_dim=16, norm="rms_plus_one", activation="gelu_tanh", sandwich_norms=True,
+                      embed_scale=True, tie_embeddings=True, query_scale=24 ** -0.5, attention_softcap=2.0,
+                      final_softcap=3.0, sliding_window=40, layer_types=("sliding", "full", "sliding"),
+                      max_position_embeddings=512, dtype="float32")
+CASES["gemma2"] = GEMMA
 
 
 @pytest.mark.parametrize("case,length,mode", [(case, 24, "scan") for case in CASES] + [("gqa", 24, "loop")]
-                         + [("gqa", 300, impl) for impl in ATTENTION])
+                         + [("gqa", 300, impl) for impl in ATTENTION] + [("gemma2", 300, impl) for impl in ATTENTION])
 def test_logits_match_transformers(case, length, mode):
-    # length 300 spans three attention blocks of 128, the last one partial; Pallas kernels run interpreted
+    # length 300 spans three attention blocks of 128, the last one partial; Pallas kernels run interpreted;
+    # Gemma-2's sliding and full layers alternate under the scan: each kernel with and without its window
     config = CASES[case].replace(**{**MODES, **ATTENTION}[mode])
     hf_model = random_hf_model(config)
     model = ours_from_hf(hf_model, config)
@@ -106,22 +120,11 @@ def test_rope_inv_freq_matches_transformers():
     config = CASES["llama3-rope"]
     hf_model = random_hf_model(config)
     expected = hf_model.model.rotary_emb.inv_freq.numpy()
-    ours = rope_inv_freq(config)
+    (ours,) = rope.inv_freqs(config)
     assert np.allclose(ours, expected, rtol=1e-6, atol=0)
-    plain = rope_inv_freq(preset("tiny", rope_theta=500000.0))
+    (plain,) = rope.inv_freqs(preset("tiny", rope_theta=500000.0))
     # all three bands of LLaMA-3 scaling are exercised: unchanged, smoothed, divided by factor
     assert ours[0] == plain[0] and np.isclose(ours[-1], plain[-1] / 8.0) and np.any((ours < plain) & (ours > plain / 8))
-
-
-@pytest.mark.parametrize("case", ["gqa", "tied"])
-def test_export_round_trips_hf_state_dict(case):
-    config = CASES[case]
-    hf_model = random_hf_model(config, seed=3)
-    exported = hf_state(nnx.state(ours_from_hf(hf_model, config), nnx.Param).to_pure_dict(), config)
-    state = {k: v.numpy() for k, v in hf_model.state_dict().items() if k != "lm_head.weight" or not config.tie_embeddings}
-    assert sorted(exported) == sorted(state)
-    for name, value in state.items():
-        np.testing.assert_array_equal(exported[name], value, err_msg=name)
 
 
 def test_load_rejects_mismatched_checkpoint():
@@ -225,33 +228,42 @@ def test_minimal_with_context_keeps_the_projections_and_the_attention_output():
     assert not inside, inside
 
 
+# published sizes (the model cards' parameter counts) of the presets we are sure of
 KNOWN_SIZES = {"llama2-7b": 6_738_415_616, "llama2-70b": 68_976_648_192, "llama3-8b": 8_030_261_248,
-               "mistral-7b": 7_241_732_096}
+               "mistral-7b": 7_241_732_096, "llama3.2-1b": 1_235_814_400, "llama3.2-3b": 3_212_749_824,
+               "qwen2.5-0.5b": 494_032_768, "qwen2.5-7b": 7_615_616_512, "phi3-mini": 3_821_079_552,
+               "gemma2-2b": 2_614_341_888, "opt-6.7b": 6_658_473_984, "pythia-6.9b": 6_857_302_016}
+
+
+def hf_meta_model(config: DecoderConfig):
+    """transformers' model of the config.json we write for `config`, on the meta device (no memory)."""
+    hf = transformers.AutoConfig.for_model(**hf_config.to_hf(config))
+    with torch.device("meta"):
+        return transformers.AutoModelForCausalLM.from_config(hf)
 
 
 @pytest.mark.parametrize("name", list(PRESETS))
 def test_param_count_matches_transformers(name):
     config = preset(name)
-    with torch.device("meta"):
-        hf_model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config.to_hf_dict()))
-    assert param_count(config) == hf_model.num_parameters()
+    assert param_count(config) == hf_meta_model(config).num_parameters()
     if name in KNOWN_SIZES:
         assert param_count(config) == KNOWN_SIZES[name]
     if name.startswith(("tiny", "small")):
-        abstract = nnx.eval_shape(lambda: Llama(config, rngs=nnx.Rngs(0)))
+        abstract = nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))
         assert sum(x.size for x in jax.tree.leaves(nnx.state(abstract, nnx.Param))) == param_count(config)
     if name == "small-100m":
         assert 90e6 < param_count(config) < 110e6
 
 
-@pytest.mark.parametrize("name", ["llama1-33b", "llama2-70b", "llama3.1-8b", "tiny"])
+@pytest.mark.parametrize("name", list(PRESETS))
 def test_hf_config_round_trip(name):
+    """Our config.json read back gives the same config, and so does transformers' own reading of it (its
+    config class's dict, in transformers 5's form: rope_parameters, layer_types)."""
     config = preset(name)
-    hf = config.to_hf_dict()
-    assert LlamaConfig.from_hf_dict(hf) == config
-    # transformers reads the same numbers (incl. the llama3 rope parameters) from our dict
-    loaded = transformers.LlamaConfig.from_dict(hf).to_dict()
-    assert LlamaConfig.from_hf_dict(loaded, dtype=config.dtype) == config
+    hf = hf_config.to_hf(config)
+    assert hf_config.from_hf(hf, dtype=config.dtype) == config
+    loaded = transformers.AutoConfig.for_model(**hf).to_dict()
+    assert hf_config.from_hf(loaded, dtype=config.dtype) == config
 
 
 def test_bad_configs_raise_config_error():
@@ -262,4 +274,8 @@ def test_bad_configs_raise_config_error():
     with pytest.raises(ConfigError, match="unknown model preset"):
         preset("llama9-1t")
     with pytest.raises(ConfigError, match="rope_scaling"):
-        preset("tiny", rope_scaling={"factor": 8.0})
+        preset("tiny", rope_scaling={"rope_type": "llama3", "factor": 8.0})
+    with pytest.raises(ConfigError, match="layer_types"):
+        preset("tiny", layer_types=["full", "sliding"])  # sliding layers without a window
+    with pytest.raises(ConfigError, match="norm="):
+        preset("tiny", norm="batch")

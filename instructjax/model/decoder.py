@@ -1,0 +1,422 @@
+"""One decoder for every family, in Flax NNX: `logits = model(tokens, positions, segment_ids)`, and with a KV
+cache for decoding. The families differ by `DecoderConfig`'s switches (model/config.py), never by code
+paths of their own.
+
+Attention is causal and confined to one segment of a packed row (segment 0 is padding), by the
+implementation `config.attention` names (`instructjax.model.attention`); a layer whose type is `sliding`
+sees only the last `sliding_window` keys (its own RoPE base where the family has one). Parameter names
+follow Hugging Face LLaMA (`embed_tokens`, `layers.self_attn.q_proj`, ..., `norm`, `lm_head`); the norm
+before the MLP is `post_attention_layernorm` in every family, Gemma's norms on the attention's and the MLP's
+outputs are `attention_output_norm` and `mlp_output_norm`; a plain MLP has `up_proj` and `down_proj`.
+`convert.hf` maps each family's file names onto these. With `config.scan_layers` the decoder layers are one
+module whose parameters carry a leading `layers` axis, run by `nnx.scan` (compile time does not grow with
+depth); without it, `layers` is a list of modules. Parameters carry logical axis names (see
+instructjax.core.sharding); compute runs in `config.dtype` over `config.param_dtype` parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from instructjax.core.sharding import with_logical_constraint
+from instructjax.model import attention, rope
+from instructjax.model.config import DecoderConfig
+
+Array = jax.Array
+
+ACTIVATIONS = {"silu": jax.nn.silu, "relu": jax.nn.relu, "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+               "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}
+
+
+def _param(rngs: nnx.Rngs | None, shape: tuple[int, ...], axes: tuple[str, ...], config: DecoderConfig,
+           fill: float | None = None) -> nnx.Param:
+    """A parameter: normal(initializer_range) from `rngs`, or filled with `fill`."""
+    dtype = jnp.dtype(config.param_dtype)
+    if fill is not None:
+        value = jnp.full(shape, fill, dtype)
+    else:
+        value = jax.nn.initializers.normal(config.initializer_range)(rngs.params(), shape, dtype)
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+class Dense(nnx.Module):
+    """Projection contracting the last `len(in_shape)` dims of x with kernel[*in_shape, *out_shape], plus a
+    bias[*out_shape] where the family has one."""
+
+    def __init__(self, in_shape, out_shape, axes: tuple[str, ...], config: DecoderConfig, *, bias: bool = False,
+                 rngs: nnx.Rngs):
+        in_shape, out_shape = tuple(np.atleast_1d(in_shape)), tuple(np.atleast_1d(out_shape))
+        self.kernel = _param(rngs, in_shape + out_shape, axes, config)
+        self.bias = _param(rngs, out_shape, axes[len(in_shape):], config, fill=0.0) if bias else None
+        self.n_in = len(in_shape)
+        self.dtype = jnp.dtype(config.dtype)
+
+    def __call__(self, x: Array) -> Array:
+        """One 2-D matmul [tokens, in] @ [in, out] with batch and length flattened into tokens: the same
+        maths as a tensordot, but XLA:CPU runs the weight gradient as one plain GEMM instead of
+        transposing activations first (benchmarks/RESULTS.md)."""
+        kernel = self.kernel[...].astype(self.dtype)
+        in_size = math.prod(kernel.shape[: self.n_in])
+        lead = x.shape[: x.ndim - self.n_in]
+        y = (x.astype(self.dtype).reshape(-1, in_size) @ kernel.reshape(in_size, -1)).reshape(
+            *lead, *kernel.shape[self.n_in :])
+        return y if self.bias is None else y + self.bias[...].astype(self.dtype)
+
+
+class Embed(nnx.Module):
+    """A table [rows, embed] looked up by id, times `scale` in the table's dtype (Gemma's sqrt(hidden_size));
+    `attend` is the tied output projection."""
+
+    def __init__(self, rows: int, config: DecoderConfig, *, axes=("vocab", "embed"), scale: float = 1.0,
+                 rngs: nnx.Rngs):
+        self.embedding = _param(rngs, (rows, config.hidden_size), axes, config)
+        self.dtype, self.scale = jnp.dtype(config.dtype), scale
+
+    def __call__(self, ids: Array) -> Array:
+        table = self.embedding[...]
+        rows = jnp.take(table, ids, axis=0)
+        return (rows if self.scale == 1.0 else rows * jnp.asarray(self.scale, table.dtype)).astype(self.dtype)
+
+    def attend(self, x: Array) -> Array:
+        return jnp.einsum("bte,ve->btv", x.astype(self.dtype), self.embedding[...].astype(self.dtype))
+
+
+class Norm(nnx.Module):
+    """The family's norm over the last axis, in float32 like transformers: `rms` (LLaMA: normalised, cast,
+    times w), `rms_plus_one` (Gemma: times (1 + w), then cast), `layer` (LayerNorm with a bias)."""
+
+    def __init__(self, size: int, config: DecoderConfig, axes: tuple[str, ...] = ("norm",)):
+        self.kind, self.eps, self.dtype = config.norm, config.norm_eps, jnp.dtype(config.dtype)
+        self.scale = _param(None, (size,), axes, config, fill=0.0 if self.kind == "rms_plus_one" else 1.0)
+        self.bias = _param(None, (size,), axes, config, fill=0.0) if self.kind == "layer" else None
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        scale = self.scale[...]
+        if self.kind == "layer":
+            centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+            normed = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + self.eps)
+            return (normed * scale.astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(self.dtype)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.kind == "rms_plus_one":
+            return (normed * (1.0 + scale.astype(jnp.float32))).astype(self.dtype)
+        return normed.astype(self.dtype) * scale.astype(self.dtype)
+
+
+class Cache(NamedTuple):
+    """Keys and values of every layer for decoding, [layers, B, S, K, D] each, the segment of every slot
+    (0 = empty or padding: never attended) and the next slot to fill."""
+
+    keys: Array
+    values: Array
+    segments: Array  # [B, S] int32
+    index: Array  # int32 scalar
+
+
+def init_cache(config: DecoderConfig, batch: int, length: int) -> Cache:
+    """An empty cache of `length` slots in the compute dtype."""
+    zeros = jnp.zeros((config.num_layers, batch, length, config.num_kv_heads, config.head_dim), config.dtype)
+    return Cache(zeros, zeros, jnp.zeros((batch, length), jnp.int32), jnp.int32(0))
+
+
+def layer_windows(config: DecoderConfig) -> tuple[int | None, ...]:
+    """The window of each type of layer the model has (`full` first, then `sliding`): a layer's type is an
+    index into this."""
+    return tuple(config.sliding_window if kind == "sliding" else None for kind in sorted(set(config.kinds)))
+
+
+class LayerKinds(NamedTuple):
+    """The arrays that differ between a model's types of layer (`layer_windows`), one entry per type: the
+    attention mask input and the RoPE cos/sin (one pair when every type shares it)."""
+
+    masks: tuple[Array, ...]  # `attention.mask_input` per type (empty when decoding)
+    ropes: tuple[tuple[Array, Array] | tuple[None, None], ...]
+
+    def rope(self, kind: Array | int) -> tuple[Array | None, Array | None]:
+        """cos, sin of a layer of type index `kind` (a traced index selects elementwise)."""
+        if len(self.ropes) == 1:
+            return self.ropes[0]
+        if isinstance(kind, int):
+            return self.ropes[kind]
+        return tuple(jnp.where(kind == 1, local, full) for full, local in zip(*self.ropes, strict=True))
+
+
+class Attention(nnx.Module):
+    """Self-attention with grouped-query heads: projections (with the family's biases), q/k norms, RoPE, the
+    kernel; with `kv` (a layer's cached keys and values) it writes the new ones at `index` and attends over
+    the cache."""
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
+        e, h, k, d = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
+        bias = config.qkv_bias
+        self.q_proj = Dense(e, (h, d), ("embed", "heads", "head_dim"), config, bias=bias, rngs=rngs)
+        self.k_proj = Dense(e, (k, d), ("embed", "kv_heads", "head_dim"), config, bias=bias, rngs=rngs)
+        self.v_proj = Dense(e, (k, d), ("embed", "kv_heads", "head_dim"), config, bias=bias, rngs=rngs)
+        self.o_proj = Dense((h, d), e, ("heads", "head_dim", "embed"), config, bias=config.o_bias, rngs=rngs)
+        self.q_norm = Norm(d, config, ("head_dim",)) if config.qk_norm else None
+        self.k_norm = Norm(d, config, ("head_dim",)) if config.qk_norm else None
+        self.implementation, self.block = config.attention, config.attention_block
+        self.backward_block = config.attention_backward_block
+        self.scale, self.softcap = config.query_scale or d ** -0.5, config.attention_softcap
+        self.windows = layer_windows(config)
+
+    def qkv(self, x: Array, cos: Array | None, sin: Array | None) -> tuple[Array, Array, Array]:
+        """Projected, normed and rotated q [B, T, H, D], k and v [B, T, K, D] (the projections named for remat)."""
+        q = checkpoint_name(self.q_proj(x), "q_proj")
+        k = checkpoint_name(self.k_proj(x), "k_proj")
+        v = checkpoint_name(self.v_proj(x), "v_proj")
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if cos is not None:
+            q, k = rope.apply_rope(q, cos, sin), rope.apply_rope(k, cos, sin)
+        q = with_logical_constraint(q, ("batch", "length", "heads", "head_dim"))
+        k = with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
+        return q, k, with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
+
+    def __call__(self, x: Array, kind: Array | int, kinds: LayerKinds) -> Array:
+        """Training / prefill without a cache, for a layer of type `self.windows[kind]` (a traced index under a
+        scan of layers: the kernel call alone is switched, every projection and its residuals are shared)."""
+        q, k, v = self.qkv(x, *kinds.rope(kind))
+
+        def kernel(i: int):
+            return lambda q, k, v: attention.self_attention(
+                q, k, v, kinds.masks[i], attention.resolve(self.implementation), self.block, self.backward_block,
+                window=self.windows[i], softcap=self.softcap, scale=self.scale)
+
+        if isinstance(kind, int) or len(self.windows) == 1:
+            out = kernel(kind if isinstance(kind, int) else 0)(q, k, v)
+        else:
+            out = jax.lax.switch(kind, [kernel(i) for i in range(len(self.windows))], q, k, v)
+        return checkpoint_name(self.o_proj(checkpoint_name(out, "attention")), "o_proj")
+
+    def decode(self, x: Array, kind: Array, kinds: LayerKinds, bias: Array, kv: tuple[Array, Array],
+               index: Array) -> tuple[Array, tuple[Array, Array]]:
+        """Decoding: `bias` is the additive bias over the cache's slots (`attention.cached_mask`)."""
+        q, k, v = self.qkv(x, *kinds.rope(kind))
+        keys = jax.lax.dynamic_update_slice(kv[0], k.astype(kv[0].dtype), (0, index, 0, 0))
+        values = jax.lax.dynamic_update_slice(kv[1], v.astype(kv[1].dtype), (0, index, 0, 0))
+        out = attention.attend(q, keys, values, bias, scale=self.scale, softcap=self.softcap)
+        return self.o_proj(out), (keys, values)
+
+
+class MLP(nnx.Module):
+    """Gated: down(act(gate(x)) * up(x)) (SwiGLU, GeGLU); plain: down(act(up(x))) (OPT, GPT-NeoX)."""
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
+        e, m, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = Dense(e, m, ("embed", "mlp"), config, bias=bias, rngs=rngs) if config.gated_mlp else None
+        self.up_proj = Dense(e, m, ("embed", "mlp"), config, bias=bias, rngs=rngs)
+        self.down_proj = Dense(m, e, ("mlp", "embed"), config, bias=bias, rngs=rngs)
+        self.activation = ACTIVATIONS[config.activation]
+
+    def __call__(self, x: Array) -> Array:
+        up = checkpoint_name(self.up_proj(x), "up_proj")
+        if self.gate_proj is None:
+            hidden = self.activation(up)
+        else:
+            hidden = self.activation(checkpoint_name(self.gate_proj(x), "gate_proj")) * up
+        return checkpoint_name(self.down_proj(with_logical_constraint(hidden, ("batch", "length", "mlp"))), "down_proj")
+
+
+class DecoderLayer(nnx.Module):
+    """Pre-norm block. Sequential: x + attn(norm(x)), then + mlp(norm(.)) (Gemma: each output normed too);
+    parallel (GPT-NeoX): x + attn(norm1(x)) + mlp(norm2(x))."""
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
+        e = config.hidden_size
+        self.input_layernorm = Norm(e, config)
+        self.self_attn = Attention(config, rngs=rngs)
+        self.post_attention_layernorm = Norm(e, config)
+        self.mlp = MLP(config, rngs=rngs)
+        self.attention_output_norm = Norm(e, config) if config.sandwich_norms else None
+        self.mlp_output_norm = Norm(e, config) if config.sandwich_norms else None
+        self.parallel = config.residual == "parallel"
+
+    def _attention_output(self, attended: Array) -> Array:
+        return attended if self.attention_output_norm is None else self.attention_output_norm(attended)
+
+    def _rest(self, x: Array, attended: Array) -> Array:
+        """The residual additions and the MLP, after the attention's output."""
+        if self.parallel:
+            x = self.mlp(self.post_attention_layernorm(x)) + attended + x
+        else:
+            x = x + self._attention_output(attended)
+            out = self.mlp(self.post_attention_layernorm(x))
+            x = x + (out if self.mlp_output_norm is None else self.mlp_output_norm(out))
+        return with_logical_constraint(x, ("batch", "length", "embed"))
+
+    def __call__(self, x: Array, kind: Array | int, kinds: LayerKinds) -> Array:
+        return self._rest(x, self.self_attn(self.input_layernorm(x), kind, kinds))
+
+    def decode(self, x: Array, kind: Array, kinds: LayerKinds, bias: Array, kv: tuple[Array, Array],
+               index: Array) -> tuple[Array, tuple[Array, Array]]:
+        attended, kv = self.self_attn.decode(self.input_layernorm(x), kind, kinds, bias, kv, index)
+        return self._rest(x, attended), kv
+
+
+# Named activations of a layer (checkpoint_name above): every projection's output and the attention output.
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+
+
+def remat_policy(name: str):
+    """The jax.checkpoint policy of `config.remat` (not `none`): what a layer keeps for its backward pass.
+    `minimal_with_context` is MaxText's GPU choice: every projection's output and the attention output are
+    kept, the rest (norms, RoPE, activations, the attention kernel's own residuals) recomputed."""
+    policies = jax.checkpoint_policies
+    return {
+        "full": None,  # save nothing, recompute the whole layer
+        "dots_saveable": policies.dots_saveable,
+        "dots_with_no_batch_dims_saveable": policies.dots_with_no_batch_dims_saveable,
+        "save_attention": policies.save_only_these_names("attention"),
+        "minimal_with_context": policies.save_only_these_names(*PROJECTIONS, "attention"),
+    }[name]
+
+
+def stacked_layers(config: DecoderConfig, rngs: nnx.Rngs) -> DecoderLayer:
+    """`num_layers` decoder layers as one module whose parameters have a leading `layers` axis."""
+
+    @nnx.split_rngs(splits=config.num_layers)
+    @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+    def make(rngs: nnx.Rngs) -> DecoderLayer:
+        return DecoderLayer(config, rngs=rngs)
+
+    return make(rngs)
+
+
+class Decoder(nnx.Module):
+    """A causal LM of any family (`config.family`'s switches). `config.remat` picks the per-layer
+    rematerialisation policy, `config.scan_layers` stacked layers under a scan or a list of layers."""
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embed_tokens = Embed(config.vocab_size, config, scale=config.hidden_size ** 0.5 if config.embed_scale
+                                  else 1.0, rngs=rngs)
+        self.embed_positions = Embed(config.max_position_embeddings + config.position_offset, config,
+                                     axes=("length", "embed"), rngs=rngs) if config.positions == "learned" else None
+        if config.scan_layers:
+            self.layers = stacked_layers(config, rngs)
+        else:
+            self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+        self.norm = Norm(config.hidden_size, config)
+        self.lm_head = None if config.tie_embeddings else Dense(
+            config.hidden_size, config.vocab_size, ("embed", "vocab"), config, rngs=rngs
+        )
+
+    def __call__(self, tokens: Array, positions: Array, segment_ids: Array, cache: Cache | None = None):
+        """Logits [B, T, vocab] in `config.dtype` (float32 where the family caps them) for int arrays [B, T]
+        (segment 0 marks padding); with a `cache`, (logits, the cache with these tokens written at its index)."""
+        x, cache = self.hidden_states(tokens, positions, segment_ids, cache)
+        logits = self.logits(x)
+        return logits if cache is None else (logits, cache)
+
+    def output_head(self) -> tuple[Array, bool]:
+        """The output projection and whether it is the [vocab, embed] embedding table (tied) or [embed, vocab]."""
+        if self.lm_head is None:
+            return self.embed_tokens.embedding[...], True
+        return self.lm_head.kernel[...], False
+
+    def logits(self, x: Array) -> Array:
+        """Logits of final hidden states [B, T, hidden] (with the family's final soft-cap, in float32)."""
+        logits = self.embed_tokens.attend(x) if self.lm_head is None else self.lm_head(x)
+        logits = with_logical_constraint(logits, ("batch", "length", "vocab"))
+        cap = self.config.final_softcap
+        return logits if cap is None else cap * jnp.tanh(logits.astype(jnp.float32) / cap)
+
+    def hidden_states(self, tokens: Array, positions: Array, segment_ids: Array, cache: Cache | None = None
+                      ) -> tuple[Array, Cache | None]:
+        """The last hidden layer [B, T, hidden] after the final norm (HF's `hidden_states[-1]`), and the
+        updated cache when decoding."""
+        x = self.embed_tokens(tokens)
+        if self.embed_positions is not None:
+            x = x + self.embed_positions(positions + self.config.position_offset)
+        x = with_logical_constraint(x, ("batch", "length", "embed"))
+        kinds = self._kinds(positions, segment_ids, decoding=cache is not None)
+        kind_ids = self._kind_ids()
+        if cache is None:
+            return self.norm(self._train_layers(x, kind_ids, kinds)), None
+        segments = jax.lax.dynamic_update_slice(cache.segments, segment_ids.astype(jnp.int32), (0, cache.index))
+        x, keys, values = self._cached_layers(x, kind_ids, kinds, segment_ids, segments, cache)
+        return self.norm(x), Cache(keys, values, segments, cache.index + tokens.shape[1])
+
+    def _kind_ids(self) -> np.ndarray:
+        types = sorted(set(self.config.kinds))  # "full" before "sliding", as layer_windows
+        return np.asarray([types.index(kind) for kind in self.config.kinds], np.int32)
+
+    def _kinds(self, positions: Array, segment_ids: Array, decoding: bool) -> LayerKinds:
+        config, types, windows = self.config, sorted(set(self.config.kinds)), layer_windows(self.config)
+        if config.positions != "rope":
+            ropes = ((None, None),)
+        elif config.local_rope_theta is None:  # every type rotates alike
+            ropes = (rope.cos_sin(positions, config),)
+        else:
+            ropes = tuple(rope.cos_sin(positions, config, kind) for kind in types)
+        implementation = attention.resolve(config.attention)
+        masks = () if decoding else tuple(attention.mask_input(implementation, segment_ids, w) for w in windows)
+        return LayerKinds(masks, ropes)
+
+    def _train_layers(self, x: Array, kind_ids: np.ndarray, kinds: LayerKinds) -> Array:
+        def run_layer(layer: DecoderLayer, x: Array, kind: Array | int, kinds: LayerKinds) -> Array:
+            return layer(x, kind, kinds)
+
+        def remat(fn):
+            return nnx.remat(fn, policy=remat_policy(self.config.remat)) if self.config.remat != "none" else fn
+
+        if not self.config.scan_layers:  # each layer's type is known here: no switch
+            runs = {kind: remat(lambda layer, x, kinds, kind=kind: run_layer(layer, x, kind, kinds))
+                    for kind in set(kind_ids.tolist())}
+            for layer, kind in zip(self.layers, kind_ids.tolist(), strict=True):
+                x = runs[kind](layer, x, kinds)
+            return x
+
+        @nnx.scan(in_axes=(0, nnx.Carry, 0, None), out_axes=nnx.Carry)
+        def scan(layer: DecoderLayer, x: Array, kind: Array, kinds: LayerKinds) -> Array:
+            return remat(run_layer)(layer, x, kind, kinds)
+
+        return scan(self.layers, x, jnp.asarray(kind_ids), kinds)
+
+    def _cached_layers(self, x: Array, kind_ids: np.ndarray, kinds: LayerKinds, query_segments: Array,
+                       segments: Array, cache: Cache) -> tuple[Array, Array, Array]:
+        """Decoding: each layer's window is a value (the bias is built per layer), its RoPE chosen by its type."""
+        big = segments.shape[1] + 1  # a full layer's "window": every slot
+        windows = jnp.asarray([window or big for window in layer_windows(self.config)], jnp.int32)
+
+        def step(layer, x, k, v, kind):
+            bias = attention.attention_bias(attention.cached_mask(query_segments, segments, cache.index,
+                                                                  windows[kind]))
+            return layer.decode(x, kind, kinds, bias, (k, v), cache.index)
+
+        if not self.config.scan_layers:
+            keys, values = [], []
+            for i, layer in enumerate(self.layers):
+                x, (k, v) = step(layer, x, cache.keys[i], cache.values[i], jnp.int32(kind_ids[i]))
+                keys.append(k)
+                values.append(v)
+            return x, jnp.stack(keys), jnp.stack(values)
+
+        @nnx.scan(in_axes=(0, nnx.Carry, 0, 0, 0), out_axes=(nnx.Carry, 0, 0))
+        def scan(layer, x, k, v, kind):
+            x, (k, v) = step(layer, x, k, v, kind)
+            return x, k, v
+
+        return scan(self.layers, x, cache.keys, cache.values, jnp.asarray(kind_ids))
+
+
+def abstract_model(config: DecoderConfig) -> Decoder:
+    """A Decoder whose parameters are shape/dtype placeholders (no memory, no RNG)."""
+    return nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))
+
+
+def with_params(config: DecoderConfig, params: dict) -> Decoder:
+    """A Decoder holding `params` (a pure dict as `nnx.state(model, nnx.Param).to_pure_dict()` gives)."""
+    model = abstract_model(config)
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, params)
+    nnx.update(model, state)
+    return model

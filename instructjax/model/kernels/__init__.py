@@ -1,0 +1,1 @@
+"""Fused attention kernels behind `instructjax.model.attention` (one file per kernel)."""
