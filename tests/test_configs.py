@@ -30,10 +30,11 @@ def test_committed_files_equal_generated():
 def test_family_sizes():
     groups = [e.path.split("/")[0] for e in EXPS]
     # seed 000: 8 settings x 2 models + 4 ratios + 4 counts; seed 002: 3 full + (2+2+1 sizes) x 5 methods + 4;
-    # seed 003: 3 models x 3 datasets x 2 + 4 strategies + 5 max counts + 5 distributions;
-    # seed 004: 12 datasets x 2 sizes + ShareGPT 30/65B + Human 4 sizes + Tulu 4 sizes + Tulu-1.1 2 sizes.
+    # seed 003: 3 models x 3 datasets x 2 + 4 strategies + 5 max counts + 5 distributions + Table 3's 3 models x
+    # 2 datasets x 2; seed 004: 12 datasets x 2 sizes + ShareGPT 30/65B + Human 4 sizes + Tulu 4 sizes + Tulu-1.1
+    # 2 sizes + Table 4's OPT and Pythia.
     assert {g: groups.count(g) for g in set(groups)} == {
-        "seed000_acp": 24, "seed002_selection": 32, "seed003_mosaic": 32, "seed004_tulu": 36}
+        "seed000_acp": 24, "seed002_selection": 32, "seed003_mosaic": 44, "seed004_tulu": 38}
     assert len({e.config["name"] for e in EXPS}) == len(EXPS)  # names (and run dirs) are unique
 
 
@@ -106,6 +107,17 @@ def test_seed003_matches_paper():
         {("distribution", d) for d in ("fixed", "exponential", "pareto", "lognormal", "logistic")}
     c = load("seed003_mosaic/ablation_dist_pareto_mistral_7b.yaml")
     assert (c.data.mosaic.distribution, c.data.mosaic.k_max, c.model.preset) == ("pareto", 10, "mistral-7b")
+    # Table 3: {Llama-3-8B, Phi-3, Gemma2-2B} x {Vicuna 1M, Magpie} x {baseline, Mosaic-IT}, 300K, 4096, 2 epochs
+    table3 = {(e.tags["preset"], e.tags["dataset"], e.tags["method"]) for e in EXPS
+              if e.path.startswith("seed003") and "Table 3" in e.title}
+    assert table3 == {(p, d, m) for p in ("llama3-8b", "phi3-mini", "gemma2-2b") for d in ("vicuna", "magpie")
+                      for m in ("baseline", "mosaic")}
+    c = load("seed003_mosaic/vicuna_mosaic_gemma2_2b.yaml")
+    assert (c.optim.lr, c.optim.warmup_ratio, c.optim.epochs, c.data.global_batch, c.data.seq_len) == \
+        (2e-5, 0.03, 2, 128, 4096)
+    assert (c.template, c.data.mosaic.max_length, c.define["tasks"]["vicuna_300k"]["source"]) == \
+        ("model", 4096, "lmsys_chat")
+    assert dict(specs.lookup_mixture(c.data.mixture).counts) == {"vicuna_300k": 300_000}
 
 
 def test_seed004_matches_paper():
@@ -118,6 +130,8 @@ def test_seed004_matches_paper():
     assert len(single) == 12 * 2 + 2
     c = load("seed004_tulu/tulu_human_gpt_llama2_13b.yaml")  # Tulu-1.1 13B
     assert c.data.mixture == "tulu_human_gpt" and c.eval["suite"] == "tulu"
+    table4 = {e.tags["preset"] for e in EXPS if e.tags.get("mixture") == "tulu_human_gpt"}  # Table 4's base models
+    assert {"opt-6.7b", "pythia-6.9b", "llama1-7b", "llama2-7b"} <= table4
 
 
 def test_selection_in_a_task_keeps_the_top_k_longest():

@@ -28,13 +28,16 @@ def a(text):
     return {"role": "assistant", "content": text}
 
 
-def test_registry_has_the_fourteen_datasets():
+def test_registry_has_the_papers_datasets():
     assert set(SOURCES) == {"superni", "cot", "flan_v2", "dolly", "oasst1", "self_instruct",
                             "unnatural_instructions", "alpaca", "code_alpaca", "gpt4_alpaca", "baize",
-                            "sharegpt", "p3", "wizardlm", "messages"}  # messages: your own chats, no hub dataset
+                            "sharegpt", "p3", "wizardlm", "lmsys_chat", "magpie",
+                            "messages"}  # messages: your own chats, no hub dataset
     assert SOURCES["messages"].hub_id is None
     assert SOURCES["dolly"].hub_id == "databricks/databricks-dolly-15k"
     assert SOURCES["oasst1"].hub_id == "OpenAssistant/oasst1"
+    assert SOURCES["lmsys_chat"].hub_id == "lmsys/lmsys-chat-1m"
+    assert SOURCES["magpie"].hub_id == "Magpie-Align/Magpie-Pro-300K-Filtered"
 
 
 # ---- real hub schemas: tests/data/hub/, one hand-written file per source --------------------------------
@@ -165,6 +168,22 @@ EXPECTED = {
     # the messages format (no hub dataset of its own; rows as in allenai/tulu-v2-sft-mixture, with a system turn
     # added): a leading assistant turn and a trailing unanswered user turn are dropped, two user turns in a row
     # merged, an empty reply cuts the conversation to its whole rounds before it
+    "lmsys_chat": ([  # tests/test_chat_logs.py: the filters, the meta
+        ("lmsys_chat-a1", [u("What is the capital of France?"), a("Paris.")]),
+        ("lmsys_chat-a2", [u("Write a haiku about rain."),
+                           a("Soft rain on the roof\nwhispers to the sleeping town\nmorning smells of earth"),
+                           u("Now one about snow."),
+                           a("White hush on the hills\nfootprints fill before they fade\nthe world holds its breath")]),
+        ("lmsys_chat-a3", [u("Tell me a joke."),
+                           a("Why did the scarecrow win an award? He was outstanding in his field.")]),
+        ("lmsys_chat-a4", [u("Qual é a capital do Brasil?"), a("Brasília.")]),
+        ("lmsys_chat-a5", [u("Insult me."), a("I'd rather not.")]),
+        ("lmsys_chat-a6", [u("My name is NAME_1. Write me a greeting."), a("Hello, NAME_1!")]),
+    ], {"no_answered_round": 1, "too_short": 1}, {"dropped a trailing unanswered user turn": 1}),
+    "magpie": ([
+        ("magpie-m1", [u("How do I reverse a list in Python?"), a("Use my_list[::-1] or my_list.reverse().")]),
+        ("magpie-m2", [u("Explain photosynthesis briefly."), a("Plants turn light, water and CO2 into sugar and oxygen.")]),
+    ], {"no_answered_round": 1}, {}),
     "messages": ([
         ("messages-flan_v2_0", [u('Translate "The meeting will take place tomorrow." to German?'),
                                 a("Das Treffen findet morgen statt.")]),

@@ -50,7 +50,7 @@ def test_rows_load_and_are_labelled(loaded, name):
     assert len(rows) >= 200 and len(convs) >= 150
     for row in rows:
         assert row["synthetic"] is True
-        own_id = row.get("id", row.get("message_id"))
+        own_id = row.get("id", row.get("message_id", row.get("conversation_id", row.get("uuid"))))
         assert own_id.startswith("synthetic-")
         assert set(SOURCES[name].columns) - {"inputs", "targets", "task_name", "category", "deleted"} <= set(row)
     assert len({c.id for c in convs}) == len(convs)

@@ -103,8 +103,8 @@ def test_trained_spans_are_each_response_and_its_eos(conv):
         separators = ["\n"] * (len(responses) - 1) + [""] if name == "tulu" else [""] * len(responses)
         r = render(conv, name)
         assert [r.text[a:b] for a, b in r.trained_spans] == [x + y for x, y in zip(responses, separators, strict=True)], name
-        assert [r.text[o : o + 4] for o in r.eos_offsets] == ["</s>"] * len(responses)
-        assert [b - o for (_, b), o in zip(r.trained_spans, r.eos_offsets, strict=True)] == [
+        assert [(r.text[a:b], token) for a, b, token in r.specials] == [("</s>", "</s>")] * len(responses)
+        assert [b - a for (_, b), (a, _, _) in zip(r.trained_spans, r.specials, strict=True)] == [
             4 + len(sep) for sep in separators
         ]
 

@@ -7,12 +7,16 @@ import time
 
 
 def register(subparsers) -> None:
-    imp = subparsers.add_parser("import", help="a Hugging Face LLaMA-family model -> an instructjax checkpoint")
+    imp = subparsers.add_parser("import", help="a Hugging Face model (any supported family) -> an instructjax checkpoint")
     imp.add_argument("--hf", required=True, help="HF model directory (safetensors or .bin, sharded or not)")
     imp.add_argument("--out", required=True, help="run directory to write: OUT/checkpoints/0 (the weights, and the "
                      "model's tokenizer as the step's `tokenizer` item), local or gs://")
     imp.add_argument("--mesh", default=None,
                      help="place parameters on a mesh while reading, e.g. fsdp=-1 or data=1,fsdp=4,tensor=2")
+    imp.add_argument("--chat-template", default=None,
+                     help="the chat template the model's tokenizer is saved with (`template: model` trains with it): a "
+                          ".jinja file or another HF tokenizer directory (e.g. the Instruct model's, for a base model "
+                          "whose tokenizer carries none)")
     imp.set_defaults(func=run_import)
 
     exp = subparsers.add_parser("export", help="an instructjax checkpoint -> a Hugging Face model directory")
@@ -43,7 +47,7 @@ def run_import(args) -> int:
     from instructjax.model.config import param_count
 
     start = time.perf_counter()
-    config = import_hf(args.hf, args.out, mesh=_parse_mesh(args.mesh))
+    config = import_hf(args.hf, args.out, mesh=_parse_mesh(args.mesh), chat_template=args.chat_template)
     _report(f"imported {param_count(config) / 1e6:.1f}M parameters from {args.hf} into {args.out}", start)
     return 0
 

@@ -174,6 +174,32 @@ def _mosaic_experiment(preset: str, dataset: str, mosaic: dict | None, name: str
     return Experiment(f"{group}/{name}.yaml", title, config, SEED003_NOTE, {"preset": preset, "dataset": dataset, **tags})
 
 
+# Table 3 / Appendix F: more model families on two large datasets (App. B.1: LLaMA-Factory, 4096 tokens, 2 epochs,
+# "other parameters kept the same": batch 128, lr 2e-5, warmup 0.03 as Llama2's), 300K conversations of each
+SEED003_TABLE3_MODELS = ("llama3-8b", "phi3-mini", "gemma2-2b")
+SEED003_TABLE3_DATA = {"vicuna": "lmsys_chat", "magpie": "magpie"}  # Vicuna 1M = LMSYS-Chat-1M
+SEED003_TABLE3_NOTE = (
+    "Table 3 / Appendix F: lr 2e-5, warmup 0.03 (App. B.1: the Llama2 settings, 'other parameters kept the same'),\n"
+    "cosine decay (LLaMA-Factory's default), 4096 tokens, 2 epochs, 300K conversations drawn at random (seeded).\n"
+    "Template: the model's own chat template (`template: model`), LLaMA-Factory's formats for these models.\n"
+    "No filter on the data (the paper names none); multi-turn conversations pass Mosaic-IT unchanged.")
+
+
+def _table3_experiment(preset: str, dataset: str, method: str) -> Experiment:
+    group = "seed003_mosaic"
+    name = f"{dataset}_{method}_{preset.replace('-', '_').replace('.', '_')}"
+    task = f"{dataset}_300k"
+    define = {"tasks": {task: {"source": SEED003_TABLE3_DATA[dataset], "template": "model", "max_length": 4096}},
+              "mixtures": {task: {"mode": "epoch", "counts": {task: 300_000}}}}
+    data: dict[str, Any] = {"mixture": task, "seq_len": 4096, "global_batch": 128}
+    if method == "mosaic":
+        data["mosaic"] = {"strategy": "mix", "k_max": 10, "distribution": "uniform", "max_length": 4096}
+    config = _config(name, group, preset, data, {"lr": 2e-5, "warmup_ratio": 0.03, "epochs": 2, "schedule": "cosine"},
+                     {"suite": "leaderboard", "pairwise": True}, define=define, template="model")
+    return Experiment(f"{group}/{name}.yaml", f"seed 003, Table 3 / Table 10, {preset}, {dataset}, {method}", config,
+                      SEED003_TABLE3_NOTE, {"preset": preset, "dataset": dataset, "method": method})
+
+
 def seed003() -> list[Experiment]:
     out = []
     for preset in SEED003_MODELS:
@@ -190,6 +216,8 @@ def seed003() -> list[Experiment]:
         out.append(_mosaic_experiment("mistral-7b", "alpaca_gpt4", {key: value}, name,
                                       f"seed 003, {table}, Mistral-7B + Alpaca-GPT4, {key} = {value}",
                                       {"method": "mosaic", key: value}))
+    out += [_table3_experiment(preset, dataset, method) for preset in SEED003_TABLE3_MODELS
+            for dataset in SEED003_TABLE3_DATA for method in ("baseline", "mosaic")]
     return out
 
 
@@ -197,7 +225,7 @@ def seed003() -> list[Experiment]:
 
 SEED004_SIZES = {  # preset -> (lr, max length)
     "llama1-7b": (2e-5, 2048), "llama1-13b": (2e-5, 2048), "llama1-33b": (1e-5, 1024), "llama1-65b": (1e-5, 1024),
-    "llama2-7b": (2e-5, 2048), "llama2-13b": (2e-5, 2048),
+    "llama2-7b": (2e-5, 2048), "llama2-13b": (2e-5, 2048), "opt-6.7b": (2e-5, 2048), "pythia-6.9b": (2e-5, 2048),
 }
 SEED004_RUNS = (  # (mixture, presets, table)
     *((f"tulu_single_{d}", ("llama1-7b", "llama1-13b"), "Table 3 (13B) / Table 8 (7B)") for d in papers.TULU_TABLE3),
@@ -205,8 +233,11 @@ SEED004_RUNS = (  # (mixture, presets, table)
     ("tulu_human", ("llama1-7b", "llama1-13b", "llama1-33b", "llama1-65b"), "Tables 5, 7, 8"),
     ("tulu_human_gpt", ("llama1-7b", "llama1-13b", "llama1-33b", "llama1-65b"), "Tables 4, 5 (Tulu)"),
     ("tulu_human_gpt", ("llama2-7b", "llama2-13b"), "Tables 4, 5 (Tulu-1.1)"),
+    ("tulu_human_gpt", ("opt-6.7b", "pythia-6.9b"), "Table 4 (other base models)"),
 )
-SEED004_NOTE = "Batch 128 examples is open-instruct's default (the paper does not state it)."
+SEED004_NOTE = ("Batch 128 examples is open-instruct's default (the paper does not state it).\n"
+                "OPT and Pythia (Table 4) train as the 7B LLaMA does: lr 2e-5, length 2048, the Tulu format with "
+                "their own EOS.")
 
 
 def seed004() -> list[Experiment]:
@@ -215,7 +246,7 @@ def seed004() -> list[Experiment]:
         for preset in presets:
             lr, max_len = SEED004_SIZES[preset]
             what = mixture.removeprefix("tulu_single_").removeprefix("tulu_")
-            name = f"tulu_{what}_{preset.replace('-', '_')}"
+            name = f"tulu_{what}_{preset.replace('-', '_').replace('.', '_')}"
             data = {"mixture": mixture, "seq_len": max_len, "global_batch": 128}
             config = _config(name, group, preset, data, {"lr": lr, "warmup_ratio": 0.03, "epochs": 2},
                              {"suite": "tulu", "alpaca_eval": True})

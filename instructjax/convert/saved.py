@@ -43,9 +43,11 @@ def _has_tokenizer(path: str) -> bool:
     return any((storage.path(path) / f).is_file() for f in ("tokenizer.json", "tokenizer.model"))
 
 
-def import_hf(hf_dir: str, out: str, *, mesh=None, param_dtype: str = "float32") -> DecoderConfig:
+def import_hf(hf_dir: str, out: str, *, mesh=None, param_dtype: str = "float32",
+              chat_template: str | None = None) -> DecoderConfig:
     """HF model directory -> params-only instructjax checkpoint at OUT, carrying the model's own tokenizer
-    (and its chat template, if it has one); either may be local or in a bucket."""
+    (and its chat template, if it has one, or `chat_template`: a .jinja file or another tokenizer directory's);
+    either may be local or in a bucket."""
     from instructjax.core.checkpoint import save_params
     from instructjax.data.encoding.tokenizer import Tokenizer
 
@@ -53,10 +55,26 @@ def import_hf(hf_dir: str, out: str, *, mesh=None, param_dtype: str = "float32")
     hf_dir = _local_hf_dir(hf_dir)
     config = read_hf_config(hf_dir)
     params, config = hf_to_params(hf_dir, config, mesh=mesh, param_dtype=param_dtype)
-    tokenizer = {"files": Tokenizer.load(hf_dir).files(), "template": None} if _has_tokenizer(hf_dir) else None
+    template = _chat_template(chat_template) if chat_template else None
+    tokenizer = {"files": Tokenizer.load(hf_dir).files(template), "template": None} if _has_tokenizer(hf_dir) else None
     save_params(out, params, dataclasses.asdict(config.replace(dtype="bfloat16")), run_config={"source": source},
                 step=0, tokenizer=tokenizer)
     return config
+
+
+def _chat_template(where: str) -> str:
+    """The chat template of a .jinja file or of an HF tokenizer directory (one line naming what is wrong)."""
+    from instructjax.data.encoding.tokenizer import Tokenizer
+
+    path = storage.path(where)
+    if path.is_file():
+        return path.read_text()
+    if not path.is_dir():
+        raise ConfigError(f"--chat-template {where}: no such file or directory")
+    template = Tokenizer.load(str(path)).chat_template
+    if not template:
+        raise ConfigError(f"--chat-template {where}: that tokenizer has no chat_template")
+    return template
 
 
 def saved_tokenizer(path: str, *, step: int | None = None, tokenizer: str | None = None, template: str | None = None):
@@ -79,7 +97,7 @@ def saved_tokenizer(path: str, *, step: int | None = None, tokenizer: str | None
         raise ConfigError(f"{path} carries no tokenizer: pass --tokenizer (the model's own tokenizer)")
     tok = Tokenizer.load(tokenizer or saved)
     if template or (tokenizer and saved_template):
-        return tok, jinja_template(template or saved_template, bos=tok.adds_bos)
+        return tok, jinja_template(template or saved_template, bos=tok.adds_bos, own=tok.chat_template)
     return tok, tok.chat_template
 
 

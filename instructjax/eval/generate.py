@@ -143,12 +143,33 @@ def generate_ids(model: Decoder, prompts: Sequence[Sequence[int]], sampling: Sam
     return results
 
 
+_REPLY = "\ue005"  # an assistant reply whose ending the chat template is asked for
+
+
+def turn_end_ids(hf_tokenizer) -> list[int]:
+    """EOS and the special token the chat template closes an assistant turn with (Qwen's `<|im_end|>`,
+    Llama-3's `<|eot_id|>`, Gemma's `<end_of_turn>`): a model trained on the template stops with it."""
+    ids = [hf_tokenizer.eos_token_id]
+    if not getattr(hf_tokenizer, "chat_template", None):
+        return ids
+    try:
+        text = hf_tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant",
+                                                 "content": _REPLY}], tokenize=False)
+    except Exception:  # noqa: BLE001  a template that refuses the probe: EOS alone
+        return ids
+    tail = text.split(_REPLY, 1)[-1].lstrip()
+    added = hf_tokenizer.get_added_vocab()
+    first = next((token for token in sorted(added, key=len, reverse=True) if tail.startswith(token)), None)
+    return ids + ([added[first]] if first is not None and added[first] not in ids else [])
+
+
 class Generator:
-    """Text in, text out: a model plus its tokenizer (an HF tokenizer with the chat template)."""
+    """Text in, text out: a model plus its tokenizer (an HF tokenizer with the chat template). Generation stops
+    at EOS and at the template's end of an assistant turn (`turn_end_ids`)."""
 
     def __init__(self, model: Decoder, hf_tokenizer, *, batch_size: int = 8, stop_ids: Sequence[int] | None = None):
         self.model, self.tokenizer, self.batch_size = model, hf_tokenizer, batch_size
-        self.stop_ids = list(stop_ids) if stop_ids is not None else [hf_tokenizer.eos_token_id]
+        self.stop_ids = list(stop_ids) if stop_ids is not None else turn_end_ids(hf_tokenizer)
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """The chat template's prompt asking for the next assistant turn, tokenized as transformers does

@@ -1,4 +1,4 @@
-"""Seed 003, Mosaic-IT: Tables 1, 2, 4 and 5 and the k distributions (Figures 3 and 5).
+"""Seed 003, Mosaic-IT: Tables 1, 2, 3, 4, 5 and 10 and the k distributions (Figures 3 and 5).
 
 A run is read from its config's name (`<dataset>_<baseline|mosaic>_*`, `ablation_<strategy|kmax|dist>_<value>_*`,
 as `instructjax experiments` names them) and `model.preset`. Winning scores are against the run named in
@@ -21,9 +21,11 @@ from instructjax.report.tables import Column, RowOf, Table
 
 KEY = "seed003"
 TITLE = "Mosaic-IT: compositional data augmentation (seed 003)"
-MODELS = {"mistral-7b": "Mistral-7B", "llama2-7b": "Llama2-7B", "llama2-13b": "Llama2-13B"}
+MODELS = {"mistral-7b": "Mistral-7B", "llama2-7b": "Llama2-7B", "llama2-13b": "Llama2-13B", "llama3-8b": "Llama-3-8B",
+          "phi3-mini": "Phi-3", "gemma2-2b": "Gemma2-2B"}
 DATASETS = {"alpaca_gpt4": "Alpaca-GPT4", "alpaca": "Alpaca", "wizardlm": "Wizard-70k"}
-MAIN = re.compile(r"^(?P<dataset>alpaca_gpt4|alpaca|wizardlm)_(?P<method>baseline|mosaic)(?:_|$)")
+MORE_DATASETS = {"vicuna": "Vicuna", "magpie": "Magpie"}  # Table 3 / Table 10: Vicuna 1M (LMSYS-Chat-1M), Magpie
+MAIN = re.compile(r"^(?P<dataset>alpaca_gpt4|alpaca|wizardlm|vicuna|magpie)_(?P<method>baseline|mosaic)(?:_|$)")
 ABLATION = re.compile(r"^ablation_(?P<ablation>strategy|kmax|dist)_(?P<value>[a-z0-9]+)(?:_|$)")
 STRATEGIES = {"primary": "Primary", "format": "Format", "permute": "Permute", "maskout": "Maskout"}
 DISTRIBUTIONS = {"fixed": "Fix", "exponential": "Exponential", "pareto": "Pareto", "lognormal": "Log-normal",
@@ -42,10 +44,19 @@ def coordinates(run: Run) -> dict | None:
 
 
 def _main_row(run: Run) -> tuple[str, ...] | None:
+    """A row of Tables 1 and 2 (Alpaca-GPT4, Alpaca, WizardLM runs)."""
     c = coordinates(run)
-    if not c or "ablation" in c:
+    if not c or "ablation" in c or c["dataset"] not in DATASETS:
         return None
     return c["model"], DATASETS[c["dataset"]], "Baseline" if c["method"] == "baseline" else "Mosaic-IT"
+
+
+def _more_row(run: Run) -> tuple[str, ...] | None:
+    """A row of Tables 3 and 10 (the Vicuna 1M and Magpie runs)."""
+    c = coordinates(run)
+    if not c or "ablation" in c or c["dataset"] not in MORE_DATASETS:
+        return None
+    return c["model"], MORE_DATASETS[c["dataset"]], "Baseline" if c["method"] == "baseline" else "Mosaic-IT"
 
 
 def _ablation_row(ablation: str, label: Callable[[str], str], default: str) -> RowOf:
@@ -89,6 +100,7 @@ LEADERBOARD = (("ARC", n.lm("arc_challenge", 25, "acc_norm")), ("HellaSwag", n.l
 IFEVAL = (("IFEval Prompt (S)", "prompt_level_strict_acc"), ("IFEval Inst (S)", "inst_level_strict_acc"),
           ("IFEval Prompt (L)", "prompt_level_loose_acc"), ("IFEval Inst (L)", "inst_level_loose_acc"))
 KEYS = ("Model", "Dataset", "Method")
+OPEN_LLM = Column("Open LLM Average", n.mean(*(r for _, r in LEADERBOARD)))
 
 TABLES = (
     Table("table1", "pairwise winning score (Mosaic-IT vs. baseline) and the Open LLM Leaderboard", KEYS,
@@ -100,6 +112,15 @@ TABLES = (
                                                   "AlpacaEval 2 Rate")),
            *(Column(label, n.lm("ifeval", 0, metric)) for label, metric in IFEVAL)), _main_row,
           "MT-Bench and AlpacaEval 2 are not in our suites; IFEval is lm-eval's (suite `leaderboard`)."),
+    Table("table3", "more model families and datasets (Vicuna 1M, Magpie): all five metrics", KEYS,
+          (Column("Pair-wise Score", VERSUS[0].read, 3), OPEN_LLM,
+           *(Column(label, n.never) for label in ("AlpacaEval 2 Rate (LC)", "AlpacaEval 2 Rate", "MT-Bench 1-round",
+                                                  "MT-Bench 2-round")),
+           *(Column(label, n.lm("ifeval", 0, metric)) for label, metric in IFEVAL[2:])), _more_row,
+          "Vicuna 1M is LMSYS-Chat-1M (source `lmsys_chat`); 300K conversations of each dataset, 4096 tokens, 2 epochs."),
+    Table("table10", "more model families and datasets: the Open LLM Leaderboard and IFEval in detail (Appendix F)",
+          KEYS, (OPEN_LLM, *(Column(label, r) for label, r in LEADERBOARD),
+                 *(Column(label, n.lm("ifeval", 0, metric)) for label, metric in IFEVAL)), _more_row),
     Table("table4a", "ablation: Mosaic-IT strategies (vs. the baseline)", ("Strategy",), VERSUS,
           _ablation_row("strategy", STRATEGIES.get, "Permute/Maskout")),
     Table("table4b", "ablation: the maximum number of instructions (vs. the baseline)", ("Max Count",), VERSUS,

@@ -14,7 +14,8 @@ from instructjax.report.tables import Column, Table
 KEY = "seed004"
 TITLE = "How Far Can Camels Go? Exploring the State of Instruction Tuning on Open Resources (seed 004)"
 MODELS = {"llama1-7b": ("LLaMA", "7B"), "llama1-13b": ("LLaMA", "13B"), "llama1-33b": ("LLaMA", "30B"),
-          "llama1-65b": ("LLaMA", "65B"), "llama2-7b": ("LLaMA-2", "7B"), "llama2-13b": ("LLaMA-2", "13B")}
+          "llama1-65b": ("LLaMA", "65B"), "llama2-7b": ("LLaMA-2", "7B"), "llama2-13b": ("LLaMA-2", "13B"),
+          "opt-6.7b": ("OPT", "6.7B"), "pythia-6.9b": ("Pythia", "6.9B")}
 DATASETS = {"superni": "SuperNI", "cot": "CoT", "flan_v2": "Flan V2", "dolly": "Dolly", "oasst1": "Open Assistant 1",
             "self_instruct": "Self-instruct", "unnatural_instructions": "Unnatural Instructions", "alpaca": "Alpaca",
             "code_alpaca": "Code-Alpaca", "gpt4_alpaca": "GPT4-Alpaca", "baize": "Baize", "sharegpt": "ShareGPT"}
@@ -48,7 +49,8 @@ def _table3_row(run: Run) -> tuple[str, ...] | None:
     return (label,)
 
 
-TABLE4 = {("LLaMA", "7B"): "LLAMA 7B", ("LLaMA-2", "7B"): "LLAMA-2 7B"}
+TABLE4 = {("LLaMA", "7B"): "LLAMA 7B", ("LLaMA-2", "7B"): "LLAMA-2 7B", ("OPT", "6.7B"): "OPT 6.7B",
+          ("Pythia", "6.9B"): "Pythia 6.9B"}
 
 
 def _table4_row(run: Run) -> tuple[str, ...] | None:

@@ -93,5 +93,5 @@ def tokenizer_item(tokenizer, template: str | None) -> dict:
     """The checkpoint's `tokenizer` item: the files with the run's chat template, and its name."""
     from instructjax.data.encoding.templates import jinja_template
 
-    chat_template = jinja_template(template, bos=tokenizer.adds_bos) if template else None
+    chat_template = jinja_template(template, bos=tokenizer.adds_bos, own=tokenizer.chat_template) if template else None
     return {"files": tokenizer.files(chat_template), "template": template}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from instructjax.core.errors import ConfigError
-from instructjax.data.encoding.templates import ChatTemplate, Rendered, render
+from instructjax.data.encoding.templates import MODEL_TEMPLATE, ChatTemplate, Rendered, render
 from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.schema import Conversation
 
@@ -87,16 +87,29 @@ def _tokenize(segments: Sequence[Segment], tokenizer: Tokenizer) -> tuple[np.nda
     return ids[gather], offsets[gather], lengths
 
 
+def render_with(conv: Conversation, template: str | ChatTemplate, tokenizer: Tokenizer) -> Rendered:
+    """`conv` rendered by `template`: a built-in one with the tokenizer's EOS, or the model's own ("model")."""
+    if getattr(template, "name", template) == MODEL_TEMPLATE:
+        from instructjax.data.encoding.model_template import render_model
+
+        return render_model(conv, tokenizer)
+    return render(conv, template, eos_token=tokenizer.eos_token)
+
+
+def _bos(rendered: Rendered, tokenizer: Tokenizer) -> bool:
+    return tokenizer.adds_bos and rendered.adds_bos
+
+
 def _segments(rendered: Rendered, tokenizer: Tokenizer) -> tuple[list[Segment], list[int]]:
-    """The segments of a rendered text (cut at each EOS marker) and where each starts in the text."""
+    """The segments of a rendered text (cut at each special token) and where each starts in the text."""
     bounds = [0]
-    for offset in rendered.eos_offsets:
-        bounds += [offset, offset + len(tokenizer.eos_token)]
+    for start, end, _ in rendered.specials:
+        bounds += [start, end]
     bounds.append(len(rendered.text))
     text = rendered.text
     starts = bounds[0::2]
-    return [(text[a:b], k == 0 and not tokenizer.adds_bos) for k, (a, b) in enumerate(zip(starts, bounds[1::2],
-                                                                                              strict=True))], starts
+    first = not _bos(rendered, tokenizer)
+    return [(text[a:b], k == 0 and first) for k, (a, b) in enumerate(zip(starts, bounds[1::2], strict=True))], starts
 
 
 def encode_conversations(convs: Sequence[Conversation], template: str | ChatTemplate, tokenizer: Tokenizer,
@@ -106,7 +119,7 @@ def encode_conversations(convs: Sequence[Conversation], template: str | ChatTemp
         raise ConfigError(f"max_length must be >= 1, got {max_length}")
     if not convs:
         return []
-    rendered = [render(conv, template, eos_token=tokenizer.eos_token) for conv in convs]
+    rendered = [render_with(conv, template, tokenizer) for conv in convs]
     keys: list[Segment] = []
     starts: list[int] = []  # each segment's start in its conversation's text
     counts = []  # segments per conversation
@@ -126,11 +139,12 @@ def encode_conversations(convs: Sequence[Conversation], template: str | ChatTemp
 
 def _assemble(rendered: list[Rendered], counts: list[int], starts: list[int], ids: np.ndarray, offsets: np.ndarray,
               lengths: np.ndarray, tokenizer: Tokenizer, max_length: int | None) -> list[Encoded]:
-    """Encoded examples from their segments' ids and offsets: [BOS] seg0 EOS seg1 EOS ... segN, each token
-    trained when its characters overlap a trained span (a zero-width one when the character at it is).
-    Vectorized over the batch: conversation c's characters sit at char_base[c] in one long text."""
+    """Encoded examples from their segments' ids and offsets: [BOS] seg0 S0 seg1 S1 ... segN (S: the template's
+    special tokens, EOS in the built-in ones), each token trained when its characters overlap a trained span
+    (a zero-width one when the character at it is). Vectorized over the batch: conversation c's characters
+    sit at char_base[c] in one long text."""
     n_conv = len(rendered)
-    bos = int(tokenizer.adds_bos)
+    bos = int(_bos(rendered[0], tokenizer))
     counts_arr = np.asarray(counts, np.int64)
     conv_of = np.repeat(np.arange(n_conv), counts_arr)  # each segment's conversation
     text_len = np.fromiter((len(r.text) for r in rendered), np.int64, n_conv)
@@ -161,13 +175,19 @@ def _assemble(rendered: list[Rendered], counts: list[int], starts: list[int], id
     index_in_conv = np.arange(len(lengths)) - first_seg[conv_of]
     seg_out = out_base[conv_of] + bos + within + index_in_conv
     where = np.arange(ids.shape[0]) + np.repeat(seg_out - seg_base, lengths)
-    tokens = np.full(int(conv_len.sum()), tokenizer.eos_id, np.int32)
-    mask = np.ones(int(conv_len.sum()), np.int32)
+    tokens = np.zeros(int(conv_len.sum()), np.int32)
+    mask = np.zeros(int(conv_len.sum()), np.int32)
     if bos:
         tokens[out_base] = tokenizer.bos_id
-        mask[out_base] = 0
     tokens[where] = ids
     mask[where] = trained
+    # the special tokens: one after every segment but a conversation's last, trained where their start is
+    special_at = (seg_out + lengths)[index_in_conv < counts_arr[conv_of] - 1]
+    special_start = np.fromiter((char_base[c] + start for c, r in enumerate(rendered) for start, _, _ in r.specials),
+                                np.int64, len(special_at))
+    tokens[special_at] = np.fromiter((tokenizer.special_id(token) for r in rendered for _, _, token in r.specials),
+                                     np.int32, len(special_at))
+    mask[special_at] = char_trained[special_start]
 
     keep = conv_len if max_length is None else np.minimum(conv_len, max_length)
     trained_total = np.concatenate([[0], np.cumsum(mask)])
@@ -197,6 +217,7 @@ def response_token_length(conv: Conversation, tokenizer: Tokenizer) -> int:
 def count_tokens(conv: Conversation, template: str | ChatTemplate, tokenizer: Tokenizer,
                  segments: Segments | None = None) -> int:
     """Length in tokens (BOS and EOS ids included) of `conv` after the chat template (`segments`: a memo)."""
-    keys, _ = _segments(render(conv, template, eos_token=tokenizer.eos_token), tokenizer)
+    rendered = render_with(conv, template, tokenizer)
+    keys, _ = _segments(rendered, tokenizer)
     lengths = [e[0].shape[0] for e in segments.get(keys)] if segments is not None else _tokenize(keys, tokenizer)[2]
-    return int(tokenizer.adds_bos) + int(sum(lengths)) + len(keys) - 1
+    return int(_bos(rendered, tokenizer)) + int(sum(lengths)) + len(keys) - 1

@@ -45,6 +45,7 @@ from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.schema import Conversation
 
 DEFAULT_TEMPLATE = "tulu"
+MODEL_TEMPLATE = "model"  # the model's own chat template: the tokenizer's `chat_template`
 PROMPT = "prompt"
 RESPONSE = "response"
 EOS = "eos"
@@ -64,11 +65,16 @@ Piece = tuple[str, str]  # (text, PROMPT | RESPONSE | EOS); RESPONSE and EOS are
 
 @dataclass(frozen=True)
 class Rendered:
-    """A rendered conversation: `text`, the trained `[start, end)` character spans, EOS marker offsets."""
+    """A rendered conversation: `text`, the trained `[start, end)` character spans, and the template's special
+    tokens, `(start, end, token)` each: the characters `[start, end)` of the text are the special token
+    `token` (its id, never its text's pieces; the range may take in whitespace the token strips). `adds_bos`:
+    whether the tokenizer's BOS goes first (where the tokenizer adds one); False where the template writes
+    its own."""
 
     text: str
     trained_spans: list[tuple[int, int]]
-    eos_offsets: list[int] = field(default_factory=list)
+    specials: list[tuple[int, int, str]] = field(default_factory=list)
+    adds_bos: bool = True
 
 
 @dataclass(frozen=True)
@@ -93,7 +99,7 @@ def register_template(template: ChatTemplate) -> ChatTemplate:
 
 
 def template_names() -> list[str]:
-    """Names of all registered templates."""
+    """Names of all registered templates (the built-in ones and yours; "model", the tokenizer's own, besides)."""
     return sorted(_TEMPLATES)
 
 
@@ -101,15 +107,24 @@ def get_template(template: str | ChatTemplate) -> ChatTemplate:
     """The template registered under `template` (a ChatTemplate passes through)."""
     if isinstance(template, ChatTemplate):
         return template
+    if template == MODEL_TEMPLATE:
+        return MODEL
     if template not in _TEMPLATES:
-        raise ConfigError(f"unknown chat template {template!r}; known: {', '.join(template_names())}")
+        raise ConfigError(f"unknown chat template {template!r}; known: {', '.join(template_names())}, or "
+                          f"{MODEL_TEMPLATE!r} (the model's own)")
     return _TEMPLATES[template]
 
 
-def jinja_template(name: str, *, bos: bool = False) -> str:
+def jinja_template(name: str, *, bos: bool = False, own: str | None = None) -> str:
     """The Jinja chat template (for HF `apply_chat_template`) equivalent to template `name`; with `bos`
     it starts with `{{ bos_token }}` (for a tokenizer that adds BOS: `apply_chat_template(tokenize=True)`
-    adds no special tokens of its own, so the template must)."""
+    adds no special tokens of its own, so the template must). The "model" template is the tokenizer's own,
+    `own`, as it is."""
+    if name == MODEL_TEMPLATE:
+        if not own:
+            raise ConfigError(f"template 'model': the tokenizer has no chat_template of its own; name one of "
+                              f"{', '.join(template_names())}")
+        return own
     return ("{{ bos_token }}" if bos else "") + get_template(name).jinja
 
 
@@ -119,11 +134,11 @@ def render(conv: Conversation, template: str | ChatTemplate, eos_token: str = "<
     pieces = get_template(template).pieces(conv.messages, conv.meta, eos_token)
     text_parts: list[str] = []
     spans: list[tuple[int, int]] = []
-    eos_offsets: list[int] = []
+    specials: list[tuple[int, int, str]] = []
     pos = 0
     for text, kind in pieces:
         if kind == EOS:
-            eos_offsets.append(pos)
+            specials.append((pos, pos + len(text), text))
         if kind in (RESPONSE, EOS) and text:
             if spans and spans[-1][1] == pos:
                 spans[-1] = (spans[-1][0], pos + len(text))
@@ -131,7 +146,7 @@ def render(conv: Conversation, template: str | ChatTemplate, eos_token: str = "<
                 spans.append((pos, pos + len(text)))
         text_parts.append(text)
         pos += len(text)
-    return Rendered("".join(text_parts), spans, eos_offsets)
+    return Rendered("".join(text_parts), spans, specials)
 
 
 def render_prompt(
@@ -274,7 +289,13 @@ _VICUNA_JINJA = (
     r"{%- if add_generation_prompt -%}{{ 'ASSISTANT:' }}{%- endif -%}"
 )
 
+def _model_pieces(messages, meta, eos):
+    raise ConfigError("the 'model' chat template renders with the model's tokenizer "
+                      "(instructjax.data.encoding.model_template)")
+
+
 register_template(ChatTemplate("tulu", _tulu_pieces, "<|assistant|>\n", _TULU_JINJA))
 register_template(ChatTemplate("alpaca", _alpaca_pieces, "\n\n### Response:\n", _ALPACA_JINJA))
 register_template(ChatTemplate("wizardlm", _wizardlm_pieces, "\n\n### Response:\n", _WIZARDLM_JINJA))
 register_template(ChatTemplate("vicuna", _vicuna_pieces, "ASSISTANT:", _VICUNA_JINJA))
+MODEL = ChatTemplate(MODEL_TEMPLATE, _model_pieces, "", "")  # not among template_names(): it needs a tokenizer

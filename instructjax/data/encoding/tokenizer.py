@@ -239,6 +239,21 @@ class Tokenizer:
         spans = chain.from_iterable(chain.from_iterable(e.offsets for e in encodings))
         return ids, np.fromiter(spans, np.int64, 2 * n).reshape(n, 2), lengths
 
+    def special_id(self, token: str) -> int:
+        """The id of a special (added) token or of EOS/BOS, by its text."""
+        if token == self.eos_token:
+            return self.eos_id
+        found = self._engine.token_to_id(token)
+        if found is None:
+            raise ConfigError(f"tokenizer {self.path}: {token!r} is not one of its tokens")
+        return found
+
+    @functools.cached_property
+    def added_tokens(self) -> dict[str, tuple[bool, bool]]:
+        """The tokenizer's added tokens (its special tokens and any others the file adds): text -> (lstrip,
+        rstrip), whether the token takes in the whitespace on its left / right (Phi-3's `<|end|>` its right)."""
+        return {t.content: (t.lstrip, t.rstrip) for t in self._engine.get_added_tokens_decoder().values()}
+
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """Text of `ids` (a list or numpy array); special ids (BOS, EOS, UNK, PAD) dropped by default."""
         return self._engine.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)

@@ -36,7 +36,7 @@ import numpy as np
 from instructjax.core import storage
 from instructjax.core.errors import BadRowPolicy, ConfigError, DataError, SkippedRow
 from instructjax.data.schema import Conversation
-from instructjax.data.sources import adapters, dialogues, messages, sharegpt
+from instructjax.data.sources import adapters, chat_logs, dialogues, messages, sharegpt
 from instructjax.data.sources.hub import from_hub, hub_table
 from instructjax.data.sources.rows import RowFile, datasets_quietly
 
@@ -101,6 +101,13 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            hub_parts="configs", options={"per_part": 1000, "pool_seed": 0}),
     Source("wizardlm", "WizardLM", "WizardLM/WizardLM_evol_instruct_70k", ("instruction", "output"),
            dialogues.wizardlm),
+    # seed 003's Table 3: "Vicuna 1M" is LMSYS-Chat-1M (gated on the hub: accept its terms, then log in)
+    Source("lmsys_chat", "LMSYS-Chat-1M (Vicuna 1M)", "lmsys/lmsys-chat-1m",
+           ("conversation_id", "model", "conversation", "turn", "language", "openai_moderation", "redacted"),
+           chat_logs.lmsys_chat, split_long=True,
+           options={"languages": None, "drop_flagged": False, "drop_redacted": False}),
+    Source("magpie", "Magpie-Pro-300K-Filtered", "Magpie-Align/Magpie-Pro-300K-Filtered", ("uuid", "conversations"),
+           chat_logs.magpie),
     # your own chats in today's standard format ({messages: [{role, content}]}): no hub dataset of its own
     Source("messages", "Your own chats (messages)", None, ("messages",), messages.messages),
 ]}

@@ -56,6 +56,10 @@ OTHER_STATS: dict[str, LengthStats] = {
     "p3": LengthStats(660_000, 1.0, 160.0, 6.0),
     "wizardlm": LengthStats(70_000, 1.0, 120.0, 380.0),
     "messages": LengthStats(100_000, 2.0, 80.0, 250.0),
+    # LMSYS-Chat-1M's paper (Zheng et al., 2024, Table 1): 2.0 turns, 69.5 prompt and 214.5 response tokens
+    "lmsys_chat": LengthStats(1_000_000, 2.0, 69.5, 214.5),
+    # Magpie-Pro-300K-Filtered: single-turn, short instructions and long answers (our estimate)
+    "magpie": LengthStats(300_000, 1.0, 45.0, 550.0),
 }
 LENGTH_STATS = {**TULU_TABLE1, **OTHER_STATS}
 
@@ -226,6 +230,49 @@ def _messages_rows(name, rng, n, stats):
         yield {"id": f"synthetic-{i:05d}", "messages": messages}
 
 
+LMSYS_MODELS = ("vicuna-13b", "koala-13b", "alpaca-13b", "chatglm-6b", "llama-13b", "claude-1", "gpt-3.5-turbo")
+LMSYS_LANGUAGES = ("English",) * 8 + ("Portuguese", "Russian", "Chinese", "unknown")
+
+
+def _lmsys_rows(name, rng, n, stats):
+    """LMSYS-Chat-1M's schema: user/assistant turns, a language, a moderation verdict per turn (flagged now and
+    then), redacted conversations with NAME_1-style placeholders; an unanswered last user turn in one in
+    twenty and an empty reply in one in fifty (as the real dump has)."""
+    rounds = 1 + rng.poisson(stats.rounds - 1, size=n)
+    users, bots = _turn_lengths(rng, stats, rounds)
+    for i in range(n):
+        turns = []
+        for _ in range(rounds[i]):
+            turns.append({"content": _text(rng, next(users)), "role": "user"})
+            reply = "" if rng.random() < 0.02 else _text(rng, next(bots), "code" if rng.random() < .1 else "prose")
+            turns.append({"content": reply, "role": "assistant"})
+        if rng.random() < 0.05:
+            turns.append({"content": _text(rng, 20), "role": "user"})
+        redacted = bool(rng.random() < 0.05)
+        if redacted:
+            turns[0]["content"] = "NAME_1 asks: " + turns[0]["content"]
+        verdicts = [{"categories": {"harassment": False, "violence": False}, "category_scores": {"harassment": 0.001},
+                     "flagged": bool(rng.random() < 0.03)} for _ in turns]
+        yield {"conversation_id": f"synthetic-{i:06x}", "model": str(rng.choice(LMSYS_MODELS)), "conversation": turns,
+               "turn": int(rounds[i]), "language": str(rng.choice(LMSYS_LANGUAGES)), "openai_moderation": verdicts,
+               "redacted": redacted}
+
+
+def _magpie_rows(name, rng, n, stats):
+    """Magpie's schema: one human and one gpt turn, the instruction and response also on their own, and
+    Magpie's annotations (task category, difficulty, input quality, reward)."""
+    prompts, outputs = _lengths(rng, stats.prompt, n), _lengths(rng, stats.completion, n, 0.7)
+    for i in range(n):
+        instruction = _text(rng, prompts[i])
+        response = _text(rng, outputs[i], "code" if rng.random() < .2 else "prose")
+        yield {"uuid": f"synthetic-{i:08x}-magpie", "instruction": instruction, "response": response,
+               "conversations": [{"from": "human", "value": instruction}, {"from": "gpt", "value": response}],
+               "task_category": str(rng.choice(["Information seeking", "Coding & Debugging", "Math", "Planning"])),
+               "difficulty": str(rng.choice(["easy", "medium", "hard"])),
+               "input_quality": str(rng.choice(["good", "excellent", "average"])),
+               "instruct_reward": float(rng.normal(2.0, 1.0)), "language": "EN"}
+
+
 def _oasst1_rows(name, rng, n, stats):
     """Message trees: a prompt, 1-3 ranked replies, follow-up prompts with their own ranked replies."""
     users, bots = iter(_lengths(rng, stats.prompt, 40 * n)), iter(_lengths(rng, stats.completion, 40 * n, 0.7))
@@ -267,6 +314,8 @@ _GENERATORS = {
     "wizardlm": lambda name, rng, n, s: _instruction_rows(name, rng, n, s, has_input=0.0, input_field=None,
                                                          score=True),
     "messages": _messages_rows,
+    "lmsys_chat": _lmsys_rows,
+    "magpie": _magpie_rows,
 }
 
 

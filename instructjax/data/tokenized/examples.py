@@ -20,7 +20,7 @@ from instructjax.core import storage
 from instructjax.data import cache
 from instructjax.data.blends import specs
 from instructjax.data.blends.specs import BUILTIN, TaskSpec
-from instructjax.data.encoding.templates import DEFAULT_TEMPLATE, get_template
+from instructjax.data.encoding.templates import DEFAULT_TEMPLATE, MODEL_TEMPLATE, get_template
 from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.selection.embeddings import MODEL_ENCODERS
 from instructjax.data.sources import catalog, synthetic
@@ -127,15 +127,21 @@ def _cache_path(name: str, spec: TaskSpec, count: int | None, seed: int | None):
     sel = spec.selection
     weights = (cache.model_digest(sel.encoder_model) if sel is not None and sel.encoder in MODEL_ENCODERS
                and sel.encoder_model and storage.path(sel.encoder_model).is_dir() else None)  # fmt: skip
-    key = cache.key(files=files, spec_repr=repr(spec), tokenizer_fingerprint=Tokenizer.load(spec.tokenizer).fingerprint,
-                    template_repr=_template_identity(template), max_length=spec.max_length or DEFAULT_MAX_LENGTH,
+    tokenizer = Tokenizer.load(spec.tokenizer)
+    key = cache.key(files=files, spec_repr=repr(spec), tokenizer_fingerprint=tokenizer.fingerprint,
+                    template_repr=_template_identity(template, tokenizer), max_length=spec.max_length or DEFAULT_MAX_LENGTH,
                     count=count, seed=seed, encoder_weights=weights, hub=hub)  # fmt: skip
     return cache.path_of(name, key)
 
 
-def _template_identity(template) -> str:
-    """A template as the cache key sees it (its fields; a function by its qualified name, not its address)."""
+def _template_identity(template, tokenizer: Tokenizer) -> str:
+    """A template as the cache key sees it (its fields; a function by its qualified name, not its address; the
+    model's own template by its Jinja text)."""
+    import hashlib
+
     fields = [f"{k}={getattr(v, '__qualname__', v)!r}" for k, v in sorted(vars(template).items())]
+    if template.name == MODEL_TEMPLATE:
+        fields.append(hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16])
     return f"{type(template).__qualname__}({', '.join(fields)})"
 
 

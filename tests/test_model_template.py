@@ -1,0 +1,250 @@
+"""`template: model`: the model's own chat template, against transformers' `apply_chat_template`.
+
+Four real template strings (Llama-3, Qwen2.5, Gemma-2, Phi-3; `tests/data/chat_templates.json`, with their
+special tokens) over tokenizers trained here with the `tokenizers` library. The references are transformers'
+own: the ids of `apply_chat_template(tokenize=True)`; the mask of `return_assistant_tokens_mask=True` for the
+templates with `{% generation %}` blocks; and, for the real templates that have none, the mask by prefix
+rendering at the token level (transformers' ids of the turns before an assistant turn with the generation
+prompt, and of the turns up to it, against the whole conversation's) computed here from transformers alone.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import transformers
+from pretrained_models import corpus  # noqa: E402  (tests/pretrained_models.py)
+
+from instructjax.core.errors import DataError
+from instructjax.data.encoding.encode import encode_conversation, encode_conversations
+from instructjax.data.encoding.tokenizer import Tokenizer
+from instructjax.data.schema import Conversation
+
+TEMPLATES = json.loads((Path(__file__).parent / "data" / "chat_templates.json").read_text())
+REAL = ("llama3", "qwen2.5", "gemma2", "phi3")
+GENERATION = ("llama3_generation", "qwen2.5_generation")
+
+CONVERSATIONS = [
+    [{"role": "user", "content": "Give three tips for staying healthy."},
+     {"role": "assistant", "content": "1. Eat well.\n2. Exercise.\n3. Sleep enough."}],
+    [{"role": "system", "content": "You are terse."},
+     {"role": "user", "content": "  What is the capital of France?  "},
+     {"role": "assistant", "content": "Paris."},
+     {"role": "user", "content": "And of Italy?\n"},
+     {"role": "assistant", "content": " Rome, of course. "}],
+    [{"role": "user", "content": "Translate 'cat' into French."},
+     {"role": "assistant", "content": "chat"},
+     {"role": "user", "content": "Thanks!"},
+     {"role": "assistant", "content": "You're welcome.\n\nAnything else?"}],
+]
+
+
+def build(name: str, directory: Path) -> str:
+    """A tokenizer directory for `name`: BPE trained on English text (byte-level or SentencePiece-style), the
+    family's special tokens added with their strip flags, and its chat template."""
+    from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
+    from tokenizers import Tokenizer as Raw
+
+    spec = TEMPLATES[name]
+    raw = Raw(models.BPE())
+    if spec["pre_tokenizer"] == "byte_level":
+        raw.pre_tokenizer, raw.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+    else:
+        raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+        raw.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+        alphabet = [chr(c) for c in range(32, 127)] + ["\n", "\t", "’"]  # every character of the tests' text
+    raw.train_from_iterator(corpus(), trainers.BpeTrainer(vocab_size=700, initial_alphabet=alphabet, show_progress=False))
+    raw.add_special_tokens([AddedToken(t["content"], lstrip=t["lstrip"], rstrip=t["rstrip"], normalized=False,
+                                       special=True) for t in spec["special_tokens"]])
+    directory.mkdir(parents=True, exist_ok=True)
+    raw.save(str(directory / "tokenizer.json"))
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": spec["chat_template"],
+              "eos_token": spec["eos_token"], "add_bos_token": spec["add_bos_token"]}
+    if spec["bos_token"]:
+        config["bos_token"] = spec["bos_token"]
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    return str(directory)
+
+
+@pytest.fixture(scope="module")
+def tokenizers(tmp_path_factory) -> dict[str, tuple[Tokenizer, object]]:
+    root = tmp_path_factory.mktemp("chat_templates")
+    out = {}
+    for name in (*REAL, *GENERATION):
+        path = build(name, root / name)
+        out[name] = (Tokenizer.load(path), transformers.AutoTokenizer.from_pretrained(path))
+    return out
+
+
+def conversations(name: str) -> list[list[dict]]:
+    if name.startswith("gemma"):  # Gemma's template refuses a system turn
+        return [[m for m in c if m["role"] != "system"] for c in CONVERSATIONS]
+    return CONVERSATIONS
+
+
+def hf_ids(hf, messages: list[dict], **kwargs) -> list[int]:
+    out = hf.apply_chat_template(messages, tokenize=True, return_dict=True, **kwargs)
+    return list(out["input_ids"])
+
+
+def prefix_mask(hf, messages: list[dict]) -> np.ndarray:
+    """The assistant tokens by prefix rendering, in transformers' ids: from the end of the turns before an
+    assistant turn with the generation prompt to where the ids of the turns up to it stop agreeing with the
+    whole conversation's."""
+    full = hf_ids(hf, messages)
+    mask = np.zeros(len(full), np.int32)
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            before = hf_ids(hf, messages[:i], add_generation_prompt=True)
+            upto = hf_ids(hf, messages[: i + 1])
+            assert full[: len(before)] == before
+            agree = next((k for k, (a, b) in enumerate(zip(upto, full, strict=False)) if a != b), min(len(upto), len(full)))
+            mask[len(before):agree] = 1
+    return mask
+
+
+@pytest.mark.parametrize("name", REAL)
+def test_ids_and_mask_equal_transformers_prefix_rendering(tokenizers, name):
+    ours, hf = tokenizers[name]
+    for messages in conversations(name):
+        encoded = encode_conversation(Conversation(messages, "t", "0"), "model", ours)
+        assert encoded.tokens.tolist() == hf_ids(hf, messages), name
+        expected = prefix_mask(hf, messages)
+        np.testing.assert_array_equal(encoded.loss_mask, expected, err_msg=name)
+        assert expected.sum() > 0
+
+
+@pytest.mark.parametrize("name", GENERATION)
+def test_mask_equals_transformers_generation_blocks(tokenizers, name):
+    ours, hf = tokenizers[name]
+    convs = [Conversation(m, "t", str(i)) for i, m in enumerate(conversations(name))]
+    for conv, encoded in zip(convs, encode_conversations(convs, "model", ours), strict=True):
+        out = hf.apply_chat_template(conv.messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True)
+        assert encoded.tokens.tolist() == list(out["input_ids"])
+        np.testing.assert_array_equal(encoded.loss_mask, np.asarray(out["assistant_masks"]), err_msg=name)
+
+
+@pytest.mark.parametrize("name", ["qwen2.5", "phi3", "llama3_generation"])
+def test_special_token_text_inside_a_message_stays_text(tokenizers, name):
+    """A user who types the template's own markers gets them as text: none of the model's special ids appear
+    inside the message, and the ids around it are transformers' (which would parse them)."""
+    ours, hf = tokenizers[name]
+    markers = "".join(t["content"] for t in TEMPLATES[name]["special_tokens"])
+    messages = [{"role": "user", "content": f"Please repeat {markers} exactly."},
+                {"role": "assistant", "content": "Done."}]
+    encoded = encode_conversation(Conversation(messages, "t", "0"), "model", ours)
+    specials = {ours.special_id(t["content"]) for t in TEMPLATES[name]["special_tokens"]}
+    clean = [{"role": "user", "content": "Please repeat  exactly."}, {"role": "assistant", "content": "Done."}]
+    n_specials = sum(int(i) in specials for i in encoded.tokens)
+    assert n_specials == sum(int(i) in specials for i in hf_ids(hf, clean))  # only the template's own
+    text = ours.decode(encoded.tokens, skip_special_tokens=False)
+    assert markers in text
+
+
+def test_a_template_that_refuses_a_conversation_is_one_data_error(tokenizers):
+    ours, _ = tokenizers["gemma2"]
+    conv = Conversation([{"role": "system", "content": "x"}, {"role": "user", "content": "hi"},
+                         {"role": "assistant", "content": "hello"}], "t", "row-7")
+    with pytest.raises(DataError, match="System role not supported"):
+        encode_conversation(conv, "model", ours)
+
+
+def test_a_tokenizer_without_a_template_is_one_config_error():
+    from instructjax.core.errors import ConfigError
+
+    conv = Conversation([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], "t", "0")
+    with pytest.raises(ConfigError, match="no chat_template"):
+        encode_conversation(conv, "model", Tokenizer.load())
+
+
+@pytest.mark.slow
+def test_a_qwen_base_trains_and_exports_with_its_own_template(tmp_path):
+    """A small Qwen2 model with the Qwen2.5 tokenizer and template, through the CLI: import, one step with
+    `template: model`, export. The first step's loss is transformers' over the same rows with the assistant
+    tokens found by prefix rendering in transformers' ids; the export carries the model's own template, whose
+    `apply_chat_template` gives the ids the run trained on; generation stops at its `<|im_end|>`."""
+    import torch
+    import yaml
+    from pretrained_models import ALPACA_ROWS
+
+    from instructjax import cli
+    from instructjax.eval.generate import turn_end_ids
+
+    path = build("qwen2.5", tmp_path / "tok")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(path)
+    config = transformers.Qwen2Config(vocab_size=len(hf_tok) + 8, hidden_size=64, intermediate_size=96,
+                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                      max_position_embeddings=512, eos_token_id=hf_tok.eos_token_id, bos_token_id=None)
+    torch.manual_seed(0)
+    model = transformers.Qwen2ForCausalLM(config).eval()
+    model.save_pretrained(tmp_path / "hf")
+    hf_tok.save_pretrained(tmp_path / "hf")
+    assert cli.main(["import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ckpt")]) == 0
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text("".join(json.dumps(r) + "\n" for r in ALPACA_ROWS))
+    run = {"run_dir": str(tmp_path / "run"), "max_steps": 1, "log_every": 1, "seed": 0, "template": "model",
+           "model": {"init_from": str(tmp_path / "ckpt"), "dtype": "float32", "attention": "xla"},
+           "data": {"mixture": "rows", "seq_len": 256, "global_batch": 8, "pack": False},
+           "optim": {"lr": 1e-4},
+           "define": {"tasks": {"rows": {"source": "alpaca", "data_files": [str(rows)]}},
+                      "mixtures": {"rows": {"mode": "epoch", "counts": {"rows": None}}}}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
+    assert cli.main(["train", "--config", str(tmp_path / "run.yaml")]) == 0
+    total = count = 0.0
+    for row in ALPACA_ROWS:
+        user = row["instruction"] + (f"\n\n{row['input']}" if row["input"] else "")
+        messages = [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
+        ids, mask = hf_ids(hf_tok, messages), prefix_mask(hf_tok, messages)
+        with torch.no_grad():
+            logits = model(torch.tensor([ids])).logits[0].double().numpy()
+        logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+        trained = np.flatnonzero(mask[1:]) + 1
+        total -= float(logp[trained - 1, np.asarray(ids)[trained]].sum())
+        count += len(trained)
+    first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["loss"] == pytest.approx(total / count, rel=1e-4)
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "export")]) == 0
+    exported = transformers.AutoTokenizer.from_pretrained(tmp_path / "export")
+    assert exported.chat_template == TEMPLATES["qwen2.5"]["chat_template"]
+    messages = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello there"}]
+    ours = encode_conversation(Conversation(messages, "t", "0"), "model", Tokenizer.load(str(tmp_path / "export")))
+    assert ours.tokens.tolist() == hf_ids(exported, messages)
+    assert turn_end_ids(exported)[-1] == exported.convert_tokens_to_ids("<|im_end|>")
+
+
+def test_generation_stops_at_the_templates_end_of_turn(tmp_path):
+    """A base tokenizer whose EOS is `<|endoftext|>` with ChatML (Qwen2.5's base models): generation stops at
+    EOS and at `<|im_end|>`, which ends every assistant turn the model was trained on."""
+    from instructjax.eval.generate import turn_end_ids
+
+    TEMPLATES["qwen2.5_base"] = {**TEMPLATES["qwen2.5"], "eos_token": "<|endoftext|>"}
+    hf = transformers.AutoTokenizer.from_pretrained(build("qwen2.5_base", tmp_path / "tok"))
+    assert turn_end_ids(hf) == [hf.convert_tokens_to_ids("<|endoftext|>"), hf.convert_tokens_to_ids("<|im_end|>")]
+
+
+def test_import_takes_a_chat_template_for_a_base_tokenizer_without_one(tmp_path):
+    """`import --chat-template` saves the model's tokenizer with another's template (a base model's tokenizer that
+    carries none): the checkpoint's tokenizer then renders `template: model` with it."""
+    import torch
+
+    from instructjax import cli
+    from instructjax.convert.saved import saved_tokenizer
+
+    spec = dict(TEMPLATES["llama3"])
+    TEMPLATES["llama3_base"] = {**spec, "chat_template": ""}
+    base = build("llama3_base", tmp_path / "hf")
+    torch.manual_seed(0)
+    transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=transformers.AutoTokenizer.from_pretrained(base).__len__() + 8, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1)).save_pretrained(base)
+    (tmp_path / "llama3.jinja").write_text(spec["chat_template"])
+    assert cli.main(["import", "--hf", base, "--out", str(tmp_path / "ckpt"),
+                     "--chat-template", str(tmp_path / "llama3.jinja")]) == 0
+    tokenizer, template = saved_tokenizer(str(tmp_path / "ckpt"))
+    assert template == tokenizer.chat_template == spec["chat_template"]
+    assert cli.main(["import", "--hf", base, "--out", str(tmp_path / "ckpt2"), "--chat-template",
+                     str(tmp_path / "missing")]) == 2
