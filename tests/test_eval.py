@@ -208,3 +208,19 @@ def test_lm_eval_backends_agree(tmp_path, monkeypatch, caplog):
                 and "is defined, but" in r.getMessage()]
     (tmp_path / "results.json").write_text(json.dumps({k: ours["results"][k] for k in tasks}, default=str))
     assert os.path.getsize(tmp_path / "results.json") > 0
+    assert theirs["config"]["model_args"].endswith("dtype=float32")  # this machine has no accelerator
+
+
+def test_hf_backend_runs_on_the_accelerator_in_the_runs_dtype(tmp_path):
+    """lm-eval's hf model goes to the machine's accelerator in the dtype the exported run computed in (the export's
+    marker), else the weights' own; float32 on the CPU only where there is no accelerator."""
+    from instructjax.eval.harness import hf_placement
+
+    export = tmp_path / "export"
+    export.mkdir()
+    (export / "config.json").write_text(json.dumps({"torch_dtype": "float32"}))
+    assert hf_placement(str(export), None) == ("cpu", "float32")
+    assert hf_placement(str(export), "cuda") == ("cuda", "float32")  # not one of ours: the weights' dtype
+    (export / "instructjax_export.json").write_text(json.dumps({"checkpoint": "x", "step": 3, "dtype": "bfloat16"}))
+    assert hf_placement(str(export), "cuda") == ("cuda", "bfloat16")
+    assert hf_placement(str(export), "mps") == ("mps", "bfloat16")

@@ -119,8 +119,18 @@ def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", 
         params_to_hf(params, config, local, dtype=dtype, max_shard_bytes=max_shard_bytes)
         write_hf_config(config, local, dtype=target, bos_id=tok.bos_id, eos_ids=eos_ids, pad_id=tok.pad_id)
         tok.save(local, chat_template)
-    storage.write_text(storage.join(out, EXPORT_MARKER), json.dumps({"checkpoint": directory, "step": step}) + "\n")
+    storage.write_text(storage.join(out, EXPORT_MARKER),
+                       json.dumps({"checkpoint": directory, "step": step, "dtype": config.dtype}) + "\n")
     return config
+
+
+def export_dtype(hf_dir: str) -> str | None:
+    """The compute dtype the exported run trained in (its marker), None for an HF directory not written by `export`
+    (or by an older one)."""
+    try:
+        return str(json.loads((storage.path(hf_dir) / EXPORT_MARKER).read_text())["dtype"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def export_step(hf_dir: str) -> int | None:

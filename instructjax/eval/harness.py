@@ -28,13 +28,16 @@ def run_lm_eval(model: str, tasks: list[str], *, backend: str = "auto", num_fews
 
     if backend == "auto":
         backend = "hf" if (storage.path(model) / "config.json").is_file() else "instructjax"
+    device = None
+    model_args = f"pretrained={model}"
     if backend == "hf":  # transformers reads a local directory (a bucket's: downloaded once)
         model = storage.local_copy(model)
-    model_args = f"pretrained={model}" + (",dtype=float32" if backend == "hf" else "")
+        device, dtype = hf_placement(model, local_accelerator())
+        model_args = f"pretrained={model},dtype={dtype}"
     try:
         return lm_eval.simple_evaluate(
             model=backend, model_args=model_args, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
-            batch_size=batch_size, device="cpu" if backend == "hf" else None, log_samples=log_samples,
+            batch_size=batch_size, device=device, log_samples=log_samples,
             task_manager=task_manager(include_path, tasks), bootstrap_iters=0, samples=samples,
             gen_kwargs=gen_kwargs,
         )
@@ -48,6 +51,38 @@ def run_lm_eval(model: str, tasks: list[str], *, backend: str = "auto", num_fews
         local = "or evaluate on tasks read from local files (lm-eval task YAMLs with `dataset_path: json`, " \
                 "`--include-path`: tests/data/lm_eval)"
         raise ConfigError(f"lm-eval task(s) {', '.join(tasks)}: {hub_problem(dataset, exc, local)}") from None
+
+
+def local_accelerator() -> str | None:
+    """The torch device of this machine's accelerator ("cuda", "mps"), None on a CPU-only machine."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "cuda"
+    mps = getattr(torch.backends, "mps", None)
+    return "mps" if mps is not None and mps.is_available() else None
+
+
+def hf_placement(model_dir: str, accelerator: str | None) -> tuple[str, str]:
+    """(device, dtype) of lm-eval's hf model for an HF directory: the accelerator in the dtype the run computed in
+    (the export's marker; else the weights' own, config.json's `torch_dtype`), the CPU in float32 where there is no
+    accelerator (bfloat16 arithmetic is emulated, slowly, on most CPUs)."""
+    import json
+    import os
+
+    from instructjax.convert.saved import export_dtype
+
+    if accelerator is None:
+        return "cpu", "float32"
+    dtype = export_dtype(model_dir)
+    if dtype is None:
+        try:
+            with open(os.path.join(model_dir, "config.json")) as f:
+                hf = json.load(f)
+            dtype = hf.get("torch_dtype") or hf.get("dtype")
+        except (OSError, ValueError):
+            dtype = None
+    return accelerator, dtype or "bfloat16"
 
 
 def task_manager(include_path: str | None, tasks: Sequence[str] = ()) -> TaskManager:
