@@ -198,3 +198,37 @@ def test_report_tables_and_figures_from_results(tmp_path):
             assert image.size == size, name
             assert len(image.convert("RGB").getcolors(1 << 20)) > 20, name  # not blank
     assert not (out / "seed000_figure2_count.png").exists() and not (out / "seed000_loss.png").exists()
+
+
+def test_a_study_of_ones_own_gets_a_table_a_sweep_curve_and_the_losses(tmp_path):
+    """Three runs of one's own that differ in the learning rate alone: a row per run with `optim.lr` first, then
+    every number of its results.json (the CSV equal to them); each metric against the learning rate; the
+    overlaid losses. A fourth run differing in its data too turns the sweep curve off."""
+    from PIL import Image
+
+    lrs = {"low": 1e-5, "mid": 3e-5, "high": 1e-4}
+    for i, (name, lr) in enumerate(lrs.items()):
+        _run(tmp_path, f"my_{name}", f"model: {{preset: tiny}}\ndata: {{mixture: alpaca_builtin}}\noptim: {{lr: {lr}}}\n",
+             {"model": "m", "parts": ["tasks"], "tasks": {"ij_mc": {"acc,none": 0.2 + i / 10, "acc_stderr,none": 0.1,
+                                                                   "alias": "ij_mc"}}})
+        (tmp_path / "runs" / f"my_{name}" / "metrics.jsonl").write_text("".join(
+            json.dumps({"step": s, "loss": 5.0 - s / (i + 1), "loss/alpaca": 5.5 - s / (i + 1)}) + "\n"
+            for s in range(1, 6)))
+    written, strangers = families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
+    out = tmp_path / "out"
+    assert sorted(strangers) == ["my_high", "my_low", "my_mid"]
+    rows = _csv(out / "configs_runs.csv")  # the study is named after its configs' folder
+    assert list(rows[0]) == ["run", "optim.lr", "tasks / ij_mc / acc,none"]  # numbers only, no stderr
+    for row in rows:
+        results = json.loads((tmp_path / "runs" / row["run"] / "eval" / "results.json").read_text())
+        assert float(row["tasks / ij_mc / acc,none"]) == results["tasks"]["ij_mc"]["acc,none"]
+        assert float(row["optim.lr"]) == lrs[row["run"].removeprefix("my_")]
+    for png in ("configs_sweep.png", "configs_loss.png"):
+        assert out / png in written
+        with Image.open(out / png) as image:
+            assert len(image.convert("RGB").getcolors(1 << 20)) > 20, png  # not blank
+    assert "| my_low | 1e-05 |" in (out / "configs.md").read_text()
+    _run(tmp_path, "my_other_data", "model: {preset: tiny}\ndata: {mixture: dolly_builtin}\noptim: {lr: 2.0e-5}\n", None)
+    written, _ = families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out2")
+    assert not (tmp_path / "out2" / "configs_sweep.png").exists()
+    assert list(_csv(tmp_path / "out2" / "configs_runs.csv")[0])[:3] == ["run", "data.mixture", "optim.lr"]

@@ -134,6 +134,37 @@ def test_report_of_the_sweep_has_three_rows_of_numbers(swept, tmp_path):
         assert image.size == figure_size(4)
         assert len(image.convert("RGB").getcolors(1 << 20)) > 20  # not blank
     assert not (tmp_path / "seed000_figure2_ratio.png").exists()  # no ratio runs: no ratio curve
+    rows = {r["run"]: r for r in csv.DictReader((tmp_path / "seed000_runs.csv").open())}  # the family's own table
+    assert {name: r["data.mixture"] for name, r in rows.items() if r["data.mixture"]} == {
+        f"acp_{s}_tiny": MIXTURES[s] for s in ("A", "C", "P", "AC")}
+
+
+@pytest.mark.slow
+def test_the_sweeps_runs_as_a_study_of_ones_own(swept, tmp_path):
+    """The same runs under names of one's own (no paper's): a table of their own, a row per run, the mixture they
+    differ in first, the numbers of their results.json exactly; their losses overlaid."""
+    from PIL import Image
+
+    from instructjax.cli import main
+
+    mine = tmp_path / "my_blends"
+    mine.mkdir()
+    for config in sorted(swept["configs"].glob("*.yaml")):
+        (mine / config.name.replace("acp_", "blend_")).write_text(
+            config.read_text().replace("name: acp_", "name: blend_"))
+    assert main(["report", str(mine), "--out", str(tmp_path / "out")]) == 0
+    rows = list(csv.DictReader((tmp_path / "out" / "my_blends_runs.csv").open()))
+    assert [r["run"] for r in rows] == [f"blend_{s}_tiny" for s in ("AC", "A", "C", "P")]
+    assert list(rows[0])[:2] == ["run", "data.mixture"]
+    for r in rows:
+        if r["run"] == "blend_AC_tiny":  # failed to train: no results, empty cells
+            assert not r["tasks / ij_mc / acc,none"]
+            continue
+        results = json.loads((swept["root"] / "runs" / "seed000_acp" / r["run"].replace("blend_", "acp_") / "eval" /
+                              "results.json").read_text())
+        assert float(r["tasks / ij_mc / acc,none"]) == results["tasks"]["ij_mc"]["acc,none"]
+    with Image.open(tmp_path / "out" / "my_blends_loss.png") as image:
+        assert len(image.convert("RGB").getcolors(1 << 20)) > 20
 
 
 def test_dry_run_prints_the_commands_and_hands_training_to_the_launchers(tmp_path, capfd, monkeypatch, bucket):

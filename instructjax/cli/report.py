@@ -1,8 +1,10 @@
-"""`instructjax report DIR_OR_GLOB --out DIR`: the papers' tables and figures from a family's runs.
+"""`instructjax report DIR_OR_GLOB --out DIR`: the tables and figures of a family's runs.
 
 Reads each config's run (RUN_DIR/eval/results.json, RUN_DIR/metrics.jsonl) and writes, per paper family,
 OUT/<family>.md (the paper's tables: ours / paper / difference), OUT/<family>_<table>.csv and PNG figures
-(instructjax/report/families.py). OUT may be local or in a bucket.
+(instructjax/report/families.py); every family, and the runs of a study of one's own (named after their
+configs' folder), also get OUT/<name>_runs.csv, a row per run (instructjax/report/study.py), with the overlaid
+losses and, where the runs differ in one numeric key, OUT/<name>_sweep.png. OUT may be local or in a bucket.
 """
 
 from __future__ import annotations
@@ -28,5 +30,5 @@ def run(args) -> int:
     for path in written:
         print(f"wrote {storage.join(args.out, path.name)}")
     if strangers:
-        print(f"not of a paper family (no table): {', '.join(strangers)}")
+        print(f"not of a paper's family (a table of their own): {', '.join(strangers)}")
     return 0
