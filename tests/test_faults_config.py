@@ -61,7 +61,8 @@ def make_hf_dir(path) -> str:
     from safetensors.numpy import save_file
 
     from instructjax.convert import hf_config
-    from instructjax.convert.hf import abstract_params, entry_hf_shape, hf_weight_table
+    from instructjax.convert.hf import abstract_params
+    from instructjax.convert.hf_names import entry_hf_shape, hf_weight_table
     from instructjax.model.config import preset
 
     config = preset("tiny", dtype="float32")
