@@ -213,3 +213,15 @@ def stanford_alpaca_example(tokenizer_dir: str, row: dict, *, bos: str | None, e
     source = STANFORD_ALPACA_PROMPT_DICT[key].format_map(row) + ALPACA_RESPONSE_SEPARATOR
     out = preprocess([source], [f"{row['output']}{eos}"], LibraryTokenizer(tokenizer_dir, bos=bos, eos=eos))
     return out["input_ids"][0].tolist(), (out["labels"][0] != -100).numpy().astype(np.int32)
+
+
+def torch_masked_nll(model, ids: list[int], mask: np.ndarray) -> tuple[float, int]:
+    """The summed negative log-likelihood, in float64, of the tokens `mask` marks, under a transformers model
+    `model`, and how many tokens that is: the reference a first training step's loss is compared with."""
+    import torch
+
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].double().numpy()
+    logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+    trained = np.flatnonzero(mask[1:]) + 1
+    return -float(logp[trained - 1, np.asarray(ids)[trained]].sum()), len(trained)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import transformers
-from pretrained_models import corpus  # noqa: E402  (tests/pretrained_models.py)
+from pretrained_models import corpus, torch_masked_nll  # noqa: E402  (tests/pretrained_models.py)
 
 from instructjax.core.errors import DataError
 from instructjax.data.encoding.encode import encode_conversation, encode_conversations
@@ -199,12 +199,8 @@ def test_a_qwen_base_trains_and_exports_with_its_own_template(tmp_path):
         user = row["instruction"] + (f"\n\n{row['input']}" if row["input"] else "")
         messages = [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
         ids, mask = hf_ids(hf_tok, messages), prefix_mask(hf_tok, messages)
-        with torch.no_grad():
-            logits = model(torch.tensor([ids])).logits[0].double().numpy()
-        logp = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
-        trained = np.flatnonzero(mask[1:]) + 1
-        total -= float(logp[trained - 1, np.asarray(ids)[trained]].sum())
-        count += len(trained)
+        nll, n = torch_masked_nll(model, ids, mask)
+        total, count = total + nll, count + n
     first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["loss"] == pytest.approx(total / count, rel=1e-4)
     assert cli.main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "export")]) == 0
