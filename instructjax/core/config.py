@@ -202,11 +202,32 @@ class JudgeSection:
         _check(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
 
 
+@dataclass(frozen=True)
+class JudgeEndpoint:
+    """The judge as an OpenAI-compatible chat endpoint (`eval.judge`; instructjax.eval.judge calls it): its base
+    URL, model, the environment variable holding the key (unset: "EMPTY", as local servers take), how many
+    requests may be in flight, the sampling, retries on rate limits and dropped connections."""
+
+    base_url: str
+    model: str
+    api_key_env: str = "OPENAI_API_KEY"
+    concurrency: int = 4
+    temperature: float = 0.0
+    max_tokens: int = 1024
+    max_retries: int = 6
+    timeout_s: float = 120.0
+
+    def __post_init__(self):
+        _check(self.concurrency >= 1 and self.max_tokens >= 1 and self.max_retries >= 0,
+               "eval.judge: concurrency and max_tokens must be >= 1, max_retries >= 0")
+
+
 @dataclass
 class EvalSection:
     """What `instructjax eval --config RUN.yaml` runs: a paper's `suite` (lm-eval, GSM8K/BBH by the paper's
     protocol) and/or lm-eval `tasks`, Codex-Eval (`codex`; None: when the suite has it), and the judged
-    evaluations (`true` or a JudgeSection mapping)."""
+    evaluations (`true` or a JudgeSection mapping), whose judge is called directly where `judge` names an
+    endpoint (else its replies are read from files)."""
 
     suite: str | None = None
     tasks: list[str] = field(default_factory=list)
@@ -219,6 +240,7 @@ class EvalSection:
     pairwise: JudgeSection | bool = False
     alpaca_eval: JudgeSection | bool = False
     flask: JudgeSection | bool = False
+    judge: JudgeEndpoint | None = None
     data_dir: str = "eval_data"
     out_dir: str | None = None  # None: <run_dir>/eval
 
@@ -227,7 +249,7 @@ class EvalSection:
         _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
         _check(self.codex_samples >= 10, f"eval.codex_samples must be >= 10 (pass@10), got {self.codex_samples}")
 
-    def judge(self, mode: str) -> JudgeSection | None:
+    def judged(self, mode: str) -> JudgeSection | None:
         """The JudgeSection of `mode` (defaults for `true`), None when the block does not name it."""
         value = getattr(self, mode)
         return JudgeSection() if value is True else (value or None)

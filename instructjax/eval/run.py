@@ -39,7 +39,7 @@ def config_parts(ev: EvalSection) -> list[str]:
     codex = ev.codex if ev.codex is not None else bool(ev.suite and any(t.task == CODEX_EVAL for t in suite(ev.suite)))
     if codex:
         parts.append("codex")
-    parts += [mode for mode in JUDGE_MODE if ev.judge(mode) is not None]
+    parts += [mode for mode in JUDGE_MODE if ev.judged(mode) is not None]
     return parts
 
 
@@ -88,7 +88,7 @@ def read_results(config: RunConfig) -> dict | None:
 def judge_files(ev: EvalSection, mode: str, out: str) -> dict[str, str | None]:
     """Input/output paths of one judged evaluation: prompts, against (the other system / the reference;
     None for flask), replies, outputs, requests."""
-    section = ev.judge(mode)
+    section = ev.judged(mode)
     default = storage.join(ev.data_dir, mode)
     against = None if mode == "flask" else (
         section.against or storage.join(default, "against.jsonl" if mode == "pairwise" else "reference.jsonl"))
@@ -104,7 +104,7 @@ def run_judged(generator, ev: EvalSection, mode: str, out: str) -> dict:
     from instructjax.eval import pairwise as pw
     from instructjax.eval.generate import Sampling, complete
 
-    section, files = ev.judge(mode), judge_files(ev, mode, out)
+    section, files = ev.judged(mode), judge_files(ev, mode, out)
     protocol = pw.JUDGE_PROTOCOLS[JUDGE_MODE[mode]]
     max_new = section.max_new_tokens or protocol.max_new_tokens
     prompts = pw.read_jsonl(files["prompts"])
@@ -124,6 +124,11 @@ def run_judged(generator, ev: EvalSection, mode: str, out: str) -> dict:
         requests = pw.flask_requests(outputs)
     pw.write_jsonl(files["requests"], requests)
     result.update(outputs=files["outputs"], requests=files["requests"], max_new_tokens=max_new)
+    if ev.judge is not None and section.replies is None:  # the judge called directly (cached: a rerun is free)
+        from instructjax.eval.judge import ask
+
+        pw.write_jsonl(files["replies"], ask(requests, ev.judge, storage.join(out, "judge_cache.jsonl")))
+        result["judge"] = {"model": ev.judge.model, "base_url": ev.judge.base_url}
     if not storage.path(files["replies"]).exists():
         result["replies"] = f"none yet: put the judge's replies ({{id, reply}} per request) in {files['replies']}"
         return result

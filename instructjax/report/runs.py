@@ -49,7 +49,7 @@ class Run:
 
     def pairwise_against(self) -> str | None:
         """The file the pairwise judge compared this run with (`eval.pairwise.against`), if the block names one."""
-        section = eval_section(self.config.eval).judge("pairwise")
+        section = eval_section(self.config.eval).judged("pairwise")
         return section.against if section is not None else None
 
 

@@ -1,0 +1,109 @@
+"""Judges called directly: any OpenAI-compatible endpoint (OpenAI, a vLLM or `transformers serve` server, a
+gateway) through the `openai` client, with retries, rate-limit backoff and a reply cache.
+
+A config names the endpoint once (`eval.judge`): its base URL, the model, the environment variable that holds the
+key, how many requests may be in flight. `ask(requests, endpoint, cache)` sends each judge request (`{"id",
+"prompt"}`, as `eval/pairwise.py` writes them) as one user message and gives back `{"id", "reply"}` rows, the
+replies the files route reads. Every reply is kept in a cache file keyed by (model, sampling, prompt): a rerun
+pays for nothing it already has. A request that keeps failing past the retries stops with one line naming it;
+the replies got before it stay in the cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+from instructjax.core import storage
+from instructjax.core.config import JudgeEndpoint
+from instructjax.core.errors import ConfigError
+
+RETRIABLE = ("RateLimitError", "APIConnectionError", "APITimeoutError", "InternalServerError")
+
+
+def cache_key(endpoint: JudgeEndpoint, prompt: str) -> str:
+    """What makes a reply the same: the model, its sampling and the prompt (not the URL it was served at)."""
+    return hashlib.sha256(json.dumps([endpoint.model, endpoint.temperature, endpoint.max_tokens, prompt])
+                          .encode()).hexdigest()
+
+
+class ReplyCache:
+    """A JSONL file of {"key", "reply"}: read whole, written whole after each new reply (local or in a bucket)."""
+
+    def __init__(self, path: str | None):
+        self.path, self.replies, self._lock = path, {}, threading.Lock()
+        if path and storage.path(path).exists():
+            for line in storage.path(path).read_text().splitlines():
+                try:
+                    row = json.loads(line)
+                    self.replies[row["key"]] = row["reply"]
+                except (ValueError, KeyError, TypeError):
+                    continue  # a torn last line: that reply is asked again
+
+    def get(self, key: str) -> str | None:
+        return self.replies.get(key)
+
+    def put(self, key: str, reply: str) -> None:
+        with self._lock:
+            self.replies[key] = reply
+            if self.path:
+                storage.write_text(self.path, "".join(json.dumps({"key": k, "reply": v}) + "\n"
+                                                      for k, v in self.replies.items()))
+
+
+def _client(endpoint: JudgeEndpoint):
+    try:
+        import openai
+    except ImportError:
+        raise ConfigError("eval.judge needs the `openai` package (pip install openai)") from None
+    key = os.environ.get(endpoint.api_key_env) or "EMPTY"
+    return openai.OpenAI(base_url=endpoint.base_url, api_key=key, max_retries=0, timeout=endpoint.timeout_s)
+
+
+def _retry_after(exc: Exception, attempt: int) -> float:
+    """Seconds to wait: the server's Retry-After where it says, else exponential backoff with jitter (max 60 s)."""
+    response = getattr(exc, "response", None)
+    header = response.headers.get("retry-after") if response is not None else None
+    try:
+        return min(60.0, float(header))
+    except (TypeError, ValueError):
+        return min(60.0, 2.0 ** attempt) * (0.5 + random.random() / 2)
+
+
+def _ask_one(client, endpoint: JudgeEndpoint, request: Mapping) -> str:
+    for attempt in range(endpoint.max_retries + 1):
+        try:
+            out = client.chat.completions.create(
+                model=endpoint.model, messages=[{"role": "user", "content": request["prompt"]}],
+                temperature=endpoint.temperature, max_tokens=endpoint.max_tokens)
+            return out.choices[0].message.content or ""
+        except Exception as exc:  # noqa: BLE001  the openai client's errors, by name (no import at module level)
+            if type(exc).__name__ not in RETRIABLE or attempt == endpoint.max_retries:
+                raise ConfigError(f"judge {endpoint.model} at {endpoint.base_url}: request {request['id']!r} failed "
+                                  f"after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}"[:400]) from None
+            time.sleep(_retry_after(exc, attempt))
+    raise AssertionError("unreachable")
+
+
+def ask(requests: Sequence[Mapping], endpoint: JudgeEndpoint, cache_path: str | None = None) -> list[dict]:
+    """{"id", "reply"} for every request, in order: cached replies as they are, the rest asked of the endpoint,
+    `endpoint.concurrency` at a time."""
+    cache = ReplyCache(cache_path)
+    keys = [cache_key(endpoint, r["prompt"]) for r in requests]
+    todo = [(r, k) for r, k in zip(requests, keys, strict=True) if cache.get(k) is None]
+    if todo:
+        client = _client(endpoint)
+
+        def one(item):
+            request, key = item
+            cache.put(key, _ask_one(client, endpoint, request))
+
+        with ThreadPoolExecutor(endpoint.concurrency) as pool:
+            list(pool.map(one, todo))
+    return [{"id": r["id"], "reply": cache.get(k)} for r, k in zip(requests, keys, strict=True)]
