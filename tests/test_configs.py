@@ -117,6 +117,7 @@ def test_seed003_matches_paper():
         (2e-5, 0.03, 2, 128, 4096)
     assert (c.template, c.data.mosaic.max_length, c.define["tasks"]["vicuna_300k"]["source"]) == \
         ("model", 4096, "lmsys_chat")
+    define_data(c.define)  # registered here too: this test does not lean on another having run first
     assert dict(specs.lookup_mixture(c.data.mixture).counts) == {"vicuna_300k": 300_000}
 
 

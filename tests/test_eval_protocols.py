@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import pytest
@@ -190,6 +191,48 @@ def test_flask_scale_reproduces_table2_row():
     exact = pw.score_flask(requests, replies)
     assert exact["average"] == pytest.approx(3.02875 * 20, abs=1e-9)
     assert pw.flask_scale(5) == 100.0 and pw.flask_scale(1) == 20.0 and pw.flask_scale(2.5) == 50.0
+
+
+PROMPT_EXCERPTS = Path(__file__).with_name("data") / "seed_prompts"  # the papers' figures, their own lines
+
+
+def _words(text: str) -> list[str]:
+    return text.replace("\u2019", "'").replace("\\_", "_").split()
+
+
+def test_judge_prompts_are_the_papers_words():
+    """Seed 002's Figure 4 (pairwise) and Figure 3 (quality rating) and seed 003's Figure 6, as the papers print
+    them, word for word (the layout of lines is the Vicuna `pair-v1` prompt's, which the figures flatten)."""
+    from instructjax.eval.judge_prompts import PAIRWISE_PROMPTS, QUALITY_PROMPTS
+
+    seed002 = (PROMPT_EXCERPTS / "002_90d96a546d3b6616.txt").read_text()
+    figure4 = next(line for line in seed002.splitlines() if line.startswith("System Prompt:"))
+    system, user = figure4.removeprefix("System Prompt: ").split(" User Prompt: ")
+    theirs = user.replace("{response\\_1}", "{answer_1}").replace("{response\\_2}", "{answer_2}")
+    assert PAIRWISE_PROMPTS["seed002"].system == system
+    assert _words(PAIRWISE_PROMPTS["seed002"].user) == _words(theirs)
+    neutral = PAIRWISE_PROMPTS["seed002_length_neutral"].user  # Sec. 5: one criterion out, one sentence in
+    assert _words(neutral.replace(" Do not allow the length of the responses to influence your evaluation.", "")) == \
+        _words(theirs.replace("accuracy, level of details of", "accuracy of"))
+    # Figure 3: (a) for rows without an input, (b) with; the instance in the system prompt, the rubric as the user's
+    for has_input, part in zip((False, True), seed002.split("Figure 3:")[0].split("(a) Prompt for instances with no input.")
+                               , strict=True):
+        system, user = part.split("#### System Prompt:")[1].split("#### User Prompt:")
+        user = user.split("(b) Prompt")[0]
+        ours = QUALITY_PROMPTS[has_input]
+        assert _words(ours.system) == _words(re.sub(r"\{(\w+)\}", lambda m: "{" + m[1].lower() + "}", system))
+        assert _words(ours.user) == _words(user)
+    # seed 003's Figure 6: the same words, once its line numbers are dropped and its misprint read as meant (the
+    # first answer's markers say "Assistant 2")
+    figure6 = [line for line in (PROMPT_EXCERPTS / "003_5f58a71acda3a4fb.txt").read_text().splitlines()
+               if line.strip() and not line.strip().isdigit()]
+    text = "\n".join(re.sub(r"^\d{4} ", "", line) for line in figure6).replace("-\n", "")  # "perfor-\nmance"
+    text = text.split("**System Prompt**")[1].split("Figure 6")[0]
+    system, user = text.split("**User Prompt**")
+    user = user.replace("*Question*", "{question}").replace("*Answer 2*", "{answer_1}", 1) \
+        .replace("*Answer 2*", "{answer_2}").replace("Assistant 2\u2019s", "Assistant 1\u2019s", 2)
+    assert _words(PAIRWISE_PROMPTS["seed003"].system) == _words(system)
+    assert _words(PAIRWISE_PROMPTS["seed003"].user) == _words(user)
 
 
 def test_judge_protocols_per_paper():
@@ -394,8 +437,9 @@ def test_judged_parts_generate_at_the_papers_length(tmp_path):
     lengths = {}
     for mode in ("pairwise", "alpaca_eval", "flask"):
         gen = _FakeGenerator()
-        result = run_judged(gen, ev, mode, str(tmp_path))
+        result = run_judged(lambda: gen, ev, mode, str(tmp_path))  # noqa: B023
         lengths[mode] = (gen.calls[0].max_new_tokens, gen.calls[0].temperature)
+        result = result["vs"]["against"] if mode == "pairwise" else result  # the default comparison's file
         assert "none yet" in result["replies"]
         requests = pw.read_jsonl(result["requests"])
         assert len(requests) == (6 if mode == "pairwise" else 3)
@@ -422,13 +466,14 @@ def test_eval_config_runs_the_eval_block(tmp_path, monkeypatch):
     for name, rows in (("p.jsonl", prompts), ("b.jsonl", other)):
         pw.write_jsonl(tmp_path / name, rows)
     # judge replies, recorded: pairwise items 0 and 2 won in both orders, 1 a tie -> (2 - 0) / 3 + 1
-    pw.write_jsonl(tmp_path / "pw_replies.jsonl", [
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    pw.write_jsonl(out_dir / "pairwise_vs_b_replies.jsonl", [
         {"id": i, "reply": r} for i, r in (("0|ab", "8 3"), ("0|ba", "2 9"), ("1|ab", "5 5"), ("1|ba", "6 4"),
                                            ("2|ab", "9 1"), ("2|ba", "1 9"))])
     pw.write_jsonl(tmp_path / "ae_replies.jsonl", [{"id": str(i), "reply": "1"} for i in range(3)])
     rng = random.Random(5)  # alpacaeval's order per item, drawn independently: "1" wins where the model is first
     expected_win = 100 * sum(rng.choice(("mr", "rm")) == "mr" for _ in range(3)) / 3
-    out_dir = tmp_path / "out"
     (tmp_path / "run.yaml").write_text(f"""name: tiny
 run_dir: {run_dir}
 eval:
@@ -437,8 +482,8 @@ eval:
   backend: instructjax
   batch_size: 4
   out_dir: {out_dir}
-  pairwise: {{prompts: {tmp_path / 'p.jsonl'}, against: {tmp_path / 'b.jsonl'},
-             replies: {tmp_path / 'pw_replies.jsonl'}, max_new_tokens: 4}}
+  pairwise: {{prompts: {tmp_path / 'p.jsonl'}, against: {{b: {tmp_path / 'b.jsonl'}, twin: twin}},
+             max_new_tokens: 4}}
   alpaca_eval: {{prompts: {tmp_path / 'p.jsonl'}, against: {tmp_path / 'b.jsonl'},
                 replies: {tmp_path / 'ae_replies.jsonl'}, max_new_tokens: 4, seed: 5}}
   flask: {{prompts: {tmp_path / 'p.jsonl'}, max_new_tokens: 4}}
@@ -451,15 +496,45 @@ eval:
     assert results["suite"]["ij_bbh|0-shot"]["protocol"]["n"] == 6
     logged = pw.read_jsonl(str(out_dir / "suite_samples.jsonl"))
     assert sorted(r["doc_id"] for r in logged if r["task"] == "ij_gsm") == sorted(random.Random(42).sample(range(10), 4))
-    pair = results["pairwise"]
+    pair = results["pairwise"]["vs"]["b"]
     assert (pair["win"], pair["tie"], pair["lose"]) == (2, 1, 0)
     assert pair["winning_score"] == pytest.approx(5 / 3)
+    # the run named `twin` (beside this run's directory) has no outputs yet: that comparison waits for them
+    twin = tmp_path / "twin" / "eval" / "pairwise_outputs.jsonl"
+    assert results["pairwise"]["vs"]["twin"] == {
+        "against": str(twin), "prompt": "seed002",
+        "outputs": f"none yet: {twin} (evaluate that run first, then this one again)"}
     assert results["alpaca_eval"]["win_rate"] == pytest.approx(expected_win)
     assert "none yet" in results["flask"]["replies"]
     flask_requests = pw.read_jsonl(str(out_dir / "flask_requests.jsonl"))
     assert [r["skills"] for r in flask_requests] == [["factuality", "conciseness"]] * 3
     outputs = pw.read_jsonl(str(out_dir / "pairwise_outputs.jsonl"))
     assert [r["id"] for r in outputs] == ["0", "1", "2"]
+    # the twin's outputs arrive: the sweep sees it, and the rerun judges them against this run's outputs as they
+    # were (not generated again: an edited output shows in the requests), in seed 002's Figure 4 prompt
+    from instructjax.cli.sweep import eval_todo
+    from instructjax.core.config import load_config
+    from instructjax.eval import generate
+    from instructjax.eval import run as eval_run
+    from instructjax.eval.judge_prompts import PAIRWISE_PROMPTS
+
+    config = load_config(tmp_path / "run.yaml")
+    assert eval_todo(config) == []
+    twin.parent.mkdir(parents=True)
+    pw.write_jsonl(twin, [{**r, "output": f"twin says {r['id']}"} for r in prompts])
+    assert eval_todo(config) == ["pairwise"]
+    ours = pw.read_jsonl(str(out_dir / "pairwise_outputs.jsonl"))
+    pw.write_jsonl(out_dir / "pairwise_outputs.jsonl", [{**r, "output": f"edited {r['id']}"} for r in ours])
+    monkeypatch.setattr(generate, "load_generator", None)  # nothing is generated
+    results = eval_run.evaluate_config(config, only=eval_todo(config))
+    assert results["pairwise"]["vs"]["b"]["winning_score"] == pytest.approx(5 / 3)
+    assert "none yet" in results["pairwise"]["vs"]["twin"]["replies"] and results["suite"]
+    requests = {r["id"]: r for r in pw.read_jsonl(str(out_dir / "pairwise_vs_twin_requests.jsonl"))}
+    figure4 = PAIRWISE_PROMPTS["seed002"]
+    assert requests["1|ba"]["system"] == figure4.system
+    assert requests["1|ba"]["prompt"] == figure4.user.format(question="Say yes.", answer_1="twin says 1",
+                                                             answer_2="edited 1")
+    assert eval_todo(config) == []
     # a judged part whose input file is missing stops before any work, naming the key
     (tmp_path / "bad.yaml").write_text(f"name: bad\nrun_dir: {run_dir}\neval:\n  flask: {{prompts: nope.jsonl}}\n")
     assert main(["eval", "--config", str(tmp_path / "bad.yaml")]) == 2
@@ -508,3 +583,35 @@ def test_eval_config_errors_are_one_line(tmp_path, capsys):
         assert main(["eval", "--config", str(path)]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+def test_quality_ratings_round_trip_through_the_cli(tmp_path):
+    """Seed 002's quality ratings: Figure 3 (a) for a row without an input, (b) with Dolly's `context`; the rated
+    rows carry the judge's first-line rating in `score`, which `selection: quality` ranks by."""
+    from instructjax.cli import main
+    from instructjax.eval.judge_prompts import QUALITY_PROMPTS
+
+    rows = [{"instruction": "Name a colour.", "input": "", "output": "Blue."},
+            {"id": "d7", "instruction": "Summarise.", "context": "A long text.", "response": "Short."}]
+    pw.write_jsonl(tmp_path / "train.jsonl", rows)
+    assert main(["eval", "quality", "requests", "--data", str(tmp_path / "train.jsonl"),
+                 "--requests", str(tmp_path / "req.jsonl")]) == 0
+    requests = pw.read_jsonl(str(tmp_path / "req.jsonl"))
+    assert [r["id"] for r in requests] == ["1", "d7"]
+    assert requests[0]["system"].endswith("Instruction: Name a colour.\nResponse: Blue.")
+    assert requests[1]["system"].endswith("Instruction: Summarise.\nInput: A long text.\nResponse: Short.")
+    assert (requests[0]["prompt"], requests[1]["prompt"]) == (QUALITY_PROMPTS[False].user, QUALITY_PROMPTS[True].user)
+    pw.write_jsonl(tmp_path / "rep.jsonl", [{"id": "d7", "reply": "\n4.5\nAccurate and brief."},
+                                             {"id": "1", "reply": "Score: 3\nFine."}])
+    assert main(["eval", "quality", "rate", "--data", str(tmp_path / "train.jsonl"), "--replies",
+                 str(tmp_path / "rep.jsonl"), "--out", str(tmp_path / "rated.jsonl")]) == 0
+    rated = pw.read_jsonl(str(tmp_path / "rated.jsonl"))
+    assert rated == [{**rows[0], "score": 3.0}, {**rows[1], "score": 4.5}]
+    # a rating off the 0-5 scale, a missing reply: one line naming the row, exit 2
+    pw.write_jsonl(tmp_path / "bad.jsonl", [{"id": "1", "reply": "7"}, {"id": "d7", "reply": "2"}])
+    assert main(["eval", "quality", "rate", "--data", str(tmp_path / "train.jsonl"), "--replies",
+                 str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "x.jsonl")]) == 2
+    pw.write_jsonl(tmp_path / "short.jsonl", [{"id": "1", "reply": "2"}])
+    assert main(["eval", "quality", "rate", "--data", str(tmp_path / "train.jsonl"), "--replies",
+                 str(tmp_path / "short.jsonl"), "--out", str(tmp_path / "x.jsonl")]) == 2
+    assert not (tmp_path / "x.jsonl").exists()

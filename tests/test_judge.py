@@ -79,9 +79,10 @@ def server(tmp_path_factory):
         log.close()
 
 
-def _direct(base_url: str, model: str, prompt: str) -> str:
+def _direct(base_url: str, model: str, prompt: str, system: str | None = None) -> str:
     """The server's reply to a plain HTTP POST: what the client must give back."""
-    body = json.dumps({"model": model, "messages": [{"role": "user", "content": prompt}],
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    body = json.dumps({"model": model, "messages": messages,
                        "temperature": 0.0, "max_tokens": MAX_TOKENS}).encode()
     request = urllib.request.Request(base_url + "/chat/completions", body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as response:
@@ -188,11 +189,13 @@ def test_eval_calls_the_judge_named_in_the_config(server, tmp_path):
     ev = eval_section({"pairwise": {"max_new_tokens": 8}, "data_dir": str(tmp_path),
                        "judge": {"base_url": base_url, "model": model, "max_tokens": MAX_TOKENS}})
     out = tmp_path / "out"
-    result = run_judged(_Outputs(), ev, "pairwise", str(out))
+    part = run_judged(_Outputs, ev, "pairwise", str(out))
+    assert part["judge"] == {"model": model, "base_url": base_url}
+    result = part["vs"]["against"]
     requests = pw.read_jsonl(result["requests"])
-    replies = {r["id"]: r["reply"] for r in pw.read_jsonl(str(out / "pairwise_replies.jsonl"))}
-    assert replies == {r["id"]: _direct(base_url, model, r["prompt"]) for r in requests}
-    assert result["judge"] == {"model": model, "base_url": base_url}
+    replies = {r["id"]: r["reply"] for r in pw.read_jsonl(str(out / "pairwise_vs_against_replies.jsonl"))}
+    assert all(r["system"] for r in requests)  # seed 002's Figure 4 has a system prompt: sent as one
+    assert replies == {r["id"]: _direct(base_url, model, r["prompt"], r["system"]) for r in requests}
     # the judge gave "8 6" in both orders: the first-shown answer wins each time, so every item is a tie
-    assert set(replies.values()) == {" 8 6\n"}
+    assert {reply.splitlines()[0] for reply in replies.values()} == {" 8 6"}
     assert (result["n"], result["win"], result["tie"], result["lose"]) == (2, 0, 2, 0)

@@ -23,13 +23,16 @@ def paper_text(seed: str) -> str:
     return (SEEDS / seed if (SEEDS / seed).is_file() else EXCERPTS / seed).read_text()
 
 
-@pytest.mark.parametrize("seed", sorted(p.name for p in EXCERPTS.glob("*.txt")))
-def test_table_excerpts_are_the_papers_own_lines(seed):
-    """Each excerpt line is a line of the paper, in the paper's order (skipped where the papers are not here)."""
+@pytest.mark.parametrize("excerpt", sorted([*EXCERPTS.glob("*.txt"), *(EXCERPTS.parent / "seed_prompts").glob("*.txt")]),
+                         ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_table_excerpts_are_the_papers_own_lines(excerpt):
+    """Each excerpt line (the tables' here, the judge prompts' for test_eval_protocols) is a line of the paper, in
+    the paper's order (skipped where the papers are not here)."""
+    seed = excerpt.name
     if not (SEEDS / seed).is_file():
         pytest.skip(f"the papers' text is not beside this checkout ({SEEDS})")
     full = iter((SEEDS / seed).read_text().splitlines())
-    for line in (EXCERPTS / seed).read_text().splitlines():
+    for line in excerpt.read_text().splitlines():
         assert any(line == other for other in full), line
 
 # (family, table id, seed file, the line after which the table's rows start, the line that ends them, which
@@ -155,10 +158,10 @@ def test_report_tables_and_figures_from_results(tmp_path):
         _run(tmp_path, f"acp_ratio_{ratio}_llama2_7b", "model: {preset: llama2-7b}\n", _mixture_results(scale))
     _run(tmp_path, "acp_ratio_1.5_llama2_7b", "model: {preset: llama2-7b}\n", None)  # not finished
     full = tmp_path / "runs" / "alpaca_full_llama2_7b" / "eval" / "pairwise_outputs.jsonl"
-    _run(tmp_path, "alpaca_full_llama2_7b", "eval: {pairwise: true}\n", None)
+    _run(tmp_path, "alpaca_full_llama2_7b", "eval: {pairwise: {against: {}}}\n", None)
     _run(tmp_path, "alpaca_longest_1k_llama2_7b", f"eval: {{pairwise: {{against: {full}}}}}\n",
-         {"model": "m", "parts": ["pairwise"], "pairwise": {"win": 5, "tie": 3, "lose": 2, "n": 10,
-                                                             "winning_score": 1.3}})
+         {"model": "m", "parts": ["pairwise"], "pairwise": {"vs": {"pairwise_outputs": {
+             "win": 5, "tie": 3, "lose": 2, "n": 10, "winning_score": 1.3}}}})
     _run(tmp_path, "ablation_dist_pareto_mistral_7b", "model: {preset: mistral-7b}\n"
          "data: {mixture: x, mosaic: {distribution: pareto}}\n", None)
     tydiqa = {f"tydiqa_goldp_{lang}|1-shot": {"f1,none": f1} for lang, f1 in (("en", 0.5), ("fi", 0.3))}
@@ -198,6 +201,56 @@ def test_report_tables_and_figures_from_results(tmp_path):
             assert image.size == size, name
             assert len(image.convert("RGB").getcolors(1 << 20)) > 20, name  # not blank
     assert not (out / "seed000_figure2_count.png").exists() and not (out / "seed000_loss.png").exists()
+
+
+def test_seed002_generated_comparisons_fill_the_columns_of_the_runs_they_name(tmp_path):
+    """The generated seed 002 configs (Alpaca, full and K=1K) with a judged result per comparison they name, each
+    a different score: every cell of Tables 1, 2, 4 and 6 is the score of the comparison with the column's run;
+    the length-neutral rejudging of Longest-1K vs. Full fills no cell."""
+    import random
+
+    import yaml
+
+    from instructjax.cli import experiments
+
+    rng, scores = random.Random(0), {}
+    (tmp_path / "configs").mkdir()
+    for e in experiments.seed002():
+        if e.tags["dataset"] != "alpaca" or e.tags["k"] not in (None, 1000):
+            continue
+        name, run_dir = e.config["name"], tmp_path / "runs" / e.config["name"]
+        (tmp_path / "configs" / f"{name}.yaml").write_text(yaml.safe_dump({**e.config, "run_dir": str(run_dir)}))
+        vs = {}
+        for other in e.config["eval"]["pairwise"]["against"]:
+            win, tie = rng.randint(0, 6), rng.randint(0, 4)
+            vs[other] = {"win": win, "tie": tie, "lose": 10 - win - tie, "n": 10, "winning_score": (2 * win + tie) / 10}
+            scores[name, other] = vs[other]["winning_score"]
+        (run_dir / "eval").mkdir(parents=True)
+        (run_dir / "eval" / "results.json").write_text(json.dumps({"model": "m", "parts": ["pairwise"],
+                                                                    "pairwise": {"vs": vs}}))
+    assert len(set(scores.values())) > 8  # different enough that a cell from the wrong comparison shows
+    families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
+
+    def cell(table: str, key: tuple[str, ...], column: str) -> float | None:
+        rows = _csv(tmp_path / "out" / f"seed002_{table}.csv")
+        keys = list(rows[0])[:len(key)]
+        row = next(r for r in rows if tuple(r[k] for k in keys) == key)
+        return float(row[f"{column} (ours)"]) if row[f"{column} (ours)"] else None
+
+    expected = {  # (table, row, column) -> (run, comparison), as the paper's tables pair them
+        **{("table1", ("Alpaca", "1K", label), col): (f"alpaca_{m}_1k_llama2_7b", other)
+           for m, label in (("kmeans", "Diversity"), ("quality", "Quality"), ("longest", "Longest"))
+           for col, other in (("vs. Full", "full"), ("vs. Random", "random"))},
+        ("table2", ("Alpaca", "Longest-1K"), "vs. Diversity"): ("alpaca_longest_1k_llama2_7b", "kmeans"),
+        ("table2", ("Alpaca", "Longest-1K"), "vs. Quality"): ("alpaca_longest_1k_llama2_7b", "quality"),
+        ("table4", ("vs. Full",), "Alpaca-1K"): ("alpaca_shortest_1k_llama2_7b", "full"),
+        **{("table6", ("Alpaca", "Diversity-1K"), col): ("alpaca_kcenter_1k_llama2_7b", other)
+           for col, other in (("vs. Full", "full"), ("vs. Random", "random"), ("vs. Longest", "longest"))},
+    }
+    for (table, key, column), comparison in expected.items():
+        assert cell(table, key, column) == pytest.approx(scores[comparison]), (table, key, column)
+    assert ("alpaca_longest_1k_llama2_7b", "full_length_neutral") in scores
+    assert cell("table4", ("vs. Full",), "Dolly-1K") is None  # no Dolly runs here
 
 
 def test_a_study_of_ones_own_gets_a_table_a_sweep_curve_and_the_losses(tmp_path):

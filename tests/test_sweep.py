@@ -225,15 +225,15 @@ def test_eval_stage_scores_only_the_judged_parts_whose_replies_arrived(tmp_path,
     (run_dir / "eval").mkdir(parents=True)
     earlier = {"model": str(run_dir), "step": None, "eval": eval_run.eval_digest(config), "parts": ["tasks", "pairwise"],
                "tasks": {"ij_mc": {"acc,none": 0.3}},
-               "pairwise": {"replies": "none yet: put the judge's replies in ..."}}
+               "pairwise": {"vs": {"a": {"replies": "none yet: put the judge's replies in ..."}}}}
     (run_dir / "eval" / "results.json").write_text(json.dumps(earlier))
     assert eval_todo(config) == [] and stage_done(config, "eval")
-    (run_dir / "eval" / "pairwise_replies.jsonl").write_text("")  # the judge's replies arrive
+    (run_dir / "eval" / "pairwise_vs_a_replies.jsonl").write_text("")  # the judge's replies arrive
     assert eval_todo(config) == ["pairwise"]
     monkeypatch.setattr(generate, "load_generator", lambda model, **kw: (None, None))
-    monkeypatch.setattr(eval_run, "run_judged", lambda gen, ev, mode, out: {"winning_score": 1.25})
+    monkeypatch.setattr(eval_run, "run_judged", lambda gen, ev, mode, out, **kw: {"vs": {"a": {"winning_score": 1.25}}})
     results = eval_run.evaluate_config(config, only=eval_todo(config))
-    assert results == {**earlier, "pairwise": {"winning_score": 1.25}}  # the lm-eval part kept, not run again
+    assert results == {**earlier, "pairwise": {"vs": {"a": {"winning_score": 1.25}}}}  # the lm-eval part kept
     assert json.loads((run_dir / "eval" / "results.json").read_text()) == results
     assert stage_done(config, "eval")
 

@@ -1,4 +1,4 @@
-"""`instructjax score`, `generate` and `eval` (lm-eval, the papers' suites, Codex-Eval, pairwise judging).
+"""`instructjax score`, `generate` and `eval` (lm-eval, the papers' suites, Codex-Eval, judging, quality ratings).
 
 `instructjax eval --config RUN.yaml` runs what the config's `eval:` block names (instructjax/eval/run.py);
 the lm-eval runs are instructjax/eval/harness.py, generation instructjax/eval/generate.py.
@@ -55,10 +55,26 @@ def register(subparsers) -> None:
     pw.add_argument("--b", help="system B (or the reference) outputs: JSONL {id, instruction, output}")
     pw.add_argument("--requests", required=True, help="requests JSONL (written by `requests`, read by `score`)")
     pw.add_argument("--replies", help="the judge's replies: JSONL {id, reply}")
+    pw.add_argument("--prompt", help="pairwise: the judge prompt, a name (seed002, seed002_length_neutral, seed003) "
+                                     "or a JSON/YAML file {system, user}; default: seed 002's Figure 4")
     pw.add_argument("--seed", type=int, default=0)
     pw.add_argument("--round-like-table", action="store_true",
                     help="flask: round the 1-5 means to two decimals before scaling, as seed 000's Table 2")
     pw.set_defaults(func=run_pairwise)
+
+    qa = sub.add_parser("quality", help="seed 002's 0-5 quality ratings of training rows (Figure 3): requests, "
+                                        "or the rated rows from the judge's replies or a judge endpoint")
+    qa.add_argument("action", choices=["requests", "rate"])
+    qa.add_argument("--data", required=True, help="JSONL training rows: instruction, input/context, output/response")
+    qa.add_argument("--requests", help="requests: where to write them")
+    qa.add_argument("--replies", help="rate: the judge's replies, JSONL {id, reply} (or give --base-url and --model)")
+    qa.add_argument("--out", help="rate: the rows with their rating in `score` (what selection: quality ranks by)")
+    qa.add_argument("--base-url", help="rate: an OpenAI-compatible endpoint to ask instead of --replies")
+    qa.add_argument("--model", help="rate: the judge model at --base-url (e.g. gpt-3.5-turbo-0301, as the paper)")
+    qa.add_argument("--api-key-env", default="OPENAI_API_KEY", help="the environment variable holding the key")
+    qa.add_argument("--concurrency", type=int, default=4)
+    qa.add_argument("--cache", help="rate: the reply cache (default: OUT.judge_cache.jsonl)")
+    qa.set_defaults(func=run_quality)
 
     codex = sub.add_parser("codex", help="Codex-Eval on the 164 HumanEval problems (pass@1 T=0.1, pass@10 T=0.8)")
     _model_args(codex)
@@ -158,7 +174,9 @@ def run_pairwise(args) -> int:
             raise ConfigError(f"eval pairwise requests --mode {args.mode} needs --a" + ("" if args.mode == "flask" else
                                                                                          " and --b"))
         if args.mode == "pairwise":
-            requests = pw.pairwise_requests(_rows(args.a), _rows(args.b))
+            from instructjax.eval.judge_prompts import pairwise_prompt
+
+            requests = pw.pairwise_requests(_rows(args.a), _rows(args.b), pairwise_prompt(args.prompt))
         elif args.mode == "alpacaeval":
             requests = pw.alpacaeval_requests(_rows(args.a), _rows(args.b), seed=args.seed)
         else:
@@ -178,6 +196,35 @@ def run_pairwise(args) -> int:
         result = pw.score_flask(requests, replies, round_like_table=args.round_like_table)
     json.dump(result, sys.stdout, indent=2)
     print()
+    return 0
+
+
+def run_quality(args) -> int:
+    from instructjax.eval import pairwise as pw
+    from instructjax.eval import quality
+
+    rows = _rows(args.data)
+    requests = quality.quality_requests(rows)
+    if args.action == "requests":
+        if not args.requests:
+            raise ConfigError("eval quality requests needs --requests (where to write them)")
+        pw.write_jsonl(args.requests, requests)
+        print(f"wrote {len(requests)} quality-rating requests to {args.requests}")
+        return 0
+    if not args.out or not (args.replies or (args.base_url and args.model)):
+        raise ConfigError("eval quality rate needs --out, and --replies or --base-url with --model")
+    if args.replies:
+        replies = _rows(args.replies)
+    else:
+        from instructjax.core.config import JudgeEndpoint
+        from instructjax.eval.judge import ask
+
+        endpoint = JudgeEndpoint(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
+                                 concurrency=args.concurrency)
+        replies = ask(requests, endpoint, args.cache or f"{args.out}.judge_cache.jsonl")
+    rated = quality.rate(rows, replies, file=args.replies or args.base_url)
+    pw.write_jsonl(args.out, rated)
+    print(f"wrote {len(rated)} rated rows to {args.out}")
     return 0
 
 

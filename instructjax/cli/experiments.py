@@ -116,19 +116,38 @@ SEED002_TABLE = {"random": "Table 1", "kmeans": "Tables 1-2 (diversity)", "kcent
                  "quality": "Tables 1-2", "longest": "Tables 1-2", "shortest": "Table 4", "full": "Tables 1, 3, 7, 8"}
 
 
-def _selection_experiment(dataset: str, method: str, k: int | None) -> Experiment:
+# the comparisons of Tables 1, 2, 4 and 6: a selection run against the full dataset's run and the other methods'
+# runs of its dataset and size (where there is one); seed 002 Sec. 5 also judges Alpaca's Longest-1K vs. Full with
+# the length-neutral prompt
+SEED002_VERSUS = {"kmeans": ("full", "random"), "quality": ("full", "random"),
+                  "longest": ("full", "random", "kmeans", "quality"), "kcenter": ("full", "random", "longest"),
+                  "shortest": ("full",)}
+SEED002_LENGTH_NEUTRAL = ("alpaca", "longest", 1000)
+
+
+def _selection_name(dataset: str, method: str, k: int | None) -> str:
+    size = "" if k is None else f"_{k // 1000}k" if k % 1000 == 0 else f"_{k}"
+    return f"{dataset}_{method}{size}_llama2_7b"
+
+
+def _selection_experiment(dataset: str, method: str, k: int | None, runs: set[str]) -> Experiment:
     group = "seed002_selection"
     source, template, max_len, _ = SEED002_DATA[dataset]
-    size = "full" if k is None else f"{k // 1000}k" if k % 1000 == 0 else str(k)
-    name = f"{dataset}_{method}" + ("" if k is None else f"_{size}") + "_llama2_7b"
+    name = _selection_name(dataset, method, k)
     task = name.removesuffix("_llama2_7b")
+    versus = {other: run for other in SEED002_VERSUS.get(method, ())
+              if (run := _selection_name(dataset, other, None if other == "full" else k)) in runs}
+    if (dataset, method, k) == SEED002_LENGTH_NEUTRAL:
+        versus["full_length_neutral"] = {"against": versus["full"], "prompt": "seed002_length_neutral"}
     spec: dict[str, Any] = {"source": source, "template": template, "max_length": max_len}
     if method != "full":
         spec["selection"] = {"method": method, "k": k, "seed": 0}
     define = {"tasks": {task: spec}, "mixtures": {task: {"mode": "epoch", "counts": {task: None}}}}
     optim = {k_: SEED002[k_] for k_ in ("lr", "warmup_ratio", "epochs")}
     data = {"mixture": task, "seq_len": max_len, "global_batch": SEED002["global_batch"]}
-    config = _config(name, group, "llama2-7b", data, optim, {"suite": "leaderboard", "pairwise": True}, define=define)
+    pairwise = {"prompt": "seed002", "against": versus}  # no comparisons (full, random): the outputs others judge
+    config = _config(name, group, "llama2-7b", data, optim, {"suite": "leaderboard", "pairwise": pairwise},
+                     define=define)
     note = {"quality": "quality needs rows with a ChatGPT 0-5 rating in meta['score'] (AlpaGasus ratings):\n"
                        f"set define.tasks.{task}.data_files to such a file.",
             "kmeans": "The paper embeds with LLaMA-2-7B; the default encoder here is TF-IDF+SVD (offline)."}.get(method, "")
@@ -138,11 +157,12 @@ def _selection_experiment(dataset: str, method: str, k: int | None) -> Experimen
 
 
 def seed002() -> list[Experiment]:
-    out = [_selection_experiment(d, "full", None) for d in SEED002_DATA]
+    specs = [(d, "full", None) for d in SEED002_DATA]
     for dataset, (_, _, _, sizes) in SEED002_DATA.items():
-        out += [_selection_experiment(dataset, m, k) for k in sizes for m in SEED002_METHODS]
-    out += [_selection_experiment(d, m, k) for d, m, k in SEED002_EXTRA]
-    return out
+        specs += [(dataset, m, k) for k in sizes for m in SEED002_METHODS]
+    specs += list(SEED002_EXTRA)
+    runs = {_selection_name(*spec) for spec in specs}
+    return [_selection_experiment(*spec, runs) for spec in specs]
 
 
 # ---- seed 003: Mosaic-IT (Appendix B.1; ablations of Sec. 4.2 on Mistral-7B + Alpaca-GPT4) -----------
@@ -160,6 +180,13 @@ SEED003_NOTE = ("Cosine decay after warmup, as the paper's Vicuna code base (Fig
                 "Mosaic-IT: one fresh mosaic pass per epoch (3 passes), as the paper's n passes then 1 epoch.")
 
 
+def _versus_baseline(dataset: str, preset: str, mosaic: bool) -> dict:
+    """Seed 003's pairwise part: a Mosaic-IT run against the baseline of its model and data (Tables 1, 3, 4, 5),
+    judged with Figure 6's prompt; a baseline generates the outputs it is compared with."""
+    baseline = f"{dataset}_baseline_{preset.replace('-', '_').replace('.', '_')}"  # a run beside this one
+    return {"prompt": "seed003", "against": {"baseline": baseline} if mosaic else {}}
+
+
 def _mosaic_experiment(preset: str, dataset: str, mosaic: dict | None, name: str, title: str, tags: dict) -> Experiment:
     group = "seed003_mosaic"
     lr, warmup = SEED003_MODELS[preset]
@@ -170,7 +197,8 @@ def _mosaic_experiment(preset: str, dataset: str, mosaic: dict | None, name: str
     if mosaic is not None:
         data["mosaic"] = {"strategy": "mix", "k_max": 10, "distribution": "uniform", "max_length": 2048, **mosaic}
     config = _config(name, group, preset, data, {"lr": lr, "warmup_ratio": warmup, "epochs": 3, "schedule": "cosine"},
-                     {"suite": "leaderboard", "pairwise": True}, define=define)
+                     {"suite": "leaderboard", "pairwise": _versus_baseline(dataset, preset, mosaic is not None)},
+                     define=define)
     return Experiment(f"{group}/{name}.yaml", title, config, SEED003_NOTE, {"preset": preset, "dataset": dataset, **tags})
 
 
@@ -195,7 +223,8 @@ def _table3_experiment(preset: str, dataset: str, method: str) -> Experiment:
     if method == "mosaic":
         data["mosaic"] = {"strategy": "mix", "k_max": 10, "distribution": "uniform", "max_length": 4096}
     config = _config(name, group, preset, data, {"lr": 2e-5, "warmup_ratio": 0.03, "epochs": 2, "schedule": "cosine"},
-                     {"suite": "leaderboard", "pairwise": True}, define=define, template="model")
+                     {"suite": "leaderboard", "pairwise": _versus_baseline(dataset, preset, method == "mosaic")},
+                     define=define, template="model")
     return Experiment(f"{group}/{name}.yaml", f"seed 003, Table 3 / Table 10, {preset}, {dataset}, {method}", config,
                       SEED003_TABLE3_NOTE, {"preset": preset, "dataset": dataset, "method": method})
 

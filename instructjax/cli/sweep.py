@@ -10,8 +10,9 @@ it stands for:
           be the run's newest intact step (a damaged newest step: the one before, as export itself takes).
   eval    RUN_DIR/eval/results.json (eval.out_dir): the model, the checkpoint step evaluated and the eval: block's
           digest, and every part the block names; another step (an `eval --config` taken during training) or
-          another block is evaluated again; a judged part whose judge replies have arrived since is run again
-          (the other parts are kept).
+          another block is evaluated again; a judged part is run again when what it waits for has arrived
+          since (the judge's replies, another run's outputs for a pairwise comparison: eval/judged.py), its
+          outputs and the other parts kept.
 RUN_DIR may be local or in a bucket. With `--launch tpu` a run lives where the launcher puts it
 (BUCKET/runs/NAME, launch/tpu_vm.py `run_dir`), and every stage reads it there.
 The stages run in this process, the same code as `train --resume`, `export` and `eval --config`. SIGTERM
@@ -137,15 +138,16 @@ def eval_todo(config: RunConfig) -> list[str]:
     parts it lacks and the judged parts whose replies have arrived since."""
     from instructjax.core.config import eval_section
     from instructjax.eval import run as ev_run
+    from instructjax.eval.judged import JUDGE_MODE, pending, resolve_runs
 
-    ev = eval_section(config.eval)
+    ev = resolve_runs(eval_section(config.eval), config.run_dir)
     named, results, model = ev_run.config_parts(ev), ev_run.read_results(config), ev_run.eval_model(config)
     if (not results or results.get("model") != model or results.get("eval") != ev_run.eval_digest(config)
             or results.get("step") != (ev_run.model_step(model) if model else None)):
         return named
-    waiting = [p for p in named if p in ev_run.JUDGE_MODE and "replies" in (results.get(p) or {})
-               and storage.path(ev_run.judge_files(ev, p, ev_run.out_dir(config))["replies"]).exists()]
-    return [p for p in named if p not in results.get("parts", []) or p in waiting]
+    out = ev_run.out_dir(config)
+    arrived = [p for p in named if p in JUDGE_MODE and pending(ev, p, out, results.get(p) or {})]
+    return [p for p in named if p not in results.get("parts", []) or p in arrived]
 
 
 def stage_done(config: RunConfig, stage: str) -> bool:
@@ -189,11 +191,12 @@ def export_stage(config: RunConfig, row: Row) -> None:
 
 def eval_stage(config: RunConfig, row: Row) -> None:
     """`eval --config` of the parts still to run (eval_todo)."""
+    from instructjax.eval.judged import JUDGE_MODE, waiting
     from instructjax.eval.run import evaluate_config
 
     results = evaluate_config(config, only=eval_todo(config))  # keeps the parts done before
-    waiting = [p for p in results["parts"] if "replies" in (results.get(p) or {})]
-    row.result = "done" + (f" (awaiting judge replies: {', '.join(waiting)})" if waiting else "")
+    waits = [f"{p} {w}" for p in results["parts"] if p in JUDGE_MODE for w in waiting(results.get(p) or {})]
+    row.result = "done" + (f" (awaiting {', '.join(waits)})" if waits else "")
 
 
 def launch_command(kind: str, path: Path, config: RunConfig, launch_args: str, dry_run: bool) -> list[str]:

@@ -182,15 +182,28 @@ EVAL_BACKENDS = ("auto", "hf", "instructjax")
 JUDGE_MODES = ("pairwise", "alpaca_eval", "flask")
 
 
+@dataclass(frozen=True)
+class Comparison:
+    """One named pairwise comparison: the other system (a run directory, whose `eval/pairwise_outputs.jsonl` it
+    reads, or a `.jsonl` file of outputs) and, where it differs from the part's, the judge prompt."""
+
+    against: str
+    prompt: str | None = None
+
+
 @dataclass
 class JudgeSection:
     """One judged evaluation of an `eval:` block (`pairwise`, `alpaca_eval`, `flask`): the instructions the
-    model answers, the other system's outputs (pairwise: the system compared against; alpaca_eval: the
-    reference, Davinci-003), the judge's replies once there are some. Paths left out default to
-    `eval.data_dir/<mode>/{prompts,against,reference}.jsonl` and `<eval out dir>/<mode>_replies.jsonl`."""
+    model answers, the other system's outputs (pairwise: the systems compared against, one path or named
+    comparisons {name: run dir or .jsonl, or {against, prompt}}, `{}` for none: the outputs only, for other runs to
+    compare with; alpaca_eval: the reference, Davinci-003), the
+    judge prompt (pairwise: a name in eval/judge_prompts.py or a file; None: seed 002's Figure 4), the judge's
+    replies once there are some. Paths left out default to `eval.data_dir/<mode>/{prompts,against,reference}.jsonl`
+    and `<eval out dir>/<mode>[_vs_<name>]_replies.jsonl`."""
 
     prompts: str | None = None
-    against: str | None = None  # pairwise: the other system; alpaca_eval: the reference outputs
+    against: str | dict[str, str | Comparison] | None = None
+    prompt: str | None = None
     replies: str | None = None
     max_new_tokens: int | None = None  # None: the paper's (instructjax.eval.pairwise.JUDGE_PROTOCOLS)
     temperature: float = 0.0
@@ -200,6 +213,18 @@ class JudgeSection:
         _check(self.max_new_tokens is None or self.max_new_tokens >= 1,
                f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
         _check(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
+        _check(not isinstance(self.against, dict) or self.replies is None,
+               "named comparisons (against: {name: ...}) have their replies in <out>/pairwise_vs_<name>_replies.jsonl "
+               "(no `replies` key)")
+
+    def comparisons(self) -> dict[str, Comparison]:
+        """The named comparisons; one `against` path is one comparison named after its file (or run directory)."""
+        if isinstance(self.against, dict):
+            return {name: c if isinstance(c, Comparison) else Comparison(c) for name, c in self.against.items()}
+        if self.against is None:
+            return {}
+        stem = self.against.rstrip("/").rsplit("/", 1)[-1].removesuffix(".jsonl")
+        return {stem: Comparison(self.against)}
 
 
 @dataclass(frozen=True)

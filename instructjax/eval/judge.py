@@ -3,7 +3,8 @@ gateway) through the `openai` client, with retries, rate-limit backoff and a rep
 
 A config names the endpoint once (`eval.judge`): its base URL, the model, the environment variable that holds the
 key, how many requests may be in flight. `ask(requests, endpoint, cache)` sends each judge request (`{"id",
-"prompt"}`, as `eval/pairwise.py` writes them) as one user message and gives back `{"id", "reply"}` rows, the
+"system"?, "prompt"}`, as `eval/pairwise.py` writes them) as a system message, where it has one, and a user
+message, and gives back `{"id", "reply"}` rows, the
 replies the files route reads. Every reply is kept in a cache file keyed by (model, sampling, prompt): a rerun
 pays for nothing it already has. A request that keeps failing past the retries stops with one line naming it;
 the replies got before it stay in the cache.
@@ -27,9 +28,15 @@ from instructjax.core.errors import ConfigError
 RETRIABLE = ("RateLimitError", "APIConnectionError", "APITimeoutError", "InternalServerError")
 
 
-def cache_key(endpoint: JudgeEndpoint, prompt: str) -> str:
-    """What makes a reply the same: the model, its sampling and the prompt (not the URL it was served at)."""
-    return hashlib.sha256(json.dumps([endpoint.model, endpoint.temperature, endpoint.max_tokens, prompt])
+def messages(request: Mapping) -> list[dict[str, str]]:
+    """The chat messages of a judge request: its `system` message where it has one, then its `prompt`."""
+    system = [{"role": "system", "content": request["system"]}] if request.get("system") else []
+    return [*system, {"role": "user", "content": request["prompt"]}]
+
+
+def cache_key(endpoint: JudgeEndpoint, request: Mapping) -> str:
+    """What makes a reply the same: the model, its sampling and the messages (not the URL it was served at)."""
+    return hashlib.sha256(json.dumps([endpoint.model, endpoint.temperature, endpoint.max_tokens, messages(request)])
                           .encode()).hexdigest()
 
 
@@ -80,7 +87,7 @@ def _ask_one(client, endpoint: JudgeEndpoint, request: Mapping) -> str:
     for attempt in range(endpoint.max_retries + 1):
         try:
             out = client.chat.completions.create(
-                model=endpoint.model, messages=[{"role": "user", "content": request["prompt"]}],
+                model=endpoint.model, messages=messages(request),
                 temperature=endpoint.temperature, max_tokens=endpoint.max_tokens)
             return out.choices[0].message.content or ""
         except Exception as exc:  # noqa: BLE001  the openai client's errors, by name (no import at module level)
@@ -95,7 +102,7 @@ def ask(requests: Sequence[Mapping], endpoint: JudgeEndpoint, cache_path: str | 
     """{"id", "reply"} for every request, in order: cached replies as they are, the rest asked of the endpoint,
     `endpoint.concurrency` at a time."""
     cache = ReplyCache(cache_path)
-    keys = [cache_key(endpoint, r["prompt"]) for r in requests]
+    keys = [cache_key(endpoint, r) for r in requests]
     todo = [(r, k) for r, k in zip(requests, keys, strict=True) if cache.get(k) is None]
     if todo:
         client = _client(endpoint)

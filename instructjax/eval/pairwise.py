@@ -1,9 +1,10 @@
 """LLM-as-judge evaluation as files: write judge requests, read the judge's replies, compute the scores.
 
-The judge is an outside API; requests and replies are JSONL (`{"id", "prompt", ...}` out,
-`{"id", "reply"}` back), so runs are reproducible from recorded replies. Prompts are our own words; the
-protocol of each paper (`JUDGE_PROTOCOLS`: scale, orders, tie rule, the evaluated model's generation length)
-is the paper's:
+The judge is an outside API; requests and replies are JSONL (`{"id", "system"?, "prompt", ...}` out,
+`{"id", "reply"}` back), so runs are reproducible from recorded replies (eval/judge.py asks an endpoint
+directly). The pairwise prompt is the papers' own (eval/judge_prompts.py); AlpacaEval's and FLASK's are our
+words. The protocol of each paper (`JUDGE_PROTOCOLS`: scale, orders, tie rule, the evaluated model's generation
+length) is the paper's:
 
 - pairwise (seeds 002/003): each instruction is judged twice with the two responses swapped; the judge
   gives each response a 1-10 score on its first line. A system wins (loses) an instruction only when
@@ -29,6 +30,7 @@ from dataclasses import dataclass
 
 from instructjax.core import storage
 from instructjax.core.errors import DataError
+from instructjax.eval.judge_prompts import JudgePrompt, pairwise_prompt
 
 
 @dataclass(frozen=True)
@@ -61,21 +63,6 @@ JUDGE_PROTOCOLS: dict[str, JudgeProtocol] = {
 
 FLASK_SKILLS = ("logical correctness", "factuality", "commonsense understanding", "comprehension",
                 "completeness", "insightfulness", "readability", "conciseness")
-
-PAIRWISE_PROMPT = """You are a careful, impartial judge of AI assistants.
-
-[Instruction]
-{instruction}
-
-[Response of Assistant 1]
-{first}
-
-[Response of Assistant 2]
-{second}
-
-Rate how helpful, relevant, accurate and detailed each response is, on a scale of 1 to 10 (higher is better).
-On the first line write only the two scores, Assistant 1's then Assistant 2's, separated by a space.
-Then explain your ratings, making sure the order in which the responses were shown does not sway you."""
 
 ALPACAEVAL_PROMPT = """You compare two outputs for the same instruction and pick the one a human would prefer.
 
@@ -131,8 +118,10 @@ def _by_id(rows: Sequence[Mapping], what: str) -> dict[str, Mapping]:
 # ---- requests ---------------------------------------------------------------------------------------
 
 
-def pairwise_requests(a: Sequence[Mapping], b: Sequence[Mapping]) -> list[dict]:
-    """Two requests per shared id ({"id", "instruction", "output"} rows): order "ab" and order "ba"."""
+def pairwise_requests(a: Sequence[Mapping], b: Sequence[Mapping], prompt: JudgePrompt | None = None) -> list[dict]:
+    """Two requests per shared id ({"id", "instruction", "output"} rows): order "ab" and order "ba", in the
+    judge prompt `prompt` (None: seed 002's Figure 4)."""
+    prompt = prompt or pairwise_prompt(None)
     a_rows, b_rows = _by_id(a, "system A"), _by_id(b, "system B")
     missing = sorted(set(a_rows) ^ set(b_rows))
     if missing:
@@ -141,9 +130,10 @@ def pairwise_requests(a: Sequence[Mapping], b: Sequence[Mapping]) -> list[dict]:
     for item, row in a_rows.items():
         outputs = {"a": row["output"], "b": b_rows[item]["output"]}
         for order in ("ab", "ba"):
-            prompt = PAIRWISE_PROMPT.format(instruction=row["instruction"], first=outputs[order[0]],
-                                            second=outputs[order[1]])
-            requests.append({"id": f"{item}|{order}", "item": item, "order": order, "prompt": prompt})
+            system, user = prompt.messages(question=row["instruction"], answer_1=outputs[order[0]],
+                                           answer_2=outputs[order[1]])
+            requests.append({"id": f"{item}|{order}", "item": item, "order": order, "system": system,
+                             "prompt": user})
     return requests
 
 

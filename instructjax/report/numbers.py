@@ -61,9 +61,16 @@ def judged(part: str, key: str) -> Read:
 
 
 def pairwise(key: str, against: Callable[[Run], bool]) -> Read:
-    """The run's pairwise `key` (winning_score, win, tie, lose) when the system it was judged against is a run
-    for which `against` holds (the column's system, e.g. the full dataset)."""
-    return lambda run: judged("pairwise", key)(run) if run.against is not None and against(run.against) else None
+    """The run's pairwise `key` (winning_score, win, tie, lose) in its comparison with a run for which `against`
+    holds (the column's system, e.g. the full dataset)."""
+    def read(run: Run) -> float | None:
+        compared = ((run.results or {}).get("pairwise") or {}).get("vs") or {}
+        for name, other in run.against.items():
+            value = number((compared.get(name) or {}).get(key))
+            if against(other) and value is not None:
+                return value
+        return None
+    return read
 
 
 def mean(*reads: Read) -> Read:

@@ -41,16 +41,16 @@ class Run:
     config: RunConfig
     results: dict | None = None
     metrics: list[dict] = field(default_factory=list)
-    against: Run | None = None  # the run its pairwise judge compared it with (`link_pairwise`)
+    against: dict[str, Run] = field(default_factory=dict)  # comparison name -> the run compared with (link_pairwise)
 
     @property
     def name(self) -> str:
         return self.config.name
 
-    def pairwise_against(self) -> str | None:
-        """The file the pairwise judge compared this run with (`eval.pairwise.against`), if the block names one."""
+    def pairwise_against(self) -> dict[str, str]:
+        """What the pairwise judge compared this run with, by comparison name (`eval.pairwise.against`)."""
         section = eval_section(self.config.eval).judged("pairwise")
-        return section.against if section is not None else None
+        return {name: c.against for name, c in section.comparisons().items()} if section is not None else {}
 
 
 def read_run(path: Path) -> Run:
@@ -70,9 +70,13 @@ def number(value: object) -> float | None:
 
 
 def link_pairwise(runs: list[Run]) -> None:
-    """Set each run's `against`: the run whose name is a component (or the file's stem) of the path its
-    `eval.pairwise.against` names, e.g. runs/seed002_selection/alpaca_full_llama2_7b/eval/pairwise_outputs.jsonl."""
+    """Set each run's `against`: per comparison, the run whose directory it names, or whose name is a component
+    (or the file's stem) of the path, e.g. runs/seed002_selection/alpaca_full_llama2_7b(/eval/pairwise_outputs.jsonl)."""
     for run in runs:
-        path = run.pairwise_against()
-        parts = (set(Path(os.path.normpath(path)).parts) | {Path(path).stem}) if path else set()
-        run.against = next((r for r in runs if r.name in parts and r is not run), None)
+        run.against = {}
+        for name, path in run.pairwise_against().items():
+            parts = set(Path(os.path.normpath(path)).parts) | {Path(path).stem}
+            same_dir = [r for r in runs if r is not run and r.config.run_dir.rstrip("/") == path.rstrip("/")]
+            other = next(iter(same_dir), None) or next((r for r in runs if r.name in parts and r is not run), None)
+            if other is not None:
+                run.against[name] = other

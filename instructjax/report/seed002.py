@@ -1,8 +1,10 @@
 """Seed 002, Rethinking Data Selection for SFT: Tables 1-4 and 6-8 and the selection-size sweep.
 
 A run is read from its config's name (`<dataset>_<method>[_<K>]_*`, as `instructjax experiments` names them).
-A winning score lands in the column of the system it was judged against: the run whose name is in the path
-of its `eval.pairwise.against` (runs.link_pairwise), e.g. the full dataset's run for "vs. Full".
+A winning score lands in the column of the run its comparison names (`eval.pairwise.against`, runs.link_pairwise):
+the generated configs name them (cli/experiments.py SEED002_VERSUS), e.g. `full: alpaca_full_llama2_7b` fills
+"vs. Full"; a run with several comparisons with the column's run (Longest-1K's length-neutral rejudging) fills it
+from the first.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ BENCHMARKS = (Column("LongForm", n.never), Column("ELI5", n.never), *(Column(lab
               Column("AVG1", n.never), Column("AVG2", AVG2))
 BENCHMARK_NOTE = ("LongForm and ELI5 (METEOR) are not in our suites, hence AVG1 is missing. The paper does not say "
                   "which selection size this table shows: the K={k} runs fill its rows; other sizes get their own.")
-VS_NOTE = "A winning score fills the column of the run it was judged against (`eval.pairwise.against`)."
+VS_NOTE = "A winning score fills the column of the run its comparison names (`eval.pairwise.against`)."
 
 TABLES = (
     Table("table1", "winning scores against the full dataset and random selection", ("Dataset", "Size", "Strategy"),

@@ -1,8 +1,8 @@
 """Seed 003, Mosaic-IT: Tables 1, 2, 3, 4, 5 and 10 and the k distributions (Figures 3 and 5).
 
 A run is read from its config's name (`<dataset>_<baseline|mosaic>_*`, `ablation_<strategy|kmax|dist>_<value>_*`,
-as `instructjax experiments` names them) and `model.preset`. Winning scores are against the run named in
-`eval.pairwise.against` when that is a baseline run. The ablation rows are Mistral-7B's; another model's
+as `instructjax experiments` names them) and `model.preset`. Winning scores are the comparison with a baseline run
+(`eval.pairwise.against: {baseline: ...}`). The ablation rows are Mistral-7B's; another model's
 runs get rows of their own, labelled with the model.
 """
 
