@@ -476,6 +476,7 @@ def test_eval_config_runs_the_eval_block(tmp_path, monkeypatch):
     expected_win = 100 * sum(rng.choice(("mr", "rm")) == "mr" for _ in range(3)) / 3
     (tmp_path / "run.yaml").write_text(f"""name: tiny
 run_dir: {run_dir}
+wandb: {{project: ij-test, mode: offline, dir: {tmp_path}}}
 eval:
   suite: ij_proto
   include_path: {include}
@@ -505,6 +506,15 @@ eval:
         "against": str(twin), "prompt": "seed002",
         "outputs": f"none yet: {twin} (evaluate that run first, then this one again)"}
     assert results["alpaca_eval"]["win_rate"] == pytest.approx(expected_win)
+    # the numbers went to the run's W&B summary too (offline)
+    import wandb_records
+
+    from instructjax.core.tracking import run_id
+
+    logged = wandb_records.summary(tmp_path, run_id(str(run_dir)))
+    assert logged["eval/pairwise/vs/b/winning_score"] == pytest.approx(5 / 3)
+    assert logged["eval/alpaca_eval/win_rate"] == pytest.approx(expected_win)
+    assert logged["eval/suite/ij_gsm|0-shot/protocol/n"] == 4
     assert "none yet" in results["flask"]["replies"]
     flask_requests = pw.read_jsonl(str(out_dir / "flask_requests.jsonl"))
     assert [r["skills"] for r in flask_requests] == [["factuality", "conciseness"]] * 3

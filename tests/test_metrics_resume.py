@@ -67,14 +67,25 @@ def reference(tmp_path_factory, env):
 
 @pytest.mark.parametrize("at", [7, 10])  # inside a log window; a logged step (TensorBoard keeps it on resume)
 def test_sigterm_then_resume_logs_what_an_uninterrupted_run_logs(tmp_path, env, reference, at):
+    """... and Weights & Biases (offline) gets, in one W&B run across the restart, what metrics.jsonl holds."""
+    import wandb_records
+
+    from instructjax.core.tracking import run_id
+
     run_dir = tmp_path / "run"
-    stopped = train(run_dir, env, faults={"FAULT_SIGTERM_AFTER_STEP": str(at)})
+    wandb = ["wandb.project=ij-test", "wandb.mode=offline", f"wandb.dir={tmp_path}", "wandb.tags=[resume]"]
+    stopped = train(run_dir, env, *wandb, faults={"FAULT_SIGTERM_AFTER_STEP": str(at)})
     assert stopped.returncode == 75 and f"preempted: saved step {at}" in stopped.stderr, stopped.stderr[-3000:]
     assert [r["step"] for r in lines(run_dir)] == [s for s in (10,) if s <= at]  # what was due before the signal
-    resumed = train(run_dir, env, "--resume")
+    resumed = train(run_dir, env, "--resume", *wandb)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert lines(run_dir) == lines(reference)  # step 10's window covers steps 1-10 across the restart
     assert tensorboard_scalars(run_dir) == tensorboard_scalars(reference)
     assert ("loss", 10) in tensorboard_scalars(run_dir)
-    for record in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()):
+    logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for record in logged:
         assert 0 < record["tokens_per_sec"] < 1e7 and 0 < record["step_seconds"] < 60
+    assert len(wandb_records.run_files(tmp_path, run_id(str(run_dir)))) == 2  # the preempted run, the resumed one
+    history = wandb_records.history(tmp_path, run_id(str(run_dir)))
+    numbers = [{k: v for k, v in r.items() if k != "step" and not isinstance(v, str)} for r in logged]
+    assert history == {r["step"]: pytest.approx(n) for r, n in zip(logged, numbers, strict=True)}

@@ -248,6 +248,46 @@ class JudgeEndpoint:
 
 
 @dataclass
+class ToxigenSection:
+    """ToxiGen as seed 004 runs it (App. C, open-instruct's eval/toxigen): `per_group` hateful prompts of each
+    targeted group from `data_dir` (ToxiGen's prompts/hate_<group>_1k.txt files; None: eval.data_dir/toxigen),
+    completed greedily up to `max_new_tokens`, classified by `classifier` (ToxiGen's RoBERTa, a local dir or hub
+    id). `chat`: in the model's template ("Complete the following: ..."); False: a base model's raw prompt,
+    decoded to the first newline."""
+
+    data_dir: str | None = None
+    classifier: str = "tomh/toxigen_roberta"
+    per_group: int = 500
+    chat: bool = True
+    max_new_tokens: int = 512
+    seed: int = 42
+    batch_size: int = 32
+
+    def __post_init__(self):
+        _check(self.per_group >= 1 and self.max_new_tokens >= 1 and self.batch_size >= 1,
+               "eval.toxigen: per_group, max_new_tokens and batch_size must be >= 1")
+
+
+@dataclass
+class TruthfulqaSection:
+    """TruthfulQA's generation setting as seed 004 runs it (App. C, open-instruct's eval/truthfulqa): the 6-shot
+    QA prompt, greedy answers of up to `max_new_tokens`, judged by `truth_judge` and `info_judge` (causal LMs
+    answering "yes" after "Q: ...\nA: ...\nTrue:" / "Helpful:"; P(yes) >= 0.5). `data`: TruthfulQA.csv (its
+    `Question` column) or a JSONL with `question`; None: eval.data_dir/truthfulqa/TruthfulQA.csv."""
+
+    data: str | None = None
+    truth_judge: str = "allenai/truthfulqa-truth-judge-llama2-7B"
+    info_judge: str = "allenai/truthfulqa-info-judge-llama2-7B"
+    chat: bool = True
+    max_new_tokens: int = 50
+    limit: int | None = None
+
+    def __post_init__(self):
+        _check(self.max_new_tokens >= 1 and (self.limit is None or self.limit >= 1),
+               "eval.truthfulqa: max_new_tokens and limit must be >= 1")
+
+
+@dataclass
 class EvalSection:
     """What `instructjax eval --config RUN.yaml` runs: a paper's `suite` (lm-eval, GSM8K/BBH by the paper's
     protocol) and/or lm-eval `tasks`, Codex-Eval (`codex`; None: when the suite has it), and the judged
@@ -266,6 +306,8 @@ class EvalSection:
     alpaca_eval: JudgeSection | bool = False
     flask: JudgeSection | bool = False
     judge: JudgeEndpoint | None = None
+    toxigen: ToxigenSection | bool = False
+    truthfulqa: TruthfulqaSection | bool = False
     data_dir: str = "eval_data"
     out_dir: str | None = None  # None: <run_dir>/eval
 
@@ -279,10 +321,37 @@ class EvalSection:
         value = getattr(self, mode)
         return JudgeSection() if value is True else (value or None)
 
+    def protocol(self, name: str) -> ToxigenSection | TruthfulqaSection | None:
+        """The section of a classifier-scored part (`toxigen`, `truthfulqa`; defaults for `true`), None when off."""
+        value = getattr(self, name)
+        return {"toxigen": ToxigenSection, "truthfulqa": TruthfulqaSection}[name]() if value is True else (value or None)
+
 
 def eval_section(values: dict[str, Any]) -> EvalSection:
     """The checked EvalSection of a config's `eval:` mapping (RunConfig keeps the mapping itself)."""
     return build_section(EvalSection, values, "eval")
+
+
+WANDB_MODES = ("online", "offline", "disabled")
+
+
+@dataclass(frozen=True)
+class WandbSection:
+    """Weights & Biases logging (`wandb:`), beside metrics.jsonl and TensorBoard: the training metrics as they
+    are logged and the evaluation results, in one W&B run per run directory (core/tracking.py). `group` None: the
+    run directory's parent folder (the family); `mode` None: W&B's own (WANDB_MODE, else online); `dir` None:
+    W&B's default local folder (./wandb)."""
+
+    project: str
+    entity: str | None = None
+    group: str | None = None
+    tags: tuple[str, ...] = ()
+    mode: str | None = None
+    dir: str | None = None
+
+    def __post_init__(self):
+        _check(self.mode is None or self.mode in WANDB_MODES,
+               f"wandb.mode must be one of {', '.join(WANDB_MODES)}, got {self.mode!r}")
 
 
 @dataclass
@@ -303,6 +372,7 @@ class RunConfig:
     eval: dict[str, Any] = field(default_factory=dict)
     define: dict[str, Any] = field(default_factory=dict)
     imports: list[str] = field(default_factory=list)  # user modules (names or .py paths) imported on load
+    wandb: WandbSection | None = None  # optional Weights & Biases logging of metrics and results
 
     def __post_init__(self):
         _check(self.max_steps is None or self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")
@@ -484,7 +554,7 @@ def to_dict(config: RunConfig) -> dict:
 
 # where and how a run runs, is logged, saved and evaluated: none of it changes what it trains (dotted keys and
 # everything below them)
-NOT_TRAINING = ("name", "run_dir", "log_every", "mesh", "distributed", "checkpoint", "eval", "data.prefetch",
+NOT_TRAINING = ("name", "run_dir", "log_every", "mesh", "distributed", "checkpoint", "eval", "wandb", "data.prefetch",
                 "model.overrides.attention", "model.overrides.attention_block", "model.overrides.attention_backward_block",
                 "model.overrides.scan_layers",
                 "model.overrides.remat", "optim.loss_chunk")  # fmt: skip

@@ -1,14 +1,16 @@
 """A run config's `eval:` block, run (core.config.EvalSection): what `instructjax eval --config` and
 `instructjax sweep` do.
 
-The suite (GSM8K/BBH by the paper's protocol, eval/protocols.py), extra lm-eval tasks, Codex-Eval, and the
-judged evaluations (pairwise, alpaca_eval, flask: eval/judged.py).
+The suite (GSM8K/BBH by the paper's protocol, eval/protocols.py), extra lm-eval tasks, Codex-Eval, ToxiGen and
+TruthfulQA as seed 004 scores them (eval/toxigen.py, eval/truthfulqa.py), and the judged evaluations (pairwise,
+alpaca_eval, flask: eval/judged.py).
 Everything lands in the eval directory (default RUN_DIR/eval): results.json (written whole, atomically),
 suite_samples.jsonl, and the judged parts' files (eval/judged.py).
 
 results.json: {"model", "step" (the checkpoint step evaluated: `model_step`), "eval" (`eval_digest` of the
 block), "parts": [the parts it holds], "suite": {"TASK|N-shot": {metric: value, "protocol":
-{...}}}, "tasks": {TASK: {metric: value}}, "codex": {"pass@1", "pass@10"}, and the judged parts' results
+{...}}}, "tasks": {TASK: {metric: value}}, "codex": {"pass@1", "pass@10"}, "toxigen": {GROUP: % toxic, "overall", "n"},
+"truthfulqa": {"truthful", "informative", "truthful_and_informative", "n"}, and the judged parts' results
 "pairwise" {"vs": {NAME: {win, tie, lose, n, winning_score, ...}}}, "alpaca_eval" {win_rate, n}, "flask" {skill:
 score, "average"} (eval/judged.py: what a part still waits for says so in place of its scores).
 """
@@ -18,12 +20,13 @@ from __future__ import annotations
 import dataclasses
 import json
 
-from instructjax.core import storage
+from instructjax.core import storage, tracking
 from instructjax.core.config import EvalSection, RunConfig, digest, eval_section
 from instructjax.core.errors import ConfigError
 from instructjax.eval.judged import JUDGE_MODE, check_inputs, resolve_runs, run_judged
 
-EVAL_PARTS = ("suite", "tasks", "codex", "pairwise", "alpaca_eval", "flask")
+EVAL_PARTS = ("suite", "tasks", "codex", "toxigen", "truthfulqa", "pairwise", "alpaca_eval", "flask")
+PROTOCOLS = ("toxigen", "truthfulqa")  # generation scored by classifiers (eval/toxigen.py, eval/truthfulqa.py)
 
 
 def config_parts(ev: EvalSection) -> list[str]:
@@ -38,8 +41,17 @@ def config_parts(ev: EvalSection) -> list[str]:
     codex = ev.codex if ev.codex is not None else bool(ev.suite and any(t.task == CODEX_EVAL for t in suite(ev.suite)))
     if codex:
         parts.append("codex")
+    parts += [name for name in PROTOCOLS if ev.protocol(name) is not None]
     parts += [mode for mode in JUDGE_MODE if ev.judged(mode) is not None]
     return parts
+
+
+def protocol_data(ev: EvalSection, name: str) -> str:
+    """The data a classifier-scored part reads: ToxiGen's prompt folder, TruthfulQA's questions."""
+    section = ev.protocol(name)
+    if name == "toxigen":
+        return section.data_dir or storage.join(ev.data_dir, "toxigen")
+    return section.data or storage.join(ev.data_dir, "truthfulqa", "TruthfulQA.csv")
 
 
 def eval_model(config: RunConfig) -> str | None:
@@ -99,8 +111,8 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
         raise ConfigError(f"--only {unknown[0]!r}: the config's eval: block names {', '.join(named) or 'nothing'}")
     parts = [p for p in named if only is None or p in only]
     if not parts:
-        raise ConfigError(f"config {config.name!r}: the eval: block names nothing to run (suite, tasks, codex, "
-                          "pairwise, alpaca_eval, flask)")
+        raise ConfigError(f"config {config.name!r}: the eval: block names nothing to run "
+                          f"({', '.join(EVAL_PARTS)})")
     model = model or eval_model(config)
     if not model:
         raise ConfigError(f"config {config.name!r}: no model to evaluate (give --model)")
@@ -110,6 +122,9 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
     target = storage.join(checkpoints_dir(model), str(step)) if pinned else model
     for mode in (p for p in parts if p in JUDGE_MODE):  # every input file before any work
         check_inputs(ev, mode, out)
+    for name in (p for p in parts if p in PROTOCOLS):
+        if not storage.path(protocol_data(ev, name)).exists():
+            raise ConfigError(f"eval.{name}: {protocol_data(ev, name)} does not exist")
     results: dict = {"model": model, "step": step, "eval": eval_digest(config), "parts": parts}
     earlier = read_results(config) if only is not None else None
     same = bool(earlier) and all(earlier.get(k) == results[k] for k in ("model", "step", "eval"))
@@ -131,6 +146,15 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
         from instructjax.eval.humaneval import codex_eval
 
         results["codex"] = codex_eval(generator(), n=ev.codex_samples)
+    if "toxigen" in parts:
+        from instructjax.eval.toxigen import run_toxigen
+
+        results["toxigen"] = run_toxigen(generator(), ev.protocol("toxigen"), protocol_data(ev, "toxigen"), out)
+    if "truthfulqa" in parts:
+        from instructjax.eval.truthfulqa import run_truthfulqa
+
+        results["truthfulqa"] = run_truthfulqa(generator(), ev.protocol("truthfulqa"), protocol_data(ev, "truthfulqa"),
+                                               out)
     for part in (p for p in parts if p in JUDGE_MODE):  # an earlier run's outputs of this model are kept
         results[part] = run_judged(generator, ev, part, out, reuse_outputs=same and part in earlier.get("parts", []))
     if same:
@@ -138,4 +162,5 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
         results = {**earlier, **results, "parts": [p for p in named if p in held]}
     # whole or not at all: a killed evaluation never leaves a torn results.json
     storage.write_text(storage.path(out) / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    tracking.log_results(config, results)  # W&B, where the config asks
     return results

@@ -1,4 +1,5 @@
-"""Run metrics: RUN_DIR/metrics.jsonl, TensorBoard events, and loss.png at the end; RUN_DIR local or in a bucket.
+"""Run metrics: RUN_DIR/metrics.jsonl, TensorBoard events, and loss.png at the end; RUN_DIR local or in a bucket;
+Weights & Biases too where the config asks (core/tracking.py).
 
 One JSON object per logged step (`step`, `loss` with `loss_reduction` saying which objective it is,
 `lr`, `grad_norm`, `tokens`, `tokens_per_sec` and `step_seconds` over the logged window's own wall time,
@@ -27,9 +28,10 @@ class MetricsLogger:
     """Appends metrics to RUN_DIR/metrics.jsonl and TensorBoard (RUN_DIR/tensorboard). `resume_step`: a resumed
     run keeps what was logged up to that step, and TensorBoard discards what the interrupted run logged after it."""
 
-    def __init__(self, run_dir, *, enabled: bool = True, resume_step: int | None = None):
+    def __init__(self, run_dir, *, enabled: bool = True, resume_step: int | None = None, tracker=None):
         self.enabled = enabled
         self.writer = None
+        self.tracker = tracker  # a W&B run (core/tracking.start) or None
         if not enabled:
             return
         self.mirror = storage.Mirror(run_dir)
@@ -63,6 +65,8 @@ class MetricsLogger:
                 if isinstance(value, (int, float)):
                     self.writer.add_scalar(key, value, step)
             self.writer.flush()
+        if self.tracker is not None:
+            self.tracker.log({k: v for k, v in values.items() if isinstance(v, (int, float))}, step=step)
         if time.monotonic() - self._synced >= SYNC_SECONDS:
             self.sync()
 
@@ -80,6 +84,9 @@ class MetricsLogger:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
+        if self.tracker is not None:
+            self.tracker.finish()
+            self.tracker = None
         self.mirror.close()
         self.enabled = False
 

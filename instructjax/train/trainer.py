@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from instructjax.convert.saved import load_params_as
 from instructjax.core import checkpoint as ckpt
-from instructjax.core import hosts, integrity, sharding, storage
+from instructjax.core import hosts, integrity, sharding, storage, tracking
 from instructjax.core.config import RunConfig, to_dict, training_changes, training_digest
 from instructjax.core.errors import ConfigError, InstructJaxError
 from instructjax.model.config import DecoderConfig, preset, with_overrides
@@ -254,7 +254,8 @@ class Trainer:
         result = TrainResult(self.run_dir, start)
         if primary:
             storage.write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.config), sort_keys=False))
-        logger = MetricsLogger(self.run_dir, enabled=primary, resume_step=start if self.resume else None)
+        logger = MetricsLogger(self.run_dir, enabled=primary, resume_step=start if self.resume else None,
+                               tracker=tracking.start(self.config, "train") if primary else None)
         step_fn = jax.jit(
             make_train_step(self.graphdef, self.tx, self.config, len(self.sources), self.mesh),
             in_shardings=(self.param_shardings, self.opt_shardings, sharding.batch_sharding(self.mesh)),
