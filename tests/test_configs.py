@@ -29,12 +29,12 @@ def test_committed_files_equal_generated():
 
 def test_family_sizes():
     groups = [e.path.split("/")[0] for e in EXPS]
-    # seed 000: 8 settings x 2 models + 4 ratios + 4 counts; seed 002: 3 full + (2+2+1 sizes) x 5 methods + 4;
-    # seed 003: 3 models x 3 datasets x 2 + 4 strategies + 5 max counts + 5 distributions + Table 3's 3 models x
-    # 2 datasets x 2; seed 004: 12 datasets x 2 sizes + ShareGPT 30/65B + Human 4 sizes + Tulu 4 sizes + Tulu-1.1
-    # 2 sizes + Table 4's OPT and Pythia.
+    # seed 000: 8 settings x 2 models + 4 ratios + 4 counts; seed 002: Base + 3 full + (2+2+1 sizes) x 5 methods
+    # + 4; seed 003: 3 models x 3 datasets x 2 + 4 strategies + 5 max counts + 5 distributions + Table 3's 3 models
+    # x 2 datasets x 2; seed 004: 6 vanilla LLaMA (1: 7-65B, 2: 7-13B) + 12 datasets x 2 sizes + ShareGPT 30/65B
+    # + Human 4 sizes + Tulu 4 sizes + Tulu-1.1 2 sizes + Table 4's OPT and Pythia.
     assert {g: groups.count(g) for g in set(groups)} == {
-        "seed000_acp": 24, "seed002_selection": 32, "seed003_mosaic": 44, "seed004_tulu": 38}
+        "seed000_acp": 24, "seed002_selection": 33, "seed003_mosaic": 44, "seed004_tulu": 44}
     assert len({e.config["name"] for e in EXPS}) == len(EXPS)  # names (and run dirs) are unique
 
 
@@ -73,7 +73,9 @@ def test_seed002_matches_paper():
     expected_len = {"alpaca": 512, "dolly": 1024, "wizardlm": 2048}  # Appendix C
     expected_template = {"alpaca": "alpaca", "dolly": "alpaca", "wizardlm": "wizardlm"}  # FastChat / WizardLM prompt
     sizes = {}
-    for e in (e for e in EXPS if e.path.startswith("seed002")):
+    base = load("seed002_selection/base_llama2_7b.yaml")  # Tables 3, 7, 8's "Base": evaluated, not trained
+    assert (base.max_steps, base.model.preset, base.eval["suite"]) == (0, "llama2-7b", "leaderboard")
+    for e in (e for e in EXPS if e.path.startswith("seed002") and e.tags["method"] != "base"):
         c = load(e.path)
         (task, spec), = c.define["tasks"].items()
         ds = e.tags["dataset"]
@@ -122,12 +124,19 @@ def test_seed003_matches_paper():
 
 
 def test_seed004_matches_paper():
-    for e in (e for e in EXPS if e.path.startswith("seed004")):
+    vanilla = [e for e in EXPS if e.path.startswith("seed004") and e.tags["mixture"] is None]
+    assert {e.tags["preset"] for e in vanilla} == {"llama1-7b", "llama1-13b", "llama1-33b", "llama1-65b",
+                                                    "llama2-7b", "llama2-13b"}  # Table 5's vanilla rows
+    for e in vanilla:  # evaluated as base models (App. C: raw prompts for ToxiGen and TruthfulQA)
         c = load(e.path)
+        assert c.max_steps == 0 and c.eval["toxigen"] == {"chat": False} and c.eval["truthfulqa"] == {"chat": False}
+    for e in (e for e in EXPS if e.path.startswith("seed004") and e.tags["mixture"] is not None):
+        c = load(e.path)
+        assert c.eval["toxigen"] is True and c.eval["truthfulqa"] is True  # Table 6 for every trained model
         big = c.model.preset in ("llama1-33b", "llama1-65b")
         assert (c.optim.lr, c.data.seq_len) == ((1e-5, 1024) if big else (2e-5, 2048))  # Appendix D
         assert (c.optim.epochs, c.optim.warmup_ratio, c.data.global_batch) == (2, 0.03, 128)
-    single = {(e.tags["mixture"], e.tags["preset"]) for e in EXPS if e.tags.get("mixture", "").startswith("tulu_single")}
+    single = {(e.tags["mixture"], e.tags["preset"]) for e in EXPS if (e.tags.get("mixture") or "").startswith("tulu_single")}
     assert len(single) == 12 * 2 + 2
     c = load("seed004_tulu/tulu_human_gpt_llama2_13b.yaml")  # Tulu-1.1 13B
     assert c.data.mixture == "tulu_human_gpt" and c.eval["suite"] == "tulu"

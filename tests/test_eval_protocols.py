@@ -407,7 +407,7 @@ def test_config_parts_of_the_papers_configs():
         "seed004_tulu/tulu_human_gpt_llama1_7b.yaml")}
     assert parts == {"seed000_acp/acp_ACP_llama2_7b.yaml": ["suite", "codex", "flask"],
                      "seed002_selection/alpaca_longest_1k_llama2_7b.yaml": ["suite", "pairwise"],
-                     "seed004_tulu/tulu_human_gpt_llama1_7b.yaml": ["suite", "codex", "alpaca_eval"]}
+                     "seed004_tulu/tulu_human_gpt_llama1_7b.yaml": ["suite", "codex", "toxigen", "truthfulqa", "alpaca_eval"]}
 
 
 class _FakeGenerator:

@@ -59,6 +59,7 @@ TABLES = [
     (seed004, "table3", "004_c95fab1b15b30ce8.txt", "\tEM (0-shot)", "Table 3:", 0, "tail"),
     (seed004, "table4", "004_c95fab1b15b30ce8.txt", "\tEM (0-shot)", "Pairwise preference", 1, "tail"),
     (seed004, "table5", "004_c95fab1b15b30ce8.txt", "\tEM (0-shot)", "Table 5:", 2, "tail"),
+    (seed004, "table6", "004_c95fab1b15b30ce8.txt", "Model ↓\t7B\t13B", "ChatGPT", 0, "tail"),
     (seed004, "table7", "004_c95fab1b15b30ce8.txt", "Training Dataset", "Table 7:", 0, "after_label"),
 ]
 NUMBER = re.compile(r"-|-?\d+(\.\d+)?")
@@ -251,6 +252,31 @@ def test_seed002_generated_comparisons_fill_the_columns_of_the_runs_they_name(tm
         assert cell(table, key, column) == pytest.approx(scores[comparison]), (table, key, column)
     assert ("alpaca_longest_1k_llama2_7b", "full_length_neutral") in scores
     assert cell("table4", ("vs. Full",), "Dolly-1K") is None  # no Dolly runs here
+
+
+def test_seed004_base_models_and_safety_columns(tmp_path):
+    """The eval-only vanilla LLaMA config fills Tables 3, 5 and 6's base rows; Table 6 gathers a dataset's 7B and
+    13B runs in one row, ToxiGen's overall % toxic and TruthfulQA's % truthful and informative."""
+    suite = {"mmlu|0-shot": {"acc,none": 0.423}}
+    _run(tmp_path, "tulu_vanilla_llama1_13b", "max_steps: 0\nmodel: {preset: llama1-13b}\n",
+         {"model": "m", "parts": ["suite", "toxigen", "truthfulqa"], "suite": suite,
+          "toxigen": {"overall": 81.0, "asian": 80.0, "n": 7000},
+          "truthfulqa": {"truthful": 30.0, "informative": 90.0, "truthful_and_informative": 25.5, "n": 817}})
+    for preset, toxic in (("llama1_7b", 12.5), ("llama1_13b", 0.5)):
+        _run(tmp_path, f"tulu_human_gpt_{preset}", f"model: {{preset: {preset.replace('_', '-')}}}\n"
+             "data: {mixture: tulu_human_gpt}\n", {"model": "m", "parts": ["toxigen"], "toxigen": {"overall": toxic}})
+    _run(tmp_path, "base_llama2_7b", "max_steps: 0\nmodel: {preset: llama2-7b}\n",  # seed 002's "Base"
+         {"model": "m", "parts": ["suite"], "suite": {"mmlu|5-shot": {"acc,none": 0.4}}})
+    families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
+    for table in ("table3", "table7", "table8"):  # one base model, the "Base" row of each dataset's table
+        assert {r["Strategy"]: r for r in _csv(tmp_path / "out" / f"seed002_{table}.csv")}["Base"]["MMLU (ours)"] == "40.0"
+    table6 = {r["Model"]: r for r in _csv(tmp_path / "out" / "seed004_table6.csv")}
+    assert (table6["LLaMA"]["ToxiGen 13B (ours)"], table6["LLaMA"]["TruthfulQA 13B (ours)"]) == ("81.0", "25.5")
+    assert table6["LLaMA"]["ToxiGen 7B (ours)"] == "" and table6["LLaMA"]["ToxiGen 13B (paper)"] == "82.6"
+    assert (table6["+Tulu"]["ToxiGen 7B (ours)"], table6["+Tulu"]["ToxiGen 13B (ours)"]) == ("12.5", "0.5")
+    assert {r["Model"]: r for r in _csv(tmp_path / "out" / "seed004_table5.csv")}["LLaMa 13B"]["MMLU (ours)"] == "42.3"
+    assert {r["Dataset"]: r for r in _csv(tmp_path / "out" / "seed004_table3.csv")}["Vanilla LLaMa 13B"][
+        "MMLU (ours)"] == "42.3"
 
 
 def test_a_study_of_ones_own_gets_a_table_a_sweep_curve_and_the_losses(tmp_path):

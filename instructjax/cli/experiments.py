@@ -156,13 +156,24 @@ def _selection_experiment(dataset: str, method: str, k: int | None, runs: set[st
                       {"dataset": dataset, "method": method, "k": k, "max_length": max_len})
 
 
+def _base_experiment() -> Experiment:
+    """Seed 002's "Base" row of Tables 3, 7 and 8: LLaMA-2-7B evaluated without fine-tuning."""
+    name, group = "base_llama2_7b", "seed002_selection"
+    config = _config(name, group, "llama2-7b", {}, {}, {"suite": "leaderboard"}, max_steps=0)
+    for key in ("data", "optim", "checkpoint"):  # no training: `instructjax train` refuses max_steps < 1
+        config.pop(key)
+    return Experiment(f"{group}/{name}.yaml", "seed 002, Tables 3, 7, 8: Base (LLaMA-2-7B, not fine-tuned)", config,
+                      "The base model evaluated without fine-tuning (eval only; max_steps: 0).",
+                      {"dataset": None, "method": "base", "k": None, "max_length": None})
+
+
 def seed002() -> list[Experiment]:
     specs = [(d, "full", None) for d in SEED002_DATA]
     for dataset, (_, _, _, sizes) in SEED002_DATA.items():
         specs += [(dataset, m, k) for k in sizes for m in SEED002_METHODS]
     specs += list(SEED002_EXTRA)
     runs = {_selection_name(*spec) for spec in specs}
-    return [_selection_experiment(*spec, runs) for spec in specs]
+    return [_base_experiment()] + [_selection_experiment(*spec, runs) for spec in specs]
 
 
 # ---- seed 003: Mosaic-IT (Appendix B.1; ablations of Sec. 4.2 on Mistral-7B + Alpaca-GPT4) -----------
@@ -269,8 +280,21 @@ SEED004_NOTE = ("Batch 128 examples is open-instruct's default (the paper does n
                 "their own EOS.")
 
 
+SEED004_VANILLA = ("llama1-7b", "llama1-13b", "llama1-33b", "llama1-65b", "llama2-7b", "llama2-13b")  # Tables 3, 5, 6
+SEED004_SAFETY = {"toxigen": True, "truthfulqa": True}  # Table 6 (and 9, 10): ToxiGen and TruthfulQA
+
+
 def seed004() -> list[Experiment]:
     group, out = "seed004_tulu", []
+    for preset in SEED004_VANILLA:  # the base models, evaluated as they are (App. C: raw prompts, no template)
+        name = f"tulu_vanilla_{preset.replace('-', '_')}"
+        base = _config(name, group, preset, {}, {}, {"suite": "tulu", "toxigen": {"chat": False},
+                                                      "truthfulqa": {"chat": False}}, max_steps=0)
+        for key in ("data", "optim", "checkpoint"):  # no training: `instructjax train` refuses max_steps < 1
+            base.pop(key)
+        out.append(Experiment(f"{group}/{name}.yaml", f"seed 004, Tables 3, 5, 6, 9, 10: vanilla {preset}", base,
+                              "The base model evaluated without fine-tuning (eval only; max_steps: 0).",
+                              {"preset": preset, "mixture": None}))
     for mixture, presets, table in SEED004_RUNS:
         for preset in presets:
             lr, max_len = SEED004_SIZES[preset]
@@ -278,7 +302,7 @@ def seed004() -> list[Experiment]:
             name = f"tulu_{what}_{preset.replace('-', '_').replace('.', '_')}"
             data = {"mixture": mixture, "seq_len": max_len, "global_batch": 128}
             config = _config(name, group, preset, data, {"lr": lr, "warmup_ratio": 0.03, "epochs": 2},
-                             {"suite": "tulu", "alpaca_eval": True})
+                             {"suite": "tulu", "alpaca_eval": True, **SEED004_SAFETY})
             out.append(Experiment(f"{group}/{name}.yaml", f"seed 004, {table}, {preset}: {mixture}", config,
                                   SEED004_NOTE, {"preset": preset, "mixture": mixture}))
     return out

@@ -28,7 +28,10 @@ BENCHMARK_K = {"alpaca": 1000, "dolly": 1000, "wizardlm": 4200}  # the runs Tabl
 
 
 def coordinates(run: Run) -> dict | None:
-    """{dataset, method, k (None: the full dataset), size (the paper's label: 1K, 6%)}, None for another family's."""
+    """{dataset, method, k (None: the full dataset), size (the paper's label: 1K, 6%)}, None for another family's;
+    the eval-only `base_*` run is {method: base} (dataset None)."""
+    if run.name.startswith("base_") and run.config.max_steps == 0:  # the "Base" row: the model not fine-tuned
+        return {"dataset": None, "method": "base", "k": None, "size": None}
     m = NAME.match(run.name)
     if m is None:
         return None
@@ -57,6 +60,8 @@ def _row(methods: tuple[str, ...], label: Callable[[dict], tuple[str, ...]]) -> 
 def _benchmark_row(dataset: str) -> RowOf:
     def row(run: Run) -> tuple[str, ...] | None:
         c = coordinates(run)
+        if c and c["method"] == "base":  # one base model, a row of each dataset's table
+            return ("Base",)
         if not c or c["dataset"] != dataset:
             return None
         name = STRATEGY[c["method"]]

@@ -1,7 +1,8 @@
-"""Seed 004, How Far Can Camels Go? (Tulu): Tables 3, 4, 5 and 7.
+"""Seed 004, How Far Can Camels Go? (Tulu): Tables 3, 4, 5, 6 and 7.
 
 A run is a `tulu_*` config; what it trained on is its `data.mixture` (tulu_single_<dataset>, tulu_human,
-tulu_human_gpt, or their _builtin twins) and its model `model.preset` (llama1-33b is the paper's "30B").
+tulu_human_gpt, or their _builtin twins) and its model `model.preset` (llama1-33b is the paper's "30B"); an
+eval-only `tulu_vanilla_*` config is the base model's row.
 """
 
 from __future__ import annotations
@@ -23,7 +24,11 @@ MIXES = {"human": ("+Human data mix.", "Human mix."), "human_gpt": ("+Human+GPT 
 
 
 def coordinates(run: Run) -> dict | None:
-    """{data (a dataset of Table 3, human or human_gpt), model (LLaMA, LLaMA-2, or the preset), size}."""
+    """{data (a dataset of Table 3, human, human_gpt, or vanilla: the base model evaluated as it is), model
+    (LLaMA, LLaMA-2, or the preset), size}."""
+    if run.name.startswith("tulu_vanilla_") and run.config.max_steps == 0:
+        model, size = MODELS.get(run.config.model.preset, (run.config.model.preset, ""))
+        return {"data": "vanilla", "model": model, "size": size}
     mixture = run.config.data.mixture or ""
     base = mixture.removesuffix("_builtin")
     data = base.removeprefix("tulu_single_") if base.startswith("tulu_single_") else base.removeprefix("tulu_")
@@ -39,10 +44,16 @@ def _label(c: dict, table3: bool) -> str:
     return ("+" if table3 else "") + DATASETS[c["data"]]
 
 
+def _vanilla(c: dict) -> str:
+    return f"{c['model'].replace('LLaMA', 'LLaMa')} {c['size']}".strip()  # "LLaMa 13B", "LLaMa-2 7B"
+
+
 def _table3_row(run: Run) -> tuple[str, ...] | None:
     c = coordinates(run)
     if not c:
         return None
+    if c["data"] == "vanilla":
+        return (f"Vanilla {_vanilla(c)}",)
     label = _label(c, True)
     if (c["model"], c["size"]) != ("LLaMA", "13B"):
         label += f" ({' '.join(filter(None, (c['model'], c['size'])))})"
@@ -63,6 +74,8 @@ def _table5_row(run: Run) -> tuple[str, ...] | None:
     c = coordinates(run)
     if not c:
         return None
+    if c["data"] == "vanilla":
+        return (_vanilla(c),)
     if c["data"] == "human_gpt":
         tulu = {"LLaMA": "Tulu", "LLaMA-2": "Tulu-1.1"}.get(c["model"])
         return (f"{tulu} {c['size']}",) if tulu else (f"Tulu ({c['model']})",)
@@ -71,13 +84,22 @@ def _table5_row(run: Run) -> tuple[str, ...] | None:
     return None
 
 
+def _table6_row(run: Run) -> tuple[str, ...] | None:
+    c = coordinates(run)
+    if not c or c["model"] != "LLaMA" or c["size"] not in ("7B", "13B"):
+        return None
+    return ({"vanilla": "LLaMA", "human": "+Human mix.", "human_gpt": "+Tulu",
+             "unnatural_instructions": "+Unnatural Inst."}.get(c["data"]) or f"+{DATASETS[c['data']]}",)
+
+
 def _table7_row(run: Run) -> tuple[str, ...] | None:
     c = coordinates(run)
-    return (_label(c, False),) if c and c["model"] == "LLaMA" else None
+    return (_label(c, False),) if c and c["model"] == "LLaMA" and c["data"] != "vanilla" else None
 
 
-def _win_rate_at(size: str) -> n.Read:
-    return lambda run: n.judged("alpaca_eval", "win_rate")(run) if (coordinates(run) or {}).get("size") == size else None
+def _at(size: str, read: n.Read) -> n.Read:
+    """`read` of the runs of one model size (a row of these tables gathers a dataset's runs of every size)."""
+    return lambda run: read(run) if (coordinates(run) or {}).get("size") == size else None
 
 
 SUITE = (("MMLU", n.lm("mmlu", 0, "acc")), ("GSM", n.protocol("gsm8k_cot", 8)), ("BBH", n.protocol("bbh_cot_fewshot", 3)),
@@ -92,8 +114,15 @@ TABLES = (
           NOTE + " Runs of other sizes are rows of their own (the paper's Table 8 is not transcribed)."),
     Table("table4", "base models trained on the Human+GPT mixture", ("Model",), COLUMNS, _table4_row, NOTE),
     Table("table5", "Tulu and the other mixtures across LLaMA sizes", ("Model",), COLUMNS, _table5_row, NOTE),
+    Table("table6", "ToxiGen (% toxic, lower is better) and TruthfulQA (% truthful and informative) on LLaMA",
+          ("Model",), (*(Column(f"ToxiGen {size}", _at(size, n.judged("toxigen", "overall")), 1) for size in ("7B", "13B")),
+                       *(Column(f"TruthfulQA {size}", _at(size, n.judged("truthfulqa", "truthful_and_informative")), 1)
+                         for size in ("7B", "13B"))), _table6_row,
+          "ToxiGen: % of generations ToxiGen's RoBERTa deems toxic (500 hateful prompts per group); TruthfulQA: "
+          "% of answers both judges accept (allenai's LLaMA-2 judges: the paper's GPT-3 judges are gone)."),
     Table("table7", "AlpacaEval win rate (%) against Davinci-003 by LLaMA size", ("Training Dataset",),
-          tuple(Column(size, _win_rate_at(size), 1) for size in ("7B", "13B", "30B", "65B")), _table7_row),
+          tuple(Column(size, _at(size, n.judged("alpaca_eval", "win_rate")), 1) for size in ("7B", "13B", "30B", "65B")),
+          _table7_row),
 )
 
 
