@@ -207,9 +207,11 @@ def _mosaic_experiment(preset: str, dataset: str, mosaic: dict | None, name: str
     data: dict[str, Any] = {"mixture": task, "seq_len": 2048, "global_batch": 128}
     if mosaic is not None:
         data["mosaic"] = {"strategy": "mix", "k_max": 10, "distribution": "uniform", "max_length": 2048, **mosaic}
+    evals = {"suite": "leaderboard", "pairwise": _versus_baseline(dataset, preset, mosaic is not None)}
+    if preset == "mistral-7b" and dataset in ("alpaca_gpt4", "wizardlm") and not name.startswith("ablation_"):
+        evals["mt_bench"] = True  # Table 2
     config = _config(name, group, preset, data, {"lr": lr, "warmup_ratio": warmup, "epochs": 3, "schedule": "cosine"},
-                     {"suite": "leaderboard", "pairwise": _versus_baseline(dataset, preset, mosaic is not None)},
-                     define=define)
+                     evals, define=define)
     return Experiment(f"{group}/{name}.yaml", title, config, SEED003_NOTE, {"preset": preset, "dataset": dataset, **tags})
 
 
@@ -234,8 +236,8 @@ def _table3_experiment(preset: str, dataset: str, method: str) -> Experiment:
     if method == "mosaic":
         data["mosaic"] = {"strategy": "mix", "k_max": 10, "distribution": "uniform", "max_length": 4096}
     config = _config(name, group, preset, data, {"lr": 2e-5, "warmup_ratio": 0.03, "epochs": 2, "schedule": "cosine"},
-                     {"suite": "leaderboard", "pairwise": _versus_baseline(dataset, preset, method == "mosaic")},
-                     define=define, template="model")
+                     {"suite": "leaderboard", "pairwise": _versus_baseline(dataset, preset, method == "mosaic"),
+                      "mt_bench": True}, define=define, template="model")
     return Experiment(f"{group}/{name}.yaml", f"seed 003, Table 3 / Table 10, {preset}, {dataset}, {method}", config,
                       SEED003_TABLE3_NOTE, {"preset": preset, "dataset": dataset, "method": method})
 

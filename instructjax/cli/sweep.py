@@ -138,7 +138,7 @@ def eval_todo(config: RunConfig) -> list[str]:
     parts it lacks and the judged parts whose replies have arrived since."""
     from instructjax.core.config import eval_section
     from instructjax.eval import run as ev_run
-    from instructjax.eval.judged import JUDGE_MODE, pending, resolve_runs
+    from instructjax.eval.judged import JUDGED_PARTS, pending, resolve_runs
 
     ev = resolve_runs(eval_section(config.eval), config.run_dir)
     named, results, model = ev_run.config_parts(ev), ev_run.read_results(config), ev_run.eval_model(config)
@@ -146,7 +146,7 @@ def eval_todo(config: RunConfig) -> list[str]:
             or results.get("step") != (ev_run.model_step(model) if model else None)):
         return named
     out = ev_run.out_dir(config)
-    arrived = [p for p in named if p in JUDGE_MODE and pending(ev, p, out, results.get(p) or {})]
+    arrived = [p for p in named if p in JUDGED_PARTS and pending(ev, p, out, results.get(p) or {})]
     return [p for p in named if p not in results.get("parts", []) or p in arrived]
 
 
@@ -191,11 +191,11 @@ def export_stage(config: RunConfig, row: Row) -> None:
 
 def eval_stage(config: RunConfig, row: Row) -> None:
     """`eval --config` of the parts still to run (eval_todo)."""
-    from instructjax.eval.judged import JUDGE_MODE, waiting
+    from instructjax.eval.judged import JUDGED_PARTS, waiting
     from instructjax.eval.run import evaluate_config
 
     results = evaluate_config(config, only=eval_todo(config))  # keeps the parts done before
-    waits = [f"{p} {w}" for p in results["parts"] if p in JUDGE_MODE for w in waiting(results.get(p) or {})]
+    waits = [f"{p} {w}" for p in results["parts"] if p in JUDGED_PARTS for w in waiting(results.get(p) or {})]
     row.result = "done" + (f" (awaiting {', '.join(waits)})" if waits else "")
 
 

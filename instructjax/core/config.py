@@ -288,6 +288,23 @@ class TruthfulqaSection:
 
 
 @dataclass
+class MtBenchSection:
+    """MT-Bench as FastChat runs it (eval/mt_bench.py): `questions` (FastChat's question.jsonl; None:
+    eval.data_dir/mt_bench/question.jsonl), `reference_answers` (its reference_answer/gpt-4.jsonl; None: that file
+    under eval.data_dir/mt_bench where it is there), the judge's `replies` (None: <out>/mt_bench_replies.jsonl, or
+    asked of `eval.judge`)."""
+
+    questions: str | None = None
+    reference_answers: str | None = None
+    replies: str | None = None
+    max_new_tokens: int = 1024
+    seed: int = 0
+
+    def __post_init__(self):
+        _check(self.max_new_tokens >= 1, f"eval.mt_bench.max_new_tokens must be >= 1, got {self.max_new_tokens}")
+
+
+@dataclass
 class EvalSection:
     """What `instructjax eval --config RUN.yaml` runs: a paper's `suite` (lm-eval, GSM8K/BBH by the paper's
     protocol) and/or lm-eval `tasks`, Codex-Eval (`codex`; None: when the suite has it), and the judged
@@ -308,6 +325,7 @@ class EvalSection:
     judge: JudgeEndpoint | None = None
     toxigen: ToxigenSection | bool = False
     truthfulqa: TruthfulqaSection | bool = False
+    mt_bench: MtBenchSection | bool = False
     data_dir: str = "eval_data"
     out_dir: str | None = None  # None: <run_dir>/eval
 
@@ -321,10 +339,12 @@ class EvalSection:
         value = getattr(self, mode)
         return JudgeSection() if value is True else (value or None)
 
-    def protocol(self, name: str) -> ToxigenSection | TruthfulqaSection | None:
-        """The section of a classifier-scored part (`toxigen`, `truthfulqa`; defaults for `true`), None when off."""
+    def protocol(self, name: str) -> ToxigenSection | TruthfulqaSection | MtBenchSection | None:
+        """The section of a part with a protocol of its own (`toxigen`, `truthfulqa`, `mt_bench`; defaults for
+        `true`), None when off."""
         value = getattr(self, name)
-        return {"toxigen": ToxigenSection, "truthfulqa": TruthfulqaSection}[name]() if value is True else (value or None)
+        sections = {"toxigen": ToxigenSection, "truthfulqa": TruthfulqaSection, "mt_bench": MtBenchSection}
+        return sections[name]() if value is True else (value or None)
 
 
 def eval_section(values: dict[str, Any]) -> EvalSection:

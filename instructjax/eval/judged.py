@@ -25,6 +25,7 @@ from instructjax.core.config import Comparison, EvalSection
 from instructjax.core.errors import ConfigError
 
 JUDGE_MODE = {"pairwise": "pairwise", "alpaca_eval": "alpacaeval", "flask": "flask"}  # config key -> pairwise.py
+JUDGED_PARTS = (*JUDGE_MODE, "mt_bench")  # every part a judge scores (MT-Bench: eval/mt_bench.py)
 OTHER_OUTPUTS = "eval/pairwise_outputs.jsonl"  # where a comparison against a run directory reads that run's outputs
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
@@ -171,9 +172,45 @@ def _compare(ev: EvalSection, outputs: list[dict], c: dict, out: str) -> dict:
     return {**result, "win": r.win, "tie": r.tie, "lose": r.lose, "n": r.n, "winning_score": r.winning_score}
 
 
+def mt_bench_files(ev: EvalSection, out: str) -> dict[str, str | None]:
+    """MT-Bench's questions, reference answers (None: none), the model's answers, the requests and replies."""
+    section, default = ev.protocol("mt_bench"), storage.join(ev.data_dir, "mt_bench")
+    references = section.reference_answers or storage.join(default, "reference_answer", "gpt-4.jsonl")
+    return {"questions": section.questions or storage.join(default, "question.jsonl"),
+            "references": references if section.reference_answers or storage.path(references).is_file() else None,
+            "outputs": storage.join(out, "mt_bench_outputs.jsonl"), "requests": storage.join(out, "mt_bench_requests.jsonl"),
+            "replies": section.replies or storage.join(out, "mt_bench_replies.jsonl")}
+
+
+def run_mt_bench(generator: Callable[[], object], ev: EvalSection, out: str, *, reuse_outputs: bool = False) -> dict:
+    """MT-Bench (eval/mt_bench.py): the model's two-turn answers, the judge's requests, and the turn 1 and turn 2
+    mean ratings once the judge's replies are there."""
+    from instructjax.eval import mt_bench
+    from instructjax.eval import pairwise as pw
+
+    section, files = ev.protocol("mt_bench"), mt_bench_files(ev, out)
+    questions = mt_bench.read_questions(files["questions"], files["references"])
+    if reuse_outputs and storage.path(files["outputs"]).exists():
+        answers = [row["turns"] for row in pw.read_jsonl(files["outputs"])]
+    else:
+        answers = mt_bench.answer(generator(), questions, section.max_new_tokens, section.seed)
+        pw.write_jsonl(files["outputs"], [{"question_id": q.id, "category": q.category, "turns": a}
+                                          for q, a in zip(questions, answers, strict=True)])
+    requests = mt_bench.judge_requests(questions, answers)
+    pw.write_jsonl(files["requests"], requests)
+    result: dict = {"outputs": files["outputs"], "requests": files["requests"]}
+    replies = _judge(ev, requests, files["replies"], out, recorded=section.replies is not None)
+    if replies is None:
+        return {**result, "replies": _none_yet(files["replies"])}
+    return {**result, **mt_bench.score(requests, replies)}
+
+
 def pending(ev: EvalSection, mode: str, out: str, result: dict) -> list[str]:
     """What a judged part's result still waits for, that has since arrived (judge replies, another run's
     outputs): a rerun of the part gets further. Empty when nothing it waits for is there yet."""
+    if mode == "mt_bench":
+        waits = "replies" in result and storage.path(mt_bench_files(ev, out)["replies"]).exists()
+        return ["mt_bench replies"] if waits else []
     if mode != "pairwise":
         waits = "replies" in result and storage.path(judge_files(ev, mode, out)["replies"]).exists()
         return [f"{mode} replies"] if waits else []

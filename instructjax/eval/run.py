@@ -23,9 +23,9 @@ import json
 from instructjax.core import storage, tracking
 from instructjax.core.config import EvalSection, RunConfig, digest, eval_section
 from instructjax.core.errors import ConfigError
-from instructjax.eval.judged import JUDGE_MODE, check_inputs, resolve_runs, run_judged
+from instructjax.eval.judged import JUDGE_MODE, check_inputs, resolve_runs, run_judged, run_mt_bench
 
-EVAL_PARTS = ("suite", "tasks", "codex", "toxigen", "truthfulqa", "pairwise", "alpaca_eval", "flask")
+EVAL_PARTS = ("suite", "tasks", "codex", "toxigen", "truthfulqa", "mt_bench", "pairwise", "alpaca_eval", "flask")
 PROTOCOLS = ("toxigen", "truthfulqa")  # generation scored by classifiers (eval/toxigen.py, eval/truthfulqa.py)
 
 
@@ -41,7 +41,7 @@ def config_parts(ev: EvalSection) -> list[str]:
     codex = ev.codex if ev.codex is not None else bool(ev.suite and any(t.task == CODEX_EVAL for t in suite(ev.suite)))
     if codex:
         parts.append("codex")
-    parts += [name for name in PROTOCOLS if ev.protocol(name) is not None]
+    parts += [name for name in (*PROTOCOLS, "mt_bench") if ev.protocol(name) is not None]
     parts += [mode for mode in JUDGE_MODE if ev.judged(mode) is not None]
     return parts
 
@@ -125,6 +125,11 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
     for name in (p for p in parts if p in PROTOCOLS):
         if not storage.path(protocol_data(ev, name)).exists():
             raise ConfigError(f"eval.{name}: {protocol_data(ev, name)} does not exist")
+    if "mt_bench" in parts:
+        from instructjax.eval.judged import mt_bench_files
+
+        if not storage.path(mt_bench_files(ev, out)["questions"]).is_file():
+            raise ConfigError(f"eval.mt_bench.questions: {mt_bench_files(ev, out)['questions']} does not exist")
     results: dict = {"model": model, "step": step, "eval": eval_digest(config), "parts": parts}
     earlier = read_results(config) if only is not None else None
     same = bool(earlier) and all(earlier.get(k) == results[k] for k in ("model", "step", "eval"))
@@ -155,6 +160,9 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
 
         results["truthfulqa"] = run_truthfulqa(generator(), ev.protocol("truthfulqa"), protocol_data(ev, "truthfulqa"),
                                                out)
+    if "mt_bench" in parts:
+        results["mt_bench"] = run_mt_bench(generator, ev, out,
+                                           reuse_outputs=same and "mt_bench" in earlier.get("parts", []))
     for part in (p for p in parts if p in JUDGE_MODE):  # an earlier run's outputs of this model are kept
         results[part] = run_judged(generator, ev, part, out, reuse_outputs=same and part in earlier.get("parts", []))
     if same:

@@ -100,6 +100,8 @@ LEADERBOARD = (("ARC", n.lm("arc_challenge", 25, "acc_norm")), ("HellaSwag", n.l
 IFEVAL = (("IFEval Prompt (S)", "prompt_level_strict_acc"), ("IFEval Inst (S)", "inst_level_strict_acc"),
           ("IFEval Prompt (L)", "prompt_level_loose_acc"), ("IFEval Inst (L)", "inst_level_loose_acc"))
 KEYS = ("Model", "Dataset", "Method")
+MT_BENCH = (Column("MT-Bench 1-round", n.judged("mt_bench", "turn_1")),
+            Column("MT-Bench 2-round", n.judged("mt_bench", "turn_2")))
 OPEN_LLM = Column("Open LLM Average", n.mean(*(r for _, r in LEADERBOARD)))
 
 TABLES = (
@@ -108,14 +110,13 @@ TABLES = (
            *(Column(label, r) for label, r in LEADERBOARD)), _main_row,
           "A baseline's winning score is 1 by definition: ours is missing unless it was judged."),
     Table("table2", "MT-Bench, AlpacaEval 2 and IFEval", KEYS,
-          (*(Column(label, n.never) for label in ("MT-Bench 1-round", "MT-Bench 2-round", "AlpacaEval 2 Rate (LC)",
-                                                  "AlpacaEval 2 Rate")),
+          (*MT_BENCH, *(Column(label, n.never) for label in ("AlpacaEval 2 Rate (LC)", "AlpacaEval 2 Rate")),
            *(Column(label, n.lm("ifeval", 0, metric)) for label, metric in IFEVAL)), _main_row,
-          "MT-Bench and AlpacaEval 2 are not in our suites; IFEval is lm-eval's (suite `leaderboard`)."),
+          "MT-Bench: FastChat's single-answer judging, mean rating of each turn (eval.mt_bench); AlpacaEval 2 is not "
+          "in our protocols yet; IFEval is lm-eval's (suite `leaderboard`)."),
     Table("table3", "more model families and datasets (Vicuna 1M, Magpie): all five metrics", KEYS,
           (Column("Pair-wise Score", VERSUS[0].read, 3), OPEN_LLM,
-           *(Column(label, n.never) for label in ("AlpacaEval 2 Rate (LC)", "AlpacaEval 2 Rate", "MT-Bench 1-round",
-                                                  "MT-Bench 2-round")),
+           *(Column(label, n.never) for label in ("AlpacaEval 2 Rate (LC)", "AlpacaEval 2 Rate")), *MT_BENCH,
            *(Column(label, n.lm("ifeval", 0, metric)) for label, metric in IFEVAL[2:])), _more_row,
           "Vicuna 1M is LMSYS-Chat-1M (source `lmsys_chat`); 300K conversations of each dataset, 4096 tokens, 2 epochs."),
     Table("table10", "more model families and datasets: the Open LLM Leaderboard and IFEval in detail (Appendix F)",
