@@ -22,8 +22,10 @@ holding a failed conversation records the error, which is raised again, in its p
 
 from __future__ import annotations
 
+import contextlib
 import math
 import pickle
+import time
 from typing import Any
 
 import xxhash
@@ -112,7 +114,7 @@ def _build(coordinator, name: str, spec, seed: int | None, count: int | None, wh
             raise
         finally:
             coordinator.set(saved.key("outcome"), outcome)
-        storage.remove_tree(pieces)
+        _remove_pieces(pieces)
     else:
         outcome = hosts.get(coordinator, saved.key("outcome"), 0, f"writing the cache of {name}")
         if outcome != "saved":
@@ -129,6 +131,8 @@ def _built_elsewhere(name: str, where, pieces, spans, got) -> tuple[Any, dict]:
     loaded = cache.load(where)
     agreed = hosts.enter(f"elsewhere/{where.name}", f"loading the cache of {name}").all_gather(loaded is not None)
     if all(agreed):
+        if hosts.current().process_index == 0:  # a piece this run wrote after the other run removed them
+            _remove_pieces(pieces)
         return loaded
     a, b = next(span for span, g in zip(spans, got, strict=True) if g is None)
     raise hosts.HostsTimeout(f"a host said it wrote {pieces}/{a}-{b}, but another cannot read it, and the cache "
@@ -188,9 +192,24 @@ def _pieces_dir(where):
 
 
 def _write_piece(pieces, a: int, b: int, results: list) -> None:
-    """A checksummed pickle, written whole or not at all (`storage.write_bytes`)."""
+    """A checksummed pickle, written whole or not at all (`storage.write_bytes`). When another run building the
+    same task removes the directory under the write, the piece is not there: the round's read finds it missing
+    and loads that run's cache file (`_built_elsewhere`)."""
     payload = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
-    storage.write_bytes(pieces / f"{a}-{b}", xxhash.xxh3_128_digest(payload) + payload)
+    with contextlib.suppress(FileNotFoundError):
+        storage.write_bytes(pieces / f"{a}-{b}", xxhash.xxh3_128_digest(payload) + payload)
+
+
+def _remove_pieces(pieces) -> None:
+    """Remove the pieces once the cache file is written. Another run building the same task may be writing one
+    into the directory meanwhile (the removal then fails on a non-empty directory): tried again, and what stays is
+    harmless (that run finds this cache file and removes its own)."""
+    for attempt in range(5):
+        try:
+            storage.remove_tree(pieces)
+            return
+        except OSError:
+            time.sleep(0.1 * (attempt + 1))
 
 
 def _read_piece(pieces, a: int, b: int) -> list | None:
