@@ -47,7 +47,7 @@ def test_requests_and_ratings_are_what_fastchat_builds_and_reads(monkeypatch):
         math, multi = q["category"] in common.NEED_REF_CATS, request["turn"] == 2
         name = ("single-math-v1" if math else "single-v1") + ("-multi-turn" if multi else "")
         judge = common.Judge("gpt-4", prompts[name], ref_based=math, multi_turn=multi)
-        answer = {"choices": [{"turns": answers[questions.index(next(x for x in questions if x.id == str(q["question_id"])))]}]}
+        answer = {"choices": [{"turns": answers[QUESTIONS.index(q)]}]}
         rating, user_prompt, _ = common.run_judge_single(q, answer, judge, REFERENCES[0] if math else None, multi)
         assert (seen[-1].system_message, user_prompt) == (request["system"], request["prompt"])
         assert mt_bench.rating(reply) == rating
@@ -94,3 +94,22 @@ def test_eval_config_answers_both_turns_and_scores_recorded_replies(tmp_path):
     again = {row["question_id"]: row["turns"] for row in map(json.loads, (out / "mt_bench_outputs.jsonl")
                                                              .read_text().splitlines())}
     assert again == answers  # the rerun scored the answers it had (the sampled ones too), not new ones
+
+
+def test_bad_question_files_stop_with_one_line_naming_file_and_row(tmp_path):
+    from instructjax.core.errors import DataError
+
+    path = tmp_path / "question.jsonl"
+    path.write_text(json.dumps(QUESTIONS[0]) + "\n" + '{"question_id": 2, "turns": ["only one"]}\n')
+    with pytest.raises(DataError, match="question.jsonl.*row 2.*two 'turns'"):
+        mt_bench.read_questions(str(path))
+    path.write_text(json.dumps(QUESTIONS[1]) + "\n")  # math, and no reference answers given
+    with pytest.raises(DataError, match="row 1.*needs reference answers"):
+        mt_bench.read_questions(str(path))
+    refs = tmp_path / "gpt-4.jsonl"
+    refs.write_text('{"question_id": 111, "choices": []}\n')
+    with pytest.raises(DataError, match="gpt-4.jsonl.*row 1"):
+        mt_bench.read_questions(str(path), str(refs))
+    refs.write_text('{"question_id": 111,\n')
+    with pytest.raises(DataError, match="gpt-4.jsonl.*row 1.*invalid JSON"):
+        mt_bench.read_questions(str(path), str(refs))

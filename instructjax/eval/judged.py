@@ -202,7 +202,7 @@ def run_mt_bench(generator: Callable[[], object], ev: EvalSection, out: str, *, 
     replies = _judge(ev, requests, files["replies"], out, recorded=section.replies is not None)
     if replies is None:
         return {**result, "replies": _none_yet(files["replies"])}
-    return {**result, **mt_bench.score(requests, replies)}
+    return {**result, **mt_bench.score(requests, replies, files["replies"])}
 
 
 def pending(ev: EvalSection, mode: str, out: str, result: dict) -> list[str]:

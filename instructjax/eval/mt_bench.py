@@ -50,20 +50,21 @@ def read_questions(path: str, references: str | None = None) -> list[Question]:
     """MT-Bench's questions, with the reference answers of the categories that need them (one-line errors)."""
     if not storage.path(path).is_file():
         raise ConfigError(f"eval.mt_bench.questions: {path} does not exist (FastChat's question.jsonl)")
+    from instructjax.eval.pairwise import read_jsonl  # a bad line: one error naming the file and line
+
     refs: dict[str, list[str]] = {}
-    if references:
-        for line in storage.path(references).read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                refs[str(row["question_id"])] = row["choices"][0]["turns"]
+    for i, row in enumerate(read_jsonl(references) if references else [], 1):
+        try:
+            refs[str(row["question_id"])] = list(row["choices"][0]["turns"])
+        except (KeyError, IndexError, TypeError):
+            raise DataError("a reference answer needs 'question_id' and 'choices': [{'turns': [...]}]",
+                            reason="missing_field", file=references, row=i) from None
     questions = []
-    for i, line in enumerate(storage.path(path).read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        row = json.loads(line)
+    for i, row in enumerate(read_jsonl(path), 1):
         turns = row.get("turns")
-        if not isinstance(turns, list) or len(turns) != 2:
-            raise DataError("an MT-Bench question needs two 'turns'", reason="missing_field", file=path, row=i)
+        if not isinstance(turns, list) or len(turns) != 2 or "question_id" not in row:
+            raise DataError("an MT-Bench question needs a 'question_id' and two 'turns'", reason="missing_field",
+                            file=path, row=i)
         qid = str(row["question_id"])
         reference = row.get("reference") or refs.get(qid)
         if row.get("category") in NEED_REFERENCE and not reference:
@@ -120,14 +121,15 @@ def rating(reply: str) -> float:
     return float(match.group(1)) if match else -1.0
 
 
-def score(requests: list[dict], replies: list[dict]) -> dict[str, float]:
-    """Mean rating of turn 1 and of turn 2 (ratings of -1 left out, as `show_result`), and the counts."""
+def score(requests: list[dict], replies: list[dict], file: str | None = None) -> dict[str, float]:
+    """Mean rating of turn 1 and of turn 2 (ratings of -1 left out, as `show_result`), and the counts; a request
+    without a reply is a one-line error naming the replies `file`."""
     by_id = {str(r["id"]): str(r["reply"]) for r in replies}
     ratings: dict[int, list[float]] = {1: [], 2: []}
     unrated = 0
     for request in requests:
         if request["id"] not in by_id:
-            raise DataError(f"no judge reply for request {request['id']!r}", reason="missing_field")
+            raise DataError(f"no judge reply for request {request['id']!r}", reason="missing_field", file=file)
         value = rating(by_id[request["id"]])
         if value < 0:
             unrated += 1

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 
 from instructjax.core import storage
 from instructjax.core.config import TruthfulqaSection
@@ -46,12 +45,13 @@ def read_questions(path: str, limit: int | None = None) -> list[str]:
     """The questions of TruthfulQA.csv (`Question` column) or of a JSONL file (`question`), in file order."""
     if not storage.path(path).is_file():
         raise ConfigError(f"eval.truthfulqa.data: {path} does not exist (TruthfulQA.csv, or JSONL with 'question')")
-    text = storage.path(path).read_text()
     if path.endswith(".csv"):
-        rows = list(csv.DictReader(io.StringIO(text)))
+        rows = list(csv.DictReader(io.StringIO(storage.path(path).read_text())))
         key = "Question"
     else:
-        rows, key = [json.loads(line) for line in text.splitlines() if line.strip()], "question"
+        from instructjax.eval.pairwise import read_jsonl  # a bad line: one error naming the file and line
+
+        rows, key = read_jsonl(path), "question"
     questions = []
     for i, row in enumerate(rows, 1):
         if not isinstance(row.get(key), str) or not row[key].strip():
