@@ -40,13 +40,13 @@ def start(config: RunConfig, job: str):
                       mode=section.mode, dir=section.dir, config=dataclasses.asdict(config))
 
 
-def numbers(values: dict, prefix: str = "") -> dict[str, float]:
-    """Every finite number of a nested dict, by its "/"-joined path (standard errors left out)."""
+def numbers(values: dict, prefix: str = "", sep: str = "/") -> dict[str, float]:
+    """Every finite number of a nested dict (results.json), by its `sep`-joined path (standard errors left out)."""
     out: dict[str, float] = {}
     for key, value in values.items():
-        path = f"{prefix}/{key}" if prefix else str(key)
+        path = f"{prefix}{sep}{key}" if prefix else str(key)
         if isinstance(value, dict):
-            out.update(numbers(value, path))
+            out.update(numbers(value, path, sep))
         elif isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
                 and "stderr" not in path:
             out[path] = float(value)

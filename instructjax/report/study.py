@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from instructjax.core.tracking import numbers
 from instructjax.report.figures import Figure, Panel, Series
 from instructjax.report.runs import Run, number
 
@@ -43,10 +44,7 @@ def config_keys(run: Run) -> dict[str, object]:
 
 def result_numbers(run: Run) -> dict[str, float]:
     """Every number of the run's results.json by its path, standard errors left out."""
-    if run.results is None:
-        return {}
-    return {k: v for k, v in ((key, number(value)) for key, value in flat(run.results, sep=SEPARATOR).items())
-            if v is not None and "stderr" not in k}
+    return numbers(run.results, sep=SEPARATOR) if run.results is not None else {}
 
 
 @dataclass
