@@ -14,6 +14,8 @@ Used by tests/test_faults_training.py, which kill -9s it, fills its disk, or cor
   FAULT_FAIL_ENCODING=TEXT    tokenizing a conversation whose text holds TEXT raises a DataError
   FAULT_ALONE=1               this host finds no cache path for any task (as when its hub lookup fails), so it
                               skips the shared cache's collectives the others enter
+  FAULT_SLOW_DISAGREE=S       a host that finds the hosts disagree takes S seconds more to say so (the slow
+                              exit a loaded machine may give it, while host 0 is already done)
 Everything else is the production code path: `python tests/fault_worker.py train --config ...`.
 """
 
@@ -146,6 +148,23 @@ def alone() -> None:
     examples._cache_path = lambda *args: None
 
 
+def slow_disagree(seconds: float) -> None:
+    import time
+
+    from instructjax.core import hosts
+
+    original = hosts._disagree
+
+    def disagree(*args, **kwargs):
+        try:
+            original(*args, **kwargs)
+        except hosts.HostsDisagree:
+            time.sleep(seconds)
+            raise
+
+    hosts._disagree = disagree
+
+
 def main() -> int:
     if "FAULT_HOLD_SAVE_STEP" in os.environ:
         hold_save(int(os.environ["FAULT_HOLD_SAVE_STEP"]), os.environ["FAULT_MARKER"])
@@ -165,6 +184,8 @@ def main() -> int:
         fail_encoding(os.environ["FAULT_FAIL_ENCODING"])
     if os.environ.get("FAULT_ALONE"):
         alone()
+    if "FAULT_SLOW_DISAGREE" in os.environ:
+        slow_disagree(float(os.environ["FAULT_SLOW_DISAGREE"]))
     from instructjax import cli
 
     return cli.main(sys.argv[1:])

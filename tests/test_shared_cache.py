@@ -10,7 +10,8 @@ tokenizes and reads (tests/fault_worker.py FAULT_COUNT_ENCODED, FAULT_COUNT_READ
 - host 0, then host 1, killed mid-build: the other exits at once (host 0 is the coordinator) or after the
   heartbeat timeout, with one line naming the lost host;
 - two concurrent 2-host `data prepare` runs on one directory both finish, with the one-process bytes;
-- a host that skips a collective (its cache lookup failed alone) stops both hosts at once with one line;
+- a host that skips a collective (its cache lookup failed alone) stops both hosts at once with one line, even
+  when that host is slow to say so (host 0, the coordinator, exits last);
 - on a task that keeps 40 of 600 rows, each of 2 hosts reads exactly the conversations one process reads;
 - a conversation that fails to tokenize is recorded in its piece: the same one line on both hosts, and again
   on a restart (which reads the piece back);
@@ -156,7 +157,8 @@ def test_two_concurrent_prepares_on_one_directory_both_finish_with_the_same_byte
 
 def test_a_host_that_skips_a_collective_stops_every_host_with_one_line(tmp_path):
     started = time.monotonic()
-    results = train(2, tmp_path / "cache", tmp_path / "run", env_of=lambda i: {"FAULT_ALONE": "1"} if i == 1 else {})
+    env_of = lambda i: {"FAULT_ALONE": "1", "FAULT_SLOW_DISAGREE": "3"} if i == 1 else {}  # noqa: E731
+    results = train(2, tmp_path / "cache", tmp_path / "run", env_of=env_of)  # host 0 must wait for host 1's line
     for code, err, _ in results:
         errors = error_lines(err)
         assert code == 2 and len(errors) == 1, err[-3000:]

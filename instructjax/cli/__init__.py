@@ -84,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"instructjax: error: {e}", file=sys.stderr, flush=True)
         if getattr(e, "host_lost", False):  # JAX's runtime would wait for the lost host at exit, then abort
             sys.stdout.flush()
+            getattr(e, "before_exit", lambda: None)()
             os._exit(2)
         return 2
     return int(code or 0)

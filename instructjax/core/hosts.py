@@ -62,6 +62,14 @@ class HostsDisagree(InstructJaxError):
 
     host_lost = True
 
+    def __init__(self, message: str, leave: Callable[[], None] = lambda: None):
+        super().__init__(message)
+        self.leave = leave
+
+    def before_exit(self) -> None:
+        """Called once this host printed its line, just before it exits (see `_disagree`)."""
+        self.leave()
+
 
 class HostLost(InstructJaxError):
     """JAX's distributed runtime is gone: host 0 (its coordinator) stopped."""
@@ -202,21 +210,32 @@ def gather_to_first(coordinator: Coordinator, name: str, value: Any, doing: str)
 
 
 def _disagree(coordinator: Coordinator, n: int, message: str, wait_s: float = 10.0) -> None:
-    """Raise HostsDisagree once every host has found it too (each finds it at the same collective), host 0 last:
-    its exit takes JAX's runtime down, and a host still asking would report a lost coordinator instead."""
+    """Raise HostsDisagree once every host has found it too (each finds it at the same collective). Host 0 exits
+    last: its exit takes JAX's runtime down, and a host that had not yet printed its own line would be aborted
+    with a report of a lost coordinator instead, so each other host says when it has printed its line (just
+    before it exits) and host 0 waits for that."""
     me = coordinator.process_index
     others = [h for h in range(coordinator.process_count) if h != me]
+    found = True
     try:
         coordinator.set(f"{_SESSION}/disagree/{me}/{n}", "found")
         for h in others:
             coordinator.get(f"{_SESSION}/disagree/{h}/{n}", wait_s)
-        coordinator.set(f"{_SESSION}/disagree-read/{me}/{n}", "read")
-        if me == 0:
-            for h in others:
-                coordinator.get(f"{_SESSION}/disagree-read/{h}/{n}", wait_s)
     except (TimeoutError, InstructJaxError):  # a host is elsewhere (or gone): say it here alone
-        pass
-    raise HostsDisagree(message)
+        found = False
+    said = f"{_SESSION}/disagree-said/{{}}/{n}"
+
+    def leave() -> None:
+        try:
+            if me != 0:
+                coordinator.set(said.format(me), "said")
+            else:
+                for h in others:
+                    coordinator.get(said.format(h), wait_s)
+        except (TimeoutError, InstructJaxError):
+            pass
+
+    raise HostsDisagree(message, leave if found else lambda: None)
 
 
 def enter(name: str, doing: str) -> Collective | None:
