@@ -79,11 +79,13 @@ def server(tmp_path_factory):
         log.close()
 
 
-def _direct(base_url: str, model: str, prompt: str, system: str | None = None) -> str:
+def _direct(base_url: str, model: str, prompt: str, system: str | None = None, messages: list | None = None,
+            max_tokens: int = MAX_TOKENS) -> str:
     """The server's reply to a plain HTTP POST: what the client must give back."""
-    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    if messages is None:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
     body = json.dumps({"model": model, "messages": messages,
-                       "temperature": 0.0, "max_tokens": MAX_TOKENS}).encode()
+                       "temperature": 0.0, "max_tokens": max_tokens}).encode()
     request = urllib.request.Request(base_url + "/chat/completions", body, {"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as response:
         return json.loads(response.read())["choices"][0]["message"]["content"]
@@ -112,6 +114,19 @@ def test_replies_equal_the_servers_and_a_rerun_asks_nothing(server, tmp_path):
     with open(cache, "a") as f:
         f.write('{"key": "abc", "rep')
     assert ask(requests, dead, cache) == replies
+
+
+def test_a_requests_own_messages_and_sampling_are_sent(server, tmp_path):
+    """An alpaca_eval annotator's request (eval/alpacaeval.py): its own chat messages and sampling."""
+    base_url, model = server
+    endpoint = JudgeEndpoint(base_url=base_url, model=model, max_tokens=MAX_TOKENS, max_retries=1)
+    messages = [{"role": "system", "content": "You rank models."}, {"role": "user", "content": PROMPTS[0]}]
+    short = {"id": "s", "messages": messages, "sampling": {"max_tokens": 2, "temperature": 0.0}}
+    (reply,) = ask([short], endpoint, str(tmp_path / "cache.jsonl"))
+    assert reply == {"id": "s", "reply": _direct(base_url, model, "", messages=messages, max_tokens=2)}
+    longer = ask([{**short, "sampling": {"max_tokens": MAX_TOKENS, "temperature": 0.0}}], endpoint,
+                 str(tmp_path / "cache.jsonl"))[0]["reply"]
+    assert longer == _direct(base_url, model, "", messages=messages) and longer != reply  # not the cached one
 
 
 class _Throttle(http.server.BaseHTTPRequestHandler):

@@ -50,14 +50,13 @@ def register(subparsers) -> None:
 
     pw = sub.add_parser("pairwise", help="judge requests (both orders) and scores from the judge's replies")
     pw.add_argument("action", choices=["requests", "score"])
-    pw.add_argument("--mode", choices=["pairwise", "alpacaeval", "flask"], default="pairwise")
+    pw.add_argument("--mode", choices=["pairwise", "flask"], default="pairwise")
     pw.add_argument("--a", help="system A (or the model) outputs: JSONL {id, instruction, output[, skills]}")
     pw.add_argument("--b", help="system B (or the reference) outputs: JSONL {id, instruction, output}")
     pw.add_argument("--requests", required=True, help="requests JSONL (written by `requests`, read by `score`)")
     pw.add_argument("--replies", help="the judge's replies: JSONL {id, reply}")
     pw.add_argument("--prompt", help="pairwise: the judge prompt, a name (seed002, seed002_length_neutral, seed003) "
                                      "or a JSON/YAML file {system, user}; default: seed 002's Figure 4")
-    pw.add_argument("--seed", type=int, default=0)
     pw.add_argument("--round-like-table", action="store_true",
                     help="flask: round the 1-5 means to two decimals before scaling, as seed 000's Table 2")
     pw.set_defaults(func=run_pairwise)
@@ -177,8 +176,6 @@ def run_pairwise(args) -> int:
             from instructjax.eval.judge_prompts import pairwise_prompt
 
             requests = pw.pairwise_requests(_rows(args.a), _rows(args.b), pairwise_prompt(args.prompt))
-        elif args.mode == "alpacaeval":
-            requests = pw.alpacaeval_requests(_rows(args.a), _rows(args.b), seed=args.seed)
         else:
             requests = pw.flask_requests(_rows(args.a))
         pw.write_jsonl(args.requests, requests)
@@ -190,8 +187,6 @@ def run_pairwise(args) -> int:
     if args.mode == "pairwise":
         r = pw.score_pairwise(requests, replies)
         result = {"win": r.win, "tie": r.tie, "lose": r.lose, "n": r.n, "winning_score": r.winning_score}
-    elif args.mode == "alpacaeval":
-        result = pw.score_alpacaeval(requests, replies)
     else:
         result = pw.score_flask(requests, replies, round_like_table=args.round_like_table)
     json.dump(result, sys.stdout, indent=2)

@@ -4,8 +4,9 @@ gateway) through the `openai` client, with retries, rate-limit backoff and a rep
 A config names the endpoint once (`eval.judge`): its base URL, the model, the environment variable that holds the
 key, how many requests may be in flight. `ask(requests, endpoint, cache)` sends each judge request (`{"id",
 "system"?, "prompt"}`, as `eval/pairwise.py` writes them) as a system message, where it has one, and a user
-message, and gives back `{"id", "reply"}` rows, the
-replies the files route reads. Every reply is kept in a cache file keyed by (model, sampling, prompt): a rerun
+message (or its own `messages`), and gives back `{"id", "reply"}` rows, the replies the files route reads. A
+request's `sampling` (max_tokens, temperature, logprobs, top_logprobs: what an `alpaca_eval` annotator asks)
+overrides the endpoint's; with `logprobs` the row also holds the choice's `logprobs` as OpenAI gives them. Every reply is kept in a cache file keyed by (model, sampling, prompt): a rerun
 pays for nothing it already has. A request that keeps failing past the retries stops with one line naming it;
 the replies got before it stay in the cache.
 """
@@ -29,15 +30,24 @@ RETRIABLE = ("RateLimitError", "APIConnectionError", "APITimeoutError", "Interna
 
 
 def messages(request: Mapping) -> list[dict[str, str]]:
-    """The chat messages of a judge request: its `system` message where it has one, then its `prompt`."""
+    """The chat messages of a judge request: its `messages`, or its `system` message where it has one, then its
+    `prompt`."""
+    if "messages" in request:
+        return [dict(m) for m in request["messages"]]
     system = [{"role": "system", "content": request["system"]}] if request.get("system") else []
     return [*system, {"role": "user", "content": request["prompt"]}]
 
 
+def sampling(endpoint: JudgeEndpoint, request: Mapping) -> dict:
+    """The request's sampling: the endpoint's temperature and max_tokens, overridden by the request's `sampling`."""
+    return {"temperature": endpoint.temperature, "max_tokens": endpoint.max_tokens, **request.get("sampling", {})}
+
+
 def cache_key(endpoint: JudgeEndpoint, request: Mapping) -> str:
     """What makes a reply the same: the model, its sampling and the messages (not the URL it was served at)."""
-    return hashlib.sha256(json.dumps([endpoint.model, endpoint.temperature, endpoint.max_tokens, messages(request)])
-                          .encode()).hexdigest()
+    more = sampling(endpoint, request)
+    key = [endpoint.model, more.pop("temperature"), more.pop("max_tokens"), messages(request)] + ([more] if more else [])
+    return hashlib.sha256(json.dumps(key).encode()).hexdigest()
 
 
 class ReplyCache:
@@ -53,10 +63,10 @@ class ReplyCache:
                 except (ValueError, KeyError, TypeError):
                     continue  # a torn last line: that reply is asked again
 
-    def get(self, key: str) -> str | None:
+    def get(self, key: str) -> str | dict | None:
         return self.replies.get(key)
 
-    def put(self, key: str, reply: str) -> None:
+    def put(self, key: str, reply: str | dict) -> None:
         with self._lock:
             self.replies[key] = reply
             if self.path:
@@ -83,13 +93,17 @@ def _retry_after(exc: Exception, attempt: int) -> float:
         return min(60.0, 2.0 ** attempt) * (0.5 + random.random() / 2)
 
 
-def _ask_one(client, endpoint: JudgeEndpoint, request: Mapping) -> str:
+def _ask_one(client, endpoint: JudgeEndpoint, request: Mapping) -> str | dict:
+    """The reply's text, or {"text", "logprobs"} when the request asks for logprobs."""
     for attempt in range(endpoint.max_retries + 1):
         try:
-            out = client.chat.completions.create(
-                model=endpoint.model, messages=messages(request),
-                temperature=endpoint.temperature, max_tokens=endpoint.max_tokens)
-            return out.choices[0].message.content or ""
+            out = client.chat.completions.create(model=endpoint.model, messages=messages(request),
+                                                 **sampling(endpoint, request))
+            choice = out.choices[0]
+            text = choice.message.content or ""
+            if not request.get("sampling", {}).get("logprobs"):
+                return text
+            return {"text": text, "logprobs": choice.logprobs.model_dump() if choice.logprobs else None}
         except Exception as exc:  # noqa: BLE001  the openai client's errors, by name (no import at module level)
             if type(exc).__name__ not in RETRIABLE or attempt == endpoint.max_retries:
                 raise ConfigError(f"judge {endpoint.model} at {endpoint.base_url}: request {request['id']!r} failed "
@@ -99,8 +113,8 @@ def _ask_one(client, endpoint: JudgeEndpoint, request: Mapping) -> str:
 
 
 def ask(requests: Sequence[Mapping], endpoint: JudgeEndpoint, cache_path: str | None = None) -> list[dict]:
-    """{"id", "reply"} for every request, in order: cached replies as they are, the rest asked of the endpoint,
-    `endpoint.concurrency` at a time."""
+    """{"id", "reply"} (and "logprobs" where asked) for every request, in order: cached replies as they are, the
+    rest asked of the endpoint, `endpoint.concurrency` at a time."""
     cache = ReplyCache(cache_path)
     keys = [cache_key(endpoint, r) for r in requests]
     todo = [(r, k) for r, k in zip(requests, keys, strict=True) if cache.get(k) is None]
@@ -113,4 +127,10 @@ def ask(requests: Sequence[Mapping], endpoint: JudgeEndpoint, cache_path: str | 
 
         with ThreadPoolExecutor(endpoint.concurrency) as pool:
             list(pool.map(one, todo))
-    return [{"id": r["id"], "reply": cache.get(k)} for r, k in zip(requests, keys, strict=True)]
+    return [_row(r["id"], cache.get(k)) for r, k in zip(requests, keys, strict=True)]
+
+
+def _row(request_id: str, reply: str | dict) -> dict:
+    if isinstance(reply, dict):
+        return {"id": request_id, "reply": reply["text"], "logprobs": reply["logprobs"]}
+    return {"id": request_id, "reply": reply}

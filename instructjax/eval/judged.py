@@ -8,7 +8,8 @@ outputs, judged with the paper's prompt (eval/judge_prompts.py).
 Files, in the eval directory: `<mode>_outputs.jsonl`; pairwise `pairwise_vs_<name>_{requests,replies}.jsonl` per
 comparison; alpaca_eval and flask `<mode>_{requests,replies}.jsonl`.
 
-A part's result (results.json): alpaca_eval {win_rate, n}, flask {skill: score, "average"}, pairwise {"vs": {name:
+A part's result (results.json): alpaca_eval {annotator, win_rate, length_controlled_winrate (AlpacaEval 2),
+standard errors, n} (eval/alpacaeval.py: the `alpaca_eval` package's annotator and metrics), flask {skill: score, "average"}, pairwise {"vs": {name:
 {win, tie, lose, n, winning_score, against, prompt}}}; what is not there yet says so in place of the scores:
 "replies": "none yet: ..." (the judge's replies), pairwise "outputs": "none yet: ..." (the other run's outputs:
 that run is evaluated first). `pending` lists them; a rerun (`instructjax sweep` does it) fills them in.
@@ -68,17 +69,25 @@ def comparisons(ev: EvalSection, out: str) -> dict[str, dict]:
 
 
 def judge_files(ev: EvalSection, mode: str, out: str) -> dict[str, str | None]:
-    """Paths of one judged part: prompts, outputs, and for alpaca_eval and flask against (the reference; None for
-    flask), requests and replies (pairwise: per comparison, `comparisons`)."""
+    """Paths of one judged part: prompts (alpaca_eval: None, the reference holds the instructions), outputs, and
+    for alpaca_eval and flask against (the reference; None for flask), requests and replies (pairwise: per
+    comparison, `comparisons`)."""
     section = ev.judged(mode)
     default = storage.join(ev.data_dir, mode)
-    files = {"prompts": section.prompts or storage.join(default, "prompts.jsonl"),
-             "outputs": storage.join(out, f"{mode}_outputs.jsonl")}
+    prompts = None if mode == "alpaca_eval" else section.prompts or storage.join(default, "prompts.jsonl")
+    files = {"prompts": prompts, "outputs": storage.join(out, f"{mode}_outputs.jsonl")}
     if mode != "pairwise":
-        files.update(against=None if mode == "flask" else section.against or storage.join(default, "reference.jsonl"),
+        files.update(against=None if mode == "flask" else section.against or storage.join(default, _reference(section)),
                      requests=storage.join(out, f"{mode}_requests.jsonl"),
                      replies=section.replies or storage.join(out, f"{mode}_replies.jsonl"))
     return files
+
+
+def _reference(section) -> str:
+    """The default AlpacaEval set of the part's annotator: the hub's file name (eval/alpacaeval.py)."""
+    from instructjax.eval.alpacaeval import ALPACA_EVAL_2, REFERENCE_FILES
+
+    return REFERENCE_FILES.get(section.annotator or ALPACA_EVAL_2, "reference.json")
 
 
 def check_inputs(ev: EvalSection, mode: str, out: str) -> None:
@@ -88,6 +97,10 @@ def check_inputs(ev: EvalSection, mode: str, out: str) -> None:
 
     files = judge_files(ev, mode, out)
     needed = [("prompts", files["prompts"]), ("against", files.get("against"))]
+    if mode == "alpaca_eval":
+        from instructjax.eval.alpacaeval import package
+
+        package()
     if mode == "pairwise":
         for name, c in comparisons(ev, out).items():
             needed += [(f"against.{name}", c["against"])] if c["file"] else []
@@ -126,7 +139,7 @@ def run_judged(generator: Callable[[], object], ev: EvalSection, mode: str, out:
     result: dict = {"outputs": files["outputs"], "max_new_tokens": max_new}
     if ev.judge is not None:
         result["judge"] = {"model": ev.judge.model, "base_url": ev.judge.base_url}
-    prompts = pw.read_jsonl(files["prompts"])
+    prompts = pw.read_jsonl(files["prompts"]) if files["prompts"] else _alpaca_eval_prompts(files["against"])
     if mode == "flask":
         kept = pw.flask_subset(prompts)
         result["dropped_other_skills"] = len(prompts) - len(kept)
@@ -141,16 +154,42 @@ def run_judged(generator: Callable[[], object], ev: EvalSection, mode: str, out:
         result["vs"] = {name: _compare(ev, outputs, c, out) for name, c in comparisons(ev, out).items()}
         return result
     if mode == "alpaca_eval":
-        requests = pw.alpacaeval_requests(outputs, pw.read_jsonl(files["against"]), seed=section.seed)
-    else:
-        requests = pw.flask_requests(outputs)
+        return {**result, **_alpaca_eval(ev, outputs, files, out)}
+    requests = pw.flask_requests(outputs)
     pw.write_jsonl(files["requests"], requests)
     result["requests"] = files["requests"]
     replies = _judge(ev, requests, files["replies"], out, recorded=section.replies is not None)
     if replies is None:
         return {**result, "replies": _none_yet(files["replies"])}
-    result.update(pw.score_alpacaeval(requests, replies) if mode == "alpaca_eval" else pw.score_flask(requests, replies))
+    result.update(pw.score_flask(requests, replies))
     return result
+
+
+def _alpaca_eval_prompts(reference: str) -> list[dict]:
+    """The AlpacaEval instructions, in the reference file's order."""
+    from instructjax.eval.alpacaeval import read_reference
+
+    return [{"id": str(i), "instruction": row["instruction"]} for i, row in enumerate(read_reference(reference))]
+
+
+def _alpaca_eval(ev: EvalSection, outputs: list[dict], files: dict, out: str) -> dict:
+    """AlpacaEval through the `alpaca_eval` package (eval/alpacaeval.py): its annotator's requests, judged."""
+    from instructjax.eval import alpacaeval
+    from instructjax.eval import pairwise as pw
+
+    section = ev.judged("alpaca_eval")
+    annotator = section.annotator or alpacaeval.ALPACA_EVAL_2
+    reference = alpacaeval.read_reference(files["against"])
+
+    def ask(requests: list[dict]) -> list[dict] | None:
+        pw.write_jsonl(files["requests"], requests)
+        return _judge(ev, requests, files["replies"], out, recorded=section.replies is not None)
+
+    _, rates = alpacaeval.run(outputs, reference, annotator, "model", ask)
+    result = {"annotator": annotator, "requests": files["requests"]}
+    if rates is None:
+        return {**result, "replies": _none_yet(files["replies"])}
+    return {**result, **rates, "n": int(rates["n_total"])}
 
 
 def _compare(ev: EvalSection, outputs: list[dict], c: dict, out: str) -> dict:

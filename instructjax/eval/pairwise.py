@@ -2,18 +2,16 @@
 
 The judge is an outside API; requests and replies are JSONL (`{"id", "system"?, "prompt", ...}` out,
 `{"id", "reply"}` back), so runs are reproducible from recorded replies (eval/judge.py asks an endpoint
-directly). The pairwise prompt is the papers' own (eval/judge_prompts.py); AlpacaEval's and FLASK's are our
-words. The protocol of each paper (`JUDGE_PROTOCOLS`: scale, orders, tie rule, the evaluated model's generation
-length) is the paper's:
+directly). The pairwise prompt is the papers' own (eval/judge_prompts.py); FLASK's is in our words. The
+protocol of each paper (`JUDGE_PROTOCOLS`: scale, orders, tie rule, the evaluated model's generation length) is
+the paper's:
 
 - pairwise (seeds 002/003): each instruction is judged twice with the two responses swapped; the judge
   gives each response a 1-10 score on its first line. A system wins (loses) an instruction only when
   it is preferred (dispreferred) in both orders, otherwise it is a tie (equal scores in a pass prefer
   neither). Winning score = (Win - Lose) / N + 1, in [0, 2]; above 1 means A is better.
-- alpacaeval (seed 004): model output vs a reference output (Davinci-003), in a random order per
-  instruction (fixed seed); the judge names the better output ("1", "2" or "tie"); win rate =
-  (wins + ties / 2) / N, in percent (AlpacaEval's rule; its GPT-4 annotator gives no ties). The model
-  generates up to 8192 new tokens, greedily, with no stop sequence but its end of turn.
+- alpacaeval (seed 004): the generation length of AlpacaEval's outputs (up to 8192 new tokens, greedily, with no
+  stop sequence but the model's end of turn); the judging is the `alpaca_eval` package's (eval/alpacaeval.py).
 - flask (seed 000 section 4.2, appendix A): one response rated 1-5 on each skill the instruction is
   annotated with, among eight; a skill's score is the mean over the instructions annotated with it, scaled
   to [0, 100] as mean / 5 * 100 (every value in Table 2 is 20 x a two-decimal mean; (mean - 1) / 4 * 100
@@ -23,7 +21,6 @@ length) is the paper's:
 from __future__ import annotations
 
 import json
-import random
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -63,19 +60,6 @@ JUDGE_PROTOCOLS: dict[str, JudgeProtocol] = {
 
 FLASK_SKILLS = ("logical correctness", "factuality", "commonsense understanding", "comprehension",
                 "completeness", "insightfulness", "readability", "conciseness")
-
-ALPACAEVAL_PROMPT = """You compare two outputs for the same instruction and pick the one a human would prefer.
-
-[Instruction]
-{instruction}
-
-[Output 1]
-{first}
-
-[Output 2]
-{second}
-
-On the first line write only "1" or "2" for the better output, or "tie" if they are equally good."""
 
 FLASK_PROMPT = """You rate an AI assistant's response on specific skills, each from 1 (poor) to 5 (excellent).
 
@@ -134,22 +118,6 @@ def pairwise_requests(a: Sequence[Mapping], b: Sequence[Mapping], prompt: JudgeP
                                            answer_2=outputs[order[1]])
             requests.append({"id": f"{item}|{order}", "item": item, "order": order, "system": system,
                              "prompt": user})
-    return requests
-
-
-def alpacaeval_requests(model: Sequence[Mapping], reference: Sequence[Mapping], seed: int = 0) -> list[dict]:
-    """One request per id, the model's output first or second at random (order "mr" or "rm")."""
-    m_rows, r_rows = _by_id(model, "model"), _by_id(reference, "reference")
-    rng = random.Random(seed)
-    requests = []
-    for item, row in m_rows.items():
-        if item not in r_rows:
-            raise DataError(f"id {item!r} has no reference output", reason="missing_field")
-        order = rng.choice(("mr", "rm"))
-        outputs = {"m": row["output"], "r": r_rows[item]["output"]}
-        prompt = ALPACAEVAL_PROMPT.format(instruction=row["instruction"], first=outputs[order[0]],
-                                          second=outputs[order[1]])
-        requests.append({"id": item, "item": item, "order": order, "prompt": prompt})
     return requests
 
 
@@ -239,22 +207,6 @@ def score_pairwise(requests: Sequence[Mapping], replies: Sequence[Mapping]) -> P
         else:
             tie += 1
     return PairwiseResult(win, tie, lose)
-
-
-def score_alpacaeval(requests: Sequence[Mapping], replies: Sequence[Mapping]) -> dict[str, float]:
-    """Win rate (%) of the model over the reference; a tie counts half."""
-    texts = _replies(requests, replies)
-    points = []
-    for req in requests:
-        choice = _first_line(texts[req["id"]]).lower().strip(" .\"'*[]()")
-        if choice not in ("1", "2", "tie"):
-            raise DataError(f"judge reply's first line {choice!r} is not 1, 2 or tie", reason="wrong_type",
-                            row=req["id"])
-        if choice == "tie":
-            points.append(0.5)
-        else:
-            points.append(1.0 if req["order"][int(choice) - 1] == "m" else 0.0)
-    return {"win_rate": 100 * sum(points) / len(points), "n": len(points)}
 
 
 def flask_scale(mean: float) -> float:

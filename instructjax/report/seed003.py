@@ -103,6 +103,8 @@ KEYS = ("Model", "Dataset", "Method")
 MT_BENCH = (Column("MT-Bench 1-round", n.judged("mt_bench", "turn_1")),
             Column("MT-Bench 2-round", n.judged("mt_bench", "turn_2")))
 OPEN_LLM = Column("Open LLM Average", n.mean(*(r for _, r in LEADERBOARD)))
+ALPACA_EVAL_2 = (Column("AlpacaEval 2 Rate (LC)", n.judged("alpaca_eval", "length_controlled_winrate")),
+                 Column("AlpacaEval 2 Rate", n.judged("alpaca_eval", "win_rate")))
 
 TABLES = (
     Table("table1", "pairwise winning score (Mosaic-IT vs. baseline) and the Open LLM Leaderboard", KEYS,
@@ -110,13 +112,14 @@ TABLES = (
            *(Column(label, r) for label, r in LEADERBOARD)), _main_row,
           "A baseline's winning score is 1 by definition: ours is missing unless it was judged."),
     Table("table2", "MT-Bench, AlpacaEval 2 and IFEval", KEYS,
-          (*MT_BENCH, *(Column(label, n.never) for label in ("AlpacaEval 2 Rate (LC)", "AlpacaEval 2 Rate")),
-           *(Column(label, n.lm("ifeval", 0, metric)) for label, metric in IFEVAL)), _main_row,
-          "MT-Bench: FastChat's single-answer judging, mean rating of each turn (eval.mt_bench); AlpacaEval 2 is not "
-          "in our protocols yet; IFEval is lm-eval's (suite `leaderboard`)."),
+          (*MT_BENCH, *ALPACA_EVAL_2, *(Column(label, n.lm("ifeval", 0, metric)) for label, metric in IFEVAL)),
+          _main_row,
+          "MT-Bench: FastChat's single-answer judging, mean rating of each turn (eval.mt_bench); AlpacaEval 2: the "
+          "alpaca_eval package's weighted GPT-4 Turbo annotator, length-controlled and raw win rates "
+          "(eval.alpaca_eval); IFEval is lm-eval's (suite `leaderboard`)."),
     Table("table3", "more model families and datasets (Vicuna 1M, Magpie): all five metrics", KEYS,
           (Column("Pair-wise Score", VERSUS[0].read, 3), OPEN_LLM,
-           *(Column(label, n.never) for label in ("AlpacaEval 2 Rate (LC)", "AlpacaEval 2 Rate")), *MT_BENCH,
+           *ALPACA_EVAL_2, *MT_BENCH,
            *(Column(label, n.lm("ifeval", 0, metric)) for label, metric in IFEVAL[2:])), _more_row,
           "Vicuna 1M is LMSYS-Chat-1M (source `lmsys_chat`); 300K conversations of each dataset, 4096 tokens, 2 epochs."),
     Table("table10", "more model families and datasets: the Open LLM Leaderboard and IFEval in detail (Appendix F)",

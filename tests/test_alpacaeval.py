@@ -1,0 +1,154 @@
+"""AlpacaEval 1 and 2 through the `alpaca_eval` package (eval/alpacaeval.py), end to end through `instructjax eval
+--config` on a tiny imported model, the reference set in the package's format, the judge's replies recorded.
+
+The expected numbers are computed here independently of our code: which output the judge's prompt shows first is
+read off each request, the judge is made to prefer the model with a chosen probability (AlpacaEval 2: the logprobs
+of its one-token verdict "m"/"M"; AlpacaEval 1: its ranking text), so the raw win rate is the mean of those
+probabilities; the length-controlled win rate is the package's own `get_length_controlled_winrate` on annotations
+built here from those probabilities and the outputs. The package's `df_gamed.csv` (a hub file) is a local file in
+the same schema, in the Hugging Face cache layout.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+
+import pytest
+
+pytest.importorskip("alpaca_eval")
+
+N = 12  # instructions: enough for the length-controlled GLM's 5-fold fit
+
+
+def _write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _gamed_csv(cache, rng):
+    """tatsu-lab/alpaca_eval's df_gamed.csv (two length-gamed baselines per instruction), in the HF cache."""
+    snapshot = cache / "datasets--tatsu-lab--alpaca_eval" / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (cache / "datasets--tatsu-lab--alpaca_eval" / "refs").mkdir()
+    (cache / "datasets--tatsu-lab--alpaca_eval" / "refs" / "main").write_text("0" * 40)
+    lines = ["model,index,preference,std_delta_len,instruction_difficulty,not_gamed_baseline"]
+    for model in ("gamed_verbose", "gamed_concise"):
+        for i in range(N):
+            lines.append(f"{model},{i},{rng.uniform(0.05, 0.95):.4f},{rng.uniform(-2, 2):.4f},"
+                         f"{(i % 5 - 2) / 2:.2f},False")  # fmt: skip
+    (snapshot / "df_gamed.csv").write_text("\n".join(lines) + "\n")
+
+
+def _model_first(request, outputs: dict[str, str], reference: dict[str, str]) -> bool:
+    """Whether the prompt shows the model's output before the reference's (read off the request's text)."""
+    text = request["messages"][-1]["content"]
+    instruction = next(i for i in outputs if f'"""{i}"""' in text)
+    return text.index(f'"""{outputs[instruction]}"""') < text.index(f'"""{reference[instruction]}"""')
+
+
+@pytest.mark.slow
+def test_alpaca_eval_1_and_2_scores_are_the_packages_on_the_recorded_judge(tmp_path, monkeypatch):
+    pytest.importorskip("torch")
+    import huggingface_hub.constants
+    import pandas as pd
+    from alpaca_eval.metrics import get_length_controlled_winrate
+    from test_convert import make_hf
+
+    from instructjax.cli import main
+    from instructjax.convert.saved import import_hf
+
+    rng = random.Random(7)
+    _gamed_csv(tmp_path / "hub", rng)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    run_dir = tmp_path / "run"
+    import_hf(make_hf(tmp_path, "gqa", seed=3), str(run_dir))
+    words = ["rain", "snow", "sun", "wind", "fog", "hail", "storm", "cloud", "frost", "mist", "dew", "sleet"]
+    ae2 = [{"instruction": f"Describe {w}.", "output": f"{w.title()} " + "is weather. " * (1 + i % 4),
+            "generator": "gpt4_1106_preview", "dataset": "helpful_base"} for i, w in enumerate(words)]
+    ae1 = [{**row, "output": f"{row['output']}(davinci)", "generator": "text_davinci_003"} for row in ae2]
+    (tmp_path / "ae2.json").write_text(json.dumps(ae2))
+    _write_jsonl(tmp_path / "ae1.jsonl", ae1)
+    config = tmp_path / "run.yaml"
+    config.write_text(f"""name: ae
+run_dir: {run_dir}
+eval:
+  backend: instructjax
+  out_dir: {tmp_path / 'out2'}
+  alpaca_eval: {{against: {tmp_path / 'ae2.json'}, max_new_tokens: 5}}
+""")
+    assert main(["eval", "--config", str(config)]) == 0
+    out = tmp_path / "out2"
+    waiting = json.loads((out / "results.json").read_text())["alpaca_eval"]
+    assert waiting["annotator"] == "weighted_alpaca_eval_gpt4_turbo" and "none yet" in waiting["replies"]
+    outputs = {r["instruction"]: r["output"] for r in _read_jsonl(out / "alpaca_eval_outputs.jsonl")}
+    assert list(outputs) == [r["instruction"] for r in ae2]  # the set's instructions, in its order
+    requests = _read_jsonl(out / "alpaca_eval_requests.jsonl")
+    assert len(requests) == N and all(r["sampling"] == {"max_tokens": 1, "temperature": 1, "logprobs": True,
+                                                        "top_logprobs": 5} for r in requests)  # fmt: skip
+    assert requests[0]["messages"][0]["role"] == "system" and "leaderboard" in requests[0]["messages"][0]["content"]
+
+    # the judge prefers the model's output with probability q (by instruction): logprobs of "m" (the first output)
+    q = {r["instruction"]: rng.uniform(0.05, 0.95) for r in ae2}
+    reference = {r["instruction"]: r["output"] for r in ae2}
+    replies, firsts = [], 0
+    for request in requests:
+        text = request["messages"][-1]["content"]
+        instruction = next(i for i in q if f'"""{i}"""' in text)
+        first = _model_first(request, outputs, reference)
+        firsts += first
+        p_m = q[instruction] if first else 1 - q[instruction]
+        top = [{"token": "m", "logprob": math.log(p_m)}, {"token": "M", "logprob": math.log(1 - p_m)},
+               {"token": "The", "logprob": -9.0}]
+        replies.append({"id": request["id"], "reply": "m" if p_m > 0.5 else "M",
+                        "logprobs": {"content": [{"token": "m", "logprob": math.log(p_m), "top_logprobs": top}]}})
+    assert 0 < firsts < N  # the package shuffled the order (both orders are exercised)
+    _write_jsonl(out / "alpaca_eval_replies.jsonl", replies)
+    assert main(["eval", "--config", str(config), "--only", "alpaca_eval"]) == 0
+    scored = json.loads((out / "results.json").read_text())["alpaca_eval"]
+    assert scored["n"] == N
+    assert scored["win_rate"] == pytest.approx(100 * sum(q.values()) / N)
+    annotations = pd.DataFrame({"instruction": list(reference), "output_1": list(reference.values()),
+                                "output_2": [outputs[i] for i in reference], "preference": [1 + q[i] for i in reference],
+                                "generator_1": "gpt4_1106_preview", "generator_2": "model",
+                                "annotator": "weighted_alpaca_eval_gpt4_turbo"})  # fmt: skip
+    expected = get_length_controlled_winrate(annotations, save_weights_dir=None)
+    assert scored["length_controlled_winrate"] == pytest.approx(expected["length_controlled_winrate"])
+    assert scored["length_controlled_winrate"] != pytest.approx(scored["win_rate"])  # the length term does act
+
+    # AlpacaEval 1: the alpaca_eval_gpt4 annotator, ranking text, against Davinci-003 (no length control)
+    config.write_text(config.read_text().replace("out2", "out1").replace(
+        f"against: {tmp_path / 'ae2.json'}", f"against: {tmp_path / 'ae1.jsonl'}, annotator: alpaca_eval_gpt4"))
+    assert main(["eval", "--config", str(config)]) == 0
+    out = tmp_path / "out1"
+    outputs = {r["instruction"]: r["output"] for r in _read_jsonl(out / "alpaca_eval_outputs.jsonl")}
+    reference = {r["instruction"]: r["output"] for r in ae1}
+    wins = {r["instruction"]: rng.random() < 0.5 for r in ae1}
+    replies = []
+    for request in _read_jsonl(out / "alpaca_eval_requests.jsonl"):
+        assert request["sampling"] == {"max_tokens": 100, "temperature": 0}
+        text = request["messages"][-1]["content"]
+        instruction = next(i for i in wins if f'"""{i}"""' in text)
+        best = "model_1" if wins[instruction] == _model_first(request, outputs, reference) else "model_2"
+        other = "model_2" if best == "model_1" else "model_1"
+        replies.append({"id": request["id"], "reply": f"[{{'model': '{best}', 'rank': 1}}, {{'model': '{other}', 'rank': 2}}]"})
+    _write_jsonl(out / "alpaca_eval_replies.jsonl", replies)
+    assert main(["eval", "--config", str(config), "--only", "alpaca_eval"]) == 0
+    scored = json.loads((out / "results.json").read_text())["alpaca_eval"]
+    assert scored["annotator"] == "alpaca_eval_gpt4" and "length_controlled_winrate" not in scored
+    assert scored["win_rate"] == pytest.approx(100 * sum(wins.values()) / N)
+
+
+def test_a_bad_reference_row_is_one_line_naming_file_and_row(tmp_path):
+    from instructjax.core.errors import DataError
+    from instructjax.eval.alpacaeval import read_reference
+
+    (tmp_path / "ref.json").write_text(json.dumps([{"instruction": "a", "output": "b"}, {"instruction": "c"}]))
+    with pytest.raises(DataError) as e:
+        read_reference(str(tmp_path / "ref.json"))
+    assert "ref.json" in str(e.value) and "row 2" in str(e.value) and "'output'" in str(e.value)
+    assert "\n" not in str(e.value)
