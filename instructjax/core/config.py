@@ -196,9 +196,12 @@ class JudgeSection:
     """One judged evaluation of an `eval:` block (`pairwise`, `alpaca_eval`, `flask`): the instructions the
     model answers, the other system's outputs (pairwise: the systems compared against, one path or named
     comparisons {name: run dir or .jsonl, or {against, prompt}}, `{}` for none: the outputs only, for other runs to
-    compare with; alpaca_eval: the reference, Davinci-003), the
+    compare with; alpaca_eval: the AlpacaEval set with the reference's outputs, in the `alpaca_eval` package's
+    format, and `annotator`, the package's annotator config: `alpaca_eval_gpt4` for AlpacaEval 1 against
+    Davinci-003, `weighted_alpaca_eval_gpt4_turbo` (the default) for AlpacaEval 2 against GPT-4 Turbo), the
     judge prompt (pairwise: a name in eval/judge_prompts.py or a file; None: seed 002's Figure 4), the judge's
-    replies once there are some. Paths left out default to `eval.data_dir/<mode>/{prompts,against,reference}.jsonl`
+    replies once there are some. Paths left out default to `eval.data_dir/<mode>/{prompts,against}.jsonl`,
+    `eval.data_dir/alpaca_eval/<the hub's file of the annotator's set>`
     and `<eval out dir>/<mode>[_vs_<name>]_replies.jsonl`."""
 
     prompts: str | None = None
@@ -208,6 +211,7 @@ class JudgeSection:
     max_new_tokens: int | None = None  # None: the paper's (instructjax.eval.pairwise.JUDGE_PROTOCOLS)
     temperature: float = 0.0
     seed: int = 0
+    annotator: str | None = None  # alpaca_eval: the package's annotator config (None: AlpacaEval 2's)
 
     def __post_init__(self):
         _check(self.max_new_tokens is None or self.max_new_tokens >= 1,
@@ -288,6 +292,25 @@ class TruthfulqaSection:
 
 
 @dataclass
+class LongFormSection:
+    """Seed 002's LongForm and ELI5, scored by METEOR (eval/long_form.py): `longform` (LongForm's test rows:
+    `input`, `output`; None: eval.data_dir/long_form/longform_test.jsonl) and `eli5` (ELI5's validation rows in
+    the `eli5` schema; None: eval.data_dir/long_form/eli5_validation.jsonl), jsonl, json, parquet or CSV;
+    greedy answers of up to `max_new_tokens` in the model's chat template; `limit`: the first rows of each;
+    `eli5_selftext`: the question is the title and the selftext (False: the title alone)."""
+
+    longform: str | None = None
+    eli5: str | None = None
+    max_new_tokens: int = 512
+    limit: int | None = None
+    eli5_selftext: bool = False
+
+    def __post_init__(self):
+        _check(self.max_new_tokens >= 1 and (self.limit is None or self.limit >= 1),
+               "eval.long_form: max_new_tokens and limit must be >= 1")
+
+
+@dataclass
 class MtBenchSection:
     """MT-Bench as FastChat runs it (eval/mt_bench.py): `questions` (FastChat's question.jsonl; None:
     eval.data_dir/mt_bench/question.jsonl), `reference_answers` (its reference_answer/gpt-4.jsonl; None: that file
@@ -325,6 +348,7 @@ class EvalSection:
     judge: JudgeEndpoint | None = None
     toxigen: ToxigenSection | bool = False
     truthfulqa: TruthfulqaSection | bool = False
+    long_form: LongFormSection | bool = False
     mt_bench: MtBenchSection | bool = False
     data_dir: str = "eval_data"
     out_dir: str | None = None  # None: <run_dir>/eval
@@ -339,11 +363,12 @@ class EvalSection:
         value = getattr(self, mode)
         return JudgeSection() if value is True else (value or None)
 
-    def protocol(self, name: str) -> ToxigenSection | TruthfulqaSection | MtBenchSection | None:
-        """The section of a part with a protocol of its own (`toxigen`, `truthfulqa`, `mt_bench`; defaults for
-        `true`), None when off."""
+    def protocol(self, name: str) -> ToxigenSection | TruthfulqaSection | LongFormSection | MtBenchSection | None:
+        """The section of a part with a protocol of its own (`toxigen`, `truthfulqa`, `long_form`, `mt_bench`;
+        defaults for `true`), None when off."""
         value = getattr(self, name)
-        sections = {"toxigen": ToxigenSection, "truthfulqa": TruthfulqaSection, "mt_bench": MtBenchSection}
+        sections = {"toxigen": ToxigenSection, "truthfulqa": TruthfulqaSection, "long_form": LongFormSection,
+                    "mt_bench": MtBenchSection}
         return sections[name]() if value is True else (value or None)
 
 

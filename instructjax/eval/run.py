@@ -2,7 +2,8 @@
 `instructjax sweep` do.
 
 The suite (GSM8K/BBH by the paper's protocol, eval/protocols.py), extra lm-eval tasks, Codex-Eval, ToxiGen and
-TruthfulQA as seed 004 scores them (eval/toxigen.py, eval/truthfulqa.py), and the judged evaluations (pairwise,
+TruthfulQA as seed 004 scores them (eval/toxigen.py, eval/truthfulqa.py), LongForm and ELI5 by METEOR as seed 002
+does (eval/long_form.py), and the judged evaluations (pairwise,
 alpaca_eval, flask: eval/judged.py).
 Everything lands in the eval directory (default RUN_DIR/eval): results.json (written whole, atomically),
 suite_samples.jsonl, and the judged parts' files (eval/judged.py).
@@ -10,8 +11,10 @@ suite_samples.jsonl, and the judged parts' files (eval/judged.py).
 results.json: {"model", "step" (the checkpoint step evaluated: `model_step`), "eval" (`eval_digest` of the
 block), "parts": [the parts it holds], "suite": {"TASK|N-shot": {metric: value, "protocol":
 {...}}}, "tasks": {TASK: {metric: value}}, "codex": {"pass@1", "pass@10"}, "toxigen": {GROUP: % toxic, "overall", "n"},
-"truthfulqa": {"truthful", "informative", "truthful_and_informative", "n"}, and the judged parts' results
-"pairwise" {"vs": {NAME: {win, tie, lose, n, winning_score, ...}}}, "alpaca_eval" {win_rate, n}, "flask" {skill:
+"truthfulqa": {"truthful", "informative", "truthful_and_informative", "n"}, "long_form": {"LongForm", "ELI5"
+(METEOR x100), "n": {benchmark: rows}}, and the judged parts' results
+"pairwise" {"vs": {NAME: {win, tie, lose, n, winning_score, ...}}}, "alpaca_eval" {annotator, win_rate,
+length_controlled_winrate (AlpacaEval 2), n}, "flask" {skill:
 score, "average"} (eval/judged.py: what a part still waits for says so in place of its scores).
 """
 
@@ -25,8 +28,10 @@ from instructjax.core.config import EvalSection, RunConfig, digest, eval_section
 from instructjax.core.errors import ConfigError
 from instructjax.eval.judged import JUDGE_MODE, check_inputs, resolve_runs, run_judged, run_mt_bench
 
-EVAL_PARTS = ("suite", "tasks", "codex", "toxigen", "truthfulqa", "mt_bench", "pairwise", "alpaca_eval", "flask")
-PROTOCOLS = ("toxigen", "truthfulqa")  # generation scored by classifiers (eval/toxigen.py, eval/truthfulqa.py)
+EVAL_PARTS = ("suite", "tasks", "codex", "toxigen", "truthfulqa", "long_form", "mt_bench", "pairwise", "alpaca_eval",
+              "flask")
+# generation scored by classifiers (eval/toxigen.py, eval/truthfulqa.py) or against references (eval/long_form.py)
+PROTOCOLS = ("toxigen", "truthfulqa", "long_form")
 
 
 def config_parts(ev: EvalSection) -> list[str]:
@@ -46,11 +51,15 @@ def config_parts(ev: EvalSection) -> list[str]:
     return parts
 
 
-def protocol_data(ev: EvalSection, name: str) -> str:
-    """The data a classifier-scored part reads: ToxiGen's prompt folder, TruthfulQA's questions."""
+def protocol_data(ev: EvalSection, name: str) -> str | dict[str, str]:
+    """The data a protocol part reads: ToxiGen's prompt folder, TruthfulQA's questions, {benchmark: file} of
+    long_form (LongForm's test set, ELI5's validation set)."""
     section = ev.protocol(name)
     if name == "toxigen":
         return section.data_dir or storage.join(ev.data_dir, "toxigen")
+    if name == "long_form":
+        return {"LongForm": section.longform or storage.join(ev.data_dir, "long_form", "longform_test.jsonl"),
+                "ELI5": section.eli5 or storage.join(ev.data_dir, "long_form", "eli5_validation.jsonl")}
     return section.data or storage.join(ev.data_dir, "truthfulqa", "TruthfulQA.csv")
 
 
@@ -123,8 +132,14 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
     for mode in (p for p in parts if p in JUDGE_MODE):  # every input file before any work
         check_inputs(ev, mode, out)
     for name in (p for p in parts if p in PROTOCOLS):
-        if not storage.path(protocol_data(ev, name)).exists():
-            raise ConfigError(f"eval.{name}: {protocol_data(ev, name)} does not exist")
+        data = protocol_data(ev, name)
+        for path in data.values() if isinstance(data, dict) else [data]:
+            if not storage.path(path).exists():
+                raise ConfigError(f"eval.{name}: {path} does not exist")
+    if "long_form" in parts:  # METEOR's nltk data (never downloaded): missing, one line before any work
+        from instructjax.eval.long_form import require_nltk_data
+
+        require_nltk_data()
     if "mt_bench" in parts:
         from instructjax.eval.judged import mt_bench_files
 
@@ -160,6 +175,11 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
 
         results["truthfulqa"] = run_truthfulqa(generator(), ev.protocol("truthfulqa"), protocol_data(ev, "truthfulqa"),
                                                out)
+    if "long_form" in parts:
+        from instructjax.eval.long_form import run_long_form
+
+        results["long_form"] = run_long_form(generator(), ev.protocol("long_form"), protocol_data(ev, "long_form"),
+                                             out)
     if "mt_bench" in parts:
         results["mt_bench"] = run_mt_bench(generator, ev, out,
                                            reuse_outputs=same and "mt_bench" in earlier.get("parts", []))

@@ -81,9 +81,12 @@ LEADERBOARD = (("ARC", n.lm("arc_challenge", 25, "acc_norm")), ("HellaSwag", n.l
                ("Winogrande", n.lm("winogrande", 5, "acc")), ("GSM8K", n.protocol("gsm8k_cot", 8)),
                ("BBH", n.protocol("bbh_cot_fewshot", 3)))
 AVG2 = n.mean(*(read for _, read in LEADERBOARD))
-BENCHMARKS = (Column("LongForm", n.never), Column("ELI5", n.never), *(Column(label, r) for label, r in LEADERBOARD),
-              Column("AVG1", n.never), Column("AVG2", AVG2))
-BENCHMARK_NOTE = ("LongForm and ELI5 (METEOR) are not in our suites, hence AVG1 is missing. The paper does not say "
+LONG_FORM = (("LongForm", n.judged("long_form", "LongForm")), ("ELI5", n.judged("long_form", "ELI5")))
+AVG1 = n.mean(*(read for _, read in LONG_FORM))
+BENCHMARKS = (*(Column(label, r) for label, r in LONG_FORM), *(Column(label, r) for label, r in LEADERBOARD),
+              Column("AVG1", AVG1), Column("AVG2", AVG2))
+BENCHMARK_NOTE = ("LongForm and ELI5: METEOR x100 (eval.long_form: HF evaluate's meteor, the ELI5 reference the "
+                  "answer with the most votes); AVG1 is their mean. The paper does not say "
                   "which selection size this table shows: the K={k} runs fill its rows; other sizes get their own.")
 VS_NOTE = "A winning score fills the column of the run its comparison names (`eval.pairwise.against`)."
 
