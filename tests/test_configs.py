@@ -32,9 +32,9 @@ def test_family_sizes():
     # seed 000: 8 settings x 2 models + 4 ratios + 4 counts; seed 002: Base + 3 full + (2+2+1 sizes) x 5 methods
     # + 4; seed 003: 3 models x 3 datasets x 2 + 4 strategies + 5 max counts + 5 distributions + Table 3's 3 models
     # x 2 datasets x 2; seed 004: 6 vanilla LLaMA (1: 7-65B, 2: 7-13B) + 12 datasets x 2 sizes + ShareGPT 30/65B
-    # + Human 4 sizes + Tulu 4 sizes + Tulu-1.1 2 sizes + Table 4's OPT and Pythia.
+    # + Human 4 sizes + Tulu 4 sizes + Tulu-1.1 2 sizes + Table 4's OPT and Pythia + Table 8's vanilla OPT, Pythia.
     assert {g: groups.count(g) for g in set(groups)} == {
-        "seed000_acp": 24, "seed002_selection": 33, "seed003_mosaic": 44, "seed004_tulu": 44}
+        "seed000_acp": 24, "seed002_selection": 33, "seed003_mosaic": 44, "seed004_tulu": 46}
     assert len({e.config["name"] for e in EXPS}) == len(EXPS)  # names (and run dirs) are unique
 
 
@@ -126,7 +126,8 @@ def test_seed003_matches_paper():
 def test_seed004_matches_paper():
     vanilla = [e for e in EXPS if e.path.startswith("seed004") and e.tags["mixture"] is None]
     assert {e.tags["preset"] for e in vanilla} == {"llama1-7b", "llama1-13b", "llama1-33b", "llama1-65b",
-                                                    "llama2-7b", "llama2-13b"}  # Table 5's vanilla rows
+                                                    "llama2-7b", "llama2-13b",  # Table 5's vanilla rows
+                                                    "opt-6.7b", "pythia-6.9b"}  # and Table 8's
     for e in vanilla:  # evaluated as base models (App. C: raw prompts for ToxiGen and TruthfulQA)
         c = load(e.path)
         assert c.max_steps == 0 and c.eval["toxigen"] == {"chat": False} and c.eval["truthfulqa"] == {"chat": False}

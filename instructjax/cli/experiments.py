@@ -123,6 +123,10 @@ SEED002_VERSUS = {"kmeans": ("full", "random"), "quality": ("full", "random"),
                   "longest": ("full", "random", "kmeans", "quality"), "kcenter": ("full", "random", "longest"),
                   "shortest": ("full",)}
 SEED002_LENGTH_NEUTRAL = ("alpaca", "longest", 1000)
+# Tables 3, 7, 8 (LongForm, ELI5 and the leaderboard): Base, and Full, Random, Diversity (k-means), Quality and
+# Longest at the size each table shows (report/seed002.py BENCHMARK_K); those runs also answer LongForm and ELI5
+SEED002_BENCHMARK_K = {"alpaca": 1000, "dolly": 1000, "wizardlm": 4200}
+SEED002_BENCHMARK_METHODS = ("full", "random", "kmeans", "quality", "longest")
 
 
 def _selection_name(dataset: str, method: str, k: int | None) -> str:
@@ -146,8 +150,9 @@ def _selection_experiment(dataset: str, method: str, k: int | None, runs: set[st
     optim = {k_: SEED002[k_] for k_ in ("lr", "warmup_ratio", "epochs")}
     data = {"mixture": task, "seq_len": max_len, "global_batch": SEED002["global_batch"]}
     pairwise = {"prompt": "seed002", "against": versus}  # no comparisons (full, random): the outputs others judge
-    config = _config(name, group, "llama2-7b", data, optim, {"suite": "leaderboard", "pairwise": pairwise},
-                     define=define)
+    benchmarks = method in SEED002_BENCHMARK_METHODS and k in (None, SEED002_BENCHMARK_K[dataset])
+    evals = {"suite": "leaderboard", **({"long_form": True} if benchmarks else {}), "pairwise": pairwise}
+    config = _config(name, group, "llama2-7b", data, optim, evals, define=define)
     note = {"quality": "quality needs rows with a ChatGPT 0-5 rating in meta['score'] (AlpaGasus ratings):\n"
                        f"set define.tasks.{task}.data_files to such a file.",
             "kmeans": "The paper embeds with LLaMA-2-7B; the default encoder here is TF-IDF+SVD (offline)."}.get(method, "")
@@ -159,7 +164,7 @@ def _selection_experiment(dataset: str, method: str, k: int | None, runs: set[st
 def _base_experiment() -> Experiment:
     """Seed 002's "Base" row of Tables 3, 7 and 8: LLaMA-2-7B evaluated without fine-tuning."""
     name, group = "base_llama2_7b", "seed002_selection"
-    config = _config(name, group, "llama2-7b", {}, {}, {"suite": "leaderboard"}, max_steps=0)
+    config = _config(name, group, "llama2-7b", {}, {}, {"suite": "leaderboard", "long_form": True}, max_steps=0)
     for key in ("data", "optim", "checkpoint"):  # no training: `instructjax train` refuses max_steps < 1
         config.pop(key)
     return Experiment(f"{group}/{name}.yaml", "seed 002, Tables 3, 7, 8: Base (LLaMA-2-7B, not fine-tuned)", config,
@@ -209,7 +214,7 @@ def _mosaic_experiment(preset: str, dataset: str, mosaic: dict | None, name: str
         data["mosaic"] = {"strategy": "mix", "k_max": 10, "distribution": "uniform", "max_length": 2048, **mosaic}
     evals = {"suite": "leaderboard", "pairwise": _versus_baseline(dataset, preset, mosaic is not None)}
     if preset == "mistral-7b" and dataset in ("alpaca_gpt4", "wizardlm") and not name.startswith("ablation_"):
-        evals["mt_bench"] = True  # Table 2
+        evals["mt_bench"] = evals["alpaca_eval"] = True  # Table 2 (AlpacaEval 2, the alpaca_eval package's default)
     config = _config(name, group, preset, data, {"lr": lr, "warmup_ratio": warmup, "epochs": 3, "schedule": "cosine"},
                      evals, define=define)
     return Experiment(f"{group}/{name}.yaml", title, config, SEED003_NOTE, {"preset": preset, "dataset": dataset, **tags})
@@ -237,7 +242,7 @@ def _table3_experiment(preset: str, dataset: str, method: str) -> Experiment:
         data["mosaic"] = {"strategy": "mix", "k_max": 10, "distribution": "uniform", "max_length": 4096}
     config = _config(name, group, preset, data, {"lr": 2e-5, "warmup_ratio": 0.03, "epochs": 2, "schedule": "cosine"},
                      {"suite": "leaderboard", "pairwise": _versus_baseline(dataset, preset, method == "mosaic"),
-                      "mt_bench": True}, define=define, template="model")
+                      "mt_bench": True, "alpaca_eval": True}, define=define, template="model")
     return Experiment(f"{group}/{name}.yaml", f"seed 003, Table 3 / Table 10, {preset}, {dataset}, {method}", config,
                       SEED003_TABLE3_NOTE, {"preset": preset, "dataset": dataset, "method": method})
 
@@ -282,19 +287,22 @@ SEED004_NOTE = ("Batch 128 examples is open-instruct's default (the paper does n
                 "their own EOS.")
 
 
-SEED004_VANILLA = ("llama1-7b", "llama1-13b", "llama1-33b", "llama1-65b", "llama2-7b", "llama2-13b")  # Tables 3, 5, 6
+SEED004_VANILLA = ("llama1-7b", "llama1-13b", "llama1-33b", "llama1-65b", "llama2-7b", "llama2-13b",  # Tables 3, 5, 6
+                   "opt-6.7b", "pythia-6.9b")  # Table 8 (its non-LLaMA rows)
+SEED004_ALPACA_EVAL = {"annotator": "alpaca_eval_gpt4"}  # AlpacaEval 1: GPT-4 against Davinci-003 (§4, App. E)
 SEED004_SAFETY = {"toxigen": True, "truthfulqa": True}  # Table 6 (and 9, 10): ToxiGen and TruthfulQA
 
 
 def seed004() -> list[Experiment]:
     group, out = "seed004_tulu", []
     for preset in SEED004_VANILLA:  # the base models, evaluated as they are (App. C: raw prompts, no template)
-        name = f"tulu_vanilla_{preset.replace('-', '_')}"
+        name = f"tulu_vanilla_{preset.replace('-', '_').replace('.', '_')}"
         base = _config(name, group, preset, {}, {}, {"suite": "tulu", "toxigen": {"chat": False},
                                                       "truthfulqa": {"chat": False}}, max_steps=0)
         for key in ("data", "optim", "checkpoint"):  # no training: `instructjax train` refuses max_steps < 1
             base.pop(key)
-        out.append(Experiment(f"{group}/{name}.yaml", f"seed 004, Tables 3, 5, 6, 9, 10: vanilla {preset}", base,
+        tables = "Table 8" if preset in ("opt-6.7b", "pythia-6.9b") else "Tables 3, 5, 6, 9, 10"
+        out.append(Experiment(f"{group}/{name}.yaml", f"seed 004, {tables}: vanilla {preset}", base,
                               "The base model evaluated without fine-tuning (eval only; max_steps: 0).",
                               {"preset": preset, "mixture": None}))
     for mixture, presets, table in SEED004_RUNS:
@@ -304,7 +312,7 @@ def seed004() -> list[Experiment]:
             name = f"tulu_{what}_{preset.replace('-', '_').replace('.', '_')}"
             data = {"mixture": mixture, "seq_len": max_len, "global_batch": 128}
             config = _config(name, group, preset, data, {"lr": lr, "warmup_ratio": 0.03, "epochs": 2},
-                             {"suite": "tulu", "alpaca_eval": True, **SEED004_SAFETY})
+                             {"suite": "tulu", "alpaca_eval": SEED004_ALPACA_EVAL, **SEED004_SAFETY})
             out.append(Experiment(f"{group}/{name}.yaml", f"seed 004, {table}, {preset}: {mixture}", config,
                                   SEED004_NOTE, {"preset": preset, "mixture": mixture}))
     return out

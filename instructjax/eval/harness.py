@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -85,11 +86,18 @@ def hf_placement(model_dir: str, accelerator: str | None) -> tuple[str, str]:
     return accelerator, dtype or "bfloat16"
 
 
+# our own lm-eval task YAMLs (seed 004's GSM/BBH Direct and TydiQA closed book), found beside lm-eval's
+TASKS_DIR = str(Path(__file__).with_name("tasks"))
+
+
 def task_manager(include_path: str | None, tasks: Sequence[str] = ()) -> TaskManager:
-    """lm-eval's task index for `tasks`: the include path's own when it holds them all as tasks (reading every
-    one of lm-eval's task YAMLs takes seconds), else lm-eval's with the include path; built once per process."""
+    """lm-eval's task index for `tasks`: the include path's own (or our TASKS_DIR's) when it holds them all as
+    tasks (reading every one of lm-eval's task YAMLs takes seconds), else lm-eval's with the include path and
+    ours; built once per process."""
     if include_path and set(tasks) <= set(_index(include_path, False).all_subtasks):
         return _index(include_path, False)
+    if tasks and set(tasks) <= set(_index(TASKS_DIR, False).all_tasks):  # ours: tasks, groups and tags
+        return _index(TASKS_DIR, False)
     return _index(include_path, True)
 
 
@@ -97,7 +105,8 @@ def task_manager(include_path: str | None, tasks: Sequence[str] = ()) -> TaskMan
 def _index(include_path: str | None, defaults: bool) -> TaskManager:
     from lm_eval.tasks import TaskManager
 
-    return TaskManager(include_path=include_path, include_defaults=defaults)
+    paths = [p for p in (TASKS_DIR if defaults else None, include_path) if p]  # later paths win a name
+    return TaskManager(include_path=paths or None, include_defaults=defaults)
 
 
 def leaf_sizes(task: str, include_path: str | None = None) -> dict[str, int]:

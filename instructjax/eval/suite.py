@@ -1,8 +1,9 @@
 """The papers' evaluation suites as data: lm-eval task names, shot counts, the metric each paper reports.
 
-- "tulu" (seed 004, Table 3): MMLU 0/5-shot, GSM8K 8-shot CoT, BBH 3-shot CoT, TydiQA 1-shot gold
-  passage, TruthfulQA, ToxiGen, Codex-Eval (HumanEval pass@1 at T=0.1, pass@10 at T=0.8) and
-  AlpacaEval (pairwise, see instructjax.eval.pairwise).
+- "tulu" (seed 004, Tables 3 and 8): MMLU 0/5-shot, GSM8K 8-shot CoT and direct, BBH 3-shot CoT and
+  direct, TydiQA 1-shot gold passage and closed book, TruthfulQA, ToxiGen, Codex-Eval (HumanEval pass@1 at
+  T=0.1, pass@10 at T=0.8); AlpacaEval is the `alpaca_eval` part (eval/alpacaeval.py). The direct and
+  closed-book settings are task YAMLs of ours (instructjax/eval/tasks) with open-instruct's prompts.
 - "mixture" (seed 000, Table 1): zero-shot ARC-Challenge, Winogrande, PIQA, MMLU, RACE, HellaSwag,
   plus HumanEval pass@1/pass@10.
 - "leaderboard" (seeds 002/003, Open LLM Leaderboard): ARC 25-shot, HellaSwag 10-shot, MMLU 5-shot,
@@ -50,6 +51,15 @@ SUITES: dict[str, tuple[SuiteTask, ...]] = {
                   "(the reference scripts: the paper gives no number); the answer after 'So the answer is'",
                   Protocol("bbh", 40, 42)),
         SuiteTask("TydiQA (1-shot, gold passage)", "tydiqa_goldp", 1, "f1"),
+        # Table 8's other settings: our task YAMLs (instructjax/eval/tasks), open-instruct's prompts
+        SuiteTask("GSM8K (8-shot direct)", "tulu_gsm8k_direct", 8, "exact_match,last-number",
+                  "the reference's --no_cot prompt: the 8 exemplars with their final answers only; the same 200 "
+                  "problems and answer rule as the CoT setting", Protocol("gsm8k", 200, 42)),
+        SuiteTask("BBH (3-shot direct)", "tulu_bbh_direct", 3, "exact_match,strip",
+                  "the official 3-shot prompts without their reasoning (the reference's --no_cot); the same 40 "
+                  "problems per task and answer rule as the CoT setting", Protocol("bbh", 40, 42)),
+        SuiteTask("TydiQA (1-shot, closed book)", "tulu_tydiqa_cb", 1, "f1",
+                  "the question without its passage, one exemplar per language (the reference's --no_context)"),
         SuiteTask("TruthfulQA", "truthfulqa_gen", 0, "bleu_acc",
                   "seed 004 judges with fine-tuned GPT classifiers; the 6 QA examples are in the prompt"),
         SuiteTask("ToxiGen", "toxigen", 0, "acc",
