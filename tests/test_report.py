@@ -124,8 +124,8 @@ def test_published_table4_of_seed003_side_by_side():
 # a cell's numbers: "12.0 20 5" -> "12.0", "20 5" (a decimal point lost as a space)
 _CELL_TOKEN = re.compile(r"-|\d+\.\d+|\d+ \d(?!\d)|\S+")
 # readings of damaged numbers the transcription uses (seed004.yaml names each): a lost decimal point in a column
-# of one-decimal numbers below 10, and "/" for "7" (the text's "/B" is "7B")
-_GARBLED = {"75": 7.5, "73": 7.3, "70": 7.0, "/.1": 7.1}
+# of one-decimal numbers below 10 or a percentage ("977", Table 10), and "/" for "7" (the text's "/B" is "7B")
+_GARBLED = {"75": 7.5, "73": 7.3, "70": 7.0, "/.1": 7.1, "9/.6": 97.6, "977": 97.7}
 _ALL = tuple(range(12))  # a clean line: the row's 12 numbers, one per cell
 _FIRST, _SECOND = (0,) * 12, (1,) * 12
 
@@ -284,6 +284,171 @@ def test_published_table8_agrees_with_tables_3_4_5_and_7():
     assert differ == {("LLaMa 30B", "H+GPT mix", "Codex-Eval P@10"): (48.9, 48.0),
                       ("LLaMa 7B", "Dolly", "AlpacaEval v Davinci-003"): (10.9, 11.0)}
     assert seen > 150
+
+
+# ---- seed 004's Tables 9 and 10 (ToxiGen by group, TruthfulQA): read as Table 8, rows keyed as its ----------
+
+def _seed004_lines(start: str, end: str, width: int) -> dict[tuple[str, int], list[list[str]]]:
+    """{(first cell, occurrence): the tokens of each of its `width` cells} of a seed 004 table's lines."""
+    lines = paper_text("004_c95fab1b15b30ce8.txt").splitlines()
+    first = next(i for i, line in enumerate(lines) if line.startswith(start))
+    out, seen = {}, Counter()
+    for line in lines[first + 1:]:
+        if line.startswith(end):
+            break
+        label, *cells = line.split("\t")
+        out[(label, seen[label])] = [_CELL_TOKEN.findall(c) for c in (cells + [""] * width)[:width]]
+        seen[label] += 1
+    return out
+
+
+def _assert_read(table_id: str, spec: dict, lines: dict) -> None:
+    """Every number of the table's transcription is the token its row's line shows in that cell (as
+    test_published_table8_is_read_from_the_papers_text), every cell not read is null; rows in the paper's order."""
+    published = families.published(seed004)["tables"][table_id]
+    assert [tuple(r[:2]) for r in published["rows"]] == list(spec)
+    for row in published["rows"]:
+        label, occurrence, picks = spec[tuple(row[:2])]
+        for col, (value, pick) in enumerate(zip(row[2:], picks, strict=True)):
+            if pick is None:
+                assert value is None, (row[:2], col)
+                continue
+            token = lines[(label, occurrence)][col][pick]
+            assert _read(token) == value, (row[:2], col, token, value)
+
+
+_F9, _S9 = (0,) * 15, (1,) * 15
+
+
+def _t9(cells: dict[int, int]) -> tuple:
+    """Token picks of a merged line's row: only the columns named."""
+    return tuple(cells.get(i) for i in range(15))
+
+
+_MERGED = (3, 4, 5, 13)  # 13B Unnatural Instructions and Alpaca's two-number cells
+_SUPERNI_COT = (0, 2, 3, 8, 12, 13, 14)  # 7B SuperNI and CoT's
+_GPT4_ALPACA = {**dict.fromkeys((1, 3, 7, 8, 11, 12, 14), 0), 0: 0, 13: 0}  # the two-number cells' first, Asian, Women
+_BAIZE = {**dict.fromkeys((1, 3, 7, 8, 11, 12, 14), 1), **dict.fromkeys((2, 4, 5, 6, 9, 10), 0)}
+TABLE9_LINES = {
+    ("Proprietary", "GPT-4"): ("GPT-4", 0, _F9), ("Proprietary", "ChatGPT"): ("ChatGPT", 0, _F9),
+    ("LLaMa 65B", "Vanilla LLaMa"): ("LLaMa", 0, _F9), ("LLaMa 65B", "ShareGPT"): ("ShareGPT", 0, _F9),
+    ("LLaMa 65B", "Human mix."): ("Human mix.", 0, _t8(_F9, (3, 13))),
+    ("LLaMa 65B", "H+GPT mix"): ("$\\frac{H+GPT mix}{m}$", 0, _t8(_F9, (14,))),
+    ("LLaMa 30B", "Vanilla LLaMa"): ("SharaCPT", 0, _t8(_F9, (0, 1, 2, 4, 5, 11, 12, 14))),
+    ("LLaMa 30B", "ShareGPT"): ("SharaCPT", 0, (None,) * 15),
+    ("LLaMa 30B", "Human mix."): ("Human mix", 0, _F9), ("LLaMa 30B", "H+GPT mix"): ("H+GPT mix (A)", 0, _F9),
+    ("LLaMa 13B", "Vanilla LLaMa"): ("LLaMa", 1, _F9), ("LLaMa 13B", "SuperNI"): ("SuperNI", 0, _F9),
+    ("LLaMa 13B", "CoT"): ("CoT", 0, _F9), ("LLaMa 13B", "Flan V2"): ("Flan V2", 0, _F9),
+    ("LLaMa 13B", "Dolly"): ("Dolly", 0, _F9), ("LLaMa 13B", "Open Assistant 1"): ("Open Assistant 1", 0, _F9),
+    ("LLaMa 13B", "Self-instruct"): ("Self-Instruct", 0, _F9),
+    ("LLaMa 13B", "Unnatural Instructions"): ("Alpaca", 0, _t9(dict.fromkeys(_MERGED, 0))),
+    ("LLaMa 13B", "Alpaca"): ("Alpaca", 0, _t9(dict.fromkeys(_MERGED, 1))),
+    ("LLaMa 13B", "Code-Alpaca"): ("Code-Alpaca", 0, _F9), ("LLaMa 13B", "GPT4-Alpaca"): ("GPT4-Alpaca", 0, _F9),
+    ("LLaMa 13B", "Baize"): ("Baize", 0, _F9), ("LLaMa 13B", "ShareGPT"): ("ShareGPT", 1, _F9),
+    ("LLaMa 13B", "Human mix."): ("Human mix.", 1, _F9),
+    ("LLaMa 13B", "H+GPT mix"): ("H+GPT mix (\U0001f545)", 0, _F9),
+    ("LLaMa-2 13B", "Vanilla LLaMa-2"): ("LLaMa-2", 0, _F9), ("LLaMa-2 13B", "H+GPT mix"): ("H+GPT mix (m)", 0, _F9),
+    ("LLaMa 7B", "Vanilla LLaMa"): ("LLaMa", 2, _F9),
+    ("LLaMa 7B", "SuperNI"): ("Superini", 0, _t9(dict.fromkeys(_SUPERNI_COT, 0))),
+    ("LLaMa 7B", "CoT"): ("Superini", 0, _t9(dict.fromkeys(_SUPERNI_COT, 1))),
+    ("LLaMa 7B", "Flan V2"): ("Elan V2", 0, _F9), ("LLaMa 7B", "Dolly"): ("Dolly", 1, _F9),
+    ("LLaMa 7B", "Open Assistant 1"): ("Open Assistant 1", 1, _F9),
+    ("LLaMa 7B", "Self-instruct"): ("Self-Instruct", 1, _F9),
+    ("LLaMa 7B", "Unnatural Instructions"): ("Unnat. Instruct.", 0, _F9), ("LLaMa 7B", "Alpaca"): ("Alpaca", 1, _F9),
+    ("LLaMa 7B", "Code-Alpaca"): ("Code-Alpaca", 1, _t8(_F9, (6, 9, 10, 11))),
+    ("LLaMa 7B", "GPT4-Alpaca"): ("Baize", 1, _t9(_GPT4_ALPACA)), ("LLaMa 7B", "Baize"): ("Baize", 1, _t9(_BAIZE)),
+    ("LLaMa 7B", "ShareGPT"): ("ShareGPT", 2, _F9), ("LLaMa 7B", "Human mix."): ("Human mix.", 2, _F9),
+    ("LLaMa 7B", "H+GPT mix"): ("H+GPT mix (\u20ac)", 0, _F9),
+    ("LLaMa-2 7B", "Vanilla LLaMa-2"): ("LLaMa-2", 1, _F9), ("LLaMa-2 7B", "H+GPT mix"): ("H+GPT mix ()", 0, _F9),
+    ("OPT 6.7B", "Vanilla"): ("OPT", 0, _F9), ("OPT 6.7B", "H+GPT mix"): ("+ H+GPT mix", 0, _F9),
+    ("Pythia 6.9B", "Vanilla"): ("Pythia", 0, _F9),
+    ("Pythia 6.9B", "H+GPT mix"): ("$+ \\Pi + GP1 IIIIX$", 0, _t8(_F9, (6, 11, 14))),
+}
+_F10 = (0, 0, 0)
+_TULU = "H+GPT mix (\U0001f545)"
+TABLE10_LINES = {
+    ("Proprietary", "GPT-4"): ("GPT-4", 0, _F10), ("Proprietary", "ChatGPT"): ("ChatGPT", 0, _F10),
+    **{("LLaMa 65B", model): (label, 0, _F10) for model, label in (
+        ("Vanilla LLaMa", "Vanilla LLaMa"), ("ShareGPT", "ShareGPT"), ("Human mix.", "Human mix"), ("H+GPT mix", _TULU))},
+    ("LLaMa 30B", "Vanilla LLaMa"): ("Vanilla LLaMa", 1, _F10), ("LLaMa 30B", "ShareGPT"): ("ShareGPT", 1, _F10),
+    ("LLaMa 30B", "Human mix."): ("Human mix", 1, _F10),
+    ("LLaMa 30B", "H+GPT mix"): ("$H \\perp GPT mix ()$", 0, _F10),
+    **{("LLaMa 13B", model): (label, occurrence, _F10) for model, label, occurrence in (
+        ("Vanilla LLaMa", "Vanilla LLaMa", 2), ("SuperNI", "SuperNI", 0), ("CoT", "Col", 0), ("Flan V2", "Flan V2", 0),
+        ("Dolly", "Dolly", 0), ("Open Assistant 1", "Open Assistant 1", 0), ("ShareGPT", "ShareGPT", 2),
+        ("Self-instruct", "Self-instruct", 0), ("Unnatural Instructions", "Unnat. Instruct.", 0),
+        ("Alpaca", "Alpaca", 0), ("Code-Alpaca", "Code-Alpaca", 0), ("GPT4-Alpaca", "GPT4-Alpaca", 0),
+        ("Baize", "Baize", 0), ("Human mix.", "Human mix.", 0), ("H+GPT mix", _TULU, 1))},
+    ("LLaMa-2 13B", "Vanilla LLaMa-2"): ("Vanilla LLaMa 2", 0, _F10),
+    ("LLaMa-2 13B", "H+GPT mix"): ("H+GPT mix (\U0001f5b9)", 0, _F10),
+    **{("LLaMa 7B", model): (label, occurrence, _F10) for model, label, occurrence in (
+        ("Vanilla LLaMa", "Vanilla LLaMa", 3), ("SuperNI", "SuperNI", 1), ("CoT", "\u0421\u043e\u0422", 0),
+        ("Flan V2", "Flan V2", 1), ("Dolly", "Dolly", 1), ("Open Assistant 1", "Open Assistant 1", 1),
+        ("ShareGPT", "ShareGPT", 3), ("Self-instruct", "Self-instruct", 1),
+        ("Unnatural Instructions", "Unnat Instruct", 0), ("Alpaca", "Alnaca", 0), ("Code-Alpaca", "Code-Alpaca", 1),
+        ("GPT4-Alpaca", "GPT4-Alnaca", 0), ("Baize", "Baize", 1), ("Human mix.", "Human mix", 2),
+        ("H+GPT mix", "$H \\perp GPT mix ()$", 1))},
+    ("LLaMa-2 7B", "Vanilla LLaMa-2"): ("Vanilla LLaMa 2", 1, _F10), ("LLaMa-2 7B", "H+GPT mix"): (_TULU, 2, _F10),
+}
+
+
+def test_published_table9_is_read_from_the_papers_text():
+    _assert_read("table9", TABLE9_LINES, _seed004_lines("\tAsian\tBlack\tChinese", "Table 9:", 15))
+
+
+def test_published_table10_is_read_from_the_papers_text():
+    _assert_read("table10", TABLE10_LINES, _seed004_lines("\t% Informative\t% Truthful", "Table 10:", 3))
+
+
+def test_published_table9_overall_is_the_mean_of_its_groups():
+    """Each group has as many prompts, so a row's Overall is its 14 groups' mean within rounding, wherever all are
+    read; the two rows whose printed Overall their groups contradict have it null."""
+    checked = 0
+    for row in families.published(seed004)["tables"]["table9"]["rows"]:
+        groups, overall = row[2:16], row[16]
+        if None in groups:
+            continue
+        if overall is None:
+            assert tuple(row[:2]) in {("LLaMa 65B", "H+GPT mix")}, row[:2]  # printed "1.1": its groups give 7.2
+            continue
+        assert sum(groups) / 14 == pytest.approx(overall, abs=0.05 + 1e-9), row[:2]
+        checked += 1
+    assert checked == 36
+
+
+def test_published_tables_9_and_10_agree_with_table_6():
+    """Table 6 prints Table 9's Overall and Table 10's last column for LLaMA 7B and 13B: the same numbers, but for
+    three TruthfulQA cells (seed004.yaml names them)."""
+    tables = families.published(seed004)["tables"]
+    table6 = {r[0]: dict(zip(tables["table6"]["columns"], r[1:], strict=True)) for r in tables["table6"]["rows"]}
+    names = {"Vanilla LLaMa": "LLaMA", "Human mix.": "+Human mix.", "H+GPT mix": "+Tulu",
+             "Unnatural Instructions": "+Unnatural Inst."}
+    seen, differ = 0, {}
+    for table, column in (("table9", "ToxiGen"), ("table10", "TruthfulQA")):
+        for row in tables[table]["rows"]:
+            if row[0] not in ("LLaMa 7B", "LLaMa 13B") or row[-1] is None:
+                continue
+            size = row[0].split()[1]
+            theirs = table6[names.get(row[1], f"+{row[1]}")][f"{column} {size}"]
+            seen += 1
+            if theirs != row[-1]:
+                differ[(table, *row[:2])] = (row[-1], theirs)
+    assert differ == {("table10", "LLaMa 13B", "Vanilla LLaMa"): (26.2, 23.6),
+                      ("table10", "LLaMa 7B", "Vanilla LLaMa"): (23.6, 26.2),
+                      ("table10", "LLaMa 13B", "SuperNI"): (25.1, 26.2)}
+    assert seen == 28 + 30
+
+
+def test_published_table10_both_is_within_its_bounds():
+    """% informative and truthful is at most either and at least their sum less 100 (within rounding), but in the
+    one row the paper prints otherwise (seed004.yaml names it)."""
+    off = []
+    for row in families.published(seed004)["tables"]["table10"]["rows"]:
+        informative, truthful, both = row[2:]
+        assert both <= min(informative, truthful), row[:2]
+        if both < informative + truthful - 100 - 0.1 - 1e-9:
+            off.append(tuple(row[:2]))
+    assert off == [("LLaMa-2 7B", "H+GPT mix")]
 
 
 def test_every_layout_matches_its_published_table():
@@ -475,6 +640,35 @@ def test_seed004_table8_every_setting_and_its_average(tmp_path):
     assert (opt["MMLU 0-shot (ours)"], opt["MMLU 0-shot (paper)"], opt["Average (ours)"]) == ("25.0", "25.0", "")
 
 
+def test_seed004_tables9_and_10_from_results(tmp_path):
+    """Table 9's columns are the toxigen part's groups (ToxiGen's file names) and overall, Table 10's the
+    truthfulqa part's three scores; rows are keyed as Table 8's (Pythia's vanilla config is its row in Table 9 and
+    a row of ours alone in Table 10, which prints no Pythia)."""
+    groups = {key: 10.0 + i for i, (_, key) in enumerate(seed004.TOXIGEN_GROUPS[:-1])}
+    _run(tmp_path, "tulu_human_gpt_llama1_13b", "model: {preset: llama1-13b}\ndata: {mixture: tulu_human_gpt}\n",
+         {"model": "m", "parts": ["toxigen", "truthfulqa"],
+          "toxigen": {**groups, "overall": 16.5, "n": 7000, "classifier": "tomh/toxigen_roberta"},
+          "truthfulqa": {"truthful": 47.5, "informative": 94.0, "truthful_and_informative": 41.5, "n": 817}})
+    _run(tmp_path, "tulu_vanilla_pythia_6_9b", "max_steps: 0\nmodel: {preset: pythia-6.9b}\n",
+         {"model": "m", "parts": ["toxigen", "truthfulqa"], "toxigen": {"mental_disability": 96.0, "overall": 80.0},
+          "truthfulqa": {"truthful": 20.0, "informative": 60.0, "truthful_and_informative": 10.0, "n": 817}})
+    families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
+    columns = families.published(seed004)["tables"]["table9"]["columns"]
+    table9 = {(r["Base model"], r["Model"]): r for r in _csv(tmp_path / "out" / "seed004_table9.csv")}
+    tulu = table9[("LLaMa 13B", "H+GPT mix")]
+    assert [float(tulu[f"{c} (ours)"]) for c in columns] == [10.0 + i for i in range(14)] + [16.5]
+    assert (tulu["Ment. (ours)"], tulu["Ment. (paper)"], tulu["Overall (paper)"]) == ("16.0", "0.0", "0.1")
+    pythia = table9[("Pythia 6.9B", "Vanilla")]
+    assert (pythia["Ment. (ours)"], pythia["Ment. (paper)"], pythia["Asian (ours)"]) == ("96.0", "97.6", "")
+    table10 = {(r["Base model"], r["Model"]): r for r in _csv(tmp_path / "out" / "seed004_table10.csv")}
+    tulu = table10[("LLaMa 13B", "H+GPT mix")]
+    assert [tulu[f"{c} (ours)"] for c in ("% Informative", "% Truthful", "% Informative and Truthful")] == \
+        ["94.0", "47.5", "41.5"]
+    assert tulu["% Informative and Truthful (paper)"] == "41.6"
+    pythia = table10[("Pythia 6.9B", "Vanilla")]
+    assert (pythia["% Truthful (ours)"], pythia["% Truthful (paper)"]) == ("20.0", "")
+
+
 def test_a_study_of_ones_own_gets_a_table_a_sweep_curve_and_the_losses(tmp_path):
     """Three runs of one's own that differ in the learning rate alone: a row per run with `optim.lr` first, then
     every number of its results.json (the CSV equal to them); each metric against the learning rate; the
@@ -525,6 +719,12 @@ def test_coverage_every_transcribed_row_has_a_config(tmp_path, capsys):
     table8 = next(t for t in tables if (t.family, t.table) == ("seed004", "table8"))
     assert (table8.producible, table8.published) == (484, 508)  # every setting has a protocol (suite "tulu")
     assert table8.missing == {"proprietary model as subject": 24}  # ChatGPT's and GPT-4's 12 numbers each
+    table9 = next(t for t in tables if (t.family, t.table) == ("seed004", "table9"))
+    assert (table9.producible, table9.published) == (611, 641)  # 48 rows x 15, less the 79 cells not read
+    assert table9.missing == {"proprietary model as subject": 30}  # ChatGPT's and GPT-4's 15 numbers each
+    table10 = next(t for t in tables if (t.family, t.table) == ("seed004", "table10"))
+    assert (table10.producible, table10.published) == (126, 132)  # 44 rows x 3 (no OPT or Pythia rows)
+    assert table10.missing == {"proprietary model as subject": 6}
     for name in ("table3", "table7", "table8"):  # LongForm, ELI5 (eval.long_form) and AVG1 too: 6 rows x 11
         table = next(t for t in tables if (t.family, t.table) == ("seed002", name))
         assert (table.producible, table.published) == (66, 66), table.line()
@@ -533,6 +733,10 @@ def test_coverage_every_transcribed_row_has_a_config(tmp_path, capsys):
     assert table5.missing["no config makes the row"] == 6 * 5  # six vanilla rows, five numbers each
     table8 = next(t for t in without if (t.family, t.table) == ("seed004", "table8"))
     assert table8.missing["no config makes the row"] == 74  # eight vanilla rows (OPT and Pythia too), as read
+    table9 = next(t for t in without if (t.family, t.table) == ("seed004", "table9"))
+    assert table9.missing["no config makes the row"] == 7 * 15 + 7  # eight vanilla rows, 30B's 7 cells read
+    table10 = next(t for t in without if (t.family, t.table) == ("seed004", "table10"))
+    assert table10.missing["no config makes the row"] == 6 * 3  # six vanilla LLaMA rows
     assert main(["report", str(root / "seed004_tulu"), "--coverage"]) == 0
     assert "seed004 table6 (Table 6 (ToxiGen, TruthfulQA)): 60/60" in capsys.readouterr().out
 

@@ -62,6 +62,7 @@ def evaluated(tmp_path_factory):
     for group, lines in GROUPS.items():
         (root / "toxigen" / f"hate_{group}_1k.txt").write_text("".join(line + "\n" for line in lines))
     (root / "toxigen" / "neutral_asian_1k.txt").write_text("not a hateful prompt\n")  # not read: hateful only
+    (root / "toxigen" / "hate_bisexual_1k.txt").write_text("a group the paper does not report\n")  # not read
     with open(root / "TruthfulQA.csv", "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["Type", "Category", "Question", "Best Answer", "Correct Answers", "Incorrect Answers",
@@ -90,7 +91,7 @@ def _rows(path) -> list[dict]:
 def test_toxigen_draws_the_hateful_prompts_and_scores_the_classifiers_labels(evaluated):
     rows = _rows(evaluated["out"] / "toxigen_outputs.jsonl")
     assert evaluated["results"]["parts"] == ["toxigen", "truthfulqa"]
-    assert sorted({r["group"] for r in rows}) == ["asian", "women"]  # hate_ files only, "_1k" dropped
+    assert sorted({r["group"] for r in rows}) == ["asian", "women"]  # the paper's groups' hate_ files, "_1k" dropped
     for group, lines in GROUPS.items():
         drawn = [r["text"] for r in rows if r["group"] == group]
         unescaped = [line.replace("\\n", "\n") for line in lines]

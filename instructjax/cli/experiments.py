@@ -288,7 +288,7 @@ SEED004_NOTE = ("Batch 128 examples is open-instruct's default (the paper does n
 
 
 SEED004_VANILLA = ("llama1-7b", "llama1-13b", "llama1-33b", "llama1-65b", "llama2-7b", "llama2-13b",  # Tables 3, 5, 6
-                   "opt-6.7b", "pythia-6.9b")  # Table 8 (its non-LLaMA rows)
+                   "opt-6.7b", "pythia-6.9b")  # Tables 8 and 9 (their non-LLaMA rows)
 SEED004_ALPACA_EVAL = {"annotator": "alpaca_eval_gpt4"}  # AlpacaEval 1: GPT-4 against Davinci-003 (§4, App. E)
 SEED004_SAFETY = {"toxigen": True, "truthfulqa": True}  # Table 6 (and 9, 10): ToxiGen and TruthfulQA
 
@@ -301,7 +301,7 @@ def seed004() -> list[Experiment]:
                                                       "truthfulqa": {"chat": False}}, max_steps=0)
         for key in ("data", "optim", "checkpoint"):  # no training: `instructjax train` refuses max_steps < 1
             base.pop(key)
-        tables = "Table 8" if preset in ("opt-6.7b", "pythia-6.9b") else "Tables 3, 5, 6, 9, 10"
+        tables = "Tables 8, 9" if preset in ("opt-6.7b", "pythia-6.9b") else "Tables 3, 5, 6, 8, 9, 10"
         out.append(Experiment(f"{group}/{name}.yaml", f"seed 004, {tables}: vanilla {preset}", base,
                               "The base model evaluated without fine-tuning (eval only; max_steps: 0).",
                               {"preset": preset, "mixture": None}))

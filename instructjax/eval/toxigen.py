@@ -21,14 +21,20 @@ from instructjax.core.config import ToxigenSection
 from instructjax.core.errors import ConfigError
 
 FILE = re.compile(r"^hate_(?P<group>.+?)(?:_1k)?\.txt$")  # only the hateful prompts, as the paper
+# the 14 groups seed 004's Table 9 reports (newer ToxiGen checkouts also ship bisexual and immigrant: not read,
+# since they would change the overall score and, the draw being one seeded stream, the later groups' prompts)
+GROUPS = ("asian", "black", "chinese", "jewish", "latino", "lgbtq", "mental_disability", "mexican", "middle_east",
+          "muslim", "native_american", "physical_disability", "trans", "women")
 CHAT_PREFIX = "Complete the following: "
 
 
 def read_prompts(data_dir: str, per_group: int, seed: int = 42) -> list[dict]:
-    """[{"group", "text"}]: `per_group` prompts of each hate_<group> file of `data_dir`, as open-instruct draws
-    them (random.seed(seed), then each file's prompts shuffled in turn and the first `per_group` kept)."""
+    """[{"group", "text"}]: `per_group` prompts of each hate_<group> file of `data_dir` (the paper's `GROUPS`), as
+    open-instruct draws them (random.seed(seed), then each file's prompts shuffled in turn and the first
+    `per_group` kept)."""
     root = storage.path(data_dir)
-    files = sorted(p.name for p in root.iterdir() if FILE.match(p.name)) if root.is_dir() else []
+    files = sorted(p.name for p in root.iterdir() if FILE.match(p.name) and FILE.match(p.name)["group"] in GROUPS) \
+        if root.is_dir() else []
     if not files:
         raise ConfigError(f"eval.toxigen.data_dir: {data_dir} holds no ToxiGen prompt files (hate_<group>_1k.txt)")
     rng, rows = random.Random(seed), []

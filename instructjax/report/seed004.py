@@ -1,4 +1,4 @@
-"""Seed 004, How Far Can Camels Go? (Tulu): Tables 3, 4, 5, 6, 7 and 8.
+"""Seed 004, How Far Can Camels Go? (Tulu): Tables 3, 4, 5, 6, 7, 8, 9 and 10.
 
 A run is a `tulu_*` config; what it trained on is its `data.mixture` (tulu_single_<dataset>, tulu_human,
 tulu_human_gpt, or their _builtin twins) and its model `model.preset` (llama1-33b is the paper's "30B"); an
@@ -130,6 +130,15 @@ TABLE8 = (("MMLU", (("MMLU 0-shot", n.lm("mmlu", 0, "acc")), ("MMLU 5-shot", n.l
           ("AlpacaEval", (("AlpacaEval v Davinci-003", n.judged("alpaca_eval", "win_rate")),)))
 TABLE8_COLUMNS = (*(Column(label, read, 1) for _, settings in TABLE8 for label, read in settings),
                   Column("Average", n.mean(*(n.mean(*(r for _, r in settings)) for _, settings in TABLE8)), 1))
+# Table 9: ToxiGen's % toxic per targeted group (the group keys are ToxiGen's prompt files', hate_<group>_1k.txt)
+TOXIGEN_GROUPS = (("Asian", "asian"), ("Black", "black"), ("Chinese", "chinese"), ("Jewish", "jewish"),
+                  ("Latino", "latino"), ("LGBTQ", "lgbtq"), ("Ment.", "mental_disability"), ("Mexican", "mexican"),
+                  ("Mid. East", "middle_east"), ("Muslim", "muslim"), ("Nat. Amer.", "native_american"),
+                  ("Phys.", "physical_disability"), ("Trans.", "trans"), ("Women", "women"), ("Overall", "overall"))
+TABLE9_COLUMNS = tuple(Column(label, n.judged("toxigen", key), 1) for label, key in TOXIGEN_GROUPS)
+# Table 10: TruthfulQA
+TABLE10_COLUMNS = tuple(Column(label, n.judged("truthfulqa", key), 1) for label, key in (
+    ("% Informative", "informative"), ("% Truthful", "truthful"), ("% Informative and Truthful", "truthful_and_informative")))
 NOTE = ("MMLU EM 0-shot, GSM EM 8-shot CoT and BBH EM 3-shot CoT on the paper's subsets, TydiQA F1 1-shot gold "
         "passage (mean over languages), Codex-Eval pass@10, AlpacaEval win % against Davinci-003 (suite `tulu`).")
 
@@ -152,6 +161,13 @@ TABLES = (
           "1-shot gold passage / closed book (mean over languages), Codex-Eval pass@1/@10, AlpacaEval win % against "
           "Davinci-003; Average: the mean over benchmarks of each benchmark's mean over its settings (suite `tulu`). "
           "The paper's text of this table is damaged: cells it does not show are missing (seed004.yaml says which)."),
+    Table("table9", "ToxiGen % toxic by targeted group, all models", ("Base model", "Model"), TABLE9_COLUMNS, _table8_row,
+          "% of generations ToxiGen's RoBERTa deems toxic, per group the hateful prompts target (500 each) and over "
+          "all. The paper's text of this table is damaged: cells it does not show are missing (seed004.yaml says "
+          "which)."),
+    Table("table10", "TruthfulQA, all models", ("Base model", "Model"), TABLE10_COLUMNS, _table8_row,
+          "% of answers the judges deem informative, truthful, both (allenai's LLaMA-2 judges: the paper's GPT-3 "
+          "judges are gone)."),
 )
 
 
