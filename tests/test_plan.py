@@ -144,6 +144,56 @@ def test_eval_only_config_and_cli(capsys):
     assert "DOES NOT FIT" in capsys.readouterr().out
 
 
+# ---- a mesh that serves the batch: brute force over the slice's meshes ---------------------------------------
+
+
+def _every_mesh(path: Path, topology) -> list:
+    """make_plan on every (data, fsdp, tensor <= 8) split of the slice's chips, the config's own route (overrides),
+    for the meshes that the batch divides over and that fit."""
+    plans = []
+    n = topology.devices
+    for tensor in (1, 2, 4, 8):
+        for data in (d for d in range(1, n + 1) if n % (d * tensor) == 0):
+            mesh = [f"mesh.data={data}", f"mesh.fsdp={n // (data * tensor)}", f"mesh.tensor={tensor}"]
+            try:
+                plan = make_plan(load_config(path, mesh), topology)
+            except ConfigError:
+                continue
+            if plan.fits:
+                plans.append(plan)
+    return plans
+
+
+def test_plan_proposes_the_mesh_that_serves_the_batch(capsys):
+    """The paper's 65B config cannot be planned on a v4-512 with its own mesh (128 rows over 256 chips): `plan`
+    proposes one, the one brute force picks (the most real tokens within the slack, then the least tensor), and
+    exits 1; the 7B config on a v4-64 keeps its mesh and names the better one (fewer padded per_step rows)."""
+    from instructjax.train.plan import REAL_SHARE_SLACK, plan_with_proposal
+
+    big = CONFIGS / "seed004_tulu" / "tulu_human_gpt_llama1_65b.yaml"
+    v4_512 = tpu_topology("v4-512")
+    with pytest.raises(ConfigError, match="does not divide over the mesh's data\\*fsdp=256"):
+        make_plan(load_config(big), v4_512)
+    for path, topology, own_runs in ((big, v4_512, False), (TULU7B, tpu_topology("v4-64"), True)):
+        plan = plan_with_proposal(load_config(path), topology)
+        every = _every_mesh(path, topology)
+        best = max(p.data.real_share for p in every)
+        chosen = min((p for p in every if p.data.real_share >= best - REAL_SHARE_SLACK),
+                     key=lambda p: p.mesh["tensor"])
+        if own_runs:  # the config's own plan, with the better mesh named
+            assert plan.mesh == sharding.resolve_mesh(load_config(path), topology.devices, topology.hosts)
+            assert f"mesh.tensor={chosen.mesh['tensor']}:" in plan.proposal
+            assert f"{chosen.data.real_share:.1%}" in plan.proposal and chosen.data.real_share > plan.data.real_share
+        else:
+            assert plan.proposed and plan.fits and plan.mesh["tensor"] == chosen.mesh["tensor"]
+            assert plan.data.real_share == chosen.data.real_share
+            sharding.resolve_mesh(load_config(path, [f"mesh.{k}={v}" for k, v in plan.mesh.items()]),
+                                  topology.devices, topology.hosts)  # train accepts it
+    assert main(["plan", "--config", str(big), "--topology", "v4-512"]) == 1
+    out = capsys.readouterr().out
+    assert "(proposed)" in out and "proposal    the config's mesh cannot serve this topology" in out
+
+
 # ---- per device, against XLA's own buffer assignment ---------------------------------------------------------
 
 XLA_MODEL = {"hidden_size": 128, "intermediate_size": 384, "num_layers": 3, "num_heads": 4, "num_kv_heads": 2,

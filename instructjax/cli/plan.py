@@ -8,7 +8,8 @@ from instructjax.cli import add_on_bad_row, on_bad_row_overrides
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("plan", help="pre-flight: per-device memory, fit, steps and tokens on a topology")
+    p = subparsers.add_parser("plan", help="pre-flight: per-device memory, fit, steps and tokens on a topology, "
+                                           "and a mesh that serves the batch better where there is one")
     p.add_argument("--config", required=True, help="a run config YAML (see configs/)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--topology", help="a TPU slice: v4-64, v5e-16, v5p-128, v6e-8 (default: this machine)")
@@ -24,11 +25,17 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from instructjax.core.config import load_config
-    from instructjax.train.plan import format_plan, gpu_topology, local_topology, make_plan, tpu_topology
+    from instructjax.train.plan import (
+        format_plan,
+        gpu_topology,
+        local_topology,
+        plan_with_proposal,
+        tpu_topology,
+    )
 
     config = load_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
     topology = tpu_topology(args.topology) if args.topology else gpu_topology(args.gpus, args.gpu_type) \
         if args.gpus else local_topology()
-    plan = make_plan(config, topology, real_data=args.real_data, name=args.config)
+    plan = plan_with_proposal(config, topology, real_data=args.real_data, name=args.config)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
-    return 0 if plan.fits else 1
+    return 0 if plan.fits and not plan.proposed else 1  # a proposed mesh: the config as given does not run here

@@ -48,6 +48,11 @@ tokens, truncated to `seq_len`; packed rows fill `PACKING_EFFICIENCY` of `seq_le
 each step's examples into fewer rows, a multiple of `sharding.row_multiple`: with the real pipeline, the run's
 step shapes as the trainer plans them (`DataPipeline.plan_steps`) and activations for the largest; estimated,
 the rows the mean step fills, and activations for `global_batch` rows (no step has more).
+
+A mesh proposal (`plan_with_proposal`): where the config's mesh cannot serve the topology (the batch does not
+divide over its data-parallel devices) or keeps less than REAL_SHARE_GOAL of the step's tokens real, `plan`
+names the mesh of the slice (`mesh_options`: fsdp x tensor) that fits and keeps the most real, the least tensor
+parallelism among near-equals.
 """
 
 from __future__ import annotations
@@ -389,6 +394,8 @@ class Plan:
     data: DataEstimate | None
     epochs: int
     fits: bool
+    proposal: str = ""  # a mesh of this topology that serves the batch better (`propose_mesh`), in words
+    proposed: bool = False  # this plan is of that mesh: the config's own cannot serve this topology
 
     @property
     def total_bytes(self) -> int:
@@ -428,6 +435,66 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
     return plan
 
 
+MAX_TENSOR = 8  # tensor parallelism stays within a host's chips (or a GPU node)
+REAL_SHARE_SLACK = 0.02  # a mesh within this of the best real-token share is as good: the least tensor wins
+REAL_SHARE_GOAL = 0.9  # below it, `plan_with_proposal` looks for a mesh that does better
+
+
+def mesh_options(devices: int) -> list[dict[str, int]]:
+    """The meshes a proposal chooses from: no data axis, the devices split between fsdp and tensor (1 to
+    MAX_TENSOR), least tensor parallelism first."""
+    return [{"data": 1, "fsdp": devices // t, "tensor": t} for t in (1, 2, 4, 8)
+            if t <= MAX_TENSOR and devices % t == 0]
+
+
+def propose_mesh(config: RunConfig, topology: Topology, *, real_data: bool = False) -> Plan | None:
+    """The plan on the mesh of `topology` (`mesh_options`) that the batch divides over, that fits, and that keeps
+    the most of the step's tokens real (with `pack: per_step` a step packs into a multiple of the data-parallel
+    devices: fewer of them, fewer padded rows); among meshes within REAL_SHARE_SLACK of the best, the least tensor
+    parallelism. None for an evaluation-only config or when no mesh fits."""
+    if config.max_steps == 0:
+        return None
+    found = []
+    for sizes in mesh_options(topology.devices):
+        try:
+            plan = make_plan(dataclasses.replace(config, mesh=sizes), topology, real_data=real_data)
+        except ConfigError:  # the batch does not divide over it, or the model's heads not over its tensor axis
+            continue
+        if plan.fits:
+            found.append(plan)
+    if not found:
+        return None
+    best = max(plan.data.real_share for plan in found)
+    return next(plan for plan in found if plan.data.real_share >= best - REAL_SHARE_SLACK)
+
+
+def plan_with_proposal(config: RunConfig, topology: Topology, *, real_data: bool = False, name: str = "") -> Plan:
+    """`make_plan`, with a proposed mesh (`propose_mesh`) where the config's own cannot serve the batch on this
+    topology (the plan is then the proposal's, `proposal` says so) or keeps less than REAL_SHARE_GOAL of the
+    step's tokens real and another mesh keeps more; the config's own error when no mesh can."""
+    try:
+        plan = make_plan(config, topology, real_data=real_data, name=name)
+    except ConfigError as e:
+        proposed = propose_mesh(config, topology, real_data=real_data)
+        if proposed is None:
+            raise
+        proposed.config, proposed.proposed = name, True
+        proposed.proposal = (f"the config's mesh cannot serve this topology ({e}); this plan is for "
+                             f"{_overrides(proposed.mesh)}, which the batch divides over and which fits")
+        return proposed
+    if plan.data is None or plan.data.real_share >= REAL_SHARE_GOAL:
+        return plan
+    proposed = propose_mesh(config, topology, real_data=real_data)
+    if proposed is not None and proposed.data.real_share > plan.data.real_share + REAL_SHARE_SLACK:
+        plan.proposal = (f"{_overrides(proposed.mesh)}: {proposed.data.real_share:.1%} of the tokens processed real "
+                         f"(this mesh: {plan.data.real_share:.1%}), {_gib(proposed.total_bytes)} a device")
+    return plan
+
+
+def _overrides(mesh: dict[str, int]) -> str:
+    return " ".join(f"mesh.{k}={v}" for k, v in mesh.items())
+
+
 def _gib(n: float) -> str:
     return f"{n / GIB:.2f} GiB"
 
@@ -439,7 +506,7 @@ def format_plan(plan: Plan) -> str:
         f"config      {plan.config}",
         f"topology    {t.name}: {t.devices} device(s) on {t.hosts} host(s), {t.hbm_gib:.3g} GiB "
         + ("of the machine's available memory" if t.platform == "cpu" else "HBM") + " each",
-        "mesh        " + " x ".join(f"{k}={v}" for k, v in plan.mesh.items()),
+        "mesh        " + " x ".join(f"{k}={v}" for k, v in plan.mesh.items()) + (" (proposed)" if plan.proposed else ""),
         f"parameters  {m['params']:,} ({m['param_bytes_global'] / 1e9:.2f} GB global)",
         "per device:",
         f"  params        {_gib(m['param_bytes'])}",
@@ -458,4 +525,6 @@ def format_plan(plan: Plan) -> str:
                   f"run         {plan.epochs} epoch(s): {plan.epochs * d.steps:,} steps, {plan.epochs * d.tokens:,} tokens",
                   f"a step      {d.step}; {d.real_share:.1%} of the tokens processed are real",
                   f"source      {d.source}"]
+    if plan.proposal:
+        lines.append(f"proposal    {plan.proposal}")
     return "\n".join(lines)
