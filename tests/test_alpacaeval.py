@@ -52,7 +52,7 @@ def _model_first(request, outputs: dict[str, str], reference: dict[str, str]) ->
 
 
 @pytest.mark.slow
-def test_alpaca_eval_1_and_2_scores_are_the_packages_on_the_recorded_judge(tmp_path, monkeypatch):
+def test_alpaca_eval_1_and_2_scores_are_the_packages_on_the_recorded_judge(tmp_path, monkeypatch, capsys):
     pytest.importorskip("torch")
     import huggingface_hub.constants
     import pandas as pd
@@ -107,6 +107,10 @@ eval:
         replies.append({"id": request["id"], "reply": "m" if p_m > 0.5 else "M",
                         "logprobs": {"content": [{"token": "m", "logprob": math.log(p_m), "top_logprobs": top}]}})
     assert 0 < firsts < N  # the package shuffled the order (both orders are exercised)
+    _write_jsonl(out / "alpaca_eval_replies.jsonl", replies[1:])  # one reply missing: one line naming the file
+    assert main(["eval", "--config", str(config), "--only", "alpaca_eval"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "alpaca_eval_replies.jsonl" in error and repr(requests[0]["id"]) in error and "1 missing" in error
     _write_jsonl(out / "alpaca_eval_replies.jsonl", replies)
     assert main(["eval", "--config", str(config), "--only", "alpaca_eval"]) == 0
     scored = json.loads((out / "results.json").read_text())["alpaca_eval"]

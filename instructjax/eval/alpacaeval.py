@@ -32,7 +32,7 @@ LENGTH_CONTROLLED = (ALPACA_EVAL_2,)  # annotators whose reference set the lengt
 REFERENCE_FILES = {ALPACA_EVAL_1: "alpaca_eval.json", ALPACA_EVAL_2: "alpaca_eval_gpt4_baseline.json"}  # the hub's
 SAMPLING_KEYS = ("max_tokens", "temperature", "logprobs", "top_logprobs")
 
-Ask = Callable[[list[dict]], "list[dict] | None"]  # requests -> replies ({id, reply, logprobs?}), None: none yet
+Ask = Callable[[list[dict]], "list[dict] | None"]  # requests -> a reply ({id, reply, logprobs?}) to each, None: none yet
 
 
 class NoReplies(Exception):
@@ -76,7 +76,7 @@ def request_id(messages: Sequence[Mapping], sampling: Mapping) -> str:
     return hashlib.sha256(json.dumps([list(messages), dict(sampling)], sort_keys=True).encode()).hexdigest()[:20]
 
 
-def completions(ask: Ask, requests_out: list[dict]) -> Callable[..., dict]:
+def completions(ask: Ask) -> Callable[..., dict]:
     """The annotator's `fn_completions`: each prompt (ChatML text, as the package's openai decoder reads it) a
     request of ours; the replies given back in the form the package's parsers read (`completions` text,
     `completions_all` choices with their logprobs). Raises NoReplies when there are none yet."""
@@ -89,15 +89,10 @@ def completions(ask: Ask, requests_out: list[dict]) -> Callable[..., dict]:
             messages = ae.utils.prompt_to_chatml(prompt.strip())
             requests.append({"id": request_id(messages, sampling), "messages": messages, "sampling": sampling,
                              "annotator_model": model_name})  # fmt: skip
-        requests_out.extend(requests)
         replies = ask(requests)
         if replies is None:
             raise NoReplies
         by_id = {str(r.get("id")): r for r in replies}
-        missing = [r["id"] for r in requests if r["id"] not in by_id]
-        if missing:
-            raise DataError(f"no judge reply for request {missing[0]!r} ({len(missing)} missing)",
-                            reason="missing_field")  # fmt: skip
         chosen = [by_id[r["id"]] for r in requests]
         every = [{"text": c["reply"] or " ", "total_tokens": 0, **({"logprobs": c["logprobs"]} if "logprobs" in c else {})}
                  for c in chosen]  # fmt: skip
@@ -107,8 +102,7 @@ def completions(ask: Ask, requests_out: list[dict]) -> Callable[..., dict]:
     return fn
 
 
-def annotate(model: Sequence[Mapping], reference: Sequence[Mapping], annotator: str, ask: Ask,
-             requests_out: list[dict]) -> list[dict]:
+def annotate(model: Sequence[Mapping], reference: Sequence[Mapping], annotator: str, ask: Ask) -> list[dict]:
     """The package's annotations of the model's outputs (output_2) against the reference's (output_1): its
     PairwiseAnnotator built from its `annotator` config, its judge calls made through `ask`."""
     ae = package()
@@ -119,7 +113,7 @@ def annotate(model: Sequence[Mapping], reference: Sequence[Mapping], annotator: 
         raise ConfigError(f"eval.alpaca_eval.annotator: {annotator!r} is not an annotator config of the "
                           f"alpaca_eval package ({e})") from None
     for single in pairwise.annotators.values():
-        single.fn_completions = completions(ask, requests_out)
+        single.fn_completions = completions(ask)
     return pairwise.annotate_head2head(outputs_1=list(reference), outputs_2=list(model))
 
 
@@ -133,15 +127,14 @@ def win_rates(annotations: list[dict], annotator: str) -> dict:
 
 
 def run(outputs: Sequence[Mapping], reference: Sequence[Mapping], annotator: str, generator_name: str,
-        ask: Ask) -> tuple[list[dict], dict | None]:
-    """The requests the annotator made, and its win rates (None while the judge's replies are not there)."""
+        ask: Ask) -> dict | None:
+    """The annotator's win rates of the model's outputs (None while the judge's replies are not there)."""
     model = [{"instruction": r["instruction"], "output": o["output"], "generator": generator_name}
              for r, o in zip(reference, outputs, strict=True)]  # fmt: skip
     reference = [{"instruction": r["instruction"], "output": r["output"], "generator": r.get("generator", "reference")}
                  for r in reference]  # fmt: skip
-    requests: list[dict] = []
     try:
-        annotations = annotate(model, reference, annotator, ask, requests)
+        annotations = annotate(model, reference, annotator, ask)
     except NoReplies:
-        return requests, None
-    return requests, {"annotator": annotator, **win_rates(annotations, annotator)}
+        return None
+    return {"annotator": annotator, **win_rates(annotations, annotator)}

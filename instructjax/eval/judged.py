@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from instructjax.core import storage
 from instructjax.core.config import Comparison, EvalSection
-from instructjax.core.errors import ConfigError
+from instructjax.core.errors import ConfigError, DataError
 
 JUDGE_MODE = {"pairwise": "pairwise", "alpaca_eval": "alpacaeval", "flask": "flask"}  # config key -> pairwise.py
 JUDGED_PARTS = (*JUDGE_MODE, "mt_bench")  # every part a judge scores (MT-Bench: eval/mt_bench.py)
@@ -181,11 +181,21 @@ def _alpaca_eval(ev: EvalSection, outputs: list[dict], files: dict, out: str) ->
     annotator = section.annotator or alpacaeval.ALPACA_EVAL_2
     reference = alpacaeval.read_reference(files["against"])
 
-    def ask(requests: list[dict]) -> list[dict] | None:
-        pw.write_jsonl(files["requests"], requests)
-        return _judge(ev, requests, files["replies"], out, recorded=section.replies is not None)
+    asked: list[dict] = []  # every request the annotator made (one call per annotator config)
 
-    _, rates = alpacaeval.run(outputs, reference, annotator, "model", ask)
+    def ask(requests: list[dict]) -> list[dict] | None:
+        asked.extend(requests)
+        pw.write_jsonl(files["requests"], asked)
+        replies = _judge(ev, asked, files["replies"], out, recorded=section.replies is not None)
+        if replies is not None:
+            have = {str(r.get("id")) for r in replies}
+            missing = [r["id"] for r in requests if r["id"] not in have]
+            if missing:
+                raise DataError(f"no judge reply for request {missing[0]!r} ({len(missing)} missing)",
+                                reason="missing_field", file=files["replies"])  # fmt: skip
+        return replies
+
+    rates = alpacaeval.run(outputs, reference, annotator, "model", ask)
     result = {"annotator": annotator, "requests": files["requests"]}
     if rates is None:
         return {**result, "replies": _none_yet(files["replies"])}

@@ -117,17 +117,20 @@ def meteor_scores(predictions: list[str], references: list[str], wordnet=None) -
 
 
 def meteor(predictions: list[str], references: list[str], wordnet=None) -> float:
-    """evaluate's `meteor`: the mean of the pairs' scores (np.mean), x100."""
+    """evaluate's `meteor`: the mean of the pairs' scores, x100."""
+    return mean_meteor(meteor_scores(predictions, references, wordnet))
+
+
+def mean_meteor(scores: list[float]) -> float:
+    """The corpus score of the pairs' METEOR scores as evaluate reports it (np.mean), x100."""
     import numpy as np
 
-    return 100 * float(np.mean(meteor_scores(predictions, references, wordnet)))
+    return 100 * float(np.mean(scores))
 
 
 def run_long_form(generator, section: LongFormSection, data: Mapping[str, str], out: str) -> dict:
     """The part's result: {"LongForm", "ELI5"} METEOR x100 and "n" per benchmark; each answer in
     <out>/long_form_outputs.jsonl ({benchmark, id, instruction, output, reference, meteor})."""
-    import numpy as np
-
     from instructjax.eval.generate import Sampling
     from instructjax.eval.pairwise import write_jsonl
 
@@ -144,6 +147,6 @@ def run_long_form(generator, section: LongFormSection, data: Mapping[str, str], 
         scores = meteor_scores(outputs, [r["reference"] for r in items])
         rows += [{"benchmark": name, **r, "output": o, "meteor": s}
                  for r, o, s in zip(items, outputs, scores, strict=True)]
-        result[name] = 100 * float(np.mean(scores))  # as `meteor`
+        result[name] = mean_meteor(scores)
     write_jsonl(storage.join(out, "long_form_outputs.jsonl"), rows)
     return {**result, "n": {name: len(items) for name, items in sets.items()}, "metric": "meteor"}
