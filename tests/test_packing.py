@@ -348,3 +348,12 @@ def test_pack_segments_moves_whole_segments_and_keeps_every_value(case):
     if packed["segment_ids"].max(initial=0) > 1:
         with pytest.raises(ValueError, match="one segment each"):
             pack_segments({k: v[:used] for k, v in packed.items()})
+    # long rows (per_step's fixed-row layout): packed at a capacity of 1.5 rows, laid out in rows of 2
+    lengths = np.count_nonzero(rows["segment_ids"], axis=1)
+    capacity = max(3 * seq_len // 2, 1)
+    long = pack_segments(rows, stats.rows + 1, capacity=capacity, row_length=2 * seq_len)
+    assert long["tokens"].shape == (stats.rows + 1, 2 * seq_len) and segments(long) == segments(rows)
+    assert np.count_nonzero(long["segment_ids"], axis=1).max(initial=0) <= capacity
+    assert np.count_nonzero(long["segment_ids"].any(axis=1)) == best_fit_decreasing(lengths, capacity).n_rows
+    with pytest.raises(ValueError, match="cannot hold"):
+        pack_segments(rows, capacity=seq_len + 1, row_length=seq_len)

@@ -167,22 +167,28 @@ def empty_rows(n_rows: int, seq_len: int) -> dict[str, np.ndarray]:
     return rows
 
 
-def pack_segments(rows: dict[str, np.ndarray], n_rows: int | None = None) -> dict[str, np.ndarray]:
+def pack_segments(rows: dict[str, np.ndarray], n_rows: int | None = None, *, capacity: int | None = None,
+                  row_length: int | None = None) -> dict[str, np.ndarray]:
     """Rows of one segment each (`pack=False` rows: the segment from offset 0, then padding) packed whole by
-    best-fit-decreasing into `n_rows` rows (default: as few as they fill), empty rows last.
+    best-fit-decreasing into `n_rows` rows of `capacity` tokens (default: as few as they fill; the rows' own
+    length), empty rows last; the rows are `row_length` long (default `capacity`), padded after `capacity`.
 
     A segment keeps every value of every feature (targets and loss weights never cross a segment boundary):
     only its row, its offset and its segment id change."""
     seq_len = rows["segment_ids"].shape[1]
+    capacity = seq_len if capacity is None else capacity
+    row_length = capacity if row_length is None else row_length
     lengths = np.count_nonzero(rows["segment_ids"], axis=1)
     inside = np.arange(seq_len) < lengths[:, None]
     if not np.array_equal(rows["segment_ids"], inside.astype(rows["segment_ids"].dtype)):
         raise ValueError("pack_segments takes rows of one segment each, from offset 0")
-    place = best_fit_decreasing(lengths, seq_len)
+    if capacity > row_length:
+        raise ValueError(f"rows of {row_length} tokens cannot hold {capacity}")
+    place = best_fit_decreasing(lengths, capacity)
     n_rows = place.n_rows if n_rows is None else n_rows
     if place.n_rows > n_rows:
         raise ValueError(f"these segments fill {place.n_rows} rows, more than the {n_rows} asked for")
-    out = empty_rows(n_rows, seq_len)
+    out = empty_rows(n_rows, row_length)
     row, at = np.nonzero(inside)  # every token, by its row and position in it
     dest = place.row[row], place.offset[row] + at
     for k in FEATURES:
