@@ -7,7 +7,7 @@ with the same 8 CPU devices.
   preempted on 1 process resumes on 2: the losses are those of the uninterrupted run;
 - a torn newest checkpoint under 2 processes (a seeded (file, way) of its files): both hosts print the
   same one warning line, fall back to the same step and finish with the uninterrupted run's losses;
-- `data.pack: per_step` on 2 processes: the unpacked one-process run's losses.
+- `data.pack: per_step` on 2 processes, preempted and resumed on 4: the unpacked one-process run's losses.
 """
 
 import json
@@ -112,15 +112,23 @@ def test_hosts_plan_one_run_and_match_one_process(tmp_path, small_vocab, hosts, 
     np.testing.assert_allclose([got[s] for s in sorted(got)], [reference.losses[s] for s in sorted(got)], rtol=2e-5)
 
 
-def test_per_step_on_two_hosts_equals_the_unpacked_run(tmp_path):
+def test_per_step_preempted_on_two_hosts_resumes_on_four_as_the_unpacked_run(tmp_path):
     """`data.pack: per_step` on 2 processes (each host its slice of every step's packed rows, the step shapes
-    agreed): the losses of the unpacked run on one process."""
+    agreed: 8 rows of each step's own length, 256 to 512 tokens), SIGTERM'd after step 2, resumed on 4: every
+    step's loss is the unpacked run's on one process."""
     args = [*BASE, "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=512", "data.global_batch=16",
             "data.pack_window=64", "max_steps=6", "checkpoint.every=1000"]  # fmt: skip
-    results = wait(launch(2, tmp_path / "multi", [*args, "data.pack=per_step"]))
+    run_dir = tmp_path / "multi"
+    procs = launch(2, run_dir, [*args, "data.pack=per_step"], env_extra={"FAULT_STEP_SECONDS": "0.5"})
+    _sigterm_after(procs, run_dir, 2)
+    results = wait(procs)
+    assert all(rc == 75 for rc, _ in results), [err[-2000:] for _, err in results]
+    (step,) = saved_steps(run_dir)
+    assert 2 <= step < 6
+    results = wait(launch(4, run_dir, [*args, "data.pack=per_step"], "--resume"))
     assert all(rc == 0 for rc, _ in results), results[0][1][-3000:] + results[-1][1][-3000:]
     reference = one_process([*args, "data.pack=false"], tmp_path / "single")
-    got = losses(tmp_path / "multi")
+    got = losses(run_dir)
     assert sorted(got) == list(range(1, 7))
     np.testing.assert_allclose([got[s] for s in range(1, 7)], [reference.losses[s] for s in range(1, 7)], rtol=2e-5)
 

@@ -13,7 +13,8 @@ from hypothesis import strategies as st
 from instructjax import cli
 from instructjax.core.config import DataSection, MosaicSection, load_config
 from instructjax.core.errors import ConfigError, DataError
-from instructjax.data.batches.pipeline import DataPipeline, step_shapes
+from instructjax.data.batches.packing import best_fit_decreasing
+from instructjax.data.batches.pipeline import DataPipeline, plan_step_rows, step_shapes
 from instructjax.data.seqio import mixtures
 from instructjax.train.trainer import Trainer
 
@@ -38,40 +39,51 @@ def segments(batch: dict) -> list[tuple]:
 
 
 @pytest.mark.parametrize(
-    "changes, hosts",
+    "changes, hosts, multiple, long_rows",
     [
-        ({}, 1),
-        ({}, 2),
-        (dict(shuffle=False), 2),
-        (dict(seq_len=64, overlong="split"), 1),  # examples cut into several rows
-        (dict(mixture=RATE_MIX), 1),
-        (dict(mosaic=MosaicSection(k_max=3, max_length=256)), 1),
+        ({}, 1, 2, True),
+        (dict(global_batch=16), 1, 1, False),  # rows of seq_len, as many as a step fills
+        ({}, 2, 2, True),
+        (dict(shuffle=False), 2, 2, True),
+        (dict(seq_len=64, overlong="split"), 1, 2, None),  # examples cut into several rows
+        (dict(mixture=RATE_MIX), 1, 2, None),
+        (dict(mosaic=MosaicSection(k_max=3, max_length=256)), 1, 2, None),
     ],
-    ids=["epoch", "2-hosts", "no-shuffle", "split", "rate", "mosaic"],
+    ids=["epoch", "seq-len-rows", "2-hosts", "no-shuffle", "split", "rate", "mosaic"],
 )
-def test_each_step_packs_the_unpacked_steps_examples_into_its_planned_rows(changes, hosts):
-    """Across epoch boundaries: the same examples each step, whole, and the same iterator state; the rows the
-    plan (from sizes alone) says each step fills are the rows the packer fills; hosts split the step's rows."""
+def test_each_step_packs_the_unpacked_steps_examples_into_its_planned_rows(changes, hosts, multiple, long_rows):
+    """Across epoch boundaries: the same examples each step, whole, and the same iterator state; the shape the
+    plan (from sizes alone) gives each step is the one its batch has, and its examples are packed within what the
+    plan says they need (rows of seq_len, or the row length in a fixed number of rows); hosts split the rows."""
     unpacked = DataPipeline(data(False, **changes))
     per_host = [DataPipeline(data("per_step", **changes), process_index=h, process_count=hosts) for h in range(hosts)]
     steps = 3 * unpacked.plan_epoch(0).steps + 1
-    plans = [p.plan_steps(steps, multiple=2) for p in per_host]
+    plans = [p.plan_steps(steps, multiple=multiple) for p in per_host]
     plan = plans[0]
     assert all(np.array_equal(p.needed, plan.needed) and p.shapes == plan.shapes for p in plans)
-    assert all(s % 2 == 0 for s in plan.shapes) and len(plan.shapes) <= 4
+    assert all(rows % multiple == 0 for rows, _ in plan.shapes) and len(plan.shapes) <= 4
+    if long_rows is not None:
+        assert bool(plan.fixed_rows) == long_rows
     iters = [iter(unpacked)] + [iter(p) for p in per_host]
+    processed = 0
     for step in range(steps):
         reference, *parts = [next(it) for it in iters]
         batch = {k: np.concatenate([part[k] for part in parts]) for k in reference}
         assert segments(batch) == segments(reference), step
         assert all(p.state == unpacked.state for p in per_host)
-        filled = np.count_nonzero(batch["segment_ids"].any(axis=1))
-        assert filled == plan.needed[step] and len(batch["tokens"]) == plan.rows(filled), step
-        assert not batch["segment_ids"][filled:].any()  # empty rows last
-        assert plan.tokens[step] == np.count_nonzero(batch["segment_ids"])
+        assert batch["tokens"].shape == plan.shapes[plan.sizes.index(plan.size(plan.needed[step]))], step
+        used = batch["segment_ids"] > 0
+        if plan.fixed_rows:  # every row filled within the needed length, the rest padding
+            assert not used[:, plan.needed[step]:].any(), step
+        else:
+            filled = np.count_nonzero(used.any(axis=1))
+            assert filled == plan.needed[step] and not used[filled:].any(), step  # empty rows last
+        assert plan.tokens[step] == np.count_nonzero(used)
+        processed += used.size
+    assert processed == plan.processed
     assert unpacked.state.epoch >= 1 or unpacked.stream.rate_mode
     with pytest.raises(DataError, match="more than the"):
-        plan.rows(plan.shapes[-1] + 1)
+        plan.size(plan.sizes[-1] + 1)
 
 
 def test_resume_and_elastic_resume_continue_the_same_steps():
@@ -118,10 +130,12 @@ def test_plan_reports_the_step_shapes_and_real_share_the_trainer_plans():
 
     plan, unpacked = (make_plan(config(pack), gpu_topology(8), real_data=True) for pack in ("per_step", "false"))
     steps = DataPipeline(run_setup.bind_data(config("per_step"), None).config).plan_steps(30, multiple=8)
-    assert plan.data.step_rows == steps.shapes and plan.data.real_share == pytest.approx(steps.efficiency)
-    assert unpacked.data.step_rows == (64,) and plan.data.real_share > 2 * unpacked.data.real_share
+    assert plan.data.step_shapes == steps.shapes and plan.data.real_share == pytest.approx(steps.efficiency)
+    assert unpacked.data.step_shapes == ((64, 512),) and plan.data.real_share > 2 * unpacked.data.real_share
     assert plan.activations["total"] < unpacked.activations["total"]
-    assert f"64 examples packed into {', '.join(map(str, steps.shapes))} rows" in format_plan(plan)
+    rows = sorted({rows for rows, _ in steps.shapes})
+    words = " or ".join([", ".join(map(str, rows[:-1])), str(rows[-1])] if len(rows) > 1 else [str(rows[0])])
+    assert f"64 examples packed into {words} rows" in format_plan(plan)
 
 
 def brute_force_shapes(needed, multiple, limit):
@@ -147,6 +161,43 @@ def test_step_shapes_are_the_best_few(needed, multiple, limit):
     assert shapes[-1] == rounded.max() and len(shapes) <= limit
     total = int(np.asarray(shapes)[np.searchsorted(shapes, rounded)].sum())
     assert (total, len(shapes)) == brute_force_shapes(needed, multiple, limit)
+
+
+def brute_force_plan(segments, batch, seq_len, multiple):
+    """(fixed rows, tokens processed) of the best layout by the rule of `plan_step_rows`, every need found by
+    trying every row length (or count) in turn and every choice of at most 4 sizes tried."""
+    steps = [segments[i : i + batch] for i in range(0, len(segments) - batch + 1, batch)]
+    quantum = max(1, seq_len // 8)
+
+    def fits(step, rows, length):
+        return max(step) <= length and best_fit_decreasing(step, length).n_rows <= rows
+
+    rows_needed = [next(r for r in itertools.count(1) if fits(step, r, seq_len)) for step in steps]
+    best = (0, brute_force_shapes(rows_needed, multiple, 4)[0] * seq_len)
+    limit, found = 0.95 * best[1], 0
+    most = -(-max(rows_needed) // multiple) * multiple
+    for rows in range(multiple, most + 1, multiple):
+        lengths = [next((n for n in range(quantum, 2 * seq_len + 1, quantum) if fits(step, rows, n)), None)
+                   for step in steps]  # fmt: skip
+        if None in lengths:
+            continue
+        total = brute_force_shapes(lengths, quantum, 4)[0] * rows
+        if total < limit:
+            best, limit = (rows, total), total
+        found += 1
+        if found == 2:
+            break
+    return best
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from([16, 32, 64]), st.integers(1, 12), st.integers(1, 4), st.integers(1, 5), st.data())
+def test_step_layout_is_the_best_of_the_rule_by_brute_force(seq_len, batch, multiple, steps, draw):
+    segments = np.asarray(draw.draw(st.lists(st.integers(1, seq_len), min_size=batch * steps,
+                                             max_size=batch * steps)))  # fmt: skip
+    plan = plan_step_rows(segments, batch, seq_len, multiple)
+    assert (plan.fixed_rows, plan.processed) == brute_force_plan(segments, batch, seq_len, multiple)
+    assert plan.tokens.sum() == segments.sum() and len(plan.shapes) <= 4
 
 
 # ---- the trainer --------------------------------------------------------------------------------
@@ -181,7 +232,8 @@ def test_per_step_run_equals_the_unpacked_run_through_resume_on_another_mesh(tmp
     finally:
         jax.monitoring.unregister_event_duration_listener(listen)
     assert 1 <= compiled.count("jit(step)") == len(first.step_shapes) <= 4
-    assert all(s % 4 == 0 for s in first.step_shapes) and first.step_shapes[-1] < 8  # fewer rows than examples
+    assert all(rows % 4 == 0 for rows, _ in first.step_shapes)
+    assert max(rows * length for rows, length in first.step_shapes) < 8 * 512  # fewer tokens than 8 unpacked rows
     assert cli.main(["train", "--resume", "--config", "/dev/null", *BASE, *EIGHT, "data.pack=per_step",
                      f"run_dir={tmp_path / 'per_step'}"]) == 0  # fmt: skip
     got, want = records(tmp_path / "per_step"), records(tmp_path / "unpacked")

@@ -75,18 +75,20 @@ NONE_LAYER_7B = 8192 * 214_016 + 404_750_336  # at 4 rows of 2048 tokens, withou
 
 def test_llama2_7b_activations_and_data_by_hand(tulu7b_v4_64):
     a = tulu7b_v4_64.activations
-    # pack: per_step: the mean step packs its 128 examples into about 64 rows (the layout the plan shows, and the
-    # rows its activations are for): 64 rows / 32 devices = 2 rows of 2048 per device, remat "full": each layer
-    # keeps its input 2 x 2048 x 2 x 4096 bytes; one layer is recomputed with everything (NONE_LAYER_7B at half the
-    # tokens) + splash attention's float32 log-sum-exp 4*32*2048*2 (no 2048^2 term on TPU); the loss makes the logits
-    # of optim.loss_chunk = 4096 tokens at a time, split over the 32 data-parallel devices: 6 x 128 x 32000
-    assert tulu7b_v4_64.data.step_rows == (64,) and (a["rows"], a["seq_len"]) == (2, 2048)
+    # pack: per_step: the mean step's 128 examples hold 331,169,669 / 3,834 = 86,377 tokens, about 90,100 packed:
+    # 64 rows of 2048 for rows a multiple of the 32 devices (70% real), so the step takes 32 rows of
+    # ceil(90,100 / 32 / 256) x 256 = 2816 tokens instead (the layout the plan shows, and the rows its activations are
+    # for): 1 row of 2816 per device, remat "full": each layer keeps its input 1 x 2816 x 2 x 4096 bytes; one layer is
+    # recomputed with everything (214,016 bytes a token + its weights) + splash attention's float32 log-sum-exp
+    # 4*32*2816 (no 2816^2 term on TPU); the loss makes the logits of optim.loss_chunk = 4096 tokens at a time, split
+    # over the 32 data-parallel devices: 6 x 128 x 32000
+    assert tulu7b_v4_64.data.step_shapes == ((32, 2816),) and (a["rows"], a["seq_len"]) == (1, 2816)
     assert a["attention"] == "splash"
-    one_layer = 4096 * 214_016 + 404_750_336
-    assert a["layers"] == 32 * 33_554_432 + (one_layer + 524_288) == 2_355_625_984
+    one_layer = 2816 * 214_016 + 404_750_336
+    assert a["layers"] == 32 * 23_068_672 + (one_layer + 360_448) == 1_745_977_344
     assert a["logits"] == 24_576_000
-    assert a["total"] == 2_380_201_984
-    assert tulu7b_v4_64.total_bytes == 843_333_632 * 4 + 8 + 2_380_201_984
+    assert a["total"] == 1_770_553_344
+    assert tulu7b_v4_64.total_bytes == 843_333_632 * 4 + 8 + 1_770_553_344
     assert tulu7b_v4_64.fits
     d = tulu7b_v4_64.data
     # Human+GPT: FLAN V2 100K + CoT 100K + Dolly 15,011 + OASST1 34,795 + GPT4-Alpaca 52,002 + Code-Alpaca
@@ -167,14 +169,16 @@ def _every_mesh(path: Path, topology) -> list:
 def test_plan_proposes_the_mesh_that_serves_the_batch(capsys):
     """The paper's 65B config cannot be planned on a v4-512 with its own mesh (128 rows over 256 chips): `plan`
     proposes one, the one brute force picks (the most real tokens within the slack, then the least tensor), and
-    exits 1; the 7B config on a v4-64 keeps its mesh and names the better one (fewer padded per_step rows)."""
-    from instructjax.train.plan import REAL_SHARE_SLACK, plan_with_proposal
+    exits 1; the 7B config on a v4-128 keeps its mesh and names the better one (64 rows of 2048 for 64 FSDP chips
+    pad a third of each per_step step; 32 rows, of any length, pad little); on a v4-64 its 32 rows of a step's own
+    length keep enough real that it names none."""
+    from instructjax.train.plan import REAL_SHARE_GOAL, REAL_SHARE_SLACK, plan_with_proposal
 
     big = CONFIGS / "seed004_tulu" / "tulu_human_gpt_llama1_65b.yaml"
     v4_512 = tpu_topology("v4-512")
     with pytest.raises(ConfigError, match="does not divide over the mesh's data\\*fsdp=256"):
         make_plan(load_config(big), v4_512)
-    for path, topology, own_runs in ((big, v4_512, False), (TULU7B, tpu_topology("v4-64"), True)):
+    for path, topology, own_runs in ((big, v4_512, False), (TULU7B, tpu_topology("v4-128"), True)):
         plan = plan_with_proposal(load_config(path), topology)
         every = _every_mesh(path, topology)
         best = max(p.data.real_share for p in every)
@@ -189,6 +193,8 @@ def test_plan_proposes_the_mesh_that_serves_the_batch(capsys):
             assert plan.data.real_share == chosen.data.real_share
             sharding.resolve_mesh(load_config(path, [f"mesh.{k}={v}" for k, v in plan.mesh.items()]),
                                   topology.devices, topology.hosts)  # train accepts it
+    v4_64 = plan_with_proposal(load_config(TULU7B), tpu_topology("v4-64"))
+    assert v4_64.proposal == "" and v4_64.data.real_share >= REAL_SHARE_GOAL
     assert main(["plan", "--config", str(big), "--topology", "v4-512"]) == 1
     out = capsys.readouterr().out
     assert "(proposed)" in out and "proposal    the config's mesh cannot serve this topology" in out

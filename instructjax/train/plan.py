@@ -45,9 +45,10 @@ tokens, truncated to `seq_len`; packed rows fill `PACKING_EFFICIENCY` of `seq_le
 (benchmarks/RESULTS.md); Mosaic-IT divides the examples by the mean count of a draw capped by the budget.
 
 `data.pack: per_step` keeps the unpacked steps (so the epoch's rows and steps are the unpacked ones) and packs
-each step's examples into fewer rows, a multiple of `sharding.row_multiple`: with the real pipeline, the run's
-step shapes as the trainer plans them (`DataPipeline.plan_steps`) and activations for the largest; estimated,
-the rows the mean step fills, and activations for `global_batch` rows (no step has more).
+each step's examples into fewer rows, a multiple of `sharding.row_multiple` (or that many rows, longer than
+seq_len, where few rows are a step: `pipeline.plan_step_rows`): with the real pipeline, the run's step shapes as
+the trainer plans them (`DataPipeline.plan_steps`) and activations for the largest; estimated, the shape the mean
+step fills (`pipeline.mean_step_shape`) and activations for it.
 
 A mesh proposal (`plan_with_proposal`): where the config's mesh cannot serve the topology (the batch does not
 divide over its data-parallel devices) or keeps less than REAL_SHARE_GOAL of the step's tokens real, `plan`
@@ -280,7 +281,8 @@ class DataEstimate:
     steps: int
     source: str
     per_task: dict[str, int] = field(default_factory=dict)
-    step_rows: tuple[int, ...] = ()  # the rows a step has (per_step: its shapes, or the mean step's estimated)
+    step_shapes: tuple[tuple[int, int], ...] = ()  # (rows, row length) of a step (per_step: each shape, or the
+    # mean step's estimated)
     real_share: float = 0.0  # real tokens / all tokens of the rows the steps process
     step: str = ""  # how a step's rows are laid out, in words
     epoch: str = ""  # the epoch in words: examples, rows, steps, as the layout has them
@@ -306,6 +308,7 @@ def _task_examples(task: str, count: int | None) -> tuple[int, float, str]:
 def estimate_epoch(config: RunConfig, multiple: int = 1) -> DataEstimate:
     """One epoch from the papers' dataset sizes and mean lengths (Tulu Table 1; see the module doc); `multiple`:
     what a per_step step's rows are a multiple of."""
+    from instructjax.data.batches.pipeline import mean_step_shape
     from instructjax.data.blends import specs
     from instructjax.data.mosaic.augment import sample_count
 
@@ -332,17 +335,16 @@ def estimate_epoch(config: RunConfig, multiple: int = 1) -> DataEstimate:
         examples += n_out
         tokens += n_out * length
     rows = math.ceil(examples) if data.pack is not True else math.ceil(tokens / (data.seq_len * PACKING_EFFICIENCY))
-    step_rows = data.global_batch
-    if data.pack == "per_step":  # the rows the mean step's examples fill, packed
-        step_tokens = data.global_batch * tokens / examples
-        step_rows = min(data.global_batch, -(-math.ceil(step_tokens / (data.seq_len * PACKING_EFFICIENCY)) // multiple)
-                        * multiple)
-    step = (f"{data.global_batch} examples packed into about {step_rows} rows (the mean step; --real-data plans "
-            "every step)") if data.pack == "per_step" else _step_words(data)
+    shape = (data.global_batch, data.seq_len)
+    if data.pack == "per_step":  # the shape the mean step's examples fill, packed
+        shape = mean_step_shape(data.global_batch * tokens / examples, data.global_batch, data.seq_len, multiple,
+                                PACKING_EFFICIENCY)
+    step = (f"{data.global_batch} examples packed into about {_shape_words((shape,), data.seq_len)} (the mean step; "
+            "--real-data plans every step)") if data.pack == "per_step" else _step_words(data)
     steps = math.ceil(rows / data.global_batch)
     return DataEstimate(math.ceil(examples), rows, int(tokens), steps,
                         "papers' dataset sizes x mean lengths (Tulu Table 1, data.synthetic.LENGTH_STATS)", per_task,
-                        (step_rows,), tokens / (rows / data.global_batch * step_rows * data.seq_len), step,
+                        (shape,), tokens / (rows / data.global_batch * shape[0] * shape[1]), step,
                         _epoch_words(data, math.ceil(examples), rows, steps, int(tokens)))
 
 
@@ -356,10 +358,21 @@ def _epoch_words(data, examples: int, rows: int, steps: int, tokens: int) -> str
     return f"{examples:,} examples, one a row, {steps:,} steps of {data.global_batch} rows, {tokens:,} tokens"
 
 
-def _step_words(data, shapes: tuple[int, ...] = ()) -> str:
+def _shape_words(shapes: tuple[tuple[int, int], ...], seq_len: int) -> str:
+    """Step shapes (rows, row length) in words: "40, 48 or 64 rows" (of seq_len) or "32 rows of 2304 or 2560 tokens"."""
+    def either(values) -> str:
+        values = [f"{v:,}" for v in sorted(set(values))]
+        return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} or {values[-1]}"
+
+    if all(length == seq_len for _, length in shapes):
+        return f"{either(rows for rows, _ in shapes)} rows"
+    return f"{either(rows for rows, _ in shapes)} rows of {either(length for _, length in shapes)} tokens"
+
+
+def _step_words(data, shapes: tuple[tuple[int, int], ...] = ()) -> str:
     """How a step's rows are laid out under `data.pack`, in words."""
     if data.pack == "per_step":
-        return (f"{data.global_batch} examples packed into {', '.join(map(str, shapes))} rows "
+        return (f"{data.global_batch} examples packed into {_shape_words(shapes, data.seq_len)} "
                 f"({len(shapes)} step shape(s), each compiled once)")
     return f"{data.global_batch} rows" + (" of packed examples" if data.pack else ", one example each")
 
@@ -373,12 +386,12 @@ def real_epoch(config: RunConfig, multiple: int = 1) -> DataEstimate:
     data = run_setup.bind_data(config, run_setup.tokenizer_path(config))
     pipeline = DataPipeline(data.config, resolved=data.resolved)
     plan = pipeline.plan_epoch(0)
-    step_rows, real_share = (config.data.global_batch,), plan.efficiency
+    shapes, real_share = ((config.data.global_batch, config.data.seq_len),), plan.efficiency
     if config.data.pack == "per_step":
         steps = pipeline.plan_steps(config.max_steps or config.optim.epochs * plan.steps, multiple)
-        step_rows, real_share = steps.shapes, steps.efficiency
+        shapes, real_share = steps.shapes, steps.efficiency
     return DataEstimate(plan.examples, plan.rows, plan.tokens, plan.steps, "the real pipeline (data read and packed)",
-                        step_rows=step_rows, real_share=real_share, step=_step_words(config.data, step_rows),
+                        step_shapes=shapes, real_share=real_share, step=_step_words(config.data, shapes),
                         epoch=_epoch_words(config.data, plan.examples, plan.rows, plan.steps, plan.tokens))
 
 
@@ -420,8 +433,9 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
     if training:
         multiple = sharding.row_multiple(config, sizes, topology.hosts)
         data = real_epoch(config, multiple) if real_data else estimate_epoch(config, multiple)
-    memory, acts = device_memory(model, sizes, rows=max(data.step_rows) if training else 0,  # the largest step shown
-                                 seq_len=config.data.seq_len, micro_batches=config.optim.micro_batches,
+    rows, length = max(data.step_shapes, key=lambda s: s[0] * s[1]) if training else (0, config.data.seq_len)
+    memory, acts = device_memory(model, sizes, rows=rows, seq_len=length,  # the largest step shown
+                                 micro_batches=config.optim.micro_batches,
                                  clip=bool(config.optim.grad_clip), platform=topology.platform,
                                  loss_chunk=config.optim.loss_chunk)  # fmt: skip
     if memory["params"] != param_count(model):

@@ -5,8 +5,8 @@ init:        mesh -> data pipeline -> model + AdamW state, created directly in t
 train step:  jit with explicit shardings, state donated; the global batch is split into
              `optim.micro_batches` micro-batches whose gradients are summed (lax.scan), the loss
              normalized by the trained-token weight of the whole global batch (all hosts). With
-             `data.pack: per_step` the pipeline plans the run's few step shapes (rows a multiple of
-             `sharding.row_multiple`); each is compiled before step 1
+             `data.pack: per_step` the pipeline plans the run's few step shapes (rows x row length, rows a
+             multiple of `sharding.row_multiple`); each is compiled before step 1
 loop:        host batch -> global jax.Array -> step; metrics to RUN_DIR/metrics.jsonl + TensorBoard;
              Orbax saves every `checkpoint.every` steps and at the end; a non-finite loss stops the run
              before anything broken is saved; SIGTERM saves the step in flight and stops (preemption.py).
@@ -150,13 +150,13 @@ class Trainer:
         plan = self.pipeline.plan_epoch(0)
         steps_per_epoch = plan.steps
         self.total_steps = config.max_steps or config.optim.epochs * steps_per_epoch
-        self.step_shapes: tuple[int, ...] = ()  # pack: per_step: the rows a step may have, each compiled once
-        step_rows = 0
+        self.step_shapes: tuple[tuple[int, int], ...] = ()  # pack: per_step: (rows, row length), each compiled once
+        processed = 0
         if config.data.pack == "per_step":
             multiple = sharding.row_multiple(config, sizes, jax.process_count())
             step_plan = self.pipeline.plan_steps(self.total_steps, multiple)
-            self.step_shapes, step_rows = step_plan.shapes, int(step_plan.rows(step_plan.needed).sum())
-        _check_hosts_agree(plan, config, step_rows)
+            self.step_shapes, processed = step_plan.shapes, step_plan.processed
+        _check_hosts_agree(plan, config, processed)
         self.check_memory(sizes)
         self.checkpointer = ckpt.Checkpointer(self.run_dir, keep=config.checkpoint.keep,
                                               async_save=config.checkpoint.async_save,
@@ -179,8 +179,9 @@ class Trainer:
         from instructjax.train import plan
 
         topology = plan.local_topology()
-        rows = max(self.step_shapes) if self.step_shapes else self.config.data.global_batch
-        memory, acts = plan.device_memory(self.model_config, sizes, rows=rows, seq_len=self.config.data.seq_len,
+        rows, length = max(self.step_shapes or [(self.config.data.global_batch, self.config.data.seq_len)],
+                           key=lambda shape: shape[0] * shape[1])
+        memory, acts = plan.device_memory(self.model_config, sizes, rows=rows, seq_len=length,
                                           micro_batches=self.config.optim.micro_batches,
                                           clip=bool(self.config.optim.grad_clip), platform=topology.platform,
                                           loss_chunk=self.config.optim.loss_chunk)
@@ -291,8 +292,8 @@ class Trainer:
         try:
             with jax.set_mesh(self.mesh), self._memory_errors():
                 self.schedule(start)  # its ops compiled here, not in the wall time of the second step
-                for rows in self.step_shapes:  # compiled now: a shape first used mid-run costs no step time
-                    spec = _batch_spec(rows, self.config.data.seq_len, batch_sharding)
+                for rows, length in self.step_shapes:  # compiled now: a shape first used mid-run costs no step time
+                    spec = _batch_spec(rows, length, batch_sharding)
                     step_fn.lower(params, opt_state, spec).compile()
                 if start < last:
                     batch, position = on_mesh(next(batches), batch_sharding), self.pipeline.state
@@ -413,21 +414,21 @@ def _batch_spec(rows: int, seq_len: int, batch_sharding: NamedSharding) -> dict[
             for k, v in empty_rows(1, seq_len).items()}
 
 
-def _check_hosts_agree(plan, config: RunConfig, step_rows: int = 0) -> None:
+def _check_hosts_agree(plan, config: RunConfig, processed: int = 0) -> None:
     """Stop at once, with one line, when another host planned a different epoch (a changed data file on
     one host, a different package version): hosts that disagree would otherwise hang or drift apart.
-    `step_rows`: the rows of all the run's steps under `pack: per_step` (0 otherwise)."""
+    `processed`: the tokens (padding too) of all the run's steps under `pack: per_step` (0 otherwise)."""
     if jax.process_count() == 1:
         return
     from jax.experimental import multihost_utils
 
     hosts.enter("plan", "planning the run")  # a host that skipped a data collective stops here, named
-    mine = np.array([plan.examples, plan.rows, plan.tokens, plan.trained_tokens, config.max_steps or 0, step_rows],
+    mine = np.array([plan.examples, plan.rows, plan.tokens, plan.trained_tokens, config.max_steps or 0, processed],
                     np.int64)
     every = np.asarray(multihost_utils.process_allgather(mine)).reshape(jax.process_count(), -1)
     differing = [h for h in range(len(every)) if not np.array_equal(every[h], every[0])]
     if differing:
-        names = ("examples", "rows", "tokens", "trained tokens", "max_steps", "per_step rows")
+        names = ("examples", "rows", "tokens", "trained tokens", "max_steps", "per_step tokens processed")
         mismatch = ", ".join(f"{n} {every[0][i]} vs {every[differing[0]][i]}" for i, n in enumerate(names)
                              if every[0][i] != every[differing[0]][i])  # fmt: skip
         raise ConfigError(f"host {differing[0]} planned a different epoch than host 0 ({mismatch}); "
