@@ -4,8 +4,9 @@
    processed tokens of the steps, for the built-in rows (`tulu_human_gpt_builtin`, through the pipeline) and
    for Table 1's length model at full size (`packing.tulu_lengths`: 490,694 conversations, ShareGPT's cut into
    2048-token blocks; each epoch in another order). per_step at row
-   multiples 1 (one device), 8 (8 GPUs, FSDP) and 32 (v4-64, FSDP over 32 chips), and how the number of step
-   shapes (compiles) trades against padding.
+   multiples 1 (one device), 8 (8 GPUs, FSDP), 32 (v4-64, FSDP over 32 chips) and 64 (v4-128, FSDP over 64 chips;
+   `plan` proposes fsdp 32 x tensor 2 there, the multiple-32 line), either layout (rows of seq_len, or a fixed
+   number of rows of a step's own length), and how the number of step shapes (compiles) trades against padding.
 2. CPU, tiny model (float32), seq 512, global batch 16, 20 steps through the trainer on one device: step time
    per_step / unpacked (median of steps 2-20: the unpacked step 1 compiles), losses and gradient norms of every
    step side by side, and how many step shapes each run compiled. Runs alternate, three rounds.
@@ -27,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import common  # noqa: E402
 
-MULTIPLES = (1, 8, 32)
+MULTIPLES = (1, 8, 32, 64)
 SHAPE_LIMITS = (1, 2, 3, 4, 6, 8)
 
 
@@ -39,7 +40,7 @@ def padding_section() -> str:
     import instructjax.data.seqio.mixtures  # noqa: F401  (registers the built-in mixtures)
     from instructjax.core.config import DataSection
     from instructjax.data.batches.packing import count_rows
-    from instructjax.data.batches.pipeline import DataPipeline, plan_step_rows, step_shapes
+    from instructjax.data.batches.pipeline import DataPipeline, plan_step_rows, step_need, step_shapes
 
     seq, batch, epochs = 2048, 128, 2
     section = DataSection(mixture="tulu_human_gpt_builtin", seq_len=seq, global_batch=batch, prefetch=0,
@@ -59,33 +60,39 @@ def padding_section() -> str:
     model_packed_rows = sum(count_rows(w, seq) for w in np.array_split(epochs_lengths, len(epochs_lengths) // 1000))
     model_packed = epochs_lengths.sum() / (model_packed_rows * seq)
 
+    def shape_words(shapes):
+        return ", ".join(f"{rows}x{length}" for rows, length in shapes)
+
     def rows_line(name, tokens, plans_by_multiple, packed_share):
-        out = [[name, "pack: false", "-", f"{batch}", f"{tokens.sum() / (len(tokens) * batch * seq):.1%}"]]
+        out = [[name, "pack: false", f"{batch}x{seq}", f"{batch * seq:,}", f"{tokens.sum() / (len(tokens) * batch * seq):.1%}"]]
         for m, plan in zip(MULTIPLES, plans_by_multiple, strict=True):
-            used = plan.rows(plan.needed)
-            out.append([name, f"per_step, rows a multiple of {m}", ", ".join(map(str, plan.shapes)),
-                        f"{used.mean():.1f} (fill {plan.needed.mean():.1f})", f"**{plan.efficiency:.1%}**"])
-        out.append([name, "pack: true (other steps)", "-", f"{batch}", f"{packed_share:.1%}"])
+            layout = f"{plan.fixed_rows} rows of a step's length" if plan.fixed_rows else "rows of seq_len"
+            out.append([name, f"per_step, rows a multiple of {m}: {layout}", shape_words(plan.shapes),
+                        f"{plan.processed / len(plan.needed):,.0f}", f"**{plan.efficiency:.1%}**"])
+        out.append([name, "pack: true (other steps)", f"{batch}x{seq}", f"{batch * seq:,}", f"{packed_share:.1%}"])
         return out
 
     rows = rows_line(f"built-in rows ({steps} steps)", builtin[0], builtin[1], builtin_packed)
     rows += rows_line(f"Table 1 model ({len(model_plans[0].needed):,} steps)", model_plans[0].tokens, model_plans,
                       model_packed)
     body = ("**Real tokens / processed tokens**, Tulu Human+GPT, seq 2048, global batch 128, 2 epochs "
-            f"({MULTIPLES[1]} = 8 GPUs with FSDP; 32 = v4-64 with FSDP over its 32 chips, the paper configs' mesh):\n\n"
-            + common.table(["data", "mode", "step shapes (rows)", "rows a step (mean)", "real / processed"], rows))
+            f"({MULTIPLES[1]} = 8 GPUs with FSDP; 32 = v4-64 with FSDP over its 32 chips, the paper configs' mesh"
+            "; 64 = v4-128 with FSDP over its 64 chips, where `plan` proposes fsdp 32 x tensor 2: the 32 line):\n\n"
+            + common.table(["data", "mode", "step shapes (rows x length)", "tokens processed a step (mean)",
+                            "real / processed"], rows))
 
-    shape_rows = []
-    for name, plan in (("built-in rows", builtin[1][0]), ("Table 1 model", model_plans[0])):
-        for m in MULTIPLES[:2]:
-            shares = []
-            for limit in SHAPE_LIMITS:
-                shapes = np.asarray(step_shapes(plan.needed, m, limit))
-                shares.append(plan.tokens.sum() / (shapes[np.searchsorted(shapes, plan.needed)].sum() * seq))
-            shape_rows.append([name, m, *[f"{s:.1%}" for s in shares]])
-    ideal = model_plans[0].tokens.sum() / (model_plans[0].needed.sum() * seq)
+    shape_rows, real = [], epochs_lengths[: len(model_plans[0].tokens) * batch].sum()
+    needed = np.asarray([step_need(step, seq) for step in np.split(epochs_lengths, range(batch, len(epochs_lengths),
+                                                                                        batch)) if len(step) == batch])
+    for m in MULTIPLES[:2]:
+        shares = []
+        for limit in SHAPE_LIMITS:
+            shapes = np.asarray(step_shapes(needed, m, limit))
+            shares.append(real / (shapes[np.searchsorted(shapes, needed)].sum() * seq))
+        shape_rows.append(["Table 1 model", m, *[f"{s:.1%}" for s in shares]])
+    ideal = real / (needed.sum() * seq)
     body += ("\n\n**Step shapes (each one compile) against padding**: real / processed with at most N shapes "
-             f"(the default is 4; every step in its own fitted shape would be {ideal:.1%} on the Table 1 model). "
+             f"of rows of seq_len (the default is 4; every step in its own fitted shape would be {ideal:.1%}). "
              f"Planning the Table 1 model's {len(model_plans[0].needed):,} steps took {plan_s:.1f} s.\n\n"
              + common.table(["data", "row multiple", *[f"N={n}" for n in SHAPE_LIMITS]], shape_rows))
     return body
@@ -141,7 +148,7 @@ def timing_section(steps: int, rounds: int) -> tuple[str, dict]:
             each = {pack: ", ".join(f"{m * 1e3:.0f}" for m in ms) for pack, ms in medians.items()}
             rows.append([f"`{mixture}`", f"{best['false'] * 1e3:.0f} ({each['false']})",
                          f"{best['per_step'] * 1e3:.0f} ({each['per_step']})", f"**{ratio:.2f}x**",
-                         ", ".join(map(str, shapes)), f"{runs['false'][0]['compiles']} / {runs['per_step'][0]['compiles']}",
+                         ", ".join(f"{r}x{n}" for r, n in shapes), f"{runs['false'][0]['compiles']} / {runs['per_step'][0]['compiles']}",
                          f"{loss:.1e}", f"{grad:.1e}", "yes" if same else "NO"])  # fmt: skip
             summary[mixture] = {"ratio": ratio, "loss_rel": loss, "grad_rel": grad, "shapes": shapes}
             print(rows[-1], flush=True)
@@ -150,7 +157,7 @@ def timing_section(steps: int, rounds: int) -> tuple[str, dict]:
             f"2-{steps} (each run's in brackets; the unpacked step 1 compiles, per_step compiles its shapes before "
             "step 1):\n\n"
             + common.table(["data", "unpacked ms/step", "per_step ms/step", "per_step / unpacked",
-                            "per_step shapes (rows)", "step compiles (unpacked / per_step)", "max rel. loss diff",
+                            "per_step shapes (rows x length)", "step compiles (unpacked / per_step)", "max rel. loss diff",
                             "max rel. grad-norm diff", "same tokens every step"], rows))  # fmt: skip
     return body, summary
 
@@ -168,7 +175,7 @@ def main(argv: list[str] | None = None) -> dict:
     timing, summary = timing_section(args.steps, args.rounds)
     print(timing, flush=True)
     if not args.no_append:
-        common.append_results("Exact steps, packed: `data.pack: per_step` (issue 28)", padding + "\n\n" + timing,
+        common.append_results("Exact steps, packed: `data.pack: per_step` (issues 28, 40)", padding + "\n\n" + timing,
                               load_before=load_before)
     return summary
 

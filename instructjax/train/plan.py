@@ -339,7 +339,7 @@ def estimate_epoch(config: RunConfig, multiple: int = 1) -> DataEstimate:
     if data.pack == "per_step":  # the shape the mean step's examples fill, packed
         shape = mean_step_shape(data.global_batch * tokens / examples, data.global_batch, data.seq_len, multiple,
                                 PACKING_EFFICIENCY)
-    step = (f"{data.global_batch} examples packed into about {_shape_words((shape,), data.seq_len)} (the mean step; "
+    step = (f"{data.global_batch} examples packed into about {_shape_words((shape,))} (the mean step; "
             "--real-data plans every step)") if data.pack == "per_step" else _step_words(data)
     steps = math.ceil(rows / data.global_batch)
     return DataEstimate(math.ceil(examples), rows, int(tokens), steps,
@@ -358,21 +358,19 @@ def _epoch_words(data, examples: int, rows: int, steps: int, tokens: int) -> str
     return f"{examples:,} examples, one a row, {steps:,} steps of {data.global_batch} rows, {tokens:,} tokens"
 
 
-def _shape_words(shapes: tuple[tuple[int, int], ...], seq_len: int) -> str:
-    """Step shapes (rows, row length) in words: "40, 48 or 64 rows" (of seq_len) or "32 rows of 2304 or 2560 tokens"."""
+def _shape_words(shapes: tuple[tuple[int, int], ...]) -> str:
+    """Step shapes (rows, row length) in words: "40, 48 or 64 rows of 2,048 tokens", "32 rows of 2,304 or 2,560 tokens"."""
     def either(values) -> str:
         values = [f"{v:,}" for v in sorted(set(values))]
         return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} or {values[-1]}"
 
-    if all(length == seq_len for _, length in shapes):
-        return f"{either(rows for rows, _ in shapes)} rows"
     return f"{either(rows for rows, _ in shapes)} rows of {either(length for _, length in shapes)} tokens"
 
 
 def _step_words(data, shapes: tuple[tuple[int, int], ...] = ()) -> str:
     """How a step's rows are laid out under `data.pack`, in words."""
     if data.pack == "per_step":
-        return (f"{data.global_batch} examples packed into {_shape_words(shapes, data.seq_len)} "
+        return (f"{data.global_batch} examples packed into {_shape_words(shapes)} "
                 f"({len(shapes)} step shape(s), each compiled once)")
     return f"{data.global_batch} rows" + (" of packed examples" if data.pack else ", one example each")
 
