@@ -10,7 +10,7 @@ Used by tests/test_faults_training.py, which kill -9s it, fills its disk, or cor
   FAULT_COUNT_ENCODED=PATH    at exit, write to PATH how many conversations this process tokenized
   FAULT_DIE_TOKENIZING=1      the process dies (os._exit, no clean-up) as it starts tokenizing its first
                               piece of a shared cache
-  FAULT_COUNT_READ=PATH       at exit, write to PATH how many conversations this process read
+  FAULT_COUNT_READ=PATH       at exit, write to PATH how many rows this process read and adapted
   FAULT_FAIL_ENCODING=TEXT    tokenizing a conversation whose text holds TEXT raises a DataError
   FAULT_ALONE=1               this host finds no cache path for any task (as when its hub lookup fails), so it
                               skips the shared cache's collectives the others enter
@@ -114,17 +114,9 @@ def die_tokenizing() -> None:
 def count_read(path: str) -> None:
     import atexit
 
-    from instructjax.data.tokenized import stream
+    from instructjax.data.sources import catalog
 
-    original, count = stream.conversation_items, [0]
-
-    def items(*args, **kwargs):
-        for conv, read in original(*args, **kwargs):
-            count[0] += conv is not None
-            yield conv, read
-
-    stream.conversation_items = items
-    atexit.register(lambda: Path(path).write_text(str(count[0])))
+    atexit.register(lambda: Path(path).write_text(str(catalog.ROWS_ADAPTED[0])))
 
 
 def fail_encoding(text: str) -> None:

@@ -12,7 +12,8 @@ tokenizes and reads (tests/fault_worker.py FAULT_COUNT_ENCODED, FAULT_COUNT_READ
 - two concurrent 2-host `data prepare` runs on one directory both finish, with the one-process bytes;
 - a host that skips a collective (its cache lookup failed alone) stops both hosts at once with one line, even
   when that host is slow to say so (host 0, the coordinator, exits last);
-- on a task that keeps 40 of 600 rows, each of 2 hosts reads exactly the conversations one process reads;
+- each host reads (fetches and adapts) only its share of the rows: of a task that keeps 40 of 600 rows, 20
+  each of 2 hosts; of one that keeps all 600, about 150 each of 4 hosts;
 - a conversation that fails to tokenize is recorded in its piece: the same one line on both hosts, and again
   on a restart (which reads the piece back);
 - `data prepare --config` then `train` with the same config: train tokenizes nothing.
@@ -181,17 +182,25 @@ def _subset_args(rows: Path, count: int | None) -> list[str]:
     return [a for a in RUN if not a.startswith("data.mixture")] + ["data.mixture=mine_mix", f"define={json.dumps(define)}"]
 
 
-def test_hosts_read_only_the_conversations_the_run_keeps(tmp_path):
-    args = _subset_args(_rows(tmp_path, 600), 40)
+def test_each_host_reads_only_its_share_of_the_rows(tmp_path):
+    """Rows read = fetched and adapted (FAULT_COUNT_READ). A task keeping 40 of 600 rows: one process reads
+    them and its read-ahead; 2 hosts read the 40 only, half each. A task keeping all 600: 4 hosts (`data
+    prepare`) read 600 in all, about a quarter each (pieces of 9 or 10 rows). The files are one process's."""
+    rows = _rows(tmp_path, 600)
     count = lambda tag: (lambda i: {"FAULT_COUNT_READ": str(tmp_path / f"{tag}{i}.read")})  # noqa: E731
-    ((code, err, _),) = train(1, tmp_path / "one", tmp_path / "run1", args=args, env_of=count("one"))
-    assert code == 0, err[-3000:]
-    alone = int((tmp_path / "one0.read").read_text())
+    read = lambda tag, hosts: [int((tmp_path / f"{tag}{i}.read").read_text()) for i in range(hosts)]  # noqa: E731
+    for tag, hosts, kept, command in (("one", 1, 40, "train"), ("two", 2, 40, "train"),
+                                      ("all1", 1, None, "prepare"), ("all4", 4, None, "prepare")):
+        args = _subset_args(rows, kept)
+        args, command = (args, ("train",)) if command == "train" else ([a for a in args if a != "max_steps=2"],
+                                                                       ("data", "prepare"))  # fmt: skip
+        results = train(hosts, tmp_path / tag, tmp_path / f"run-{tag}", args=args, env_of=count(tag), command=command)
+        assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, err, _ in results]
+    (alone,) = read("one", 1)
     assert 40 <= alone < 600  # one process reads what it keeps (and what its read-ahead needs), not every row
-    results = train(2, tmp_path / "two", tmp_path / "run2", args=args, env_of=count("two"))
-    assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, err, _ in results]
-    assert [int((tmp_path / f"two{i}.read").read_text()) for i in range(2)] == [alone, alone]
-    assert files(tmp_path / "two") == files(tmp_path / "one")
+    assert read("two", 2) == [20, 20] and files(tmp_path / "two") == files(tmp_path / "one")
+    assert read("all1", 1) == [600] and sum(read("all4", 4)) == 600 and max(read("all4", 4)) <= 160
+    assert files(tmp_path / "all4") == files(tmp_path / "all1")
 
 
 def test_a_failed_conversation_is_the_same_line_on_every_host_and_restart(tmp_path):
@@ -226,4 +235,51 @@ def test_prepare_then_train_tokenizes_nothing(tmp_path):
     assert run.returncode == 0, run.stderr[-3000:]
     assert int((tmp_path / "train.count").read_text()) == 0
     assert "data: 3 of 3 task(s) read from the tokenized cache" in run.stdout  # what train itself says
-    assert "; 0 conversation(s) tokenized here" in run.stdout
+    assert "; 0 row(s) read and 0 conversation(s) tokenized here" in run.stdout
+
+
+# ---- in one process: pieces replayed against the one-process read ------------------------------------------
+
+def _bad_rows(tmp_path: Path) -> Path:
+    rows = [{"instruction": f"Say {i}.", "input": "", "output": f"{i} " * 9} for i in range(90)]
+    rows[17] = {"instruction": "no output"}  # a bad row: skipped (and counted), or raised where one process raises
+    rows[40]["output"] = ""  # nothing to train on
+    path = tmp_path / "bad.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.mark.parametrize("task, seed, count", [("cot_builtin", None, None), ("sharegpt_builtin", 0, 60),
+                                               ("dolly_builtin", 5, 30), ("oasst1_builtin", 1, 40),
+                                               ("skip", 2, None), ("skip", None, 50), ("error", None, None),
+                                               ("error", 3, 10)])  # fmt: skip
+def test_pieces_replayed_in_order_give_the_one_process_examples_report_and_errors(tmp_path, task, seed, count):
+    """The units of a task (rows of a pooled, a split and a plain source; a tree source's conversations; bad rows
+    skipped or raised), made into pieces in reverse order and pickled as a host writes them, then replayed: the
+    examples, report, positions and error of the task's own one-process stream."""
+    import pickle
+
+    from instructjax.data.blends import specs
+    from instructjax.data.blends.specs import TaskSpec
+    from instructjax.data.tokenized import shared, stream
+
+    spec = TaskSpec("alpaca", (str(_bad_rows(tmp_path)),), on_bad_row=task) if task in ("skip", "error") \
+        else specs.task(task)  # fmt: skip
+    units, job = shared.units_of(task, spec, seed), stream.job_of(spec)
+
+    def make(lo, hi, spans):
+        made = [pickle.dumps(units.encode(job, a, b)) for a, b in reversed(spans)]
+        return [pickle.loads(p) for p in reversed(made)], True
+
+    assert shared.rounds(units, count, make) is None
+    replayed, direct = stream.TaskStream(task, spec, seed, results=units.replay()), stream.TaskStream(task, spec, seed)
+
+    def taken(s):
+        try:
+            return [(e["tokens"].tolist(), e["loss_mask"].tolist(), e["id"]) for e in s.take(count)], s.report
+        except Exception as exc:  # noqa: BLE001 - compared
+            return f"{type(exc).__name__}: {exc}"
+
+    want = taken(direct)
+    assert taken(replayed) == want and replayed.positions == direct.positions
+    assert isinstance(want, str) == (task == "error" and count is None), want  # 10 of 90 rows miss the bad one

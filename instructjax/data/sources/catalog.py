@@ -146,16 +146,53 @@ def load_conversations(
     over all files; a tree source's conversation index): how a shuffled read is put back in file order.
     `total`, when given, gets the number of rows the read visits once the files are open (for progress).
     """
+    policy = policy if policy is not None else BadRowPolicy()
+    source, parts, opts = _open_source(name, data_files, split, policy, hub_config, cache_dir, options)
+    tables = [table for _, table in parts]
+    if total is not None:
+        total.append(sum(len(t) for t in tables) if opts.get("per_part") is None or source.tree
+                     else opts["per_part"] * len(tables))  # fmt: skip
+    if source.tree:
+        conversations = list(_tree_conversations(source, tables, policy, opts))
+        order = (np.random.default_rng(shuffle_seed).permutation(len(conversations)) if shuffle_seed is not None
+                 else np.arange(len(conversations)))
+        for i in order.tolist():
+            if positions is not None:
+                positions.append(i)
+            yield conversations[i]
+        return
+    read = RowRead(source, parts, opts, shuffle_seed, policy)
+    for outcome, conversations in read.adapt(0, len(read)):
+        outcome.count(policy)
+        for convo in conversations:
+            if positions is not None:
+                positions.append(outcome.index)
+            yield convo
+
+
+def read_rows(name: str, data_files=None, *, policy: BadRowPolicy, shuffle_seed: int | None = None,
+              split: str = "train", hub_config: str | None = None, cache_dir: str | None = None,
+              **options: Any) -> RowRead | None:
+    """The read `load_conversations` makes of a row source, as a `RowRead` (None for a tree source): its
+    rows in visiting order, each adapted when asked for. `policy` counts what drawing the pools read."""
+    source, parts, opts = _open_source(name, data_files, split, policy, hub_config, cache_dir, options)
+    return None if source.tree else RowRead(source, parts, opts, shuffle_seed, policy)
+
+
+def _open_source(name: str, data_files, split: str, policy: BadRowPolicy, hub_config: str | None,
+                 cache_dir: str | None, options: dict) -> tuple[Source, list[tuple[str, RowFile]], dict]:
+    """The source, its parts (name, rows: its files, or the hub's parts) opened, and the adapter's options
+    (with `per_part` and `pool_seed` for a row source)."""
     source = get_source(name)
     defaults = {**({} if source.tree else POOL_OPTIONS), **source.options}
     unknown = set(options) - set(defaults)
     if unknown:
         raise ConfigError(f"source {name!r} takes options {sorted(defaults) or 'none'}, not {sorted(unknown)}")
-    opts = {**defaults, **options}  # what is left after the pool options goes to the adapter
-    per_part, pool_seed = opts.pop("per_part", None), opts.pop("pool_seed", 0)
+    opts = {**defaults, **options}
+    per_part = opts.get("per_part")
     if per_part is not None and (not isinstance(per_part, int) or per_part < 1):
         raise ConfigError(f"source {name!r}: per_part must be a positive integer or null, got {per_part!r}")
-    policy = policy if policy is not None else BadRowPolicy()
+    pool = {k: opts.pop(k) for k in POOL_OPTIONS if k in opts}  # the adapter gets the rest
     if data_files is None:
         if source.hub_id is None:
             raise ConfigError(f"source {name!r} has no hub dataset: set data_files to your own json, jsonl or "
@@ -167,20 +204,7 @@ def load_conversations(
         parts = [(part_name(p), RowFile(p, cache_dir)) for p in local_files(data_files, name)]
         if source.prepare is not None:
             opts = source.prepare([table for _, table in parts], opts)
-    tables = [table for _, table in parts]
-    if total is not None:
-        total.append(sum(len(t) for t in tables) if per_part is None or source.tree else per_part * len(tables))
-    if source.tree:
-        conversations = list(_tree_conversations(source, tables, policy, opts))
-        order = (np.random.default_rng(shuffle_seed).permutation(len(conversations)) if shuffle_seed is not None
-                 else np.arange(len(conversations)))
-        for i in order.tolist():
-            if positions is not None:
-                positions.append(i)
-            yield conversations[i]
-    else:
-        pools = None if per_part is None else _pools(source, parts, per_part, pool_seed, policy, opts)
-        yield from _row_conversations(source, tables, policy, opts, shuffle_seed, pools, positions)
+    return source, parts, {**opts, **pool}
 
 
 def local_files(data_files: str | os.PathLike | Iterable[str | os.PathLike], source: str) -> list[str]:
@@ -227,87 +251,107 @@ def _locate(err: DataError, file: str, row: int | str, source: str) -> DataError
     return type(err)(err.problem, reason=err.reason, file=file, row=row, source=source)
 
 
-def _adapt(source: Source, row: dict | DataError, index: int, file: str, rownum: int, policy: BadRowPolicy,
-           opts: dict) -> list[Conversation] | None:
-    """The validated conversations of one row (`index`: its ordinal over all files), or None when the
-    row is bad or skipped (`policy` raises or counts it)."""
-    try:
-        if isinstance(row, DataError):
-            raise row
-        conversations = source.adapter(row, source.name, index, **opts)
-        for convo in conversations:
-            convo.validate(file=file, row=rownum)
-        return conversations
-    except DataError as err:
-        policy.handle(_locate(err, file, rownum, source.name))
-        return None
+ROWS_ADAPTED = [0]  # rows this process has adapted (a run's data line reports it; hosts share the work)
 
 
-def _row_conversations(source: Source, tables: list[RowFile], policy: BadRowPolicy, opts: dict,
-                       shuffle_seed: int | None, pools: list[np.ndarray] | None,
-                       positions: list[int] | None = None) -> Iterator[Conversation]:
-    for index, file, rownum, row in _visit(tables, shuffle_seed, pools):
+@dataclass(frozen=True)
+class RowOutcome:
+    """What adapting one row gave, without its conversations: small, and replayed on every host in row order
+    (`count`) to count what one process reading every row counts."""
+
+    index: int  # the row's ordinal over all files
+    repairs: tuple[tuple[str, ...], ...]  # per conversation it gave, the adapter's repairs
+    error: DataError | None  # a bad or skipped row (located): the policy raises or counts it
+
+    def count(self, policy: BadRowPolicy) -> int:
+        """Count the row into `policy` (raising where it raises on a bad row); the conversations it gave."""
         policy.read += 1
-        conversations = _adapt(source, row, index, file, rownum, policy, opts)
-        for convo in conversations or ():
-            for how in convo.meta.get("repairs", ()):
+        if self.error is not None:
+            policy.handle(self.error)
+            return 0
+        for repairs in self.repairs:
+            for how in repairs:
                 policy.repaired[how] += 1
-        for convo in conversations or ():
-            if positions is not None:
-                positions.append(index)
-            yield convo
+        return len(self.repairs)
 
 
-def _pools(source: Source, parts: list[tuple[str, RowFile]], per_part: int, pool_seed: int,
-           policy: BadRowPolicy, opts: dict) -> list[np.ndarray]:
-    """Per part, the sorted positions of the first `per_part` rows of `part_order` that the adapter makes
-    a conversation of. The rows skipped on the way are read and counted here; the kept ones when visited."""
-    pools, start = [], 0
-    for name, table in parts:
-        order, kept, begin = part_order(pool_seed, name, len(table)), [], 0
-        while len(kept) < per_part and begin < len(order):
-            positions = order[begin: begin + max(per_part - len(kept), 64)].tolist()
-            begin += len(positions)
-            for position, (rownum, row) in zip(positions, table.rows(positions), strict=True):
-                if _adapt(source, row, start + position, table.path, rownum, policy, opts) is None:
-                    policy.read += 1
-                else:
-                    kept.append(position)
-                    if len(kept) == per_part:
-                        break
-        pools.append(np.sort(np.array(kept, dtype=np.int64)))
-        start += len(table)
-    return pools
+class RowRead:
+    """A row source's read in two parts: its rows put in visiting order (`order`: the row ordinals, in order or
+    a seeded random order, of every row or, pooled, of the pools' rows), which every reader makes alike from
+    the files' sizes; and `adapt(a, b)`: the rows a..b of that order fetched and adapted, which the hosts of a
+    run share (`tokenized.shared`). Drawing the pools adapts the rows it visits, counted into `policy`."""
 
+    def __init__(self, source: Source, parts: list[tuple[str, RowFile]], opts: dict, shuffle_seed: int | None,
+                 policy: BadRowPolicy, chunk: int = 4096):
+        opts = dict(opts)
+        per_part, pool_seed = opts.pop("per_part", None), opts.pop("pool_seed", 0)
+        self.source, self.opts, self.chunk = source, opts, chunk
+        self.tables = [table for _, table in parts]
+        self._starts = np.cumsum([0] + [len(t) for t in self.tables])
+        if per_part is None:
+            order = np.arange(int(self._starts[-1]))
+        else:
+            pools = self._pools(parts, per_part, pool_seed, policy)
+            order = np.concatenate([self._starts[t] + pool for t, pool in enumerate(pools)] + [np.zeros(0, np.int64)])
+        if shuffle_seed is not None:
+            order = order[np.random.default_rng(shuffle_seed).permutation(len(order))]
+        self.order = order
 
-def _visit(tables: list[RowFile], shuffle_seed: int | None, pools: list[np.ndarray] | None = None,
-           chunk: int = 4096) -> Iterator[tuple]:
-    """(ordinal, file, row number, row or DataError) of every row of `tables` (of the positions `pools[t]`
-    of table t, when given): in order, or in a seeded random order fetched `chunk` rows at a time."""
-    sizes = [len(t) for t in tables]
-    starts = np.cumsum([0] + sizes)
-    if shuffle_seed is None and pools is None:
-        for t, table in enumerate(tables):
-            for local, (rownum, row) in enumerate(table.rows()):
-                yield int(starts[t]) + local, table.path, rownum, row
-        return
-    if pools is None:
-        order = np.arange(int(starts[-1]))
-    else:
-        order = np.concatenate([starts[t] + pool for t, pool in enumerate(pools)] + [np.zeros(0, np.int64)])
-    if shuffle_seed is not None:
-        order = order[np.random.default_rng(shuffle_seed).permutation(len(order))]
-    for begin in range(0, len(order), chunk):
-        wanted = order[begin: begin + chunk]
-        which = np.searchsorted(starts, wanted, side="right") - 1
-        fetched = {}
-        for t in np.unique(which):
-            local = wanted[which == t] - starts[t]
-            for position, item in zip(local.tolist(), tables[t].rows(local.tolist()), strict=True):
-                fetched[int(starts[t]) + position] = item
-        for ordinal, t in zip(wanted.tolist(), which.tolist(), strict=True):
-            rownum, row = fetched[ordinal]
-            yield ordinal, tables[t].path, rownum, row
+    def __len__(self) -> int:
+        return len(self.order)
+
+    def adapt(self, a: int, b: int) -> Iterator[tuple[RowOutcome, list[Conversation]]]:
+        """(outcome, validated conversations) of the rows a..b of the visiting order, fetched `chunk` at a time."""
+        for begin in range(a, b, self.chunk):
+            wanted = self.order[begin : min(b, begin + self.chunk)]
+            which = np.searchsorted(self._starts, wanted, side="right") - 1
+            fetched = {}
+            for t in np.unique(which):
+                local = wanted[which == t] - self._starts[t]
+                for position, item in zip(local.tolist(), self.tables[t].rows(local.tolist()), strict=True):
+                    fetched[int(self._starts[t]) + position] = item
+            for ordinal, t in zip(wanted.tolist(), which.tolist(), strict=True):
+                rownum, row = fetched[ordinal]
+                conversations, error = self._adapt(row, ordinal, self.tables[t].path, rownum)
+                yield RowOutcome(ordinal, tuple(tuple(c.meta.get("repairs", ())) for c in conversations),
+                                 error), conversations
+
+    def _adapt(self, row: dict | DataError, index: int, file: str, rownum: int
+               ) -> tuple[list[Conversation], DataError | None]:
+        """The validated conversations of one row, or the located error of a bad or skipped one."""
+        ROWS_ADAPTED[0] += 1
+        try:
+            if isinstance(row, DataError):
+                raise row
+            conversations = self.source.adapter(row, self.source.name, index, **self.opts)
+            for convo in conversations:
+                convo.validate(file=file, row=rownum)
+            return conversations, None
+        except DataError as err:
+            return [], _locate(err, file, rownum, self.source.name)
+
+    def _pools(self, parts: list[tuple[str, RowFile]], per_part: int, pool_seed: int,
+               policy: BadRowPolicy) -> list[np.ndarray]:
+        """Per part, the sorted positions of the first `per_part` rows of `part_order` that the adapter makes
+        a conversation of. The rows skipped on the way are read and counted here; the kept ones when visited."""
+        pools, start = [], 0
+        for name, table in parts:
+            order, kept, begin = part_order(pool_seed, name, len(table)), [], 0
+            while len(kept) < per_part and begin < len(order):
+                positions = order[begin : begin + max(per_part - len(kept), 64)].tolist()
+                begin += len(positions)
+                for position, (rownum, row) in zip(positions, table.rows(positions), strict=True):
+                    _, error = self._adapt(row, start + position, table.path, rownum)
+                    if error is not None:
+                        policy.handle(error)
+                        policy.read += 1
+                    else:
+                        kept.append(position)
+                        if len(kept) == per_part:
+                            break
+            pools.append(np.sort(np.array(kept, dtype=np.int64)))
+            start += len(table)
+        return pools
 
 
 def _tree_conversations(source: Source, tables: list[RowFile], policy: BadRowPolicy, opts: dict

@@ -83,16 +83,11 @@ def cache_report(tasks: list[str]) -> str:
     """How the run's `tasks` got their examples: from the tokenized cache, or tokenized by this process."""
     from instructjax.data.encoding.pool import ENCODED
 
+    here = f"{catalog.ROWS_ADAPTED[0]:,} row(s) read and {ENCODED[0]:,} conversation(s) tokenized here"
     where = cache.cache_dir()
     if where is None:
-        return f"the tokenized cache is off; {ENCODED[0]:,} conversation(s) tokenized here"
-    read = sum(t in FROM_CACHE for t in tasks)
-    return (f"{read} of {len(tasks)} task(s) read from the tokenized cache ({where}); {ENCODED[0]:,} "
-            "conversation(s) tokenized here")
-
-
-
-
+        return f"the tokenized cache is off; {here}"
+    return f"{sum(t in FROM_CACHE for t in tasks)} of {len(tasks)} task(s) read from the tokenized cache ({where}); {here}"
 def _take(name: str, spec: TaskSpec, seed: int | None, count: int | None) -> list[dict]:
     """`take(count)` of the task's stream; a read that fails is dropped, so asking again reads again (and
     raises again) rather than returning what was read before the failure."""
@@ -167,18 +162,6 @@ def task_report(name: str, seed: int | None = None, *, spec: TaskSpec | None = N
     if seed is None:
         _take(name, spec, seed, None)
     return _stream(name, spec, seed).report
-
-
-
-
-
-
-
-
-
-
-
-
 
 
 _STREAMS: dict[tuple, TaskStream] = {}

@@ -1,23 +1,26 @@
-"""One task's tokenized cache built by all the hosts of a run together, each tokenizing its share of the rows.
+"""One task's tokenized cache built by all the hosts of a run together, each reading and tokenizing its share.
 
 With H hosts (`hosts.current()`) and a cache directory they all see as one (`hosts.sees_one_directory`: a local
-disk of one machine, NFS, or `gs://`), a task whose cache file is missing is built in rounds. Every host reads
-the task's conversations as far as the round needs, as one process would (reading is cheap, tokenizing is
-not): a round covers every conversation when the task takes all of them, else as many as the examples still
-wanted (a skipped or split conversation gives none or several: rounds go on until there are enough), so no
-conversation is read or tokenized that one process would not. A round's conversations are cut into
-`PIECES` pieces by position alone (the names `<lo>-<hi>` do not depend on the host count), host h tokenizes the
-pieces h, h + H, ... and writes each as one checksummed file into `<cache file>.pieces/` (`storage.write_bytes`:
-whole or not at all, so a host that dies leaves no piece that counts as done). The hosts tell each other a
-round is done through the key-value store of JAX's runtime (`core.hosts`); then each reads every piece. Every
-host then makes the examples from the pieces exactly as one process would (`stream.TaskStream` over the recorded
-results: same examples, order, report, positions and errors), host 0 writes the cache file, and the others
-load that file: every host trains on the same bytes.
+disk of one machine, NFS, or `gs://`), a task whose cache file is missing is built in rounds over units: the rows
+of a row source in their visiting order (`catalog.RowRead`: every host opens the files and orders the rows, but
+only the host of a row's piece fetches, adapts, cleans and tokenizes it), or, where the read needs every row
+before its first conversation (a tree source, a selection), its conversations, read by every host. A round covers
+every unit when the task takes all of them, else as many as the examples still wanted (a skipped or split
+conversation gives none or several: rounds go on until there are enough), so no more is read or tokenized than
+one process would. A round's units are cut into `PIECES` pieces by position alone (the names `<lo>-<hi>` do not
+depend on the host count), host h makes the pieces h, h + H, ... and writes each as one checksummed file into
+`<cache file>.pieces/` (`storage.write_bytes`: whole or not at all, so a host that dies leaves no piece that
+counts as done). The hosts tell each other a round is done through the key-value store of JAX's runtime
+(`core.hosts`); then each reads every piece. Every host then makes the examples from the pieces exactly as one
+process would (a piece of rows holds each row's outcome, replayed in order into the task's report; then
+`stream.TaskStream` over the recorded results: same examples, order, report, positions and errors), host 0
+writes the cache file, and the others load that file: every host trains on the same bytes.
 
-Pieces are kept until the file is written, so a restart after a crash, on any number of hosts, tokenizes only
+Pieces are kept until the file is written, so a restart after a crash, on any number of hosts, makes only
 the pieces that are missing. Two runs building the same task in one directory share pieces (same content, same
 names); when the first one finishes and removes them, the other finds the file it wrote and loads it. A piece
-holding a failed conversation records the error, which is raised again, in its place, on every restart.
+holding a failed conversation or a bad row records the error, which is raised again, in its place, on every
+restart.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from typing import Any
 import xxhash
 
 from instructjax.core import hosts, storage
+from instructjax.core.errors import DataError
 from instructjax.data import cache
 from instructjax.data.blends import specs
 from instructjax.data.encoding.pool import Encoder, Result
@@ -56,14 +60,15 @@ def load_or_build(name: str, spec, seed: int | None, count: int | None, where) -
 
 
 class _Conversations:
-    """The task's conversations, read as far as asked (`upto`), each with its `Read`; `end` once the read ended:
-    (None, what was counted at the end, or the read's error)."""
+    """A task whose read needs every row before its first conversation (a tree source, a selection): every host
+    reads it whole; a unit is a conversation, a piece the results of its conversations."""
 
     def __init__(self, name: str, spec, seed: int | None):
         self._items = stream.conversation_items(name, spec, seed)
-        self.convs, self.reads, self.end = [], [], None
+        self.convs, self.reads, self.end, self.results = [], [], None, []
 
     def upto(self, n: float) -> int:
+        """The units there are, up to `n` (read as far as that)."""
         while self.end is None and len(self.convs) < n:
             conv, read = next(self._items)
             if conv is None:
@@ -73,36 +78,125 @@ class _Conversations:
                 self.reads.append(read)
         return len(self.convs)
 
+    @property
+    def done(self) -> int:
+        return len(self.results)
 
-def _build(coordinator, name: str, spec, seed: int | None, count: int | None, where) -> tuple[Any, dict]:
-    read, pieces, job = _Conversations(name, spec, seed), _pieces_dir(where), stream.job_of(spec)
-    me, n = coordinator.process_index, coordinator.process_count
-    results: list[Result | _Failed] = []
+    @property
+    def stopped(self) -> bool:
+        return _failed(self.results)
+
+    def encode(self, job, a: int, b: int) -> list:
+        return _encode(job, self.convs[a:b])
+
+    def whole(self, piece, a: int, b: int) -> bool:
+        return len(piece) == b - a or _failed(piece)
+
+    def add(self, piece: list) -> None:
+        self.results += piece
+
+    def replay(self) -> _Replay:
+        whole = self.end is not None and len(self.results) == len(self.convs) and not self.stopped
+        return _Replay(self.reads, self.results, self.end if whole else None)
+
+
+class _Rows:
+    """A row source's task (`stream.read_rows`): a unit is a row of its visiting order, which only the host of
+    its piece fetches, adapts and tokenizes; a piece is each row's outcome (`catalog.RowOutcome`) and the results
+    of the rows' conversations. Every host replays the outcomes in order to count what one process counts."""
+
+    def __init__(self, read, policy, shuffled: bool):
+        self.read, self.policy, self.shuffled = read, policy, shuffled
+        self.reads, self.results, self.end, self.done, self.stopped = [], [], None, 0, False
+
+    def upto(self, n: float) -> int:
+        return int(min(len(self.read), n))
+
+    def encode(self, job, a: int, b: int) -> tuple[list, list]:
+        outcomes, convs = [], []
+        for outcome, conversations in self.read.adapt(a, b):
+            outcomes.append(outcome)
+            convs += conversations
+        return outcomes, _encode(job, convs)
+
+    def whole(self, piece, a: int, b: int) -> bool:
+        outcomes, results = piece
+        return len(outcomes) == b - a and (len(results) == sum(len(o.repairs) for o in outcomes) or _failed(results))
+
+    def add(self, piece: tuple[list, list]) -> None:
+        outcomes, results = piece
+        results = iter(results)
+        for outcome in outcomes:
+            try:
+                n = outcome.count(self.policy)
+            except DataError as exc:  # a bad row, raised where one process raises it
+                self.end, self.stopped = (None, self._counted(None, exc)), True
+                return
+            read = self._counted(outcome.index if self.shuffled else None)
+            for _ in range(n):
+                self.reads.append(read)
+                self.results.append(next(results))
+                if isinstance(self.results[-1], _Failed):
+                    self.stopped = True
+                    return
+        self.done += len(outcomes)
+        if self.done == len(self.read):
+            self.end = (None, self._counted(None))
+
+    def _counted(self, at: int | None, error: Exception | None = None) -> stream.Read:
+        p = self.policy
+        return stream.Read(p.read, dict(p.skipped), dict(p.repaired), at, error)
+
+    def replay(self) -> _Replay:
+        return _Replay(self.reads, self.results, self.end)
+
+
+def units_of(name: str, spec, seed: int | None) -> _Rows | _Conversations:
+    rows = stream.read_rows(name, spec, seed)
+    return _Conversations(name, spec, seed) if rows is None else _Rows(*rows, shuffled=seed is not None)
+
+
+def rounds(units, count: int | None, make) -> tuple[list, list] | None:
+    """Add the task's units to `units` in rounds until they give `count` examples (None: every unit), a round
+    being as many units as the examples still wanted, cut into `PIECES` spans; `make(lo, hi, spans)` gives the
+    round's pieces and whether every host has them all. (spans, pieces) of a round whose pieces were lost."""
     made = 0  # examples the results so far give
-    while (count is None or made < count) and not _failed(results):
-        lo = len(results)
-        hi = read.upto(math.inf if count is None else lo + count - made)  # one example or more a conversation
+    while (count is None or made < count) and not units.stopped:
+        lo = units.done
+        hi = units.upto(math.inf if count is None else lo + count - made)  # one example or more a unit
         if hi == lo:
             break
         bounds = sorted({lo + (hi - lo) * i // PIECES for i in range(PIECES + 1)})
         spans = list(zip(bounds, bounds[1:], strict=False))
-        for a, b in spans[me::n]:
-            if _read_piece(pieces, a, b) is None:
-                _write_piece(pieces, a, b, _encode(job, read.convs[a:b]))
-        round_ = hosts.enter(f"piece/{where.name}/{lo}-{hi}", f"tokenizing its pieces of {name} "
-                                                                f"(conversations {lo}-{hi})")  # fmt: skip
-        round_.all_gather(True)
-        got = [_read_piece(pieces, a, b) for a, b in spans]
-        if not all(round_.all_gather(all(g is not None for g in got), "read")):
-            return _built_elsewhere(name, where, pieces, spans, got)
-        for piece in got:  # up to the first failed conversation, as one process stops there
-            results += piece
-            if _failed(piece):
+        got, complete = make(lo, hi, spans)
+        if not complete:
+            return spans, got
+        for piece in got:  # up to the first failed conversation or bad row, as one process stops there
+            units.add(piece)
+            if units.stopped:
                 break
-        made = sum(_examples_in(r) for r in results)
+        made = sum(_examples_in(r) for r in units.results)
+    return None
+
+
+def _build(coordinator, name: str, spec, seed: int | None, count: int | None, where) -> tuple[Any, dict]:
+    units, pieces, job = units_of(name, spec, seed), _pieces_dir(where), stream.job_of(spec)
+    me, n = coordinator.process_index, coordinator.process_count
+
+    def make(lo: int, hi: int, spans: list) -> tuple[list, bool]:
+        for a, b in spans[me::n]:
+            if _read_piece(pieces, a, b, units) is None:
+                _write_piece(pieces, a, b, units.encode(job, a, b))
+        round_ = hosts.enter(f"piece/{where.name}/{lo}-{hi}", f"tokenizing its pieces of {name} ({lo}-{hi})")
+        round_.all_gather(True)
+        got = [_read_piece(pieces, a, b, units) for a, b in spans]
+        return got, all(round_.all_gather(all(g is not None for g in got), "read"))
+
+    lost = rounds(units, count, make)
+    if lost is not None:
+        return _built_elsewhere(name, where, pieces, *lost)
     hosts.enter(f"read/{where.name}", f"reading the pieces of {name}").all_gather(True)  # host 0 may remove them
-    whole = read.end is not None and len(results) == len(read.convs) and not _failed(results)
-    replayed = stream.TaskStream(name, spec, seed, results=_Replay(read.reads, results, read.end if whole else None))
+    replayed = stream.TaskStream(name, spec, seed, results=units.replay())
     taken = replayed.take(count)  # on every host: an error in the data is raised by all of them alike
     saved = hosts.enter(f"saved/{where.name}", f"writing the cache of {name}")
     if me == 0:
@@ -212,7 +306,7 @@ def _remove_pieces(pieces) -> None:
             time.sleep(0.1 * (attempt + 1))
 
 
-def _read_piece(pieces, a: int, b: int) -> list | None:
+def _read_piece(pieces, a: int, b: int, units) -> list | tuple | None:
     """A piece's results; None when it is missing or does not check out (then it is tokenized again)."""
     try:
         data = (pieces / f"{a}-{b}").read_bytes()
@@ -225,4 +319,7 @@ def _read_piece(pieces, a: int, b: int) -> list | None:
         results = pickle.loads(payload)
     except Exception:  # noqa: BLE001 - written by other code: tokenized again
         return None
-    return results if len(results) == b - a or _failed(results) else None
+    try:
+        return results if units.whole(results, a, b) else None
+    except (TypeError, ValueError, AttributeError):  # a piece of another layout (other code): tokenized again
+        return None

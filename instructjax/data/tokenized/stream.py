@@ -67,13 +67,31 @@ def read_conversations(spec: TaskSpec, policy: BadRowPolicy | None = None, shuff
                        positions: list[int] | None = None, total: list[int] | None = None) -> Iterator[Conversation]:
     """The source's Conversations for a spec (hub, local files, or built-in synthetic rows); `positions` and
     `total`: see `catalog.load_conversations`."""
-    files: list[str] | None
-    if spec.data_files == (BUILTIN,):
-        files = synthetic.ensure_synthetic(spec.source)
-    else:
-        files = list(spec.data_files) if spec.data_files is not None else None
-    return catalog.load_conversations(spec.source, files, policy=policy, shuffle_seed=shuffle_seed,
+    return catalog.load_conversations(spec.source, _files(spec), policy=policy, shuffle_seed=shuffle_seed,
                                       positions=positions, total=total, **dict(spec.source_options))
+
+
+def read_rows(name: str, spec: TaskSpec, seed: int | None) -> tuple[catalog.RowRead, BadRowPolicy] | None:
+    """The task's read as `conversation_items` makes it, as a `catalog.RowRead` (its rows, adapted when asked
+    for) with the policy that drawing its pools counted into; None where the read needs every row before the
+    first conversation (a tree source, a selection)."""
+    if spec.selection is not None or catalog.get_source(spec.source).tree:
+        return None
+    policy = BadRowPolicy(spec.on_bad_row)
+    read = catalog.read_rows(spec.source, _files(spec), policy=policy, shuffle_seed=_shuffle_seed(name, spec, seed),
+                             **dict(spec.source_options))  # fmt: skip
+    return read, policy
+
+
+def _files(spec: TaskSpec) -> list[str] | None:
+    if spec.data_files == (BUILTIN,):
+        return synthetic.ensure_synthetic(spec.source)
+    return list(spec.data_files) if spec.data_files is not None else None
+
+
+def _shuffle_seed(name: str, spec: TaskSpec, seed: int | None) -> int | None:
+    """The seed of a subset's random row order (a selection has its own order)."""
+    return specs.subset_seed(seed, name) if seed is not None and spec.selection is None else None
 
 
 def save(where, stream: TaskStream, examples: list[dict]) -> None:
@@ -99,7 +117,7 @@ def conversation_items(name: str, spec: TaskSpec, seed: int | None, total: list[
     """The task's conversations in the stream's order, each with `Read` taken right after it was read; then
     (None, counted at the end, or the read's error). `total` gets the rows the read will visit, once known."""
     policy = BadRowPolicy(spec.on_bad_row)
-    shuffle = specs.subset_seed(seed, name) if seed is not None and spec.selection is None else None
+    shuffle = _shuffle_seed(name, spec, seed)
     read_at: list[int] | None = [] if shuffle is not None else None  # each conversation's place in row order
 
     def counted(error: Exception | None = None) -> Read:
