@@ -411,3 +411,23 @@ def test_exported_chat_template_masks_any_conversation(conv, tok, exported_defau
         expected = enc.loss_mask.copy()
         expected[left_out_by_transformers(ids, hf.convert_ids_to_tokens(ids), name, tok.eos_id)] = 0
         assert transformers_assistant_mask(hf, conv, name, tok).tolist() == expected.tolist(), name
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(1, 40).flatmap(lambda n: st.tuples(
+    st.just(n), st.lists(st.tuples(st.integers(0, n), st.integers(0, n)), max_size=6),
+    st.lists(st.tuples(st.integers(0, n - 1), st.integers(1, 4)), min_size=1, max_size=12))))
+def test_token_overlap_with_trained_spans_by_brute_force(case):
+    """The mask's character tests (a token overlaps a trained span; the character at a zero-width token or a
+    special token is in one) over spans that may be empty, overlap or touch, against sets of characters."""
+    from instructjax.data.encoding.encode import _covered, _disjoint, _overlapped
+
+    n, spans, tokens = case
+    spans = [(min(a, b), max(a, b)) for a, b in spans]
+    chars = {c for a, b in spans for c in range(a, b)}
+    merged = _disjoint(np.asarray(spans, np.int64).reshape(-1, 2))
+    first = np.asarray([f for f, _ in tokens], np.int64)
+    last = np.asarray([min(n, f + w) for f, w in tokens], np.int64)
+    want = [bool(chars & set(range(f, b))) for f, b in zip(first.tolist(), last.tolist(), strict=True)]
+    assert _overlapped(merged, first, last).tolist() == want
+    assert _covered(merged, first).tolist() == [f in chars for f in first.tolist()]

@@ -150,21 +150,15 @@ def _assemble(rendered: list[Rendered], counts: list[int], starts: list[int], id
     text_len = np.fromiter((len(r.text) for r in rendered), np.int64, n_conv)
     char_base = np.cumsum(text_len) - text_len
 
-    # trained characters of every text, end to end, and how many lie before each character
+    # the trained characters of every text, end to end, as sorted disjoint spans
     span_list = [(a, b) for r in rendered for a, b in r.trained_spans]
     per_conv = np.fromiter((len(r.trained_spans) for r in rendered), np.int64, n_conv)
-    spans = np.asarray(span_list, np.int64).reshape(-1, 2) + np.repeat(char_base, per_conv)[:, None]
-    edges = np.zeros(int(text_len.sum()) + 1, np.int64)
-    np.add.at(edges, spans[:, 0], 1)
-    np.add.at(edges, spans[:, 1], -1)
-    char_trained = np.cumsum(edges[:-1]) > 0
-    trained_before = np.concatenate([[0], np.cumsum(char_trained)])
+    trained_chars = _disjoint(np.asarray(span_list, np.int64).reshape(-1, 2) + np.repeat(char_base, per_conv)[:, None])
 
     shift = np.repeat(char_base[conv_of] + np.asarray(starts, np.int64), lengths)
     first, last = offsets[:, 0] + shift, offsets[:, 1] + shift
-    overlap = trained_before[last] - trained_before[first]
-    at = char_trained[np.minimum(first, np.repeat((char_base + text_len - 1)[conv_of], lengths))]
-    trained = np.where(last > first, overlap > 0, at)
+    at = _covered(trained_chars, np.minimum(first, np.repeat((char_base + text_len - 1)[conv_of], lengths)))
+    trained = np.where(last > first, _overlapped(trained_chars, first, last), at)
 
     # layout: conversation c at out_base[c]; segment k of it after BOS, the k segments before it and k EOS
     conv_len = bos + np.bincount(conv_of, lengths, n_conv).astype(np.int64) + counts_arr - 1
@@ -187,7 +181,7 @@ def _assemble(rendered: list[Rendered], counts: list[int], starts: list[int], id
                                 np.int64, len(special_at))
     tokens[special_at] = np.fromiter((tokenizer.special_id(token) for r in rendered for _, _, token in r.specials),
                                      np.int32, len(special_at))
-    mask[special_at] = char_trained[special_start]
+    mask[special_at] = _covered(trained_chars, special_start)
 
     keep = conv_len if max_length is None else np.minimum(conv_len, max_length)
     trained_total = np.concatenate([[0], np.cumsum(mask)])
@@ -196,6 +190,31 @@ def _assemble(rendered: list[Rendered], counts: list[int], starts: list[int], id
     return [Encoded(tokens[a:b], mask[a:b], n, cut)
             for a, b, n, cut in zip(out_base.tolist(), (out_base + keep).tolist(), n_trained, truncated,
                                     strict=True)]
+
+
+def _disjoint(spans: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Character spans [start, end) as (starts, ends) of their union: sorted, disjoint, none empty."""
+    spans = spans[spans[:, 1] > spans[:, 0]]
+    spans = spans[np.argsort(spans[:, 0], kind="stable")]
+    if not len(spans):
+        return spans[:, 0], spans[:, 1]
+    reach = np.maximum.accumulate(spans[:, 1])
+    opens = np.flatnonzero(np.concatenate([[True], spans[1:, 0] > reach[:-1]]))
+    return spans[opens, 0], np.maximum.reduceat(spans[:, 1], opens)
+
+
+def _overlapped(chars: tuple[np.ndarray, np.ndarray], first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Whether each [first, last) holds a character of the disjoint spans `chars`."""
+    starts, ends = chars
+    if not len(ends):
+        return np.zeros(len(first), bool)
+    i = np.minimum(np.searchsorted(ends, first, side="right"), len(ends) - 1)  # the first span ending after first
+    return (ends[i] > first) & (starts[i] < last)
+
+
+def _covered(chars: tuple[np.ndarray, np.ndarray], at: np.ndarray) -> np.ndarray:
+    """Whether each character `at` lies in the disjoint spans `chars`."""
+    return _overlapped(chars, at, at + 1)
 
 
 def encode_conversation(
