@@ -181,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     body = (f"{args.examples} rows of Tulu Human+GPT's shape (synthetic, hub schemas), seq 2048, tulu template, the "
             f"built-in tokenizer; median of {args.rounds} alternating rounds; {pool.default_workers()} worker "
             f"processes (ours) and the tokenizer's Rayon threads (encode_batch) on {os.cpu_count()} CPUs. Pool start "
-            f"{pool:.2f} s (once per process, in the 'all' row); the first read of the files (datasets' JSON -> Arrow, "
+            f"{pool_start:.2f} s (once per process, in the 'all' row); the first read of the files (datasets' JSON -> Arrow, "
             f"once per machine, and rendering) {first_read:.1f} s, not in the table. CPU: this process and its "
             f"workers. Goal: at most {GOAL}x per task; worst {worst:.2f}x.\n\n" + common.table(header, table_rows))
     print(body)

@@ -368,6 +368,8 @@ def run_prepare(args) -> int:
         flags = [f"--on-bad-row {args.on_bad_row}"] if args.on_bad_row else []
         print(f"train starts from it: INSTRUCTJAX_CACHE_DIR={cache.cache_dir()} instructjax train --config "
               f"{args.config}" + "".join(f" {o}" for o in [*args.overrides, *flags]))
+    host = f"host {jax.process_index()}: " if jax.process_count() > 1 else ""
+    print(f"data: {host}{examples.cache_report(list(pipeline.task_names))}", flush=True)  # what this host did
     return 0
 
 
