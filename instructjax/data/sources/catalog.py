@@ -251,7 +251,7 @@ def _locate(err: DataError, file: str, row: int | str, source: str) -> DataError
     return type(err)(err.problem, reason=err.reason, file=file, row=row, source=source)
 
 
-ROWS_ADAPTED = [0]  # rows this process has adapted (a run's data line reports it; hosts share the work)
+ROWS_ADAPTED = [0]  # rows this process has read and adapted (a run's data line reports it; hosts share them)
 
 
 @dataclass(frozen=True)
@@ -360,6 +360,7 @@ def _tree_conversations(source: Source, tables: list[RowFile], policy: BadRowPol
     for table in tables:
         for rownum, row in table.rows():
             policy.read += 1
+            ROWS_ADAPTED[0] += 1
             if isinstance(row, DataError):
                 policy.handle(_locate(row, table.path, rownum, source.name))
             else:
