@@ -176,22 +176,23 @@ def _rows(tmp_path: Path, n: int, marked: int | None = None) -> Path:
     return rows
 
 
-def _subset_args(rows: Path, count: int | None) -> list[str]:
-    define = {"tasks": {"mine": {"source": "alpaca", "data_files": [str(rows)]}},
+def _subset_args(rows: Path, count: int | None, **options) -> list[str]:
+    define = {"tasks": {"mine": {"source": "alpaca", "data_files": [str(rows)], "source_options": options}},
               "mixtures": {"mine_mix": {"mode": "epoch", "counts": {"mine": count}}}}
     return [a for a in RUN if not a.startswith("data.mixture")] + ["data.mixture=mine_mix", f"define={json.dumps(define)}"]
 
 
 def test_each_host_reads_only_its_share_of_the_rows(tmp_path):
     """Rows read = fetched and adapted (FAULT_COUNT_READ). A task keeping 40 of 600 rows: one process reads
-    them and its read-ahead; 2 hosts read the 40 only, half each. A task keeping all 600: 4 hosts (`data
-    prepare`) read 600 in all, about a quarter each (pieces of 9 or 10 rows). The files are one process's."""
+    them and its read-ahead; 2 hosts read the 40 only, half each. A task keeping all of a pool of 550 of the
+    600 rows: one process (`data prepare`) reads 1100 (550 drawn, then visited), 4 hosts 1100 in all, about a
+    quarter each (pieces of 8 or 9 rows, drawing and visiting). The files are one process's."""
     rows = _rows(tmp_path, 600)
     count = lambda tag: (lambda i: {"FAULT_COUNT_READ": str(tmp_path / f"{tag}{i}.read")})  # noqa: E731
     read = lambda tag, hosts: [int((tmp_path / f"{tag}{i}.read").read_text()) for i in range(hosts)]  # noqa: E731
     for tag, hosts, kept, command in (("one", 1, 40, "train"), ("two", 2, 40, "train"),
                                       ("all1", 1, None, "prepare"), ("all4", 4, None, "prepare")):
-        args = _subset_args(rows, kept)
+        args = _subset_args(rows, kept, **({"per_part": 550} if kept is None else {}))
         args, command = (args, ("train",)) if command == "train" else ([a for a in args if a != "max_steps=2"],
                                                                        ("data", "prepare"))  # fmt: skip
         results = train(hosts, tmp_path / tag, tmp_path / f"run-{tag}", args=args, env_of=count(tag), command=command)
@@ -199,7 +200,7 @@ def test_each_host_reads_only_its_share_of_the_rows(tmp_path):
     (alone,) = read("one", 1)
     assert 40 <= alone < 600  # one process reads what it keeps (and what its read-ahead needs), not every row
     assert read("two", 2) == [20, 20] and files(tmp_path / "two") == files(tmp_path / "one")
-    assert read("all1", 1) == [600] and sum(read("all4", 4)) == 600 and max(read("all4", 4)) <= 160
+    assert read("all1", 1) == [1100] and sum(read("all4", 4)) == 1100 and max(read("all4", 4)) <= 290
     assert files(tmp_path / "all4") == files(tmp_path / "all1")
 
 
@@ -252,20 +253,38 @@ def _bad_rows(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("task, seed, count", [("cot_builtin", None, None), ("sharegpt_builtin", 0, 60),
                                                ("dolly_builtin", 5, 30), ("oasst1_builtin", 1, 40),
                                                ("skip", 2, None), ("skip", None, 50), ("error", None, None),
-                                               ("error", 3, 10)])  # fmt: skip
+                                               ("error", 3, 10), ("pool skip", 4, None), ("pool error", None, 5)])  # fmt: skip
 def test_pieces_replayed_in_order_give_the_one_process_examples_report_and_errors(tmp_path, task, seed, count):
     """The units of a task (rows of a pooled, a split and a plain source; a tree source's conversations; bad rows
-    skipped or raised), made into pieces in reverse order and pickled as a host writes them, then replayed: the
-    examples, report, positions and error of the task's own one-process stream."""
+    skipped or raised; a pool of 64 of 90 rows drawn in two rounds when the bad row is a candidate), made into
+    pieces in reverse order and pickled as a host writes them, then replayed: the examples, report, positions
+    and error of the task's own one-process stream. The pools' candidate rows are judged alike, in pieces."""
     import pickle
 
     from instructjax.data.blends import specs
     from instructjax.data.blends.specs import TaskSpec
     from instructjax.data.tokenized import shared, stream
 
-    spec = TaskSpec("alpaca", (str(_bad_rows(tmp_path)),), on_bad_row=task) if task in ("skip", "error") \
+    policy, pooled = task.split()[-1], task.startswith("pool")
+    spec = TaskSpec("alpaca", (str(_bad_rows(tmp_path)),), on_bad_row=policy,
+                    source_options=(("per_part", 64),) if pooled else ()) if policy in ("skip", "error") \
         else specs.task(task)  # fmt: skip
-    units, job = shared.units_of(task, spec, seed), stream.job_of(spec)
+    draws = []
+
+    def share(fn, items):
+        spans = shared._spans(0, len(items))
+        made = {span: pickle.dumps(fn(items[span[0] : span[1]])) for span in reversed(spans)}
+        draws.append(len(items))
+        return [result for span in spans for result in pickle.loads(made[span])]
+
+    try:
+        units, job = shared.units_of(task, spec, seed, share), stream.job_of(spec)
+    except Exception as exc:  # noqa: BLE001 - a bad row met while drawing the pool: the one-process error
+        with pytest.raises(type(exc)) as direct:
+            stream.TaskStream(task, spec, seed).take(count)
+        assert str(direct.value) == str(exc) and policy == "error", exc
+        return
+    assert len(draws) == (2 if pooled else task == "cot_builtin"), draws  # the bad row is the 34th candidate
 
     def make(lo, hi, spans):
         made = [pickle.dumps(units.encode(job, a, b)) for a, b in reversed(spans)]

@@ -120,6 +120,14 @@ def get_source(name: str) -> Source:
     return SOURCES[name]
 
 
+Share = Callable[[Callable[[list], list], list], list]  # share(fn, items) == fn(items), maybe over several hosts
+
+
+def alone(fn: Callable[[list], list], items: list) -> list:
+    """`Share` in one process."""
+    return fn(items)
+
+
 def load_conversations(
     name: str,
     data_files: str | os.PathLike | Iterable[str | os.PathLike] | None = None,
@@ -172,11 +180,12 @@ def load_conversations(
 
 def read_rows(name: str, data_files=None, *, policy: BadRowPolicy, shuffle_seed: int | None = None,
               split: str = "train", hub_config: str | None = None, cache_dir: str | None = None,
-              **options: Any) -> RowRead | None:
+              share: Share = alone, **options: Any) -> RowRead | None:
     """The read `load_conversations` makes of a row source, as a `RowRead` (None for a tree source): its
-    rows in visiting order, each adapted when asked for. `policy` counts what drawing the pools read."""
+    rows in visiting order, each adapted when asked for. `policy` counts what drawing the pools read; `share`
+    maps the drawing's adapting (over the hosts of a run)."""
     source, parts, opts = _open_source(name, data_files, split, policy, hub_config, cache_dir, options)
-    return None if source.tree else RowRead(source, parts, opts, shuffle_seed, policy)
+    return None if source.tree else RowRead(source, parts, opts, shuffle_seed, policy, share)
 
 
 def _open_source(name: str, data_files, split: str, policy: BadRowPolicy, hub_config: str | None,
@@ -279,10 +288,11 @@ class RowRead:
     """A row source's read in two parts: its rows put in visiting order (`order`: the row ordinals, in order or
     a seeded random order, of every row or, pooled, of the pools' rows), which every reader makes alike from
     the files' sizes; and `adapt(a, b)`: the rows a..b of that order fetched and adapted, which the hosts of a
-    run share (`tokenized.shared`). Drawing the pools adapts the rows it visits, counted into `policy`."""
+    run share (`tokenized.shared`). Drawing the pools adapts the candidate rows (`share` maps that over the
+    hosts), the skipped ones counted into `policy`."""
 
     def __init__(self, source: Source, parts: list[tuple[str, RowFile]], opts: dict, shuffle_seed: int | None,
-                 policy: BadRowPolicy, chunk: int = 4096):
+                 policy: BadRowPolicy, share: Share = alone, chunk: int = 4096):
         opts = dict(opts)
         per_part, pool_seed = opts.pop("per_part", None), opts.pop("pool_seed", 0)
         self.source, self.opts, self.chunk = source, opts, chunk
@@ -291,7 +301,7 @@ class RowRead:
         if per_part is None:
             order = np.arange(int(self._starts[-1]))
         else:
-            pools = self._pools(parts, per_part, pool_seed, policy)
+            pools = self._pools(parts, per_part, pool_seed, policy, share)
             order = np.concatenate([self._starts[t] + pool for t, pool in enumerate(pools)] + [np.zeros(0, np.int64)])
         if shuffle_seed is not None:
             order = order[np.random.default_rng(shuffle_seed).permutation(len(order))]
@@ -303,18 +313,21 @@ class RowRead:
     def adapt(self, a: int, b: int) -> Iterator[tuple[RowOutcome, list[Conversation]]]:
         """(outcome, validated conversations) of the rows a..b of the visiting order, fetched `chunk` at a time."""
         for begin in range(a, b, self.chunk):
-            wanted = self.order[begin : min(b, begin + self.chunk)]
-            which = np.searchsorted(self._starts, wanted, side="right") - 1
-            fetched = {}
-            for t in np.unique(which):
-                local = wanted[which == t] - self._starts[t]
-                for position, item in zip(local.tolist(), self.tables[t].rows(local.tolist()), strict=True):
-                    fetched[int(self._starts[t]) + position] = item
-            for ordinal, t in zip(wanted.tolist(), which.tolist(), strict=True):
-                rownum, row = fetched[ordinal]
-                conversations, error = self._adapt(row, ordinal, self.tables[t].path, rownum)
-                yield RowOutcome(ordinal, tuple(tuple(c.meta.get("repairs", ())) for c in conversations),
-                                 error), conversations
+            yield from self._fetched(self.order[begin : min(b, begin + self.chunk)])
+
+    def _fetched(self, wanted: np.ndarray) -> Iterator[tuple[RowOutcome, list[Conversation]]]:
+        """(outcome, validated conversations) of the rows `wanted` (ordinals over all files), in that order."""
+        which = np.searchsorted(self._starts, wanted, side="right") - 1
+        fetched = {}
+        for t in np.unique(which):
+            local = wanted[which == t] - self._starts[t]
+            for position, item in zip(local.tolist(), self.tables[t].rows(local.tolist()), strict=True):
+                fetched[int(self._starts[t]) + position] = item
+        for ordinal, t in zip(wanted.tolist(), which.tolist(), strict=True):
+            rownum, row = fetched[ordinal]
+            conversations, error = self._adapt(row, ordinal, self.tables[t].path, rownum)
+            yield RowOutcome(ordinal, tuple(tuple(c.meta.get("repairs", ())) for c in conversations),
+                             error), conversations
 
     def _adapt(self, row: dict | DataError, index: int, file: str, rownum: int
                ) -> tuple[list[Conversation], DataError | None]:
@@ -330,28 +343,37 @@ class RowRead:
         except DataError as err:
             return [], _locate(err, file, rownum, self.source.name)
 
-    def _pools(self, parts: list[tuple[str, RowFile]], per_part: int, pool_seed: int,
-               policy: BadRowPolicy) -> list[np.ndarray]:
+    def _pools(self, parts: list[tuple[str, RowFile]], per_part: int, pool_seed: int, policy: BadRowPolicy,
+               share: Share) -> list[np.ndarray]:
         """Per part, the sorted positions of the first `per_part` rows of `part_order` that the adapter makes
-        a conversation of. The rows skipped on the way are read and counted here; the kept ones when visited."""
-        pools, start = [], 0
-        for name, table in parts:
-            order, kept, begin = part_order(pool_seed, name, len(table)), [], 0
-            while len(kept) < per_part and begin < len(order):
-                positions = order[begin : begin + max(per_part - len(kept), 64)].tolist()
-                begin += len(positions)
-                for position, (rownum, row) in zip(positions, table.rows(positions), strict=True):
-                    _, error = self._adapt(row, start + position, table.path, rownum)
-                    if error is not None:
-                        policy.handle(error)
-                        policy.read += 1
-                    else:
-                        kept.append(position)
-                        if len(kept) == per_part:
-                            break
-            pools.append(np.sort(np.array(kept, dtype=np.int64)))
-            start += len(table)
-        return pools
+        a conversation of. Every part draws at once, a block of candidates each (`share` maps the adapting over
+        them, over the hosts of a run), until each has its pool or runs out of rows. The rows skipped on the way
+        are counted here, part after part, in order; the kept ones when visited."""
+        orders = [part_order(pool_seed, name, len(table)) for name, table in parts]
+        kept, skipped, begins = [[] for _ in parts], [[] for _ in parts], [0] * len(parts)
+        drawing = [t for t in range(len(parts)) if len(orders[t])]
+        starts = self._starts.tolist()
+        while drawing:
+            candidates = []  # (row ordinal, part), each part's in its own order
+            for t in drawing:
+                block = orders[t][begins[t] : begins[t] + max(per_part - len(kept[t]), 64)].tolist()
+                begins[t] += len(block)
+                candidates += [(starts[t] + position, t) for position in block]
+            errors = iter(share(self._judge, [ordinal for ordinal, _ in candidates]))
+            for (ordinal, t), error in zip(candidates, errors, strict=True):
+                if len(kept[t]) == per_part:
+                    continue  # past this part's pool: judged, not counted
+                (skipped[t] if error is not None else kept[t]).append(error or ordinal - starts[t])
+            drawing = [t for t in drawing if len(kept[t]) < per_part and begins[t] < len(orders[t])]
+        for errors in skipped:
+            for error in errors:
+                policy.handle(error)
+                policy.read += 1
+        return [np.sort(np.array(rows, dtype=np.int64)) for rows in kept]
+
+    def _judge(self, ordinals: list[int]) -> list[DataError | None]:
+        """Per row (its ordinal over all files), the located error when the adapter makes no conversation of it."""
+        return [outcome.error for outcome, _ in self._fetched(np.array(ordinals, dtype=np.int64))]
 
 
 def _tree_conversations(source: Source, tables: list[RowFile], policy: BadRowPolicy, opts: dict

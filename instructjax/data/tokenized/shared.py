@@ -3,7 +3,8 @@
 With H hosts (`hosts.current()`) and a cache directory they all see as one (`hosts.sees_one_directory`: a local
 disk of one machine, NFS, or `gs://`), a task whose cache file is missing is built in rounds over units: the rows
 of a row source in their visiting order (`catalog.RowRead`: every host opens the files and orders the rows, but
-only the host of a row's piece fetches, adapts, cleans and tokenizes it), or, where the read needs every row
+only the host of a row's piece fetches, adapts, cleans and tokenizes it; a pooled source's candidate rows are
+shared alike while its pools are drawn, each round of the draw a set of `draw<r>-` pieces), or, where the read needs every row
 before its first conversation (a tree source, a selection), its conversations, read by every host. A round covers
 every unit when the task takes all of them, else as many as the examples still wanted (a skipped or split
 conversation gives none or several: rounds go on until there are enough), so no more is read or tokenized than
@@ -26,9 +27,11 @@ restart.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import math
 import pickle
 import time
+from collections.abc import Callable
 from typing import Any
 
 import xxhash
@@ -38,6 +41,7 @@ from instructjax.core.errors import DataError
 from instructjax.data import cache
 from instructjax.data.blends import specs
 from instructjax.data.encoding.pool import Encoder, Result
+from instructjax.data.sources import catalog
 from instructjax.data.tokenized import stream
 
 PIECES = 64  # pieces per round
@@ -151,8 +155,9 @@ class _Rows:
         return _Replay(self.reads, self.results, self.end)
 
 
-def units_of(name: str, spec, seed: int | None) -> _Rows | _Conversations:
-    rows = stream.read_rows(name, spec, seed)
+def units_of(name: str, spec, seed: int | None, share: catalog.Share = catalog.alone) -> _Rows | _Conversations:
+    """The task's units; a pooled source's pools drawn through `share`."""
+    rows = stream.read_rows(name, spec, seed, share)
     return _Conversations(name, spec, seed) if rows is None else _Rows(*rows, shuffled=seed is not None)
 
 
@@ -166,8 +171,7 @@ def rounds(units, count: int | None, make) -> tuple[list, list] | None:
         hi = units.upto(math.inf if count is None else lo + count - made)  # one example or more a unit
         if hi == lo:
             break
-        bounds = sorted({lo + (hi - lo) * i // PIECES for i in range(PIECES + 1)})
-        spans = list(zip(bounds, bounds[1:], strict=False))
+        spans = _spans(lo, hi)
         got, complete = make(lo, hi, spans)
         if not complete:
             return spans, got
@@ -179,17 +183,40 @@ def rounds(units, count: int | None, make) -> tuple[list, list] | None:
     return None
 
 
+def _spans(lo: int, hi: int) -> list[tuple[int, int]]:
+    """lo..hi cut into `PIECES` spans by position alone."""
+    bounds = sorted({lo + (hi - lo) * i // PIECES for i in range(PIECES + 1)})
+    return list(zip(bounds, bounds[1:], strict=False))
+
+
 def _build(coordinator, name: str, spec, seed: int | None, count: int | None, where) -> tuple[Any, dict]:
-    units, pieces, job = units_of(name, spec, seed), _pieces_dir(where), stream.job_of(spec)
+    pieces, job = _pieces_dir(where), stream.job_of(spec)
     me, n = coordinator.process_index, coordinator.process_count
+    draws = itertools.count()
+
+    def share(fn, items: list) -> list:
+        """`fn` over `items` (a pool draw's candidate rows), each host making its spans; a span whose piece is
+        gone (another run finished the task and removed them) is made here."""
+        key, spans = f"draw{next(draws)}-", _spans(0, len(items))
+        for a, b in spans[me::n]:
+            if _read_piece(pieces, key, a, b, _counted) is None:
+                _write_piece(pieces, key, a, b, fn(items[a:b]))
+        hosts.enter(f"{key[:-1]}/{where.name}", f"drawing its rows of the pools of {name}").all_gather(True)
+        out = []
+        for a, b in spans:
+            got = _read_piece(pieces, key, a, b, _counted)
+            out += fn(items[a:b]) if got is None else got
+        return out
+
+    units = units_of(name, spec, seed, share)
 
     def make(lo: int, hi: int, spans: list) -> tuple[list, bool]:
         for a, b in spans[me::n]:
-            if _read_piece(pieces, a, b, units) is None:
-                _write_piece(pieces, a, b, units.encode(job, a, b))
+            if _read_piece(pieces, "", a, b, units.whole) is None:
+                _write_piece(pieces, "", a, b, units.encode(job, a, b))
         round_ = hosts.enter(f"piece/{where.name}/{lo}-{hi}", f"tokenizing its pieces of {name} ({lo}-{hi})")
         round_.all_gather(True)
-        got = [_read_piece(pieces, a, b, units) for a, b in spans]
+        got = [_read_piece(pieces, "", a, b, units.whole) for a, b in spans]
         return got, all(round_.all_gather(all(g is not None for g in got), "read"))
 
     lost = rounds(units, count, make)
@@ -281,17 +308,22 @@ class _Replay:
         return None
 
 
+def _counted(piece: list, a: int, b: int) -> bool:
+    """A piece of a pool draw: one result per candidate row."""
+    return len(piece) == b - a
+
+
 def _pieces_dir(where):
     return where.parent / f"{where.name}.pieces"
 
 
-def _write_piece(pieces, a: int, b: int, results: list) -> None:
+def _write_piece(pieces, key: str, a: int, b: int, results: list) -> None:
     """A checksummed pickle, written whole or not at all (`storage.write_bytes`). When another run building the
     same task removes the directory under the write, the piece is not there: the round's read finds it missing
     and loads that run's cache file (`_built_elsewhere`)."""
     payload = pickle.dumps(results, protocol=pickle.HIGHEST_PROTOCOL)
     with contextlib.suppress(FileNotFoundError):
-        storage.write_bytes(pieces / f"{a}-{b}", xxhash.xxh3_128_digest(payload) + payload)
+        storage.write_bytes(pieces / f"{key}{a}-{b}", xxhash.xxh3_128_digest(payload) + payload)
 
 
 def _remove_pieces(pieces) -> None:
@@ -306,10 +338,11 @@ def _remove_pieces(pieces) -> None:
             time.sleep(0.1 * (attempt + 1))
 
 
-def _read_piece(pieces, a: int, b: int, units) -> list | tuple | None:
-    """A piece's results; None when it is missing or does not check out (then it is tokenized again)."""
+def _read_piece(pieces, key: str, a: int, b: int, whole: Callable[[Any, int, int], bool]) -> list | tuple | None:
+    """The piece `<key><a>-<b>`; None when it is missing or does not check out, `whole` included (then it is
+    made again)."""
     try:
-        data = (pieces / f"{a}-{b}").read_bytes()
+        data = (pieces / f"{key}{a}-{b}").read_bytes()
     except OSError:
         return None
     digest, payload = data[:16], data[16:]
@@ -320,6 +353,6 @@ def _read_piece(pieces, a: int, b: int, units) -> list | tuple | None:
     except Exception:  # noqa: BLE001 - written by other code: tokenized again
         return None
     try:
-        return results if units.whole(results, a, b) else None
+        return results if whole(results, a, b) else None
     except (TypeError, ValueError, AttributeError):  # a piece of another layout (other code): tokenized again
         return None

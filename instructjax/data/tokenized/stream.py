@@ -71,15 +71,16 @@ def read_conversations(spec: TaskSpec, policy: BadRowPolicy | None = None, shuff
                                       positions=positions, total=total, **dict(spec.source_options))
 
 
-def read_rows(name: str, spec: TaskSpec, seed: int | None) -> tuple[catalog.RowRead, BadRowPolicy] | None:
+def read_rows(name: str, spec: TaskSpec, seed: int | None, share: catalog.Share = catalog.alone
+              ) -> tuple[catalog.RowRead, BadRowPolicy] | None:
     """The task's read as `conversation_items` makes it, as a `catalog.RowRead` (its rows, adapted when asked
-    for) with the policy that drawing its pools counted into; None where the read needs every row before the
-    first conversation (a tree source, a selection)."""
+    for; its pools drawn through `share`) with the policy that drawing its pools counted into; None where the
+    read needs every row before the first conversation (a tree source, a selection)."""
     if spec.selection is not None or catalog.get_source(spec.source).tree:
         return None
     policy = BadRowPolicy(spec.on_bad_row)
     read = catalog.read_rows(spec.source, _files(spec), policy=policy, shuffle_seed=_shuffle_seed(name, spec, seed),
-                             **dict(spec.source_options))  # fmt: skip
+                             share=share, **dict(spec.source_options))  # fmt: skip
     return read, policy
 
 
