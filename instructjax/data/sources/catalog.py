@@ -363,7 +363,10 @@ class RowRead:
             for (ordinal, t), error in zip(candidates, errors, strict=True):
                 if len(kept[t]) == per_part:
                     continue  # past this part's pool: judged, not counted
-                (skipped[t] if error is not None else kept[t]).append(error or ordinal - starts[t])
+                if error is None:
+                    kept[t].append(ordinal - starts[t])
+                else:
+                    skipped[t].append(error)
             drawing = [t for t in drawing if len(kept[t]) < per_part and begins[t] < len(orders[t])]
         for errors in skipped:
             for error in errors:
@@ -373,7 +376,9 @@ class RowRead:
 
     def _judge(self, ordinals: list[int]) -> list[DataError | None]:
         """Per row (its ordinal over all files), the located error when the adapter makes no conversation of it."""
-        return [outcome.error for outcome, _ in self._fetched(np.array(ordinals, dtype=np.int64))]
+        wanted = np.array(ordinals, dtype=np.int64)
+        return [outcome.error for begin in range(0, len(wanted), self.chunk)
+                for outcome, _ in self._fetched(wanted[begin : begin + self.chunk])]
 
 
 def _tree_conversations(source: Source, tables: list[RowFile], policy: BadRowPolicy, opts: dict
