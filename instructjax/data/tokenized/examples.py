@@ -87,7 +87,10 @@ def cache_report(tasks: list[str]) -> str:
     where = cache.cache_dir()
     if where is None:
         return f"the tokenized cache is off; {here}"
-    return f"{sum(t in FROM_CACHE for t in tasks)} of {len(tasks)} task(s) read from the tokenized cache ({where}); {here}"
+    read = sum(t in FROM_CACHE for t in tasks)
+    return f"{read} of {len(tasks)} task(s) read from the tokenized cache ({where}); {here}"
+
+
 def _take(name: str, spec: TaskSpec, seed: int | None, count: int | None) -> list[dict]:
     """`take(count)` of the task's stream; a read that fails is dropped, so asking again reads again (and
     raises again) rather than returning what was read before the failure."""
