@@ -296,6 +296,35 @@ def test_converted_sentencepiece_models_give_sentencepieces_ids(text, trained_sp
         assert ours.encode(text) == sp.encode(text), kind
 
 
+@pytest.fixture(scope="module")
+def every_tokenizer(tmp_path_factory, trained_spm):
+    """kind -> Tokenizer: the built-in one, the HF directories above and the trained SentencePiece models."""
+    out = {"built_in": Tokenizer.load()}
+    for kind, (build, _) in DIRS.items():
+        out[kind] = Tokenizer.load(build(tmp_path_factory.mktemp(kind)))
+    return {**out, **{kind: ours for kind, (ours, _) in trained_spm.items()}}
+
+
+SPAN_TEXTS = st.lists(st.one_of(texts, st.sampled_from(["", " ", "▁", "▁▁x", "\x00", "\U0001F9EC\u0301", "ꙮ ꙮ"])),
+                      max_size=6)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batch=SPAN_TEXTS, continued=st.booleans())
+def test_batch_encode_gives_the_engines_own_ids_and_offsets(batch, continued, every_tokenizer):
+    """`encode_offsets` (the loss mask's input) = the Rust engine's own `encode_batch` ids and offsets, for every
+    kind of tokenizer; the SentencePiece-style ones compute the spans from the ids, and must not fall back."""
+    for kind, ours in every_tokenizer.items():
+        engine = ours._continuation if continued else ours._engine
+        encodings = engine.encode_batch(batch, add_special_tokens=False)
+        ids, spans, lengths = ours.encode_offsets(batch, continued=continued)
+        assert lengths.tolist() == [len(e.ids) for e in encodings], kind
+        assert ids.tolist() == [i for e in encodings for i in e.ids], kind
+        assert spans.tolist() == [list(span) for e in encodings for span in e.offsets], (kind, batch)
+        if kind in ("built_in", "saved_default", "legacy_llama", "bpe_no_dummy_prefix"):
+            assert ours._piece_spans is not None and ours._piece_spans(ids, lengths, batch) is not None, kind
+
+
 # ---- the loss mask against the papers' own code and transformers' assistant mask ----------------------
 
 MULTI_TURN = [  # multi-turn rows, with and without a system turn, text that stresses tokenizers
