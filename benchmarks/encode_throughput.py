@@ -119,7 +119,7 @@ def start_pool() -> float:
     job = pool.Job("tulu", Tokenizer.load().path, 2048, False)
     conv = Conversation([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}], "x", "x-0")
     start = time.perf_counter()
-    futures = [pool._submit(workers, job, [conv]) for _ in range(workers * 4)]
+    futures = [pool._submit(workers, pool._encode_packed, job, [conv]) for _ in range(workers * 4)]
     for f in futures:
         f.result()
     return time.perf_counter() - start

@@ -220,7 +220,6 @@ def test_export_generate_and_init_from_fall_back_with_one_warning(tmp_path, mode
     from instructjax.core.config import load_config
     from instructjax.eval.generate import load_generator
     from instructjax.train import setup
-    from instructjax.train.trainer import resolve_model_config
 
     _, config, first = model_run
     run_dir = damaged_model_run(model_run, tmp_path / "export")
@@ -235,7 +234,7 @@ def test_export_generate_and_init_from_fall_back_with_one_warning(tmp_path, mode
 
     run_dir = damaged_model_run(model_run, tmp_path / "init_from")
     run_config = load_config(None, [f"model.init_from={run_dir}"])
-    model_config = resolve_model_config(run_config)  # what Trainer.__init__ opens, in its order
+    model_config = setup.resolve_model_config(run_config)  # what Trainer.__init__ opens, in its order
     assert setup.tokenizer_path(run_config) is not None
     params = load_params_as(str(run_dir), model_config)
     one_fallback(capsys, 2, 1)

@@ -247,7 +247,7 @@ def test_workers_do_not_run_a_script_again(tmp_path, split_tokenizers):
         "print('script ran', flush=True)\n"
         "conv = Conversation([{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'yo'}], 'x', 'x-0')\n"
         f"job = pool.Job('tulu', {split_tokenizers[1].path!r}, 64, False)\n"
-        "print(len(pool._unpack(pool._submit(1, job, [conv]).result())), flush=True)\n"
+        "print(len(pool._unpack(pool._submit(1, pool._encode_packed, job, [conv]).result())), flush=True)\n"
     )
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr

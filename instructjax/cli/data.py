@@ -319,23 +319,26 @@ def run_prepare(args) -> int:
     multi-host launch), with a progress bar per task and a summary of the cache."""
     import time
 
-    import jax
-
-    from instructjax.core import hosts, progress, storage
     from instructjax.core.config import load_config
     from instructjax.data import cache
-    from instructjax.data.batches.pipeline import DataPipeline
+    from instructjax.data.encoding import pool
     from instructjax.data.encoding.tokenizer import Tokenizer
     from instructjax.data.tokenized import examples, stream
     from instructjax.train import setup as run_setup
-    from instructjax.train.trainer import resolve_model_config
 
     config = load_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
-    hosts.initialize(config.distributed, f"prepare:{config.run_dir}")
     if cache.cache_dir() is None:
         raise ConfigError("the tokenized cache is off (INSTRUCTJAX_CACHE_DIR=off): there is nowhere to prepare to")
     tokenizer_path = run_setup.tokenizer_path(config)
-    model_config = run_setup.fit_model_to_tokenizer(resolve_model_config(config), Tokenizer.load(tokenizer_path),
+    pool.start(tokenizer_path)  # the workers start while this process imports, the hosts connect, the sources open
+
+    import jax
+
+    from instructjax.core import hosts, progress, storage
+    from instructjax.data.batches.pipeline import DataPipeline
+
+    hosts.initialize(config.distributed, f"prepare:{config.run_dir}")
+    model_config = run_setup.fit_model_to_tokenizer(run_setup.resolve_model_config(config), Tokenizer.load(tokenizer_path),
                                                     pretrained=bool(config.model.init_from))  # fmt: skip
     data = run_setup.bind_data(config, tokenizer_path)
     primary, bars = jax.process_index() == 0, {}

@@ -1,5 +1,6 @@
 """What a run is bound to, resolved from its config before any data is read or anything compiles.
 
+- **The model**: the preset with the config's overrides, or the config saved with `model.init_from`.
 - **The tokenizer**: the config's top-level `tokenizer:`, else the one saved with `model.init_from`
   (an imported HF model keeps its own), else the built-in default (from-scratch presets only).
 - **The model's word on it**: a tokenizer with more ids than the model has embeddings, or whose EOS
@@ -17,7 +18,16 @@ from dataclasses import dataclass
 
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
-from instructjax.model.config import DecoderConfig
+from instructjax.model.config import DecoderConfig, preset, with_overrides
+
+
+def resolve_model_config(config: RunConfig) -> DecoderConfig:
+    """The preset with overrides, or the config stored with `model.init_from`'s params (plus overrides)."""
+    if config.model.init_from:
+        from instructjax.core.checkpoint import read_meta
+
+        return with_overrides(DecoderConfig.from_dict(read_meta(config.model.init_from)[0]), config.model.overrides)
+    return preset(config.model.preset, **config.model.overrides)
 
 
 def tokenizer_path(config: RunConfig) -> str | None:

@@ -37,7 +37,6 @@ from instructjax.core import checkpoint as ckpt
 from instructjax.core import hosts, integrity, sharding, storage, tracking
 from instructjax.core.config import RunConfig, to_dict, training_changes, training_digest
 from instructjax.core.errors import ConfigError, InstructJaxError
-from instructjax.model.config import DecoderConfig, preset, with_overrides
 from instructjax.model.decoder import Decoder
 from instructjax.train import loss, optim
 from instructjax.train.metrics import MetricsLogger, plot_losses
@@ -53,13 +52,6 @@ class TrainResult:
     step: int  # the last completed step
     losses: dict[int, float] = field(default_factory=dict)  # every step this run trained
     preempted: bool = False  # stopped by SIGTERM after saving `step`
-
-
-def resolve_model_config(config: RunConfig) -> DecoderConfig:
-    """The preset with overrides, or the config stored with `model.init_from`'s params (plus overrides)."""
-    if config.model.init_from:
-        return with_overrides(DecoderConfig.from_dict(ckpt.read_meta(config.model.init_from)[0]), config.model.overrides)
-    return preset(config.model.preset, **config.model.overrides)
 
 
 def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
@@ -125,7 +117,7 @@ class Trainer:
             raise ConfigError("max_steps must be >= 1 to train (0 marks an evaluation-only config)")
         tokenizer_path = run_setup.tokenizer_path(config)
         self.tokenizer = Tokenizer.load(tokenizer_path)
-        self.model_config = run_setup.fit_model_to_tokenizer(resolve_model_config(config), self.tokenizer,
+        self.model_config = run_setup.fit_model_to_tokenizer(run_setup.resolve_model_config(config), self.tokenizer,
                                                              pretrained=bool(config.model.init_from))
         data = run_setup.bind_data(config, tokenizer_path)
         self.training_digest = training_digest(config)  # of the config as given (what a sweep compares)

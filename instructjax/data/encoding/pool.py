@@ -10,7 +10,7 @@ several rounds found over the row length (which the memo cannot give) is split a
 `Encoder` runs `encode_rows` over a stream of conversations, in batches of up to `BATCH`, and hands the
 results back one by one in the stream's order. Its first `IN_PROCESS` conversations are encoded in this
 process (the tokenizer's own threads then use every core for the token work); after them, or at once when
-the pool is already up, batches go to a shared pool of worker processes (spawned, one per core, each
+the pool is already up (`start`), batches go to a shared pool of worker processes (spawned, one per core, each
 tokenizing on one thread), `2 x workers` batches in flight. It reads only as far ahead as the caller
 still wants examples. A conversation whose batch failed is encoded again alone in this process when it is
 handed back, so its error is raised where one process encoding one conversation at a time raises it.
@@ -195,7 +195,7 @@ class _Batch:
         self.items, self.taken, self.workers = items, 0, workers
         self._job, self._convs = job, [c for c, _ in items if c is not None]
         ENCODED[0] += len(self._convs)
-        self.results: list | Future = (_submit(workers, job, self._convs) if workers and self._convs
+        self.results: list | Future = (_submit(workers, _encode_packed, job, self._convs) if workers and self._convs
                                        else _encode_each(job, self._convs) if self._convs else [])
 
     def pop(self) -> tuple[Conversation | None, Any, Result | None]:
@@ -297,8 +297,17 @@ def _pool_is_up() -> bool:
     return _POOL is not None and _POOL_PID == os.getpid()
 
 
-def _submit(workers: int, job: Job, convs: list[Conversation]) -> Future:
-    """`_encode_packed(job, convs)` in the pool of `workers` processes (started, or restarted at that size)."""
+def start(tokenizer: str | None, workers: int | None = None) -> None:
+    """Start the pool ahead of the first batch, each worker loading `tokenizer` (a path; None: the built-in one),
+    so that what the caller does meanwhile (imports, opening the sources) overlaps the workers' own start."""
+    workers = default_workers() if workers is None else workers
+    if workers and not multiprocessing.current_process().daemon:
+        for _ in range(workers):
+            _submit(workers, Tokenizer.load, tokenizer)
+
+
+def _submit(workers: int, fn, *args) -> Future:
+    """`fn(*args)` in the pool of `workers` processes (started, or restarted at that size)."""
     global _POOL, _POOL_WORKERS, _POOL_PID, _PENDING, _ACTIVE
     old = None
     with _LOCK:
@@ -312,7 +321,7 @@ def _submit(workers: int, job: Job, convs: list[Conversation]) -> Future:
             _POOL_WORKERS, _POOL_PID = workers, os.getpid()
             threading.Thread(target=_reap, args=(_POOL,), daemon=True).start()
         with _without_main():  # a batch may start a worker
-            future = _POOL.submit(_encode_packed, job, convs)
+            future = _POOL.submit(fn, *args)
         _PENDING += 1
         _ACTIVE = time.monotonic()
     if old is not None:

@@ -39,6 +39,7 @@ from itertools import chain
 import numpy as np
 from tokenizers import Tokenizer as Engine
 from tokenizers import processors
+from tokenizers.models import BPE
 
 from instructjax.core.errors import ConfigError
 
@@ -347,14 +348,12 @@ class _PieceSpans:
 
     @classmethod
     def of(cls, engine: Engine) -> _PieceSpans | None:
-        spec = json.loads(engine.to_str())
         replace = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
-        steps = spec.get("normalizer") or {}
+        steps = json.loads(engine.normalizer.__getstate__()) if engine.normalizer is not None else {}
         steps = steps.get("normalizers", []) if steps.get("type") == "Sequence" else [steps]
         prefix = steps[:1] == [{"type": "Prepend", "prepend": "\u2581"}]
-        model = spec.get("model") or {}
-        if (steps[prefix:] != [replace] or spec.get("pre_tokenizer") is not None or model.get("type") != "BPE"
-                or not model.get("byte_fallback") or not all(t.get("special") for t in spec.get("added_tokens", []))):
+        if (steps[prefix:] != [replace] or engine.pre_tokenizer is not None or not isinstance(engine.model, BPE)
+                or not engine.model.byte_fallback or not all(t.special for t in engine.get_added_tokens_decoder().values())):
             return None
         vocab = engine.get_vocab(with_added_tokens=True)
         chars = np.zeros(max(vocab.values()) + 1, np.int64)
