@@ -227,6 +227,28 @@ def _read_example(example: Any, index: int) -> tuple[np.ndarray, np.ndarray, int
     return tokens, mask, 0 if source is None else int(source)
 
 
+def _checked_sizes(examples: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | None:
+    """`example_sizes` of dicts of 1-D integer arrays (what the encoder makes), all checked at once; None when any
+    is otherwise or fails a check (then each is read on its own, and the bad one named)."""
+    tokens, masks = [], []
+    for ex in examples:
+        t, m = (ex.get("tokens"), ex.get("loss_mask")) if isinstance(ex, dict) else (None, None)
+        if not (isinstance(t, np.ndarray) and isinstance(m, np.ndarray) and t.ndim == 1 and t.shape == m.shape
+                and t.dtype.kind in "iu" and m.dtype.kind in "iu" and isinstance(ex.get("source", 0), (int, np.integer))):
+            return None
+        tokens.append(t)
+        masks.append(m)
+    lengths = np.fromiter(map(len, tokens), np.int64, len(tokens))
+    if not lengths.size or not lengths.sum():
+        return lengths, np.zeros_like(lengths)
+    all_tokens, all_masks = np.concatenate(tokens), np.concatenate(masks)
+    if all_tokens.min() < 0 or all_tokens.max() > _INT32_MAX or all_masks.min() < 0 or all_masks.max() > 1:
+        return None
+    ends = np.cumsum(lengths)
+    counted = np.concatenate([[0], np.cumsum(all_masks != 0)])
+    return lengths, counted[ends] - counted[np.minimum(ends - lengths + 1, ends)]
+
+
 def example_sizes(examples: Sequence[Any], *, first_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """(token lengths, trained weights when packed whole) of examples: what planning rows needs.
 
@@ -235,6 +257,9 @@ def example_sizes(examples: Sequence[Any], *, first_index: int = 0) -> tuple[np.
     examples are read and checked as `pack_window` reads them (a DataError names a bad one)."""
     if hasattr(examples, "sizes"):
         return examples.sizes()
+    sizes = _checked_sizes(examples)
+    if sizes is not None:
+        return sizes
     lengths, trained = np.zeros(len(examples), np.int64), np.zeros(len(examples), np.int64)
     for i, example in enumerate(examples):
         tokens, mask, _ = _read_example(example, first_index + i)
