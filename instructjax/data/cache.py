@@ -38,6 +38,7 @@ import numpy as np
 import xxhash
 
 from instructjax.core import storage
+from instructjax.data.batches.packing import array_sizes
 
 FORMAT = 2
 _MAGIC = b"instructjax-tokenized-cache 2\n"
@@ -265,32 +266,11 @@ def save(path, examples: Sequence[dict], report: dict) -> None:
     WRITTEN.add(str(path))
 
 
-def _sizes(tokens: list[np.ndarray], masks: list[np.ndarray]):
-    """Per example: length, smallest and largest token (0 when empty), trained tokens (nonzero loss_mask[1:]); and
-    the masks' (lowest, highest) value. A batch of examples at a time, in numpy."""
-    lengths = np.fromiter((t.size for t in tokens), np.int64, len(tokens))
-    token_min, token_max, trained = (np.zeros(len(tokens), np.int64) for _ in range(3))
-    mask_range = []
-    for begin in range(0, len(tokens), 4096):
-        n = lengths[begin : begin + 4096]
-        if not n.sum():
-            continue
-        filled = np.flatnonzero(n) + begin
-        ends = np.cumsum(n)
-        firsts = (ends - n)[n > 0]
-        t, m = np.concatenate(tokens[begin : begin + 4096]), np.concatenate(masks[begin : begin + 4096])
-        token_min[filled], token_max[filled] = np.minimum.reduceat(t, firsts), np.maximum.reduceat(t, firsts)
-        counted = np.concatenate([[0], np.cumsum(m != 0)])
-        trained[begin : begin + len(n)] = counted[ends] - counted[np.minimum(ends - n + 1, ends)]
-        mask_range += [int(m.min()), int(m.max())]
-    return lengths, token_min, token_max, trained, (min(mask_range, default=0), max(mask_range, default=0))
-
-
 def _write(f, examples: Sequence[dict], report: dict) -> None:
     """The cache file of `examples` and `report`, written to open file `f`."""
     tokens = [np.asarray(ex["tokens"]) for ex in examples]
     masks = [np.asarray(ex["loss_mask"]) for ex in examples]
-    lengths, token_min, token_max, trained, (mask_lo, mask_hi) = _sizes(tokens, masks)
+    lengths, trained, (token_min, token_max), (mask_lo, mask_hi) = array_sizes(tokens, masks)
     conversations = [ex["conversation"].encode() for ex in examples]
     ids = [json.dumps(ex["id"]).encode() for ex in examples]
     text_offsets = lambda texts: np.cumsum([0] + [len(t) for t in texts], dtype=np.int64)  # noqa: E731

@@ -227,6 +227,25 @@ def _read_example(example: Any, index: int) -> tuple[np.ndarray, np.ndarray, int
     return tokens, mask, 0 if source is None else int(source)
 
 
+def array_sizes(tokens: list[np.ndarray], masks: list[np.ndarray]):
+    """(lengths, trained: nonzero loss_mask[1:], (smallest, largest token) per example (0 when empty), (lowest, highest)
+    mask value) of examples' 1-D arrays; a batch of examples at a time, in numpy."""
+    lengths = np.fromiter((t.size for t in tokens), np.int64, len(tokens))
+    trained, low, high = (np.zeros(len(tokens), np.int64) for _ in range(3))
+    mask_range = []
+    for begin in range(0, len(tokens), 4096):  # batches: a concatenation of every example is slower on a large task
+        n = lengths[begin : begin + 4096]
+        if not n.sum():
+            continue
+        filled, firsts = np.flatnonzero(n) + begin, (np.cumsum(n) - n)[n > 0]
+        t, m = np.concatenate(tokens[begin : begin + 4096]), np.concatenate(masks[begin : begin + 4096])
+        low[filled], high[filled] = np.minimum.reduceat(t, firsts), np.maximum.reduceat(t, firsts)
+        nonzero = (m != 0).astype(np.int32)
+        trained[filled] = np.add.reduceat(nonzero, firsts) - nonzero[firsts]
+        mask_range += [int(m.min()), int(m.max())]
+    return lengths, trained, (low, high), (min(mask_range, default=0), max(mask_range, default=0))
+
+
 def _checked_sizes(examples: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | None:
     """`example_sizes` of dicts of 1-D integer arrays (what the encoder makes), all checked at once; None when any
     is otherwise or fails a check (then each is read on its own, and the bad one named)."""
@@ -238,15 +257,10 @@ def _checked_sizes(examples: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | N
             return None
         tokens.append(t)
         masks.append(m)
-    lengths = np.fromiter(map(len, tokens), np.int64, len(tokens))
-    if not lengths.size or not lengths.sum():
-        return lengths, np.zeros_like(lengths)
-    all_tokens, all_masks = np.concatenate(tokens), np.concatenate(masks)
-    if all_tokens.min() < 0 or all_tokens.max() > _INT32_MAX or all_masks.min() < 0 or all_masks.max() > 1:
+    lengths, trained, (low, high), (mask_lo, mask_hi) = array_sizes(tokens, masks)
+    if low.min(initial=0) < 0 or high.max(initial=0) > _INT32_MAX or mask_lo < 0 or mask_hi > 1:
         return None
-    ends = np.cumsum(lengths)
-    counted = np.concatenate([[0], np.cumsum(all_masks != 0)])
-    return lengths, counted[ends] - counted[np.minimum(ends - lengths + 1, ends)]
+    return lengths, trained
 
 
 def example_sizes(examples: Sequence[Any], *, first_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
