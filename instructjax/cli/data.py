@@ -330,9 +330,7 @@ def run_prepare(args) -> int:
     if cache.cache_dir() is None:
         raise ConfigError("the tokenized cache is off (INSTRUCTJAX_CACHE_DIR=off): there is nowhere to prepare to")
     tokenizer_path = run_setup.tokenizer_path(config)
-    pool.start(tokenizer_path)  # the workers start while this process imports, the hosts connect, the sources open
-
-    import jax
+    pool.start(tokenizer_path)  # the workers start while the hosts connect and the sources open
 
     from instructjax.core import hosts, progress, storage
     from instructjax.data.batches.pipeline import DataPipeline
@@ -341,7 +339,8 @@ def run_prepare(args) -> int:
     model_config = run_setup.fit_model_to_tokenizer(run_setup.resolve_model_config(config), Tokenizer.load(tokenizer_path),
                                                     pretrained=bool(config.model.init_from))  # fmt: skip
     data = run_setup.bind_data(config, tokenizer_path)
-    primary, bars = jax.process_index() == 0, {}
+    index, count = hosts.process()
+    primary, bars = index == 0, {}
 
     def show(task: str, done: int, total: int | None) -> None:
         if task not in bars:
@@ -353,7 +352,7 @@ def run_prepare(args) -> int:
 
     start = time.time()
     with stream.progress(show):
-        pipeline = DataPipeline(data.config, process_index=jax.process_index(), process_count=jax.process_count(),
+        pipeline = DataPipeline(data.config, process_index=index, process_count=count,
                                 vocab_size=model_config.vocab_size, resolved=data.resolved)  # fmt: skip
         plan = pipeline.plan_epoch(0)
     for bar in bars.values():
@@ -371,7 +370,7 @@ def run_prepare(args) -> int:
         flags = [f"--on-bad-row {args.on_bad_row}"] if args.on_bad_row else []
         print(f"train starts from it: INSTRUCTJAX_CACHE_DIR={cache.cache_dir()} instructjax train --config "
               f"{args.config}" + "".join(f" {o}" for o in [*args.overrides, *flags]))
-    host = f"host {jax.process_index()}: " if jax.process_count() > 1 else ""
+    host = f"host {index}: " if count > 1 else ""
     print(f"data: {host}{examples.cache_report(list(pipeline.task_names))}", flush=True)  # what this host did
     return 0
 

@@ -151,6 +151,12 @@ def current() -> Coordinator | None:
     return _COORDINATOR if _COORDINATOR is not None and _COORDINATOR.process_count > 1 else None
 
 
+def process() -> tuple[int, int]:
+    """(this process's index, the number of processes) of the run's hosts (`current`); (0, 1) alone."""
+    coordinator = current()
+    return (coordinator.process_index, coordinator.process_count) if coordinator is not None else (0, 1)
+
+
 def timeout() -> float:
     said = os.environ.get("INSTRUCTJAX_SHARED_TIMEOUT")
     return float(said) if said else DEFAULT_TIMEOUT
@@ -305,9 +311,12 @@ def initialize(distributed: bool, session: str = "run") -> None:
     """`jax.distributed.initialize` when `distributed` or JAX_COORDINATOR_ADDRESS is set (JAX_NUM_PROCESSES /
     JAX_PROCESS_ID give the rest on machines without a cluster auto-detection), with the heartbeat of
     `INSTRUCTJAX_HEARTBEAT_SECONDS`; stderr then goes through the lost-host relay. Then `install(session=...)`."""
+    if not (distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")):  # one process: jax is not even imported
+        install(session=session)
+        return
     import jax
 
-    if not jax.distributed.is_initialized() and (distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")):
+    if not jax.distributed.is_initialized():
         if os.environ.get("JAX_PLATFORMS", "") == "cpu":
             jax.config.update("jax_cpu_collectives_implementation", "gloo")
         env = {k: int(os.environ[v]) for k, v in (("num_processes", "JAX_NUM_PROCESSES"),

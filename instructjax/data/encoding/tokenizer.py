@@ -131,7 +131,9 @@ def _continuation_engine(engine: Engine) -> Engine:
     start of the whole input; the copy never adds it. Every other engine treats the two alike (a
     `Prepend` normalizer runs on each piece between special tokens), and the engine itself is returned.
     """
-    spec = json.loads(engine.to_str())
+    if engine.pre_tokenizer is None:
+        return engine
+    pre_tokenizer = json.loads(engine.pre_tokenizer.__getstate__())
 
     def first_to_never(node) -> bool:
         if not isinstance(node, dict):
@@ -143,8 +145,9 @@ def _continuation_engine(engine: Engine) -> Engine:
             return True
         return False
 
-    if not first_to_never(spec.get("pre_tokenizer")):
+    if not first_to_never(pre_tokenizer):
         return engine
+    spec = {**json.loads(engine.to_str()), "pre_tokenizer": pre_tokenizer}
     continuation = Engine.from_str(json.dumps(spec))
     continuation.encode_special_tokens = True
     return continuation
