@@ -38,7 +38,6 @@ import numpy as np
 import xxhash
 
 from instructjax.core import storage
-from instructjax.data.batches.packing import array_sizes
 
 FORMAT = 2
 _MAGIC = b"instructjax-tokenized-cache 2\n"
@@ -264,6 +263,26 @@ def save(path, examples: Sequence[dict], report: dict) -> None:
     finally:
         Path(tmp).unlink(missing_ok=True)
     WRITTEN.add(str(path))
+
+
+def array_sizes(tokens: list[np.ndarray], masks: list[np.ndarray]):
+    """(lengths, trained: nonzero loss_mask[1:], (smallest, largest token) per example (0 when empty), (lowest, highest)
+    mask value) of examples' 1-D arrays, as a cache file stores them and planning needs them; a batch of examples
+    at a time, in numpy."""
+    lengths = np.fromiter((t.size for t in tokens), np.int64, len(tokens))
+    trained, low, high = (np.zeros(len(tokens), np.int64) for _ in range(3))
+    mask_range = []
+    for begin in range(0, len(tokens), 4096):  # batches: a concatenation of every example is slower on a large task
+        n = lengths[begin : begin + 4096]
+        if not n.sum():
+            continue
+        filled, firsts = np.flatnonzero(n) + begin, (np.cumsum(n) - n)[n > 0]
+        t, m = np.concatenate(tokens[begin : begin + 4096]), np.concatenate(masks[begin : begin + 4096])
+        low[filled], high[filled] = np.minimum.reduceat(t, firsts), np.maximum.reduceat(t, firsts)
+        nonzero = (m != 0).astype(np.int32)
+        trained[filled] = np.add.reduceat(nonzero, firsts) - nonzero[firsts]
+        mask_range += [int(m.min()), int(m.max())]
+    return lengths, trained, (low, high), (min(mask_range, default=0), max(mask_range, default=0))
 
 
 def _write(f, examples: Sequence[dict], report: dict) -> None:

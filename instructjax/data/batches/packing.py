@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from instructjax.core.errors import ConfigError, DataError
+from instructjax.data.cache import array_sizes
 
 FEATURES = ("tokens", "targets", "loss_weights", "segment_ids", "positions", "source_ids")
 OVERLONG_MODES = ("truncate", "split")
@@ -225,25 +226,6 @@ def _read_example(example: Any, index: int) -> tuple[np.ndarray, np.ndarray, int
     if source is not None and not isinstance(source, (int, np.integer)):
         raise DataError(f"source must be an int index, got {source!r}", reason="wrong_type", **where)
     return tokens, mask, 0 if source is None else int(source)
-
-
-def array_sizes(tokens: list[np.ndarray], masks: list[np.ndarray]):
-    """(lengths, trained: nonzero loss_mask[1:], (smallest, largest token) per example (0 when empty), (lowest, highest)
-    mask value) of examples' 1-D arrays; a batch of examples at a time, in numpy."""
-    lengths = np.fromiter((t.size for t in tokens), np.int64, len(tokens))
-    trained, low, high = (np.zeros(len(tokens), np.int64) for _ in range(3))
-    mask_range = []
-    for begin in range(0, len(tokens), 4096):  # batches: a concatenation of every example is slower on a large task
-        n = lengths[begin : begin + 4096]
-        if not n.sum():
-            continue
-        filled, firsts = np.flatnonzero(n) + begin, (np.cumsum(n) - n)[n > 0]
-        t, m = np.concatenate(tokens[begin : begin + 4096]), np.concatenate(masks[begin : begin + 4096])
-        low[filled], high[filled] = np.minimum.reduceat(t, firsts), np.maximum.reduceat(t, firsts)
-        nonzero = (m != 0).astype(np.int32)
-        trained[filled] = np.add.reduceat(nonzero, firsts) - nonzero[firsts]
-        mask_range += [int(m.min()), int(m.max())]
-    return lengths, trained, (low, high), (min(mask_range, default=0), max(mask_range, default=0))
 
 
 def _checked_sizes(examples: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | None:
