@@ -131,9 +131,7 @@ def _continuation_engine(engine: Engine) -> Engine:
     start of the whole input; the copy never adds it. Every other engine treats the two alike (a
     `Prepend` normalizer runs on each piece between special tokens), and the engine itself is returned.
     """
-    if engine.pre_tokenizer is None:
-        return engine
-    pre_tokenizer = json.loads(engine.pre_tokenizer.__getstate__())
+    spec = json.loads(engine.to_str())
 
     def first_to_never(node) -> bool:
         if not isinstance(node, dict):
@@ -145,9 +143,8 @@ def _continuation_engine(engine: Engine) -> Engine:
             return True
         return False
 
-    if not first_to_never(pre_tokenizer):
+    if not first_to_never(spec.get("pre_tokenizer")):
         return engine
-    spec = {**json.loads(engine.to_str()), "pre_tokenizer": pre_tokenizer}
     continuation = Engine.from_str(json.dumps(spec))
     continuation.encode_special_tokens = True
     return continuation
@@ -243,18 +240,14 @@ class Tokenizer:
         computed from the ids, which skips the engine's offset tracking and reading a tuple per token."""
         engine = self._continuation if continued else self._engine
         if self._piece_spans is not None:
-            encodings = getattr(engine, "encode_batch_fast", engine.encode_batch)(texts, add_special_tokens=False)
-            lengths = np.fromiter(map(len, encodings), np.int64, len(encodings))
-            ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int32, int(lengths.sum()))
+            ids, lengths = _ids(getattr(engine, "encode_batch_fast", engine.encode_batch)(texts, add_special_tokens=False))
             spans = self._piece_spans(ids, lengths, texts)
             if spans is not None:
                 return ids, spans, lengths
         encodings = engine.encode_batch(texts, add_special_tokens=False)
-        lengths = np.fromiter(map(len, encodings), np.int64, len(encodings))
-        n = int(lengths.sum())
-        ids = np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int32, n)
+        ids, lengths = _ids(encodings)
         spans = chain.from_iterable(chain.from_iterable(e.offsets for e in encodings))
-        return ids, np.fromiter(spans, np.int64, 2 * n).reshape(n, 2), lengths
+        return ids, np.fromiter(spans, np.int64, 2 * ids.size).reshape(ids.size, 2), lengths
 
     def special_id(self, token: str) -> int:
         """The id of a special (added) token or of EOS/BOS, by its text."""
@@ -335,6 +328,12 @@ def materialize(files: dict[str, str]) -> str:
         except OSError:
             shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+def _ids(encodings: list) -> tuple[np.ndarray, np.ndarray]:
+    """(ids int32[n], ids per encoding int64[len(encodings)]) of the engine's encodings, end to end."""
+    lengths = np.fromiter(map(len, encodings), np.int64, len(encodings))
+    return np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int32, int(lengths.sum())), lengths
 
 
 class _PieceSpans:
