@@ -296,6 +296,37 @@ def test_converted_sentencepiece_models_give_sentencepieces_ids(text, trained_sp
         assert ours.encode(text) == sp.encode(text), kind
 
 
+def test_a_converted_model_is_kept_per_machine_and_read_back_exactly(trained_spm, tmp_path, monkeypatch):
+    """The conversion is kept under the temporary directory and read back (no second conversion) with
+    sentencepiece's own ids; a torn kept file is converted again; other bytes at the same path are another model."""
+    import shutil
+    import tempfile
+
+    from instructjax.data.encoding import spm_convert
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    samples = [*FRAGMENTS[:20], "Hi  there", " leading", "x\n\ny", "\U0001F9EC ꙮ"]
+    (_, sp_bpe), (_, sp_uni) = trained_spm["bpe_nfkc_collapse"], trained_spm["unigram"]
+    path = str(tmp_path / "tokenizer.model")
+    shutil.copy(trained_spm["bpe_nfkc_collapse"][0].path, path)
+
+    def ids(engine) -> list[list[int]]:
+        return [e.ids for e in engine.encode_batch(samples, add_special_tokens=False)]
+
+    first, special = spm_convert.engine_from_model(path)
+    [kept] = (tmp_path / "instructjax-tokenizers").glob("spm-*.json")
+    real_convert = spm_convert._convert
+    monkeypatch.setattr(spm_convert, "_convert", lambda _: pytest.fail("converted again"))
+    again, special_again = spm_convert.engine_from_model(path)
+    assert ids(again) == ids(first) == [sp_bpe.encode(t) for t in samples] and special_again == special
+    kept.write_bytes(kept.read_bytes()[: kept.stat().st_size // 2])  # torn
+    monkeypatch.setattr(spm_convert, "_convert", real_convert)
+    assert ids(spm_convert.engine_from_model(path)[0]) == [sp_bpe.encode(t) for t in samples]
+    shutil.copy(trained_spm["unigram"][0].path, path)  # other bytes, same path
+    assert ids(spm_convert.engine_from_model(path)[0]) == [sp_uni.encode(t) for t in samples]
+    assert len(list((tmp_path / "instructjax-tokenizers").glob("spm-*.json"))) == 2
+
+
 @pytest.fixture(scope="module")
 def every_tokenizer(tmp_path_factory, trained_spm):
     """kind -> Tokenizer: the built-in one, the HF directories above and the trained SentencePiece models."""

@@ -174,7 +174,7 @@ class Tokenizer:
                                                             special_tokens=[(self.bos_token, self.bos_id)])
                               if self.adds_bos else None)  # fmt: skip
         self._serialized = raw.to_str()
-        self._engine = Engine.from_str(self._serialized)
+        self._engine = raw
         self._engine.encode_special_tokens = True
         self._continuation = _continuation_engine(self._engine)
         self._piece_spans = _PieceSpans.of(self._engine)
