@@ -90,5 +90,16 @@ def main(argv: list[str] | None = None) -> int:
     return int(code or 0)
 
 
+def run() -> None:
+    """The `instructjax` command: `main`, then exit. What is still alive is frozen out of the garbage collector
+    first (`gc.freeze`): the interpreter's last collections would walk every object of a large run (0.2-0.3 s
+    after `data prepare` of 20K conversations), and freed at exit they are garbage no one sees."""
+    import gc
+
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

@@ -1,7 +1,5 @@
 """`python -m instructjax.cli ...`: the `instructjax` command."""
 
-import sys
+from instructjax.cli import run
 
-from instructjax.cli import main
-
-sys.exit(main())
+run()

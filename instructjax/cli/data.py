@@ -354,6 +354,7 @@ def run_prepare(args) -> int:
     with stream.progress(show):
         pipeline = DataPipeline(data.config, process_index=index, process_count=count,
                                 vocab_size=model_config.vocab_size, resolved=data.resolved)  # fmt: skip
+        pool.shutdown(wait=False)  # every task is encoded: the workers exit while the epoch is planned
         plan = pipeline.plan_epoch(0)
     for bar in bars.values():
         bar.close()

@@ -350,12 +350,13 @@ def _reap(pool: ProcessPoolExecutor) -> None:
         return
 
 
-def shutdown(if_idle: bool = False) -> None:
-    """Stop the worker processes (a later batch starts them again); `if_idle`: only when no batch is pending."""
+def shutdown(if_idle: bool = False, wait: bool = True) -> None:
+    """Stop the worker processes (a later batch starts them again); `if_idle`: only when no batch is pending;
+    `wait`: until they have exited (else they exit meanwhile, and the interpreter waits for them at its exit)."""
     global _POOL
     with _LOCK:
         if _POOL is None or (if_idle and _PENDING):
             return
         pool, _POOL = _POOL, None
     if _POOL_PID == os.getpid():
-        pool.shutdown()
+        pool.shutdown(wait=wait)
