@@ -7,7 +7,8 @@ subset is a prefix of a larger one, and only the rows taken are read, rendered a
 (`in_file_order`: the same subset, its members in row order). Examples are made as they are asked for, in
 batches over every core (`encoding.pool`) yet exactly as one process encoding one conversation at a time
 makes them, and kept per process, and on disk (`data.cache`: a restart reads them back instead of
-tokenizing again). A read that fails is not kept: asking again reads again.
+tokenizing again; once written, this process too reads its examples from the file, their sizes from its
+arrays). A read that fails is not kept: asking again reads again.
 `task_report(name)` says what happened to the rows: nothing is dropped without being counted there. No seqio
 or TensorFlow here.
 """
@@ -72,6 +73,10 @@ def _encoded_examples(name: str, spec: TaskSpec, count: int | None, seed: int | 
     examples = _take(name, spec, seed, count)
     if where is not None:
         save(where, _STREAMS[(name, spec, seed)], examples)
+        written = cache.load(where)  # from here on as a restart reads it: sizes known, tokens on disk, not in memory
+        if written is not None:
+            _STREAMS[(name, spec, seed)] = _Cached(*written)
+            return written[0]
     return examples
 
 
