@@ -110,6 +110,8 @@ def _bounded(call, *args):
         raise
 
 
+EXIT_GRACE_S = 1.0  # how long host 0 outlives the other hosts' last word before it exits (see `_disagree`)
+
 _COORDINATOR: Coordinator | None = None
 _SESSION = ""  # key prefix of this install()
 _ENTERED = 0  # collectives this host entered in this session
@@ -219,7 +221,7 @@ def _disagree(coordinator: Coordinator, n: int, message: str, wait_s: float = 10
     """Raise HostsDisagree once every host has found it too (each finds it at the same collective). Host 0 exits
     last: its exit takes JAX's runtime down, and a host that had not yet printed its own line would be aborted
     with a report of a lost coordinator instead, so each other host says when it has printed its line (just
-    before it exits) and host 0 waits for that."""
+    before it exits) and host 0 waits for that, and `EXIT_GRACE_S` more for their exits to land."""
     me = coordinator.process_index
     others = [h for h in range(coordinator.process_count) if h != me]
     found = True
@@ -238,6 +240,7 @@ def _disagree(coordinator: Coordinator, n: int, message: str, wait_s: float = 10
             else:
                 for h in others:
                     coordinator.get(said.format(h), wait_s)
+                time.sleep(EXIT_GRACE_S)  # a host that has said it may not be gone yet (a loaded machine)
         except (TimeoutError, InstructJaxError):
             pass
 
