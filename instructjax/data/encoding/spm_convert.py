@@ -13,12 +13,12 @@ dummy prefix to a text that already starts with a space, or after a special toke
 - the normalization rules (identity or a precompiled NFKC map) and `remove_extra_whitespaces` follow
   the model's normalizer spec; byte fallback as the model says; control pieces are special tokens.
 
-`tests/test_tokenizer.py` checks the result against the `sentencepiece` processor on random text.
+`tests/test_encode.py` checks the result against the `sentencepiece` processor on random text.
 
 A conversion takes about 0.25 s for a 32000-piece model, in every process that loads it (each encode worker,
-each host): it is kept per machine, as the engine's JSON, under the temporary directory
-(`instructjax-tokenizers/spm-<digest>.json`: the special tokens on the first line, then the engine), named by the model's bytes, this module's code and the
-`tokenizers` version, so that a different model, converter or engine never reads it.
+each host), so it is kept per machine under the temporary directory: `instructjax-tokenizers/spm-<digest>.json`
+holds the special tokens on its first line, then the engine's JSON. The digest covers the model's bytes, this
+module's code and the `tokenizers` version, so a different model, converter or engine never reads it.
 """
 
 from __future__ import annotations
