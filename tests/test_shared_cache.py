@@ -176,23 +176,42 @@ def _rows(tmp_path: Path, n: int, marked: int | None = None) -> Path:
     return rows
 
 
-def _subset_args(rows: Path, count: int | None, **options) -> list[str]:
+def _trees(tmp_path: Path, n: int) -> Path:
+    """`n` OASST1 trees of 5 messages (a prompt, two ranked replies, a follow-up and its answer), the last
+    tree's follow-up hanging below a message of the first tree."""
+    rows, path = [], tmp_path / "trees.jsonl"
+    for t in range(n):
+        ids = [f"t{t}-{k}" for k in range(5)]
+        parents = [None, ids[0], ids[0], ids[1] if t < n - 1 else "t0-1", ids[3]]
+        for k, (mid, parent) in enumerate(zip(ids, parents, strict=True)):
+            rows.append({"message_id": mid, "parent_id": parent, "role": "prompter" if k in (0, 3) else "assistant",
+                         "text": f"Message {k} of tree {t}.", "rank": k % 2, "lang": "en", "message_tree_id": f"t{t}",
+                         "deleted": False})  # fmt: skip
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _subset_args(rows: Path, count: int | None, trees: Path | None = None, **options) -> list[str]:
     define = {"tasks": {"mine": {"source": "alpaca", "data_files": [str(rows)], "source_options": options}},
               "mixtures": {"mine_mix": {"mode": "epoch", "counts": {"mine": count}}}}
+    if trees is not None:
+        define["tasks"]["trees"] = {"source": "oasst1", "data_files": [str(trees)]}
+        define["mixtures"]["mine_mix"]["counts"]["trees"] = None
     return [a for a in RUN if not a.startswith("data.mixture")] + ["data.mixture=mine_mix", f"define={json.dumps(define)}"]
 
 
 def test_each_host_reads_only_its_share_of_the_rows(tmp_path):
     """Rows read = fetched and adapted (FAULT_COUNT_READ). A task keeping 40 of 600 rows: one process reads
     them and its read-ahead; 2 hosts read the 40 only, half each. A task keeping all of a pool of 550 of the
-    600 rows: one process (`data prepare`) reads 1100 (550 drawn, then visited), 4 hosts 1100 in all, about a
-    quarter each (pieces of 8 or 9 rows, drawing and visiting). The files are one process's."""
-    rows = _rows(tmp_path, 600)
+    600 rows, and all of 60 OASST1 trees (300 messages, two trees joined): one process (`data prepare`) reads
+    1400 (550 drawn, then visited; the trees), 4 hosts 1400 in all, about a quarter each (pieces of 8 or 9 rows,
+    drawing and visiting, and of 1 or 2 trees). The files are one process's."""
+    rows, trees = _rows(tmp_path, 600), _trees(tmp_path, 60)
     count = lambda tag: (lambda i: {"FAULT_COUNT_READ": str(tmp_path / f"{tag}{i}.read")})  # noqa: E731
     read = lambda tag, hosts: [int((tmp_path / f"{tag}{i}.read").read_text()) for i in range(hosts)]  # noqa: E731
     for tag, hosts, kept, command in (("one", 1, 40, "train"), ("two", 2, 40, "train"),
                                       ("all1", 1, None, "prepare"), ("all4", 4, None, "prepare")):
-        args = _subset_args(rows, kept, **({"per_part": 550} if kept is None else {}))
+        args = _subset_args(rows, kept, **({"per_part": 550, "trees": trees} if kept is None else {}))
         args, command = (args, ("train",)) if command == "train" else ([a for a in args if a != "max_steps=2"],
                                                                        ("data", "prepare"))  # fmt: skip
         results = train(hosts, tmp_path / tag, tmp_path / f"run-{tag}", args=args, env_of=count(tag), command=command)
@@ -200,7 +219,7 @@ def test_each_host_reads_only_its_share_of_the_rows(tmp_path):
     (alone,) = read("one", 1)
     assert 40 <= alone < 600  # one process reads what it keeps (and what its read-ahead needs), not every row
     assert read("two", 2) == [20, 20] and files(tmp_path / "two") == files(tmp_path / "one")
-    assert read("all1", 1) == [1100] and sum(read("all4", 4)) == 1100 and max(read("all4", 4)) <= 290
+    assert read("all1", 1) == [1400] and sum(read("all4", 4)) == 1400 and max(read("all4", 4)) <= 370
     assert files(tmp_path / "all4") == files(tmp_path / "all1")
 
 

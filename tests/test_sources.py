@@ -1,10 +1,13 @@
 """Every source adapter on a hand-written sample of its native hub schema, loaded from local files."""
 
+import itertools
 import json
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from instructjax.core.errors import ConfigError
 from instructjax.data.sources.catalog import SOURCES, load_conversations
@@ -367,3 +370,125 @@ def test_unknown_source_and_option():
         list(load_conversations("nope", ["x.jsonl"]))
     with pytest.raises(ConfigError, match="top_k"):
         list(load_conversations("alpaca", ["x.jsonl"], top_k=1))
+
+
+# ---- a tree source's trees adapted apart (by the hosts of a run) and merged -------------------------------------
+
+def _reverse_pickled_share(spans: int):
+    """`catalog.Share` as hosts give it: the items cut into `spans` pieces, made last to first and pickled."""
+    import pickle
+
+    def share(fn, items):
+        bounds = sorted({len(items) * i // spans for i in range(spans + 1)})
+        made = {span: pickle.dumps(fn(items[span[0] : span[1]])) for span in reversed(list(zip(bounds, bounds[1:], strict=False)))}
+        return [result for span in zip(bounds, bounds[1:], strict=False) for result in pickle.loads(made[span])]
+
+    return share
+
+
+def _whole_table_read(tables, policy, top_k=None):
+    """Reference: one run of the OASST1 adapter over every row of every file, its events taken as they come."""
+    from instructjax.core.errors import DataError
+    from instructjax.data.sources import dialogues
+
+    located, where = [], {}
+    for table in tables:
+        for rownum, row in table.rows():
+            policy.read += 1
+            if isinstance(row, DataError):
+                policy.handle(type(row)(row.problem, reason=row.reason, file=table.path, row=rownum, source="oasst1"))
+            else:
+                where[len(where)] = (table.path, rownum)
+                located.append((len(where) - 1, row))
+    kept, orders = [], []
+    for order, ordinal, item in dialogues.oasst1_conversations(located, "oasst1", top_k=top_k):
+        orders.append(order)
+        file, rownum = where[ordinal]
+        if isinstance(item, DataError):
+            policy.handle(type(item)(item.problem, reason=item.reason, file=file, row=rownum, source="oasst1"))
+        else:
+            try:
+                kept.append(item.validate(file=file, row=rownum))
+            except DataError as err:
+                policy.handle(err)
+    assert orders == sorted(orders)  # the order the merge sorts by is the order they come in
+    return kept
+
+
+def _outcome(read):
+    """(conversations, what the policy counted) of `read(policy)`, under both policies; the error's line if raised."""
+    from instructjax.core.errors import BadRowPolicy
+
+    out = []
+    for on_bad_row in ("skip", "error"):
+        policy = BadRowPolicy(on_bad_row)
+        try:
+            convs = read(policy)
+        except Exception as exc:  # noqa: BLE001 - compared
+            out.append(f"{type(exc).__name__}: {exc}")
+            continue
+        out.append(([(c.id, c.messages, c.meta, c.source) for c in convs], dict(policy.skipped),
+                    dict(policy.examples), policy.read))
+    return out
+
+
+TANGLED = [  # OASST1 rows with every way a tree goes wrong, in two files
+    oasst_row("p1", None, "prompter", "First?"), oasst_row("a1", "p1", "assistant", "One.", rank=1),
+    oasst_row("a2", "p1", "assistant", "Uno.", rank=0), oasst_row("q1", None, "prompter", "Second?"),
+    oasst_row("b1", "q1", "assistant", "", rank=0),  # an empty reply
+    oasst_row("b2", "q1", "assistant", "Two.", rank=1), oasst_row("x", "b1", "prompter", "Below empty"),
+    {**oasst_row("b3", "q1", "assistant", "Reviewed out.", rank=2), "review_result": False},
+    oasst_row("c1", "a2", "prompter", "Cross", rank=0), oasst_row("c2", "b2", "assistant", "Cross tree", rank=0),
+    oasst_row("d1", "d2", "prompter", "Cycle"), oasst_row("d2", "d1", "assistant", "Cycle"),
+    oasst_row("o1", "gone", "assistant", "Orphan"), oasst_row("a1", "p1", "assistant", "One again.", rank=3),
+    oasst_row("r1", None, "assistant", "An assistant root"), oasst_row("p1", None, "prompter", "Dup root", deleted=True),
+    {"message_id": "bad", "parent_id": "q1", "role": "bot", "text": "?"}, oasst_row("e1", "p9", "prompter", "x"),
+    oasst_row("p9", None, "prompter", "Late root"), oasst_row("e2", "e1", "assistant", "Late answer", rank=0),
+]
+
+
+def test_oasst1_trees_read_apart_and_merged_equal_one_read_of_the_whole_table(tmp_path):
+    """Deleted, failed-review, empty, duplicate-id, cyclic, orphaned, cross-tree and out-of-order messages and
+    bad rows, in two files: the trees adapted in pieces made in reverse order and pickled give the conversations,
+    counts, first examples and first error of one adapter run over the whole table, under skip and raise."""
+    from instructjax.data.sources.rows import RowFile
+
+    files = [write_jsonl(tmp_path, TANGLED[:9], "t0.jsonl"), write_jsonl(tmp_path, TANGLED[9:], "t1.jsonl")]
+    outcomes = []
+    for top_k, spans in itertools.product((None, 1), (1, 3, 64)):
+        want = _outcome(lambda policy, top_k=top_k: _whole_table_read(
+            [RowFile(f, str(tmp_path / "c")) for f in files], policy, top_k))
+        got = _outcome(lambda policy, top_k=top_k, spans=spans: list(load_conversations(
+            "oasst1", files, policy=policy, cache_dir=str(tmp_path / "c"), share=_reverse_pickled_share(spans),
+            top_k=top_k)))
+        assert got == want, (top_k, spans)
+        outcomes.append(want)
+    (convs, skipped, _, read), raised = outcomes[0]  # every way is met: the test can fail
+    assert [c[0] for c in convs] == ["oasst1-a2", "oasst1-a1"] and read == len(TANGLED)
+    assert set(skipped) == {"empty_response", "failed_review", "deleted", "role_order", "below_removed", "broken_tree"}
+    assert raised.endswith("t1.jsonl, row 8: unknown role 'bot' (expected prompter|assistant)")
+
+
+@given(rows=st.lists(st.fixed_dictionaries({
+    "message_id": st.sampled_from(["m0", "m1", "m2", "m3", "m4", "m5", "m6", "m7", 7]),
+    "parent_id": st.sampled_from([None, None, "m0", "m1", "m2", "m3", "m4", "m5", "gone", "lost", 3]),
+    "role": st.sampled_from(["prompter", "assistant", "assistant", "bot"]),
+    "text": st.sampled_from(["hi", "ok", " ", None]), "rank": st.sampled_from([None, 0, 1, 2, "1"]),
+    "deleted": st.sampled_from([False, False, False, True]), "review_result": st.sampled_from([None, True, False])}),
+    max_size=24), cut=st.integers(0, 24), unreadable=st.sets(st.integers(0, 24), max_size=2),
+    spans=st.integers(1, 8), top_k=st.sampled_from([None, 1, 2]))
+@settings(max_examples=150, deadline=None)
+def test_oasst1_random_forests_read_apart_and_merged_equal_one_read(rows, cut, unreadable, spans, top_k):
+    """Random messages over a few ids (duplicates, cycles, orphans, bad fields, rows that could not be read), in
+    two files: `catalog.TreeRead` in reverse pickled pieces equals one adapter run over the whole table."""
+    from instructjax.core.errors import DataError
+    from instructjax.data.sources.catalog import SOURCES, TreeRead
+    from instructjax.data.sources.rows import RowFile
+
+    numbered = [(n + 1, DataError("malformed JSON", reason="malformed_json") if n in unreadable else row)
+                for n, row in enumerate(rows)]  # fmt: skip
+    tables = lambda: [RowFile("f0.jsonl", numbered=numbered[:cut]), RowFile("f1.jsonl", numbered=numbered[cut:])]  # noqa: E731
+    want = _outcome(lambda policy: _whole_table_read(tables(), policy, top_k))
+    got = _outcome(lambda policy: TreeRead(SOURCES["oasst1"], tables(), {"top_k": top_k}).conversations(
+        policy, _reverse_pickled_share(spans)))
+    assert got == want

@@ -7,7 +7,7 @@ A row that breaks the schema (a missing or mistyped field) raises a `DataError` 
 a well-formed row that the reference pipeline drops raises a `SkippedRow` (always skipped and counted);
 a row the reference pipeline repairs is repaired and the repair is listed in `meta["repairs"]` (counted
 by the loader). Row adapters have the signature `(row, name, index) -> list[Conversation]`; Open
-Assistant, whose rows are single messages of a tree, has a whole-table adapter (`oasst1_conversations`).
+Assistant, whose rows are single messages of a tree, has an adapter fed whole trees (`oasst1_conversations`).
 ShareGPT's adapter and its two cleanings are in `sharegpt`; its split into blocks is `split_blocks` here.
 """
 

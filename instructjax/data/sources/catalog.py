@@ -54,7 +54,8 @@ class Source:
     hub_data_files: str | tuple[str, ...] | None = None
     hub_parts: str | None = None  # pooled: "configs" (every hub config is a part) or "files" (every hub file)
     options: dict[str, Any] = field(default_factory=dict)
-    tree: bool = False  # rows are messages of trees: the adapter needs the whole table
+    # rows are messages of trees: the columns of a message's id and its parent's (the adapter needs whole trees)
+    tree: tuple[str, str] | None = None
     split_long: bool = False  # conversations longer than a row are split into blocks of whole rounds
     # (local tables or None for the hub, adapter options) -> adapter options: a pass over every row, in file
     # order, before any row is adapted (ShareGPT's `clean: fastchat` de-duplicates the dump; `sharegpt.prepare`)
@@ -79,7 +80,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
            ("instruction", "context", "response", "category"), adapters.dolly),
     Source("oasst1", "Open Assistant 1", "OpenAssistant/oasst1",
            ("message_id", "parent_id", "role", "text", "rank", "lang", "message_tree_id", "deleted"),
-           dialogues.oasst1_conversations, options={"top_k": None}, tree=True),
+           dialogues.oasst1_conversations, options={"top_k": None}, tree=dialogues.TREE_LINKS),
     Source("self_instruct", "Self-instruct", "yizhongw/self_instruct", ("prompt", "completion"),
            adapters.self_instruct, hub_config="self_instruct"),
     Source("unnatural_instructions", "Unnatural Instructions", "mrm8488/unnatural-instructions-core",
@@ -139,6 +140,7 @@ def load_conversations(
     shuffle_seed: int | None = None,
     positions: list[int] | None = None,
     total: list[int] | None = None,
+    share: Share = alone,
     **options: Any,
 ) -> Iterator[Conversation]:
     """Yield the validated Conversations of source `name`, in row order or, with `shuffle_seed`, in a
@@ -153,6 +155,7 @@ def load_conversations(
     given, gets each conversation's place in row order appended just before it is yielded (its row's ordinal
     over all files; a tree source's conversation index): how a shuffled read is put back in file order.
     `total`, when given, gets the number of rows the read visits once the files are open (for progress).
+    `share` maps a tree source's adapting over its trees (over the hosts of a run: `TreeRead`).
     """
     policy = policy if policy is not None else BadRowPolicy()
     source, parts, opts = _open_source(name, data_files, split, policy, hub_config, cache_dir, options)
@@ -161,7 +164,7 @@ def load_conversations(
         total.append(sum(len(t) for t in tables) if opts.get("per_part") is None or source.tree
                      else opts["per_part"] * len(tables))  # fmt: skip
     if source.tree:
-        conversations = list(_tree_conversations(source, tables, policy, opts))
+        conversations = TreeRead(source, tables, opts).conversations(policy, share)
         order = (np.random.default_rng(shuffle_seed).permutation(len(conversations)) if shuffle_seed is not None
                  else np.arange(len(conversations)))
         for i in order.tolist():
@@ -317,14 +320,9 @@ class RowRead:
 
     def _fetched(self, wanted: np.ndarray) -> Iterator[tuple[RowOutcome, list[Conversation]]]:
         """(outcome, validated conversations) of the rows `wanted` (ordinals over all files), in that order."""
-        which = np.searchsorted(self._starts, wanted, side="right") - 1
-        fetched = {}
-        for t in np.unique(which):
-            local = wanted[which == t] - self._starts[t]
-            for position, item in zip(local.tolist(), self.tables[t].rows(local.tolist()), strict=True):
-                fetched[int(self._starts[t]) + position] = item
-        for ordinal, t in zip(wanted.tolist(), which.tolist(), strict=True):
-            rownum, row = fetched[ordinal]
+        fetched = _fetch(self.tables, self._starts, wanted)
+        for ordinal in wanted.tolist():
+            t, rownum, row = fetched[ordinal]
             conversations, error = self._adapt(row, ordinal, self.tables[t].path, rownum)
             yield RowOutcome(ordinal, tuple(tuple(c.meta.get("repairs", ())) for c in conversations),
                              error), conversations
@@ -381,26 +379,92 @@ class RowRead:
                 for outcome, _ in self._fetched(wanted[begin : begin + self.chunk])]
 
 
-def _tree_conversations(source: Source, tables: list[RowFile], policy: BadRowPolicy, opts: dict
-                        ) -> Iterator[Conversation]:
-    located = []
-    for table in tables:
-        for rownum, row in table.rows():
-            policy.read += 1
-            ROWS_ADAPTED[0] += 1
-            if isinstance(row, DataError):
-                policy.handle(_locate(row, table.path, rownum, source.name))
+class TreeRead:
+    """A tree source's read in two parts: its trees, which every reader finds from two columns of every row (the
+    message's id and its parent's, `Source.tree`): the rows that share an id, as their own or their parent's, are
+    one component (union-find over the ids, so a broken or cyclic link stays with the rows it touches); and
+    `conversations`: the components adapted (`share` maps that over the hosts of a run: a host fetches the rows of
+    its components only), their events merged in the order the adapter gives them over the whole table."""
+
+    def __init__(self, source: Source, tables: list[RowFile], opts: dict):
+        self.source, self.tables, self.opts = source, tables, opts
+        self._starts = np.cumsum([0] + [len(t) for t in tables])
+        self.unread: list[DataError] = []  # the rows that could not be read, in order (located)
+        link = list(range(int(self._starts[-1])))  # union-find over the rows: a row's link towards its component
+
+        def find(i: int) -> int:
+            while link[i] != i:
+                link[i] = link[link[i]]
+                i = link[i]
+            return i
+
+        owner: dict[str, int] = {}  # an id -> the first row that names it
+        readable, ordinal = [], 0
+        for table in tables:
+            for rownum, links in table.columns(source.tree):
+                if isinstance(links, DataError):
+                    self.unread.append(_locate(links, table.path, rownum, source.name))
+                else:
+                    readable.append(ordinal)
+                    for value in links.values():
+                        if isinstance(value, str):  # other ids are a bad row of its own
+                            link[find(ordinal)] = find(owner.setdefault(value, ordinal))
+                ordinal += 1
+        components: dict[int, list[int]] = {}
+        for row in readable:
+            components.setdefault(find(row), []).append(row)
+        self.components = list(components.values())  # in the order of their first rows, each in row order
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    def conversations(self, policy: BadRowPolicy, share: Share = alone) -> list[Conversation]:
+        """The validated conversations, counting into `policy` what one process reading every row counts, in
+        its order: the rows that could not be read, then the adapter's events (raising where it raises)."""
+        for error in self.unread:
+            policy.handle(error)
+        policy.read += len(self)
+        events = sorted((event for component in share(self._adapt, self.components) for event in component),
+                        key=lambda event: event[0])
+        kept = []
+        for _, item in events:
+            if isinstance(item, DataError):
+                policy.handle(item)
             else:
-                located.append(((table.path, rownum), row))
+                kept.append(item)
+        return kept
 
-    def report(err: DataError, where: tuple[str, int]) -> None:
-        policy.handle(_locate(err, *where, source.name))
+    def _adapt(self, components: list[list[int]]) -> list[list[tuple]]:
+        """Per component, its events: (order, located error or validated conversation), from one run of the
+        adapter over all their rows."""
+        which = {ordinal: k for k, rows in enumerate(components) for ordinal in rows}
+        wanted = np.array(sorted(which), dtype=np.int64)
+        fetched = _fetch(self.tables, self._starts, wanted)
+        ROWS_ADAPTED[0] += len(wanted)
+        events: list[list[tuple]] = [[] for _ in components]
+        rows = ((ordinal, fetched[ordinal][2]) for ordinal in wanted.tolist())
+        for order, ordinal, item in self.source.adapter(rows, self.source.name, **self.opts):
+            t, rownum, _ = fetched[ordinal]
+            if isinstance(item, DataError):
+                item = _locate(item, self.tables[t].path, rownum, self.source.name)
+            else:
+                try:
+                    item = item.validate(file=self.tables[t].path, row=rownum)
+                except DataError as err:
+                    item = err
+            events[which[ordinal]].append((order, item))
+        return events
 
-    for (file, rownum), convo in source.adapter(located, source.name, report, **opts):
-        try:
-            yield convo.validate(file=file, row=rownum)
-        except DataError as err:
-            policy.handle(err)
+
+def _fetch(tables: list[RowFile], starts: np.ndarray, wanted: np.ndarray) -> dict[int, tuple[int, int, Any]]:
+    """The rows `wanted` (ordinals over all files): ordinal -> (its file's index, row number, row or DataError)."""
+    which = np.searchsorted(starts, wanted, side="right") - 1
+    fetched = {}
+    for t in np.unique(which).tolist():
+        local = (wanted[which == t] - starts[t]).tolist()
+        for position, (rownum, row) in zip(local, tables[t].rows(local), strict=True):
+            fetched[int(starts[t]) + position] = (t, rownum, row)
+    return fetched
 
 
 def _hub_parts(source: Source, split: str, hub_config: str | None, cache_dir: str | None,

@@ -121,8 +121,9 @@ def split_blocks(messages: list[dict[str, str]], max_length: int,
 
 OASST_ROLES = {"prompter": "user", "assistant": "assistant"}
 
-# A located row: (row number as errors should print it, the row).
+# A numbered row: (its ordinal over the files, growing down the files; the row).
 Located = tuple[int, dict]
+TREE_LINKS = ("message_id", "parent_id")  # the columns that join a message to its tree
 
 
 def _rank_key(message: dict) -> tuple:
@@ -131,9 +132,10 @@ def _rank_key(message: dict) -> tuple:
 
 
 def oasst1_conversations(
-    rows: Iterable[Located], name: str, report: Callable[[DataError, int], None], *, top_k: int | None = None
-) -> Iterator[tuple[int, Conversation]]:
-    """Rebuild OASST1 message trees; yield (row of the last message, conversation) per root-to-leaf path.
+    rows: Iterable[Located], name: str, *, top_k: int | None = None
+) -> Iterator[tuple[tuple, int, Conversation | DataError]]:
+    """Rebuild OASST1 message trees: yield (order, row, event), an event being a conversation per root-to-leaf
+    path (row: its last message's) or a bad or left-out message (a `DataError` or `SkippedRow`; row: its own).
 
     Rows: message_id, parent_id (None at the root), role (prompter|assistant), text, rank (0 = best
     among siblings), lang, message_tree_id, deleted, review_result. Deleted messages, messages that
@@ -142,13 +144,17 @@ def oasst1_conversations(
     best-ranked replies at every branching point: None (the default) keeps every reviewed path, as Tulu v1
     did (seed 004; the reference script's `top_k_reply=None`); 1 keeps the single highest-ranked path per
     tree (Tulu v2's setting). A path ends at an assistant message none of whose kept descendants is an
-    assistant reply. Bad messages, and the messages below them that can no longer be reached, go to
-    `report(error, row)`.
+    assistant reply. Bad messages, and the messages below them that can no longer be reached, are events.
+
+    `rows` come in file order, numbered by their ordinals. The events come out in `order`, and the events of
+    rows that share no message id (as id or parent; `TREE_LINKS`) sort together by `order` as they come out of
+    all the rows at once: the rows of separate trees can be adapted apart (by the hosts of a run) and merged.
     """
     if top_k is not None and top_k < 1:
         raise DataError(f"top_k must be >= 1, got {top_k}", reason="bad_option")
     messages: dict[str, dict] = {}
-    where: dict[str, int] = {}
+    where: dict[str, int] = {}  # message id -> its (last) row
+    first: dict[str, int] = {}  # message id -> the row that put it in `messages`: its place in their order
     deleted: set[str] = set()
     for rownum, row in rows:
         try:
@@ -164,18 +170,19 @@ def oasst1_conversations(
             if rank is not None and not isinstance(rank, (int, float)):
                 raise DataError(f"field 'rank' is {type(rank).__name__}, expected number", reason="wrong_type")
         except DataError as err:
-            report(err, rownum)
+            yield (0, rownum), rownum, err
             continue
         removed = ("deleted" if row.get("deleted") else "failed_review" if row.get("review_result") is False
                    else "empty_response" if role == "assistant" and not text.strip() else None)
         if removed is not None:
-            report(SkippedRow(f"message {removed.replace('_', ' ')}", reason=removed), rownum)
+            yield (0, rownum), rownum, SkippedRow(f"message {removed.replace('_', ' ')}", reason=removed)
             deleted.add(message_id)
             continue
         messages[message_id] = dict(message_id=message_id, parent_id=parent, role=role, text=text, rank=rank,
                                     lang=row.get("lang"), tree=row.get("message_tree_id"),
                                     synthetic=row.get("synthetic"))
         where[message_id] = rownum
+        first.setdefault(message_id, rownum)
     children: dict[str, list[dict]] = defaultdict(list)
     for m in messages.values():
         if m["parent_id"] is not None:
@@ -202,7 +209,8 @@ def oasst1_conversations(
 
     for m in messages.values():
         if m["parent_id"] is None:
-            yield from walk(m, [])
+            for k, (rownum, convo) in enumerate(walk(m, [])):
+                yield (1, first[m["message_id"]], k), rownum, convo
 
     status: dict[str, str] = {}  # message_id -> "ok" | "deleted" | "broken"
 
@@ -230,7 +238,7 @@ def oasst1_conversations(
         if state == "broken":
             problem = (f"parent {m['parent_id']!r} is missing or was rejected" if m["parent_id"] not in messages
                        else "message hangs below a message with a missing or rejected parent")
-            report(DataError(problem, reason="broken_tree"), where[message_id])
+            yield (2, first[message_id]), where[message_id], DataError(problem, reason="broken_tree")
         elif state == "deleted":
-            report(SkippedRow("message below a deleted or failed-review message", reason="below_removed"),
-                   where[message_id])
+            yield ((2, first[message_id]), where[message_id],
+                   SkippedRow("message below a deleted or failed-review message", reason="below_removed"))

@@ -116,6 +116,18 @@ class RowFile:
         found = dict(zip(ordered, _iter_dataset(self._ds.select(ordered)), strict=True))
         yield from ((self.number(p), found[p]) for p in positions)
 
+    def columns(self, names: tuple[str, ...]) -> Iterator[NumberedRow]:
+        """(row number, {name: value, None where absent} or why the row could not be read) of every row in order:
+        a few columns, without fetching the rest."""
+        if self._scanned is not None:
+            for number, row in self._scanned:
+                yield number, row if isinstance(row, DataError) else {n: row.get(n) for n in names}
+            return
+        present = [n for n in names if n in self._ds.column_names]
+        values = self._ds.select_columns(present)[:] if present else {}
+        for i in range(len(self._ds)):
+            yield self.number(i), {n: values[n][i] if n in values else None for n in names}
+
 
 def file_format(path: str, local: str | None = None) -> str:
     """"parquet", "json" (one JSON array) or "jsonl" (one object per line), from the name and the first byte of

@@ -4,8 +4,9 @@ With H hosts (`hosts.current()`) and a cache directory they all see as one (`hos
 disk of one machine, NFS, or `gs://`), a task whose cache file is missing is built in rounds over units: the rows
 of a row source in their visiting order (`catalog.RowRead`: every host opens the files and orders the rows, but
 only the host of a row's piece fetches, adapts, cleans and tokenizes it; a pooled source's candidate rows are
-shared alike while its pools are drawn, each round of the draw a set of `draw<r>-` pieces), or, where the read needs every row
-before its first conversation (a tree source, a selection), its conversations, read by every host. A round covers
+shared alike while its pools are drawn, each round of the draw a set of `share<r>-` pieces), or, where the read
+needs every row before its first conversation (a tree source, a selection), its conversations (a tree source's
+trees adapted a share per host first, `catalog.TreeRead`, as a `share<r>-` set of pieces). A round covers
 every unit when the task takes all of them, else as many as the examples still wanted (a skipped or split
 conversation gives none or several: rounds go on until there are enough), so no more is read or tokenized than
 one process would. A round's units are cut into `PIECES` pieces by position alone (the names `<lo>-<hi>` do not
@@ -64,11 +65,12 @@ def load_or_build(name: str, spec, seed: int | None, count: int | None, where) -
 
 
 class _Conversations:
-    """A task whose read needs every row before its first conversation (a tree source, a selection): every host
-    reads it whole; a unit is a conversation, a piece the results of its conversations."""
+    """A task whose read needs every row before its first conversation (a tree source, a selection): a tree
+    source's trees are adapted a share per host (`share`), a selection's rows read whole by every host; a unit is
+    a conversation, a piece the results of its conversations."""
 
-    def __init__(self, name: str, spec, seed: int | None):
-        self._items = stream.conversation_items(name, spec, seed)
+    def __init__(self, name: str, spec, seed: int | None, share: catalog.Share):
+        self._items = stream.conversation_items(name, spec, seed, share=share)
         self.convs, self.reads, self.end, self.results = [], [], None, []
 
     def upto(self, n: float) -> int:
@@ -156,9 +158,9 @@ class _Rows:
 
 
 def units_of(name: str, spec, seed: int | None, share: catalog.Share = catalog.alone) -> _Rows | _Conversations:
-    """The task's units; a pooled source's pools drawn through `share`."""
+    """The task's units; a pooled source's pools drawn, and a tree source's trees adapted, through `share`."""
     rows = stream.read_rows(name, spec, seed, share)
-    return _Conversations(name, spec, seed) if rows is None else _Rows(*rows, shuffled=seed is not None)
+    return _Conversations(name, spec, seed, share) if rows is None else _Rows(*rows, shuffled=seed is not None)
 
 
 def rounds(units, count: int | None, make) -> tuple[list, list] | None:
@@ -192,16 +194,16 @@ def _spans(lo: int, hi: int) -> list[tuple[int, int]]:
 def _build(coordinator, name: str, spec, seed: int | None, count: int | None, where) -> tuple[Any, dict]:
     pieces, job = _pieces_dir(where), stream.job_of(spec)
     me, n = coordinator.process_index, coordinator.process_count
-    draws = itertools.count()
+    shares = itertools.count()
 
     def share(fn, items: list) -> list:
-        """`fn` over `items` (a pool draw's candidate rows), each host making its spans; a span whose piece is
-        gone (another run finished the task and removed them) is made here."""
-        key, spans = f"draw{next(draws)}-", _spans(0, len(items))
+        """`fn` over `items` (a pool draw's candidate rows, a tree source's trees), each host making its spans; a
+        span whose piece is gone (another run finished the task and removed them) is made here."""
+        key, spans = f"share{next(shares)}-", _spans(0, len(items))
         for a, b in spans[me::n]:
             if _read_piece(pieces, key, a, b, _counted) is None:
                 _write_piece(pieces, key, a, b, fn(items[a:b]))
-        hosts.enter(f"{key[:-1]}/{where.name}", f"drawing its rows of the pools of {name}").all_gather(True)
+        hosts.enter(f"{key[:-1]}/{where.name}", f"adapting its share of the rows of {name}").all_gather(True)
         out = []
         for a, b in spans:
             got = _read_piece(pieces, key, a, b, _counted)
@@ -309,7 +311,7 @@ class _Replay:
 
 
 def _counted(piece: list, a: int, b: int) -> bool:
-    """A piece of a pool draw: one result per candidate row."""
+    """A piece of a `share`: one result per item."""
     return len(piece) == b - a
 
 

@@ -64,11 +64,12 @@ class TaskReport:
 
 
 def read_conversations(spec: TaskSpec, policy: BadRowPolicy | None = None, shuffle_seed: int | None = None,
-                       positions: list[int] | None = None, total: list[int] | None = None) -> Iterator[Conversation]:
-    """The source's Conversations for a spec (hub, local files, or built-in synthetic rows); `positions` and
-    `total`: see `catalog.load_conversations`."""
+                       positions: list[int] | None = None, total: list[int] | None = None,
+                       share: catalog.Share = catalog.alone) -> Iterator[Conversation]:
+    """The source's Conversations for a spec (hub, local files, or built-in synthetic rows); `positions`, `total`
+    and `share`: see `catalog.load_conversations`."""
     return catalog.load_conversations(spec.source, _files(spec), policy=policy, shuffle_seed=shuffle_seed,
-                                      positions=positions, total=total, **dict(spec.source_options))
+                                      positions=positions, total=total, share=share, **dict(spec.source_options))
 
 
 def read_rows(name: str, spec: TaskSpec, seed: int | None, share: catalog.Share = catalog.alone
@@ -113,10 +114,12 @@ class Read(NamedTuple):
     error: Exception | None = None
 
 
-def conversation_items(name: str, spec: TaskSpec, seed: int | None, total: list[int] | None = None
+def conversation_items(name: str, spec: TaskSpec, seed: int | None, total: list[int] | None = None,
+                       share: catalog.Share = catalog.alone
                        ) -> Iterator[tuple[Conversation | None, Read]]:
     """The task's conversations in the stream's order, each with `Read` taken right after it was read; then
-    (None, counted at the end, or the read's error). `total` gets the rows the read will visit, once known."""
+    (None, counted at the end, or the read's error). `total` gets the rows the read will visit, once known; `share`
+    maps a tree source's adapting (over the hosts of a run)."""
     policy = BadRowPolicy(spec.on_bad_row)
     shuffle = _shuffle_seed(name, spec, seed)
     read_at: list[int] | None = [] if shuffle is not None else None  # each conversation's place in row order
@@ -125,7 +128,7 @@ def conversation_items(name: str, spec: TaskSpec, seed: int | None, total: list[
         return Read(policy.read, dict(policy.skipped), dict(policy.repaired), read_at[-1] if read_at else None,
                      error)
 
-    conversations = read_conversations(spec, policy, shuffle, read_at, total)
+    conversations = read_conversations(spec, policy, shuffle, read_at, total, share)
     try:
         if spec.selection is not None:  # the selection's order (it reads every row first)
             conversations = iter(_apply_selection(list(conversations), spec.selection, Tokenizer.load(spec.tokenizer)))
