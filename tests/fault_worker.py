@@ -114,9 +114,9 @@ def die_tokenizing() -> None:
 def count_read(path: str) -> None:
     import atexit
 
-    from instructjax.data.sources import catalog
+    from instructjax.data.sources import rows
 
-    atexit.register(lambda: Path(path).write_text(str(catalog.ROWS_ADAPTED[0])))
+    atexit.register(lambda: Path(path).write_text(str(rows.ROWS_ADAPTED[0])))
 
 
 def fail_encoding(text: str) -> None:

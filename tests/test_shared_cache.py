@@ -32,6 +32,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 WORKER = Path(__file__).with_name("fault_worker.py")
+RAW_SHAREGPT = Path(__file__).parent / "data" / "sharegpt_raw" / "sharegpt_html.json"  # 21 rows
 RUN = ["model.preset=tiny", "model.dtype=float32", "optim.lr=3e-3", "log_every=1", "mesh.data=4", "mesh.fsdp=2",
        "data.prefetch=0", "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=128", "data.global_batch=8",
        "data.pack_window=64", "max_steps=2"]  # fmt: skip
@@ -194,18 +195,21 @@ def _trees(tmp_path: Path, n: int) -> Path:
 def _subset_args(rows: Path, count: int | None, trees: Path | None = None, **options) -> list[str]:
     define = {"tasks": {"mine": {"source": "alpaca", "data_files": [str(rows)], "source_options": options}},
               "mixtures": {"mine_mix": {"mode": "epoch", "counts": {"mine": count}}}}
-    if trees is not None:
+    if trees is not None:  # and a raw ShareGPT dump, cleaned as FastChat cleans it
         define["tasks"]["trees"] = {"source": "oasst1", "data_files": [str(trees)]}
-        define["mixtures"]["mine_mix"]["counts"]["trees"] = None
+        define["tasks"]["dump"] = {"source": "sharegpt", "data_files": [str(RAW_SHAREGPT)],
+                                   "source_options": {"clean": "fastchat"}}
+        define["mixtures"]["mine_mix"]["counts"] |= {"trees": None, "dump": None}
     return [a for a in RUN if not a.startswith("data.mixture")] + ["data.mixture=mine_mix", f"define={json.dumps(define)}"]
 
 
 def test_each_host_reads_only_its_share_of_the_rows(tmp_path):
     """Rows read = fetched and adapted (FAULT_COUNT_READ). A task keeping 40 of 600 rows: one process reads
     them and its read-ahead; 2 hosts read the 40 only, half each. A task keeping all of a pool of 550 of the
-    600 rows, and all of 60 OASST1 trees (300 messages, two trees joined): one process (`data prepare`) reads
-    1400 (550 drawn, then visited; the trees), 4 hosts 1400 in all, about a quarter each (pieces of 8 or 9 rows,
-    drawing and visiting, and of 1 or 2 trees). The files are one process's."""
+    600 rows, all of 60 OASST1 trees (300 messages, two trees joined) and all of a raw ShareGPT dump of 21 rows:
+    one process (`data prepare`) reads 1442 (550 drawn, then visited; the trees; the dump cleaned, then visited),
+    4 hosts 1442 in all, about a quarter each (pieces of 8 or 9 rows drawing and visiting, of 1 or 2 trees, of
+    a row of the dump). The files are one process's."""
     rows, trees = _rows(tmp_path, 600), _trees(tmp_path, 60)
     count = lambda tag: (lambda i: {"FAULT_COUNT_READ": str(tmp_path / f"{tag}{i}.read")})  # noqa: E731
     read = lambda tag, hosts: [int((tmp_path / f"{tag}{i}.read").read_text()) for i in range(hosts)]  # noqa: E731
@@ -219,7 +223,7 @@ def test_each_host_reads_only_its_share_of_the_rows(tmp_path):
     (alone,) = read("one", 1)
     assert 40 <= alone < 600  # one process reads what it keeps (and what its read-ahead needs), not every row
     assert read("two", 2) == [20, 20] and files(tmp_path / "two") == files(tmp_path / "one")
-    assert read("all1", 1) == [1400] and sum(read("all4", 4)) == 1400 and max(read("all4", 4)) <= 370
+    assert read("all1", 1) == [1442] and sum(read("all4", 4)) == 1442 and max(read("all4", 4)) <= 380
     assert files(tmp_path / "all4") == files(tmp_path / "all1")
 
 
@@ -280,6 +284,8 @@ def test_pieces_replayed_in_order_give_the_one_process_examples_report_and_error
     and error of the task's own one-process stream. The pools' candidate rows are judged alike, in pieces."""
     import pickle
 
+    from pieces import reverse_pickled_share
+
     from instructjax.data.blends import specs
     from instructjax.data.blends.specs import TaskSpec
     from instructjax.data.tokenized import shared, stream
@@ -291,10 +297,8 @@ def test_pieces_replayed_in_order_give_the_one_process_examples_report_and_error
     draws = []
 
     def share(fn, items):
-        spans = shared._spans(0, len(items))
-        made = {span: pickle.dumps(fn(items[span[0] : span[1]])) for span in reversed(spans)}
         draws.append(len(items))
-        return [result for span in spans for result in pickle.loads(made[span])]
+        return reverse_pickled_share(shared.PIECES)(fn, items)
 
     try:
         units, job = shared.units_of(task, spec, seed, share), stream.job_of(spec)

@@ -17,11 +17,13 @@ from pathlib import Path
 import open_instruct_sharegpt as oi
 import pytest
 from fastchat.data import clean_sharegpt as fc
+from pieces import reverse_pickled_share
 
 from instructjax.core.errors import BadRowPolicy, ConfigError
 from instructjax.data.sources import sharegpt
 from instructjax.data.sources.catalog import load_conversations
 from instructjax.data.sources.dialogues import split_blocks
+from instructjax.data.sources.rows import alone
 
 RAW = Path(__file__).resolve().parent / "data" / "sharegpt_raw" / "sharegpt_html.json"
 # FastChat's counters (its summary line) -> our skip reasons
@@ -63,16 +65,23 @@ def as_messages(turns):
     return [{"role": {"human": "user", "gpt": "assistant"}[t["from"]], "content": t["value"]} for t in turns]
 
 
-def test_fastchat_clean_matches_fastchats_cleaner_conversation_by_conversation(tmp_path, monkeypatch):
+@pytest.mark.parametrize("spans", [None, 5])
+def test_fastchat_clean_matches_fastchats_cleaner_conversation_by_conversation(tmp_path, monkeypatch, spans):
+    """In one process, and with the rows cleaned in 5 pieces made last to first and pickled (as the hosts of a run
+    share the cleaning; each piece's rows fetched 3 at a time), then de-duplicated."""
     rows = json.loads(RAW.read_text())
     kept, counts, dropped = fastchat_clean(rows, monkeypatch)
     assert set(counts) == set(FASTCHAT_REASONS.values())  # the rows exercise every one of FastChat's filters
 
-    convs, policy = ours(tmp_path, RAW, clean="fastchat")
+    monkeypatch.setattr(sharegpt, "_PREPARED", {})  # not the dump another test cleaned
+    monkeypatch.setattr(sharegpt, "CHUNK", 3 if spans else sharegpt.CHUNK)  # a host's rows fetched in chunks
+    share = alone if spans is None else reverse_pickled_share(spans)
+    convs, policy = ours(tmp_path, RAW, clean="fastchat", share=share)
     assert [(c.id, c.messages) for c in convs] == [(f"sharegpt-{s['id']}", as_messages(s["conversations"]))
                                                    for s in kept]
     assert dict(policy.skipped) == counts and policy.read == len(rows)
-    outcomes = sharegpt.prepare([sharegpt_table(RAW, tmp_path)], {"clean": "fastchat"})["cleaned"]
+    sharegpt._PREPARED.clear()
+    outcomes = sharegpt.prepare([sharegpt_table(RAW, tmp_path)], {"clean": "fastchat"}, share)["cleaned"]
     assert [(rows[k]["id"], o.reason) for k, o in sorted(outcomes.items()) if not isinstance(o, tuple)] == dropped
     # the repairs: VyaZlh4 and Sy5tEm0 lose a leading turn, Tr4iLh9 a trailing human one; Cu7b4Bw is cut at its
     # empty reply (the blocked word after it is never looked at), Zw5pAce at its U+200B-led turn

@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from pieces import reverse_pickled_share
 
 from instructjax.core.errors import ConfigError
 from instructjax.data.sources.catalog import SOURCES, load_conversations
@@ -374,18 +375,6 @@ def test_unknown_source_and_option():
 
 # ---- a tree source's trees adapted apart (by the hosts of a run) and merged -------------------------------------
 
-def _reverse_pickled_share(spans: int):
-    """`catalog.Share` as hosts give it: the items cut into `spans` pieces, made last to first and pickled."""
-    import pickle
-
-    def share(fn, items):
-        bounds = sorted({len(items) * i // spans for i in range(spans + 1)})
-        made = {span: pickle.dumps(fn(items[span[0] : span[1]])) for span in reversed(list(zip(bounds, bounds[1:], strict=False)))}
-        return [result for span in zip(bounds, bounds[1:], strict=False) for result in pickle.loads(made[span])]
-
-    return share
-
-
 def _whole_table_read(tables, policy, top_k=None):
     """Reference: one run of the OASST1 adapter over every row of every file, its events taken as they come."""
     from instructjax.core.errors import DataError
@@ -459,7 +448,7 @@ def test_oasst1_trees_read_apart_and_merged_equal_one_read_of_the_whole_table(tm
         want = _outcome(lambda policy, top_k=top_k: _whole_table_read(
             [RowFile(f, str(tmp_path / "c")) for f in files], policy, top_k))
         got = _outcome(lambda policy, top_k=top_k, spans=spans: list(load_conversations(
-            "oasst1", files, policy=policy, cache_dir=str(tmp_path / "c"), share=_reverse_pickled_share(spans),
+            "oasst1", files, policy=policy, cache_dir=str(tmp_path / "c"), share=reverse_pickled_share(spans),
             top_k=top_k)))
         assert got == want, (top_k, spans)
         outcomes.append(want)
@@ -490,5 +479,5 @@ def test_oasst1_random_forests_read_apart_and_merged_equal_one_read(rows, cut, u
     tables = lambda: [RowFile("f0.jsonl", numbered=numbered[:cut]), RowFile("f1.jsonl", numbered=numbered[cut:])]  # noqa: E731
     want = _outcome(lambda policy: _whole_table_read(tables(), policy, top_k))
     got = _outcome(lambda policy: TreeRead(SOURCES["oasst1"], tables(), {"top_k": top_k}).conversations(
-        policy, _reverse_pickled_share(spans)))
+        policy, reverse_pickled_share(spans)))
     assert got == want

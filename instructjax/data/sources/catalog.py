@@ -38,7 +38,7 @@ from instructjax.core.errors import BadRowPolicy, ConfigError, DataError, Skippe
 from instructjax.data.schema import Conversation
 from instructjax.data.sources import adapters, chat_logs, dialogues, messages, sharegpt
 from instructjax.data.sources.hub import from_hub, hub_table
-from instructjax.data.sources.rows import RowFile, datasets_quietly
+from instructjax.data.sources.rows import ROWS_ADAPTED, RowFile, Share, alone, datasets_quietly, fetch
 
 
 @dataclass(frozen=True)
@@ -57,8 +57,9 @@ class Source:
     # rows are messages of trees: the columns of a message's id and its parent's (the adapter needs whole trees)
     tree: tuple[str, str] | None = None
     split_long: bool = False  # conversations longer than a row are split into blocks of whole rounds
-    # (local tables or None for the hub, adapter options) -> adapter options: a pass over every row, in file
-    # order, before any row is adapted (ShareGPT's `clean: fastchat` de-duplicates the dump; `sharegpt.prepare`)
+    # (local tables or None for the hub, adapter options, share) -> adapter options: a pass over every row, in file
+    # order, before any row is adapted (ShareGPT's `clean: fastchat` cleans and de-duplicates the dump, the
+    # cleaning mapped over the hosts of a run by `share`; `sharegpt.prepare`)
     prepare: Callable[..., dict[str, Any]] | None = None
 
 
@@ -121,14 +122,6 @@ def get_source(name: str) -> Source:
     return SOURCES[name]
 
 
-Share = Callable[[Callable[[list], list], list], list]  # share(fn, items) == fn(items), maybe over several hosts
-
-
-def alone(fn: Callable[[list], list], items: list) -> list:
-    """`Share` in one process."""
-    return fn(items)
-
-
 def load_conversations(
     name: str,
     data_files: str | os.PathLike | Iterable[str | os.PathLike] | None = None,
@@ -155,10 +148,11 @@ def load_conversations(
     given, gets each conversation's place in row order appended just before it is yielded (its row's ordinal
     over all files; a tree source's conversation index): how a shuffled read is put back in file order.
     `total`, when given, gets the number of rows the read visits once the files are open (for progress).
-    `share` maps a tree source's adapting over its trees (over the hosts of a run: `TreeRead`).
+    `share` maps a tree source's adapting over its trees (over the hosts of a run: `TreeRead`), and a source's
+    pass before its rows (`Source.prepare`).
     """
     policy = policy if policy is not None else BadRowPolicy()
-    source, parts, opts = _open_source(name, data_files, split, policy, hub_config, cache_dir, options)
+    source, parts, opts = _open_source(name, data_files, split, policy, hub_config, cache_dir, options, share)
     tables = [table for _, table in parts]
     if total is not None:
         total.append(sum(len(t) for t in tables) if opts.get("per_part") is None or source.tree
@@ -186,13 +180,14 @@ def read_rows(name: str, data_files=None, *, policy: BadRowPolicy, shuffle_seed:
               share: Share = alone, **options: Any) -> RowRead | None:
     """The read `load_conversations` makes of a row source, as a `RowRead` (None for a tree source): its
     rows in visiting order, each adapted when asked for. `policy` counts what drawing the pools read; `share`
-    maps the drawing's adapting (over the hosts of a run)."""
-    source, parts, opts = _open_source(name, data_files, split, policy, hub_config, cache_dir, options)
+    maps the drawing's adapting, and the source's pass before its rows (over the hosts of a run)."""
+    source, parts, opts = _open_source(name, data_files, split, policy, hub_config, cache_dir, options, share)
     return None if source.tree else RowRead(source, parts, opts, shuffle_seed, policy, share)
 
 
 def _open_source(name: str, data_files, split: str, policy: BadRowPolicy, hub_config: str | None,
-                 cache_dir: str | None, options: dict) -> tuple[Source, list[tuple[str, RowFile]], dict]:
+                 cache_dir: str | None, options: dict, share: Share = alone
+                 ) -> tuple[Source, list[tuple[str, RowFile]], dict]:
     """The source, its parts (name, rows: its files, or the hub's parts) opened, and the adapter's options
     (with `per_part` and `pool_seed` for a row source)."""
     source = get_source(name)
@@ -210,12 +205,12 @@ def _open_source(name: str, data_files, split: str, policy: BadRowPolicy, hub_co
             raise ConfigError(f"source {name!r} has no hub dataset: set data_files to your own json, jsonl or "
                               "parquet files (or a directory of them)")
         if source.prepare is not None:  # None: the hub dataset, its options checked before it is fetched
-            opts = source.prepare(None, opts)
+            opts = source.prepare(None, opts, share)
         parts = _hub_parts(source, split, hub_config, cache_dir, policy)
     else:
         parts = [(part_name(p), RowFile(p, cache_dir)) for p in local_files(data_files, name)]
         if source.prepare is not None:
-            opts = source.prepare([table for _, table in parts], opts)
+            opts = source.prepare([table for _, table in parts], opts, share)
     return source, parts, {**opts, **pool}
 
 
@@ -261,9 +256,6 @@ def _locate(err: DataError, file: str, row: int | str, source: str) -> DataError
     if err.file is not None:
         return err
     return type(err)(err.problem, reason=err.reason, file=file, row=row, source=source)
-
-
-ROWS_ADAPTED = [0]  # rows this process has read and adapted (a run's data line reports it; hosts share them)
 
 
 @dataclass(frozen=True)
@@ -320,7 +312,7 @@ class RowRead:
 
     def _fetched(self, wanted: np.ndarray) -> Iterator[tuple[RowOutcome, list[Conversation]]]:
         """(outcome, validated conversations) of the rows `wanted` (ordinals over all files), in that order."""
-        fetched = _fetch(self.tables, self._starts, wanted)
+        fetched = fetch(self.tables, self._starts, wanted)
         for ordinal in wanted.tolist():
             t, rownum, row = fetched[ordinal]
             conversations, error = self._adapt(row, ordinal, self.tables[t].path, rownum)
@@ -439,7 +431,7 @@ class TreeRead:
         adapter over all their rows."""
         which = {ordinal: k for k, rows in enumerate(components) for ordinal in rows}
         wanted = np.array(sorted(which), dtype=np.int64)
-        fetched = _fetch(self.tables, self._starts, wanted)
+        fetched = fetch(self.tables, self._starts, wanted)
         ROWS_ADAPTED[0] += len(wanted)
         events: list[list[tuple]] = [[] for _ in components]
         rows = ((ordinal, fetched[ordinal][2]) for ordinal in wanted.tolist())
@@ -454,17 +446,6 @@ class TreeRead:
                     item = err
             events[which[ordinal]].append((order, item))
         return events
-
-
-def _fetch(tables: list[RowFile], starts: np.ndarray, wanted: np.ndarray) -> dict[int, tuple[int, int, Any]]:
-    """The rows `wanted` (ordinals over all files): ordinal -> (its file's index, row number, row or DataError)."""
-    which = np.searchsorted(starts, wanted, side="right") - 1
-    fetched = {}
-    for t in np.unique(which).tolist():
-        local = (wanted[which == t] - starts[t]).tolist()
-        for position, (rownum, row) in zip(local, tables[t].rows(local), strict=True):
-            fetched[int(starts[t]) + position] = (t, rownum, row)
-    return fetched
 
 
 def _hub_parts(source: Source, split: str, hub_config: str | None, cache_dir: str | None,

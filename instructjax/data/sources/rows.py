@@ -15,8 +15,10 @@ import json
 import os
 import re
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
+
+import numpy as np
 
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError, DataError
@@ -25,6 +27,13 @@ from instructjax.core.errors import ConfigError, DataError
 NumberedRow = tuple[int, "dict | DataError"]
 
 _BATCH = 1024
+ROWS_ADAPTED = [0]  # rows this process has read and adapted (a run's data line reports it; hosts share them)
+Share = Callable[[Callable[[list], list], list], list]  # share(fn, items) == fn(items), maybe over several hosts
+
+
+def alone(fn: Callable[[list], list], items: list) -> list:
+    """`Share` in one process."""
+    return fn(items)
 
 
 def _iter_dataset(ds) -> Iterator[dict]:
@@ -127,6 +136,18 @@ class RowFile:
         values = self._ds.select_columns(present)[:] if present else {}
         for i in range(len(self._ds)):
             yield self.number(i), {n: values[n][i] if n in values else None for n in names}
+
+
+def fetch(tables: list[RowFile], starts: np.ndarray, wanted: np.ndarray) -> dict[int, tuple[int, int, Any]]:
+    """The rows `wanted` of `tables` (ordinals over all of them; `starts`: each table's first ordinal, then the
+    total): ordinal -> (its table's index, row number, row or DataError)."""
+    which = np.searchsorted(starts, wanted, side="right") - 1
+    fetched = {}
+    for t in np.unique(which).tolist():
+        local = (wanted[which == t] - starts[t]).tolist()
+        for position, (rownum, row) in zip(local, tables[t].rows(local), strict=True):
+            fetched[int(starts[t]) + position] = (t, rownum, row)
+    return fetched
 
 
 def file_format(path: str, local: str | None = None) -> str:

@@ -18,7 +18,8 @@ Per conversation (`clean_html_one_sample`):
    is not printable (U+200B, ...) ends the conversation there (the checks stop with it);
 3. cut to whole rounds; under 16 characters in the turns cleaned (the odd one cut included): too short.
 
-Across the dump, in file order (`clean_html_all`; the files of `data_files` in their order): a conversation
+Across the dump, in file order (`clean_html_all`; the files of `data_files` in their order; the hosts of a run
+clean a share of the rows each, and every host de-duplicates every row's outcome): a conversation
 kept so far is dropped when its id is that of one kept before it (id duplication), when it used plugins
 (`plugins` not null), or when its first exchange (both cleaned values) is that of one kept before it (value
 duplication). Each is a skip reason of its own, counted in `instructjax data stats`: too_short,
@@ -37,9 +38,12 @@ import re
 from collections.abc import Hashable, Iterable
 from typing import Any
 
+import numpy as np
+
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError, DataError, SkippedRow
 from instructjax.data.schema import Conversation
+from instructjax.data.sources import rows
 from instructjax.data.sources.adapters import field, repaired, row_id, row_meta
 
 SHAREGPT_ROLES = ("human", "gpt")  # the speakers both ways keep, in this order
@@ -107,13 +111,15 @@ def sharegpt_id(row: dict) -> str | int:
     return cid
 
 
+CHUNK = 4096  # rows of the dump fetched at once for cleaning
 _PREPARED: dict[tuple, dict] = {}  # the last whole-dump clean, by (files, sizes, contents)
 
 
-def prepare(tables: list | None, opts: dict[str, Any]) -> dict[str, Any]:
+def prepare(tables: list | None, opts: dict[str, Any], share: rows.Share = rows.alone) -> dict[str, Any]:
     """The sharegpt source's adapter options (`Source.prepare`). With `clean: fastchat`, FastChat's cleaner
-    runs once over every row of the dump in file order (`clean_dump`: its de-duplication keeps the first
-    conversation in file order, whatever order the rows are then visited in) and the outcome per row goes
+    runs once over every row of the dump (`clean_row`, mapped by `share`: over the hosts of a run, each fetching
+    and cleaning its share of the rows), then its de-duplication in file order (`clean_dump`: it keeps the first
+    conversation in file order, whatever order the rows are then visited in), and the outcome per row goes
     to the adapter as `cleaned`; the last dump cleaned is kept for the next read of the same files.
     `tables` None: the hub dataset (the html-cleaned release), before it is fetched."""
     clean = opts.get("clean")
@@ -128,25 +134,21 @@ def prepare(tables: list | None, opts: dict[str, Any]) -> dict[str, Any]:
     key = tuple((t.path, len(t), storage.fingerprint(t.path) if storage.path(t.path).is_file() else None)
                 for t in tables)  # fmt: skip
     if key not in _PREPARED:
+        starts = np.cumsum([0] + [len(t) for t in tables])
 
-        def rows():
-            ordinal = 0
-            for table in tables:
-                for rownum, row in table.rows():
-                    where = f"file {table.path}, row {rownum}"
-                    if isinstance(row, DataError):
-                        turns, cid, plugins = row, None, False
-                    else:
-                        try:
-                            cid, plugins = sharegpt_id(row), row.get("plugins") is not None
-                            turns = chat_turns(field(row, "conversations", list))
-                        except DataError as err:
-                            turns, cid, plugins = err, None, False
-                    yield ordinal, where, cid, turns, plugins
-                    ordinal += 1
+        def clean(ordinals: list[int]) -> list[tuple]:
+            out = []
+            for begin in range(0, len(ordinals), CHUNK):  # the rows fetched a chunk at a time
+                wanted = ordinals[begin : begin + CHUNK]
+                fetched = rows.fetch(tables, starts, np.array(wanted, dtype=np.int64))
+                out += [clean_row(f"file {tables[t].path}, row {rownum}", row)
+                        for t, rownum, row in map(fetched.get, wanted)]
+            rows.ROWS_ADAPTED[0] += len(ordinals)
+            return out
 
+        cleaned = share(clean, list(range(int(starts[-1]))))
         _PREPARED.clear()
-        _PREPARED[key] = clean_dump(rows())
+        _PREPARED[key] = clean_dump(enumerate(cleaned))
     return {**opts, "cleaned": _PREPARED[key]}
 
 
@@ -252,22 +254,33 @@ def clean_turns(turns: list[tuple[str, str]]) -> tuple[list[str], list[str]]:
     return values, repairs
 
 
-def clean_dump(rows: Iterable[tuple[int, str, Hashable, list[tuple[str, str]] | DataError, bool]]
-               ) -> dict[int, Outcome]:
-    """FastChat's `clean_html_all`: (ordinal, where, id, turns or the row's DataError, has plugins) of every
-    row in file order -> the outcome per ordinal. A conversation dropped for any reason does not count as
-    seen: a later one with its id or first exchange is kept (as FastChat)."""
+def clean_row(where: str, row: dict | DataError) -> tuple[str, Hashable, bool, Outcome]:
+    """One row of a raw dump (`where` it is, as errors print it) -> (where, its id, whether it used plugins, what
+    `clean_turns` makes of it): FastChat's `clean_html_one_sample`, before the dump's de-duplication."""
+    if isinstance(row, DataError):
+        return where, None, False, row
+    try:
+        cid, plugins = sharegpt_id(row), row.get("plugins") is not None
+        turns = chat_turns(field(row, "conversations", list))
+    except DataError as err:
+        return where, None, False, err
+    try:
+        return where, cid, plugins, clean_turns(turns)
+    except SkippedRow as skip:
+        return where, cid, plugins, skip
+
+
+def clean_dump(cleaned: Iterable[tuple[int, tuple[str, Hashable, bool, Outcome]]]) -> dict[int, Outcome]:
+    """FastChat's `clean_html_all`: (ordinal, `clean_row`'s outcome) of every row in file order -> the outcome
+    per ordinal. A conversation dropped for any reason does not count as seen: a later one with its id or first
+    exchange is kept (as FastChat)."""
     seen: dict[Hashable, str] = {}  # id or (first value, second value) -> where the kept conversation is
     outcomes: dict[int, Outcome] = {}
-    for ordinal, where, cid, turns, plugins in rows:
-        if isinstance(turns, DataError):
-            outcomes[ordinal] = turns
+    for ordinal, (where, cid, plugins, outcome) in cleaned:
+        if isinstance(outcome, DataError):
+            outcomes[ordinal] = outcome
             continue
-        try:
-            values, repairs = clean_turns(turns)
-        except SkippedRow as skip:
-            outcomes[ordinal] = skip
-            continue
+        values, repairs = outcome
         key = (values[0], values[1])
         if cid in seen:
             outcomes[ordinal] = SkippedRow(f"id {cid!r} repeats that of the conversation kept at {seen[cid]}",

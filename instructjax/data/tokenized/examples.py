@@ -24,7 +24,7 @@ from instructjax.data.blends.specs import BUILTIN, TaskSpec
 from instructjax.data.encoding.templates import DEFAULT_TEMPLATE, MODEL_TEMPLATE, get_template
 from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.selection.embeddings import MODEL_ENCODERS
-from instructjax.data.sources import catalog, synthetic
+from instructjax.data.sources import catalog, rows, synthetic
 from instructjax.data.tokenized import shared
 from instructjax.data.tokenized.stream import (
     DEFAULT_MAX_LENGTH,
@@ -88,7 +88,7 @@ def cache_report(tasks: list[str]) -> str:
     """How the run's `tasks` got their examples: from the tokenized cache, or tokenized by this process."""
     from instructjax.data.encoding.pool import ENCODED
 
-    here = f"{catalog.ROWS_ADAPTED[0]:,} row(s) read and {ENCODED[0]:,} conversation(s) tokenized here"
+    here = f"{rows.ROWS_ADAPTED[0]:,} row(s) read and {ENCODED[0]:,} conversation(s) tokenized here"
     where = cache.cache_dir()
     if where is None:
         return f"the tokenized cache is off; {here}"

@@ -4,7 +4,8 @@ With H hosts (`hosts.current()`) and a cache directory they all see as one (`hos
 disk of one machine, NFS, or `gs://`), a task whose cache file is missing is built in rounds over units: the rows
 of a row source in their visiting order (`catalog.RowRead`: every host opens the files and orders the rows, but
 only the host of a row's piece fetches, adapts, cleans and tokenizes it; a pooled source's candidate rows are
-shared alike while its pools are drawn, each round of the draw a set of `share<r>-` pieces), or, where the read
+shared alike while its pools are drawn, each round of the draw a set of `share<r>-` pieces, and so are the rows
+of a pass over the whole source before its first row, ShareGPT's `clean: fastchat`), or, where the read
 needs every row before its first conversation (a tree source, a selection), its conversations (a tree source's
 trees adapted a share per host first, `catalog.TreeRead`, as a `share<r>-` set of pieces). A round covers
 every unit when the task takes all of them, else as many as the examples still wanted (a skipped or split
