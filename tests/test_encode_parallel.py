@@ -34,13 +34,15 @@ def _stop_the_pool():
 @pytest.fixture
 def encode_as(monkeypatch):
     """encode_as(parallel, cache_dir): the next reads encode one conversation at a time in this process, or in
-    batches of 4 over a pool of 3 worker processes from the first conversation on."""
+    batches of 4 over a pool of 3 worker processes from the first conversation on (a stream's last batch in parts
+    of 1 or more)."""
 
     def switch(parallel: bool, cache_dir: Path) -> None:
         monkeypatch.setenv("INSTRUCTJAX_CACHE_DIR", str(cache_dir))
         monkeypatch.setenv("INSTRUCTJAX_ENCODE_WORKERS", "3" if parallel else "0")
         monkeypatch.setattr(pool, "IN_PROCESS", 0)
         monkeypatch.setattr(pool, "BATCH", 4)
+        monkeypatch.setattr(pool, "LAST_PART", 1)  # a stream's last batch cut over the workers
         examples._STREAMS.clear()
 
     yield switch

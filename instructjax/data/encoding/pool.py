@@ -49,6 +49,7 @@ from instructjax.data.schema import Conversation
 from instructjax.data.sources.dialogues import split_blocks
 
 BATCH = 128  # conversations per batch
+LAST_PART = 16  # conversations at least in each part of a stream's last batch
 IN_PROCESS = 1000  # conversations a stream encodes here before it uses the pool (when the pool is not up)
 MAX_WORKERS = 32
 IDLE_SECONDS = 30.0
@@ -255,13 +256,17 @@ class Encoder:
             self._batch(BATCH if left == math.inf else max(1, min(BATCH, math.ceil(left))), self.workers)
 
     def _batch(self, n: int, workers: int) -> int:
-        """Read up to `n` items into a batch (encoded here, or in a pool of `workers`); its conversations."""
+        """Read up to `n` items into a batch (encoded here, or in a pool of `workers`); its conversations. The
+        stream's last batch goes to the pool cut in up to `workers` parts, which its workers encode side by side
+        (not one of them alone, the others idle at the end of a task)."""
         items = [] if self._ended else list(islice(self._items, n))
         self._ended = len(items) < n or items[-1][0] is None
-        if items:
-            self._queued += len(items)
+        parts = (max(1, min(workers, len(items) // LAST_PART)) if self._ended else 1) if items else 0
+        bounds = [len(items) * k // parts for k in range(parts + 1)]
+        for a, b in zip(bounds, bounds[1:], strict=False):
+            self._queued += b - a
             self._pooled += workers > 0
-            self._queue.append(_Batch(self.job, items, workers))
+            self._queue.append(_Batch(self.job, items[a:b], workers))
         return sum(c is not None for c, _ in items)
 
 
