@@ -14,7 +14,7 @@ from pretrained_models import reference_ids  # noqa: E402  (tests/pretrained_mod
 from text_strategies import FRAGMENTS, responses, texts  # noqa: E402  (tests/text_strategies.py)
 
 from instructjax.core.errors import ConfigError
-from instructjax.data.encoding.encode import count_tokens, encode_conversation, response_token_length
+from instructjax.data.encoding.encode import Segments, count_tokens, encode_conversation, response_token_length
 from instructjax.data.encoding.templates import jinja_template, render, template_names
 from instructjax.data.encoding.tokenizer import Tokenizer, default_tokenizer_path
 from instructjax.data.schema import Conversation
@@ -336,6 +336,7 @@ def every_tokenizer(tmp_path_factory, trained_spm):
     return {**out, **{kind: ours for kind, (ours, _) in trained_spm.items()}}
 
 
+SPM_STYLE = ("built_in", "saved_default", "legacy_llama", "bpe_no_dummy_prefix")  # `_PieceSpans` engines
 SPAN_TEXTS = st.lists(st.one_of(texts, st.sampled_from(["", " ", "▁", "▁▁x", "\x00", "\U0001F9EC\u0301", "ꙮ ꙮ"])),
                       max_size=6)
 
@@ -352,8 +353,47 @@ def test_batch_encode_gives_the_engines_own_ids_and_offsets(batch, continued, ev
         assert lengths.tolist() == [len(e.ids) for e in encodings], kind
         assert ids.tolist() == [i for e in encodings for i in e.ids], kind
         assert spans.tolist() == [list(span) for e in encodings for span in e.offsets], (kind, batch)
-        if kind in ("built_in", "saved_default", "legacy_llama", "bpe_no_dummy_prefix"):
+        if kind in SPM_STYLE:
             assert ours._piece_spans is not None and ours._piece_spans(ids, lengths, batch) is not None, kind
+
+
+BREAK_TEXTS = st.lists(st.sampled_from([*FRAGMENTS, "\n", "▁", " \n ", "\U0001F9EC\u0301", "\x00", "\r\n"]),
+                       max_size=8).map("".join)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(before=BREAK_TEXTS, after=BREAK_TEXTS, start=st.booleans())
+def test_a_segment_after_a_known_ones_newline_gets_the_engines_own_ids_and_offsets(before, after, start,
+                                                                                  every_tokenizer):
+    """`Segments`: a segment that is the text after a known segment's first newline (a ShareGPT block's first
+    round) = the engine's own ids and offsets of it, encoded whole, for every kind of tokenizer; the
+    SentencePiece-style ones (whose BPE never merges the newline) must take the known segment's tokens."""
+    donor = before.replace("\n", "") + "\n" + after
+    for kind, tok in every_tokenizer.items():
+        memo = Segments(tok)
+        memo.get([(donor, not start)])
+        ((ids, offsets),) = memo.get([(after, start)])
+        encoding = (tok._engine if start else tok._continuation).encode(after, add_special_tokens=False)
+        assert ids.tolist() == encoding.ids, (kind, donor)
+        assert offsets.tolist() == [list(span) for span in encoding.offsets], (kind, donor)
+        assert memo.derived == (kind in SPM_STYLE and "\n" in after), kind
+
+
+def test_a_tokenizer_that_merges_the_newline_has_no_hard_break(tmp_path):
+    """The built-in engine with one more merge, "\n" + "▁" (a newline then a space, one token): a text's ids after
+    its newline then depend on what follows the newline's left, so no segment may take them from another."""
+    spec = json.loads(Tokenizer.load()._serialized)
+    spec["model"]["vocab"] |= {"\n": 32000, "\n▁": 32001}
+    spec["model"]["merges"].insert(0, ["\n", "▁"])  # before every other merge
+    saved = Tokenizer.load().save(str(tmp_path / "merging"))
+    (tmp_path / "merging" / "tokenizer.json").write_text(json.dumps(spec))
+    tok = Tokenizer.load(saved)
+    assert tok._piece_spans is not None and tok.hard_break is None and Tokenizer.load().hard_break == "\n"
+    memo = Segments(tok)
+    memo.get([("x\n\n a", False)])  # "\n a" after the first newline: "▁\n a" alone, which merges "\n▁"
+    ((ids, _),) = memo.get([("\n a", False)])
+    assert ids.tolist() == tok._engine.encode("\n a", add_special_tokens=False).ids and 32001 in ids.tolist()
+    assert memo.derived == 0
 
 
 # ---- the loss mask against the papers' own code and transformers' assistant mask ----------------------

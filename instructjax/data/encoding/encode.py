@@ -52,21 +52,52 @@ Segment = tuple[str, bool]  # (text between special tokens, whether it is the se
 
 class Segments:
     """Token ids and character offsets of segments (see the module doc), each distinct one tokenized once,
-    a batch of new ones through one call of the tokenizer's batch path."""
+    a batch of new ones through one call of the tokenizer's batch path.
+
+    Where the tokenizer never merges across a newline (`Tokenizer.hard_break`), a new segment that is the text
+    after a known segment's first newline (a block's first round, which the whole conversation held after an
+    EOS and "\n") is tokenized only up to its own first newline: its tokens from there on are the known one's."""
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer
         self._known: dict[Segment, tuple[np.ndarray, np.ndarray]] = {}
+        self._after_break: dict[str, Segment] = {}  # a known segment's text after its first hard break -> it
+        self.derived = 0  # segments whose tokens after their first break were a known segment's
 
     def get(self, segments: Sequence[Segment]) -> list[tuple[np.ndarray, np.ndarray]]:
         """(ids int32[n], offsets int64[n, 2] within the segment) of each segment."""
-        new = [s for s in dict.fromkeys(segments) if s not in self._known]
+        new = self._derive([s for s in dict.fromkeys(segments) if s not in self._known])
         if new:
             ids, offsets, lengths = _tokenize(new, self.tokenizer)
             ends = np.cumsum(lengths).tolist()
+            brk = self.tokenizer.hard_break
             for segment, a, b in zip(new, [0, *ends[:-1]], ends, strict=True):
                 self._known[segment] = (ids[a:b], offsets[a:b])
+                at = segment[0].find(brk) if brk is not None else -1
+                if at >= 0:
+                    self._after_break.setdefault(segment[0][at + 1 :], segment)
         return [self._known[s] for s in segments]
+
+    def _derive(self, new: list[Segment]) -> list[Segment]:
+        """Known: the new segments that are the text after a known segment's first break (their head, up to and
+        with their own first break, tokenized, the rest taken from the known one); the others are returned."""
+        brk = self.tokenizer.hard_break
+        donors = [(s, self._after_break.get(s[0])) for s in new] if brk is not None and self._after_break else []
+        found = [(s, d, s[0].find(brk)) for s, d in donors if d is not None and brk in s[0]]
+        if not found:
+            return new
+        ids, offsets, lengths = _tokenize([(s[0][: at + 1], s[1]) for s, _, at in found], self.tokenizer)
+        ends = np.cumsum(lengths).tolist()
+        for (segment, donor, at), a, b in zip(found, [0, *ends[:-1]], ends, strict=True):
+            donor_ids, donor_offsets = self._known[donor]
+            shift = len(donor[0]) - len(segment[0])  # the donor's characters before the segment's first
+            k = int(np.searchsorted(donor_offsets[:, 0], shift + at))  # the donor's token of that break
+            if (b > a and k < len(donor_ids) and donor_ids[k] == ids[b - 1] and offsets[b - 1].tolist() == [at, at + 1]
+                    and donor_offsets[k].tolist() == [shift + at, shift + at + 1]):
+                self._known[segment] = (np.concatenate([ids[a:b], donor_ids[k + 1 :]]),
+                                        np.concatenate([offsets[a:b], donor_offsets[k + 1 :] - shift]))
+                self.derived += 1
+        return [s for s in new if s not in self._known]
 
 
 def _tokenize(segments: Sequence[Segment], tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -249,6 +249,21 @@ class Tokenizer:
         spans = chain.from_iterable(chain.from_iterable(e.offsets for e in encodings))
         return ids, np.fromiter(spans, np.int64, 2 * ids.size).reshape(ids.size, 2), lengths
 
+    @functools.cached_property
+    def hard_break(self) -> str | None:
+        """A character the engine never merges across, or None: "\n" for a SentencePiece-style engine
+        (`_PieceSpans`: one BPE word per text, the same engine after a special token) none of whose merges takes
+        in the newline's symbol ("\n", or its byte token). Then the ids of a text from a newline on are those of
+        any text that ends the same way from that newline on (`encode.Segments` reuses them)."""
+        if self._piece_spans is None or self._continuation is not self._engine:
+            return None
+        model = json.loads(self._engine.model.__getstate__())
+        if any(model.get(k) for k in ("dropout", "ignore_merges", "continuing_subword_prefix", "end_of_word_suffix")):
+            return None
+        symbol = "\n" if "\n" in model["vocab"] else "<0x0A>"
+        sides = (merge.split(" ") if isinstance(merge, str) else merge for merge in model["merges"])
+        return "\n" if symbol in model["vocab"] and not any(symbol in pair for pair in sides) else None
+
     def special_id(self, token: str) -> int:
         """The id of a special (added) token or of EOS/BOS, by its text."""
         if token == self.eos_token:
