@@ -4,7 +4,8 @@
 under the job's template, tokenizer and row length; a conversation over the row length, of a source that
 splits (ShareGPT), cut into blocks of whole rounds (`dialogues.split_blocks`). The candidate blocks are
 measured by a `Segments` memo seeded with the conversation's own encoding: each round is tokenized once
-(once more where it opens a block), the blocks are put together from the same segments, and a block of
+(where it opens a block, once more up to its first newline, or whole where the tokenizer merges across newlines),
+the blocks are put together from the same segments, and a block of
 several rounds found over the row length (which the memo cannot give) is split again the exact way.
 
 `Encoder` runs `encode_rows` over a stream of conversations, in batches of up to `BATCH`, and hands the
