@@ -14,7 +14,12 @@ from pretrained_models import reference_ids  # noqa: E402  (tests/pretrained_mod
 from text_strategies import FRAGMENTS, responses, texts  # noqa: E402  (tests/text_strategies.py)
 
 from instructjax.core.errors import ConfigError
-from instructjax.data.encoding.encode import Segments, count_tokens, encode_conversation, response_token_length
+from instructjax.data.encoding.encode import (
+    Segments,
+    count_tokens,
+    encode_conversation,
+    response_token_length,
+)
 from instructjax.data.encoding.templates import jinja_template, render, template_names
 from instructjax.data.encoding.tokenizer import Tokenizer, default_tokenizer_path
 from instructjax.data.schema import Conversation
