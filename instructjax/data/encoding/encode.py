@@ -56,7 +56,7 @@ class Segments:
 
     Where the tokenizer never merges across a newline (`Tokenizer.hard_break`), a new segment that is the text
     after a known segment's first newline (a block's first round, which the whole conversation held after an
-    EOS and "\n") is tokenized only up to its own first newline: its tokens from there on are the known one's."""
+    EOS and a newline) is tokenized only up to its own first newline: its tokens from there on are the known one's."""
 
     def __init__(self, tokenizer: Tokenizer):
         self.tokenizer = tokenizer

@@ -251,10 +251,10 @@ class Tokenizer:
 
     @functools.cached_property
     def hard_break(self) -> str | None:
-        """A character the engine never merges across, or None: "\n" for a SentencePiece-style engine
+        """A character the engine never merges across, or None: the newline, for a SentencePiece-style engine
         (`_PieceSpans`: one BPE word per text, the same engine after a special token) none of whose merges takes
-        in the newline's symbol ("\n", or its byte token). Then the ids of a text from a newline on are those of
-        any text that ends the same way from that newline on (`encode.Segments` reuses them)."""
+        in the newline's symbol (the character, or its byte token <0x0A>). Then the ids of a text from a newline
+        on are those of any text that ends the same way from that newline on (`encode.Segments` reuses them)."""
         if self._piece_spans is None or self._continuation is not self._engine:
             return None
         model = json.loads(self._engine.model.__getstate__())
