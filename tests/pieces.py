@@ -1,4 +1,4 @@
-"""`catalog.Share` as the hosts of a run give it, in one process: the items cut into pieces by position, the
+"""`rows.Share` as the hosts of a run give it, in one process: the items cut into pieces by position, the
 pieces made last to first and pickled (as a host writes them), then read back in order."""
 
 import pickle

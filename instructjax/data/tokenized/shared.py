@@ -43,7 +43,7 @@ from instructjax.core.errors import DataError
 from instructjax.data import cache
 from instructjax.data.blends import specs
 from instructjax.data.encoding.pool import Encoder, Result
-from instructjax.data.sources import catalog
+from instructjax.data.sources import rows
 from instructjax.data.tokenized import stream
 
 PIECES = 64  # pieces per round
@@ -70,7 +70,7 @@ class _Conversations:
     source's trees are adapted a share per host (`share`), a selection's rows read whole by every host; a unit is
     a conversation, a piece the results of its conversations."""
 
-    def __init__(self, name: str, spec, seed: int | None, share: catalog.Share):
+    def __init__(self, name: str, spec, seed: int | None, share: rows.Share):
         self._items = stream.conversation_items(name, spec, seed, share=share)
         self.convs, self.reads, self.end, self.results = [], [], None, []
 
@@ -158,10 +158,10 @@ class _Rows:
         return _Replay(self.reads, self.results, self.end)
 
 
-def units_of(name: str, spec, seed: int | None, share: catalog.Share = catalog.alone) -> _Rows | _Conversations:
+def units_of(name: str, spec, seed: int | None, share: rows.Share = rows.alone) -> _Rows | _Conversations:
     """The task's units; a pooled source's pools drawn, and a tree source's trees adapted, through `share`."""
-    rows = stream.read_rows(name, spec, seed, share)
-    return _Conversations(name, spec, seed, share) if rows is None else _Rows(*rows, shuffled=seed is not None)
+    read = stream.read_rows(name, spec, seed, share)
+    return _Conversations(name, spec, seed, share) if read is None else _Rows(*read, shuffled=seed is not None)
 
 
 def rounds(units, count: int | None, make) -> tuple[list, list] | None:

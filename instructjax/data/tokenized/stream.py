@@ -20,7 +20,7 @@ from instructjax.data.encoding.templates import DEFAULT_TEMPLATE
 from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.schema import Conversation
 from instructjax.data.selection.embeddings import MODEL_ENCODERS
-from instructjax.data.sources import catalog, synthetic
+from instructjax.data.sources import catalog, rows, synthetic
 
 DEFAULT_MAX_LENGTH = 2048  # outside a run; a run truncates at its data.seq_len
 
@@ -65,14 +65,14 @@ class TaskReport:
 
 def read_conversations(spec: TaskSpec, policy: BadRowPolicy | None = None, shuffle_seed: int | None = None,
                        positions: list[int] | None = None, total: list[int] | None = None,
-                       share: catalog.Share = catalog.alone) -> Iterator[Conversation]:
+                       share: rows.Share = rows.alone) -> Iterator[Conversation]:
     """The source's Conversations for a spec (hub, local files, or built-in synthetic rows); `positions`, `total`
     and `share`: see `catalog.load_conversations`."""
     return catalog.load_conversations(spec.source, _files(spec), policy=policy, shuffle_seed=shuffle_seed,
                                       positions=positions, total=total, share=share, **dict(spec.source_options))
 
 
-def read_rows(name: str, spec: TaskSpec, seed: int | None, share: catalog.Share = catalog.alone
+def read_rows(name: str, spec: TaskSpec, seed: int | None, share: rows.Share = rows.alone
               ) -> tuple[catalog.RowRead, BadRowPolicy] | None:
     """The task's read as `conversation_items` makes it, as a `catalog.RowRead` (its rows, adapted when asked
     for; its pools drawn through `share`) with the policy that drawing its pools counted into; None where the
@@ -115,7 +115,7 @@ class Read(NamedTuple):
 
 
 def conversation_items(name: str, spec: TaskSpec, seed: int | None, total: list[int] | None = None,
-                       share: catalog.Share = catalog.alone
+                       share: rows.Share = rows.alone
                        ) -> Iterator[tuple[Conversation | None, Read]]:
     """The task's conversations in the stream's order, each with `Read` taken right after it was read; then
     (None, counted at the end, or the read's error). `total` gets the rows the read will visit, once known; `share`
