@@ -19,7 +19,7 @@ import pytest
 from fastchat.data import clean_sharegpt as fc
 from pieces import reverse_pickled_share
 
-from instructjax.core.errors import BadRowPolicy, ConfigError
+from instructjax.core.errors import BadRowPolicy, ConfigError, DataError
 from instructjax.data.sources import sharegpt
 from instructjax.data.sources.catalog import load_conversations
 from instructjax.data.sources.dialogues import split_blocks
@@ -104,6 +104,30 @@ def test_fastchat_clean_keeps_the_first_in_file_order_whatever_the_visiting_orde
     assert [c.id for c in shuffled] != [c.id for c in in_order]
     assert sorted((c.id, c.to_json()) for c in shuffled) == sorted((c.id, c.to_json()) for c in in_order)
     assert policy.skipped["duplicate_id"] == 1 and policy.skipped["duplicate_first_exchange"] == 1
+
+
+@pytest.mark.parametrize("spans", [None, 3])
+def test_a_bad_row_of_a_raw_dump_is_named_by_file_and_row_when_the_cleaning_is_shared(tmp_path, monkeypatch, spans):
+    """Rows of a raw dump that cannot be read (no turns, an id of the wrong type, turns that are not objects):
+    raised with their file and row, or skipped and counted, the same whether one process cleans the dump or
+    the hosts of a run clean it in pieces (3, made last to first and pickled)."""
+    rows = json.loads(RAW.read_text())[:6]
+    bad = [*rows[:2], {"id": "no-turns"}, {"id": 3.5, "conversations": []}, {"id": "x", "conversations": ["hi"]},
+           *rows[2:]]
+    path = tmp_path / "dump.json"
+    path.write_text(json.dumps(bad))
+    share = alone if spans is None else reverse_pickled_share(spans)
+    monkeypatch.setattr(sharegpt, "_PREPARED", {})
+    with pytest.raises(DataError) as raised:
+        ours(tmp_path, path, clean="fastchat", share=share)
+    assert str(raised.value) == f"source sharegpt, file {path}, row 2: missing field 'conversations'"
+    policy = BadRowPolicy(on_bad_row="skip")
+    sharegpt._PREPARED.clear()
+    convs = list(load_conversations("sharegpt", [str(path)], policy=policy, cache_dir=str(tmp_path / "c"),
+                                    clean="fastchat", share=share))
+    assert policy.read == len(bad) and sum(policy.skipped.values()) == len(bad) - len(convs)
+    assert policy.skipped["missing_field"] == 1 and policy.skipped["wrong_type"] == 2
+    assert policy.examples["wrong_type"] == f"source sharegpt, file {path}, row 3: field 'id' is float, expected str or int"
 
 
 EXTRA_HTML = [  # more of what ShareGPT's HTML holds: tables, links, quotes, nested lists, inline code, noise
