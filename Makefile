@@ -7,6 +7,7 @@ BIN := $(VENV)/bin
 # torch 2.13.0 is pinned first: it is the CPU build on these machines; a bare `torch`
 # would pull several GB of CUDA wheels.
 TORCH ?= torch==2.13.0
+# The `tpu` extra is libtpu, the TPU compiler: `plan --compile` builds a run's step for a TPU slice on any machine.
 
 .PHONY: setup quickstart test lint bench clean
 
@@ -14,7 +15,7 @@ $(BIN)/instructjax: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[eval,dev]"
+	$(BIN)/pip install -q -e ".[eval,dev,tpu]"
 	touch $@
 
 setup: $(BIN)/instructjax

@@ -66,6 +66,9 @@ def _leaf_parsers(sub) -> list[argparse.ArgumentParser]:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow (via seqio) is chatty on import
+    from instructjax.core.libtpu import quiet_without_tpu
+
+    quiet_without_tpu()  # libtpu is installed everywhere; without TPU chips it must not look for a TPU VM
     from instructjax.core import progress
 
     progress.quiet_libraries()  # off a terminal: the libraries' own bars off (ours print plain lines)

@@ -18,6 +18,11 @@ def register(subparsers) -> None:
     p.add_argument("--real-data", action="store_true",
                    help="count the epoch with the real pipeline (local or built-in data) instead of paper sizes")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
+    p.add_argument("--compile", action="store_true",
+                   help="build the run's own train step for the --topology slice with the TPU compiler (libtpu; no "
+                        "TPU needed) and print its memory per device beside plan's, its kernels and collectives")
+    p.add_argument("--save-executable", metavar="FILE",
+                   help="with --compile: write the compiled step (of the largest step shape) to FILE")
     add_on_bad_row(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.micro_batches=4")
     p.set_defaults(func=run)
@@ -34,8 +39,29 @@ def run(args) -> int:
     )
 
     config = load_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
+    if args.compile or args.save_executable:
+        return compiled(args, config)
     topology = tpu_topology(args.topology) if args.topology else gpu_topology(args.gpus, args.gpu_type) \
         if args.gpus else local_topology()
     plan = plan_with_proposal(config, topology, real_data=args.real_data, name=args.config)
     print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
     return 0 if plan.fits and not plan.proposed else 1  # a proposed mesh: the config as given does not run here
+
+
+def compiled(args, config) -> int:
+    """`plan --compile`: the compiler's figures (train.compile); exit 1 with one line when a step does not fit."""
+    import sys
+
+    from instructjax.core.errors import ConfigError
+    from instructjax.train.compile import compile_run, does_not_fit, format_report
+    from instructjax.train.topology import tpu_topology
+
+    if not args.topology:
+        raise ConfigError("--compile builds the step for a TPU slice: add --topology (v4-64, v5e-8, ...)")
+    report = compile_run(config, tpu_topology(args.topology), name=args.config, real_data=args.real_data,
+                         save_executable=args.save_executable)
+    print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
+    if not report.fits:
+        print(f"instructjax: {does_not_fit(report)}", file=sys.stderr, flush=True)
+        return 1
+    return 0

@@ -18,7 +18,8 @@ HF's repeat_kv) and segment ids [B, T] (0 = padding, which attends only to paddi
 [B, T, H, D] with the softmax in float32. A query at i sees a key at j of its segment when j <= i and, with a
 `window`, i - j < window (transformers' sliding window). Scores are `scale * q.k` (default head_dim ** -0.5),
 then `cap * tanh(s / cap)` with a `softcap` (Gemma-2). Pallas kernels run in interpret mode off their
-platform, which is how the tests check them on CPU. Decoding with a KV cache uses `attend` with an explicit
+platform (decided by the devices the step is built for, `target_platform`), which is how the tests check
+them on CPU. Decoding with a KV cache uses `attend` with an explicit
 bias (`cached_mask`).
 """
 
@@ -29,7 +30,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-from instructjax.model.kernels.common import MASKED, heads_first, heads_last, softcapped
+from instructjax.model.kernels.common import MASKED, heads_first, heads_last, softcapped, target_platform
 
 Array = jax.Array
 
@@ -39,10 +40,10 @@ DEFAULT_BLOCK = {"xla": 128, "blockwise": 256, "splash": 512, "pallas_gpu": 128,
 
 
 def resolve(name: str, platform: str | None = None) -> str:
-    """The implementation `name` stands for on `platform` (default: JAX's default backend)."""
+    """The implementation `name` stands for on `platform` (default: `target_platform()`)."""
     if name != "auto":
         return name
-    return AUTO.get(platform or jax.default_backend(), "blockwise")
+    return AUTO.get(platform or target_platform(), "blockwise")
 
 
 # ---- masks and the dense reference ----------------------------------------------------------------

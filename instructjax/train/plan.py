@@ -61,7 +61,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -76,69 +75,19 @@ from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
 from instructjax.model.config import DecoderConfig, param_count, preset
 from instructjax.train.optim import adamw
+from instructjax.train.topology import (  # noqa: F401  (their old home: users import them from here)
+    GPU_HBM,
+    TPU_CHIPS,
+    Topology,
+    available_memory,
+    gpu_topology,
+    local_topology,
+    tpu_topology,
+)
 
 GIB = 2**30
 USABLE = 0.9  # headroom for XLA temporaries, fragmentation and the runtime
 PACKING_EFFICIENCY = 0.995  # best-fit-decreasing, window 1000 (benchmarks/RESULTS.md: 99.6-99.8%)
-# chip -> (HBM GiB, devices per TPU-name core count, chips per host)
-TPU_CHIPS = {"v4": (32, 2, 4), "v5e": (16, 1, 4), "v5p": (95, 2, 4), "v6e": (32, 1, 4)}
-GPU_HBM = {"h100": 80, "h200": 141, "a100": 80, "a100-80": 80, "a100-40": 40}
-GPUS_PER_NODE = 8
-
-
-@dataclass(frozen=True)
-class Topology:
-    """Where a job runs: `devices` accelerators (one JAX device each) of `hbm_gib`, on `hosts` hosts."""
-
-    name: str
-    devices: int
-    hbm_gib: float
-    hosts: int
-    platform: str = "tpu"  # which attention `auto` stands for
-
-
-def tpu_topology(name: str) -> Topology:
-    """`v4-64`, `v5e-16` (`v5litepod-16`), `v5p-128`, `v6e-8`: the number is TensorCores for v4/v5p, chips for v5e/v6e."""
-    m = re.fullmatch(r"(v4|v5e|v5litepod|v5p|v6e)-(\d+)", name.strip().lower())
-    if not m:
-        raise ConfigError(f"unknown TPU topology {name!r}; e.g. v4-64, v5e-16, v5p-128, v6e-8")
-    kind = "v5e" if m.group(1) == "v5litepod" else m.group(1)
-    hbm, per_chip, per_host = TPU_CHIPS[kind]
-    cores = int(m.group(2))
-    if cores < per_chip or cores % per_chip:
-        raise ConfigError(f"TPU topology {name!r}: {kind} slices come in multiples of {per_chip}")
-    chips = cores // per_chip
-    single_host = 8 if kind in ("v5e", "v6e") else per_host
-    hosts = 1 if chips <= single_host else chips // per_host
-    return Topology(name.strip().lower(), chips, hbm, hosts)
-
-
-def local_topology() -> Topology:
-    """This machine's JAX devices: an accelerator's memory as its runtime reports it; on the CPU, the memory the
-    machine has available, shared by its devices (`XLA_FLAGS=--xla_force_host_platform_device_count` splits it)."""
-    devices = jax.local_devices()
-    platform = devices[0].platform
-    limit = (devices[0].memory_stats() or {}).get("bytes_limit") if platform != "cpu" else None
-    if limit is None:
-        limit = available_memory() / len(devices)
-    return Topology(f"this machine ({platform})", len(devices) * jax.process_count(), limit / GIB, jax.process_count(),
-                    "gpu" if platform == "gpu" else platform)
-
-
-def available_memory() -> int:
-    """Bytes of memory this machine has available now (Linux's MemAvailable; else physical memory)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    import os
-
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-
-
 def device_memory(model: DecoderConfig, sizes: dict[str, int], *, rows: int, seq_len: int, micro_batches: int,
                   clip: bool, platform: str, loss_chunk: int = 0) -> tuple[dict[str, int], dict[str, Any]]:
     """(parameters, optimizer state and gradients, activations) per device for a step of `rows` rows of `seq_len`
@@ -159,15 +108,6 @@ def out_of_memory(needed: int, memory: dict, acts: dict, topology: Topology) -> 
             f"{_gib(acts['total'])} for {acts['rows']} row(s) of {acts['seq_len']}), a device here has "
             f"{topology.hbm_gib:.1f} GiB ({topology.name}); lower data.global_batch or data.seq_len, raise "
             "optim.micro_batches, or set model.remat=full (`instructjax plan --config ...` shows the figures)")
-
-
-def gpu_topology(count: int, gpu: str = "h100") -> Topology:
-    """`count` GPUs of type `gpu` (h100, h200, a100-40, a100-80), 8 per node."""
-    if gpu.lower() not in GPU_HBM:
-        raise ConfigError(f"unknown GPU type {gpu!r}; one of {', '.join(GPU_HBM)}")
-    if count < 1:
-        raise ConfigError(f"--gpus must be >= 1, got {count}")
-    return Topology(f"{count}x{gpu.lower()}", count, GPU_HBM[gpu.lower()], math.ceil(count / GPUS_PER_NODE), "gpu")
 
 
 class _Spec:
@@ -417,13 +357,26 @@ class Plan:
         return {**dataclasses.asdict(self), "total_bytes": self.total_bytes}
 
 
+def model_shapes(config: RunConfig) -> DecoderConfig:
+    """The model a plan counts: the config stored with `model.init_from` where that checkpoint exists (its metadata,
+    never its weights), else the preset with the config's overrides (a paper config planned before the import)."""
+    if config.model.init_from:
+        from instructjax.core import storage
+
+        if storage.path(config.model.init_from).exists():
+            from instructjax.train.setup import resolve_model_config
+
+            return resolve_model_config(config)
+    return preset(config.model.preset, **config.model.overrides)
+
+
 def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False, name: str = "") -> Plan:
     """The plan of `config` on `topology` (see the module docstring)."""
     if config.define:
         from instructjax.data.blends.specs import define
 
         define(config.define)
-    model = preset(config.model.preset, **config.model.overrides)
+    model = model_shapes(config)
     training = config.max_steps != 0
     sizes = (sharding.resolve_mesh(config, topology.devices, topology.hosts) if training
              else sharding.mesh_sizes(config.mesh, topology.devices))

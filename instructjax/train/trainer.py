@@ -25,12 +25,10 @@ import time
 from dataclasses import dataclass, field
 
 import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 import yaml
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
+from jax.sharding import NamedSharding
 
 from instructjax.convert.saved import load_params_as
 from instructjax.core import checkpoint as ckpt
@@ -38,8 +36,9 @@ from instructjax.core import hosts, integrity, sharding, storage, tracking
 from instructjax.core.config import RunConfig, to_dict, training_changes, training_digest
 from instructjax.core.errors import ConfigError, InstructJaxError
 from instructjax.model.decoder import Decoder
-from instructjax.train import loss, optim
+from instructjax.train import optim
 from instructjax.train.metrics import MetricsLogger, plot_losses
+from instructjax.train.step import build_step, make_train_step  # noqa: F401  (make_train_step: its old home)
 
 
 class NonFiniteLoss(InstructJaxError):
@@ -52,42 +51,6 @@ class TrainResult:
     step: int  # the last completed step
     losses: dict[int, float] = field(default_factory=dict)  # every step this run trained
     preempted: bool = False  # stopped by SIGTERM after saving `step`
-
-
-def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
-    """step(params, opt_state, batch) -> (params, opt_state, metrics), not yet jitted."""
-    micro = config.optim.micro_batches
-    micro_spec = NamedSharding(mesh, sharding.logical_to_spec((None, "batch", "length"), mesh))
-
-    def split(x):  # [B, L] -> [micro, B / micro, L]; row r goes to micro-batch r % micro (keeps the layout)
-        x = x.reshape(x.shape[0] // micro, micro, *x.shape[1:]).swapaxes(0, 1)
-        return jax.lax.with_sharding_constraint(x, micro_spec)
-
-    def step(params, opt_state, batch):
-        def sums(p, mb):
-            model = nnx.merge(graphdef, p)
-            hidden, _ = model.hidden_states(mb["tokens"], mb["positions"], mb["segment_ids"])
-            nll = loss.model_nll(model, hidden, mb["targets"], config.optim.loss_chunk)
-            weights = mb["loss_weights"].astype(jnp.float32)
-            source_sums, source_weights = loss.per_source_sums(nll, weights, mb["source_ids"], num_sources)
-            loss_sum = jnp.sum(nll * weights)
-            return loss_sum, (loss_sum, source_sums, source_weights)
-
-        result = loss.accumulate_gradients(sums, params, jax.tree.map(split, batch), config.optim.loss_reduction)
-        loss_sum, source_sums, source_weights = result.aux
-        updates, opt_state = tx.update(result.grads, opt_state, params)
-        metrics = {
-            "loss": result.loss,  # the objective: what is optimised (config.optim.loss_reduction)
-            "loss_sum": loss_sum,
-            "grad_norm": optax.global_norm(result.grads),
-            "trained_tokens": result.weight,
-            "tokens": (batch["segment_ids"] > 0).sum(),
-            "source_sums": source_sums,
-            "source_weights": source_weights,
-        }
-        return optax.apply_updates(params, updates), opt_state, metrics
-
-    return step
 
 
 def on_mesh(host_batch: dict[str, np.ndarray], batch_sharding: NamedSharding) -> dict[str, jax.Array]:
@@ -164,6 +127,7 @@ class Trainer:
 
                 print(f"data: {cache_report(list(self.pipeline.task_names))}", flush=True)
         self.tx, self.schedule = optim.make_optimizer(config.optim, self.total_steps)
+        self.build = build_step(self.model_config, self.tx, self.config, len(self.sources), self.mesh, config.seed)
 
     def check_memory(self, sizes: dict[str, int]) -> None:
         """Stop with one line before anything compiles when a step cannot fit a device here: `plan`'s figures for
@@ -203,21 +167,11 @@ class Trainer:
     def init_state(self):
         """(params, opt_state, start step, tokens so far): fresh, from init_from, or from the latest checkpoint."""
         make_model = lambda: Decoder(self.model_config, rngs=nnx.Rngs(self.config.seed))  # noqa: E731
-        abstract_model = nnx.eval_shape(make_model)
-        self.graphdef, abstract_state = nnx.split(abstract_model)
-        self.param_shardings = nnx.to_pure_dict(sharding.state_shardings(abstract_state, self.mesh))
-        abstract_params = nnx.to_pure_dict(abstract_state)
-        replicated = NamedSharding(self.mesh, PartitionSpec())
-        self.opt_shardings = optax.tree_utils.tree_map_params(
-            self.tx, lambda _, s: s, jax.eval_shape(self.tx.init, abstract_params), self.param_shardings,
-            transform_non_params=lambda _: replicated)  # fmt: skip
-        init_opt = jax.jit(self.tx.init, out_shardings=self.opt_shardings)
+        build = self.build
+        init_opt = jax.jit(self.tx.init, out_shardings=build.opt_shardings)
         if self.resume_from is not None:
-            target = lambda tree, shards: jax.tree.map(  # noqa: E731
-                lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shards)
-            abstract_opt = jax.eval_shape(self.tx.init, abstract_params)
             latest, params, opt_state, data, meta = self.checkpointer.restore_latest(  # skips a torn newest step
-                target(abstract_params, self.param_shardings), target(abstract_opt, self.opt_shardings))
+                build.params, build.opt_state)
             if not (data == data[0]).all():
                 raise ConfigError(f"checkpoint step {latest} holds one data position per host (an older per-host "
                                   f"layout); it cannot resume with the global plan")  # fmt: skip
@@ -225,7 +179,7 @@ class Trainer:
             self.restored_window = meta.get("metrics_window")  # the log window the checkpoint was saved in
             return params, opt_state, latest, int(meta.get("tokens", 0))
         if self.config.model.init_from:
-            params = load_params_as(self.config.model.init_from, self.model_config, shardings=self.param_shardings)
+            params = load_params_as(self.config.model.init_from, self.model_config, shardings=build.param_shardings)
         else:
             params = nnx.to_pure_dict(nnx.state(sharding.create_sharded_model(make_model, self.mesh)))
         return params, init_opt(params), 0, 0
@@ -249,13 +203,7 @@ class Trainer:
             storage.write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.config), sort_keys=False))
         logger = MetricsLogger(self.run_dir, enabled=primary, resume_step=start if self.resume else None,
                                tracker=tracking.start(self.config, "train") if primary else None)
-        step_fn = jax.jit(
-            make_train_step(self.graphdef, self.tx, self.config, len(self.sources), self.mesh),
-            in_shardings=(self.param_shardings, self.opt_shardings, sharding.batch_sharding(self.mesh)),
-            out_shardings=(self.param_shardings, self.opt_shardings, NamedSharding(self.mesh, PartitionSpec())),
-            donate_argnums=(0, 1),
-        )
-        batch_sharding = sharding.batch_sharding(self.mesh)
+        step_fn, batch_sharding = self.build.step, self.build.batch_sharding
         window = _Window(len(self.sources), self.config.optim.loss_reduction)
         if start and getattr(self, "restored_window", None):  # a preempted run's half-filled log window
             window.load(self.restored_window)
@@ -285,8 +233,7 @@ class Trainer:
             with jax.set_mesh(self.mesh), self._memory_errors():
                 self.schedule(start)  # its ops compiled here, not in the wall time of the second step
                 for rows, length in self.step_shapes:  # compiled now: a shape first used mid-run costs no step time
-                    spec = _batch_spec(rows, length, batch_sharding)
-                    step_fn.lower(params, opt_state, spec).compile()
+                    step_fn.lower(params, opt_state, self.build.batch(rows, length)).compile()
                 if start < last:
                     batch, position = on_mesh(next(batches), batch_sharding), self.pipeline.state
                 clock = time.perf_counter()  # a step's wall time ends when its outputs are ready
@@ -396,14 +343,6 @@ class _Window:
                 record[f"loss/{name}"] = float(s / w)
         self.reset()
         return record
-
-
-def _batch_spec(rows: int, seq_len: int, batch_sharding: NamedSharding) -> dict[str, jax.ShapeDtypeStruct]:
-    """The global batch of `rows` rows as the step receives it (shapes, dtypes, sharding), to compile for."""
-    from instructjax.data.batches.packing import empty_rows
-
-    return {k: jax.ShapeDtypeStruct((rows, seq_len), v.dtype, sharding=batch_sharding)
-            for k, v in empty_rows(1, seq_len).items()}
 
 
 def _check_hosts_agree(plan, config: RunConfig, processed: int = 0) -> None:

@@ -1,4 +1,4 @@
-"""What the attention kernels share: padding a row to whole tiles, the heads-first layout, and running a
+"""What the attention kernels share: the platform they run on, padding a row to whole tiles, the heads-first layout, and running a
 kernel on each device's shard of batch and heads."""
 
 from __future__ import annotations
@@ -10,6 +10,14 @@ Array = jax.Array
 
 MASKED = -1e30  # additive bias of a key a query may not see: finite, so a fully masked row gives no NaN
 PAD_SEGMENT = -1  # segment of the positions added to fill the last tile: they see only each other
+
+
+def target_platform() -> str:
+    """The platform the computation being traced runs on: the current mesh's devices' (a TPU slice's while a step
+    is compiled for it on another machine), else JAX's default backend."""
+    mesh = jax.sharding.get_abstract_mesh()
+    device = None if mesh.empty else getattr(mesh, "abstract_device", None)
+    return device.platform if device is not None else jax.default_backend()
 
 
 def pad_to_blocks(block: int, q: Array, k: Array, v: Array, segment_ids: Array):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from instructjax.model.kernels.common import pad_to_blocks, per_shard
+from instructjax.model.kernels.common import pad_to_blocks, per_shard, target_platform
 
 Array = jax.Array
 
@@ -37,7 +37,7 @@ def pallas_gpu_attention(q: Array, k: Array, v: Array, segment_ids: Array, *, bl
     block, backward = tiles(block, q.shape[1], q.shape[-1] * q.dtype.itemsize, backward_block)
     t = q.shape[1]
     q, k, v, segment_ids = pad_to_blocks(max(block, backward), q, k, v, segment_ids.astype(jnp.int32))
-    interpret = jax.default_backend() not in ("gpu", "cuda", "rocm")
+    interpret = target_platform() not in ("gpu", "cuda", "rocm")
 
     def kernel(q, k, v, segment_ids):
         group = q.shape[2] // k.shape[2]

@@ -3,19 +3,16 @@ scores soft-capped by the kernel itself, per shard of batch and heads."""
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 
-from instructjax.model.kernels.common import pad_to_blocks, per_shard
+from instructjax.model.kernels.common import pad_to_blocks, per_shard, target_platform
 
 Array = jax.Array
 
 LANES = 128  # splash tiles are multiples of this
 
 
-@functools.lru_cache(maxsize=32)
 def _kernel(length: int, heads: int, block: int, window: int | None, softcap: float | None, interpret: bool):
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
@@ -26,9 +23,8 @@ def _kernel(length: int, heads: int, block: int, window: int | None, softcap: fl
     mask = masks.MultiHeadMask([one for _ in range(heads)])
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                               block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
-    with jax.ensure_compile_time_eval():  # the mask tables are constants, not values of the trace that asked
-        return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret,
-                                      attn_logits_soft_cap=softcap)
+    return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret,
+                                  attn_logits_soft_cap=softcap)
 
 
 def splash_attention(q: Array, k: Array, v: Array, segment_ids: Array, *, block: int = 512, scale: float,
@@ -41,7 +37,7 @@ def splash_attention(q: Array, k: Array, v: Array, segment_ids: Array, *, block:
     if block % LANES:
         raise ValueError(f"splash attention tiles must be multiples of {LANES}, got attention_block={block}")
     q, k, v, segment_ids = pad_to_blocks(block, q, k, v, segment_ids.astype(jnp.int32))
-    interpret = jax.default_backend() != "tpu"
+    interpret = target_platform() != "tpu"  # the slice compiled for, not this host
 
     def kernel(q, k, v, segment_ids):  # one shard: [b, T, h, D], [b, T, kh, D], [b, T]
         run = _kernel(q.shape[1], q.shape[2], block, window, softcap, interpret)

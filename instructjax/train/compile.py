@@ -1,0 +1,219 @@
+"""`plan --compile`: the run's own train step built by the TPU compiler for a slice that is not here.
+
+libtpu (the `jax[tpu]` extra) describes a slice's devices on any machine (`get_topology_desc`, from the slice's
+physical shape in `train.topology`). The step the trainer runs (`train.step.build_step`: the same model, optimizer,
+shardings and loss) is lowered on a mesh of those devices from abstract state alone (shapes and shardings: no
+parameter, optimizer state or data is made) and compiled by XLA:TPU, Mosaic kernels (splash attention) included,
+once per step shape the run compiles. Nothing is written.
+
+What it reports per step shape, per device, from `compiled.memory_analysis()`: arguments, outputs, aliases
+(donated state) and temporaries, and their total as MaxText's `train_compile.py` counts it, arguments + outputs -
+aliases + temporaries; beside it `plan`'s estimate for the same shape and the chip's HBM. From the compiled
+program's text: the Mosaic kernels (`tpu_custom_call`s) and the collectives by kind (count, largest in bytes; a
+loop's body is counted once). Anchor: MaxText `train_compile.py`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from instructjax.core import libtpu
+from instructjax.core.config import RunConfig
+from instructjax.core.errors import ConfigError
+from instructjax.train.topology import GIB, Topology
+
+COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute", "collective-matmul")
+_DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
+                "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "s4": 0.5, "u4": 0.5}
+_INSTRUCTION = re.compile(r"=\s*(.*?)\s([a-z][a-z\-]*)\(")  # result shape, op name
+_ARRAY = re.compile(r"\b(pred|[su](?:4|8|16|32|64)|bf16|f16|f32|f64|c64|c128)\[([0-9,]*)\]")
+
+
+@dataclass
+class CompiledShape:
+    """One step shape as the TPU compiler built it; bytes are per device."""
+
+    rows: int
+    length: int
+    xla_bytes: int  # arguments + outputs - aliases + temporaries (MaxText's total)
+    plan_bytes: int  # plan's estimate for the same shape
+    hbm_bytes: int
+    arguments: int
+    outputs: int
+    aliases: int
+    temporaries: int
+    mosaic_kernels: int
+    compile_s: float
+    collectives: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> {count, largest}
+
+    @property
+    def largest_all_reduce_bytes(self) -> int:
+        return self.collectives.get("all-reduce", {}).get("largest", 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "largest_all_reduce_bytes": self.largest_all_reduce_bytes}
+
+
+@dataclass
+class CompileReport:
+    """`plan --compile` of a config on a slice: its mesh, the attention compiled and each step shape's figures."""
+
+    config: str
+    topology: str
+    devices: int
+    hosts: int
+    mesh: dict[str, int]
+    attention: str
+    shapes: list[CompiledShape]
+    usable: float  # the share of HBM a step may take (plan.USABLE)
+
+    @property
+    def fits(self) -> bool:
+        return all(s.xla_bytes <= self.usable * s.hbm_bytes for s in self.shapes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"config": self.config, "topology": self.topology, "devices": self.devices, "hosts": self.hosts,
+                "mesh": self.mesh, "attention": self.attention, "fits": self.fits,
+                "shapes": [s.to_dict() for s in self.shapes]}
+
+
+def slice_devices(topology: Topology) -> list:
+    """The devices of TPU slice `topology`, described by libtpu on this machine (no TPU needed)."""
+    if topology.platform != "tpu" or not topology.shape:
+        raise ConfigError(f"--compile builds for a TPU slice (--topology v4-64, v5e-8, ...), not {topology.name}")
+    if not libtpu.installed():
+        raise ConfigError(libtpu.MISSING)
+    libtpu.quiet_without_tpu()
+    from jax.experimental import topologies
+
+    try:
+        desc = topologies.get_topology_desc(platform="tpu", topology_name=topology.libtpu_name,
+                                            chip_config_name=topology.chip_config,
+                                            chips_per_host_bounds=topology.host_bounds, num_slices=1)
+    except Exception as e:  # libtpu refuses the description: one line, with its own words
+        raise ConfigError(f"libtpu cannot describe {topology.name} ({topology.libtpu_name}): "
+                          f"{' '.join(str(e).split())[:200]}") from None
+    devices = list(desc.devices)
+    if len(devices) != topology.devices:
+        raise ConfigError(f"libtpu describes {topology.name} with {len(devices)} devices, plan counts "
+                          f"{topology.devices}")
+    return devices
+
+
+def program_figures(text: str) -> tuple[int, dict[str, dict[str, int]]]:
+    """(Mosaic kernels, collectives by kind {count, largest bytes}) of a compiled program's HLO text. A
+    collective's bytes are its result's (an all-reduce: what each device sends and receives; an asynchronous
+    start's (operand, result) pair: the larger)."""
+    kernels = text.count('custom_call_target="tpu_custom_call"')
+    found: dict[str, dict[str, int]] = {}
+    for line in text.splitlines():
+        m = _INSTRUCTION.search(line)
+        if m is None:
+            continue
+        kind = m.group(2).removesuffix("-start")
+        if kind == "fusion":  # XLA:TPU's own collective fusions: a reduce-scatter, an all-gather fused with matmuls
+            called = re.search(r"calls=%(all-reduce-scatter|async_collective_fusion)", line)
+            kind = {"all-reduce-scatter": "reduce-scatter", "async_collective_fusion": "collective-matmul"}.get(
+                called.group(1) if called else "", "")
+        if kind not in COLLECTIVES:
+            continue
+        sizes = [_DTYPE_BYTES[d] * math.prod(int(n) for n in dims.split(",") if n)
+                 for d, dims in _ARRAY.findall(m.group(1))]
+        size = sum(sizes) if kind == "all-reduce" or not m.group(2).endswith("-start") else max(sizes, default=0)
+        entry = found.setdefault(kind, {"count": 0, "largest": 0})
+        entry["count"] += 1
+        entry["largest"] = max(entry["largest"], int(size))
+    return kernels, found
+
+
+def compile_shape(build, rows: int, length: int) -> tuple[Any, float]:
+    """The compiled step for a batch of `rows` x `length`, and the seconds it took to lower and compile."""
+    start = time.perf_counter()
+    compiled = build.lower(rows, length).compile()
+    return compiled, time.perf_counter() - start
+
+
+def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_data: bool = False,
+                save_executable: str | None = None) -> CompileReport:
+    """Build `config`'s train step for TPU slice `topology` for every step shape plan counts (see the module
+    doc); `save_executable`: write the compiled step (of the largest shape) there."""
+    from instructjax.core import sharding
+    from instructjax.train import optim
+    from instructjax.train import plan as planning
+    from instructjax.train.step import build_step
+
+    devices = slice_devices(topology)
+    plan = planning.plan_with_proposal(config, topology, real_data=real_data, name=name)
+    if plan.data is None:
+        raise ConfigError("an evaluation-only config (max_steps: 0) has no train step to compile")
+    run = dataclasses.replace(config, mesh=plan.mesh)
+    model = planning.model_shapes(run)
+    total_steps = run.max_steps or run.optim.epochs * plan.data.steps
+    tx, _ = optim.make_optimizer(run.optim, total_steps)
+    mesh = sharding.make_mesh(plan.mesh, devices)
+    build = build_step(model, tx, run, max(1, len(plan.data.per_task) or 1), mesh, run.seed)
+    shapes = []
+    for rows, length in sorted(set(plan.data.step_shapes)):
+        compiled, seconds = compile_shape(build, rows, length)
+        stats = compiled.memory_analysis()
+        kernels, collectives = program_figures(compiled.as_text())
+        memory, acts = planning.device_memory(model, plan.mesh, rows=rows, seq_len=length,
+                                              micro_batches=run.optim.micro_batches, clip=bool(run.optim.grad_clip),
+                                              platform="tpu", loss_chunk=run.optim.loss_chunk)
+        estimate = memory["param_bytes"] + memory["opt_bytes"] + memory["grad_bytes"] + acts["total"]
+        xla = (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+               + stats.temp_size_in_bytes)
+        shapes.append(CompiledShape(rows, length, int(xla), int(estimate), int(topology.hbm_gib * GIB),
+                                    stats.argument_size_in_bytes, stats.output_size_in_bytes, stats.alias_size_in_bytes,
+                                    stats.temp_size_in_bytes, kernels, round(seconds, 1), collectives))
+        if save_executable and (rows, length) == max(plan.data.step_shapes, key=lambda s: s[0] * s[1]):
+            save_compiled(compiled, save_executable, topology, rows, length)
+    from instructjax.model.attention import resolve
+
+    return CompileReport(name, topology.name, topology.devices, topology.hosts, plan.mesh,
+                         resolve(model.attention, "tpu"), shapes, planning.USABLE)
+
+
+def save_compiled(compiled, where: str, topology: Topology, rows: int, length: int) -> None:
+    """The compiled step serialised (jax's `serialize_executable`) with the slice and shape it was built for."""
+    import pickle
+
+    from jax.experimental.serialize_executable import serialize
+
+    from instructjax.core import storage
+
+    payload, in_tree, out_tree = serialize(compiled)
+    storage.write_bytes(where, pickle.dumps({"topology": topology.name, "rows": rows, "length": length,
+                                             "payload": payload, "in_tree": in_tree, "out_tree": out_tree}))
+
+
+def does_not_fit(report: CompileReport) -> str:
+    """One line: the first step shape the compiler says does not fit, its figure and the keys to change."""
+    s = next(s for s in report.shapes if s.xla_bytes > report.usable * s.hbm_bytes)
+    return (f"does not fit: the step of {s.rows} row(s) of {s.length} needs {s.xla_bytes / GIB:.2f} GiB a device by "
+            f"the TPU compiler ({report.topology}: {s.hbm_bytes / GIB:.0f} GiB HBM, {report.usable:.0%} usable); "
+            "lower data.global_batch or data.seq_len, raise optim.micro_batches, set model.remat=full, or take a "
+            "larger slice")
+
+
+def format_report(report: CompileReport) -> str:
+    """The compiler's figures beside plan's, one line a step shape."""
+    lines = [f"compiled    {report.config} for {report.topology} ({report.devices} devices on {report.hosts} "
+             f"host(s)), mesh " + " x ".join(f"{k}={v}" for k, v in report.mesh.items())
+             + f", {report.attention} attention"]
+    for s in report.shapes:
+        largest = ", ".join(f"{kind} {c['count']}x (largest {c['largest'] / 2**20:,.1f} MiB)"
+                            for kind, c in sorted(s.collectives.items()))
+        lines += [f"  step {s.rows} x {s.length}: compiler {s.xla_bytes / GIB:.2f} GiB a device (arguments "
+                  f"{s.arguments / GIB:.2f}, outputs {s.outputs / GIB:.2f}, aliased {s.aliases / GIB:.2f}, temporaries "
+                  f"{s.temporaries / GIB:.2f}), plan {s.plan_bytes / GIB:.2f} GiB ({s.plan_bytes / max(s.xla_bytes, 1):.0%}"
+                  f" of it), HBM {s.hbm_bytes / GIB:.0f} GiB",
+                  f"    {s.mosaic_kernels} Mosaic kernel(s), compiled in {s.compile_s:.1f} s; collectives: "
+                  f"{largest or 'none'}"]
+    lines.append("fits" if report.fits else "DOES NOT FIT")
+    return "\n".join(lines)

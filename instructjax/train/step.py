@@ -1,0 +1,112 @@
+"""The train step and the state it updates, built in one place for the trainer, `plan --compile` and the
+benchmarks.
+
+`build_step(model, tx, config, num_sources, mesh)` gives the state as abstract arrays (parameters and AdamW state
+as `jax.ShapeDtypeStruct`s carrying their `NamedSharding`s: nothing is allocated), those shardings and the jitted
+step. The trainer fills the state (fresh, from `init_from`, or from a checkpoint) and runs the step; `plan
+--compile` lowers the same step for a TPU slice's devices from the abstract state alone (`train.compile`).
+
+The step: the global batch split into `optim.micro_batches` micro-batches whose gradients are summed
+(`loss.accumulate_gradients`), the loss normalised by the trained-token weight of the whole global batch, then
+AdamW; parameters and optimizer state are donated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from instructjax.core import sharding
+from instructjax.core.config import RunConfig
+from instructjax.model.config import DecoderConfig
+from instructjax.model.decoder import Decoder
+from instructjax.train import loss
+
+
+def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
+    """step(params, opt_state, batch) -> (params, opt_state, metrics), not yet jitted."""
+    micro = config.optim.micro_batches
+    micro_spec = NamedSharding(mesh, sharding.logical_to_spec((None, "batch", "length"), mesh))
+
+    def split(x):  # [B, L] -> [micro, B / micro, L]; row r goes to micro-batch r % micro (keeps the layout)
+        x = x.reshape(x.shape[0] // micro, micro, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x, micro_spec)
+
+    def step(params, opt_state, batch):
+        def sums(p, mb):
+            model = nnx.merge(graphdef, p)
+            hidden, _ = model.hidden_states(mb["tokens"], mb["positions"], mb["segment_ids"])
+            nll = loss.model_nll(model, hidden, mb["targets"], config.optim.loss_chunk)
+            weights = mb["loss_weights"].astype(jnp.float32)
+            source_sums, source_weights = loss.per_source_sums(nll, weights, mb["source_ids"], num_sources)
+            loss_sum = jnp.sum(nll * weights)
+            return loss_sum, (loss_sum, source_sums, source_weights)
+
+        result = loss.accumulate_gradients(sums, params, jax.tree.map(split, batch), config.optim.loss_reduction)
+        loss_sum, source_sums, source_weights = result.aux
+        updates, opt_state = tx.update(result.grads, opt_state, params)
+        metrics = {
+            "loss": result.loss,  # the objective: what is optimised (config.optim.loss_reduction)
+            "loss_sum": loss_sum,
+            "grad_norm": optax.global_norm(result.grads),
+            "trained_tokens": result.weight,
+            "tokens": (batch["segment_ids"] > 0).sum(),
+            "source_sums": source_sums,
+            "source_weights": source_weights,
+        }
+        return optax.apply_updates(params, updates), opt_state, metrics
+
+    return step
+
+
+@dataclass(frozen=True)
+class StepBuild:
+    """A run's step on a mesh: the model's graph, the state as abstract arrays with their shardings, the jitted
+    step (`step(params, opt_state, batch)`, state donated) and the batch's sharding."""
+
+    graphdef: Any
+    params: Any  # ShapeDtypeStructs, each with its NamedSharding
+    opt_state: Any
+    param_shardings: Any
+    opt_shardings: Any
+    batch_sharding: NamedSharding
+    step: Any
+
+    def batch(self, rows: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
+        """The global batch of `rows` rows of `seq_len` as the step receives it, to lower and compile for."""
+        from instructjax.data.batches.packing import empty_rows
+
+        return {k: jax.ShapeDtypeStruct((rows, seq_len), v.dtype, sharding=self.batch_sharding)
+                for k, v in empty_rows(1, seq_len).items()}
+
+    def lower(self, rows: int, seq_len: int):
+        """The step lowered for a batch of `rows` x `seq_len` (under the mesh: kernels follow its devices)."""
+        with jax.set_mesh(self.batch_sharding.mesh):
+            return self.step.lower(self.params, self.opt_state, self.batch(rows, seq_len))
+
+
+def build_step(model: DecoderConfig, tx: optax.GradientTransformation, config: RunConfig, num_sources: int,
+               mesh: Mesh, seed: int = 0) -> StepBuild:
+    """The run's step and abstract state on `mesh` (see the module doc): parameters sharded by the logical rules,
+    AdamW's moments like their parameters, its counters replicated."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(model, rngs=nnx.Rngs(seed))))
+    param_shardings = nnx.to_pure_dict(sharding.state_shardings(state, mesh))
+    params = nnx.to_pure_dict(state)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    opt = jax.eval_shape(tx.init, params)
+    opt_shardings = optax.tree_utils.tree_map_params(tx, lambda _, s: s, opt, param_shardings,
+                                                     transform_non_params=lambda _: replicated)
+    with_sharding = lambda tree, shards: jax.tree.map(  # noqa: E731
+        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shards)
+    batch_sharding = sharding.batch_sharding(mesh)
+    step = jax.jit(make_train_step(graphdef, tx, config, num_sources, mesh),
+                   in_shardings=(param_shardings, opt_shardings, batch_sharding),
+                   out_shardings=(param_shardings, opt_shardings, replicated), donate_argnums=(0, 1))
+    return StepBuild(graphdef, with_sharding(params, param_shardings), with_sharding(opt, opt_shardings),
+                     param_shardings, opt_shardings, batch_sharding, step)
