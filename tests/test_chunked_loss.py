@@ -10,6 +10,7 @@ import pytest
 from jax.sharding import NamedSharding
 
 from instructjax.core.sharding import logical_to_spec, make_mesh
+from instructjax.train.compile import program_figures
 from instructjax.train.loss import chunked_token_nll
 
 
@@ -107,23 +108,29 @@ def test_softcap_order_bfloat16():
     assert np.abs(np.asarray(other) - np.asarray(want[0])).max() > 1e-3  # the orders differ measurably
 
 
-def test_under_a_mesh_with_the_batch_sharded():
+@pytest.mark.parametrize("vocab,transposed", [(64, False), (64, True), (62, False)])
+def test_under_a_mesh_with_the_batch_sharded(vocab, transposed):
     """Under `jax.set_mesh` on 8 CPU devices (data 2 x fsdp 2 x tensor 2), hidden sharded on batch and the
-    head by its logical axes (embed, vocab): the same values and gradients as on one device, and the head's
-    gradient is summed over the devices once, after the chunk loop, not in it."""
+    head by its logical axes ((embed, vocab), or the tied table's (vocab, embed)): the same values and gradients
+    as numpy's. A vocabulary that divides over the 4 batch devices is sliced among them: no collective in the
+    compiled program carries the whole head or its whole gradient (the largest all-reduce is under the head's
+    float32 size / fsdp). One that does not (62) enters whole, its gradient summed once, after the chunk loop."""
     assert jax.device_count() == 8
-    hidden, head, targets, weights = problem(4, 10, 16, 64, scale=3.0)
+    hidden, head, targets, weights = problem(4, 10, 16, vocab, scale=3.0)
     nll, dh, dw = numpy_reference(hidden, head, targets, weights, softcap=5.0)
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    if transposed:
+        head, dw = head.T.copy(), dw.T
 
     def place(x, names):
         return jax.device_put(x, NamedSharding(mesh, logical_to_spec(names, mesh, x.shape)))
 
     def objective(h, w, y, wt):
-        nll = chunked_token_nll(h, w, y, chunk=12, softcap=5.0, dtype=jnp.float32)  # 3 per device: pads
-        return jnp.sum(nll * wt), nll
+        nll = chunked_token_nll(h, w, y, chunk=12, softcap=5.0, dtype=jnp.float32, transposed=transposed)
+        return jnp.sum(nll * wt), nll  # chunk 12: 3 tokens a device, the last chunk padded
 
-    args = (place(hidden, ("batch", "length", "embed")), place(head, ("embed", "vocab")),
+    args = (place(hidden, ("batch", "length", "embed")),
+            place(head, ("vocab", "embed") if transposed else ("embed", "vocab")),
             place(targets, ("batch", "length")), place(weights, ("batch", "length")))  # fmt: skip
     step = jax.jit(jax.value_and_grad(objective, argnums=(0, 1), has_aux=True))
     with jax.set_mesh(mesh):
@@ -133,15 +140,23 @@ def test_under_a_mesh_with_the_batch_sharded():
     close(got_dh, dh, 1e-5)
     close(got_dw, dw, 1e-5)
     assert got_dh.sharding.spec == args[0].sharding.spec
+    head_bytes = head.size * 4
+    _, collectives = program_figures(hlo)
+    if vocab % 4 == 0:
+        assert collectives["all-reduce"]["largest"] < head_bytes / 2, collectives  # fsdp = 2
+        gathered = max(c["largest"] for kind, c in collectives.items() if kind != "all-reduce")
+        assert gathered < head_bytes / 2, collectives  # no device gathers the head whole
+        return
+    assert collectives["all-reduce"]["largest"] >= head_bytes / 2  # the whole head's gradient, summed once
     bodies = set(re.findall(r"\bwhile\(.*?body=(%[\w.\-]+)", hlo))
     assert len(bodies) >= 2  # the forward and the backward chunk loops
     computation, in_loop = None, []
     for line in hlo.splitlines():
         if line and not line.startswith(" "):
             computation = line.split(" ")[0] if not line.startswith("ENTRY") else "ENTRY"
-        elif computation in bodies and re.search(r"f32\[(16,32|32,16)\].* all-reduce\(", line):
+        elif computation in bodies and re.search(r"f32\[(16,31|31,16)\].* all-reduce\(", line):
             in_loop.append(line.strip())
-    assert not in_loop, in_loop  # the head's [16, 64 / tensor] gradient is not all-reduced per chunk
+    assert not in_loop, in_loop  # the head's [16, 62 / tensor] gradient is not all-reduced per chunk
 
 
 def test_compiled_temp_memory_is_a_fraction_of_full_logits():

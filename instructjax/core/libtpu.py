@@ -3,7 +3,8 @@
 Installed everywhere by the set-up, so that `plan --compile` can build a step for a TPU slice on any machine. Where
 there are no chips, JAX still tries the TPU backend and libtpu prints warnings about the accelerator type and
 worker hostnames it cannot find; `quiet_without_tpu` (called by the CLI before JAX starts, never on import) names
-a placeholder slice and this host so it stays quiet. A TPU VM (Google's PCI devices present) is left alone.
+a placeholder slice and this host so it stays quiet, and lets several processes load it at once (its lock
+guards chips there are none of). A TPU VM (Google's PCI devices present) is left alone.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ def quiet_without_tpu(environ: dict | None = None) -> None:
     environ.setdefault("TPU_SKIP_MDS_QUERY", "1")
     environ.setdefault("TPU_ACCELERATOR_TYPE", "v4-8")
     environ.setdefault("TPU_WORKER_HOSTNAMES", "localhost")
+    environ.setdefault("ALLOW_MULTIPLE_LIBTPU_LOAD", "1")  # no chips to share: processes need not take turns
 
 
 def installed() -> bool:

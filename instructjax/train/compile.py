@@ -50,6 +50,7 @@ class CompiledShape:
     mosaic_kernels: int
     compile_s: float
     collectives: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> {count, largest}
+    refused: str = ""  # the compiler's own words where it refused the step for memory (xla_bytes: its figure)
 
     @property
     def largest_all_reduce_bytes(self) -> int:
@@ -159,18 +160,29 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
     build = build_step(model, tx, run, max(1, len(plan.data.per_task) or 1), mesh, run.seed)
     shapes = []
     for rows, length in sorted(set(plan.data.step_shapes)):
-        compiled, seconds = compile_shape(build, rows, length)
-        stats = compiled.memory_analysis()
-        kernels, collectives = program_figures(compiled.as_text())
         memory, acts = planning.device_memory(model, plan.mesh, rows=rows, seq_len=length,
                                               micro_batches=run.optim.micro_batches, clip=bool(run.optim.grad_clip),
                                               platform="tpu", loss_chunk=run.optim.loss_chunk)
-        estimate = memory["param_bytes"] + memory["opt_bytes"] + memory["grad_bytes"] + acts["total"]
+        estimate = int(memory["param_bytes"] + memory["opt_bytes"] + memory["grad_bytes"] + acts["total"])
+        hbm = int(topology.hbm_gib * GIB)
+        try:
+            compiled, seconds = compile_shape(build, rows, length)
+        except Exception as e:  # XLA:TPU refuses a program over the chip's memory while compiling it
+            if "RESOURCE_EXHAUSTED" not in str(e):
+                raise
+            words = " ".join(str(e).split())
+            needed = re.search(r"\(([\d.]+)G\) exceeds", words)
+            temporaries = int(float(needed.group(1)) * GIB) if needed else hbm + 1
+            shapes.append(CompiledShape(rows, length, temporaries, estimate, hbm, 0, 0, 0, temporaries, 0, 0.0,
+                                        refused=words[words.find("RESOURCE_EXHAUSTED"):][:200]))
+            continue
+        stats = compiled.memory_analysis()
+        kernels, collectives = program_figures(compiled.as_text())
         xla = (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
                + stats.temp_size_in_bytes)
-        shapes.append(CompiledShape(rows, length, int(xla), int(estimate), int(topology.hbm_gib * GIB),
-                                    stats.argument_size_in_bytes, stats.output_size_in_bytes, stats.alias_size_in_bytes,
-                                    stats.temp_size_in_bytes, kernels, round(seconds, 1), collectives))
+        shapes.append(CompiledShape(rows, length, int(xla), estimate, hbm, stats.argument_size_in_bytes,
+                                    stats.output_size_in_bytes, stats.alias_size_in_bytes, stats.temp_size_in_bytes,
+                                    kernels, round(seconds, 1), collectives))
         if save_executable and (rows, length) == max(plan.data.step_shapes, key=lambda s: s[0] * s[1]):
             save_compiled(compiled, save_executable, topology, rows, length)
     from instructjax.model.attention import resolve
@@ -195,8 +207,8 @@ def save_compiled(compiled, where: str, topology: Topology, rows: int, length: i
 def does_not_fit(report: CompileReport) -> str:
     """One line: the first step shape the compiler says does not fit, its figure and the keys to change."""
     s = next(s for s in report.shapes if s.xla_bytes > report.usable * s.hbm_bytes)
-    return (f"does not fit: the step of {s.rows} row(s) of {s.length} needs {s.xla_bytes / GIB:.2f} GiB a device by "
-            f"the TPU compiler ({report.topology}: {s.hbm_bytes / GIB:.0f} GiB HBM, {report.usable:.0%} usable); "
+    return (f"does not fit: the step of {s.rows} row(s) of {s.length} needs {'over ' if s.refused else ''}"
+            f"{s.xla_bytes / GIB:.2f} GiB a device by the TPU compiler ({report.topology}: {s.hbm_bytes / GIB:.0f} GiB HBM, {report.usable:.0%} usable); "
             "lower data.global_batch or data.seq_len, raise optim.micro_batches, set model.remat=full, or take a "
             "larger slice")
 
@@ -207,6 +219,10 @@ def format_report(report: CompileReport) -> str:
              f"host(s)), mesh " + " x ".join(f"{k}={v}" for k, v in report.mesh.items())
              + f", {report.attention} attention"]
     for s in report.shapes:
+        if s.refused:
+            lines.append(f"  step {s.rows} x {s.length}: refused by the compiler ({s.refused}); plan "
+                         f"{s.plan_bytes / GIB:.2f} GiB, HBM {s.hbm_bytes / GIB:.0f} GiB")
+            continue
         largest = ", ".join(f"{kind} {c['count']}x (largest {c['largest'] / 2**20:,.1f} MiB)"
                             for kind, c in sorted(s.collectives.items()))
         lines += [f"  step {s.rows} x {s.length}: compiler {s.xla_bytes / GIB:.2f} GiB a device (arguments "

@@ -136,31 +136,44 @@ def chunked_token_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, *,
     a time, so neither holds more than one chunk's [chunk, V] logits (and their softmax). See `_chunked_nll`.
 
     Sharding: under `jax.set_mesh(mesh)` with the batch dimension sharded by the logical rules ("batch" ->
-    data, fsdp), the loop runs inside a `shard_map` over those axes: each device loops over its own rows,
-    `ceil(chunk / shards)` tokens at a time, and accumulates the head's gradient locally; it is summed over
-    the devices once, after the loop. (Left to GSPMD, the head-sized gradient would be all-reduced after
-    every chunk.) Other mesh axes (tensor: the vocab) stay automatic. Outside a mesh, or
-    when the batch does not divide over the mesh, it is the plain loop.
+    data, fsdp), the loss is vocabulary-parallel (Megatron's cross-entropy) inside a `shard_map` over those axes:
+    the head enters split along the vocabulary, one slice a device, and is never gathered. Each device loops over
+    its own rows `ceil(chunk / shards)` tokens at a time; a chunk's hidden states are gathered from every device,
+    each device makes the logits of its vocabulary slice for all of them, and the log-sum-exp and the target's
+    logit are summed over the devices (a few floats a token); each device keeps its own tokens' losses. The head's
+    gradient is complete on each device for its slice (no all-reduce of a head-sized gradient; the hidden states'
+    gradient is reduce-scattered back, a chunk at a time). Other mesh axes (tensor) stay automatic. Outside a
+    mesh, when the batch does not divide over the mesh, or when the vocabulary does not divide over its devices
+    (the head then enters whole, its gradient summed over the devices once after the loop), it is the plain loop.
     """
     mesh = jax.sharding.get_abstract_mesh()
     axes = () if mesh.empty else logical_to_spec(("batch",), mesh, hidden.shape[:1], strict=False)[0]
     axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    local = functools.partial(_chunked_nll, softcap=softcap, transposed=transposed, dtype=jnp.dtype(dtype))
+    options = dict(softcap=softcap, transposed=transposed, dtype=jnp.dtype(dtype))
     if not axes:
-        return local(hidden, head, targets, chunk=chunk)
+        return _chunked_nll(hidden, head, targets, chunk=chunk, **options)
     shards = math.prod(dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True))[a] for a in axes)
-
-    def per_device(h, w, y):  # w marked as varying before the loop: its gradient's psum lands here, once
-        return local(h, jax.lax.pcast(w, axes, to="varying"), y, chunk=-(-chunk // shards))
-
     rows = PartitionSpec(axes)
-    return jax.shard_map(per_device, mesh=mesh, axis_names=set(axes), in_specs=(rows, PartitionSpec(), rows),
+    vocab = head.shape[0 if transposed else 1]
+    if vocab % shards:  # the head whole on every device, its gradient summed once after the loop
+        def replicated(h, w, y):  # w marked as varying before the loop: its gradient's psum lands here, once
+            return _chunked_nll(h, jax.lax.pcast(w, axes, to="varying"), y, chunk=-(-chunk // shards), **options)
+
+        return jax.shard_map(replicated, mesh=mesh, axis_names=set(axes), in_specs=(rows, PartitionSpec(), rows),
+                             out_specs=rows)(hidden, head, targets)
+
+    def sliced(h, w, y):
+        return _chunked_nll(h, w, y, chunk=-(-chunk // shards), vocab_axes=axes, **options)
+
+    head_spec = PartitionSpec(axes, None) if transposed else PartitionSpec(None, axes)
+    return jax.shard_map(sliced, mesh=mesh, axis_names=set(axes), in_specs=(rows, head_spec, rows),
                          out_specs=rows)(hidden, head, targets)
 
 
 def _chunked_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, *, chunk: int, softcap: float | None,
-                 transposed: bool, dtype: jnp.dtype) -> jax.Array:
-    """`chunked_token_nll` on one device's rows (or all of them, left to GSPMD).
+                 transposed: bool, dtype: jnp.dtype, vocab_axes: tuple[str, ...] = ()) -> jax.Array:
+    """`chunked_token_nll` on one device's rows (or all of them, left to GSPMD); with `vocab_axes` (inside a
+    `shard_map` over them) `head` is this device's slice of the vocabulary (`_sliced_nll`).
 
     The B*T tokens are flattened and padded at the end to a multiple of `chunk` (the padding, zero vectors
     with target 0, is computed and dropped). Chunks are strided: with n padded tokens and m = n / chunk
@@ -185,6 +198,8 @@ def _chunked_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, *, chun
 
     @functools.partial(jax.checkpoint, prevent_cse=False)  # backward: recompute the chunk's logits
     def one(x_c: jax.Array, y_c: jax.Array) -> jax.Array:
+        if vocab_axes:
+            return _sliced_nll(x_c, head, y_c, spec=spec, softcap=softcap, dtype=dtype, axes=vocab_axes)
         logits = jnp.einsum(f"ce,{spec}->cv", x_c.astype(dtype), head.astype(dtype)).astype(jnp.float32)
         if softcap:
             logits = softcap * jnp.tanh(logits / softcap)
@@ -192,3 +207,26 @@ def _chunked_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, *, chun
 
     nll = jax.lax.map(lambda xy: one(*xy), (xs, ys))  # [num, chunk]
     return nll.swapaxes(0, 1).reshape(-1)[:n].reshape(batch, length)
+
+
+def _sliced_nll(x: jax.Array, head: jax.Array, y: jax.Array, *, spec: str, softcap: float | None, dtype: jnp.dtype,
+                axes: tuple[str, ...]) -> jax.Array:
+    """One chunk's nll [c] on this device of a `shard_map` over `axes`, with `head` this device's slice of the
+    vocabulary (device i holds ids i * V_i .. (i + 1) * V_i - 1, i counted over `axes` as `all_gather` orders
+    them): the chunk's tokens of every device gathered, the logits of this slice for all of them, the log-sum-exp
+    and the target's logit summed over the devices, this device's own tokens' losses kept."""
+    c = x.shape[0]
+    xs = jax.lax.all_gather(x, axes, tiled=True)  # [c * shards, E]
+    ys = jax.lax.all_gather(y, axes, tiled=True)
+    logits = jnp.einsum(f"ce,{spec}->cv", xs.astype(dtype), head.astype(dtype)).astype(jnp.float32)
+    if softcap:
+        logits = softcap * jnp.tanh(logits / softcap)
+    width = logits.shape[1]
+    index = jax.lax.axis_index(axes)
+    top = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(logits, axis=-1)), axes)  # the log-sum-exp's shift
+    lse = top + jnp.log(jax.lax.psum(jnp.sum(jnp.exp(logits - top[:, None]), axis=-1), axes))
+    local = ys - index * width
+    mine = (local >= 0) & (local < width)
+    picked = jnp.take_along_axis(logits, jnp.clip(local, 0, width - 1)[:, None], axis=-1)[:, 0]
+    target = jax.lax.psum(jnp.where(mine, picked, 0.0), axes)
+    return jax.lax.dynamic_slice_in_dim(lse - target, index * c, c)

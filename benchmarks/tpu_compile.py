@@ -1,0 +1,72 @@
+"""Plan against the TPU compiler: each paper config's train step built for the slice a lab would use for it.
+
+For every (config, slice) below, `plan`'s memory per device for the run's largest step beside XLA:TPU's own for
+the same step (`instructjax plan --compile`: arguments + outputs - aliases + temporaries, MaxText's total), their
+ratio, the Mosaic kernels compiled, the compile seconds and the largest all-reduce. No TPU is needed (libtpu's
+topology descriptions); on 2 CPU cores a 7B step takes about half a minute to compile, a 65B one about two.
+
+    python benchmarks/tpu_compile.py                      # the table below, appended to RESULTS.md
+    python benchmarks/tpu_compile.py --only 7b --no-write
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+# (config, slice): the slice a lab would take for it (issue 51's list)
+RUNS = [
+    ("configs/quickstart.yaml", "v5e-1"),
+    ("configs/seed004_tulu/tulu_human_gpt_llama2_7b.yaml", "v4-64"),
+    ("configs/seed004_tulu/tulu_human_gpt_llama2_13b.yaml", "v4-128"),
+    ("configs/seed004_tulu/tulu_human_gpt_llama1_33b.yaml", "v4-256"),
+    ("configs/seed004_tulu/tulu_human_gpt_llama1_65b.yaml", "v4-512"),
+    ("configs/seed003_mosaic/magpie_mosaic_llama3_8b.yaml", "v4-32"),
+    ("configs/seed003_mosaic/magpie_mosaic_phi3_mini.yaml", "v5e-8"),
+    ("configs/seed003_mosaic/magpie_mosaic_gemma2_2b.yaml", "v5e-8"),
+    ("configs/seed000_acp/acp_ACP_llama2_7b.yaml", "v4-32"),
+    ("configs/seed002_selection/alpaca_longest_9k_llama2_7b.yaml", "v5e-16"),
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", help="run the configs whose path contains this")
+    parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
+    args = parser.parse_args()
+
+    from instructjax.core.libtpu import quiet_without_tpu
+
+    quiet_without_tpu()
+    from common import append_results, load_average
+
+    from instructjax.core.config import load_config
+    from instructjax.train.compile import compile_run
+    from instructjax.train.topology import GIB, tpu_topology
+
+    load = load_average()
+    rows = ["| config | slice | mesh (data x fsdp x tensor) | step | plan GiB | compiler GiB | plan / compiler | "
+            "Mosaic kernels | compile s | largest all-reduce MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for path, slice_name in RUNS:
+        if args.only and args.only not in path:
+            continue
+        report = compile_run(load_config(ROOT / path), tpu_topology(slice_name), name=path)
+        for s in report.shapes:
+            mesh = " x ".join(str(v) for v in report.mesh.values())
+            rows.append(f"| {Path(path).stem} | {slice_name} | {mesh} | {s.rows} x {s.length} | "
+                        f"{s.plan_bytes / GIB:.2f} | {s.xla_bytes / GIB:.2f} | {s.plan_bytes / s.xla_bytes:.2f} | "
+                        f"{s.mosaic_kernels} | {s.compile_s:.0f} | {s.largest_all_reduce_bytes / 2**20:,.1f} |")
+            print(rows[-1], flush=True)
+    body = "\n".join(rows)
+    print(body)
+    if not args.no_write:
+        append_results("Plan against the TPU compiler (plan --compile, libtpu on this CPU machine)", body,
+                       load_before=load)
+
+
+if __name__ == "__main__":
+    main()

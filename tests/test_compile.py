@@ -1,0 +1,86 @@
+"""`plan --compile`: the run's train step built by XLA:TPU for a slice that is not here (libtpu's topology
+descriptions on this CPU machine), checked against libtpu's own description of each slice and the compiled
+program itself (its Mosaic kernels and collectives)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from instructjax.cli import main
+from instructjax.core import libtpu
+from instructjax.model.config import preset
+from instructjax.train.compile import slice_devices
+from instructjax.train.topology import SLICE_SHAPES, TPU_CHIPS, tpu_topology
+
+QUICKSTART = Path(__file__).resolve().parent.parent / "configs" / "quickstart.yaml"
+pytestmark = pytest.mark.skipif(not libtpu.installed(), reason="libtpu (the tpu extra) is part of the set-up")
+
+
+def test_every_slice_name_is_libtpus_slice():
+    """Every slice name plan accepts: libtpu describes its physical shape with as many devices as plan counts,
+    on as many hosts (distinct process indices) as plan counts."""
+    for generation, shapes in SLICE_SHAPES.items():
+        per_chip = TPU_CHIPS[generation][1]
+        for chips in shapes:
+            if chips > 512:  # the largest shapes alike, only slower to describe
+                continue
+            topology = tpu_topology(f"{generation}-{chips * per_chip}")
+            devices = slice_devices(topology)
+            assert len(devices) == topology.devices == chips
+            assert len({d.process_index for d in devices}) == topology.hosts, topology
+            assert {d.device_kind for d in devices} != {""}
+
+
+def compile_json(capsys, topology: str, *overrides: str) -> tuple[int, dict]:
+    capsys.readouterr()
+    code = main(["plan", "--config", str(QUICKSTART), "--topology", topology, "--compile", "--json", *overrides])
+    return code, json.loads(capsys.readouterr().out)
+
+
+@pytest.mark.parametrize("topology", ["v5e-8", "v4-16"])
+def test_tiny_config_compiles_for_a_slice(capsys, topology):
+    """The quickstart's step in bfloat16 built for a v5e-8 (one host) and a v4-16 (8 chips on two hosts): splash
+    attention compiled as Mosaic kernels under the slice's mesh (forward, and the backward's dq and dkv), the
+    step's rows a multiple of the slice's hosts, memory per device from the compiler, and no all-reduce as large
+    as the output head's float32 gradient over fsdp (the loss head is sliced over the devices)."""
+    code, report = compile_json(capsys, topology, "model.dtype=bfloat16", "data.global_batch=8", "mesh.data=1",
+                                "mesh.fsdp=-1")
+    slice_ = tpu_topology(topology)
+    assert code == 0 and report["fits"] is True
+    assert (report["topology"], report["devices"], report["hosts"]) == (topology, slice_.devices, slice_.hosts)
+    assert report["attention"] == "splash"
+    mesh = report["mesh"]
+    assert mesh["data"] * mesh["fsdp"] * mesh["tensor"] == slice_.devices
+    model = preset("tiny")
+    head_bytes = model.hidden_size * model.vocab_size * 4
+    for shape in report["shapes"]:
+        assert shape["mosaic_kernels"] >= 3
+        assert shape["rows"] % slice_.hosts == 0
+        assert 0 < shape["xla_bytes"] < shape["hbm_bytes"] and shape["plan_bytes"] > 0
+        assert shape["compile_s"] > 0
+        assert shape["largest_all_reduce_bytes"] < head_bytes / mesh["fsdp"], shape
+
+
+def test_a_step_that_does_not_fit_exits_1(capsys):
+    """A step the compiler puts over a v5e-1's 16 GiB: exit 1 and one line naming the shape and the keys."""
+    code = main(["plan", "--config", str(QUICKSTART), "--topology", "v5e-1", "--compile", "data.global_batch=512",
+                 "data.seq_len=2048", "model.remat=none", "optim.loss_chunk=0"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1
+    assert len(err) == 1 and "does not fit" in err[0] and "by the TPU compiler" in err[0], err
+    assert "data.global_batch" in err[0]
+
+
+def test_bad_input_is_one_line(capsys, monkeypatch):
+    for args, words in ((["--topology", "v4-12"], "unknown TPU topology 'v4-12': v4 slices are v4-8, v4-16"),
+                        ([], "add --topology"), (["--gpus", "8"], "add --topology")):
+        assert main(["plan", "--config", str(QUICKSTART), "--compile", *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    monkeypatch.setattr(libtpu, "installed", lambda: False)
+    assert main(["plan", "--config", str(QUICKSTART), "--topology", "v5e-8", "--compile"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "libtpu is not installed" in err[0]
