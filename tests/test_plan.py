@@ -167,25 +167,27 @@ def _every_mesh(path: Path, topology) -> list:
 
 
 def test_plan_proposes_the_mesh_that_serves_the_batch(capsys):
-    """The paper's 65B config cannot be planned on a v4-512 with its own mesh (128 rows over 256 chips): `plan`
-    proposes one, the one brute force picks (the most real tokens within the slack, then the least tensor), and
-    exits 1; the 7B config on a v4-128 keeps its mesh and names the better one (64 rows of 2048 for 64 FSDP chips
-    pad a third of each per_step step; 32 rows, of any length, pad little); on a v4-64 its 32 rows of a step's own
-    length keep enough real that it names none."""
+    """With the FSDP mesh written out, the paper's 65B config cannot be planned on a v4-512 (128 rows over 256
+    chips): `plan` proposes a mesh, the one brute force picks (the most real tokens within the slack, then the
+    least tensor), and exits 1; the 7B config on a v4-128 keeps its mesh and names the better one (64 rows of 2048
+    for 64 FSDP chips pad a third of each per_step step; 32 rows, of any length, pad little); on a v4-64 its 32
+    rows of a step's own length keep enough real that it names none. As shipped (`mesh: auto`) each config plans
+    on the mesh brute force picks, and the 65B one exits 0."""
     from instructjax.train.plan import REAL_SHARE_GOAL, REAL_SHARE_SLACK, plan_with_proposal
 
+    fsdp = ["mesh.data=1", "mesh.fsdp=-1"]  # the config's own mesh written out instead of `auto`
     big = CONFIGS / "seed004_tulu" / "tulu_human_gpt_llama1_65b.yaml"
     v4_512 = tpu_topology("v4-512")
     with pytest.raises(ConfigError, match="does not divide over the mesh's data\\*fsdp=256"):
-        make_plan(load_config(big), v4_512)
+        make_plan(load_config(big, fsdp), v4_512)
     for path, topology, own_runs in ((big, v4_512, False), (TULU7B, tpu_topology("v4-128"), True)):
-        plan = plan_with_proposal(load_config(path), topology)
+        plan = plan_with_proposal(load_config(path, fsdp), topology)
         every = _every_mesh(path, topology)
         best = max(p.data.real_share for p in every)
         chosen = min((p for p in every if p.data.real_share >= best - REAL_SHARE_SLACK),
                      key=lambda p: p.mesh["tensor"])
         if own_runs:  # the config's own plan, with the better mesh named
-            assert plan.mesh == sharding.resolve_mesh(load_config(path), topology.devices, topology.hosts)
+            assert plan.mesh == sharding.resolve_mesh(load_config(path, fsdp), topology.devices, topology.hosts)
             assert f"mesh.tensor={chosen.mesh['tensor']}:" in plan.proposal
             assert f"{chosen.data.real_share:.1%}" in plan.proposal and chosen.data.real_share > plan.data.real_share
         else:
@@ -193,11 +195,18 @@ def test_plan_proposes_the_mesh_that_serves_the_batch(capsys):
             assert plan.data.real_share == chosen.data.real_share
             sharding.resolve_mesh(load_config(path, [f"mesh.{k}={v}" for k, v in plan.mesh.items()]),
                                   topology.devices, topology.hosts)  # train accepts it
-    v4_64 = plan_with_proposal(load_config(TULU7B), tpu_topology("v4-64"))
+        auto = plan_with_proposal(load_config(path), topology)  # as shipped: mesh: auto
+        assert not auto.proposed and auto.fits and auto.mesh["tensor"] == chosen.mesh["tensor"]
+        assert auto.data.real_share == chosen.data.real_share
+    v4_64 = plan_with_proposal(load_config(TULU7B, fsdp), tpu_topology("v4-64"))
     assert v4_64.proposal == "" and v4_64.data.real_share >= REAL_SHARE_GOAL
-    assert main(["plan", "--config", str(big), "--topology", "v4-512"]) == 1
+    assert main(["plan", "--config", str(big), "--topology", "v4-512", *fsdp]) == 1
     out = capsys.readouterr().out
     assert "(proposed)" in out and "proposal    the config's mesh cannot serve this topology" in out
+    assert main(["plan", "--config", str(big), "--topology", "v4-512"]) == 0
+    assert "mesh: auto takes" in capsys.readouterr().out
+    for topology, goal in (("v4-64", 0.90), ("v4-128", 0.85)):  # the 7B Tulu config as shipped
+        assert plan_with_proposal(load_config(TULU7B), tpu_topology(topology)).data.real_share >= goal
 
 
 # ---- per device, against XLA's own buffer assignment ---------------------------------------------------------

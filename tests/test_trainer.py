@@ -74,6 +74,40 @@ def test_mesh_shapes_give_the_same_losses(tmp_path, reference, mesh):
     np.testing.assert_allclose(losses(result), losses(reference), rtol=2e-5)
 
 
+def test_mesh_auto_takes_the_mesh_that_keeps_the_most_tokens_real_and_resume_keeps_it(tmp_path):
+    """`mesh: auto` with per-step packing on 8 devices: config.yaml records a mesh of 8 devices that the tiny model
+    divides over and whose steps keep at least as many tokens real as every other fsdp x tensor split (counted here
+    by brute force over the pipeline's own step plans). A run saved with another mesh resumes on it under
+    `mesh: auto`."""
+    import dataclasses
+
+    import yaml
+
+    from instructjax.core import sharding
+
+    per_step = ["max_steps=4", "data.pack=per_step", "data.global_batch=16", "checkpoint.every=2"]
+    result = run(tmp_path, *per_step, "mesh=auto", name="auto", devices=jax.devices()[:8])
+    chosen = yaml.safe_load((tmp_path / "auto" / "config.yaml").read_text())["mesh"]
+    assert isinstance(chosen, dict) and chosen["data"] * chosen["fsdp"] * chosen["tensor"] == 8
+    config = make_config(tmp_path, *per_step)
+    pipeline = DataPipeline(run_setup.bind_data(config, None).config)
+    share = {}
+    for tensor in (1, 2, 4, 8):
+        if preset("tiny").num_kv_heads % tensor:  # the model's kv heads do not split
+            continue
+        sizes = {"data": 1, "fsdp": 8 // tensor, "tensor": tensor}
+        multiple = sharding.row_multiple(dataclasses.replace(config, mesh=sizes), sizes)
+        share[tensor] = pipeline.plan_steps(4, multiple).efficiency
+    assert share[chosen["tensor"]] >= max(share.values()) - 0.02, (chosen, share)
+    assert len(result.losses) == 4
+    first = run(tmp_path, *per_step, "mesh.data=1", "mesh.fsdp=2", "mesh.tensor=2", name="kept",
+                devices=jax.devices()[:4], stop_at=2)
+    assert sorted(first.losses) == [1, 2]
+    run(tmp_path, *per_step, "mesh=auto", name="kept", devices=jax.devices()[:4], resume=True)
+    kept = yaml.safe_load((tmp_path / "kept" / "config.yaml").read_text())["mesh"]
+    assert kept == {"data": 1, "fsdp": 2, "tensor": 2}
+
+
 def test_gradient_accumulation_matches_one_big_batch(tmp_path, reference):
     """4 micro-batches of 2 rows, the loss normalized by the whole batch's tokens: the same steps."""
     result = run(tmp_path, "max_steps=4", "optim.micro_batches=4", "mesh.data=2", devices=jax.devices()[:2])

@@ -406,7 +406,9 @@ class RunConfig:
     seed: int = 0
     max_steps: int | None = None  # cut the run short (None: optim.epochs worth of steps; 0: evaluate only)
     log_every: int = 10
-    mesh: dict[str, int] = field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})
+    # the mesh's axis sizes (one may be -1: the rest), or "auto": the mesh `plan` proposes for the devices at hand
+    # (train.plan.choose_mesh), recorded in the run's config.yaml and kept on resume
+    mesh: dict[str, int] | str = field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})
     distributed: bool = False  # call jax.distributed.initialize (also when JAX_COORDINATOR_ADDRESS is set)
     tokenizer: str | None = None  # None: the one saved with model.init_from (the built-in default from scratch)
     template: str | None = None  # chat template of every task; None: the tasks' own (tulu unless they say)
@@ -422,6 +424,8 @@ class RunConfig:
     def __post_init__(self):
         _check(self.max_steps is None or self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")
         _check(self.log_every >= 1, f"log_every must be >= 1, got {self.log_every}")
+        _check(not isinstance(self.mesh, str) or self.mesh == "auto",
+               f"mesh must be a mapping of axis sizes or 'auto', got {self.mesh!r}")
         micro, batch = self.optim.micro_batches, self.data.global_batch
         _check(batch % micro == 0, f"data.global_batch={batch} is not divisible by optim.micro_batches={micro}")
         unknown = set(self.define) - {"tasks", "mixtures"}
@@ -557,7 +561,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"config file {path}: expected a mapping at the top level")
-    raw = _merge(raw, parse_overrides(overrides or []))
+    extra = parse_overrides(overrides or [])
+    if raw.get("mesh") == "auto" and isinstance(extra.get("mesh"), dict):  # axes named over `auto`: FSDP the rest
+        raw["mesh"] = {"data": 1, "fsdp": -1, "tensor": 1}
+    raw = _merge(raw, extra)
     config = _build(RunConfig, raw, "")
     local = path is not None and not storage.is_remote(path)  # a bucket's config: imports by name or path alone
     import_modules(config.imports, Path(path).parent if local else None)

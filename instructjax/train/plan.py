@@ -376,6 +376,8 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
         from instructjax.data.blends.specs import define
 
         define(config.define)
+    if config.mesh == "auto":  # figures of the plain FSDP mesh; plan_with_proposal takes the proposed one
+        config = dataclasses.replace(config, mesh={"data": 1, "fsdp": -1, "tensor": 1})
     model = model_shapes(config)
     training = config.max_steps != 0
     sizes = (sharding.resolve_mesh(config, topology.devices, topology.hosts) if training
@@ -412,6 +414,15 @@ def mesh_options(devices: int) -> list[dict[str, int]]:
             if t <= MAX_TENSOR and devices % t == 0]
 
 
+def best_mesh(candidates: list[tuple[dict[str, int], float]]) -> dict[str, int] | None:
+    """Of (mesh, real-token share) pairs in `mesh_options` order (least tensor parallelism first), the first whose
+    share is within REAL_SHARE_SLACK of the best; None for none."""
+    if not candidates:
+        return None
+    best = max(share for _, share in candidates)
+    return next(sizes for sizes, share in candidates if share >= best - REAL_SHARE_SLACK)
+
+
 def propose_mesh(config: RunConfig, topology: Topology, *, real_data: bool = False) -> Plan | None:
     """The plan on the mesh of `topology` (`mesh_options`) that the batch divides over, that fits, and that keeps
     the most of the step's tokens real (with `pack: per_step` a step packs into a multiple of the data-parallel
@@ -419,24 +430,50 @@ def propose_mesh(config: RunConfig, topology: Topology, *, real_data: bool = Fal
     parallelism. None for an evaluation-only config or when no mesh fits."""
     if config.max_steps == 0:
         return None
-    found = []
+    plans = []
     for sizes in mesh_options(topology.devices):
         try:
             plan = make_plan(dataclasses.replace(config, mesh=sizes), topology, real_data=real_data)
         except ConfigError:  # the batch does not divide over it, or the model's heads not over its tensor axis
             continue
         if plan.fits:
-            found.append(plan)
-    if not found:
-        return None
-    best = max(plan.data.real_share for plan in found)
-    return next(plan for plan in found if plan.data.real_share >= best - REAL_SHARE_SLACK)
+            plans.append(plan)
+    chosen = best_mesh([(plan.mesh, plan.data.real_share) for plan in plans])
+    return next((plan for plan in plans if plan.mesh is chosen), None)
+
+
+def choose_mesh(config: RunConfig, devices: int, hosts: int, real_share, fits) -> dict[str, int]:
+    """`mesh: auto` for a run on `devices` devices and `hosts` hosts: of `mesh_options` that the batch divides over,
+    those the model's weights divide over and that `fits(sizes)`, the one `best_mesh` takes by `real_share(sizes)` (the trainer's own step plan); where
+    none fits, the best of the others (the trainer's memory check then names the figures)."""
+    usable, fitting = [], []
+    for sizes in mesh_options(devices):
+        try:
+            sharding.resolve_mesh(dataclasses.replace(config, mesh=sizes), devices, hosts)
+            fit = fits(sizes)  # raises where the model's heads do not divide over the tensor axis
+        except ConfigError:
+            continue
+        usable.append(sizes)
+        if fit:
+            fitting.append(sizes)
+    if not usable:
+        raise ConfigError(f"mesh: auto: no mesh of {devices} devices on {hosts} host(s) serves data.global_batch="
+                          f"{config.data.global_batch} (optim.micro_batches={config.optim.micro_batches}) and the "
+                          "model's heads; change the batch or set mesh: explicitly")
+    fitting = fitting or usable
+    return best_mesh([(sizes, real_share(sizes)) for sizes in fitting])
 
 
 def plan_with_proposal(config: RunConfig, topology: Topology, *, real_data: bool = False, name: str = "") -> Plan:
     """`make_plan`, with a proposed mesh (`propose_mesh`) where the config's own cannot serve the batch on this
     topology (the plan is then the proposal's, `proposal` says so) or keeps less than REAL_SHARE_GOAL of the
     step's tokens real and another mesh keeps more; the config's own error when no mesh can."""
+    if config.mesh == "auto" and config.max_steps != 0:  # the proposal is the run's mesh
+        plan = propose_mesh(config, topology, real_data=real_data)
+        if plan is None:  # none fits: the plain FSDP mesh's figures, which say so
+            return make_plan(config, topology, real_data=real_data, name=name)
+        plan.config, plan.proposal = name, f"mesh: auto takes {_overrides(plan.mesh)}"
+        return plan
     try:
         plan = make_plan(config, topology, real_data=real_data, name=name)
     except ConfigError as e:

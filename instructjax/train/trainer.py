@@ -74,8 +74,8 @@ class Trainer:
         self.resume = resume
         self.run_dir = storage.path(config.run_dir)
         devices = list(jax.devices() if devices is None else devices)
-        sizes = sharding.resolve_mesh(config, len(devices), jax.process_count())
-        self.mesh = sharding.make_mesh(sizes, devices)
+        if config.mesh != "auto":  # checked before anything is read; `auto` is chosen once the steps are planned
+            sharding.resolve_mesh(config, len(devices), jax.process_count())
         if config.max_steps == 0:
             raise ConfigError("max_steps must be >= 1 to train (0 marks an evaluation-only config)")
         tokenizer_path = run_setup.tokenizer_path(config)
@@ -87,6 +87,7 @@ class Trainer:
         self.config = dataclasses.replace(config, template=data.template)  # what config.yaml records
         self.tokenizer_item = run_setup.tokenizer_item(self.tokenizer, data.template)
         self.resume_from = None  # the newest intact step: damaged newer ones are reported and set aside first
+        saved_config = None
         checkpoints = ckpt.checkpoints_dir(self.run_dir)  # read only: nothing is written before the checks pass
         if resume and integrity.steps_on_disk(checkpoints):
             self.resume_from = integrity.intact_step(checkpoints, set_aside=True)
@@ -105,6 +106,9 @@ class Trainer:
         plan = self.pipeline.plan_epoch(0)
         steps_per_epoch = plan.steps
         self.total_steps = config.max_steps or config.optim.epochs * steps_per_epoch
+        sizes = self.mesh_sizes(len(devices), (saved_config or {}).get("mesh"))
+        self.mesh = sharding.make_mesh(sizes, devices)
+        self.config = dataclasses.replace(self.config, mesh=sizes)  # config.yaml records the mesh trained on
         self.step_shapes: tuple[tuple[int, int], ...] = ()  # pack: per_step: (rows, row length), each compiled once
         processed = 0
         if config.data.pack == "per_step":
@@ -129,22 +133,60 @@ class Trainer:
         self.tx, self.schedule = optim.make_optimizer(config.optim, self.total_steps)
         self.build = build_step(self.model_config, self.tx, self.config, len(self.sources), self.mesh, config.seed)
 
-    def check_memory(self, sizes: dict[str, int]) -> None:
-        """Stop with one line before anything compiles when a step cannot fit a device here: `plan`'s figures for
-        this model, mesh and the run's largest step, against this machine's devices (`plan.local_topology`)."""
+    def mesh_sizes(self, devices: int, saved=None) -> dict[str, int]:
+        """The run's mesh on `devices` devices: the config's, or with `mesh: auto` the one `plan` proposes for them
+        (`plan.choose_mesh`, by this run's own step plan); a resumed `auto` run keeps the mesh it was saved with
+        where it serves these devices (`saved`)."""
+        from instructjax.train import plan
+
+        config, process_count = self.config, jax.process_count()
+        if config.mesh != "auto":
+            return sharding.resolve_mesh(config, devices, process_count)
+        if isinstance(saved, dict):
+            try:
+                return sharding.resolve_mesh(dataclasses.replace(config, mesh=saved), devices, process_count)
+            except ConfigError:  # another number of devices: chosen again
+                pass
+
+        def shapes(sizes) -> tuple[tuple[int, int], ...]:
+            if config.data.pack != "per_step":
+                return ((config.data.global_batch, config.data.seq_len),)
+            return self.pipeline.plan_steps(self.total_steps, sharding.row_multiple(config, sizes, process_count)).shapes
+
+        def real_share(sizes) -> float:  # packed or one example a row, the layout does not depend on the mesh
+            if config.data.pack != "per_step":
+                return 1.0
+            return self.pipeline.plan_steps(self.total_steps,
+                                            sharding.row_multiple(config, sizes, process_count)).efficiency
+
+        def fits(sizes) -> bool:
+            return self.memory_needed(sizes, shapes(sizes))[0] <= plan.USABLE * plan.local_topology().hbm_gib * plan.GIB
+
+        return plan.choose_mesh(config, devices, process_count, real_share, fits)
+
+    def memory_needed(self, sizes: dict[str, int], shapes) -> tuple[int, str]:
+        """`plan`'s bytes a device for this model on mesh `sizes` and the largest of the step `shapes`, and the
+        one line saying so when it does not fit this machine's devices (`plan.local_topology`)."""
         from instructjax.train import plan
 
         topology = plan.local_topology()
-        rows, length = max(self.step_shapes or [(self.config.data.global_batch, self.config.data.seq_len)],
-                           key=lambda shape: shape[0] * shape[1])
+        rows, length = max(shapes, key=lambda shape: shape[0] * shape[1])
         memory, acts = plan.device_memory(self.model_config, sizes, rows=rows, seq_len=length,
                                           micro_batches=self.config.optim.micro_batches,
                                           clip=bool(self.config.optim.grad_clip), platform=topology.platform,
                                           loss_chunk=self.config.optim.loss_chunk)
         needed = memory["param_bytes"] + memory["opt_bytes"] + memory["grad_bytes"] + acts["total"]
-        self.out_of_memory = plan.out_of_memory(needed, memory, acts, topology)  # also for XLA's own refusal
-        if needed > plan.USABLE * topology.hbm_gib * plan.GIB:
-            raise ConfigError(self.out_of_memory)
+        return needed, plan.out_of_memory(needed, memory, acts, topology)
+
+    def check_memory(self, sizes: dict[str, int]) -> None:
+        """Stop with one line before anything compiles when a step cannot fit a device here: `plan`'s figures for
+        this model, mesh and the run's largest step, against this machine's devices (`plan.local_topology`)."""
+        from instructjax.train import plan
+
+        needed, self.out_of_memory = self.memory_needed(
+            sizes, self.step_shapes or [(self.config.data.global_batch, self.config.data.seq_len)])
+        if needed > plan.USABLE * plan.local_topology().hbm_gib * plan.GIB:
+            raise ConfigError(self.out_of_memory)  # also said for XLA's own refusal
 
     def check_unchanged(self, saved: dict, accept: bool) -> None:
         """A resumed run continues exactly: a config that changes what it trains (schedule and length, optimizer,
