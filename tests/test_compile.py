@@ -76,7 +76,7 @@ def test_a_step_that_does_not_fit_exits_1(capsys):
 
 def test_bad_input_is_one_line(capsys, monkeypatch):
     for args, words in ((["--topology", "v4-12"], "unknown TPU topology 'v4-12': v4 slices are v4-8, v4-16"),
-                        ([], "add --topology"), (["--gpus", "8"], "add --topology")):
+                        (["--gpus", "8"], "not for --gpus")):
         assert main(["plan", "--config", str(QUICKSTART), "--compile", *args]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
@@ -84,3 +84,35 @@ def test_bad_input_is_one_line(capsys, monkeypatch):
     assert main(["plan", "--config", str(QUICKSTART), "--topology", "v5e-8", "--compile"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "libtpu is not installed" in err[0]
+
+
+def test_a_saved_step_is_what_the_trainer_runs(tmp_path, capsys):
+    """`plan --compile --save-executable` on this machine's 8 CPU devices, then `train` with `compiled: FILE`:
+    the trainer never traces or compiles its own step (its jit cache stays empty), and the losses are those of a
+    run that compiled it. Another optimizer setting, or a step built for a TPU slice, is refused with one line."""
+    from instructjax.core.config import load_config
+    from instructjax.train.trainer import Trainer
+
+    saved = tmp_path / "step.bin"
+    common = ["max_steps=3", "data.global_batch=8", "log_every=1"]
+    assert main(["plan", "--config", str(QUICKSTART), "--compile", "--save-executable", str(saved), *common]) == 0
+    losses = {}
+    for name, extra in (("saved", [f"compiled={saved}"]), ("compiled", [])):
+        trainer = Trainer(load_config(QUICKSTART, [*common, f"run_dir={tmp_path / name}", *extra]))
+        losses[name] = trainer.run().losses
+        if extra:
+            assert trainer.build.step._cache_size() == 0  # the loaded executable ran every step
+            assert f"is {saved} (not compiled here)" in capsys.readouterr().err
+    assert losses["saved"] == losses["compiled"] and len(losses["saved"]) == 3
+    capsys.readouterr()
+    assert main(["train", "--config", str(QUICKSTART), *common, f"run_dir={tmp_path / 'lr'}", "optim.lr=1e-4",
+                 f"compiled={saved}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was built for another step" in err[0], err
+    tpu = tmp_path / "tpu.bin"
+    assert main(["plan", "--config", str(QUICKSTART), "--topology", "v5e-8", "--compile", "--save-executable", str(tpu),
+                 *common]) == 0
+    capsys.readouterr()
+    assert main(["train", "--config", str(QUICKSTART), *common, f"run_dir={tmp_path / 'tpu'}", f"compiled={tpu}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was built for 8 x TPU v5 lite on 1 host(s)" in err[0] and "this run has 8 x cpu" in err[0]

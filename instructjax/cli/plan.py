@@ -20,9 +20,11 @@ def register(subparsers) -> None:
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--compile", action="store_true",
                    help="build the run's own train step for the --topology slice with the TPU compiler (libtpu; no "
-                        "TPU needed) and print its memory per device beside plan's, its kernels and collectives")
+                        "TPU needed), or for this machine, and print its memory per device beside plan's, its kernels "
+                        "and collectives")
     p.add_argument("--save-executable", metavar="FILE",
-                   help="with --compile: write the compiled step (of the largest step shape) to FILE")
+                   help="with --compile: write the compiled step (of the largest step shape; the epoch counted by the "
+                        "real pipeline) to FILE, for a run's `compiled: FILE` on the same slice")
     add_on_bad_row(p)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. optim.micro_batches=4")
     p.set_defaults(func=run)
@@ -54,11 +56,13 @@ def compiled(args, config) -> int:
 
     from instructjax.core.errors import ConfigError
     from instructjax.train.compile import compile_run, does_not_fit, format_report
-    from instructjax.train.topology import tpu_topology
+    from instructjax.train.topology import local_topology, tpu_topology
 
-    if not args.topology:
-        raise ConfigError("--compile builds the step for a TPU slice: add --topology (v4-64, v5e-8, ...)")
-    report = compile_run(config, tpu_topology(args.topology), name=args.config, real_data=args.real_data,
+    if args.gpus:
+        raise ConfigError("--compile builds the step for a TPU slice (--topology v4-64, v5e-8, ...) or, without "
+                          "--topology, for this machine; not for --gpus")
+    topology = tpu_topology(args.topology) if args.topology else local_topology()
+    report = compile_run(config, topology, name=args.config, real_data=args.real_data,
                          save_executable=args.save_executable)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     if not report.fits:

@@ -420,6 +420,7 @@ class RunConfig:
     define: dict[str, Any] = field(default_factory=dict)
     imports: list[str] = field(default_factory=list)  # user modules (names or .py paths) imported on load
     wandb: WandbSection | None = None  # optional Weights & Biases logging of metrics and results
+    compiled: str | None = None  # a train step saved by `plan --compile --save-executable`: used, not compiled again
 
     def __post_init__(self):
         _check(self.max_steps is None or self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")
@@ -607,6 +608,7 @@ def to_dict(config: RunConfig) -> dict:
 # where and how a run runs, is logged, saved and evaluated: none of it changes what it trains (dotted keys and
 # everything below them)
 NOT_TRAINING = ("name", "run_dir", "log_every", "mesh", "distributed", "checkpoint", "eval", "wandb", "data.prefetch",
+                "compiled",
                 "model.overrides.attention", "model.overrides.attention_block", "model.overrides.attention_backward_block",
                 "model.overrides.scan_layers",
                 "model.overrides.remat", "optim.loss_chunk")  # fmt: skip

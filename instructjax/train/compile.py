@@ -139,16 +139,41 @@ def compile_shape(build, rows: int, length: int) -> tuple[Any, float]:
     return compiled, time.perf_counter() - start
 
 
+def target_devices(topology: Topology) -> list:
+    """The devices a step is built for: a TPU slice's, described by libtpu, or this machine's own."""
+    if topology.platform == "tpu" and topology.shape:
+        return slice_devices(topology)
+    import jax
+
+    devices = jax.devices()
+    if topology.platform == "gpu" and devices[0].platform != "gpu" or len(devices) != topology.devices:
+        raise ConfigError(f"--compile builds for a TPU slice (--topology v4-64, v5e-8, ...) or this machine, "
+                          f"not {topology.name}")
+    return devices
+
+
+def run_sources(config: RunConfig) -> int:
+    """The number of tasks the run's mixture has (the per-source loss sums the step returns)."""
+    from instructjax.data.binding import resolve
+    from instructjax.data.blends.specs import define
+
+    define(config.define)
+    found = resolve(config.data.mixture)
+    return len(found.tasks) if found is not None else 1
+
+
 def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_data: bool = False,
                 save_executable: str | None = None) -> CompileReport:
-    """Build `config`'s train step for TPU slice `topology` for every step shape plan counts (see the module
-    doc); `save_executable`: write the compiled step (of the largest shape) there."""
+    """Build `config`'s train step for `topology` (a TPU slice, or this machine) for every step shape plan counts
+    (see the module doc); `save_executable`: write the compiled step of the largest shape there (`save_compiled`),
+    the epoch counted by the real pipeline (the trainer's own count of steps sets the schedule the step holds)."""
     from instructjax.core import sharding
     from instructjax.train import optim
     from instructjax.train import plan as planning
-    from instructjax.train.step import build_step
+    from instructjax.train.step import build_step, step_digest
 
-    devices = slice_devices(topology)
+    devices = target_devices(topology)
+    real_data = real_data or bool(save_executable)
     plan = planning.plan_with_proposal(config, topology, real_data=real_data, name=name)
     if plan.data is None:
         raise ConfigError("an evaluation-only config (max_steps: 0) has no train step to compile")
@@ -157,12 +182,14 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
     total_steps = run.max_steps or run.optim.epochs * plan.data.steps
     tx, _ = optim.make_optimizer(run.optim, total_steps)
     mesh = sharding.make_mesh(plan.mesh, devices)
-    build = build_step(model, tx, run, max(1, len(plan.data.per_task) or 1), mesh, run.seed)
+    sources = run_sources(run)
+    build = build_step(model, tx, run, sources, mesh, run.seed)
+    largest = max(plan.data.step_shapes, key=lambda s: s[0] * s[1])
     shapes = []
     for rows, length in sorted(set(plan.data.step_shapes)):
         memory, acts = planning.device_memory(model, plan.mesh, rows=rows, seq_len=length,
                                               micro_batches=run.optim.micro_batches, clip=bool(run.optim.grad_clip),
-                                              platform="tpu", loss_chunk=run.optim.loss_chunk)
+                                              platform=topology.platform, loss_chunk=run.optim.loss_chunk)
         estimate = int(memory["param_bytes"] + memory["opt_bytes"] + memory["grad_bytes"] + acts["total"])
         hbm = int(topology.hbm_gib * GIB)
         try:
@@ -183,16 +210,25 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
         shapes.append(CompiledShape(rows, length, int(xla), estimate, hbm, stats.argument_size_in_bytes,
                                     stats.output_size_in_bytes, stats.alias_size_in_bytes, stats.temp_size_in_bytes,
                                     kernels, round(seconds, 1), collectives))
-        if save_executable and (rows, length) == max(plan.data.step_shapes, key=lambda s: s[0] * s[1]):
-            save_compiled(compiled, save_executable, topology, rows, length)
+        if save_executable and (rows, length) == largest:
+            save_compiled(compiled, save_executable, target=slice_identity(devices, topology.hosts, plan.mesh),
+                          rows=rows, length=length,
+                          digest=step_digest(run, model, plan.mesh, sources, total_steps))
     from instructjax.model.attention import resolve
 
     return CompileReport(name, topology.name, topology.devices, topology.hosts, plan.mesh,
-                         resolve(model.attention, "tpu"), shapes, planning.USABLE)
+                         resolve(model.attention, topology.platform), shapes, planning.USABLE)
 
 
-def save_compiled(compiled, where: str, topology: Topology, rows: int, length: int) -> None:
-    """The compiled step serialised (jax's `serialize_executable`) with the slice and shape it was built for."""
+def slice_identity(devices, hosts: int, mesh: dict[str, int]) -> dict[str, Any]:
+    """What a saved step must be run on: the kind and number of devices, the hosts and the mesh."""
+    return {"platform": devices[0].platform, "device_kind": devices[0].device_kind, "devices": len(devices),
+            "hosts": hosts, "mesh": dict(mesh)}
+
+
+def save_compiled(compiled, where: str, *, target: dict, rows: int, length: int, digest: str) -> None:
+    """The compiled step serialised (jax's `serialize_executable`) with what it was built for: the devices
+    (`slice_identity`), the batch shape and the step's digest (`train.step.step_digest`)."""
     import pickle
 
     from jax.experimental.serialize_executable import serialize
@@ -200,8 +236,44 @@ def save_compiled(compiled, where: str, topology: Topology, rows: int, length: i
     from instructjax.core import storage
 
     payload, in_tree, out_tree = serialize(compiled)
-    storage.write_bytes(where, pickle.dumps({"topology": topology.name, "rows": rows, "length": length,
-                                             "payload": payload, "in_tree": in_tree, "out_tree": out_tree}))
+    storage.write_bytes(where, pickle.dumps({"format": 1, "target": target, "rows": rows, "length": length,
+                                             "digest": digest, "payload": payload, "in_tree": in_tree,
+                                             "out_tree": out_tree}))
+
+
+def load_compiled(where: str, *, target: dict, digest: str, shapes) -> tuple[tuple[int, int], Any]:
+    """The step saved at `where`, loaded onto this run's devices: ((rows, length), the loaded step); one
+    ConfigError line where it was built for other devices, another mesh, another step or a shape the run does
+    not take."""
+    import pickle
+
+    from jax.experimental.serialize_executable import deserialize_and_load
+
+    from instructjax.core import storage
+
+    try:
+        saved = pickle.loads(storage.path(where).read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"compiled: {where} does not exist (`instructjax plan --compile --save-executable`)") from None
+    except Exception as e:  # noqa: BLE001  not a file we wrote
+        raise ConfigError(f"compiled: {where} is not a saved step ({type(e).__name__})") from None
+    if not isinstance(saved, dict) or saved.get("format") != 1:
+        raise ConfigError(f"compiled: {where} is not a saved step of this version")
+    built = saved["target"]
+    if built != target:
+        def words(t):
+            return f"{t['devices']} x {t['device_kind']} on {t['hosts']} host(s), mesh " + \
+                " x ".join(f"{k}={v}" for k, v in t["mesh"].items())
+        raise ConfigError(f"compiled: {where} was built for {words(built)}; this run has {words(target)}: "
+                          "compile it for this slice (`instructjax plan --compile --save-executable`) or drop it")
+    if saved["digest"] != digest:
+        raise ConfigError(f"compiled: {where} was built for another step (model, optimizer, schedule length, mesh "
+                          "or mixture differ from this run's): compile it again with this config or drop it")
+    shape = (saved["rows"], saved["length"])
+    if shape not in set(shapes):
+        raise ConfigError(f"compiled: {where} is a step of {shape[0]} x {shape[1]}; this run's steps are "
+                          + ", ".join(f"{r} x {n}" for r, n in sorted(set(shapes))))
+    return shape, deserialize_and_load(saved["payload"], saved["in_tree"], saved["out_tree"])
 
 
 def does_not_fit(report: CompileReport) -> str:

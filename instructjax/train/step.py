@@ -91,6 +91,20 @@ class StepBuild:
             return self.step.lower(self.params, self.opt_state, self.batch(rows, seq_len))
 
 
+def step_digest(config: RunConfig, model: DecoderConfig, mesh: dict[str, int], num_sources: int,
+                total_steps: int) -> str:
+    """What a compiled step depends on: the model's shapes and switches (not its special token ids), the optimizer
+    and its schedule's length, the loss, the batch layout, the mesh and the number of sources: a step saved by `plan
+    --compile --save-executable` serves a run only where this is the same."""
+    import dataclasses as dc
+
+    from instructjax.core.config import digest
+
+    shapes = {k: v for k, v in dc.asdict(model).items() if k not in ("bos_id", "eos_id", "extra_eos_ids", "pad_id")}
+    return digest({"model": shapes, "optim": dc.asdict(config.optim), "total_steps": total_steps, "mesh": mesh,
+                   "sources": num_sources, "seed": config.seed})
+
+
 def build_step(model: DecoderConfig, tx: optax.GradientTransformation, config: RunConfig, num_sources: int,
                mesh: Mesh, seed: int = 0) -> StepBuild:
     """The run's step and abstract state on `mesh` (see the module doc): parameters sharded by the logical rules,

@@ -132,6 +132,16 @@ class Trainer:
                 print(f"data: {cache_report(list(self.pipeline.task_names))}", flush=True)
         self.tx, self.schedule = optim.make_optimizer(config.optim, self.total_steps)
         self.build = build_step(self.model_config, self.tx, self.config, len(self.sources), self.mesh, config.seed)
+        self.precompiled = {}  # (rows, length) -> a step loaded from `compiled:` (plan --compile --save-executable)
+        if config.compiled:
+            from instructjax.train.compile import load_compiled, slice_identity
+            from instructjax.train.step import step_digest
+
+            shape, step = load_compiled(
+                config.compiled, target=slice_identity(devices, jax.process_count(), sizes),
+                digest=step_digest(self.config, self.model_config, sizes, len(self.sources), self.total_steps),
+                shapes=self.step_shapes or [(config.data.global_batch, config.data.seq_len)])
+            self.precompiled[shape] = step
 
     def mesh_sizes(self, devices: int, saved=None) -> dict[str, int]:
         """The run's mesh on `devices` devices: the config's, or with `mesh: auto` the one `plan` proposes for them
@@ -245,7 +255,15 @@ class Trainer:
             storage.write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.config), sort_keys=False))
         logger = MetricsLogger(self.run_dir, enabled=primary, resume_step=start if self.resume else None,
                                tracker=tracking.start(self.config, "train") if primary else None)
-        step_fn, batch_sharding = self.build.step, self.build.batch_sharding
+        batch_sharding = self.build.batch_sharding
+
+        def step_fn(params, opt_state, batch):  # a step loaded from `compiled:` where its shape is this batch's
+            return self.precompiled.get(batch["tokens"].shape, self.build.step)(params, opt_state, batch)
+
+        if primary:
+            for (rows, length) in self.precompiled:
+                print(f"instructjax: the step of {rows} x {length} is {self.config.compiled} (not compiled here)",
+                      file=sys.stderr, flush=True)
         window = _Window(len(self.sources), self.config.optim.loss_reduction)
         if start and getattr(self, "restored_window", None):  # a preempted run's half-filled log window
             window.load(self.restored_window)
@@ -275,7 +293,8 @@ class Trainer:
             with jax.set_mesh(self.mesh), self._memory_errors():
                 self.schedule(start)  # its ops compiled here, not in the wall time of the second step
                 for rows, length in self.step_shapes:  # compiled now: a shape first used mid-run costs no step time
-                    step_fn.lower(params, opt_state, self.build.batch(rows, length)).compile()
+                    if (rows, length) not in self.precompiled:
+                        self.build.step.lower(params, opt_state, self.build.batch(rows, length)).compile()
                 if start < last:
                     batch, position = on_mesh(next(batches), batch_sharding), self.pipeline.state
                 clock = time.perf_counter()  # a step's wall time ends when its outputs are ready
