@@ -18,6 +18,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from instructjax.core.libtpu import quiet_without_tpu
+
+quiet_without_tpu()  # the benchmarks are entry points: libtpu (installed everywhere) quiet where there is no TPU
+
 RESULTS = Path(__file__).with_name("RESULTS.md")
 RESULTS_HEADER = "# Benchmark results\n\nEach benchmark appends a dated section: machine, command, figures.\n"
 

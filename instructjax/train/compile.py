@@ -190,7 +190,7 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
         memory, acts = planning.device_memory(model, plan.mesh, rows=rows, seq_len=length,
                                               micro_batches=run.optim.micro_batches, clip=bool(run.optim.grad_clip),
                                               platform=topology.platform, loss_chunk=run.optim.loss_chunk)
-        estimate = int(memory["param_bytes"] + memory["opt_bytes"] + memory["grad_bytes"] + acts["total"])
+        estimate = int(planning.needed_bytes(memory, acts))
         hbm = int(topology.hbm_gib * GIB)
         try:
             compiled, seconds = compile_shape(build, rows, length)

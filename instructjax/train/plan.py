@@ -5,7 +5,8 @@ Memory per device comes from the real model and optimizer, never from guesses: t
 `tx.init` on it, and each array's per-device shard is its shape divided by the mesh axes that
 `train.sharding.logical_to_spec` assigns it on an `AbstractMesh` of the target topology (no devices
 needed). Gradients are float32 and sharded like the parameters (one more copy as the accumulator
-when `optim.micro_batches > 1`).
+when `optim.micro_batches > 1`). The step also holds the sharded parameters cast to the compute dtype (XLA hoists
+the cast out of the layer loop; seen in the TPU compiler's buffers, `plan --compile`).
 
 Activations are an estimate, per device, for one micro-batch of `r` rows of `s` tokens (`r` = global
 batch / micro-batches / (data x fsdp)), tensor size `t`, `c`-byte compute (`model.dtype`: 2 for bf16), per
@@ -88,12 +89,18 @@ from instructjax.train.topology import (  # noqa: F401  (their old home: users i
 GIB = 2**30
 USABLE = 0.9  # headroom for XLA temporaries, fragmentation and the runtime
 PACKING_EFFICIENCY = 0.995  # best-fit-decreasing, window 1000 (benchmarks/RESULTS.md: 99.6-99.8%)
+
+
 def device_memory(model: DecoderConfig, sizes: dict[str, int], *, rows: int, seq_len: int, micro_batches: int,
                   clip: bool, platform: str, loss_chunk: int = 0) -> tuple[dict[str, int], dict[str, Any]]:
     """(parameters, optimizer state and gradients, activations) per device for a step of `rows` rows of `seq_len`
     (the plan's figures; `activation_bytes`, `state_memory`)."""
     memory = state_memory(model, sizes, clip=clip)
     memory["grad_bytes"] = memory["param_bytes"] * (2 if micro_batches > 1 else 1)  # + the accumulator
+    # the parameters cast to the compute dtype once for the whole step (XLA hoists the cast out of the layer loop:
+    # the TPU compiler's buffers hold a bfloat16 copy of every sharded float32 parameter)
+    compute, stored = np.dtype(model.dtype).itemsize, np.dtype(model.param_dtype).itemsize
+    memory["copy_bytes"] = memory["param_bytes"] * compute // stored if compute != stored else 0
     per_device = -(-rows // (micro_batches * sizes["data"] * sizes["fsdp"]))
     loss_tokens = -(-loss_chunk // (sizes["data"] * sizes["fsdp"])) if loss_chunk else 0  # a chunk is split over rows
     acts = activation_bytes(model, per_device, seq_len, sizes["tensor"], platform, loss_tokens)
@@ -101,10 +108,18 @@ def device_memory(model: DecoderConfig, sizes: dict[str, int], *, rows: int, seq
     return memory, acts
 
 
+def needed_bytes(memory: dict[str, int], acts: dict[str, Any]) -> int:
+    """A step's bytes a device: parameters, AdamW state, gradients, the parameters' compute-dtype copy and the
+    activations (`device_memory`'s figures)."""
+    return (memory["param_bytes"] + memory["opt_bytes"] + memory["grad_bytes"] + memory.get("copy_bytes", 0)
+            + acts["total"])
+
+
 def out_of_memory(needed: int, memory: dict, acts: dict, topology: Topology) -> str:
     """One line: what a step needs a device, what a device has, and the keys that change it."""
     return (f"out of memory: a step needs about {needed / GIB:.1f} GiB a device (parameters {_gib(memory['param_bytes'])}"
-            f", AdamW state {_gib(memory['opt_bytes'])}, gradients {_gib(memory['grad_bytes'])}, activations "
+            f", AdamW state {_gib(memory['opt_bytes'])}, gradients {_gib(memory['grad_bytes'])}, their compute-dtype "
+            f"copy {_gib(memory.get('copy_bytes', 0))}, activations "
             f"{_gib(acts['total'])} for {acts['rows']} row(s) of {acts['seq_len']}), a device here has "
             f"{topology.hbm_gib:.1f} GiB ({topology.name}); lower data.global_batch or data.seq_len, raise "
             "optim.micro_batches, or set model.remat=full (`instructjax plan --config ...` shows the figures)")
@@ -350,8 +365,7 @@ class Plan:
 
     @property
     def total_bytes(self) -> int:
-        return self.memory["param_bytes"] + self.memory["opt_bytes"] + self.memory["grad_bytes"] + \
-            self.activations["total"]
+        return needed_bytes(self.memory, self.activations)
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "total_bytes": self.total_bytes}
@@ -394,7 +408,7 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
     if memory["params"] != param_count(model):
         raise AssertionError(f"eval_shape gives {memory['params']} parameters, param_count {param_count(model)}")
     if not training:
-        memory["grad_bytes"] = 0
+        memory["grad_bytes"] = memory["copy_bytes"] = 0
         acts = {"per_layer": 0, "layers": 0, "logits": 0, "total": 0, "attention": None, "rows": 0,
                 "seq_len": config.data.seq_len}  # fmt: skip
     plan = Plan(name, topology, sizes, memory, acts, data, config.optim.epochs, False)
@@ -514,6 +528,7 @@ def format_plan(plan: Plan) -> str:
         f"  params        {_gib(m['param_bytes'])}",
         f"  optimizer     {_gib(m['opt_bytes'])} (global {m['opt_bytes_global'] / 1e9:.2f} GB)",
         f"  gradients     {_gib(m['grad_bytes'])}",
+        f"  compute copy  {_gib(m['copy_bytes'])} (the parameters in the compute dtype, for the step)",
         f"  activations   {_gib(a['total'])} (layers {_gib(a['layers'])}, logits {_gib(a['logits'])}; "
         f"{a['attention']} attention; {a['rows']} row(s) of {a['seq_len']} a device; estimate)",
         f"  total         {_gib(plan.total_bytes)} of {t.hbm_gib:.3g} GiB -> "

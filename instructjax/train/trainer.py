@@ -185,7 +185,7 @@ class Trainer:
                                           micro_batches=self.config.optim.micro_batches,
                                           clip=bool(self.config.optim.grad_clip), platform=topology.platform,
                                           loss_chunk=self.config.optim.loss_chunk)
-        needed = memory["param_bytes"] + memory["opt_bytes"] + memory["grad_bytes"] + acts["total"]
+        needed = plan.needed_bytes(memory, acts)
         return needed, plan.out_of_memory(needed, memory, acts, topology)
 
     def check_memory(self, sizes: dict[str, int]) -> None:
