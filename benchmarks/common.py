@@ -146,37 +146,23 @@ def train_step(model_config: Any, *, lr: float = 1e-4, total_steps: int = 1000, 
     as in `Trainer.run`. Call it under `jax.set_mesh(mesh)`. `which` names the step implementation.
     """
     import jax
-    import optax
     from flax import nnx
-    from jax.sharding import NamedSharding, PartitionSpec
 
     from instructjax.core import sharding
     from instructjax.core.config import RunConfig
     from instructjax.model.decoder import Decoder
     from instructjax.train.optim import make_optimizer
-    from instructjax.train.trainer import make_train_step
+    from instructjax.train.step import build_step
 
     config = RunConfig(seed=seed)
     config.optim.lr = lr
     mesh = sharding.make_mesh(config.mesh)
     tx, _ = make_optimizer(config.optim, total_steps)
+    build = build_step(model_config, tx, config, 1, mesh, seed)  # the trainer's step, shardings and donation
     model = sharding.create_sharded_model(lambda: Decoder(model_config, rngs=nnx.Rngs(seed)), mesh)
-    graphdef, state = nnx.split(model)
-    params = nnx.to_pure_dict(state)
-    # The same explicit shardings as Trainer.run, so every call hits one compiled executable.
-    param_shardings = nnx.to_pure_dict(sharding.state_shardings(state, mesh))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    opt_shardings = optax.tree_utils.tree_map_params(
-        tx, lambda _, s: s, jax.eval_shape(tx.init, params), param_shardings,
-        transform_non_params=lambda _: replicated)  # fmt: skip
-    opt_state = jax.jit(tx.init, out_shardings=opt_shardings)(params)
-    step = jax.jit(
-        make_train_step(graphdef, tx, config, 1, mesh),
-        in_shardings=(param_shardings, opt_shardings, sharding.batch_sharding(mesh)),
-        out_shardings=(param_shardings, opt_shardings, replicated),
-        donate_argnums=(0, 1),
-    )
-    return step, params, opt_state, mesh, "instructjax.train.trainer.make_train_step"
+    params = nnx.to_pure_dict(nnx.state(model))
+    opt_state = jax.jit(tx.init, out_shardings=build.opt_shardings)(params)
+    return build.step, params, opt_state, mesh, "instructjax.train.step.build_step"
 
 
 def env_summary() -> dict[str, Any]:

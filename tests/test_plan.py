@@ -6,10 +6,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import optax
 import pytest
-from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 
 from instructjax.cli import main
 from instructjax.core import sharding
@@ -17,10 +14,9 @@ from instructjax.core.config import DataSection, ModelSection, OptimSection, Run
 from instructjax.core.errors import ConfigError
 from instructjax.data.batches.packing import FEATURES
 from instructjax.model.config import preset
-from instructjax.model.decoder import Decoder
 from instructjax.train.optim import make_optimizer
 from instructjax.train.plan import GIB, Topology, activation_bytes, gpu_topology, make_plan, tpu_topology
-from instructjax.train.trainer import make_train_step
+from instructjax.train.step import build_step
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 TULU7B = CONFIGS / "seed004_tulu" / "tulu_human_gpt_llama2_7b.yaml"
@@ -220,23 +216,16 @@ FAST_CODEGEN = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive
 
 
 def xla_bytes_per_device(config: RunConfig) -> int:
-    """The trainer's train step for `config` (`make_train_step`, jitted with Trainer.run's shardings and
+    """The trainer's train step for `config` (`train.step.build_step`, jitted with Trainer.run's shardings and
     donation), compiled for the 8 CPU devices of tests/conftest.py: XLA's buffers on one device, arguments +
     outputs - the donated state they share (updated in place) + temporaries (gradients, activations, workspace)."""
     model = preset(config.model.preset, **config.model.overrides)
     mesh = sharding.make_mesh(sharding.resolve_mesh(config, jax.device_count()))
     tx, _ = make_optimizer(config.optim, 100)
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(model, rngs=nnx.Rngs(0))))
-    params, param_shardings = nnx.to_pure_dict(state), nnx.to_pure_dict(sharding.state_shardings(state, mesh))
-    replicated = NamedSharding(mesh, PartitionSpec())
-    opt_state = jax.eval_shape(tx.init, params)
-    opt_shardings = optax.tree_utils.tree_map_params(tx, lambda _, s: s, opt_state, param_shardings,
-                                                     transform_non_params=lambda _: replicated)
+    build = build_step(model, tx, config, 1, mesh)  # the trainer's own step, shardings and donation
     shape = (config.data.global_batch, config.data.seq_len)
     batch = {k: jax.ShapeDtypeStruct(shape, np.float32 if k == "loss_weights" else np.int32) for k in FEATURES}
-    step = jax.jit(make_train_step(graphdef, tx, config, 1, mesh),
-                   in_shardings=(param_shardings, opt_shardings, sharding.batch_sharding(mesh)),
-                   out_shardings=(param_shardings, opt_shardings, replicated), donate_argnums=(0, 1))
+    step, params, opt_state = build.step, build.params, build.opt_state
     with jax.set_mesh(mesh):
         memory = step.lower(params, opt_state, batch).compile(compiler_options=FAST_CODEGEN).memory_analysis()
     return (memory.argument_size_in_bytes + memory.output_size_in_bytes - memory.alias_size_in_bytes

@@ -31,6 +31,7 @@ from jax.sharding import PartitionSpec
 from instructjax.core.config import LOSS_REDUCTIONS
 from instructjax.core.errors import ConfigError
 from instructjax.core.sharding import logical_to_spec
+from instructjax.model.kernels.common import target_platform
 
 
 def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
@@ -213,9 +214,12 @@ def _sliced_nll(x: jax.Array, head: jax.Array, y: jax.Array, *, spec: str, softc
                 axes: tuple[str, ...]) -> jax.Array:
     """One chunk's nll [c] on this device of a `shard_map` over `axes`, with `head` this device's slice of the
     vocabulary (device i holds ids i * V_i .. (i + 1) * V_i - 1, i counted over `axes` as `all_gather` orders
-    them): the chunk's tokens of every device gathered, the logits of this slice for all of them, the log-sum-exp
+    them): the chunk's tokens of every device gathered (in the hidden states' dtype on a TPU, in float32 elsewhere),
+    the logits of this slice for all of them, the log-sum-exp
     and the target's logit summed over the devices, this device's own tokens' losses kept."""
     c = x.shape[0]
+    if target_platform() != "tpu":  # XLA:CPU aborts promoting a bfloat16 reduce-scatter (the gather's transpose)
+        x = x.astype(jnp.float32)
     xs = jax.lax.all_gather(x, axes, tiled=True)  # [c * shards, E]
     ys = jax.lax.all_gather(y, axes, tiled=True)
     logits = jnp.einsum(f"ce,{spec}->cv", xs.astype(dtype), head.astype(dtype)).astype(jnp.float32)
