@@ -40,12 +40,15 @@ def compile_json(capsys, topology: str, *overrides: str) -> tuple[int, dict]:
     return code, json.loads(capsys.readouterr().out)
 
 
-@pytest.mark.parametrize("topology", ["v5e-8", "v4-16"])
-def test_tiny_config_compiles_for_a_slice(capsys, topology):
-    """The quickstart's step in bfloat16 built for a v5e-8 (one host) and a v4-16 (8 chips on two hosts): splash
-    attention compiled as Mosaic kernels under the slice's mesh (forward, and the backward's dq and dkv), the
-    step's rows a multiple of the slice's hosts, memory per device from the compiler, and no all-reduce as large
-    as the output head's float32 gradient over fsdp (the loss head is sliced over the devices)."""
+# plan's figure against the compiler's: within 10%; on a v4-8 (2 rows a chip) plan counts 1.17x: the tiny model
+# is mostly its embedding table, whose gradient and compute-dtype copy XLA:TPU does not keep whole there (open)
+@pytest.mark.parametrize("topology,plan_within", [("v5e-8", 0.10), ("v4-8", 0.20), ("v4-16", 0.10)])
+def test_tiny_config_compiles_for_a_slice(capsys, topology, plan_within):
+    """The quickstart's step in bfloat16 built for a v5e-8 and a v4-8 (one host) and a v4-16 (8 chips on two
+    hosts): splash attention compiled as Mosaic kernels under the slice's mesh (forward, and the backward's dq and
+    dkv), the step's rows a multiple of the slice's hosts, the compiler's memory per device near plan's,
+    and no all-reduce as large as the output head's float32 gradient over fsdp (the loss head is sliced over the
+    devices)."""
     code, report = compile_json(capsys, topology, "model.dtype=bfloat16", "data.global_batch=8", "mesh.data=1",
                                 "mesh.fsdp=-1")
     slice_ = tpu_topology(topology)
@@ -59,7 +62,8 @@ def test_tiny_config_compiles_for_a_slice(capsys, topology):
     for shape in report["shapes"]:
         assert shape["mosaic_kernels"] >= 3
         assert shape["rows"] % slice_.hosts == 0
-        assert 0 < shape["xla_bytes"] < shape["hbm_bytes"] and shape["plan_bytes"] > 0
+        assert 0 < shape["xla_bytes"] < shape["hbm_bytes"]
+        assert shape["plan_bytes"] == pytest.approx(shape["xla_bytes"], rel=plan_within), shape
         assert shape["compile_s"] > 0
         assert shape["largest_all_reduce_bytes"] < head_bytes / mesh["fsdp"], shape
 

@@ -75,18 +75,20 @@ def test_llama2_7b_activations_and_data_by_hand(tulu7b_v4_64):
     # 64 rows of 2048 for rows a multiple of the 32 devices (70% real), so the step takes 32 rows of
     # ceil(90,100 / 32 / 256) x 256 = 2816 tokens instead (the layout the plan shows, and the rows its activations are
     # for): 1 row of 2816 per device, remat "full": each layer keeps its input 1 x 2816 x 2 x 4096 bytes; one layer is
-    # recomputed with everything (214,016 bytes a token + its weights) + splash attention's float32 log-sum-exp
-    # 4*32*2816 (no 2816^2 term on TPU); the loss makes the logits of optim.loss_chunk = 4096 tokens at a time, split
-    # over the 32 data-parallel devices: 6 x 128 x 32000
+    # recomputed with everything (214,016 bytes a token) + splash attention's float32 log-sum-exp 4*32*2816 (no
+    # 2816^2 term on TPU), whose backward holds those twice (and their gradients) and its weights three times
+    # (gathered for the forward, for the backward, and their gradient before the reduce-scatter); the loss makes the
+    # logits of optim.loss_chunk = 4096 tokens at a time, split over the 32 data-parallel devices: 6 x 128 x 32000
     assert tulu7b_v4_64.data.step_shapes == ((32, 2816),) and (a["rows"], a["seq_len"]) == (1, 2816)
     assert a["attention"] == "splash"
-    one_layer = 2816 * 214_016 + 404_750_336
-    assert a["layers"] == 32 * 23_068_672 + (one_layer + 360_448) == 1_745_977_344
+    recompute = 2 * (2816 * 214_016 + 360_448) + 3 * 404_750_336
+    assert a["layers"] == 32 * 23_068_672 + recompute == 3_158_507_520
     assert a["logits"] == 24_576_000
-    assert a["total"] == 1_770_553_344
-    # params, AdamW's two moments (+ 8 bytes of counters), gradients, and the bfloat16 copy of the params
+    assert a["total"] == 3_158_507_520  # the logits are freed before the recomputed layer's backward
+    # params, AdamW's two moments (+ 8 bytes of counters), the bfloat16 copy of the params, the saved layer inputs;
+    # then the larger of the loss's logits and the layers' backward (the gradients and the recomputed layer)
     assert tulu7b_v4_64.memory["copy_bytes"] == 843_333_632 // 2
-    assert tulu7b_v4_64.total_bytes == 843_333_632 * 4 + 8 + 843_333_632 // 2 + 1_770_553_344
+    assert tulu7b_v4_64.total_bytes == 843_333_632 * 4 + 8 + 843_333_632 // 2 + 3_158_507_520
     assert tulu7b_v4_64.fits
     d = tulu7b_v4_64.data
     # Human+GPT: FLAN V2 100K + CoT 100K + Dolly 15,011 + OASST1 34,795 + GPT4-Alpaca 52,002 + Code-Alpaca
@@ -113,9 +115,9 @@ def test_activation_policies_order():
     assert activation_bytes(model.replace(remat="none"), 4, 2048, 1, "gpu")["total"] == sizes["none"]
     # tensor parallelism divides the head/MLP parts and the logits
     assert activation_bytes(model, 4, 2048, 4)["logits"] == 1_572_864_000 // 4
-    # float32 compute: 4-byte activations (a layer's input 4 x 8192 x 4096) and 8-byte logits
+    # float32 compute: 4-byte activations (a layer's input 4 x 8192 x 4096) and 4-byte logits (no upcast copy)
     fp32 = activation_bytes(model.replace(dtype="float32", remat="full"), 4, 2048, 1)
-    assert (fp32["per_layer"], fp32["logits"]) == (4 * 8192 * 4096, 8 * 8192 * 32000)
+    assert (fp32["per_layer"], fp32["logits"]) == (4 * 8192 * 4096, 4 * 8192 * 32000)
 
 
 def test_does_not_fit_and_errors():

@@ -20,7 +20,10 @@ decoder layer:
   attention's own residual `A`; the layer's weight matrices cast to the compute dtype,
   `W = c (h d (2a + 2k) + (g + 1) h m) / t` (`g` = 2 for a gated MLP), whole over fsdp: a layer's weights are
   gathered to be used; q/k norms add their inputs and outputs; a parallel residual keeps one sum fewer);
-- ``full``: only each layer's input `c s r h`, plus one layer recomputed at a time (the ``none`` term once);
+- ``full``: only each layer's input `c s r h`, plus one layer recomputed at a time: the ``none`` term once; on a
+  TPU its backward holds the term's arrays twice (the forward's and their gradients) and `3 W` (the weights
+  gathered for the recomputed forward, again for the backward, and their whole gradient before the
+  reduce-scatter), as the TPU compiler's buffers show (`plan --compile`);
 - ``save_attention``: the layer input and attention output `c s r (h + a d / t)`, plus one recomputed layer;
 - ``dots_with_no_batch_dims_saveable``: the layer input and the weight matmul outputs
   `c s r (h + (a + 2k) d / t + h + 2m / t + h)`, plus one recomputed layer;
@@ -33,8 +36,10 @@ decoder layer:
 platform): the dense `xla` one keeps its softmax probabilities `c (a / t) s^2 r`; the fused ones (splash on
 TPU, Pallas flash on GPU, blockwise) keep only a float32 log-sum-exp per query `4 (a / t) s r`, no s^2 term.
 
-Plus the logits of one loss chunk (`optim.loss_chunk` tokens split over the data-parallel devices; all
-`s r` tokens with 0) of `V / t` each in the compute dtype and their float32 log-softmax (`c + 4` bytes). The
+The logits of one loss chunk (`optim.loss_chunk` tokens split over the data-parallel devices; all `s r` tokens
+with 0) of `V / t` each in the compute dtype and their float32 log-softmax (`c + 4` bytes; 4 in float32) live
+before the layers' backward starts: the total counts the larger of them and the recomputed layer. On a TPU a head
+sliced over the batch devices (`train.loss`) makes no logits array: XLA:TPU fuses them with their log-sum-exp. The
 total is checked against XLA's own buffer assignment of the compiled train step (tests/test_plan.py: within
 15% on XLA:CPU in float32). XLA fuses and schedules differently on each platform, so real peaks differ by
 tens of percent; a config "fits" when the total is within `USABLE` of the chip's HBM.
@@ -103,16 +108,22 @@ def device_memory(model: DecoderConfig, sizes: dict[str, int], *, rows: int, seq
     memory["copy_bytes"] = memory["param_bytes"] * compute // stored if compute != stored else 0
     per_device = -(-rows // (micro_batches * sizes["data"] * sizes["fsdp"]))
     loss_tokens = -(-loss_chunk // (sizes["data"] * sizes["fsdp"])) if loss_chunk else 0  # a chunk is split over rows
-    acts = activation_bytes(model, per_device, seq_len, sizes["tensor"], platform, loss_tokens)
+    acts = activation_bytes(model, per_device, seq_len, sizes["tensor"], platform, loss_tokens,
+                            head_slices=sizes["data"] * sizes["fsdp"])
     acts.update(rows=per_device, seq_len=seq_len)
     return memory, acts
 
 
 def needed_bytes(memory: dict[str, int], acts: dict[str, Any]) -> int:
-    """A step's bytes a device: parameters, AdamW state, gradients, the parameters' compute-dtype copy and the
-    activations (`device_memory`'s figures)."""
-    return (memory["param_bytes"] + memory["opt_bytes"] + memory["grad_bytes"] + memory.get("copy_bytes", 0)
-            + acts["total"])
+    """A step's peak bytes a device (`device_memory`'s figures): parameters, AdamW state, the parameters'
+    compute-dtype copy and the layers' saved inputs throughout; then the larger of the loss (its logits, and the
+    gradient accumulator of earlier micro-batches) and the layers' backward (the gradients and the recomputed
+    layer): the loss's logits are freed before the layers' gradients are made."""
+    accumulator = max(memory["grad_bytes"] - memory["param_bytes"], 0)
+    loss = accumulator + acts["logits"]
+    backward = memory["grad_bytes"] + acts.get("recompute", 0)
+    return (memory["param_bytes"] + memory["opt_bytes"] + memory.get("copy_bytes", 0) + acts.get("saved", 0)
+            + max(loss, backward))
 
 
 def out_of_memory(needed: int, memory: dict, acts: dict, topology: Topology) -> str:
@@ -185,9 +196,10 @@ MLP_ARRAYS = {("silu", True): 6, ("gelu_tanh", True): 8, ("gelu", True): 8, ("re
 
 
 def activation_bytes(model: DecoderConfig, rows: int, seq_len: int, tensor: int, platform: str = "tpu",
-                     loss_tokens: int = 0) -> dict:
+                     loss_tokens: int = 0, head_slices: int = 1) -> dict:
     """Per-device activation bytes for `rows` rows of `seq_len` on `platform` (see the module docstring's formula);
-    the loss makes the logits of `loss_tokens` tokens at a time (0: all of them)."""
+    the loss makes the logits of `loss_tokens` tokens at a time (0: all of them), its head sliced over
+    `head_slices` devices."""
     from instructjax.model import attention
 
     s, r, t = seq_len, rows, tensor
@@ -219,11 +231,19 @@ def activation_bytes(model: DecoderConfig, rows: int, seq_len: int, tensor: int,
     saved["dots_saveable"] = saved["dots_with_no_batch_dims_saveable"] + (
         0 if fused else 4 * (a / t) * s * s * r + c * s * r * a * d / t)
     per_layer = saved[model.remat]
-    recompute = 0 if model.remat == "none" else full_layer
+    # the recomputed layer's backward on a TPU: its forward arrays and their gradients, its weights gathered for the
+    # forward and again for the backward, and their whole gradient before the reduce-scatter (XLA:TPU's buffers,
+    # `plan --compile`); elsewhere the forward's once (XLA:CPU's buffers, tests/test_plan.py)
+    backward = 2 * (full_layer - weights) + 3 * weights if platform == "tpu" else full_layer
+    recompute = 0 if model.remat == "none" else backward
     tokens = s * r if not loss_tokens else min(loss_tokens, s * r)
-    logits = (c + 4) * tokens * model.vocab_size / t
-    return {"per_layer": int(per_layer), "layers": int(per_layer * layers + recompute), "logits": int(logits),
-            "total": int(per_layer * layers + recompute + logits), "attention": implementation}
+    logits = (c + 4 if c < 4 else c) * tokens * model.vocab_size / t  # float32 compute: one array
+    if platform == "tpu" and head_slices > 1 and model.vocab_size % head_slices == 0:
+        logits = 0  # the sliced head's logits, log-sum-exp and target pick are one fusion on XLA:TPU: never an array
+    # the loss's logits are gone before the layers' backward starts: the peak holds one or the other
+    return {"per_layer": int(per_layer), "saved": int(per_layer * layers), "recompute": int(recompute),
+            "layers": int(per_layer * layers + recompute), "logits": int(logits),
+            "total": int(per_layer * layers + max(recompute, logits)), "attention": implementation}
 
 
 @dataclass
@@ -409,7 +429,8 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
         raise AssertionError(f"eval_shape gives {memory['params']} parameters, param_count {param_count(model)}")
     if not training:
         memory["grad_bytes"] = memory["copy_bytes"] = 0
-        acts = {"per_layer": 0, "layers": 0, "logits": 0, "total": 0, "attention": None, "rows": 0,
+        acts = {"per_layer": 0, "saved": 0, "recompute": 0, "layers": 0, "logits": 0, "total": 0, "attention": None,
+                "rows": 0,
                 "seq_len": config.data.seq_len}  # fmt: skip
     plan = Plan(name, topology, sizes, memory, acts, data, config.optim.epochs, False)
     plan.fits = plan.total_bytes <= USABLE * topology.hbm_gib * GIB
