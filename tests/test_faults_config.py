@@ -42,9 +42,20 @@ CONFIGS = [  # (id, config file text or None for a missing file, overrides, word
     ("bad_define", "define: {tasks: {t: {source: no_such_source}}}\n", [], "no_such_source"),
     ("zero_steps", "", ["max_steps=0"], "max_steps must be >= 1"),
     ("mesh_size_not_a_number", "", ["mesh.data=two"], "mesh.data: expected int, got 'two'"),
+    ("model_key_given_twice", "model: {remat: full, overrides: {remat: none}}\n", [],
+     "model: remat given both as model.KEY and model.overrides.KEY with different values"),
     ("distribution_param_not_a_number", "data: {mosaic: {distribution: logistic, distribution_params: {scale: wide}}}\n",
      [], "data.mosaic.distribution_params.scale: expected float, got 'wide'"),
 ]
+
+
+def test_model_keys_and_model_overrides_merge():
+    """`model.remat=full` and `model.overrides.num_layers=2` together: both reach the model, in either order and
+    from the file and the command line alike (an `overrides` block once replaced the shortcuts given before it)."""
+    from instructjax.core.config import load_config
+
+    for order in (["model.remat=full", "model.overrides.num_layers=2"], ["model.overrides.num_layers=2", "model.remat=full"]):
+        assert load_config(None, ["model.preset=tiny", *order]).model.overrides == {"remat": "full", "num_layers": 2}
 
 
 @pytest.mark.parametrize("text,overrides,words", [c[1:] for c in CONFIGS], ids=[c[0] for c in CONFIGS])

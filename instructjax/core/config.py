@@ -506,11 +506,11 @@ def _build(cls, values: dict, where: str):
     """The section, or one ConfigError naming every unknown key and bad value in it (not one per run)."""
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
-    kwargs, problems = {}, []
+    kwargs, problems, shortcuts = {}, [], {}
     for key, value in values.items():
         path = f"{where}.{key}" if where else key
-        if cls is ModelSection and key not in names:
-            kwargs.setdefault("overrides", {})[key] = value
+        if cls is ModelSection and key not in names:  # `model.remat: full` is `model.overrides.remat: full`
+            shortcuts[key] = value
             continue
         try:
             if key not in names:
@@ -518,6 +518,12 @@ def _build(cls, values: dict, where: str):
             kwargs[key] = _coerce(value, hints[key], path)
         except ConfigError as e:
             problems.append(str(e))
+    if shortcuts:
+        twice = {k for k in shortcuts if k in kwargs.get("overrides", {}) and kwargs["overrides"][k] != shortcuts[k]}
+        if twice:
+            problems.append(f"{where}: {', '.join(sorted(twice))} given both as {where}.KEY and {where}.overrides.KEY "
+                            "with different values")
+        kwargs["overrides"] = {**kwargs.get("overrides", {}), **shortcuts}
     if problems:
         raise ConfigError("; ".join(problems))
     try:
