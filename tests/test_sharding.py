@@ -150,3 +150,40 @@ def test_create_sharded_model_initialises_in_place():
     assert up.sharding.spec == P(None, "fsdp", "tensor") and up.addressable_shards[0].data.shape == (1, 16, 64)
     np.testing.assert_allclose(float(jnp.std(up)), CONFIG.initializer_range, rtol=0.1)
     assert float(jnp.min(model.norm.scale[...])) == 1.0
+
+
+@pytest.mark.parametrize("shape", [{"data": 2, "fsdp": 2, "tensor": 2}, {"fsdp": 8}, {"tensor": 8},
+                                   {"data": 2, "fsdp": 4}, {"fsdp": 4, "tensor": 2}], ids=str)
+def test_embedding_lookup_reads_its_own_slice(shape):
+    """`model.lookup` under a mesh: the rows of ids (scaled, cast) and the table's gradient (a scatter-add of the
+    output's cotangent) equal numpy's, the gradient keeps the table's sharding, and no collective in the compiled
+    program moves the table or its gradient (the largest is under the float32 table's size over its devices: the
+    ids, the rows of the tokens, and the data-parallel sum of a table slice's gradient)."""
+    from instructjax.model.lookup import lookup
+    from instructjax.train.compile import program_figures
+
+    rng = np.random.default_rng(1)
+    table = rng.normal(size=(1024, 16)).astype(np.float32)
+    ids = rng.integers(0, 1024, (8, 5)).astype(np.int32)
+    cotangent = rng.normal(size=(8, 5, 16)).astype(np.float32)
+    want_rows = (table[ids] * np.float32(3.0)).astype(jnp.bfloat16).astype(np.float64)
+    want_grad = np.zeros(table.shape)
+    np.add.at(want_grad, ids, cotangent.astype(jnp.bfloat16).astype(np.float64) * 3.0)  # d(rows)/d(table) = scale
+
+    def objective(t, i):
+        rows = lookup(t, i, axes=("vocab", "embed"), scale=3.0, dtype=jnp.bfloat16)
+        return jnp.sum(rows.astype(jnp.float32) * cotangent.astype(jnp.bfloat16).astype(jnp.float32)), rows
+
+    mesh = make_mesh(shape)
+    args = (jax.device_put(table, NamedSharding(mesh, logical_to_spec(("vocab", "embed"), mesh))),
+            jax.device_put(ids, NamedSharding(mesh, logical_to_spec(("batch", "length"), mesh))))
+    step = jax.jit(jax.value_and_grad(objective, has_aux=True))
+    with jax.set_mesh(mesh):
+        (_, rows), grad = step(*args)
+        hlo = step.lower(*args).compile().as_text()
+    np.testing.assert_array_equal(np.asarray(rows.astype(jnp.float32)), want_rows)
+    np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-6, atol=1e-6)
+    assert grad.sharding.is_equivalent_to(args[0].sharding, 2)
+    _, collectives = program_figures(hlo)
+    largest = max(c["largest"] for c in collectives.values())
+    assert largest <= table.nbytes // (mesh.shape["tensor"] * mesh.shape["fsdp"]), collectives

@@ -28,6 +28,7 @@ from jax.ad_checkpoint import checkpoint_name
 from instructjax.core.sharding import with_logical_constraint
 from instructjax.model import attention, rope
 from instructjax.model.config import DecoderConfig
+from instructjax.model.lookup import lookup
 
 Array = jax.Array
 
@@ -77,12 +78,10 @@ class Embed(nnx.Module):
     def __init__(self, rows: int, config: DecoderConfig, *, axes=("vocab", "embed"), scale: float = 1.0,
                  rngs: nnx.Rngs):
         self.embedding = _param(rngs, (rows, config.hidden_size), axes, config)
-        self.dtype, self.scale = jnp.dtype(config.dtype), scale
+        self.dtype, self.scale, self.axes = jnp.dtype(config.dtype), scale, axes
 
     def __call__(self, ids: Array) -> Array:
-        table = self.embedding[...]
-        rows = jnp.take(table, ids, axis=0)
-        return (rows if self.scale == 1.0 else rows * jnp.asarray(self.scale, table.dtype)).astype(self.dtype)
+        return lookup(self.embedding[...], ids, axes=self.axes, scale=self.scale, dtype=self.dtype)
 
     def attend(self, x: Array) -> Array:
         return jnp.einsum("bte,ve->btv", x.astype(self.dtype), self.embedding[...].astype(self.dtype))
