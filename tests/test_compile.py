@@ -48,7 +48,7 @@ def test_tiny_config_compiles_for_a_slice(capsys, topology, plan_within):
     hosts): splash attention compiled as Mosaic kernels under the slice's mesh (forward, and the backward's dq and
     dkv), the step's rows a multiple of the slice's hosts, the compiler's memory per device near plan's,
     and no all-reduce as large as the output head's float32 gradient over fsdp (the loss head is sliced over the
-    devices)."""
+    devices) or a loss chunk's gathered hidden states."""
     code, report = compile_json(capsys, topology, "model.dtype=bfloat16", "data.global_batch=8", "mesh.data=1",
                                 "mesh.fsdp=-1")
     slice_ = tpu_topology(topology)
@@ -66,6 +66,10 @@ def test_tiny_config_compiles_for_a_slice(capsys, topology, plan_within):
         assert shape["plan_bytes"] == pytest.approx(shape["xla_bytes"], rel=plan_within), shape
         assert shape["compile_s"] > 0
         assert shape["largest_all_reduce_bytes"] < head_bytes / mesh["fsdp"], shape
+        # a loss chunk's hidden states (bf16), gathered from the batch devices: their gradient returns by an
+        # all-to-all (XLA:TPU emits a reduce-scatter as an all-reduce of the whole chunk)
+        chunk_bytes = min(shape["rows"] * shape["length"], 4096) * model.hidden_size * 2
+        assert shape["largest_all_reduce_bytes"] < chunk_bytes, shape
 
 
 def test_a_step_that_does_not_fit_exits_1(capsys):

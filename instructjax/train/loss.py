@@ -143,9 +143,10 @@ def chunked_token_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, *,
     each device makes the logits of its vocabulary slice for all of them, and the log-sum-exp and the target's
     logit are summed over the devices (a few floats a token); each device keeps its own tokens' losses. The head's
     gradient is complete on each device for its slice (no all-reduce of a head-sized gradient; the hidden states'
-    gradient is reduce-scattered back, a chunk at a time). Other mesh axes (tensor) stay automatic. Outside a
-    mesh, when the batch does not divide over the mesh, or when the vocabulary does not divide over its devices
-    (the head then enters whole, its gradient summed over the devices once after the loop), it is the plain loop.
+    gradient returns to its devices, a chunk at a time, by an all-to-all and a local sum: `_gather_tokens`). Other
+    mesh axes (tensor) stay automatic. Outside a mesh, when the batch does not divide over the mesh, or when the
+    vocabulary does not divide over its devices (the head then enters whole, its gradient summed over the devices
+    once after the loop), it is the plain loop.
     """
     mesh = jax.sharding.get_abstract_mesh()
     axes = () if mesh.empty else logical_to_spec(("batch",), mesh, hidden.shape[:1], strict=False)[0]
@@ -210,6 +211,27 @@ def _chunked_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, *, chun
     return nll.swapaxes(0, 1).reshape(-1)[:n].reshape(batch, length)
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _gather_tokens(x: jax.Array, axes: tuple[str, ...]) -> jax.Array:
+    """Every device's [c, E] tokens, [c * shards, E] in device order; the backward sums each device's part of the
+    gradient over the devices as an all-to-all and a local sum (a reduce-scatter, which XLA:TPU would emit as an
+    all-reduce of the whole gathered chunk and a slice)."""
+    return jax.lax.all_gather(x, axes, tiled=True)
+
+
+def _gather_tokens_forward(x, axes):
+    return _gather_tokens(x, axes), None
+
+
+def _gather_tokens_backward(axes, _, grad):
+    parts = grad.reshape(-1, grad.shape[0] // jax.lax.axis_size(axes), grad.shape[1])  # [shards, c, E]
+    mine = jax.lax.all_to_all(parts, axes, split_axis=0, concat_axis=0, tiled=True)  # device d's part of each
+    return (jnp.sum(mine.astype(jnp.float32), axis=0).astype(grad.dtype),)
+
+
+_gather_tokens.defvjp(_gather_tokens_forward, _gather_tokens_backward)
+
+
 def _sliced_nll(x: jax.Array, head: jax.Array, y: jax.Array, *, spec: str, softcap: float | None, dtype: jnp.dtype,
                 axes: tuple[str, ...]) -> jax.Array:
     """One chunk's nll [c] on this device of a `shard_map` over `axes`, with `head` this device's slice of the
@@ -220,7 +242,7 @@ def _sliced_nll(x: jax.Array, head: jax.Array, y: jax.Array, *, spec: str, softc
     c = x.shape[0]
     if target_platform() != "tpu":  # XLA:CPU aborts promoting a bfloat16 reduce-scatter (the gather's transpose)
         x = x.astype(jnp.float32)
-    xs = jax.lax.all_gather(x, axes, tiled=True)  # [c * shards, E]
+    xs = _gather_tokens(x, axes)  # [c * shards, E]
     ys = jax.lax.all_gather(y, axes, tiled=True)
     logits = jnp.einsum(f"ce,{spec}->cv", xs.astype(dtype), head.astype(dtype)).astype(jnp.float32)
     if softcap:
