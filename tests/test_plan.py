@@ -75,20 +75,21 @@ def test_llama2_7b_activations_and_data_by_hand(tulu7b_v4_64):
     # 64 rows of 2048 for rows a multiple of the 32 devices (70% real), so the step takes 32 rows of
     # ceil(90,100 / 32 / 256) x 256 = 2816 tokens instead (the layout the plan shows, and the rows its activations are
     # for): 1 row of 2816 per device, remat "full": each layer keeps its input 1 x 2816 x 2 x 4096 bytes; one layer is
-    # recomputed with everything (214,016 bytes a token) + splash attention's float32 log-sum-exp 4*32*2816 (no
-    # 2816^2 term on TPU), whose backward holds those twice (and their gradients) and its weights three times
-    # (gathered for the forward, for the backward, and their gradient before the reduce-scatter); the loss makes the
-    # logits of optim.loss_chunk = 4096 tokens at a time, split over the 32 data-parallel devices: 6 x 128 x 32000
+    # recomputed, its backward as XLA:TPU holds it (plan.TPU_BACKWARD): a token's 33.5 bytes for each of the 4096
+    # residual-stream elements, then the larger of the MLP's 21 x 11008 and the attention's 68 x 32 heads x 128 for q
+    # and 10 x 32 x 128 for each of k and v (the attention's), and 3 times the layer's bf16 weights; the loss's head
+    # is sliced over the 32 data-parallel devices, its logits fused with their log-sum-exp on a TPU: no logits array
     assert tulu7b_v4_64.data.step_shapes == ((32, 2816),) and (a["rows"], a["seq_len"]) == (1, 2816)
     assert a["attention"] == "splash"
-    recompute = 2 * (2816 * 214_016 + 360_448) + 3 * 404_750_336
-    assert a["layers"] == 32 * 23_068_672 + recompute == 3_158_507_520
-    assert a["logits"] == 24_576_000
-    assert a["total"] == 3_158_507_520  # the logits are freed before the recomputed layer's backward
+    assert 68 * 32 * 128 + 10 * 32 * 128 > 21 * 11008  # the attention's phase is the larger
+    recompute = int(2816 * (33.5 * 4096 + 68 * 32 * 128 + 10 * 32 * 128) + 3 * 404_750_336)
+    assert a["layers"] == 32 * 23_068_672 + recompute == 3_238_526_976
+    assert a["logits"] == 0
+    assert a["total"] == 3_238_526_976  # the logits are freed before the recomputed layer's backward
     # params, AdamW's two moments (+ 8 bytes of counters), the bfloat16 copy of the params, the saved layer inputs;
     # then the larger of the loss's logits and the layers' backward (the gradients and the recomputed layer)
     assert tulu7b_v4_64.memory["copy_bytes"] == 843_333_632 // 2
-    assert tulu7b_v4_64.total_bytes == 843_333_632 * 4 + 8 + 843_333_632 // 2 + 3_158_507_520
+    assert tulu7b_v4_64.total_bytes == 843_333_632 * 4 + 8 + 843_333_632 // 2 + 3_238_526_976
     assert tulu7b_v4_64.fits
     d = tulu7b_v4_64.data
     # Human+GPT: FLAN V2 100K + CoT 100K + Dolly 15,011 + OASST1 34,795 + GPT4-Alpaca 52,002 + Code-Alpaca

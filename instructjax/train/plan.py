@@ -21,9 +21,9 @@ decoder layer:
   `W = c (h d (2a + 2k) + (g + 1) h m) / t` (`g` = 2 for a gated MLP), whole over fsdp: a layer's weights are
   gathered to be used; q/k norms add their inputs and outputs; a parallel residual keeps one sum fewer);
 - ``full``: only each layer's input `c s r h`, plus one layer recomputed at a time: the ``none`` term once; on a
-  TPU its backward holds the term's arrays twice (the forward's and their gradients) and `3 W` (the weights
-  gathered for the recomputed forward, again for the backward, and their whole gradient before the
-  reduce-scatter), as the TPU compiler's buffers show (`plan --compile`);
+  TPU what XLA:TPU's buffers hold for it instead (`tpu_backward`: per token, the arrays as wide as the residual
+  stream, then the larger of the MLP's phase and the attention's, q/k/v in rows of 128 lanes; and `3 W`),
+  measured with `plan --compile`;
 - ``save_attention``: the layer input and attention output `c s r (h + a d / t)`, plus one recomputed layer;
 - ``dots_with_no_batch_dims_saveable``: the layer input and the weight matmul outputs
   `c s r (h + (a + 2k) d / t + h + 2m / t + h)`, plus one recomputed layer;
@@ -39,7 +39,8 @@ TPU, Pallas flash on GPU, blockwise) keep only a float32 log-sum-exp per query `
 The logits of one loss chunk (`optim.loss_chunk` tokens split over the data-parallel devices; all `s r` tokens
 with 0) of `V / t` each in the compute dtype and their float32 log-softmax (`c + 4` bytes; 4 in float32) live
 before the layers' backward starts: the total counts the larger of them and the recomputed layer. On a TPU a head
-sliced over the batch devices (`train.loss`) makes no logits array: XLA:TPU fuses them with their log-sum-exp. The
+sliced over the batch devices (`train.loss`) makes no logits array: XLA:TPU fuses them with their log-sum-exp (but
+for a soft-capped head, Gemma-2's, whose tanh keeps them). The
 total is checked against XLA's own buffer assignment of the compiled train step (tests/test_plan.py: within
 15% on XLA:CPU in float32). XLA fuses and schedules differently on each platform, so real peaks differ by
 tens of percent; a config "fits" when the total is within `USABLE` of the chip's HBM.
@@ -231,19 +232,46 @@ def activation_bytes(model: DecoderConfig, rows: int, seq_len: int, tensor: int,
     saved["dots_saveable"] = saved["dots_with_no_batch_dims_saveable"] + (
         0 if fused else 4 * (a / t) * s * s * r + c * s * r * a * d / t)
     per_layer = saved[model.remat]
-    # the recomputed layer's backward on a TPU: its forward arrays and their gradients, its weights gathered for the
-    # forward and again for the backward, and their whole gradient before the reduce-scatter (XLA:TPU's buffers,
-    # `plan --compile`); elsewhere the forward's once (XLA:CPU's buffers, tests/test_plan.py)
-    backward = 2 * (full_layer - weights) + 3 * weights if platform == "tpu" else full_layer
+    # the recomputed layer's backward: on a TPU as XLA:TPU's buffers measure it (`tpu_backward`); elsewhere the
+    # forward's arrays once (XLA:CPU's buffers, tests/test_plan.py)
+    backward = tpu_backward(model, s * r, t) if platform == "tpu" else full_layer
     recompute = 0 if model.remat == "none" else backward
     tokens = s * r if not loss_tokens else min(loss_tokens, s * r)
     logits = (c + 4 if c < 4 else c) * tokens * model.vocab_size / t  # float32 compute: one array
-    if platform == "tpu" and head_slices > 1 and model.vocab_size % head_slices == 0:
+    if platform == "tpu" and head_slices > 1 and model.vocab_size % head_slices == 0 and not model.final_softcap:
         logits = 0  # the sliced head's logits, log-sum-exp and target pick are one fusion on XLA:TPU: never an array
+        # (a soft-cap's tanh keeps them: Gemma-2's [4096, 32000] float32 logits and their bfloat16 product are buffers)
     # the loss's logits are gone before the layers' backward starts: the peak holds one or the other
     return {"per_layer": int(per_layer), "saved": int(per_layer * layers), "recompute": int(recompute),
             "layers": int(per_layer * layers + recompute), "logits": int(logits),
             "total": int(per_layer * layers + max(recompute, logits)), "attention": implementation}
+
+
+# The recomputed layer's backward on a TPU, in bytes a token for each element of an array of that width (a device's
+# share: `/ t` where tensor parallelism splits it), fitted to XLA:TPU's own figures for the steps of 17 shapes
+# (Phi-3, Gemma-2, LLaMA-2 and LLaMA-3: tensor 1 and 2, 16 to 32 layers, 2.8K to 45K tokens a device; `plan
+# --compile`). The peak holds the arrays as wide as the residual stream (the layer's input and its sum after
+# attention, the norms' float32 insides, tensor parallelism's partial sums) and then either the MLP's arrays and their
+# gradients or the attention's (q, k and v rotated in float32, splash's heads-first copies and float32 gradients),
+# whichever is larger: they are not live together. A TPU lays the last dimension of an array out in rows of 128
+# lanes, so a head of 96 (Phi-3) takes 128. `weights`: the layer's matrices in the compute dtype three times
+# (gathered for the recomputed forward, again for the backward, and their gradient before the reduce-scatter).
+TPU_BACKWARD = {"hidden": 33.5, "extra_norm": 0.8, "mlp": 21.0, "q": 68.0, "kv": 10.0, "weights": 3.0}
+
+
+def tpu_backward(model: DecoderConfig, tokens: int, tensor: int) -> float:
+    """Bytes a device holds for the recomputed layer's backward on a TPU, for `tokens` tokens (`TPU_BACKWARD`)."""
+    k = TPU_BACKWARD
+    h, m, d, t = model.hidden_size, model.intermediate_size, model.head_dim, tensor
+    lanes = -(-d // 128) * 128
+    scale = np.dtype(model.dtype).itemsize / 2  # measured in bfloat16: float32 compute doubles every array
+    norms = (4 if model.sandwich_norms else 2) - 2
+    mlp_in = 2 if model.gated_mlp else 1
+    weights = np.dtype(model.dtype).itemsize * (h * d * (2 * model.num_heads + 2 * model.num_kv_heads)
+                                                + (mlp_in + 1) * h * m) / t
+    attention = k["q"] * model.num_heads / t * lanes + k["kv"] * model.num_kv_heads / t * lanes
+    per_token = (k["hidden"] + k["extra_norm"] * norms) * h + max(k["mlp"] * m / t, attention)
+    return tokens * per_token * scale + k["weights"] * weights
 
 
 @dataclass
