@@ -124,3 +124,19 @@ def test_a_saved_step_is_what_the_trainer_runs(tmp_path, capsys):
     assert main(["train", "--config", str(QUICKSTART), *common, f"run_dir={tmp_path / 'tpu'}", f"compiled={tpu}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "was built for 8 x TPU v5 lite on 1 host(s)" in err[0] and "this run has 8 x cpu" in err[0]
+
+
+def test_plan_compile_and_the_trainer_resolve_one_run(tmp_path, capsys):
+    """`plan --compile --real-data` on this machine's 8 devices builds the steps the trainer will run: the same mesh
+    (`mesh: auto`, chosen by the run's own per_step step plans), the same step shapes, each compiled."""
+    from instructjax.core.config import load_config
+    from instructjax.train.trainer import Trainer
+
+    common = ["mesh=auto", "data.pack=per_step", "data.global_batch=16", "max_steps=4"]
+    capsys.readouterr()
+    assert main(["plan", "--config", str(QUICKSTART), "--compile", "--real-data", "--json", *common]) == 0
+    report = json.loads(capsys.readouterr().out)
+    resolved = Trainer(load_config(QUICKSTART, [*common, f"run_dir={tmp_path / 'run'}"])).resolved
+    assert report["mesh"] == resolved.mesh and resolved.mesh["data"] * resolved.mesh["fsdp"] > 1
+    assert sorted((s["rows"], s["length"]) for s in report["shapes"]) == sorted(set(resolved.step_shapes))
+    assert len(resolved.step_shapes) > 1  # per_step: several shapes, every one compiled

@@ -322,7 +322,6 @@ def run_prepare(args) -> int:
     from instructjax.core.config import load_config
     from instructjax.data import cache
     from instructjax.data.encoding import pool
-    from instructjax.data.encoding.tokenizer import Tokenizer
     from instructjax.data.tokenized import examples, stream
     from instructjax.train import setup as run_setup
 
@@ -333,12 +332,9 @@ def run_prepare(args) -> int:
     pool.start(tokenizer_path)  # the workers start while the hosts connect and the sources open
 
     from instructjax.core import hosts, progress, storage
-    from instructjax.data.batches.pipeline import DataPipeline
 
     hosts.initialize(config.distributed, f"prepare:{config.run_dir}")
-    model_config = run_setup.fit_model_to_tokenizer(run_setup.resolve_model_config(config), Tokenizer.load(tokenizer_path),
-                                                    pretrained=bool(config.model.init_from))  # fmt: skip
-    data = run_setup.bind_data(config, tokenizer_path)
+    bound = run_setup.bind_run(config)  # the trainer's binding: its tokenizer, model and bound data
     index, count = hosts.process()
     primary, bars = index == 0, {}
 
@@ -352,8 +348,7 @@ def run_prepare(args) -> int:
 
     start = time.time()
     with stream.progress(show):
-        pipeline = DataPipeline(data.config, process_index=index, process_count=count,
-                                vocab_size=model_config.vocab_size, resolved=data.resolved)  # fmt: skip
+        pipeline = run_setup.open_pipeline(bound, index, count)
         pool.shutdown(wait=False)  # every task is encoded: the workers exit while the epoch is planned
         plan = pipeline.plan_epoch(0)
     for bar in bars.values():

@@ -162,35 +162,66 @@ def run_sources(config: RunConfig) -> int:
     return len(found.tasks) if found is not None else 1
 
 
+@dataclass(frozen=True)
+class _Target:
+    """What a compiled step is built from: the run's config (mesh written in), model, sources, step shapes and the
+    length of its schedule."""
+
+    config: RunConfig
+    model: Any
+    sources: int
+    shapes: tuple[tuple[int, int], ...]
+    total_steps: int
+
+
+def _target(config: RunConfig, topology: Topology, *, real_data: bool, name: str) -> _Target:
+    """With `real_data`, the run resolved as the trainer resolves it (`train.setup.resolve_run`: its tokenizer, the
+    real pipeline's steps and step shapes, `mesh: auto` chosen for the slice by what fits its chips); else plan's
+    estimate of the epoch (the mesh plan proposes, the model from its config alone: no tokenizer is read)."""
+    from instructjax.train import plan as planning
+    from instructjax.train import setup as run_setup
+
+    if real_data:
+        bound = run_setup.bind_run(config)
+
+        def fits(sizes, shapes) -> bool:
+            needed = planning.step_needed(bound.model, bound.config, sizes, shapes, topology)[0]
+            return needed <= planning.usable_bytes(topology)
+
+        run = run_setup.resolve_run(bound, devices=topology.devices, hosts=topology.hosts,
+                                    pipeline=run_setup.open_pipeline(bound), fits=fits)  # one process reads all
+        return _Target(run.config, run.model, len(run.sources), run.step_shapes, run.total_steps)
+    plan = planning.plan_with_proposal(config, topology, name=name)
+    if plan.data is None:
+        raise ConfigError("an evaluation-only config (max_steps: 0) has no train step to compile")
+    run = dataclasses.replace(config, mesh=plan.mesh)
+    return _Target(run, planning.model_shapes(run), run_sources(run), plan.data.step_shapes,
+                   run.max_steps or run.optim.epochs * plan.data.steps)
+
+
 def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_data: bool = False,
                 save_executable: str | None = None) -> CompileReport:
-    """Build `config`'s train step for `topology` (a TPU slice, or this machine) for every step shape plan counts
-    (see the module doc); `save_executable`: write the compiled step of the largest shape there (`save_compiled`),
-    the epoch counted by the real pipeline (the trainer's own count of steps sets the schedule the step holds)."""
+    """Build `config`'s train step for `topology` (a TPU slice, or this machine) for every step shape the run
+    compiles (`_target`: as the trainer resolves the run with `real_data`, else plan's estimate); `save_executable`:
+    write the compiled step of the largest shape there (`save_compiled`; the epoch then counted by the real pipeline,
+    as the trainer counts it: the learning-rate schedule is part of the program)."""
     from instructjax.core import sharding
     from instructjax.train import optim
     from instructjax.train import plan as planning
     from instructjax.train.step import build_step, step_digest
 
     devices = target_devices(topology)
-    real_data = real_data or bool(save_executable)
-    plan = planning.plan_with_proposal(config, topology, real_data=real_data, name=name)
-    if plan.data is None:
+    if config.max_steps == 0:
         raise ConfigError("an evaluation-only config (max_steps: 0) has no train step to compile")
-    run = dataclasses.replace(config, mesh=plan.mesh)
-    model = planning.model_shapes(run)
-    total_steps = run.max_steps or run.optim.epochs * plan.data.steps
-    tx, _ = optim.make_optimizer(run.optim, total_steps)
-    mesh = sharding.make_mesh(plan.mesh, devices)
-    sources = run_sources(run)
-    build = build_step(model, tx, run, sources, mesh, run.seed)
-    largest = max(plan.data.step_shapes, key=lambda s: s[0] * s[1])
+    target = _target(config, topology, real_data=real_data or bool(save_executable), name=name)
+    run, model, mesh_sizes = target.config, target.model, target.config.mesh
+    tx, _ = optim.make_optimizer(run.optim, target.total_steps)
+    mesh = sharding.make_mesh(mesh_sizes, devices)
+    build = build_step(model, tx, run, target.sources, mesh, run.seed)
+    largest = max(target.shapes, key=lambda s: s[0] * s[1])
     shapes = []
-    for rows, length in sorted(set(plan.data.step_shapes)):
-        memory, acts = planning.device_memory(model, plan.mesh, rows=rows, seq_len=length,
-                                              micro_batches=run.optim.micro_batches, clip=bool(run.optim.grad_clip),
-                                              platform=topology.platform, loss_chunk=run.optim.loss_chunk)
-        estimate = int(planning.needed_bytes(memory, acts))
+    for rows, length in sorted(set(target.shapes)):
+        estimate, _ = planning.step_needed(model, run, mesh_sizes, [(rows, length)], topology)
         hbm = int(topology.hbm_gib * GIB)
         try:
             compiled, seconds = compile_shape(build, rows, length)
@@ -211,12 +242,12 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
                                     stats.output_size_in_bytes, stats.alias_size_in_bytes, stats.temp_size_in_bytes,
                                     kernels, round(seconds, 1), collectives))
         if save_executable and (rows, length) == largest:
-            save_compiled(compiled, save_executable, target=slice_identity(devices, topology.hosts, plan.mesh),
+            save_compiled(compiled, save_executable, target=slice_identity(devices, topology.hosts, mesh_sizes),
                           rows=rows, length=length,
-                          digest=step_digest(run, model, plan.mesh, sources, total_steps))
+                          digest=step_digest(run, model, mesh_sizes, target.sources, target.total_steps))
     from instructjax.model.attention import resolve
 
-    return CompileReport(name, topology.name, topology.devices, topology.hosts, plan.mesh,
+    return CompileReport(name, topology.name, topology.devices, topology.hosts, mesh_sizes,
                          resolve(model.attention, topology.platform), shapes, planning.USABLE)
 
 

@@ -127,6 +127,23 @@ def needed_bytes(memory: dict[str, int], acts: dict[str, Any]) -> int:
             + max(loss, backward))
 
 
+def usable_bytes(topology: Topology) -> float:
+    """What a step may take of a device of `topology` (`USABLE` of its memory)."""
+    return USABLE * topology.hbm_gib * GIB
+
+
+def step_needed(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], shapes, topology: Topology
+                ) -> tuple[int, str]:
+    """The bytes a device needs for `model` on mesh `sizes` and the largest of the step `shapes` (rows, length) on
+    `topology`, and the one line saying so when they do not fit (`out_of_memory`)."""
+    rows, length = max(shapes, key=lambda shape: shape[0] * shape[1])
+    memory, acts = device_memory(model, sizes, rows=rows, seq_len=length, micro_batches=config.optim.micro_batches,
+                                 clip=bool(config.optim.grad_clip), platform=topology.platform,
+                                 loss_chunk=config.optim.loss_chunk)
+    needed = needed_bytes(memory, acts)
+    return needed, out_of_memory(needed, memory, acts, topology)
+
+
 def out_of_memory(needed: int, memory: dict, acts: dict, topology: Topology) -> str:
     """One line: what a step needs a device, what a device has, and the keys that change it."""
     return (f"out of memory: a step needs about {needed / GIB:.1f} GiB a device (parameters {_gib(memory['param_bytes'])}"
@@ -381,11 +398,9 @@ def _step_words(data, shapes: tuple[tuple[int, int], ...] = ()) -> str:
 def real_epoch(config: RunConfig, multiple: int = 1) -> DataEstimate:
     """One epoch counted by the real pipeline with the run's tokenizer (reads and encodes the data: local or
     built-in only); per_step: the run's step shapes, rows a multiple of `multiple`, as the trainer plans them."""
-    from instructjax.data.batches.pipeline import DataPipeline
     from instructjax.train import setup as run_setup
 
-    data = run_setup.bind_data(config, run_setup.tokenizer_path(config))
-    pipeline = DataPipeline(data.config, resolved=data.resolved)
+    pipeline = run_setup.open_pipeline(run_setup.bind_run(config))  # the trainer's binding and pipeline
     plan = pipeline.plan_epoch(0)
     shapes, real_share = ((config.data.global_batch, config.data.seq_len),), plan.efficiency
     if config.data.pack == "per_step":

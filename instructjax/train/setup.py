@@ -9,6 +9,11 @@
 - **The data**: every task of the mixture bound to that tokenizer, the run's chat template
   (`template:`, else the tasks' own, else tulu) and the run's row length (`instructjax.data.binding`).
 - **What the checkpoint carries**: the tokenizer files with the chat template the run trains with.
+
+Two steps, each made once and without side effects, that the trainer, `plan --compile --real-data` (and
+`--save-executable`), `plan --real-data` and `data prepare` share: `bind_run` (the tokenizer, the model fitted to it,
+the data bound to both: cheap) and `resolve_run` (the data pipeline, the epoch's steps, the mesh `mesh: auto` takes
+for the devices at hand, the step shapes and the schedule's length). Anchor: MaxText's `setup_train_loop`.
 """
 
 from __future__ import annotations
@@ -105,3 +110,114 @@ def tokenizer_item(tokenizer, template: str | None) -> dict:
 
     chat_template = jinja_template(template, bos=tokenizer.adds_bos, own=tokenizer.chat_template) if template else None
     return {"files": tokenizer.files(chat_template), "template": template}
+
+
+@dataclass(frozen=True)
+class BoundRun:
+    """A run's config bound to its tokenizer, model and data (cheap: nothing is read beyond the tokenizer and
+    `init_from`'s metadata): `config` with the chat template written in (what config.yaml records)."""
+
+    config: RunConfig
+    tokenizer: object  # data.encoding.tokenizer.Tokenizer
+    model: DecoderConfig  # fitted to the tokenizer
+    data: RunData
+
+
+def bind_run(config: RunConfig) -> BoundRun:
+    """The tokenizer, the model fitted to it and the data bound to both (see the module doc)."""
+    from instructjax.data.encoding.tokenizer import Tokenizer
+
+    path = tokenizer_path(config)
+    tokenizer = Tokenizer.load(path)
+    model = fit_model_to_tokenizer(resolve_model_config(config), tokenizer, pretrained=bool(config.model.init_from))
+    data = bind_data(config, path)
+    return BoundRun(dataclasses.replace(config, template=data.template), tokenizer, model, data)
+
+
+def open_pipeline(bound: BoundRun, process_index: int = 0, process_count: int = 1):
+    """The run's data pipeline, this host's share of the steps (tokenizes what the cache does not hold yet)."""
+    from instructjax.data.batches.pipeline import DataPipeline
+
+    return DataPipeline(bound.data.config, process_index=process_index, process_count=process_count,
+                        vocab_size=bound.model.vocab_size, resolved=bound.data.resolved)
+
+
+@dataclass(frozen=True)
+class ResolvedRun:
+    """A run resolved once for the devices it trains on, before anything is written or compiled: what the trainer
+    and `plan --compile --real-data` build their step from. `config` has the template and the mesh written in."""
+
+    config: RunConfig
+    tokenizer: object
+    model: DecoderConfig
+    sources: list[str]  # the mixture's task names, as the per-source losses name them
+    pipeline: object  # data.batches.pipeline.DataPipeline (or a stand-in with its interface)
+    epoch: object  # the pipeline's plan of epoch 0 (examples, rows, tokens, steps)
+    total_steps: int
+    mesh: dict[str, int]
+    step_shapes: tuple[tuple[int, int], ...]  # (rows, length) of every step the run compiles
+    processed: int  # pack: per_step: the tokens (padding too) of all the run's steps; 0 otherwise
+
+    @property
+    def largest_step(self) -> tuple[int, int]:
+        return max(self.step_shapes, key=lambda shape: shape[0] * shape[1])
+
+
+def check_trainable(config: RunConfig, devices: int, hosts: int) -> None:
+    """One ConfigError line where `config` cannot train on `devices` devices over `hosts` hosts whatever its data:
+    an evaluation-only config, or a mesh the batch does not divide over (`mesh: auto` is chosen later)."""
+    from instructjax.core import sharding
+
+    if config.mesh != "auto":
+        sharding.resolve_mesh(config, devices, hosts)
+    if config.max_steps == 0:
+        raise ConfigError("max_steps must be >= 1 to train (0 marks an evaluation-only config)")
+
+
+def resolve_run(bound: BoundRun, *, devices: int, hosts: int, process_index: int = 0, pipeline=None,
+                saved_mesh: dict | None = None, fits=None) -> ResolvedRun:
+    """`bound` on `devices` devices over `hosts` hosts (this one `process_index`): the pipeline (`pipeline`: a
+    stand-in with its interface), the epoch's steps, the mesh (`mesh: auto`: the one `plan` proposes for these
+    devices by the run's own step plans, `plan.choose_mesh`, or `saved_mesh` where a resumed run was saved with one
+    that serves them), and the step shapes. `fits(mesh, shapes)`: whether a step of the largest shape fits a device
+    (default: this machine's, `plan.local_topology`). Nothing is written."""
+    from instructjax.core import sharding
+    from instructjax.train import plan
+
+    config = bound.config
+    check_trainable(config, devices, hosts)
+    own = pipeline is None
+    pipeline = open_pipeline(bound, process_index, hosts) if own else pipeline
+    sources = bound.data.sources if own else list(pipeline.task_names)
+    epoch = pipeline.plan_epoch(0)
+    total_steps = config.max_steps or config.optim.epochs * epoch.steps
+
+    def step_plan(sizes):
+        return pipeline.plan_steps(total_steps, sharding.row_multiple(config, sizes, hosts))
+
+    def shapes(sizes) -> tuple[tuple[int, int], ...]:
+        if config.data.pack != "per_step":
+            return ((config.data.global_batch, config.data.seq_len),)
+        return step_plan(sizes).shapes
+
+    if fits is None:
+        here = plan.local_topology()
+
+        def fits(sizes, step_shapes) -> bool:
+            return plan.step_needed(bound.model, config, sizes, step_shapes, here)[0] <= plan.usable_bytes(here)
+
+    if config.mesh != "auto":
+        sizes = sharding.resolve_mesh(config, devices, hosts)
+    else:
+        sizes = None
+        if isinstance(saved_mesh, dict):
+            try:
+                sizes = sharding.resolve_mesh(dataclasses.replace(config, mesh=saved_mesh), devices, hosts)
+            except ConfigError:  # another number of devices: chosen again
+                pass
+        if sizes is None:
+            real_share = (lambda s: step_plan(s).efficiency) if config.data.pack == "per_step" else (lambda s: 1.0)
+            sizes = plan.choose_mesh(config, devices, hosts, real_share, lambda s: fits(s, shapes(s)))
+    processed = step_plan(sizes).processed if config.data.pack == "per_step" else 0
+    return ResolvedRun(dataclasses.replace(config, mesh=sizes), bound.tokenizer, bound.model, sources, pipeline,
+                       epoch, total_steps, sizes, shapes(sizes), processed)

@@ -1,7 +1,9 @@
 """The trainer: one readable loop from a RunConfig to checkpoints and metrics.
 
-init:        mesh -> data pipeline -> model + AdamW state, created directly in their sharded layout
-             (or restored from the latest checkpoint with `resume`, or params from `model.init_from`)
+init:        the run resolved (`train.setup`: tokenizer, model, bound data, pipeline, steps, mesh, step shapes:
+             the same resolution `plan --compile --real-data` builds its step from) -> model + AdamW state,
+             created directly in their sharded layout (or restored from the latest checkpoint with `resume`, or
+             params from `model.init_from`)
 train step:  jit with explicit shardings, state donated; the global batch is split into
              `optim.micro_batches` micro-batches whose gradients are summed (lax.scan), the loss
              normalized by the trained-token weight of the whole global batch (all hosts). With
@@ -67,25 +69,18 @@ class Trainer:
         `devices`: the mesh's devices (default all); `pipeline`: a stand-in for the config's DataPipeline with the
         same interface (iteration, state, restore, task_names, plan_epoch; plan_steps for per_step)."""
         hosts.initialize(config.distributed, f"train:{config.run_dir}")  # the hosts tokenize together, each a share
-        from instructjax.data.batches.pipeline import DataPipeline
         from instructjax.data.encoding.tokenizer import Tokenizer, materialize
+        from instructjax.train import plan as planning
         from instructjax.train import setup as run_setup
 
         self.resume = resume
         self.run_dir = storage.path(config.run_dir)
         devices = list(jax.devices() if devices is None else devices)
-        if config.mesh != "auto":  # checked before anything is read; `auto` is chosen once the steps are planned
-            sharding.resolve_mesh(config, len(devices), jax.process_count())
-        if config.max_steps == 0:
-            raise ConfigError("max_steps must be >= 1 to train (0 marks an evaluation-only config)")
-        tokenizer_path = run_setup.tokenizer_path(config)
-        self.tokenizer = Tokenizer.load(tokenizer_path)
-        self.model_config = run_setup.fit_model_to_tokenizer(run_setup.resolve_model_config(config), self.tokenizer,
-                                                             pretrained=bool(config.model.init_from))
-        data = run_setup.bind_data(config, tokenizer_path)
+        run_setup.check_trainable(config, len(devices), jax.process_count())  # before anything is read
+        bound = run_setup.bind_run(config)
         self.training_digest = training_digest(config)  # of the config as given (what a sweep compares)
-        self.config = dataclasses.replace(config, template=data.template)  # what config.yaml records
-        self.tokenizer_item = run_setup.tokenizer_item(self.tokenizer, data.template)
+        self.config = bound.config  # what config.yaml records (the mesh is written in below)
+        self.tokenizer_item = run_setup.tokenizer_item(bound.tokenizer, bound.config.template)
         self.resume_from = None  # the newest intact step: damaged newer ones are reported and set aside first
         saved_config = None
         checkpoints = ckpt.checkpoints_dir(self.run_dir)  # read only: nothing is written before the checks pass
@@ -93,30 +88,25 @@ class Trainer:
             self.resume_from = integrity.intact_step(checkpoints, set_aside=True)
             stored, saved_config, _ = ckpt.read_meta(self.run_dir, self.resume_from)
             self.check_unchanged(saved_config or {}, accept_changes)
-            if stored["scan_layers"] != self.model_config.scan_layers:  # continue in the layout it was saved in
-                self.model_config = self.model_config.replace(scan_layers=stored["scan_layers"])
+            if stored["scan_layers"] != bound.model.scan_layers:  # continue in the layout it was saved in
+                bound = dataclasses.replace(bound, model=bound.model.replace(scan_layers=stored["scan_layers"]))
             saved = ckpt.read_tokenizer(self.run_dir, self.resume_from)
-            if saved is not None and Tokenizer.load(materialize(saved["files"])) != self.tokenizer:
-                raise ConfigError(f"{self.run_dir} was trained with another tokenizer than {self.tokenizer.path}; "
+            if saved is not None and Tokenizer.load(materialize(saved["files"])) != bound.tokenizer:
+                raise ConfigError(f"{self.run_dir} was trained with another tokenizer than {bound.tokenizer.path}; "
                                   "resume with the run's own tokenizer (config `tokenizer:` / model.init_from)")
-        self.pipeline = pipeline or DataPipeline(data.config, process_index=jax.process_index(),
-                                                 process_count=jax.process_count(),
-                                                 vocab_size=self.model_config.vocab_size, resolved=data.resolved)
-        self.sources = data.sources if pipeline is None else list(self.pipeline.task_names)
-        plan = self.pipeline.plan_epoch(0)
-        steps_per_epoch = plan.steps
-        self.total_steps = config.max_steps or config.optim.epochs * steps_per_epoch
-        sizes = self.mesh_sizes(len(devices), (saved_config or {}).get("mesh"))
-        self.mesh = sharding.make_mesh(sizes, devices)
-        self.config = dataclasses.replace(self.config, mesh=sizes)  # config.yaml records the mesh trained on
-        self.step_shapes: tuple[tuple[int, int], ...] = ()  # pack: per_step: (rows, row length), each compiled once
-        processed = 0
-        if config.data.pack == "per_step":
-            multiple = sharding.row_multiple(config, sizes, jax.process_count())
-            step_plan = self.pipeline.plan_steps(self.total_steps, multiple)
-            self.step_shapes, processed = step_plan.shapes, step_plan.processed
-        _check_hosts_agree(plan, config, processed)
-        self.check_memory(sizes)
+        self.resolved = run_setup.resolve_run(bound, devices=len(devices), hosts=jax.process_count(),
+                                         process_index=jax.process_index(), pipeline=pipeline,
+                                         saved_mesh=(saved_config or {}).get("mesh"))
+        run = self.resolved
+        self.config, self.tokenizer, self.model_config = run.config, run.tokenizer, run.model
+        self.pipeline, self.sources, self.total_steps = run.pipeline, run.sources, run.total_steps
+        self.mesh = sharding.make_mesh(run.mesh, devices)
+        self.step_shapes = run.step_shapes if config.data.pack == "per_step" else ()  # each compiled before step 1
+        _check_hosts_agree(run.epoch, config, run.processed)
+        needed, self.out_of_memory = planning.step_needed(run.model, run.config, run.mesh, run.step_shapes,
+                                                          planning.local_topology())
+        if needed > planning.usable_bytes(planning.local_topology()):  # before anything compiles
+            raise ConfigError(self.out_of_memory)  # also said for XLA's own refusal
         self.checkpointer = ckpt.Checkpointer(self.run_dir, keep=config.checkpoint.keep,
                                               async_save=config.checkpoint.async_save,
                                               tokenizer=self.tokenizer_item)  # fmt: skip
@@ -138,65 +128,10 @@ class Trainer:
             from instructjax.train.step import step_digest
 
             shape, step = load_compiled(
-                config.compiled, target=slice_identity(devices, jax.process_count(), sizes),
-                digest=step_digest(self.config, self.model_config, sizes, len(self.sources), self.total_steps),
-                shapes=self.step_shapes or [(config.data.global_batch, config.data.seq_len)])
+                config.compiled, target=slice_identity(devices, jax.process_count(), run.mesh),
+                digest=step_digest(self.config, self.model_config, run.mesh, len(self.sources), self.total_steps),
+                shapes=run.step_shapes)
             self.precompiled[shape] = step
-
-    def mesh_sizes(self, devices: int, saved=None) -> dict[str, int]:
-        """The run's mesh on `devices` devices: the config's, or with `mesh: auto` the one `plan` proposes for them
-        (`plan.choose_mesh`, by this run's own step plan); a resumed `auto` run keeps the mesh it was saved with
-        where it serves these devices (`saved`)."""
-        from instructjax.train import plan
-
-        config, process_count = self.config, jax.process_count()
-        if config.mesh != "auto":
-            return sharding.resolve_mesh(config, devices, process_count)
-        if isinstance(saved, dict):
-            try:
-                return sharding.resolve_mesh(dataclasses.replace(config, mesh=saved), devices, process_count)
-            except ConfigError:  # another number of devices: chosen again
-                pass
-
-        def shapes(sizes) -> tuple[tuple[int, int], ...]:
-            if config.data.pack != "per_step":
-                return ((config.data.global_batch, config.data.seq_len),)
-            return self.pipeline.plan_steps(self.total_steps, sharding.row_multiple(config, sizes, process_count)).shapes
-
-        def real_share(sizes) -> float:  # packed or one example a row, the layout does not depend on the mesh
-            if config.data.pack != "per_step":
-                return 1.0
-            return self.pipeline.plan_steps(self.total_steps,
-                                            sharding.row_multiple(config, sizes, process_count)).efficiency
-
-        def fits(sizes) -> bool:
-            return self.memory_needed(sizes, shapes(sizes))[0] <= plan.USABLE * plan.local_topology().hbm_gib * plan.GIB
-
-        return plan.choose_mesh(config, devices, process_count, real_share, fits)
-
-    def memory_needed(self, sizes: dict[str, int], shapes) -> tuple[int, str]:
-        """`plan`'s bytes a device for this model on mesh `sizes` and the largest of the step `shapes`, and the
-        one line saying so when it does not fit this machine's devices (`plan.local_topology`)."""
-        from instructjax.train import plan
-
-        topology = plan.local_topology()
-        rows, length = max(shapes, key=lambda shape: shape[0] * shape[1])
-        memory, acts = plan.device_memory(self.model_config, sizes, rows=rows, seq_len=length,
-                                          micro_batches=self.config.optim.micro_batches,
-                                          clip=bool(self.config.optim.grad_clip), platform=topology.platform,
-                                          loss_chunk=self.config.optim.loss_chunk)
-        needed = plan.needed_bytes(memory, acts)
-        return needed, plan.out_of_memory(needed, memory, acts, topology)
-
-    def check_memory(self, sizes: dict[str, int]) -> None:
-        """Stop with one line before anything compiles when a step cannot fit a device here: `plan`'s figures for
-        this model, mesh and the run's largest step, against this machine's devices (`plan.local_topology`)."""
-        from instructjax.train import plan
-
-        needed, self.out_of_memory = self.memory_needed(
-            sizes, self.step_shapes or [(self.config.data.global_batch, self.config.data.seq_len)])
-        if needed > plan.USABLE * plan.local_topology().hbm_gib * plan.GIB:
-            raise ConfigError(self.out_of_memory)  # also said for XLA's own refusal
 
     def check_unchanged(self, saved: dict, accept: bool) -> None:
         """A resumed run continues exactly: a config that changes what it trains (schedule and length, optimizer,
