@@ -193,7 +193,7 @@ def test_blocks_from_round_lengths_equal_the_quadratic_split(split_tokenizers):
         for template in templates.template_names():
             for max_length in (60, 300):
                 job = pool.Job(template, tok.path, max_length, split_long=True)
-                for conv, (pieces, split) in zip(convs, pool.encode_rows(job, convs), strict=True):
+                for conv, (pieces, split, _) in zip(convs, pool.encode_rows(job, convs), strict=True):
                     reference = quadratic_blocks(conv, template, tok, max_length)
                     if not encode_conversation(conv, template, tok, max_length).truncated or conv.rounds == 1:
                         reference = [(conv.to_json(), conv.id, encode_conversation(conv, template, tok, max_length))]

@@ -1,7 +1,8 @@
 """`template: model`: the model's own chat template, against transformers' `apply_chat_template`.
 
-Four real template strings (Llama-3, Qwen2.5, Gemma-2, Phi-3; `tests/data/chat_templates.json`, with their
-special tokens) over tokenizers trained here with the `tokenizers` library. The references are transformers'
+Seven real template strings (Llama-3, Qwen2.5, Qwen3, Gemma-2, Gemma-3, Phi-3, Mistral;
+`tests/data/chat_templates.json`, with their special tokens) over tokenizers trained here with the `tokenizers`
+library. The references are transformers'
 own: the ids of `apply_chat_template(tokenize=True)`; the mask of `return_assistant_tokens_mask=True` for the
 templates with `{% generation %}` blocks; and, for the real templates that have none, the mask by prefix
 rendering at the token level (transformers' ids of the turns before an assistant turn with the generation
@@ -25,6 +26,8 @@ from instructjax.data.schema import Conversation
 
 TEMPLATES = json.loads((Path(__file__).parent / "data" / "chat_templates.json").read_text())
 REAL = ("llama3", "qwen2.5", "gemma2", "phi3")
+FAMILIES = ("llama3", "qwen2.5", "qwen3", "gemma2", "gemma3", "phi3", "mistral")  # every real template here
+NO_SYSTEM = ("gemma2", "mistral")  # their templates refuse a system turn: `data.system_turn: merge` folds it
 GENERATION = ("llama3_generation", "qwen2.5_generation")
 
 CONVERSATIONS = [
@@ -74,7 +77,7 @@ def build(name: str, directory: Path) -> str:
 def tokenizers(tmp_path_factory) -> dict[str, tuple[Tokenizer, object]]:
     root = tmp_path_factory.mktemp("chat_templates")
     out = {}
-    for name in (*REAL, *GENERATION):
+    for name in (*FAMILIES, *GENERATION):
         path = build(name, root / name)
         out[name] = (Tokenizer.load(path), transformers.AutoTokenizer.from_pretrained(path))
     return out
@@ -116,6 +119,55 @@ def test_ids_and_mask_equal_transformers_prefix_rendering(tokenizers, name):
         expected = prefix_mask(hf, messages)
         np.testing.assert_array_equal(encoded.loss_mask, expected, err_msg=name)
         assert expected.sum() > 0
+
+
+# Hand-marked: what each family's template writes around a reply that the model itself generates, read off the
+# templates: the end of its turn (with the newline after it where the template writes one), Qwen3's empty thinking
+# block before its last reply, Phi-3's end of text after its last; Llama-3 and Gemma trim a reply, the others do not
+# (but Phi-3's `<|assistant|>` takes the whitespace after it, a reply's leading spaces too: its rstrip).
+TURN_END = {"llama3": "<|eot_id|>", "qwen2.5": "<|im_end|>\n", "qwen3": "<|im_end|>\n", "gemma2": "<end_of_turn>\n",
+            "gemma3": "<end_of_turn>\n", "phi3": "<|end|>\n", "mistral": "</s>"}
+BEFORE_LAST = {"qwen3": "<think>\n\n</think>\n\n"}
+AFTER_LAST = {"phi3": "<|endoftext|>"}
+TRIMS = ("llama3", "gemma2", "gemma3")
+
+
+def hand_marked_mask(name: str, hf, messages: list[dict]) -> tuple[list[int], np.ndarray]:
+    """transformers' ids of the conversation, and 1 on each token inside a hand-marked reply: the reply as the
+    template writes it and its turn's end (`TURN_END`...), found in order in transformers' text."""
+    text = hf.apply_chat_template(messages, tokenize=False)
+    replies = [m["content"] for m in messages if m["role"] == "assistant"]
+    spans, at = [], 0
+    for k, reply in enumerate(replies):
+        last = k == len(replies) - 1
+        written = reply.strip() if name in TRIMS else reply.lstrip() if name == "phi3" else reply
+        marked = (BEFORE_LAST.get(name, "") if last else "") + written + \
+            TURN_END[name] + (AFTER_LAST.get(name, "") if last else "")
+        start = text.index(marked, at)
+        spans.append((start, start + len(marked)))
+        at = start + len(marked)
+    out = hf(text, add_special_tokens=False, return_offsets_mapping=True)
+    mask = np.zeros(len(out["input_ids"]), np.int32)
+    for t, (a, b) in enumerate(out["offset_mapping"]):
+        inside = any(x <= a and b <= y for x, y in spans)
+        assert inside or not any(x < b and a < y for x, y in spans), (name, text[a:b])  # no token straddles
+        mask[t] = inside
+    return list(out["input_ids"]), mask
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_every_family_template_on_multi_turn_chats(tokenizers, name):
+    """Each family's real template on single- and multi-turn chats, with a system turn (folded into the first user
+    turn where the template has no system role) and without: ids = transformers' `apply_chat_template`; each reply
+    and its turn's end trained, and nothing else, by hand-marked spans. Qwen3 renders its earlier replies otherwise
+    once later turns follow: its multi-turn chats train as the whole conversation renders."""
+    ours, hf = tokenizers[name]
+    for i, messages in enumerate(CONVERSATIONS + [[m for m in c if m["role"] != "system"] for c in CONVERSATIONS]):
+        conv = Conversation(messages, "t", str(i)).with_system_turn("merge" if name in NO_SYSTEM else "keep")
+        encoded = encode_conversation(conv, "model", ours)
+        ids, mask = hand_marked_mask(name, hf, conv.messages)
+        assert encoded.tokens.tolist() == hf_ids(hf, conv.messages) == ids, (name, i)
+        np.testing.assert_array_equal(encoded.loss_mask, mask, err_msg=f"{name} {i}")
 
 
 @pytest.mark.parametrize("name", GENERATION)
@@ -244,3 +296,46 @@ def test_import_takes_a_chat_template_for_a_base_tokenizer_without_one(tmp_path)
     assert template == tokenizer.chat_template == spec["chat_template"]
     assert cli.main(["import", "--hf", base, "--out", str(tmp_path / "ckpt2"), "--chat-template",
                      str(tmp_path / "missing")]) == 2
+
+
+def test_system_turn_merge_and_a_refused_chat_is_a_bad_row(tmp_path, capsys):
+    """Gemma-2's template refuses a system turn. Through `data stats` / `data preview` of a config: by default the
+    chat stops the run with one line naming it; `--on-bad-row skip` skips and counts it (the other chat kept);
+    `data.system_turn: merge` folds the system text into the first user turn (a blank line between, as
+    LLaMA-Factory does), trained as transformers renders the merged chat, written out by hand here."""
+    import yaml
+
+    from instructjax.cli import main
+
+    path = build("gemma2", tmp_path / "tok")
+    hf = transformers.AutoTokenizer.from_pretrained(path)
+    chats = tmp_path / "chats.jsonl"
+    system_chat = {"id": "with-system", "messages": [{"role": "system", "content": "You are terse."},
+                                                    {"role": "user", "content": "Capital of France?"},
+                                                    {"role": "assistant", "content": "Paris."}]}
+    plain_chat = {"id": "plain", "messages": [{"role": "user", "content": "Capital of Italy?"},
+                                              {"role": "assistant", "content": "Rome."}]}
+    chats.write_text(json.dumps(system_chat) + "\n" + json.dumps(plain_chat) + "\n")
+
+    def config(name: str, **data) -> str:
+        body = {"model": {"preset": "tiny", "dtype": "float32"}, "tokenizer": path, "template": "model",
+                "data": {"mixture": name, "seq_len": 128, "global_batch": 2, **data}, "max_steps": 1,
+                "define": {"tasks": {name: {"source": "messages", "data_files": [str(chats)]}}}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(body))
+        return str(tmp_path / f"{name}.yaml")
+
+    assert main(["data", "stats", "--config", config("keep")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "with-system" in err and "System role not supported" in err, err
+    assert main(["data", "stats", "--config", config("skip"), "--on-bad-row", "skip"]) == 0
+    out = capsys.readouterr().out
+    assert "kept 1 example(s)" in out and "skipped 1 row(s): template" in out, out
+    assert main(["data", "preview", "--config", config("merge", system_turn="merge"), "-n", "2", "--json"]) == 0
+    shown = {r["id"]: r for r in map(json.loads, capsys.readouterr().out.strip().splitlines())}
+    merged = [{"role": "user", "content": "You are terse.\n\nCapital of France?"},
+              {"role": "assistant", "content": "Paris."}]
+    assert shown["messages-with-system"]["tokens"] == hf_ids(hf, merged)
+    assert shown["messages-plain"]["tokens"] == hf_ids(hf, plain_chat["messages"])
+    trained = hf.decode([t for t, m in zip(shown["messages-with-system"]["tokens"], shown["messages-with-system"]["loss_mask"],
+                                            strict=True) if m])
+    assert trained == "Paris.<end_of_turn>\n"

@@ -114,7 +114,8 @@ def resolve(args) -> Target:
         from instructjax.train import setup as run_setup
 
         bound = bind(name, tokenizer=run_setup.tokenizer_path(config), template=config.template,
-                     max_length=config.data.seq_len, model=config.model.init_from, on_bad_row=on_bad_row)
+                     max_length=config.data.seq_len, model=config.model.init_from, on_bad_row=on_bad_row,
+                     system_turn=config.data.system_turn)
     else:  # the built-in default tokenizer, and the row length asked for (ShareGPT splits at it)
         bound = bind(name, tokenizer=None, max_length=getattr(args, "seq_len", None) or args.max_length)
     return Target(name=bound.name, tasks=bound.tasks, config=config, resolved=bound.resolved)

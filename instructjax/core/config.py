@@ -36,6 +36,7 @@ SCHEDULES = ("linear", "cosine")
 LOSS_REDUCTIONS = ("mean", "sum")
 OVERLONG = ("truncate", "split")
 PACK_MODES = (True, False, "per_step")
+SYSTEM_TURNS = ("keep", "merge", "drop")
 MOSAIC_STRATEGIES = ("primary", "format", "permute", "maskout", "mix")
 MOSAIC_DISTRIBUTIONS: dict[str, dict[str, float]] = {  # Appendix A -> default numpy parameters
     "uniform": {},
@@ -98,7 +99,10 @@ class DataSection:
     into fewer rows (the same optimization, less padding: see `data.pipeline`).
     `shuffle: false` trains in file order (see `data.streams`). `on_bad_row`: what a malformed row of any task
     does: "error" stops the run with one line, "skip" counts it (None: each task's own `on_bad_row`, "error" by
-    default); quirks a dataset's reference pipeline handles are skipped or repaired and counted either way."""
+    default); quirks a dataset's reference pipeline handles are skipped or repaired and counted either way.
+    `system_turn`: a conversation's system turn is kept ("keep"), folded into its first user turn ("merge": the
+    system text, a blank line, then the user's, as LLaMA-Factory does for templates without a system role: Gemma,
+    Mistral) or dropped ("drop"). A conversation the chat template still refuses is a bad row (`on_bad_row`)."""
 
     mixture: str = "acp_ACP_builtin"
     seq_len: int = 2048
@@ -115,6 +119,7 @@ class DataSection:
     mosaic: MosaicSection | None = None
     prefetch: int = 2
     on_bad_row: str | None = None
+    system_turn: str = "keep"
 
     def __post_init__(self):
         _check(self.seq_len >= 8, f"data.seq_len={self.seq_len} is too small for any example")
@@ -126,6 +131,8 @@ class DataSection:
         _check(self.prefetch >= 0, f"data.prefetch must be >= 0, got {self.prefetch}")
         _check(self.on_bad_row in (None, "error", "skip"),
                f"data.on_bad_row must be error or skip, got {self.on_bad_row!r}")
+        _check(self.system_turn in SYSTEM_TURNS,
+               f"data.system_turn must be one of {', '.join(SYSTEM_TURNS)}, got {self.system_turn!r}")
         if self.mosaic is not None and self.mosaic.max_length is not None:
             _check(self.mosaic.max_length <= self.seq_len,
                    f"data.mosaic.max_length={self.mosaic.max_length} is above data.seq_len={self.seq_len}: a mosaic "

@@ -76,10 +76,11 @@ def uses_model_encoder(name: str | Resolved) -> bool:
 
 
 def bind(name: str | Resolved, *, tokenizer: str | None, template: str | None = None, max_length: int | None = None,
-         model: str | None = None, on_bad_row: str | None = None) -> Bound:
+         model: str | None = None, on_bad_row: str | None = None, system_turn: str | None = None) -> Bound:
     """Bind task or mixture `name` (or as `resolve` gave it) to the run's `tokenizer` (a path, None = the built-in default),
     `template` (None: the tasks' own, else tulu), `max_length` (the run's row length), `model` (the
-    run's checkpoint, for selection encoders that embed with it) and `on_bad_row` (None: each task's own). A
+    run's checkpoint, for selection encoders that embed with it), `on_bad_row` (None: each task's own) and
+    `system_turn` (None: each task's own; `core.config.DataSection`). A
     user's own seqio Task (not an instructjax task) is left as it is: it brings its tokens, whose range the
     pipeline checks."""
     found = name if isinstance(name, Resolved) else resolve(name)
@@ -100,7 +101,8 @@ def bind(name: str | Resolved, *, tokenizer: str | None, template: str | None = 
         task_template = template or spec.template or DEFAULT_TEMPLATE
         templates.add(task_template)
         changes = dict(tokenizer=tokenizer if tokenizer else None, template=task_template,
-                       max_length=spec.max_length or max_length, on_bad_row=on_bad_row or spec.on_bad_row)
+                       max_length=spec.max_length or max_length, on_bad_row=on_bad_row or spec.on_bad_row,
+                       system_turn=system_turn or spec.system_turn)
         if spec.selection is not None and spec.selection.encoder in MODEL_ENCODERS:
             if not (spec.selection.encoder_model or model):
                 raise ConfigError(f"task {task!r}: selection encoder {spec.selection.encoder!r} embeds with the "

@@ -69,6 +69,17 @@ class Conversation:
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
 
+    def with_system_turn(self, how: str) -> Conversation:
+        """The conversation with its system turn kept ("keep"), dropped ("drop"), or folded into the first user turn
+        ("merge": the system text, a blank line, then the user's, as LLaMA-Factory does for templates that have no
+        system role)."""
+        if how == "keep" or not self.messages or self.messages[0].get("role") != "system":
+            return self
+        system, rest = self.messages[0], self.messages[1:]
+        if how == "merge" and rest and rest[0].get("role") == "user":
+            rest = [{**rest[0], "content": f"{system['content']}\n\n{rest[0]['content']}"}, *rest[1:]]
+        return Conversation(rest, self.source, self.id, self.meta)
+
     @classmethod
     def from_json(cls, text: str) -> Conversation:
         d = json.loads(text)

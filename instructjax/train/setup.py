@@ -99,7 +99,7 @@ def bind_data(config: RunConfig, tokenizer: str | None) -> RunData:
     if uses_model_encoder(resolved):  # its encoder runs the run's model
         import instructjax.train.embed  # noqa: F401  (registers "llama-mean")
     bound = bind(resolved, tokenizer=tokenizer, template=config.template, max_length=config.data.seq_len,
-                 model=config.model.init_from, on_bad_row=config.data.on_bad_row)
+                 model=config.model.init_from, on_bad_row=config.data.on_bad_row, system_turn=config.data.system_turn)
     return RunData(dataclasses.replace(config.data, mixture=bound.name), bound.sources,
                    config.template or bound.template, tokenizer, bound.resolved)
 

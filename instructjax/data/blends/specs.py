@@ -59,6 +59,7 @@ class TaskSpec:
     source_options: tuple[tuple[str, object], ...] = ()
     on_bad_row: str = "error"
     selection: SelectionSpec | None = None
+    system_turn: str = "keep"  # keep, merge or drop a conversation's system turn before the template (config.py)
 
     def __post_init__(self):
         from instructjax.data.sources.catalog import SOURCES

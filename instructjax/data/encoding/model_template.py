@@ -12,11 +12,14 @@ transformers renders it, into the `Rendered` the built-in templates give (text, 
   the template's own (a message may come out verbatim or trimmed, as templates write it; anything else is
   one error naming the conversation).
 - **The loss mask**: where the template has `{% generation %}`, its blocks (transformers'
-  `return_assistant_tokens_mask`). Otherwise by prefix rendering, as open-instruct and LLaMA-Factory derive
-  it: an assistant turn is trained from the end of the conversation before it with the generation prompt
-  (which must be a prefix of the whole text) to where the render of the conversation up to and including it
-  stops agreeing with the whole text, never inside a special token (a template that closes a render, as
-  Phi-3's `{{ eos_token }}` after the last turn, trains that closing after the last turn only).
+  `return_assistant_tokens_mask`). Otherwise each reply of the conversation as the template renders it whole,
+  as open-instruct and LLaMA-Factory derive it by prefix rendering: from the end of the conversation before it
+  with the generation prompt (where that render is the start of the whole text; where it is not, as in Qwen3,
+  whose earlier replies render otherwise once later turns follow, from the end of the generation prompt's last
+  appearance before the reply) through what the template writes after the reply when it is the last turn, as
+  far as the whole text agrees, never ending inside a special token (a template that closes a render, as Phi-3's
+  `{{ eos_token }}` after the last turn, trains that closing after the last turn only). Qwen3's empty
+  `<think>` block before its last reply is the model's to write, and trained.
 """
 
 from __future__ import annotations
@@ -153,25 +156,38 @@ def _specials(text: str, contents: list[tuple[int, int]], tokenizer: Tokenizer) 
     return out
 
 
-def _prefix_spans(messages: list[dict], text: str, specials: list[tuple[int, int, str]], tokenizer: Tokenizer,
-                  where: str) -> list[tuple[int, int]]:
-    """Each assistant turn's trained span by prefix rendering (see the module doc); a span never ends inside
-    one of the whole text's special tokens (a render that closes with `<|endoftext|>` agrees with a whole text
-    going on with `<|user|>` up to their common "<|")."""
-    spans = []
+def _turn_spans(messages: list[dict], text: str, contents: list[tuple[int, int]], specials: list[tuple[int, int, str]],
+                tokenizer: Tokenizer, where: str) -> list[tuple[int, int]]:
+    """Each assistant reply's trained span in the whole conversation's `text` (see the module doc): from the end of the
+    generation prompt before it to the end of what the template writes after it when it is the last turn, as far
+    as `text` agrees, never ending inside one of `text`'s special tokens."""
+    spans, reply = [], 0
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
+        reply += 1
+        (c0, c1), floor = contents[i], contents[i - 1][1] if i else 0
         before, _ = render_text(messages[:i], tokenizer, add_generation_prompt=True, where=where)
+        if text.startswith(before) and len(before) <= c0:  # the turns before render as a prefix of the whole
+            start = len(before)
+        else:  # earlier turns render otherwise once later ones follow (Qwen3): find the generation prompt
+            plain, _ = render_text(messages[:i], tokenizer, where=where)
+            prompt = before[len(plain):] if before.startswith(plain) else ""
+            found = text.rfind(prompt, floor, c0) if prompt else -1
+            start = found + len(prompt) if found >= 0 else c0
         upto, _ = render_text(messages[: i + 1], tokenizer, where=where)
-        agree = next((k for k, (x, y) in enumerate(zip(upto, text, strict=False)) if x != y), min(len(upto), len(text)))
-        agree = next((start for start, end, _ in specials if start < agree < end), agree)
-        if not text.startswith(before) or agree <= len(before):
-            raise DataError(f"template 'model': {where}: the template's render of the turns before assistant turn "
-                            f"{i} (with its generation prompt) is not the start of the whole conversation's, so its "
-                            "assistant tokens cannot be told apart; give the template {% generation %} blocks",
-                            reason="template")
-        spans.append((len(before), agree))
+        structure, _ = render_text([{**m, "content": PLACEHOLDER.format(k)} for k, m in enumerate(messages[: i + 1])],
+                                   tokenizer, where=where)
+        alone = _content_spans(upto, structure, [m["content"] for m in messages[: i + 1]])
+        tail = upto[alone[-1][1]:] if alone else ""
+        agree = next((k for k, (x, y) in enumerate(zip(tail, text[c1:], strict=False)) if x != y),
+                     min(len(tail), len(text) - c1))
+        end = c1 + agree
+        end = next((a for a, b, _ in specials if a < end < b), end)
+        if end <= start:
+            raise DataError(f"template 'model': {where}: assistant reply {reply} (message {i + 1}) cannot be told apart "
+                            "from the template's text; give the template {% generation %} blocks", reason="template")
+        spans.append((start, end))
     return spans
 
 
@@ -191,5 +207,5 @@ def render_model(conv: Conversation, tokenizer: Tokenizer) -> Rendered:
     if _GENERATION.search(_source(tokenizer)):
         trained = generation
     else:
-        trained = _prefix_spans(messages, text, specials, tokenizer, where)
+        trained = _turn_spans(messages, text, contents, specials, tokenizer, where)
     return Rendered(text, trained, specials, adds_bos=False)

@@ -22,6 +22,7 @@ The pool is shut down after `IDLE_SECONDS` without work (and at exit).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -42,7 +43,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from instructjax.core.errors import ConfigError
+from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.encoding.encode import Encoded, Segments, count_tokens, encode_conversations
 from instructjax.data.encoding.templates import get_template
 from instructjax.data.encoding.tokenizer import Tokenizer
@@ -64,6 +65,8 @@ class Job:
     tokenizer: str  # path (`Tokenizer.path`)
     max_length: int
     split_long: bool  # cut a conversation over max_length into blocks of whole rounds
+    system_turn: str = "keep"  # keep, merge or drop a system turn first (`Conversation.with_system_turn`)
+    on_bad_row: str = "error"  # "skip": a conversation the template refuses is counted, not raised
 
     def portable(self) -> bool:
         """Whether a fresh process knows the template (a built-in one; one registered at run time may not be)."""
@@ -81,21 +84,37 @@ class Example(NamedTuple):
     truncated: bool
 
 
-Result = tuple[list[Example], bool]  # a conversation's examples, and whether it was split into blocks
+class Result(NamedTuple):
+    """A conversation's examples, whether it was split into blocks, and why it was skipped instead ("": it was not:
+    the chat template refused it under `on_bad_row: skip`, "template")."""
+
+    examples: list[Example]
+    split: bool
+    skipped: str = ""
 
 
 def encode_rows(job: Job, convs: list[Conversation]) -> list[Result]:
-    """The examples of each conversation (see the module doc)."""
+    """The examples of each conversation (see the module doc), its system turn kept, merged or dropped first; under
+    `on_bad_row: skip` a conversation the chat template refuses is a `Result` with no examples, skipped for it."""
     tokenizer = Tokenizer.load(job.tokenizer)
+    convs = [c.with_system_turn(job.system_turn) for c in convs]
     segments = Segments(tokenizer) if job.split_long else None  # a memo for the blocks
+    try:
+        encoded = encode_conversations(convs, job.template, tokenizer, job.max_length, segments)
+    except DataError as e:
+        if job.on_bad_row != "skip" or e.reason != "template":
+            raise
+        if len(convs) == 1:
+            return [Result([], False, "template")]
+        alone = dataclasses.replace(job, system_turn="keep")  # each conversation again, to find the refused ones
+        return [result for conv in convs for result in encode_rows(alone, [conv])]
     out = []
-    for conv, enc in zip(convs, encode_conversations(convs, job.template, tokenizer, job.max_length, segments),
-                         strict=True):
+    for conv, enc in zip(convs, encoded, strict=True):
         pieces = [(conv, enc)]
         if enc.truncated and segments is not None and conv.rounds > 1:
             pieces = _blocks(conv, job, tokenizer, segments)
-        out.append(([Example(_to_json(c), c.id, e.tokens, e.loss_mask, e.n_trained, e.truncated) for c, e in pieces],
-                    len(pieces) > 1))
+        out.append(Result([Example(_to_json(c), c.id, e.tokens, e.loss_mask, e.n_trained, e.truncated)
+                           for c, e in pieces], len(pieces) > 1))
     return out
 
 
@@ -133,7 +152,7 @@ class _Packed(NamedTuple):
     loss_mask: np.ndarray  # uint8
     ends: list[int]  # each example's end in tokens
     fields: list[tuple[str, str, int, bool]]  # each example's conversation, id, n_trained, truncated
-    results: list[tuple[int, bool] | None]  # each conversation's examples and split, None: failed
+    results: list[tuple[int, bool, str] | None]  # each conversation's examples, split and skip, None: failed
 
 
 def _pack(results: list[Result | None]) -> _Packed:
@@ -142,7 +161,7 @@ def _pack(results: list[Result | None]) -> _Packed:
                    np.concatenate([ex.loss_mask for ex in examples] or [np.zeros(0, np.int32)]).astype(np.uint8),
                    np.cumsum([ex.tokens.shape[0] for ex in examples], dtype=np.int64).tolist(),
                    [(ex.conversation, ex.id, ex.n_trained, ex.truncated) for ex in examples],
-                   [None if r is None else (len(r[0]), r[1]) for r in results])
+                   [None if r is None else (len(r.examples), r.split, r.skipped) for r in results])
 
 
 def _unpack(packed: _Packed) -> list[Result | None]:
@@ -152,7 +171,7 @@ def _unpack(packed: _Packed) -> list[Result | None]:
     out: list[Result | None] = []
     at = 0
     for r in packed.results:
-        out.append(None if r is None else (examples[at : at + r[0]], r[1]))
+        out.append(None if r is None else Result(examples[at : at + r[0]], r[1], r[2]))
         at += r[0] if r is not None else 0
     return out
 

@@ -149,7 +149,8 @@ def conversation_items(name: str, spec: TaskSpec, seed: int | None, total: list[
 def job_of(spec: TaskSpec) -> Job:
     """How the task's conversations are encoded."""
     return Job(spec.template or DEFAULT_TEMPLATE, Tokenizer.load(spec.tokenizer).path,
-               spec.max_length or DEFAULT_MAX_LENGTH, catalog.get_source(spec.source).split_long)
+               spec.max_length or DEFAULT_MAX_LENGTH, catalog.get_source(spec.source).split_long, spec.system_turn,
+               spec.on_bad_row)
 
 
 class TaskStream:
@@ -161,6 +162,7 @@ class TaskStream:
 
     def __init__(self, name: str, spec: TaskSpec, seed: int | None, results=None):
         self.name, self.report, self.examples = name, TaskReport(), []
+        self.refused: Counter = Counter()  # conversations the chat template refused, skipped (on_bad_row: skip)
         # a shuffled read notes each example's conversation's place in row order in `positions`
         self.positions: list[int] | None = [] if seed is not None and spec.selection is None else None
         self._last = Read(0, {}, {})
@@ -182,7 +184,8 @@ class TaskStream:
             if _PROGRESS is not None:
                 _PROGRESS(self.name, *self.progress(count))
         report, last = self.report, self._last
-        report.read, report.skipped, report.repaired = last.read, Counter(last.skipped), Counter(last.repaired)
+        report.read, report.repaired = last.read, Counter(last.repaired)
+        report.skipped = Counter(last.skipped) + self.refused
         report.examples = len(self.examples)
         return self.examples[:count] if count is not None else list(self.examples)
 
@@ -193,7 +196,9 @@ class TaskStream:
         return self._last.read, self.total[0] if self.total else None
 
     def _add(self, result: Result) -> None:
-        pieces, split = result
+        pieces, split, skipped = result
+        if skipped:
+            self.refused[skipped] += 1
         self.report.split += split
         for piece in pieces:
             self.report.rows += 1
