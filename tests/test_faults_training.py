@@ -290,3 +290,34 @@ def test_a_second_sigterm_exits_at_once_and_leaves_no_half_written_step(tmp_path
     assert rc == 0, err[-3000:]
     assert losses(run_dir) == losses(reference)
     assert_params_equal(run_dir, reference, STEPS)
+
+
+def test_a_second_trainer_stops_before_writing_and_a_dead_ones_lock_is_taken_over(tmp_path, env, reference):
+    """A second `train --resume --accept-changes` on a run another live process trains: one line naming the other
+    process, exit 2, and nothing written (no changes.jsonl, config.yaml still the first's). The first killed (-9):
+    a resume takes its lock over with a warning and ends with the reference losses."""
+    import socket
+
+    import yaml
+
+    run_dir = tmp_path / "run"
+    first = start(run_dir, env, faults={"FAULT_STEP_SECONDS": "1.5"})
+    try:
+        deadline = time.monotonic() + TIMEOUT
+        while 2 not in complete_steps(run_dir):
+            assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-3000:]
+            time.sleep(0.1)
+        rc, _, err = finish(start(run_dir, env, "optim.lr=1e-5", "--accept-changes", resume=True))
+        line = one_line_error(err)
+        assert rc == 2 and "is being trained by another process" in line, err[-2000:]
+        assert f"host {socket.gethostname()}, pid {first.pid}" in line
+        assert not (run_dir / "changes.jsonl").exists()
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["lr"] == 3e-3
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.communicate()
+    rc, _, err = finish(start(run_dir, env, resume=True))
+    assert rc == 0, err[-3000:]
+    assert f"taking over the lock of a process that is gone (host {socket.gethostname()}, pid {first.pid}" in err
+    assert losses(run_dir) == losses(reference)
+    assert not (run_dir / "LOCK").exists()

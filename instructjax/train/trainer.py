@@ -34,7 +34,7 @@ from jax.sharding import NamedSharding
 
 from instructjax.convert.saved import load_params_as
 from instructjax.core import checkpoint as ckpt
-from instructjax.core import hosts, integrity, sharding, storage, tracking
+from instructjax.core import hosts, integrity, runlock, sharding, storage, tracking
 from instructjax.core.config import RunConfig, to_dict, training_changes, training_digest
 from instructjax.core.errors import ConfigError, InstructJaxError
 from instructjax.model.decoder import Decoder
@@ -69,8 +69,6 @@ class Trainer:
         `devices`: the mesh's devices (default all); `pipeline`: a stand-in for the config's DataPipeline with the
         same interface (iteration, state, restore, task_names, plan_epoch; plan_steps for per_step)."""
         hosts.initialize(config.distributed, f"train:{config.run_dir}")  # the hosts tokenize together, each a share
-        from instructjax.data.encoding.tokenizer import Tokenizer, materialize
-        from instructjax.train import plan as planning
         from instructjax.train import setup as run_setup
 
         self.resume = resume
@@ -78,6 +76,20 @@ class Trainer:
         devices = list(jax.devices() if devices is None else devices)
         run_setup.check_trainable(config, len(devices), jax.process_count())  # before anything is read
         bound = run_setup.bind_run(config)
+        self.lock = runlock.take(config.run_dir)  # one writer per run dir: nothing is written before this
+        try:
+            self._set_up(config, bound, devices, resume=resume, accept_changes=accept_changes, pipeline=pipeline)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _set_up(self, config: RunConfig, bound, devices, *, resume: bool, accept_changes: bool, pipeline) -> None:
+        """The rest of `__init__`, under the run's lock: the run directory read (and resumed), the run resolved, the
+        step built."""
+        from instructjax.data.encoding.tokenizer import Tokenizer, materialize
+        from instructjax.train import plan as planning
+        from instructjax.train import setup as run_setup
+
         self.training_digest = training_digest(config)  # of the config as given (what a sweep compares)
         self.config = bound.config  # what config.yaml records (the mesh is written in below)
         self.tokenizer_item = run_setup.tokenizer_item(bound.tokenizer, bound.config.template)
@@ -172,14 +184,23 @@ class Trainer:
         return params, init_opt(params), 0, 0
 
     def save(self, step: int, params, opt_state, tokens: int, position, window: _Window | None = None) -> None:
-        """Save `step` with the data `position` after its batch and the metrics `window` open at it."""
+        """Save `step` with the data `position` after its batch and the metrics `window` open at it (unless another
+        process took the run's lock over meanwhile: then one line, and nothing is saved)."""
+        self.lock.check()
         meta = {"run_config": to_dict(self.config), "model_config": dataclasses.asdict(self.model_config),
                 "tokens": tokens, "metrics_window": window.state() if window is not None else None}  # fmt: skip
         data = ckpt.gather_data_state(position.to_array())
         self.checkpointer.save(step, params, opt_state, data, meta)
 
     def run(self, stop_at: int | None = None) -> TrainResult:
-        """Train to the last step, or stop after `stop_at` (as a preempted run would, after saving it)."""
+        """Train to the last step, or stop after `stop_at` (as a preempted run would, after saving it); the run's
+        lock is given back at the end, whatever the end."""
+        try:
+            return self._train(stop_at)
+        finally:
+            self.lock.release()
+
+    def _train(self, stop_at: int | None) -> TrainResult:
         from instructjax.core import progress
         from instructjax.train.preemption import PreemptionWatch
 
