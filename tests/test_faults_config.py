@@ -140,3 +140,45 @@ def test_a_run_too_large_for_this_machine_is_one_line_before_compiling(tmp_path,
     assert cli.main(["plan", "--config", "/dev/null", *BASE, *too_big]) == 1
     out = capsys.readouterr().out
     assert "topology    this machine (cpu): 8 device(s)" in out and "DOES NOT FIT" in out
+
+
+def test_import_refuses_what_later_commands_cannot_use(tmp_path, capsys):
+    """A tokenizer with more ids than the model's embedding rows (generate and score would read past the table),
+    a chat template that does not compile (the tokenizer's own, or one given with --chat-template): one line each at
+    import, exit 2, no checkpoint; the same directory with a fitting tokenizer and template imports."""
+    from pretrained_models import bpe_tokenizer
+
+    from instructjax.convert import hf_config
+    from instructjax.model.config import preset
+
+    def hf_dir(name: str, rows: int, template: str | None) -> str:
+        path = tmp_path / name
+        bpe_tokenizer(str(path), vocab_size=1200)
+        good = make_hf_dir(tmp_path / f"{name}-weights")
+        for f in ("model.safetensors",):
+            (path / f).write_bytes((tmp_path / f"{name}-weights" / f).read_bytes())
+        hf = hf_config.to_hf(preset("tiny", dtype="float32"))
+        (path / "config.json").write_text(json.dumps({**hf, "vocab_size": rows}))
+        if rows != 32000:  # the weights of a smaller table
+            from safetensors.numpy import load_file, save_file
+
+            tensors = load_file(f"{good}/model.safetensors")
+            tensors = {k: v[:rows] if v.shape[0] == 32000 else v[:, :rows] if v.shape[-1] == 32000 else v
+                       for k, v in tensors.items()}
+            save_file(tensors, str(path / "model.safetensors"))
+        config = json.loads((path / "tokenizer_config.json").read_text())
+        (path / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": template}))
+        return str(path)
+
+    broken = "{% for m in messages %}{{ m['content'] }}"  # no endfor
+    jinja = str(tmp_path / "broken.jinja")
+    cases = [(hf_dir("small", 1000, None), [], "the tokenizer has 12", "small"),
+             (hf_dir("own", 32000, broken), [], "does not compile", "own"),
+             (hf_dir("given", 32000, None), ["--chat-template", jinja], "does not compile", jinja)]
+    (tmp_path / "broken.jinja").write_text(broken)
+    for k, (path, extra, words, named) in enumerate(cases):
+        err = one_line(capsys, ["import", "--hf", path, "--out", str(tmp_path / f"ckpt{k}"), *extra])
+        assert words in err and named in err, err
+        assert not (tmp_path / f"ckpt{k}").exists()
+    assert cli.main(["import", "--hf", hf_dir("fine", 32000, "{{ messages[0]['content'] }}"),
+                     "--out", str(tmp_path / "fine-ckpt")]) == 0

@@ -339,3 +339,63 @@ def test_system_turn_merge_and_a_refused_chat_is_a_bad_row(tmp_path, capsys):
     trained = hf.decode([t for t, m in zip(shown["messages-with-system"]["tokens"], shown["messages-with-system"]["loss_mask"],
                                             strict=True) if m])
     assert trained == "Paris.<end_of_turn>\n"
+
+
+def tiny_hf_model(name: str, tokenizer_dir: str, generation_eos: list[int]) -> None:
+    """A tiny transformers model of `name`'s family saved beside its tokenizer, with a generation_config.json
+    whose end ids are `generation_eos` (Phi-3's lists `<|endoftext|>`, `<|assistant|>` and `<|end|>`)."""
+    import torch
+
+    hf_tok = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)
+    common = dict(vocab_size=len(hf_tok) + 8, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                  num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256,
+                  eos_token_id=hf_tok.eos_token_id, bos_token_id=hf_tok.bos_token_id)
+    kind = {"phi3": (transformers.Phi3Config, transformers.Phi3ForCausalLM, {"num_key_value_heads": 2, "pad_token_id": 0}),
+            "gemma2": (transformers.Gemma2Config, transformers.Gemma2ForCausalLM, {"head_dim": 16}),
+            "qwen2.5": (transformers.Qwen2Config, transformers.Qwen2ForCausalLM, {}),
+            "llama3": (transformers.LlamaConfig, transformers.LlamaForCausalLM, {})}[name]
+    torch.manual_seed(0)
+    model = kind[1](kind[0](**{**common, **kind[2]})).eval()
+    model.save_pretrained(tokenizer_dir)
+    transformers.GenerationConfig(eos_token_id=generation_eos, bos_token_id=hf_tok.bos_token_id).save_pretrained(
+        tokenizer_dir)
+
+
+@pytest.mark.parametrize("name,end", [("phi3", "<|end|>"), ("gemma2", "<end_of_turn>"), ("qwen2.5", "<|im_end|>"),
+                                      ("llama3", "<|eot_id|>")])
+def test_an_export_stops_where_the_model_stops(tmp_path, name, end):
+    """import, then export: generation_config.json keeps every end id the imported model had and adds the
+    template's end of turn, and transformers' `generate` on the export stops there (forced at the third new token,
+    it returns three tokens, not the eight it may)."""
+    import torch
+
+    from instructjax import cli
+
+    hf_dir = build(name, tmp_path / "hf")
+    hf_tok = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    original = [hf_tok.eos_token_id] + ([hf_tok.convert_tokens_to_ids("<|assistant|>"), hf_tok.convert_tokens_to_ids(end)]
+                                        if name == "phi3" else [])
+    tiny_hf_model(name, hf_dir, original)
+    assert cli.main(["import", "--hf", hf_dir, "--out", str(tmp_path / "ckpt")]) == 0
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "ckpt"), "--out", str(tmp_path / "export")]) == 0
+    ends = transformers.GenerationConfig.from_pretrained(tmp_path / "export").eos_token_id
+    ends = ends if isinstance(ends, list) else [ends]
+    end_id = hf_tok.convert_tokens_to_ids(end)
+    assert set(original) | {end_id} <= set(ends), ends
+
+    class ForceAt(transformers.LogitsProcessor):
+        def __init__(self, length: int):
+            self.length = length
+
+        def __call__(self, input_ids, scores):
+            if input_ids.shape[1] == self.length:
+                scores = torch.full_like(scores, -1e9)
+                scores[:, end_id] = 0.0
+            return scores
+
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
+    prompt = hf_tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                        return_tensors="pt", return_dict=True)["input_ids"]
+    out = model.generate(prompt, max_new_tokens=8, do_sample=False, min_new_tokens=0,
+                         logits_processor=transformers.LogitsProcessorList([ForceAt(prompt.shape[1] + 2)]))
+    assert out.shape[1] == prompt.shape[1] + 3 and int(out[0, -1]) == end_id

@@ -77,8 +77,20 @@ _INT_FIELDS = ("vocab_size", "hidden_size", "intermediate_size", "ffn_dim", "num
                "num_attention_heads", "num_key_value_heads", "max_position_embeddings", "head_dim", "sliding_window")
 
 
+def _generation_eos(hf_dir: str) -> list[int]:
+    """The end ids of an HF directory's generation_config.json ([] where it has none, or no such file)."""
+    try:
+        with open(os.path.join(hf_dir, "generation_config.json")) as f:
+            ends = json.load(f).get("eos_token_id")
+    except (OSError, ValueError, AttributeError):
+        return []
+    ends = ends if isinstance(ends, list) else [ends]
+    return [e for e in ends if isinstance(e, int) and not isinstance(e, bool)]
+
+
 def read_hf_config(hf_dir: str) -> DecoderConfig:
-    """The DecoderConfig of an HF model directory (config.json), or a one-line ConversionError."""
+    """The DecoderConfig of an HF model directory (config.json; its end ids with generation_config.json's), or a
+    one-line ConversionError."""
     path = os.path.join(hf_dir, "config.json")
     if not os.path.isfile(path):
         raise ConversionError(f"{hf_dir}: no config.json, not a Hugging Face model directory")
@@ -92,6 +104,11 @@ def read_hf_config(hf_dir: str) -> DecoderConfig:
     for key in _INT_FIELDS:
         if key in hf and hf[key] is not None and (not isinstance(hf[key], int) or isinstance(hf[key], bool)):
             raise ConversionError(f"{path}: field {key!r} must be an integer, got {hf[key]!r}")
+    ends = _generation_eos(hf_dir)  # generation_config.json's end ids too (Phi-3: <|endoftext|>, <|end|>, ...)
+    if ends:
+        first = hf.get("eos_token_id", ends[0])
+        first = first if isinstance(first, list) and first else [first] if first is not None else []
+        hf = {**hf, "eos_token_id": list(dict.fromkeys([*first, *ends]))}
     try:
         return hf_config.from_hf(hf, path, dtype="float32", param_dtype="float32")
     except KeyError as e:

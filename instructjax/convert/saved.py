@@ -10,7 +10,6 @@ import dataclasses
 import json
 
 from instructjax.convert.hf import (
-    ConversionError,
     hf_to_params,
     np_dtype,
     param_shardings,
@@ -56,10 +55,29 @@ def import_hf(hf_dir: str, out: str, *, mesh=None, param_dtype: str = "float32",
     config = read_hf_config(hf_dir)
     params, config = hf_to_params(hf_dir, config, mesh=mesh, param_dtype=param_dtype)
     template = _chat_template(chat_template) if chat_template else None
-    tokenizer = {"files": Tokenizer.load(hf_dir).files(template), "template": None} if _has_tokenizer(hf_dir) else None
+    tokenizer = None
+    if _has_tokenizer(hf_dir):
+        tok = Tokenizer.load(hf_dir)
+        check_tokenizer(tok, config, template or tok.chat_template, where=source,
+                        template_from=f"--chat-template {chat_template}" if template else source)
+        tokenizer = {"files": tok.files(template), "template": None}
     save_params(out, params, dataclasses.asdict(config.replace(dtype="bfloat16")), run_config={"source": source},
                 step=0, tokenizer=tokenizer)
     return config
+
+
+def check_tokenizer(tok, config: DecoderConfig, chat_template: str | None, *, where: str,
+                    template_from: str | None = None) -> None:
+    """One line where a model and its tokenizer cannot go on together: more token ids than embedding rows (every
+    later command would read past the table), or a chat template that does not compile (named by `template_from`,
+    else `where`)."""
+    if tok.vocab_size > config.vocab_size:
+        raise ConfigError(f"{where}: the tokenizer has {tok.vocab_size} token ids but the model's embedding has "
+                          f"{config.vocab_size} rows: give the model its own tokenizer")
+    if chat_template:
+        from instructjax.data.encoding.model_template import check_compiles
+
+        check_compiles(chat_template, where=template_from or where)
 
 
 def _chat_template(where: str) -> str:
@@ -111,10 +129,15 @@ def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", 
     params, config, _, step = load_params(directory, step)
     config = DecoderConfig.from_dict(config)
     tok, chat_template = saved_tokenizer(directory, step=step, tokenizer=tokenizer, template=template)
-    if tok.vocab_size > config.vocab_size:
-        raise ConversionError(f"tokenizer has {tok.vocab_size} tokens but the model's vocab_size is {config.vocab_size}")
+    check_tokenizer(tok, config, chat_template, where=checkpoint)
     target = np_dtype(dtype, config.param_dtype)
-    eos_ids = [tok.eos_id] + [i for i in config.eos_ids if i != tok.eos_id]
+    ends = [tok.eos_id, *config.eos_ids]  # and the token the exported template ends a reply with
+    if chat_template:
+        from instructjax.data.encoding.model_template import turn_end_token
+
+        token = turn_end_token(tok, chat_template)
+        ends += [tok.special_id(token)] if token is not None else []
+    eos_ids = list(dict.fromkeys(ends))
     with storage.writing_dir(out) as local:  # a bucket: written here, then uploaded
         params_to_hf(params, config, local, dtype=dtype, max_shard_bytes=max_shard_bytes)
         write_hf_config(config, local, dtype=target, bos_id=tok.bos_id, eos_ids=eos_ids, pad_id=tok.pad_id)

@@ -78,6 +78,15 @@ def _compiled(source: str):
         raise ConfigError(f"template 'model': the tokenizer's chat_template does not compile ({e})") from None
 
 
+def check_compiles(source: str, *, where: str) -> None:
+    """One ConfigError line naming `where` when chat template `source` does not compile."""
+    try:
+        _compiled(source)
+    except ConfigError as e:
+        detail = str(e).removeprefix("template 'model': the tokenizer's ")
+        raise ConfigError(f"{where}: {detail}") from None
+
+
 def _source(tokenizer: Tokenizer) -> str:
     if not tokenizer.chat_template:
         raise ConfigError(f"template 'model': tokenizer {tokenizer.path} has no chat_template of its own")
@@ -85,15 +94,16 @@ def _source(tokenizer: Tokenizer) -> str:
 
 
 def render_text(messages: list[dict], tokenizer: Tokenizer, add_generation_prompt: bool = False,
-                where: str = "") -> tuple[str, list[tuple[int, int]]]:
-    """(text, the `{% generation %}` spans in it) of `messages` by the tokenizer's chat template."""
+                where: str = "", source: str | None = None) -> tuple[str, list[tuple[int, int]]]:
+    """(text, the `{% generation %}` spans in it) of `messages` by the tokenizer's chat template (or `source`)."""
     import jinja2
 
     names = {"bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token, "unk_token": tokenizer.unk_token,
              "pad_token": tokenizer.pad_token}
     try:
-        marked = _compiled(_source(tokenizer)).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                      **{k: v for k, v in names.items() if v is not None})
+        marked = _compiled(source or _source(tokenizer)).render(
+            messages=messages, add_generation_prompt=add_generation_prompt,
+            **{k: v for k, v in names.items() if v is not None})
     except jinja2.TemplateError as e:
         raise DataError(f"template 'model' refuses {where or 'the conversation'}: {e}", reason="template") from None
     text, spans, start = [], [], None
@@ -189,6 +199,22 @@ def _turn_spans(messages: list[dict], text: str, contents: list[tuple[int, int]]
                             "from the template's text; give the template {% generation %} blocks", reason="template")
         spans.append((start, end))
     return spans
+
+
+_PROBE = "\ue004reply\ue005"  # an assistant reply no template writes itself
+
+
+def turn_end_token(tokenizer: Tokenizer, source: str) -> str | None:
+    """The special token chat template `source` closes an assistant reply with (Qwen's `<|im_end|>`, Gemma's
+    `<end_of_turn>`, Phi-3's `<|end|>`, Llama-3's `<|eot_id|>`): the first of the tokenizer's added tokens after a
+    reply; None where the template writes none there or refuses the probe."""
+    messages = [{"role": "user", "content": "x"}, {"role": "assistant", "content": _PROBE}]
+    try:
+        text, _ = render_text(messages, tokenizer, source=source)
+    except (DataError, ConfigError):
+        return None
+    tail = text.split(_PROBE, 1)[-1].lstrip()
+    return next((t for t in sorted(tokenizer.added_tokens, key=len, reverse=True) if tail.startswith(t)), None)
 
 
 def render_model(conv: Conversation, tokenizer: Tokenizer) -> Rendered:
