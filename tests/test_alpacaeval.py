@@ -111,10 +111,27 @@ eval:
     assert main(["eval", "--config", str(config), "--only", "alpaca_eval"]) == 2
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert "alpaca_eval_replies.jsonl" in error and repr(requests[0]["id"]) in error and "1 missing" in error
+    # a judge whose server gives no logprobs: one line naming the annotator that needs them
+    _write_jsonl(out / "alpaca_eval_replies.jsonl", [{**r, "logprobs": None} for r in replies])
+    assert main(["eval", "--config", str(config), "--only", "alpaca_eval"]) == 2
+    error = capsys.readouterr().err.strip().splitlines()
+    assert len(error) == 1 and "weighted_alpaca_eval_gpt4_turbo" in error[0] and "logprobs" in error[0], error
     _write_jsonl(out / "alpaca_eval_replies.jsonl", replies)
-    assert main(["eval", "--config", str(config), "--only", "alpaca_eval"]) == 0
+    import io
+    import logging
+
+    logged, root = io.StringIO(), logging.getLogger()
+    handler, level = logging.StreamHandler(logged), root.level
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)  # as a user's logging.basicConfig(level=INFO) would
+    try:
+        assert main(["eval", "--config", str(config), "--only", "alpaca_eval"]) == 0
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+    assert logged.getvalue().count("\n") < 3, logged.getvalue()[:2000]  # Orbax's INFO lines (absl) stay quiet
     scored = json.loads((out / "results.json").read_text())["alpaca_eval"]
-    assert scored["n"] == N
+    assert scored["n"] == N and scored["unparsed"] == 0
     assert scored["win_rate"] == pytest.approx(100 * sum(q.values()) / N)
     annotations = pd.DataFrame({"instruction": list(reference), "output_1": list(reference.values()),
                                 "output_2": [outputs[i] for i in reference], "preference": [1 + q[i] for i in reference],
@@ -139,12 +156,16 @@ eval:
         instruction = next(i for i in wins if f'"""{i}"""' in text)
         best = "model_1" if wins[instruction] == _model_first(request, outputs, reference) else "model_2"
         other = "model_2" if best == "model_1" else "model_1"
-        replies.append({"id": request["id"], "reply": f"[{{'model': '{best}', 'rank': 1}}, {{'model': '{other}', 'rank': 2}}]"})
+        replies.append({"id": request["id"], "reply": f"[{{'model': '{best}', 'rank': 1}}, {{'model': '{other}', 'rank': 2}}]",
+                        "instruction": instruction})
+    replies[0]["reply"] = "I cannot rank these."  # a reply the annotator cannot read: counted, left out
     _write_jsonl(out / "alpaca_eval_replies.jsonl", replies)
     assert main(["eval", "--config", str(config), "--only", "alpaca_eval"]) == 0
     scored = json.loads((out / "results.json").read_text())["alpaca_eval"]
     assert scored["annotator"] == "alpaca_eval_gpt4" and "length_controlled_winrate" not in scored
-    assert scored["win_rate"] == pytest.approx(100 * sum(wins.values()) / N)
+    assert scored["unparsed"] == 1
+    read = [wins[r["instruction"]] for r in replies[1:]]
+    assert scored["win_rate"] == pytest.approx(100 * sum(read) / len(read))
 
 
 def test_a_bad_reference_row_is_one_line_naming_file_and_row(tmp_path):

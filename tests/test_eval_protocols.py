@@ -565,7 +565,7 @@ def test_flask_cli_scores_on_the_papers_scale(tmp_path, capsys):
     assert main(["eval", "pairwise", "score", "--mode", "flask", "--requests", req, "--replies",
                  str(tmp_path / "rep.jsonl"), "--round-like-table"]) == 0
     scores = json.loads(capsys.readouterr().out)
-    assert scores == pytest.approx({"readability": 93.4, "average": 93.4})  # 14 / 3 = 4.666.. -> 4.67 -> x 20
+    assert scores == pytest.approx({"readability": 93.4, "average": 93.4, "unparsed": 0})  # 14 / 3 = 4.67 -> x 20
 
 
 def test_eval_config_errors_are_one_line(tmp_path, capsys):

@@ -4,6 +4,7 @@ is checked to make no request by pointing it at a port where nothing listens."""
 
 from __future__ import annotations
 
+import contextlib
 import http.server
 import json
 import os
@@ -93,18 +94,25 @@ def _direct(base_url: str, model: str, prompt: str, system: str | None = None, m
 
 def test_replies_equal_the_servers_and_a_rerun_asks_nothing(server, tmp_path):
     base_url, model = server
-    endpoint = JudgeEndpoint(base_url=base_url, model=model, concurrency=2, max_tokens=MAX_TOKENS, max_retries=1)
+    _Throttle.refuse, _Throttle.seen, _Throttle.upstream = 0, [], base_url  # a proxy in front, closed afterwards
+    proxy = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Throttle)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{proxy.server_address[1]}/v1"
     requests = [{"id": f"r{i}", "prompt": p} for i, p in enumerate(PROMPTS)]
     cache = str(tmp_path / "cache.jsonl")
-    replies = ask(requests, endpoint, cache)
+    try:
+        endpoint = JudgeEndpoint(base_url=url, model=model, concurrency=2, max_tokens=MAX_TOKENS, max_retries=1)
+        replies = ask(requests, endpoint, cache)
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
     expected = [_direct(base_url, model, p) for p in PROMPTS]
     assert [r["id"] for r in replies] == ["r0", "r1", "r2"]
     assert [r["reply"] for r in replies] == expected
     assert any(expected)  # the model said something: the comparison is not of empty strings
 
-    # the rerun: the same model and prompts at a port where nothing listens; every reply comes from the cache
-    dead = JudgeEndpoint(base_url=f"http://127.0.0.1:{_free_port()}/v1", model=model, max_tokens=MAX_TOKENS,
-                         max_retries=0)
+    # the rerun: the same endpoint, model and prompts, nothing listening there now: every reply from the cache
+    dead = JudgeEndpoint(base_url=url, model=model, max_tokens=MAX_TOKENS, max_retries=0)
     assert ask(requests, dead, cache) == replies
     # a prompt the cache lacks goes to the (dead) endpoint: one line naming the request, after the retries
     with pytest.raises(ConfigError) as err:
@@ -214,3 +222,113 @@ def test_eval_calls_the_judge_named_in_the_config(server, tmp_path):
     # the judge gave "8 6" in both orders: the first-shown answer wins each time, so every item is a tie
     assert {reply.splitlines()[0] for reply in replies.values()} == {" 8 6"}
     assert (result["n"], result["win"], result["tie"], result["lose"]) == (2, 0, 2, 0)
+
+
+class _Scripted(http.server.BaseHTTPRequestHandler):
+    """A misbehaving OpenAI-compatible server: each POST gets the next of `bodies` (bytes, HTML where it starts with
+    "<"; a float: sleep that long first), `seen` counts them."""
+
+    bodies: list = []
+    seen: list = []
+
+    def do_POST(self):  # noqa: N802  (http.server's name)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).seen.append(self.path)
+        body = type(self).bodies[min(len(type(self).seen), len(type(self).bodies)) - 1]
+        if isinstance(body, float):
+            time.sleep(body)
+            body = b'{"choices": []}'
+        self.send_response(200)
+        self.send_header("Content-Type", "text/html" if body.startswith(b"<") else "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        with contextlib.suppress(BrokenPipeError):  # a client that timed out is gone
+            self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+def _scripted(bodies: list):
+    class Handler(_Scripted):
+        pass
+
+    Handler.bodies, Handler.seen = bodies, []
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, Handler, f"http://127.0.0.1:{server.server_address[1]}/v1"
+
+
+def _completion(text: str) -> bytes:
+    return json.dumps({"id": "c", "object": "chat.completion", "created": 0, "model": "judge",
+                       "choices": [{"index": 0, "finish_reason": "stop",
+                                    "message": {"role": "assistant", "content": text}}]}).encode()
+
+
+def test_answers_that_are_not_chat_completions_are_one_line(tmp_path):
+    """A body that is not JSON, and one without choices: one line naming the request and what came back."""
+    for body, words in ((b"<html>proxy error</html>", "not a chat completion"), (b'{"choices": []}', "no choices")):
+        server, _, url = _scripted([body])
+        try:
+            with pytest.raises(ConfigError) as err:
+                ask([{"id": "q1", "prompt": "hi"}], JudgeEndpoint(base_url=url, model="judge", max_retries=0), None)
+        finally:
+            server.shutdown()
+        assert "'q1'" in str(err.value) and words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_judge_that_hangs_times_out_and_is_retried(tmp_path):
+    """`eval.judge.timeout` bounds each request; a request that keeps timing out stops after the retries."""
+    server, handler, url = _scripted([3.0])
+    try:
+        endpoint = JudgeEndpoint(base_url=url, model="judge", timeout=0.5, max_retries=1)
+        start = time.monotonic()
+        with pytest.raises(ConfigError, match="'slow'.*2 attempt.*APITimeoutError"):
+            ask([{"id": "slow", "prompt": "hi"}], endpoint, None)
+    finally:
+        server.shutdown()
+    assert len(handler.seen) == 2 and time.monotonic() - start < 6
+    assert JudgeEndpoint(base_url=url, model="judge").seconds == 300.0  # the default
+    assert JudgeEndpoint(base_url=url, model="judge", timeout_s=7.0).seconds == 7.0  # the old key is still read
+
+
+def test_unreadable_replies_are_counted_never_cached_and_the_key_holds_the_endpoint(tmp_path):
+    """A pairwise reply without two scores: given back, counted as unparsed by the score, not cached, so a rerun
+    asks again; the same request at another endpoint is asked there, not answered from the first one's cache."""
+    cache = str(tmp_path / "cache.jsonl")
+    requests = [{"id": "1:ab", "item": "1", "order": "ab", "prompt": "p1"},
+                {"id": "1:ba", "item": "1", "order": "ba", "prompt": "p2"},
+                {"id": "2:ab", "item": "2", "order": "ab", "prompt": "p3"},
+                {"id": "2:ba", "item": "2", "order": "ba", "prompt": "p4"}]
+    server, handler, url = _scripted([_completion("8 6"), _completion("I cannot judge this."),
+                                      _completion("9 3"), _completion("4 7")])
+    try:
+        endpoint = JudgeEndpoint(base_url=url, model="judge", concurrency=1, max_retries=0)
+        replies = ask(requests, endpoint, cache, parses=pw.reads_score_pair)
+        result = pw.score_pairwise(requests, replies)
+        assert (result.win, result.tie, result.lose, result.unparsed) == (1, 0, 0, 1)  # item 1 left out
+        cached = [json.loads(line) for line in open(cache)]
+        assert len(cached) == 3 and "I cannot judge this." not in json.dumps(cached)
+        handler.bodies, handler.seen = [_completion("7 7")], []
+        ask(requests, endpoint, cache, parses=pw.reads_score_pair)
+        assert len(handler.seen) == 1  # only the unreadable one asked again
+    finally:
+        server.shutdown()
+    other, other_handler, other_url = _scripted([_completion("1 2")])
+    try:
+        again = ask(requests[:1], JudgeEndpoint(base_url=other_url, model="judge", max_retries=0), cache)
+    finally:
+        other.shutdown()
+    assert len(other_handler.seen) == 1 and again[0]["reply"] == "1 2"
+
+
+def test_a_metric_with_nothing_to_average_is_null_in_json():
+    """MT-Bench with every reply unrated: its turn means are null and counted; results never hold NaN."""
+    from instructjax.eval import mt_bench
+    from instructjax.eval.harness import results_json
+
+    requests = [{"id": "81|1", "turn": 1}, {"id": "81|2", "turn": 2}]
+    scored = mt_bench.score(requests, [{"id": "81|1", "reply": "no rating"}, {"id": "81|2", "reply": "none"}])
+    assert scored == {"turn_1": None, "turn_2": None, "n": 1, "unrated": 2}
+    text = results_json({"mt_bench": scored, "other": float("nan"), "rows": [float("inf"), 1.5]})
+    assert json.loads(text) == {"mt_bench": scored, "other": None, "rows": [None, 1.5]} and "NaN" not in text

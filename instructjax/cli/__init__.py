@@ -72,6 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     from instructjax.core import progress
 
     progress.quiet_libraries()  # off a terminal: the libraries' own bars off (ours print plain lines)
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's INFO lines (through absl); its warnings stay
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra and hasattr(args, "overrides") and all("=" in e and not e.startswith("-") for e in extra):

@@ -116,10 +116,12 @@ def run_score(args) -> int:
 
 
 def run_generate(args) -> int:
+    from instructjax.core import storage
     from instructjax.eval.generate import Sampling, complete
     from instructjax.eval.pairwise import write_jsonl
 
     rows = _rows(args.prompts)
+    storage.check_bucket(args.out, "--out")  # before generating, not after
     generator, _ = _generator(args)
     completions = complete(generator, rows, Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed))
     write_jsonl(args.out, completions)
@@ -157,7 +159,9 @@ def run_eval_config(args) -> int:
 
 
 def _print_and_write(summary: dict, out: str | None) -> None:
-    text = json.dumps(summary, indent=2, default=str)
+    from instructjax.eval.harness import results_json
+
+    text = results_json(summary)
     print(text)
     if out:
         from instructjax.core import storage

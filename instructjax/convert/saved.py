@@ -51,6 +51,9 @@ def import_hf(hf_dir: str, out: str, *, mesh=None, param_dtype: str = "float32",
     from instructjax.data.encoding.tokenizer import Tokenizer
 
     source = str(storage.path(hf_dir))
+    storage.check_bucket(out, "--out")
+    if (storage.path(out) / "checkpoints").is_dir() and any((storage.path(out) / "checkpoints").iterdir()):
+        raise ConfigError(f"--out {out} already holds a checkpoint: choose another directory, or remove it first")
     hf_dir = _local_hf_dir(hf_dir)
     config = read_hf_config(hf_dir)
     params, config = hf_to_params(hf_dir, config, mesh=mesh, param_dtype=param_dtype)
@@ -125,6 +128,7 @@ def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", 
     chat template the run trained with (`tokenizer` / `template` override them)."""
     from instructjax.core.checkpoint import load_params
 
+    storage.check_bucket(out, "--out")
     directory, step = split_checkpoint_path(checkpoint)
     params, config, _, step = load_params(directory, step)
     config = DecoderConfig.from_dict(config)

@@ -251,11 +251,18 @@ class JudgeEndpoint:
     temperature: float = 0.0
     max_tokens: int = 1024
     max_retries: int = 6
-    timeout_s: float = 120.0
+    timeout: float = 300.0  # seconds a request may take before it is tried again (a judge that hangs)
+    timeout_s: float | None = None  # the old name of `timeout`, still read
 
     def __post_init__(self):
         _check(self.concurrency >= 1 and self.max_tokens >= 1 and self.max_retries >= 0,
                "eval.judge: concurrency and max_tokens must be >= 1, max_retries >= 0")
+        _check((self.timeout_s or self.timeout) > 0, "eval.judge.timeout must be > 0 seconds")
+
+    @property
+    def seconds(self) -> float:
+        """The request timeout: `timeout`, or `timeout_s` where an older config names it."""
+        return self.timeout_s if self.timeout_s is not None else self.timeout
 
 
 @dataclass

@@ -38,6 +38,8 @@ from typing import Any
 import xxhash
 from etils import epath
 
+from instructjax.core.errors import ConfigError
+
 os.environ.setdefault("EPATH_USE_TF", "false")  # before epath picks a gs:// backend (on first use, then kept)
 
 Path = epath.Path
@@ -59,6 +61,22 @@ def path(p: str | os.PathLike) -> epath.Path:
         _fsspec_defaults()
         return epath.Path(text)
     return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def check_bucket(p: str | os.PathLike, what: str) -> None:
+    """One ConfigError line where `p` is in a bucket that does not exist (or that these credentials cannot see):
+    said before the work whose result goes there, not after it."""
+    if not is_remote(p):
+        return
+    fs, where = filesystem(p)
+    bucket = where.split("/", 1)[0]
+    try:
+        there = fs.exists(bucket)
+    except Exception as e:  # noqa: BLE001  credentials refused, no network: the store's own words
+        raise ConfigError(f"{what} {os.fspath(p)}: cannot reach its bucket ({' '.join(str(e).split())[:160]})") from None
+    if not there:
+        raise ConfigError(f"{what} {os.fspath(p)}: bucket {os.fspath(p).split('://')[0]}://{bucket} does not exist "
+                          "(or these credentials cannot see it)")
 
 
 def join(p: str | os.PathLike, *parts: str) -> str:

@@ -24,6 +24,7 @@ A reader verifies the file, then memory-maps it: `CachedExamples` makes an examp
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import mmap
@@ -51,7 +52,16 @@ WRITTEN: set[str] = set()  # the cache files this process wrote (`data prepare` 
 def cache_dir() -> storage.Path | None:
     """The cache directory, or None when the cache is off."""
     where = os.environ.get("INSTRUCTJAX_CACHE_DIR", "~/.cache/instructjax/tokenized")
-    return None if where.lower() in ("off", "none", "0", "") else storage.path(where)
+    if where.lower() in ("off", "none", "0", ""):
+        return None
+    _bucket_checked(where)
+    return storage.path(where)
+
+
+@functools.cache
+def _bucket_checked(where: str) -> None:
+    """A cache in a bucket that does not exist: one line, once a process, before anything is tokenized."""
+    storage.check_bucket(where, "INSTRUCTJAX_CACHE_DIR")
 
 
 def model_digest(path: str) -> str | None:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 from instructjax.core import storage
@@ -76,7 +77,7 @@ def request_id(messages: Sequence[Mapping], sampling: Mapping) -> str:
     return hashlib.sha256(json.dumps([list(messages), dict(sampling)], sort_keys=True).encode()).hexdigest()[:20]
 
 
-def completions(ask: Ask) -> Callable[..., dict]:
+def completions(ask: Ask, annotator: str = "") -> Callable[..., dict]:
     """The annotator's `fn_completions`: each prompt (ChatML text, as the package's openai decoder reads it) a
     request of ours; the replies given back in the form the package's parsers read (`completions` text,
     `completions_all` choices with their logprobs). Raises NoReplies when there are none yet."""
@@ -94,6 +95,11 @@ def completions(ask: Ask) -> Callable[..., dict]:
             raise NoReplies
         by_id = {str(r.get("id")): r for r in replies}
         chosen = [by_id[r["id"]] for r in requests]
+        if sampling.get("logprobs") and any(not c.get("logprobs") for c in chosen):
+            raise ConfigError(f"eval.alpaca_eval.annotator {annotator!r} weighs the judge's logprobs, and its replies "
+                              "hold none (the judge's server gives no logprobs): name an annotator that reads the "
+                              "reply's text (alpaca_eval_gpt4_turbo_fn, alpaca_eval_gpt4), or a judge that gives "
+                              "logprobs")
         every = [{"text": c["reply"] or " ", "total_tokens": 0, **({"logprobs": c["logprobs"]} if "logprobs" in c else {})}
                  for c in chosen]  # fmt: skip
         return {"completions": [c["text"] for c in every], "completions_all": every,
@@ -113,17 +119,22 @@ def annotate(model: Sequence[Mapping], reference: Sequence[Mapping], annotator: 
         raise ConfigError(f"eval.alpaca_eval.annotator: {annotator!r} is not an annotator config of the "
                           f"alpaca_eval package ({e})") from None
     for single in pairwise.annotators.values():
-        single.fn_completions = completions(ask)
+        single.fn_completions = completions(ask, annotator)
     return pairwise.annotate_head2head(outputs_1=list(reference), outputs_2=list(model))
 
 
 def win_rates(annotations: list[dict], annotator: str) -> dict:
-    """The package's win rate, and for AlpacaEval 2's annotator its length-controlled win rate."""
+    """The package's win rate, and for AlpacaEval 2's annotator its length-controlled win rate, over the annotations
+    whose judge reply the annotator could read (the others counted in `unparsed`)."""
     ae = package()
-    metrics = ae.metrics.get_winrate(annotations)
+    read = [a for a in annotations if a.get("preference") is not None and not math.isnan(float(a["preference"]))]
+    if not read:
+        raise DataError(f"none of the judge's {len(annotations)} replies could be read by annotator {annotator!r}",
+                        reason="wrong_type")
+    metrics = ae.metrics.get_winrate(read)
     if annotator in LENGTH_CONTROLLED:
-        metrics = ae.metrics.get_length_controlled_winrate(annotations, save_weights_dir=None)
-    return {k: float(v) for k, v in metrics.items()}
+        metrics = ae.metrics.get_length_controlled_winrate(read, save_weights_dir=None)
+    return {**{k: float(v) for k, v in metrics.items()}, "unparsed": len(annotations) - len(read)}
 
 
 def run(outputs: Sequence[Mapping], reference: Sequence[Mapping], annotator: str, generator_name: str,

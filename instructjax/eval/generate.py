@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from instructjax.core.errors import ConfigError, DataError
 from instructjax.model.decoder import Decoder, init_cache
 
 Array = jax.Array
@@ -175,7 +176,14 @@ class Generator:
         """The chat template's prompt asking for the next assistant turn, tokenized as transformers does
         (`apply_chat_template(tokenize=True)`: the template itself starts with BOS where the tokenizer adds
         one, as in training)."""
-        ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        import jinja2
+
+        try:
+            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+        except jinja2.TemplateSyntaxError as e:
+            raise ConfigError(f"the model's chat template does not compile (line {e.lineno}: {e.message})") from None
+        except jinja2.TemplateError as e:
+            raise DataError(f"the model's chat template refuses the prompt ({e})", reason="template") from None
         return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
 
     def generate(self, prompts: Sequence[str | Sequence[int]], sampling: Sampling = Sampling(),
@@ -228,6 +236,11 @@ def complete(generator: Generator, rows: list[dict], sampling: Sampling, keep: t
         conversations.append(messages)
         row.setdefault("id", str(i))
         row.setdefault("instruction", messages[-1]["content"])
+        if hasattr(generator, "encode_chat"):  # a prompt the chat template refuses: named before anything runs
+            try:
+                generator.encode_chat(messages)
+            except DataError as e:
+                raise DataError(f"prompt {row['id']!r}: {e}", reason=e.reason) from None
     outputs = generator.chat(conversations, sampling)
     return [{"id": r["id"], "instruction": r["instruction"], "output": o, **{k: r[k] for k in keep if k in r}}
             for r, o in zip(rows, outputs, strict=True)]

@@ -7,6 +7,8 @@ on a checkpoint. `instructjax eval`, `eval --config` (eval/run.py) and `instruct
 from __future__ import annotations
 
 import functools
+import json
+import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -125,6 +127,22 @@ def leaf_sizes(task: str, include_path: str | None = None) -> dict[str, int]:
 
     walk(get_task_dict([task], task_manager(include_path, [task])))
     return sizes
+
+
+def results_json(results) -> str:
+    """Results as JSON that every reader takes: a NaN or infinite float (a metric with nothing to average) is
+    null, never the `NaN` JSON does not have."""
+
+    def finite(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        if isinstance(value, dict):
+            return {k: finite(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [finite(v) for v in value]
+        return value
+
+    return json.dumps(finite(results), indent=2, default=str, allow_nan=False)
 
 
 def numeric(metrics: dict) -> dict:

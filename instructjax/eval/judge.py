@@ -8,7 +8,8 @@ message (or its own `messages`), and gives back `{"id", "reply"}` rows, the repl
 request's `sampling` (max_tokens, temperature, logprobs, top_logprobs: what an `alpaca_eval` annotator asks)
 overrides the endpoint's; with `logprobs` the row also holds the choice's `logprobs` as OpenAI gives them. Every reply is kept in a cache file keyed by (model, sampling, prompt): a rerun
 pays for nothing it already has. A request that keeps failing past the retries stops with one line naming it;
-the replies got before it stay in the cache.
+the replies got before it stay in the cache. A reply the protocol cannot read is counted there and never cached
+(`parses`), and an answer that is not a chat completion (no JSON, no choices) is one line naming the request.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from instructjax.core import storage
@@ -44,9 +45,10 @@ def sampling(endpoint: JudgeEndpoint, request: Mapping) -> dict:
 
 
 def cache_key(endpoint: JudgeEndpoint, request: Mapping) -> str:
-    """What makes a reply the same: the model, its sampling and the messages (not the URL it was served at)."""
+    """What makes a reply the same: the endpoint that served it, the model, its sampling and the messages."""
     more = sampling(endpoint, request)
-    key = [endpoint.model, more.pop("temperature"), more.pop("max_tokens"), messages(request)] + ([more] if more else [])
+    key = [endpoint.base_url.rstrip("/"), endpoint.model, more.pop("temperature"), more.pop("max_tokens"),
+           messages(request)] + ([more] if more else [])
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()
 
 
@@ -80,7 +82,7 @@ def _client(endpoint: JudgeEndpoint):
     except ImportError:
         raise ConfigError("eval.judge needs the `openai` package (pip install openai)") from None
     key = os.environ.get(endpoint.api_key_env) or "EMPTY"
-    return openai.OpenAI(base_url=endpoint.base_url, api_key=key, max_retries=0, timeout=endpoint.timeout_s)
+    return openai.OpenAI(base_url=endpoint.base_url, api_key=key, max_retries=0, timeout=endpoint.seconds)
 
 
 def _retry_after(exc: Exception, attempt: int) -> float:
@@ -99,11 +101,18 @@ def _ask_one(client, endpoint: JudgeEndpoint, request: Mapping) -> str | dict:
         try:
             out = client.chat.completions.create(model=endpoint.model, messages=messages(request),
                                                  **sampling(endpoint, request))
-            choice = out.choices[0]
+            choices = getattr(out, "choices", None)
+            if not isinstance(choices, list) or not choices:
+                what = f"{type(out).__name__} {str(out)[:80]!r}" if choices is None else "no choices"
+                raise ConfigError(f"judge {endpoint.model} at {endpoint.base_url}: request {request['id']!r}: the "
+                                  f"server's answer is not a chat completion ({what})")
+            choice = choices[0]
             text = choice.message.content or ""
             if not request.get("sampling", {}).get("logprobs"):
                 return text
             return {"text": text, "logprobs": choice.logprobs.model_dump() if choice.logprobs else None}
+        except ConfigError:
+            raise
         except Exception as exc:  # noqa: BLE001  the openai client's errors, by name (no import at module level)
             if type(exc).__name__ not in RETRIABLE or attempt == endpoint.max_retries:
                 raise ConfigError(f"judge {endpoint.model} at {endpoint.base_url}: request {request['id']!r} failed "
@@ -112,22 +121,30 @@ def _ask_one(client, endpoint: JudgeEndpoint, request: Mapping) -> str | dict:
     raise AssertionError("unreachable")
 
 
-def ask(requests: Sequence[Mapping], endpoint: JudgeEndpoint, cache_path: str | None = None) -> list[dict]:
+def ask(requests: Sequence[Mapping], endpoint: JudgeEndpoint, cache_path: str | None = None,
+        parses: Callable[[Mapping, str], bool] | None = None) -> list[dict]:
     """{"id", "reply"} (and "logprobs" where asked) for every request, in order: cached replies as they are, the
-    rest asked of the endpoint, `endpoint.concurrency` at a time."""
+    rest asked of the endpoint, `endpoint.concurrency` at a time. `parses(request, reply text)`: whether the
+    protocol can read a reply; one it cannot is given back (and counted by the protocol) but not cached, so a
+    rerun asks again."""
     cache = ReplyCache(cache_path)
     keys = [cache_key(endpoint, r) for r in requests]
     todo = [(r, k) for r, k in zip(requests, keys, strict=True) if cache.get(k) is None]
+    unread: dict[str, str | dict] = {}
     if todo:
         client = _client(endpoint)
 
         def one(item):
             request, key = item
-            cache.put(key, _ask_one(client, endpoint, request))
+            reply = _ask_one(client, endpoint, request)
+            if parses is None or parses(request, reply["text"] if isinstance(reply, dict) else reply):
+                cache.put(key, reply)
+            else:
+                unread[key] = reply
 
         with ThreadPoolExecutor(endpoint.concurrency) as pool:
             list(pool.map(one, todo))
-    return [_row(r["id"], cache.get(k)) for r, k in zip(requests, keys, strict=True)]
+    return [_row(r["id"], cache.get(k) or unread[k]) for r, k in zip(requests, keys, strict=True)]
 
 
 def _row(request_id: str, reply: str | dict) -> dict:

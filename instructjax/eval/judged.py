@@ -110,15 +110,16 @@ def check_inputs(ev: EvalSection, mode: str, out: str) -> None:
             raise ConfigError(f"eval.{mode}.{key}: {path} does not exist")
 
 
-def _judge(ev: EvalSection, requests: list[dict], replies_path: str, out: str, recorded: bool) -> list[dict] | None:
-    """The judge's replies to `requests`: asked of `eval.judge` (cached) unless the config names a replies file,
-    else read from `replies_path`; None when there are none yet."""
+def _judge(ev: EvalSection, requests: list[dict], replies_path: str, out: str, recorded: bool,
+           parses=None) -> list[dict] | None:
+    """The judge's replies to `requests`: asked of `eval.judge` (cached where the protocol `parses` them) unless the
+    config names a replies file, else read from `replies_path`; None when there are none yet."""
     from instructjax.eval import pairwise as pw
 
     if ev.judge is not None and not recorded:
         from instructjax.eval.judge import ask
 
-        pw.write_jsonl(replies_path, ask(requests, ev.judge, storage.join(out, "judge_cache.jsonl")))
+        pw.write_jsonl(replies_path, ask(requests, ev.judge, storage.join(out, "judge_cache.jsonl"), parses))
     return pw.read_jsonl(replies_path) if storage.path(replies_path).exists() else None
 
 
@@ -158,7 +159,7 @@ def run_judged(generator: Callable[[], object], ev: EvalSection, mode: str, out:
     requests = pw.flask_requests(outputs)
     pw.write_jsonl(files["requests"], requests)
     result["requests"] = files["requests"]
-    replies = _judge(ev, requests, files["replies"], out, recorded=section.replies is not None)
+    replies = _judge(ev, requests, files["replies"], out, recorded=section.replies is not None, parses=pw.reads_flask)
     if replies is None:
         return {**result, "replies": _none_yet(files["replies"])}
     result.update(pw.score_flask(requests, replies))
@@ -214,11 +215,13 @@ def _compare(ev: EvalSection, outputs: list[dict], c: dict, out: str) -> dict:
     pw.write_jsonl(c["requests"], requests)
     result["requests"] = c["requests"]
     section = ev.judged("pairwise")
-    replies = _judge(ev, requests, c["replies"], out, recorded=c["replies"] == section.replies)
+    replies = _judge(ev, requests, c["replies"], out, recorded=c["replies"] == section.replies,
+                     parses=pw.reads_score_pair)
     if replies is None:
         return {**result, "replies": _none_yet(c["replies"])}
     r = pw.score_pairwise(requests, replies)
-    return {**result, "win": r.win, "tie": r.tie, "lose": r.lose, "n": r.n, "winning_score": r.winning_score}
+    return {**result, "win": r.win, "tie": r.tie, "lose": r.lose, "n": r.n, "unparsed": r.unparsed,
+            "winning_score": r.winning_score if r.n else None}
 
 
 def mt_bench_files(ev: EvalSection, out: str) -> dict[str, str | None]:
@@ -248,7 +251,8 @@ def run_mt_bench(generator: Callable[[], object], ev: EvalSection, out: str, *, 
     requests = mt_bench.judge_requests(questions, answers)
     pw.write_jsonl(files["requests"], requests)
     result: dict = {"outputs": files["outputs"], "requests": files["requests"]}
-    replies = _judge(ev, requests, files["replies"], out, recorded=section.replies is not None)
+    replies = _judge(ev, requests, files["replies"], out, recorded=section.replies is not None,
+                     parses=mt_bench.reads_rating)
     if replies is None:
         return {**result, "replies": _none_yet(files["replies"])}
     return {**result, **mt_bench.score(requests, replies, files["replies"])}

@@ -135,6 +135,11 @@ def score(requests: list[dict], replies: list[dict], file: str | None = None) ->
             unrated += 1
         else:
             ratings[request["turn"]].append(value)
-    return {"turn_1": sum(ratings[1]) / len(ratings[1]) if ratings[1] else float("nan"),
-            "turn_2": sum(ratings[2]) / len(ratings[2]) if ratings[2] else float("nan"),
+    return {"turn_1": sum(ratings[1]) / len(ratings[1]) if ratings[1] else None,  # None: every reply unrated
+            "turn_2": sum(ratings[2]) / len(ratings[2]) if ratings[2] else None,
             "n": len(requests) // 2, "unrated": unrated}
+
+
+def reads_rating(request, reply: str) -> bool:
+    """Whether the reply holds a rating (what the judge's cache keeps)."""
+    return rating(reply) >= 0

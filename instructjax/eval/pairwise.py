@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from instructjax.core import storage
-from instructjax.core.errors import DataError
+from instructjax.core.errors import ConfigError, DataError
 from instructjax.eval.judge_prompts import JudgePrompt, pairwise_prompt
 
 
@@ -76,7 +76,11 @@ Write one line per skill as "<skill>: <score>", then a short justification."""
 def read_jsonl(path: str) -> list[dict]:
     """Rows of a JSONL file (local or in a bucket), or a one-line DataError naming the bad line."""
     rows = []
-    for i, line in enumerate(storage.path(path).read_text().splitlines(), 1):
+    try:
+        text = storage.path(path).read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: no such file") from None
+    for i, line in enumerate(text.splitlines(), 1):
         if line.strip():
             try:
                 rows.append(json.loads(line))
@@ -172,11 +176,21 @@ def parse_score_pair(reply: str, request_id: str = "") -> tuple[float, float]:
     return numbers[0], numbers[1]
 
 
+def reads_score_pair(request: Mapping, reply: str) -> bool:
+    """Whether `parse_score_pair` reads the reply (what the judge's cache keeps)."""
+    try:
+        parse_score_pair(reply)
+    except DataError:
+        return False
+    return True
+
+
 @dataclass(frozen=True)
 class PairwiseResult:
     win: int
     tie: int
     lose: int
+    unparsed: int = 0  # replies whose first line holds no two scores on the scale: their items are not counted
 
     @property
     def n(self) -> int:
@@ -189,29 +203,54 @@ class PairwiseResult:
 
 
 def score_pairwise(requests: Sequence[Mapping], replies: Sequence[Mapping]) -> PairwiseResult:
-    """Win/tie/lose of system A: a win (loss) needs A preferred (dispreferred) in both orders."""
+    """Win/tie/lose of system A: a win (loss) needs A preferred (dispreferred) in both orders. A reply that holds no
+    two scores is counted in `unparsed` and its item left out (it has no verdict in that order)."""
     texts = _replies(requests, replies)
     prefs: dict[str, dict[str, int]] = {}  # item -> order -> +1 (A preferred), -1, 0
+    unparsed, items = 0, {}
     for req in requests:
-        s1, s2 = parse_score_pair(texts[req["id"]], req["id"])
+        items.setdefault(req["item"], set()).add(req["order"])
+        try:
+            s1, s2 = parse_score_pair(texts[req["id"]], req["id"])
+        except DataError:
+            unparsed += 1
+            continue
         a, b = (s1, s2) if req["order"] == "ab" else (s2, s1)
         prefs.setdefault(req["item"], {})[req["order"]] = (a > b) - (a < b)
     win = tie = lose = 0
-    for item, p in prefs.items():
-        if set(p) != {"ab", "ba"}:
+    for item, orders in items.items():
+        if orders != {"ab", "ba"}:
             raise DataError(f"item {item!r} was not judged in both orders", reason="missing_field")
+    for p in prefs.values():
+        if set(p) != {"ab", "ba"}:  # an order's reply unparsed
+            continue
         if p["ab"] == p["ba"] == 1:
             win += 1
         elif p["ab"] == p["ba"] == -1:
             lose += 1
         else:
             tie += 1
-    return PairwiseResult(win, tie, lose)
+    return PairwiseResult(win, tie, lose, unparsed)
 
 
 def flask_scale(mean: float) -> float:
     """A 1-5 mean rating on seed 000's [0, 100] scale: mean / 5 * 100."""
     return mean / 5 * 100
+
+
+def flask_ratings(reply: str, skills: Sequence[str]) -> dict[str, float]:
+    """The 1-5 rating the reply gives each of `skills` ("skill: 4" lines; the first of each)."""
+    found: dict[str, float] = {}
+    for line in reply.splitlines():
+        m = re.match(r"\s*[-*]?\s*([a-z ]+?)\s*:\s*([1-5](?:\.\d+)?)\b", line.lower())
+        if m and m.group(1) in skills:
+            found.setdefault(m.group(1), float(m.group(2)))
+    return found
+
+
+def reads_flask(request: Mapping, reply: str) -> bool:
+    """Whether the reply rates every skill of the request (what the judge's cache keeps)."""
+    return len(flask_ratings(reply, request["skills"])) == len(request["skills"])
 
 
 def score_flask(requests: Sequence[Mapping], replies: Sequence[Mapping], *,
@@ -221,17 +260,17 @@ def score_flask(requests: Sequence[Mapping], replies: Sequence[Mapping], *,
     as seed 000's Table 2 values imply."""
     texts = _replies(requests, replies)
     ratings: dict[str, list[float]] = {}
+    unparsed = 0
     for req in requests:
-        found = {}
-        for line in texts[req["id"]].splitlines():
-            m = re.match(r"\s*[-*]?\s*([a-z ]+?)\s*:\s*([1-5](?:\.\d+)?)\b", line.lower())
-            if m and m.group(1) in req["skills"]:
-                found.setdefault(m.group(1), float(m.group(2)))
-        missing = [s for s in req["skills"] if s not in found]
-        if missing:
-            raise DataError(f"judge reply rates no {missing[0]!r}", reason="missing_field", row=req["id"])
+        found = flask_ratings(texts[req["id"]], req["skills"])
+        if any(s not in found for s in req["skills"]):  # counted, left out
+            unparsed += 1
+            continue
         for skill, score in found.items():
             ratings.setdefault(skill, []).append(score)
+    if not ratings:
+        raise DataError(f"no judge reply rates every skill it was asked to ({unparsed} unparsed)",
+                        reason="missing_field")
     means = {skill: sum(v) / len(v) for skill, v in ratings.items()}
     average = sum(means.values()) / len(means)
     if round_like_table:
@@ -239,4 +278,5 @@ def score_flask(requests: Sequence[Mapping], replies: Sequence[Mapping], *,
         average = round(sum(means.values()) / len(means), 2)
     out = {skill: flask_scale(m) for skill, m in means.items()}
     out["average"] = flask_scale(average)
+    out["unparsed"] = unparsed
     return out

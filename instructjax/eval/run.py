@@ -26,6 +26,7 @@ import json
 from instructjax.core import storage, tracking
 from instructjax.core.config import EvalSection, RunConfig, digest, eval_section
 from instructjax.core.errors import ConfigError
+from instructjax.eval.harness import results_json
 from instructjax.eval.judged import JUDGE_MODE, check_inputs, resolve_runs, run_judged, run_mt_bench
 
 EVAL_PARTS = ("suite", "tasks", "codex", "toxigen", "truthfulqa", "long_form", "mt_bench", "pairwise", "alpaca_eval",
@@ -189,6 +190,6 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
         held = set(parts) | set(earlier.get("parts", []))
         results = {**earlier, **results, "parts": [p for p in named if p in held]}
     # whole or not at all: a killed evaluation never leaves a torn results.json
-    storage.write_text(storage.path(out) / "results.json", json.dumps(results, indent=2, default=str) + "\n")
+    storage.write_text(storage.path(out) / "results.json", results_json(results) + "\n")
     tracking.log_results(config, results)  # W&B, where the config asks
     return results

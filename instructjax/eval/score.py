@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from instructjax.core.errors import ConfigError
 from instructjax.model.decoder import Decoder
 
 
@@ -62,6 +63,11 @@ def score_ids(model: Decoder, sequences: Sequence[Sequence[int]], batch_size: in
 def score_texts(model: Decoder, hf_tokenizer, texts: Sequence[str], batch_size: int = 8) -> list[list[tuple[str, float]]]:
     """(token text, log-prob) for every token after BOS of each text."""
     encoded = [hf_tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
+    short = next((t for t, ids in zip(texts, encoded, strict=True) if len(ids) < 2), None)
+    if short is not None:  # the first token has no context to be scored in
+        raise ConfigError(f"score: {short!r} is {len(hf_tokenizer(short, add_special_tokens=True)['input_ids'])} "
+                          "token(s) with this tokenizer (which adds no BOS before it): a text needs at least two, "
+                          "a context and a token to score")
     scores = score_ids(model, encoded, batch_size)
     return [[(hf_tokenizer.convert_ids_to_tokens(tok), float(lp)) for tok, lp in zip(ids[1:], s.logprobs, strict=True)]
             for ids, s in zip(encoded, scores, strict=True)]

@@ -76,6 +76,7 @@ class Trainer:
         devices = list(jax.devices() if devices is None else devices)
         run_setup.check_trainable(config, len(devices), jax.process_count())  # before anything is read
         bound = run_setup.bind_run(config)
+        storage.check_bucket(config.run_dir, "run_dir")
         self.lock = runlock.take(config.run_dir)  # one writer per run dir: nothing is written before this
         try:
             self._set_up(config, bound, devices, resume=resume, accept_changes=accept_changes, pipeline=pipeline)
