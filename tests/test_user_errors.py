@@ -1,0 +1,80 @@
+"""A user's mistakes through the real CLI: one line on stderr, exit 2, never a traceback, said before the work
+whose result would be lost (a bucket that does not exist is named before generating, training or exporting).
+gs:// paths go to the GCS-API server (tests/gcs_emulator.py)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from pretrained_models import bpe_tokenizer, hf_model
+
+from instructjax.cli import main
+
+REFUSING = ("{% for m in messages %}{% if m['content'] == 'refuse' %}{{ raise_exception('not this one') }}{% endif %}"
+            "{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory) -> dict[str, str]:
+    """A tiny LLaMA (HF directory, and imported) whose tokenizer adds no BOS and whose chat template refuses a
+    message "refuse"; an HF copy whose template does not compile."""
+    root = tmp_path_factory.mktemp("user_errors")
+    tok = bpe_tokenizer(str(root / "tok"), vocab_size=600)
+    config = json.loads((root / "tok" / "tokenizer_config.json").read_text())
+    (root / "tok" / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": REFUSING}))
+    hf = hf_model(str(root / "hf"), tok, vocab_size=608, bos=None, eos=0)
+    assert main(["import", "--hf", hf, "--out", str(root / "ckpt")]) == 0
+    broken = hf_model(str(root / "broken"), tok, vocab_size=608, bos=None, eos=0)
+    (root / "broken" / "tokenizer_config.json").write_text(json.dumps({**config, "chat_template": "{% for m in x %}"}))
+    prompts = root / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "p1", "instruction": "hello"}) + "\n")
+    refused = root / "refused.jsonl"
+    refused.write_text(json.dumps({"id": "ok", "instruction": "fine"}) + "\n" +
+                       json.dumps({"id": "bad", "instruction": "refuse"}) + "\n")
+    return {"hf": hf, "ckpt": str(root / "ckpt"), "broken": broken, "prompts": str(prompts), "refused": str(refused),
+            "root": str(root)}
+
+
+def one_line(capsys, argv: list[str]) -> str:
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and err.startswith("instructjax: error: "), (code, err[-2000:])
+    return err
+
+
+def test_local_mistakes_are_one_line(model, capsys, tmp_path):
+    gen = ["generate", "--model", model["ckpt"], "--max-new-tokens", "2"]
+    cases = [
+        (["import", "--hf", model["hf"], "--out", model["ckpt"]], "already holds a checkpoint"),
+        ([*gen, "--prompts", str(tmp_path / "missing.jsonl"), "--out", str(tmp_path / "o.jsonl")], "no such file"),
+        (["score", "--model", model["ckpt"], "--text", "a"], "a text needs at least two"),
+        ([*gen, "--prompts", model["refused"], "--out", str(tmp_path / "o.jsonl")], "prompt 'bad'"),
+        (["generate", "--model", model["broken"], "--max-new-tokens", "2", "--prompts", model["prompts"],
+          "--out", str(tmp_path / "o.jsonl")], "does not compile"),
+    ]
+    for argv, words in cases:
+        assert words in one_line(capsys, argv), argv
+    assert not (tmp_path / "o.jsonl").exists()
+
+
+def test_a_bucket_that_does_not_exist_is_one_line_before_the_work(model, capsys, tmp_path, bucket, monkeypatch):
+    gone = "gs://no-such-bucket-here"
+    gen = ["generate", "--model", model["ckpt"], "--max-new-tokens", "2", "--prompts", model["prompts"]]
+    cases = [
+        ([*gen, "--out", f"{gone}/out.jsonl"], f"--out {gone}/out.jsonl: bucket {gone} does not exist"),
+        (["generate", "--model", model["ckpt"], "--prompts", f"{bucket}/missing.jsonl", "--out",
+          str(tmp_path / "o.jsonl")], f"{bucket}/missing.jsonl: no such file"),
+        (["import", "--hf", model["hf"], "--out", f"{gone}/ckpt"], f"bucket {gone} does not exist"),
+        (["export", "--checkpoint", model["ckpt"], "--out", f"{gone}/export"], f"bucket {gone} does not exist"),
+        (["train", "--config", "/dev/null", "model.preset=tiny", "data.mixture=acp_ACP_n10000_builtin",
+          "data.seq_len=64", "data.global_batch=8", "max_steps=1", f"run_dir={gone}/run"], f"run_dir {gone}/run"),
+    ]
+    for argv, words in cases:
+        assert words in one_line(capsys, argv), argv
+    monkeypatch.setenv("INSTRUCTJAX_CACHE_DIR", f"{gone}/cache")
+    from instructjax.data import cache
+
+    cache._bucket_checked.cache_clear()
+    assert f"INSTRUCTJAX_CACHE_DIR {gone}/cache" in one_line(capsys, ["data", "stats", "alpaca_builtin"])
