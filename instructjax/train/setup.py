@@ -177,12 +177,14 @@ def check_trainable(config: RunConfig, devices: int, hosts: int) -> None:
 def resolve_run(bound: BoundRun, *, devices: int, hosts: int, process_index: int = 0, pipeline=None,
                 saved_mesh: dict | None = None, fits=None) -> ResolvedRun:
     """`bound` on `devices` devices over `hosts` hosts (this one `process_index`): the pipeline (`pipeline`: a
-    stand-in with its interface), the epoch's steps, the mesh (`mesh: auto`: the one `plan` proposes for these
-    devices by the run's own step plans, `plan.choose_mesh`, or `saved_mesh` where a resumed run was saved with one
-    that serves them), and the step shapes. `fits(mesh, shapes)`: whether a step of the largest shape fits a device
-    (default: this machine's, `plan.local_topology`). Nothing is written."""
+    stand-in with its interface), the epoch's steps, the mesh (`mesh: auto`: the one `train.meshes.choose_mesh`
+    takes for these devices by the run's own step plans, or `saved_mesh` where a resumed run was saved with one that
+    serves them), and the step shapes. `fits(mesh, shapes)`: whether a step of the largest shape fits a device
+    (default: this machine's, `topology.local_topology`). Nothing is written."""
     from instructjax.core import sharding
-    from instructjax.train import plan
+    from instructjax.train import memory
+    from instructjax.train.meshes import choose_mesh
+    from instructjax.train.topology import local_topology
 
     config = bound.config
     check_trainable(config, devices, hosts)
@@ -201,10 +203,10 @@ def resolve_run(bound: BoundRun, *, devices: int, hosts: int, process_index: int
         return step_plan(sizes).shapes
 
     if fits is None:
-        here = plan.local_topology()
+        here = local_topology()
 
         def fits(sizes, step_shapes) -> bool:
-            return plan.step_needed(bound.model, config, sizes, step_shapes, here)[0] <= plan.usable_bytes(here)
+            return memory.step_needed(bound.model, config, sizes, step_shapes, here)[0] <= memory.usable_bytes(here)
 
     if config.mesh != "auto":
         sizes = sharding.resolve_mesh(config, devices, hosts)
@@ -217,7 +219,7 @@ def resolve_run(bound: BoundRun, *, devices: int, hosts: int, process_index: int
                 pass
         if sizes is None:
             real_share = (lambda s: step_plan(s).efficiency) if config.data.pack == "per_step" else (lambda s: 1.0)
-            sizes = plan.choose_mesh(config, devices, hosts, real_share, lambda s: fits(s, shapes(s)))
+            sizes = choose_mesh(config, devices, hosts, real_share, lambda s: fits(s, shapes(s)))
     processed = step_plan(sizes).processed if config.data.pack == "per_step" else 0
     return ResolvedRun(dataclasses.replace(config, mesh=sizes), bound.tokenizer, bound.model, sources, pipeline,
                        epoch, total_steps, sizes, shapes(sizes), processed)

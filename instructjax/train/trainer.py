@@ -88,8 +88,9 @@ class Trainer:
         """The rest of `__init__`, under the run's lock: the run directory read (and resumed), the run resolved, the
         step built."""
         from instructjax.data.encoding.tokenizer import Tokenizer, materialize
-        from instructjax.train import plan as planning
+        from instructjax.train import memory
         from instructjax.train import setup as run_setup
+        from instructjax.train.topology import local_topology
 
         self.training_digest = training_digest(config)  # of the config as given (what a sweep compares)
         self.config = bound.config  # what config.yaml records (the mesh is written in below)
@@ -116,9 +117,9 @@ class Trainer:
         self.mesh = sharding.make_mesh(run.mesh, devices)
         self.step_shapes = run.step_shapes if config.data.pack == "per_step" else ()  # each compiled before step 1
         _check_hosts_agree(run.epoch, config, run.processed)
-        needed, self.out_of_memory = planning.step_needed(run.model, run.config, run.mesh, run.step_shapes,
-                                                          planning.local_topology())
-        if needed > planning.usable_bytes(planning.local_topology()):  # before anything compiles
+        here = local_topology()
+        needed, self.out_of_memory = memory.step_needed(run.model, run.config, run.mesh, run.step_shapes, here)
+        if needed > memory.usable_bytes(here):  # before anything compiles
             raise ConfigError(self.out_of_memory)  # also said for XLA's own refusal
         self.checkpointer = ckpt.Checkpointer(self.run_dir, keep=config.checkpoint.keep,
                                               async_save=config.checkpoint.async_save,

@@ -1,0 +1,266 @@
+"""What a training step holds on a device: `plan`, the trainer's memory check and `plan --compile`'s estimate.
+
+Memory per device comes from the real model and optimizer, never from guesses: the parameter tree is
+`nnx.eval_shape` of the Decoder the trainer builds, the optimizer state is `jax.eval_shape` of
+`tx.init` on it, and each array's per-device shard is its shape divided by the mesh axes that
+`train.sharding.logical_to_spec` assigns it on an `AbstractMesh` of the target topology (no devices
+needed). Gradients are float32 and sharded like the parameters (one more copy as the accumulator
+when `optim.micro_batches > 1`). The step also holds the sharded parameters cast to the compute dtype (XLA hoists
+the cast out of the layer loop; seen in the TPU compiler's buffers, `plan --compile`).
+
+Activations are an estimate, per device, for one micro-batch of `r` rows of `s` tokens (`r` = global
+batch / micro-batches / (data x fsdp)), tensor size `t`, `c`-byte compute (`model.dtype`: 2 for bf16), per
+decoder layer:
+
+- remat ``none``: everything the backward pass reads is kept (the residuals JAX saves, as
+  `jax.ad_checkpoint.print_saved_residuals` lists them):
+  `s r (n (4 + c) h + c (2a + 2k) d / t + M c m / t) + A + W` bytes (each of the layer's `n` norms' input in
+  float32 and its output: 2, Gemma's 4, a LayerNorm's centred input too; q, k, v and the attention output; the
+  MLP's `M` arrays of m (`MLP_ARRAYS`: SwiGLU's gate, up, the activation's residuals and the product are 6); the
+  attention's own residual `A`; the layer's weight matrices cast to the compute dtype,
+  `W = c (h d (2a + 2k) + (g + 1) h m) / t` (`g` = 2 for a gated MLP), whole over fsdp: a layer's weights are
+  gathered to be used; q/k norms add their inputs and outputs; a parallel residual keeps one sum fewer);
+- ``full``: only each layer's input `c s r h`, plus one layer recomputed at a time: the ``none`` term once; on a
+  TPU what XLA:TPU's buffers hold for it instead (`tpu_backward`: per token, the arrays as wide as the residual
+  stream, then the larger of the MLP's phase and the attention's, q/k/v in rows of 128 lanes; and `3 W`),
+  measured with `plan --compile`;
+- ``save_attention``: the layer input and attention output `c s r (h + a d / t)`, plus one recomputed layer;
+- ``dots_with_no_batch_dims_saveable``: the layer input and the weight matmul outputs
+  `c s r (h + (a + 2k) d / t + h + 2m / t + h)`, plus one recomputed layer;
+- ``minimal_with_context``: the layer input, o_proj's output, q, k, v, the attention output, gate and up
+  `c s r (2h + (2a + 2k) d / t + 2m / t)` (down_proj's output is named but never read), plus one recomputed layer;
+- ``dots_saveable``: that plus, for the dense `xla` attention, its einsums: float32 scores `4 (a / t) s^2 r`
+  and the output `c s r a d / t` (a fused kernel's einsums stay inside it).
+
+`A` depends on the attention implementation the topology runs (`model.attention`, `auto` resolved for the
+platform): the dense `xla` one keeps its softmax probabilities `c (a / t) s^2 r`; the fused ones (splash on
+TPU, Pallas flash on GPU, blockwise) keep only a float32 log-sum-exp per query `4 (a / t) s r`, no s^2 term.
+
+The logits of one loss chunk (`optim.loss_chunk` tokens split over the data-parallel devices; all `s r` tokens
+with 0) of `V / t` each in the compute dtype and their float32 log-softmax (`c + 4` bytes; 4 in float32) live
+before the layers' backward starts: the total counts the larger of them and the recomputed layer. On a TPU a head
+sliced over the batch devices (`train.loss`) makes no logits array: XLA:TPU fuses them with their log-sum-exp (but
+for a soft-capped head, Gemma-2's, whose tanh keeps them). The
+total is checked against XLA's own buffer assignment of the compiled train step (tests/test_plan.py: within
+15% on XLA:CPU in float32). XLA fuses and schedules differently on each platform, so real peaks differ by
+tens of percent; a config "fits" when the total is within `USABLE` of the chip's HBM.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from flax import nnx
+from jax.sharding import AbstractMesh, PartitionSpec
+
+from instructjax.core import sharding
+from instructjax.core.config import RunConfig
+from instructjax.model.config import DecoderConfig
+from instructjax.train.optim import adamw
+from instructjax.train.topology import Topology
+
+GIB = 2**30
+USABLE = 0.9  # headroom for XLA temporaries, fragmentation and the runtime
+
+
+def device_memory(model: DecoderConfig, sizes: dict[str, int], *, rows: int, seq_len: int, micro_batches: int,
+                  clip: bool, platform: str, loss_chunk: int = 0) -> tuple[dict[str, int], dict[str, Any]]:
+    """(parameters, optimizer state and gradients, activations) per device for a step of `rows` rows of `seq_len`
+    (the plan's figures; `activation_bytes`, `state_memory`)."""
+    memory = state_memory(model, sizes, clip=clip)
+    memory["grad_bytes"] = memory["param_bytes"] * (2 if micro_batches > 1 else 1)  # + the accumulator
+    # the parameters cast to the compute dtype once for the whole step (XLA hoists the cast out of the layer loop:
+    # the TPU compiler's buffers hold a bfloat16 copy of every sharded float32 parameter)
+    compute, stored = np.dtype(model.dtype).itemsize, np.dtype(model.param_dtype).itemsize
+    memory["copy_bytes"] = memory["param_bytes"] * compute // stored if compute != stored else 0
+    per_device = -(-rows // (micro_batches * sizes["data"] * sizes["fsdp"]))
+    loss_tokens = -(-loss_chunk // (sizes["data"] * sizes["fsdp"])) if loss_chunk else 0  # a chunk is split over rows
+    acts = activation_bytes(model, per_device, seq_len, sizes["tensor"], platform, loss_tokens,
+                            head_slices=sizes["data"] * sizes["fsdp"])
+    acts.update(rows=per_device, seq_len=seq_len)
+    return memory, acts
+
+
+def needed_bytes(memory: dict[str, int], acts: dict[str, Any]) -> int:
+    """A step's peak bytes a device (`device_memory`'s figures): parameters, AdamW state, the parameters'
+    compute-dtype copy and the layers' saved inputs throughout; then the larger of the loss (its logits, and the
+    gradient accumulator of earlier micro-batches) and the layers' backward (the gradients and the recomputed
+    layer): the loss's logits are freed before the layers' gradients are made."""
+    accumulator = max(memory["grad_bytes"] - memory["param_bytes"], 0)
+    loss = accumulator + acts["logits"]
+    backward = memory["grad_bytes"] + acts.get("recompute", 0)
+    return (memory["param_bytes"] + memory["opt_bytes"] + memory.get("copy_bytes", 0) + acts.get("saved", 0)
+            + max(loss, backward))
+
+
+def usable_bytes(topology: Topology) -> float:
+    """What a step may take of a device of `topology` (`USABLE` of its memory)."""
+    return USABLE * topology.hbm_gib * GIB
+
+
+def step_needed(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], shapes, topology: Topology
+                ) -> tuple[int, str]:
+    """The bytes a device needs for `model` on mesh `sizes` and the largest of the step `shapes` (rows, length) on
+    `topology`, and the one line saying so when they do not fit (`out_of_memory`)."""
+    rows, length = max(shapes, key=lambda shape: shape[0] * shape[1])
+    memory, acts = device_memory(model, sizes, rows=rows, seq_len=length, micro_batches=config.optim.micro_batches,
+                                 clip=bool(config.optim.grad_clip), platform=topology.platform,
+                                 loss_chunk=config.optim.loss_chunk)
+    needed = needed_bytes(memory, acts)
+    return needed, out_of_memory(needed, memory, acts, topology)
+
+
+def out_of_memory(needed: int, memory: dict, acts: dict, topology: Topology) -> str:
+    """One line: what a step needs a device, what a device has, and the keys that change it."""
+    return (f"out of memory: a step needs about {needed / GIB:.1f} GiB a device (parameters {_gib(memory['param_bytes'])}"
+            f", AdamW state {_gib(memory['opt_bytes'])}, gradients {_gib(memory['grad_bytes'])}, their compute-dtype "
+            f"copy {_gib(memory.get('copy_bytes', 0))}, activations "
+            f"{_gib(acts['total'])} for {acts['rows']} row(s) of {acts['seq_len']}), a device here has "
+            f"{topology.hbm_gib:.1f} GiB ({topology.name}); lower data.global_batch or data.seq_len, raise "
+            "optim.micro_batches, or set model.remat=full (`instructjax plan --config ...` shows the figures)")
+
+
+class _Spec:
+    """A PartitionSpec kept as one pytree leaf."""
+
+    def __init__(self, spec: PartitionSpec):
+        self.spec = spec
+
+
+def _shard_bytes(shape: tuple[int, ...], dtype: Any, spec: PartitionSpec, sizes: dict[str, int]) -> int:
+    local = []
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
+        axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
+        local.append(math.ceil(dim / math.prod(sizes[a] for a in axes)))
+    return math.prod(local) * np.dtype(dtype).itemsize
+
+
+@functools.lru_cache(maxsize=8)
+def _abstract_state(model: DecoderConfig, clip: bool) -> tuple[Any, Any, Any]:
+    """(params, their logical axis names, optimizer state), all abstract: nnx/jax.eval_shape, cached per model."""
+    from instructjax.model.decoder import Decoder
+
+    state = nnx.state(nnx.eval_shape(lambda: Decoder(model, rngs=nnx.Rngs(0))), nnx.Param)
+    names = nnx.to_pure_dict(jax.tree.map(lambda v: _Spec(v.get_metadata().get("out_sharding")), state,
+                                          is_leaf=lambda x: isinstance(x, nnx.Variable)))
+    params = nnx.to_pure_dict(state)
+    tx = adamw(optax.constant_schedule(1.0), max_grad_norm=1.0 if clip else None)  # a schedule, as trained
+    return params, names, jax.eval_shape(tx.init, params), tx
+
+
+def state_memory(model: DecoderConfig, sizes: dict[str, int], clip: bool = True) -> dict[str, int]:
+    """Per-device bytes of parameters and optimizer state, and their global totals, from eval_shape."""
+    params, names, opt, tx = _abstract_state(model, clip)
+    mesh = AbstractMesh(tuple(sizes.values()), tuple(sizes))
+    is_spec = lambda x: isinstance(x, _Spec)  # noqa: E731
+    specs = jax.tree_util.tree_map_with_path(
+        lambda path, a, n: _Spec(sharding.logical_to_spec(n.spec, mesh, a.shape, what=sharding._path_str(path))
+                                 if n.spec else PartitionSpec()), params, names, is_leaf=is_spec)
+    opt_specs = optax.tree_utils.tree_map_params(tx, lambda _, s: s, opt, specs,
+                                                 transform_non_params=lambda _: _Spec(PartitionSpec()))
+    leaves = lambda tree: jax.tree.leaves(tree, is_leaf=is_spec)  # noqa: E731
+
+    def total(tree, spec_tree) -> tuple[int, int]:
+        pairs = list(zip(leaves(tree), leaves(spec_tree), strict=True))
+        return (sum(_shard_bytes(a.shape, a.dtype, s.spec, sizes) for a, s in pairs),
+                sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a, _ in pairs))
+
+    p_local, p_global = total(params, specs)
+    o_local, o_global = total(opt, opt_specs)
+    n_params = sum(math.prod(a.shape) for a in leaves(params))
+    return {"params": n_params, "param_bytes": p_local, "param_bytes_global": p_global,
+            "opt_bytes": o_local, "opt_bytes_global": o_global}
+
+
+# [tokens, intermediate] arrays one MLP keeps for its backward pass, by (activation, gated): the projections'
+# outputs and the activation's own residuals (measured with jax's saved_residuals: e.g. SwiGLU gate, up, the
+# sigmoid's two and the product; exact GELU's erfc and exp)
+MLP_ARRAYS = {("silu", True): 6, ("gelu_tanh", True): 8, ("gelu", True): 8, ("relu", True): 5,
+              ("silu", False): 3, ("gelu_tanh", False): 4, ("gelu", False): 4, ("relu", False): 2}
+
+
+def activation_bytes(model: DecoderConfig, rows: int, seq_len: int, tensor: int, platform: str = "tpu",
+                     loss_tokens: int = 0, head_slices: int = 1) -> dict:
+    """Per-device activation bytes for `rows` rows of `seq_len` on `platform` (see the module docstring's formula);
+    the loss makes the logits of `loss_tokens` tokens at a time (0: all of them), its head sliced over
+    `head_slices` devices."""
+    from instructjax.model import attention
+
+    s, r, t = seq_len, rows, tensor
+    c = np.dtype(model.dtype).itemsize  # the compute dtype's bytes: 2 for bfloat16
+    h, m, a, k, d, layers = (model.hidden_size, model.intermediate_size, model.num_heads, model.num_kv_heads,
+                             model.head_dim, model.num_layers)
+    mlp_in = 2 if model.gated_mlp else 1  # gate and up, or up alone
+    norms = 4 if model.sandwich_norms else 2
+    # [tokens, m] arrays an MLP keeps (its outputs and its activation's residuals, `print_saved_residuals`)
+    mlp_arrays = MLP_ARRAYS[model.activation, model.gated_mlp]
+    norm_bytes = norms * (4 + c + (4 if model.norm == "layer" else 0)) * h  # LayerNorm also keeps x - mean
+    parallel = -c * h if model.residual == "parallel" else 0  # one residual sum fewer
+    implementation = attention.resolve(model.attention, platform)
+    fused = implementation in attention.FUSED
+    residual = 4 * (a / t) * s * r if fused else c * (a / t) * s * s * r
+    weights = c * (h * d * (2 * a + 2 * k) + (mlp_in + 1) * h * m) / t  # the layer's matrices in the compute dtype
+    qk_norms = (4 + c) * (a + k) * d / t if model.qk_norm else 0
+    full_layer = (s * r * (norm_bytes + parallel + c * (2 * a + 2 * k) * d / t + mlp_arrays * c * m / t + qk_norms)
+                  + residual + weights)
+    layer_input = c * s * r * h
+    saved = {
+        "none": full_layer,
+        "full": layer_input,
+        "save_attention": c * s * r * (h + a * d / t),
+        "dots_with_no_batch_dims_saveable": c * s * r * (3 * h + (a + 2 * k) * d / t + mlp_in * m / t),
+        # the layer's input, o_proj, q/k/v, the attention output, gate and up (down_proj's output is not read)
+        "minimal_with_context": c * s * r * (2 * h + (2 * a + 2 * k) * d / t + mlp_in * m / t),
+    }
+    saved["dots_saveable"] = saved["dots_with_no_batch_dims_saveable"] + (
+        0 if fused else 4 * (a / t) * s * s * r + c * s * r * a * d / t)
+    per_layer = saved[model.remat]
+    # the recomputed layer's backward: on a TPU as XLA:TPU's buffers measure it (`tpu_backward`); elsewhere the
+    # forward's arrays once (XLA:CPU's buffers, tests/test_plan.py)
+    backward = tpu_backward(model, s * r, t) if platform == "tpu" else full_layer
+    recompute = 0 if model.remat == "none" else backward
+    tokens = s * r if not loss_tokens else min(loss_tokens, s * r)
+    logits = (c + 4 if c < 4 else c) * tokens * model.vocab_size / t  # float32 compute: one array
+    if platform == "tpu" and head_slices > 1 and model.vocab_size % head_slices == 0 and not model.final_softcap:
+        logits = 0  # the sliced head's logits, log-sum-exp and target pick are one fusion on XLA:TPU: never an array
+        # (a soft-cap's tanh keeps them: Gemma-2's [4096, 32000] float32 logits and their bfloat16 product are buffers)
+    # the loss's logits are gone before the layers' backward starts: the peak holds one or the other
+    return {"per_layer": int(per_layer), "saved": int(per_layer * layers), "recompute": int(recompute),
+            "layers": int(per_layer * layers + recompute), "logits": int(logits),
+            "total": int(per_layer * layers + max(recompute, logits)), "attention": implementation}
+
+
+# The recomputed layer's backward on a TPU, in bytes a token for each element of an array of that width (a device's
+# share: `/ t` where tensor parallelism splits it), fitted to XLA:TPU's own figures for the steps of 17 shapes
+# (Phi-3, Gemma-2, LLaMA-2 and LLaMA-3: tensor 1 and 2, 16 to 32 layers, 2.8K to 45K tokens a device; `plan
+# --compile`). The peak holds the arrays as wide as the residual stream (the layer's input and its sum after
+# attention, the norms' float32 insides, tensor parallelism's partial sums) and then either the MLP's arrays and their
+# gradients or the attention's (q, k and v rotated in float32, splash's heads-first copies and float32 gradients),
+# whichever is larger: they are not live together. A TPU lays the last dimension of an array out in rows of 128
+# lanes, so a head of 96 (Phi-3) takes 128. `weights`: the layer's matrices in the compute dtype three times
+# (gathered for the recomputed forward, again for the backward, and their gradient before the reduce-scatter).
+TPU_BACKWARD = {"hidden": 33.5, "extra_norm": 0.8, "mlp": 21.0, "q": 68.0, "kv": 10.0, "weights": 3.0}
+
+
+def tpu_backward(model: DecoderConfig, tokens: int, tensor: int) -> float:
+    """Bytes a device holds for the recomputed layer's backward on a TPU, for `tokens` tokens (`TPU_BACKWARD`)."""
+    k = TPU_BACKWARD
+    h, m, d, t = model.hidden_size, model.intermediate_size, model.head_dim, tensor
+    lanes = -(-d // 128) * 128
+    scale = np.dtype(model.dtype).itemsize / 2  # measured in bfloat16: float32 compute doubles every array
+    norms = (4 if model.sandwich_norms else 2) - 2
+    mlp_in = 2 if model.gated_mlp else 1
+    weights = np.dtype(model.dtype).itemsize * (h * d * (2 * model.num_heads + 2 * model.num_kv_heads)
+                                                + (mlp_in + 1) * h * m) / t
+    attention = k["q"] * model.num_heads / t * lanes + k["kv"] * model.num_kv_heads / t * lanes
+    per_token = (k["hidden"] + k["extra_norm"] * norms) * h + max(k["mlp"] * m / t, attention)
+    return tokens * per_token * scale + k["weights"] * weights
+
+
+def _gib(n: float) -> str:
+    return f"{n / GIB:.2f} GiB"

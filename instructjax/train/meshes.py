@@ -1,0 +1,52 @@
+"""Which mesh a run takes on the devices at hand (`mesh: auto`): the fsdp x tensor split the batch and the model
+divide over, that fits, and that keeps the most of each step's tokens real (by the run's own step plans); among
+near-equals the least tensor parallelism. The trainer, `plan` and `plan --compile` choose with it."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from instructjax.core import sharding
+from instructjax.core.config import RunConfig
+from instructjax.core.errors import ConfigError
+
+MAX_TENSOR = 8  # tensor parallelism stays within a host's chips (or a GPU node)
+REAL_SHARE_SLACK = 0.02  # a mesh within this of the best real-token share is as good: the least tensor wins
+
+
+def mesh_options(devices: int) -> list[dict[str, int]]:
+    """The meshes a proposal chooses from: no data axis, the devices split between fsdp and tensor (1 to
+    MAX_TENSOR), least tensor parallelism first."""
+    return [{"data": 1, "fsdp": devices // t, "tensor": t} for t in (1, 2, 4, 8)
+            if t <= MAX_TENSOR and devices % t == 0]
+
+
+def best_mesh(candidates: list[tuple[dict[str, int], float]]) -> dict[str, int] | None:
+    """Of (mesh, real-token share) pairs in `mesh_options` order (least tensor parallelism first), the first whose
+    share is within REAL_SHARE_SLACK of the best; None for none."""
+    if not candidates:
+        return None
+    best = max(share for _, share in candidates)
+    return next(sizes for sizes, share in candidates if share >= best - REAL_SHARE_SLACK)
+
+
+def choose_mesh(config: RunConfig, devices: int, hosts: int, real_share, fits) -> dict[str, int]:
+    """`mesh: auto` for a run on `devices` devices and `hosts` hosts: of `mesh_options` that the batch divides over,
+    those the model's weights divide over and that `fits(sizes)`, the one `best_mesh` takes by `real_share(sizes)` (the trainer's own step plan); where
+    none fits, the best of the others (the trainer's memory check then names the figures)."""
+    usable, fitting = [], []
+    for sizes in mesh_options(devices):
+        try:
+            sharding.resolve_mesh(dataclasses.replace(config, mesh=sizes), devices, hosts)
+            fit = fits(sizes)  # raises where the model's heads do not divide over the tensor axis
+        except ConfigError:
+            continue
+        usable.append(sizes)
+        if fit:
+            fitting.append(sizes)
+    if not usable:
+        raise ConfigError(f"mesh: auto: no mesh of {devices} devices on {hosts} host(s) serves data.global_batch="
+                          f"{config.data.global_batch} (optim.micro_batches={config.optim.micro_batches}) and the "
+                          "model's heads; change the batch or set mesh: explicitly")
+    fitting = fitting or usable
+    return best_mesh([(sizes, real_share(sizes)) for sizes in fitting])
