@@ -252,9 +252,10 @@ def test_sigterm_saves_the_step_in_flight_and_resume_loses_nothing(tmp_path, env
         assert time.monotonic() < deadline
         time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
-    rc, _, err = finish(proc)
+    rc, out, err = finish(proc)
     saved = complete_steps(run_dir)
     assert rc == 75, f"seed {seed}: {err[-3000:]}"
+    assert "trained to step" not in out  # a preempted run says it was preempted, nothing else
     assert len(saved) == 1 and after <= saved[0] < STEPS, f"seed {seed}: {saved}"  # the step in flight, not the end
     assert f"preempted: saved step {saved[0]}" in err and not torn_dirs(run_dir)
     rc, _, err = finish(start(run_dir, env, "checkpoint.every=1000", resume=True))

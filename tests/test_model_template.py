@@ -399,3 +399,23 @@ def test_an_export_stops_where_the_model_stops(tmp_path, name, end):
     out = model.generate(prompt, max_new_tokens=8, do_sample=False, min_new_tokens=0,
                          logits_processor=transformers.LogitsProcessorList([ForceAt(prompt.shape[1] + 2)]))
     assert out.shape[1] == prompt.shape[1] + 3 and int(out[0, -1]) == end_id
+
+
+def test_data_preview_shows_the_templates_special_tokens(tmp_path, capsys):
+    """`data preview --tokenizer T --template model` (Phi-3's): the role markers and end-of-turn tokens show, and
+    the trained end of each reply is inside the trained marks; the JSON text holds them too."""
+    import re
+
+    from instructjax.cli import main
+
+    path = build("phi3", tmp_path / "tok")
+    capsys.readouterr()
+    assert main(["data", "preview", "alpaca_builtin", "--tokenizer", path, "--template", "model", "-n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "<|user|>" in out and "<|assistant|>" in out
+    assert re.search(r"\[\[[^\]]*<\|end\|>[^\]]*\]\]", out), out  # the trained end-of-turn token, marked
+    assert not re.search(r"\[\[[^\]]*<\|user\|>", out)  # the prompt's markers are not
+    assert main(["data", "preview", "alpaca_builtin", "--tokenizer", path, "--template", "model", "-n", "1",
+                 "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert "<|assistant|>" in row["text"] and "<|end|>" in row["text"]

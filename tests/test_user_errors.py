@@ -78,3 +78,37 @@ def test_a_bucket_that_does_not_exist_is_one_line_before_the_work(model, capsys,
 
     cache._bucket_checked.cache_clear()
     assert f"INSTRUCTJAX_CACHE_DIR {gone}/cache" in one_line(capsys, ["data", "stats", "alpaca_builtin"])
+
+
+def test_smaller_mistakes_say_what_is_wrong(capsys, tmp_path, bucket):
+    """A data folder that does not exist (in a bucket too) is named, not called an unsupported file type; a null
+    message content says it is null; an --include-path that does not exist is named (not looked for on the hub);
+    key=value after `data preview --config` is an override, not a task name."""
+    cases = [
+        (["data", "stats", "alpaca", "--data-files", f"{bucket}/nowhere/"], "nowhere/: no such file or directory"),
+        (["data", "stats", "alpaca", "--data-files", str(tmp_path / "nowhere")], "no such file or directory"),
+        (["eval", "--model", str(tmp_path), "--tasks", "x", "--include-path", str(tmp_path / "tasks")],
+         f"--include-path {tmp_path / 'tasks'}: no such directory"),
+        (["data", "preview", "alpaca_builtin", "data.seq_len=64"], "key=value overrides go with --config"),
+    ]
+    chats = tmp_path / "chats.jsonl"
+    chats.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
+                                              {"role": "assistant", "content": None}]}) + "\n")
+    cases.append((["data", "stats", "messages", "--data-files", str(chats)], "messages[1]: field 'content' is null"))
+    for argv, words in cases:
+        assert words in one_line(capsys, argv), argv
+    config = tmp_path / "c.yaml"
+    config.write_text("data: {mixture: alpaca_builtin, seq_len: 256}\n")
+    capsys.readouterr()
+    assert main(["data", "preview", "--config", str(config), "data.seq_len=64", "-n", "1", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out.splitlines()[0])["tokens"]) <= 64  # the override took
+
+
+def test_a_finished_run_resumed_says_so(tmp_path, capsys):
+    common = ["train", "--config", "/dev/null", "model.preset=tiny", "model.dtype=float32", "data.seq_len=128",
+              "data.mixture=acp_ACP_n10000_builtin", "data.global_batch=8", "data.pack_window=64", "max_steps=2",
+              f"run_dir={tmp_path / 'run'}"]
+    assert main(common) == 0
+    assert "trained to step 2" in capsys.readouterr().out
+    assert main([*common, "--resume"]) == 0
+    assert "is already trained to its last step (2): nothing to train" in capsys.readouterr().out

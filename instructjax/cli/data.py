@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import hashlib
+import itertools
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -16,7 +17,7 @@ from instructjax.cli import add_on_bad_row, on_bad_row_overrides
 from instructjax.core.errors import ConfigError
 from instructjax.data.sources.synthetic import BUILTIN, LENGTH_STATS, TULU_TABLE1
 
-GREEN, RESET = "\033[32m", "\033[0m"
+GREEN, DIM, RESET = "\033[32m", "\033[2m", "\033[0m"
 
 
 def register(subparsers) -> None:
@@ -29,6 +30,10 @@ def register(subparsers) -> None:
         p.add_argument("--data-files", nargs="+", help="local json/jsonl/parquet files in the source's schema")
         add_on_bad_row(p)
         p.add_argument("--template", help="chat template (default: the task's, tulu)")
+        p.add_argument("--tokenizer", help="a tokenizer (.model file or HF directory) instead of the run's (with "
+                                           "--config) or the built-in one")
+        p.add_argument("overrides", nargs="*", default=[], metavar="key=value",
+                       help="with --config: dotted overrides, as train takes them")
         p.add_argument("--max-length", type=int, help="truncate examples to this many tokens")
         p.add_argument("--json", action="store_true", help="machine-readable output")
 
@@ -83,7 +88,14 @@ def resolve(args) -> Target:
     from instructjax.data.blends import specs
     from instructjax.data.sources.catalog import SOURCES
 
-    config = load_config(args.config) if args.config else None
+    overrides = list(getattr(args, "overrides", []))
+    if args.name and "=" in args.name:  # `data preview --config C data.seq_len=512`: an override, not a task
+        args.name, overrides = None, [args.name, *overrides]
+    if overrides and not args.config:
+        raise ConfigError(f"{overrides[0]}: key=value overrides go with --config (a task or mixture is named alone)")
+    if getattr(args, "tokenizer", None):
+        overrides.append(f"tokenizer={args.tokenizer}")
+    config = load_config(args.config, overrides) if args.config else None
     if config is not None:
         specs.define(config.define)
     name = args.name or (config.data.mixture if config is not None else None)
@@ -116,8 +128,9 @@ def resolve(args) -> Target:
         bound = bind(name, tokenizer=run_setup.tokenizer_path(config), template=config.template,
                      max_length=config.data.seq_len, model=config.model.init_from, on_bad_row=on_bad_row,
                      system_turn=config.data.system_turn)
-    else:  # the built-in default tokenizer, and the row length asked for (ShareGPT splits at it)
-        bound = bind(name, tokenizer=None, max_length=getattr(args, "seq_len", None) or args.max_length)
+    else:  # the tokenizer asked for (the built-in one), and the row length asked for (ShareGPT splits at it)
+        bound = bind(name, tokenizer=getattr(args, "tokenizer", None),
+                     max_length=getattr(args, "seq_len", None) or args.max_length)
     return Target(name=bound.name, tasks=bound.tasks, config=config, resolved=bound.resolved)
 
 
@@ -222,18 +235,24 @@ def run_stats(args) -> int:
 
 
 def highlight(tokenizer, tokens: np.ndarray, mask: np.ndarray, color: bool) -> str:
-    """Decode tokens, marking the trained ones (green on a terminal, [[...]] otherwise)."""
-    out, i = [], 0
+    """Decode tokens with the template's special tokens shown (dimmed on a terminal), marking the trained ones
+    (green on a terminal, [[...]] otherwise): a trained end-of-turn token shows as trained."""
+    special = tokenizer.special_ids
+    pieces = []  # (text, trained, special): runs of plain tokens trained alike, and each special token alone
+    i = 0
     while i < len(tokens):
-        j = i
-        while j < len(tokens) and mask[j] == mask[i]:
+        trained, alone = bool(mask[i]), int(tokens[i]) in special
+        j = i + 1
+        while not alone and j < len(tokens) and bool(mask[j]) == trained and int(tokens[j]) not in special:
             j += 1
-        text = tokenizer.decode([int(t) for t in tokens[i:j]])
-        if mask[i]:
-            text = f"{GREEN}{text}{RESET}" if color else f"[[{text}]]"
-        out.append(text)
+        pieces.append((tokenizer.decode([int(t) for t in tokens[i:j]], skip_special_tokens=False), trained, alone))
         i = j
-    return "".join(out)
+    if color:
+        return "".join((GREEN if trained else "") + (DIM if alone else "") + text + (RESET if trained or alone else "")
+                       for text, trained, alone in pieces)
+    runs = itertools.groupby(pieces, key=lambda piece: piece[1])
+    return "".join(f"[[{text}]]" if trained else text
+                   for trained, group in runs for text in ["".join(piece[0] for piece in group)])
 
 
 def run_preview(args) -> int:
@@ -261,7 +280,7 @@ def run_preview(args) -> int:
         shown = shown[: args.n]
     color = sys.stdout.isatty()
     for conv, tokens, mask in shown:
-        text = tokenizer.decode([int(t) for t in tokens])
+        text = tokenizer.decode([int(t) for t in tokens], skip_special_tokens=False)  # the template's markers too
         if args.json:
             print(json.dumps({"id": conv.id, "source": conv.source, "text": text, "tokens": tokens.tolist(),
                               "loss_mask": mask.tolist(), "meta": conv.meta}, ensure_ascii=False))  # fmt: skip

@@ -28,6 +28,11 @@ def run(args) -> int:
 
     config = load_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
     result = train(config, resume=args.resume, accept_changes=args.accept_changes)
+    if result.preempted:  # the trainer said so (saved step N); `--resume` continues
+        return EXIT_PREEMPTED
     if result.losses:
         print(f"trained to step {result.step}: loss {result.losses[result.step]:.4f}; run dir {result.run_dir}")
-    return EXIT_PREEMPTED if result.preempted else 0
+    else:
+        print(f"{result.run_dir} is already trained to its last step ({result.step}): nothing to train "
+              "(raise max_steps or optim.epochs with --accept-changes to go on)")
+    return 0

@@ -14,6 +14,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from instructjax.core.errors import ConfigError
+
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
 
@@ -96,6 +98,9 @@ def task_manager(include_path: str | None, tasks: Sequence[str] = ()) -> TaskMan
     """lm-eval's task index for `tasks`: the include path's own (or our TASKS_DIR's) when it holds them all as
     tasks (reading every one of lm-eval's task YAMLs takes seconds), else lm-eval's with the include path and
     ours; built once per process."""
+    if include_path and not Path(include_path).is_dir():  # lm-eval would look for its tasks on the hub
+        raise ConfigError(f"--include-path {include_path}: no such directory (the task YAMLs' folder; relative "
+                          "to where the command runs)")
     if include_path and set(tasks) <= set(_index(include_path, False).all_subtasks):
         return _index(include_path, False)
     if tasks and set(tasks) <= set(_index(TASKS_DIR, False).all_tasks):  # ours: tasks, groups and tags

@@ -56,10 +56,19 @@ def tokenizer_path(config: RunConfig) -> str | None:
     return path
 
 
-def fit_model_to_tokenizer(model: DecoderConfig, tokenizer, *, pretrained: bool) -> DecoderConfig:
-    """`model` checked against `tokenizer` (one-line ConfigErrors); a from-scratch model takes its
-    BOS/EOS/PAD ids from the tokenizer."""
-    where = f"tokenizer {tokenizer.path}"
+def tokenizer_words(config: RunConfig) -> str:
+    """The run's tokenizer as the user named it (not the temporary copy a checkpoint's tokenizer is read from)."""
+    if config.tokenizer:
+        return f"tokenizer {config.tokenizer}"
+    if config.model.init_from:
+        return f"the tokenizer of model.init_from={config.model.init_from}"
+    return "the built-in tokenizer"
+
+
+def fit_model_to_tokenizer(model: DecoderConfig, tokenizer, *, pretrained: bool, where: str = "") -> DecoderConfig:
+    """`model` checked against `tokenizer` (one-line ConfigErrors naming it as `where`, else by its path); a
+    from-scratch model takes its BOS/EOS/PAD ids from the tokenizer."""
+    where = where or f"tokenizer {tokenizer.path}"
     if tokenizer.vocab_size > model.vocab_size:
         raise ConfigError(f"{where} has {tokenizer.vocab_size} ids but the model's embedding has "
                           f"{model.vocab_size} rows (model.vocab_size)")
@@ -129,7 +138,8 @@ def bind_run(config: RunConfig) -> BoundRun:
 
     path = tokenizer_path(config)
     tokenizer = Tokenizer.load(path)
-    model = fit_model_to_tokenizer(resolve_model_config(config), tokenizer, pretrained=bool(config.model.init_from))
+    model = fit_model_to_tokenizer(resolve_model_config(config), tokenizer, pretrained=bool(config.model.init_from),
+                                   where=tokenizer_words(config))
     data = bind_data(config, path)
     return BoundRun(dataclasses.replace(config, template=data.template), tokenizer, model, data)
 

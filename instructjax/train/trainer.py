@@ -106,7 +106,8 @@ class Trainer:
                 bound = dataclasses.replace(bound, model=bound.model.replace(scan_layers=stored["scan_layers"]))
             saved = ckpt.read_tokenizer(self.run_dir, self.resume_from)
             if saved is not None and Tokenizer.load(materialize(saved["files"])) != bound.tokenizer:
-                raise ConfigError(f"{self.run_dir} was trained with another tokenizer than {bound.tokenizer.path}; "
+                raise ConfigError(f"{self.run_dir} was trained with another tokenizer than "
+                                  f"{run_setup.tokenizer_words(config).removeprefix('the ')}; "
                                   "resume with the run's own tokenizer (config `tokenizer:` / model.init_from)")
         self.resolved = run_setup.resolve_run(bound, devices=len(devices), hosts=jax.process_count(),
                                          process_index=jax.process_index(), pipeline=pipeline,

@@ -279,6 +279,12 @@ class Tokenizer:
         rstrip), whether the token takes in the whitespace on its left / right (Phi-3's `<|end|>` its right)."""
         return {t.content: (t.lstrip, t.rstrip) for t in self._engine.get_added_tokens_decoder().values()}
 
+    @functools.cached_property
+    def special_ids(self) -> frozenset[int]:
+        """The ids of the added tokens and of BOS, EOS, UNK and PAD: the template's markers, not text."""
+        added = [self._engine.token_to_id(t) for t in self.added_tokens]
+        return frozenset(i for i in [*added, self.bos_id, self.eos_id, self.unk_id, self.pad_id] if i is not None)
+
     def decode(self, ids, skip_special_tokens: bool = True) -> str:
         """Text of `ids` (a list or numpy array); special ids (BOS, EOS, UNK, PAD) dropped by default."""
         return self._engine.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)

@@ -224,6 +224,8 @@ def local_files(data_files: str | os.PathLike | Iterable[str | os.PathLike], sou
     for path in map(str, paths):
         folder = storage.path(path)
         if not folder.is_dir():
+            if not folder.exists():  # before its file type is looked at: a missing folder has none
+                raise ConfigError(f"source {source!r}: data_files {path}: no such file or directory")
             files.append(path)
             continue
         inside = [p for p in sorted(folder.iterdir(), key=lambda p: p.name) if not p.name.startswith(".")]
