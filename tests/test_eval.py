@@ -100,13 +100,17 @@ def test_pairwise_requests_both_orders_and_winning_score():
     assert (swapped.win, swapped.lose) == (1, 1)
 
 
-def test_pairwise_errors_name_the_request():
+def test_pairwise_unreadable_replies_are_counted_and_missing_ones_named():
+    """A reply with no two scores is counted (`unparsed`) and its item left out of win/tie/lose (it has no verdict
+    in that order); a request with no reply at all is one line naming it."""
     a, b = _systems()
     requests = pw.pairwise_requests(a, b)
     replies = [{"id": r["id"], "reply": "8 5"} for r in requests]
+    items = len({r["item"] for r in requests})
     replies[3]["reply"] = "I cannot decide."
-    with pytest.raises(DataError, match=r"1\|ba"):
-        pw.score_pairwise(requests, replies)
+    result = pw.score_pairwise(requests, replies)
+    assert result.unparsed == 1 and result.n == items - 1
+    assert not pw.reads_score_pair(requests[3], replies[3]["reply"]) and pw.reads_score_pair(requests[0], "8 5")
     with pytest.raises(DataError, match="no judge reply for request '0|ab'"):
         pw.score_pairwise(requests, replies[1:])
 

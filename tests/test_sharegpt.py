@@ -120,7 +120,7 @@ def test_a_bad_row_of_a_raw_dump_is_named_by_file_and_row_when_the_cleaning_is_s
     monkeypatch.setattr(sharegpt, "_PREPARED", {})
     with pytest.raises(DataError) as raised:
         ours(tmp_path, path, clean="fastchat", share=share)
-    assert str(raised.value) == f"source sharegpt, file {path}, row 2: missing field 'conversations'"
+    assert str(raised.value) == f"source sharegpt, file {path}, row 2: missing field 'conversations' (absent or null)"
     policy = BadRowPolicy(on_bad_row="skip")
     sharegpt._PREPARED.clear()
     convs = list(load_conversations("sharegpt", [str(path)], policy=policy, cache_dir=str(tmp_path / "c"),

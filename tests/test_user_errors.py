@@ -82,7 +82,7 @@ def test_a_bucket_that_does_not_exist_is_one_line_before_the_work(model, capsys,
 
 def test_smaller_mistakes_say_what_is_wrong(capsys, tmp_path, bucket):
     """A data folder that does not exist (in a bucket too) is named, not called an unsupported file type; a null
-    message content says it is null; an --include-path that does not exist is named (not looked for on the hub);
+    message content says it may be null; an --include-path that does not exist is named (not looked for on the hub);
     key=value after `data preview --config` is an override, not a task name."""
     cases = [
         (["data", "stats", "alpaca", "--data-files", f"{bucket}/nowhere/"], "nowhere/: no such file or directory"),
@@ -94,7 +94,7 @@ def test_smaller_mistakes_say_what_is_wrong(capsys, tmp_path, bucket):
     chats = tmp_path / "chats.jsonl"
     chats.write_text(json.dumps({"messages": [{"role": "user", "content": "hi"},
                                               {"role": "assistant", "content": None}]}) + "\n")
-    cases.append((["data", "stats", "messages", "--data-files", str(chats)], "messages[1]: field 'content' is null"))
+    cases.append((["data", "stats", "messages", "--data-files", str(chats)], "messages[1]: missing field 'content' (absent or null)"))
     for argv, words in cases:
         assert words in one_line(capsys, argv), argv
     config = tmp_path / "c.yaml"

@@ -98,6 +98,7 @@ class RunLock:
         self.holder: Holder | None = None
         self.version = None  # in a bucket: the generation this process wrote
         self.lost: Holder | str | None = None
+        self.made_dir = False  # the run directory did not exist before the lock (on a disk)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -144,6 +145,9 @@ class RunLock:
         if found is not None and found[0] is not None and found[0].token == self.holder.token:
             self._remove(found[1])
         self.holder = None
+        if self.made_dir:  # a run stopped before it wrote anything (a config error) leaves no directory behind
+            with contextlib.suppress(OSError):
+                os.rmdir(self.run_dir)
 
     # ---- the lock as the store keeps it -----------------------------------------------------------------------
 
@@ -169,7 +173,9 @@ class RunLock:
         if self.remote:
             self.version = _upload(self.path, me.dumps(), generation=0)
             return self.version is not None
-        storage.path(self.run_dir).mkdir(parents=True, exist_ok=True)
+        if not os.path.isdir(self.run_dir):  # made for the lock: removed with it where nothing else was written
+            os.makedirs(self.run_dir, exist_ok=True)
+            self.made_dir = True
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:

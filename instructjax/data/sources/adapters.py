@@ -28,7 +28,7 @@ def field(row: dict, key: str, kind: type = str) -> Any:
     """`row[key]`, checked present (not None) and of `kind`; DataError otherwise."""
     value = row.get(key)
     if value is None:
-        raise DataError(f"field {key!r} is null" if key in row else f"missing field {key!r}", reason="missing_field")
+        raise DataError(f"missing field {key!r} (absent or null)", reason="missing_field")  # a table fills absent with null
     if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
         raise DataError(
             f"field {key!r} is {type(value).__name__}, expected {kind.__name__}", reason="wrong_type"
