@@ -11,7 +11,7 @@ from instructjax.cli import experiments
 from instructjax.core.config import load_config
 from instructjax.data.blends import specs
 from instructjax.data.blends.specs import define as define_data
-from instructjax.eval.suite import SUITES
+from instructjax.eval.suite import SUITE_NAMES
 from instructjax.model.config import PRESETS
 
 ROOT = Path(__file__).resolve().parent.parent / "configs"
@@ -42,7 +42,7 @@ def test_family_sizes():
 def test_config_loads_and_refers_to_real_things(path):
     config = load(path)
     assert config.model.preset in PRESETS
-    assert config.eval["suite"] in SUITES
+    assert config.eval["suite"] in SUITE_NAMES
     assert config.name == Path(path).stem
     # every paper run starts from its base model's imported checkpoint, so it takes that model's tokenizer
     assert config.model.init_from == f"checkpoints/base/{config.model.preset}" and config.tokenizer is None

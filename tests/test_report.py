@@ -498,13 +498,12 @@ def test_report_tables_and_figures_from_results(tmp_path):
              "win": 5, "tie": 3, "lose": 2, "n": 10, "winning_score": 1.3}}}})
     _run(tmp_path, "ablation_dist_pareto_mistral_7b", "model: {preset: mistral-7b}\n"
          "data: {mixture: x, mosaic: {distribution: pareto}}\n", None)
-    tydiqa = {f"tydiqa_goldp_{lang}|1-shot": {"f1,none": f1} for lang, f1 in (("en", 0.5), ("fi", 0.3))}
-    gsm = {"exact_match,strict-match": 0.1, "protocol": {"kind": "gsm8k", "exact_match": 21.5, "n": 200}}
-    bbh = {"protocol": {"kind": "bbh", "exact_match": 0.0, "n": 0}}  # scored nothing: missing, not 0
+    tydiqa = {"tydiqa_goldp_1shot": {"f1": 40.0, "languages": {"en": {"f1": 50.0}, "fi": {"f1": 30.0}}}}
+    gsm = {"exact_match": 0.215, "n": 200}
+    bbh = {"exact_match": None, "n": 0}  # scored nothing: missing, not 0
     _run(tmp_path, "tulu_human_gpt_llama1_13b", "model: {preset: llama1-13b}\ndata: {mixture: tulu_human_gpt}\n",
          {"model": "m", "parts": ["suite", "codex", "alpaca_eval"], "codex": {"pass@1": 0.2, "pass@10": 0.4},
-          "suite": {"mmlu|0-shot": {"acc,none": 0.5}, "gsm8k_cot|8-shot": gsm, "bbh_cot_fewshot|3-shot": bbh,
-                    **tydiqa}, "alpaca_eval": {"win_rate": 61.0, "n": 805}})
+          "suite": {"mmlu_0shot": {"acc": 0.5}, "gsm_cot": gsm, "bbh_cot": bbh, **tydiqa}, "alpaca_eval": {"win_rate": 61.0, "n": 805}})
 
     written, strangers = families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
     out = tmp_path / "out"
@@ -590,7 +589,7 @@ def test_seed002_generated_comparisons_fill_the_columns_of_the_runs_they_name(tm
 def test_seed004_base_models_and_safety_columns(tmp_path):
     """The eval-only vanilla LLaMA config fills Tables 3, 5 and 6's base rows; Table 6 gathers a dataset's 7B and
     13B runs in one row, ToxiGen's overall % toxic and TruthfulQA's % truthful and informative."""
-    suite = {"mmlu|0-shot": {"acc,none": 0.423}}
+    suite = {"mmlu_0shot": {"acc": 0.423}}
     _run(tmp_path, "tulu_vanilla_llama1_13b", "max_steps: 0\nmodel: {preset: llama1-13b}\n",
          {"model": "m", "parts": ["suite", "toxigen", "truthfulqa"], "suite": suite,
           "toxigen": {"overall": 81.0, "asian": 80.0, "n": 7000},
@@ -613,20 +612,16 @@ def test_seed004_base_models_and_safety_columns(tmp_path):
 
 
 def test_seed004_table8_every_setting_and_its_average(tmp_path):
-    """Table 8's columns from one run's results: each setting where the suite "tulu" writes it (the Direct settings'
-    protocol scores, TydiQA CB's languages), and the Average by the paper's rule; OPT's vanilla config is its row."""
-    suite = {"mmlu|0-shot": {"acc,none": 0.50}, "mmlu|5-shot": {"acc,none": 0.52},
-             "tulu_gsm8k_direct|8-shot": {"protocol": {"exact_match": 6.0, "n": 200}},
-             "gsm8k_cot|8-shot": {"protocol": {"exact_match": 40.0, "n": 200}},
-             "tulu_bbh_direct|3-shot": {"protocol": {"exact_match": 38.0, "n": 1080}},
-             "bbh_cot_fewshot|3-shot": {"protocol": {"exact_match": 42.0, "n": 1080}},
-             "tydiqa_goldp_en|1-shot": {"f1,none": 0.5}, "tydiqa_goldp_fi|1-shot": {"f1,none": 0.4},
-             "tulu_tydiqa_cb_en|1-shot": {"f1,none": 0.12}, "tulu_tydiqa_cb_fi|1-shot": {"f1,none": 0.08}}
+    """Table 8's columns from one run's results: each setting where the suite "tulu" writes it (open-instruct's
+    metrics.json, per setting), and the Average by the paper's rule; OPT's vanilla config is its row."""
+    suite = {"mmlu_0shot": {"acc": 0.50}, "mmlu_5shot": {"acc": 0.52}, "gsm_direct": {"exact_match": 0.06},
+             "gsm_cot": {"exact_match": 0.40}, "bbh_direct": {"exact_match": 0.38}, "bbh_cot": {"exact_match": 0.42},
+             "tydiqa_goldp_1shot": {"f1": 45.0}, "tydiqa_no_context_1shot": {"f1": 10.0}, "chat_format": "tulu"}
     _run(tmp_path, "tulu_human_gpt_llama1_13b", "model: {preset: llama1-13b}\ndata: {mixture: tulu_human_gpt}\n",
          {"model": "m", "parts": ["suite", "codex", "alpaca_eval"], "suite": suite,
           "codex": {"pass@1": 0.2, "pass@10": 0.3}, "alpaca_eval": {"win_rate": 55.0}})
     _run(tmp_path, "tulu_vanilla_opt_6_7b", "max_steps: 0\nmodel: {preset: opt-6.7b}\n",
-         {"model": "m", "parts": ["suite"], "suite": {"mmlu|0-shot": {"acc,none": 0.25}}})
+         {"model": "m", "parts": ["suite"], "suite": {"mmlu_0shot": {"acc": 0.25}}})
     families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
     table8 = {(r["Base model"], r["Model"]): r for r in _csv(tmp_path / "out" / "seed004_table8.csv")}
     tulu = table8[("LLaMa 13B", "H+GPT mix")]

@@ -39,6 +39,13 @@ def register(subparsers) -> None:
                                     "with --config: instead of the run's checkpoint")
     ev.add_argument("--tasks", help="comma-separated lm-eval task names")
     ev.add_argument("--suite", help="a paper's suite instead of --tasks: tulu, mixture, leaderboard")
+    ev.add_argument("--data-dir", default="eval_data",
+                    help="--suite tulu: the evaluation sets, laid out as open-instruct's data/eval")
+    ev.add_argument("--chat-format", choices=["auto", "tulu", "model", "none"], default="auto",
+                    help="--suite tulu: the prompts' chat format (auto: tulu for a model trained with the Tulu "
+                         "template, its own template for one trained with another, none for a base model)")
+    ev.add_argument("--prompts-only", action="store_true",
+                    help="--suite tulu: write every request to OUT/requests.jsonl (--out), call no model")
     ev.add_argument("--num-fewshot", type=int)
     ev.add_argument("--backend", choices=["auto", "hf", "instructjax"], default="auto")
     ev.add_argument("--include-path", help="directory with extra (e.g. offline) task YAMLs")
@@ -136,6 +143,10 @@ def run_eval(args) -> int:
         raise ConfigError("eval: give --model and --tasks or --suite, or --config (or a subcommand: pairwise, codex)")
     from instructjax.eval.harness import numeric, run_lm_eval, run_suite
 
+    if args.suite == "tulu":
+        return run_tulu(args)
+    if args.prompts_only:
+        raise ConfigError("eval --prompts-only: only with --suite tulu")
     if args.suite:
         summary = run_suite(args.model, args.suite, backend=args.backend, include_path=args.include_path,
                             limit=args.limit, batch_size=args.batch_size)
@@ -144,6 +155,36 @@ def run_eval(args) -> int:
                           include_path=args.include_path, limit=args.limit, batch_size=args.batch_size)
         summary = {task: numeric(metrics) for task, metrics in out["results"].items()}
     _print_and_write(summary, args.out)
+    return 0
+
+
+def run_tulu(args) -> int:
+    """`eval --suite tulu`: open-instruct's scripts (eval/tulu) on the model; --prompts-only: their requests."""
+    from instructjax.core import storage
+    from instructjax.eval import tulu
+
+    chat_format = tulu.chat_format_of(args.model) if args.chat_format == "auto" else args.chat_format
+    if args.prompts_only:
+        from instructjax.convert.saved import saved_tokenizer
+        from instructjax.eval.pairwise import write_jsonl
+
+        if not args.out:
+            raise ConfigError("eval --prompts-only: give --out (the folder requests.jsonl is written to)")
+        storage.check_bucket(args.out, "--out")
+        tok, chat_template = saved_tokenizer(args.model)
+        reqs = tulu.requests(args.data_dir, tok.to_hf(chat_template), chat_format)
+        path = storage.join(args.out, "requests.jsonl")
+        write_jsonl(path, [r.record() for r in reqs])
+        print(f"wrote {len(reqs)} requests (chat format {chat_format!r}) to {path}")
+        return 0
+    from instructjax.eval.generate import load_generator
+    from instructjax.eval.humaneval import codex_eval
+
+    tulu.check_data(args.data_dir)
+    generator, _ = load_generator(args.model, batch_size=args.batch_size)
+    results = {"suite": tulu.run(generator, args.data_dir, chat_format),
+               "codex": codex_eval(generator, tulu.codex.problems(args.data_dir), bos=False)}
+    _print_and_write(results, args.out)
     return 0
 
 

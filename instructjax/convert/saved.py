@@ -146,8 +146,9 @@ def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", 
         params_to_hf(params, config, local, dtype=dtype, max_shard_bytes=max_shard_bytes)
         write_hf_config(config, local, dtype=target, bos_id=tok.bos_id, eos_ids=eos_ids, pad_id=tok.pad_id)
         tok.save(local, chat_template)
-    storage.write_text(storage.join(out, EXPORT_MARKER),
-                       json.dumps({"checkpoint": directory, "step": step, "dtype": config.dtype}) + "\n")
+    trained = template or trained_template(checkpoint)
+    storage.write_text(storage.join(out, EXPORT_MARKER), json.dumps(
+        {"checkpoint": directory, "step": step, "dtype": config.dtype, "template": trained}) + "\n")
     return config
 
 
@@ -158,6 +159,24 @@ def export_dtype(hf_dir: str) -> str | None:
         return str(json.loads((storage.path(hf_dir) / EXPORT_MARKER).read_text())["dtype"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
+
+
+def trained_template(model: str) -> str | None:
+    """The chat template name a model was trained with: a checkpoint's tokenizer item, an export's marker; None for
+    a model that records none (a base model, an HF directory not written by `export`)."""
+    if is_hf_dir(model):
+        try:
+            return json.loads((storage.path(model) / EXPORT_MARKER).read_text()).get("template")
+        except (OSError, ValueError, AttributeError):
+            return None
+    from instructjax.core.checkpoint import read_tokenizer
+
+    directory, step = split_checkpoint_path(model)
+    try:
+        item = read_tokenizer(directory, step)
+    except ConfigError:
+        return None
+    return (item or {}).get("template")
 
 
 def export_step(hf_dir: str) -> int | None:

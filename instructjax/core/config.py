@@ -349,6 +349,7 @@ class EvalSection:
     endpoint (else its replies are read from files)."""
 
     suite: str | None = None
+    chat_format: str = "auto"  # the tulu suite's prompts: auto (by the model) | tulu | model | none
     tasks: list[str] = field(default_factory=list)
     num_fewshot: int | None = None  # for `tasks`
     include_path: str | None = None  # extra (e.g. offline) lm-eval task YAMLs
@@ -369,6 +370,8 @@ class EvalSection:
 
     def __post_init__(self):  # the suite's name is checked by `instructjax eval` (eval/suite.py; core is below eval)
         _check(self.backend in EVAL_BACKENDS, f"eval.backend must be one of {EVAL_BACKENDS}, got {self.backend!r}")
+        _check(self.chat_format in ("auto", "tulu", "model", "none"),
+               f"eval.chat_format must be one of auto, tulu, model, none, got {self.chat_format!r}")
         _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
         _check(self.codex_samples >= 10, f"eval.codex_samples must be >= 10 (pass@10), got {self.codex_samples}")
 

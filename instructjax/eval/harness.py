@@ -163,13 +163,12 @@ def run_suite(model: str, name: str, *, backend: str = "auto", include_path: str
     every protocol document's response and extracted answer."""
     from instructjax.eval.pairwise import write_jsonl
     from instructjax.eval.protocols import bbh_answer, gsm8k_answer, protocol_samples, score_suite_task
-    from instructjax.eval.suite import SUITE_MAX_GEN_TOKS, lm_eval_runs, protocols
+    from instructjax.eval.suite import lm_eval_runs, protocols
 
     by_task = protocols(name)
     if by_task and limit is not None:
         print(f"instructjax: note: --limit takes lm-eval's first documents of {', '.join(by_task)}, not the "
               "paper's seeded subsets", file=sys.stderr)
-    gen_kwargs = {"max_gen_toks": SUITE_MAX_GEN_TOKS[name]} if name in SUITE_MAX_GEN_TOKS else None
     summary: dict[str, dict] = {}
     logged: list[dict] = []
     for shots, tasks in lm_eval_runs(name):
@@ -181,7 +180,7 @@ def run_suite(model: str, name: str, *, backend: str = "auto", include_path: str
             for task, protocol in here.items():
                 samples.update(protocol_samples(protocol, task, leaves[task]))
         out = run_lm_eval(model, tasks, backend=backend, num_fewshot=shots, include_path=include_path, limit=limit,
-                          batch_size=batch_size, log_samples=bool(here), samples=samples, gen_kwargs=gen_kwargs)
+                          batch_size=batch_size, log_samples=bool(here), samples=samples)
         for task, metrics in out["results"].items():
             summary[f"{task}|{shots}-shot"] = numeric(metrics)
         for task, protocol in here.items():

@@ -37,14 +37,15 @@ PROTOCOLS = ("toxigen", "truthfulqa", "long_form")
 
 def config_parts(ev: EvalSection) -> list[str]:
     """The parts of EVAL_PARTS an EvalSection names, in that order (codex: as asked, else with the suite's)."""
-    from instructjax.eval.suite import CODEX_EVAL, suite
+    from instructjax.eval.suite import CODEX_EVAL, TULU, check_suite, suite
 
     parts = []
     if ev.suite:
         parts.append("suite")
     if ev.tasks:
         parts.append("tasks")
-    codex = ev.codex if ev.codex is not None else bool(ev.suite and any(t.task == CODEX_EVAL for t in suite(ev.suite)))
+    with_codex = bool(ev.suite) and (check_suite(ev.suite) == TULU or any(t.task == CODEX_EVAL for t in suite(ev.suite)))
+    codex = ev.codex if ev.codex is not None else with_codex
     if codex:
         parts.append("codex")
     parts += [name for name in (*PROTOCOLS, "mt_bench") if ev.protocol(name) is not None]
@@ -113,6 +114,7 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
     from instructjax.core.checkpoint import checkpoints_dir
     from instructjax.eval.generate import load_generator
     from instructjax.eval.harness import numeric, run_lm_eval, run_suite
+    from instructjax.eval.suite import TULU
 
     ev = resolve_runs(eval_section(config.eval), config.run_dir)
     named = config_parts(ev)  # an unknown suite: a one-line ConfigError
@@ -137,6 +139,10 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
         for path in data.values() if isinstance(data, dict) else [data]:
             if not storage.path(path).exists():
                 raise ConfigError(f"eval.{name}: {path} does not exist")
+    if "suite" in parts and ev.suite == TULU:
+        from instructjax.eval.tulu import check_data
+
+        check_data(ev.data_dir)
     if "long_form" in parts:  # METEOR's nltk data (never downloaded): missing, one line before any work
         from instructjax.eval.long_form import require_nltk_data
 
@@ -149,13 +155,6 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
     results: dict = {"model": model, "step": step, "eval": eval_digest(config), "parts": parts}
     earlier = read_results(config) if only is not None else None
     same = bool(earlier) and all(earlier.get(k) == results[k] for k in ("model", "step", "eval"))
-    if "suite" in parts:
-        results["suite"] = run_suite(target, ev.suite, backend=ev.backend, include_path=ev.include_path,
-                                     batch_size=ev.batch_size, samples_out=storage.join(out, "suite_samples.jsonl"))
-    if "tasks" in parts:
-        found = run_lm_eval(target, list(ev.tasks), backend=ev.backend, num_fewshot=ev.num_fewshot,
-                            include_path=ev.include_path, batch_size=ev.batch_size)
-        results["tasks"] = {task: numeric(metrics) for task, metrics in found["results"].items()}
     loaded: list = []
 
     def generator():  # loaded once, when a part first needs it
@@ -163,10 +162,29 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
             loaded.append(load_generator(target, batch_size=ev.batch_size)[0])
         return loaded[0]
 
+    tulu_suite = ev.suite == TULU
+    if "suite" in parts and tulu_suite:
+        from instructjax.eval import tulu
+
+        chat_format = tulu.chat_format_of(target) if ev.chat_format == "auto" else ev.chat_format
+        results["suite"] = tulu.run(generator(), ev.data_dir, chat_format,
+                                    samples_out=storage.join(out, "suite_samples.jsonl"))
+    elif "suite" in parts:
+        results["suite"] = run_suite(target, ev.suite, backend=ev.backend, include_path=ev.include_path,
+                                     batch_size=ev.batch_size, samples_out=storage.join(out, "suite_samples.jsonl"))
+    if "tasks" in parts:
+        found = run_lm_eval(target, list(ev.tasks), backend=ev.backend, num_fewshot=ev.num_fewshot,
+                            include_path=ev.include_path, batch_size=ev.batch_size)
+        results["tasks"] = {task: numeric(metrics) for task, metrics in found["results"].items()}
     if "codex" in parts:
         from instructjax.eval.humaneval import codex_eval
 
-        results["codex"] = codex_eval(generator(), n=ev.codex_samples)
+        if tulu_suite:  # open-instruct's: its data_dir's problems, prompts without BOS
+            from instructjax.eval.tulu.codex import problems
+
+            results["codex"] = codex_eval(generator(), problems(ev.data_dir), n=ev.codex_samples, bos=False)
+        else:
+            results["codex"] = codex_eval(generator(), n=ev.codex_samples)
     if "toxigen" in parts:
         from instructjax.eval.toxigen import run_toxigen
 

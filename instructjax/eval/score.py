@@ -60,6 +60,41 @@ def score_ids(model: Decoder, sequences: Sequence[Sequence[int]], batch_size: in
     return results  # type: ignore[return-value]
 
 
+@functools.partial(jax.jit, static_argnames=("graphdef",))
+def _next(graphdef, state, tokens, segment_ids, last, candidates):
+    model = nnx.merge(graphdef, state)
+    positions = jnp.maximum(jnp.cumsum(segment_ids, axis=1) - 1, 0)
+    logits = model(tokens, positions, segment_ids).astype(jnp.float32)
+    at_last = jnp.take_along_axis(logits, last[:, None, None], axis=1)[:, 0]
+    return jax.nn.log_softmax(at_last[:, candidates], axis=-1)
+
+
+def next_token_logprobs(model: Decoder, sequences: Sequence[Sequence[int]], candidates: Sequence[int],
+                        batch_size: int = 8) -> np.ndarray:
+    """[len(sequences), len(candidates)]: each sequence's next-token log-probabilities over `candidates` alone
+    (softmax over the candidates' logits, as open-instruct's MMLU script reads an answer letter)."""
+    if any(len(s) < 1 for s in sequences):
+        raise ValueError("next_token_logprobs: each sequence needs at least one id")
+    graphdef, state = nnx.split(model)
+    order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
+    out = np.zeros((len(sequences), len(candidates)), np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start: start + batch_size]
+        width = _bucket(len(sequences[idx[0]]))
+        tokens = np.zeros((batch_size, width), np.int32)
+        segments = np.zeros((batch_size, width), np.int32)
+        last = np.zeros((batch_size,), np.int32)
+        for row, i in enumerate(idx):
+            tokens[row, : len(sequences[i])] = sequences[i]
+            segments[row, : len(sequences[i])] = 1
+            last[row] = len(sequences[i]) - 1
+        logp = jax.device_get(_next(graphdef, state, jnp.asarray(tokens), jnp.asarray(segments), jnp.asarray(last),
+                                    jnp.asarray(list(candidates), jnp.int32)))
+        for row, i in enumerate(idx):
+            out[i] = logp[row]
+    return out
+
+
 def score_texts(model: Decoder, hf_tokenizer, texts: Sequence[str], batch_size: int = 8) -> list[list[tuple[str, float]]]:
     """(token text, log-prob) for every token after BOS of each text."""
     encoded = [hf_tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]

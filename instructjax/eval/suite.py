@@ -1,20 +1,15 @@
-"""The papers' evaluation suites as data: lm-eval task names, shot counts, the metric each paper reports.
+"""The papers' lm-eval suites as data: lm-eval task names, shot counts, the metric each paper reports.
 
-- "tulu" (seed 004, Tables 3 and 8): MMLU 0/5-shot, GSM8K 8-shot CoT and direct, BBH 3-shot CoT and
-  direct, TydiQA 1-shot gold passage and closed book, TruthfulQA, ToxiGen, Codex-Eval (HumanEval pass@1 at
-  T=0.1, pass@10 at T=0.8); AlpacaEval is the `alpaca_eval` part (eval/alpacaeval.py). The direct and
-  closed-book settings are task YAMLs of ours (instructjax/eval/tasks) with open-instruct's prompts.
+- "tulu" (seed 004, Tables 3 and 8) is not lm-eval's: open-instruct's own scripts, eval/tulu.
 - "mixture" (seed 000, Table 1): zero-shot ARC-Challenge, Winogrande, PIQA, MMLU, RACE, HellaSwag,
   plus HumanEval pass@1/pass@10.
 - "leaderboard" (seeds 002/003, Open LLM Leaderboard): ARC 25-shot, HellaSwag 10-shot, MMLU 5-shot,
   TruthfulQA MC 6-shot-in-prompt (0 extra shots), Winogrande 5-shot, GSM8K 8-shot CoT, BBH 3-shot CoT,
   and IFEval (seed 003) 0-shot.
 
-Where lm-eval's task differs from a paper's script (TruthfulQA/ToxiGen judges are GPT/RoBERTa
-classifiers in seed 004; lm-eval's toxigen is a classification task), `note` says so. GSM8K and BBH carry
-their paper's `Protocol` (instructjax.eval.protocols): a seeded subset of the test problems and the paper's
-answer rule, applied to the raw generations. `SUITE_MAX_GEN_TOKS`: seed 004 generates at most 512 new
-tokens, greedily, unless a benchmark says otherwise (lm-eval's task defaults elsewhere).
+Where lm-eval's task differs from a paper's setting, `note` says so. GSM8K and BBH carry their paper's
+`Protocol` (instructjax.eval.protocols): a seeded subset of the test problems and the paper's answer rule,
+applied to the raw generations.
 """
 
 from __future__ import annotations
@@ -40,32 +35,6 @@ class SuiteTask:
 
 
 SUITES: dict[str, tuple[SuiteTask, ...]] = {
-    "tulu": (
-        SuiteTask("MMLU (0-shot)", "mmlu", 0, "acc"),
-        SuiteTask("MMLU (5-shot)", "mmlu", 5, "acc"),
-        SuiteTask("GSM8K (8-shot CoT)", "gsm8k_cot", 8, "exact_match,strict-match",
-                  "200 of the 1,319 test problems drawn with seed 42 (the reference script's draw); "
-                  "the last number in the response", Protocol("gsm8k", 200, 42)),
-        SuiteTask("BBH (3-shot CoT)", "bbh_cot_fewshot", 3, "exact_match,get-answer",
-                  "the official 3-shot CoT prompts are part of each task's prompt; 40 problems per task "
-                  "(the reference scripts: the paper gives no number); the answer after 'So the answer is'",
-                  Protocol("bbh", 40, 42)),
-        SuiteTask("TydiQA (1-shot, gold passage)", "tydiqa_goldp", 1, "f1"),
-        # Table 8's other settings: our task YAMLs (instructjax/eval/tasks), open-instruct's prompts
-        SuiteTask("GSM8K (8-shot direct)", "tulu_gsm8k_direct", 8, "exact_match,last-number",
-                  "the reference's --no_cot prompt: the 8 exemplars with their final answers only; the same 200 "
-                  "problems and answer rule as the CoT setting", Protocol("gsm8k", 200, 42)),
-        SuiteTask("BBH (3-shot direct)", "tulu_bbh_direct", 3, "exact_match,strip",
-                  "the official 3-shot prompts without their reasoning (the reference's --no_cot); the same 40 "
-                  "problems per task and answer rule as the CoT setting", Protocol("bbh", 40, 42)),
-        SuiteTask("TydiQA (1-shot, closed book)", "tulu_tydiqa_cb", 1, "f1",
-                  "the question without its passage, one exemplar per language (the reference's --no_context)"),
-        SuiteTask("TruthfulQA", "truthfulqa_gen", 0, "bleu_acc",
-                  "seed 004 judges with fine-tuned GPT classifiers; the 6 QA examples are in the prompt"),
-        SuiteTask("ToxiGen", "toxigen", 0, "acc",
-                  "seed 004 generates from hateful prompts and classifies with RoBERTa; lm-eval scores classification"),
-        SuiteTask("Codex-Eval", CODEX_EVAL, 0, "pass@1,pass@10", "HumanEval: pass@1 at T=0.1, pass@10 at T=0.8"),
-    ),
     "mixture": (
         SuiteTask("ARC (challenge)", "arc_challenge", 0, "acc"),
         SuiteTask("Winogrande", "winogrande", 0, "acc"),
@@ -90,13 +59,21 @@ SUITES: dict[str, tuple[SuiteTask, ...]] = {
 }
 
 
-SUITE_MAX_GEN_TOKS: dict[str, int] = {"tulu": 512}
+TULU = "tulu"  # open-instruct's scripts (eval/tulu), not lm-eval's tasks
+SUITE_NAMES = (TULU, *SUITES)
+
+
+def check_suite(name: str) -> str:
+    """`name`, or a one-line ConfigError when no suite has it."""
+    if name != TULU and name not in SUITES:
+        raise ConfigError(f"unknown eval suite {name!r}; known: {', '.join(SUITE_NAMES)}")
+    return name
 
 
 def suite(name: str) -> tuple[SuiteTask, ...]:
-    """The suite `name` (see SUITES)."""
-    if name not in SUITES:
-        raise ConfigError(f"unknown eval suite {name!r}; known: {', '.join(SUITES)}")
+    """The lm-eval suite `name` (see SUITES)."""
+    if check_suite(name) == TULU:
+        raise ConfigError("the tulu suite is open-instruct's scripts (instructjax.eval.tulu), not lm-eval tasks")
     return SUITES[name]
 
 

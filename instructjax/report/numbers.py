@@ -47,6 +47,14 @@ def protocol(task: str, shots: int) -> Read:
     return read
 
 
+def tulu(setting: str, metric: str, scale: float = 100.0) -> Read:
+    """A Tulu suite setting's score (eval/tulu: open-instruct's metrics.json, fractions except TydiQA's 0-100)."""
+    def read(run: Run) -> float | None:
+        value = number((((run.results or {}).get("suite") or {}).get(setting) or {}).get(metric))
+        return None if value is None else value * scale
+    return read
+
+
 def codex(k: int) -> Read:
     """Codex-Eval pass@k (%)."""
     def read(run: Run) -> float | None:

@@ -116,16 +116,16 @@ def _at(size: str, read: n.Read) -> n.Read:
     return lambda run: read(run) if (coordinates(run) or {}).get("size") == size else None
 
 
-SUITE = (("MMLU", n.lm("mmlu", 0, "acc")), ("GSM", n.protocol("gsm8k_cot", 8)), ("BBH", n.protocol("bbh_cot_fewshot", 3)),
-         ("TydiQA", n.leaf_mean("tydiqa_goldp", 1, "f1")), ("Codex-Eval", n.codex(10)),
-         ("AlpacaEval", n.judged("alpaca_eval", "win_rate")))
+SUITE = (("MMLU", n.tulu("mmlu_0shot", "acc")), ("GSM", n.tulu("gsm_cot", "exact_match")),
+         ("BBH", n.tulu("bbh_cot", "exact_match")), ("TydiQA", n.tulu("tydiqa_goldp_1shot", "f1", 1.0)),
+         ("Codex-Eval", n.codex(10)), ("AlpacaEval", n.judged("alpaca_eval", "win_rate")))
 COLUMNS = (*(Column(label, read, 1) for label, read in SUITE), Column("Average", n.mean(*(r for _, r in SUITE)), 1))
 # Table 8: every setting (suite "tulu"); the average is the mean over benchmarks of each one's mean over settings
-TABLE8 = (("MMLU", (("MMLU 0-shot", n.lm("mmlu", 0, "acc")), ("MMLU 5-shot", n.lm("mmlu", 5, "acc")))),
-          ("GSM", (("GSM Direct", n.protocol("tulu_gsm8k_direct", 8)), ("GSM CoT", n.protocol("gsm8k_cot", 8)))),
-          ("BBH", (("BBH Direct", n.protocol("tulu_bbh_direct", 3)), ("BBH CoT", n.protocol("bbh_cot_fewshot", 3)))),
-          ("TydiQA", (("TydiQA GP", n.leaf_mean("tydiqa_goldp", 1, "f1")),
-                      ("TydiQA CB", n.leaf_mean("tulu_tydiqa_cb", 1, "f1")))),
+TABLE8 = (("MMLU", (("MMLU 0-shot", n.tulu("mmlu_0shot", "acc")), ("MMLU 5-shot", n.tulu("mmlu_5shot", "acc")))),
+          ("GSM", (("GSM Direct", n.tulu("gsm_direct", "exact_match")), ("GSM CoT", n.tulu("gsm_cot", "exact_match")))),
+          ("BBH", (("BBH Direct", n.tulu("bbh_direct", "exact_match")), ("BBH CoT", n.tulu("bbh_cot", "exact_match")))),
+          ("TydiQA", (("TydiQA GP", n.tulu("tydiqa_goldp_1shot", "f1", 1.0)),
+                      ("TydiQA CB", n.tulu("tydiqa_no_context_1shot", "f1", 1.0)))),
           ("Codex-Eval", (("Codex-Eval P@1", n.codex(1)), ("Codex-Eval P@10", n.codex(10)))),
           ("AlpacaEval", (("AlpacaEval v Davinci-003", n.judged("alpaca_eval", "win_rate")),)))
 TABLE8_COLUMNS = (*(Column(label, read, 1) for _, settings in TABLE8 for label, read in settings),

