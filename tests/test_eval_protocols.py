@@ -353,6 +353,31 @@ def _register_oracle():
             return out
 
 
+def test_a_failing_suite_task_loses_only_itself(tmp_path, monkeypatch, capsys):
+    """A task whose data cannot be read fails alone: one line naming it, an error in its place, the others of
+    its lm-eval call scored as they would be without it."""
+    from instructjax.eval import suite as suite_mod
+    from instructjax.eval.harness import run_suite
+
+    _register_oracle()
+    include = _write_tasks(tmp_path)
+    (tmp_path / "ij_broken.yaml").write_text((tmp_path / "ij_gsm.yaml").read_text().replace("task: ij_gsm",
+        "task: ij_broken").replace(str(tmp_path / "gsm.jsonl"), str(tmp_path / "gone.jsonl")))
+    monkeypatch.setitem(suite_mod.SUITES, "ij_proto", ORACLE_SUITE)
+    alone = run_suite("unused", "ij_proto", backend="ij_oracle", include_path=include)
+    monkeypatch.setitem(suite_mod.SUITES, "ij_proto", (*ORACLE_SUITE, SuiteTask("Broken", "ij_broken", 0, "x")))
+    capsys.readouterr()
+    out = run_suite("unused", "ij_proto", backend="ij_oracle", include_path=include)
+    assert "error" in out.pop("ij_broken|0-shot") and out == alone
+    named = [line for line in capsys.readouterr().err.splitlines() if line.startswith("instructjax:")]
+    assert len(named) == 1 and "lm-eval task ij_broken (0-shot) failed" in named[0]
+    monkeypatch.setitem(suite_mod.SUITES, "ij_proto", (SuiteTask("Broken", "ij_broken", 0, "x"),))
+    from instructjax.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="ij_broken"):  # nothing scored at all: the failure itself, one line
+        run_suite("unused", "ij_proto", backend="ij_oracle", include_path=include)
+
+
 def test_run_suite_scores_the_seeded_subsets(tmp_path, monkeypatch):
     from instructjax.eval import suite as suite_mod
     from instructjax.eval.harness import run_suite

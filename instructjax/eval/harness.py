@@ -162,7 +162,7 @@ def run_suite(model: str, name: str, *, backend: str = "auto", include_path: str
     the raw generations by the paper's answer rule (`protocol` in their entry). `samples_out`: JSONL of
     every protocol document's response and extracted answer."""
     from instructjax.eval.pairwise import write_jsonl
-    from instructjax.eval.protocols import bbh_answer, gsm8k_answer, protocol_samples, score_suite_task
+    from instructjax.eval.protocols import protocol_samples
     from instructjax.eval.suite import lm_eval_runs, protocols
 
     by_task = protocols(name)
@@ -171,7 +171,8 @@ def run_suite(model: str, name: str, *, backend: str = "auto", include_path: str
               "paper's seeded subsets", file=sys.stderr)
     summary: dict[str, dict] = {}
     logged: list[dict] = []
-    for shots, tasks in lm_eval_runs(name):
+
+    def call(tasks: list[str], shots: int) -> tuple[dict, dict, dict]:
         here = {t: by_task[t] for t in tasks if t in by_task}
         leaves = {t: leaf_sizes(t, include_path) for t in here}
         samples = None
@@ -181,21 +182,50 @@ def run_suite(model: str, name: str, *, backend: str = "auto", include_path: str
                 samples.update(protocol_samples(protocol, task, leaves[task]))
         out = run_lm_eval(model, tasks, backend=backend, num_fewshot=shots, include_path=include_path, limit=limit,
                           batch_size=batch_size, log_samples=bool(here), samples=samples)
-        for task, metrics in out["results"].items():
-            summary[f"{task}|{shots}-shot"] = numeric(metrics)
-        for task, protocol in here.items():
-            scores = score_suite_task(protocol.kind, list(leaves[task]), out.get("samples", {}))
-            summary.setdefault(f"{task}|{shots}-shot", {})["protocol"] = {
-                "kind": protocol.kind, "per_task": protocol.per_task, "seed": protocol.seed, **scores}
-            extract = gsm8k_answer if protocol.kind == "gsm8k" else bbh_answer
-            for leaf in leaves[task]:
-                seen = set()
-                for s in out.get("samples", {}).get(leaf, []):
-                    if s["doc_id"] not in seen:
-                        seen.add(s["doc_id"])
-                        text = s["resps"][0][0]
-                        logged.append({"task": leaf, "doc_id": s["doc_id"], "target": s["target"],
-                                       "response": text, "answer": extract(text)})
+        return here, leaves, out
+
+    failures: list[Exception] = []
+    scored = 0
+    for shots, group in lm_eval_runs(name):
+        calls = []
+        try:
+            calls.append(call(group, shots))
+        except Exception:  # noqa: BLE001  one task's failure loses only itself: each alone, failures named
+            for task in group:
+                try:
+                    calls.append(call([task], shots))
+                except Exception as exc:  # noqa: BLE001
+                    problem = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                    print(f"instructjax: lm-eval task {task} ({shots}-shot) failed, the others are scored: "
+                          f"{problem}", file=sys.stderr)
+                    summary[f"{task}|{shots}-shot"] = {"error": problem}
+                    failures.append(exc)
+        scored += len(calls)
+        for here, leaves, out in calls:
+            _record(summary, logged, shots, here, leaves, out)
+    if failures and not scored:  # nothing ran (no hub, a wrong include path): the first failure, as raised
+        raise failures[0]
     if samples_out and logged:
         write_jsonl(samples_out, logged)
     return summary
+
+
+def _record(summary: dict, logged: list, shots: int, here: dict, leaves: dict, out: dict) -> None:
+    """One lm-eval call's metrics into the suite's summary, its protocol tasks scored by the paper's rule."""
+    from instructjax.eval.protocols import bbh_answer, gsm8k_answer, score_suite_task
+
+    for task, metrics in out["results"].items():
+        summary[f"{task}|{shots}-shot"] = numeric(metrics)
+    for task, protocol in here.items():
+        scores = score_suite_task(protocol.kind, list(leaves[task]), out.get("samples", {}))
+        summary.setdefault(f"{task}|{shots}-shot", {})["protocol"] = {
+            "kind": protocol.kind, "per_task": protocol.per_task, "seed": protocol.seed, **scores}
+        extract = gsm8k_answer if protocol.kind == "gsm8k" else bbh_answer
+        for leaf in leaves[task]:
+            seen = set()
+            for s in out.get("samples", {}).get(leaf, []):
+                if s["doc_id"] not in seen:
+                    seen.add(s["doc_id"])
+                    text = s["resps"][0][0]
+                    logged.append({"task": leaf, "doc_id": s["doc_id"], "target": s["target"],
+                                   "response": text, "answer": extract(text)})
