@@ -101,15 +101,16 @@ def test_pairwise_requests_both_orders_and_winning_score():
 
 
 def test_pairwise_unreadable_replies_are_counted_and_missing_ones_named():
-    """A reply with no two scores is counted (`unparsed`) and its item left out of win/tie/lose (it has no verdict
-    in that order); a request with no reply at all is one line naming it."""
+    """A reply with no two scores is counted (`unparsed`) and is a tie in its order, as FastChat's parse_score
+    ([-1, -1]) makes it: an item A wins in one order and the other unreadable is a tie; a request with no reply at
+    all is one line naming it."""
     a, b = _systems()
     requests = pw.pairwise_requests(a, b)
-    replies = [{"id": r["id"], "reply": "8 5"} for r in requests]
+    replies = [{"id": r["id"], "reply": "8 5" if r["order"] == "ab" else "5 8"} for r in requests]  # A wins all
     items = len({r["item"] for r in requests})
     replies[3]["reply"] = "I cannot decide."
     result = pw.score_pairwise(requests, replies)
-    assert result.unparsed == 1 and result.n == items - 1
+    assert (result.win, result.tie, result.unparsed, result.n) == (items - 1, 1, 1, items)
     assert not pw.reads_score_pair(requests[3], replies[3]["reply"]) and pw.reads_score_pair(requests[0], "8 5")
     with pytest.raises(DataError, match="no judge reply for request '0|ab'"):
         pw.score_pairwise(requests, replies[1:])

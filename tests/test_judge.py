@@ -213,7 +213,7 @@ def test_eval_calls_the_judge_named_in_the_config(server, tmp_path):
                        "judge": {"base_url": base_url, "model": model, "max_tokens": MAX_TOKENS}})
     out = tmp_path / "out"
     part = run_judged(_Outputs, ev, "pairwise", str(out))
-    assert part["judge"] == {"model": model, "base_url": base_url}
+    assert part["judge"] == {"model": model, "base_url": base_url, "max_tokens": MAX_TOKENS}
     result = part["vs"]["against"]
     requests = pw.read_jsonl(result["requests"])
     replies = {r["id"]: r["reply"] for r in pw.read_jsonl(str(out / "pairwise_vs_against_replies.jsonl"))}
@@ -230,9 +230,10 @@ class _Scripted(http.server.BaseHTTPRequestHandler):
 
     bodies: list = []
     seen: list = []
+    requests: list = []  # the JSON bodies received
 
     def do_POST(self):  # noqa: N802  (http.server's name)
-        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
         type(self).seen.append(self.path)
         body = type(self).bodies[min(len(type(self).seen), len(type(self).bodies)) - 1]
         if isinstance(body, float):
@@ -253,7 +254,7 @@ def _scripted(bodies: list):
     class Handler(_Scripted):
         pass
 
-    Handler.bodies, Handler.seen = bodies, []
+    Handler.bodies, Handler.seen, Handler.requests = bodies, [], []
     server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return server, Handler, f"http://127.0.0.1:{server.server_address[1]}/v1"
@@ -306,7 +307,7 @@ def test_unreadable_replies_are_counted_never_cached_and_the_key_holds_the_endpo
         endpoint = JudgeEndpoint(base_url=url, model="judge", concurrency=1, max_retries=0)
         replies = ask(requests, endpoint, cache, parses=pw.reads_score_pair)
         result = pw.score_pairwise(requests, replies)
-        assert (result.win, result.tie, result.lose, result.unparsed) == (1, 0, 0, 1)  # item 1 left out
+        assert (result.win, result.tie, result.lose, result.unparsed) == (1, 1, 0, 1)  # item 1: a tie
         cached = [json.loads(line) for line in open(cache)]
         assert len(cached) == 3 and "I cannot judge this." not in json.dumps(cached)
         handler.bodies, handler.seen = [_completion("7 7")], []
@@ -332,3 +333,31 @@ def test_a_metric_with_nothing_to_average_is_null_in_json():
     assert scored == {"turn_1": None, "turn_2": None, "n": 1, "unrated": 2}
     text = results_json({"mt_bench": scored, "other": float("nan"), "rows": [float("inf"), 1.5]})
     assert json.loads(text) == {"mt_bench": scored, "other": None, "rows": [None, 1.5]} and "NaN" not in text
+
+
+def test_each_judged_part_asks_its_own_judge(tmp_path):
+    """A part's `judge` keys override `eval.judge`'s: pairwise asks the shared endpoint with its own model, MT-Bench
+    its own endpoint with FastChat's 2048 max_tokens, FLASK the shared judge as it is; results record each. Without
+    `eval.judge`, a part that names only a model reads its replies from files and records the model."""
+    from instructjax.eval.judged import _judge, judge_record
+
+    shared, shared_handler, shared_url = _scripted([_completion("8 6")])
+    own, own_handler, own_url = _scripted([_completion("Rating: [[7]]")])
+    try:
+        ev = eval_section({"judge": {"base_url": shared_url, "model": "gpt-4", "max_retries": 0},
+                           "pairwise": {"judge": {"model": "gpt-4-turbo"}}, "flask": True,
+                           "mt_bench": {"judge": {"base_url": own_url}}})
+        for part in ("pairwise", "mt_bench", "flask"):
+            _judge(ev, part, [{"id": f"{part}-1", "prompt": "p"}], str(tmp_path / f"{part}.jsonl"), str(tmp_path),
+                   recorded=False)
+    finally:
+        shared.shutdown()
+        own.shutdown()
+    assert [(r["model"], r["max_tokens"]) for r in shared_handler.requests] == [("gpt-4-turbo", 1024), ("gpt-4", 1024)]
+    assert [(r["model"], r["max_tokens"]) for r in own_handler.requests] == [("gpt-4", 2048)]
+    assert judge_record(ev, "mt_bench") == {"model": "gpt-4", "base_url": own_url, "max_tokens": 2048}
+    offline = eval_section({"alpaca_eval": {"judge": {"model": "gpt-4-0314"}}})
+    assert offline.judge_of("alpaca_eval") is None
+    assert judge_record(offline, "alpaca_eval") == {"model": "gpt-4-0314", "replies": "read from files"}
+    with pytest.raises(ConfigError, match="eval.flask.judge"):  # no endpoint to take the other keys from
+        eval_section({"flask": {"judge": {"base_url": own_url}}}).judge_of("flask")

@@ -745,7 +745,8 @@ def test_seed003_judged_columns_are_filled_from_the_generated_configs_results(tm
     scores = {"alpaca_gpt4_baseline_mistral_7b": (6.1, 5.2, 4.25, 7.5), "wizardlm_mosaic_mistral_7b": (7.0, 4.4, 4.5, 7.75)}
     for name, (turn_1, turn_2, lc, raw) in scores.items():
         config = yaml.safe_load((root / f"{name}.yaml").read_text())
-        assert config["eval"]["mt_bench"] and config["eval"]["alpaca_eval"] is True  # AlpacaEval 2: the default
+        assert config["eval"]["mt_bench"]["judge"] == {"model": "gpt-4"}  # FastChat's judge
+        assert config["eval"]["alpaca_eval"]["annotator"] == "weighted_alpaca_eval_gpt4_turbo"  # AlpacaEval 2
         config["run_dir"] = str(tmp_path / "runs" / name)
         (tmp_path / "configs").mkdir(exist_ok=True)
         (tmp_path / "configs" / f"{name}.yaml").write_text(yaml.safe_dump(config))

@@ -66,6 +66,9 @@ SEED000 = dict(lr=5e-5, warmup_ratio=0.03, epochs=2, global_batch=64, seq_len=20
 SEED000_MODELS = {"7b": "llama2-7b", "13b": "llama2-13b"}
 
 
+SEED000_FLASK = {"judge": {"model": "gpt-4-0613"}}  # §4.2: FLASK rated by GPT-4-0613
+
+
 def seed000() -> list[Experiment]:
     group, out = "seed000_acp", []
     optim = {k: SEED000[k] for k in ("lr", "warmup_ratio", "epochs")}
@@ -73,7 +76,7 @@ def seed000() -> list[Experiment]:
     note = "Max length is not stated in the paper: 2048 (LLaMA-2's SFT default) is ours."
     for size, preset in SEED000_MODELS.items():
         name = f"acp_None_llama2_{size}"
-        base = _config(name, group, preset, {}, {}, {"suite": "mixture", "flask": True}, max_steps=0)
+        base = _config(name, group, preset, {}, {}, {"suite": "mixture", "flask": SEED000_FLASK}, max_steps=0)
         for key in ("data", "optim", "checkpoint"):  # no training: `instructjax train` refuses max_steps < 1
             base.pop(key)
         out.append(Experiment(f"{group}/{name}.yaml", f"seed 000, Tables 1-2, LLaMA-2-{size.upper()}, setting None",
@@ -82,7 +85,7 @@ def seed000() -> list[Experiment]:
         for setting in papers.ACP_SETTINGS:
             name = f"acp_{setting}_llama2_{size}"
             config = _config(name, group, preset, {**data, "mixture": f"acp_{setting}"}, optim,
-                             {"suite": "mixture", "flask": True})
+                             {"suite": "mixture", "flask": SEED000_FLASK})
             out.append(Experiment(f"{group}/{name}.yaml", f"seed 000, Tables 1-2, LLaMA-2-{size.upper()}, "
                                   f"setting {setting} (20K random examples per type)", config, note,
                                   {"setting": setting, "preset": preset}))
@@ -149,7 +152,8 @@ def _selection_experiment(dataset: str, method: str, k: int | None, runs: set[st
     define = {"tasks": {task: spec}, "mixtures": {task: {"mode": "epoch", "counts": {task: None}}}}
     optim = {k_: SEED002[k_] for k_ in ("lr", "warmup_ratio", "epochs")}
     data = {"mixture": task, "seq_len": max_len, "global_batch": SEED002["global_batch"]}
-    pairwise = {"prompt": "seed002", "against": versus}  # no comparisons (full, random): the outputs others judge
+    pairwise = {"prompt": "seed002", "against": versus,  # no comparisons (full, random): the outputs others judge
+                "judge": {"model": "gpt-4"}}  # §2: GPT-4
     benchmarks = method in SEED002_BENCHMARK_METHODS and k in (None, SEED002_BENCHMARK_K[dataset])
     evals = {"suite": "leaderboard", **({"long_form": True} if benchmarks else {}), "pairwise": pairwise}
     config = _config(name, group, "llama2-7b", data, optim, evals, define=define)
@@ -196,11 +200,17 @@ SEED003_NOTE = ("Cosine decay after warmup, as the paper's Vicuna code base (Fig
                 "Mosaic-IT: one fresh mosaic pass per epoch (3 passes), as the paper's n passes then 1 epoch.")
 
 
+# seed 003's MT-Bench (FastChat's GPT-4 judge) and AlpacaEval 2 (its annotator's GPT-4 Turbo)
+SEED003_JUDGED = {"mt_bench": {"judge": {"model": "gpt-4"}},
+                  "alpaca_eval": {"annotator": "weighted_alpaca_eval_gpt4_turbo", "judge": {"model": "gpt-4-1106-preview"}}}
+
+
 def _versus_baseline(dataset: str, preset: str, mosaic: bool) -> dict:
     """Seed 003's pairwise part: a Mosaic-IT run against the baseline of its model and data (Tables 1, 3, 4, 5),
     judged with Figure 6's prompt; a baseline generates the outputs it is compared with."""
     baseline = f"{dataset}_baseline_{preset.replace('-', '_').replace('.', '_')}"  # a run beside this one
-    return {"prompt": "seed003", "against": {"baseline": baseline} if mosaic else {}}
+    return {"prompt": "seed003", "against": {"baseline": baseline} if mosaic else {},
+            "judge": {"model": "gpt-4-turbo"}}  # Figure 6: GPT4-Turbo
 
 
 def _mosaic_experiment(preset: str, dataset: str, mosaic: dict | None, name: str, title: str, tags: dict) -> Experiment:
@@ -214,7 +224,7 @@ def _mosaic_experiment(preset: str, dataset: str, mosaic: dict | None, name: str
         data["mosaic"] = {"strategy": "mix", "k_max": 10, "distribution": "uniform", "max_length": 2048, **mosaic}
     evals = {"suite": "leaderboard", "pairwise": _versus_baseline(dataset, preset, mosaic is not None)}
     if preset == "mistral-7b" and dataset in ("alpaca_gpt4", "wizardlm") and not name.startswith("ablation_"):
-        evals["mt_bench"] = evals["alpaca_eval"] = True  # Table 2 (AlpacaEval 2, the alpaca_eval package's default)
+        evals.update(SEED003_JUDGED)  # Table 2
     config = _config(name, group, preset, data, {"lr": lr, "warmup_ratio": warmup, "epochs": 3, "schedule": "cosine"},
                      evals, define=define)
     return Experiment(f"{group}/{name}.yaml", title, config, SEED003_NOTE, {"preset": preset, "dataset": dataset, **tags})
@@ -242,7 +252,7 @@ def _table3_experiment(preset: str, dataset: str, method: str) -> Experiment:
         data["mosaic"] = {"strategy": "mix", "k_max": 10, "distribution": "uniform", "max_length": 4096}
     config = _config(name, group, preset, data, {"lr": 2e-5, "warmup_ratio": 0.03, "epochs": 2, "schedule": "cosine"},
                      {"suite": "leaderboard", "pairwise": _versus_baseline(dataset, preset, method == "mosaic"),
-                      "mt_bench": True, "alpaca_eval": True}, define=define, template="model")
+                      **SEED003_JUDGED}, define=define, template="model")
     return Experiment(f"{group}/{name}.yaml", f"seed 003, Table 3 / Table 10, {preset}, {dataset}, {method}", config,
                       SEED003_TABLE3_NOTE, {"preset": preset, "dataset": dataset, "method": method})
 
@@ -289,7 +299,8 @@ SEED004_NOTE = ("Batch 128 examples is open-instruct's default (the paper does n
 
 SEED004_VANILLA = ("llama1-7b", "llama1-13b", "llama1-33b", "llama1-65b", "llama2-7b", "llama2-13b",  # Tables 3, 5, 6
                    "opt-6.7b", "pythia-6.9b")  # Tables 8 and 9 (their non-LLaMA rows)
-SEED004_ALPACA_EVAL = {"annotator": "alpaca_eval_gpt4"}  # AlpacaEval 1: GPT-4 against Davinci-003 (§4, App. E)
+# AlpacaEval 1: GPT-4 against Davinci-003 (§4, App. E), the leaderboard's annotator of the time
+SEED004_ALPACA_EVAL = {"annotator": "alpaca_eval_gpt4_0314", "judge": {"model": "gpt-4-0314"}}
 SEED004_SAFETY = {"toxigen": True, "truthfulqa": True}  # Table 6 (and 9, 10): ToxiGen and TruthfulQA
 
 

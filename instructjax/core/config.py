@@ -219,6 +219,7 @@ class JudgeSection:
     temperature: float = 0.0
     seed: int = 0
     annotator: str | None = None  # alpaca_eval: the package's annotator config (None: AlpacaEval 2's)
+    judge: dict[str, Any] | None = None  # this part's judge: `eval.judge` keys that differ (model, base_url, ...)
 
     def __post_init__(self):
         _check(self.max_new_tokens is None or self.max_new_tokens >= 1,
@@ -324,6 +325,9 @@ class LongFormSection:
                "eval.long_form: max_new_tokens and limit must be >= 1")
 
 
+MT_BENCH_JUDGE_MAX_TOKENS = 2048  # FastChat llm_judge's chat_completion_openai(..., max_tokens=2048)
+
+
 @dataclass
 class MtBenchSection:
     """MT-Bench as FastChat runs it (eval/mt_bench.py): `questions` (FastChat's question.jsonl; None:
@@ -336,6 +340,7 @@ class MtBenchSection:
     replies: str | None = None
     max_new_tokens: int = 1024
     seed: int = 0
+    judge: dict[str, Any] | None = None  # MT-Bench's judge: `eval.judge` keys that differ (model, base_url, ...)
 
     def __post_init__(self):
         _check(self.max_new_tokens >= 1, f"eval.mt_bench.max_new_tokens must be >= 1, got {self.max_new_tokens}")
@@ -379,6 +384,27 @@ class EvalSection:
         """The JudgeSection of `mode` (defaults for `true`), None when the block does not name it."""
         value = getattr(self, mode)
         return JudgeSection() if value is True else (value or None)
+
+    def judge_of(self, part: str) -> JudgeEndpoint | None:
+        """The endpoint a judged part (pairwise, alpaca_eval, flask, mt_bench) asks: its own `judge` keys over
+        `eval.judge`'s (MT-Bench's max_tokens: FastChat's 2048 unless named); None where no endpoint is named
+        (the judge's replies are read from files)."""
+        section = self.protocol(part) if part == "mt_bench" else self.judged(part)
+        own = dict((section.judge if section is not None else None) or {})
+        if part == "mt_bench":
+            own.setdefault("max_tokens", MT_BENCH_JUDGE_MAX_TOKENS)
+        if self.judge is None and "base_url" not in own:
+            return None
+        base = dataclasses.asdict(self.judge) if self.judge is not None else {}
+        return build_section(JudgeEndpoint, {**base, **own}, f"eval.{part}.judge")
+
+    def judge_model(self, part: str) -> str | None:
+        """The judge model a part's replies come from: its endpoint's, else the model its `judge` names."""
+        endpoint = self.judge_of(part)
+        if endpoint is not None:
+            return endpoint.model
+        section = self.protocol(part) if part == "mt_bench" else self.judged(part)
+        return ((section.judge if section is not None else None) or {}).get("model")
 
     def protocol(self, name: str) -> ToxigenSection | TruthfulqaSection | LongFormSection | MtBenchSection | None:
         """The section of a part with a protocol of its own (`toxigen`, `truthfulqa`, `long_form`, `mt_bench`;

@@ -110,17 +110,27 @@ def check_inputs(ev: EvalSection, mode: str, out: str) -> None:
             raise ConfigError(f"eval.{mode}.{key}: {path} does not exist")
 
 
-def _judge(ev: EvalSection, requests: list[dict], replies_path: str, out: str, recorded: bool,
+def _judge(ev: EvalSection, part: str, requests: list[dict], replies_path: str, out: str, recorded: bool,
            parses=None) -> list[dict] | None:
-    """The judge's replies to `requests`: asked of `eval.judge` (cached where the protocol `parses` them) unless the
-    config names a replies file, else read from `replies_path`; None when there are none yet."""
+    """The judge's replies to `requests`: asked of the part's judge (`EvalSection.judge_of`; cached where the
+    protocol `parses` them) unless the config names a replies file, else read from `replies_path`; None when there
+    are none yet."""
     from instructjax.eval import pairwise as pw
 
-    if ev.judge is not None and not recorded:
+    endpoint = ev.judge_of(part)
+    if endpoint is not None and not recorded:
         from instructjax.eval.judge import ask
 
-        pw.write_jsonl(replies_path, ask(requests, ev.judge, storage.join(out, "judge_cache.jsonl"), parses))
+        pw.write_jsonl(replies_path, ask(requests, endpoint, storage.join(out, "judge_cache.jsonl"), parses))
     return pw.read_jsonl(replies_path) if storage.path(replies_path).exists() else None
+
+
+def judge_record(ev: EvalSection, part: str) -> dict:
+    """What results.json says of a part's judge: its model, and the endpoint where one was asked."""
+    endpoint = ev.judge_of(part)
+    if endpoint is not None:
+        return {"model": endpoint.model, "base_url": endpoint.base_url, "max_tokens": endpoint.max_tokens}
+    return {"model": ev.judge_model(part), "replies": "read from files"}
 
 
 def _none_yet(path: str) -> str:
@@ -137,9 +147,7 @@ def run_judged(generator: Callable[[], object], ev: EvalSection, mode: str, out:
     section, files = ev.judged(mode), judge_files(ev, mode, out)
     protocol = pw.JUDGE_PROTOCOLS[JUDGE_MODE[mode]]
     max_new = section.max_new_tokens or protocol.max_new_tokens
-    result: dict = {"outputs": files["outputs"], "max_new_tokens": max_new}
-    if ev.judge is not None:
-        result["judge"] = {"model": ev.judge.model, "base_url": ev.judge.base_url}
+    result: dict = {"outputs": files["outputs"], "max_new_tokens": max_new, "judge": judge_record(ev, mode)}
     prompts = pw.read_jsonl(files["prompts"]) if files["prompts"] else _alpaca_eval_prompts(files["against"])
     if mode == "flask":
         kept = pw.flask_subset(prompts)
@@ -159,7 +167,8 @@ def run_judged(generator: Callable[[], object], ev: EvalSection, mode: str, out:
     requests = pw.flask_requests(outputs)
     pw.write_jsonl(files["requests"], requests)
     result["requests"] = files["requests"]
-    replies = _judge(ev, requests, files["replies"], out, recorded=section.replies is not None, parses=pw.reads_flask)
+    replies = _judge(ev, mode, requests, files["replies"], out, recorded=section.replies is not None,
+                     parses=pw.reads_flask)
     if replies is None:
         return {**result, "replies": _none_yet(files["replies"])}
     result.update(pw.score_flask(requests, replies))
@@ -187,7 +196,7 @@ def _alpaca_eval(ev: EvalSection, outputs: list[dict], files: dict, out: str) ->
     def ask(requests: list[dict]) -> list[dict] | None:
         asked.extend(requests)
         pw.write_jsonl(files["requests"], asked)
-        replies = _judge(ev, asked, files["replies"], out, recorded=section.replies is not None)
+        replies = _judge(ev, "alpaca_eval", asked, files["replies"], out, recorded=section.replies is not None)
         if replies is not None:
             have = {str(r.get("id")) for r in replies}
             missing = [r["id"] for r in requests if r["id"] not in have]
@@ -215,7 +224,7 @@ def _compare(ev: EvalSection, outputs: list[dict], c: dict, out: str) -> dict:
     pw.write_jsonl(c["requests"], requests)
     result["requests"] = c["requests"]
     section = ev.judged("pairwise")
-    replies = _judge(ev, requests, c["replies"], out, recorded=c["replies"] == section.replies,
+    replies = _judge(ev, "pairwise", requests, c["replies"], out, recorded=c["replies"] == section.replies,
                      parses=pw.reads_score_pair)
     if replies is None:
         return {**result, "replies": _none_yet(c["replies"])}
@@ -250,8 +259,8 @@ def run_mt_bench(generator: Callable[[], object], ev: EvalSection, out: str, *, 
                                           for q, a in zip(questions, answers, strict=True)])
     requests = mt_bench.judge_requests(questions, answers)
     pw.write_jsonl(files["requests"], requests)
-    result: dict = {"outputs": files["outputs"], "requests": files["requests"]}
-    replies = _judge(ev, requests, files["replies"], out, recorded=section.replies is not None,
+    result: dict = {"outputs": files["outputs"], "requests": files["requests"], "judge": judge_record(ev, "mt_bench")}
+    replies = _judge(ev, "mt_bench", requests, files["replies"], out, recorded=section.replies is not None,
                      parses=mt_bench.reads_rating)
     if replies is None:
         return {**result, "replies": _none_yet(files["replies"])}

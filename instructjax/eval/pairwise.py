@@ -190,7 +190,7 @@ class PairwiseResult:
     win: int
     tie: int
     lose: int
-    unparsed: int = 0  # replies whose first line holds no two scores on the scale: their items are not counted
+    unparsed: int = 0  # replies whose first line holds no two scores on the scale: ties in their order
 
     @property
     def n(self) -> int:
@@ -204,7 +204,8 @@ class PairwiseResult:
 
 def score_pairwise(requests: Sequence[Mapping], replies: Sequence[Mapping]) -> PairwiseResult:
     """Win/tie/lose of system A: a win (loss) needs A preferred (dispreferred) in both orders. A reply that holds no
-    two scores is counted in `unparsed` and its item left out (it has no verdict in that order)."""
+    two scores is a tie in its order, as the reference code reads it (FastChat's `eval_gpt_review.parse_score`, which
+    AlpaGasus and seed 002 use, scores it [-1, -1]), and counted in `unparsed`."""
     texts = _replies(requests, replies)
     prefs: dict[str, dict[str, int]] = {}  # item -> order -> +1 (A preferred), -1, 0
     unparsed, items = 0, {}
@@ -214,7 +215,7 @@ def score_pairwise(requests: Sequence[Mapping], replies: Sequence[Mapping]) -> P
             s1, s2 = parse_score_pair(texts[req["id"]], req["id"])
         except DataError:
             unparsed += 1
-            continue
+            s1 = s2 = -1.0
         a, b = (s1, s2) if req["order"] == "ab" else (s2, s1)
         prefs.setdefault(req["item"], {})[req["order"]] = (a > b) - (a < b)
     win = tie = lose = 0
@@ -222,8 +223,6 @@ def score_pairwise(requests: Sequence[Mapping], replies: Sequence[Mapping]) -> P
         if orders != {"ab", "ba"}:
             raise DataError(f"item {item!r} was not judged in both orders", reason="missing_field")
     for p in prefs.values():
-        if set(p) != {"ab", "ba"}:  # an order's reply unparsed
-            continue
         if p["ab"] == p["ba"] == 1:
             win += 1
         elif p["ab"] == p["ba"] == -1:
