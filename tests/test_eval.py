@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+import yaml
 
 from instructjax.core.errors import DataError
 from instructjax.eval import pairwise as pw
@@ -149,6 +150,13 @@ def test_pairwise_cli_round_trip(tmp_path):
 # ---- suites ---------------------------------------------------------------------------------------------
 
 
+class _Tagless(yaml.SafeLoader):
+    """YAML without lm-eval's `!function` tags (their modules need packages the tests do not)."""
+
+
+_Tagless.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
 def test_suites_name_real_lm_eval_tasks():
     from lm_eval.tasks import TaskManager
 
@@ -158,6 +166,9 @@ def test_suites_name_real_lm_eval_tasks():
     for name, tasks in SUITES.items():
         for t in tasks:
             assert t.task == "codex_eval" or t.task in known, f"{name}: {t.task}"
+    ifeval = next(t for t in SUITES["leaderboard"] if t.task == "ifeval")  # what lm-eval's task writes
+    listed = [m["metric"] for m in yaml.load(open(TaskManager()._index["ifeval"].yaml_path), Loader=_Tagless)["metric_list"]]
+    assert {ifeval.metric, *ifeval.also} <= set(listed)
     shots = dict(lm_eval_runs("leaderboard"))
     assert shots[25] == ["arc_challenge"] and shots[10] == ["hellaswag"] and "mmlu" in shots[5]
     assert all(s == 0 for s, _ in lm_eval_runs("mixture"))

@@ -6,6 +6,7 @@ the source conversations, never read back from what the code recorded.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -431,3 +432,37 @@ def test_single_item_mosaic_is_format_only():
         conv = build_mosaic(data, plan, conv_id="m", source="alpaca")
         assert conv.meta["mosaic"]["strategy"] == "format" and conv.meta["mosaic"]["order"] == [1]
         check_mosaic(conv, {c.id: c for c in data})
+
+
+@pytest.mark.slow
+def test_a_run_records_the_mosaics_it_trained_on_and_table5_reads_them(tmp_path):
+    """A Mosaic-IT run writes RUN_DIR/mosaic_k.json: each epoch's mosaics by k as made (fixed k = 6, cut to fit
+    512 tokens), equal to the k of the mosaics its data stream gives that epoch (counted here from their source
+    ids); seed 003's Table 5 "Mix <= 5" is their share with k <= 5."""
+    from collections import Counter
+
+    from instructjax.cli import main
+    from instructjax.core.config import load_config
+    from instructjax.report.runs import read_run
+    from instructjax.report.seed003 import _mix_at_most_5
+    from instructjax.train.setup import bind_run, open_pipeline
+
+    run_dir = tmp_path / "run"
+    overrides = ["model.preset=tiny", "model.dtype=float32", "data.mixture=acp_ACP_n2500_builtin", "data.seq_len=512",
+                 "data.global_batch=8", "data.mosaic.k_max=6", "data.mosaic.distribution=fixed", "max_steps=2",
+                 "optim.epochs=1", "checkpoint.every=1000", f"run_dir={run_dir}", "name=mosaic_k"]
+    assert main(["train", "--config", "/dev/null", *overrides]) == 0
+    record = json.loads((run_dir / "mosaic_k.json").read_text())
+    config = load_config(run_dir / "config.yaml")
+    stream = open_pipeline(bind_run(config)).stream
+    brute = Counter()
+    assert "0" in record
+    for epoch in record:  # the passes the pipeline made (it may prepare the next epoch's ahead)
+        made = Counter(len(c.meta["mosaic"]["source_ids"]) for c in stream.mosaic_conversations(int(epoch))
+                       if "mosaic" in c.meta)
+        assert record[epoch] == {str(k): n for k, n in sorted(made.items())}
+        brute += made
+    assert max(brute) == 6 and min(brute) < 6  # some mosaics were cut to fit the row
+    (tmp_path / "c.yaml").write_text((run_dir / "config.yaml").read_text())
+    share = 100 * sum(n for k, n in brute.items() if k <= 5) / sum(brute.values())
+    assert _mix_at_most_5(read_run(tmp_path / "c.yaml")) == pytest.approx(share)

@@ -498,6 +498,9 @@ def test_report_tables_and_figures_from_results(tmp_path):
              "win": 5, "tie": 3, "lose": 2, "n": 10, "winning_score": 1.3}}}})
     _run(tmp_path, "ablation_dist_pareto_mistral_7b", "model: {preset: mistral-7b}\n"
          "data: {mixture: x, mosaic: {distribution: pareto}}\n", None)
+    (tmp_path / "runs" / "ablation_dist_pareto_mistral_7b").mkdir(parents=True)  # the mosaics it made, two epochs
+    (tmp_path / "runs" / "ablation_dist_pareto_mistral_7b" / "mosaic_k.json").write_text(
+        json.dumps({"0": {"3": 1, "6": 9, "10": 5}, "1": {"5": 3, "10": 12}}))
     tydiqa = {"tydiqa_goldp_1shot": {"f1": 40.0, "languages": {"en": {"f1": 50.0}, "fi": {"f1": 30.0}}}}
     gsm = {"exact_match": 0.215, "n": 200}
     bbh = {"exact_match": None, "n": 0}  # scored nothing: missing, not 0
@@ -699,8 +702,12 @@ def test_a_study_of_ones_own_gets_a_table_a_sweep_curve_and_the_losses(tmp_path)
 
 
 def test_coverage_every_transcribed_row_has_a_config(tmp_path, capsys):
-    """`report configs --coverage`: every published number of a transcribed table is producible by the generated
-    configs, but proprietary models'; without the vanilla configs, their rows are named as made by no config."""
+    """`report configs --coverage`: each config's results laid out as its eval block writes them; every published
+    number of a transcribed table is then filled by the report, but proprietary models'; the judged ones are
+    counted apart; without the vanilla configs, their rows are named as made by no config, and a config that does
+    not run a column's part leaves its cells out."""
+    import yaml
+
     from instructjax.cli import main
     from instructjax.report.coverage import coverage
 
@@ -709,6 +716,18 @@ def test_coverage_every_transcribed_row_has_a_config(tmp_path, capsys):
     tables = coverage(paths)
     reasons = {reason for t in tables for reason in t.missing}
     assert reasons == {"proprietary model as subject"}, reasons  # every other number has a config and a protocol
+    by = {(t.family, t.table): t for t in tables}
+    assert by["seed000", "table2"].judged == by["seed000", "table2"].producible == 126  # FLASK: all judged
+    assert by["seed004", "table6"].judged == 0 and by["seed004", "table7"].judged == 34  # classifiers; AlpacaEval
+    assert by["seed003", "table1"].producible == 108 and by["seed003", "table5"].producible == 30  # baselines' 1.000,
+    # Table 5's "Mix <= 5" from the mosaics a run records
+    assert sum(t.producible for t in tables) == 2476 and sum(t.judged for t in tables) == 499
+    tulu = yaml.safe_load((root / "seed004_tulu" / "tulu_human_gpt_llama1_13b.yaml").read_text())
+    tulu["eval"]["codex"] = False
+    (tmp_path / "no_codex.yaml").write_text(yaml.safe_dump({**tulu, "name": "tulu_human_gpt_llama1_13b"}))
+    swapped = [tmp_path / "no_codex.yaml" if p.name == "tulu_human_gpt_llama1_13b.yaml" else p for p in paths]
+    table3 = next(t for t in coverage(swapped) if (t.family, t.table) == ("seed004", "table3"))
+    assert table3.missing == {"the row's configs do not run Codex-Eval": 1, "the row's configs do not run Average": 1}
     table5 = next(t for t in tables if (t.family, t.table) == ("seed004", "table5"))
     assert table5.missing == {"proprietary model as subject": 14}  # ChatGPT's and GPT-4's 7 numbers each
     table8 = next(t for t in tables if (t.family, t.table) == ("seed004", "table8"))
@@ -764,3 +783,15 @@ def test_seed003_judged_columns_are_filled_from_the_generated_configs_results(tm
                                                    "AlpacaEval 2 Rate")]
         assert got == list(scores[name])
     assert rows[("Wizard-70k", "Baseline")]["AlpacaEval 2 Rate (LC) (ours)"] == ""
+
+
+def test_seed003_a_baselines_winning_score_is_one_once_its_outputs_are_made(tmp_path):
+    """(Win - Lose) / N + 1 of a system against itself is 1: the baseline's Table 1 cell once its pairwise part
+    has run; before, missing; a Mosaic-IT run's is its comparison's."""
+    _run(tmp_path, "alpaca_gpt4_baseline_mistral_7b", "model: {preset: mistral-7b}\neval: {pairwise: {against: {}}}\n",
+         {"model": "m", "parts": ["pairwise"], "pairwise": {"outputs": "o.jsonl", "vs": {}}})
+    _run(tmp_path, "alpaca_baseline_mistral_7b", "model: {preset: mistral-7b}\neval: {pairwise: {against: {}}}\n", None)
+    families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
+    rows = {(r["Model"], r["Dataset"], r["Method"]): r for r in _csv(tmp_path / "out" / "seed003_table1.csv")}
+    assert float(rows[("Mistral-7B", "Alpaca-GPT4", "Baseline")]["Winning Score (ours)"]) == 1.0
+    assert rows[("Mistral-7B", "Alpaca", "Baseline")]["Winning Score (ours)"] == ""

@@ -32,6 +32,7 @@ class SuiteTask:
     metric: str
     note: str = ""
     protocol: Protocol | None = None  # the paper's subset + answer rule (generative reasoning tasks)
+    also: tuple[str, ...] = ()  # the task's other metrics the paper reports (lm-eval writes them beside `metric`)
 
 
 SUITES: dict[str, tuple[SuiteTask, ...]] = {
@@ -54,7 +55,8 @@ SUITES: dict[str, tuple[SuiteTask, ...]] = {
                   "seed 002 evaluates 200 random test problems (Appendix F)", Protocol("gsm8k", 200, 42)),
         SuiteTask("BBH", "bbh_cot_fewshot", 3, "exact_match,get-answer",
                   "seed 002 samples 50 problems per task (Appendix F)", Protocol("bbh", 50, 42)),
-        SuiteTask("IFEval", "ifeval", 0, "prompt_level_strict_acc", "seed 003 also reports loose and inst-level"),
+        SuiteTask("IFEval", "ifeval", 0, "prompt_level_strict_acc", "seed 003 also reports loose and inst-level",
+                  also=("inst_level_strict_acc", "prompt_level_loose_acc", "inst_level_loose_acc")),
     ),
 }
 

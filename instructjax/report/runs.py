@@ -42,6 +42,7 @@ class Run:
     results: dict | None = None
     metrics: list[dict] = field(default_factory=list)
     against: dict[str, Run] = field(default_factory=dict)  # comparison name -> the run compared with (link_pairwise)
+    mosaic_k: dict[str, dict[str, int]] | None = None  # RUN_DIR/mosaic_k.json: {epoch: {k: mosaics}}
 
     @property
     def name(self) -> str:
@@ -56,10 +57,10 @@ class Run:
 def read_run(path: Path) -> Run:
     """The run of one config: its results.json and metrics.jsonl (torn or missing files read as nothing)."""
     from instructjax.eval.run import read_results
-    from instructjax.train.metrics import read_metrics
+    from instructjax.train.metrics import read_metrics, read_mosaic_k
 
     config = load_config(path)
-    return Run(path, config, read_results(config), read_metrics(config.run_dir))
+    return Run(path, config, read_results(config), read_metrics(config.run_dir), mosaic_k=read_mosaic_k(config.run_dir))
 
 
 def number(value: object) -> float | None:

@@ -140,3 +140,23 @@ def plot_losses(run_dir) -> str | None:
         fig.savefig(os.path.join(local, "loss.png"), dpi=110)
     plt.close(fig)
     return f"{storage.path(run_dir)}/loss.png"
+
+
+MOSAIC_K_FILE = "mosaic_k.json"  # the mosaics a Mosaic-IT run made: {epoch: {k: mosaics of k instructions}}
+
+
+def record_mosaics(run_dir: str, made: dict[int, dict[int, int]]) -> None:
+    """Add the passes `made` ({epoch: {k: mosaics}}) to RUN_DIR/mosaic_k.json (passes are deterministic: a resumed
+    run's earlier epochs keep the record the run left)."""
+    record = read_mosaic_k(run_dir) or {}
+    record.update({str(e): {str(k): int(n) for k, n in ks.items()} for e, ks in made.items()})
+    storage.write_text(storage.join(run_dir, MOSAIC_K_FILE), json.dumps(record, sort_keys=True) + "\n")
+
+
+def read_mosaic_k(run_dir: str) -> dict | None:
+    """A run's record of its mosaics ({epoch: {k: mosaics}}), None where there is none."""
+    try:
+        found = json.loads((storage.path(run_dir) / MOSAIC_K_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return found if isinstance(found, dict) else None

@@ -194,6 +194,16 @@ class Trainer:
                 "tokens": tokens, "metrics_window": window.state() if window is not None else None}  # fmt: skip
         data = ckpt.gather_data_state(position.to_array())
         self.checkpointer.save(step, params, opt_state, data, meta)
+        if jax.process_index() == 0:
+            self._record_mosaics()
+
+    def _record_mosaics(self) -> None:
+        """The Mosaic-IT passes made so far, by k, into RUN_DIR/mosaic_k.json (train.metrics.record_mosaics)."""
+        from instructjax.train.metrics import record_mosaics
+
+        made = getattr(self.pipeline.stream, "mosaic_k", None)
+        if made:
+            record_mosaics(str(self.run_dir), made)
 
     def run(self, stop_at: int | None = None) -> TrainResult:
         """Train to the last step, or stop after `stop_at` (as a preempted run would, after saving it); the run's

@@ -83,6 +83,7 @@ class ExampleStream:
         self._sizes: tuple[np.ndarray, np.ndarray] | None = None
         self._task_by_id: dict[str, int] | None = None
         self.untrainable: dict[int, int] = {}  # epoch -> mosaic examples with no trained token left
+        self.mosaic_k: dict[int, dict[int, int]] = {}  # epoch -> {k: mosaics of k instructions made}
         self._subset = None if self.rate_mode else self._draw_subsets()
 
     def report(self) -> list[str]:
@@ -149,8 +150,9 @@ class ExampleStream:
             conv.meta["task_index"] = t
             convs.append(conv)
         count = self.mosaic_encoder.count
-        mosaics, _ = mosaic_epoch(convs, self.mosaic, seed=self.config.seed, epoch=epoch, count_tokens=count,
-                                  shuffle=self.shuffle)
+        mosaics, stats = mosaic_epoch(convs, self.mosaic, seed=self.config.seed, epoch=epoch, count_tokens=count,
+                                      shuffle=self.shuffle)
+        self.mosaic_k[epoch] = dict(sorted(stats.k_histogram.items()))
         if not self.shuffle:
             return mosaics
         order = named_rng(self.config.seed, "mosaic_order", epoch).permutation(len(mosaics))
