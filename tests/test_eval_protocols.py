@@ -633,3 +633,45 @@ def test_quality_ratings_round_trip_through_the_cli(tmp_path):
     assert main(["eval", "quality", "rate", "--data", str(tmp_path / "train.jsonl"), "--replies",
                  str(tmp_path / "short.jsonl"), "--out", str(tmp_path / "x.jsonl")]) == 2
     assert not (tmp_path / "x.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_a_judge_that_is_down_loses_only_its_part(tmp_path, capsys):
+    """FLASK's judge refuses connections: one line naming the part, exit 2, and results.json keeps the pairwise
+    part scored from its recorded replies; FLASK is left out of `parts`, so the next run asks again."""
+    import socket
+
+    pytest.importorskip("torch")
+    from test_convert import make_hf
+
+    from instructjax.cli import main
+    from instructjax.convert.saved import import_hf
+
+    run_dir = tmp_path / "run"
+    import_hf(make_hf(tmp_path, "gqa", seed=3), str(run_dir))
+    prompts = [{"id": str(i), "instruction": f"Say {w}.", "skills": ["Factuality"]} for i, w in enumerate(("hi", "no"))]
+    pw.write_jsonl(tmp_path / "p.jsonl", prompts)
+    pw.write_jsonl(tmp_path / "b.jsonl", [{**r, "output": "B"} for r in prompts])
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    pw.write_jsonl(out_dir / "pairwise_vs_b_replies.jsonl", [
+        {"id": i, "reply": r} for i, r in (("0|ab", "8 3"), ("0|ba", "2 9"), ("1|ab", "5 5"), ("1|ba", "6 4"))])
+    with socket.socket() as s:  # a port where nothing listens
+        s.bind(("127.0.0.1", 0))
+        dead = f"http://127.0.0.1:{s.getsockname()[1]}/v1"
+    (tmp_path / "run.yaml").write_text(f"""name: tiny
+run_dir: {run_dir}
+eval:
+  batch_size: 4
+  out_dir: {out_dir}
+  pairwise: {{prompts: {tmp_path / 'p.jsonl'}, against: {{b: {tmp_path / 'b.jsonl'}}}, max_new_tokens: 4}}
+  flask: {{prompts: {tmp_path / 'p.jsonl'}, max_new_tokens: 4, judge: {{base_url: {dead}, model: j, max_retries: 0}}}}
+""")
+    capsys.readouterr()
+    assert main(["eval", "--config", str(tmp_path / "run.yaml")]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines()
+           if line.startswith("instructjax:") and "note:" not in line]
+    assert len(err) == 2 and err[0].startswith("instructjax: eval flask:") and "pairwise" not in err[1]
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["parts"] == ["pairwise"] and "flask" in results["errors"] and "flask" not in results
+    assert results["pairwise"]["vs"]["b"]["winning_score"] == pytest.approx((1 - 0) / 2 + 1)

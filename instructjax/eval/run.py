@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
 from instructjax.core import storage, tracking
 from instructjax.core.config import EvalSection, RunConfig, digest, eval_section
-from instructjax.core.errors import ConfigError
+from instructjax.core.errors import ConfigError, InstructJaxError
 from instructjax.eval.harness import results_json
 from instructjax.eval.judged import JUDGE_MODE, check_inputs, resolve_runs, run_judged, run_mt_bench
 
@@ -199,15 +200,32 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
 
         results["long_form"] = run_long_form(generator(), ev.protocol("long_form"), protocol_data(ev, "long_form"),
                                              out)
+    failed: list[str] = []
+
+    def judged(part: str, run) -> None:
+        """A judged part; a judge that is down or answers garbage loses only this part: one line, the rest kept."""
+        try:
+            results[part] = run(generator, ev, out, reuse_outputs=same and part in earlier.get("parts", []))
+        except InstructJaxError as e:  # left out of `parts`: the next `eval --config` (or sweep) runs it again
+            print(f"instructjax: eval {part}: {e}", file=sys.stderr, flush=True)
+            results.setdefault("errors", {})[part] = str(e)
+            failed.append(part)
+
     if "mt_bench" in parts:
-        results["mt_bench"] = run_mt_bench(generator, ev, out,
-                                           reuse_outputs=same and "mt_bench" in earlier.get("parts", []))
+        judged("mt_bench", run_mt_bench)
     for part in (p for p in parts if p in JUDGE_MODE):  # an earlier run's outputs of this model are kept
-        results[part] = run_judged(generator, ev, part, out, reuse_outputs=same and part in earlier.get("parts", []))
+        judged(part, lambda gen, ev, out, reuse_outputs, part=part: run_judged(gen, ev, part, out,
+                                                                                reuse_outputs=reuse_outputs))
+    results["parts"] = [p for p in parts if p not in failed]
     if same:
-        held = set(parts) | set(earlier.get("parts", []))
+        held = set(results["parts"]) | set(earlier.get("parts", []))
         results = {**earlier, **results, "parts": [p for p in named if p in held]}
+        errors = {p: e for p, e in results.pop("errors", {}).items() if p in failed}  # a rerun that worked: gone
+        results.update({"errors": errors} if errors else {})
     # whole or not at all: a killed evaluation never leaves a torn results.json
     storage.write_text(storage.path(out) / "results.json", results_json(results) + "\n")
     tracking.log_results(config, results)  # W&B, where the config asks
+    if failed:
+        raise ConfigError(f"eval: {', '.join(failed)} failed (each named above); the other parts are in "
+                          f"{storage.join(out, 'results.json')}")
     return results
