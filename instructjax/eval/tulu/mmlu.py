@@ -34,12 +34,30 @@ def _shots(dev, subject: str, k: int) -> str:
     return head + "".join(_question(dev, i) for i in range(k))
 
 
+def _subjects(data_dir: str):
+    """(subject, dev table, test table) in subject order: the data_dir's CSVs (read as the script reads them), else
+    the hub's copy in the same columns (question, the four choices, the answer letter)."""
+    if files.local(data_dir, "mmlu"):
+        for subject in files.names(data_dir, "mmlu/test", "_test.csv"):
+            yield (subject, files.read_csv(files.need(data_dir, "mmlu", "dev", f"{subject}_dev.csv")),
+                   files.read_csv(files.need(data_dir, "mmlu", "test", f"{subject}_test.csv")))
+        return
+    import pandas as pd
+
+    tables: dict[str, dict[str, list]] = {}
+    for split in ("dev", "test"):
+        for row in files.hub_rows("mmlu", split):
+            tables.setdefault(row["subject"], {"dev": [], "test": []})[split].append(
+                [row["question"], *row["choices"], CHOICES[int(row["answer"])]])
+    for subject in sorted(tables):
+        yield subject, pd.DataFrame(tables[subject]["dev"]), pd.DataFrame(tables[subject]["test"])
+
+
 def requests(data_dir: str, hf_tokenizer, chat_format: str, *, ntrain: int, protocol: str) -> list[Request]:
     """One log-likelihood request per test question."""
     out = []
-    for subject in files.names(data_dir, "mmlu/test", "_test.csv"):
-        dev = files.read_csv(files.need(data_dir, "mmlu", "dev", f"{subject}_dev.csv"))[:ntrain]
-        test = files.read_csv(files.need(data_dir, "mmlu", "test", f"{subject}_test.csv"))
+    for subject, dev, test in _subjects(data_dir):
+        dev = dev[:ntrain]
         for i in range(test.shape[0]):
             k, end = min(ntrain, dev.shape[0]), _question(test, i, with_answer=False)  # fewer dev rows: all
             prompt = _shots(dev, subject, k) + end

@@ -61,6 +61,18 @@ def _questions(path: str) -> list[dict]:
     return out
 
 
+def _split(data_dir: str, split: str) -> list[dict]:
+    """TydiQA GoldP's `split` (dev, train): the data_dir's file, else the hub's gold passage task (its answers a
+    {text, answer_start} of lists, turned into the file's list of answers)."""
+    if files.local(data_dir, "tydiqa"):
+        return _questions(files.need(data_dir, "tydiqa", f"tydiqa-goldp-v1.1-{split}.json"))
+    rows = files.hub_rows("tydiqa", {"dev": "validation", "train": "train"}[split])
+    return [{"id": r["id"], "lang": r["id"].split("-")[0], "context": r["context"], "question": r["question"],
+             "answers": [{"text": t, "answer_start": a} for t, a in zip(r["answers"]["text"],
+                                                                         r["answers"]["answer_start"], strict=True)]}
+            for r in rows]
+
+
 def _cut(text: str, hf_tokenizer) -> str:
     ids = hf_tokenizer.encode(text)
     return hf_tokenizer.decode(ids[:MAX_CONTEXT_TOKENS]) if len(ids) > MAX_CONTEXT_TOKENS else text
@@ -69,7 +81,7 @@ def _cut(text: str, hf_tokenizer) -> str:
 def questions(data_dir: str, hf_tokenizer, *, per_language: int | None = PER_LANGUAGE,
               shots: int = 1) -> tuple[list[dict], dict[str, list[dict]]]:
     """(the questions evaluated, in the script's order; {language: its exemplars}), passages cut."""
-    dev = _questions(files.need(data_dir, "tydiqa", "tydiqa-goldp-v1.1-dev.json"))
+    dev = _split(data_dir, "dev")
     languages = sorted({q["lang"] for q in dev})
     unknown = [lang for lang in languages if lang not in WITH_PASSAGE]
     if unknown:
@@ -82,7 +94,7 @@ def questions(data_dir: str, hf_tokenizer, *, per_language: int | None = PER_LAN
         chosen += rng.sample(mine, per_language) if per_language and len(mine) > per_language else mine
     exemplars: dict[str, list[dict]] = {lang: [] for lang in languages}
     if shots > 0:
-        for q in _questions(files.need(data_dir, "tydiqa", "tydiqa-goldp-v1.1-train.json")):
+        for q in _split(data_dir, "train"):
             if q["lang"] in exemplars:
                 exemplars[q["lang"]].append(q)
         for lang in languages:
