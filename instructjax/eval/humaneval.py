@@ -113,32 +113,38 @@ def evaluate(problems: Mapping[str, Mapping], samples: Mapping[str, Sequence[str
     return CodexResult(pass_at, {t: (n, c) for t, (n, c) in counts.items()})
 
 
-def sample_completions(generator, problems: Mapping[str, Mapping], n: int, temperature: float,
-                       top_p: float = 0.95, max_new_tokens: int = 512, seed: int = 0,
-                       bos: bool = True) -> dict[str, list[str]]:
-    """n truncated completions per problem from an `instructjax.eval.generate.Generator` (prompt as is; `bos`
-    False: tokenized without special tokens, as open-instruct's script does)."""
+def sample_completions(generator, requests: Sequence, seed: int = 0, bos: bool = True) -> dict[str, list[str]]:
+    """`samples` truncated completions per request (eval.tulu.Request: prompt as is, temperature, top_p,
+    max_new_tokens, stop) from an `instructjax.eval.generate.Generator`, by request id; one generate call per
+    sample over every request, as open-instruct's script loops (`bos` False: prompts tokenized without special
+    tokens, as the script does)."""
     from instructjax.eval.generate import Sampling
 
-    task_ids = list(problems)
-    prompts = [problems[t]["prompt"] for t in task_ids]
+    if not requests:
+        return {}
+    (temperature, top_p, max_new_tokens, stop, n), = {(r.temperature, r.top_p, r.max_new_tokens, r.stop, r.samples)
+                                                      for r in requests}
+    prompts = [r.prompt for r in requests]
     if not bos:
         prompts = [generator.tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts]
-    out: dict[str, list[str]] = {t: [] for t in task_ids}
+    out: dict[str, list[str]] = {r.id: [] for r in requests}
     for i in range(n):
         sampling = Sampling(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed + i)
-        texts = generator.generate(prompts, sampling, until=STOP_SEQUENCES)
-        for t, text in zip(task_ids, texts, strict=True):
-            out[t].append(truncate(text))
+        texts = generator.generate(prompts, sampling, until=stop)
+        for r, text in zip(requests, texts, strict=True):
+            out[r.id].append(truncate(text))
     return out
 
 
 def codex_eval(generator, problems: Mapping[str, Mapping] | None = None, n: int = 20,
                max_new_tokens: int = 512, timeout: float = 5.0, bos: bool = True) -> dict[str, float]:
-    """Seed 004's Codex-Eval: pass@1 at T=0.1 and pass@10 at T=0.8, each from n samples per problem."""
-    problems = problems if problems is not None else load_problems()
-    low = evaluate(problems, sample_completions(generator, problems, n, 0.1, max_new_tokens=max_new_tokens, bos=bos),
-                   ks=(1,), timeout=timeout)
-    high = evaluate(problems, sample_completions(generator, problems, n, 0.8, max_new_tokens=max_new_tokens, seed=n,
-                                                 bos=bos), ks=(10,), timeout=timeout)
+    """Seed 004's Codex-Eval: pass@1 at T=0.1 and pass@10 at T=0.8, each from n samples per problem (the requests
+    eval.tulu.codex.build makes, what `eval --suite tulu --prompts-only` writes)."""
+    from instructjax.eval.tulu.codex import build
+
+    problems = dict(problems) if problems is not None else load_problems()
+    low = evaluate(problems, sample_completions(generator, build(problems, "codex_eval_temp_0.1", n, max_new_tokens),
+                                                bos=bos), ks=(1,), timeout=timeout)
+    high = evaluate(problems, sample_completions(generator, build(problems, "codex_eval_temp_0.8", n, max_new_tokens),
+                                                 seed=n, bos=bos), ks=(10,), timeout=timeout)
     return {"pass@1": low.pass_at[1], "pass@10": high.pass_at.get(10, float("nan"))}

@@ -26,8 +26,15 @@ def problems(data_dir: str) -> dict[str, dict]:
     return load_problems()
 
 
-def requests(data_dir: str, protocol: str, samples: int = SAMPLES) -> list[Request]:
+def build(problems: dict[str, dict], protocol: str, samples: int = SAMPLES,
+          max_new_tokens: int = MAX_NEW_TOKENS) -> list[Request]:
+    """The script's requests at `protocol`'s temperature: the raw prompt of each problem, in the file's order. The
+    one builder of the Codex requests: what --prompts-only writes and what eval/humaneval.py's codex_eval sends."""
     temperature, _ = TEMPERATURES[protocol]
-    return [Request(protocol, task_id, problem["prompt"], stop=STOP_SEQUENCES, max_new_tokens=MAX_NEW_TOKENS,
+    return [Request(protocol, task_id, problem["prompt"], stop=STOP_SEQUENCES, max_new_tokens=max_new_tokens,
                     target=task_id, temperature=temperature, top_p=TOP_P, samples=samples)
-            for task_id, problem in problems(data_dir).items()]
+            for task_id, problem in problems.items()]
+
+
+def requests(data_dir: str, protocol: str, samples: int = SAMPLES) -> list[Request]:
+    return build(problems(data_dir), protocol, samples)

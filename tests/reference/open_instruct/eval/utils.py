@@ -1,7 +1,8 @@
 """Not open-instruct's: the recorder that stands in for its eval/utils.py (see ../README.md).
 
 `RECORDER` holds what a script asked for; `ANSWERS` what the model answers: {prompt: completion text} for a
-generation, {prompt: choice index} for a next-token prediction (missing: "" and 0)."""
+generation (or a list of texts, one per call that sends the prompt: Codex's sampling rounds), {prompt: choice
+index} for a next-token prediction (missing: "" and 0)."""
 
 RECORDER = {"load": [], "generate": [], "next_word": []}
 ANSWERS = {}
@@ -23,7 +24,8 @@ def generate_completions(model, tokenizer, prompts, batch_size=1, stop_id_sequen
                          **generation_kwargs):
     RECORDER["generate"].append({"prompts": list(prompts), "stop_id_sequences": stop_id_sequences,
                                  "kwargs": generation_kwargs})
-    return [ANSWERS.get(p, "") for p in prompts]
+    answers = [ANSWERS.get(p, "") for p in prompts]
+    return [a.pop(0) if isinstance(a, list) else a for a in answers]
 
 
 def get_next_word_predictions(model, tokenizer, prompts, candidate_token_ids=None, batch_size=1,
