@@ -112,3 +112,56 @@ def test_a_finished_run_resumed_says_so(tmp_path, capsys):
     assert "trained to step 2" in capsys.readouterr().out
     assert main([*common, "--resume"]) == 0
     assert "is already trained to its last step (2): nothing to train" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def oversized(tmp_path_factory, model) -> dict[str, str]:
+    """A tokenizer of 1,200 ids beside a model of 1,000 embedding rows: as an HF directory, and as a checkpoint
+    written with the lower-level functions (import would refuse it)."""
+    import dataclasses
+
+    from instructjax.convert.hf import hf_to_params
+    from instructjax.core.checkpoint import save_params
+    from instructjax.data.encoding.tokenizer import Tokenizer
+
+    root = tmp_path_factory.mktemp("oversized")
+    tok = bpe_tokenizer(str(root / "tok"), vocab_size=1200)
+    hf = hf_model(str(root / "hf"), tok, vocab_size=1000, bos=None, eos=0)
+    params, config = hf_to_params(hf)
+    files = Tokenizer.load(hf).files()
+    save_params(str(root / "ckpt"), params, dataclasses.asdict(config), run_config={"source": hf}, step=0,
+                tokenizer={"files": files, "template": None})
+    return {"hf": hf, "ckpt": str(root / "ckpt"), "tok": tok}
+
+
+def test_a_tokenizer_larger_than_the_embedding_is_one_line(model, oversized, capsys, tmp_path):
+    """generate and score (whatever the model: an HF directory, a checkpoint saved with the mismatch, or a model
+    given a larger --tokenizer) refuse a tokenizer with more ids than the embedding has rows, instead of exiting 0
+    with garbage or NaN log-probs."""
+    from instructjax.data.encoding.tokenizer import Tokenizer
+
+    assert Tokenizer.load(oversized["tok"]).vocab_size == 1200  # the premise, read from the files
+    out = tmp_path / "o.jsonl"
+    for target, override in [(oversized["hf"], None), (oversized["ckpt"], None), (model["ckpt"], oversized["tok"])]:
+        extra = ["--tokenizer", override] if override else []
+        rows = 1000 if override is None else 608
+        whose = f"--tokenizer {override}" if override else "the tokenizer"
+        words = f"{target}: {whose} has 1200 token ids but the model's embedding has {rows} rows"
+        generate = ["generate", "--model", target, *extra, "--prompts", model["prompts"], "--out", str(out),
+                    "--max-new-tokens", "2"]
+        assert words in one_line(capsys, generate), generate
+        score = ["score", "--model", target, *extra, "--text", "hello there, how are you"]
+        assert words in one_line(capsys, score), score
+    assert not out.exists()
+
+
+def test_the_other_loaders_refuse_a_tokenizer_larger_than_the_embedding(oversized):
+    """lm-eval's instructjax backend and the selection encoder open models as generate does: the same line."""
+    from instructjax.core.errors import ConfigError
+    from instructjax.eval.lm_eval_adapter import InstructJaxLM
+    from instructjax.train.embed import LlamaMeanEncoder
+
+    for load in (InstructJaxLM, LlamaMeanEncoder):
+        for target in (oversized["hf"], oversized["ckpt"]):
+            with pytest.raises(ConfigError, match="has 1200 token ids but the model's embedding has 1000 rows"):
+                load(target)

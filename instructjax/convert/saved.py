@@ -74,13 +74,45 @@ def check_tokenizer(tok, config: DecoderConfig, chat_template: str | None, *, wh
     """One line where a model and its tokenizer cannot go on together: more token ids than embedding rows (every
     later command would read past the table), or a chat template that does not compile (named by `template_from`,
     else `where`)."""
-    if tok.vocab_size > config.vocab_size:
-        raise ConfigError(f"{where}: the tokenizer has {tok.vocab_size} token ids but the model's embedding has "
-                          f"{config.vocab_size} rows: give the model its own tokenizer")
+    check_vocab(tok, config, where=where)
     if chat_template:
         from instructjax.data.encoding.model_template import check_compiles
 
         check_compiles(chat_template, where=template_from or where)
+
+
+def check_vocab(tok, config: DecoderConfig, *, where: str, tokenizer: str | None = None) -> None:
+    """One line where the tokenizer has more token ids than the model's embedding has rows (every id past them
+    would read outside the table: NaN scores, garbage text). `tokenizer`: the --tokenizer a user gave instead of
+    the model's own, named in the line."""
+    if tok.vocab_size > config.vocab_size:
+        whose = f"--tokenizer {tokenizer}" if tokenizer else "the tokenizer"
+        raise ConfigError(f"{where}: {whose} has {tok.vocab_size} token ids but the model's embedding has "
+                          f"{config.vocab_size} rows: give the model its own tokenizer")
+
+
+def model_config(path: str, *, step: int | None = None) -> tuple[DecoderConfig, int | None]:
+    """(DecoderConfig, the step to read: the newest intact one unless one is named; None for an HF directory) of a
+    checkpoint (RUN_DIR[/STEP]) or an HF directory, without reading any weight."""
+    if is_hf_dir(path):
+        return read_hf_config(_local_hf_dir(path)), None
+    from instructjax.core.checkpoint import read_meta
+
+    directory, path_step = split_checkpoint_path(path)
+    config, _, step = read_meta(directory, path_step if step is None else step)
+    return DecoderConfig.from_dict(config), step
+
+
+def open_model(path: str, *, tokenizer: str | None = None, template: str | None = None, dtype: str = "float32",
+               step: int | None = None, mesh=None):
+    """(nnx Decoder, Tokenizer, chat template or None) of a checkpoint or an HF directory, as `load_model` and
+    `saved_tokenizer` give them (one step of a checkpoint for both), once the tokenizer is known to fit the
+    model's embedding (`check_vocab`, before any weight is read). Every command that runs a model with a
+    tokenizer opens it here."""
+    config, step = model_config(path, step=step)
+    tok, chat_template = saved_tokenizer(path, step=step, tokenizer=tokenizer, template=template)
+    check_vocab(tok, config, where=path, tokenizer=tokenizer)
+    return load_model(path, mesh=mesh, dtype=dtype, step=step), tok, chat_template
 
 
 def _chat_template(where: str) -> str:
@@ -224,8 +256,8 @@ def load_params_as(directory: str, config: DecoderConfig, *, step: int | None = 
 
 
 def load_model(path: str, *, mesh=None, dtype: str = "float32", step: int | None = None):
-    """The nnx Decoder of an instructjax checkpoint (RUN_DIR[/STEP]) or an HF model directory
-    (its tokenizer: `saved_tokenizer(path)`)."""
+    """The nnx Decoder of an instructjax checkpoint (RUN_DIR[/STEP]) or an HF model directory (with its tokenizer,
+    checked to fit: `open_model`)."""
     if is_hf_dir(path):
         params, config = hf_to_params(_local_hf_dir(path), mesh=mesh)
     else:

@@ -215,15 +215,15 @@ def load_generator(model: str, *, tokenizer: str | None = None, template: str | 
     `template` override them."""
     import sys
 
-    from instructjax.convert.saved import load_model, saved_tokenizer
+    from instructjax.convert.saved import open_model
     from instructjax.data.encoding.templates import DEFAULT_TEMPLATE, jinja_template
 
-    saved, chat_template = saved_tokenizer(model, tokenizer=tokenizer, template=template)
+    decoder, saved, chat_template = open_model(model, tokenizer=tokenizer, template=template)
     if chat_template is None:
         print(f"instructjax: note: {model} carries no chat template; using {DEFAULT_TEMPLATE!r}", file=sys.stderr)
         chat_template = jinja_template(DEFAULT_TEMPLATE, bos=saved.adds_bos)
     hf_tok = saved.to_hf(chat_template)
-    return Generator(load_model(model), hf_tok, batch_size=batch_size), hf_tok
+    return Generator(decoder, hf_tok, batch_size=batch_size), hf_tok
 
 
 def complete(generator: Generator, rows: list[dict], sampling: Sampling, keep: tuple[str, ...] = ()) -> list[dict]:

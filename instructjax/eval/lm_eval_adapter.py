@@ -22,16 +22,15 @@ from instructjax.eval.score import score_ids
 
 @register_model("instructjax")
 class InstructJaxLM(TemplateLM):
-    """lm-eval LM over `instructjax.convert.saved.load_model(pretrained)`."""
+    """lm-eval LM over `instructjax.convert.saved.open_model(pretrained)`."""
 
     def __init__(self, pretrained: str, tokenizer: str | None = None, batch_size: int | str = 8,
                  max_length: int | None = None, max_gen_toks: int = 256, dtype: str = "float32",
                  add_bos_token: bool = True, **kwargs):
         super().__init__()
-        from instructjax.convert.saved import load_model, saved_tokenizer
+        from instructjax.convert.saved import open_model
 
-        self.model = load_model(pretrained, dtype=dtype)
-        saved, chat_template = saved_tokenizer(pretrained, tokenizer=tokenizer)
+        self.model, saved, chat_template = open_model(pretrained, tokenizer=tokenizer, dtype=dtype)
         self.tokenizer = saved.to_hf(chat_template)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8  # "auto" -> a fixed size
         self._max_length = int(max_length or self.model.config.max_position_embeddings)

@@ -20,10 +20,9 @@ class LlamaMeanEncoder:
     """Embeds texts as the mean last hidden state of a LLaMA (instructjax checkpoint or HF directory)."""
 
     def __init__(self, model: str, tokenizer: str | None = None, max_length: int = 512, batch_size: int = 16):
-        from instructjax.convert.saved import load_model, saved_tokenizer
+        from instructjax.convert.saved import open_model
 
-        self.model = load_model(model)
-        self.tokenizer = saved_tokenizer(model, tokenizer=tokenizer)[0]
+        self.model, self.tokenizer, _ = open_model(model, tokenizer=tokenizer)
         self.max_length, self.batch_size = max_length, batch_size
         graphdef, state = nnx.split(self.model)
 
