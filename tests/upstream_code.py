@@ -17,6 +17,11 @@ licensed under the Apache License, Version 2.0 (http://www.apache.org/licenses/L
   398baab24ce7e2eb9a8ff5af0a776768ac626843: "the original training prompt from Xu et al." that seed 002
   uses for WizardLM.
 
+- `create_prompt_with_huggingface_tokenizer_template`: allenai/open-instruct, eval/templates.py, commit
+  d05effeb4df018dd82c15a956a4a58da82547eb5 (2025-07-02; the function came in 8dadfdf42 of 2024-02-13, then
+  without `add_generation_prompt=True`): how open-instruct's eval scripts prompt a model in its own chat template
+  (the Tulu suite's `--chat-format model`).
+
 They call `tokenizer(text, return_tensors="pt", ...)` as on an HF tokenizer;
 `pretrained_models.LibraryTokenizer` answers that from the tokenizer libraries themselves.
 """
@@ -156,3 +161,13 @@ WIZARDLM_PROMPT_DICT = {  # upstream name: PROMPT_DICT
         "{instruction}\n\n### Response:"
     ),
 }
+
+
+# ---- allenai/open-instruct, eval/templates.py @ d05effeb4df018dd82c15a956a4a58da82547eb5 -----------------------
+
+
+def create_prompt_with_huggingface_tokenizer_template(messages, tokenizer, add_bos=False):
+    formatted_text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    if add_bos:
+        formatted_text = tokenizer.bos_token + formatted_text
+    return formatted_text

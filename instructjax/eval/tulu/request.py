@@ -5,7 +5,8 @@ user turn, what the script writes after `<|assistant|>\n` (MMLU's "The answer is
 prompt. `format_prompt` picks one by chat format:
 
 - `tulu`: `<|user|>\n{user}\n<|assistant|>\n{reply_start}`, the format the paper's tuned models were trained in;
-- `model`: the model's own chat template for the user turn, then `reply_start`;
+- `model`: the model's own chat template for the user turn (with its generation prompt), then `reply_start`, after a
+  space where the template does not end in whitespace (open-instruct's later scripts, which added this format);
 - `none`: the raw prompt (the paper's vanilla LLaMA models: submit_eval_jobs.py drops --use_chat_format for them).
 """
 
@@ -36,7 +37,9 @@ def format_prompt(turn: Turn, chat_format: str, hf_tokenizer=None) -> str:
                               "or none)")
         head = hf_tokenizer.apply_chat_template([{"role": "user", "content": turn.user}], tokenize=False,
                                                 add_generation_prompt=True)
-        return head + turn.reply_start
+        # open-instruct's later scripts, which brought model templates (eval/*/run_eval.py at d05effeb4, e.g.
+        # gsm L73: `prompt += "Answer:" if prompt[-1] in ["\n", " "] else " Answer:"`)
+        return head + (turn.reply_start if head[-1:] in ("\n", " ") else " " + turn.reply_start)
     if chat_format == "none":
         return turn.raw
     raise ValueError(f"chat format must be one of {CHAT_FORMATS}, got {chat_format!r}")
