@@ -165,3 +165,40 @@ def test_the_other_loaders_refuse_a_tokenizer_larger_than_the_embedding(oversize
         for target in (oversized["hf"], oversized["ckpt"]):
             with pytest.raises(ConfigError, match="has 1200 token ids but the model's embedding has 1000 rows"):
                 load(target)
+
+
+def test_messages_name_the_tokenizer_as_the_user_gave_it(tmp_path, capsys):
+    """A checkpoint's tokenizer is read from a temporary copy (instructjax-tokenizers/<hash>); messages name
+    model.init_from (or the model) instead: template 'model' on a tokenizer without a chat template, a task whose
+    own tokenizer is not the run's, a special token the tokenizer lacks."""
+    import yaml
+
+    from instructjax.core.errors import ConfigError
+    from instructjax.data.encoding.tokenizer import default_tokenizer_path
+
+    tok = bpe_tokenizer(str(tmp_path / "tok"), vocab_size=600)  # no chat template
+    hf = hf_model(str(tmp_path / "hf"), tok, vocab_size=608, bos=None, eos=0)
+    ckpt = str(tmp_path / "ckpt")
+    assert main(["import", "--hf", hf, "--out", ckpt]) == 0
+    config = {"model": {"init_from": ckpt}, "template": "model", "data": {"mixture": "alpaca_builtin", "seq_len": 64}}
+    (tmp_path / "model.yaml").write_text(yaml.safe_dump(config))
+    own = {"model": {"init_from": ckpt}, "data": {"mixture": "mine", "seq_len": 64},
+           "define": {"tasks": {"mine": {"source": "alpaca", "data_files": ["builtin"],
+                                         "tokenizer": default_tokenizer_path()}}}}
+    (tmp_path / "own.yaml").write_text(yaml.safe_dump(own))
+    cases = [
+        (["data", "preview", "--config", str(tmp_path / "model.yaml"), "-n", "1"],
+         f"template 'model': the tokenizer of model.init_from={ckpt} has no chat_template of its own"),
+        (["data", "preview", "--config", str(tmp_path / "own.yaml"), "-n", "1"],
+         f"tokenizes with {default_tokenizer_path()}, but the run's is the tokenizer of model.init_from={ckpt}"),
+    ]
+    for argv, words in cases:
+        err = one_line(capsys, argv)
+        assert words in err and "instructjax-tokenizers" not in err, (argv, err)
+
+    from instructjax.convert.saved import saved_tokenizer
+
+    with pytest.raises(ConfigError) as e:
+        saved_tokenizer(ckpt)[0].special_id("<|not-here|>")
+    assert f"the tokenizer of {ckpt}: '<|not-here|>' is not one of its tokens" in str(e.value)
+    assert "instructjax-tokenizers" not in str(e.value)

@@ -145,7 +145,8 @@ def saved_tokenizer(path: str, *, step: int | None = None, tokenizer: str | None
 
         directory, path_step = split_checkpoint_path(path)
         item = read_tokenizer(directory, path_step if step is None else step)
-        saved, saved_template = (materialize(item["files"]), item.get("template")) if item else (None, None)
+        saved, saved_template = ((materialize(item["files"], named=f"the tokenizer of {path}"), item.get("template"))
+                                 if item else (None, None))
     if (tokenizer or saved) is None:
         raise ConfigError(f"{path} carries no tokenizer: pass --tokenizer (the model's own tokenizer)")
     tok = Tokenizer.load(tokenizer or saved)

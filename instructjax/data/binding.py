@@ -94,8 +94,8 @@ def bind(name: str | Resolved, *, tokenizer: str | None, template: str | None = 
             variants.append(task)
             continue
         if spec.tokenizer is not None and Tokenizer.load(spec.tokenizer) != run_tokenizer:
-            raise ConfigError(f"task {task!r} tokenizes with {spec.tokenizer}, but the model's tokenizer is "
-                              f"{run_tokenizer.path}; remove the task's tokenizer (it takes the run's)")
+            raise ConfigError(f"task {task!r} tokenizes with {spec.tokenizer}, but the run's is "
+                              f"{run_tokenizer.words}; remove the task's tokenizer (it takes the run's)")
         if template is not None and spec.template is not None and spec.template != template:
             raise ConfigError(f"task {task!r} uses the {spec.template!r} chat template, the run's is {template!r}")
         task_template = template or spec.template or DEFAULT_TEMPLATE

@@ -49,7 +49,7 @@ def tokenizer_path(config: RunConfig) -> str | None:
     except ConfigError as e:
         raise ConfigError(f"model.init_from={config.model.init_from}: {e}; write it with "
                           f"`instructjax import --hf HF_DIR --out {config.model.init_from}`") from None
-    path = materialize(item["files"]) if item else None
+    path = materialize(item["files"], named=f"the tokenizer of model.init_from={config.model.init_from}") if item else None
     if path is None:
         raise ConfigError(f"model.init_from={config.model.init_from} carries no tokenizer (its HF directory had "
                           "none): set `tokenizer:` in the config to the model's tokenizer")
@@ -68,7 +68,7 @@ def tokenizer_words(config: RunConfig) -> str:
 def fit_model_to_tokenizer(model: DecoderConfig, tokenizer, *, pretrained: bool, where: str = "") -> DecoderConfig:
     """`model` checked against `tokenizer` (one-line ConfigErrors naming it as `where`, else by its path); a
     from-scratch model takes its BOS/EOS/PAD ids from the tokenizer."""
-    where = where or f"tokenizer {tokenizer.path}"
+    where = where or tokenizer.words
     if tokenizer.vocab_size > model.vocab_size:
         raise ConfigError(f"{where} has {tokenizer.vocab_size} ids but the model's embedding has "
                           f"{model.vocab_size} rows (model.vocab_size)")

@@ -89,7 +89,7 @@ def check_compiles(source: str, *, where: str) -> None:
 
 def _source(tokenizer: Tokenizer) -> str:
     if not tokenizer.chat_template:
-        raise ConfigError(f"template 'model': tokenizer {tokenizer.path} has no chat_template of its own")
+        raise ConfigError(f"template 'model': {tokenizer.words} has no chat_template of its own")
     return tokenizer.chat_template
 
 

@@ -161,12 +161,14 @@ class Tokenizer:
         ids = {key: (vocab.get(special[key]) if special.get(key) else None) for key in SPECIAL_KEYS}
         for key in SPECIAL_KEYS:
             if special.get(key) and ids[key] is None:
-                raise ConfigError(f"tokenizer {path}: its {key} {special[key]!r} is not in the vocabulary")
+                raise ConfigError(f"{_NAMED.get(path, f'tokenizer {path}')}: its {key} {special[key]!r} is not in "
+                                  "the vocabulary")
         self.bos_token, self.eos_token = special.get("bos_token"), special.get("eos_token")
         self.unk_token, self.pad_token = special.get("unk_token"), special.get("pad_token")
         self.bos_id, self.eos_id, self.unk_id, self.pad_id = (ids[k] for k in SPECIAL_KEYS)
         if self.eos_id is None:
-            raise ConfigError(f"tokenizer {path}: has no end-of-sequence token (eos_token in tokenizer_config.json)")
+            raise ConfigError(f"{_NAMED.get(path, f'tokenizer {path}')}: has no end-of-sequence token (eos_token in "
+                              "tokenizer_config.json)")
         if add_bos is None:  # unsaid: what the post-processor does
             add_bos = self.bos_id is not None and raw.encode("a", add_special_tokens=True).ids[:1] == [self.bos_id]
         self.adds_bos: bool = bool(add_bos) and self.bos_id is not None
@@ -189,8 +191,14 @@ class Tokenizer:
 
         return _load_cached(str(storage.path(path)) if path else default_tokenizer_path())
 
-    def __reduce__(self):  # pickles as its path: cheap to send to tf.data / worker processes
-        return (Tokenizer.load, (self.path,))
+    def __reduce__(self):  # pickles as its path (and its name): cheap to send to tf.data / worker processes
+        return (_load_named, (self.path, _NAMED.get(self.path)))
+
+    @property
+    def words(self) -> str:
+        """The tokenizer as messages name it: "tokenizer PATH" as the user gave it, or, for a copy of a checkpoint's
+        tokenizer (`materialize`), the words the copy was made with (not the temporary directory)."""
+        return _NAMED.get(self.path, f"tokenizer {self.path}")
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.path!r}, vocab_size={self.vocab_size})"
@@ -270,7 +278,7 @@ class Tokenizer:
             return self.eos_id
         found = self._engine.token_to_id(token)
         if found is None:
-            raise ConfigError(f"tokenizer {self.path}: {token!r} is not one of its tokens")
+            raise ConfigError(f"{self.words}: {token!r} is not one of its tokens")
         return found
 
     @functools.cached_property
@@ -327,14 +335,25 @@ class Tokenizer:
         return hf
 
 
+def _load_named(path: str, named: str | None) -> Tokenizer:
+    """`Tokenizer.load(path)` in another process, named there as it was here (`materialize`)."""
+    if named:
+        _NAMED[path] = named
+    return Tokenizer.load(path)
+
+
 @functools.lru_cache(maxsize=16)
 def _load_cached(path: str) -> Tokenizer:
     return Tokenizer(path)
 
 
-def materialize(files: dict[str, str]) -> str:
+_NAMED: dict[str, str] = {}  # a materialized tokenizer directory -> the words naming it as the user gave it
+
+
+def materialize(files: dict[str, str], *, named: str | None = None) -> str:
     """A tokenizer directory holding `files` (from `Tokenizer.files`), content-addressed under the temp
-    directory so the same files always give the same path (and one cached `Tokenizer`)."""
+    directory so the same files always give the same path (and one cached `Tokenizer`). `named`: how messages
+    name that tokenizer (`Tokenizer.words`), e.g. "the tokenizer of model.init_from=CKPT", never by its copy."""
     digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:20]
     parent = os.path.join(tempfile.gettempdir(), "instructjax-tokenizers")
     directory = os.path.join(parent, digest)
@@ -348,6 +367,8 @@ def materialize(files: dict[str, str]) -> str:
             os.rename(staging, directory)  # atomic: a concurrent writer either wins or finds it done
         except OSError:
             shutil.rmtree(staging, ignore_errors=True)
+    if named:
+        _NAMED[directory] = named
     return directory
 
 
