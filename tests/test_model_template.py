@@ -419,3 +419,74 @@ def test_data_preview_shows_the_templates_special_tokens(tmp_path, capsys):
                  "--json"]) == 0
     row = json.loads(capsys.readouterr().out.splitlines()[0])
     assert "<|assistant|>" in row["text"] and "<|end|>" in row["text"]
+
+
+def test_a_reply_that_cannot_be_found_is_named_by_its_number_among_replies(tokenizers):
+    """The second reply of a chat with a system turn is message 5: the error names it "assistant reply 2 (message
+    5)". A special token said to span the whole second reply (and what follows) leaves nothing of it to train (no
+    real template's special tokens reach across a reply's text, so the spans are given here)."""
+    from instructjax.data.encoding import model_template as mt
+
+    ours, _ = tokenizers["qwen2.5"]
+    messages = CONVERSATIONS[1]  # system, user, assistant, user, assistant
+    text, _ = mt.render_text(messages, ours)
+    structure, _ = mt.render_text([{**m, "content": mt.PLACEHOLDER.format(k)} for k, m in enumerate(messages)], ours)
+    contents = mt._content_spans(text, structure, [m["content"] for m in messages])
+    second = text.index("<|im_start|>assistant", contents[3][1])  # the second reply's turn, after the second user's
+    assert text.index(messages[4]["content"]) > second
+    with pytest.raises(DataError, match=r"assistant reply 2 \(message 5\) cannot be told apart"):
+        mt._turn_spans(messages, text, contents, [(second, len(text) + 1, "<|im_start|>")], ours, "conversation 'c'")
+    assert len(mt._turn_spans(messages, text, contents, [], ours, "conversation 'c'")) == 2  # without it: both found
+
+
+def test_system_turn_drop(tmp_path, capsys):
+    """`data.system_turn: drop` trains on the chat without its system turn: ids as transformers renders the chat
+    without it (Qwen2.5's template then writes its default system prompt), while `keep` renders the system text."""
+    import yaml
+
+    from instructjax.cli import main
+
+    path = build("qwen2.5", tmp_path / "tok")
+    hf = transformers.AutoTokenizer.from_pretrained(path)
+    chat = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Capital of France?"},
+            {"role": "assistant", "content": "Paris."}]
+    (tmp_path / "chats.jsonl").write_text(json.dumps({"id": "c", "messages": chat}) + "\n")
+    shown = {}
+    for how in ("keep", "drop"):
+        body = {"model": {"preset": "tiny", "dtype": "float32"}, "tokenizer": path, "template": "model",
+                "data": {"mixture": how, "seq_len": 128, "global_batch": 2, "system_turn": how},
+                "define": {"tasks": {how: {"source": "messages", "data_files": [str(tmp_path / "chats.jsonl")]}}}}
+        (tmp_path / f"{how}.yaml").write_text(yaml.safe_dump(body))
+        capsys.readouterr()
+        assert main(["data", "preview", "--config", str(tmp_path / f"{how}.yaml"), "-n", "1", "--json"]) == 0
+        shown[how] = json.loads(capsys.readouterr().out.strip().splitlines()[0])
+    assert shown["keep"]["tokens"] == hf_ids(hf, chat)
+    assert shown["drop"]["tokens"] == hf_ids(hf, chat[1:]) != hf_ids(hf, chat)
+    assert "You are terse." not in shown["drop"]["text"]
+    trained = hf.decode([t for t, m in zip(shown["drop"]["tokens"], shown["drop"]["loss_mask"], strict=True) if m])
+    assert trained == "Paris.<|im_end|>\n"
+
+
+def test_data_preview_dims_special_tokens_on_a_terminal(tmp_path, capsys, monkeypatch):
+    """On a terminal, `data preview` dims every special token of the template (Phi-3's role markers and end of turn)
+    and colours the trained tokens green, the trained end-of-turn token green and dimmed; text is not dimmed."""
+    import re
+    import sys
+
+    from instructjax.cli import main
+
+    dim, green, reset = "\033[2m", "\033[32m", "\033[0m"
+    path = build("phi3", tmp_path / "tok")
+    specials = [t["content"] for t in TEMPLATES["phi3"]["special_tokens"]]
+    capsys.readouterr()
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)  # what the preview asks to know it writes to a terminal
+    assert main(["data", "preview", "alpaca_builtin", "--tokenizer", path, "--template", "model", "-n", "1"]) == 0
+    out = capsys.readouterr().out
+    assert f"{dim}<|user|>{reset}" in out and f"{dim}<|assistant|>" in out
+    assert f"{green}{dim}<|end|>" in out  # the reply's end of turn: trained, and a special token
+    assert "[[" not in out  # the terminal's marks, not the plain ones
+    plain = re.sub(r"\033\[\d+m", "", out)
+    for token in specials:  # every special token shown is dimmed where it shows
+        assert plain.count(token) == len(re.findall(re.escape(dim) + r"[^\033]*" + re.escape(token), out)), token
+    dimmed = re.findall(re.escape(dim) + r"([^\033]*)" + re.escape(reset), out)
+    assert dimmed and all(any(t in piece for t in specials) for piece in dimmed)  # only special tokens are dimmed
