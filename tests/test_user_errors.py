@@ -117,21 +117,27 @@ def test_a_finished_run_resumed_says_so(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def oversized(tmp_path_factory, model) -> dict[str, str]:
     """A tokenizer of 1,200 ids beside a model of 1,000 embedding rows: as an HF directory, and as a checkpoint
-    written with the lower-level functions (import would refuse it)."""
+    written without import's checks (import would refuse it); a checkpoint whose chat template does not compile,
+    written the same way."""
+    root = tmp_path_factory.mktemp("oversized")
+    tok = bpe_tokenizer(str(root / "tok"), vocab_size=1200)
+    hf = hf_model(str(root / "hf"), tok, vocab_size=1000, bos=None, eos=0)
+    return {"hf": hf, "ckpt": unchecked_checkpoint(hf, str(root / "ckpt")), "tok": tok,
+            "broken": unchecked_checkpoint(model["broken"], str(root / "broken"))}
+
+
+def unchecked_checkpoint(hf: str, out: str) -> str:
+    """HF directory -> checkpoint, as import writes it but without import's checks of its tokenizer."""
     import dataclasses
 
     from instructjax.convert.hf import hf_to_params
     from instructjax.core.checkpoint import save_params
     from instructjax.data.encoding.tokenizer import Tokenizer
 
-    root = tmp_path_factory.mktemp("oversized")
-    tok = bpe_tokenizer(str(root / "tok"), vocab_size=1200)
-    hf = hf_model(str(root / "hf"), tok, vocab_size=1000, bos=None, eos=0)
     params, config = hf_to_params(hf)
-    files = Tokenizer.load(hf).files()
-    save_params(str(root / "ckpt"), params, dataclasses.asdict(config), run_config={"source": hf}, step=0,
-                tokenizer={"files": files, "template": None})
-    return {"hf": hf, "ckpt": str(root / "ckpt"), "tok": tok}
+    save_params(out, params, dataclasses.asdict(config), run_config={"source": hf}, step=0,
+                tokenizer={"files": Tokenizer.load(hf).files(), "template": None})
+    return out
 
 
 def test_a_tokenizer_larger_than_the_embedding_is_one_line(model, oversized, capsys, tmp_path):
@@ -202,3 +208,14 @@ def test_messages_name_the_tokenizer_as_the_user_gave_it(tmp_path, capsys):
         saved_tokenizer(ckpt)[0].special_id("<|not-here|>")
     assert f"the tokenizer of {ckpt}: '<|not-here|>' is not one of its tokens" in str(e.value)
     assert "instructjax-tokenizers" not in str(e.value)
+
+
+def test_export_refuses_what_import_would_have(oversized, capsys, tmp_path):
+    """A checkpoint written past import's checks (a tokenizer larger than the embedding, a chat template that does
+    not compile) is refused by export with one line, before anything is written."""
+    cases = [(oversized["ckpt"], "has 1200 token ids but the model's embedding has 1000 rows"),
+             (oversized["broken"], "chat_template does not compile")]
+    for ckpt, words in cases:
+        out = tmp_path / "export"
+        assert words in one_line(capsys, ["export", "--checkpoint", ckpt, "--out", str(out)]), ckpt
+        assert not out.exists()
