@@ -81,7 +81,7 @@ RECORDED = {
     "1": ("7 7", "6 6"),  # tie twice: tie
     "2": ("8 3", "8 3"),  # first position preferred both times (position bias): tie
     "3": ("2 9", "9 2"),  # B preferred twice: lose
-    "4": ("Scores: 8/10 6/10", "5, 5"),  # win + tie: tie (a win needs both orders)
+    "4": ("8,6", "5 5"),  # win + tie: tie (a win needs both orders)
 }
 
 
@@ -115,6 +115,34 @@ def test_pairwise_unreadable_replies_are_counted_and_missing_ones_named():
     assert not pw.reads_score_pair(requests[3], replies[3]["reply"]) and pw.reads_score_pair(requests[0], "8 5")
     with pytest.raises(DataError, match="no judge reply for request '0|ab'"):
         pw.score_pairwise(requests, replies[1:])
+
+
+# judge replies as GPT-4 writes them and as it sometimes does not
+JUDGE_REPLIES = ["8 6", "8 6\nAssistant 1 gave more detail.", "7,9", "10 1", "8.5 7", "6. 6.", "8 6\r\nwhy",
+                 "8, 6", "8  6", "8 6 ", "Scores: 8 6", "Assistant 1: 8\nAssistant 2: 6", "8/10 6/10", "(8, 6)",
+                 "\n8 6", "I cannot decide.", "", "9", "1 2 3", "11 3", "0 5", "-2 5", "nan 5", "1e1 5"]
+
+
+def test_pairwise_score_pair_is_fastchats_parse_score():
+    """Our reading of a pairwise reply against FastChat's own `parse_score` (tests/upstream_code.py): every reply it
+    reads on the 1-10 scale we read the same; every reply it cannot read ([-1, -1]) is unparsed here too, and so a
+    tie in its order on both sides; the one difference: a pair off the scale, which it compares and we leave
+    unparsed (a tie)."""
+    from upstream_code import parse_score
+
+    off_scale = []
+    for reply in JUDGE_REPLIES:
+        theirs = parse_score(reply)
+        ours = pw.parse_score_pair(reply) if pw.reads_score_pair({}, reply) else None
+        if theirs == [-1, -1]:
+            assert ours is None, reply
+        elif all(1 <= n <= 10 for n in theirs):
+            assert ours == tuple(theirs), reply
+        else:
+            assert ours is None, reply
+            off_scale.append(reply)
+    assert off_scale == ["11 3", "0 5", "-2 5", "nan 5"]
+    assert sum(pw.reads_score_pair({}, r) for r in JUDGE_REPLIES) == 8  # "1e1 5" too: float() reads it
 
 
 def test_flask_per_skill_scaled():

@@ -2,7 +2,7 @@
 """Code copied verbatim from the papers' own repositories: the tests' independent references.
 
 Each block below is the upstream text unchanged (trailing whitespace included, hence `ruff: noqa`);
-only the two `PROMPT_DICT`s are bound here under other names, as noted. All three projects are
+only the two `PROMPT_DICT`s (and FastChat's `logger`) are bound here under other names, as noted. All the projects are
 licensed under the Apache License, Version 2.0 (http://www.apache.org/licenses/LICENSE-2.0).
 
 - `encode_with_messages_format`: allenai/open-instruct, open_instruct/finetune.py, commit
@@ -21,6 +21,12 @@ licensed under the Apache License, Version 2.0 (http://www.apache.org/licenses/L
   d05effeb4df018dd82c15a956a4a58da82547eb5 (2025-07-02; the function came in 8dadfdf42 of 2024-02-13, then
   without `add_generation_prompt=True`): how open-instruct's eval scripts prompt a model in its own chat template
   (the Tulu suite's `--chat-format model`).
+
+- `parse_score`: lm-sys/FastChat, fastchat/eval/eval_gpt_review.py, commit
+  69d085eadab8e9fcf831a97e17e132658c3d2272 (2023-06-27, the last before the old evaluation package was removed;
+  the pip package fschat does not ship it): how the pairwise review's score pair is read, the rule AlpaGasus and
+  seed 002 follow. Its module's `logger` is bound here under the name `logger`. Copyright the FastChat authors
+  (LMSYS).
 
 They call `tokenizer(text, return_tensors="pt", ...)` as on an HF tokenizer;
 `pretrained_models.LibraryTokenizer` answers that from the tokenizer libraries themselves.
@@ -171,3 +177,26 @@ def create_prompt_with_huggingface_tokenizer_template(messages, tokenizer, add_b
     if add_bos:
         formatted_text = tokenizer.bos_token + formatted_text
     return formatted_text
+
+
+# ---- lm-sys/FastChat, fastchat/eval/eval_gpt_review.py @ 69d085eadab8e9fcf831a97e17e132658c3d2272 ------------
+
+import logging
+
+logger = logging.getLogger("fastchat.eval.eval_gpt_review")
+
+
+def parse_score(review):
+    try:
+        score_pair = review.split("\n")[0]
+        score_pair = score_pair.replace(",", " ")
+        sp = score_pair.split(" ")
+        if len(sp) == 2:
+            return [float(sp[0]), float(sp[1])]
+        else:
+            raise Exception("Invalid score pair.")
+    except Exception as e:
+        logger.error(
+            f"{e}\nContent: {review}\n" "You must manually fix the score pair."
+        )
+        return [-1, -1]

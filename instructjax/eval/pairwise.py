@@ -150,10 +150,6 @@ def flask_requests(rows: Sequence[Mapping]) -> list[dict]:
 # ---- replies -> scores ---------------------------------------------------------------------------------
 
 
-def _first_line(reply: str) -> str:
-    return next((line.strip() for line in reply.splitlines() if line.strip()), "")
-
-
 def _replies(requests: Sequence[Mapping], replies: Sequence[Mapping]) -> dict[str, str]:
     by_id = {str(r["id"]): str(r["reply"]) for r in replies}
     missing = [r["id"] for r in requests if r["id"] not in by_id]
@@ -163,12 +159,20 @@ def _replies(requests: Sequence[Mapping], replies: Sequence[Mapping]) -> dict[st
 
 
 def parse_score_pair(reply: str, request_id: str = "") -> tuple[float, float]:
-    """The two scores on the reply's first line ("8 6", "8, 6", "8/10 6/10")."""
-    numbers = re.findall(r"\d+(?:\.\d+)?(?:\s*/\s*10)?", _first_line(reply))
-    numbers = [float(n.split("/")[0]) for n in numbers]
-    if len(numbers) != 2:
-        raise DataError(f"judge reply's first line {_first_line(reply)!r} does not hold two scores",
-                        reason="wrong_type", row=request_id)
+    """The two scores of the reply's first line, read as FastChat's `eval_gpt_review.parse_score` reads them (the
+    rule AlpaGasus and seed 002 follow): the line up to the first newline, commas made spaces, split at each space,
+    exactly two numbers ("8 6", "8,6"; not "8, 6", "Scores: 8 6" or "Assistant 1: 8", which it cannot read). Ours
+    besides: both on the 1-10 scale (FastChat compares any two numbers); a reply it cannot read is an error here,
+    a tie in its order for score_pairwise, as FastChat's [-1, -1] is."""
+    line = reply.split("\n")[0]
+    fields = line.replace(",", " ").split(" ")
+    try:
+        if len(fields) != 2:
+            raise ValueError
+        numbers = [float(fields[0]), float(fields[1])]
+    except ValueError:
+        raise DataError(f"judge reply's first line {line!r} is not two scores separated by a space",
+                        reason="wrong_type", row=request_id) from None
     low, high = JUDGE_PROTOCOLS["pairwise"].scale
     if not all(low <= n <= high for n in numbers):
         raise DataError(f"judge reply's scores {numbers} are outside the {low}-{high} scale", reason="wrong_type",
@@ -190,7 +194,7 @@ class PairwiseResult:
     win: int
     tie: int
     lose: int
-    unparsed: int = 0  # replies whose first line holds no two scores on the scale: ties in their order
+    unparsed: int = 0  # replies whose first line is not two scores on the scale (parse_score_pair): ties in their order
 
     @property
     def n(self) -> int:
