@@ -5,16 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 
 from instructjax import cli
 from instructjax.cli import experiments
-from instructjax.core.config import load_config
+from instructjax.core.config import eval_section, load_config
 from instructjax.data.blends import specs
 from instructjax.data.blends.specs import define as define_data
 from instructjax.eval.suite import SUITE_NAMES
 from instructjax.model.config import PRESETS
 
 ROOT = Path(__file__).resolve().parent.parent / "configs"
+SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"  # the papers' text, beside a developer's checkout
 EXPS = experiments.experiments()
 BY_PATH = {e.path: e for e in EXPS}
 
@@ -131,9 +133,13 @@ def test_seed004_matches_paper():
     for e in vanilla:  # evaluated as base models (App. C: raw prompts for ToxiGen and TruthfulQA)
         c = load(e.path)
         assert c.max_steps == 0 and c.eval["toxigen"] == {"chat": False} and c.eval["truthfulqa"] == {"chat": False}
+        # and the Tulu suite's raw prompts (submit_eval_jobs.py drops --use_chat_format for the llama-* models),
+        # named rather than detected
+        assert c.eval["chat_format"] == "none"
     for e in (e for e in EXPS if e.path.startswith("seed004") and e.tags["mixture"] is not None):
         c = load(e.path)
         assert c.eval["toxigen"] is True and c.eval["truthfulqa"] is True  # Table 6 for every trained model
+        assert c.eval.get("chat_format", "auto") == "auto"  # the template the run trained with (Tulu)
         big = c.model.preset in ("llama1-33b", "llama1-65b")
         assert (c.optim.lr, c.data.seq_len) == ((1e-5, 1024) if big else (2e-5, 2048))  # Appendix D
         assert (c.optim.epochs, c.optim.warmup_ratio, c.data.global_batch) == (2, 0.03, 128)
@@ -177,3 +183,58 @@ def test_bad_selection_is_a_config_error():
     for bad, match in (({"method": "longst", "k": 3}, "selection.method"), ({"method": "longest", "k": 0}, "k must")):
         with pytest.raises(ConfigError, match=match):
             define_data({"tasks": {"bad_sel": {"source": "dolly", "data_files": ["builtin"], "selection": bad}}})
+
+
+def _annotator_model(annotator: str) -> str:
+    """The judge model the installed alpaca_eval package's annotator config names."""
+    import importlib.util
+
+    root = Path(importlib.util.find_spec("alpaca_eval").origin).parent / "evaluators_configs"
+    return yaml.safe_load((root / annotator / "configs.yaml").read_text())[annotator]["completions_kwargs"]["model_name"]
+
+
+def _model_in_paper(printed: str) -> str:
+    """A judge as a paper prints it ("GPT-4-0613", "GPT4-Turbo") as the API names it."""
+    return printed.lower().replace("gpt4", "gpt-4")
+
+
+# (config group, judged part, the judge as the paper prints it, the paper, the sentence that names it)
+PAPER_JUDGES = [
+    ("seed000_acp", "flask", "GPT-4-0613", "000_ee17504fde723e0b.txt",
+     "We adopt the same setup as FLASK, using GPT-4-0613 to access the alignment skills"),
+    ("seed002_selection", "pairwise", "GPT-4", "002_90d96a546d3b6616.txt",
+     "we swap the position of two responses to let GPT-4 judge twice"),
+    ("seed003_mosaic", "pairwise", "GPT4-Turbo", "003_5f58a71acda3a4fb.txt",
+     "Figure 6: The prompt we used to request GPT4-Turbo to evaluate the responses."),
+]
+# (config group, the annotator, the paper, the sentence that names it): the judge model is the annotator's own
+PAPER_ANNOTATORS = [
+    # AlpacaEval 2: the length-controlled win rate is AlpacaEval 2's, computed on its weighted GPT-4 Turbo annotator
+    ("seed003_mosaic", "weighted_alpaca_eval_gpt4_turbo", "003_5f58a71acda3a4fb.txt",
+     "Rate(LC) in Alpaca Eval represents the length-controlled win rates"),
+    ("seed004_tulu", "alpaca_eval_gpt4_0314", "004_c95fab1b15b30ce8.txt",
+     'We employ the "alpaca_eval_gpt4_0314" annotator config instead of "alpaca_eval_gpt4"'),
+]
+
+
+def test_each_papers_judges_are_its_configs_judges():
+    """Every judged part of a paper's configs asks the judge the paper names (FLASK GPT-4-0613, seed 002's pairwise
+    GPT-4, seed 003's pairwise GPT-4 Turbo, seed 003's AlpacaEval 2 on weighted_alpaca_eval_gpt4_turbo with
+    gpt-4-1106-preview, seed 004's AlpacaEval 1 on alpaca_eval_gpt4_0314 with gpt-4-0314); each sentence is the
+    paper's own where its text is here."""
+    papers = SEEDS.is_dir() and all((SEEDS / paper).is_file() for *_, paper, _ in PAPER_JUDGES)
+    for group, part, printed, paper, sentence in PAPER_JUDGES:
+        assert printed in sentence
+        if papers:
+            assert sentence in " ".join((SEEDS / paper).read_text().split()), sentence
+        configs = [load(e.path) for e in EXPS if e.path.startswith(group) and e.config.get("eval", {}).get(part)]
+        assert configs, (group, part)
+        assert {eval_section(c.eval).judge_model(part) for c in configs} == {_model_in_paper(printed)}, (group, part)
+    for group, annotator, paper, sentence in PAPER_ANNOTATORS:
+        if papers:
+            assert sentence in " ".join((SEEDS / paper).read_text().split()), sentence
+        configs = [load(e.path) for e in EXPS if e.path.startswith(group) and e.config.get("eval", {}).get("alpaca_eval")]
+        assert configs and {c.eval["alpaca_eval"]["annotator"] for c in configs} == {annotator}, group
+        assert {eval_section(c.eval).judge_model("alpaca_eval") for c in configs} == {_annotator_model(annotator)}, group
+    assert _annotator_model("weighted_alpaca_eval_gpt4_turbo") == "gpt-4-1106-preview"
+    assert _annotator_model("alpaca_eval_gpt4_0314") == "gpt-4-0314"

@@ -308,7 +308,7 @@ def seed004() -> list[Experiment]:
     group, out = "seed004_tulu", []
     for preset in SEED004_VANILLA:  # the base models, evaluated as they are (App. C: raw prompts, no template)
         name = f"tulu_vanilla_{preset.replace('-', '_').replace('.', '_')}"
-        base = _config(name, group, preset, {}, {}, {"suite": "tulu", "toxigen": {"chat": False},
+        base = _config(name, group, preset, {}, {}, {"suite": "tulu", "chat_format": "none", "toxigen": {"chat": False},
                                                       "truthfulqa": {"chat": False}}, max_steps=0)
         for key in ("data", "optim", "checkpoint"):  # no training: `instructjax train` refuses max_steps < 1
             base.pop(key)
