@@ -14,6 +14,8 @@ from __future__ import annotations
 import json
 import math
 import random
+import subprocess
+import sys
 
 import pytest
 
@@ -177,3 +179,52 @@ def test_a_bad_reference_row_is_one_line_naming_file_and_row(tmp_path):
         read_reference(str(tmp_path / "ref.json"))
     assert "ref.json" in str(e.value) and "row 2" in str(e.value) and "'output'" in str(e.value)
     assert "\n" not in str(e.value)
+
+
+def test_every_reply_unreadable_is_one_line(tmp_path):
+    """AlpacaEval 1's annotator reads none of the judge's replies: one line naming the part, how many replies and
+    the annotator (then the line saying which part failed), exit 2, never a traceback, and none of the package's own
+    log lines (its progress, each unread reply with its text)."""
+    import dataclasses
+
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from instructjax.cli import main
+    from instructjax.core.checkpoint import save_params
+    from instructjax.data.encoding.tokenizer import Tokenizer, default_tokenizer_path
+    from instructjax.model.config import preset
+    from instructjax.model.decoder import Decoder
+
+    config = preset("tiny", dtype="float32")
+    shapes = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: (0.02 * rng.standard_normal(a.shape)).astype(a.dtype), shapes)
+    tokenizer = {"files": Tokenizer.load(default_tokenizer_path()).files(), "template": "tulu"}
+    save_params(tmp_path / "run", params, dataclasses.asdict(config), step=1, tokenizer=tokenizer)
+    ae1 = [{"instruction": f"Describe {w}.", "output": f"{w.title()} is weather.", "generator": "text_davinci_003"}
+           for w in ("rain", "snow", "sun")]
+    _write_jsonl(tmp_path / "ae1.jsonl", ae1)
+    out = tmp_path / "out"
+    run_yaml = tmp_path / "run.yaml"
+    run_yaml.write_text(f"""name: ae
+run_dir: {tmp_path / 'run'}
+eval:
+  batch_size: 4
+  out_dir: {out}
+  alpaca_eval: {{against: {tmp_path / 'ae1.jsonl'}, annotator: alpaca_eval_gpt4, max_new_tokens: 2}}
+""")
+    assert main(["eval", "--config", str(run_yaml)]) == 0  # the requests, no replies yet
+    requests = _read_jsonl(out / "alpaca_eval_requests.jsonl")
+    assert len(requests) == len(ae1)
+    _write_jsonl(out / "alpaca_eval_replies.jsonl", [{"id": r["id"], "reply": "I cannot rank these."}
+                                                     for r in requests])
+    # a process of its own: its stderr as a user sees it (the package's root-logger lines included, were they there)
+    done = subprocess.run([sys.executable, "-m", "instructjax.cli", "eval", "--config", str(run_yaml), "--only",
+                           "alpaca_eval"], capture_output=True, text=True, timeout=600)
+    err = done.stderr.splitlines()
+    assert done.returncode == 2 and len(err) == 2 and err[0].startswith("instructjax: eval alpaca_eval: "), done.stderr
+    assert f"none of the judge's {len(ae1)} replies could be read by annotator 'alpaca_eval_gpt4'" in err[0], err
+    assert err[1].startswith("instructjax: error: eval: alpaca_eval failed"), err
+    assert "alpaca_eval" in json.loads((out / "results.json").read_text())["errors"]

@@ -361,3 +361,57 @@ def test_each_judged_part_asks_its_own_judge(tmp_path):
     assert judge_record(offline, "alpaca_eval") == {"model": "gpt-4-0314", "replies": "read from files"}
     with pytest.raises(ConfigError, match="eval.flask.judge"):  # no endpoint to take the other keys from
         eval_section({"flask": {"judge": {"base_url": own_url}}}).judge_of("flask")
+
+
+def test_judge_bodies_that_are_not_chat_completions_through_eval_config(tmp_path, capsys):
+    """`instructjax eval --config` whose pairwise judge answers an HTML page and whose FLASK judge answers no
+    choices: each part is one line naming it, the request and what came back, then one line saying which failed;
+    exit 2, never a traceback."""
+    import dataclasses
+
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from instructjax.cli import main
+    from instructjax.core.checkpoint import save_params
+    from instructjax.data.encoding.tokenizer import Tokenizer, default_tokenizer_path
+    from instructjax.model.config import preset
+    from instructjax.model.decoder import Decoder
+
+    config = preset("tiny", dtype="float32")
+    shapes = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))))
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: (0.02 * rng.standard_normal(a.shape)).astype(a.dtype), shapes)
+    tokenizer = {"files": Tokenizer.load(default_tokenizer_path()).files(), "template": "tulu"}
+    save_params(tmp_path / "run", params, dataclasses.asdict(config), step=1, tokenizer=tokenizer)
+    prompts = [{"id": str(i), "instruction": f"Say {w}.", "skills": ["Factuality"]} for i, w in enumerate(("hi", "no"))]
+    pw.write_jsonl(tmp_path / "p.jsonl", prompts)
+    pw.write_jsonl(tmp_path / "b.jsonl", [{**r, "output": "B"} for r in prompts])
+    html, html_handler, html_url = _scripted([b"<html>proxy error</html>"])
+    empty, empty_handler, empty_url = _scripted([b'{"choices": []}'])
+    try:
+        (tmp_path / "run.yaml").write_text(f"""name: tiny
+run_dir: {tmp_path / 'run'}
+eval:
+  batch_size: 2
+  out_dir: {tmp_path / 'out'}
+  pairwise: {{prompts: {tmp_path / 'p.jsonl'}, against: {{b: {tmp_path / 'b.jsonl'}}}, max_new_tokens: 2,
+              judge: {{base_url: {html_url}, model: j, max_retries: 0, concurrency: 1}}}}
+  flask: {{prompts: {tmp_path / 'p.jsonl'}, max_new_tokens: 2,
+           judge: {{base_url: {empty_url}, model: j, max_retries: 0, concurrency: 1}}}}
+""")
+        capsys.readouterr()
+        assert main(["eval", "--config", str(tmp_path / "run.yaml")]) == 2
+    finally:
+        html.shutdown()
+        empty.shutdown()
+    assert html_handler.seen and empty_handler.seen  # each judge was asked
+    err = [line for line in capsys.readouterr().err.splitlines() if "note:" not in line]
+    assert len(err) == 3 and all(line.startswith("instructjax: ") for line in err), err
+    by_part = {line.split(":")[1].strip(): line for line in err[:2]}
+    assert "not a chat completion" in by_part["eval pairwise"], err
+    assert "no choices" in by_part["eval flask"], err
+    assert err[2].startswith("instructjax: error: eval: ") and "pairwise" in err[2] and "flask" in err[2], err
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert set(results["errors"]) == {"pairwise", "flask"} and results["parts"] == []

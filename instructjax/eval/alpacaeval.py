@@ -19,9 +19,12 @@ Each judge request the annotator makes is a request of ours ({id, messages, samp
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import math
+import warnings
 from collections.abc import Callable, Mapping, Sequence
 
 from instructjax.core import storage
@@ -63,9 +66,11 @@ def read_reference(path: str) -> list[dict]:
 def package():
     """The `alpaca_eval` package (imported when first needed), or a one-line ConfigError."""
     try:
-        import alpaca_eval.annotators
-        import alpaca_eval.metrics
-        import alpaca_eval.utils  # noqa: F401
+        with warnings.catch_warnings():  # its utils import pkg_resources: a deprecation warning on every run
+            warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+            import alpaca_eval.annotators
+            import alpaca_eval.metrics
+            import alpaca_eval.utils  # noqa: F401
     except ImportError as e:
         raise ConfigError(f"eval.alpaca_eval needs the `alpaca_eval` package (pip install 'instructjax[eval]'): "
                           f"{e}") from None
@@ -112,15 +117,29 @@ def annotate(model: Sequence[Mapping], reference: Sequence[Mapping], annotator: 
     """The package's annotations of the model's outputs (output_2) against the reference's (output_1): its
     PairwiseAnnotator built from its `annotator` config, its judge calls made through `ask`."""
     ae = package()
+    with _package_quiet():
+        try:
+            pairwise = ae.annotators.PairwiseAnnotator(annotators_config=annotator, caching_path=None,
+                                                       is_avoid_reannotations=False)  # fmt: skip
+        except (FileNotFoundError, KeyError, AssertionError) as e:
+            raise ConfigError(f"eval.alpaca_eval.annotator: {annotator!r} is not an annotator config of the "
+                              f"alpaca_eval package ({e})") from None
+        for single in pairwise.annotators.values():
+            single.fn_completions = completions(ask, annotator)
+        return pairwise.annotate_head2head(outputs_1=list(reference), outputs_2=list(model))
+
+
+@contextlib.contextmanager
+def _package_quiet():
+    """The package logs through the root logger (its progress at INFO, each reply its parser cannot read as an
+    ERROR of several lines with the reply, then a WARNING counting them): silent while it annotates, since
+    `win_rates` counts the unread replies and a judge that answers none is one line."""
+    before = logging.root.manager.disable
+    logging.disable(logging.ERROR)
     try:
-        pairwise = ae.annotators.PairwiseAnnotator(annotators_config=annotator, caching_path=None,
-                                                   is_avoid_reannotations=False)  # fmt: skip
-    except (FileNotFoundError, KeyError, AssertionError) as e:
-        raise ConfigError(f"eval.alpaca_eval.annotator: {annotator!r} is not an annotator config of the "
-                          f"alpaca_eval package ({e})") from None
-    for single in pairwise.annotators.values():
-        single.fn_completions = completions(ask, annotator)
-    return pairwise.annotate_head2head(outputs_1=list(reference), outputs_2=list(model))
+        yield
+    finally:
+        logging.disable(before)
 
 
 def win_rates(annotations: list[dict], annotator: str) -> dict:
