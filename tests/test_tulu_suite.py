@@ -17,6 +17,7 @@ import gzip
 import importlib
 import json
 import random
+import re
 import sys
 from pathlib import Path
 
@@ -409,6 +410,32 @@ def test_missing_data_is_named_with_the_way_out(model_dir, tmp_path, capsys):
         (tmp_path / "mmlu" / "dev" / "anatomy_dev.csv").write_text("q?,a,b,c,d,B\n")
 
 
+def test_an_unreachable_hub_set_stops_the_suite_before_the_model_answers(model_dir, tmp_path):
+    """MMLU in the data_dir, GSM only on the hub, here unreachable: the suite reads every set before the model
+    answers, so it stops on GSM (one line naming openai/gsm8k) without having asked the model anything (MMLU
+    comes first in the suite: before, its answers were computed, then lost)."""
+    from instructjax.core.errors import ConfigError
+    from instructjax.data.encoding.tokenizer import Tokenizer
+
+    class NoModel:  # any answer at all fails the test
+        tokenizer = Tokenizer.load(model_dir).to_hf()
+        batch_size = 1
+
+        @property
+        def model(self):
+            raise AssertionError("the model was asked before every set was read")
+
+        def generate(self, *args, **kwargs):
+            raise AssertionError("the model was asked before every set was read")
+
+    for split in ("dev", "test"):
+        (tmp_path / "mmlu" / split).mkdir(parents=True)
+        (tmp_path / "mmlu" / split / f"anatomy_{split}.csv").write_text("q?,a,b,c,d,A\n")
+    with pytest.raises(ConfigError, match="openai/gsm8k") as e:
+        tulu.run(NoModel(), str(tmp_path), "tulu", settings=("mmlu_0shot", "gsm_direct"))
+    assert "\n" not in str(e.value)
+
+
 def test_sets_the_data_dir_lacks_come_from_the_hub(monkeypatch, tmp_path):
     """MMLU, GSM and TydiQA missing from the data_dir are read from their hub copies (cais/mmlu, openai/gsm8k,
     tydiqa's gold passage task), here local files in the hub's schema: the prompts equal those of the same rows
@@ -554,13 +581,13 @@ def test_codex_reads_the_data_dirs_humaneval(tmp_path):
 
 def test_every_setting_has_a_fidelity_row():
     """docs/fidelity.md has a row for each setting of the suite (its first cell names it), with the reference
-    file it follows."""
+    file it follows and the lines (`run_eval.py` L12-34)."""
     doc = (Path(__file__).parent.parent / "docs" / "fidelity.md").read_text()
     rows = [line.split(" | ") for line in doc.splitlines() if line.startswith("| `")]
     for setting in tulu.SETTINGS:
         row = next((r for r in rows if f"`{setting}`" in r[0]), None)
         assert row is not None, f"docs/fidelity.md: no row for {setting}"
-        assert "run_eval.py" in row[3], setting
+        assert re.search(r"run_eval\.py`? L\d+", row[3]), f"docs/fidelity.md: {setting}: no run_eval.py line cited"
 
 
 @pytest.mark.slow

@@ -122,16 +122,19 @@ def answer(generator, reqs: Sequence[Request]) -> list:
 def run(generator, data_dir: str, chat_format: str, settings: Sequence[str] = SCORED,
         samples_out: str | None = None) -> dict:
     """{setting: its scores} of the scored settings (codex: the `codex` part), and every request with its answer
-    written to `samples_out` (JSONL)."""
+    written to `samples_out` (JSONL). Every set is read before the model answers (a missing or unreachable one is
+    one ConfigError, nothing asked)."""
     from instructjax.eval.pairwise import write_jsonl
 
     codex_settings = [s for s in settings if SETTINGS[s].score is None]
     if codex_settings:
         raise ConfigError(f"Tulu suite: {codex_settings[0]} is run by the codex part (eval.codex)")
     print(f"instructjax: Tulu suite in chat format {chat_format!r}", file=sys.stderr)
+    # every setting's requests first, the hub's sets read too: a set that cannot be read stops the suite before
+    # the model answers anything, so no answer is lost to it
+    built = {name: SETTINGS[name].build(data_dir, generator.tokenizer, chat_format, protocol=name) for name in settings}
     results, logged = {}, []
-    for name in settings:
-        reqs = SETTINGS[name].build(data_dir, generator.tokenizer, chat_format, protocol=name)
+    for name, reqs in built.items():
         answers = answer(generator, reqs)
         results[name] = SETTINGS[name].score(reqs, answers)
         logged += [{**r.record(), "target": r.target, "answer": a} for r, a in zip(reqs, answers, strict=True)]
