@@ -111,13 +111,15 @@ eval:
     assert 0 < firsts < N  # the package shuffled the order (both orders are exercised)
     _write_jsonl(out / "alpaca_eval_replies.jsonl", replies[1:])  # one reply missing: one line naming the file
     assert main(["eval", "--config", str(config), "--only", "alpaca_eval"]) == 2
-    error = capsys.readouterr().err.strip().splitlines()[-1]
+    error, closing = capsys.readouterr().err.strip().splitlines()[-2:]  # the part's line, then the failed parts'
+    assert error.startswith("instructjax: eval alpaca_eval: ") and closing.startswith("instructjax: error: eval: ")
     assert "alpaca_eval_replies.jsonl" in error and repr(requests[0]["id"]) in error and "1 missing" in error
     # a judge whose server gives no logprobs: one line naming the annotator that needs them
     _write_jsonl(out / "alpaca_eval_replies.jsonl", [{**r, "logprobs": None} for r in replies])
     assert main(["eval", "--config", str(config), "--only", "alpaca_eval"]) == 2
     error = capsys.readouterr().err.strip().splitlines()
-    assert len(error) == 1 and "weighted_alpaca_eval_gpt4_turbo" in error[0] and "logprobs" in error[0], error
+    assert len(error) == 2 and error[0].startswith("instructjax: eval alpaca_eval: "), error
+    assert "weighted_alpaca_eval_gpt4_turbo" in error[0] and "logprobs" in error[0], error
     _write_jsonl(out / "alpaca_eval_replies.jsonl", replies)
     import io
     import logging
