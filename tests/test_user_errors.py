@@ -210,12 +210,14 @@ def test_messages_name_the_tokenizer_as_the_user_gave_it(tmp_path, capsys):
     assert "instructjax-tokenizers" not in str(e.value)
 
 
-def test_export_refuses_what_import_would_have(oversized, capsys, tmp_path):
+def test_export_refuses_what_import_would_have(model, oversized, capsys, tmp_path):
     """A checkpoint written past import's checks (a tokenizer larger than the embedding, a chat template that does
-    not compile) is refused by export with one line, before anything is written."""
-    cases = [(oversized["ckpt"], "has 1200 token ids but the model's embedding has 1000 rows"),
-             (oversized["broken"], "chat_template does not compile")]
-    for ckpt, words in cases:
+    not compile), or a larger --tokenizer, is refused by export with one line, before anything is written."""
+    cases = [([oversized["ckpt"]], "has 1200 token ids but the model's embedding has 1000 rows"),
+             ([oversized["broken"]], "chat_template does not compile"),
+             ([model["ckpt"], "--tokenizer", oversized["tok"]],
+              f"--tokenizer {oversized['tok']} has 1200 token ids but the model's embedding has 608 rows")]
+    for (ckpt, *extra), words in cases:
         out = tmp_path / "export"
-        assert words in one_line(capsys, ["export", "--checkpoint", ckpt, "--out", str(out)]), ckpt
+        assert words in one_line(capsys, ["export", "--checkpoint", ckpt, *extra, "--out", str(out)]), ckpt
         assert not out.exists()

@@ -70,11 +70,11 @@ def import_hf(hf_dir: str, out: str, *, mesh=None, param_dtype: str = "float32",
 
 
 def check_tokenizer(tok, config: DecoderConfig, chat_template: str | None, *, where: str,
-                    template_from: str | None = None) -> None:
+                    template_from: str | None = None, tokenizer: str | None = None) -> None:
     """One line where a model and its tokenizer cannot go on together: more token ids than embedding rows (every
     later command would read past the table), or a chat template that does not compile (named by `template_from`,
-    else `where`)."""
-    check_vocab(tok, config, where=where)
+    else `where`; a --tokenizer given instead of the model's own by `tokenizer`)."""
+    check_vocab(tok, config, where=where, tokenizer=tokenizer)
     if chat_template:
         from instructjax.data.encoding.model_template import check_compiles
 
@@ -166,7 +166,7 @@ def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", 
     params, config, _, step = load_params(directory, step)
     config = DecoderConfig.from_dict(config)
     tok, chat_template = saved_tokenizer(directory, step=step, tokenizer=tokenizer, template=template)
-    check_tokenizer(tok, config, chat_template, where=checkpoint)
+    check_tokenizer(tok, config, chat_template, where=checkpoint, tokenizer=tokenizer)
     target = np_dtype(dtype, config.param_dtype)
     ends = [tok.eos_id, *config.eos_ids]  # and the token the exported template ends a reply with
     if chat_template:
