@@ -15,7 +15,15 @@ from instructjax.core.errors import ConfigError
 from instructjax.data.batches.packing import FEATURES
 from instructjax.model.config import preset
 from instructjax.train.optim import make_optimizer
-from instructjax.train.plan import GIB, Topology, activation_bytes, gpu_topology, make_plan, tpu_topology
+from instructjax.train.plan import (
+    GIB,
+    Topology,
+    activation_bytes,
+    gpu_topology,
+    make_plan,
+    onchip_bytes,
+    tpu_topology,
+)
 from instructjax.train.step import build_step
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
@@ -78,7 +86,8 @@ def test_llama2_7b_activations_and_data_by_hand(tulu7b_v4_64):
     # recomputed, its backward as XLA:TPU holds it (plan.TPU_BACKWARD): a token's 33.5 bytes for each of the 4096
     # residual-stream elements, then the larger of the MLP's 21 x 11008 and the attention's 68 x 32 heads x 128 for q
     # and 10 x 32 x 128 for each of k and v (the attention's), and 3 times the layer's bf16 weights; the loss's head
-    # is sliced over the 32 data-parallel devices, its logits fused with their log-sum-exp on a TPU: no logits array
+    # is sliced over the 32 data-parallel devices: a chunk's float32 logits, 4096 / 32 tokens x 32000 (16 MB), and
+    # their bfloat16 copy fit in half the v4's 128 MiB CMEM, where XLA:TPU places them: none in HBM
     assert tulu7b_v4_64.data.step_shapes == ((32, 2816),) and (a["rows"], a["seq_len"]) == (1, 2816)
     assert a["attention"] == "splash"
     assert 68 * 32 * 128 + 10 * 32 * 128 > 21 * 11008  # the attention's phase is the larger
@@ -119,6 +128,16 @@ def test_activation_policies_order():
     # float32 compute: 4-byte activations (a layer's input 4 x 8192 x 4096) and 4-byte logits (no upcast copy)
     fp32 = activation_bytes(model.replace(dtype="float32", remat="full"), 4, 2048, 1)
     assert (fp32["per_layer"], fp32["logits"]) == (4 * 8192 * 4096, 4 * 8192 * 32000)
+    # a head sliced over 16 devices on a v4 (128 MiB of CMEM): Llama-3-8B's chunk of 4096 / 16 tokens x 128256 in
+    # float32 (125 MiB) is larger than half the CMEM and in HBM, its bfloat16 copy (63 MiB) in the CMEM; a smaller
+    # vocabulary's both fit (none in HBM), and without on-chip memory both count
+    llama3 = preset("llama3-8b")
+    cmem = onchip_bytes(tpu_topology("v4-32"))
+    assert cmem == 128 * 2**20 and onchip_bytes(gpu_topology(8)) == 0
+    sliced = dict(platform="tpu", loss_tokens=256, head_slices=16)
+    assert activation_bytes(llama3, 3, 7680, 1, **sliced, onchip=cmem)["logits"] == 4 * 256 * 128256
+    assert activation_bytes(llama3, 3, 7680, 1, **sliced, onchip=0)["logits"] == 6 * 256 * 128256
+    assert activation_bytes(model, 3, 7680, 1, **sliced, onchip=cmem)["logits"] == 0
 
 
 def test_does_not_fit_and_errors():

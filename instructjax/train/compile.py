@@ -49,6 +49,7 @@ class CompiledShape:
     temporaries: int
     mosaic_kernels: int
     compile_s: float
+    peak_bytes: int = 0  # the compiler's peak of live buffers a device (`memory_analysis().peak_memory_in_bytes`)
     collectives: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> {count, largest}
     refused: str = ""  # the compiler's own words where it refused the step for memory (xla_bytes: its figure)
 
@@ -232,7 +233,7 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
             needed = re.search(r"\(([\d.]+)G\) exceeds", words)
             temporaries = int(float(needed.group(1)) * GIB) if needed else hbm + 1
             shapes.append(CompiledShape(rows, length, temporaries, estimate, hbm, 0, 0, 0, temporaries, 0, 0.0,
-                                        refused=words[words.find("RESOURCE_EXHAUSTED"):][:200]))
+                                        peak_bytes=temporaries, refused=words[words.find("RESOURCE_EXHAUSTED"):][:200]))
             continue
         stats = compiled.memory_analysis()
         kernels, collectives = program_figures(compiled.as_text())
@@ -240,7 +241,8 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
                + stats.temp_size_in_bytes)
         shapes.append(CompiledShape(rows, length, int(xla), estimate, hbm, stats.argument_size_in_bytes,
                                     stats.output_size_in_bytes, stats.alias_size_in_bytes, stats.temp_size_in_bytes,
-                                    kernels, round(seconds, 1), collectives))
+                                    kernels, round(seconds, 1), int(getattr(stats, "peak_memory_in_bytes", 0)),
+                                    collectives))
         if save_executable and (rows, length) == largest:
             save_compiled(compiled, save_executable, target=slice_identity(devices, topology.hosts, mesh_sizes),
                           rows=rows, length=length,
@@ -330,7 +332,7 @@ def format_report(report: CompileReport) -> str:
                             for kind, c in sorted(s.collectives.items()))
         lines += [f"  step {s.rows} x {s.length}: compiler {s.xla_bytes / GIB:.2f} GiB a device (arguments "
                   f"{s.arguments / GIB:.2f}, outputs {s.outputs / GIB:.2f}, aliased {s.aliases / GIB:.2f}, temporaries "
-                  f"{s.temporaries / GIB:.2f}), plan {s.plan_bytes / GIB:.2f} GiB ({s.plan_bytes / max(s.xla_bytes, 1):.0%}"
+                  f"{s.temporaries / GIB:.2f}; peak {s.peak_bytes / GIB:.2f}), plan {s.plan_bytes / GIB:.2f} GiB ({s.plan_bytes / max(s.xla_bytes, 1):.0%}"
                   f" of it), HBM {s.hbm_bytes / GIB:.0f} GiB",
                   f"    {s.mosaic_kernels} Mosaic kernel(s), compiled in {s.compile_s:.1f} s; collectives: "
                   f"{largest or 'none'}"]

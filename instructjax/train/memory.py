@@ -38,9 +38,10 @@ TPU, Pallas flash on GPU, blockwise) keep only a float32 log-sum-exp per query `
 
 The logits of one loss chunk (`optim.loss_chunk` tokens split over the data-parallel devices; all `s r` tokens
 with 0) of `V / t` each in the compute dtype and their float32 log-softmax (`c + 4` bytes; 4 in float32) live
-before the layers' backward starts: the total counts the larger of them and the recomputed layer. On a TPU a head
-sliced over the batch devices (`train.loss`) makes no logits array: XLA:TPU fuses them with their log-sum-exp (but
-for a soft-capped head, Gemma-2's, whose tanh keeps them). The
+before the layers' backward starts: the total counts the larger of them and the recomputed layer. On a TPU, of a head
+sliced over the batch devices (`train.loss`), an array of logits that fits in half the chip's on-chip memory
+(`ONCHIP_BYTES`: v4's CMEM, v5e's VMEM) is placed there by XLA:TPU, outside HBM (but for a soft-capped head,
+Gemma-2's, whose logits are counted whole). The
 total is checked against XLA's own buffer assignment of the compiled train step (tests/test_plan.py: within
 15% on XLA:CPU in float32). XLA fuses and schedules differently on each platform, so real peaks differ by
 tens of percent; a config "fits" when the total is within `USABLE` of the chip's HBM.
@@ -66,12 +67,23 @@ from instructjax.train.topology import Topology
 
 GIB = 2**30
 USABLE = 0.9  # headroom for XLA temporaries, fragmentation and the runtime
+# On-chip memory beside HBM into which XLA:TPU's memory-space assignment moves buffers that fit: v4's CMEM (the buffer
+# report's memory space 3), v5e/v6e/v5p's VMEM (space 1), a chip's figures from jax's `pallas.mosaic.tpu_info`.
+# `memory_analysis()`'s arguments, outputs and temporaries count HBM alone.
+ONCHIP_BYTES = {"v4": 128 * 2**20, "v5e": 128 * 2**20, "v6e": 128 * 2**20, "v5p": 64 * 2**20}
+
+
+def onchip_bytes(topology: Topology) -> int:
+    """The on-chip memory of a device of `topology` that XLA:TPU places a step's buffers in, beside HBM."""
+    return ONCHIP_BYTES.get(topology.generation, 0) if topology.platform == "tpu" else 0
 
 
 def device_memory(model: DecoderConfig, sizes: dict[str, int], *, rows: int, seq_len: int, micro_batches: int,
-                  clip: bool, platform: str, loss_chunk: int = 0) -> tuple[dict[str, int], dict[str, Any]]:
+                  clip: bool, platform: str, loss_chunk: int = 0, onchip: int = 0
+                  ) -> tuple[dict[str, int], dict[str, Any]]:
     """(parameters, optimizer state and gradients, activations) per device for a step of `rows` rows of `seq_len`
-    (the plan's figures; `activation_bytes`, `state_memory`)."""
+    (the plan's figures; `activation_bytes`, `state_memory`); `onchip`: the device's memory beside HBM
+    (`onchip_bytes`), which takes the loss's logits where they fit."""
     memory = state_memory(model, sizes, clip=clip)
     memory["grad_bytes"] = memory["param_bytes"] * (2 if micro_batches > 1 else 1)  # + the accumulator
     # the parameters cast to the compute dtype once for the whole step (XLA hoists the cast out of the layer loop:
@@ -81,7 +93,7 @@ def device_memory(model: DecoderConfig, sizes: dict[str, int], *, rows: int, seq
     per_device = -(-rows // (micro_batches * sizes["data"] * sizes["fsdp"]))
     loss_tokens = -(-loss_chunk // (sizes["data"] * sizes["fsdp"])) if loss_chunk else 0  # a chunk is split over rows
     acts = activation_bytes(model, per_device, seq_len, sizes["tensor"], platform, loss_tokens,
-                            head_slices=sizes["data"] * sizes["fsdp"])
+                            head_slices=sizes["data"] * sizes["fsdp"], onchip=onchip)
     acts.update(rows=per_device, seq_len=seq_len)
     return memory, acts
 
@@ -110,7 +122,7 @@ def step_needed(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], 
     rows, length = max(shapes, key=lambda shape: shape[0] * shape[1])
     memory, acts = device_memory(model, sizes, rows=rows, seq_len=length, micro_batches=config.optim.micro_batches,
                                  clip=bool(config.optim.grad_clip), platform=topology.platform,
-                                 loss_chunk=config.optim.loss_chunk)
+                                 loss_chunk=config.optim.loss_chunk, onchip=onchip_bytes(topology))
     needed = needed_bytes(memory, acts)
     return needed, out_of_memory(needed, memory, acts, topology)
 
@@ -185,10 +197,10 @@ MLP_ARRAYS = {("silu", True): 6, ("gelu_tanh", True): 8, ("gelu", True): 8, ("re
 
 
 def activation_bytes(model: DecoderConfig, rows: int, seq_len: int, tensor: int, platform: str = "tpu",
-                     loss_tokens: int = 0, head_slices: int = 1) -> dict:
+                     loss_tokens: int = 0, head_slices: int = 1, onchip: int = 0) -> dict:
     """Per-device activation bytes for `rows` rows of `seq_len` on `platform` (see the module docstring's formula);
     the loss makes the logits of `loss_tokens` tokens at a time (0: all of them), its head sliced over
-    `head_slices` devices."""
+    `head_slices` devices; `onchip`: the chip's memory beside HBM (`onchip_bytes`)."""
     from instructjax.model import attention
 
     s, r, t = seq_len, rows, tensor
@@ -227,8 +239,13 @@ def activation_bytes(model: DecoderConfig, rows: int, seq_len: int, tensor: int,
     tokens = s * r if not loss_tokens else min(loss_tokens, s * r)
     logits = (c + 4 if c < 4 else c) * tokens * model.vocab_size / t  # float32 compute: one array
     if platform == "tpu" and head_slices > 1 and model.vocab_size % head_slices == 0 and not model.final_softcap:
-        logits = 0  # the sliced head's logits, log-sum-exp and target pick are one fusion on XLA:TPU: never an array
-        # (a soft-cap's tanh keeps them: Gemma-2's [4096, 32000] float32 logits and their bfloat16 product are buffers)
+        # the sliced head's chunk of logits: a float32 array and its compute-dtype copy, each of `tokens` x V / t a
+        # device; XLA:TPU places an array that fits in half the chip's on-chip memory there, not in HBM (the tiny
+        # step's f32[2048, 8000] on a v4-8 sat in CMEM, its f32[4096, 8000] at 4x the batch in HBM; Llama-3-8B's
+        # f32[256, 128256] on a v4-32 in HBM, its bfloat16 copy in CMEM). A soft-capped head's (Gemma-2's) are
+        # counted whole: its tanh keeps the float32 logits and their bfloat16 product in HBM.
+        elements = tokens * model.vocab_size / t
+        logits = sum(b * elements for b in ((4, c) if c < 4 else (c,)) if b * elements > onchip / 2)
     # the loss's logits are gone before the layers' backward starts: the peak holds one or the other
     return {"per_layer": int(per_layer), "saved": int(per_layer * layers), "recompute": int(recompute),
             "layers": int(per_layer * layers + recompute), "logits": int(logits),

@@ -42,6 +42,7 @@ from instructjax.train.memory import (  # noqa: F401  (their old home: users imp
     activation_bytes,
     device_memory,
     needed_bytes,
+    onchip_bytes,
     out_of_memory,
     state_memory,
     step_needed,
@@ -207,15 +208,42 @@ class Plan:
 
 def model_shapes(config: RunConfig) -> DecoderConfig:
     """The model a plan counts: the config stored with `model.init_from` where that checkpoint exists (its metadata,
-    never its weights), else the preset with the config's overrides (a paper config planned before the import)."""
+    never its weights: `stored_model`), else the preset with the config's overrides (a paper config planned before
+    the import)."""
     if config.model.init_from:
         from instructjax.core import storage
 
         if storage.path(config.model.init_from).exists():
-            from instructjax.train.setup import resolve_model_config
+            from instructjax.model.config import with_overrides
 
-            return resolve_model_config(config)
+            stored = stored_model(config.model.init_from)
+            if stored is None:  # no step's metadata reads: the trainer's own check says why, in one line
+                from instructjax.train.setup import resolve_model_config
+
+                return resolve_model_config(config)
+            return with_overrides(DecoderConfig.from_dict(stored), config.model.overrides)
     return preset(config.model.preset, **config.model.overrides)
+
+
+def stored_model(init_from: str) -> dict | None:
+    """The model config stored with the newest step of checkpoint `init_from` whose `meta` item reads, or None: that
+    JSON item (and, for a checkpoint older than `scan_layers`, the stored tree's names) alone; no array file is
+    opened, checked against the manifest or hashed, so a plan of a 70B import reads a few KB."""
+    import orbax.checkpoint as ocp
+
+    from instructjax.core import checkpoint
+    from instructjax.core.integrity import steps_on_disk
+
+    path = checkpoint.checkpoints_dir(init_from)
+    for step in reversed(steps_on_disk(path)):
+        try:
+            model = ocp.JsonCheckpointHandler().restore(path / str(step) / "meta", ocp.args.JsonRestore())["model_config"]
+            if "scan_layers" not in model:
+                model = {**model, "scan_layers": checkpoint._stacked_layers(checkpoint._params_tree(path / str(step)))}
+        except Exception:  # noqa: BLE001  an unreadable step: an older one, else the trainer's check
+            continue
+        return model
+    return None
 
 
 def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False, name: str = "") -> Plan:
@@ -238,11 +266,11 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
     memory, acts = device_memory(model, sizes, rows=rows, seq_len=length,  # the largest step shown
                                  micro_batches=config.optim.micro_batches,
                                  clip=bool(config.optim.grad_clip), platform=topology.platform,
-                                 loss_chunk=config.optim.loss_chunk)  # fmt: skip
+                                 loss_chunk=config.optim.loss_chunk, onchip=onchip_bytes(topology))  # fmt: skip
     if memory["params"] != param_count(model):
         raise AssertionError(f"eval_shape gives {memory['params']} parameters, param_count {param_count(model)}")
     if not training:
-        memory["grad_bytes"] = memory["copy_bytes"] = 0
+        memory["grad_bytes"] = memory["copy_bytes"] = memory["onchip_bytes"] = 0
         acts = {"per_layer": 0, "saved": 0, "recompute": 0, "layers": 0, "logits": 0, "total": 0, "attention": None,
                 "rows": 0,
                 "seq_len": config.data.seq_len}  # fmt: skip
