@@ -675,3 +675,9 @@ eval:
     results = json.loads((out_dir / "results.json").read_text())
     assert results["parts"] == ["pairwise"] and "flask" in results["errors"] and "flask" not in results
     assert results["pairwise"]["vs"]["b"]["winning_score"] == pytest.approx((1 - 0) / 2 + 1)
+    # an earlier results.json that held FLASK (scored then), rerun with FLASK alone and its judge down: FLASK
+    # leaves `parts` (asked again next time), the pairwise part stays
+    (out_dir / "results.json").write_text(json.dumps({**results, "parts": ["pairwise", "flask"], "flask": {"x": 1}}))
+    assert main(["eval", "--config", str(tmp_path / "run.yaml"), "--only", "flask"]) == 2
+    again = json.loads((out_dir / "results.json").read_text())
+    assert again["parts"] == ["pairwise"] and "flask" in again["errors"]

@@ -172,7 +172,7 @@ def task_stats(task: str, count: int | None = None, seed: int | None = None) -> 
     return {
         "task": specs.base_name(task),
         "source": spec.source,
-        "tokenizer": tokenizer.path,
+        "tokenizer": tokenizer.words.removeprefix("tokenizer "),
         "instances": len(examples),
         "subset_sha256": subset_sha256(ids),
         "mean_rounds": float(np.mean(rounds)) if rounds else 0.0,

@@ -218,7 +218,7 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
                                                                                 reuse_outputs=reuse_outputs))
     results["parts"] = [p for p in parts if p not in failed]
     if same:
-        held = set(results["parts"]) | set(earlier.get("parts", []))
+        held = set(results["parts"]) | (set(earlier.get("parts", [])) - set(failed))  # a failed rerun: asked again
         results = {**earlier, **results, "parts": [p for p in named if p in held]}
         errors = {p: e for p, e in results.pop("errors", {}).items() if p in failed}  # a rerun that worked: gone
         results.update({"errors": errors} if errors else {})
