@@ -2,7 +2,7 @@
 
 For every (config, slice) below, `plan`'s memory per device for the run's largest step beside XLA:TPU's own for
 the same step (`instructjax plan --compile`: arguments + outputs - aliases + temporaries, MaxText's total), their
-ratio, the Mosaic kernels compiled, the compile seconds and the largest all-reduce. No TPU is needed (libtpu's
+ratio, the compiler's own peak (`peak_memory_in_bytes`), the Mosaic kernels compiled, the compile seconds and the largest all-reduce. No TPU is needed (libtpu's
 topology descriptions); on 2 CPU cores a 7B step takes about half a minute to compile, a 65B one about two.
 
     python benchmarks/tpu_compile.py                      # the table below, appended to RESULTS.md
@@ -30,6 +30,7 @@ RUNS = [
     ("configs/seed003_mosaic/magpie_mosaic_gemma2_2b.yaml", "v4-32"),
     ("configs/seed003_mosaic/magpie_mosaic_gemma2_2b.yaml", "v5e-8"),
     ("configs/seed000_acp/acp_ACP_llama2_7b.yaml", "v4-32"),
+    ("configs/seed000_acp/acp_ACP_llama2_13b.yaml", "v4-32"),
     ("configs/seed002_selection/alpaca_longest_9k_llama2_7b.yaml", "v5e-16"),
 ]
 
@@ -51,7 +52,8 @@ def main() -> None:
 
     load = load_average()
     rows = ["| config | slice | mesh (data x fsdp x tensor) | step | plan GiB | compiler GiB | plan / compiler | "
-            "Mosaic kernels | compile s | largest all-reduce MiB |", "|---|---|---|---|---|---|---|---|---|---|"]
+            "Mosaic kernels | compile s | largest all-reduce MiB | compiler peak GiB |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for path, slice_name in RUNS:
         if args.only and not any(part in path for part in args.only.split(",")):
             continue
@@ -61,7 +63,8 @@ def main() -> None:
             compiler = f"> {s.xla_bytes / GIB:.2f} (refused)" if s.refused else f"{s.xla_bytes / GIB:.2f}"
             rows.append(f"| {Path(path).stem} | {slice_name} | {mesh} | {s.rows} x {s.length} | "
                         f"{s.plan_bytes / GIB:.2f} | {compiler} | {s.plan_bytes / s.xla_bytes:.2f} | "
-                        f"{s.mosaic_kernels} | {s.compile_s:.0f} | {s.largest_all_reduce_bytes / 2**20:,.1f} |")
+                        f"{s.mosaic_kernels} | {s.compile_s:.0f} | {s.largest_all_reduce_bytes / 2**20:,.1f} | "
+                        f"{s.peak_bytes / GIB:.2f} |")
             print(rows[-1], flush=True)
     body = "\n".join(rows)
     print(body)

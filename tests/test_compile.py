@@ -58,7 +58,7 @@ def test_tiny_config_compiles_for_a_slice(capsys, topology):
     slice_ = tpu_topology(topology)
     assert code == 0 and report["fits"] is True
     assert (report["topology"], report["devices"], report["hosts"]) == (topology, slice_.devices, slice_.hosts)
-    assert report["attention"] == "splash"
+    assert report["attention"] == "splash" and report["shapes_from"] == "estimate"  # plan's shapes, said so
     mesh = report["mesh"]
     assert mesh["data"] * mesh["fsdp"] * mesh["tensor"] == slice_.devices
     model = preset("tiny")
@@ -163,6 +163,7 @@ def test_plan_compile_and_the_trainer_resolve_one_run(tmp_path, capsys):
     report = json.loads(capsys.readouterr().out)
     resolved = Trainer(load_config(QUICKSTART, [*common, f"run_dir={tmp_path / 'run'}"])).resolved
     assert report["mesh"] == resolved.mesh and resolved.mesh["data"] * resolved.mesh["fsdp"] > 1
+    assert report["shapes_from"] == "run"
     assert sorted((s["rows"], s["length"]) for s in report["shapes"]) == sorted(set(resolved.step_shapes))
     assert len(resolved.step_shapes) > 1  # per_step: several shapes, every one compiled
 

@@ -73,6 +73,7 @@ class CompileReport:
     attention: str
     shapes: list[CompiledShape]
     usable: float  # the share of HBM a step may take (plan.USABLE)
+    shapes_from: str = "run"  # "run": the shapes the trainer compiles (the real pipeline); "estimate": plan's mean step
 
     @property
     def fits(self) -> bool:
@@ -81,7 +82,7 @@ class CompileReport:
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config, "topology": self.topology, "devices": self.devices, "hosts": self.hosts,
                 "mesh": self.mesh, "attention": self.attention, "fits": self.fits,
-                "shapes": [s.to_dict() for s in self.shapes]}
+                "shapes_from": self.shapes_from, "shapes": [s.to_dict() for s in self.shapes]}
 
 
 def slice_devices(topology: Topology) -> list:
@@ -249,8 +250,10 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
                           digest=step_digest(run, model, mesh_sizes, target.sources, target.total_steps))
     from instructjax.model.attention import resolve
 
+    real = real_data or bool(save_executable)
     return CompileReport(name, topology.name, topology.devices, topology.hosts, mesh_sizes,
-                         resolve(model.attention, topology.platform), shapes, planning.USABLE)
+                         resolve(model.attention, topology.platform), shapes, planning.USABLE,
+                         "run" if real else "estimate")
 
 
 def slice_identity(devices, hosts: int, mesh: dict[str, int]) -> dict[str, Any]:
@@ -322,7 +325,9 @@ def format_report(report: CompileReport) -> str:
     """The compiler's figures beside plan's, one line a step shape."""
     lines = [f"compiled    {report.config} for {report.topology} ({report.devices} devices on {report.hosts} "
              f"host(s)), mesh " + " x ".join(f"{k}={v}" for k, v in report.mesh.items())
-             + f", {report.attention} attention"]
+             + f", {report.attention} attention"
+             + ("" if report.shapes_from == "run" else "; step shapes: plan's estimate of the epoch (with --real-data: "
+                "the shapes the run compiles, from its data)")]
     for s in report.shapes:
         if s.refused:
             lines.append(f"  step {s.rows} x {s.length}: refused by the compiler ({s.refused}); plan "
