@@ -1,4 +1,5 @@
-"""The one `instructjax` command. Each area owns its subcommands in a `commands` module.
+"""The one `instructjax` command. Each area owns its subcommands in a module of this package (`cli/data.py`,
+`cli/train.py`, ...: `COMMAND_MODULES`).
 
 A command module exposes `register(subparsers)`, which adds its parsers and sets
 `func=handler(args) -> int | None` on each. User errors (`InstructJaxError`) print as one line

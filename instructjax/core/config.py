@@ -12,7 +12,8 @@ is built; `RunConfig` checks what spans sections. Unknown keys, wrong types and 
 one-line `ConfigError`s before any work. What depends on the machine (the mesh against the device count,
 the batch against hosts and devices) is checked by `core.sharding.resolve_mesh`, which the trainer and
 `plan` both call. `key=value` overrides with dotted keys (`optim.lr=1e-5`, `max_steps=20`) apply on top of
-the file. A `define:` block holds the config's own tasks and mixtures (`data.binding.define` registers them).
+the file. A `define:` block holds the config's own tasks and mixtures (`data.blends.specs.define` registers
+them).
 """
 
 from __future__ import annotations
@@ -96,10 +97,11 @@ class DataSection:
     """The data of a run: a registered seqio Task or Mixture, rows of `seq_len` tokens, `global_batch` rows a
     step, packed (best-fit-decreasing in windows of `pack_window` examples) or one example a row.
     `pack: per_step`: a step takes the `global_batch` examples an unpacked run's step takes and packs them
-    into fewer rows (the same optimization, less padding: see `data.pipeline`).
-    `shuffle: false` trains in file order (see `data.streams`). `on_bad_row`: what a malformed row of any task
-    does: "error" stops the run with one line, "skip" counts it (None: each task's own `on_bad_row`, "error" by
-    default); quirks a dataset's reference pipeline handles are skipped or repaired and counted either way.
+    into fewer rows (the same optimization, less padding: see `data.batches.pipeline`).
+    `shuffle: false` trains in file order (see `data.batches.streams`). `on_bad_row`: what a malformed row of
+    any task does: "error" stops the run with one line, "skip" counts it (None: each task's own `on_bad_row`,
+    "error" by default); quirks a dataset's reference pipeline handles are skipped or repaired and counted
+    either way.
     `system_turn`: a conversation's system turn is kept ("keep"), folded into its first user turn ("merge": the
     system text, a blank line, then the user's, as LLaMA-Factory does for templates without a system role: Gemma,
     Mistral) or dropped ("drop"). A conversation the chat template still refuses is a bad row (`on_bad_row`)."""

@@ -14,8 +14,8 @@ loop:        host batch -> global jax.Array -> step; metrics to RUN_DIR/metrics.
              before anything broken is saved; SIGTERM saves the step in flight and stops (preemption.py).
              A run that reached its last step writes RUN_DIR/DONE: {step, config: `training_digest`}
              (what `sweep` and the TPU launcher read). RUN_DIR may be local or in a bucket.
-hosts:       every host plans the same global steps (data.pipeline); a host whose plan differs stops the
-             run at once with one line, and a checkpoint resumes on any number of hosts.
+hosts:       every host plans the same global steps (data.batches.pipeline); a host whose plan differs
+             stops the run at once with one line, and a checkpoint resumes on any number of hosts.
 """
 
 from __future__ import annotations

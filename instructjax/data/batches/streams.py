@@ -98,7 +98,7 @@ class ExampleStream:
 
     def _draw_subsets(self) -> np.ndarray:
         """Epoch mode: (task, example) pairs ([n, 2]) of the fixed per-task subsets (drawn by the tasks
-        themselves: see `tasks.encoded_examples`), checked to hold the mixture's counts."""
+        themselves: see `tokenized.examples.encoded_examples`), checked to hold the mixture's counts."""
         pairs = []
         for t, (name, ex) in enumerate(zip(self.task_names, self.examples, strict=True)):
             count = self.counts.get(name)

@@ -1,8 +1,8 @@
 """Tasks and mixtures as data: what a task reads and how it encodes it, what a mixture holds, by name.
 
 The pipeline, run binding, `data stats` and `plan` read these, so none of them imports seqio or
-TensorFlow; `data.tasks` and `data.mixtures` register every spec in seqio's registries too (the public
-face: `seqio.get_mixture_or_task(...)` works on them). Names resolve on first lookup: `NAME` and
+TensorFlow; `data.seqio.tasks` and `data.seqio.mixtures` register every spec in seqio's registries too (the
+public face: `seqio.get_mixture_or_task(...)` works on them). Names resolve on first lookup: `NAME` and
 `NAME_builtin` for every source (`sources.SOURCES`), the papers' mixtures from their names (`blends`),
 everything registered with `add_task` / `add_mixture` (a config's `define:` block, your own code).
 """
@@ -59,7 +59,7 @@ class TaskSpec:
     source_options: tuple[tuple[str, object], ...] = ()
     on_bad_row: str = "error"
     selection: SelectionSpec | None = None
-    system_turn: str = "keep"  # keep, merge or drop a conversation's system turn before the template (config.py)
+    system_turn: str = "keep"  # keep, merge or drop the system turn before the template (core/config.py)
 
     def __post_init__(self):
         from instructjax.data.sources.catalog import SOURCES

@@ -3,9 +3,9 @@
 Importing this module registers every built-in source twice in `seqio.TaskRegistry`, as `NAME` (the hub
 dataset) and `NAME_builtin` (the synthetic rows that ship with the package); `register_task` adds your
 own. A Task's dataset yields `tokens` and `loss_mask` (and `conversation`, the source Conversation as
-JSON, and `id`) from `data.examples`, so seqio and the instructjax pipeline see the same examples. The
-pipeline itself reads the specs (`data.specs`) and never needs this module: only code that asks seqio
-for a task does.
+JSON, and `id`) from `data.tokenized.examples`, so seqio and the instructjax pipeline see the same
+examples. The pipeline itself reads the specs (`data.blends.specs`) and never needs this module: only
+code that asks seqio for a task does.
 
     from instructjax.data.blends.specs import TaskSpec
     from instructjax.data.seqio.tasks import register_task

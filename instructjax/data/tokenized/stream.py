@@ -228,7 +228,7 @@ def progress(callback: Callable[[str, int, int | None], None]) -> Iterator[None]
 
 
 def _apply_selection(convs: list[Conversation], sel: SelectionSpec, tokenizer: Tokenizer) -> list[Conversation]:
-    """The conversations `sel` keeps, in the selection's order (rows, i.e. report.rows, count only these)."""
+    """The conversations `sel` keeps, in the selection's order (`TaskReport.rows` counts only these)."""
     from instructjax.data.encoding.encode import response_token_length
     from instructjax.data.selection.embeddings import get_encoder
     from instructjax.data.selection.methods import select
