@@ -322,8 +322,8 @@ def test_codex_is_open_instructs_request_for_request_and_pass_at_k(reference, mo
     from transformers import AutoTokenizer
 
     from instructjax.data.encoding.tokenizer import Tokenizer
-    from instructjax.eval.humaneval import codex_eval
     from instructjax.eval.tulu import codex
+    from instructjax.eval.tulu.codex import codex_eval
 
     slow = AutoTokenizer.from_pretrained(model_dir, use_fast=False)
     ours = _requests_by_cli(model_dir, data_dir, tmp_path / "ours", "tulu")

@@ -178,7 +178,7 @@ def run_tulu(args) -> int:
         print(f"wrote {len(reqs)} requests (chat format {chat_format!r}) to {path}")
         return 0
     from instructjax.eval.generate import load_generator
-    from instructjax.eval.humaneval import codex_eval
+    from instructjax.eval.tulu.codex import codex_eval
 
     tulu.check_data(args.data_dir)
     generator, _ = load_generator(args.model, batch_size=args.batch_size)
@@ -269,7 +269,8 @@ def run_quality(args) -> int:
 
 
 def run_codex(args) -> int:
-    from instructjax.eval.humaneval import codex_eval, load_problems
+    from instructjax.eval.humaneval import load_problems
+    from instructjax.eval.tulu.codex import codex_eval
 
     problems = load_problems()
     if args.limit:

@@ -134,17 +134,3 @@ def sample_completions(generator, requests: Sequence, seed: int = 0, bos: bool =
         for r, text in zip(requests, texts, strict=True):
             out[r.id].append(truncate(text))
     return out
-
-
-def codex_eval(generator, problems: Mapping[str, Mapping] | None = None, n: int = 20,
-               max_new_tokens: int = 512, timeout: float = 5.0, bos: bool = True) -> dict[str, float]:
-    """Seed 004's Codex-Eval: pass@1 at T=0.1 and pass@10 at T=0.8, each from n samples per problem (the requests
-    eval.tulu.codex.build makes, what `eval --suite tulu --prompts-only` writes)."""
-    from instructjax.eval.tulu.codex import build
-
-    problems = dict(problems) if problems is not None else load_problems()
-    low = evaluate(problems, sample_completions(generator, build(problems, "codex_eval_temp_0.1", n, max_new_tokens),
-                                                bos=bos), ks=(1,), timeout=timeout)
-    high = evaluate(problems, sample_completions(generator, build(problems, "codex_eval_temp_0.8", n, max_new_tokens),
-                                                 seed=n, bos=bos), ks=(10,), timeout=timeout)
-    return {"pass@1": low.pass_at[1], "pass@10": high.pass_at.get(10, float("nan"))}

@@ -178,11 +178,9 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
                             include_path=ev.include_path, batch_size=ev.batch_size)
         results["tasks"] = {task: numeric(metrics) for task, metrics in found["results"].items()}
     if "codex" in parts:
-        from instructjax.eval.humaneval import codex_eval
+        from instructjax.eval.tulu.codex import codex_eval, problems
 
         if tulu_suite:  # open-instruct's: its data_dir's problems, prompts without BOS
-            from instructjax.eval.tulu.codex import problems
-
             results["codex"] = codex_eval(generator(), problems(ev.data_dir), n=ev.codex_samples, bos=False)
         else:
             results["codex"] = codex_eval(generator(), n=ev.codex_samples)

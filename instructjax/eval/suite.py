@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from instructjax.core.errors import ConfigError
 from instructjax.eval.protocols import Protocol
 
-CODEX_EVAL = "codex_eval"  # run by instructjax.eval.humaneval, not lm-eval
+CODEX_EVAL = "codex_eval"  # run by instructjax.eval.tulu.codex (HumanEval's programs by eval.humaneval), not lm-eval
 
 
 @dataclass(frozen=True)

@@ -11,9 +11,9 @@ import random
 import re
 from collections.abc import Sequence
 
+import instructjax.eval.tulu.files as files
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError, DataError
-from instructjax.eval.tulu import files
 from instructjax.eval.tulu.metrics import exact_match
 from instructjax.eval.tulu.request import Request, Turn, format_prompt
 

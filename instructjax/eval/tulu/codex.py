@@ -5,9 +5,11 @@ by the unbiased estimator over programs run with the problem's tests (eval/human
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
+import instructjax.eval.tulu.files as files
 from instructjax.core import storage
-from instructjax.eval.humaneval import STOP_SEQUENCES
-from instructjax.eval.tulu import files
+from instructjax.eval.humaneval import STOP_SEQUENCES, evaluate, load_problems, sample_completions
 from instructjax.eval.tulu.request import Request
 
 SAMPLES = 20
@@ -21,15 +23,13 @@ def problems(data_dir: str) -> dict[str, dict]:
     path = storage.join(data_dir, "codex_humaneval", "HumanEval.jsonl.gz")
     if storage.path(path).exists():
         return {row["task_id"]: row for row in files.read_jsonl(path, gzipped=True)}
-    from instructjax.eval.humaneval import load_problems
-
     return load_problems()
 
 
 def build(problems: dict[str, dict], protocol: str, samples: int = SAMPLES,
           max_new_tokens: int = MAX_NEW_TOKENS) -> list[Request]:
     """The script's requests at `protocol`'s temperature: the raw prompt of each problem, in the file's order. The
-    one builder of the Codex requests: what --prompts-only writes and what eval/humaneval.py's codex_eval sends."""
+    one builder of the Codex requests: what --prompts-only writes and what `codex_eval` sends."""
     temperature, _ = TEMPERATURES[protocol]
     return [Request(protocol, task_id, problem["prompt"], stop=STOP_SEQUENCES, max_new_tokens=max_new_tokens,
                     target=task_id, temperature=temperature, top_p=TOP_P, samples=samples)
@@ -38,3 +38,15 @@ def build(problems: dict[str, dict], protocol: str, samples: int = SAMPLES,
 
 def requests(data_dir: str, protocol: str, samples: int = SAMPLES) -> list[Request]:
     return build(problems(data_dir), protocol, samples)
+
+
+def codex_eval(generator, problems: Mapping[str, Mapping] | None = None, n: int = 20,
+               max_new_tokens: int = 512, timeout: float = 5.0, bos: bool = True) -> dict[str, float]:
+    """Seed 004's Codex-Eval: pass@1 at T=0.1 and pass@10 at T=0.8, each from n samples per problem (the requests
+    `build` makes, what `eval --suite tulu --prompts-only` writes)."""
+    problems = dict(problems) if problems is not None else load_problems()
+    low = evaluate(problems, sample_completions(generator, build(problems, "codex_eval_temp_0.1", n, max_new_tokens),
+                                                bos=bos), ks=(1,), timeout=timeout)
+    high = evaluate(problems, sample_completions(generator, build(problems, "codex_eval_temp_0.8", n, max_new_tokens),
+                                                 seed=n, bos=bos), ks=(10,), timeout=timeout)
+    return {"pass@1": low.pass_at[1], "pass@10": high.pass_at.get(10, float("nan"))}

@@ -10,8 +10,8 @@ import random
 import re
 from collections.abc import Sequence
 
+import instructjax.eval.tulu.files as files
 from instructjax.core.errors import DataError
-from instructjax.eval.tulu import files
 from instructjax.eval.tulu.metrics import exact_match
 from instructjax.eval.tulu.request import Request, Turn, format_prompt
 

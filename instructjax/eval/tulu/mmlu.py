@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from instructjax.eval.tulu import files
+import instructjax.eval.tulu.files as files
 from instructjax.eval.tulu.request import Request, Turn, format_prompt
 
 CHOICES = ("A", "B", "C", "D")

@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 
+import instructjax.eval.tulu.files as files
 from instructjax.core.errors import ConfigError
-from instructjax.eval.tulu import files
 from instructjax.eval.tulu.metrics import squad
 from instructjax.eval.tulu.request import Request, Turn, format_prompt
 
