@@ -3,7 +3,7 @@
 Memory per device comes from the real model and optimizer, never from guesses: the parameter tree is
 `nnx.eval_shape` of the Decoder the trainer builds, the optimizer state is `jax.eval_shape` of
 `tx.init` on it, and each array's per-device shard is its shape divided by the mesh axes that
-`train.sharding.logical_to_spec` assigns it on an `AbstractMesh` of the target topology (no devices
+`core.sharding.logical_to_spec` assigns it on an `AbstractMesh` of the target topology (no devices
 needed). Gradients are float32 and sharded like the parameters (one more copy as the accumulator
 when `optim.micro_batches > 1`). The step also holds the sharded parameters cast to the compute dtype (XLA hoists
 the cast out of the layer loop; seen in the TPU compiler's buffers, `plan --compile`).

@@ -5,7 +5,7 @@ activations; on a TPU the terms XLA:TPU's buffers show).
 
 Steps per epoch: with the real pipeline (`real_data=True`, for mixtures whose data is local or
 built-in) or estimated from the papers' dataset sizes and mean lengths (Tulu Table 1 and our
-estimates in `data.synthetic.LENGTH_STATS`): each example is `rounds x (prompt + completion)`
+estimates in `data.sources.synthetic.LENGTH_STATS`): each example is `rounds x (prompt + completion)`
 tokens, truncated to `seq_len`; packed rows fill `PACKING_EFFICIENCY` of `seq_len`
 (benchmarks/RESULTS.md); Mosaic-IT divides the examples by the mean count of a draw capped by the budget.
 
