@@ -24,7 +24,7 @@ from instructjax.eval.humaneval import (
 from instructjax.eval.suite import SUITES, lm_eval_runs
 
 REPO = Path(__file__).resolve().parent.parent
-TASKS = REPO / "tests" / "data" / "lm_eval"
+TASKS = REPO / "instructjax" / "eval" / "offline_tasks"
 
 # ---- Codex-Eval -------------------------------------------------------------------------------------
 

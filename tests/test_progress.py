@@ -40,7 +40,7 @@ def test_train_and_eval_off_a_terminal_print_plain_lines(tmp_path):
     model = make_hf_dir(tmp_path / "hf")
     Tokenizer.load().save(model)
     ev = subprocess.run([sys.executable, "-m", "instructjax.cli", "eval", "--model", model, "--tasks", "ij_mc",
-                         "--include-path", str(REPO / "tests" / "data" / "lm_eval"), "--limit", "2"],
+                         "--include-path", str(REPO / "instructjax" / "eval" / "offline_tasks"), "--limit", "2"],
                         capture_output=True, text=True, env=env, cwd=REPO, timeout=600)  # fmt: skip
     assert ev.returncode == 0, ev.stderr[-3000:]
     assert "\r" not in ev.stderr and "it/s]" not in ev.stderr  # no bar of transformers or lm-eval

@@ -26,7 +26,7 @@ model: {{preset: tiny, dtype: float32}}
 data: {{mixture: {mixture}, seq_len: 256, global_batch: 4}}
 optim: {{lr: 1.0e-3, warmup_ratio: 0.0}}
 checkpoint: {{every: 1, keep: 2, async_save: false}}
-eval: {{tasks: [ij_mc], include_path: tests/data/lm_eval, backend: instructjax, batch_size: 4}}
+eval: {{tasks: [ij_mc], include_path: instructjax/eval/offline_tasks, backend: instructjax, batch_size: 4}}
 """
 MIXTURES = {"AC": "no_such_mixture", "A": "acp_A_builtin", "C": "acp_C_builtin", "P": "acp_P_builtin"}
 

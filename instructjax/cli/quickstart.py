@@ -1,7 +1,7 @@
 """`instructjax quickstart`: the main job on built-in data, end to end, in minutes on a CPU.
 
 The data pipeline on the built-in A/C/P blend (stats, a preview); a tiny LLaMA trained on it with
-configs/quickstart.yaml (metrics, TensorBoard, loss.png and checkpoints in a fresh run_dir); its
+the shipped configs/quickstart.yaml (metrics, TensorBoard, loss.png and checkpoints in a fresh run_dir); its
 export to Hugging Face weights; lm-evaluation-harness on that export, offline.
 """
 
@@ -11,9 +11,10 @@ import argparse
 import contextlib
 import os
 import time
-from pathlib import Path
 
-QUICKSTART_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "quickstart.yaml"
+from instructjax.core.shipped import configs_dir, data_root, offline_tasks_dir
+
+QUICKSTART_CONFIG = configs_dir() / "quickstart.yaml"
 
 
 def register(subparsers) -> None:
@@ -53,7 +54,7 @@ def run(args) -> int:
 
 def export_and_evaluate(run_dir: str) -> None:
     """Export the run to Hugging Face weights and score them with lm-evaluation-harness (hf backend)
-    on the small offline tasks under tests/data/lm_eval (nothing is downloaded)."""
+    on the small offline tasks shipped in instructjax/eval/offline_tasks (nothing is downloaded)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from instructjax.convert.saved import export_checkpoint
@@ -63,11 +64,10 @@ def export_and_evaluate(run_dir: str) -> None:
     hf_dir = storage.join(run_dir, "hf")  # local, or in a bucket (run_dir=gs://...)
     print(f"== export: Hugging Face safetensors + tokenizer + chat template -> {hf_dir} ==")
     export_checkpoint(run_dir, hf_dir)
-    repo = QUICKSTART_CONFIG.parent.parent
+    hf_dir = hf_dir if storage.is_remote(hf_dir) else str(storage.path(hf_dir).absolute())  # read from data_root
     print("== evaluate: lm-evaluation-harness, hf backend, offline tasks ij_mc and ij_rolling ==")
-    with contextlib.chdir(repo):  # the task files name their data relative to the repository root
-        results = run_lm_eval(hf_dir, ["ij_mc", "ij_rolling"], backend="hf",
-                              include_path=str(repo / "tests" / "data" / "lm_eval"))  # fmt: skip
+    with contextlib.chdir(data_root()):  # the task files name their data relative to the package's folder
+        results = run_lm_eval(hf_dir, ["ij_mc", "ij_rolling"], backend="hf", include_path=str(offline_tasks_dir()))
     for task, metrics in results["results"].items():
         shown = {k.split(",")[0]: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
         print(f"{task}: {shown}")

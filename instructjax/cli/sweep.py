@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 from instructjax.cli import add_on_bad_row, on_bad_row_overrides
 from instructjax.core import storage
 from instructjax.core.errors import InstructJaxError
+from instructjax.core.shipped import launch_dir
 
 if TYPE_CHECKING:
     import argparse
@@ -52,7 +53,7 @@ if TYPE_CHECKING:
     from instructjax.core.config import RunConfig
 
 STAGES = ("train", "export", "eval")
-LAUNCH_DIR = Path(__file__).resolve().parents[2] / "launch"  # a source checkout's launch/ scripts
+LAUNCH_DIR = launch_dir()  # the shipped launch scripts (a checkout's launch/ links here)
 EXIT_PREEMPTED = 75  # as instructjax.train.preemption.EXIT_PREEMPTED (not imported: it loads jax)
 
 
@@ -202,7 +203,7 @@ def eval_stage(config: RunConfig, row: Row) -> None:
 def launch_command(kind: str, path: Path, config: RunConfig, launch_args: str, dry_run: bool) -> list[str]:
     """The launcher's command line for one config's training (with --dry-run: the launcher prints its own)."""
     if not LAUNCH_DIR.is_dir():
-        raise InstructJaxError(f"--launch needs the launch/ scripts of a source checkout ({LAUNCH_DIR} is missing)")
+        raise InstructJaxError(f"--launch needs the launch scripts the package ships ({LAUNCH_DIR} is missing: reinstall instructjax)")
     if kind == "tpu":
         cmd = [sys.executable, str(LAUNCH_DIR / "tpu_vm.py"), "up", "--name", tpu_name(config), "--config", str(path)]
     else:

@@ -54,7 +54,7 @@ def run_lm_eval(model: str, tasks: list[str], *, backend: str = "auto", num_fews
         if dataset is None:
             raise
         local = "or evaluate on tasks read from local files (lm-eval task YAMLs with `dataset_path: json`, " \
-                "`--include-path`: tests/data/lm_eval)"
+                "`--include-path`: instructjax/eval/offline_tasks)"
         raise ConfigError(f"lm-eval task(s) {', '.join(tasks)}: {hub_problem(dataset, exc, local)}") from None
 
 

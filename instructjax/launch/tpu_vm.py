@@ -12,9 +12,10 @@ preempted slice is deleted and re-queued, and its startup script resumes from th
 in the bucket, until the run writes its DONE marker). `--dry-run` prints the exact commands.
 
 Checkpoints go to `BUCKET/runs/NAME`, the base weights are read from `BUCKET/checkpoints/base/PRESET`
-(`instructjax import --out gs://...` writes them there). The workers install the package from this checkout:
-`setup`, `up` and `queued` first build its wheel (`pip wheel --no-deps .`) and copy it to `BUCKET/wheels/`;
-`--package` names another (a gs:// wheel, `git+https://...`, or a requirement an index you use holds).
+(`instructjax import --out gs://...` writes them there). Run from a source checkout, the workers install the
+package from it: `setup`, `up` and `queued` first build its wheel (`pip wheel --no-deps .`) and copy it to
+`BUCKET/wheels/`; run from an installed package, they install the same version (`instructjax==X`, from an index
+you use); `--package` names another (a gs:// wheel, `git+https://...`, or a requirement).
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from pathlib import Path
 
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]  # the source checkout
+ROOT = Path(__file__).resolve().parents[2]  # a source checkout (instructjax/launch/ is this script's folder)
+CHECKOUT = (ROOT / "pyproject.toml").is_file()  # else the script runs from an installed package
 DEFAULT_RUNTIME = {"v4": "tpu-ubuntu2204-base", "v5litepod": "v2-alpha-tpuv5-lite", "v5e": "v2-alpha-tpuv5-lite",
                    "v5p": "v2-alpha-tpuv5", "v6e": "v2-alpha-tpuv6e"}
 REMOTE_CONFIG = "~/instructjax_run.yaml"
@@ -49,7 +51,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bucket", help="gs:// bucket for runs and base checkpoints")
     p.add_argument("--config", help="run config YAML (train, up, queued)")
     p.add_argument("--package", help="what the workers install: a wheel on gs:// (copied down first), "
-                   "git+https://..., or a requirement (default: this checkout's wheel, built and put in the bucket)")
+                   "git+https://..., or a requirement (default: this checkout's wheel, built and put in the bucket; "
+                   "from an installed package: its version)")
     p.add_argument("--poll", type=int, default=300, help="watch: seconds between state checks")
     p.add_argument("--dry-run", action="store_true", help="print the commands instead of running them")
     args = p.parse_args(argv)
@@ -75,22 +78,34 @@ def _ssh(args, command: str, worker: str = "all") -> list[str]:
             "--command", command]
 
 
-def wheel() -> str:
-    """The file name of this checkout's wheel (its version from pyproject.toml)."""
-    import tomllib
+def version() -> str:
+    """The package's version: the checkout's pyproject.toml, else the installed distribution's."""
+    if CHECKOUT:
+        import tomllib
 
-    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
-    return f"instructjax-{version}-py3-none-any.whl"
+        return tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    from importlib.metadata import version as installed
+
+    return installed("instructjax")
+
+
+def wheel() -> str:
+    """The file name of this checkout's wheel."""
+    return f"instructjax-{version()}-py3-none-any.whl"
 
 
 def package(args) -> str:
-    """What the workers install: `--package`, else this checkout's wheel in the bucket."""
-    return args.package or f"{args.bucket}/wheels/{wheel()}"
+    """What the workers install: `--package`, else this checkout's wheel in the bucket, else (an installed
+    package) the same version from an index."""
+    if args.package:
+        return args.package
+    return f"{args.bucket}/wheels/{wheel()}" if CHECKOUT else f"instructjax=={version()}"
 
 
 def publish_commands(args) -> list[list[str]]:
-    """Build this checkout's wheel and copy it to the bucket (nothing when `--package` names another)."""
-    if args.package:
+    """Build this checkout's wheel and copy it to the bucket (nothing when `--package` names another, or when
+    there is no checkout to build)."""
+    if args.package or not CHECKOUT:
         return []
     built = Path(tempfile.gettempdir()) / "instructjax-wheel"
     return [[sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet", "-w", str(built), str(ROOT)],
