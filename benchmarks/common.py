@@ -1,8 +1,12 @@
-"""Shared benchmark helpers: the RESULTS.md section writer, load average, and the training step users run.
+"""Shared benchmark helpers: the parser and results tail every benchmark shares, the RESULTS.md section
+writer, load average, and the training step users run.
 
-`append_results(title, body)` appends a dated section with machine, command and load average (taken at
-the start and the end of the measurement, since these machines are shared). `train_step(...)` builds the
-jitted AdamW step of instructjax.train.trainer (what `instructjax train` runs) around a fresh model.
+`parser(__doc__)` is a benchmark's argument parser with its results flags (whether it appends, where its
+headline figures go as JSON); `finish(args, title, body, summary)` is its tail: the section appended (or not)
+and the JSON written. `append_results(title, body)` appends a dated section with machine, command and load
+average (taken at the start and the end of the measurement, since these machines are shared).
+`train_step(...)` builds the jitted AdamW step of instructjax.train.trainer (what `instructjax train` runs)
+around a fresh model.
 """
 
 from __future__ import annotations
@@ -45,6 +49,48 @@ def machine() -> str:
 def command() -> str:
     """The command line that ran this benchmark, as typed."""
     return "python " + " ".join(shlex.quote(a) for a in [os.path.relpath(sys.argv[0])] + sys.argv[1:])
+
+
+APPEND_FLAGS = {  # flag -> (appends when given, help)
+    "--no-append": (False, "do not append to RESULTS.md"),
+    "--no-write": (False, "print only; do not append to RESULTS.md"),
+    "--record": (True, "append the results to benchmarks/RESULTS.md"),
+}
+
+
+def parser(doc: str | None, *, append: str = "--no-append", summary: str | None = "--json",
+           append_help: str | None = None) -> argparse.ArgumentParser:
+    """A benchmark's parser: the first line of its docstring as description, and its results flags.
+
+    `append`: `--no-append` or `--no-write` (the section goes to RESULTS.md unless given) or `--record` (only
+    when given); either way read as `args.append`. `summary`: the flag naming a file for the headline figures
+    as JSON (`--json`, run_all's summary), read as `args.json`; None: the benchmark writes none.
+    """
+    p = argparse.ArgumentParser(description=doc.split("\n")[0] if doc else None)
+    add_results_flags(p, append=append, summary=summary, append_help=append_help)
+    return p
+
+
+def add_results_flags(p: argparse.ArgumentParser, *, append: str = "--no-append", summary: str | None = "--json",
+                      append_help: str | None = None) -> None:
+    """Add `parser`'s results flags to `p` here (where a benchmark's help lists them among its own)."""
+    given, default_help = APPEND_FLAGS[append]
+    p.add_argument(append, dest="append", action="store_true" if given else "store_false",
+                   help=append_help or default_help)
+    if summary:
+        p.add_argument(summary, dest="json", default=None, help="write the headline figures here (JSON)")
+    else:
+        p.set_defaults(json=None)
+
+
+def finish(args: argparse.Namespace, title: str, body: str, summary: dict[str, Any] | None = None, *,
+           load_before: str | None = None) -> None:
+    """A benchmark's results tail: `body` appended to RESULTS.md under `title` if `args.append`, then
+    `summary` written to `args.json` (where given)."""
+    if args.append:
+        append_results(title, body, load_before=load_before)
+    if summary is not None:
+        write_summary(args.json, summary)
 
 
 def append_results(title: str, body: str, *, load_before: str | None = None) -> None:

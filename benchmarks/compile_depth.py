@@ -42,13 +42,11 @@ def child(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__)
     common.add_model_args(parser)
     parser.set_defaults(hidden=256, heads=4, remat="full", seq=512, batch=1)
     parser.add_argument("--depths", default="8,32")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--no-append", action="store_true")
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.child:
         common.child_result(child(args))
@@ -84,9 +82,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(body)
     summary = {"results": results, "ratios": ratios, "met": met, "load_before": load_before}
-    if not args.no_append:
-        common.append_results("Compile time by depth: scanned vs looped layers", body, load_before=load_before)
-    common.write_summary(args.json, summary)
+    common.finish(args, "Compile time by depth: scanned vs looped layers", body, summary,
+                  load_before=load_before)
     return summary
 
 

@@ -15,7 +15,6 @@ times one process encoding one conversation at a time (INSTRUCTJAX_ENCODE_WORKER
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -126,12 +125,11 @@ def start_pool() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, summary=None)
     parser.add_argument("--examples", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--dir", type=Path, help="keep the rows here (default: a temporary directory)")
     parser.add_argument("--serial", action="store_true", help="also time one conversation at a time, one process")
-    parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
 
     from instructjax.data.encoding import pool
@@ -185,8 +183,8 @@ def main(argv: list[str] | None = None) -> int:
             f"once per machine, and rendering) {first_read:.1f} s, not in the table. CPU: this process and its "
             f"workers. Goal: at most {GOAL}x per task; worst {worst:.2f}x.\n\n" + common.table(header, table_rows))
     print(body)
-    if not args.no_append:
-        common.append_results("Encoding throughput against the tokenizer's own batch encode", body, load_before=load)
+    common.finish(args, "Encoding throughput against the tokenizer's own batch encode", body,
+                  load_before=load)
     return 0
 
 

@@ -101,14 +101,12 @@ def torch_child(family: str, args) -> dict:
 def main(argv: list[str] | None = None) -> dict:
     from instructjax.model.config import FAMILIES
 
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--families", default=",".join(FAMILIES))
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--no-append", action="store_true")
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.child:
         framework, family = args.child.split(":")
@@ -137,10 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
             + common.table(["family", "params", "instructjax s/step", "transformers s/step", "speed (theirs/ours)",
                             "instructjax MiB", "transformers MiB"], rows) + "\n")
     print(body)
-    if not args.no_append:
-        common.append_results("Every family's training step, CPU: instructjax vs transformers", body,
-                              load_before=load_before)
-    common.write_summary(args.json, results)
+    common.finish(args, "Every family's training step, CPU: instructjax vs transformers", body, results,
+                  load_before=load_before)
     return results
 
 

@@ -143,7 +143,7 @@ def torch_child(args) -> dict:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--shape", choices=SHAPES, default="tinyllama", help="model shape (layers, widths, vocab)")
     for flag in ("layers", "hidden", "intermediate", "heads", "kv-heads", "vocab"):
         parser.add_argument(f"--{flag}", type=int, default=None, help="override the shape's value")
@@ -161,8 +161,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--allow-cpu", action="store_true", help="run without a GPU (to check the script)")
     parser.add_argument("--child", choices=("jax", "torch"), default=None, help=argparse.SUPPRESS)
     parser.add_argument("--no-torch", action="store_true", help="instructjax only (e.g. on a TPU)")
-    parser.add_argument("--no-append", action="store_true")
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     shape = SHAPES[args.shape]
     for key in ("layers", "hidden", "intermediate", "heads", "kv_heads", "vocab"):
@@ -220,10 +218,8 @@ def main(argv: list[str] | None = None) -> dict:
                "torch_mfu": mfu["torch"], "torch_version": ref["version"], "ratio": ratio, "device": ours["device"],
                "peak_tflops": args.peak_tflops, "load_before": load_before,
                "model": f"{param_count(config) / 1e9:.2f}B params, {setting_words(args)}"}
-    if not args.no_append:
-        common.append_results(f"GPU step: {args.shape}, seq {args.seq}, bf16, instructjax vs transformers", body,
-                              load_before=load_before)
-    common.write_summary(args.json, summary)
+    common.finish(args, f"GPU step: {args.shape}, seq {args.seq}, bf16, instructjax vs transformers", body,
+                  summary, load_before=load_before)
     return summary
 
 

@@ -13,7 +13,6 @@ bf16 autocast, fused AdamW) runs once per shape and batch named by `--torch`. Ro
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -46,13 +45,11 @@ def run_one(argv: list[str], framework: str, timeout: int) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__, append="--record", append_help="append the table to benchmarks/RESULTS.md")
     parser.add_argument("settings", nargs="+", help="'label: gpu_mfu.py arguments'")
     parser.add_argument("--torch", action="append", default=[],
                         help="gpu_mfu.py arguments of a transformers reference (e.g. '--batch 4'); repeatable")
     parser.add_argument("--timeout", type=int, default=300, help="seconds per setting")
-    parser.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     load_before = common.load_average()
     rows, refs = [], {}
@@ -88,9 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                             "attention / error"], table)
             + ("\n\n" + common.table(["reference", "s/step", "torch"], torch_rows) if torch_rows else "") + "\n")
     print(body)
-    if args.record:
-        common.append_results("GPU step under each setting", body, load_before=load_before)
-    common.write_summary(args.json, {"rows": rows, "torch": {str(k): v for k, v in refs.items()}})
+    common.finish(args, "GPU step under each setting", body, {"rows": rows, "torch": {str(k): v for k, v in refs.items()}},
+                  load_before=load_before)
     return 0
 
 

@@ -7,7 +7,6 @@ log got before). Goal: under 4 KB for 100 steps.
 
 from __future__ import annotations
 
-import argparse
 import fcntl
 import os
 import pty
@@ -20,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import append_results, load_average  # noqa: E402
+import common  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 GOAL = 4096
@@ -70,11 +69,10 @@ def describe(log: bytes) -> tuple[int, int, int]:
 
 
 def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = common.parser(__doc__, append="--record", summary=None, append_help="append the table to benchmarks/RESULTS.md")
     p.add_argument("--steps", type=int, default=100)
-    p.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = p.parse_args()
-    load = load_average()
+    load = common.load_average()
     with tempfile.TemporaryDirectory() as tmp:
         ours = describe(to_file(Path(tmp) / "file", args.steps))
         tty = describe(on_a_terminal(Path(tmp) / "tty", args.steps))
@@ -85,8 +83,7 @@ def main() -> int:
     text += "".join(f"| {name} | {b:,} | {n:,} | {r:,} |\n" for name, b, n, r in rows)
     text += f"\n{'Within' if ours[0] < GOAL else 'Over'} the goal: {ours[0]:,} bytes.\n"
     print(text)
-    if args.record:
-        append_results(f"Log size of {args.steps} training steps", text, load_before=load)
+    common.finish(args, f"Log size of {args.steps} training steps", text, load_before=load)
     return 0 if ours[0] < GOAL else 1
 
 

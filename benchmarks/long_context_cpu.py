@@ -74,15 +74,13 @@ def child(args) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__)
     common.add_model_args(parser)
     parser.set_defaults(layers=4, hidden=256, heads=8, batch=1)
     parser.add_argument("--seqs", default="2048,8192")
     parser.add_argument("--steps", type=int, default=2, help="timed steps after the first")
     parser.add_argument("--only", default=",".join(IMPLEMENTATIONS), help="comma-separated implementation names")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--no-append", action="store_true")
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     if args.child:
         common.child_result(child(args))
@@ -130,9 +128,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(body)
     summary = {"results": results, "met": met, "load_before": load_before, "load_after": common.load_average()}
-    if not args.no_append:
-        common.append_results("Long context, CPU: instructjax vs transformers", body, load_before=load_before)
-    common.write_summary(args.json, summary)
+    common.finish(args, "Long context, CPU: instructjax vs transformers", body, summary,
+                  load_before=load_before)
     return summary
 
 

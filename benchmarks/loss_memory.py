@@ -13,7 +13,6 @@ one warm-up and N timed steps of each variant (slow on a small CPU: ~7 TFLOP per
 
 from __future__ import annotations
 
-import argparse
 import os
 import statistics
 import sys
@@ -72,7 +71,7 @@ def measure(loss, shapes, arrays=None, steps: int = 0) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--tokens", default="2048,4096,8192", help="B*T token counts, comma-separated")
     parser.add_argument("--batch", type=int, default=2, help="B (each token count is B x T)")
     parser.add_argument("--embed", type=int, default=2304)
@@ -82,8 +81,6 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--softcap", type=float, default=None, help="final logit softcap (Gemma 2: 30)")
     parser.add_argument("--time-steps", type=int, default=0,
                         help="time this many value-and-grad steps (after a warm-up) at the smallest token count")
-    parser.add_argument("--no-append", action="store_true")
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
     import jax
@@ -138,9 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(body)
     summary["load_after"] = common.load_average()
-    if not args.no_append:
-        common.append_results("Loss memory: full logits vs chunked cross-entropy", body, load_before=load_before)
-    common.write_summary(args.json, summary)
+    common.finish(args, "Loss memory: full logits vs chunked cross-entropy", body, summary,
+                  load_before=load_before)
     return summary
 
 

@@ -47,14 +47,12 @@ def child(layers: int, hidden: int, seq: int, batch: int, steps: int, remat: str
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--sizes", default="4x256,8x512,12x768,12x1024", help="LAYERSxHIDDEN[:remat],...")
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--no-append", action="store_true")
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
     if args.child:
@@ -86,9 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(body)
     summary["load_after"] = common.load_average()
-    if not args.no_append:
-        common.append_results("Memory: peak host RSS of a training run", body, load_before=load_before)
-    common.write_summary(args.json, summary)
+    common.finish(args, "Memory: peak host RSS of a training run", body, summary, load_before=load_before)
     return summary
 
 

@@ -17,26 +17,24 @@ Appends a section to benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
-import datetime
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from instructjax.core.config import MosaicSection
-from instructjax.data.encoding.encode import count_tokens
-from instructjax.data.encoding.tokenizer import Tokenizer
-from instructjax.data.mosaic.augment import mosaic_epoch
-from instructjax.data.schema import Conversation
-from instructjax.data.sources.catalog import load_conversations
-from instructjax.data.sources.synthetic import ensure_synthetic
+sys.path.insert(0, str(Path(__file__).parent))
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-RESULTS_HEADER = "# Benchmark results\n\nEach benchmark appends a dated section: machine, command, figures.\n"
+import common  # noqa: E402
+
+from instructjax.core.config import MosaicSection  # noqa: E402
+from instructjax.data.encoding.encode import count_tokens  # noqa: E402
+from instructjax.data.encoding.tokenizer import Tokenizer  # noqa: E402
+from instructjax.data.mosaic.augment import mosaic_epoch  # noqa: E402
+from instructjax.data.schema import Conversation  # noqa: E402
+from instructjax.data.sources.catalog import load_conversations  # noqa: E402
+from instructjax.data.sources.synthetic import ensure_synthetic  # noqa: E402
+
 BATCH = 128  # seed 003 Appendix B.1
 MAX_LENGTH = 2048
 
@@ -117,32 +115,24 @@ def table(dataset: str, rows: list[dict]) -> str:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, summary=None, append_help="print only, do not touch RESULTS.md")
     parser.add_argument("--rows", type=int, default=5200, help="synthetic rows per dataset (Alpaca/10)")
     parser.add_argument("--passes", type=int, default=1, help="mosaic passes (baseline epochs) to average")
     parser.add_argument("--datasets", nargs="+", default=["alpaca", "gpt4_alpaca"])
-    parser.add_argument("--no-append", action="store_true", help="print only, do not touch RESULTS.md")
     args = parser.parse_args()
+    load_before = common.load_average()
     tokenizer = Tokenizer.load()
     sections = []
     for dataset in args.datasets:
         data = list(load_conversations(dataset, ensure_synthetic(dataset, args.rows)))
         sections.append(table(f"{dataset} (synthetic)", measure(data, args.passes, tokenizer)))
         print(sections[-1], flush=True)
-    if args.no_append:
-        return
-    head = (
-        f"\n## Mosaic-IT training cost vs baseline ({datetime.date.today().isoformat()})\n\n"
-        f"Machine: {platform.node()} ({platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}). "
-        f"Command: `python {' '.join(sys.argv)}`.\n"
+    notes = (
         f"Mix = Format always, + Permute or + Maskout each w.p. 1/3; max length {MAX_LENGTH} after the Tulu template "
         f"(LLaMA SentencePiece from mistral-common). Paper: seed 003 Table 7 (Mistral-7B, Alpaca-GPT4, 4xA100 time) "
         f"and Table 5 (Mix<=5). Padded ratio: batches of {BATCH}, padded to their longest.\n\n"
     )
-    if not RESULTS.exists():
-        RESULTS.write_text(RESULTS_HEADER)
-    with RESULTS.open("a") as f:
-        f.write(head + "\n".join(sections))
+    common.finish(args, "Mosaic-IT training cost vs baseline", notes + "\n".join(sections), load_before=load_before)
 
 
 if __name__ == "__main__":

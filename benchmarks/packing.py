@@ -15,20 +15,18 @@ benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
-import argparse
-import datetime
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-from instructjax.data.batches.packing import PackStats, SequencePacker
+sys.path.insert(0, str(Path(__file__).parent))
 
-RESULTS = Path(__file__).with_name("RESULTS.md")
-RESULTS_HEADER = "# Benchmark results\n\nEach benchmark appends a dated section: machine, command, figures.\n"
+import common  # noqa: E402
+
+from instructjax.data.batches.packing import PackStats, SequencePacker  # noqa: E402
 
 # Tulu (seed 004) Table 1, Human+GPT mixture: instances, mean rounds, mean prompt / completion tokens.
 TULU_HUMAN_GPT = {
@@ -146,15 +144,15 @@ def run_seqio(examples, seq_len: int) -> tuple[float, float, int]:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__, summary=None)
     parser.add_argument("--data", choices=["synthetic", "table1"], default="synthetic")
     parser.add_argument("--examples", type=int, default=20_000)
     parser.add_argument("--seqio-examples", type=int, default=5_000, help="seqio is slow: a prefix")
     parser.add_argument("--window", type=int, default=None, help="our window (default: the packer's)")
     parser.add_argument("--windows", default="50,100,250,500,1000,2000,5000", help="window sweep")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--no-append", action="store_true", help="do not append to RESULTS.md")
     args = parser.parse_args(argv)
+    load_before = common.load_average()
 
     if args.data == "synthetic":
         examples = synthetic_examples(args.examples, args.seed)
@@ -200,17 +198,7 @@ def main(argv: list[str] | None = None) -> None:
         lines.append(f"| {seq_len} | " + " | ".join(f"{e:.2%}" for e in effs) + " |")
         print(lines[-1], flush=True)
 
-    if not args.no_append:
-        machine = (
-            f"{platform.platform()}, {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs"
-        )
-        header = "" if RESULTS.exists() else RESULTS_HEADER
-        stamp = datetime.datetime.now().isoformat(timespec="seconds")
-        command = "python " + " ".join(["benchmarks/packing.py", *sys.argv[1:]])
-        section = [f"\n## Packing — {stamp}\n", f"Machine: {machine}. Command: `{command}`.", "", *lines, ""]
-        with RESULTS.open("a") as f:
-            f.write(header + "\n".join(section))
-        print(f"appended to {RESULTS}")
+    common.finish(args, "Packing", "\n".join(lines), load_before=load_before)
 
 
 if __name__ == "__main__":

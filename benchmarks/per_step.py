@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -163,10 +162,9 @@ def timing_section(steps: int, rounds: int) -> tuple[str, dict]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__, summary=None)
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
 
     load_before = common.load_average()
@@ -174,9 +172,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(padding, flush=True)
     timing, summary = timing_section(args.steps, args.rounds)
     print(timing, flush=True)
-    if not args.no_append:
-        common.append_results("Exact steps, packed: `data.pack: per_step` (issues 28, 40)", padding + "\n\n" + timing,
-                              load_before=load_before)
+    common.finish(args, "Exact steps, packed: `data.pack: per_step` (issues 28, 40)", padding + "\n\n" + timing,
+                  load_before=load_before)
     return summary
 
 

@@ -15,7 +15,6 @@ Goal: >= 100,000 tokens/s. `--profile` prints cProfile's top functions of each p
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import io
 import pstats
@@ -63,14 +62,12 @@ def one_epoch(pipeline) -> tuple[int, int, int]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--mixture", default="tulu_human_gpt_builtin")
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--mosaic", action="store_true", help="also time a Mosaic-IT (mix) epoch")
     parser.add_argument("--profile", action="store_true", help="print cProfile's top functions per phase")
-    parser.add_argument("--no-append", action="store_true")
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
     load_before = common.load_average()
@@ -128,9 +125,7 @@ def main(argv: list[str] | None = None) -> dict:
     summary = {"end_to_end_tokens_per_s": e2e, "pack_tokens_per_s": tokens / pack_s,
                "encode_tokens_per_s": encoded_tokens / encode_s, "efficiency": efficiency,
                "load_before": load_before, "load_after": common.load_average()}  # fmt: skip
-    if not args.no_append:
-        common.append_results("Input pipeline, end to end", body, load_before=load_before)
-    common.write_summary(args.json, summary)
+    common.finish(args, "Input pipeline, end to end", body, summary, load_before=load_before)
     return summary
 
 

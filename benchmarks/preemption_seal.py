@@ -17,7 +17,6 @@ extrapolated to LLaMA-2 7B with AdamW on a v4-64 (8 hosts, 80.9 GB of state, 10.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -31,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(1, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from common import append_results, load_average  # noqa: E402
+import common  # noqa: E402
 
 GRACE = 30.0
 LLAMA2_7B_STATE_GB = 6.74e9 * 12 / 1e9  # float32 params + AdamW mu and nu
@@ -175,12 +174,11 @@ def table(cases: list[dict]) -> str:
 def main() -> int:
     if len(sys.argv) > 2 and sys.argv[1] == "--worker":
         return worker(sys.argv[2], sys.argv[sys.argv.index("--") + 1 :])
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = common.parser(__doc__, append="--record", summary=None, append_help="append the table to benchmarks/RESULTS.md")
     p.add_argument("--gb", type=float, default=2.2, help="train state to save (GB)")
     p.add_argument("--where", nargs="+", default=["local", "gcs"], choices=["local", "gcs"])
-    p.add_argument("--record", action="store_true", help="append the table to benchmarks/RESULTS.md")
     args = p.parse_args()
-    load = load_average()
+    load = common.load_average()
     cases = []
     for where in args.where:
         with tempfile.TemporaryDirectory(prefix="seal-bench-") as root:
@@ -188,8 +186,7 @@ def main() -> int:
             print(json.dumps(cases[-1]), flush=True)
     text = table(cases)
     print(text)
-    if args.record:
-        append_results("Preemption save: SIGTERM to a sealed step, 2 processes", text, load_before=load)
+    common.finish(args, "Preemption save: SIGTERM to a sealed step, 2 processes", text, load_before=load)
     return 0
 
 

@@ -19,7 +19,6 @@ the cache files are the one process's bytes.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -120,12 +119,11 @@ def spm(strings: list[str]) -> tuple[float, int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, summary=None)
     parser.add_argument("--examples", type=int, default=20_000)
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--dir", type=Path, help="keep the rows here between invocations (default: a temporary one)")
-    parser.add_argument("--no-append", action="store_true")
     parser.add_argument("--hosts", type=int, default=0, help="also prepare on this many local processes")
     args = parser.parse_args(argv)
     load_before = common.load_average()
@@ -157,9 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.hosts > 1:
         body += "\n" + shares(config, directory, args.hosts) + "\n"
     print(body)
-    if not args.no_append:
-        common.append_results("data prepare against sentencepiece's batch encode (issues 24, 40)", body,
-                              load_before=load_before)  # fmt: skip
+    common.finish(args, "data prepare against sentencepiece's batch encode (issues 24, 40)", body,
+                  load_before=load_before)
     if args.dir is None:
         shutil.rmtree(directory, ignore_errors=True)
     return 0

@@ -12,7 +12,6 @@ system time during the step. Thread time can exceed wall time where ops run side
 
 from __future__ import annotations
 
-import argparse
 import collections
 import re
 import resource
@@ -54,11 +53,9 @@ def hlo_shapes(hlo_text: str) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__)
     common.add_model_args(parser)
     parser.add_argument("--top", type=int, default=15, help="how many single ops to list")
-    parser.add_argument("--no-append", action="store_true")
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
     load_before = common.load_average()
@@ -103,9 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(body)
     summary = {"wall_s": wall, "op_seconds": total, "by_kind": dict(by_kind)}
-    if not args.no_append:
-        common.append_results("Profile of one trainer step: time per XLA op", body, load_before=load_before)
-    common.write_summary(args.json, summary)
+    common.finish(args, "Profile of one trainer step: time per XLA op", body, summary,
+                  load_before=load_before)
     return summary
 
 

@@ -20,7 +20,6 @@ see what compiling the step costs a restart.
 
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
@@ -93,14 +92,13 @@ def first_step(config: Path, run_dir: Path, cache: str, seq_len: int, xla_cache:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, summary=None)
     parser.add_argument("--examples", type=int, default=500_000)
     parser.add_argument("--seq-len", type=int, default=2048)
     parser.add_argument("--dir", type=Path, help="keep the data and the cache here (default: a temporary directory)")
     parser.add_argument("--starts", default=",".join(STARTS), help=f"which starts to time, of {', '.join(STARTS)}")
     parser.add_argument("--warm", type=int, default=1, help="warm restarts to time")
     parser.add_argument("--xla-cache", action="store_true", help="with JAX's persistent compilation cache")
-    parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
     starts = args.starts.split(",")
     if not set(starts) <= set(STARTS):
@@ -137,8 +135,7 @@ def main(argv: list[str] | None = None) -> int:
             f"model, 1 step; cache {size:.0f} MiB{xla_note}; goal: warm restart <= 60 s\n\n"
             + common.table(["start", "seconds to the end of step 1", "peak RSS (GiB)"], rows))  # fmt: skip
     print(body)
-    if not args.no_append:
-        common.append_results("Restart to the first step with the tokenized-task cache", body, load_before=load)
+    common.finish(args, "Restart to the first step with the tokenized-task cache", body, load_before=load)
     return 0
 
 

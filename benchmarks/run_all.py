@@ -1,5 +1,8 @@
 """Run every benchmark of issue 8 (each in its own process) and append a summary table to RESULTS.md.
 
+Each benchmark run with a headline also rewrites its row of the current table at the top of RESULTS.md
+(results_table.py: figure, reference, ratio, date, machine); the dated log below it is left as it was.
+
     python benchmarks/run_all.py [--only train_step_cpu,utilization_cpu,...] [--quick] [--no-append]
 
 Each script also appends its own section. `--quick` runs tiny sizes (a smoke test of the scripts,
@@ -9,7 +12,6 @@ cost table) is slow and not part of the default set; name it in --only to includ
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -20,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import common  # noqa: E402
+import results_table  # noqa: E402
 
 HERE = Path(__file__).parent
 TINY = ["--layers", "2", "--hidden", "64", "--heads", "4", "--vocab", "1000", "--seq", "64", "--batch", "2"]
@@ -56,22 +59,32 @@ BENCHMARKS = {
         "-", None)),
 }  # fmt: skip
 DEFAULT = [name for name in BENCHMARKS if name != "mosaic_cost"]
+# name -> summary -> (reference, ratio) for the current table; a benchmark not here: its goal, no ratio
+REFERENCE = {
+    "train_step_cpu": lambda s: (f"transformers {s['torch_tokens_per_s']:,.0f} tokens/s", f"{s['ratio']:.2f}x"),
+    "utilization_cpu": lambda s: (f"matmul peak {s['peak_gflops']:.1f} GFLOP/s", f"{s['utilization']:.0%}"),
+    "gpu_mfu": lambda s: ("-", "-") if "skipped" in s else (
+        f"transformers {s['torch_tokens_per_s']:,.0f} tokens/s" if "torch_tokens_per_s" in s else "-",
+        f"{s['ratio']:.2f}x" if "ratio" in s else "-"),
+    "pipeline_throughput": lambda s: ("goal 100,000 tokens/s", f"{s['end_to_end_tokens_per_s'] / 1e5:.1f}x"),
+    "compile_depth": lambda s: ("the shallowest depth", f"{s['ratios']['scan']:.2f}x"),
+}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__, summary=None, append_help="do not append to RESULTS.md or touch its table")
     parser.add_argument("--only", default=",".join(DEFAULT), help=f"comma-separated, of {', '.join(BENCHMARKS)}")
     parser.add_argument("--quick", action="store_true", help="tiny sizes: check the scripts run")
-    parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
 
     load_before = common.load_average()
+    record = args.append and not args.quick
     rows, failed = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.only.split(","):
             extra, quick, headline = BENCHMARKS[name]
             cmd = [sys.executable, str(HERE / f"{name}.py"), *extra, *(quick if args.quick else [])]
-            if args.no_append or args.quick:
+            if not record:
                 cmd.append("--no-append")
             summary_path = Path(tmp) / f"{name}.json"
             if headline is not None:
@@ -92,9 +105,13 @@ def main(argv: list[str] | None = None) -> int:
             verdict = "-" if met is None else ("met" if met else "**missed**")
             load = summary.get("load_before", "")
             rows.append([name, figure, goal, verdict, f"{seconds:.0f}", load])
+            if record:
+                reference, ratio = REFERENCE.get(name, lambda s, goal=goal: (f"goal {goal}", "-"))(summary)
+                results_table.update([name, figure, reference, ratio, time.strftime("%Y-%m-%d"),
+                                      common.machine()])
     body = common.table(["benchmark", "figure", "goal", "", "wall s", "load at start"], [r + [""] * (6 - len(r)) for r in rows])
     print(body)
-    if not (args.no_append or args.quick):
+    if record:
         common.append_results("Summary (benchmarks/run_all.py)", body, load_before=load_before)
     return 1 if failed else 0
 

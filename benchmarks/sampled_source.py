@@ -14,7 +14,6 @@ machine and kept). Figures: conversations of the sample per second.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
@@ -26,12 +25,10 @@ import common  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, summary="--summary-json")
     parser.add_argument("--rows", type=int, default=500_000)
     parser.add_argument("--sample", type=int, default=100_000)
     parser.add_argument("--seq-len", type=int, default=2048)
-    parser.add_argument("--summary-json")
-    parser.add_argument("--no-append", action="store_true")
     args = parser.parse_args(argv)
 
     from instructjax.data.binding import bind
@@ -72,10 +69,9 @@ def main(argv: list[str] | None = None) -> int:
                                              rows)
             + f"\n\nSpeed-up {whole_seconds / sample_seconds:.1f}x; the sample's cost no longer grows with the file.")
     print(body)
-    common.write_summary(args.summary_json, {"before_conversations_per_s": args.sample / whole_seconds,
-                                             "after_conversations_per_s": len(sample) / sample_seconds})
-    if not args.no_append:
-        common.append_results("Sampling a source before encoding it (issue 14)", body, load_before=load)
+    summary = {"before_conversations_per_s": args.sample / whole_seconds,
+               "after_conversations_per_s": len(sample) / sample_seconds}
+    common.finish(args, "Sampling a source before encoding it (issue 14)", body, summary, load_before=load)
     return 0
 
 

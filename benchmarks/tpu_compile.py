@@ -11,12 +11,13 @@ topology descriptions); on 2 CPU cores a 7B step takes about half a minute to co
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import common  # noqa: E402  (quiets libtpu where there is no TPU)
 
 # (config, slice): the slice a lab would take for it (issue 51's list)
 RUNS = [
@@ -36,21 +37,15 @@ RUNS = [
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = common.parser(__doc__, append="--no-write", summary=None)
     parser.add_argument("--only", help="run the configs whose path contains one of these (comma-separated)")
-    parser.add_argument("--no-write", action="store_true", help="print only; do not append to RESULTS.md")
     args = parser.parse_args()
-
-    from instructjax.core.libtpu import quiet_without_tpu
-
-    quiet_without_tpu()
-    from common import append_results, load_average
 
     from instructjax.core.config import load_config
     from instructjax.train.compile import compile_run
     from instructjax.train.topology import GIB, tpu_topology
 
-    load = load_average()
+    load = common.load_average()
     rows = ["| config | slice | mesh (data x fsdp x tensor) | step | plan GiB | compiler GiB | plan / compiler | "
             "Mosaic kernels | compile s | largest all-reduce MiB | compiler peak GiB |",
             "|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -68,9 +63,8 @@ def main() -> None:
             print(rows[-1], flush=True)
     body = "\n".join(rows)
     print(body)
-    if not args.no_write:
-        append_results("Plan against the TPU compiler (plan --compile, libtpu on this CPU machine)", body,
-                       load_before=load)
+    common.finish(args, "Plan against the TPU compiler (plan --compile, libtpu on this CPU machine)", body,
+                  load_before=load)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,6 @@ Prints and appends tokens/s of each, their ratio (goal: instructjax >= 1.2x) and
 
 from __future__ import annotations
 
-import argparse
 import multiprocessing
 import os
 import statistics
@@ -128,12 +127,10 @@ def torch_step_fn(config, weights, args):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__)
     common.add_model_args(parser)
     parser.add_argument("--torch-attention", default="sdpa", help="transformers attn_implementation")
     parser.add_argument("--steps-per-turn", type=int, default=3, help="steps of one framework before switching")
-    parser.add_argument("--no-append", action="store_true")
-    parser.add_argument("--json", default=None, help="write the headline figures here")
     args = parser.parse_args(argv)
 
     load_before = common.load_average()
@@ -187,9 +184,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(body)
     summary = {"jax_tokens_per_s": jax_tps, "torch_tokens_per_s": torch_tps, "ratio": ratio,
                "load_before": load_before, "load_after": common.load_average()}  # fmt: skip
-    if not args.no_append:
-        common.append_results("Training step, CPU: instructjax vs transformers", body, load_before=load_before)
-    common.write_summary(args.json, summary)
+    common.finish(args, "Training step, CPU: instructjax vs transformers", body, summary,
+                  load_before=load_before)
     return summary
 
 

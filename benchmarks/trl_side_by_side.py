@@ -15,7 +15,6 @@ step time after the first).
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -109,15 +108,13 @@ def theirs(root: Path, hf_dir: str, conversations: list[list[dict]], args) -> tu
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--seq", type=int, default=512)
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--no-append", action="store_true")
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
     try:
         import trl  # noqa: F401
@@ -153,11 +150,9 @@ def main(argv: list[str] | None = None) -> dict:
             + f"\n\nLargest relative difference {worst:.1e}. Tokens/s (rows x seq over the median step after the first): "
               f"instructjax {ours_tps:,.0f}, TRL {theirs_tps:,.0f} ({ours_tps / theirs_tps:.2f}x).\n")
     print(body)
-    if not args.no_append:
-        common.append_results("A model's own chat template: instructjax vs TRL's SFTTrainer", body,
-                              load_before=load_before)
     summary = {"worst_relative": worst, "ours_tokens_per_s": ours_tps, "trl_tokens_per_s": theirs_tps}
-    common.write_summary(args.json, summary)
+    common.finish(args, "A model's own chat template: instructjax vs TRL's SFTTrainer", body, summary,
+                  load_before=load_before)
     return summary
 
 

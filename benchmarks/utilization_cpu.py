@@ -13,7 +13,6 @@ Goal: >= 50% of the measured matmul peak.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -37,11 +36,9 @@ def timed(fn, *args, repeats: int = 1) -> float:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__)
     common.add_model_args(parser)
     parser.add_argument("--dot", type=int, default=2048, help="size n of the n x n peak matmul")
-    parser.add_argument("--no-append", action="store_true")
-    parser.add_argument("--json", default=None)
     args = parser.parse_args(argv)
 
     load_before = common.load_average()
@@ -128,9 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(body)
     summary = {"utilization": utilization, "achieved_gflops": achieved / 1e9, "peak_gflops": peak / 1e9,
                "load_before": load_before, "load_after": common.load_average()}  # fmt: skip
-    if not args.no_append:
-        common.append_results("Utilization, CPU: model FLOP/s vs matmul peak", body, load_before=load_before)
-    common.write_summary(args.json, summary)
+    common.finish(args, "Utilization, CPU: model FLOP/s vs matmul peak", body, summary,
+                  load_before=load_before)
     return summary
 
 
