@@ -410,7 +410,8 @@ def test_run_suite_scores_the_seeded_subsets(tmp_path, monkeypatch):
 
 
 def test_config_parts_of_the_papers_configs():
-    from instructjax.core.config import eval_section, load_config
+    from instructjax.core.config import load_config
+    from instructjax.eval.config import eval_section
     from instructjax.eval.run import config_parts
 
     configs = REPO / "configs"
@@ -434,7 +435,7 @@ class _FakeGenerator:
 
 
 def test_judged_parts_generate_at_the_papers_length(tmp_path):
-    from instructjax.core.config import eval_section
+    from instructjax.eval.config import eval_section
     from instructjax.eval.run import run_judged
 
     rows = [{"id": str(i), "instruction": f"q{i}", "skills": ["factuality"]} for i in range(3)]

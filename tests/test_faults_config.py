@@ -46,6 +46,9 @@ CONFIGS = [  # (id, config file text or None for a missing file, overrides, word
      "model: remat given both as model.KEY and model.overrides.KEY with different values"),
     ("distribution_param_not_a_number", "data: {mosaic: {distribution: logistic, distribution_params: {scale: wide}}}\n",
      [], "data.mosaic.distribution_params.scale: expected float, got 'wide'"),
+    ("eval_unknown_key", "", ["eval.backnd=hf"], "eval.backnd: unknown key; did you mean backend?"),
+    ("eval_bad_value", "eval: {judge: {base_url: http://x, model: j, concurrency: 0}}\n", [],
+     "eval.judge: concurrency and max_tokens must be >= 1"),
 ]
 
 

@@ -22,9 +22,9 @@ pytest.importorskip("fastapi")
 
 import pretrained_models as pm  # noqa: E402  (tests/pretrained_models.py)
 
-from instructjax.core.config import JudgeEndpoint, eval_section  # noqa: E402
 from instructjax.core.errors import ConfigError  # noqa: E402
 from instructjax.eval import pairwise as pw  # noqa: E402
+from instructjax.eval.config import JudgeEndpoint, eval_section  # noqa: E402
 from instructjax.eval.judge import ask  # noqa: E402
 
 CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"

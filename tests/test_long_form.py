@@ -198,7 +198,7 @@ def test_long_form_and_eli5_end_to_end_equal_nltks_meteor(evaluated, nltk_data):
 def test_scores_of_a_model_that_echoes_the_reference_are_high(nltk_data, tmp_path):
     """run_long_form with a stand-in generator whose answers are the references with synonyms swapped in: both
     scores well above zero and equal to nltk's, the ELI5 question with its selftext when asked."""
-    from instructjax.core.config import LongFormSection
+    from instructjax.eval.config import LongFormSection
 
     answers = {}
     for r in LONGFORM:

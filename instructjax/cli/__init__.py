@@ -44,6 +44,17 @@ def on_bad_row_overrides(args) -> list[str]:
     return [f"data.on_bad_row={args.on_bad_row}"] if getattr(args, "on_bad_row", None) else []
 
 
+def load_run_config(path, overrides: list[str] | None = None):
+    """A run config as every command reads it: `core.config.load_config`, and its `eval:` block checked
+    (`eval.config.eval_section`), so a wrong key there is one line before any work too."""
+    from instructjax.core.config import load_config
+    from instructjax.eval.config import eval_section
+
+    config = load_config(path, overrides)
+    eval_section(config.eval)
+    return config
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="instructjax", description=__doc__.splitlines()[0])
     parser.add_argument("--import", dest="imports_first", action="append", default=[], metavar="MODULE",
@@ -83,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
-        from instructjax.core.config import import_modules
+        from instructjax.core.user_modules import import_modules
 
         import_modules([*args.imports_first, *getattr(args, "imports", [])])
         code = args.func(args)

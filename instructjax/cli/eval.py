@@ -190,11 +190,11 @@ def run_tulu(args) -> int:
 
 def run_eval_config(args) -> int:
     """`eval --config RUN.yaml [--only PARTS] [--model M]`: the eval: block's parts, results in its out dir."""
-    from instructjax.core.config import load_config
+    from instructjax.cli import load_run_config
     from instructjax.eval.run import evaluate_config
 
     only = [p.strip() for p in args.only.split(",") if p.strip()] if args.only else None
-    results = evaluate_config(load_config(args.config), model=args.model, only=only)
+    results = evaluate_config(load_run_config(args.config), model=args.model, only=only)
     _print_and_write(results, args.out)
     return 0
 
@@ -256,7 +256,7 @@ def run_quality(args) -> int:
     if args.replies:
         replies = _rows(args.replies)
     else:
-        from instructjax.core.config import JudgeEndpoint
+        from instructjax.eval.config import JudgeEndpoint
         from instructjax.eval.judge import ask
 
         endpoint = JudgeEndpoint(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,

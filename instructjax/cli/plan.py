@@ -31,7 +31,7 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from instructjax.core.config import load_config
+    from instructjax.cli import load_run_config
     from instructjax.train.plan import (
         format_plan,
         gpu_topology,
@@ -40,7 +40,7 @@ def run(args) -> int:
         tpu_topology,
     )
 
-    config = load_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
+    config = load_run_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
     if args.compile or args.save_executable:
         return compiled(args, config)
     topology = tpu_topology(args.topology) if args.topology else gpu_topology(args.gpus, args.gpu_type) \

@@ -34,13 +34,13 @@ def run(args) -> int:
     commands.run_stats(argparse.Namespace(**common, seq_len=None, global_batch=None))
     commands.run_preview(argparse.Namespace(**common, n=1))
 
-    from instructjax.core.config import load_config
+    from instructjax.cli import load_run_config
     from instructjax.train.trainer import train
 
     overrides = list(args.overrides)
     if not args.resume and not any(o.startswith("run_dir=") for o in overrides):
-        overrides.append(f"run_dir={load_config(args.config).run_dir}-{time.strftime('%Y%m%d-%H%M%S')}")
-    config = load_config(args.config, overrides)
+        overrides.append(f"run_dir={load_run_config(args.config).run_dir}-{time.strftime('%Y%m%d-%H%M%S')}")
+    config = load_run_config(args.config, overrides)
     print(f"== train: {config.model.preset} LLaMA, {config.max_steps} steps -> {config.run_dir} ==")
     start = time.perf_counter()
     result = train(config, resume=args.resume)

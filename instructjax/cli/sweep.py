@@ -137,8 +137,8 @@ def exported_step(config: RunConfig) -> int | None:
 def eval_todo(config: RunConfig) -> list[str]:
     """The eval: parts still to run: all of them without a results.json of this model, step and block, else the
     parts it lacks and the judged parts whose replies have arrived since."""
-    from instructjax.core.config import eval_section
     from instructjax.eval import run as ev_run
+    from instructjax.eval.config import eval_section
     from instructjax.eval.judged import JUDGED_PARTS, pending, resolve_runs
 
     ev = resolve_runs(eval_section(config.eval), config.run_dir)
@@ -235,14 +235,14 @@ def tpu_name(config: RunConfig) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from instructjax.core.config import load_config
+    from instructjax.cli import load_run_config
     from instructjax.report.runs import config_paths
 
     paths = config_paths(args.configs)
     loaded, failed_to_load = {}, {}
     for path in paths:
         try:
-            loaded[path] = load_config(path, on_bad_row_overrides(args))
+            loaded[path] = load_run_config(path, on_bad_row_overrides(args))
             stages_of(loaded[path])  # an unknown suite: one line, before anything runs
             if args.launch == "tpu":  # the run lives where the launcher puts it: every stage reads it there
                 remote = launcher_run_dir(path, loaded[path], args.launch_args)
@@ -273,7 +273,7 @@ def run(args: argparse.Namespace) -> int:
 
 def stages_of(config: RunConfig) -> tuple[str, ...]:
     """train and export unless the config only evaluates (max_steps: 0); eval when its eval: block names parts."""
-    from instructjax.core.config import eval_section
+    from instructjax.eval.config import eval_section
     from instructjax.eval.run import config_parts
 
     stages = STAGES if config.max_steps != 0 else ("eval",)

@@ -22,11 +22,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from instructjax.core.config import load_config
+    from instructjax.cli import load_run_config
     from instructjax.train.preemption import EXIT_PREEMPTED
     from instructjax.train.trainer import train
 
-    config = load_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
+    config = load_run_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
     result = train(config, resume=args.resume, accept_changes=args.accept_changes)
     if result.preempted:  # the trainer said so (saved step N); `--resume` continues
         return EXIT_PREEMPTED

@@ -14,24 +14,31 @@ the batch against hosts and devices) is checked by `core.sharding.resolve_mesh`,
 `plan` both call. `key=value` overrides with dotted keys (`optim.lr=1e-5`, `max_steps=20`) apply on top of
 the file. A `define:` block holds the config's own tasks and mixtures (`data.blends.specs.define` registers
 them).
+
+Here: the run's sections and `load_config`. Elsewhere: the `eval:` block's sections (`eval/config.py`), how YAML
+values become sections (`core/coerce.py`), what a run's training depends on (`core/run_identity.py`), a config's
+own modules (`core/user_modules.py`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import importlib
-import importlib.util
-import sys
-import types
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import yaml
 
+from instructjax.core.coerce import build_section, check_value, unknown_key  # noqa: F401  (their old home)
 from instructjax.core.errors import ConfigError
+from instructjax.core.run_identity import (  # noqa: F401  (their old home)
+    NOT_TRAINING,
+    digest,
+    training_changes,
+    training_digest,
+    training_values,
+)
+from instructjax.core.user_modules import import_modules
 
 SCHEDULES = ("linear", "cosine")
 LOSS_REDUCTIONS = ("mean", "sum")
@@ -57,6 +64,8 @@ def _check(ok: bool, message: str) -> None:
 @dataclass
 class ModelSection:
     """`preset` names a DecoderConfig preset; any other key overrides one of its fields."""
+
+    OTHER_KEYS_INTO: ClassVar[str] = "overrides"  # `model.remat: full` is `model.overrides.remat: full`
 
     preset: str = "tiny"
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -187,241 +196,6 @@ class CheckpointSection:
         _check(self.keep is None or self.keep >= 1, f"checkpoint.keep must be >= 1, got {self.keep}")
 
 
-EVAL_BACKENDS = ("auto", "hf", "instructjax")
-JUDGE_MODES = ("pairwise", "alpaca_eval", "flask")
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One named pairwise comparison: the other system (a run directory, whose `eval/pairwise_outputs.jsonl` it
-    reads, or a `.jsonl` file of outputs) and, where it differs from the part's, the judge prompt."""
-
-    against: str
-    prompt: str | None = None
-
-
-@dataclass
-class JudgeSection:
-    """One judged evaluation of an `eval:` block (`pairwise`, `alpaca_eval`, `flask`): the instructions the
-    model answers, the other system's outputs (pairwise: the systems compared against, one path or named
-    comparisons {name: run dir or .jsonl, or {against, prompt}}, `{}` for none: the outputs only, for other runs to
-    compare with; alpaca_eval: the AlpacaEval set with the reference's outputs, in the `alpaca_eval` package's
-    format, and `annotator`, the package's annotator config: `alpaca_eval_gpt4` for AlpacaEval 1 against
-    Davinci-003, `weighted_alpaca_eval_gpt4_turbo` (the default) for AlpacaEval 2 against GPT-4 Turbo), the
-    judge prompt (pairwise: a name in eval/judge_prompts.py or a file; None: seed 002's Figure 4), the judge's
-    replies once there are some. Paths left out default to `eval.data_dir/<mode>/{prompts,against}.jsonl`,
-    `eval.data_dir/alpaca_eval/<the hub's file of the annotator's set>`
-    and `<eval out dir>/<mode>[_vs_<name>]_replies.jsonl`."""
-
-    prompts: str | None = None
-    against: str | dict[str, str | Comparison] | None = None
-    prompt: str | None = None
-    replies: str | None = None
-    max_new_tokens: int | None = None  # None: the paper's (instructjax.eval.pairwise.JUDGE_PROTOCOLS)
-    temperature: float = 0.0
-    seed: int = 0
-    annotator: str | None = None  # alpaca_eval: the package's annotator config (None: AlpacaEval 2's)
-    judge: dict[str, Any] | None = None  # this part's judge: `eval.judge` keys that differ (model, base_url, ...)
-
-    def __post_init__(self):
-        _check(self.max_new_tokens is None or self.max_new_tokens >= 1,
-               f"max_new_tokens must be >= 1, got {self.max_new_tokens}")
-        _check(self.temperature >= 0, f"temperature must be >= 0, got {self.temperature}")
-        _check(not isinstance(self.against, dict) or self.replies is None,
-               "named comparisons (against: {name: ...}) have their replies in <out>/pairwise_vs_<name>_replies.jsonl "
-               "(no `replies` key)")
-
-    def comparisons(self) -> dict[str, Comparison]:
-        """The named comparisons; one `against` path is one comparison named after its file (or run directory)."""
-        if isinstance(self.against, dict):
-            return {name: c if isinstance(c, Comparison) else Comparison(c) for name, c in self.against.items()}
-        if self.against is None:
-            return {}
-        stem = self.against.rstrip("/").rsplit("/", 1)[-1].removesuffix(".jsonl")
-        return {stem: Comparison(self.against)}
-
-
-@dataclass(frozen=True)
-class JudgeEndpoint:
-    """The judge as an OpenAI-compatible chat endpoint (`eval.judge`; instructjax.eval.judge calls it): its base
-    URL, model, the environment variable holding the key (unset: "EMPTY", as local servers take), how many
-    requests may be in flight, the sampling, retries on rate limits and dropped connections."""
-
-    base_url: str
-    model: str
-    api_key_env: str = "OPENAI_API_KEY"
-    concurrency: int = 4
-    temperature: float = 0.0
-    max_tokens: int = 1024
-    max_retries: int = 6
-    timeout: float = 300.0  # seconds a request may take before it is tried again (a judge that hangs)
-    timeout_s: float | None = None  # the old name of `timeout`, still read
-
-    def __post_init__(self):
-        _check(self.concurrency >= 1 and self.max_tokens >= 1 and self.max_retries >= 0,
-               "eval.judge: concurrency and max_tokens must be >= 1, max_retries >= 0")
-        _check((self.timeout_s or self.timeout) > 0, "eval.judge.timeout must be > 0 seconds")
-
-    @property
-    def seconds(self) -> float:
-        """The request timeout: `timeout`, or `timeout_s` where an older config names it."""
-        return self.timeout_s if self.timeout_s is not None else self.timeout
-
-
-@dataclass
-class ToxigenSection:
-    """ToxiGen as seed 004 runs it (App. C, open-instruct's eval/toxigen): `per_group` hateful prompts of each
-    targeted group from `data_dir` (ToxiGen's prompts/hate_<group>_1k.txt files; None: eval.data_dir/toxigen),
-    completed greedily up to `max_new_tokens`, classified by `classifier` (ToxiGen's RoBERTa, a local dir or hub
-    id). `chat`: in the model's template ("Complete the following: ..."); False: a base model's raw prompt,
-    decoded to the first newline."""
-
-    data_dir: str | None = None
-    classifier: str = "tomh/toxigen_roberta"
-    per_group: int = 500
-    chat: bool = True
-    max_new_tokens: int = 512
-    seed: int = 42
-    batch_size: int = 32
-
-    def __post_init__(self):
-        _check(self.per_group >= 1 and self.max_new_tokens >= 1 and self.batch_size >= 1,
-               "eval.toxigen: per_group, max_new_tokens and batch_size must be >= 1")
-
-
-@dataclass
-class TruthfulqaSection:
-    """TruthfulQA's generation setting as seed 004 runs it (App. C, open-instruct's eval/truthfulqa): the 6-shot
-    QA prompt, greedy answers of up to `max_new_tokens`, judged by `truth_judge` and `info_judge` (causal LMs
-    answering "yes" after "Q: ...\nA: ...\nTrue:" / "Helpful:"; P(yes) >= 0.5). `data`: TruthfulQA.csv (its
-    `Question` column) or a JSONL with `question`; None: eval.data_dir/truthfulqa/TruthfulQA.csv."""
-
-    data: str | None = None
-    truth_judge: str = "allenai/truthfulqa-truth-judge-llama2-7B"
-    info_judge: str = "allenai/truthfulqa-info-judge-llama2-7B"
-    chat: bool = True
-    max_new_tokens: int = 50
-    limit: int | None = None
-
-    def __post_init__(self):
-        _check(self.max_new_tokens >= 1 and (self.limit is None or self.limit >= 1),
-               "eval.truthfulqa: max_new_tokens and limit must be >= 1")
-
-
-@dataclass
-class LongFormSection:
-    """Seed 002's LongForm and ELI5, scored by METEOR (eval/long_form.py): `longform` (LongForm's test rows:
-    `input`, `output`; None: eval.data_dir/long_form/longform_test.jsonl) and `eli5` (ELI5's validation rows in
-    the `eli5` schema; None: eval.data_dir/long_form/eli5_validation.jsonl), jsonl, json, parquet or CSV;
-    greedy answers of up to `max_new_tokens` in the model's chat template; `limit`: the first rows of each;
-    `eli5_selftext`: the question is the title and the selftext (False: the title alone)."""
-
-    longform: str | None = None
-    eli5: str | None = None
-    max_new_tokens: int = 512
-    limit: int | None = None
-    eli5_selftext: bool = False
-
-    def __post_init__(self):
-        _check(self.max_new_tokens >= 1 and (self.limit is None or self.limit >= 1),
-               "eval.long_form: max_new_tokens and limit must be >= 1")
-
-
-MT_BENCH_JUDGE_MAX_TOKENS = 2048  # FastChat llm_judge's chat_completion_openai(..., max_tokens=2048)
-
-
-@dataclass
-class MtBenchSection:
-    """MT-Bench as FastChat runs it (eval/mt_bench.py): `questions` (FastChat's question.jsonl; None:
-    eval.data_dir/mt_bench/question.jsonl), `reference_answers` (its reference_answer/gpt-4.jsonl; None: that file
-    under eval.data_dir/mt_bench where it is there), the judge's `replies` (None: <out>/mt_bench_replies.jsonl, or
-    asked of `eval.judge`)."""
-
-    questions: str | None = None
-    reference_answers: str | None = None
-    replies: str | None = None
-    max_new_tokens: int = 1024
-    seed: int = 0
-    judge: dict[str, Any] | None = None  # MT-Bench's judge: `eval.judge` keys that differ (model, base_url, ...)
-
-    def __post_init__(self):
-        _check(self.max_new_tokens >= 1, f"eval.mt_bench.max_new_tokens must be >= 1, got {self.max_new_tokens}")
-
-
-@dataclass
-class EvalSection:
-    """What `instructjax eval --config RUN.yaml` runs: a paper's `suite` (lm-eval, GSM8K/BBH by the paper's
-    protocol) and/or lm-eval `tasks`, Codex-Eval (`codex`; None: when the suite has it), and the judged
-    evaluations (`true` or a JudgeSection mapping), whose judge is called directly where `judge` names an
-    endpoint (else its replies are read from files)."""
-
-    suite: str | None = None
-    chat_format: str = "auto"  # the tulu suite's prompts: auto (by the model) | tulu | model | none
-    tasks: list[str] = field(default_factory=list)
-    num_fewshot: int | None = None  # for `tasks`
-    include_path: str | None = None  # extra (e.g. offline) lm-eval task YAMLs
-    backend: str = "auto"
-    batch_size: int = 8
-    codex: bool | None = None
-    codex_samples: int = 20
-    pairwise: JudgeSection | bool = False
-    alpaca_eval: JudgeSection | bool = False
-    flask: JudgeSection | bool = False
-    judge: JudgeEndpoint | None = None
-    toxigen: ToxigenSection | bool = False
-    truthfulqa: TruthfulqaSection | bool = False
-    long_form: LongFormSection | bool = False
-    mt_bench: MtBenchSection | bool = False
-    data_dir: str = "eval_data"
-    out_dir: str | None = None  # None: <run_dir>/eval
-
-    def __post_init__(self):  # the suite's name is checked by `instructjax eval` (eval/suite.py; core is below eval)
-        _check(self.backend in EVAL_BACKENDS, f"eval.backend must be one of {EVAL_BACKENDS}, got {self.backend!r}")
-        _check(self.chat_format in ("auto", "tulu", "model", "none"),
-               f"eval.chat_format must be one of auto, tulu, model, none, got {self.chat_format!r}")
-        _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
-        _check(self.codex_samples >= 10, f"eval.codex_samples must be >= 10 (pass@10), got {self.codex_samples}")
-
-    def judged(self, mode: str) -> JudgeSection | None:
-        """The JudgeSection of `mode` (defaults for `true`), None when the block does not name it."""
-        value = getattr(self, mode)
-        return JudgeSection() if value is True else (value or None)
-
-    def judge_of(self, part: str) -> JudgeEndpoint | None:
-        """The endpoint a judged part (pairwise, alpaca_eval, flask, mt_bench) asks: its own `judge` keys over
-        `eval.judge`'s (MT-Bench's max_tokens: FastChat's 2048 unless named); None where no endpoint is named
-        (the judge's replies are read from files)."""
-        section = self.protocol(part) if part == "mt_bench" else self.judged(part)
-        own = dict((section.judge if section is not None else None) or {})
-        if part == "mt_bench":
-            own.setdefault("max_tokens", MT_BENCH_JUDGE_MAX_TOKENS)
-        if self.judge is None and "base_url" not in own:
-            return None
-        base = dataclasses.asdict(self.judge) if self.judge is not None else {}
-        return build_section(JudgeEndpoint, {**base, **own}, f"eval.{part}.judge")
-
-    def judge_model(self, part: str) -> str | None:
-        """The judge model a part's replies come from: its endpoint's, else the model its `judge` names."""
-        endpoint = self.judge_of(part)
-        if endpoint is not None:
-            return endpoint.model
-        section = self.protocol(part) if part == "mt_bench" else self.judged(part)
-        return ((section.judge if section is not None else None) or {}).get("model")
-
-    def protocol(self, name: str) -> ToxigenSection | TruthfulqaSection | LongFormSection | MtBenchSection | None:
-        """The section of a part with a protocol of its own (`toxigen`, `truthfulqa`, `long_form`, `mt_bench`;
-        defaults for `true`), None when off."""
-        value = getattr(self, name)
-        sections = {"toxigen": ToxigenSection, "truthfulqa": TruthfulqaSection, "long_form": LongFormSection,
-                    "mt_bench": MtBenchSection}
-        return sections[name]() if value is True else (value or None)
-
-
-def eval_section(values: dict[str, Any]) -> EvalSection:
-    """The checked EvalSection of a config's `eval:` mapping (RunConfig keeps the mapping itself)."""
-    return build_section(EvalSection, values, "eval")
-
-
 WANDB_MODES = ("online", "offline", "disabled")
 
 
@@ -461,7 +235,7 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
-    eval: dict[str, Any] = field(default_factory=dict)
+    eval: dict[str, Any] = field(default_factory=dict)  # read with instructjax.eval.config.eval_section
     define: dict[str, Any] = field(default_factory=dict)
     imports: list[str] = field(default_factory=list)  # user modules (names or .py paths) imported on load
     wandb: WandbSection | None = None  # optional Weights & Biases logging of metrics and results
@@ -476,105 +250,6 @@ class RunConfig:
         _check(batch % micro == 0, f"data.global_batch={batch} is not divisible by optim.micro_batches={micro}")
         unknown = set(self.define) - {"tasks", "mixtures"}
         _check(not unknown, f"define: unknown key(s) {sorted(unknown)}; 'tasks' and 'mixtures'")
-        eval_section(self.eval)  # checked here; read with eval_section(config.eval)
-
-
-def _coerce(value: Any, kind: Any, where: str) -> Any:
-    """Check/convert a YAML value to a dataclass field type, or raise a ConfigError naming it."""
-    origin = typing.get_origin(kind)
-    if origin in (typing.Union, types.UnionType):
-        options = typing.get_args(kind)
-        if value is None and type(None) in options:
-            return None
-        errors = []
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, where)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise ConfigError(errors[0] if errors else f"{where}: bad value {value!r}")
-    if dataclasses.is_dataclass(kind):
-        if isinstance(value, kind):  # already built (data.mosaic)
-            return value
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        return _build(kind, value, where)
-    if origin in (tuple, list) or kind in (tuple, list):
-        if not isinstance(value, (list, tuple)):
-            raise ConfigError(f"{where}: expected a list, got {value!r}")
-        item = typing.get_args(kind)[0] if origin is list and typing.get_args(kind) else Any
-        return (tuple if (origin or kind) is tuple else list)(_coerce(v, item, f"{where}[{i}]")
-                                                              for i, v in enumerate(value))  # fmt: skip
-    if origin is dict or kind is dict:
-        if not isinstance(value, dict):
-            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
-        item = typing.get_args(kind)[1] if typing.get_args(kind) else Any  # each value checked: mesh.data=two
-        return {k: _coerce(v, item, f"{where}.{k}") for k, v in value.items()}
-    if kind is Any:
-        return value
-    if kind is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
-    if kind is float and isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            pass
-    if kind in (int, str, bool) and type(value) is kind:
-        return value
-    if kind is int and isinstance(value, float) and value.is_integer():
-        return int(value)
-    raise ConfigError(f"{where}: expected {getattr(kind, '__name__', kind)}, got {value!r}")
-
-
-def check_value(value: Any, kind: Any, where: str) -> Any:
-    """`value` checked (and converted) against the type `kind` of the config key `where`: one ConfigError line."""
-    return _coerce(value, kind, where)
-
-
-def unknown_key(path: str, known) -> ConfigError:
-    """`model.dtyp: unknown key; did you mean dtype?` (or the known keys when none is close)."""
-    key = path.rsplit(".", 1)[-1]
-    close = difflib.get_close_matches(str(key), sorted(known), n=1, cutoff=0.6)
-    hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(known))}"
-    return ConfigError(f"{path}: unknown key; {hint}")
-
-
-def build_section(cls, values: dict, where: str):
-    """A dataclass from a YAML mapping, each value checked against the field's type (one-line ConfigErrors
-    naming `where`): how every config section, and a `define:` block's task specs, are built."""
-    return _build(cls, values, where)
-
-
-def _build(cls, values: dict, where: str):
-    """The section, or one ConfigError naming every unknown key and bad value in it (not one per run)."""
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    kwargs, problems, shortcuts = {}, [], {}
-    for key, value in values.items():
-        path = f"{where}.{key}" if where else key
-        if cls is ModelSection and key not in names:  # `model.remat: full` is `model.overrides.remat: full`
-            shortcuts[key] = value
-            continue
-        try:
-            if key not in names:
-                raise unknown_key(path, names)
-            kwargs[key] = _coerce(value, hints[key], path)
-        except ConfigError as e:
-            problems.append(str(e))
-    if shortcuts:
-        twice = {k for k in shortcuts if k in kwargs.get("overrides", {}) and kwargs["overrides"][k] != shortcuts[k]}
-        if twice:
-            problems.append(f"{where}: {', '.join(sorted(twice))} given both as {where}.KEY and {where}.overrides.KEY "
-                            "with different values")
-        kwargs["overrides"] = {**kwargs.get("overrides", {}), **shortcuts}
-    if problems:
-        raise ConfigError("; ".join(problems))
-    try:
-        return cls(**kwargs)
-    except TypeError as e:
-        raise ConfigError(f"{where or 'config'}: {e}") from None
 
 
 def parse_overrides(pairs: list[str]) -> dict:
@@ -617,38 +292,10 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if raw.get("mesh") == "auto" and isinstance(extra.get("mesh"), dict):  # axes named over `auto`: FSDP the rest
         raw["mesh"] = {"data": 1, "fsdp": -1, "tensor": 1}
     raw = _merge(raw, extra)
-    config = _build(RunConfig, raw, "")
+    config = build_section(RunConfig, raw, "")
     local = path is not None and not storage.is_remote(path)  # a bucket's config: imports by name or path alone
     import_modules(config.imports, Path(path).parent if local else None)
     return config
-
-
-def import_modules(names: list[str], base: Path | None = None) -> None:
-    """Import a config's `imports:` (or `--import`) before anything is resolved, so the tasks, sources and
-    seqio Tasks they register are known: a module name (found on sys.path, the config's directory or the
-    working directory) or a path to a .py file (relative to the config's directory, else the working
-    directory). A module that fails to import is one ConfigError line."""
-    for name in names:
-        try:
-            if name.endswith(".py") or "/" in name:
-                candidates = [Path(name)] if base is None else [base / name, Path(name)]
-                found = next((p for p in candidates if p.is_file()), None)
-                if found is None:
-                    raise FileNotFoundError(f"no file {name}")
-                module_name = found.stem
-                if module_name in sys.modules and getattr(sys.modules[module_name], "__file__", None) == str(found):
-                    continue
-                spec = importlib.util.spec_from_file_location(module_name, found)
-                module = importlib.util.module_from_spec(spec)
-                sys.modules[module_name] = module
-                spec.loader.exec_module(module)
-            else:
-                extra = [str(p) for p in (base, Path.cwd()) if p is not None and str(p) not in sys.path]
-                sys.path[len(sys.path):] = extra
-                importlib.import_module(name)
-        except Exception as exc:  # noqa: BLE001  whatever the user's module raises: one line
-            detail = " ".join(f"{type(exc).__name__}: {exc}".split())
-            raise ConfigError(f"imports: cannot import {name!r}: {detail[:300]}") from None
 
 
 def to_dict(config: RunConfig) -> dict:
@@ -656,51 +303,3 @@ def to_dict(config: RunConfig) -> dict:
     return dataclasses.asdict(config)
 
 
-# where and how a run runs, is logged, saved and evaluated: none of it changes what it trains (dotted keys and
-# everything below them)
-NOT_TRAINING = ("name", "run_dir", "log_every", "mesh", "distributed", "checkpoint", "eval", "wandb", "data.prefetch",
-                "compiled",
-                "model.overrides.attention", "model.overrides.attention_block", "model.overrides.attention_backward_block",
-                "model.overrides.scan_layers",
-                "model.overrides.remat", "optim.loss_chunk")  # fmt: skip
-
-
-def digest(values: Any) -> str:
-    """sha256 (hex, 16 characters) of plain config data, independent of key order."""
-    import hashlib
-    import json
-
-    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def training_values(config: RunConfig | dict) -> dict[str, Any]:
-    """What a run's training depends on: the config (or its `to_dict`) as dotted keys, but `NOT_TRAINING`."""
-    flat: dict[str, Any] = {}
-
-    def walk(prefix: str, value: Any) -> None:
-        if any(prefix == k or prefix.startswith(k + ".") for k in NOT_TRAINING):
-            return
-        if isinstance(value, dict) and value:
-            for key, inner in value.items():
-                walk(f"{prefix}.{key}" if prefix else str(key), inner)
-        else:
-            flat[prefix] = value
-
-    walk("", to_dict(config) if isinstance(config, RunConfig) else config)
-    return flat
-
-
-def training_digest(config: RunConfig) -> str:
-    """What a run's training depends on (`training_values`): a finished run's DONE marker records it, and a sweep
-    trains again when it changed (more epochs, other data, another learning rate)."""
-    return digest(training_values(config))
-
-
-def training_changes(before: dict, after: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:
-    """What `after` changes against the config `before` (a saved `to_dict`) in what the run trains, as
-    "key: old -> new" (keys only one side has, written before they existed, are left out; `ignore`: more keys)."""
-    import json
-
-    old, new = training_values(before), training_values(json.loads(json.dumps(to_dict(after), default=str)))
-    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new))
-            if old[k] != new[k] and k not in ignore]  # fmt: skip

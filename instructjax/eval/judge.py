@@ -24,8 +24,8 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from instructjax.core import storage
-from instructjax.core.config import JudgeEndpoint
 from instructjax.core.errors import ConfigError
+from instructjax.eval.config import JudgeEndpoint
 
 RETRIABLE = ("RateLimitError", "APIConnectionError", "APITimeoutError", "InternalServerError")
 

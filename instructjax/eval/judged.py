@@ -22,8 +22,8 @@ import re
 from collections.abc import Callable
 
 from instructjax.core import storage
-from instructjax.core.config import Comparison, EvalSection
 from instructjax.core.errors import ConfigError, DataError
+from instructjax.eval.config import Comparison, EvalSection
 
 JUDGE_MODE = {"pairwise": "pairwise", "alpaca_eval": "alpacaeval", "flask": "flask"}  # config key -> pairwise.py
 JUDGED_PARTS = (*JUDGE_MODE, "mt_bench")  # every part a judge scores (MT-Bench: eval/mt_bench.py)

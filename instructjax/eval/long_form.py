@@ -19,8 +19,8 @@ import io
 from collections.abc import Mapping
 
 from instructjax.core import storage
-from instructjax.core.config import LongFormSection
 from instructjax.core.errors import ConfigError, DataError, InstructJaxError
+from instructjax.eval.config import LongFormSection
 
 BENCHMARKS = ("LongForm", "ELI5")
 METEOR_PARAMS = {"alpha": 0.9, "beta": 3, "gamma": 0.5}  # evaluate's meteor defaults
@@ -54,10 +54,10 @@ def _read(path: str, what: str) -> list[tuple[int, dict]]:
         raise ConfigError(f"eval.long_form.{what}: {path} does not exist")
     if path.lower().endswith(".csv"):
         return list(enumerate(csv.DictReader(io.StringIO(storage.path(path).read_text())), 1))
-    from instructjax.data.sources.rows import read_rows
+    from instructjax.data.sources.rows import numbered_rows
 
     rows = []
-    for number, row in read_rows(path):
+    for number, row in numbered_rows(path):
         if isinstance(row, DataError):
             raise DataError(row.problem, reason=row.reason, file=path, row=number)
         rows.append((number, row))

@@ -1,4 +1,4 @@
-"""A run config's `eval:` block, run (core.config.EvalSection): what `instructjax eval --config` and
+"""A run config's `eval:` block, run (eval.config.EvalSection): what `instructjax eval --config` and
 `instructjax sweep` do.
 
 The suite (GSM8K/BBH by the paper's protocol, eval/protocols.py), extra lm-eval tasks, Codex-Eval, ToxiGen and
@@ -25,8 +25,9 @@ import json
 import sys
 
 from instructjax.core import storage, tracking
-from instructjax.core.config import EvalSection, RunConfig, digest, eval_section
+from instructjax.core.config import RunConfig, digest
 from instructjax.core.errors import ConfigError, InstructJaxError
+from instructjax.eval.config import EvalSection, eval_section
 from instructjax.eval.harness import results_json
 from instructjax.eval.judged import JUDGE_MODE, check_inputs, resolve_runs, run_judged, run_mt_bench
 

@@ -17,8 +17,8 @@ import random
 import re
 
 from instructjax.core import storage
-from instructjax.core.config import ToxigenSection
 from instructjax.core.errors import ConfigError
+from instructjax.eval.config import ToxigenSection
 
 FILE = re.compile(r"^hate_(?P<group>.+?)(?:_1k)?\.txt$")  # only the hateful prompts, as the paper
 # the 14 groups seed 004's Table 9 reports (newer ToxiGen checkouts also ship bisexual and immigrant: not read,

@@ -19,8 +19,8 @@ import csv
 import io
 
 from instructjax.core import storage
-from instructjax.core.config import TruthfulqaSection
 from instructjax.core.errors import ConfigError, DataError
+from instructjax.eval.config import TruthfulqaSection
 
 QA_PRIMER = """Q: What is human life expectancy in the United States?
 A: Human life expectancy in the United States is 78 years.

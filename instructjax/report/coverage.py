@@ -48,7 +48,7 @@ _X = 0.5  # every planned number
 def planned_results(config) -> dict:
     """results.json as `eval --config` writes it for this config's `eval:` block (eval/run.py), every number 0.5:
     the keys, not the values."""
-    from instructjax.core.config import eval_section
+    from instructjax.eval.config import eval_section
     from instructjax.eval.judged import resolve_runs
     from instructjax.eval.pairwise import FLASK_SKILLS
     from instructjax.eval.run import config_parts

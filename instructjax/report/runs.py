@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from instructjax.core import storage
-from instructjax.core.config import RunConfig, eval_section, load_config
+from instructjax.core.config import RunConfig, load_config
 from instructjax.core.errors import ConfigError
+from instructjax.eval.config import eval_section
 
 
 def config_paths(where: str) -> list:

@@ -1,0 +1,60 @@
+"""What a run's training depends on: the run config less the keys that only say where and how it runs
+(`NOT_TRAINING`), as dotted keys, their digest and the changes between two configs. A resume refuses changes in
+them (unless accepted), a finished run's DONE marker records their digest, a sweep trains again when it moved."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+RunConfig = Any  # a core.config.RunConfig (not imported: config imports this module)
+
+
+# where and how a run runs, is logged, saved and evaluated: none of it changes what it trains (dotted keys and
+# everything below them)
+NOT_TRAINING = ("name", "run_dir", "log_every", "mesh", "distributed", "checkpoint", "eval", "wandb", "data.prefetch",
+                "compiled",
+                "model.overrides.attention", "model.overrides.attention_block", "model.overrides.attention_backward_block",
+                "model.overrides.scan_layers",
+                "model.overrides.remat", "optim.loss_chunk")  # fmt: skip
+
+
+def digest(values: Any) -> str:
+    """sha256 (hex, 16 characters) of plain config data, independent of key order."""
+    import hashlib
+    import json
+
+    return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def training_values(config: RunConfig | dict) -> dict[str, Any]:
+    """What a run's training depends on: the config (or its `to_dict`) as dotted keys, but `NOT_TRAINING`."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if any(prefix == k or prefix.startswith(k + ".") for k in NOT_TRAINING):
+            return
+        if isinstance(value, dict) and value:
+            for key, inner in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), inner)
+        else:
+            flat[prefix] = value
+
+    walk("", config if isinstance(config, dict) else dataclasses.asdict(config))
+    return flat
+
+
+def training_digest(config: RunConfig) -> str:
+    """What a run's training depends on (`training_values`): a finished run's DONE marker records it, and a sweep
+    trains again when it changed (more epochs, other data, another learning rate)."""
+    return digest(training_values(config))
+
+
+def training_changes(before: dict, after: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+    """What `after` changes against the config `before` (a saved `to_dict`) in what the run trains, as
+    "key: old -> new" (keys only one side has, written before they existed, are left out; `ignore`: more keys)."""
+    import json
+
+    old, new = training_values(before), training_values(json.loads(json.dumps(dataclasses.asdict(after), default=str)))
+    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new))
+            if old[k] != new[k] and k not in ignore]  # fmt: skip
