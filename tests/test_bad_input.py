@@ -8,7 +8,7 @@ import json
 import pytest
 
 from instructjax.core.errors import BadRowPolicy, ConfigError, DataError
-from instructjax.data.sources.catalog import load_conversations
+from instructjax.data.sources.load import load_conversations
 
 GOOD = {"instruction": "Say hi.", "input": "", "output": "hi"}
 

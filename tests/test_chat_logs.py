@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from instructjax.core.errors import BadRowPolicy
-from instructjax.data.sources.catalog import load_conversations
+from instructjax.data.sources.load import load_conversations
 from instructjax.data.sources.synthetic import synthetic_rows
 
 DATA = Path(__file__).resolve().parent / "data" / "hub"

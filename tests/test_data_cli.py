@@ -186,7 +186,7 @@ def test_stats_reports_rows_read_kept_repaired_skipped_per_source(capsys, tmp_pa
     import yaml
     from test_sources import EXPECTED  # noqa: E402  (tests/test_sources.py)
 
-    from instructjax.data.sources.catalog import SOURCES
+    from instructjax.data.sources.registry import SOURCES
 
     hub = Path(__file__).resolve().parent / "data" / "hub"
     files = {s: str(next(p for p in hub.iterdir() if p.stem == s)) for s in SOURCES}

@@ -18,8 +18,8 @@ from instructjax.data.encoding import pool, templates
 from instructjax.data.encoding.encode import Segments, encode_conversation, encode_conversations
 from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.schema import Conversation
-from instructjax.data.sources.catalog import SOURCES
 from instructjax.data.sources.dialogues import split_blocks
+from instructjax.data.sources.registry import SOURCES
 from instructjax.data.tokenized import examples
 
 HUB = Path(__file__).resolve().parent / "data" / "hub"

@@ -12,7 +12,7 @@ import yaml
 
 from instructjax.cli import main
 from instructjax.core.errors import BadRowPolicy, DataError
-from instructjax.data.sources.catalog import load_conversations
+from instructjax.data.sources.load import load_conversations
 
 CHATS = Path(__file__).resolve().parent / "data" / "messages" / "chats.jsonl"
 ROWS = [json.loads(line) for line in CHATS.read_text().splitlines()]

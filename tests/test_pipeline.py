@@ -13,7 +13,7 @@ from instructjax.core.errors import ConfigError
 from instructjax.data.batches.pipeline import DataPipeline, IteratorState
 from instructjax.data.blends import papers, specs
 from instructjax.data.seqio import mixtures
-from instructjax.data.sources import catalog
+from instructjax.data.sources import registry
 
 # Small built-in blends keep these fast: ~200 examples per task.
 EPOCH_MIX = mixtures.register_epoch_mixture("test_epoch_mix", {"alpaca_builtin": 60, "code_alpaca_builtin": 40}).name
@@ -142,9 +142,9 @@ def test_paper_mixture_families_have_the_papers_counts():
     # 100K being its source's pool: 50K from each of the zero-shot and few-shot submixes (tests/test_pools.py)
     assert _counts("tulu_single_superni") == {"superni": 96_913}
     assert _counts("tulu_single_cot") == {"cot": None} and _counts("tulu_single_dolly") == {"dolly": None}
-    cot = catalog.SOURCES["cot"]
+    cot = registry.SOURCES["cot"]
     assert cot.options["per_part"] * len(cot.hub_data_files) == 100_000
-    assert catalog.SOURCES["p3"].options["per_part"] == 1000  # seed 000: 1K of every prompted subtask
+    assert registry.SOURCES["p3"].options["per_part"] == 1000  # seed 000: 1K of every prompted subtask
     assert _counts("tulu_single_superni_builtin") == {"superni_builtin": None}
     assert specs.lookup_mixture("acp_Q") is None and specs.lookup_mixture("tulu_single_lima") is None
     # the seqio face registers the same mixtures

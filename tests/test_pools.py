@@ -14,7 +14,8 @@ import pytest
 
 from instructjax.core.errors import BadRowPolicy, ConfigError, DataError
 from instructjax.data.blends import papers, specs
-from instructjax.data.sources.catalog import FLAN_V2_SUBMIXES, SOURCES, load_conversations
+from instructjax.data.sources.load import load_conversations
+from instructjax.data.sources.registry import FLAN_V2_SUBMIXES, SOURCES
 from instructjax.data.tokenized import examples as examples_lib
 
 # ---- P3: one file per prompted subtask, in bigscience/P3's schema (the dataset card's fields) -------------

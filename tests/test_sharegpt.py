@@ -21,8 +21,8 @@ from pieces import reverse_pickled_share
 
 from instructjax.core.errors import BadRowPolicy, ConfigError, DataError
 from instructjax.data.sources import sharegpt
-from instructjax.data.sources.catalog import load_conversations
 from instructjax.data.sources.dialogues import split_blocks
+from instructjax.data.sources.load import load_conversations
 from instructjax.data.sources.rows import alone
 
 RAW = Path(__file__).resolve().parent / "data" / "sharegpt_raw" / "sharegpt_html.json"

@@ -11,7 +11,8 @@ from hypothesis import strategies as st
 from pieces import reverse_pickled_share
 
 from instructjax.core.errors import ConfigError
-from instructjax.data.sources.catalog import SOURCES, load_conversations
+from instructjax.data.sources.load import load_conversations
+from instructjax.data.sources.registry import SOURCES
 
 
 def write_jsonl(tmp_path, rows, name="rows.jsonl"):
@@ -469,10 +470,11 @@ def test_oasst1_trees_read_apart_and_merged_equal_one_read_of_the_whole_table(tm
 @settings(max_examples=150, deadline=None)
 def test_oasst1_random_forests_read_apart_and_merged_equal_one_read(rows, cut, unreadable, spans, top_k):
     """Random messages over a few ids (duplicates, cycles, orphans, bad fields, rows that could not be read), in
-    two files: `catalog.TreeRead` in reverse pickled pieces equals one adapter run over the whole table."""
+    two files: `tree_read.TreeRead` in reverse pickled pieces equals one adapter run over the whole table."""
     from instructjax.core.errors import DataError
-    from instructjax.data.sources.catalog import SOURCES, TreeRead
+    from instructjax.data.sources.registry import SOURCES
     from instructjax.data.sources.rows import RowFile
+    from instructjax.data.sources.tree_read import TreeRead
 
     numbered = [(n + 1, DataError("malformed JSON", reason="malformed_json") if n in unreadable else row)
                 for n, row in enumerate(rows)]  # fmt: skip

@@ -13,7 +13,8 @@ from instructjax.data.binding import bind
 from instructjax.data.blends import specs
 from instructjax.data.schema import Conversation
 from instructjax.data.sources import synthetic
-from instructjax.data.sources.catalog import SOURCES, load_conversations
+from instructjax.data.sources.load import load_conversations
+from instructjax.data.sources.registry import SOURCES
 from instructjax.data.sources.synthetic import LENGTH_STATS, TULU_TABLE1, ensure_synthetic, write_synthetic
 from instructjax.data.tokenized import examples as examples_lib
 

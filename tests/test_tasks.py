@@ -13,14 +13,14 @@ from instructjax.data.blends import specs
 from instructjax.data.blends.specs import define as define_data
 from instructjax.data.encoding.templates import render
 from instructjax.data.encoding.tokenizer import Tokenizer
-from instructjax.data.sources import catalog, synthetic
+from instructjax.data.sources import registry, synthetic
 from instructjax.data.tokenized import examples as examples_lib
 from instructjax.data.tokenized.stream import read_conversations
 
 
 def test_every_source_is_a_task_twice():
     names = seqio.TaskRegistry.names()
-    for source in catalog.SOURCES:
+    for source in registry.SOURCES:
         assert source in names and source + "_builtin" in names
         assert specs.task(source).data_files is None  # the hub, for users
         assert specs.task(source + "_builtin").data_files == ("builtin",)
@@ -80,7 +80,7 @@ def test_unknown_source_is_a_config_error():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("source", sorted(catalog.SOURCES))
+@pytest.mark.parametrize("source", sorted(registry.SOURCES))
 def test_builtin_data_reproduces_tulu_table1_columns(source):
     """`data stats` columns on the built-in data land near the paper's Table 1 (our estimates for p3/wizardlm)."""
     expected = synthetic.LENGTH_STATS[source]

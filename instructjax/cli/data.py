@@ -86,7 +86,7 @@ def resolve(args) -> Target:
     from instructjax.core.config import load_config
     from instructjax.data.binding import bind, resolve, uses_model_encoder
     from instructjax.data.blends import specs
-    from instructjax.data.sources.catalog import SOURCES
+    from instructjax.data.sources.registry import SOURCES
 
     overrides = list(getattr(args, "overrides", []))
     if args.name and "=" in args.name:  # `data preview --config C data.seq_len=512`: an override, not a task
@@ -148,7 +148,7 @@ def task_stats(task: str, count: int | None = None, seed: int | None = None) -> 
     from instructjax.data.blends import specs
     from instructjax.data.encoding.tokenizer import Tokenizer
     from instructjax.data.schema import Conversation
-    from instructjax.data.sources.catalog import get_source
+    from instructjax.data.sources.registry import get_source
     from instructjax.data.tokenized import examples as examples_lib
 
     spec = specs.task(task)

@@ -78,7 +78,7 @@ def resolve(name: str) -> Counts | None:
     """The counts of the mixture a paper's name stands for (see the module doc), or None."""
     base, builtin = (name[: -len(BUILTIN_SUFFIX)], True) if name.endswith(BUILTIN_SUFFIX) else (name, False)
     if name == "all_builtin":
-        from instructjax.data.sources.catalog import SOURCES
+        from instructjax.data.sources.registry import SOURCES
 
         return tuple((s + BUILTIN_SUFFIX, None) for s in SOURCES)
     if match := re.fullmatch(r"acp_(A|C|P|AC|AP|CP|ACP)(?:_n(\d+))?", base):

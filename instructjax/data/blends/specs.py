@@ -62,7 +62,7 @@ class TaskSpec:
     system_turn: str = "keep"  # keep, merge or drop the system turn before the template (core/config.py)
 
     def __post_init__(self):
-        from instructjax.data.sources.catalog import SOURCES
+        from instructjax.data.sources.registry import SOURCES
 
         if self.source not in SOURCES:
             raise ConfigError(f"unknown source {self.source!r} (known: {', '.join(sorted(SOURCES))})")
@@ -114,7 +114,7 @@ def add_mixture(name: str, spec: MixtureSpec) -> None:
 def lookup_task(name: str) -> TaskSpec | None:
     """The task called `name` (the built-in `SOURCE` / `SOURCE_builtin` ones made on first lookup)."""
     if name not in _TASKS:
-        from instructjax.data.sources.catalog import SOURCES
+        from instructjax.data.sources.registry import SOURCES
 
         source = name.removesuffix(BUILTIN_SUFFIX)
         if source in SOURCES:
@@ -159,7 +159,7 @@ def unknown(name: str, what: str = "a registered task or mixture") -> ConfigErro
     import difflib
 
     from instructjax.data.blends import papers
-    from instructjax.data.sources.catalog import SOURCES
+    from instructjax.data.sources.registry import SOURCES
 
     known = {*_TASKS, *_MIXTURES, *papers.paper_names(), *SOURCES, *(f"{s}{BUILTIN_SUFFIX}" for s in SOURCES)}
     close = difflib.get_close_matches(name, sorted(k for k in known if k not in VARIANT_OF), n=3, cutoff=0.6)

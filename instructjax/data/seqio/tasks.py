@@ -20,7 +20,7 @@ import tensorflow as tf
 from instructjax.data.blends import specs
 from instructjax.data.blends.specs import BUILTIN_SUFFIX, TaskSpec
 from instructjax.data.seqio.vocab import get_vocabulary
-from instructjax.data.sources import catalog
+from instructjax.data.sources import registry
 from instructjax.data.tokenized import examples
 
 
@@ -60,7 +60,7 @@ def register_task(name: str, spec: TaskSpec, *, overwrite: bool = True) -> seqio
 
 def register_builtin_tasks() -> None:
     """Every source as `NAME` (hub) and `NAME_builtin` (synthetic rows shipped with the package)."""
-    for source in catalog.SOURCES:
+    for source in registry.SOURCES:
         for name in (source, source + BUILTIN_SUFFIX):
             register_task(name, specs.task(name), overwrite=False)
 

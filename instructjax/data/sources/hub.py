@@ -1,6 +1,7 @@
 """Reaching the Hugging Face hub for a dataset: one split as memory-mapped Arrow rows, converted by one host
-when several share the tokenized cache directory; a failure there is one line naming the dataset and the
-way out (local `data_files`, `HF_TOKEN`)."""
+when several share the tokenized cache directory; a source's hub parts (`hub_parts`) and the identity the
+tokenized cache keys them by (`hub_identity`); a failure there is one line naming the dataset and the way out
+(local `data_files`, `HF_TOKEN`)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ from collections.abc import Callable
 from typing import Any
 
 from instructjax.core import hosts, storage
-from instructjax.core.errors import ConfigError, InstructJaxError
+from instructjax.core.errors import BadRowPolicy, ConfigError, InstructJaxError, SkippedRow
 from instructjax.data import cache
+from instructjax.data.sources.data_files import part_name
+from instructjax.data.sources.registry import Source, get_source
 from instructjax.data.sources.rows import RowFile, datasets_quietly
 
 _TABLES: dict[tuple, RowFile] = {}
@@ -83,3 +86,60 @@ def hub_problem(what: str, exc: BaseException, local: str = LOCAL_DATA) -> str:
         offline = " (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE is set)" if "Offline" in text else ""
         return f"hub dataset {what}: the Hugging Face hub cannot be reached{offline}; download it where it can be, {local}"
     return f"hub dataset {what} cannot be read ({kind}: {text[:200]}); {local}"
+
+
+def hub_parts(source: Source, split: str, hub_config: str | None, cache_dir: str | None,
+              policy: BadRowPolicy) -> list[tuple[str, RowFile]]:
+    """(part name, rows) of the hub dataset: one part per config or file for a source with `hub_parts`
+    (P3: every config, or the one `hub_config` names), else one."""
+    datasets = datasets_quietly()
+
+    config = hub_config or source.hub_config
+
+    def load(config: str | None, data_files, where: str) -> RowFile:
+        return hub_table(source.hub_id, config, data_files, split, cache_dir, where)
+
+    if source.hub_parts == "files":
+        return [(part_name(f), load(config, f, f"{source.hub_id}/{f}")) for f in source.hub_data_files]
+    if source.hub_parts == "configs" and config is None:
+        parts = []
+        for name in sorted(from_hub(source.hub_id, lambda: datasets.get_dataset_config_names(source.hub_id))):
+            try:
+                parts.append((name, load(name, None, f"{source.hub_id}:{name}")))
+            except ValueError as exc:  # a subtask with no such split (P3 has evaluation-only subtasks)
+                if "Unknown split" not in str(exc):
+                    raise
+                policy.handle(SkippedRow(f"subtask has no {split!r} split", reason="no_split",
+                                         file=f"{source.hub_id}:{name}", source=source.name))
+        return parts
+    where = source.hub_id if config is None else f"{source.hub_id}:{config}"
+    return [(config or source.name, load(config, source.hub_data_files, where))]
+
+
+_HUB_IDS: dict[str, list[str]] = {}
+
+
+def hub_identity(name: str) -> list[str] | None:
+    """What names source `name`'s hub dataset without converting it (the tokenized cache's key): per part, the
+    directory `datasets` would prepare it in (dataset, config, version and a hash of its resolved data files,
+    which holds their revision); None for a source with no hub dataset."""
+    source = get_source(name)
+    if source.hub_id is None:
+        return None
+    if name not in _HUB_IDS:
+        datasets = datasets_quietly()
+
+        def identity(config: str | None, data_files) -> str:
+            return from_hub(source.hub_id, lambda: datasets.load_dataset_builder(
+                source.hub_id, config, data_files=data_files)._relative_data_dir())
+
+        config = source.hub_config
+        if source.hub_parts == "files":
+            ids = [identity(config, f) for f in source.hub_data_files]
+        elif source.hub_parts == "configs" and config is None:
+            names = from_hub(source.hub_id, lambda: datasets.get_dataset_config_names(source.hub_id))
+            ids = [identity(c, None) for c in sorted(names)]
+        else:
+            ids = [identity(config, source.hub_data_files)]
+        _HUB_IDS[name] = ids
+    return _HUB_IDS[name]

@@ -150,6 +150,13 @@ def fetch(tables: list[RowFile], starts: np.ndarray, wanted: np.ndarray) -> dict
     return fetched
 
 
+def locate(err: DataError, file: str, row: int | str, source: str) -> DataError:
+    """`err` with file, row and source filled in where the adapter could not know them."""
+    if err.file is not None:
+        return err
+    return type(err)(err.problem, reason=err.reason, file=file, row=row, source=source)
+
+
 def file_format(path: str, local: str | None = None) -> str:
     """"parquet", "json" (one JSON array) or "jsonl" (one object per line), from the name and the first byte of
     `local` (the file's bytes, here; None: from the name alone, "json" for either of json and jsonl)."""
@@ -166,7 +173,7 @@ def file_format(path: str, local: str | None = None) -> str:
     return "json" if head.startswith(b"[") else "jsonl"
 
 
-def read_rows(path: str, cache_dir: str | None = None) -> Iterator[NumberedRow]:
+def numbered_rows(path: str, cache_dir: str | None = None) -> Iterator[NumberedRow]:
     """Yield (row number, row or DataError) of one local file, in order (see `RowFile`)."""
     yield from RowFile(path, cache_dir).rows()
 

@@ -24,7 +24,9 @@ from instructjax.data.blends.specs import BUILTIN, TaskSpec
 from instructjax.data.encoding.templates import DEFAULT_TEMPLATE, MODEL_TEMPLATE, get_template
 from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.selection.embeddings import MODEL_ENCODERS
-from instructjax.data.sources import catalog, rows, synthetic
+from instructjax.data.sources import rows, synthetic
+from instructjax.data.sources.data_files import local_files
+from instructjax.data.sources.hub import hub_identity
 from instructjax.data.tokenized import shared
 from instructjax.data.tokenized.stream import (
     DEFAULT_MAX_LENGTH,
@@ -115,7 +117,7 @@ def _cache_path(name: str, spec: TaskSpec, count: int | None, seed: int | None):
     hub = None
     if spec.data_files is None:
         try:  # offline with nothing downloaded: no identity, no cache (the read then says what is missing)
-            files, hub = [], catalog.hub_identity(spec.source)
+            files, hub = [], hub_identity(spec.source)
         except Exception:  # noqa: BLE001
             hub = None
         if hub is None:
@@ -123,7 +125,7 @@ def _cache_path(name: str, spec: TaskSpec, count: int | None, seed: int | None):
     elif spec.data_files == (BUILTIN,):
         files = synthetic.ensure_synthetic(spec.source)
     else:  # a directory stands for its files (a pooled source's parts): each one's content is in the key
-        files = catalog.local_files(spec.data_files, spec.source)
+        files = local_files(spec.data_files, spec.source)
     if not all(storage.path(f).is_file() for f in files):
         return None
     template = get_template(spec.template or DEFAULT_TEMPLATE)

@@ -2,12 +2,12 @@
 
 With H hosts (`hosts.current()`) and a cache directory they all see as one (`hosts.sees_one_directory`: a local
 disk of one machine, NFS, or `gs://`), a task whose cache file is missing is built in rounds over units: the rows
-of a row source in their visiting order (`catalog.RowRead`: every host opens the files and orders the rows, but
+of a row source in their visiting order (`row_read.RowRead`: every host opens the files and orders the rows, but
 only the host of a row's piece fetches, adapts, cleans and tokenizes it; a pooled source's candidate rows are
 shared alike while its pools are drawn, each round of the draw a set of `share<r>-` pieces, and so are the rows
 of a pass over the whole source before its first row, ShareGPT's `clean: fastchat`), or, where the read
 needs every row before its first conversation (a tree source, a selection), its conversations (a tree source's
-trees adapted a share per host first, `catalog.TreeRead`, as a `share<r>-` set of pieces). A round covers
+trees adapted a share per host first, `tree_read.TreeRead`, as a `share<r>-` set of pieces). A round covers
 every unit when the task takes all of them, else as many as the examples still wanted (a skipped or split
 conversation gives none or several: rounds go on until there are enough), so no more is read or tokenized than
 one process would. A round's units are cut into `PIECES` pieces by position alone (the names `<lo>-<hi>` do not
@@ -108,8 +108,8 @@ class _Conversations:
 
 
 class _Rows:
-    """A row source's task (`stream.read_rows`): a unit is a row of its visiting order, which only the host of
-    its piece fetches, adapts and tokenizes; a piece is each row's outcome (`catalog.RowOutcome`) and the results
+    """A row source's task (`stream.task_row_read`): a unit is a row of its visiting order, which only the host of
+    its piece fetches, adapts and tokenizes; a piece is each row's outcome (`row_read.RowOutcome`) and the results
     of the rows' conversations. Every host replays the outcomes in order to count what one process counts."""
 
     def __init__(self, read, policy, shuffled: bool):
@@ -160,7 +160,7 @@ class _Rows:
 
 def units_of(name: str, spec, seed: int | None, share: rows.Share = rows.alone) -> _Rows | _Conversations:
     """The task's units; a pooled source's pools drawn, and a tree source's trees adapted, through `share`."""
-    read = stream.read_rows(name, spec, seed, share)
+    read = stream.task_row_read(name, spec, seed, share)
     return _Conversations(name, spec, seed, share) if read is None else _Rows(*read, shuffled=seed is not None)
 
 

@@ -20,7 +20,8 @@ from instructjax.data.encoding.templates import DEFAULT_TEMPLATE
 from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.schema import Conversation
 from instructjax.data.selection.embeddings import MODEL_ENCODERS
-from instructjax.data.sources import catalog, rows, synthetic
+from instructjax.data.sources import load, registry, rows, synthetic
+from instructjax.data.sources.row_read import RowRead
 
 DEFAULT_MAX_LENGTH = 2048  # outside a run; a run truncates at its data.seq_len
 
@@ -67,21 +68,21 @@ def read_conversations(spec: TaskSpec, policy: BadRowPolicy | None = None, shuff
                        positions: list[int] | None = None, total: list[int] | None = None,
                        share: rows.Share = rows.alone) -> Iterator[Conversation]:
     """The source's Conversations for a spec (hub, local files, or built-in synthetic rows); `positions`, `total`
-    and `share`: see `catalog.load_conversations`."""
-    return catalog.load_conversations(spec.source, _files(spec), policy=policy, shuffle_seed=shuffle_seed,
-                                      positions=positions, total=total, share=share, **dict(spec.source_options))
+    and `share`: see `load.load_conversations`."""
+    return load.load_conversations(spec.source, _files(spec), policy=policy, shuffle_seed=shuffle_seed,
+                                   positions=positions, total=total, share=share, **dict(spec.source_options))
 
 
-def read_rows(name: str, spec: TaskSpec, seed: int | None, share: rows.Share = rows.alone
-              ) -> tuple[catalog.RowRead, BadRowPolicy] | None:
-    """The task's read as `conversation_items` makes it, as a `catalog.RowRead` (its rows, adapted when asked
+def task_row_read(name: str, spec: TaskSpec, seed: int | None, share: rows.Share = rows.alone
+                  ) -> tuple[RowRead, BadRowPolicy] | None:
+    """The task's read as `conversation_items` makes it, as a `row_read.RowRead` (its rows, adapted when asked
     for; its pools drawn through `share`) with the policy that drawing its pools counted into; None where the
     read needs every row before the first conversation (a tree source, a selection)."""
-    if spec.selection is not None or catalog.get_source(spec.source).tree:
+    if spec.selection is not None or registry.get_source(spec.source).tree:
         return None
     policy = BadRowPolicy(spec.on_bad_row)
-    read = catalog.read_rows(spec.source, _files(spec), policy=policy, shuffle_seed=_shuffle_seed(name, spec, seed),
-                             share=share, **dict(spec.source_options))  # fmt: skip
+    read = load.open_row_read(spec.source, _files(spec), policy=policy, shuffle_seed=_shuffle_seed(name, spec, seed),
+                              share=share, **dict(spec.source_options))  # fmt: skip
     return read, policy
 
 
@@ -149,7 +150,7 @@ def conversation_items(name: str, spec: TaskSpec, seed: int | None, total: list[
 def job_of(spec: TaskSpec) -> Job:
     """How the task's conversations are encoded."""
     return Job(spec.template or DEFAULT_TEMPLATE, Tokenizer.load(spec.tokenizer).path,
-               spec.max_length or DEFAULT_MAX_LENGTH, catalog.get_source(spec.source).split_long, spec.system_turn,
+               spec.max_length or DEFAULT_MAX_LENGTH, registry.get_source(spec.source).split_long, spec.system_turn,
                spec.on_bad_row)
 
 
