@@ -11,7 +11,7 @@ and is not read. The references checked:
   (`sources/rows.py`, `kernels/splash.py`), read from that area; a config folder (`seed004_tulu/x.yaml`),
   read from configs/. Any other path (`runs/mine.yaml`, `RUN_DIR/metrics.jsonl`, `fastchat/train/train.py`, a
   URL, `gs://...`) is someone else's, and so is a glob or placeholder (`configs/seed002_*.yaml`,
-  `<run>/x.json`); `N` after a digit stands for a number (`report/seed00N.py`: some such file must exist);
+  `<run>/x.json`); `N` after a digit stands for a number (`report/seed00N.yaml`: some such file must exist);
 - `tests/test_x.py::name`: that file defines `name` (a test function or class, or a class's test);
 - a dotted module path `instructjax.a.b`, optionally followed by attributes: the longest prefix that is a
   module or package exists, and its next part is a top-level def, class, assignment or import of that

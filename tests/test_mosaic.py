@@ -443,8 +443,8 @@ def test_a_run_records_the_mosaics_it_trained_on_and_table5_reads_them(tmp_path)
 
     from instructjax.cli import main
     from instructjax.core.config import load_config
+    from instructjax.report.mosaic_it import _mix_at_most_5
     from instructjax.report.runs import read_run
-    from instructjax.report.seed003 import _mix_at_most_5
     from instructjax.train.setup import bind_run, open_pipeline
 
     run_dir = tmp_path / "run"

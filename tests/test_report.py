@@ -11,7 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from instructjax.report import families, seed000, seed002, seed003, seed004
+from instructjax.report import data_selection as seed002
+from instructjax.report import families
+from instructjax.report import instruction_mixture as seed000
+from instructjax.report import mosaic_it as seed003
+from instructjax.report import tulu as seed004
 
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"  # the papers' text, beside a developer's checkout
 # the lines of the papers' tables these tests read, copied verbatim from the seeds' text, so the published

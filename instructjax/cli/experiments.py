@@ -128,7 +128,7 @@ SEED002_VERSUS = {"kmeans": ("full", "random"), "quality": ("full", "random"),
                   "shortest": ("full",)}
 SEED002_LENGTH_NEUTRAL = ("alpaca", "longest", 1000)
 # Tables 3, 7, 8 (LongForm, ELI5 and the leaderboard): Base, and Full, Random, Diversity (k-means), Quality and
-# Longest at the size each table shows (report/seed002.py BENCHMARK_K); those runs also answer LongForm and ELI5
+# Longest at the size each table shows (report/data_selection.py BENCHMARK_K); those runs also answer LongForm and ELI5
 SEED002_BENCHMARK_K = {"alpaca": 1000, "dolly": 1000, "wizardlm": 4200}
 SEED002_BENCHMARK_METHODS = ("full", "random", "kmeans", "quality", "longest")
 

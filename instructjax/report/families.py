@@ -2,7 +2,7 @@
 (ours / paper / difference), a CSV per table, and PNG figures (the paper's sweep curves, the training losses);
 every family, a paper's or a user's own study, also gets the table of its runs (`report.study`).
 
-A family is a module (seed000, seed002, seed003, seed004) with KEY, TITLE, `coordinates(run)` (where a run
+A family is a module (instruction_mixture, data_selection, mosaic_it, tulu: one per paper) with KEY, TITLE, `coordinates(run)` (where a run
 sits in the paper, read from its config's name and model; None: not this paper's), TABLES and
 `figures(runs, published)`; its published numbers are `<KEY>.yaml` beside it.
 """
@@ -15,13 +15,13 @@ from types import ModuleType
 
 import yaml
 
-from instructjax.report import seed000, seed002, seed003, seed004
+from instructjax.report import data_selection, instruction_mixture, mosaic_it, tulu
 from instructjax.report.figures import Figure, draw, loss_panels
 from instructjax.report.runs import Run, link_pairwise, read_run
 from instructjax.report.study import Study
 from instructjax.report.tables import fill, markdown, write_csv
 
-FAMILIES = (seed000, seed002, seed003, seed004)
+FAMILIES = (instruction_mixture, data_selection, mosaic_it, tulu)  # seeds 000, 002, 003, 004
 
 
 def published(family: ModuleType) -> dict:
