@@ -9,9 +9,10 @@ import yaml
 
 from instructjax import cli
 from instructjax.cli import experiments
-from instructjax.core.config import eval_section, load_config
+from instructjax.core.config import load_config
 from instructjax.data.blends import specs
 from instructjax.data.blends.specs import define as define_data
+from instructjax.eval.config import eval_section
 from instructjax.eval.suite import SUITE_NAMES
 from instructjax.model.config import PRESETS
 

@@ -83,7 +83,7 @@ class Target:
 def resolve(args) -> Target:
     """Turn NAME / --config / --data-files into a bound task or mixture. With --config the tasks are bound to
     that run: its model's tokenizer, its chat template and its row length (`instructjax.data.binding`)."""
-    from instructjax.core.config import load_config
+    from instructjax.cli import load_run_config
     from instructjax.data.binding import bind, resolve, uses_model_encoder
     from instructjax.data.blends import specs
     from instructjax.data.sources.registry import SOURCES
@@ -95,7 +95,7 @@ def resolve(args) -> Target:
         raise ConfigError(f"{overrides[0]}: key=value overrides go with --config (a task or mixture is named alone)")
     if getattr(args, "tokenizer", None):
         overrides.append(f"tokenizer={args.tokenizer}")
-    config = load_config(args.config, overrides) if args.config else None
+    config = load_run_config(args.config, overrides) if args.config else None
     if config is not None:
         specs.define(config.define)
     name = args.name or (config.data.mixture if config is not None else None)
@@ -339,13 +339,13 @@ def run_prepare(args) -> int:
     multi-host launch), with a progress bar per task and a summary of the cache."""
     import time
 
-    from instructjax.core.config import load_config
+    from instructjax.cli import load_run_config
     from instructjax.data import cache
     from instructjax.data.encoding import pool
     from instructjax.data.tokenized import examples, stream
     from instructjax.train import setup as run_setup
 
-    config = load_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
+    config = load_run_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
     if cache.cache_dir() is None:
         raise ConfigError("the tokenized cache is off (INSTRUCTJAX_CACHE_DIR=off): there is nowhere to prepare to")
     tokenizer_path = run_setup.tokenizer_path(config)
