@@ -1,6 +1,6 @@
 """Hugging Face checkpoints of every family <-> instructjax parameters, both directions: reading and writing the
-files. Which HF tensor is which of our parameters, per family, and the steps between the layouts are
-`convert.hf_names` (one table, as MaxText's `param_mapping.py` keeps them); config.json is `convert.hf_config`.
+files. Which HF tensor is which of our parameters is `convert.hf_names`'s table (as MaxText's `param_mapping.py`
+keeps them), built from each family's record in `convert.families`; config.json is `convert.hf_config`.
 
 Import reads one tensor at a time (safetensors memory-maps, torch `.bin` loads with `mmap=True`) and
 puts each converted tensor straight onto its mesh sharding, so a 7B import holds one full tensor on
@@ -22,6 +22,7 @@ import jax
 import numpy as np
 
 from instructjax.convert import hf_config
+from instructjax.convert.families import RECORDS
 from instructjax.convert.hf_names import (
     IGNORED,
     entry_hf_shape,
@@ -213,7 +214,7 @@ def params_from_tensors(tensors: Mapping[str, Any], config: DecoderConfig, *, wh
     extra = [n for n in tensors if n not in known and not n.endswith(IGNORED)]
     if extra:
         raise ConversionError(f"{where}: unexpected tensor {extra[0]!r} ({len(extra)} unmapped); not a "
-                              f"{hf_config.HF_NAMES[config.family][0]} layout?")
+                              f"{RECORDS[config.family].architecture} layout?")
     return params
 
 

@@ -1,4 +1,5 @@
-"""Each family's Hugging Face tensor names and the steps between their layout and ours.
+"""The Hugging Face tensor table of a model and the steps between HF's layout and ours. Each family's tensor names,
+fused tensors and their cuts are its record's (`convert.families`: `top`, `layer`, `splits`).
 
 `hf_weight_table(config)` lists every HF tensor of a model: which of our parameters it feeds (one, or several for a
 fused tensor) and by which kind of step (`HOOKS`: HF -> ours applies the forward functions in order, ours -> HF the
@@ -17,6 +18,8 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
+from instructjax.convert.families import RECORDS
+from instructjax.convert.families.record import Part, Split, Tensor
 from instructjax.model.config import DecoderConfig
 
 # ---- the hook table --------------------------------------------------------------------------------
@@ -50,99 +53,15 @@ HOOKS: dict[str, tuple[Step, ...]] = {
 }
 
 
-# A split cuts a fused HF tensor (its first axis: a weight's output rows or a bias) into HF-layout pieces
-# and joins them back: (split(x, config) -> pieces, join(pieces, config) -> x).
-def _rows(sizes: Callable[[DecoderConfig], list[int]]):
-    return (lambda x, c: np.split(x, np.cumsum(sizes(c))[:-1], axis=0),
-            lambda pieces, c: np.concatenate(pieces, axis=0))
+# The fused tensors' cuts, (split(x, config) -> pieces, join(pieces, config) -> x) by name, from the records.
+SPLITS: dict[str, Split] = {name: split for record in RECORDS.values() for name, split in record.splits.items()}
 
 
-def _neox_split(x: np.ndarray, c: DecoderConfig) -> list[np.ndarray]:
-    """GPT-NeoX's query_key_value: rows ordered per head as [q, k, v] x head_dim."""
-    per_head = x.reshape(c.num_heads, 3, c.head_dim, *x.shape[1:])
-    return [per_head[:, i].reshape(c.num_heads * c.head_dim, *x.shape[1:]) for i in range(3)]
-
-
-def _neox_join(pieces: list[np.ndarray], c: DecoderConfig) -> np.ndarray:
-    stacked = np.stack([p.reshape(c.num_heads, c.head_dim, *p.shape[1:]) for p in pieces], axis=1)
-    return stacked.reshape(3 * c.num_heads * c.head_dim, *pieces[0].shape[1:])
-
-
-SPLITS: dict[str, tuple[Callable, Callable]] = {
-    "qkv": _rows(lambda c: [c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.num_kv_heads * c.head_dim]),
-    "gate_up": _rows(lambda c: [c.intermediate_size, c.intermediate_size]),
-    "neox_qkv": (_neox_split, _neox_join),
-}
-
-Part = tuple[tuple, str]  # (our path inside a layer or the model, kind)
-
-
-def _norm(ours: str, hf: str, config: DecoderConfig) -> list[tuple[str, tuple[Part, ...], str | None]]:
-    out = [(f"{hf}.weight", (((ours, "scale"), "copy"),), None)]
-    return out + ([(f"{hf}.bias", (((ours, "bias"), "copy"),), None)] if config.norm == "layer" else [])
-
-
-def _linear(ours: tuple, hf: str, kind: str, bias: bool, bias_kind: str = "copy"):
-    out = [(f"{hf}.weight", (((*ours, "kernel"), kind),), None)]
-    return out + ([(f"{hf}.bias", (((*ours, "bias"), bias_kind),), None)] if bias else [])
-
-
-def layer_weights(config: DecoderConfig) -> list[tuple[str, tuple[Part, ...], str | None]]:
+def layer_weights(config: DecoderConfig) -> list[Tensor]:
     """(HF name inside a layer, our parts, split) of every tensor of one decoder layer of `config`'s family."""
-    c, attn = config, "self_attn"
-    if c.family == "opt":
-        return [*_norm("input_layernorm", "self_attn_layer_norm", c),
-                *_linear((attn, "q_proj"), "self_attn.q_proj", "q", c.qkv_bias, "q_bias"),
-                *_linear((attn, "k_proj"), "self_attn.k_proj", "kv", c.qkv_bias, "kv_bias"),
-                *_linear((attn, "v_proj"), "self_attn.v_proj", "kv", c.qkv_bias, "kv_bias"),
-                *_linear((attn, "o_proj"), "self_attn.out_proj", "o", c.o_bias),
-                *_norm("post_attention_layernorm", "final_layer_norm", c),
-                *_linear(("mlp", "up_proj"), "fc1", "linear", c.mlp_bias),
-                *_linear(("mlp", "down_proj"), "fc2", "linear", c.mlp_bias)]
-    if c.family == "gpt_neox":
-        qkv = (((attn, "q_proj", "kernel"), "q"), ((attn, "k_proj", "kernel"), "kv"), ((attn, "v_proj", "kernel"), "kv"))
-        qkv_bias = (((attn, "q_proj", "bias"), "q_bias"), ((attn, "k_proj", "bias"), "kv_bias"),
-                    ((attn, "v_proj", "bias"), "kv_bias"))
-        return [*_norm("input_layernorm", "input_layernorm", c), *_norm("post_attention_layernorm",
-                                                                         "post_attention_layernorm", c),
-                ("attention.query_key_value.weight", qkv, "neox_qkv"),
-                *([("attention.query_key_value.bias", qkv_bias, "neox_qkv")] if c.qkv_bias else []),
-                *_linear((attn, "o_proj"), "attention.dense", "o", c.o_bias),
-                *_linear(("mlp", "up_proj"), "mlp.dense_h_to_4h", "linear", c.mlp_bias),
-                *_linear(("mlp", "down_proj"), "mlp.dense_4h_to_h", "linear", c.mlp_bias)]
-    out = _norm("input_layernorm", "input_layernorm", c)
-    if c.family == "phi3":
-        out.append(("self_attn.qkv_proj.weight", (((attn, "q_proj", "kernel"), "q"), ((attn, "k_proj", "kernel"), "kv"),
-                                                  ((attn, "v_proj", "kernel"), "kv")), "qkv"))
-    else:
-        for name, kind in (("q_proj", "q"), ("k_proj", "kv"), ("v_proj", "kv")):
-            out += _linear((attn, name), f"self_attn.{name}", kind, c.qkv_bias, f"{kind}_bias")
-    out += _linear((attn, "o_proj"), "self_attn.o_proj", "o", c.o_bias)
-    if c.qk_norm:
-        out += [(f"self_attn.{n}.weight", (((attn, n, "scale"), "copy"),), None) for n in ("q_norm", "k_norm")]
-    if c.sandwich_norms:  # Gemma: HF's post_attention_layernorm is the attention output's norm
-        out += [*_norm("attention_output_norm", "post_attention_layernorm", c),
-                *_norm("post_attention_layernorm", "pre_feedforward_layernorm", c),
-                *_norm("mlp_output_norm", "post_feedforward_layernorm", c)]
-    else:
-        out += _norm("post_attention_layernorm", "post_attention_layernorm", c)
-    if c.family == "phi3":
-        out.append(("mlp.gate_up_proj.weight", ((("mlp", "gate_proj", "kernel"), "linear"),
-                                                (("mlp", "up_proj", "kernel"), "linear")), "gate_up"))
-        out += _linear(("mlp", "down_proj"), "mlp.down_proj", "linear", c.mlp_bias)
-    else:
-        names = ("gate_proj", "up_proj", "down_proj") if c.gated_mlp else ("up_proj", "down_proj")
-        out += [e for n in names for e in _linear(("mlp", n), f"mlp.{n}", "linear", c.mlp_bias)]
-    return out
+    return RECORDS[config.family].layer(config)
 
 
-# family -> (layer prefix, embeddings, learned positions, final norm, output head)
-TOP_NAMES = {
-    "opt": ("model.decoder.layers", "model.decoder.embed_tokens", "model.decoder.embed_positions",
-            "model.decoder.final_layer_norm", "lm_head"),
-    "gpt_neox": ("gpt_neox.layers", "gpt_neox.embed_in", None, "gpt_neox.final_layer_norm", "embed_out"),
-}
-LLAMA_NAMES = ("model.layers", "model.embed_tokens", None, "model.norm", "lm_head")
 # tensors a checkpoint may hold that are not weights (buffers of older transformers versions)
 IGNORED = ("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias")
 
@@ -160,7 +79,7 @@ class Entry(NamedTuple):
 
 def hf_weight_table(config: DecoderConfig) -> list[Entry]:
     """Every HF tensor's entry, in HF order. Scanned layers: one stacked parameter, one entry per layer."""
-    prefix, embed, positions, final, head = TOP_NAMES.get(config.family, LLAMA_NAMES)
+    prefix, embed, positions, final, head = RECORDS[config.family].top
     table = [Entry(f"{embed}.weight", ((("embed_tokens", "embedding"), "copy"),))]
     if config.positions == "learned":
         table.append(Entry(f"{positions}.weight", ((("embed_positions", "embedding"), "copy"),)))
@@ -182,7 +101,7 @@ def _final_norm(final: str, config: DecoderConfig) -> list[tuple[str, str]]:
 
 def tied_head_name(config: DecoderConfig) -> str:
     """The name under which a state dict repeats a tied embedding as the output head."""
-    return f"{TOP_NAMES.get(config.family, LLAMA_NAMES)[4]}.weight"
+    return f"{RECORDS[config.family].top[4]}.weight"
 
 
 def part_value(params: Mapping, path: tuple, layer: int | None) -> np.ndarray:

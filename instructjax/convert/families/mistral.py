@@ -1,0 +1,23 @@
+"""Mistral: LLaMA's layer with grouped kv heads and a sliding window on every layer.
+
+Switches: LLaMA's; preset mistral-7b in model/config.py.
+config.json: `sliding_window` on every layer (no layer types); no bias keys.
+Tensors: LLaMA's.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from instructjax.convert.families.llama import layer_tensors
+from instructjax.convert.families.record import HF_ACTIVATION, Family, rope_parameters, shape_keys
+from instructjax.model.config import DecoderConfig
+
+
+def write(config: DecoderConfig) -> dict[str, Any]:
+    return {**shape_keys(config), "rms_norm_eps": config.norm_eps, "hidden_act": HF_ACTIVATION[config.activation],
+            "sliding_window": config.sliding_window, "rope_parameters": rope_parameters(config)}
+
+
+MISTRAL = Family(name="mistral", architecture="MistralForCausalLM", model_type="mistral", write=write,
+                 layer=layer_tensors)

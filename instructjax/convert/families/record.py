@@ -1,0 +1,121 @@
+"""What a family's record holds (`Family`), and the pieces the records are built from: tensor-name entries of
+norms and linear layers, and the config.json keys most families share.
+
+A record's tensor entries are (HF name inside a layer, our parts, split): each part is (our path inside a layer
+or the model, kind), the kind naming its layout steps in `convert.hf_names.HOOKS`; a split names one of the
+record's `splits`, which cut a fused HF tensor into HF-layout pieces and join them again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from instructjax.model.config import FAMILIES, DecoderConfig
+
+Part = tuple[tuple, str]  # (our path inside a layer or the model, kind)
+Tensor = tuple[str, tuple[Part, ...], str | None]  # (HF name, our parts, split)
+Split = tuple[Callable[[np.ndarray, DecoderConfig], list[np.ndarray]],
+              Callable[[list[np.ndarray], DecoderConfig], np.ndarray]]
+
+HF_ACTIVATION = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "relu": "relu"}
+LLAMA_TOP = ("model.layers", "model.embed_tokens", None, "model.norm", "lm_head")
+
+
+def _nothing(hf: dict[str, Any], where: str) -> dict[str, Any]:
+    return {}
+
+
+def _every_layer(hf: dict[str, Any], layers: int) -> tuple[str, ...] | None:
+    return None
+
+
+@dataclass(frozen=True)
+class Family:
+    """One model family: its decoder switches (`switches`, kept in model/config.py's `FAMILIES` under the same
+    name), how its HF config.json maps to a DecoderConfig and back, and its HF tensor names.
+
+    config.json -> DecoderConfig (`convert.hf_config.from_hf` reads the keys every family shares):
+      `read(hf, where)`: the fields the family reads from its own keys (biases, soft-caps, a parallel residual),
+        raising ConfigError for a variant we do not support; `intermediate_key` names the MLP width,
+        `norm_eps_default` and `tied_default` are transformers' defaults where a file leaves them out;
+        `window_flag` a key that must be true for `sliding_window` to count (Qwen's `use_sliding_window`);
+        `legacy_layer_types(hf, num_layers)` the layer types of a config without `layer_types` (None: every layer
+        slides when a window is set).
+    DecoderConfig -> config.json (`convert.hf_config.to_hf` writes the shared keys first):
+      `write(config)`: the family's keys, in the order transformers writes them.
+    Tensors (`convert.hf_names.hf_weight_table`):
+      `top`: (layer prefix, embeddings, learned positions, final norm, output head);
+      `layer(config)`: every tensor of one decoder layer; `splits`: the cuts of its fused tensors.
+    """
+
+    name: str
+    architecture: str  # HF `architectures`
+    model_type: str  # HF `model_type`
+    write: Callable[[DecoderConfig], dict[str, Any]]
+    layer: Callable[[DecoderConfig], list[Tensor]]
+    read: Callable[[dict[str, Any], str], dict[str, Any]] = _nothing
+    intermediate_key: str = "intermediate_size"
+    norm_eps_default: float = 1e-6
+    tied_default: bool = False
+    window_flag: str | None = None
+    legacy_layer_types: Callable[[dict[str, Any], int], tuple[str, ...] | None] = _every_layer
+    top: tuple[str, str, str | None, str, str] = LLAMA_TOP
+    splits: dict[str, Split] = field(default_factory=dict)
+
+    @property
+    def switches(self) -> dict[str, Any]:
+        """The decoder switches the family sets (model/config.py `FAMILIES`; the rest are LLaMA's defaults)."""
+        return FAMILIES[self.name]
+
+
+# ---- tensor entries ------------------------------------------------------------------------------------
+
+
+def norm_tensors(ours: str, hf: str, config: DecoderConfig) -> list[Tensor]:
+    """A norm's scale (and its bias, for LayerNorm)."""
+    out = [(f"{hf}.weight", (((ours, "scale"), "copy"),), None)]
+    return out + ([(f"{hf}.bias", (((ours, "bias"), "copy"),), None)] if config.norm == "layer" else [])
+
+
+def linear_tensors(ours: tuple, hf: str, kind: str, bias: bool, bias_kind: str = "copy") -> list[Tensor]:
+    """A projection's weight (and its bias)."""
+    out = [(f"{hf}.weight", (((*ours, "kernel"), kind),), None)]
+    return out + ([(f"{hf}.bias", (((*ours, "bias"), bias_kind),), None)] if bias else [])
+
+
+def rows(sizes: Callable[[DecoderConfig], list[int]]) -> Split:
+    """A fused tensor whose first axis (a weight's output rows, or a bias) is its pieces one after another."""
+    return (lambda x, c: np.split(x, np.cumsum(sizes(c))[:-1], axis=0),
+            lambda pieces, c: np.concatenate(pieces, axis=0))
+
+
+# ---- config.json keys ----------------------------------------------------------------------------------
+
+
+def shape_keys(config: DecoderConfig) -> dict[str, Any]:
+    """The MLP width, the kv heads, the head size and the legacy RoPE keys (every family but OPT)."""
+    return {"intermediate_size": config.intermediate_size, "num_key_value_heads": config.num_kv_heads,
+            "head_dim": config.head_dim, "rope_theta": config.rope_theta,
+            "rope_scaling": {"type": config.rope_scaling["rope_type"], **config.rope_scaling}
+            if config.rope_scaling else None}
+
+
+def rope_parameters(config: DecoderConfig) -> dict[str, Any]:
+    """transformers 5's `rope_parameters` of the full-attention layers."""
+    return {"rope_type": "default", "rope_theta": config.rope_theta, **(config.rope_scaling or {})}
+
+
+def partial_rotary(config: DecoderConfig) -> float:
+    """The fraction of each head RoPE rotates."""
+    return config.rotary_size / config.head_dim
+
+
+def layer_types_keys(config: DecoderConfig) -> dict[str, Any]:
+    """transformers 5's `layer_types` where a window is set (Gemma, Qwen)."""
+    if config.sliding_window is None:
+        return {}
+    return {"layer_types": [f"{kind}_attention" for kind in config.kinds]}
