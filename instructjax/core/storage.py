@@ -40,8 +40,6 @@ from etils import epath
 
 from instructjax.core.errors import ConfigError
 
-os.environ.setdefault("EPATH_USE_TF", "false")  # before epath picks a gs:// backend (on first use, then kept)
-
 Path = epath.Path
 _READ = 16 << 20
 _UMASK = os.umask(0o022)  # read once: a new file's mode is 0666 less it (tempfile's own files are 0600)
@@ -97,9 +95,11 @@ _CONFIGURED = False
 
 def _fsspec_defaults() -> None:
     """No listings cache for gcsfs, and against an emulator (which serves the JSON API only, no Storage Control
-    API) no bucket-layout lookups: set before the first gs:// file system is made, ours or Orbax's."""
+    API) no bucket-layout lookups; epath's gs:// backend is fsspec's, not TensorFlow's: set before the first gs://
+    path or file system is made, ours or Orbax's (never on import)."""
     global _CONFIGURED
     if not _CONFIGURED:
+        os.environ.setdefault("EPATH_USE_TF", "false")  # read when epath picks a gs:// backend (then kept)
         if os.environ.get("STORAGE_EMULATOR_HOST"):
             os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # read when gcsfs is imported
         import fsspec.config

@@ -167,7 +167,8 @@ class Trainer:
                   f"recorded in {log}", file=sys.stderr, flush=True)
 
     def init_state(self):
-        """(params, opt_state, start step, tokens so far): fresh, from init_from, or from the latest checkpoint."""
+        """(params, opt_state, start step, tokens so far, the metrics window open at that step or None): fresh, from
+        init_from, or from the latest checkpoint."""
         make_model = lambda: Decoder(self.model_config, rngs=nnx.Rngs(self.config.seed))  # noqa: E731
         build = self.build
         init_opt = jax.jit(self.tx.init, out_shardings=build.opt_shardings)
@@ -178,13 +179,12 @@ class Trainer:
                 raise ConfigError(f"checkpoint step {latest} holds one data position per host (an older per-host "
                                   f"layout); it cannot resume with the global plan")  # fmt: skip
             self.pipeline.restore(data[0])  # the global position: any number of hosts continues from it
-            self.restored_window = meta.get("metrics_window")  # the log window the checkpoint was saved in
-            return params, opt_state, latest, int(meta.get("tokens", 0))
+            return params, opt_state, latest, int(meta.get("tokens", 0)), meta.get("metrics_window")
         if self.config.model.init_from:
             params = load_params_as(self.config.model.init_from, self.model_config, shardings=build.param_shardings)
         else:
             params = nnx.to_pure_dict(nnx.state(sharding.create_sharded_model(make_model, self.mesh)))
-        return params, init_opt(params), 0, 0
+        return params, init_opt(params), 0, 0, None
 
     def save(self, step: int, params, opt_state, tokens: int, position, window: _Window | None = None) -> None:
         """Save `step` with the data `position` after its batch and the metrics `window` open at it (unless another
@@ -218,7 +218,7 @@ class Trainer:
         from instructjax.train.preemption import PreemptionWatch
 
         primary = jax.process_index() == 0
-        params, opt_state, start, tokens = self.init_state()
+        params, opt_state, start, tokens, saved_window = self.init_state()
         result = TrainResult(self.run_dir, start)
         if primary:
             storage.write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.config), sort_keys=False))
@@ -234,8 +234,8 @@ class Trainer:
                 print(f"instructjax: the step of {rows} x {length} is {self.config.compiled} (not compiled here)",
                       file=sys.stderr, flush=True)
         window = _Window(len(self.sources), self.config.optim.loss_reduction)
-        if start and getattr(self, "restored_window", None):  # a preempted run's half-filled log window
-            window.load(self.restored_window)
+        if start and saved_window:  # a preempted run's half-filled log window, as the checkpoint saved it
+            window.load(saved_window)
         last = min(stop_at or self.total_steps, self.total_steps)
         bar = progress.bar(total=self.total_steps, initial=start, disable=not primary, desc="train", unit="step")
         batches = iter(self.pipeline)
