@@ -39,7 +39,8 @@ def padding_section() -> str:
     import instructjax.data.seqio.mixtures  # noqa: F401  (registers the built-in mixtures)
     from instructjax.core.config import DataSection
     from instructjax.data.batches.packing import count_rows
-    from instructjax.data.batches.pipeline import DataPipeline, plan_step_rows, step_need, step_shapes
+    from instructjax.data.batches.pipeline import DataPipeline
+    from instructjax.data.batches.step_plan import plan_step_rows, step_need, step_shapes
 
     seq, batch, epochs = 2048, 128, 2
     section = DataSection(mixture="tulu_human_gpt_builtin", seq_len=seq, global_batch=batch, prefetch=0,

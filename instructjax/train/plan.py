@@ -11,9 +11,9 @@ tokens, truncated to `seq_len`; packed rows fill `PACKING_EFFICIENCY` of `seq_le
 
 `data.pack: per_step` keeps the unpacked steps (so the epoch's rows and steps are the unpacked ones) and packs
 each step's examples into fewer rows, a multiple of `sharding.row_multiple` (or that many rows, longer than
-seq_len, where few rows are a step: `pipeline.plan_step_rows`): with the real pipeline, the run's step shapes as
+seq_len, where few rows are a step: `step_plan.plan_step_rows`): with the real pipeline, the run's step shapes as
 the trainer plans them (`DataPipeline.plan_steps`) and activations for the largest; estimated, the shape the mean
-step fills (`pipeline.mean_step_shape`) and activations for it.
+step fills (`step_plan.mean_step_shape`) and activations for it.
 
 A mesh proposal (`plan_with_proposal`): where the config's mesh cannot serve the topology (the batch does not
 divide over its data-parallel devices) or keeps less than REAL_SHARE_GOAL of the step's tokens real, `plan`
@@ -100,7 +100,7 @@ def _task_examples(task: str, count: int | None) -> tuple[int, float, str]:
 def estimate_epoch(config: RunConfig, multiple: int = 1) -> DataEstimate:
     """One epoch from the papers' dataset sizes and mean lengths (Tulu Table 1; see the module doc); `multiple`:
     what a per_step step's rows are a multiple of."""
-    from instructjax.data.batches.pipeline import mean_step_shape
+    from instructjax.data.batches.step_plan import mean_step_shape
     from instructjax.data.blends import specs
     from instructjax.data.mosaic.augment import sample_count
 
