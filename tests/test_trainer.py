@@ -142,9 +142,9 @@ def test_sum_reduction_scales_the_gradient_by_the_token_count(tmp_path):
 def test_logged_loss_is_the_optimised_objective_and_says_which(reduction, expected):
     """metrics.jsonl's `loss` over a log window: the trained tokens' mean under "mean" (total loss / total
     weight), the mean per step of the summed loss under "sum"; `loss_reduction` names it (hand-computed)."""
-    from instructjax.train.trainer import _Window
+    from instructjax.train.metrics import MetricsWindow
 
-    window = _Window(1, reduction)
+    window = MetricsWindow(1, reduction)
     for loss_sum, weight in ((10.0, 4.0), (20.0, 6.0)):
         window.add({"loss_sum": loss_sum, "trained_tokens": weight, "tokens": 16, "source_sums": np.array([loss_sum]),
                     "source_weights": np.array([weight])}, 0.25)  # fmt: skip

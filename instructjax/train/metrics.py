@@ -19,9 +19,70 @@ import os
 import sys
 import time
 
+import numpy as np
+
 from instructjax.core import storage
 
 SYNC_SECONDS = 30.0
+
+
+class MetricsWindow:
+    """Sums over the steps since the last log line. A step's time runs from the previous step's outputs
+    being ready to its own (the first step of a process includes compilation); `tokens_per_sec` and
+    `step_seconds` are the window's tokens and time over its steps. The open window is saved with a
+    checkpoint (`state`, `load`), so a preempted and resumed run logs what an uninterrupted one logs.
+
+    The logged `loss` is the objective the steps optimised (`loss_reduction`): with "mean" the trained
+    tokens' mean cross-entropy over the window, with "sum" the mean per step of the summed loss."""
+
+    def __init__(self, num_sources: int, reduction: str):
+        self.num_sources, self.reduction = num_sources, reduction
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss_sum = self.weight = self.tokens = self.seconds = 0.0
+        self.steps = 0
+        self.source_sums, self.source_weights = np.zeros(self.num_sources), np.zeros(self.num_sources)
+
+    def state(self) -> dict:
+        """The open window as JSON values (saved with a checkpoint)."""
+        return {"loss_sum": self.loss_sum, "weight": self.weight, "tokens": self.tokens, "seconds": self.seconds,
+                "steps": self.steps, "source_sums": self.source_sums.tolist(),
+                "source_weights": self.source_weights.tolist()}
+
+    def load(self, state: dict) -> None:
+        if len(state["source_sums"]) != self.num_sources:  # another mixture: start a fresh window
+            return
+        self.loss_sum, self.weight, self.tokens = state["loss_sum"], state["weight"], state["tokens"]
+        self.seconds, self.steps = state["seconds"], state["steps"]
+        self.source_sums = np.asarray(state["source_sums"], np.float64)
+        self.source_weights = np.asarray(state["source_weights"], np.float64)
+
+    def add(self, m: dict, seconds: float) -> None:
+        self.loss_sum += float(m["loss_sum"])
+        self.weight += float(m["trained_tokens"])
+        self.tokens += float(m["tokens"])
+        self.seconds += seconds
+        self.steps += 1
+        self.source_sums += m["source_sums"]
+        self.source_weights += m["source_weights"]
+
+    def flush(self, m: dict, total_tokens: int, sources: list[str]) -> dict:
+        per = self.weight if self.reduction == "mean" else self.steps
+        record = {
+            "loss": self.loss_sum / per if per else 0.0,
+            "loss_reduction": self.reduction,
+            "lr": float(m["lr"]),
+            "grad_norm": float(m["grad_norm"]),
+            "tokens": total_tokens,
+            "tokens_per_sec": self.tokens / max(self.seconds, 1e-9),
+            "step_seconds": self.seconds / max(self.steps, 1),
+        }
+        for name, s, w in zip(sources, self.source_sums, self.source_weights, strict=True):
+            if w > 0:
+                record[f"loss/{name}"] = float(s / w)
+        self.reset()
+        return record
 
 
 class MetricsLogger:
