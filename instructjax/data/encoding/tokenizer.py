@@ -31,7 +31,6 @@ import functools
 import hashlib
 import json
 import os
-import re
 import shutil
 import tempfile
 from itertools import chain
@@ -39,12 +38,11 @@ from itertools import chain
 import numpy as np
 from tokenizers import Tokenizer as Engine
 from tokenizers import processors
-from tokenizers.models import BPE
 
 from instructjax.core.errors import ConfigError
+from instructjax.data.encoding.piece_spans import PieceSpans, engine_ids
 
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
-_BYTE_TOKEN = re.compile(r"<0x([0-9A-F]{2})>")
 EXPORT_CLASS = "PreTrainedTokenizerFast"  # generic: transformers 4 and 5, vLLM read tokenizer.json as written
 
 
@@ -179,7 +177,7 @@ class Tokenizer:
         self._engine = raw
         self._engine.encode_special_tokens = True
         self._continuation = _continuation_engine(self._engine)
-        self._piece_spans = _PieceSpans.of(self._engine)
+        self._piece_spans = PieceSpans.of(self._engine)
         self.fingerprint: str = hashlib.sha256(
             json.dumps([self._serialized, [getattr(self, k) for k in SPECIAL_KEYS], self.adds_bos]).encode()).hexdigest()[:16]
 
@@ -244,23 +242,23 @@ class Tokenizer:
         token, as in `encode_continued`), in one call of the engine's batch path: (ids int32[n], each id's
         character span in its text int64[n, 2], ids per text int64[len(texts)]), the texts' ids end to end.
 
-        The spans are the engine's own offsets. For a SentencePiece-style engine (`_PieceSpans`) they are
+        The spans are the engine's own offsets. For a SentencePiece-style engine (`piece_spans.PieceSpans`) they are
         computed from the ids, which skips the engine's offset tracking and reading a tuple per token."""
         engine = self._continuation if continued else self._engine
         if self._piece_spans is not None:
-            ids, lengths = _ids(getattr(engine, "encode_batch_fast", engine.encode_batch)(texts, add_special_tokens=False))
+            ids, lengths = engine_ids(getattr(engine, "encode_batch_fast", engine.encode_batch)(texts, add_special_tokens=False))
             spans = self._piece_spans(ids, lengths, texts)
             if spans is not None:
                 return ids, spans, lengths
         encodings = engine.encode_batch(texts, add_special_tokens=False)
-        ids, lengths = _ids(encodings)
+        ids, lengths = engine_ids(encodings)
         spans = chain.from_iterable(chain.from_iterable(e.offsets for e in encodings))
         return ids, np.fromiter(spans, np.int64, 2 * ids.size).reshape(ids.size, 2), lengths
 
     @functools.cached_property
     def hard_break(self) -> str | None:
         """A character the engine never merges across, or None: the newline, for a SentencePiece-style engine
-        (`_PieceSpans`: one BPE word per text, the same engine after a special token) none of whose merges takes
+        (`piece_spans.PieceSpans`: one BPE word per text, the same engine after a special token) none of whose merges takes
         in the newline's symbol (the character, or its byte token <0x0A>). Then the ids of a text from a newline
         on are those of any text that ends the same way from that newline on (`encode.Segments` reuses them)."""
         if self._piece_spans is None or self._continuation is not self._engine:
@@ -370,57 +368,3 @@ def materialize(files: dict[str, str], *, named: str | None = None) -> str:
     if named:
         _NAMED[directory] = named
     return directory
-
-
-def _ids(encodings: list) -> tuple[np.ndarray, np.ndarray]:
-    """(ids int32[n], ids per encoding int64[len(encodings)]) of the engine's encodings, end to end."""
-    lengths = np.fromiter(map(len, encodings), np.int64, len(encodings))
-    return np.fromiter(chain.from_iterable(e.ids for e in encodings), np.int32, int(lengths.sum())), lengths
-
-
-class _PieceSpans:
-    """Each token's character span in its text, from the ids alone, for a SentencePiece-style engine: a
-    byte-fallback BPE model on the text with spaces replaced by "▁" (`Replace`), maybe after a dummy-prefix "▁"
-    (`Prepend`, on a non-empty text), no pre-tokenizer, and no added token the engine would cut the text at
-    (every added one special: `encode_special_tokens` keeps them text). Then each normalized character is one
-    character of the text (the dummy prefix sits on the text's first), a piece covers as many characters as
-    it has, and a byte-fallback token covers the character its byte belongs to: that is how the engine aligns
-    them. A batch whose pieces do not add up to its texts' lengths gets None (the engine's offsets are read)."""
-
-    def __init__(self, chars: np.ndarray, continuation: np.ndarray, prefix: bool):
-        self.chars, self.continuation, self.prefix = chars, continuation, prefix
-
-    @classmethod
-    def of(cls, engine: Engine) -> _PieceSpans | None:
-        replace = {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"}
-        steps = json.loads(engine.normalizer.__getstate__()) if engine.normalizer is not None else {}
-        steps = steps.get("normalizers", []) if steps.get("type") == "Sequence" else [steps]
-        prefix = steps[:1] == [{"type": "Prepend", "prepend": "\u2581"}]
-        if (steps[prefix:] != [replace] or engine.pre_tokenizer is not None or not isinstance(engine.model, BPE)
-                or not engine.model.byte_fallback or not all(t.special for t in engine.get_added_tokens_decoder().values())):
-            return None
-        vocab = engine.get_vocab(with_added_tokens=True)
-        chars = np.zeros(max(vocab.values()) + 1, np.int64)
-        continuation = np.zeros_like(chars)  # a byte token of a character's 2nd..4th byte
-        for piece, i in vocab.items():
-            byte = _BYTE_TOKEN.fullmatch(piece)
-            if byte is None:
-                chars[i] = len(piece)
-            else:
-                continuation[i] = 0x80 <= int(byte.group(1), 16) < 0xC0
-                chars[i] = 1 - continuation[i]
-        return cls(chars, continuation, prefix)
-
-    def __call__(self, ids: np.ndarray, lengths: np.ndarray, texts: list[str]) -> np.ndarray | None:
-        chars = self.chars[ids]
-        firsts = np.cumsum(lengths) - lengths
-        filled = lengths > 0
-        text_chars = np.fromiter(map(len, texts), np.int64, len(texts)) + self.prefix
-        if not np.array_equal(np.add.reduceat(chars, firsts[filled]) if ids.size else chars, text_chars[filled]):
-            return None
-        ends = np.cumsum(chars)
-        ends -= np.repeat(ends[firsts[filled]] - chars[firsts[filled]], lengths[filled])  # within each text
-        starts = ends - chars - self.continuation[ids]
-        if self.prefix:  # normalized character k + 1 is the text's character k; the prefix sits on character 0
-            return np.stack([np.maximum(starts - 1, 0), np.maximum(ends - 1, 1)], axis=1)
-        return np.stack([starts, ends], axis=1)
