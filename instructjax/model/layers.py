@@ -1,0 +1,93 @@
+"""The decoder's building blocks in Flax NNX: parameters with logical axis names (`param`), a projection
+(`Dense`), the embedding table (`Embed`, also the tied output projection) and the family's norm (`Norm`). Compute
+runs in `config.dtype` over `config.param_dtype` parameters."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from instructjax.model.config import DecoderConfig
+from instructjax.model.lookup import lookup
+
+Array = jax.Array
+
+ACTIVATIONS = {"silu": jax.nn.silu, "relu": jax.nn.relu, "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+               "gelu_tanh": lambda x: jax.nn.gelu(x, approximate=True)}
+
+
+def param(rngs: nnx.Rngs | None, shape: tuple[int, ...], axes: tuple[str, ...], config: DecoderConfig,
+           fill: float | None = None) -> nnx.Param:
+    """A parameter: normal(initializer_range) from `rngs`, or filled with `fill`."""
+    dtype = jnp.dtype(config.param_dtype)
+    if fill is not None:
+        value = jnp.full(shape, fill, dtype)
+    else:
+        value = jax.nn.initializers.normal(config.initializer_range)(rngs.params(), shape, dtype)
+    return nnx.Param(value, out_sharding=axes, eager_sharding=False)
+
+
+class Dense(nnx.Module):
+    """Projection contracting the last `len(in_shape)` dims of x with kernel[*in_shape, *out_shape], plus a
+    bias[*out_shape] where the family has one."""
+
+    def __init__(self, in_shape, out_shape, axes: tuple[str, ...], config: DecoderConfig, *, bias: bool = False,
+                 rngs: nnx.Rngs):
+        in_shape, out_shape = tuple(np.atleast_1d(in_shape)), tuple(np.atleast_1d(out_shape))
+        self.kernel = param(rngs, in_shape + out_shape, axes, config)
+        self.bias = param(rngs, out_shape, axes[len(in_shape):], config, fill=0.0) if bias else None
+        self.n_in = len(in_shape)
+        self.dtype = jnp.dtype(config.dtype)
+
+    def __call__(self, x: Array) -> Array:
+        """One 2-D matmul [tokens, in] @ [in, out] with batch and length flattened into tokens: the same
+        maths as a tensordot, but XLA:CPU runs the weight gradient as one plain GEMM instead of
+        transposing activations first (benchmarks/RESULTS.md)."""
+        kernel = self.kernel[...].astype(self.dtype)
+        in_size = math.prod(kernel.shape[: self.n_in])
+        lead = x.shape[: x.ndim - self.n_in]
+        y = (x.astype(self.dtype).reshape(-1, in_size) @ kernel.reshape(in_size, -1)).reshape(
+            *lead, *kernel.shape[self.n_in :])
+        return y if self.bias is None else y + self.bias[...].astype(self.dtype)
+
+
+class Embed(nnx.Module):
+    """A table [rows, embed] looked up by id, times `scale` in the table's dtype (Gemma's sqrt(hidden_size));
+    `attend` is the tied output projection."""
+
+    def __init__(self, rows: int, config: DecoderConfig, *, axes=("vocab", "embed"), scale: float = 1.0,
+                 rngs: nnx.Rngs):
+        self.embedding = param(rngs, (rows, config.hidden_size), axes, config)
+        self.dtype, self.scale, self.axes = jnp.dtype(config.dtype), scale, axes
+
+    def __call__(self, ids: Array) -> Array:
+        return lookup(self.embedding[...], ids, axes=self.axes, scale=self.scale, dtype=self.dtype)
+
+    def attend(self, x: Array) -> Array:
+        return jnp.einsum("bte,ve->btv", x.astype(self.dtype), self.embedding[...].astype(self.dtype))
+
+
+class Norm(nnx.Module):
+    """The family's norm over the last axis, in float32 like transformers: `rms` (LLaMA: normalised, cast,
+    times w), `rms_plus_one` (Gemma: times (1 + w), then cast), `layer` (LayerNorm with a bias)."""
+
+    def __init__(self, size: int, config: DecoderConfig, axes: tuple[str, ...] = ("norm",)):
+        self.kind, self.eps, self.dtype = config.norm, config.norm_eps, jnp.dtype(config.dtype)
+        self.scale = param(None, (size,), axes, config, fill=0.0 if self.kind == "rms_plus_one" else 1.0)
+        self.bias = param(None, (size,), axes, config, fill=0.0) if self.kind == "layer" else None
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        scale = self.scale[...]
+        if self.kind == "layer":
+            centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+            normed = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + self.eps)
+            return (normed * scale.astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(self.dtype)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.kind == "rms_plus_one":
+            return (normed * (1.0 + scale.astype(jnp.float32))).astype(self.dtype)
+        return normed.astype(self.dtype) * scale.astype(self.dtype)
