@@ -79,7 +79,7 @@ def run_case(where: str, gb: float, root: Path) -> dict:
     overrides, state_gb = model_overrides(gb)
     server = None
     if where == "gcs":
-        from gcs_emulator import GCSEmulator  # tests/gcs_emulator.py
+        from helpers.gcs_emulator import GCSEmulator  # tests/helpers/gcs_emulator.py
 
         server = GCSEmulator("filesystem").start()  # objects on disk, as a bucket's are not in memory
         os.environ.update(server.variables)

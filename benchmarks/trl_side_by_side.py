@@ -32,7 +32,7 @@ def build_model(root: Path, args) -> tuple[str, object]:
     """(HF directory with the model and the tokenizer, the HF tokenizer)."""
     import torch
     import transformers
-    from test_model_template import build  # the tests' tokenizer builder: BPE + the family's special tokens
+    from helpers.chat_templates import build  # the tests' tokenizer builder: BPE + the family's special tokens
 
     tokenizer_dir = build("qwen2.5_generation", root / "tokenizer")
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)

@@ -24,9 +24,9 @@ import pytest  # noqa: E402
 
 @pytest.fixture(scope="session")
 def gcs_server():
-    """A real GCS-API server on 127.0.0.1 (tests/gcs_emulator.py), reached through the standard emulator
+    """A real GCS-API server on 127.0.0.1 (tests/helpers/gcs_emulator.py), reached through the standard emulator
     variables alone, set in this process's environment so every process a test starts sees them too."""
-    from gcs_emulator import GCSEmulator
+    from helpers.gcs_emulator import GCSEmulator
 
     with GCSEmulator() as server:
         os.environ.update(server.variables)

@@ -59,7 +59,7 @@ def test_alpaca_eval_1_and_2_scores_are_the_packages_on_the_recorded_judge(tmp_p
     import huggingface_hub.constants
     import pandas as pd
     from alpaca_eval.metrics import get_length_controlled_winrate
-    from test_convert import make_hf
+    from helpers.models import make_hf
 
     from instructjax.cli import main
     from instructjax.convert.saved import import_hf

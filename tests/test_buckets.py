@@ -32,7 +32,8 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
-WORKER = Path(__file__).with_name("fault_worker.py")
+from helpers import WORKER  # noqa: E402
+
 TIMINGS = {"tokens_per_sec", "step_seconds"}
 STEPS = 6
 
@@ -85,7 +86,7 @@ def without_timings(records: list[dict]) -> list[dict]:
 def run(tmp_path_factory, gcs_server):
     """A bucket holding a base model, data and a config; `data prepare`, an uninterrupted run and a run stopped
     by SIGTERM at step 4 then resumed, all in the bucket."""
-    import pretrained_models as pm
+    from helpers import pretrained_models as pm
 
     from instructjax.data.sources.synthetic import synthetic_rows
 
@@ -145,7 +146,7 @@ def test_import_prepare_and_train_with_every_path_in_the_bucket(run):
 
 
 def test_sigterm_at_a_logged_step_then_resume_logs_what_an_uninterrupted_run_logs(run, tmp_path):
-    from test_metrics_resume import tensorboard_scalars
+    from helpers.metrics import tensorboard_scalars
 
     fs, name = run["fs"], run["bucket"].removeprefix("gs://")
     assert run["stopped"].returncode == 75 and "preempted: saved step 4" in run["stopped"].stderr, \

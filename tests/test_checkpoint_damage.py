@@ -25,8 +25,8 @@ import jax
 import numpy as np
 import optax
 import pytest
-from damage import KINDS, WAYS, applies, damage, draw, files, kind
 from flax import nnx
+from helpers.damage import KINDS, WAYS, applies, damage, draw, files, kind
 
 from instructjax import cli
 from instructjax.core import checkpoint as ckpt

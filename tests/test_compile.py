@@ -172,7 +172,7 @@ def test_compile_from_an_imported_checkpoint_reads_its_metadata_only(tmp_path, c
     """`plan --compile` of a config whose model.init_from is an imported checkpoint whose weight arrays are gone
     (the array files deleted after the import, the metadata kept): the model is the stored one (not the config's
     preset), the step compiles, and nothing is written: no run_dir, no file added or changed in the checkpoint."""
-    from test_faults_config import make_hf_dir
+    from helpers.models import make_hf_dir
 
     ckpt = tmp_path / "ckpt"
     assert main(["import", "--hf", make_hf_dir(tmp_path / "hf"), "--out", str(ckpt)]) == 0

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 
 import jax.numpy as jnp
 import numpy as np
@@ -13,40 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from helpers.models import CONFIGS, make_hf  # noqa: E402
+
 from instructjax.convert.hf import ConversionError, HFTensors, read_hf_config  # noqa: E402
 from instructjax.convert.saved import export_checkpoint, import_hf, load_model  # noqa: E402
 from instructjax.data.encoding.templates import render  # noqa: E402
-from instructjax.data.encoding.tokenizer import default_tokenizer_path  # noqa: E402
-
-BASE = dict(vocab_size=32000, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-            max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
-CONFIGS = {
-    "mha": dict(num_key_value_heads=4),
-    "gqa": dict(num_key_value_heads=2, rope_theta=500000.0),
-    "tied": dict(num_key_value_heads=1, tie_word_embeddings=True),
-    "llama3_rope": dict(num_key_value_heads=2, rope_scaling={
-        "rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-        "original_max_position_embeddings": 32}),
-}
-
-
-def make_hf(directory, name: str, *, seed: int = 0, **save_kwargs) -> str:
-    """A random HF LlamaForCausalLM saved under directory/name with a LLaMA-2-style tokenizer: the built-in
-    SentencePiece model as `tokenizer.model` and a `tokenizer_config.json` (no chat template, as base models)."""
-    torch.manual_seed(seed)
-    config = transformers.LlamaConfig(**{**BASE, **CONFIGS[name]})
-    model = transformers.LlamaForCausalLM(config).float()
-    with torch.no_grad():  # norms are initialised to 1: randomise them so a transposed/misplaced norm shows
-        for n, p in model.named_parameters():
-            if "norm" in n:
-                p.uniform_(0.5, 1.5)
-    path = os.path.join(directory, name)
-    model.save_pretrained(path, **save_kwargs)
-    shutil.copy(default_tokenizer_path(), os.path.join(path, "tokenizer.model"))
-    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
-        json.dump({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-                   "add_bos_token": True, "legacy": True}, f)
-    return path
 
 
 def hf_state(path: str) -> dict[str, np.ndarray]:
@@ -109,7 +79,7 @@ def test_export_logits_match_jax(round_trips, name):
 def test_exported_tokenizer_reproduces_training_format(round_trips, tmp_path):
     """apply_chat_template(tokenize=True) on the export gives the sentencepiece ids of BOS + the training
     text; an import never trained keeps the model's own (here: no) chat template."""
-    from pretrained_models import reference_ids
+    from helpers.pretrained_models import reference_ids
 
     from instructjax.data.schema import Conversation
 

@@ -184,7 +184,7 @@ def test_stats_reports_rows_read_kept_repaired_skipped_per_source(capsys, tmp_pa
     from pathlib import Path
 
     import yaml
-    from test_sources import EXPECTED  # noqa: E402  (tests/test_sources.py)
+    from helpers.hub_rows import EXPECTED
 
     from instructjax.data.sources.registry import SOURCES
 

@@ -8,10 +8,10 @@ import os
 
 import numpy as np
 import pytest
+from helpers.pretrained_models import reference_ids  # noqa: E402  (tests/helpers/pretrained_models.py)
+from helpers.text_strategies import FRAGMENTS, responses, texts  # noqa: E402  (tests/helpers/text_strategies.py)
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from pretrained_models import reference_ids  # noqa: E402  (tests/pretrained_models.py)
-from text_strategies import FRAGMENTS, responses, texts  # noqa: E402  (tests/text_strategies.py)
 
 from instructjax.core.errors import ConfigError
 from instructjax.data.encoding.encode import (
@@ -283,7 +283,7 @@ SPM_KINDS = {  # trainer options of locally trained SentencePiece models, beside
 @pytest.fixture(scope="module")
 def trained_spm(tmp_path_factory):
     import sentencepiece as spm
-    from pretrained_models import corpus
+    from helpers.pretrained_models import corpus
 
     out = {}
     for kind, options in SPM_KINDS.items():
@@ -414,8 +414,8 @@ MULTI_TURN = [  # multi-turn rows, with and without a system turn, text that str
 @pytest.fixture(scope="module")
 def library_tokenizers(tmp_path_factory):
     """kind -> (path, BOS, EOS): a byte-level BPE with its own EOS and no BOS, and a SentencePiece BPE
-    (both trained here, `tests/pretrained_models.py`), and the built-in default."""
-    import pretrained_models as pm
+    (both trained here, `tests/helpers/pretrained_models.py`), and the built-in default."""
+    from helpers import pretrained_models as pm
 
     return {
         "bpe": (pm.bpe_tokenizer(str(tmp_path_factory.mktemp("bpe"))), None, "<|endoftext|>"),
@@ -433,7 +433,7 @@ def test_tulu_mask_equals_open_instructs_own_code(conv, library_tokenizers):
     on the tokenizer libraries' ids: every token but the non-assistant messages (and "<|assistant|>\\n") is
     trained, the newline after a non-final EOS included."""
     pytest.importorskip("torch")
-    from pretrained_models import open_instruct_example
+    from helpers.pretrained_models import open_instruct_example
 
     for kind, (path, bos, eos) in library_tokenizers.items():
         enc = encode_conversation(conv, "tulu", Tokenizer.load(path))

@@ -175,7 +175,7 @@ def quadratic_blocks(conv: Conversation, template: str, tok: Tokenizer, max_leng
 @pytest.fixture(scope="module")
 def split_tokenizers(tmp_path_factory):
     """The built-in SentencePiece model (adds BOS) and a byte-level BPE (no BOS: a segment starts the row)."""
-    from pretrained_models import bpe_tokenizer
+    from helpers.pretrained_models import bpe_tokenizer
 
     return [Tokenizer.load(), Tokenizer.load(bpe_tokenizer(str(tmp_path_factory.mktemp("bpe"))))]
 

@@ -124,11 +124,11 @@ JUDGE_REPLIES = ["8 6", "8 6\nAssistant 1 gave more detail.", "7,9", "10 1", "8.
 
 
 def test_pairwise_score_pair_is_fastchats_parse_score():
-    """Our reading of a pairwise reply against FastChat's own `parse_score` (tests/upstream_code.py): every reply it
+    """Our reading of a pairwise reply against FastChat's own `parse_score` (tests/helpers/upstream_code.py): every reply it
     reads on the 1-10 scale we read the same; every reply it cannot read ([-1, -1]) is unparsed here too, and so a
     tie in its order on both sides; the one difference: a pair off the scale, which it compares and we leave
     unparsed (a tie)."""
-    from upstream_code import parse_score
+    from helpers.upstream_code import parse_score
 
     off_scale = []
     for reply in JUDGE_REPLIES:
@@ -209,7 +209,7 @@ def test_suites_name_real_lm_eval_tasks():
 def test_lm_eval_backends_agree(tmp_path, monkeypatch, caplog):
     pytest.importorskip("torch")
     pytest.importorskip("accelerate")
-    from test_convert import make_hf
+    from helpers.models import make_hf
 
     from instructjax.convert.saved import export_checkpoint, import_hf
     from instructjax.eval.harness import run_lm_eval

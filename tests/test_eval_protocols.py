@@ -464,7 +464,7 @@ def test_judged_parts_generate_at_the_papers_length(tmp_path):
 @pytest.mark.slow
 def test_eval_config_runs_the_eval_block(tmp_path, monkeypatch):
     pytest.importorskip("torch")
-    from test_convert import make_hf
+    from helpers.models import make_hf
 
     from instructjax.cli import main
     from instructjax.convert.saved import import_hf
@@ -517,7 +517,7 @@ eval:
         "outputs": f"none yet: {twin} (evaluate that run first, then this one again)"}
     assert "none yet" in results["alpaca_eval"]["replies"]  # scored in tests/test_alpacaeval.py
     # the numbers went to the run's W&B summary too (offline)
-    import wandb_records
+    from helpers import wandb_records
 
     from instructjax.core.tracking import run_id
 
@@ -643,7 +643,7 @@ def test_a_judge_that_is_down_loses_only_its_part(tmp_path, capsys):
     import socket
 
     pytest.importorskip("torch")
-    from test_convert import make_hf
+    from helpers.models import make_hf
 
     from instructjax.cli import main
     from instructjax.convert.saved import import_hf

@@ -180,7 +180,7 @@ def test_export_writes_the_imported_tensors_byte_for_byte(family, tmp_path):
 
 @pytest.fixture(scope="module")
 def bpe_dir(tmp_path_factory):
-    import pretrained_models as pm  # tests/pretrained_models.py
+    from helpers import pretrained_models as pm  # tests/pretrained_models.py
 
     return pm.bpe_tokenizer(str(tmp_path_factory.mktemp("bpe")), vocab_size=250)
 
@@ -193,8 +193,8 @@ def test_import_train_export_score_through_the_cli(name, bpe_dir, tmp_path):
     gives transformers' log-probabilities."""
     import shutil
 
-    import pretrained_models as pm
     import yaml
+    from helpers import pretrained_models as pm
 
     from instructjax import cli
     from instructjax.convert.saved import load_model

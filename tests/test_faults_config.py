@@ -7,8 +7,8 @@ missing field) are not repeated."""
 import json
 
 import jax
-import numpy as np
 import pytest
+from helpers.models import make_hf_dir
 
 import instructjax.train.trainer  # noqa: F401  (imported before jit is trapped: libraries jit at import)
 from instructjax import cli
@@ -70,26 +70,6 @@ def test_bad_config_is_one_line_before_compiling(tmp_path, capsys, no_compile, t
     assert words in err
 
 
-def make_hf_dir(path) -> str:
-    """A tiny LLaMA in the HF layout (config.json + model.safetensors), written without torch."""
-    from safetensors.numpy import save_file
-
-    from instructjax.convert import hf_config
-    from instructjax.convert.hf import abstract_params
-    from instructjax.convert.hf_names import entry_hf_shape, hf_weight_table
-    from instructjax.model.config import preset
-
-    config = preset("tiny", dtype="float32")
-    path.mkdir()
-    (path / "config.json").write_text(json.dumps(hf_config.to_hf(config)))
-    abstract = abstract_params(config)
-    rng = np.random.default_rng(0)
-    tensors = {e.name: rng.normal(size=entry_hf_shape(abstract, e, config)).astype(np.float32)
-               for e in hf_weight_table(config)}  # fmt: skip
-    save_file(tensors, str(path / "model.safetensors"))
-    return str(path)
-
-
 def _truncate(path, fraction=0.5):
     with open(path, "r+b") as f:
         f.truncate(int(path.stat().st_size * fraction))
@@ -149,7 +129,7 @@ def test_import_refuses_what_later_commands_cannot_use(tmp_path, capsys):
     """A tokenizer with more ids than the model's embedding rows (generate and score would read past the table),
     a chat template that does not compile (the tokenizer's own, or one given with --chat-template): one line each at
     import, exit 2, no checkpoint; the same directory with a fitting tokenizer and template imports."""
-    from pretrained_models import bpe_tokenizer
+    from helpers.pretrained_models import bpe_tokenizer
 
     from instructjax.convert import hf_config
     from instructjax.model.config import preset

@@ -27,14 +27,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from damage import damage, draw
+from helpers.damage import damage, draw
 
 from instructjax.core import checkpoint as ckpt
 from instructjax.core.integrity import MANIFEST
 
 pytestmark = pytest.mark.slow
 
-WORKER = Path(__file__).with_name("fault_worker.py")
+from helpers import WORKER  # noqa: E402
+
 STEPS = 6
 ARGS = [
     "model.preset=tiny", "model.dtype=float32", "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=128",

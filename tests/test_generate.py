@@ -12,7 +12,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from test_convert import make_hf  # noqa: E402
+from helpers.models import make_hf  # noqa: E402
 
 from instructjax.convert.saved import load_model  # noqa: E402
 from instructjax.eval.generate import Generator, Sampling, generate_ids, sample_token  # noqa: E402

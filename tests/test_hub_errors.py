@@ -33,7 +33,7 @@ def test_an_unreachable_hub_dataset_is_one_line_for_data_train_and_eval(tmp_path
                         f"run_dir={tmp_path / 'run'}", cwd=tmp_path))  # fmt: skip
     assert "hub dataset tatsu-lab/alpaca" in line and "data_files" in line
 
-    from test_faults_config import make_hf_dir
+    from helpers.models import make_hf_dir
 
     from instructjax.data.encoding.tokenizer import Tokenizer
 

@@ -20,7 +20,7 @@ import pytest
 pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-import pretrained_models as pm  # noqa: E402  (tests/pretrained_models.py)
+from helpers import pretrained_models as pm  # noqa: E402  (tests/helpers/pretrained_models.py)
 
 from instructjax.core.errors import ConfigError  # noqa: E402
 from instructjax.eval import pairwise as pw  # noqa: E402

@@ -33,7 +33,7 @@ def probe(argv: list[str], cwd: Path) -> tuple[int, str, str]:
 
 @pytest.fixture(scope="module")
 def hf_dir(tmp_path_factory):
-    from test_faults_config import make_hf_dir
+    from helpers.models import make_hf_dir
 
     return make_hf_dir(tmp_path_factory.mktemp("layers") / "hf")
 

@@ -137,7 +137,7 @@ def evaluated(tmp_path_factory, nltk_data):
     """Two `eval --config` passes of one tiny model: the rows above, then the same questions with references that
     hold the model's first answers (the ELI5 one among lower-voted decoys), so that METEOR is far from 0."""
     import pandas as pd
-    from test_convert import make_hf
+    from helpers.models import make_hf
 
     from instructjax.cli import main
     from instructjax.convert.saved import import_hf
@@ -280,14 +280,14 @@ def test_seed002_configs_run_long_form_for_the_rows_of_tables_3_7_8():
 
 
 def test_report_reads_long_form_and_averages_avg1(tmp_path):
-    from test_report import _csv, _run
+    from helpers.report_runs import read_csv, write_run
 
     from instructjax.report import families
 
-    _run(tmp_path, "base_llama2_7b", "max_steps: 0\nmodel: {preset: llama2-7b}\n",
+    write_run(tmp_path, "base_llama2_7b", "max_steps: 0\nmodel: {preset: llama2-7b}\n",
          {"model": "m", "parts": ["long_form"], "long_form": {"LongForm": 14.0, "ELI5": 11.0,
                                                               "n": {"LongForm": 2045, "ELI5": 1507}}})
     families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
     for table in ("table3", "table7", "table8"):
-        base = {r["Strategy"]: r for r in _csv(tmp_path / "out" / f"seed002_{table}.csv")}["Base"]
+        base = {r["Strategy"]: r for r in read_csv(tmp_path / "out" / f"seed002_{table}.csv")}["Base"]
         assert (base["LongForm (ours)"], base["ELI5 (ours)"], base["AVG1 (ours)"]) == ("14.0", "11.0", "12.5")

@@ -1,6 +1,6 @@
 """The `messages` source (a user's own chats, `{messages: [{role, content}]}`): its rules row by row, written by
 hand; `data stats`, `data preview` and a one-step `train` from a config's `define:` block alone; the Tulu
-rendering of a system turn against open-instruct's own `encode_with_messages_format` (tests/upstream_code.py)."""
+rendering of a system turn against open-instruct's own `encode_with_messages_format` (tests/helpers/upstream_code.py)."""
 
 import json
 import types
@@ -211,7 +211,7 @@ class CharTokenizer:
 
 def open_instruct_text(messages) -> tuple[str, str]:
     """(text, its trained characters) by open-instruct's `encode_with_messages_format`, verbatim."""
-    from upstream_code import encode_with_messages_format
+    from helpers.upstream_code import encode_with_messages_format
 
     out = encode_with_messages_format({"messages": messages}, CharTokenizer(), 1 << 20)
     text = "".join(map(chr, out["input_ids"].tolist()))
@@ -241,7 +241,7 @@ def test_tulu_ids_and_mask_with_a_system_turn_are_open_instructs(tmp_path):
     """Through the task's encoded examples (the pipeline's ids and loss mask under the built-in tokenizer) =
     open-instruct's `encode_with_messages_format` over the tokenizer library, on the raw row."""
     pytest.importorskip("torch")
-    from pretrained_models import open_instruct_example
+    from helpers.pretrained_models import open_instruct_example
 
     from instructjax.data.binding import bind
     from instructjax.data.blends import specs

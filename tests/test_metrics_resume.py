@@ -12,16 +12,16 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import WORKER
+from helpers.metrics import TIMINGS, tensorboard_scalars
 
 pytestmark = pytest.mark.slow
 
-WORKER = Path(__file__).with_name("fault_worker.py")
 ARGS = [
     "model.preset=tiny", "model.dtype=float32", "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=128",
     "data.global_batch=8", "data.pack_window=64", "optim.lr=3e-3", "optim.epochs=1", "log_every=10",
     "max_steps=13", "checkpoint.every=1000",
 ]  # fmt: skip
-TIMINGS = {"tokens_per_sec", "step_seconds"}
 
 
 def train(run_dir, env, *extra, faults=None) -> subprocess.CompletedProcess:
@@ -32,22 +32,6 @@ def train(run_dir, env, *extra, faults=None) -> subprocess.CompletedProcess:
 def lines(run_dir) -> list[dict]:
     records = [json.loads(line) for line in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in r.items() if k not in TIMINGS} for r in records]
-
-
-def tensorboard_scalars(run_dir) -> dict[tuple[str, int], float]:
-    """(tag, step) -> value as TensorBoard shows it: events in the order written, and a restart's
-    SessionLog.START at step s (tensorboardX's purge_step) discarding what was logged at steps >= s."""
-    import tensorflow as tf
-
-    scalars: dict[tuple[str, int], float] = {}
-    for path in sorted((Path(run_dir) / "tensorboard").glob("events.out.tfevents.*")):
-        for event in tf.compat.v1.train.summary_iterator(str(path)):
-            if event.HasField("session_log") and event.session_log.status == event.session_log.START:
-                scalars = {k: v for k, v in scalars.items() if k[1] < event.step}
-            for value in event.summary.value:
-                if value.tag not in TIMINGS:
-                    scalars[(value.tag, event.step)] = value.simple_value
-    return scalars
 
 
 @pytest.fixture(scope="module")
@@ -68,7 +52,7 @@ def reference(tmp_path_factory, env):
 @pytest.mark.parametrize("at", [7, 10])  # inside a log window; a logged step (TensorBoard keeps it on resume)
 def test_sigterm_then_resume_logs_what_an_uninterrupted_run_logs(tmp_path, env, reference, at):
     """... and Weights & Biases (offline) gets, in one W&B run across the restart, what metrics.jsonl holds."""
-    import wandb_records
+    from helpers import wandb_records
 
     from instructjax.core.tracking import run_id
 

@@ -12,19 +12,18 @@ prompt, and of the turns up to it, against the whole conversation's) computed he
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import transformers
-from pretrained_models import corpus, torch_masked_nll  # noqa: E402  (tests/pretrained_models.py)
+from helpers.chat_templates import TEMPLATES, build
+from helpers.pretrained_models import torch_masked_nll
 
 from instructjax.core.errors import DataError
 from instructjax.data.encoding.encode import encode_conversation, encode_conversations
 from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.schema import Conversation
 
-TEMPLATES = json.loads((Path(__file__).parent / "data" / "chat_templates.json").read_text())
 REAL = ("llama3", "qwen2.5", "gemma2", "phi3")
 FAMILIES = ("llama3", "qwen2.5", "qwen3", "gemma2", "gemma3", "phi3", "mistral")  # every real template here
 NO_SYSTEM = ("gemma2", "mistral")  # their templates refuse a system turn: `data.system_turn: merge` folds it
@@ -43,34 +42,6 @@ CONVERSATIONS = [
      {"role": "user", "content": "Thanks!"},
      {"role": "assistant", "content": "You're welcome.\n\nAnything else?"}],
 ]
-
-
-def build(name: str, directory: Path) -> str:
-    """A tokenizer directory for `name`: BPE trained on English text (byte-level or SentencePiece-style), the
-    family's special tokens added with their strip flags, and its chat template."""
-    from tokenizers import AddedToken, decoders, models, pre_tokenizers, trainers
-    from tokenizers import Tokenizer as Raw
-
-    spec = TEMPLATES[name]
-    raw = Raw(models.BPE())
-    if spec["pre_tokenizer"] == "byte_level":
-        raw.pre_tokenizer, raw.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
-        alphabet = pre_tokenizers.ByteLevel.alphabet()
-    else:
-        raw.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
-        raw.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
-        alphabet = [chr(c) for c in range(32, 127)] + ["\n", "\t", "’"]  # every character of the tests' text
-    raw.train_from_iterator(corpus(), trainers.BpeTrainer(vocab_size=700, initial_alphabet=alphabet, show_progress=False))
-    raw.add_special_tokens([AddedToken(t["content"], lstrip=t["lstrip"], rstrip=t["rstrip"], normalized=False,
-                                       special=True) for t in spec["special_tokens"]])
-    directory.mkdir(parents=True, exist_ok=True)
-    raw.save(str(directory / "tokenizer.json"))
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", "chat_template": spec["chat_template"],
-              "eos_token": spec["eos_token"], "add_bos_token": spec["add_bos_token"]}
-    if spec["bos_token"]:
-        config["bos_token"] = spec["bos_token"]
-    (directory / "tokenizer_config.json").write_text(json.dumps(config))
-    return str(directory)
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +192,7 @@ def test_a_qwen_base_trains_and_exports_with_its_own_template(tmp_path):
     `apply_chat_template` gives the ids the run trained on; generation stops at its `<|im_end|>`."""
     import torch
     import yaml
-    from pretrained_models import ALPACA_ROWS
+    from helpers.pretrained_models import ALPACA_ROWS
 
     from instructjax import cli
     from instructjax.eval.generate import turn_end_ids

@@ -61,7 +61,7 @@ def test_requests_and_ratings_are_what_fastchat_builds_and_reads(monkeypatch):
 @pytest.mark.slow
 def test_eval_config_answers_both_turns_and_scores_recorded_replies(tmp_path):
     pytest.importorskip("torch")
-    from test_convert import make_hf
+    from helpers.models import make_hf
 
     from instructjax.cli import main
     from instructjax.convert.saved import import_hf

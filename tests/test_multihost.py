@@ -24,14 +24,15 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
-from damage import damage, draw
+from helpers.damage import damage, draw
 
 from instructjax.core.config import load_config
 from instructjax.train.trainer import Trainer
 
 pytestmark = pytest.mark.slow
 
-WORKER = Path(__file__).with_name("fault_worker.py")
+from helpers import WORKER  # noqa: E402
+
 DEVICES = 8
 TIMEOUT = 900
 BASE = ["model.preset=tiny", "model.dtype=float32", "optim.lr=3e-3", "optim.epochs=1", "log_every=1",
@@ -91,7 +92,7 @@ def one_process(args, run_dir):
 @pytest.fixture(scope="module")
 def small_vocab(tmp_path_factory):
     """A 600-id BPE tokenizer, so a whole epoch of the built-in Tulu data trains in seconds per host."""
-    from pretrained_models import bpe_tokenizer
+    from helpers.pretrained_models import bpe_tokenizer
 
     return bpe_tokenizer(str(tmp_path_factory.mktemp("tokenizer")), vocab_size=600)
 

@@ -6,11 +6,12 @@ from collections import Counter
 import numpy as np
 import pytest
 import seqio
+from helpers.batches import take
 from scipy import stats
 
 from instructjax.core.config import DataSection, MosaicSection
 from instructjax.core.errors import ConfigError
-from instructjax.data.batches.pipeline import DataPipeline, IteratorState
+from instructjax.data.batches.pipeline import DataPipeline
 from instructjax.data.blends import papers, specs
 from instructjax.data.seqio import mixtures
 from instructjax.data.sources import registry
@@ -23,13 +24,6 @@ RATE_MIX = mixtures.register_rate_mixture("test_rate_mix", {"alpaca_builtin": 1.
 def config(mixture=EPOCH_MIX, **kw) -> DataSection:
     base = dict(mixture=mixture, seq_len=256, global_batch=4, pack_window=32, prefetch=0, seed=7)
     return DataSection(**{**base, **kw})
-
-
-def take(pipeline: DataPipeline, n: int) -> list[tuple[dict, IteratorState]]:
-    out, it = [], iter(pipeline)
-    for _ in range(n):
-        out.append((next(it), pipeline.state))
-    return out
 
 
 def same(a: dict, b: dict) -> bool:

@@ -5,57 +5,16 @@ collection) and CoT (50K zero-shot + 50K few-shot, as open-instruct's `convert_c
 import fnmatch
 import hashlib
 import json
-import os
-from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
+from helpers.pools import AG_NEWS, COPA, P3_SUBTASKS, check_golden, p3_row, pair_of, write_dir
 
 from instructjax.core.errors import BadRowPolicy, ConfigError, DataError
 from instructjax.data.blends import papers, specs
 from instructjax.data.sources.load import load_conversations
 from instructjax.data.sources.registry import FLAN_V2_SUBMIXES, SOURCES
 from instructjax.data.tokenized import examples as examples_lib
-
-# ---- P3: one file per prompted subtask, in bigscience/P3's schema (the dataset card's fields) -------------
-
-
-def _p3_row(inputs: str, target: str, **score_eval) -> dict:
-    # `inputs` / `targets` are T5 token ids on the hub; the adapter reads the *_pretokenized text only
-    return {"inputs": [0], "inputs_pretokenized": inputs, "targets": [1], "targets_pretokenized": " " + target,
-            **score_eval}
-
-
-BOOLQ = [_p3_row(f"Passage {i}: the river {i} flows north.\nQuestion: does river {i} flow north?\nAnswer:",
-                 "True" if i % 2 else "False") for i in range(7)]
-# *_score_eval: one row per answer choice; only the is_correct one is a training pair
-COPA = [_p3_row(f"Premise {q}: the glass fell.\nWhat was the effect?\nOption A: it broke {q}.\nOption B: it sang {q}.",
-                choice, idx=[q, c], is_correct=(c == q % 2), weight=1.0)
-        for q in range(5) for c, choice in enumerate([f"it broke {q}.", f"it sang {q}."])]
-AG_NEWS = [_p3_row(f"Headline {i}: stocks rally on earnings.\nWhich section is this article in?",
-                   "" if i == 2 else "Business") for i in range(6)]  # row 2: an empty target (skipped, counted)
-COS_E = [_p3_row(f"Why would someone carry an umbrella {i}?", f"Because rain is expected {i}.") for i in range(2)]
-XSUM = [_p3_row(f"Summarize the document {i}: the council met on Tuesday and voted.",
-                f"The council voted {i}.") for i in range(4)]
-P3_SUBTASKS = {"super_glue_boolq_GPT_3_style": BOOLQ, "super_glue_copa_best_option_score_eval": COPA,
-               "ag_news_classify": AG_NEWS, "cos_e_v1.11_explain_why_human": COS_E, "xsum_summarize_DOC": XSUM}
-
-
-def write_dir(directory, parts: dict[str, list[dict]], parquet: tuple[str, ...] = ()) -> str:
-    directory.mkdir(parents=True, exist_ok=True)
-    for name, rows in parts.items():
-        if name in parquet:
-            pd.DataFrame(rows).to_parquet(directory / f"{name}.parquet")
-        else:
-            (directory / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return str(directory)
-
-
-def pair_of(row: dict) -> tuple[str, str]:
-    if "inputs_pretokenized" in row:
-        return row["inputs_pretokenized"].strip(), row["targets_pretokenized"].strip()
-    return row["inputs"].strip(), row["targets"].strip()
 
 
 def usable(row: dict) -> bool:
@@ -162,7 +121,7 @@ def test_a_pool_read_from_a_directory_is_cached_and_a_new_part_changes_the_key(m
     stamp = files[0].stat().st_mtime_ns
     assert read(where) == reference and files[0].stat().st_mtime_ns == stamp  # warm: read back
 
-    write_dir(tmp_path / "p3", {"squad_v2_answer": [_p3_row(f"Question {i}: who?", f"Answer {i}.") for i in range(4)]})
+    write_dir(tmp_path / "p3", {"squad_v2_answer": [p3_row(f"Question {i}: who?", f"Answer {i}.") for i in range(4)]})
     grown = read("off")
     assert grown != reference
     assert read(where) == grown and len(list(where.glob("*.tok"))) == 2
@@ -266,19 +225,6 @@ def test_cot_is_a_pool_of_zero_shot_and_few_shot_halves(tmp_path):
 # writes the files from the current code (the tests then skip); the lists were written once, after the
 # brute-force tests above passed on the same inputs. Writing them again is a deliberate change of the drawing
 # semantics: every paper's P3 pool, FLAN V2 / CoT sample and A/C/P subset changes with it. Say so in the commit.
-
-GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
-
-
-def check_golden(name: str, got) -> None:
-    """`got` equals tests/data/golden/<name>.json (or, with INSTRUCTJAX_WRITE_GOLDEN=1, is written there)."""
-    path = GOLDEN / f"{name}.json"
-    if os.environ.get("INSTRUCTJAX_WRITE_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(got, indent=1) + "\n")
-        pytest.skip(f"wrote {path}")
-    assert got == json.loads(path.read_text()), f"the draw no longer gives {path.name} (see the section comment)"
-
 
 def row_names(parts: dict[str, list[dict]]):
     """A function from (input, target) pairs to the "<file stem>:<row>" names of the rows they came from."""

@@ -4,7 +4,7 @@ For two locally built LLaMA-architecture models (a byte-level BPE `tokenizer.jso
 no BOS; a SentencePiece `.model` with BOS), each pretrained briefly in PyTorch on English text in its own
 ids, through the real CLI: import, train one step with only
 `model.init_from` and a local-data task, export, generate. Every comparison is against an independent
-reference: the tokenizer libraries themselves (`tests/pretrained_models.py`) and transformers' PyTorch
+reference: the tokenizer libraries themselves (`tests/helpers/pretrained_models.py`) and transformers' PyTorch
 LLaMA and `apply_chat_template(tokenize=True)`.
 """
 
@@ -20,7 +20,7 @@ import yaml
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-import pretrained_models as pm  # noqa: E402  (tests/pretrained_models.py)
+from helpers import pretrained_models as pm  # noqa: E402  (tests/helpers/pretrained_models.py)
 
 from instructjax import cli  # noqa: E402
 from instructjax.data.encoding.templates import render  # noqa: E402

@@ -33,7 +33,7 @@ def test_train_and_eval_off_a_terminal_print_plain_lines(tmp_path):
         assert re.fullmatch(rf"train: {step}/5 step \({step * 20}%\), loss \d+\.\d{{4}}, tokens/s [\d,]+, .*", line), line
     assert "ETA" in lines[0] and "ETA" not in lines[-1]
 
-    from test_faults_config import make_hf_dir
+    from helpers.models import make_hf_dir
 
     from instructjax.data.encoding.tokenizer import Tokenizer
 

@@ -3,13 +3,13 @@ runs whose results.json are written here in `eval --config`'s layout (no trainin
 
 from __future__ import annotations
 
-import csv
 import json
 import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers.report_runs import read_csv, write_run
 
 from instructjax.report import data_selection as seed002
 from instructjax.report import families
@@ -467,24 +467,10 @@ def test_every_layout_matches_its_published_table():
 # ---- a report from results written in eval --config's layout --------------------------------------------------
 
 
-def _run(root: Path, name: str, config: str, results: dict | None) -> None:
-    run_dir = root / "runs" / name
-    (root / "configs").mkdir(exist_ok=True)
-    (root / "configs" / f"{name}.yaml").write_text(f"name: {name}\nrun_dir: {run_dir}\n{config}")
-    if results is not None:
-        (run_dir / "eval").mkdir(parents=True)
-        (run_dir / "eval" / "results.json").write_text(json.dumps(results))
-
-
 def _mixture_results(scale: float) -> dict:
     suite = {f"{task}|0-shot": {"acc,none": scale + i / 100, "acc_stderr,none": 0.01}
              for i, task in enumerate(("arc_challenge", "winogrande", "piqa", "mmlu", "race", "hellaswag"))}
     return {"model": "m", "parts": ["suite", "codex"], "suite": suite, "codex": {"pass@1": scale / 4, "pass@10": "NaN"}}
-
-
-def _csv(path: Path) -> list[dict]:
-    with path.open() as f:
-        return list(csv.DictReader(f))
 
 
 def test_report_tables_and_figures_from_results(tmp_path):
@@ -493,14 +479,14 @@ def test_report_tables_and_figures_from_results(tmp_path):
     from instructjax.report.figures import figure_size
 
     for ratio, scale in (("0.5", 0.4), ("1", 0.5), ("2", 0.45)):
-        _run(tmp_path, f"acp_ratio_{ratio}_llama2_7b", "model: {preset: llama2-7b}\n", _mixture_results(scale))
-    _run(tmp_path, "acp_ratio_1.5_llama2_7b", "model: {preset: llama2-7b}\n", None)  # not finished
+        write_run(tmp_path, f"acp_ratio_{ratio}_llama2_7b", "model: {preset: llama2-7b}\n", _mixture_results(scale))
+    write_run(tmp_path, "acp_ratio_1.5_llama2_7b", "model: {preset: llama2-7b}\n", None)  # not finished
     full = tmp_path / "runs" / "alpaca_full_llama2_7b" / "eval" / "pairwise_outputs.jsonl"
-    _run(tmp_path, "alpaca_full_llama2_7b", "eval: {pairwise: {against: {}}}\n", None)
-    _run(tmp_path, "alpaca_longest_1k_llama2_7b", f"eval: {{pairwise: {{against: {full}}}}}\n",
+    write_run(tmp_path, "alpaca_full_llama2_7b", "eval: {pairwise: {against: {}}}\n", None)
+    write_run(tmp_path, "alpaca_longest_1k_llama2_7b", f"eval: {{pairwise: {{against: {full}}}}}\n",
          {"model": "m", "parts": ["pairwise"], "pairwise": {"vs": {"pairwise_outputs": {
              "win": 5, "tie": 3, "lose": 2, "n": 10, "winning_score": 1.3}}}})
-    _run(tmp_path, "ablation_dist_pareto_mistral_7b", "model: {preset: mistral-7b}\n"
+    write_run(tmp_path, "ablation_dist_pareto_mistral_7b", "model: {preset: mistral-7b}\n"
          "data: {mixture: x, mosaic: {distribution: pareto}}\n", None)
     (tmp_path / "runs" / "ablation_dist_pareto_mistral_7b").mkdir(parents=True)  # the mosaics it made, two epochs
     (tmp_path / "runs" / "ablation_dist_pareto_mistral_7b" / "mosaic_k.json").write_text(
@@ -508,28 +494,28 @@ def test_report_tables_and_figures_from_results(tmp_path):
     tydiqa = {"tydiqa_goldp_1shot": {"f1": 40.0, "languages": {"en": {"f1": 50.0}, "fi": {"f1": 30.0}}}}
     gsm = {"exact_match": 0.215, "n": 200}
     bbh = {"exact_match": None, "n": 0}  # scored nothing: missing, not 0
-    _run(tmp_path, "tulu_human_gpt_llama1_13b", "model: {preset: llama1-13b}\ndata: {mixture: tulu_human_gpt}\n",
+    write_run(tmp_path, "tulu_human_gpt_llama1_13b", "model: {preset: llama1-13b}\ndata: {mixture: tulu_human_gpt}\n",
          {"model": "m", "parts": ["suite", "codex", "alpaca_eval"], "codex": {"pass@1": 0.2, "pass@10": 0.4},
           "suite": {"mmlu_0shot": {"acc": 0.5}, "gsm_cot": gsm, "bbh_cot": bbh, **tydiqa}, "alpaca_eval": {"win_rate": 61.0, "n": 805}})
 
     written, strangers = families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
     out = tmp_path / "out"
     assert strangers == []
-    ratio = {r["Ratio"]: r for r in _csv(out / "seed000_figure2_ratio.csv")}
+    ratio = {r["Ratio"]: r for r in read_csv(out / "seed000_figure2_ratio.csv")}
     assert float(ratio["0.5"]["MMLU (ours)"]) == pytest.approx(100 * 0.43)
     assert float(ratio["2"]["Average (ours)"]) == pytest.approx(100 * (0.45 + 0.025))
     assert float(ratio["1"]["HumanEval @1 (ours)"]) == pytest.approx(12.5)
     assert ratio["1"]["HumanEval @10 (ours)"] == "" and ratio["1.5"]["Average (ours)"] == ""  # NaN, not finished
-    selection = {(r["Dataset"], r["Size"], r["Strategy"]): r for r in _csv(out / "seed002_table1.csv")}
+    selection = {(r["Dataset"], r["Size"], r["Strategy"]): r for r in read_csv(out / "seed002_table1.csv")}
     longest = selection[("Alpaca", "1K", "Longest")]
     assert (float(longest["vs. Full (ours)"]), float(longest["vs. Full (paper)"])) == (1.3, 1.4505)
     assert float(longest["vs. Full (diff)"]) == pytest.approx(1.3 - 1.4505)
     assert longest["vs. Random (ours)"] == ""  # judged against the full dataset only
-    tulu = {r["Dataset"]: r for r in _csv(out / "seed004_table3.csv")}["+Human+GPT data mix."]
+    tulu = {r["Dataset"]: r for r in read_csv(out / "seed004_table3.csv")}["+Human+GPT data mix."]
     assert [tulu[f"{c} (ours)"] for c in ("MMLU", "GSM", "TydiQA", "Codex-Eval", "AlpacaEval")] == \
         ["50.0", "21.5", "40.0", "40.0", "61.0"]
     assert tulu["BBH (ours)"] == "" and tulu["Average (ours)"] == "" and tulu["BBH (paper)"] == "43.3"
-    mix = {r["Distribution"]: r for r in _csv(out / "seed003_table5.csv")}["Pareto"]
+    mix = {r["Distribution"]: r for r in read_csv(out / "seed003_table5.csv")}["Pareto"]
     assert 0 < float(mix["Mix <= 5 (ours)"]) < 20 and mix["Winning Score (ours)"] == ""
     assert "| 1.300 / 1.451 (-0.151)" not in (out / "seed002.md").read_text()  # the paper's 4 digits
     assert "| Alpaca | 1K | Longest | 1.3000 / 1.4505 (-0.1505) | — / 1.4631 |" in (out / "seed002.md").read_text()
@@ -572,7 +558,7 @@ def test_seed002_generated_comparisons_fill_the_columns_of_the_runs_they_name(tm
     families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
 
     def cell(table: str, key: tuple[str, ...], column: str) -> float | None:
-        rows = _csv(tmp_path / "out" / f"seed002_{table}.csv")
+        rows = read_csv(tmp_path / "out" / f"seed002_{table}.csv")
         keys = list(rows[0])[:len(key)]
         row = next(r for r in rows if tuple(r[k] for k in keys) == key)
         return float(row[f"{column} (ours)"]) if row[f"{column} (ours)"] else None
@@ -597,24 +583,24 @@ def test_seed004_base_models_and_safety_columns(tmp_path):
     """The eval-only vanilla LLaMA config fills Tables 3, 5 and 6's base rows; Table 6 gathers a dataset's 7B and
     13B runs in one row, ToxiGen's overall % toxic and TruthfulQA's % truthful and informative."""
     suite = {"mmlu_0shot": {"acc": 0.423}}
-    _run(tmp_path, "tulu_vanilla_llama1_13b", "max_steps: 0\nmodel: {preset: llama1-13b}\n",
+    write_run(tmp_path, "tulu_vanilla_llama1_13b", "max_steps: 0\nmodel: {preset: llama1-13b}\n",
          {"model": "m", "parts": ["suite", "toxigen", "truthfulqa"], "suite": suite,
           "toxigen": {"overall": 81.0, "asian": 80.0, "n": 7000},
           "truthfulqa": {"truthful": 30.0, "informative": 90.0, "truthful_and_informative": 25.5, "n": 817}})
     for preset, toxic in (("llama1_7b", 12.5), ("llama1_13b", 0.5)):
-        _run(tmp_path, f"tulu_human_gpt_{preset}", f"model: {{preset: {preset.replace('_', '-')}}}\n"
+        write_run(tmp_path, f"tulu_human_gpt_{preset}", f"model: {{preset: {preset.replace('_', '-')}}}\n"
              "data: {mixture: tulu_human_gpt}\n", {"model": "m", "parts": ["toxigen"], "toxigen": {"overall": toxic}})
-    _run(tmp_path, "base_llama2_7b", "max_steps: 0\nmodel: {preset: llama2-7b}\n",  # seed 002's "Base"
+    write_run(tmp_path, "base_llama2_7b", "max_steps: 0\nmodel: {preset: llama2-7b}\n",  # seed 002's "Base"
          {"model": "m", "parts": ["suite"], "suite": {"mmlu|5-shot": {"acc,none": 0.4}}})
     families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
     for table in ("table3", "table7", "table8"):  # one base model, the "Base" row of each dataset's table
-        assert {r["Strategy"]: r for r in _csv(tmp_path / "out" / f"seed002_{table}.csv")}["Base"]["MMLU (ours)"] == "40.0"
-    table6 = {r["Model"]: r for r in _csv(tmp_path / "out" / "seed004_table6.csv")}
+        assert {r["Strategy"]: r for r in read_csv(tmp_path / "out" / f"seed002_{table}.csv")}["Base"]["MMLU (ours)"] == "40.0"
+    table6 = {r["Model"]: r for r in read_csv(tmp_path / "out" / "seed004_table6.csv")}
     assert (table6["LLaMA"]["ToxiGen 13B (ours)"], table6["LLaMA"]["TruthfulQA 13B (ours)"]) == ("81.0", "25.5")
     assert table6["LLaMA"]["ToxiGen 7B (ours)"] == "" and table6["LLaMA"]["ToxiGen 13B (paper)"] == "82.6"
     assert (table6["+Tulu"]["ToxiGen 7B (ours)"], table6["+Tulu"]["ToxiGen 13B (ours)"]) == ("12.5", "0.5")
-    assert {r["Model"]: r for r in _csv(tmp_path / "out" / "seed004_table5.csv")}["LLaMa 13B"]["MMLU (ours)"] == "42.3"
-    assert {r["Dataset"]: r for r in _csv(tmp_path / "out" / "seed004_table3.csv")}["Vanilla LLaMa 13B"][
+    assert {r["Model"]: r for r in read_csv(tmp_path / "out" / "seed004_table5.csv")}["LLaMa 13B"]["MMLU (ours)"] == "42.3"
+    assert {r["Dataset"]: r for r in read_csv(tmp_path / "out" / "seed004_table3.csv")}["Vanilla LLaMa 13B"][
         "MMLU (ours)"] == "42.3"
 
 
@@ -624,13 +610,13 @@ def test_seed004_table8_every_setting_and_its_average(tmp_path):
     suite = {"mmlu_0shot": {"acc": 0.50}, "mmlu_5shot": {"acc": 0.52}, "gsm_direct": {"exact_match": 0.06},
              "gsm_cot": {"exact_match": 0.40}, "bbh_direct": {"exact_match": 0.38}, "bbh_cot": {"exact_match": 0.42},
              "tydiqa_goldp_1shot": {"f1": 45.0}, "tydiqa_no_context_1shot": {"f1": 10.0}, "chat_format": "tulu"}
-    _run(tmp_path, "tulu_human_gpt_llama1_13b", "model: {preset: llama1-13b}\ndata: {mixture: tulu_human_gpt}\n",
+    write_run(tmp_path, "tulu_human_gpt_llama1_13b", "model: {preset: llama1-13b}\ndata: {mixture: tulu_human_gpt}\n",
          {"model": "m", "parts": ["suite", "codex", "alpaca_eval"], "suite": suite,
           "codex": {"pass@1": 0.2, "pass@10": 0.3}, "alpaca_eval": {"win_rate": 55.0}})
-    _run(tmp_path, "tulu_vanilla_opt_6_7b", "max_steps: 0\nmodel: {preset: opt-6.7b}\n",
+    write_run(tmp_path, "tulu_vanilla_opt_6_7b", "max_steps: 0\nmodel: {preset: opt-6.7b}\n",
          {"model": "m", "parts": ["suite"], "suite": {"mmlu_0shot": {"acc": 0.25}}})
     families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
-    table8 = {(r["Base model"], r["Model"]): r for r in _csv(tmp_path / "out" / "seed004_table8.csv")}
+    table8 = {(r["Base model"], r["Model"]): r for r in read_csv(tmp_path / "out" / "seed004_table8.csv")}
     tulu = table8[("LLaMa 13B", "H+GPT mix")]
     ours = {c: float(tulu[f"{c} (ours)"]) for c in families.published(seed004)["tables"]["table8"]["columns"]}
     assert ours == pytest.approx({
@@ -647,22 +633,22 @@ def test_seed004_tables9_and_10_from_results(tmp_path):
     truthfulqa part's three scores; rows are keyed as Table 8's (Pythia's vanilla config is its row in Table 9 and
     a row of ours alone in Table 10, which prints no Pythia)."""
     groups = {key: 10.0 + i for i, (_, key) in enumerate(seed004.TOXIGEN_GROUPS[:-1])}
-    _run(tmp_path, "tulu_human_gpt_llama1_13b", "model: {preset: llama1-13b}\ndata: {mixture: tulu_human_gpt}\n",
+    write_run(tmp_path, "tulu_human_gpt_llama1_13b", "model: {preset: llama1-13b}\ndata: {mixture: tulu_human_gpt}\n",
          {"model": "m", "parts": ["toxigen", "truthfulqa"],
           "toxigen": {**groups, "overall": 16.5, "n": 7000, "classifier": "tomh/toxigen_roberta"},
           "truthfulqa": {"truthful": 47.5, "informative": 94.0, "truthful_and_informative": 41.5, "n": 817}})
-    _run(tmp_path, "tulu_vanilla_pythia_6_9b", "max_steps: 0\nmodel: {preset: pythia-6.9b}\n",
+    write_run(tmp_path, "tulu_vanilla_pythia_6_9b", "max_steps: 0\nmodel: {preset: pythia-6.9b}\n",
          {"model": "m", "parts": ["toxigen", "truthfulqa"], "toxigen": {"mental_disability": 96.0, "overall": 80.0},
           "truthfulqa": {"truthful": 20.0, "informative": 60.0, "truthful_and_informative": 10.0, "n": 817}})
     families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
     columns = families.published(seed004)["tables"]["table9"]["columns"]
-    table9 = {(r["Base model"], r["Model"]): r for r in _csv(tmp_path / "out" / "seed004_table9.csv")}
+    table9 = {(r["Base model"], r["Model"]): r for r in read_csv(tmp_path / "out" / "seed004_table9.csv")}
     tulu = table9[("LLaMa 13B", "H+GPT mix")]
     assert [float(tulu[f"{c} (ours)"]) for c in columns] == [10.0 + i for i in range(14)] + [16.5]
     assert (tulu["Ment. (ours)"], tulu["Ment. (paper)"], tulu["Overall (paper)"]) == ("16.0", "0.0", "0.1")
     pythia = table9[("Pythia 6.9B", "Vanilla")]
     assert (pythia["Ment. (ours)"], pythia["Ment. (paper)"], pythia["Asian (ours)"]) == ("96.0", "97.6", "")
-    table10 = {(r["Base model"], r["Model"]): r for r in _csv(tmp_path / "out" / "seed004_table10.csv")}
+    table10 = {(r["Base model"], r["Model"]): r for r in read_csv(tmp_path / "out" / "seed004_table10.csv")}
     tulu = table10[("LLaMa 13B", "H+GPT mix")]
     assert [tulu[f"{c} (ours)"] for c in ("% Informative", "% Truthful", "% Informative and Truthful")] == \
         ["94.0", "47.5", "41.5"]
@@ -679,7 +665,7 @@ def test_a_study_of_ones_own_gets_a_table_a_sweep_curve_and_the_losses(tmp_path)
 
     lrs = {"low": 1e-5, "mid": 3e-5, "high": 1e-4}
     for i, (name, lr) in enumerate(lrs.items()):
-        _run(tmp_path, f"my_{name}", f"model: {{preset: tiny}}\ndata: {{mixture: alpaca_builtin}}\noptim: {{lr: {lr}}}\n",
+        write_run(tmp_path, f"my_{name}", f"model: {{preset: tiny}}\ndata: {{mixture: alpaca_builtin}}\noptim: {{lr: {lr}}}\n",
              {"model": "m", "parts": ["tasks"], "tasks": {"ij_mc": {"acc,none": 0.2 + i / 10, "acc_stderr,none": 0.1,
                                                                    "alias": "ij_mc"}}})
         (tmp_path / "runs" / f"my_{name}" / "metrics.jsonl").write_text("".join(
@@ -688,7 +674,7 @@ def test_a_study_of_ones_own_gets_a_table_a_sweep_curve_and_the_losses(tmp_path)
     written, strangers = families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
     out = tmp_path / "out"
     assert sorted(strangers) == ["my_high", "my_low", "my_mid"]
-    rows = _csv(out / "configs_runs.csv")  # the study is named after its configs' folder
+    rows = read_csv(out / "configs_runs.csv")  # the study is named after its configs' folder
     assert list(rows[0]) == ["run", "optim.lr", "tasks / ij_mc / acc,none"]  # numbers only, no stderr
     for row in rows:
         results = json.loads((tmp_path / "runs" / row["run"] / "eval" / "results.json").read_text())
@@ -699,10 +685,10 @@ def test_a_study_of_ones_own_gets_a_table_a_sweep_curve_and_the_losses(tmp_path)
         with Image.open(out / png) as image:
             assert len(image.convert("RGB").getcolors(1 << 20)) > 20, png  # not blank
     assert "| my_low | 1e-05 |" in (out / "configs.md").read_text()
-    _run(tmp_path, "my_other_data", "model: {preset: tiny}\ndata: {mixture: dolly_builtin}\noptim: {lr: 2.0e-5}\n", None)
+    write_run(tmp_path, "my_other_data", "model: {preset: tiny}\ndata: {mixture: dolly_builtin}\noptim: {lr: 2.0e-5}\n", None)
     written, _ = families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out2")
     assert not (tmp_path / "out2" / "configs_sweep.png").exists()
-    assert list(_csv(tmp_path / "out2" / "configs_runs.csv")[0])[:3] == ["run", "data.mixture", "optim.lr"]
+    assert list(read_csv(tmp_path / "out2" / "configs_runs.csv")[0])[:3] == ["run", "data.mixture", "optim.lr"]
 
 
 def test_coverage_every_transcribed_row_has_a_config(tmp_path, capsys):
@@ -779,7 +765,7 @@ def test_seed003_judged_columns_are_filled_from_the_generated_configs_results(tm
             "alpaca_eval": {"annotator": "weighted_alpaca_eval_gpt4_turbo", "length_controlled_winrate": lc,
                             "win_rate": raw, "n": 805}}))
     families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
-    rows = {(r["Dataset"], r["Method"]): r for r in _csv(tmp_path / "out" / "seed003_table2.csv")}
+    rows = {(r["Dataset"], r["Method"]): r for r in read_csv(tmp_path / "out" / "seed003_table2.csv")}
     for (dataset, method), name in ((("Alpaca-GPT4", "Baseline"), "alpaca_gpt4_baseline_mistral_7b"),
                                     (("Wizard-70k", "Mosaic-IT"), "wizardlm_mosaic_mistral_7b")):
         row = rows[(dataset, method)]
@@ -792,10 +778,10 @@ def test_seed003_judged_columns_are_filled_from_the_generated_configs_results(tm
 def test_seed003_a_baselines_winning_score_is_one_once_its_outputs_are_made(tmp_path):
     """(Win - Lose) / N + 1 of a system against itself is 1: the baseline's Table 1 cell once its pairwise part
     has run; before, missing; a Mosaic-IT run's is its comparison's."""
-    _run(tmp_path, "alpaca_gpt4_baseline_mistral_7b", "model: {preset: mistral-7b}\neval: {pairwise: {against: {}}}\n",
+    write_run(tmp_path, "alpaca_gpt4_baseline_mistral_7b", "model: {preset: mistral-7b}\neval: {pairwise: {against: {}}}\n",
          {"model": "m", "parts": ["pairwise"], "pairwise": {"outputs": "o.jsonl", "vs": {}}})
-    _run(tmp_path, "alpaca_baseline_mistral_7b", "model: {preset: mistral-7b}\neval: {pairwise: {against: {}}}\n", None)
+    write_run(tmp_path, "alpaca_baseline_mistral_7b", "model: {preset: mistral-7b}\neval: {pairwise: {against: {}}}\n", None)
     families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
-    rows = {(r["Model"], r["Dataset"], r["Method"]): r for r in _csv(tmp_path / "out" / "seed003_table1.csv")}
+    rows = {(r["Model"], r["Dataset"], r["Method"]): r for r in read_csv(tmp_path / "out" / "seed003_table1.csv")}
     assert float(rows[("Mistral-7B", "Alpaca-GPT4", "Baseline")]["Winning Score (ours)"]) == 1.0
     assert rows[("Mistral-7B", "Alpaca", "Baseline")]["Winning Score (ours)"] == ""

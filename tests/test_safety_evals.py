@@ -13,8 +13,8 @@ import os
 import pytest
 
 torch = pytest.importorskip("torch")
-import pretrained_models as pm  # noqa: E402  (tests/pretrained_models.py)
 import transformers  # noqa: E402
+from helpers import pretrained_models as pm  # noqa: E402  (tests/helpers/pretrained_models.py)
 
 from instructjax.eval import truthfulqa  # noqa: E402
 
@@ -43,7 +43,7 @@ def _classifier(root, tok: str) -> str:
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
-    from test_convert import make_hf
+    from helpers.models import make_hf
 
     from instructjax.cli import main
     from instructjax.convert.saved import import_hf

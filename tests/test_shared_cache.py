@@ -31,7 +31,8 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-WORKER = Path(__file__).with_name("fault_worker.py")
+from helpers import WORKER  # noqa: E402
+
 RAW_SHAREGPT = Path(__file__).parent / "data" / "sharegpt_raw" / "sharegpt_html.json"  # 21 rows
 RUN = ["model.preset=tiny", "model.dtype=float32", "optim.lr=3e-3", "log_every=1", "mesh.data=4", "mesh.fsdp=2",
        "data.prefetch=0", "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=128", "data.global_batch=8",
@@ -284,7 +285,7 @@ def test_pieces_replayed_in_order_give_the_one_process_examples_report_and_error
     and error of the task's own one-process stream. The pools' candidate rows are judged alike, in pieces."""
     import pickle
 
-    from pieces import reverse_pickled_share
+    from helpers.pieces import reverse_pickled_share
 
     from instructjax.data.blends import specs
     from instructjax.data.blends.specs import TaskSpec

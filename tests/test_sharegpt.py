@@ -14,10 +14,10 @@ import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import open_instruct_sharegpt as oi
 import pytest
 from fastchat.data import clean_sharegpt as fc
-from pieces import reverse_pickled_share
+from helpers import open_instruct_sharegpt as oi
+from helpers.pieces import reverse_pickled_share
 
 from instructjax.core.errors import BadRowPolicy, ConfigError, DataError
 from instructjax.data.sources import sharegpt

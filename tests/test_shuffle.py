@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from test_pipeline import take  # the batches and the state after each
+from helpers.batches import take  # the batches and the state after each
 
 from instructjax.core.config import DataSection, MosaicSection
 from instructjax.data.batches.packing import best_fit_decreasing, rows_in_input_order

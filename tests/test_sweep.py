@@ -171,6 +171,7 @@ def test_dry_run_prints_the_commands_and_hands_training_to_the_launchers(tmp_pat
     from instructjax.cli import main
     from instructjax.core import storage
     from instructjax.core.config import load_config, training_digest
+    from instructjax.model.config import runs_only_keys
 
     monkeypatch.chdir(REPO)
     configs = tmp_path / "configs"
@@ -195,7 +196,7 @@ def test_dry_run_prints_the_commands_and_hands_training_to_the_launchers(tmp_pat
     assert f"instructjax train --config ~/instructjax_run.yaml --resume run_dir={bucket}/runs/acp-a-tiny" in out
 
     # acp_A_tiny trained on its VM: the run wrote DONE where the launcher put it; the sweep reads it there
-    done = {"step": STEPS, "config": training_digest(load_config(configs / "acp_A_tiny.yaml"))}
+    done = {"step": STEPS, "config": training_digest(load_config(configs / "acp_A_tiny.yaml"), not_training=runs_only_keys())}
     storage.write_text(f"{bucket}/runs/acp-a-tiny/DONE", json.dumps(done))
     assert main(["sweep", str(configs), "--launch", "tpu", "--launch-args", f"--zone us-central2-b --bucket {bucket}",
                  "--dry-run"]) == 0
@@ -246,7 +247,7 @@ def test_markers_say_what_each_stage_stands_for(swept, tmp_path):
     import random
     import shutil
 
-    from damage import damage
+    from helpers.damage import damage
 
     from instructjax.cli import sweep
     from instructjax.core.config import load_config

@@ -56,7 +56,7 @@ def open_instruct_concat_messages(messages, eos_token="</s>"):
     return text.strip()
 
 
-from text_strategies import responses, texts  # noqa: E402  (tests/text_strategies.py)
+from helpers.text_strategies import responses, texts  # noqa: E402  (tests/helpers/text_strategies.py)
 
 
 @st.composite
@@ -198,7 +198,7 @@ def test_fastchats_alpaca_template_differs_from_the_papers_prompt():
 @pytest.fixture(scope="module")
 def upstream():
     pytest.importorskip("torch")  # tests/upstream_code.py imports it (open-instruct's function needs it)
-    import upstream_code
+    from helpers import upstream_code
 
     return upstream_code
 
@@ -206,7 +206,7 @@ def upstream():
 def test_alpaca_rows_are_stanford_alpacas_prompts_plus_a_newline(upstream):
     """With and without input, the prompt is Stanford Alpaca's own PROMPT_DICT (what seed 002 prints), then
     our newline after "### Response:" (Stanford Alpaca's code puts the response right after the colon)."""
-    from pretrained_models import ALPACA_RESPONSE_SEPARATOR, ALPACA_ROWS
+    from helpers.pretrained_models import ALPACA_RESPONSE_SEPARATOR, ALPACA_ROWS
 
     assert ALPACA_RESPONSE_SEPARATOR == "\n"
     for row in ALPACA_ROWS:

@@ -138,7 +138,7 @@ def data_dir(tmp_path_factory) -> str:
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory) -> str:
     """A tiny LLaMA saved by transformers with a LLaMA-like SentencePiece tokenizer (no chat template)."""
-    from pretrained_models import hf_model, spm_tokenizer
+    from helpers.pretrained_models import hf_model, spm_tokenizer
 
     tok = spm_tokenizer(str(tmp_path_factory.mktemp("spm")))
     return hf_model(str(tmp_path_factory.mktemp("model")), tok, vocab_size=800, bos=1, eos=2)
@@ -508,8 +508,8 @@ def test_chat_format_model_is_the_models_template_as_open_instruct_applies_it(mo
     A model without a template: one line saying so."""
     import shutil
 
+    from helpers.upstream_code import create_prompt_with_huggingface_tokenizer_template
     from transformers import AutoTokenizer
-    from upstream_code import create_prompt_with_huggingface_tokenizer_template
 
     from instructjax.cli import main
 

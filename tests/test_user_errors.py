@@ -1,13 +1,13 @@
 """A user's mistakes through the real CLI: one line on stderr, exit 2, never a traceback, said before the work
 whose result would be lost (a bucket that does not exist is named before generating, training or exporting).
-gs:// paths go to the GCS-API server (tests/gcs_emulator.py)."""
+gs:// paths go to the GCS-API server (tests/helpers/gcs_emulator.py)."""
 
 from __future__ import annotations
 
 import json
 
 import pytest
-from pretrained_models import bpe_tokenizer, hf_model
+from helpers.pretrained_models import bpe_tokenizer, hf_model
 
 from instructjax.cli import main
 

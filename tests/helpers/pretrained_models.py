@@ -10,7 +10,7 @@
 The reference ids (`reference_ids`) come from the tokenizer libraries themselves, never from instructjax:
 `tokenizers.Tokenizer.from_file` on the whole string for a `tokenizer.json` (special tokens parsed from
 the text), and the `sentencepiece` processor on each piece between special tokens for a `.model`.
-The reference loss masks come from the papers' own code (`tests/upstream_code.py`, copied verbatim):
+The reference loss masks come from the papers' own code (`tests/helpers/upstream_code.py`, copied verbatim):
 open-instruct's `encode_with_messages_format` for Tulu, Stanford Alpaca's `preprocess` for Alpaca, each
 calling the tokenizer libraries through `LibraryTokenizer`.
 """
@@ -194,7 +194,7 @@ def open_instruct_example(tokenizer_dir: str, messages: list[dict[str, str]], *,
                           max_seq_length: int = 1 << 30) -> tuple[list[int], np.ndarray]:
     """(ids, loss mask) of a conversation by open-instruct's own `encode_with_messages_format` (Tulu v1/v2):
     a token is trained where its label is not -100."""
-    from upstream_code import encode_with_messages_format
+    from helpers.upstream_code import encode_with_messages_format
 
     out = encode_with_messages_format({"messages": messages}, LibraryTokenizer(tokenizer_dir, bos=bos, eos=eos),
                                       max_seq_length)
@@ -207,7 +207,7 @@ ALPACA_RESPONSE_SEPARATOR = "\n"  # ours after "### Response:" (docs/fidelity.md
 def stanford_alpaca_example(tokenizer_dir: str, row: dict, *, bos: str | None, eos: str) -> tuple[list[int], np.ndarray]:
     """(ids, loss mask) of an Alpaca row by Stanford Alpaca's own prompt and `preprocess` (the prompt tokens
     are masked), with our newline after "### Response:"."""
-    from upstream_code import STANFORD_ALPACA_PROMPT_DICT, preprocess
+    from helpers.upstream_code import STANFORD_ALPACA_PROMPT_DICT, preprocess
 
     key = "prompt_input" if row.get("input", "") != "" else "prompt_no_input"
     source = STANFORD_ALPACA_PROMPT_DICT[key].format_map(row) + ALPACA_RESPONSE_SEPARATOR

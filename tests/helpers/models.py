@@ -1,0 +1,65 @@
+"""Tiny models in the Hugging Face layout, built here: a random PyTorch LLaMA with its tokenizer (`make_hf`),
+and a torch-free one written as safetensors (`make_hf_dir`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+from instructjax.data.encoding.tokenizer import default_tokenizer_path
+
+BASE = dict(vocab_size=32000, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=256, rms_norm_eps=1e-5, bos_token_id=1, eos_token_id=2)
+CONFIGS = {
+    "mha": dict(num_key_value_heads=4),
+    "gqa": dict(num_key_value_heads=2, rope_theta=500000.0),
+    "tied": dict(num_key_value_heads=1, tie_word_embeddings=True),
+    "llama3_rope": dict(num_key_value_heads=2, rope_scaling={
+        "rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 32}),
+}
+
+
+def make_hf(directory, name: str, *, seed: int = 0, **save_kwargs) -> str:
+    """A random HF LlamaForCausalLM saved under directory/name with a LLaMA-2-style tokenizer: the built-in
+    SentencePiece model as `tokenizer.model` and a `tokenizer_config.json` (no chat template, as base models)."""
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    torch.manual_seed(seed)
+    config = transformers.LlamaConfig(**{**BASE, **CONFIGS[name]})
+    model = transformers.LlamaForCausalLM(config).float()
+    with torch.no_grad():  # norms are initialised to 1: randomise them so a transposed/misplaced norm shows
+        for n, p in model.named_parameters():
+            if "norm" in n:
+                p.uniform_(0.5, 1.5)
+    path = os.path.join(directory, name)
+    model.save_pretrained(path, **save_kwargs)
+    shutil.copy(default_tokenizer_path(), os.path.join(path, "tokenizer.model"))
+    with open(os.path.join(path, "tokenizer_config.json"), "w") as f:
+        json.dump({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+                   "add_bos_token": True, "legacy": True}, f)
+    return path
+
+
+def make_hf_dir(path) -> str:
+    """A tiny LLaMA in the HF layout (config.json + model.safetensors), written without torch."""
+    from safetensors.numpy import save_file
+
+    from instructjax.convert import hf_config
+    from instructjax.convert.hf import abstract_params
+    from instructjax.convert.hf_names import entry_hf_shape, hf_weight_table
+    from instructjax.model.config import preset
+
+    config = preset("tiny", dtype="float32")
+    path.mkdir()
+    (path / "config.json").write_text(json.dumps(hf_config.to_hf(config)))
+    abstract = abstract_params(config)
+    rng = np.random.default_rng(0)
+    tensors = {e.name: rng.normal(size=entry_hf_shape(abstract, e, config)).astype(np.float32)
+               for e in hf_weight_table(config)}  # fmt: skip
+    save_file(tensors, str(path / "model.safetensors"))
+    return str(path)
