@@ -1,7 +1,7 @@
 """Training with a model's own chat template, side by side with TRL's SFTTrainer (assistant-only loss).
 
 One small Qwen2 model (transformers' random init, saved), a tokenizer built here with Qwen2.5's chat template
-(with `{% generation %}` blocks, which TRL's `assistant_only_loss` needs; tests/data/chat_templates.json) and the
+(with `{% generation %}` blocks, which TRL's `assistant_only_loss` needs; tests/assets/chat_templates.json) and the
 same rows: built-in chats in the `messages` format. instructjax imports the model and trains it with
 `template: model` (no packing, one example a row); TRL's SFTTrainer trains the same model on the same
 conversations in the same order (the batches instructjax's pipeline made, fed in sequence), same AdamW, linear
@@ -32,7 +32,9 @@ def build_model(root: Path, args) -> tuple[str, object]:
     """(HF directory with the model and the tokenizer, the HF tokenizer)."""
     import torch
     import transformers
-    from helpers.chat_templates import build  # the tests' tokenizer builder: BPE + the family's special tokens
+    from helpers.chat_templates import (
+        build,  # the tests' tokenizer builder: BPE + the family's special tokens
+    )
 
     tokenizer_dir = build("qwen2.5_generation", root / "tokenizer")
     tokenizer = transformers.AutoTokenizer.from_pretrained(tokenizer_dir)

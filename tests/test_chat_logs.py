@@ -1,15 +1,15 @@
 """LMSYS-Chat-1M ("Vicuna 1M") and Magpie (seed 003's Table 3) read from hand-written rows in their hub schemas
-(tests/data/hub/): the conversations each makes, the repairs and skips it counts, its filters."""
+(tests/assets/hub/): the conversations each makes, the repairs and skips it counts, its filters."""
 
-from pathlib import Path
 
 import pytest
+from helpers import ASSETS
 
 from instructjax.core.errors import BadRowPolicy
 from instructjax.data.sources.load import load_conversations
 from instructjax.data.sources.synthetic import synthetic_rows
 
-DATA = Path(__file__).resolve().parent / "data" / "hub"
+DATA = ASSETS / "hub"
 
 
 def u(text):

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from helpers import ASSETS
 
 from instructjax.cli import main
 from instructjax.data.schema import Conversation
@@ -188,7 +189,7 @@ def test_stats_reports_rows_read_kept_repaired_skipped_per_source(capsys, tmp_pa
 
     from instructjax.data.sources.registry import SOURCES
 
-    hub = Path(__file__).resolve().parent / "data" / "hub"
+    hub = ASSETS / "hub"
     files = {s: str(next(p for p in hub.iterdir() if p.stem == s)) for s in SOURCES}
     config = {
         "run_dir": str(tmp_path / "run"), "model": {"preset": "tiny", "dtype": "float32"},

@@ -4,7 +4,7 @@ The text read: README.md, docs/*.md, instructjax/configs/README.md, and every do
 comment (through `tokenize`) of instructjax/**/*.py. benchmarks/RESULTS.md is a log of what was true on a date,
 and is not read. The references checked:
 - a path with a folder and a file's extension (`core/config.py`, `docs/runs.md`, `configs/quickstart.yaml`),
-  or a folder (`data/sources/`, `tests/data/`).
+  or a folder (`data/sources/`, `tests/assets/`).
   It is ours only if its first folder is: one of the repository's (configs, launch, benchmarks, tests, docs,
   instructjax; configs/ and launch/ are links into the package), read from the root; one of the package's
   areas (core, data, model, ...), read from instructjax/; an area's subpackage written without its area

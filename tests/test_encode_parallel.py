@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ASSETS
 
 from instructjax.core.errors import DataError
 from instructjax.data.blends import specs
@@ -22,7 +23,7 @@ from instructjax.data.sources.dialogues import split_blocks
 from instructjax.data.sources.registry import SOURCES
 from instructjax.data.tokenized import examples
 
-HUB = Path(__file__).resolve().parent / "data" / "hub"
+HUB = ASSETS / "hub"
 
 
 @pytest.fixture(scope="module", autouse=True)

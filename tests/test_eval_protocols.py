@@ -9,6 +9,7 @@ import re
 from pathlib import Path
 
 import pytest
+from helpers import ASSETS
 
 from instructjax.eval import pairwise as pw
 from instructjax.eval.protocols import (
@@ -191,7 +192,7 @@ def test_flask_scale_reproduces_table2_row():
     assert pw.flask_scale(5) == 100.0 and pw.flask_scale(1) == 20.0 and pw.flask_scale(2.5) == 50.0
 
 
-PROMPT_EXCERPTS = Path(__file__).with_name("data") / "seed_prompts"  # the papers' figures, their own lines
+PROMPT_EXCERPTS = ASSETS / "seed_prompts"  # the papers' figures, their own lines
 
 
 def _words(text: str) -> list[str]:

@@ -9,12 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
+from helpers import ASSETS
 
 from instructjax.cli import main
 from instructjax.core.errors import BadRowPolicy, DataError
 from instructjax.data.sources.load import load_conversations
 
-CHATS = Path(__file__).resolve().parent / "data" / "messages" / "chats.jsonl"
+CHATS = ASSETS / "messages" / "chats.jsonl"
 ROWS = [json.loads(line) for line in CHATS.read_text().splitlines()]
 MERGED, EMPTY_SYSTEM = "merged consecutive same-role turns", "dropped an empty system turn"
 LEADING, TRAILING = "dropped a leading assistant turn", "dropped a trailing unanswered user turn"
@@ -33,7 +34,7 @@ def a(text):
     return {"role": "assistant", "content": text}
 
 
-# What the rules make of tests/data/messages/chats.jsonl, row by row (the adapter's docstring states them).
+# What the rules make of tests/assets/messages/chats.jsonl, row by row (the adapter's docstring states them).
 KEPT = [
     ("messages-sys-multi", [s("You are a patient maths tutor. Explain each step."), u("What is 12 times 12?"),
                             a("12 times 12 is 144: ten twelves are 120, two more are 24, and 120 + 24 = 144."),

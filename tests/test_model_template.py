@@ -1,7 +1,7 @@
 """`template: model`: the model's own chat template, against transformers' `apply_chat_template`.
 
 Seven real template strings (Llama-3, Qwen2.5, Qwen3, Gemma-2, Gemma-3, Phi-3, Mistral;
-`tests/data/chat_templates.json`, with their special tokens) over tokenizers trained here with the `tokenizers`
+`tests/assets/chat_templates.json`, with their special tokens) over tokenizers trained here with the `tokenizers`
 library. The references are transformers'
 own: the ids of `apply_chat_template(tokenize=True)`; the mask of `return_assistant_tokens_mask=True` for the
 templates with `{% generation %}` blocks; and, for the real templates that have none, the mask by prefix

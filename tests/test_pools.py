@@ -217,7 +217,7 @@ def test_cot_is_a_pool_of_zero_shot_and_few_shot_halves(tmp_path):
 #
 # The brute-force references above restate the drawing rules, so a change of rule made in both places would
 # pass them. These tests pin the outcome instead: the rows each draw takes, in order, on the hand-written files
-# above, as stored in tests/data/golden/*.json. A row is named "<file stem>:<0-based row in that file>", found
+# above, as stored in tests/assets/golden/*.json. A row is named "<file stem>:<0-based row in that file>", found
 # from its (input, target) text, so the stored lists depend on which rows are drawn and in which order, not on
 # conversation ids, templates or tokenizers.
 #

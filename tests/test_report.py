@@ -9,6 +9,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from helpers import ASSETS
 from helpers.report_runs import read_csv, write_run
 
 from instructjax.report import data_selection as seed002
@@ -20,7 +21,7 @@ from instructjax.report import tulu as seed004
 SEEDS = Path(__file__).resolve().parents[2] / "shared" / "seeds"  # the papers' text, beside a developer's checkout
 # the lines of the papers' tables these tests read, copied verbatim from the seeds' text, so the published
 # numbers are checked wherever the tests run (test_table_excerpts_are_the_papers_own_lines checks the copy)
-EXCERPTS = Path(__file__).with_name("data") / "seed_tables"
+EXCERPTS = ASSETS / "seed_tables"
 
 
 def paper_text(seed: str) -> str:

@@ -31,9 +31,9 @@ import pytest
 
 pytestmark = pytest.mark.slow
 
-from helpers import WORKER  # noqa: E402
+from helpers import ASSETS, WORKER  # noqa: E402
 
-RAW_SHAREGPT = Path(__file__).parent / "data" / "sharegpt_raw" / "sharegpt_html.json"  # 21 rows
+RAW_SHAREGPT = ASSETS / "sharegpt_raw" / "sharegpt_html.json"  # 21 rows
 RUN = ["model.preset=tiny", "model.dtype=float32", "optim.lr=3e-3", "log_every=1", "mesh.data=4", "mesh.fsdp=2",
        "data.prefetch=0", "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=128", "data.global_batch=8",
        "data.pack_window=64", "max_steps=2"]  # fmt: skip

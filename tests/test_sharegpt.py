@@ -1,7 +1,7 @@
 """ShareGPT against its reference pipelines, on hand-written rows in the dataset's real schema:
 
 - `clean: fastchat` against FastChat 0.2.36's own `fastchat.data.clean_sharegpt` on a raw HTML dump
-  (tests/data/sharegpt_raw/sharegpt_html.json), conversation by conversation and count by count;
+  (tests/assets/sharegpt_raw/sharegpt_html.json), conversation by conversation and count by count;
 - the default (the Tulu mixtures) against open-instruct's own ShareGPT steps, vendored verbatim in
   tests/open_instruct_sharegpt.py, on html-cleaned rows; the split against its splitter.
 """
@@ -12,10 +12,10 @@ import io
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 from fastchat.data import clean_sharegpt as fc
+from helpers import ASSETS
 from helpers import open_instruct_sharegpt as oi
 from helpers.pieces import reverse_pickled_share
 
@@ -25,7 +25,7 @@ from instructjax.data.sources.dialogues import split_blocks
 from instructjax.data.sources.load import load_conversations
 from instructjax.data.sources.rows import alone
 
-RAW = Path(__file__).resolve().parent / "data" / "sharegpt_raw" / "sharegpt_html.json"
+RAW = ASSETS / "sharegpt_raw" / "sharegpt_html.json"
 # FastChat's counters (its summary line) -> our skip reasons
 FASTCHAT_REASONS = {"cnt_too_short": "too_short", "cnt_wrong_format": "wrong_format",
                     "cnt_blocked_words": "blocked_words", "cnt_parser_error": "parser_error",

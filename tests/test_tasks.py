@@ -107,7 +107,7 @@ def test_golden_acp_mixture_subsets_and_epoch_order(tmp_path):
     on hand-written files bound to the papers' task names (so the subsets are drawn with the seeds a real run's
     are: `specs.subset_seed` of the data seed and the dataset), for data seeds 0 and 1: each task's subset in
     order, and the first two epochs' training order (`ExampleStream`: the subsets' concatenation shuffled per
-    epoch). Compared with tests/data/golden/acp_ACP_n6.json: a change there is a change of every A/C/P run."""
+    epoch). Compared with tests/assets/golden/acp_ACP_n6.json: a change there is a change of every A/C/P run."""
     from helpers.pools import P3_SUBTASKS, check_golden, pair_of, write_dir
 
     from instructjax.core.config import DataSection

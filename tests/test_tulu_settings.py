@@ -1,7 +1,7 @@
 """Seed 004's Table 8 settings of our own (instructjax/eval/tasks): GSM Direct, BBH Direct and TydiQA closed book.
 
 Each task is loaded by lm-eval's real TaskManager from our folder, its dataset swapped for local rows in the hub
-schema (tests/data/tulu_settings), and the prompt it builds must be the one open-instruct's scripts build
+schema (tests/assets/tulu_settings), and the prompt it builds must be the one open-instruct's scripts build
 (`eval/gsm/run_eval.py --no_cot`, `eval/bbh/run_eval.py --no_cot`, `eval/tydiqa/run_eval.py --no_context`, the
 June 2023 revision the paper's numbers come from), rebuilt here from those scripts' rules; the answer rules of
 instructjax.eval.protocols must agree with the scripts' on hand-written generations.
@@ -13,14 +13,14 @@ import json
 import re
 import string
 from collections import Counter
-from pathlib import Path
 
 import pytest
+from helpers import ASSETS
 
 from instructjax.eval.harness import TASKS_DIR, task_manager
 from instructjax.eval.protocols import Protocol, is_correct, protocol_samples
 
-DATA = Path(__file__).with_name("data") / "tulu_settings"
+DATA = ASSETS / "tulu_settings"
 
 
 def _rows(name: str) -> list[dict]:

@@ -6,5 +6,5 @@ from pathlib import Path
 
 TESTS = Path(__file__).resolve().parents[1]
 REPO = TESTS.parent
-ASSETS = TESTS / "data"  # hand-written rows, golden draws, the papers' excerpts
+ASSETS = TESTS / "assets"  # hand-written rows, golden draws, the papers' excerpts
 WORKER = TESTS / "helpers" / "fault_worker.py"  # the real `instructjax` CLI with faults injected (its docstring)

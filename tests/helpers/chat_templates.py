@@ -1,4 +1,4 @@
-"""Real chat templates (tests/data/chat_templates.json, with their special tokens) over tokenizers trained here
+"""Real chat templates (tests/assets/chat_templates.json, with their special tokens) over tokenizers trained here
 with the `tokenizers` library: the model-template tests' tokenizers and the TRL side-by-side benchmark's."""
 
 from __future__ import annotations

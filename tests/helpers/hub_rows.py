@@ -1,4 +1,4 @@
-"""The hand-written hub rows (tests/data/hub/, one file per source) and what each dataset's reference pipeline
+"""The hand-written hub rows (tests/assets/hub/, one file per source) and what each dataset's reference pipeline
 makes of them, row by row: the expectations the source and `data stats` tests share."""
 
 import json
@@ -14,7 +14,7 @@ def a(text):
     return {"role": "assistant", "content": text}
 
 
-# ---- real hub schemas: tests/data/hub/, one hand-written file per source --------------------------------
+# ---- real hub schemas: tests/assets/hub/, one hand-written file per source --------------------------------
 
 HUB = ASSETS / "hub"
 UNPAIRED, EMPTY_REPLY = "dropped the unpaired last turn", "cut at an empty reply"

@@ -1,5 +1,5 @@
 """P3's prompted subtasks as hand-written rows in the hub schema, written to a folder, and the golden draws
-(tests/data/golden/) that the pool and subset tests compare with."""
+(tests/assets/golden/) that the pool and subset tests compare with."""
 
 import json
 import os
@@ -53,7 +53,7 @@ GOLDEN = ASSETS / "golden"
 
 
 def check_golden(name: str, got) -> None:
-    """`got` equals tests/data/golden/<name>.json (or, with INSTRUCTJAX_WRITE_GOLDEN=1, is written there)."""
+    """`got` equals tests/assets/golden/<name>.json (or, with INSTRUCTJAX_WRITE_GOLDEN=1, is written there)."""
     path = GOLDEN / f"{name}.json"
     if os.environ.get("INSTRUCTJAX_WRITE_GOLDEN") == "1":
         path.parent.mkdir(parents=True, exist_ok=True)
