@@ -1,6 +1,6 @@
 """`instructjax train ...` through the real CLI in its own process, with faults injected on request.
 
-Used by tests/test_faults_training.py, which kill -9s it, fills its disk, or corrupts what it wrote.
+Used by tests/faults/test_faults_training.py, which kill -9s it, fills its disk, or corrupts what it wrote.
   FAULT_HOLD_SAVE_STEP=N  the asynchronous commit of checkpoint step N writes every item into its
                           temporary directory, then writes the path to $FAULT_MARKER and hangs just
                           before the atomic rename (so a kill -9 lands mid-save, deterministically)
@@ -16,7 +16,7 @@ Used by tests/test_faults_training.py, which kill -9s it, fills its disk, or cor
                               skips the shared cache's collectives the others enter
   FAULT_SLOW_DISAGREE=S       a host that finds the hosts disagree takes S seconds more to say so (the slow
                               exit a loaded machine may give it, while host 0 is already done)
-Everything else is the production code path: `python tests/fault_worker.py train --config ...`.
+Everything else is the production code path: `python tests/helpers/fault_worker.py train --config ...`.
 """
 
 from __future__ import annotations

@@ -126,7 +126,7 @@ EXPECTED = {
                      a("Start with the official tutorial and write small programs every day.")]),
         ("baize-2", [u("Where is the Eiffel Tower?"), a("It is in Paris, France.")]),
     ], {"no_answered_round": 1}, {BAIZE_CUT: 2}),
-    # open-instruct's ShareGPT steps (tests/test_sharegpt.py runs its own code): a leading gpt turn (VyaZlh4) or
+    # open-instruct's ShareGPT steps (tests/data/test_sharegpt.py runs its own code): a leading gpt turn (VyaZlh4) or
     # two human turns are out of order, bing and chatgpt (kP9q2Lm) other speakers; an empty reply ends the chat
     "sharegpt": ([
         ("sharegpt-QWJhYvA_0", [
@@ -142,7 +142,7 @@ EXPECTED = {
     # the messages format (no hub dataset of its own; rows as in allenai/tulu-v2-sft-mixture, with a system turn
     # added): a leading assistant turn and a trailing unanswered user turn are dropped, two user turns in a row
     # merged, an empty reply cuts the conversation to its whole rounds before it
-    "lmsys_chat": ([  # tests/test_chat_logs.py: the filters, the meta
+    "lmsys_chat": ([  # tests/data/test_chat_logs.py: the filters, the meta
         ("lmsys_chat-a1", [u("What is the capital of France?"), a("Paris.")]),
         ("lmsys_chat-a2", [u("Write a haiku about rain."),
                            a("Soft rain on the roof\nwhispers to the sleeping town\nmorning smells of earth"),

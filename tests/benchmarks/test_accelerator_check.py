@@ -1,0 +1,30 @@
+"""benchmarks/accelerator_check.py in its reduced CPU size, so that the command an accelerator's first
+minutes go to never rots: every section runs and passes its own comparison (float64 numpy and the dense
+implementation for the kernels, transformers for the step, decoding and the export, an uninterrupted run
+for the resume)."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import REPO
+
+SCRIPT = REPO / "benchmarks" / "accelerator_check.py"
+
+
+@pytest.mark.slow
+def test_accelerator_check_runs_every_section_on_cpu(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as on a real host
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True,
+                          env={**env, "JAX_PLATFORMS": "cpu"}, timeout=1800)
+    summary = json.loads((tmp_path / "accelerator_check.json").read_text())
+    failed = {k: v.get("error", v) for k, v in summary.items() if isinstance(v, dict) and v.get("ok") is False}
+    assert proc.returncode == 0 and not failed, (failed, proc.stdout[-2000:])
+    assert summary["small"] and summary["found"]["platform"] == "cpu"
+    kernels = summary["kernels"]
+    assert {r["impl"] for r in kernels["rows"]} == {"xla", "blockwise", "pallas_gpu", "splash"}
+    assert {r["dtype"] for r in kernels["leaks"]} == {"float32", "bfloat16"}
+    assert summary["real_run"]["steps"] == 20 and summary["real_run"]["export"]["argmax_agree"] >= 0.99
+    assert "| batch |" in (tmp_path / "accelerator_check.md").read_text()

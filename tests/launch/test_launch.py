@@ -1,0 +1,162 @@
+"""Launch scripts: the exact commands their --dry-run prints."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import REPO
+
+ROOT = REPO
+CONFIG = "configs/seed004_tulu/tulu_human_gpt_llama2_7b.yaml"
+
+
+def _load(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "launch" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+tpu = _load("tpu_vm")
+gpu = _load("gpu")
+xla_flags = gpu.xla_flags
+BASE = ["--name", "tulu7b", "--zone", "us-central2-b", "--bucket", "gs://bkt", "--config", str(ROOT / CONFIG)]
+
+
+def printed(capsys) -> list[list[str]]:
+    return [shlex.split(line[2:]) for line in capsys.readouterr().out.splitlines() if line.startswith("+ ")]
+
+
+def test_tpu_up_dry_run(capsys, tmp_path):
+    assert tpu.main(["up", *BASE, "--accelerator", "v4-64", "--dry-run"]) == 0
+    build, upload, create, setup, scp, train = printed(capsys)
+    wheel = tpu.wheel()
+    assert build[1:4] == ["-m", "pip", "wheel"] and build[-1] == str(ROOT)  # this checkout's wheel, before any VM
+    assert upload == ["gcloud", "storage", "cp", str(Path(build[build.index("-w") + 1]) / wheel),
+                      f"gs://bkt/wheels/{wheel}"]
+    assert create == ["gcloud", "compute", "tpus", "tpu-vm", "create", "tulu7b", "--zone", "us-central2-b",
+                      "--accelerator-type=v4-64", "--version=tpu-ubuntu2204-base"]
+    assert setup[:7] == ["gcloud", "compute", "tpus", "tpu-vm", "ssh", "tulu7b", "--zone"]
+    assert "--worker=all" in setup and setup[-1] == (f"gcloud storage cp gs://bkt/wheels/{wheel} /tmp/{wheel} && "
+                                                     f"pip install '/tmp/{wheel}' 'jax[tpu]'")
+    built = subprocess.run([*build[:build.index("-w") + 1], str(tmp_path), build[-1]], capture_output=True, text=True)
+    assert built.returncode == 0 and [p.name for p in tmp_path.iterdir()] == [wheel], built.stderr[-2000:]
+    assert tpu.main(["setup", *BASE, "--package", "git+https://example.org/instructjax.git", "--dry-run"]) == 0
+    (setup,) = printed(capsys)  # another package: nothing built
+    assert setup[-1] == "pip install git+https://example.org/instructjax.git 'jax[tpu]'"
+    assert scp[-3:] == ["--zone", "us-central2-b", "--worker=all"][-3:] or "--worker=all" in scp
+    assert "--worker=all" in train
+    remote = train[-1]
+    assert remote.startswith("nohup bash -c ")
+    inner = shlex.split(remote)[3]
+    assert inner.startswith("while true; do INSTRUCTJAX_CACHE_DIR=gs://bkt/tokenized instructjax train --config ~/instructjax_run.yaml --resume "
+                            "run_dir=gs://bkt/runs/tulu7b distributed=true "
+                            "model.init_from=gs://bkt/checkpoints/base/llama2-7b")
+    assert inner.endswith("; done") and "DONE" not in inner  # the run writes its own DONE marker
+
+
+def test_tpu_queued_and_watch(capsys):
+    assert tpu.main(["queued", *BASE, "--accelerator", "v5litepod-16", "--spot", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    cmds = [shlex.split(line[2:]) for line in out.splitlines() if line.startswith("+ ")][2:]  # after the wheel's two
+    assert cmds[0] == ["gcloud", "storage", "cp", str(ROOT / CONFIG), "gs://bkt/configs/tulu7b.yaml"]
+    assert cmds[1][:6] == ["gcloud", "compute", "tpus", "queued-resources", "create", "tulu7b-qr"]
+    assert "--node-id=tulu7b" in cmds[1] and "--runtime-version=v2-alpha-tpuv5-lite" in cmds[1] and cmds[1][-1] == "--spot"
+    script = Path(next(a for a in cmds[1] if a.startswith("--metadata-from-file=")).split("=", 2)[2]).read_text()
+    assert "gcloud storage cp gs://bkt/configs/tulu7b.yaml ~/instructjax_run.yaml" in script
+    assert "instructjax train --config ~/instructjax_run.yaml --resume run_dir=gs://bkt/runs/tulu7b" in script
+    assert f"pip install '/tmp/{tpu.wheel()}' 'jax[tpu]'" in script
+    assert tpu.main(["watch", *BASE, "--dry-run"]) == 0
+    done, describe, delete, create = printed(capsys)
+    assert done == ["gcloud", "storage", "ls", "gs://bkt/runs/tulu7b/DONE"]
+    assert describe[-1] == "--format=value(state.state)"
+    assert delete[:6] == ["gcloud", "compute", "tpus", "queued-resources", "delete", "tulu7b-qr"] and "--force" in delete
+    assert create[:5] == ["gcloud", "compute", "tpus", "queued-resources", "create"]
+
+
+def test_tpu_stop_delete_logs_and_errors(capsys):
+    for action in ("logs", "stop", "delete"):
+        tpu.main([action, *BASE, "--dry-run"])
+    logs, stop, delete = printed(capsys)
+    assert "--worker=0" in logs and logs[-1] == "tail -n 100 -f ~/instructjax_train.log"
+    assert "--worker=all" in stop and stop[-1] == "pkill -INT -f 'instructjax train' || true"
+    assert delete == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "tulu7b", "--zone", "us-central2-b", "--quiet"]
+    with pytest.raises(SystemExit):
+        tpu.main(["train", "--name", "x", "--zone", "z", "--bucket", "/local", "--config", CONFIG, "--dry-run"])
+    with pytest.raises(SystemExit):
+        tpu.main(["up", "--name", "x", "--zone", "z", "--dry-run"])
+
+
+def test_gpu_single_and_slurm(capsys, monkeypatch):
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+    assert gpu.main(["single", "--config", "c.yaml", "--gpus-per-node", "4", "--dry-run", "optim.micro_batches=2"]) == 0
+    (cmd,) = printed(capsys)
+    flags = " ".join(xla_flags.gpu_flags(4))
+    assert cmd == ["env", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95", f"XLA_FLAGS={flags}", "CUDA_VISIBLE_DEVICES=0,1,2,3",
+                   "instructjax", "train", "--config", "c.yaml", "--resume", "optim.micro_batches=2"]
+    assert gpu.main(["slurm", "--config", "c.yaml", "--nodes", "4", "--partition", "gpu", "--run-dir", "/shared/r",
+                     "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    for line in ("#SBATCH --nodes=4", "#SBATCH --ntasks-per-node=1", "#SBATCH --gpus-per-node=8", "#SBATCH --requeue",
+                 "#SBATCH --partition=gpu", "export JAX_COORDINATOR_ADDRESS=$HEAD:12355",
+                 "export JAX_NUM_PROCESSES=$SLURM_NTASKS",
+                 "srun --kill-on-bad-exit=1 bash -c 'JAX_PROCESS_ID=$SLURM_PROCID exec instructjax train --config "
+                 "c.yaml --resume run_dir=/shared/r distributed=true' && rc=0 || rc=$?",
+                 'if [ "$rc" -eq 75 ]; then scontrol requeue "$SLURM_JOB_ID"; fi', "+ sbatch instructjax.sbatch",
+                 f'export XLA_FLAGS="{" ".join(xla_flags.gpu_flags(32))} ${{XLA_FLAGS:-}}"'):
+        assert line in out.splitlines()
+    with pytest.raises(SystemExit):
+        gpu.main(["single", "--config", "c.yaml", "--nodes", "2"])
+
+
+def test_gpu_flags_reach_the_process_and_xla_takes_them(capsys, monkeypatch):
+    """The launcher's environment starts a JAX process whose XLA parses every flag of the GPU set (an unknown
+    flag aborts XLA at start-up); a flag the user set keeps the user's value, in the launcher's merge and in
+    the sbatch script's order (XLA takes the last of a repeated flag)."""
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_triton_gemm=true --xla_force_host_platform_device_count=3")
+    assert gpu.main(["single", "--config", "c.yaml", "--gpus-per-node", "2", "--dry-run"]) == 0
+    (cmd,) = printed(capsys)
+    env = dict(a.split("=", 1) for a in cmd[1:4])  # env A=1 XLA_FLAGS=... CUDA_VISIBLE_DEVICES=... instructjax
+    flags = env["XLA_FLAGS"].split()
+    assert "--xla_gpu_enable_triton_gemm=true" in flags and "--xla_gpu_enable_triton_gemm=false" not in flags
+    assert set(xla_flags.gpu_flags(2)) - set(flags) == {"--xla_gpu_enable_triton_gemm=false"}
+    code = "import os, jax; print(jax.device_count(), os.environ['XLA_FLAGS'].count('--xla_gpu'))"
+    repeated = "--xla_force_host_platform_device_count=2 --xla_force_host_platform_device_count=5"
+    for xla, devices in ((env["XLA_FLAGS"], 3), (" ".join(xla_flags.gpu_flags(8)) + " " + repeated, 5)):
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                              env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla})
+        assert proc.returncode == 0, proc.stderr[-500:]
+        assert proc.stdout.split()[0] == str(devices)
+
+
+def _exits(tmp_path, codes: list[int]) -> list[str]:
+    """A command that exits with `codes[i]` on its i-th run (counted in a file)."""
+    counter = tmp_path / "runs"
+    script = ("import pathlib, sys; p = pathlib.Path(sys.argv[1]); n = int(p.read_text()) if p.exists() else 0; "
+              f"p.write_text(str(n + 1)); sys.exit({codes}[n])")
+    return [sys.executable, "-c", script, str(counter)]
+
+
+def test_preempted_runs_are_resumed_by_the_launchers(tmp_path):
+    """The exit status `instructjax train` gives after saving on SIGTERM is the one both launchers resume on:
+    `single` runs the command again until it exits otherwise; the TPU worker loop does the same in bash."""
+    from instructjax.train.preemption import EXIT_PREEMPTED
+
+    assert gpu.EXIT_PREEMPTED == tpu.EXIT_PREEMPTED == EXIT_PREEMPTED
+    assert gpu.run_resuming(_exits(tmp_path, [EXIT_PREEMPTED, EXIT_PREEMPTED, 0])) == 0
+    assert (tmp_path / "runs").read_text() == "3"
+    (tmp_path / "runs").unlink()
+    assert gpu.run_resuming(_exits(tmp_path, [EXIT_PREEMPTED, 2, 0])) == 2  # an error is not retried
+    (tmp_path / "runs").unlink()
+    args = tpu.parse_args(["train", *BASE])
+    loop = re.sub(r"instructjax train [^>]*", shlex.join(_exits(tmp_path, [75, 75, 0])) + " ", tpu.train_command(args))
+    loop = loop.replace("~/instructjax_train.log", str(tmp_path / "log"))
+    assert subprocess.run(["bash", "-c", loop]).returncode == 0
+    assert (tmp_path / "runs").read_text() == "3"

@@ -1,0 +1,149 @@
+"""The docs are tested: every shell block of README.md and docs/*.md runs as written, here, on a CPU, offline.
+
+Each page's blocks run in order in a scratch directory of its own (the repository's `configs/`, `tests/`,
+`launch/`, `benchmarks/` linked in), through bash with `set -euo pipefail`; a YAML block whose first line is
+`# PATH` is written to PATH first (a config the next block trains with). The placeholders a reader replaces are
+filled: `gs://BUCKET` / `gs://MY_BUCKET` name a bucket on the test's GCS-API server, `data/my_alpaca.jsonl` is
+written in Alpaca's schema. What no test can do is not run, but checked:
+- a block whose first line is `# needs: ...` (a hub, a TPU, a GPU, a 7B model, Google Cloud): its launcher and
+  `sweep` commands run with `--dry-run`, a benchmark script with `--help`, and every other `instructjax` command
+  must fail with exactly one `instructjax: error:` line (what a reader without that thing gets);
+- anywhere: `make X` runs as `make -n X` (the set-up installs; `make test` is this suite), `pip` and `gcloud`
+  are not ours to run, and `. .venv/bin/activate` is what this process already has.
+A doc that drifts from the code fails here."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers import REPO
+
+pytestmark = pytest.mark.slow
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+LINKED = ("configs", "tests", "launch", "benchmarks", "Makefile", "pyproject.toml")
+ONE_LINE_ERROR = r"""
+one_line_error() {  # the command fails, saying why in one line of ours and nothing else that is an error
+  local err
+  if err=$("$@" 2>&1 >/dev/null); then echo "it ran, where it should fail: $*" >&2; return 1; fi
+  if [ "$(printf '%s\n' "$err" | grep -c '^instructjax: error:')" != 1 ] || printf '%s' "$err" | grep -q Traceback; then
+    printf 'not one error line: %s\n%s\n' "$*" "$err" >&2; return 1
+  fi
+}
+"""
+
+
+@dataclass
+class Block:
+    language: str
+    text: str
+    line: int  # where it starts in its page
+
+    @property
+    def needs(self) -> str | None:
+        first = self.text.splitlines()[0] if self.text else ""
+        return first.removeprefix("# needs:").strip() if first.startswith("# needs:") else None
+
+
+def blocks(page: Path) -> list[Block]:
+    found, lines, at = [], page.read_text().splitlines(), 0
+    while at < len(lines):
+        opened = re.match(r"^```(\w*)", lines[at])
+        if not opened:
+            at += 1
+            continue
+        end = next(i for i in range(at + 1, len(lines)) if lines[i].startswith("```"))
+        found.append(Block(opened.group(1), "\n".join(lines[at + 1 : end]), at + 1))
+        at = end + 1
+    return found
+
+
+def commands(text: str) -> list[str]:
+    """The block's lines, a command continued with `\\` joined to one (a heredoc's lines left as they are)."""
+    out, pending = [], ""
+    for line in text.splitlines():
+        pending += line[:-1] + " " if line.endswith("\\") else line
+        if not line.endswith("\\"):
+            out.append(pending)
+            pending = ""
+    return out
+
+
+def shell(line: str, checked: bool) -> str:
+    """A doc line as the test runs it (the module doc)."""
+    bare = line.split("#", 1)[0].strip() if not line.lstrip().startswith(("{", "EOF")) else line
+    if not bare or bare.startswith(("pip ", "gcloud ")) or bare == ". .venv/bin/activate":
+        return ":" if bare else line
+    bare = bare.replace("make setup && . .venv/bin/activate", "make -n setup")
+    if bare.startswith("make "):
+        return "make -n " + bare.removeprefix("make ")
+    if not checked:
+        return line
+    words = bare.split()
+    command = next((w for w in words if "=" not in w), "")
+    if "launch/" in bare or "instructjax sweep" in bare:
+        return bare if "--dry-run" in words else f"{bare} --dry-run"
+    if "benchmarks/" in bare:
+        return f"{bare} --help"
+    if command == "instructjax":
+        return f"one_line_error env {bare}" if words[0] != "instructjax" else f"one_line_error {bare}"
+    return bare
+
+
+def script(block: Block, carried: list[str], bucket: str) -> str:
+    checked = block.needs is not None
+    lines = [shell(line, checked) for line in commands(block.text)]
+    body = "\n".join(lines)
+    for placeholder in ("gs://MY_BUCKET", "gs://BUCKET"):
+        body = body.replace(placeholder, bucket)
+    return "\n".join(["set -euo pipefail", ONE_LINE_ERROR, *carried, body])
+
+
+def carried_assignments(block: Block) -> list[str]:
+    """Shell variables a block sets that later blocks of its page use (`ARGS=...`, `export X=...`)."""
+    alone = re.compile(r"""^(export\s+)?[A-Z_]+=("[^"]*"|'[^']*'|\S*)\s*(#.*)?$""")  # nothing run after it
+    return [line for line in commands(block.text) if alone.match(line)]
+
+
+@pytest.fixture(scope="module")
+def bucket(gcs_server) -> str:
+    return gcs_server.bucket("instructjax-docs")
+
+
+@pytest.mark.parametrize("page", PAGES, ids=[p.relative_to(REPO).as_posix() for p in PAGES])
+def test_every_shell_block_runs_as_written(page, tmp_path, bucket):
+    from instructjax.data.sources.synthetic import synthetic_rows
+
+    for name in LINKED:
+        (tmp_path / name).symlink_to(REPO / name)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "my_alpaca.jsonl").write_text(
+        "".join(json.dumps(row) + "\n" for row in synthetic_rows("alpaca", 50)))
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # a reader's machine: one CPU device
+    env["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    carried: list[str] = []
+    ran = 0
+    for block in blocks(page):
+        if block.language == "yaml" and block.text.startswith("# "):
+            target = tmp_path / block.text.splitlines()[0][2:].strip()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(block.text)
+            continue
+        if block.language != "bash":
+            continue
+        done = subprocess.run(["bash", "-c", script(block, carried, bucket)], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=900)  # fmt: skip
+        where = f"{page.relative_to(REPO)}:{block.line}"
+        assert done.returncode == 0, f"{where}\n{block.text}\n--- stdout\n{done.stdout[-3000:]}\n--- stderr\n" \
+                                     f"{done.stderr[-3000:]}"
+        carried += carried_assignments(block)
+        ran += 1
+    assert not (tmp_path / "gs:").exists()
+    if page.name in ("README.md", "data.md", "runs.md", "launch_tpu.md", "papers.md"):
+        assert ran > 0
