@@ -42,7 +42,7 @@ before the layers' backward starts: the total counts the larger of them and the 
 sliced over the batch devices (`train.loss`), an array of logits that fits in half the chip's on-chip memory
 (`ONCHIP_BYTES`: v4's CMEM, v5e's VMEM) is placed there by XLA:TPU, outside HBM (but for a soft-capped head,
 Gemma-2's, whose logits are counted whole). The
-total is checked against XLA's own buffer assignment of the compiled train step (tests/test_plan.py: within
+total is checked against XLA's own buffer assignment of the compiled train step (tests/train/test_plan.py: within
 15% on XLA:CPU in float32). XLA fuses and schedules differently on each platform, so real peaks differ by
 tens of percent; a config "fits" when the total is within `USABLE` of the chip's HBM.
 """
@@ -233,7 +233,7 @@ def activation_bytes(model: DecoderConfig, rows: int, seq_len: int, tensor: int,
         0 if fused else 4 * (a / t) * s * s * r + c * s * r * a * d / t)
     per_layer = saved[model.remat]
     # the recomputed layer's backward: on a TPU as XLA:TPU's buffers measure it (`tpu_backward`); elsewhere the
-    # forward's arrays once (XLA:CPU's buffers, tests/test_plan.py)
+    # forward's arrays once (XLA:CPU's buffers, tests/train/test_plan.py)
     backward = tpu_backward(model, s * r, t) if platform == "tpu" else full_layer
     recompute = 0 if model.remat == "none" else backward
     tokens = s * r if not loss_tokens else min(loss_tokens, s * r)

@@ -13,7 +13,7 @@ dummy prefix to a text that already starts with a space, or after a special toke
 - the normalization rules (identity or a precompiled NFKC map) and `remove_extra_whitespaces` follow
   the model's normalizer spec; byte fallback as the model says; control pieces are special tokens.
 
-`tests/test_encode.py` checks the result against the `sentencepiece` processor on random text.
+`tests/data/test_encode.py` checks the result against the `sentencepiece` processor on random text.
 
 A conversion takes about 0.25 s for a 32000-piece model, in every process that loads it (each encode worker,
 each host), so it is kept per machine under the temporary directory: `instructjax-tokenizers/spm-<digest>.json`
