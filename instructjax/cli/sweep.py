@@ -120,9 +120,10 @@ def _marker(path) -> dict:
 def trained_step(config: RunConfig) -> int | None:
     """The step RUN_DIR/DONE records, when it stands for this config's training (None otherwise)."""
     from instructjax.core.config import training_digest
+    from instructjax.model.config import runs_only_keys
 
     done = _marker(storage.join(config.run_dir, "DONE"))
-    return done.get("step") if done.get("config") == training_digest(config) else None
+    return done.get("step") if done.get("config") == training_digest(config, not_training=runs_only_keys()) else None
 
 
 def exported_step(config: RunConfig) -> int | None:

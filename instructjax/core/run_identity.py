@@ -11,12 +11,10 @@ RunConfig = Any  # a core.config.RunConfig (not imported: config imports this mo
 
 
 # where and how a run runs, is logged, saved and evaluated: none of it changes what it trains (dotted keys and
-# everything below them)
+# everything below them). The model's own such fields are declared where they are defined (model.config.RUNS_ONLY)
+# and passed in by the callers (`not_training`: model.config.runs_only_keys()).
 NOT_TRAINING = ("name", "run_dir", "log_every", "mesh", "distributed", "checkpoint", "eval", "wandb", "data.prefetch",
-                "compiled",
-                "model.overrides.attention", "model.overrides.attention_block", "model.overrides.attention_backward_block",
-                "model.overrides.scan_layers",
-                "model.overrides.remat", "optim.loss_chunk")  # fmt: skip
+                "compiled", "optim.loss_chunk")
 
 
 def digest(values: Any) -> str:
@@ -27,12 +25,14 @@ def digest(values: Any) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def training_values(config: RunConfig | dict) -> dict[str, Any]:
-    """What a run's training depends on: the config (or its `to_dict`) as dotted keys, but `NOT_TRAINING`."""
+def training_values(config: RunConfig | dict, *, not_training: tuple[str, ...]) -> dict[str, Any]:
+    """What a run's training depends on: the config (or its `to_dict`) as dotted keys, but `NOT_TRAINING` and
+    `not_training` (the model's runs-only keys)."""
     flat: dict[str, Any] = {}
+    skip = (*NOT_TRAINING, *not_training)
 
     def walk(prefix: str, value: Any) -> None:
-        if any(prefix == k or prefix.startswith(k + ".") for k in NOT_TRAINING):
+        if any(prefix == k or prefix.startswith(k + ".") for k in skip):
             return
         if isinstance(value, dict) and value:
             for key, inner in value.items():
@@ -44,17 +44,19 @@ def training_values(config: RunConfig | dict) -> dict[str, Any]:
     return flat
 
 
-def training_digest(config: RunConfig) -> str:
+def training_digest(config: RunConfig, *, not_training: tuple[str, ...]) -> str:
     """What a run's training depends on (`training_values`): a finished run's DONE marker records it, and a sweep
     trains again when it changed (more epochs, other data, another learning rate)."""
-    return digest(training_values(config))
+    return digest(training_values(config, not_training=not_training))
 
 
-def training_changes(before: dict, after: RunConfig, ignore: tuple[str, ...] = ()) -> list[str]:
+def training_changes(before: dict, after: RunConfig, *, not_training: tuple[str, ...],
+                     ignore: tuple[str, ...] = ()) -> list[str]:
     """What `after` changes against the config `before` (a saved `to_dict`) in what the run trains, as
     "key: old -> new" (keys only one side has, written before they existed, are left out; `ignore`: more keys)."""
     import json
 
-    old, new = training_values(before), training_values(json.loads(json.dumps(dataclasses.asdict(after), default=str)))
+    old = training_values(before, not_training=not_training)
+    new = training_values(json.loads(json.dumps(dataclasses.asdict(after), default=str)), not_training=not_training)
     return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new))
             if old[k] != new[k] and k not in ignore]  # fmt: skip

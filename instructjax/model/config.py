@@ -44,6 +44,10 @@ ROPE_TYPES = {  # rope_scaling["rope_type"] -> the keys it needs
     "linear": ("factor",),
 }
 
+# Field metadata of the DecoderConfig fields that say how the model runs, not what it computes: a run's training
+# does not depend on them (a resume may change them; `runs_only_keys`), and no HF config.json holds them.
+RUNS_ONLY = {"runs_only": True}
+
 # The families: the switches each sets (everything else is LLaMA's default). Sizes, windows, soft-caps, RoPE
 # bases and scalings come from a model's own config or a preset below. The rest of a family (its config.json keys,
 # tensor names, fused tensors) is its record, convert/families/<family>.py (gemma2/3: gemma.py, qwen2/3: qwen.py).
@@ -115,11 +119,11 @@ class DecoderConfig:
     # numerics and how it runs
     dtype: str = "bfloat16"
     param_dtype: str = "float32"
-    remat: str = "none"
-    attention: str = "auto"
-    attention_block: int | None = None
-    attention_backward_block: int | None = None
-    scan_layers: bool = True
+    remat: str = field(default="none", metadata=RUNS_ONLY)
+    attention: str = field(default="auto", metadata=RUNS_ONLY)
+    attention_block: int | None = field(default=None, metadata=RUNS_ONLY)
+    attention_backward_block: int | None = field(default=None, metadata=RUNS_ONLY)
+    scan_layers: bool = field(default=True, metadata=RUNS_ONLY)
     bos_id: int | None = 1
     eos_id: int = 2
     extra_eos_ids: tuple[int, ...] = ()  # further end-of-turn ids (an HF `eos_token_id` list after its first)
@@ -374,3 +378,9 @@ def checked_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     if problems:
         raise ConfigError("; ".join(problems))
     return checked
+
+
+def runs_only_keys() -> tuple[str, ...]:
+    """The run config keys (`model.overrides.X`) of the DecoderConfig fields marked RUNS_ONLY: what a run's
+    training does not depend on among the model's (core.run_identity's `not_training`)."""
+    return tuple(f"model.overrides.{f.name}" for f in dataclasses.fields(DecoderConfig) if f.metadata.get("runs_only"))

@@ -37,6 +37,7 @@ from instructjax.core import checkpoint as ckpt
 from instructjax.core import hosts, integrity, runlock, sharding, storage, tracking
 from instructjax.core.config import RunConfig, to_dict, training_changes, training_digest
 from instructjax.core.errors import ConfigError, InstructJaxError
+from instructjax.model.config import runs_only_keys
 from instructjax.model.decoder import Decoder
 from instructjax.train import optim
 from instructjax.train.metrics import MetricsLogger, MetricsWindow, plot_losses
@@ -92,7 +93,7 @@ class Trainer:
         from instructjax.train import setup as run_setup
         from instructjax.train.topology import local_topology
 
-        self.training_digest = training_digest(config)  # of the config as given (what a sweep compares)
+        self.training_digest = training_digest(config, not_training=runs_only_keys())  # what a sweep compares
         self.config = bound.config  # what config.yaml records (the mesh is written in below)
         self.tokenizer_item = run_setup.tokenizer_item(bound.tokenizer, bound.config.template)
         self.resume_from = None  # the newest intact step: damaged newer ones are reported and set aside first
@@ -153,7 +154,8 @@ class Trainer:
         data, model, seed: `training_changes`) against the one its checkpoint was saved with stops with one line
         listing the changes, unless `accept` (then they are noted and appended to RUN_DIR/changes.jsonl)."""
         step = self.resume_from
-        changes = training_changes(saved, self.config, ignore=("model.init_from", "tokenizer"))
+        changes = training_changes(saved, self.config, not_training=runs_only_keys(),
+                                   ignore=("model.init_from", "tokenizer"))
         if not changes:
             return
         if not accept:

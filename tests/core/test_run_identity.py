@@ -1,0 +1,59 @@
+"""What a run's training depends on: the model's runs-only fields are the ones DecoderConfig declares (a resume may
+change them), every other model field is trained on (a resume refuses a change), and the digest is that of the
+keys as they were listed by hand before the declaration (DONE markers written then still match)."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from instructjax.core.config import load_config, to_dict
+from instructjax.core.run_identity import digest, training_changes, training_digest, training_values
+from instructjax.model.config import DecoderConfig, preset, runs_only_keys
+
+# the hand list core/config.py held before the fields declared themselves
+LISTED_BEFORE = ("model.overrides.attention", "model.overrides.attention_block",
+                 "model.overrides.attention_backward_block", "model.overrides.scan_layers", "model.overrides.remat")
+
+
+def _changes(key: str, old, new) -> list[str]:
+    """What a resume saved with `key=old` and continued with `key=new` would be told changed."""
+    before = to_dict(load_config(None, ["model.preset=tiny", f"{key}={old}"]))
+    return training_changes(before, load_config(None, ["model.preset=tiny", f"{key}={new}"]),
+                            not_training=runs_only_keys())
+
+
+def test_runs_only_fields_may_change_and_every_other_model_field_may_not():
+    assert set(runs_only_keys()) == set(LISTED_BEFORE)
+    tiny = preset("tiny")
+    for field in dataclasses.fields(DecoderConfig):
+        key = f"model.overrides.{field.name}"
+        value = getattr(tiny, field.name)
+        other = {bool: lambda v: not v, int: lambda v: (v or 0) + 8, str: lambda v: v}.get(type(value))
+        if other is None or other(value) == value:
+            continue  # only a value the test can change simply (ints, bools)
+        changed = _changes(key, str(value).lower(), str(other(value)).lower())
+        assert (changed == []) == (key in runs_only_keys()), (key, changed)
+    for key, old, new in (("model.overrides.attention", "xla", "blockwise"), ("model.remat", "none", "full"),
+                          ("model.overrides.attention_block", "null", "256"), ("model.overrides.norm", "rms", "layer")):
+        assert (_changes(key, old, new) == []) == (key.replace("model.remat", "model.overrides.remat")
+                                                    in runs_only_keys()), key
+
+
+def test_the_digest_is_that_of_the_hand_listed_keys():
+    config = load_config(None, ["model.preset=tiny", "model.remat=full", "model.overrides.attention=xla"])
+    listed = ("name", "run_dir", "log_every", "mesh", "distributed", "checkpoint", "eval", "wandb", "data.prefetch",
+              "compiled", *LISTED_BEFORE, "optim.loss_chunk")
+    flat = {}
+
+    def walk(prefix, value):  # the walk as core/config.py did it, over its own list
+        if any(prefix == k or prefix.startswith(k + ".") for k in listed):
+            return
+        if isinstance(value, dict) and value:
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            flat[prefix] = value
+
+    walk("", to_dict(config))
+    assert training_values(config, not_training=runs_only_keys()) == flat
+    assert training_digest(config, not_training=runs_only_keys()) == digest(flat)
