@@ -40,6 +40,11 @@ from etils import epath
 
 from instructjax.core.errors import ConfigError
 
+# epath's gs:// backend is fsspec's (gcsfs), never TensorFlow's: epath reads this when its gs:// backend first
+# loads, which a path made by Orbax or seqio can trigger before any of ours, so it is set on import (tried
+# later, at our first gs:// path: TensorFlow's file system then answered for the bucket tests)
+os.environ.setdefault("EPATH_USE_TF", "false")
+
 Path = epath.Path
 _READ = 16 << 20
 _UMASK = os.umask(0o022)  # read once: a new file's mode is 0666 less it (tempfile's own files are 0600)
@@ -95,11 +100,9 @@ _CONFIGURED = False
 
 def _fsspec_defaults() -> None:
     """No listings cache for gcsfs, and against an emulator (which serves the JSON API only, no Storage Control
-    API) no bucket-layout lookups; epath's gs:// backend is fsspec's, not TensorFlow's: set before the first gs://
-    path or file system is made, ours or Orbax's (never on import)."""
+    API) no bucket-layout lookups: set before the first gs:// file system is made, ours or Orbax's."""
     global _CONFIGURED
     if not _CONFIGURED:
-        os.environ.setdefault("EPATH_USE_TF", "false")  # read when epath picks a gs:// backend (then kept)
         if os.environ.get("STORAGE_EMULATOR_HOST"):
             os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # read when gcsfs is imported
         import fsspec.config
