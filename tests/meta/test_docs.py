@@ -1,7 +1,7 @@
 """The docs are tested: every shell block of README.md and docs/*.md runs as written, here, on a CPU, offline.
 
 Each page's blocks run in order in a scratch directory of its own (the repository's `configs/`, `tests/`,
-`launch/`, `benchmarks/` linked in), through bash with `set -euo pipefail`; a YAML block whose first line is
+`launch/`, `benchmarks/`, `instructjax/` linked in), through bash with `set -euo pipefail`; a YAML block whose first line is
 `# PATH` is written to PATH first (a config the next block trains with). The placeholders a reader replaces are
 filled: `gs://BUCKET` / `gs://MY_BUCKET` name a bucket on the test's GCS-API server, `data/my_alpaca.jsonl` is
 written in Alpaca's schema. What no test can do is not run, but checked:
@@ -27,7 +27,7 @@ from helpers import REPO
 
 pytestmark = pytest.mark.slow
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-LINKED = ("configs", "tests", "launch", "benchmarks", "Makefile", "pyproject.toml")
+LINKED = ("configs", "tests", "launch", "benchmarks", "instructjax", "Makefile", "pyproject.toml")
 ONE_LINE_ERROR = r"""
 one_line_error() {  # the command fails, saying why in one line of ours and nothing else that is an error
   local err
