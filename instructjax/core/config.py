@@ -303,3 +303,15 @@ def to_dict(config: RunConfig) -> dict:
     return dataclasses.asdict(config)
 
 
+
+
+# The eval: block's sections moved to instructjax.eval.config (core cannot import eval): an old import names it.
+_MOVED_TO_EVAL = ("EVAL_BACKENDS", "JUDGE_MODES", "Comparison", "JudgeSection", "JudgeEndpoint", "ToxigenSection",
+                  "TruthfulqaSection", "LongFormSection", "MT_BENCH_JUDGE_MAX_TOKENS", "MtBenchSection", "EvalSection",
+                  "eval_section")
+
+
+def __getattr__(name: str):
+    if name in _MOVED_TO_EVAL:
+        raise ImportError(f"instructjax.core.config.{name} moved: import it from instructjax.eval.config")
+    raise AttributeError(f"module 'instructjax.core.config' has no attribute {name!r}")

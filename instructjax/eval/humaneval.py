@@ -134,3 +134,9 @@ def sample_completions(generator, requests: Sequence, seed: int = 0, bos: bool =
         for r, text in zip(requests, texts, strict=True):
             out[r.id].append(truncate(text))
     return out
+
+
+def __getattr__(name: str):
+    if name == "codex_eval":  # moved beside the requests it sends: one line naming the new home
+        raise ImportError("instructjax.eval.humaneval.codex_eval moved: import it from instructjax.eval.tulu.codex")
+    raise AttributeError(f"module 'instructjax.eval.humaneval' has no attribute {name!r}")
