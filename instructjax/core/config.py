@@ -240,6 +240,9 @@ class RunConfig:
     imports: list[str] = field(default_factory=list)  # user modules (names or .py paths) imported on load
     wandb: WandbSection | None = None  # optional Weights & Biases logging of metrics and results
     compiled: str | None = None  # a train step saved by `plan --compile --save-executable`: used, not compiled again
+    # what the run is an experiment of, for the report (`family` and the paper's row: seed 000's setting, seed 002's
+    # dataset, method and K; cli/experiment_grid.py writes it): recorded with the run, never read by training
+    experiment: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):
         _check(self.max_steps is None or self.max_steps >= 0, f"max_steps must be >= 0, got {self.max_steps}")

@@ -14,7 +14,7 @@ RunConfig = Any  # a core.config.RunConfig (not imported: config imports this mo
 # everything below them). The model's own such fields are declared where they are defined (model.config.RUNS_ONLY)
 # and passed in by the callers (`not_training`: model.config.runs_only_keys()).
 NOT_TRAINING = ("name", "run_dir", "log_every", "mesh", "distributed", "checkpoint", "eval", "wandb", "data.prefetch",
-                "compiled", "optim.loss_chunk")
+                "compiled", "optim.loss_chunk", "experiment")
 
 
 def digest(values: Any) -> str:

@@ -4,9 +4,9 @@ count, a ratio, a learning rate), each metric against it as a sweep curve. A use
 papers' families get it beside their paper layouts.
 
 The differing keys come from each run's resolved config flattened to dotted keys (`optim.lr`,
-`define.mixtures.mix.counts.alpaca`), leaving out what names or places a run (`name`, `run_dir`). The numbers
-are every numeric leaf of results.json, named by their path (`suite / arc_challenge|25-shot / acc_norm,none`),
-without standard errors; a run without results has empty cells, never zeros.
+`define.mixtures.mix.counts.alpaca`), leaving out what names or places a run (`name`, `run_dir`, `experiment`).
+The numbers are every numeric leaf of results.json, named by their path (`suite / arc_challenge|25-shot /
+acc_norm,none`), without standard errors; a run without results has empty cells, never zeros.
 """
 
 from __future__ import annotations
@@ -21,7 +21,8 @@ from instructjax.core.tracking import numbers
 from instructjax.report.figures import Figure, Panel, Series
 from instructjax.report.runs import Run, number
 
-PLACE = ("name", "run_dir")  # keys that name or place a run: they always differ, they say nothing
+PLACE = ("name", "run_dir", "experiment")  # keys that name or place a run (`experiment`: its paper's row, which the
+# paper's layout shows): they say nothing of what differs between the runs
 SEPARATOR = " / "
 
 

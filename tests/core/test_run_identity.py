@@ -42,7 +42,8 @@ def test_runs_only_fields_may_change_and_every_other_model_field_may_not():
 def test_the_digest_is_that_of_the_hand_listed_keys():
     config = load_config(None, ["model.preset=tiny", "model.remat=full", "model.overrides.attention=xla"])
     listed = ("name", "run_dir", "log_every", "mesh", "distributed", "checkpoint", "eval", "wandb", "data.prefetch",
-              "compiled", *LISTED_BEFORE, "optim.loss_chunk")
+              "compiled", *LISTED_BEFORE, "optim.loss_chunk",
+              "experiment")  # a key added since (the report's record of the run): not in the configs of then
     flat = {}
 
     def walk(prefix, value):  # the walk as core/config.py did it, over its own list
@@ -57,3 +58,14 @@ def test_the_digest_is_that_of_the_hand_listed_keys():
     walk("", to_dict(config))
     assert training_values(config, not_training=runs_only_keys()) == flat
     assert training_digest(config, not_training=runs_only_keys()) == digest(flat)
+
+
+def test_the_experiment_record_is_not_what_a_run_trains():
+    """`experiment:` (what the report reads: the paper's row) may be added or changed on resume, and leaves the
+    digest a DONE marker records as it was."""
+    assert _changes("experiment.family", "seed000", "seed002") == []
+    plain = load_config(None, ["model.preset=tiny"])
+    recorded = load_config(None, ["model.preset=tiny", "experiment.family=seed000", "experiment.ratio=1.5"])
+    assert recorded.experiment == {"family": "seed000", "ratio": 1.5}
+    assert training_digest(plain, not_training=runs_only_keys()) == training_digest(recorded, not_training=runs_only_keys())
+    assert training_changes(to_dict(plain), recorded, not_training=runs_only_keys()) == []
