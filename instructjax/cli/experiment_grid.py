@@ -9,6 +9,9 @@ Choices the papers leave open are ours and say so in the file header (`note`). A
 (`pack: per_step`): one optimizer step sees the `global_batch` examples of the papers' unpacked step, packed
 into fewer rows (the same losses and updates on 2-3x fewer tokens processed: benchmarks/RESULTS.md);
 `data.pack=false` trains them one a row, `data.pack=true` packs across steps (other steps, fewer of them).
+A config whose report layout needs to know which row of the paper it is records that in `experiment:`
+(`family` and its coordinates: seed 000's setting, ratio or count, seed 002's dataset, method and K); the report
+reads it there (report/instruction_mixture.py, report/data_selection.py), never from the run's name.
 """
 
 from __future__ import annotations
@@ -41,9 +44,12 @@ class Experiment:
         return "\n".join(lines) + "\n" + yaml.safe_dump(self.config, sort_keys=False, width=110)
 
 
-def _config(name: str, group: str, preset: str, data: dict, optim: dict, evals: dict, **extra) -> dict:
+def _config(name: str, group: str, preset: str, data: dict, optim: dict, evals: dict,
+            experiment: dict | None = None, **extra) -> dict:
+    """A run config; `experiment`: what the report needs to know of the run (its paper's family and row)."""
     return {
         "name": name,
+        **({"experiment": experiment} if experiment else {}),
         "run_dir": f"runs/{group}/{name}",
         "seed": 0,
         "mesh": MESH,
@@ -72,7 +78,8 @@ def seed000() -> list[Experiment]:
     note = "Max length is not stated in the paper: 2048 (LLaMA-2's SFT default) is ours."
     for size, preset in SEED000_MODELS.items():
         name = f"acp_None_llama2_{size}"
-        base = _config(name, group, preset, {}, {}, {"suite": "mixture", "flask": SEED000_FLASK}, max_steps=0)
+        base = _config(name, group, preset, {}, {}, {"suite": "mixture", "flask": SEED000_FLASK},
+                       {"family": "seed000", "setting": "None"}, max_steps=0)
         for key in ("data", "optim", "checkpoint"):  # no training: `instructjax train` refuses max_steps < 1
             base.pop(key)
         out.append(Experiment(f"{group}/{name}.yaml", f"seed 000, Tables 1-2, LLaMA-2-{size.upper()}, setting None",
@@ -81,19 +88,20 @@ def seed000() -> list[Experiment]:
         for setting in papers.ACP_SETTINGS:
             name = f"acp_{setting}_llama2_{size}"
             config = _config(name, group, preset, {**data, "mixture": f"acp_{setting}"}, optim,
-                             {"suite": "mixture", "flask": SEED000_FLASK})
+                             {"suite": "mixture", "flask": SEED000_FLASK}, {"family": "seed000", "setting": setting})
             out.append(Experiment(f"{group}/{name}.yaml", f"seed 000, Tables 1-2, LLaMA-2-{size.upper()}, "
                                   f"setting {setting} (20K random examples per type)", config, note,
                                   {"setting": setting, "preset": preset}))
     for ratio in papers.ACP_RATIOS:
         name = f"acp_ratio_{ratio:g}_llama2_7b"
         config = _config(name, group, "llama2-7b", {**data, "mixture": f"acp_ratio_{ratio:g}"}, optim,
-                         {"suite": "mixture"})
+                         {"suite": "mixture"}, {"family": "seed000", "ratio": ratio})
         out.append(Experiment(f"{group}/{name}.yaml", f"seed 000, Figure 2 (left), specialized:general = {ratio:g}, "
                               "Alpaca fixed at 20K", config, note, {"ratio": ratio, "preset": "llama2-7b"}))
     for n in papers.ACP_COUNTS:
         name = f"acp_count_{n}_llama2_7b"
-        config = _config(name, group, "llama2-7b", {**data, "mixture": papers.acp_name("ACP", per_source=n)}, optim, {"suite": "mixture"})
+        config = _config(name, group, "llama2-7b", {**data, "mixture": papers.acp_name("ACP", per_source=n)}, optim,
+                         {"suite": "mixture"}, {"family": "seed000", "count": n})
         out.append(Experiment(f"{group}/{name}.yaml", f"seed 000, Figure 2 (right), {n} examples of each of A, C, P",
                               config, note, {"count": n, "preset": "llama2-7b"}))
     return out
@@ -152,7 +160,8 @@ def _selection_experiment(dataset: str, method: str, k: int | None, runs: set[st
                 "judge": {"model": "gpt-4"}}  # §2: GPT-4
     benchmarks = method in SEED002_BENCHMARK_METHODS and k in (None, SEED002_BENCHMARK_K[dataset])
     evals = {"suite": "leaderboard", **({"long_form": True} if benchmarks else {}), "pairwise": pairwise}
-    config = _config(name, group, "llama2-7b", data, optim, evals, define=define)
+    config = _config(name, group, "llama2-7b", data, optim, evals,
+                     {"family": "seed002", "dataset": dataset, "method": method, "k": k}, define=define)
     note = {"quality": "quality needs rows with a ChatGPT 0-5 rating in meta['score'] (AlpaGasus ratings):\n"
                        f"set define.tasks.{task}.data_files to such a file.",
             "kmeans": "The paper embeds with LLaMA-2-7B; the default encoder here is TF-IDF+SVD (offline)."}.get(method, "")
@@ -164,7 +173,8 @@ def _selection_experiment(dataset: str, method: str, k: int | None, runs: set[st
 def _base_experiment() -> Experiment:
     """Seed 002's "Base" row of Tables 3, 7 and 8: LLaMA-2-7B evaluated without fine-tuning."""
     name, group = "base_llama2_7b", "seed002_selection"
-    config = _config(name, group, "llama2-7b", {}, {}, {"suite": "leaderboard", "long_form": True}, max_steps=0)
+    config = _config(name, group, "llama2-7b", {}, {}, {"suite": "leaderboard", "long_form": True},
+                     {"family": "seed002", "method": "base"}, max_steps=0)
     for key in ("data", "optim", "checkpoint"):  # no training: `instructjax train` refuses max_steps < 1
         config.pop(key)
     return Experiment(f"{group}/{name}.yaml", "seed 002, Tables 3, 7, 8: Base (LLaMA-2-7B, not fine-tuned)", config,

@@ -1,15 +1,15 @@
 """Seed 002, Rethinking Data Selection for SFT: Tables 1-4 and 6-8 and the selection-size sweep.
 
-A run is read from its config's name (`<dataset>_<method>[_<K>]_*`, as `instructjax experiments` names them).
+A run is placed by what its config records (`experiment: {family: seed002, dataset, method, k}`, as
+`instructjax experiments` writes them; k null: the full dataset; the eval-only base model: {method: base}).
 A winning score lands in the column of the run its comparison names (`eval.pairwise.against`, runs.link_pairwise):
-the generated configs name them (cli/experiments.py SEED002_VERSUS), e.g. `full: alpaca_full_llama2_7b` fills
+the generated configs name them (cli/experiment_grid.py SEED002_VERSUS), e.g. `full: alpaca_full_llama2_7b` fills
 "vs. Full"; a run with several comparisons with the column's run (Longest-1K's length-neutral rejudging) fills it
 from the first.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 
 from instructjax.report import numbers as n
@@ -19,8 +19,6 @@ from instructjax.report.tables import Column, RowOf, Table
 
 KEY = "seed002"
 TITLE = "Rethinking Data Selection for SFT (seed 002)"
-NAME = re.compile(r"^(?P<dataset>alpaca|dolly|wizardlm)_(?P<method>full|random|kmeans|kcenter|quality|longest|shortest)"
-                  r"(?:_(?P<size>\d+k?))?(?:_|$)")
 DATASETS = {"alpaca": "Alpaca", "wizardlm": "WizardLM", "dolly": "Dolly"}
 STRATEGY = {"full": "Full", "random": "Random", "kmeans": "Diversity", "kcenter": "Diversity (k-center)",
             "quality": "Quality", "longest": "Longest", "shortest": "Shortest"}
@@ -29,17 +27,18 @@ BENCHMARK_K = {"alpaca": 1000, "dolly": 1000, "wizardlm": 4200}  # the runs Tabl
 
 def coordinates(run: Run) -> dict | None:
     """{dataset, method, k (None: the full dataset), size (the paper's label: 1K, 6%)}, None for another family's;
-    the eval-only `base_*` run is {method: base} (dataset None)."""
-    if run.name.startswith("base_") and run.config.max_steps == 0:  # the "Base" row: the model not fine-tuned
-        return {"dataset": None, "method": "base", "k": None, "size": None}
-    m = NAME.match(run.name)
-    if m is None:
+    the eval-only base model's run is {method: base} (dataset None)."""
+    recorded = run.config.experiment
+    if recorded.get("family") != KEY:
         return None
-    size = m["size"]
-    k = None if size is None else int(size[:-1]) * 1000 if size.endswith("k") else int(size)
-    label = None if k is None else "6%" if (m["dataset"], k) == ("wizardlm", 4200) else (
+    method, dataset, k = recorded.get("method"), recorded.get("dataset"), recorded.get("k")
+    if method == "base" and run.config.max_steps == 0:  # the "Base" row: the model not fine-tuned
+        return {"dataset": None, "method": "base", "k": None, "size": None}
+    if dataset not in DATASETS or method not in STRATEGY or not (k is None or isinstance(k, int)):
+        return None
+    label = None if k is None else "6%" if (dataset, k) == ("wizardlm", 4200) else (
         f"{k // 1000}K" if k % 1000 == 0 else str(k))
-    return {"dataset": m["dataset"], "method": m["method"], "k": k, "size": label}
+    return {"dataset": dataset, "method": method, "k": k, "size": label}
 
 
 def _method(*methods: str) -> Callable[[Run], bool]:

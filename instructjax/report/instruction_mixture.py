@@ -1,12 +1,10 @@
 """Seed 000, Understanding the Instruction Mixture: Tables 1-2 and Figure 2, from the `acp_*` runs.
 
-A run is read from its config's name (`acp_<setting>_*`, `acp_ratio_<r>_*`, `acp_count_<n>_*`, as
-`instructjax experiments` names them) and `model.preset` (the paper's model, or a row of its own).
+A run is placed by what its config records (`experiment: {family: seed000, setting | ratio | count}`, as
+`instructjax experiments` writes them) and `model.preset` (the paper's model, or a row of its own).
 """
 
 from __future__ import annotations
-
-import re
 
 from instructjax.report import numbers as n
 from instructjax.report.figures import Figure, Panel, Series
@@ -16,15 +14,23 @@ from instructjax.report.tables import Column, RowOf, Table
 KEY = "seed000"
 TITLE = "Understanding the Instruction Mixture for LLM Fine-tuning (seed 000)"
 MODELS = {"llama2-7b": "LLaMA-2-7B", "llama2-13b": "LLaMA-2-13B"}
-NAME = re.compile(r"^acp_(?:(?P<setting>None|A|C|P|AC|AP|CP|ACP)|ratio_(?P<ratio>[\d.]+)|count_(?P<count>\d+))_")
+SETTINGS = ("None", "A", "C", "P", "AC", "AP", "CP", "ACP")
 
 
 def coordinates(run: Run) -> dict | None:
     """{model, and setting | ratio | count} of an A/C/P run, None for another family's."""
-    m = NAME.match(run.name)
-    if m is None:
+    recorded = run.config.experiment
+    if recorded.get("family") != KEY:
         return None
-    found = {k: v for k, v in m.groupdict().items() if v is not None}
+    found = {}  # as the tables label them: the setting, the ratio as `g` prints it, the count
+    if recorded.get("setting") in SETTINGS:
+        found["setting"] = recorded["setting"]
+    if isinstance(recorded.get("ratio"), (int, float)):
+        found["ratio"] = f"{recorded['ratio']:g}"
+    if isinstance(recorded.get("count"), int):
+        found["count"] = str(recorded["count"])
+    if len(found) != 1:
+        return None
     return {"model": MODELS.get(run.config.model.preset, run.config.model.preset), **found}
 
 

@@ -19,6 +19,7 @@ from helpers import REPO
 
 STEPS = 6
 CONFIG = """name: acp_{setting}_tiny
+experiment: {{family: seed000, setting: {setting}}}
 run_dir: {root}/runs/seed000_acp/acp_{setting}_tiny
 max_steps: {steps}
 log_every: 1
@@ -141,8 +142,8 @@ def test_report_of_the_sweep_has_three_rows_of_numbers(swept, tmp_path):
 
 @pytest.mark.slow
 def test_the_sweeps_runs_as_a_study_of_ones_own(swept, tmp_path):
-    """The same runs under names of one's own (no paper's): a table of their own, a row per run, the mixture they
-    differ in first, the numbers of their results.json exactly; their losses overlaid."""
+    """The same runs under names of one's own, recording no paper's experiment: a table of their own, a row per run,
+    the mixture they differ in first, the numbers of their results.json exactly; their losses overlaid."""
     from PIL import Image
 
     from instructjax.cli import main
@@ -151,7 +152,8 @@ def test_the_sweeps_runs_as_a_study_of_ones_own(swept, tmp_path):
     mine.mkdir()
     for config in sorted(swept["configs"].glob("*.yaml")):
         (mine / config.name.replace("acp_", "blend_")).write_text(
-            config.read_text().replace("name: acp_", "name: blend_"))
+            "".join(line for line in config.read_text().splitlines(keepends=True)
+                    if not line.startswith("experiment:")).replace("name: acp_", "name: blend_"))
     assert main(["report", str(mine), "--out", str(tmp_path / "out")]) == 0
     rows = list(csv.DictReader((tmp_path / "out" / "my_blends_runs.csv").open()))
     assert [r["run"] for r in rows] == [f"blend_{s}_tiny" for s in ("AC", "A", "C", "P")]

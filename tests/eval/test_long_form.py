@@ -271,9 +271,9 @@ def test_a_bad_row_is_one_line_naming_the_file_and_row(tmp_path):
 
 
 def test_seed002_configs_run_long_form_for_the_rows_of_tables_3_7_8():
-    from instructjax.cli import experiments
+    from instructjax.cli import experiment_grid
 
-    on = {e.config["name"] for e in experiments.seed002() if e.config["eval"].get("long_form")}
+    on = {e.config["name"] for e in experiment_grid.seed002() if e.config["eval"].get("long_form")}
     rows = {f"{d}_{m}{s}_llama2_7b" for d, s in (("alpaca", "_1k"), ("dolly", "_1k"), ("wizardlm", "_4200"))
             for m in ("random", "kmeans", "quality", "longest")}
     assert on == {"base_llama2_7b", "alpaca_full_llama2_7b", "dolly_full_llama2_7b", "wizardlm_full_llama2_7b"} | rows
@@ -284,7 +284,8 @@ def test_report_reads_long_form_and_averages_avg1(tmp_path):
 
     from instructjax.report import families
 
-    write_run(tmp_path, "base_llama2_7b", "max_steps: 0\nmodel: {preset: llama2-7b}\n",
+    write_run(tmp_path, "base_llama2_7b", "max_steps: 0\nmodel: {preset: llama2-7b}\n"
+              "experiment: {family: seed002, method: base}\n",
          {"model": "m", "parts": ["long_form"], "long_form": {"LongForm": 14.0, "ELI5": 11.0,
                                                               "n": {"LongForm": 2045, "ELI5": 1507}}})
     families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")

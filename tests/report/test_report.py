@@ -479,11 +479,16 @@ def test_report_tables_and_figures_from_results(tmp_path):
     from instructjax.report.figures import figure_size
 
     for ratio, scale in (("0.5", 0.4), ("1", 0.5), ("2", 0.45)):
-        write_run(tmp_path, f"acp_ratio_{ratio}_llama2_7b", "model: {preset: llama2-7b}\n", _mixture_results(scale))
-    write_run(tmp_path, "acp_ratio_1.5_llama2_7b", "model: {preset: llama2-7b}\n", None)  # not finished
+        write_run(tmp_path, f"acp_ratio_{ratio}_llama2_7b", "model: {preset: llama2-7b}\n"
+                  f"experiment: {{family: seed000, ratio: {ratio}}}\n", _mixture_results(scale))
+    write_run(tmp_path, "acp_ratio_1.5_llama2_7b", "model: {preset: llama2-7b}\n"
+              "experiment: {family: seed000, ratio: 1.5}\n", None)  # not finished
     full = tmp_path / "runs" / "alpaca_full_llama2_7b" / "eval" / "pairwise_outputs.jsonl"
-    write_run(tmp_path, "alpaca_full_llama2_7b", "eval: {pairwise: {against: {}}}\n", None)
-    write_run(tmp_path, "alpaca_longest_1k_llama2_7b", f"eval: {{pairwise: {{against: {full}}}}}\n",
+    selection = "experiment: {{family: seed002, dataset: alpaca, method: {}, k: {}}}\n"
+    write_run(tmp_path, "alpaca_full_llama2_7b", "eval: {pairwise: {against: {}}}\n" + selection.format("full", "null"),
+              None)
+    write_run(tmp_path, "alpaca_longest_1k_llama2_7b", f"eval: {{pairwise: {{against: {full}}}}}\n"
+              + selection.format("longest", 1000),
          {"model": "m", "parts": ["pairwise"], "pairwise": {"vs": {"pairwise_outputs": {
              "win": 5, "tie": 3, "lose": 2, "n": 10, "winning_score": 1.3}}}})
     write_run(tmp_path, "ablation_dist_pareto_mistral_7b", "model: {preset: mistral-7b}\n"
@@ -537,11 +542,11 @@ def test_seed002_generated_comparisons_fill_the_columns_of_the_runs_they_name(tm
 
     import yaml
 
-    from instructjax.cli import experiments
+    from instructjax.cli import experiment_grid
 
     rng, scores = random.Random(0), {}
     (tmp_path / "configs").mkdir()
-    for e in experiments.seed002():
+    for e in experiment_grid.seed002():
         if e.tags["dataset"] != "alpaca" or e.tags["k"] not in (None, 1000):
             continue
         name, run_dir = e.config["name"], tmp_path / "runs" / e.config["name"]
@@ -590,7 +595,8 @@ def test_seed004_base_models_and_safety_columns(tmp_path):
     for preset, toxic in (("llama1_7b", 12.5), ("llama1_13b", 0.5)):
         write_run(tmp_path, f"tulu_human_gpt_{preset}", f"model: {{preset: {preset.replace('_', '-')}}}\n"
              "data: {mixture: tulu_human_gpt}\n", {"model": "m", "parts": ["toxigen"], "toxigen": {"overall": toxic}})
-    write_run(tmp_path, "base_llama2_7b", "max_steps: 0\nmodel: {preset: llama2-7b}\n",  # seed 002's "Base"
+    write_run(tmp_path, "base_llama2_7b", "max_steps: 0\nmodel: {preset: llama2-7b}\n"  # seed 002's "Base"
+              "experiment: {family: seed002, method: base}\n",
          {"model": "m", "parts": ["suite"], "suite": {"mmlu|5-shot": {"acc,none": 0.4}}})
     families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
     for table in ("table3", "table7", "table8"):  # one base model, the "Base" row of each dataset's table
