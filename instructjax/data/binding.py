@@ -50,42 +50,49 @@ class Bound:
     resolved: Resolved
 
 
-def resolve(name: str) -> Resolved | None:
-    """A task or mixture, or a user's own seqio Task or Mixture (looked up in seqio's registries only when
-    seqio is imported: a seqio-registered name needs it), resolved; None when `name` is none of these."""
-    found = specs.tasks_of(name)
+def specs_of(name: str, registry: specs.Registry | None = None) -> Resolved | None:
+    """A task or mixture of `registry` (None: the default one, `specs.default_registry()`), or a user's own seqio
+    Task or Mixture (looked up in seqio's registries only when seqio is imported: a seqio-registered name needs
+    it), resolved; None when `name` is none of these."""
+    registry = registry or specs.default_registry()
+    found = registry.tasks_of(name)
     if found is None and "seqio" in sys.modules:
         from instructjax.data.seqio import lookup
 
         mixture = lookup.mixture_spec(name)
         if mixture is not None:
-            specs.add_foreign_mixture(name, mixture)
+            registry.add_foreign_mixture(name, mixture)
             found = mixture.tasks, mixture
     if found is None:
         return None
     tasks, mixture = found
-    return Resolved(name, tuple(tasks), tuple(specs.lookup_task(t) for t in tasks), mixture)
+    return Resolved(name, tuple(tasks), tuple(registry.lookup_task(t) for t in tasks), mixture)
 
 
-def uses_model_encoder(name: str | Resolved) -> bool:
-    """True when a task of `name` selects its examples with an encoder that runs a model (its code must be
-    imported first: `instructjax.train.embed`)."""
-    found = name if isinstance(name, Resolved) else resolve(name)
+resolve = specs_of  # the old name
+
+
+def uses_model_encoder(name: str | Resolved, registry: specs.Registry | None = None) -> bool:
+    """True when a task of `name` selects its examples with an encoder that runs a model (the model's weights:
+    `instructjax.train.selection_encoder`, loaded when the encoder is asked for)."""
+    found = name if isinstance(name, Resolved) else specs_of(name, registry)
     return any(s is not None and s.selection is not None and s.selection.encoder in MODEL_ENCODERS
                for s in (found.specs if found else ()))
 
 
 def bind(name: str | Resolved, *, tokenizer: str | None, template: str | None = None, max_length: int | None = None,
-         model: str | None = None, on_bad_row: str | None = None, system_turn: str | None = None) -> Bound:
-    """Bind task or mixture `name` (or as `resolve` gave it) to the run's `tokenizer` (a path, None = the built-in default),
+         model: str | None = None, on_bad_row: str | None = None, system_turn: str | None = None,
+         registry: specs.Registry | None = None) -> Bound:
+    """Bind task or mixture `name` (or as `specs_of` gave it) of `registry` (None: the default one) to the run's `tokenizer` (a path, None = the built-in default),
     `template` (None: the tasks' own, else tulu), `max_length` (the run's row length), `model` (the
     run's checkpoint, for selection encoders that embed with it), `on_bad_row` (None: each task's own) and
     `system_turn` (None: each task's own; `core.config.DataSection`). A
     user's own seqio Task (not an instructjax task) is left as it is: it brings its tokens, whose range the
     pipeline checks."""
-    found = name if isinstance(name, Resolved) else resolve(name)
+    registry = registry or specs.default_registry()
+    found = name if isinstance(name, Resolved) else specs_of(name, registry)
     if found is None:
-        raise specs.unknown(name)
+        raise registry.unknown(name)
     name, originals, mixture = found.name, list(found.tasks), found.mixture
     run_tokenizer = Tokenizer.load(tokenizer)
     variants, templates = [], set()
@@ -110,9 +117,9 @@ def bind(name: str | Resolved, *, tokenizer: str | None, template: str | None = 
             changes["selection"] = dataclasses.replace(
                 spec.selection, encoder_model=spec.selection.encoder_model or model,
                 encoder_tokenizer=tokenizer if tokenizer else None)
-        variants.append(specs.with_options(task, **changes))
+        variants.append(registry.with_options(task, **changes))
     bound = name
     if variants != originals:
-        bound = specs.remix(name, dict(zip(originals, variants, strict=True))) if mixture else variants[0]
-    resolved = found if bound == name else resolve(bound)
+        bound = registry.remix(name, dict(zip(originals, variants, strict=True))) if mixture else variants[0]
+    resolved = found if bound == name else specs_of(bound, registry)
     return Bound(bound, variants, templates.pop() if len(templates) == 1 else None, originals, resolved)

@@ -80,12 +80,12 @@ class DataEstimate:
     epoch: str = ""  # the epoch in words: examples, rows, steps, as the layout has them
 
 
-def _task_examples(task: str, count: int | None) -> tuple[int, float, str]:
-    """(examples, mean tokens per example, source name) of one mixture component from the papers' sizes."""
-    from instructjax.data.blends.specs import task as task_spec
+def _task_examples(task: str, count: int | None, registry) -> tuple[int, float, str]:
+    """(examples, mean tokens per example, source name) of one mixture component (a task of `registry`) from the
+    papers' sizes."""
     from instructjax.data.sources.synthetic import LENGTH_STATS
 
-    spec = task_spec(task)
+    spec = registry.task(task)
     stats = LENGTH_STATS.get(spec.source)
     if stats is None:
         raise ConfigError(f"task {task!r}: no paper size for source {spec.source!r}; use --real-data")
@@ -97,24 +97,26 @@ def _task_examples(task: str, count: int | None) -> tuple[int, float, str]:
     return n, stats.rounds * (stats.prompt + stats.completion), spec.source
 
 
-def estimate_epoch(config: RunConfig, multiple: int = 1) -> DataEstimate:
+def estimate_epoch(config: RunConfig, multiple: int = 1, registry=None) -> DataEstimate:
     """One epoch from the papers' dataset sizes and mean lengths (Tulu Table 1; see the module doc); `multiple`:
-    what a per_step step's rows are a multiple of."""
+    what a per_step step's rows are a multiple of; `registry`: the run's tasks and mixtures (`data.blends.specs.
+    Registry`; None: the default one)."""
     from instructjax.data.batches.step_plan import mean_step_shape
     from instructjax.data.blends import specs
     from instructjax.data.mosaic.augment import sample_count
 
+    registry = registry or specs.default_registry()
     data = config.data
-    found = specs.tasks_of(data.mixture)
+    found = registry.tasks_of(data.mixture)
     if found is None:
-        raise specs.unknown(data.mixture, "a registered task or mixture (data.mixture)")
+        raise registry.unknown(data.mixture, "a registered task or mixture (data.mixture)")
     tasks, mixture = found
     if mixture is not None and not mixture.epoch_mode:
         raise ConfigError(f"mixture {data.mixture!r} is rate mode (endless): plan needs an epoch mixture")
     examples = tokens = 0.0
     per_task = {}
     for task, count in (mixture.counts if mixture is not None else ((tasks[0], None),)):
-        n, mean_len, _ = _task_examples(task, count)
+        n, mean_len, _ = _task_examples(task, count, registry)
         per_task[task] = n
         length = min(mean_len, data.seq_len)
         if data.mosaic is not None:
@@ -248,10 +250,11 @@ def stored_model(init_from: str) -> dict | None:
 
 def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False, name: str = "") -> Plan:
     """The plan of `config` on `topology` (see the module docstring)."""
-    if config.define:
-        from instructjax.data.blends.specs import define
+    from instructjax.data.blends.specs import default_registry
 
-        define(config.define)
+    registry = default_registry()  # what the config's `imports:` registered; its `define:` joins them
+    if config.define:
+        registry.define(config.define)
     if config.mesh == "auto":  # figures of the plain FSDP mesh; plan_with_proposal takes the proposed one
         config = dataclasses.replace(config, mesh={"data": 1, "fsdp": -1, "tensor": 1})
     model = model_shapes(config)
@@ -261,7 +264,7 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
     data = None
     if training:
         multiple = sharding.row_multiple(config, sizes, topology.hosts)
-        data = real_epoch(config, multiple) if real_data else estimate_epoch(config, multiple)
+        data = real_epoch(config, multiple) if real_data else estimate_epoch(config, multiple, registry)
     rows, length = max(data.step_shapes, key=lambda s: s[0] * s[1]) if training else (0, config.data.seq_len)
     memory, acts = device_memory(model, sizes, rows=rows, seq_len=length,  # the largest step shown
                                  micro_batches=config.optim.micro_batches,

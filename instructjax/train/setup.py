@@ -87,30 +87,33 @@ def fit_model_to_tokenizer(model: DecoderConfig, tokenizer, *, pretrained: bool,
 class RunData:
     """The run's data bound to its tokenizer: `config` (a DataSection over the bound mixture), the task
     names as the user wrote them (`sources`), the chat template, the tokenizer path and the bound mixture
-    resolved once (`binding.Resolved`: what the pipeline reads)."""
+    resolved once (`binding.Resolved`: what the pipeline reads) and the registry its names are looked up in
+    (`data.blends.specs.Registry`: what the config's `imports:` and `define:` registered)."""
 
     config: object
     sources: list[str]
     template: str | None
     tokenizer: str | None
     resolved: object = None
+    registry: object = None
 
 
-def bind_data(config: RunConfig, tokenizer: str | None) -> RunData:
-    """Register the config's own tasks (`define:`) and bind its mixture to the run (see the module doc)."""
-    from instructjax.data.binding import bind, resolve, uses_model_encoder
-    from instructjax.data.blends.specs import define, unknown
+def bind_data(config: RunConfig, tokenizer: str | None, registry=None) -> RunData:
+    """Register the config's own tasks (`define:`) in `registry` (None: the default one, where a config's `imports:`
+    registered theirs) and bind its mixture to the run (see the module doc)."""
+    from instructjax.data.binding import bind, specs_of
+    from instructjax.data.blends.specs import default_registry
 
-    define(config.define)
-    resolved = resolve(config.data.mixture)  # once: bind and the pipeline take it from here
+    registry = registry or default_registry()
+    registry.define(config.define)
+    resolved = specs_of(config.data.mixture, registry)  # once: bind and the pipeline take it from here
     if resolved is None:
-        raise unknown(config.data.mixture)
-    if uses_model_encoder(resolved):  # its encoder runs the run's model
-        import instructjax.train.embed  # noqa: F401  (registers "llama-mean")
+        raise registry.unknown(config.data.mixture)
     bound = bind(resolved, tokenizer=tokenizer, template=config.template, max_length=config.data.seq_len,
-                 model=config.model.init_from, on_bad_row=config.data.on_bad_row, system_turn=config.data.system_turn)
+                 model=config.model.init_from, on_bad_row=config.data.on_bad_row, system_turn=config.data.system_turn,
+                 registry=registry)
     return RunData(dataclasses.replace(config.data, mixture=bound.name), bound.sources,
-                   config.template or bound.template, tokenizer, bound.resolved)
+                   config.template or bound.template, tokenizer, bound.resolved, registry)
 
 
 def tokenizer_item(tokenizer, template: str | None) -> dict:
@@ -132,15 +135,16 @@ class BoundRun:
     data: RunData
 
 
-def bind_run(config: RunConfig) -> BoundRun:
-    """The tokenizer, the model fitted to it and the data bound to both (see the module doc)."""
+def bind_run(config: RunConfig, registry=None) -> BoundRun:
+    """The tokenizer, the model fitted to it and the data bound to both (see the module doc), the data's names looked
+    up in `registry` (None: the default one, where the config's `imports:` registered theirs)."""
     from instructjax.data.encoding.tokenizer import Tokenizer
 
     path = tokenizer_path(config)
     tokenizer = Tokenizer.load(path)
     model = fit_model_to_tokenizer(resolve_model_config(config), tokenizer, pretrained=bool(config.model.init_from),
                                    where=tokenizer_words(config))
-    data = bind_data(config, path)
+    data = bind_data(config, path, registry)
     return BoundRun(dataclasses.replace(config, template=data.template), tokenizer, model, data)
 
 

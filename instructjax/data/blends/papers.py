@@ -74,7 +74,7 @@ def tulu(sources: tuple[str, ...], *, builtin: bool = False) -> Counts:
     return tuple((_task(s, builtin), None if builtin else TULU_SAMPLED.get(s)) for s in sources)
 
 
-def resolve(name: str) -> Counts | None:
+def paper_counts(name: str) -> Counts | None:
     """The counts of the mixture a paper's name stands for (see the module doc), or None."""
     base, builtin = (name[: -len(BUILTIN_SUFFIX)], True) if name.endswith(BUILTIN_SUFFIX) else (name, False)
     if name == "all_builtin":
@@ -94,6 +94,9 @@ def resolve(name: str) -> Counts | None:
     if base.startswith("tulu_single_") and base.removeprefix("tulu_single_") in TULU_TABLE3:
         return tulu((base.removeprefix("tulu_single_"),), builtin=builtin)
     return None
+
+
+resolve = paper_counts  # the old name
 
 
 def paper_names() -> list[str]:

@@ -2,9 +2,11 @@
 
 The pipeline, run binding, `data stats` and `plan` read these, so none of them imports seqio or
 TensorFlow; `data.seqio.tasks` and `data.seqio.mixtures` register every spec in seqio's registries too (the
-public face: `seqio.get_mixture_or_task(...)` works on them). Names resolve on first lookup: `NAME` and
-`NAME_builtin` for every source (`sources.SOURCES`), the papers' mixtures from their names (`blends`),
-everything registered with `add_task` / `add_mixture` (a config's `define:` block, your own code).
+public face: `seqio.get_mixture_or_task(...)` works on them once registered). A `Registry` holds them by name,
+and a run hands its registry on (`data.binding`); names resolve on first lookup: `NAME` and `NAME_builtin` for
+every source (`sources.SOURCES`), the papers' mixtures from their names (`blends.papers`), everything registered
+with `add_task` / `add_mixture` (a config's `define:` block, your own code: these module functions write into
+`default_registry()`, the one the run loader passes on).
 """
 
 from __future__ import annotations
@@ -93,119 +95,213 @@ class MixtureSpec:
         return [t for t, _ in (self.counts or self.rates)]
 
 
-_TASKS: dict[str, TaskSpec] = {}
-_MIXTURES: dict[str, MixtureSpec] = {}
-VARIANT_OF: dict[str, str] = {}  # a variant of a task or mixture -> the name it was made from
+class Registry:
+    """Tasks and mixtures by name, and the variants `bind` makes of them: one object a run is handed and passes
+    on (`data.binding`), rather than state each stage reads behind the others' backs. `default_registry()` is
+    the one the public functions below (`add_task`, `define`, ...) write into: what a user's own modules
+    (`imports:`) register, and what the run loader passes on. Anchors: levanter's draccus `ChoiceRegistry`,
+    EasyLM's `DatasetFactory`."""
 
+    def __init__(self):
+        self.tasks: dict[str, TaskSpec] = {}
+        self.mixtures: dict[str, MixtureSpec] = {}
+        self.variants: dict[str, str] = {}  # a variant of a task or mixture -> the name it was made from
 
-def add_task(name: str, spec: TaskSpec) -> None:
-    """Register (or replace) task `name`."""
-    _TASKS[name] = spec
+    def add_task(self, name: str, spec: TaskSpec) -> None:
+        """Register (or replace) task `name`."""
+        self.tasks[name] = spec
 
+    def add_mixture(self, name: str, spec: MixtureSpec) -> None:
+        """Register (or replace) mixture `name`; its tasks must resolve."""
+        missing = [t for t in spec.tasks if self.lookup_task(t) is None]
+        if missing:
+            raise ConfigError(f"mixture {name!r}: unknown task(s) {missing}; register them first")
+        self.mixtures[name] = spec
 
-def add_mixture(name: str, spec: MixtureSpec) -> None:
-    """Register (or replace) mixture `name`; its tasks must resolve."""
-    missing = [t for t in spec.tasks if lookup_task(t) is None]
-    if missing:
-        raise ConfigError(f"mixture {name!r}: unknown task(s) {missing}; register them first")
-    _MIXTURES[name] = spec
+    def add_foreign_mixture(self, name: str, spec: MixtureSpec) -> None:
+        """Register the spec of a mixture whose tasks are not all instructjax tasks (a user's seqio Mixture)."""
+        self.mixtures[name] = spec
 
+    def lookup_task(self, name: str) -> TaskSpec | None:
+        """The task called `name` (the built-in `SOURCE` / `SOURCE_builtin` ones made on first lookup)."""
+        if name not in self.tasks:
+            from instructjax.data.sources.registry import SOURCES
 
-def lookup_task(name: str) -> TaskSpec | None:
-    """The task called `name` (the built-in `SOURCE` / `SOURCE_builtin` ones made on first lookup)."""
-    if name not in _TASKS:
+            source = name.removesuffix(BUILTIN_SUFFIX)
+            if source in SOURCES:
+                self.tasks[name] = TaskSpec(source=source, data_files=(BUILTIN,) if name != source else None)
+        return self.tasks.get(name)
+
+    def lookup_mixture(self, name: str) -> MixtureSpec | None:
+        """The mixture called `name` (the papers' mixtures made from their names on first lookup)."""
+        if name not in self.mixtures:
+            from instructjax.data.blends import papers
+
+            counts = papers.paper_counts(name)
+            if counts is not None:
+                self.add_mixture(name, MixtureSpec(counts=counts))
+        return self.mixtures.get(name)
+
+    def task(self, name: str) -> TaskSpec:
+        """The task called `name`, or a one-line ConfigError."""
+        spec = self.lookup_task(name)
+        if spec is None:
+            raise self.unknown(name, "an instructjax task")
+        return spec
+
+    def tasks_of(self, name: str) -> tuple[list[str], MixtureSpec | None] | None:
+        """(task names, mixture spec or None) of a mixture or task called `name`; None if neither."""
+        mixture = self.lookup_mixture(name)
+        if mixture is not None:
+            return mixture.tasks, mixture
+        return ([name], None) if self.lookup_task(name) is not None else None
+
+    def suggest(self, name: str) -> list[str]:
+        """Up to three known names (not variants) closest to `name`: the "did you mean" of `unknown`."""
+        import difflib
+
+        from instructjax.data.blends import papers
         from instructjax.data.sources.registry import SOURCES
 
-        source = name.removesuffix(BUILTIN_SUFFIX)
-        if source in SOURCES:
-            _TASKS[name] = TaskSpec(source=source, data_files=(BUILTIN,) if name != source else None)
-    return _TASKS.get(name)
+        known = {*self.tasks, *self.mixtures, *papers.paper_names(), *SOURCES,
+                 *(f"{s}{BUILTIN_SUFFIX}" for s in SOURCES)}
+        return difflib.get_close_matches(name, sorted(k for k in known if k not in self.variants), n=3, cutoff=0.6)
 
+    def unknown(self, name: str, what: str = "a registered task or mixture") -> ConfigError:
+        """`NAME is not a registered task or mixture; did you mean ...?` (the closest known names)."""
+        close = self.suggest(name)
+        hint = f"did you mean {' or '.join(close)}?" if close else "README: defining your own task or mixture"
+        return ConfigError(f"{name!r} is not {what}; {hint}")
 
-def lookup_mixture(name: str) -> MixtureSpec | None:
-    """The mixture called `name` (the papers' mixtures made from their names on first lookup)."""
-    if name not in _MIXTURES:
-        from instructjax.data.blends import papers
+    def base_name(self, name: str) -> str:
+        """The name a variant (`with_options`, `remix`) was made from: what reports and metrics show."""
+        return self.variants.get(name, name)
 
-        counts = papers.resolve(name)
-        if counts is not None:
-            add_mixture(name, MixtureSpec(counts=counts))
-    return _MIXTURES.get(name)
+    def subset_seed(self, seed: int, task: str) -> int:
+        """The seed of a task's subset draw (see the module function `subset_seed`)."""
+        return int.from_bytes(hashlib.sha256(f"{seed}/{self.base_name(task)}".encode()).digest()[:8], "little")
 
+    def with_options(self, name: str, **changes) -> str:
+        """Register (once) and return a variant of task `name` with TaskSpec fields changed."""
+        original = self.task(name)
+        spec = dataclasses.replace(original, **changes)
+        if spec == original:
+            return name
+        variant = f"{self.base_name(name)}.{_digest(spec)}"
+        if variant not in self.tasks:
+            self.add_task(variant, spec)
+            self.variants[variant] = self.base_name(name)
+        return variant
 
-def add_foreign_mixture(name: str, spec: MixtureSpec) -> None:
-    """Register the spec of a mixture whose tasks are not all instructjax tasks (a user's seqio Mixture)."""
-    _MIXTURES[name] = spec
+    def remix(self, name: str, task_map: dict[str, str]) -> str:
+        """Register (once) and return mixture `name` over other tasks (`task_map`: old -> new), same counts or
+        rates."""
+        spec = self.lookup_mixture(name)
+        if spec is None:
+            raise ConfigError(f"{name!r} is not a registered mixture")
+        variant = f"{self.base_name(name)}.{_digest(sorted(task_map.items()))}"
+        if variant not in self.mixtures:
+            self.add_mixture(variant, MixtureSpec(counts=tuple((task_map[t], n) for t, n in spec.counts),
+                                                  rates=tuple((task_map[t], r) for t, r in spec.rates)))
+            self.variants[variant] = self.base_name(name)
+        return variant
 
+    def define(self, block: dict) -> None:
+        """Register a config's own tasks and mixtures (its `define:` block; see the module function `define`)."""
+        from instructjax.core.config import build_section
 
-def task(name: str) -> TaskSpec:
-    """The task called `name`, or a one-line ConfigError."""
-    spec = lookup_task(name)
-    if spec is None:
-        raise unknown(name, "an instructjax task")
-    return spec
-
-
-def tasks_of(name: str) -> tuple[list[str], MixtureSpec | None] | None:
-    """(task names, mixture spec or None) of a mixture or task called `name`; None if neither."""
-    mixture = lookup_mixture(name)
-    if mixture is not None:
-        return mixture.tasks, mixture
-    return ([name], None) if lookup_task(name) is not None else None
-
-
-def unknown(name: str, what: str = "a registered task or mixture") -> ConfigError:
-    """`NAME is not a registered task or mixture; did you mean ...?` (the closest known names)."""
-    import difflib
-
-    from instructjax.data.blends import papers
-    from instructjax.data.sources.registry import SOURCES
-
-    known = {*_TASKS, *_MIXTURES, *papers.paper_names(), *SOURCES, *(f"{s}{BUILTIN_SUFFIX}" for s in SOURCES)}
-    close = difflib.get_close_matches(name, sorted(k for k in known if k not in VARIANT_OF), n=3, cutoff=0.6)
-    hint = f"did you mean {' or '.join(close)}?" if close else "README: defining your own task or mixture"
-    return ConfigError(f"{name!r} is not {what}; {hint}")
-
-
-def subset_seed(seed: int, task: str) -> int:
-    """The seed of a task's subset draw: a function of the run's data seed and the dataset alone, so every
-    mixture holding the dataset draws the same subset, and a smaller subset is a prefix of a larger one."""
-    return int.from_bytes(hashlib.sha256(f"{seed}/{base_name(task)}".encode()).digest()[:8], "little")
-
-
-def base_name(name: str) -> str:
-    """The name a variant (`with_options`, `remix`) was made from: what reports and metrics show."""
-    return VARIANT_OF.get(name, name)
+        for name, values in (block.get("tasks") or {}).items():
+            values = dict(values)
+            if values.get("data_files") is not None:
+                files = values["data_files"]
+                values["data_files"] = tuple([files] if isinstance(files, str) else files)
+            if "source_options" in values:
+                values["source_options"] = tuple(sorted(values["source_options"].items()))
+            self.add_task(name, build_section(TaskSpec, values, f"define.tasks.{name}"))
+        for name, values in (block.get("mixtures") or {}).items():
+            mode = values.get("mode", "epoch")
+            if mode not in ("epoch", "rate"):
+                raise ConfigError(f"define.mixtures.{name}.mode must be 'epoch' or 'rate', got {mode!r}")
+            entries = tuple((values.get("counts" if mode == "epoch" else "rates") or {}).items())
+            if not entries:
+                raise ConfigError(f"mixture {name!r} has no tasks")
+            self.add_mixture(name, MixtureSpec(counts=entries) if mode == "epoch" else MixtureSpec(rates=entries))
 
 
 def _digest(value) -> str:
     return hashlib.sha1(repr(value).encode()).hexdigest()[:8]
 
 
+_DEFAULT = Registry()
+# the default registry's tables under their old names (read them through a Registry instead)
+_TASKS, _MIXTURES, VARIANT_OF = _DEFAULT.tasks, _DEFAULT.mixtures, _DEFAULT.variants
+
+
+def default_registry() -> Registry:
+    """The registry the public functions here write into (a user's own modules, a config's `define:`) and that the
+    run loader passes on to binding, the pipeline and the reports."""
+    return _DEFAULT
+
+
+def add_task(name: str, spec: TaskSpec) -> None:
+    """Register (or replace) task `name` (in the default registry)."""
+    _DEFAULT.add_task(name, spec)
+
+
+def add_mixture(name: str, spec: MixtureSpec) -> None:
+    """Register (or replace) mixture `name` (in the default registry); its tasks must resolve."""
+    _DEFAULT.add_mixture(name, spec)
+
+
+def add_foreign_mixture(name: str, spec: MixtureSpec) -> None:
+    """Register the spec of a mixture whose tasks are not all instructjax tasks (a user's seqio Mixture)."""
+    _DEFAULT.add_foreign_mixture(name, spec)
+
+
+def lookup_task(name: str) -> TaskSpec | None:
+    """The task called `name` (the built-in `SOURCE` / `SOURCE_builtin` ones made on first lookup)."""
+    return _DEFAULT.lookup_task(name)
+
+
+def lookup_mixture(name: str) -> MixtureSpec | None:
+    """The mixture called `name` (the papers' mixtures made from their names on first lookup)."""
+    return _DEFAULT.lookup_mixture(name)
+
+
+def task(name: str) -> TaskSpec:
+    """The task called `name`, or a one-line ConfigError."""
+    return _DEFAULT.task(name)
+
+
+def tasks_of(name: str) -> tuple[list[str], MixtureSpec | None] | None:
+    """(task names, mixture spec or None) of a mixture or task called `name`; None if neither."""
+    return _DEFAULT.tasks_of(name)
+
+
+def unknown(name: str, what: str = "a registered task or mixture") -> ConfigError:
+    """`NAME is not a registered task or mixture; did you mean ...?` (the closest known names)."""
+    return _DEFAULT.unknown(name, what)
+
+
+def subset_seed(seed: int, task: str) -> int:
+    """The seed of a task's subset draw: a function of the run's data seed and the dataset alone, so every
+    mixture holding the dataset draws the same subset, and a smaller subset is a prefix of a larger one."""
+    return _DEFAULT.subset_seed(seed, task)
+
+
+def base_name(name: str) -> str:
+    """The name a variant (`with_options`, `remix`) was made from: what reports and metrics show."""
+    return _DEFAULT.base_name(name)
+
+
 def with_options(name: str, **changes) -> str:
     """Register (once) and return a variant of task `name` with TaskSpec fields changed."""
-    original = task(name)
-    spec = dataclasses.replace(original, **changes)
-    if spec == original:
-        return name
-    variant = f"{base_name(name)}.{_digest(spec)}"
-    if variant not in _TASKS:
-        add_task(variant, spec)
-        VARIANT_OF[variant] = base_name(name)
-    return variant
+    return _DEFAULT.with_options(name, **changes)
 
 
 def remix(name: str, task_map: dict[str, str]) -> str:
     """Register (once) and return mixture `name` over other tasks (`task_map`: old -> new), same counts or rates."""
-    spec = lookup_mixture(name)
-    if spec is None:
-        raise ConfigError(f"{name!r} is not a registered mixture")
-    variant = f"{base_name(name)}.{_digest(sorted(task_map.items()))}"
-    if variant not in _MIXTURES:
-        add_mixture(variant, MixtureSpec(counts=tuple((task_map[t], n) for t, n in spec.counts),
-                                         rates=tuple((task_map[t], r) for t, r in spec.rates)))
-        VARIANT_OF[variant] = base_name(name)
-    return variant
+    return _DEFAULT.remix(name, task_map)
 
 
 def define(block: dict) -> None:
@@ -216,21 +312,4 @@ def define(block: dict) -> None:
       mixtures: {my_blend: {mode: epoch, counts: {alpaca: 20000, my_chats: null}},
                  my_rates: {mode: rate, rates: {alpaca: 1.0, my_chats: 2.0}}}
     """
-    from instructjax.core.config import build_section
-
-    for name, values in (block.get("tasks") or {}).items():
-        values = dict(values)
-        if values.get("data_files") is not None:
-            files = values["data_files"]
-            values["data_files"] = tuple([files] if isinstance(files, str) else files)
-        if "source_options" in values:
-            values["source_options"] = tuple(sorted(values["source_options"].items()))
-        add_task(name, build_section(TaskSpec, values, f"define.tasks.{name}"))
-    for name, values in (block.get("mixtures") or {}).items():
-        mode = values.get("mode", "epoch")
-        if mode not in ("epoch", "rate"):
-            raise ConfigError(f"define.mixtures.{name}.mode must be 'epoch' or 'rate', got {mode!r}")
-        entries = tuple((values.get("counts" if mode == "epoch" else "rates") or {}).items())
-        if not entries:
-            raise ConfigError(f"mixture {name!r} has no tasks")
-        add_mixture(name, MixtureSpec(counts=entries) if mode == "epoch" else MixtureSpec(rates=entries))
+    _DEFAULT.define(block)
