@@ -36,7 +36,6 @@ def padding_section() -> str:
     import numpy as np
     from packing import tulu_lengths
 
-    import instructjax.data.seqio.mixtures  # noqa: F401  (registers the built-in mixtures)
     from instructjax.core.config import DataSection
     from instructjax.data.batches.packing import count_rows
     from instructjax.data.batches.pipeline import DataPipeline

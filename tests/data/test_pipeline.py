@@ -141,7 +141,8 @@ def test_paper_mixture_families_have_the_papers_counts():
     assert registry.SOURCES["p3"].options["per_part"] == 1000  # seed 000: 1K of every prompted subtask
     assert _counts("tulu_single_superni_builtin") == {"superni_builtin": None}
     assert specs.lookup_mixture("acp_Q") is None and specs.lookup_mixture("tulu_single_lima") is None
-    # the seqio face registers the same mixtures
+    # the seqio face registers the same mixtures (on demand)
+    mixtures.register_paper_mixtures()
     assert seqio.get_mixture_or_task("acp_ratio_1.5").counts == _counts("acp_ratio_1.5")
 
 

@@ -6,19 +6,26 @@ import numpy as np
 import pytest
 import seqio
 
-import instructjax.data.seqio.mixtures  # noqa: F401  (the seqio face: registers the tasks and the papers' mixtures)
 from instructjax.cli.data import task_stats
 from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.blends import specs
 from instructjax.data.blends.specs import define as define_data
 from instructjax.data.encoding.templates import render
 from instructjax.data.encoding.tokenizer import Tokenizer
+from instructjax.data.seqio import mixtures
 from instructjax.data.sources import registry, synthetic
 from instructjax.data.tokenized import examples as examples_lib
 from instructjax.data.tokenized.stream import read_conversations
 
 
+@pytest.fixture(autouse=True)
+def seqio_face():
+    """The seqio face registers the tasks and the papers' mixtures on demand (importing it registers nothing)."""
+    mixtures.register_paper_mixtures()
+
+
 def test_every_source_is_a_task_twice():
+    mixtures.register_paper_mixtures()  # a second call registers nothing, and breaks nothing
     names = seqio.TaskRegistry.names()
     for source in registry.SOURCES:
         assert source in names and source + "_builtin" in names

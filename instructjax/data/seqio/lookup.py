@@ -12,7 +12,11 @@ from instructjax.data.blends.specs import MixtureSpec, subset_seed
 
 def mixture_spec(name: str) -> MixtureSpec | None:
     """A seqio Mixture as a spec (exact counts when it carries them, else its rates); a lone seqio Task
-    as an epoch-mode mixture of all of it; None when seqio knows neither."""
+    as an epoch-mode mixture of all of it; None when seqio knows neither. instructjax's own tasks and the papers'
+    mixtures are registered with seqio first (once), so a user's seqio Mixture over them resolves."""
+    from instructjax.data.seqio.mixtures import register_paper_mixtures
+
+    register_paper_mixtures()
     if name not in seqio.MixtureRegistry.names() and name not in seqio.TaskRegistry.names():
         return None
     provider = seqio.get_mixture_or_task(name)

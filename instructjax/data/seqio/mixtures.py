@@ -5,8 +5,9 @@ Two modes: *epoch mode* (what all four papers do), a fixed-size random subset of
 the counts, so seqio's own sampling draws in the same proportions while the instructjax pipeline reads
 the exact counts; *rate mode* (seqio's native), endless sampling with relative rates.
 
-Importing this module registers the papers' mixtures (`data.blends`) in `seqio.MixtureRegistry`, as T5X
-registers tasks by importing a module; `register_epoch_mixture` / `register_rate_mixture` add your own::
+`register_paper_mixtures()` registers the papers' mixtures (`data.blends`) in `seqio.MixtureRegistry`: once, on
+demand (importing this module registers nothing, unlike T5X's task modules; `data.seqio.lookup` calls it before
+it asks seqio for a name); `register_epoch_mixture` / `register_rate_mixture` add your own::
 
     from instructjax.data.seqio.mixtures import register_epoch_mixture
     register_epoch_mixture("my_blend", {"alpaca": 20_000, "code_alpaca": 20_000, "my_chats": None})
@@ -19,7 +20,7 @@ import seqio
 from instructjax.core.errors import ConfigError
 from instructjax.data.blends import papers, specs
 from instructjax.data.blends.specs import MixtureSpec
-from instructjax.data.seqio.tasks import register_task
+from instructjax.data.seqio.tasks import register_builtin_tasks, register_task
 
 
 class EpochMixture(seqio.Mixture):
@@ -64,9 +65,11 @@ def register_rate_mixture(name: str, rates: dict[str, float]) -> seqio.Mixture:
 
 
 def register_paper_mixtures() -> None:
-    """The standard points of every family of the papers, each with its `_builtin` twin (`data.blends`)."""
+    """The standard points of every family of the papers, each with its `_builtin` twin (`data.blends`), and every
+    built-in task, in seqio's registries; a name seqio already knows is left as it is (so a second call registers
+    nothing)."""
+    register_builtin_tasks()
+    known = seqio.MixtureRegistry.names()
     for name in papers.paper_names():
-        register_spec(name, specs.lookup_mixture(name))
-
-
-register_paper_mixtures()
+        if name not in known:
+            register_spec(name, specs.lookup_mixture(name))

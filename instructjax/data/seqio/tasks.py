@@ -1,8 +1,9 @@
 """The seqio face of instructjax's tasks: each task spec as a `seqio.Task`, registered by name.
 
-Importing this module registers every built-in source twice in `seqio.TaskRegistry`, as `NAME` (the hub
-dataset) and `NAME_builtin` (the synthetic rows that ship with the package); `register_task` adds your
-own. A Task's dataset yields `tokens` and `loss_mask` (and `conversation`, the source Conversation as
+`register_builtin_tasks()` registers every built-in source twice in `seqio.TaskRegistry`, as `NAME` (the hub
+dataset) and `NAME_builtin` (the synthetic rows that ship with the package): once, on demand (importing this
+module registers nothing; `data.seqio.lookup` calls it before it asks seqio for a name); `register_task` adds
+your own. A Task's dataset yields `tokens` and `loss_mask` (and `conversation`, the source Conversation as
 JSON, and `id`) from `data.tokenized.examples`, so seqio and the instructjax pipeline see the same
 examples. The pipeline itself reads the specs (`data.blends.specs`) and never needs this module: only
 code that asks seqio for a task does.
@@ -59,10 +60,10 @@ def register_task(name: str, spec: TaskSpec, *, overwrite: bool = True) -> seqio
 
 
 def register_builtin_tasks() -> None:
-    """Every source as `NAME` (hub) and `NAME_builtin` (synthetic rows shipped with the package)."""
+    """Every source as `NAME` (hub) and `NAME_builtin` (synthetic rows shipped with the package), in seqio's
+    registry; a name seqio already knows is left as it is (so a second call registers nothing)."""
+    known = seqio.TaskRegistry.names()
     for source in registry.SOURCES:
         for name in (source, source + BUILTIN_SUFFIX):
-            register_task(name, specs.task(name), overwrite=False)
-
-
-register_builtin_tasks()
+            if name not in known:
+                register_task(name, specs.task(name), overwrite=False)
