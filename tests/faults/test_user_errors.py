@@ -165,7 +165,7 @@ def test_the_other_loaders_refuse_a_tokenizer_larger_than_the_embedding(oversize
     """lm-eval's instructjax backend and the selection encoder open models as generate does: the same line."""
     from instructjax.core.errors import ConfigError
     from instructjax.eval.lm_eval_adapter import InstructJaxLM
-    from instructjax.train.embed import LlamaMeanEncoder
+    from instructjax.train.selection_encoder import LlamaMeanEncoder
 
     for load in (InstructJaxLM, LlamaMeanEncoder):
         for target in (oversized["hf"], oversized["ckpt"]):

@@ -2,8 +2,8 @@
 
 An encoder turns texts into one row vector each: `Encoder.encode(texts) -> float32[N, D]`.
 The paper (seed 002, Sec. 3) embeds each training instruction with LLaMA-2-7B, averaging the
-last hidden layer over all tokens: "llama-mean", registered by `instructjax.train.embed` (it runs a
-model). The offline default is a scikit-learn encoder (TF-IDF followed by truncated SVD, i.e. latent
+last hidden layer over all tokens: "llama-mean", `instructjax.train.selection_encoder` (it runs a model:
+imported when first asked for, from the table of built-in encoders). The offline default is a scikit-learn encoder (TF-IDF followed by truncated SVD, i.e. latent
 semantic analysis), L2-normalized so Euclidean distance ranks like cosine distance.
 
     encoder = get_encoder("tfidf-svd", dim=256, seed=0)
@@ -69,11 +69,14 @@ class TfidfSvdEncoder:
         return normalize(vectors).astype(np.float32)
 
 
-_ENCODERS: dict[str, Callable[..., Encoder]] = {"tfidf-svd": TfidfSvdEncoder}
-# Encoders that embed with a model (built with model= and tokenizer=). They run a saved model, so they are
-# registered by the code that does (`instructjax.train.embed` registers "llama-mean" when imported; a run
-# that selects with one imports it).
+# The built-in encoders, "module:factory", imported on first use. The ones that embed with a model (built with
+# model= and tokenizer=: MODEL_ENCODERS) live with the model code, above this layer, and load jax when asked for.
+BUILTIN_ENCODERS = {
+    "tfidf-svd": f"{__name__}:TfidfSvdEncoder",
+    "llama-mean": "instructjax.train.selection_encoder:LlamaMeanEncoder",
+}
 MODEL_ENCODERS = ("llama-mean",)
+_ENCODERS: dict[str, Callable[..., Encoder]] = {}  # yours (`register_encoder`), before the built-in ones
 
 DEFAULT_ENCODER = "tfidf-svd"
 
@@ -85,17 +88,24 @@ def register_encoder(name: str, factory: Callable[..., Encoder]) -> None:
 
 def encoder_names() -> list[str]:
     """Names `get_encoder` accepts."""
-    return sorted(_ENCODERS)
+    return sorted({*BUILTIN_ENCODERS, *_ENCODERS})
+
+
+def encoder_factory(name: str) -> Callable[..., Encoder]:
+    """What `get_encoder(name, ...)` calls: a registered one, else the built-in one (its module imported now)."""
+    if name in _ENCODERS:
+        return _ENCODERS[name]
+    if name not in BUILTIN_ENCODERS:
+        raise ConfigError(f"unknown encoder {name!r}; known: {', '.join(encoder_names())}")
+    import importlib
+
+    module, _, factory = BUILTIN_ENCODERS[name].partition(":")
+    return getattr(importlib.import_module(module), factory)
 
 
 def get_encoder(name: str = DEFAULT_ENCODER, **kwargs) -> Encoder:
-    """Build the registered encoder `name` (ConfigError naming the known ones if there is none)."""
-    if name in MODEL_ENCODERS and name not in _ENCODERS:
-        raise ConfigError(f"encoder {name!r} runs a model: `import instructjax.train.embed` registers it "
-                          "(`instructjax train` and `instructjax data` do)")
-    if name not in _ENCODERS:
-        raise ConfigError(f"unknown encoder {name!r}; known: {', '.join(encoder_names())}")
-    return _ENCODERS[name](**kwargs)
+    """Build the encoder `name` (ConfigError naming the known ones if there is none)."""
+    return encoder_factory(name)(**kwargs)
 
 
 def embed(encoder: Encoder, texts: list[str]) -> np.ndarray:

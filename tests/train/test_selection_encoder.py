@@ -5,7 +5,6 @@ import pytest
 import torch
 import transformers
 
-import instructjax.train.embed  # noqa: F401  (registers the model encoder "llama-mean")
 from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.selection.embeddings import get_encoder
 
@@ -19,6 +18,22 @@ def hf_dir(tmp_path_factory):
     transformers.LlamaForCausalLM(config).save_pretrained(path, safe_serialization=True)
     Tokenizer.load(None).to_hf().save_pretrained(path)
     return str(path)
+
+
+def test_llama_mean_is_looked_up_lazily_and_the_old_module_name_still_imports():
+    """Importing the selection layer loads no model code: "llama-mean" is a name in a table, its module imported
+    when the encoder is first asked for; `instructjax.train.embed` stays an alias of `train.selection_encoder`."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from instructjax.data.selection import embeddings as e\n"
+            "assert 'instructjax.train.selection_encoder' not in sys.modules and 'llama-mean' in e.encoder_names()\n"
+            "from instructjax.train.selection_encoder import LlamaMeanEncoder\n"
+            "assert e.encoder_factory('llama-mean') is LlamaMeanEncoder\n"
+            "from instructjax.train.embed import LlamaMeanEncoder as Old\n"
+            "assert Old is LlamaMeanEncoder")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_llama_mean_encoder_matches_transformers_last_hidden_mean(hf_dir):
