@@ -282,7 +282,7 @@ def _gemma3(*, rope_factor: float | None, **sizes: Any) -> dict[str, Any]:
                 bos_id=2, eos_id=1, pad_id=0, **sizes)
 
 
-PRESETS: dict[str, dict[str, Any]] = {
+_SIZES: dict[str, dict[str, Any]] = {  # each preset's own values; PRESETS adds its family's switches
     "llama1-7b": _llama1(hidden_size=4096, intermediate_size=11008, num_layers=32, num_heads=32, num_kv_heads=32),
     "llama1-13b": _llama1(hidden_size=5120, intermediate_size=13824, num_layers=40, num_heads=40, num_kv_heads=40),
     "llama1-33b": _llama1(hidden_size=6656, intermediate_size=17920, num_layers=60, num_heads=52, num_kv_heads=52),
@@ -341,9 +341,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "small-100m": dict(hidden_size=768, intermediate_size=2048, num_layers=8, num_heads=12, num_kv_heads=4,
                        max_position_embeddings=2048),
 }
-for _values in PRESETS.values():  # each preset carries its family's switches
-    for _key, _value in FAMILIES[_values.get("family", "llama")].items():
-        _values.setdefault(_key, _value)
+# each preset carries its family's switches (its own values first)
+PRESETS: dict[str, dict[str, Any]] = {
+    name: {**values, **{k: v for k, v in FAMILIES[values.get("family", "llama")].items() if k not in values}}
+    for name, values in _SIZES.items()
+}
 
 
 def preset(name: str, **overrides: Any) -> DecoderConfig:

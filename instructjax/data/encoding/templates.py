@@ -87,11 +87,9 @@ class ChatTemplate:
     jinja: str
 
 
-_TEMPLATES: dict[str, ChatTemplate] = {}
-
-
 def register_template(template: ChatTemplate) -> ChatTemplate:
-    """Add a template to the registry (a name can be registered once)."""
+    """Add your own template to the built-in ones (`_TEMPLATES`, at the end of this module; a name can be
+    registered once)."""
     if template.name in _TEMPLATES:
         raise ConfigError(f"chat template {template.name!r} is already registered")
     _TEMPLATES[template.name] = template
@@ -294,8 +292,11 @@ def _model_pieces(messages, meta, eos):
                       "(instructjax.data.encoding.model_template)")
 
 
-register_template(ChatTemplate("tulu", _tulu_pieces, "<|assistant|>\n", _TULU_JINJA))
-register_template(ChatTemplate("alpaca", _alpaca_pieces, "\n\n### Response:\n", _ALPACA_JINJA))
-register_template(ChatTemplate("wizardlm", _wizardlm_pieces, "\n\n### Response:\n", _WIZARDLM_JINJA))
-register_template(ChatTemplate("vicuna", _vicuna_pieces, "ASSISTANT:", _VICUNA_JINJA))
+# The built-in templates by name, declared (`register_template` adds yours)
+_TEMPLATES: dict[str, ChatTemplate] = {t.name: t for t in (
+    ChatTemplate("tulu", _tulu_pieces, "<|assistant|>\n", _TULU_JINJA),
+    ChatTemplate("alpaca", _alpaca_pieces, "\n\n### Response:\n", _ALPACA_JINJA),
+    ChatTemplate("wizardlm", _wizardlm_pieces, "\n\n### Response:\n", _WIZARDLM_JINJA),
+    ChatTemplate("vicuna", _vicuna_pieces, "ASSISTANT:", _VICUNA_JINJA),
+)}
 MODEL = ChatTemplate(MODEL_TEMPLATE, _model_pieces, "", "")  # not among template_names(): it needs a tokenizer
