@@ -16,8 +16,9 @@
   store's own checksum (md5 / crc32c, computed when the object was uploaded: nothing is downloaded).
 - `listing(directory)`: every file below a directory with its size and, in a bucket, the store's checksum.
 
-gs:// goes through fsspec's gcsfs: `EPATH_USE_TF` defaults to false here (with TensorFlow installed, epath would
-send gs:// through TensorFlow's GCS filesystem, whose endpoint ignores `STORAGE_EMULATOR_HOST`), and gcsfs keeps
+gs:// goes through fsspec's gcsfs: `EPATH_USE_TF` defaults to false, set just before this module first imports epath
+(`_epath()`; with TensorFlow installed, epath would send gs:// through TensorFlow's GCS filesystem, whose endpoint
+ignores `STORAGE_EMULATOR_HOST`), and gcsfs keeps
 no listings cache (other hosts write into the same directories). Orbax writes arrays through TensorStore, which
 an emulator reaches through `TENSORSTORE_GCS_HTTP_URL`. Nothing here has an option of its own.
 """
@@ -33,23 +34,34 @@ import tempfile
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import xxhash
-from etils import epath
 
 from instructjax.core.errors import ConfigError
 
-# epath's gs:// backend is fsspec's (gcsfs), never TensorFlow's: epath reads this when its gs:// backend first
-# loads, which a path made by Orbax or seqio can trigger before any of ours, so it is set on import (tried
-# later, at our first gs:// path: TensorFlow's file system then answered for the bucket tests)
-os.environ.setdefault("EPATH_USE_TF", "false")
-
-Path = epath.Path
+if TYPE_CHECKING:
+    from etils import epath
 _READ = 16 << 20
 _UMASK = os.umask(0o022)  # read once: a new file's mode is 0666 less it (tempfile's own files are 0600)
 os.umask(_UMASK)
 _DIGESTS: dict[tuple, str] = {}  # local file (path, inode, mtime, size) -> xxh3-128, within a process
+
+
+def _epath():
+    """`etils.epath`, with its gs:// backend set to fsspec's (gcsfs), never TensorFlow's: epath reads `EPATH_USE_TF`
+    when its gs:// backend first loads (then keeps it), so it is set here, before this module makes any path (and
+    every path instructjax hands to Orbax is one of this module's), not on import."""
+    os.environ.setdefault("EPATH_USE_TF", "false")
+    from etils import epath
+
+    return epath
+
+
+def __getattr__(name: str):
+    if name == "Path":  # `storage.Path`: epath's, imported (as `_epath` does) when first asked for
+        return _epath().Path
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def is_remote(p: str | os.PathLike) -> bool:
@@ -62,8 +74,8 @@ def path(p: str | os.PathLike) -> epath.Path:
     text = os.fspath(p)
     if is_remote(text):
         _fsspec_defaults()
-        return epath.Path(text)
-    return epath.Path(os.path.abspath(os.path.expanduser(text)))
+        return _epath().Path(text)
+    return _epath().Path(os.path.abspath(os.path.expanduser(text)))
 
 
 def check_bucket(p: str | os.PathLike, what: str) -> None:
