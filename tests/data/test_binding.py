@@ -1,0 +1,61 @@
+"""`data.binding` over a registry it is handed (`data.blends.specs.Registry`), the old names kept, and importing the
+data layer's registries and the storage layer registers, mutates and exports nothing."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from instructjax.core.errors import ConfigError
+from instructjax.data import binding
+from instructjax.data.blends import papers, specs
+from instructjax.data.blends.specs import Registry, TaskSpec
+
+
+def test_a_registry_handed_to_binding_holds_its_tasks_and_variants_apart_from_the_default():
+    registry = Registry()
+    registry.define({"tasks": {"reg_only_chats": {"source": "alpaca", "data_files": ["builtin"]}},
+                     "mixtures": {"reg_only_mix": {"counts": {"reg_only_chats": 3, "dolly_builtin": 2}}}})
+    assert binding.specs_of("reg_only_mix") is None  # the default registry never saw it
+    found = binding.specs_of("reg_only_mix", registry)
+    assert found.tasks == ("reg_only_chats", "dolly_builtin") and found.spec("reg_only_chats").source == "alpaca"
+    bound = binding.bind("reg_only_mix", tokenizer=None, max_length=64, registry=registry)
+    assert bound.sources == ["reg_only_chats", "dolly_builtin"] and bound.template == "tulu"
+    assert bound.name in registry.mixtures and bound.name not in specs.default_registry().mixtures
+    assert [registry.base_name(t) for t in bound.tasks] == bound.sources
+    assert binding.uses_model_encoder(bound.resolved) is False
+    with pytest.raises(ConfigError, match="did you mean reg_only_mix"):
+        binding.bind("reg_only_mixx", tokenizer=None, registry=registry)
+
+
+def test_the_public_functions_write_into_the_default_registry_and_the_old_names_stay():
+    specs.add_task("default_reg_chats", TaskSpec(source="dolly", data_files=("builtin",)))
+    default = specs.default_registry()
+    assert default.task("default_reg_chats") is specs.task("default_reg_chats")
+    assert specs._TASKS is default.tasks and specs._MIXTURES is default.mixtures and specs.VARIANT_OF is default.variants
+    assert binding.resolve is binding.specs_of and papers.resolve is papers.paper_counts
+    assert papers.paper_counts("acp_A") == (("alpaca", 20_000),) and papers.paper_counts("acp_Q") is None
+    assert "tulu_human" in default.suggest("tulu_humn")
+
+
+def test_importing_registers_mutates_and_exports_nothing():
+    """The seqio face, the templates, the presets, the encoders and the storage layer, imported: seqio's registries
+    are empty of our names, `EPATH_USE_TF` is not set and no model code is loaded until each is asked for."""
+    code = """
+import os, sys
+import seqio
+import instructjax.data.seqio.mixtures, instructjax.data.seqio.tasks, instructjax.core.storage as storage
+import instructjax.data.encoding.templates, instructjax.model.config, instructjax.data.selection.embeddings
+assert "alpaca_builtin" not in seqio.TaskRegistry.names() and "acp_A" not in seqio.MixtureRegistry.names()
+assert "EPATH_USE_TF" not in os.environ and "instructjax.train.selection_encoder" not in sys.modules
+storage.path("somewhere")
+assert os.environ["EPATH_USE_TF"] == "false"
+from instructjax.data.seqio import lookup
+assert lookup.mixture_spec("acp_A_builtin").counts == (("alpaca_builtin", 200),)
+assert "alpaca_builtin" in seqio.TaskRegistry.names() and "acp_A" in seqio.MixtureRegistry.names()
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "EPATH_USE_TF"}
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
