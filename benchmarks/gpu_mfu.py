@@ -101,7 +101,7 @@ def jax_child(args) -> dict:
                     params, opt_state, m = step(params, opt_state, batch)
                 jax.block_until_ready(m)
     return {"step_s": statistics.median(times), "device": jax.devices()[0].device_kind, "which": which,
-            "attention": attention.resolve(config.attention)}
+            "attention": attention.implementation_for(config.attention)}
 
 
 def torch_child(args) -> dict:

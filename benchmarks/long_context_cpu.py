@@ -49,7 +49,7 @@ def child(args) -> dict:
         from instructjax.model import attention as attention_impls
 
         step, params, opt_state, mesh, _ = common.train_step(config)
-        which = attention_impls.resolve(config.attention)
+        which = attention_impls.implementation_for(config.attention)
         with jax.set_mesh(mesh):
             batch = jax.device_put(clm_batch(args, config.vocab_size), sharding.batch_sharding(mesh))
             for _ in range(args.steps + 1):  # the first includes compilation

@@ -39,11 +39,15 @@ FUSED = ("blockwise", "splash", "pallas_gpu", "cudnn")  # never hold a [T, T] sc
 DEFAULT_BLOCK = {"xla": 128, "blockwise": 256, "splash": 512, "pallas_gpu": 128, "cudnn": 0}
 
 
-def resolve(name: str, platform: str | None = None) -> str:
-    """The implementation `name` stands for on `platform` (default: `target_platform()`)."""
+def implementation_for(name: str, platform: str | None = None) -> str:
+    """The implementation `name` stands for on `platform` (default: `target_platform()`): `auto` picked, any other
+    name as it is."""
     if name != "auto":
         return name
     return AUTO.get(platform or target_platform(), "blockwise")
+
+
+resolve = implementation_for  # its old name
 
 
 # ---- masks and the dense reference ----------------------------------------------------------------
@@ -132,10 +136,9 @@ def self_attention(q: Array, k: Array, v: Array, mask: Array, implementation: st
     elif implementation == "splash":
         from instructjax.model.kernels.splash import splash_attention as run
     elif implementation == "pallas_gpu":
-        from instructjax.model.kernels.pallas_gpu import pallas_gpu_attention
+        from instructjax.model.kernels.gpu_attention import gpu_attention
 
-        return pallas_gpu_attention(q, k, v, mask, block=block, backward_block=backward_block, window=window,
-                                    **options)
+        return gpu_attention(q, k, v, mask, block=block, backward_block=backward_block, window=window, **options)
     elif implementation == "cudnn":
         from instructjax.model.kernels.cudnn import cudnn_attention as run
     else:

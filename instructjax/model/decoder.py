@@ -108,7 +108,7 @@ class Attention(nnx.Module):
 
         def kernel(i: int):
             return lambda q, k, v: attention.self_attention(
-                q, k, v, kinds.masks[i], attention.resolve(self.implementation), self.block, self.backward_block,
+                q, k, v, kinds.masks[i], attention.implementation_for(self.implementation), self.block, self.backward_block,
                 window=self.windows[i], softcap=self.softcap, scale=self.scale)
 
         if isinstance(kind, int) or len(self.windows) == 1:
@@ -278,7 +278,7 @@ class Decoder(nnx.Module):
             ropes = (rope.cos_sin(positions, config),)
         else:
             ropes = tuple(rope.cos_sin(positions, config, kind) for kind in types)
-        implementation = attention.resolve(config.attention)
+        implementation = attention.implementation_for(config.attention)
         masks = () if decoding else tuple(attention.mask_input(implementation, segment_ids, w) for w in windows)
         return LayerKinds(masks, ropes)
 

@@ -248,11 +248,11 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
             save_compiled(compiled, save_executable, target=slice_identity(devices, topology.hosts, mesh_sizes),
                           rows=rows, length=length,
                           digest=step_digest(run, model, mesh_sizes, target.sources, target.total_steps))
-    from instructjax.model.attention import resolve
+    from instructjax.model.attention import implementation_for
 
     real = real_data or bool(save_executable)
     return CompileReport(name, topology.name, topology.devices, topology.hosts, mesh_sizes,
-                         resolve(model.attention, topology.platform), shapes, planning.USABLE,
+                         implementation_for(model.attention, topology.platform), shapes, planning.USABLE,
                          "run" if real else "estimate")
 
 

@@ -213,7 +213,7 @@ def activation_bytes(model: DecoderConfig, rows: int, seq_len: int, tensor: int,
     mlp_arrays = MLP_ARRAYS[model.activation, model.gated_mlp]
     norm_bytes = norms * (4 + c + (4 if model.norm == "layer" else 0)) * h  # LayerNorm also keeps x - mean
     parallel = -c * h if model.residual == "parallel" else 0  # one residual sum fewer
-    implementation = attention.resolve(model.attention, platform)
+    implementation = attention.implementation_for(model.attention, platform)
     fused = implementation in attention.FUSED
     residual = 4 * (a / t) * s * r if fused else c * (a / t) * s * s * r
     weights = c * (h * d * (2 * a + 2 * k) + (mlp_in + 1) * h * m) / t  # the layer's matrices in the compute dtype

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from instructjax.model import attention
-from instructjax.model.kernels import blockwise, cudnn, pallas_gpu
+from instructjax.model.kernels import blockwise, cudnn, gpu_attention
 
 B, T, H, K, D = 2, 150, 4, 2, 16
 # row 0: three documents, then padding; row 1: boundaries inside tiles and one document of length 1
@@ -135,8 +135,8 @@ def test_blockwise_skips_tiles_that_cannot_meet():
 
 @pytest.mark.parametrize("platform,expected", [("tpu", "splash"), ("gpu", "pallas_gpu"), ("cpu", "blockwise")])
 def test_auto_picks_by_platform(platform, expected):
-    assert attention.resolve("auto", platform) == expected
-    assert attention.resolve("xla", platform) == "xla"
+    assert attention.implementation_for("auto", platform) == expected
+    assert attention.implementation_for("xla", platform) == "xla"
 
 
 @pytest.mark.parametrize("implementation,block", [("splash", 128), ("pallas_gpu", 64), ("blockwise", 64)])
@@ -167,7 +167,7 @@ def test_sharded_over_batch_and_heads(implementation, block, mesh_shape):
 def test_pallas_gpu_tiles_fit_triton(length, dtype, head_dim):
     """Triton wants power-of-two tiles of at least 16 (a 48-token row got a 48-wide tile before, which broke scoring on an H100),
     never longer than the padded row, and backward tiles no longer than forward ones."""
-    forward, backward = pallas_gpu.tiles(128, length, head_dim * jnp.dtype(dtype).itemsize)
+    forward, backward = gpu_attention.tiles(128, length, head_dim * jnp.dtype(dtype).itemsize)
     for tile in (forward, backward):
         assert tile >= 16 and tile & (tile - 1) == 0
     assert backward <= forward and forward < 2 * max(length, 16)
@@ -192,3 +192,11 @@ def test_cudnn_off_its_platform_is_one_clear_error():
     too_many = jnp.asarray(np.arange(T)[None].repeat(B, 0) // 2)  # 75 runs in a row
     with pytest.raises(ValueError, match="75 segments"):
         attention.self_attention(*(jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)), too_many, "cudnn")
+
+
+def test_the_old_names_stay_importable():
+    """`kernels.pallas_gpu` (now `kernels.gpu_attention`) and `attention.resolve` (now `implementation_for`)."""
+    from instructjax.model.kernels import pallas_gpu
+
+    assert pallas_gpu.pallas_gpu_attention is gpu_attention.gpu_attention and pallas_gpu.tiles is gpu_attention.tiles
+    assert attention.resolve is attention.implementation_for
