@@ -240,3 +240,19 @@ def test_each_papers_judges_are_its_configs_judges():
         assert {eval_section(c.eval).judge_model("alpaca_eval") for c in configs} == {_annotator_model(annotator)}, group
     assert _annotator_model("weighted_alpaca_eval_gpt4_turbo") == "gpt-4-1106-preview"
     assert _annotator_model("alpaca_eval_gpt4_0314") == "gpt-4-0314"
+
+
+def test_seed000_and_seed002_configs_record_their_papers_row():
+    """What the report reads (`experiment:`, report/instruction_mixture.py and data_selection.py) is what the tables
+    made each config for; no other paper's config records one."""
+    for e in EXPS:
+        recorded = load_config(ROOT / e.path).experiment
+        if e.path.startswith("seed000_"):
+            assert recorded == {"family": "seed000", **{k: v for k, v in e.tags.items() if k != "preset"}}, e.path
+        elif e.path.startswith("seed002_"):
+            want = {"family": "seed002", "method": e.tags["method"]}
+            if e.tags["method"] != "base":
+                want |= {"dataset": e.tags["dataset"], "k": e.tags["k"]}
+            assert recorded == want, e.path
+        else:
+            assert recorded == {}, e.path
