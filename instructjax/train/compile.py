@@ -156,11 +156,12 @@ def target_devices(topology: Topology) -> list:
 
 def run_sources(config: RunConfig) -> int:
     """The number of tasks the run's mixture has (the per-source loss sums the step returns)."""
-    from instructjax.data.binding import resolve
-    from instructjax.data.blends.specs import define
+    from instructjax.data.binding import specs_of
+    from instructjax.data.blends.specs import default_registry
 
-    define(config.define)
-    found = resolve(config.data.mixture)
+    registry = default_registry()  # what the config's `imports:` registered; its `define:` joins them
+    registry.define(config.define)
+    found = specs_of(config.data.mixture, registry)
     return len(found.tasks) if found is not None else 1
 
 
