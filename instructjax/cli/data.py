@@ -374,8 +374,9 @@ def run_prepare(args) -> int:
     for bar in bars.values():
         bar.close()
     if primary:
-        files = {f: storage.stat(f).size for f in dict.fromkeys(examples.CACHE_FILES.values()) if f.exists()}
-        written = sum(str(f) in cache.WRITTEN for f in files)
+        stats = pipeline.stats
+        files = {f: storage.stat(f).size for f in dict.fromkeys(stats.cache_files.values()) if f.exists()}
+        written = sum(str(f) in stats.written for f in files)
         print(f"prepared {len(pipeline.task_names)} task(s) of {specs_name(config.data.mixture)} in "
               f"{time.time() - start:.1f} s: {plan.examples:,} examples, {plan.tokens:,} tokens, "
               f"{plan.steps} steps per epoch")
@@ -387,7 +388,7 @@ def run_prepare(args) -> int:
         print(f"train starts from it: INSTRUCTJAX_CACHE_DIR={cache.cache_dir()} instructjax train --config "
               f"{args.config}" + "".join(f" {o}" for o in [*args.overrides, *flags]))
     host = f"host {index}: " if count > 1 else ""
-    print(f"data: {host}{examples.cache_report(list(pipeline.task_names))}", flush=True)  # what this host did
+    print(f"data: {host}{examples.cache_report(list(pipeline.task_names), pipeline.stats)}", flush=True)  # this host's
     return 0
 
 

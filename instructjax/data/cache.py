@@ -46,7 +46,6 @@ _END = b"ijxcache"
 _TRAILER = struct.Struct("<QQ16s8s")  # header offset, header length, header xxh3-128, end mark
 _ALIGN = 64
 _READ = 16 << 20  # bytes hashed per read when verifying
-WRITTEN: set[str] = set()  # the cache files this process wrote (`data prepare` tells them from those found)
 
 
 def cache_dir() -> storage.Path | None:
@@ -272,7 +271,6 @@ def save(path, examples: Sequence[dict], report: dict) -> None:
             storage.fsync_dir(path.parent)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    WRITTEN.add(str(path))
 
 
 def array_sizes(tokens: list[np.ndarray], masks: list[np.ndarray]):

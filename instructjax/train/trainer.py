@@ -68,7 +68,8 @@ class Trainer:
                  pipeline=None):
         """`accept_changes`: resume although the config changes what the run trains (`check_unchanged`);
         `devices`: the mesh's devices (default all); `pipeline`: a stand-in for the config's DataPipeline with the
-        same interface (iteration, state, restore, task_names, plan_epoch; plan_steps for per_step)."""
+        same interface (iteration, state, restore, task_names, report, stream.mosaic_k, plan_epoch; plan_steps for
+        per_step)."""
         hosts.initialize(config.distributed, f"train:{config.run_dir}")  # the hosts tokenize together, each a share
         from instructjax.train import setup as run_setup
 
@@ -94,7 +95,6 @@ class Trainer:
         from instructjax.train.topology import local_topology
 
         self.training_digest = training_digest(config, not_training=runs_only_keys())  # what a sweep compares
-        self.config = bound.config  # what config.yaml records (the mesh is written in below)
         self.tokenizer_item = run_setup.tokenizer_item(bound.tokenizer, bound.config.template)
         self.resume_from = None  # the newest intact step: damaged newer ones are reported and set aside first
         saved_config = None
@@ -102,7 +102,7 @@ class Trainer:
         if resume and integrity.steps_on_disk(checkpoints):
             self.resume_from = integrity.intact_step(checkpoints, set_aside=True)
             stored, saved_config, _ = ckpt.read_meta(self.run_dir, self.resume_from)
-            self.check_unchanged(saved_config or {}, accept_changes)
+            self.check_unchanged(saved_config or {}, bound.config, self.resume_from, accept_changes)
             if stored["scan_layers"] != bound.model.scan_layers:  # continue in the layout it was saved in
                 bound = dataclasses.replace(bound, model=bound.model.replace(scan_layers=stored["scan_layers"]))
             saved = ckpt.read_tokenizer(self.run_dir, self.resume_from)
@@ -114,7 +114,8 @@ class Trainer:
                                          process_index=jax.process_index(), pipeline=pipeline,
                                          saved_mesh=(saved_config or {}).get("mesh"))
         run = self.resolved
-        self.config, self.tokenizer, self.model_config = run.config, run.tokenizer, run.model
+        self.config = run.config  # what config.yaml records: the bound config, its mesh written in
+        self.tokenizer, self.model_config = run.tokenizer, run.model
         self.pipeline, self.sources, self.total_steps = run.pipeline, run.sources, run.total_steps
         self.mesh = sharding.make_mesh(run.mesh, devices)
         self.step_shapes = run.step_shapes if config.data.pack == "per_step" else ()  # each compiled before step 1
@@ -130,12 +131,12 @@ class Trainer:
         if not resume and latest is not None:
             raise ConfigError(f"{self.run_dir} already has checkpoints: pass --resume, or choose another run_dir")
         if jax.process_index() == 0:  # skipped rows and truncations are reported, never silent
-            for line in getattr(self.pipeline, "report", list)():
+            for line in self.pipeline.report():
                 print(f"data: {line}", flush=True)
-            if pipeline is None:
+            if pipeline is None:  # the run's own pipeline: what its data side read and tokenized here
                 from instructjax.data.tokenized.examples import cache_report
 
-                print(f"data: {cache_report(list(self.pipeline.task_names))}", flush=True)
+                print(f"data: {cache_report(list(self.pipeline.task_names), self.pipeline.stats)}", flush=True)
         self.tx, self.schedule = optim.make_optimizer(config.optim, self.total_steps)
         self.build = build_step(self.model_config, self.tx, self.config, len(self.sources), self.mesh, config.seed)
         self.precompiled = {}  # (rows, length) -> a step loaded from `compiled:` (plan --compile --save-executable)
@@ -149,12 +150,12 @@ class Trainer:
                 shapes=run.step_shapes)
             self.precompiled[shape] = step
 
-    def check_unchanged(self, saved: dict, accept: bool) -> None:
-        """A resumed run continues exactly: a config that changes what it trains (schedule and length, optimizer,
-        data, model, seed: `training_changes`) against the one its checkpoint was saved with stops with one line
-        listing the changes, unless `accept` (then they are noted and appended to RUN_DIR/changes.jsonl)."""
-        step = self.resume_from
-        changes = training_changes(saved, self.config, not_training=runs_only_keys(),
+    def check_unchanged(self, saved: dict, config: RunConfig, step: int, accept: bool) -> None:
+        """A run resumed at `step` continues exactly: a `config` that changes what it trains (schedule and length,
+        optimizer, data, model, seed: `training_changes`) against the one its checkpoint was saved with (`saved`)
+        stops with one line listing the changes, unless `accept` (then they are noted and appended to
+        RUN_DIR/changes.jsonl)."""
+        changes = training_changes(saved, config, not_training=runs_only_keys(),
                                    ignore=("model.init_from", "tokenizer"))
         if not changes:
             return
@@ -203,9 +204,8 @@ class Trainer:
         """The Mosaic-IT passes made so far, by k, into RUN_DIR/mosaic_k.json (train.metrics.record_mosaics)."""
         from instructjax.train.metrics import record_mosaics
 
-        made = getattr(self.pipeline.stream, "mosaic_k", None)
-        if made:
-            record_mosaics(str(self.run_dir), made)
+        if self.pipeline.stream.mosaic_k:
+            record_mosaics(str(self.run_dir), self.pipeline.stream.mosaic_k)
 
     def run(self, stop_at: int | None = None) -> TrainResult:
         """Train to the last step, or stop after `stop_at` (as a preempted run would, after saving it); the run's

@@ -10,7 +10,8 @@ Used by tests/faults/test_faults_training.py, which kill -9s it, fills its disk,
   FAULT_COUNT_ENCODED=PATH    at exit, write to PATH how many conversations this process tokenized
   FAULT_DIE_TOKENIZING=1      the process dies (os._exit, no clean-up) as it starts tokenizing its first
                               piece of a shared cache
-  FAULT_COUNT_READ=PATH       at exit, write to PATH how many rows this process read and adapted
+  FAULT_COUNT_READ=PATH       at exit, write to PATH how many rows this process read and adapted (its pipelines'
+                              `stats.rows_read`)
   FAULT_FAIL_ENCODING=TEXT    tokenizing a conversation whose text holds TEXT raises a DataError
   FAULT_ALONE=1               this host finds no cache path for any task (as when its hub lookup fails), so it
                               skips the shared cache's collectives the others enter
@@ -114,9 +115,16 @@ def die_tokenizing() -> None:
 def count_read(path: str) -> None:
     import atexit
 
-    from instructjax.data.sources import rows
+    from instructjax.data.batches import pipeline
 
-    atexit.register(lambda: Path(path).write_text(str(rows.ROWS_ADAPTED[0])))
+    original, made = pipeline.DataPipeline.__init__, []
+
+    def init(self, *args, **kwargs):
+        made.append(self)  # every pipeline of this process (train and data prepare make one), its reads in its stats
+        original(self, *args, **kwargs)
+
+    pipeline.DataPipeline.__init__ = init
+    atexit.register(lambda: Path(path).write_text(str(sum(p.stats.rows_read for p in made if hasattr(p, "stats")))))
 
 
 def fail_encoding(text: str) -> None:

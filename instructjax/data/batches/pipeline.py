@@ -43,6 +43,7 @@ from instructjax.data.batches.step_plan import (  # noqa: F401  (their old home)
 )
 from instructjax.data.batches.streams import ExampleStream, named_rng
 from instructjax.data.binding import Resolved
+from instructjax.data.sources.rows import PipelineStats
 
 BATCH_KEYS = ("tokens", "targets", "loss_weights", "segment_ids", "positions", "source_ids")
 
@@ -88,7 +89,8 @@ class DataPipeline:
         self.process_index, self.process_count = process_index, process_count
         if config.global_batch % process_count:
             raise ConfigError(f"data.global_batch={config.global_batch} is not divisible by the {process_count} host(s)")
-        self.stream = ExampleStream(config, vocab_size=vocab_size, resolved=resolved)
+        self.stats = PipelineStats()  # what its data side read, tokenized and cached here (`examples.cache_report`)
+        self.stream = ExampleStream(config, vocab_size=vocab_size, resolved=resolved, stats=self.stats)
         self.task_names = self.stream.task_names
         self.per_step = config.pack == "per_step"  # the rows (and state) are pack: false's, packed per step
         self.packer = SequencePacker(config.seq_len, window=config.pack_window, overlong=config.overlong,

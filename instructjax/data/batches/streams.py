@@ -35,6 +35,7 @@ from instructjax.data.encoding.templates import DEFAULT_TEMPLATE
 from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.mosaic.augment import mosaic_epoch
 from instructjax.data.schema import Conversation
+from instructjax.data.sources.rows import PipelineStats
 from instructjax.data.tokenized import examples as examples_lib
 
 # The random streams of the example side (and of the packer's row order), each named for what it draws;
@@ -52,13 +53,16 @@ class ExampleStream:
     """The examples of a bound mixture or task, per epoch (epoch mode) or per window (rate mode), the same
     on every host."""
 
-    def __init__(self, config: DataSection, *, vocab_size: int | None = None, resolved: Resolved | None = None):
+    def __init__(self, config: DataSection, *, vocab_size: int | None = None, resolved: Resolved | None = None,
+                 stats: PipelineStats | None = None):
         """`vocab_size`: the model's; a token id outside it is a ConfigError here, before training. `resolved`:
-        `config.mixture` resolved by the binding (else resolved here, once)."""
+        `config.mixture` resolved by the binding (else resolved here, once). `stats`: the pipeline's, counting what
+        the tasks read, tokenize and cache."""
         found = resolved or resolve(config.mixture)
         if found is None:
             raise specs.unknown(config.mixture, "a registered task or mixture (data.mixture)")
         self.config, self.resolved = config, found
+        self.stats = stats if stats is not None else PipelineStats()
         self.task_names, mixture = list(found.tasks), found.mixture
         self.rate_mode = mixture is not None and not mixture.epoch_mode
         self.counts = dict(mixture.counts) if mixture is not None and mixture.epoch_mode else {}
@@ -68,7 +72,7 @@ class ExampleStream:
         self._subset_seeds = {t: config.seed if self.counts.get(t) is not None else None for t in self.task_names}
         self.shuffle = config.shuffle
         self.examples = [_task_examples(t, found.spec(t), self.counts.get(t), self._subset_seeds[t],
-                                        in_file_order=not self.shuffle) for t in self.task_names]
+                                        in_file_order=not self.shuffle, stats=self.stats) for t in self.task_names]
         for name, ex in zip(self.task_names, self.examples, strict=True):
             if not ex:
                 raise ConfigError(f"task {specs.base_name(name)!r} has no usable examples")
@@ -91,7 +95,7 @@ class ExampleStream:
         lines = []
         for name, spec in zip(self.task_names, self.resolved.specs, strict=True):
             if spec is not None:  # a user's own seqio Task keeps no report
-                report = examples_lib.task_report(name, self._subset_seeds[name], spec=spec)
+                report = examples_lib.task_report(name, self._subset_seeds[name], spec=spec, stats=self.stats)
                 lines += [f"{specs.base_name(name)}: {line}" for line in report.lines()]
         lines += [f"epoch {e}: {n} mosaic example(s) had no trained token left" for e, n in self.untrainable.items()]
         return lines
@@ -104,7 +108,8 @@ class ExampleStream:
             count = self.counts.get(name)
             if count is not None and count > len(ex):
                 spec = self.resolved.spec(name)  # None: a user's own seqio Task keeps no report
-                out = (examples_lib.task_report(name, self._subset_seeds[name], spec=spec).empty_after_truncation
+                out = (examples_lib.task_report(name, self._subset_seeds[name], spec=spec,
+                                                stats=self.stats).empty_after_truncation
                        if spec is not None else 0)
                 why = f" ({out} more have nothing to train within {self.config.seq_len} tokens)" if out else ""
                 raise ConfigError(f"mixture {specs.base_name(self.config.mixture)!r} asks for {count} examples of "
@@ -241,11 +246,12 @@ def _check_token_range(task: str, examples: list[dict], vocab_size: int) -> None
 
 
 def _task_examples(name: str, spec: specs.TaskSpec | None, count: int | None, seed: int | None, *,
-                   in_file_order: bool) -> list[dict]:
+                   in_file_order: bool, stats: PipelineStats) -> list[dict]:
     """A task's encoded examples (its subset of `count` when `seed` is set, in the draw's order or in file
-    order): an instructjax task's own (`spec`), else a user's seqio Task read through seqio and drawn the same way."""
+    order): an instructjax task's own (`spec`, counted into `stats`), else a user's seqio Task read through seqio
+    and drawn the same way."""
     if spec is not None:
-        return examples_lib.encoded_examples(name, count, seed, in_file_order=in_file_order, spec=spec)
+        return examples_lib.encoded_examples(name, count, seed, in_file_order=in_file_order, spec=spec, stats=stats)
     from instructjax.data.seqio import lookup
 
     return lookup.examples(name, count, seed, in_file_order=in_file_order)

@@ -49,6 +49,7 @@ from instructjax.data.encoding.templates import get_template
 from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.schema import Conversation
 from instructjax.data.sources.dialogues import split_blocks
+from instructjax.data.sources.rows import PipelineStats
 
 BATCH = 128  # conversations per batch
 LAST_PART = 16  # conversations at least in each part of a stream's last batch
@@ -205,9 +206,6 @@ def default_workers() -> int:
     return min(MAX_WORKERS, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
 
 
-ENCODED = [0]  # conversations this process has given to be tokenized (`train` reports it)
-
-
 class _Batch:
     """Items of the stream in order, with their results, or the future that brings them (`workers` > 0:
     encoded in the pool of that many processes; 0: here, now)."""
@@ -215,7 +213,6 @@ class _Batch:
     def __init__(self, job: Job, items: list[tuple[Conversation | None, Any]], workers: int):
         self.items, self.taken, self.workers = items, 0, workers
         self._job, self._convs = job, [c for c, _ in items if c is not None]
-        ENCODED[0] += len(self._convs)
         self.results: list | Future = (_submit(workers, _encode_packed, job, self._convs) if workers and self._convs
                                        else _encode_each(job, self._convs) if self._convs else [])
 
@@ -237,10 +234,13 @@ class _Batch:
 
 class Encoder:
     """(conversation, tag) items in read order -> (tag, result) in that order (see the module doc). An item
-    whose conversation is None ends the stream (its tag says why); its result is None."""
+    whose conversation is None ends the stream (its tag says why); its result is None. The conversations it reads
+    are counted into `stats.conversations_tokenized` here, in the calling process, whichever process encodes them."""
 
-    def __init__(self, job: Job, items: Iterator[tuple[Conversation | None, Any]], workers: int | None = None):
+    def __init__(self, job: Job, items: Iterator[tuple[Conversation | None, Any]], workers: int | None = None,
+                 stats: PipelineStats | None = None):
         self.job, self._items = job, items
+        self.stats = stats if stats is not None else PipelineStats()
         self.workers = default_workers() if workers is None else workers
         # a pool needs a template that a fresh process knows, and a process that may have children
         self._poolable = self.workers > 0 and job.portable() and not multiprocessing.current_process().daemon
@@ -287,7 +287,9 @@ class Encoder:
             self._queued += b - a
             self._pooled += workers > 0
             self._queue.append(_Batch(self.job, items[a:b], workers))
-        return sum(c is not None for c, _ in items)
+        conversations = sum(c is not None for c, _ in items)
+        self.stats.conversations_tokenized += conversations
+        return conversations
 
 
 # ---- the shared pool of worker processes -------------------------------------------------------------

@@ -24,7 +24,7 @@ from instructjax.data.sources.data_files import local_files, part_name
 from instructjax.data.sources.hub import hub_parts
 from instructjax.data.sources.registry import POOL_OPTIONS, Source, get_source
 from instructjax.data.sources.row_read import RowRead
-from instructjax.data.sources.rows import RowFile, Share, alone
+from instructjax.data.sources.rows import PipelineStats, RowFile, Share, alone
 from instructjax.data.sources.tree_read import TreeRead
 
 
@@ -40,6 +40,7 @@ def load_conversations(
     positions: list[int] | None = None,
     total: list[int] | None = None,
     share: Share = alone,
+    stats: PipelineStats | None = None,
     **options: Any,
 ) -> Iterator[Conversation]:
     """Yield the validated Conversations of source `name`, in row order or, with `shuffle_seed`, in a
@@ -55,16 +56,17 @@ def load_conversations(
     over all files; a tree source's conversation index): how a shuffled read is put back in file order.
     `total`, when given, gets the number of rows the read visits once the files are open (for progress).
     `share` maps a tree source's adapting over its trees (over the hosts of a run: `TreeRead`), and a source's
-    pass before its rows (`Source.prepare`).
+    pass before its rows (`Source.prepare`). `stats` counts the rows read (`PipelineStats.rows_read`).
     """
     policy = policy if policy is not None else BadRowPolicy()
-    source, parts, opts = _open_source(name, data_files, split, policy, hub_config, cache_dir, options, share)
+    stats = stats if stats is not None else PipelineStats()
+    source, parts, opts = _open_source(name, data_files, split, policy, hub_config, cache_dir, options, share, stats)
     tables = [table for _, table in parts]
     if total is not None:
         total.append(sum(len(t) for t in tables) if opts.get("per_part") is None or source.tree
                      else opts["per_part"] * len(tables))  # fmt: skip
     if source.tree:
-        conversations = TreeRead(source, tables, opts).conversations(policy, share)
+        conversations = TreeRead(source, tables, opts, stats).conversations(policy, share)
         order = (np.random.default_rng(shuffle_seed).permutation(len(conversations)) if shuffle_seed is not None
                  else np.arange(len(conversations)))
         for i in order.tolist():
@@ -72,7 +74,7 @@ def load_conversations(
                 positions.append(i)
             yield conversations[i]
         return
-    read = RowRead(source, parts, opts, shuffle_seed, policy)
+    read = RowRead(source, parts, opts, shuffle_seed, policy, stats=stats)
     for outcome, conversations in read.adapt(0, len(read)):
         outcome.count(policy)
         for convo in conversations:
@@ -83,16 +85,18 @@ def load_conversations(
 
 def open_row_read(name: str, data_files=None, *, policy: BadRowPolicy, shuffle_seed: int | None = None,
                   split: str = "train", hub_config: str | None = None, cache_dir: str | None = None,
-                  share: Share = alone, **options: Any) -> RowRead | None:
+                  share: Share = alone, stats: PipelineStats | None = None, **options: Any) -> RowRead | None:
     """The read `load_conversations` makes of a row source, as a `RowRead` (None for a tree source): its
     rows in visiting order, each adapted when asked for. `policy` counts what drawing the pools read; `share`
-    maps the drawing's adapting, and the source's pass before its rows (over the hosts of a run)."""
-    source, parts, opts = _open_source(name, data_files, split, policy, hub_config, cache_dir, options, share)
-    return None if source.tree else RowRead(source, parts, opts, shuffle_seed, policy, share)
+    maps the drawing's adapting, and the source's pass before its rows (over the hosts of a run); `stats` counts
+    the rows read."""
+    stats = stats if stats is not None else PipelineStats()
+    source, parts, opts = _open_source(name, data_files, split, policy, hub_config, cache_dir, options, share, stats)
+    return None if source.tree else RowRead(source, parts, opts, shuffle_seed, policy, share, stats=stats)
 
 
 def _open_source(name: str, data_files, split: str, policy: BadRowPolicy, hub_config: str | None,
-                 cache_dir: str | None, options: dict, share: Share = alone
+                 cache_dir: str | None, options: dict, share: Share, stats: PipelineStats
                  ) -> tuple[Source, list[tuple[str, RowFile]], dict]:
     """The source, its parts (name, rows: its files, or the hub's parts) opened, and the adapter's options
     (with `per_part` and `pool_seed` for a row source)."""
@@ -111,10 +115,10 @@ def _open_source(name: str, data_files, split: str, policy: BadRowPolicy, hub_co
             raise ConfigError(f"source {name!r} has no hub dataset: set data_files to your own json, jsonl or "
                               "parquet files (or a directory of them)")
         if source.prepare is not None:  # None: the hub dataset, its options checked before it is fetched
-            opts = source.prepare(None, opts, share)
+            opts = source.prepare(None, opts, share, stats)
         parts = hub_parts(source, split, hub_config, cache_dir, policy)
     else:
         parts = [(part_name(p), RowFile(p, cache_dir)) for p in local_files(data_files, name)]
         if source.prepare is not None:
-            opts = source.prepare([table for _, table in parts], opts, share)
+            opts = source.prepare([table for _, table in parts], opts, share, stats)
     return source, parts, {**opts, **pool}

@@ -27,9 +27,9 @@ class Source:
     # rows are messages of trees: the columns of a message's id and its parent's (the adapter needs whole trees)
     tree: tuple[str, str] | None = None
     split_long: bool = False  # conversations longer than a row are split into blocks of whole rounds
-    # (local tables or None for the hub, adapter options, share) -> adapter options: a pass over every row, in file
-    # order, before any row is adapted (ShareGPT's `clean: fastchat` cleans and de-duplicates the dump, the
-    # cleaning mapped over the hosts of a run by `share`; `sharegpt.prepare`)
+    # (local tables or None for the hub, adapter options, share, stats) -> adapter options: a pass over every row,
+    # in file order, before any row is adapted (ShareGPT's `clean: fastchat` cleans and de-duplicates the dump, the
+    # cleaning mapped over the hosts of a run by `share`, its rows counted into `stats`; `sharegpt.prepare`)
     prepare: Callable[..., dict[str, Any]] | None = None
 
 

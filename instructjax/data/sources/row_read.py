@@ -27,7 +27,7 @@ import numpy as np
 from instructjax.core.errors import BadRowPolicy, DataError
 from instructjax.data.schema import Conversation
 from instructjax.data.sources.registry import Source
-from instructjax.data.sources.rows import ROWS_ADAPTED, RowFile, Share, alone, fetch, locate
+from instructjax.data.sources.rows import PipelineStats, RowFile, Share, alone, fetch, locate
 
 
 def part_order(pool_seed: int, part: str, size: int) -> np.ndarray:
@@ -62,13 +62,14 @@ class RowRead:
     a seeded random order, of every row or, pooled, of the pools' rows), which every reader makes alike from
     the files' sizes; and `adapt(a, b)`: the rows a..b of that order fetched and adapted, which the hosts of a
     run share (`tokenized.shared`). Drawing the pools adapts the candidate rows (`share` maps that over the
-    hosts), the skipped ones counted into `policy`."""
+    hosts), the skipped ones counted into `policy`. Each row adapted here is counted into `stats.rows_read`."""
 
     def __init__(self, source: Source, parts: list[tuple[str, RowFile]], opts: dict, shuffle_seed: int | None,
-                 policy: BadRowPolicy, share: Share = alone, chunk: int = 4096):
+                 policy: BadRowPolicy, share: Share = alone, chunk: int = 4096, stats: PipelineStats | None = None):
         opts = dict(opts)
         per_part, pool_seed = opts.pop("per_part", None), opts.pop("pool_seed", 0)
         self.source, self.opts, self.chunk = source, opts, chunk
+        self.stats = stats if stats is not None else PipelineStats()
         self.tables = [table for _, table in parts]
         self._starts = np.cumsum([0] + [len(t) for t in self.tables])
         if per_part is None:
@@ -100,7 +101,7 @@ class RowRead:
     def _adapt(self, row: dict | DataError, index: int, file: str, rownum: int
                ) -> tuple[list[Conversation], DataError | None]:
         """The validated conversations of one row, or the located error of a bad or skipped one."""
-        ROWS_ADAPTED[0] += 1
+        self.stats.rows_read += 1
         try:
             if isinstance(row, DataError):
                 raise row

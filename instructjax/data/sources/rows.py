@@ -16,6 +16,7 @@ import os
 import re
 import zlib
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,8 +28,20 @@ from instructjax.core.errors import ConfigError, DataError
 NumberedRow = tuple[int, "dict | DataError"]
 
 _BATCH = 1024
-ROWS_ADAPTED = [0]  # rows this process has read and adapted (a run's data line reports it; hosts share them)
 Share = Callable[[Callable[[list], list], list], list]  # share(fn, items) == fn(items), maybe over several hosts
+
+
+@dataclass
+class PipelineStats:
+    """What one pipeline's data side did in this process (a run's, or one `data prepare`'s), for the lines the
+    trainer and `data prepare` print: made once per pipeline and handed to the readers, the encoder and the
+    cache writer, which count into it."""
+
+    rows_read: int = 0  # rows fetched and adapted here (the hosts of a run share them)
+    conversations_tokenized: int = 0  # conversations given to be tokenized here (`encoding.pool.Encoder`)
+    cache_files: dict[str, Any] = field(default_factory=dict)  # task -> the cache file its examples were asked from
+    from_cache: set[str] = field(default_factory=set)  # the tasks whose examples were read back from their cache file
+    written: set[str] = field(default_factory=set)  # the cache files written here
 
 
 def alone(fn: Callable[[list], list], items: list) -> list:

@@ -115,13 +115,14 @@ CHUNK = 4096  # rows of the dump fetched at once for cleaning
 _PREPARED: dict[tuple, dict] = {}  # the last whole-dump clean, by (files, sizes, contents)
 
 
-def prepare(tables: list | None, opts: dict[str, Any], share: rows.Share = rows.alone) -> dict[str, Any]:
+def prepare(tables: list | None, opts: dict[str, Any], share: rows.Share = rows.alone,
+            stats: rows.PipelineStats | None = None) -> dict[str, Any]:
     """The sharegpt source's adapter options (`Source.prepare`). With `clean: fastchat`, FastChat's cleaner
     runs once over every row of the dump (`clean_row`, mapped by `share`: over the hosts of a run, each fetching
     and cleaning its share of the rows), then its de-duplication in file order (`clean_dump`: it keeps the first
     conversation in file order, whatever order the rows are then visited in), and the outcome per row goes
-    to the adapter as `cleaned`; the last dump cleaned is kept for the next read of the same files.
-    `tables` None: the hub dataset (the html-cleaned release), before it is fetched."""
+    to the adapter as `cleaned`; the last dump cleaned is kept for the next read of the same files. The rows
+    cleaned here are counted into `stats.rows_read`. `tables` None: the hub dataset (the html-cleaned release), before it is fetched."""
     clean = opts.get("clean")
     if clean not in CLEAN_OPTIONS:
         raise ConfigError(f"source 'sharegpt': clean must be null (the html-cleaned release, read as open-instruct "
@@ -143,7 +144,8 @@ def prepare(tables: list | None, opts: dict[str, Any], share: rows.Share = rows.
                 fetched = rows.fetch(tables, starts, np.array(wanted, dtype=np.int64))
                 out += [clean_row(f"file {tables[t].path}, row {rownum}", row)
                         for t, rownum, row in map(fetched.get, wanted)]
-            rows.ROWS_ADAPTED[0] += len(ordinals)
+            if stats is not None:
+                stats.rows_read += len(ordinals)
             return out
 
         cleaned = share(clean, list(range(int(starts[-1]))))

@@ -8,7 +8,7 @@ import numpy as np
 from instructjax.core.errors import BadRowPolicy, DataError
 from instructjax.data.schema import Conversation
 from instructjax.data.sources.registry import Source
-from instructjax.data.sources.rows import ROWS_ADAPTED, RowFile, Share, alone, fetch, locate
+from instructjax.data.sources.rows import PipelineStats, RowFile, Share, alone, fetch, locate
 
 
 class TreeRead:
@@ -16,10 +16,12 @@ class TreeRead:
     message's id and its parent's, `Source.tree`): the rows that share an id, as their own or their parent's, are
     one component (union-find over the ids, so a broken or cyclic link stays with the rows it touches); and
     `conversations`: the components adapted (`share` maps that over the hosts of a run: a host fetches the rows of
-    its components only), their events merged in the order the adapter gives them over the whole table."""
+    its components only), their events merged in the order the adapter gives them over the whole table. Each row
+    fetched and adapted here is counted into `stats.rows_read`."""
 
-    def __init__(self, source: Source, tables: list[RowFile], opts: dict):
+    def __init__(self, source: Source, tables: list[RowFile], opts: dict, stats: PipelineStats | None = None):
         self.source, self.tables, self.opts = source, tables, opts
+        self.stats = stats if stats is not None else PipelineStats()
         self._starts = np.cumsum([0] + [len(t) for t in tables])
         self.unread: list[DataError] = []  # the rows that could not be read, in order (located)
         link = list(range(int(self._starts[-1])))  # union-find over the rows: a row's link towards its component
@@ -72,7 +74,7 @@ class TreeRead:
         which = {ordinal: k for k, rows in enumerate(components) for ordinal in rows}
         wanted = np.array(sorted(which), dtype=np.int64)
         fetched = fetch(self.tables, self._starts, wanted)
-        ROWS_ADAPTED[0] += len(wanted)
+        self.stats.rows_read += len(wanted)
         events: list[list[tuple]] = [[] for _ in components]
         rows = ((ordinal, fetched[ordinal][2]) for ordinal in wanted.tolist())
         for order, ordinal, item in self.source.adapter(rows, self.source.name, **self.opts):

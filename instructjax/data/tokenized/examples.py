@@ -9,8 +9,9 @@ batches over every core (`encoding.pool`) yet exactly as one process encoding on
 makes them, and kept per process, and on disk (`data.cache`: a restart reads them back instead of
 tokenizing again; once written, this process too reads its examples from the file, their sizes from its
 arrays). A read that fails is not kept: asking again reads again.
-`task_report(name)` says what happened to the rows: nothing is dropped without being counted there. No seqio
-or TensorFlow here.
+`task_report(name)` says what happened to the rows: nothing is dropped without being counted there. What a
+pipeline's calls read, tokenized and cached is counted into the `PipelineStats` they pass (`cache_report` says it).
+No seqio or TensorFlow here.
 """
 
 from __future__ import annotations
@@ -24,9 +25,10 @@ from instructjax.data.blends.specs import BUILTIN, TaskSpec
 from instructjax.data.encoding.templates import DEFAULT_TEMPLATE, MODEL_TEMPLATE, get_template
 from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.selection.embeddings import MODEL_ENCODERS
-from instructjax.data.sources import rows, synthetic
+from instructjax.data.sources import synthetic
 from instructjax.data.sources.data_files import local_files
 from instructjax.data.sources.hub import hub_identity
+from instructjax.data.sources.rows import PipelineStats
 from instructjax.data.tokenized import shared
 from instructjax.data.tokenized.stream import (
     DEFAULT_MAX_LENGTH,
@@ -37,7 +39,8 @@ from instructjax.data.tokenized.stream import (
 
 
 def encoded_examples(name: str, count: int | None = None, seed: int | None = None, *,
-                     in_file_order: bool = False, spec: TaskSpec | None = None) -> list[dict]:
+                     in_file_order: bool = False, spec: TaskSpec | None = None,
+                     stats: PipelineStats | None = None) -> list[dict]:
     """Encoded examples of task `name` (cached per process), see `task_report`.
 
     `seed` None: every example, in row order. With `seed`: the first `count` trainable examples in the
@@ -45,9 +48,10 @@ def encoded_examples(name: str, count: int | None = None, seed: int | None = Non
     `in_file_order`: the same examples in row order (rows by their ordinal over the task's files, a row's
     examples in their own order). A selection task is never shuffled: its order is the selection's.
     Cached on disk when the task reads local files (see `data.cache`). `spec`: the task's, as the caller
-    resolved it (else looked up by name)."""
+    resolved it (else looked up by name). `stats`: the caller's pipeline's, which counts what this call reads,
+    tokenizes and caches."""
     spec = spec or specs.task(name)
-    examples = _encoded_examples(name, spec, count, seed)
+    examples = _encoded_examples(name, spec, count, seed, stats if stats is not None else PipelineStats())
     positions = _STREAMS[(name, spec, seed)].positions if seed is not None else None
     if in_file_order and positions is not None:
         order = sorted(range(len(examples)), key=positions.__getitem__)  # stable: a row's examples keep theirs
@@ -55,55 +59,56 @@ def encoded_examples(name: str, count: int | None = None, seed: int | None = Non
     return examples
 
 
-def _encoded_examples(name: str, spec: TaskSpec, count: int | None, seed: int | None) -> list[dict]:
+def _encoded_examples(name: str, spec: TaskSpec, count: int | None, seed: int | None, stats: PipelineStats
+                      ) -> list[dict]:
     known = _STREAMS.get((name, spec, seed))
     if isinstance(known, _Cached) and (count is None or count > len(known.examples)):
         del _STREAMS[(name, spec, seed)]  # a larger subset than the cached one: read on
     elif known is not None:
-        return _take(name, spec, seed, count)
+        if isinstance(known, _Cached):  # kept from an earlier call, maybe another pipeline's
+            stats.cache_files[name] = known.where
+            if known.read_back:
+                stats.from_cache.add(name)
+        return _take(name, spec, seed, count, stats)
     where = _cache_path(name, spec, count, seed)
     cached = None
     if where is not None:
-        CACHE_FILES[name] = where
-        cached = shared.load_or_build(name, spec, seed, count, where)  # None: this host alone
+        stats.cache_files[name] = where
+        cached = shared.load_or_build(name, spec, seed, count, where, stats)  # None: this host alone
         cached = cached if cached is not None else cache.load(where)
     if cached is not None:
         examples, report = cached
-        _STREAMS[(name, spec, seed)] = _Cached(examples, report)
-        FROM_CACHE.add(name)
+        _STREAMS[(name, spec, seed)] = _Cached(examples, report, where, read_back=True)
+        stats.from_cache.add(name)
         return examples
-    examples = _take(name, spec, seed, count)
+    examples = _take(name, spec, seed, count, stats)
     if where is not None:
-        save(where, _STREAMS[(name, spec, seed)], examples)
+        save(where, _STREAMS[(name, spec, seed)], examples, stats)
         written = cache.load(where)  # from here on as a restart reads it: sizes known, tokens on disk, not in memory
         if written is not None:
-            _STREAMS[(name, spec, seed)] = _Cached(*written)
+            _STREAMS[(name, spec, seed)] = _Cached(*written, where, read_back=False)
             return written[0]
     return examples
 
 
-CACHE_FILES: dict = {}  # task -> the cache file its examples were last asked from (`data prepare` lists them)
-FROM_CACHE: set[str] = set()  # the tasks whose examples came from their cache file
-
-
-def cache_report(tasks: list[str]) -> str:
-    """How the run's `tasks` got their examples: from the tokenized cache, or tokenized by this process."""
-    from instructjax.data.encoding.pool import ENCODED
-
-    here = f"{rows.ROWS_ADAPTED[0]:,} row(s) read and {ENCODED[0]:,} conversation(s) tokenized here"
+def cache_report(tasks: list[str], stats: PipelineStats) -> str:
+    """How the run's `tasks` got their examples (`stats`: its pipeline's): from the tokenized cache, or tokenized
+    by this process."""
+    here = f"{stats.rows_read:,} row(s) read and {stats.conversations_tokenized:,} conversation(s) tokenized here"
     where = cache.cache_dir()
     if where is None:
         return f"the tokenized cache is off; {here}"
-    read = sum(t in FROM_CACHE for t in tasks)
+    read = sum(t in stats.from_cache for t in tasks)
     return f"{read} of {len(tasks)} task(s) read from the tokenized cache ({where}); {here}"
 
 
-def _take(name: str, spec: TaskSpec, seed: int | None, count: int | None) -> list[dict]:
-    """`take(count)` of the task's stream; a read that fails is dropped, so asking again reads again (and
-    raises again) rather than returning what was read before the failure."""
+def _take(name: str, spec: TaskSpec, seed: int | None, count: int | None, stats: PipelineStats) -> list[dict]:
+    """`take(count)` of the task's stream (what it reads and tokenizes counted into `stats`); a read that fails is
+    dropped, so asking again reads again (and raises again) rather than returning what was read before the
+    failure."""
     stream = _stream(name, spec, seed)
     try:
-        return stream.take(count)
+        return stream.take(count, stats)
     except BaseException:
         _STREAMS.pop((name, spec, seed), None)
         raise
@@ -151,26 +156,27 @@ def _template_identity(template, tokenizer: Tokenizer) -> str:
 
 
 class _Cached:
-    """A task's examples read back from the cache (stands where its `TaskStream` would; `cache.CachedExamples`
-    makes each example when it is asked for)."""
+    """A task's examples read back from the cache file `where` (stands where its `TaskStream` would;
+    `cache.CachedExamples` makes each example when it is asked for); `read_back`: found there, not written here."""
 
-    def __init__(self, examples: cache.CachedExamples, report: dict):
-        self.examples = examples
+    def __init__(self, examples: cache.CachedExamples, report: dict, where, *, read_back: bool):
+        self.examples, self.where, self.read_back = examples, where, read_back
         self.report = TaskReport(read=report["read"], rows=report["rows"], examples=report["kept"], repaired=Counter(report["repaired"]),
                                  skipped=Counter(report["skipped"]), split=report["split"],
                                  truncated=report["truncated"], empty_after_truncation=report["untrainable"])
         self.positions: list[int] | None = report.get("positions")
 
-    def take(self, count: int | None) -> cache.CachedExamples:
+    def take(self, count: int | None, stats: PipelineStats | None = None) -> cache.CachedExamples:
         return self.examples[:count]
 
 
-def task_report(name: str, seed: int | None = None, *, spec: TaskSpec | None = None) -> TaskReport:
-    """What happened to the rows of task `name` so far (the whole task when `seed` is None); `spec`: the
-    task's, as the caller resolved it (else looked up by name)."""
+def task_report(name: str, seed: int | None = None, *, spec: TaskSpec | None = None,
+                stats: PipelineStats | None = None) -> TaskReport:
+    """What happened to the rows of task `name` so far (the whole task when `seed` is None: read to its end, counted
+    into `stats`); `spec`: the task's, as the caller resolved it (else looked up by name)."""
     spec = spec or specs.task(name)
     if seed is None:
-        _take(name, spec, seed, None)
+        _take(name, spec, seed, None, stats if stats is not None else PipelineStats())
     return _stream(name, spec, seed).report
 
 

@@ -49,9 +49,11 @@ from instructjax.data.tokenized import stream
 PIECES = 64  # pieces per round
 
 
-def load_or_build(name: str, spec, seed: int | None, count: int | None, where) -> tuple[Any, dict] | None:
-    """(examples, report) of the task from its cache file `where`, built by all hosts together when missing;
-    None with one host, or when the hosts do not share the directory (then each builds its own)."""
+def load_or_build(name: str, spec, seed: int | None, count: int | None, where, stats: rows.PipelineStats
+                  ) -> tuple[Any, dict] | None:
+    """(examples, report) of the task from its cache file `where`, built by all hosts together when missing (what
+    this host reads, tokenizes and writes counted into `stats`); None with one host, or when the hosts do not share
+    the directory (then each builds its own)."""
     coordinator = hosts.current()
     if coordinator is None or not hosts.sees_one_directory(where.parent):
         return None
@@ -62,7 +64,7 @@ def load_or_build(name: str, spec, seed: int | None, count: int | None, where) -
         return None  # the run's own check of the hosts' epochs names the difference)
     if all(there for _, there in have):
         return found
-    return _build(coordinator, name, spec, seed, count, where)
+    return _build(coordinator, name, spec, seed, count, where, stats)
 
 
 class _Conversations:
@@ -70,9 +72,9 @@ class _Conversations:
     source's trees are adapted a share per host (`share`), a selection's rows read whole by every host; a unit is
     a conversation, a piece the results of its conversations."""
 
-    def __init__(self, name: str, spec, seed: int | None, share: rows.Share):
-        self._items = stream.conversation_items(name, spec, seed, share=share)
-        self.convs, self.reads, self.end, self.results = [], [], None, []
+    def __init__(self, name: str, spec, seed: int | None, share: rows.Share, stats: rows.PipelineStats):
+        self._items = stream.conversation_items(name, spec, seed, share=share, stats=stats)
+        self.convs, self.reads, self.end, self.results, self.stats = [], [], None, [], stats
 
     def upto(self, n: float) -> int:
         """The units there are, up to `n` (read as far as that)."""
@@ -94,7 +96,7 @@ class _Conversations:
         return _failed(self.results)
 
     def encode(self, job, a: int, b: int) -> list:
-        return _encode(job, self.convs[a:b])
+        return _encode(job, self.convs[a:b], self.stats)
 
     def whole(self, piece, a: int, b: int) -> bool:
         return len(piece) == b - a or _failed(piece)
@@ -124,7 +126,7 @@ class _Rows:
         for outcome, conversations in self.read.adapt(a, b):
             outcomes.append(outcome)
             convs += conversations
-        return outcomes, _encode(job, convs)
+        return outcomes, _encode(job, convs, self.read.stats)
 
     def whole(self, piece, a: int, b: int) -> bool:
         outcomes, results = piece
@@ -158,10 +160,13 @@ class _Rows:
         return _Replay(self.reads, self.results, self.end)
 
 
-def units_of(name: str, spec, seed: int | None, share: rows.Share = rows.alone) -> _Rows | _Conversations:
-    """The task's units; a pooled source's pools drawn, and a tree source's trees adapted, through `share`."""
-    read = stream.task_row_read(name, spec, seed, share)
-    return _Conversations(name, spec, seed, share) if read is None else _Rows(*read, shuffled=seed is not None)
+def units_of(name: str, spec, seed: int | None, share: rows.Share = rows.alone, stats: rows.PipelineStats | None = None
+             ) -> _Rows | _Conversations:
+    """The task's units; a pooled source's pools drawn, and a tree source's trees adapted, through `share`; the rows
+    read and the conversations tokenized here counted into `stats`."""
+    stats = stats if stats is not None else rows.PipelineStats()
+    read = stream.task_row_read(name, spec, seed, share, stats)
+    return _Conversations(name, spec, seed, share, stats) if read is None else _Rows(*read, shuffled=seed is not None)
 
 
 def rounds(units, count: int | None, make) -> tuple[list, list] | None:
@@ -192,7 +197,8 @@ def _spans(lo: int, hi: int) -> list[tuple[int, int]]:
     return list(zip(bounds, bounds[1:], strict=False))
 
 
-def _build(coordinator, name: str, spec, seed: int | None, count: int | None, where) -> tuple[Any, dict]:
+def _build(coordinator, name: str, spec, seed: int | None, count: int | None, where, stats: rows.PipelineStats
+           ) -> tuple[Any, dict]:
     pieces, job = _pieces_dir(where), stream.job_of(spec)
     me, n = coordinator.process_index, coordinator.process_count
     shares = itertools.count()
@@ -211,7 +217,7 @@ def _build(coordinator, name: str, spec, seed: int | None, count: int | None, wh
             out += fn(items[a:b]) if got is None else got
         return out
 
-    units = units_of(name, spec, seed, share)
+    units = units_of(name, spec, seed, share, stats)
 
     def make(lo: int, hi: int, spans: list) -> tuple[list, bool]:
         for a, b in spans[me::n]:
@@ -232,7 +238,7 @@ def _build(coordinator, name: str, spec, seed: int | None, count: int | None, wh
     if me == 0:
         outcome = "saved"
         try:
-            stream.save(where, replayed, taken)
+            stream.save(where, replayed, taken, stats)
         except Exception as exc:  # noqa: BLE001 - the others stop too, naming it
             outcome = f"host 0 could not write {where}: {' '.join(str(exc).split())[:300]}"
             raise
@@ -278,9 +284,10 @@ def _examples_in(result) -> int:
     return 0 if isinstance(result, _Failed) else sum(piece.n_trained > 0 for piece in result[0])
 
 
-def _encode(job, convs: list) -> list[Result | _Failed]:
-    """The results of `convs` in order (over every core, `encoding.pool`); an error ends them."""
-    encoder, out = Encoder(job, iter([*((c, None) for c in convs), (None, None)])), []
+def _encode(job, convs: list, stats: rows.PipelineStats) -> list[Result | _Failed]:
+    """The results of `convs` in order (over every core, `encoding.pool`; counted into `stats`); an error ends
+    them."""
+    encoder, out = Encoder(job, iter([*((c, None) for c in convs), (None, None)]), stats=stats), []
     while True:
         try:
             got = encoder.next(None)

@@ -22,6 +22,7 @@ from instructjax.data.schema import Conversation
 from instructjax.data.selection.embeddings import MODEL_ENCODERS
 from instructjax.data.sources import load, registry, rows, synthetic
 from instructjax.data.sources.row_read import RowRead
+from instructjax.data.sources.rows import PipelineStats
 
 DEFAULT_MAX_LENGTH = 2048  # outside a run; a run truncates at its data.seq_len
 
@@ -66,23 +67,24 @@ class TaskReport:
 
 def read_conversations(spec: TaskSpec, policy: BadRowPolicy | None = None, shuffle_seed: int | None = None,
                        positions: list[int] | None = None, total: list[int] | None = None,
-                       share: rows.Share = rows.alone) -> Iterator[Conversation]:
-    """The source's Conversations for a spec (hub, local files, or built-in synthetic rows); `positions`, `total`
-    and `share`: see `load.load_conversations`."""
+                       share: rows.Share = rows.alone, stats: PipelineStats | None = None) -> Iterator[Conversation]:
+    """The source's Conversations for a spec (hub, local files, or built-in synthetic rows); `positions`, `total`,
+    `share` and `stats`: see `load.load_conversations`."""
     return load.load_conversations(spec.source, _files(spec), policy=policy, shuffle_seed=shuffle_seed,
-                                   positions=positions, total=total, share=share, **dict(spec.source_options))
+                                   positions=positions, total=total, share=share, stats=stats,
+                                   **dict(spec.source_options))
 
 
-def task_row_read(name: str, spec: TaskSpec, seed: int | None, share: rows.Share = rows.alone
-                  ) -> tuple[RowRead, BadRowPolicy] | None:
+def task_row_read(name: str, spec: TaskSpec, seed: int | None, share: rows.Share = rows.alone,
+                  stats: PipelineStats | None = None) -> tuple[RowRead, BadRowPolicy] | None:
     """The task's read as `conversation_items` makes it, as a `row_read.RowRead` (its rows, adapted when asked
-    for; its pools drawn through `share`) with the policy that drawing its pools counted into; None where the
-    read needs every row before the first conversation (a tree source, a selection)."""
+    for, counted into `stats`; its pools drawn through `share`) with the policy that drawing its pools counted
+    into; None where the read needs every row before the first conversation (a tree source, a selection)."""
     if spec.selection is not None or registry.get_source(spec.source).tree:
         return None
     policy = BadRowPolicy(spec.on_bad_row)
     read = load.open_row_read(spec.source, _files(spec), policy=policy, shuffle_seed=_shuffle_seed(name, spec, seed),
-                              share=share, **dict(spec.source_options))  # fmt: skip
+                              share=share, stats=stats, **dict(spec.source_options))  # fmt: skip
     return read, policy
 
 
@@ -97,11 +99,12 @@ def _shuffle_seed(name: str, spec: TaskSpec, seed: int | None) -> int | None:
     return specs.subset_seed(seed, name) if seed is not None and spec.selection is None else None
 
 
-def save(where, stream: TaskStream, examples: list[dict]) -> None:
-    """Cache the examples `stream` took, with its report."""
+def save(where, stream: TaskStream, examples: list[dict], stats: PipelineStats) -> None:
+    """Cache the examples `stream` took, with its report; the file is noted in `stats.written`."""
     report = stream.report
     extra = {} if stream.positions is None else {"positions": stream.positions[: len(examples)]}
     cache.save(where, examples, {**report.as_dict(), "rows": report.rows, **extra})
+    stats.written.add(str(where))
 
 
 class Read(NamedTuple):
@@ -116,11 +119,11 @@ class Read(NamedTuple):
 
 
 def conversation_items(name: str, spec: TaskSpec, seed: int | None, total: list[int] | None = None,
-                       share: rows.Share = rows.alone
+                       share: rows.Share = rows.alone, stats: PipelineStats | None = None
                        ) -> Iterator[tuple[Conversation | None, Read]]:
     """The task's conversations in the stream's order, each with `Read` taken right after it was read; then
     (None, counted at the end, or the read's error). `total` gets the rows the read will visit, once known; `share`
-    maps a tree source's adapting (over the hosts of a run)."""
+    maps a tree source's adapting (over the hosts of a run); `stats` counts the rows read."""
     policy = BadRowPolicy(spec.on_bad_row)
     shuffle = _shuffle_seed(name, spec, seed)
     read_at: list[int] | None = [] if shuffle is not None else None  # each conversation's place in row order
@@ -129,7 +132,7 @@ def conversation_items(name: str, spec: TaskSpec, seed: int | None, total: list[
         return Read(policy.read, dict(policy.skipped), dict(policy.repaired), read_at[-1] if read_at else None,
                      error)
 
-    conversations = read_conversations(spec, policy, shuffle, read_at, total, share)
+    conversations = read_conversations(spec, policy, shuffle, read_at, total, share, stats)
     try:
         if spec.selection is not None:  # the selection's order (it reads every row first)
             conversations = iter(_apply_selection(list(conversations), spec.selection, Tokenizer.load(spec.tokenizer)))
@@ -159,7 +162,9 @@ class TaskStream:
     (`encoding.pool.Encoder`) and exactly as one process encoding one conversation at a time makes them: the
     conversations are read ahead, each with what the policy had counted when it was read (`Read`), and the
     report, the positions and a read error follow the last conversation taken, not the last one read.
-    `results`: where the (`Read`, result) of each conversation come from instead (`tokenized.shared`: pieces)."""
+    `results`: where the (`Read`, result) of each conversation come from instead (`tokenized.shared`: pieces).
+    `counted`: the rows it read and the conversations it tokenized, all along (`take` adds each call's share to
+    its caller's stats: a stream kept between pipelines counts into the one that asked)."""
 
     def __init__(self, name: str, spec: TaskSpec, seed: int | None, results=None):
         self.name, self.report, self.examples = name, TaskReport(), []
@@ -168,10 +173,22 @@ class TaskStream:
         self.positions: list[int] | None = [] if seed is not None and spec.selection is None else None
         self._last = Read(0, {}, {})
         self.total: list[int] = []  # the rows the read will visit (for progress)
+        self.counted = PipelineStats()
         self._results = results if results is not None else Encoder(
-            job_of(spec), conversation_items(name, spec, seed, self.total))
+            job_of(spec), conversation_items(name, spec, seed, self.total, stats=self.counted), stats=self.counted)
 
-    def take(self, count: int | None) -> list[dict]:
+    def take(self, count: int | None, stats: PipelineStats | None = None) -> list[dict]:
+        """The first `count` examples (None: every one), read and tokenized as far as needed; what that read and
+        tokenized is added to `stats`."""
+        read, tokenized = self.counted.rows_read, self.counted.conversations_tokenized
+        try:
+            return self._take(count)
+        finally:
+            if stats is not None:
+                stats.rows_read += self.counted.rows_read - read
+                stats.conversations_tokenized += self.counted.conversations_tokenized - tokenized
+
+    def _take(self, count: int | None) -> list[dict]:
         while count is None or len(self.examples) < count:
             got = self._results.next(None if count is None else count - len(self.examples))
             if got is None:
