@@ -271,6 +271,24 @@ def test_pickles_as_its_path(tok):
     assert pickle.loads(pickle.dumps(tok)) is tok
 
 
+def test_a_copy_carries_the_name_it_was_made_with_into_other_processes(tok):
+    """`materialize(named=...)`: the tokenizer loaded from the copy is named so (`words`), here and in a process
+    that unpickles it (a worker), with no state kept beside it; the same files named otherwise are another copy."""
+    import pickle
+    import subprocess
+    import sys
+
+    from instructjax.data.encoding.tokenizer import materialize
+
+    named = Tokenizer.load(materialize(tok.files(), named="the tokenizer of model.init_from=/ckpt"))
+    plain = Tokenizer.load(materialize(tok.files()))
+    assert named.words == "the tokenizer of model.init_from=/ckpt" and plain.words == f"tokenizer {plain.path}"
+    assert named == plain == tok and named.path != plain.path
+    code = "import pickle, sys; print(pickle.loads(sys.stdin.buffer.read()).words)"
+    there = subprocess.run([sys.executable, "-c", code], input=pickle.dumps(named), capture_output=True, timeout=300)
+    assert there.stdout.decode().strip() == named.words, there.stderr.decode()[-2000:]
+
+
 SPM_KINDS = {  # trainer options of locally trained SentencePiece models, besides the LLaMA-like default
     "bpe_nfkc_collapse": dict(model_type="bpe", normalization_rule_name="nmt_nfkc", remove_extra_whitespaces=True),
     "unigram": dict(model_type="unigram", byte_fallback=True, normalization_rule_name="identity",

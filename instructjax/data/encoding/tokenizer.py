@@ -44,6 +44,7 @@ from instructjax.data.encoding.piece_spans import PieceSpans, engine_ids
 
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
 EXPORT_CLASS = "PreTrainedTokenizerFast"  # generic: transformers 4 and 5, vLLM read tokenizer.json as written
+NAMED_FILE = "instructjax_named.txt"  # in a copy `materialize` made: the words naming the tokenizer as the user gave it
 
 
 def default_tokenizer_path() -> str:
@@ -153,19 +154,22 @@ class Tokenizer:
 
     def __init__(self, path: str):
         self.path = path
+        # as messages name it: "tokenizer PATH" as the user gave it, or, for a copy of a checkpoint's tokenizer
+        # (`materialize`), the words the copy was made with (not the temporary directory)
+        self.words: str = _named(path) or f"tokenizer {path}"
         raw, special, add_bos, self.chat_template = _read(path)
         vocab = raw.get_vocab(with_added_tokens=True)
         self.vocab_size: int = max(vocab.values()) + 1
         ids = {key: (vocab.get(special[key]) if special.get(key) else None) for key in SPECIAL_KEYS}
         for key in SPECIAL_KEYS:
             if special.get(key) and ids[key] is None:
-                raise ConfigError(f"{_NAMED.get(path, f'tokenizer {path}')}: its {key} {special[key]!r} is not in "
+                raise ConfigError(f"{self.words}: its {key} {special[key]!r} is not in "
                                   "the vocabulary")
         self.bos_token, self.eos_token = special.get("bos_token"), special.get("eos_token")
         self.unk_token, self.pad_token = special.get("unk_token"), special.get("pad_token")
         self.bos_id, self.eos_id, self.unk_id, self.pad_id = (ids[k] for k in SPECIAL_KEYS)
         if self.eos_id is None:
-            raise ConfigError(f"{_NAMED.get(path, f'tokenizer {path}')}: has no end-of-sequence token (eos_token in "
+            raise ConfigError(f"{self.words}: has no end-of-sequence token (eos_token in "
                               "tokenizer_config.json)")
         if add_bos is None:  # unsaid: what the post-processor does
             add_bos = self.bos_id is not None and raw.encode("a", add_special_tokens=True).ids[:1] == [self.bos_id]
@@ -189,14 +193,8 @@ class Tokenizer:
 
         return _load_cached(str(storage.path(path)) if path else default_tokenizer_path())
 
-    def __reduce__(self):  # pickles as its path (and its name): cheap to send to tf.data / worker processes
-        return (_load_named, (self.path, _NAMED.get(self.path)))
-
-    @property
-    def words(self) -> str:
-        """The tokenizer as messages name it: "tokenizer PATH" as the user gave it, or, for a copy of a checkpoint's
-        tokenizer (`materialize`), the words the copy was made with (not the temporary directory)."""
-        return _NAMED.get(self.path, f"tokenizer {self.path}")
+    def __reduce__(self):  # pickles as its path (its name comes with it): cheap to send to tf.data / worker processes
+        return (_load_cached, (self.path,))
 
     def __repr__(self) -> str:
         return f"Tokenizer({self.path!r}, vocab_size={self.vocab_size})"
@@ -333,25 +331,27 @@ class Tokenizer:
         return hf
 
 
-def _load_named(path: str, named: str | None) -> Tokenizer:
-    """`Tokenizer.load(path)` in another process, named there as it was here (`materialize`)."""
-    if named:
-        _NAMED[path] = named
-    return Tokenizer.load(path)
-
-
 @functools.lru_cache(maxsize=16)
 def _load_cached(path: str) -> Tokenizer:
     return Tokenizer(path)
 
 
-_NAMED: dict[str, str] = {}  # a materialized tokenizer directory -> the words naming it as the user gave it
+def _named(where: str) -> str | None:
+    """The words a copy `materialize` made is named by (None: any other path)."""
+    file = os.path.join(where, NAMED_FILE)
+    if not os.path.isfile(file):
+        return None
+    with open(file, encoding="utf-8") as f:
+        return f.read() or None
 
 
 def materialize(files: dict[str, str], *, named: str | None = None) -> str:
     """A tokenizer directory holding `files` (from `Tokenizer.files`), content-addressed under the temp
-    directory so the same files always give the same path (and one cached `Tokenizer`). `named`: how messages
-    name that tokenizer (`Tokenizer.words`), e.g. "the tokenizer of model.init_from=CKPT", never by its copy."""
+    directory so the same files (and name) always give the same path (and one cached `Tokenizer`). `named`: how
+    messages name that tokenizer (`Tokenizer.words`), e.g. "the tokenizer of model.init_from=CKPT", never by its
+    copy; written beside the files (`NAMED_FILE`), so the tokenizer loaded from the copy, in this process or
+    another, carries it."""
+    files = {**files, NAMED_FILE: named} if named else files
     digest = hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest()[:20]
     parent = os.path.join(tempfile.gettempdir(), "instructjax-tokenizers")
     directory = os.path.join(parent, digest)
@@ -365,6 +365,4 @@ def materialize(files: dict[str, str], *, named: str | None = None) -> str:
             os.rename(staging, directory)  # atomic: a concurrent writer either wins or finds it done
         except OSError:
             shutil.rmtree(staging, ignore_errors=True)
-    if named:
-        _NAMED[directory] = named
     return directory
