@@ -80,11 +80,11 @@ class Target:
     resolved: object | None = None
 
 
-def resolve(args) -> Target:
+def command_target(args) -> Target:
     """Turn NAME / --config / --data-files into a bound task or mixture. With --config the tasks are bound to
     that run: its model's tokenizer, its chat template and its row length (`instructjax.data.binding`)."""
     from instructjax.cli import load_run_config
-    from instructjax.data.binding import bind, resolve, uses_model_encoder
+    from instructjax.data.binding import bind, specs_of
     from instructjax.data.blends import specs
     from instructjax.data.sources.registry import SOURCES
 
@@ -113,15 +113,13 @@ def resolve(args) -> Target:
     on_bad_row = args.on_bad_row or (config.data.on_bad_row if config is not None else None)
     if on_bad_row is not None and config is None:
         changes["on_bad_row"] = on_bad_row
-    found = resolve(name)
+    found = specs_of(name)
     if found is None:
         raise specs.unknown(name)
     tasks, mixture = found.tasks, found.mixture
     if changes:
         variants = [specs.with_options(t, **changes) for t in tasks]
         name = specs.remix(name, dict(zip(tasks, variants, strict=True))) if mixture else variants[0]
-    if uses_model_encoder(name):
-        import instructjax.train.embed  # noqa: F401  (registers the encoders that run a model)
     if config is not None:  # bound to the run: its model's tokenizer, chat template and row length
         from instructjax.train import setup as run_setup
 
@@ -132,6 +130,9 @@ def resolve(args) -> Target:
         bound = bind(name, tokenizer=getattr(args, "tokenizer", None),
                      max_length=getattr(args, "seq_len", None) or args.max_length)
     return Target(name=bound.name, tasks=bound.tasks, config=config, resolved=bound.resolved)
+
+
+resolve = command_target  # the name before issue 54
 
 
 def subset_sha256(ids) -> str:
@@ -192,7 +193,7 @@ def run_stats(args) -> int:
     from instructjax.data.batches.pipeline import DataPipeline
     from instructjax.data.blends import specs
 
-    target = resolve(args)
+    target = command_target(args)
     base = target.config.data if target.config else DataSection(mixture=target.name)
     mixture = specs.lookup_mixture(target.name)
     counts = dict(mixture.counts) if mixture is not None else {}
@@ -262,7 +263,7 @@ def run_preview(args) -> int:
     from instructjax.data.schema import Conversation
     from instructjax.data.tokenized import examples as examples_lib
 
-    target = resolve(args)
+    target = command_target(args)
     mosaic = target.config.data.mosaic if target.config else None
     tokenizer = Tokenizer.load(specs.task(target.tasks[0]).tokenizer)
     shown = []  # (conversation, tokens, loss mask)
@@ -305,15 +306,13 @@ def run_select(args) -> int:
     from instructjax.data.selection.methods import select, write_selection
     from instructjax.data.tokenized import examples as examples_lib
 
-    target = resolve(args)
+    target = command_target(args)
     convs = [
         Conversation.from_json(ex["conversation"]) for t in target.tasks for ex in examples_lib.encoded_examples(t)
     ]
     tokenizer = Tokenizer.load(specs.task(target.tasks[0]).tokenizer)
     encoder_kwargs = {}
     if args.encoder in MODEL_ENCODERS:
-        import instructjax.train.embed  # noqa: F401  (registers the encoders that run a model)
-
         model = args.encoder_model or (target.config.model.init_from if target.config else None)
         if not model:
             raise ConfigError(f"--encoder {args.encoder} embeds with a model: pass --encoder-model, or --config "

@@ -118,7 +118,7 @@ def test_golden_acp_mixture_subsets_and_epoch_order(tmp_path):
     from helpers.pools import P3_SUBTASKS, check_golden, pair_of, write_dir
 
     from instructjax.core.config import DataSection
-    from instructjax.data.batches.streams import ExampleStream
+    from instructjax.data.batches.example_order import ExampleStream
 
     (tmp_path / "alpaca_rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in ALPACA_ROWS))
     (tmp_path / "code_alpaca_rows.jsonl").write_text("".join(json.dumps(r) + "\n" for r in CODE_ALPACA_ROWS))

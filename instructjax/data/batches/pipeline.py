@@ -1,6 +1,6 @@
 """From a bound task or mixture to this host's packed batches, deterministic and resumable.
 
-One global plan: the examples (`streams.ExampleStream`: which ones, in which order) are cut into windows;
+One global plan: the examples (`example_order.ExampleStream`: which ones, in which order) are cut into windows;
 each window is packed on its own (best-fit-decreasing), so the global sequence of packed rows is a pure
 function of (seed, epoch, window), computed alike on every host. A step takes the next `global_batch` rows
 and host h keeps its slice `[h * B/H, (h+1) * B/H)`: every host plans the same steps and batch shapes, and
@@ -9,7 +9,7 @@ saved on H hosts resumes on any H' and sees the same global batches. A backgroun
 
 A window's rows come in a seeded random order, or with `data.shuffle: false` in the order of the first
 example each holds (one example a row with `pack: false`: the rows are the examples, in order); the
-examples' own order is `streams`'.
+examples' own order is `example_order`'.
 
 `pack: per_step` keeps every step of `pack: false` (the same examples, the same iterator state, so resume and
 resume on other hosts are unchanged) and packs its `global_batch` one-example rows into fewer rows; the shapes
@@ -28,6 +28,7 @@ import numpy as np
 
 from instructjax.core.config import DataSection
 from instructjax.core.errors import ConfigError
+from instructjax.data.batches.example_order import ExampleStream, named_rng
 from instructjax.data.batches.packing import PackStats, SequencePacker, segment_lengths
 from instructjax.data.batches.step_plan import (  # noqa: F401  (their old home)
     LONG_ROW_GAIN,
@@ -41,7 +42,6 @@ from instructjax.data.batches.step_plan import (  # noqa: F401  (their old home)
     step_need,
     step_shapes,
 )
-from instructjax.data.batches.streams import ExampleStream, named_rng
 from instructjax.data.binding import Resolved
 from instructjax.data.sources.rows import PipelineStats
 
