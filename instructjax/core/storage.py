@@ -49,9 +49,8 @@ _DIGESTS: dict[tuple, str] = {}  # local file (path, inode, mtime, size) -> xxh3
 
 
 def _epath():
-    """`etils.epath`, with its gs:// backend set to fsspec's (gcsfs), never TensorFlow's: epath reads `EPATH_USE_TF`
-    when its gs:// backend first loads (then keeps it), so it is set here, before this module makes any path (and
-    every path instructjax hands to Orbax is one of this module's), not on import."""
+    """`etils.epath` with its gs:// backend fsspec's (gcsfs), not TensorFlow's: `EPATH_USE_TF`, read when that backend
+    first loads, is set here before any path is made (Orbax gets only this module's paths), not on import."""
     os.environ.setdefault("EPATH_USE_TF", "false")
     from etils import epath
 
