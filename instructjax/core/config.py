@@ -172,6 +172,7 @@ class OptimSection:
     micro_batches: int = 1  # gradient accumulation: the global batch is split into this many
     loss_reduction: str = "mean"  # "mean" over the global batch's trained tokens, or "sum" (see train.loss)
     loss_chunk: int = 4096  # tokens whose logits the loss makes at a time (train.loss.chunked_token_nll); 0: all
+    neftune_alpha: float = 0.0  # NEFTune: uniform noise on the token embeddings while training (train.step); 0: off
 
     def __post_init__(self):
         _check(self.lr > 0, f"optim.lr must be > 0, got {self.lr}")
@@ -183,6 +184,7 @@ class OptimSection:
                f"optim.loss_reduction must be one of {LOSS_REDUCTIONS}, got {self.loss_reduction!r}")
         _check(self.grad_clip is None or self.grad_clip > 0, f"optim.grad_clip must be > 0, got {self.grad_clip}")
         _check(self.loss_chunk >= 0, f"optim.loss_chunk must be >= 0 (0: the whole micro-batch), got {self.loss_chunk}")
+        _check(self.neftune_alpha >= 0, f"optim.neftune_alpha must be >= 0 (0: off), got {self.neftune_alpha}")
 
 
 @dataclass

@@ -16,6 +16,7 @@ instructjax.core.sharding); compute runs in `config.dtype` over `config.param_dt
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import jax
@@ -250,11 +251,15 @@ class Decoder(nnx.Module):
         cap = self.config.final_softcap
         return logits if cap is None else cap * jnp.tanh(logits.astype(jnp.float32) / cap)
 
-    def hidden_states(self, tokens: Array, positions: Array, segment_ids: Array, cache: Cache | None = None
-                      ) -> tuple[Array, Cache | None]:
+    def hidden_states(self, tokens: Array, positions: Array, segment_ids: Array, cache: Cache | None = None,
+                      embed_noise: Callable[[Array], Array] | None = None) -> tuple[Array, Cache | None]:
         """The last hidden layer [B, T, hidden] after the final norm (HF's `hidden_states[-1]`), and the
-        updated cache when decoding."""
+        updated cache when decoding. `embed_noise` maps the token embeddings (after the family's scale, before
+        learned positions: HF's `embed_tokens` output) to what the layers get: only the train step passes one
+        (NEFTune, `train.step.neftune_noise`)."""
         x = self.embed_tokens(tokens)
+        if embed_noise is not None:
+            x = embed_noise(x)
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions + self.config.position_offset)
         x = with_logical_constraint(x, ("batch", "length", "embed"))

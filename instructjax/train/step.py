@@ -8,11 +8,14 @@ step. The trainer fills the state (fresh, from `init_from`, or from a checkpoint
 
 The step: the global batch split into `optim.micro_batches` micro-batches whose gradients are summed
 (`loss.accumulate_gradients`), the loss normalised by the trained-token weight of the whole global batch, then
-AdamW; parameters and optimizer state are donated.
+AdamW; parameters and optimizer state are donated. With `optim.neftune_alpha` > 0 the token embeddings get
+NEFTune's noise (`neftune_noise`), from the step's key (`neftune_keys`): nowhere but here.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,14 +27,40 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from instructjax.core import sharding
 from instructjax.core.config import RunConfig
+from instructjax.core.errors import ConfigError
 from instructjax.model.config import DecoderConfig
 from instructjax.model.decoder import Decoder
 from instructjax.train import loss
 
+NEFTUNE_STREAM = 0x4E454654  # "NEFT": the noise's own stream under the run's seed
+
+
+def neftune_noise(alpha: float, key: jax.Array) -> Callable[[jax.Array], jax.Array]:
+    """NEFTune (transformers' `neftune_post_forward_hook`): token embeddings x [B, L, H] plus uniform noise in
+    [-a, a], a = alpha / sqrt(L * H), drawn from `key` (added in float32, cast back to x's dtype). L is the row
+    length the batch was padded to (`data.seq_len` for packed and unpacked rows, the step's padded length under
+    `pack: per_step`), as transformers uses its padded batch's length, not each example's."""
+
+    def add(x: jax.Array) -> jax.Array:
+        a = alpha / math.sqrt(x.shape[1] * x.shape[2])
+        return (x.astype(jnp.float32) + jax.random.uniform(key, x.shape, jnp.float32, -a, a)).astype(x.dtype)
+
+    return add
+
+
+def neftune_keys(seed: int, opt_state: Any, micro: int) -> jax.Array:
+    """One key a micro-batch from the step's key: the run's seed folded with the updates applied so far (the
+    optimizer's `count`), so a resumed run, whose optimizer state is restored, draws the same noise."""
+    counts = optax.tree_utils.tree_get_all_with_path(opt_state, "count")
+    if not counts:
+        raise ConfigError("optim.neftune_alpha needs an optimizer that counts its updates (AdamW does)")
+    step_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), NEFTUNE_STREAM), counts[0][1])
+    return jax.random.split(step_key, micro)
+
 
 def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
     """step(params, opt_state, batch) -> (params, opt_state, metrics), not yet jitted."""
-    micro = config.optim.micro_batches
+    micro, alpha = config.optim.micro_batches, config.optim.neftune_alpha
     micro_spec = NamedSharding(mesh, sharding.logical_to_spec((None, "batch", "length"), mesh))
 
     def split(x):  # [B, L] -> [micro, B / micro, L]; row r goes to micro-batch r % micro (keeps the layout)
@@ -41,14 +70,18 @@ def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
     def step(params, opt_state, batch):
         def sums(p, mb):
             model = nnx.merge(graphdef, p)
-            hidden, _ = model.hidden_states(mb["tokens"], mb["positions"], mb["segment_ids"])
+            noise = neftune_noise(alpha, mb["neftune_key"]) if alpha else None
+            hidden, _ = model.hidden_states(mb["tokens"], mb["positions"], mb["segment_ids"], embed_noise=noise)
             nll = loss.model_nll(model, hidden, mb["targets"], config.optim.loss_chunk)
             weights = mb["loss_weights"].astype(jnp.float32)
             source_sums, source_weights = loss.per_source_sums(nll, weights, mb["source_ids"], num_sources)
             loss_sum = jnp.sum(nll * weights)
             return loss_sum, (loss_sum, source_sums, source_weights)
 
-        result = loss.accumulate_gradients(sums, params, jax.tree.map(split, batch), config.optim.loss_reduction)
+        micro_batches = jax.tree.map(split, batch)
+        if alpha:
+            micro_batches["neftune_key"] = neftune_keys(config.seed, opt_state, micro)
+        result = loss.accumulate_gradients(sums, params, micro_batches, config.optim.loss_reduction)
         loss_sum, source_sums, source_weights = result.aux
         updates, opt_state = tx.update(result.grads, opt_state, params)
         metrics = {
