@@ -10,8 +10,10 @@ Choices the papers leave open are ours and say so in the file header (`note`). A
 into fewer rows (the same losses and updates on 2-3x fewer tokens processed: benchmarks/RESULTS.md);
 `data.pack=false` trains them one a row, `data.pack=true` packs across steps (other steps, fewer of them).
 A config whose report layout needs to know which row of the paper it is records that in `experiment:`
-(`family` and its coordinates: seed 000's setting, ratio or count, seed 002's dataset, method and K); the report
-reads it there (report/instruction_mixture.py, report/data_selection.py), never from the run's name.
+(`family` and its coordinates: seed 000's setting, ratio or count, seed 002's dataset, method and K, seed 003's
+dataset and method and an ablation's data.mosaic key and value, seed 004's data: a dataset, a mix or `vanilla`, the
+base model untrained); the report reads it there (report/instruction_mixture.py, data_selection.py, mosaic_it.py,
+tulu.py), never from the run's name. The model a row is of is the run's `model.preset`, not recorded.
 """
 
 from __future__ import annotations
@@ -219,7 +221,8 @@ def _versus_baseline(dataset: str, preset: str, mosaic: bool) -> dict:
             "judge": {"model": "gpt-4-turbo"}}  # Figure 6: GPT4-Turbo
 
 
-def _mosaic_experiment(preset: str, dataset: str, mosaic: dict | None, name: str, title: str, tags: dict) -> Experiment:
+def _mosaic_experiment(preset: str, dataset: str, mosaic: dict | None, name: str, title: str, tags: dict,
+                       experiment: dict) -> Experiment:
     group = "seed003_mosaic"
     lr, warmup = SEED003_MODELS[preset]
     task = f"{dataset}_vicuna"
@@ -232,7 +235,7 @@ def _mosaic_experiment(preset: str, dataset: str, mosaic: dict | None, name: str
     if preset == "mistral-7b" and dataset in ("alpaca_gpt4", "wizardlm") and not name.startswith("ablation_"):
         evals.update(SEED003_JUDGED)  # Table 2
     config = _config(name, group, preset, data, {"lr": lr, "warmup_ratio": warmup, "epochs": 3, "schedule": "cosine"},
-                     evals, define=define)
+                     evals, {"family": "seed003", **experiment}, define=define)
     return Experiment(f"{group}/{name}.yaml", title, config, SEED003_NOTE, {"preset": preset, "dataset": dataset, **tags})
 
 
@@ -258,7 +261,8 @@ def _table3_experiment(preset: str, dataset: str, method: str) -> Experiment:
         data["mosaic"] = {"strategy": "mix", "k_max": 10, "distribution": "uniform", "max_length": 4096}
     config = _config(name, group, preset, data, {"lr": 2e-5, "warmup_ratio": 0.03, "epochs": 2, "schedule": "cosine"},
                      {"suite": "leaderboard", "pairwise": _versus_baseline(dataset, preset, method == "mosaic"),
-                      **SEED003_JUDGED}, define=define, template="model")
+                      **SEED003_JUDGED}, {"family": "seed003", "dataset": dataset, "method": method},
+                     define=define, template="model")
     return Experiment(f"{group}/{name}.yaml", f"seed 003, Table 3 / Table 10, {preset}, {dataset}, {method}", config,
                       SEED003_TABLE3_NOTE, {"preset": preset, "dataset": dataset, "method": method})
 
@@ -270,7 +274,8 @@ def seed003() -> list[Experiment]:
             for method, mosaic in (("baseline", None), ("mosaic", {})):
                 name = f"{dataset}_{method}_{preset.replace('-', '_')}"
                 out.append(_mosaic_experiment(preset, dataset, mosaic, name,
-                                              f"seed 003, Table 1, {preset}, {dataset}, {method}", {"method": method}))
+                                              f"seed 003, Table 1, {preset}, {dataset}, {method}", {"method": method},
+                                              {"dataset": dataset, "method": method}))
     ablations = [("strategy", "strategy", s, "Table 4a") for s in SEED003_STRATEGIES]
     ablations += [("kmax", "k_max", k, "Table 4b") for k in SEED003_MAX_COUNTS]
     ablations += [("dist", "distribution", d, "Table 5") for d in SEED003_DISTRIBUTIONS]
@@ -278,7 +283,8 @@ def seed003() -> list[Experiment]:
         name = f"ablation_{prefix}_{value}_mistral_7b"
         out.append(_mosaic_experiment("mistral-7b", "alpaca_gpt4", {key: value}, name,
                                       f"seed 003, {table}, Mistral-7B + Alpaca-GPT4, {key} = {value}",
-                                      {"method": "mosaic", key: value}))
+                                      {"method": "mosaic", key: value},
+                                      {"dataset": "alpaca_gpt4", "method": "mosaic", "ablation": key, "value": value}))
     out += [_table3_experiment(preset, dataset, method) for preset in SEED003_TABLE3_MODELS
             for dataset in SEED003_TABLE3_DATA for method in ("baseline", "mosaic")]
     return out
@@ -315,7 +321,8 @@ def seed004() -> list[Experiment]:
     for preset in SEED004_VANILLA:  # the base models, evaluated as they are (App. C: raw prompts, no template)
         name = f"tulu_vanilla_{preset.replace('-', '_').replace('.', '_')}"
         base = _config(name, group, preset, {}, {}, {"suite": "tulu", "chat_format": "none", "toxigen": {"chat": False},
-                                                      "truthfulqa": {"chat": False}}, max_steps=0)
+                                                      "truthfulqa": {"chat": False}},
+                       {"family": "seed004", "data": "vanilla"}, max_steps=0)
         for key in ("data", "optim", "checkpoint"):  # no training: `instructjax train` refuses max_steps < 1
             base.pop(key)
         tables = "Tables 8, 9" if preset in ("opt-6.7b", "pythia-6.9b") else "Tables 3, 5, 6, 8, 9, 10"
@@ -329,7 +336,8 @@ def seed004() -> list[Experiment]:
             name = f"tulu_{what}_{preset.replace('-', '_').replace('.', '_')}"
             data = {"mixture": mixture, "seq_len": max_len, "global_batch": 128}
             config = _config(name, group, preset, data, {"lr": lr, "warmup_ratio": 0.03, "epochs": 2},
-                             {"suite": "tulu", "alpaca_eval": SEED004_ALPACA_EVAL, **SEED004_SAFETY})
+                             {"suite": "tulu", "alpaca_eval": SEED004_ALPACA_EVAL, **SEED004_SAFETY},
+                             {"family": "seed004", "data": what})
             out.append(Experiment(f"{group}/{name}.yaml", f"seed 004, {table}, {preset}: {mixture}", config,
                                   SEED004_NOTE, {"preset": preset, "mixture": mixture}))
     return out

@@ -3,9 +3,9 @@
 every family, a paper's or a user's own study, also gets the table of its runs (`report.study`).
 
 A family is a module (instruction_mixture, data_selection, mosaic_it, tulu: one per paper) with KEY, TITLE,
-`coordinates(run)` (where a run sits in the paper, read from what its config records (`experiment:`; mosaic_it and
-tulu: its name) and model; None: not this paper's), TABLES and `figures(runs, published)`; its published numbers
-are `<KEY>.yaml` beside it.
+`coordinates(run)` (where a run sits in the paper, read from what its config records (`experiment:`, never its
+name) and its model; None: not this paper's), TABLES and `figures(runs, published)`; its published numbers are
+`<KEY>.yaml` beside it.
 """
 
 from __future__ import annotations

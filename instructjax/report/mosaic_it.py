@@ -1,14 +1,14 @@
 """Seed 003, Mosaic-IT: Tables 1, 2, 3, 4, 5 and 10 and the k distributions (Figures 3 and 5).
 
-A run is read from its config's name (`<dataset>_<baseline|mosaic>_*`, `ablation_<strategy|kmax|dist>_<value>_*`,
-as `instructjax experiments` names them) and `model.preset`. Winning scores are the comparison with a baseline run
+A run is placed by what its config records (`experiment: {family: seed003, dataset, method}`, an ablation's also
+`ablation` (the data.mosaic key it varies: strategy, k_max, distribution) and `value`, as `instructjax experiments`
+writes them) and `model.preset`. Winning scores are the comparison with a baseline run
 (`eval.pairwise.against: {baseline: ...}`). The ablation rows are Mistral-7B's; another model's
 runs get rows of their own, labelled with the model.
 """
 
 from __future__ import annotations
 
-import re
 from collections import Counter
 from collections.abc import Callable
 
@@ -25,8 +25,8 @@ MODELS = {"mistral-7b": "Mistral-7B", "llama2-7b": "Llama2-7B", "llama2-13b": "L
           "phi3-mini": "Phi-3", "gemma2-2b": "Gemma2-2B"}
 DATASETS = {"alpaca_gpt4": "Alpaca-GPT4", "alpaca": "Alpaca", "wizardlm": "Wizard-70k"}
 MORE_DATASETS = {"vicuna": "Vicuna", "magpie": "Magpie"}  # Table 3 / Table 10: Vicuna 1M (LMSYS-Chat-1M), Magpie
-MAIN = re.compile(r"^(?P<dataset>alpaca_gpt4|alpaca|wizardlm|vicuna|magpie)_(?P<method>baseline|mosaic)(?:_|$)")
-ABLATION = re.compile(r"^ablation_(?P<ablation>strategy|kmax|dist)_(?P<value>[a-z0-9]+)(?:_|$)")
+METHODS = ("baseline", "mosaic")
+ABLATIONS = ("strategy", "k_max", "distribution")  # the data.mosaic key an ablation (Tables 4a, 4b, 5) varies
 STRATEGIES = {"primary": "Primary", "format": "Format", "permute": "Permute", "maskout": "Maskout"}
 DISTRIBUTIONS = {"fixed": "Fix", "exponential": "Exponential", "pareto": "Pareto", "lognormal": "Log-normal",
                  "logistic": "Logistic"}
@@ -34,13 +34,20 @@ DRAWS = 20_000  # k draws per distribution for the figure and Table 5's "Mix <= 
 
 
 def coordinates(run: Run) -> dict | None:
-    """{model, dataset, method} of a main run, {model, ablation, value} of an ablation; None for another family's."""
+    """{model, dataset, method} of a main run, and {ablation, value} of an ablation; None for another family's."""
+    recorded = run.config.experiment
+    dataset, method = recorded.get("dataset"), recorded.get("method")
+    if recorded.get("family") != KEY or not isinstance(dataset, str) or not isinstance(method, str) or \
+            (dataset not in DATASETS and dataset not in MORE_DATASETS) or method not in METHODS:
+        return None
     model = MODELS.get(run.config.model.preset, run.config.model.preset)
-    if m := MAIN.match(run.name):
-        return {"model": model, "dataset": m["dataset"], "method": m["method"]}
-    if m := ABLATION.match(run.name):
-        return {"model": model, "dataset": "alpaca_gpt4", "method": "mosaic", **m.groupdict()}
-    return None
+    if "ablation" not in recorded:
+        return {"model": model, "dataset": dataset, "method": method}
+    ablation, value = recorded["ablation"], recorded.get("value")
+    if not isinstance(ablation, str) or ablation not in ABLATIONS or isinstance(value, bool) or \
+            not isinstance(value, (str, int)):
+        return None
+    return {"model": model, "dataset": dataset, "method": method, "ablation": ablation, "value": str(value)}
 
 
 def _main_row(run: Run) -> tuple[str, ...] | None:
@@ -144,9 +151,9 @@ TABLES = (
     Table("table4a", "ablation: Mosaic-IT strategies (vs. the baseline)", ("Strategy",), VERSUS,
           _ablation_row("strategy", STRATEGIES.get, "Permute/Maskout")),
     Table("table4b", "ablation: the maximum number of instructions (vs. the baseline)", ("Max Count",), VERSUS,
-          _ablation_row("kmax", lambda v: f"Max Count = {v}", "Max Count = 10")),
+          _ablation_row("k_max", lambda v: f"Max Count = {v}", "Max Count = 10")),
     Table("table5", "ablation: the distribution of the number of instructions (vs. the baseline)", ("Distribution",),
-          (*VERSUS, Column("Mix <= 5", _mix_at_most_5)), _ablation_row("dist", DISTRIBUTIONS.get, "Uniform"),
+          (*VERSUS, Column("Mix <= 5", _mix_at_most_5)), _ablation_row("distribution", DISTRIBUTIONS.get, "Uniform"),
           "\"Mix <= 5\": % of the mosaics the run made (every epoch) with k <= 5, after a mosaic was cut to fit "
           "the length (RUN_DIR/mosaic_k.json)."),
 )

@@ -1,8 +1,9 @@
 """Seed 004, How Far Can Camels Go? (Tulu): Tables 3, 4, 5, 6, 7, 8, 9 and 10.
 
-A run is a `tulu_*` config; what it trained on is its `data.mixture` (tulu_single_<dataset>, tulu_human,
-tulu_human_gpt, or their _builtin twins) and its model `model.preset` (llama1-33b is the paper's "30B"); an
-eval-only `tulu_vanilla_*` config is the base model's row.
+A run is placed by what its config records (`experiment: {family: seed004, data}`, as `instructjax experiments`
+writes them): `data` is the dataset of Table 3 it trained on (its `data.mixture` tulu_single_<dataset>, or the
+_builtin twin), a mix (human, human_gpt) or `vanilla`, an eval-only config's base model evaluated as it is; its model
+is `model.preset` (llama1-33b is the paper's "30B").
 """
 
 from __future__ import annotations
@@ -26,13 +27,10 @@ MIXES = {"human": ("+Human data mix.", "Human mix."), "human_gpt": ("+Human+GPT 
 def coordinates(run: Run) -> dict | None:
     """{data (a dataset of Table 3, human, human_gpt, or vanilla: the base model evaluated as it is), model
     (LLaMA, LLaMA-2, or the preset), size}."""
-    if run.name.startswith("tulu_vanilla_") and run.config.max_steps == 0:
-        model, size = MODELS.get(run.config.model.preset, (run.config.model.preset, ""))
-        return {"data": "vanilla", "model": model, "size": size}
-    mixture = run.config.data.mixture or ""
-    base = mixture.removesuffix("_builtin")
-    data = base.removeprefix("tulu_single_") if base.startswith("tulu_single_") else base.removeprefix("tulu_")
-    if not run.name.startswith("tulu_") or (data not in DATASETS and data not in MIXES):
+    recorded = run.config.experiment
+    data = recorded.get("data")
+    if recorded.get("family") != KEY or not isinstance(data, str) or not (data in DATASETS or data in MIXES or
+                                             (data == "vanilla" and run.config.max_steps == 0)):
         return None
     model, size = MODELS.get(run.config.model.preset, (run.config.model.preset, ""))
     return {"data": data, "model": model, "size": size}

@@ -492,14 +492,17 @@ def test_report_tables_and_figures_from_results(tmp_path):
          {"model": "m", "parts": ["pairwise"], "pairwise": {"vs": {"pairwise_outputs": {
              "win": 5, "tie": 3, "lose": 2, "n": 10, "winning_score": 1.3}}}})
     write_run(tmp_path, "ablation_dist_pareto_mistral_7b", "model: {preset: mistral-7b}\n"
-         "data: {mixture: x, mosaic: {distribution: pareto}}\n", None)
+         "data: {mixture: x, mosaic: {distribution: pareto}}\n"
+         "experiment: {family: seed003, dataset: alpaca_gpt4, method: mosaic, ablation: distribution, value: pareto}\n",
+         None)
     (tmp_path / "runs" / "ablation_dist_pareto_mistral_7b").mkdir(parents=True)  # the mosaics it made, two epochs
     (tmp_path / "runs" / "ablation_dist_pareto_mistral_7b" / "mosaic_k.json").write_text(
         json.dumps({"0": {"3": 1, "6": 9, "10": 5}, "1": {"5": 3, "10": 12}}))
     tydiqa = {"tydiqa_goldp_1shot": {"f1": 40.0, "languages": {"en": {"f1": 50.0}, "fi": {"f1": 30.0}}}}
     gsm = {"exact_match": 0.215, "n": 200}
     bbh = {"exact_match": None, "n": 0}  # scored nothing: missing, not 0
-    write_run(tmp_path, "tulu_human_gpt_llama1_13b", "model: {preset: llama1-13b}\ndata: {mixture: tulu_human_gpt}\n",
+    write_run(tmp_path, "tulu_human_gpt_llama1_13b", "model: {preset: llama1-13b}\ndata: {mixture: tulu_human_gpt}\n"
+              "experiment: {family: seed004, data: human_gpt}\n",
          {"model": "m", "parts": ["suite", "codex", "alpaca_eval"], "codex": {"pass@1": 0.2, "pass@10": 0.4},
           "suite": {"mmlu_0shot": {"acc": 0.5}, "gsm_cot": gsm, "bbh_cot": bbh, **tydiqa}, "alpaca_eval": {"win_rate": 61.0, "n": 805}})
 
@@ -588,13 +591,15 @@ def test_seed004_base_models_and_safety_columns(tmp_path):
     """The eval-only vanilla LLaMA config fills Tables 3, 5 and 6's base rows; Table 6 gathers a dataset's 7B and
     13B runs in one row, ToxiGen's overall % toxic and TruthfulQA's % truthful and informative."""
     suite = {"mmlu_0shot": {"acc": 0.423}}
-    write_run(tmp_path, "tulu_vanilla_llama1_13b", "max_steps: 0\nmodel: {preset: llama1-13b}\n",
+    write_run(tmp_path, "tulu_vanilla_llama1_13b", "max_steps: 0\nmodel: {preset: llama1-13b}\n"
+              "experiment: {family: seed004, data: vanilla}\n",
          {"model": "m", "parts": ["suite", "toxigen", "truthfulqa"], "suite": suite,
           "toxigen": {"overall": 81.0, "asian": 80.0, "n": 7000},
           "truthfulqa": {"truthful": 30.0, "informative": 90.0, "truthful_and_informative": 25.5, "n": 817}})
     for preset, toxic in (("llama1_7b", 12.5), ("llama1_13b", 0.5)):
         write_run(tmp_path, f"tulu_human_gpt_{preset}", f"model: {{preset: {preset.replace('_', '-')}}}\n"
-             "data: {mixture: tulu_human_gpt}\n", {"model": "m", "parts": ["toxigen"], "toxigen": {"overall": toxic}})
+             "data: {mixture: tulu_human_gpt}\nexperiment: {family: seed004, data: human_gpt}\n",
+             {"model": "m", "parts": ["toxigen"], "toxigen": {"overall": toxic}})
     write_run(tmp_path, "base_llama2_7b", "max_steps: 0\nmodel: {preset: llama2-7b}\n"  # seed 002's "Base"
               "experiment: {family: seed002, method: base}\n",
          {"model": "m", "parts": ["suite"], "suite": {"mmlu|5-shot": {"acc,none": 0.4}}})
@@ -616,10 +621,12 @@ def test_seed004_table8_every_setting_and_its_average(tmp_path):
     suite = {"mmlu_0shot": {"acc": 0.50}, "mmlu_5shot": {"acc": 0.52}, "gsm_direct": {"exact_match": 0.06},
              "gsm_cot": {"exact_match": 0.40}, "bbh_direct": {"exact_match": 0.38}, "bbh_cot": {"exact_match": 0.42},
              "tydiqa_goldp_1shot": {"f1": 45.0}, "tydiqa_no_context_1shot": {"f1": 10.0}, "chat_format": "tulu"}
-    write_run(tmp_path, "tulu_human_gpt_llama1_13b", "model: {preset: llama1-13b}\ndata: {mixture: tulu_human_gpt}\n",
+    write_run(tmp_path, "tulu_human_gpt_llama1_13b", "model: {preset: llama1-13b}\ndata: {mixture: tulu_human_gpt}\n"
+              "experiment: {family: seed004, data: human_gpt}\n",
          {"model": "m", "parts": ["suite", "codex", "alpaca_eval"], "suite": suite,
           "codex": {"pass@1": 0.2, "pass@10": 0.3}, "alpaca_eval": {"win_rate": 55.0}})
-    write_run(tmp_path, "tulu_vanilla_opt_6_7b", "max_steps: 0\nmodel: {preset: opt-6.7b}\n",
+    write_run(tmp_path, "tulu_vanilla_opt_6_7b", "max_steps: 0\nmodel: {preset: opt-6.7b}\n"
+              "experiment: {family: seed004, data: vanilla}\n",
          {"model": "m", "parts": ["suite"], "suite": {"mmlu_0shot": {"acc": 0.25}}})
     families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
     table8 = {(r["Base model"], r["Model"]): r for r in read_csv(tmp_path / "out" / "seed004_table8.csv")}
@@ -639,11 +646,13 @@ def test_seed004_tables9_and_10_from_results(tmp_path):
     truthfulqa part's three scores; rows are keyed as Table 8's (Pythia's vanilla config is its row in Table 9 and
     a row of ours alone in Table 10, which prints no Pythia)."""
     groups = {key: 10.0 + i for i, (_, key) in enumerate(seed004.TOXIGEN_GROUPS[:-1])}
-    write_run(tmp_path, "tulu_human_gpt_llama1_13b", "model: {preset: llama1-13b}\ndata: {mixture: tulu_human_gpt}\n",
+    write_run(tmp_path, "tulu_human_gpt_llama1_13b", "model: {preset: llama1-13b}\ndata: {mixture: tulu_human_gpt}\n"
+              "experiment: {family: seed004, data: human_gpt}\n",
          {"model": "m", "parts": ["toxigen", "truthfulqa"],
           "toxigen": {**groups, "overall": 16.5, "n": 7000, "classifier": "tomh/toxigen_roberta"},
           "truthfulqa": {"truthful": 47.5, "informative": 94.0, "truthful_and_informative": 41.5, "n": 817}})
-    write_run(tmp_path, "tulu_vanilla_pythia_6_9b", "max_steps: 0\nmodel: {preset: pythia-6.9b}\n",
+    write_run(tmp_path, "tulu_vanilla_pythia_6_9b", "max_steps: 0\nmodel: {preset: pythia-6.9b}\n"
+              "experiment: {family: seed004, data: vanilla}\n",
          {"model": "m", "parts": ["toxigen", "truthfulqa"], "toxigen": {"mental_disability": 96.0, "overall": 80.0},
           "truthfulqa": {"truthful": 20.0, "informative": 60.0, "truthful_and_informative": 10.0, "n": 817}})
     families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
@@ -784,10 +793,43 @@ def test_seed003_judged_columns_are_filled_from_the_generated_configs_results(tm
 def test_seed003_a_baselines_winning_score_is_one_once_its_outputs_are_made(tmp_path):
     """(Win - Lose) / N + 1 of a system against itself is 1: the baseline's Table 1 cell once its pairwise part
     has run; before, missing; a Mosaic-IT run's is its comparison's."""
-    write_run(tmp_path, "alpaca_gpt4_baseline_mistral_7b", "model: {preset: mistral-7b}\neval: {pairwise: {against: {}}}\n",
+    baseline = "experiment: {{family: seed003, dataset: {}, method: baseline}}\n"
+    write_run(tmp_path, "alpaca_gpt4_baseline_mistral_7b", "model: {preset: mistral-7b}\neval: {pairwise: {against: {}}}\n"
+              + baseline.format("alpaca_gpt4"),
          {"model": "m", "parts": ["pairwise"], "pairwise": {"outputs": "o.jsonl", "vs": {}}})
-    write_run(tmp_path, "alpaca_baseline_mistral_7b", "model: {preset: mistral-7b}\neval: {pairwise: {against: {}}}\n", None)
+    write_run(tmp_path, "alpaca_baseline_mistral_7b", "model: {preset: mistral-7b}\neval: {pairwise: {against: {}}}\n"
+              + baseline.format("alpaca"), None)
     families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
     rows = {(r["Model"], r["Dataset"], r["Method"]): r for r in read_csv(tmp_path / "out" / "seed003_table1.csv")}
     assert float(rows[("Mistral-7B", "Alpaca-GPT4", "Baseline")]["Winning Score (ours)"]) == 1.0
     assert rows[("Mistral-7B", "Alpaca", "Baseline")]["Winning Score (ours)"] == ""
+
+
+def test_seed003_and_seed004_runs_are_placed_by_their_record_not_their_name(tmp_path):
+    """A run named as a paper's run names it nowhere but in its name: a run of one's own (a study); a run of any name
+    that records its row (`experiment:`) is that row: Table 4b's Max Count = 12, Tulu's Table 3 Alpaca and a
+    vanilla base model (eval only)."""
+    write_run(tmp_path, "tulu_alpaca_llama1_13b", "model: {preset: llama1-13b}\ndata: {mixture: tulu_single_alpaca}\n",
+              None)
+    write_run(tmp_path, "ablation_kmax_12_mistral_7b", "model: {preset: mistral-7b}\n", None)
+    write_run(tmp_path, "mine_alpaca", "model: {preset: llama1-13b}\ndata: {mixture: tulu_single_alpaca_builtin}\n"
+              "experiment: {family: seed004, data: alpaca}\n",
+              {"model": "m", "parts": ["suite"], "suite": {"mmlu_0shot": {"acc": 0.4}}})
+    write_run(tmp_path, "mine_base", "max_steps: 0\nmodel: {preset: llama1-13b}\n"
+              "experiment: {family: seed004, data: vanilla}\n",
+              {"model": "m", "parts": ["suite"], "suite": {"mmlu_0shot": {"acc": 0.3}}})
+    write_run(tmp_path, "mine_baseline", "model: {preset: mistral-7b}\neval: {pairwise: {against: {}}}\n"
+              "experiment: {family: seed003, dataset: alpaca_gpt4, method: baseline}\n", None)
+    write_run(tmp_path, "mine_kmax", "model: {preset: mistral-7b}\ndata: {mixture: x, mosaic: {k_max: 12}}\n"
+              f"eval: {{pairwise: {{against: {{baseline: {tmp_path / 'runs' / 'mine_baseline'}}}}}}}\n"
+              "experiment: {family: seed003, dataset: alpaca_gpt4, method: mosaic, ablation: k_max, value: 12}\n",
+              {"model": "m", "parts": ["pairwise"], "pairwise": {"vs": {"baseline": {
+                  "win": 6, "tie": 2, "lose": 2, "n": 10, "winning_score": 1.4}}}})
+    write_run(tmp_path, "mine_trained_vanilla", "model: {preset: llama1-7b}\n"  # vanilla is the base model untrained
+              "experiment: {family: seed004, data: vanilla}\n", None)
+    _, strangers = families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
+    assert sorted(strangers) == ["ablation_kmax_12_mistral_7b", "mine_trained_vanilla", "tulu_alpaca_llama1_13b"]
+    table3 = {r["Dataset"]: r for r in read_csv(tmp_path / "out" / "seed004_table3.csv")}
+    assert (table3["+Alpaca"]["MMLU (ours)"], table3["Vanilla LLaMa 13B"]["MMLU (ours)"]) == ("40.0", "30.0")
+    kmax = {r["Max Count"]: r for r in read_csv(tmp_path / "out" / "seed003_table4b.csv")}["Max Count = 12"]
+    assert (float(kmax["Winning Score (ours)"]), float(kmax["Win (ours)"])) == (1.4, 6)
