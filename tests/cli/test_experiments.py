@@ -244,7 +244,7 @@ def test_each_papers_judges_are_its_configs_judges():
 
 def test_seed000_and_seed002_configs_record_their_papers_row():
     """What the report reads (`experiment:`, report/instruction_mixture.py and data_selection.py) is what the tables
-    made each config for; no other paper's config records one."""
+    made each config for."""
     for e in EXPS:
         recorded = load_config(ROOT / e.path).experiment
         if e.path.startswith("seed000_"):
@@ -254,5 +254,39 @@ def test_seed000_and_seed002_configs_record_their_papers_row():
             if e.tags["method"] != "base":
                 want |= {"dataset": e.tags["dataset"], "k": e.tags["k"]}
             assert recorded == want, e.path
-        else:
-            assert recorded == {}, e.path
+
+
+def test_seed003_and_seed004_configs_record_their_papers_row():
+    """What the report reads (`experiment:`, report/mosaic_it.py and tulu.py) is what the tables made each config
+    for: seed 003's dataset and method, an ablation's data.mosaic key and value; seed 004's dataset or mix, or
+    `vanilla` for a base model evaluated as it is. The model is the config's preset, not recorded."""
+    for e in EXPS:
+        recorded = load_config(ROOT / e.path).experiment
+        if e.path.startswith("seed003_"):
+            want = {"family": "seed003", "dataset": e.tags["dataset"], "method": e.tags["method"]}
+            ablated = {k: v for k, v in e.tags.items() if k not in ("preset", "dataset", "method")}
+            assert len(ablated) == e.path.startswith("seed003_mosaic/ablation_"), e.path
+            for key, value in ablated.items():  # strategy, k_max or distribution: the data.mosaic key it varies
+                want |= {"ablation": key, "value": value}
+                assert e.config["data"]["mosaic"][key] == value, e.path
+            assert recorded == want, e.path
+        elif e.path.startswith("seed004_"):
+            mixture = e.tags["mixture"]
+            data = "vanilla" if mixture is None else mixture.removeprefix("tulu_single_").removeprefix("tulu_")
+            assert recorded == {"family": "seed004", "data": data}, e.path
+            assert f"tulu_{data}_" in e.config["name"]  # the name says the same, though the report never reads it
+
+
+def test_the_report_places_every_papers_config_in_its_family_and_no_other_config():
+    """Each generated config's run is of its paper's family (report.families.family_of reads `experiment:`); the
+    quickstart config records no experiment and is of none."""
+    from instructjax.report.families import family_of
+    from instructjax.report.runs import Run
+
+    for e in EXPS:
+        run = Run(ROOT / e.path, load_config(ROOT / e.path))
+        family = family_of(run)
+        assert family is not None and family.KEY == e.path[:len("seed000")], e.path
+        assert family.coordinates(run) is not None
+    quickstart = Run(ROOT / "quickstart.yaml", load_config(ROOT / "quickstart.yaml"))
+    assert quickstart.config.experiment == {} and family_of(quickstart) is None
