@@ -107,7 +107,7 @@ class DataSection:
     step, packed (best-fit-decreasing in windows of `pack_window` examples) or one example a row.
     `pack: per_step`: a step takes the `global_batch` examples an unpacked run's step takes and packs them
     into fewer rows (the same optimization, less padding: see `data.batches.pipeline`).
-    `shuffle: false` trains in file order (see `data.batches.streams`). `on_bad_row`: what a malformed row of
+    `shuffle: false` trains in file order (see `data.batches.example_order`). `on_bad_row`: what a malformed row of
     any task does: "error" stops the run with one line, "skip" counts it (None: each task's own `on_bad_row`,
     "error" by default); quirks a dataset's reference pipeline handles are skipped or repaired and counted
     either way.
@@ -243,7 +243,8 @@ class RunConfig:
     wandb: WandbSection | None = None  # optional Weights & Biases logging of metrics and results
     compiled: str | None = None  # a train step saved by `plan --compile --save-executable`: used, not compiled again
     # what the run is an experiment of, for the report (`family` and the paper's row: seed 000's setting, seed 002's
-    # dataset, method and K; cli/experiment_grid.py writes it): recorded with the run, never read by training
+    # dataset, method and K, seed 003's dataset, method and ablation, seed 004's data; cli/experiment_grid.py writes
+    # it): recorded with the run, never read by training
     experiment: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self):

@@ -15,6 +15,9 @@ RunConfig = Any  # a core.config.RunConfig (not imported: config imports this mo
 # and passed in by the callers (`not_training`: model.config.runs_only_keys()).
 NOT_TRAINING = ("name", "run_dir", "log_every", "mesh", "distributed", "checkpoint", "eval", "wandb", "data.prefetch",
                 "compiled", "optim.loss_chunk", "experiment")
+# training keys added after runs were made, at the value that leaves training as it was: left out of the digest at
+# that value, so a run finished before the key existed stays done (at any other value they are training keys)
+ADDED_OFF = {"optim.neftune_alpha": 0.0}
 
 
 def digest(values: Any) -> str:
@@ -37,7 +40,7 @@ def training_values(config: RunConfig | dict, *, not_training: tuple[str, ...]) 
         if isinstance(value, dict) and value:
             for key, inner in value.items():
                 walk(f"{prefix}.{key}" if prefix else str(key), inner)
-        else:
+        elif not (prefix in ADDED_OFF and value == ADDED_OFF[prefix]):
             flat[prefix] = value
 
     walk("", config if isinstance(config, dict) else dataclasses.asdict(config))
@@ -53,10 +56,13 @@ def training_digest(config: RunConfig, *, not_training: tuple[str, ...]) -> str:
 def training_changes(before: dict, after: RunConfig, *, not_training: tuple[str, ...],
                      ignore: tuple[str, ...] = ()) -> list[str]:
     """What `after` changes against the config `before` (a saved `to_dict`) in what the run trains, as
-    "key: old -> new" (keys only one side has, written before they existed, are left out; `ignore`: more keys)."""
+    "key: old -> new" (keys only one side has, written before they existed, are left out, but `ADDED_OFF`'s, off
+    where missing; `ignore`: more keys)."""
     import json
 
     old = training_values(before, not_training=not_training)
     new = training_values(json.loads(json.dumps(dataclasses.asdict(after), default=str)), not_training=not_training)
+    for values in (old, new):  # a key added since was off in a config that lacks it
+        values.update({k: off for k, off in ADDED_OFF.items() if k not in values})
     return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new))
             if old[k] != new[k] and k not in ignore]  # fmt: skip

@@ -55,7 +55,9 @@ def test_the_digest_is_that_of_the_hand_listed_keys():
         else:
             flat[prefix] = value
 
-    walk("", to_dict(config))
+    then = to_dict(config)
+    del then["optim"]["neftune_alpha"]  # a key added since (NEFTune, off at 0.0): not in the configs of then
+    walk("", then)
     assert training_values(config, not_training=runs_only_keys()) == flat
     assert training_digest(config, not_training=runs_only_keys()) == digest(flat)
 
@@ -69,3 +71,17 @@ def test_the_experiment_record_is_not_what_a_run_trains():
     assert recorded.experiment == {"family": "seed000", "ratio": 1.5}
     assert training_digest(plain, not_training=runs_only_keys()) == training_digest(recorded, not_training=runs_only_keys())
     assert training_changes(to_dict(plain), recorded, not_training=runs_only_keys()) == []
+
+
+def test_a_key_added_since_changes_the_digest_only_when_on():
+    """NEFTune's `optim.neftune_alpha` came after runs were finished: at 0.0 (off) a run's digest is the one its DONE
+    marker recorded before the key existed; on, it is a training change."""
+    off = load_config(None, ["model.preset=tiny"])
+    then = to_dict(off)
+    del then["optim"]["neftune_alpha"]
+    assert training_digest(off, not_training=runs_only_keys()) == digest(training_values(then, not_training=runs_only_keys()))
+    on = load_config(None, ["model.preset=tiny", "optim.neftune_alpha=5"])
+    assert training_digest(on, not_training=runs_only_keys()) != training_digest(off, not_training=runs_only_keys())
+    assert _changes("optim.neftune_alpha", 0.0, 5.0) == ["optim.neftune_alpha: 0.0 -> 5.0"]
+    assert training_changes(then, on, not_training=runs_only_keys()) == ["optim.neftune_alpha: 0.0 -> 5.0"]
+    assert training_changes(then, off, not_training=runs_only_keys()) == []
