@@ -7,6 +7,10 @@ topology descriptions); on 2 CPU cores a 7B step takes about half a minute to co
 
     python benchmarks/tpu_compile.py                      # the table below, appended to RESULTS.md
     python benchmarks/tpu_compile.py --only 7b --no-write
+    python benchmarks/tpu_compile.py --only llama3_8b --layers 8,16,32 --set mesh.fsdp=16 --set mesh.tensor=1
+
+`--layers` builds each config at those depths (the same mesh, given by `--set`, and step shape): how plan's total and
+the compiler's grow by layer, and at what depth they part.
 """
 
 from __future__ import annotations
@@ -39,32 +43,47 @@ RUNS = [
 def main() -> None:
     parser = common.parser(__doc__, append="--no-write", summary=None)
     parser.add_argument("--only", help="run the configs whose path contains one of these (comma-separated)")
+    parser.add_argument("--layers", help="build each config at these depths (comma-separated model.num_layers)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a config override for every run (repeatable), e.g. mesh.fsdp=16")
     args = parser.parse_args()
+    depths = [int(d) for d in args.layers.split(",")] if args.layers else [None]
 
     from instructjax.core.config import load_config
     from instructjax.train.compile import compile_run
-    from instructjax.train.topology import GIB, tpu_topology
+    from instructjax.train.topology import tpu_topology
 
     load = common.load_average()
-    rows = ["| config | slice | mesh (data x fsdp x tensor) | step | plan GiB | compiler GiB | plan / compiler | "
+    rows = ["| config | layers | slice | mesh (data x fsdp x tensor) | step | plan GiB | compiler GiB | plan / compiler | "
             "Mosaic kernels | compile s | largest all-reduce MiB | compiler peak GiB |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
+            "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for path, slice_name in RUNS:
         if args.only and not any(part in path for part in args.only.split(",")):
             continue
-        report = compile_run(load_config(ROOT / path), tpu_topology(slice_name), name=path)
-        for s in report.shapes:
-            mesh = " x ".join(str(v) for v in report.mesh.values())
-            compiler = f"> {s.xla_bytes / GIB:.2f} (refused)" if s.refused else f"{s.xla_bytes / GIB:.2f}"
-            rows.append(f"| {Path(path).stem} | {slice_name} | {mesh} | {s.rows} x {s.length} | "
-                        f"{s.plan_bytes / GIB:.2f} | {compiler} | {s.plan_bytes / s.xla_bytes:.2f} | "
-                        f"{s.mosaic_kernels} | {s.compile_s:.0f} | {s.largest_all_reduce_bytes / 2**20:,.1f} | "
-                        f"{s.peak_bytes / GIB:.2f} |")
-            print(rows[-1], flush=True)
+        for depth in depths:
+            overrides = [*args.set, *([f"model.num_layers={depth}"] if depth else [])]
+            config = load_config(ROOT / path, overrides)
+            report = compile_run(config, tpu_topology(slice_name), name=path)
+            rows.extend(_rows(path, slice_name, depth or "as shipped", report))
     body = "\n".join(rows)
     print(body)
     common.finish(args, "Plan against the TPU compiler (plan --compile, libtpu on this CPU machine)", body,
                   load_before=load)
+
+
+def _rows(path: str, slice_name: str, layers, report) -> list[str]:
+    from instructjax.train.topology import GIB
+
+    rows = []
+    for s in report.shapes:
+        mesh = " x ".join(str(v) for v in report.mesh.values())
+        compiler = f"> {s.xla_bytes / GIB:.2f} (refused)" if s.refused else f"{s.xla_bytes / GIB:.2f}"
+        rows.append(f"| {Path(path).stem} | {layers} | {slice_name} | {mesh} | {s.rows} x {s.length} | "
+                    f"{s.plan_bytes / GIB:.2f} | {compiler} | {s.plan_bytes / s.xla_bytes:.2f} | "
+                    f"{s.mosaic_kernels} | {s.compile_s:.0f} | {s.largest_all_reduce_bytes / 2**20:,.1f} | "
+                    f"{s.peak_bytes / GIB:.2f} |")
+        print(rows[-1], flush=True)
+    return rows
 
 
 if __name__ == "__main__":
