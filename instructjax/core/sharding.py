@@ -39,6 +39,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("vocab", "tensor"),
     ("norm", None),
     ("layers", None),  # the stacked axis of scanned layers: every device holds its shard of every layer
+    ("lora_rank", None),  # a LoRA adapter's rank (model/lora.py): small, whole on every device
 )
 
 

@@ -129,6 +129,7 @@ class DecoderConfig:
     extra_eos_ids: tuple[int, ...] = ()  # further end-of-turn ids (an HF `eos_token_id` list after its first)
     pad_id: int | None = None
     initializer_range: float = 0.02
+    lora: dict[str, Any] | None = None  # model.lora: {rank, alpha, dropout, targets} (model/lora.py)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unmapped HF keys, kept for export
 
     def __post_init__(self):
@@ -182,7 +183,9 @@ class DecoderConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 problems.append(f"{name}={value!r} must be positive (or null)")
-        return problems
+        from instructjax.model.lora import problems as lora_problems
+
+        return problems + lora_problems(self)
 
     def __hash__(self) -> int:  # nnx keeps the config in the (hashed) graph definition
         return hash(json.dumps({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare},

@@ -78,10 +78,10 @@ class Attention(nnx.Module):
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
         e, h, k, d = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
         bias = config.qkv_bias
-        self.q_proj = Dense(e, (h, d), ("embed", "heads", "head_dim"), config, bias=bias, rngs=rngs)
-        self.k_proj = Dense(e, (k, d), ("embed", "kv_heads", "head_dim"), config, bias=bias, rngs=rngs)
-        self.v_proj = Dense(e, (k, d), ("embed", "kv_heads", "head_dim"), config, bias=bias, rngs=rngs)
-        self.o_proj = Dense((h, d), e, ("heads", "head_dim", "embed"), config, bias=config.o_bias, rngs=rngs)
+        self.q_proj = Dense(e, (h, d), ("embed", "heads", "head_dim"), config, bias=bias, name="q_proj", rngs=rngs)
+        self.k_proj = Dense(e, (k, d), ("embed", "kv_heads", "head_dim"), config, bias=bias, name="k_proj", rngs=rngs)
+        self.v_proj = Dense(e, (k, d), ("embed", "kv_heads", "head_dim"), config, bias=bias, name="v_proj", rngs=rngs)
+        self.o_proj = Dense((h, d), e, ("heads", "head_dim", "embed"), config, bias=config.o_bias, name="o_proj", rngs=rngs)
         self.q_norm = Norm(d, config, ("head_dim",)) if config.qk_norm else None
         self.k_norm = Norm(d, config, ("head_dim",)) if config.qk_norm else None
         self.implementation, self.block = config.attention, config.attention_block
@@ -133,9 +133,9 @@ class MLP(nnx.Module):
 
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
         e, m, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.gate_proj = Dense(e, m, ("embed", "mlp"), config, bias=bias, rngs=rngs) if config.gated_mlp else None
-        self.up_proj = Dense(e, m, ("embed", "mlp"), config, bias=bias, rngs=rngs)
-        self.down_proj = Dense(m, e, ("mlp", "embed"), config, bias=bias, rngs=rngs)
+        self.gate_proj = Dense(e, m, ("embed", "mlp"), config, bias=bias, name="gate_proj", rngs=rngs) if config.gated_mlp else None
+        self.up_proj = Dense(e, m, ("embed", "mlp"), config, bias=bias, name="up_proj", rngs=rngs)
+        self.down_proj = Dense(m, e, ("mlp", "embed"), config, bias=bias, name="down_proj", rngs=rngs)
         self.activation = ACTIVATIONS[config.activation]
 
     def __call__(self, x: Array) -> Array:

@@ -1,5 +1,5 @@
 """The decoder's building blocks in Flax NNX: parameters with logical axis names (`param`), a projection
-(`Dense`), the embedding table (`Embed`, also the tied output projection) and the family's norm (`Norm`). Compute
+(`Dense`, with LoRA adapters where `config.lora` targets it: model/lora.py), the embedding table (`Embed`, also the tied output projection) and the family's norm (`Norm`). Compute
 runs in `config.dtype` over `config.param_dtype` parameters."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from instructjax.model import lora
 from instructjax.model.config import DecoderConfig
 from instructjax.model.lookup import lookup
 
@@ -36,12 +37,21 @@ class Dense(nnx.Module):
     bias[*out_shape] where the family has one."""
 
     def __init__(self, in_shape, out_shape, axes: tuple[str, ...], config: DecoderConfig, *, bias: bool = False,
-                 rngs: nnx.Rngs):
+                 name: str = "", rngs: nnx.Rngs):
         in_shape, out_shape = tuple(np.atleast_1d(in_shape)), tuple(np.atleast_1d(out_shape))
         self.kernel = param(rngs, in_shape + out_shape, axes, config)
         self.bias = param(rngs, out_shape, axes[len(in_shape):], config, fill=0.0) if bias else None
         self.n_in = len(in_shape)
         self.dtype = jnp.dtype(config.dtype)
+        spec = lora.spec(config)
+        lora_a = lora_b = None
+        if spec is not None and name in spec.targets:  # PEFT: A kaiming-uniform(a=sqrt(5)) = U(+-1/sqrt(in)), B 0
+            bound = 1.0 / math.sqrt(math.prod(in_shape))
+            a = jax.random.uniform(rngs.params(), (*in_shape, spec.rank), jnp.dtype(config.param_dtype), -bound, bound)
+            lora_a = nnx.Param(a, out_sharding=(*axes[:self.n_in], "lora_rank"), eager_sharding=False)
+            lora_b = param(None, (spec.rank, *out_shape), ("lora_rank", *axes[self.n_in:]), config, fill=0.0)
+        self.lora_a, self.lora_b = nnx.data(lora_a), nnx.data(lora_b)
+        self.lora_scale = spec.scale if lora_a is not None else 0.0
 
     def __call__(self, x: Array) -> Array:
         """One 2-D matmul [tokens, in] @ [in, out] with batch and length flattened into tokens: the same
@@ -50,8 +60,12 @@ class Dense(nnx.Module):
         kernel = self.kernel[...].astype(self.dtype)
         in_size = math.prod(kernel.shape[: self.n_in])
         lead = x.shape[: x.ndim - self.n_in]
-        y = (x.astype(self.dtype).reshape(-1, in_size) @ kernel.reshape(in_size, -1)).reshape(
-            *lead, *kernel.shape[self.n_in :])
+        flat = x.astype(self.dtype).reshape(-1, in_size)
+        y = flat @ kernel.reshape(in_size, -1)
+        if self.lora_a is not None:  # + (x A B) * alpha / rank
+            a, b = self.lora_a[...].astype(self.dtype), self.lora_b[...].astype(self.dtype)
+            y = y + (flat @ a.reshape(in_size, -1)) @ b.reshape(a.shape[-1], -1) * jnp.asarray(self.lora_scale, self.dtype)
+        y = y.reshape(*lead, *kernel.shape[self.n_in :])
         return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 

@@ -218,7 +218,7 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
         raise ConfigError("an evaluation-only config (max_steps: 0) has no train step to compile")
     target = _target(config, topology, real_data=real_data or bool(save_executable), name=name)
     run, model, mesh_sizes = target.config, target.model, target.config.mesh
-    tx, _ = optim.make_optimizer(run.optim, target.total_steps)
+    tx, _ = optim.make_optimizer(run.optim, target.total_steps, model.lora is not None)
     mesh = sharding.make_mesh(mesh_sizes, devices)
     build = build_step(model, tx, run, target.sources, mesh, run.seed)
     largest = max(target.shapes, key=lambda s: s[0] * s[1])

@@ -16,6 +16,7 @@ import optax
 
 from instructjax.core.config import SCHEDULES, OptimSection
 from instructjax.core.errors import ConfigError
+from instructjax.model import lora
 
 
 def warmup_linear_decay(peak_lr: float, total_steps: int, warmup_ratio: float = 0.03) -> optax.Schedule:
@@ -55,9 +56,26 @@ def adamw(learning_rate: float | optax.Schedule, *, weight_decay: float = 0.0, m
     return tx if max_grad_norm is None else optax.chain(optax.clip_by_global_norm(max_grad_norm), tx)
 
 
-def make_optimizer(section: OptimSection, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The run's optimizer over `total_steps` steps, and its learning-rate schedule (for logging)."""
+def adapters_only(tx: optax.GradientTransformation) -> optax.GradientTransformation:
+    """`tx` over the LoRA adapters of a params tree alone (model/lora.py): its state holds nothing for the frozen
+    base, and the base's updates are zeros (the train step passes the adapters alone and skips those)."""
+
+    def init(params):
+        return tx.init(lora.trainable(params))
+
+    def update(updates, state, params=None):
+        trained, state = tx.update(lora.trainable(updates), state, None if params is None else lora.trainable(params))
+        rest = jax.tree.map(jnp.zeros_like, lora.frozen(updates))
+        return lora.combine(trained, rest) if rest else trained, state
+
+    return optax.GradientTransformation(init, update)
+
+
+def make_optimizer(section: OptimSection, total_steps: int,
+                   adapters: bool = False) -> tuple[optax.GradientTransformation, optax.Schedule]:
+    """The run's optimizer over `total_steps` steps (over the LoRA adapters alone where `adapters`), and its
+    learning-rate schedule (for logging)."""
     schedule = lr_schedule(section.lr, total_steps, section.warmup_ratio, section.schedule)
     tx = adamw(schedule, weight_decay=section.weight_decay, max_grad_norm=section.grad_clip, b1=section.b1,
                b2=section.b2, eps=section.eps)
-    return tx, schedule
+    return (adapters_only(tx) if adapters else tx), schedule

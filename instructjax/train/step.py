@@ -8,7 +8,8 @@ step. The trainer fills the state (fresh, from `init_from`, or from a checkpoint
 
 The step: the global batch split into `optim.micro_batches` micro-batches whose gradients are summed
 (`loss.accumulate_gradients`), the loss normalised by the trained-token weight of the whole global batch, then
-AdamW; parameters and optimizer state are donated. With `optim.neftune_alpha` > 0 the token embeddings get
+AdamW; parameters and optimizer state are donated. With `model.lora` the gradients and AdamW's state are the
+adapters' alone (`optim.adapters_only`), the base is returned as it came. With `optim.neftune_alpha` > 0 the token embeddings get
 NEFTune's noise (`neftune_noise`), from the step's key (`neftune_keys`): nowhere but here.
 """
 
@@ -28,6 +29,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from instructjax.core import sharding
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
+from instructjax.model import lora
 from instructjax.model.config import DecoderConfig
 from instructjax.model.decoder import Decoder
 from instructjax.train import loss
@@ -81,9 +83,14 @@ def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
         micro_batches = jax.tree.map(split, batch)
         if alpha:
             micro_batches["neftune_key"] = neftune_keys(config.seed, opt_state, micro)
-        result = loss.accumulate_gradients(sums, params, micro_batches, config.optim.loss_reduction)
+        adapters, base = lora.trainable(params), lora.frozen(params)
+        if adapters:  # LoRA: gradients of the adapters alone, the base rides along unchanged
+            result = loss.accumulate_gradients(lambda p, mb: sums(lora.combine(p, base), mb), adapters, micro_batches,
+                                               config.optim.loss_reduction)
+        else:
+            result = loss.accumulate_gradients(sums, params, micro_batches, config.optim.loss_reduction)
         loss_sum, source_sums, source_weights = result.aux
-        updates, opt_state = tx.update(result.grads, opt_state, params)
+        updates, opt_state = tx.update(result.grads, opt_state, adapters or params)
         metrics = {
             "loss": result.loss,  # the objective: what is optimised (config.optim.loss_reduction)
             "loss_sum": loss_sum,
@@ -93,6 +100,8 @@ def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
             "source_sums": source_sums,
             "source_weights": source_weights,
         }
+        if adapters:
+            return lora.combine(optax.apply_updates(adapters, updates), base), opt_state, metrics
         return optax.apply_updates(params, updates), opt_state, metrics
 
     return step
@@ -147,7 +156,8 @@ def build_step(model: DecoderConfig, tx: optax.GradientTransformation, config: R
     params = nnx.to_pure_dict(state)
     replicated = NamedSharding(mesh, PartitionSpec())
     opt = jax.eval_shape(tx.init, params)
-    opt_shardings = optax.tree_utils.tree_map_params(tx, lambda _, s: s, opt, param_shardings,
+    trained_shardings = lora.trainable(param_shardings) if model.lora else param_shardings  # AdamW's moments' own
+    opt_shardings = optax.tree_utils.tree_map_params(tx, lambda _, s: s, opt, trained_shardings,
                                                      transform_non_params=lambda _: replicated)
     with_sharding = lambda tree, shards: jax.tree.map(  # noqa: E731
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shards)

@@ -37,6 +37,7 @@ from instructjax.core import checkpoint as ckpt
 from instructjax.core import hosts, integrity, runlock, sharding, storage, tracking
 from instructjax.core.config import RunConfig, to_dict, training_changes, training_digest
 from instructjax.core.errors import ConfigError, InstructJaxError
+from instructjax.model import lora
 from instructjax.model.config import runs_only_keys
 from instructjax.model.decoder import Decoder
 from instructjax.train import optim
@@ -137,7 +138,7 @@ class Trainer:
                 from instructjax.data.tokenized.examples import cache_report
 
                 print(f"data: {cache_report(list(self.pipeline.task_names), self.pipeline.stats)}", flush=True)
-        self.tx, self.schedule = optim.make_optimizer(config.optim, self.total_steps)
+        self.tx, self.schedule = optim.make_optimizer(config.optim, self.total_steps, self.model_config.lora is not None)
         self.build = build_step(self.model_config, self.tx, self.config, len(self.sources), self.mesh, config.seed)
         self.precompiled = {}  # (rows, length) -> a step loaded from `compiled:` (plan --compile --save-executable)
         if config.compiled:
@@ -183,7 +184,13 @@ class Trainer:
                                   f"layout); it cannot resume with the global plan")  # fmt: skip
             self.pipeline.restore(data[0])  # the global position: any number of hosts continues from it
             return params, opt_state, latest, int(meta.get("tokens", 0)), meta.get("metrics_window")
-        if self.config.model.init_from:
+        if self.config.model.init_from and self.model_config.lora is not None:  # the base, and fresh adapters
+            base = load_params_as(self.config.model.init_from, self.model_config,
+                                  shardings=lora.frozen(build.param_shardings))
+            fresh = jax.jit(lambda: lora.trainable(nnx.to_pure_dict(nnx.state(make_model()))),
+                            out_shardings=lora.trainable(build.param_shardings))()
+            params = lora.combine(fresh, base)
+        elif self.config.model.init_from:
             params = load_params_as(self.config.model.init_from, self.model_config, shardings=build.param_shardings)
         else:
             params = nnx.to_pure_dict(nnx.state(sharding.create_sharded_model(make_model, self.mesh)))

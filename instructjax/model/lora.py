@@ -1,0 +1,167 @@
+"""LoRA (`model.lora: {rank, alpha, dropout, targets}`): low-rank adapters on the family's linear modules, as PEFT's
+`LoraConfig` defines them: y = x W + (x A B) * alpha / rank, A [in, rank] kaiming-uniform(a=sqrt(5)) like PEFT's
+`lora_A`, B [rank, out] zeros, so a fresh adapter leaves the model's output exactly as it was.
+
+The adapters live in our own `Dense` (model/layers.py: `lora_a`, `lora_b`), not through qwix: qwix 0.1.8's
+`apply_lora_to_model` on our nnx `Decoder` creates no adapters in the loop layout (it intercepts `dot_general`
+/ `einsum` under an eval trace whose RNG count nnx refuses to mutate: TraceContextError) and fails inside
+`nnx.scan` over the stacked layers (IndexError), and its adapters are named by intercepted op rather than by
+HF module and carry none of our logical axis names; PEFT's per-module lora_A / lora_B map one to one onto ours.
+
+`targets` are the family's Hugging Face module names (`MODULES`) or `all-linear` (every projection of a layer,
+never the output head: PEFT's meaning). Only the adapters train (`trainable` / `frozen` split a params tree);
+`merged` folds them into the kernels (the export without `--adapter`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import numpy as np
+
+ADAPTERS = ("lora_a", "lora_b")
+LLAMA_MODULES = {n: n for n in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
+# family -> {HF module name: our module name}; Phi-3's and GPT-NeoX's fused modules are not mapped yet
+MODULES: dict[str, dict[str, str]] = {
+    **{f: LLAMA_MODULES for f in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")},
+    "opt": {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "out_proj": "o_proj", "fc1": "up_proj",
+            "fc2": "down_proj"},
+}
+KEYS = ("rank", "alpha", "dropout", "targets")
+
+
+class LoraSpec(NamedTuple):
+    """A checked `model.lora`: `targets` in our module names, `hf_targets` in the family's."""
+
+    rank: int
+    alpha: float
+    dropout: float
+    targets: tuple[str, ...]
+    hf_targets: tuple[str, ...]
+
+    @property
+    def scale(self) -> float:
+        """PEFT's default scaling, alpha / rank."""
+        return self.alpha / self.rank
+
+
+def family_modules(config: Any) -> dict[str, str]:
+    """The family's HF linear modules a LoRA may target (a plain MLP has no gate)."""
+    modules = dict(MODULES.get(config.family, {}))
+    if not config.gated_mlp:
+        modules.pop("gate_proj", None)
+    return modules
+
+
+def problems(config: Any) -> list[str]:
+    """What is wrong with `config.lora` (a DecoderConfig's), one phrase each; [] when fine or unset."""
+    lora = config.lora
+    if lora is None:
+        return []
+    if not isinstance(lora, Mapping):
+        return [f"model.lora must be a mapping of {KEYS}, got {lora!r}"]
+    out = [f"model.lora.{k} is unknown (known: {', '.join(KEYS)})" for k in lora if k not in KEYS]
+    rank, alpha, dropout = lora.get("rank"), lora.get("alpha", lora.get("rank")), lora.get("dropout", 0.0)
+    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
+        out.append(f"model.lora.rank must be a positive integer, got {rank!r}")
+    if not isinstance(alpha, int | float) or isinstance(alpha, bool):
+        out.append(f"model.lora.alpha must be a number, got {alpha!r}")
+    if dropout != 0:
+        out.append(f"model.lora.dropout={dropout!r}: only 0 is supported so far")
+    modules = family_modules(config)
+    if not modules:
+        return out + [f"model.lora: LoRA on the {config.family} family's fused modules is not supported yet"]
+    targets = lora.get("targets", "all-linear")
+    targets = [targets] if isinstance(targets, str) else list(targets or [])
+    unknown = [t for t in targets if t != "all-linear" and t not in modules]
+    if unknown or not targets:
+        out.append(f"model.lora.targets {unknown or targets}: the {config.family} family's modules are "
+                   f"{', '.join(modules)} (or all-linear)")
+    return out
+
+
+def spec(config: Any) -> LoraSpec | None:
+    """`config.lora` checked (DecoderConfig's own check ran first) and resolved, or None without LoRA."""
+    lora = config.lora
+    if lora is None:
+        return None
+    modules = family_modules(config)
+    targets = lora.get("targets", "all-linear")
+    targets = [targets] if isinstance(targets, str) else list(targets)
+    hf = tuple(modules) if "all-linear" in targets else tuple(t for t in modules if t in targets)
+    return LoraSpec(lora["rank"], float(lora.get("alpha", lora["rank"])), float(lora.get("dropout", 0.0)),
+                    tuple(modules[t] for t in hf), hf)
+
+
+# ---- params trees (pure dicts) -----------------------------------------------------------------------------
+
+
+def _select(tree: Any, keep_adapters: bool) -> Any:
+    if not isinstance(tree, Mapping):
+        return tree  # a leaf, or optax's placeholder (tree_map_params)
+    out = {}
+    for key, value in tree.items():
+        if key in ADAPTERS:
+            if keep_adapters:
+                out[key] = value
+        elif isinstance(value, Mapping):
+            sub = _select(value, keep_adapters)
+            if sub:
+                out[key] = sub
+        elif not keep_adapters:
+            out[key] = value
+    return out
+
+
+def trainable(tree: Any) -> Any:
+    """The adapters of a params-shaped tree (nested dicts), in its nesting; idempotent."""
+    return _select(tree, True)
+
+
+def frozen(tree: Any) -> Any:
+    """Everything but the adapters."""
+    return _select(tree, False)
+
+
+def combine(a: Any, b: Any) -> Any:
+    """Two disjoint nested dicts as one (`combine(trainable(t), frozen(t))` is `t`)."""
+    if not isinstance(a, Mapping):
+        return a
+    out = dict(b)
+    for key, value in a.items():
+        out[key] = combine(value, b[key]) if key in b and isinstance(value, Mapping) else value
+    return out
+
+
+def delta(lora_a: np.ndarray, lora_b: np.ndarray, scale: float, stacked: bool) -> np.ndarray:
+    """The kernel's change (A B) * scale in the kernel's shape [(layers,) *in, *out]."""
+    lead = 1 if stacked else 0
+    rank = lora_a.shape[-1]
+    a = lora_a.reshape(*lora_a.shape[:lead], -1, rank)
+    b = lora_b.reshape(*lora_b.shape[:lead], rank, -1)
+    return (np.matmul(a, b) * scale).reshape(*lora_a.shape[:-1], *lora_b.shape[lead + 1:])
+
+
+def merged(params: Mapping, config: Any) -> dict:
+    """`params` (host arrays) with every adapter folded into its kernel and removed (PEFT's merge_and_unload)."""
+    lora = spec(config)
+    scale = lora.scale if lora else 1.0
+
+    def walk(node: Mapping, stacked: bool) -> dict:
+        out = {k: walk(v, stacked) if isinstance(v, Mapping) else v for k, v in node.items() if k not in ADAPTERS}
+        if "lora_a" in node:
+            kernel = np.asarray(node["kernel"])
+            out["kernel"] = (kernel + delta(np.asarray(node["lora_a"], np.float32),
+                                            np.asarray(node["lora_b"], np.float32), scale, stacked)).astype(kernel.dtype)
+        return out
+
+    return {k: walk(v, config.scan_layers and k == "layers") if isinstance(v, Mapping) else v
+            for k, v in params.items()}
+
+
+def adapter_count(tree: Any) -> int:
+    """Elements of the adapters in a params-shaped tree."""
+    import jax
+
+    return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainable(tree)))

@@ -1,0 +1,109 @@
+"""LoRA (`model.lora`, model/lora.py): one adapted projection against numpy, a fresh adapter (B = 0) leaves the
+model's logits exactly as the base's, only the adapters train (the base bitwise unchanged, AdamW's state the
+adapters' alone), and bad input is one line."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from instructjax.core.config import load_config
+from instructjax.core.errors import ConfigError
+from instructjax.model import lora
+from instructjax.model.config import preset
+from instructjax.model.decoder import Decoder, with_params
+from instructjax.model.layers import Dense
+from instructjax.train.optim import make_optimizer
+from instructjax.train.step import build_step
+
+LORA = {"rank": 4, "alpha": 8, "targets": ["q_proj", "v_proj", "down_proj"]}
+ROWS, LENGTH = 4, 32
+
+
+def lora_config(scan: bool = True, **lora_keys):
+    return preset("tiny", dtype="float32", vocab_size=256, scan_layers=scan, lora={**LORA, **lora_keys})
+
+
+def batch() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    ids = rng.integers(3, 256, (ROWS, LENGTH + 1)).astype(np.int32)
+    return {"tokens": ids[:, :-1], "targets": ids[:, 1:], "positions": np.tile(np.arange(LENGTH, dtype=np.int32),
+                                                                               (ROWS, 1)),
+            "segment_ids": np.ones((ROWS, LENGTH), np.int32), "loss_weights": np.ones((ROWS, LENGTH), np.float32),
+            "source_ids": np.zeros((ROWS, LENGTH), np.int32)}
+
+
+def test_one_adapted_projection_against_numpy():
+    """y = x W + (x A B) * alpha / rank on a q_proj [64 -> (4 heads, 16)], B set random; A drawn as PEFT's
+    kaiming-uniform(a=sqrt(5)): within +-1/sqrt(in)."""
+    config = lora_config()
+    dense = Dense(64, (4, 16), ("embed", "heads", "head_dim"), config, name="q_proj", rngs=nnx.Rngs(0))
+    a = np.asarray(dense.lora_a[...])
+    assert a.shape == (64, 4) and dense.lora_b[...].shape == (4, 4, 16)
+    assert np.abs(a).max() <= 1 / 8 and np.abs(a).max() > 0.1 and not np.asarray(dense.lora_b[...]).any()
+    b = np.random.default_rng(1).normal(size=(4, 4, 16)).astype(np.float32)
+    dense.lora_b[...] = jnp.asarray(b)
+    x = np.random.default_rng(2).normal(size=(2, 3, 64)).astype(np.float32)
+    w = np.asarray(dense.kernel[...], np.float64).reshape(64, 64)
+    want = (x @ w + (x @ a.astype(np.float64)) @ b.reshape(4, 64) * (8 / 4)).reshape(2, 3, 4, 16)
+    np.testing.assert_allclose(np.asarray(dense(jnp.asarray(x))), want, rtol=1e-5, atol=1e-5)
+    plain = Dense(64, 64, ("embed", "mlp"), config, name="k_proj", rngs=nnx.Rngs(0))  # not a target
+    assert plain.lora_a is None
+
+
+@pytest.mark.parametrize("scan", [True, False])
+def test_fresh_adapters_give_the_base_logits_exactly(scan):
+    config = lora_config(scan)
+    params = nnx.to_pure_dict(nnx.state(Decoder(config, rngs=nnx.Rngs(0)), nnx.Param))
+    adapters = lora.trainable(params)
+    layer = adapters["layers"] if scan else adapters["layers"][0]
+    assert set(layer["self_attn"]) == {"q_proj", "v_proj"} and set(layer["mlp"]) == {"down_proj"}
+    b = batch()
+    args = (b["tokens"], b["positions"], b["segment_ids"])
+    ours = with_params(config, params)(*args)
+    base = with_params(config.replace(lora=None), lora.frozen(params))(*args)
+    np.testing.assert_array_equal(np.asarray(ours), np.asarray(base))
+
+
+def test_only_the_adapters_train():
+    """Three steps on a one-device mesh: the base bitwise as it was, every adapter matrix changed (B from 0, A
+    through B's gradient), the optimizer's arrays exactly two moments of the adapters."""
+    config = lora_config()
+    run = load_config(None, ["model.preset=tiny", f"data.seq_len={LENGTH}", f"data.global_batch={ROWS}",
+                             "optim.lr=1e-2", "optim.warmup_ratio=0"])
+    tx, _ = make_optimizer(run.optim, 10, adapters=True)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    build = build_step(config, tx, run, 1, mesh)
+    params = nnx.to_pure_dict(nnx.state(Decoder(config, rngs=nnx.Rngs(0)), nnx.Param))
+    before = jax.tree.map(np.array, params)
+    opt_state = jax.jit(tx.init, out_shardings=build.opt_shardings)(params)
+    n_adapters, n_all = lora.adapter_count(params), sum(x.size for x in jax.tree.leaves(params))
+    n_opt = sum(x.size for x in jax.tree.leaves(opt_state) if x.ndim)
+    assert n_opt == 2 * n_adapters  # AdamW's mu and nu, for the adapters alone
+    assert n_adapters == 2 * (64 * 4 + 4 * 64 + 64 * 4 + 4 * 32 + 128 * 4 + 4 * 64)
+    assert n_adapters / n_all < 0.1  # layers x (q: 64x4 + 4x64, v: 64x4 + 4x32, down: 128x4 + 4x64)
+    losses = []
+    for _ in range(3):
+        params, opt_state, metrics = build.step(params, opt_state, batch())
+        losses.append(float(metrics["loss"]))
+    after = jax.tree.map(np.array, params)
+    for was, now in zip(jax.tree.leaves(lora.frozen(before)), jax.tree.leaves(lora.frozen(after)), strict=True):
+        np.testing.assert_array_equal(was, now)
+    for was, now in zip(jax.tree.leaves(lora.trainable(before)), jax.tree.leaves(lora.trainable(after)), strict=True):
+        assert not np.array_equal(was, now)
+    assert losses[-1] < losses[0]
+
+
+def test_bad_lora_is_one_line():
+    with pytest.raises(ConfigError, match=r"family's modules are q_proj, k_proj, v_proj, o_proj, gate_proj, "
+                                          r"up_proj, down_proj \(or all-linear\)") as e:
+        lora_config(targets=["qkv_proj"])
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="model.lora.rank must be a positive integer, got 0"):
+        lora_config(rank=0)
+    with pytest.raises(ConfigError, match="out_proj, fc1, fc2"):
+        preset("tiny", family="opt", lora={"rank": 2, "targets": ["gate_proj"]})
+    assert lora.spec(lora_config(targets="all-linear")).targets == tuple(lora.LLAMA_MODULES)
