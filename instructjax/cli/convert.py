@@ -26,6 +26,8 @@ def register(subparsers) -> None:
     exp.add_argument("--tokenizer", help="tokenizer (.model or HF dir); default: the checkpoint's, else LLaMA's")
     exp.add_argument("--template", help="chat template name (tulu, alpaca, ...); default: the checkpoint's")
     exp.add_argument("--max-shard-gb", type=float, default=5.0, help="safetensors shard size")
+    exp.add_argument("--adapter", action="store_true", help="a LoRA run's adapters alone, as a PEFT adapter "
+                     "(adapter_model.safetensors, adapter_config.json); without it, the model with them merged")
     exp.set_defaults(func=run_export)
 
 
@@ -58,6 +60,8 @@ def run_export(args) -> int:
 
     start = time.perf_counter()
     config = export_checkpoint(args.checkpoint, args.out, dtype=args.dtype, tokenizer=args.tokenizer,
-                               template=args.template, max_shard_bytes=int(args.max_shard_gb * 2**30))
-    _report(f"exported {param_count(config) / 1e6:.1f}M parameters ({args.dtype}) to {args.out}", start)
+                               template=args.template, max_shard_bytes=int(args.max_shard_gb * 2**30),
+                               adapter=args.adapter)
+    what = "a LoRA adapter of" if args.adapter else "exported"
+    _report(f"{what} {param_count(config) / 1e6:.1f}M parameters ({args.dtype}) to {args.out}", start)
     return 0

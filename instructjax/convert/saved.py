@@ -156,15 +156,27 @@ def saved_tokenizer(path: str, *, step: int | None = None, tokenizer: str | None
 
 
 def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", tokenizer: str | None = None,
-                      template: str | None = None, max_shard_bytes: int = 5 * 2**30) -> DecoderConfig:
+                      template: str | None = None, max_shard_bytes: int = 5 * 2**30,
+                      adapter: bool = False) -> DecoderConfig:
     """instructjax checkpoint (RUN_DIR[/STEP]) -> HF directory: safetensors, configs, and the tokenizer and
-    chat template the run trained with (`tokenizer` / `template` override them)."""
+    chat template the run trained with (`tokenizer` / `template` override them). A LoRA run's adapters are
+    merged into the kernels, or with `adapter` written alone as a PEFT adapter (`convert.adapter`)."""
     from instructjax.core.checkpoint import load_params
+    from instructjax.model import lora
 
     storage.check_bucket(out, "--out")
     directory, step = split_checkpoint_path(checkpoint)
-    params, config, _, step = load_params(directory, step)
+    params, config, run_config, step = load_params(directory, step)
     config = DecoderConfig.from_dict(config)
+    if adapter:
+        from instructjax.convert.adapter import write_adapter
+
+        base = ((run_config or {}).get("model") or {}).get("init_from")
+        with storage.writing_dir(out) as local:
+            write_adapter(params, config, local, base=base, dtype=np_dtype(dtype, config.param_dtype))
+        return config
+    if config.lora is not None:  # the merged model: W + A B alpha / rank, as PEFT's merge_and_unload
+        params, config = lora.merged(params, config), config.replace(lora=None)
     tok, chat_template = saved_tokenizer(directory, step=step, tokenizer=tokenizer, template=template)
     check_tokenizer(tok, config, chat_template, where=checkpoint, tokenizer=tokenizer)
     target = np_dtype(dtype, config.param_dtype)

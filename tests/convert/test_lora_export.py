@@ -1,0 +1,90 @@
+"""A LoRA run exported as a PEFT adapter (`export --adapter`: PEFT's names and shapes, loaded by
+`peft.PeftModel.from_pretrained` on the HF base) and merged (`export`): both give our model's log-probs."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+pytest.importorskip("torch")
+peft = pytest.importorskip("peft")
+
+from helpers.models import make_hf  # noqa: E402
+
+from instructjax.convert.saved import export_checkpoint, import_hf  # noqa: E402
+from instructjax.core.checkpoint import load_params, save_params  # noqa: E402
+from instructjax.model import lora  # noqa: E402
+from instructjax.model.config import DecoderConfig  # noqa: E402
+from instructjax.model.decoder import Decoder, with_params  # noqa: E402
+
+LORA = {"rank": 4, "alpha": 16, "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]}
+
+
+def log_probs(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    logits = logits[:, :-1].astype(np.float64)
+    z = logits - logits.max(-1, keepdims=True)
+    lp = z - np.log(np.exp(z).sum(-1, keepdims=True))
+    return np.take_along_axis(lp, ids[:, 1:, None], -1)[..., 0]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(our log-probs, the HF base dir, the adapter dir, the merged dir, token ids, our config)."""
+    tmp = tmp_path_factory.mktemp("lora_export")
+    hf = make_hf(str(tmp), "gqa")
+    import_hf(hf, str(tmp / "base"))
+    base, stored, _, _ = load_params(str(tmp / "base"))
+    config = DecoderConfig.from_dict(stored).replace(dtype="float32", lora=LORA)
+    adapters = lora.trainable(nnx.to_pure_dict(nnx.state(Decoder(config, rngs=nnx.Rngs(3)), nnx.Param)))
+    rng = np.random.default_rng(0)  # a trained B is not 0
+    adapters = jax.tree_util.tree_map_with_path(
+        lambda p, x: rng.normal(0, 0.05, x.shape).astype(np.float32) if p[-1].key == "lora_b" else np.asarray(x),
+        adapters)
+    params = lora.combine(adapters, base)
+    run = str(tmp / "run")
+    save_params(run, params, dataclasses.asdict(config), run_config={"model": {"init_from": hf}}, step=5)
+    export_checkpoint(run, str(tmp / "adapter"), adapter=True)
+    export_checkpoint(run, str(tmp / "merged"), tokenizer=hf)
+    ids = rng.integers(3, 32000, (2, 24)).astype(np.int32)
+    positions, segments = np.tile(np.arange(24, dtype=np.int32), (2, 1)), np.ones_like(ids)
+    ours = log_probs(np.asarray(with_params(config, params)(ids, positions, segments)), ids)
+    return ours, hf, str(tmp / "adapter"), str(tmp / "merged"), ids, config
+
+
+def test_adapter_files_are_peft_layout(exported):
+    from safetensors.numpy import load_file
+
+    _, hf, adapter, _, _, config = exported
+    saved = json.load(open(os.path.join(adapter, "adapter_config.json")))
+    assert saved["peft_type"] == "LORA" and saved["r"] == 4 and saved["lora_alpha"] == 16
+    assert saved["target_modules"] == LORA["targets"] and saved["base_model_name_or_path"] == hf
+    tensors = load_file(os.path.join(adapter, "adapter_model.safetensors"))
+    assert len(tensors) == 2 * 6 * config.num_layers
+    assert tensors["base_model.model.model.layers.1.self_attn.q_proj.lora_A.weight"].shape == (4, 64)
+    assert tensors["base_model.model.model.layers.1.self_attn.k_proj.lora_B.weight"].shape == (32, 4)
+    assert tensors["base_model.model.model.layers.0.mlp.down_proj.lora_A.weight"].shape == (4, 96)
+
+
+def test_peft_and_the_merged_export_give_our_log_probs(exported):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    ours, hf, adapter, merged, ids, _ = exported
+    with torch.no_grad():
+        model = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(hf).float(), adapter).eval()
+        theirs = log_probs(model(torch.tensor(ids, dtype=torch.long)).logits.numpy(), ids)
+        folded = AutoModelForCausalLM.from_pretrained(merged).float().eval()
+        merged_lp = log_probs(folded(torch.tensor(ids, dtype=torch.long)).logits.numpy(), ids)
+        plain = AutoModelForCausalLM.from_pretrained(hf).float().eval()
+        base_lp = log_probs(plain(torch.tensor(ids, dtype=torch.long)).logits.numpy(), ids)
+    diff = np.abs(ours - theirs).max()
+    print(f"max |log-prob diff| ours vs PEFT: {diff:.2e}; vs merged: {np.abs(ours - merged_lp).max():.2e}")
+    assert diff < 2e-3
+    assert np.abs(ours - merged_lp).max() < 2e-3
+    assert np.abs(ours - base_lp).max() > 1e-2  # the adapters change the model: the comparison means something
