@@ -9,14 +9,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from instructjax.model.families.llama import layer_tensors
-from instructjax.model.families.record import (
-    HF_ACTIVATION,
-    DecoderConfig,
-    Family,
-    rope_parameters,
-    shape_keys,
-)
+from instructjax.convert.families.llama import layer_tensors
+from instructjax.convert.families.record import HF_ACTIVATION, Family, rope_parameters, shape_keys
+from instructjax.model.config import DecoderConfig
 
 
 def write(config: DecoderConfig) -> dict[str, Any]:
@@ -24,6 +19,5 @@ def write(config: DecoderConfig) -> dict[str, Any]:
             "sliding_window": config.sliding_window, "rope_parameters": rope_parameters(config)}
 
 
-MISTRAL = Family(switches={},
-                 name="mistral", architecture="MistralForCausalLM", model_type="mistral", write=write,
+MISTRAL = Family(name="mistral", architecture="MistralForCausalLM", model_type="mistral", write=write,
                  layer=layer_tensors)
