@@ -1,6 +1,6 @@
 """Hugging Face checkpoints of every family <-> instructjax parameters, both directions: reading and writing the
 files. Which HF tensor is which of our parameters is `convert.hf_names`'s table (as MaxText's `param_mapping.py`
-keeps them), built from each family's record in `convert.families`; config.json is `convert.hf_config`.
+keeps them), built from each family's record in `model.families`; config.json is `convert.hf_config`.
 
 Import reads one tensor at a time (safetensors memory-maps, torch `.bin` loads with `mmap=True`) and
 puts each converted tensor straight onto its mesh sharding, so a 7B import holds one full tensor on
@@ -22,7 +22,6 @@ import jax
 import numpy as np
 
 from instructjax.convert import hf_config
-from instructjax.convert.families import RECORDS
 from instructjax.convert.hf_names import (
     IGNORED,
     entry_hf_shape,
@@ -37,6 +36,7 @@ from instructjax.core import storage
 from instructjax.core.errors import ConfigError
 from instructjax.model.config import DecoderConfig
 from instructjax.model.decoder import abstract_model
+from instructjax.model.families import RECORDS
 
 DTYPES = {"fp32": np.float32, "float32": np.float32, "bf16": "bfloat16", "bfloat16": "bfloat16",
           "fp16": np.float16, "float16": np.float16}

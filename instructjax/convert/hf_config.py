@@ -1,5 +1,5 @@
 """Hugging Face config.json <-> DecoderConfig: the keys every family shares here, each family's own keys, defaults
-and legacy rules in its record (`convert.families`).
+and legacy rules in its record (`model.families`).
 
 Reading accepts both forms transformers has written: the legacy keys (`rope_theta`, `rope_scaling`,
 `rotary_pct`, `rope_local_base_freq`, `sliding_window_pattern`, Qwen's `use_sliding_window`) and
@@ -11,10 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from instructjax.convert.families import RECORDS, family_of, supported
-from instructjax.convert.families.record import HF_ACTIVATION, Family
 from instructjax.core.errors import ConfigError
 from instructjax.model.config import ROPE_TYPES, DecoderConfig
+from instructjax.model.families import RECORDS, family_of, supported
+from instructjax.model.families.record import HF_ACTIVATION, Family
 
 # Re-exported: the families' HF names and what they read, once kept here.
 HF_NAMES: dict[str, tuple[str, str, bool]] = {  # family -> (architecture, model_type, default of tie_word_embeddings)
@@ -80,7 +80,7 @@ def _layer_types(hf: dict[str, Any], family: Family, layers: int) -> tuple[tuple
 
 def from_hf(hf: dict[str, Any], where: str = "config.json", **overrides: Any) -> DecoderConfig:
     """The DecoderConfig of an HF config.json dict (KeyError for a missing required field): the keys every family
-    shares here, its own through its record (`convert.families`)."""
+    shares here, its own through its record (`model.families`)."""
     name = family_of(hf)
     if name is None:
         raise ConfigError(f"{where}: unsupported architecture {hf.get('architectures') or hf.get('model_type')!r} "

@@ -1,5 +1,5 @@
 """The Hugging Face tensor table of a model and the steps between HF's layout and ours. Each family's tensor names,
-fused tensors and their cuts are its record's (`convert.families`: `top`, `layer`, `splits`).
+fused tensors and their cuts are its record's (`model.families`: `top`, `layer`, `splits`).
 
 `hf_weight_table(config)` lists every HF tensor of a model: which of our parameters it feeds (one, or several for a
 fused tensor) and by which kind of step (`HOOKS`: HF -> ours applies the forward functions in order, ours -> HF the
@@ -18,9 +18,9 @@ from typing import Any, NamedTuple
 import jax
 import numpy as np
 
-from instructjax.convert.families import RECORDS
-from instructjax.convert.families.record import Part, Split, Tensor
 from instructjax.model.config import DecoderConfig
+from instructjax.model.families import RECORDS
+from instructjax.model.families.record import Part, Split, Tensor
 
 # ---- the hook table --------------------------------------------------------------------------------
 # A step is (hf_to_ours, ours_to_hf), each f(array, config) -> array.

@@ -1,8 +1,8 @@
 """Decoder configuration: one dataclass whose switches describe every family, the families as a table of
 those switches, named presets, and the parameter count.
 
-The families differ only by these switches (`FAMILIES` sets them; each family's record in `convert.families`,
-keyed by the same name, reads them from a Hugging Face config.json and names its tensors):
+The families differ only by these switches (`FAMILIES`: each family's record in `model.families`, which holds them
+beside its Hugging Face config.json mapping and its tensor names):
 
 | switch               | values                                                                            |
 |----------------------|-----------------------------------------------------------------------------------|
@@ -31,6 +31,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from instructjax.core.errors import ConfigError
+from instructjax.model.families import RECORDS
+from instructjax.model.families.record import alternating  # noqa: F401  (also model.config.alternating, its old home)
 
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_attention",
                   "minimal_with_context")  # see instructjax.model.decoder.remat_policy
@@ -48,24 +50,10 @@ ROPE_TYPES = {  # rope_scaling["rope_type"] -> the keys it needs
 # does not depend on them (a resume may change them; `runs_only_keys`), and no HF config.json holds them.
 RUNS_ONLY = {"runs_only": True}
 
-# The families: the switches each sets (everything else is LLaMA's default). Sizes, windows, soft-caps, RoPE
-# bases and scalings come from a model's own config or a preset below. The rest of a family (its config.json keys,
-# tensor names, fused tensors) is its record, convert/families/<family>.py (gemma2/3: gemma.py, qwen2/3: qwen.py).
-FAMILIES: dict[str, dict[str, Any]] = {
-    "llama": {},
-    "mistral": {},
-    "qwen2": dict(qkv_bias=True),
-    "qwen3": dict(qk_norm=True),
-    "phi3": {},  # its files fuse q/k/v and gate/up (its record cuts and joins them)
-    "gemma2": dict(norm="rms_plus_one", activation="gelu_tanh", sandwich_norms=True, embed_scale=True,
-                   tie_embeddings=True),
-    "gemma3": dict(norm="rms_plus_one", activation="gelu_tanh", sandwich_norms=True, embed_scale=True,
-                   qk_norm=True, tie_embeddings=True),
-    "opt": dict(norm="layer", activation="relu", gated_mlp=False, qkv_bias=True, o_bias=True, mlp_bias=True,
-                positions="learned", position_offset=2, tie_embeddings=True),
-    "gpt_neox": dict(norm="layer", activation="gelu", gated_mlp=False, residual="parallel", qkv_bias=True,
-                     o_bias=True, mlp_bias=True),
-}
+# The families: the switches each sets (everything else is LLaMA's default), from each family's record
+# (model/families/<family>.py: its switches, config.json keys and tensor names side by side). Sizes, windows,
+# soft-caps, RoPE bases and scalings come from a model's own config or a preset below.
+FAMILIES: dict[str, dict[str, Any]] = {name: record.switches for name, record in RECORDS.items()}
 
 
 @dataclass(frozen=True)
@@ -233,11 +221,6 @@ def param_count(config: DecoderConfig) -> int:
     embeddings = config.vocab_size * e * (1 if config.tie_embeddings else 2)
     positions = (config.max_position_embeddings + config.position_offset) * e if config.positions == "learned" else 0
     return config.num_layers * layer + embeddings + positions + norm  # + final norm
-
-
-def alternating(num_layers: int, period: int) -> tuple[str, ...]:
-    """Layer types with a full-attention layer every `period` layers, the others sliding (Gemma-2: 2, Gemma-3: 6)."""
-    return tuple("full" if (i + 1) % period == 0 else "sliding" for i in range(num_layers))
 
 
 # ---- presets: each family's helper sets what its sizes share; each preset names its sizes by field -------------

@@ -8,7 +8,7 @@ sees only the last `sliding_window` keys (its own RoPE base where the family has
 follow Hugging Face LLaMA (`embed_tokens`, `layers.self_attn.q_proj`, ..., `norm`, `lm_head`); the norm
 before the MLP is `post_attention_layernorm` in every family, Gemma's norms on the attention's and the MLP's
 outputs are `attention_output_norm` and `mlp_output_norm`; a plain MLP has `up_proj` and `down_proj`.
-`convert.families` maps each family's file names onto these. With `config.scan_layers` the decoder layers are one
+`model.families` maps each family's file names onto these. With `config.scan_layers` the decoder layers are one
 module whose parameters carry a leading `layers` axis, run by `nnx.scan` (compile time does not grow with
 depth); without it, `layers` is a list of modules. Parameters carry logical axis names (see
 instructjax.core.sharding); compute runs in `config.dtype` over `config.param_dtype` parameters.

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from instructjax.convert.families.record import (
+from instructjax.model.families.record import (
     HF_ACTIVATION,
+    DecoderConfig,
     Family,
     Tensor,
     linear_tensors,
@@ -19,7 +20,6 @@ from instructjax.convert.families.record import (
     rope_parameters,
     shape_keys,
 )
-from instructjax.model.config import DecoderConfig
 
 
 def layer_tensors(config: DecoderConfig, *, fused: bool = False) -> list[Tensor]:
@@ -63,5 +63,6 @@ def write(config: DecoderConfig) -> dict[str, Any]:
             "rope_parameters": rope_parameters(config)}
 
 
-LLAMA = Family(name="llama", architecture="LlamaForCausalLM", model_type="llama", read=read, write=write,
+LLAMA = Family(switches={},
+               name="llama", architecture="LlamaForCausalLM", model_type="llama", read=read, write=write,
                layer=layer_tensors)

@@ -14,8 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from instructjax.model.config import FAMILIES, DecoderConfig
-
+DecoderConfig = Any  # a model.config.DecoderConfig (not imported: model.config reads these records)
 Part = tuple[tuple, str]  # (our path inside a layer or the model, kind)
 Tensor = tuple[str, tuple[Part, ...], str | None]  # (HF name, our parts, split)
 Split = tuple[Callable[[np.ndarray, DecoderConfig], list[np.ndarray]],
@@ -65,11 +64,13 @@ class Family:
     legacy_layer_types: Callable[[dict[str, Any], int], tuple[str, ...] | None] = _every_layer
     top: tuple[str, str, str | None, str, str] = LLAMA_TOP
     splits: dict[str, Split] = field(default_factory=dict)
+    # the decoder switches the family sets (DecoderConfig's fields; the rest are LLaMA's defaults)
+    switches: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def switches(self) -> dict[str, Any]:
-        """The decoder switches the family sets (model/config.py `FAMILIES`; the rest are LLaMA's defaults)."""
-        return FAMILIES[self.name]
+
+def alternating(num_layers: int, period: int) -> tuple[str, ...]:
+    """Layer types with a full-attention layer every `period` layers, the others sliding (Gemma-2: 2, Gemma-3: 6)."""
+    return tuple("full" if (i + 1) % period == 0 else "sliding" for i in range(num_layers))
 
 
 # ---- tensor entries ------------------------------------------------------------------------------------

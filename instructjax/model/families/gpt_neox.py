@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from instructjax.convert.families.record import (
+from instructjax.model.families.record import (
     HF_ACTIVATION,
+    DecoderConfig,
     Family,
     Tensor,
     linear_tensors,
@@ -25,7 +26,6 @@ from instructjax.convert.families.record import (
     rope_parameters,
     shape_keys,
 )
-from instructjax.model.config import DecoderConfig
 
 
 def read(hf: dict[str, Any], where: str) -> dict[str, Any]:
@@ -67,7 +67,9 @@ def join_qkv(pieces: list[np.ndarray], c: DecoderConfig) -> np.ndarray:
     return stacked.reshape(3 * c.num_heads * c.head_dim, *pieces[0].shape[1:])
 
 
-GPT_NEOX = Family(name="gpt_neox", architecture="GPTNeoXForCausalLM", model_type="gpt_neox", read=read, write=write,
+GPT_NEOX = Family(switches=dict(norm="layer", activation="gelu", gated_mlp=False, residual="parallel",
+                                 qkv_bias=True, o_bias=True, mlp_bias=True),
+                  name="gpt_neox", architecture="GPTNeoXForCausalLM", model_type="gpt_neox", read=read, write=write,
                   layer=layer_tensors, norm_eps_default=1e-5,
                   top=("gpt_neox.layers", "gpt_neox.embed_in", None, "gpt_neox.final_layer_norm", "embed_out"),
                   splits={"neox_qkv": (split_qkv, join_qkv)})

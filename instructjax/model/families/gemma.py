@@ -14,15 +14,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from instructjax.convert.families.llama import layer_tensors
-from instructjax.convert.families.record import (
+from instructjax.model.families.llama import layer_tensors
+from instructjax.model.families.record import (
     HF_ACTIVATION,
+    DecoderConfig,
     Family,
+    alternating,
     layer_types_keys,
     rope_parameters,
     shape_keys,
 )
-from instructjax.model.config import DecoderConfig, alternating
 
 
 def read(hf: dict[str, Any], where: str) -> dict[str, Any]:
@@ -52,9 +53,13 @@ def write_gemma3(config: DecoderConfig) -> dict[str, Any]:
                                 "sliding_attention": {"rope_type": "default", "rope_theta": local}}}
 
 
-GEMMA2 = Family(name="gemma2", architecture="Gemma2ForCausalLM", model_type="gemma2", read=read, write=write_gemma2,
+GEMMA2 = Family(switches=dict(norm="rms_plus_one", activation="gelu_tanh", sandwich_norms=True, embed_scale=True,
+                               tie_embeddings=True),
+                name="gemma2", architecture="Gemma2ForCausalLM", model_type="gemma2", read=read, write=write_gemma2,
                 layer=layer_tensors, tied_default=True, legacy_layer_types=lambda hf, layers: alternating(layers, 2))
-GEMMA3 = Family(name="gemma3", architecture="Gemma3ForCausalLM", model_type="gemma3_text", read=read,
+GEMMA3 = Family(switches=dict(norm="rms_plus_one", activation="gelu_tanh", sandwich_norms=True, embed_scale=True,
+                               qk_norm=True, tie_embeddings=True),
+                name="gemma3", architecture="Gemma3ForCausalLM", model_type="gemma3_text", read=read,
                 write=write_gemma3, layer=layer_tensors, tied_default=True,
                 legacy_layer_types=lambda hf, layers: alternating(
                     layers, hf.get("sliding_window_pattern", hf.get("_sliding_window_pattern", 6))))

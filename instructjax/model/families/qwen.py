@@ -10,15 +10,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from instructjax.convert.families.llama import layer_tensors
-from instructjax.convert.families.record import (
+from instructjax.model.families.llama import layer_tensors
+from instructjax.model.families.record import (
     HF_ACTIVATION,
+    DecoderConfig,
     Family,
     layer_types_keys,
     rope_parameters,
     shape_keys,
 )
-from instructjax.model.config import DecoderConfig
 
 
 def legacy_layer_types(hf: dict[str, Any], layers: int) -> tuple[str, ...]:
@@ -48,7 +48,9 @@ def write_qwen3(config: DecoderConfig) -> dict[str, Any]:
             "attention_bias": config.qkv_bias, **window_keys(config), "rope_parameters": rope_parameters(config)}
 
 
-QWEN2 = Family(name="qwen2", architecture="Qwen2ForCausalLM", model_type="qwen2", write=write_qwen2,
+QWEN2 = Family(switches=dict(qkv_bias=True),
+               name="qwen2", architecture="Qwen2ForCausalLM", model_type="qwen2", write=write_qwen2,
                layer=layer_tensors, window_flag="use_sliding_window", legacy_layer_types=legacy_layer_types)
-QWEN3 = Family(name="qwen3", architecture="Qwen3ForCausalLM", model_type="qwen3", read=read_qwen3, write=write_qwen3,
+QWEN3 = Family(switches=dict(qk_norm=True),
+               name="qwen3", architecture="Qwen3ForCausalLM", model_type="qwen3", read=read_qwen3, write=write_qwen3,
                layer=layer_tensors, window_flag="use_sliding_window", legacy_layer_types=legacy_layer_types)

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from instructjax.convert.families.llama import layer_tensors
-from instructjax.convert.families.record import HF_ACTIVATION, Family, rope_parameters, shape_keys
-from instructjax.model.config import DecoderConfig
+from instructjax.model.families.llama import layer_tensors
+from instructjax.model.families.record import (
+    HF_ACTIVATION,
+    DecoderConfig,
+    Family,
+    rope_parameters,
+    shape_keys,
+)
 
 
 def write(config: DecoderConfig) -> dict[str, Any]:
@@ -19,5 +24,6 @@ def write(config: DecoderConfig) -> dict[str, Any]:
             "sliding_window": config.sliding_window, "rope_parameters": rope_parameters(config)}
 
 
-MISTRAL = Family(name="mistral", architecture="MistralForCausalLM", model_type="mistral", write=write,
+MISTRAL = Family(switches={},
+                 name="mistral", architecture="MistralForCausalLM", model_type="mistral", write=write,
                  layer=layer_tensors)

@@ -10,16 +10,16 @@ from __future__ import annotations
 from functools import partial
 from typing import Any
 
-from instructjax.convert.families.llama import layer_tensors
-from instructjax.convert.families.record import (
+from instructjax.model.families.llama import layer_tensors
+from instructjax.model.families.record import (
     HF_ACTIVATION,
+    DecoderConfig,
     Family,
     partial_rotary,
     rope_parameters,
     rows,
     shape_keys,
 )
-from instructjax.model.config import DecoderConfig
 
 
 def write(config: DecoderConfig) -> dict[str, Any]:
@@ -33,7 +33,8 @@ def write(config: DecoderConfig) -> dict[str, Any]:
             "rope_parameters": {**rope_parameters(config), "partial_rotary_factor": fraction}}
 
 
-PHI3 = Family(name="phi3", architecture="Phi3ForCausalLM", model_type="phi3", write=write,
+PHI3 = Family(switches={},
+              name="phi3", architecture="Phi3ForCausalLM", model_type="phi3", write=write,
               layer=partial(layer_tensors, fused=True),
               splits={"qkv": rows(lambda c: [c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim,
                                              c.num_kv_heads * c.head_dim]),

@@ -12,9 +12,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from instructjax.convert.families.record import HF_ACTIVATION, Family, Tensor, linear_tensors, norm_tensors
 from instructjax.core.errors import ConfigError
-from instructjax.model.config import DecoderConfig
+from instructjax.model.families.record import (
+    HF_ACTIVATION,
+    DecoderConfig,
+    Family,
+    Tensor,
+    linear_tensors,
+    norm_tensors,
+)
 
 
 def read(hf: dict[str, Any], where: str) -> dict[str, Any]:
@@ -42,7 +48,9 @@ def layer_tensors(config: DecoderConfig) -> list[Tensor]:
             *linear_tensors(("mlp", "down_proj"), "fc2", "linear", c.mlp_bias)]
 
 
-OPT = Family(name="opt", architecture="OPTForCausalLM", model_type="opt", read=read, write=write,
+OPT = Family(switches=dict(norm="layer", activation="relu", gated_mlp=False, qkv_bias=True, o_bias=True,
+                            mlp_bias=True, positions="learned", position_offset=2, tie_embeddings=True),
+             name="opt", architecture="OPTForCausalLM", model_type="opt", read=read, write=write,
              layer=layer_tensors, intermediate_key="ffn_dim", norm_eps_default=1e-5, tied_default=True,
              top=("model.decoder.layers", "model.decoder.embed_tokens", "model.decoder.embed_positions",
                   "model.decoder.final_layer_norm", "lm_head"))
