@@ -1,6 +1,6 @@
 """Gemma-2 and Gemma-3.
 
-Switches (model/config.py `FAMILIES`): norms x * (1 + w), a tanh-GELU gated MLP, four norms a layer (sandwich),
+Switches (the records' `switches` below): norms x * (1 + w), a tanh-GELU gated MLP, four norms a layer (sandwich),
 embeddings times sqrt(hidden_size), tied embeddings; Gemma-3 adds q/k norms. Presets gemma2-*, gemma3-*.
 config.json: `hidden_activation`; `query_pre_attn_scalar` (the scores' scale), `attn_logit_softcapping` and
 `final_logit_softcapping`; `attention_bias` only when true. Without `layer_types`, every second layer (Gemma-2) or

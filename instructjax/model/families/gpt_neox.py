@@ -1,7 +1,7 @@
 """GPT-NeoX (Pythia): LayerNorm with biases, an exact-GELU MLP without a gate, a parallel residual, RoPE over the
 first `rotary_pct` of each head, biases on every projection.
 
-Switches: model/config.py `FAMILIES["gpt_neox"]`; preset pythia-6.9b.
+Switches: the record's `switches` below; preset pythia-6.9b.
 config.json: `use_parallel_residual` (default true), `attention_bias` (default true), `rotary_pct`,
 `rotary_emb_base`, `layer_norm_eps`.
 Tensors: gpt_neox.{embed_in, final_layer_norm}, gpt_neox.layers.N.{input_layernorm, post_attention_layernorm,

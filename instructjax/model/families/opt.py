@@ -1,7 +1,7 @@
 """OPT: LayerNorm with biases, a ReLU MLP without a gate, learned positions (their table shifted by 2), biases on
 every projection, tied embeddings.
 
-Switches: model/config.py `FAMILIES["opt"]`; preset opt-6.7b.
+Switches: the record's `switches` below; preset opt-6.7b.
 config.json: `ffn_dim` (the MLP width), `activation_function`, `enable_bias`; no RoPE keys. OPT-350m's
 `do_layer_norm_before=false` and projected embeddings (`word_embed_proj_dim`) are refused.
 Tensors, under HF's `model.decoder.` prefix: embed_tokens, embed_positions, final_layer_norm, layers.N.{

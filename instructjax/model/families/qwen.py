@@ -1,6 +1,6 @@
 """Qwen2 (2.5) and Qwen3.
 
-Switches: Qwen2 has q/k/v biases, Qwen3 q/k norms (model/config.py `FAMILIES`); presets qwen2.5-*, qwen3-*.
+Switches: Qwen2 has q/k/v biases, Qwen3 q/k norms (`switches` below); presets qwen2.5-*, qwen3-*.
 config.json: `sliding_window` counts only with `use_sliding_window`; without `layer_types` the first
 `max_window_layers` layers are full and the rest slide. Qwen3 reads `attention_bias` (q/k/v and o).
 Tensors: LLaMA's, with Qwen3's self_attn.{q,k}_norm.

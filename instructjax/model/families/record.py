@@ -34,7 +34,7 @@ def _every_layer(hf: dict[str, Any], layers: int) -> tuple[str, ...] | None:
 
 @dataclass(frozen=True)
 class Family:
-    """One model family: its decoder switches (`switches`, kept in model/config.py's `FAMILIES` under the same
+    """One model family: its decoder switches (`switches`, which model/config.py's `FAMILIES` reads under the same
     name), how its HF config.json maps to a DecoderConfig and back, and its HF tensor names.
 
     config.json -> DecoderConfig (`convert.hf_config.from_hf` reads the keys every family shares):
