@@ -157,8 +157,8 @@ class DataSection:
 
 @dataclass
 class OptimSection:
-    """AdamW with linear warmup over `warmup_ratio` of the steps, then linear (or cosine) decay to 0
-    (`train.optim.make_optimizer` builds it)."""
+    """AdamW with linear warmup over `warmup_ratio` of the steps, then linear (or cosine) decay to 0: `build`
+    makes it (core/optimizer.py)."""
 
     lr: float = 2e-5
     warmup_ratio: float = 0.03
@@ -186,9 +186,17 @@ class OptimSection:
         _check(self.loss_chunk >= 0, f"optim.loss_chunk must be >= 0 (0: the whole micro-batch), got {self.loss_chunk}")
         _check(self.neftune_alpha >= 0, f"optim.neftune_alpha must be >= 0 (0: off), got {self.neftune_alpha}")
 
+    def build(self, total_steps: int) -> tuple[Any, Any]:
+        """The optax optimizer over `total_steps` steps and its learning-rate schedule (imports jax: not on load)."""
+        from instructjax.core import optimizer
+
+        return optimizer.build(self, total_steps)
+
 
 @dataclass
 class CheckpointSection:
+    """Orbax saves every `every` steps, the last `keep` kept; `build` makes the Checkpointer (core/checkpoint.py)."""
+
     every: int = 500
     keep: int | None = 3
     async_save: bool = True
@@ -196,6 +204,12 @@ class CheckpointSection:
     def __post_init__(self):
         _check(self.every >= 1, f"checkpoint.every must be >= 1, got {self.every}")
         _check(self.keep is None or self.keep >= 1, f"checkpoint.keep must be >= 1, got {self.keep}")
+
+    def build(self, run_dir: str, tokenizer: dict | None = None) -> Any:
+        """The run's `core.checkpoint.Checkpointer` under `run_dir` (saving `tokenizer` with every step)."""
+        from instructjax.core.checkpoint import Checkpointer
+
+        return Checkpointer(run_dir, keep=self.keep, async_save=self.async_save, tokenizer=tokenizer)
 
 
 WANDB_MODES = ("online", "offline", "disabled")

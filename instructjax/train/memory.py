@@ -61,8 +61,8 @@ from jax.sharding import AbstractMesh, PartitionSpec
 
 from instructjax.core import sharding
 from instructjax.core.config import RunConfig
+from instructjax.core.optimizer import adamw
 from instructjax.model.config import DecoderConfig
-from instructjax.train.optim import adamw
 from instructjax.train.topology import Topology
 
 GIB = 2**30

@@ -125,9 +125,7 @@ class Trainer:
         needed, self.out_of_memory = memory.step_needed(run.model, run.config, run.mesh, run.step_shapes, here)
         if needed > memory.usable_bytes(here):  # before anything compiles
             raise ConfigError(self.out_of_memory)  # also said for XLA's own refusal
-        self.checkpointer = ckpt.Checkpointer(self.run_dir, keep=config.checkpoint.keep,
-                                              async_save=config.checkpoint.async_save,
-                                              tokenizer=self.tokenizer_item)  # fmt: skip
+        self.checkpointer = config.checkpoint.build(self.run_dir, self.tokenizer_item)
         latest = self.checkpointer.latest_step()
         if not resume and latest is not None:
             raise ConfigError(f"{self.run_dir} already has checkpoints: pass --resume, or choose another run_dir")
