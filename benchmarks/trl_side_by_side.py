@@ -9,8 +9,13 @@ decay, clipping, batch and steps. Both in float32 on the CPU. Printed in one run
 and their largest relative difference, and tokens/s (every row's tokens, padding included, over the median
 step time after the first).
 
+With `--lora R`, both sides train a LoRA of rank R (alpha `--lora-alpha`, every linear module of the layers,
+dropout 0) from the same start: PEFT makes the adapter (A kaiming-uniform, B zeros) and saves it, instructjax
+imports the base with it (`instructjax import --hf BASE --adapter DIR`), TRL trains it through
+`peft.PeftModel.from_pretrained(base, DIR, is_trainable=True)`.
+
     pip install trl                                    # not a dependency of the package
-    python benchmarks/trl_side_by_side.py [--steps 10 --batch 8 --seq 512 --hidden 128 --layers 4]
+    python benchmarks/trl_side_by_side.py [--steps 10 --batch 8 --seq 512 --hidden 128 --layers 4] [--lora 8]
 """
 
 from __future__ import annotations
@@ -48,6 +53,23 @@ def build_model(root: Path, args) -> tuple[str, object]:
     return str(root / "hf"), tokenizer
 
 
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def make_adapter(root: Path, hf_dir: str, args) -> None:
+    """PEFT's fresh LoRA adapter of the base (A kaiming-uniform, B zeros), saved under root/adapter: both sides'
+    start."""
+    import peft
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    base = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    config = peft.LoraConfig(r=args.lora, lora_alpha=args.lora_alpha, lora_dropout=0.0, target_modules=LORA_TARGETS,
+                             task_type="CAUSAL_LM")
+    peft.get_peft_model(base, config).save_pretrained(root / "adapter")
+
+
 def ours(root: Path, hf_dir: str, rows: Path, args) -> tuple[dict[int, float], list[float], list[list[tuple]]]:
     """(loss per step, step seconds, each step's rows as token tuples) of `instructjax train` with `template: model`."""
     import yaml
@@ -56,7 +78,8 @@ def ours(root: Path, hf_dir: str, rows: Path, args) -> tuple[dict[int, float], l
     from instructjax.core.config import load_config
     from instructjax.train.trainer import Trainer
 
-    assert cli.main(["import", "--hf", hf_dir, "--out", str(root / "ckpt")]) == 0
+    adapter = ["--adapter", str(root / "adapter")] if args.lora else []
+    assert cli.main(["import", "--hf", hf_dir, "--out", str(root / "ckpt"), *adapter]) == 0
     run = {"run_dir": str(root / "run"), "max_steps": args.steps, "log_every": 1, "seed": 0, "template": "model",
            "model": {"init_from": str(root / "ckpt"), "dtype": "float32", "attention": "xla"},
            "data": {"mixture": "chats", "seq_len": args.seq, "global_batch": args.batch, "pack": False},
@@ -101,6 +124,10 @@ def theirs(root: Path, hf_dir: str, conversations: list[list[dict]], args) -> tu
                            save_strategy="no", seed=0, packing=False, use_cpu=True, dataloader_drop_last=True,
                            bf16=False, fp16=False)
     model = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32, attn_implementation="eager")
+    if args.lora:
+        import peft
+
+        model = peft.PeftModel.from_pretrained(model, str(root / "adapter"), is_trainable=True)
     trainer = InOrder(model=model, args=config, train_dataset=datasets.Dataset.from_list(
         [{"messages": m} for m in conversations]), processing_class=transformers.AutoTokenizer.from_pretrained(hf_dir),
         callbacks=[Clock()])
@@ -117,6 +144,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--lora", type=int, default=0, help="LoRA rank (0: the full fine-tune)")
+    parser.add_argument("--lora-alpha", type=float, default=16.0)
     args = parser.parse_args(argv)
     try:
         import trl  # noqa: F401
@@ -131,6 +160,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         hf_dir, _ = build_model(root, args)
+        if args.lora:
+            make_adapter(root, hf_dir, args)
         (rows,) = write_synthetic("messages", str(root / "rows"), n_rows=args.steps * args.batch * 2)
         convs = list(load_conversations("messages", [rows], cache_dir=str(root / "c")))
         our_losses, our_seconds, steps = ours(root, hf_dir, Path(rows), args)
@@ -142,18 +173,23 @@ def main(argv: list[str] | None = None) -> dict:
     rows_ = [[s, f"{our_losses[s]:.6f}", f"{their_losses[s]:.6f}", f"{abs(our_losses[s] / their_losses[s] - 1):.1e}"]
              for s in sorted(our_losses)]
     worst = max(abs(our_losses[s] / their_losses[s] - 1) for s in our_losses)
+    worst_abs = max(abs(our_losses[s] - their_losses[s]) for s in our_losses)
     tokens = args.batch * args.seq
     ours_tps, theirs_tps = tokens / statistics.median(our_seconds[1:]), tokens / statistics.median(their_seconds[1:])
     body = (f"Qwen2 ({args.layers} x {args.hidden}, tied embeddings), a Qwen2.5 ChatML tokenizer with `{{% generation %}}` "
             f"blocks; {args.steps} steps of {args.batch} built-in `messages` chats, seq {args.seq}, no packing, float32, "
             f"AdamW lr {args.lr:g} linear decay, clip 1.0, assistant tokens only. TRL {version} SFTTrainer "
-            "(assistant_only_loss, the same conversations in the same order).\n\n"
+            "(assistant_only_loss, the same conversations in the same order)"
+            + (f"; LoRA rank {args.lora}, alpha {args.lora_alpha:g}, dropout 0 on {', '.join(LORA_TARGETS)}: PEFT's "
+               "adapter, imported by `instructjax import --adapter`, trained on both sides" if args.lora else "")
+            + ".\n\n"
             + common.table(["step", "instructjax loss", "TRL loss", "relative difference"], rows_)
-            + f"\n\nLargest relative difference {worst:.1e}. Tokens/s (rows x seq over the median step after the first): "
+            + f"\n\nLargest relative difference {worst:.1e}, absolute {worst_abs:.1e}. Tokens/s (rows x seq over the median step after the first): "
               f"instructjax {ours_tps:,.0f}, TRL {theirs_tps:,.0f} ({ours_tps / theirs_tps:.2f}x).\n")
     print(body)
-    summary = {"worst_relative": worst, "ours_tokens_per_s": ours_tps, "trl_tokens_per_s": theirs_tps}
-    common.finish(args, "A model's own chat template: instructjax vs TRL's SFTTrainer", body, summary,
+    summary = {"worst_relative": worst, "worst_absolute": worst_abs, "ours_tokens_per_s": ours_tps, "trl_tokens_per_s": theirs_tps}
+    title = "A model's own chat template: instructjax vs TRL's SFTTrainer" + (" with a PEFT LoRA" if args.lora else "")
+    common.finish(args, title, body, summary,
                   load_before=load_before)
     return summary
 

@@ -17,6 +17,9 @@ def register(subparsers) -> None:
                      help="the chat template the model's tokenizer is saved with (`template: model` trains with it): a "
                           ".jinja file or another HF tokenizer directory (e.g. the Instruct model's, for a base model "
                           "whose tokenizer carries none)")
+    imp.add_argument("--adapter", default=None, help="a PEFT LoRA adapter directory of that model "
+                     "(adapter_config.json, adapter_model.safetensors): imported with it, so a run with "
+                     "init_from: OUT continues training the adapter")
     imp.set_defaults(func=run_import)
 
     exp = subparsers.add_parser("export", help="an instructjax checkpoint -> a Hugging Face model directory")
@@ -49,8 +52,11 @@ def run_import(args) -> int:
     from instructjax.model.config import param_count
 
     start = time.perf_counter()
-    config = import_hf(args.hf, args.out, mesh=_parse_mesh(args.mesh), chat_template=args.chat_template)
-    _report(f"imported {param_count(config) / 1e6:.1f}M parameters from {args.hf} into {args.out}", start)
+    config = import_hf(args.hf, args.out, mesh=_parse_mesh(args.mesh), chat_template=args.chat_template,
+                       adapter=args.adapter)
+    with_adapter = f" with the LoRA adapter {args.adapter}" if args.adapter else ""
+    _report(f"imported {param_count(config) / 1e6:.1f}M parameters from {args.hf}{with_adapter} into {args.out}",
+            start)
     return 0
 
 

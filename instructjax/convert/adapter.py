@@ -1,7 +1,8 @@
 """A run's LoRA adapters as a PEFT adapter directory (`instructjax export --adapter`): `adapter_model.safetensors`
 with PEFT's tensor names (`base_model.model.<HF module>.lora_A.weight` [rank, in], `.lora_B.weight` [out, rank]) and
 `adapter_config.json` (peft_type LORA, r, lora_alpha, target_modules, base_model_name_or_path), which
-`peft.PeftModel.from_pretrained(base, DIR)` loads onto the exported base.
+`peft.PeftModel.from_pretrained(base, DIR)` loads onto the exported base; `read_adapter` is the way back
+(`instructjax import --hf BASE --adapter DIR`: training continues from a PEFT adapter).
 
 The HF module of each adapted kernel comes from the family's tensor table (`convert.hf_names.hf_weight_table`):
 our lora_a [*in, rank] and lora_b [rank, *out] flatten to HF's in and out the way the kernel does."""
@@ -14,7 +15,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from instructjax.convert.hf_names import get_path, hf_weight_table, part_value
+from instructjax.convert.hf_names import get_path, hf_weight_table, part_shape, part_value
 from instructjax.core.errors import ConfigError
 from instructjax.model import lora
 from instructjax.model.config import DecoderConfig
@@ -37,6 +38,93 @@ def adapter_tensors(params: Mapping, config: DecoderConfig) -> dict[str, np.ndar
         rank = a.shape[-1]
         out[f"{module}.lora_A.weight"] = np.ascontiguousarray(a.reshape(-1, rank).T)
         out[f"{module}.lora_B.weight"] = np.ascontiguousarray(b.reshape(rank, -1).T)
+    return out
+
+
+def _adapted(config: DecoderConfig) -> list[tuple[str, tuple, int | None]]:
+    """(PEFT module name, our kernel's module path, layer) of every adapted kernel of `config` (which has a lora)."""
+    targets = set(lora.spec(config).targets)
+    out = []
+    for entry in hf_weight_table(config):
+        if entry.split is not None or len(entry.parts) != 1 or not entry.name.endswith(".weight"):
+            continue
+        (path, _), = entry.parts
+        if path[-1] == "kernel" and path[-2] in targets:
+            out.append((PEFT_PREFIX + entry.name[: -len(".weight")], path[:-1], entry.layer))
+    return out
+
+
+# adapter_config.json values we cannot run: (key, the value we need)
+UNSUPPORTED = (("bias", "none"), ("use_dora", False), ("use_rslora", False), ("fan_in_fan_out", False),
+               ("modules_to_save", None), ("layers_to_transform", None), ("rank_pattern", {}), ("alpha_pattern", {}))
+
+
+def read_adapter(adapter_dir: str, config: DecoderConfig) -> tuple[DecoderConfig, dict]:
+    """A PEFT LoRA adapter directory (local) for the base `config` -> (`config` with its `model.lora`, our adapter
+    tree: `lora_a` / `lora_b` of every adapted module as nested dicts of float32 arrays). Anything PEFT saved
+    that we cannot run, or a tensor missing, left over or of the wrong shape: one line naming the file."""
+    from safetensors.numpy import load_file
+
+    where = os.path.join(adapter_dir, "adapter_config.json")
+    if not os.path.isfile(where):
+        raise ConfigError(f"--adapter {adapter_dir}: no adapter_config.json (a PEFT adapter directory has one)")
+    with open(where) as f:
+        saved = json.load(f)
+    if saved.get("peft_type") != "LORA":
+        raise ConfigError(f"{where}: peft_type {saved.get('peft_type')!r}; only LORA adapters can be imported")
+    for key, need in UNSUPPORTED:
+        if saved.get(key) not in (need, None) and not (need == {} and not saved.get(key)):
+            raise ConfigError(f"{where}: {key}={saved[key]!r} is not supported (only {need!r})")
+    targets = saved.get("target_modules")
+    targets = [targets] if isinstance(targets, str) else sorted(targets or [])
+    spec = {"rank": saved.get("r"), "alpha": saved.get("lora_alpha"), "dropout": saved.get("lora_dropout", 0.0),
+            "targets": targets}
+    config = config.replace(lora=spec)
+    if problems := lora.problems(config):
+        raise ConfigError(f"{where}: {problems[0]}")
+    weights = os.path.join(adapter_dir, "adapter_model.safetensors")
+    if not os.path.isfile(weights):
+        raise ConfigError(f"--adapter {adapter_dir}: no adapter_model.safetensors (PEFT's safe_serialization)")
+    tensors = load_file(weights)
+    from instructjax.convert.hf import abstract_params
+
+    abstract, tree = abstract_params(config), {}
+    for module, path, layer in _adapted(config):
+        parts = {}
+        for ours, theirs in (("lora_a", "lora_A"), ("lora_b", "lora_B")):
+            name = f"{module}.{theirs}.weight"
+            if name not in tensors:
+                raise ConfigError(f"{weights}: no tensor {name} (adapter_config.json targets {targets})")
+            shape = part_shape(abstract, (*path, ours), layer)
+            value = np.asarray(tensors.pop(name), np.float32).T  # PEFT's [rank, in] / [out, rank]
+            if value.size != int(np.prod(shape)):
+                raise ConfigError(f"{weights}: {name} has shape {value.T.shape}, the base needs "
+                                  f"{int(np.prod(shape))} elements (rank {spec['rank']})")
+            parts[ours] = value.reshape(shape)
+        node = tree
+        for key in path[:-1] if layer is None else path:
+            node = node.setdefault(key, {})
+        if layer is None:
+            node[path[-1]] = parts
+        else:  # a stacked (scanned) layer: collected per layer, stacked below
+            for ours, value in parts.items():
+                node.setdefault(ours, {})[layer] = value
+    if tensors:
+        raise ConfigError(f"{weights}: {len(tensors)} tensors the base has no adapted module for, e.g. "
+                          f"{sorted(tensors)[0]}")
+    return config, _stack(tree)
+
+
+def _stack(tree: dict) -> dict:
+    """An adapter's per-layer dict {layer: array} (scanned layers) as one stacked array."""
+    out = {}
+    for key, value in tree.items():
+        if key in lora.ADAPTERS and isinstance(value, dict):
+            out[key] = np.stack([value[i] for i in sorted(value)])
+        elif isinstance(value, dict):
+            out[key] = _stack(value)
+        else:
+            out[key] = value
     return out
 
 

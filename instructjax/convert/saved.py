@@ -43,10 +43,11 @@ def _has_tokenizer(path: str) -> bool:
 
 
 def import_hf(hf_dir: str, out: str, *, mesh=None, param_dtype: str = "float32",
-              chat_template: str | None = None) -> DecoderConfig:
+              chat_template: str | None = None, adapter: str | None = None) -> DecoderConfig:
     """HF model directory -> params-only instructjax checkpoint at OUT, carrying the model's own tokenizer
     (and its chat template, if it has one, or `chat_template`: a .jinja file or another tokenizer directory's);
-    either may be local or in a bucket."""
+    either may be local or in a bucket. `adapter`: a PEFT LoRA adapter of that model, imported with it (its
+    `model.lora` recorded, its adapters in the params), so a run with `init_from: OUT` continues training it."""
     from instructjax.core.checkpoint import save_params
     from instructjax.data.encoding.tokenizer import Tokenizer
 
@@ -57,6 +58,12 @@ def import_hf(hf_dir: str, out: str, *, mesh=None, param_dtype: str = "float32",
     hf_dir = _local_hf_dir(hf_dir)
     config = read_hf_config(hf_dir)
     params, config = hf_to_params(hf_dir, config, mesh=mesh, param_dtype=param_dtype)
+    if adapter is not None:
+        from instructjax.convert.adapter import read_adapter
+        from instructjax.model import lora
+
+        config, adapters = read_adapter(_local_hf_dir(adapter), config)
+        params = lora.combine(adapters, params)
     template = _chat_template(chat_template) if chat_template else None
     tokenizer = None
     if _has_tokenizer(hf_dir):

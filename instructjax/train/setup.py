@@ -31,8 +31,23 @@ def resolve_model_config(config: RunConfig) -> DecoderConfig:
     if config.model.init_from:
         from instructjax.core.checkpoint import read_meta
 
-        return with_overrides(DecoderConfig.from_dict(read_meta(config.model.init_from)[0]), config.model.overrides)
+        stored = read_meta(config.model.init_from)[0]
+        model = with_overrides(DecoderConfig.from_dict(stored), config.model.overrides)
+        if stored.get("lora") is not None and model.lora != stored["lora"]:
+            raise ConfigError(f"model.init_from={config.model.init_from} holds the LoRA adapters of "
+                              f"{stored['lora']}, not model.lora={model.lora}: leave model.lora out to continue "
+                              "them, or import the base without --adapter")
+        return model
     return preset(config.model.preset, **config.model.overrides)
+
+
+def adapters_in_init(config: RunConfig) -> bool:
+    """Whether `model.init_from` holds LoRA adapters (`instructjax import --adapter`) that the run continues."""
+    if not config.model.init_from:
+        return False
+    from instructjax.core.checkpoint import read_meta
+
+    return read_meta(config.model.init_from)[0].get("lora") is not None
 
 
 def tokenizer_path(config: RunConfig) -> str | None:

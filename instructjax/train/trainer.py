@@ -182,7 +182,10 @@ class Trainer:
                                   f"layout); it cannot resume with the global plan")  # fmt: skip
             self.pipeline.restore(data[0])  # the global position: any number of hosts continues from it
             return params, opt_state, latest, int(meta.get("tokens", 0)), meta.get("metrics_window")
-        if self.config.model.init_from and self.model_config.lora is not None:  # the base, and fresh adapters
+        from instructjax.train.setup import adapters_in_init
+
+        if self.model_config.lora is not None and self.config.model.init_from \
+                and not adapters_in_init(self.config):  # the base, and fresh adapters
             base = load_params_as(self.config.model.init_from, self.model_config,
                                   shardings=lora.frozen(build.param_shardings))
             fresh = jax.jit(lambda: lora.trainable(nnx.to_pure_dict(nnx.state(make_model()))),

@@ -88,3 +88,48 @@ def test_peft_and_the_merged_export_give_our_log_probs(exported):
     assert diff < 2e-3
     assert np.abs(ours - merged_lp).max() < 2e-3
     assert np.abs(ours - base_lp).max() > 1e-2  # the adapters change the model: the comparison means something
+
+
+def test_a_peft_adapter_imports_to_peft_log_probs_and_exports_back(tmp_path):
+    """`import --hf BASE --adapter DIR` of an adapter PEFT made (both A and B random): our model gives PEFT's
+    log-probs, and `export --adapter` writes PEFT's tensors back."""
+    import torch
+    from safetensors.numpy import load_file
+    from transformers import AutoModelForCausalLM
+
+    hf = make_hf(str(tmp_path), "gqa")
+    torch.manual_seed(0)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "up_proj", "down_proj"],
+                             lora_dropout=0.0, init_lora_weights=False)  # B random too: the adapter does something
+    model = peft.get_peft_model(AutoModelForCausalLM.from_pretrained(hf).float(), config).eval()
+    model.save_pretrained(tmp_path / "peft")
+    ids = np.random.default_rng(1).integers(3, 32000, (2, 20)).astype(np.int32)
+    with torch.no_grad():
+        theirs = log_probs(model(torch.tensor(ids, dtype=torch.long)).logits.numpy(), ids)
+        base_lp = log_probs(AutoModelForCausalLM.from_pretrained(hf).float()(torch.tensor(ids)).logits.numpy(), ids)
+
+    import_hf(hf, str(tmp_path / "ours"), adapter=str(tmp_path / "peft"))
+    params, stored, _, _ = load_params(str(tmp_path / "ours"))
+    ours_config = DecoderConfig.from_dict(stored).replace(dtype="float32")
+    assert ours_config.lora == {"rank": 4, "alpha": 8, "dropout": 0.0,
+                                "targets": ["down_proj", "q_proj", "up_proj", "v_proj"]}
+    positions, segments = np.tile(np.arange(20, dtype=np.int32), (2, 1)), np.ones_like(ids)
+    ours = log_probs(np.asarray(with_params(ours_config, params)(ids, positions, segments)), ids)
+    assert np.abs(ours - base_lp).max() > 1e-2
+    assert np.abs(ours - theirs).max() < 2e-3, np.abs(ours - theirs).max()
+
+    export_checkpoint(str(tmp_path / "ours"), str(tmp_path / "back"), adapter=True)
+    saved, back = (load_file(os.path.join(d, "adapter_model.safetensors")) for d in (tmp_path / "peft", tmp_path / "back"))
+    assert sorted(saved) == sorted(back)
+    assert max(np.abs(saved[k] - back[k]).max() for k in saved) < 1e-6
+
+
+def test_an_adapter_of_another_shape_is_one_line(tmp_path):
+    from instructjax.core.errors import ConfigError
+
+    hf = make_hf(str(tmp_path), "gqa")
+    os.makedirs(tmp_path / "peft")
+    json.dump({"peft_type": "LORA", "r": 4, "lora_alpha": 8, "target_modules": ["q_proj"], "use_dora": True},
+              open(tmp_path / "peft" / "adapter_config.json", "w"))
+    with pytest.raises(ConfigError, match="use_dora=True is not supported"):
+        import_hf(hf, str(tmp_path / "ours"), adapter=str(tmp_path / "peft"))
