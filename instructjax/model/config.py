@@ -211,7 +211,10 @@ class DecoderConfig:
 
 
 def param_count(config: DecoderConfig) -> int:
-    """Number of parameters of the model `config` describes (tied embeddings counted once)."""
+    """Number of parameters of the model `config` describes (tied embeddings counted once; a LoRA's adapters
+    included)."""
+    from instructjax.model.lora import adapter_params
+
     e, m, d, h, k = config.hidden_size, config.intermediate_size, config.head_dim, config.num_heads, config.num_kv_heads
     norm = 2 * e if config.norm == "layer" else e
     attention = e * d * (2 * h + 2 * k)  # q, o + k, v
@@ -220,7 +223,7 @@ def param_count(config: DecoderConfig) -> int:
     layer = attention + mlp + (4 if config.sandwich_norms else 2) * norm
     embeddings = config.vocab_size * e * (1 if config.tie_embeddings else 2)
     positions = (config.max_position_embeddings + config.position_offset) * e if config.positions == "learned" else 0
-    return config.num_layers * layer + embeddings + positions + norm  # + final norm
+    return config.num_layers * layer + embeddings + positions + norm + adapter_params(config)  # + final norm
 
 
 # ---- presets: each family's helper sets what its sizes share; each preset names its sizes by field -------------

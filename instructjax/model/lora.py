@@ -94,6 +94,19 @@ def spec(config: Any) -> LoraSpec | None:
                     tuple(modules[t] for t in hf), hf)
 
 
+def adapter_params(config: Any) -> int:
+    """Elements of the adapters `config.lora` adds (PEFT's "trainable params"): rank x (in + out) for each
+    targeted module of each layer; 0 without LoRA."""
+    lora = spec(config)
+    if lora is None:
+        return 0
+    e, m, d = config.hidden_size, config.intermediate_size, config.head_dim
+    q, kv = config.num_heads * d, config.num_kv_heads * d
+    sizes = {"q_proj": (e, q), "k_proj": (e, kv), "v_proj": (e, kv), "o_proj": (q, e), "gate_proj": (e, m),
+             "up_proj": (e, m), "down_proj": (m, e)}
+    return config.num_layers * sum(lora.rank * sum(sizes[t]) for t in lora.targets)
+
+
 # ---- params trees (pure dicts) -----------------------------------------------------------------------------
 
 

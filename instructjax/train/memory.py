@@ -4,8 +4,8 @@ Memory per device comes from the real model and optimizer, never from guesses: t
 `nnx.eval_shape` of the Decoder the trainer builds, the optimizer state is `jax.eval_shape` of
 `tx.init` on it, and each array's per-device shard is its shape divided by the mesh axes that
 `core.sharding.logical_to_spec` assigns it on an `AbstractMesh` of the target topology (no devices
-needed). Gradients are float32 and sharded like the parameters (one more copy as the accumulator
-when `optim.micro_batches > 1`). The step also holds the sharded parameters cast to the compute dtype (XLA hoists
+needed). Gradients are float32 and sharded like the parameters (one more copy as the accumulator when
+`optim.micro_batches > 1`); with `model.lora` they and AdamW's state are the adapters' alone. The step also holds the sharded parameters cast to the compute dtype (XLA hoists
 the cast out of the layer loop; seen in the TPU compiler's buffers, `plan --compile`).
 
 Activations are an estimate, per device, for one micro-batch of `r` rows of `s` tokens (`r` = global
@@ -62,6 +62,7 @@ from jax.sharding import AbstractMesh, PartitionSpec
 from instructjax.core import sharding
 from instructjax.core.config import RunConfig
 from instructjax.core.optimizer import adamw
+from instructjax.model import lora
 from instructjax.model.config import DecoderConfig
 from instructjax.train.topology import Topology
 
@@ -85,7 +86,8 @@ def device_memory(model: DecoderConfig, sizes: dict[str, int], *, rows: int, seq
     (the plan's figures; `activation_bytes`, `state_memory`); `onchip`: the device's memory beside HBM
     (`onchip_bytes`), which takes the loss's logits where they fit."""
     memory = state_memory(model, sizes, clip=clip)
-    memory["grad_bytes"] = memory["param_bytes"] * (2 if micro_batches > 1 else 1)  # + the accumulator
+    # float32 gradients of what trains (a LoRA's adapters alone), + the accumulator
+    memory["grad_bytes"] = memory["trained_bytes"] * (2 if micro_batches > 1 else 1)
     # the parameters cast to the compute dtype once for the whole step (XLA hoists the cast out of the layer loop:
     # the TPU compiler's buffers hold a bfloat16 copy of every sharded float32 parameter)
     compute, stored = np.dtype(model.dtype).itemsize, np.dtype(model.param_dtype).itemsize
@@ -162,7 +164,12 @@ def _abstract_state(model: DecoderConfig, clip: bool) -> tuple[Any, Any, Any]:
                                           is_leaf=lambda x: isinstance(x, nnx.Variable)))
     params = nnx.to_pure_dict(state)
     tx = adamw(optax.constant_schedule(1.0), max_grad_norm=1.0 if clip else None)  # a schedule, as trained
-    return params, names, jax.eval_shape(tx.init, params), tx
+    return params, names, jax.eval_shape(tx.init, _trained(model, params)), tx
+
+
+def _trained(model: DecoderConfig, tree: Any) -> Any:
+    """The part of a params-shaped tree that gets gradients and AdamW state: the LoRA adapters alone, or all."""
+    return lora.trainable(tree) if model.lora is not None else tree
 
 
 def state_memory(model: DecoderConfig, sizes: dict[str, int], clip: bool = True) -> dict[str, int]:
@@ -173,7 +180,7 @@ def state_memory(model: DecoderConfig, sizes: dict[str, int], clip: bool = True)
     specs = jax.tree_util.tree_map_with_path(
         lambda path, a, n: _Spec(sharding.logical_to_spec(n.spec, mesh, a.shape, what=sharding._path_str(path))
                                  if n.spec else PartitionSpec()), params, names, is_leaf=is_spec)
-    opt_specs = optax.tree_utils.tree_map_params(tx, lambda _, s: s, opt, specs,
+    opt_specs = optax.tree_utils.tree_map_params(tx, lambda _, s: s, opt, _trained(model, specs),
                                                  transform_non_params=lambda _: _Spec(PartitionSpec()))
     leaves = lambda tree: jax.tree.leaves(tree, is_leaf=is_spec)  # noqa: E731
 
@@ -184,9 +191,10 @@ def state_memory(model: DecoderConfig, sizes: dict[str, int], clip: bool = True)
 
     p_local, p_global = total(params, specs)
     o_local, o_global = total(opt, opt_specs)
+    t_local, _ = total(_trained(model, params), _trained(model, specs))
     n_params = sum(math.prod(a.shape) for a in leaves(params))
     return {"params": n_params, "param_bytes": p_local, "param_bytes_global": p_global,
-            "opt_bytes": o_local, "opt_bytes_global": o_global}
+            "opt_bytes": o_local, "opt_bytes_global": o_global, "trained_bytes": t_local}
 
 
 # [tokens, intermediate] arrays one MLP keeps for its backward pass, by (activation, gated): the projections'

@@ -77,6 +77,20 @@ def test_tiny_config_compiles_for_a_slice(capsys, topology):
         assert shape["largest_all_reduce_bytes"] < chunk_bytes, shape
 
 
+def test_a_lora_step_is_within_10_percent_of_plan(capsys):
+    """The 7B Tulu config with a LoRA of every linear module, built for a v4-8 at a small batch (the frozen base and
+    its compute copy are most of the step): plan counts gradients and AdamW state for the adapters alone, as the
+    compiled step holds them (a full fine-tune's state would put plan near 3x the compiler)."""
+    capsys.readouterr()
+    code = main(["plan", "--config", str(QUICKSTART.parent / "seed004_tulu" / "tulu_human_gpt_llama2_7b.yaml"),
+                 "--topology", "v4-8", "--compile", "--json", "data.global_batch=4", "data.seq_len=512", "mesh.data=1",
+                 "mesh.fsdp=-1", "model.lora={rank: 8, targets: all-linear}"])
+    report = json.loads(capsys.readouterr().out)
+    assert code == 0
+    for shape in report["shapes"]:
+        assert shape["plan_bytes"] == pytest.approx(shape["xla_bytes"], rel=0.10), shape
+
+
 def test_the_step_is_built_for_the_slices_hosts(capsys):
     """A v4-16 is 8 chips on 2 hosts: with tensor parallelism over all 8 (one data-parallel device) and per_step
     packing, a step's rows must still split over the 2 hosts, so 2 examples make 2 rows of 256 where one host would
