@@ -168,13 +168,14 @@ def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", 
     """instructjax checkpoint (RUN_DIR[/STEP]) -> HF directory: safetensors, configs, and the tokenizer and
     chat template the run trained with (`tokenizer` / `template` override them). A LoRA run's adapters are
     merged into the kernels, or with `adapter` written alone as a PEFT adapter (`convert.adapter`)."""
-    from instructjax.core.checkpoint import load_params
+    from instructjax.core.checkpoint import read_meta
     from instructjax.model import lora
 
     storage.check_bucket(out, "--out")
     directory, step = split_checkpoint_path(checkpoint)
-    params, config, run_config, step = load_params(directory, step)
-    config = DecoderConfig.from_dict(config)
+    stored, run_config, step = read_meta(directory, step)
+    config = DecoderConfig.from_dict(stored)
+    params = load_params_as(directory, config, step=step)  # a LoRA run's adapters with their base
     if adapter:
         from instructjax.convert.adapter import write_adapter
 
@@ -263,12 +264,37 @@ def relayout_layers(params: dict, num_layers: int, stacked: bool) -> dict:
 
 def load_params_as(directory: str, config: DecoderConfig, *, step: int | None = None, shardings=None) -> dict:
     """A checkpoint's params in the layout `config` runs with, placed by `shardings`. Stored in the other
-    layout (`model.scan_layers` changed), they are read to the host, restacked and then placed."""
-    import jax
-
-    from instructjax.core.checkpoint import load_params, read_meta
+    layout (`model.scan_layers` changed), they are read to the host, restacked and then placed. A LoRA run's
+    checkpoint holds its adapters alone: its base (`init_from`, checked to be the step it trained on) is read too."""
+    from instructjax.core.checkpoint import read_base, read_meta
+    from instructjax.model import lora
 
     stored, _, step = read_meta(directory, step)  # the step to read, once: the newest intact one by default
+    base = read_base(directory, step)
+    if base is None:
+        return _load_own(directory, step, stored, config, shardings)
+    adapters = _load_own(directory, step, stored, config, None if shardings is None else lora.trainable(shardings))
+    return lora.combine(adapters, load_base(base, config, shardings))
+
+
+def load_base(base: dict, config: DecoderConfig, shardings=None) -> dict:
+    """The frozen parameters a LoRA checkpoint's adapters were trained on (its `base`: `core.checkpoint.
+    base_reference`), in `config`'s layout, placed by the whole model's `shardings`."""
+    from instructjax.core.checkpoint import read_meta
+    from instructjax.model import lora
+
+    with_adapters = read_meta(base["checkpoint"], base["step"])[0].get("lora") is not None  # `import --adapter`'s
+    if shardings is not None and not with_adapters:
+        shardings = lora.frozen(shardings)
+    return lora.frozen(load_params_as(base["checkpoint"], config, step=base["step"], shardings=shardings))
+
+
+def _load_own(directory: str, step: int, stored: dict, config: DecoderConfig, shardings) -> dict:
+    """The params a checkpoint step itself holds, in `config`'s layout, placed by `shardings`."""
+    import jax
+
+    from instructjax.core.checkpoint import load_params
+
     if stored["scan_layers"] == config.scan_layers:
         return load_params(directory, step, shardings=shardings)[0]
     params = relayout_layers(load_params(directory, step)[0], config.num_layers, config.scan_layers)
@@ -281,12 +307,12 @@ def load_model(path: str, *, mesh=None, dtype: str = "float32", step: int | None
     if is_hf_dir(path):
         params, config = hf_to_params(_local_hf_dir(path), mesh=mesh)
     else:
-        from instructjax.core.checkpoint import load_params, read_meta
+        from instructjax.core.checkpoint import read_meta
 
         directory, path_step = split_checkpoint_path(path)
         step = path_step if step is None else step
         model_config, _, step = read_meta(directory, step)  # the newest intact step unless one is named
         config = DecoderConfig.from_dict(model_config)
         shardings = param_shardings(config, mesh) if mesh is not None else None
-        params = load_params(directory, step, shardings=shardings)[0]
+        params = load_params_as(directory, config, step=step, shardings=shardings)
     return with_params(config.replace(dtype=dtype), params)

@@ -311,6 +311,37 @@ def read_meta(directory: str | os.PathLike, step: int | None = None) -> tuple[di
     return model_config, meta.get("run_config"), step
 
 
+def base_reference(directory: str | os.PathLike) -> dict:
+    """What a checkpoint layered on `directory` records of it (a LoRA run's adapters saved alone): the run dir,
+    its newest intact step and that step's manifest digest."""
+    path = checkpoints_dir(directory)
+    step = integrity.intact_step(path)
+    return {"checkpoint": str(directory), "step": step, "digest": integrity.manifest_digest(path / str(step))}
+
+
+def read_base(directory: str | os.PathLike, step: int | None = None) -> dict | None:
+    """The base a checkpoint's parameters are layered on (`base_reference`, saved in its meta), checked to be the
+    same step it was trained on (one line otherwise); None for a checkpoint that holds all its parameters."""
+    path = checkpoints_dir(directory)
+    step = integrity.intact_step(path, step)
+    base = _read(path / str(step), meta=ocp.args.JsonRestore())["meta"].get("base")
+    if base is not None:
+        check_base(base, f"{directory} step {step}")
+    return base
+
+
+def check_base(base: dict, where: str) -> None:
+    """One line unless `base` (a `base_reference`) still names the step it was made from."""
+    try:
+        now = integrity.manifest_digest(checkpoints_dir(base["checkpoint"]) / str(base["step"]))
+    except OSError:
+        now = None
+    if now != base["digest"]:
+        found = "is gone" if now is None else "now holds another model"
+        raise ConfigError(f"{where} holds LoRA adapters trained on {base['checkpoint']} step {base['step']}, which "
+                          f"{found}: put that base back (or start a new run on the new one)")
+
+
 def read_tokenizer(directory: str | os.PathLike, step: int | None = None) -> dict | None:
     """The `tokenizer` item saved with a checkpoint ({files, template}), or None when it carries none
     (`data.tokenizer.materialize(item["files"])` makes a tokenizer directory of it)."""

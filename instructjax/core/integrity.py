@@ -98,6 +98,14 @@ def write_manifest(step_dir, files: dict[str, list]) -> None:
     storage.write_bytes(storage.path(step_dir) / MANIFEST, xxhash.xxh3_128_hexdigest(body).encode() + b"\n" + body)
 
 
+def manifest_digest(step_dir) -> str | None:
+    """The step's identity: its manifest's own xxh3 digest (over every file's size and digest); None unsealed."""
+    try:
+        return (storage.path(step_dir) / MANIFEST).read_bytes().partition(b"\n")[0].decode()
+    except OSError:
+        return None
+
+
 def has_manifest(step_dir) -> bool:
     return (storage.path(step_dir) / MANIFEST).is_file()
 

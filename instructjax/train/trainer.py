@@ -32,7 +32,7 @@ import yaml
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from instructjax.convert.saved import load_params_as
+from instructjax.convert.saved import load_base, load_params_as
 from instructjax.core import checkpoint as ckpt
 from instructjax.core import hosts, integrity, runlock, sharding, storage, tracking
 from instructjax.core.config import RunConfig, to_dict, training_changes, training_digest
@@ -126,6 +126,9 @@ class Trainer:
         if needed > memory.usable_bytes(here):  # before anything compiles
             raise ConfigError(self.out_of_memory)  # also said for XLA's own refusal
         self.checkpointer = config.checkpoint.build(self.run_dir, self.tokenizer_item)
+        # a LoRA on init_from saves its adapters alone, with the base they were trained on (checked on resume)
+        self.base = ckpt.base_reference(self.config.model.init_from) \
+            if self.model_config.lora is not None and self.config.model.init_from else None
         latest = self.checkpointer.latest_step()
         if not resume and latest is not None:
             raise ConfigError(f"{self.run_dir} already has checkpoints: pass --resume, or choose another run_dir")
@@ -176,7 +179,11 @@ class Trainer:
         init_opt = jax.jit(self.tx.init, out_shardings=build.opt_shardings)
         if self.resume_from is not None:
             latest, params, opt_state, data, meta = self.checkpointer.restore_latest(  # skips a torn newest step
-                build.params, build.opt_state)
+                lora.trainable(build.params) if self.base else build.params, build.opt_state)
+            if self.base:  # the adapters, on the base they were trained on
+                base = meta.get("base") or {}
+                ckpt.check_base(base, f"{self.run_dir} step {latest}")
+                params = lora.combine(params, load_base(base, self.model_config, build.param_shardings))
             if not (data == data[0]).all():
                 raise ConfigError(f"checkpoint step {latest} holds one data position per host (an older per-host "
                                   f"layout); it cannot resume with the global plan")  # fmt: skip
@@ -204,6 +211,8 @@ class Trainer:
         meta = {"run_config": to_dict(self.config), "model_config": dataclasses.asdict(self.model_config),
                 "tokens": tokens, "metrics_window": window.state() if window is not None else None}  # fmt: skip
         data = ckpt.gather_data_state(position.to_array())
+        if self.base:
+            params, meta["base"] = lora.trainable(params), self.base
         self.checkpointer.save(step, params, opt_state, data, meta)
         if jax.process_index() == 0:
             self._record_mosaics()

@@ -107,3 +107,60 @@ def test_bad_lora_is_one_line():
     with pytest.raises(ConfigError, match="out_proj, fc1, fc2"):
         preset("tiny", family="opt", lora={"rank": 2, "targets": ["gate_proj"]})
     assert lora.spec(lora_config(targets="all-linear")).targets == tuple(lora.LLAMA_MODULES)
+
+
+def test_a_lora_run_saves_its_adapters_alone_and_resumes_on_its_base(tmp_path):
+    """A LoRA on an imported model: its checkpoints hold the adapters alone and the base they were trained on;
+    stopped at step 2 and resumed, steps 3-4 give the losses of the run that went straight on; the export merges
+    the adapters onto the base (transformers' logits equal ours); a base replaced under the run is one line."""
+    import json
+    import shutil
+
+    import torch
+    import transformers
+    import yaml
+    from helpers.models import make_hf
+
+    from instructjax import cli
+    from instructjax.convert.saved import load_model
+    from instructjax.core.checkpoint import checkpoints_dir, load_params
+    from instructjax.train.trainer import Trainer
+
+    hf = make_hf(str(tmp_path), "gqa")
+    base = str(tmp_path / "base")
+    assert cli.main(["import", "--hf", hf, "--out", base]) == 0
+
+    def train(name: str, stop_at: int | None, *extra: str) -> list[float]:
+        config = {"run_dir": str(tmp_path / name), "max_steps": 4, "log_every": 1, "seed": 0,
+                  "model": {"init_from": base, "dtype": "float32", "lora": {"rank": 4, "alpha": 8}},
+                  "data": {"mixture": "acp_ACP_builtin", "seq_len": 256, "global_batch": 8, "pack_window": 256},
+                  "optim": {"lr": 1e-2, "warmup_ratio": 0.0}, "checkpoint": {"every": 2, "async_save": False}}
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+        if stop_at is not None:  # stopped after saving step `stop_at`, as a preempted run is
+            Trainer(load_config(str(tmp_path / f"{name}.yaml"))).run(stop_at=stop_at)
+            return []
+        assert cli.main(["train", "--config", str(tmp_path / f"{name}.yaml"), *extra]) == 0
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        return [r["loss"] for r in map(json.loads, lines) if "loss" in r]
+
+    straight = train("straight", None)
+    train("stopped", 2)
+    saved, _, _, _ = load_params(str(tmp_path / "stopped"))
+    paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(saved)[0]]
+    assert paths and all(p[-1].key in lora.ADAPTERS for p in paths)  # the base is not saved again
+    resumed = train("stopped", None, "--resume")
+    np.testing.assert_allclose(resumed[-2:], straight[-2:], rtol=1e-6)
+
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "straight"), "--out", str(tmp_path / "merged")]) == 0
+    ids = np.random.default_rng(0).integers(3, 32000, (1, 16)).astype(np.int32)
+    ours = np.asarray(load_model(str(tmp_path / "straight"))(ids, np.arange(16, dtype=np.int32)[None], np.ones_like(ids)))
+    with torch.no_grad():
+        theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(torch.tensor(ids)).logits
+        plain = transformers.AutoModelForCausalLM.from_pretrained(hf)(torch.tensor(ids)).logits
+    assert np.abs(ours - theirs.numpy()).max() < 1e-3 < np.abs(ours - plain.numpy()).max()
+
+    shutil.rmtree(base)  # another model where the base was
+    assert cli.main(["import", "--hf", make_hf(str(tmp_path / "other"), "gqa", seed=1), "--out", base]) == 0
+    shutil.rmtree(checkpoints_dir(tmp_path / "stopped") / "4")
+    with pytest.raises(ConfigError, match="now holds another model"):
+        load_params_of_run = load_model(str(tmp_path / "stopped"))  # noqa: F841
