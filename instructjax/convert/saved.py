@@ -183,6 +183,10 @@ def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", 
         with storage.writing_dir(out) as local:
             write_adapter(params, config, local, base=base, dtype=np_dtype(dtype, config.param_dtype))
         return config
+    if config.quantize_base != "none":  # the base as the QLoRA run computed with it
+        from instructjax.model import quantize
+
+        params, config = quantize.dequantized(params, config), config.replace(quantize_base="none")
     if config.lora is not None:  # the merged model: W + A B alpha / rank, as PEFT's merge_and_unload
         params, config = lora.merged(params, config), config.replace(lora=None)
     tok, chat_template = saved_tokenizer(directory, step=step, tokenizer=tokenizer, template=template)
@@ -274,19 +278,31 @@ def load_params_as(directory: str, config: DecoderConfig, *, step: int | None = 
     if base is None:
         return _load_own(directory, step, stored, config, shardings)
     adapters = _load_own(directory, step, stored, config, None if shardings is None else lora.trainable(shardings))
-    return lora.combine(adapters, load_base(base, config, shardings))
+    return lora.combine(adapters, load_base(base, config, shardings)[0])
 
 
-def load_base(base: dict, config: DecoderConfig, shardings=None) -> dict:
-    """The frozen parameters a LoRA checkpoint's adapters were trained on (its `base`: `core.checkpoint.
-    base_reference`), in `config`'s layout, placed by the whole model's `shardings`."""
+def load_base(base: dict, config: DecoderConfig, shardings=None) -> tuple[dict, dict | None]:
+    """(the frozen parameters, the adapters or None) of the checkpoint a LoRA run starts from or was trained on
+    (`base`: `core.checkpoint.base_reference`), in `config`'s layout, placed by the whole model's `shardings`; the
+    adapters are there when it was imported with them (`import --adapter`). Under `model.quantize_base` the base is
+    read to the host and its projections quantized one kernel at a time on the devices (`model.quantize`)."""
+    import jax
+
     from instructjax.core.checkpoint import read_meta
-    from instructjax.model import lora
+    from instructjax.model import lora, quantize
 
-    with_adapters = read_meta(base["checkpoint"], base["step"])[0].get("lora") is not None  # `import --adapter`'s
-    if shardings is not None and not with_adapters:
-        shardings = lora.frozen(shardings)
-    return lora.frozen(load_params_as(base["checkpoint"], config, step=base["step"], shardings=shardings))
+    with_adapters = read_meta(base["checkpoint"], base["step"])[0].get("lora") is not None
+    part = lambda select, tree: None if tree is None else select(tree)  # noqa: E731
+    if config.quantize_base != "none":
+        host = load_params_as(base["checkpoint"], config.replace(quantize_base="none"), step=base["step"])
+        frozen = quantize.quantized(lora.frozen(host), config, part(lora.frozen, shardings))
+        adapters = part(lora.trainable, host) if with_adapters else None
+        if adapters is not None and shardings is not None:
+            adapters = jax.device_put(adapters, lora.trainable(shardings))
+        return frozen, adapters
+    loaded = load_params_as(base["checkpoint"], config, step=base["step"],
+                            shardings=shardings if with_adapters else part(lora.frozen, shardings))
+    return lora.frozen(loaded), lora.trainable(loaded) if with_adapters else None
 
 
 def _load_own(directory: str, step: int, stored: dict, config: DecoderConfig, shardings) -> dict:

@@ -118,6 +118,7 @@ class DecoderConfig:
     pad_id: int | None = None
     initializer_range: float = 0.02
     lora: dict[str, Any] | None = None  # model.lora: {rank, alpha, dropout, targets} (model/lora.py)
+    quantize_base: str = "none"  # QLoRA: the frozen base's projections stored as nf4 or int8 (model/quantize.py)
     extra: dict[str, Any] = field(default_factory=dict, compare=False)  # unmapped HF keys, kept for export
 
     def __post_init__(self):
@@ -172,8 +173,9 @@ class DecoderConfig:
             if value is not None and not value > 0:
                 problems.append(f"{name}={value!r} must be positive (or null)")
         from instructjax.model.lora import problems as lora_problems
+        from instructjax.model.quantize import problems as quantize_problems
 
-        return problems + lora_problems(self)
+        return problems + lora_problems(self) + quantize_problems(self)
 
     def __hash__(self) -> int:  # nnx keeps the config in the (hashed) graph definition
         return hash(json.dumps({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare},

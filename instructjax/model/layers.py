@@ -1,5 +1,6 @@
 """The decoder's building blocks in Flax NNX: parameters with logical axis names (`param`), a projection
-(`Dense`, with LoRA adapters where `config.lora` targets it: model/lora.py), the embedding table (`Embed`, also the tied output projection) and the family's norm (`Norm`). Compute
+(`Dense`, with LoRA adapters where `config.lora` targets it: model/lora.py; its kernel stored quantized under
+`config.quantize_base`: model/quantize.py), the embedding table (`Embed`, also the tied output projection) and the family's norm (`Norm`). Compute
 runs in `config.dtype` over `config.param_dtype` parameters."""
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from instructjax.model import lora
+from instructjax.model import lora, quantize
 from instructjax.model.config import DecoderConfig
 from instructjax.model.lookup import lookup
 
@@ -40,6 +41,12 @@ class Dense(nnx.Module):
                  name: str = "", rngs: nnx.Rngs):
         in_shape, out_shape = tuple(np.atleast_1d(in_shape)), tuple(np.atleast_1d(out_shape))
         self.kernel = param(rngs, in_shape + out_shape, axes, config)
+        self.quantized = None  # QLoRA: a frozen base projection kept as codes + absmax (model/quantize.py)
+        if config.quantize_base != "none" and name in lora.family_modules(config).values():
+            codes, absmax = quantize.quantize(self.kernel[...], config.quantize_base)
+            self.quantized, self.kernel = config.quantize_base, None
+            self.kernel_codes = nnx.Param(codes, out_sharding=axes, eager_sharding=False)
+            self.kernel_absmax = nnx.Param(absmax, out_sharding=axes, eager_sharding=False)
         self.bias = param(rngs, out_shape, axes[len(in_shape):], config, fill=0.0) if bias else None
         self.n_in = len(in_shape)
         self.dtype = jnp.dtype(config.dtype)
@@ -57,7 +64,10 @@ class Dense(nnx.Module):
         """One 2-D matmul [tokens, in] @ [in, out] with batch and length flattened into tokens: the same
         maths as a tensordot, but XLA:CPU runs the weight gradient as one plain GEMM instead of
         transposing activations first (benchmarks/RESULTS.md)."""
-        kernel = self.kernel[...].astype(self.dtype)
+        if self.quantized is None:
+            kernel = self.kernel[...].astype(self.dtype)
+        else:
+            kernel = quantize.dequantize(self.kernel_codes[...], self.kernel_absmax[...], self.quantized, self.dtype)
         in_size = math.prod(kernel.shape[: self.n_in])
         lead = x.shape[: x.ndim - self.n_in]
         flat = x.astype(self.dtype).reshape(-1, in_size)

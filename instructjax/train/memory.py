@@ -62,7 +62,7 @@ from jax.sharding import AbstractMesh, PartitionSpec
 from instructjax.core import sharding
 from instructjax.core.config import RunConfig
 from instructjax.core.optimizer import adamw
-from instructjax.model import lora
+from instructjax.model import lora, quantize
 from instructjax.model.config import DecoderConfig
 from instructjax.train.topology import Topology
 
@@ -91,7 +91,7 @@ def device_memory(model: DecoderConfig, sizes: dict[str, int], *, rows: int, seq
     # the parameters cast to the compute dtype once for the whole step (XLA hoists the cast out of the layer loop:
     # the TPU compiler's buffers hold a bfloat16 copy of every sharded float32 parameter)
     compute, stored = np.dtype(model.dtype).itemsize, np.dtype(model.param_dtype).itemsize
-    memory["copy_bytes"] = memory["param_bytes"] * compute // stored if compute != stored else 0
+    memory["copy_bytes"] = memory["float_bytes"] * compute // stored if compute != stored else 0  # not quantized
     per_device = -(-rows // (micro_batches * sizes["data"] * sizes["fsdp"]))
     loss_tokens = -(-loss_chunk // (sizes["data"] * sizes["fsdp"])) if loss_chunk else 0  # a chunk is split over rows
     acts = activation_bytes(model, per_device, seq_len, sizes["tensor"], platform, loss_tokens,
@@ -167,6 +167,15 @@ def _abstract_state(model: DecoderConfig, clip: bool) -> tuple[Any, Any, Any]:
     return params, names, jax.eval_shape(tx.init, _trained(model, params)), tx
 
 
+def _weights(model: DecoderConfig, path: tuple, array: Any) -> int:
+    """The model weights one array of the params tree holds (a quantized kernel's: its codes', two a byte for
+    nf4; its absmax none)."""
+    name = getattr(path[-1], "key", path[-1])
+    if name == quantize.ABSMAX:
+        return 0
+    return math.prod(array.shape) * (2 if name == quantize.CODES and model.quantize_base == "nf4" else 1)
+
+
 def _trained(model: DecoderConfig, tree: Any) -> Any:
     """The part of a params-shaped tree that gets gradients and AdamW state: the LoRA adapters alone, or all."""
     return lora.trainable(tree) if model.lora is not None else tree
@@ -192,9 +201,10 @@ def state_memory(model: DecoderConfig, sizes: dict[str, int], clip: bool = True)
     p_local, p_global = total(params, specs)
     o_local, o_global = total(opt, opt_specs)
     t_local, _ = total(_trained(model, params), _trained(model, specs))
-    n_params = sum(math.prod(a.shape) for a in leaves(params))
+    f_local, _ = total(quantize.without_quantized(params), quantize.without_quantized(specs))
+    n_params = sum(_weights(model, path, a) for path, a in jax.tree_util.tree_flatten_with_path(params)[0])
     return {"params": n_params, "param_bytes": p_local, "param_bytes_global": p_global,
-            "opt_bytes": o_local, "opt_bytes_global": o_global, "trained_bytes": t_local}
+            "opt_bytes": o_local, "opt_bytes_global": o_global, "trained_bytes": t_local, "float_bytes": f_local}
 
 
 # [tokens, intermediate] arrays one MLP keeps for its backward pass, by (activation, gated): the projections'
@@ -243,6 +253,8 @@ def activation_bytes(model: DecoderConfig, rows: int, seq_len: int, tensor: int,
     # the recomputed layer's backward: on a TPU as XLA:TPU's buffers measure it (`tpu_backward`); elsewhere the
     # forward's arrays once (XLA:CPU's buffers, tests/train/test_plan.py)
     backward = tpu_backward(model, s * r, t) if platform == "tpu" else full_layer
+    if model.quantize_base != "none":  # a quantized layer's kernels dequantized in float32 before their cast
+        backward += 4 * (h * d * (2 * a + 2 * k) + (mlp_in + 1) * h * m) / t
     recompute = 0 if model.remat == "none" else backward
     tokens = s * r if not loss_tokens else min(loss_tokens, s * r)
     logits = (c + 4 if c < 4 else c) * tokens * model.vocab_size / t  # float32 compute: one array

@@ -41,15 +41,6 @@ def resolve_model_config(config: RunConfig) -> DecoderConfig:
     return preset(config.model.preset, **config.model.overrides)
 
 
-def adapters_in_init(config: RunConfig) -> bool:
-    """Whether `model.init_from` holds LoRA adapters (`instructjax import --adapter`) that the run continues."""
-    if not config.model.init_from:
-        return False
-    from instructjax.core.checkpoint import read_meta
-
-    return read_meta(config.model.init_from)[0].get("lora") is not None
-
-
 def tokenizer_path(config: RunConfig) -> str | None:
     """The run's tokenizer path (None: the built-in default, for a from-scratch preset)."""
     if config.tokenizer:

@@ -183,21 +183,18 @@ class Trainer:
             if self.base:  # the adapters, on the base they were trained on
                 base = meta.get("base") or {}
                 ckpt.check_base(base, f"{self.run_dir} step {latest}")
-                params = lora.combine(params, load_base(base, self.model_config, build.param_shardings))
+                params = lora.combine(params, load_base(base, self.model_config, build.param_shardings)[0])
             if not (data == data[0]).all():
                 raise ConfigError(f"checkpoint step {latest} holds one data position per host (an older per-host "
                                   f"layout); it cannot resume with the global plan")  # fmt: skip
             self.pipeline.restore(data[0])  # the global position: any number of hosts continues from it
             return params, opt_state, latest, int(meta.get("tokens", 0)), meta.get("metrics_window")
-        from instructjax.train.setup import adapters_in_init
-
-        if self.model_config.lora is not None and self.config.model.init_from \
-                and not adapters_in_init(self.config):  # the base, and fresh adapters
-            base = load_params_as(self.config.model.init_from, self.model_config,
-                                  shardings=lora.frozen(build.param_shardings))
-            fresh = jax.jit(lambda: lora.trainable(nnx.to_pure_dict(nnx.state(make_model()))),
-                            out_shardings=lora.trainable(build.param_shardings))()
-            params = lora.combine(fresh, base)
+        if self.base is not None:  # LoRA on init_from: its frozen base (quantized where asked) and adapters
+            frozen, adapters = load_base(self.base, self.model_config, build.param_shardings)
+            if adapters is None:  # fresh ones
+                adapters = jax.jit(lambda: lora.trainable(nnx.to_pure_dict(nnx.state(make_model()))),
+                                   out_shardings=lora.trainable(build.param_shardings))()
+            params = lora.combine(adapters, frozen)
         elif self.config.model.init_from:
             params = load_params_as(self.config.model.init_from, self.model_config, shardings=build.param_shardings)
         else:

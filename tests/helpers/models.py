@@ -18,6 +18,7 @@ CONFIGS = {
     "mha": dict(num_key_value_heads=4),
     "gqa": dict(num_key_value_heads=2, rope_theta=500000.0),
     "tied": dict(num_key_value_heads=1, tie_word_embeddings=True),
+    "blocks64": dict(hidden_size=128, intermediate_size=256, num_attention_heads=2, num_key_value_heads=1),  # QLoRA
     "llama3_rope": dict(num_key_value_heads=2, rope_scaling={
         "rope_type": "llama3", "factor": 4.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
         "original_max_position_embeddings": 32}),
