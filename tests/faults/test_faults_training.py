@@ -303,7 +303,8 @@ def test_a_second_trainer_stops_before_writing_and_a_dead_ones_lock_is_taken_ove
     import yaml
 
     run_dir = tmp_path / "run"
-    first = start(run_dir, env, faults={"FAULT_STEP_SECONDS": "1.5"})
+    # the first holds step 4's save open: alive, holding the lock, however slowly the second starts
+    first = start(run_dir, env, faults={"FAULT_HOLD_SAVE_STEP": "4", "FAULT_MARKER": str(tmp_path / "held")})
     try:
         deadline = time.monotonic() + TIMEOUT
         while 2 not in complete_steps(run_dir):
