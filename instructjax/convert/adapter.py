@@ -73,7 +73,7 @@ def read_adapter(adapter_dir: str, config: DecoderConfig) -> tuple[DecoderConfig
     if saved.get("peft_type") != "LORA":
         raise ConfigError(f"{where}: peft_type {saved.get('peft_type')!r}; only LORA adapters can be imported")
     for key, need in UNSUPPORTED:
-        if saved.get(key) not in (need, None) and not (need == {} and not saved.get(key)):
+        if saved.get(key) not in (need, None, {}):  # PEFT writes unset patterns as {}
             raise ConfigError(f"{where}: {key}={saved[key]!r} is not supported (only {need!r})")
     targets = saved.get("target_modules")
     targets = [targets] if isinstance(targets, str) else sorted(targets or [])

@@ -181,7 +181,10 @@ class Trainer:
             latest, params, opt_state, data, meta = self.checkpointer.restore_latest(  # skips a torn newest step
                 lora.trainable(build.params) if self.base else build.params, build.opt_state)
             if self.base:  # the adapters, on the base they were trained on
-                base = meta.get("base") or {}
+                base = meta.get("base")
+                if base is None:
+                    raise ConfigError(f"{self.run_dir} step {latest} holds the whole model, not LoRA adapters on "
+                                      f"model.init_from: resume it with the version of instructjax that wrote it")
                 ckpt.check_base(base, f"{self.run_dir} step {latest}")
                 params = lora.combine(params, load_base(base, self.model_config, build.param_shardings)[0])
             if not (data == data[0]).all():

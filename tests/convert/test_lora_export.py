@@ -124,7 +124,7 @@ def test_a_peft_adapter_imports_to_peft_log_probs_and_exports_back(tmp_path):
     assert max(np.abs(saved[k] - back[k]).max() for k in saved) < 1e-6
 
 
-def test_an_adapter_of_another_shape_is_one_line(tmp_path):
+def test_an_adapter_we_cannot_run_is_one_line(tmp_path):
     from instructjax.core.errors import ConfigError
 
     hf = make_hf(str(tmp_path), "gqa")
