@@ -18,6 +18,7 @@ tulu.py), never from the run's name. The model a row is of is the run's `model.p
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -287,6 +288,7 @@ def seed003() -> list[Experiment]:
                                       {"dataset": "alpaca_gpt4", "method": "mosaic", "ablation": key, "value": value}))
     out += [_table3_experiment(preset, dataset, method) for preset in SEED003_TABLE3_MODELS
             for dataset in SEED003_TABLE3_DATA for method in ("baseline", "mosaic")]
+    out.append(_with_adapter(_table3_experiment("llama3-8b", "magpie", "mosaic"), "lora", SEED003_LORA))
     return out
 
 
@@ -340,7 +342,40 @@ def seed004() -> list[Experiment]:
                              {"family": "seed004", "data": what})
             out.append(Experiment(f"{group}/{name}.yaml", f"seed 004, {table}, {preset}: {mixture}", config,
                                   SEED004_NOTE, {"preset": preset, "mixture": mixture}))
+            if (mixture, preset) == ("tulu_human_gpt", "llama1-65b"):
+                out += [_with_adapter(out[-1], "lora", SEED004_LORA), _with_adapter(out[-1], "qlora", SEED004_QLORA)]
     return out
+
+
+# ---- LoRA and QLoRA variants (none of the papers trains adapters: the recipes are their authors' code's) ---------
+
+ALL_LINEAR = "all-linear"  # q, k, v, o, gate, up and down: open-instruct's and LLaMA-Factory's `all`
+SEED003_LORA = {  # LLaMA-Factory (seed 003's trainer), examples/train_lora/llama3_lora_sft.yaml
+    "model": {"lora": {"rank": 8, "alpha": 16, "dropout": 0.0, "targets": ALL_LINEAR}}, "optim": {"lr": 1e-4},
+    "note": "LoRA (not in the paper): LLaMA-Factory's llama3_lora_sft.yaml, rank 8, alpha 16, every linear module,\n"
+            "lr 1e-4; the data, epochs and schedule are the paper's run's."}
+SEED004_LORA = {  # open-instruct's scripts/finetune_lora_with_accelerate.sh (the Tulu authors' code)
+    "model": {"lora": {"rank": 256, "alpha": 256, "dropout": 0.1, "targets": ALL_LINEAR}}, "optim": {"lr": 1e-4},
+    "note": "LoRA (not in the paper): open-instruct's finetune_lora_with_accelerate.sh, rank 256, alpha 256,\n"
+            "dropout 0.1 on q, k, v, o, gate, up and down, lr 1e-4 linear; the data, epochs and batch are the paper's."}
+SEED004_QLORA = {  # open-instruct's scripts/finetune_qlora_with_accelerate.sh (70B, NF4)
+    "model": {"lora": {"rank": 64, "alpha": 16, "dropout": 0.1, "targets": ALL_LINEAR}, "quantize_base": "nf4"},
+    "optim": {"lr": 1e-4, "micro_batches": 8},
+    "note": "QLoRA (not in the paper): open-instruct's finetune_qlora_with_accelerate.sh, NF4 base, rank 64, alpha 16,\n"
+            "dropout 0.1 on every linear module, lr 1e-4 linear; 8 micro-batches fit a v4-16 (benchmarks/RESULTS.md).\n"
+            "The data, epochs and batch are the paper's."}
+
+
+def _with_adapter(base: Experiment, suffix: str, recipe: dict) -> Experiment:
+    """`base` trained with adapters: `recipe`'s model and optim keys over the run's, its own name and run dir."""
+    config = copy.deepcopy(base.config)
+    name = f"{config['name']}_{suffix}"
+    config["name"], config["run_dir"] = name, config["run_dir"].rsplit("/", 1)[0] + f"/{name}"
+    config["model"].update(copy.deepcopy(recipe["model"]))
+    config["optim"].update(recipe["optim"])
+    label = {"lora": "LoRA", "qlora": "QLoRA"}[suffix]
+    return Experiment(f"{base.path.rsplit('/', 1)[0]}/{name}.yaml", f"{base.title}, {label}", config,
+                      f"{base.note}\n{recipe['note']}", {**base.tags, "adapter": suffix})
 
 
 def experiments() -> list[Experiment]:

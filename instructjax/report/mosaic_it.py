@@ -4,7 +4,7 @@ A run is placed by what its config records (`experiment: {family: seed003, datas
 `ablation` (the data.mosaic key it varies: strategy, k_max, distribution) and `value`, as `instructjax experiments`
 writes them) and `model.preset`. Winning scores are the comparison with a baseline run
 (`eval.pairwise.against: {baseline: ...}`). The ablation rows are Mistral-7B's; another model's
-runs get rows of their own, labelled with the model.
+runs get rows of their own, labelled with the model ("Llama-3-8B (LoRA)" where it trained adapters).
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ def coordinates(run: Run) -> dict | None:
             (dataset not in DATASETS and dataset not in MORE_DATASETS) or method not in METHODS:
         return None
     model = MODELS.get(run.config.model.preset, run.config.model.preset)
+    if run.adapter:  # "Llama-3-8B (LoRA)": rows of its own, beside the full fine-tune's
+        model = f"{model} ({run.adapter})"
     if "ablation" not in recorded:
         return {"model": model, "dataset": dataset, "method": method}
     ablation, value = recorded["ablation"], recorded.get("value")

@@ -49,6 +49,15 @@ class Run:
     def name(self) -> str:
         return self.config.name
 
+    @property
+    def adapter(self) -> str:
+        """"LoRA" or "QLoRA" where the run trained adapters (`model.lora`, `model.quantize_base`), else "": a
+        report labels such a run's model with it, so it gets rows of its own beside the full fine-tune's."""
+        model = self.config.model.overrides
+        if not model.get("lora"):
+            return ""
+        return "QLoRA" if model.get("quantize_base", "none") != "none" else "LoRA"
+
     def pairwise_against(self) -> dict[str, str]:
         """What the pairwise judge compared this run with, by comparison name (`eval.pairwise.against`)."""
         section = eval_section(self.config.eval).judged("pairwise")

@@ -3,7 +3,7 @@
 A run is placed by what its config records (`experiment: {family: seed004, data}`, as `instructjax experiments`
 writes them): `data` is the dataset of Table 3 it trained on (its `data.mixture` tulu_single_<dataset>, or the
 _builtin twin), a mix (human, human_gpt) or `vanilla`, an eval-only config's base model evaluated as it is; its model
-is `model.preset` (llama1-33b is the paper's "30B").
+is `model.preset` (llama1-33b is the paper's "30B"), its size labelled "(LoRA)" or "(QLoRA)" where it trained adapters.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ def coordinates(run: Run) -> dict | None:
                                              (data == "vanilla" and run.config.max_steps == 0)):
         return None
     model, size = MODELS.get(run.config.model.preset, (run.config.model.preset, ""))
+    if run.adapter:  # "65B (QLoRA)": rows of its own, beside the full fine-tune's
+        size = f"{size} ({run.adapter})".strip()
     return {"data": data, "model": model, "size": size}
 
 

@@ -36,9 +36,10 @@ def test_family_sizes():
     # seed 000: 8 settings x 2 models + 4 ratios + 4 counts; seed 002: Base + 3 full + (2+2+1 sizes) x 5 methods
     # + 4; seed 003: 3 models x 3 datasets x 2 + 4 strategies + 5 max counts + 5 distributions + Table 3's 3 models
     # x 2 datasets x 2; seed 004: 6 vanilla LLaMA (1: 7-65B, 2: 7-13B) + 12 datasets x 2 sizes + ShareGPT 30/65B
-    # + Human 4 sizes + Tulu 4 sizes + Tulu-1.1 2 sizes + Table 4's OPT and Pythia + Table 8's vanilla OPT, Pythia.
+    # + Human 4 sizes + Tulu 4 sizes + Tulu-1.1 2 sizes + Table 4's OPT and Pythia + Table 8's vanilla OPT, Pythia;
+    # the adapter variants: Llama-3-8B Magpie Mosaic-IT with LoRA, Tulu 65B with LoRA and with QLoRA.
     assert {g: groups.count(g) for g in set(groups)} == {
-        "seed000_acp": 24, "seed002_selection": 33, "seed003_mosaic": 44, "seed004_tulu": 46}
+        "seed000_acp": 24, "seed002_selection": 33, "seed003_mosaic": 44 + 1, "seed004_tulu": 46 + 2}
     assert len({e.config["name"] for e in EXPS}) == len(EXPS)  # names (and run dirs) are unique
 
 
@@ -143,7 +144,8 @@ def test_seed004_matches_paper():
         assert c.eval["toxigen"] is True and c.eval["truthfulqa"] is True  # Table 6 for every trained model
         assert c.eval.get("chat_format", "auto") == "auto"  # the template the run trained with (Tulu)
         big = c.model.preset in ("llama1-33b", "llama1-65b")
-        assert (c.optim.lr, c.data.seq_len) == ((1e-5, 1024) if big else (2e-5, 2048))  # Appendix D
+        lr = 1e-4 if "adapter" in e.tags else 1e-5 if big else 2e-5  # open-instruct's LoRA scripts' lr
+        assert (c.optim.lr, c.data.seq_len) == (lr, 1024 if big else 2048)  # Appendix D
         assert (c.optim.epochs, c.optim.warmup_ratio, c.data.global_batch) == (2, 0.03, 128)
     single = {(e.tags["mixture"], e.tags["preset"]) for e in EXPS if (e.tags.get("mixture") or "").startswith("tulu_single")}
     assert len(single) == 12 * 2 + 2
@@ -151,6 +153,34 @@ def test_seed004_matches_paper():
     assert c.data.mixture == "tulu_human_gpt" and c.eval["suite"] == "tulu"
     table4 = {e.tags["preset"] for e in EXPS if e.tags.get("mixture") == "tulu_human_gpt"}  # Table 4's base models
     assert {"opt-6.7b", "pythia-6.9b", "llama1-7b", "llama2-7b"} <= table4
+
+
+def test_adapter_variants_are_their_runs_with_the_authors_lora_recipes():
+    """A LoRA or QLoRA variant is its full fine-tune's config (data, epochs, batch, schedule, eval, paper row) with
+    the recipe of the authors' code: open-instruct's finetune_lora_with_accelerate.sh (rank 256, alpha 256, dropout
+    0.1, lr 1e-4) and finetune_qlora_with_accelerate.sh (NF4, rank 64, alpha 16, dropout 0.1, lr 1e-4) for Tulu;
+    LLaMA-Factory's llama3_lora_sft.yaml (rank 8, alpha 16 = 2 x rank, lr 1e-4) for seed 003. Each resolves to a
+    model config the trainer accepts."""
+    from instructjax.model.config import preset
+
+    want = {"seed004_tulu/tulu_human_gpt_llama1_65b_lora.yaml": ((256, 256, 0.1), "none", 1e-4),
+            "seed004_tulu/tulu_human_gpt_llama1_65b_qlora.yaml": ((64, 16, 0.1), "nf4", 1e-4),
+            "seed003_mosaic/magpie_mosaic_llama3_8b_lora.yaml": ((8, 16, 0.0), "none", 1e-4)}
+    variants = {e.path: e for e in EXPS if "adapter" in e.tags}
+    assert set(variants) == set(want)
+    for path, (recipe, quantized, lr) in want.items():
+        variant = yaml.safe_load((ROOT / path).read_text())
+        full = yaml.safe_load((ROOT / path.replace(f"_{variants[path].tags['adapter']}.yaml", ".yaml")).read_text())
+        lora = variant["model"].pop("lora")
+        assert (lora["rank"], lora["alpha"], lora["dropout"], lora["targets"]) == (*recipe, "all-linear"), path
+        assert variant["model"].pop("quantize_base", "none") == quantized
+        assert variant["optim"].pop("lr") == lr and full["optim"].pop("lr") != lr
+        variant["optim"].pop("micro_batches", None)
+        for key in ("name", "run_dir"):
+            assert variant.pop(key) == f"{full.pop(key)}_{variants[path].tags['adapter']}"
+        assert variant == full, path  # everything else is the paper's run
+        model = preset(variant["model"]["preset"], **{k: v for k, v in load(path).model.overrides.items()})
+        assert model.lora["rank"] == recipe[0] and model.quantize_base == quantized
 
 
 def test_selection_in_a_task_keeps_the_top_k_longest():
@@ -264,7 +294,7 @@ def test_seed003_and_seed004_configs_record_their_papers_row():
         recorded = load_config(ROOT / e.path).experiment
         if e.path.startswith("seed003_"):
             want = {"family": "seed003", "dataset": e.tags["dataset"], "method": e.tags["method"]}
-            ablated = {k: v for k, v in e.tags.items() if k not in ("preset", "dataset", "method")}
+            ablated = {k: v for k, v in e.tags.items() if k not in ("preset", "dataset", "method", "adapter")}
             assert len(ablated) == e.path.startswith("seed003_mosaic/ablation_"), e.path
             for key, value in ablated.items():  # strategy, k_max or distribution: the data.mosaic key it varies
                 want |= {"ablation": key, "value": value}

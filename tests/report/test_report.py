@@ -833,3 +833,31 @@ def test_seed003_and_seed004_runs_are_placed_by_their_record_not_their_name(tmp_
     assert (table3["+Alpaca"]["MMLU (ours)"], table3["Vanilla LLaMa 13B"]["MMLU (ours)"]) == ("40.0", "30.0")
     kmax = {r["Max Count"]: r for r in read_csv(tmp_path / "out" / "seed003_table4b.csv")}["Max Count = 12"]
     assert (float(kmax["Winning Score (ours)"]), float(kmax["Win (ours)"])) == (1.4, 6)
+
+
+def test_adapter_runs_get_rows_of_their_own_beside_the_full_fine_tune(tmp_path):
+    """The generated LoRA and QLoRA variants of Tulu 65B and of a seed 003 Table 3 run record the same paper row as
+    the full fine-tune; the report labels their model by what the config trained (model.lora, quantize_base), so
+    the three Tulu 65B runs are three rows of Table 5, each with its own numbers, and Table 7's size columns
+    gather only the full fine-tune."""
+    import yaml
+
+    root = REPO / "configs"
+    mmlu = {"tulu_human_gpt_llama1_65b": 0.5, "tulu_human_gpt_llama1_65b_lora": 0.4, "tulu_human_gpt_llama1_65b_qlora": 0.3}
+    for name, acc in mmlu.items():
+        config = yaml.safe_load((root / "seed004_tulu" / f"{name}.yaml").read_text())
+        write_run(tmp_path, name, yaml.safe_dump({k: config[k] for k in ("model", "data", "experiment")}),
+                  {"model": "m", "parts": ["suite", "alpaca_eval"], "suite": {"mmlu_0shot": {"acc": acc}},
+                   "alpaca_eval": {"win_rate": 100 * acc}})
+    for name in ("magpie_mosaic_llama3_8b", "magpie_mosaic_llama3_8b_lora"):
+        config = yaml.safe_load((root / "seed003_mosaic" / f"{name}.yaml").read_text())
+        write_run(tmp_path, name, yaml.safe_dump({k: config[k] for k in ("model", "experiment")}),
+                  {"model": "m", "parts": ["suite"], "suite": {"ifeval": {"prompt_level_strict_acc,none": 0.25}}})
+    _, strangers = families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
+    assert strangers == []
+    table5 = {r["Model"]: r["MMLU (ours)"] for r in read_csv(tmp_path / "out" / "seed004_table5.csv")}
+    assert (table5["Tulu 65B"], table5["Tulu 65B (LoRA)"], table5["Tulu 65B (QLoRA)"]) == ("50.0", "40.0", "30.0")
+    table7 = {r["Training Dataset"]: r for r in read_csv(tmp_path / "out" / "seed004_table7.csv")}
+    assert table7["Tulu"]["65B (ours)"] == "50.0"
+    table3 = {(r["Model"], r["Method"]) for r in read_csv(tmp_path / "out" / "seed003_table3.csv")}
+    assert {("Llama-3-8B", "Mosaic-IT"), ("Llama-3-8B (LoRA)", "Mosaic-IT")} <= table3
