@@ -203,7 +203,7 @@ def train_step(model_config: Any, *, lr: float = 1e-4, total_steps: int = 1000, 
     config = RunConfig(seed=seed)
     config.optim.lr = lr
     mesh = sharding.make_mesh(config.mesh)
-    tx, _ = make_optimizer(config.optim, total_steps)
+    tx, _ = make_optimizer(config.optim, total_steps, adapters=model_config.lora is not None)  # LoRA: adapters alone
     build = build_step(model_config, tx, config, 1, mesh, seed)  # the trainer's step, shardings and donation
     model = sharding.create_sharded_model(lambda: Decoder(model_config, rngs=nnx.Rngs(seed)), mesh)
     params = nnx.to_pure_dict(nnx.state(model))
