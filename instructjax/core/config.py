@@ -42,6 +42,8 @@ from instructjax.core.user_modules import import_modules
 
 SCHEDULES = ("linear", "cosine")
 LOSS_REDUCTIONS = ("mean", "sum")
+OBJECTIVES = ("sft", "dpo", "dpo_norm", "simpo")  # objective.loss (train/preference.py)
+REFERENCES = ("cached", "live")  # objective.reference: where the reference model's log-probs come from
 OVERLONG = ("truncate", "split")
 PACK_MODES = (True, False, "per_step")
 SYSTEM_TURNS = ("keep", "merge", "drop")
@@ -194,6 +196,35 @@ class OptimSection:
 
 
 @dataclass
+class ObjectiveSection:
+    """What the step minimises (train/preference.py): `sft`, the next-token loss on the trained tokens, or a
+    preference loss on chosen and rejected completions: `dpo` (sums of log-probs against a frozen reference),
+    `dpo_norm` (per-token means: open-instruct's), `simpo` (per-token means, no reference, margin `gamma`)."""
+
+    loss: str = "sft"
+    beta: float = 0.1
+    gamma: float = 0.5  # SimPO's target margin (TRL's simpo_gamma default)
+    reference: str = "cached"  # the reference's log-probs computed once before training, or `live` in every step
+
+    def __post_init__(self):
+        _check(self.loss in OBJECTIVES, f"objective.loss must be one of {OBJECTIVES}, got {self.loss!r}")
+        _check(self.beta > 0, f"objective.beta must be > 0, got {self.beta}")
+        _check(self.gamma >= 0, f"objective.gamma must be >= 0, got {self.gamma}")
+        _check(self.reference in REFERENCES,
+               f"objective.reference must be one of {REFERENCES}, got {self.reference!r}")
+
+    @property
+    def preference(self) -> bool:
+        """Whether the loss is on preference pairs."""
+        return self.loss != "sft"
+
+    @property
+    def needs_reference(self) -> bool:
+        """DPO and dpo_norm compare with the starting model; SimPO and SFT do not."""
+        return self.loss in ("dpo", "dpo_norm")
+
+
+@dataclass
 class CheckpointSection:
     """Orbax saves every `every` steps, the last `keep` kept; `build` makes the Checkpointer (core/checkpoint.py)."""
 
@@ -251,6 +282,7 @@ class RunConfig:
     data: DataSection = field(default_factory=DataSection)
     optim: OptimSection = field(default_factory=OptimSection)
     checkpoint: CheckpointSection = field(default_factory=CheckpointSection)
+    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
     eval: dict[str, Any] = field(default_factory=dict)  # read with instructjax.eval.config.eval_section
     define: dict[str, Any] = field(default_factory=dict)
     imports: list[str] = field(default_factory=list)  # user modules (names or .py paths) imported on load

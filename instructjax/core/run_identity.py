@@ -17,7 +17,8 @@ NOT_TRAINING = ("name", "run_dir", "log_every", "mesh", "distributed", "checkpoi
                 "compiled", "optim.loss_chunk", "experiment")
 # training keys added after runs were made, at the value that leaves training as it was: left out of the digest at
 # that value, so a run finished before the key existed stays done (at any other value they are training keys)
-ADDED_OFF = {"optim.neftune_alpha": 0.0}
+ADDED_OFF = {"optim.neftune_alpha": 0.0, "objective.loss": "sft", "objective.beta": 0.1, "objective.gamma": 0.5,
+             "objective.reference": "cached"}
 
 
 def digest(values: Any) -> str:

@@ -192,6 +192,9 @@ def check_trainable(config: RunConfig, devices: int, hosts: int) -> None:
         sharding.resolve_mesh(config, devices, hosts)
     if config.max_steps == 0:
         raise ConfigError("max_steps must be >= 1 to train (0 marks an evaluation-only config)")
+    if config.objective.preference:  # train/preference.py has the losses; the step on pairs is not built yet
+        raise ConfigError(f"objective.loss={config.objective.loss}: the trainer does not train on preference pairs "
+                          "yet (its losses are in instructjax.train.preference); use objective.loss=sft")
 
 
 def resolve_run(bound: BoundRun, *, devices: int, hosts: int, process_index: int = 0, pipeline=None,

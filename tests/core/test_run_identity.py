@@ -57,6 +57,7 @@ def test_the_digest_is_that_of_the_hand_listed_keys():
 
     then = to_dict(config)
     del then["optim"]["neftune_alpha"]  # a key added since (NEFTune, off at 0.0): not in the configs of then
+    del then["objective"]  # added since too (preference losses; `sft` is the loss of then)
     walk("", then)
     assert training_values(config, not_training=runs_only_keys()) == flat
     assert training_digest(config, not_training=runs_only_keys()) == digest(flat)
@@ -78,8 +79,10 @@ def test_a_key_added_since_changes_the_digest_only_when_on():
     marker recorded before the key existed; on, it is a training change."""
     off = load_config(None, ["model.preset=tiny"])
     then = to_dict(off)
-    del then["optim"]["neftune_alpha"]
+    del then["optim"]["neftune_alpha"], then["objective"]
     assert training_digest(off, not_training=runs_only_keys()) == digest(training_values(then, not_training=runs_only_keys()))
+    dpo = load_config(None, ["model.preset=tiny", "objective.loss=dpo"])  # the objective came after them too
+    assert training_changes(then, dpo, not_training=runs_only_keys()) == ["objective.loss: 'sft' -> 'dpo'"]
     on = load_config(None, ["model.preset=tiny", "optim.neftune_alpha=5"])
     assert training_digest(on, not_training=runs_only_keys()) != training_digest(off, not_training=runs_only_keys())
     assert _changes("optim.neftune_alpha", 0.0, 5.0) == ["optim.neftune_alpha: 0.0 -> 5.0"]
