@@ -28,7 +28,7 @@ from jax.ad_checkpoint import checkpoint_name
 from instructjax.core.sharding import with_logical_constraint
 from instructjax.model import attention, rope
 from instructjax.model.config import DecoderConfig
-from instructjax.model.layers import ACTIVATIONS, Dense, Embed, Norm
+from instructjax.model.layers import ACTIVATIONS, Dense, Embed, Norm, projections
 
 Array = jax.Array
 
@@ -91,9 +91,8 @@ class Attention(nnx.Module):
 
     def qkv(self, x: Array, cos: Array | None, sin: Array | None) -> tuple[Array, Array, Array]:
         """Projected, normed and rotated q [B, T, H, D], k and v [B, T, K, D] (the projections named for remat)."""
-        q = checkpoint_name(self.q_proj(x), "q_proj")
-        k = checkpoint_name(self.k_proj(x), "k_proj")
-        v = checkpoint_name(self.v_proj(x), "v_proj")
+        q, k, v = projections(x, [self.q_proj, self.k_proj, self.v_proj])
+        q, k, v = checkpoint_name(q, "q_proj"), checkpoint_name(k, "k_proj"), checkpoint_name(v, "v_proj")
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if cos is not None:
@@ -139,12 +138,13 @@ class MLP(nnx.Module):
         self.activation = ACTIVATIONS[config.activation]
 
     def __call__(self, x: Array) -> Array:
-        up = checkpoint_name(self.up_proj(x), "up_proj")
         if self.gate_proj is None:
-            hidden = self.activation(up)
+            hidden = self.activation(checkpoint_name(self.up_proj(x), "up_proj"))
         else:
-            hidden = self.activation(checkpoint_name(self.gate_proj(x), "gate_proj")) * up
-        return checkpoint_name(self.down_proj(with_logical_constraint(hidden, ("batch", "length", "mlp"))), "down_proj")
+            gate, up = projections(x, [self.gate_proj, self.up_proj])
+            hidden = self.activation(checkpoint_name(gate, "gate_proj")) * checkpoint_name(up, "up_proj")
+        hidden = with_logical_constraint(hidden, ("batch", "length", "mlp"))
+        return checkpoint_name(self.down_proj(hidden), "down_proj")
 
 
 class DecoderLayer(nnx.Module):

@@ -104,9 +104,48 @@ def test_bad_lora_is_one_line():
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="model.lora.rank must be a positive integer, got 0"):
         lora_config(rank=0)
+    with pytest.raises(ConfigError, match="query_key_value, dense, dense_h_to_4h, dense_4h_to_h"):
+        preset("tiny", family="gpt_neox", lora={"rank": 2, "targets": ["q_proj"]})
     with pytest.raises(ConfigError, match="out_proj, fc1, fc2"):
         preset("tiny", family="opt", lora={"rank": 2, "targets": ["gate_proj"]})
     assert lora.spec(lora_config(targets="all-linear")).targets == tuple(lora.LLAMA_MODULES)
+
+
+def fused_model(dropout: float, scan: bool = True, **overrides):
+    """(graphdef, params) of a tiny Phi-3 (fused qkv and gate_up) with every adapter's B random."""
+    config = preset("tiny", family="phi3", dtype="float32", vocab_size=256, scan_layers=scan,
+                    lora={"rank": 4, "alpha": 8, "dropout": dropout}, **overrides)
+    graphdef, state = nnx.split(Decoder(config, rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(5)
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, x: rng.normal(0, 0.1, x.shape).astype(np.float32) if p[-1].key == "lora_b" else np.asarray(x),
+        nnx.to_pure_dict(state))
+    return graphdef, params
+
+
+def test_a_fused_group_shares_one_a_and_trains_through_it():
+    """Phi-3: k/v and up hold lora_b alone (their group's first module holds the one A, as PEFT's single lora_A);
+    trainable / frozen / combine and the adapters-only optimizer handle them; an update moves every adapter."""
+    graphdef, params = fused_model(0.0)
+    adapters = lora.trainable(params)
+    attn, mlp = adapters["layers"]["self_attn"], adapters["layers"]["mlp"]
+    assert set(attn["q_proj"]) == {"lora_a", "lora_b"} and set(attn["k_proj"]) == set(attn["v_proj"]) == {"lora_b"}
+    assert set(mlp["gate_proj"]) == {"lora_a", "lora_b"} and set(mlp["up_proj"]) == {"lora_b"}
+    assert jax.tree.structure(lora.combine(adapters, lora.frozen(params))) == jax.tree.structure(params)
+    run = load_config(None, ["model.preset=tiny", "optim.lr=1e-2", "optim.warmup_ratio=0"])
+    tx, _ = make_optimizer(run.optim, 10, adapters=True)
+    b = batch()
+
+    def loss(adapters):
+        model = nnx.merge(graphdef, lora.combine(adapters, lora.frozen(params)))
+        logits = model(b["tokens"], b["positions"], b["segment_ids"])
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits), b["targets"][..., None], -1).mean()
+
+    grads = jax.grad(loss)(adapters)
+    updates, _ = tx.update(lora.combine(grads, jax.tree.map(np.zeros_like, lora.frozen(params))), tx.init(params),
+                           params)
+    assert jax.tree.structure(updates) == jax.tree.structure(params)
+    assert all(np.abs(np.asarray(u)).max() > 0 for u in jax.tree.leaves(lora.trainable(updates)))
 
 
 def test_a_lora_run_saves_its_adapters_alone_and_resumes_on_its_base(tmp_path):
