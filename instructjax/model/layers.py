@@ -62,19 +62,25 @@ class Dense(nnx.Module):
             lora_b = param(None, (spec.rank, *out_shape), ("lora_rank", *axes[self.n_in:]), config, fill=0.0)
         self.lora_a, self.lora_b = nnx.data(lora_a), nnx.data(lora_b)
         self.lora_scale = spec.scale if lora_b is not None else 0.0
+        self.lora_dropout = spec.dropout if lora_b is not None else 0.0
         self.name = name
 
-    def lora_input(self, x: Array) -> Array:
-        """The LoRA branch's x A [tokens, rank] for x [..., *in]."""
+    def lora_input(self, x: Array, key: Array | None = None) -> Array:
+        """The LoRA branch's dropout(x) A [tokens, rank] for x [..., *in]. With `key` (the train step's alone) and
+        `lora_dropout` p > 0, x flattened to [tokens, in] keeps the elements where jax.random.bernoulli(key, 1 - p,
+        [tokens, in]) is true, divided by 1 - p (PEFT's nn.Dropout, but not torch's masks)."""
         in_size = math.prod(self.lora_a.shape[: self.n_in])
         flat = x.astype(self.dtype).reshape(-1, in_size)
+        if key is not None and self.lora_dropout > 0:
+            keep = jax.random.bernoulli(key, 1.0 - self.lora_dropout, flat.shape)
+            flat = jnp.where(keep, flat / (1.0 - self.lora_dropout), jnp.zeros((), flat.dtype))
         return flat @ self.lora_a[...].astype(self.dtype).reshape(in_size, -1)
 
-    def __call__(self, x: Array, lora_x: Array | None = None) -> Array:
+    def __call__(self, x: Array, key: Array | None = None, lora_x: Array | None = None) -> Array:
         """One 2-D matmul [tokens, in] @ [in, out] with batch and length flattened into tokens: the same
         maths as a tensordot, but XLA:CPU runs the weight gradient as one plain GEMM instead of
         transposing activations first (benchmarks/RESULTS.md). The LoRA branch adds `lora_x` B * scale, `lora_x`
-        the fused group's shared `lora_input` (needed where this module holds no A) or this one's."""
+        the fused group's shared `lora_input` (needed where this module holds no A) or this one's from `key`."""
         if self.quantized is None:
             kernel = self.kernel[...].astype(self.dtype)
         else:
@@ -83,21 +89,26 @@ class Dense(nnx.Module):
         lead = x.shape[: x.ndim - self.n_in]
         flat = x.astype(self.dtype).reshape(-1, in_size)
         y = flat @ kernel.reshape(in_size, -1)
-        if self.lora_b is not None:  # + (x A B) * alpha / rank
-            xa = self.lora_input(x) if lora_x is None else lora_x
+        if self.lora_b is not None:  # + (dropout(x) A B) * alpha / rank
+            xa = self.lora_input(x, key) if lora_x is None else lora_x
             b = self.lora_b[...].astype(self.dtype)
             y = y + xa @ b.reshape(b.shape[0], -1) * jnp.asarray(self.lora_scale, self.dtype)
         y = y.reshape(*lead, *kernel.shape[self.n_in :])
         return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 
-def projections(x: Array, denses: list[Dense]) -> list[Array]:
+def module_key(key: Array | None, name: str) -> Array | None:
+    """A layer's LoRA dropout key for its module `name` (each module its own masks), None without one."""
+    return None if key is None else jax.random.fold_in(key, tuple(lora.LLAMA_MODULES).index(name))
+
+
+def projections(x: Array, denses: list[Dense], key: Array | None = None) -> list[Array]:
     """Each of `denses` on the same x; where the later ones hold `lora_b` alone (a fused HF module: model/lora.py)
-    the group's x A is computed once, by the first, and shared, as PEFT's single lora_A."""
+    the group's dropout(x) A is computed once, by the first, and shared, as PEFT's single lora_A."""
     first, shared = denses[0], None
     if any(d.lora_b is not None and d.lora_a is None for d in denses[1:]):
-        shared = first.lora_input(x)
-    return [d(x, shared if d is first or d.lora_a is None else None) for d in denses]
+        shared = first.lora_input(x, module_key(key, first.name))
+    return [d(x, module_key(key, d.name), shared if d is first or d.lora_a is None else None) for d in denses]
 
 
 class Embed(nnx.Module):

@@ -1,5 +1,5 @@
 """LoRA (`model.lora: {rank, alpha, dropout, targets}`): low-rank adapters on the family's linear modules, as PEFT's
-`LoraConfig` defines them: y = x W + (x A B) * alpha / rank, A [in, rank] kaiming-uniform(a=sqrt(5)) like
+`LoraConfig` defines them: y = x W + (dropout(x) A B) * alpha / rank, A [in, rank] kaiming-uniform(a=sqrt(5)) like
 PEFT's `lora_A`, B [rank, out] zeros, so a fresh adapter leaves the model's output exactly as it was.
 
 The adapters live in our own `Dense` (model/layers.py: `lora_a`, `lora_b`), not through qwix: qwix 0.1.8's
@@ -12,7 +12,9 @@ HF module and carry none of our logical axis names; PEFT's per-module lora_A / l
 never the output head: PEFT's meaning). A fused HF module (Phi-3's `qkv_proj`, `gate_up_proj`, GPT-NeoX's
 `query_key_value`) is a group of our modules sharing one A, as PEFT's single lora_A: the group's first module
 (q_proj, gate_proj) holds `lora_a`, each module its own part of PEFT's lora_B as `lora_b`, and the attention / MLP
-computes x A once for the group. Only the adapters train (`trainable` / `frozen` split a params tree); `merged` folds them into the
+computes dropout(x) A once for the group. `dropout` (PEFT's `lora_dropout`) drops the LoRA branch's input in the
+train step alone, its masks from the step's key (train/step.py), not torch's: PEFT's exact masks cannot be
+reproduced. Only the adapters train (`trainable` / `frozen` split a params tree); `merged` folds them into the
 kernels (the export without `--adapter`).
 """
 
@@ -89,8 +91,8 @@ def problems(config: Any) -> list[str]:
         out.append(f"model.lora.rank must be a positive integer, got {rank!r}")
     if not isinstance(alpha, int | float) or isinstance(alpha, bool):
         out.append(f"model.lora.alpha must be a number, got {alpha!r}")
-    if dropout != 0:
-        out.append(f"model.lora.dropout={dropout!r}: only 0 is supported so far")
+    if not isinstance(dropout, int | float) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        out.append(f"model.lora.dropout must be a number in [0, 1), got {dropout!r}")
     modules = family_modules(config)
     if not modules:
         return out + [f"model.lora: the {config.family} family has no LoRA module table"]
