@@ -5,7 +5,10 @@ with PEFT's tensor names (`base_model.model.<HF module>.lora_A.weight` [rank, in
 (`instructjax import --hf BASE --adapter DIR`: training continues from a PEFT adapter).
 
 The HF module of each adapted kernel comes from the family's tensor table (`convert.hf_names.hf_weight_table`):
-our lora_a [*in, rank] and lora_b [rank, *out] flatten to HF's in and out the way the kernel does."""
+our lora_a [*in, rank] and lora_b [rank, *out] flatten to HF's in and out the way the kernel does. A fused HF
+module (Phi-3's qkv_proj and gate_up_proj, GPT-NeoX's query_key_value) has one lora_A, its group's first module's
+`lora_a`, and one lora_B whose output rows are cut and joined as the fused weight's are (the record's split:
+Phi-3's pieces one after another, GPT-NeoX's interleaved per head)."""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from instructjax.convert.hf_names import get_path, hf_weight_table, part_shape, part_value
+from instructjax.convert.hf_names import SPLITS, Entry, hf_weight_table, part_shape, part_value
 from instructjax.core.errors import ConfigError
 from instructjax.model import lora
 from instructjax.model.config import DecoderConfig
@@ -26,32 +29,24 @@ PEFT_PREFIX = "base_model.model."
 def adapter_tensors(params: Mapping, config: DecoderConfig) -> dict[str, np.ndarray]:
     """PEFT name -> tensor of every adapter in `params` (our pure dict, host or device arrays)."""
     out = {}
-    for entry in hf_weight_table(config):
-        if entry.split is not None or len(entry.parts) != 1 or not entry.name.endswith(".weight"):
-            continue
-        (path, _), = entry.parts
-        if path[-1] != "kernel" or "lora_a" not in get_path(params, path[:-1]):
-            continue
-        module = PEFT_PREFIX + entry.name[: -len(".weight")]
-        a = part_value(params, (*path[:-1], "lora_a"), entry.layer)
-        b = part_value(params, (*path[:-1], "lora_b"), entry.layer)
+    for module, entry in _adapted(config):
+        paths = [path[:-1] for path, _ in entry.parts]
+        a = part_value(params, (*paths[0], "lora_a"), entry.layer)
         rank = a.shape[-1]
+        pieces = [part_value(params, (*path, "lora_b"), entry.layer).reshape(rank, -1).T for path in paths]
         out[f"{module}.lora_A.weight"] = np.ascontiguousarray(a.reshape(-1, rank).T)
-        out[f"{module}.lora_B.weight"] = np.ascontiguousarray(b.reshape(rank, -1).T)
+        out[f"{module}.lora_B.weight"] = np.ascontiguousarray(
+            SPLITS[entry.split][1](pieces, config) if entry.split else pieces[0])
     return out
 
 
-def _adapted(config: DecoderConfig) -> list[tuple[str, tuple, int | None]]:
-    """(PEFT module name, our kernel's module path, layer) of every adapted kernel of `config` (which has a lora)."""
+def _adapted(config: DecoderConfig) -> list[tuple[str, Entry]]:
+    """(PEFT module name, its weight's entry in the tensor table) of every adapted HF module of `config` (which has
+    a lora): a fused module's parts are our modules of its group, the first holding the A."""
     targets = set(lora.spec(config).targets)
-    out = []
-    for entry in hf_weight_table(config):
-        if entry.split is not None or len(entry.parts) != 1 or not entry.name.endswith(".weight"):
-            continue
-        (path, _), = entry.parts
-        if path[-1] == "kernel" and path[-2] in targets:
-            out.append((PEFT_PREFIX + entry.name[: -len(".weight")], path[:-1], entry.layer))
-    return out
+    return [(PEFT_PREFIX + entry.name[: -len(".weight")], entry) for entry in hf_weight_table(config)
+            if entry.name.endswith(".weight") and all(path[-1] == "kernel" and path[-2] in targets
+                                                       for path, _ in entry.parts)]
 
 
 # adapter_config.json values we cannot run: (key, the value we need)
@@ -76,7 +71,9 @@ def read_adapter(adapter_dir: str, config: DecoderConfig) -> tuple[DecoderConfig
         if saved.get(key) not in (need, None, {}):  # PEFT writes unset patterns as {}
             raise ConfigError(f"{where}: {key}={saved[key]!r} is not supported (only {need!r})")
     targets = saved.get("target_modules")
-    targets = [targets] if isinstance(targets, str) else sorted(targets or [])
+    # PEFT's `all-linear` saves each module's full name (gpt_neox.layers.0.attention.dense): its last part names it
+    # in every layer; a layer whose tensors are missing is one line below
+    targets = [targets] if isinstance(targets, str) else sorted({t.rsplit(".", 1)[-1] for t in targets or []})
     spec = {"rank": saved.get("r"), "alpha": saved.get("lora_alpha"), "dropout": saved.get("lora_dropout", 0.0),
             "targets": targets}
     config = config.replace(lora=spec)
@@ -89,30 +86,37 @@ def read_adapter(adapter_dir: str, config: DecoderConfig) -> tuple[DecoderConfig
     from instructjax.convert.hf import abstract_params
 
     abstract, tree = abstract_params(config), {}
-    for module, path, layer in _adapted(config):
-        parts = {}
-        for ours, theirs in (("lora_a", "lora_A"), ("lora_b", "lora_B")):
-            name = f"{module}.{theirs}.weight"
-            if name not in tensors:
-                raise ConfigError(f"{weights}: no tensor {name} (adapter_config.json targets {targets})")
-            shape = part_shape(abstract, (*path, ours), layer)
-            value = np.asarray(tensors.pop(name), np.float32).T  # PEFT's [rank, in] / [out, rank]
-            if value.size != int(np.prod(shape)):
-                raise ConfigError(f"{weights}: {name} has shape {value.T.shape}, the base needs "
-                                  f"{int(np.prod(shape))} elements (rank {spec['rank']})")
-            parts[ours] = value.reshape(shape)
-        node = tree
-        for key in path[:-1] if layer is None else path:
-            node = node.setdefault(key, {})
-        if layer is None:
-            node[path[-1]] = parts
-        else:  # a stacked (scanned) layer: collected per layer, stacked below
-            for ours, value in parts.items():
-                node.setdefault(ours, {})[layer] = value
+    for module, entry in _adapted(config):
+        paths = [path[:-1] for path, _ in entry.parts]
+        a, b = (_tensor(tensors, f"{module}.{theirs}.weight", weights, targets) for theirs in ("lora_A", "lora_B"))
+        shapes = [part_shape(abstract, (*paths[0], "lora_a"), entry.layer)]
+        shapes += [part_shape(abstract, (*path, "lora_b"), entry.layer) for path in paths]
+        if a.size != int(np.prod(shapes[0])) or b.size != sum(int(np.prod(s)) for s in shapes[1:]):
+            raise ConfigError(f"{weights}: {module}'s lora_A {a.shape} / lora_B {b.shape} do not fit the base "
+                              f"(rank {spec['rank']})")
+        pieces = SPLITS[entry.split][0](b, config) if entry.split else [b]  # PEFT's [rank, in] / [out, rank]
+        values = [((*paths[0], "lora_a"), a.T.reshape(shapes[0]))]
+        values += [((*path, "lora_b"), piece.T.reshape(shape)) for path, piece, shape in zip(paths, pieces, shapes[1:],
+                                                                                             strict=True)]
+        for path, value in values:
+            node = tree
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            if entry.layer is None:
+                node[path[-1]] = value
+            else:  # a stacked (scanned) layer: collected per layer, stacked below
+                node.setdefault(path[-1], {})[entry.layer] = value
     if tensors:
         raise ConfigError(f"{weights}: {len(tensors)} tensors the base has no adapted module for, e.g. "
                           f"{sorted(tensors)[0]}")
     return config, _stack(tree)
+
+
+def _tensor(tensors: dict, name: str, weights: str, targets: list) -> np.ndarray:
+    """One of PEFT's tensors, taken out of `tensors`, in float32."""
+    if name not in tensors:
+        raise ConfigError(f"{weights}: no tensor {name} (adapter_config.json targets {targets})")
+    return np.asarray(tensors.pop(name), np.float32)
 
 
 def _stack(tree: dict) -> dict:

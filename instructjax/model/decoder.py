@@ -28,7 +28,7 @@ from jax.ad_checkpoint import checkpoint_name
 from instructjax.core.sharding import with_logical_constraint
 from instructjax.model import attention, rope
 from instructjax.model.config import DecoderConfig
-from instructjax.model.layers import ACTIVATIONS, Dense, Embed, Norm
+from instructjax.model.layers import ACTIVATIONS, Dense, Embed, Norm, module_key, projections
 
 Array = jax.Array
 
@@ -89,11 +89,12 @@ class Attention(nnx.Module):
         self.scale, self.softcap = config.query_scale or d ** -0.5, config.attention_softcap
         self.windows = layer_windows(config)
 
-    def qkv(self, x: Array, cos: Array | None, sin: Array | None) -> tuple[Array, Array, Array]:
-        """Projected, normed and rotated q [B, T, H, D], k and v [B, T, K, D] (the projections named for remat)."""
-        q = checkpoint_name(self.q_proj(x), "q_proj")
-        k = checkpoint_name(self.k_proj(x), "k_proj")
-        v = checkpoint_name(self.v_proj(x), "v_proj")
+    def qkv(self, x: Array, cos: Array | None, sin: Array | None,
+            key: Array | None = None) -> tuple[Array, Array, Array]:
+        """Projected, normed and rotated q [B, T, H, D], k and v [B, T, K, D] (the projections named for remat;
+        `key`: the layer's LoRA dropout key, the train step's alone)."""
+        q, k, v = projections(x, [self.q_proj, self.k_proj, self.v_proj], key)
+        q, k, v = checkpoint_name(q, "q_proj"), checkpoint_name(k, "k_proj"), checkpoint_name(v, "v_proj")
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if cos is not None:
@@ -102,10 +103,10 @@ class Attention(nnx.Module):
         k = with_logical_constraint(k, ("batch", "length", "kv_heads", "head_dim"))
         return q, k, with_logical_constraint(v, ("batch", "length", "kv_heads", "head_dim"))
 
-    def __call__(self, x: Array, kind: Array | int, kinds: LayerKinds) -> Array:
+    def __call__(self, x: Array, kind: Array | int, kinds: LayerKinds, key: Array | None = None) -> Array:
         """Training / prefill without a cache, for a layer of type `self.windows[kind]` (a traced index under a
         scan of layers: the kernel call alone is switched, every projection and its residuals are shared)."""
-        q, k, v = self.qkv(x, *kinds.rope(kind))
+        q, k, v = self.qkv(x, *kinds.rope(kind), key)
 
         def kernel(i: int):
             return lambda q, k, v: attention.self_attention(
@@ -116,7 +117,7 @@ class Attention(nnx.Module):
             out = kernel(kind if isinstance(kind, int) else 0)(q, k, v)
         else:
             out = jax.lax.switch(kind, [kernel(i) for i in range(len(self.windows))], q, k, v)
-        return checkpoint_name(self.o_proj(checkpoint_name(out, "attention")), "o_proj")
+        return checkpoint_name(self.o_proj(checkpoint_name(out, "attention"), module_key(key, "o_proj")), "o_proj")
 
     def decode(self, x: Array, kind: Array, kinds: LayerKinds, bias: Array, kv: tuple[Array, Array],
                index: Array) -> tuple[Array, tuple[Array, Array]]:
@@ -138,13 +139,14 @@ class MLP(nnx.Module):
         self.down_proj = Dense(m, e, ("mlp", "embed"), config, bias=bias, name="down_proj", rngs=rngs)
         self.activation = ACTIVATIONS[config.activation]
 
-    def __call__(self, x: Array) -> Array:
-        up = checkpoint_name(self.up_proj(x), "up_proj")
+    def __call__(self, x: Array, key: Array | None = None) -> Array:
         if self.gate_proj is None:
-            hidden = self.activation(up)
+            hidden = self.activation(checkpoint_name(self.up_proj(x, module_key(key, "up_proj")), "up_proj"))
         else:
-            hidden = self.activation(checkpoint_name(self.gate_proj(x), "gate_proj")) * up
-        return checkpoint_name(self.down_proj(with_logical_constraint(hidden, ("batch", "length", "mlp"))), "down_proj")
+            gate, up = projections(x, [self.gate_proj, self.up_proj], key)
+            hidden = self.activation(checkpoint_name(gate, "gate_proj")) * checkpoint_name(up, "up_proj")
+        hidden = with_logical_constraint(hidden, ("batch", "length", "mlp"))
+        return checkpoint_name(self.down_proj(hidden, module_key(key, "down_proj")), "down_proj")
 
 
 class DecoderLayer(nnx.Module):
@@ -164,18 +166,19 @@ class DecoderLayer(nnx.Module):
     def _attention_output(self, attended: Array) -> Array:
         return attended if self.attention_output_norm is None else self.attention_output_norm(attended)
 
-    def _rest(self, x: Array, attended: Array) -> Array:
+    def _rest(self, x: Array, attended: Array, key: Array | None = None) -> Array:
         """The residual additions and the MLP, after the attention's output."""
         if self.parallel:
-            x = self.mlp(self.post_attention_layernorm(x)) + attended + x
+            x = self.mlp(self.post_attention_layernorm(x), key) + attended + x
         else:
             x = x + self._attention_output(attended)
-            out = self.mlp(self.post_attention_layernorm(x))
+            out = self.mlp(self.post_attention_layernorm(x), key)
             x = x + (out if self.mlp_output_norm is None else self.mlp_output_norm(out))
         return with_logical_constraint(x, ("batch", "length", "embed"))
 
-    def __call__(self, x: Array, kind: Array | int, kinds: LayerKinds) -> Array:
-        return self._rest(x, self.self_attn(self.input_layernorm(x), kind, kinds))
+    def __call__(self, x: Array, kind: Array | int, kinds: LayerKinds, key: Array | None = None) -> Array:
+        """`key`: this layer's LoRA dropout key (the train step's alone)."""
+        return self._rest(x, self.self_attn(self.input_layernorm(x), kind, kinds, key), key)
 
     def decode(self, x: Array, kind: Array, kinds: LayerKinds, bias: Array, kv: tuple[Array, Array],
                index: Array) -> tuple[Array, tuple[Array, Array]]:
@@ -252,11 +255,13 @@ class Decoder(nnx.Module):
         return logits if cap is None else cap * jnp.tanh(logits.astype(jnp.float32) / cap)
 
     def hidden_states(self, tokens: Array, positions: Array, segment_ids: Array, cache: Cache | None = None,
-                      embed_noise: Callable[[Array], Array] | None = None) -> tuple[Array, Cache | None]:
+                      embed_noise: Callable[[Array], Array] | None = None,
+                      lora_key: Array | None = None) -> tuple[Array, Cache | None]:
         """The last hidden layer [B, T, hidden] after the final norm (HF's `hidden_states[-1]`), and the
         updated cache when decoding. `embed_noise` maps the token embeddings (after the family's scale, before
         learned positions: HF's `embed_tokens` output) to what the layers get: only the train step passes one
-        (NEFTune, `train.step.neftune_noise`)."""
+        (NEFTune, `train.step.neftune_noise`). `lora_key` draws the LoRA dropout masks (model/lora.py), layer i's
+        from fold_in(lora_key, i) in either layout: only the train step passes one, never with a cache."""
         x = self.embed_tokens(tokens)
         if embed_noise is not None:
             x = embed_noise(x)
@@ -266,7 +271,7 @@ class Decoder(nnx.Module):
         kinds = self._kinds(positions, segment_ids, decoding=cache is not None)
         kind_ids = self._kind_ids()
         if cache is None:
-            return self.norm(self._train_layers(x, kind_ids, kinds)), None
+            return self.norm(self._train_layers(x, kind_ids, kinds, lora_key)), None
         segments = jax.lax.dynamic_update_slice(cache.segments, segment_ids.astype(jnp.int32), (0, cache.index))
         x, keys, values = self._cached_layers(x, kind_ids, kinds, segment_ids, segments, cache)
         return self.norm(x), Cache(keys, values, segments, cache.index + tokens.shape[1])
@@ -287,25 +292,28 @@ class Decoder(nnx.Module):
         masks = () if decoding else tuple(attention.mask_input(implementation, segment_ids, w) for w in windows)
         return LayerKinds(masks, ropes)
 
-    def _train_layers(self, x: Array, kind_ids: np.ndarray, kinds: LayerKinds) -> Array:
-        def run_layer(layer: DecoderLayer, x: Array, kind: Array | int, kinds: LayerKinds) -> Array:
-            return layer(x, kind, kinds)
+    def _train_layers(self, x: Array, kind_ids: np.ndarray, kinds: LayerKinds, key: Array | None) -> Array:
+        """The layers without a cache; a `key` reaches each layer as an argument (remat's recompute draws the same
+        dropout masks)."""
+        def run_layer(layer: DecoderLayer, x: Array, kind: Array | int, kinds: LayerKinds, key: Array | None) -> Array:
+            return layer(x, kind, kinds, key)
 
         def remat(fn):
             return nnx.remat(fn, policy=remat_policy(self.config.remat)) if self.config.remat != "none" else fn
 
+        keys = None if key is None else jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(len(kind_ids)))
         if not self.config.scan_layers:  # each layer's type is known here: no switch
-            runs = {kind: remat(lambda layer, x, kinds, kind=kind: run_layer(layer, x, kind, kinds))
+            runs = {kind: remat(lambda layer, x, kinds, key, kind=kind: run_layer(layer, x, kind, kinds, key))
                     for kind in set(kind_ids.tolist())}
-            for layer, kind in zip(self.layers, kind_ids.tolist(), strict=True):
-                x = runs[kind](layer, x, kinds)
+            for i, (layer, kind) in enumerate(zip(self.layers, kind_ids.tolist(), strict=True)):
+                x = runs[kind](layer, x, kinds, None if keys is None else keys[i])
             return x
 
-        @nnx.scan(in_axes=(0, nnx.Carry, 0, None), out_axes=nnx.Carry)
-        def scan(layer: DecoderLayer, x: Array, kind: Array, kinds: LayerKinds) -> Array:
-            return remat(run_layer)(layer, x, kind, kinds)
+        @nnx.scan(in_axes=(0, nnx.Carry, 0, None, None if keys is None else 0), out_axes=nnx.Carry)
+        def scan(layer: DecoderLayer, x: Array, kind: Array, kinds: LayerKinds, key: Array | None) -> Array:
+            return remat(run_layer)(layer, x, kind, kinds, key)
 
-        return scan(self.layers, x, jnp.asarray(kind_ids), kinds)
+        return scan(self.layers, x, jnp.asarray(kind_ids), kinds, keys)
 
     def _cached_layers(self, x: Array, kind_ids: np.ndarray, kinds: LayerKinds, query_segments: Array,
                        segments: Array, cache: Cache) -> tuple[Array, Array, Array]:

@@ -1,7 +1,8 @@
 """The decoder's building blocks in Flax NNX: parameters with logical axis names (`param`), a projection
 (`Dense`, with LoRA adapters where `config.lora` targets it: model/lora.py; its kernel stored quantized under
-`config.quantize_base`: model/quantize.py), the embedding table (`Embed`, also the tied output projection) and the family's norm (`Norm`). Compute
-runs in `config.dtype` over `config.param_dtype` parameters."""
+`config.quantize_base`: model/quantize.py), projections of one input (`projections`: a fused HF module's share
+one LoRA A), the embedding table (`Embed`, also the tied output projection) and the family's norm (`Norm`).
+Compute runs in `config.dtype` over `config.param_dtype` parameters."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ class Dense(nnx.Module):
         in_shape, out_shape = tuple(np.atleast_1d(in_shape)), tuple(np.atleast_1d(out_shape))
         self.kernel = param(rngs, in_shape + out_shape, axes, config)
         self.quantized = None  # QLoRA: a frozen base projection kept as codes + absmax (model/quantize.py)
-        if config.quantize_base != "none" and name in lora.family_modules(config).values():
+        if config.quantize_base != "none" and name in lora.module_names(config):
             codes, absmax = quantize.quantize(self.kernel[...], config.quantize_base)
             self.quantized, self.kernel = config.quantize_base, None
             self.kernel_codes = nnx.Param(codes, out_sharding=axes, eager_sharding=False)
@@ -53,17 +54,33 @@ class Dense(nnx.Module):
         spec = lora.spec(config)
         lora_a = lora_b = None
         if spec is not None and name in spec.targets:  # PEFT: A kaiming-uniform(a=sqrt(5)) = U(+-1/sqrt(in)), B 0
-            bound = 1.0 / math.sqrt(math.prod(in_shape))
-            a = jax.random.uniform(rngs.params(), (*in_shape, spec.rank), jnp.dtype(config.param_dtype), -bound, bound)
-            lora_a = nnx.Param(a, out_sharding=(*axes[:self.n_in], "lora_rank"), eager_sharding=False)
+            if spec.holds_a(name):  # not the later modules of a fused group: they use its first one's A
+                bound = 1.0 / math.sqrt(math.prod(in_shape))
+                a = jax.random.uniform(rngs.params(), (*in_shape, spec.rank), jnp.dtype(config.param_dtype), -bound,
+                                       bound)
+                lora_a = nnx.Param(a, out_sharding=(*axes[:self.n_in], "lora_rank"), eager_sharding=False)
             lora_b = param(None, (spec.rank, *out_shape), ("lora_rank", *axes[self.n_in:]), config, fill=0.0)
         self.lora_a, self.lora_b = nnx.data(lora_a), nnx.data(lora_b)
-        self.lora_scale = spec.scale if lora_a is not None else 0.0
+        self.lora_scale = spec.scale if lora_b is not None else 0.0
+        self.lora_dropout = spec.dropout if lora_b is not None else 0.0
+        self.name = name
 
-    def __call__(self, x: Array) -> Array:
+    def lora_input(self, x: Array, key: Array | None = None) -> Array:
+        """The LoRA branch's dropout(x) A [tokens, rank] for x [..., *in]. With `key` (the train step's alone) and
+        `lora_dropout` p > 0, x flattened to [tokens, in] keeps the elements where jax.random.bernoulli(key, 1 - p,
+        [tokens, in]) is true, divided by 1 - p (PEFT's nn.Dropout, but not torch's masks)."""
+        in_size = math.prod(self.lora_a.shape[: self.n_in])
+        flat = x.astype(self.dtype).reshape(-1, in_size)
+        if key is not None and self.lora_dropout > 0:
+            keep = jax.random.bernoulli(key, 1.0 - self.lora_dropout, flat.shape)
+            flat = jnp.where(keep, flat / (1.0 - self.lora_dropout), jnp.zeros((), flat.dtype))
+        return flat @ self.lora_a[...].astype(self.dtype).reshape(in_size, -1)
+
+    def __call__(self, x: Array, key: Array | None = None, lora_x: Array | None = None) -> Array:
         """One 2-D matmul [tokens, in] @ [in, out] with batch and length flattened into tokens: the same
         maths as a tensordot, but XLA:CPU runs the weight gradient as one plain GEMM instead of
-        transposing activations first (benchmarks/RESULTS.md)."""
+        transposing activations first (benchmarks/RESULTS.md). The LoRA branch adds `lora_x` B * scale, `lora_x`
+        the fused group's shared `lora_input` (needed where this module holds no A) or this one's from `key`."""
         if self.quantized is None:
             kernel = self.kernel[...].astype(self.dtype)
         else:
@@ -72,11 +89,26 @@ class Dense(nnx.Module):
         lead = x.shape[: x.ndim - self.n_in]
         flat = x.astype(self.dtype).reshape(-1, in_size)
         y = flat @ kernel.reshape(in_size, -1)
-        if self.lora_a is not None:  # + (x A B) * alpha / rank
-            a, b = self.lora_a[...].astype(self.dtype), self.lora_b[...].astype(self.dtype)
-            y = y + (flat @ a.reshape(in_size, -1)) @ b.reshape(a.shape[-1], -1) * jnp.asarray(self.lora_scale, self.dtype)
+        if self.lora_b is not None:  # + (dropout(x) A B) * alpha / rank
+            xa = self.lora_input(x, key) if lora_x is None else lora_x
+            b = self.lora_b[...].astype(self.dtype)
+            y = y + xa @ b.reshape(b.shape[0], -1) * jnp.asarray(self.lora_scale, self.dtype)
         y = y.reshape(*lead, *kernel.shape[self.n_in :])
         return y if self.bias is None else y + self.bias[...].astype(self.dtype)
+
+
+def module_key(key: Array | None, name: str) -> Array | None:
+    """A layer's LoRA dropout key for its module `name` (each module its own masks), None without one."""
+    return None if key is None else jax.random.fold_in(key, tuple(lora.LLAMA_MODULES).index(name))
+
+
+def projections(x: Array, denses: list[Dense], key: Array | None = None) -> list[Array]:
+    """Each of `denses` on the same x; where the later ones hold `lora_b` alone (a fused HF module: model/lora.py)
+    the group's dropout(x) A is computed once, by the first, and shared, as PEFT's single lora_A."""
+    first, shared = denses[0], None
+    if any(d.lora_b is not None and d.lora_a is None for d in denses[1:]):
+        shared = first.lora_input(x, module_key(key, first.name))
+    return [d(x, module_key(key, d.name), shared if d is first or d.lora_a is None else None) for d in denses]
 
 
 class Embed(nnx.Module):

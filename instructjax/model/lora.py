@@ -1,6 +1,6 @@
 """LoRA (`model.lora: {rank, alpha, dropout, targets}`): low-rank adapters on the family's linear modules, as PEFT's
-`LoraConfig` defines them: y = x W + (x A B) * alpha / rank, A [in, rank] kaiming-uniform(a=sqrt(5)) like PEFT's
-`lora_A`, B [rank, out] zeros, so a fresh adapter leaves the model's output exactly as it was.
+`LoraConfig` defines them: y = x W + (dropout(x) A B) * alpha / rank, A [in, rank] kaiming-uniform(a=sqrt(5)) like
+PEFT's `lora_A`, B [rank, out] zeros, so a fresh adapter leaves the model's output exactly as it was.
 
 The adapters live in our own `Dense` (model/layers.py: `lora_a`, `lora_b`), not through qwix: qwix 0.1.8's
 `apply_lora_to_model` on our nnx `Decoder` creates no adapters in the loop layout (it intercepts `dot_general`
@@ -9,8 +9,13 @@ The adapters live in our own `Dense` (model/layers.py: `lora_a`, `lora_b`), not 
 HF module and carry none of our logical axis names; PEFT's per-module lora_A / lora_B map one to one onto ours.
 
 `targets` are the family's Hugging Face module names (`MODULES`) or `all-linear` (every projection of a layer,
-never the output head: PEFT's meaning). Only the adapters train (`trainable` / `frozen` split a params tree);
-`merged` folds them into the kernels (the export without `--adapter`).
+never the output head: PEFT's meaning). A fused HF module (Phi-3's `qkv_proj`, `gate_up_proj`, GPT-NeoX's
+`query_key_value`) is a group of our modules sharing one A, as PEFT's single lora_A: the group's first module
+(q_proj, gate_proj) holds `lora_a`, each module its own part of PEFT's lora_B as `lora_b`, and the attention / MLP
+computes dropout(x) A once for the group. `dropout` (PEFT's `lora_dropout`) drops the LoRA branch's input in the
+train step alone, its masks from the step's key (train/step.py), not torch's: PEFT's exact masks cannot be
+reproduced. Only the adapters train (`trainable` / `frozen` split a params tree); `merged` folds them into the
+kernels (the export without `--adapter`).
 """
 
 from __future__ import annotations
@@ -21,37 +26,56 @@ from typing import Any, NamedTuple
 import numpy as np
 
 ADAPTERS = ("lora_a", "lora_b")
-LLAMA_MODULES = {n: n for n in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
-# family -> {HF module name: our module name}; Phi-3's and GPT-NeoX's fused modules are not mapped yet
-MODULES: dict[str, dict[str, str]] = {
+LLAMA_MODULES = {n: (n,) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
+# family -> {HF module name: our modules it is (several for a fused module, in the order HF fuses them)}
+MODULES: dict[str, dict[str, tuple[str, ...]]] = {
     **{f: LLAMA_MODULES for f in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")},
-    "opt": {"q_proj": "q_proj", "k_proj": "k_proj", "v_proj": "v_proj", "out_proj": "o_proj", "fc1": "up_proj",
-            "fc2": "down_proj"},
+    "opt": {"q_proj": ("q_proj",), "k_proj": ("k_proj",), "v_proj": ("v_proj",), "out_proj": ("o_proj",),
+            "fc1": ("up_proj",), "fc2": ("down_proj",)},
+    "phi3": {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "o_proj": ("o_proj",),
+             "gate_up_proj": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)},
+    "gpt_neox": {"query_key_value": ("q_proj", "k_proj", "v_proj"), "dense": ("o_proj",),
+                 "dense_h_to_4h": ("up_proj",), "dense_4h_to_h": ("down_proj",)},
 }
 KEYS = ("rank", "alpha", "dropout", "targets")
 
 
 class LoraSpec(NamedTuple):
-    """A checked `model.lora`: `targets` in our module names, `hf_targets` in the family's."""
+    """A checked `model.lora`: `targets` in our module names, `hf_targets` in the family's, `groups` our modules
+    of each HF target (a fused module's share its first one's A)."""
 
     rank: int
     alpha: float
     dropout: float
     targets: tuple[str, ...]
     hf_targets: tuple[str, ...]
+    groups: tuple[tuple[str, ...], ...] = ()
 
     @property
     def scale(self) -> float:
         """PEFT's default scaling, alpha / rank."""
         return self.alpha / self.rank
 
+    def holds_a(self, name: str) -> bool:
+        """Whether our module `name` has its own `lora_a` (a target, first of its group)."""
+        return any(group[0] == name for group in self.groups)
 
-def family_modules(config: Any) -> dict[str, str]:
-    """The family's HF linear modules a LoRA may target (a plain MLP has no gate)."""
+    def leaders(self) -> dict[str, str]:
+        """Our targeted module -> the module whose A it uses (itself unless fused)."""
+        return {name: group[0] for group in self.groups for name in group}
+
+
+def family_modules(config: Any) -> dict[str, tuple[str, ...]]:
+    """The family's HF linear modules a LoRA may target -> our modules (a plain MLP has no gate)."""
     modules = dict(MODULES.get(config.family, {}))
     if not config.gated_mlp:
         modules.pop("gate_proj", None)
     return modules
+
+
+def module_names(config: Any) -> set[str]:
+    """Our modules that are the family's linear layers (what a LoRA may adapt, what QLoRA quantizes)."""
+    return {name for group in family_modules(config).values() for name in group}
 
 
 def problems(config: Any) -> list[str]:
@@ -67,11 +91,11 @@ def problems(config: Any) -> list[str]:
         out.append(f"model.lora.rank must be a positive integer, got {rank!r}")
     if not isinstance(alpha, int | float) or isinstance(alpha, bool):
         out.append(f"model.lora.alpha must be a number, got {alpha!r}")
-    if dropout != 0:
-        out.append(f"model.lora.dropout={dropout!r}: only 0 is supported so far")
+    if not isinstance(dropout, int | float) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+        out.append(f"model.lora.dropout must be a number in [0, 1), got {dropout!r}")
     modules = family_modules(config)
     if not modules:
-        return out + [f"model.lora: LoRA on the {config.family} family's fused modules is not supported yet"]
+        return out + [f"model.lora: the {config.family} family has no LoRA module table"]
     targets = lora.get("targets", "all-linear")
     targets = [targets] if isinstance(targets, str) else list(targets or [])
     unknown = [t for t in targets if t != "all-linear" and t not in modules]
@@ -90,13 +114,14 @@ def spec(config: Any) -> LoraSpec | None:
     targets = lora.get("targets", "all-linear")
     targets = [targets] if isinstance(targets, str) else list(targets)
     hf = tuple(modules) if "all-linear" in targets else tuple(t for t in modules if t in targets)
+    groups = tuple(modules[t] for t in hf)
     return LoraSpec(lora["rank"], float(lora.get("alpha", lora["rank"])), float(lora.get("dropout", 0.0)),
-                    tuple(modules[t] for t in hf), hf)
+                    tuple(name for group in groups for name in group), hf, groups)
 
 
 def adapter_params(config: Any) -> int:
-    """Elements of the adapters `config.lora` adds (PEFT's "trainable params"): rank x (in + out) for each
-    targeted module of each layer; 0 without LoRA."""
+    """Elements of the adapters `config.lora` adds (PEFT's "trainable params"): rank x (in + the outs of its
+    modules) for each targeted HF module of each layer (one A for a fused module); 0 without LoRA."""
     lora = spec(config)
     if lora is None:
         return 0
@@ -104,7 +129,7 @@ def adapter_params(config: Any) -> int:
     q, kv = config.num_heads * d, config.num_kv_heads * d
     sizes = {"q_proj": (e, q), "k_proj": (e, kv), "v_proj": (e, kv), "o_proj": (q, e), "gate_proj": (e, m),
              "up_proj": (e, m), "down_proj": (m, e)}
-    return config.num_layers * sum(lora.rank * sum(sizes[t]) for t in lora.targets)
+    return config.num_layers * sum(lora.rank * (sizes[g[0]][0] + sum(sizes[t][1] for t in g)) for g in lora.groups)
 
 
 # ---- params trees (pure dicts) -----------------------------------------------------------------------------
@@ -157,20 +182,23 @@ def delta(lora_a: np.ndarray, lora_b: np.ndarray, scale: float, stacked: bool) -
 
 
 def merged(params: Mapping, config: Any) -> dict:
-    """`params` (host arrays) with every adapter folded into its kernel and removed (PEFT's merge_and_unload)."""
+    """`params` (host arrays) with every adapter folded into its kernel and removed (PEFT's merge_and_unload); a
+    module holding `lora_b` alone uses its fused group's A (a sibling's `lora_a`)."""
     lora = spec(config)
-    scale = lora.scale if lora else 1.0
+    scale, leaders = (lora.scale, lora.leaders()) if lora else (1.0, {})
 
     def walk(node: Mapping, stacked: bool) -> dict:
-        out = {k: walk(v, stacked) if isinstance(v, Mapping) else v for k, v in node.items() if k not in ADAPTERS}
-        if "lora_a" in node:
-            kernel = np.asarray(node["kernel"])
-            out["kernel"] = (kernel + delta(np.asarray(node["lora_a"], np.float32),
-                                            np.asarray(node["lora_b"], np.float32), scale, stacked)).astype(kernel.dtype)
+        out = {k: walk(v, stacked or (node is params and config.scan_layers and k == "layers"))
+               if isinstance(v, Mapping) else v for k, v in node.items() if k not in ADAPTERS}
+        for key, value in node.items():
+            if isinstance(value, Mapping) and "lora_b" in value:
+                a = value["lora_a"] if "lora_a" in value else node[leaders[key]]["lora_a"]
+                kernel = np.asarray(value["kernel"])
+                out[key]["kernel"] = (kernel + delta(np.asarray(a, np.float32), np.asarray(value["lora_b"], np.float32),
+                                                     scale, stacked)).astype(kernel.dtype)
         return out
 
-    return {k: walk(v, config.scan_layers and k == "layers") if isinstance(v, Mapping) else v
-            for k, v in params.items()}
+    return walk(params, False)
 
 
 def adapter_count(tree: Any) -> int:

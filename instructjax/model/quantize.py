@@ -109,7 +109,7 @@ def quantized(params: Any, config: Any, shardings: Any = None) -> Any:
     stored as codes and absmax, one kernel at a time on the devices `shardings` (the quantized model's) names."""
     from instructjax.model import lora
 
-    modules = set(lora.family_modules(config).values())
+    modules = lora.module_names(config)
 
     def walk(node: dict, shard: Any, name: str) -> dict:
         out = {}

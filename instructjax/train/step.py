@@ -10,7 +10,8 @@ The step: the global batch split into `optim.micro_batches` micro-batches whose 
 (`loss.accumulate_gradients`), the loss normalised by the trained-token weight of the whole global batch, then
 AdamW; parameters and optimizer state are donated. With `model.lora` the gradients and AdamW's state are the
 adapters' alone (`optim.adapters_only`), the base is returned as it came. With `optim.neftune_alpha` > 0 the token embeddings get
-NEFTune's noise (`neftune_noise`), from the step's key (`neftune_keys`): nowhere but here.
+NEFTune's noise (`neftune_noise`), from the step's key (`neftune_keys`), and with `model.lora.dropout` > 0 the LoRA
+branches' inputs their dropout masks (`lora_keys`, model/lora.py): nowhere but here.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from instructjax.model.decoder import Decoder
 from instructjax.train import loss
 
 NEFTUNE_STREAM = 0x4E454654  # "NEFT": the noise's own stream under the run's seed
+LORA_DROPOUT_STREAM = 0x4C4F5241  # "LORA": the LoRA dropout masks' own stream
 
 
 def neftune_noise(alpha: float, key: jax.Array) -> Callable[[jax.Array], jax.Array]:
@@ -50,14 +52,20 @@ def neftune_noise(alpha: float, key: jax.Array) -> Callable[[jax.Array], jax.Arr
     return add
 
 
-def neftune_keys(seed: int, opt_state: Any, micro: int) -> jax.Array:
-    """One key a micro-batch from the step's key: the run's seed folded with the updates applied so far (the
-    optimizer's `count`), so a resumed run, whose optimizer state is restored, draws the same noise."""
+def neftune_keys(seed: int, opt_state: Any, micro: int, stream: int = NEFTUNE_STREAM,
+                 what: str = "optim.neftune_alpha") -> jax.Array:
+    """One key a micro-batch from the step's key: the run's seed folded with `stream` and the updates applied so
+    far (the optimizer's `count`), so a resumed run, whose optimizer state is restored, draws the same noise."""
     counts = optax.tree_utils.tree_get_all_with_path(opt_state, "count")
     if not counts:
-        raise ConfigError("optim.neftune_alpha needs an optimizer that counts its updates (AdamW does)")
-    step_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), NEFTUNE_STREAM), counts[0][1])
+        raise ConfigError(f"{what} needs an optimizer that counts its updates (AdamW does)")
+    step_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), stream), counts[0][1])
     return jax.random.split(step_key, micro)
+
+
+def lora_keys(seed: int, opt_state: Any, micro: int) -> jax.Array:
+    """The LoRA dropout keys of a step, one a micro-batch (`neftune_keys` on their own stream)."""
+    return neftune_keys(seed, opt_state, micro, LORA_DROPOUT_STREAM, "model.lora.dropout")
 
 
 def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
@@ -70,10 +78,14 @@ def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
         return jax.lax.with_sharding_constraint(x, micro_spec)
 
     def step(params, opt_state, batch):
+        spec = lora.spec(nnx.merge(graphdef, params).config)  # the model's own (a resumed run's stored lora)
+        dropout = spec is not None and spec.dropout > 0
+
         def sums(p, mb):
             model = nnx.merge(graphdef, p)
             noise = neftune_noise(alpha, mb["neftune_key"]) if alpha else None
-            hidden, _ = model.hidden_states(mb["tokens"], mb["positions"], mb["segment_ids"], embed_noise=noise)
+            hidden, _ = model.hidden_states(mb["tokens"], mb["positions"], mb["segment_ids"], embed_noise=noise,
+                                            lora_key=mb["lora_key"] if dropout else None)
             nll = loss.model_nll(model, hidden, mb["targets"], config.optim.loss_chunk)
             weights = mb["loss_weights"].astype(jnp.float32)
             source_sums, source_weights = loss.per_source_sums(nll, weights, mb["source_ids"], num_sources)
@@ -83,6 +95,8 @@ def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
         micro_batches = jax.tree.map(split, batch)
         if alpha:
             micro_batches["neftune_key"] = neftune_keys(config.seed, opt_state, micro)
+        if dropout:
+            micro_batches["lora_key"] = lora_keys(config.seed, opt_state, micro)
         adapters, base = lora.trainable(params), lora.frozen(params)
         if adapters:  # LoRA: gradients of the adapters alone, the base rides along unchanged
             result = loss.accumulate_gradients(lambda p, mb: sums(lora.combine(p, base), mb), adapters, micro_batches,

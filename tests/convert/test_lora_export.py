@@ -133,3 +133,56 @@ def test_an_adapter_we_cannot_run_is_one_line(tmp_path):
               open(tmp_path / "peft" / "adapter_config.json", "w"))
     with pytest.raises(ConfigError, match="use_dora=True is not supported"):
         import_hf(hf, str(tmp_path / "ours"), adapter=str(tmp_path / "peft"))
+
+
+TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+            max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0)
+# family -> (config class, its own keys, PEFT's target_modules): the fused modules among them
+FUSED = {"phi3": ("Phi3Config", dict(num_key_value_heads=2), ["qkv_proj", "gate_up_proj", "down_proj"]),
+         "gpt_neox": ("GPTNeoXConfig", dict(rotary_pct=0.5), "all-linear")}
+
+
+@pytest.mark.parametrize("family", list(FUSED))
+def test_a_peft_adapter_on_fused_modules_imports_exports_and_merges(tmp_path, family):
+    """Phi-3's qkv_proj / gate_up_proj and GPT-NeoX's query_key_value are one PEFT module each (one lora_A shared
+    by q, k and v, or gate and up; lora_B cut like the fused weight, per head for GPT-NeoX): an adapter PEFT made
+    with A and B random imports to PEFT's log-probs, merged too; `export --adapter` writes PEFT's tensors back; our
+    parameter count is PEFT's trainable count."""
+    import torch
+    import transformers
+    from safetensors.numpy import load_file
+
+    name, keys, targets = FUSED[family]
+    torch.manual_seed(0)
+    hf_model = transformers.AutoModelForCausalLM.from_config(getattr(transformers, name)(**TINY, **keys)).float()
+    with torch.no_grad():
+        for n, p in hf_model.named_parameters():  # larger than the init's, norms around 1: a misplaced piece shows
+            p.copy_((1.0 if "norm" in n and n.endswith("weight") else 0.0) + 0.08 * torch.randn_like(p))
+    hf_model.save_pretrained(tmp_path / "hf")
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=targets, lora_dropout=0.0, init_lora_weights=False)
+    model = peft.get_peft_model(hf_model, config).eval()
+    model.save_pretrained(tmp_path / "peft")
+    ids = np.random.default_rng(1).integers(3, 256, (2, 20)).astype(np.int32)
+    with torch.no_grad():
+        theirs = log_probs(model(torch.tensor(ids, dtype=torch.long)).logits.numpy(), ids)
+        with model.disable_adapter():
+            base_lp = log_probs(model(torch.tensor(ids, dtype=torch.long)).logits.numpy(), ids)
+
+    import_hf(str(tmp_path / "hf"), str(tmp_path / "ours"), adapter=str(tmp_path / "peft"))
+    params, stored, _, _ = load_params(str(tmp_path / "ours"))
+    ours_config = DecoderConfig.from_dict(stored).replace(dtype="float32")
+    assert ours_config.family == family
+    assert lora.adapter_params(ours_config) == lora.adapter_count(params) == model.get_nb_trainable_parameters()[0]
+    positions, segments = np.tile(np.arange(20, dtype=np.int32), (2, 1)), np.ones_like(ids)
+    ours = log_probs(np.asarray(with_params(ours_config, params)(ids, positions, segments)), ids)
+    assert np.abs(ours - base_lp).max() > 1e-2
+    assert np.abs(ours - theirs).max() < 2e-3, np.abs(ours - theirs).max()
+    folded = with_params(ours_config.replace(lora=None), lora.merged(jax.device_get(params), ours_config))
+    assert np.abs(log_probs(np.asarray(folded(ids, positions, segments)), ids) - theirs).max() < 2e-3
+
+    export_checkpoint(str(tmp_path / "ours"), str(tmp_path / "back"), adapter=True)
+    saved, back = (load_file(os.path.join(d, "adapter_model.safetensors")) for d in (tmp_path / "peft", tmp_path / "back"))
+    assert sorted(saved) == sorted(back)
+    assert max(np.abs(saved[k] - back[k]).max() for k in saved) < 1e-6
+    written = json.load(open(tmp_path / "back" / "adapter_config.json"))["target_modules"]  # all-linear: full names
+    assert set(written) == {t.rsplit(".", 1)[-1] for t in model.peft_config["default"].target_modules}

@@ -1,8 +1,11 @@
 """LoRA (`model.lora`, model/lora.py): one adapted projection against numpy, a fresh adapter (B = 0) leaves the
 model's logits exactly as the base's, only the adapters train (the base bitwise unchanged, AdamW's state the
-adapters' alone), and bad input is one line."""
+adapters' alone), a fused module's group shares one A, `lora.dropout` drops the adapters' input in the train step
+alone, and bad input is one line."""
 
 from __future__ import annotations
+
+import pathlib
 
 import jax
 import jax.numpy as jnp
@@ -17,7 +20,7 @@ from instructjax.model.config import preset
 from instructjax.model.decoder import Decoder, with_params
 from instructjax.model.layers import Dense
 from instructjax.train.optim import make_optimizer
-from instructjax.train.step import build_step
+from instructjax.train.step import build_step, make_train_step
 
 LORA = {"rank": 4, "alpha": 8, "targets": ["q_proj", "v_proj", "down_proj"]}
 ROWS, LENGTH = 4, 32
@@ -104,9 +107,125 @@ def test_bad_lora_is_one_line():
     assert "\n" not in str(e.value)
     with pytest.raises(ConfigError, match="model.lora.rank must be a positive integer, got 0"):
         lora_config(rank=0)
+    with pytest.raises(ConfigError, match=r"model.lora.dropout must be a number in \[0, 1\), got 1.0"):
+        lora_config(dropout=1.0)
+    with pytest.raises(ConfigError, match="query_key_value, dense, dense_h_to_4h, dense_4h_to_h"):
+        preset("tiny", family="gpt_neox", lora={"rank": 2, "targets": ["q_proj"]})
     with pytest.raises(ConfigError, match="out_proj, fc1, fc2"):
         preset("tiny", family="opt", lora={"rank": 2, "targets": ["gate_proj"]})
     assert lora.spec(lora_config(targets="all-linear")).targets == tuple(lora.LLAMA_MODULES)
+
+
+def fused_model(dropout: float, scan: bool = True, **overrides):
+    """(graphdef, params) of a tiny Phi-3 (fused qkv and gate_up) with every adapter's B random."""
+    config = preset("tiny", family="phi3", dtype="float32", vocab_size=256, scan_layers=scan,
+                    lora={"rank": 4, "alpha": 8, "dropout": dropout}, **overrides)
+    graphdef, state = nnx.split(Decoder(config, rngs=nnx.Rngs(0)))
+    rng = np.random.default_rng(5)
+    params = jax.tree_util.tree_map_with_path(
+        lambda p, x: rng.normal(0, 0.1, x.shape).astype(np.float32) if p[-1].key == "lora_b" else np.asarray(x),
+        nnx.to_pure_dict(state))
+    return graphdef, params
+
+
+def test_a_fused_group_shares_one_a_and_trains_through_it():
+    """Phi-3: k/v and up hold lora_b alone (their group's first module holds the one A, as PEFT's single lora_A);
+    trainable / frozen / combine and the adapters-only optimizer handle them; an update moves every adapter."""
+    graphdef, params = fused_model(0.0)
+    adapters = lora.trainable(params)
+    attn, mlp = adapters["layers"]["self_attn"], adapters["layers"]["mlp"]
+    assert set(attn["q_proj"]) == {"lora_a", "lora_b"} and set(attn["k_proj"]) == set(attn["v_proj"]) == {"lora_b"}
+    assert set(mlp["gate_proj"]) == {"lora_a", "lora_b"} and set(mlp["up_proj"]) == {"lora_b"}
+    assert jax.tree.structure(lora.combine(adapters, lora.frozen(params))) == jax.tree.structure(params)
+    run = load_config(None, ["model.preset=tiny", "optim.lr=1e-2", "optim.warmup_ratio=0"])
+    tx, _ = make_optimizer(run.optim, 10, adapters=True)
+    b = batch()
+
+    def loss(adapters):
+        model = nnx.merge(graphdef, lora.combine(adapters, lora.frozen(params)))
+        logits = model(b["tokens"], b["positions"], b["segment_ids"])
+        return -jnp.take_along_axis(jax.nn.log_softmax(logits), b["targets"][..., None], -1).mean()
+
+    grads = jax.grad(loss)(adapters)
+    updates, _ = tx.update(lora.combine(grads, jax.tree.map(np.zeros_like, lora.frozen(params))), tx.init(params),
+                           params)
+    assert jax.tree.structure(updates) == jax.tree.structure(params)
+    assert all(np.abs(np.asarray(u)).max() > 0 for u in jax.tree.leaves(lora.trainable(updates)))
+
+
+def test_dropout_drops_the_lora_input_against_numpy():
+    """lora.dropout p: with a key the LoRA branch reads x * mask / (1 - p), mask = jax.random.bernoulli(key, 1 - p,
+    [tokens, in]) (the base path undropped); without a key (eval, score, generate) no dropout."""
+    config = lora_config(dropout=0.25)
+    dense = Dense(64, (4, 16), ("embed", "heads", "head_dim"), config, name="q_proj", rngs=nnx.Rngs(0))
+    b = np.random.default_rng(1).normal(size=(4, 4, 16)).astype(np.float32)
+    dense.lora_b[...] = jnp.asarray(b)
+    x = np.random.default_rng(2).normal(size=(2, 3, 64)).astype(np.float32)
+    key = jax.random.key(7)
+    mask = np.asarray(jax.random.bernoulli(key, 0.75, (6, 64))).reshape(2, 3, 64)
+    assert 0 < mask.mean() < 1
+    a, w = np.asarray(dense.lora_a[...], np.float64), np.asarray(dense.kernel[...], np.float64).reshape(64, 64)
+
+    def want(lora_in):
+        return (x @ w + (lora_in @ a) @ b.reshape(4, 64) * 2.0).reshape(2, 3, 4, 16)
+
+    np.testing.assert_allclose(np.asarray(dense(jnp.asarray(x), key)), want(x * mask / 0.75), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(dense(jnp.asarray(x))), want(x), rtol=1e-5, atol=1e-5)
+    assert np.abs(want(x * mask / 0.75) - want(x)).max() > 1e-2
+
+
+def test_dropout_reaches_every_adapter_in_both_layouts_and_never_eval(monkeypatch):
+    """A key reaches each A (a fused group draws one mask) in scanned and looped layers alike (layer i's key
+    fold_in(key, i): the same hidden states); without a key the logits are dropout 0's."""
+    graphdef, params = fused_model(0.3)
+    model = nnx.merge(graphdef, params)
+    b = batch()
+    args = (b["tokens"], b["positions"], b["segment_ids"])
+    keyed = []
+    original = Dense.lora_input
+    monkeypatch.setattr(Dense, "lora_input", lambda self, x, key=None: (keyed.append((self.name, key is not None)),
+                                                                        original(self, x, key))[1])
+    dropped, _ = model.hidden_states(*args, lora_key=jax.random.key(1))
+    assert set(keyed) == {(n, True) for n in ("q_proj", "o_proj", "gate_proj", "down_proj")}
+    monkeypatch.setattr(Dense, "lora_input", original)
+    plain, _ = model.hidden_states(*args)
+    assert np.abs(np.asarray(dropped) - np.asarray(plain)).max() > 1e-3
+    loop_graphdef, _ = fused_model(0.3, scan=False)
+    layers = {i: jax.tree.map(lambda x, i=i: x[i], params["layers"]) for i in range(2)}
+    looped, _ = nnx.merge(loop_graphdef, {**params, "layers": layers}).hidden_states(*args, lora_key=jax.random.key(1))
+    np.testing.assert_allclose(np.asarray(looped), np.asarray(dropped), rtol=1e-5, atol=1e-5)
+    no_dropout = nnx.merge(fused_model(0.0)[0], params)
+    np.testing.assert_array_equal(np.asarray(model(*args)), np.asarray(no_dropout(*args)))
+    package = pathlib.Path(lora.__file__).parents[1]  # score, generate and eval never pass a key
+    assert sorted(str(p.relative_to(package)) for p in package.rglob("*.py") if "lora_key=" in p.read_text()) == [
+        "train/step.py"]
+
+
+def test_dropout_steps_are_their_own_and_repeat_bitwise():
+    """Two train steps with dropout 0.3 update the adapters otherwise than dropout 0 and rerun bitwise the same
+    (the keys from the seed and the optimizer's count); remat recomputes the same masks."""
+    run = load_config(None, ["model.preset=tiny", f"data.seq_len={LENGTH}", f"data.global_batch={ROWS}",
+                             "optim.lr=1e-2", "optim.warmup_ratio=0", "optim.micro_batches=2"])
+    tx, _ = make_optimizer(run.optim, 10, adapters=True)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+
+    steps = {}
+
+    def two_steps(dropout: float, remat: str = "none"):
+        graphdef, params = fused_model(dropout, remat=remat)
+        if (dropout, remat) not in steps:  # a rerun reuses the compiled step
+            steps[dropout, remat] = jax.jit(make_train_step(graphdef, tx, run, 1, mesh))
+        step, opt_state = steps[dropout, remat], tx.init(params)
+        for _ in range(2):
+            params, opt_state, _ = step(params, opt_state, batch())
+        return jax.tree.map(np.asarray, lora.trainable(params))
+
+    dropped, again, plain = two_steps(0.3), two_steps(0.3), two_steps(0.0)
+    for x, y, z in zip(jax.tree.leaves(dropped), jax.tree.leaves(again), jax.tree.leaves(plain), strict=True):
+        np.testing.assert_array_equal(x, y)
+        assert np.abs(x - z).max() > 1e-6
+    for x, y in zip(jax.tree.leaves(dropped), jax.tree.leaves(two_steps(0.3, "full")), strict=True):
+        np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-6)
 
 
 def test_a_lora_run_saves_its_adapters_alone_and_resumes_on_its_base(tmp_path):
