@@ -7,7 +7,8 @@ with the same 8 CPU devices.
   preempted on 1 process resumes on 2: the losses are those of the uninterrupted run;
 - a torn newest checkpoint under 2 processes (a seeded (file, way) of its files): both hosts print the
   same one warning line, fall back to the same step and finish with the uninterrupted run's losses;
-- `data.pack: per_step` on 2 processes, preempted and resumed on 4: the unpacked one-process run's losses.
+- a LoRA with `data.pack: per_step` on 2 processes, preempted (adapters saved alone) and resumed on 4: the unpacked
+  one-process LoRA run's losses.
 """
 
 import json
@@ -113,11 +114,19 @@ def test_hosts_plan_one_run_and_match_one_process(tmp_path, small_vocab, hosts, 
     np.testing.assert_allclose([got[s] for s in sorted(got)], [reference.losses[s] for s in sorted(got)], rtol=2e-5)
 
 
-def test_per_step_preempted_on_two_hosts_resumes_on_four_as_the_unpacked_run(tmp_path):
-    """`data.pack: per_step` on 2 processes (each host its slice of every step's packed rows, the step shapes
-    agreed: 8 rows of each step's own length, 256 to 512 tokens), SIGTERM'd after step 2, resumed on 4: every
-    step's loss is the unpacked run's on one process."""
-    args = [*BASE, "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=512", "data.global_batch=16",
+def test_per_step_lora_preempted_on_two_hosts_resumes_on_four_as_the_unpacked_run(tmp_path):
+    """A LoRA on a saved base with `data.pack: per_step` on 2 processes (each host its slice of every step's packed
+    rows, the step shapes agreed: 8 rows of each step's own length, 256 to 512 tokens), SIGTERM'd after step 2:
+    the hosts save the adapters alone with the base's reference; resumed on 4, every step's loss is the unpacked
+    LoRA run's on one process."""
+    from instructjax.core.checkpoint import load_params
+    from instructjax.model import lora
+
+    base = tmp_path / "base"
+    one_process([*BASE, "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=128", "data.global_batch=8",
+                 "max_steps=1"], base)  # a base to adapt: the tiny model after one step
+    args = [*BASE, f"model.init_from={base}", "model.lora.rank=4", "model.lora.alpha=8",
+            "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=512", "data.global_batch=16",
             "data.pack_window=64", "max_steps=6", "checkpoint.every=1000"]  # fmt: skip
     run_dir = tmp_path / "multi"
     procs = launch(2, run_dir, [*args, "data.pack=per_step"], env_extra={"FAULT_STEP_SECONDS": "0.5"})
@@ -126,6 +135,8 @@ def test_per_step_preempted_on_two_hosts_resumes_on_four_as_the_unpacked_run(tmp
     assert all(rc == 75 for rc, _ in results), [err[-2000:] for _, err in results]
     (step,) = saved_steps(run_dir)
     assert 2 <= step < 6
+    saved = jax.tree_util.tree_flatten_with_path(load_params(str(run_dir))[0])[0]
+    assert saved and all(path[-1].key in lora.ADAPTERS for path, _ in saved)  # the base is not saved again
     results = wait(launch(4, run_dir, [*args, "data.pack=per_step"], "--resume"))
     assert all(rc == 0 for rc, _ in results), results[0][1][-3000:] + results[-1][1][-3000:]
     reference = one_process([*args, "data.pack=false"], tmp_path / "single")
