@@ -146,11 +146,18 @@ def _segments(rendered: Rendered, tokenizer: Tokenizer) -> tuple[list[Segment], 
 def encode_conversations(convs: Sequence[Conversation], template: str | ChatTemplate, tokenizer: Tokenizer,
                          max_length: int | None = None, segments: Segments | None = None) -> list[Encoded]:
     """`encode_conversation` of each conversation, as one batch (`segments`: a memo to use and fill)."""
+    return encode_rendered([render_with(conv, template, tokenizer) for conv in convs], tokenizer, max_length, segments)
+
+
+def encode_rendered(rendered: Sequence[Rendered], tokenizer: Tokenizer, max_length: int | None = None,
+                    segments: Segments | None = None) -> list[Encoded]:
+    """The Encoded examples of conversations already rendered (their trained spans are the loss mask: a caller may
+    narrow them, as preference pairs train their completion only), as one batch."""
     if max_length is not None and max_length < 1:
         raise ConfigError(f"max_length must be >= 1, got {max_length}")
-    if not convs:
+    if not rendered:
         return []
-    rendered = [render_with(conv, template, tokenizer) for conv in convs]
+    rendered = list(rendered)
     keys: list[Segment] = []
     starts: list[int] = []  # each segment's start in its conversation's text
     counts = []  # segments per conversation

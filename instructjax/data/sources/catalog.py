@@ -1,11 +1,18 @@
 """The sources' public names, for users' own modules: the registry (`registry`: `Source`, `SOURCES`,
-`get_source`) and loading a source (`load`: `load_conversations`, `open_row_read`). The package's own modules
-import them from there."""
+`PREFERENCE_SOURCES`, `get_source`) and loading a source (`load`: `load_conversations`, `open_row_read`). The
+package's own modules import them from there."""
 
 from instructjax.data.sources.load import load_conversations, open_row_read
-from instructjax.data.sources.registry import FLAN_V2_SUBMIXES, POOL_OPTIONS, SOURCES, Source, get_source
+from instructjax.data.sources.registry import (
+    FLAN_V2_SUBMIXES,
+    POOL_OPTIONS,
+    PREFERENCE_SOURCES,
+    SOURCES,
+    Source,
+    get_source,
+)
 
 read_rows = open_row_read  # its name before it had one meaning
 
-__all__ = ["FLAN_V2_SUBMIXES", "POOL_OPTIONS", "SOURCES", "Source", "get_source", "load_conversations",
-           "open_row_read", "read_rows"]
+__all__ = ["FLAN_V2_SUBMIXES", "POOL_OPTIONS", "PREFERENCE_SOURCES", "SOURCES", "Source", "get_source",
+           "load_conversations", "open_row_read", "read_rows"]

@@ -32,7 +32,7 @@ def load_conversations(
     name: str,
     data_files: str | os.PathLike | Iterable[str | os.PathLike] | None = None,
     *,
-    split: str = "train",
+    split: str | None = None,
     policy: BadRowPolicy | None = None,
     hub_config: str | None = None,
     cache_dir: str | None = None,
@@ -46,10 +46,10 @@ def load_conversations(
     """Yield the validated Conversations of source `name`, in row order or, with `shuffle_seed`, in a
     seeded random order of the rows (of the conversations, for a tree source).
 
-    `data_files` None reads the hub dataset (`hub_config` overrides the registered config; for P3 it names
-    the one subtask to read; `messages` has none: a ConfigError); otherwise local json/jsonl/parquet files
-    in the native schema, a directory standing for the files in it. `options` are per source: oasst1
-    `top_k`; sharegpt `clean` (null: the html-cleaned release, or "fastchat": FastChat's cleaner on a raw
+    `data_files` None reads the hub dataset's `split` (None: the source's `hub_split`); `hub_config` overrides
+    the registered config (for P3 it names the one subtask to read); `messages` has none: a ConfigError.
+    Otherwise local json/jsonl/parquet files in the native schema, a directory standing for the files in it.
+    `options` are per source: oasst1 `top_k`; sharegpt `clean` (null: the html-cleaned release, or "fastchat": FastChat's cleaner on a raw
     HTML dump; see `sharegpt`); every row source `per_part` and `pool_seed` (see `row_read`;
     `per_part=None` reads every row). `policy` counts the rows read, skipped and repaired. `positions`, when
     given, gets each conversation's place in row order appended just before it is yielded (its row's ordinal
@@ -84,7 +84,7 @@ def load_conversations(
 
 
 def open_row_read(name: str, data_files=None, *, policy: BadRowPolicy, shuffle_seed: int | None = None,
-                  split: str = "train", hub_config: str | None = None, cache_dir: str | None = None,
+                  split: str | None = None, hub_config: str | None = None, cache_dir: str | None = None,
                   share: Share = alone, stats: PipelineStats | None = None, **options: Any) -> RowRead | None:
     """The read `load_conversations` makes of a row source, as a `RowRead` (None for a tree source): its
     rows in visiting order, each adapted when asked for. `policy` counts what drawing the pools read; `share`
@@ -95,7 +95,7 @@ def open_row_read(name: str, data_files=None, *, policy: BadRowPolicy, shuffle_s
     return None if source.tree else RowRead(source, parts, opts, shuffle_seed, policy, share, stats=stats)
 
 
-def _open_source(name: str, data_files, split: str, policy: BadRowPolicy, hub_config: str | None,
+def _open_source(name: str, data_files, split: str | None, policy: BadRowPolicy, hub_config: str | None,
                  cache_dir: str | None, options: dict, share: Share, stats: PipelineStats
                  ) -> tuple[Source, list[tuple[str, RowFile]], dict]:
     """The source, its parts (name, rows: its files, or the hub's parts) opened, and the adapter's options
@@ -116,7 +116,7 @@ def _open_source(name: str, data_files, split: str, policy: BadRowPolicy, hub_co
                               "parquet files (or a directory of them)")
         if source.prepare is not None:  # None: the hub dataset, its options checked before it is fetched
             opts = source.prepare(None, opts, share, stats)
-        parts = hub_parts(source, split, hub_config, cache_dir, policy)
+        parts = hub_parts(source, split or source.hub_split, hub_config, cache_dir, policy)
     else:
         parts = [(part_name(p), RowFile(p, cache_dir)) for p in local_files(data_files, name)]
         if source.prepare is not None:

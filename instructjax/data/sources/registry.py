@@ -1,5 +1,5 @@
-"""The registry of sources: dataset name -> hub id, native columns and adapter (`Source`), looked up by name
-(`get_source`). Loading one is `load`."""
+"""The registry of sources: dataset name -> hub id, native columns and adapter (`Source`): the SFT datasets
+(`SOURCES`) and the preference ones (`PREFERENCE_SOURCES`), looked up by name (`get_source`). Loading one is `load`."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from instructjax.core.errors import ConfigError
-from instructjax.data.sources import adapters, chat_logs, dialogues, messages, sharegpt
+from instructjax.data.sources import adapters, chat_logs, dialogues, messages, preference, sharegpt
 
 
 @dataclass(frozen=True)
@@ -31,6 +31,8 @@ class Source:
     # in file order, before any row is adapted (ShareGPT's `clean: fastchat` cleans and de-duplicates the dump, the
     # cleaning mapped over the hosts of a run by `share`, its rows counted into `stats`; `sharegpt.prepare`)
     prepare: Callable[..., dict[str, Any]] | None = None
+    hub_split: str = "train"  # the hub split read (UltraFeedback's pairs are `train_prefs`)
+    kind: str = "sft"  # "preference": each row gives two conversations, chosen then rejected (`preference`)
 
 
 _ALPACA = ("instruction", "input", "output")
@@ -84,10 +86,21 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("messages", "Your own chats (messages)", None, ("messages",), messages.messages),
 ]}
 
+# Preference pairs (DPO / SimPO), apart from SOURCES: those are SFT datasets, each a task of its own and one of
+# `all_builtin`'s, and SFT on a pair would train the rejected answer too. `load_conversations` reads them alike (hub,
+# local files, bad rows). `preference`: UltraFeedback binarized (`train_prefs`) from the hub; through data_files, your
+# own rows in its schema, open-instruct's preference mixtures' or TRL's conversational preference format (one reader).
+PREFERENCE_SOURCES: dict[str, Source] = {s.name: s for s in [
+    Source("preference", "Preference pairs (UltraFeedback binarized)", "HuggingFaceH4/ultrafeedback_binarized",
+           ("prompt", "chosen", "rejected"), preference.preference, hub_split="train_prefs", kind="preference"),
+]}
+
 
 def get_source(name: str) -> Source:
-    """The registered source called `name`; ConfigError listing the known names otherwise."""
-    if name not in SOURCES:
-        raise ConfigError(f"unknown source {name!r}; known: {', '.join(sorted(SOURCES))}")
-    return SOURCES[name]
+    """The registered source called `name` (an SFT dataset or a preference one); ConfigError listing the known names
+    otherwise."""
+    found = SOURCES.get(name) or PREFERENCE_SOURCES.get(name)
+    if found is None:
+        raise ConfigError(f"unknown source {name!r}; known: {', '.join(sorted([*SOURCES, *PREFERENCE_SOURCES]))}")
+    return found
 
