@@ -4,7 +4,8 @@ count for the same LoraConfig), peak memory and tokens/s.
 One LLaMA-shaped model (`--layers` x `--hidden`, SwiGLU, untied head, vocab 32000). Each mode runs in its own
 subprocess: import, build the model and the trainer's own step (`build_step`: AdamW over the adapters alone where
 `model.lora` is set, the base frozen, and stored as NF4 codes under `model.quantize_base: nf4`), run `--steps` steps
-on a synthetic packed batch, then report the peak RSS (`ru_maxrss`), the RSS after the imports, and the step time.
+on a synthetic packed batch, then report the peak RSS of the set-up (build, compile, first step) and of the later
+steps alone (VmHWM, reset between them), the RSS after the imports, and the step time.
 PEFT's figure is `PeftModel.get_nb_trainable_parameters()` (what `print_trainable_parameters` prints) for
 transformers' LlamaForCausalLM of the same sizes with `LoraConfig(r, lora_alpha, target_modules=<the 7 linear
 modules>)`.
@@ -15,6 +16,7 @@ modules>)`.
 from __future__ import annotations
 
 import argparse
+import gc
 import resource
 import statistics
 import sys
@@ -55,18 +57,35 @@ def child(args: argparse.Namespace) -> dict:
     step, params, opt_state, mesh, _ = common.train_step(config)
     trainable = lora.adapter_count(params) if config.lora else sum(x.size for x in jax.tree.leaves(params))
     stored = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves(params))
-    seconds = []
+    seconds, setup_peak = [], 0
     with jax.set_mesh(mesh):
         batch = jax.device_put(common.synthetic_batch(args.batch, args.seq, config.vocab_size),
                                sharding.batch_sharding(mesh))
-        for _ in range(args.steps):
+        for i in range(args.steps):
+            if i == 1:  # the first step compiled: from here the peak is the steps' own (state and temporaries)
+                setup_peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+                gc.collect()
+                reset_peak()
             start = time.perf_counter()
             params, opt_state, metrics = step(params, opt_state, batch)
             jax.block_until_ready(metrics)
             seconds.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return {"params": param_count(config), "trainable": int(trainable), "stored_bytes": int(stored),
-            "baseline": base, "peak": peak, "seconds": seconds, "loss": float(metrics["loss"])}
+            "baseline": base, "setup_peak": setup_peak, "peak": steps_peak(), "seconds": seconds,
+            "loss": float(metrics["loss"])}
+
+
+def reset_peak() -> None:
+    """Reset this process's peak RSS (Linux: `5` to /proc/self/clear_refs resets VmHWM)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def steps_peak() -> int:
+    """This process's peak RSS (VmHWM) in bytes since `reset_peak`."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith("VmHWM:"))
+    return int(line.split()[1]) * 1024
 
 
 def peft_trainable(args: argparse.Namespace) -> tuple[int, int, str]:
@@ -115,9 +134,10 @@ def main(argv: list[str] | None = None) -> dict:
         train = r["peak"] - r["baseline"]
         tps = tokens / statistics.median(r["seconds"][1:])
         peft_cell = f"{peft_count:,}" if mode != "full" else f"{peft_total:,} (all, with the adapters)"
-        rows.append([mode, f"{r['trainable']:,}", peft_cell, f"{r['stored_bytes'] / MIB:,.0f}", f"{r['peak'] / MIB:,.0f}",
-                     f"{train / MIB:,.0f}", f"{(r['peak'] - r['baseline']) / (full['peak'] - full['baseline']):.2f}",
-                     f"{tps:,.0f}", f"{r['loss']:.4f}"])
+        rows.append([mode, f"{r['trainable']:,}", peft_cell, f"{r['stored_bytes'] / MIB:,.0f}",
+                     f"{r['setup_peak'] / MIB:,.0f}", f"{r['peak'] / MIB:,.0f}", f"{train / MIB:,.0f}",
+                     f"{(r['peak'] - r['baseline']) / (full['peak'] - full['baseline']):.2f}", f"{tps:,.0f}",
+                     f"{r['loss']:.4f}"])
         summary[mode] = {"trainable": r["trainable"], "peak_mib": r["peak"] / MIB, "training_mib": train / MIB,
                          "tokens_per_s": tps}
     lora_equal = results["lora"]["trainable"] == results["qlora"]["trainable"] == peft_count
@@ -127,8 +147,12 @@ def main(argv: list[str] | None = None) -> dict:
             f"LoRA rank {args.rank}, alpha {2 * args.rank}, every linear module of the layers; QLoRA: the same on an "
             f"NF4 base (blocks of 64). PEFT {peft_version}'s count for the same LoraConfig on transformers' "
             f"LlamaForCausalLM: {peft_count:,} trainable ({'equal to ours' if lora_equal else 'NOT equal to ours'}).\n\n"
-            + common.table(["mode", "trainable params (ours)", "PEFT's count", "params stored MiB", "peak RSS MiB",
-                            "training MiB (peak - imports)", "vs full", "tokens/s (median after the first)",
+            + "\n\nThe steps' peak RSS is the process's peak over the steps after the first (VmHWM reset after it: "
+              "the state the steps hold and their temporaries); the set-up's peak is building the model and its "
+              "optimizer state, compiling the step and running it once. "
+              "Training MiB: the steps' peak less the RSS after the imports.\n\n"
+            + common.table(["mode", "trainable params (ours)", "PEFT's count", "params stored MiB", "set-up peak RSS MiB",
+                            "steps' peak RSS MiB", "training MiB", "vs full", "tokens/s (median after the first)",
                             f"loss after {args.steps} steps"], rows))
     print(body)
     summary["peft_equal"] = lora_equal
