@@ -26,6 +26,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 import yaml
@@ -167,6 +168,26 @@ def test_two_processes_train_from_the_bucket_with_the_one_process_losses(run):
     assert [r["step"] for r in got] == [r["step"] for r in want]
     np.testing.assert_allclose([r["loss"] for r in got], [r["loss"] for r in want], rtol=2e-5)
     assert not (run["work"] / "gs:").exists()
+
+
+def test_a_lora_on_a_base_in_the_bucket_saves_its_adapters_there_and_exports_a_peft_adapter(run, tmp_path):
+    """A LoRA whose init_from is the bucket's base: its checkpoint in the bucket holds the adapters alone and the
+    base's reference (the gs:// base, its step and digest); `export --adapter` reads both from the bucket and writes
+    PEFT's files to a local directory."""
+    from instructjax.core.checkpoint import load_params, read_base
+    from instructjax.model import lora
+
+    bucket = run["bucket"]
+    ok(cli(run["work"], "train", "--config", f"{bucket}/run.yaml", f"run_dir={bucket}/runs/lora", "max_steps=2",
+           "model.lora.rank=4", "model.lora.alpha=8", env=run["env"]))  # fmt: skip
+    base = read_base(f"{bucket}/runs/lora")
+    assert base["checkpoint"] == f"{bucket}/base/tiny" and base["step"] == 0 and base["digest"]
+    saved = jax.tree_util.tree_flatten_with_path(load_params(f"{bucket}/runs/lora")[0])[0]
+    assert saved and all(path[-1].key in lora.ADAPTERS for path, _ in saved)
+    out = tmp_path / "adapter"
+    ok(cli(run["work"], "export", "--checkpoint", f"{bucket}/runs/lora", "--out", str(out), "--adapter", env=run["env"]))
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert (config["peft_type"], config["r"]) == ("LORA", 4) and (out / "adapter_model.safetensors").exists()
 
 
 def test_a_torn_step_in_the_bucket_falls_back_and_exports_to_a_local_directory(run, tmp_path):
