@@ -17,7 +17,7 @@ from instructjax.data.encoding.tokenizer import Tokenizer, default_tokenizer_pat
 from instructjax.data.schema import Conversation
 from instructjax.data.sources.load import load_conversations
 from instructjax.data.sources.preference import pairs
-from instructjax.data.sources.registry import SOURCES, get_source
+from instructjax.data.sources.registry import PREFERENCE_SOURCES, SOURCES, get_source
 
 
 def u(text):
@@ -71,8 +71,8 @@ def write_jsonl(path, rows) -> str:
 
 def test_registered_as_ultrafeedback_binarized_train_prefs():
     source = get_source("preference")
-    assert (source.hub_id, source.hub_split, source.kind) == ("HuggingFaceH4/ultrafeedback_binarized", "train_prefs",
-                                                              "preference")
+    assert (source.hub_id, source.hub_split) == ("HuggingFaceH4/ultrafeedback_binarized", "train_prefs")
+    assert source is PREFERENCE_SOURCES["preference"]
     assert "preference" not in SOURCES  # not an SFT task, nor one of `all_builtin`'s
 
 

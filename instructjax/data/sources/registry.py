@@ -32,7 +32,6 @@ class Source:
     # cleaning mapped over the hosts of a run by `share`, its rows counted into `stats`; `sharegpt.prepare`)
     prepare: Callable[..., dict[str, Any]] | None = None
     hub_split: str = "train"  # the hub split read (UltraFeedback's pairs are `train_prefs`)
-    kind: str = "sft"  # "preference": each row gives two conversations, chosen then rejected (`preference`)
 
 
 _ALPACA = ("instruction", "input", "output")
@@ -92,7 +91,7 @@ SOURCES: dict[str, Source] = {s.name: s for s in [
 # own rows in its schema, open-instruct's preference mixtures' or TRL's conversational preference format (one reader).
 PREFERENCE_SOURCES: dict[str, Source] = {s.name: s for s in [
     Source("preference", "Preference pairs (UltraFeedback binarized)", "HuggingFaceH4/ultrafeedback_binarized",
-           ("prompt", "chosen", "rejected"), preference.preference, hub_split="train_prefs", kind="preference"),
+           ("prompt", "chosen", "rejected"), preference.preference, hub_split="train_prefs"),
 ]}
 
 
