@@ -29,7 +29,10 @@ def holder_process(run_dir: str) -> subprocess.Popen:
 
 
 def record(run_dir: str) -> dict:
-    return json.loads(storage.path(storage.join(run_dir, runlock.LOCK)).read_text())
+    """The lock's record in one GET: a sized read (open, then read `size` bytes) races the refresh thread's rewrite
+    and can cut the record short."""
+    fs, where = storage.filesystem(storage.join(run_dir, runlock.LOCK))
+    return json.loads(fs.cat_file(where))
 
 
 @pytest.fixture(params=["local", "bucket"])
