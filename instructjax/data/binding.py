@@ -5,7 +5,8 @@ Tasks are registered once, by name, and say only what they must: a task that lea
 those filled in, and a mixture over the variants, so encoding, selection lengths, Mosaic-IT budgets and
 `data stats/preview/select --config` all count the tokens the model will see. An example whose prompt
 fills the whole row has nothing to train: it is counted in the task's report and kept out before any
-subset is drawn, so a mixture's counts are counts of trainable examples. A task that names another
+subset is drawn, so a mixture's counts are counts of trainable examples. A preference task's example is a pair
+(both completions of one prompt, in one row): each side is truncated at half the row. A task that names another
 tokenizer, or a template other than the run's, is a one-line ConfigError.
 """
 
@@ -107,8 +108,9 @@ def bind(name: str | Resolved, *, tokenizer: str | None, template: str | None = 
             raise ConfigError(f"task {task!r} uses the {spec.template!r} chat template, the run's is {template!r}")
         task_template = template or spec.template or DEFAULT_TEMPLATE
         templates.add(task_template)
+        side_length = max_length // 2 if spec.preference and max_length else max_length  # a pair fills one row
         changes = dict(tokenizer=tokenizer if tokenizer else None, template=task_template,
-                       max_length=spec.max_length or max_length, on_bad_row=on_bad_row or spec.on_bad_row,
+                       max_length=spec.max_length or side_length, on_bad_row=on_bad_row or spec.on_bad_row,
                        system_turn=system_turn or spec.system_turn)
         if spec.selection is not None and spec.selection.encoder in MODEL_ENCODERS:
             if not (spec.selection.encoder_model or model):

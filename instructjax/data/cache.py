@@ -114,7 +114,7 @@ def path_of(name: str, cache_key: str) -> storage.Path | None:
 
 class CachedExamples(Sequence):
     """A task's examples read back from a cache file: memory-mapped arrays, each example (a dict like
-    the encoder's: int32 `tokens` and `loss_mask`, `conversation`, `id`) made when it is asked for. A
+    the encoder's: int32 `tokens` and `loss_mask`, `conversation`, `id`, a pair's `rejected_at`) made when it is asked for. A
     slice is a view; `sizes` and `token_range` answer without touching the tokens."""
 
     def __init__(self, arrays: dict[str, np.ndarray], start: int = 0, stop: int | None = None):
@@ -139,7 +139,8 @@ class CachedExamples(Sequence):
         lo, hi = int(a["offsets"][j]), int(a["offsets"][j + 1])
         return {"tokens": a["tokens"][lo:hi].astype(np.int32), "loss_mask": a["loss_mask"][lo:hi].astype(np.int32),
                 "conversation": _text(a["conversations"], a["conversation_offsets"], j),
-                "id": json.loads(_text(a["ids"], a["id_offsets"], j))}  # fmt: skip
+                "id": json.loads(_text(a["ids"], a["id_offsets"], j)),
+                **({"rejected_at": int(a["rejected_at"][j])} if "rejected_at" in a else {})}  # fmt: skip
 
     def sizes(self) -> tuple[np.ndarray, np.ndarray]:
         """(token lengths, trained weights when packed whole: nonzero loss_mask[1:]) of the examples."""
@@ -316,6 +317,8 @@ def _write(f, examples: Sequence[dict], report: dict) -> None:
     w.array("conversation_offsets", np.dtype(np.int64), [text_offsets(conversations)])
     w.array("ids", np.dtype(np.uint8), (np.frombuffer(b"".join(b), np.uint8) for b in _batched(ids)))
     w.array("id_offsets", np.dtype(np.int64), [text_offsets(ids)])
+    if examples and "rejected_at" in examples[0]:  # preference pairs: where each one's rejected side begins
+        w.array("rejected_at", np.dtype(np.int64), [np.asarray([ex["rejected_at"] for ex in examples], np.int64)])
     header = json.dumps({"format": FORMAT, "arrays": w.arrays, "report": report,
                          "payload": w.hash.hexdigest()}).encode()  # fmt: skip
     f.write(header + _TRAILER.pack(w.at, len(header), xxhash.xxh3_128_digest(header), _END))

@@ -78,7 +78,10 @@ class Conversation:
         system, rest = self.messages[0], self.messages[1:]
         if how == "merge" and rest and rest[0].get("role") == "user":
             rest = [{**rest[0], "content": f"{system['content']}\n\n{rest[0]['content']}"}, *rest[1:]]
-        return Conversation(rest, self.source, self.id, self.meta)
+        meta = self.meta
+        if isinstance(meta.get("prompt_turns"), int):  # a preference side: its prompt lost the turn too
+            meta = {**meta, "prompt_turns": meta["prompt_turns"] - (len(self.messages) - len(rest))}
+        return Conversation(rest, self.source, self.id, meta)
 
     @classmethod
     def from_json(cls, text: str) -> Conversation:

@@ -92,16 +92,18 @@ def accumulate_gradients(
     params: Any,
     micro_batches: Mapping[str, jax.Array],
     reduction: str = "mean",
+    weight: jax.Array | None = None,
 ) -> Accumulated:
     """The objective, gradients and aux sums of the global batch split into micro-batches (the leading
     axis of every array).
 
     `loss_sums_fn(params, micro_batch) -> (loss_sum, aux)`: the micro-batch's weighted loss sum and any
     pytree of sums to add up over micro-batches (e.g. per-source losses). The total weight comes from
-    `micro_batches["loss_weights"]` before any forward pass, so each micro-batch's gradient is scaled by
-    the objective's normaliser and the total equals the gradient of one big batch.
+    `micro_batches["loss_weights"]` before any forward pass (or is `weight`: a preference loss's pairs), so each
+    micro-batch's gradient is scaled by the objective's normaliser and the total equals the gradient of one big batch.
     """
-    weight = jnp.sum(micro_batches["loss_weights"].astype(jnp.float32))
+    if weight is None:
+        weight = jnp.sum(micro_batches["loss_weights"].astype(jnp.float32))
     scale = reduce_loss(jnp.float32(1.0), weight, reduction)
 
     def scaled(p, mb):

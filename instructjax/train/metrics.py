@@ -4,7 +4,8 @@ Weights & Biases too where the config asks (core/tracking.py).
 One JSON object per logged step (`step`, `loss` with `loss_reduction` saying which objective it is,
 `lr`, `grad_norm`, `tokens`, `tokens_per_sec` and `step_seconds` over the logged window's own wall time,
 and `loss/<source>`, the mean token loss of every mixture source that had trained tokens in the logged
-window). Only the primary host writes; without tensorboardX, metrics.jsonl alone.
+window; under a preference loss, `loss` is the mean over the window's pairs and `rewards/chosen`, `rewards/rejected`,
+`rewards/accuracies` and `rewards/margins` are TRL's, means over the same pairs). Only the primary host writes; without tensorboardX, metrics.jsonl alone.
 
 Nothing can be appended to in a bucket: the files are written in a local mirror of the run directory
 (`storage.Mirror`) and uploaded whole by `sync()`: after a log line at most every `SYNC_SECONDS`, before every
@@ -40,15 +41,16 @@ class MetricsWindow:
         self.reset()
 
     def reset(self) -> None:
-        self.loss_sum = self.weight = self.tokens = self.seconds = 0.0
+        self.loss_sum = self.weight = self.tokens = self.seconds = self.pairs = 0.0
         self.steps = 0
         self.source_sums, self.source_weights = np.zeros(self.num_sources), np.zeros(self.num_sources)
+        self.rewards: dict[str, float] = {}  # a preference loss's rewards, summed over the window's pairs
 
     def state(self) -> dict:
         """The open window as JSON values (saved with a checkpoint)."""
         return {"loss_sum": self.loss_sum, "weight": self.weight, "tokens": self.tokens, "seconds": self.seconds,
                 "steps": self.steps, "source_sums": self.source_sums.tolist(),
-                "source_weights": self.source_weights.tolist()}
+                "source_weights": self.source_weights.tolist(), "pairs": self.pairs, "rewards": self.rewards}
 
     def load(self, state: dict) -> None:
         if len(state["source_sums"]) != self.num_sources:  # another mixture: start a fresh window
@@ -57,10 +59,14 @@ class MetricsWindow:
         self.seconds, self.steps = state["seconds"], state["steps"]
         self.source_sums = np.asarray(state["source_sums"], np.float64)
         self.source_weights = np.asarray(state["source_weights"], np.float64)
+        self.pairs, self.rewards = state.get("pairs", 0.0), dict(state.get("rewards", {}))
 
     def add(self, m: dict, seconds: float) -> None:
         self.loss_sum += float(m["loss_sum"])
-        self.weight += float(m["trained_tokens"])
+        self.weight += float(m.get("loss_weight", m["trained_tokens"]))  # the objective's normaliser (pairs: DPO)
+        self.pairs += float(m.get("pairs", 0.0))
+        for k in (k for k in m if k.startswith("rewards/")):
+            self.rewards[k] = self.rewards.get(k, 0.0) + float(m[k])
         self.tokens += float(m["tokens"])
         self.seconds += seconds
         self.steps += 1
@@ -81,6 +87,9 @@ class MetricsWindow:
         for name, s, w in zip(sources, self.source_sums, self.source_weights, strict=True):
             if w > 0:
                 record[f"loss/{name}"] = float(s / w)
+        if self.pairs:
+            record["loss_reduction"] = "pairs"  # a preference loss: the mean over the window's pairs
+            record.update({k: v / self.pairs for k, v in sorted(self.rewards.items())})
         self.reset()
         return record
 

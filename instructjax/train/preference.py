@@ -38,9 +38,9 @@ def completion_logps(token_logps: Array, weights: Array, pair: Array, side: Arra
 
 
 def pair_losses(objective: ObjectiveSection, policy: Array, counts: Array,
-                reference: Array | None = None) -> tuple[Array, dict[str, Array]]:
-    """Each pair's loss [pairs] and the rewards TRL logs (means over the pairs), from the policy's and the
-    reference's summed completion log-probs and the completions' trained tokens, each [pairs, 2]."""
+                reference: Array | None = None) -> tuple[Array, Array]:
+    """Each pair's loss [pairs] and rewards [pairs, 2] (see the module doc), from the policy's and the reference's
+    summed completion log-probs and the completions' trained tokens, each [pairs, 2]."""
     beta = objective.beta
     if objective.needs_reference and reference is None:
         raise ValueError(f"objective.loss={objective.loss} needs the reference's log-probs")
@@ -56,8 +56,13 @@ def pair_losses(objective: ObjectiveSection, policy: Array, counts: Array,
     margin = scores[:, CHOSEN] - scores[:, REJECTED]
     logits = beta * margin - (objective.gamma if objective.loss == "simpo" else 0.0)
     losses = -jax.nn.log_sigmoid(logits)
-    rewards = beta * jax.lax.stop_gradient(scores)
-    metrics = {"rewards/chosen": jnp.mean(rewards[:, CHOSEN]), "rewards/rejected": jnp.mean(rewards[:, REJECTED]),
-               "rewards/accuracies": jnp.mean((rewards[:, CHOSEN] > rewards[:, REJECTED]).astype(jnp.float32)),
-               "rewards/margins": jnp.mean(rewards[:, CHOSEN] - rewards[:, REJECTED])}
-    return losses, metrics
+    return losses, beta * jax.lax.stop_gradient(scores)
+
+
+def reward_sums(rewards: Array, real: Array) -> dict[str, Array]:
+    """The rewards TRL logs, summed over the `real` pairs (a mask [pairs]): divided by their number, TRL's means."""
+    chosen, rejected = rewards[:, CHOSEN], rewards[:, REJECTED]
+    total = lambda x: jnp.sum(jnp.where(real, x, 0.0))  # noqa: E731
+    return {"rewards/chosen": total(chosen), "rewards/rejected": total(rejected),
+            "rewards/accuracies": total((chosen > rejected).astype(jnp.float32)),
+            "rewards/margins": total(chosen - rejected)}

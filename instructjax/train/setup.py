@@ -115,6 +115,7 @@ def bind_data(config: RunConfig, tokenizer: str | None, registry=None) -> RunDat
     resolved = specs_of(config.data.mixture, registry)  # once: bind and the pipeline take it from here
     if resolved is None:
         raise registry.unknown(config.data.mixture)
+    check_objective(config, resolved)
     bound = bind(resolved, tokenizer=tokenizer, template=config.template, max_length=config.data.seq_len,
                  model=config.model.init_from, on_bad_row=config.data.on_bad_row, system_turn=config.data.system_turn,
                  registry=registry)
@@ -192,9 +193,28 @@ def check_trainable(config: RunConfig, devices: int, hosts: int) -> None:
         sharding.resolve_mesh(config, devices, hosts)
     if config.max_steps == 0:
         raise ConfigError("max_steps must be >= 1 to train (0 marks an evaluation-only config)")
-    if config.objective.preference:  # train/preference.py has the losses; the step on pairs is not built yet
-        raise ConfigError(f"objective.loss={config.objective.loss}: the trainer does not train on preference pairs "
-                          "yet (its losses are in instructjax.train.preference); use objective.loss=sft")
+    objective = config.objective
+    if objective.needs_reference and objective.reference == "cached":  # the precomputing pass is not built yet
+        raise ConfigError(f"objective.loss={objective.loss}: objective.reference=cached (log-probs computed before "
+                          "training) is not built yet; set objective.reference=live (the reference runs in each step)")
+
+
+def check_objective(config: RunConfig, resolved) -> None:
+    """One ConfigError line where the objective and the mixture's tasks disagree: a preference loss trains on pairs
+    alone (every task a `preference` source's), SFT on no pair (SFT on a pair would train its rejected answer)."""
+    tasks = list(zip(resolved.tasks, resolved.specs, strict=True))
+    pairs = [t for t, s in tasks if s is not None and s.preference]
+    loss = config.objective.loss
+    if config.objective.preference and len(pairs) < len(tasks):
+        other = next(t for t, s in tasks if s is None or not s.preference)
+        raise ConfigError(f"objective.loss={loss} trains on preference pairs, but data.mixture={config.data.mixture} "
+                          + ("has no preference task" if not pairs else f"holds {other!r}, which is not one")
+                          + " (a task of the `preference` source)")
+    if not config.objective.preference and pairs:
+        raise ConfigError(f"task {pairs[0]!r} of data.mixture={config.data.mixture} holds preference pairs: set "
+                          "objective.loss to dpo, dpo_norm or simpo (objective.loss=sft would train the rejected answers)")
+    if pairs and config.data.mosaic is not None:
+        raise ConfigError("data.mosaic augments SFT conversations; it has no meaning for preference pairs: remove it")
 
 
 def resolve_run(bound: BoundRun, *, devices: int, hosts: int, process_index: int = 0, pipeline=None,

@@ -33,7 +33,7 @@ from instructjax.core.errors import ConfigError
 from instructjax.model import lora
 from instructjax.model.config import DecoderConfig
 from instructjax.model.decoder import Decoder
-from instructjax.train import loss
+from instructjax.train import loss, preference
 
 NEFTUNE_STREAM = 0x4E454654  # "NEFT": the noise's own stream under the run's seed
 LORA_DROPOUT_STREAM = 0x4C4F5241  # "LORA": the LoRA dropout masks' own stream
@@ -68,8 +68,18 @@ def lora_keys(seed: int, opt_state: Any, micro: int) -> jax.Array:
     return neftune_keys(seed, opt_state, micro, LORA_DROPOUT_STREAM, "model.lora.dropout")
 
 
+def reference_args(config: RunConfig, model: DecoderConfig) -> bool:
+    """Whether the step takes the reference's parameters as a fourth argument: a DPO loss with `reference: live` on a
+    full fine-tune (a LoRA's reference is its own frozen base, the adapters left out)."""
+    objective = config.objective
+    return objective.needs_reference and objective.reference == "live" and model.lora is None
+
+
 def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
-    """step(params, opt_state, batch) -> (params, opt_state, metrics), not yet jitted."""
+    """step(params, opt_state, batch[, reference]) -> (params, opt_state, metrics), not yet jitted; `reference`
+    (the starting model's parameters, frozen) where `reference_args` says so."""
+    if config.objective.preference:
+        return make_preference_step(graphdef, tx, config, num_sources, mesh)
     micro, alpha = config.optim.micro_batches, config.optim.neftune_alpha
     micro_spec = NamedSharding(mesh, sharding.logical_to_spec((None, "batch", "length"), mesh))
 
@@ -108,12 +118,85 @@ def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
         metrics = {
             "loss": result.loss,  # the objective: what is optimised (config.optim.loss_reduction)
             "loss_sum": loss_sum,
+            "loss_weight": result.weight,
             "grad_norm": optax.global_norm(result.grads),
             "trained_tokens": result.weight,
             "tokens": (batch["segment_ids"] > 0).sum(),
             "source_sums": source_sums,
             "source_weights": source_weights,
         }
+        if adapters:
+            return lora.combine(optax.apply_updates(adapters, updates), base), opt_state, metrics
+        return optax.apply_updates(params, updates), opt_state, metrics
+
+    return step
+
+
+def pair_slots(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array, int]:
+    """(each token's pair slot, its side, the slots) of rows of preference pairs (data/batches/packing.py: a pair's
+    sides are segments 2k - 1 and 2k of a row): row r's k-th pair is slot r * (L // 2) + k - 1."""
+    rows, length = segment_ids.shape
+    inside = jnp.maximum(segment_ids - 1, 0)
+    pair = jnp.arange(rows)[:, None] * (length // 2) + inside // 2
+    return pair, inside % 2, rows * (length // 2)
+
+
+def make_preference_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
+    """The step of a preference loss (train/preference.py): the global batch's pairs' mean loss, micro-batches
+    holding whole pairs (a pair is one row's two segments); the reference's log-probs from `reference` (live) or,
+    for a LoRA, from its base with the adapters left out."""
+    micro, alpha, objective = config.optim.micro_batches, config.optim.neftune_alpha, config.objective
+    micro_spec = NamedSharding(mesh, sharding.logical_to_spec((None, "batch", "length"), mesh))
+
+    def split(x):  # as the SFT step: row r goes to micro-batch r % micro
+        x = x.reshape(x.shape[0] // micro, micro, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x, micro_spec)
+
+    def step(params, opt_state, batch, reference=None):
+        spec = lora.spec(nnx.merge(graphdef, params).config)
+        dropout = spec is not None and spec.dropout > 0
+        adapters, base = lora.trainable(params), lora.frozen(params)
+        if objective.needs_reference and reference is None and adapters:  # the base: adapters contribute nothing
+            reference = lora.combine(jax.tree.map(jnp.zeros_like, adapters), base)
+
+        def token_logps(p, mb, noise_key=None, lora_key=None):
+            model = nnx.merge(graphdef, p)
+            noise = neftune_noise(alpha, noise_key) if noise_key is not None else None
+            hidden, _ = model.hidden_states(mb["tokens"], mb["positions"], mb["segment_ids"], embed_noise=noise,
+                                            lora_key=lora_key)
+            return -loss.model_nll(model, hidden, mb["targets"], config.optim.loss_chunk)
+
+        def sums(p, mb):
+            weights = mb["loss_weights"].astype(jnp.float32)
+            pair, side, slots = pair_slots(mb["segment_ids"])
+            logps = token_logps(p, mb, mb.get("neftune_key"), mb.get("lora_key"))
+            policy, counts = preference.completion_logps(logps, weights, pair, side, slots)
+            ref = None
+            if reference is not None:
+                ref_logps = jax.lax.stop_gradient(token_logps(reference, mb))
+                ref, _ = preference.completion_logps(ref_logps, weights, pair, side, slots)
+            losses, rewards = preference.pair_losses(objective, policy, counts, ref)
+            real = jnp.all(counts > 0, axis=1)
+            loss_sum = jnp.sum(jnp.where(real, losses, 0.0))
+            return loss_sum, (loss_sum, preference.reward_sums(rewards, real), jnp.sum(weights))
+
+        micro_batches = jax.tree.map(split, batch)
+        if alpha:
+            micro_batches["neftune_key"] = neftune_keys(config.seed, opt_state, micro)
+        if dropout:
+            micro_batches["lora_key"] = lora_keys(config.seed, opt_state, micro)
+        pairs = jnp.sum(jnp.max(batch["segment_ids"], axis=1) // 2).astype(jnp.float32)
+        if adapters:
+            result = loss.accumulate_gradients(lambda p, mb: sums(lora.combine(p, base), mb), adapters, micro_batches,
+                                               "mean", weight=pairs)
+        else:
+            result = loss.accumulate_gradients(sums, params, micro_batches, "mean", weight=pairs)
+        loss_sum, rewards, trained = result.aux
+        updates, opt_state = tx.update(result.grads, opt_state, adapters or params)
+        metrics = {"loss": result.loss, "loss_sum": loss_sum, "loss_weight": pairs, "pairs": pairs,
+                   "grad_norm": optax.global_norm(result.grads), "trained_tokens": trained,
+                   "tokens": (batch["segment_ids"] > 0).sum(), **rewards,
+                   "source_sums": jnp.zeros(num_sources), "source_weights": jnp.zeros(num_sources)}
         if adapters:
             return lora.combine(optax.apply_updates(adapters, updates), base), opt_state, metrics
         return optax.apply_updates(params, updates), opt_state, metrics
@@ -133,6 +216,7 @@ class StepBuild:
     opt_shardings: Any
     batch_sharding: NamedSharding
     step: Any
+    takes_reference: bool = False  # the step's fourth argument: the reference's parameters (`reference_args`)
 
     def batch(self, rows: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
         """The global batch of `rows` rows of `seq_len` as the step receives it, to lower and compile for."""
@@ -143,8 +227,9 @@ class StepBuild:
 
     def lower(self, rows: int, seq_len: int):
         """The step lowered for a batch of `rows` x `seq_len` (under the mesh: kernels follow its devices)."""
+        reference = (self.params,) if self.takes_reference else ()
         with jax.set_mesh(self.batch_sharding.mesh):
-            return self.step.lower(self.params, self.opt_state, self.batch(rows, seq_len))
+            return self.step.lower(self.params, self.opt_state, self.batch(rows, seq_len), *reference)
 
 
 def step_digest(config: RunConfig, model: DecoderConfig, mesh: dict[str, int], num_sources: int,
@@ -176,8 +261,9 @@ def build_step(model: DecoderConfig, tx: optax.GradientTransformation, config: R
     with_sharding = lambda tree, shards: jax.tree.map(  # noqa: E731
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shards)
     batch_sharding = sharding.batch_sharding(mesh)
+    reference = (param_shardings,) if reference_args(config, model) else ()  # the frozen start, sharded alike
     step = jax.jit(make_train_step(graphdef, tx, config, num_sources, mesh),
-                   in_shardings=(param_shardings, opt_shardings, batch_sharding),
+                   in_shardings=(param_shardings, opt_shardings, batch_sharding, *reference),
                    out_shardings=(param_shardings, opt_shardings, replicated), donate_argnums=(0, 1))
     return StepBuild(graphdef, with_sharding(params, param_shardings), with_sharding(opt, opt_shardings),
-                     param_shardings, opt_shardings, batch_sharding, step)
+                     param_shardings, opt_shardings, batch_sharding, step, bool(reference))

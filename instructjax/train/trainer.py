@@ -204,6 +204,16 @@ class Trainer:
             params = nnx.to_pure_dict(nnx.state(sharding.create_sharded_model(make_model, self.mesh)))
         return params, init_opt(params), 0, 0, None
 
+    def reference_params(self) -> tuple:
+        """The step's reference argument (`step.reference_args`): the starting model's parameters, frozen
+        (init_from's, or the seed's fresh ones), loaded again on resume; () where the step takes none."""
+        if not self.build.takes_reference:
+            return ()
+        if self.config.model.init_from:
+            return (load_params_as(self.config.model.init_from, self.model_config, shardings=self.build.param_shardings),)
+        make_model = lambda: Decoder(self.model_config, rngs=nnx.Rngs(self.config.seed))  # noqa: E731
+        return (nnx.to_pure_dict(nnx.state(sharding.create_sharded_model(make_model, self.mesh))),)
+
     def save(self, step: int, params, opt_state, tokens: int, position, window: MetricsWindow | None = None) -> None:
         """Save `step` with the data `position` after its batch and the metrics `window` open at it (unless another
         process took the run's lock over meanwhile: then one line, and nothing is saved)."""
@@ -245,8 +255,10 @@ class Trainer:
                                tracker=tracking.start(self.config, "train") if primary else None)
         batch_sharding = self.build.batch_sharding
 
+        reference = self.reference_params()
+
         def step_fn(params, opt_state, batch):  # a step loaded from `compiled:` where its shape is this batch's
-            return self.precompiled.get(batch["tokens"].shape, self.build.step)(params, opt_state, batch)
+            return self.precompiled.get(batch["tokens"].shape, self.build.step)(params, opt_state, batch, *reference)
 
         if primary:
             for (rows, length) in self.precompiled:
@@ -282,7 +294,7 @@ class Trainer:
                 self.schedule(start)  # its ops compiled here, not in the wall time of the second step
                 for rows, length in self.step_shapes:  # compiled now: a shape first used mid-run costs no step time
                     if (rows, length) not in self.precompiled:
-                        self.build.step.lower(params, opt_state, self.build.batch(rows, length)).compile()
+                        self.build.step.lower(params, opt_state, self.build.batch(rows, length), *reference).compile()
                 if start < last:
                     batch, position = on_mesh(next(batches), batch_sharding), self.pipeline.state
                 clock = time.perf_counter()  # a step's wall time ends when its outputs are ready

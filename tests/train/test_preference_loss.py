@@ -61,14 +61,20 @@ def _inputs(seed: int = 1):
     return policy, reference, counts
 
 
+def means(rewards) -> dict[str, float]:
+    """The logged rewards: `reward_sums` over every pair, over their number."""
+    return {k: float(v) / len(rewards) for k, v in preference.reward_sums(rewards, jnp.ones(len(rewards), bool)).items()}
+
+
 @pytest.mark.parametrize("loss", ["dpo", "dpo_norm"])
 def test_dpo_and_dpo_norm_equal_their_formulas_in_float64(loss):
     """DPO: -log sigmoid(beta ((c - c_ref) - (r - r_ref))) on summed log-probs; dpo_norm (open-instruct's
     `dpo_norm`, TRL's `sigmoid_norm`) the same on per-token means; rewards beta x the log-ratio."""
     policy, reference, counts = _inputs()
     objective = ObjectiveSection(loss=loss, beta=0.3)
-    losses, metrics = preference.pair_losses(objective, jnp.asarray(policy, jnp.float32), jnp.asarray(counts, jnp.float32),
+    losses, rewards = preference.pair_losses(objective, jnp.asarray(policy, jnp.float32), jnp.asarray(counts, jnp.float32),
                                              jnp.asarray(reference, jnp.float32))
+    metrics = means(rewards)
     per = counts if loss == "dpo_norm" else np.ones_like(counts)
     ratio_c = (policy[:, 0] - reference[:, 0]) / per[:, 0]
     ratio_r = (policy[:, 1] - reference[:, 1]) / per[:, 1]
@@ -85,11 +91,12 @@ def test_simpo_equals_trls_cpo_loss_with_the_simpo_loss_type():
     cpo = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
     policy, _, counts = _inputs(2)
     objective = ObjectiveSection(loss="simpo", beta=2.0, gamma=1.2)
-    losses, metrics = preference.pair_losses(objective, jnp.asarray(policy, jnp.float32), jnp.asarray(counts, jnp.float32))
+    losses, rewards = preference.pair_losses(objective, jnp.asarray(policy, jnp.float32), jnp.asarray(counts, jnp.float32))
+    metrics = means(rewards)
     trainer = SimpleNamespace(alpha=0.0, beta=2.0, loss_type="simpo", simpo_gamma=1.2, label_smoothing=0.0,
                               accelerator=SimpleNamespace(device="cpu"))
-    means = torch.tensor(policy / counts)
-    theirs, chosen, rejected = cpo.CPOTrainer.cpo_loss(trainer, means[:, 0], means[:, 1])
+    per_token = torch.tensor(policy / counts)
+    theirs, chosen, rejected = cpo.CPOTrainer.cpo_loss(trainer, per_token[:, 0], per_token[:, 1])
     np.testing.assert_allclose(np.asarray(losses), theirs.numpy(), rtol=1e-5)
     np.testing.assert_allclose(float(metrics["rewards/chosen"]), chosen.mean().item(), rtol=1e-5)
     np.testing.assert_allclose(float(metrics["rewards/rejected"]), rejected.mean().item(), rtol=1e-5)

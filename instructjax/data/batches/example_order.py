@@ -201,7 +201,10 @@ class ExampleStream:
 
     def _example(self, task: int, index: int) -> dict:
         ex = self.examples[task][index]
-        return {"tokens": ex["tokens"], "loss_mask": ex["loss_mask"], "source": task, "origin": (task, index)}
+        out = {"tokens": ex["tokens"], "loss_mask": ex["loss_mask"], "source": task, "origin": (task, index)}
+        if "rejected_at" in ex:  # a preference pair
+            out["rejected_at"] = ex["rejected_at"]
+        return out
 
     def window_examples(self, epoch: int, window: int) -> list[dict] | None:
         """The examples of one packing window, or None past the end of the epoch (epoch mode)."""

@@ -1,7 +1,9 @@
 """Sequence packing: tokenized examples -> fixed-length rows, the packed batch the trainer eats.
 
 Examples are `(tokens int32[L], loss_mask int32[L])` pairs (dicts or objects with those two fields,
-plus an optional integer `source`). The stream is cut into windows of `window` examples; each window
+plus an optional integer `source`). A preference pair is one example, its chosen side's tokens then its
+rejected side's from `rejected_at` on: it is packed whole, into one row, as two segments (2k - 1 the chosen side,
+2k the rejected, positions from 0 in each), so a pair's index in its row is (segment - 1) // 2. The stream is cut into windows of `window` examples; each window
 is packed on its own by best-fit-decreasing, so a window's rows are a function of the window alone
 (the pipeline resumes from a window and a row in it). `pack_segments` packs rows of one segment each (one
 step's unpacked rows, for `data.pack: per_step`) into fewer rows, by the same best-fit-decreasing.
@@ -169,8 +171,9 @@ def empty_rows(n_rows: int, seq_len: int) -> dict[str, np.ndarray]:
 
 
 def pack_segments(rows: dict[str, np.ndarray], n_rows: int | None = None, *, capacity: int | None = None,
-                  row_length: int | None = None) -> dict[str, np.ndarray]:
-    """Rows of one segment each (`pack=False` rows: the segment from offset 0, then padding) packed whole by
+                  row_length: int | None = None, segments_per_row: int = 1) -> dict[str, np.ndarray]:
+    """Rows of one example each (`pack=False` rows: the segment, or a preference pair's `segments_per_row=2`, from
+    offset 0, then padding) packed whole by
     best-fit-decreasing into `n_rows` rows of `capacity` tokens (default: as few as they fill; the rows' own
     length), empty rows last; the rows are `row_length` long (default `capacity`), padded after `capacity`.
 
@@ -181,8 +184,12 @@ def pack_segments(rows: dict[str, np.ndarray], n_rows: int | None = None, *, cap
     row_length = capacity if row_length is None else row_length
     lengths = np.count_nonzero(rows["segment_ids"], axis=1)
     inside = np.arange(seq_len) < lengths[:, None]
-    if not np.array_equal(rows["segment_ids"], inside.astype(rows["segment_ids"].dtype)):
-        raise ValueError("pack_segments takes rows of one segment each, from offset 0")
+    kind = segments_per_row  # 2: a preference pair's row (its chosen side, then its rejected side)
+    per_row = rows["segment_ids"].max(axis=1, initial=0)
+    if not (np.array_equal(rows["segment_ids"] > 0, inside) and np.all(per_row[lengths > 0] == kind)
+            and np.all(np.diff(rows["segment_ids"], axis=1)[inside[:, 1:]] >= 0)):
+        what = "segment" if kind == 1 else f"example of {kind} segments"
+        raise ValueError(f"pack_segments takes rows of one {what} each, from offset 0")
     if capacity > row_length:
         raise ValueError(f"rows of {row_length} tokens cannot hold {capacity}")
     place = best_fit_decreasing(lengths, capacity)
@@ -194,7 +201,7 @@ def pack_segments(rows: dict[str, np.ndarray], n_rows: int | None = None, *, cap
     dest = place.row[row], place.offset[row] + at
     for k in FEATURES:
         out[k][dest] = rows[k][row, at]
-    out["segment_ids"][dest] = place.segment[row]
+    out["segment_ids"][dest] = kind * (place.segment[row] - 1) + rows["segment_ids"][row, at]
     return out
 
 
@@ -226,6 +233,20 @@ def _read_example(example: Any, index: int) -> tuple[np.ndarray, np.ndarray, int
     if source is not None and not isinstance(source, (int, np.integer)):
         raise DataError(f"source must be an int index, got {source!r}", reason="wrong_type", **where)
     return tokens, mask, 0 if source is None else int(source)
+
+
+def _rejected_at(example: Any, size: int, seq_len: int, index: int) -> int:
+    """Where a preference pair's rejected side begins (its `rejected_at`), 0 for an SFT example; a pair is packed
+    whole (both sides in one row), so one over the row is a DataError."""
+    at = example.get("rejected_at") if isinstance(example, dict) else getattr(example, "rejected_at", None)
+    if at is None:
+        return 0
+    if not 0 < at < size:
+        raise DataError(f"rejected_at {at} is not inside the pair's {size} tokens", reason="bad_pair", row=index)
+    if size > seq_len:
+        raise DataError(f"a preference pair of {size} tokens does not fit one row of data.seq_len={seq_len}; each "
+                        "side is cut at half a row unless its task sets max_length", reason="pair_too_long", row=index)
+    return int(at)
 
 
 def _checked_sizes(examples: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | None:
@@ -299,13 +320,17 @@ class SequencePacker:
         """
         S = self.seq_len
         stats = PackStats()
-        tokens, masks, sources = [], [], []
+        tokens, masks, sources, splits = [], [], [], []
         for i, example in enumerate(examples):
             tok, mask, source = _read_example(example, first_index + i)
+            split = _rejected_at(example, tok.size, S, first_index + i)
             stats.examples += 1
             if tok.size == 0:
                 stats.dropped_empty += 1
                 continue
+            if splits and (split > 0) != (splits[0] > 0):
+                raise DataError("preference pairs and SFT examples in one window: a run trains one or the other",
+                                reason="mixed_kinds", row=first_index + i, source=str(source))
             if tok.size > S and self.overlong == "truncate":
                 stats.truncated += 1
                 stats.truncated_tokens += tok.size - S
@@ -315,10 +340,12 @@ class SequencePacker:
                 tokens.extend(tok[j : j + S] for j in range(0, tok.size, S))
                 masks.extend(mask[j : j + S] for j in range(0, tok.size, S))
                 sources.extend(itertools.repeat(source, -(-tok.size // S)))
+                splits.extend(itertools.repeat(0, -(-tok.size // S)))
                 continue
             tokens.append(tok)
             masks.append(mask)
             sources.append(source)
+            splits.append(split)
 
         lengths = np.fromiter((t.size for t in tokens), np.int64, len(tokens))
         place = best_fit_decreasing(lengths, S) if self.pack else one_per_row(lengths)
@@ -338,6 +365,9 @@ class SequencePacker:
         segment_of = np.repeat(np.arange(len(lengths)), lengths)
         position = np.arange(tok.size) - starts[segment_of]
         last = position == lengths[segment_of] - 1
+        split = np.asarray(splits, np.int64)[segment_of]  # a pair: where its rejected side begins (0: not a pair)
+        rejected = (split > 0) & (position >= split)
+        last |= (split > 0) & (position == split - 1)  # the chosen side ends there: no target across
         targets = np.zeros_like(tok)
         targets[:-1] = tok[1:]
         weights = np.zeros_like(mask)
@@ -349,6 +379,9 @@ class SequencePacker:
         flat["targets"][dest] = targets
         flat["loss_weights"][dest] = weights
         flat["segment_ids"][dest] = place.segment[segment_of]
+        if splits[0] > 0:  # a pair's sides are segments 2k - 1 (chosen) and 2k (rejected), positions from 0 each
+            flat["segment_ids"][dest] = 2 * place.segment[segment_of] - 1 + rejected
+            position = position - np.where(rejected, split, 0)
         flat["positions"][dest] = position
         flat["source_ids"][dest] = np.asarray(sources, np.int32)[segment_of]
         return rows, stats

@@ -66,15 +66,16 @@ class StepPlan:
         return np.asarray(self.sizes)[i]
 
     def pack(self, rows: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """One step's unpacked rows (one segment each) packed into its shape."""
+        """One step's unpacked rows (one example each: a segment, or a pair's two) packed into its shape."""
         needed = self.need(np.count_nonzero(rows["segment_ids"], axis=1))
         if needed is None:
             raise DataError("a step's examples do not fit its longest planned rows (past the planned steps?)",
                             reason="unplanned_step")
         size = int(self.size(needed))
+        per_row = int(rows["segment_ids"].max(initial=1))  # unpacked rows: 2 are a preference pair's sides
         if self.fixed_rows:
-            return pack_segments(rows, self.fixed_rows, capacity=needed, row_length=size)
-        return pack_segments(rows, size)
+            return pack_segments(rows, self.fixed_rows, capacity=needed, row_length=size, segments_per_row=per_row)
+        return pack_segments(rows, size, segments_per_row=per_row)
 
     @property
     def processed(self) -> int:

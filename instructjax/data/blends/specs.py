@@ -64,10 +64,19 @@ class TaskSpec:
     system_turn: str = "keep"  # keep, merge or drop the system turn before the template (core/config.py)
 
     def __post_init__(self):
-        from instructjax.data.sources.registry import SOURCES
+        from instructjax.data.sources.registry import PREFERENCE_SOURCES, SOURCES
 
-        if self.source not in SOURCES:
-            raise ConfigError(f"unknown source {self.source!r} (known: {', '.join(sorted(SOURCES))})")
+        if self.source not in SOURCES and self.source not in PREFERENCE_SOURCES:
+            known = ", ".join(sorted([*SOURCES, *PREFERENCE_SOURCES]))
+            raise ConfigError(f"unknown source {self.source!r} (known: {known})")
+
+    @property
+    def preference(self) -> bool:
+        """Whether the task's examples are preference pairs (a `PREFERENCE_SOURCES` source): each example is a
+        chosen and a rejected completion of one prompt, trained by a preference loss (`objective:`)."""
+        from instructjax.data.sources.registry import PREFERENCE_SOURCES
+
+        return self.source in PREFERENCE_SOURCES
 
 
 @dataclass(frozen=True)
@@ -125,10 +134,10 @@ class Registry:
     def lookup_task(self, name: str) -> TaskSpec | None:
         """The task called `name` (the built-in `SOURCE` / `SOURCE_builtin` ones made on first lookup)."""
         if name not in self.tasks:
-            from instructjax.data.sources.registry import SOURCES
+            from instructjax.data.sources.registry import PREFERENCE_SOURCES, SOURCES
 
             source = name.removesuffix(BUILTIN_SUFFIX)
-            if source in SOURCES:
+            if source in SOURCES or (name == source and source in PREFERENCE_SOURCES):  # the hub's pairs
                 self.tasks[name] = TaskSpec(source=source, data_files=(BUILTIN,) if name != source else None)
         return self.tasks.get(name)
 

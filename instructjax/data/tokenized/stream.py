@@ -11,11 +11,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
-from instructjax.core.errors import BadRowPolicy, ConfigError
+import numpy as np
+
+from instructjax.core.errors import BadRowPolicy, ConfigError, DataError
 from instructjax.data import cache
 from instructjax.data.blends import specs
 from instructjax.data.blends.specs import BUILTIN, SelectionSpec, TaskSpec
-from instructjax.data.encoding.pool import Encoder, Job, Result
+from instructjax.data.encoding.pool import Encoder, Example, Job, Result
 from instructjax.data.encoding.templates import DEFAULT_TEMPLATE
 from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.schema import Conversation
@@ -154,7 +156,7 @@ def job_of(spec: TaskSpec) -> Job:
     """How the task's conversations are encoded."""
     return Job(spec.template or DEFAULT_TEMPLATE, Tokenizer.load(spec.tokenizer).path,
                spec.max_length or DEFAULT_MAX_LENGTH, registry.get_source(spec.source).split_long, spec.system_turn,
-               spec.on_bad_row)
+               spec.on_bad_row, completion_only=spec.preference)
 
 
 class TaskStream:
@@ -174,6 +176,8 @@ class TaskStream:
         self._last = Read(0, {}, {})
         self.total: list[int] = []  # the rows the read will visit (for progress)
         self.counted = PipelineStats()
+        self.preference = spec.preference  # pairs: a chosen side's example waits here for its rejected side
+        self._chosen: Example | str | None = None  # (a string: the reason the chosen side was skipped)
         self._results = results if results is not None else Encoder(
             job_of(spec), conversation_items(name, spec, seed, self.total, stats=self.counted), stats=self.counted)
 
@@ -214,6 +218,8 @@ class TaskStream:
         return self._last.read, self.total[0] if self.total else None
 
     def _add(self, result: Result) -> None:
+        if self.preference:
+            return self._add_side(result)
         pieces, split, skipped = result
         if skipped:
             self.refused[skipped] += 1
@@ -228,6 +234,37 @@ class TaskStream:
                                   "conversation": piece.conversation, "id": piece.id})
             if self.positions is not None:
                 self.positions.append(self._last.at)
+
+
+    def _add_side(self, result: Result) -> None:
+        """One side of a preference pair (the source yields chosen, then rejected): the pair is one example, the
+        chosen side's tokens then the rejected side's (`rejected_at`: where it begins), each with its completion's
+        mask. A pair whose side the template refused, or that truncation left a side with nothing to train, is
+        counted once and kept out."""
+        pieces, _, skipped = result
+        side: Example | str = pieces[0] if pieces else skipped
+        expected = "/chosen" if self._chosen is None else "/rejected"
+        if isinstance(side, Example) and not side.id.endswith(expected):
+            raise DataError(f"task {self.name!r}: the preference source did not give the two sides of a pair in order "
+                            f"(at {side.id!r})", reason="unpaired")
+        if self._chosen is None:
+            self._chosen = side
+            return
+        chosen, self._chosen = self._chosen, None
+        if isinstance(side, str) or isinstance(chosen, str):
+            self.refused[side if isinstance(side, str) else chosen] += 1
+            return
+        self.report.rows += 1
+        self.report.truncated += int(chosen.truncated or side.truncated)
+        if chosen.n_trained == 0 or side.n_trained == 0:
+            self.report.empty_after_truncation += 1
+            return
+        self.examples.append({"tokens": np.concatenate([chosen.tokens, side.tokens]),
+                              "loss_mask": np.concatenate([chosen.loss_mask, side.loss_mask]),
+                              "conversation": chosen.conversation, "id": chosen.id.removesuffix("/chosen"),
+                              "rejected_at": len(chosen.tokens)})
+        if self.positions is not None:
+            self.positions.append(self._last.at)
 
 
 _PROGRESS: Callable[[str, int, int | None], None] | None = None
