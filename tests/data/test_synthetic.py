@@ -14,7 +14,9 @@ from instructjax.data.blends import specs
 from instructjax.data.schema import Conversation
 from instructjax.data.sources import synthetic
 from instructjax.data.sources.load import load_conversations
-from instructjax.data.sources.registry import SOURCES
+from instructjax.data.sources.registry import PREFERENCE_SOURCES, SOURCES
+
+ALL = {**SOURCES, **PREFERENCE_SOURCES}  # the SFT sources and the preference pairs: each has built-in rows
 from instructjax.data.sources.synthetic import LENGTH_STATS, TULU_TABLE1, ensure_synthetic, write_synthetic
 from instructjax.data.tokenized import examples as examples_lib
 
@@ -23,14 +25,14 @@ TOKENIZER = os.path.join(os.path.dirname(mistral_common.__file__), "data", "toke
 
 @pytest.fixture(scope="module")
 def loaded(tmp_path_factory):
-    """name -> (raw rows, conversations) for all 14 sources, default sizes, seed 0."""
+    """name -> (raw rows, conversations) for every source, default sizes, seed 0."""
     directory = tmp_path_factory.mktemp("synthetic")
     out = {}
-    for name in SOURCES:
+    for name in ALL:
         [path] = write_synthetic(name, str(directory))
         with open(path) as f:
             rows = [json.loads(line) for line in f]
-        if SOURCES[name].split_long:  # ShareGPT is split into blocks when encoded for a 2048-token row
+        if ALL[name].split_long:  # ShareGPT is split into blocks when encoded for a 2048-token row
             specs.add_task(f"synthetic_{name}", specs.TaskSpec(source=name, data_files=(path,)))
             bound = bind(f"synthetic_{name}", tokenizer=None, max_length=2048)
             convs = [Conversation.from_json(e["conversation"]) for e in examples_lib.encoded_examples(bound.name)]
@@ -41,19 +43,19 @@ def loaded(tmp_path_factory):
 
 
 def test_table1_has_the_twelve_tulu_datasets():
-    assert len(TULU_TABLE1) == 12 and set(LENGTH_STATS) == set(SOURCES)
+    assert len(TULU_TABLE1) == 12 and set(LENGTH_STATS) == set(ALL)
     assert TULU_TABLE1["sharegpt"] == (168_864, 3.2, 71.0, 357.8)
 
 
-@pytest.mark.parametrize("name", sorted(SOURCES))
+@pytest.mark.parametrize("name", sorted(ALL))
 def test_rows_load_and_are_labelled(loaded, name):
     rows, convs = loaded[name]
     assert len(rows) >= 200 and len(convs) >= 150
     for row in rows:
         assert row["synthetic"] is True
-        own_id = row.get("id", row.get("message_id", row.get("conversation_id", row.get("uuid"))))
+        own_id = row.get("id", row.get("message_id", row.get("conversation_id", row.get("uuid", row.get("prompt_id")))))
         assert own_id.startswith("synthetic-")
-        assert set(SOURCES[name].columns) - {"inputs", "targets", "task_name", "category", "deleted"} <= set(row)
+        assert set(ALL[name].columns) - {"inputs", "targets", "task_name", "category", "deleted"} <= set(row)
     assert len({c.id for c in convs}) == len(convs)
     assert all(c.meta.get("synthetic") is True for c in convs)
 

@@ -137,7 +137,7 @@ class Registry:
             from instructjax.data.sources.registry import PREFERENCE_SOURCES, SOURCES
 
             source = name.removesuffix(BUILTIN_SUFFIX)
-            if source in SOURCES or (name == source and source in PREFERENCE_SOURCES):  # the hub's pairs
+            if source in SOURCES or source in PREFERENCE_SOURCES:
                 self.tasks[name] = TaskSpec(source=source, data_files=(BUILTIN,) if name != source else None)
         return self.tasks.get(name)
 

@@ -60,6 +60,8 @@ OTHER_STATS: dict[str, LengthStats] = {
     "lmsys_chat": LengthStats(1_000_000, 2.0, 69.5, 214.5),
     # Magpie-Pro-300K-Filtered: single-turn, short instructions and long answers (our estimate)
     "magpie": LengthStats(300_000, 1.0, 45.0, 550.0),
+    # UltraFeedback binarized's train_prefs: 61,135 pairs (our estimate of its lengths)
+    "preference": LengthStats(61_135, 1.0, 160.0, 300.0),
 }
 LENGTH_STATS = {**TULU_TABLE1, **OTHER_STATS}
 
@@ -273,6 +275,20 @@ def _magpie_rows(name, rng, n, stats):
                "instruct_reward": float(rng.normal(2.0, 1.0)), "language": "EN"}
 
 
+def _preference_rows(name, rng, n, stats):
+    """UltraFeedback binarized's schema (`train_prefs`): a prompt, its chosen and rejected conversations, scores."""
+    prompts, answers = _lengths(rng, stats.prompt, n), _lengths(rng, stats.completion, 2 * n, 0.7)
+    for i in range(n):
+        prompt = _text(rng, prompts[i])
+        chosen, rejected = _text(rng, answers[2 * i]), _text(rng, answers[2 * i + 1])
+        score = float(rng.integers(6, 11))
+        yield {"prompt": prompt, "prompt_id": f"synthetic-{i:06x}-pair",
+               "chosen": [{"role": "user", "content": prompt}, {"role": "assistant", "content": chosen}],
+               "rejected": [{"role": "user", "content": prompt}, {"role": "assistant", "content": rejected}],
+               "messages": [{"role": "user", "content": prompt}, {"role": "assistant", "content": chosen}],
+               "score_chosen": score, "score_rejected": score - float(rng.integers(1, 6))}
+
+
 def _oasst1_rows(name, rng, n, stats):
     """Message trees: a prompt, 1-3 ranked replies, follow-up prompts with their own ranked replies."""
     users, bots = iter(_lengths(rng, stats.prompt, 40 * n)), iter(_lengths(rng, stats.completion, 40 * n, 0.7))
@@ -316,6 +332,7 @@ _GENERATORS = {
     "messages": _messages_rows,
     "lmsys_chat": _lmsys_rows,
     "magpie": _magpie_rows,
+    "preference": _preference_rows,
 }
 
 

@@ -1,0 +1,55 @@
+"""`instructjax train` with a preference loss (`objective:`): a DPO run on the built-in UltraFeedback-schema pairs
+starts at log 2 (the policy is its reference) and moves off it, logs TRL's rewards, and `pack: per_step` stopped mid-run and resumed
+gives the unpacked run's losses and rewards step for step (the pairs of each step are the same; a pair is never cut
+across rows or micro-batches); the objective and the mixture disagreeing is one line before anything is read."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from instructjax import cli
+from instructjax.core.config import load_config
+from instructjax.core.errors import ConfigError
+from instructjax.train.trainer import Trainer
+
+BASE = ["model.preset=tiny", "model.dtype=float32", "data.mixture=preference_builtin", "data.seq_len=512",
+        "data.global_batch=16", "data.pack_window=32", "optim.lr=1e-3", "optim.warmup_ratio=0", "log_every=1",
+        "max_steps=6", "optim.micro_batches=2", "checkpoint.every=3", "objective.loss=dpo", "objective.beta=0.1",
+        "objective.reference=live"]  # fmt: skip
+REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
+
+
+def records(run_dir) -> dict[int, dict]:
+    return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+
+
+def test_per_step_resumed_is_the_unpacked_dpo_run(tmp_path):
+    assert cli.main(["train", "--config", "/dev/null", *BASE, "data.pack=false", f"run_dir={tmp_path / 'a'}"]) == 0
+    first = Trainer(load_config(None, [*BASE, "data.pack=per_step", f"run_dir={tmp_path / 'b'}"]))
+    assert first.run(stop_at=3).step == 3
+    assert cli.main(["train", "--resume", "--config", "/dev/null", *BASE, "data.pack=per_step",
+                     f"run_dir={tmp_path / 'b'}"]) == 0  # fmt: skip
+    want, got = records(tmp_path / "a"), records(tmp_path / "b")
+    assert sorted(want) == sorted(got) == list(range(1, 7))
+    assert want[1]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference at the first step
+    assert want[1]["loss_reduction"] == "pairs" and all(k in want[6] for k in REWARDS)
+    assert want[2]["loss"] != want[1]["loss"] and want[2]["rewards/margins"] != 0  # the policy moved off its reference
+    for step in range(1, 7):
+        assert got[step]["tokens"] == want[step]["tokens"]
+        for key in ("loss", "grad_norm", *REWARDS):
+            np.testing.assert_allclose(got[step][key], want[step][key], rtol=2e-4, atol=1e-6, err_msg=f"{step} {key}")
+
+
+@pytest.mark.parametrize("changes, words", [
+    (["objective.loss=sft"], "holds preference pairs: set objective.loss to dpo"),
+    (["data.mixture=alpaca_builtin"], "has no preference task"),
+    (["objective.reference=cached"], "objective.reference=cached"),
+])
+def test_an_objective_the_mixture_disagrees_with_is_one_line(tmp_path, changes, words):
+    with pytest.raises(ConfigError, match=words):
+        Trainer(load_config(None, [*BASE, *changes, f"run_dir={tmp_path / 'r'}"]))
+    assert not (tmp_path / "r").exists()
