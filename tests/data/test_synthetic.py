@@ -16,10 +16,10 @@ from instructjax.data.sources import synthetic
 from instructjax.data.sources.load import load_conversations
 from instructjax.data.sources.registry import PREFERENCE_SOURCES, SOURCES
 
-ALL = {**SOURCES, **PREFERENCE_SOURCES}  # the SFT sources and the preference pairs: each has built-in rows
 from instructjax.data.sources.synthetic import LENGTH_STATS, TULU_TABLE1, ensure_synthetic, write_synthetic
 from instructjax.data.tokenized import examples as examples_lib
 
+ALL = {**SOURCES, **PREFERENCE_SOURCES}  # the SFT sources and the preference pairs: each has built-in rows
 TOKENIZER = os.path.join(os.path.dirname(mistral_common.__file__), "data", "tokenizer.model.v1")
 
 
