@@ -15,7 +15,6 @@ from instructjax.data.schema import Conversation
 from instructjax.data.sources import synthetic
 from instructjax.data.sources.load import load_conversations
 from instructjax.data.sources.registry import PREFERENCE_SOURCES, SOURCES
-
 from instructjax.data.sources.synthetic import LENGTH_STATS, TULU_TABLE1, ensure_synthetic, write_synthetic
 from instructjax.data.tokenized import examples as examples_lib
 
