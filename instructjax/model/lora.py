@@ -172,6 +172,15 @@ def combine(a: Any, b: Any) -> Any:
     return out
 
 
+def reference(params: Any) -> Any:
+    """`params` with every adapter zeroed: the frozen base's model exactly (a zero B adds nothing), the reference a
+    preference loss compares a LoRA with."""
+    import jax
+    import jax.numpy as jnp
+
+    return combine(jax.tree.map(jnp.zeros_like, trainable(params)), frozen(params))
+
+
 def delta(lora_a: np.ndarray, lora_b: np.ndarray, scale: float, stacked: bool) -> np.ndarray:
     """The kernel's change (A B) * scale in the kernel's shape [(layers,) *in, *out]."""
     lead = 1 if stacked else 0

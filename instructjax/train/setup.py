@@ -193,10 +193,6 @@ def check_trainable(config: RunConfig, devices: int, hosts: int) -> None:
         sharding.resolve_mesh(config, devices, hosts)
     if config.max_steps == 0:
         raise ConfigError("max_steps must be >= 1 to train (0 marks an evaluation-only config)")
-    objective = config.objective
-    if objective.needs_reference and objective.reference == "cached":  # the precomputing pass is not built yet
-        raise ConfigError(f"objective.loss={objective.loss}: objective.reference=cached (log-probs computed before "
-                          "training) is not built yet; set objective.reference=live (the reference runs in each step)")
 
 
 def check_objective(config: RunConfig, resolved) -> None:

@@ -132,6 +132,15 @@ def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
     return step
 
 
+def token_logps(graphdef, params, batch, chunk: int, embed_noise=None, lora_key=None) -> jax.Array:
+    """Each token's log-prob of its target [B, L] (float32) under the model `params` (the next-token loss, negated:
+    what the preference losses sum per completion, and the cached reference stores)."""
+    model = nnx.merge(graphdef, params)
+    hidden, _ = model.hidden_states(batch["tokens"], batch["positions"], batch["segment_ids"], embed_noise=embed_noise,
+                                    lora_key=lora_key)
+    return -loss.model_nll(model, hidden, batch["targets"], chunk)
+
+
 def pair_slots(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array, int]:
     """(each token's pair slot, its side, the slots) of rows of preference pairs (data/batches/packing.py: a pair's
     sides are segments 2k - 1 and 2k of a row): row r's k-th pair is slot r * (L // 2) + k - 1."""
@@ -143,10 +152,12 @@ def pair_slots(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array, int]:
 
 def make_preference_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
     """The step of a preference loss (train/preference.py): the global batch's pairs' mean loss, micro-batches
-    holding whole pairs (a pair is one row's two segments); the reference's log-probs from `reference` (live) or,
-    for a LoRA, from its base with the adapters left out."""
+    holding whole pairs (a pair is one row's two segments); the reference's log-probs from the batch
+    (`reference_logps`, `objective.reference: cached`), or computed: from `reference` (live), or for a LoRA from its
+    base with the adapters left out."""
     micro, alpha, objective = config.optim.micro_batches, config.optim.neftune_alpha, config.objective
     micro_spec = NamedSharding(mesh, sharding.logical_to_spec((None, "batch", "length"), mesh))
+    cached = objective.needs_reference and objective.reference == "cached"  # the batch carries reference_logps
 
     def split(x):  # as the SFT step: row r goes to micro-batch r % micro
         x = x.reshape(x.shape[0] // micro, micro, *x.shape[1:]).swapaxes(0, 1)
@@ -156,24 +167,20 @@ def make_preference_step(graphdef, tx, config: RunConfig, num_sources: int, mesh
         spec = lora.spec(nnx.merge(graphdef, params).config)
         dropout = spec is not None and spec.dropout > 0
         adapters, base = lora.trainable(params), lora.frozen(params)
-        if objective.needs_reference and reference is None and adapters:  # the base: adapters contribute nothing
-            reference = lora.combine(jax.tree.map(jnp.zeros_like, adapters), base)
-
-        def token_logps(p, mb, noise_key=None, lora_key=None):
-            model = nnx.merge(graphdef, p)
-            noise = neftune_noise(alpha, noise_key) if noise_key is not None else None
-            hidden, _ = model.hidden_states(mb["tokens"], mb["positions"], mb["segment_ids"], embed_noise=noise,
-                                            lora_key=lora_key)
-            return -loss.model_nll(model, hidden, mb["targets"], config.optim.loss_chunk)
+        if objective.needs_reference and not cached and reference is None and adapters:
+            reference = lora.reference(params)
 
         def sums(p, mb):
             weights = mb["loss_weights"].astype(jnp.float32)
             pair, side, slots = pair_slots(mb["segment_ids"])
-            logps = token_logps(p, mb, mb.get("neftune_key"), mb.get("lora_key"))
+            logps = token_logps(graphdef, p, mb, config.optim.loss_chunk, neftune_noise(alpha, mb["neftune_key"])
+                                if alpha else None, mb.get("lora_key"))
             policy, counts = preference.completion_logps(logps, weights, pair, side, slots)
             ref = None
-            if reference is not None:
-                ref_logps = jax.lax.stop_gradient(token_logps(reference, mb))
+            if cached:
+                ref, _ = preference.completion_logps(mb["reference_logps"], weights, pair, side, slots)
+            elif reference is not None:
+                ref_logps = jax.lax.stop_gradient(token_logps(graphdef, reference, mb, config.optim.loss_chunk))
                 ref, _ = preference.completion_logps(ref_logps, weights, pair, side, slots)
             losses, rewards = preference.pair_losses(objective, policy, counts, ref)
             real = jnp.all(counts > 0, axis=1)
@@ -217,13 +224,18 @@ class StepBuild:
     batch_sharding: NamedSharding
     step: Any
     takes_reference: bool = False  # the step's fourth argument: the reference's parameters (`reference_args`)
+    cached_reference: bool = False  # the batch carries the reference's log-probs (objective.reference: cached)
 
     def batch(self, rows: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
         """The global batch of `rows` rows of `seq_len` as the step receives it, to lower and compile for."""
         from instructjax.data.batches.packing import empty_rows
 
-        return {k: jax.ShapeDtypeStruct((rows, seq_len), v.dtype, sharding=self.batch_sharding)
-                for k, v in empty_rows(1, seq_len).items()}
+        from instructjax.data.batches.packing import REFERENCE
+
+        features = {k: v.dtype for k, v in empty_rows(1, seq_len).items()}
+        if self.cached_reference:
+            features[REFERENCE] = jnp.float32
+        return {k: jax.ShapeDtypeStruct((rows, seq_len), v, sharding=self.batch_sharding) for k, v in features.items()}
 
     def lower(self, rows: int, seq_len: int):
         """The step lowered for a batch of `rows` x `seq_len` (under the mesh: kernels follow its devices)."""
@@ -266,4 +278,5 @@ def build_step(model: DecoderConfig, tx: optax.GradientTransformation, config: R
                    in_shardings=(param_shardings, opt_shardings, batch_sharding, *reference),
                    out_shardings=(param_shardings, opt_shardings, replicated), donate_argnums=(0, 1))
     return StepBuild(graphdef, with_sharding(params, param_shardings), with_sharding(opt, opt_shardings),
-                     param_shardings, opt_shardings, batch_sharding, step, bool(reference))
+                     param_shardings, opt_shardings, batch_sharding, step, bool(reference),
+                     config.objective.needs_reference and config.objective.reference == "cached")

@@ -204,15 +204,36 @@ class Trainer:
             params = nnx.to_pure_dict(nnx.state(sharding.create_sharded_model(make_model, self.mesh)))
         return params, init_opt(params), 0, 0, None
 
-    def reference_params(self) -> tuple:
-        """The step's reference argument (`step.reference_args`): the starting model's parameters, frozen
-        (init_from's, or the seed's fresh ones), loaded again on resume; () where the step takes none."""
-        if not self.build.takes_reference:
-            return ()
+    def reference_weights(self, params):
+        """The reference of a preference loss: the starting model, frozen. A LoRA's is its base (`params` with the
+        adapters zeroed); a full fine-tune's is init_from's parameters, or the seed's fresh ones (loaded again)."""
+        if self.model_config.lora is not None:
+            return lora.reference(params)
         if self.config.model.init_from:
-            return (load_params_as(self.config.model.init_from, self.model_config, shardings=self.build.param_shardings),)
+            return load_params_as(self.config.model.init_from, self.model_config, shardings=self.build.param_shardings)
         make_model = lambda: Decoder(self.model_config, rngs=nnx.Rngs(self.config.seed))  # noqa: E731
-        return (nnx.to_pure_dict(nnx.state(sharding.create_sharded_model(make_model, self.mesh))),)
+        return nnx.to_pure_dict(nnx.state(sharding.create_sharded_model(make_model, self.mesh)))
+
+    def prepare_reference(self, params, start: int) -> tuple:
+        """The step's reference argument (`step.reference_args`: live, a full fine-tune), or () where it takes none;
+        with `objective.reference: cached`, the reference's log-probs handed to the pipeline first: read back from
+        RUN_DIR, or computed (from `params` at step 0, from the reference loaded again on resume) and stored."""
+        from instructjax.train import reference
+
+        if self.build.takes_reference:
+            return (self.reference_weights(params),)
+        if self.build.cached_reference:
+            stream = self.pipeline.stream
+            found = reference.load(self.run_dir, stream)
+            if found is None:
+                weights = params if start == 0 and self.model_config.lora is None else self.reference_weights(params)
+                data = self.config.data
+                found = reference.compute(self.build, weights, stream, data.global_batch, data.seq_len,
+                                          self.config.optim.loss_chunk)
+                if jax.process_index() == 0:
+                    reference.save(self.run_dir, stream, found)
+            stream.reference = found
+        return ()
 
     def save(self, step: int, params, opt_state, tokens: int, position, window: MetricsWindow | None = None) -> None:
         """Save `step` with the data `position` after its batch and the metrics `window` open at it (unless another
@@ -255,7 +276,7 @@ class Trainer:
                                tracker=tracking.start(self.config, "train") if primary else None)
         batch_sharding = self.build.batch_sharding
 
-        reference = self.reference_params()
+        reference = self.prepare_reference(params, start)  # before the pipeline's first batch
 
         def step_fn(params, opt_state, batch):  # a step loaded from `compiled:` where its shape is this batch's
             return self.precompiled.get(batch["tokens"].shape, self.build.step)(params, opt_state, batch, *reference)

@@ -89,6 +89,8 @@ class ExampleStream:
         self.untrainable: dict[int, int] = {}  # epoch -> mosaic examples with no trained token left
         self.mosaic_k: dict[int, dict[int, int]] = {}  # epoch -> {k: mosaics of k instructions made}
         self._subset = None if self.rate_mode else self._draw_subsets()
+        # a preference run's cached reference: per task, (each token's target log-prob end to end, offsets per example)
+        self.reference: list[tuple[np.ndarray, np.ndarray]] | None = None
 
     def report(self) -> list[str]:
         """What the tasks did not train as given: skipped rows, repairs, truncations, untrainable examples."""
@@ -204,6 +206,9 @@ class ExampleStream:
         out = {"tokens": ex["tokens"], "loss_mask": ex["loss_mask"], "source": task, "origin": (task, index)}
         if "rejected_at" in ex:  # a preference pair
             out["rejected_at"] = ex["rejected_at"]
+        if self.reference is not None:  # its cached reference log-probs (train/reference.py)
+            values, offsets = self.reference[task]
+            out["reference_logps"] = values[offsets[index]:offsets[index + 1]]
         return out
 
     def window_examples(self, epoch: int, window: int) -> list[dict] | None:

@@ -16,6 +16,8 @@ One packed row, all `[seq_len]` (the batch contract the trainer eats):
   segment_ids   1..n per row, 0 = padding (the only way padding is marked: token 0 is a real token)
   positions     0.. restarting at every segment
   source_ids    the example's `source` index (0 when absent), -1 on padding
+and where the examples carry it (a preference run with a cached reference):
+  reference_logps  float32, the reference model's log-prob of each token's target, placed as the tokens are
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.cache import array_sizes
 
 FEATURES = ("tokens", "targets", "loss_weights", "segment_ids", "positions", "source_ids")
+REFERENCE = "reference_logps"  # a preference run's cached reference log-prob of each target (train/reference.py)
 OVERLONG_MODES = ("truncate", "split")
 # Examples per window: 99.6% efficient at 2048 and 99.2% at 512 on the Tulu Human+GPT mix; 250 would
 # already meet 98% / 95% (efficiency against window: benchmarks/RESULTS.md, benchmarks/packing.py).
@@ -199,7 +202,9 @@ def pack_segments(rows: dict[str, np.ndarray], n_rows: int | None = None, *, cap
     out = empty_rows(n_rows, row_length)
     row, at = np.nonzero(inside)  # every token, by its row and position in it
     dest = place.row[row], place.offset[row] + at
-    for k in FEATURES:
+    if REFERENCE in rows:
+        out[REFERENCE] = np.zeros((n_rows, row_length), np.float32)
+    for k in out:
         out[k][dest] = rows[k][row, at]
     out["segment_ids"][dest] = kind * (place.segment[row] - 1) + rows["segment_ids"][row, at]
     return out
@@ -320,9 +325,11 @@ class SequencePacker:
         """
         S = self.seq_len
         stats = PackStats()
-        tokens, masks, sources, splits = [], [], [], []
+        tokens, masks, sources, splits, references = [], [], [], [], []
         for i, example in enumerate(examples):
             tok, mask, source = _read_example(example, first_index + i)
+            if isinstance(example, dict) and REFERENCE in example:  # aligned with the tokens (a pair: never cut)
+                references.append(np.asarray(example[REFERENCE], np.float32))
             split = _rejected_at(example, tok.size, S, first_index + i)
             stats.examples += 1
             if tok.size == 0:
@@ -352,6 +359,11 @@ class SequencePacker:
         if self.pack and self.in_input_order:
             place = rows_in_input_order(place)
         rows = empty_rows(place.n_rows, S)
+        if references:
+            if len(references) != len(examples):
+                raise DataError("some examples of a window carry reference log-probs and some do not",
+                                reason="missing_field", row=first_index)
+            rows[REFERENCE] = np.zeros((place.n_rows, S), np.float32)
         stats.rows, stats.segments = place.n_rows, len(lengths)
         stats.tokens = int(lengths.sum())
         stats.padding = place.n_rows * S - stats.tokens
@@ -384,6 +396,8 @@ class SequencePacker:
             position = position - np.where(rejected, split, 0)
         flat["positions"][dest] = position
         flat["source_ids"][dest] = np.asarray(sources, np.int32)[segment_of]
+        if references:
+            flat[REFERENCE][dest] = np.concatenate([r for r in references if r.size])
         return rows, stats
 
     def plan_window(self, lengths: np.ndarray, trained: np.ndarray) -> tuple[PackStats, int]:

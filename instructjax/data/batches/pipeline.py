@@ -130,7 +130,7 @@ class DataPipeline:
             n = len(packed["tokens"])
             for r in range(row, n):
                 following = IteratorState(epoch, window, r + 1) if r + 1 < n else IteratorState(epoch, window + 1, 0)
-                yield {k: packed[k][r] for k in BATCH_KEYS}, following
+                yield {k: packed[k][r] for k in packed}, following  # BATCH_KEYS, and reference_logps where cached
             window, row = window + 1, 0
 
     def _batches(self, state: IteratorState) -> Iterator[tuple[dict[str, np.ndarray], IteratorState]]:
@@ -140,7 +140,7 @@ class DataPipeline:
         rows = self._rows(state)
         while True:
             global_chunk = [next(rows) for _ in range(self.config.global_batch)]
-            batch = {k: np.stack([r[k] for r, _ in global_chunk]) for k in BATCH_KEYS}
+            batch = {k: np.stack([r[k] for r, _ in global_chunk]) for k in global_chunk[0][0]}
             if self.per_step:  # the step's examples packed whole, padded to its planned shape
                 batch = self.step_plan.pack(batch)
             share = len(batch["tokens"]) // self.process_count

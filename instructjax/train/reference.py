@@ -1,0 +1,79 @@
+"""The reference's log-probs of a preference run with `objective.reference: cached` (open-instruct's DPO precomputes
+them): before the first step every example of the run's tasks goes once through the starting model, one example a
+row, and each token's log-prob of its target is kept (0 where nothing is trained). They are stored under
+RUN_DIR/reference_logps/ (a file per task: the values end to end and each example's length), read back on resume,
+and handed to the step with the tokens (the pipeline's `reference_logps`), so the reference holds no memory while
+the run trains and a resumed run compares with the very numbers it started with.
+"""
+
+from __future__ import annotations
+
+import io
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from instructjax.core import storage
+from instructjax.data.batches.packing import SequencePacker, empty_rows
+from instructjax.train.step import StepBuild, token_logps
+
+REFERENCE_DIR = "reference_logps"
+
+
+def _path(run_dir, task: int, name: str) -> str:
+    return storage.join(run_dir, REFERENCE_DIR, f"{task:03d}-{name.replace('/', '_')}.npz")
+
+
+def _lengths(examples) -> np.ndarray:
+    return np.asarray([len(examples[i]["tokens"]) for i in range(len(examples))], np.int64)
+
+
+def load(run_dir, stream) -> list[tuple[np.ndarray, np.ndarray]] | None:
+    """The stored log-probs of `stream`'s tasks, per task (values end to end, offsets per example); None where one
+    is missing or was made for other examples."""
+    out = []
+    for t, (name, examples) in enumerate(zip(stream.task_names, stream.examples, strict=True)):
+        path = storage.path(_path(run_dir, t, name))
+        if not path.is_file():
+            return None
+        stored = np.load(io.BytesIO(path.read_bytes()))
+        if not np.array_equal(stored["lengths"], _lengths(examples)):
+            return None
+        out.append((stored["values"], np.concatenate([[0], np.cumsum(stored["lengths"])])))
+    return out
+
+
+def compute(build: StepBuild, params, stream, rows: int, seq_len: int, chunk: int
+            ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Each task's examples through the model `params`, `rows` examples a batch (one a row, padded to `seq_len`):
+    per task, every token's target log-prob end to end and the offsets of each example. Every host runs every batch
+    (its share of the rows) and gets every value."""
+    score = jax.jit(lambda p, b: token_logps(build.graphdef, p, b, chunk) * (b["loss_weights"] > 0),
+                    in_shardings=(build.param_shardings, build.batch_sharding), out_shardings=build.batch_sharding)
+    hosts, me = jax.process_count(), jax.process_index()
+    packer, out = SequencePacker(seq_len, pack=False), []
+    with jax.set_mesh(build.batch_sharding.mesh):
+        for examples in stream.examples:
+            values = []
+            for start in range(0, len(examples), rows):
+                part = [examples[i] for i in range(start, min(start + rows, len(examples)))]
+                batch, _ = packer.pack_window(part)
+                pad = empty_rows(rows - len(batch["tokens"]), seq_len)
+                batch = {k: np.concatenate([v, pad[k]]) for k, v in batch.items()}
+                share = slice(me * rows // hosts, (me + 1) * rows // hosts)
+                on_mesh = {k: jax.make_array_from_process_local_data(build.batch_sharding, v[share])
+                           for k, v in batch.items()}
+                logps = np.asarray(multihost_utils.process_allgather(score(params, on_mesh), tiled=True))
+                values += [logps[i, : len(ex["tokens"])] for i, ex in enumerate(part)]
+            lengths = np.asarray([len(v) for v in values], np.int64)
+            out.append((np.concatenate(values).astype(np.float32), np.concatenate([[0], np.cumsum(lengths)])))
+    return out
+
+
+def save(run_dir, stream, reference: list[tuple[np.ndarray, np.ndarray]]) -> None:
+    """Store `reference` (what `compute` gave for `stream`) under RUN_DIR/reference_logps/."""
+    for t, (name, (values, offsets)) in enumerate(zip(stream.task_names, reference, strict=True)):
+        buffer = io.BytesIO()
+        np.savez(buffer, values=values, lengths=np.diff(offsets))
+        storage.write_bytes(_path(run_dir, t, name), buffer.getvalue())
