@@ -228,9 +228,7 @@ class StepBuild:
 
     def batch(self, rows: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
         """The global batch of `rows` rows of `seq_len` as the step receives it, to lower and compile for."""
-        from instructjax.data.batches.packing import empty_rows
-
-        from instructjax.data.batches.packing import REFERENCE
+        from instructjax.data.batches.packing import REFERENCE, empty_rows
 
         features = {k: v.dtype for k, v in empty_rows(1, seq_len).items()}
         if self.cached_reference:
