@@ -10,7 +10,8 @@ default system turn, the prompt, the completion) is 75 to 117 tokens with the ti
 - `--loss dpo_norm`: `trl.DPOTrainer`, `loss_type="sigmoid_norm"` (each side's policy/reference log-ratio divided
   by its completion length before the difference; the logged rewards stay beta * the summed log-ratio);
 - `--loss simpo`: `trl.experimental.cpo.CPOTrainer`, `loss_type="simpo"`, `cpo_alpha=0` (no NLL term, no reference):
-  loss -logsigmoid(beta * (mean logp chosen - mean logp rejected) - gamma).
+  loss -logsigmoid(beta * (mean logp chosen - mean logp rejected) - gamma). CPOTrainer appends an EOS to a completion
+  that does not end with one; the chat template's turn already ends it, so its last token is TRL's EOS here.
 
 AdamW (TRL's defaults), linear decay from `--lr` without warmup, clipping at 1.0, `--batch` pairs a step, one
 process. `theirs` returns TRL's logged values per step, the step times, and the token ids TRL fed for each pair of
@@ -24,14 +25,16 @@ be written) can check that its tokens equal TRL's before comparing losses.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import random
+import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -220,6 +223,11 @@ def theirs(root: Path, hf_dir: str, rows: list[dict], args, loss: str) -> dict:
         return model
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    if loss == "simpo":  # CPOTrainer appends EOS to a completion that does not end with it; the chat template's turn
+        # already ends it ("<|im_end|>" then "\n"), so its last token stands as EOS for that check alone (else each
+        # side would carry a second "<|im_end|>" that the template never writes; padding uses the pad token)
+        assert tokenizer.pad_token is not None
+        tokenizer.eos_token = tokenizer.convert_ids_to_tokens(tokenizer("\n", add_special_tokens=False)["input_ids"])[-1]
     dataset = datasets.Dataset.from_list([trl_example(r) for r in rows])
     kwargs = {} if loss == "simpo" else {"ref_model": load().eval().requires_grad_(False)}
     trainer = InOrder(model=load(), args=config, train_dataset=dataset, processing_class=tokenizer,
@@ -245,19 +253,43 @@ def theirs(root: Path, hf_dir: str, rows: list[dict], args, loss: str) -> dict:
 
 
 def ours(root: Path, hf_dir: str, rows_path: Path, args, loss: str) -> dict:
-    """TO DO (instructjax's DPO trainer): `instructjax train` on the same rows (`rows_path`, the ultrafeedback JSONL
-    `write_preference_rows` wrote; read with the `preference` source), `template: model`, the same model
-    (`instructjax import --hf hf_dir`), float32, `args.steps` steps of `args.batch` pairs in the file's order, AdamW
-    lr `args.lr` linear decay without warmup, clip 1.0, objective `loss` (dpo: beta `args.beta`, reference =
-    init_from; dpo_norm: the log-ratios over completion lengths; simpo: beta `args.beta`, gamma `args.gamma`, no
-    reference).
+    """`instructjax train` on the same rows (the `preference` source on `rows_path`), `template: model`, the same
+    model (`instructjax import --hf`), float32, `args.steps` steps of `args.batch` pairs in the file's order (one
+    pair a row, no shuffling), AdamW lr `args.lr` with linear decay and no warmup, clip 1.0, objective `loss` with
+    the reference `args.reference`. Returns {steps: {step: loss, rewards, grad_norm}, seconds, tokens: the first
+    step's pairs as `fed_pairs` gives TRL's (each side's ids and the positions its loss trains)}."""
+    import yaml
 
-    Should return what `theirs` returns, in the same shapes: {steps: {step: {"loss", "rewards/chosen",
-    "rewards/rejected", "rewards/accuracies", "rewards/margins", ...}}, seconds: [...], tokens: the first step's
-    pairs as [{chosen: {input_ids, completion_positions}, rejected: {...}}] (the pipeline's tokens of each
-    segment), ...}, so main can check `ours(...)["tokens"] == theirs(...)["tokens"]` and then compare the losses
-    and rewards step by step."""
-    raise NotImplementedError("instructjax's side of the DPO benchmark is not written yet")
+    from instructjax import cli
+    from instructjax.core.config import load_config
+    from instructjax.train.trainer import Trainer
+
+    if not (root / "ckpt").exists():
+        assert cli.main(["import", "--hf", hf_dir, "--out", str(root / "ckpt")]) == 0
+    run_dir = root / f"ours-{loss}-{args.reference}"
+    run = {"run_dir": str(run_dir), "max_steps": args.steps, "log_every": 1, "seed": 0, "template": "model",
+           "model": {"init_from": str(root / "ckpt"), "dtype": "float32", "attention": "xla"},
+           "data": {"mixture": "prefs", "seq_len": 2 * args.max_length, "global_batch": args.batch, "pack": False,
+                    "shuffle": False},
+           "optim": {"lr": args.lr, "warmup_ratio": 0.0, "grad_clip": 1.0, "epochs": 1, "weight_decay": 0.0},
+           "objective": {"loss": loss, "beta": args.beta, "gamma": args.gamma, "reference": args.reference},
+           "define": {"tasks": {"prefs": {"source": "preference", "data_files": [str(rows_path)]}},
+                      "mixtures": {"prefs": {"mode": "epoch", "counts": {"prefs": None}}}}}
+    (root / "run.yaml").write_text(yaml.safe_dump(run))
+    batch = next(iter(Trainer(load_config(str(root / "run.yaml"), [f"run_dir={root / 'peek'}"])).pipeline))
+    tokens = []
+    for ids, segments, weights in zip(batch["tokens"], batch["segment_ids"], batch["loss_weights"], strict=True):
+        pair = {}
+        for side, segment in (("chosen", 1), ("rejected", 2)):
+            at = np.flatnonzero(segments == segment)
+            pair[side] = {"input_ids": ids[at].tolist(),  # a target's weight is its token's: position t + 1 trains
+                          "completion_positions": [int(t - at[0] + 1) for t in at if weights[t] > 0]}
+        tokens.append(pair)
+    assert cli.main(["train", "--config", str(root / "run.yaml")]) == 0
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = {int(r["step"]): {k: float(v) for k, v in r.items() if k in ("loss", "grad_norm", *REWARDS)}
+             for r in records}
+    return {"steps": steps, "seconds": [float(r["step_seconds"]) for r in records], "tokens": tokens}
 
 
 # ---- main -----------------------------------------------------------------------------------------------------------
@@ -268,19 +300,20 @@ def _fmt(value: float | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = common.parser(__doc__)
     parser.add_argument("--loss", choices=LOSSES, default="dpo")
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--reference", choices=("live", "cached"), default="cached", help="instructjax's reference")
+    parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--batch", type=int, default=4, help="pairs a step")
-    parser.add_argument("--pairs", type=int, default=64, help="preference rows written (steps x batch are used)")
+    parser.add_argument("--pairs", type=int, default=64, help="preference rows written (read in order, again from the first once done)")
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--gamma", type=float, default=0.5, help="SimPO's target margin")
     parser.add_argument("--lr", type=float, default=1e-4)
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
-    parser.add_argument("--max-length", type=int, default=1024, help="TRL's max_length (nothing reaches it)")
+    parser.add_argument("--max-length", type=int, default=128, help="a side's most tokens (TRL's max_length; "
+                        "instructjax's rows hold a pair: data.seq_len is twice it); nothing reaches it")
     parser.add_argument("--seed", type=int, default=0, help="the rows' seed")
-    parser.add_argument("--json", help="write TRL's result (per-step values, fed tokens) here as JSON")
     args = parser.parse_args(argv)
     try:
         import trl  # noqa: F401
@@ -290,36 +323,46 @@ def main(argv: list[str] | None = None) -> dict:
     load_before = common.load_average()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        hf_dir, tokenizer = build_model(root, args)
+        hf_dir, _ = build_model(root, args)
         rows_path = write_preference_rows(root / "prefs.jsonl", args.pairs, seed=args.seed)
-        rows = read_rows(rows_path)
-        start = time.perf_counter()
-        result = theirs(root, hf_dir, rows, args, args.loss)
-        wall = time.perf_counter() - start
-
-    table = common.table(["step", "loss", *REWARDS, "grad_norm", "seconds"],
-                         [[s, _fmt(v.get("loss")), *(_fmt(v.get(k)) for k in REWARDS), _fmt(v.get("grad_norm")),
-                           f"{result['seconds'][s - 1]:.3f}" if s - 1 < len(result["seconds"]) else "-"]
-                          for s, v in sorted(result["steps"].items())])
-    first = result["tokens"][0]
-    lengths = [(len(p["chosen"]["input_ids"]), len(p["chosen"]["completion_positions"]),
-                len(p["rejected"]["input_ids"]), len(p["rejected"]["completion_positions"]))
-               for p in result["tokens"]]
-    print(f"TRL {result['version']} {result['trainer']} (loss_type {result['loss_type']!r}, optim {result['optim']}); "
-          f"Qwen2 {args.layers} x {args.hidden}, {args.steps} steps of {args.batch} pairs, beta {args.beta:g}"
-          + (f", gamma {args.gamma:g}" if args.loss == "simpo" else "") + f", lr {args.lr:g} linear, clip 1.0, "
-          f"float32 CPU. {wall:.1f} s (dataset preparation and training; load {load_before}).\n")
-    print(table)
-    print(f"\nTokenized dataset columns: {result['columns']}; longest sequence {result['longest']} tokens.")
-    print("First step's pairs (chosen tokens, chosen completion tokens, rejected tokens, rejected completion "
-          f"tokens): {lengths}")
-    print("First pair, chosen, as TRL fed it (completion in [[ ]]):\n"
-          + tokenizer.decode(first["chosen"]["input_ids"][: first["chosen"]["completion_positions"][0]])
-          + "[[" + tokenizer.decode([first["chosen"]["input_ids"][p] for p in first["chosen"]["completion_positions"]])
-          + "]]")
-    if args.json:
-        Path(args.json).write_text(json.dumps(result))
-    return result
+        their = theirs(root, hf_dir, read_rows(rows_path), args, args.loss)
+        mine = ours(root, hf_dir, rows_path, args, args.loss)
+    same_tokens = mine["tokens"] == their["tokens"]
+    keys = ("loss", *REWARDS)
+    if args.loss == "dpo_norm":  # TRL's sigmoid_norm logs rewards on the summed log-ratio, ours per token
+        keys = ("loss",)
+    rows_, worst = [], dict.fromkeys(keys, 0.0)
+    for step in sorted(mine["steps"]):
+        a, b = mine["steps"][step], their["steps"][step]
+        for k in keys:
+            worst[k] = max(worst[k], abs(a[k] - b[k]))
+        rows_.append([step, *(f"{a[k]:.6f} / {b[k]:.6f}" for k in keys)])
+    ours_tps = args.batch / statistics.median(mine["seconds"][1:])
+    theirs_tps = args.batch / statistics.median(their["seconds"][1:])
+    trained = {"dpo": "DPOTrainer (loss_type sigmoid)", "dpo_norm": "DPOTrainer (loss_type sigmoid_norm)",
+               "simpo": "CPOTrainer (loss_type simpo, cpo_alpha 0)"}[args.loss]
+    body = (f"Qwen2 ({args.layers} x {args.hidden}), a Qwen2.5 ChatML tokenizer; {args.steps} steps of {args.batch} "
+            f"synthetic UltraFeedback-schema pairs in file order, one pair a row, float32 on the CPU, AdamW lr "
+            f"{args.lr:g} linear decay, clip 1.0, beta {args.beta:g}"
+            + (f", gamma {args.gamma:g}" if args.loss == "simpo" else "")
+            + f". instructjax `objective.loss: {args.loss}` (reference {args.reference}) against TRL {their['version']} "
+            f"{trained}. The first step's token ids and trained positions are "
+            + ("the same on both sides" if same_tokens else "NOT the same (see below)") + ".\n\n"
+            + common.table(["step", *(f"{k}: instructjax / TRL" for k in keys)], rows_)
+            + "\n\nLargest absolute differences: " + ", ".join(f"{k} {v:.1e}" for k, v in worst.items())
+            + f". Pairs/s (median step after the first): instructjax {ours_tps:,.1f}, TRL {theirs_tps:,.1f} "
+            f"({ours_tps / theirs_tps:.2f}x).\n")
+    if not same_tokens:
+        first = (mine["tokens"][0]["chosen"], their["tokens"][0]["chosen"])
+        body += (f"\nFirst chosen side, instructjax: {len(first[0]['input_ids'])} ids, trained "
+                 f"{first[0]['completion_positions'][:3]}...{first[0]['completion_positions'][-3:]}; TRL: "
+                 f"{len(first[1]['input_ids'])} ids, trained {first[1]['completion_positions'][:3]}..."
+                 f"{first[1]['completion_positions'][-3:]}\n")
+    print(body)
+    summary = {"same_tokens": same_tokens, **{f"worst_{k}": v for k, v in worst.items()},
+               "ours_pairs_per_s": ours_tps, "trl_pairs_per_s": theirs_tps}
+    common.finish(args, f"Preference tuning ({args.loss}): instructjax vs TRL", body, summary, load_before=load_before)
+    return summary
 
 
 if __name__ == "__main__":

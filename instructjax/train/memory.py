@@ -109,7 +109,16 @@ def needed_bytes(memory: dict[str, int], acts: dict[str, Any]) -> int:
     loss = accumulator + acts["logits"]
     backward = memory["grad_bytes"] + acts.get("recompute", 0)
     return (memory["param_bytes"] + memory["opt_bytes"] + memory.get("copy_bytes", 0) + acts.get("saved", 0)
-            + max(loss, backward))
+            + memory.get("reference_bytes", 0) + max(loss, backward))
+
+
+def reference_bytes(model: DecoderConfig, config: RunConfig, memory: dict[str, int]) -> int:
+    """A device's bytes for a preference loss's reference model: a copy of the parameters where it runs live in the
+    step on a full fine-tune (`step.reference_args`); none cached (its log-probs come with the batch), for SimPO, or
+    for a LoRA (its reference is its own frozen base)."""
+    from instructjax.train.step import reference_args
+
+    return memory["param_bytes"] if reference_args(config, model) else 0
 
 
 def usable_bytes(topology: Topology) -> float:
@@ -125,6 +134,7 @@ def step_needed(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], 
     memory, acts = device_memory(model, sizes, rows=rows, seq_len=length, micro_batches=config.optim.micro_batches,
                                  clip=bool(config.optim.grad_clip), platform=topology.platform,
                                  loss_chunk=config.optim.loss_chunk, onchip=onchip_bytes(topology))
+    memory["reference_bytes"] = reference_bytes(model, config, memory)
     needed = needed_bytes(memory, acts)
     return needed, out_of_memory(needed, memory, acts, topology)
 

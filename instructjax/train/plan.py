@@ -44,6 +44,7 @@ from instructjax.train.memory import (  # noqa: F401  (their old home: users imp
     needed_bytes,
     onchip_bytes,
     out_of_memory,
+    reference_bytes,
     state_memory,
     step_needed,
     tpu_backward,
@@ -82,7 +83,7 @@ class DataEstimate:
 
 def _task_examples(task: str, count: int | None, registry) -> tuple[int, float, str]:
     """(examples, mean tokens per example, source name) of one mixture component (a task of `registry`) from the
-    papers' sizes."""
+    papers' sizes (a preference task's example is a pair: both sides)."""
     from instructjax.data.sources.synthetic import LENGTH_STATS
 
     spec = registry.task(task)
@@ -94,7 +95,8 @@ def _task_examples(task: str, count: int | None, registry) -> tuple[int, float, 
         n = min(n, spec.selection.k)
     if count is not None:
         n = min(n, count)
-    return n, stats.rounds * (stats.prompt + stats.completion), spec.source
+    sides = 2 if spec.preference else 1  # a pair: its prompt twice, a completion each
+    return n, sides * stats.rounds * (stats.prompt + stats.completion), spec.source
 
 
 def estimate_epoch(config: RunConfig, multiple: int = 1, registry=None) -> DataEstimate:
@@ -199,6 +201,7 @@ class Plan:
     fits: bool
     proposal: str = ""  # a mesh of this topology that serves the batch better (`propose_mesh`), in words
     proposed: bool = False  # this plan is of that mesh: the config's own cannot serve this topology
+    objective: str = ""  # a preference loss and what its reference costs, in words (`objective_words`)
 
     @property
     def total_bytes(self) -> int:
@@ -270,6 +273,7 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
                                  micro_batches=config.optim.micro_batches,
                                  clip=bool(config.optim.grad_clip), platform=topology.platform,
                                  loss_chunk=config.optim.loss_chunk, onchip=onchip_bytes(topology))  # fmt: skip
+    memory["reference_bytes"] = reference_bytes(model, config, memory)
     if memory["params"] != param_count(model):
         raise AssertionError(f"eval_shape gives {memory['params']} parameters, param_count {param_count(model)}")
     if not training:
@@ -277,9 +281,24 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
         acts = {"per_layer": 0, "saved": 0, "recompute": 0, "layers": 0, "logits": 0, "total": 0, "attention": None,
                 "rows": 0,
                 "seq_len": config.data.seq_len}  # fmt: skip
-    plan = Plan(name, topology, sizes, memory, acts, data, config.optim.epochs, False)
+    plan = Plan(name, topology, sizes, memory, acts, data, config.optim.epochs, False, objective=objective_words(config))
     plan.fits = plan.total_bytes <= USABLE * topology.hbm_gib * GIB
     return plan
+
+
+def objective_words(config: RunConfig) -> str:
+    """A preference loss and its reference's cost in words ("" for SFT)."""
+    objective = config.objective
+    if not objective.preference:
+        return ""
+    words = f"{objective.loss}, beta {objective.beta:g}" + (f", gamma {objective.gamma:g}" if objective.loss == "simpo"
+                                                            else "")
+    if not objective.needs_reference:
+        return f"{words}; no reference model"
+    if objective.reference == "cached":
+        return (f"{words}; reference cached: one forward pass over the epoch's pairs before step 1 (one a row, about a "
+                "third of an epoch's step time), no memory while training")
+    return f"{words}; reference live: a frozen copy of the starting model (a LoRA: its base), one more forward a step"
 
 
 REAL_SHARE_GOAL = 0.9  # below it, `plan_with_proposal` looks for a mesh that does better
@@ -357,6 +376,8 @@ def format_plan(plan: Plan) -> str:
         f"  compute copy  {_gib(m['copy_bytes'])} (the parameters in the compute dtype, for the step)",
         f"  activations   {_gib(a['total'])} (layers {_gib(a['layers'])}, logits {_gib(a['logits'])}; "
         f"{a['attention']} attention; {a['rows']} row(s) of {a['seq_len']} a device; estimate)",
+        *([f"  reference     {_gib(m['reference_bytes'])} (the starting model, frozen, run in every step: about a "
+           "third more compute a step)"] if m.get("reference_bytes") else []),
         f"  total         {_gib(plan.total_bytes)} of {t.hbm_gib:.3g} GiB -> "
         + ("fits" if plan.fits else f"DOES NOT FIT (limit {USABLE:.0%} of it)"),
     ]
@@ -368,6 +389,8 @@ def format_plan(plan: Plan) -> str:
                   f"run         {plan.epochs} epoch(s): {plan.epochs * d.steps:,} steps, {plan.epochs * d.tokens:,} tokens",
                   f"a step      {d.step}; {d.real_share:.1%} of the tokens processed are real",
                   f"source      {d.source}"]
+    if plan.objective:
+        lines.append(f"objective   {plan.objective}")
     if plan.proposal:
         lines.append(f"proposal    {plan.proposal}")
     return "\n".join(lines)
