@@ -344,7 +344,37 @@ def seed004() -> list[Experiment]:
                                   SEED004_NOTE, {"preset": preset, "mixture": mixture}))
             if (mixture, preset) == ("tulu_human_gpt", "llama1-65b"):
                 out += [_with_adapter(out[-1], "lora", SEED004_LORA), _with_adapter(out[-1], "qlora", SEED004_QLORA)]
+            if (mixture, preset) in SEED004_DPO_STARTS:
+                out.append(_dpo_stage(out[-1]))
     return out
+
+
+# ---- preference tuning after SFT (Tulu 2's DPO stage; none of the papers) ----------------------------------------
+
+SEED004_DPO_STARTS = {("tulu_human_gpt", "llama2-7b"), ("tulu_human_gpt", "llama2-13b")}  # Tulu-1.1: LLaMA-2, as Tulu 2
+SEED004_DPO = {  # open-instruct's Tulu 2 DPO script (scripts/dpo_train_with_accelerate.sh)
+    "data": {"mixture": "preference", "seq_len": 4096, "global_batch": 32},
+    "optim": {"lr": 5e-7, "warmup_ratio": 0.1, "epochs": 3},
+    "objective": {"loss": "dpo", "beta": 0.1, "reference": "cached"},
+    "note": "DPO (not in the paper): Tulu 2's stage after SFT, open-instruct's dpo_train_with_accelerate.sh: beta 0.1,\n"
+            "lr 5e-7 linear with 10% warmup, 3 epochs, 32 pairs a step, each side cut at 2048 tokens (a row holds a\n"
+            "pair: seq_len 4096), on UltraFeedback binarized (HuggingFaceH4's train_prefs; Tulu 2 used allenai's\n"
+            "cleaned copy). It starts from the SFT run whose directory its model.init_from names; the reference is\n"
+            "that run's model, its log-probs cached before the first step."}
+
+
+def _dpo_stage(sft: Experiment) -> Experiment:
+    """The preference stage that continues `sft` (its run dir as model.init_from), `SEED004_DPO`'s recipe."""
+    config = copy.deepcopy(sft.config)
+    name = f"{config['name']}_dpo"
+    config["name"], config["run_dir"] = name, config["run_dir"].rsplit("/", 1)[0] + f"/{name}"
+    config["model"]["init_from"] = sft.config["run_dir"]
+    config["data"].update(SEED004_DPO["data"])
+    config["optim"].update(SEED004_DPO["optim"])
+    config = {**{k: v for k, v in config.items() if k != "eval"}, "objective": dict(SEED004_DPO["objective"]),
+              "eval": config["eval"]}
+    return Experiment(f"{sft.path.rsplit('/', 1)[0]}/{name}.yaml", f"{sft.title}, then DPO (Tulu 2)", config,
+                      SEED004_DPO["note"], {**sft.tags, "objective": "dpo", "start": sft.config["run_dir"]})
 
 
 # ---- LoRA and QLoRA variants (none of the papers trains adapters: the recipes are their authors' code's) ---------

@@ -25,6 +25,9 @@ stage, in sweep.json (`--status`; default: in the common parent of the run direc
 `--launch tpu|gpu` hands each run's training to launch/tpu_vm.py (`up`) or launch/gpu.py (`single`), with
 `--launch-args`; a GPU run is then exported and evaluated here, a TPU run trains on its VM (checkpoints and
 DONE in BUCKET/runs/NAME). `--dry-run` prints the commands instead of running them.
+
+A config whose model.init_from is another config's run directory (a preference stage continuing an SFT run) runs
+after it, and waits (reported, exit 1) while that run has not trained to its end.
 """
 
 from __future__ import annotations
@@ -254,9 +257,15 @@ def run(args: argparse.Namespace) -> int:
     where = args.status or storage.join(common_parent([c.run_dir for c in loaded.values()]), "sweep.json")
     status = Status(None if args.dry_run else where)
     code = 0
-    for path in paths:
+    starts = started_from(paths, loaded)
+    for path in after_their_starts(paths, starts):
         if path in failed_to_load:
             status.add(path.stem, "config").result = f"failed: {failed_to_load[path]}"
+            code = 1
+            continue
+        start = starts.get(path)
+        if start is not None and not args.dry_run and not stage_done(loaded[start], "train"):
+            status.add(loaded[path].name, "train").result = f"waiting: {loaded[start].name} has not trained"
             code = 1
             continue
         outcome = sweep_one(path, loaded[path], status, args)
@@ -270,6 +279,30 @@ def run(args: argparse.Namespace) -> int:
     if status.path is not None:
         print(f"status kept in {status.path}")
     return code
+
+
+def started_from(paths: list[Path], loaded: dict) -> dict[Path, Path]:
+    """Each config whose model.init_from is the run directory of another config here -> that config (an SFT run a
+    preference run continues: the family's stages, one after the other)."""
+    by_dir = {loaded[p].run_dir.rstrip("/"): p for p in paths if p in loaded}
+    found = {p: by_dir.get((loaded[p].model.init_from or "").rstrip("/")) for p in paths if p in loaded}
+    return {p: start for p, start in found.items() if start is not None and start != p}
+
+
+def after_their_starts(paths: list[Path], starts: dict[Path, Path]) -> list[Path]:
+    """`paths` in their order, but each after the config it starts from (`started_from`)."""
+    out: list[Path] = []
+
+    def visit(path: Path, trail: frozenset) -> None:
+        if path in out or path in trail:  # done, or a cycle (left in the order given)
+            return
+        if path in starts:
+            visit(starts[path], trail | {path})
+        out.append(path)
+
+    for path in paths:
+        visit(path, frozenset())
+    return out
 
 
 def stages_of(config: RunConfig) -> tuple[str, ...]:

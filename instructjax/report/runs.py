@@ -44,6 +44,7 @@ class Run:
     metrics: list[dict] = field(default_factory=list)
     against: dict[str, Run] = field(default_factory=dict)  # comparison name -> the run compared with (link_pairwise)
     mosaic_k: dict[str, dict[str, int]] | None = None  # RUN_DIR/mosaic_k.json: {epoch: {k: mosaics}}
+    start: Run | None = None  # the run whose checkpoint it started from (its model.init_from; link_pairwise)
 
     @property
     def name(self) -> str:
@@ -57,6 +58,13 @@ class Run:
         if not model.get("lora"):
             return ""
         return "QLoRA" if model.get("quantize_base", "none") != "none" else "LoRA"
+
+    @property
+    def objective(self) -> str:
+        """"DPO", "DPO-norm" or "SimPO" where the run trained on preference pairs (`objective.loss`), else "": a
+        report labels such a run with it, and compares it with the run it started from (`start`)."""
+        loss = self.config.objective.loss
+        return {"dpo": "DPO", "dpo_norm": "DPO-norm", "simpo": "SimPO"}.get(loss, "")
 
     def pairwise_against(self) -> dict[str, str]:
         """What the pairwise judge compared this run with, by comparison name (`eval.pairwise.against`)."""
@@ -82,8 +90,11 @@ def number(value: object) -> float | None:
 
 def link_pairwise(runs: list[Run]) -> None:
     """Set each run's `against`: per comparison, the run whose directory it names, or whose name is a component
-    (or the file's stem) of the path, e.g. runs/seed002_selection/alpaca_full_llama2_7b(/eval/pairwise_outputs.jsonl)."""
+    (or the file's stem) of the path, e.g. runs/seed002_selection/alpaca_full_llama2_7b(/eval/pairwise_outputs.jsonl);
+    and its `start`: the run whose directory its model.init_from is (an SFT run a preference run continues)."""
     for run in runs:
+        start = (run.config.model.init_from or "").rstrip("/")
+        run.start = next((r for r in runs if r is not run and start and r.config.run_dir.rstrip("/") == start), None)
         run.against = {}
         for name, path in run.pairwise_against().items():
             parts = set(Path(os.path.normpath(path)).parts) | {Path(path).stem}

@@ -3,7 +3,9 @@
 A run is placed by what its config records (`experiment: {family: seed004, data}`, as `instructjax experiments`
 writes them): `data` is the dataset of Table 3 it trained on (its `data.mixture` tulu_single_<dataset>, or the
 _builtin twin), a mix (human, human_gpt) or `vanilla`, an eval-only config's base model evaluated as it is; its model
-is `model.preset` (llama1-33b is the paper's "30B"), its size labelled "(LoRA)" or "(QLoRA)" where it trained adapters.
+is `model.preset` (llama1-33b is the paper's "30B"), its size labelled "(LoRA)" or "(QLoRA)" where it trained adapters,
+"(+DPO)" where it continued an SFT run on preference pairs; `table_preference` sets those beside the runs they started
+from (Tulu 2's DPO stage; ours, not the paper's).
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ def coordinates(run: Run) -> dict | None:
     model, size = MODELS.get(run.config.model.preset, (run.config.model.preset, ""))
     if run.adapter:  # "65B (QLoRA)": rows of its own, beside the full fine-tune's
         size = f"{size} ({run.adapter})".strip()
+    if run.objective:  # "7B (+DPO)": the SFT run's rows stay its own (table_preference compares the two)
+        size = f"{size} (+{run.objective})".strip()
     return {"data": data, "model": model, "size": size}
 
 
@@ -111,6 +115,19 @@ def _table8_row(run: Run) -> tuple[str, ...] | None:
     return (base, TABLE8_MIXES.get(c["data"]) or DATASETS[c["data"]])
 
 
+def _preference_row(run: Run) -> tuple[str, ...] | None:
+    """A preference run that continues a run of these tables (its `start`): (the SFT run's model, the objective)."""
+    c, before = coordinates(run), coordinates(run.start) if run.start is not None else None
+    if not (c and before and run.objective) or before["data"] == "vanilla":
+        return None
+    return (_table5_row(run.start) or _table3_row(run.start) or ("?",))[0], run.objective
+
+
+def _before(read: n.Read) -> n.Read:
+    """`read` of the run a preference run started from."""
+    return lambda run: read(run.start) if run.start is not None else None
+
+
 def _at(size: str, read: n.Read) -> n.Read:
     """`read` of the runs of one model size (a row of these tables gathers a dataset's runs of every size)."""
     return lambda run: read(run) if (coordinates(run) or {}).get("size") == size else None
@@ -142,6 +159,12 @@ TABLE10_COLUMNS = tuple(Column(label, n.judged("truthfulqa", key), 1) for label,
 NOTE = ("MMLU EM 0-shot, GSM EM 8-shot CoT and BBH EM 3-shot CoT on the paper's subsets, TydiQA F1 1-shot gold "
         "passage (mean over languages), Codex-Eval pass@10, AlpacaEval win % against Davinci-003 (suite `tulu`).")
 
+# Before and after preference tuning (Tulu 2's DPO stage on our SFT runs; not in seed 004): each suite figure of the
+# SFT run, then of the run that continued it
+PREFERENCE_COLUMNS = tuple(Column(f"{label} {when}", read if when == "after" else _before(read), 1)
+                           for label, read in (*SUITE, ("Average", n.mean(*(r for _, r in SUITE))))
+                           for when in ("before", "after"))
+
 TABLES = (
     Table("table3", "instruction datasets on LLaMA 13B", ("Dataset",), COLUMNS, _table3_row,
           NOTE + " Runs of other sizes are rows of their own (their published numbers: Table 8)."),
@@ -168,6 +191,10 @@ TABLES = (
     Table("table10", "TruthfulQA, all models", ("Base model", "Model"), TABLE10_COLUMNS, _table8_row,
           "% of answers the judges deem informative, truthful, both (allenai's LLaMA-2 judges: the paper's GPT-3 "
           "judges are gone)."),
+    Table("table_preference", "the suite before and after preference tuning (ours: Tulu 2's DPO stage)",
+          ("Model", "Objective"), PREFERENCE_COLUMNS, _preference_row,
+          NOTE + " Before: the SFT run; after: the run that continued it on UltraFeedback (objective.loss; Tulu 2's "
+          "DPO recipe, not in seed 004: no published numbers)."),
 )
 
 

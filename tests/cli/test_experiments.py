@@ -37,9 +37,10 @@ def test_family_sizes():
     # + 4; seed 003: 3 models x 3 datasets x 2 + 4 strategies + 5 max counts + 5 distributions + Table 3's 3 models
     # x 2 datasets x 2; seed 004: 6 vanilla LLaMA (1: 7-65B, 2: 7-13B) + 12 datasets x 2 sizes + ShareGPT 30/65B
     # + Human 4 sizes + Tulu 4 sizes + Tulu-1.1 2 sizes + Table 4's OPT and Pythia + Table 8's vanilla OPT, Pythia;
-    # the adapter variants: Llama-3-8B Magpie Mosaic-IT with LoRA, Tulu 65B with LoRA and with QLoRA.
+    # the adapter variants: Llama-3-8B Magpie Mosaic-IT with LoRA, Tulu 65B with LoRA and with QLoRA; the DPO stages
+    # after Tulu-1.1 7B and 13B.
     assert {g: groups.count(g) for g in set(groups)} == {
-        "seed000_acp": 24, "seed002_selection": 33, "seed003_mosaic": 44 + 1, "seed004_tulu": 46 + 2}
+        "seed000_acp": 24, "seed002_selection": 33, "seed003_mosaic": 44 + 1, "seed004_tulu": 46 + 2 + 2}
     assert len({e.config["name"] for e in EXPS}) == len(EXPS)  # names (and run dirs) are unique
 
 
@@ -49,8 +50,10 @@ def test_config_loads_and_refers_to_real_things(path):
     assert config.model.preset in PRESETS
     assert config.eval["suite"] in SUITE_NAMES
     assert config.name == Path(path).stem
-    # every paper run starts from its base model's imported checkpoint, so it takes that model's tokenizer
-    assert config.model.init_from == f"checkpoints/base/{config.model.preset}" and config.tokenizer is None
+    # every paper run starts from its base model's imported checkpoint, so it takes that model's tokenizer; a
+    # preference stage continues the SFT run its tags name
+    start = BY_PATH[path].tags.get("start", f"checkpoints/base/{config.model.preset}")
+    assert config.model.init_from == start and config.tokenizer is None
     if config.max_steps == 0:  # eval-only (seed 000 "None")
         return
     define_data(config.define)
@@ -139,7 +142,8 @@ def test_seed004_matches_paper():
         # and the Tulu suite's raw prompts (submit_eval_jobs.py drops --use_chat_format for the llama-* models),
         # named rather than detected
         assert c.eval["chat_format"] == "none"
-    for e in (e for e in EXPS if e.path.startswith("seed004") and e.tags["mixture"] is not None):
+    for e in (e for e in EXPS if e.path.startswith("seed004") and e.tags["mixture"] is not None
+              and "objective" not in e.tags):
         c = load(e.path)
         assert c.eval["toxigen"] is True and c.eval["truthfulqa"] is True  # Table 6 for every trained model
         assert c.eval.get("chat_format", "auto") == "auto"  # the template the run trained with (Tulu)
@@ -181,6 +185,22 @@ def test_adapter_variants_are_their_runs_with_the_authors_lora_recipes():
         assert variant == full, path  # everything else is the paper's run
         model = preset(variant["model"]["preset"], **{k: v for k, v in load(path).model.overrides.items()})
         assert model.lora["rank"] == recipe[0] and model.quantize_base == quantized
+
+
+def test_dpo_stages_continue_tulu_1_1_with_tulu_2s_recipe():
+    """Tulu 2's DPO stage (open-instruct's dpo_train_with_accelerate.sh: beta 0.1, lr 5e-7, 3 epochs, 10% warmup,
+    32 pairs a step, 2048 tokens a side) on UltraFeedback, continuing the Tulu-1.1 7B and 13B SFT runs (their run
+    dirs as init_from); the eval is theirs, so the report sets the two side by side."""
+    stages = {e.path: e for e in EXPS if e.tags.get("objective") == "dpo"}
+    assert sorted(stages) == ["seed004_tulu/tulu_human_gpt_llama2_13b_dpo.yaml",
+                              "seed004_tulu/tulu_human_gpt_llama2_7b_dpo.yaml"]
+    for path in stages:
+        c, sft = load(path), load(path.replace("_dpo.yaml", ".yaml"))
+        assert c.model.init_from == sft.run_dir and c.model.preset == sft.model.preset
+        assert (c.objective.loss, c.objective.beta, c.objective.reference) == ("dpo", 0.1, "cached")
+        assert (c.optim.lr, c.optim.epochs, c.optim.warmup_ratio, c.data.global_batch) == (5e-7, 3, 0.1, 32)
+        assert c.data.seq_len == 2 * 2048 and specs.task(c.data.mixture).preference
+        assert c.eval == sft.eval
 
 
 def test_selection_in_a_task_keeps_the_top_k_longest():
