@@ -1,6 +1,6 @@
 """The step on preference pairs (train/step.py `make_preference_step`): one DPO step on the same pairs laid out one a
 row and packed several a row (data/batches/packing.py), against a brute force that runs each completion alone through
-the model and applies the DPO formula in float64: the loss and rewards equal it, both layouts move the parameters
+the model and applies the DPO formula in float64 (a LLaMA and a Gemma-2, its sliding windows and capped logits): the loss and rewards equal it, both layouts move the parameters
 alike (the loss is exact whatever the packing; no token sees another segment's), and `pack_segments` (per_step) keeps
 each pair's two sides in one row."""
 
@@ -14,7 +14,7 @@ from flax import nnx
 
 from instructjax.core.config import load_config
 from instructjax.data.batches.packing import SequencePacker, pack_segments
-from instructjax.model.config import preset
+from instructjax.model.config import DecoderConfig, preset
 from instructjax.model.decoder import Decoder, with_params
 from instructjax.train.step import build_step
 
@@ -35,18 +35,32 @@ def pairs(n: int = 6) -> list[dict]:
     return out
 
 
-def side_logp(model_config, params, tokens: np.ndarray, mask: np.ndarray) -> float:
-    """A completion's summed log-prob, the sequence alone in its row (float64 from the float32 logits)."""
-    logits = with_params(model_config, params)(tokens[None, :-1], np.arange(len(tokens) - 1)[None],
-                                               np.ones((1, len(tokens) - 1), np.int32))
-    logps = jax.nn.log_softmax(np.asarray(logits, np.float64)[0], axis=-1)
-    return float(sum(logps[t, tokens[t + 1]] for t in range(len(tokens) - 1) if mask[t + 1]))
+def side_logps(model_config, params, sides: list[tuple[np.ndarray, np.ndarray]]) -> list[float]:
+    """Each completion's summed log-prob, each sequence alone in its row (padded after its end: causal attention
+    never looks there), float64 from the float32 logits."""
+    width = max(len(t) for t, _ in sides) - 1
+    tokens = np.stack([np.pad(t[:-1], (0, width - len(t) + 1)) for t, _ in sides])
+    logits = with_params(model_config, params)(tokens, np.tile(np.arange(width), (len(sides), 1)),
+                                               np.ones((len(sides), width), np.int32))
+    logps = jax.nn.log_softmax(np.asarray(logits, np.float64), axis=-1)
+    return [float(sum(logps[i, t, tok[t + 1]] for t in range(len(tok) - 1) if mask[t + 1]))
+            for i, (tok, mask) in enumerate(sides)]
 
 
-@pytest.fixture(scope="module")
-def setting():
-    model = preset("tiny", dtype="float32", vocab_size=128, hidden_size=64, num_heads=2, num_kv_heads=1,
-                   head_dim=32, intermediate_size=128, num_layers=2)
+# Gemma-2 in small: sliding windows across the packed pairs, capped scores and logits, tied embeddings
+GEMMA = DecoderConfig(family="gemma2", vocab_size=128, hidden_size=64, intermediate_size=96, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=16, norm="rms_plus_one", activation="gelu_tanh", sandwich_norms=True,
+                      embed_scale=True, tie_embeddings=True, query_scale=24 ** -0.5, attention_softcap=2.0,
+                      final_softcap=3.0, sliding_window=12, layer_types=("sliding", "full"),
+                      max_position_embeddings=512, dtype="float32")
+FAMILIES = {"llama": lambda: preset("tiny", dtype="float32", vocab_size=128, hidden_size=64, num_heads=2,
+                                    num_kv_heads=1, head_dim=32, intermediate_size=128, num_layers=2),
+            "gemma2": lambda: GEMMA}
+
+
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def setting(request):
+    model = FAMILIES[request.param]()
     params = nnx.to_pure_dict(nnx.state(Decoder(model, rngs=nnx.Rngs(0)), nnx.Param))
     reference = nnx.to_pure_dict(nnx.state(Decoder(model, rngs=nnx.Rngs(1)), nnx.Param))
     run = load_config(None, ["objective.loss=dpo", f"objective.beta={BETA}", "objective.reference=live",
@@ -60,14 +74,11 @@ def test_a_dpo_step_is_the_brute_force_whatever_the_packing(setting):
     model, params, reference, build, tx = setting
     assert build.takes_reference
     examples = pairs()
-    want_losses, rewards = [], []
-    for ex in examples:
-        at, tokens, mask = ex["rejected_at"], ex["tokens"], ex["loss_mask"]
-        sides = [(tokens[:at], mask[:at]), (tokens[at:], mask[at:])]
-        ratio = [side_logp(model, params, t, m) - side_logp(model, reference, t, m) for t, m in sides]
-        want_losses.append(np.logaddexp(0.0, -BETA * (ratio[0] - ratio[1])))  # -log sigmoid
-        rewards.append([BETA * r for r in ratio])
-    rewards = np.asarray(rewards)
+    sides = [(ex["tokens"][a:b], ex["loss_mask"][a:b]) for ex in examples
+             for a, b in ((0, ex["rejected_at"]), (ex["rejected_at"], len(ex["tokens"])))]
+    ratios = (np.asarray(side_logps(model, params, sides)) - side_logps(model, reference, sides)).reshape(-1, 2)
+    want_losses = np.logaddexp(0.0, -BETA * (ratios[:, 0] - ratios[:, 1]))  # -log sigmoid
+    rewards = BETA * ratios
 
     results = {}
     for layout, pack in (("one pair a row", False), ("packed", True)):
