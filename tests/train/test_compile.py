@@ -91,6 +91,20 @@ def test_a_lora_step_is_within_10_percent_of_plan(capsys):
         assert shape["plan_bytes"] == pytest.approx(shape["xla_bytes"], rel=0.10), shape
 
 
+@pytest.mark.parametrize("reference", ["live", "cached"])
+def test_a_dpo_step_compiles_within_10_percent_of_plan(capsys, reference):
+    """The quickstart trained by DPO on preference pairs, built for a v4-8: with the reference live its frozen
+    parameters are a fourth argument and its forward a second pass of splash kernels; cached, its log-probs come
+    with the batch. Plan (which counts the live reference's copy) is within 10% of the compiler either way."""
+    code, report = compile_json(capsys, "v4-8", "model.dtype=bfloat16", "data.global_batch=16", "mesh.data=1",
+                                "mesh.fsdp=-1", "data.mixture=preference_builtin", "objective.loss=dpo",
+                                f"objective.reference={reference}")
+    assert code == 0 and report["fits"] is True
+    for shape in report["shapes"]:
+        assert shape["mosaic_kernels"] >= (4 if reference == "live" else 3)
+        assert shape["plan_bytes"] == pytest.approx(shape["xla_bytes"], rel=0.10), shape
+
+
 def test_the_step_is_built_for_the_slices_hosts(capsys):
     """A v4-16 is 8 chips on 2 hosts: with tensor parallelism over all 8 (one data-parallel device) and per_step
     packing, a step's rows must still split over the 2 hosts, so 2 examples make 2 rows of 256 where one host would
