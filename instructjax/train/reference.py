@@ -9,12 +9,14 @@ the run trains and a resumed run compares with the very numbers it started with.
 from __future__ import annotations
 
 import io
+import json
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
 from instructjax.core import storage
+from instructjax.core.errors import ConfigError
 from instructjax.data.batches.packing import SequencePacker, empty_rows
 from instructjax.train.step import StepBuild, token_logps
 
@@ -22,26 +24,45 @@ REFERENCE_DIR = "reference_logps"
 
 
 def _path(run_dir, task: int, name: str) -> str:
-    return storage.join(run_dir, REFERENCE_DIR, f"{task:03d}-{name.replace('/', '_')}.npz")
+    """A task's file, by its place in the mixture and the name it was registered under (not the run's variant)."""
+    from instructjax.data.blends import specs
+
+    return storage.join(run_dir, REFERENCE_DIR, f"{task:03d}-{specs.base_name(name).replace('/', '_')}.npz")
 
 
 def _lengths(examples) -> np.ndarray:
     return np.asarray([len(examples[i]["tokens"]) for i in range(len(examples))], np.int64)
 
 
-def load(run_dir, stream) -> list[tuple[np.ndarray, np.ndarray]] | None:
+def load(run_dir, stream, identity: dict, *, resuming: bool) -> list[tuple[np.ndarray, np.ndarray]] | None:
     """The stored log-probs of `stream`'s tasks, per task (values end to end, offsets per example); None where one
-    is missing or was made for other examples."""
+    is missing or was made for other examples. `identity`: the reference's (`identity`); log-probs stored for
+    another are one line when `resuming` (the run would compare with another model than it started with), else
+    made again (None)."""
     out = []
     for t, (name, examples) in enumerate(zip(stream.task_names, stream.examples, strict=True)):
         path = storage.path(_path(run_dir, t, name))
         if not path.is_file():
             return None
         stored = np.load(io.BytesIO(path.read_bytes()))
+        made_with = json.loads(str(stored["identity"])) if "identity" in stored else None
+        if made_with != identity:
+            if not resuming:
+                return None
+            raise ConfigError(f"{path} holds the log-probs of the reference {made_with}, not of this run's starting "
+                              f"model {identity}: resume with the model.init_from it started from")
         if not np.array_equal(stored["lengths"], _lengths(examples)):
             return None
         out.append((stored["values"], np.concatenate([[0], np.cumsum(stored["lengths"])])))
     return out
+
+
+def identity(init_from: str | None, seed: int) -> dict:
+    """What names a reference: init_from's newest intact step and its manifest digest, or the seed of a fresh
+    model."""
+    from instructjax.core import checkpoint
+
+    return checkpoint.base_reference(init_from) if init_from else {"seed": seed}
 
 
 def compute(build: StepBuild, params, stream, rows: int, seq_len: int, chunk: int
@@ -71,9 +92,10 @@ def compute(build: StepBuild, params, stream, rows: int, seq_len: int, chunk: in
     return out
 
 
-def save(run_dir, stream, reference: list[tuple[np.ndarray, np.ndarray]]) -> None:
-    """Store `reference` (what `compute` gave for `stream`) under RUN_DIR/reference_logps/."""
+def save(run_dir, stream, reference: list[tuple[np.ndarray, np.ndarray]], identity: dict) -> None:
+    """Store `reference` (what `compute` gave for `stream`, from the reference named by `identity`) under
+    RUN_DIR/reference_logps/."""
     for t, (name, (values, offsets)) in enumerate(zip(stream.task_names, reference, strict=True)):
         buffer = io.BytesIO()
-        np.savez(buffer, values=values, lengths=np.diff(offsets))
+        np.savez(buffer, values=values, lengths=np.diff(offsets), identity=np.asarray(json.dumps(identity)))
         storage.write_bytes(_path(run_dir, t, name), buffer.getvalue())

@@ -223,15 +223,15 @@ class Trainer:
         if self.build.takes_reference:
             return (self.reference_weights(params),)
         if self.build.cached_reference:
-            stream = self.pipeline.stream
-            found = reference.load(self.run_dir, stream)
+            stream, named = self.pipeline.stream, reference.identity(self.config.model.init_from, self.config.seed)
+            found = reference.load(self.run_dir, stream, named, resuming=start > 0)
             if found is None:
                 weights = params if start == 0 and self.model_config.lora is None else self.reference_weights(params)
                 data = self.config.data
                 found = reference.compute(self.build, weights, stream, data.global_batch, data.seq_len,
                                           self.config.optim.loss_chunk)
                 if jax.process_index() == 0:
-                    reference.save(self.run_dir, stream, found)
+                    reference.save(self.run_dir, stream, found, named)
             stream.reference = found
         return ()
 

@@ -30,7 +30,8 @@ def records(run_dir) -> dict[int, dict]:
 
 def test_cached_per_step_resumed_is_the_live_unpacked_dpo_run(tmp_path):
     """The unpacked run with the reference live in every step, against per_step with the reference's log-probs
-    cached before step 1 (stored in the run), stopped after step 3 and resumed (read back, not recomputed)."""
+    cached before step 1 (stored in the run), stopped after step 3 and resumed (read back, not recomputed); a resume
+    from another starting model than the one they were made with is one line."""
     assert cli.main(["train", "--config", "/dev/null", *BASE, "data.pack=false", f"run_dir={tmp_path / 'a'}"]) == 0
     cached = [*BASE, "data.pack=per_step", "objective.reference=cached", f"run_dir={tmp_path / 'b'}"]
     first = Trainer(load_config(None, cached))
@@ -38,6 +39,9 @@ def test_cached_per_step_resumed_is_the_live_unpacked_dpo_run(tmp_path):
     stored = sorted((tmp_path / "b" / "reference_logps").iterdir())
     assert len(stored) == 1
     stamp = stored[0].stat().st_mtime_ns
+    other = Trainer(load_config(None, [*cached, f"model.init_from={tmp_path / 'a'}"]), resume=True)
+    with pytest.raises(ConfigError, match="holds the log-probs of the reference .*seed.*not of this run's starting"):
+        other.run()  # another starting model than the stored log-probs': one line, nothing trained
     assert cli.main(["train", "--resume", "--config", "/dev/null", *cached]) == 0
     assert stored[0].stat().st_mtime_ns == stamp  # read back on resume
     want, got = records(tmp_path / "a"), records(tmp_path / "b")
