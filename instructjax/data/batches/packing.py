@@ -5,8 +5,8 @@ plus an optional integer `source`). A preference pair is one example, its chosen
 rejected side's from `rejected_at` on: it is packed whole, into one row, as two segments (2k - 1 the chosen side,
 2k the rejected, positions from 0 in each), so a pair's index in its row is (segment - 1) // 2. The stream is cut into windows of `window` examples; each window
 is packed on its own by best-fit-decreasing, so a window's rows are a function of the window alone
-(the pipeline resumes from a window and a row in it). `pack_segments` packs rows of one segment each (one
-step's unpacked rows, for `data.pack: per_step`) into fewer rows, by the same best-fit-decreasing.
+(the pipeline resumes from a window and a row in it). `step_plan.pack_segments` packs one step's unpacked rows
+(`data.pack: per_step`) into fewer rows, by the same best-fit-decreasing.
 
 One packed row, all `[seq_len]` (the batch contract the trainer eats):
   tokens        the example tokens, concatenated; 0 on padding (the value is irrelevant)
@@ -40,6 +40,14 @@ OVERLONG_MODES = ("truncate", "split")
 # already meet 98% / 95% (efficiency against window: benchmarks/RESULTS.md, benchmarks/packing.py).
 DEFAULT_WINDOW = 1000
 _INT32_MAX = np.iinfo(np.int32).max
+
+
+def __getattr__(name: str):
+    if name == "pack_segments":  # its old home: per_step's packer is data.batches.step_plan's
+        from instructjax.data.batches.step_plan import pack_segments
+
+        return pack_segments
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -171,43 +179,6 @@ def empty_rows(n_rows: int, seq_len: int) -> dict[str, np.ndarray]:
     rows["loss_weights"] = np.zeros(shape, np.float32)
     rows["source_ids"] = np.full(shape, -1, np.int32)
     return rows
-
-
-def pack_segments(rows: dict[str, np.ndarray], n_rows: int | None = None, *, capacity: int | None = None,
-                  row_length: int | None = None, segments_per_row: int = 1) -> dict[str, np.ndarray]:
-    """Rows of one example each (`pack=False` rows: the segment, or a preference pair's `segments_per_row=2`, from
-    offset 0, then padding) packed whole by
-    best-fit-decreasing into `n_rows` rows of `capacity` tokens (default: as few as they fill; the rows' own
-    length), empty rows last; the rows are `row_length` long (default `capacity`), padded after `capacity`.
-
-    A segment keeps every value of every feature (targets and loss weights never cross a segment boundary):
-    only its row, its offset and its segment id change."""
-    seq_len = rows["segment_ids"].shape[1]
-    capacity = seq_len if capacity is None else capacity
-    row_length = capacity if row_length is None else row_length
-    lengths = np.count_nonzero(rows["segment_ids"], axis=1)
-    inside = np.arange(seq_len) < lengths[:, None]
-    kind = segments_per_row  # 2: a preference pair's row (its chosen side, then its rejected side)
-    per_row = rows["segment_ids"].max(axis=1, initial=0)
-    if not (np.array_equal(rows["segment_ids"] > 0, inside) and np.all(per_row[lengths > 0] == kind)
-            and np.all(np.diff(rows["segment_ids"], axis=1)[inside[:, 1:]] >= 0)):
-        what = "segment" if kind == 1 else f"example of {kind} segments"
-        raise ValueError(f"pack_segments takes rows of one {what} each, from offset 0")
-    if capacity > row_length:
-        raise ValueError(f"rows of {row_length} tokens cannot hold {capacity}")
-    place = best_fit_decreasing(lengths, capacity)
-    n_rows = place.n_rows if n_rows is None else n_rows
-    if place.n_rows > n_rows:
-        raise ValueError(f"these segments fill {place.n_rows} rows, more than the {n_rows} asked for")
-    out = empty_rows(n_rows, row_length)
-    row, at = np.nonzero(inside)  # every token, by its row and position in it
-    dest = place.row[row], place.offset[row] + at
-    if REFERENCE in rows:
-        out[REFERENCE] = np.zeros((n_rows, row_length), np.float32)
-    for k in out:
-        out[k][dest] = rows[k][row, at]
-    out["segment_ids"][dest] = kind * (place.segment[row] - 1) + rows["segment_ids"][row, at]
-    return out
 
 
 def _read_example(example: Any, index: int) -> tuple[np.ndarray, np.ndarray, int]:
