@@ -12,6 +12,11 @@ AdamW; parameters and optimizer state are donated. With `model.lora` the gradien
 adapters' alone (`optim.adapters_only`), the base is returned as it came. With `optim.neftune_alpha` > 0 the token embeddings get
 NEFTune's noise (`neftune_noise`), from the step's key (`neftune_keys`), and with `model.lora.dropout` > 0 the LoRA
 branches' inputs their dropout masks (`lora_keys`, model/lora.py): nowhere but here.
+
+With a preference loss (`objective:`, train/preference.py) the step is `make_preference_step`: the same micro-batches
+and update on the mean loss over the global batch's pairs (each a row's segments 2k - 1 and 2k), the reference's
+log-probs from the batch (`reference: cached`, train/reference.py) or from a fourth argument, the reference's
+parameters (`reference: live`, a full fine-tune; a LoRA's reference is its base).
 """
 
 from __future__ import annotations
