@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 
-from instructjax.cli.experiment_grid import Experiment
+from instructjax.cli.experiment_record import Experiment
 
 # ---- LoRA and QLoRA variants (none of the papers trains adapters: the recipes are their authors' code's) ---------
 

@@ -19,7 +19,7 @@ from instructjax.train.trainer import Trainer
 
 BASE = ["model.preset=tiny", "model.dtype=float32", "data.mixture=preference_builtin", "data.seq_len=512",
         "data.global_batch=16", "data.pack_window=32", "optim.lr=1e-3", "optim.warmup_ratio=0", "log_every=1",
-        "max_steps=6", "optim.micro_batches=2", "checkpoint.every=3", "objective.loss=dpo", "objective.beta=0.1",
+        "max_steps=4", "optim.micro_batches=2", "checkpoint.every=2", "objective.loss=dpo", "objective.beta=0.1",
         "objective.reference=live"]  # fmt: skip
 REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
 
@@ -30,12 +30,12 @@ def records(run_dir) -> dict[int, dict]:
 
 def test_cached_per_step_resumed_is_the_live_unpacked_dpo_run(tmp_path):
     """The unpacked run with the reference live in every step, against per_step with the reference's log-probs
-    cached before step 1 (stored in the run), stopped after step 3 and resumed (read back, not recomputed); a resume
+    cached before step 1 (stored in the run), stopped after step 2 and resumed (read back, not recomputed); a resume
     from another starting model than the one they were made with is one line."""
     assert cli.main(["train", "--config", "/dev/null", *BASE, "data.pack=false", f"run_dir={tmp_path / 'a'}"]) == 0
     cached = [*BASE, "data.pack=per_step", "objective.reference=cached", f"run_dir={tmp_path / 'b'}"]
     first = Trainer(load_config(None, cached))
-    assert first.run(stop_at=3).step == 3
+    assert first.run(stop_at=2).step == 2
     stored = sorted((tmp_path / "b" / "reference_logps").iterdir())
     assert len(stored) == 1
     stamp = stored[0].stat().st_mtime_ns
@@ -45,14 +45,14 @@ def test_cached_per_step_resumed_is_the_live_unpacked_dpo_run(tmp_path):
     assert cli.main(["train", "--resume", "--config", "/dev/null", *cached]) == 0
     assert stored[0].stat().st_mtime_ns == stamp  # read back on resume
     want, got = records(tmp_path / "a"), records(tmp_path / "b")
-    assert sorted(want) == sorted(got) == list(range(1, 7))
+    assert sorted(want) == sorted(got) == list(range(1, 5))
     assert want[1]["loss"] == pytest.approx(math.log(2), abs=1e-6)  # policy == reference at the first step
-    assert want[1]["loss_reduction"] == "pairs" and all(k in want[6] for k in REWARDS)
+    assert want[1]["loss_reduction"] == "pairs" and all(k in want[4] for k in REWARDS)
     assert want[2]["loss"] != want[1]["loss"] and want[2]["rewards/margins"] != 0  # the policy moved off its reference
-    for step in range(1, 7):
+    for step in range(1, 5):
         assert got[step]["tokens"] == want[step]["tokens"]
         for key in ("loss", "grad_norm", *REWARDS):
-            np.testing.assert_allclose(got[step][key], want[step][key], rtol=2e-4, atol=1e-6, err_msg=f"{step} {key}")
+            np.testing.assert_allclose(got[step][key], want[step][key], rtol=2e-4, atol=1e-5, err_msg=f"{step} {key}")
 
 
 @pytest.mark.parametrize("changes, words", [

@@ -110,12 +110,3 @@ def test_the_objective_section_refuses_bad_values_in_one_line():
         assert "\n" not in str(err.value)
     assert ObjectiveSection().loss == "sft" and not ObjectiveSection().preference
     assert ObjectiveSection(loss="dpo").needs_reference and not ObjectiveSection(loss="simpo").needs_reference
-
-
-def test_a_preference_loss_is_refused_by_the_trainer_in_one_line_until_its_step_exists():
-    from instructjax.core.config import load_config
-    from instructjax.train.setup import check_trainable
-
-    with pytest.raises(ConfigError, match="objective.loss=simpo") as err:
-        check_trainable(load_config(None, ["objective.loss=simpo"]), 1, 1)
-    assert "\n" not in str(err.value)

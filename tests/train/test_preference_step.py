@@ -13,8 +13,7 @@ import pytest
 from flax import nnx
 
 from instructjax.core.config import load_config
-from instructjax.data.batches.packing import SequencePacker
-from instructjax.data.batches.step_plan import pack_segments
+from instructjax.data.batches.packing import SequencePacker, pack_segments
 from instructjax.model.config import DecoderConfig, preset
 from instructjax.model.decoder import Decoder, with_params
 from instructjax.train.step import build_step

@@ -5,8 +5,8 @@ plus an optional integer `source`). A preference pair is one example, its chosen
 rejected side's from `rejected_at` on: it is packed whole, into one row, as two segments (2k - 1 the chosen side,
 2k the rejected, positions from 0 in each), so a pair's index in its row is (segment - 1) // 2. The stream is cut into windows of `window` examples; each window
 is packed on its own by best-fit-decreasing, so a window's rows are a function of the window alone
-(the pipeline resumes from a window and a row in it). `step_plan.pack_segments` packs one step's unpacked rows
-(`data.pack: per_step`) into fewer rows, by the same best-fit-decreasing.
+(the pipeline resumes from a window and a row in it). `pack_segments` packs one step's unpacked rows (`data.pack:
+per_step`) into fewer rows, by the same best-fit-decreasing.
 
 One packed row, all `[seq_len]` (the batch contract the trainer eats):
   tokens        the example tokens, concatenated; 0 on padding (the value is irrelevant)
@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from instructjax.core.errors import ConfigError, DataError
-from instructjax.data.cache import array_sizes
+from instructjax.data.batches.example_reading import example_sizes, read_example, rejected_at  # noqa: F401
 
 FEATURES = ("tokens", "targets", "loss_weights", "segment_ids", "positions", "source_ids")
 REFERENCE = "reference_logps"  # a preference run's cached reference log-prob of each target (train/reference.py)
@@ -39,15 +39,7 @@ OVERLONG_MODES = ("truncate", "split")
 # Examples per window: 99.6% efficient at 2048 and 99.2% at 512 on the Tulu Human+GPT mix; 250 would
 # already meet 98% / 95% (efficiency against window: benchmarks/RESULTS.md, benchmarks/packing.py).
 DEFAULT_WINDOW = 1000
-_INT32_MAX = np.iinfo(np.int32).max
 
-
-def __getattr__(name: str):
-    if name == "pack_segments":  # its old home: per_step's packer is data.batches.step_plan's
-        from instructjax.data.batches.step_plan import pack_segments
-
-        return pack_segments
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass
@@ -181,83 +173,41 @@ def empty_rows(n_rows: int, seq_len: int) -> dict[str, np.ndarray]:
     return rows
 
 
-def _read_example(example: Any, index: int) -> tuple[np.ndarray, np.ndarray, int]:
-    """(tokens, loss_mask, source) of one example, checked; a DataError names the bad one."""
-    get = example.get if isinstance(example, dict) else lambda k, d=None: getattr(example, k, d)
-    tokens, mask, source = get("tokens"), get("loss_mask"), get("source", None)
-    where = dict(row=index, source=None if source is None else str(source))
-    if tokens is None or mask is None:
-        raise DataError("example lacks 'tokens' or 'loss_mask'", reason="missing_field", **where)
-    tokens, mask = np.asarray(tokens), np.asarray(mask)
-    if tokens.ndim != 1 or mask.ndim != 1 or tokens.shape != mask.shape:
-        raise DataError(
-            f"tokens {tokens.shape} and loss_mask {mask.shape} must be 1-D of equal length",
-            reason="wrong_shape",
-            **where,
-        )
-    if tokens.size:
-        if tokens.dtype.kind not in "iu" or mask.dtype.kind not in "iub":
-            raise DataError(
-                f"tokens ({tokens.dtype}) and loss_mask ({mask.dtype}) must be integers",
-                reason="wrong_type",
-                **where,
-            )
-        if tokens.min() < 0 or tokens.max() > _INT32_MAX:
-            raise DataError("token ids must be in 0..2**31-1", reason="bad_token", **where)
-        if mask.dtype.kind != "b" and (mask.min() < 0 or mask.max() > 1):
-            raise DataError("loss_mask values must be 0 or 1", reason="bad_mask", **where)
-    if source is not None and not isinstance(source, (int, np.integer)):
-        raise DataError(f"source must be an int index, got {source!r}", reason="wrong_type", **where)
-    return tokens, mask, 0 if source is None else int(source)
+def pack_segments(rows: dict[str, np.ndarray], n_rows: int | None = None, *, capacity: int | None = None,
+                  row_length: int | None = None, segments_per_row: int = 1) -> dict[str, np.ndarray]:
+    """Rows of one example each (`pack=False` rows: the segment, or a preference pair's `segments_per_row=2`, from
+    offset 0, then padding) packed whole by
+    best-fit-decreasing into `n_rows` rows of `capacity` tokens (default: as few as they fill; the rows' own
+    length), empty rows last; the rows are `row_length` long (default `capacity`), padded after `capacity`.
 
-
-def _rejected_at(example: Any, size: int, seq_len: int, index: int) -> int:
-    """Where a preference pair's rejected side begins (its `rejected_at`), 0 for an SFT example; a pair is packed
-    whole (both sides in one row), so one over the row is a DataError."""
-    at = example.get("rejected_at") if isinstance(example, dict) else getattr(example, "rejected_at", None)
-    if at is None:
-        return 0
-    if not 0 < at < size:
-        raise DataError(f"rejected_at {at} is not inside the pair's {size} tokens", reason="bad_pair", row=index)
-    if size > seq_len:
-        raise DataError(f"a preference pair of {size} tokens does not fit one row of data.seq_len={seq_len}; each "
-                        "side is cut at half a row unless its task sets max_length", reason="pair_too_long", row=index)
-    return int(at)
-
-
-def _checked_sizes(examples: Sequence[Any]) -> tuple[np.ndarray, np.ndarray] | None:
-    """`example_sizes` of dicts of 1-D integer arrays (what the encoder makes), all checked at once; None when any
-    is otherwise or fails a check (then each is read on its own, and the bad one named)."""
-    tokens, masks = [], []
-    for ex in examples:
-        t, m = (ex.get("tokens"), ex.get("loss_mask")) if isinstance(ex, dict) else (None, None)
-        if not (isinstance(t, np.ndarray) and isinstance(m, np.ndarray) and t.ndim == 1 and t.shape == m.shape
-                and t.dtype.kind in "iu" and m.dtype.kind in "iu" and isinstance(ex.get("source", 0), (int, np.integer))):
-            return None
-        tokens.append(t)
-        masks.append(m)
-    lengths, trained, (low, high), (mask_lo, mask_hi) = array_sizes(tokens, masks)
-    if low.min(initial=0) < 0 or high.max(initial=0) > _INT32_MAX or mask_lo < 0 or mask_hi > 1:
-        return None
-    return lengths, trained
-
-
-def example_sizes(examples: Sequence[Any], *, first_index: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(token lengths, trained weights when packed whole) of examples: what planning rows needs.
-
-    An example packed whole trains its nonzero loss_mask[1:] (a segment's last token has no target). A
-    sequence with its own `sizes()` (`cache.CachedExamples`) answers without making its examples; other
-    examples are read and checked as `pack_window` reads them (a DataError names a bad one)."""
-    if hasattr(examples, "sizes"):
-        return examples.sizes()
-    sizes = _checked_sizes(examples)
-    if sizes is not None:
-        return sizes
-    lengths, trained = np.zeros(len(examples), np.int64), np.zeros(len(examples), np.int64)
-    for i, example in enumerate(examples):
-        tokens, mask, _ = _read_example(example, first_index + i)
-        lengths[i], trained[i] = tokens.size, np.count_nonzero(mask[1:])
-    return lengths, trained
+    A segment keeps every value of every feature (targets and loss weights never cross a segment boundary):
+    only its row, its offset and its segment id change."""
+    seq_len = rows["segment_ids"].shape[1]
+    capacity = seq_len if capacity is None else capacity
+    row_length = capacity if row_length is None else row_length
+    lengths = np.count_nonzero(rows["segment_ids"], axis=1)
+    inside = np.arange(seq_len) < lengths[:, None]
+    kind = segments_per_row  # 2: a preference pair's row (its chosen side, then its rejected side)
+    per_row = rows["segment_ids"].max(axis=1, initial=0)
+    if not (np.array_equal(rows["segment_ids"] > 0, inside) and np.all(per_row[lengths > 0] == kind)
+            and np.all(np.diff(rows["segment_ids"], axis=1)[inside[:, 1:]] >= 0)):
+        what = "segment" if kind == 1 else f"example of {kind} segments"
+        raise ValueError(f"pack_segments takes rows of one {what} each, from offset 0")
+    if capacity > row_length:
+        raise ValueError(f"rows of {row_length} tokens cannot hold {capacity}")
+    place = best_fit_decreasing(lengths, capacity)
+    n_rows = place.n_rows if n_rows is None else n_rows
+    if place.n_rows > n_rows:
+        raise ValueError(f"these segments fill {place.n_rows} rows, more than the {n_rows} asked for")
+    out = empty_rows(n_rows, row_length)
+    row, at = np.nonzero(inside)  # every token, by its row and position in it
+    dest = place.row[row], place.offset[row] + at
+    if REFERENCE in rows:
+        out[REFERENCE] = np.zeros((n_rows, row_length), np.float32)
+    for k in out:
+        out[k][dest] = rows[k][row, at]
+    out["segment_ids"][dest] = kind * (place.segment[row] - 1) + rows["segment_ids"][row, at]
+    return out
 
 
 class SequencePacker:
@@ -298,10 +248,10 @@ class SequencePacker:
         stats = PackStats()
         tokens, masks, sources, splits, references = [], [], [], [], []
         for i, example in enumerate(examples):
-            tok, mask, source = _read_example(example, first_index + i)
+            tok, mask, source = read_example(example, first_index + i)
             if isinstance(example, dict) and REFERENCE in example:  # aligned with the tokens (a pair: never cut)
                 references.append(np.asarray(example[REFERENCE], np.float32))
-            split = _rejected_at(example, tok.size, S, first_index + i)
+            split = rejected_at(example, tok.size, S, first_index + i)
             stats.examples += 1
             if tok.size == 0:
                 stats.dropped_empty += 1

@@ -2,7 +2,7 @@
 sizes.
 
 A per_step step packs the `global_batch` one-example rows an unpacked step takes into fewer rows
-(`pack_segments`); the loss, being a sum over trained tokens, is the same up to float reassociation. XLA
+(`packing.pack_segments`); the loss, being a sum over trained tokens, is the same up to float reassociation. XLA
 needs few shapes: `plan_step_rows` works out how many rows every step of the run fills and picks at most
 `MAX_STEP_SHAPES` row counts (multiples of the mesh's row multiple) that waste the fewest rows (`step_shapes`);
 each step is padded with empty rows to the smallest that holds it. Where a step's examples fill few rows for the
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from instructjax.core.errors import DataError
-from instructjax.data.batches.packing import REFERENCE, best_fit_decreasing, empty_rows
+from instructjax.data.batches.packing import best_fit_decreasing, pack_segments
 
 # pack: per_step: at most this many step shapes (each compiled once). Tulu lengths, seq 2048, batch 128, rows a
 # multiple of 1 or 8: 70-79% of the tokens processed are real with one shape, 91-95% with four, 98% with a shape
@@ -173,40 +173,3 @@ def step_shapes(needed: Sequence[int], multiple: int = 1, limit: int = MAX_STEP_
         shapes.append(int(values[i - 1]))
         i, k = prev[k, i], k - 1
     return tuple(sorted(shapes))
-
-
-def pack_segments(rows: dict[str, np.ndarray], n_rows: int | None = None, *, capacity: int | None = None,
-                  row_length: int | None = None, segments_per_row: int = 1) -> dict[str, np.ndarray]:
-    """Rows of one example each (`pack=False` rows: the segment, or a preference pair's `segments_per_row=2`, from
-    offset 0, then padding) packed whole by
-    best-fit-decreasing into `n_rows` rows of `capacity` tokens (default: as few as they fill; the rows' own
-    length), empty rows last; the rows are `row_length` long (default `capacity`), padded after `capacity`.
-
-    A segment keeps every value of every feature (targets and loss weights never cross a segment boundary):
-    only its row, its offset and its segment id change."""
-    seq_len = rows["segment_ids"].shape[1]
-    capacity = seq_len if capacity is None else capacity
-    row_length = capacity if row_length is None else row_length
-    lengths = np.count_nonzero(rows["segment_ids"], axis=1)
-    inside = np.arange(seq_len) < lengths[:, None]
-    kind = segments_per_row  # 2: a preference pair's row (its chosen side, then its rejected side)
-    per_row = rows["segment_ids"].max(axis=1, initial=0)
-    if not (np.array_equal(rows["segment_ids"] > 0, inside) and np.all(per_row[lengths > 0] == kind)
-            and np.all(np.diff(rows["segment_ids"], axis=1)[inside[:, 1:]] >= 0)):
-        what = "segment" if kind == 1 else f"example of {kind} segments"
-        raise ValueError(f"pack_segments takes rows of one {what} each, from offset 0")
-    if capacity > row_length:
-        raise ValueError(f"rows of {row_length} tokens cannot hold {capacity}")
-    place = best_fit_decreasing(lengths, capacity)
-    n_rows = place.n_rows if n_rows is None else n_rows
-    if place.n_rows > n_rows:
-        raise ValueError(f"these segments fill {place.n_rows} rows, more than the {n_rows} asked for")
-    out = empty_rows(n_rows, row_length)
-    row, at = np.nonzero(inside)  # every token, by its row and position in it
-    dest = place.row[row], place.offset[row] + at
-    if REFERENCE in rows:
-        out[REFERENCE] = np.zeros((n_rows, row_length), np.float32)
-    for k in out:
-        out[k][dest] = rows[k][row, at]
-    out["segment_ids"][dest] = kind * (place.segment[row] - 1) + rows["segment_ids"][row, at]
-    return out
