@@ -73,6 +73,18 @@ def lora_keys(seed: int, opt_state: Any, micro: int) -> jax.Array:
     return neftune_keys(seed, opt_state, micro, LORA_DROPOUT_STREAM, "model.lora.dropout")
 
 
+def micro_split(micro: int, mesh) -> Callable[[jax.Array], jax.Array]:
+    """[B, L] -> [micro, B / micro, L]: row r goes to micro-batch r % micro (each micro-batch keeps the batch's
+    layout over the mesh; a preference pair, one row, stays whole)."""
+    spec = NamedSharding(mesh, sharding.logical_to_spec((None, "batch", "length"), mesh))
+
+    def split(x):
+        x = x.reshape(x.shape[0] // micro, micro, *x.shape[1:]).swapaxes(0, 1)
+        return jax.lax.with_sharding_constraint(x, spec)
+
+    return split
+
+
 def reference_args(config: RunConfig, model: DecoderConfig) -> bool:
     """Whether the step takes the reference's parameters as a fourth argument: a DPO loss with `reference: live` on a
     full fine-tune (a LoRA's reference is its own frozen base, the adapters left out)."""
@@ -86,11 +98,7 @@ def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
     if config.objective.preference:
         return make_preference_step(graphdef, tx, config, num_sources, mesh)
     micro, alpha = config.optim.micro_batches, config.optim.neftune_alpha
-    micro_spec = NamedSharding(mesh, sharding.logical_to_spec((None, "batch", "length"), mesh))
-
-    def split(x):  # [B, L] -> [micro, B / micro, L]; row r goes to micro-batch r % micro (keeps the layout)
-        x = x.reshape(x.shape[0] // micro, micro, *x.shape[1:]).swapaxes(0, 1)
-        return jax.lax.with_sharding_constraint(x, micro_spec)
+    split = micro_split(micro, mesh)
 
     def step(params, opt_state, batch):
         spec = lora.spec(nnx.merge(graphdef, params).config)  # the model's own (a resumed run's stored lora)
@@ -161,12 +169,8 @@ def make_preference_step(graphdef, tx, config: RunConfig, num_sources: int, mesh
     (`reference_logps`, `objective.reference: cached`), or computed: from `reference` (live), or for a LoRA from its
     base with the adapters left out."""
     micro, alpha, objective = config.optim.micro_batches, config.optim.neftune_alpha, config.objective
-    micro_spec = NamedSharding(mesh, sharding.logical_to_spec((None, "batch", "length"), mesh))
     cached = objective.needs_reference and objective.reference == "cached"  # the batch carries reference_logps
-
-    def split(x):  # as the SFT step: row r goes to micro-batch r % micro
-        x = x.reshape(x.shape[0] // micro, micro, *x.shape[1:]).swapaxes(0, 1)
-        return jax.lax.with_sharding_constraint(x, micro_spec)
+    split = micro_split(micro, mesh)
 
     def step(params, opt_state, batch, reference=None):
         spec = lora.spec(nnx.merge(graphdef, params).config)
