@@ -254,6 +254,7 @@ def stored_model(init_from: str) -> dict | None:
 def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False, name: str = "") -> Plan:
     """The plan of `config` on `topology` (see the module docstring)."""
     from instructjax.data.blends.specs import default_registry
+    from instructjax.train import setup as run_setup
 
     registry = default_registry()  # what the config's `imports:` registered; its `define:` joins them
     if config.define:
@@ -266,6 +267,7 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
              else sharding.mesh_sizes(config.mesh, topology.devices))
     data = None
     if training:
+        run_setup.checked_mixture(config, registry)  # the trainer's checks of the objective against the tasks
         multiple = sharding.row_multiple(config, sizes, topology.hosts)
         data = real_epoch(config, multiple) if real_data else estimate_epoch(config, multiple, registry)
     rows, length = max(data.step_shapes, key=lambda s: s[0] * s[1]) if training else (0, config.data.seq_len)

@@ -107,15 +107,14 @@ class RunData:
 def bind_data(config: RunConfig, tokenizer: str | None, registry=None) -> RunData:
     """Register the config's own tasks (`define:`) in `registry` (None: the default one, where a config's `imports:`
     registered theirs) and bind its mixture to the run (see the module doc)."""
-    from instructjax.data.binding import bind, specs_of
+    from instructjax.data.binding import bind
     from instructjax.data.blends.specs import default_registry
 
     registry = registry or default_registry()
     registry.define(config.define)
-    resolved = specs_of(config.data.mixture, registry)  # once: bind and the pipeline take it from here
+    resolved = checked_mixture(config, registry)  # once: bind and the pipeline take it from here
     if resolved is None:
         raise registry.unknown(config.data.mixture)
-    check_objective(config, resolved)
     bound = bind(resolved, tokenizer=tokenizer, template=config.template, max_length=config.data.seq_len,
                  model=config.model.init_from, on_bad_row=config.data.on_bad_row, system_turn=config.data.system_turn,
                  registry=registry)
@@ -193,6 +192,17 @@ def check_trainable(config: RunConfig, devices: int, hosts: int) -> None:
         sharding.resolve_mesh(config, devices, hosts)
     if config.max_steps == 0:
         raise ConfigError("max_steps must be >= 1 to train (0 marks an evaluation-only config)")
+
+
+def checked_mixture(config: RunConfig, registry):
+    """`data.mixture` as `registry` resolves it (`binding.specs_of`; None where it names nothing), checked against
+    the objective (`check_objective`): what the trainer binds and `plan` estimates from."""
+    from instructjax.data.binding import specs_of
+
+    resolved = specs_of(config.data.mixture, registry)
+    if resolved is not None:
+        check_objective(config, resolved)
+    return resolved
 
 
 def check_objective(config: RunConfig, resolved) -> None:

@@ -2,12 +2,13 @@
 starts at log 2 (the policy is its reference) and moves off it, logs TRL's rewards, and `pack: per_step` with the
 reference's log-probs cached, stopped mid-run and resumed, gives the unpacked run's losses and rewards with the
 reference live, step for step (the pairs of each step are the same; a pair is never cut across rows or
-micro-batches); the objective and the mixture disagreeing is one line before anything is read."""
+micro-batches); the objective and the mixture disagreeing is one line before anything is read, in train and plan."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -59,7 +60,11 @@ def test_cached_per_step_resumed_is_the_live_unpacked_dpo_run(tmp_path):
     (["objective.loss=sft"], "holds preference pairs: set objective.loss to dpo"),
     (["data.mixture=alpaca_builtin"], "has no preference task"),
 ])
-def test_an_objective_the_mixture_disagrees_with_is_one_line(tmp_path, changes, words):
+def test_an_objective_the_mixture_disagrees_with_is_one_line(tmp_path, changes, words, capsys):
     with pytest.raises(ConfigError, match=words):
         Trainer(load_config(None, [*BASE, *changes, f"run_dir={tmp_path / 'r'}"]))
     assert not (tmp_path / "r").exists()
+    # plan (and plan --compile, which plans first) refuses what the trainer refuses, in the same words
+    assert cli.main(["plan", "--config", "/dev/null", *BASE, *changes, "--topology", "v5e-8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and re.search(words, err[0]), err
