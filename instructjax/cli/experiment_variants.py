@@ -23,7 +23,7 @@ SEED004_QLORA = {  # open-instruct's scripts/finetune_qlora_with_accelerate.sh (
     "model": {"lora": {"rank": 64, "alpha": 16, "dropout": 0.1, "targets": ALL_LINEAR}, "quantize_base": "nf4"},
     "optim": {"lr": 1e-4, "micro_batches": 8},
     "note": "QLoRA (not in the paper): open-instruct's finetune_qlora_with_accelerate.sh, NF4 base, rank 64, alpha 16,\n"
-            "dropout 0.1 on every linear module, lr 1e-4 linear; 8 micro-batches fit a v4-16 (benchmarks/RESULTS.md).\n"
+            "dropout 0.1 on every linear module, lr 1e-4 linear; 8 micro-batches fit a v4-8 (benchmarks/RESULTS.md).\n"
             "The data, epochs and batch are the paper's."}
 
 

@@ -39,8 +39,12 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("vocab", "tensor"),
     ("norm", None),
     ("layers", None),  # the stacked axis of scanned layers: every device holds its shard of every layer
-    ("lora_rank", None),  # a LoRA adapter's rank (model/lora.py): small, whole on every device
+    # a LoRA adapter's rank (model/lora.py): over fsdp where fsdp is free and divides it, so that an adapter whose
+    # other axis is not fsdp's (B of q/k/v/gate/up, A of o/down) is not whole on every device
+    ("lora_rank", "fsdp"),
 )
+# dimensions sharded only where their mesh axes divide them (whole otherwise, never an error)
+WHERE_DIVISIBLE = frozenset({"lora_rank"})
 
 
 def mesh_sizes(shape: Mapping[str, int], device_count: int) -> dict[str, int]:
@@ -104,7 +108,8 @@ def logical_to_spec(
     """The mesh PartitionSpec for logical dimension names.
 
     With `shape`, a dimension not divisible by its mesh axes raises ConfigError (`strict`) or is left
-    unsharded along the axes that do not divide it (`strict=False`, used for activation constraints).
+    unsharded along the axes that do not divide it (`strict=False`, used for activation constraints; always for
+    the names in `WHERE_DIVISIBLE`).
     """
     table = dict(rules)
     mesh_sizes = dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True))
@@ -119,7 +124,7 @@ def logical_to_spec(
         if shape is not None and axes:
             size = math.prod(mesh_sizes[a] for a in axes)
             if shape[dim] % size:
-                if strict:
+                if strict and name not in WHERE_DIVISIBLE:
                     raise ConfigError(
                         f"{what}: dimension {dim} ({name}) of shape {tuple(shape)} is not divisible by mesh axes "
                         f"{axes} of total size {size}; change the mesh shape"

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from instructjax.core.sharding import with_logical_constraint
 from instructjax.model import lora, quantize
 from instructjax.model.config import DecoderConfig
 from instructjax.model.lookup import lookup
@@ -61,6 +62,7 @@ class Dense(nnx.Module):
                 lora_a = nnx.Param(a, out_sharding=(*axes[:self.n_in], "lora_rank"), eager_sharding=False)
             lora_b = param(None, (spec.rank, *out_shape), ("lora_rank", *axes[self.n_in:]), config, fill=0.0)
         self.lora_a, self.lora_b = nnx.data(lora_a), nnx.data(lora_b)
+        self.axes = tuple(axes)
         self.lora_scale = spec.scale if lora_b is not None else 0.0
         self.lora_dropout = spec.dropout if lora_b is not None else 0.0
         self.name = name
@@ -74,7 +76,10 @@ class Dense(nnx.Module):
         if key is not None and self.lora_dropout > 0:
             keep = jax.random.bernoulli(key, 1.0 - self.lora_dropout, flat.shape)
             flat = jnp.where(keep, flat / (1.0 - self.lora_dropout), jnp.zeros((), flat.dtype))
-        return flat @ self.lora_a[...].astype(self.dtype).reshape(in_size, -1)
+        # stored split over fsdp by its rank where its input axis is not (core.sharding), used whole over the rank
+        # like a base kernel: gathered, not a matmul split over the rank
+        a = with_logical_constraint(self.lora_a[...], (*self.axes[: self.n_in], None))
+        return flat @ a.astype(self.dtype).reshape(in_size, -1)
 
     def __call__(self, x: Array, key: Array | None = None, lora_x: Array | None = None) -> Array:
         """One 2-D matmul [tokens, in] @ [in, out] with batch and length flattened into tokens: the same
@@ -91,7 +96,7 @@ class Dense(nnx.Module):
         y = flat @ kernel.reshape(in_size, -1)
         if self.lora_b is not None:  # + (dropout(x) A B) * alpha / rank
             xa = self.lora_input(x, key) if lora_x is None else lora_x
-            b = self.lora_b[...].astype(self.dtype)
+            b = with_logical_constraint(self.lora_b[...], (None, *self.axes[self.n_in :])).astype(self.dtype)
             y = y + xa @ b.reshape(b.shape[0], -1) * jnp.asarray(self.lora_scale, self.dtype)
         y = y.reshape(*lead, *kernel.shape[self.n_in :])
         return y if self.bias is None else y + self.bias[...].astype(self.dtype)

@@ -262,9 +262,9 @@ def activation_bytes(model: DecoderConfig, rows: int, seq_len: int, tensor: int,
     per_layer = saved[model.remat]
     # the recomputed layer's backward: on a TPU as XLA:TPU's buffers measure it (`tpu_backward`); elsewhere the
     # forward's arrays once (XLA:CPU's buffers, tests/train/test_plan.py)
+    # (a quantized base adds no term: each device dequantizes its shard of a layer's codes into the compute dtype,
+    # fused with the gather; XLA:TPU's buffers hold no float32 kernel)
     backward = tpu_backward(model, s * r, t) if platform == "tpu" else full_layer
-    if model.quantize_base != "none":  # a quantized layer's kernels dequantized in float32 before their cast
-        backward += 4 * (h * d * (2 * a + 2 * k) + (mlp_in + 1) * h * m) / t
     recompute = 0 if model.remat == "none" else backward
     tokens = s * r if not loss_tokens else min(loss_tokens, s * r)
     logits = (c + 4 if c < 4 else c) * tokens * model.vocab_size / t  # float32 compute: one array

@@ -142,6 +142,25 @@ def test_shard_model_and_optimizer_state_follow_the_rules():
     assert mu.get_value().spec == P(None, "tensor", None, "fsdp")
 
 
+@pytest.mark.parametrize("rank, fsdp", [(8, 4), (6, 4)], ids=["rank divides fsdp", "rank does not"])
+def test_lora_adapters_are_split_over_fsdp_where_the_rank_divides(rank, fsdp):
+    """Every adapter (A and B of each projection) is split over fsdp, by its base axis or by its rank, so that no
+    device holds a whole one; a rank fsdp does not divide leaves the rank whole (no error), and A's fsdp-split input
+    axis still splits it."""
+    config = CONFIG.replace(lora={"rank": rank, "targets": "all-linear"}, num_layers=2)
+    mesh = make_mesh({"fsdp": fsdp, "tensor": 2})
+    shardings = state_shardings(nnx.state(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))), mesh)
+    adapters = {jax.tree_util.keystr(path): leaf.get_value().spec
+                for path, leaf in jax.tree_util.tree_leaves_with_path(shardings, is_leaf=lambda x: hasattr(x, "get_value"))
+                if "lora_" in jax.tree_util.keystr(path)}
+    assert len(adapters) == 2 * 7  # A and B of the 7 projections (layers scanned: one stack each)
+    for path, spec in adapters.items():
+        split = "fsdp" in jax.tree.leaves(tuple(spec))
+        by_rank = ("lora_a" in path and spec[-1] == "fsdp") or ("lora_b" in path and spec[1] == "fsdp")
+        assert split or rank % fsdp, (path, spec)  # rank 8: every adapter split over fsdp
+        assert not by_rank or rank % fsdp == 0, (path, spec)  # rank 6: never the rank
+
+
 @pytest.mark.slow
 def test_create_sharded_model_initialises_in_place():
     mesh = make_mesh({"fsdp": 4, "tensor": 2})
