@@ -159,6 +159,10 @@ def test_lora_adapters_are_split_over_fsdp_where_the_rank_divides(rank, fsdp):
         by_rank = ("lora_a" in path and spec[-1] == "fsdp") or ("lora_b" in path and spec[1] == "fsdp")
         assert split or rank % fsdp, (path, spec)  # rank 8: every adapter split over fsdp
         assert not by_rank or rank % fsdp == 0, (path, spec)  # rank 6: never the rank
+    if rank % fsdp:  # rank 6: A of a projection whose input is the residual stream is split by that input alone
+        q_a = next(spec for path, spec in adapters.items() if "q_proj" in path and "lora_a" in path)
+        q_b = next(spec for path, spec in adapters.items() if "q_proj" in path and "lora_b" in path)
+        assert q_a == P(None, "fsdp", None) and "fsdp" not in jax.tree.leaves(tuple(q_b)), (q_a, q_b)
 
 
 @pytest.mark.slow
