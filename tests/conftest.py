@@ -10,16 +10,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # The tokenized-task cache (instructjax.data.cache) of this test session: fresh, shared with subprocesses.
+# Removed when the session ends (`pytest_sessionfinish`), like a passing test's tmp_path.
+_SESSION_CACHE = None
 if "INSTRUCTJAX_CACHE_DIR" not in os.environ:
     import tempfile
 
-    os.environ["INSTRUCTJAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="instructjax-test-cache-")
+    _SESSION_CACHE = os.environ["INSTRUCTJAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="instructjax-test-cache-")
 
-
-
+import shutil  # noqa: E402
 import uuid  # noqa: E402
 
 import pytest  # noqa: E402
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _SESSION_CACHE:  # made by this process (the xdist controller's is inherited by its workers as set)
+        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
