@@ -23,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import common  # noqa: E402
 
-ROOT = Path(__file__).resolve().parent.parent
 MIB = 2**20
 GIB = 2**30
 
@@ -35,8 +34,7 @@ def compile_once(config: str, topology: str, overrides: list[str], hbm_mib: int 
     if hbm_mib is not None:
         env["LIBTPU_INIT_ARGS"] = f"{env.get('LIBTPU_INIT_ARGS', '')} --xla_tpu_max_hbm_size_mib={hbm_mib}".strip()
     proc = subprocess.run([sys.executable, "-m", "instructjax.cli", "plan", "--config", config, "--topology",
-                           topology, "--compile", "--json", *overrides], capture_output=True, text=True, env=env,
-                          cwd=ROOT)
+                           topology, "--compile", "--json", *overrides], capture_output=True, text=True, env=env)
     if not proc.stdout.strip():
         raise SystemExit(f"plan --compile failed (exit {proc.returncode}): {proc.stderr.strip()[-2000:]}")
     shapes = json.loads(proc.stdout)["shapes"]
