@@ -3,17 +3,18 @@
 Users never type these. `launch/gpu.py` puts them in the training process's environment, and
 `benchmarks/accelerator_check.py` / `gpu_mfu.py` in their children's; flags already in the user's
 `XLA_FLAGS` win (the same flag is never given twice). The GPU set is MaxText's for LLaMA on H100s
-(`configs/gpu/models/llama2_7b.yml`, `1vm.sh`): the latency-hiding scheduler, cuBLAS rather than Triton
-GEMMs, no command buffers, double-buffered while loops (the scanned layers), and no XLA rematerialisation
-pass (the model's remat policy decides what is recomputed); with several GPUs, collectives combined into
-large transfers and pipelined with the layers' compute.
+(`configs/gpu/models/llama2_7b.yml`, `1vm.sh`) less one: the latency-hiding scheduler, no command buffers,
+double-buffered while loops (the scanned layers), and no XLA rematerialisation pass (the model's remat
+policy decides what is recomputed); with several GPUs, collectives combined into large transfers and
+pipelined with the layers' compute. MaxText's `--xla_gpu_enable_triton_gemm=false` is left out: on an H200
+(jax 0.11.2) it alone made the TinyLlama step 8% slower (0.1553 -> 0.1677 s), each other flag within 0.5%
+of none (benchmarks/RESULTS.md, 2026-11-26).
 """
 
 from __future__ import annotations
 
 GPU = (
     "--xla_gpu_enable_latency_hiding_scheduler=true",
-    "--xla_gpu_enable_triton_gemm=false",
     "--xla_gpu_enable_command_buffer=",
     "--xla_gpu_enable_while_loop_double_buffering=true",
     "--xla_disable_hlo_passes=rematerialization",

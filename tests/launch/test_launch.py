@@ -120,13 +120,14 @@ def test_gpu_flags_reach_the_process_and_xla_takes_them(capsys, monkeypatch):
     """The launcher's environment starts a JAX process whose XLA parses every flag of the GPU set (an unknown
     flag aborts XLA at start-up); a flag the user set keeps the user's value, in the launcher's merge and in
     the sbatch script's order (XLA takes the last of a repeated flag)."""
-    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_triton_gemm=true --xla_force_host_platform_device_count=3")
+    monkeypatch.setenv("XLA_FLAGS", "--xla_gpu_enable_latency_hiding_scheduler=false --xla_force_host_platform_device_count=3")
     assert gpu.main(["single", "--config", "c.yaml", "--gpus-per-node", "2", "--dry-run"]) == 0
     (cmd,) = printed(capsys)
     env = dict(a.split("=", 1) for a in cmd[1:4])  # env A=1 XLA_FLAGS=... CUDA_VISIBLE_DEVICES=... instructjax
     flags = env["XLA_FLAGS"].split()
-    assert "--xla_gpu_enable_triton_gemm=true" in flags and "--xla_gpu_enable_triton_gemm=false" not in flags
-    assert set(xla_flags.gpu_flags(2)) - set(flags) == {"--xla_gpu_enable_triton_gemm=false"}
+    assert "--xla_gpu_enable_latency_hiding_scheduler=false" in flags
+    assert "--xla_gpu_enable_latency_hiding_scheduler=true" not in flags
+    assert set(xla_flags.gpu_flags(2)) - set(flags) == {"--xla_gpu_enable_latency_hiding_scheduler=true"}
     code = "import os, jax; print(jax.device_count(), os.environ['XLA_FLAGS'].count('--xla_gpu'))"
     repeated = "--xla_force_host_platform_device_count=2 --xla_force_host_platform_device_count=5"
     for xla, devices in ((env["XLA_FLAGS"], 3), (" ".join(xla_flags.gpu_flags(8)) + " " + repeated, 5)):

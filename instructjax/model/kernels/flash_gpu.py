@@ -80,14 +80,14 @@ def _forward_kernel(q_ref, k_ref, v_ref, seg_ref, o_ref, lse_ref, *, scale: floa
         acc, m, total = carry
         keys = pl.dslice(j * block_k, block_k)
         k = plgpu.load(k_ref.at[keys, :], mask=head_mask, other=0.0)
-        s, _ = _logits(pl.dot(q, k, trans_b=True), scale, softcap)
+        s, _ = _logits(plgpu.dot(q, k.T), scale, softcap)
         visible = _visible(q_pos, q_seg, j * block_k + jnp.arange(block_k), seg_ref[keys], window)
         s = jnp.where(visible, s, MASKED)
         m_new = jnp.maximum(m, s.max(axis=-1))
         alpha = jnp.exp(m - m_new)  # rescales what was summed against the old maximum
         p = jnp.exp(s - m_new[:, None])
         v = plgpu.load(v_ref.at[keys, :], mask=head_mask, other=0.0)
-        acc = alpha[:, None] * acc + pl.dot(p.astype(v.dtype), v)
+        acc = alpha[:, None] * acc + plgpu.dot(p.astype(v.dtype), v)
         return acc, m_new, alpha * total + p.sum(axis=-1)
 
     acc = jnp.zeros((block_q, q_ref.shape[-1]), jnp.float32)
@@ -100,9 +100,9 @@ def _forward_kernel(q_ref, k_ref, v_ref, seg_ref, o_ref, lse_ref, *, scale: floa
 
 def _grad_tile(q, k, v, do, lse, delta, visible, scale: float, softcap: float | None) -> tuple[Array, Array]:
     """(probabilities, d raw scores) of one [queries, keys] tile, recomputed from the logsumexp."""
-    s, t = _logits(pl.dot(q, k, trans_b=True), scale, softcap)
+    s, t = _logits(plgpu.dot(q, k.T), scale, softcap)
     p = jnp.exp(jnp.where(visible, s, MASKED) - lse[:, None])
-    ds = p * (pl.dot(do, v, trans_b=True) - delta[:, None])
+    ds = p * (plgpu.dot(do, v.T) - delta[:, None])
     if t is not None:
         ds = ds * (1.0 - t * t)
     return p, ds * scale
@@ -129,8 +129,8 @@ def _backward_kernel(q_ref, k_ref, v_ref, seg_ref, do_ref, lse_ref, delta_ref, d
         do = plgpu.load(do_ref.at[rows, :], mask=head_mask, other=0.0)
         visible = _visible(i * block + jnp.arange(block), seg_ref[rows], pos, seg, window)
         p, ds = _grad_tile(q, k, v, do, lse_ref[rows], delta_ref[rows], visible, scale, softcap)
-        dv = dv + pl.dot(p.astype(do.dtype), do, trans_a=True)
-        dk = dk + pl.dot(ds.astype(q.dtype), q, trans_a=True)
+        dv = dv + plgpu.dot(p.astype(do.dtype).T, do)
+        dk = dk + plgpu.dot(ds.astype(q.dtype).T, q)
         return dk, dv
 
     zeros = jnp.zeros((block, padded), jnp.float32)
@@ -149,7 +149,7 @@ def _backward_kernel(q_ref, k_ref, v_ref, seg_ref, do_ref, lse_ref, delta_ref, d
         v = plgpu.load(v_ref.at[keys, :], mask=head_mask, other=0.0)
         visible = _visible(pos, seg, i * block + jnp.arange(block), seg_ref[keys], window)
         _, ds = _grad_tile(q, k, v, do, lse, delta, visible, scale, softcap)
-        return dq + pl.dot(ds.astype(k.dtype), k)
+        return dq + plgpu.dot(ds.astype(k.dtype), k)
 
     dq = lax.fori_loop(*_key_tiles(j, block, block, window), dq_body, zeros)
     plgpu.store(dq_ref, dq.astype(dq_ref.dtype), mask=head_mask)
