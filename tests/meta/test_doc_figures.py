@@ -2,7 +2,7 @@
 chip, epoch, run, step layout, the slices it does and does not fit, the mesh proposals; the quickstart's run line),
 its table's plan column
 (the compiler's column is benchmarks/tpu_compile.py's, measured; each ratio is checked against both), and
-docs/pretrained.md's LoRA figure. Each figure is built here from a plan and looked for in the page's text (line
+docs/pretrained.md's Gemma-2 and LoRA figures. Each figure is built here from a plan and looked for in the page's text (line
 breaks read as spaces): a doc that keeps an old figure fails."""
 
 from __future__ import annotations
@@ -52,7 +52,8 @@ def test_launch_pages_walk_through_the_7b_config_is_plans():
                f"rows of {length:,} tokens",
                f"{d.examples:,} examples, {d.steps:,} steps of 128 examples, {d.run_steps:,} steps for the paper's 2 "
                "epochs", f"{d.real_share:.1%} of the tokens real in the plan's estimate",
-               f"mean Tulu step fills about {round(128 * d.tokens / d.examples / 2048)} rows of 2048"]
+               f"mean Tulu step fills about {round(128 * d.tokens / d.examples / 2048)} rows of 2048",
+               f"by the compiler against plan's {plan.total_bytes / GIB:.2f}"]
     small, large = (make_plan(load_config(TULU7B), tpu_topology(s)) for s in ("v5e-8", "v5e-16"))
     state = small.memory["param_bytes"] + small.memory["opt_bytes"] + small.memory["grad_bytes"]
     assert not small.fits and large.fits
@@ -81,10 +82,16 @@ def test_launch_pages_table_has_plans_column():
         assert abs(float(ratio) - p / c) <= 0.006 + p / c * (0.005 / p + 0.005 / c), name
 
 
-def test_pretrained_pages_lora_figure_is_plans():
+def test_pretrained_pages_figures_are_plans():
+    """The Gemma-2 2B plan's comment and the LoRA one's figure; the LoRA plan's activation line adds up."""
+    page = text("pretrained.md")
+    gemma = ["model.preset=gemma2-2b", "model.remat=full", "mesh.data=1", "mesh.fsdp=16", "data.seq_len=2048",
+             "data.global_batch=64"]  # the page's command
+    plan = make_plan(load_config(CONFIGS / "quickstart.yaml", gemma), tpu_topology("v4-32"))
+    assert plan.fits and f"# {plan.memory['params'] / 1e9:.1f}B parameters, {plan.total_bytes / GIB:.1f} GiB a chip" in page
     plan = plan_with_proposal(load_config(TULU7B, ["model.overrides.lora={rank: 16}"]), tpu_topology("v4-8"))
     assert plan.fits
-    assert f"fits a v4-8 (plan {plan.total_bytes / GIB:.2f} GiB a chip" in text("pretrained.md")
+    assert f"fits a v4-8 (plan {plan.total_bytes / GIB:.2f} GiB a chip" in page
     a = plan.activations  # the activation line's parts add up to its total
     parts = [float(x) for x in re.findall(r"([\d.]+) GiB", format_plan(plan).split("activations")[1].split(";")[0])]
     assert parts[0] == pytest.approx(parts[1] + parts[2], abs=0.011) and parts[0] == round(a["total"] / GIB, 2)
