@@ -133,22 +133,24 @@ def count_tasks(config: RunConfig, registry, *, real_data: bool = False) -> Data
     if resolved is None:
         raise registry.unknown(config.data.mixture, "a registered task or mixture (data.mixture)")
     reads = [_reads(spec, real_data) for spec in resolved.specs]
-    maybe_cached = [examples_lib.cache_holds(task) for task in resolved.tasks]
-    if not any(reads) and not any(maybe_cached):  # the papers' figures alone: no tokenizer, no model read
-        return _checked(config, resolved, DataCounts([_paper_task(config, task, spec, _count_of(resolved, task))
-                                                      for task, spec in zip(resolved.tasks, resolved.specs,
-                                                                            strict=True)]))
-    bound = run_setup.bind_run(config, registry)
-    found = bound.data.resolved
+    bound = None
+    if any(reads):
+        bound = run_setup.bind_run(config, registry)
+    elif any(examples_lib.cache_holds(task) for task in resolved.tasks):  # maybe there for the run's tokenizer
+        try:
+            bound = run_setup.bind_run(config, registry)
+        except ConfigError:  # no tokenizer yet (`init_from` not imported): nothing cached can be the run's
+            pass
     out = []
-    for task, spec, name, bound_spec, read in zip(resolved.tasks, resolved.specs, found.tasks, found.specs, reads,
-                                                  strict=True):
-        count = _count_of(found, name)
-        seed = config.data.seed if count is not None else None
-        if read or (bound_spec is not None and examples_lib.cached_file(name, bound_spec, count, seed) is not None):
-            out.append(_read_task(spec_lib.base_name(task), name, bound_spec, count, seed))
-        else:
-            out.append(_paper_task(config, task, spec, _count_of(resolved, task)))
+    for i, (task, spec) in enumerate(zip(resolved.tasks, resolved.specs, strict=True)):
+        if bound is not None:  # the task bound to the run: its tokenizer, template and row length
+            name, bound_spec = bound.data.resolved.tasks[i], bound.data.resolved.specs[i]
+            count = _count_of(bound.data.resolved, name)
+            seed = config.data.seed if count is not None else None
+            if reads[i] or (bound_spec is not None and examples_lib.cached_file(name, bound_spec, count, seed) is not None):
+                out.append(_read_task(spec_lib.base_name(task), name, bound_spec, count, seed))
+                continue
+        out.append(_paper_task(config, task, spec, _count_of(resolved, task)))
     return _checked(config, resolved, DataCounts(out, bound))
 
 

@@ -99,6 +99,10 @@ def test_a_hub_task_is_the_papers_estimate_until_the_cache_holds_it(capsys, tmp_
     data, out = plan(capsys, config)
     assert [(t["origin"], t["examples"]) for t in data["tasks"]] == [("paper estimate", 15_011)] and asked == []
     assert "dolly: 15,011 example(s)" in out and "(paper estimate: Tulu Table 1" in out
+    (tmp_path / "cache").mkdir()
+    (tmp_path / "cache" / "dolly.0123abcd-0123.tok").write_text("another run's")  # a file of its name, in the cache
+    data, _ = plan(capsys, config, f"model.init_from={tmp_path / 'not_imported_yet'}")  # no tokenizer to key it by
+    assert [t["origin"] for t in data["tasks"]] == ["paper estimate"] and asked == []
     data, _ = plan(capsys, config, "--real-data")
     assert [(t["origin"], t["examples"], t["skipped"]) for t in data["tasks"]] == [("counted", 2, {"empty_response": 1})]
     assert "databricks/databricks-dolly-15k" in asked
