@@ -237,6 +237,9 @@ def epoch_of(config: RunConfig, counts: DataCounts, multiple: int = 1) -> DataEs
     estimate = _real_epoch(config, counts, multiple) if counts.real else _estimated_epoch(config, counts, multiple)
     from instructjax.train.setup import run_steps
 
+    papers = sum(t.origin == PAPER for t in counts.tasks)
+    estimate.epoch += (" (the real pipeline's: every task counted or cached)" if counts.real else
+                       f" (estimated: {papers} of {len(counts.tasks)} task(s) from the papers' figures)")
     estimate.tasks, estimate.per_task = counts.tasks, {t.task: t.examples for t in counts.tasks}
     estimate.source = ", ".join(dict.fromkeys(t.origin for t in counts.tasks))
     estimate.run_steps = run_steps(config, estimate.steps)
