@@ -51,6 +51,7 @@ def plan(capsys, path: str, *args: str) -> tuple[dict, str]:
     return data, capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_local_chats_and_pairs_are_counted_then_read_from_the_cache(capsys, tmp_path, monkeypatch):
     """10 local chats (17 rows) and 6 local pairs: counted, then read back from the tokenized cache, each with the
     rows read and the ones skipped by reason; the epoch is the real one (one example a row, 8 a step: 2 steps) and
@@ -81,6 +82,7 @@ def test_local_chats_and_pairs_are_counted_then_read_from_the_cache(capsys, tmp_
         assert "skipped 1 row(s): empty_completion" in out
 
 
+@pytest.mark.slow
 def test_a_hub_task_is_the_papers_estimate_until_the_cache_holds_it(capsys, tmp_path, monkeypatch):
     """Dolly from the hub (stood in for by its hand-written rows): the paper's 15,011 without reaching the hub; with
     --real-data its rows read (2 kept, 1 skipped) and cached; then the cache's figures, the hub not read again."""
