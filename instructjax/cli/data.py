@@ -149,7 +149,6 @@ def task_stats(task: str, count: int | None = None, seed: int | None = None) -> 
     from instructjax.data.blends import specs
     from instructjax.data.encoding.tokenizer import Tokenizer
     from instructjax.data.schema import Conversation
-    from instructjax.data.sources.registry import get_source
     from instructjax.data.tokenized import examples as examples_lib
 
     spec = specs.task(task)
@@ -168,13 +167,17 @@ def task_stats(task: str, count: int | None = None, seed: int | None = None) -> 
     trained = int(sum(int(ex["loss_mask"].sum()) for ex in examples))
     total = int(sum(len(ex["tokens"]) for ex in examples))
     report = examples_lib.task_report(task, seed)
-    own_data = get_source(spec.source).hub_id is None and spec.data_files != (BUILTIN,)  # nothing to compare to
+    # the published figures are the hub dataset's (and the built-in rows' it models): a task's own data_files are
+    # counted alone, whatever schema they share with a published dataset (your own preference pairs are not
+    # UltraFeedback)
+    own_data = spec.data_files not in (None, (BUILTIN,))
     paper = None if own_data else LENGTH_STATS.get(spec.source)
     return {
         "task": specs.base_name(task),
         "source": spec.source,
         "tokenizer": tokenizer.words.removeprefix("tokenizer "),
         "instances": len(examples),
+        "unit": "pairs" if spec.preference else "examples",
         "subset_sha256": subset_sha256(ids),
         "mean_rounds": float(np.mean(rounds)) if rounds else 0.0,
         "mean_prompt_tokens": float(np.mean(prompt)) if prompt else 0.0,
@@ -222,7 +225,8 @@ def run_stats(args) -> int:
             f" {r['mean_completion_tokens']:>7.1f} {r['trained_tokens']:>12,}   |        {ref}{mark}"
         )
         kept = r["rows"]
-        print(f"  rows: read {kept['read']:,}, kept {kept['kept']:,} example(s)")
+        print(f"  rows: read {kept['read']:,}, kept {kept['kept']:,} " + ("pair(s)" if r["unit"] == "pairs" else
+                                                                        "example(s)"))
         for note in r["notes"]:
             print(f"  note: {note}")
     if any(r["paper"] and r["paper"]["table"] != "Tulu Table 1" for r in rows):
@@ -266,27 +270,37 @@ def run_preview(args) -> int:
     target = command_target(args)
     mosaic = target.config.data.mosaic if target.config else None
     tokenizer = Tokenizer.load(specs.task(target.tasks[0]).tokenizer)
-    shown = []  # (conversation, tokens, loss mask)
+    shown = []  # (conversation, tokens, loss mask, where a pair's rejected side starts or None, the example's id)
     if mosaic is not None:
         data = dataclasses.replace(target.config.data, mixture=target.name, prefetch=0)
         pipeline = DataPipeline(data, resolved=target.resolved)
         for conv in pipeline.stream.mosaic_conversations(0)[: args.n]:
             enc = pipeline.stream.mosaic_encoder.encode(conv)
-            shown.append((conv, enc.tokens, enc.loss_mask))
+            shown.append((conv, enc.tokens, enc.loss_mask, None, conv.id))
     else:
         per_task = max(1, -(-args.n // len(target.tasks)))
         for task in target.tasks:
             for ex in examples_lib.encoded_examples(task)[:per_task]:
-                shown.append((Conversation.from_json(ex["conversation"]), ex["tokens"], ex["loss_mask"]))
+                conv = Conversation.from_json(ex["conversation"])
+                pair = ex.get("rejected_at")  # a preference pair: one example, its id the pair's
+                shown.append((conv, ex["tokens"], ex["loss_mask"], pair, conv.id if pair is None else ex["id"]))
         shown = shown[: args.n]
     color = sys.stdout.isatty()
-    for conv, tokens, mask in shown:
+    for conv, tokens, mask, rejected_at, example_id in shown:
         text = tokenizer.decode([int(t) for t in tokens], skip_special_tokens=False)  # the template's markers too
         if args.json:
-            print(json.dumps({"id": conv.id, "source": conv.source, "text": text, "tokens": tokens.tolist(),
-                              "loss_mask": mask.tolist(), "meta": conv.meta}, ensure_ascii=False))  # fmt: skip
+            print(json.dumps({"id": example_id, "source": conv.source, "text": text, "tokens": tokens.tolist(),
+                              "loss_mask": mask.tolist(), "meta": conv.meta,
+                              **({} if rejected_at is None else {"rejected_at": int(rejected_at)})},
+                             ensure_ascii=False))
             continue
-        print(f"=== {conv.id} ({conv.source}) {len(tokens)} tokens, {int(mask.sum())} trained ===")
+        if rejected_at is not None:  # a preference pair: its id, then each side
+            print(f"=== pair {example_id} ({conv.source}) {len(tokens)} tokens, {int(mask.sum())} trained ===")
+            for side, part in (("chosen", slice(0, rejected_at)), ("rejected", slice(rejected_at, None))):
+                print(f"--- {side}: {len(tokens[part])} tokens, {int(mask[part].sum())} trained")
+                print(highlight(tokenizer, tokens[part], mask[part], color))
+            continue
+        print(f"=== {example_id} ({conv.source}) {len(tokens)} tokens, {int(mask.sum())} trained ===")
         if conv.meta.get("mosaic"):
             print(f"mosaic: {json.dumps(conv.meta['mosaic'], ensure_ascii=False)}")
         if not mask.any():

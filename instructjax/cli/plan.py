@@ -16,7 +16,9 @@ def register(subparsers) -> None:
     where.add_argument("--gpus", type=int, help="number of GPUs (8 per node; default: this machine)")
     p.add_argument("--gpu-type", default="h100", help="h100, h200, a100-40, a100-80 (with --gpus)")
     p.add_argument("--real-data", action="store_true",
-                   help="count the epoch with the real pipeline (local or built-in data) instead of paper sizes")
+                   help="read every task as train will, hub datasets too (without it: local, bucket and built-in "
+                        "data are read, the tokenized cache is used, and hub datasets not in it take the papers' "
+                        "sizes; each task's line says which)")
     p.add_argument("--json", action="store_true", help="print the plan as JSON")
     p.add_argument("--compile", action="store_true",
                    help="build the run's own train step for the --topology slice with the TPU compiler (libtpu; no "

@@ -180,7 +180,7 @@ class _Target:
 def _target(config: RunConfig, topology: Topology, *, real_data: bool, name: str) -> _Target:
     """With `real_data`, the run resolved as the trainer resolves it (`train.setup.resolve_run`: its tokenizer, the
     real pipeline's steps and step shapes, `mesh: auto` chosen for the slice by what fits its chips); else plan's
-    estimate of the epoch (the mesh plan proposes, the model from its config alone: no tokenizer is read)."""
+    epoch (its tasks counted or estimated, `train.plan_data`; the mesh plan proposes, the model from its config)."""
     from instructjax.train import plan as planning
     from instructjax.train import setup as run_setup
 
@@ -198,8 +198,7 @@ def _target(config: RunConfig, topology: Topology, *, real_data: bool, name: str
     if plan.data is None:
         raise ConfigError("an evaluation-only config (max_steps: 0) has no train step to compile")
     run = dataclasses.replace(config, mesh=plan.mesh)
-    return _Target(run, planning.model_shapes(run), run_sources(run), plan.data.step_shapes,
-                   run.max_steps or run.optim.epochs * plan.data.steps)
+    return _Target(run, planning.model_shapes(run), run_sources(run), plan.data.step_shapes, plan.data.run_steps)
 
 
 def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_data: bool = False,

@@ -185,27 +185,71 @@ def read_metrics(run_dir) -> list[dict]:
     return records
 
 
-def plot_losses(run_dir) -> str | None:
-    """RUN_DIR/loss.png: total loss and each source's loss against the step. None without metrics."""
-    records = read_metrics(run_dir)
-    if not records:
-        return None
+def progress_figures(m: dict, seconds: float) -> dict[str, str]:
+    """A step's figures for the progress line: its loss and tokens a second; under a preference loss also its
+    pairs' mean reward accuracy and margin (TRL's `rewards/accuracies` and `rewards/margins`)."""
+    figures = {"loss": f"{float(m['loss']):.4f}"}
+    pairs = float(m.get("pairs", 0.0))
+    if pairs:
+        figures["acc"] = f"{float(m['rewards/accuracies']) / pairs:.3f}"
+        figures["margin"] = f"{float(m['rewards/margins']) / pairs:.4f}"
+    figures["tokens/s"] = f"{float(m['tokens']) / max(seconds, 1e-9):,.0f}"
+    return figures
+
+
+LOSS_LABELS = {"mean": "cross-entropy (nats/token)", "sum": "cross-entropy (nats, summed over a step's tokens)",
+               "pairs": "preference loss (nats/pair)"}  # by `loss_reduction`
+
+
+def loss_figure(records: list[dict], title: str):
+    """The figure of loss.png: the loss and each source's against the step, labelled by the objective the records
+    say they optimised (`loss_reduction`); a preference run's has a second panel, its rewards' accuracy and margin
+    (TRL's names) against the step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    preference = any(r.get("loss_reduction") == "pairs" for r in records)
+    fig, axes = plt.subplots(1, 2 if preference else 1, figsize=(12 if preference else 8, 4.5), squeeze=False)
+    ax = axes[0][0]
     keys = ["loss"] + sorted({k for r in records for k in r if k.startswith("loss/")})
     for key in keys:
-        points = [(r["step"], r[key]) for r in records if key in r and math.isfinite(r[key])]
-        if points:
-            steps, values = zip(*points, strict=True)
-            ax.plot(steps, values, label=key.removeprefix("loss/"), linewidth=2.2 if key == "loss" else 1.2)
-    ax.set(xlabel="step", ylabel="cross-entropy (nats/token)", title=f"training loss: {storage.path(run_dir).name}")
+        _plot(ax, records, key, key.removeprefix("loss/"), linewidth=2.2 if key == "loss" else 1.2)
+    reduction = next((r["loss_reduction"] for r in reversed(records) if "loss_reduction" in r), "mean")
+    ax.set(xlabel="step", ylabel=LOSS_LABELS.get(reduction, "loss"), title=f"training loss: {title}")
     ax.grid(alpha=0.3)
     ax.legend()
+    if preference:
+        ax = axes[0][1]
+        _plot(ax, records, "rewards/accuracies", "rewards/accuracies (left)", color="tab:green")
+        ax.set(xlabel="step", ylabel="reward accuracy (chosen above rejected)", ylim=(-0.02, 1.02),
+               title=f"rewards: {title}")
+        ax.grid(alpha=0.3)
+        margins = ax.twinx()
+        _plot(margins, records, "rewards/margins", "rewards/margins (right)", color="tab:purple")
+        margins.set_ylabel("reward margin (chosen - rejected)")
+        handles = ax.get_legend_handles_labels(), margins.get_legend_handles_labels()
+        ax.legend(handles[0][0] + handles[1][0], handles[0][1] + handles[1][1], loc="lower right")
     fig.tight_layout()
+    return fig
+
+
+def _plot(ax, records: list[dict], key: str, label: str, **style) -> None:
+    points = [(r["step"], r[key]) for r in records if key in r and math.isfinite(r[key])]
+    if points:
+        steps, values = zip(*points, strict=True)
+        ax.plot(steps, values, label=label, **style)
+
+
+def plot_losses(run_dir) -> str | None:
+    """RUN_DIR/loss.png (`loss_figure`). None without metrics."""
+    records = read_metrics(run_dir)
+    if not records:
+        return None
+    import matplotlib.pyplot as plt
+
+    fig = loss_figure(records, storage.path(run_dir).name)
     with storage.writing_dir(run_dir) as local:
         fig.savefig(os.path.join(local, "loss.png"), dpi=110)
     plt.close(fig)

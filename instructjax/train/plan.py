@@ -3,15 +3,12 @@
 Memory per device: `train.memory` (the model's real parameter and optimizer state, an estimate of the
 activations; on a TPU the terms XLA:TPU's buffers show).
 
-Steps per epoch: with the real pipeline (`real_data=True`, for mixtures whose data is local or
-built-in) or estimated from the papers' dataset sizes and mean lengths (Tulu Table 1 and our
-estimates in `data.sources.synthetic.LENGTH_STATS`): each example is `rounds x (prompt + completion)`
-tokens, truncated to `seq_len`; packed rows fill `PACKING_EFFICIENCY` of `seq_len`
-(benchmarks/RESULTS.md); Mosaic-IT divides the examples by the mean count of a draw capped by the budget.
+Steps per epoch and of the run: `train.plan_data` (each task counted, read from the tokenized cache, or estimated
+from the papers, each figure saying which; the run's steps as the trainer runs them: `train.setup.run_steps`).
 
 `data.pack: per_step` keeps the unpacked steps (so the epoch's rows and steps are the unpacked ones) and packs
 each step's examples into fewer rows, a multiple of `sharding.row_multiple` (or that many rows, longer than
-seq_len, where few rows are a step: `step_plan.plan_step_rows`): with the real pipeline, the run's step shapes as
+seq_len, where few rows are a step: `step_plan.plan_step_rows`): with every task counted, the run's step shapes as
 the trainer plans them (`DataPipeline.plan_steps`) and activations for the largest; estimated, the shape the mean
 step fills (`step_plan.mean_step_shape`) and activations for it.
 
@@ -24,11 +21,8 @@ parallelism among near-equals.
 from __future__ import annotations
 
 import dataclasses
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from instructjax.core import sharding
 from instructjax.core.config import RunConfig
@@ -51,6 +45,15 @@ from instructjax.train.memory import (  # noqa: F401  (their old home: users imp
     usable_bytes,
 )
 from instructjax.train.meshes import MAX_TENSOR, REAL_SHARE_SLACK, best_mesh, choose_mesh, mesh_options  # noqa: F401
+from instructjax.train.plan_data import (  # noqa: F401  (their old home: users import them from here)
+    PACKING_EFFICIENCY,
+    DataCounts,
+    DataEstimate,
+    count_tasks,
+    epoch_of,
+    estimate_epoch,
+    real_epoch,
+)
 from instructjax.train.topology import (  # noqa: F401  (their old home: users import them from here)
     GPU_HBM,
     TPU_CHIPS,
@@ -60,131 +63,6 @@ from instructjax.train.topology import (  # noqa: F401  (their old home: users i
     local_topology,
     tpu_topology,
 )
-
-PACKING_EFFICIENCY = 0.995  # best-fit-decreasing, window 1000 (benchmarks/RESULTS.md: 99.6-99.8%)
-
-
-@dataclass
-class DataEstimate:
-    """One epoch's size: examples, rows, tokens and steps, and where the numbers came from."""
-
-    examples: int
-    rows: int
-    tokens: int
-    steps: int
-    source: str
-    per_task: dict[str, int] = field(default_factory=dict)
-    step_shapes: tuple[tuple[int, int], ...] = ()  # (rows, row length) of a step (per_step: each shape, or the
-    # mean step's estimated)
-    real_share: float = 0.0  # real tokens / all tokens of the rows the steps process
-    step: str = ""  # how a step's rows are laid out, in words
-    epoch: str = ""  # the epoch in words: examples, rows, steps, as the layout has them
-
-
-def _task_examples(task: str, count: int | None, registry) -> tuple[int, float, str]:
-    """(examples, mean tokens per example, source name) of one mixture component (a task of `registry`) from the
-    papers' sizes (a preference task's example is a pair: both sides)."""
-    from instructjax.data.sources.synthetic import LENGTH_STATS
-
-    spec = registry.task(task)
-    stats = LENGTH_STATS.get(spec.source)
-    if stats is None:
-        raise ConfigError(f"task {task!r}: no paper size for source {spec.source!r}; use --real-data")
-    n = stats.instances
-    if spec.selection is not None and spec.selection.k is not None:
-        n = min(n, spec.selection.k)
-    if count is not None:
-        n = min(n, count)
-    sides = 2 if spec.preference else 1  # a pair: its prompt twice, a completion each
-    return n, sides * stats.rounds * (stats.prompt + stats.completion), spec.source
-
-
-def estimate_epoch(config: RunConfig, multiple: int = 1, registry=None) -> DataEstimate:
-    """One epoch from the papers' dataset sizes and mean lengths (Tulu Table 1; see the module doc); `multiple`:
-    what a per_step step's rows are a multiple of; `registry`: the run's tasks and mixtures (`data.blends.specs.
-    Registry`; None: the default one)."""
-    from instructjax.data.batches.step_plan import mean_step_shape
-    from instructjax.data.blends import specs
-    from instructjax.data.mosaic.augment import sample_count
-
-    registry = registry or specs.default_registry()
-    data = config.data
-    found = registry.tasks_of(data.mixture)
-    if found is None:
-        raise registry.unknown(data.mixture, "a registered task or mixture (data.mixture)")
-    tasks, mixture = found
-    if mixture is not None and not mixture.epoch_mode:
-        raise ConfigError(f"mixture {data.mixture!r} is rate mode (endless): plan needs an epoch mixture")
-    examples = tokens = 0.0
-    per_task = {}
-    for task, count in (mixture.counts if mixture is not None else ((tasks[0], None),)):
-        n, mean_len, _ = _task_examples(task, count, registry)
-        per_task[task] = n
-        length = min(mean_len, data.seq_len)
-        if data.mosaic is not None:
-            cap = max(1, int(data.mosaic_budget // mean_len))
-            rng = np.random.default_rng(0)
-            k = np.mean([min(sample_count(rng, data.mosaic), cap) for _ in range(4000)])
-            n_out, length = n / k, min(k * mean_len, data.seq_len)
-        else:
-            n_out = n
-        examples += n_out
-        tokens += n_out * length
-    rows = math.ceil(examples) if data.pack is not True else math.ceil(tokens / (data.seq_len * PACKING_EFFICIENCY))
-    shape = (data.global_batch, data.seq_len)
-    if data.pack == "per_step":  # the shape the mean step's examples fill, packed
-        shape = mean_step_shape(data.global_batch * tokens / examples, data.global_batch, data.seq_len, multiple,
-                                PACKING_EFFICIENCY)
-    step = (f"{data.global_batch} examples packed into about {_shape_words((shape,))} (the mean step; "
-            "--real-data plans every step)") if data.pack == "per_step" else _step_words(data)
-    steps = math.ceil(rows / data.global_batch)
-    return DataEstimate(math.ceil(examples), rows, int(tokens), steps,
-                        "papers' dataset sizes x mean lengths (Tulu Table 1, data.synthetic.LENGTH_STATS)", per_task,
-                        (shape,), tokens / (rows / data.global_batch * shape[0] * shape[1]), step,
-                        _epoch_words(data, math.ceil(examples), rows, steps, int(tokens)))
-
-
-def _epoch_words(data, examples: int, rows: int, steps: int, tokens: int) -> str:
-    """One epoch in the words of its layout (`data.pack`)."""
-    if data.pack == "per_step":  # the unpacked run's steps, each step's examples packed apart
-        return f"{examples:,} examples, {steps:,} steps of {data.global_batch} examples, {tokens:,} tokens"
-    if data.pack:
-        return (f"{examples:,} examples packed into {rows:,} rows of {data.seq_len}, {steps:,} steps of "
-                f"{data.global_batch} rows, {tokens:,} tokens")
-    return f"{examples:,} examples, one a row, {steps:,} steps of {data.global_batch} rows, {tokens:,} tokens"
-
-
-def _shape_words(shapes: tuple[tuple[int, int], ...]) -> str:
-    """Step shapes (rows, row length) in words: "40, 48 or 64 rows of 2,048 tokens", "32 rows of 2,304 or 2,560 tokens"."""
-    def either(values) -> str:
-        values = [f"{v:,}" for v in sorted(set(values))]
-        return values[0] if len(values) == 1 else f"{', '.join(values[:-1])} or {values[-1]}"
-
-    return f"{either(rows for rows, _ in shapes)} rows of {either(length for _, length in shapes)} tokens"
-
-
-def _step_words(data, shapes: tuple[tuple[int, int], ...] = ()) -> str:
-    """How a step's rows are laid out under `data.pack`, in words."""
-    if data.pack == "per_step":
-        return (f"{data.global_batch} examples packed into {_shape_words(shapes)} "
-                f"({len(shapes)} step shape(s), each compiled once)")
-    return f"{data.global_batch} rows" + (" of packed examples" if data.pack else ", one example each")
-
-
-def real_epoch(config: RunConfig, multiple: int = 1) -> DataEstimate:
-    """One epoch counted by the real pipeline with the run's tokenizer (reads and encodes the data: local or
-    built-in only); per_step: the run's step shapes, rows a multiple of `multiple`, as the trainer plans them."""
-    from instructjax.train import setup as run_setup
-
-    pipeline = run_setup.open_pipeline(run_setup.bind_run(config))  # the trainer's binding and pipeline
-    plan = pipeline.plan_epoch(0)
-    shapes, real_share = ((config.data.global_batch, config.data.seq_len),), plan.efficiency
-    if config.data.pack == "per_step":
-        steps = pipeline.plan_steps(config.max_steps or config.optim.epochs * plan.steps, multiple)
-        shapes, real_share = steps.shapes, steps.efficiency
-    return DataEstimate(plan.examples, plan.rows, plan.tokens, plan.steps, "the real pipeline (data read and packed)",
-                        step_shapes=shapes, real_share=real_share, step=_step_words(config.data, shapes),
-                        epoch=_epoch_words(config.data, plan.examples, plan.rows, plan.steps, plan.tokens))
 
 
 @dataclass
@@ -251,14 +129,23 @@ def stored_model(init_from: str) -> dict | None:
     return None
 
 
-def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False, name: str = "") -> Plan:
-    """The plan of `config` on `topology` (see the module docstring)."""
+def data_counts(config: RunConfig, *, real_data: bool = False) -> DataCounts | None:
+    """The tasks of `config`'s mixture counted, cached or estimated (`plan_data.count_tasks`); None for an
+    evaluation-only config. The trainer's checks of the objective against the tasks come first."""
     from instructjax.data.blends.specs import default_registry
-    from instructjax.train import setup as run_setup
 
+    if config.max_steps == 0:
+        return None
     registry = default_registry()  # what the config's `imports:` registered; its `define:` joins them
     if config.define:
         registry.define(config.define)
+    return count_tasks(config, registry, real_data=real_data)
+
+
+def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False, name: str = "",
+              counts: DataCounts | None = None) -> Plan:
+    """The plan of `config` on `topology` (see the module docstring); `counts`: its tasks as `data_counts` gives
+    them (None: counted here)."""
     if config.mesh == "auto":  # figures of the plain FSDP mesh; plan_with_proposal takes the proposed one
         config = dataclasses.replace(config, mesh={"data": 1, "fsdp": -1, "tensor": 1})
     model = model_shapes(config)
@@ -267,9 +154,8 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
              else sharding.mesh_sizes(config.mesh, topology.devices))
     data = None
     if training:
-        run_setup.checked_mixture(config, registry)  # the trainer's checks of the objective against the tasks
-        multiple = sharding.row_multiple(config, sizes, topology.hosts)
-        data = real_epoch(config, multiple) if real_data else estimate_epoch(config, multiple, registry)
+        counts = counts or data_counts(config, real_data=real_data)
+        data = epoch_of(config, counts, sharding.row_multiple(config, sizes, topology.hosts))
     rows, length = max(data.step_shapes, key=lambda s: s[0] * s[1]) if training else (0, config.data.seq_len)
     memory, acts = device_memory(model, sizes, rows=rows, seq_len=length,  # the largest step shown
                                  micro_batches=config.optim.micro_batches,
@@ -306,17 +192,19 @@ def objective_words(config: RunConfig) -> str:
 REAL_SHARE_GOAL = 0.9  # below it, `plan_with_proposal` looks for a mesh that does better
 
 
-def propose_mesh(config: RunConfig, topology: Topology, *, real_data: bool = False) -> Plan | None:
+def propose_mesh(config: RunConfig, topology: Topology, *, real_data: bool = False,
+                 counts: DataCounts | None = None) -> Plan | None:
     """The plan on the mesh of `topology` (`mesh_options`) that the batch divides over, that fits, and that keeps
     the most of the step's tokens real (with `pack: per_step` a step packs into a multiple of the data-parallel
     devices: fewer of them, fewer padded rows); among meshes within REAL_SHARE_SLACK of the best, the least tensor
     parallelism. None for an evaluation-only config or when no mesh fits."""
     if config.max_steps == 0:
         return None
+    counts = counts or data_counts(config, real_data=real_data)
     plans = []
     for sizes in mesh_options(topology.devices):
         try:
-            plan = make_plan(dataclasses.replace(config, mesh=sizes), topology, real_data=real_data)
+            plan = make_plan(dataclasses.replace(config, mesh=sizes), topology, counts=counts)
         except ConfigError:  # the batch does not divide over it, or the model's heads not over its tensor axis
             continue
         if plan.fits:
@@ -328,17 +216,19 @@ def propose_mesh(config: RunConfig, topology: Topology, *, real_data: bool = Fal
 def plan_with_proposal(config: RunConfig, topology: Topology, *, real_data: bool = False, name: str = "") -> Plan:
     """`make_plan`, with a proposed mesh (`propose_mesh`) where the config's own cannot serve the batch on this
     topology (the plan is then the proposal's, `proposal` says so) or keeps less than REAL_SHARE_GOAL of the
-    step's tokens real and another mesh keeps more; the config's own error when no mesh can."""
+    step's tokens real and another mesh keeps more; the config's own error when no mesh can. The tasks are counted
+    once (`data_counts`) for every mesh tried."""
+    counts = data_counts(config, real_data=real_data)
     if config.mesh == "auto" and config.max_steps != 0:  # the proposal is the run's mesh
-        plan = propose_mesh(config, topology, real_data=real_data)
+        plan = propose_mesh(config, topology, counts=counts)
         if plan is None:  # none fits: the plain FSDP mesh's figures, which say so
-            return make_plan(config, topology, real_data=real_data, name=name)
+            return make_plan(config, topology, name=name, counts=counts)
         plan.config, plan.proposal = name, f"mesh: auto takes {_overrides(plan.mesh)}"
         return plan
     try:
-        plan = make_plan(config, topology, real_data=real_data, name=name)
+        plan = make_plan(config, topology, name=name, counts=counts)
     except ConfigError as e:
-        proposed = propose_mesh(config, topology, real_data=real_data)
+        proposed = propose_mesh(config, topology, counts=counts)
         if proposed is None:
             raise
         proposed.config, proposed.proposed = name, True
@@ -347,7 +237,7 @@ def plan_with_proposal(config: RunConfig, topology: Topology, *, real_data: bool
         return proposed
     if plan.data is None or plan.data.real_share >= REAL_SHARE_GOAL:
         return plan
-    proposed = propose_mesh(config, topology, real_data=real_data)
+    proposed = propose_mesh(config, topology, counts=counts)
     if proposed is not None and proposed.data.real_share > plan.data.real_share + REAL_SHARE_SLACK:
         plan.proposal = (f"{_overrides(proposed.mesh)}: {proposed.data.real_share:.1%} of the tokens processed real "
                          f"(this mesh: {plan.data.real_share:.1%}), {_gib(proposed.total_bytes)} a device")
@@ -360,6 +250,31 @@ def _overrides(mesh: dict[str, int]) -> str:
 
 def _gib(n: float) -> str:
     return f"{n / GIB:.2f} GiB"
+
+
+def activation_words(a: dict) -> str:
+    """The activations' parts, which add up to their total: the layers' saved inputs (remat `none`: everything the
+    layers keep) and the larger of the recomputed layer's backward and the loss's logits, which are never live
+    together (the smaller named beside them)."""
+    saved = f"the layers' saved {'inputs' if a['recompute'] else 'arrays'} {_gib(a['saved'])}"
+    recompute, logits = _gib(a["recompute"]), _gib(a["logits"])
+    if a["logits"] > a["recompute"]:
+        after = f", then the recomputed layer ({recompute}) once they are freed" if a["recompute"] else ""
+        return f"{saved} + the loss's logits {logits}{after}"
+    before = f", the loss's logits ({logits}) freed before it" if a["logits"] else ""
+    return f"{saved} + the recomputed layer {recompute}{before}"
+
+
+def _apart(plan: Plan) -> str:
+    """Where the total is less than the sum of the lines above it: the loss's logits and the gradients (a step's two
+    phases) are not live together."""
+    m, a = plan.memory, plan.activations
+    lines = (m["param_bytes"] + m["opt_bytes"] + m["grad_bytes"] + m.get("copy_bytes", 0) + a["total"]
+             + m.get("reference_bytes", 0))
+    if _gib(lines) == _gib(plan.total_bytes):
+        return ""
+    return (f" ({_gib(lines - plan.total_bytes)} less than the lines above: the loss's logits are freed before the "
+            "gradients are made)")
 
 
 def format_plan(plan: Plan) -> str:
@@ -376,21 +291,21 @@ def format_plan(plan: Plan) -> str:
         f"  optimizer     {_gib(m['opt_bytes'])} (global {m['opt_bytes_global'] / 1e9:.2f} GB)",
         f"  gradients     {_gib(m['grad_bytes'])}",
         f"  compute copy  {_gib(m['copy_bytes'])} (the parameters in the compute dtype, for the step)",
-        f"  activations   {_gib(a['total'])} (layers {_gib(a['layers'])}, logits {_gib(a['logits'])}; "
-        f"{a['attention']} attention; {a['rows']} row(s) of {a['seq_len']} a device; estimate)",
+        f"  activations   {_gib(a['total'])} ({activation_words(a)}; {a['attention']} attention; {a['rows']} row(s) of "
+        f"{a['seq_len']} a device; estimate)",
         *([f"  reference     {_gib(m['reference_bytes'])} (the starting model, frozen, run in every step: about a "
            "third more compute a step)"] if m.get("reference_bytes") else []),
         f"  total         {_gib(plan.total_bytes)} of {t.hbm_gib:.3g} GiB -> "
-        + ("fits" if plan.fits else f"DOES NOT FIT (limit {USABLE:.0%} of it)"),
+        + ("fits" if plan.fits else f"DOES NOT FIT (limit {USABLE:.0%} of it)") + _apart(plan),
     ]
     if plan.data is None:
         lines.append("data        none: evaluation-only config (max_steps: 0)")
     else:
         d = plan.data
         lines += [f"epoch       {d.epoch}",
-                  f"run         {plan.epochs} epoch(s): {plan.epochs * d.steps:,} steps, {plan.epochs * d.tokens:,} tokens",
+                  f"run         {d.run}",
                   f"a step      {d.step}; {d.real_share:.1%} of the tokens processed are real",
-                  f"source      {d.source}"]
+                  *(f"{'data' if i == 0 else '':<12}{task.words()}" for i, task in enumerate(d.tasks))]
     if plan.objective:
         lines.append(f"objective   {plan.objective}")
     if plan.proposal:

@@ -223,6 +223,13 @@ def check_objective(config: RunConfig, resolved) -> None:
         raise ConfigError("data.mosaic augments SFT conversations; it has no meaning for preference pairs: remove it")
 
 
+def run_steps(config: RunConfig, epoch_steps: int) -> int:
+    """The steps a run trains (the schedule's length, where the trainer stops): `max_steps` where the config sets it
+    (fewer or more than its epochs hold: the data goes on into the next epoch), else `optim.epochs` epochs of
+    `epoch_steps` (epoch 0's steps)."""
+    return config.max_steps or config.optim.epochs * epoch_steps
+
+
 def resolve_run(bound: BoundRun, *, devices: int, hosts: int, process_index: int = 0, pipeline=None,
                 saved_mesh: dict | None = None, fits=None) -> ResolvedRun:
     """`bound` on `devices` devices over `hosts` hosts (this one `process_index`): the pipeline (`pipeline`: a
@@ -241,7 +248,7 @@ def resolve_run(bound: BoundRun, *, devices: int, hosts: int, process_index: int
     pipeline = open_pipeline(bound, process_index, hosts) if own else pipeline
     sources = bound.data.sources if own else list(pipeline.task_names)
     epoch = pipeline.plan_epoch(0)
-    total_steps = config.max_steps or config.optim.epochs * epoch.steps
+    total_steps = run_steps(config, epoch.steps)
 
     def step_plan(sizes):
         return pipeline.plan_steps(total_steps, sharding.row_multiple(config, sizes, hosts))

@@ -41,7 +41,7 @@ from instructjax.model import lora
 from instructjax.model.config import runs_only_keys
 from instructjax.model.decoder import Decoder
 from instructjax.train import optim
-from instructjax.train.metrics import MetricsLogger, MetricsWindow, plot_losses
+from instructjax.train.metrics import MetricsLogger, MetricsWindow, plot_losses, progress_figures
 from instructjax.train.step import build_step, make_train_step  # noqa: F401  (make_train_step: its old home)
 
 
@@ -304,7 +304,7 @@ class Trainer:
             tokens += int(m["tokens"])
             m["lr"] = float(self.schedule(step - 1))
             window.add(m, seconds)
-            bar.set_postfix({"loss": f"{float(m['loss']):.4f}", "tokens/s": f"{m['tokens'] / max(seconds, 1e-9):,.0f}"})
+            bar.set_postfix(progress_figures(m, seconds))
             bar.update(1)
             if step % self.config.log_every == 0 or step == self.total_steps:
                 logger.log(step, window.flush(m, tokens, self.sources))

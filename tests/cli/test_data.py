@@ -215,3 +215,37 @@ def test_stats_reports_rows_read_kept_repaired_skipped_per_source(capsys, tmp_pa
     assert "  rows: read 9, kept 4 example(s)" in out  # sharegpt
     assert "  note: repaired 1 row(s): dropped the unpaired last turn" in out
     assert "  note: skipped 1 row(s): incorrect_choice" in out  # p3
+
+
+def test_own_preference_pairs_are_counted_previewed_by_prompt_id_and_refused_with_reasons(capsys, tmp_path):
+    """A user's own pairs (TRL's schema with UltraFeedback's `prompt_id`, no `id`): `data stats` counts them (no
+    UltraFeedback figures beside them), `data preview` titles each pair by its prompt_id and shows both sides, and a
+    file of which no pair is usable is one line with what was read and why each was skipped, nothing written."""
+    import yaml
+
+    def pair(pid, chosen, rejected):
+        return {"prompt_id": pid, "prompt": [{"role": "user", "content": f"Question {pid}?"}],
+                "chosen": [{"role": "assistant", "content": chosen}],
+                "rejected": [{"role": "assistant", "content": rejected}]}
+
+    bad = [pair("same", "Yes.", " Yes. "), pair("empty", " ", "No.")]  # skipped: identical, empty completion
+    for name, rows in (("good", [pair("q7", "Seven.", "Six."), *bad]), ("bad", bad)):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump({
+            "run_dir": str(tmp_path / f"run_{name}"), "model": {"preset": "tiny", "dtype": "float32"},
+            "objective": {"loss": "dpo"}, "data": {"mixture": f"pairs_{name}", "seq_len": 128, "global_batch": 8},
+            "define": {"tasks": {f"pairs_{name}": {"source": "preference",
+                                                   "data_files": [str(tmp_path / f"{name}.jsonl")]}}}}))
+    code, out, _ = run(capsys, "data", "stats", "--config", str(tmp_path / "good.yaml"), "--json")
+    (task,) = json.loads(out)["tasks"]
+    assert code == 0 and task["paper"] is None and (task["instances"], task["unit"]) == (1, "pairs")
+    assert task["rows"]["read"] == 3 and task["rows"]["skipped"] == {"identical_completions": 1, "empty_completion": 1}
+    code, out, _ = run(capsys, "data", "preview", "--config", str(tmp_path / "good.yaml"))
+    assert code == 0 and out.startswith("=== pair preference-q7 (preference)"), out
+    chosen, rejected = out.split("--- chosen")[1].split("--- rejected")
+    assert "[[Seven.</s>]]" in chosen and "[[Six.</s>]]" in rejected and "Six" not in chosen
+    code, _, err = run(capsys, "train", "--config", str(tmp_path / "bad.yaml"))
+    assert code == 2 and err.count("\n") == 1, err
+    assert ("task 'pairs_bad' has no usable examples: 2 row(s) read, none kept (skipped 1 row(s): empty_completion; "
+            "skipped 1 row(s): identical_completions)") in err
+    assert not (tmp_path / "run_bad").exists()

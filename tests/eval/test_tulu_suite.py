@@ -395,9 +395,17 @@ def test_answer_rules_on_hand_written_responses():
 
 def test_missing_data_is_named_with_the_way_out(model_dir, tmp_path, capsys):
     """A data_dir without a file the suite reads: one line naming it and where the sets come from; a set it lacks
-    whole is read from the hub, here unreachable: one line naming the hub dataset and the data_dir's layout."""
+    whole is read from the hub, here unreachable: one line naming the first file the data_dir lacks, the hub dataset
+    and the data_dir's layout (an empty data_dir: MMLU's dev folder), nothing about a training config's tasks."""
     from instructjax.cli import main
 
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["eval", "--model", model_dir, "--suite", "tulu", "--prompts-only", "--data-dir", str(empty),
+                 "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{empty / 'mmlu' / 'dev'} does not exist" in err[0] and "cais/mmlu" in err[0], err
+    assert "prepare_eval_data.sh" in err[0] and "define:" not in err[0] and not (tmp_path / "out").exists()
     (tmp_path / "mmlu" / "test").mkdir(parents=True)
     args = ["eval", "--model", model_dir, "--suite", "tulu", "--prompts-only", "--data-dir", str(tmp_path),
             "--out", str(tmp_path / "out")]
@@ -656,3 +664,16 @@ eval: {{suite: tulu, codex: false, data_dir: {root}, chat_format: tulu, batch_si
     tydiqa_rows = [r for r in logged if r["protocol"] == "tydiqa_goldp_1shot"]
     assert results["tydiqa_goldp_1shot"]["f1"] == pytest.approx(
         tydiqa.score([tulu.Request("t", "0", "", target=["the"], group="english")], [tydiqa_rows[0]["answer"]])["f1"])
+
+
+def test_the_data_dir_layout_is_in_the_docs():
+    """docs/pretrained.md's tree of the data dir names every file and folder the suite reads."""
+    from helpers import REPO
+
+    from instructjax.eval.tulu import files
+
+    doc = (REPO / "docs" / "pretrained.md").read_text()
+    tree = doc[doc.index("```text\neval_data\n"):].split("```")[1]
+    listed = {line.split()[1] for line in tree.splitlines()[2:] if line.strip()}
+    wanted = [*(path for paths in files.SET_FILES.values() for path in paths), "codex_humaneval/HumanEval.jsonl.gz"]
+    assert all(any(entry == path or entry.startswith(f"{path}/") for entry in listed) for path in wanted), listed

@@ -108,20 +108,21 @@ def test_a_dpo_step_compiles_within_10_percent_of_plan(capsys, reference):
 def test_the_step_is_built_for_the_slices_hosts(capsys):
     """A v4-16 is 8 chips on 2 hosts: with tensor parallelism over all 8 (one data-parallel device) and per_step
     packing, a step's rows must still split over the 2 hosts, so 2 examples make 2 rows of 256 where one host would
-    pack them into 1 row of 352; the compiled step is the 2-host one."""
+    pack them into 1 row longer than 256; the compiled step is the 2-host one (one step: one shape)."""
     import dataclasses
 
     from instructjax.core.config import load_config
     from instructjax.train.plan import make_plan
 
     overrides = ["model.dtype=bfloat16", "data.global_batch=2", "data.pack=per_step", "mesh.data=1", "mesh.fsdp=1",
-                 "mesh.tensor=8", "model.overrides.num_heads=8", "model.overrides.num_kv_heads=8"]
+                 "mesh.tensor=8", "model.overrides.num_heads=8", "model.overrides.num_kv_heads=8", "max_steps=1"]
     slice_ = tpu_topology("v4-16")
     one_host = make_plan(load_config(QUICKSTART, overrides), dataclasses.replace(slice_, hosts=1)).data.step_shapes
     code, report = compile_json(capsys, "v4-16", *overrides)
     assert code == 0 and report["hosts"] == slice_.hosts == 2
     shapes = [(s["rows"], s["length"]) for s in report["shapes"]]
-    assert shapes == [(2, 256)] and set(one_host) == {(1, 352)}, (shapes, one_host)
+    assert len(shapes) == len(one_host) == 1 and shapes[0][0] == 2 and shapes[0][1] <= 256, (shapes, one_host)
+    assert one_host[0][0] == 1 and one_host[0][1] > 256, one_host
     assert all(s["mosaic_kernels"] >= 3 for s in report["shapes"])
 
 

@@ -29,11 +29,24 @@ def records(run_dir) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
 
 
-def test_cached_per_step_resumed_is_the_live_unpacked_dpo_run(tmp_path):
+def test_cached_per_step_resumed_is_the_live_unpacked_dpo_run(tmp_path, capsys):
     """The unpacked run with the reference live in every step, against per_step with the reference's log-probs
     cached before step 1 (stored in the run), stopped after step 2 and resumed (read back, not recomputed); a resume
-    from another starting model than the one they were made with is one line."""
+    from another starting model than the one they were made with is one line. The progress line and loss.png show
+    the preference loss, the rewards' accuracy and margin as metrics.jsonl logs them."""
+    from instructjax.train.metrics import loss_figure, read_metrics
+
     assert cli.main(["train", "--config", "/dev/null", *BASE, "data.pack=false", f"run_dir={tmp_path / 'a'}"]) == 0
+    last = [line for line in capsys.readouterr().err.splitlines() if line.startswith("train: 4/4 step")][-1]
+    logged = records(tmp_path / "a")
+    assert (f"loss {logged[4]['loss']:.4f}, acc {logged[4]['rewards/accuracies']:.3f}, "
+            f"margin {logged[4]['rewards/margins']:.4f}") in last, last
+    assert (tmp_path / "a" / "loss.png").stat().st_size > 1000
+    figure = loss_figure(read_metrics(tmp_path / "a"), "a")  # loss.png's
+    assert figure.axes[0].get_ylabel() == "preference loss (nats/pair)"
+    lines = {line.get_label().split()[0]: list(line.get_ydata()) for ax in figure.axes for line in ax.get_lines()}
+    for key in ("loss", "rewards/accuracies", "rewards/margins"):
+        assert lines[key] == [logged[step][key] for step in range(1, 5)], key
     cached = [*BASE, "data.pack=per_step", "objective.reference=cached", f"run_dir={tmp_path / 'b'}"]
     first = Trainer(load_config(None, cached))
     assert first.run(stop_at=2).step == 2

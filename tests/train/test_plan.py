@@ -287,7 +287,8 @@ def test_plan_per_device_memory_is_within_15_percent_of_xla(remat, mesh, micro_b
     The plan's terms were checked one at a time against XLA's buffer assignment (--xla_dump_to) and
     `jax.ad_checkpoint.print_saved_residuals`; see the module docstring of instructjax/train/plan.py."""
     config = RunConfig(mesh=mesh, model=ModelSection("tiny", {**XLA_MODEL, "remat": remat, **family}),
-                       data=DataSection(seq_len=128, global_batch=16), optim=OptimSection(micro_batches=micro_batches))
+                       data=DataSection(mixture="alpaca", seq_len=128, global_batch=16),  # the hub's: no tokenizer read
+                       optim=OptimSection(micro_batches=micro_batches))
     plan = make_plan(config, Topology("cpu-8", 8, 1.0, 1, "cpu"))
     assert plan.activations["attention"] == "blockwise" and plan.memory["params"] > 500_000
     assert plan.total_bytes == pytest.approx(xla_bytes_per_device(config), rel=0.15)

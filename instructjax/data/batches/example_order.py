@@ -75,7 +75,11 @@ class ExampleStream:
                                         in_file_order=not self.shuffle, stats=self.stats) for t in self.task_names]
         for name, ex in zip(self.task_names, self.examples, strict=True):
             if not ex:
-                raise ConfigError(f"task {specs.base_name(name)!r} has no usable examples")
+                spec = found.spec(name)  # None: a user's own seqio Task keeps no report
+                if spec is None:
+                    raise ConfigError(f"task {specs.base_name(name)!r} has no usable examples")
+                raise examples_lib.task_report(name, self._subset_seeds[name], spec=spec,
+                                               stats=self.stats).unusable(specs.base_name(name))
             if vocab_size is not None:
                 _check_token_range(specs.base_name(name), ex, vocab_size)
         # Mosaic-IT's token budget follows the row length unless the config sets one

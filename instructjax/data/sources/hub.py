@@ -45,9 +45,11 @@ def _shared_hub_dir() -> str | None:
     return str(where / "hub") if hosts.sees_one_directory(where) else None
 
 
-def from_hub(what: str, call: Callable[[], Any]) -> Any:
+def from_hub(what: str, call: Callable[[], Any], local: str | None = None) -> Any:
     """`call()`, which reaches the Hugging Face hub for dataset `what`; a failure there is one line naming the
-    dataset and the way out (a split it lacks is left to the caller: P3's evaluation-only subtasks)."""
+    dataset and the way out (`local`: the way around the hub, `hub_problem`'s; a split it lacks is left to the
+    caller: P3's evaluation-only subtasks)."""
+    local = local or LOCAL_DATA
     try:
         return call()
     except (InstructJaxError, KeyboardInterrupt):
@@ -55,9 +57,9 @@ def from_hub(what: str, call: Callable[[], Any]) -> Any:
     except ValueError as exc:
         if "Unknown split" in str(exc):
             raise
-        raise ConfigError(hub_problem(what, exc)) from None
+        raise ConfigError(hub_problem(what, exc, local)) from None
     except Exception as exc:  # noqa: BLE001 - datasets and huggingface_hub raise many kinds
-        raise ConfigError(hub_problem(what, exc)) from None
+        raise ConfigError(hub_problem(what, exc, local)) from None
 
 
 def hub_failure(exc: BaseException) -> str | None:

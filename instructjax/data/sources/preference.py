@@ -25,7 +25,8 @@ empty assistant turn) or whose completions are the same (stripped) is skipped an
 
 Each Conversation's meta: `pair` (the row's id, shared), `side` ("chosen" | "rejected"), `prompt_turns` (how many
 of its messages are the prompt), the row's scores (`score_chosen`, `score_rejected`), `prompt_id`, and the usual
-meta columns. Ids are f"{pair}/chosen" and f"{pair}/rejected"; chosen comes first.
+meta columns. Ids are f"{pair}/chosen" and f"{pair}/rejected", chosen first; `pair` is f"{source}-{id}" of the row's
+`id`, else of its `prompt_id` (UltraFeedback's: one pair a prompt), else of its row index.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ def preference(row: dict, name: str, index: int) -> list[Conversation]:
             raise SkippedRow(f"the {side} completion is empty", reason="empty_completion")
     if _same(chosen, rejected) is None:
         raise SkippedRow("the chosen and rejected completions are the same", reason="identical_completions")
-    pair = row_id(name, row, index)
+    pair = row_id(name, row, index, "id" if row.get("id") not in (None, "") else "prompt_id")
     meta = row_meta(row, **{k: row[k] for k in PAIR_META if isinstance(row.get(k), (str, int, float))})
     return [Conversation([*prompt, *completion], name, f"{pair}/{side}",
                          {**meta, "pair": pair, "side": side, "prompt_turns": len(prompt)})

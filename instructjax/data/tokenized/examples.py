@@ -114,6 +114,26 @@ def _take(name: str, spec: TaskSpec, seed: int | None, count: int | None, stats:
         raise
 
 
+def cache_holds(name: str) -> bool:
+    """Whether the tokenized cache holds a file of task `name`, or of a variant of it bound to a run
+    (`name.<digest>`): a listing, nothing read or hashed (a hub dataset's identity is not looked up)."""
+    where = cache.cache_dir()
+    if where is None or not where.is_dir():
+        return False
+    stem = name.replace("/", "_")
+    return any(p.name.startswith((f"{stem}-", f"{stem}.")) for p in where.iterdir())
+
+
+def cached_file(name: str, spec: TaskSpec, count: int | None = None, seed: int | None = None):
+    """The tokenized cache's file of task `name`'s examples (its subset of `count` drawn with `seed`) where the
+    cache holds it, else None (a hub dataset's identity is looked up only where the cache holds a file of its
+    name)."""
+    if not cache_holds(name):
+        return None
+    where = _cache_path(name, spec, count, seed)
+    return where if where is not None and where.exists() else None
+
+
 def _cache_path(name: str, spec: TaskSpec, count: int | None, seed: int | None):
     """Where this task's examples are cached (None: cache off, or a source with neither files nor a hub dataset).
     A hub dataset is known by what `datasets` names its prepared files after (its files' revision)."""

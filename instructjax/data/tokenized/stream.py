@@ -61,6 +61,11 @@ class TaskReport:
         out += [f"skipped {n} row(s): {reason}" for reason, n in sorted(self.skipped.items())]
         return out
 
+    def unusable(self, task: str) -> ConfigError:
+        """The one line for a task that kept no example: what was read, and why each row was left out."""
+        why = "; ".join(self.lines()) or "no row to read"
+        return ConfigError(f"task {task!r} has no usable examples: {self.read:,} row(s) read, none kept ({why})")
+
     def as_dict(self) -> dict:
         return {"read": self.read, "kept": self.examples, "repaired": dict(self.repaired),
                 "skipped": dict(self.skipped), "split": self.split, "truncated": self.truncated,

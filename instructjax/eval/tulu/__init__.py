@@ -69,13 +69,11 @@ def chat_format_of(model: str) -> str:
 def check_data(data_dir: str, settings: Sequence[str] = SCORED) -> None:
     """Every file and folder `settings` read is in `data_dir`, where the set has no hub copy (BBH's prompts) or its
     folder is there (else one line naming the first missing one)."""
-    needed = {"mmlu": ("mmlu/dev", "mmlu/test"), "gsm": ("gsm/test.jsonl",), "bbh": ("bbh/bbh", "bbh/cot-prompts"),
-              "tydiqa": ("tydiqa/tydiqa-goldp-v1.1-dev.json", "tydiqa/tydiqa-goldp-v1.1-train.json")}
     for name in settings:
         folder = name.split("_")[0]
         if folder in files.HUB and not files.local(data_dir, folder):
             continue  # read from the hub
-        for path in needed.get(folder, ()):
+        for path in files.SET_FILES.get(folder, ()):
             files.need(data_dir, *path.split("/"))
 
 

@@ -1,7 +1,8 @@
 """The Tulu suite's evaluation sets in `eval.data_dir`, laid out as open-instruct's `data/eval` (what its
 scripts/prepare_eval_data.sh writes): `mmlu/{dev,test}/<subject>_{dev,test}.csv`, `gsm/test.jsonl`,
 `bbh/bbh/<task>.json` and `bbh/cot-prompts/<task>.txt`, `tydiqa/tydiqa-goldp-v1.1-{dev,train}.json`,
-`codex_humaneval/HumanEval.jsonl.gz`. Local or in a bucket; a file that is not there is one line naming it.
+`codex_humaneval/HumanEval.jsonl.gz` (docs/pretrained.md shows the tree). Local or in a bucket; a file that is not
+there is one line naming it.
 
 Where the data_dir lacks MMLU, GSM or TydiQA, the set is read from the Hugging Face hub (`HUB`: the hub's copy,
 converted to the files' rows); BBH's CoT prompts are no hub dataset (the data_dir holds them), HumanEval ships in
@@ -17,7 +18,7 @@ from instructjax.core import storage
 from instructjax.core.errors import ConfigError, DataError
 
 LAYOUT = ("lay it out as open-instruct's data/eval (its scripts/prepare_eval_data.sh downloads and places every "
-          "set), and give it as eval.data_dir or --data-dir")
+          "set; docs/pretrained.md shows the tree), and give it as eval.data_dir or --data-dir")
 
 
 def need(data_dir: str, *parts: str) -> str:
@@ -28,6 +29,10 @@ def need(data_dir: str, *parts: str) -> str:
     return path
 
 
+# set: what the data_dir holds of it, the first one first (`check_data`; a missing set's error names the first)
+SET_FILES: dict[str, tuple[str, ...]] = {
+    "mmlu": ("mmlu/dev", "mmlu/test"), "gsm": ("gsm/test.jsonl",), "bbh": ("bbh/bbh", "bbh/cot-prompts"),
+    "tydiqa": ("tydiqa/tydiqa-goldp-v1.1-dev.json", "tydiqa/tydiqa-goldp-v1.1-train.json")}
 # set: (hub id, config, data_files): where a set comes from when the data_dir lacks it
 HUB: dict[str, tuple[str, str | None, object]] = {
     "mmlu": ("cais/mmlu", "all", None),  # question, subject, choices, answer (index); splits dev, test
@@ -41,17 +46,20 @@ def local(data_dir: str, *parts: str) -> bool:
     return storage.path(storage.join(data_dir, *parts)).exists()
 
 
-def hub_rows(name: str, split: str) -> list[dict]:
-    """Split `split` of set `name`'s hub copy (`HUB`); unreachable: one line naming it and the way out."""
+def hub_rows(name: str, split: str, data_dir: str) -> list[dict]:
+    """Split `split` of set `name`'s hub copy (`HUB`), which `data_dir` lacks; unreachable: one line naming the first
+    file the data_dir lacks, the hub dataset, and the way out."""
     from instructjax.data.sources.hub import from_hub, hub_problem
     from instructjax.data.sources.rows import datasets_quietly
 
     hub_id, config, data_files = HUB[name]
     try:
         dataset = from_hub(hub_id, lambda: datasets_quietly().load_dataset(hub_id, config, data_files=data_files,
-                                                                            split=split))
+                                                                            split=split), local=f"or {LAYOUT}")
     except ConfigError as e:
-        raise ConfigError(f"Tulu suite: {name}: {e}; or {LAYOUT}") from None
+        missing = storage.join(data_dir, *SET_FILES[name][0].split("/"))
+        raise ConfigError(f"Tulu suite: {missing} does not exist, and {name}'s hub copy cannot be read instead: "
+                          f"{e}") from None
     except ValueError as e:  # a split the copy lacks
         raise ConfigError(f"Tulu suite: {name}: {hub_problem(hub_id, e)}") from None
     return [dict(row) for row in dataset]

@@ -61,7 +61,7 @@ def problems(data_dir: str, max_examples: int | None = MAX_EXAMPLES) -> list[dic
         path = files.need(data_dir, "gsm", "test.jsonl")
         read = files.read_jsonl(path)
     else:
-        path, read = files.HUB["gsm"][0], files.hub_rows("gsm", "test")
+        path, read = files.HUB["gsm"][0], files.hub_rows("gsm", "test", data_dir)
     rows = []
     for i, row in enumerate(read, 1):
         if "####" not in str(row.get("answer", "")):

@@ -46,7 +46,7 @@ def _subjects(data_dir: str):
 
     tables: dict[str, dict[str, list]] = {}
     for split in ("dev", "test"):
-        for row in files.hub_rows("mmlu", split):
+        for row in files.hub_rows("mmlu", split, data_dir):
             tables.setdefault(row["subject"], {"dev": [], "test": []})[split].append(
                 [row["question"], *row["choices"], CHOICES[int(row["answer"])]])
     for subject in sorted(tables):

@@ -66,7 +66,7 @@ def _split(data_dir: str, split: str) -> list[dict]:
     {text, answer_start} of lists, turned into the file's list of answers)."""
     if files.local(data_dir, "tydiqa"):
         return _questions(files.need(data_dir, "tydiqa", f"tydiqa-goldp-v1.1-{split}.json"))
-    rows = files.hub_rows("tydiqa", {"dev": "validation", "train": "train"}[split])
+    rows = files.hub_rows("tydiqa", {"dev": "validation", "train": "train"}[split], data_dir)
     return [{"id": r["id"], "lang": r["id"].split("-")[0], "context": r["context"], "question": r["question"],
              "answers": [{"text": t, "answer_start": a} for t, a in zip(r["answers"]["text"],
                                                                          r["answers"]["answer_start"], strict=True)]}
