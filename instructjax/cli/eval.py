@@ -125,10 +125,10 @@ def _endpoint(args, cache: str | None = None):
 
 
 def _generator(args, cache: str | None = None):
-    from instructjax.eval.generate import load_generator
+    from instructjax.eval.engine import load_engine
 
-    return load_generator(args.model, tokenizer=args.tokenizer, template=args.template, batch_size=args.batch_size,
-                          endpoint=_endpoint(args, cache))
+    return load_engine(args.model, tokenizer=args.tokenizer, template=args.template, batch_size=args.batch_size,
+                       endpoint=_endpoint(args, cache))
 
 
 def _rows(path: str) -> list[dict]:
@@ -211,13 +211,12 @@ def run_tulu(args) -> int:
         write_jsonl(path, [r.record() for r in reqs])
         print(f"wrote {len(reqs)} requests (chat format {chat_format!r}) to {path}")
         return 0
-    from instructjax.eval.endpoint import engine_record
-    from instructjax.eval.generate import load_generator
+    from instructjax.eval.engine import engine_record, load_engine
     from instructjax.eval.tulu.codex import codex_eval
 
     tulu.check_data(args.data_dir)
     cache = f"{args.out}.endpoint_cache.jsonl" if args.out else None
-    generator, _ = load_generator(args.model, batch_size=args.batch_size, endpoint=_endpoint(args, cache))
+    generator, _ = load_engine(args.model, batch_size=args.batch_size, endpoint=_endpoint(args, cache))
     results = {"engine": engine_record(generator), "suite": tulu.run(generator, args.data_dir, chat_format),
                "codex": codex_eval(generator, tulu.codex.problems(args.data_dir), bos=False)}
     _print_and_write(results, args.out)

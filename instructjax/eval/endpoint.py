@@ -7,12 +7,17 @@ is applied here with the model's own tokenizer (read from `--model`; its weights
 to the server's completions API.
 
 - A prompt is sent as text where that text, tokenized as a completions server does (with the tokenizer's special
-  tokens, BOS where it adds one), is exactly the in-job engine's tokens; else as the token ids themselves (vLLM
-  takes them; a server that does not says so, one line). A rendered chat prompt goes without its leading BOS text;
-  a Tulu prompt that the in-job engine sends without BOS goes as ids to a tokenizer that adds one.
+  tokens, BOS where it adds one), is exactly the in-job engine's tokens: a rendered chat prompt goes without its
+  leading BOS text. A prompt the in-job engine sends without the BOS the tokenizer adds (a Tulu prompt, as
+  open-instruct's scripts tokenize it) goes as text with `add_special_tokens: false` to vLLM, else as its token ids
+  (a server that takes neither says so, one line).
 - Greedy unless the protocol samples (then top_p and a seed go too, a different seed for each repeat of a prompt
-  in one call); the stop strings go to the server and the reply is cut at the first one here as well; the server
-  stops at the model's end ids (the exported generation_config.json's: EOS and the template's end of turn).
+  in one call); the stop strings go to the server (the first four: the API's limit) and the reply is cut at the
+  first of them all here; the server stops at the model's end ids (an export's generation config holds EOS and
+  the template's end of turn).
+- The reply's text is decoded here from its token ids where the server gives them (vLLM's `return_token_ids`), as
+  the in-job engine decodes: a SentencePiece reply's first space and split UTF-8 bytes come out the same (vLLM's
+  own text keeps the space); else it is the server's text (`transformers serve` decodes the new ids alone).
 - Log-likelihood requests (MMLU's answer letters): the log-probability the server gives each candidate token
   after the prompt, as prompt log-probs of the prompt followed by that token (`echo`, `logprobs=1`,
   `max_tokens=1`), renormalised over the candidates as the in-job engine does. A server that gives none is refused
@@ -43,6 +48,8 @@ from instructjax.eval.config import JudgeEndpoint
 from instructjax.eval.generate import Generator, Sampling
 from instructjax.eval.judge import ReplyCache, client, run_all, with_retries
 
+OPENAI_FIELDS = ("prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "echo", "logprobs")
+MAX_STOPS = 4  # the API's limit (vLLM keeps it); the reply is cut at every one here
 SEED_STRIDE = 104_729  # a repeat of a sampled prompt in one call: seed + k * this (a prime, far from seed + 1, ...)
 
 
@@ -112,6 +119,8 @@ class EndpointGenerator(Generator):
         entry = next((m for m in listed if m.get("id") == self.api.model), listed[0] if listed else {})
         self.engine, self.version = _engine(entry, endpoint.base_url, endpoint.api_key_env)
         self.cache = ReplyCache(endpoint.cache)
+        vllm = self.engine == "vllm"  # fields of vLLM's own (`transformers serve` refuses a field it does not know)
+        self._extra, self._bare_text = ({"return_token_ids": True} if vllm else {}), vllm
         self._added = list(hf_tokenizer("", add_special_tokens=True)["input_ids"])  # what a server's tokenizing adds
 
     @property
@@ -123,15 +132,20 @@ class EndpointGenerator(Generator):
         return {"name": self.engine, "version": self.version, "endpoint": self.endpoint.base_url,
                 "model": self.api.model}
 
-    def prompt(self, ids: Sequence[int]) -> str | list[int]:
-        """What is sent for the in-job engine's prompt `ids`: the text a server turns into exactly these ids
-        (tokenizing it with the special tokens), else the ids."""
+    def prompt(self, ids: Sequence[int]) -> dict:
+        """The request fields that send the in-job engine's prompt `ids` (the module doc): {"prompt": the text a
+        server turns into exactly these ids (with the special tokens, or without where it takes
+        `add_special_tokens`)}, else {"prompt": the ids}."""
         ids, n = list(ids), len(self._added)
         if ids[:n] == self._added:
             text = self.tokenizer.decode(ids[n:], skip_special_tokens=False, clean_up_tokenization_spaces=False)
             if list(self.tokenizer(text, add_special_tokens=True)["input_ids"]) == ids:
-                return text
-        return ids
+                return {"prompt": text}
+        if n and self._bare_text:
+            text = self.tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+            if list(self.tokenizer(text, add_special_tokens=False)["input_ids"]) == ids:
+                return {"prompt": text, "add_special_tokens": False}
+        return {"prompt": ids}
 
     def generate(self, prompts: Sequence[str | Sequence[int]], sampling: Sampling | None = None,
                  until: Sequence[str] = ()) -> list[str]:
@@ -142,14 +156,14 @@ class EndpointGenerator(Generator):
         repeats: Counter = Counter()
         bodies = []
         for p in prompts:
-            body: dict = {"prompt": p if isinstance(p, str) else self.prompt(p), "max_tokens": sampling.max_new_tokens,
-                          "temperature": sampling.temperature}
+            body: dict = {**({"prompt": p} if isinstance(p, str) else self.prompt(p)),
+                          "max_tokens": sampling.max_new_tokens, "temperature": sampling.temperature}
             if sampling.temperature > 0:
                 seen = json.dumps(body["prompt"])
                 body.update(top_p=sampling.top_p, seed=sampling.seed + SEED_STRIDE * repeats[seen])
                 repeats[seen] += 1
             if stops:
-                body["stop"] = stops
+                body["stop"] = stops[:MAX_STOPS]
             bodies.append(body)
         texts = self._ask("completion", bodies, self._complete)
         for stop in stops:
@@ -159,7 +173,7 @@ class EndpointGenerator(Generator):
     def next_token_logprobs(self, prompts: Sequence[Sequence[int]], candidates: Sequence[int]) -> np.ndarray:
         """[prompts, candidates]: each prompt's next-token log-probabilities over `candidates` alone, from the
         server's prompt log-probs of the prompt followed by each candidate."""
-        bodies = [{"prompt": self.prompt([*p, c]), "at": len(p), "echo": True, "logprobs": 1, "max_tokens": 1,
+        bodies = [{**self.prompt([*p, c]), "at": len(p), "echo": True, "logprobs": 1, "max_tokens": 1,
                    "temperature": 0.0} for p in prompts for c in candidates]
         full = np.asarray(self._ask("prompt_logprob", bodies, self._prompt_logprob), np.float64)
         full = full.reshape(len(prompts), len(candidates))
@@ -180,11 +194,15 @@ class EndpointGenerator(Generator):
             self.cache.flush()
         return [self.cache.get(k) for k in keys]
 
-    def _create(self, body: dict, what: str):
-        """One completions request, retried as a judge's; its first choice (one line where there is none)."""
+    def _create(self, body: dict, what: str, extra: dict | None = None):
+        """One completions request (`extra`: fields of the server's own), retried as a judge's; its first choice
+        (one line where there is none)."""
+
+        fields = {k: v for k, v in body.items() if k in OPENAI_FIELDS}
+        extra = {**{k: v for k, v in body.items() if k not in OPENAI_FIELDS}, **(extra or {})}
 
         def call():
-            out = self.client.completions.create(model=self.api.model, **body)
+            out = self.client.completions.create(model=self.api.model, **fields, extra_body=extra or None)
             choices = getattr(out, "choices", None)
             if not isinstance(choices, list) or not choices:
                 raise EndpointError(f"{self.name}: {what}: the answer is not a completion ({str(out)[:80]!r})")
@@ -193,7 +211,11 @@ class EndpointGenerator(Generator):
         return with_retries(self.api, call, f"{self.name}: {what}", EndpointError)
 
     def _complete(self, body: dict) -> str:
-        text = getattr(self._create(body, "a completion"), "text", None)
+        choice = self._create(body, "a completion", self._extra)
+        ids = getattr(choice, "token_ids", None)
+        if isinstance(ids, list) and all(isinstance(i, int) for i in ids):
+            return self.tokenizer.decode(ids, skip_special_tokens=True)
+        text = getattr(choice, "text", None)
         if not isinstance(text, str):
             raise EndpointError(f"{self.name}: a completion without text")
         return text
@@ -227,12 +249,3 @@ def _engine(entry: dict, base_url: str, api_key_env: str) -> tuple[str, str | No
     if isinstance(entry.get("status"), dict):
         return "transformers serve", version
     return str(owner or "unknown"), version
-
-
-def engine_record(generator: Generator | None) -> dict:
-    """results.json's `engine`: the endpoint's (`EndpointGenerator.record`), or this package's own engine."""
-    if isinstance(generator, EndpointGenerator):
-        return generator.record()
-    from instructjax import __version__
-
-    return {"name": "instructjax", "version": __version__}

@@ -216,16 +216,10 @@ class Generator:
 
 
 def load_generator(model: str, *, tokenizer: str | None = None, template: str | None = None,
-                   batch_size: int = 8, endpoint=None) -> tuple[Generator, object]:
+                   batch_size: int = 8) -> tuple[Generator, object]:
     """(Generator, HF tokenizer) of a saved model (checkpoint or HF directory): its own tokenizer and the chat
     template it was trained with (tulu, with a note, for a model that carries none); `tokenizer` and
-    `template` override them. The one place the engine is chosen: with `endpoint` (eval/endpoint.py's Endpoint)
-    an OpenAI-compatible server generates, and the model gives only its tokenizer and template."""
-    if endpoint is not None:  # ---- the engine is a server (eval/endpoint.py) ----
-        from instructjax.eval.endpoint import open_endpoint
-
-        generator = open_endpoint(model, endpoint, tokenizer=tokenizer, template=template)
-        return generator, generator.tokenizer
+    `template` override them."""
     from instructjax.convert.saved import open_model
 
     decoder, saved, chat_template = open_model(model, tokenizer=tokenizer, template=template)

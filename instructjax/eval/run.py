@@ -124,8 +124,8 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
     engine. `endpoint` (eval/endpoint.py's Endpoint): a server generates instead of this process."""
     from instructjax.convert.saved import is_hf_dir, split_checkpoint_path
     from instructjax.core.checkpoint import checkpoints_dir
-    from instructjax.eval.endpoint import EndpointError, engine_record
-    from instructjax.eval.generate import load_generator
+    from instructjax.eval.endpoint import EndpointError
+    from instructjax.eval.engine import engine_record, load_engine
     from instructjax.eval.harness import numeric, run_lm_eval, run_suite
     from instructjax.eval.suite import TULU
 
@@ -173,7 +173,7 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
     if endpoint is not None:  # reached (and its engine asked) before any work; its replies cached beside results
         if endpoint.cache is None:
             endpoint = dataclasses.replace(endpoint, cache=storage.join(out, "endpoint_cache.jsonl"))
-        loaded.append(load_generator(target, batch_size=ev.batch_size, endpoint=endpoint)[0])
+        loaded.append(load_engine(target, batch_size=ev.batch_size, endpoint=endpoint)[0])
     results: dict = {"model": model, "step": step, "eval": eval_digest(config),
                      "engine": engine_record(loaded[0] if loaded else None), "parts": parts}
     earlier = read_results(config) if only is not None else None
@@ -182,7 +182,7 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
 
     def generator():  # loaded once, when a part first needs it
         if not loaded:
-            loaded.append(load_generator(target, batch_size=ev.batch_size)[0])
+            loaded.append(load_engine(target, batch_size=ev.batch_size)[0])
         return loaded[0]
 
     tulu_suite = ev.suite == TULU

@@ -22,6 +22,7 @@ from instructjax.cli import main  # noqa: E402
 from instructjax.core.errors import ConfigError  # noqa: E402
 from instructjax.eval import tulu  # noqa: E402
 from instructjax.eval.endpoint import Endpoint  # noqa: E402
+from instructjax.eval.engine import load_engine  # noqa: E402
 from instructjax.eval.generate import Sampling, load_generator  # noqa: E402
 
 SETTINGS = ("gsm_direct", "bbh_direct")  # long prompts (8 shots), stops "\n" and "\n\n", 512 new tokens
@@ -78,7 +79,7 @@ def test_the_suite_and_chats_through_the_server_are_the_in_job_engines(openai_se
     answers from the cache and asks the server nothing."""
     url, model = openai_server
     cache = str(tmp_path / "cache.jsonl")
-    served = load_generator(model, endpoint=Endpoint(url, max_retries=1, cache=cache))[0]
+    served = load_engine(model, endpoint=Endpoint(url, max_retries=1, cache=cache))[0]
     assert served.record() == {"name": "transformers serve", "version": None, "endpoint": url, "model": model}
     samples = {name: str(tmp_path / f"{name}.jsonl") for name in ("served", "in_job")}
     got = tulu.run(served, data_dir, "tulu", SETTINGS, samples_out=samples["served"])
@@ -92,7 +93,7 @@ def test_the_suite_and_chats_through_the_server_are_the_in_job_engines(openai_se
     sampling = Sampling(max_new_tokens=8)
     assert served.chat(chats, sampling) == in_job.chat(chats, sampling)
 
-    again = load_generator(model, endpoint=Endpoint(url, max_retries=1, cache=cache))[0]
+    again = load_engine(model, endpoint=Endpoint(url, max_retries=1, cache=cache))[0]
 
     def asked(**body):
         raise AssertionError(f"asked the server again: {body}")
@@ -103,25 +104,28 @@ def test_the_suite_and_chats_through_the_server_are_the_in_job_engines(openai_se
 
 def test_a_prompt_goes_as_text_only_where_the_servers_tokens_are_ours(tmp_path):
     """With a tokenizer that adds BOS (LLaMA-like SentencePiece): a chat prompt (BOS in the rendered template) goes
-    as text without it, a Tulu prompt (no BOS, as open-instruct) as ids; the tokenizer's own encoding of the text is
-    the in-job tokens."""
+    as text without it; a Tulu prompt (no BOS, as open-instruct) as text without special tokens to vLLM, as ids to
+    another server. The tokenizer's own encoding of what is sent is the in-job tokens."""
     from helpers.pretrained_models import spm_tokenizer
 
     from instructjax.data.encoding.templates import jinja_template
     from instructjax.data.encoding.tokenizer import Tokenizer
     from instructjax.eval.endpoint import EndpointGenerator
 
-    saved = Tokenizer.load(spm_tokenizer(str(tmp_path / "spm")))
-    tok = saved.to_hf(jinja_template("tulu", bos=True))
+    tok = Tokenizer.load(spm_tokenizer(str(tmp_path / "spm"))).to_hf(jinja_template("tulu", bos=True))
     generator = EndpointGenerator.__new__(EndpointGenerator)  # its prompt rule alone: no server to ask
-    generator.tokenizer, generator._added = tok, [tok.bos_token_id]
+    generator.tokenizer, generator._added, generator._bare_text = tok, [tok.bos_token_id], False
     chat = generator.encode_chat([{"role": "user", "content": "What is the order of the group?"}])
     assert chat[0] == tok.bos_token_id
-    text = generator.prompt(chat)
-    assert isinstance(text, str) and not text.startswith(tok.bos_token) and text.startswith("<|user|>")
-    assert tok(text, add_special_tokens=True)["input_ids"] == chat
+    sent = generator.prompt(chat)
+    assert list(sent) == ["prompt"] and sent["prompt"].startswith("<|user|>")
+    assert tok(sent["prompt"], add_special_tokens=True)["input_ids"] == chat
     tulu_prompt = tok("<|user|>\nWhat is 2+2?\n<|assistant|>\nAnswer:", add_special_tokens=False)["input_ids"]
-    assert generator.prompt(tulu_prompt) == tulu_prompt
+    assert tulu_prompt[0] != tok.bos_token_id and generator.prompt(tulu_prompt) == {"prompt": tulu_prompt}
+    generator._bare_text = True  # vLLM
+    sent = generator.prompt(tulu_prompt)
+    assert sent["add_special_tokens"] is False and tok(sent["prompt"], add_special_tokens=False)["input_ids"] == \
+        tulu_prompt
 
 
 def test_log_likelihood_without_prompt_logprobs_is_one_line_and_nothing_is_written(openai_server, data_dir,
