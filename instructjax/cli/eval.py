@@ -113,9 +113,10 @@ def _endpoint_args(p: argparse.ArgumentParser) -> None:
 
 
 def _endpoint(args, cache: str | None = None):
-    """The Endpoint the flags name (None without --endpoint); its replies cached in `cache`."""
-    if not args.endpoint:
-        if args.endpoint_model:
+    """The Endpoint the flags name (None without --endpoint, or for a command without the flags); its replies
+    cached in `cache`."""
+    if not getattr(args, "endpoint", None):
+        if getattr(args, "endpoint_model", None):
             raise ConfigError("--endpoint-model needs --endpoint (the server to ask)")
         return None
     from instructjax.eval.endpoint import Endpoint

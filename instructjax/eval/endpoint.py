@@ -45,7 +45,7 @@ import numpy as np
 
 from instructjax.core.errors import ConfigError
 from instructjax.eval.config import JudgeEndpoint
-from instructjax.eval.generate import Generator, Sampling
+from instructjax.eval.generate import Generator, Sampling, chat_tokenizer
 from instructjax.eval.judge import ReplyCache, client, run_all, with_retries
 
 OPENAI_FIELDS = ("prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "echo", "logprobs")
@@ -88,7 +88,6 @@ def open_endpoint(model: str, endpoint: Endpoint, *, tokenizer: str | None = Non
     """The EndpointGenerator of `model`'s tokenizer and chat template (as `load_generator` reads them, no weights)
     at `endpoint`, whose engine and model are asked for once here (an unreachable one: one line)."""
     from instructjax.convert.saved import saved_tokenizer
-    from instructjax.eval.generate import chat_tokenizer
 
     saved, chat_template = saved_tokenizer(model, tokenizer=tokenizer, template=template)
     generator = EndpointGenerator(chat_tokenizer(model, saved, chat_template), endpoint)
@@ -105,9 +104,9 @@ class EndpointGenerator(Generator):
     def __init__(self, hf_tokenizer, endpoint: Endpoint):
         super().__init__(None, hf_tokenizer, batch_size=endpoint.concurrency)
         self.endpoint = endpoint
-        self.api = JudgeEndpoint(base_url=endpoint.base_url, model=endpoint.model or "", api_key_env=endpoint.api_key_env,
-                                 concurrency=endpoint.concurrency, max_retries=endpoint.max_retries,
-                                 timeout=endpoint.timeout)
+        self.api = JudgeEndpoint(base_url=endpoint.base_url, model=endpoint.model or "",
+                                 api_key_env=endpoint.api_key_env, concurrency=endpoint.concurrency,
+                                 max_retries=endpoint.max_retries, timeout=endpoint.timeout)
         self.client = client(self.api, "--endpoint")
         self.where = f"endpoint {endpoint.base_url}"
         listed = with_retries(self.api, lambda: [m.to_dict() for m in self.client.models.list().data],

@@ -4,8 +4,9 @@ load their generator here, and results.json's `engine` says which it was."""
 
 from __future__ import annotations
 
+from instructjax.eval import generate
 from instructjax.eval.endpoint import Endpoint, EndpointGenerator, open_endpoint
-from instructjax.eval.generate import Generator, load_generator
+from instructjax.eval.generate import Generator
 
 
 def load_engine(model: str, *, endpoint: Endpoint | None = None, tokenizer: str | None = None,
@@ -13,7 +14,8 @@ def load_engine(model: str, *, endpoint: Endpoint | None = None, tokenizer: str 
     """(Generator, HF tokenizer) of `model` (`load_generator`'s, `options` passed on to it); with `endpoint`, the
     server generates and the model gives only its tokenizer and chat template."""
     if endpoint is None:
-        return load_generator(model, tokenizer=tokenizer, template=template, batch_size=batch_size, **options)
+        return generate.load_generator(model, tokenizer=tokenizer, template=template, batch_size=batch_size,
+                                       **options)
     generator = open_endpoint(model, endpoint, tokenizer=tokenizer, template=template)
     return generator, generator.tokenizer
 

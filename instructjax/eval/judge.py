@@ -98,7 +98,8 @@ class ReplyCache:
                 self._write()
 
     def _write(self) -> None:
-        storage.write_text(self.path, "".join(json.dumps({"key": k, "reply": v}) + "\n" for k, v in self.replies.items()))
+        lines = (json.dumps({"key": k, "reply": v}) + "\n" for k, v in self.replies.items())
+        storage.write_text(self.path, "".join(lines))
         self._written, self._unsaved = time.monotonic(), 0
 
 
