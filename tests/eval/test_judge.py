@@ -368,3 +368,29 @@ eval:
     assert err[2].startswith("instructjax: error: eval: ") and "pairwise" in err[2] and "flask" in err[2], err
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(results["errors"]) == {"pairwise", "flask"} and results["parts"] == []
+
+
+def test_the_reply_cache_appends_locally_and_writes_a_bucket_whole(tmp_path, bucket, monkeypatch):
+    """A local cache gets each reply as a line at once (a torn last line is dropped first, so the next line starts
+    clean); one in a bucket, which takes no appends, is written whole at `flush` (and every BUCKET_SECONDS)."""
+    from instructjax.core import storage
+    from instructjax.eval.judge import ReplyCache
+
+    local = tmp_path / "sub" / "cache.jsonl"
+    cache = ReplyCache(str(local))
+    cache.put("a", "one")
+    assert ReplyCache(str(local)).replies == {"a": "one"}  # there before any flush
+    with open(local, "a") as f:
+        f.write('{"key": "b", "rep')  # a killed writer's last line
+    cache = ReplyCache(str(local))
+    cache.put("c", {"text": "three", "logprobs": None})
+    assert ReplyCache(str(local)).replies == {"a": "one", "c": {"text": "three", "logprobs": None}}
+
+    remote = f"{bucket}/eval/cache.jsonl"
+    monkeypatch.setattr(ReplyCache, "BUCKET_SECONDS", 3600.0)
+    cache = ReplyCache(remote)
+    cache.put("a", "one")
+    cache.put("b", 2.5)
+    assert not storage.path(remote).exists()  # not yet: a whole write per reply would be quadratic
+    cache.flush()
+    assert ReplyCache(remote).replies == {"a": "one", "b": 2.5}
