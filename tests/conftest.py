@@ -41,6 +41,20 @@ def gcs_server():
             os.environ.pop(key, None)
 
 
+@pytest.fixture(scope="session")
+def openai_server(tmp_path_factory):
+    """(base URL, model directory) of `transformers serve` serving a tiny LLaMA with a chat template
+    (tests/helpers/openai_server.py): a real OpenAI-compatible server, started once a session."""
+    pytest.importorskip("openai")
+    pytest.importorskip("fastapi")
+    from helpers.openai_server import judge_model, serve
+
+    root = tmp_path_factory.mktemp("openai_server")
+    model = judge_model(str(root))
+    with serve(model, str(root / "serve.log")) as url:
+        yield url, model
+
+
 @pytest.fixture
 def bucket(gcs_server) -> str:
     """A fresh, empty bucket on the GCS-API server: "gs://NAME"."""

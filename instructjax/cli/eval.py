@@ -1,7 +1,8 @@
 """`instructjax score`, `generate` and `eval` (lm-eval, the papers' suites, Codex-Eval, judging, quality ratings).
 
 `instructjax eval --config RUN.yaml` runs what the config's `eval:` block names (instructjax/eval/run.py);
-the lm-eval runs are instructjax/eval/harness.py, generation instructjax/eval/generate.py.
+the lm-eval runs are instructjax/eval/harness.py, generation instructjax/eval/generate.py (or, with --endpoint, an
+OpenAI-compatible server: instructjax/eval/endpoint.py).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ def register(subparsers) -> None:
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=0)
+    _endpoint_args(gen)
     gen.set_defaults(func=run_generate)
 
     ev = subparsers.add_parser("eval", help="lm-eval tasks or a paper's suite; `eval pairwise`, `eval codex`",
@@ -52,6 +54,7 @@ def register(subparsers) -> None:
     ev.add_argument("--limit", type=float, help="at most this many documents per task")
     ev.add_argument("--batch-size", type=int, default=8)
     ev.add_argument("--out", help="write the results JSON here")
+    _endpoint_args(ev)
     ev.set_defaults(func=run_eval)
     sub = ev.add_subparsers(dest="eval_command", required=False)
 
@@ -87,6 +90,7 @@ def register(subparsers) -> None:
     codex.add_argument("-n", type=int, default=20, help="samples per problem and temperature")
     codex.add_argument("--limit", type=int, help="only the first N problems")
     codex.add_argument("--max-new-tokens", type=int, default=512)
+    _endpoint_args(codex)
     codex.set_defaults(func=run_codex)
 
 
@@ -97,10 +101,35 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=8)
 
 
-def _generator(args):
-    from instructjax.eval.generate import load_generator
+def _endpoint_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--endpoint", metavar="URL", help="generate with this OpenAI-compatible server (vLLM, "
+                   "transformers serve; e.g. http://localhost:8000/v1) instead of in this process; --model gives "
+                   "the tokenizer and chat template; --batch-size requests are in flight at once")
+    p.add_argument("--endpoint-model", metavar="NAME", help="the model's name at --endpoint (default: the one "
+                   "model the server lists)")
+    p.add_argument("--endpoint-retries", type=int, default=6, help="retries of a request after a dropped "
+                   "connection, a timeout, a rate limit or a server error")
+    p.add_argument("--endpoint-timeout", type=float, default=600.0, help="seconds one request may take")
 
-    return load_generator(args.model, tokenizer=args.tokenizer, template=args.template, batch_size=args.batch_size)
+
+def _endpoint(args, cache: str | None = None):
+    """The Endpoint the flags name (None without --endpoint, or for a command without the flags); its replies
+    cached in `cache`."""
+    if not getattr(args, "endpoint", None):
+        if getattr(args, "endpoint_model", None):
+            raise ConfigError("--endpoint-model needs --endpoint (the server to ask)")
+        return None
+    from instructjax.eval.endpoint import Endpoint
+
+    return Endpoint(args.endpoint, args.endpoint_model, concurrency=args.batch_size, max_retries=args.endpoint_retries,
+                    timeout=args.endpoint_timeout, cache=cache)
+
+
+def _generator(args, cache: str | None = None):
+    from instructjax.eval.engine import load_engine
+
+    return load_engine(args.model, tokenizer=args.tokenizer, template=args.template, batch_size=args.batch_size,
+                       endpoint=_endpoint(args, cache))
 
 
 def _rows(path: str) -> list[dict]:
@@ -129,7 +158,7 @@ def run_generate(args) -> int:
 
     rows = _rows(args.prompts)
     storage.check_bucket(args.out, "--out")  # before generating, not after
-    generator, _ = _generator(args)
+    generator, _ = _generator(args, cache=f"{args.out}.endpoint_cache.jsonl")
     completions = complete(generator, rows, Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed))
     write_jsonl(args.out, completions)
     print(f"wrote {len(completions)} completions to {args.out}")
@@ -137,6 +166,9 @@ def run_generate(args) -> int:
 
 
 def run_eval(args) -> int:
+    if args.endpoint and args.prompts_only:
+        raise ConfigError("eval: --endpoint and --prompts-only exclude each other (--prompts-only writes the "
+                          "requests and asks no model; send them to the server with --endpoint alone)")
     if args.config:
         return run_eval_config(args)
     if not args.model or not (args.tasks or args.suite):
@@ -145,6 +177,9 @@ def run_eval(args) -> int:
 
     if args.suite == "tulu":
         return run_tulu(args)
+    if args.endpoint:
+        raise ConfigError("eval --endpoint: lm-eval's tasks and suites are not sent to an endpoint here (--suite "
+                          "tulu, or --config, are)")
     if args.prompts_only:
         raise ConfigError("eval --prompts-only: only with --suite tulu")
     if args.suite:
@@ -177,12 +212,13 @@ def run_tulu(args) -> int:
         write_jsonl(path, [r.record() for r in reqs])
         print(f"wrote {len(reqs)} requests (chat format {chat_format!r}) to {path}")
         return 0
-    from instructjax.eval.generate import load_generator
+    from instructjax.eval.engine import engine_record, load_engine
     from instructjax.eval.tulu.codex import codex_eval
 
     tulu.check_data(args.data_dir)
-    generator, _ = load_generator(args.model, batch_size=args.batch_size)
-    results = {"suite": tulu.run(generator, args.data_dir, chat_format),
+    cache = f"{args.out}.endpoint_cache.jsonl" if args.out else None
+    generator, _ = load_engine(args.model, batch_size=args.batch_size, endpoint=_endpoint(args, cache))
+    results = {"engine": engine_record(generator), "suite": tulu.run(generator, args.data_dir, chat_format),
                "codex": codex_eval(generator, tulu.codex.problems(args.data_dir), bos=False)}
     _print_and_write(results, args.out)
     return 0
@@ -194,7 +230,7 @@ def run_eval_config(args) -> int:
     from instructjax.eval.run import evaluate_config
 
     only = [p.strip() for p in args.only.split(",") if p.strip()] if args.only else None
-    results = evaluate_config(load_run_config(args.config), model=args.model, only=only)
+    results = evaluate_config(load_run_config(args.config), model=args.model, only=only, endpoint=_endpoint(args))
     _print_and_write(results, args.out)
     return 0
 

@@ -207,23 +207,37 @@ class Generator:
         """The next assistant turn for each conversation (messages ending on a user turn)."""
         return [t.strip() for t in self.generate([self.encode_chat(m) for m in conversations], sampling)]
 
+    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], candidates: Sequence[int]) -> np.ndarray:
+        """[prompts, candidates]: each prompt's next-token log-probabilities over `candidates` alone (a softmax over
+        their logits: how open-instruct's MMLU reads an answer letter; eval/score.py)."""
+        from instructjax.eval.score import next_token_logprobs
+
+        return next_token_logprobs(self.model, prompts, candidates, self.batch_size)
+
 
 def load_generator(model: str, *, tokenizer: str | None = None, template: str | None = None,
                    batch_size: int = 8) -> tuple[Generator, object]:
     """(Generator, HF tokenizer) of a saved model (checkpoint or HF directory): its own tokenizer and the chat
     template it was trained with (tulu, with a note, for a model that carries none); `tokenizer` and
     `template` override them."""
-    import sys
-
     from instructjax.convert.saved import open_model
-    from instructjax.data.encoding.templates import DEFAULT_TEMPLATE, jinja_template
 
     decoder, saved, chat_template = open_model(model, tokenizer=tokenizer, template=template)
+    hf_tok = chat_tokenizer(model, saved, chat_template)
+    return Generator(decoder, hf_tok, batch_size=batch_size), hf_tok
+
+
+def chat_tokenizer(model: str, saved, chat_template: str | None):
+    """The HF tokenizer a model is prompted with: its saved tokenizer with its chat template (tulu, with a note,
+    where it carries none)."""
+    import sys
+
+    from instructjax.data.encoding.templates import DEFAULT_TEMPLATE, jinja_template
+
     if chat_template is None:
         print(f"instructjax: note: {model} carries no chat template; using {DEFAULT_TEMPLATE!r}", file=sys.stderr)
         chat_template = jinja_template(DEFAULT_TEMPLATE, bos=saved.adds_bos)
-    hf_tok = saved.to_hf(chat_template)
-    return Generator(decoder, hf_tok, batch_size=batch_size), hf_tok
+    return saved.to_hf(chat_template)
 
 
 def complete(generator: Generator, rows: list[dict], sampling: Sampling, keep: tuple[str, ...] = ()) -> list[dict]:

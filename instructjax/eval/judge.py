@@ -10,6 +10,8 @@ overrides the endpoint's; with `logprobs` the row also holds the choice's `logpr
 pays for nothing it already has. A request that keeps failing past the retries stops with one line naming it;
 the replies got before it stay in the cache. A reply the protocol cannot read is counted there and never cached
 (`parses`), and an answer that is not a chat completion (no JSON, no choices) is one line naming the request.
+
+The client, the retries and the cache are also what a generation endpoint (eval/endpoint.py) is asked through.
 """
 
 from __future__ import annotations
@@ -21,10 +23,10 @@ import random
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 
 from instructjax.core import storage
-from instructjax.core.errors import ConfigError
+from instructjax.core.errors import ConfigError, InstructJaxError
 from instructjax.eval.config import JudgeEndpoint
 
 RETRIABLE = ("RateLimitError", "APIConnectionError", "APITimeoutError", "InternalServerError")
@@ -53,34 +55,61 @@ def cache_key(endpoint: JudgeEndpoint, request: Mapping) -> str:
 
 
 class ReplyCache:
-    """A JSONL file of {"key", "reply"}: read whole, written whole after each new reply (local or in a bucket)."""
+    """A JSONL file of {"key", "reply"}, read whole. A new reply is appended to a local file at once; a file in a
+    bucket (which takes no appends) is written whole at most every `BUCKET_SECONDS` and at `flush`."""
+
+    BUCKET_SECONDS = 30.0
 
     def __init__(self, path: str | None):
         self.path, self.replies, self._lock = path, {}, threading.Lock()
+        self._remote, self._written, self._unsaved = bool(path) and storage.is_remote(path), time.monotonic(), 0
         if path and storage.path(path).exists():
-            for line in storage.path(path).read_text().splitlines():
+            text = storage.path(path).read_text()
+            for line in text.splitlines():
                 try:
                     row = json.loads(line)
                     self.replies[row["key"]] = row["reply"]
                 except (ValueError, KeyError, TypeError):
                     continue  # a torn last line: that reply is asked again
+            if text and not text.endswith("\n"):
+                self._write()  # the next append starts on a line of its own
 
-    def get(self, key: str) -> str | dict | None:
+    def get(self, key: str):
         return self.replies.get(key)
 
-    def put(self, key: str, reply: str | dict) -> None:
+    def put(self, key: str, reply) -> None:
         with self._lock:
             self.replies[key] = reply
-            if self.path:
-                storage.write_text(self.path, "".join(json.dumps({"key": k, "reply": v}) + "\n"
-                                                      for k, v in self.replies.items()))
+            if not self.path:
+                return
+            if not self._remote:
+                storage.path(self.path).parent.mkdir(parents=True, exist_ok=True)
+                with open(self.path, "a") as f:
+                    f.write(json.dumps({"key": key, "reply": reply}) + "\n")
+                return
+            self._unsaved += 1
+            if time.monotonic() - self._written >= self.BUCKET_SECONDS:
+                self._write()
+
+    def flush(self) -> None:
+        """A bucket's file written whole with every reply so far (a local file is up to date already)."""
+        with self._lock:
+            if self._unsaved:
+                self._write()
+
+    def _write(self) -> None:
+        lines = (json.dumps({"key": k, "reply": v}) + "\n" for k, v in self.replies.items())
+        storage.write_text(self.path, "".join(lines))
+        self._written, self._unsaved = time.monotonic(), 0
 
 
-def _client(endpoint: JudgeEndpoint):
+def client(endpoint: JudgeEndpoint, user: str = "eval.judge"):
+    """The `openai` client of an endpoint: its key from `endpoint.api_key_env` ("EMPTY" unset), its timeout, no
+    retries of its own (`with_retries` does them)."""
     try:
         import openai
     except ImportError:
-        raise ConfigError("eval.judge needs the `openai` package (pip install openai)") from None
+        raise ConfigError(f"{user} needs the `openai` package (pip install openai)") from None
     key = os.environ.get(endpoint.api_key_env) or "EMPTY"
     return openai.OpenAI(base_url=endpoint.base_url, api_key=key, max_retries=0, timeout=endpoint.seconds)
 
@@ -95,30 +124,64 @@ def _retry_after(exc: Exception, attempt: int) -> float:
         return min(60.0, 2.0 ** attempt) * (0.5 + random.random() / 2)
 
 
-def _ask_one(client, endpoint: JudgeEndpoint, request: Mapping) -> str | dict:
-    """The reply's text, or {"text", "logprobs"} when the request asks for logprobs."""
+def with_retries(endpoint: JudgeEndpoint, call: Callable[[], object], what: str,
+                 error: type[InstructJaxError] = ConfigError):
+    """`call()`, tried again after rate limits, dropped connections, timeouts and server errors (up to
+    `endpoint.max_retries` more times, waiting as the server says); past them, or on any other failure, one line:
+    "`what` failed after N attempt(s): ..." as `error`."""
     for attempt in range(endpoint.max_retries + 1):
         try:
-            out = client.chat.completions.create(model=endpoint.model, messages=messages(request),
-                                                 **sampling(endpoint, request))
-            choices = getattr(out, "choices", None)
-            if not isinstance(choices, list) or not choices:
-                what = f"{type(out).__name__} {str(out)[:80]!r}" if choices is None else "no choices"
-                raise ConfigError(f"judge {endpoint.model} at {endpoint.base_url}: request {request['id']!r}: the "
-                                  f"server's answer is not a chat completion ({what})")
-            choice = choices[0]
-            text = choice.message.content or ""
-            if not request.get("sampling", {}).get("logprobs"):
-                return text
-            return {"text": text, "logprobs": choice.logprobs.model_dump() if choice.logprobs else None}
-        except ConfigError:
+            return call()
+        except InstructJaxError:
             raise
         except Exception as exc:  # noqa: BLE001  the openai client's errors, by name (no import at module level)
             if type(exc).__name__ not in RETRIABLE or attempt == endpoint.max_retries:
-                raise ConfigError(f"judge {endpoint.model} at {endpoint.base_url}: request {request['id']!r} failed "
-                                  f"after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}"[:400]) from None
+                line = " ".join(f"{what} failed after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}".split())
+                raise error(line[:400]) from None
             time.sleep(_retry_after(exc, attempt))
     raise AssertionError("unreachable")
+
+
+def _ask_one(client, endpoint: JudgeEndpoint, request: Mapping) -> str | dict:
+    """The reply's text, or {"text", "logprobs"} when the request asks for logprobs."""
+
+    def call() -> str | dict:
+        out = client.chat.completions.create(model=endpoint.model, messages=messages(request),
+                                             **sampling(endpoint, request))
+        choices = getattr(out, "choices", None)
+        if not isinstance(choices, list) or not choices:
+            what = f"{type(out).__name__} {str(out)[:80]!r}" if choices is None else "no choices"
+            raise ConfigError(f"judge {endpoint.model} at {endpoint.base_url}: request {request['id']!r}: the "
+                              f"server's answer is not a chat completion ({what})")
+        choice = choices[0]
+        text = choice.message.content or ""
+        if not request.get("sampling", {}).get("logprobs"):
+            return text
+        return {"text": text, "logprobs": choice.logprobs.model_dump() if choice.logprobs else None}
+
+    return with_retries(endpoint, call, f"judge {endpoint.model} at {endpoint.base_url}: request {request['id']!r}")
+
+
+def run_all(work: Callable[[object], None], items: Sequence, concurrency: int) -> None:
+    """`work(item)` for every item, `concurrency` at a time; the first failure stops the rest (those not started
+    are dropped, not tried one by one past a server that is down) and is raised."""
+    failed = threading.Event()
+
+    def guarded(item) -> None:
+        if failed.is_set():
+            return
+        try:
+            work(item)
+        except BaseException:
+            failed.set()
+            raise
+
+    pool = ThreadPoolExecutor(concurrency)
+    try:
+        for done in as_completed([pool.submit(guarded, item) for item in items]):
+            done.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def ask(requests: Sequence[Mapping], endpoint: JudgeEndpoint, cache_path: str | None = None,
@@ -132,19 +195,22 @@ def ask(requests: Sequence[Mapping], endpoint: JudgeEndpoint, cache_path: str | 
     todo = [(r, k) for r, k in zip(requests, keys, strict=True) if cache.get(k) is None]
     unread: dict[str, str | dict] = {}
     if todo:
-        client = _client(endpoint)
+        judge = client(endpoint)
 
         def one(item):
             request, key = item
-            reply = _ask_one(client, endpoint, request)
+            reply = _ask_one(judge, endpoint, request)
             if parses is None or parses(request, reply["text"] if isinstance(reply, dict) else reply):
                 cache.put(key, reply)
             else:
                 unread[key] = reply
 
-        with ThreadPoolExecutor(endpoint.concurrency) as pool:
-            list(pool.map(one, todo))
-    return [_row(r["id"], cache.get(k) or unread[k]) for r, k in zip(requests, keys, strict=True)]
+        try:
+            run_all(one, todo, endpoint.concurrency)
+        finally:
+            cache.flush()
+    return [_row(r["id"], unread[k] if cache.get(k) is None else cache.get(k))
+            for r, k in zip(requests, keys, strict=True)]
 
 
 def _row(request_id: str, reply: str | dict) -> dict:

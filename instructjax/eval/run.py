@@ -6,10 +6,12 @@ TruthfulQA as seed 004 scores them (eval/toxigen.py, eval/truthfulqa.py), LongFo
 does (eval/long_form.py), and the judged evaluations (pairwise,
 alpaca_eval, flask: eval/judged.py).
 Everything lands in the eval directory (default RUN_DIR/eval): results.json (written whole, atomically),
-suite_samples.jsonl, and the judged parts' files (eval/judged.py).
+suite_samples.jsonl, and the judged parts' files (eval/judged.py). With an endpoint (eval/endpoint.py) a server
+generates every answer (its replies cached in endpoint_cache.jsonl there); lm-eval's parts are refused then.
 
 results.json: {"model", "step" (the checkpoint step evaluated: `model_step`), "eval" (`eval_digest` of the
-block), "parts": [the parts it holds], "suite": {"TASK|N-shot": {metric: value, "protocol":
+block), "engine" (what generated: {name, version} of ours, or an endpoint's {name, version, endpoint, model}),
+"parts": [the parts it holds], "suite": {"TASK|N-shot": {metric: value, "protocol":
 {...}}}, "tasks": {TASK: {metric: value}}, "codex": {"pass@1", "pass@10"}, "toxigen": {GROUP: % toxic, "overall", "n"},
 "truthfulqa": {"truthful", "informative", "truthful_and_informative", "n"}, "long_form": {"LongForm", "ELI5"
 (METEOR x100), "n": {benchmark: rows}}, and the judged parts' results
@@ -109,12 +111,21 @@ def read_results(config: RunConfig) -> dict | None:
     return results if isinstance(results, dict) else None
 
 
-def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[str] | None = None) -> dict:
+def same_engine(a: dict | None, b: dict | None) -> bool:
+    """Whether two results.json `engine` records name the same engine (its version aside); none is ours."""
+    fields = ("name", "endpoint", "model")
+    return all((a or {"name": "instructjax"}).get(f) == (b or {"name": "instructjax"}).get(f) for f in fields)
+
+
+def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[str] | None = None,
+                    endpoint=None) -> dict:
     """Run the config's eval: block (`only`: those parts) on `model` (default `eval_model`) and write
-    results.json; a run of some parts keeps the other parts of an earlier results.json of the same model."""
+    results.json; a run of some parts keeps the other parts of an earlier results.json of the same model and
+    engine. `endpoint` (eval/endpoint.py's Endpoint): a server generates instead of this process."""
     from instructjax.convert.saved import is_hf_dir, split_checkpoint_path
     from instructjax.core.checkpoint import checkpoints_dir
-    from instructjax.eval.generate import load_generator
+    from instructjax.eval.endpoint import EndpointError
+    from instructjax.eval.engine import engine_record, load_engine
     from instructjax.eval.harness import numeric, run_lm_eval, run_suite
     from instructjax.eval.suite import TULU
 
@@ -127,6 +138,10 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
     if not parts:
         raise ConfigError(f"config {config.name!r}: the eval: block names nothing to run "
                           f"({', '.join(EVAL_PARTS)})")
+    lm_eval_parts = [p for p in parts if p == "tasks" or (p == "suite" and ev.suite != TULU)]
+    if endpoint is not None and lm_eval_parts:
+        raise ConfigError(f"eval --endpoint: part {lm_eval_parts[0]!r} runs lm-eval, which an endpoint does not "
+                          "serve here (--only the other parts, or suite: tulu)")
     model = model or eval_model(config)
     if not model:
         raise ConfigError(f"config {config.name!r}: no model to evaluate (give --model)")
@@ -154,14 +169,20 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
 
         if not storage.path(mt_bench_files(ev, out)["questions"]).is_file():
             raise ConfigError(f"eval.mt_bench.questions: {mt_bench_files(ev, out)['questions']} does not exist")
-    results: dict = {"model": model, "step": step, "eval": eval_digest(config), "parts": parts}
-    earlier = read_results(config) if only is not None else None
-    same = bool(earlier) and all(earlier.get(k) == results[k] for k in ("model", "step", "eval"))
     loaded: list = []
+    if endpoint is not None:  # reached (and its engine asked) before any work; its replies cached beside results
+        if endpoint.cache is None:
+            endpoint = dataclasses.replace(endpoint, cache=storage.join(out, "endpoint_cache.jsonl"))
+        loaded.append(load_engine(target, batch_size=ev.batch_size, endpoint=endpoint)[0])
+    results: dict = {"model": model, "step": step, "eval": eval_digest(config),
+                     "engine": engine_record(loaded[0] if loaded else None), "parts": parts}
+    earlier = read_results(config) if only is not None else None
+    same = bool(earlier) and all(earlier.get(k) == results[k] for k in ("model", "step", "eval")) and \
+        same_engine(earlier.get("engine"), results["engine"])
 
     def generator():  # loaded once, when a part first needs it
         if not loaded:
-            loaded.append(load_generator(target, batch_size=ev.batch_size)[0])
+            loaded.append(load_engine(target, batch_size=ev.batch_size)[0])
         return loaded[0]
 
     tulu_suite = ev.suite == TULU
@@ -205,6 +226,8 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
         """A judged part; a judge that is down or answers garbage loses only this part: one line, the rest kept."""
         try:
             results[part] = run(generator, ev, out, reuse_outputs=same and part in earlier.get("parts", []))
+        except EndpointError:  # the generating server, not the judge: every part after it would fail too
+            raise
         except InstructJaxError as e:  # left out of `parts`: the next `eval --config` (or sweep) runs it again
             print(f"instructjax: eval {part}: {e}", file=sys.stderr, flush=True)
             results.setdefault("errors", {})[part] = str(e)

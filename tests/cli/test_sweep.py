@@ -213,6 +213,7 @@ def test_dry_run_prints_the_commands_and_hands_training_to_the_launchers(tmp_pat
 
 
 def test_eval_stage_scores_only_the_judged_parts_whose_replies_arrived(tmp_path, monkeypatch):
+    import instructjax
     from instructjax.cli.sweep import eval_todo, stage_done
     from instructjax.core.config import load_config
     from instructjax.eval import generate
@@ -236,7 +237,8 @@ def test_eval_stage_scores_only_the_judged_parts_whose_replies_arrived(tmp_path,
     monkeypatch.setattr(generate, "load_generator", lambda model, **kw: (None, None))
     monkeypatch.setattr(eval_run, "run_judged", lambda gen, ev, mode, out, **kw: {"vs": {"a": {"winning_score": 1.25}}})
     results = eval_run.evaluate_config(config, only=eval_todo(config))
-    assert results == {**earlier, "pairwise": {"vs": {"a": {"winning_score": 1.25}}}}  # the lm-eval part kept
+    engine = {"name": "instructjax", "version": instructjax.__version__}  # an earlier results.json without: ours
+    assert results == {**earlier, "engine": engine, "pairwise": {"vs": {"a": {"winning_score": 1.25}}}}  # tasks kept
     assert json.loads((run_dir / "eval" / "results.json").read_text()) == results
     assert stage_done(config, "eval")
 

@@ -7,10 +7,6 @@ from __future__ import annotations
 import contextlib
 import http.server
 import json
-import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -20,64 +16,21 @@ import pytest
 pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-from helpers import pretrained_models as pm  # noqa: E402  (tests/helpers/pretrained_models.py)
-
 from instructjax.core.errors import ConfigError  # noqa: E402
 from instructjax.eval import pairwise as pw  # noqa: E402
 from instructjax.eval.config import JudgeEndpoint, eval_section  # noqa: E402
 from instructjax.eval.judge import ask  # noqa: E402
 
-CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-                 "{% if add_generation_prompt %}assistant:{% endif %}")
 PROMPTS = ["Which answer is better, A or B? Reply with two scores.", "Rate the response from 1 to 10.",
            "Compare the two outputs below and explain briefly."]
 MAX_TOKENS = 6
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    """(base URL, model name) of `transformers serve` serving a tiny LLaMA with a chat template."""
-    root = tmp_path_factory.mktemp("judge")
-    tok = pm.bpe_tokenizer(str(root / "tokenizer"), vocab_size=600)
-    config_file = os.path.join(tok, "tokenizer_config.json")
-    with open(config_file) as f:
-        config = json.load(f)
-    with open(config_file, "w") as f:
-        json.dump({**config, "chat_template": CHAT_TEMPLATE}, f)
-    from transformers import AutoTokenizer
-
-    # taught to answer every chat with two scores, as a judge does, so judged results come out as numbers
-    encode = AutoTokenizer.from_pretrained(tok).encode
-    docs = [encode(f"user: {line}\nassistant: 8 6\n") + [0] for line in pm.corpus()[:300]]
-    model = pm.hf_model(str(root / "model"), tok, vocab_size=608, bos=None, eos=0, seed=1, pretrain_steps=150,
-                        tokens=docs)
-    port = _free_port()
-    exe = os.path.join(os.path.dirname(sys.executable), "transformers")
-    log = open(root / "serve.log", "w")
-    proc = subprocess.Popen([exe, "serve", model, "--host", "127.0.0.1", "--port", str(port), "--device", "cpu"],
-                            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                urllib.request.urlopen(url + "/health", timeout=2).read()
-                break
-            except OSError:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"transformers serve did not start: {(root / 'serve.log').read_text()[-2000:]}") from None
-                time.sleep(0.5)
-        yield url + "/v1", model
-    finally:
-        proc.terminate()
-        proc.wait(30)
-        log.close()
+@pytest.fixture
+def server(openai_server):
+    """(base URL, model name) of `transformers serve` serving a tiny LLaMA taught to answer "8 6" (the session's
+    `openai_server`)."""
+    return openai_server
 
 
 def _direct(base_url: str, model: str, prompt: str, system: str | None = None, messages: list | None = None,
@@ -415,3 +368,29 @@ eval:
     assert err[2].startswith("instructjax: error: eval: ") and "pairwise" in err[2] and "flask" in err[2], err
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(results["errors"]) == {"pairwise", "flask"} and results["parts"] == []
+
+
+def test_the_reply_cache_appends_locally_and_writes_a_bucket_whole(tmp_path, bucket, monkeypatch):
+    """A local cache gets each reply as a line at once (a torn last line is dropped first, so the next line starts
+    clean); one in a bucket, which takes no appends, is written whole at `flush` (and every BUCKET_SECONDS)."""
+    from instructjax.core import storage
+    from instructjax.eval.judge import ReplyCache
+
+    local = tmp_path / "sub" / "cache.jsonl"
+    cache = ReplyCache(str(local))
+    cache.put("a", "one")
+    assert ReplyCache(str(local)).replies == {"a": "one"}  # there before any flush
+    with open(local, "a") as f:
+        f.write('{"key": "b", "rep')  # a killed writer's last line
+    cache = ReplyCache(str(local))
+    cache.put("c", {"text": "three", "logprobs": None})
+    assert ReplyCache(str(local)).replies == {"a": "one", "c": {"text": "three", "logprobs": None}}
+
+    remote = f"{bucket}/eval/cache.jsonl"
+    monkeypatch.setattr(ReplyCache, "BUCKET_SECONDS", 3600.0)
+    cache = ReplyCache(remote)
+    cache.put("a", "one")
+    cache.put("b", 2.5)
+    assert not storage.path(remote).exists()  # not yet: a whole write per reply would be quadratic
+    cache.flush()
+    assert ReplyCache(remote).replies == {"a": "one", "b": 2.5}

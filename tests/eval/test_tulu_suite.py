@@ -437,6 +437,8 @@ def test_an_unreachable_hub_set_stops_the_suite_before_the_model_answers(model_d
         def generate(self, *args, **kwargs):
             raise AssertionError("the model was asked before every set was read")
 
+        next_token_logprobs = generate
+
     for split in ("dev", "test"):
         (tmp_path / "mmlu" / split).mkdir(parents=True)
         (tmp_path / "mmlu" / split / f"anatomy_{split}.csv").write_text("q?,a,b,c,d,A\n")

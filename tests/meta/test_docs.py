@@ -8,8 +8,8 @@ written in Alpaca's schema. What no test can do is not run, but checked:
 - a block whose first line is `# needs: ...` (a hub, a TPU, a GPU, a 7B model, Google Cloud): its launcher and
   `sweep` commands run with `--dry-run`, a benchmark script with `--help`, and every other `instructjax` command
   must fail with exactly one `instructjax: error:` line (what a reader without that thing gets);
-- anywhere: `make X` runs as `make -n X` (the set-up installs; `make test` is this suite), `pip` and `gcloud`
-  are not ours to run, and `. .venv/bin/activate` is what this process already has.
+- anywhere: `make X` runs as `make -n X` (the set-up installs; `make test` is this suite), `pip`, `gcloud` and
+  `vllm` are not ours to run, and `. .venv/bin/activate` is what this process already has.
 A doc that drifts from the code fails here."""
 
 from __future__ import annotations
@@ -78,7 +78,7 @@ def commands(text: str) -> list[str]:
 def shell(line: str, checked: bool) -> str:
     """A doc line as the test runs it (the module doc)."""
     bare = line.split("#", 1)[0].strip() if not line.lstrip().startswith(("{", "EOF")) else line
-    if not bare or bare.startswith(("pip ", "gcloud ")) or bare == ". .venv/bin/activate":
+    if not bare or bare.startswith(("pip ", "gcloud ", "vllm ")) or bare == ". .venv/bin/activate":
         return ":" if bare else line
     bare = bare.replace("make setup && . .venv/bin/activate", "make -n setup")
     if bare.startswith("make "):

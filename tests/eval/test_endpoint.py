@@ -1,0 +1,225 @@
+"""Generation by an OpenAI-compatible server (instructjax.eval.endpoint) against a real one: `transformers serve`
+(the session's `openai_server`, tests/helpers/openai_server.py) serving a tiny LLaMA. The reference is this
+package's own engine on the same model: greedy answers must be the same, request for request. `transformers serve`
+ignores `echo` and `logprobs` (its completions handler lists them as unsupported): log-likelihood protocols are
+refused there, in one line. A prompt's text is checked against the tokenizer's own encoding."""
+
+from __future__ import annotations
+
+import csv
+import http.server
+import json
+import threading
+
+import pytest
+
+pytest.importorskip("openai")
+pytest.importorskip("fastapi")
+
+from helpers.openai_server import free_port  # noqa: E402
+
+from instructjax.cli import main  # noqa: E402
+from instructjax.core.errors import ConfigError  # noqa: E402
+from instructjax.eval import tulu  # noqa: E402
+from instructjax.eval.endpoint import Endpoint  # noqa: E402
+from instructjax.eval.engine import load_engine  # noqa: E402
+from instructjax.eval.generate import Sampling, load_generator  # noqa: E402
+
+SETTINGS = ("gsm_direct", "bbh_direct")  # long prompts (8 shots), stops "\n" and "\n\n", 512 new tokens
+
+
+def _data_dir(root) -> str:
+    """A small data_dir laid out as open-instruct's data/eval (every set the suite reads)."""
+    words = "the value of a field over the ring is twice the order of its group".split()
+
+    def text(i: int, n: int) -> str:
+        return " ".join(words[(i * 7 + j * 3) % len(words)] for j in range(n))
+
+    (root / "mmlu" / "dev").mkdir(parents=True)
+    (root / "mmlu" / "test").mkdir(parents=True)
+    for split, n in (("dev", 1), ("test", 2)):
+        with open(root / "mmlu" / split / f"anatomy_{split}.csv", "w", newline="") as f:
+            csv.writer(f).writerows([[text(i, 6) + "?", *(text(i + k, 2) for k in range(4)), "ABCD"[i % 4]]
+                                     for i in range(n)])
+    (root / "gsm").mkdir()
+    (root / "gsm" / "test.jsonl").write_text("".join(json.dumps({"question": text(i, 8) + "?", "answer": "x\n#### 4"})
+                                                     + "\n" for i in range(3)))
+    (root / "bbh" / "bbh").mkdir(parents=True)
+    (root / "bbh" / "cot-prompts").mkdir(parents=True)
+    examples = [{"input": text(i, 5) + "?", "target": "Yes"} for i in range(3)]
+    (root / "bbh" / "bbh" / "navigate.json").write_text(json.dumps({"examples": examples}))
+    (root / "bbh" / "cot-prompts" / "navigate.txt").write_text("canary\n-----\nNavigate.\n\nQ: go?\nA: So the "
+                                                               "answer is Yes.")
+    (root / "tydiqa").mkdir()
+    for split in ("dev", "train"):
+        qas = [{"id": f"english-{split}-{i}", "question": text(i, 4) + "?", "answers": [{"text": "the",
+                                                                                          "answer_start": 0}]}
+               for i in range(2)]
+        (root / "tydiqa" / f"tydiqa-goldp-v1.1-{split}.json").write_text(json.dumps(
+            {"data": [{"paragraphs": [{"context": text(9, 12), "qas": qas}]}]}))
+    return str(root)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> str:
+    return _data_dir(tmp_path_factory.mktemp("eval_data"))
+
+
+@pytest.fixture(scope="module")
+def in_job(openai_server):
+    """This package's engine on the served model: the reference."""
+    return load_generator(openai_server[1], batch_size=4)[0]
+
+
+@pytest.mark.slow
+def test_the_suite_and_chats_through_the_server_are_the_in_job_engines(openai_server, in_job, data_dir, tmp_path,
+                                                                       monkeypatch):
+    """The Tulu suite's generated settings (tulu chat format: prompts without BOS, stops "\\n" and "\\n\\n", 512 new
+    tokens) and chats in the model's template: the same answers from the server as from our engine; a rerun
+    answers from the cache and asks the server nothing."""
+    url, model = openai_server
+    cache = str(tmp_path / "cache.jsonl")
+    served = load_engine(model, endpoint=Endpoint(url, max_retries=1, cache=cache))[0]
+    assert served.record() == {"name": "transformers serve", "version": None, "endpoint": url, "model": model}
+    samples = {name: str(tmp_path / f"{name}.jsonl") for name in ("served", "in_job")}
+    got = tulu.run(served, data_dir, "tulu", SETTINGS, samples_out=samples["served"])
+    want = tulu.run(in_job, data_dir, "tulu", SETTINGS, samples_out=samples["in_job"])
+    answers = {k: [json.loads(line)["answer"] for line in open(path)] for k, path in samples.items()}
+    assert answers["served"] == answers["in_job"] and got == want
+    assert len(set(answers["served"])) > 3  # the tiny model says different things: not a comparison of blanks
+    chats = [[{"role": "user", "content": "Rate the answer."}],
+             [{"role": "user", "content": "Hi."}, {"role": "assistant", "content": "8 6"},
+              {"role": "user", "content": "And this one?"}]]
+    sampling = Sampling(max_new_tokens=8)
+    assert served.chat(chats, sampling) == in_job.chat(chats, sampling)
+
+    again = load_engine(model, endpoint=Endpoint(url, max_retries=1, cache=cache))[0]
+
+    def asked(**body):
+        raise AssertionError(f"asked the server again: {body}")
+
+    monkeypatch.setattr(again.client.completions, "create", asked)
+    assert tulu.run(again, data_dir, "tulu", SETTINGS) == got
+
+
+def test_a_prompt_goes_as_text_only_where_the_servers_tokens_are_ours(tmp_path):
+    """With a tokenizer that adds BOS (LLaMA-like SentencePiece): a chat prompt (BOS in the rendered template) goes
+    as text without it; a Tulu prompt (no BOS, as open-instruct) as text without special tokens to vLLM, as ids to
+    another server. The tokenizer's own encoding of what is sent is the in-job tokens."""
+    from helpers.pretrained_models import spm_tokenizer
+
+    from instructjax.data.encoding.templates import jinja_template
+    from instructjax.data.encoding.tokenizer import Tokenizer
+    from instructjax.eval.endpoint import EndpointGenerator
+
+    tok = Tokenizer.load(spm_tokenizer(str(tmp_path / "spm"))).to_hf(jinja_template("tulu", bos=True))
+    generator = EndpointGenerator.__new__(EndpointGenerator)  # its prompt rule alone: no server to ask
+    generator.tokenizer, generator._added, generator._bare_text = tok, [tok.bos_token_id], False
+    chat = generator.encode_chat([{"role": "user", "content": "What is the order of the group?"}])
+    assert chat[0] == tok.bos_token_id
+    sent = generator.prompt(chat)
+    assert list(sent) == ["prompt"] and sent["prompt"].startswith("<|user|>")
+    assert tok(sent["prompt"], add_special_tokens=True)["input_ids"] == chat
+    tulu_prompt = tok("<|user|>\nWhat is 2+2?\n<|assistant|>\nAnswer:", add_special_tokens=False)["input_ids"]
+    assert tulu_prompt[0] != tok.bos_token_id and generator.prompt(tulu_prompt) == {"prompt": tulu_prompt}
+    generator._bare_text = True  # vLLM
+    sent = generator.prompt(tulu_prompt)
+    assert sent["add_special_tokens"] is False and tok(sent["prompt"], add_special_tokens=False)["input_ids"] == \
+        tulu_prompt
+
+
+def test_log_likelihood_without_prompt_logprobs_is_one_line_and_nothing_is_written(openai_server, data_dir,
+                                                                                  tmp_path, capsys):
+    """MMLU's answer letters need the server's prompt log-probs: `transformers serve` gives none."""
+    url, model = openai_server
+    out = tmp_path / "results.json"
+    capsys.readouterr()
+    code = main(["eval", "--model", model, "--suite", "tulu", "--data-dir", data_dir, "--chat-format", "tulu",
+                 "--endpoint", url, "--endpoint-retries", "1", "--out", str(out)])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("instructjax: error")]
+    assert code == 2 and len(err) == 1 and "gives no prompt log-probs" in err[0] and "MMLU" in err[0], err
+    assert not out.exists()
+
+
+@pytest.mark.slow
+def test_eval_config_generates_through_the_endpoint_and_records_it(openai_server, in_job, tmp_path):
+    """`eval --config --endpoint`: MT-Bench's two turns answered by the server as by our engine; results.json
+    records the engine, its version and the endpoint; the replies are cached beside it."""
+    from instructjax.eval import mt_bench
+
+    url, model = openai_server
+    data = tmp_path / "eval_data" / "mt_bench"
+    data.mkdir(parents=True)
+    questions = [{"question_id": i, "category": "extraction", "turns": [f"List {w}.", "Now shorter."]}
+                 for i, w in enumerate(("three colours", "the planets"))]
+    (data / "question.jsonl").write_text("".join(json.dumps(q) + "\n" for q in questions))
+    out = tmp_path / "out"
+    (tmp_path / "run.yaml").write_text(f"name: ep\nrun_dir: {tmp_path / 'run'}\nmax_steps: 0\n"
+                                       f"model: {{init_from: {model}}}\neval: {{data_dir: {tmp_path / 'eval_data'}, "
+                                       f"mt_bench: {{max_new_tokens: 8}}, out_dir: {out}}}\n")
+    assert main(["eval", "--config", str(tmp_path / "run.yaml"), "--endpoint", url, "--endpoint-model", model]) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["engine"] == {"name": "transformers serve", "version": None, "endpoint": url, "model": model}
+    turns = [json.loads(line)["turns"] for line in (out / "mt_bench_outputs.jsonl").read_text().splitlines()]
+    assert turns == mt_bench.answer(in_job, mt_bench.read_questions(str(data / "question.jsonl")), 8)
+    assert len((out / "endpoint_cache.jsonl").read_text().splitlines()) == 4  # two questions, two turns
+
+
+class _Failing(http.server.BaseHTTPRequestHandler):
+    """An OpenAI-compatible server that lists its model and answers every completion with a server error."""
+
+    posts: list = []
+
+    def do_GET(self):  # noqa: N802  (http.server's name)
+        self._send(200, {"object": "list", "data": [{"id": "m", "object": "model", "owned_by": "me"}]})
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).posts.append(self.path)
+        self._send(500, {"error": {"message": "out of memory", "type": "server_error"}})
+
+    def _send(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args):
+        pass
+
+
+def test_an_endpoint_down_or_failing_and_prompts_only_are_one_line(openai_server, tmp_path, capsys):
+    """Unreachable, or failing past the retries (the other prompts are not tried one by one after it), or asked
+    with --prompts-only: one line, exit 2, nothing written."""
+    url, model = openai_server
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": str(i), "instruction": f"Question {i}?"}) + "\n" for i in range(3)))
+    out = tmp_path / "out.jsonl"
+    generate = ["generate", "--model", model, "--prompts", str(prompts), "--out", str(out), "--endpoint-retries", "1",
+                "--batch-size", "1", "--endpoint"]
+    failing = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
+    threading.Thread(target=failing.serve_forever, daemon=True).start()
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    cases = [([*generate, dead], f"endpoint {dead}: listing its models failed after 2 attempt(s): APIConnectionError"),
+             ([*generate, f"http://127.0.0.1:{failing.server_address[1]}"], "failed after 2 attempt(s): "
+                                                                            "InternalServerError"),
+             (["eval", "--model", model, "--suite", "tulu", "--prompts-only", "--out", str(tmp_path / "req"),
+               "--endpoint", url], "--endpoint and --prompts-only"),
+             (["eval", "--model", model, "--tasks", "x", "--endpoint", url], "lm-eval's tasks"),
+             (["generate", "--model", model, "--prompts", str(prompts), "--out", str(out), "--endpoint-model", "m"],
+              "--endpoint-model needs --endpoint")]
+    try:
+        for argv, words in cases:
+            capsys.readouterr()
+            code = main(argv)
+            err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("instructjax: note")
+                   and not line.startswith("instructjax: generating")]
+            assert code == 2 and len(err) == 1 and err[0].startswith("instructjax: error: ") and words in err[0], err
+    finally:
+        failing.shutdown()
+    assert _Failing.posts == ["/v1/completions"] * 2  # one prompt, retried once; the others never sent
+    assert not out.exists() and not (tmp_path / "req").exists()
+    with pytest.raises(ConfigError, match="not an http"):
+        Endpoint("localhost:8000")
