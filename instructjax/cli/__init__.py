@@ -14,6 +14,7 @@ import os
 import sys
 
 from instructjax.core.errors import InstructJaxError
+from instructjax.core.stopping import EXIT_PREEMPTED, Stopped
 
 # Command modules, in the order their subcommands appear in --help.
 COMMAND_MODULES = [
@@ -98,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 
         import_modules([*args.imports_first, *getattr(args, "imports", [])])
         code = args.func(args)
+    except Stopped as e:  # a signal asked the work to stop, and it did at a safe point: what it did is kept
+        print(f"instructjax: {e}", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
     except InstructJaxError as e:
         print(f"instructjax: error: {e}", file=sys.stderr, flush=True)
         if getattr(e, "host_lost", False):  # JAX's runtime would wait for the lost host at exit, then abort

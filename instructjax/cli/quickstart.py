@@ -26,7 +26,15 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from instructjax.core import stopping
+
+    with stopping.listening():  # Ctrl-C saves the step in flight, as `train` does
+        return _quickstart(args)
+
+
+def _quickstart(args) -> int:
     from instructjax.cli import data as commands
+    from instructjax.core.stopping import EXIT_PREEMPTED
 
     common = dict(name=None, config=args.config, data_files=None, on_bad_row=None, template=None,
                   max_length=None, json=False)  # fmt: skip
@@ -44,6 +52,9 @@ def run(args) -> int:
     print(f"== train: {config.model.preset} LLaMA, {config.max_steps} steps -> {config.run_dir} ==")
     start = time.perf_counter()
     result = train(config, resume=args.resume)
+    if result.preempted:
+        print(f"stopped: `instructjax quickstart --resume run_dir={config.run_dir}` continues")
+        return EXIT_PREEMPTED
     losses = [result.losses[s] for s in sorted(result.losses)]
     if losses:
         print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps, {time.perf_counter() - start:.0f}s; "
@@ -71,3 +82,4 @@ def export_and_evaluate(run_dir: str) -> None:
     for task, metrics in results["results"].items():
         shown = {k.split(",")[0]: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
         print(f"{task}: {shown}")
+

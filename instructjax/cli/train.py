@@ -1,7 +1,8 @@
 """`instructjax train --config FILE [key=value ...] [--resume]`.
 
 Exit status: 0 trained to the end; 2 a user error (one line on stderr); 75 (`EXIT_PREEMPTED`) stopped by
-SIGTERM after saving a checkpoint: run the same command with `--resume` (the launchers do).
+SIGTERM or SIGINT (Ctrl-C) after saving the step in flight (or, while the data is tokenized, before the next task:
+the tasks before are in the tokenized cache): run the same command with `--resume` (the launchers do).
 """
 
 from __future__ import annotations
@@ -22,14 +23,21 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from instructjax.core import stopping
+
+    with stopping.listening():  # from here on a signal stops at a safe point: while the data is tokenized too
+        return _train(args)
+
+
+def _train(args) -> int:
     from instructjax.cli import load_run_config
-    from instructjax.train.preemption import EXIT_PREEMPTED
+    from instructjax.core import stopping
     from instructjax.train.trainer import train
 
     config = load_run_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
     result = train(config, resume=args.resume, accept_changes=args.accept_changes)
     if result.preempted:  # the trainer said so (saved step N); `--resume` continues
-        return EXIT_PREEMPTED
+        return stopping.EXIT_PREEMPTED
     if result.losses:
         print(f"trained to step {result.step}: loss {result.losses[result.step]:.4f}; run dir {result.run_dir}")
     else:
