@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import REPO
 
 ROOT = REPO
@@ -56,9 +57,10 @@ def test_tpu_up_dry_run(capsys, tmp_path):
     remote = train[-1]
     assert remote.startswith("nohup bash -c ")
     inner = shlex.split(remote)[3]
-    assert inner.startswith("while true; do INSTRUCTJAX_CACHE_DIR=gs://bkt/tokenized instructjax train --config ~/instructjax_run.yaml --resume "
-                            "run_dir=gs://bkt/runs/tulu7b distributed=true "
-                            "model.init_from=gs://bkt/checkpoints/base/llama2-7b")
+    assert inner.startswith("echo $$ > ~/instructjax_loop.pid; ")  # the loop's pid: `stop` signals its trainer
+    assert ("INSTRUCTJAX_CACHE_DIR=gs://bkt/tokenized instructjax train --config ~/instructjax_run.yaml --resume "
+            "run_dir=gs://bkt/runs/tulu7b distributed=true model.init_from=gs://bkt/checkpoints/base/llama2-7b >> "
+            in inner)  # the config's init_from (checkpoints/base/llama2-7b), read from the bucket
     assert inner.endswith("; done") and "DONE" not in inner  # the run writes its own DONE marker
 
 
@@ -86,12 +88,67 @@ def test_tpu_stop_delete_logs_and_errors(capsys):
         tpu.main([action, *BASE, "--dry-run"])
     logs, stop, delete = printed(capsys)
     assert "--worker=0" in logs and logs[-1] == "tail -n 100 -f ~/instructjax_train.log"
-    assert "--worker=all" in stop and stop[-1] == "pkill -INT -f 'instructjax train' || true"
+    assert "--worker=all" in stop and stop[-1] == tpu.stop_script(1800) and "kill -TERM" in stop[-1]
+    assert "-INT" not in stop[-1]  # SIGTERM: what a trainer started in the background cannot have ignored
     assert delete == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "tulu7b", "--zone", "us-central2-b", "--quiet"]
     with pytest.raises(SystemExit):
         tpu.main(["train", "--name", "x", "--zone", "z", "--bucket", "/local", "--config", CONFIG, "--dry-run"])
     with pytest.raises(SystemExit):
         tpu.main(["up", "--name", "x", "--zone", "z", "--dry-run"])
+
+
+@pytest.mark.slow
+def test_every_shipped_config_goes_up_in_a_dry_run(capsys):
+    """`up --dry-run` on every config under configs/ (a preset and init_from, an SFT run's directory as init_from,
+    no init_from): the workers read the config's model.init_from at the same path in the bucket, and a config without
+    one trains from scratch. 10 s: each config is read as the trainer reads it."""
+    shipped = sorted((ROOT / "configs").rglob("*.yaml"))
+    assert len(shipped) > 100
+    for config in shipped:
+        argv = ["up", "--name", "x", "--zone", "z", "--bucket", "gs://bkt", "--config", str(config), "--dry-run"]
+        assert tpu.main(argv) == 0, config
+        inner = shlex.split(printed(capsys)[-1][-1])[3]
+        given = (yaml.safe_load(config.read_text()).get("model") or {}).get("init_from")
+        assert (f" model.init_from=gs://bkt/{given} " in inner) if given else "init_from" not in inner, (config, inner)
+
+
+def own_model_config() -> str:
+    """The own-model config of docs/launch_tpu.md: its YAML block that starts `# mine.yaml`."""
+    found = re.search(r"```yaml\n(# mine\.yaml\n.*?)```", (ROOT / "docs" / "launch_tpu.md").read_text(), re.S)
+    assert found, "docs/launch_tpu.md has no `# mine.yaml` block"
+    return found.group(1).replace("gs://MY_BUCKET", "gs://bkt")
+
+
+def test_the_docs_own_model_goes_up_with_init_from_here_or_in_a_bucket(capsys, tmp_path, monkeypatch):
+    """docs/launch_tpu.md's own model (no preset; model.init_from an imported checkpoint) with --dry-run: not here,
+    the workers read it from the bucket; imported here, `up` copies it there before the VM is created; a gs://
+    init_from is read where it is. `status` and `stop` take the config too."""
+    monkeypatch.chdir(tmp_path)
+    config = own_model_config()
+    assert "preset" not in config and "init_from: checkpoints/base/smollm2" in config
+    Path("mine.yaml").write_text(config)
+    argv = ["--name", "mine", "--zone", "z", "--bucket", "gs://bkt", "--config", "mine.yaml", "--dry-run"]
+
+    def up() -> tuple[list[list[str]], str]:
+        assert tpu.main(["up", *argv]) == 0
+        cmds = printed(capsys)
+        return cmds, shlex.split(cmds[-1][-1])[3]
+
+    cmds, inner = up()
+    assert " model.init_from=gs://bkt/checkpoints/base/smollm2 " in inner  # where `import --out gs://...` put it
+    assert not any(c[:3] == ["gcloud", "storage", "rsync"] for c in cmds)
+    Path("checkpoints/base/smollm2/checkpoints/0").mkdir(parents=True)  # `instructjax import --out` wrote it here
+    cmds, inner = up()
+    copy = ["gcloud", "storage", "rsync", "--recursive", "checkpoints/base/smollm2", "gs://bkt/checkpoints/base/smollm2"]
+    create = next(i for i, c in enumerate(cmds) if c[3:5] == ["tpu-vm", "create"])
+    assert cmds.index(copy) < create and " model.init_from=gs://bkt/checkpoints/base/smollm2 " in inner
+    Path("mine.yaml").write_text(config.replace("checkpoints/base/smollm2", "gs://models/smollm2"))
+    cmds, inner = up()
+    assert " model.init_from=gs://models/smollm2 " in inner and not any(c[2] == "rsync" for c in cmds)
+    for action in ("status", "stop"):
+        assert tpu.main([action, *argv]) == 0
+    *_, status, stop = printed(capsys)
+    assert status[-1] == tpu.status_script() and stop[-1] == tpu.stop_script(1800)
 
 
 def test_gpu_single_and_slurm(capsys, monkeypatch):
@@ -159,5 +216,5 @@ def test_preempted_runs_are_resumed_by_the_launchers(tmp_path):
     args = tpu.parse_args(["train", *BASE])
     loop = re.sub(r"instructjax train [^>]*", shlex.join(_exits(tmp_path, [75, 75, 0])) + " ", tpu.train_command(args))
     loop = loop.replace("~/instructjax_train.log", str(tmp_path / "log"))
-    assert subprocess.run(["bash", "-c", loop]).returncode == 0
+    assert subprocess.run(["bash", "-c", loop], env={**os.environ, "HOME": str(tmp_path)}).returncode == 0
     assert (tmp_path / "runs").read_text() == "3"
