@@ -124,7 +124,7 @@ def install(coordinator: Coordinator | None = None, session: str = "run") -> Non
     """Install the run's hosts: `coordinator`, or JAX's runtime when it has several processes (else this process
     works alone), with a fresh session of keys named `session` (what the hosts agree they run)."""
     global _COORDINATOR, _SESSION, _ENTERED
-    if coordinator is None and jax_processes() > 1:
+    if coordinator is None and _jax_processes() > 1:
         coordinator = JaxHosts()
     _SESSIONS[session] += 1
     _COORDINATOR, _SESSION, _ENTERED = coordinator, f"instructjax/{session}#{_SESSIONS[session]}", 0
@@ -132,7 +132,7 @@ def install(coordinator: Coordinator | None = None, session: str = "run") -> Non
     _SHARED_DIRS.clear()
 
 
-def jax_processes() -> int:
+def _jax_processes() -> int:
     """JAX's process count when `jax` is loaded and its distributed runtime is up, else 1 (never imports jax)."""
     if "jax" not in sys.modules:
         return 1
@@ -148,7 +148,7 @@ def jax_processes() -> int:
 def current() -> Coordinator | None:
     """The installed coordinator when there are several hosts, else None (installed on first use when JAX's
     runtime is up and nobody installed one)."""
-    if _COORDINATOR is None and jax_processes() > 1:
+    if _COORDINATOR is None and _jax_processes() > 1:
         install()
     return _COORDINATOR if _COORDINATOR is not None and _COORDINATOR.process_count > 1 else None
 

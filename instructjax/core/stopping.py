@@ -11,7 +11,7 @@ saying that what was not saved is lost (a checkpoint being written is never read
 The signals are read by a thread from the pipe `signal.set_wakeup_fd` writes them to as they arrive, so the second
 one ends the process even while the main thread waits inside a long XLA call.
 
-Several hosts: once JAX's runtime is up (`jax_takes_sigterm`, called by core.hosts) SIGTERM is JAX's: its
+Several hosts: once JAX's runtime is up (`jax_runtime_started`, called by core.hosts) SIGTERM is JAX's: its
 preemption notifier makes `multihost_utils.reached_preemption_sync_point` True on every host at the same step, so
 every host saves that step. A SIGINT is handed to it as a SIGTERM to this process. JAX's notifier acts once: a
 second SIGTERM does nothing there, a second SIGINT still ends the process at once. The data side runs to its end
@@ -64,7 +64,8 @@ class _Listener:
             for signum in got:
                 if signum == 0:  # `close`
                     return
-                self._received(signal.Signals(signum))
+                if signum in SIGNALS:  # the pipe has a byte for every signal with a Python handler
+                    self._received(signal.Signals(signum))
 
     def _received(self, sig: signal.Signals) -> None:
         self.received += 1
@@ -93,6 +94,7 @@ class _Listener:
 
 
 _LISTENER: _Listener | None = None
+_JAX_PROCESSES = 1  # the processes of JAX's distributed runtime, once core.hosts started it
 
 
 @contextlib.contextmanager
@@ -103,9 +105,7 @@ def listening() -> Iterator[None]:
     if _LISTENER is not None or threading.current_thread() is not threading.main_thread():
         yield
         return
-    from instructjax.core import hosts
-
-    _LISTENER = _Listener(jax_sigterm=hosts.jax_processes() > 1)
+    _LISTENER = _Listener(jax_sigterm=_JAX_PROCESSES > 1)
     try:
         yield
     finally:
@@ -130,6 +130,8 @@ def jax_runtime_started(processes: int) -> None:
     """JAX's distributed runtime is up (core.hosts), and with it JAX's own SIGTERM handler. With several processes
     SIGTERM stays JAX's, and a signal that came before is handed to it now (see the module doc); alone, this
     process's handler takes SIGTERM back."""
+    global _JAX_PROCESSES
+    _JAX_PROCESSES = processes
     if _LISTENER is None:
         return
     if processes == 1:
