@@ -191,7 +191,7 @@ def train_command(args) -> str:
 
 # The loop's shell on this worker, when it runs: the pid file names a live `bash -c` of ours.
 _LOOP = (f'loop=$(cat {REMOTE_PID} 2>/dev/null); '
-         'if [ -n "$loop" ] && ps -p "$loop" -o args= 2>/dev/null | grep -q "instructjax train"; then running=1; '
+         'if [ -n "$loop" ] && ps -ww -p "$loop" -o args= 2>/dev/null | grep -q "instructjax train"; then running=1; '
          'else running=; fi')
 
 
