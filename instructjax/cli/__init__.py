@@ -56,8 +56,23 @@ def load_run_config(path, overrides: list[str] | None = None):
     return config
 
 
+DESCRIPTION = """Instruction tuning in JAX, on TPUs, GPUs or a CPU: read and mix instruction data, train (SFT, DPO,
+SimPO, LoRA/QLoRA), export to Hugging Face, evaluate, and put the papers' tables beside your runs."""
+
+START_HERE = """start here:
+  instructjax quickstart                                the whole job on built-in data and a tiny model (minutes, CPU)
+  instructjax data stats --config quickstart            what a config trains on (a shipped config by name, or a file)
+  instructjax plan --config CONFIG --topology v4-8      memory, fit and steps before you pay for a slice
+  instructjax train --config CONFIG [key=value ...]     Ctrl-C saves the step in flight; --resume continues
+  instructjax export --checkpoint RUN_DIR --out HF_DIR  a Hugging Face model directory
+  instructjax eval --model HF_DIR --tasks TASKS         lm-evaluation-harness, or a paper's suite (--suite)
+
+`instructjax COMMAND --help` says more about each command. Paths may be local or gs://."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="instructjax", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="instructjax", description=DESCRIPTION, epilog=START_HERE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--import", dest="imports_first", action="append", default=[], metavar="MODULE",
                         help=IMPORT_HELP)
     sub = parser.add_subparsers(dest="command", required=True)

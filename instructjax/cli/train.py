@@ -11,7 +11,8 @@ from instructjax.cli import add_on_bad_row, on_bad_row_overrides
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a model on a config's data (SFT)")
+    p = subparsers.add_parser("train", help="train a model on a config's data: SFT, or DPO / SimPO on preference pairs "
+                                           "(the config's objective:)")
     p.add_argument("--config", required=True, help="a run config YAML (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.add_argument("--accept-changes", action="store_true",
