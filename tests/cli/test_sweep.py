@@ -1,6 +1,6 @@
 """`instructjax sweep` and `report` on a tiny A/C/P family: three settings trained (tiny preset, built-in data,
 6 steps), exported and evaluated on an offline lm-eval task; a fourth config fails and the sweep goes on. The
-sweep is stopped by SIGTERM inside the second run's training and run again: nothing finished is redone, the
+sweep is stopped by Ctrl-C (SIGINT; SIGTERM alike) inside the second run's training and run again: nothing finished is redone, the
 interrupted run resumes from its checkpoint. `report` then fills three rows of seed 000's Table 1."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _rows(root: Path) -> dict[tuple[str, str], dict]:
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
-    """The family swept twice: stopped by SIGTERM in acp_C_tiny's training, then to the end."""
+    """The family swept twice: stopped by Ctrl-C in acp_C_tiny's training, then to the end."""
     root = tmp_path_factory.mktemp("sweep")
     configs = root / "configs" / "seed000_acp"
     configs.mkdir(parents=True)
@@ -59,7 +59,7 @@ def swept(tmp_path_factory):
         if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
             break
         time.sleep(0.05)
-    first.send_signal(signal.SIGTERM)  # inside acp_C_tiny's training: saved, exit 75
+    first.send_signal(signal.SIGINT)  # Ctrl-C inside acp_C_tiny's training: saved, exit 75
     first_out = first.communicate(timeout=300)[0]
     first_rows = _rows(root)
     a_dir = root / "runs" / "seed000_acp" / "acp_A_tiny"
