@@ -344,7 +344,11 @@ def main(argv: list[str] | None = None) -> int:
         startup_path(args).write_text(startup_script(args))
         print(f"# startup script {startup_path(args)}:\n{startup_script(args)}", flush=True)
     for cmd in commands(args):
-        _run(cmd, args.dry_run)
+        try:
+            _run(cmd, args.dry_run)
+        except subprocess.CalledProcessError as e:  # its own output said why (a worker still saving: stop's line)
+            print(f"tpu_vm.py: error: `{shlex.join(cmd[:6])} ...` exited {e.returncode}", file=sys.stderr)
+            return 1
     if args.action in ("status", "stop"):
         if args.dry_run:
             print(f"# then: what {run_dir(args)} holds (DONE, the newest sealed step)", flush=True)

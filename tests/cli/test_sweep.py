@@ -190,12 +190,20 @@ def test_dry_run_prints_the_commands_and_hands_training_to_the_launchers(tmp_pat
         assert f"+ {command}\n" in out
     assert out.count("would run") == 6 and not (tmp_path / "runs").exists()  # a dry run writes nothing
 
+    later = configs / "acp_A_tiny_more.yaml"  # a run that starts from acp_A_tiny's (as a DPO run from its SFT run)
+    later.write_text((configs / "acp_A_tiny.yaml").read_text().replace("name: acp_A_tiny", "name: acp_A_tiny_more")
+                     .replace("acp_A_tiny\n", "acp_A_tiny_more\n").replace("dtype: float32}", f"dtype: float32, "
+                                                                             f"init_from: {run_a}}}"))
     assert main(["sweep", str(configs), "--launch", "tpu", "--launch-args", f"--zone us-central2-b --bucket {bucket}",
                  "--dry-run"]) == 0
     out = capfd.readouterr().out
     assert f"tpu_vm.py up --name acp-a-tiny --config {configs / 'acp_A_tiny.yaml'} --zone us-central2-b" in out
     assert "gcloud compute tpus tpu-vm create acp-c-tiny --zone us-central2-b" in out  # the launcher's own commands
     assert f"instructjax train --config ~/instructjax_run.yaml --resume run_dir={bucket}/runs/acp-a-tiny" in out
+    # where the launcher put the run it starts from, not the local run directory its config names
+    assert f"--resume run_dir={bucket}/runs/acp-a-tiny-more distributed=true model.init_from={bucket}/runs/acp-a-tiny " \
+           in out
+    later.unlink()
 
     # acp_A_tiny trained on its VM: the run wrote DONE where the launcher put it; the sweep reads it there
     done = {"step": STEPS, "config": training_digest(load_config(configs / "acp_A_tiny.yaml"), not_training=runs_only_keys())}
