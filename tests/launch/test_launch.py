@@ -87,7 +87,7 @@ def test_tpu_queued_and_watch(capsys):
     assert create[:5] == ["gcloud", "compute", "tpus", "queued-resources", "create"]
 
 
-def test_tpu_stop_delete_logs_and_errors(capsys):
+def test_tpu_stop_delete_logs_and_errors(capsys, tmp_path):
     for action in ("logs", "stop", "delete"):
         tpu.main([action, *BASE, "--dry-run"])
     logs, stop, delete = printed(capsys)
@@ -99,6 +99,15 @@ def test_tpu_stop_delete_logs_and_errors(capsys):
         tpu.main(["train", "--name", "x", "--zone", "z", "--bucket", "/local", "--config", CONFIG, "--dry-run"])
     with pytest.raises(SystemExit):
         tpu.main(["up", "--name", "x", "--zone", "z", "--dry-run"])
+
+    capsys.readouterr()
+    (tmp_path / "typo.yaml").write_text("model: {init_from: checkpoints/base/mine}\nmax_stepz: 3\n")
+    for config, words in (("no/such.yaml", "config file no/such.yaml does not exist; a shipped config is found by name"),
+                          (str(tmp_path / "typo.yaml"), "max_stepz: unknown key; did you mean max_steps?")):
+        with pytest.raises(SystemExit) as exited:  # checked as the trainer reads it, before any command
+            tpu.main(["up", "--name", "x", "--zone", "z", "--bucket", "gs://b", "--config", config, "--dry-run"])
+        out, err = capsys.readouterr()
+        assert exited.value.code == 2 and not out and len(err.splitlines()) == 1 and words in err, err
 
 
 @pytest.mark.slow
