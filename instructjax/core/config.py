@@ -327,11 +327,15 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (local or in a bucket; or only overrides when `path` is None) into a checked RunConfig."""
+    """Read a YAML config (local or in a bucket, or a shipped one by name: `core.shipped.config_file`; or only
+    overrides when `path` is None) into a checked RunConfig."""
     from instructjax.core import storage
 
     raw: dict = {}
     if path is not None:
+        from instructjax.core.shipped import config_file
+
+        path = config_file(str(path))  # a shipped config by name (`quickstart`) too
         try:
             raw = yaml.safe_load(storage.path(path).read_text()) or {}
         except FileNotFoundError:

@@ -11,7 +11,7 @@ train step:  jit with explicit shardings, state donated; the global batch is spl
              multiple of `sharding.row_multiple`); each is compiled before step 1
 loop:        host batch -> global jax.Array -> step; metrics to RUN_DIR/metrics.jsonl + TensorBoard;
              Orbax saves every `checkpoint.every` steps and at the end; a non-finite loss stops the run
-             before anything broken is saved; SIGTERM saves the step in flight and stops (preemption.py).
+             before anything broken is saved; SIGTERM or SIGINT saves the step in flight and stops (preemption.py).
              A run that reached its last step writes RUN_DIR/DONE: {step, config: `training_digest`}
              (what `sweep` and the TPU launcher read). RUN_DIR may be local or in a bucket.
 hosts:       every host plans the same global steps (data.batches.pipeline); a host whose plan differs
@@ -54,7 +54,7 @@ class TrainResult:
     run_dir: storage.Path
     step: int  # the last completed step
     losses: dict[int, float] = field(default_factory=dict)  # every step this run trained
-    preempted: bool = False  # stopped by SIGTERM after saving `step`
+    preempted: bool = False  # stopped by SIGTERM or SIGINT after saving `step`
 
 
 def on_mesh(host_batch: dict[str, np.ndarray], batch_sharding: NamedSharding) -> dict[str, jax.Array]:
@@ -311,7 +311,7 @@ class Trainer:
 
         preemption = PreemptionWatch()
         try:
-            with jax.set_mesh(self.mesh), self._memory_errors():
+            with preemption.listening(), jax.set_mesh(self.mesh), self._memory_errors():
                 self.schedule(start)  # its ops compiled here, not in the wall time of the second step
                 for rows, length in self.step_shapes:  # compiled now: a shape first used mid-run costs no step time
                     if (rows, length) not in self.precompiled:
@@ -332,17 +332,16 @@ class Trainer:
                         logger.sync()  # the metrics kept never lag behind a saved step
                         self.save(step, params, opt_state, tokens, position, window)
                     if result.preempted:
-                        if primary:
-                            print(f"instructjax: preempted: saved step {step}; `--resume` continues from it",
-                                  file=sys.stderr, flush=True)
                         break
                     if step < last:
                         position = following
         finally:
-            preemption.close()
             bar.close()
-            self.checkpointer.wait()
+            self.checkpointer.wait()  # committed and sealed
             logger.close()
+        if result.preempted and primary:
+            print(f"instructjax: preempted: saved step {result.step} in {self.run_dir}; `--resume` continues from it",
+                  file=sys.stderr, flush=True)
         self.checkpointer.close()
         if primary:
             plot_losses(self.run_dir)
