@@ -12,7 +12,6 @@ import io
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -84,9 +83,8 @@ def starting_adapters(base: dict | None, model, build: StepBuild, params):
     adapters = None
     if base is not None and not base.get("merged"):
         adapters = load_base(base, model, build.param_shardings)[1]
-    if adapters is None:
-        zeros = jax.jit(lambda t: jax.tree.map(jnp.zeros_like, t), out_shardings=lora.trainable(build.param_shardings))
-        adapters = zeros(lora.trainable(params))
+    if adapters is None:  # the adapters zeroed (`lora.reference` of the adapters alone), placed as they are
+        adapters = jax.jit(lora.reference, out_shardings=lora.trainable(build.param_shardings))(lora.trainable(params))
     return adapters
 
 

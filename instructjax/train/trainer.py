@@ -219,7 +219,8 @@ class Trainer:
         return nnx.to_pure_dict(nnx.state(sharding.create_sharded_model(make_model, self.mesh)))
 
     def prepare_reference(self, params, start: int) -> tuple:
-        """The step's reference argument (`step.reference_args`: live, a full fine-tune), or () where it takes none;
+        """The step's reference argument (`step.reference_args`, live: a full fine-tune's starting parameters, a
+        LoRA's starting adapters), or () where it takes none;
         with `objective.reference: cached`, the reference's log-probs handed to the pipeline first: read back from
         RUN_DIR, or computed (from `params` at step 0: the model the run starts from, a LoRA's starting adapters
         included; from the reference loaded again on resume) and stored."""

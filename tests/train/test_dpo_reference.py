@@ -2,7 +2,8 @@
 a DPO run on it compares with that run's model as trained, its adapters included. At the first step the policy is
 its reference: the loss is log 2 and every reward 0, whether the run goes on training the SFT adapters (`start`, the
 default) or trains fresh ones on them merged (`base`), with the reference's log-probs cached before step 1 or
-computed live in every step; and once the policy has moved, cached and live give the same numbers."""
+computed live in every step; and once the policy has moved, cached and live give the same numbers. The DPO run's
+adapter exports onto the SFT run's Hugging Face base; fresh adapters on the merged SFT model have none (one line)."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def test_dpo_after_a_lora_sft_run_starts_at_log_2_whatever_the_reference(tmp_pat
     """The SFT run: LoRA on an imported model (its adapters saved alone, on that base), one step."""
     from helpers.models import make_hf
 
-    assert cli.main(["import", "--hf", make_hf(str(tmp_path), "gqa"), "--out", str(tmp_path / "base")]) == 0
+    hf = make_hf(str(tmp_path), "gqa")
+    assert cli.main(["import", "--hf", hf, "--out", str(tmp_path / "base")]) == 0
     sft = tmp_path / "sft"
     assert cli.main(["train", "--config", "/dev/null", *SFT, f"model.init_from={tmp_path / 'base'}",
                      f"run_dir={sft}"]) == 0
@@ -51,3 +53,26 @@ def test_dpo_after_a_lora_sft_run_starts_at_log_2_whatever_the_reference(tmp_pat
     cached, live = runs["start", "cached"], runs["start", "live"]
     for key in ("loss", "grad_norm", *REWARDS):
         np.testing.assert_allclose(cached[2][key], live[2][key], rtol=1e-4, atol=1e-6, err_msg=key)
+
+    # the DPO run's adapter (start) sits on the SFT run's HF base; fresh adapters on the merged SFT model (base) have
+    # no HF base: one line, nothing written
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "start-live"), "--out", str(tmp_path / "a"),
+                     "--adapter"]) == 0
+    assert json.loads((tmp_path / "a" / "adapter_config.json").read_text())["base_model_name_or_path"] == hf
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "base-live"), "--out", str(tmp_path / "b"),
+                     "--adapter"]) == 2
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("keys, words", [
+    (["objective.loss=dpo", "objective.reference=start"],
+     r"objective.reference must be one of \('cached', 'live'\).*objective.reference_model: start \| base"),
+    (["objective.loss=simpo", "objective.reference_model=base"], "objective.loss=simpo has no reference model"),
+    (["objective.loss=dpo", "objective.reference_model=sft"], "objective.reference_model must be one of"),
+])
+def test_a_reference_model_that_cannot_be_is_one_line(keys, words):
+    from instructjax.core.config import load_config
+    from instructjax.core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=words):
+        load_config(None, ["model.preset=tiny", *keys])

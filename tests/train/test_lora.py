@@ -294,7 +294,8 @@ def test_a_qlora_run_saves_its_adapters_alone_resumes_on_its_base_and_exports_wh
     card = [line[2:].split(": ", 1) for line in open(f"{adapter}/README.md").read().splitlines() if line[:2] == "- "]
     quantization = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                                    bnb_4bit_compute_dtype=torch.float32).to_dict()
-    assert dict(card) == {k: f"{v}" for k, v in quantization.items()}  # as PEFT writes them
+    # PEFT's `- key: value` lines, each value as transformers writes it in config.json (quant_method: bitsandbytes)
+    assert dict(card) == {k: str(v) for k, v in json.loads(json.dumps(quantization)).items()}
     tokenizer = transformers.AutoTokenizer.from_pretrained(adapter)
     text = "Write a haiku about the sea, then explain it in two sentences."
     ids = tokenizer(text)["input_ids"]
