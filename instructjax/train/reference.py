@@ -1,5 +1,8 @@
-"""The reference's log-probs of a preference run with `objective.reference: cached` (open-instruct's DPO precomputes
-them): before the first step every example of the run's tasks goes once through the starting model, one example a
+"""A preference run's reference: the model it starts from, frozen (`start_base`, `starting_adapters`: a LoRA run on a
+LoRA init_from goes on training its adapters, their starting values the reference, or with
+`objective.reference_model: base` trains fresh ones on them merged), and its log-probs.
+
+With `objective.reference: cached` (open-instruct's DPO precomputes them), before the first step every example of the run's tasks goes once through the starting model, one example a
 row, and each token's log-prob of its target is kept (0 where nothing is trained). They are stored under
 RUN_DIR/reference_logps/ (a file per task: the values end to end and each example's length), read back on resume,
 and handed to the step with the tokens (the pipeline's `reference_logps`), so the reference holds no memory while

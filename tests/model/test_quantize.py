@@ -89,7 +89,7 @@ def batch() -> dict[str, np.ndarray]:
 def test_qlora_is_lora_on_the_dequantized_base(kind):
     """The same base and adapters: the QLoRA model's logits (and, for nf4, three steps' losses) equal LoRA's on
     the base dequantized once (float32, 1e-5); the gap to LoRA on the original base is printed (the cost of
-    quantizing: 1.4e-3 at the first step for nf4 here)."""
+    quantizing; on a real model: benchmarks/qlora_bitsandbytes.py)."""
     plain = config()
     base = nnx.to_pure_dict(nnx.state(Decoder(plain, rngs=nnx.Rngs(0)), nnx.Param))
     rng = np.random.default_rng(2)  # trained adapters, so they take part
