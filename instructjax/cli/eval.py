@@ -116,7 +116,7 @@ def run_score(args) -> int:
     if not texts:
         raise ConfigError("score: give --text or --file")
     generator, hf_tok = _generator(args)
-    for text, scores in zip(texts, score_texts(generator.model, hf_tok, texts, args.batch_size), strict=True):
+    for text, scores in zip(texts, score_texts(generator, hf_tok, texts), strict=True):
         total = sum(lp for _, lp in scores)
         print(json.dumps({"text": text, "logprob": total, "tokens": scores}, ensure_ascii=False))
     return 0

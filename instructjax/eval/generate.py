@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -22,19 +21,10 @@ import numpy as np
 from flax import nnx
 
 from instructjax.core.errors import ConfigError, DataError
+from instructjax.eval.interface import GREEDY, Sampling, TokenScores
 from instructjax.model.decoder import Decoder, init_cache
 
 Array = jax.Array
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """temperature 0 is greedy; top_p < 1 keeps the smallest token set whose probability reaches top_p."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
 
 
 def sample_token(logits: Array, rng: Array, temperature: Array | float, top_p: Array | float) -> Array:
@@ -186,7 +176,7 @@ class Generator:
             raise DataError(f"the model's chat template refuses the prompt ({e})", reason="template") from None
         return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
 
-    def generate(self, prompts: Sequence[str | Sequence[int]], sampling: Sampling = Sampling(),
+    def generate(self, prompts: Sequence[str | Sequence[int]], sampling: Sampling = GREEDY,
                  until: Sequence[str] = ()) -> list[str]:
         """Completions of raw prompts (text gets BOS) cut at end of turn and at the first `until` string."""
         encoded = [self.tokenizer(p, add_special_tokens=True)["input_ids"] if isinstance(p, str) else list(p)
@@ -203,9 +193,24 @@ class Generator:
                 texts.append(text)
         return texts
 
-    def chat(self, conversations: Sequence[list[dict[str, str]]], sampling: Sampling = Sampling()) -> list[str]:
+    def chat(self, conversations: Sequence[list[dict[str, str]]], sampling: Sampling = GREEDY) -> list[str]:
         """The next assistant turn for each conversation (messages ending on a user turn)."""
         return [t.strip() for t in self.generate([self.encode_chat(m) for m in conversations], sampling)]
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[TokenScores]:
+        from instructjax.eval.score import score_ids
+
+        return score_ids(self.model, sequences, self.batch_size)
+
+    def next_token_logprobs(self, sequences: Sequence[Sequence[int]], candidates: Sequence[int]) -> np.ndarray:
+        from instructjax.eval.score import next_token_logprobs
+
+        return next_token_logprobs(self.model, sequences, candidates, self.batch_size)
+
+    def describe(self) -> dict[str, str]:
+        from instructjax import __version__
+
+        return {"engine": "instructjax", "version": __version__}
 
 
 def load_generator(model: str, *, tokenizer: str | None = None, template: str | None = None,

@@ -17,7 +17,6 @@ from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
 from instructjax.eval.generate import Generator, Sampling
-from instructjax.eval.score import score_ids
 
 
 @register_model("instructjax")
@@ -65,7 +64,7 @@ class InstructJaxLM(TemplateLM):
         for _, context_enc, continuation_enc in requests:
             sequences.append((context_enc + continuation_enc)[-(self.max_length + 1):])
             n_cont.append(len(continuation_enc))
-        scores = score_ids(self.model, sequences, self.batch_size)
+        scores = self.generator.score(sequences)
         results = []
         for (cache_key, _, _), s, n in zip(requests, scores, n_cont, strict=True):
             answer = (float(s.logprobs[-n:].sum()), bool(s.is_greedy[-n:].all()))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -12,15 +11,8 @@ import numpy as np
 from flax import nnx
 
 from instructjax.core.errors import ConfigError
+from instructjax.eval.interface import TokenScores
 from instructjax.model.decoder import Decoder
-
-
-@dataclass(frozen=True)
-class TokenScores:
-    """For a sequence of n ids: `logprobs[i]` = log p(ids[i+1] | ids[:i+1]) and whether that id was the argmax."""
-
-    logprobs: np.ndarray  # float32 [n - 1]
-    is_greedy: np.ndarray  # bool [n - 1]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -95,14 +87,14 @@ def next_token_logprobs(model: Decoder, sequences: Sequence[Sequence[int]], cand
     return out
 
 
-def score_texts(model: Decoder, hf_tokenizer, texts: Sequence[str], batch_size: int = 8) -> list[list[tuple[str, float]]]:
-    """(token text, log-prob) for every token after BOS of each text."""
+def score_texts(engine, hf_tokenizer, texts: Sequence[str]) -> list[list[tuple[str, float]]]:
+    """(token text, log-prob) for every token after BOS of each text, scored by `engine` (eval.interface.Engine)."""
     encoded = [hf_tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
     short = next((t for t, ids in zip(texts, encoded, strict=True) if len(ids) < 2), None)
     if short is not None:  # the first token has no context to be scored in
         raise ConfigError(f"score: {short!r} is {len(hf_tokenizer(short, add_special_tokens=True)['input_ids'])} "
                           "token(s) with this tokenizer (which adds no BOS before it): a text needs at least two, "
                           "a context and a token to score")
-    scores = score_ids(model, encoded, batch_size)
+    scores = engine.score(encoded)
     return [[(hf_tokenizer.convert_ids_to_tokens(tok), float(lp)) for tok, lp in zip(ids[1:], s.logprobs, strict=True)]
             for ids, s in zip(encoded, scores, strict=True)]

@@ -95,8 +95,7 @@ def requests(data_dir: str, hf_tokenizer, chat_format: str, settings: Sequence[s
 def answer(generator, reqs: Sequence[Request]) -> list:
     """The model's answers: the likeliest continuation's index for a log-likelihood request, else the completion
     text (prompts tokenized without special tokens, as the scripts do: `add_special_tokens=False`)."""
-    from instructjax.eval.generate import Sampling
-    from instructjax.eval.score import next_token_logprobs
+    from instructjax.eval.interface import Sampling
 
     tok = generator.tokenizer
     encoded = [tok(r.prompt, add_special_tokens=False)["input_ids"] for r in reqs]
@@ -104,8 +103,7 @@ def answer(generator, reqs: Sequence[Request]) -> list:
     choice = [i for i, r in enumerate(reqs) if r.continuations]
     if choice:
         candidates = mmlu.candidate_ids(tok)
-        logprobs = next_token_logprobs(generator.model, [encoded[i] for i in choice], candidates,
-                                       generator.batch_size)
+        logprobs = generator.next_token_logprobs([encoded[i] for i in choice], candidates)
         for i, row in zip(choice, logprobs, strict=True):
             out[i] = int(row.argmax())
     groups: dict[tuple, list[int]] = {}
