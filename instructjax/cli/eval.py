@@ -51,6 +51,7 @@ def register(subparsers) -> None:
     ev.add_argument("--include-path", help="directory with extra (e.g. offline) task YAMLs")
     ev.add_argument("--limit", type=float, help="at most this many documents per task")
     ev.add_argument("--batch-size", type=int, default=8)
+    _placement_args(ev)
     ev.add_argument("--out", help="write the results JSON here")
     ev.set_defaults(func=run_eval)
     sub = ev.add_subparsers(dest="eval_command", required=False)
@@ -94,13 +95,32 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a checkpoint (RUN_DIR[/STEP]) or an HF model directory")
     p.add_argument("--tokenizer", help="tokenizer override (.model or HF dir); default: the model's own")
     p.add_argument("--template", help="chat template name; default: the one the model was trained with")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="sequences scored at once")
+    _placement_args(p)
+
+
+def _placement_args(p: argparse.ArgumentParser) -> None:
+    """Where the model lies and how it decodes (eval/placement.py, eval/engine.py)."""
+    p.add_argument("--dtype", choices=["float32", "bfloat16"],
+                   help="the evaluation's dtype (default: bfloat16 on accelerators, float32 on a CPU)")
+    p.add_argument("--mesh", help="the model's mesh over every device, e.g. fsdp=4,tensor=2 (default: data "
+                                  "parallel where the weights fit a device, else fsdp)")
+    p.add_argument("--slots", type=int, help="sequences decoded at once (continuous batching; default 32)")
+
+
+def _placement(args) -> dict:
+    from instructjax.eval.generate import DEFAULT_SLOTS
+    from instructjax.eval.placement import parse_mesh
+
+    return {"dtype": getattr(args, "dtype", None), "mesh": parse_mesh(getattr(args, "mesh", None)),
+            "slots": getattr(args, "slots", None) or DEFAULT_SLOTS}
 
 
 def _generator(args):
     from instructjax.eval.generate import load_generator
 
-    return load_generator(args.model, tokenizer=args.tokenizer, template=args.template, batch_size=args.batch_size)
+    return load_generator(args.model, tokenizer=args.tokenizer, template=args.template, batch_size=args.batch_size,
+                          **_placement(args))
 
 
 def _rows(path: str) -> list[dict]:
@@ -181,7 +201,7 @@ def run_tulu(args) -> int:
     from instructjax.eval.tulu.codex import codex_eval
 
     tulu.check_data(args.data_dir)
-    generator, _ = load_generator(args.model, batch_size=args.batch_size)
+    generator, _ = load_generator(args.model, batch_size=args.batch_size, **_placement(args))
     results = {"suite": tulu.run(generator, args.data_dir, chat_format),
                "codex": codex_eval(generator, tulu.codex.problems(args.data_dir), bos=False)}
     _print_and_write(results, args.out)

@@ -161,7 +161,8 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
 
     def generator():  # loaded once, when a part first needs it
         if not loaded:
-            loaded.append(load_generator(target, batch_size=ev.batch_size)[0])
+            mesh = config.mesh if isinstance(config.mesh, dict) else None  # the run's mesh (auto: the default's)
+            loaded.append(load_generator(target, batch_size=ev.batch_size, mesh=mesh)[0])
         return loaded[0]
 
     tulu_suite = ev.suite == TULU

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
 
@@ -30,10 +31,28 @@ def _bucket(n: int, minimum: int = 16) -> int:
     return max(minimum, 1 << (n - 1).bit_length())
 
 
-def score_ids(model: Decoder, sequences: Sequence[Sequence[int]], batch_size: int = 8) -> list[TokenScores]:
-    """Scores of every sequence (each at least 2 ids), in input order; long ones first to bound recompiles."""
+def _placed(mesh, *arrays: np.ndarray) -> list:
+    """Host arrays [batch, ...] on the mesh, rows over (data, fsdp) (as they are without a mesh)."""
+    if mesh is None:
+        return [jnp.asarray(a) for a in arrays]
+    from instructjax.core.sharding import batch_sharding
+
+    return [jax.device_put(a, batch_sharding(mesh)) for a in arrays]
+
+
+def _scope(mesh):
+    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+
+
+def score_ids(model: Decoder, sequences: Sequence[Sequence[int]], batch_size: int = 8, *,
+              mesh=None) -> list[TokenScores]:
+    """Scores of every sequence (each at least 2 ids), in input order; long ones first to bound recompiles. On a
+    `mesh` (where the model's parameters lie) a batch's rows split over (data, fsdp)."""
     if any(len(s) < 2 for s in sequences):
         raise ValueError("score_ids: each sequence needs at least two ids (a context and one scored token)")
+    if mesh is not None:
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        batch_size = -(-batch_size // shards) * shards
     graphdef, state = nnx.split(model)
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
     results: list[TokenScores | None] = [None] * len(sequences)
@@ -45,7 +64,8 @@ def score_ids(model: Decoder, sequences: Sequence[Sequence[int]], batch_size: in
         for row, i in enumerate(idx):
             tokens[row, : len(sequences[i])] = sequences[i]
             segments[row, : len(sequences[i])] = 1
-        logp, greedy = jax.device_get(_score(graphdef, state, jnp.asarray(tokens), jnp.asarray(segments)))
+        with _scope(mesh):
+            logp, greedy = jax.device_get(_score(graphdef, state, *_placed(mesh, tokens, segments)))
         for row, i in enumerate(idx):
             n = len(sequences[i]) - 1
             results[i] = TokenScores(np.asarray(logp[row, :n]), np.asarray(greedy[row, :n]))
