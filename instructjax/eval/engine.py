@@ -35,7 +35,7 @@ from instructjax.eval.interface import Sampling
 from instructjax.model import decoding
 from instructjax.model.decoder import Decoder
 
-MIN_PREFIX = 32  # a shared prefix shorter than this is filled with each prompt
+MIN_PREFIX = 64  # a shared prefix shorter than this is filled with each prompt (a chat's system turn is)
 FILL_TOKENS = 4096  # a fill call's rows x bucket length, at most (one row at least)
 
 
@@ -147,10 +147,12 @@ class SlotEngine:
         k = 0
         while k < len(jobs):
             width = bucket(max(len(j[1]) for j in jobs[k:]))
-            cap = max(1, self.fill_tokens // width)
-            group = jobs[k: k + cap]
+            full = self._fill_rows(width)
+            group = jobs[k: k + full]
             width = bucket(max(len(j[1]) for j in group))
-            rows = max(1 << (len(group) - 1).bit_length(), self.shards)  # rows split evenly over the devices
+            full = self._fill_rows(width)
+            few = max(self.shards, full // 8)  # two row counts a bucket: a few rows, or a full call
+            rows = few if len(group) <= few else full
             tokens = np.zeros((rows, width), np.int32)
             starts, lengths = np.zeros(rows, np.int32), np.ones(rows, np.int32)
             slots = np.full(rows, self.slots, np.int32)  # padding rows: past the last slot, written nowhere
@@ -170,6 +172,12 @@ class SlotEngine:
             self.stats.fill_tokens += sum(len(j[1]) for j in group)
             k += len(group)
         return cache, np.concatenate(firsts), np.concatenate(logps)
+
+    def _fill_rows(self, width: int) -> int:
+        """A full fill call's rows for prompts of `width` tokens: FILL_TOKENS' worth, at most the slots, a power of
+        two that the data-parallel devices divide."""
+        rows = 1 << max(0, (max(1, min(self.slots, self.fill_tokens // width))).bit_length() - 1)
+        return max(rows, self.shards)
 
     def _prefix_cache(self, tokens: list[int], keys: np.ndarray, sampling: Sampling) -> decoding.SlotCache:
         """A one-slot cache holding `tokens`' keys and values."""
