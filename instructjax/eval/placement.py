@@ -69,7 +69,7 @@ def weight_bytes(config: DecoderConfig, sizes: Mapping[str, int]) -> int:
 
     mesh = jax.sharding.AbstractMesh(tuple(sizes.values()), tuple(sizes))
     total = 0
-    for leaf in jax.tree.leaves(nnx.state(abstract_model(config), nnx.Param),
+    for leaf in jax.tree.leaves(nnx.state(abstract_model(config.replace(scan_layers=True)), nnx.Param),
                                 is_leaf=lambda x: isinstance(x, nnx.Variable)):
         value = leaf.get_value()
         names = leaf.get_metadata().get("out_sharding")
