@@ -17,7 +17,7 @@ An engine answers two kinds of request:
 `describe()` is what results.json records of the engine ({"engine", "version"}, and "endpoint" for a server).
 
 Implementations: the model in this job (`eval.generate.Generator`: continuous batching on the job's mesh,
-eval/engine.py) and an OpenAI-compatible server (eval/endpoint.py).
+eval/engine.py) and an OpenAI-compatible server (the endpoint engine of `--endpoint`).
 """
 
 from __future__ import annotations
