@@ -33,6 +33,9 @@ from instructjax.eval import tulu
 from instructjax.eval.generate import load_generator
 generator, _ = load_generator(sys.argv[1])
 scores = tulu.run(generator, sys.argv[2], tulu.chat_format_of(sys.argv[1]), samples_out=sys.argv[3])
+engine = getattr(generator, "engine", None)  # the engine's counts (prefix tokens not recomputed), where it has one
+if engine is not None:
+    open(sys.argv[3] + ".stats.json", "w").write(json.dumps(engine.stats.as_dict()))
 print("RESULT " + json.dumps(scores), flush=True)
 """
 

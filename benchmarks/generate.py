@@ -230,7 +230,9 @@ def main() -> None:
         label, argv, env = rows[key]
         argv = [str(time.time()) if a == "START" else a for a in argv]
         results[key] = run_row(label, argv, env)
-    reference = (results.get("transformers") or {}).get("ids")
+        print(json.dumps({k: {f: v for f, v in r.items() if f != "ids"} for k, r in results.items() if r}), flush=True)
+    reference_key = "transformers" if results.get("transformers") else "before"  # the engine before equals it
+    reference = (results.get(reference_key) or {}).get("ids")
     table_rows, summary = [], {}
     for key, result in results.items():
         if result is None:
@@ -249,7 +251,7 @@ def main() -> None:
             f"{lengths[len(lengths) // 2]}, {sum(n >= args.max_new for n in lengths)} at the limit, shortest "
             f"{lengths[0]}.\n\n" + common.table(
                 ["side", "new tokens", "generation s", "whole process s", "tokens/s (generation)", "slot occupancy",
-                 "replies equal to transformers'"], table_rows))
+                 f"replies equal to {reference_key}'s"], table_rows))
     for key in ("ours1", "ours8"):
         if key in summary and "before" in summary:
             body += f"\n\n{rows[key][0]}: {summary[key]['tokens_per_s'] / summary['before']['tokens_per_s']:.1f}x the " \
