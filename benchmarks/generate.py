@@ -142,18 +142,26 @@ def _transformers(args, prompts) -> dict:
 
 VLLM_CHILD = """
 import json, sys, time
-start = float(sys.argv[4])
-from vllm import LLM, SamplingParams
-from vllm.inputs import TokensPrompt
-prompts = json.load(open(sys.argv[2]))
-llm = LLM(model=sys.argv[1], dtype="float32", max_model_len=int(sys.argv[5]), seed=0)
-params = SamplingParams(temperature=0.0, max_tokens=int(sys.argv[3]), stop_token_ids=[int(sys.argv[6])])
-t0 = time.perf_counter()
-outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params)
-gen = time.perf_counter() - t0
-import vllm
-print("RESULT " + json.dumps({"ids": [list(o.outputs[0].token_ids) for o in outs], "generation_s": gen,
-                              "process_s": time.time() - start, "version": vllm.__version__}), flush=True)
+
+
+def main():
+    start = float(sys.argv[4])
+    import vllm
+    from vllm import LLM, SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    prompts = json.load(open(sys.argv[2]))
+    llm = LLM(model=sys.argv[1], dtype="float32", max_model_len=int(sys.argv[5]), seed=0)
+    params = SamplingParams(temperature=0.0, max_tokens=int(sys.argv[3]), stop_token_ids=[int(sys.argv[6])])
+    t0 = time.perf_counter()
+    outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params)
+    gen = time.perf_counter() - t0
+    print("RESULT " + json.dumps({"ids": [list(o.outputs[0].token_ids) for o in outs], "generation_s": gen,
+                                  "process_s": time.time() - start, "version": vllm.__version__}), flush=True)
+
+
+if __name__ == "__main__":  # vLLM starts its engine core in a spawned process
+    main()
 """
 
 
