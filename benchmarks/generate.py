@@ -151,7 +151,8 @@ def main():
     from vllm.inputs import TokensPrompt
 
     prompts = json.load(open(sys.argv[2]))
-    llm = LLM(model=sys.argv[1], dtype="float32", max_model_len=int(sys.argv[5]), seed=0)
+    llm = LLM(model=sys.argv[1], dtype="float32", max_model_len=int(sys.argv[5]), seed=0,
+              gpu_memory_utilization=0.15)  # on a CPU: the share of host memory it reserves (shared machines)
     params = SamplingParams(temperature=0.0, max_tokens=int(sys.argv[3]), stop_token_ids=[int(sys.argv[6])])
     t0 = time.perf_counter()
     outs = llm.generate([TokensPrompt(prompt_token_ids=p) for p in prompts], params)
