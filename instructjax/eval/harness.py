@@ -6,9 +6,12 @@ on a checkpoint. `instructjax eval`, `eval --config` (eval/run.py) and `instruct
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
+import os
+import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,12 +43,13 @@ def run_lm_eval(model: str, tasks: list[str], *, backend: str = "auto", num_fews
         device, dtype = hf_placement(model, local_accelerator())
         model_args = f"pretrained={model},dtype={dtype}"
     try:
-        return lm_eval.simple_evaluate(
-            model=backend, model_args=model_args, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
-            batch_size=batch_size, device=device, log_samples=log_samples,
-            task_manager=task_manager(include_path, tasks), bootstrap_iters=0, samples=samples,
-            gen_kwargs=gen_kwargs,
-        )
+        with quiet_git():
+            return lm_eval.simple_evaluate(
+                model=backend, model_args=model_args, tasks=tasks, num_fewshot=num_fewshot, limit=limit,
+                batch_size=batch_size, device=device, log_samples=log_samples,
+                task_manager=task_manager(include_path, tasks), bootstrap_iters=0, samples=samples,
+                gen_kwargs=gen_kwargs,
+            )
     except Exception as exc:  # a task's hub dataset out of reach: one line naming it (else as raised)
         from instructjax.core.errors import ConfigError
         from instructjax.data.sources.hub import hub_failure, hub_problem
@@ -57,6 +61,29 @@ def run_lm_eval(model: str, tasks: list[str], *, backend: str = "auto", num_fews
                 "`--include-path`: instructjax/eval/offline_tasks)"
         raise ConfigError(f"lm-eval task(s) {', '.join(tasks)}: {hub_problem(dataset, exc, local)}") from None
 
+
+
+@contextlib.contextmanager
+def quiet_git():
+    """Within: lm-eval's record of the working directory's git commit (`evaluator.get_git_commit_hash`, which runs
+    `git describe` with git's stderr on ours) taken quietly. Outside a git checkout (an installed wheel's folder,
+    a user's directory) git would print "fatal: not a git repository" on ours."""
+
+    from lm_eval import evaluator
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    def commit() -> str | None:
+        try:
+            described = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=True)
+        except (subprocess.CalledProcessError, FileNotFoundError):
+            return get_commit_from_path(os.getcwd())  # what lm-eval falls back on
+        return described.stdout.strip()
+
+    original, evaluator.get_git_commit_hash = evaluator.get_git_commit_hash, commit
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original
 
 def local_accelerator() -> str | None:
     """The torch device of this machine's accelerator ("cuda", "mps"), None on a CPU-only machine."""
@@ -72,9 +99,6 @@ def hf_placement(model_dir: str, accelerator: str | None) -> tuple[str, str]:
     """(device, dtype) of lm-eval's hf model for an HF directory: the accelerator in the dtype the run computed in
     (the export's marker; else the weights' own, config.json's `torch_dtype`), the CPU in float32 where there is no
     accelerator (bfloat16 arithmetic is emulated, slowly, on most CPUs)."""
-    import json
-    import os
-
     from instructjax.convert.saved import export_dtype
 
     if accelerator is None:

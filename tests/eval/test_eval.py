@@ -253,3 +253,19 @@ def test_hf_backend_runs_on_the_accelerator_in_the_runs_dtype(tmp_path):
     (export / "instructjax_export.json").write_text(json.dumps({"checkpoint": "x", "step": 3, "dtype": "bfloat16"}))
     assert hf_placement(str(export), "cuda") == ("cuda", "bfloat16")
     assert hf_placement(str(export), "mps") == ("mps", "bfloat16")
+
+
+def test_lm_eval_outside_git_prints_no_git_error(tmp_path, monkeypatch, capfd):
+    """lm-eval records the working directory's commit with `git describe`, git's stderr on ours: outside a checkout
+    (a user's directory, an installed wheel's) that is a "fatal: not a git repository" line, unless taken quietly."""
+    from lm_eval import evaluator
+
+    from instructjax.eval.harness import quiet_git
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path.parent))  # tmp_path is in no checkout
+    evaluator.get_git_commit_hash()
+    assert "not a git repository" in capfd.readouterr().err  # lm-eval's own: the line this hides
+    with quiet_git():
+        assert evaluator.get_git_commit_hash() is None
+    assert "not a git repository" not in capfd.readouterr().err
