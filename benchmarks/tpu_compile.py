@@ -3,7 +3,7 @@
 For every (config, slice) below, `plan`'s memory per device for the run's largest step beside XLA:TPU's own for
 the same step (`instructjax plan --compile`: arguments + outputs - aliases + temporaries, MaxText's total), their
 ratio, the compiler's own peak (`peak_memory_in_bytes`), the Mosaic kernels compiled, the compile seconds and the largest all-reduce. No TPU is needed (libtpu's
-topology descriptions); on 2 CPU cores a 7B step takes about half a minute to compile, a 65B one about two.
+topology descriptions); on 2 idle CPU cores each step takes 20-40 s to compile (many times that when other jobs share the cores).
 
     python benchmarks/tpu_compile.py                      # the table below, appended to RESULTS.md
     python benchmarks/tpu_compile.py --only 7b --no-write
