@@ -298,12 +298,15 @@ def _stacked_layers(params_tree: Any) -> bool:
     return not (layers and all(str(k).isdigit() for k in layers))
 
 
-def read_meta(directory: str | os.PathLike, step: int | None = None) -> tuple[dict, dict | None, int]:
+def read_meta(directory: str | os.PathLike, step: int | None = None, *,
+              contents: bool = True) -> tuple[dict, dict | None, int]:
     """(model config dict, run_config dict or None, step) of a checkpoint (`step`, else the newest intact one:
     see `intact_step`), without reading any array. The model config's `scan_layers` says how the stored
-    parameters are laid out (for checkpoints written before the option existed, read from the stored tree)."""
+    parameters are laid out (for checkpoints written before the option existed, read from the stored tree).
+    `contents=False`: the step's files are checked present, not hashed (for the config alone: the step it returns
+    may not be the one a later `load_params` takes, should a newer one's contents be damaged)."""
     path = checkpoints_dir(directory)
-    step = integrity.intact_step(path, step)
+    step = integrity.intact_step(path, step, contents=contents)
     meta = _read(path / str(step), meta=ocp.args.JsonRestore())["meta"]
     model_config = meta["model_config"]
     if "scan_layers" not in model_config:
@@ -344,9 +347,10 @@ def check_base(base: dict, where: str) -> None:
 
 def read_tokenizer(directory: str | os.PathLike, step: int | None = None) -> dict | None:
     """The `tokenizer` item saved with a checkpoint ({files, template}), or None when it carries none
-    (`data.tokenizer.materialize(item["files"])` makes a tokenizer directory of it)."""
+    (`data.tokenizer.materialize(item["files"])` makes a tokenizer directory of it). The step's files are checked
+    present, not hashed (a run's steps share one tokenizer)."""
     path = checkpoints_dir(directory)
-    step = integrity.intact_step(path, step)
+    step = integrity.intact_step(path, step, contents=False)
     if not (path / str(step) / "tokenizer").is_dir():
         return None
     return _read(path / str(step), tokenizer=ocp.args.JsonRestore())["tokenizer"]

@@ -110,10 +110,10 @@ def has_manifest(step_dir) -> bool:
     return (storage.path(step_dir) / MANIFEST).is_file()
 
 
-def check_manifest(step_dir, part: int = 0, parts: int = 1) -> str | None:
+def check_manifest(step_dir, part: int = 0, parts: int = 1, *, contents: bool = True) -> str | None:
     """What is wrong with `step_dir` against its manifest, or None. Every file's size is checked, and every store
-    checksum against the store's listing (nothing is read); the xxh3 digests of files `part::parts` (sorted by
-    path) are then computed, so `parts` hosts share the reading of one step."""
+    checksum against the store's listing (nothing is read); with `contents`, the xxh3 digests of files `part::parts`
+    (sorted by path) are then computed, so `parts` hosts share the reading of one step."""
     try:
         raw = (storage.path(step_dir) / MANIFEST).read_bytes()
     except OSError as exc:
@@ -133,6 +133,8 @@ def check_manifest(step_dir, part: int = 0, parts: int = 1) -> str | None:
         if not _is_xxh3(digest) and entry.checksum != digest:
             return f"{name} differs from its manifest ({digest.split(':')[0]} checksum)"
         seen.append((name, entry.version, entry.checksum))
+    if not contents:
+        return None
     key, state = (str(step_dir), part, parts), (head, tuple(seen))
     if key in _checked and _checked[key][0] == state:
         return _checked[key][1]
@@ -194,11 +196,11 @@ def agree(problem: str | None) -> str | None:
     return bytes(flagged[0][1:]).rstrip(b"\0").decode(errors="replace") if flagged else None
 
 
-def _problem(directory, step: int) -> str | None:
+def _problem(directory, step: int, contents: bool = True) -> str | None:
     """What makes `step` unusable, or None (this host's share of the check: see `check_manifest`)."""
     step_dir = storage.path(directory) / str(step)
     if has_manifest(step_dir):
-        return check_manifest(step_dir, jax.process_index(), jax.process_count())
+        return check_manifest(step_dir, jax.process_index(), jax.process_count(), contents=contents)
     if step in unsealed(directory, steps_on_disk(directory)):
         return f"it has no {MANIFEST}: its save stopped (or is still finishing) after Orbax committed it"
     try:  # written before manifests: trusted as then, once its JSON items read
@@ -214,16 +216,18 @@ _warned: set[tuple] = set()  # one warning per process for one fallback (a reade
 
 
 def intact_step(directory, step: int | None = None, *, set_aside: bool = False,
-                damaged: dict[int, str] | None = None) -> int:
+                damaged: dict[int, str] | None = None, contents: bool = True) -> int:
     """The step to read in a checkpoints dir: `step` itself when it is intact (a one-line ConfigError when it
     is not), else the newest intact step; damaged newer steps are named in one warning line on stderr and,
-    with `set_aside`, renamed to `STEP.unreadable` (kept). `damaged`: steps already found unreadable."""
+    with `set_aside`, renamed to `STEP.unreadable` (kept). `damaged`: steps already found unreadable.
+    `contents=False` (a reader of a step's JSON items alone: its model config, tokenizer, base): every file is there
+    at its size by the store's listing, and none is read or hashed, so `plan` of a 70B import reads a few KB."""
     directory = storage.path(directory)
     steps = steps_on_disk(directory)
     if step is not None:
         if step not in steps:
             raise ConfigError(f"no complete checkpoint at step {step} in {directory}")
-        problem = agree(_problem(directory, step))
+        problem = agree(_problem(directory, step, contents))
         if problem is not None:
             raise ConfigError(f"checkpoint step {step} in {directory} is damaged: {problem}")
         return step
@@ -234,7 +238,7 @@ def intact_step(directory, step: int | None = None, *, set_aside: bool = False,
         steps = [s for s in steps if s <= int(np.min(newest))]
     skipped = []
     for candidate in reversed(steps):
-        problem = agree((damaged or {}).get(candidate) or _problem(directory, candidate))
+        problem = agree((damaged or {}).get(candidate) or _problem(directory, candidate, contents))
         if problem is None:
             break
         skipped.append((candidate, problem))

@@ -31,7 +31,7 @@ def resolve_model_config(config: RunConfig) -> DecoderConfig:
     if config.model.init_from:
         from instructjax.core.checkpoint import read_meta
 
-        stored = read_meta(config.model.init_from)[0]
+        stored = read_meta(config.model.init_from, contents=False)[0]  # its config alone: the weights are read later
         model = with_overrides(DecoderConfig.from_dict(stored), config.model.overrides)
         if stored.get("lora") is None or model.lora == stored["lora"]:
             return model

@@ -198,20 +198,23 @@ def test_plan_compile_and_the_trainer_resolve_one_run(tmp_path, capsys):
 
 
 def test_compile_from_an_imported_checkpoint_reads_its_metadata_only(tmp_path, capsys):
-    """`plan --compile` of a config whose model.init_from is an imported checkpoint whose weight arrays are gone
-    (the array files deleted after the import, the metadata kept): the model is the stored one (not the config's
-    preset), the step compiles, and nothing is written: no run_dir, no file added or changed in the checkpoint."""
+    """`plan` and `plan --compile` of a config whose model.init_from is an imported checkpoint whose weight arrays
+    were overwritten after the import (zeros, each file its size: read or hashed, they fail its manifest): the model
+    is the stored one (not the config's preset), the step compiles, and nothing is written: no run_dir, no file
+    added or changed in the checkpoint."""
     from helpers.models import make_hf_dir
+
+    from instructjax.data.encoding.tokenizer import default_tokenizer_path
 
     ckpt = tmp_path / "ckpt"
     assert main(["import", "--hf", make_hf_dir(tmp_path / "hf"), "--out", str(ckpt)]) == 0
     arrays = [p for p in ckpt.rglob("*") if p.is_file() and p.parent.name == "d"]
     assert arrays
     for p in arrays:
-        p.unlink()
+        p.write_bytes(bytes(p.stat().st_size))
     before = sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
     overrides = [f"model.init_from={ckpt}", "model.preset=small-100m", f"run_dir={tmp_path / 'run'}",
-                 "model.dtype=bfloat16"]
+                 "model.dtype=bfloat16", f"tokenizer={default_tokenizer_path()}"]  # the import has none; plan counts
     capsys.readouterr()
     assert main(["plan", "--config", str(QUICKSTART), "--topology", "v5e-8", "--json", *overrides]) in (0, 1)
     assert json.loads(capsys.readouterr().out)["memory"]["params"] == 4_170_048  # the imported tiny model's
