@@ -70,9 +70,9 @@ def register(subparsers) -> None:
     prepare.add_argument("--runner", default="in-process",
                          help="in-process (this machine's cores; every host of a launch) or beam (an Apache Beam "
                               "pipeline: the `beam` extra; local worker processes unless --beam-args names a runner)")
-    prepare.add_argument("--shard-rows", type=int, default=8192,
-                         help="--runner beam: rows (or conversations) a shard holds at most: smaller shards spread a "
-                              "task over more workers")
+    prepare.add_argument("--shard-rows", type=int,
+                         help="--runner beam: rows (or conversations) a shard holds at most (default: 64 shards or "
+                              "more in all, of at most 8192 rows): smaller shards spread a task over more workers")
     prepare.add_argument("--beam-args", nargs=argparse.REMAINDER, default=[], metavar="OPTION",
                          help="last: Beam's pipeline options as Beam takes them, e.g. --direct_num_workers=4, or "
                               "--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp")

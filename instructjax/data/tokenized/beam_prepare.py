@@ -51,6 +51,7 @@ from instructjax.data.sources.rows import PipelineStats
 from instructjax.data.tokenized import examples, shards, shared, stream
 
 ATTEMPTS = 3  # runs of the pipeline on the local runner when a worker process is lost
+MIN_SHARDS = 64  # shards in all at least (smaller ones where the tasks are small), so every worker has its share
 _MARK = "instructjax-error"  # how a user's error crosses from a worker to this process
 
 
@@ -69,18 +70,20 @@ class TaskBuild:
     key: str
     where: str
     shards: tuple[shards.Shard, ...]
+    unit_bytes: float = 1.0  # the task's data bytes per unit: what a shard costs, roughly (the hub's: unknown)
 
 
 # A user's modules the workers import first: (name or .py path, the directory a relative path is found in)
 Imports = tuple[tuple[str, str | None], ...]
 
 
-def plan(tasks: list[tuple[str, TaskSpec, int | None, int | None]], shard_units: int = shards.SHARD_UNITS
+def plan(tasks: list[tuple[str, TaskSpec, int | None, int | None]], shard_units: int | None = None
          ) -> list[TaskBuild]:
     """The builds of the tasks (name, spec, count, seed) whose cache file is missing or does not check out, in shards
-    of at most `shard_units` rows (or conversations); a task the cache cannot hold (neither files nor a hub dataset
-    known here) is left to the in-process read."""
-    builds = []
+    of at most `shard_units` rows (or conversations; None: `MIN_SHARDS` or more in all, of at most
+    `shards.SHARD_UNITS` each); a task the cache cannot hold (neither files nor a hub dataset known here) is left to
+    the in-process read."""
+    missing = []
     for name, spec, count, seed in tasks:
         key = examples.cache_key(name, spec, count, seed)
         if key is None:
@@ -89,10 +92,24 @@ def plan(tasks: list[tuple[str, TaskSpec, int | None, int | None]], shard_units:
         if cache.load(where) is not None:
             continue
         units = shared.units_of(name, spec, seed, pool=False)
-        hi = units.upto(math.inf if count is None else count)
+        missing.append((name, spec, count, seed, key, where, units, units.upto(math.inf if count is None else count)))
+    total = sum(hi for *_, hi in missing)
+    size = shard_units or max(1, min(shards.SHARD_UNITS, -(-total // MIN_SHARDS)))
+    builds = []
+    for name, spec, count, seed, key, where, units, hi in missing:
         base = specs.base_name(name)
-        builds.append(TaskBuild(name, base, spec, count, seed, key, str(where), tuple(shards.cut(base, units, hi, shard_units))))
+        builds.append(TaskBuild(name, base, spec, count, seed, key, str(where), tuple(shards.cut(base, units, hi, size)),
+                                _unit_bytes(units)))
     return builds
+
+
+def _unit_bytes(units) -> float:
+    """The data bytes of a task's files per row (a tree source, a selection: per conversation)."""
+    read = getattr(units, "read", None)  # a row source's `row_read.RowRead`
+    tables = read.tables if read is not None else []
+    paths = [t.path for t in tables if storage.path(t.path).is_file()]
+    rows = sum(len(t) for t in tables) if read is not None else units.upto(math.inf)
+    return sum(storage.stat(p).size for p in paths) / rows if paths and rows else 1.0
 
 
 def pipeline_options(args: list[str], workers: int) -> PipelineOptions:
@@ -229,7 +246,9 @@ def _local_runner() -> type:
 
 
 def _build(pipeline, builds: list[TaskBuild], imports: Imports) -> None:
-    units = [(t, s.lo, s.hi) for t, b in enumerate(builds) for s in b.shards]
+    # the costliest shards first: the local runner deals the shards out to its workers in turn, once
+    units = sorted(((t, s.lo, s.hi) for t, b in enumerate(builds) for s in b.shards),
+                   key=lambda u: -(u[2] - u[1]) * builds[u[0]].unit_bytes)
     _ = (pipeline
          | "shards" >> beam.Create(list(enumerate(units)))
          | "spread" >> beam.GroupByKey()  # one key a shard: the runner hands them out over its workers
