@@ -352,7 +352,12 @@ def check_options(beam_args: list[str], workers: int) -> None:
     """Beam's options, the runner they name and its own checks of them, before any work (one ConfigError line)."""
     options = pipeline_options(beam_args, workers)
     runner = _runner(options)
+    quiet = logging.getLogger("apache_beam")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its warnings on the way (credentials, a bucket's policy)
     try:
         beam.Pipeline(runner=runner, options=options)  # the runner validates the options here (Dataflow's GCP ones)
     except ValueError as exc:
         raise ConfigError(f"--beam-args: {type(runner).__name__} refuses them: {_one_line(exc)}") from None
+    finally:
+        quiet.setLevel(level)
