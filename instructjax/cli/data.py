@@ -359,7 +359,15 @@ def run_select(args) -> int:
 
 def run_prepare(args) -> int:
     """Exactly the training run's data side (the same binding, task keys and cache files, on every host of a
-    multi-host launch), with a progress bar per task and a summary of the cache."""
+    multi-host launch), with a progress bar per task and a summary of the cache. SIGINT or SIGTERM stops it before
+    the next task (`core.stopping`: the tasks before are in the cache; exit 75); on several hosts it runs to its end."""
+    from instructjax.core import stopping
+
+    with stopping.listening():
+        return _prepare(args)
+
+
+def _prepare(args) -> int:
     import time
 
     from instructjax.cli import load_run_config

@@ -53,6 +53,7 @@ def register(subparsers) -> None:
     ev.add_argument("--include-path", help="directory with extra (e.g. offline) task YAMLs")
     ev.add_argument("--limit", type=float, help="at most this many documents per task")
     ev.add_argument("--batch-size", type=int, default=8)
+    _placement_args(ev)
     ev.add_argument("--out", help="write the results JSON here")
     _endpoint_args(ev)
     ev.set_defaults(func=run_eval)
@@ -98,7 +99,25 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="a checkpoint (RUN_DIR[/STEP]) or an HF model directory")
     p.add_argument("--tokenizer", help="tokenizer override (.model or HF dir); default: the model's own")
     p.add_argument("--template", help="chat template name; default: the one the model was trained with")
-    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--batch-size", type=int, default=8, help="sequences scored at once")
+    _placement_args(p)
+
+
+def _placement_args(p: argparse.ArgumentParser) -> None:
+    """Where the model lies and how it decodes (eval/placement.py, eval/engine.py)."""
+    p.add_argument("--dtype", choices=["float32", "bfloat16"],
+                   help="the evaluation's dtype (default: bfloat16 on accelerators, float32 on a CPU)")
+    p.add_argument("--mesh", help="the model's mesh over every device, e.g. fsdp=4,tensor=2 (default: data "
+                                  "parallel where the weights fit a device, else fsdp)")
+    p.add_argument("--slots", type=int, help="sequences decoded at once (continuous batching; default 32)")
+
+
+def _placement(args) -> dict:
+    from instructjax.eval.generate import DEFAULT_SLOTS
+    from instructjax.eval.placement import parse_mesh
+
+    return {"dtype": getattr(args, "dtype", None), "mesh": parse_mesh(getattr(args, "mesh", None)),
+            "slots": getattr(args, "slots", None) or DEFAULT_SLOTS}
 
 
 def _endpoint_args(p: argparse.ArgumentParser) -> None:
@@ -126,10 +145,10 @@ def _endpoint(args, cache: str | None = None):
 
 
 def _generator(args, cache: str | None = None):
-    from instructjax.eval.engine import load_engine
+    from instructjax.eval.engines import load_engine
 
     return load_engine(args.model, tokenizer=args.tokenizer, template=args.template, batch_size=args.batch_size,
-                       endpoint=_endpoint(args, cache))
+                       endpoint=_endpoint(args, cache), **_placement(args))
 
 
 def _rows(path: str) -> list[dict]:
@@ -145,7 +164,7 @@ def run_score(args) -> int:
     if not texts:
         raise ConfigError("score: give --text or --file")
     generator, hf_tok = _generator(args)
-    for text, scores in zip(texts, score_texts(generator.model, hf_tok, texts, args.batch_size), strict=True):
+    for text, scores in zip(texts, score_texts(generator, hf_tok, texts), strict=True):
         total = sum(lp for _, lp in scores)
         print(json.dumps({"text": text, "logprob": total, "tokens": scores}, ensure_ascii=False))
     return 0
@@ -212,12 +231,13 @@ def run_tulu(args) -> int:
         write_jsonl(path, [r.record() for r in reqs])
         print(f"wrote {len(reqs)} requests (chat format {chat_format!r}) to {path}")
         return 0
-    from instructjax.eval.engine import engine_record, load_engine
+    from instructjax.eval.engines import engine_record, load_engine
     from instructjax.eval.tulu.codex import codex_eval
 
     tulu.check_data(args.data_dir)
     cache = f"{args.out}.endpoint_cache.jsonl" if args.out else None
-    generator, _ = load_engine(args.model, batch_size=args.batch_size, endpoint=_endpoint(args, cache))
+    generator, _ = load_engine(args.model, batch_size=args.batch_size, endpoint=_endpoint(args, cache),
+                               **_placement(args))
     results = {"engine": engine_record(generator), "suite": tulu.run(generator, args.data_dir, chat_format),
                "codex": codex_eval(generator, tulu.codex.problems(args.data_dir), bos=False)}
     _print_and_write(results, args.out)

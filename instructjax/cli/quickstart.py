@@ -26,7 +26,15 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from instructjax.core import stopping
+
+    with stopping.listening():  # Ctrl-C saves the step in flight, as `train` does
+        return _quickstart(args)
+
+
+def _quickstart(args) -> int:
     from instructjax.cli import data as commands
+    from instructjax.core.stopping import EXIT_PREEMPTED
 
     common = dict(name=None, config=args.config, data_files=None, on_bad_row=None, template=None,
                   max_length=None, json=False)  # fmt: skip
@@ -44,6 +52,9 @@ def run(args) -> int:
     print(f"== train: {config.model.preset} LLaMA, {config.max_steps} steps -> {config.run_dir} ==")
     start = time.perf_counter()
     result = train(config, resume=args.resume)
+    if result.preempted:
+        print(f"stopped: `instructjax quickstart --resume run_dir={config.run_dir}` continues")
+        return EXIT_PREEMPTED
     losses = [result.losses[s] for s in sorted(result.losses)]
     if losses:
         print(f"loss {losses[0]:.3f} -> {losses[-1]:.3f} in {len(losses)} steps, {time.perf_counter() - start:.0f}s; "
@@ -66,8 +77,32 @@ def export_and_evaluate(run_dir: str) -> None:
     export_checkpoint(run_dir, hf_dir)
     hf_dir = hf_dir if storage.is_remote(hf_dir) else str(storage.path(hf_dir).absolute())  # read from data_root
     print("== evaluate: lm-evaluation-harness, hf backend, offline tasks ij_mc and ij_rolling ==")
-    with contextlib.chdir(data_root()):  # the task files name their data relative to the package's folder
+    with contextlib.chdir(data_root()), quiet_git():  # the task files name their data relative to the package's folder
         results = run_lm_eval(hf_dir, ["ij_mc", "ij_rolling"], backend="hf", include_path=str(offline_tasks_dir()))
     for task, metrics in results["results"].items():
         shown = {k.split(",")[0]: round(v, 4) for k, v in metrics.items() if isinstance(v, float)}
         print(f"{task}: {shown}")
+
+
+@contextlib.contextmanager
+def quiet_git():
+    """Within: lm-eval's record of the working directory's git commit (`evaluator.get_git_commit_hash`, which runs
+    `git describe` with git's stderr on ours) taken quietly. The quickstart evaluates from the package's folder, which
+    an installed wheel's is not a git checkout: git would print "fatal: not a git repository" there."""
+    import subprocess
+
+    from lm_eval import evaluator
+    from lm_eval.loggers.utils import get_commit_from_path
+
+    def commit() -> str | None:
+        try:
+            described = subprocess.run(["git", "describe", "--always"], capture_output=True, text=True, check=True)
+        except (subprocess.CalledProcessError, FileNotFoundError):
+            return get_commit_from_path(os.getcwd())  # what lm-eval falls back on
+        return described.stdout.strip()
+
+    original, evaluator.get_git_commit_hash = evaluator.get_git_commit_hash, commit
+    try:
+        yield
+    finally:
+        evaluator.get_git_commit_hash = original

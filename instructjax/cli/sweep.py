@@ -15,9 +15,10 @@ it stands for:
           outputs and the other parts kept.
 RUN_DIR may be local or in a bucket. With `--launch tpu` a run lives where the launcher puts it
 (BUCKET/runs/NAME, launch/tpu_vm.py `run_dir`), and every stage reads it there.
-The stages run in this process, the same code as `train --resume`, `export` and `eval --config`. SIGTERM
-during training saves the step in flight and the sweep exits 75, as `train` does. A stage that fails is
-reported in one line, the run's later stages wait, and the sweep goes on with the next config.
+The stages run in this process, the same code as `train --resume`, `export` and `eval --config`. SIGTERM or
+SIGINT (Ctrl-C) during training saves the step in flight and the sweep exits 75, as `train` does; during another
+stage, that stage finishes (its marker written) and the sweep exits 75 before the next (`core.stopping`). A stage
+that fails is reported in one line, the run's later stages wait, and the sweep goes on with the next config.
 
 One status table (config, stage, steps, result, elapsed) is printed at the end and kept, updated after every
 stage, in sweep.json (`--status`; default: in the common parent of the run directories, local or a bucket).
@@ -46,9 +47,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from instructjax.cli import add_on_bad_row, on_bad_row_overrides
-from instructjax.core import storage
+from instructjax.core import stopping, storage
 from instructjax.core.errors import InstructJaxError
 from instructjax.core.shipped import launch_dir
+from instructjax.core.stopping import EXIT_PREEMPTED
 
 if TYPE_CHECKING:
     import argparse
@@ -57,7 +59,6 @@ if TYPE_CHECKING:
 
 STAGES = ("train", "export", "eval")
 LAUNCH_DIR = launch_dir()  # the shipped launch scripts (a checkout's launch/ links here)
-EXIT_PREEMPTED = 75  # as instructjax.train.preemption.EXIT_PREEMPTED (not imported: it loads jax)
 
 
 def register(subparsers) -> None:
@@ -168,7 +169,7 @@ def stage_done(config: RunConfig, stage: str) -> bool:
 
 
 def train_stage(config: RunConfig, row: Row) -> bool:
-    """Train (resuming); True when the run reached its last step, False when SIGTERM stopped it."""
+    """Train (resuming); True when the run reached its last step, False when a signal stopped it."""
     from instructjax.train.trainer import Trainer
 
     trainer = Trainer(config, resume=True, accept_changes=True)  # a changed config is what the sweep retrains for
@@ -210,6 +211,8 @@ def launch_command(kind: str, path: Path, config: RunConfig, launch_args: str, d
         raise InstructJaxError(f"--launch needs the launch scripts the package ships ({LAUNCH_DIR} is missing: reinstall instructjax)")
     if kind == "tpu":
         cmd = [sys.executable, str(LAUNCH_DIR / "tpu_vm.py"), "up", "--name", tpu_name(config), "--config", str(path)]
+        if storage.is_remote(config.model.init_from or ""):  # where the launcher put the run it starts from
+            cmd += ["--init-from", config.model.init_from]
     else:
         cmd = [sys.executable, str(LAUNCH_DIR / "gpu.py"), "single", "--config", str(path)]
     return cmd + shlex.split(launch_args) + (["--dry-run"] if dry_run else [])
@@ -239,6 +242,11 @@ def tpu_name(config: RunConfig) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    with stopping.listening():
+        return _sweep(args)
+
+
+def _sweep(args: argparse.Namespace) -> int:
     from instructjax.cli import load_run_config
     from instructjax.report.runs import config_paths
 
@@ -248,16 +256,15 @@ def run(args: argparse.Namespace) -> int:
         try:
             loaded[path] = load_run_config(path, on_bad_row_overrides(args))
             stages_of(loaded[path])  # an unknown suite: one line, before anything runs
-            if args.launch == "tpu":  # the run lives where the launcher puts it: every stage reads it there
-                remote = launcher_run_dir(path, loaded[path], args.launch_args)
-                loaded[path] = dataclasses.replace(loaded[path], run_dir=remote)
         except (InstructJaxError, SystemExit) as e:
             loaded.pop(path, None)
             failed_to_load[path] = str(e)
+    starts = started_from(paths, loaded)  # by the run directories the configs name
+    if args.launch == "tpu":
+        to_launcher(paths, loaded, failed_to_load, starts, args.launch_args)
     where = args.status or storage.join(common_parent([c.run_dir for c in loaded.values()]), "sweep.json")
     status = Status(None if args.dry_run else where)
     code = 0
-    starts = started_from(paths, loaded)
     for path in after_their_starts(paths, starts):
         if path in failed_to_load:
             status.add(path.stem, "config").result = f"failed: {failed_to_load[path]}"
@@ -279,6 +286,23 @@ def run(args: argparse.Namespace) -> int:
     if status.path is not None:
         print(f"status kept in {status.path}")
     return code
+
+
+def to_launcher(paths: list[Path], loaded: dict, failed: dict, starts: dict[Path, Path], launch_args: str) -> None:
+    """`--launch tpu`: each run lives where the launcher puts it (every stage reads it there), and a run that starts
+    from another config's run starts from where the launcher put that one (`launch_command` passes it on)."""
+    for path in paths:
+        try:
+            if path in loaded:
+                remote = launcher_run_dir(path, loaded[path], launch_args)
+                loaded[path] = dataclasses.replace(loaded[path], run_dir=remote)
+        except (InstructJaxError, SystemExit) as e:
+            loaded.pop(path, None)
+            failed[path] = str(e)
+    for path, start in starts.items():
+        if path in loaded and start in loaded:
+            model = dataclasses.replace(loaded[path].model, init_from=loaded[start].run_dir)
+            loaded[path] = dataclasses.replace(loaded[path], model=model)
 
 
 def started_from(paths: list[Path], loaded: dict) -> dict[Path, Path]:
@@ -328,6 +352,9 @@ def sweep_one(path: Path, config: RunConfig, status: Status, args: argparse.Name
             elif stage == "export":
                 row.steps = str(exported_step(config))
             continue
+        if stopping.requested():  # a signal came during the stage before: it is done, stop before this one
+            row.result = "stopped before this stage: run the sweep again to go on"
+            return "preempted"
         if args.dry_run and not (stage == "train" and args.launch):
             print(f"+ {local_commands(path, config)[stage]}", flush=True)
             row.result = "would run"
@@ -346,6 +373,9 @@ def sweep_one(path: Path, config: RunConfig, status: Status, args: argparse.Name
                 export_stage(config, row)
             else:
                 eval_stage(config, row)
+        except stopping.Stopped as e:  # while the run's data was tokenized: the tasks before are in the cache
+            row.result = f"{e}".replace("run the same command", "run the sweep")
+            return "preempted"
         except Exception as e:  # a failed run is reported and the sweep goes on
             if not isinstance(e, InstructJaxError):
                 traceback.print_exc()

@@ -1,7 +1,8 @@
 """`instructjax train --config FILE [key=value ...] [--resume]`.
 
 Exit status: 0 trained to the end; 2 a user error (one line on stderr); 75 (`EXIT_PREEMPTED`) stopped by
-SIGTERM after saving a checkpoint: run the same command with `--resume` (the launchers do).
+SIGTERM or SIGINT (Ctrl-C) after saving the step in flight (or, while the data is tokenized, before the next task:
+the tasks before are in the tokenized cache): run the same command with `--resume` (the launchers do).
 """
 
 from __future__ import annotations
@@ -10,7 +11,8 @@ from instructjax.cli import add_on_bad_row, on_bad_row_overrides
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a model on a config's data (SFT)")
+    p = subparsers.add_parser("train", help="train a model on a config's data: SFT, or DPO / SimPO on preference pairs "
+                                           "(the config's objective:)")
     p.add_argument("--config", required=True, help="a run config YAML (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.add_argument("--accept-changes", action="store_true",
@@ -22,14 +24,21 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from instructjax.core import stopping
+
+    with stopping.listening():  # from here on a signal stops at a safe point: while the data is tokenized too
+        return _train(args)
+
+
+def _train(args) -> int:
     from instructjax.cli import load_run_config
-    from instructjax.train.preemption import EXIT_PREEMPTED
+    from instructjax.core import stopping
     from instructjax.train.trainer import train
 
     config = load_run_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
     result = train(config, resume=args.resume, accept_changes=args.accept_changes)
     if result.preempted:  # the trainer said so (saved step N); `--resume` continues
-        return EXIT_PREEMPTED
+        return stopping.EXIT_PREEMPTED
     if result.losses:
         print(f"trained to step {result.step}: loss {result.losses[result.step]:.4f}; run dir {result.run_dir}")
     else:

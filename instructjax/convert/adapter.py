@@ -1,7 +1,9 @@
 """A run's LoRA adapters as a PEFT adapter directory (`instructjax export --adapter`): `adapter_model.safetensors`
 with PEFT's tensor names (`base_model.model.<HF module>.lora_A.weight` [rank, in], `.lora_B.weight` [out, rank]) and
-`adapter_config.json` (peft_type LORA, r, lora_alpha, target_modules, base_model_name_or_path), which
-`peft.PeftModel.from_pretrained(base, DIR)` loads onto the exported base; `read_adapter` is the way back
+`adapter_config.json` (peft_type LORA, r, lora_alpha, target_modules, base_model_name_or_path: the HF directory the
+base was imported from, `hf_base`), README.md (PEFT's model card: the base, and a QLoRA base's bitsandbytes config as
+transformers' `BitsAndBytesConfig` writes it) and the run's tokenizer, which
+`peft.AutoPeftModelForCausalLM.from_pretrained(DIR)` loads; `read_adapter` is the way back
 (`instructjax import --hf BASE --adapter DIR`: training continues from a PEFT adapter).
 
 The HF module of each adapted kernel comes from the family's tensor table (`convert.hf_names.hf_weight_table`):
@@ -112,6 +114,24 @@ def read_adapter(adapter_dir: str, config: DecoderConfig) -> tuple[DecoderConfig
     return config, _stack(tree)
 
 
+def base_mismatch(adapter_dir: str, hf_dir: str) -> str | None:
+    """A warning where the adapter's `base_model_name_or_path` is not the base it is imported onto (`hf_dir`): the
+    same directory, or a hub name whose last part is the directory's name, is the same; None when it is (or names
+    none). Shapes that fit do not make it the model the adapter was trained on."""
+    with open(os.path.join(adapter_dir, "adapter_config.json")) as f:
+        saved = json.load(f).get("base_model_name_or_path")
+    if not saved:
+        return None
+    if os.path.exists(saved):
+        same = os.path.realpath(saved) == os.path.realpath(hf_dir)
+    else:  # a hub name (or a path gone since): compared by its last part
+        same = saved.rstrip("/").rsplit("/", 1)[-1] == os.path.basename(os.path.normpath(hf_dir))
+    if same:
+        return None
+    return (f"--adapter {adapter_dir} was trained on {saved} (its base_model_name_or_path), not on --hf {hf_dir}: "
+            "its shapes fit, but its adapters were made for another model's weights")
+
+
 def _tensor(tensors: dict, name: str, weights: str, targets: list) -> np.ndarray:
     """One of PEFT's tensors, taken out of `tensors`, in float32."""
     if name not in tensors:
@@ -141,18 +161,80 @@ def adapter_config(config: DecoderConfig, base: str | None) -> dict:
             "init_lora_weights": True, "inference_mode": True, "base_model_name_or_path": base}
 
 
-def write_adapter(params: Mapping, config: DecoderConfig, out_dir: str, *, base: str | None,
+def bitsandbytes_config(config: DecoderConfig) -> dict | None:
+    """transformers' `BitsAndBytesConfig(...).to_dict()` of the base a QLoRA run computed with (`load_in_4bit`, nf4,
+    blocks of 64, float32 absmax, dequantized to the run's compute dtype); None unquantized, or for int8 (ours has
+    no bitsandbytes twin: its `load_in_8bit` is LLM.int8)."""
+    if config.quantize_base != "nf4":
+        return None
+    return {"quant_method": "bitsandbytes", "_load_in_8bit": False, "_load_in_4bit": True, "llm_int8_threshold": 6.0,
+            "llm_int8_skip_modules": None, "llm_int8_enable_fp32_cpu_offload": False,
+            "llm_int8_has_fp16_weight": False, "bnb_4bit_quant_type": "nf4", "bnb_4bit_use_double_quant": False,
+            "bnb_4bit_compute_dtype": config.dtype, "bnb_4bit_quant_storage": "uint8", "load_in_4bit": True,
+            "load_in_8bit": False}
+
+
+def model_card(config: DecoderConfig, base: str | None, source: str) -> str:
+    """The adapter's README.md as PEFT writes one (`PeftModel.create_or_update_model_card`): the base model, and the
+    bitsandbytes quantization config the base was trained under, a `- key: value` line each."""
+    lines = ["---", *([f"base_model: {base}"] if base else []), "library_name: peft", "---", "",
+             f"A LoRA adapter (rank {lora.spec(config).rank}) written by `instructjax export --adapter` from {source}.",
+             ""]
+    quantization = bitsandbytes_config(config)
+    if quantization is not None:
+        lines += ["## Training procedure", "", "The following `bitsandbytes` quantization config was used during "
+                  "training:", *[f"- {k}: {v}" for k, v in quantization.items()], ""]
+    elif config.quantize_base != "none":
+        lines += ["## Training procedure", "", f"The base was stored as {config.quantize_base} in blocks of 64 inputs "
+                  "(instructjax's), which bitsandbytes has no type for: load the adapter on the float base.", ""]
+    return "\n".join(lines)
+
+
+def hf_base(directory: str, step: int) -> str | None:
+    """The Hugging Face model a LoRA checkpoint's adapters sit on (what PEFT's `base_model_name_or_path` names):
+    the HF directory its base was imported from, followed through the bases of LoRA runs layered on one another;
+    None for a LoRA trained from scratch. A base no HF directory holds (a full fine-tune's weights, or init_from's
+    adapters merged into it: `objective.reference_model: base`) is one line."""
+    from instructjax.core.checkpoint import read_base, read_meta
+    from instructjax.core.storage import path
+
+    where, at = directory, step
+    while True:
+        _, run_config, at = read_meta(where, at)
+        run_config = run_config or {}
+        if run_config.get("source"):  # `instructjax import`: the HF directory itself
+            return run_config["source"]
+        base = read_base(where, at)
+        init_from = (run_config.get("model") or {}).get("init_from")
+        if base is None:
+            if init_from and (path(init_from) / "config.json").is_file():
+                return init_from
+            if where == directory and not init_from:
+                return None
+            raise ConfigError(f"--adapter: the adapters of {directory} sit on {where} step {at}, a fine-tuned model "
+                              "no Hugging Face directory holds: export it without --adapter (the merged model)")
+        if base.get("merged"):
+            raise ConfigError(f"--adapter: the adapters of {directory} sit on {base['checkpoint']} step {base['step']} "
+                              "with its LoRA adapters merged (objective.reference_model: base), which no Hugging Face "
+                              "directory holds: export it without --adapter (the merged model)")
+        where, at = base["checkpoint"], base["step"]
+
+
+def write_adapter(adapters: Mapping, config: DecoderConfig, out_dir: str, *, base: str | None, source: str = "",
                   dtype: np.dtype | None = None) -> list[str]:
-    """adapter_model.safetensors and adapter_config.json under `out_dir` (local); returns the tensor names."""
+    """adapter_model.safetensors, adapter_config.json and README.md (PEFT's model card) under `out_dir` (local)
+    from a params-shaped tree holding the adapters; returns the tensor names."""
     from safetensors.numpy import save_file
 
     if config.lora is None:
         raise ConfigError("--adapter: this checkpoint was not trained with model.lora; export it without --adapter")
-    tensors = adapter_tensors(params, config)
+    tensors = adapter_tensors(adapters, config)
     if dtype is not None:
         tensors = {k: v.astype(dtype) for k, v in tensors.items()}
     os.makedirs(out_dir, exist_ok=True)
     save_file(tensors, os.path.join(out_dir, "adapter_model.safetensors"), metadata={"format": "pt"})
     with open(os.path.join(out_dir, "adapter_config.json"), "w") as f:
         json.dump(adapter_config(config, base), f, indent=2)
+    with open(os.path.join(out_dir, "README.md"), "w") as f:
+        f.write(model_card(config, base, source))
     return sorted(tensors)

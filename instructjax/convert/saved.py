@@ -59,11 +59,16 @@ def import_hf(hf_dir: str, out: str, *, mesh=None, param_dtype: str = "float32",
     config = read_hf_config(hf_dir)
     params, config = hf_to_params(hf_dir, config, mesh=mesh, param_dtype=param_dtype)
     if adapter is not None:
-        from instructjax.convert.adapter import read_adapter
+        import sys
+
+        from instructjax.convert.adapter import base_mismatch, read_adapter
         from instructjax.model import lora
 
-        config, adapters = read_adapter(_local_hf_dir(adapter), config)
+        adapter_dir = _local_hf_dir(adapter)
+        config, adapters = read_adapter(adapter_dir, config)
         params = lora.combine(adapters, params)
+        if warning := base_mismatch(adapter_dir, source if storage.is_remote(source) else hf_dir):
+            print(f"instructjax: warning: {warning}", file=sys.stderr, flush=True)
     template = _chat_template(chat_template) if chat_template else None
     tokenizer = None
     if _has_tokenizer(hf_dir):
@@ -169,26 +174,18 @@ def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", 
     chat template the run trained with (`tokenizer` / `template` override them). A LoRA run's adapters are
     merged into the kernels, or with `adapter` written alone as a PEFT adapter (`convert.adapter`)."""
     from instructjax.core.checkpoint import read_meta
-    from instructjax.model import lora
 
     storage.check_bucket(out, "--out")
     directory, step = split_checkpoint_path(checkpoint)
-    stored, run_config, step = read_meta(directory, step)
+    stored, _, step = read_meta(directory, step)
     config = DecoderConfig.from_dict(stored)
-    params = load_params_as(directory, config, step=step)  # a LoRA run's adapters with their base
     if adapter:
-        from instructjax.convert.adapter import write_adapter
-
-        base = ((run_config or {}).get("model") or {}).get("init_from")
-        with storage.writing_dir(out) as local:
-            write_adapter(params, config, local, base=base, dtype=np_dtype(dtype, config.param_dtype))
+        export_adapter(directory, step, config, out, dtype=np_dtype(dtype, config.param_dtype), tokenizer=tokenizer,
+                       template=template)
         return config
-    if config.quantize_base != "none":  # the base as the QLoRA run computed with it
-        from instructjax.model import quantize
-
-        params, config = quantize.dequantized(params, config), config.replace(quantize_base="none")
-    if config.lora is not None:  # the merged model: W + A B alpha / rank, as PEFT's merge_and_unload
-        params, config = lora.merged(params, config), config.replace(lora=None)
+    # the merged model: the base as the run computed with it (a QLoRA's dequantized), W + A B alpha / rank (PEFT's
+    # merge_and_unload)
+    params, config = merged_model(directory, step, config.scan_layers), config.replace(quantize_base="none", lora=None)
     tok, chat_template = saved_tokenizer(directory, step=step, tokenizer=tokenizer, template=template)
     check_tokenizer(tok, config, chat_template, where=checkpoint, tokenizer=tokenizer)
     target = np_dtype(dtype, config.param_dtype)
@@ -207,6 +204,26 @@ def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", 
     storage.write_text(storage.join(out, EXPORT_MARKER), json.dumps(
         {"checkpoint": directory, "step": step, "dtype": config.dtype, "template": trained}) + "\n")
     return config
+
+
+def export_adapter(directory: str, step: int, config: DecoderConfig, out: str, *, dtype, tokenizer: str | None = None,
+                   template: str | None = None) -> None:
+    """A LoRA checkpoint's adapters as a PEFT adapter directory at `out` (`convert.adapter`), with the run's tokenizer
+    and chat template beside them; everything is read and checked before `out` is made (a failure leaves none)."""
+    from instructjax.convert.adapter import hf_base, write_adapter
+    from instructjax.core.checkpoint import load_params, read_tokenizer
+
+    if config.lora is None:
+        raise ConfigError(f"--adapter: {directory} was not trained with model.lora; export it without --adapter")
+    base = hf_base(directory, step)
+    tok = chat_template = None  # a run saves its tokenizer; a bare params checkpoint may carry none
+    if tokenizer or read_tokenizer(directory, step) is not None:
+        tok, chat_template = saved_tokenizer(directory, step=step, tokenizer=tokenizer, template=template)
+    adapters = load_params(directory, step)[0]  # the step's own: a layered run's adapters alone, or all
+    with storage.writing_dir(out) as local:
+        write_adapter(adapters, config, local, base=base, source=f"{directory} step {step}", dtype=dtype)
+        if tok is not None:
+            tok.save(local, chat_template)
 
 
 def export_dtype(hf_dir: str) -> str | None:
@@ -293,6 +310,11 @@ def load_base(base: dict, config: DecoderConfig, shardings=None) -> tuple[dict, 
 
     with_adapters = read_meta(base["checkpoint"], base["step"])[0].get("lora") is not None
     part = lambda select, tree: None if tree is None else select(tree)  # noqa: E731
+    if base.get("merged"):  # its model with its adapters folded in, fresh adapters on it (reference_model: base)
+        host = merged_model(base["checkpoint"], base["step"], config.scan_layers)
+        if config.quantize_base != "none":
+            return quantize.quantized(host, config, part(lora.frozen, shardings)), None
+        return (host if shardings is None else jax.device_put(host, lora.frozen(shardings))), None
     if config.quantize_base != "none":
         host = load_params_as(base["checkpoint"], config.replace(quantize_base="none"), step=base["step"])
         frozen = quantize.quantized(lora.frozen(host), config, part(lora.frozen, shardings))
@@ -303,6 +325,19 @@ def load_base(base: dict, config: DecoderConfig, shardings=None) -> tuple[dict, 
     loaded = load_params_as(base["checkpoint"], config, step=base["step"],
                             shardings=shardings if with_adapters else part(lora.frozen, shardings))
     return lora.frozen(loaded), lora.trainable(loaded) if with_adapters else None
+
+
+def merged_model(directory: str, step: int, scan_layers: bool) -> dict:
+    """A checkpoint's model as it computes (host arrays, float32 where quantized): its base dequantized, its LoRA
+    adapters merged into the kernels (`export` writes the same), in the layout `scan_layers` says."""
+    from instructjax.core.checkpoint import read_meta
+    from instructjax.model import lora, quantize
+
+    config = DecoderConfig.from_dict(read_meta(directory, step)[0]).replace(scan_layers=scan_layers)
+    params = load_params_as(directory, config, step=step)
+    if config.quantize_base != "none":
+        params, config = quantize.dequantized(params, config), config.replace(quantize_base="none")
+    return lora.merged(params, config) if config.lora is not None else params
 
 
 def _load_own(directory: str, step: int, stored: dict, config: DecoderConfig, shardings) -> dict:

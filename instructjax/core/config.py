@@ -44,6 +44,7 @@ SCHEDULES = ("linear", "cosine")
 LOSS_REDUCTIONS = ("mean", "sum")
 OBJECTIVES = ("sft", "dpo", "dpo_norm", "simpo")  # objective.loss (train/preference.py)
 REFERENCES = ("cached", "live")  # objective.reference: where the reference model's log-probs come from
+REFERENCE_MODELS = ("start", "base")  # objective.reference_model: what stands as the reference (train/reference.py)
 OVERLONG = ("truncate", "split")
 PACK_MODES = (True, False, "per_step")
 SYSTEM_TURNS = ("keep", "merge", "drop")
@@ -205,13 +206,22 @@ class ObjectiveSection:
     beta: float = 0.1
     gamma: float = 0.5  # SimPO's target margin (TRL's simpo_gamma default)
     reference: str = "cached"  # the reference's log-probs computed once before training, or `live` in every step
+    # the reference is the model the run starts from: `start` goes on training a LoRA init_from's adapters (their
+    # starting values frozen as the reference); `base` folds them into the frozen base and trains fresh adapters
+    reference_model: str = "start"
 
     def __post_init__(self):
         _check(self.loss in OBJECTIVES, f"objective.loss must be one of {OBJECTIVES}, got {self.loss!r}")
         _check(self.beta > 0, f"objective.beta must be > 0, got {self.beta}")
         _check(self.gamma >= 0, f"objective.gamma must be >= 0, got {self.gamma}")
         _check(self.reference in REFERENCES,
-               f"objective.reference must be one of {REFERENCES}, got {self.reference!r}")
+               f"objective.reference must be one of {REFERENCES}, got {self.reference!r}"
+               + (f" (the reference model is objective.reference_model: {' | '.join(REFERENCE_MODELS)})"
+                  if self.reference in REFERENCE_MODELS else ""))
+        _check(self.reference_model in REFERENCE_MODELS,
+               f"objective.reference_model must be one of {REFERENCE_MODELS}, got {self.reference_model!r}")
+        _check(self.reference_model == "start" or self.needs_reference,
+               f"objective.reference_model={self.reference_model}: objective.loss={self.loss} has no reference model")
 
     @property
     def preference(self) -> bool:
@@ -327,11 +337,15 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
-    """Read a YAML config (local or in a bucket; or only overrides when `path` is None) into a checked RunConfig."""
+    """Read a YAML config (local or in a bucket, or a shipped one by name: `core.shipped.config_file`; or only
+    overrides when `path` is None) into a checked RunConfig."""
     from instructjax.core import storage
 
     raw: dict = {}
     if path is not None:
+        from instructjax.core.shipped import config_file
+
+        path = config_file(str(path))  # a shipped config by name (`quickstart`) too
         try:
             raw = yaml.safe_load(storage.path(path).read_text()) or {}
         except FileNotFoundError:

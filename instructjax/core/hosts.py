@@ -29,7 +29,7 @@ from collections import Counter
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
-from instructjax.core import storage
+from instructjax.core import stopping, storage
 from instructjax.core.errors import InstructJaxError
 
 T = TypeVar("T")
@@ -327,6 +327,7 @@ def initialize(distributed: bool, session: str = "run") -> None:
         heartbeat = int(os.environ.get("INSTRUCTJAX_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT))
         jax.distributed.initialize(os.environ.get("JAX_COORDINATOR_ADDRESS"), heartbeat_timeout_seconds=heartbeat,
                                    **env)  # fmt: skip
+        stopping.jax_runtime_started(jax.process_count())  # JAX's preemption notifier took SIGTERM
         if jax.process_count() > 1:
             _relay_stderr(jax.process_index())
     install(session=session)

@@ -18,7 +18,7 @@ NOT_TRAINING = ("name", "run_dir", "log_every", "mesh", "distributed", "checkpoi
 # training keys added after runs were made, at the value that leaves training as it was: left out of the digest at
 # that value, so a run finished before the key existed stays done (at any other value they are training keys)
 ADDED_OFF = {"optim.neftune_alpha": 0.0, "objective.loss": "sft", "objective.beta": 0.1, "objective.gamma": 0.5,
-             "objective.reference": "cached"}
+             "objective.reference": "cached", "objective.reference_model": "start"}
 
 
 def digest(values: Any) -> str:
@@ -57,13 +57,19 @@ def training_digest(config: RunConfig, *, not_training: tuple[str, ...]) -> str:
 def training_changes(before: dict, after: RunConfig, *, not_training: tuple[str, ...],
                      ignore: tuple[str, ...] = ()) -> list[str]:
     """What `after` changes against the config `before` (a saved `to_dict`) in what the run trains, as
-    "key: old -> new" (keys only one side has, written before they existed, are left out, but `ADDED_OFF`'s, off
-    where missing; `ignore`: more keys)."""
+    "key: old -> new", the keys as typed (`typed_key`); keys only one side has, written before they existed, are left
+    out, but `ADDED_OFF`'s, off where missing (`ignore`: more keys, as stored)."""
     import json
 
     old = training_values(before, not_training=not_training)
     new = training_values(json.loads(json.dumps(dataclasses.asdict(after), default=str)), not_training=not_training)
     for values in (old, new):  # a key added since was off in a config that lacks it
         values.update({k: off for k, off in ADDED_OFF.items() if k not in values})
-    return [f"{k}: {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new))
+    return [f"{typed_key(k)}: {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new))
             if old[k] != new[k] and k not in ignore]  # fmt: skip
+
+
+def typed_key(key: str) -> str:
+    """A dotted key as a user types it: a model field is typed under `model:` (the config stores it under
+    `model.overrides`)."""
+    return "model." + key.removeprefix("model.overrides.") if key.startswith("model.overrides.") else key

@@ -24,7 +24,7 @@ to the server's completions API.
   in one line (`transformers serve` ignores `echo` and `logprobs`).
 - Retries, the timeout and the reply cache are the judges' (eval/judge.py): a rerun asks nothing it has; an
   endpoint that is unreachable or keeps failing is one line (`EndpointError`), checked when it is opened.
-- `record()`: what results.json says of the engine: its name and version (vLLM's `/version`), the endpoint and the
+- `describe()`: what results.json says of the engine: its name and version (vLLM's `/version`), the endpoint and the
   model.
 """
 
@@ -45,7 +45,7 @@ import numpy as np
 
 from instructjax.core.errors import ConfigError
 from instructjax.eval.config import JudgeEndpoint
-from instructjax.eval.generate import Generator, Sampling, chat_tokenizer
+from instructjax.eval.generate import Generator, Sampling, chat_tokenizer, turn_end_ids
 from instructjax.eval.judge import ReplyCache, client, run_all, with_retries
 
 OPENAI_FIELDS = ("prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "echo", "logprobs")
@@ -91,7 +91,7 @@ def open_endpoint(model: str, endpoint: Endpoint, *, tokenizer: str | None = Non
 
     saved, chat_template = saved_tokenizer(model, tokenizer=tokenizer, template=template)
     generator = EndpointGenerator(chat_tokenizer(model, saved, chat_template), endpoint)
-    record = generator.record()
+    record = generator.describe()
     print(f"instructjax: generating with {record['name']} {record['version'] or ''} at {record['endpoint']} "
           f"(model {record['model']})".replace("  ", " "), file=sys.stderr, flush=True)
     return generator
@@ -101,8 +101,9 @@ class EndpointGenerator(Generator):
     """The Generator interface (`generate`, `chat`, `encode_chat`, `next_token_logprobs`, `tokenizer`) over an
     OpenAI-compatible completions endpoint (the module doc)."""
 
-    def __init__(self, hf_tokenizer, endpoint: Endpoint):
-        super().__init__(None, hf_tokenizer, batch_size=endpoint.concurrency)
+    def __init__(self, hf_tokenizer, endpoint: Endpoint):  # no model here: Generator's own engine is not made
+        self.model, self.tokenizer, self.batch_size, self.mesh = None, hf_tokenizer, endpoint.concurrency, None
+        self.stop_ids = turn_end_ids(hf_tokenizer)
         self.endpoint = endpoint
         self.api = JudgeEndpoint(base_url=endpoint.base_url, model=endpoint.model or "",
                                  api_key_env=endpoint.api_key_env, concurrency=endpoint.concurrency,
@@ -116,19 +117,19 @@ class EndpointGenerator(Generator):
             raise EndpointError(f"{self.where} serves {', '.join(names) or 'no model'}: name one with --endpoint-model")
         self.api = dataclasses.replace(self.api, model=endpoint.model or names[0])
         entry = next((m for m in listed if m.get("id") == self.api.model), listed[0] if listed else {})
-        self.engine, self.version = _engine(entry, endpoint.base_url, endpoint.api_key_env)
+        self.server, self.version = _engine(entry, endpoint.base_url, endpoint.api_key_env)
         self.cache = ReplyCache(endpoint.cache)
-        vllm = self.engine == "vllm"  # fields of vLLM's own (`transformers serve` refuses a field it does not know)
+        vllm = self.server == "vllm"  # fields of vLLM's own (`transformers serve` refuses a field it does not know)
         self._extra, self._bare_text = ({"return_token_ids": True} if vllm else {}), vllm
         self._added = list(hf_tokenizer("", add_special_tokens=True)["input_ids"])  # what a server's tokenizing adds
 
     @property
     def name(self) -> str:
-        return f"{self.where} ({self.engine}, model {self.api.model})"
+        return f"{self.where} ({self.server}, model {self.api.model})"
 
-    def record(self) -> dict:
+    def describe(self) -> dict:
         """results.json's `engine`: name, version (None where the server does not say), endpoint, model."""
-        return {"name": self.engine, "version": self.version, "endpoint": self.endpoint.base_url,
+        return {"name": self.server, "version": self.version, "endpoint": self.endpoint.base_url,
                 "model": self.api.model}
 
     def prompt(self, ids: Sequence[int]) -> dict:

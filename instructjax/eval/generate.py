@@ -1,147 +1,32 @@
-"""Batched autoregressive generation with a KV cache: greedy or temperature / top-p sampling.
+"""The model in this job as an engine (eval/interface.py): text in, text out, and log-likelihoods.
 
-Prompts are left-padded into one `[B, P]` block; each row's positions count only its real tokens and the
-padding is segment 0 in the model's cache (never attended), so a padded row decodes exactly as it would
-alone. The model prefills the prompt in one pass, then one token per step runs inside a single
-`lax.while_loop` (one compilation per shape), stopping when every row has produced an end-of-turn id.
-
-A long-RoPE model (Phi-3) rotates with its short factors up to its original context and with the long ones
-past it; as transformers does, the step that first reaches past it recomputes the whole cache (prompt and
-tokens so far) with the long factors, and decoding goes on from there.
+`Generator` tokenizes (the chat template for chats), generates by continuous batching (eval/engine.py: slots in a
+preallocated KV cache, greedy or temperature / top-p sampling, a row ending at EOS, the template's end of turn,
+`max_new_tokens` or a stop string) and scores (eval/score.py), on the mesh the model was loaded onto
+(`load_generator`: eval/placement.py). A long-RoPE model (Phi-3) recomputes a row at the switch to its long
+factors, as transformers does (model/decoding.py).
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
-import jax
-import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
 from instructjax.core.errors import ConfigError, DataError
-from instructjax.model.decoder import Decoder, init_cache
+from instructjax.eval.engine import SlotEngine, bucket
+from instructjax.eval.interface import GREEDY, Sampling, TokenScores
+from instructjax.model.decoder import Decoder
 
-Array = jax.Array
-
-
-@dataclass(frozen=True)
-class Sampling:
-    """temperature 0 is greedy; top_p < 1 keeps the smallest token set whose probability reaches top_p."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
-
-def sample_token(logits: Array, rng: Array, temperature: Array | float, top_p: Array | float) -> Array:
-    """Next ids `[B]` from logits `[B, V]`: argmax when temperature == 0, else nucleus sampling (traced args)."""
-
-    def sample(logits):
-        logits = logits / temperature
-        sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
-        probs = jax.nn.softmax(sorted_logits, axis=-1)
-        before = jnp.cumsum(probs, axis=-1) - probs  # probability mass of strictly more likely tokens
-        kept = jnp.where((before < top_p) | (top_p >= 1.0), sorted_logits, jnp.inf)
-        threshold = jnp.min(kept, axis=-1, keepdims=True)
-        logits = jnp.where(logits >= threshold, logits, -jnp.inf)
-        return jax.random.categorical(rng, logits, axis=-1).astype(jnp.int32)
-
-    def greedy(logits):
-        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-
-    return jax.lax.cond(jnp.asarray(temperature) == 0.0, greedy, sample, logits)
-
-
-@functools.partial(jax.jit, static_argnames=("graphdef", "max_new"))
-def _generate(graphdef, state, prompt: Array, valid: Array, stop_ids: Array, rng: Array, temperature: Array,
-              top_p: Array, *, max_new: int) -> tuple[Array, Array]:
-    model = nnx.merge(graphdef, state)
-    b, p = prompt.shape
-    positions = jnp.maximum(jnp.cumsum(valid, axis=1) - 1, 0)
-    logits, cache = model(prompt, positions, valid, cache=init_cache(model.config, b, p + max_new))  # padding: 0
-    out = jnp.zeros((b, max_new), jnp.int32)
-    done = jnp.zeros((b,), bool)
-    # the parameters ride in the loop's carry: the layers' nnx.scan needs them at the loop body's trace level
-    carry = (jnp.int32(0), logits[:, -1].astype(jnp.float32), cache, out, done, positions[:, -1] + 1, rng, state)
-
-    def cond(c):
-        i, _, _, _, done, _, _, _ = c
-        return (i < max_new) & ~jnp.all(done)
-
-    def step(token, i, out, cache, pos, state):
-        return nnx.merge(graphdef, state)(token[:, None], pos[:, None], jnp.ones((b, 1), jnp.int32), cache=cache)
-
-    def refill(token, i, out, cache, pos, state):
-        """The whole sequence so far through the model again, into a fresh cache whose next slot is p + i + 1."""
-        tokens = jnp.concatenate([prompt, out], axis=1)
-        seen = jnp.concatenate([valid, jnp.broadcast_to(jnp.arange(max_new) <= i, (b, max_new))], axis=1)
-        positions = jnp.maximum(jnp.cumsum(seen, axis=1) - 1, 0)
-        logits, fresh = nnx.merge(graphdef, state)(tokens, positions, seen.astype(jnp.int32),
-                                                   cache=init_cache(model.config, b, p + max_new))
-        last = jax.lax.dynamic_slice_in_dim(logits, p + i, 1, axis=1)
-        return last, fresh._replace(index=p + i + 1)
-
-    switch = longrope_switch(model.config)
-
-    def body(c):
-        i, last, cache, out, done, pos, rng, state = c
-        rng, step_rng = jax.random.split(rng)
-        token = jnp.where(done, stop_ids[0], sample_token(last, step_rng, temperature, top_p))
-        out = out.at[:, i].set(token)
-        done = done | jnp.isin(token, stop_ids)
-        args = (token, i, out, cache, pos, state)
-        if switch is None:
-            logits, cache = step(*args)
-        else:
-            logits, cache = jax.lax.cond(jnp.max(pos) == switch, refill, step, *args)
-        return i + 1, logits[:, -1].astype(jnp.float32), cache, out, done, pos + 1, rng, state
-
-    i, _, _, out, _, _, _, _ = jax.lax.while_loop(cond, body, carry)
-    return out, i
-
-
-def longrope_switch(config) -> int | None:
-    """The position at which a long-RoPE model's cache is recomputed with its long factors (None: no such
-    model)."""
-    scaling = config.rope_scaling or {}
-    return scaling["original_max_position_embeddings"] if scaling.get("rope_type") == "longrope" else None
-
-
-def _bucket(n: int, minimum: int = 16) -> int:
-    return max(minimum, 1 << (n - 1).bit_length())
+DEFAULT_SLOTS = 32  # sequences decoded at once (fewer where the KV cache would not fit)
 
 
 def generate_ids(model: Decoder, prompts: Sequence[Sequence[int]], sampling: Sampling,
-                 stop_ids: Sequence[int]) -> list[list[int]]:
-    """New ids per prompt (the stop id that ended a row included); prompts must be non-empty."""
-    if any(len(p) == 0 for p in prompts):
-        raise ValueError("generate_ids: every prompt needs at least one token (e.g. BOS)")
-    width = _bucket(max(len(p) for p in prompts))  # few shapes -> few compilations
-    batch = np.zeros((len(prompts), width), np.int32)
-    valid = np.zeros((len(prompts), width), np.int32)
-    for row, ids in enumerate(prompts):
-        batch[row, width - len(ids):] = ids
-        valid[row, width - len(ids):] = 1
-    graphdef, state = nnx.split(model)
-    out, steps = _generate(graphdef, state, jnp.asarray(batch), jnp.asarray(valid),
-                           jnp.asarray(list(stop_ids), jnp.int32), jax.random.key(sampling.seed),
-                           jnp.float32(sampling.temperature), jnp.float32(sampling.top_p),
-                           max_new=sampling.max_new_tokens)
-    out = np.asarray(out)[:, : int(steps)]
-    stops = set(stop_ids)
-    results = []
-    for row in out:
-        ids = []
-        for token in row.tolist():
-            ids.append(token)
-            if token in stops:
-                break
-        results.append(ids)
-    return results
+                 stop_ids: Sequence[int], *, slots: int = DEFAULT_SLOTS) -> list[list[int]]:
+    """New ids per prompt (the stop id that ended a row included), by continuous batching (eval/engine.py) over
+    `slots` slots; prompts must be non-empty."""
+    return SlotEngine(model, slots=min(slots, bucket(len(prompts), 1))).generate(prompts, sampling, stop_ids)
 
 
 _REPLY = "\ue005"  # an assistant reply whose ending the chat template is asked for
@@ -165,12 +50,16 @@ def turn_end_ids(hf_tokenizer) -> list[int]:
 
 
 class Generator:
-    """Text in, text out: a model plus its tokenizer (an HF tokenizer with the chat template). Generation stops
-    at EOS and at the template's end of an assistant turn (`turn_end_ids`)."""
+    """The model in this job as an engine (eval.interface.Engine): a model plus its tokenizer (an HF tokenizer with
+    the chat template). Generation stops at EOS and at the template's end of an assistant turn (`turn_end_ids`);
+    `slots` sequences decode at once (`chunk` tokens a device call), `batch_size` sequences are scored at once;
+    `mesh`: where the model's parameters lie."""
 
-    def __init__(self, model: Decoder, hf_tokenizer, *, batch_size: int = 8, stop_ids: Sequence[int] | None = None):
-        self.model, self.tokenizer, self.batch_size = model, hf_tokenizer, batch_size
+    def __init__(self, model: Decoder, hf_tokenizer, *, batch_size: int = 8, stop_ids: Sequence[int] | None = None,
+                 slots: int = DEFAULT_SLOTS, chunk: int = 8, mesh=None):
+        self.model, self.tokenizer, self.batch_size, self.mesh = model, hf_tokenizer, batch_size, mesh
         self.stop_ids = list(stop_ids) if stop_ids is not None else turn_end_ids(hf_tokenizer)
+        self.engine = SlotEngine(model, slots=slots, chunk=chunk, mesh=mesh)
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
         """The chat template's prompt asking for the next assistant turn, tokenized as transformers does
@@ -186,45 +75,61 @@ class Generator:
             raise DataError(f"the model's chat template refuses the prompt ({e})", reason="template") from None
         return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
 
-    def generate(self, prompts: Sequence[str | Sequence[int]], sampling: Sampling = Sampling(),
+    def generate(self, prompts: Sequence[str | Sequence[int]], sampling: Sampling = GREEDY,
                  until: Sequence[str] = ()) -> list[str]:
         """Completions of raw prompts (text gets BOS) cut at end of turn and at the first `until` string."""
         encoded = [self.tokenizer(p, add_special_tokens=True)["input_ids"] if isinstance(p, str) else list(p)
                    for p in prompts]
+        until = [stop for stop in until if stop]
+        decode = functools.partial(self.tokenizer.decode, skip_special_tokens=True)
+        # a row whose text holds a stop string ends there: what follows would be cut anyway
+        ends = (lambda ids: any(stop in decode(ids) for stop in until)) if until else None
         texts: list[str] = []
-        for start in range(0, len(encoded), self.batch_size):
-            chunk = encoded[start: start + self.batch_size]
-            chunk = chunk + [chunk[-1]] * (self.batch_size - len(chunk))  # fixed batch: one compilation
-            for ids in generate_ids(self.model, chunk, sampling, self.stop_ids)[: len(encoded) - start]:
-                text = self.tokenizer.decode(ids, skip_special_tokens=True)
-                for stop in until:
-                    if stop and stop in text:
-                        text = text[: text.index(stop)]
-                texts.append(text)
+        for ids in self.engine.generate(encoded, sampling, self.stop_ids, ends):
+            text = decode(ids)
+            for stop in until:
+                if stop in text:
+                    text = text[: text.index(stop)]
+            texts.append(text)
         return texts
 
-    def chat(self, conversations: Sequence[list[dict[str, str]]], sampling: Sampling = Sampling()) -> list[str]:
+    def chat(self, conversations: Sequence[list[dict[str, str]]], sampling: Sampling = GREEDY) -> list[str]:
         """The next assistant turn for each conversation (messages ending on a user turn)."""
         return [t.strip() for t in self.generate([self.encode_chat(m) for m in conversations], sampling)]
 
-    def next_token_logprobs(self, prompts: Sequence[Sequence[int]], candidates: Sequence[int]) -> np.ndarray:
-        """[prompts, candidates]: each prompt's next-token log-probabilities over `candidates` alone (a softmax over
-        their logits: how open-instruct's MMLU reads an answer letter; eval/score.py)."""
-        from instructjax.eval.score import next_token_logprobs
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[TokenScores]:
+        from instructjax.eval.score import score_ids
 
-        return next_token_logprobs(self.model, prompts, candidates, self.batch_size)
+        return score_ids(self.model, sequences, self.batch_size, mesh=self.mesh)
+
+    def next_token_logprobs(self, sequences: Sequence[Sequence[int]], candidates: Sequence[int]) -> np.ndarray:
+        return self.engine.next_token_logprobs(sequences, candidates)
+
+    def describe(self) -> dict[str, str]:
+        from instructjax import __version__
+
+        return {"name": "instructjax", "version": __version__}
 
 
-def load_generator(model: str, *, tokenizer: str | None = None, template: str | None = None,
-                   batch_size: int = 8) -> tuple[Generator, object]:
+def load_generator(model: str, *, tokenizer: str | None = None, template: str | None = None, batch_size: int = 8,
+                   dtype: str | None = None, mesh: Mapping[str, int] | None = None,
+                   slots: int = DEFAULT_SLOTS) -> tuple[Generator, object]:
     """(Generator, HF tokenizer) of a saved model (checkpoint or HF directory): its own tokenizer and the chat
     template it was trained with (tulu, with a note, for a model that carries none); `tokenizer` and
-    `template` override them."""
-    from instructjax.convert.saved import open_model
+    `template` override them. Its parameters lie sharded by the training rules over every device (`mesh`: axis
+    sizes, default: eval.placement.eval_mesh's), in `dtype` (default bfloat16 on accelerators, float32 on a CPU);
+    a model that does not fit even so is one line before any weight is read."""
+    from instructjax.convert.saved import model_config, open_model
+    from instructjax.eval import placement
 
-    decoder, saved, chat_template = open_model(model, tokenizer=tokenizer, template=template)
+    dtype = dtype or placement.default_dtype()
+    config = placement.eval_config(model_config(model)[0], dtype)
+    device_mesh, _ = placement.eval_mesh(config, mesh, slots=slots, where=model)
+    decoder, saved, chat_template = open_model(model, tokenizer=tokenizer, template=template, dtype=dtype,
+                                               mesh=device_mesh)
+    decoder = placement.as_evaluated(decoder, config)
     hf_tok = chat_tokenizer(model, saved, chat_template)
-    return Generator(decoder, hf_tok, batch_size=batch_size), hf_tok
+    return Generator(decoder, hf_tok, batch_size=batch_size, slots=slots, mesh=device_mesh), hf_tok
 
 
 def chat_tokenizer(model: str, saved, chat_template: str | None):

@@ -16,27 +16,28 @@ from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from tqdm import tqdm
 
-from instructjax.eval.generate import Generator, Sampling
-from instructjax.eval.score import score_ids
+from instructjax.eval.interface import Sampling
 
 
 @register_model("instructjax")
 class InstructJaxLM(TemplateLM):
-    """lm-eval LM over `instructjax.convert.saved.open_model(pretrained)`."""
+    """lm-eval LM over `instructjax.eval.generate.load_generator(pretrained)` (`mesh`: axis sizes as `--mesh`)."""
 
     def __init__(self, pretrained: str, tokenizer: str | None = None, batch_size: int | str = 8,
-                 max_length: int | None = None, max_gen_toks: int = 256, dtype: str = "float32",
-                 add_bos_token: bool = True, **kwargs):
+                 max_length: int | None = None, max_gen_toks: int = 256, dtype: str | None = None,
+                 add_bos_token: bool = True, mesh: str | None = None, **kwargs):
         super().__init__()
-        from instructjax.convert.saved import open_model
+        from instructjax.eval.generate import load_generator
+        from instructjax.eval.placement import parse_mesh
 
-        self.model, saved, chat_template = open_model(pretrained, tokenizer=tokenizer, dtype=dtype)
-        self.tokenizer = saved.to_hf(chat_template)
         self.batch_size = int(batch_size) if str(batch_size).isdigit() else 8  # "auto" -> a fixed size
+        # the model on every device of the job, sharded by the training rules (eval/placement.py)
+        self.generator, _ = load_generator(pretrained, tokenizer=tokenizer, batch_size=self.batch_size, dtype=dtype,
+                                           mesh=parse_mesh(mesh))
+        self.model, self.tokenizer = self.generator.model, self.generator.tokenizer
         self._max_length = int(max_length or self.model.config.max_position_embeddings)
         self.max_gen_toks = int(max_gen_toks)
         self.add_bos_token = add_bos_token
-        self.generator = Generator(self.model, self.tokenizer, batch_size=self.batch_size)
 
     @property
     def eot_token_id(self) -> int:
@@ -65,7 +66,7 @@ class InstructJaxLM(TemplateLM):
         for _, context_enc, continuation_enc in requests:
             sequences.append((context_enc + continuation_enc)[-(self.max_length + 1):])
             n_cont.append(len(continuation_enc))
-        scores = score_ids(self.model, sequences, self.batch_size)
+        scores = self.generator.score(sequences)
         results = []
         for (cache_key, _, _), s, n in zip(requests, scores, n_cont, strict=True):
             answer = (float(s.logprobs[-n:].sum()), bool(s.is_greedy[-n:].all()))

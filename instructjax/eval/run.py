@@ -125,7 +125,7 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
     from instructjax.convert.saved import is_hf_dir, split_checkpoint_path
     from instructjax.core.checkpoint import checkpoints_dir
     from instructjax.eval.endpoint import EndpointError
-    from instructjax.eval.engine import engine_record, load_engine
+    from instructjax.eval.engines import engine_record, load_engine
     from instructjax.eval.harness import numeric, run_lm_eval, run_suite
     from instructjax.eval.suite import TULU
 
@@ -182,7 +182,8 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
 
     def generator():  # loaded once, when a part first needs it
         if not loaded:
-            loaded.append(load_engine(target, batch_size=ev.batch_size)[0])
+            mesh = config.mesh if isinstance(config.mesh, dict) else None  # the run's mesh (auto: the default's)
+            loaded.append(load_engine(target, batch_size=ev.batch_size, mesh=mesh)[0])
         return loaded[0]
 
     tulu_suite = ev.suite == TULU

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
@@ -12,15 +12,8 @@ import numpy as np
 from flax import nnx
 
 from instructjax.core.errors import ConfigError
+from instructjax.eval.interface import TokenScores
 from instructjax.model.decoder import Decoder
-
-
-@dataclass(frozen=True)
-class TokenScores:
-    """For a sequence of n ids: `logprobs[i]` = log p(ids[i+1] | ids[:i+1]) and whether that id was the argmax."""
-
-    logprobs: np.ndarray  # float32 [n - 1]
-    is_greedy: np.ndarray  # bool [n - 1]
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef",))
@@ -38,10 +31,28 @@ def _bucket(n: int, minimum: int = 16) -> int:
     return max(minimum, 1 << (n - 1).bit_length())
 
 
-def score_ids(model: Decoder, sequences: Sequence[Sequence[int]], batch_size: int = 8) -> list[TokenScores]:
-    """Scores of every sequence (each at least 2 ids), in input order; long ones first to bound recompiles."""
+def _placed(mesh, *arrays: np.ndarray) -> list:
+    """Host arrays [batch, ...] on the mesh, rows over (data, fsdp) (as they are without a mesh)."""
+    if mesh is None:
+        return [jnp.asarray(a) for a in arrays]
+    from instructjax.core.sharding import batch_sharding
+
+    return [jax.device_put(a, batch_sharding(mesh)) for a in arrays]
+
+
+def _scope(mesh):
+    return jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
+
+
+def score_ids(model: Decoder, sequences: Sequence[Sequence[int]], batch_size: int = 8, *,
+              mesh=None) -> list[TokenScores]:
+    """Scores of every sequence (each at least 2 ids), in input order; long ones first to bound recompiles. On a
+    `mesh` (where the model's parameters lie) a batch's rows split over (data, fsdp)."""
     if any(len(s) < 2 for s in sequences):
         raise ValueError("score_ids: each sequence needs at least two ids (a context and one scored token)")
+    if mesh is not None:
+        shards = mesh.shape["data"] * mesh.shape["fsdp"]
+        batch_size = -(-batch_size // shards) * shards
     graphdef, state = nnx.split(model)
     order = sorted(range(len(sequences)), key=lambda i: -len(sequences[i]))
     results: list[TokenScores | None] = [None] * len(sequences)
@@ -53,7 +64,8 @@ def score_ids(model: Decoder, sequences: Sequence[Sequence[int]], batch_size: in
         for row, i in enumerate(idx):
             tokens[row, : len(sequences[i])] = sequences[i]
             segments[row, : len(sequences[i])] = 1
-        logp, greedy = jax.device_get(_score(graphdef, state, jnp.asarray(tokens), jnp.asarray(segments)))
+        with _scope(mesh):
+            logp, greedy = jax.device_get(_score(graphdef, state, *_placed(mesh, tokens, segments)))
         for row, i in enumerate(idx):
             n = len(sequences[i]) - 1
             results[i] = TokenScores(np.asarray(logp[row, :n]), np.asarray(greedy[row, :n]))
@@ -95,14 +107,14 @@ def next_token_logprobs(model: Decoder, sequences: Sequence[Sequence[int]], cand
     return out
 
 
-def score_texts(model: Decoder, hf_tokenizer, texts: Sequence[str], batch_size: int = 8) -> list[list[tuple[str, float]]]:
-    """(token text, log-prob) for every token after BOS of each text."""
+def score_texts(engine, hf_tokenizer, texts: Sequence[str]) -> list[list[tuple[str, float]]]:
+    """(token text, log-prob) for every token after BOS of each text, scored by `engine` (eval.interface.Engine)."""
     encoded = [hf_tokenizer(t, add_special_tokens=True)["input_ids"] for t in texts]
     short = next((t for t, ids in zip(texts, encoded, strict=True) if len(ids) < 2), None)
     if short is not None:  # the first token has no context to be scored in
         raise ConfigError(f"score: {short!r} is {len(hf_tokenizer(short, add_special_tokens=True)['input_ids'])} "
                           "token(s) with this tokenizer (which adds no BOS before it): a text needs at least two, "
                           "a context and a token to score")
-    scores = score_ids(model, encoded, batch_size)
+    scores = engine.score(encoded)
     return [[(hf_tokenizer.convert_ids_to_tokens(tok), float(lp)) for tok, lp in zip(ids[1:], s.logprobs, strict=True)]
             for ids, s in zip(encoded, scores, strict=True)]

@@ -13,8 +13,10 @@ JAX_NUM_PROCESSES = tasks, JAX_PROCESS_ID = SLURM_PROCID); `--requeue` plus `--r
 preempted or failed-node job continue from its latest checkpoint. `--dry-run` prints the exact
 commands (and the sbatch script) instead of running them.
 
-SIGTERM makes `instructjax train` save the step in flight and exit 75 (EXIT_PREEMPTED): `single` then runs
-it again (it resumes), unless the launcher itself was told to stop; the sbatch script re-queues the job.
+SIGTERM or SIGINT makes `instructjax train` save the step in flight and exit 75 (EXIT_PREEMPTED): `single` then
+runs it again (it resumes), unless the launcher itself was told to stop (Ctrl-C or SIGTERM to it: passed on to the
+trainer once, which runs in a process group of its own so that a terminal's Ctrl-C reaches it once, through the
+launcher; a second one, passed on too, ends the trainer at once); the sbatch script re-queues the job.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from pathlib import Path
 from instructjax.core import xla_flags
 
 COORDINATOR_PORT = 12355
-EXIT_PREEMPTED = 75  # `instructjax train` saved a checkpoint on SIGTERM (instructjax.train.preemption)
+EXIT_PREEMPTED = 75  # `instructjax train` saved the step in flight on a signal (instructjax.core.stopping)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -121,23 +123,25 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run_resuming(cmd: list[str]) -> int:
-    """Run `cmd`; while it exits EXIT_PREEMPTED (saved on SIGTERM) run it again, unless this launcher was
-    itself sent SIGTERM (then the signal is passed on and the status returned)."""
-    stopping = False
+    """Run `cmd`; while it exits EXIT_PREEMPTED (saved on a signal) run it again, unless this launcher was itself
+    sent SIGTERM or SIGINT (then each signal is passed on, and the status returned)."""
+    stopping, child = False, None
 
     def forward(signum, frame):
         nonlocal stopping
         stopping = True
-        if child.poll() is None:
+        if child is not None and child.poll() is None:
             child.send_signal(signum)
 
-    signal.signal(signal.SIGTERM, forward)
-    while True:
-        child = subprocess.Popen(cmd)
+    for stop in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(stop, forward)
+    while not stopping:
+        child = subprocess.Popen(cmd, process_group=0)  # a terminal's Ctrl-C reaches it once: through `forward`
         code = child.wait()
         if code != EXIT_PREEMPTED or stopping:
             return code
         print("+ preempted (checkpoint saved): resuming", flush=True)
+    return EXIT_PREEMPTED
 
 
 if __name__ == "__main__":

@@ -363,6 +363,12 @@ def checked_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     checked, problems = {}, []  # every problem in one line, not one per run
     for key, value in overrides.items():
         try:
+            if key == "double_quant":  # QLoRA's double quantization: refused in one line (model/quantize.py)
+                from instructjax.model.quantize import double_quant_problem
+
+                if problem := double_quant_problem(value):
+                    raise ConfigError(problem)
+                continue
             if key not in names:
                 raise unknown_key(f"model.{key}", names | {"preset", "init_from"})
             checked[key] = check_value(value, hints[key], f"model.{key}")

@@ -45,7 +45,7 @@ class Dense(nnx.Module):
         self.kernel = param(rngs, in_shape + out_shape, axes, config)
         self.quantized = None  # QLoRA: a frozen base projection kept as codes + absmax (model/quantize.py)
         if config.quantize_base != "none" and name in lora.module_names(config):
-            codes, absmax = quantize.quantize(self.kernel[...], config.quantize_base)
+            codes, absmax = quantize.quantize(self.kernel[...], config.quantize_base, len(out_shape))
             self.quantized, self.kernel = config.quantize_base, None
             self.kernel_codes = nnx.Param(codes, out_sharding=axes, eager_sharding=False)
             self.kernel_absmax = nnx.Param(absmax, out_sharding=axes, eager_sharding=False)
@@ -89,7 +89,8 @@ class Dense(nnx.Module):
         if self.quantized is None:
             kernel = self.kernel[...].astype(self.dtype)
         else:
-            kernel = quantize.dequantize(self.kernel_codes[...], self.kernel_absmax[...], self.quantized, self.dtype)
+            kernel = quantize.dequantize(self.kernel_codes[...], self.kernel_absmax[...], self.quantized,
+                                         len(self.axes) - self.n_in, self.dtype)
         in_size = math.prod(kernel.shape[: self.n_in])
         lead = x.shape[: x.ndim - self.n_in]
         flat = x.astype(self.dtype).reshape(-1, in_size)

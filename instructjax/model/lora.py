@@ -173,8 +173,8 @@ def combine(a: Any, b: Any) -> Any:
 
 
 def reference(params: Any) -> Any:
-    """`params` with every adapter zeroed: the frozen base's model exactly (a zero B adds nothing), the reference a
-    preference loss compares a LoRA with."""
+    """`params` with every adapter zeroed: the frozen base's model exactly (a zero B adds nothing): fresh adapters'
+    starting values, the reference of a DPO run that trains them."""
     import jax
     import jax.numpy as jnp
 

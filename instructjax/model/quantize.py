@@ -1,20 +1,25 @@
 """A frozen base stored quantized (`model.quantize_base`, QLoRA): the LoRA-able projections of every layer keep
-their kernel as codes and a float32 absmax a block of `BLOCK` values along the kernel's last axis, and each
-Dense dequantizes its kernel to the compute dtype when it runs. The embedding, the norms and the output head stay
-as they are (bitsandbytes' `load_in_4bit` leaves them too).
+their kernel as codes and a float32 absmax a block of `BLOCK` values, and each Dense dequantizes its kernel to the
+compute dtype when it runs. The embedding, the norms and the output head stay as they are (bitsandbytes'
+`load_in_4bit` leaves them too).
 
-- ``nf4``: QLoRA's 4-bit NormalFloat, two codes a byte (high nibble first, as bitsandbytes packs them); a code is
-  the nearest of the 16 values `nf4_table()` builds the way bitsandbytes' `create_normal_map` does (the normal's
-  quantiles, the outermost at QLoRA's offset 0.9677083, scaled to [-1, 1]).
-- ``int8``: symmetric blockwise absmax, round(x / absmax * 127) (bitsandbytes' 8-bit blockwise type maps through
-  its dynamic table instead).
+The blocks are bitsandbytes' `Linear4bit`'s: it quantizes the HF weight [out, in] flattened row-major in blocks of
+64, so a block is 64 consecutive inputs of one output (`in` a multiple of 64). Our kernel is [*in, *out] (a
+scanned layer's with the layers first), so a block runs along its last input axis (`OUT_DIMS` out axes after it),
+an absmax each (its largest magnitude), and x is scaled as bitsandbytes scales it, x * (1 / absmax).
 
-Not done: QLoRA's double quantization of the absmax constants (0.5 byte a block of 64 more here).
+- ``nf4``: QLoRA's 4-bit NormalFloat: the code of the nearest of bitsandbytes' 16 values (`NF4`; a value on a
+  midpoint takes the lower, as its `bucketize`), two codes a byte along the input axis, the first in the high
+  nibble: the bytes of a row are the bytes bitsandbytes packs for it.
+- ``int8``: symmetric blockwise absmax, round(x / absmax * 127), blocked the same way (bitsandbytes' `load_in_8bit`
+  is LLM.int8, a scale a row and outliers kept in 16 bits: not this, so an int8 run has no bitsandbytes twin).
+
+QLoRA's double quantization of the absmax constants (bitsandbytes' `bnb_4bit_use_double_quant`) is refused in one
+line (`double_quant_problem`): the absmax stay float32, 0.5 bit a weight.
 """
 
 from __future__ import annotations
 
-from statistics import NormalDist
 from typing import Any
 
 import jax
@@ -23,51 +28,56 @@ import numpy as np
 
 KINDS = ("none", "nf4", "int8")
 BLOCK = 64
-NF4_OFFSET = 0.9677083  # QLoRA: the quantile of the outermost values (bitsandbytes `create_normal_map`)
+# bitsandbytes' NF4 values (`functional.get_4bit_type("nf4")`, its CUDA kernels' `nf4_dequantization_lut`): the
+# quantiles of N(0, 1) of QLoRA's `create_normal_map(offset=0.9677083)`, divided by the largest, in float32
+NF4 = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+                -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+                0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+                0.7229568362236023, 1.0], np.float32)
 CODES, ABSMAX = "kernel_codes", "kernel_absmax"  # a quantized Dense's parameters, in place of `kernel`
+OUT_DIMS = {"q_proj": 2, "k_proj": 2, "v_proj": 2, "o_proj": 1, "gate_proj": 1, "up_proj": 1, "down_proj": 1}
 
 
 def nf4_table() -> np.ndarray:
-    """NF4's 16 values, ascending: 8 positive quantiles of N(0, 1) from `NF4_OFFSET` down to 0.5 (the last
-    dropped), 0, and 7 negative ones, divided by the largest (bitsandbytes' `create_normal_map`,
-    `use_extra_value=True`)."""
-    ppf = NormalDist().inv_cdf
-    positive = [ppf(p) for p in np.linspace(NF4_OFFSET, 0.5, 9)[:-1]]
-    negative = [-ppf(p) for p in np.linspace(NF4_OFFSET, 0.5, 8)[:-1]]
-    values = np.sort(np.array(positive + [0.0] + negative))
-    return (values / values.max()).astype(np.float32)
+    """NF4's 16 values, ascending (bitsandbytes')."""
+    return NF4.copy()
 
 
-def stored_shapes(shape: tuple[int, ...], kind: str) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """(codes, absmax) shapes of a kernel of `shape` stored as `kind`."""
-    *lead, last = shape
-    return (*lead, last // 2 if kind == "nf4" else last), (*lead, last // BLOCK)
+def _blocks_last(x: jax.Array, out_dims: int) -> jax.Array:
+    """`x` [*in, *out] with its last input axis moved to the end."""
+    return jnp.moveaxis(x, x.ndim - out_dims - 1, -1)
 
 
-def quantize(kernel: jax.Array, kind: str) -> tuple[jax.Array, jax.Array]:
-    """(codes, absmax) of `kernel` (float), blocks of `BLOCK` along its last axis."""
-    *lead, last = kernel.shape
-    blocks = kernel.astype(jnp.float32).reshape(*lead, last // BLOCK, BLOCK)
+def _blocks_back(x: jax.Array, out_dims: int) -> jax.Array:
+    return jnp.moveaxis(x, -1, x.ndim - out_dims - 1)
+
+
+def quantize(kernel: jax.Array, kind: str, out_dims: int) -> tuple[jax.Array, jax.Array]:
+    """(codes, absmax) of `kernel` [*in, *out] (float; `out_dims` out axes), blocks of `BLOCK` along its last input
+    axis: codes with that axis halved for nf4 (two a byte), absmax with it divided by `BLOCK`."""
+    x = _blocks_last(kernel.astype(jnp.float32), out_dims)
+    blocks = x.reshape(*x.shape[:-1], x.shape[-1] // BLOCK, BLOCK)
     absmax = jnp.max(jnp.abs(blocks), axis=-1)
-    scaled = blocks / jnp.where(absmax == 0, 1.0, absmax)[..., None]
+    scaled = jnp.clip(blocks * (1.0 / jnp.where(absmax == 0, 1.0, absmax))[..., None], -1, 1).reshape(x.shape)
     if kind == "int8":
-        return jnp.round(scaled * 127).astype(jnp.int8).reshape(kernel.shape), absmax
-    table = jnp.asarray(nf4_table())
-    midpoints = (table[1:] + table[:-1]) / 2  # the nearest value: how many midpoints lie below
-    codes = jnp.searchsorted(midpoints, scaled.reshape(*lead, last)).astype(jnp.uint8)
-    return (codes[..., 0::2] << 4) | codes[..., 1::2], absmax
+        codes = jnp.round(scaled * 127).astype(jnp.int8)
+    else:
+        table = jnp.asarray(NF4)
+        codes = jnp.searchsorted((table[1:] + table[:-1]) / 2, scaled).astype(jnp.uint8)  # midpoints below it
+        codes = (codes[..., 0::2] << 4) | codes[..., 1::2]
+    return _blocks_back(codes, out_dims), _blocks_back(absmax, out_dims)
 
 
-def dequantize(codes: jax.Array, absmax: jax.Array, kind: str, dtype: Any = jnp.float32) -> jax.Array:
+def dequantize(codes: jax.Array, absmax: jax.Array, kind: str, out_dims: int, dtype: Any = jnp.float32) -> jax.Array:
     """The kernel `quantize` stored, in `dtype`."""
+    codes, absmax = _blocks_last(codes, out_dims), _blocks_last(absmax, out_dims)
     if kind == "int8":
         values = codes.astype(jnp.float32) / 127
     else:
-        table = jnp.asarray(nf4_table())
+        table = jnp.asarray(NF4)
         values = jnp.stack([table[codes >> 4], table[codes & 15]], axis=-1).reshape(*codes.shape[:-1], -1)
-    *lead, last = values.shape
-    blocks = values.reshape(*lead, last // BLOCK, BLOCK) * absmax[..., None]
-    return blocks.reshape(*lead, last).astype(dtype)
+    blocks = values.reshape(*absmax.shape, BLOCK) * absmax[..., None]
+    return _blocks_back(blocks.reshape(values.shape), out_dims).astype(dtype)
 
 
 def problems(config: Any) -> list[str]:
@@ -79,10 +89,18 @@ def problems(config: Any) -> list[str]:
         return []
     if config.lora is None:
         return [f"model.quantize_base={kind} stores a frozen base: it needs model.lora (QLoRA)"]
-    lasts = {"head_dim": config.head_dim, "hidden_size": config.hidden_size,
-             "intermediate_size": config.intermediate_size}
-    return [f"model.quantize_base={kind} quantizes blocks of {BLOCK} along each kernel's last axis: {name}="
-            f"{size} is not a multiple of {BLOCK}" for name, size in lasts.items() if size % BLOCK]
+    inputs = {"head_dim": config.head_dim, "hidden_size": config.hidden_size,
+              "intermediate_size": config.intermediate_size}  # the projections' last input axes
+    return [f"model.quantize_base={kind} quantizes blocks of {BLOCK} inputs (bitsandbytes' layout): {name}="
+            f"{size} is not a multiple of {BLOCK}" for name, size in inputs.items() if size % BLOCK]
+
+
+def double_quant_problem(value: Any) -> str:
+    """The one line `double_quant` under `model:` gets: refused (or a no-op when false)."""
+    if value in (False, None):
+        return ""
+    return (f"model.double_quant={value!r}: QLoRA's double quantization of the absmax constants (bitsandbytes' "
+            "bnb_4bit_use_double_quant) is not supported; the absmax stay float32 (0.5 bit a weight): leave it out")
 
 
 def without_quantized(tree: Any) -> Any:
@@ -92,15 +110,15 @@ def without_quantized(tree: Any) -> Any:
     return {k: without_quantized(v) for k, v in tree.items() if k not in (CODES, ABSMAX)}
 
 
-def dequantized(params: Any, config: Any) -> Any:
+def dequantized(params: Any, config: Any, name: str = "") -> Any:
     """`params` (host arrays, nested dicts) with every quantized kernel restored as `kernel` in float32 (the
     model a QLoRA run trained; what `export` writes and merges the adapters into)."""
     if not isinstance(params, dict):
         return params
-    out = {k: dequantized(v, config) for k, v in params.items() if k not in (CODES, ABSMAX)}
+    out = {k: dequantized(v, config, k) for k, v in params.items() if k not in (CODES, ABSMAX)}
     if CODES in params:
         out["kernel"] = np.asarray(dequantize(jnp.asarray(params[CODES]), jnp.asarray(params[ABSMAX]),
-                                              config.quantize_base))
+                                              config.quantize_base, OUT_DIMS[name]))
     return out
 
 
@@ -120,7 +138,8 @@ def quantized(params: Any, config: Any, shardings: Any = None) -> Any:
             elif key == "kernel" and name in modules:  # placed like its codes (the same axes), then quantized
                 shards = (shard[CODES], shard[ABSMAX]) if isinstance(shard, dict) else None
                 value = value if shards is None else jax.device_put(value, shards[0])
-                codes, absmax = jax.jit(quantize, static_argnums=1, out_shardings=shards)(value, config.quantize_base)
+                codes, absmax = jax.jit(quantize, static_argnums=(1, 2), out_shardings=shards)(
+                    value, config.quantize_base, OUT_DIMS[name])
                 out[CODES], out[ABSMAX] = codes, absmax
             else:
                 out[key] = value if sub is None else jax.device_put(value, sub)

@@ -65,13 +65,16 @@ def attention_factor(config: DecoderConfig, kind: str = "full") -> float:
     return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(original))
 
 
-def cos_sin(positions: Array, config: DecoderConfig, kind: str = "full") -> tuple[Array, Array]:
-    """cos and sin [B, T, rotary_dims / 2] (float32) for integer positions [B, T]."""
+def cos_sin(positions: Array, config: DecoderConfig, kind: str = "full", last: Array | None = None) -> tuple[Array, Array]:
+    """cos and sin [B, T, rotary_dims / 2] (float32) for integer positions [B, T]. Long-RoPE takes its long factors
+    once the call reaches past the original context: by its largest position, or each row by its own `last` [B]
+    (decoding: a row's padding does not count)."""
     freqs = inv_freqs(config, kind)
     inv_freq = jnp.asarray(freqs[0])
-    if len(freqs) == 2:  # long-RoPE: the long factors once the call reaches past the original context
+    if len(freqs) == 2:
         original = config.rope_scaling["original_max_position_embeddings"]
-        inv_freq = jnp.where(jnp.max(positions) + 1 > original, jnp.asarray(freqs[1]), inv_freq)
+        beyond = jnp.max(positions) + 1 > original if last is None else (last + 1 > original)[:, None, None]
+        inv_freq = jnp.where(beyond, jnp.asarray(freqs[1]), inv_freq)
     angles = positions.astype(jnp.float32)[..., None] * inv_freq
     scale = attention_factor(config, kind)
     return jnp.cos(angles) * scale, jnp.sin(angles) * scale

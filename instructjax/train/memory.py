@@ -113,12 +113,14 @@ def needed_bytes(memory: dict[str, int], acts: dict[str, Any]) -> int:
 
 
 def reference_bytes(model: DecoderConfig, config: RunConfig, memory: dict[str, int]) -> int:
-    """A device's bytes for a preference loss's reference model: a copy of the parameters where it runs live in the
-    step on a full fine-tune (`step.reference_args`); none cached (its log-probs come with the batch), for SimPO, or
-    for a LoRA (its reference is its own frozen base)."""
+    """A device's bytes for a preference loss's reference model where it runs live in the step
+    (`step.reference_args`): a copy of the parameters on a full fine-tune, of the starting adapters for a LoRA (on
+    its own frozen base); none cached (its log-probs come with the batch) or for SimPO."""
     from instructjax.train.step import reference_args
 
-    return memory["param_bytes"] if reference_args(config, model) else 0
+    if not reference_args(config, model):
+        return 0
+    return memory["trained_bytes"] if model.lora is not None else memory["param_bytes"]
 
 
 def usable_bytes(topology: Topology) -> float:

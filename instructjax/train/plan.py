@@ -186,7 +186,7 @@ def objective_words(config: RunConfig) -> str:
     if objective.reference == "cached":
         return (f"{words}; reference cached: one forward pass over the epoch's pairs before step 1 (one a row, about a "
                 "third of an epoch's step time), no memory while training")
-    return f"{words}; reference live: a frozen copy of the starting model (a LoRA: its base), one more forward a step"
+    return f"{words}; reference live: a frozen copy of the starting model (a LoRA: its starting adapters), one more forward a step"
 
 
 REAL_SHARE_GOAL = 0.9  # below it, `plan_with_proposal` looks for a mesh that does better

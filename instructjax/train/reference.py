@@ -1,5 +1,8 @@
-"""The reference's log-probs of a preference run with `objective.reference: cached` (open-instruct's DPO precomputes
-them): before the first step every example of the run's tasks goes once through the starting model, one example a
+"""A preference run's reference: the model it starts from, frozen (`start_base`, `starting_adapters`: a LoRA run on a
+LoRA init_from goes on training its adapters, their starting values the reference, or with
+`objective.reference_model: base` trains fresh ones on them merged), and its log-probs.
+
+With `objective.reference: cached` (open-instruct's DPO precomputes them), before the first step every example of the run's tasks goes once through the starting model, one example a
 row, and each token's log-prob of its target is kept (0 where nothing is trained). They are stored under
 RUN_DIR/reference_logps/ (a file per task: the values end to end and each example's length), read back on resume,
 and handed to the step with the tokens (the pipeline's `reference_logps`), so the reference holds no memory while
@@ -55,6 +58,37 @@ def load(run_dir, stream, identity: dict, *, resuming: bool) -> list[tuple[np.nd
             return None
         out.append((stored["values"], np.concatenate([[0], np.cumsum(stored["lengths"])])))
     return out
+
+
+def start_base(config, model) -> dict | None:
+    """The base a LoRA run on `model.init_from` is layered on (`core.checkpoint.base_reference`), None without one:
+    init_from's newest step, whose adapters (if it holds some) the run goes on training, their starting values the
+    reference (`objective.reference_model: start`); with `base`, that model with its adapters merged (`merged`), fresh
+    adapters trained on it, the reference that merged model."""
+    from instructjax.core import checkpoint
+
+    init_from = config.model.init_from
+    if model.lora is None or not init_from:
+        return None
+    base = checkpoint.base_reference(init_from)
+    if config.objective.reference_model == "base" and checkpoint.read_meta(init_from)[0].get("lora") is not None:
+        base["merged"] = True
+    return base
+
+
+def starting_adapters(base: dict | None, model, build: StepBuild, params):
+    """A LoRA's adapters as its run started (placed as `build` places them): init_from's, read again, where it holds
+    some and the run goes on training them (`start_base`), else zeros (a fresh adapter's B is zero: it adds
+    nothing)."""
+    from instructjax.convert.saved import load_base
+    from instructjax.model import lora
+
+    adapters = None
+    if base is not None and not base.get("merged"):
+        adapters = load_base(base, model, build.param_shardings)[1]
+    if adapters is None:  # the adapters zeroed (`lora.reference` of the adapters alone), placed as they are
+        adapters = jax.jit(lora.reference, out_shardings=lora.trainable(build.param_shardings))(lora.trainable(params))
+    return adapters
 
 
 def identity(init_from: str | None, seed: int) -> dict:

@@ -33,11 +33,18 @@ def resolve_model_config(config: RunConfig) -> DecoderConfig:
 
         stored = read_meta(config.model.init_from)[0]
         model = with_overrides(DecoderConfig.from_dict(stored), config.model.overrides)
-        if stored.get("lora") is not None and model.lora != stored["lora"]:
-            raise ConfigError(f"model.init_from={config.model.init_from} holds the LoRA adapters of "
-                              f"{stored['lora']}, not model.lora={model.lora}: leave model.lora out to continue "
-                              "them, or import the base without --adapter")
-        return model
+        if stored.get("lora") is None or model.lora == stored["lora"]:
+            return model
+        if config.objective.reference_model == "base":  # its adapters merged into the base: fresh ones of any shape
+            if model.lora is None:
+                raise ConfigError(f"objective.reference_model=base trains fresh LoRA adapters on model.init_from="
+                                  f"{config.model.init_from} with its adapters merged: set model.lora (or leave it "
+                                  "out to take init_from's)")
+            return model
+        raise ConfigError(f"model.init_from={config.model.init_from} holds the LoRA adapters of "
+                          f"{stored['lora']}, not model.lora={model.lora}: leave model.lora out to continue them"
+                          + (", set objective.reference_model=base to train fresh ones on them merged"
+                             if config.objective.needs_reference else "") + ", or import the base without --adapter")
     return preset(config.model.preset, **config.model.overrides)
 
 

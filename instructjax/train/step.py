@@ -16,7 +16,7 @@ branches' inputs their dropout masks (`lora_keys`, model/lora.py): nowhere but h
 With a preference loss (`objective:`, train/preference.py) the step is `make_preference_step`: the same micro-batches
 and update on the mean loss over the global batch's pairs (each a row's segments 2k - 1 and 2k), the reference's
 log-probs from the batch (`reference: cached`, train/reference.py) or from a fourth argument, the reference's
-parameters (`reference: live`, a full fine-tune; a LoRA's reference is its base).
+parameters (`reference: live`: a full fine-tune's starting parameters, a LoRA's starting adapters on its frozen base).
 """
 
 from __future__ import annotations
@@ -86,15 +86,16 @@ def micro_split(micro: int, mesh) -> Callable[[jax.Array], jax.Array]:
 
 
 def reference_args(config: RunConfig, model: DecoderConfig) -> bool:
-    """Whether the step takes the reference's parameters as a fourth argument: a DPO loss with `reference: live` on a
-    full fine-tune (a LoRA's reference is its own frozen base, the adapters left out)."""
+    """Whether the step takes the reference as a fourth argument: a DPO loss with `reference: live`. A full
+    fine-tune's is the starting model's parameters; a LoRA's its starting adapters alone (on its own frozen base:
+    init_from's adapters where the run goes on training them, fresh ones' otherwise)."""
     objective = config.objective
-    return objective.needs_reference and objective.reference == "live" and model.lora is None
+    return objective.needs_reference and objective.reference == "live"
 
 
 def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
     """step(params, opt_state, batch[, reference]) -> (params, opt_state, metrics), not yet jitted; `reference`
-    (the starting model's parameters, frozen) where `reference_args` says so."""
+    (the starting model's parameters, or a LoRA's starting adapters, frozen) where `reference_args` says so."""
     if config.objective.preference:
         return make_preference_step(graphdef, tx, config, num_sources, mesh)
     micro, alpha = config.optim.micro_batches, config.optim.neftune_alpha
@@ -166,8 +167,8 @@ def pair_slots(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array, int]:
 def make_preference_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
     """The step of a preference loss (train/preference.py): the global batch's pairs' mean loss, micro-batches
     holding whole pairs (a pair is one row's two segments); the reference's log-probs from the batch
-    (`reference_logps`, `objective.reference: cached`), or computed: from `reference` (live), or for a LoRA from its
-    base with the adapters left out."""
+    (`reference_logps`, `objective.reference: cached`), or computed from `reference` (live: the starting parameters,
+    for a LoRA its starting adapters on its frozen base)."""
     micro, alpha, objective = config.optim.micro_batches, config.optim.neftune_alpha, config.objective
     cached = objective.needs_reference and objective.reference == "cached"  # the batch carries reference_logps
     split = micro_split(micro, mesh)
@@ -176,8 +177,8 @@ def make_preference_step(graphdef, tx, config: RunConfig, num_sources: int, mesh
         spec = lora.spec(nnx.merge(graphdef, params).config)
         dropout = spec is not None and spec.dropout > 0
         adapters, base = lora.trainable(params), lora.frozen(params)
-        if objective.needs_reference and not cached and reference is None and adapters:
-            reference = lora.reference(params)
+        if reference is not None and adapters:  # a LoRA's starting adapters, on its frozen base
+            reference = lora.combine(reference, base)
 
         def sums(p, mb):
             weights = mb["loss_weights"].astype(jnp.float32)
@@ -246,7 +247,7 @@ class StepBuild:
 
     def lower(self, rows: int, seq_len: int):
         """The step lowered for a batch of `rows` x `seq_len` (under the mesh: kernels follow its devices)."""
-        reference = (self.params,) if self.takes_reference else ()
+        reference = (lora.trainable(self.params) or self.params,) if self.takes_reference else ()
         with jax.set_mesh(self.batch_sharding.mesh):
             return self.step.lower(self.params, self.opt_state, self.batch(rows, seq_len), *reference)
 
@@ -280,7 +281,8 @@ def build_step(model: DecoderConfig, tx: optax.GradientTransformation, config: R
     with_sharding = lambda tree, shards: jax.tree.map(  # noqa: E731
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shards)
     batch_sharding = sharding.batch_sharding(mesh)
-    reference = (param_shardings,) if reference_args(config, model) else ()  # the frozen start, sharded alike
+    reference = ((lora.trainable(param_shardings) if model.lora else param_shardings,)  # the start, sharded alike
+                 if reference_args(config, model) else ())
     step = jax.jit(make_train_step(graphdef, tx, config, num_sources, mesh),
                    in_shardings=(param_shardings, opt_shardings, batch_sharding, *reference),
                    out_shardings=(param_shardings, opt_shardings, replicated), donate_argnums=(0, 1))

@@ -11,7 +11,7 @@ train step:  jit with explicit shardings, state donated; the global batch is spl
              multiple of `sharding.row_multiple`); each is compiled before step 1
 loop:        host batch -> global jax.Array -> step; metrics to RUN_DIR/metrics.jsonl + TensorBoard;
              Orbax saves every `checkpoint.every` steps and at the end; a non-finite loss stops the run
-             before anything broken is saved; SIGTERM saves the step in flight and stops (preemption.py).
+             before anything broken is saved; SIGTERM or SIGINT saves the step in flight and stops (preemption.py).
              A run that reached its last step writes RUN_DIR/DONE: {step, config: `training_digest`}
              (what `sweep` and the TPU launcher read). RUN_DIR may be local or in a bucket.
 hosts:       every host plans the same global steps (data.batches.pipeline); a host whose plan differs
@@ -42,6 +42,8 @@ from instructjax.model.config import runs_only_keys
 from instructjax.model.decoder import Decoder
 from instructjax.train import optim
 from instructjax.train.metrics import MetricsLogger, MetricsWindow, plot_losses, progress_figures
+from instructjax.train.reference import start_base, starting_adapters
+from instructjax.train.resume_shapes import shape_change
 from instructjax.train.step import build_step, make_train_step  # noqa: F401  (make_train_step: its old home)
 
 
@@ -54,7 +56,7 @@ class TrainResult:
     run_dir: storage.Path
     step: int  # the last completed step
     losses: dict[int, float] = field(default_factory=dict)  # every step this run trained
-    preempted: bool = False  # stopped by SIGTERM after saving `step`
+    preempted: bool = False  # stopped by SIGTERM or SIGINT after saving `step`
 
 
 def on_mesh(host_batch: dict[str, np.ndarray], batch_sharding: NamedSharding) -> dict[str, jax.Array]:
@@ -103,9 +105,11 @@ class Trainer:
         if resume and integrity.steps_on_disk(checkpoints):
             self.resume_from = integrity.intact_step(checkpoints, set_aside=True)
             stored, saved_config, _ = ckpt.read_meta(self.run_dir, self.resume_from)
-            self.check_unchanged(saved_config or {}, bound.config, self.resume_from, accept_changes)
             if stored["scan_layers"] != bound.model.scan_layers:  # continue in the layout it was saved in
                 bound = dataclasses.replace(bound, model=bound.model.replace(scan_layers=stored["scan_layers"]))
+            if moved := shape_change(stored, bound.model, config.model.overrides, config.model.init_from):
+                raise ConfigError(f"{self.run_dir}: {moved}")  # --accept-changes or not: nothing to restore into
+            self.check_unchanged(saved_config or {}, bound.config, self.resume_from, accept_changes)
             saved = ckpt.read_tokenizer(self.run_dir, self.resume_from)
             if saved is not None and Tokenizer.load(materialize(saved["files"])) != bound.tokenizer:
                 raise ConfigError(f"{self.run_dir} was trained with another tokenizer than "
@@ -127,8 +131,7 @@ class Trainer:
             raise ConfigError(self.out_of_memory)  # also said for XLA's own refusal
         self.checkpointer = config.checkpoint.build(self.run_dir, self.tokenizer_item)
         # a LoRA on init_from saves its adapters alone, with the base they were trained on (checked on resume)
-        self.base = ckpt.base_reference(self.config.model.init_from) \
-            if self.model_config.lora is not None and self.config.model.init_from else None
+        self.base = start_base(self.config, self.model_config)
         latest = self.checkpointer.latest_step()
         if not resume and latest is not None:
             raise ConfigError(f"{self.run_dir} already has checkpoints: pass --resume, or choose another run_dir")
@@ -205,28 +208,33 @@ class Trainer:
         return params, init_opt(params), 0, 0, None
 
     def reference_weights(self, params):
-        """The reference of a preference loss: the starting model, frozen. A LoRA's is its base (`params` with the
-        adapters zeroed); a full fine-tune's is init_from's parameters, or the seed's fresh ones (loaded again)."""
+        """The reference of a preference loss: the model the run started from, frozen. A LoRA's is its frozen base
+        with its starting adapters (init_from's where the run goes on training them; fresh ones add nothing); a full
+        fine-tune's is init_from's parameters, or the seed's fresh ones (loaded again)."""
         if self.model_config.lora is not None:
-            return lora.reference(params)
+            return lora.combine(starting_adapters(self.base, self.model_config, self.build, params), lora.frozen(params))
         if self.config.model.init_from:
             return load_params_as(self.config.model.init_from, self.model_config, shardings=self.build.param_shardings)
         make_model = lambda: Decoder(self.model_config, rngs=nnx.Rngs(self.config.seed))  # noqa: E731
         return nnx.to_pure_dict(nnx.state(sharding.create_sharded_model(make_model, self.mesh)))
 
     def prepare_reference(self, params, start: int) -> tuple:
-        """The step's reference argument (`step.reference_args`: live, a full fine-tune), or () where it takes none;
+        """The step's reference argument (`step.reference_args`, live: a full fine-tune's starting parameters, a
+        LoRA's starting adapters), or () where it takes none;
         with `objective.reference: cached`, the reference's log-probs handed to the pipeline first: read back from
-        RUN_DIR, or computed (from `params` at step 0, from the reference loaded again on resume) and stored."""
+        RUN_DIR, or computed (from `params` at step 0: the model the run starts from, a LoRA's starting adapters
+        included; from the reference loaded again on resume) and stored."""
         from instructjax.train import reference
 
-        if self.build.takes_reference:
+        if self.build.takes_reference:  # a LoRA's: its starting adapters alone (on the base the step holds)
+            if self.model_config.lora is not None:
+                return (starting_adapters(self.base, self.model_config, self.build, params),)
             return (self.reference_weights(params),)
         if self.build.cached_reference:
             stream, named = self.pipeline.stream, reference.identity(self.config.model.init_from, self.config.seed)
             found = reference.load(self.run_dir, stream, named, resuming=start > 0)
             if found is None:
-                weights = params if start == 0 and self.model_config.lora is None else self.reference_weights(params)
+                weights = params if start == 0 else self.reference_weights(params)  # the model the run starts from
                 data = self.config.data
                 found = reference.compute(self.build, weights, stream, data.global_batch, data.seq_len,
                                           self.config.optim.loss_chunk)
@@ -311,7 +319,7 @@ class Trainer:
 
         preemption = PreemptionWatch()
         try:
-            with jax.set_mesh(self.mesh), self._memory_errors():
+            with preemption.listening(), jax.set_mesh(self.mesh), self._memory_errors():
                 self.schedule(start)  # its ops compiled here, not in the wall time of the second step
                 for rows, length in self.step_shapes:  # compiled now: a shape first used mid-run costs no step time
                     if (rows, length) not in self.precompiled:
@@ -332,17 +340,16 @@ class Trainer:
                         logger.sync()  # the metrics kept never lag behind a saved step
                         self.save(step, params, opt_state, tokens, position, window)
                     if result.preempted:
-                        if primary:
-                            print(f"instructjax: preempted: saved step {step}; `--resume` continues from it",
-                                  file=sys.stderr, flush=True)
                         break
                     if step < last:
                         position = following
         finally:
-            preemption.close()
             bar.close()
-            self.checkpointer.wait()
+            self.checkpointer.wait()  # committed and sealed
             logger.close()
+        if result.preempted and primary:
+            print(f"instructjax: preempted: saved step {result.step} in {self.run_dir}; `--resume` continues from it",
+                  file=sys.stderr, flush=True)
         self.checkpointer.close()
         if primary:
             plot_losses(self.run_dir)

@@ -1,6 +1,6 @@
 """`instructjax sweep` and `report` on a tiny A/C/P family: three settings trained (tiny preset, built-in data,
 6 steps), exported and evaluated on an offline lm-eval task; a fourth config fails and the sweep goes on. The
-sweep is stopped by SIGTERM inside the second run's training and run again: nothing finished is redone, the
+sweep is stopped by Ctrl-C (SIGINT; SIGTERM alike) inside the second run's training and run again: nothing finished is redone, the
 interrupted run resumes from its checkpoint. `report` then fills three rows of seed 000's Table 1."""
 
 from __future__ import annotations
@@ -45,7 +45,7 @@ def _rows(root: Path) -> dict[tuple[str, str], dict]:
 
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
-    """The family swept twice: stopped by SIGTERM in acp_C_tiny's training, then to the end."""
+    """The family swept twice: stopped by Ctrl-C in acp_C_tiny's training, then to the end."""
     root = tmp_path_factory.mktemp("sweep")
     configs = root / "configs" / "seed000_acp"
     configs.mkdir(parents=True)
@@ -59,7 +59,7 @@ def swept(tmp_path_factory):
         if checkpoints.is_dir() and any(p.name.isdigit() for p in checkpoints.iterdir()):
             break
         time.sleep(0.05)
-    first.send_signal(signal.SIGTERM)  # inside acp_C_tiny's training: saved, exit 75
+    first.send_signal(signal.SIGINT)  # Ctrl-C inside acp_C_tiny's training: saved, exit 75
     first_out = first.communicate(timeout=300)[0]
     first_rows = _rows(root)
     a_dir = root / "runs" / "seed000_acp" / "acp_A_tiny"
@@ -190,12 +190,20 @@ def test_dry_run_prints_the_commands_and_hands_training_to_the_launchers(tmp_pat
         assert f"+ {command}\n" in out
     assert out.count("would run") == 6 and not (tmp_path / "runs").exists()  # a dry run writes nothing
 
+    later = configs / "acp_A_tiny_more.yaml"  # a run that starts from acp_A_tiny's (as a DPO run from its SFT run)
+    later.write_text((configs / "acp_A_tiny.yaml").read_text().replace("name: acp_A_tiny", "name: acp_A_tiny_more")
+                     .replace("acp_A_tiny\n", "acp_A_tiny_more\n").replace("dtype: float32}", f"dtype: float32, "
+                                                                             f"init_from: {run_a}}}"))
     assert main(["sweep", str(configs), "--launch", "tpu", "--launch-args", f"--zone us-central2-b --bucket {bucket}",
                  "--dry-run"]) == 0
     out = capfd.readouterr().out
     assert f"tpu_vm.py up --name acp-a-tiny --config {configs / 'acp_A_tiny.yaml'} --zone us-central2-b" in out
     assert "gcloud compute tpus tpu-vm create acp-c-tiny --zone us-central2-b" in out  # the launcher's own commands
     assert f"instructjax train --config ~/instructjax_run.yaml --resume run_dir={bucket}/runs/acp-a-tiny" in out
+    # where the launcher put the run it starts from, not the local run directory its config names
+    assert f"--resume run_dir={bucket}/runs/acp-a-tiny-more distributed=true model.init_from={bucket}/runs/acp-a-tiny " \
+           in out
+    later.unlink()
 
     # acp_A_tiny trained on its VM: the run wrote DONE where the launcher put it; the sweep reads it there
     done = {"step": STEPS, "config": training_digest(load_config(configs / "acp_A_tiny.yaml"), not_training=runs_only_keys())}

@@ -124,6 +124,38 @@ def test_a_peft_adapter_imports_to_peft_log_probs_and_exports_back(tmp_path):
     assert max(np.abs(saved[k] - back[k]).max() for k in saved) < 1e-6
 
 
+def test_export_says_the_adapters_size_and_a_failed_one_leaves_nothing(exported, tmp_path, capsys):
+    """The line `export --adapter` prints counts the adapter's elements (PEFT's trainable parameters), not the
+    model's; a checkpoint without adapters is one line, exit 2, and no output directory."""
+    from instructjax import cli
+
+    _, hf, adapter, _, _, config = exported
+    run = os.path.join(os.path.dirname(adapter), "run")
+    assert cli.main(["export", "--checkpoint", run, "--out", str(tmp_path / "again"), "--adapter"]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    from safetensors.numpy import load_file
+
+    elements = sum(t.size for t in load_file(os.path.join(adapter, "adapter_model.safetensors")).values())
+    assert f"a LoRA adapter of {elements:,} parameters" in line, line
+    base = os.path.join(os.path.dirname(adapter), "base")  # imported without adapters
+    assert cli.main(["export", "--checkpoint", base, "--out", str(tmp_path / "none"), "--adapter"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "was not trained with model.lora" in err[0], err
+    assert not (tmp_path / "none").exists()
+
+
+def test_an_adapter_imported_onto_another_base_is_a_warning(exported, tmp_path, capsys):
+    """An adapter made on one model imported onto another of the same shapes: a warning naming both; onto its own
+    base: none."""
+    _, hf, adapter, _, _, _ = exported
+    other = make_hf(str(tmp_path), "gqa", seed=1)  # the same shapes, other weights
+    import_hf(other, str(tmp_path / "other"), adapter=adapter)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "warning" in err[0] and hf in err[0] and other in err[0], err
+    import_hf(hf, str(tmp_path / "own"), adapter=adapter)
+    assert "warning" not in capsys.readouterr().err
+
+
 def test_an_adapter_we_cannot_run_is_one_line(tmp_path):
     from instructjax.core.errors import ConfigError
 

@@ -16,7 +16,8 @@ tokenizes and reads (tests/helpers/fault_worker.py FAULT_COUNT_ENCODED, FAULT_CO
   each of 2 hosts; of one that keeps all 600, about 150 each of 4 hosts;
 - a conversation that fails to tokenize is recorded in its piece: the same one line on both hosts, and again
   on a restart (which reads the piece back);
-- `data prepare --config` then `train` with the same config: train tokenizes nothing.
+- `data prepare --config` stopped by Ctrl-C during its first task: that task is finished and cached, the command
+  exits 75 with one line; run again it tokenizes the rest alone; then `train` with the same config tokenizes nothing.
 """
 
 import json
@@ -247,10 +248,16 @@ def test_prepare_then_train_tokenizes_nothing(tmp_path):
            "INSTRUCTJAX_CACHE_DIR": str(tmp_path / "cache"),
            "FAULT_COUNT_ENCODED": str(tmp_path / "prepare.count")}  # fmt: skip
     config = REPO / "configs" / "quickstart.yaml"
-    prepare = subprocess.run([sys.executable, str(WORKER), "data", "prepare", "--config", str(config), "max_steps=2"],
-                             env=env, capture_output=True, text=True, timeout=600)  # fmt: skip
+    command = [sys.executable, str(WORKER), "data", "prepare", "--config", str(config), "max_steps=2"]
+    stopped = subprocess.run(command, env={**env, "FAULT_SIGINT_AFTER_TASK": "1"}, capture_output=True, text=True,
+                             timeout=600)  # Ctrl-C while the first task is tokenized  # fmt: skip
+    lines = [line for line in stopped.stderr.splitlines() if line.startswith("instructjax: stopped before task")]
+    assert stopped.returncode == 75 and len(lines) == 1 and "Traceback" not in stopped.stderr, stopped.stderr[-3000:]
+    assert f"the tasks read before it are in the tokenized cache ({tmp_path / 'cache'})" in lines[0]
+    assert len([f for f in (tmp_path / "cache").iterdir() if f.is_file()]) == 1, sorted((tmp_path / "cache").iterdir())
+    prepare = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert prepare.returncode == 0, prepare.stderr[-3000:]
-    assert "3 written now, 0 there already" in prepare.stdout, prepare.stdout
+    assert "2 written now, 1 there already" in prepare.stdout, prepare.stdout
     assert f"train starts from it: INSTRUCTJAX_CACHE_DIR={tmp_path / 'cache'} instructjax train" in prepare.stdout
     assert int((tmp_path / "prepare.count").read_text()) > 0
 

@@ -22,7 +22,7 @@ from instructjax.cli import main  # noqa: E402
 from instructjax.core.errors import ConfigError  # noqa: E402
 from instructjax.eval import tulu  # noqa: E402
 from instructjax.eval.endpoint import Endpoint  # noqa: E402
-from instructjax.eval.engine import load_engine  # noqa: E402
+from instructjax.eval.engines import load_engine  # noqa: E402
 from instructjax.eval.generate import Sampling, load_generator  # noqa: E402
 
 SETTINGS = ("gsm_direct", "bbh_direct")  # long prompts (8 shots), stops "\n" and "\n\n", 512 new tokens
@@ -80,7 +80,7 @@ def test_the_suite_and_chats_through_the_server_are_the_in_job_engines(openai_se
     url, model = openai_server
     cache = str(tmp_path / "cache.jsonl")
     served = load_engine(model, endpoint=Endpoint(url, max_retries=1, cache=cache))[0]
-    assert served.record() == {"name": "transformers serve", "version": None, "endpoint": url, "model": model}
+    assert served.describe() == {"name": "transformers serve", "version": None, "endpoint": url, "model": model}
     samples = {name: str(tmp_path / f"{name}.jsonl") for name in ("served", "in_job")}
     got = tulu.run(served, data_dir, "tulu", SETTINGS, samples_out=samples["served"])
     want = tulu.run(in_job, data_dir, "tulu", SETTINGS, samples_out=samples["in_job"])

@@ -15,8 +15,9 @@ transformers = pytest.importorskip("transformers")
 from helpers.models import make_hf  # noqa: E402
 
 from instructjax.convert.saved import load_model  # noqa: E402
-from instructjax.eval.generate import Generator, Sampling, generate_ids, sample_token  # noqa: E402
+from instructjax.eval.generate import Generator, Sampling, generate_ids  # noqa: E402
 from instructjax.eval.score import score_ids  # noqa: E402
+from instructjax.model.decoding import sample  # noqa: E402
 
 PROMPTS = [[1, 450, 4996, 17354], [1, 306], [1, 18637, 29892, 920, 526, 366, 29973, 13, 29966]]
 
@@ -91,7 +92,8 @@ def test_top_p_distribution():
     """Empirical frequencies under top-p equal the renormalised nucleus probabilities."""
     probs = np.array([0.4, 0.25, 0.2, 0.1, 0.05])
     logits = jnp.log(jnp.asarray(np.tile(probs, (20000, 1)), jnp.float32))
-    draws = np.asarray(sample_token(logits, jax.random.key(0), 1.0, 0.7))
+    keys = jax.random.split(jax.random.key(0), logits.shape[0])
+    draws = np.asarray(sample(logits, keys, jnp.float32(1.0), jnp.float32(0.7)))
     freq = np.bincount(draws, minlength=5) / len(draws)
     expected = np.array([0.4, 0.25, 0.2, 0, 0]) / 0.85  # 0.4 + 0.25 < 0.7: the third token completes the nucleus
     np.testing.assert_allclose(freq, expected, atol=0.015)

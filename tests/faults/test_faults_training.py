@@ -8,8 +8,10 @@ uninterrupted reference run (same command, same environment) through metrics.jso
   ends with exactly the reference losses (every file damaged every way: tests/faults/test_checkpoint_damage.py);
 - no space left while saving (a real 48 MiB tmpfs): one-line error, exit 2, the previous checkpoint intact;
 - an injected NaN at a checkpoint step: clean stop naming the step, nothing of the broken state saved;
-- SIGTERM (a preemption) at a seeded random step with no checkpoint due: the step in flight is saved, the
-  exit status is 75, and --resume ends with exactly the reference losses.
+- Ctrl-C (SIGINT to the process group, to a trainer that inherited SIGINT ignored, as `nohup ... &` from a script
+  leaves it) at a seeded random step with no checkpoint due: the step in flight is saved, the exit status is 75,
+  and --resume ends with exactly the reference losses (SIGTERM alike: tests/train/test_metrics_resume.py);
+- Ctrl-C twice while a save hangs: the process exits at once, saying what is lost, and nothing torn is read.
 
 Each run is a subprocess (tests/helpers/fault_worker.py -> the real `instructjax train` CLI); they share a
 persistent XLA compilation cache so only the first one compiles.
@@ -28,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers.damage import damage, draw
+from helpers.signals import signal_set
 
 from instructjax.core import checkpoint as ckpt
 from instructjax.core.integrity import MANIFEST
@@ -52,12 +55,16 @@ def env(tmp_path_factory):
             "XLA_FLAGS": os.environ.get("XLA_FLAGS", "--xla_force_host_platform_device_count=8")}  # fmt: skip
 
 
-def start(run_dir, env, *extra, resume=False, faults=None) -> subprocess.Popen:
+def start(run_dir, env, *extra, resume=False, faults=None, detached=False) -> subprocess.Popen:
+    """`instructjax train` in a process of its own; `detached`: in a process group of its own (its pool workers with
+    it) and with SIGINT ignored, as a non-interactive shell starts `nohup ... &`."""
     cmd = [sys.executable, str(WORKER), "train", "--config", "/dev/null", *ARGS, f"run_dir={run_dir}", *extra]
     if resume:
         cmd.append("--resume")
+    if detached:  # `trap "" INT` ignores SIGINT, and exec keeps it ignored
+        cmd = ["bash", "-c", 'trap "" INT; exec "$@"', "bash", *cmd]
     return subprocess.Popen(cmd, env={**env, **(faults or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)  # fmt: skip
+                            text=True, process_group=0 if detached else None)  # fmt: skip
 
 
 def finish(proc) -> tuple[int, str, str]:
@@ -240,52 +247,58 @@ def test_injected_nan_stops_naming_the_step_and_saves_nothing_broken(tmp_path, e
     assert losses(run_dir) == {s: ref[s] for s in (1, 2, 3)}
 
 
-def test_sigterm_saves_the_step_in_flight_and_resume_loses_nothing(tmp_path, env, reference):
+def test_ctrl_c_saves_the_step_in_flight_and_resume_loses_nothing(tmp_path, env, reference):
     run_dir = tmp_path / "run"
     seed = int(os.environ.get("FAULT_SEED", time.time_ns() % 10**6))
     # a step's metrics are logged one step late, so once step `after` is logged step after+1 may be done and
     # after+2 in flight: signal early enough that the step saved is never the run's last
     after = random.Random(seed).randint(1, STEPS - 3)
-    proc = start(run_dir, env, "checkpoint.every=1000", faults={"FAULT_STEP_SECONDS": "0.5"})
+    proc = start(run_dir, env, "checkpoint.every=1000", faults={"FAULT_STEP_SECONDS": "0.5"}, detached=True)
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")[0] in (b"", b"bash"):
+        assert time.monotonic() < deadline
+        time.sleep(0.01)  # until bash has exec'd the trainer (seconds before the CLI takes its signals)
+    assert "SIGINT" in signal_set(proc.pid, "SigIgn")  # the trainer inherited SIGINT ignored (read as it starts)
     deadline = time.monotonic() + TIMEOUT
     while last_logged(run_dir) < after:
         assert proc.poll() is None, f"seed {seed}: exited before step {after}: {proc.communicate()[1][-3000:]}"
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in its terminal: the whole process group
     rc, out, err = finish(proc)
     saved = complete_steps(run_dir)
     assert rc == 75, f"seed {seed}: {err[-3000:]}"
-    assert "trained to step" not in out  # a preempted run says it was preempted, nothing else
+    assert "trained to step" not in out and "Traceback" not in err and "KeyboardInterrupt" not in err
     assert len(saved) == 1 and after <= saved[0] < STEPS, f"seed {seed}: {saved}"  # the step in flight, not the end
-    assert f"preempted: saved step {saved[0]}" in err and not torn_dirs(run_dir)
+    assert f"preempted: saved step {saved[0]} in {run_dir}" in err and not torn_dirs(run_dir)
     rc, _, err = finish(start(run_dir, env, "checkpoint.every=1000", resume=True))
     assert rc == 0, err[-3000:]
-    assert losses(run_dir) == losses(reference), f"seed {seed} (SIGTERM after step {after})"
+    assert losses(run_dir) == losses(reference), f"seed {seed} (Ctrl-C after step {after})"
     assert_params_equal(run_dir, reference, STEPS)
 
 
-def test_a_second_sigterm_exits_at_once_and_leaves_no_half_written_step(tmp_path, env, reference):
-    """The first SIGTERM asks for a save; while a checkpoint commit hangs (held before Orbax's rename, as on a
-    stalled disk) a second SIGTERM exits at once with 128 + SIGTERM. What was being written is not a step:
-    --resume starts from the last complete one and ends with the reference losses."""
+def test_a_second_ctrl_c_exits_at_once_and_leaves_no_half_written_step(tmp_path, env, reference):
+    """The first Ctrl-C asks for a save; while a checkpoint commit hangs (held before Orbax's rename, as on a
+    stalled disk) a second one exits at once with 128 + SIGINT, saying that what was not saved is lost. What was
+    being written is not a step: --resume starts from the last complete one and ends with the reference losses."""
     run_dir, marker = tmp_path / "run", tmp_path / "saving"
     proc = start(run_dir, env, faults={"FAULT_HOLD_SAVE_STEP": "4", "FAULT_MARKER": str(marker),
-                                       "FAULT_STEP_SECONDS": "0.5"})  # fmt: skip
+                                       "FAULT_STEP_SECONDS": "0.5"}, detached=True)  # fmt: skip
     deadline = time.monotonic() + TIMEOUT
     while not marker.exists():
         assert proc.poll() is None, f"exited before checkpoint 4's commit: {proc.communicate()[1][-3000:]}"
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    proc.send_signal(signal.SIGTERM)
+    os.killpg(proc.pid, signal.SIGINT)
     time.sleep(1.0)  # the step in flight ends; its save waits behind the held commit of step 4
-    assert proc.poll() is None, "the first SIGTERM alone must not end the run before its save"
-    proc.send_signal(signal.SIGTERM)
+    assert proc.poll() is None, "the first Ctrl-C alone must not end the run before its save"
+    os.killpg(proc.pid, signal.SIGINT)
     sent = time.monotonic()
     _, err = proc.communicate(timeout=60)
-    assert proc.returncode == 128 + signal.SIGTERM, err[-3000:]
+    assert proc.returncode == 128 + signal.SIGINT, err[-3000:]
     assert time.monotonic() - sent < 30  # at once, not after the held save (an hour)
-    assert "SIGTERM: saving after the step in flight" in err
+    assert "SIGINT: stopping once the work in flight is saved" in err
+    assert "SIGINT again: exiting at once; what was not saved yet is lost" in err and "Traceback" not in err
     assert complete_steps(run_dir) == [2]  # step 4 is not a checkpoint; nothing after it was saved
     assert any(name.startswith("4.") for name in torn_dirs(run_dir))  # the interrupted write, set apart by name
     rc, _, err = finish(start(run_dir, env, resume=True))

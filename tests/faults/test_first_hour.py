@@ -1,11 +1,13 @@
 """What a newcomer meets in the first hour, through the real CLI: a malformed row's column, every config typo in
-one line, a misspelt task or mixture with the names it might be, the help naming `data prepare`, and files that
-other users of a shared directory can read."""
+one line, a misspelt task or mixture with the names it might be, a help written for a user (naming `data prepare`,
+and DPO beside SFT), the shipped configs found by name (and a missing config naming them), and files that other
+users of a shared directory can read."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 
 import pytest
@@ -47,10 +49,36 @@ def test_a_misspelt_task_or_mixture_gets_the_names_it_might_be(tmp_path, capsys,
     assert ("alpaca_builtin" if argv[0] == "data" else "acp_ACP_builtin") in err
 
 
-def test_help_names_every_data_command(capsys):
+def test_help_is_written_for_a_user(capsys):
+    """`instructjax --help`: what the tool does in whole sentences (not the module's docstring cut mid-sentence),
+    where to start, `data prepare`, and a `train` that says it also tunes on preferences."""
     with pytest.raises(SystemExit):
         cli.main(["--help"])
-    assert "prepare" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    description = out.split("\n\n")[1]
+    assert description.rstrip().endswith(".") and "cli/" not in out and "subcommands" not in out, description
+    assert "start here:" in out and "instructjax quickstart" in out and "prepare" in out
+    train = " ".join(re.search(r"^ +train +(.*?)\n +plan ", out, re.M | re.S).group(1).split())
+    assert "SFT" in train and "DPO" in train and "(SFT)" not in train, train
+
+
+def test_shipped_configs_are_found_by_name_and_a_missing_one_names_them(tmp_path, capsys, monkeypatch):
+    """`--config quickstart` and `--config seed004_tulu/...` (with or without .yaml) read the shipped files; away from
+    a checkout `--config configs/quickstart.yaml` (the docs' path) is one line naming `--config quickstart`, and an
+    unknown name one line naming where the shipped configs are; nothing is written."""
+    from instructjax.core.config import load_config
+    from instructjax.core.shipped import configs_dir
+
+    monkeypatch.chdir(tmp_path)  # no checkout here: configs/ is not a folder of this directory
+    for name in ("quickstart", "seed004_tulu/tulu_human_gpt_llama2_7b", "seed004_tulu/tulu_human_gpt_llama2_7b.yaml"):
+        file = configs_dir() / (name if name.endswith(".yaml") else f"{name}.yaml")
+        assert load_config(name) == load_config(file)
+    err = one_line(capsys, ["train", "--config", "configs/quickstart.yaml", f"run_dir={tmp_path / 'run'}"])
+    assert "config file configs/quickstart.yaml does not exist; the shipped config of that name is `--config " \
+           "quickstart`" in err
+    err = one_line(capsys, ["plan", "--config", "quikstart"])
+    assert "`--config quickstart`" in err and str(configs_dir()) in err
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.slow

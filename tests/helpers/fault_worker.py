@@ -7,6 +7,8 @@ Used by tests/faults/test_faults_training.py, which kill -9s it, fills its disk,
   FAULT_NAN_AT_STEP=N     step N's batch gets NaN loss weights (a non-finite loss at step N)
   FAULT_STEP_SECONDS=S    every step takes at least S seconds (a kill "at a random moment" lands mid-run)
   FAULT_SIGTERM_AFTER_STEP=N  the process sends itself SIGTERM once step N is done (a preemption at N)
+  FAULT_SIGINT_AFTER_TASK=N   the process sends itself SIGINT (a Ctrl-C) once the examples of the N-th task it reads
+                              are made
   FAULT_COUNT_ENCODED=PATH    at exit, write to PATH how many conversations this process tokenized
   FAULT_DIE_TOKENIZING=1      the process dies (os._exit, no clean-up) as it starts tokenizing its first
                               piece of a shared cache
@@ -86,6 +88,23 @@ def sigterm_after(step: int) -> None:
         return original(self, done)
 
     preemption.PreemptionWatch.should_stop = should_stop
+
+
+def sigint_after_task(n: int) -> None:
+    import signal
+
+    from instructjax.data.tokenized import examples
+
+    original, calls = examples.encoded_examples, [0]
+
+    def encoded_examples(*args, **kwargs):
+        made = original(*args, **kwargs)
+        calls[0] += 1
+        if calls[0] == n:
+            os.kill(os.getpid(), signal.SIGINT)
+        return made
+
+    examples.encoded_examples = encoded_examples
 
 
 def count_encoded(path: str) -> None:
@@ -174,6 +193,8 @@ def main() -> int:
         slow_steps(float(os.environ["FAULT_STEP_SECONDS"]))
     if "FAULT_SIGTERM_AFTER_STEP" in os.environ:
         sigterm_after(int(os.environ["FAULT_SIGTERM_AFTER_STEP"]))
+    if "FAULT_SIGINT_AFTER_TASK" in os.environ:
+        sigint_after_task(int(os.environ["FAULT_SIGINT_AFTER_TASK"]))
     if "FAULT_COUNT_ENCODED" in os.environ:
         count_encoded(os.environ["FAULT_COUNT_ENCODED"])
     if os.environ.get("FAULT_DIE_TOKENIZING"):

@@ -6,12 +6,17 @@ import importlib.util
 import os
 import re
 import shlex
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 from helpers import REPO
+from helpers.signals import signal_set
 
 ROOT = REPO
 CONFIG = "configs/seed004_tulu/tulu_human_gpt_llama2_7b.yaml"
@@ -56,9 +61,10 @@ def test_tpu_up_dry_run(capsys, tmp_path):
     remote = train[-1]
     assert remote.startswith("nohup bash -c ")
     inner = shlex.split(remote)[3]
-    assert inner.startswith("while true; do INSTRUCTJAX_CACHE_DIR=gs://bkt/tokenized instructjax train --config ~/instructjax_run.yaml --resume "
-                            "run_dir=gs://bkt/runs/tulu7b distributed=true "
-                            "model.init_from=gs://bkt/checkpoints/base/llama2-7b")
+    assert inner.startswith("echo $$ > ~/instructjax_loop.pid; ")  # the loop's pid: `stop` signals its trainer
+    assert ("INSTRUCTJAX_CACHE_DIR=gs://bkt/tokenized instructjax train --config ~/instructjax_run.yaml --resume "
+            "run_dir=gs://bkt/runs/tulu7b distributed=true model.init_from=gs://bkt/checkpoints/base/llama2-7b >> "
+            in inner)  # the config's init_from (checkpoints/base/llama2-7b), read from the bucket
     assert inner.endswith("; done") and "DONE" not in inner  # the run writes its own DONE marker
 
 
@@ -81,17 +87,81 @@ def test_tpu_queued_and_watch(capsys):
     assert create[:5] == ["gcloud", "compute", "tpus", "queued-resources", "create"]
 
 
-def test_tpu_stop_delete_logs_and_errors(capsys):
+def test_tpu_stop_delete_logs_and_errors(capsys, tmp_path):
     for action in ("logs", "stop", "delete"):
         tpu.main([action, *BASE, "--dry-run"])
     logs, stop, delete = printed(capsys)
     assert "--worker=0" in logs and logs[-1] == "tail -n 100 -f ~/instructjax_train.log"
-    assert "--worker=all" in stop and stop[-1] == "pkill -INT -f 'instructjax train' || true"
+    assert "--worker=all" in stop and stop[-1] == tpu.stop_script(1800) and "kill -TERM" in stop[-1]
+    assert "-INT" not in stop[-1]  # SIGTERM: what a trainer started in the background cannot have ignored
     assert delete == ["gcloud", "compute", "tpus", "tpu-vm", "delete", "tulu7b", "--zone", "us-central2-b", "--quiet"]
     with pytest.raises(SystemExit):
         tpu.main(["train", "--name", "x", "--zone", "z", "--bucket", "/local", "--config", CONFIG, "--dry-run"])
     with pytest.raises(SystemExit):
         tpu.main(["up", "--name", "x", "--zone", "z", "--dry-run"])
+
+    capsys.readouterr()
+    (tmp_path / "typo.yaml").write_text("model: {init_from: checkpoints/base/mine}\nmax_stepz: 3\n")
+    for config, words in (("no/such.yaml", "config file no/such.yaml does not exist; a shipped config is found by name"),
+                          (str(tmp_path / "typo.yaml"), "max_stepz: unknown key; did you mean max_steps?")):
+        with pytest.raises(SystemExit) as exited:  # checked as the trainer reads it, before any command
+            tpu.main(["up", "--name", "x", "--zone", "z", "--bucket", "gs://b", "--config", config, "--dry-run"])
+        out, err = capsys.readouterr()
+        assert exited.value.code == 2 and not out and len(err.splitlines()) == 1 and words in err, err
+
+
+@pytest.mark.slow
+def test_every_shipped_config_goes_up_in_a_dry_run(capsys):
+    """`up --dry-run` on every config under configs/ (a preset and init_from, an SFT run's directory as init_from,
+    no init_from): the workers read the config's model.init_from at the same path in the bucket, and a config without
+    one trains from scratch. 10 s: each config is read as the trainer reads it."""
+    shipped = sorted((ROOT / "configs").rglob("*.yaml"))
+    assert len(shipped) > 100
+    for config in shipped:
+        argv = ["up", "--name", "x", "--zone", "z", "--bucket", "gs://bkt", "--config", str(config), "--dry-run"]
+        assert tpu.main(argv) == 0, config
+        inner = shlex.split(printed(capsys)[-1][-1])[3]
+        given = (yaml.safe_load(config.read_text()).get("model") or {}).get("init_from")
+        assert (f" model.init_from=gs://bkt/{given} " in inner) if given else "init_from" not in inner, (config, inner)
+
+
+def own_model_config() -> str:
+    """The own-model config of docs/launch_tpu.md: its YAML block that starts `# mine.yaml`."""
+    found = re.search(r"```yaml\n(# mine\.yaml\n.*?)```", (ROOT / "docs" / "launch_tpu.md").read_text(), re.S)
+    assert found, "docs/launch_tpu.md has no `# mine.yaml` block"
+    return found.group(1).replace("gs://MY_BUCKET", "gs://bkt")
+
+
+def test_the_docs_own_model_goes_up_with_init_from_here_or_in_a_bucket(capsys, tmp_path, monkeypatch):
+    """docs/launch_tpu.md's own model (no preset; model.init_from an imported checkpoint) with --dry-run: not here,
+    the workers read it from the bucket; imported here, `up` copies it there before the VM is created; a gs://
+    init_from is read where it is. `status` and `stop` take the config too."""
+    monkeypatch.chdir(tmp_path)
+    config = own_model_config()
+    assert "preset" not in config and "init_from: checkpoints/base/smollm2" in config
+    Path("mine.yaml").write_text(config)
+    argv = ["--name", "mine", "--zone", "z", "--bucket", "gs://bkt", "--config", "mine.yaml", "--dry-run"]
+
+    def up() -> tuple[list[list[str]], str]:
+        assert tpu.main(["up", *argv]) == 0
+        cmds = printed(capsys)
+        return cmds, shlex.split(cmds[-1][-1])[3]
+
+    cmds, inner = up()
+    assert " model.init_from=gs://bkt/checkpoints/base/smollm2 " in inner  # where `import --out gs://...` put it
+    assert not any(c[:3] == ["gcloud", "storage", "rsync"] for c in cmds)
+    Path("checkpoints/base/smollm2/checkpoints/0").mkdir(parents=True)  # `instructjax import --out` wrote it here
+    cmds, inner = up()
+    copy = ["gcloud", "storage", "rsync", "--recursive", "checkpoints/base/smollm2", "gs://bkt/checkpoints/base/smollm2"]
+    create = next(i for i, c in enumerate(cmds) if c[3:5] == ["tpu-vm", "create"])
+    assert cmds.index(copy) < create and " model.init_from=gs://bkt/checkpoints/base/smollm2 " in inner
+    Path("mine.yaml").write_text(config.replace("checkpoints/base/smollm2", "gs://models/smollm2"))
+    cmds, inner = up()
+    assert " model.init_from=gs://models/smollm2 " in inner and not any(c[2] == "rsync" for c in cmds)
+    for action in ("status", "stop"):
+        assert tpu.main([action, *argv]) == 0
+    *_, status, stop = printed(capsys)
+    assert status[-1] == tpu.status_script() and stop[-1] == tpu.stop_script(1800)
 
 
 def test_gpu_single_and_slurm(capsys, monkeypatch):
@@ -137,6 +207,35 @@ def test_gpu_flags_reach_the_process_and_xla_takes_them(capsys, monkeypatch):
         assert proc.stdout.split()[0] == str(devices)
 
 
+CHILD = """import pathlib, signal, sys, time
+seen = []
+signal.signal(signal.SIGINT, lambda *_: seen.append(1))
+pathlib.Path(sys.argv[1]).write_text("ready")
+while not seen:
+    time.sleep(0.01)
+time.sleep(1.0)  # a second copy of the Ctrl-C, if one came, arrives meanwhile
+pathlib.Path(sys.argv[1]).write_text(str(len(seen)))
+sys.exit(75)
+"""
+
+
+def test_gpu_launcher_passes_a_ctrl_c_on_once_and_does_not_resume(tmp_path):
+    """A terminal's Ctrl-C reaches the launcher's whole process group: `single` passes it on to the trainer once (not
+    twice: a second one would end the trainer at once, losing its save), and does not resume the run it stopped."""
+    marker, child = tmp_path / "seen", tmp_path / "child.py"
+    child.write_text(CHILD)
+    code = (f"import sys; sys.path.insert(0, {str(ROOT / 'launch')!r}); import gpu; "
+            f"sys.exit(gpu.run_resuming([sys.executable, {str(child)!r}, {str(marker)!r}]))")
+    proc = subprocess.Popen([sys.executable, "-c", code], process_group=0)
+    deadline = time.monotonic() + 120
+    while not (marker.exists() and marker.read_text() == "ready"):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.02)
+    os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C in the launcher's terminal
+    assert proc.wait(timeout=60) == 75
+    assert marker.read_text() == "1"
+
+
 def _exits(tmp_path, codes: list[int]) -> list[str]:
     """A command that exits with `codes[i]` on its i-th run (counted in a file)."""
     counter = tmp_path / "runs"
@@ -159,5 +258,78 @@ def test_preempted_runs_are_resumed_by_the_launchers(tmp_path):
     args = tpu.parse_args(["train", *BASE])
     loop = re.sub(r"instructjax train [^>]*", shlex.join(_exits(tmp_path, [75, 75, 0])) + " ", tpu.train_command(args))
     loop = loop.replace("~/instructjax_train.log", str(tmp_path / "log"))
-    assert subprocess.run(["bash", "-c", loop]).returncode == 0
+    assert subprocess.run(["bash", "-c", loop], env={**os.environ, "HOME": str(tmp_path)}).returncode == 0
     assert (tmp_path / "runs").read_text() == "3"
+
+
+TINY_RUN = {"model": {"preset": "tiny", "dtype": "float32"}, "mesh": {"data": 4, "fsdp": 2},
+            "data": {"mixture": "acp_ACP_n10000_builtin", "seq_len": 128, "global_batch": 8, "pack_window": 64,
+                     "prefetch": 0},
+            "optim": {"lr": 3e-3}, "max_steps": 300, "log_every": 1, "checkpoint": {"every": 1000}}
+
+
+@pytest.mark.slow
+def test_the_launchers_own_start_command_stops_on_its_stop_with_the_step_saved(tmp_path, bucket, capfd, monkeypatch):
+    """launch/tpu_vm.py's own `train` and `stop` commands, run on this machine: gcloud's transport stood in for by
+    tests/helpers/fake_gcloud.py (2 workers, each a home folder; JAX's runtime over 127.0.0.1), `instructjax` the real
+    CLI on a tiny config, the run in a bucket on the GCS-API server. `train` starts the loop as on a worker (`nohup
+    bash -c ... &` from a non-interactive shell: SIGINT ignored); mid-run `stop` sends SIGTERM and returns once both
+    trainers have exited, naming the step they saved, sealed; the loops do not resume."""
+    bin_dir, homes = tmp_path / "bin", [tmp_path / f"worker{i}" for i in range(2)]
+    for folder in (bin_dir, *homes):
+        folder.mkdir()
+    for name, target in (("gcloud", f"{sys.executable} {REPO / 'tests/helpers/fake_gcloud.py'}"),
+                         ("instructjax", f"env PYTHONPATH={REPO} {sys.executable} -m instructjax.cli")):
+        (bin_dir / name).write_text(f'#!/bin/sh\nexec {target} "$@"\n')
+        (bin_dir / name).chmod(0o755)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    for key, value in {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_TPU_HOMES": os.pathsep.join(map(str, homes)),
+                       "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PLATFORMS": "cpu",
+                       "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+                       "INSTRUCTJAX_PROGRESS_SECONDS": "0.2"}.items():  # fmt: skip
+        monkeypatch.setenv(key, value)
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_RUN))
+    argv = ["--name", "local", "--zone", "z", "--bucket", bucket, "--config", str(tmp_path / "tiny.yaml")]
+    run, log = f"{bucket}/runs/local", homes[0] / "instructjax_train.log"
+    try:
+        assert tpu.main(["train", *argv]) == 0
+        deadline = time.monotonic() + 900
+        while max(map(int, re.findall(r"train: (\d+)/300", log.read_text() if log.exists() else "")), default=0) < 3:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        loop = int((homes[0] / "instructjax_loop.pid").read_text())
+        assert "SIGINT" in signal_set(loop, "SigIgn")  # as `nohup ... &` from a script leaves it: inherited by the trainer
+        assert {"SIGINT", "SIGTERM"} <= signal_set(trainer_pid(homes[0]), "SigCgt")  # which takes both back
+        capfd.readouterr()
+        assert tpu.main(["stop", *argv]) == 0
+        out = capfd.readouterr().out.splitlines()
+        assert sum(line.endswith(": the training loop has ended") for line in out) == 2, out
+        found = re.fullmatch(rf"stopped: every worker's trainer has exited; {run}: step (\d+) saved and sealed; "
+                             r"last logged step (\d+)", out[-1])  # fmt: skip
+        assert found and found.group(1) == found.group(2), out
+        step = int(found.group(1))
+        from instructjax.core import integrity, storage
+
+        checkpoints = storage.path(run) / "checkpoints"
+        assert 3 <= step < 300 and integrity.steps_on_disk(checkpoints) == [step]  # the step in flight, none due
+        assert integrity.has_manifest(checkpoints / str(step)) and not (storage.path(run) / "DONE").exists()
+        text = log.read_text()
+        assert f"instructjax: preempted: saved step {step} in {run}" in text and "preempted: resuming" not in text
+        assert tpu.main(["status", *argv]) == 0
+        out = capfd.readouterr().out.splitlines()
+        assert sum(line.endswith(": stopped by stop") for line in out) == 2 and out[-1].startswith(f"{run}: step {step} ")
+    finally:
+        for home in homes:  # whatever is left of a failed run
+            pid = home / "instructjax_loop.pid"
+            if pid.exists():
+                subprocess.run(["pkill", "-KILL", "-P", pid.read_text().strip()])
+                subprocess.run(["kill", "-KILL", pid.read_text().strip()], stderr=subprocess.DEVNULL)
+
+
+def trainer_pid(home: Path) -> int:
+    """The trainer the training loop of the worker at `home` runs."""
+    loop = (home / "instructjax_loop.pid").read_text().strip()
+    return int(subprocess.run(["pgrep", "-P", loop], capture_output=True, text=True).stdout.split()[0])
+

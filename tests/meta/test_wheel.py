@@ -43,12 +43,14 @@ def environment(bin_dir: Path) -> dict[str, str]:
             "JAX_PLATFORMS": "cpu"}
 
 
-def run(bin_dir: Path, cwd: Path, *argv: str, timeout: int = 900) -> str:
+def run(bin_dir: Path, cwd: Path, *argv: str, timeout: int = 900, code: int = 0) -> str:
+    """`instructjax ARGV`'s stdout (its exit status `code`); nothing on stderr says git is missing a checkout."""
     environ = environment(bin_dir)
     proc = subprocess.run([str(bin_dir / "instructjax"), *argv], cwd=cwd, env=environ, capture_output=True,
                           text=True, timeout=timeout)
-    assert proc.returncode == 0, (argv, proc.stdout[-2000:], proc.stderr[-3000:])
-    return proc.stdout
+    assert proc.returncode == code, (argv, proc.stdout[-2000:], proc.stderr[-3000:])
+    assert "not a git repository" not in proc.stderr, proc.stderr[-3000:]  # lm-eval's `git describe`, unasked
+    return proc.stdout if code == 0 else proc.stderr
 
 
 def test_the_wheel_imports_from_its_own_environment(installed, tmp_path):
@@ -63,6 +65,16 @@ def test_quickstart_runs_from_the_wheel(installed, tmp_path):
     out = run(installed, tmp_path, "quickstart", "max_steps=4", "checkpoint.every=4", "log_every=2")
     assert "ij_mc:" in out and "ij_rolling:" in out, out[-2000:]
     assert list((tmp_path / "runs").glob("quickstart-*/hf/config.json"))  # the run lives where the user stands
+
+
+def test_shipped_configs_are_found_by_name_from_the_wheel(installed, tmp_path):
+    """Where no checkout is, `--config quickstart` is the shipped file, and the docs' `configs/quickstart.yaml` is one
+    line naming it."""
+    assert "quickstart" in run(installed, tmp_path, "plan", "--config", "quickstart")
+    err = run(installed, tmp_path, "train", "--config", "configs/quickstart.yaml", code=2)
+    assert err.splitlines() == ["instructjax: error: config file configs/quickstart.yaml does not exist; the shipped "
+                                "config of that name is `--config quickstart`"]
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_paper_configs_ship_and_a_sweep_hands_them_to_the_shipped_launcher(installed, tmp_path, bucket):

@@ -1,6 +1,7 @@
-"""A quantized frozen base (`model.quantize_base`, QLoRA; model/quantize.py): NF4's table against bitsandbytes'
-published one, codes against a brute-force nearest value, and a QLoRA model against LoRA on the dequantized base
-(logits and three training steps)."""
+"""A quantized frozen base (`model.quantize_base`, QLoRA; model/quantize.py): NF4's table against the normal
+quantiles, codes and absmax against a brute-force re-implementation of bitsandbytes' layout (bitsandbytes itself:
+benchmarks/qlora_bitsandbytes.py), and a QLoRA model against LoRA on the dequantized base (logits and three training
+steps)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from helpers.bitsandbytes_nf4 import NF4, quantize_4bit
 
 from instructjax.core.config import load_config
 from instructjax.core.errors import ConfigError
@@ -17,39 +19,57 @@ from instructjax.model.decoder import Decoder, with_params
 from instructjax.train.optim import make_optimizer
 from instructjax.train.step import build_step
 
-# bitsandbytes' NF4 values as its CUDA kernels hard-code them (csrc/kernels.cu, `nf4_dequantization_lut`)
-BITSANDBYTES_NF4 = [-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
-                    -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
-                    0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
-                    0.7229568362236023, 1.0]
+BITSANDBYTES_NF4 = NF4.tolist()  # bitsandbytes' published values (tests/helpers/bitsandbytes_nf4.py)
 
 
-def test_nf4_table_is_bitsandbytes():
-    np.testing.assert_allclose(quantize.nf4_table(), BITSANDBYTES_NF4, atol=1e-6)
+def test_nf4_table_is_the_normal_quantiles():
+    """bitsandbytes' published values are QLoRA's construction: 8 positive quantiles of N(0, 1) from 0.9677083 down
+    to 0.5 (the last dropped), 0 and 7 negative ones, divided by the largest (float64 here)."""
+    from statistics import NormalDist
+
+    ppf, offset = NormalDist().inv_cdf, 0.9677083
+    values = sorted([ppf(p) for p in np.linspace(offset, 0.5, 9)[:-1]] + [0.0]
+                    + [-ppf(p) for p in np.linspace(offset, 0.5, 8)[:-1]])
+    np.testing.assert_allclose(quantize.nf4_table(), np.array(values) / max(values), atol=1e-6)
+    np.testing.assert_array_equal(quantize.nf4_table(), np.float32(BITSANDBYTES_NF4))
+
+
+def as_hf(kernel: np.ndarray, out_dims: int) -> np.ndarray:
+    """Our kernel-shaped array [*in, *out] as the HF weight's layout [out, in]."""
+    out = int(np.prod(kernel.shape[kernel.ndim - out_dims:]))
+    return kernel.reshape(-1, out).T
 
 
 @pytest.mark.parametrize("kind", ["nf4", "int8"])
-def test_codes_are_the_nearest_value_of_each_block(kind):
+@pytest.mark.parametrize("module, shape", [("q_proj", (128, 2, 64)), ("o_proj", (2, 64, 128))])
+def test_codes_and_scales_are_bitsandbytes_layout(kind, module, shape):
+    """Blocks of 64 inputs of one output, as bitsandbytes' Linear4bit quantizes the HF weight [out, in]: our codes
+    and absmax, laid out as HF's weight, are bitsandbytes' bytes and absmax (nf4; int8: round(x / absmax * 127) in the
+    same blocks), and dequantize to the brute force's values."""
+    out_dims = quantize.OUT_DIMS[module]
     rng = np.random.default_rng(0)
-    kernel = rng.normal(0, 0.02, (3, 5, 128)).astype(np.float32)
-    kernel[0, 0, :64] = 0.0  # an all-zero block stays zero
-    codes, absmax = quantize.quantize(kernel, kind)
-    assert codes.shape == quantize.stored_shapes(kernel.shape, kind)[0] and absmax.shape == (3, 5, 2)
-    assert codes.dtype == (np.uint8 if kind == "nf4" else np.int8)
-    got = np.asarray(quantize.dequantize(codes, absmax, kind))
-    blocks = kernel.astype(np.float64).reshape(3, 5, 2, 64)
-    scale = np.abs(blocks).max(-1, keepdims=True)
-    scaled = blocks / np.where(scale == 0, 1, scale)
-    if kind == "nf4":  # brute force: the table value nearest to each scaled weight
-        table = np.asarray(BITSANDBYTES_NF4)
-        nearest = table[np.abs(scaled[..., None] - table).argmin(-1)]
+    kernel = rng.normal(0, 0.02, shape).astype(np.float32)
+    kernel.reshape(-1)[rng.integers(0, kernel.size, 20)] *= 40  # outliers: their blocks' absmax
+    hf = as_hf(kernel, out_dims)  # a view: the zeros below are the kernel's too
+    hf[0, :64] = 0.0  # an all-zero block stays zero
+    codes, absmax = jax.jit(quantize.quantize, static_argnums=(1, 2))(kernel, kind, out_dims)
+    if kind == "nf4":
+        want_codes, want_absmax = quantize_4bit(hf)
+        np.testing.assert_array_equal(as_hf(np.asarray(codes), out_dims).reshape(-1), want_codes)
+        values = np.stack([np.float32(BITSANDBYTES_NF4)[want_codes >> 4], np.float32(BITSANDBYTES_NF4)[want_codes & 15]],
+                          -1).reshape(-1, 64)
     else:
-        nearest = np.round(scaled * 127) / 127
-    want = (nearest * scale).reshape(kernel.shape)
-    np.testing.assert_allclose(got, want, atol=1e-6)
-    assert np.all(got[0, 0, :64] == 0)
-    error = np.abs(got - kernel).max() / np.abs(kernel).max()
-    assert error < (0.15 if kind == "nf4" else 0.01)
+        blocks = hf.reshape(-1, 64)
+        want_absmax = np.abs(blocks).max(-1)
+        want = np.round(blocks / np.where(want_absmax == 0, 1, want_absmax)[:, None] * 127)
+        np.testing.assert_array_equal(as_hf(np.asarray(codes), out_dims).reshape(-1, 64), want)
+        values = want / 127
+    np.testing.assert_array_equal(as_hf(np.asarray(absmax), out_dims).reshape(-1), want_absmax)
+    got = as_hf(np.asarray(jax.jit(quantize.dequantize, static_argnums=(2, 3))(codes, absmax, kind, out_dims)), out_dims)
+    np.testing.assert_allclose(got, (values * want_absmax[:, None]).reshape(hf.shape), rtol=1e-6, atol=0)
+    assert not got[0, :64].any()
+    stacked, _ = jax.jit(quantize.quantize, static_argnums=(1, 2))(np.stack([kernel, 2 * kernel]), kind, out_dims)  # a scanned layer's: layers first
+    np.testing.assert_array_equal(np.asarray(stacked)[0], np.asarray(codes))
 
 
 def config(**keys):
@@ -69,7 +89,7 @@ def batch() -> dict[str, np.ndarray]:
 def test_qlora_is_lora_on_the_dequantized_base(kind):
     """The same base and adapters: the QLoRA model's logits (and, for nf4, three steps' losses) equal LoRA's on
     the base dequantized once (float32, 1e-5); the gap to LoRA on the original base is printed (the cost of
-    quantizing: 1.4e-3 at the first step for nf4 here)."""
+    quantizing; on a real model: benchmarks/qlora_bitsandbytes.py)."""
     plain = config()
     base = nnx.to_pure_dict(nnx.state(Decoder(plain, rngs=nnx.Rngs(0)), nnx.Param))
     rng = np.random.default_rng(2)  # trained adapters, so they take part
@@ -116,3 +136,6 @@ def test_bad_quantize_base_is_one_line():
         preset("tiny", quantize_base="nf4", lora={"rank": 4})
     with pytest.raises(ConfigError, match="must be one of"):
         preset("tiny", quantize_base="fp4", lora={"rank": 4})
+    with pytest.raises(ConfigError, match=r"^model.double_quant=True: QLoRA's double quantization .* not supported"):
+        preset("tiny", quantize_base="nf4", lora={"rank": 4}, double_quant=True)
+    assert preset("tiny", double_quant=False).quantize_base == "none"  # the default said outright

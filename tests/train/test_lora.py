@@ -227,11 +227,12 @@ def test_dropout_steps_are_their_own_and_repeat_bitwise():
         assert np.abs(x - z).max() > 1e-6
 
 
-def test_a_qlora_run_saves_its_adapters_alone_resumes_on_its_base_and_exports_what_it_computed(tmp_path):
+def test_a_qlora_run_saves_its_adapters_alone_resumes_on_its_base_and_exports_what_it_computed(tmp_path, capsys):
     """A QLoRA (`model.lora` on an imported model, `quantize_base: nf4`): its checkpoints hold the adapters alone and
     the base they were trained on; stopped at step 2 and resumed, steps 3-4 give the losses of the run that went
     straight on (whose loss falls); the merged export (the dequantized base + the adapters) gives our model's logits
-    in transformers; a base replaced under the run is one line. (LoRA without quantization trains through the same
+    in transformers, and the PEFT adapter on the base dequantized as bitsandbytes does gives `score`'s log-probs; a
+    base replaced under the run is one line. (LoRA without quantization trains through the same
     trainer path: tests/train/test_multihost.py runs one on several hosts.)"""
     import json
     import shutil
@@ -280,6 +281,35 @@ def test_a_qlora_run_saves_its_adapters_alone_resumes_on_its_base_and_exports_wh
         theirs = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "merged")(torch.tensor(ids)).logits
         plain = transformers.AutoModelForCausalLM.from_pretrained(hf)(torch.tensor(ids)).logits
     assert np.abs(ours - theirs.numpy()).max() < 1e-3 < np.abs(ours - plain.numpy()).max()
+
+    # the PEFT adapter: on the base dequantized as bitsandbytes does (what PEFT computes on a `load_in_4bit` base),
+    # `score` of the run's own tokens within 1e-3 a token; it names its HF base, its quantization as transformers'
+    # BitsAndBytesConfig writes it, and carries the run's tokenizer
+    from helpers.bitsandbytes_nf4 import dequantize_projections
+    from peft import AutoPeftModelForCausalLM, PeftModel
+
+    adapter = str(tmp_path / "adapter")
+    assert cli.main(["export", "--checkpoint", str(tmp_path / "straight"), "--out", adapter, "--adapter"]) == 0
+    assert json.load(open(f"{adapter}/adapter_config.json"))["base_model_name_or_path"] == hf
+    card = [line[2:].split(": ", 1) for line in open(f"{adapter}/README.md").read().splitlines() if line[:2] == "- "]
+    quantization = transformers.BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                   bnb_4bit_compute_dtype=torch.float32).to_dict()
+    # PEFT's `- key: value` lines, each value as transformers writes it in config.json (quant_method: bitsandbytes)
+    assert dict(card) == {k: str(v) for k, v in json.loads(json.dumps(quantization)).items()}
+    tokenizer = transformers.AutoTokenizer.from_pretrained(adapter)
+    text = "Write a haiku about the sea, then explain it in two sentences."
+    ids = tokenizer(text)["input_ids"]
+    capsys.readouterr()
+    assert cli.main(["score", "--model", str(tmp_path / "straight"), "--text", text]) == 0
+    scored = np.array([lp for _, lp in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["tokens"]])
+    AutoPeftModelForCausalLM.from_pretrained(adapter)  # its base found by name, as PEFT users load it
+    with torch.no_grad():
+        four_bit = transformers.AutoModelForCausalLM.from_pretrained(hf)
+        dequantize_projections(four_bit)
+        peft_lp = torch.log_softmax(PeftModel.from_pretrained(four_bit, adapter)(torch.tensor([ids])).logits[0, :-1], -1)
+        peft_lp = peft_lp.gather(-1, torch.tensor(ids[1:])[:, None])[:, 0].numpy()
+    print(f"QLoRA adapter in PEFT on the NF4 base vs score: {np.abs(peft_lp - scored).max():.2e} a token")
+    assert len(scored) == len(ids) - 1 and np.abs(peft_lp - scored).max() < 1e-3
 
     shutil.rmtree(base)  # another model where the base was
     assert cli.main(["import", "--hf", make_hf(str(tmp_path / "other"), "blocks64", seed=1), "--out", base]) == 0

@@ -3,7 +3,8 @@ with the same 8 CPU devices.
 
 - without `max_steps`, on a mixture whose size does not divide among 4 hosts, every host plans the same steps,
   the run finishes and saves, and the losses equal the one-process run (the same global batches);
-- SIGTERM to one of 2 hosts: both save the same step and exit 75; one process resumes it: the losses are those
+- Ctrl-C (SIGINT) to one of 2 hosts: both save the same step (JAX's preemption sync point, which the SIGINT reaches
+  as a SIGTERM) and exit 75; one process resumes it: the losses are those
   of the uninterrupted run;
 - a torn newest checkpoint under 2 processes (a seeded (file, way) of its files): both hosts print the
   same one warning line, fall back to the same step and finish with the uninterrupted run's losses;
@@ -133,7 +134,7 @@ def test_per_step_lora_dpo_preempted_on_two_hosts_resumes_on_four_as_the_unpacke
     run_dir = tmp_path / "multi"
     cached = [*args, "data.pack=per_step", "objective.reference=cached"]
     procs = launch(2, run_dir, cached, env_extra={"FAULT_STEP_SECONDS": "0.5"})
-    _sigterm_after(procs, run_dir, 2)
+    _signal_after(procs, run_dir, 2)
     results = wait(procs)
     assert all(rc == 75 for rc, _ in results), [err[-2000:] for _, err in results]
     (step,) = saved_steps(run_dir)
@@ -151,15 +152,15 @@ def test_per_step_lora_dpo_preempted_on_two_hosts_resumes_on_four_as_the_unpacke
     np.testing.assert_allclose([got[s] for s in range(1, 5)], [reference.losses[s] for s in range(1, 5)], rtol=1e-4)
 
 
-def _sigterm_after(procs, run_dir, step: int, target: int = 0) -> None:
-    """SIGTERM to process `target` once step `step` is logged."""
+def _signal_after(procs, run_dir, step: int, target: int = 0, sig: int = signal.SIGTERM) -> None:
+    """`sig` to process `target` once step `step` is logged."""
     deadline = time.monotonic() + TIMEOUT
     metrics = Path(run_dir) / "metrics.jsonl"
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= step):
         assert all(p.poll() is None for p in procs), wait(procs)[0][1][-3000:]
         assert time.monotonic() < deadline
         time.sleep(0.05)
-    procs[target].send_signal(signal.SIGTERM)
+    procs[target].send_signal(sig)
 
 
 @pytest.fixture(scope="module")
@@ -169,12 +170,12 @@ def uninterrupted(tmp_path_factory):
 
 
 def test_preempted_on_some_hosts_resumes_on_others(tmp_path, uninterrupted, before=2, after=1):
-    """SIGTERM to the last of 2 hosts: both save the same step and exit 75; one process resumes with the
+    """Ctrl-C (SIGINT) to the last of 2 hosts: both save the same step and exit 75; one process resumes with the
     uninterrupted run's losses (more hosts than saved: the per_step LoRA DPO test above resumes 2 on 4)."""
     reference, _ = uninterrupted
     run_dir = tmp_path / "run"
     procs = launch(before, run_dir, SMALL, "checkpoint.every=1000", env_extra={"FAULT_STEP_SECONDS": "0.5"})
-    _sigterm_after(procs, run_dir, 2, target=before - 1)  # the last host hears it; all must stop together
+    _signal_after(procs, run_dir, 2, target=before - 1, sig=signal.SIGINT)  # it alone hears it; all stop together
     results = wait(procs)
     assert all(rc == 75 for rc, _ in results), [err[-2000:] for _, err in results]
     (step,) = saved_steps(run_dir)

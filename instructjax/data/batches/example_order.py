@@ -268,11 +268,25 @@ def _check_token_range(task: str, examples: list[dict], vocab_size: int) -> None
                               f"[0, {vocab_size}); was it tokenized with another tokenizer?")
 
 
+def _stop_between_tasks(name: str) -> None:
+    """`Stopped` before task `name` when a signal asked (Ctrl-C while `train` or `data prepare` tokenizes): the tasks
+    before it are in the tokenized cache, and the next run reads them back."""
+    from instructjax.core import stopping
+    from instructjax.data import cache
+
+    if not stopping.requested():
+        return
+    kept = (f"the tasks read before it are in the tokenized cache ({cache.cache_dir()})" if cache.cache_dir()
+            else "nothing is kept (the tokenized cache is off)")
+    stopping.check(f"before task {specs.base_name(name)!r}", kept)
+
+
 def _task_examples(name: str, spec: specs.TaskSpec | None, count: int | None, seed: int | None, *,
                    in_file_order: bool, stats: PipelineStats) -> list[dict]:
     """A task's encoded examples (its subset of `count` when `seed` is set, in the draw's order or in file
     order): an instructjax task's own (`spec`, counted into `stats`), else a user's seqio Task read through seqio
-    and drawn the same way."""
+    and drawn the same way. A signal that asked the work to stop stops it here, between tasks (`stopping.check`)."""
+    _stop_between_tasks(name)
     if spec is not None:
         return examples_lib.encoded_examples(name, count, seed, in_file_order=in_file_order, spec=spec, stats=stats)
     from instructjax.data.seqio import lookup

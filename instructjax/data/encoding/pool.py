@@ -309,7 +309,8 @@ _ACTIVE = 0.0  # when a batch was last submitted or done (time.monotonic)
 
 def _init_worker() -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process: the processes use the cores
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the main process's to handle
+    for stop in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or a stop to the process group: the main process's to
+        signal.signal(stop, signal.SIG_IGN)   # handle (core.stopping); a worker ends with the pool
 
 
 @contextmanager

@@ -93,7 +93,7 @@ def requests(data_dir: str, hf_tokenizer, chat_format: str, settings: Sequence[s
 def answer(generator, reqs: Sequence[Request]) -> list:
     """The model's answers: the likeliest continuation's index for a log-likelihood request, else the completion
     text (prompts tokenized without special tokens, as the scripts do: `add_special_tokens=False`)."""
-    from instructjax.eval.generate import Sampling
+    from instructjax.eval.interface import Sampling
 
     tok = generator.tokenizer
     encoded = [tok(r.prompt, add_special_tokens=False)["input_ids"] for r in reqs]

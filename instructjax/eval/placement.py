@@ -1,0 +1,145 @@
+"""Where an evaluated model lies: its parameters sharded by the training rules (core/sharding.py) over every device
+of the job, in the evaluation's dtype (bfloat16 on accelerators, float32 on a CPU), with room for the KV cache.
+
+`eval_mesh` takes the mesh a user names (`--mesh fsdp=4,tensor=2`, a run config's `mesh:`) or, by default, data
+parallelism where the weights fit on one device and the weights split over fsdp where they do not; `check_fits`
+refuses, in one line naming the figures, a model whose weights and smallest cache do not fit the devices even
+sharded, before any weight is read.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+
+import jax
+import numpy as np
+
+from instructjax.core import sharding
+from instructjax.core.errors import ConfigError
+from instructjax.model.config import DecoderConfig
+
+CACHE_SHARE = 0.5  # of what the weights leave on a device, the most the KV cache takes
+
+
+def default_dtype(platform: str | None = None) -> str:
+    """bfloat16 on accelerators, float32 on a CPU."""
+    return "float32" if (platform or jax.devices()[0].platform) == "cpu" else "bfloat16"
+
+
+def parse_mesh(text: str | None) -> dict[str, int] | None:
+    """`fsdp=4,tensor=2` -> {"fsdp": 4, "tensor": 2} (None for None or `auto`); one line for anything else."""
+    if text is None or text == "auto":
+        return None
+    try:
+        sizes = {axis.strip(): int(n) for axis, n in (part.split("=") for part in text.split(",") if part.strip())}
+    except ValueError:
+        raise ConfigError(f"--mesh {text!r}: give axis sizes as data=N,fsdp=N,tensor=N (one may be -1)") from None
+    sharding.mesh_sizes(sizes, jax.device_count())  # unknown axes, sizes that do not divide: one line
+    return sizes
+
+
+def device_bytes() -> int:
+    """Memory of one device: its allocator's limit on an accelerator; on a CPU, what the host has available now
+    shared by its devices."""
+    device = jax.local_devices()[0]
+    if device.platform != "cpu":
+        limit = (device.memory_stats() or {}).get("bytes_limit")
+        if limit:
+            return int(limit)
+    available = None
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    available = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    if available is None:
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return available // jax.local_device_count()
+
+
+def weight_bytes(config: DecoderConfig, sizes: Mapping[str, int]) -> int:
+    """The parameters' bytes on one device of a mesh of `sizes`, sharded by the rules, in `config.param_dtype`."""
+    from flax import nnx
+
+    from instructjax.model.decoder import abstract_model
+
+    mesh = jax.sharding.AbstractMesh(tuple(sizes.values()), tuple(sizes))
+    total = 0
+    for leaf in jax.tree.leaves(nnx.state(abstract_model(config.replace(scan_layers=True)), nnx.Param),
+                                is_leaf=lambda x: isinstance(x, nnx.Variable)):
+        value = leaf.get_value()
+        names = leaf.get_metadata().get("out_sharding")
+        spec = sharding.logical_to_spec(names, mesh, value.shape, strict=False) if names else ()
+        parts = 1
+        for axes in spec:
+            for axis in (axes,) if isinstance(axes, str) else (axes or ()):
+                parts *= sizes[axis]
+        total += math.prod(value.shape) // parts * np.dtype(value.dtype).itemsize
+    return total
+
+
+def cache_bytes_per_device(config: DecoderConfig, sizes: Mapping[str, int], slots: int, length: int) -> int:
+    """One device's share of a KV cache of `slots` x `length` (slots over data x fsdp, kv heads over tensor)."""
+    from instructjax.model.decoding import cache_bytes
+
+    shards = sizes["data"] * sizes["fsdp"]
+    heads = sizes["tensor"] if config.num_kv_heads % sizes["tensor"] == 0 else 1
+    return cache_bytes(config, slots // shards if slots % shards == 0 else slots, length) // heads
+
+
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB"
+
+
+def eval_config(config: DecoderConfig, dtype: str) -> DecoderConfig:
+    """The model as evaluated: compute and parameters in `dtype` (never wider than stored), layers as a list."""
+    stored = np.dtype(config.param_dtype)
+    param = dtype if np.dtype(dtype).itemsize < stored.itemsize else config.param_dtype
+    return config.replace(dtype=dtype, param_dtype=param, scan_layers=False)
+
+
+def eval_mesh(config: DecoderConfig, shape: Mapping[str, int] | None, *, slots: int, where: str):
+    """(the mesh, its sizes): `shape` over every device, or by default data parallelism where the weights and a
+    cache for `slots` fit one device, else the weights over fsdp; checked to fit (`check_fits`)."""
+    count = jax.device_count()
+    if shape is None:
+        sizes = sharding.mesh_sizes({"data": -1}, count)
+        if weight_bytes(config, sizes) + cache_bytes_per_device(config, sizes, slots, 1024) > device_bytes():
+            sizes = sharding.mesh_sizes({"fsdp": -1}, count)
+    else:
+        sizes = sharding.mesh_sizes(shape, count)
+    check_fits(config, sizes, where=where)
+    return sharding.make_mesh(sizes), sizes
+
+
+def check_fits(config: DecoderConfig, sizes: Mapping[str, int], *, where: str, memory: int | None = None) -> None:
+    """One line when the weights, sharded on a mesh of `sizes`, and a cache of one slot per data-parallel device for
+    a single full-context sequence do not fit a device (`memory`, default `device_bytes`)."""
+    memory = device_bytes() if memory is None else memory
+    weights = weight_bytes(config, sizes)
+    cache = cache_bytes_per_device(config, sizes, sizes["data"] * sizes["fsdp"], config.max_position_embeddings)
+    if weights + cache > memory:
+        mesh = ",".join(f"{axis}={n}" for axis, n in sizes.items())
+        raise ConfigError(f"{where}: the model needs {_gib(weights + cache)} per device to evaluate (weights "
+                          f"{_gib(weights)} in {config.param_dtype} sharded over mesh {mesh}, plus a KV cache of "
+                          f"{_gib(cache)} for one {config.max_position_embeddings}-token sequence per data-parallel "
+                          f"device) but a device has {_gib(memory)}: use more devices, --mesh with more fsdp or tensor, "
+                          "or --dtype bfloat16")
+
+
+def as_evaluated(model, config: DecoderConfig):
+    """A loaded model (any layout and parameter dtype) as `eval_config` runs it: layers as a list, parameters cast
+    to `config.param_dtype`, on the devices they were loaded onto."""
+    from flax import nnx
+
+    from instructjax.model.decoder import with_params
+    from instructjax.model.decoding import unstacked
+
+    params = nnx.state(unstacked(model), nnx.Param).to_pure_dict()
+    dtype = np.dtype(config.param_dtype)
+    params = jax.tree.map(lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x, params)
+    return with_params(config, params)

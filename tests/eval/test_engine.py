@@ -1,0 +1,120 @@
+"""Continuous batching (eval/engine.py) against transformers' greedy `generate` and the no-cache forward, on the
+job's mesh against one device; a model that does not fit the devices is one line (eval/placement.py)."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+from helpers.models import make_hf  # noqa: E402
+
+from instructjax.convert.saved import load_model  # noqa: E402
+from instructjax.eval.engine import SlotEngine  # noqa: E402
+from instructjax.eval.interface import Sampling  # noqa: E402
+from instructjax.eval.score import next_token_logprobs, score_ids  # noqa: E402
+
+SHOTS = [1] + list(range(300, 370))  # a 71-token few-shot prefix shared by three prompts
+PROMPTS = [[1, 450, 4996, 17354], [1, 306], [1, 18637, 29892, 920, 526, 366, 29973, 13, 29966], SHOTS + [17, 18],
+           SHOTS + [25], [1, 7, 8, 9, 10, 11, 12], SHOTS + [99, 98, 97]]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """(HF directory, JAX model, HF torch model) on the same random llama3-rope GQA weights."""
+    path = make_hf(tmp_path_factory.mktemp("engine"), "llama3_rope", seed=3)
+    return path, load_model(path, dtype="float32"), transformers.LlamaForCausalLM.from_pretrained(
+        path, dtype=torch.float32).eval()
+
+
+def hf_greedy(hf_model, prompt: list[int], n: int) -> list[int]:
+    with torch.no_grad():
+        out = hf_model.generate(torch.tensor([prompt]), max_new_tokens=n, do_sample=False, eos_token_id=None,
+                                pad_token_id=0, attention_mask=torch.ones(1, len(prompt), dtype=torch.long))
+    return out[0, len(prompt):].tolist()
+
+
+def test_fewer_slots_than_prompts_each_as_alone_and_as_transformers(models):
+    """2 slots for 7 prompts: a finished row's slot takes the next prompt while the other decodes; every reply is
+    transformers' greedy one, the shared prefix filled once (3 prompts, 2 copies of it not recomputed)."""
+    _, model, hf_model = models
+    engine = SlotEngine(model, slots=2, chunk=3)
+    got = engine.generate(PROMPTS, Sampling(max_new_tokens=9), stop_ids=[-1])
+    for prompt, ids in zip(PROMPTS, got, strict=True):
+        assert ids == hf_greedy(hf_model, prompt, 9)
+    assert engine.stats.prefix_tokens == 3 * 71  # each prompt's copy of the prefix, filled once into its own cache
+    assert engine.stats.fill_tokens == sum(len(p) for p in PROMPTS) - 3 * 71 + 71
+    assert engine.stats.kept_steps == 7 * 8  # the first id of each comes from its fill
+
+
+@pytest.mark.slow
+def test_stops_end_rows_and_sampling_is_the_prompts_whatever_the_slots(models):
+    """A stop id ends its row where it appears (the others go on); temperature sampling gives each prompt the same
+    ids with 1, 3 or 8 slots and another chunk length (its own key); top_p tiny is greedy."""
+    _, model, _ = models
+    free = SlotEngine(model, slots=4).generate(PROMPTS, Sampling(max_new_tokens=10), stop_ids=[-1])
+    stop = free[0][3]
+    got = SlotEngine(model, slots=4).generate(PROMPTS, Sampling(max_new_tokens=10), stop_ids=[stop])
+    assert got == [row[: row.index(stop) + 1] if stop in row else row for row in free]
+    sampling = Sampling(max_new_tokens=10, temperature=1.0, seed=5)
+    drawn = [SlotEngine(model, slots=s, chunk=c).generate(PROMPTS, sampling, [-1]) for s, c in ((1, 8), (3, 2), (8, 5))]
+    assert drawn[0] == drawn[1] == drawn[2] and drawn[0] != free
+    assert SlotEngine(model, slots=3).generate(PROMPTS, Sampling(10, temperature=1.0, top_p=1e-6), [-1]) == free
+
+
+def test_next_token_logprobs_with_shared_prefix_equal_the_full_forward(models):
+    _, model, _ = models
+    engine = SlotEngine(model, slots=4)
+    candidates = [319, 350, 315, 360]
+    got = engine.next_token_logprobs(PROMPTS, candidates)
+    assert engine.stats.prefix_tokens == 3 * 71
+    np.testing.assert_allclose(got, next_token_logprobs(model, PROMPTS, candidates), atol=2e-5)
+
+
+@pytest.mark.parametrize("mesh", [pytest.param({"fsdp": 8}, marks=pytest.mark.slow), {"fsdp": 4, "tensor": 2},
+                                  pytest.param({"data": 2, "fsdp": 2, "tensor": 2}, marks=pytest.mark.slow)],
+                         ids=["fsdp", "fsdp_tensor", "data_fsdp_tensor"])
+def test_sharded_over_8_devices_equals_one_device(models, mesh):
+    """`load_generator` on an 8-device mesh (parameters by the training rules, the cache's slots over data x fsdp and
+    kv heads over tensor): greedy replies, score's log-probs and next-token log-probs as on one device."""
+    from instructjax.eval.generate import load_generator
+
+    path, model, _ = models
+    assert jax.device_count() == 8
+    generator, _ = load_generator(path, mesh=mesh, slots=8)
+    params = jax.tree.leaves(generator.model)
+    assert any(len(p.sharding.device_set) == 8 and not p.sharding.is_fully_replicated for p in params)
+    one = SlotEngine(model, slots=4)
+    assert generator.engine.generate(PROMPTS, Sampling(max_new_tokens=8), [-1]) == \
+        one.generate(PROMPTS, Sampling(max_new_tokens=8), [-1])
+    for sharded, alone in zip(generator.score(PROMPTS), score_ids(model, PROMPTS), strict=True):
+        np.testing.assert_allclose(sharded.logprobs, alone.logprobs, atol=2e-5)
+    np.testing.assert_allclose(generator.next_token_logprobs(PROMPTS, [5, 6, 7]),
+                               one.next_token_logprobs(PROMPTS, [5, 6, 7]), atol=2e-5)
+
+
+def test_a_model_too_big_for_the_devices_is_one_line(tmp_path, capsys):
+    """Llama-65B's config.json (no weights): `generate` names the memory it needs per device and exits 2 before
+    reading anything."""
+    from instructjax import cli
+    from instructjax.data.encoding.tokenizer import default_tokenizer_path
+
+    model = tmp_path / "llama65b"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8192, "intermediate_size": 22016,
+        "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 64, "vocab_size": 32000,
+        "max_position_embeddings": 2048, "rms_norm_eps": 1e-5, "bos_token_id": 1, "eos_token_id": 2}))
+    (model / "tokenizer.model").write_bytes(open(default_tokenizer_path(), "rb").read())
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text(json.dumps({"id": "1", "instruction": "Hi"}) + "\n")
+    code = cli.main(["generate", "--model", str(model), "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl"),
+                     "--mesh", "fsdp=8"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and not (tmp_path / "o.jsonl").exists()
+    assert "GiB per device" in err[0] and "fsdp=8" in err[0] and str(model) in err[0], err
