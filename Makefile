@@ -8,6 +8,10 @@ BIN := $(VENV)/bin
 # would pull several GB of CUDA wheels.
 TORCH ?= torch==2.13.0
 # The `tpu` extra is libtpu, the TPU compiler: `plan --compile` builds a run's step for a TPU slice on any machine.
+# The `beam` extra is Apache Beam's requirements (`data prepare --runner beam`); Beam itself goes in after it with
+# --no-deps: its caps (protobuf<7, pyarrow<26, pillow<13) would downgrade protobuf below what sentencepiece and seqio
+# need (pyproject.toml says more).
+BEAM ?= apache-beam==2.77.0
 
 .PHONY: setup quickstart test lint bench clean
 
@@ -15,7 +19,8 @@ $(BIN)/instructjax: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "$(TORCH)"
-	$(BIN)/pip install -q -e ".[eval,dev,tpu]"
+	$(BIN)/pip install -q -e ".[eval,dev,tpu,beam]"
+	$(BIN)/pip install -q --no-deps "$(BEAM)"
 	touch $@
 
 setup: $(BIN)/instructjax

@@ -8,6 +8,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import os
 import sys
 from dataclasses import asdict, dataclass
 
@@ -66,6 +67,15 @@ def register(subparsers) -> None:
     prepare.add_argument("--config", required=True, help="the run config YAML that train will be given")
     add_on_bad_row(prepare)
     prepare.add_argument("overrides", nargs="*", metavar="key=value", help="the dotted overrides train will be given")
+    prepare.add_argument("--runner", default="in-process",
+                         help="in-process (this machine's cores; every host of a launch) or beam (an Apache Beam "
+                              "pipeline: the `beam` extra; local worker processes unless --beam-args names a runner)")
+    prepare.add_argument("--shard-rows", type=int,
+                         help="--runner beam: rows (or conversations) a shard holds at most (default: 64 shards or "
+                              "more in all, of at most 8192 rows): smaller shards spread a task over more workers")
+    prepare.add_argument("--beam-args", nargs=argparse.REMAINDER, default=[], metavar="OPTION",
+                         help="last: Beam's pipeline options as Beam takes them, e.g. --direct_num_workers=4, or "
+                              "--runner=DataflowRunner --project=P --region=R --temp_location=gs://B/tmp")
     prepare.set_defaults(func=run_prepare)
 
 
@@ -366,11 +376,13 @@ def _prepare(args) -> int:
     from instructjax.data.tokenized import examples, stream
     from instructjax.train import setup as run_setup
 
+    beam = _beam_runner(args)  # before any work: a runner or options that cannot run, or Beam missing
     config = load_run_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
     if cache.cache_dir() is None:
         raise ConfigError("the tokenized cache is off (INSTRUCTJAX_CACHE_DIR=off): there is nowhere to prepare to")
     tokenizer_path = run_setup.tokenizer_path(config)
-    pool.start(tokenizer_path)  # the workers start while the hosts connect and the sources open
+    if beam is None:
+        pool.start(tokenizer_path)  # the workers start while the hosts connect and the sources open
 
     from instructjax.core import hosts, progress, storage
 
@@ -378,6 +390,7 @@ def _prepare(args) -> int:
     bound = run_setup.bind_run(config)  # the trainer's binding: its tokenizer, model and bound data
     index, count = hosts.process()
     primary, bars = index == 0, {}
+    built = _prepare_on_beam(beam, args, config, bound, count) if beam is not None else set()
 
     def show(task: str, done: int, total: int | None) -> None:
         if task not in bars:
@@ -397,7 +410,7 @@ def _prepare(args) -> int:
     if primary:
         stats = pipeline.stats
         files = {f: storage.stat(f).size for f in dict.fromkeys(stats.cache_files.values()) if f.exists()}
-        written = sum(str(f) in stats.written for f in files)
+        written = sum(str(f) in stats.written or str(f) in built for f in files)
         print(f"prepared {len(pipeline.task_names)} task(s) of {specs_name(config.data.mixture)} in "
               f"{time.time() - start:.1f} s: {plan.examples:,} examples, {plan.tokens:,} tokens, "
               f"{plan.steps} steps per epoch")
@@ -411,6 +424,58 @@ def _prepare(args) -> int:
     host = f"host {index}: " if count > 1 else ""
     print(f"data: {host}{examples.cache_report(list(pipeline.task_names), pipeline.stats)}", flush=True)  # this host's
     return 0
+
+
+def _beam_runner(args):
+    """`--runner`: None in process, else the Beam module and its pipeline options (`--beam-args`, checked)."""
+    if args.runner not in ("in-process", "beam"):
+        raise ConfigError(f"--runner {args.runner!r}: use in-process (the default) or beam")
+    if args.runner != "beam":
+        if args.beam_args:
+            raise ConfigError("--beam-args go with --runner beam")
+        return None
+    import logging
+
+    root, guard = logging.getLogger(), logging.NullHandler()  # Beam warns on import through `logging.warning`, which
+    root.addHandler(guard)  # would install a handler on the root logger for good when it has none
+    try:
+        from instructjax.data.tokenized import beam_prepare
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("apache_beam"):
+            raise
+        raise ConfigError("--runner beam needs Apache Beam: pip install 'instructjax[beam]' && pip install --no-deps "
+                          "apache-beam==2.77.0 (what `make setup` does)") from None
+    finally:
+        root.removeHandler(guard)
+    beam_prepare.check_options(args.beam_args, workers=os.cpu_count() or 1)
+    return beam_prepare
+
+
+def _prepare_on_beam(beam, args, config, bound, hosts: int) -> set[str]:
+    """The run's missing cache files built by a Beam pipeline (`data.tokenized.beam_prepare`); the files written."""
+    import time
+    from pathlib import Path
+
+    from instructjax.core import storage
+    from instructjax.data.batches.example_order import task_subsets
+
+    beam_prepare = beam
+    if hosts > 1:
+        raise ConfigError("--runner beam runs once, on one machine (its workers share the tasks): not on every host "
+                          "of a launch")
+    tasks = [(name, spec, n, seed) for name, spec, n, seed in task_subsets(config.data, bound.data.resolved)
+             if spec is not None]  # a user's own seqio Task: read in process
+    builds = beam_prepare.plan(tasks, args.shard_rows)
+    if not builds:
+        return set()
+    base = None if storage.is_remote(args.config) else str(Path(args.config).parent)
+    imports = (*((name, None) for name in [*args.imports_first, *args.imports]),
+               *((name, base) for name in config.imports))
+    start = time.time()
+    print(f"beam: {len(builds)} task(s) to tokenize in {sum(len(b.shards) for b in builds)} shard(s)", flush=True)
+    beam_prepare.run(builds, args.beam_args, os.cpu_count() or 1, imports)
+    print(f"beam: {len(builds)} cache file(s) written in {time.time() - start:.1f} s", flush=True)
+    return {b.where for b in builds}
 
 
 def specs_name(name: str) -> str:

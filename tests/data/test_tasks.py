@@ -148,3 +148,54 @@ def test_golden_acp_mixture_subsets_and_epoch_order(tmp_path):
                                 (ex["origin"] for ex in stream.epoch_examples(e))] for e in (0, 1)}
         got[f"seed={seed}"] = {**drawn, **epochs}
     check_golden("acp_ACP_n6", got)
+
+
+@pytest.mark.slow
+def test_seqio_shards_run_alone_give_the_pipelines_examples(tmp_path):
+    """A task's seqio source lists real shards (ranges of rows within each of its files; spans of a tree source's conversations)
+    and each shard's dataset, run alone through seqio's `get_dataset(shard_info=...)`, gives in shard order exactly
+    the pipeline's examples: ids, tokens, loss masks and conversations (a bad row skipped in its own shard; ShareGPT's
+    long conversations split into blocks; a user's `messages` file repaired and skipped by its rules)."""
+    import shutil
+
+    from helpers import ASSETS
+
+    from instructjax.data.seqio.tasks import register_task
+
+    rows = [{"instruction": f"Say {i}.", "input": "", "output": f"{i} " * 9} for i in range(40)]
+    rows[17] = {"instruction": "no output"}
+    first, second = tmp_path / "a.jsonl", tmp_path / "b.jsonl"
+    first.write_text("".join(json.dumps(r) + "\n" for r in rows[:25]))
+    second.write_text("".join(json.dumps(r) + "\n" for r in rows[25:]))
+    chats = tmp_path / "chats.jsonl"
+    shutil.copy(ASSETS / "messages" / "chats.jsonl", chats)
+    tasks = {
+        "sharded_alpaca": specs.TaskSpec("alpaca", (str(first), str(second)), on_bad_row="skip"),
+        "sharded_sharegpt": specs.TaskSpec("sharegpt", tuple(synthetic.write_synthetic("sharegpt", str(tmp_path), 30)),
+                                           max_length=256),
+        "sharded_trees": specs.task("oasst1_builtin"),
+        "sharded_chats": specs.TaskSpec("messages", (str(chats),)),
+    }
+    for name, spec in tasks.items():
+        task = register_task(name, spec, shard_units=150 if name == "sharded_trees" else 10)
+        shards = task.source.list_shards("train")
+        got = []
+        for i in range(len(shards)):
+            ds = task.get_dataset(sequence_length=None, split="train", shuffle=False,
+                                  shard_info=seqio.ShardInfo(i, len(shards)))
+            got += [(e["id"].decode(), e["tokens"].tolist(), e["loss_mask"].tolist(), e["conversation"].decode())
+                    for e in ds.as_numpy_iterator()]
+        want = [(e["id"], e["tokens"].tolist(), e["loss_mask"].tolist(), e["conversation"])
+                for e in examples_lib.encoded_examples(name)]
+        assert len(shards) > 1 and got == want, name
+        if name == "sharded_alpaca":  # each file's rows, numbered within it, at most 10 a shard, end to end
+            spans = [(label.split("[")[0], *map(int, label[:-1].split("[")[1].split(":"))) for label in shards]
+            for path, n in ((str(first), 25), (str(second), 15)):
+                mine = [(lo, hi) for file, lo, hi in spans if file == path]
+                assert mine[0][0] == 0 and mine[-1][1] == n and all(hi - lo <= 10 for lo, hi in mine)
+                assert all(a[1] == b[0] for a, b in zip(mine, mine[1:], strict=False))
+            assert examples_lib.task_report(name).skipped == {"missing_field": 1}
+        if name == "sharded_sharegpt":
+            assert any("-b" in example_id for example_id, *_ in got)
+        if name == "sharded_trees":
+            assert shards[0].startswith("sharded_trees: conversations 0-")

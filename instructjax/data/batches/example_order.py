@@ -68,8 +68,7 @@ class ExampleStream:
         self.counts = dict(mixture.counts) if mixture is not None and mixture.epoch_mode else {}
         rates = dict(mixture.rates) if self.rate_mode else {}
         self.rates = np.array([rates.get(t, 1.0) for t in self.task_names], dtype=np.float64)
-        # epoch mode: each task's subset is the first `count` trainable examples of its seeded order
-        self._subset_seeds = {t: config.seed if self.counts.get(t) is not None else None for t in self.task_names}
+        self._subset_seeds = {t: seed for t, _, _, seed in task_subsets(config, found)}
         self.shuffle = config.shuffle
         self.examples = [_task_examples(t, found.spec(t), self.counts.get(t), self._subset_seeds[t],
                                         in_file_order=not self.shuffle, stats=self.stats) for t in self.task_names]
@@ -241,6 +240,18 @@ class ExampleStream:
         w = self.config.pack_window
         chosen = self._permutation(epoch)[window * w : (window + 1) * w]
         return (self._sizes[0][chosen], self._sizes[1][chosen]) if chosen.size else None
+
+
+def task_subsets(config: DataSection, resolved: Resolved) -> list[tuple[str, specs.TaskSpec | None, int | None,
+                                                                       int | None]]:
+    """Each task of a bound mixture with the subset a run takes of it: (name, spec, count, seed). Epoch mode: each
+    task's subset is the first `count` trainable examples of its order seeded by the data seed; (None, None): every
+    example, in row order (a rate-mode mixture's tasks, an epoch-mode count of None). `spec` None: a user's own seqio
+    Task."""
+    mixture = resolved.mixture
+    counts = dict(mixture.counts) if mixture is not None and mixture.epoch_mode else {}
+    return [(t, resolved.spec(t), counts.get(t), config.seed if counts.get(t) is not None else None)
+            for t in resolved.tasks]
 
 
 def _check_token_range(task: str, examples: list[dict], vocab_size: int) -> None:

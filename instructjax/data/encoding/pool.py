@@ -241,12 +241,14 @@ class Encoder:
     are counted into `stats.conversations_tokenized` here, in the calling process, whichever process encodes them."""
 
     def __init__(self, job: Job, items: Iterator[tuple[Conversation | None, Any]], workers: int | None = None,
-                 stats: PipelineStats | None = None):
+                 stats: PipelineStats | None = None, *, pool: bool = True):
         self.job, self._items = job, items
         self.stats = stats if stats is not None else PipelineStats()
         self.workers = default_workers() if workers is None else workers
-        # a pool needs a template that a fresh process knows, and a process that may have children
-        self._poolable = self.workers > 0 and job.portable() and not multiprocessing.current_process().daemon
+        # a pool needs a template that a fresh process knows, and a process that may have children; `pool` False:
+        # batches encoded here all along (a Beam worker: the runner's processes use the cores)
+        self._poolable = (pool and self.workers > 0 and job.portable()
+                          and not multiprocessing.current_process().daemon)
         self._queue: deque[_Batch] = deque()
         self._queued = 0  # items read and not handed back yet
         self._pooled = 0  # batches in the queue sent to the pool

@@ -5,7 +5,8 @@ dataset) and `NAME_builtin` (the synthetic rows that ship with the package): onc
 module registers nothing; `data.seqio.lookup` calls it before it asks seqio for a name); `register_task` adds
 your own. A Task's dataset yields `tokens` and `loss_mask` (and `conversation`, the source Conversation as
 JSON, and `id`) from `data.tokenized.examples`, so seqio and the instructjax pipeline see the same
-examples. The pipeline itself reads the specs (`data.blends.specs`) and never needs this module: only
+examples; its source lists the task's shards (`source.ShardedSource`), so seqio's Beam cache splits it
+(`data.seqio.registered` registers every task on import, for `seqio.scripts.cache_tasks_main`). The pipeline itself reads the specs (`data.blends.specs`) and never needs this module: only
 code that asks seqio for a task does.
 
     from instructjax.data.blends.specs import TaskSpec
@@ -20,9 +21,10 @@ import tensorflow as tf
 
 from instructjax.data.blends import specs
 from instructjax.data.blends.specs import BUILTIN_SUFFIX, TaskSpec
+from instructjax.data.seqio.source import ShardedSource
 from instructjax.data.seqio.vocab import get_vocabulary
 from instructjax.data.sources import registry
-from instructjax.data.tokenized import examples
+from instructjax.data.tokenized import shards
 
 
 def output_features(tokenizer_path: str | None = None) -> dict[str, seqio.Feature]:
@@ -33,30 +35,18 @@ def output_features(tokenizer_path: str | None = None) -> dict[str, seqio.Featur
     }
 
 
-def _dataset_fn(name: str):
-    def dataset_fn(split: str, shuffle_files: bool, seed: int | None = None) -> tf.data.Dataset:
-        del split, shuffle_files, seed  # one split; order is decided by the pipeline's seed
-        signature = {
-            "tokens": tf.TensorSpec([None], tf.int32),
-            "loss_mask": tf.TensorSpec([None], tf.int32),
-            "conversation": tf.TensorSpec([], tf.string),
-            "id": tf.TensorSpec([], tf.string),
-        }
-        return tf.data.Dataset.from_generator(lambda: iter(examples.encoded_examples(name)),
-                                              output_signature=signature)
-
-    return dataset_fn
-
-
-def register_task(name: str, spec: TaskSpec, *, overwrite: bool = True) -> seqio.Task:
-    """Register task `name` (its spec, and a `seqio.Task` in `seqio.TaskRegistry`)."""
+def register_task(name: str, spec: TaskSpec, *, overwrite: bool = True,
+                  shard_units: int = shards.SHARD_UNITS) -> seqio.Task:
+    """Register task `name` (its spec, and a `seqio.Task` in `seqio.TaskRegistry` whose source lists its shards of
+    at most `shard_units` rows: `source.ShardedSource`)."""
     specs.add_task(name, spec)
     if name in seqio.TaskRegistry.names():
         if not overwrite:
             return seqio.TaskRegistry.get(name)
         seqio.TaskRegistry.remove(name)
-    return seqio.TaskRegistry.add(name, source=seqio.FunctionDataSource(_dataset_fn(name), splits=["train"]),
-                                  preprocessors=[], output_features=output_features(spec.tokenizer))
+    return seqio.TaskRegistry.add(name, source=ShardedSource(name, shard_units),
+                                  preprocessors=[seqio.CacheDatasetPlaceholder()],  # seqio's Beam cache may hold it
+                                  output_features=output_features(spec.tokenizer))
 
 
 def register_builtin_tasks() -> None:

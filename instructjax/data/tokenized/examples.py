@@ -135,10 +135,16 @@ def cached_file(name: str, spec: TaskSpec, count: int | None = None, seed: int |
 
 
 def _cache_path(name: str, spec: TaskSpec, count: int | None, seed: int | None):
-    """Where this task's examples are cached (None: cache off, or a source with neither files nor a hub dataset).
-    A hub dataset is known by what `datasets` names its prepared files after (its files' revision)."""
+    """Where this task's examples are cached (None: cache off, or a source with neither files nor a hub dataset)."""
     if cache.cache_dir() is None:
         return None
+    found = cache_key(name, spec, count, seed)
+    return None if found is None else cache.path_of(name, found)
+
+
+def cache_key(name: str, spec: TaskSpec, count: int | None, seed: int | None) -> str | None:
+    """The key of this task's examples in the tokenized cache (`cache.key`; None: a source with neither files nor a
+    hub dataset). A hub dataset is known by what `datasets` names its prepared files after (its files' revision)."""
     hub = None
     if spec.data_files is None:
         try:  # offline with nothing downloaded: no identity, no cache (the read then says what is missing)
@@ -158,10 +164,10 @@ def _cache_path(name: str, spec: TaskSpec, count: int | None, seed: int | None):
     weights = (cache.model_digest(sel.encoder_model) if sel is not None and sel.encoder in MODEL_ENCODERS
                and sel.encoder_model and storage.path(sel.encoder_model).is_dir() else None)  # fmt: skip
     tokenizer = Tokenizer.load(spec.tokenizer)
-    key = cache.key(files=files, spec_repr=repr(spec), tokenizer_fingerprint=tokenizer.fingerprint,
-                    template_repr=_template_identity(template, tokenizer), max_length=spec.max_length or DEFAULT_MAX_LENGTH,
-                    count=count, seed=seed, encoder_weights=weights, hub=hub)  # fmt: skip
-    return cache.path_of(name, key)
+    return cache.key(files=files, spec_repr=repr(spec), tokenizer_fingerprint=tokenizer.fingerprint,
+                     template_repr=_template_identity(template, tokenizer),
+                     max_length=spec.max_length or DEFAULT_MAX_LENGTH, count=count, seed=seed, encoder_weights=weights,
+                     hub=hub)  # fmt: skip
 
 
 def _template_identity(template, tokenizer: Tokenizer) -> str:

@@ -39,7 +39,7 @@ from typing import Any
 import xxhash
 
 from instructjax.core import hosts, storage
-from instructjax.core.errors import DataError
+from instructjax.core.errors import BadRowPolicy, DataError
 from instructjax.data import cache
 from instructjax.data.blends import specs
 from instructjax.data.encoding.pool import Encoder, Result
@@ -72,9 +72,10 @@ class _Conversations:
     source's trees are adapted a share per host (`share`), a selection's rows read whole by every host; a unit is
     a conversation, a piece the results of its conversations."""
 
-    def __init__(self, name: str, spec, seed: int | None, share: rows.Share, stats: rows.PipelineStats):
+    def __init__(self, name: str, spec, seed: int | None, share: rows.Share, stats: rows.PipelineStats,
+                 pool: bool = True):
         self._items = stream.conversation_items(name, spec, seed, share=share, stats=stats)
-        self.convs, self.reads, self.end, self.results, self.stats = [], [], None, [], stats
+        self.convs, self.reads, self.end, self.results, self.stats, self.pool = [], [], None, [], stats, pool
 
     def upto(self, n: float) -> int:
         """The units there are, up to `n` (read as far as that)."""
@@ -96,7 +97,7 @@ class _Conversations:
         return _failed(self.results)
 
     def encode(self, job, a: int, b: int) -> list:
-        return _encode(job, self.convs[a:b], self.stats)
+        return _encode(job, self.convs[a:b], self.stats, self.pool)
 
     def whole(self, piece, a: int, b: int) -> bool:
         return len(piece) == b - a or _failed(piece)
@@ -108,14 +109,18 @@ class _Conversations:
         whole = self.end is not None and len(self.results) == len(self.convs) and not self.stopped
         return _Replay(self.reads, self.results, self.end if whole else None)
 
+    def alone(self, piece: list, a: int, b: int) -> _Replay:
+        """The piece of conversations a..b replayed by itself (what they read counted as the whole read counts it)."""
+        return _Replay(self.reads[a:b], piece, None)
+
 
 class _Rows:
     """A row source's task (`stream.task_row_read`): a unit is a row of its visiting order, which only the host of
     its piece fetches, adapts and tokenizes; a piece is each row's outcome (`row_read.RowOutcome`) and the results
     of the rows' conversations. Every host replays the outcomes in order to count what one process counts."""
 
-    def __init__(self, read, policy, shuffled: bool):
-        self.read, self.policy, self.shuffled = read, policy, shuffled
+    def __init__(self, read, policy, shuffled: bool, pool: bool = True):
+        self.read, self.policy, self.shuffled, self.pool = read, policy, shuffled, pool
         self.reads, self.results, self.end, self.done, self.stopped = [], [], None, 0, False
 
     def upto(self, n: float) -> int:
@@ -126,7 +131,7 @@ class _Rows:
         for outcome, conversations in self.read.adapt(a, b):
             outcomes.append(outcome)
             convs += conversations
-        return outcomes, _encode(job, convs, self.read.stats)
+        return outcomes, _encode(job, convs, self.read.stats, self.pool)
 
     def whole(self, piece, a: int, b: int) -> bool:
         outcomes, results = piece
@@ -159,14 +164,23 @@ class _Rows:
     def replay(self) -> _Replay:
         return _Replay(self.reads, self.results, self.end)
 
+    def alone(self, piece: tuple[list, list], a: int, b: int) -> _Replay:
+        """The piece of rows a..b replayed by itself: its rows counted under a policy of their own (a bad row raises
+        in its place under `on_bad_row: error`)."""
+        part = _Rows(self.read, BadRowPolicy(self.policy.on_bad_row), self.shuffled)
+        part.add(piece)
+        return part.replay()
 
-def units_of(name: str, spec, seed: int | None, share: rows.Share = rows.alone, stats: rows.PipelineStats | None = None
-             ) -> _Rows | _Conversations:
+
+def units_of(name: str, spec, seed: int | None, share: rows.Share = rows.alone, stats: rows.PipelineStats | None = None,
+             *, pool: bool = True) -> _Rows | _Conversations:
     """The task's units; a pooled source's pools drawn, and a tree source's trees adapted, through `share`; the rows
-    read and the conversations tokenized here counted into `stats`."""
+    read and the conversations tokenized here counted into `stats`; `pool` False: encoded in this process alone."""
     stats = stats if stats is not None else rows.PipelineStats()
     read = stream.task_row_read(name, spec, seed, share, stats)
-    return _Conversations(name, spec, seed, share, stats) if read is None else _Rows(*read, shuffled=seed is not None)
+    if read is None:
+        return _Conversations(name, spec, seed, share, stats, pool)
+    return _Rows(*read, shuffled=seed is not None, pool=pool)
 
 
 def rounds(units, count: int | None, make) -> tuple[list, list] | None:
@@ -199,7 +213,7 @@ def _spans(lo: int, hi: int) -> list[tuple[int, int]]:
 
 def _build(coordinator, name: str, spec, seed: int | None, count: int | None, where, stats: rows.PipelineStats
            ) -> tuple[Any, dict]:
-    pieces, job = _pieces_dir(where), stream.job_of(spec)
+    pieces, job = pieces_dir(where), stream.job_of(spec)
     me, n = coordinator.process_index, coordinator.process_count
     shares = itertools.count()
 
@@ -208,12 +222,12 @@ def _build(coordinator, name: str, spec, seed: int | None, count: int | None, wh
         span whose piece is gone (another run finished the task and removed them) is made here."""
         key, spans = f"share{next(shares)}-", _spans(0, len(items))
         for a, b in spans[me::n]:
-            if _read_piece(pieces, key, a, b, _counted) is None:
-                _write_piece(pieces, key, a, b, fn(items[a:b]))
+            if read_piece(pieces, key, a, b, _counted) is None:
+                write_piece(pieces, key, a, b, fn(items[a:b]))
         hosts.enter(f"{key[:-1]}/{where.name}", f"adapting its share of the rows of {name}").all_gather(True)
         out = []
         for a, b in spans:
-            got = _read_piece(pieces, key, a, b, _counted)
+            got = read_piece(pieces, key, a, b, _counted)
             out += fn(items[a:b]) if got is None else got
         return out
 
@@ -221,11 +235,11 @@ def _build(coordinator, name: str, spec, seed: int | None, count: int | None, wh
 
     def make(lo: int, hi: int, spans: list) -> tuple[list, bool]:
         for a, b in spans[me::n]:
-            if _read_piece(pieces, "", a, b, units.whole) is None:
-                _write_piece(pieces, "", a, b, units.encode(job, a, b))
+            if read_piece(pieces, "", a, b, units.whole) is None:
+                write_piece(pieces, "", a, b, units.encode(job, a, b))
         round_ = hosts.enter(f"piece/{where.name}/{lo}-{hi}", f"tokenizing its pieces of {name} ({lo}-{hi})")
         round_.all_gather(True)
-        got = [_read_piece(pieces, "", a, b, units.whole) for a, b in spans]
+        got = [read_piece(pieces, "", a, b, units.whole) for a, b in spans]
         return got, all(round_.all_gather(all(g is not None for g in got), "read"))
 
     lost = rounds(units, count, make)
@@ -244,7 +258,7 @@ def _build(coordinator, name: str, spec, seed: int | None, count: int | None, wh
             raise
         finally:
             coordinator.set(saved.key("outcome"), outcome)
-        _remove_pieces(pieces)
+        remove_pieces(pieces)
     else:
         outcome = hosts.get(coordinator, saved.key("outcome"), 0, f"writing the cache of {name}")
         if outcome != "saved":
@@ -262,7 +276,7 @@ def _built_elsewhere(name: str, where, pieces, spans, got) -> tuple[Any, dict]:
     agreed = hosts.enter(f"elsewhere/{where.name}", f"loading the cache of {name}").all_gather(loaded is not None)
     if all(agreed):
         if hosts.current().process_index == 0:  # a piece this run wrote after the other run removed them
-            _remove_pieces(pieces)
+            remove_pieces(pieces)
         return loaded
     a, b = next(span for span, g in zip(spans, got, strict=True) if g is None)
     raise hosts.HostsTimeout(f"a host said it wrote {pieces}/{a}-{b}, but another cannot read it, and the cache "
@@ -284,10 +298,10 @@ def _examples_in(result) -> int:
     return 0 if isinstance(result, _Failed) else sum(piece.n_trained > 0 for piece in result[0])
 
 
-def _encode(job, convs: list, stats: rows.PipelineStats) -> list[Result | _Failed]:
-    """The results of `convs` in order (over every core, `encoding.pool`; counted into `stats`); an error ends
-    them."""
-    encoder, out = Encoder(job, iter([*((c, None) for c in convs), (None, None)]), stats=stats), []
+def _encode(job, convs: list, stats: rows.PipelineStats, pool: bool = True) -> list[Result | _Failed]:
+    """The results of `convs` in order (over every core, `encoding.pool`, unless `pool` is False; counted into
+    `stats`); an error ends them."""
+    encoder, out = Encoder(job, iter([*((c, None) for c in convs), (None, None)]), stats=stats, pool=pool), []
     while True:
         try:
             got = encoder.next(None)
@@ -323,11 +337,11 @@ def _counted(piece: list, a: int, b: int) -> bool:
     return len(piece) == b - a
 
 
-def _pieces_dir(where):
+def pieces_dir(where):
     return where.parent / f"{where.name}.pieces"
 
 
-def _write_piece(pieces, key: str, a: int, b: int, results: list) -> None:
+def write_piece(pieces, key: str, a: int, b: int, results: list) -> None:
     """A checksummed pickle, written whole or not at all (`storage.write_bytes`). When another run building the
     same task removes the directory under the write, the piece is not there: the round's read finds it missing
     and loads that run's cache file (`_built_elsewhere`)."""
@@ -336,7 +350,7 @@ def _write_piece(pieces, key: str, a: int, b: int, results: list) -> None:
         storage.write_bytes(pieces / f"{key}{a}-{b}", xxhash.xxh3_128_digest(payload) + payload)
 
 
-def _remove_pieces(pieces) -> None:
+def remove_pieces(pieces) -> None:
     """Remove the pieces once the cache file is written. Another run building the same task may be writing one
     into the directory meanwhile (the removal then fails on a non-empty directory): tried again, and what stays is
     harmless (that run finds this cache file and removes its own)."""
@@ -348,7 +362,7 @@ def _remove_pieces(pieces) -> None:
             time.sleep(0.1 * (attempt + 1))
 
 
-def _read_piece(pieces, key: str, a: int, b: int, whole: Callable[[Any, int, int], bool]) -> list | tuple | None:
+def read_piece(pieces, key: str, a: int, b: int, whole: Callable[[Any, int, int], bool]) -> list | tuple | None:
     """The piece `<key><a>-<b>`; None when it is missing or does not check out, `whole` included (then it is
     made again)."""
     try:
