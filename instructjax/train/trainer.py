@@ -222,10 +222,8 @@ class Trainer:
         included; from the reference loaded again on resume) and stored."""
         from instructjax.train import reference
 
-        if self.build.takes_reference:  # a LoRA's: its starting adapters alone (on the base the step holds)
-            if self.build.partition.adapters:
-                return (starting_adapters(self.base, self.model_config, self.build, params),)
-            return (self.reference_weights(params),)
+        if self.build.takes_reference:  # what trains, as it started (a LoRA's adapters: the step holds its base)
+            return (self.build.partition.trainable(self.reference_weights(params)),)
         if self.build.cached_reference:
             stream, named = self.pipeline.stream, reference.identity(self.config.model.init_from, self.config.seed)
             found = reference.load(self.run_dir, stream, named, resuming=start > 0)
