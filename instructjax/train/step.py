@@ -40,7 +40,6 @@ from instructjax.model.decoder import Decoder
 from instructjax.model.partition import Partition
 from instructjax.train import loss
 from instructjax.train.objectives import Objective, objective_for
-from instructjax.train.preference import pair_slots  # noqa: F401  (its old home)
 
 NEFTUNE_STREAM = 0x4E454654  # "NEFT": the noise's own stream under the run's seed
 LORA_DROPOUT_STREAM = 0x4C4F5241  # "LORA": the LoRA dropout masks' own stream
@@ -85,13 +84,6 @@ def micro_split(micro: int, mesh) -> Callable[[jax.Array], jax.Array]:
         return jax.lax.with_sharding_constraint(x, spec)
 
     return split
-
-
-def reference_args(config: RunConfig, model: DecoderConfig | None = None) -> bool:
-    """Whether the step takes the reference as a fourth argument: an objective whose reference runs live. A full
-    fine-tune's is the starting model's parameters; a LoRA's its starting adapters alone (on its own frozen base:
-    init_from's adapters where the run goes on training them, fresh ones' otherwise)."""
-    return objective_for(config).reference == "live"
 
 
 def forward_nll(graphdef, params, batch, chunk: int, embed_noise=None, lora_key=None) -> jax.Array:
@@ -146,14 +138,6 @@ def make_step(objective: Objective, graphdef, tx, config: RunConfig, mesh, parti
         return part.combine(optax.apply_updates(trained, updates), frozen), opt_state, metrics
 
     return step
-
-
-def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
-    """`make_step` of the run's objective (`objective.loss`) over a mixture of `num_sources` tasks."""
-    return make_step(objective_for(config, num_sources), graphdef, tx, config, mesh)
-
-
-make_preference_step = make_train_step  # its old name: the step on pairs is the same step
 
 
 @dataclass(frozen=True)

@@ -43,7 +43,7 @@ from instructjax.train import optim
 from instructjax.train.metrics import MetricsLogger, MetricsWindow, plot_losses, progress_figures
 from instructjax.train.reference import start_base, starting_adapters
 from instructjax.train.resume_shapes import shape_change
-from instructjax.train.step import build_step, make_train_step  # noqa: F401  (make_train_step: its old home)
+from instructjax.train.step import build_step
 
 
 class NonFiniteLoss(InstructJaxError):
