@@ -240,8 +240,8 @@ def theirs(root: Path, hf_dir: str, rows: list[dict], args, loss: str) -> dict:
         return model
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
-    if loss in ("simpo", "orpo"):  # CPOTrainer (and ORPOTrainer) append EOS to a completion that does not end with it; the chat template's turn
-        # already ends it ("<|im_end|>" then "\n"), so its last token stands as EOS for that check alone (else each
+    if loss in ("simpo", "orpo"):  # CPOTrainer and ORPOTrainer append EOS to a completion that does not end
+        # with it; the chat template's turn already ends it ("<|im_end|>" then "\n"), so its last token stands as EOS for that check alone (else each
         # side would carry a second "<|im_end|>" that the template never writes; padding uses the pad token)
         assert tokenizer.pad_token is not None
         tokenizer.eos_token = tokenizer.convert_ids_to_tokens(tokenizer("\n", add_special_tokens=False)["input_ids"])[-1]
