@@ -191,7 +191,6 @@ def train_step(model_config: Any, *, lr: float = 1e-4, total_steps: int = 1000, 
     `step(params, opt_state, batch) -> (params, opt_state, metrics)`, params and optimizer state donated,
     as in `Trainer.run`. Call it under `jax.set_mesh(mesh)`. `which` names the step implementation.
     """
-    import jax
     from flax import nnx
 
     from instructjax.core import sharding
@@ -203,11 +202,11 @@ def train_step(model_config: Any, *, lr: float = 1e-4, total_steps: int = 1000, 
     config = RunConfig(seed=seed)
     config.optim.lr = lr
     mesh = sharding.make_mesh(config.mesh)
-    tx, _ = make_optimizer(config.optim, total_steps, adapters=model_config.lora is not None)  # LoRA: adapters alone
+    tx, _ = make_optimizer(config.optim, total_steps)
     build = build_step(model_config, tx, config, 1, mesh, seed)  # the trainer's step, shardings and donation
     model = sharding.create_sharded_model(lambda: Decoder(model_config, rngs=nnx.Rngs(seed)), mesh)
     params = nnx.to_pure_dict(nnx.state(model))
-    opt_state = jax.jit(tx.init, out_shardings=build.opt_shardings)(params)
+    opt_state = build.init_optimizer(params)  # over what trains (LoRA: the adapters alone)
     return build.step, params, opt_state, mesh, "instructjax.train.step.build_step"
 
 

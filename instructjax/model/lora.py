@@ -2,41 +2,48 @@
 `LoraConfig` defines them: y = x W + (dropout(x) A B) * alpha / rank, A [in, rank] kaiming-uniform(a=sqrt(5)) like
 PEFT's `lora_A`, B [rank, out] zeros, so a fresh adapter leaves the model's output exactly as it was.
 
-The adapters live in our own `Dense` (model/layers.py: `lora_a`, `lora_b`), not through qwix: qwix 0.1.8's
+The adapter method, in one module: which modules it adapts (`spec`), its weights (`adapters`: `lora_a`, `lora_b`,
+each an `nnx.LoRAParam`, their own Variable type, as flax's and qwix's adapters are), and its branch (`branch_input`,
+`branch`), which model/layers.py's `Dense` adds to its projection where it holds adapters. What trains is that type:
+model/partition.py splits a model's parameters by it (the adapters where there are any, else every parameter), once,
+for the step, the optimizer, the checkpoint and the memory estimate. The adapters keep their on-disk names
+(`.../q_proj/lora_a`), so checkpoints of every version read alike. Not through qwix: qwix 0.1.8's
 `apply_lora_to_model` on our nnx `Decoder` creates no adapters in the loop layout (it intercepts `dot_general`
 / `einsum` under an eval trace whose RNG count nnx refuses to mutate: TraceContextError) and fails inside
 `nnx.scan` over the stacked layers (IndexError), and its adapters are named by intercepted op rather than by
 HF module and carry none of our logical axis names; PEFT's per-module lora_A / lora_B map one to one onto ours.
 
-`targets` are the family's Hugging Face module names (`MODULES`) or `all-linear` (every projection of a layer,
-never the output head: PEFT's meaning). A fused HF module (Phi-3's `qkv_proj`, `gate_up_proj`, GPT-NeoX's
-`query_key_value`) is a group of our modules sharing one A, as PEFT's single lora_A: the group's first module
-(q_proj, gate_proj) holds `lora_a`, each module its own part of PEFT's lora_B as `lora_b`, and the attention / MLP
-computes dropout(x) A once for the group. `dropout` (PEFT's `lora_dropout`) drops the LoRA branch's input in the
-train step alone, its masks from the step's key (train/step.py), not torch's: PEFT's exact masks cannot be
-reproduced. Only the adapters train (`trainable` / `frozen` split a params tree); `merged` folds them into the
-kernels (the export without `--adapter`).
+`targets` are the family's Hugging Face module names (its record's `lora_modules`, model/families/) or `all-linear`
+(every projection of a layer, never the output head: PEFT's meaning). A fused HF module (Phi-3's `qkv_proj`,
+`gate_up_proj`, GPT-NeoX's `query_key_value`) is a group of our modules sharing one A, as PEFT's single lora_A: the
+group's first module (q_proj, gate_proj) holds `lora_a`, each module its own part of PEFT's lora_B as `lora_b`, and
+the attention / MLP computes dropout(x) A once for the group. `dropout` (PEFT's `lora_dropout`) drops the LoRA
+branch's input in the train step alone, its masks from the step's key (train/step.py), not torch's: PEFT's exact
+masks cannot be reproduced. `merged` folds the adapters into the kernels (the export without `--adapter`).
+`trainable` / `frozen` / `combine` select the adapters of a params tree read from disk by their names (a tree
+without its model at hand); a run's own trees go through its `Partition`.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
-ADAPTERS = ("lora_a", "lora_b")
-LLAMA_MODULES = {n: (n,) for n in ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")}
-# family -> {HF module name: our modules it is (several for a fused module, in the order HF fuses them)}
-MODULES: dict[str, dict[str, tuple[str, ...]]] = {
-    **{f: LLAMA_MODULES for f in ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3")},
-    "opt": {"q_proj": ("q_proj",), "k_proj": ("k_proj",), "v_proj": ("v_proj",), "out_proj": ("o_proj",),
-            "fc1": ("up_proj",), "fc2": ("down_proj",)},
-    "phi3": {"qkv_proj": ("q_proj", "k_proj", "v_proj"), "o_proj": ("o_proj",),
-             "gate_up_proj": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)},
-    "gpt_neox": {"query_key_value": ("q_proj", "k_proj", "v_proj"), "dense": ("o_proj",),
-                 "dense_h_to_4h": ("up_proj",), "dense_4h_to_h": ("down_proj",)},
-}
+from instructjax.core.sharding import with_logical_constraint
+from instructjax.model.families import RECORDS
+from instructjax.model.families.record import LLAMA_LORA
+
+ADAPTERS = ("lora_a", "lora_b")  # the adapters' names in a Dense (and on disk)
+TRAINS = nnx.LoRAParam  # the adapters' Variable type: what trains where a model has any (model/partition.py)
+LLAMA_MODULES = LLAMA_LORA  # its old home
+# family -> {HF module name: our modules it is}: each family record's `lora_modules` (its old home)
+MODULES: dict[str, dict[str, tuple[str, ...]]] = {name: record.lora_modules for name, record in RECORDS.items()}
 KEYS = ("rank", "alpha", "dropout", "targets")
 
 
@@ -67,7 +74,8 @@ class LoraSpec(NamedTuple):
 
 def family_modules(config: Any) -> dict[str, tuple[str, ...]]:
     """The family's HF linear modules a LoRA may target -> our modules (a plain MLP has no gate)."""
-    modules = dict(MODULES.get(config.family, {}))
+    record = RECORDS.get(config.family)
+    modules = dict(record.lora_modules) if record is not None else {}
     if not config.gated_mlp:
         modules.pop("gate_proj", None)
     return modules
@@ -117,6 +125,48 @@ def spec(config: Any) -> LoraSpec | None:
     groups = tuple(modules[t] for t in hf)
     return LoraSpec(lora["rank"], float(lora.get("alpha", lora["rank"])), float(lora.get("dropout", 0.0)),
                     tuple(name for group in groups for name in group), hf, groups)
+
+
+def adapters(config: Any, name: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...], axes: tuple[str, ...],
+             rngs: nnx.Rngs) -> tuple[nnx.LoRAParam | None, nnx.LoRAParam | None]:
+    """(lora_a, lora_b) of our module `name` [*in_shape -> *out_shape] with logical `axes`: PEFT's A
+    kaiming-uniform(a=sqrt(5)) = U(+-1/sqrt(in)) from `rngs`, B zeros; lora_a None for the later modules of a fused
+    group (they use its first one's A), both None where `config.lora` does not target it."""
+    lora = spec(config)
+    if lora is None or name not in lora.targets:
+        return None, None
+    dtype, n_in = jnp.dtype(config.param_dtype), len(in_shape)
+    lora_a = None
+    if lora.holds_a(name):
+        bound = 1.0 / math.sqrt(math.prod(in_shape))
+        a = jax.random.uniform(rngs.params(), (*in_shape, lora.rank), dtype, -bound, bound)
+        lora_a = TRAINS(a, out_sharding=(*axes[:n_in], "lora_rank"), eager_sharding=False)
+    lora_b = TRAINS(jnp.zeros((lora.rank, *out_shape), dtype), out_sharding=("lora_rank", *axes[n_in:]),
+                    eager_sharding=False)
+    return lora_a, lora_b
+
+
+def branch_input(x: jax.Array, lora_a: jax.Array, axes: tuple[str, ...], n_in: int, dtype: Any, dropout: float,
+                 key: jax.Array | None = None) -> jax.Array:
+    """The branch's dropout(x) A [tokens, rank] for x [..., *in]. With `key` (the train step's alone) and `dropout` p
+    > 0, x flattened to [tokens, in] keeps the elements where jax.random.bernoulli(key, 1 - p, [tokens, in]) is true,
+    divided by 1 - p (PEFT's nn.Dropout, but not torch's masks)."""
+    in_size = math.prod(lora_a.shape[:n_in])
+    flat = x.astype(dtype).reshape(-1, in_size)
+    if key is not None and dropout > 0:
+        keep = jax.random.bernoulli(key, 1.0 - dropout, flat.shape)
+        flat = jnp.where(keep, flat / (1.0 - dropout), jnp.zeros((), flat.dtype))
+    # stored split over fsdp by its rank where its input axis is not (core.sharding), used whole over the rank
+    # like a base kernel: gathered, not a matmul split over the rank
+    a = with_logical_constraint(lora_a, (*axes[:n_in], None))
+    return flat @ a.astype(dtype).reshape(in_size, -1)
+
+
+def branch(xa: jax.Array, lora_b: jax.Array, axes: tuple[str, ...], n_in: int, scale: float,
+           dtype: Any) -> jax.Array:
+    """(dropout(x) A) B * alpha / rank [tokens, out] from the branch's input `xa` [tokens, rank]."""
+    b = with_logical_constraint(lora_b, (None, *axes[n_in:])).astype(dtype)
+    return xa @ b.reshape(b.shape[0], -1) * jnp.asarray(scale, dtype)
 
 
 def adapter_params(config: Any) -> int:
@@ -175,9 +225,6 @@ def combine(a: Any, b: Any) -> Any:
 def reference(params: Any) -> Any:
     """`params` with every adapter zeroed: the frozen base's model exactly (a zero B adds nothing): fresh adapters'
     starting values, the reference of a DPO run that trains them."""
-    import jax
-    import jax.numpy as jnp
-
     return combine(jax.tree.map(jnp.zeros_like, trainable(params)), frozen(params))
 
 
@@ -212,6 +259,4 @@ def merged(params: Mapping, config: Any) -> dict:
 
 def adapter_count(tree: Any) -> int:
     """Elements of the adapters in a params-shaped tree."""
-    import jax
-
     return sum(int(np.prod(x.shape)) for x in jax.tree.leaves(trainable(tree)))

@@ -1,6 +1,7 @@
 """A frozen base stored quantized (`model.quantize_base`, QLoRA): the LoRA-able projections of every layer keep
-their kernel as codes and a float32 absmax a block of `BLOCK` values, and each Dense dequantizes its kernel to the
-compute dtype when it runs. The embedding, the norms and the output head stay as they are (bitsandbytes'
+their kernel as codes and a float32 absmax a block of `BLOCK` values (`Quantized` parameters of a
+`layers.QuantizedDense`, the base's own module: a plain `Dense` knows nothing of them), and each dequantizes its kernel
+to the compute dtype when it runs. The embedding, the norms and the output head stay as they are (bitsandbytes'
 `load_in_4bit` leaves them too).
 
 The blocks are bitsandbytes' `Linear4bit`'s: it quantizes the HF weight [out, in] flattened row-major in blocks of
@@ -25,6 +26,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
+
+from instructjax.model import lora
 
 KINDS = ("none", "nf4", "int8")
 BLOCK = 64
@@ -36,6 +40,16 @@ NF4 = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.3949174880981
                 0.7229568362236023, 1.0], np.float32)
 CODES, ABSMAX = "kernel_codes", "kernel_absmax"  # a quantized Dense's parameters, in place of `kernel`
 OUT_DIMS = {"q_proj": 2, "k_proj": 2, "v_proj": 2, "o_proj": 1, "gate_proj": 1, "up_proj": 1, "down_proj": 1}
+
+
+class Quantized(nnx.Param):
+    """A frozen base's stored codes or absmax (a `layers.QuantizedDense`'s): a parameter of the model, never trained
+    (model/partition.py trains `nnx.LoRAParam`)."""
+
+
+def quantizes(config: Any, name: str) -> bool:
+    """Whether `config` stores our projection `name` quantized: QLoRA's base, the family's LoRA-able modules."""
+    return config.quantize_base != "none" and name in lora.module_names(config)
 
 
 def nf4_table() -> np.ndarray:
@@ -125,9 +139,6 @@ def dequantized(params: Any, config: Any, name: str = "") -> Any:
 def quantized(params: Any, config: Any, shardings: Any = None) -> Any:
     """`params` (a base's, nested dicts with `kernel`s) with the kernels of the modules `config` quantizes
     stored as codes and absmax, one kernel at a time on the devices `shardings` (the quantized model's) names."""
-    from instructjax.model import lora
-
-    modules = lora.module_names(config)
 
     def walk(node: dict, shard: Any, name: str) -> dict:
         out = {}
@@ -135,7 +146,7 @@ def quantized(params: Any, config: Any, shardings: Any = None) -> Any:
             sub = shard.get(key) if isinstance(shard, dict) else None
             if isinstance(value, dict):
                 out[key] = walk(value, sub, key)
-            elif key == "kernel" and name in modules:  # placed like its codes (the same axes), then quantized
+            elif key == "kernel" and quantizes(config, name):  # placed like its codes (the same axes), then quantized
                 shards = (shard[CODES], shard[ABSMAX]) if isinstance(shard, dict) else None
                 value = value if shards is None else jax.device_put(value, shards[0])
                 codes, absmax = jax.jit(quantize, static_argnums=(1, 2), out_shardings=shards)(

@@ -11,11 +11,16 @@ What it reports per step shape, per device, from `compiled.memory_analysis()`: a
 aliases + temporaries; beside it `plan`'s estimate for the same shape and the chip's HBM. From the compiled
 program's text: the Mosaic kernels (`tpu_custom_call`s) and the collectives by kind (count, largest in bytes; a
 loop's body is counted once). Anchor: MaxText `train_compile.py`.
+
+A step saved with `--save-executable` is known by its program (`program_digest`: the lowered program's text, whatever
+changed the step, its objective, optimizer, schedule, model, mesh or batch, changes it) and the slice it was built for
+(`slice_identity`); a run uses it only where its own step, lowered (not compiled), is the same program.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import re
 import time
@@ -27,6 +32,7 @@ from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
 from instructjax.train.topology import GIB, Topology
 
+FORMAT = 2  # a saved step's file (1: known by a digest of some of the config, before its program's)
 COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute", "collective-matmul")
 _DTYPE_BYTES = {"pred": 1, "s8": 1, "u8": 1, "s16": 2, "u16": 2, "bf16": 2, "f16": 2, "s32": 4, "u32": 4, "f32": 4,
                 "s64": 8, "u64": 8, "f64": 8, "c64": 8, "c128": 16, "s4": 0.5, "u4": 0.5}
@@ -134,11 +140,20 @@ def program_figures(text: str) -> tuple[int, dict[str, dict[str, int]]]:
     return kernels, found
 
 
-def compile_shape(build, rows: int, length: int) -> tuple[Any, float]:
-    """The compiled step for a batch of `rows` x `length`, and the seconds it took to lower and compile."""
+def compile_shape(build, rows: int, length: int) -> tuple[Any, float, str]:
+    """The compiled step for a batch of `rows` x `length`, the seconds it took to lower and compile, and its
+    `program_digest`."""
     start = time.perf_counter()
-    compiled = build.lower(rows, length).compile()
-    return compiled, time.perf_counter() - start
+    lowered = build.lower(rows, length)
+    compiled = lowered.compile()
+    return compiled, time.perf_counter() - start, program_digest(lowered)
+
+
+def program_digest(lowered) -> str:
+    """What a step is known by: the sha256 of its lowered program's text (StableHLO, no source locations), which
+    holds everything that shapes the step: the model, the objective and its constants, NEFTune, the loss reduction,
+    the optimizer and its schedule, the shardings and the batch's shape."""
+    return hashlib.sha256(lowered.as_text().encode()).hexdigest()
 
 
 def target_devices(topology: Topology) -> list:
@@ -210,14 +225,14 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
     from instructjax.core import sharding
     from instructjax.train import optim
     from instructjax.train import plan as planning
-    from instructjax.train.step import build_step, step_digest
+    from instructjax.train.step import build_step
 
     devices = target_devices(topology)
     if config.max_steps == 0:
         raise ConfigError("an evaluation-only config (max_steps: 0) has no train step to compile")
     target = _target(config, topology, real_data=real_data or bool(save_executable), name=name)
     run, model, mesh_sizes = target.config, target.model, target.config.mesh
-    tx, _ = optim.make_optimizer(run.optim, target.total_steps, model.lora is not None)
+    tx, _ = optim.make_optimizer(run.optim, target.total_steps)
     mesh = sharding.make_mesh(mesh_sizes, devices)
     build = build_step(model, tx, run, target.sources, mesh, run.seed)
     largest = max(target.shapes, key=lambda s: s[0] * s[1])
@@ -226,7 +241,7 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
         estimate, _ = planning.step_needed(model, run, mesh_sizes, [(rows, length)], topology)
         hbm = int(topology.hbm_gib * GIB)
         try:
-            compiled, seconds = compile_shape(build, rows, length)
+            compiled, seconds, digest = compile_shape(build, rows, length)
         except Exception as e:  # XLA:TPU refuses a program over the chip's memory while compiling it
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
@@ -246,8 +261,7 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
                                     collectives))
         if save_executable and (rows, length) == largest:
             save_compiled(compiled, save_executable, target=slice_identity(devices, topology.hosts, mesh_sizes),
-                          rows=rows, length=length,
-                          digest=step_digest(run, model, mesh_sizes, target.sources, target.total_steps))
+                          rows=rows, length=length, digest=digest)
     from instructjax.model.attention import implementation_for
 
     real = real_data or bool(save_executable)
@@ -264,7 +278,7 @@ def slice_identity(devices, hosts: int, mesh: dict[str, int]) -> dict[str, Any]:
 
 def save_compiled(compiled, where: str, *, target: dict, rows: int, length: int, digest: str) -> None:
     """The compiled step serialised (jax's `serialize_executable`) with what it was built for: the devices
-    (`slice_identity`), the batch shape and the step's digest (`train.step.step_digest`)."""
+    (`slice_identity`), the batch shape and its program's digest (`program_digest`)."""
     import pickle
 
     from jax.experimental.serialize_executable import serialize
@@ -272,15 +286,15 @@ def save_compiled(compiled, where: str, *, target: dict, rows: int, length: int,
     from instructjax.core import storage
 
     payload, in_tree, out_tree = serialize(compiled)
-    storage.write_bytes(where, pickle.dumps({"format": 1, "target": target, "rows": rows, "length": length,
+    storage.write_bytes(where, pickle.dumps({"format": FORMAT, "target": target, "rows": rows, "length": length,
                                              "digest": digest, "payload": payload, "in_tree": in_tree,
                                              "out_tree": out_tree}))
 
 
-def load_compiled(where: str, *, target: dict, digest: str, shapes) -> tuple[tuple[int, int], Any]:
+def load_compiled(where: str, *, target: dict, build, shapes) -> tuple[tuple[int, int], Any]:
     """The step saved at `where`, loaded onto this run's devices: ((rows, length), the loaded step); one
-    ConfigError line where it was built for other devices, another mesh, another step or a shape the run does
-    not take."""
+    ConfigError line where it was built for other devices, another mesh, a shape the run does not take, or another
+    program than this run's step (`build`, lowered for that shape: `program_digest`)."""
     import pickle
 
     from jax.experimental.serialize_executable import deserialize_and_load
@@ -293,7 +307,7 @@ def load_compiled(where: str, *, target: dict, digest: str, shapes) -> tuple[tup
         raise ConfigError(f"compiled: {where} does not exist (`instructjax plan --compile --save-executable`)") from None
     except Exception as e:  # noqa: BLE001  not a file we wrote
         raise ConfigError(f"compiled: {where} is not a saved step ({type(e).__name__})") from None
-    if not isinstance(saved, dict) or saved.get("format") != 1:
+    if not isinstance(saved, dict) or saved.get("format") != FORMAT:
         raise ConfigError(f"compiled: {where} is not a saved step of this version")
     built = saved["target"]
     if built != target:
@@ -302,13 +316,14 @@ def load_compiled(where: str, *, target: dict, digest: str, shapes) -> tuple[tup
                 " x ".join(f"{k}={v}" for k, v in t["mesh"].items())
         raise ConfigError(f"compiled: {where} was built for {words(built)}; this run has {words(target)}: "
                           "compile it for this slice (`instructjax plan --compile --save-executable`) or drop it")
-    if saved["digest"] != digest:
-        raise ConfigError(f"compiled: {where} was built for another step (model, optimizer, schedule length, mesh "
-                          "or mixture differ from this run's): compile it again with this config or drop it")
     shape = (saved["rows"], saved["length"])
     if shape not in set(shapes):
         raise ConfigError(f"compiled: {where} is a step of {shape[0]} x {shape[1]}; this run's steps are "
                           + ", ".join(f"{r} x {n}" for r, n in sorted(set(shapes))))
+    if saved["digest"] != program_digest(build.lower(*shape)):
+        raise ConfigError(f"compiled: {where} was built for another step (its program differs from this run's: the "
+                          "model, objective, optimizer, schedule length, mesh or mixture): compile it again with this "
+                          "config or drop it")
     return shape, deserialize_and_load(saved["payload"], saved["in_tree"], saved["out_tree"])
 
 

@@ -7,7 +7,7 @@ hosts; the objective is made from the global batch's sums once (`reduce_loss`):
 - "sum": the loss sum itself (open-instruct's `reduce_loss=sum`: long responses weigh more; it changes
   results). It is what is optimised and what is logged.
 
-Gradient accumulation uses `accumulate_gradients` (an explicit micro-batch loop), not `optax.MultiSteps`,
+Gradient accumulation uses `accumulate` (an explicit micro-batch loop), not `optax.MultiSteps`,
 which averages per-micro-batch mean losses with equal weight: wrong when micro-batches hold different
 numbers of loss tokens. Cross-entropy is computed in float32 whatever the logits dtype; under jit with
 globally sharded arrays the sums already span all hosts.
@@ -87,6 +87,25 @@ class Accumulated(NamedTuple):
     weight: jax.Array  # the global batch's total loss weight (trained tokens)
 
 
+def accumulate(loss_fn: Callable[[Any, Mapping[str, jax.Array]], tuple[jax.Array, Any]], params: Any,
+               micro_batches: Mapping[str, jax.Array]) -> tuple[jax.Array, Any, Any]:
+    """(loss, gradients, aux sums) of a global batch split into micro-batches (the leading axis of every array), by
+    an explicit loop: `loss_fn(params, micro_batch) -> (loss, aux)` gives a micro-batch's share of the loss (already
+    normalised for the whole batch) and any pytree of sums; the shares, their gradients and the sums add up."""
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+
+    def step(carry, micro_batch):
+        sums, p = carry  # the parameters ride in the carry: a model merged from them (nnx) lives at this trace level
+        (loss, aux), grads = grad_fn(p, micro_batch)
+        return (jax.tree.map(jnp.add, sums, (grads, aux)), p), loss
+
+    first = jax.tree.map(lambda x: x[0], dict(micro_batches))
+    aux_shape = jax.eval_shape(lambda p, mb: loss_fn(p, mb)[1], params, first)
+    zeros = jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
+    ((grads, aux), _), losses = jax.lax.scan(step, (zeros, params), dict(micro_batches))
+    return jnp.sum(losses), grads, aux
+
+
 def accumulate_gradients(
     loss_sums_fn: Callable[[Any, Mapping[str, jax.Array]], tuple[jax.Array, Any]],
     params: Any,
@@ -94,8 +113,7 @@ def accumulate_gradients(
     reduction: str = "mean",
     weight: jax.Array | None = None,
 ) -> Accumulated:
-    """The objective, gradients and aux sums of the global batch split into micro-batches (the leading
-    axis of every array).
+    """The objective, gradients and aux sums of the global batch split into micro-batches (`accumulate`).
 
     `loss_sums_fn(params, micro_batch) -> (loss_sum, aux)`: the micro-batch's weighted loss sum and any
     pytree of sums to add up over micro-batches (e.g. per-source losses). The total weight comes from
@@ -110,18 +128,8 @@ def accumulate_gradients(
         loss_sum, aux = loss_sums_fn(p, mb)
         return loss_sum * scale, aux
 
-    grad_fn = jax.value_and_grad(scaled, has_aux=True)
-
-    def step(carry, micro_batch):
-        sums, p = carry  # the parameters ride in the carry: a model merged from them (nnx) lives at this trace level
-        (loss, aux), grads = grad_fn(p, micro_batch)
-        return (jax.tree.map(jnp.add, sums, (grads, aux)), p), loss
-
-    first = jax.tree.map(lambda x: x[0], dict(micro_batches))
-    aux_shape = jax.eval_shape(lambda p, mb: loss_sums_fn(p, mb)[1], params, first)
-    zeros = jax.tree.map(jnp.zeros_like, params), jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape)
-    ((grads, aux), _), losses = jax.lax.scan(step, (zeros, params), dict(micro_batches))
-    return Accumulated(jnp.sum(losses), grads, aux, weight)
+    loss, grads, aux = accumulate(scaled, params, micro_batches)
+    return Accumulated(loss, grads, aux, weight)
 
 
 def chunked_token_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, *, chunk: int = 1024,

@@ -5,7 +5,8 @@ Memory per device comes from the real model and optimizer, never from guesses: t
 `tx.init` on it, and each array's per-device shard is its shape divided by the mesh axes that
 `core.sharding.logical_to_spec` assigns it on an `AbstractMesh` of the target topology (no devices
 needed). Gradients are float32 and sharded like the parameters (one more copy as the accumulator when
-`optim.micro_batches > 1`); with `model.lora` they and AdamW's state are the adapters' alone. The step also holds the sharded parameters cast to the compute dtype (XLA hoists
+`optim.micro_batches > 1`); they and AdamW's state are what trains, the step's own partition (model/partition.py:
+with `model.lora` the adapters alone). The step also holds the sharded parameters cast to the compute dtype (XLA hoists
 the cast out of the layer loop; seen in the TPU compiler's buffers, `plan --compile`).
 
 Activations are an estimate, per device, for one micro-batch of `r` rows of `s` tokens (`r` = global
@@ -62,7 +63,7 @@ from jax.sharding import AbstractMesh, PartitionSpec
 from instructjax.core import sharding
 from instructjax.core.config import RunConfig
 from instructjax.core.optimizer import adamw
-from instructjax.model import lora, quantize
+from instructjax.model import partition, quantize
 from instructjax.model.config import DecoderConfig
 from instructjax.train.topology import Topology
 
@@ -113,14 +114,12 @@ def needed_bytes(memory: dict[str, int], acts: dict[str, Any]) -> int:
 
 
 def reference_bytes(model: DecoderConfig, config: RunConfig, memory: dict[str, int]) -> int:
-    """A device's bytes for a preference loss's reference model where it runs live in the step
-    (`step.reference_args`): a copy of the parameters on a full fine-tune, of the starting adapters for a LoRA (on
-    its own frozen base); none cached (its log-probs come with the batch) or for SimPO."""
-    from instructjax.train.step import reference_args
+    """A device's bytes for the objective's reference model where it runs live in the step (the objective's plan
+    term, train/objectives/: a copy of what trains, the whole model on a full fine-tune, the starting adapters for a
+    LoRA on its own frozen base); none cached (its log-probs come with the batch) or without a reference."""
+    from instructjax.train.objectives import objective_for
 
-    if not reference_args(config, model):
-        return 0
-    return memory["trained_bytes"] if model.lora is not None else memory["param_bytes"]
+    return objective_for(config).reference_bytes(memory)
 
 
 def usable_bytes(topology: Topology) -> float:
@@ -176,7 +175,7 @@ def _abstract_state(model: DecoderConfig, clip: bool) -> tuple[Any, Any, Any]:
                                           is_leaf=lambda x: isinstance(x, nnx.Variable)))
     params = nnx.to_pure_dict(state)
     tx = adamw(optax.constant_schedule(1.0), max_grad_norm=1.0 if clip else None)  # a schedule, as trained
-    return params, names, jax.eval_shape(tx.init, _trained(model, params)), tx
+    return params, names, jax.eval_shape(tx.init, partition.of(model).trainable(params)), tx
 
 
 def _weights(model: DecoderConfig, path: tuple, array: Any) -> int:
@@ -188,20 +187,16 @@ def _weights(model: DecoderConfig, path: tuple, array: Any) -> int:
     return math.prod(array.shape) * (2 if name == quantize.CODES and model.quantize_base == "nf4" else 1)
 
 
-def _trained(model: DecoderConfig, tree: Any) -> Any:
-    """The part of a params-shaped tree that gets gradients and AdamW state: the LoRA adapters alone, or all."""
-    return lora.trainable(tree) if model.lora is not None else tree
-
-
 def state_memory(model: DecoderConfig, sizes: dict[str, int], clip: bool = True) -> dict[str, int]:
     """Per-device bytes of parameters and optimizer state, and their global totals, from eval_shape."""
     params, names, opt, tx = _abstract_state(model, clip)
+    trained = partition.of(model)  # what gets gradients and AdamW state: the step's own partition
     mesh = AbstractMesh(tuple(sizes.values()), tuple(sizes))
     is_spec = lambda x: isinstance(x, _Spec)  # noqa: E731
     specs = jax.tree_util.tree_map_with_path(
         lambda path, a, n: _Spec(sharding.logical_to_spec(n.spec, mesh, a.shape, what=sharding._path_str(path))
                                  if n.spec else PartitionSpec()), params, names, is_leaf=is_spec)
-    opt_specs = optax.tree_utils.tree_map_params(tx, lambda _, s: s, opt, _trained(model, specs),
+    opt_specs = optax.tree_utils.tree_map_params(tx, lambda _, s: s, opt, trained.trainable(specs),
                                                  transform_non_params=lambda _: _Spec(PartitionSpec()))
     leaves = lambda tree: jax.tree.leaves(tree, is_leaf=is_spec)  # noqa: E731
 
@@ -212,7 +207,7 @@ def state_memory(model: DecoderConfig, sizes: dict[str, int], clip: bool = True)
 
     p_local, p_global = total(params, specs)
     o_local, o_global = total(opt, opt_specs)
-    t_local, _ = total(_trained(model, params), _trained(model, specs))
+    t_local, _ = total(trained.trainable(params), trained.trainable(specs))
     f_local, _ = total(quantize.without_quantized(params), quantize.without_quantized(specs))
     n_params = sum(_weights(model, path, a) for path, a in jax.tree_util.tree_flatten_with_path(params)[0])
     return {"params": n_params, "param_bytes": p_local, "param_bytes_global": p_global,

@@ -4,8 +4,9 @@ Weights & Biases too where the config asks (core/tracking.py).
 One JSON object per logged step (`step`, `loss` with `loss_reduction` saying which objective it is,
 `lr`, `grad_norm`, `tokens`, `tokens_per_sec` and `step_seconds` over the logged window's own wall time,
 and `loss/<source>`, the mean token loss of every mixture source that had trained tokens in the logged
-window; under a preference loss, `loss` is the mean over the window's pairs and `rewards/chosen`, `rewards/rejected`,
-`rewards/accuracies` and `rewards/margins` are TRL's, means over the same pairs). Only the primary host writes; without tensorboardX, metrics.jsonl alone.
+window; under a preference loss, `loss` is the mean over the window's pairs and the objective's own values, e.g.
+`rewards/chosen`, `rewards/rejected`, `rewards/accuracies` and `rewards/margins`, are TRL's, means over the same pairs:
+train/objectives/). Only the primary host writes; without tensorboardX, metrics.jsonl alone.
 
 Nothing can be appended to in a bucket: the files are written in a local mirror of the run directory
 (`storage.Mirror`) and uploaded whole by `sync()`: after a log line at most every `SYNC_SECONDS`, before every
@@ -25,6 +26,9 @@ import numpy as np
 from instructjax.core import storage
 
 SYNC_SECONDS = 30.0
+# what every step returns (train/step.py) and the trainer adds; an objective's other values are sums over its pairs
+STEP_KEYS = frozenset({"loss", "loss_sum", "loss_weight", "pairs", "grad_norm", "trained_tokens", "tokens",
+                       "source_sums", "source_weights", "lr"})
 
 
 class MetricsWindow:
@@ -44,7 +48,7 @@ class MetricsWindow:
         self.loss_sum = self.weight = self.tokens = self.seconds = self.pairs = 0.0
         self.steps = 0
         self.source_sums, self.source_weights = np.zeros(self.num_sources), np.zeros(self.num_sources)
-        self.rewards: dict[str, float] = {}  # a preference loss's rewards, summed over the window's pairs
+        self.rewards: dict[str, float] = {}  # an objective's own values (a preference loss's rewards), summed over pairs
 
     def state(self) -> dict:
         """The open window as JSON values (saved with a checkpoint)."""
@@ -65,7 +69,7 @@ class MetricsWindow:
         self.loss_sum += float(m["loss_sum"])
         self.weight += float(m.get("loss_weight", m["trained_tokens"]))  # the objective's normaliser (pairs: DPO)
         self.pairs += float(m.get("pairs", 0.0))
-        for k in (k for k in m if k.startswith("rewards/")):
+        for k in (k for k in m if k not in STEP_KEYS):
             self.rewards[k] = self.rewards.get(k, 0.0) + float(m[k])
         self.tokens += float(m["tokens"])
         self.seconds += seconds

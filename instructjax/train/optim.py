@@ -1,5 +1,7 @@
 """The run's optimizer as the train step uses it: the `optim:` section's own (`OptimSection.build`,
-core/optimizer.py), over the LoRA adapters alone where the model has them (`adapters_only`)."""
+core/optimizer.py). The step gives it what trains alone (its `Partition`, model/partition.py) and makes its state
+over that (`StepBuild.init_optimizer`); `adapters_only` is the same over a whole params tree whose model is not at
+hand, its adapters found by their names (`model.lora.trainable`)."""
 
 from __future__ import annotations
 
@@ -31,7 +33,8 @@ def adapters_only(tx: optax.GradientTransformation) -> optax.GradientTransformat
 
 def make_optimizer(section: OptimSection, total_steps: int,
                    adapters: bool = False) -> tuple[optax.GradientTransformation, optax.Schedule]:
-    """The run's optimizer over `total_steps` steps (over the LoRA adapters alone where `adapters`), and its
-    learning-rate schedule (for logging)."""
+    """The run's optimizer over `total_steps` steps, and its learning-rate schedule (for logging); `adapters`: it takes
+    whole params trees and keeps the LoRA adapters' alone (`adapters_only`: for a caller that inits it on the whole
+    model itself; a `StepBuild` inits its optimizer on what trains)."""
     tx, schedule = section.build(total_steps)
     return (adapters_only(tx) if adapters else tx), schedule

@@ -175,18 +175,10 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
 
 
 def objective_words(config: RunConfig) -> str:
-    """A preference loss and its reference's cost in words ("" for SFT)."""
-    objective = config.objective
-    if not objective.preference:
-        return ""
-    words = f"{objective.loss}, beta {objective.beta:g}" + (f", gamma {objective.gamma:g}" if objective.loss == "simpo"
-                                                            else "")
-    if not objective.needs_reference:
-        return f"{words}; no reference model"
-    if objective.reference == "cached":
-        return (f"{words}; reference cached: one forward pass over the epoch's pairs before step 1 (one a row, about a "
-                "third of an epoch's step time), no memory while training")
-    return f"{words}; reference live: a frozen copy of the starting model (a LoRA: its starting adapters), one more forward a step"
+    """The objective and its reference's cost in words ("" for SFT): its own plan term (train/objectives/)."""
+    from instructjax.train.objectives import objective_for
+
+    return objective_for(config).words()
 
 
 REAL_SHARE_GOAL = 0.9  # below it, `plan_with_proposal` looks for a mesh that does better

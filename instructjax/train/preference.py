@@ -27,6 +27,15 @@ Array = jax.Array
 CHOSEN, REJECTED = 0, 1
 
 
+def pair_slots(segment_ids: Array) -> tuple[Array, Array, int]:
+    """(each token's pair slot, its side, the slots) of rows of preference pairs (data/batches/packing.py: a pair's
+    sides are segments 2k - 1 and 2k of a row): row r's k-th pair is slot r * (L // 2) + k - 1."""
+    rows, length = segment_ids.shape
+    inside = jnp.maximum(segment_ids - 1, 0)
+    pair = jnp.arange(rows)[:, None] * (length // 2) + inside // 2
+    return pair, inside % 2, rows * (length // 2)
+
+
 def completion_logps(token_logps: Array, weights: Array, pair: Array, side: Array, pairs: int) -> tuple[Array, Array]:
     """(summed log-probs, trained tokens) of each pair's completions, each [pairs, 2] (column 0 chosen, 1
     rejected), from per-token log-probs and loss weights [B, L] and each token's pair index and side [B, L] (a

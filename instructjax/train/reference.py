@@ -15,6 +15,7 @@ import io
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils
 
@@ -81,13 +82,14 @@ def starting_adapters(base: dict | None, model, build: StepBuild, params):
     some and the run goes on training them (`start_base`), else zeros (a fresh adapter's B is zero: it adds
     nothing)."""
     from instructjax.convert.saved import load_base
-    from instructjax.model import lora
 
     adapters = None
     if base is not None and not base.get("merged"):
         adapters = load_base(base, model, build.param_shardings)[1]
-    if adapters is None:  # the adapters zeroed (`lora.reference` of the adapters alone), placed as they are
-        adapters = jax.jit(lora.reference, out_shardings=lora.trainable(build.param_shardings))(lora.trainable(params))
+    if adapters is None:  # the adapters zeroed, placed as they are
+        trained = build.partition.trainable
+        adapters = jax.jit(lambda a: jax.tree.map(jnp.zeros_like, a),
+                           out_shardings=trained(build.param_shardings))(trained(params))
     return adapters
 
 

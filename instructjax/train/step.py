@@ -1,22 +1,20 @@
 """The train step and the state it updates, built in one place for the trainer, `plan --compile` and the
 benchmarks.
 
+`make_step(objective, ...)` is the one step: the global batch split into `optim.micro_batches` micro-batches (a
+preference pair, one row, stays whole), NEFTune's noise on the token embeddings (`optim.neftune_alpha`: `neftune_noise`
+from the step's key, `neftune_keys`) and the LoRA branches' dropout (`model.lora.dropout`: `lora_keys`, model/lora.py),
+the forward pass, the reference's forward where the objective compares with it live, the gradients of what trains
+(the model's `Partition`, model/partition.py: a LoRA's adapters, else every parameter) summed over the micro-batches
+(`loss.accumulate`), then the optimizer over them; the rest of the model rides along unchanged, parameters and
+optimizer state are donated. What it minimises is the objective's (train/objectives/: SFT's cross-entropy, the
+preference losses; each says its loss over a micro-batch, its normalisers, metrics, batch features and reference).
+NEFTune's and LoRA dropout's keys reach the model here and nowhere else.
+
 `build_step(model, tx, config, num_sources, mesh)` gives the state as abstract arrays (parameters and AdamW state
-as `jax.ShapeDtypeStruct`s carrying their `NamedSharding`s: nothing is allocated), those shardings and the jitted
-step. The trainer fills the state (fresh, from `init_from`, or from a checkpoint) and runs the step; `plan
+as `jax.ShapeDtypeStruct`s carrying their `NamedSharding`s: nothing is allocated), those shardings, the partition and
+the jitted step. The trainer fills the state (fresh, from `init_from`, or from a checkpoint) and runs the step; `plan
 --compile` lowers the same step for a TPU slice's devices from the abstract state alone (`train.compile`).
-
-The step: the global batch split into `optim.micro_batches` micro-batches whose gradients are summed
-(`loss.accumulate_gradients`), the loss normalised by the trained-token weight of the whole global batch, then
-AdamW; parameters and optimizer state are donated. With `model.lora` the gradients and AdamW's state are the
-adapters' alone (`optim.adapters_only`), the base is returned as it came. With `optim.neftune_alpha` > 0 the token embeddings get
-NEFTune's noise (`neftune_noise`), from the step's key (`neftune_keys`), and with `model.lora.dropout` > 0 the LoRA
-branches' inputs their dropout masks (`lora_keys`, model/lora.py): nowhere but here.
-
-With a preference loss (`objective:`, train/preference.py) the step is `make_preference_step`: the same micro-batches
-and update on the mean loss over the global batch's pairs (each a row's segments 2k - 1 and 2k), the reference's
-log-probs from the batch (`reference: cached`, train/reference.py) or from a fourth argument, the reference's
-parameters (`reference: live`: a full fine-tune's starting parameters, a LoRA's starting adapters on its frozen base).
 """
 
 from __future__ import annotations
@@ -35,10 +33,13 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from instructjax.core import sharding
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
+from instructjax.data.batches.packing import REFERENCE, empty_rows
 from instructjax.model import lora
 from instructjax.model.config import DecoderConfig
 from instructjax.model.decoder import Decoder
-from instructjax.train import loss, preference
+from instructjax.model.partition import Partition
+from instructjax.train import loss
+from instructjax.train.objectives import Objective, objective_for
 
 NEFTUNE_STREAM = 0x4E454654  # "NEFT": the noise's own stream under the run's seed
 LORA_DROPOUT_STREAM = 0x4C4F5241  # "LORA": the LoRA dropout masks' own stream
@@ -85,138 +86,56 @@ def micro_split(micro: int, mesh) -> Callable[[jax.Array], jax.Array]:
     return split
 
 
-def reference_args(config: RunConfig, model: DecoderConfig) -> bool:
-    """Whether the step takes the reference as a fourth argument: a DPO loss with `reference: live`. A full
-    fine-tune's is the starting model's parameters; a LoRA's its starting adapters alone (on its own frozen base:
-    init_from's adapters where the run goes on training them, fresh ones' otherwise)."""
-    objective = config.objective
-    return objective.needs_reference and objective.reference == "live"
-
-
-def make_train_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
-    """step(params, opt_state, batch[, reference]) -> (params, opt_state, metrics), not yet jitted; `reference`
-    (the starting model's parameters, or a LoRA's starting adapters, frozen) where `reference_args` says so."""
-    if config.objective.preference:
-        return make_preference_step(graphdef, tx, config, num_sources, mesh)
-    micro, alpha = config.optim.micro_batches, config.optim.neftune_alpha
-    split = micro_split(micro, mesh)
-
-    def step(params, opt_state, batch):
-        spec = lora.spec(nnx.merge(graphdef, params).config)  # the model's own (a resumed run's stored lora)
-        dropout = spec is not None and spec.dropout > 0
-
-        def sums(p, mb):
-            model = nnx.merge(graphdef, p)
-            noise = neftune_noise(alpha, mb["neftune_key"]) if alpha else None
-            hidden, _ = model.hidden_states(mb["tokens"], mb["positions"], mb["segment_ids"], embed_noise=noise,
-                                            lora_key=mb["lora_key"] if dropout else None)
-            nll = loss.model_nll(model, hidden, mb["targets"], config.optim.loss_chunk)
-            weights = mb["loss_weights"].astype(jnp.float32)
-            source_sums, source_weights = loss.per_source_sums(nll, weights, mb["source_ids"], num_sources)
-            loss_sum = jnp.sum(nll * weights)
-            return loss_sum, (loss_sum, source_sums, source_weights)
-
-        micro_batches = jax.tree.map(split, batch)
-        if alpha:
-            micro_batches["neftune_key"] = neftune_keys(config.seed, opt_state, micro)
-        if dropout:
-            micro_batches["lora_key"] = lora_keys(config.seed, opt_state, micro)
-        adapters, base = lora.trainable(params), lora.frozen(params)
-        if adapters:  # LoRA: gradients of the adapters alone, the base rides along unchanged
-            result = loss.accumulate_gradients(lambda p, mb: sums(lora.combine(p, base), mb), adapters, micro_batches,
-                                               config.optim.loss_reduction)
-        else:
-            result = loss.accumulate_gradients(sums, params, micro_batches, config.optim.loss_reduction)
-        loss_sum, source_sums, source_weights = result.aux
-        updates, opt_state = tx.update(result.grads, opt_state, adapters or params)
-        metrics = {
-            "loss": result.loss,  # the objective: what is optimised (config.optim.loss_reduction)
-            "loss_sum": loss_sum,
-            "loss_weight": result.weight,
-            "grad_norm": optax.global_norm(result.grads),
-            "trained_tokens": result.weight,
-            "tokens": (batch["segment_ids"] > 0).sum(),
-            "source_sums": source_sums,
-            "source_weights": source_weights,
-        }
-        if adapters:
-            return lora.combine(optax.apply_updates(adapters, updates), base), opt_state, metrics
-        return optax.apply_updates(params, updates), opt_state, metrics
-
-    return step
+def forward_nll(graphdef, params, batch, chunk: int, embed_noise=None, lora_key=None) -> jax.Array:
+    """Each token's negative log-likelihood of its target [B, L] (float32) under the model `params`: the forward pass
+    of every objective (and, negated, the log-probs a reference stores)."""
+    model = nnx.merge(graphdef, params)
+    hidden, _ = model.hidden_states(batch["tokens"], batch["positions"], batch["segment_ids"], embed_noise=embed_noise,
+                                    lora_key=lora_key)
+    return loss.model_nll(model, hidden, batch["targets"], chunk)
 
 
 def token_logps(graphdef, params, batch, chunk: int, embed_noise=None, lora_key=None) -> jax.Array:
     """Each token's log-prob of its target [B, L] (float32) under the model `params` (the next-token loss, negated:
     what the preference losses sum per completion, and the cached reference stores)."""
-    model = nnx.merge(graphdef, params)
-    hidden, _ = model.hidden_states(batch["tokens"], batch["positions"], batch["segment_ids"], embed_noise=embed_noise,
-                                    lora_key=lora_key)
-    return -loss.model_nll(model, hidden, batch["targets"], chunk)
+    return -forward_nll(graphdef, params, batch, chunk, embed_noise, lora_key)
 
 
-def pair_slots(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array, int]:
-    """(each token's pair slot, its side, the slots) of rows of preference pairs (data/batches/packing.py: a pair's
-    sides are segments 2k - 1 and 2k of a row): row r's k-th pair is slot r * (L // 2) + k - 1."""
-    rows, length = segment_ids.shape
-    inside = jnp.maximum(segment_ids - 1, 0)
-    pair = jnp.arange(rows)[:, None] * (length // 2) + inside // 2
-    return pair, inside % 2, rows * (length // 2)
-
-
-def make_preference_step(graphdef, tx, config: RunConfig, num_sources: int, mesh):
-    """The step of a preference loss (train/preference.py): the global batch's pairs' mean loss, micro-batches
-    holding whole pairs (a pair is one row's two segments); the reference's log-probs from the batch
-    (`reference_logps`, `objective.reference: cached`), or computed from `reference` (live: the starting parameters,
-    for a LoRA its starting adapters on its frozen base)."""
-    micro, alpha, objective = config.optim.micro_batches, config.optim.neftune_alpha, config.objective
-    cached = objective.needs_reference and objective.reference == "cached"  # the batch carries reference_logps
+def make_step(objective: Objective, graphdef, tx, config: RunConfig, mesh, partition: Partition | None = None):
+    """step(params, opt_state, batch[, reference]) -> (params, opt_state, metrics), not yet jitted (the module doc);
+    `reference` (the starting model's parameters, or a LoRA's starting adapters, frozen) where the objective's
+    reference is live. `partition`: what trains (`model.partition`; by default the model's own, from its variables'
+    types); `tx` updates it alone, its state made over it (`StepBuild.init_optimizer`)."""
+    micro, alpha, chunk = config.optim.micro_batches, config.optim.neftune_alpha, config.optim.loss_chunk
     split = micro_split(micro, mesh)
 
     def step(params, opt_state, batch, reference=None):
-        spec = lora.spec(nnx.merge(graphdef, params).config)
+        model = nnx.merge(graphdef, params)  # its config: a resumed run's stored lora
+        part = partition or Partition.of_state(nnx.state(model, nnx.Param))
+        spec = lora.spec(model.config)
         dropout = spec is not None and spec.dropout > 0
-        adapters, base = lora.trainable(params), lora.frozen(params)
-        if reference is not None and adapters:  # a LoRA's starting adapters, on its frozen base
-            reference = lora.combine(reference, base)
-
-        def sums(p, mb):
-            weights = mb["loss_weights"].astype(jnp.float32)
-            pair, side, slots = pair_slots(mb["segment_ids"])
-            logps = token_logps(graphdef, p, mb, config.optim.loss_chunk, neftune_noise(alpha, mb["neftune_key"])
-                                if alpha else None, mb.get("lora_key"))
-            policy, counts = preference.completion_logps(logps, weights, pair, side, slots)
-            ref = None
-            if cached:
-                ref, _ = preference.completion_logps(mb["reference_logps"], weights, pair, side, slots)
-            elif reference is not None:
-                ref_logps = jax.lax.stop_gradient(token_logps(graphdef, reference, mb, config.optim.loss_chunk))
-                ref, _ = preference.completion_logps(ref_logps, weights, pair, side, slots)
-            losses, rewards = preference.pair_losses(objective, policy, counts, ref)
-            real = jnp.all(counts > 0, axis=1)
-            loss_sum = jnp.sum(jnp.where(real, losses, 0.0))
-            return loss_sum, (loss_sum, preference.reward_sums(rewards, real), jnp.sum(weights))
-
+        trained, frozen = part.trainable(params), part.frozen(params)
+        if reference is not None:  # a LoRA's starting adapters, on its frozen base
+            reference = part.combine(reference, frozen)
         micro_batches = jax.tree.map(split, batch)
         if alpha:
             micro_batches["neftune_key"] = neftune_keys(config.seed, opt_state, micro)
         if dropout:
             micro_batches["lora_key"] = lora_keys(config.seed, opt_state, micro)
-        pairs = jnp.sum(jnp.max(batch["segment_ids"], axis=1) // 2).astype(jnp.float32)
-        if adapters:
-            result = loss.accumulate_gradients(lambda p, mb: sums(lora.combine(p, base), mb), adapters, micro_batches,
-                                               "mean", weight=pairs)
-        else:
-            result = loss.accumulate_gradients(sums, params, micro_batches, "mean", weight=pairs)
-        loss_sum, rewards, trained = result.aux
-        updates, opt_state = tx.update(result.grads, opt_state, adapters or params)
-        metrics = {"loss": result.loss, "loss_sum": loss_sum, "loss_weight": pairs, "pairs": pairs,
-                   "grad_norm": optax.global_norm(result.grads), "trained_tokens": trained,
-                   "tokens": (batch["segment_ids"] > 0).sum(), **rewards,
-                   "source_sums": jnp.zeros(num_sources), "source_weights": jnp.zeros(num_sources)}
-        if adapters:
-            return lora.combine(optax.apply_updates(adapters, updates), base), opt_state, metrics
-        return optax.apply_updates(params, updates), opt_state, metrics
+        weights = objective.weights(micro_batches)
+
+        def micro_loss(p, mb):
+            noise = neftune_noise(alpha, mb["neftune_key"]) if alpha else None
+            nll = forward_nll(graphdef, part.combine(p, frozen), mb, chunk, noise, mb["lora_key"] if dropout else None)
+            if reference is not None:
+                mb = {**mb, REFERENCE: jax.lax.stop_gradient(token_logps(graphdef, reference, mb, chunk))}
+            return objective.loss(nll, mb, weights)
+
+        result, grads, sums = loss.accumulate(micro_loss, trained, micro_batches)
+        updates, opt_state = tx.update(grads, opt_state, trained)
+        metrics = {"loss": result, "grad_norm": optax.global_norm(grads), "tokens": (batch["segment_ids"] > 0).sum(),
+                   **objective.metrics(sums, weights)}
+        return part.combine(optax.apply_updates(trained, updates), frozen), opt_state, metrics
 
     return step
 
@@ -224,7 +143,8 @@ def make_preference_step(graphdef, tx, config: RunConfig, num_sources: int, mesh
 @dataclass(frozen=True)
 class StepBuild:
     """A run's step on a mesh: the model's graph, the state as abstract arrays with their shardings, the jitted
-    step (`step(params, opt_state, batch)`, state donated) and the batch's sharding."""
+    step (`step(params, opt_state, batch)`, state donated), the batch's sharding, what trains (`partition`) and the
+    objective."""
 
     graphdef: Any
     params: Any  # ShapeDtypeStructs, each with its NamedSharding
@@ -233,59 +153,49 @@ class StepBuild:
     opt_shardings: Any
     batch_sharding: NamedSharding
     step: Any
-    takes_reference: bool = False  # the step's fourth argument: the reference's parameters (`reference_args`)
-    cached_reference: bool = False  # the batch carries the reference's log-probs (objective.reference: cached)
+    takes_reference: bool = False  # the step's fourth argument: the reference's parameters (objective's `live`)
+    cached_reference: bool = False  # the batch carries the reference's log-probs (objective's `cached`)
+    partition: Partition | None = None
+    objective: Objective | None = None
+    tx: Any = None
+
+    def init_optimizer(self, params):
+        """The optimizer's state for `params` (the whole model), made over what trains, placed as `opt_shardings`."""
+        return jax.jit(lambda p: self.tx.init(self.partition.trainable(p)), out_shardings=self.opt_shardings)(params)
 
     def batch(self, rows: int, seq_len: int) -> dict[str, jax.ShapeDtypeStruct]:
         """The global batch of `rows` rows of `seq_len` as the step receives it, to lower and compile for."""
-        from instructjax.data.batches.packing import REFERENCE, empty_rows
-
-        features = {k: v.dtype for k, v in empty_rows(1, seq_len).items()}
-        if self.cached_reference:
-            features[REFERENCE] = jnp.float32
+        features = {**{k: v.dtype for k, v in empty_rows(1, seq_len).items()}, **self.objective.features()}
         return {k: jax.ShapeDtypeStruct((rows, seq_len), v, sharding=self.batch_sharding) for k, v in features.items()}
 
     def lower(self, rows: int, seq_len: int):
         """The step lowered for a batch of `rows` x `seq_len` (under the mesh: kernels follow its devices)."""
-        reference = (lora.trainable(self.params) or self.params,) if self.takes_reference else ()
+        reference = (self.partition.trainable(self.params),) if self.takes_reference else ()
         with jax.set_mesh(self.batch_sharding.mesh):
             return self.step.lower(self.params, self.opt_state, self.batch(rows, seq_len), *reference)
-
-
-def step_digest(config: RunConfig, model: DecoderConfig, mesh: dict[str, int], num_sources: int,
-                total_steps: int) -> str:
-    """What a compiled step depends on: the model's shapes and switches (not its special token ids), the optimizer
-    and its schedule's length, the loss, the batch layout, the mesh and the number of sources: a step saved by `plan
-    --compile --save-executable` serves a run only where this is the same."""
-    import dataclasses as dc
-
-    from instructjax.core.config import digest
-
-    shapes = {k: v for k, v in dc.asdict(model).items() if k not in ("bos_id", "eos_id", "extra_eos_ids", "pad_id")}
-    return digest({"model": shapes, "optim": dc.asdict(config.optim), "total_steps": total_steps, "mesh": mesh,
-                   "sources": num_sources, "seed": config.seed})
 
 
 def build_step(model: DecoderConfig, tx: optax.GradientTransformation, config: RunConfig, num_sources: int,
                mesh: Mesh, seed: int = 0) -> StepBuild:
     """The run's step and abstract state on `mesh` (see the module doc): parameters sharded by the logical rules,
-    AdamW's moments like their parameters, its counters replicated."""
+    AdamW's moments like the parameters that train (`partition`), its counters replicated."""
+    objective = objective_for(config, num_sources)
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(model, rngs=nnx.Rngs(seed))))
+    partition = Partition.of_state(state)
     param_shardings = nnx.to_pure_dict(sharding.state_shardings(state, mesh))
     params = nnx.to_pure_dict(state)
     replicated = NamedSharding(mesh, PartitionSpec())
-    opt = jax.eval_shape(tx.init, params)
-    trained_shardings = lora.trainable(param_shardings) if model.lora else param_shardings  # AdamW's moments' own
+    trained_shardings = partition.trainable(param_shardings)  # AdamW's moments' own, and a live reference's
+    opt = jax.eval_shape(tx.init, partition.trainable(params))
     opt_shardings = optax.tree_utils.tree_map_params(tx, lambda _, s: s, opt, trained_shardings,
                                                      transform_non_params=lambda _: replicated)
     with_sharding = lambda tree, shards: jax.tree.map(  # noqa: E731
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shards)
     batch_sharding = sharding.batch_sharding(mesh)
-    reference = ((lora.trainable(param_shardings) if model.lora else param_shardings,)  # the start, sharded alike
-                 if reference_args(config, model) else ())
-    step = jax.jit(make_train_step(graphdef, tx, config, num_sources, mesh),
+    reference = (trained_shardings,) if objective.reference == "live" else ()
+    step = jax.jit(make_step(objective, graphdef, tx, config, mesh, partition),
                    in_shardings=(param_shardings, opt_shardings, batch_sharding, *reference),
                    out_shardings=(param_shardings, opt_shardings, replicated), donate_argnums=(0, 1))
     return StepBuild(graphdef, with_sharding(params, param_shardings), with_sharding(opt, opt_shardings),
                      param_shardings, opt_shardings, batch_sharding, step, bool(reference),
-                     config.objective.needs_reference and config.objective.reference == "cached")
+                     objective.reference == "cached", partition, objective, tx)

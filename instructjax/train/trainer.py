@@ -37,14 +37,13 @@ from instructjax.core import checkpoint as ckpt
 from instructjax.core import hosts, integrity, runlock, sharding, storage, tracking
 from instructjax.core.config import RunConfig, to_dict, training_changes, training_digest
 from instructjax.core.errors import ConfigError, InstructJaxError
-from instructjax.model import lora
 from instructjax.model.config import runs_only_keys
 from instructjax.model.decoder import Decoder
 from instructjax.train import optim
 from instructjax.train.metrics import MetricsLogger, MetricsWindow, plot_losses, progress_figures
 from instructjax.train.reference import start_base, starting_adapters
 from instructjax.train.resume_shapes import shape_change
-from instructjax.train.step import build_step, make_train_step  # noqa: F401  (make_train_step: its old home)
+from instructjax.train.step import build_step
 
 
 class NonFiniteLoss(InstructJaxError):
@@ -142,17 +141,14 @@ class Trainer:
                 from instructjax.data.tokenized.examples import cache_report
 
                 print(f"data: {cache_report(list(self.pipeline.task_names), self.pipeline.stats)}", flush=True)
-        self.tx, self.schedule = optim.make_optimizer(config.optim, self.total_steps, self.model_config.lora is not None)
+        self.tx, self.schedule = optim.make_optimizer(config.optim, self.total_steps)  # over what trains: the build's
         self.build = build_step(self.model_config, self.tx, self.config, len(self.sources), self.mesh, config.seed)
         self.precompiled = {}  # (rows, length) -> a step loaded from `compiled:` (plan --compile --save-executable)
         if config.compiled:
             from instructjax.train.compile import load_compiled, slice_identity
-            from instructjax.train.step import step_digest
 
-            shape, step = load_compiled(
-                config.compiled, target=slice_identity(devices, jax.process_count(), run.mesh),
-                digest=step_digest(self.config, self.model_config, run.mesh, len(self.sources), self.total_steps),
-                shapes=run.step_shapes)
+            shape, step = load_compiled(config.compiled, target=slice_identity(devices, jax.process_count(), run.mesh),
+                                        build=self.build, shapes=run.step_shapes)
             self.precompiled[shape] = step
 
     def check_unchanged(self, saved: dict, config: RunConfig, step: int, accept: bool) -> None:
@@ -178,18 +174,17 @@ class Trainer:
         """(params, opt_state, start step, tokens so far, the metrics window open at that step or None): fresh, from
         init_from, or from the latest checkpoint."""
         make_model = lambda: Decoder(self.model_config, rngs=nnx.Rngs(self.config.seed))  # noqa: E731
-        build = self.build
-        init_opt = jax.jit(self.tx.init, out_shardings=build.opt_shardings)
+        build, part = self.build, self.build.partition
         if self.resume_from is not None:
             latest, params, opt_state, data, meta = self.checkpointer.restore_latest(  # skips a torn newest step
-                lora.trainable(build.params) if self.base else build.params, build.opt_state)
+                part.trainable(build.params) if self.base else build.params, build.opt_state)
             if self.base:  # the adapters, on the base they were trained on
                 base = meta.get("base")
                 if base is None:
                     raise ConfigError(f"{self.run_dir} step {latest} holds the whole model, not LoRA adapters on "
                                       f"model.init_from: resume it with the version of instructjax that wrote it")
                 ckpt.check_base(base, f"{self.run_dir} step {latest}")
-                params = lora.combine(params, load_base(base, self.model_config, build.param_shardings)[0])
+                params = part.combine(params, load_base(base, self.model_config, build.param_shardings)[0])
             if not (data == data[0]).all():
                 raise ConfigError(f"checkpoint step {latest} holds one data position per host (an older per-host "
                                   f"layout); it cannot resume with the global plan")  # fmt: skip
@@ -198,38 +193,37 @@ class Trainer:
         if self.base is not None:  # LoRA on init_from: its frozen base (quantized where asked) and adapters
             frozen, adapters = load_base(self.base, self.model_config, build.param_shardings)
             if adapters is None:  # fresh ones
-                adapters = jax.jit(lambda: lora.trainable(nnx.to_pure_dict(nnx.state(make_model()))),
-                                   out_shardings=lora.trainable(build.param_shardings))()
-            params = lora.combine(adapters, frozen)
+                adapters = jax.jit(lambda: part.trainable(nnx.to_pure_dict(nnx.state(make_model()))),
+                                   out_shardings=part.trainable(build.param_shardings))()
+            params = part.combine(adapters, frozen)
         elif self.config.model.init_from:
             params = load_params_as(self.config.model.init_from, self.model_config, shardings=build.param_shardings)
         else:
             params = nnx.to_pure_dict(nnx.state(sharding.create_sharded_model(make_model, self.mesh)))
-        return params, init_opt(params), 0, 0, None
+        return params, build.init_optimizer(params), 0, 0, None
 
     def reference_weights(self, params):
         """The reference of a preference loss: the model the run started from, frozen. A LoRA's is its frozen base
         with its starting adapters (init_from's where the run goes on training them; fresh ones add nothing); a full
         fine-tune's is init_from's parameters, or the seed's fresh ones (loaded again)."""
-        if self.model_config.lora is not None:
-            return lora.combine(starting_adapters(self.base, self.model_config, self.build, params), lora.frozen(params))
+        part = self.build.partition
+        if part.adapters:
+            return part.combine(starting_adapters(self.base, self.model_config, self.build, params), part.frozen(params))
         if self.config.model.init_from:
             return load_params_as(self.config.model.init_from, self.model_config, shardings=self.build.param_shardings)
         make_model = lambda: Decoder(self.model_config, rngs=nnx.Rngs(self.config.seed))  # noqa: E731
         return nnx.to_pure_dict(nnx.state(sharding.create_sharded_model(make_model, self.mesh)))
 
     def prepare_reference(self, params, start: int) -> tuple:
-        """The step's reference argument (`step.reference_args`, live: a full fine-tune's starting parameters, a
+        """The step's reference argument (the objective's reference live: a full fine-tune's starting parameters, a
         LoRA's starting adapters), or () where it takes none;
         with `objective.reference: cached`, the reference's log-probs handed to the pipeline first: read back from
         RUN_DIR, or computed (from `params` at step 0: the model the run starts from, a LoRA's starting adapters
         included; from the reference loaded again on resume) and stored."""
         from instructjax.train import reference
 
-        if self.build.takes_reference:  # a LoRA's: its starting adapters alone (on the base the step holds)
-            if self.model_config.lora is not None:
-                return (starting_adapters(self.base, self.model_config, self.build, params),)
-            return (self.reference_weights(params),)
+        if self.build.takes_reference:  # what trains, as it started (a LoRA's adapters: the step holds its base)
+            return (self.build.partition.trainable(self.reference_weights(params)),)
         if self.build.cached_reference:
             stream, named = self.pipeline.stream, reference.identity(self.config.model.init_from, self.config.seed)
             found = reference.load(self.run_dir, stream, named, resuming=start > 0)
@@ -250,8 +244,8 @@ class Trainer:
         meta = {"run_config": to_dict(self.config), "model_config": dataclasses.asdict(self.model_config),
                 "tokens": tokens, "metrics_window": window.state() if window is not None else None}  # fmt: skip
         data = ckpt.gather_data_state(position.to_array())
-        if self.base:
-            params, meta["base"] = lora.trainable(params), self.base
+        if self.base:  # what trains alone: the base is init_from's
+            params, meta["base"] = self.build.partition.trainable(params), self.base
         self.checkpointer.save(step, params, opt_state, data, meta)
         if jax.process_index() == 0:
             self._record_mosaics()

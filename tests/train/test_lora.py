@@ -19,8 +19,9 @@ from instructjax.model import lora
 from instructjax.model.config import preset
 from instructjax.model.decoder import Decoder, with_params
 from instructjax.model.layers import Dense
+from instructjax.train.objectives import objective_for
 from instructjax.train.optim import make_optimizer
-from instructjax.train.step import build_step, make_train_step
+from instructjax.train.step import build_step, make_step
 
 LORA = {"rank": 4, "alpha": 8, "targets": ["q_proj", "v_proj", "down_proj"]}
 ROWS, LENGTH = 4, 32
@@ -215,7 +216,7 @@ def test_dropout_steps_are_their_own_and_repeat_bitwise():
     def two_steps(dropout: float, remat: str = "none"):
         graphdef, params = fused_model(dropout, remat=remat)
         if (dropout, remat) not in steps:  # a rerun reuses the compiled step
-            steps[dropout, remat] = jax.jit(make_train_step(graphdef, tx, run, 1, mesh))
+            steps[dropout, remat] = jax.jit(make_step(objective_for(run, 1), graphdef, tx, run, mesh))
         step, opt_state = steps[dropout, remat], tx.init(params)
         for _ in range(2):
             params, opt_state, _ = step(params, opt_state, batch())

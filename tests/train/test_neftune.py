@@ -19,8 +19,9 @@ from instructjax.eval.score import score_ids
 from instructjax.model.config import preset
 from instructjax.model.decoder import Decoder
 from instructjax.train import step as train_step
+from instructjax.train.objectives import objective_for
 from instructjax.train.optim import make_optimizer
-from instructjax.train.step import make_train_step, neftune_keys, neftune_noise
+from instructjax.train.step import make_step, neftune_keys, neftune_noise
 
 ALPHA = 5.0
 ROWS, LENGTH, HIDDEN = 4, 128, 64
@@ -59,7 +60,7 @@ def one_step(model_parts, alpha: float, *overrides: str, opt_state=None):
     tx, _ = make_optimizer(run.optim, 10)
     opt_state = tx.init(params) if opt_state is None else opt_state
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
-    step = jax.jit(make_train_step(graphdef, tx, run, 1, mesh))
+    step = jax.jit(make_step(objective_for(run, 1), graphdef, tx, run, mesh))
     return jax.device_get(step(params, opt_state, batch())[2]), opt_state
 
 
@@ -122,9 +123,9 @@ def test_alpha_zero_is_the_plain_step(model_parts):
     run = config(0.0)
     tx, _ = make_optimizer(run.optim, 10)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
-    jaxpr = str(jax.make_jaxpr(make_train_step(graphdef, tx, run, 1, mesh))(params, tx.init(params), batch()))
+    jaxpr = str(jax.make_jaxpr(make_step(objective_for(run, 1), graphdef, tx, run, mesh))(params, tx.init(params), batch()))
     assert "random_bits" not in jaxpr and "threefry" not in jaxpr and "random_wrap" not in jaxpr
-    noisy = str(jax.make_jaxpr(make_train_step(graphdef, tx, config(ALPHA), 1, mesh))(
+    noisy = str(jax.make_jaxpr(make_step(objective_for(config(ALPHA), 1), graphdef, tx, config(ALPHA), mesh))(
         params, tx.init(params), batch()))
     assert "random_bits" in noisy  # the check above could see the noise
     plain, _ = one_step(model_parts, 0.0)

@@ -103,7 +103,7 @@ def test_simpo_equals_trls_cpo_loss_with_the_simpo_loss_type():
 
 
 def test_the_objective_section_refuses_bad_values_in_one_line():
-    for bad, words in (({"loss": "orpo"}, "objective.loss"), ({"beta": 0}, "objective.beta"),
+    for bad, words in (({"loss": "dpo2"}, "objective.loss"), ({"beta": 0}, "objective.beta"),
                        ({"reference": "disk"}, "objective.reference"), ({"gamma": -1}, "objective.gamma")):
         with pytest.raises(ConfigError, match=words) as err:
             ObjectiveSection(**bad)

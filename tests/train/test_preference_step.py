@@ -1,4 +1,4 @@
-"""The step on preference pairs (train/step.py `make_preference_step`): one DPO step on the same pairs laid out one a
+"""The step on preference pairs (train/step.py `make_step` of a DPO objective): one DPO step on the same pairs laid out one a
 row and packed several a row (data/batches/packing.py), against a brute force that runs each completion alone through
 the model and applies the DPO formula in float64 (a LLaMA and a Gemma-2, its sliding windows and capped logits): the loss and rewards equal it, both layouts move the parameters
 alike (the loss is exact whatever the packing; no token sees another segment's), and `pack_segments` (per_step) keeps

@@ -118,7 +118,8 @@ def test_sum_reduction_scales_the_gradient_by_the_token_count(tmp_path):
     """`sum` trains on the summed token losses: its gradient is the `mean` gradient times the batch weight."""
     import optax
 
-    from instructjax.train.trainer import make_train_step
+    from instructjax.train.objectives import objective_for
+    from instructjax.train.step import make_step
 
     config = preset("tiny", dtype="float32")
     graphdef, state = nnx.split(Decoder(config, rngs=nnx.Rngs(1)))
@@ -128,7 +129,7 @@ def test_sum_reduction_scales_the_gradient_by_the_token_count(tmp_path):
     norms, objectives = {}, {}
     for reduction in ("mean", "sum"):
         run_config = load_config(None, [*BASE, f"optim.loss_reduction={reduction}", "optim.micro_batches=2"])
-        step = jax.jit(make_train_step(graphdef, optax.sgd(0.0), run_config, 3, mesh))
+        step = jax.jit(make_step(objective_for(run_config, 3), graphdef, optax.sgd(0.0), run_config, mesh))
         metrics = step(params, optax.sgd(0.0).init(params), batch)[2]
         norms[reduction], objectives[reduction] = float(metrics["grad_norm"]), float(metrics["loss"])
         np.testing.assert_allclose(float(metrics["loss_sum"]), objectives["mean"] * batch["loss_weights"].sum(),

@@ -71,5 +71,7 @@ GPT_NEOX = Family(switches=dict(norm="layer", activation="gelu", gated_mlp=False
                                  qkv_bias=True, o_bias=True, mlp_bias=True),
                   name="gpt_neox", architecture="GPTNeoXForCausalLM", model_type="gpt_neox", read=read, write=write,
                   layer=layer_tensors, norm_eps_default=1e-5,
+                  lora_modules={"query_key_value": ("q_proj", "k_proj", "v_proj"), "dense": ("o_proj",),
+                                "dense_h_to_4h": ("up_proj",), "dense_4h_to_h": ("down_proj",)},
                   top=("gpt_neox.layers", "gpt_neox.embed_in", None, "gpt_neox.final_layer_norm", "embed_out"),
                   splits={"neox_qkv": (split_qkv, join_qkv)})

@@ -52,5 +52,7 @@ OPT = Family(switches=dict(norm="layer", activation="relu", gated_mlp=False, qkv
                             mlp_bias=True, positions="learned", position_offset=2, tie_embeddings=True),
              name="opt", architecture="OPTForCausalLM", model_type="opt", read=read, write=write,
              layer=layer_tensors, intermediate_key="ffn_dim", norm_eps_default=1e-5, tied_default=True,
+             lora_modules={"q_proj": ("q_proj",), "k_proj": ("k_proj",), "v_proj": ("v_proj",), "out_proj": ("o_proj",),
+                           "fc1": ("up_proj",), "fc2": ("down_proj",)},
              top=("model.decoder.layers", "model.decoder.embed_tokens", "model.decoder.embed_positions",
                   "model.decoder.final_layer_norm", "lm_head"))

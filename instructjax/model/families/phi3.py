@@ -3,6 +3,7 @@
 Switches: LLaMA's; preset phi3-mini in model/config.py.
 config.json: `partial_rotary_factor`, `original_max_position_embeddings` (long-RoPE), a window on every layer.
 Tensors: LLaMA's names with self_attn.qkv_proj and mlp.gate_up_proj, cut into q, k, v and gate, up on import.
+LoRA modules: qkv_proj and gate_up_proj fused (one A for q, k, v; one for gate, up), o_proj, down_proj.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def write(config: DecoderConfig) -> dict[str, Any]:
 PHI3 = Family(switches={},
               name="phi3", architecture="Phi3ForCausalLM", model_type="phi3", write=write,
               layer=partial(layer_tensors, fused=True),
+              lora_modules={"qkv_proj": ("q_proj", "k_proj", "v_proj"), "o_proj": ("o_proj",),
+                            "gate_up_proj": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)},
               splits={"qkv": rows(lambda c: [c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim,
                                              c.num_kv_heads * c.head_dim]),
                       "gate_up": rows(lambda c: [c.intermediate_size, c.intermediate_size])})

@@ -22,6 +22,10 @@ Split = tuple[Callable[[np.ndarray, DecoderConfig], list[np.ndarray]],
 
 HF_ACTIVATION = {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh", "gelu": "gelu", "relu": "relu"}
 LLAMA_TOP = ("model.layers", "model.embed_tokens", None, "model.norm", "lm_head")
+# our projections, in the order a layer's LoRA dropout keys are folded (model/layers.py `module_key`)
+PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# the LoRA modules of LLaMA's layout: HF module name -> our modules it is (each its own)
+LLAMA_LORA: dict[str, tuple[str, ...]] = {name: (name,) for name in PROJECTIONS}
 
 
 def _nothing(hf: dict[str, Any], where: str) -> dict[str, Any]:
@@ -49,6 +53,8 @@ class Family:
     Tensors (`convert.hf_names.hf_weight_table`):
       `top`: (layer prefix, embeddings, learned positions, final norm, output head);
       `layer(config)`: every tensor of one decoder layer; `splits`: the cuts of its fused tensors.
+    Adapters (model/lora.py): `lora_modules`, the HF linear modules a LoRA may target (PEFT's `target_modules`),
+      each -> our modules it is, several for a fused one in the order HF fuses them (Phi-3's `qkv_proj`: q, k, v).
     """
 
     name: str
@@ -66,6 +72,7 @@ class Family:
     splits: dict[str, Split] = field(default_factory=dict)
     # the decoder switches the family sets (DecoderConfig's fields; the rest are LLaMA's defaults)
     switches: dict[str, Any] = field(default_factory=dict)
+    lora_modules: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(LLAMA_LORA))
 
 
 def alternating(num_layers: int, period: int) -> tuple[str, ...]:

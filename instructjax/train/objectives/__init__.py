@@ -1,0 +1,19 @@
+"""The objectives a run can train (`objective.loss`), each a plug-in of the one step (`base.Objective`;
+train/step.py `make_step`). Adding one: its module here, its name in `OBJECTIVES` below and in core/config.py's
+`OBJECTIVES` (the config's check), and its tests (docs/architecture.md, "adding an objective")."""
+
+from __future__ import annotations
+
+from instructjax.core.config import RunConfig
+from instructjax.train.objectives.base import REFERENCES, Objective  # noqa: F401
+from instructjax.train.objectives.orpo import ORPO
+from instructjax.train.objectives.pairs import PairLoss
+from instructjax.train.objectives.sft import SFT
+
+OBJECTIVES: dict[str, type[Objective]] = {"sft": SFT, "dpo": PairLoss, "dpo_norm": PairLoss, "simpo": PairLoss,
+                                          "orpo": ORPO}
+
+
+def objective_for(config: RunConfig, num_sources: int = 1) -> Objective:
+    """The objective `config.objective.loss` names, for a mixture of `num_sources` tasks."""
+    return OBJECTIVES[config.objective.loss](config, num_sources)
