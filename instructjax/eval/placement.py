@@ -158,9 +158,9 @@ def _layer_weights(config: DecoderConfig) -> int:
 
 def step_bytes(config: DecoderConfig, sizes: Mapping[str, int], *, slots: int, length: int, fill_rows: int,
                width: int) -> dict[str, int]:
-    """The fill and decode steps' own buffers on one device (beyond the weights and the cache), an estimate:
-    the decode step's logits of its slots (float32 and the compute dtype); the fill step's, for `fill_rows` prompts
-    of `width` tokens, attention scores over the cache's `length` rows (float32 and the compute dtype), its widest
+    """The fill and decode steps' own buffers on one device (beyond the weights and the cache), an estimate: the
+    decode step's logits of its slots (float32 and the compute dtype) and a copy of the cache; the fill step's, for
+    `fill_rows` prompts of `width` tokens, attention scores over the cache's `length` rows (float32 and the compute dtype), its widest
     activations (the MLP's) and hidden states; in both, where the weights split over fsdp, one layer's weights and the
     output projection gathered whole (over tensor) in the compute dtype."""
     c = np.dtype(config.dtype).itemsize
@@ -169,7 +169,9 @@ def step_bytes(config: DecoderConfig, sizes: Mapping[str, int], *, slots: int, l
     gathered = (_layer_weights(config) + config.hidden_size * config.vocab_size) * c // tensor \
         if sizes["fsdp"] > 1 else 0
     rows = max(1, slots // shards)
-    decode = rows * config.vocab_size * (4 + c) + gathered
+    # XLA:TPU keeps a second copy of the cache in the decode loop's carry (its temporaries held 11.5 GiB beside a
+    # 6.25 GiB cache for LLaMA-2-13B on a v5e-16, `plan --compile --eval`)
+    decode = rows * config.vocab_size * (4 + c) + gathered + cache_bytes_per_device(config, sizes, slots, length)
     tokens = max(1, fill_rows // shards) * width
     scores = tokens * heads * length * (4 + c)
     acts = tokens * (config.hidden_size * (4 + 3 * c) + 3 * config.intermediate_size * c // tensor)
