@@ -113,8 +113,13 @@ def _placement_args(p: argparse.ArgumentParser) -> None:
 
 
 def _placement(args) -> dict:
+    """The placement options; under several JAX processes (JAX_COORDINATOR_ADDRESS set: a pod's hosts) their
+    runtime is started first, so that the mesh spans every host's devices."""
+    from instructjax.core import hosts
     from instructjax.eval.generate import DEFAULT_SLOTS
     from instructjax.eval.placement import parse_mesh
+
+    hosts.initialize(False, f"eval:{getattr(args, 'out', None)}")
 
     return {"dtype": getattr(args, "dtype", None), "mesh": parse_mesh(getattr(args, "mesh", None)),
             "slots": getattr(args, "slots", None) or DEFAULT_SLOTS}
@@ -164,7 +169,10 @@ def run_score(args) -> int:
     if not texts:
         raise ConfigError("score: give --text or --file")
     generator, hf_tok = _generator(args)
-    for text, scores in zip(texts, score_texts(generator, hf_tok, texts), strict=True):
+    scored = score_texts(generator, hf_tok, texts)
+    if not _first_host():  # every host holds every score: one prints them
+        return 0
+    for text, scores in zip(texts, scored, strict=True):
         total = sum(lp for _, lp in scores)
         print(json.dumps({"text": text, "logprob": total, "tokens": scores}, ensure_ascii=False))
     return 0
@@ -179,8 +187,9 @@ def run_generate(args) -> int:
     storage.check_bucket(args.out, "--out")  # before generating, not after
     generator, _ = _generator(args, cache=f"{args.out}.endpoint_cache.jsonl")
     completions = complete(generator, rows, Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed))
-    write_jsonl(args.out, completions)
-    print(f"wrote {len(completions)} completions to {args.out}")
+    if _first_host():  # every host holds every completion: one writes them
+        write_jsonl(args.out, completions)
+        print(f"wrote {len(completions)} completions to {args.out}")
     return 0
 
 
@@ -255,9 +264,18 @@ def run_eval_config(args) -> int:
     return 0
 
 
+def _first_host() -> bool:
+    """Whether this process writes the results (the first of several hosts, or the only one)."""
+    from instructjax.core import hosts
+
+    return hosts.process()[0] == 0
+
+
 def _print_and_write(summary: dict, out: str | None) -> None:
     from instructjax.eval.harness import results_json
 
+    if not _first_host():
+        return
     text = results_json(summary)
     print(text)
     if out:

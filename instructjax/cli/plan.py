@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 from instructjax.cli import add_on_bad_row, on_bad_row_overrides
+from instructjax.core.errors import ConfigError
 
 
 def register(subparsers) -> None:
@@ -24,6 +26,9 @@ def register(subparsers) -> None:
                    help="build the run's own train step for the --topology slice with the TPU compiler (libtpu; no "
                         "TPU needed), or for this machine, and print its memory per device beside plan's, its kernels "
                         "and collectives")
+    p.add_argument("--eval", action="store_true",
+                   help="with --compile: build the evaluation engine's fill and decode steps instead of the train "
+                        "step, beside plan's evaluation figures")
     p.add_argument("--save-executable", metavar="FILE",
                    help="with --compile: write the compiled step (of the largest step shape; the epoch counted by the "
                         "real pipeline) to FILE, for a run's `compiled: FILE` on the same slice")
@@ -34,6 +39,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from instructjax.cli import load_run_config
+    from instructjax.cli.plan_eval import eval_plan, format_eval_plan
     from instructjax.train.plan import (
         format_plan,
         gpu_topology,
@@ -43,12 +49,18 @@ def run(args) -> int:
     )
 
     config = load_run_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
+    if args.eval and not args.compile:
+        raise ConfigError("plan --eval goes with --compile (plan itself always prints the evaluation's figures)")
+    if args.eval:
+        return compiled_eval(args, config)
     if args.compile or args.save_executable:
         return compiled(args, config)
     topology = tpu_topology(args.topology) if args.topology else gpu_topology(args.gpus, args.gpu_type) \
         if args.gpus else local_topology()
     plan = plan_with_proposal(config, topology, real_data=args.real_data, name=args.config)
-    print(json.dumps(plan.to_dict(), indent=2) if args.json else format_plan(plan))
+    evaluation = eval_plan(config, topology)
+    print(json.dumps({**plan.to_dict(), "eval": evaluation.to_dict()}, indent=2) if args.json
+          else f"{format_plan(plan)}\n{format_eval_plan(evaluation)}")
     return 0 if plan.fits and not plan.proposed else 1  # a proposed mesh: the config as given does not run here
 
 
@@ -56,7 +68,6 @@ def compiled(args, config) -> int:
     """`plan --compile`: the compiler's figures (train.compile); exit 1 with one line when a step does not fit."""
     import sys
 
-    from instructjax.core.errors import ConfigError
     from instructjax.train.compile import compile_run, does_not_fit, format_report
     from instructjax.train.topology import local_topology, tpu_topology
 
@@ -71,3 +82,16 @@ def compiled(args, config) -> int:
         print(f"instructjax: {does_not_fit(report)}", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def compiled_eval(args, config) -> int:
+    """`plan --compile --eval`: the evaluation engine's steps by the compiler (cli/plan_eval.py)."""
+    from instructjax.cli.plan_eval import compile_eval, format_compiled
+    from instructjax.train.topology import local_topology, tpu_topology
+
+    if args.gpus:
+        raise ConfigError("--compile builds for a TPU slice (--topology v4-64, v5e-8, ...) or this machine; not --gpus")
+    plan, steps = compile_eval(config, tpu_topology(args.topology) if args.topology else local_topology())
+    print(json.dumps({"plan": plan.to_dict(), "steps": [dataclasses.asdict(s) for s in steps]}, indent=2)
+          if args.json else format_compiled(plan, steps))
+    return 0 if plan.fits else 1

@@ -144,6 +144,13 @@ def with_logical_constraint(x: jax.Array, logical_axes: Sequence[str | None]) ->
     return jax.lax.with_sharding_constraint(x, spec)
 
 
+def replicated(x: jax.Array) -> jax.Array:
+    """x whole on every device of the mesh (`jax.set_mesh`'s; a no-op outside one): a small result every host reads
+    (a decode step's ids, a batch's log-probs) with no gather after the call."""
+    mesh = jax.sharding.get_abstract_mesh()
+    return x if mesh.empty else jax.lax.with_sharding_constraint(x, PartitionSpec())
+
+
 def _path_str(path: tuple) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
 
@@ -178,6 +185,14 @@ def batch_shardings(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, NamedShar
         spec = logical_to_spec(names, mesh, np.shape(array), what=f"batch[{key!r}] (global batch size)")
         shardings[key] = NamedSharding(mesh, spec)
     return shardings
+
+
+def host_rows(array: np.ndarray, mesh: Mesh) -> jax.Array:
+    """A `[batch, ...]` host array that every host holds whole, on the mesh with its rows over (data, fsdp): each
+    host feeds only the rows of its own devices (any number of processes)."""
+    names = ("batch",) + (None,) * (array.ndim - 1)
+    sharding = NamedSharding(mesh, logical_to_spec(names, mesh, array.shape))
+    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
 
 
 def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:

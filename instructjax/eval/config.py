@@ -192,6 +192,7 @@ class EvalSection:
     include_path: str | None = None  # extra (e.g. offline) lm-eval task YAMLs
     backend: str = "auto"
     batch_size: int = 8
+    slots: int | None = None  # sequences the engine decodes at once (None: as many as fit, `plan` prints them)
     codex: bool | None = None
     codex_samples: int = 20
     pairwise: JudgeSection | bool = False
@@ -210,6 +211,7 @@ class EvalSection:
         _check(self.chat_format in ("auto", "tulu", "model", "none"),
                f"eval.chat_format must be one of auto, tulu, model, none, got {self.chat_format!r}")
         _check(self.batch_size >= 1, f"eval.batch_size must be >= 1, got {self.batch_size}")
+        _check(self.slots is None or self.slots >= 1, f"eval.slots must be >= 1, got {self.slots}")
         _check(self.codex_samples >= 10, f"eval.codex_samples must be >= 10 (pass@10), got {self.codex_samples}")
 
     def judged(self, mode: str) -> JudgeSection | None:

@@ -44,6 +44,13 @@ def bucket(n: int, minimum: int = 16) -> int:
     return max(minimum, 1 << max(0, n - 1).bit_length())
 
 
+def fill_rows(width: int, *, slots: int, shards: int, fill_tokens: int = FILL_TOKENS) -> int:
+    """A full fill call's rows for prompts of `width` tokens: `fill_tokens`' worth, at most the slots, a power of two
+    that the data-parallel devices (`shards`) divide."""
+    rows = 1 << max(0, (max(1, min(slots, fill_tokens // width))).bit_length() - 1)
+    return max(rows, shards)
+
+
 @dataclass
 class Stats:
     """What an engine did: `occupancy` is the share of slot-steps of the decode calls that produced a token kept."""
@@ -174,10 +181,7 @@ class SlotEngine:
         return cache, np.concatenate(firsts), np.concatenate(logps)
 
     def _fill_rows(self, width: int) -> int:
-        """A full fill call's rows for prompts of `width` tokens: FILL_TOKENS' worth, at most the slots, a power of
-        two that the data-parallel devices divide."""
-        rows = 1 << max(0, (max(1, min(self.slots, self.fill_tokens // width))).bit_length() - 1)
-        return max(rows, self.shards)
+        return fill_rows(width, slots=self.slots, shards=self.shards, fill_tokens=self.fill_tokens)
 
     def _prefix_cache(self, tokens: list[int], keys: np.ndarray, sampling: Sampling) -> decoding.SlotCache:
         """A one-slot cache holding `tokens`' keys and values."""

@@ -106,14 +106,18 @@ def eval_mesh(config: DecoderConfig, shape: Mapping[str, int] | None, *, slots: 
     """(the mesh, its sizes): `shape` over every device, or by default data parallelism where the weights and a
     cache for `slots` fit one device, else the weights over fsdp; checked to fit (`check_fits`)."""
     count = jax.device_count()
-    if shape is None:
-        sizes = sharding.mesh_sizes({"data": -1}, count)
-        if weight_bytes(config, sizes) + cache_bytes_per_device(config, sizes, slots, 1024) > device_bytes():
-            sizes = sharding.mesh_sizes({"fsdp": -1}, count)
-    else:
-        sizes = sharding.mesh_sizes(shape, count)
+    sizes = default_sizes(config, count, device_bytes(), slots) if shape is None else sharding.mesh_sizes(shape, count)
     check_fits(config, sizes, where=where)
     return sharding.make_mesh(sizes), sizes
+
+
+def default_sizes(config: DecoderConfig, devices: int, memory: int, slots: int) -> dict[str, int]:
+    """Data parallelism over `devices` where the weights and a cache for `slots` fit one device's `memory`, else the
+    weights over fsdp."""
+    sizes = sharding.mesh_sizes({"data": -1}, devices)
+    if weight_bytes(config, sizes) + cache_bytes_per_device(config, sizes, slots, 1024) > memory:
+        sizes = sharding.mesh_sizes({"fsdp": -1}, devices)
+    return sizes
 
 
 def check_fits(config: DecoderConfig, sizes: Mapping[str, int], *, where: str, memory: int | None = None) -> None:
@@ -143,3 +147,50 @@ def as_evaluated(model, config: DecoderConfig):
     dtype = np.dtype(config.param_dtype)
     params = jax.tree.map(lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x, params)
     return with_params(config, params)
+
+
+def _layer_weights(config: DecoderConfig) -> int:
+    """One decoder layer's weight matrices (elements): q, k, v, o and the MLP's."""
+    e, d = config.hidden_size, config.head_dim
+    mlp = (3 if config.gated_mlp else 2) * e * config.intermediate_size
+    return e * d * (2 * config.num_heads + 2 * config.num_kv_heads) + mlp
+
+
+def step_bytes(config: DecoderConfig, sizes: Mapping[str, int], *, slots: int, length: int, fill_rows: int,
+               width: int) -> dict[str, int]:
+    """The fill and decode steps' own buffers on one device (beyond the weights and the cache), an estimate: the
+    decode step's logits of its slots (float32 and the compute dtype) and a copy of the cache; the fill step's, for
+    `fill_rows` prompts of `width` tokens, attention scores over the cache's `length` rows (float32 and the compute dtype), its widest
+    activations (the MLP's) and hidden states; in both, where the weights split over fsdp, one layer's weights and the
+    output projection gathered whole (over tensor) in the compute dtype."""
+    c = np.dtype(config.dtype).itemsize
+    shards, tensor = sizes["data"] * sizes["fsdp"], sizes["tensor"]
+    heads = config.num_heads // tensor if config.num_heads % tensor == 0 else config.num_heads
+    gathered = (_layer_weights(config) + config.hidden_size * config.vocab_size) * c // tensor \
+        if sizes["fsdp"] > 1 else 0
+    rows = max(1, slots // shards)
+    # XLA:TPU keeps a second copy of the cache in the decode loop's carry (its temporaries held 11.5 GiB beside a
+    # 6.25 GiB cache for LLaMA-2-13B on a v5e-16, `plan --compile --eval`)
+    decode = rows * config.vocab_size * (4 + c) + gathered + cache_bytes_per_device(config, sizes, slots, length)
+    tokens = max(1, fill_rows // shards) * width
+    scores = tokens * heads * length * (4 + c)
+    acts = tokens * (config.hidden_size * (4 + 3 * c) + 3 * config.intermediate_size * c // tensor)
+    return {"fill": scores + acts + gathered, "decode": decode}
+
+
+def choose_slots(config: DecoderConfig, sizes: Mapping[str, int], *, length: int, memory: float, most: int) -> int:
+    """The most slots (a power of two times the data-parallel devices, at most `most` or those devices) whose cache
+    of `length` rows, the weights and the steps' buffers (`step_bytes`) fit `memory` per device; the fewest where
+    none do (`check_fits` then says so)."""
+    from instructjax.eval.engine import bucket, fill_rows
+
+    shards = sizes["data"] * sizes["fsdp"]
+    weights, best, slots = weight_bytes(config, sizes), shards, shards
+    while slots <= max(most, shards):
+        width = bucket(length)
+        steps = step_bytes(config, sizes, slots=slots, length=length, width=width,
+                           fill_rows=fill_rows(width, slots=slots, shards=shards))
+        if weights + cache_bytes_per_device(config, sizes, slots, length) + max(steps.values()) > memory:
+            break
+        best, slots = slots, slots * 2
+    return best

@@ -183,7 +183,8 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
     def generator():  # loaded once, when a part first needs it
         if not loaded:
             mesh = config.mesh if isinstance(config.mesh, dict) else None  # the run's mesh (auto: the default's)
-            loaded.append(load_engine(target, batch_size=ev.batch_size, mesh=mesh)[0])
+            slots = {"slots": ev.slots} if ev.slots else {}  # eval.slots, else the engine's default
+            loaded.append(load_engine(target, batch_size=ev.batch_size, mesh=mesh, **slots)[0])
         return loaded[0]
 
     tulu_suite = ev.suite == TULU

@@ -12,6 +12,7 @@ import numpy as np
 from flax import nnx
 
 from instructjax.core.errors import ConfigError
+from instructjax.core.sharding import host_rows, replicated
 from instructjax.eval.interface import TokenScores
 from instructjax.model.decoder import Decoder
 
@@ -24,7 +25,7 @@ def _score(graphdef, state, tokens, segment_ids):
     logp = jax.nn.log_softmax(logits, axis=-1)
     targets = tokens[:, 1:]
     chosen = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-    return chosen, jnp.argmax(logits, axis=-1) == targets
+    return replicated(chosen), replicated(jnp.argmax(logits, axis=-1) == targets)
 
 
 def _bucket(n: int, minimum: int = 16) -> int:
@@ -32,12 +33,9 @@ def _bucket(n: int, minimum: int = 16) -> int:
 
 
 def _placed(mesh, *arrays: np.ndarray) -> list:
-    """Host arrays [batch, ...] on the mesh, rows over (data, fsdp) (as they are without a mesh)."""
-    if mesh is None:
-        return [jnp.asarray(a) for a in arrays]
-    from instructjax.core.sharding import batch_sharding
-
-    return [jax.device_put(a, batch_sharding(mesh)) for a in arrays]
+    """Host arrays [batch, ...] on the mesh, rows over (data, fsdp), each host feeding its own devices' rows (as
+    they are without a mesh)."""
+    return [jnp.asarray(a) if mesh is None else host_rows(a, mesh) for a in arrays]
 
 
 def _scope(mesh):

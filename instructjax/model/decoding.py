@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from instructjax.core.sharding import logical_to_spec, with_logical_constraint
+from instructjax.core.sharding import logical_to_spec, replicated, with_logical_constraint
 from instructjax.model import attention, rope
 from instructjax.model.config import DecoderConfig
 from instructjax.model.decoder import Decoder, DecoderLayer, layer_windows, with_params
@@ -190,7 +190,7 @@ def extend(graphdef, state, cache: SlotCache, tokens: Array, starts: Array, leng
     last = jnp.take_along_axis(hidden, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
     logits = model.logits(last)[:, 0].astype(jnp.float32)
     first = sample(logits, _step_keys(keys, counts), temperature, top_p)
-    return cache, first, jax.nn.log_softmax(logits[:, candidates], axis=-1)
+    return cache, replicated(first), replicated(jax.nn.log_softmax(logits[:, candidates], axis=-1))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "chunk", "span"), donate_argnames=("cache",))
@@ -210,7 +210,7 @@ def decode(graphdef, state, cache: SlotCache, tokens: Array, positions: Array, k
         return (cache, token), token
 
     (cache, _), drawn = jax.lax.scan(step, (cache, tokens), jnp.arange(chunk))
-    return cache, drawn.T
+    return cache, replicated(drawn.T)
 
 
 @functools.partial(jax.jit, static_argnames=("length",), donate_argnames=("cache",))

