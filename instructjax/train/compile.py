@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import math
 import re
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -325,6 +326,29 @@ def load_compiled(where: str, *, target: dict, build, shapes) -> tuple[tuple[int
                           "model, objective, optimizer, schedule length, mesh or mixture): compile it again with this "
                           "config or drop it")
     return shape, deserialize_and_load(saved["payload"], saved["in_tree"], saved["out_tree"])
+
+
+def saved_steps(where: str | None, *, devices, hosts: int, mesh: dict[str, int], build, shapes
+                ) -> dict[tuple[int, int], Any]:
+    """The steps a run takes from `compiled:` (`plan --compile --save-executable`), by shape ((rows, length) -> the
+    loaded step; {} without one), checked against this run's devices, mesh, shapes and program (`load_compiled`), and
+    said on the first host."""
+    if not where:
+        return {}
+    import jax
+
+    (rows, length), step = load_compiled(where, target=slice_identity(devices, hosts, mesh), build=build, shapes=shapes)
+    if jax.process_index() == 0:
+        print(f"instructjax: the step of {rows} x {length} is {where} (not compiled here)", file=sys.stderr, flush=True)
+    return {(rows, length): step}
+
+
+def compile_steps(build, shapes, saved: dict, params, opt_state, reference: tuple) -> None:
+    """Each of a run's step `shapes` compiled now, but those it took from `compiled:` (`saved`): a shape first used
+    mid-run costs no step time."""
+    for rows, length in shapes:
+        if (rows, length) not in saved:
+            build.step.lower(params, opt_state, build.batch(rows, length), *reference).compile()
 
 
 def does_not_fit(report: CompileReport) -> str:

@@ -50,6 +50,7 @@ tens of percent; a config "fits" when the total is within `USABLE` of the chip's
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from typing import Any
@@ -62,10 +63,11 @@ from jax.sharding import AbstractMesh, PartitionSpec
 
 from instructjax.core import sharding
 from instructjax.core.config import RunConfig
+from instructjax.core.errors import ConfigError
 from instructjax.core.optimizer import adamw
 from instructjax.model import partition, quantize
 from instructjax.model.config import DecoderConfig
-from instructjax.train.topology import Topology
+from instructjax.train.topology import Topology, local_topology
 
 GIB = 2**30
 USABLE = 0.9  # headroom for XLA temporaries, fragmentation and the runtime
@@ -148,6 +150,27 @@ def out_of_memory(needed: int, memory: dict, acts: dict, topology: Topology) -> 
             f"{_gib(acts['total'])} for {acts['rows']} row(s) of {acts['seq_len']}), a device here has "
             f"{topology.hbm_gib:.1f} GiB ({topology.name}); lower data.global_batch or data.seq_len, raise "
             "optim.micro_batches, or set model.remat=full (`instructjax plan --config ...` shows the figures)")
+
+
+def check_fits(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], shapes) -> str:
+    """One ConfigError line (`out_of_memory`) where a step of the largest of `shapes` does not fit a device of this
+    machine, before anything compiles; else that line, which XLA's own refusal is said with (`memory_errors`)."""
+    here = local_topology()
+    needed, line = step_needed(model, config, sizes, shapes, here)
+    if needed > usable_bytes(here):
+        raise ConfigError(line)
+    return line
+
+
+@contextlib.contextmanager
+def memory_errors(out_of_memory_line: str):
+    """XLA refusing a buffer (RESOURCE_EXHAUSTED, where the estimate was off) as the same one line."""
+    try:
+        yield
+    except Exception as exc:
+        if "RESOURCE_EXHAUSTED" not in str(exc):
+            raise
+        raise ConfigError(out_of_memory_line + f" [XLA: {' '.join(str(exc).split())[:160]}]") from None
 
 
 class _Spec:

@@ -265,7 +265,9 @@ MOSAIC_K_FILE = "mosaic_k.json"  # the mosaics a Mosaic-IT run made: {epoch: {k:
 
 def record_mosaics(run_dir: str, made: dict[int, dict[int, int]]) -> None:
     """Add the passes `made` ({epoch: {k: mosaics}}) to RUN_DIR/mosaic_k.json (passes are deterministic: a resumed
-    run's earlier epochs keep the record the run left)."""
+    run's earlier epochs keep the record the run left); nothing where none was made (a run without Mosaic-IT)."""
+    if not made:
+        return
     record = read_mosaic_k(run_dir) or {}
     record.update({str(e): {str(k): int(n) for k, n in ks.items()} for e, ks in made.items()})
     storage.write_text(storage.join(run_dir, MOSAIC_K_FILE), json.dumps(record, sort_keys=True) + "\n")

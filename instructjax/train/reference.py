@@ -1,6 +1,7 @@
-"""A preference run's reference: the model it starts from, frozen (`start_base`, `starting_adapters`: a LoRA run on a
-LoRA init_from goes on training its adapters, their starting values the reference, or with
-`objective.reference_model: base` trains fresh ones on them merged), and its log-probs.
+"""The model a run starts from (`starting_params`: fresh, init_from's, or a LoRA's base with its adapters) and a
+preference run's reference: that model, frozen (`start_base`, `starting_adapters`: a LoRA run on a LoRA init_from
+goes on training its adapters, their starting values the reference, or with `objective.reference_model: base` trains
+fresh ones on them merged), and its log-probs; `prepare` gives the step what its objective takes.
 
 With `objective.reference: cached` (open-instruct's DPO precomputes them), before the first step every example of the run's tasks goes once through the starting model, one example a
 row, and each token's log-prob of its target is kept (0 where nothing is trained). They are stored under
@@ -17,11 +18,16 @@ import json
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 from jax.experimental import multihost_utils
 
-from instructjax.core import storage
+from instructjax.convert.saved import load_base, load_params_as
+from instructjax.core import sharding, storage
+from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
 from instructjax.data.batches.packing import SequencePacker, empty_rows
+from instructjax.model.config import DecoderConfig
+from instructjax.model.decoder import Decoder
 from instructjax.train.step import StepBuild, token_logps
 
 REFERENCE_DIR = "reference_logps"
@@ -81,8 +87,6 @@ def starting_adapters(base: dict | None, model, build: StepBuild, params):
     """A LoRA's adapters as its run started (placed as `build` places them): init_from's, read again, where it holds
     some and the run goes on training them (`start_base`), else zeros (a fresh adapter's B is zero: it adds
     nothing)."""
-    from instructjax.convert.saved import load_base
-
     adapters = None
     if base is not None and not base.get("merged"):
         adapters = load_base(base, model, build.param_shardings)[1]
@@ -135,3 +139,55 @@ def save(run_dir, stream, reference: list[tuple[np.ndarray, np.ndarray]], identi
         buffer = io.BytesIO()
         np.savez(buffer, values=values, lengths=np.diff(offsets), identity=np.asarray(json.dumps(identity)))
         storage.write_bytes(_path(run_dir, t, name), buffer.getvalue())
+
+
+def _fresh_model(config: RunConfig, model: DecoderConfig):
+    return lambda: Decoder(model, rngs=nnx.Rngs(config.seed))
+
+
+def starting_params(config: RunConfig, model: DecoderConfig, build: StepBuild, base: dict | None):
+    """The parameters a run starts from, placed as `build` places them: a LoRA's frozen base on init_from (`base`,
+    `start_base`: quantized where asked) with init_from's adapters or fresh ones, else init_from's parameters, else
+    the seed's fresh model."""
+    part = build.partition
+    if base is not None:
+        frozen, adapters = load_base(base, model, build.param_shardings)
+        if adapters is None:  # fresh ones
+            adapters = jax.jit(lambda: part.trainable(nnx.to_pure_dict(nnx.state(_fresh_model(config, model)()))),
+                               out_shardings=part.trainable(build.param_shardings))()
+        return part.combine(adapters, frozen)
+    if config.model.init_from:
+        return load_params_as(config.model.init_from, model, shardings=build.param_shardings)
+    mesh = build.batch_sharding.mesh
+    return nnx.to_pure_dict(nnx.state(sharding.create_sharded_model(_fresh_model(config, model), mesh)))
+
+
+def reference_weights(config: RunConfig, model: DecoderConfig, build: StepBuild, base: dict | None, params):
+    """The reference of a preference loss: the model the run started from, frozen. A LoRA's is its frozen base with
+    its starting adapters (init_from's where the run goes on training them; fresh ones add nothing); a full
+    fine-tune's is init_from's parameters, or the seed's fresh ones (made again)."""
+    part = build.partition
+    if part.adapters:
+        return part.combine(starting_adapters(base, model, build, params), part.frozen(params))
+    return starting_params(config, model, build, None)
+
+
+def prepare(run_dir, config: RunConfig, model: DecoderConfig, build: StepBuild, base: dict | None, stream, params,
+            start: int) -> tuple[tuple, list[tuple[np.ndarray, np.ndarray]] | None]:
+    """(the step's reference argument, the cached log-probs the batches carry): the first, where the objective's
+    reference is `live`, what trains as it started (a full fine-tune's starting parameters, a LoRA's starting
+    adapters: the step holds its base), else (); the second, with `objective.reference: cached`, `stream`'s log-probs
+    read back from RUN_DIR, or computed (from `params` at step 0: the model the run starts from, a LoRA's starting
+    adapters included; from the reference made again on resume) and stored, else None."""
+    if build.takes_reference:
+        return (build.partition.trainable(reference_weights(config, model, build, base, params)),), None
+    if not build.cached_reference:
+        return (), None
+    named = identity(config.model.init_from, config.seed)
+    found = load(run_dir, stream, named, resuming=start > 0)
+    if found is None:
+        weights = params if start == 0 else reference_weights(config, model, build, base, params)
+        found = compute(build, weights, stream, config.data.global_batch, config.data.seq_len, config.optim.loss_chunk)
+        if jax.process_index() == 0:
+            save(run_dir, stream, found, named)
+    return (), found

@@ -20,10 +20,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from instructjax.core.config import RunConfig
+from instructjax.core.config import DataSection, RunConfig
 from instructjax.core.errors import ConfigError
 from instructjax.model.config import DecoderConfig, preset, with_overrides
+
+if TYPE_CHECKING:
+    from instructjax.data.batches.pipeline import DataPipeline, EpochPlan
+    from instructjax.data.binding import Resolved
+    from instructjax.data.blends.specs import Registry
+    from instructjax.data.encoding.tokenizer import Tokenizer
 
 
 def resolve_model_config(config: RunConfig) -> DecoderConfig:
@@ -103,12 +110,12 @@ class RunData:
     resolved once (`binding.Resolved`: what the pipeline reads) and the registry its names are looked up in
     (`data.blends.specs.Registry`: what the config's `imports:` and `define:` registered)."""
 
-    config: object
+    config: DataSection
     sources: list[str]
     template: str | None
     tokenizer: str | None
-    resolved: object = None
-    registry: object = None
+    resolved: Resolved | None = None
+    registry: Registry | None = None
 
 
 def bind_data(config: RunConfig, tokenizer: str | None, registry=None) -> RunData:
@@ -143,7 +150,7 @@ class BoundRun:
     `init_from`'s metadata): `config` with the chat template written in (what config.yaml records)."""
 
     config: RunConfig
-    tokenizer: object  # data.encoding.tokenizer.Tokenizer
+    tokenizer: Tokenizer
     model: DecoderConfig  # fitted to the tokenizer
     data: RunData
 
@@ -175,11 +182,11 @@ class ResolvedRun:
     and `plan --compile --real-data` build their step from. `config` has the template and the mesh written in."""
 
     config: RunConfig
-    tokenizer: object
+    tokenizer: Tokenizer
     model: DecoderConfig
     sources: list[str]  # the mixture's task names, as the per-source losses name them
-    pipeline: object  # data.batches.pipeline.DataPipeline (or a stand-in with its interface)
-    epoch: object  # the pipeline's plan of epoch 0 (examples, rows, tokens, steps)
+    pipeline: DataPipeline  # (or a stand-in with its interface)
+    epoch: EpochPlan  # the pipeline's plan of epoch 0 (examples, rows, tokens, steps)
     total_steps: int
     mesh: dict[str, int]
     step_shapes: tuple[tuple[int, int], ...]  # (rows, length) of every step the run compiles
@@ -188,6 +195,17 @@ class ResolvedRun:
     @property
     def largest_step(self) -> tuple[int, int]:
         return max(self.step_shapes, key=lambda shape: shape[0] * shape[1])
+
+
+def report_data(pipeline, *, own: bool) -> None:
+    """What the data did not train as given (skipped rows, truncations: never silent) and, for the run's `own`
+    pipeline, what its data side read and tokenized here, one `data:` line each on standard output."""
+    from instructjax.data.tokenized.examples import cache_report
+
+    for line in pipeline.report():
+        print(f"data: {line}", flush=True)
+    if own:
+        print(f"data: {cache_report(list(pipeline.task_names), pipeline.stats)}", flush=True)
 
 
 def check_trainable(config: RunConfig, devices: int, hosts: int) -> None:

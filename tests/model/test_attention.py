@@ -194,9 +194,6 @@ def test_cudnn_off_its_platform_is_one_clear_error():
         attention.self_attention(*(jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)), too_many, "cudnn")
 
 
-def test_the_old_names_stay_importable():
-    """`kernels.pallas_gpu` (now `kernels.gpu_attention`) and `attention.resolve` (now `implementation_for`)."""
-    from instructjax.model.kernels import pallas_gpu
-
-    assert pallas_gpu.pallas_gpu_attention is gpu_attention.gpu_attention and pallas_gpu.tiles is gpu_attention.tiles
+def test_the_old_name_stays_importable():
+    """`attention.resolve` (now `implementation_for`)."""
     assert attention.resolve is attention.implementation_for

@@ -20,18 +20,16 @@ def hf_dir(tmp_path_factory):
     return str(path)
 
 
-def test_llama_mean_is_looked_up_lazily_and_the_old_module_name_still_imports():
+def test_llama_mean_is_looked_up_lazily():
     """Importing the selection layer loads no model code: "llama-mean" is a name in a table, its module imported
-    when the encoder is first asked for; `instructjax.train.embed` stays an alias of `train.selection_encoder`."""
+    when the encoder is first asked for."""
     import subprocess
     import sys
 
     code = ("import sys; from instructjax.data.selection import embeddings as e\n"
             "assert 'instructjax.train.selection_encoder' not in sys.modules and 'llama-mean' in e.encoder_names()\n"
             "from instructjax.train.selection_encoder import LlamaMeanEncoder\n"
-            "assert e.encoder_factory('llama-mean') is LlamaMeanEncoder\n"
-            "from instructjax.train.embed import LlamaMeanEncoder as Old\n"
-            "assert Old is LlamaMeanEncoder")
+            "assert e.encoder_factory('llama-mean') is LlamaMeanEncoder")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
 

@@ -102,6 +102,11 @@ class DataPipeline:
         """What the data did not train as given (see `ExampleStream.report`)."""
         return self.stream.report()
 
+    def use_reference(self, reference: list[tuple[np.ndarray, np.ndarray]] | None) -> None:
+        """A preference run's cached reference log-probs (train/reference.py: per task, each token's target log-prob
+        end to end and the offsets per example), carried by the batches made from here on as `reference_logps`."""
+        self.stream.reference = reference
+
     def packed_window(self, epoch: int, window: int) -> dict[str, np.ndarray] | None:
         """One window's rows, in a seeded random order (best-fit-decreasing opens long rows first), or without
         shuffling in the order of their first examples."""
