@@ -170,17 +170,17 @@ def test_exported_template_is_the_trained_one(setup, exported):
 
 
 def test_generate_feeds_the_same_prompt_on_the_run_and_the_export(setup, exported, tmp_path, monkeypatch):
-    import instructjax.eval.generate as generate
+    from instructjax.eval.engine import SlotEngine
 
     name, tok_dir, *_, run_dir = setup
     _, bos, eos, template = VARIANTS[name]
     seen = []
 
-    def record(model, prompts, sampling, stop_ids):
+    def record(engine, prompts, sampling, stop_ids, stop=None):  # the ids the engine is given, no generation
         seen.append([list(p) for p in prompts])
         return [[stop_ids[0]] for _ in prompts]
 
-    monkeypatch.setattr(generate, "generate_ids", record)
+    monkeypatch.setattr(SlotEngine, "generate", record)
     row = pm.ALPACA_ROWS[1]
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text(json.dumps({"id": "1", "instruction": row["instruction"]}) + "\n")
