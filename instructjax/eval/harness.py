@@ -50,6 +50,11 @@ def run_lm_eval(model: str, tasks: list[str], *, backend: str = "auto", num_fews
                 task_manager=task_manager(include_path, tasks), bootstrap_iters=0, samples=samples,
                 gen_kwargs=gen_kwargs,
             )
+    except ModuleNotFoundError as exc:  # lm-eval's hf backend imports accelerate: the `eval` extra
+        from instructjax.core.errors import ConfigError
+
+        raise ConfigError(f"lm-eval's {backend} backend needs the `{exc.name}` package: "
+                          "pip install 'instructjax[eval]'") from None
     except Exception as exc:  # a task's hub dataset out of reach: one line naming it (else as raised)
         from instructjax.core.errors import ConfigError
         from instructjax.data.sources.hub import hub_failure, hub_problem

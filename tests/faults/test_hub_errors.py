@@ -57,3 +57,26 @@ def test_not_found_and_gated_say_so():
     gated = GatedRepoError("Access to dataset meta-llama/x is restricted. You must have access to it.")
     assert hub_failure(gated) == "meta-llama/x"
     assert "is gated: accept its terms on huggingface.co and set HF_TOKEN" in hub_problem("meta-llama/x", gated)
+
+
+def test_a_missing_package_is_not_a_hub_dataset(tmp_path):
+    """lm-eval's hf backend without `accelerate` (an install without the `eval` extra): one line naming the package
+    and the extra, not "hub dataset (unnamed) does not exist" (ModuleNotFoundError's name has "NotFound" in it)."""
+    try:
+        import accelerate_is_not_installed_anywhere  # noqa: F401
+    except ModuleNotFoundError as missing:
+        assert hub_failure(missing) is None
+    from helpers.models import make_hf_dir
+
+    model = make_hf_dir(tmp_path / "hf")
+    code = ("import sys; sys.modules['accelerate'] = None  # import accelerate raises ModuleNotFoundError\n"
+            "from instructjax.core.errors import ConfigError\n"
+            "from instructjax.eval.harness import run_lm_eval\n"
+            "try:\n"
+            f"    run_lm_eval({str(model)!r}, ['ij_mc'], backend='hf', include_path='instructjax/eval/offline_tasks')\n"
+            "except ConfigError as e:\n"
+            "    print(e)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600,
+                          cwd=Path(__file__).resolve().parents[2])
+    assert done.stdout.strip() == ("lm-eval's hf backend needs the `accelerate` package: "
+                                   "pip install 'instructjax[eval]'"), done.stdout + done.stderr[-2000:]

@@ -66,6 +66,8 @@ def hub_failure(exc: BaseException) -> str | None:
     """The hub dataset `exc` says could not be reached, found or opened (a library's error), else None."""
 
     text, kind = str(exc), type(exc).__name__
+    if isinstance(exc, ImportError):  # ModuleNotFoundError: a package missing here, not a dataset on the hub
+        return None
     if not (isinstance(exc, ConnectionError) or "NotFound" in kind or "Gated" in kind or "Couldn't reach" in text):
         return None
     found = (re.search(r"'([\w.-]+/[\w.-]+)'", text) or re.search(r"datasets?/([\w.-]+/[\w.-]+)", text)
