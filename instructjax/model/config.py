@@ -382,6 +382,16 @@ _SIZES: dict[str, dict[str, Any]] = {  # each preset's own values; PRESETS adds 
     "pythia-6.9b": dict(family="gpt_neox", vocab_size=50432, hidden_size=4096, intermediate_size=16384, num_layers=32,
                         num_heads=32, num_kv_heads=32, rotary_dims=32, norm_eps=1e-5, max_position_embeddings=2048,
                         bos_id=0, eos_id=0),
+    # mixtures of experts (model/moe.py): their published config.json's sizes and routing
+    "mixtral-8x7b": dict(family="mixtral", hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
+                         num_kv_heads=8, norm_eps=1e-5, rope_theta=1_000_000.0, max_position_embeddings=32768,
+                         num_experts=8, experts_per_token=2),
+    "qwen3-30b-a3b": _qwen(family="qwen3_moe", hidden_size=2048, intermediate_size=6144, num_layers=48, num_heads=32,
+                           num_kv_heads=4, head_dim=128, tie_embeddings=False, num_experts=128, experts_per_token=8,
+                           expert_size=768, router_norm_topk=True),
+    "olmoe-1b-7b": dict(family="olmoe", vocab_size=50304, hidden_size=2048, intermediate_size=1024, num_layers=16,
+                        num_heads=16, num_kv_heads=16, norm_eps=1e-5, max_position_embeddings=4096, num_experts=64,
+                        experts_per_token=8, bos_id=None, eos_id=50279, pad_id=1),
     # Test and smoke sizes (LLaMA vocabulary so the shipped SentencePiece tokenizer fits).
     "tiny": dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                  max_position_embeddings=512),
