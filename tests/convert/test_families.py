@@ -349,3 +349,37 @@ def test_loss_with_router_aux_loss_matches_transformers(family, tmp_path):
               "segment_ids": jnp.asarray(segments), "targets": jnp.asarray(row)}
     _, stats = forward(graphdef, params, packed, 0)
     assert abs(float(router_terms(stats, config, packed["segment_ids"])[1]["moe/aux_loss"]) - float(aux)) <= 1e-6
+
+
+@pytest.mark.slow
+def test_moe_loss_and_gradients_are_the_same_on_a_mesh(family):
+    """The train step's loss with its router penalty, and its gradients, on 8 devices (the batch over data x fsdp,
+    the weights over fsdp, the experts' width over tensor) equal one device's: the sort by expert, the grouped
+    matmuls and the router's sums over the real tokens see the whole batch, whatever the layout."""
+    from instructjax.core import sharding
+    from instructjax.train.step import forward, router_terms
+
+    name, _, ours, config, _ = moe_only(family)
+    if name != "mixtral":
+        pytest.skip("one family's layout is enough: the three share model/moe.py")
+    tokens, mask, positions = padded_batch(config, lengths=(20, 14, 9, 20, 3, 17, 11, 20))
+    batch = {"tokens": jnp.asarray(tokens), "positions": positions, "segment_ids": jnp.asarray(mask),
+             "targets": jnp.asarray(np.roll(tokens, -1, 1))}
+    graphdef, params = nnx.split(ours, nnx.Param)
+
+    def loss(p, b):
+        nll, stats = forward(graphdef, p, b, 0)
+        return jnp.sum(nll * b["segment_ids"]) / jnp.sum(b["segment_ids"]) + router_terms(stats, config,
+                                                                                           b["segment_ids"])[0]
+
+    step = jax.jit(jax.value_and_grad(loss))
+    want_loss, want_grads = step(params, batch)
+    devices = sharding.make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    with jax.set_mesh(devices):
+        placed = jax.device_put(params, sharding.state_shardings(params, devices))
+        got_loss, got_grads = step(placed, sharding.shard_batch(batch, devices))
+    assert abs(float(got_loss) - float(want_loss)) <= 1e-6
+    for got, want in zip(jax.tree.leaves(got_grads), jax.tree.leaves(want_grads), strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-6)
+    experts = nnx.state(ours, nnx.Param)["layers"]["mlp"]["gate_proj"]
+    assert placed["layers"]["mlp"]["gate_proj"].sharding.shard_shape(experts.shape) != experts.shape  # not whole
