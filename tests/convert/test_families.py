@@ -333,10 +333,13 @@ def test_loss_with_router_aux_loss_matches_transformers(family, tmp_path):
     def loss(p):
         nll, stats = forward(graphdef, p, batch, 0)
         penalty, sums = router_terms(stats, config, batch["segment_ids"])
-        return jnp.sum(nll * weights) / weights.sum() + penalty, sums["moe/aux_loss"]
+        return jnp.sum(nll * weights) / weights.sum() + penalty, (sums["moe/aux_loss"], sums["moe/z_loss"])
 
-    (value, aux), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
-    assert abs(float(aux) - float(out.aux_loss)) <= 1e-5 and abs(float(value) - float(out.loss)) <= 1e-5
+    (value, (aux, z)), grads = jax.jit(jax.value_and_grad(loss, has_aux=True))(params)
+    assert abs(float(aux) - out.aux_loss.item()) <= 1e-5 and abs(float(value) - out.loss.item()) <= 1e-5
+    real = torch.tensor(mask.reshape(-1) > 0)  # the z-loss: ST-MoE's mean squared logsumexp of transformers' logits
+    want_z = torch.stack([torch.logsumexp(r.detach().float()[real], -1).pow(2).mean() for r in out.router_logits])
+    assert abs(float(z) - float(want_z.mean())) <= 1e-5 * max(1.0, float(want_z.mean()))
     got = hf_state(grads.to_pure_dict(), config)
     assert set(got) == set(expected)
     for n, g in got.items():
@@ -348,7 +351,9 @@ def test_loss_with_router_aux_loss_matches_transformers(family, tmp_path):
     packed = {"tokens": jnp.asarray(row), "positions": jnp.asarray(packed_positions),
               "segment_ids": jnp.asarray(segments), "targets": jnp.asarray(row)}
     _, stats = forward(graphdef, params, packed, 0)
-    assert abs(float(router_terms(stats, config, packed["segment_ids"])[1]["moe/aux_loss"]) - float(aux)) <= 1e-6
+    packed_sums = router_terms(stats, config, packed["segment_ids"])[1]
+    assert abs(float(packed_sums["moe/aux_loss"]) - float(aux)) <= 1e-6
+    assert abs(float(packed_sums["moe/z_loss"]) - float(z)) <= 1e-6 * max(1.0, float(z))
 
 
 @pytest.mark.slow
