@@ -188,6 +188,7 @@ def params_from_tensors(tensors: Mapping[str, Any], config: DecoderConfig, *, wh
     abstract = abstract_params(config)
     params: dict = {}
     layers: dict[tuple, list] = {}  # stacked parameter -> its layers read so far
+    experts: dict[tuple, list] = {}  # (experts' parameter, layer) -> its experts read so far (host arrays)
     table = hf_weight_table(config)
     for entry in table:
         first = "/".join(map(str, entry.parts[0][0]))
@@ -200,6 +201,12 @@ def params_from_tensors(tensors: Mapping[str, Any], config: DecoderConfig, *, wh
                                   f"{want_hf} from config.json")
         for (path, _), value in zip(entry.parts, entry_to_ours(np.asarray(tensor), entry, config), strict=True):
             value = np.asarray(value).astype(param_dtype)
+            if entry.expert is not None:  # one expert of a stacked experts' parameter: stacked once all are read
+                group = experts.setdefault((path, entry.layer), [])
+                group.append(value)
+                if len(group) < config.num_experts:
+                    continue
+                value = np.stack(experts.pop((path, entry.layer)))
             sharding = get_path(shardings, path) if shardings is not None else None
             if entry.layer is None:
                 _set_path(params, path, jax.device_put(value, sharding))
@@ -275,7 +282,7 @@ def params_to_hf(params: Mapping, config: DecoderConfig, out_dir: str, *, dtype:
         size = 0
         for path, _ in entry.parts:
             try:
-                size += int(np.prod(part_shape(params, path, entry.layer))) * target.itemsize
+                size += int(np.prod(part_shape(params, path, entry.layer, entry.expert))) * target.itemsize
             except KeyError:
                 raise ConversionError(f"checkpoint lacks parameter {'/'.join(map(str, path))} "
                                       f"(HF {entry.name!r})") from None

@@ -35,6 +35,8 @@ _MAPPED = {
     "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping", "use_parallel_residual",
     "do_layer_norm_before", "word_embed_proj_dim", "enable_bias", "layer_norm_elementwise_affine",
     "torch_dtype", "dtype", "transformers_version",
+    "num_local_experts", "num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
+    "router_aux_loss_coef", "mlp_only_layers", "decoder_sparse_step", "router_jitter_noise", "clip_qkv",
 }
 
 

@@ -7,7 +7,9 @@ inverses in reverse order). A fused HF tensor (Phi-3's qkv_proj and gate_up_proj
 query_key_value) is cut into HF-layout pieces by `SPLITS` on import and joined again on export. The steps are
 transposes, reshapes, splits and joins only, because the model keeps HF's RoPE layout. Scanned layers keep one
 stacked parameter per weight; their entries name a `layer` of its leading axis, so the HF files are the same
-whichever layout a model runs with. `convert.hf` reads and writes the files with these tables.
+whichever layout a model runs with. A mixture of experts' experts are one stacked parameter each (gate, up, down)
+and one HF tensor per expert; their entries name an `expert` of its experts axis (after the `layers` axis).
+`convert.hf` reads and writes the files with these tables.
 """
 
 from __future__ import annotations
@@ -57,9 +59,14 @@ HOOKS: dict[str, tuple[Step, ...]] = {
 SPLITS: dict[str, Split] = {name: split for record in RECORDS.values() for name, split in record.splits.items()}
 
 
-def layer_weights(config: DecoderConfig) -> list[Tensor]:
-    """(HF name inside a layer, our parts, split) of every tensor of one decoder layer of `config`'s family."""
-    return RECORDS[config.family].layer(config)
+def layer_weights(config: DecoderConfig, index: int = 0) -> list[Tensor]:
+    """(HF name inside a layer, our parts, split[, expert]) of every tensor of decoder layer `index` of `config`'s
+    family: in a sparse layer (`config.sparse_layer`) the record's `moe` tensors take the place of its MLP's."""
+    record = RECORDS[config.family]
+    tensors = record.layer(config)
+    if not config.sparse_layer(index):
+        return tensors
+    return [t for t in tensors if t[1][0][0][0] != "mlp"] + record.moe(config)
 
 
 # tensors a checkpoint may hold that are not weights (buffers of older transformers versions)
@@ -69,12 +76,14 @@ IGNORED = ("rotary_emb.inv_freq", "attention.bias", "attention.masked_bias")
 class Entry(NamedTuple):
     """One HF tensor: its state-dict `name`, the `parts` of ours it feeds ((path, kind) each: one, or several
     for a fused tensor cut by `split`), and for scanned (stacked) layers the `layer` index into each
-    parameter's leading axis (None: the whole parameter)."""
+    parameter's leading axis (None: the whole parameter), and for an expert's tensor its `expert` index into the
+    experts axis that follows."""
 
     name: str
     parts: tuple[Part, ...]
     split: str | None = None
     layer: int | None = None
+    expert: int | None = None
 
 
 def hf_weight_table(config: DecoderConfig) -> list[Entry]:
@@ -84,11 +93,14 @@ def hf_weight_table(config: DecoderConfig) -> list[Entry]:
     if config.positions == "learned":
         table.append(Entry(f"{positions}.weight", ((("embed_positions", "embedding"), "copy"),)))
     for i in range(config.num_layers):
-        for hf, parts, split in layer_weights(config):
+        for hf, parts, split, *expert in layer_weights(config, i):
+            expert = expert[0] if expert else None
             if config.scan_layers:
-                table.append(Entry(f"{prefix}.{i}.{hf}", tuple((("layers", *p), k) for p, k in parts), split, i))
+                table.append(Entry(f"{prefix}.{i}.{hf}", tuple((("layers", *p), k) for p, k in parts), split, i,
+                                   expert))
             else:
-                table.append(Entry(f"{prefix}.{i}.{hf}", tuple((("layers", i, *p), k) for p, k in parts), split))
+                table.append(Entry(f"{prefix}.{i}.{hf}", tuple((("layers", i, *p), k) for p, k in parts), split,
+                                   None, expert))
     table += [Entry(name, ((("norm", path), "copy"),)) for name, path in _final_norm(final, config)]
     if not config.tie_embeddings:
         table.append(Entry(f"{head}.weight", ((("lm_head", "kernel"), "linear"),)))
@@ -104,16 +116,19 @@ def tied_head_name(config: DecoderConfig) -> str:
     return f"{RECORDS[config.family].top[4]}.weight"
 
 
-def part_value(params: Mapping, path: tuple, layer: int | None) -> np.ndarray:
-    """The part of `params` a path names (one layer of a stacked parameter), fetched to the host."""
+def part_value(params: Mapping, path: tuple, layer: int | None, expert: int | None = None) -> np.ndarray:
+    """The part of `params` a path names (one layer of a stacked parameter, one expert of its experts), fetched to
+    the host."""
     value = get_path(params, path)
-    return np.asarray(jax.device_get(value if layer is None else value[layer]))
+    value = value if layer is None else value[layer]
+    return np.asarray(jax.device_get(value if expert is None else value[expert]))
 
 
-def part_shape(abstract: Mapping, path: tuple, layer: int | None) -> tuple[int, ...]:
-    """Our shape of the tensor a path names (a stacked parameter without its `layers` axis)."""
+def part_shape(abstract: Mapping, path: tuple, layer: int | None, expert: int | None = None) -> tuple[int, ...]:
+    """Our shape of the tensor a path names (a stacked parameter without its `layers` axis, an expert without the
+    experts axis)."""
     shape = tuple(get_path(abstract, path).shape)
-    return shape if layer is None else shape[1:]
+    return shape[(layer is not None) + (expert is not None):]
 
 
 def to_ours(tensor: np.ndarray, kind: str, config: DecoderConfig) -> np.ndarray:
@@ -132,7 +147,7 @@ def to_hf(array: np.ndarray, kind: str, config: DecoderConfig) -> np.ndarray:
 
 def entry_hf_shape(abstract: Mapping, entry: Entry, config: DecoderConfig) -> tuple[int, ...]:
     """The HF shape of an entry's tensor (without touching data)."""
-    pieces = [to_hf(np.empty(part_shape(abstract, path, entry.layer), np.int8), kind, config)
+    pieces = [to_hf(np.empty(part_shape(abstract, path, entry.layer, entry.expert), np.int8), kind, config)
               for path, kind in entry.parts]
     return (SPLITS[entry.split][1](pieces, config) if entry.split else pieces[0]).shape
 
@@ -145,7 +160,7 @@ def entry_to_ours(tensor: np.ndarray, entry: Entry, config: DecoderConfig) -> li
 
 def entry_to_hf(params: Mapping, entry: Entry, config: DecoderConfig) -> np.ndarray:
     """An entry's HF tensor from our parameters (fused again where HF fuses)."""
-    pieces = [to_hf(part_value(params, path, entry.layer), kind, config) for path, kind in entry.parts]
+    pieces = [to_hf(part_value(params, path, entry.layer, entry.expert), kind, config) for path, kind in entry.parts]
     return SPLITS[entry.split][1](pieces, config) if entry.split else pieces[0]
 
 

@@ -38,6 +38,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("head_dim", None),
     ("vocab", "tensor"),
     ("norm", None),
+    ("expert", None),  # a mixture of experts' experts (model/moe.py): every device holds every expert
     ("layers", None),  # the stacked axis of scanned layers: every device holds its shard of every layer
     # a LoRA adapter's rank (model/lora.py): over fsdp where fsdp is free and divides it, so that an adapter whose
     # other axis is not fsdp's (B of q/k/v/gate/up, A of o/down) is not whole on every device

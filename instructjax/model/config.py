@@ -21,6 +21,12 @@ beside its Hugging Face config.json mapping and its tensor names):
 | `attention_softcap`, `final_softcap` | cap * tanh(x / cap) on attention scores / output logits (Gemma-2) |
 | `sliding_window`, `layer_types` | a window of keys (query i sees keys i - window < j <= i), on the layers whose type is `sliding` (None: every layer when a window is set) |
 | `tie_embeddings`     | the output projection is the embedding table                                      |
+| `qk_norm_whole`      | OLMoE: the q/k norm spans all heads at once (one scale over heads * head_dim)      |
+| `num_experts`, `experts_per_token` | a mixture of experts (model/moe.py): each token's MLP is the weighted sum of its top-k experts' (0: dense) |
+| `expert_size`        | each expert's MLP width (None: `intermediate_size`; Qwen3-MoE: `moe_intermediate_size`) |
+| `router_norm_topk`   | the top-k weights renormalised to sum to one (Mixtral; Qwen3-MoE, OLMoE: `norm_topk_prob`) |
+| `dense_layers`, `sparse_step` | Qwen3-MoE: the layers that keep a dense MLP (`mlp_only_layers`), and a sparse layer every `sparse_step` (`decoder_sparse_step`) |
+| `router_aux_loss`, `router_z_loss` | the load-balancing loss's and the router z-loss's coefficients (MoE only; None: the family's) |
 """
 
 from __future__ import annotations
@@ -103,6 +109,16 @@ class DecoderConfig:
     sliding_window: int | None = None
     layer_types: tuple[str, ...] | None = None
     tie_embeddings: bool = False
+    qk_norm_whole: bool = False
+    # a mixture of experts (model/moe.py; 0 experts: every MLP dense)
+    num_experts: int = 0
+    experts_per_token: int = 0
+    expert_size: int | None = None  # None: intermediate_size
+    router_norm_topk: bool = False
+    dense_layers: tuple[int, ...] = ()
+    sparse_step: int = 1
+    router_aux_loss: float | None = None  # None: the family's coefficient (MoE), none at all (dense)
+    router_z_loss: float | None = None
     max_position_embeddings: int = 2048
     # numerics and how it runs
     dtype: str = "bfloat16"
@@ -125,6 +141,13 @@ class DecoderConfig:
         object.__setattr__(self, "extra_eos_ids", tuple(self.extra_eos_ids))  # a list after a JSON round trip
         if self.layer_types is not None:
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
+        object.__setattr__(self, "dense_layers", tuple(self.dense_layers))
+        if self.num_experts:  # the family's published coefficients where the config states none
+            for name in ("router_aux_loss", "router_z_loss"):
+                if getattr(self, name) is None:
+                    record = RECORDS.get(self.family)
+                    published = record.router_aux_loss if record and name == "router_aux_loss" else 0.0
+                    object.__setattr__(self, name, float(published))
         if self.head_dim is None:
             object.__setattr__(self, "head_dim", self.hidden_size // self.num_heads)
         problems = self._problems()
@@ -172,10 +195,43 @@ class DecoderConfig:
             value = getattr(self, name)
             if value is not None and not value > 0:
                 problems.append(f"{name}={value!r} must be positive (or null)")
+        problems += self._expert_problems()
         from instructjax.model.lora import problems as lora_problems
         from instructjax.model.quantize import problems as quantize_problems
 
         return problems + lora_problems(self) + quantize_problems(self)
+
+    def _expert_problems(self) -> list[str]:
+        if not self.num_experts:
+            stated = [n for n in ("router_aux_loss", "router_z_loss") if getattr(self, n) is not None]
+            return [f"model.{n} is for a mixture of experts; the {self.family} model has none" for n in stated]
+        problems = []
+        if not 0 < self.experts_per_token <= self.num_experts:
+            problems.append(f"experts_per_token={self.experts_per_token} must lie in 1..num_experts={self.num_experts}")
+        if not isinstance(self.sparse_step, int) or self.sparse_step < 1:
+            problems.append(f"sparse_step={self.sparse_step!r} must be a positive integer")
+        for name in ("router_aux_loss", "router_z_loss"):
+            if not getattr(self, name) >= 0:
+                problems.append(f"model.{name}={getattr(self, name)!r} must be a number >= 0")
+        if self.scan_layers and len({self.sparse_layer(i) for i in range(self.num_layers)}) > 1:
+            problems.append("scan_layers needs every layer alike, but dense_layers / sparse_step mix dense and sparse "
+                            "MLPs: set model.scan_layers: false")
+        return problems
+
+    def sparse_layer(self, index: int) -> bool:
+        """Whether layer `index`'s MLP is a mixture of experts (Qwen3-MoE's `mlp_only_layers` and
+        `decoder_sparse_step` as its HF code reads them)."""
+        return bool(self.num_experts) and index not in self.dense_layers and (index + 1) % self.sparse_step == 0
+
+    @property
+    def sparse_layers(self) -> tuple[int, ...]:
+        """The layers whose MLP is a mixture of experts."""
+        return tuple(i for i in range(self.num_layers) if self.sparse_layer(i))
+
+    @property
+    def expert_width(self) -> int:
+        """Each expert's MLP width."""
+        return self.expert_size or self.intermediate_size
 
     def __hash__(self) -> int:  # nnx keeps the config in the (hashed) graph definition
         return hash(json.dumps({f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.compare},
@@ -222,10 +278,12 @@ def param_count(config: DecoderConfig) -> int:
     attention = e * d * (2 * h + 2 * k)  # q, o + k, v
     attention += (h + 2 * k) * d * config.qkv_bias + e * config.o_bias + 2 * d * config.qk_norm
     mlp = (3 if config.gated_mlp else 2) * e * m + config.mlp_bias * ((2 if config.gated_mlp else 1) * m + e)
+    attention += (h + k) * d * config.qk_norm_whole - 2 * d * config.qk_norm_whole  # OLMoE: one scale over all heads
     layer = attention + mlp + (4 if config.sandwich_norms else 2) * norm
+    sparse = len(config.sparse_layers) * (e * config.num_experts * (1 + 3 * config.expert_width) - mlp)  # router, experts
     embeddings = config.vocab_size * e * (1 if config.tie_embeddings else 2)
     positions = (config.max_position_embeddings + config.position_offset) * e if config.positions == "learned" else 0
-    return config.num_layers * layer + embeddings + positions + norm + adapter_params(config)  # + final norm
+    return config.num_layers * layer + sparse + embeddings + positions + norm + adapter_params(config)  # + final norm
 
 
 # ---- presets: each family's helper sets what its sizes share; each preset names its sizes by field -------------
@@ -324,6 +382,16 @@ _SIZES: dict[str, dict[str, Any]] = {  # each preset's own values; PRESETS adds 
     "pythia-6.9b": dict(family="gpt_neox", vocab_size=50432, hidden_size=4096, intermediate_size=16384, num_layers=32,
                         num_heads=32, num_kv_heads=32, rotary_dims=32, norm_eps=1e-5, max_position_embeddings=2048,
                         bos_id=0, eos_id=0),
+    # mixtures of experts (model/moe.py): their published config.json's sizes and routing
+    "mixtral-8x7b": dict(family="mixtral", hidden_size=4096, intermediate_size=14336, num_layers=32, num_heads=32,
+                         num_kv_heads=8, norm_eps=1e-5, rope_theta=1_000_000.0, max_position_embeddings=32768,
+                         num_experts=8, experts_per_token=2),
+    "qwen3-30b-a3b": _qwen(family="qwen3_moe", hidden_size=2048, intermediate_size=6144, num_layers=48, num_heads=32,
+                           num_kv_heads=4, head_dim=128, tie_embeddings=False, num_experts=128, experts_per_token=8,
+                           expert_size=768, router_norm_topk=True),
+    "olmoe-1b-7b": dict(family="olmoe", vocab_size=50304, hidden_size=2048, intermediate_size=1024, num_layers=16,
+                        num_heads=16, num_kv_heads=16, norm_eps=1e-5, max_position_embeddings=4096, num_experts=64,
+                        experts_per_token=8, bos_id=None, eos_id=50279, pad_id=1),
     # Test and smoke sizes (LLaMA vocabulary so the shipped SentencePiece tokenizer fits).
     "tiny": dict(hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2,
                  max_position_embeddings=512),

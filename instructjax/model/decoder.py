@@ -29,6 +29,7 @@ from instructjax.core.sharding import with_logical_constraint
 from instructjax.model import attention, rope
 from instructjax.model.config import DecoderConfig
 from instructjax.model.layers import ACTIVATIONS, Embed, Norm, dense, module_key, projections
+from instructjax.model.moe import RouterStats, SparseMLP, stacked_stats
 
 Array = jax.Array
 
@@ -56,10 +57,12 @@ def layer_windows(config: DecoderConfig) -> tuple[int | None, ...]:
 
 class LayerKinds(NamedTuple):
     """The arrays that differ between a model's types of layer (`layer_windows`), one entry per type: the
-    attention mask input and the RoPE cos/sin (one pair when every type shares it)."""
+    attention mask input and the RoPE cos/sin (one pair when every type shares it); and the real tokens [B, T]
+    (segment > 0) a mixture of experts counts its router's statistics over (None when decoding)."""
 
     masks: tuple[Array, ...]  # `attention.mask_input` per type (empty when decoding)
     ropes: tuple[tuple[Array, Array] | tuple[None, None], ...]
+    real: Array | None = None
 
     def rope(self, kind: Array | int) -> tuple[Array | None, Array | None]:
         """cos, sin of a layer of type index `kind` (a traced index selects elementwise)."""
@@ -82,8 +85,12 @@ class Attention(nnx.Module):
         self.k_proj = dense(e, (k, d), ("embed", "kv_heads", "head_dim"), config, bias=bias, name="k_proj", rngs=rngs)
         self.v_proj = dense(e, (k, d), ("embed", "kv_heads", "head_dim"), config, bias=bias, name="v_proj", rngs=rngs)
         self.o_proj = dense((h, d), e, ("heads", "head_dim", "embed"), config, bias=config.o_bias, name="o_proj", rngs=rngs)
-        self.q_norm = Norm(d, config, ("head_dim",)) if config.qk_norm else None
-        self.k_norm = Norm(d, config, ("head_dim",)) if config.qk_norm else None
+        # q/k norms over each head, or over all heads at once (OLMoE's `qk_norm_whole`)
+        q_norm, k_norm = ((h, d), ("heads", "head_dim")), ((k, d), ("kv_heads", "head_dim"))
+        if not config.qk_norm_whole:
+            q_norm = k_norm = (d, ("head_dim",))
+        self.q_norm = Norm(q_norm[0], config, q_norm[1]) if config.qk_norm else None
+        self.k_norm = Norm(k_norm[0], config, k_norm[1]) if config.qk_norm else None
         self.implementation, self.block = config.attention, config.attention_block
         self.backward_block = config.attention_backward_block
         self.scale, self.softcap = config.query_scale or d ** -0.5, config.attention_softcap
@@ -151,14 +158,15 @@ class MLP(nnx.Module):
 
 class DecoderLayer(nnx.Module):
     """Pre-norm block. Sequential: x + attn(norm(x)), then + mlp(norm(.)) (Gemma: each output normed too);
-    parallel (GPT-NeoX): x + attn(norm1(x)) + mlp(norm2(x))."""
+    parallel (GPT-NeoX): x + attn(norm1(x)) + mlp(norm2(x)). Layer `index`'s MLP is a mixture of experts where
+    `config.sparse_layer(index)` (model/moe.py); each call returns its router's stats beside x (None: dense)."""
 
-    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
+    def __init__(self, config: DecoderConfig, index: int = 0, *, rngs: nnx.Rngs):
         e = config.hidden_size
         self.input_layernorm = Norm(e, config)
         self.self_attn = Attention(config, rngs=rngs)
         self.post_attention_layernorm = Norm(e, config)
-        self.mlp = MLP(config, rngs=rngs)
+        self.mlp = SparseMLP(config, rngs=rngs) if config.sparse_layer(index) else MLP(config, rngs=rngs)
         self.attention_output_norm = Norm(e, config) if config.sandwich_norms else None
         self.mlp_output_norm = Norm(e, config) if config.sandwich_norms else None
         self.parallel = config.residual == "parallel"
@@ -166,24 +174,32 @@ class DecoderLayer(nnx.Module):
     def _attention_output(self, attended: Array) -> Array:
         return attended if self.attention_output_norm is None else self.attention_output_norm(attended)
 
-    def _rest(self, x: Array, attended: Array, key: Array | None = None) -> Array:
-        """The residual additions and the MLP, after the attention's output."""
+    def _mlp(self, x: Array, key: Array | None, real: Array | None) -> tuple[Array, RouterStats | None]:
+        if isinstance(self.mlp, SparseMLP):
+            return self.mlp(x, real)
+        return self.mlp(x, key), None
+
+    def _rest(self, x: Array, attended: Array, key: Array | None = None,
+              real: Array | None = None) -> tuple[Array, RouterStats | None]:
+        """The residual additions and the MLP, after the attention's output (and the router's stats)."""
         if self.parallel:
-            x = self.mlp(self.post_attention_layernorm(x), key) + attended + x
+            out, stats = self._mlp(self.post_attention_layernorm(x), key, real)
+            x = out + attended + x
         else:
             x = x + self._attention_output(attended)
-            out = self.mlp(self.post_attention_layernorm(x), key)
+            out, stats = self._mlp(self.post_attention_layernorm(x), key, real)
             x = x + (out if self.mlp_output_norm is None else self.mlp_output_norm(out))
-        return with_logical_constraint(x, ("batch", "length", "embed"))
+        return with_logical_constraint(x, ("batch", "length", "embed")), stats
 
-    def __call__(self, x: Array, kind: Array | int, kinds: LayerKinds, key: Array | None = None) -> Array:
+    def __call__(self, x: Array, kind: Array | int, kinds: LayerKinds,
+                 key: Array | None = None) -> tuple[Array, RouterStats | None]:
         """`key`: this layer's LoRA dropout key (the train step's alone)."""
-        return self._rest(x, self.self_attn(self.input_layernorm(x), kind, kinds, key), key)
+        return self._rest(x, self.self_attn(self.input_layernorm(x), kind, kinds, key), key, kinds.real)
 
     def decode(self, x: Array, kind: Array, kinds: LayerKinds, bias: Array, kv: tuple[Array, Array],
                index: Array) -> tuple[Array, tuple[Array, Array]]:
         attended, kv = self.self_attn.decode(self.input_layernorm(x), kind, kinds, bias, kv, index)
-        return self._rest(x, attended), kv
+        return self._rest(x, attended)[0], kv
 
 
 # Named activations of a layer (checkpoint_name above): every projection's output and the attention output.
@@ -210,7 +226,7 @@ def stacked_layers(config: DecoderConfig, rngs: nnx.Rngs) -> DecoderLayer:
     @nnx.split_rngs(splits=config.num_layers)
     @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
     def make(rngs: nnx.Rngs) -> DecoderLayer:
-        return DecoderLayer(config, rngs=rngs)
+        return DecoderLayer(config, 0, rngs=rngs)  # every layer alike (DecoderConfig refuses a mix under a scan)
 
     return make(rngs)
 
@@ -228,7 +244,7 @@ class Decoder(nnx.Module):
         if config.scan_layers:
             self.layers = stacked_layers(config, rngs)
         else:
-            self.layers = nnx.List([DecoderLayer(config, rngs=rngs) for _ in range(config.num_layers)])
+            self.layers = nnx.List([DecoderLayer(config, i, rngs=rngs) for i in range(config.num_layers)])
         self.norm = Norm(config.hidden_size, config)
         self.lm_head = None if config.tie_embeddings else dense(
             config.hidden_size, config.vocab_size, ("embed", "vocab"), config, rngs=rngs
@@ -262,19 +278,31 @@ class Decoder(nnx.Module):
         learned positions: HF's `embed_tokens` output) to what the layers get: only the train step passes one
         (NEFTune, `train.step.neftune_noise`). `lora_key` draws the LoRA dropout masks (model/lora.py), layer i's
         from fold_in(lora_key, i) in either layout: only the train step passes one, never with a cache."""
+        if cache is None:
+            return self.routed_hidden_states(tokens, positions, segment_ids, embed_noise, lora_key)[0], None
+        x = self._embeddings(tokens, positions, embed_noise)
+        kinds = self._kinds(positions, segment_ids, decoding=True)
+        segments = jax.lax.dynamic_update_slice(cache.segments, segment_ids.astype(jnp.int32), (0, cache.index))
+        x, keys, values = self._cached_layers(x, self._kind_ids(), kinds, segment_ids, segments, cache)
+        return self.norm(x), Cache(keys, values, segments, cache.index + tokens.shape[1])
+
+    def routed_hidden_states(self, tokens: Array, positions: Array, segment_ids: Array,
+                             embed_noise: Callable[[Array], Array] | None = None,
+                             lora_key: Array | None = None) -> tuple[Array, RouterStats | None]:
+        """`hidden_states` without a cache, with the sparse layers' router stats over the real tokens (a leading
+        layers axis; None for a dense model): what the train step's router losses and metrics are made from."""
+        x = self._embeddings(tokens, positions, embed_noise)
+        kinds = self._kinds(positions, segment_ids, decoding=False)
+        x, stats = self._train_layers(x, self._kind_ids(), kinds, lora_key)
+        return self.norm(x), stats
+
+    def _embeddings(self, tokens: Array, positions: Array, embed_noise: Callable[[Array], Array] | None) -> Array:
         x = self.embed_tokens(tokens)
         if embed_noise is not None:
             x = embed_noise(x)
         if self.embed_positions is not None:
             x = x + self.embed_positions(positions + self.config.position_offset)
-        x = with_logical_constraint(x, ("batch", "length", "embed"))
-        kinds = self._kinds(positions, segment_ids, decoding=cache is not None)
-        kind_ids = self._kind_ids()
-        if cache is None:
-            return self.norm(self._train_layers(x, kind_ids, kinds, lora_key)), None
-        segments = jax.lax.dynamic_update_slice(cache.segments, segment_ids.astype(jnp.int32), (0, cache.index))
-        x, keys, values = self._cached_layers(x, kind_ids, kinds, segment_ids, segments, cache)
-        return self.norm(x), Cache(keys, values, segments, cache.index + tokens.shape[1])
+        return with_logical_constraint(x, ("batch", "length", "embed"))
 
     def _kind_ids(self) -> np.ndarray:
         types = sorted(set(self.config.kinds))  # "full" before "sliding", as layer_windows
@@ -290,12 +318,14 @@ class Decoder(nnx.Module):
             ropes = tuple(rope.cos_sin(positions, config, kind) for kind in types)
         implementation = attention.implementation_for(config.attention)
         masks = () if decoding else tuple(attention.mask_input(implementation, segment_ids, w) for w in windows)
-        return LayerKinds(masks, ropes)
+        return LayerKinds(masks, ropes, None if decoding else segment_ids > 0)
 
-    def _train_layers(self, x: Array, kind_ids: np.ndarray, kinds: LayerKinds, key: Array | None) -> Array:
-        """The layers without a cache; a `key` reaches each layer as an argument (remat's recompute draws the same
-        dropout masks)."""
-        def run_layer(layer: DecoderLayer, x: Array, kind: Array | int, kinds: LayerKinds, key: Array | None) -> Array:
+    def _train_layers(self, x: Array, kind_ids: np.ndarray, kinds: LayerKinds,
+                      key: Array | None) -> tuple[Array, RouterStats | None]:
+        """The layers without a cache, and the sparse layers' router stats (stacked); a `key` reaches each layer as
+        an argument (remat's recompute draws the same dropout masks)."""
+        def run_layer(layer: DecoderLayer, x: Array, kind: Array | int, kinds: LayerKinds,
+                      key: Array | None) -> tuple[Array, RouterStats | None]:
             return layer(x, kind, kinds, key)
 
         def remat(fn):
@@ -305,12 +335,15 @@ class Decoder(nnx.Module):
         if not self.config.scan_layers:  # each layer's type is known here: no switch
             runs = {kind: remat(lambda layer, x, kinds, key, kind=kind: run_layer(layer, x, kind, kinds, key))
                     for kind in set(kind_ids.tolist())}
+            stats = []
             for i, (layer, kind) in enumerate(zip(self.layers, kind_ids.tolist(), strict=True)):
-                x = runs[kind](layer, x, kinds, None if keys is None else keys[i])
-            return x
+                x, layer_stats = runs[kind](layer, x, kinds, None if keys is None else keys[i])
+                stats.append(layer_stats)
+            return x, stacked_stats(stats)
 
-        @nnx.scan(in_axes=(0, nnx.Carry, 0, None, None if keys is None else 0), out_axes=nnx.Carry)
-        def scan(layer: DecoderLayer, x: Array, kind: Array, kinds: LayerKinds, key: Array | None) -> Array:
+        @nnx.scan(in_axes=(0, nnx.Carry, 0, None, None if keys is None else 0), out_axes=(nnx.Carry, 0))
+        def scan(layer: DecoderLayer, x: Array, kind: Array, kinds: LayerKinds,
+                 key: Array | None) -> tuple[Array, RouterStats | None]:
             return remat(run_layer)(layer, x, kind, kinds, key)
 
         return scan(self.layers, x, jnp.asarray(kind_ids), kinds, keys)

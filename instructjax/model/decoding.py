@@ -118,7 +118,7 @@ def _layer(layer: DecoderLayer, x: Array, cos_sin, bias: Array, keys: Array, val
     seen_k, seen_v = (keys, values) if rows is None else (keys[rows], values[rows])
     seen_k, seen_v = seen_k[:, :, :span], seen_v[:, :, :span]
     out = _attend(q, seen_k.astype(q.dtype), seen_v.astype(q.dtype), bias, attn.scale, attn.softcap)
-    return layer._rest(x, attn.o_proj(out)), keys, values
+    return layer._rest(x, attn.o_proj(out))[0], keys, values
 
 
 def _attend(q: Array, keys: Array, values: Array, bias: Array, scale: float, softcap: float | None) -> Array:

@@ -138,22 +138,24 @@ class Embed(nnx.Module):
 
 
 class Norm(nnx.Module):
-    """The family's norm over the last axis, in float32 like transformers: `rms` (LLaMA: normalised, cast,
+    """The family's norm over the last axis (the last axes of a `size` tuple), in float32 like transformers: `rms` (LLaMA: normalised, cast,
     times w), `rms_plus_one` (Gemma: times (1 + w), then cast), `layer` (LayerNorm with a bias)."""
 
-    def __init__(self, size: int, config: DecoderConfig, axes: tuple[str, ...] = ("norm",)):
+    def __init__(self, size: int | tuple[int, ...], config: DecoderConfig, axes: tuple[str, ...] = ("norm",)):
         self.kind, self.eps, self.dtype = config.norm, config.norm_eps, jnp.dtype(config.dtype)
-        self.scale = param(None, (size,), axes, config, fill=0.0 if self.kind == "rms_plus_one" else 1.0)
-        self.bias = param(None, (size,), axes, config, fill=0.0) if self.kind == "layer" else None
+        shape = tuple(np.atleast_1d(size))
+        self.over = tuple(range(-len(shape), 0))  # the trailing axes normalised together (OLMoE's q/k: heads too)
+        self.scale = param(None, shape, axes, config, fill=0.0 if self.kind == "rms_plus_one" else 1.0)
+        self.bias = param(None, shape, axes, config, fill=0.0) if self.kind == "layer" else None
 
     def __call__(self, x: Array) -> Array:
-        x32 = x.astype(jnp.float32)
+        x32, over = x.astype(jnp.float32), self.over
         scale = self.scale[...]
         if self.kind == "layer":
-            centred = x32 - jnp.mean(x32, axis=-1, keepdims=True)
-            normed = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=-1, keepdims=True) + self.eps)
+            centred = x32 - jnp.mean(x32, axis=over, keepdims=True)
+            normed = centred * jax.lax.rsqrt(jnp.mean(centred * centred, axis=over, keepdims=True) + self.eps)
             return (normed * scale.astype(jnp.float32) + self.bias[...].astype(jnp.float32)).astype(self.dtype)
-        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=over, keepdims=True) + self.eps)
         if self.kind == "rms_plus_one":
             return (normed * (1.0 + scale.astype(jnp.float32))).astype(self.dtype)
         return normed.astype(self.dtype) * scale.astype(self.dtype)

@@ -6,7 +6,9 @@ One JSON object per logged step (`step`, `loss` with `loss_reduction` saying whi
 and `loss/<source>`, the mean token loss of every mixture source that had trained tokens in the logged
 window; under a preference loss, `loss` is the mean over the window's pairs and the objective's own values, e.g.
 `rewards/chosen`, `rewards/rejected`, `rewards/accuracies` and `rewards/margins`, are TRL's, means over the same pairs:
-train/objectives/). Only the primary host writes; without tensorboardX, metrics.jsonl alone.
+train/objectives/). A mixture of experts adds `moe/aux_loss` and `moe/z_loss` (the router's losses before their
+coefficients, means over the window's steps) and, per sparse layer i, `moe/layer_i/max_share` and
+`moe/layer_i/min_share`: the most and the least loaded expert's share of the window's tokens' choices. Only the primary host writes; without tensorboardX, metrics.jsonl alone.
 
 Nothing can be appended to in a bucket: the files are written in a local mirror of the run directory
 (`storage.Mirror`) and uploaded whole by `sync()`: after a log line at most every `SYNC_SECONDS`, before every
@@ -49,12 +51,15 @@ class MetricsWindow:
         self.steps = 0
         self.source_sums, self.source_weights = np.zeros(self.num_sources), np.zeros(self.num_sources)
         self.rewards: dict[str, float] = {}  # an objective's own values (a preference loss's rewards), summed over pairs
+        self.moe: dict[str, float] = {}  # a mixture of experts' router losses, summed over steps
+        self.expert_counts: np.ndarray | None = None  # [sparse layers, experts] choices, summed over steps
 
     def state(self) -> dict:
         """The open window as JSON values (saved with a checkpoint)."""
         return {"loss_sum": self.loss_sum, "weight": self.weight, "tokens": self.tokens, "seconds": self.seconds,
                 "steps": self.steps, "source_sums": self.source_sums.tolist(),
-                "source_weights": self.source_weights.tolist(), "pairs": self.pairs, "rewards": self.rewards}
+                "source_weights": self.source_weights.tolist(), "pairs": self.pairs, "rewards": self.rewards,
+                "moe": self.moe, "expert_counts": None if self.expert_counts is None else self.expert_counts.tolist()}
 
     def load(self, state: dict) -> None:
         if len(state["source_sums"]) != self.num_sources:  # another mixture: start a fresh window
@@ -64,13 +69,22 @@ class MetricsWindow:
         self.source_sums = np.asarray(state["source_sums"], np.float64)
         self.source_weights = np.asarray(state["source_weights"], np.float64)
         self.pairs, self.rewards = state.get("pairs", 0.0), dict(state.get("rewards", {}))
+        self.moe = dict(state.get("moe", {}))
+        counts = state.get("expert_counts")
+        self.expert_counts = None if counts is None else np.asarray(counts, np.float64)
 
     def add(self, m: dict, seconds: float) -> None:
         self.loss_sum += float(m["loss_sum"])
         self.weight += float(m.get("loss_weight", m["trained_tokens"]))  # the objective's normaliser (pairs: DPO)
         self.pairs += float(m.get("pairs", 0.0))
         for k in (k for k in m if k not in STEP_KEYS):
-            self.rewards[k] = self.rewards.get(k, 0.0) + float(m[k])
+            if k == "moe/counts":
+                counts = np.asarray(m[k], np.float64)
+                self.expert_counts = counts if self.expert_counts is None else self.expert_counts + counts
+            elif k.startswith("moe/"):
+                self.moe[k] = self.moe.get(k, 0.0) + float(m[k])
+            else:
+                self.rewards[k] = self.rewards.get(k, 0.0) + float(m[k])
         self.tokens += float(m["tokens"])
         self.seconds += seconds
         self.steps += 1
@@ -91,6 +105,12 @@ class MetricsWindow:
         for name, s, w in zip(sources, self.source_sums, self.source_weights, strict=True):
             if w > 0:
                 record[f"loss/{name}"] = float(s / w)
+        record.update({k: v / max(self.steps, 1) for k, v in sorted(self.moe.items())})
+        if self.expert_counts is not None:
+            shares = self.expert_counts / np.maximum(self.expert_counts.sum(-1, keepdims=True), 1.0)
+            for i, layer in enumerate(shares):
+                record[f"moe/layer_{i}/max_share"], record[f"moe/layer_{i}/min_share"] = float(layer.max()), float(
+                    layer.min())
         if self.pairs:
             record["loss_reduction"] = "pairs"  # a preference loss: the mean over the window's pairs
             record.update({k: v / self.pairs for k, v in sorted(self.rewards.items())})

@@ -80,6 +80,7 @@ class Plan:
     proposal: str = ""  # a mesh of this topology that serves the batch better (`propose_mesh`), in words
     proposed: bool = False  # this plan is of that mesh: the config's own cannot serve this topology
     objective: str = ""  # a preference loss and what its reference costs, in words (`objective_words`)
+    experts: str = ""  # a mixture of experts' routing and router losses, in words (`expert_words`)
 
     @property
     def total_bytes(self) -> int:
@@ -169,9 +170,19 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
         acts = {"per_layer": 0, "saved": 0, "recompute": 0, "layers": 0, "logits": 0, "total": 0, "attention": None,
                 "rows": 0,
                 "seq_len": config.data.seq_len}  # fmt: skip
-    plan = Plan(name, topology, sizes, memory, acts, data, config.optim.epochs, False, objective=objective_words(config))
+    plan = Plan(name, topology, sizes, memory, acts, data, config.optim.epochs, False, objective=objective_words(config),
+                experts=expert_words(model))
     plan.fits = plan.total_bytes <= USABLE * topology.hbm_gib * GIB
     return plan
+
+
+def expert_words(model: DecoderConfig) -> str:
+    """A mixture of experts' routing and the coefficients of its router losses ("" for a dense model)."""
+    if not model.num_experts:
+        return ""
+    return (f"{model.num_experts} experts, top {model.experts_per_token} a token, in {len(model.sparse_layers)} of "
+            f"{model.num_layers} layers; router losses: load balancing x {model.router_aux_loss:g} "
+            f"(model.router_aux_loss), z-loss x {model.router_z_loss:g} (model.router_z_loss)")
 
 
 def objective_words(config: RunConfig) -> str:
@@ -298,6 +309,8 @@ def format_plan(plan: Plan) -> str:
                   f"run         {d.run}",
                   f"a step      {d.step}; {d.real_share:.1%} of the tokens processed are real",
                   *(f"{'data' if i == 0 else '':<12}{task.words()}" for i, task in enumerate(d.tasks))]
+    if plan.experts:
+        lines.append(f"experts     {plan.experts}")
     if plan.objective:
         lines.append(f"objective   {plan.objective}")
     if plan.proposal:

@@ -34,7 +34,7 @@ from instructjax.core import sharding
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
 from instructjax.data.batches.packing import REFERENCE, empty_rows
-from instructjax.model import lora
+from instructjax.model import lora, moe
 from instructjax.model.config import DecoderConfig
 from instructjax.model.decoder import Decoder
 from instructjax.model.partition import Partition
@@ -86,13 +86,29 @@ def micro_split(micro: int, mesh) -> Callable[[jax.Array], jax.Array]:
     return split
 
 
-def forward_nll(graphdef, params, batch, chunk: int, embed_noise=None, lora_key=None) -> jax.Array:
-    """Each token's negative log-likelihood of its target [B, L] (float32) under the model `params`: the forward pass
-    of every objective (and, negated, the log-probs a reference stores)."""
+def forward(graphdef, params, batch, chunk: int, embed_noise=None,
+            lora_key=None) -> tuple[jax.Array, moe.RouterStats | None]:
+    """Each token's negative log-likelihood of its target [B, L] (float32) under the model `params`, and a mixture of
+    experts' router stats over the batch's real tokens (None for a dense model): the forward pass of every
+    objective."""
     model = nnx.merge(graphdef, params)
-    hidden, _ = model.hidden_states(batch["tokens"], batch["positions"], batch["segment_ids"], embed_noise=embed_noise,
-                                    lora_key=lora_key)
-    return loss.model_nll(model, hidden, batch["targets"], chunk)
+    hidden, stats = model.routed_hidden_states(batch["tokens"], batch["positions"], batch["segment_ids"],
+                                               embed_noise=embed_noise, lora_key=lora_key)
+    return loss.model_nll(model, hidden, batch["targets"], chunk), stats
+
+
+def forward_nll(graphdef, params, batch, chunk: int, embed_noise=None, lora_key=None) -> jax.Array:
+    """`forward`'s nll alone (negated: the log-probs a reference stores)."""
+    return forward(graphdef, params, batch, chunk, embed_noise, lora_key)[0]
+
+
+def router_terms(stats: moe.RouterStats, model: DecoderConfig, segment_ids: jax.Array) -> tuple[jax.Array, dict]:
+    """A micro-batch's router penalty (`model.router_aux_loss` * the load-balancing loss + `model.router_z_loss` *
+    the z-loss, both over its real tokens alone) and its sums for the metrics (`train.metrics`: `moe/...`)."""
+    tokens = jnp.sum(segment_ids > 0)
+    aux, z = moe.aux_loss(stats, model.num_experts, tokens), moe.z_loss(stats, tokens)
+    return model.router_aux_loss * aux + model.router_z_loss * z, {"moe/aux_loss": aux, "moe/z_loss": z,
+                                                                   "moe/counts": stats.counts}
 
 
 def token_logps(graphdef, params, batch, chunk: int, embed_noise=None, lora_key=None) -> jax.Array:
@@ -126,15 +142,21 @@ def make_step(objective: Objective, graphdef, tx, config: RunConfig, mesh, parti
 
         def micro_loss(p, mb):
             noise = neftune_noise(alpha, mb["neftune_key"]) if alpha else None
-            nll = forward_nll(graphdef, part.combine(p, frozen), mb, chunk, noise, mb["lora_key"] if dropout else None)
+            nll, stats = forward(graphdef, part.combine(p, frozen), mb, chunk, noise,
+                                 mb["lora_key"] if dropout else None)
             if reference is not None:
                 mb = {**mb, REFERENCE: jax.lax.stop_gradient(token_logps(graphdef, reference, mb, chunk))}
-            return objective.loss(nll, mb, weights)
+            share, sums = objective.loss(nll, mb, weights)
+            if stats is None:
+                return share, (sums, {})
+            penalty, router = router_terms(stats, model.config, mb["segment_ids"])
+            return share + penalty / micro, (sums, router)  # the router's: the mean over the micro-batches
 
-        result, grads, sums = loss.accumulate(micro_loss, trained, micro_batches)
+        result, grads, (sums, router) = loss.accumulate(micro_loss, trained, micro_batches)
         updates, opt_state = tx.update(grads, opt_state, trained)
+        router = {k: v if k == "moe/counts" else v / micro for k, v in router.items()}
         metrics = {"loss": result, "grad_norm": optax.global_norm(grads), "tokens": (batch["segment_ids"] > 0).sum(),
-                   **objective.metrics(sums, weights)}
+                   **objective.metrics(sums, weights), **router}
         return part.combine(optax.apply_updates(trained, updates), frozen), opt_state, metrics
 
     return step

@@ -187,3 +187,22 @@ def test_error_missing_config_field(tmp_path):
     with pytest.raises(ConversionError) as e:
         read_hf_config(hf)
     assert "'hidden_size'" in _one_line(e)
+
+
+@pytest.mark.parametrize("key,value", [("scoring_func", "sigmoid"), ("n_shared_experts", 2),
+                                       ("router_jitter_noise", 0.1)])
+def test_import_refuses_a_router_it_does_not_run(tmp_path, capsys, key, value):
+    """A Mixtral config.json naming another router (DeepSeek's sigmoid scores, shared experts, training jitter):
+    `import --hf` is one line naming the key, exit 2, nothing written."""
+    from instructjax import cli
+
+    hf = tmp_path / "hf"
+    hf.mkdir()
+    (hf / "config.json").write_text(json.dumps({
+        "architectures": ["MixtralForCausalLM"], "model_type": "mixtral", "vocab_size": 64, "hidden_size": 16,
+        "intermediate_size": 24, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+        "num_local_experts": 4, "num_experts_per_tok": 2, key: value}))
+    assert cli.main(["import", "--hf", str(hf), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{key}={value!r} names a router we do not run" in err[0] and "config.json" in err[0]
+    assert not (tmp_path / "out").exists()

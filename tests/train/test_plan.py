@@ -292,3 +292,18 @@ def test_plan_per_device_memory_is_within_15_percent_of_xla(remat, mesh, micro_b
     plan = make_plan(config, Topology("cpu-8", 8, 1.0, 1, "cpu"))
     assert plan.activations["attention"] == "blockwise" and plan.memory["params"] > 500_000
     assert plan.total_bytes == pytest.approx(xla_bytes_per_device(config), rel=0.15)
+
+
+def test_plan_states_the_router_losses_and_refuses_them_on_a_dense_model(capsys):
+    """A mixture of experts' plan prints its routing and its router losses' coefficients (the family's published
+    one by default, the config's where it states one); `model.router_aux_loss` on a dense model is one line, exit 2."""
+    assert main(["plan", "--config", str(TULU7B), "--topology", "v4-64", "model.preset=olmoe-1b-7b"]) in (0, 1)
+    out = capsys.readouterr().out
+    assert "6,919,161,856" in out
+    assert "64 experts, top 8 a token, in 16 of 16 layers; router losses: load balancing x 0.01" in out
+    assert main(["plan", "--config", str(TULU7B), "--topology", "v4-64", "model.preset=mixtral-8x7b",
+                 "model.router_aux_loss=0.02", "model.router_z_loss=0.001"]) in (0, 1)
+    assert "load balancing x 0.02 (model.router_aux_loss), z-loss x 0.001" in capsys.readouterr().out
+    assert main(["plan", "--config", str(TULU7B), "--topology", "v4-64", "model.router_aux_loss=0.01"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "model.router_aux_loss is for a mixture of experts; the llama model has none" in err[0]

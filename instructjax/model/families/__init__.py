@@ -1,6 +1,7 @@
 """One record per model family (`Family`, model/families/record.py): its decoder switches (model/config.py's
 `FAMILIES` is read from here), its HF config.json mapping both ways, its tensor names, layout steps and fused-tensor
-cuts, side by side. One module a family (gemma.py and qwen.py hold two generations each); llama.py is the layout the other
+cuts, side by side. One module a family (gemma.py and qwen.py hold two generations each, moe.py the three mixtures of
+experts); llama.py is the layout the other
 RoPE families reuse. `RECORDS` maps each family name to its record, in HF's order of `supported()`.
 
 Adding a family: a module here with its record (its switches first; its `lora_modules` where they are not LLaMA's),
@@ -15,12 +16,14 @@ from instructjax.model.families.gemma import GEMMA2, GEMMA3
 from instructjax.model.families.gpt_neox import GPT_NEOX
 from instructjax.model.families.llama import LLAMA
 from instructjax.model.families.mistral import MISTRAL
+from instructjax.model.families.moe import MIXTRAL, OLMOE, QWEN3_MOE
 from instructjax.model.families.opt import OPT
 from instructjax.model.families.phi3 import PHI3
 from instructjax.model.families.qwen import QWEN2, QWEN3
 from instructjax.model.families.record import Family
 
-RECORDS: dict[str, Family] = {r.name: r for r in (LLAMA, MISTRAL, QWEN2, QWEN3, PHI3, GEMMA2, GEMMA3, OPT, GPT_NEOX)}
+RECORDS: dict[str, Family] = {r.name: r for r in (LLAMA, MISTRAL, QWEN2, QWEN3, PHI3, GEMMA2, GEMMA3, OPT, GPT_NEOX,
+                                                  MIXTRAL, QWEN3_MOE, OLMOE)}
 
 
 def family_of(hf: dict[str, Any]) -> str | None:

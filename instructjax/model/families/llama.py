@@ -34,8 +34,10 @@ def layer_tensors(config: DecoderConfig, *, fused: bool = False) -> list[Tensor]
         for name, kind in (("q_proj", "q"), ("k_proj", "kv"), ("v_proj", "kv")):
             out += linear_tensors((attn, name), f"self_attn.{name}", kind, c.qkv_bias, f"{kind}_bias")
     out += linear_tensors((attn, "o_proj"), "self_attn.o_proj", "o", c.o_bias)
-    if c.qk_norm:
-        out += [(f"self_attn.{n}.weight", (((attn, n, "scale"), "copy"),), None) for n in ("q_norm", "k_norm")]
+    if c.qk_norm:  # OLMoE's span every head: [heads * head_dim] in HF's files, [heads, head_dim] here
+        kinds = ("q_bias", "kv_bias") if c.qk_norm_whole else ("copy", "copy")
+        out += [(f"self_attn.{n}.weight", (((attn, n, "scale"), kind),), None)
+                for n, kind in zip(("q_norm", "k_norm"), kinds, strict=True)]
     if c.sandwich_norms:  # Gemma: HF's post_attention_layernorm is the attention output's norm
         out += [*norm_tensors("attention_output_norm", "post_attention_layernorm", c),
                 *norm_tensors("post_attention_layernorm", "pre_feedforward_layernorm", c),

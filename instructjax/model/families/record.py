@@ -3,7 +3,8 @@ norms and linear layers, and the config.json keys most families share.
 
 A record's tensor entries are (HF name inside a layer, our parts, split): each part is (our path inside a layer
 or the model, kind), the kind naming its layout steps in `convert.hf_names.HOOKS`; a split names one of the
-record's `splits`, which cut a fused HF tensor into HF-layout pieces and join them again.
+record's `splits`, which cut a fused HF tensor into HF-layout pieces and join them again. An expert's tensor carries
+a fourth item, its expert's index into our stacked experts' parameter (`expert_tensors`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import numpy as np
 
 DecoderConfig = Any  # a model.config.DecoderConfig (not imported: model.config reads these records)
 Part = tuple[tuple, str]  # (our path inside a layer or the model, kind)
-Tensor = tuple[str, tuple[Part, ...], str | None]  # (HF name, our parts, split)
+Tensor = tuple  # (HF name, our parts: tuple[Part, ...], split: str | None[, expert: int])
 Split = tuple[Callable[[np.ndarray, DecoderConfig], list[np.ndarray]],
               Callable[[list[np.ndarray], DecoderConfig], np.ndarray]]
 
@@ -52,7 +53,9 @@ class Family:
       `write(config)`: the family's keys, in the order transformers writes them.
     Tensors (`convert.hf_names.hf_weight_table`):
       `top`: (layer prefix, embeddings, learned positions, final norm, output head);
-      `layer(config)`: every tensor of one decoder layer; `splits`: the cuts of its fused tensors.
+      `layer(config)`: every tensor of one decoder layer; `splits`: the cuts of its fused tensors; a mixture of
+      experts' `moe(config)`: its sparse block's (router and experts), in place of the MLP's in its sparse layers;
+      `router_aux_loss` its load-balancing coefficient (a config's `model.router_aux_loss` default).
     Adapters (model/lora.py): `lora_modules`, the HF linear modules a LoRA may target (PEFT's `target_modules`),
       each -> our modules it is, several for a fused one in the order HF fuses them (Phi-3's `qkv_proj`: q, k, v).
     """
@@ -73,6 +76,8 @@ class Family:
     # the decoder switches the family sets (DecoderConfig's fields; the rest are LLaMA's defaults)
     switches: dict[str, Any] = field(default_factory=dict)
     lora_modules: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(LLAMA_LORA))
+    moe: Callable[[DecoderConfig], list[Tensor]] | None = None
+    router_aux_loss: float = 0.0  # the load-balancing loss's published coefficient (HF's `router_aux_loss_coef`)
 
 
 def alternating(num_layers: int, period: int) -> tuple[str, ...]:
@@ -93,6 +98,16 @@ def linear_tensors(ours: tuple, hf: str, kind: str, bias: bool, bias_kind: str =
     """A projection's weight (and its bias)."""
     out = [(f"{hf}.weight", (((*ours, "kernel"), kind),), None)]
     return out + ([(f"{hf}.bias", (((*ours, "bias"), bias_kind),), None)] if bias else [])
+
+
+def expert_tensors(config: DecoderConfig, router: str, experts: str, names: tuple[str, str, str]) -> list[Tensor]:
+    """A sparse block's tensors: the router `{router}.weight` [E, embed], and each expert j's gate, up and down
+    projections `{experts}.{j}.{name}.weight` (`names` in that order), one expert of our stacked parameters each."""
+    out: list[Tensor] = [(f"{router}.weight", ((("mlp", "router", "kernel"), "linear"),), None)]
+    for j in range(config.num_experts):
+        out += [(f"{experts}.{j}.{theirs}.weight", ((("mlp", ours), "linear"),), None, j)
+                for ours, theirs in zip(("gate_proj", "up_proj", "down_proj"), names, strict=True)]
+    return out
 
 
 def rows(sizes: Callable[[DecoderConfig], list[int]]) -> Split:

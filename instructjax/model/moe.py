@@ -1,0 +1,115 @@
+"""A mixture of experts in place of a layer's MLP (Mixtral, Qwen3-MoE, OLMoE), as their HF code defines it, and the
+router's statistics the losses and metrics are made from.
+
+The router: logits = x W [tokens, experts] in the compute dtype, softmax over every expert in float32, the top
+`experts_per_token` of it, renormalised to sum to one where `router_norm_topk` (Mixtral always; Qwen3-MoE and OLMoE
+by `norm_topk_prob`: Mixtral's "top-k of the logits, then softmax" is the same numbers). Dropless: every token reaches
+its k experts, none is dropped for capacity. The experts run as grouped matmuls (`jax.lax.ragged_dot`) over the
+token copies sorted by expert, never a dense all-experts product; each copy's output is weighted and the k copies of
+a token summed back in its place.
+
+`RouterStats`, per sparse layer, are sums over the real tokens (segment > 0) only: how many of the tokens' k choices
+each expert got, the softmax mass each expert got, and the squared logsumexp of the logits (the z-loss's). Sums add
+over rows, so a packed row's are its examples' own. `aux_loss` and `z_loss` turn a batch's into the losses.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.ad_checkpoint import checkpoint_name
+
+from instructjax.core.sharding import with_logical_constraint
+from instructjax.model.config import DecoderConfig
+from instructjax.model.layers import ACTIVATIONS, Dense, param
+
+Array = jax.Array
+
+
+class RouterStats(NamedTuple):
+    """Sums over the real tokens of one sparse layer (a leading layers axis where stacked): `counts` [E] the top-k
+    choices each expert got, `probs` [E] the softmax mass each got, `z` the squared logsumexp of the logits."""
+
+    counts: Array
+    probs: Array
+    z: Array
+
+
+def route(logits: Array, k: int, renormalise: bool) -> tuple[Array, Array, Array]:
+    """(softmax probabilities [N, E] float32, top-k weights [N, k] float32, top-k experts [N, k] int32)."""
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+    weights, experts = jax.lax.top_k(probs, k)
+    if renormalise:
+        weights = weights / jnp.sum(weights, axis=-1, keepdims=True)
+    return probs, weights, experts
+
+
+class SparseMLP(nnx.Module):
+    """The router (`router`: HF's `gate`) and the experts' gated MLPs, stacked: `gate_proj`, `up_proj` [E, embed,
+    width], `down_proj` [E, width, embed]."""
+
+    def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
+        e, m, n = config.hidden_size, config.expert_width, config.num_experts
+        self.router = Dense(e, n, ("embed", "expert"), config, name="router", rngs=rngs)
+        self.gate_proj = param(rngs, (n, e, m), ("expert", "embed", "mlp"), config)
+        self.up_proj = param(rngs, (n, e, m), ("expert", "embed", "mlp"), config)
+        self.down_proj = param(rngs, (n, m, e), ("expert", "mlp", "embed"), config)
+        self.k, self.renormalise, self.experts = config.experts_per_token, config.router_norm_topk, n
+        self.activation, self.dtype = ACTIVATIONS[config.activation], jnp.dtype(config.dtype)
+
+    def __call__(self, x: Array, real: Array | None) -> tuple[Array, RouterStats | None]:
+        """x [B, T, embed] -> (the experts' weighted sum [B, T, embed], the router's sums over the tokens where
+        `real` [B, T] is true; None without `real`, as when decoding)."""
+        shape = x.shape
+        flat = x.reshape(-1, shape[-1]).astype(self.dtype)
+        logits = self.router(flat)  # [N, E]
+        probs, weights, experts = route(logits, self.k, self.renormalise)
+        out = self.grouped(flat, experts, weights.astype(self.dtype))
+        out = with_logical_constraint(out.reshape(shape), ("batch", "length", "embed"))
+        if real is None:
+            return out, None
+        mask = real.reshape(-1, 1).astype(jnp.float32)
+        chosen = jnp.sum(jax.nn.one_hot(experts, self.experts, dtype=jnp.float32), axis=1)  # [N, E]
+        lse = jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)
+        return out, RouterStats(jnp.sum(chosen * mask, 0), jnp.sum(probs * mask, 0), jnp.sum(lse * lse * mask[:, 0]))
+
+    def choices(self, x: Array) -> Array:
+        """Each token's k experts [B * T, k] for the block's input x [B, T, embed], best first."""
+        return route(self.router(x.reshape(-1, x.shape[-1]).astype(self.dtype)), self.k, self.renormalise)[2]
+
+    def grouped(self, flat: Array, experts: Array, weights: Array) -> Array:
+        """Each token's k experts' outputs, weighted and summed: the N * k token copies sorted by expert, three
+        grouped matmuls over the experts' groups (`ragged_dot`), the copies put back in order."""
+        n, k = experts.shape
+        choices = experts.reshape(-1)
+        order = jnp.argsort(choices, stable=True)  # copy i of the sorted list is choice order[i]
+        sizes = jnp.bincount(choices, length=self.experts).astype(jnp.int32)
+        copies = flat[order // k]
+        gate = jax.lax.ragged_dot(copies, self.gate_proj[...].astype(self.dtype), sizes)
+        up = jax.lax.ragged_dot(copies, self.up_proj[...].astype(self.dtype), sizes)
+        hidden = self.activation(checkpoint_name(gate, "gate_proj")) * checkpoint_name(up, "up_proj")
+        down = checkpoint_name(jax.lax.ragged_dot(hidden, self.down_proj[...].astype(self.dtype), sizes), "down_proj")
+        unsorted = down[jnp.argsort(order)].reshape(n, k, -1)
+        return jnp.sum(unsorted * weights[..., None], axis=1)
+
+
+def stacked_stats(stats: list[RouterStats | None]) -> RouterStats | None:
+    """The sparse layers' stats with a leading layers axis (None for a dense model)."""
+    present = [s for s in stats if s is not None]
+    return jax.tree.map(lambda *xs: jnp.stack(xs), *present) if present else None
+
+
+def aux_loss(stats: RouterStats, experts: int, tokens: Array) -> Array:
+    """The load-balancing loss as transformers' `load_balancing_loss_func` computes it over every sparse layer's
+    router at once: experts * sum_e (share of choices of e) * (mean probability of e), each over layers * tokens."""
+    rows = stats.counts.shape[0] * jnp.maximum(tokens, 1)
+    return experts * jnp.sum((jnp.sum(stats.counts, 0) / rows) * (jnp.sum(stats.probs, 0) / rows))
+
+
+def z_loss(stats: RouterStats, tokens: Array) -> Array:
+    """The router z-loss (ST-MoE): the mean over sparse layers and real tokens of logsumexp(logits) squared."""
+    return jnp.sum(stats.z) / (stats.z.shape[0] * jnp.maximum(tokens, 1))
+
