@@ -1,4 +1,4 @@
-"""The decoder beyond what tests/convert/test_families.py checks per family: every attention implementation inside the
+"""The decoder beyond what tests/convert/test_families*.py check per family: every attention implementation inside the
 model (LLaMA, and Gemma-2's alternating windows and soft-caps under a scan of layers), LLaMA-3 RoPE, every
 preset's parameter count and config.json against transformers, bad configs, packing, bf16, remat policies."""
 
