@@ -168,11 +168,12 @@ class SlotEngine:
             for r, (slot, ids, start, index, count) in enumerate(group):
                 tokens[r, : len(ids)], starts[r], lengths[r], slots[r], counts[r] = ids, start, len(ids), slot, count
                 row_keys[r] = keys[index]
+            span = decoding.span_bucket(int((starts + width).max()), cache.length)  # the prompts' rows, not the replies'
             with self._scope():
                 cache, first, logp = decoding.extend(
                     self.graphdef, self.state, cache, jnp.asarray(tokens), jnp.asarray(starts), jnp.asarray(lengths),
                     jnp.asarray(slots), jax.random.wrap_key_data(jnp.asarray(row_keys)), jnp.asarray(counts),
-                    jnp.float32(sampling.temperature), jnp.float32(sampling.top_p), cands)
+                    jnp.float32(sampling.temperature), jnp.float32(sampling.top_p), cands, span=span)
             firsts.append(np.asarray(first)[: len(group)])
             logps.append(np.asarray(logp)[: len(group)])
             self.stats.fill_calls += 1

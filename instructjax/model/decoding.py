@@ -115,8 +115,9 @@ def _layer(layer: DecoderLayer, x: Array, cos_sin, bias: Array, keys: Array, val
     keys = keys.at[where].set(jnp.swapaxes(k, 1, 2).astype(keys.dtype), mode="drop")
     values = values.at[where].set(jnp.swapaxes(v, 1, 2).astype(values.dtype), mode="drop")
     span = bias.shape[-1]
-    seen_k, seen_v = (keys, values) if rows is None else (keys[rows], values[rows])
-    seen_k, seen_v = seen_k[:, :, :span], seen_v[:, :, :span]
+    seen_k, seen_v = keys[:, :, :span], values[:, :, :span]
+    if rows is not None:
+        seen_k, seen_v = seen_k[rows], seen_v[rows]
     out = _attend(q, seen_k.astype(q.dtype), seen_v.astype(q.dtype), bias, attn.scale, attn.softcap)
     return layer._rest(x, attn.o_proj(out))[0], keys, values
 
@@ -178,15 +179,17 @@ def _step_keys(keys: Array, counts: Array) -> Array:
     return jax.vmap(jax.random.fold_in)(keys, counts)
 
 
-@functools.partial(jax.jit, static_argnames=("graphdef",), donate_argnames=("cache",))
+@functools.partial(jax.jit, static_argnames=("graphdef", "span"), donate_argnames=("cache",))
 def extend(graphdef, state, cache: SlotCache, tokens: Array, starts: Array, lengths: Array, rows: Array,
-           keys: Array, counts: Array, temperature: Array, top_p: Array, candidates: Array):
+           keys: Array, counts: Array, temperature: Array, top_p: Array, candidates: Array, *, span: int | None = None):
     """Fill slots `rows` [n] with tokens [n, T] (row i's first lengths[i] are real) at positions starts[i]..; rows
-    past the cache's slots are padding and write nothing. Returns (the cache, the first new id of each row drawn
-    from its last real token's logits, those logits' log-softmax over `candidates`)."""
+    past the cache's slots are padding and write nothing; attention over the first `span` cache rows (`span_bucket`
+    of the last position filled: a prompt need not read the rows its reply will take; default: all). Returns (the
+    cache, the first new id of each row drawn from its last real token's logits, those logits' log-softmax over
+    `candidates`)."""
     model = nnx.merge(graphdef, state)
     positions = starts[:, None] + jnp.arange(tokens.shape[1])[None, :]
-    hidden, cache = _forward(model, cache, tokens, positions, starts + lengths - 1, rows)
+    hidden, cache = _forward(model, cache, tokens, positions, starts + lengths - 1, rows, span)
     last = jnp.take_along_axis(hidden, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
     logits = model.logits(last)[:, 0].astype(jnp.float32)
     first = sample(logits, _step_keys(keys, counts), temperature, top_p)
