@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
+from instructjax.core.context import current
 from instructjax.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 _READ = 16 << 20
 _UMASK = os.umask(0o022)  # read once: a new file's mode is 0666 less it (tempfile's own files are 0600)
 os.umask(_UMASK)
-_DIGESTS: dict[tuple, str] = {}  # local file (path, inode, mtime, size) -> xxh3-128, within a process
 
 
 def _epath():
@@ -279,7 +279,7 @@ def digest(p: str | os.PathLike) -> str:
 
 def fingerprint(p: str | os.PathLike) -> str:
     """A file's content identity (module doc): "xxh3:<hex>" of a local file's bytes (remembered per inode, mtime
-    and size within a process), or the store's "size:checksum" for a URL (its bytes when the store keeps none)."""
+    and size within a command: `core.context`), or the store's "size:checksum" for a URL (its bytes when the store keeps none)."""
     if is_remote(p):
         entry = stat(p)
         if entry.checksum:
@@ -288,9 +288,10 @@ def fingerprint(p: str | os.PathLike) -> str:
     local = os.fspath(path(p))
     st = os.stat(local)
     key = (local, st.st_ino, st.st_mtime_ns, st.st_size)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = digest(local)
-    return _DIGESTS[key]
+    known = current().slot("storage.digests", lambda _: {})  # (path, inode, mtime, size) -> xxh3-128, per command
+    if key not in known:
+        known[key] = digest(local)
+    return known[key]
 
 
 # ---- local copies and mirrors --------------------------------------------------------------------------------
