@@ -38,6 +38,12 @@ class Context:
                 self.own.add(name)
         return self.slots[name]
 
+    def tables(self, name: str) -> list[dict]:
+        """Table `name` of this context, then of each context above it (what was registered while each was current:
+        a user's chat templates, selection encoders); register into the first, look up through all."""
+        own = self.slot(name, lambda _: {})
+        return [own, *(self.parent.tables(name) if self.parent is not None else [])]
+
     @property
     def root(self) -> Context:
         """The outermost context: where what a user's modules register on import lives, as long as Python keeps the

@@ -39,7 +39,7 @@ import orbax.checkpoint as ocp
 import xxhash
 from jax.experimental import multihost_utils
 
-from instructjax.core import hosts, storage
+from instructjax.core import context, hosts, storage
 from instructjax.core.errors import ConfigError
 
 MANIFEST = "instructjax.manifest"
@@ -212,9 +212,6 @@ def _problem(directory, step: int, contents: bool = True) -> str | None:
     return None
 
 
-_warned: set[tuple] = set()  # one warning per process for one fallback (a reader opens a step several times)
-
-
 def intact_step(directory, step: int | None = None, *, set_aside: bool = False,
                 damaged: dict[int, str] | None = None, contents: bool = True) -> int:
     """The step to read in a checkpoints dir: `step` itself when it is intact (a one-line ConfigError when it
@@ -271,9 +268,10 @@ def _set_aside(directory, steps: list[int]) -> list[str]:
 
 def _warn(directory, skipped: list[tuple[int, str]], using: int, kept: list[str]) -> None:
     key = (str(directory), tuple(s for s, _ in skipped), using)
-    if key in _warned:
+    warned = context.current().slot("checkpoint.warned", lambda _: set())  # one line per command for one fallback
+    if key in warned:  # (a reader opens a step several times)
         return
-    _warned.add(key)
+    warned.add(key)
     steps = ("step " if len(skipped) == 1 else "steps ") + ", ".join(str(s) for s, _ in skipped)
     why = skipped[0][1] if len(skipped) == 1 else "; ".join(f"step {s}: {p}" for s, p in skipped)
     kept_as = f" (kept as {', '.join(kept)})" if kept else ""

@@ -26,6 +26,7 @@ an emulator reaches through `TENSORSTORE_GCS_HTTP_URL`. Nothing here has an opti
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -106,20 +107,15 @@ def filesystem(p: str | os.PathLike) -> tuple[Any, str]:
     return fsspec.core.url_to_fs(os.fspath(p))
 
 
-_CONFIGURED = False
-
-
+@functools.cache
 def _fsspec_defaults() -> None:
     """No listings cache for gcsfs, and against an emulator (which serves the JSON API only, no Storage Control
     API) no bucket-layout lookups: set before the first gs:// file system is made, ours or Orbax's."""
-    global _CONFIGURED
-    if not _CONFIGURED:
-        if os.environ.get("STORAGE_EMULATOR_HOST"):
-            os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # read when gcsfs is imported
-        import fsspec.config
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # read when gcsfs is imported
+    import fsspec.config
 
-        fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)
-        _CONFIGURED = True
+    fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)  # once per process: fsspec's
 
 
 # ---- whole files ---------------------------------------------------------------------------------------------

@@ -133,13 +133,13 @@ def test_an_encoding_error_is_raised_where_one_at_a_time_raises_it(encode_as, tm
         return templates.get_template("tulu").pieces(messages, meta, eos)
 
     fragile = templates.ChatTemplate("parallel_fragile", pieces, "", "")
-    monkeypatch.setitem(templates._TEMPLATES, fragile.name, fragile)  # registered for this test only
     rows = [{"instruction": "explode" if k == 5 else f"task {k}", "input": "", "output": "done"} for k in range(8)]
     (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    specs.add_task("parallel_fragile", TaskSpec(source="alpaca", data_files=(str(tmp_path / "rows.jsonl"),),
-                                                template="parallel_fragile"))
     for parallel in (False, True):
         encode_as(parallel, "off")
+        templates.register_template(fragile)  # the command's own: gone with it
+        specs.add_task("parallel_fragile", TaskSpec(source="alpaca", data_files=(str(tmp_path / "rows.jsonl"),),
+                                                    template="parallel_fragile"))
         assert len(examples.encoded_examples("parallel_fragile", 5)) == 5  # the sixth row is not needed
         with pytest.raises(ValueError, match="cannot render"):
             examples.encoded_examples("parallel_fragile")
