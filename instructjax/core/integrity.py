@@ -45,9 +45,6 @@ from instructjax.core.errors import ConfigError
 MANIFEST = "instructjax.manifest"
 _WRITER = re.compile(r"(?:^|/)ocdbt\.process_(\d+)(?:/|$)")
 
-# str(step dir), part, parts -> (what its files looked like when checked, problem found or None): one process
-# that opens a step several times (model config, tokenizer, params) reads its data once
-_checked: dict[tuple[str, int, int], tuple[tuple, str | None]] = {}
 
 
 def writer_of(name: str, process_count: int) -> int:
@@ -136,8 +133,11 @@ def check_manifest(step_dir, part: int = 0, parts: int = 1, *, contents: bool = 
     if not contents:
         return None
     key, state = (str(step_dir), part, parts), (head, tuple(seen))
-    if key in _checked and _checked[key][0] == state:
-        return _checked[key][1]
+    # str(step dir), part, parts -> (what its files looked like when checked, problem found or None): a command that
+    # opens a step several times (model config, tokenizer, params) reads its data once (`core.context`)
+    checked = context.current().slot("checkpoint.checked", lambda _: {})
+    if key in checked and checked[key][0] == state:
+        return checked[key][1]
     problem = None
     for name, (_, digest) in [f for f in files if _is_xxh3(f[1][1])][part::parts]:
         try:
@@ -147,7 +147,7 @@ def check_manifest(step_dir, part: int = 0, parts: int = 1, *, contents: bool = 
             problem = f"{name} cannot be read ({type(exc).__name__})"
         if problem:
             break
-    _checked[key] = (state, problem)
+    checked[key] = (state, problem)
     return problem
 
 
