@@ -59,3 +59,20 @@ def openai_server(tmp_path_factory):
 def bucket(gcs_server) -> str:
     """A fresh, empty bucket on the GCS-API server: "gs://NAME"."""
     return gcs_server.bucket(f"b-{uuid.uuid4().hex[:12]}")
+
+
+@pytest.fixture
+def new_command():
+    """new_command(): from here on the test runs as a new command of this process does (`core.context`): it reads
+    what was registered before, and starts with no task read, no hub table or dump cleaned, no digest kept."""
+    from contextlib import ExitStack
+
+    from instructjax.core.context import Context, current
+
+    with ExitStack() as stack:
+
+        def enter() -> None:
+            stack.close()  # the command before: gone
+            stack.enter_context(Context(parent=current().root))
+
+        yield enter

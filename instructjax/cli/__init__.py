@@ -109,11 +109,13 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]  # key=value after a flag (`--resume max_steps=50`) too
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    try:
-        from instructjax.core.user_modules import import_modules
+    from instructjax.core.context import Context, current
+    from instructjax.core.user_modules import import_modules
 
-        import_modules([*args.imports_first, *getattr(args, "imports", [])])
-        code = args.func(args)
+    try:
+        with Context(parent=current()):  # the command's own: it reads what the caller registered, writes its own
+            import_modules([*args.imports_first, *getattr(args, "imports", [])])
+            code = args.func(args)
     except Stopped as e:  # a signal asked the work to stop, and it did at a safe point: what it did is kept
         print(f"instructjax: {e}", file=sys.stderr, flush=True)
         return EXIT_PREEMPTED

@@ -62,11 +62,11 @@ def import_hf(hf_dir: str, out: str, *, mesh=None, param_dtype: str = "float32",
         import sys
 
         from instructjax.convert.adapter import base_mismatch, read_adapter
-        from instructjax.model import lora
+        from instructjax.model import partition
 
         adapter_dir = _local_hf_dir(adapter)
         config, adapters = read_adapter(adapter_dir, config)
-        params = lora.combine(adapters, params)
+        params = partition.of(config).combine(adapters, params)
         if warning := base_mismatch(adapter_dir, source if storage.is_remote(source) else hf_dir):
             print(f"instructjax: warning: {warning}", file=sys.stderr, flush=True)
     template = _chat_template(chat_template) if chat_template else None
@@ -288,14 +288,15 @@ def load_params_as(directory: str, config: DecoderConfig, *, step: int | None = 
     layout (`model.scan_layers` changed), they are read to the host, restacked and then placed. A LoRA run's
     checkpoint holds its adapters alone: its base (`init_from`, checked to be the step it trained on) is read too."""
     from instructjax.core.checkpoint import read_base, read_meta
-    from instructjax.model import lora
+    from instructjax.model import partition
 
     stored, _, step = read_meta(directory, step)  # the step to read, once: the newest intact one by default
     base = read_base(directory, step)
     if base is None:
         return _load_own(directory, step, stored, config, shardings)
-    adapters = _load_own(directory, step, stored, config, None if shardings is None else lora.trainable(shardings))
-    return lora.combine(adapters, load_base(base, config, shardings)[0])
+    trains = partition.of(DecoderConfig.from_dict(stored).replace(scan_layers=config.scan_layers))  # its adapters
+    adapters = _load_own(directory, step, stored, config, None if shardings is None else trains.trainable(shardings))
+    return trains.combine(adapters, load_base(base, config, shardings)[0])
 
 
 def load_base(base: dict, config: DecoderConfig, shardings=None) -> tuple[dict, dict | None]:
@@ -306,25 +307,26 @@ def load_base(base: dict, config: DecoderConfig, shardings=None) -> tuple[dict, 
     import jax
 
     from instructjax.core.checkpoint import read_meta
-    from instructjax.model import lora, quantize
+    from instructjax.model import partition, quantize
 
     with_adapters = read_meta(base["checkpoint"], base["step"])[0].get("lora") is not None
+    trains = partition.of(config.replace(quantize_base="none"))  # the adapters by their type: the paths they sit at
     part = lambda select, tree: None if tree is None else select(tree)  # noqa: E731
     if base.get("merged"):  # its model with its adapters folded in, fresh adapters on it (reference_model: base)
         host = merged_model(base["checkpoint"], base["step"], config.scan_layers)
         if config.quantize_base != "none":
-            return quantize.quantized(host, config, part(lora.frozen, shardings)), None
-        return (host if shardings is None else jax.device_put(host, lora.frozen(shardings))), None
+            return quantize.quantized(host, config, part(trains.frozen, shardings)), None
+        return (host if shardings is None else jax.device_put(host, trains.frozen(shardings))), None
     if config.quantize_base != "none":
         host = load_params_as(base["checkpoint"], config.replace(quantize_base="none"), step=base["step"])
-        frozen = quantize.quantized(lora.frozen(host), config, part(lora.frozen, shardings))
-        adapters = part(lora.trainable, host) if with_adapters else None
+        frozen = quantize.quantized(trains.frozen(host), config, part(trains.frozen, shardings))
+        adapters = part(trains.trainable, host) if with_adapters else None
         if adapters is not None and shardings is not None:
-            adapters = jax.device_put(adapters, lora.trainable(shardings))
+            adapters = jax.device_put(adapters, trains.trainable(shardings))
         return frozen, adapters
     loaded = load_params_as(base["checkpoint"], config, step=base["step"],
-                            shardings=shardings if with_adapters else part(lora.frozen, shardings))
-    return lora.frozen(loaded), lora.trainable(loaded) if with_adapters else None
+                            shardings=shardings if with_adapters else part(trains.frozen, shardings))
+    return trains.frozen(loaded), trains.trainable(loaded) if with_adapters else None
 
 
 def merged_model(directory: str, step: int, scan_layers: bool) -> dict:

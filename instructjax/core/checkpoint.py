@@ -27,6 +27,7 @@ that HF import/export and `model.init_from` use.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import errno
 import os
 import threading
@@ -142,7 +143,8 @@ class Checkpointer:
         with self._save_errors(step):
             self._save(step, params, opt_state, data_state, meta)
         self._saving = step
-        self._sealer = threading.Thread(target=self._seal, args=(step,), name=f"seal-{step}", daemon=True)
+        self._sealer = threading.Thread(target=contextvars.copy_context().run, args=(self._seal, step),
+                                        name=f"seal-{step}", daemon=True)  # the command's hosts (`core.context`)
         self._sealer.start()
 
     def _seal(self, step: int) -> None:

@@ -27,9 +27,10 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
-from instructjax.core import stopping, storage
+from instructjax.core import context, stopping, storage
 from instructjax.core.errors import InstructJaxError
 
 T = TypeVar("T")
@@ -112,24 +113,34 @@ def _bounded(call, *args):
 
 EXIT_GRACE_S = 1.0  # how long host 0 outlives the other hosts' last word before it exits (see `_disagree`)
 
-_COORDINATOR: Coordinator | None = None
-_SESSION = ""  # key prefix of this install()
-_ENTERED = 0  # collectives this host entered in this session
-_NAMES: Counter = Counter()  # how often each name was entered in this session
-_SHARED_DIRS: dict[str, bool] = {}
-_SESSIONS: Counter = Counter()  # installs of each session name in this process
+@dataclass
+class Session:
+    """The installed hosts of the current command (`core.context`): the coordinator (None: this process alone), the
+    prefix of the session's keys, the collectives this host entered, how often each name was, and the directories
+    asked about (`sees_one_directory`)."""
+
+    coordinator: Coordinator | None = None
+    prefix: str = ""
+    entered: int = 0
+    names: Counter = field(default_factory=Counter)
+    shared_dirs: dict[str, bool] = field(default_factory=dict)
+
+
+def _session() -> Session:
+    return context.current().slot("hosts.session", lambda _: Session())
 
 
 def install(coordinator: Coordinator | None = None, session: str = "run") -> None:
     """Install the run's hosts: `coordinator`, or JAX's runtime when it has several processes (else this process
-    works alone), with a fresh session of keys named `session` (what the hosts agree they run)."""
-    global _COORDINATOR, _SESSION, _ENTERED
+    works alone), with a fresh session of keys named `session` (what the hosts agree they run) in the current
+    command's context. The installs of each name are counted in the outermost context, so a process that installs
+    the same name again (an in-process sweep) never meets its earlier keys in JAX's store (which lives as long as
+    the process's runtime)."""
     if coordinator is None and _jax_processes() > 1:
         coordinator = JaxHosts()
-    _SESSIONS[session] += 1
-    _COORDINATOR, _SESSION, _ENTERED = coordinator, f"instructjax/{session}#{_SESSIONS[session]}", 0
-    _NAMES.clear()
-    _SHARED_DIRS.clear()
+    installs = context.current().root.slot("hosts.installs", lambda _: Counter())
+    installs[session] += 1
+    context.current().slots["hosts.session"] = Session(coordinator, f"instructjax/{session}#{installs[session]}")
 
 
 def _jax_processes() -> int:
@@ -148,9 +159,10 @@ def _jax_processes() -> int:
 def current() -> Coordinator | None:
     """The installed coordinator when there are several hosts, else None (installed on first use when JAX's
     runtime is up and nobody installed one)."""
-    if _COORDINATOR is None and _jax_processes() > 1:
+    if _session().coordinator is None and _jax_processes() > 1:
         install()
-    return _COORDINATOR if _COORDINATOR is not None and _COORDINATOR.process_count > 1 else None
+    coordinator = _session().coordinator
+    return coordinator if coordinator is not None and coordinator.process_count > 1 else None
 
 
 def process() -> tuple[int, int]:
@@ -177,17 +189,17 @@ class Collective:
     """One collective of the session, entered by every host (see the module doc). `key(part)` names its keys."""
 
     def __init__(self, coordinator: Coordinator, name: str, doing: str):
-        global _ENTERED
+        session = _session()
         self.hosts, self.doing = coordinator, doing
-        n, me = _ENTERED, coordinator.process_index
-        _ENTERED += 1
-        _NAMES[name] += 1
-        self.prefix = f"{_SESSION}/{name}#{_NAMES[name]}"
-        coordinator.set(f"{_SESSION}/at/{me}/{n}", name)
+        n, me = session.entered, coordinator.process_index
+        session.entered += 1
+        session.names[name] += 1
+        self.prefix = f"{session.prefix}/{name}#{session.names[name]}"
+        coordinator.set(f"{session.prefix}/at/{me}/{n}", name)
         for h in range(coordinator.process_count):
             if h == me:
                 continue
-            theirs = get(coordinator, f"{_SESSION}/at/{h}/{n}", h, doing, verb="get to")
+            theirs = get(coordinator, f"{session.prefix}/at/{h}/{n}", h, doing, verb="get to")
             if theirs != name:
                 _disagree(coordinator, n, f"host {h} entered collective {theirs!r} where host {me} entered {name!r} "
                                           f"({doing}): the hosts ran different steps; check that every host has the "
@@ -207,7 +219,7 @@ class Collective:
 def gather_to_first(coordinator: Coordinator, name: str, value: Any, doing: str) -> list[Any] | None:
     """Every host's `value` (JSON) at host 0, in host order; None on the others. Not one of the ordered
     collectives (a background thread may call it): `name` must be unique within the session."""
-    key, me = f"{_SESSION}/gather/{name}", coordinator.process_index
+    key, me = f"{_session().prefix}/gather/{name}", coordinator.process_index
     if me != 0:
         coordinator.set(f"{key}/{me}", json.dumps(value))
         return None
@@ -226,12 +238,12 @@ def _disagree(coordinator: Coordinator, n: int, message: str, wait_s: float = 10
     others = [h for h in range(coordinator.process_count) if h != me]
     found = True
     try:
-        coordinator.set(f"{_SESSION}/disagree/{me}/{n}", "found")
+        coordinator.set(f"{_session().prefix}/disagree/{me}/{n}", "found")
         for h in others:
-            coordinator.get(f"{_SESSION}/disagree/{h}/{n}", wait_s)
+            coordinator.get(f"{_session().prefix}/disagree/{h}/{n}", wait_s)
     except (TimeoutError, InstructJaxError):  # a host is elsewhere (or gone): say it here alone
         found = False
-    said = f"{_SESSION}/disagree-said/{{}}/{n}"
+    said = f"{_session().prefix}/disagree-said/{{}}/{n}"
 
     def leave() -> None:
         try:
@@ -272,9 +284,10 @@ def sees_one_directory(directory) -> bool:
     """Whether every host sees `directory` as one (each writes a marker there, then looks for the others'),
     asked once per directory; with one host, True. When not, host 0 prints one note line."""
     key = str(directory)
-    collective = enter(f"shared-dir/{key}", "checking the cache directory") if key not in _SHARED_DIRS else None
+    known = _session().shared_dirs
+    collective = enter(f"shared-dir/{key}", "checking the cache directory") if key not in known else None
     if collective is None:
-        return _SHARED_DIRS.get(key, True)
+        return known.get(key, True)
     hosts = collective.hosts
     token = collective.all_gather(uuid.uuid4().hex, "token")[0]
     markers = storage.path(directory) / f".hosts-{token}"
@@ -286,7 +299,7 @@ def sees_one_directory(directory) -> bool:
     except OSError:
         seen = False
     views = collective.all_gather(seen, "seen")
-    _SHARED_DIRS[key] = all(views)
+    known[key] = all(views)
     if hosts.process_index == 0:
         storage.remove_tree(markers)
         if not all(views):
@@ -294,7 +307,7 @@ def sees_one_directory(directory) -> bool:
             print(f"instructjax: note: the tokenized cache {directory} is not one directory for all "
                   f"{hosts.process_count} hosts (host {blind[0]} cannot see the others' files): every "
                   "host tokenizes every task itself", file=sys.stderr, flush=True)
-    return _SHARED_DIRS[key]
+    return known[key]
 
 
 def _appears(path, wait_s: float = 2.0) -> bool:

@@ -39,15 +39,12 @@ import orbax.checkpoint as ocp
 import xxhash
 from jax.experimental import multihost_utils
 
-from instructjax.core import hosts, storage
+from instructjax.core import context, hosts, storage
 from instructjax.core.errors import ConfigError
 
 MANIFEST = "instructjax.manifest"
 _WRITER = re.compile(r"(?:^|/)ocdbt\.process_(\d+)(?:/|$)")
 
-# str(step dir), part, parts -> (what its files looked like when checked, problem found or None): one process
-# that opens a step several times (model config, tokenizer, params) reads its data once
-_checked: dict[tuple[str, int, int], tuple[tuple, str | None]] = {}
 
 
 def writer_of(name: str, process_count: int) -> int:
@@ -136,8 +133,11 @@ def check_manifest(step_dir, part: int = 0, parts: int = 1, *, contents: bool = 
     if not contents:
         return None
     key, state = (str(step_dir), part, parts), (head, tuple(seen))
-    if key in _checked and _checked[key][0] == state:
-        return _checked[key][1]
+    # str(step dir), part, parts -> (what its files looked like when checked, problem found or None): a command that
+    # opens a step several times (model config, tokenizer, params) reads its data once (`core.context`)
+    checked = context.current().slot("checkpoint.checked", lambda _: {})
+    if key in checked and checked[key][0] == state:
+        return checked[key][1]
     problem = None
     for name, (_, digest) in [f for f in files if _is_xxh3(f[1][1])][part::parts]:
         try:
@@ -147,7 +147,7 @@ def check_manifest(step_dir, part: int = 0, parts: int = 1, *, contents: bool = 
             problem = f"{name} cannot be read ({type(exc).__name__})"
         if problem:
             break
-    _checked[key] = (state, problem)
+    checked[key] = (state, problem)
     return problem
 
 
@@ -212,9 +212,6 @@ def _problem(directory, step: int, contents: bool = True) -> str | None:
     return None
 
 
-_warned: set[tuple] = set()  # one warning per process for one fallback (a reader opens a step several times)
-
-
 def intact_step(directory, step: int | None = None, *, set_aside: bool = False,
                 damaged: dict[int, str] | None = None, contents: bool = True) -> int:
     """The step to read in a checkpoints dir: `step` itself when it is intact (a one-line ConfigError when it
@@ -271,9 +268,10 @@ def _set_aside(directory, steps: list[int]) -> list[str]:
 
 def _warn(directory, skipped: list[tuple[int, str]], using: int, kept: list[str]) -> None:
     key = (str(directory), tuple(s for s, _ in skipped), using)
-    if key in _warned:
+    warned = context.current().slot("checkpoint.warned", lambda _: set())  # one line per command for one fallback
+    if key in warned:  # (a reader opens a step several times)
         return
-    _warned.add(key)
+    warned.add(key)
     steps = ("step " if len(skipped) == 1 else "steps ") + ", ".join(str(s) for s, _ in skipped)
     why = skipped[0][1] if len(skipped) == 1 else "; ".join(f"step {s}: {p}" for s, p in skipped)
     kept_as = f" (kept as {', '.join(kept)})" if kept else ""

@@ -2,7 +2,7 @@
 the papers' schedule, linear warmup over 3% of the steps, then linear (or cosine) decay to 0, global-norm gradient
 clipping, weight decay on matrices only (HF Trainer's defaults otherwise).
 
-Only optax and jax: the train step (`train.step`) and the LoRA wrapper (`train.optim.adapters_only`) consume it; the
+Only optax and jax: the train step (`train.step`, over what trains: `model.partition`) consumes it; the
 loss and micro-batch accumulation live in `train.loss`. core/config.py imports this module only inside `build`, so
 reading a config never imports jax.
 """

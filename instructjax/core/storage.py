@@ -26,6 +26,7 @@ an emulator reaches through `TENSORSTORE_GCS_HTTP_URL`. Nothing here has an opti
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -38,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import xxhash
 
+from instructjax.core.context import current
 from instructjax.core.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -45,7 +47,6 @@ if TYPE_CHECKING:
 _READ = 16 << 20
 _UMASK = os.umask(0o022)  # read once: a new file's mode is 0666 less it (tempfile's own files are 0600)
 os.umask(_UMASK)
-_DIGESTS: dict[tuple, str] = {}  # local file (path, inode, mtime, size) -> xxh3-128, within a process
 
 
 def _epath():
@@ -106,20 +107,15 @@ def filesystem(p: str | os.PathLike) -> tuple[Any, str]:
     return fsspec.core.url_to_fs(os.fspath(p))
 
 
-_CONFIGURED = False
-
-
+@functools.cache
 def _fsspec_defaults() -> None:
     """No listings cache for gcsfs, and against an emulator (which serves the JSON API only, no Storage Control
     API) no bucket-layout lookups: set before the first gs:// file system is made, ours or Orbax's."""
-    global _CONFIGURED
-    if not _CONFIGURED:
-        if os.environ.get("STORAGE_EMULATOR_HOST"):
-            os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # read when gcsfs is imported
-        import fsspec.config
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        os.environ.setdefault("GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT", "false")  # read when gcsfs is imported
+    import fsspec.config
 
-        fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)
-        _CONFIGURED = True
+    fsspec.config.conf.setdefault("gs", {}).setdefault("use_listings_cache", False)  # once per process: fsspec's
 
 
 # ---- whole files ---------------------------------------------------------------------------------------------
@@ -279,7 +275,7 @@ def digest(p: str | os.PathLike) -> str:
 
 def fingerprint(p: str | os.PathLike) -> str:
     """A file's content identity (module doc): "xxh3:<hex>" of a local file's bytes (remembered per inode, mtime
-    and size within a process), or the store's "size:checksum" for a URL (its bytes when the store keeps none)."""
+    and size within a command: `core.context`), or the store's "size:checksum" for a URL (its bytes when the store keeps none)."""
     if is_remote(p):
         entry = stat(p)
         if entry.checksum:
@@ -288,9 +284,10 @@ def fingerprint(p: str | os.PathLike) -> str:
     local = os.fspath(path(p))
     st = os.stat(local)
     key = (local, st.st_ino, st.st_mtime_ns, st.st_size)
-    if key not in _DIGESTS:
-        _DIGESTS[key] = digest(local)
-    return _DIGESTS[key]
+    known = current().slot("storage.digests", lambda _: {})  # (path, inode, mtime, size) -> xxh3-128, per command
+    if key not in known:
+        known[key] = digest(local)
+    return known[key]
 
 
 # ---- local copies and mirrors --------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+from instructjax.core.context import current
 from instructjax.core.errors import ConfigError
 
 
@@ -15,7 +16,14 @@ def import_modules(names: list[str], base: Path | None = None) -> None:
     """Import a config's `imports:` (or `--import`) before anything is resolved, so the tasks, sources and
     seqio Tasks they register are known: a module name (found on sys.path, the config's directory or the
     working directory) or a path to a .py file (relative to the config's directory, else the working
-    directory). A module that fails to import is one ConfigError line."""
+    directory). A module that fails to import is one ConfigError line. What the modules register goes into the
+    outermost context (`core.context`): Python imports a module once per process, so every later command reads it
+    there."""
+    with current().root:
+        _import(names, base)
+
+
+def _import(names: list[str], base: Path | None) -> None:
     for name in names:
         try:
             if name.endswith(".py") or "/" in name:

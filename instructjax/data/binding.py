@@ -57,7 +57,7 @@ def specs_of(name: str, registry: specs.Registry | None = None) -> Resolved | No
     it), resolved; None when `name` is none of these."""
     registry = registry or specs.default_registry()
     found = registry.tasks_of(name)
-    if found is None and "seqio" in sys.modules:
+    if found is None and "seqio" in sys.modules:  # a user's seqio Task needs seqio imported (by their module)
         from instructjax.data.seqio import lookup
 
         mixture = lookup.mixture_spec(name)

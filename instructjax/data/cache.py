@@ -24,7 +24,6 @@ A reader verifies the file, then memory-maps it: `CachedExamples` makes an examp
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import mmap
@@ -39,6 +38,7 @@ import numpy as np
 import xxhash
 
 from instructjax.core import storage
+from instructjax.core.context import current
 
 FORMAT = 2
 _MAGIC = b"instructjax-tokenized-cache 2\n"
@@ -53,14 +53,11 @@ def cache_dir() -> storage.Path | None:
     where = os.environ.get("INSTRUCTJAX_CACHE_DIR", "~/.cache/instructjax/tokenized")
     if where.lower() in ("off", "none", "0", ""):
         return None
-    _bucket_checked(where)
+    checked = current().slot("data.cache_dirs_checked", lambda _: set())
+    if where not in checked:  # a cache in a bucket that does not exist: one line, once a command, before anything
+        storage.check_bucket(where, "INSTRUCTJAX_CACHE_DIR")  # is tokenized
+        checked.add(where)
     return storage.path(where)
-
-
-@functools.cache
-def _bucket_checked(where: str) -> None:
-    """A cache in a bucket that does not exist: one line, once a process, before anything is tokenized."""
-    storage.check_bucket(where, "INSTRUCTJAX_CACHE_DIR")
 
 
 def model_digest(path: str) -> str | None:

@@ -1,12 +1,16 @@
-"""`data.binding` over a registry it is handed (`data.blends.specs.Registry`), the old names kept, and importing the
-data layer's registries and the storage layer registers, mutates and exports nothing."""
+"""`data.binding` over a registry it is handed (`data.blends.specs.Registry`), the old names kept, two configs bound
+one after the other in one process each with their own registry and caches (`core.context`), and importing the data
+layer's registries and the storage layer registers, mutates and exports nothing."""
 
+import json
 import os
 import subprocess
 import sys
 
 import pytest
+import yaml
 
+from instructjax.cli import main
 from instructjax.core.errors import ConfigError
 from instructjax.data import binding
 from instructjax.data.blends import papers, specs
@@ -33,10 +37,46 @@ def test_the_public_functions_write_into_the_default_registry_and_the_old_names_
     specs.add_task("default_reg_chats", TaskSpec(source="dolly", data_files=("builtin",)))
     default = specs.default_registry()
     assert default.task("default_reg_chats") is specs.task("default_reg_chats")
-    assert specs._TASKS is default.tasks and specs._MIXTURES is default.mixtures and specs.VARIANT_OF is default.variants
+    assert specs.VARIANT_OF is default.variants
     assert binding.resolve is binding.specs_of and papers.resolve is papers.paper_counts
     assert papers.paper_counts("acp_A") == (("alpaca", 20_000),) and papers.paper_counts("acp_Q") is None
     assert "tulu_human" in default.suggest("tulu_humn")
+
+
+def _config(tmp_path, name: str, rows: list[str] | None) -> str:
+    """A config over mixture `two_mix` of task `two_task`, which its `define:` block registers over a file of alpaca
+    rows whose instructions are `rows` (None: no `define:`, the names left to whatever is registered)."""
+    config = {"data": {"mixture": "two_mix", "seq_len": 128}}
+    if rows is not None:
+        path = tmp_path / f"{name}.jsonl"
+        path.write_text("".join(json.dumps({"instruction": r, "input": "", "output": "ok"}) + "\n" for r in rows))
+        config["define"] = {"tasks": {"two_task": {"source": "alpaca", "data_files": [str(path)]}},
+                            "mixtures": {"two_mix": {"counts": {"two_task": None}}}}
+    (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
+    return str(tmp_path / f"{name}.yaml")
+
+
+def _previewed(capsys, config: str) -> list[str]:
+    """The instructions `data preview --config` shows, run in this process as a command."""
+    capsys.readouterr()
+    assert main(["data", "preview", "--config", config, "--json", "-n", "20"]) == 0, capsys.readouterr().err
+    texts = [json.loads(line)["text"] for line in capsys.readouterr().out.splitlines()]
+    return [next(w for w in t.replace("\n", " ").split() if w.startswith("row-")) for t in texts]
+
+
+def test_two_configs_bound_one_after_the_other_in_one_process_each_get_their_own(tmp_path, capsys):
+    """Two configs registering the same names over different rows, run one after the other in one process, each show
+    their own rows; the first again after its file was rewritten shows the new rows (nothing kept from the first
+    run); a config naming the task without defining it is refused, as in a process of its own."""
+    first, second = [f"row-a{k}" for k in range(3)], [f"row-b{k}" for k in range(5)]
+    a, b = _config(tmp_path, "a", first), _config(tmp_path, "b", second)
+    assert _previewed(capsys, a) == first
+    assert _previewed(capsys, b) == second
+    rewritten = [f"row-c{k}" for k in range(4)]
+    _config(tmp_path, "a", rewritten)
+    assert _previewed(capsys, a) == rewritten
+    assert main(["data", "preview", "--config", _config(tmp_path, "bare", None)]) == 2
+    assert "'two_mix' is not a registered task or mixture" in capsys.readouterr().err
 
 
 def test_importing_registers_mutates_and_exports_nothing():

@@ -21,14 +21,14 @@ from instructjax.data.tokenized import examples
 MIX = "acp_ACP_n10000_builtin"
 
 
-def as_a_new_process(monkeypatch, where) -> None:
+def as_a_new_process(monkeypatch, new_command, where) -> None:
     """The cache at `where` ("off": none) and no task read yet, as a new process starts."""
     monkeypatch.setenv("INSTRUCTJAX_CACHE_DIR", str(where))
-    examples._STREAMS.clear()
+    new_command()
 
 
-def batches(monkeypatch, where, n=4):
-    as_a_new_process(monkeypatch, where)
+def batches(monkeypatch, new_command, where, n=4):
+    as_a_new_process(monkeypatch, new_command, where)
     config = DataSection(mixture=MIX, seq_len=128, global_batch=8, pack_window=64, prefetch=0)
     it = iter(DataPipeline(config))
     return [next(it) for _ in range(n)]
@@ -38,14 +38,14 @@ def same(a, b):
     return all(np.array_equal(x[k], y[k]) for x, y in zip(a, b, strict=True) for k in x)
 
 
-def test_cold_warm_and_corrupted_cache_give_the_batches_of_no_cache(monkeypatch, tmp_path, capfd):
-    reference = batches(monkeypatch, "off")
+def test_cold_warm_and_corrupted_cache_give_the_batches_of_no_cache(monkeypatch, tmp_path, capfd, new_command):
+    reference = batches(monkeypatch, new_command, "off")
     where = tmp_path / "cache"
-    assert same(batches(monkeypatch, where), reference)  # cold: written
+    assert same(batches(monkeypatch, new_command, where), reference)  # cold: written
     files = sorted(where.glob("*.tok"))
     assert len(files) == 3  # one per task of the mixture
     stamps = [f.stat().st_mtime_ns for f in files]
-    assert same(batches(monkeypatch, where), reference)  # warm: read back, nothing rewritten
+    assert same(batches(monkeypatch, new_command, where), reference)  # warm: read back, nothing rewritten
     assert [f.stat().st_mtime_ns for f in files] == stamps
     capfd.readouterr()
 
@@ -53,7 +53,7 @@ def test_cold_warm_and_corrupted_cache_give_the_batches_of_no_cache(monkeypatch,
     data[len(data) // 2] ^= 0xFF  # one flipped byte
     files[0].write_bytes(bytes(data))
     files[1].write_bytes(files[1].read_bytes()[:100])  # a torn write
-    assert same(batches(monkeypatch, where), reference)
+    assert same(batches(monkeypatch, new_command, where), reference)
     warnings = [line for line in capfd.readouterr().err.splitlines() if "tokenized cache" in line]
     assert len(warnings) == 2 and all("unreadable" in w and "rebuilding" in w for w in warnings)
     assert all(cache.load(f) is not None for f in files)  # rebuilt
@@ -173,12 +173,12 @@ def test_every_damaged_byte_and_every_wrong_length_is_detected(tmp_path, capfd):
     assert all(w.startswith("instructjax: warning: tokenized cache") and w.endswith("rebuilding it") for w in warnings)
 
 
-def test_a_warm_cache_plans_the_epoch_that_packing_every_window_gives(monkeypatch, tmp_path):
+def test_a_warm_cache_plans_the_epoch_that_packing_every_window_gives(monkeypatch, tmp_path, new_command):
     """The plan from the cached sizes (no example made) equals packing every window, and the no-cache plan."""
     config = DataSection(mixture=MIX, seq_len=128, global_batch=8, pack_window=64, prefetch=0)
     plans = []
     for where in ("off", tmp_path, tmp_path):  # no cache, cold, warm
-        as_a_new_process(monkeypatch, where)
+        as_a_new_process(monkeypatch, new_command, where)
         pipeline = DataPipeline(config)
         plans.append(pipeline.plan_epoch(0))
     assert all(isinstance(e, cache.CachedExamples) for e in pipeline.stream.examples)
@@ -193,12 +193,12 @@ def test_a_warm_cache_plans_the_epoch_that_packing_every_window_gives(monkeypatc
     assert (plans[2].examples, plans[2].rows, plans[2].tokens) == (stats.examples, stats.rows, stats.tokens)
 
 
-def test_a_token_outside_the_vocabulary_is_named_from_the_cache_as_without_it(monkeypatch, tmp_path):
+def test_a_token_outside_the_vocabulary_is_named_from_the_cache_as_without_it(monkeypatch, tmp_path, new_command):
     """The cached token range stands for a scan of the tokens: the same one-line error names the same example."""
     config = DataSection(mixture=MIX, seq_len=128, global_batch=8, pack_window=64, prefetch=0)
     errors = []
     for where in ("off", tmp_path, tmp_path):  # no cache, cold, warm
-        as_a_new_process(monkeypatch, where)
+        as_a_new_process(monkeypatch, new_command, where)
         with pytest.raises(ConfigError) as error:
             DataPipeline(config, vocab_size=300)
         errors.append(str(error.value))

@@ -33,7 +33,7 @@ def _stop_the_pool():
 
 
 @pytest.fixture
-def encode_as(monkeypatch):
+def encode_as(monkeypatch, new_command):
     """encode_as(parallel, cache_dir): the next reads encode one conversation at a time in this process, or in
     batches of 4 over a pool of 3 worker processes from the first conversation on (a stream's last batch in parts
     of 1 or more)."""
@@ -44,25 +44,24 @@ def encode_as(monkeypatch):
         monkeypatch.setattr(pool, "IN_PROCESS", 0)
         monkeypatch.setattr(pool, "BATCH", 4)
         monkeypatch.setattr(pool, "LAST_PART", 1)  # a stream's last batch cut over the workers
-        examples._STREAMS.clear()
+        new_command()
 
     yield switch
-    examples._STREAMS.clear()
 
 
-def outcome(name: str, takes: list[tuple[int | None, int | None]]) -> list:
+def outcome(name: str, takes: list[tuple[int | None, int | None]], new_command) -> list:
     """Everything a caller can see of task `name` after each (count, seed) read, each from a new process's
     state: the examples (bytes), their order in file order, the report and the positions, then a larger
     take of the same subset (it continues the stream)."""
     seen = []
     for count, seed in takes:
-        examples._STREAMS.clear()
+        new_command()
         got = [examples.encoded_examples(name, count, seed)]
         if seed is not None:
             got.append(examples.encoded_examples(name, count, seed, in_file_order=True))
             got.append(examples.encoded_examples(name, 3 * count, seed))
         report = examples.task_report(name, seed)
-        stream = examples._STREAMS[(name, specs.task(name), seed)]
+        stream = examples.streams()[(name, specs.task(name), seed)]
         seen.append(([[(ex["tokens"].dtype.str, ex["tokens"].tobytes(), ex["loss_mask"].dtype.str,
                         ex["loss_mask"].tobytes(), ex["conversation"], ex["id"]) for ex in exs] for exs in got],
                      report.as_dict(), report.rows, stream.positions))
@@ -87,12 +86,12 @@ def tasks() -> dict[str, list[tuple[int | None, int | None]]]:
     return out
 
 
-def test_the_parallel_path_equals_one_conversation_at_a_time(encode_as, tmp_path):
+def test_the_parallel_path_equals_one_conversation_at_a_time(encode_as, tmp_path, new_command):
     reads = tasks()
     encode_as(False, tmp_path / "serial")
-    serial = {name: outcome(name, takes) for name, takes in reads.items()}
+    serial = {name: outcome(name, takes, new_command) for name, takes in reads.items()}
     encode_as(True, tmp_path / "parallel")
-    parallel = {name: outcome(name, takes) for name, takes in reads.items()}
+    parallel = {name: outcome(name, takes, new_command) for name, takes in reads.items()}
     for name in reads:
         assert parallel[name] == serial[name], name
     assert any(r[1]["split"] for r in serial["parallel_blocks"]) and serial["parallel_hub_sharegpt_short"][0][1]["untrainable"]
@@ -118,7 +117,7 @@ def test_a_bad_row_is_raised_when_reached_and_again_when_asked_again(parallel, e
     encode_as(parallel, "off")
     first = examples.encoded_examples("parallel_bad", 3)
     assert [ex["id"] for ex in first] == ["sharegpt-long-b0", "sharegpt-long-b1", "sharegpt-long-b2"]
-    assert examples._STREAMS[("parallel_bad", specs.task("parallel_bad"), None)].report.as_dict()["read"] == 1
+    assert examples.streams()[("parallel_bad", specs.task("parallel_bad"), None)].report.as_dict()["read"] == 1
     for _ in range(2):
         with pytest.raises(DataError, match="row 2: missing field 'conversations'"):
             examples.encoded_examples("parallel_bad")
@@ -134,13 +133,13 @@ def test_an_encoding_error_is_raised_where_one_at_a_time_raises_it(encode_as, tm
         return templates.get_template("tulu").pieces(messages, meta, eos)
 
     fragile = templates.ChatTemplate("parallel_fragile", pieces, "", "")
-    monkeypatch.setitem(templates._TEMPLATES, fragile.name, fragile)  # registered for this test only
     rows = [{"instruction": "explode" if k == 5 else f"task {k}", "input": "", "output": "done"} for k in range(8)]
     (tmp_path / "rows.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
-    specs.add_task("parallel_fragile", TaskSpec(source="alpaca", data_files=(str(tmp_path / "rows.jsonl"),),
-                                                template="parallel_fragile"))
     for parallel in (False, True):
         encode_as(parallel, "off")
+        templates.register_template(fragile)  # the command's own: gone with it
+        specs.add_task("parallel_fragile", TaskSpec(source="alpaca", data_files=(str(tmp_path / "rows.jsonl"),),
+                                                    template="parallel_fragile"))
         assert len(examples.encoded_examples("parallel_fragile", 5)) == 5  # the sixth row is not needed
         with pytest.raises(ValueError, match="cannot render"):
             examples.encoded_examples("parallel_fragile")

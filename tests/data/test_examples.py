@@ -15,7 +15,7 @@ def _rows(tmp_path, n: int) -> TaskSpec:
     return TaskSpec(source="alpaca", data_files=(str(path),))
 
 
-def test_each_pipeline_counts_what_it_read_tokenized_and_cached(tmp_path, monkeypatch):
+def test_each_pipeline_counts_what_it_read_tokenized_and_cached(tmp_path, monkeypatch, new_command):
     """The first pipeline reads, tokenizes and writes the cache file; the next (a new process: nothing kept in
     memory) reads the file back and counts nothing read or tokenized."""
     monkeypatch.setenv("INSTRUCTJAX_CACHE_DIR", str(tmp_path / "cache"))
@@ -25,7 +25,7 @@ def test_each_pipeline_counts_what_it_read_tokenized_and_cached(tmp_path, monkey
     assert len(made) == 12 and (first.rows_read, first.conversations_tokenized) == (12, 12)
     assert set(first.cache_files) == {name} and first.written == {str(first.cache_files[name])}
     assert first.from_cache == set()
-    examples_lib._STREAMS.clear()  # what a new process starts with
+    new_command()  # what a new process starts with
     second = PipelineStats()
     assert len(examples_lib.encoded_examples(name, spec=spec, stats=second)) == 12
     assert second == PipelineStats(cache_files=first.cache_files, from_cache={name})

@@ -102,7 +102,7 @@ def test_a_p3_mixture_draws_its_subset_from_the_pool(tmp_path):
 
 
 
-def test_a_pool_read_from_a_directory_is_cached_and_a_new_part_changes_the_key(monkeypatch, tmp_path):
+def test_a_pool_read_from_a_directory_is_cached_and_a_new_part_changes_the_key(monkeypatch, tmp_path, new_command):
     """A directory of parts is cached like a list of files: a restart reads the examples back without
     rewriting the file; a subtask added to the directory is a new key, whose examples are the uncached ones."""
     directory = write_dir(tmp_path / "p3", P3_SUBTASKS)
@@ -110,7 +110,7 @@ def test_a_pool_read_from_a_directory_is_cached_and_a_new_part_changes_the_key(m
 
     def read(where):
         monkeypatch.setenv("INSTRUCTJAX_CACHE_DIR", str(where))
-        examples_lib._STREAMS.clear()  # what a new process starts with
+        new_command()  # what a new process starts with
         return [e["conversation"] for e in examples_lib.encoded_examples("pool_cached", 8, seed=2)]
 
     where = tmp_path / "cache"

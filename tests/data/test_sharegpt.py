@@ -66,21 +66,21 @@ def as_messages(turns):
 
 
 @pytest.mark.parametrize("spans", [None, 5])
-def test_fastchat_clean_matches_fastchats_cleaner_conversation_by_conversation(tmp_path, monkeypatch, spans):
+def test_fastchat_clean_matches_fastchats_cleaner_conversation_by_conversation(tmp_path, monkeypatch, spans, new_command):
     """In one process, and with the rows cleaned in 5 pieces made last to first and pickled (as the hosts of a run
     share the cleaning; each piece's rows fetched 3 at a time), then de-duplicated."""
     rows = json.loads(RAW.read_text())
     kept, counts, dropped = fastchat_clean(rows, monkeypatch)
     assert set(counts) == set(FASTCHAT_REASONS.values())  # the rows exercise every one of FastChat's filters
 
-    monkeypatch.setattr(sharegpt, "_PREPARED", {})  # not the dump another test cleaned
+    new_command()  # not the dump another test cleaned
     monkeypatch.setattr(sharegpt, "CHUNK", 3 if spans else sharegpt.CHUNK)  # a host's rows fetched in chunks
     share = alone if spans is None else reverse_pickled_share(spans)
     convs, policy = ours(tmp_path, RAW, clean="fastchat", share=share)
     assert [(c.id, c.messages) for c in convs] == [(f"sharegpt-{s['id']}", as_messages(s["conversations"]))
                                                    for s in kept]
     assert dict(policy.skipped) == counts and policy.read == len(rows)
-    sharegpt._PREPARED.clear()
+    new_command()
     outcomes = sharegpt.prepare([sharegpt_table(RAW, tmp_path)], {"clean": "fastchat"}, share)["cleaned"]
     assert [(rows[k]["id"], o.reason) for k, o in sorted(outcomes.items()) if not isinstance(o, tuple)] == dropped
     # the repairs: VyaZlh4 and Sy5tEm0 lose a leading turn, Tr4iLh9 a trailing human one; Cu7b4Bw is cut at its
@@ -107,7 +107,8 @@ def test_fastchat_clean_keeps_the_first_in_file_order_whatever_the_visiting_orde
 
 
 @pytest.mark.parametrize("spans", [None, 3])
-def test_a_bad_row_of_a_raw_dump_is_named_by_file_and_row_when_the_cleaning_is_shared(tmp_path, monkeypatch, spans):
+def test_a_bad_row_of_a_raw_dump_is_named_by_file_and_row_when_the_cleaning_is_shared(tmp_path, monkeypatch, spans,
+                                                                                      new_command):
     """Rows of a raw dump that cannot be read (no turns, an id of the wrong type, turns that are not objects):
     raised with their file and row, or skipped and counted, the same whether one process cleans the dump or
     the hosts of a run clean it in pieces (3, made last to first and pickled)."""
@@ -117,12 +118,12 @@ def test_a_bad_row_of_a_raw_dump_is_named_by_file_and_row_when_the_cleaning_is_s
     path = tmp_path / "dump.json"
     path.write_text(json.dumps(bad))
     share = alone if spans is None else reverse_pickled_share(spans)
-    monkeypatch.setattr(sharegpt, "_PREPARED", {})
+    new_command()
     with pytest.raises(DataError) as raised:
         ours(tmp_path, path, clean="fastchat", share=share)
     assert str(raised.value) == f"source sharegpt, file {path}, row 2: missing field 'conversations' (absent or null)"
     policy = BadRowPolicy(on_bad_row="skip")
-    sharegpt._PREPARED.clear()
+    new_command()
     convs = list(load_conversations("sharegpt", [str(path)], policy=policy, cache_dir=str(tmp_path / "c"),
                                     clean="fastchat", share=share))
     assert policy.read == len(bad) and sum(policy.skipped.values()) == len(bad) - len(convs)

@@ -17,7 +17,6 @@ from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.mosaic.augment import mosaic_epoch
 from instructjax.data.schema import Conversation
 from instructjax.data.seqio import mixtures
-from instructjax.data.tokenized import examples as examples_lib
 
 MARK = re.compile(r"Item ([AB]\d+):")
 SIZES = {"A": 40, "B": 30}
@@ -96,7 +95,7 @@ def test_packed_windows_hold_consecutive_examples_and_rows_keep_their_order(file
     assert all(np.array_equal(first_batch[k][:n], window[k][:n]) for k in first_batch)
 
 
-def test_a_subset_keeps_the_seeds_members_in_file_order(files):
+def test_a_subset_keeps_the_seeds_members_in_file_order(files, new_command):
     """{A: 15, B: all}: the 15 of A are the ones the seed draws with shuffling on, in file order, then B whole;
     every epoch the same; and so again when the examples come back from the on-disk cache."""
     on, off = DataPipeline(config("shuf_sub", shuffle=True)), DataPipeline(config("shuf_sub"))
@@ -109,7 +108,7 @@ def test_a_subset_keeps_the_seeds_members_in_file_order(files):
     assert len(drawn) == 15
     in_file_order = [m for m in file_order(files, "A") if m in drawn] + file_order(files, "B")
     assert marks(off, 0) == marks(off, 1) == in_file_order
-    examples_lib._STREAMS.clear()  # the next pipeline reads the tasks back from the cache
+    new_command()  # the next pipeline reads the tasks back from the cache
     assert marks(DataPipeline(config("shuf_sub")), 0) == in_file_order
 
 

@@ -74,9 +74,6 @@ def test_a_bucket_that_does_not_exist_is_one_line_before_the_work(model, capsys,
     for argv, words in cases:
         assert words in one_line(capsys, argv), argv
     monkeypatch.setenv("INSTRUCTJAX_CACHE_DIR", f"{gone}/cache")
-    from instructjax.data import cache
-
-    cache._bucket_checked.cache_clear()
     assert f"INSTRUCTJAX_CACHE_DIR {gone}/cache" in one_line(capsys, ["data", "stats", "alpaca_builtin"])
 
 

@@ -13,7 +13,7 @@ from helpers.bitsandbytes_nf4 import NF4, quantize_4bit
 
 from instructjax.core.config import load_config
 from instructjax.core.errors import ConfigError
-from instructjax.model import lora, quantize
+from instructjax.model import lora, partition, quantize
 from instructjax.model.config import preset
 from instructjax.model.decoder import Decoder, with_params
 from instructjax.train.optim import make_optimizer
@@ -111,11 +111,11 @@ def test_qlora_is_lora_on_the_dequantized_base(kind):
                              "optim.warmup_ratio=0"])
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
 
-    tx, _ = make_optimizer(run.optim, 10, adapters=True)
+    tx, _ = make_optimizer(run.optim, 10)
     steps = {id(model): build_step(model, tx, run, 1, mesh).step for model in (qlora, plain)}  # one compile each
 
     def losses(model, params):
-        opt_state, out = tx.init(params), []
+        opt_state, out = tx.init(partition.of(model).trainable(params)), []
         for _ in range(3):
             params, opt_state, metrics = steps[id(model)](params, opt_state, b)
             out.append(float(metrics["loss"]))

@@ -19,6 +19,7 @@ from instructjax.model import lora
 from instructjax.model.config import preset
 from instructjax.model.decoder import Decoder, with_params
 from instructjax.model.layers import Dense
+from instructjax.model.partition import Partition
 from instructjax.train.objectives import objective_for
 from instructjax.train.optim import make_optimizer
 from instructjax.train.step import build_step, make_step
@@ -78,12 +79,12 @@ def test_only_the_adapters_train():
     config = lora_config()
     run = load_config(None, ["model.preset=tiny", f"data.seq_len={LENGTH}", f"data.global_batch={ROWS}",
                              "optim.lr=1e-2", "optim.warmup_ratio=0"])
-    tx, _ = make_optimizer(run.optim, 10, adapters=True)
+    tx, _ = make_optimizer(run.optim, 10)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
     build = build_step(config, tx, run, 1, mesh)
     params = nnx.to_pure_dict(nnx.state(Decoder(config, rngs=nnx.Rngs(0)), nnx.Param))
     before = jax.tree.map(np.array, params)
-    opt_state = jax.jit(tx.init, out_shardings=build.opt_shardings)(params)
+    opt_state = build.init_optimizer(params)
     n_adapters, n_all = lora.adapter_count(params), sum(x.size for x in jax.tree.leaves(params))
     n_opt = sum(x.size for x in jax.tree.leaves(opt_state) if x.ndim)
     assert n_opt == 2 * n_adapters  # AdamW's mu and nu, for the adapters alone
@@ -139,7 +140,7 @@ def test_a_fused_group_shares_one_a_and_trains_through_it():
     assert set(mlp["gate_proj"]) == {"lora_a", "lora_b"} and set(mlp["up_proj"]) == {"lora_b"}
     assert jax.tree.structure(lora.combine(adapters, lora.frozen(params))) == jax.tree.structure(params)
     run = load_config(None, ["model.preset=tiny", "optim.lr=1e-2", "optim.warmup_ratio=0"])
-    tx, _ = make_optimizer(run.optim, 10, adapters=True)
+    tx, _ = make_optimizer(run.optim, 10)
     b = batch()
 
     def loss(adapters):
@@ -148,10 +149,11 @@ def test_a_fused_group_shares_one_a_and_trains_through_it():
         return -jnp.take_along_axis(jax.nn.log_softmax(logits), b["targets"][..., None], -1).mean()
 
     grads = jax.grad(loss)(adapters)
-    updates, _ = tx.update(lora.combine(grads, jax.tree.map(np.zeros_like, lora.frozen(params))), tx.init(params),
-                           params)
-    assert jax.tree.structure(updates) == jax.tree.structure(params)
-    assert all(np.abs(np.asarray(u)).max() > 0 for u in jax.tree.leaves(lora.trainable(updates)))
+    trains = Partition.of_state(nnx.state(nnx.merge(graphdef, params), nnx.Param))  # the adapters, by their type
+    assert jax.tree.structure(trains.trainable(params)) == jax.tree.structure(adapters)
+    updates, _ = tx.update(grads, tx.init(trains.trainable(params)), trains.trainable(params))
+    assert jax.tree.structure(updates) == jax.tree.structure(adapters)
+    assert all(np.abs(np.asarray(u)).max() > 0 for u in jax.tree.leaves(updates))
 
 
 def test_dropout_drops_the_lora_input_against_numpy():
@@ -208,7 +210,7 @@ def test_dropout_steps_are_their_own_and_repeat_bitwise():
     optimizer's count)."""
     run = load_config(None, ["model.preset=tiny", f"data.seq_len={LENGTH}", f"data.global_batch={ROWS}",
                              "optim.lr=1e-2", "optim.warmup_ratio=0", "optim.micro_batches=2"])
-    tx, _ = make_optimizer(run.optim, 10, adapters=True)
+    tx, _ = make_optimizer(run.optim, 10)
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
 
     steps = {}
@@ -217,7 +219,8 @@ def test_dropout_steps_are_their_own_and_repeat_bitwise():
         graphdef, params = fused_model(dropout, remat=remat)
         if (dropout, remat) not in steps:  # a rerun reuses the compiled step
             steps[dropout, remat] = jax.jit(make_step(objective_for(run, 1), graphdef, tx, run, mesh))
-        step, opt_state = steps[dropout, remat], tx.init(params)
+        trains = Partition.of_state(nnx.state(nnx.merge(graphdef, params), nnx.Param))
+        step, opt_state = steps[dropout, remat], tx.init(trains.trainable(params))
         for _ in range(2):
             params, opt_state, _ = step(params, opt_state, batch())
         return jax.tree.map(np.asarray, lora.trainable(params))

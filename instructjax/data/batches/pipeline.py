@@ -18,6 +18,7 @@ the steps take are planned once from the examples' sizes (`plan_steps`, by `data
 
 from __future__ import annotations
 
+import contextvars
 import math
 import queue
 import threading
@@ -177,7 +178,8 @@ class DataPipeline:
             except BaseException as e:  # hand the error to the consumer
                 q.put(e)
 
-        thread = threading.Thread(target=produce, daemon=True, name="instructjax-prefetch")
+        thread = threading.Thread(target=contextvars.copy_context().run, args=(produce,), daemon=True,
+                                  name="instructjax-prefetch")  # in the command's context (`core.context`)
         thread.start()
         try:
             while True:

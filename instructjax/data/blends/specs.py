@@ -15,6 +15,7 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass
 
+from instructjax.core.context import Context, current
 from instructjax.core.errors import ConfigError
 from instructjax.data.sources.synthetic import BUILTIN, BUILTIN_SUFFIX  # noqa: F401  (names of the built-in tasks)
 
@@ -111,7 +112,8 @@ class Registry:
     (`imports:`) register, and what the run loader passes on. Anchors: levanter's draccus `ChoiceRegistry`,
     EasyLM's `DatasetFactory`."""
 
-    def __init__(self):
+    def __init__(self, parent: Registry | None = None):
+        self.parent = parent  # read, never written: what a user's modules registered before this command
         self.tasks: dict[str, TaskSpec] = {}
         self.mixtures: dict[str, MixtureSpec] = {}
         self.variants: dict[str, str] = {}  # a variant of a task or mixture -> the name it was made from
@@ -133,6 +135,8 @@ class Registry:
 
     def lookup_task(self, name: str) -> TaskSpec | None:
         """The task called `name` (the built-in `SOURCE` / `SOURCE_builtin` ones made on first lookup)."""
+        if name not in self.tasks and self.parent is not None:
+            return self.parent.lookup_task(name)
         if name not in self.tasks:
             from instructjax.data.sources.registry import PREFERENCE_SOURCES, SOURCES
 
@@ -143,6 +147,8 @@ class Registry:
 
     def lookup_mixture(self, name: str) -> MixtureSpec | None:
         """The mixture called `name` (the papers' mixtures made from their names on first lookup)."""
+        if name not in self.mixtures and self.parent is not None:
+            return self.parent.lookup_mixture(name)
         if name not in self.mixtures:
             from instructjax.data.blends import papers
 
@@ -172,9 +178,12 @@ class Registry:
         from instructjax.data.blends import papers
         from instructjax.data.sources.registry import SOURCES
 
-        known = {*self.tasks, *self.mixtures, *papers.paper_names(), *SOURCES,
-                 *(f"{s}{BUILTIN_SUFFIX}" for s in SOURCES)}
-        return difflib.get_close_matches(name, sorted(k for k in known if k not in self.variants), n=3, cutoff=0.6)
+        known = {*papers.paper_names(), *SOURCES, *(f"{s}{BUILTIN_SUFFIX}" for s in SOURCES)}
+        registry = self
+        while registry is not None:
+            known |= {*registry.tasks, *registry.mixtures}
+            registry = registry.parent
+        return difflib.get_close_matches(name, sorted(k for k in known if self.base_name(k) == k), n=3, cutoff=0.6)
 
     def unknown(self, name: str, what: str = "a registered task or mixture") -> ConfigError:
         """`NAME is not a registered task or mixture; did you mean ...?` (the closest known names)."""
@@ -184,7 +193,9 @@ class Registry:
 
     def base_name(self, name: str) -> str:
         """The name a variant (`with_options`, `remix`) was made from: what reports and metrics show."""
-        return self.variants.get(name, name)
+        if name in self.variants or self.parent is None:
+            return self.variants.get(name, name)
+        return self.parent.base_name(name)
 
     def subset_seed(self, seed: int, task: str) -> int:
         """The seed of a task's subset draw (see the module function `subset_seed`)."""
@@ -197,7 +208,7 @@ class Registry:
         if spec == original:
             return name
         variant = f"{self.base_name(name)}.{_digest(spec)}"
-        if variant not in self.tasks:
+        if self.lookup_task(variant) is None:
             self.add_task(variant, spec)
             self.variants[variant] = self.base_name(name)
         return variant
@@ -209,7 +220,7 @@ class Registry:
         if spec is None:
             raise ConfigError(f"{name!r} is not a registered mixture")
         variant = f"{self.base_name(name)}.{_digest(sorted(task_map.items()))}"
-        if variant not in self.mixtures:
+        if self.lookup_mixture(variant) is None:
             self.add_mixture(variant, MixtureSpec(counts=tuple((task_map[t], n) for t, n in spec.counts),
                                                   rates=tuple((task_map[t], r) for t, r in spec.rates)))
             self.variants[variant] = self.base_name(name)
@@ -241,76 +252,83 @@ def _digest(value) -> str:
     return hashlib.sha1(repr(value).encode()).hexdigest()[:8]
 
 
-_DEFAULT = Registry()
-# the default registry's tables under their old names (read them through a Registry instead)
-_TASKS, _MIXTURES, VARIANT_OF = _DEFAULT.tasks, _DEFAULT.mixtures, _DEFAULT.variants
+def registry_of(context: Context) -> Registry:
+    """`context`'s registry: its own, reading through its parent's (`core.context`)."""
+    return context.slot("data.registry",
+                        lambda made: Registry(registry_of(made.parent) if made.parent is not None else None))
 
 
 def default_registry() -> Registry:
-    """The registry the public functions here write into (a user's own modules, a config's `define:`) and that the
-    run loader passes on to binding, the pipeline and the reports."""
-    return _DEFAULT
+    """The current command's registry (`core.context`): the one the public functions here write into (a user's own
+    modules, a config's `define:`) and that the run loader passes on to binding, the pipeline and the reports."""
+    return registry_of(current())
+
+
+def __getattr__(name: str):
+    if name == "VARIANT_OF":  # the old name of the current registry's variants (read them through a Registry)
+        return default_registry().variants
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def add_task(name: str, spec: TaskSpec) -> None:
     """Register (or replace) task `name` (in the default registry)."""
-    _DEFAULT.add_task(name, spec)
+    default_registry().add_task(name, spec)
 
 
 def add_mixture(name: str, spec: MixtureSpec) -> None:
     """Register (or replace) mixture `name` (in the default registry); its tasks must resolve."""
-    _DEFAULT.add_mixture(name, spec)
+    default_registry().add_mixture(name, spec)
 
 
 def add_foreign_mixture(name: str, spec: MixtureSpec) -> None:
     """Register the spec of a mixture whose tasks are not all instructjax tasks (a user's seqio Mixture)."""
-    _DEFAULT.add_foreign_mixture(name, spec)
+    default_registry().add_foreign_mixture(name, spec)
 
 
 def lookup_task(name: str) -> TaskSpec | None:
     """The task called `name` (the built-in `SOURCE` / `SOURCE_builtin` ones made on first lookup)."""
-    return _DEFAULT.lookup_task(name)
+    return default_registry().lookup_task(name)
 
 
 def lookup_mixture(name: str) -> MixtureSpec | None:
     """The mixture called `name` (the papers' mixtures made from their names on first lookup)."""
-    return _DEFAULT.lookup_mixture(name)
+    return default_registry().lookup_mixture(name)
 
 
 def task(name: str) -> TaskSpec:
     """The task called `name`, or a one-line ConfigError."""
-    return _DEFAULT.task(name)
+    return default_registry().task(name)
 
 
 def tasks_of(name: str) -> tuple[list[str], MixtureSpec | None] | None:
     """(task names, mixture spec or None) of a mixture or task called `name`; None if neither."""
-    return _DEFAULT.tasks_of(name)
+    return default_registry().tasks_of(name)
 
 
 def unknown(name: str, what: str = "a registered task or mixture") -> ConfigError:
     """`NAME is not a registered task or mixture; did you mean ...?` (the closest known names)."""
-    return _DEFAULT.unknown(name, what)
+    return default_registry().unknown(name, what)
 
 
 def subset_seed(seed: int, task: str) -> int:
     """The seed of a task's subset draw: a function of the run's data seed and the dataset alone, so every
     mixture holding the dataset draws the same subset, and a smaller subset is a prefix of a larger one."""
-    return _DEFAULT.subset_seed(seed, task)
+    return default_registry().subset_seed(seed, task)
 
 
 def base_name(name: str) -> str:
     """The name a variant (`with_options`, `remix`) was made from: what reports and metrics show."""
-    return _DEFAULT.base_name(name)
+    return default_registry().base_name(name)
 
 
 def with_options(name: str, **changes) -> str:
     """Register (once) and return a variant of task `name` with TaskSpec fields changed."""
-    return _DEFAULT.with_options(name, **changes)
+    return default_registry().with_options(name, **changes)
 
 
 def remix(name: str, task_map: dict[str, str]) -> str:
     """Register (once) and return mixture `name` over other tasks (`task_map`: old -> new), same counts or rates."""
-    return _DEFAULT.remix(name, task_map)
+    return default_registry().remix(name, task_map)
 
 
 def define(block: dict) -> None:
@@ -321,4 +339,4 @@ def define(block: dict) -> None:
       mixtures: {my_blend: {mode: epoch, counts: {alpaca: 20000, my_chats: null}},
                  my_rates: {mode: rate, rates: {alpaca: 1.0, my_chats: 2.0}}}
     """
-    _DEFAULT.define(block)
+    default_registry().define(block)

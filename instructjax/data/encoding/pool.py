@@ -43,6 +43,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from instructjax.core.context import current
 from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.encoding.encode import Encoded, Segments, count_tokens, encode_conversations
 from instructjax.data.encoding.preference import encode_completions
@@ -299,12 +300,77 @@ class Encoder:
 
 # ---- the shared pool of worker processes -------------------------------------------------------------
 
-_LOCK = threading.Lock()
-_POOL: ProcessPoolExecutor | None = None
-_POOL_WORKERS = 0
-_POOL_PID = 0  # the process that started the pool (a forked child has none of its own)
-_PENDING = 0  # batches submitted and not done
-_ACTIVE = 0.0  # when a batch was last submitted or done (time.monotonic)
+
+class WorkerPool:
+    """The worker processes of the outermost context (`core.context`: a process resource, which every command
+    shares), started on the first batch, restarted at another size, shut down after IDLE_SECONDS without work."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.executor: ProcessPoolExecutor | None = None
+        self.workers = 0
+        self.pid = 0  # the process that started the pool (a forked child has none of its own)
+        self.pending = 0  # batches submitted and not done
+        self.active = 0.0  # when a batch was last submitted or done (time.monotonic)
+
+    def is_up(self) -> bool:
+        return self.executor is not None and self.pid == os.getpid()
+
+    def submit(self, workers: int, fn, *args) -> Future:
+        """`fn(*args)` in the pool of `workers` processes (started, or restarted at that size)."""
+        old = None
+        with self.lock:
+            if self.pid != os.getpid():  # inherited through a fork: not ours to use
+                self.executor, self.pending = None, 0
+            if self.executor is not None and self.workers != workers:
+                old, self.executor = self.executor, None
+            if self.executor is None:
+                self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                                                    initializer=_init_worker)
+                self.workers, self.pid = workers, os.getpid()
+                threading.Thread(target=self._reap, args=(self.executor,), daemon=True).start()
+            with _without_main():  # a batch may start a worker
+                future = self.executor.submit(fn, *args)
+            self.pending += 1
+            self.active = time.monotonic()
+        if old is not None:
+            old.shutdown(wait=False)  # its batches still finish
+        future.add_done_callback(self._done)
+        return future
+
+    def _done(self, _: Future) -> None:
+        with self.lock:
+            self.pending -= 1
+            self.active = time.monotonic()
+
+    def _reap(self, executor: ProcessPoolExecutor) -> None:
+        """Shut `executor` down once it has had nothing to do for IDLE_SECONDS."""
+        while True:
+            time.sleep(IDLE_SECONDS / 4)
+            with self.lock:
+                if self.executor is not executor:
+                    return
+                if self.pending or time.monotonic() - self.active < IDLE_SECONDS:
+                    continue
+            self.shutdown(if_idle=True)
+            return
+
+    def shutdown(self, if_idle: bool = False, wait: bool = True) -> None:
+        """Stop the worker processes (a later batch starts them again); `if_idle`: only when no batch is pending;
+        `wait`: until they have exited (else they exit meanwhile, and the interpreter waits for them at its exit)."""
+        with self.lock:
+            if self.executor is None or (if_idle and self.pending):
+                return
+            executor, self.executor = self.executor, None
+        if self.pid == os.getpid():
+            executor.shutdown(wait=wait)
+
+    close_with_context = shutdown
+
+
+def worker_pool() -> WorkerPool:
+    """The encoding workers of the current command: its outermost context's (`core.context`)."""
+    return current().slot("data.encoding_pool", lambda _: WorkerPool(), shared=True)
 
 
 def _init_worker() -> None:
@@ -327,7 +393,7 @@ def _without_main() -> Iterator[None]:
 
 
 def _pool_is_up() -> bool:
-    return _POOL is not None and _POOL_PID == os.getpid()
+    return worker_pool().is_up()
 
 
 def start(tokenizer: str | None, workers: int | None = None) -> None:
@@ -340,56 +406,10 @@ def start(tokenizer: str | None, workers: int | None = None) -> None:
 
 
 def _submit(workers: int, fn, *args) -> Future:
-    """`fn(*args)` in the pool of `workers` processes (started, or restarted at that size)."""
-    global _POOL, _POOL_WORKERS, _POOL_PID, _PENDING, _ACTIVE
-    old = None
-    with _LOCK:
-        if _POOL_PID != os.getpid():  # inherited through a fork: not ours to use
-            _POOL, _PENDING = None, 0
-        if _POOL is not None and _POOL_WORKERS != workers:
-            old, _POOL = _POOL, None
-        if _POOL is None:
-            _POOL = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                        initializer=_init_worker)
-            _POOL_WORKERS, _POOL_PID = workers, os.getpid()
-            threading.Thread(target=_reap, args=(_POOL,), daemon=True).start()
-        with _without_main():  # a batch may start a worker
-            future = _POOL.submit(fn, *args)
-        _PENDING += 1
-        _ACTIVE = time.monotonic()
-    if old is not None:
-        old.shutdown(wait=False)  # its batches still finish
-    future.add_done_callback(_done)
-    return future
-
-
-def _done(_: Future) -> None:
-    global _PENDING, _ACTIVE
-    with _LOCK:
-        _PENDING -= 1
-        _ACTIVE = time.monotonic()
-
-
-def _reap(pool: ProcessPoolExecutor) -> None:
-    """Shut `pool` down once it has had nothing to do for IDLE_SECONDS."""
-    while True:
-        time.sleep(IDLE_SECONDS / 4)
-        with _LOCK:
-            if _POOL is not pool:
-                return
-            if _PENDING or time.monotonic() - _ACTIVE < IDLE_SECONDS:
-                continue
-        shutdown(if_idle=True)
-        return
+    """`fn(*args)` in the current command's pool of `workers` processes (`WorkerPool.submit`)."""
+    return worker_pool().submit(workers, fn, *args)
 
 
 def shutdown(if_idle: bool = False, wait: bool = True) -> None:
-    """Stop the worker processes (a later batch starts them again); `if_idle`: only when no batch is pending;
-    `wait`: until they have exited (else they exit meanwhile, and the interpreter waits for them at its exit)."""
-    global _POOL
-    with _LOCK:
-        if _POOL is None or (if_idle and _PENDING):
-            return
-        pool, _POOL = _POOL, None
-    if _POOL_PID == os.getpid():
-        pool.shutdown(wait=wait)
+    """Stop the worker processes of the current command's pool (`WorkerPool.shutdown`)."""
+    worker_pool().shutdown(if_idle, wait)

@@ -41,6 +41,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from instructjax.core.context import current
 from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.schema import Conversation
 
@@ -89,16 +90,20 @@ class ChatTemplate:
 
 def register_template(template: ChatTemplate) -> ChatTemplate:
     """Add your own template to the built-in ones (`_TEMPLATES`, at the end of this module; a name can be
-    registered once)."""
-    if template.name in _TEMPLATES:
+    registered once), in the current context (`core.context`: a module a config imports registers for the process)."""
+    if template.name in _TEMPLATES or _registered(template.name) is not None:
         raise ConfigError(f"chat template {template.name!r} is already registered")
-    _TEMPLATES[template.name] = template
+    current().tables("data.templates")[0][template.name] = template
     return template
+
+
+def _registered(name: str) -> ChatTemplate | None:
+    return next((t[name] for t in current().tables("data.templates") if name in t), None)
 
 
 def template_names() -> list[str]:
     """Names of all registered templates (the built-in ones and yours; "model", the tokenizer's own, besides)."""
-    return sorted(_TEMPLATES)
+    return sorted({*_TEMPLATES, *(n for table in current().tables("data.templates") for n in table)})
 
 
 def get_template(template: str | ChatTemplate) -> ChatTemplate:
@@ -107,10 +112,11 @@ def get_template(template: str | ChatTemplate) -> ChatTemplate:
         return template
     if template == MODEL_TEMPLATE:
         return MODEL
-    if template not in _TEMPLATES:
+    found = _TEMPLATES.get(template) or _registered(template)
+    if found is None:
         raise ConfigError(f"unknown chat template {template!r}; known: {', '.join(template_names())}, or "
                           f"{MODEL_TEMPLATE!r} (the model's own)")
-    return _TEMPLATES[template]
+    return found
 
 
 def jinja_template(name: str, *, bos: bool = False, own: str | None = None) -> str:

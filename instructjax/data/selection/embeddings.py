@@ -20,6 +20,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from instructjax.core.context import current
 from instructjax.core.errors import ConfigError, DataError
 
 
@@ -76,25 +77,26 @@ BUILTIN_ENCODERS = {
     "llama-mean": "instructjax.train.selection_encoder:LlamaMeanEncoder",
 }
 MODEL_ENCODERS = ("llama-mean",)
-_ENCODERS: dict[str, Callable[..., Encoder]] = {}  # yours (`register_encoder`), before the built-in ones
 
 DEFAULT_ENCODER = "tfidf-svd"
 
 
 def register_encoder(name: str, factory: Callable[..., Encoder]) -> None:
-    """Make `get_encoder(name, **kwargs)` build an encoder with `factory(**kwargs)`."""
-    _ENCODERS[name] = factory
+    """Make `get_encoder(name, **kwargs)` build an encoder with `factory(**kwargs)` (yours, before the built-in ones),
+    in the current context (`core.context`: a module a config imports registers for the process)."""
+    current().tables("data.encoders")[0][name] = factory
 
 
 def encoder_names() -> list[str]:
     """Names `get_encoder` accepts."""
-    return sorted({*BUILTIN_ENCODERS, *_ENCODERS})
+    return sorted({*BUILTIN_ENCODERS, *(n for table in current().tables("data.encoders") for n in table)})
 
 
 def encoder_factory(name: str) -> Callable[..., Encoder]:
     """What `get_encoder(name, ...)` calls: a registered one, else the built-in one (its module imported now)."""
-    if name in _ENCODERS:
-        return _ENCODERS[name]
+    for table in current().tables("data.encoders"):
+        if name in table:
+            return table[name]
     if name not in BUILTIN_ENCODERS:
         raise ConfigError(f"unknown encoder {name!r}; known: {', '.join(encoder_names())}")
     import importlib

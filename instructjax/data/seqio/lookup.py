@@ -8,6 +8,7 @@ import seqio
 
 from instructjax.core.errors import ConfigError
 from instructjax.data.blends.specs import MixtureSpec, subset_seed
+from instructjax.data.seqio.source import ShardedSource
 
 
 def mixture_spec(name: str) -> MixtureSpec | None:
@@ -20,6 +21,8 @@ def mixture_spec(name: str) -> MixtureSpec | None:
     if name not in seqio.MixtureRegistry.names() and name not in seqio.TaskRegistry.names():
         return None
     provider = seqio.get_mixture_or_task(name)
+    if isinstance(provider, seqio.Task) and isinstance(provider.source, ShardedSource):
+        return None  # one of ours, which an earlier command registered with seqio: a name this command does not know
     if not isinstance(provider, seqio.Mixture):
         return MixtureSpec(counts=((name, None),))
     counts = getattr(provider, "counts", None)

@@ -7,7 +7,8 @@ cache when it holds them)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import contextvars
+from collections.abc import Callable, Iterator, Sequence
 
 import seqio
 import tensorflow as tf
@@ -53,8 +54,7 @@ class ShardedSource(seqio.DataSource):
         order; `shuffle` and `seed` are the pipeline's to apply (a subset's order is the run's data seed's)."""
         del split, shuffle, seed, sequence_length, use_cached, num_epochs
         found = self._examples if shard_info is None else lambda: self._shard_examples(shard_info)
-        return tf.data.Dataset.from_generator(lambda: ({k: ex[k] for k in SIGNATURE} for ex in found()),
-                                              output_signature=SIGNATURE)
+        return tf.data.Dataset.from_generator(_in_context(contextvars.copy_context(), found), output_signature=SIGNATURE)
 
     def _examples(self) -> Iterator[dict]:
         return iter(examples.encoded_examples(self.name))
@@ -66,3 +66,20 @@ class ShardedSource(seqio.DataSource):
 
     def __repr__(self) -> str:
         return f"ShardedSource({self.name!r}, shard_units={self.shard_units})"
+
+
+def _in_context(context: contextvars.Context, found) -> Callable[[], Iterator[dict]]:
+    """A generator function for `tf.data` (whose threads carry no context of ours) that makes each example in
+    `context`: the command's registry and caches (`core.context`) that built the dataset."""
+
+    def generate() -> Iterator[dict]:
+        mine = context.copy()  # one per iteration: two iterations may run at once
+        examples_left = mine.run(found)
+        while True:
+            try:
+                example = mine.run(next, examples_left)
+            except StopIteration:
+                return
+            yield {k: example[k] for k in SIGNATURE}
+
+    return generate

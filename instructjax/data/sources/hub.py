@@ -10,21 +10,21 @@ from collections.abc import Callable
 from typing import Any
 
 from instructjax.core import hosts, storage
+from instructjax.core.context import current
 from instructjax.core.errors import BadRowPolicy, ConfigError, InstructJaxError, SkippedRow
 from instructjax.data import cache
 from instructjax.data.sources.data_files import part_name
 from instructjax.data.sources.registry import Source, get_source
 from instructjax.data.sources.rows import RowFile, datasets_quietly
 
-_TABLES: dict[tuple, RowFile] = {}
-
 
 def hub_table(hub_id: str, config: str | None, data_files, split: str, cache_dir: str | None, where: str) -> RowFile:
-    """One hub split as memory-mapped Arrow rows (opened once per process). When several hosts share the
+    """One hub split as memory-mapped Arrow rows (opened once per command: `core.context`). When several hosts share the
     tokenized cache directory (`core.hosts`), host 0 converts the split into its `hub/` directory and the
     others open the same Arrow files once it is done: no host but one converts a hub file whole."""
+    tables = current().slot("data.hub_tables", lambda _: {})
     key = (hub_id, config, data_files, split, cache_dir)
-    if key not in _TABLES:
+    if key not in tables:
         shared = cache_dir or _shared_hub_dir()
 
         def convert():
@@ -32,8 +32,8 @@ def hub_table(hub_id: str, config: str | None, data_files, split: str, cache_dir
                                                                            split=split, cache_dir=shared))
 
         ds = hosts.first_then_others(f"hub/{where}", convert, f"converting {where}") if shared else convert()
-        _TABLES[key] = RowFile(where, dataset=ds)
-    return _TABLES[key]
+        tables[key] = RowFile(where, dataset=ds)
+    return tables[key]
 
 
 def _shared_hub_dir() -> str | None:
@@ -120,9 +120,6 @@ def hub_parts(source: Source, split: str, hub_config: str | None, cache_dir: str
     return [(config or source.name, load(config, source.hub_data_files, where))]
 
 
-_HUB_IDS: dict[str, list[str]] = {}
-
-
 def hub_identity(name: str) -> list[str] | None:
     """What names source `name`'s hub dataset without converting it (the tokenized cache's key): per part, the
     directory `datasets` would prepare it in (dataset, config, version and a hash of its resolved data files,
@@ -130,7 +127,8 @@ def hub_identity(name: str) -> list[str] | None:
     source = get_source(name)
     if source.hub_id is None:
         return None
-    if name not in _HUB_IDS:
+    known = current().slot("data.hub_ids", lambda _: {})  # looked up once per command
+    if name not in known:
         datasets = datasets_quietly()
 
         def identity(config: str | None, data_files) -> str:
@@ -145,5 +143,5 @@ def hub_identity(name: str) -> list[str] | None:
             ids = [identity(c, None) for c in sorted(names)]
         else:
             ids = [identity(config, source.hub_data_files)]
-        _HUB_IDS[name] = ids
-    return _HUB_IDS[name]
+        known[name] = ids
+    return known[name]

@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from instructjax.core import storage
+from instructjax.core.context import current
 from instructjax.core.errors import ConfigError, DataError, SkippedRow
 from instructjax.data.schema import Conversation
 from instructjax.data.sources import rows
@@ -112,7 +113,6 @@ def sharegpt_id(row: dict) -> str | int:
 
 
 CHUNK = 4096  # rows of the dump fetched at once for cleaning
-_PREPARED: dict[tuple, dict] = {}  # the last whole-dump clean, by (files, sizes, contents)
 
 
 def prepare(tables: list | None, opts: dict[str, Any], share: rows.Share = rows.alone,
@@ -121,7 +121,7 @@ def prepare(tables: list | None, opts: dict[str, Any], share: rows.Share = rows.
     runs once over every row of the dump (`clean_row`, mapped by `share`: over the hosts of a run, each fetching
     and cleaning its share of the rows), then its de-duplication in file order (`clean_dump`: it keeps the first
     conversation in file order, whatever order the rows are then visited in), and the outcome per row goes
-    to the adapter as `cleaned`; the last dump cleaned is kept for the next read of the same files. The rows
+    to the adapter as `cleaned`; the last dump cleaned is kept for the command's next read of the same files (`core.context`). The rows
     cleaned here are counted into `stats.rows_read`. `tables` None: the hub dataset (the html-cleaned release), before it is fetched."""
     clean = opts.get("clean")
     if clean not in CLEAN_OPTIONS:
@@ -134,7 +134,8 @@ def prepare(tables: list | None, opts: dict[str, Any], share: rows.Share = rows.
                           "files are the html-cleaned release (cleaning them again would escape their markdown)")
     key = tuple((t.path, len(t), storage.fingerprint(t.path) if storage.path(t.path).is_file() else None)
                 for t in tables)  # fmt: skip
-    if key not in _PREPARED:
+    prepared = current().slot("data.sharegpt_cleaned", lambda _: {})  # the command's last whole-dump clean
+    if key not in prepared:
         starts = np.cumsum([0] + [len(t) for t in tables])
 
         def clean(ordinals: list[int]) -> list[tuple]:
@@ -149,9 +150,9 @@ def prepare(tables: list | None, opts: dict[str, Any], share: rows.Share = rows.
             return out
 
         cleaned = share(clean, list(range(int(starts[-1]))))
-        _PREPARED.clear()
-        _PREPARED[key] = clean_dump(enumerate(cleaned))
-    return {**opts, "cleaned": _PREPARED[key]}
+        prepared.clear()
+        prepared[key] = clean_dump(enumerate(cleaned))
+    return {**opts, "cleaned": prepared[key]}
 
 
 def sharegpt(row: dict, name: str, index: int, clean: str | None = None,

@@ -19,6 +19,7 @@ from __future__ import annotations
 from collections import Counter
 
 from instructjax.core import storage
+from instructjax.core.context import current
 from instructjax.data import cache
 from instructjax.data.blends import specs
 from instructjax.data.blends.specs import BUILTIN, TaskSpec
@@ -52,7 +53,7 @@ def encoded_examples(name: str, count: int | None = None, seed: int | None = Non
     tokenizes and caches."""
     spec = spec or specs.task(name)
     examples = _encoded_examples(name, spec, count, seed, stats if stats is not None else PipelineStats())
-    positions = _STREAMS[(name, spec, seed)].positions if seed is not None else None
+    positions = streams()[(name, spec, seed)].positions if seed is not None else None
     if in_file_order and positions is not None:
         order = sorted(range(len(examples)), key=positions.__getitem__)  # stable: a row's examples keep theirs
         return [examples[i] for i in order]
@@ -61,9 +62,9 @@ def encoded_examples(name: str, count: int | None = None, seed: int | None = Non
 
 def _encoded_examples(name: str, spec: TaskSpec, count: int | None, seed: int | None, stats: PipelineStats
                       ) -> list[dict]:
-    known = _STREAMS.get((name, spec, seed))
+    known = streams().get((name, spec, seed))
     if isinstance(known, _Cached) and (count is None or count > len(known.examples)):
-        del _STREAMS[(name, spec, seed)]  # a larger subset than the cached one: read on
+        del streams()[(name, spec, seed)]  # a larger subset than the cached one: read on
     elif known is not None:
         if isinstance(known, _Cached):  # kept from an earlier call, maybe another pipeline's
             stats.cache_files[name] = known.where
@@ -78,15 +79,15 @@ def _encoded_examples(name: str, spec: TaskSpec, count: int | None, seed: int | 
         cached = cached if cached is not None else cache.load(where)
     if cached is not None:
         examples, report = cached
-        _STREAMS[(name, spec, seed)] = _Cached(examples, report, where, read_back=True)
+        streams()[(name, spec, seed)] = _Cached(examples, report, where, read_back=True)
         stats.from_cache.add(name)
         return examples
     examples = _take(name, spec, seed, count, stats)
     if where is not None:
-        save(where, _STREAMS[(name, spec, seed)], examples, stats)
+        save(where, streams()[(name, spec, seed)], examples, stats)
         written = cache.load(where)  # from here on as a restart reads it: sizes known, tokens on disk, not in memory
         if written is not None:
-            _STREAMS[(name, spec, seed)] = _Cached(*written, where, read_back=False)
+            streams()[(name, spec, seed)] = _Cached(*written, where, read_back=False)
             return written[0]
     return examples
 
@@ -110,7 +111,7 @@ def _take(name: str, spec: TaskSpec, seed: int | None, count: int | None, stats:
     try:
         return stream.take(count, stats)
     except BaseException:
-        _STREAMS.pop((name, spec, seed), None)
+        streams().pop((name, spec, seed), None)
         raise
 
 
@@ -206,11 +207,13 @@ def task_report(name: str, seed: int | None = None, *, spec: TaskSpec | None = N
     return _stream(name, spec, seed).report
 
 
-_STREAMS: dict[tuple, TaskStream] = {}
+def streams() -> dict[tuple, TaskStream]:
+    """The current command's task streams and examples read so far, by (task, spec, seed) (`core.context`)."""
+    return current().slot("data.streams", lambda _: {})
 
 
 def _stream(name: str, spec: TaskSpec, seed: int | None) -> TaskStream:
     key = (name, spec, seed)
-    if key not in _STREAMS:
-        _STREAMS[key] = TaskStream(name, spec, seed)
-    return _STREAMS[key]
+    if key not in streams():
+        streams()[key] = TaskStream(name, spec, seed)
+    return streams()[key]

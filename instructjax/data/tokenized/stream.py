@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from instructjax.core.context import current
 from instructjax.core.errors import BadRowPolicy, ConfigError, DataError
 from instructjax.data import cache
 from instructjax.data.blends import specs
@@ -208,8 +209,8 @@ class TaskStream:
             if result is None:
                 break
             self._add(result)
-            if _PROGRESS is not None:
-                _PROGRESS(self.name, *self.progress(count))
+            for callback in _watchers()[-1:]:
+                callback(self.name, *self.progress(count))
         report, last = self.report, self._last
         report.read, report.repaired = last.read, Counter(last.repaired)
         report.skipped = Counter(last.skipped) + self.refused
@@ -272,19 +273,19 @@ class TaskStream:
             self.positions.append(self._last.at)
 
 
-_PROGRESS: Callable[[str, int, int | None], None] | None = None
+def _watchers() -> list[Callable[[str, int, int | None], None]]:
+    return current().slot("data.progress", lambda _: [])  # the command's `progress` callbacks, innermost last
 
 
 @contextmanager
 def progress(callback: Callable[[str, int, int | None], None]) -> Iterator[None]:
     """Within: `callback(task, done, total)` as a task's examples are made (done: examples of its count, or rows
     read of the rows there are; total None: not known)."""
-    global _PROGRESS
-    _PROGRESS = callback
+    _watchers().append(callback)
     try:
         yield
     finally:
-        _PROGRESS = None
+        _watchers().remove(callback)
 
 
 def _apply_selection(convs: list[Conversation], sel: SelectionSpec, tokenizer: Tokenizer) -> list[Conversation]:
