@@ -36,6 +36,7 @@ def _quickstart(args) -> int:
     from instructjax.cli import data as commands
     from instructjax.core.stopping import EXIT_PREEMPTED
 
+    evaluation_needs("accelerate")  # before minutes of training, not after
     common = dict(name=None, config=args.config, data_files=None, on_bad_row=None, template=None,
                   max_length=None, json=False)  # fmt: skip
     print("== data: the built-in A/C/P blend with Mosaic-IT ==")
@@ -61,6 +62,20 @@ def _quickstart(args) -> int:
               f"curves: {config.run_dir}/loss.png, metrics: {config.run_dir}/metrics.jsonl")
     export_and_evaluate(config.run_dir)
     return 0
+
+
+def evaluation_needs(package: str) -> None:
+    """The quickstart's last step runs lm-eval's hf backend, which imports `package`: an install without the `eval`
+    extra is told so in one line before anything runs."""
+    import importlib
+
+    from instructjax.core.errors import ConfigError
+
+    try:
+        importlib.import_module(package)
+    except ModuleNotFoundError:
+        raise ConfigError(f"the quickstart evaluates with lm-eval's hf backend, which needs the `{package}` "
+                          "package: pip install 'instructjax[eval]' (or `make quickstart`, which installs it)") from None
 
 
 def export_and_evaluate(run_dir: str) -> None:

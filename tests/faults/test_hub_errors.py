@@ -61,7 +61,8 @@ def test_not_found_and_gated_say_so():
 
 def test_a_missing_package_is_not_a_hub_dataset(tmp_path):
     """lm-eval's hf backend without `accelerate` (an install without the `eval` extra): one line naming the package
-    and the extra, not "hub dataset (unnamed) does not exist" (ModuleNotFoundError's name has "NotFound" in it)."""
+    and the extra, not "hub dataset (unnamed) does not exist" (ModuleNotFoundError's name has "NotFound" in it); the
+    quickstart, whose last step it is, says so before it trains."""
     try:
         import accelerate_is_not_installed_anywhere  # noqa: F401
     except ModuleNotFoundError as missing:
@@ -80,3 +81,10 @@ def test_a_missing_package_is_not_a_hub_dataset(tmp_path):
                           cwd=Path(__file__).resolve().parents[2])
     assert done.stdout.strip() == ("lm-eval's hf backend needs the `accelerate` package: "
                                    "pip install 'instructjax[eval]'"), done.stdout + done.stderr[-2000:]
+    quickstart = subprocess.run(  # the quickstart says so before it trains, not after
+        [sys.executable, "-c", "import sys; sys.modules['accelerate'] = None; from instructjax.cli import run; run()",
+         "quickstart"], capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert one_line(quickstart) == ("instructjax: error: the quickstart evaluates with lm-eval's hf backend, which "
+                                    "needs the `accelerate` package: pip install 'instructjax[eval]' (or `make "
+                                    "quickstart`, which installs it)")
+    assert not (tmp_path / "runs").exists() and not quickstart.stdout
