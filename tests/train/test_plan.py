@@ -244,7 +244,7 @@ def xla_bytes_per_device(config: RunConfig) -> int:
     outputs - the donated state they share (updated in place) + temporaries (gradients, activations, workspace)."""
     model = preset(config.model.preset, **config.model.overrides)
     mesh = sharding.make_mesh(sharding.resolve_mesh(config, jax.device_count()))
-    tx, _ = make_optimizer(config.optim, 100, adapters=model.lora is not None)
+    tx, _ = make_optimizer(config.optim, 100)  # the step inits it over the trained partition (model/partition.py)
     build = build_step(model, tx, config, 1, mesh)  # the trainer's own step, shardings and donation
     shape = (config.data.global_batch, config.data.seq_len)
     batch = {k: jax.ShapeDtypeStruct(shape, np.float32 if k == "loss_weights" else np.int32) for k in FEATURES}
