@@ -21,7 +21,6 @@ from helpers.families import (
     MOE,
     SMALL,
     WINDOW,
-    build_family,
     positions_of,
     randomise,
 )
@@ -29,12 +28,6 @@ from safetensors.numpy import load_file
 
 from instructjax.convert.hf import HFTensors, params_from_tensors, params_to_hf
 from instructjax.model.decoder import with_params
-
-
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def family(request, tmp_path_factory):
-    """(name, HF model, our model (scanned), our config, HF directory) of one family."""
-    return build_family(request.param, tmp_path_factory.mktemp(request.param))
 
 
 def test_config_reads_the_family(family):

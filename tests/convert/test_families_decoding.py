@@ -6,11 +6,8 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 import numpy as np
-import pytest
 import torch
 from helpers.families import (
-    FAMILIES,
-    build_family,
     moe_only,
     padded_batch,
     positions_of,
@@ -19,12 +16,6 @@ from helpers.families import (
 from instructjax.convert.hf import HFTensors, params_from_tensors
 from instructjax.eval.generate import Sampling, generate_ids
 from instructjax.model.decoder import with_params
-
-
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def family(request, tmp_path_factory):
-    """(name, HF model, our model (scanned), our config, HF directory) of one family."""
-    return build_family(request.param, tmp_path_factory.mktemp(request.param))
 
 
 def test_packed_rows_equal_the_rows_alone(family):

@@ -13,10 +13,8 @@ import pytest
 import torch
 from flax import nnx
 from helpers.families import (
-    FAMILIES,
     IN_MEMORY,
     MOE,
-    build_family,
     hf_gradients,
     moe_only,
     padded_batch,
@@ -24,12 +22,6 @@ from helpers.families import (
 )
 
 from instructjax.convert.hf import hf_state
-
-
-@pytest.fixture(scope="module", params=list(FAMILIES))
-def family(request, tmp_path_factory):
-    """(name, HF model, our model (scanned), our config, HF directory) of one family."""
-    return build_family(request.param, tmp_path_factory.mktemp(request.param))
 
 
 def test_gradients_match_transformers(family, tmp_path):
