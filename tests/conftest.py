@@ -17,6 +17,16 @@ if "INSTRUCTJAX_CACHE_DIR" not in os.environ:
 
     _SESSION_CACHE = os.environ["INSTRUCTJAX_CACHE_DIR"] = tempfile.mkdtemp(prefix="instructjax-test-cache-")
 
+# JAX's persistent compilation cache of this test session (fresh, shared with subprocesses, removed at its end like the
+# tokenized cache): a program compiled once (a resumed run's step, a docs page's repeat of a test's command, a second
+# host's) is read back rather than compiled again. Only compilation is skipped: every test still traces, lowers and
+# runs its programs.
+_SESSION_XLA_CACHE = None
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    _SESSION_XLA_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="instructjax-test-xla-")
+
 import shutil  # noqa: E402
 import uuid  # noqa: E402
 
@@ -24,8 +34,9 @@ import pytest  # noqa: E402
 
 
 def pytest_sessionfinish(session, exitstatus):
-    if _SESSION_CACHE:  # made by this process (the xdist controller's is inherited by its workers as set)
-        shutil.rmtree(_SESSION_CACHE, ignore_errors=True)
+    for made in (_SESSION_CACHE, _SESSION_XLA_CACHE):  # made by this process (the xdist controller's: its workers
+        if made:  # inherit them as set)
+            shutil.rmtree(made, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
