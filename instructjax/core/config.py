@@ -29,6 +29,7 @@ from typing import Any, ClassVar
 
 import yaml
 
+from instructjax.core import storage
 from instructjax.core.coerce import build_section, check_value, unknown_key  # noqa: F401  (their old home)
 from instructjax.core.errors import ConfigError
 from instructjax.core.run_identity import (  # noqa: F401  (their old home)
@@ -38,6 +39,7 @@ from instructjax.core.run_identity import (  # noqa: F401  (their old home)
     training_digest,
     training_values,
 )
+from instructjax.core.shipped import config_file
 from instructjax.core.user_modules import import_modules
 
 SCHEDULES = ("linear", "cosine")
@@ -340,12 +342,8 @@ def _merge(base: dict, extra: dict) -> dict:
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (local or in a bucket, or a shipped one by name: `core.shipped.config_file`; or only
     overrides when `path` is None) into a checked RunConfig."""
-    from instructjax.core import storage
-
     raw: dict = {}
     if path is not None:
-        from instructjax.core.shipped import config_file
-
         path = config_file(str(path))  # a shipped config by name (`quickstart`) too
         try:
             raw = yaml.safe_load(storage.path(path).read_text()) or {}

@@ -27,8 +27,19 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from instructjax.core import storage
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
+from instructjax.data.batches.example_reading import example_sizes
+from instructjax.data.batches.step_plan import mean_step_shape
+from instructjax.data.blends import specs
+from instructjax.data.blends import specs as spec_lib
+from instructjax.data.blends.specs import BUILTIN
+from instructjax.data.mosaic.augment import sample_count
+from instructjax.data.sources.data_files import local_files
+from instructjax.data.sources.rows import PipelineStats
+from instructjax.data.sources.synthetic import LENGTH_STATS, TULU_TABLE1
+from instructjax.train import setup as run_setup
 
 PACKING_EFFICIENCY = 0.995  # best-fit-decreasing, window 1000 (benchmarks/RESULTS.md: 99.6-99.8%)
 COUNT_BYTES = 32 * 2**20  # a local copy of a dataset the papers sized is counted up to this (about 30 s on 2 cores)
@@ -96,25 +107,17 @@ class DataCounts:
     def pipeline(self):
         """The run's data pipeline (opened once: its tasks' examples are this process's already)."""
         if self._pipeline is None:
-            from instructjax.train import setup as run_setup
-
             self._pipeline = run_setup.open_pipeline(self.bound)
         return self._pipeline
 
 
 def _data_bytes(spec) -> int:
     """The bytes of a task's local or bucket `data_files` (a directory: its files)."""
-    from instructjax.core import storage
-    from instructjax.data.sources.data_files import local_files
-
     return sum(storage.stat(f).size for f in local_files(spec.data_files, spec.source))
 
 
 def _reads(spec, real_data: bool) -> bool:
     """Whether `plan` reads a task's rows (see the module doc): None is a user's own seqio Task."""
-    from instructjax.data.blends.specs import BUILTIN
-    from instructjax.data.sources.synthetic import LENGTH_STATS
-
     if spec is None or real_data or spec.data_files == (BUILTIN,):
         return True
     if spec.data_files is None:  # a hub dataset: its paper estimate unless the cache holds it
@@ -125,9 +128,7 @@ def _reads(spec, real_data: bool) -> bool:
 def count_tasks(config: RunConfig, registry, *, real_data: bool = False) -> DataCounts:
     """Each task of `config`'s mixture (looked up in `registry`) counted, read from the cache, or estimated (see the
     module doc). The run is bound (its tokenizer read) only where a task is read or the cache holds a file of one."""
-    from instructjax.data.blends import specs as spec_lib
     from instructjax.data.tokenized import examples as examples_lib
-    from instructjax.train import setup as run_setup
 
     resolved = run_setup.checked_mixture(config, registry)
     if resolved is None:
@@ -172,8 +173,6 @@ def _count_of(resolved, task: str) -> int | None:
 def _read_task(shown: str, name: str, spec, count: int | None, seed: int | None) -> TaskCount:
     """Task `name` (bound to the run) read as the trainer reads it: from the tokenized cache where it is there, else
     its rows read and encoded now (and cached); no example is one line saying why."""
-    from instructjax.data.batches.example_reading import example_sizes
-    from instructjax.data.sources.rows import PipelineStats
     from instructjax.data.tokenized import examples as examples_lib
 
     if spec is None:  # a user's own seqio Task: read through seqio, no report
@@ -198,8 +197,6 @@ def _read_task(shown: str, name: str, spec, count: int | None, seed: int | None)
 
 
 def _files_words(spec) -> str:
-    from instructjax.data.blends.specs import BUILTIN
-
     if spec.data_files is None:
         return " from the hub"
     if spec.data_files == (BUILTIN,):
@@ -210,9 +207,6 @@ def _files_words(spec) -> str:
 def _paper_task(config: RunConfig, task: str, spec, count: int | None) -> TaskCount:
     """A task's examples and tokens from the papers' size and mean lengths (a preference task's example is a pair:
     both sides), each example cut at the row."""
-    from instructjax.data.blends import specs as spec_lib
-    from instructjax.data.sources.synthetic import LENGTH_STATS, TULU_TABLE1
-
     stats = LENGTH_STATS.get(spec.source)
     if stats is None:
         raise ConfigError(f"task {task!r}: no paper size for source {spec.source!r}; use --real-data")
@@ -266,9 +260,6 @@ def _real_epoch(config: RunConfig, counts: DataCounts, multiple: int) -> DataEst
 
 def _estimated_epoch(config: RunConfig, counts: DataCounts, multiple: int) -> DataEstimate:
     """One epoch from the tasks' examples and tokens (see the module doc)."""
-    from instructjax.data.batches.step_plan import mean_step_shape
-    from instructjax.data.mosaic.augment import sample_count
-
     data = config.data
     examples = tokens = 0.0
     for task in counts.tasks:
@@ -334,13 +325,9 @@ def _step_words(data, shapes: tuple[tuple[int, int], ...] = ()) -> str:
 def estimate_epoch(config: RunConfig, multiple: int = 1, registry=None) -> DataEstimate:
     """One epoch as `plan` gives it (`count_tasks`, `epoch_of`); `registry`: the run's tasks and mixtures (None: the
     default one)."""
-    from instructjax.data.blends import specs
-
     return epoch_of(config, count_tasks(config, registry or specs.default_registry()), multiple)
 
 
 def real_epoch(config: RunConfig, multiple: int = 1, registry=None) -> DataEstimate:
     """One epoch counted by the real pipeline with the run's tokenizer, every task read (hub datasets too)."""
-    from instructjax.data.blends import specs
-
     return epoch_of(config, count_tasks(config, registry or specs.default_registry(), real_data=True), multiple)

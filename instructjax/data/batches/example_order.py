@@ -25,8 +25,10 @@ import dataclasses
 
 import numpy as np
 
+from instructjax.core import stopping
 from instructjax.core.config import DataSection
 from instructjax.core.errors import ConfigError
+from instructjax.data import cache
 from instructjax.data.batches.packing import example_sizes
 from instructjax.data.binding import Resolved, resolve
 from instructjax.data.blends import specs
@@ -271,9 +273,6 @@ def _check_token_range(task: str, examples: list[dict], vocab_size: int) -> None
 def _stop_between_tasks(name: str) -> None:
     """`Stopped` before task `name` when a signal asked (Ctrl-C while `train` or `data prepare` tokenizes): the tasks
     before it are in the tokenized cache, and the next run reads them back."""
-    from instructjax.core import stopping
-    from instructjax.data import cache
-
     if not stopping.requested():
         return
     kept = (f"the tasks read before it are in the tokenized cache ({cache.cache_dir()})" if cache.cache_dir()
