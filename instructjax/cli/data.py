@@ -15,12 +15,13 @@ import time
 from dataclasses import asdict, dataclass
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from instructjax.cli import add_on_bad_row, load_run_config, on_bad_row_overrides
-from instructjax.core import stopping, storage
-from instructjax.core.config import DataSection
+from instructjax.core import hosts, progress, stopping, storage
+from instructjax.core.config import DataSection, RunConfig
 from instructjax.core.errors import ConfigError
 from instructjax.data import cache
 from instructjax.data.blends import specs
@@ -29,6 +30,9 @@ from instructjax.data.selection.embeddings import MODEL_ENCODERS, get_encoder
 from instructjax.data.sources.registry import SOURCES
 from instructjax.data.sources.synthetic import BUILTIN, LENGTH_STATS, TULU_TABLE1
 from instructjax.train import setup as run_setup
+
+if TYPE_CHECKING:
+    from instructjax.data.binding import Resolved
 
 GREEN, DIM, RESET = "\033[32m", "\033[2m", "\033[0m"
 
@@ -98,8 +102,8 @@ class Target:
 
     name: str
     tasks: list[str]
-    config: object | None
-    resolved: object | None = None
+    config: RunConfig | None
+    resolved: Resolved | None = None
 
 
 def command_target(args) -> Target:
@@ -373,8 +377,6 @@ def _prepare(args) -> int:
     if beam is None:
         pool.start(tokenizer_path)  # the workers start while the hosts connect and the sources open
 
-    from instructjax.core import hosts, progress, storage
-
     hosts.initialize(config.distributed, f"prepare:{config.run_dir}")
     bound = run_setup.bind_run(config)  # the trainer's binding: its tokenizer, model and bound data
     index, count = hosts.process()
@@ -439,12 +441,12 @@ def _beam_runner(args):
     return beam_prepare
 
 
-def _prepare_on_beam(beam, args, config, bound, hosts: int) -> set[str]:
+def _prepare_on_beam(beam, args, config, bound, host_count: int) -> set[str]:
     """The run's missing cache files built by a Beam pipeline (`data.tokenized.beam_prepare`); the files written."""
     from instructjax.data.batches.example_order import task_subsets
 
     beam_prepare = beam
-    if hosts > 1:
+    if host_count > 1:
         raise ConfigError("--runner beam runs once, on one machine (its workers share the tasks): not on every host "
                           "of a launch")
     tasks = [(name, spec, n, seed) for name, spec, n, seed in task_subsets(config.data, bound.data.resolved)

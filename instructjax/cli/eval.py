@@ -14,6 +14,7 @@ import sys
 from instructjax.cli import load_run_config
 from instructjax.core import hosts, storage
 from instructjax.core.errors import ConfigError
+from instructjax.eval import pairwise as pw
 from instructjax.eval import quality, tulu
 from instructjax.eval.config import JudgeEndpoint
 from instructjax.eval.harness import numeric, results_json, run_lm_eval, run_suite
@@ -69,18 +70,18 @@ def register(subparsers) -> None:
     ev.set_defaults(func=run_eval)
     sub = ev.add_subparsers(dest="eval_command", required=False)
 
-    pw = sub.add_parser("pairwise", help="judge requests (both orders) and scores from the judge's replies")
-    pw.add_argument("action", choices=["requests", "score"])
-    pw.add_argument("--mode", choices=["pairwise", "flask"], default="pairwise")
-    pw.add_argument("--a", help="system A (or the model) outputs: JSONL {id, instruction, output[, skills]}")
-    pw.add_argument("--b", help="system B (or the reference) outputs: JSONL {id, instruction, output}")
-    pw.add_argument("--requests", required=True, help="requests JSONL (written by `requests`, read by `score`)")
-    pw.add_argument("--replies", help="the judge's replies: JSONL {id, reply}")
-    pw.add_argument("--prompt", help="pairwise: the judge prompt, a name (seed002, seed002_length_neutral, seed003) "
-                                     "or a JSON/YAML file {system, user}; default: seed 002's Figure 4")
-    pw.add_argument("--round-like-table", action="store_true",
-                    help="flask: round the 1-5 means to two decimals before scaling, as seed 000's Table 2")
-    pw.set_defaults(func=run_pairwise)
+    pairwise = sub.add_parser("pairwise", help="judge requests (both orders) and scores from the judge's replies")
+    pairwise.add_argument("action", choices=["requests", "score"])
+    pairwise.add_argument("--mode", choices=["pairwise", "flask"], default="pairwise")
+    pairwise.add_argument("--a", help="system A (or the model) outputs: JSONL {id, instruction, output[, skills]}")
+    pairwise.add_argument("--b", help="system B (or the reference) outputs: JSONL {id, instruction, output}")
+    pairwise.add_argument("--requests", required=True, help="requests JSONL (written by `requests`, read by `score`)")
+    pairwise.add_argument("--replies", help="the judge's replies: JSONL {id, reply}")
+    pairwise.add_argument("--prompt", help="pairwise: the judge prompt, a name (seed002, seed002_length_neutral, seed003) "
+                                           "or a JSON/YAML file {system, user}; default: seed 002's Figure 4")
+    pairwise.add_argument("--round-like-table", action="store_true",
+                          help="flask: round the 1-5 means to two decimals before scaling, as seed 000's Table 2")
+    pairwise.set_defaults(func=run_pairwise)
 
     qa = sub.add_parser("quality", help="seed 002's 0-5 quality ratings of training rows (Figure 3): requests, "
                                         "or the rated rows from the judge's replies or a judge endpoint")
@@ -275,8 +276,6 @@ def _print_and_write(summary: dict, out: str | None) -> None:
 
 
 def run_pairwise(args) -> int:
-    from instructjax.eval import pairwise as pw
-
     if args.action == "requests":
         if not args.a or (args.mode != "flask" and not args.b):
             raise ConfigError(f"eval pairwise requests --mode {args.mode} needs --a" + ("" if args.mode == "flask" else
@@ -302,8 +301,6 @@ def run_pairwise(args) -> int:
 
 
 def run_quality(args) -> int:
-    from instructjax.eval import pairwise as pw
-
     rows = _rows(args.data)
     requests = quality.quality_requests(rows)
     if args.action == "requests":

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -33,13 +34,15 @@ from instructjax.core.errors import ConfigError
 from instructjax.data.batches.example_reading import example_sizes
 from instructjax.data.batches.step_plan import mean_step_shape
 from instructjax.data.blends import specs
-from instructjax.data.blends import specs as spec_lib
 from instructjax.data.blends.specs import BUILTIN
 from instructjax.data.mosaic.augment import sample_count
 from instructjax.data.sources.data_files import local_files
 from instructjax.data.sources.rows import PipelineStats
 from instructjax.data.sources.synthetic import LENGTH_STATS, TULU_TABLE1
 from instructjax.train import setup as run_setup
+
+if TYPE_CHECKING:
+    from instructjax.data.batches.pipeline import DataPipeline
 
 PACKING_EFFICIENCY = 0.995  # best-fit-decreasing, window 1000 (benchmarks/RESULTS.md: 99.6-99.8%)
 COUNT_BYTES = 32 * 2**20  # a local copy of a dataset the papers sized is counted up to this (about 30 s on 2 cores)
@@ -96,15 +99,15 @@ class DataCounts:
     pipeline needs where none is estimated (`bound`: the run bound by `train.setup.bind_run`)."""
 
     tasks: list[TaskCount]
-    bound: object | None = None
-    _pipeline: object | None = None
+    bound: run_setup.BoundRun | None = None
+    _pipeline: DataPipeline | None = None
 
     @property
     def real(self) -> bool:
         """Whether every task was counted or read from the cache (the epoch is then the real pipeline's)."""
         return self.bound is not None and all(t.origin != PAPER for t in self.tasks)
 
-    def pipeline(self):
+    def pipeline(self) -> DataPipeline:
         """The run's data pipeline (opened once: its tasks' examples are this process's already)."""
         if self._pipeline is None:
             self._pipeline = run_setup.open_pipeline(self.bound)
@@ -149,7 +152,7 @@ def count_tasks(config: RunConfig, registry, *, real_data: bool = False) -> Data
             count = _count_of(bound.data.resolved, name)
             seed = config.data.seed if count is not None else None
             if reads[i] or (bound_spec is not None and examples_lib.cached_file(name, bound_spec, count, seed) is not None):
-                out.append(_read_task(spec_lib.base_name(task), name, bound_spec, count, seed))
+                out.append(_read_task(specs.base_name(task), name, bound_spec, count, seed))
                 continue
         out.append(_paper_task(config, task, spec, _count_of(resolved, task)))
     return _checked(config, resolved, DataCounts(out, bound))
@@ -222,7 +225,7 @@ def _paper_task(config: RunConfig, task: str, spec, count: int | None) -> TaskCo
         f"data_files of {_data_bytes(spec) / 2**20:,.1f} MiB, more than plan reads ({COUNT_BYTES / 2**20:,.1f} MiB): "
         "--real-data counts them")
     detail = f"{table}, about {mean:,.0f} tokens each; {where}"
-    return TaskCount(spec_lib.base_name(task), n, int(n * min(mean, config.data.seq_len)), PAPER, detail,
+    return TaskCount(specs.base_name(task), n, int(n * min(mean, config.data.seq_len)), PAPER, detail,
                      spec.preference)
 
 
