@@ -153,8 +153,6 @@ def command_target(args) -> Target:
     return Target(name=bound.name, tasks=bound.tasks, config=config, resolved=bound.resolved)
 
 
-resolve = command_target  # the name before issue 54
-
 
 def subset_sha256(ids) -> str:
     """The sha256 of a task's selected example ids, sorted and joined by newlines: two runs trained on the same

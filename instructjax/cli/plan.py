@@ -40,13 +40,8 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from instructjax.cli.plan_eval import eval_plan, format_eval_plan
-    from instructjax.train.plan import (
-        format_plan,
-        gpu_topology,
-        local_topology,
-        plan_with_proposal,
-        tpu_topology,
-    )
+    from instructjax.train.plan import format_plan, plan_with_proposal
+    from instructjax.train.topology import gpu_topology, local_topology, tpu_topology
 
     config = load_run_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
     if args.eval and not args.compile:

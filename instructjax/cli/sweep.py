@@ -48,8 +48,8 @@ from typing import TYPE_CHECKING
 
 from instructjax.cli import add_on_bad_row, load_run_config, on_bad_row_overrides
 from instructjax.core import stopping, storage
-from instructjax.core.config import training_digest
 from instructjax.core.errors import InstructJaxError
+from instructjax.core.run_identity import training_digest
 from instructjax.core.shipped import launch_dir
 from instructjax.core.stopping import EXIT_PREEMPTED
 from instructjax.eval import run as ev_run

@@ -27,8 +27,9 @@ import json
 import sys
 
 from instructjax.core import storage, tracking
-from instructjax.core.config import RunConfig, digest
+from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError, InstructJaxError
+from instructjax.core.run_identity import digest
 from instructjax.eval import tulu
 from instructjax.eval.config import EvalSection, eval_section
 from instructjax.eval.harness import numeric, results_json, run_lm_eval, run_suite

@@ -48,7 +48,6 @@ def implementation_for(name: str, platform: str | None = None) -> str:
     return AUTO.get(platform or target_platform(), "blockwise")
 
 
-resolve = implementation_for  # its old name
 
 
 # ---- masks and the dense reference ----------------------------------------------------------------

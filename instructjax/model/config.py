@@ -37,7 +37,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any
 
-from instructjax.core.config import check_value, unknown_key
+from instructjax.core.coerce import check_value, unknown_key
 from instructjax.core.errors import ConfigError
 from instructjax.model.families import RECORDS
 from instructjax.model.families.record import alternating  # noqa: F401  (also model.config.alternating, its old home)

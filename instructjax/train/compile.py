@@ -201,14 +201,15 @@ def _target(config: RunConfig, topology: Topology, *, real_data: bool, name: str
     """With `real_data`, the run resolved as the trainer resolves it (`train.setup.resolve_run`: its tokenizer, the
     real pipeline's steps and step shapes, `mesh: auto` chosen for the slice by what fits its chips); else plan's
     epoch (its tasks counted or estimated, `train.plan_data`; the mesh plan proposes, the model from its config)."""
+    from instructjax.train import memory
     from instructjax.train import plan as planning
 
     if real_data:
         bound = run_setup.bind_run(config)
 
         def fits(sizes, shapes) -> bool:
-            needed = planning.step_needed(bound.model, bound.config, sizes, shapes, topology)[0]
-            return needed <= planning.usable_bytes(topology)
+            needed = memory.step_needed(bound.model, bound.config, sizes, shapes, topology)[0]
+            return needed <= memory.usable_bytes(topology)
 
         run = run_setup.resolve_run(bound, devices=topology.devices, hosts=topology.hosts,
                                     pipeline=run_setup.open_pipeline(bound), fits=fits)  # one process reads all
@@ -227,8 +228,7 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
     write the compiled step of the largest shape there (`save_compiled`; the epoch then counted by the real pipeline,
     as the trainer counts it: the learning-rate schedule is part of the program)."""
     from instructjax.core import sharding
-    from instructjax.train import optim
-    from instructjax.train import plan as planning
+    from instructjax.train import memory, optim
     from instructjax.train.step import build_step
 
     devices = target_devices(topology)
@@ -242,7 +242,7 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
     largest = max(target.shapes, key=lambda s: s[0] * s[1])
     shapes = []
     for rows, length in sorted(set(target.shapes)):
-        estimate, _ = planning.step_needed(model, run, mesh_sizes, [(rows, length)], topology)
+        estimate, _ = memory.step_needed(model, run, mesh_sizes, [(rows, length)], topology)
         hbm = int(topology.hbm_gib * GIB)
         try:
             compiled, seconds, digest = compile_shape(build, rows, length)
@@ -269,7 +269,7 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
 
     real = real_data or bool(save_executable)
     return CompileReport(name, topology.name, topology.devices, topology.hosts, mesh_sizes,
-                         implementation_for(model.attention, topology.platform), shapes, planning.USABLE,
+                         implementation_for(model.attention, topology.platform), shapes, memory.USABLE,
                          "run" if real else "estimate")
 
 

@@ -29,43 +29,12 @@ from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
 from instructjax.data.blends.specs import default_registry
 from instructjax.model.config import DecoderConfig, param_count, preset, with_overrides
-from instructjax.train.memory import (  # noqa: F401  (their old home: users import them from here)
-    GIB,
-    MLP_ARRAYS,
-    TPU_BACKWARD,
-    USABLE,
-    activation_bytes,
-    device_memory,
-    needed_bytes,
-    onchip_bytes,
-    out_of_memory,
-    reference_bytes,
-    state_memory,
-    step_needed,
-    tpu_backward,
-    usable_bytes,
-)
-from instructjax.train.meshes import MAX_TENSOR, REAL_SHARE_SLACK, best_mesh, choose_mesh, mesh_options  # noqa: F401
+from instructjax.train.memory import GIB, USABLE, device_memory, needed_bytes, onchip_bytes, reference_bytes
+from instructjax.train.meshes import REAL_SHARE_SLACK, best_mesh, mesh_options
 from instructjax.train.objectives import objective_for
-from instructjax.train.plan_data import (  # noqa: F401  (their old home: users import them from here)
-    PACKING_EFFICIENCY,
-    DataCounts,
-    DataEstimate,
-    count_tasks,
-    epoch_of,
-    estimate_epoch,
-    real_epoch,
-)
+from instructjax.train.plan_data import DataCounts, DataEstimate, count_tasks, epoch_of
 from instructjax.train.setup import resolve_model_config
-from instructjax.train.topology import (  # noqa: F401  (their old home: users import them from here)
-    GPU_HBM,
-    TPU_CHIPS,
-    Topology,
-    available_memory,
-    gpu_topology,
-    local_topology,
-    tpu_topology,
-)
+from instructjax.train.topology import Topology
 
 
 @dataclass

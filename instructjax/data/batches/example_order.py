@@ -29,8 +29,8 @@ from instructjax.core import stopping
 from instructjax.core.config import DataSection
 from instructjax.core.errors import ConfigError
 from instructjax.data import cache
-from instructjax.data.batches.packing import example_sizes
-from instructjax.data.binding import Resolved, resolve
+from instructjax.data.batches.example_reading import example_sizes
+from instructjax.data.binding import Resolved, specs_of
 from instructjax.data.blends import specs
 from instructjax.data.encoding.encode import Encoded, encode_conversation
 from instructjax.data.encoding.templates import DEFAULT_TEMPLATE
@@ -60,7 +60,7 @@ class ExampleStream:
         """`vocab_size`: the model's; a token id outside it is a ConfigError here, before training. `resolved`:
         `config.mixture` resolved by the binding (else resolved here, once). `stats`: the pipeline's, counting what
         the tasks read, tokenize and cache."""
-        found = resolved or resolve(config.mixture)
+        found = resolved or specs_of(config.mixture)
         if found is None:
             raise specs.unknown(config.mixture, "a registered task or mixture (data.mixture)")
         self.config, self.resolved = config, found

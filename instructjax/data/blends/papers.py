@@ -95,7 +95,6 @@ def paper_counts(name: str) -> Counts | None:
     return None
 
 
-resolve = paper_counts  # the old name
 
 
 def paper_names() -> list[str]:

@@ -16,7 +16,7 @@ import difflib
 import hashlib
 from dataclasses import dataclass
 
-from instructjax.core.config import build_section
+from instructjax.core.coerce import build_section
 from instructjax.core.context import Context, current
 from instructjax.core.errors import ConfigError
 from instructjax.data.blends import papers
@@ -251,12 +251,6 @@ def default_registry() -> Registry:
     """The current command's registry (`core.context`): the one the public functions here write into (a user's own
     modules, a config's `define:`) and that the run loader passes on to binding, the pipeline and the reports."""
     return registry_of(current())
-
-
-def __getattr__(name: str):
-    if name == "VARIANT_OF":  # the old name of the current registry's variants (read them through a Registry)
-        return default_registry().variants
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def add_task(name: str, spec: TaskSpec) -> None:
