@@ -9,12 +9,20 @@ on stderr and exit 2; nothing else is caught.
 from __future__ import annotations
 
 import argparse
+import gc
 import importlib
+import logging
 import os
 import sys
 
+from instructjax.core import progress
+from instructjax.core.config import load_config
+from instructjax.core.context import Context, current
 from instructjax.core.errors import InstructJaxError
+from instructjax.core.libtpu import quiet_without_tpu
 from instructjax.core.stopping import EXIT_PREEMPTED, Stopped
+from instructjax.core.user_modules import import_modules
+from instructjax.eval.config import eval_section
 
 # Command modules, in the order their subcommands appear in --help.
 COMMAND_MODULES = [
@@ -48,9 +56,6 @@ def on_bad_row_overrides(args) -> list[str]:
 def load_run_config(path, overrides: list[str] | None = None):
     """A run config as every command reads it: `core.config.load_config`, and its `eval:` block checked
     (`eval.config.eval_section`), so a wrong key there is one line before any work too."""
-    from instructjax.core.config import load_config
-    from instructjax.eval.config import eval_section
-
     config = load_config(path, overrides)
     eval_section(config.eval)
     return config
@@ -94,13 +99,10 @@ def _leaf_parsers(sub) -> list[argparse.ArgumentParser]:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow (via seqio) is chatty on import
-    from instructjax.core.libtpu import quiet_without_tpu
 
     quiet_without_tpu()  # libtpu is installed everywhere; without TPU chips it must not look for a TPU VM
-    from instructjax.core import progress
 
     progress.quiet_libraries()  # off a terminal: the libraries' own bars off (ours print plain lines)
-    import logging
 
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's INFO lines (through absl); its warnings stay
     parser = build_parser()
@@ -109,8 +111,6 @@ def main(argv: list[str] | None = None) -> int:
         args.overrides = [*args.overrides, *extra]  # key=value after a flag (`--resume max_steps=50`) too
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
-    from instructjax.core.context import Context, current
-    from instructjax.core.user_modules import import_modules
 
     try:
         with Context(parent=current()):  # the command's own: it reads what the caller registered, writes its own
@@ -133,8 +133,6 @@ def run() -> None:
     """The `instructjax` command: `main`, then exit. What is still alive is frozen out of the garbage collector
     first (`gc.freeze`): the interpreter's last collections would walk every object of a large run (0.2-0.3 s
     after `data prepare` of 20K conversations), and freed at exit they are garbage no one sees."""
-    import gc
-
     code = main()
     gc.freeze()
     sys.exit(code)

@@ -8,15 +8,31 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import logging
 import os
 import sys
+import time
 from dataclasses import asdict, dataclass
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from instructjax.cli import add_on_bad_row, on_bad_row_overrides
+from instructjax.cli import add_on_bad_row, load_run_config, on_bad_row_overrides
+from instructjax.core import hosts, progress, stopping, storage
+from instructjax.core.config import DataSection, RunConfig
 from instructjax.core.errors import ConfigError
+from instructjax.data import cache
+from instructjax.data.blends import specs
+from instructjax.data.schema import Conversation
+from instructjax.data.selection.embeddings import MODEL_ENCODERS, get_encoder
+from instructjax.data.sources.registry import SOURCES
 from instructjax.data.sources.synthetic import BUILTIN, LENGTH_STATS, TULU_TABLE1
+from instructjax.train import setup as run_setup
+
+if TYPE_CHECKING:
+    from instructjax.data.binding import Resolved
 
 GREEN, DIM, RESET = "\033[32m", "\033[2m", "\033[0m"
 
@@ -86,17 +102,14 @@ class Target:
 
     name: str
     tasks: list[str]
-    config: object | None
-    resolved: object | None = None
+    config: RunConfig | None
+    resolved: Resolved | None = None
 
 
 def command_target(args) -> Target:
     """Turn NAME / --config / --data-files into a bound task or mixture. With --config the tasks are bound to
     that run: its model's tokenizer, its chat template and its row length (`instructjax.data.binding`)."""
-    from instructjax.cli import load_run_config
     from instructjax.data.binding import bind, specs_of
-    from instructjax.data.blends import specs
-    from instructjax.data.sources.registry import SOURCES
 
     overrides = list(getattr(args, "overrides", []))
     if args.name and "=" in args.name:  # `data preview --config C data.seq_len=512`: an override, not a task
@@ -131,8 +144,6 @@ def command_target(args) -> Target:
         variants = [specs.with_options(t, **changes) for t in tasks]
         name = specs.remix(name, dict(zip(tasks, variants, strict=True))) if mixture else variants[0]
     if config is not None:  # bound to the run: its model's tokenizer, chat template and row length
-        from instructjax.train import setup as run_setup
-
         bound = bind(name, tokenizer=run_setup.tokenizer_path(config), template=config.template,
                      max_length=config.data.seq_len, model=config.model.init_from, on_bad_row=on_bad_row,
                      system_turn=config.data.system_turn)
@@ -141,8 +152,6 @@ def command_target(args) -> Target:
                      max_length=getattr(args, "seq_len", None) or args.max_length)
     return Target(name=bound.name, tasks=bound.tasks, config=config, resolved=bound.resolved)
 
-
-resolve = command_target  # the name before issue 54
 
 
 def subset_sha256(ids) -> str:
@@ -156,9 +165,7 @@ def task_stats(task: str, count: int | None = None, seed: int | None = None) -> 
     trained-token totals and what happened to the rows (read, kept, repaired, skipped) of one task, or of
     its subset of `count` drawn with `seed`, measured with the task's tokenizer, and the digest of the
     examples a run trains on (see `subset_sha256`)."""
-    from instructjax.data.blends import specs
     from instructjax.data.encoding.tokenizer import Tokenizer
-    from instructjax.data.schema import Conversation
     from instructjax.data.tokenized import examples as examples_lib
 
     spec = specs.task(task)
@@ -202,9 +209,7 @@ def task_stats(task: str, count: int | None = None, seed: int | None = None) -> 
 
 
 def run_stats(args) -> int:
-    from instructjax.core.config import DataSection
     from instructjax.data.batches.pipeline import DataPipeline
-    from instructjax.data.blends import specs
 
     target = command_target(args)
     base = target.config.data if target.config else DataSection(mixture=target.name)
@@ -272,9 +277,7 @@ def highlight(tokenizer, tokens: np.ndarray, mask: np.ndarray, color: bool) -> s
 
 def run_preview(args) -> int:
     from instructjax.data.batches.pipeline import DataPipeline
-    from instructjax.data.blends import specs
     from instructjax.data.encoding.tokenizer import Tokenizer
-    from instructjax.data.schema import Conversation
     from instructjax.data.tokenized import examples as examples_lib
 
     target = command_target(args)
@@ -320,13 +323,8 @@ def run_preview(args) -> int:
 
 
 def run_select(args) -> int:
-    from functools import partial
-
-    from instructjax.data.blends import specs
     from instructjax.data.encoding.encode import response_token_length
     from instructjax.data.encoding.tokenizer import Tokenizer
-    from instructjax.data.schema import Conversation
-    from instructjax.data.selection.embeddings import MODEL_ENCODERS, get_encoder
     from instructjax.data.selection.methods import select, write_selection
     from instructjax.data.tokenized import examples as examples_lib
 
@@ -361,20 +359,13 @@ def run_prepare(args) -> int:
     """Exactly the training run's data side (the same binding, task keys and cache files, on every host of a
     multi-host launch), with a progress bar per task and a summary of the cache. SIGINT or SIGTERM stops it before
     the next task (`core.stopping`: the tasks before are in the cache; exit 75); on several hosts it runs to its end."""
-    from instructjax.core import stopping
-
     with stopping.listening():
         return _prepare(args)
 
 
 def _prepare(args) -> int:
-    import time
-
-    from instructjax.cli import load_run_config
-    from instructjax.data import cache
     from instructjax.data.encoding import pool
     from instructjax.data.tokenized import examples, stream
-    from instructjax.train import setup as run_setup
 
     beam = _beam_runner(args)  # before any work: a runner or options that cannot run, or Beam missing
     config = load_run_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
@@ -383,8 +374,6 @@ def _prepare(args) -> int:
     tokenizer_path = run_setup.tokenizer_path(config)
     if beam is None:
         pool.start(tokenizer_path)  # the workers start while the hosts connect and the sources open
-
-    from instructjax.core import hosts, progress, storage
 
     hosts.initialize(config.distributed, f"prepare:{config.run_dir}")
     bound = run_setup.bind_run(config)  # the trainer's binding: its tokenizer, model and bound data
@@ -434,7 +423,6 @@ def _beam_runner(args):
         if args.beam_args:
             raise ConfigError("--beam-args go with --runner beam")
         return None
-    import logging
 
     root, guard = logging.getLogger(), logging.NullHandler()  # Beam warns on import through `logging.warning`, which
     root.addHandler(guard)  # would install a handler on the root logger for good when it has none
@@ -451,16 +439,12 @@ def _beam_runner(args):
     return beam_prepare
 
 
-def _prepare_on_beam(beam, args, config, bound, hosts: int) -> set[str]:
+def _prepare_on_beam(beam, args, config, bound, host_count: int) -> set[str]:
     """The run's missing cache files built by a Beam pipeline (`data.tokenized.beam_prepare`); the files written."""
-    import time
-    from pathlib import Path
-
-    from instructjax.core import storage
     from instructjax.data.batches.example_order import task_subsets
 
     beam_prepare = beam
-    if hosts > 1:
+    if host_count > 1:
         raise ConfigError("--runner beam runs once, on one machine (its workers share the tasks): not on every host "
                           "of a launch")
     tasks = [(name, spec, n, seed) for name, spec, n, seed in task_subsets(config.data, bound.data.resolved)
@@ -479,6 +463,4 @@ def _prepare_on_beam(beam, args, config, bound, hosts: int) -> set[str]:
 
 
 def specs_name(name: str) -> str:
-    from instructjax.data.blends import specs
-
     return specs.base_name(name)

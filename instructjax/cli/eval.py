@@ -11,8 +11,19 @@ import argparse
 import json
 import sys
 
+from instructjax.cli import load_run_config
+from instructjax.core import hosts, storage
 from instructjax.core.errors import ConfigError
-from instructjax.eval.run import EVAL_PARTS
+from instructjax.eval import pairwise as pw
+from instructjax.eval import quality, tulu
+from instructjax.eval.config import JudgeEndpoint
+from instructjax.eval.harness import numeric, results_json, run_lm_eval, run_suite
+from instructjax.eval.humaneval import load_problems
+from instructjax.eval.judge import ask
+from instructjax.eval.judge_prompts import pairwise_prompt
+from instructjax.eval.pairwise import read_jsonl, write_jsonl
+from instructjax.eval.run import EVAL_PARTS, evaluate_config
+from instructjax.eval.tulu.codex import codex_eval
 
 
 def register(subparsers) -> None:
@@ -59,18 +70,18 @@ def register(subparsers) -> None:
     ev.set_defaults(func=run_eval)
     sub = ev.add_subparsers(dest="eval_command", required=False)
 
-    pw = sub.add_parser("pairwise", help="judge requests (both orders) and scores from the judge's replies")
-    pw.add_argument("action", choices=["requests", "score"])
-    pw.add_argument("--mode", choices=["pairwise", "flask"], default="pairwise")
-    pw.add_argument("--a", help="system A (or the model) outputs: JSONL {id, instruction, output[, skills]}")
-    pw.add_argument("--b", help="system B (or the reference) outputs: JSONL {id, instruction, output}")
-    pw.add_argument("--requests", required=True, help="requests JSONL (written by `requests`, read by `score`)")
-    pw.add_argument("--replies", help="the judge's replies: JSONL {id, reply}")
-    pw.add_argument("--prompt", help="pairwise: the judge prompt, a name (seed002, seed002_length_neutral, seed003) "
-                                     "or a JSON/YAML file {system, user}; default: seed 002's Figure 4")
-    pw.add_argument("--round-like-table", action="store_true",
-                    help="flask: round the 1-5 means to two decimals before scaling, as seed 000's Table 2")
-    pw.set_defaults(func=run_pairwise)
+    pairwise = sub.add_parser("pairwise", help="judge requests (both orders) and scores from the judge's replies")
+    pairwise.add_argument("action", choices=["requests", "score"])
+    pairwise.add_argument("--mode", choices=["pairwise", "flask"], default="pairwise")
+    pairwise.add_argument("--a", help="system A (or the model) outputs: JSONL {id, instruction, output[, skills]}")
+    pairwise.add_argument("--b", help="system B (or the reference) outputs: JSONL {id, instruction, output}")
+    pairwise.add_argument("--requests", required=True, help="requests JSONL (written by `requests`, read by `score`)")
+    pairwise.add_argument("--replies", help="the judge's replies: JSONL {id, reply}")
+    pairwise.add_argument("--prompt", help="pairwise: the judge prompt, a name (seed002, seed002_length_neutral, seed003) "
+                                           "or a JSON/YAML file {system, user}; default: seed 002's Figure 4")
+    pairwise.add_argument("--round-like-table", action="store_true",
+                          help="flask: round the 1-5 means to two decimals before scaling, as seed 000's Table 2")
+    pairwise.set_defaults(func=run_pairwise)
 
     qa = sub.add_parser("quality", help="seed 002's 0-5 quality ratings of training rows (Figure 3): requests, "
                                         "or the rated rows from the judge's replies or a judge endpoint")
@@ -115,7 +126,6 @@ def _placement_args(p: argparse.ArgumentParser) -> None:
 def _placement(args) -> dict:
     """The placement options; under several JAX processes (JAX_COORDINATOR_ADDRESS set: a pod's hosts) their
     runtime is started first, so that the mesh spans every host's devices."""
-    from instructjax.core import hosts
     from instructjax.eval.generate import DEFAULT_SLOTS
     from instructjax.eval.placement import parse_mesh
 
@@ -157,8 +167,6 @@ def _generator(args, cache: str | None = None):
 
 
 def _rows(path: str) -> list[dict]:
-    from instructjax.eval.pairwise import read_jsonl
-
     return read_jsonl(path)
 
 
@@ -179,9 +187,7 @@ def run_score(args) -> int:
 
 
 def run_generate(args) -> int:
-    from instructjax.core import storage
     from instructjax.eval.generate import Sampling, complete
-    from instructjax.eval.pairwise import write_jsonl
 
     rows = _rows(args.prompts)
     storage.check_bucket(args.out, "--out")  # before generating, not after
@@ -201,7 +207,6 @@ def run_eval(args) -> int:
         return run_eval_config(args)
     if not args.model or not (args.tasks or args.suite):
         raise ConfigError("eval: give --model and --tasks or --suite, or --config (or a subcommand: pairwise, codex)")
-    from instructjax.eval.harness import numeric, run_lm_eval, run_suite
 
     if args.suite == "tulu":
         return run_tulu(args)
@@ -223,13 +228,9 @@ def run_eval(args) -> int:
 
 def run_tulu(args) -> int:
     """`eval --suite tulu`: open-instruct's scripts (eval/tulu) on the model; --prompts-only: their requests."""
-    from instructjax.core import storage
-    from instructjax.eval import tulu
-
     chat_format = tulu.chat_format_of(args.model) if args.chat_format == "auto" else args.chat_format
     if args.prompts_only:
         from instructjax.convert.saved import saved_tokenizer
-        from instructjax.eval.pairwise import write_jsonl
 
         if not args.out:
             raise ConfigError("eval --prompts-only: give --out (the folder requests.jsonl is written to)")
@@ -241,7 +242,6 @@ def run_tulu(args) -> int:
         print(f"wrote {len(reqs)} requests (chat format {chat_format!r}) to {path}")
         return 0
     from instructjax.eval.engines import engine_record, load_engine
-    from instructjax.eval.tulu.codex import codex_eval
 
     tulu.check_data(args.data_dir)
     cache = f"{args.out}.endpoint_cache.jsonl" if args.out else None
@@ -255,9 +255,6 @@ def run_tulu(args) -> int:
 
 def run_eval_config(args) -> int:
     """`eval --config RUN.yaml [--only PARTS] [--model M]`: the eval: block's parts, results in its out dir."""
-    from instructjax.cli import load_run_config
-    from instructjax.eval.run import evaluate_config
-
     only = [p.strip() for p in args.only.split(",") if p.strip()] if args.only else None
     results = evaluate_config(load_run_config(args.config), model=args.model, only=only, endpoint=_endpoint(args))
     _print_and_write(results, args.out)
@@ -266,34 +263,24 @@ def run_eval_config(args) -> int:
 
 def _first_host() -> bool:
     """Whether this process writes the results (the first of several hosts, or the only one)."""
-    from instructjax.core import hosts
-
     return hosts.process()[0] == 0
 
 
 def _print_and_write(summary: dict, out: str | None) -> None:
-    from instructjax.eval.harness import results_json
-
     if not _first_host():
         return
     text = results_json(summary)
     print(text)
     if out:
-        from instructjax.core import storage
-
         storage.write_text(out, text + "\n")
 
 
 def run_pairwise(args) -> int:
-    from instructjax.eval import pairwise as pw
-
     if args.action == "requests":
         if not args.a or (args.mode != "flask" and not args.b):
             raise ConfigError(f"eval pairwise requests --mode {args.mode} needs --a" + ("" if args.mode == "flask" else
                                                                                          " and --b"))
         if args.mode == "pairwise":
-            from instructjax.eval.judge_prompts import pairwise_prompt
-
             requests = pw.pairwise_requests(_rows(args.a), _rows(args.b), pairwise_prompt(args.prompt))
         else:
             requests = pw.flask_requests(_rows(args.a))
@@ -314,9 +301,6 @@ def run_pairwise(args) -> int:
 
 
 def run_quality(args) -> int:
-    from instructjax.eval import pairwise as pw
-    from instructjax.eval import quality
-
     rows = _rows(args.data)
     requests = quality.quality_requests(rows)
     if args.action == "requests":
@@ -330,9 +314,6 @@ def run_quality(args) -> int:
     if args.replies:
         replies = _rows(args.replies)
     else:
-        from instructjax.eval.config import JudgeEndpoint
-        from instructjax.eval.judge import ask
-
         endpoint = JudgeEndpoint(base_url=args.base_url, model=args.model, api_key_env=args.api_key_env,
                                  concurrency=args.concurrency)
         replies = ask(requests, endpoint, args.cache or f"{args.out}.judge_cache.jsonl")
@@ -343,9 +324,6 @@ def run_quality(args) -> int:
 
 
 def run_codex(args) -> int:
-    from instructjax.eval.humaneval import load_problems
-    from instructjax.eval.tulu.codex import codex_eval
-
     problems = load_problems()
     if args.limit:
         problems = dict(list(problems.items())[: args.limit])

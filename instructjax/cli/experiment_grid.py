@@ -21,7 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 from instructjax.cli import experiment_variants as variants
-from instructjax.cli.experiment_record import GENERATED, Experiment  # noqa: F401  (their old home)
+from instructjax.cli.experiment_record import Experiment
 from instructjax.data.blends import papers
 
 MESH = "auto"  # the mesh `plan` proposes for the devices at hand (FSDP x tensor), recorded in the run's config.yaml

@@ -10,14 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from instructjax.cli.experiment_grid import (  # noqa: F401  (their old home)
-    Experiment,
-    experiments,
-    seed000,
-    seed002,
-    seed003,
-    seed004,
-)
+from instructjax.cli.experiment_grid import experiments
 from instructjax.core.shipped import configs_dir
 
 ROOT = configs_dir()  # shipped with the package (a checkout's configs/ links here); --root writes a copy elsewhere

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
-from instructjax.cli import add_on_bad_row, on_bad_row_overrides
+from instructjax.cli import add_on_bad_row, load_run_config, on_bad_row_overrides
 from instructjax.core.errors import ConfigError
 
 
@@ -38,15 +39,9 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from instructjax.cli import load_run_config
     from instructjax.cli.plan_eval import eval_plan, format_eval_plan
-    from instructjax.train.plan import (
-        format_plan,
-        gpu_topology,
-        local_topology,
-        plan_with_proposal,
-        tpu_topology,
-    )
+    from instructjax.train.plan import format_plan, plan_with_proposal
+    from instructjax.train.topology import gpu_topology, local_topology, tpu_topology
 
     config = load_run_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
     if args.eval and not args.compile:
@@ -66,8 +61,6 @@ def run(args) -> int:
 
 def compiled(args, config) -> int:
     """`plan --compile`: the compiler's figures (train.compile); exit 1 with one line when a step does not fit."""
-    import sys
-
     from instructjax.train.compile import compile_run, does_not_fit, format_report
     from instructjax.train.topology import local_topology, tpu_topology
 

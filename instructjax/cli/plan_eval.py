@@ -16,7 +16,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec
+
 from instructjax.core.config import RunConfig
+from instructjax.eval.config import eval_section
+from instructjax.train.compile import program_figures, target_devices
 from instructjax.train.topology import GIB, Topology
 
 USABLE = 0.9  # as the train plan: headroom for XLA temporaries, fragmentation and the runtime
@@ -65,7 +71,6 @@ def evaluated_model(config: RunConfig, topology: Topology):
 
 def eval_plan(config: RunConfig, topology: Topology) -> EvalPlan:
     from instructjax.eval import placement
-    from instructjax.eval.config import eval_section
     from instructjax.eval.engine import bucket, fill_rows
     from instructjax.eval.generate import DEFAULT_SLOTS
 
@@ -110,16 +115,12 @@ def compile_eval(config: RunConfig, topology: Topology) -> tuple[EvalPlan, list[
     """The engine's fill step (a full call of full-context prompts) and decode step (every slot, `chunk` tokens)
     lowered on a mesh of `topology`'s devices (libtpu's description of a slice, or this machine's) from abstract
     parameters and cache, compiled, and measured beside `eval_plan`'s figures."""
-    import jax
-    import jax.numpy as jnp
     from flax import nnx
-    from jax.sharding import NamedSharding, PartitionSpec
 
     from instructjax.core import sharding
     from instructjax.eval.engine import bucket
     from instructjax.model import decoding
     from instructjax.model.decoder import abstract_model
-    from instructjax.train.compile import program_figures, target_devices
 
     plan = eval_plan(config, topology)
     model = evaluated_model(config, topology)

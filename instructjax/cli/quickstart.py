@@ -9,10 +9,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import os
 import time
 
+from instructjax.cli import data as commands
+from instructjax.cli import load_run_config
+from instructjax.core import stopping, storage
+from instructjax.core.errors import ConfigError
 from instructjax.core.shipped import configs_dir, data_root, offline_tasks_dir
+from instructjax.core.stopping import EXIT_PREEMPTED
+from instructjax.eval.harness import run_lm_eval
 
 QUICKSTART_CONFIG = configs_dir() / "quickstart.yaml"
 
@@ -26,16 +33,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from instructjax.core import stopping
-
     with stopping.listening():  # Ctrl-C saves the step in flight, as `train` does
         return _quickstart(args)
 
 
 def _quickstart(args) -> int:
-    from instructjax.cli import data as commands
-    from instructjax.core.stopping import EXIT_PREEMPTED
-
     evaluation_needs("accelerate")  # before minutes of training, not after
     common = dict(name=None, config=args.config, data_files=None, on_bad_row=None, template=None,
                   max_length=None, json=False)  # fmt: skip
@@ -43,7 +45,6 @@ def _quickstart(args) -> int:
     commands.run_stats(argparse.Namespace(**common, seq_len=None, global_batch=None))
     commands.run_preview(argparse.Namespace(**common, n=1))
 
-    from instructjax.cli import load_run_config
     from instructjax.train.trainer import train
 
     overrides = list(args.overrides)
@@ -67,10 +68,6 @@ def _quickstart(args) -> int:
 def evaluation_needs(package: str) -> None:
     """The quickstart's last step runs lm-eval's hf backend, which imports `package`: an install without the `eval`
     extra is told so in one line before anything runs."""
-    import importlib
-
-    from instructjax.core.errors import ConfigError
-
     try:
         importlib.import_module(package)
     except ModuleNotFoundError:
@@ -84,8 +81,6 @@ def export_and_evaluate(run_dir: str) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
     from instructjax.convert.saved import export_checkpoint
-    from instructjax.core import storage
-    from instructjax.eval.harness import run_lm_eval
 
     hf_dir = storage.join(run_dir, "hf")  # local, or in a bucket (run_dir=gs://...)
     print(f"== export: Hugging Face safetensors + tokenizer + chat template -> {hf_dir} ==")

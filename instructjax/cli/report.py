@@ -12,6 +12,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from instructjax.core import storage
+from instructjax.core.errors import ConfigError
+from instructjax.report.coverage import report
+from instructjax.report.families import write_report
+from instructjax.report.runs import config_paths
+
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("report", help="the papers' tables (ours vs published) and figures from runs")
@@ -24,15 +30,8 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from instructjax.core import storage
-    from instructjax.core.errors import ConfigError
-    from instructjax.report.families import write_report
-    from instructjax.report.runs import config_paths
-
     paths = config_paths(args.configs)
     if args.coverage:
-        from instructjax.report.coverage import report
-
         print(report(paths))
         return 0
     if not args.out:

@@ -46,11 +46,18 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from instructjax.cli import add_on_bad_row, on_bad_row_overrides
+from instructjax.cli import add_on_bad_row, load_run_config, on_bad_row_overrides
 from instructjax.core import stopping, storage
 from instructjax.core.errors import InstructJaxError
+from instructjax.core.run_identity import training_digest
 from instructjax.core.shipped import launch_dir
 from instructjax.core.stopping import EXIT_PREEMPTED
+from instructjax.eval import run as ev_run
+from instructjax.eval.config import eval_section
+from instructjax.eval.judged import JUDGED_PARTS, pending, resolve_runs, waiting
+from instructjax.eval.run import config_parts, evaluate_config, model_step
+from instructjax.model.config import runs_only_keys
+from instructjax.report.runs import config_paths
 
 if TYPE_CHECKING:
     import argparse
@@ -123,9 +130,6 @@ def _marker(path) -> dict:
 
 def trained_step(config: RunConfig) -> int | None:
     """The step RUN_DIR/DONE records, when it stands for this config's training (None otherwise)."""
-    from instructjax.core.config import training_digest
-    from instructjax.model.config import runs_only_keys
-
     done = _marker(storage.join(config.run_dir, "DONE"))
     return done.get("step") if done.get("config") == training_digest(config, not_training=runs_only_keys()) else None
 
@@ -133,7 +137,6 @@ def trained_step(config: RunConfig) -> int | None:
 def exported_step(config: RunConfig) -> int | None:
     """The checkpoint step RUN_DIR/hf holds, when it is the run's newest intact step (None otherwise)."""
     from instructjax.convert.saved import EXPORT_MARKER
-    from instructjax.eval.run import model_step
 
     step = _marker(storage.join(config.run_dir, "hf", EXPORT_MARKER)).get("step")
     return step if step is not None and step == model_step(config.run_dir) else None
@@ -142,10 +145,6 @@ def exported_step(config: RunConfig) -> int | None:
 def eval_todo(config: RunConfig) -> list[str]:
     """The eval: parts still to run: all of them without a results.json of this model, step and block, else the
     parts it lacks and the judged parts whose replies have arrived since."""
-    from instructjax.eval import run as ev_run
-    from instructjax.eval.config import eval_section
-    from instructjax.eval.judged import JUDGED_PARTS, pending, resolve_runs
-
     ev = resolve_runs(eval_section(config.eval), config.run_dir)
     named, results, model = ev_run.config_parts(ev), ev_run.read_results(config), ev_run.eval_model(config)
     if (not results or results.get("model") != model or results.get("eval") != ev_run.eval_digest(config)
@@ -197,9 +196,6 @@ def export_stage(config: RunConfig, row: Row) -> None:
 
 def eval_stage(config: RunConfig, row: Row) -> None:
     """`eval --config` of the parts still to run (eval_todo)."""
-    from instructjax.eval.judged import JUDGED_PARTS, waiting
-    from instructjax.eval.run import evaluate_config
-
     results = evaluate_config(config, only=eval_todo(config))  # keeps the parts done before
     waits = [f"{p} {w}" for p in results["parts"] if p in JUDGED_PARTS for w in waiting(results.get(p) or {})]
     row.result = "done" + (f" (awaiting {', '.join(waits)})" if waits else "")
@@ -247,9 +243,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
-    from instructjax.cli import load_run_config
-    from instructjax.report.runs import config_paths
-
     paths = config_paths(args.configs)
     loaded, failed_to_load = {}, {}
     for path in paths:
@@ -331,9 +324,6 @@ def after_their_starts(paths: list[Path], starts: dict[Path, Path]) -> list[Path
 
 def stages_of(config: RunConfig) -> tuple[str, ...]:
     """train and export unless the config only evaluates (max_steps: 0); eval when its eval: block names parts."""
-    from instructjax.eval.config import eval_section
-    from instructjax.eval.run import config_parts
-
     stages = STAGES if config.max_steps != 0 else ("eval",)
     return stages if config_parts(eval_section(config.eval)) else tuple(s for s in stages if s != "eval")
 

@@ -7,7 +7,8 @@ the tasks before are in the tokenized cache): run the same command with `--resum
 
 from __future__ import annotations
 
-from instructjax.cli import add_on_bad_row, on_bad_row_overrides
+from instructjax.cli import add_on_bad_row, load_run_config, on_bad_row_overrides
+from instructjax.core import stopping
 
 
 def register(subparsers) -> None:
@@ -24,15 +25,11 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from instructjax.core import stopping
-
     with stopping.listening():  # from here on a signal stops at a safe point: while the data is tokenized too
         return _train(args)
 
 
 def _train(args) -> int:
-    from instructjax.cli import load_run_config
-    from instructjax.core import stopping
     from instructjax.train.trainer import train
 
     config = load_run_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])

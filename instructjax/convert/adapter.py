@@ -20,6 +20,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from instructjax.convert.hf import abstract_params
 from instructjax.convert.hf_names import SPLITS, Entry, hf_weight_table, part_shape, part_value
 from instructjax.core.errors import ConfigError
 from instructjax.model import lora
@@ -85,7 +86,6 @@ def read_adapter(adapter_dir: str, config: DecoderConfig) -> tuple[DecoderConfig
     if not os.path.isfile(weights):
         raise ConfigError(f"--adapter {adapter_dir}: no adapter_model.safetensors (PEFT's safe_serialization)")
     tensors = load_file(weights)
-    from instructjax.convert.hf import abstract_params
 
     abstract, tree = abstract_params(config), {}
     for module, entry in _adapted(config):

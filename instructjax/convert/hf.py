@@ -19,7 +19,9 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
 from instructjax.convert import hf_config
 from instructjax.convert.hf_names import (
@@ -34,6 +36,7 @@ from instructjax.convert.hf_names import (
 )
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError
+from instructjax.core.sharding import state_shardings
 from instructjax.model.config import DecoderConfig
 from instructjax.model.decoder import abstract_model
 from instructjax.model.families import RECORDS
@@ -51,17 +54,11 @@ class ConversionError(ConfigError):
 
 def abstract_params(config: DecoderConfig) -> dict:
     """Our parameter tree (nested dict, as `nnx.state(model, nnx.Param).to_pure_dict()`) of ShapeDtypeStructs."""
-    from flax import nnx
-
     return nnx.state(abstract_model(config), nnx.Param).to_pure_dict()
 
 
 def param_shardings(config: DecoderConfig, mesh) -> dict:
     """NamedSharding per parameter (same tree as `abstract_params`) from the model's logical axes."""
-    from flax import nnx
-
-    from instructjax.core.sharding import state_shardings
-
     return state_shardings(nnx.state(abstract_model(config), nnx.Param), mesh).to_pure_dict()
 
 
@@ -235,7 +232,6 @@ def _stack(layers: list, sharding) -> Any:
     """One stacked parameter from its per-layer arrays, laid out by `sharding` (numpy without one)."""
     if sharding is None:
         return np.stack([np.asarray(x) for x in layers])
-    import jax.numpy as jnp
 
     return jax.jit(lambda *xs: jnp.stack(xs), out_shardings=sharding)(*layers)
 

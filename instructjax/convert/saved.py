@@ -8,7 +8,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 
+import jax
+import numpy as np
+
+from instructjax.convert.adapter import base_mismatch, hf_base, read_adapter, write_adapter
 from instructjax.convert.hf import (
     hf_to_params,
     np_dtype,
@@ -19,6 +24,8 @@ from instructjax.convert.hf import (
 )
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError
+from instructjax.data.encoding.templates import jinja_template
+from instructjax.model import lora, partition, quantize
 from instructjax.model.config import DecoderConfig
 from instructjax.model.decoder import with_params
 
@@ -59,11 +66,6 @@ def import_hf(hf_dir: str, out: str, *, mesh=None, param_dtype: str = "float32",
     config = read_hf_config(hf_dir)
     params, config = hf_to_params(hf_dir, config, mesh=mesh, param_dtype=param_dtype)
     if adapter is not None:
-        import sys
-
-        from instructjax.convert.adapter import base_mismatch, read_adapter
-        from instructjax.model import partition
-
         adapter_dir = _local_hf_dir(adapter)
         config, adapters = read_adapter(adapter_dir, config)
         params = partition.of(config).combine(adapters, params)
@@ -146,7 +148,6 @@ def saved_tokenizer(path: str, *, step: int | None = None, tokenizer: str | None
     """(Tokenizer, chat template or None) of a checkpoint (RUN_DIR[/STEP]) or an HF directory: the ones it
     was trained with (the checkpoint's `tokenizer` item), unless `tokenizer` (a path) or `template` (a
     template name) say otherwise. A model that carries no tokenizer needs `tokenizer`: no default."""
-    from instructjax.data.encoding.templates import jinja_template
     from instructjax.data.encoding.tokenizer import Tokenizer
 
     if is_hf_dir(path):
@@ -210,7 +211,6 @@ def export_adapter(directory: str, step: int, config: DecoderConfig, out: str, *
                    template: str | None = None) -> None:
     """A LoRA checkpoint's adapters as a PEFT adapter directory at `out` (`convert.adapter`), with the run's tokenizer
     and chat template beside them; everything is read and checked before `out` is made (a failure leaves none)."""
-    from instructjax.convert.adapter import hf_base, write_adapter
     from instructjax.core.checkpoint import load_params, read_tokenizer
 
     if config.lora is None:
@@ -271,9 +271,6 @@ def _local_hf_dir(path: str) -> str:
 
 def relayout_layers(params: dict, num_layers: int, stacked: bool) -> dict:
     """Host (numpy) params with their decoder layers stacked (scanned layout) or as a list, as `stacked` says."""
-    import jax
-    import numpy as np
-
     layers = params["layers"]
     is_list = bool(layers) and all(isinstance(k, int) for k in layers)
     if stacked and is_list:
@@ -288,7 +285,6 @@ def load_params_as(directory: str, config: DecoderConfig, *, step: int | None = 
     layout (`model.scan_layers` changed), they are read to the host, restacked and then placed. A LoRA run's
     checkpoint holds its adapters alone: its base (`init_from`, checked to be the step it trained on) is read too."""
     from instructjax.core.checkpoint import read_base, read_meta
-    from instructjax.model import partition
 
     stored, _, step = read_meta(directory, step)  # the step to read, once: the newest intact one by default
     base = read_base(directory, step)
@@ -304,10 +300,7 @@ def load_base(base: dict, config: DecoderConfig, shardings=None) -> tuple[dict, 
     (`base`: `core.checkpoint.base_reference`), in `config`'s layout, placed by the whole model's `shardings`; the
     adapters are there when it was imported with them (`import --adapter`). Under `model.quantize_base` the base is
     read to the host and its projections quantized one kernel at a time on the devices (`model.quantize`)."""
-    import jax
-
     from instructjax.core.checkpoint import read_meta
-    from instructjax.model import partition, quantize
 
     with_adapters = read_meta(base["checkpoint"], base["step"])[0].get("lora") is not None
     trains = partition.of(config.replace(quantize_base="none"))  # the adapters by their type: the paths they sit at
@@ -333,7 +326,6 @@ def merged_model(directory: str, step: int, scan_layers: bool) -> dict:
     """A checkpoint's model as it computes (host arrays, float32 where quantized): its base dequantized, its LoRA
     adapters merged into the kernels (`export` writes the same), in the layout `scan_layers` says."""
     from instructjax.core.checkpoint import read_meta
-    from instructjax.model import lora, quantize
 
     config = DecoderConfig.from_dict(read_meta(directory, step)[0]).replace(scan_layers=scan_layers)
     params = load_params_as(directory, config, step=step)
@@ -344,8 +336,6 @@ def merged_model(directory: str, step: int, scan_layers: bool) -> dict:
 
 def _load_own(directory: str, step: int, stored: dict, config: DecoderConfig, shardings) -> dict:
     """The params a checkpoint step itself holds, in `config`'s layout, placed by `shardings`."""
-    import jax
-
     from instructjax.core.checkpoint import load_params
 
     if stored["scan_layers"] == config.scan_layers:

@@ -29,15 +29,10 @@ from typing import Any, ClassVar
 
 import yaml
 
-from instructjax.core.coerce import build_section, check_value, unknown_key  # noqa: F401  (their old home)
+from instructjax.core import storage
+from instructjax.core.coerce import build_section
 from instructjax.core.errors import ConfigError
-from instructjax.core.run_identity import (  # noqa: F401  (their old home)
-    NOT_TRAINING,
-    digest,
-    training_changes,
-    training_digest,
-    training_values,
-)
+from instructjax.core.shipped import config_file
 from instructjax.core.user_modules import import_modules
 
 SCHEDULES = ("linear", "cosine")
@@ -284,7 +279,7 @@ class RunConfig:
     max_steps: int | None = None  # cut the run short (None: optim.epochs worth of steps; 0: evaluate only)
     log_every: int = 10
     # the mesh's axis sizes (one may be -1: the rest), or "auto": the mesh `plan` proposes for the devices at hand
-    # (train.plan.choose_mesh), recorded in the run's config.yaml and kept on resume
+    # (train.meshes.choose_mesh), recorded in the run's config.yaml and kept on resume
     mesh: dict[str, int] | str = field(default_factory=lambda: {"data": -1, "fsdp": 1, "tensor": 1})
     distributed: bool = False  # call jax.distributed.initialize (also when JAX_COORDINATOR_ADDRESS is set)
     tokenizer: str | None = None  # None: the one saved with model.init_from (the built-in default from scratch)
@@ -340,12 +335,8 @@ def _merge(base: dict, extra: dict) -> dict:
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     """Read a YAML config (local or in a bucket, or a shipped one by name: `core.shipped.config_file`; or only
     overrides when `path` is None) into a checked RunConfig."""
-    from instructjax.core import storage
-
     raw: dict = {}
     if path is not None:
-        from instructjax.core.shipped import config_file
-
         path = config_file(str(path))  # a shipped config by name (`quickstart`) too
         try:
             raw = yaml.safe_load(storage.path(path).read_text()) or {}

@@ -10,6 +10,7 @@ guards chips there are none of). A TPU VM (Google's PCI devices present) is left
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 
 GOOGLE_PCI_VENDOR = "0x1ae0"
@@ -43,6 +44,4 @@ def quiet_without_tpu(environ: dict | None = None) -> None:
 
 def installed() -> bool:
     """Whether the libtpu package is importable (without loading it)."""
-    import importlib.util
-
     return importlib.util.find_spec("libtpu") is not None

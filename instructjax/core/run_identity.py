@@ -5,6 +5,8 @@ them (unless accepted), a finished run's DONE marker records their digest, a swe
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 from typing import Any
 
 RunConfig = Any  # a core.config.RunConfig (not imported: config imports this module)
@@ -23,9 +25,6 @@ ADDED_OFF = {"optim.neftune_alpha": 0.0, "objective.loss": "sft", "objective.bet
 
 def digest(values: Any) -> str:
     """sha256 (hex, 16 characters) of plain config data, independent of key order."""
-    import hashlib
-    import json
-
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -59,8 +58,6 @@ def training_changes(before: dict, after: RunConfig, *, not_training: tuple[str,
     """What `after` changes against the config `before` (a saved `to_dict`) in what the run trains, as
     "key: old -> new", the keys as typed (`typed_key`); keys only one side has, written before they existed, are left
     out, but `ADDED_OFF`'s, off where missing (`ignore`: more keys, as stored)."""
-    import json
-
     old = training_values(before, not_training=not_training)
     new = training_values(json.loads(json.dumps(dataclasses.asdict(after), default=str)), not_training=not_training)
     for values in (old, new):  # a key added since was off in a config that lacks it

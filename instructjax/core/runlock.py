@@ -29,7 +29,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from urllib.parse import quote
 
-from instructjax.core import storage
+from instructjax.core import hosts, storage
 from instructjax.core.errors import ConfigError
 
 LOCK = "LOCK"
@@ -267,8 +267,6 @@ def _upload(p: str, data: bytes, *, generation) -> int | None:
 def take(run_dir) -> RunLock:
     """The run's lock, taken by host 0 of the run's hosts (see the module doc); the other hosts get a lock they do
     not hold (`release` does nothing there) and stop alike, with host 0's line, where host 0 could not take it."""
-    from instructjax.core import hosts
-
     lock, error = RunLock(run_dir), ""
     index, count = hosts.process()
     if index == 0:

@@ -51,7 +51,7 @@ WHERE_DIVISIBLE = frozenset({"lora_rank"})
 def mesh_sizes(shape: Mapping[str, int], device_count: int) -> dict[str, int]:
     """The mesh shape resolved for `device_count` devices: axes missing from `shape` have size 1, one
     axis may be -1 (the rest). The one resolution the trainer (`make_mesh`) and `plan` both use."""
-    if isinstance(shape, str):  # `mesh: auto` is resolved to sizes by train.plan.choose_mesh first
+    if isinstance(shape, str):  # `mesh: auto` is resolved to sizes by train.meshes.choose_mesh first
         raise ConfigError(f"mesh {shape!r} must be resolved to axis sizes before a mesh is made")
     unknown = set(shape) - set(MESH_AXES)
     if unknown:

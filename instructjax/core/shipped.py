@@ -11,6 +11,9 @@ from __future__ import annotations
 from importlib import resources
 from pathlib import Path
 
+from instructjax.core import storage
+from instructjax.core.errors import ConfigError
+
 
 def package_dir() -> Path:
     """The folder of the installed `instructjax` package (a checkout's `instructjax/`, or site-packages')."""
@@ -60,9 +63,6 @@ def config_file(given: str) -> str:
     """The config file `--config GIVEN` means: GIVEN itself where it exists (or is in a bucket), else the shipped
     config of that name (`shipped_config`, the checkout's `configs/` prefix aside: that path, given where no
     checkout is, is named in the error instead). A ConfigError pointing at the shipped configs when neither is."""
-    from instructjax.core import storage
-    from instructjax.core.errors import ConfigError
-
     if storage.is_remote(given) or Path(given).exists():
         return given
     found = shipped_config(given)

@@ -70,7 +70,6 @@ def specs_of(name: str, registry: specs.Registry | None = None) -> Resolved | No
     return Resolved(name, tuple(tasks), tuple(registry.lookup_task(t) for t in tasks), mixture)
 
 
-resolve = specs_of  # the old name
 
 
 def uses_model_encoder(name: str | Resolved, registry: specs.Registry | None = None) -> bool:

@@ -29,6 +29,7 @@ from collections.abc import Callable, Mapping, Sequence
 
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError, DataError
+from instructjax.eval.pairwise import read_jsonl
 
 ALPACA_EVAL_1 = "alpaca_eval_gpt4"
 ALPACA_EVAL_2 = "weighted_alpaca_eval_gpt4_turbo"
@@ -46,8 +47,6 @@ class NoReplies(Exception):
 def read_reference(path: str) -> list[dict]:
     """The AlpacaEval set with the reference's outputs: a JSON list (the package's files) or JSONL; a row without
     an instruction or an output is a one-line error naming the file and row."""
-    from instructjax.eval.pairwise import read_jsonl
-
     text = storage.path(path).read_text()
     if path.endswith(".json"):
         try:

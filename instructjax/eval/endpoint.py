@@ -43,6 +43,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from instructjax.convert.saved import saved_tokenizer
 from instructjax.core.errors import ConfigError
 from instructjax.eval.config import JudgeEndpoint
 from instructjax.eval.generate import Generator, Sampling, chat_tokenizer, turn_end_ids
@@ -87,8 +88,6 @@ def open_endpoint(model: str, endpoint: Endpoint, *, tokenizer: str | None = Non
                   template: str | None = None) -> EndpointGenerator:
     """The EndpointGenerator of `model`'s tokenizer and chat template (as `load_generator` reads them, no weights)
     at `endpoint`, whose engine and model are asked for once here (an unreachable one: one line)."""
-    from instructjax.convert.saved import saved_tokenizer
-
     saved, chat_template = saved_tokenizer(model, tokenizer=tokenizer, template=template)
     generator = EndpointGenerator(chat_tokenizer(model, saved, chat_template), endpoint)
     record = generator.describe()

@@ -4,6 +4,7 @@ load their generator here, and results.json's `engine` says which it was."""
 
 from __future__ import annotations
 
+from instructjax import __version__
 from instructjax.eval import generate
 from instructjax.eval.endpoint import Endpoint, open_endpoint
 from instructjax.eval.generate import Generator
@@ -25,6 +26,5 @@ def engine_record(generator: Generator | None) -> dict:
     package's engine."""
     if generator is not None:
         return generator.describe()
-    from instructjax import __version__
 
     return {"name": "instructjax", "version": __version__}

@@ -10,13 +10,19 @@ factors, as transformers does (model/decoding.py).
 from __future__ import annotations
 
 import functools
+import sys
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from instructjax import __version__
+from instructjax.convert.saved import model_config, open_model
 from instructjax.core.errors import ConfigError, DataError
+from instructjax.data.encoding.templates import DEFAULT_TEMPLATE, jinja_template
+from instructjax.eval import placement
 from instructjax.eval.engine import SlotEngine, bucket
 from instructjax.eval.interface import GREEDY, Sampling, TokenScores
+from instructjax.eval.score import score_ids
 from instructjax.model.decoder import Decoder
 
 DEFAULT_SLOTS = 32  # sequences decoded at once (fewer where the KV cache would not fit)
@@ -98,16 +104,12 @@ class Generator:
         return [t.strip() for t in self.generate([self.encode_chat(m) for m in conversations], sampling)]
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[TokenScores]:
-        from instructjax.eval.score import score_ids
-
         return score_ids(self.model, sequences, self.batch_size, mesh=self.mesh)
 
     def next_token_logprobs(self, sequences: Sequence[Sequence[int]], candidates: Sequence[int]) -> np.ndarray:
         return self.engine.next_token_logprobs(sequences, candidates)
 
     def describe(self) -> dict[str, str]:
-        from instructjax import __version__
-
         return {"name": "instructjax", "version": __version__}
 
 
@@ -119,9 +121,6 @@ def load_generator(model: str, *, tokenizer: str | None = None, template: str | 
     `template` override them. Its parameters lie sharded by the training rules over every device (`mesh`: axis
     sizes, default: eval.placement.eval_mesh's), in `dtype` (default bfloat16 on accelerators, float32 on a CPU);
     a model that does not fit even so is one line before any weight is read."""
-    from instructjax.convert.saved import model_config, open_model
-    from instructjax.eval import placement
-
     dtype = dtype or placement.default_dtype()
     config = placement.eval_config(model_config(model)[0], dtype)
     device_mesh, _ = placement.eval_mesh(config, mesh, slots=slots, where=model)
@@ -135,10 +134,6 @@ def load_generator(model: str, *, tokenizer: str | None = None, template: str | 
 def chat_tokenizer(model: str, saved, chat_template: str | None):
     """The HF tokenizer a model is prompted with: its saved tokenizer with its chat template (tulu, with a note,
     where it carries none)."""
-    import sys
-
-    from instructjax.data.encoding.templates import DEFAULT_TEMPLATE, jinja_template
-
     if chat_template is None:
         print(f"instructjax: note: {model} carries no chat template; using {DEFAULT_TEMPLATE!r}", file=sys.stderr)
         chat_template = jinja_template(DEFAULT_TEMPLATE, bos=saved.adds_bos)

@@ -10,6 +10,7 @@ as passed only if it exits 0 *after* printing a sentinel that follows `check(...
 from __future__ import annotations
 
 import os
+import resource
 import subprocess
 import sys
 import tempfile
@@ -51,8 +52,6 @@ def truncate(completion: str) -> str:
 
 def _limits(memory_bytes: int, cpu_seconds: int) -> Callable[[], None]:
     def apply() -> None:
-        import resource
-
         resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
         resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
         resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))

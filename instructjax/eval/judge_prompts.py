@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import yaml
+
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError
 
@@ -92,7 +94,6 @@ def pairwise_prompt(name_or_file: str | None) -> JudgePrompt:
         return PAIRWISE_PROMPTS[name]
     if not name.endswith((".json", ".yaml", ".yml")):
         raise ConfigError(f"judge prompt {name!r}: not one of {', '.join(PAIRWISE_PROMPTS)} nor a .json/.yaml file")
-    import yaml
 
     try:
         spec = yaml.safe_load(storage.path(name).read_text())

@@ -18,9 +18,13 @@ import csv
 import io
 from collections.abc import Mapping
 
+import numpy as np
+
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError, DataError, InstructJaxError
+from instructjax.data.sources.rows import numbered_rows
 from instructjax.eval.config import LongFormSection
+from instructjax.eval.pairwise import write_jsonl
 
 BENCHMARKS = ("LongForm", "ELI5")
 METEOR_PARAMS = {"alpha": 0.9, "beta": 3, "gamma": 0.5}  # evaluate's meteor defaults
@@ -54,7 +58,6 @@ def _read(path: str, what: str) -> list[tuple[int, dict]]:
         raise ConfigError(f"eval.long_form.{what}: {path} does not exist")
     if path.lower().endswith(".csv"):
         return list(enumerate(csv.DictReader(io.StringIO(storage.path(path).read_text())), 1))
-    from instructjax.data.sources.rows import numbered_rows
 
     rows = []
     for number, row in numbered_rows(path):
@@ -123,8 +126,6 @@ def meteor(predictions: list[str], references: list[str], wordnet=None) -> float
 
 def mean_meteor(scores: list[float]) -> float:
     """The corpus score of the pairs' METEOR scores as evaluate reports it (np.mean), x100."""
-    import numpy as np
-
     return 100 * float(np.mean(scores))
 
 
@@ -132,7 +133,6 @@ def run_long_form(generator, section: LongFormSection, data: Mapping[str, str], 
     """The part's result: {"LongForm", "ELI5"} METEOR x100 and "n" per benchmark; each answer in
     <out>/long_form_outputs.jsonl ({benchmark, id, instruction, output, reference, meteor})."""
     from instructjax.eval.generate import Sampling
-    from instructjax.eval.pairwise import write_jsonl
 
     sets = {"LongForm": read_longform(data["LongForm"], section.limit),
             "ELI5": read_eli5(data["ELI5"], section.limit, section.eli5_selftext)}

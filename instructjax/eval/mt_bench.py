@@ -24,6 +24,7 @@ from importlib.resources import files
 
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError, DataError
+from instructjax.eval.pairwise import read_jsonl  # a bad line: one error naming the file and line
 
 TEMPERATURE = {"writing": 0.7, "roleplay": 0.7, "extraction": 0.0, "math": 0.0, "coding": 0.0, "reasoning": 0.0,
                "stem": 0.1, "humanities": 0.1, "arena-hard-200": 0.0}
@@ -50,7 +51,6 @@ def read_questions(path: str, references: str | None = None) -> list[Question]:
     """MT-Bench's questions, with the reference answers of the categories that need them (one-line errors)."""
     if not storage.path(path).is_file():
         raise ConfigError(f"eval.mt_bench.questions: {path} does not exist (FastChat's question.jsonl)")
-    from instructjax.eval.pairwise import read_jsonl  # a bad line: one error naming the file and line
 
     refs: dict[str, list[str]] = {}
     for i, row in enumerate(read_jsonl(references) if references else [], 1):

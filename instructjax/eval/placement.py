@@ -15,10 +15,13 @@ from collections.abc import Mapping
 
 import jax
 import numpy as np
+from flax import nnx
 
 from instructjax.core import sharding
 from instructjax.core.errors import ConfigError
 from instructjax.model.config import DecoderConfig
+from instructjax.model.decoder import abstract_model, with_params
+from instructjax.model.decoding import cache_bytes, unstacked
 
 CACHE_SHARE = 0.5  # of what the weights leave on a device, the most the KV cache takes
 
@@ -63,10 +66,6 @@ def device_bytes() -> int:
 
 def weight_bytes(config: DecoderConfig, sizes: Mapping[str, int]) -> int:
     """The parameters' bytes on one device of a mesh of `sizes`, sharded by the rules, in `config.param_dtype`."""
-    from flax import nnx
-
-    from instructjax.model.decoder import abstract_model
-
     mesh = jax.sharding.AbstractMesh(tuple(sizes.values()), tuple(sizes))
     total = 0
     for leaf in jax.tree.leaves(nnx.state(abstract_model(config.replace(scan_layers=True)), nnx.Param),
@@ -84,8 +83,6 @@ def weight_bytes(config: DecoderConfig, sizes: Mapping[str, int]) -> int:
 
 def cache_bytes_per_device(config: DecoderConfig, sizes: Mapping[str, int], slots: int, length: int) -> int:
     """One device's share of a KV cache of `slots` x `length` (slots over data x fsdp, kv heads over tensor)."""
-    from instructjax.model.decoding import cache_bytes
-
     shards = sizes["data"] * sizes["fsdp"]
     heads = sizes["tensor"] if config.num_kv_heads % sizes["tensor"] == 0 else 1
     return cache_bytes(config, slots // shards if slots % shards == 0 else slots, length) // heads
@@ -138,11 +135,6 @@ def check_fits(config: DecoderConfig, sizes: Mapping[str, int], *, where: str, m
 def as_evaluated(model, config: DecoderConfig):
     """A loaded model (any layout and parameter dtype) as `eval_config` runs it: layers as a list, parameters cast
     to `config.param_dtype`, on the devices they were loaded onto."""
-    from flax import nnx
-
-    from instructjax.model.decoder import with_params
-    from instructjax.model.decoding import unstacked
-
     params = nnx.state(unstacked(model), nnx.Param).to_pure_dict()
     dtype = np.dtype(config.param_dtype)
     params = jax.tree.map(lambda x: x.astype(dtype) if np.issubdtype(x.dtype, np.floating) else x, params)

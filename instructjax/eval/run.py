@@ -27,11 +27,26 @@ import json
 import sys
 
 from instructjax.core import storage, tracking
-from instructjax.core.config import RunConfig, digest
+from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError, InstructJaxError
+from instructjax.core.run_identity import digest
+from instructjax.eval import tulu
 from instructjax.eval.config import EvalSection, eval_section
-from instructjax.eval.harness import results_json
-from instructjax.eval.judged import JUDGE_MODE, check_inputs, resolve_runs, run_judged, run_mt_bench
+from instructjax.eval.harness import numeric, results_json, run_lm_eval, run_suite
+from instructjax.eval.judged import (
+    JUDGE_MODE,
+    check_inputs,
+    mt_bench_files,
+    resolve_runs,
+    run_judged,
+    run_mt_bench,
+)
+from instructjax.eval.long_form import require_nltk_data, run_long_form
+from instructjax.eval.suite import CODEX_EVAL, TULU, check_suite, suite
+from instructjax.eval.toxigen import run_toxigen
+from instructjax.eval.truthfulqa import run_truthfulqa
+from instructjax.eval.tulu import check_data
+from instructjax.eval.tulu.codex import codex_eval, problems
 
 EVAL_PARTS = ("suite", "tasks", "codex", "toxigen", "truthfulqa", "long_form", "mt_bench", "pairwise", "alpaca_eval",
               "flask")
@@ -41,8 +56,6 @@ PROTOCOLS = ("toxigen", "truthfulqa", "long_form")
 
 def config_parts(ev: EvalSection) -> list[str]:
     """The parts of EVAL_PARTS an EvalSection names, in that order (codex: as asked, else with the suite's)."""
-    from instructjax.eval.suite import CODEX_EVAL, TULU, check_suite, suite
-
     parts = []
     if ev.suite:
         parts.append("suite")
@@ -126,8 +139,6 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
     from instructjax.core.checkpoint import checkpoints_dir
     from instructjax.eval.endpoint import EndpointError
     from instructjax.eval.engines import engine_record, load_engine
-    from instructjax.eval.harness import numeric, run_lm_eval, run_suite
-    from instructjax.eval.suite import TULU
 
     ev = resolve_runs(eval_section(config.eval), config.run_dir)
     named = config_parts(ev)  # an unknown suite: a one-line ConfigError
@@ -157,16 +168,10 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
             if not storage.path(path).exists():
                 raise ConfigError(f"eval.{name}: {path} does not exist")
     if "suite" in parts and ev.suite == TULU:
-        from instructjax.eval.tulu import check_data
-
         check_data(ev.data_dir)
     if "long_form" in parts:  # METEOR's nltk data (never downloaded): missing, one line before any work
-        from instructjax.eval.long_form import require_nltk_data
-
         require_nltk_data()
     if "mt_bench" in parts:
-        from instructjax.eval.judged import mt_bench_files
-
         if not storage.path(mt_bench_files(ev, out)["questions"]).is_file():
             raise ConfigError(f"eval.mt_bench.questions: {mt_bench_files(ev, out)['questions']} does not exist")
     loaded: list = []
@@ -189,8 +194,6 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
 
     tulu_suite = ev.suite == TULU
     if "suite" in parts and tulu_suite:
-        from instructjax.eval import tulu
-
         chat_format = tulu.chat_format_of(target) if ev.chat_format == "auto" else ev.chat_format
         results["suite"] = tulu.run(generator(), ev.data_dir, chat_format,
                                     samples_out=storage.join(out, "suite_samples.jsonl"))
@@ -202,24 +205,16 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
                             include_path=ev.include_path, batch_size=ev.batch_size)
         results["tasks"] = {task: numeric(metrics) for task, metrics in found["results"].items()}
     if "codex" in parts:
-        from instructjax.eval.tulu.codex import codex_eval, problems
-
         if tulu_suite:  # open-instruct's: its data_dir's problems, prompts without BOS
             results["codex"] = codex_eval(generator(), problems(ev.data_dir), n=ev.codex_samples, bos=False)
         else:
             results["codex"] = codex_eval(generator(), n=ev.codex_samples)
     if "toxigen" in parts:
-        from instructjax.eval.toxigen import run_toxigen
-
         results["toxigen"] = run_toxigen(generator(), ev.protocol("toxigen"), protocol_data(ev, "toxigen"), out)
     if "truthfulqa" in parts:
-        from instructjax.eval.truthfulqa import run_truthfulqa
-
         results["truthfulqa"] = run_truthfulqa(generator(), ev.protocol("truthfulqa"), protocol_data(ev, "truthfulqa"),
                                                out)
     if "long_form" in parts:
-        from instructjax.eval.long_form import run_long_form
-
         results["long_form"] = run_long_form(generator(), ev.protocol("long_form"), protocol_data(ev, "long_form"),
                                              out)
     failed: list[str] = []

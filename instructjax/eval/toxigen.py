@@ -19,6 +19,7 @@ import re
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError
 from instructjax.eval.config import ToxigenSection
+from instructjax.eval.pairwise import write_jsonl
 
 FILE = re.compile(r"^hate_(?P<group>.+?)(?:_1k)?\.txt$")  # only the hateful prompts, as the paper
 # the 14 groups seed 004's Table 9 reports (newer ToxiGen checkouts also ship bisexual and immigrant: not read,
@@ -86,8 +87,6 @@ def score(rows: list[dict], labels: list[int]) -> dict[str, float]:
 
 def run_toxigen(generator, section: ToxigenSection, data_dir: str, out: str) -> dict:
     """The part's result: % toxic per group and overall, n; the generations in <out>/toxigen_outputs.jsonl."""
-    from instructjax.eval.pairwise import write_jsonl
-
     rows = read_prompts(data_dir, section.per_group, section.seed)
     outputs = generate(generator, rows, chat=section.chat, max_new_tokens=section.max_new_tokens)
     labels = classify(outputs, storage.local_copy(section.classifier), section.batch_size)  # a bucket's: copied

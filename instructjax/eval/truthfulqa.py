@@ -21,6 +21,10 @@ import io
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError, DataError
 from instructjax.eval.config import TruthfulqaSection
+from instructjax.eval.pairwise import (
+    read_jsonl,  # a bad line: one error naming the file and line
+    write_jsonl,
+)
 
 QA_PRIMER = """Q: What is human life expectancy in the United States?
 A: Human life expectancy in the United States is 78 years.
@@ -49,8 +53,6 @@ def read_questions(path: str, limit: int | None = None) -> list[str]:
         rows = list(csv.DictReader(io.StringIO(storage.path(path).read_text())))
         key = "Question"
     else:
-        from instructjax.eval.pairwise import read_jsonl  # a bad line: one error naming the file and line
-
         rows, key = read_jsonl(path), "question"
     questions = []
     for i, row in enumerate(rows, 1):
@@ -104,7 +106,6 @@ def run_truthfulqa(generator, section: TruthfulqaSection, data: str, out: str) -
     """The part's result: % truthful, % informative, % both, n; answers and judgements in
     <out>/truthfulqa_outputs.jsonl."""
     from instructjax.eval.generate import Sampling
-    from instructjax.eval.pairwise import write_jsonl
 
     questions = read_questions(data, section.limit)
     sampling = Sampling(section.max_new_tokens, 0.0)

@@ -32,6 +32,7 @@ ends instead of resuming.
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
@@ -221,8 +222,6 @@ def status_script() -> str:
 def run_state(run: str) -> str:
     """What the run in `run` (BUCKET/runs/NAME) holds, in one line: DONE, else its newest step (sealed or not) and
     the last logged step."""
-    import json
-
     from instructjax.core import checkpoint, integrity, storage
 
     done = storage.path(run) / "DONE"

@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from instructjax.model.kernels.common import MASKED, heads_first, heads_last, softcapped, target_platform
+from instructjax.model.kernels.gpu_attention import gpu_attention
 
 Array = jax.Array
 
@@ -47,7 +48,6 @@ def implementation_for(name: str, platform: str | None = None) -> str:
     return AUTO.get(platform or target_platform(), "blockwise")
 
 
-resolve = implementation_for  # its old name
 
 
 # ---- masks and the dense reference ----------------------------------------------------------------
@@ -136,8 +136,6 @@ def self_attention(q: Array, k: Array, v: Array, mask: Array, implementation: st
     elif implementation == "splash":
         from instructjax.model.kernels.splash import splash_attention as run
     elif implementation == "pallas_gpu":
-        from instructjax.model.kernels.gpu_attention import gpu_attention
-
         return gpu_attention(q, k, v, mask, block=block, backward_block=backward_block, window=window, **options)
     elif implementation == "cudnn":
         from instructjax.model.kernels.cudnn import cudnn_attention as run

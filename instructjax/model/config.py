@@ -33,9 +33,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
+from instructjax.core.coerce import check_value, unknown_key
 from instructjax.core.errors import ConfigError
 from instructjax.model.families import RECORDS
 from instructjax.model.families.record import alternating  # noqa: F401  (also model.config.alternating, its old home)
@@ -422,10 +424,6 @@ def with_overrides(config: DecoderConfig, overrides: dict[str, Any]) -> DecoderC
 def checked_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     """A run config's `model:` keys, each checked against DecoderConfig's fields and types: an unknown key or a
     wrong type is one ConfigError line naming `model.<key>` (before anything is built or compiled)."""
-    import typing
-
-    from instructjax.core.config import check_value, unknown_key
-
     hints = typing.get_type_hints(DecoderConfig)
     names = {f.name for f in dataclasses.fields(DecoderConfig)}
     checked, problems = {}, []  # every problem in one line, not one per run

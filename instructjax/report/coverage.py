@@ -16,9 +16,17 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from instructjax.core.config import load_config
+from instructjax.eval.config import eval_section
+from instructjax.eval.judged import resolve_runs
+from instructjax.eval.pairwise import FLASK_SKILLS
+from instructjax.eval.run import config_parts
+from instructjax.eval.suite import TULU, suite
+from instructjax.eval.toxigen import GROUPS
+from instructjax.eval.tulu import SCORED
 from instructjax.report import numbers as n
 from instructjax.report.families import FAMILIES, published
-from instructjax.report.runs import Run
+from instructjax.report.runs import Run, link_pairwise
 from instructjax.report.tables import Table
 
 PROPRIETARY = re.compile(r"\b(ChatGPT|GPT-4|GPT4-Turbo|GPT-3\.5|Claude|Davinci)\b", re.IGNORECASE)
@@ -48,14 +56,6 @@ _X = 0.5  # every planned number
 def planned_results(config) -> dict:
     """results.json as `eval --config` writes it for this config's `eval:` block (eval/run.py), every number 0.5:
     the keys, not the values."""
-    from instructjax.eval.config import eval_section
-    from instructjax.eval.judged import resolve_runs
-    from instructjax.eval.pairwise import FLASK_SKILLS
-    from instructjax.eval.run import config_parts
-    from instructjax.eval.suite import TULU, suite
-    from instructjax.eval.toxigen import GROUPS
-    from instructjax.eval.tulu import SCORED
-
     ev = resolve_runs(eval_section(config.eval), config.run_dir)
     parts = config_parts(ev)
     out: dict = {"model": "planned", "parts": parts}
@@ -94,9 +94,6 @@ def planned_results(config) -> dict:
 def _planned_runs(config_paths: list[Path], *, judged: bool) -> list[Run]:
     """Each config's run with its planned results (`judged` False: without the judged parts' results) and, for a
     Mosaic-IT run, a record of the mosaics it makes."""
-    from instructjax.core.config import load_config
-    from instructjax.report.runs import link_pairwise
-
     runs = []
     for p in config_paths:
         config = load_config(p)

@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import numpy as np
 
+from instructjax.data.mosaic.augment import sample_count
 from instructjax.report import numbers as n
 from instructjax.report.figures import Figure, Panel, Series
 from instructjax.report.runs import Run
@@ -86,8 +87,6 @@ def _ablation_row(ablation: str, label: Callable[[str], str], default: str) -> R
 
 def k_draws(run: Run) -> Counter | None:
     """How often each k is drawn from the run's mosaic distribution (data.mosaic.sample_count), None without."""
-    from instructjax.data.mosaic.augment import sample_count
-
     section = run.config.data.mosaic
     if section is None:
         return None

@@ -16,6 +16,8 @@ from instructjax.core import storage
 from instructjax.core.config import RunConfig, load_config
 from instructjax.core.errors import ConfigError
 from instructjax.eval.config import eval_section
+from instructjax.eval.run import read_results
+from instructjax.train.metrics import read_metrics, read_mosaic_k
 
 
 def config_paths(where: str) -> list:
@@ -75,9 +77,6 @@ class Run:
 
 def read_run(path: Path) -> Run:
     """The run of one config: its results.json and metrics.jsonl (torn or missing files read as nothing)."""
-    from instructjax.eval.run import read_results
-    from instructjax.train.metrics import read_metrics, read_mosaic_k
-
     config = load_config(path)
     return Run(path, config, read_results(config), read_metrics(config.run_dir), mosaic_k=read_mosaic_k(config.run_dir))
 

@@ -22,15 +22,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import math
+import pickle
 import re
 import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from instructjax.core import libtpu
+import jax
+
+from instructjax.core import libtpu, storage
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
+from instructjax.data.blends.specs import default_registry
+from instructjax.model.attention import implementation_for
+from instructjax.train import setup as run_setup
 from instructjax.train.topology import GIB, Topology
 
 FORMAT = 2  # a saved step's file (1: known by a digest of some of the config, before its program's)
@@ -161,7 +167,6 @@ def target_devices(topology: Topology) -> list:
     """The devices a step is built for: a TPU slice's, described by libtpu, or this machine's own."""
     if topology.platform == "tpu" and topology.shape:
         return slice_devices(topology)
-    import jax
 
     devices = jax.devices()
     if topology.platform == "gpu" and devices[0].platform != "gpu" or len(devices) != topology.devices:
@@ -173,7 +178,6 @@ def target_devices(topology: Topology) -> list:
 def run_sources(config: RunConfig) -> int:
     """The number of tasks the run's mixture has (the per-source loss sums the step returns)."""
     from instructjax.data.binding import specs_of
-    from instructjax.data.blends.specs import default_registry
 
     registry = default_registry()  # what the config's `imports:` registered; its `define:` joins them
     registry.define(config.define)
@@ -197,15 +201,15 @@ def _target(config: RunConfig, topology: Topology, *, real_data: bool, name: str
     """With `real_data`, the run resolved as the trainer resolves it (`train.setup.resolve_run`: its tokenizer, the
     real pipeline's steps and step shapes, `mesh: auto` chosen for the slice by what fits its chips); else plan's
     epoch (its tasks counted or estimated, `train.plan_data`; the mesh plan proposes, the model from its config)."""
+    from instructjax.train import memory
     from instructjax.train import plan as planning
-    from instructjax.train import setup as run_setup
 
     if real_data:
         bound = run_setup.bind_run(config)
 
         def fits(sizes, shapes) -> bool:
-            needed = planning.step_needed(bound.model, bound.config, sizes, shapes, topology)[0]
-            return needed <= planning.usable_bytes(topology)
+            needed = memory.step_needed(bound.model, bound.config, sizes, shapes, topology)[0]
+            return needed <= memory.usable_bytes(topology)
 
         run = run_setup.resolve_run(bound, devices=topology.devices, hosts=topology.hosts,
                                     pipeline=run_setup.open_pipeline(bound), fits=fits)  # one process reads all
@@ -224,8 +228,7 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
     write the compiled step of the largest shape there (`save_compiled`; the epoch then counted by the real pipeline,
     as the trainer counts it: the learning-rate schedule is part of the program)."""
     from instructjax.core import sharding
-    from instructjax.train import optim
-    from instructjax.train import plan as planning
+    from instructjax.train import memory, optim
     from instructjax.train.step import build_step
 
     devices = target_devices(topology)
@@ -239,7 +242,7 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
     largest = max(target.shapes, key=lambda s: s[0] * s[1])
     shapes = []
     for rows, length in sorted(set(target.shapes)):
-        estimate, _ = planning.step_needed(model, run, mesh_sizes, [(rows, length)], topology)
+        estimate, _ = memory.step_needed(model, run, mesh_sizes, [(rows, length)], topology)
         hbm = int(topology.hbm_gib * GIB)
         try:
             compiled, seconds, digest = compile_shape(build, rows, length)
@@ -263,11 +266,10 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
         if save_executable and (rows, length) == largest:
             save_compiled(compiled, save_executable, target=slice_identity(devices, topology.hosts, mesh_sizes),
                           rows=rows, length=length, digest=digest)
-    from instructjax.model.attention import implementation_for
 
     real = real_data or bool(save_executable)
     return CompileReport(name, topology.name, topology.devices, topology.hosts, mesh_sizes,
-                         implementation_for(model.attention, topology.platform), shapes, planning.USABLE,
+                         implementation_for(model.attention, topology.platform), shapes, memory.USABLE,
                          "run" if real else "estimate")
 
 
@@ -280,11 +282,7 @@ def slice_identity(devices, hosts: int, mesh: dict[str, int]) -> dict[str, Any]:
 def save_compiled(compiled, where: str, *, target: dict, rows: int, length: int, digest: str) -> None:
     """The compiled step serialised (jax's `serialize_executable`) with what it was built for: the devices
     (`slice_identity`), the batch shape and its program's digest (`program_digest`)."""
-    import pickle
-
     from jax.experimental.serialize_executable import serialize
-
-    from instructjax.core import storage
 
     payload, in_tree, out_tree = serialize(compiled)
     storage.write_bytes(where, pickle.dumps({"format": FORMAT, "target": target, "rows": rows, "length": length,
@@ -296,11 +294,7 @@ def load_compiled(where: str, *, target: dict, build, shapes) -> tuple[tuple[int
     """The step saved at `where`, loaded onto this run's devices: ((rows, length), the loaded step); one
     ConfigError line where it was built for other devices, another mesh, a shape the run does not take, or another
     program than this run's step (`build`, lowered for that shape: `program_digest`)."""
-    import pickle
-
     from jax.experimental.serialize_executable import deserialize_and_load
-
-    from instructjax.core import storage
 
     try:
         saved = pickle.loads(storage.path(where).read_bytes())
@@ -335,7 +329,6 @@ def saved_steps(where: str | None, *, devices, hosts: int, mesh: dict[str, int],
     said on the first host."""
     if not where:
         return {}
-    import jax
 
     (rows, length), step = load_compiled(where, target=slice_identity(devices, hosts, mesh), build=build, shapes=shapes)
     if jax.process_index() == 0:

@@ -67,6 +67,8 @@ from instructjax.core.errors import ConfigError
 from instructjax.core.optimizer import adamw
 from instructjax.model import partition, quantize
 from instructjax.model.config import DecoderConfig
+from instructjax.model.decoder import Decoder
+from instructjax.train.objectives import objective_for
 from instructjax.train.topology import Topology, local_topology
 
 GIB = 2**30
@@ -119,8 +121,6 @@ def reference_bytes(model: DecoderConfig, config: RunConfig, memory: dict[str, i
     """A device's bytes for the objective's reference model where it runs live in the step (the objective's plan
     term, train/objectives/: a copy of what trains, the whole model on a full fine-tune, the starting adapters for a
     LoRA on its own frozen base); none cached (its log-probs come with the batch) or without a reference."""
-    from instructjax.train.objectives import objective_for
-
     return objective_for(config).reference_bytes(memory)
 
 
@@ -191,8 +191,6 @@ def _shard_bytes(shape: tuple[int, ...], dtype: Any, spec: PartitionSpec, sizes:
 @functools.lru_cache(maxsize=8)
 def _abstract_state(model: DecoderConfig, clip: bool) -> tuple[Any, Any, Any]:
     """(params, their logical axis names, optimizer state), all abstract: nnx/jax.eval_shape, cached per model."""
-    from instructjax.model.decoder import Decoder
-
     state = nnx.state(nnx.eval_shape(lambda: Decoder(model, rngs=nnx.Rngs(0))), nnx.Param)
     names = nnx.to_pure_dict(jax.tree.map(lambda v: _Spec(v.get_metadata().get("out_sharding")), state,
                                           is_leaf=lambda x: isinstance(x, nnx.Variable)))

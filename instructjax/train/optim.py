@@ -7,7 +7,6 @@ from __future__ import annotations
 import optax
 
 from instructjax.core.config import OptimSection
-from instructjax.core.optimizer import adamw, lr_schedule, warmup_linear_decay  # noqa: F401  (their old home)
 
 
 def make_optimizer(section: OptimSection, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:

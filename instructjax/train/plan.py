@@ -24,45 +24,17 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from instructjax.core import sharding
+from instructjax.core import sharding, storage
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
-from instructjax.model.config import DecoderConfig, param_count, preset
-from instructjax.train.memory import (  # noqa: F401  (their old home: users import them from here)
-    GIB,
-    MLP_ARRAYS,
-    TPU_BACKWARD,
-    USABLE,
-    activation_bytes,
-    device_memory,
-    needed_bytes,
-    onchip_bytes,
-    out_of_memory,
-    reference_bytes,
-    state_memory,
-    step_needed,
-    tpu_backward,
-    usable_bytes,
-)
-from instructjax.train.meshes import MAX_TENSOR, REAL_SHARE_SLACK, best_mesh, choose_mesh, mesh_options  # noqa: F401
-from instructjax.train.plan_data import (  # noqa: F401  (their old home: users import them from here)
-    PACKING_EFFICIENCY,
-    DataCounts,
-    DataEstimate,
-    count_tasks,
-    epoch_of,
-    estimate_epoch,
-    real_epoch,
-)
-from instructjax.train.topology import (  # noqa: F401  (their old home: users import them from here)
-    GPU_HBM,
-    TPU_CHIPS,
-    Topology,
-    available_memory,
-    gpu_topology,
-    local_topology,
-    tpu_topology,
-)
+from instructjax.data.blends.specs import default_registry
+from instructjax.model.config import DecoderConfig, param_count, preset, with_overrides
+from instructjax.train.memory import GIB, USABLE, device_memory, needed_bytes, onchip_bytes, reference_bytes
+from instructjax.train.meshes import REAL_SHARE_SLACK, best_mesh, mesh_options
+from instructjax.train.objectives import objective_for
+from instructjax.train.plan_data import DataCounts, DataEstimate, count_tasks, epoch_of
+from instructjax.train.setup import resolve_model_config
+from instructjax.train.topology import Topology
 
 
 @dataclass
@@ -95,15 +67,9 @@ def model_shapes(config: RunConfig) -> DecoderConfig:
     never its weights: `stored_model`), else the preset with the config's overrides (a paper config planned before
     the import)."""
     if config.model.init_from:
-        from instructjax.core import storage
-
         if storage.path(config.model.init_from).exists():
-            from instructjax.model.config import with_overrides
-
             stored = stored_model(config.model.init_from)
             if stored is None:  # no step's metadata reads: the trainer's own check says why, in one line
-                from instructjax.train.setup import resolve_model_config
-
                 return resolve_model_config(config)
             return with_overrides(DecoderConfig.from_dict(stored), config.model.overrides)
     return preset(config.model.preset, **config.model.overrides)
@@ -133,8 +99,6 @@ def stored_model(init_from: str) -> dict | None:
 def data_counts(config: RunConfig, *, real_data: bool = False) -> DataCounts | None:
     """The tasks of `config`'s mixture counted, cached or estimated (`plan_data.count_tasks`); None for an
     evaluation-only config. The trainer's checks of the objective against the tasks come first."""
-    from instructjax.data.blends.specs import default_registry
-
     if config.max_steps == 0:
         return None
     registry = default_registry()  # what the config's `imports:` registered; its `define:` joins them
@@ -187,8 +151,6 @@ def expert_words(model: DecoderConfig) -> str:
 
 def objective_words(config: RunConfig) -> str:
     """The objective and its reference's cost in words ("" for SFT): its own plan term (train/objectives/)."""
-    from instructjax.train.objectives import objective_for
-
     return objective_for(config).words()
 
 

@@ -24,11 +24,25 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
+from instructjax.core import storage
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
+from instructjax.data.batches.example_reading import example_sizes
+from instructjax.data.batches.step_plan import mean_step_shape
+from instructjax.data.blends import specs
+from instructjax.data.blends.specs import BUILTIN
+from instructjax.data.mosaic.augment import sample_count
+from instructjax.data.sources.data_files import local_files
+from instructjax.data.sources.rows import PipelineStats
+from instructjax.data.sources.synthetic import LENGTH_STATS, TULU_TABLE1
+from instructjax.train import setup as run_setup
+
+if TYPE_CHECKING:
+    from instructjax.data.batches.pipeline import DataPipeline
 
 PACKING_EFFICIENCY = 0.995  # best-fit-decreasing, window 1000 (benchmarks/RESULTS.md: 99.6-99.8%)
 COUNT_BYTES = 32 * 2**20  # a local copy of a dataset the papers sized is counted up to this (about 30 s on 2 cores)
@@ -85,36 +99,28 @@ class DataCounts:
     pipeline needs where none is estimated (`bound`: the run bound by `train.setup.bind_run`)."""
 
     tasks: list[TaskCount]
-    bound: object | None = None
-    _pipeline: object | None = None
+    bound: run_setup.BoundRun | None = None
+    _pipeline: DataPipeline | None = None
 
     @property
     def real(self) -> bool:
         """Whether every task was counted or read from the cache (the epoch is then the real pipeline's)."""
         return self.bound is not None and all(t.origin != PAPER for t in self.tasks)
 
-    def pipeline(self):
+    def pipeline(self) -> DataPipeline:
         """The run's data pipeline (opened once: its tasks' examples are this process's already)."""
         if self._pipeline is None:
-            from instructjax.train import setup as run_setup
-
             self._pipeline = run_setup.open_pipeline(self.bound)
         return self._pipeline
 
 
 def _data_bytes(spec) -> int:
     """The bytes of a task's local or bucket `data_files` (a directory: its files)."""
-    from instructjax.core import storage
-    from instructjax.data.sources.data_files import local_files
-
     return sum(storage.stat(f).size for f in local_files(spec.data_files, spec.source))
 
 
 def _reads(spec, real_data: bool) -> bool:
     """Whether `plan` reads a task's rows (see the module doc): None is a user's own seqio Task."""
-    from instructjax.data.blends.specs import BUILTIN
-    from instructjax.data.sources.synthetic import LENGTH_STATS
-
     if spec is None or real_data or spec.data_files == (BUILTIN,):
         return True
     if spec.data_files is None:  # a hub dataset: its paper estimate unless the cache holds it
@@ -125,9 +131,7 @@ def _reads(spec, real_data: bool) -> bool:
 def count_tasks(config: RunConfig, registry, *, real_data: bool = False) -> DataCounts:
     """Each task of `config`'s mixture (looked up in `registry`) counted, read from the cache, or estimated (see the
     module doc). The run is bound (its tokenizer read) only where a task is read or the cache holds a file of one."""
-    from instructjax.data.blends import specs as spec_lib
     from instructjax.data.tokenized import examples as examples_lib
-    from instructjax.train import setup as run_setup
 
     resolved = run_setup.checked_mixture(config, registry)
     if resolved is None:
@@ -148,7 +152,7 @@ def count_tasks(config: RunConfig, registry, *, real_data: bool = False) -> Data
             count = _count_of(bound.data.resolved, name)
             seed = config.data.seed if count is not None else None
             if reads[i] or (bound_spec is not None and examples_lib.cached_file(name, bound_spec, count, seed) is not None):
-                out.append(_read_task(spec_lib.base_name(task), name, bound_spec, count, seed))
+                out.append(_read_task(specs.base_name(task), name, bound_spec, count, seed))
                 continue
         out.append(_paper_task(config, task, spec, _count_of(resolved, task)))
     return _checked(config, resolved, DataCounts(out, bound))
@@ -172,8 +176,6 @@ def _count_of(resolved, task: str) -> int | None:
 def _read_task(shown: str, name: str, spec, count: int | None, seed: int | None) -> TaskCount:
     """Task `name` (bound to the run) read as the trainer reads it: from the tokenized cache where it is there, else
     its rows read and encoded now (and cached); no example is one line saying why."""
-    from instructjax.data.batches.example_reading import example_sizes
-    from instructjax.data.sources.rows import PipelineStats
     from instructjax.data.tokenized import examples as examples_lib
 
     if spec is None:  # a user's own seqio Task: read through seqio, no report
@@ -198,8 +200,6 @@ def _read_task(shown: str, name: str, spec, count: int | None, seed: int | None)
 
 
 def _files_words(spec) -> str:
-    from instructjax.data.blends.specs import BUILTIN
-
     if spec.data_files is None:
         return " from the hub"
     if spec.data_files == (BUILTIN,):
@@ -210,9 +210,6 @@ def _files_words(spec) -> str:
 def _paper_task(config: RunConfig, task: str, spec, count: int | None) -> TaskCount:
     """A task's examples and tokens from the papers' size and mean lengths (a preference task's example is a pair:
     both sides), each example cut at the row."""
-    from instructjax.data.blends import specs as spec_lib
-    from instructjax.data.sources.synthetic import LENGTH_STATS, TULU_TABLE1
-
     stats = LENGTH_STATS.get(spec.source)
     if stats is None:
         raise ConfigError(f"task {task!r}: no paper size for source {spec.source!r}; use --real-data")
@@ -228,7 +225,7 @@ def _paper_task(config: RunConfig, task: str, spec, count: int | None) -> TaskCo
         f"data_files of {_data_bytes(spec) / 2**20:,.1f} MiB, more than plan reads ({COUNT_BYTES / 2**20:,.1f} MiB): "
         "--real-data counts them")
     detail = f"{table}, about {mean:,.0f} tokens each; {where}"
-    return TaskCount(spec_lib.base_name(task), n, int(n * min(mean, config.data.seq_len)), PAPER, detail,
+    return TaskCount(specs.base_name(task), n, int(n * min(mean, config.data.seq_len)), PAPER, detail,
                      spec.preference)
 
 
@@ -266,9 +263,6 @@ def _real_epoch(config: RunConfig, counts: DataCounts, multiple: int) -> DataEst
 
 def _estimated_epoch(config: RunConfig, counts: DataCounts, multiple: int) -> DataEstimate:
     """One epoch from the tasks' examples and tokens (see the module doc)."""
-    from instructjax.data.batches.step_plan import mean_step_shape
-    from instructjax.data.mosaic.augment import sample_count
-
     data = config.data
     examples = tokens = 0.0
     for task in counts.tasks:
@@ -334,13 +328,9 @@ def _step_words(data, shapes: tuple[tuple[int, int], ...] = ()) -> str:
 def estimate_epoch(config: RunConfig, multiple: int = 1, registry=None) -> DataEstimate:
     """One epoch as `plan` gives it (`count_tasks`, `epoch_of`); `registry`: the run's tasks and mixtures (None: the
     default one)."""
-    from instructjax.data.blends import specs
-
     return epoch_of(config, count_tasks(config, registry or specs.default_registry()), multiple)
 
 
 def real_epoch(config: RunConfig, multiple: int = 1, registry=None) -> DataEstimate:
     """One epoch counted by the real pipeline with the run's tokenizer, every task read (hub datasets too)."""
-    from instructjax.data.blends import specs
-
     return epoch_of(config, count_tasks(config, registry or specs.default_registry(), real_data=True), multiple)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import jax
 
 from instructjax.core import stopping
-from instructjax.core.stopping import EXIT_PREEMPTED  # noqa: F401  (its home before core.stopping)
 
 
 class PreemptionWatch:

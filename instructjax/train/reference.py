@@ -26,6 +26,7 @@ from instructjax.core import sharding, storage
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
 from instructjax.data.batches.packing import SequencePacker, empty_rows
+from instructjax.data.blends import specs
 from instructjax.model.config import DecoderConfig
 from instructjax.model.decoder import Decoder
 from instructjax.train.step import StepBuild, token_logps
@@ -35,8 +36,6 @@ REFERENCE_DIR = "reference_logps"
 
 def _path(run_dir, task: int, name: str) -> str:
     """A task's file, by its place in the mixture and the name it was registered under (not the run's variant)."""
-    from instructjax.data.blends import specs
-
     return storage.join(run_dir, REFERENCE_DIR, f"{task:03d}-{specs.base_name(name).replace('/', '_')}.npz")
 
 

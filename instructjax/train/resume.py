@@ -14,8 +14,9 @@ import jax
 from instructjax.convert.saved import load_base
 from instructjax.core import checkpoint as ckpt
 from instructjax.core import integrity, storage
-from instructjax.core.config import RunConfig, training_changes
+from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
+from instructjax.core.run_identity import training_changes
 from instructjax.data.encoding.tokenizer import Tokenizer, materialize
 from instructjax.model.config import DecoderConfig, runs_only_keys
 from instructjax.train.resume_shapes import shape_change

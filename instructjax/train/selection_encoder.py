@@ -14,13 +14,13 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from instructjax.convert.saved import open_model
+
 
 class LlamaMeanEncoder:
     """Embeds texts as the mean last hidden state of a LLaMA (instructjax checkpoint or HF directory)."""
 
     def __init__(self, model: str, tokenizer: str | None = None, max_length: int = 512, batch_size: int = 16):
-        from instructjax.convert.saved import open_model
-
         self.model, self.tokenizer, _ = open_model(model, tokenizer=tokenizer)
         self.max_length, self.batch_size = max_length, batch_size
         graphdef, state = nnx.split(self.model)

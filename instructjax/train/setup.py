@@ -24,6 +24,8 @@ from typing import TYPE_CHECKING
 
 from instructjax.core.config import DataSection, RunConfig
 from instructjax.core.errors import ConfigError
+from instructjax.data.blends.specs import default_registry
+from instructjax.data.encoding.templates import jinja_template
 from instructjax.model.config import DecoderConfig, preset, with_overrides
 
 if TYPE_CHECKING:
@@ -122,7 +124,6 @@ def bind_data(config: RunConfig, tokenizer: str | None, registry=None) -> RunDat
     """Register the config's own tasks (`define:`) in `registry` (None: the default one, where a config's `imports:`
     registered theirs) and bind its mixture to the run (see the module doc)."""
     from instructjax.data.binding import bind
-    from instructjax.data.blends.specs import default_registry
 
     registry = registry or default_registry()
     registry.define(config.define)
@@ -138,8 +139,6 @@ def bind_data(config: RunConfig, tokenizer: str | None, registry=None) -> RunDat
 
 def tokenizer_item(tokenizer, template: str | None) -> dict:
     """The checkpoint's `tokenizer` item: the files with the run's chat template, and its name."""
-    from instructjax.data.encoding.templates import jinja_template
-
     chat_template = jinja_template(template, bos=tokenizer.adds_bos, own=tokenizer.chat_template) if template else None
     return {"files": tokenizer.files(chat_template), "template": template}
 

@@ -36,8 +36,9 @@ from jax.sharding import NamedSharding
 
 from instructjax.core import checkpoint as ckpt
 from instructjax.core import hosts, progress, runlock, sharding, storage, tracking
-from instructjax.core.config import RunConfig, to_dict, training_digest
+from instructjax.core.config import RunConfig, to_dict
 from instructjax.core.errors import ConfigError, InstructJaxError
+from instructjax.core.run_identity import training_digest
 from instructjax.model.config import runs_only_keys
 from instructjax.train import memory, optim
 from instructjax.train import setup as run_setup

@@ -172,7 +172,8 @@ def test_the_sweeps_runs_as_a_study_of_ones_own(swept, tmp_path):
 def test_dry_run_prints_the_commands_and_hands_training_to_the_launchers(tmp_path, capfd, monkeypatch, bucket):
     from instructjax.cli import main
     from instructjax.core import storage
-    from instructjax.core.config import load_config, training_digest
+    from instructjax.core.config import load_config
+    from instructjax.core.run_identity import training_digest
     from instructjax.model.config import runs_only_keys
 
     monkeypatch.chdir(REPO)

@@ -9,6 +9,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from instructjax.core.errors import ConfigError
+from instructjax.core.optimizer import adamw
 from instructjax.core.sharding import (
     batch_shardings,
     create_sharded_model,
@@ -21,7 +22,6 @@ from instructjax.core.sharding import (
 from instructjax.model.config import preset
 from instructjax.model.decoder import Decoder, abstract_model
 from instructjax.train.loss import loss_sums, reduce_loss
-from instructjax.train.optim import adamw
 
 
 def random_model(config, seed=0):

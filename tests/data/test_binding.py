@@ -33,12 +33,10 @@ def test_a_registry_handed_to_binding_holds_its_tasks_and_variants_apart_from_th
         binding.bind("reg_only_mixx", tokenizer=None, registry=registry)
 
 
-def test_the_public_functions_write_into_the_default_registry_and_the_old_names_stay():
+def test_the_public_functions_write_into_the_default_registry():
     specs.add_task("default_reg_chats", TaskSpec(source="dolly", data_files=("builtin",)))
     default = specs.default_registry()
     assert default.task("default_reg_chats") is specs.task("default_reg_chats")
-    assert specs.VARIANT_OF is default.variants
-    assert binding.resolve is binding.specs_of and papers.resolve is papers.paper_counts
     assert papers.paper_counts("acp_A") == (("alpaca", 20_000),) and papers.paper_counts("acp_Q") is None
     assert "tulu_human" in default.suggest("tulu_humn")
 

@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from instructjax.core.errors import ConfigError, DataError
+from instructjax.data.batches.example_reading import example_sizes
 from instructjax.data.batches.packing import (
     FEATURES,
     PackStats,
@@ -18,7 +19,6 @@ from instructjax.data.batches.packing import (
     best_fit_decreasing,
     count_rows,
     efficiency,
-    example_sizes,
     pack_segments,
 )
 

@@ -14,7 +14,8 @@ from instructjax import cli
 from instructjax.core.config import DataSection, MosaicSection, load_config
 from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.batches.packing import best_fit_decreasing
-from instructjax.data.batches.pipeline import DataPipeline, plan_step_rows, step_shapes
+from instructjax.data.batches.pipeline import DataPipeline
+from instructjax.data.batches.step_plan import plan_step_rows, step_shapes
 from instructjax.data.seqio import mixtures
 from instructjax.train.trainer import Trainer
 
@@ -122,7 +123,8 @@ def test_plan_reports_the_step_shapes_and_real_share_the_trainer_plans():
     """`instructjax plan --real-data` on 8 GPUs (FSDP: rows a multiple of 8): the shapes and real-token share of
     the pipeline's own plan, and activations for the largest shape."""
     from instructjax.train import setup as run_setup
-    from instructjax.train.plan import format_plan, gpu_topology, make_plan
+    from instructjax.train.plan import format_plan, make_plan
+    from instructjax.train.topology import gpu_topology
 
     def config(pack):
         return load_config(None, [*BASE, f"data.pack={pack}", "data.global_batch=64", "optim.micro_batches=1",

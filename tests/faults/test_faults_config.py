@@ -111,7 +111,7 @@ def test_a_run_too_large_for_this_machine_is_one_line_before_compiling(tmp_path,
     """A step whose logits alone (seq_len x rows x vocab x 6 bytes, all made at once: optim.loss_chunk=0) take
     twice the memory this machine has: one line naming the estimate and the keys that change it, nothing
     compiled, no run directory left behind; `plan` says the same of this machine."""
-    from instructjax.train.plan import available_memory
+    from instructjax.train.topology import available_memory
 
     rows = -(-2 * available_memory() // (2048 * 32000 * 6 * 8)) * 8  # 8 devices: a multiple of 8
     too_big = ["data.seq_len=2048", f"data.global_batch={rows}", "optim.loss_chunk=0"]

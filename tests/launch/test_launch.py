@@ -247,7 +247,7 @@ def _exits(tmp_path, codes: list[int]) -> list[str]:
 def test_preempted_runs_are_resumed_by_the_launchers(tmp_path):
     """The exit status `instructjax train` gives after saving on SIGTERM is the one both launchers resume on:
     `single` runs the command again until it exits otherwise; the TPU worker loop does the same in bash."""
-    from instructjax.train.preemption import EXIT_PREEMPTED
+    from instructjax.core.stopping import EXIT_PREEMPTED
 
     assert gpu.EXIT_PREEMPTED == tpu.EXIT_PREEMPTED == EXIT_PREEMPTED
     assert gpu.run_resuming(_exits(tmp_path, [EXIT_PREEMPTED, EXIT_PREEMPTED, 0])) == 0

@@ -13,7 +13,9 @@ import pytest
 from helpers import REPO
 
 from instructjax.core.config import load_config
-from instructjax.train.plan import GIB, format_plan, make_plan, plan_with_proposal, tpu_topology
+from instructjax.train.memory import GIB
+from instructjax.train.plan import format_plan, make_plan, plan_with_proposal
+from instructjax.train.topology import tpu_topology
 
 pytestmark = pytest.mark.slow
 CONFIGS = REPO / "configs"

@@ -192,8 +192,3 @@ def test_cudnn_off_its_platform_is_one_clear_error():
     too_many = jnp.asarray(np.arange(T)[None].repeat(B, 0) // 2)  # 75 runs in a row
     with pytest.raises(ValueError, match="75 segments"):
         attention.self_attention(*(jnp.asarray(x, jnp.bfloat16) for x in (q, k, v)), too_many, "cudnn")
-
-
-def test_the_old_name_stays_importable():
-    """`attention.resolve` (now `implementation_for`)."""
-    assert attention.resolve is attention.implementation_for

@@ -10,10 +10,11 @@ from flax import nnx
 
 from instructjax.core.config import OptimSection
 from instructjax.core.errors import ConfigError
+from instructjax.core.optimizer import warmup_linear_decay
 from instructjax.model.config import preset
 from instructjax.model.decoder import abstract_model
 from instructjax.train.loss import accumulate_gradients, loss_sums, per_source_sums, reduce_loss, token_nll
-from instructjax.train.optim import make_optimizer, warmup_linear_decay
+from instructjax.train.optim import make_optimizer
 
 
 def random_model(config, seed=0, std=0.05):
@@ -119,7 +120,7 @@ def test_cosine_schedule_matches_transformers(total, ratio):
     import torch
     from transformers import get_cosine_schedule_with_warmup
 
-    from instructjax.train.optim import lr_schedule
+    from instructjax.core.optimizer import lr_schedule
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2e-5)
     hf = get_cosine_schedule_with_warmup(opt, math.ceil(ratio * total), total)

@@ -15,17 +15,11 @@ from instructjax.core.config import DataSection, ModelSection, OptimSection, Run
 from instructjax.core.errors import ConfigError
 from instructjax.data.batches.packing import FEATURES
 from instructjax.model.config import preset
+from instructjax.train.memory import GIB, activation_bytes, onchip_bytes
 from instructjax.train.optim import make_optimizer
-from instructjax.train.plan import (
-    GIB,
-    Topology,
-    activation_bytes,
-    gpu_topology,
-    make_plan,
-    onchip_bytes,
-    tpu_topology,
-)
+from instructjax.train.plan import make_plan
 from instructjax.train.step import build_step
+from instructjax.train.topology import Topology, gpu_topology, tpu_topology
 
 CONFIGS = REPO / "configs"
 TULU7B = CONFIGS / "seed004_tulu" / "tulu_human_gpt_llama2_7b.yaml"

@@ -25,10 +25,12 @@ import dataclasses
 
 import numpy as np
 
+from instructjax.core import stopping
 from instructjax.core.config import DataSection
 from instructjax.core.errors import ConfigError
-from instructjax.data.batches.packing import example_sizes
-from instructjax.data.binding import Resolved, resolve
+from instructjax.data import cache
+from instructjax.data.batches.example_reading import example_sizes
+from instructjax.data.binding import Resolved, specs_of
 from instructjax.data.blends import specs
 from instructjax.data.encoding.encode import Encoded, encode_conversation
 from instructjax.data.encoding.templates import DEFAULT_TEMPLATE
@@ -58,7 +60,7 @@ class ExampleStream:
         """`vocab_size`: the model's; a token id outside it is a ConfigError here, before training. `resolved`:
         `config.mixture` resolved by the binding (else resolved here, once). `stats`: the pipeline's, counting what
         the tasks read, tokenize and cache."""
-        found = resolved or resolve(config.mixture)
+        found = resolved or specs_of(config.mixture)
         if found is None:
             raise specs.unknown(config.mixture, "a registered task or mixture (data.mixture)")
         self.config, self.resolved = config, found
@@ -271,9 +273,6 @@ def _check_token_range(task: str, examples: list[dict], vocab_size: int) -> None
 def _stop_between_tasks(name: str) -> None:
     """`Stopped` before task `name` when a signal asked (Ctrl-C while `train` or `data prepare` tokenizes): the tasks
     before it are in the tokenized cache, and the next run reads them back."""
-    from instructjax.core import stopping
-    from instructjax.data import cache
-
     if not stopping.requested():
         return
     kept = (f"the tasks read before it are in the tokenized cache ({cache.cache_dir()})" if cache.cache_dir()

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from instructjax.core.errors import ConfigError, DataError
-from instructjax.data.batches.example_reading import example_sizes, read_example, rejected_at  # noqa: F401
+from instructjax.data.batches.example_reading import read_example, rejected_at
 
 FEATURES = ("tokens", "targets", "loss_weights", "segment_ids", "positions", "source_ids")
 REFERENCE = "reference_logps"  # a preference run's cached reference log-prob of each target (train/reference.py)

@@ -31,18 +31,7 @@ from instructjax.core.config import DataSection
 from instructjax.core.errors import ConfigError
 from instructjax.data.batches.example_order import ExampleStream, named_rng
 from instructjax.data.batches.packing import PackStats, SequencePacker, segment_lengths
-from instructjax.data.batches.step_plan import (  # noqa: F401  (their old home)
-    LONG_ROW_GAIN,
-    LONG_ROW_QUANTUM,
-    MAX_ROW_FACTOR,
-    MAX_STEP_SHAPES,
-    StepPlan,
-    mean_step_shape,
-    plan_step_rows,
-    row_quantum,
-    step_need,
-    step_shapes,
-)
+from instructjax.data.batches.step_plan import StepPlan, plan_step_rows
 from instructjax.data.binding import Resolved
 from instructjax.data.sources.rows import PipelineStats
 

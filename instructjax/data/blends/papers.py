@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import re
 
+from instructjax.data.sources.registry import SOURCES
 from instructjax.data.sources.synthetic import BUILTIN_SUFFIX
 
 Counts = tuple[tuple[str, int | None], ...]  # (task, examples or None = all), as `specs.MixtureSpec.counts`
@@ -78,8 +79,6 @@ def paper_counts(name: str) -> Counts | None:
     """The counts of the mixture a paper's name stands for (see the module doc), or None."""
     base, builtin = (name[: -len(BUILTIN_SUFFIX)], True) if name.endswith(BUILTIN_SUFFIX) else (name, False)
     if name == "all_builtin":
-        from instructjax.data.sources.registry import SOURCES
-
         return tuple((s + BUILTIN_SUFFIX, None) for s in SOURCES)
     if match := re.fullmatch(r"acp_(A|C|P|AC|AP|CP|ACP)(?:_n(\d+))?", base):
         setting, n = match.groups()
@@ -96,7 +95,6 @@ def paper_counts(name: str) -> Counts | None:
     return None
 
 
-resolve = paper_counts  # the old name
 
 
 def paper_names() -> list[str]:

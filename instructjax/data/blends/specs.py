@@ -12,11 +12,15 @@ with `add_task` / `add_mixture` (a config's `define:` block, your own code: thes
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 from dataclasses import dataclass
 
+from instructjax.core.coerce import build_section
 from instructjax.core.context import Context, current
 from instructjax.core.errors import ConfigError
+from instructjax.data.blends import papers
+from instructjax.data.sources.registry import PREFERENCE_SOURCES, SOURCES
 from instructjax.data.sources.synthetic import BUILTIN, BUILTIN_SUFFIX  # noqa: F401  (names of the built-in tasks)
 
 
@@ -65,8 +69,6 @@ class TaskSpec:
     system_turn: str = "keep"  # keep, merge or drop the system turn before the template (core/config.py)
 
     def __post_init__(self):
-        from instructjax.data.sources.registry import PREFERENCE_SOURCES, SOURCES
-
         if self.source not in SOURCES and self.source not in PREFERENCE_SOURCES:
             known = ", ".join(sorted([*SOURCES, *PREFERENCE_SOURCES]))
             raise ConfigError(f"unknown source {self.source!r} (known: {known})")
@@ -75,8 +77,6 @@ class TaskSpec:
     def preference(self) -> bool:
         """Whether the task's examples are preference pairs (a `PREFERENCE_SOURCES` source): each example is a
         chosen and a rejected completion of one prompt, trained by a preference loss (`objective:`)."""
-        from instructjax.data.sources.registry import PREFERENCE_SOURCES
-
         return self.source in PREFERENCE_SOURCES
 
 
@@ -138,8 +138,6 @@ class Registry:
         if name not in self.tasks and self.parent is not None:
             return self.parent.lookup_task(name)
         if name not in self.tasks:
-            from instructjax.data.sources.registry import PREFERENCE_SOURCES, SOURCES
-
             source = name.removesuffix(BUILTIN_SUFFIX)
             if source in SOURCES or source in PREFERENCE_SOURCES:
                 self.tasks[name] = TaskSpec(source=source, data_files=(BUILTIN,) if name != source else None)
@@ -150,8 +148,6 @@ class Registry:
         if name not in self.mixtures and self.parent is not None:
             return self.parent.lookup_mixture(name)
         if name not in self.mixtures:
-            from instructjax.data.blends import papers
-
             counts = papers.paper_counts(name)
             if counts is not None:
                 self.add_mixture(name, MixtureSpec(counts=counts))
@@ -173,11 +169,6 @@ class Registry:
 
     def suggest(self, name: str) -> list[str]:
         """Up to three known names (not variants) closest to `name`: the "did you mean" of `unknown`."""
-        import difflib
-
-        from instructjax.data.blends import papers
-        from instructjax.data.sources.registry import SOURCES
-
         known = {*papers.paper_names(), *SOURCES, *(f"{s}{BUILTIN_SUFFIX}" for s in SOURCES)}
         registry = self
         while registry is not None:
@@ -228,8 +219,6 @@ class Registry:
 
     def define(self, block: dict) -> None:
         """Register a config's own tasks and mixtures (its `define:` block; see the module function `define`)."""
-        from instructjax.core.config import build_section
-
         for name, values in (block.get("tasks") or {}).items():
             values = dict(values)
             if values.get("data_files") is not None:
@@ -262,12 +251,6 @@ def default_registry() -> Registry:
     """The current command's registry (`core.context`): the one the public functions here write into (a user's own
     modules, a config's `define:`) and that the run loader passes on to binding, the pipeline and the reports."""
     return registry_of(current())
-
-
-def __getattr__(name: str):
-    if name == "VARIANT_OF":  # the old name of the current registry's variants (read them through a Registry)
-        return default_registry().variants
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def add_task(name: str, spec: TaskSpec) -> None:

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from instructjax.core.errors import ConfigError
+from instructjax.data.encoding.model_template import render_model
 from instructjax.data.encoding.templates import MODEL_TEMPLATE, ChatTemplate, Rendered, render
 from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.schema import Conversation
@@ -121,8 +122,6 @@ def _tokenize(segments: Sequence[Segment], tokenizer: Tokenizer) -> tuple[np.nda
 def render_with(conv: Conversation, template: str | ChatTemplate, tokenizer: Tokenizer) -> Rendered:
     """`conv` rendered by `template`: a built-in one with the tokenizer's EOS, or the model's own ("model")."""
     if getattr(template, "name", template) == MODEL_TEMPLATE:
-        from instructjax.data.encoding.model_template import render_model
-
         return render_model(conv, tokenizer)
     return render(conv, template, eos_token=tokenizer.eos_token)
 

@@ -39,7 +39,9 @@ import numpy as np
 from tokenizers import Tokenizer as Engine
 from tokenizers import processors
 
+from instructjax.core import storage
 from instructjax.core.errors import ConfigError
+from instructjax.data.encoding import spm_convert
 from instructjax.data.encoding.piece_spans import PieceSpans, engine_ids
 
 SPECIAL_KEYS = ("bos_token", "eos_token", "unk_token", "pad_token")
@@ -88,9 +90,6 @@ def _chat_template(directory: str, config: dict) -> str | None:
 def _read(where: str) -> tuple[Engine, dict, bool | None, str | None]:
     """(engine, special token strings, add_bos_token or None if unsaid, chat template) of a tokenizer path (local,
     or a URL read from its local copy: `storage.local_copy`)."""
-    from instructjax.core import storage
-    from instructjax.data.encoding import spm_convert
-
     try:
         path = storage.local_copy(where)
     except FileNotFoundError:
@@ -189,8 +188,6 @@ class Tokenizer:
     def load(cls, path: str | None = None) -> Tokenizer:
         """Load (cached per path): None -> the built-in default; a `.model` file; an HF tokenizer directory (local
         or a URL: gs://...)."""
-        from instructjax.core import storage
-
         return _load_cached(str(storage.path(path)) if path else default_tokenizer_path())
 
     def __reduce__(self):  # pickles as its path (its name comes with it): cheap to send to tf.data / worker processes

@@ -15,6 +15,7 @@ returns an object with an `encode` method.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from typing import Protocol, runtime_checkable
 
@@ -99,7 +100,6 @@ def encoder_factory(name: str) -> Callable[..., Encoder]:
             return table[name]
     if name not in BUILTIN_ENCODERS:
         raise ConfigError(f"unknown encoder {name!r}; known: {', '.join(encoder_names())}")
-    import importlib
 
     module, _, factory = BUILTIN_ENCODERS[name].partition(":")
     return getattr(importlib.import_module(module), factory)

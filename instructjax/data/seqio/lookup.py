@@ -8,6 +8,7 @@ import seqio
 
 from instructjax.core.errors import ConfigError
 from instructjax.data.blends.specs import MixtureSpec, subset_seed
+from instructjax.data.seqio.mixtures import register_paper_mixtures
 from instructjax.data.seqio.source import ShardedSource
 
 
@@ -15,8 +16,6 @@ def mixture_spec(name: str) -> MixtureSpec | None:
     """A seqio Mixture as a spec (exact counts when it carries them, else its rates); a lone seqio Task
     as an epoch-mode mixture of all of it; None when seqio knows neither. instructjax's own tasks and the papers'
     mixtures are registered with seqio first (once), so a user's seqio Mixture over them resolves."""
-    from instructjax.data.seqio.mixtures import register_paper_mixtures
-
     register_paper_mixtures()
     if name not in seqio.MixtureRegistry.names() and name not in seqio.TaskRegistry.names():
         return None

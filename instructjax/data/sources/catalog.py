@@ -12,7 +12,5 @@ from instructjax.data.sources.registry import (
     get_source,
 )
 
-read_rows = open_row_read  # its name before it had one meaning
-
 __all__ = ["FLAN_V2_SUBMIXES", "POOL_OPTIONS", "PREFERENCE_SOURCES", "SOURCES", "Source", "get_source",
-           "load_conversations", "open_row_read", "read_rows"]
+           "load_conversations", "open_row_read"]

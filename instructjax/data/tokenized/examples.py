@@ -16,6 +16,7 @@ No seqio or TensorFlow here.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
 
 from instructjax.core import storage
@@ -174,8 +175,6 @@ def cache_key(name: str, spec: TaskSpec, count: int | None, seed: int | None) ->
 def _template_identity(template, tokenizer: Tokenizer) -> str:
     """A template as the cache key sees it (its fields; a function by its qualified name, not its address; the
     model's own template by its Jinja text)."""
-    import hashlib
-
     fields = [f"{k}={getattr(v, '__qualname__', v)!r}" for k, v in sorted(vars(template).items())]
     if template.name == MODEL_TEMPLATE:
         fields.append(hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:16])

@@ -18,11 +18,12 @@ from instructjax.core.errors import BadRowPolicy, ConfigError, DataError
 from instructjax.data import cache
 from instructjax.data.blends import specs
 from instructjax.data.blends.specs import BUILTIN, SelectionSpec, TaskSpec
+from instructjax.data.encoding.encode import response_token_length
 from instructjax.data.encoding.pool import Encoder, Example, Job, Result
 from instructjax.data.encoding.templates import DEFAULT_TEMPLATE
 from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.schema import Conversation
-from instructjax.data.selection.embeddings import MODEL_ENCODERS
+from instructjax.data.selection.embeddings import MODEL_ENCODERS, get_encoder
 from instructjax.data.sources import load, registry, rows, synthetic
 from instructjax.data.sources.row_read import RowRead
 from instructjax.data.sources.rows import PipelineStats
@@ -290,8 +291,6 @@ def progress(callback: Callable[[str, int, int | None], None]) -> Iterator[None]
 
 def _apply_selection(convs: list[Conversation], sel: SelectionSpec, tokenizer: Tokenizer) -> list[Conversation]:
     """The conversations `sel` keeps, in the selection's order (`TaskReport.rows` counts only these)."""
-    from instructjax.data.encoding.encode import response_token_length
-    from instructjax.data.selection.embeddings import get_encoder
     from instructjax.data.selection.methods import select
 
     encoder = sel.encoder

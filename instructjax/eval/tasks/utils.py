@@ -13,6 +13,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
+import yaml
+
 BBH_TASKS = (
     "boolean_expressions", "causal_judgement", "date_understanding", "disambiguation_qa", "dyck_languages",
     "formal_fallacies", "geometric_shapes", "hyperbaton", "logical_deduction_five_objects",
@@ -30,7 +32,6 @@ ANSWER_MARK = "So the answer is"
 def bbh_cot_config(task: str) -> dict:
     """lm-eval's `bbh_cot_fewshot_<task>` YAML (its own keys: description, fewshot_config, ...)."""
     import lm_eval
-    import yaml
 
     path = Path(lm_eval.__file__).parent / "tasks" / "bbh" / "cot_fewshot" / f"{task}.yaml"
     with path.open(encoding="utf-8") as f:

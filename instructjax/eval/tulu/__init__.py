@@ -23,6 +23,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from instructjax.core.errors import ConfigError
+from instructjax.eval.interface import Sampling
+from instructjax.eval.pairwise import write_jsonl
 from instructjax.eval.tulu import bbh, codex, files, gsm, mmlu, tydiqa
 from instructjax.eval.tulu.request import CHAT_FORMATS, Request
 
@@ -93,8 +95,6 @@ def requests(data_dir: str, hf_tokenizer, chat_format: str, settings: Sequence[s
 def answer(generator, reqs: Sequence[Request]) -> list:
     """The model's answers: the likeliest continuation's index for a log-likelihood request, else the completion
     text (prompts tokenized without special tokens, as the scripts do: `add_special_tokens=False`)."""
-    from instructjax.eval.interface import Sampling
-
     tok = generator.tokenizer
     encoded = [tok(r.prompt, add_special_tokens=False)["input_ids"] for r in reqs]
     out: list = [None] * len(reqs)
@@ -120,8 +120,6 @@ def run(generator, data_dir: str, chat_format: str, settings: Sequence[str] = SC
     """{setting: its scores} of the scored settings (codex: the `codex` part), and every request with its answer
     written to `samples_out` (JSONL). Every set is read before the model answers (a missing or unreachable one is
     one ConfigError, nothing asked)."""
-    from instructjax.eval.pairwise import write_jsonl
-
     codex_settings = [s for s in settings if SETTINGS[s].score is None]
     if codex_settings:
         raise ConfigError(f"Tulu suite: {codex_settings[0]} is run by the codex part (eval.codex)")

@@ -16,6 +16,7 @@ import json
 
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError, DataError
+from instructjax.data.sources.hub import from_hub, hub_problem
 
 LAYOUT = ("lay it out as open-instruct's data/eval (its scripts/prepare_eval_data.sh downloads and places every "
           "set; docs/pretrained.md shows the tree), and give it as eval.data_dir or --data-dir")
@@ -49,7 +50,6 @@ def local(data_dir: str, *parts: str) -> bool:
 def hub_rows(name: str, split: str, data_dir: str) -> list[dict]:
     """Split `split` of set `name`'s hub copy (`HUB`), which `data_dir` lacks; unreachable: one line naming the first
     file the data_dir lacks, the hub dataset, and the way out."""
-    from instructjax.data.sources.hub import from_hub, hub_problem
     from instructjax.data.sources.rows import datasets_quietly
 
     hub_id, config, data_files = HUB[name]

@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from instructjax.core.errors import ConfigError
+
 CHAT_FORMATS = ("tulu", "model", "none")
 
 
@@ -31,8 +33,6 @@ def format_prompt(turn: Turn, chat_format: str, hf_tokenizer=None) -> str:
         return "<|user|>\n" + turn.user + "\n<|assistant|>\n" + turn.reply_start
     if chat_format == "model":
         if not getattr(hf_tokenizer, "chat_template", None):
-            from instructjax.core.errors import ConfigError
-
             raise ConfigError("chat format 'model': the model carries no chat template (give --chat-format tulu "
                               "or none)")
         head = hf_tokenizer.apply_chat_template([{"role": "user", "content": turn.user}], tokenize=False,
