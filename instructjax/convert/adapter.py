@@ -10,7 +10,8 @@ The HF module of each adapted kernel comes from the family's tensor table (`conv
 our lora_a [*in, rank] and lora_b [rank, *out] flatten to HF's in and out the way the kernel does. A fused HF
 module (Phi-3's qkv_proj and gate_up_proj, GPT-NeoX's query_key_value) has one lora_A, its group's first module's
 `lora_a`, and one lora_B whose output rows are cut and joined as the fused weight's are (the record's split:
-Phi-3's pieces one after another, GPT-NeoX's interleaved per head)."""
+Phi-3's pieces one after another, GPT-NeoX's interleaved per head). A mixture of experts' adapted expert parameters
+are PEFT's `target_parameters` (`_expert_adapted`: its `ParamWrapper`s' names and how they lay the experts out)."""
 
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from instructjax.convert.hf_names import SPLITS, Entry, hf_weight_table, part_sh
 from instructjax.core.errors import ConfigError
 from instructjax.model import lora
 from instructjax.model.config import DecoderConfig
+from instructjax.model.families import RECORDS
 
 PEFT_PREFIX = "base_model.model."
 
@@ -40,6 +42,32 @@ def adapter_tensors(params: Mapping, config: DecoderConfig) -> dict[str, np.ndar
         out[f"{module}.lora_A.weight"] = np.ascontiguousarray(a.reshape(-1, rank).T)
         out[f"{module}.lora_B.weight"] = np.ascontiguousarray(
             SPLITS[entry.split][1](pieces, config) if entry.split else pieces[0])
+    for module, paths, layer in _expert_adapted(config):
+        a = part_value(params, (*paths[0], "lora_a"), layer)  # [experts, in, rank]
+        b = np.concatenate([part_value(params, (*path, "lora_b"), layer) for path in paths], axis=-1)
+        out[f"{module}.lora_A.weight"] = np.ascontiguousarray(a.transpose(0, 2, 1).reshape(-1, a.shape[1]))
+        out[f"{module}.lora_B.weight"] = np.ascontiguousarray(b.transpose(2, 1, 0).reshape(b.shape[2], -1))
+    return out
+
+
+def _expert_adapted(config: DecoderConfig) -> list[tuple[str, list[tuple], int | None]]:
+    """(PEFT module name, our adapters' paths, stacked layer index or None) of every adapted expert parameter of
+    each sparse layer. PEFT wraps each targeted parameter of transformers' experts module in a `ParamWrapper`, in
+    the module's order (gate_up_proj, then down_proj), each around the one before: the last is `...experts`, the one
+    before it `...experts.base_layer`. Its lora_A [experts * rank, in] holds expert j's A in rows j * rank..,
+    its lora_B [out, rank * experts] expert j's B in columns j, j + experts, .. (`ParamWrapper.get_delta_weight`)."""
+    spec = lora.spec(config)
+    if not spec.hf_parameters:
+        return []
+    prefix = RECORDS[config.family].top[0]
+    out = []
+    for i in config.sparse_layers:
+        layer = ("layers",) if config.scan_layers else ("layers", i)
+        for depth, (hf, group) in enumerate(zip(reversed(spec.hf_parameters), reversed(spec.expert_groups),
+                                                 strict=True)):
+            module = f"{PEFT_PREFIX}{prefix}.{i}.{hf.rpartition('.')[0]}" + ".base_layer" * depth
+            paths = [(*layer, "mlp", name + lora.EXPERT_SUFFIX) for name in group]
+            out.append((module, paths, i if config.scan_layers else None))
     return out
 
 
@@ -77,6 +105,15 @@ def read_adapter(adapter_dir: str, config: DecoderConfig) -> tuple[DecoderConfig
     # PEFT's `all-linear` saves each module's full name (gpt_neox.layers.0.attention.dense): its last part names it
     # in every layer; a layer whose tensors are missing is one line below
     targets = [targets] if isinstance(targets, str) else sorted({t.rsplit(".", 1)[-1] for t in targets or []})
+    # target_parameters match a parameter's full name by its end (PEFT's rule): each of the family's that one names
+    expert = saved.get("target_parameters") or []
+    known = lora.family_parameters(config)
+    targets += [name for name in known if any(name == t or name.endswith("." + t) or t.endswith("." + name)
+                                                for t in expert)]
+    if unknown := [t for t in expert if not any(name == t or name.endswith("." + t) or t.endswith("." + name)
+                                                for name in known)]:
+        raise ConfigError(f"{where}: target_parameters {unknown}: the {config.family} model's expert parameters are "
+                          f"{', '.join(known) or 'none'}")
     spec = {"rank": saved.get("r"), "alpha": saved.get("lora_alpha"), "dropout": saved.get("lora_dropout", 0.0),
             "targets": targets}
     config = config.replace(lora=spec)
@@ -101,13 +138,20 @@ def read_adapter(adapter_dir: str, config: DecoderConfig) -> tuple[DecoderConfig
         values += [((*path, "lora_b"), piece.T.reshape(shape)) for path, piece, shape in zip(paths, pieces, shapes[1:],
                                                                                              strict=True)]
         for path, value in values:
-            node = tree
-            for key in path[:-1]:
-                node = node.setdefault(key, {})
-            if entry.layer is None:
-                node[path[-1]] = value
-            else:  # a stacked (scanned) layer: collected per layer, stacked below
-                node.setdefault(path[-1], {})[entry.layer] = value
+            _put(tree, path, entry.layer, value)
+    for module, paths, layer in _expert_adapted(config):
+        a, b = (_tensor(tensors, f"{module}.{theirs}.weight", weights, targets) for theirs in ("lora_A", "lora_B"))
+        shapes = [part_shape(abstract, (*path, "lora_b"), layer) for path in paths]  # [experts, rank, out] each
+        experts, rank, n_in = shapes[0][0], shapes[0][1], part_shape(abstract, (*paths[0], "lora_a"), layer)[1]
+        if a.shape != (experts * rank, n_in) or b.shape != (sum(s[2] for s in shapes), rank * experts):
+            raise ConfigError(f"{weights}: {module}'s lora_A {a.shape} / lora_B {b.shape} do not fit the base's "
+                              f"{experts} experts (rank {spec['rank']})")
+        cuts = np.cumsum([s[2] for s in shapes])[:-1]
+        values = [((*paths[0], "lora_a"), a.reshape(experts, rank, n_in).transpose(0, 2, 1))]
+        values += [((*path, "lora_b"), piece.reshape(-1, rank, experts).transpose(2, 1, 0))
+                   for path, piece in zip(paths, np.split(b, cuts, axis=0), strict=True)]
+        for path, value in values:
+            _put(tree, path, layer, value)
     if tensors:
         raise ConfigError(f"{weights}: {len(tensors)} tensors the base has no adapted module for, e.g. "
                           f"{sorted(tensors)[0]}")
@@ -130,6 +174,18 @@ def base_mismatch(adapter_dir: str, hf_dir: str) -> str | None:
         return None
     return (f"--adapter {adapter_dir} was trained on {saved} (its base_model_name_or_path), not on --hf {hf_dir}: "
             "its shapes fit, but its adapters were made for another model's weights")
+
+
+def _put(tree: dict, path: tuple, layer: int | None, value: np.ndarray) -> None:
+    """`value` at `path` in the nested dicts `tree`; a stacked (scanned) layer's collected per layer, stacked by
+    `_stack`."""
+    node = tree
+    for key in path[:-1]:
+        node = node.setdefault(key, {})
+    if layer is None:
+        node[path[-1]] = value
+    else:
+        node.setdefault(path[-1], {})[layer] = value
 
 
 def _tensor(tensors: dict, name: str, weights: str, targets: list) -> np.ndarray:
@@ -156,7 +212,8 @@ def adapter_config(config: DecoderConfig, base: str | None) -> dict:
     """PEFT's adapter_config.json for `config.lora` on the base `base` (an HF directory or hub name)."""
     spec = lora.spec(config)
     return {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": spec.rank, "lora_alpha": spec.alpha,
-            "lora_dropout": spec.dropout, "target_modules": list(spec.hf_targets), "bias": "none",
+            "lora_dropout": spec.dropout, "target_modules": list(spec.hf_targets),
+            **({"target_parameters": list(spec.hf_parameters)} if spec.hf_parameters else {}), "bias": "none",
             "fan_in_fan_out": False, "modules_to_save": None, "use_rslora": False, "use_dora": False,
             "init_lora_weights": True, "inference_mode": True, "base_model_name_or_path": base}
 

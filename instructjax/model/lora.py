@@ -13,8 +13,14 @@ for the step, the optimizer, the checkpoint and the memory estimate. The adapter
 `nnx.scan` over the stacked layers (IndexError), and its adapters are named by intercepted op rather than by
 HF module and carry none of our logical axis names; PEFT's per-module lora_A / lora_B map one to one onto ours.
 
-`targets` are the family's Hugging Face module names (its record's `lora_modules`, model/families/) or `all-linear`
-(every projection of a layer, never the output head: PEFT's meaning). A fused HF module (Phi-3's `qkv_proj`,
+`targets` are the family's Hugging Face module names (its record's `lora_modules`, model/families/), a mixture of
+experts' fused expert parameters (its record's `lora_parameters`, PEFT's `target_parameters`:
+`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`) or `all-linear`: every projection of a layer, never the
+output head nor a router; on a mixture of experts the attention and the experts (PEFT's own `all-linear` takes
+`nn.Linear` modules alone: the export lists the experts in `target_parameters`), not Qwen3-MoE's dense MLPs, which
+PEFT cannot target there (model/families/moe.py). An expert parameter has an A [experts, in, rank] and a B
+[experts, rank, out]: expert j's weight is W_j + A_j B_j * alpha / rank, as PEFT's `ParamWrapper` computes it (a
+fused `gate_up_proj`'s gate and up share each expert's A); PEFT refuses a dropout there, and so does the check. A fused HF module (Phi-3's `qkv_proj`,
 `gate_up_proj`, GPT-NeoX's `query_key_value`) is a group of our modules sharing one A, as PEFT's single lora_A: the
 group's first module (q_proj, gate_proj) holds `lora_a`, each module its own part of PEFT's lora_B as `lora_b`, and
 the attention / MLP computes dropout(x) A once for the group. `dropout` (PEFT's `lora_dropout`) drops the LoRA
@@ -40,6 +46,7 @@ from instructjax.model.families import RECORDS
 from instructjax.model.families.record import LLAMA_LORA
 
 ADAPTERS = ("lora_a", "lora_b")  # the adapters' names in a Dense (and on disk)
+EXPERT_SUFFIX = "_lora"  # a stacked expert parameter `gate_proj`'s adapters are its sibling `gate_proj_lora`
 TRAINS = nnx.LoRAParam  # the adapters' Variable type: what trains where a model has any (model/partition.py)
 LLAMA_MODULES = LLAMA_LORA  # its old home
 # family -> {HF module name: our modules it is}: each family record's `lora_modules` (its old home)
@@ -57,19 +64,28 @@ class LoraSpec(NamedTuple):
     targets: tuple[str, ...]
     hf_targets: tuple[str, ...]
     groups: tuple[tuple[str, ...], ...] = ()
+    # a mixture of experts' targeted expert parameters: HF's (PEFT's target_parameters) and ours, grouped likewise
+    hf_parameters: tuple[str, ...] = ()
+    expert_groups: tuple[tuple[str, ...], ...] = ()
 
     @property
     def scale(self) -> float:
         """PEFT's default scaling, alpha / rank."""
         return self.alpha / self.rank
 
-    def holds_a(self, name: str) -> bool:
-        """Whether our module `name` has its own `lora_a` (a target, first of its group)."""
-        return any(group[0] == name for group in self.groups)
+    @property
+    def experts(self) -> tuple[str, ...]:
+        """Our targeted expert parameters (model/moe.py's `gate_proj`, `up_proj`, `down_proj`)."""
+        return tuple(name for group in self.expert_groups for name in group)
 
-    def leaders(self) -> dict[str, str]:
-        """Our targeted module -> the module whose A it uses (itself unless fused)."""
-        return {name: group[0] for group in self.groups for name in group}
+    def holds_a(self, name: str, experts: bool = False) -> bool:
+        """Whether our module `name` (an expert parameter where `experts`) has its own `lora_a` (a target, first of
+        its group)."""
+        return any(group[0] == name for group in (self.expert_groups if experts else self.groups))
+
+    def leaders(self, experts: bool = False) -> dict[str, str]:
+        """Our targeted module (expert parameter where `experts`) -> the one whose A it uses (itself unless fused)."""
+        return {name: group[0] for group in (self.expert_groups if experts else self.groups) for name in group}
 
 
 def family_modules(config: Any) -> dict[str, tuple[str, ...]]:
@@ -79,6 +95,13 @@ def family_modules(config: Any) -> dict[str, tuple[str, ...]]:
     if not config.gated_mlp:
         modules.pop("gate_proj", None)
     return modules
+
+
+def family_parameters(config: Any) -> dict[str, tuple[str, ...]]:
+    """A mixture of experts' fused expert parameters a LoRA may target (PEFT's `target_parameters`) -> our stacked
+    expert parameters; {} for a dense model."""
+    record = RECORDS.get(config.family)
+    return dict(record.lora_parameters) if record is not None and config.num_experts else {}
 
 
 def module_names(config: Any) -> set[str]:
@@ -101,15 +124,20 @@ def problems(config: Any) -> list[str]:
         out.append(f"model.lora.alpha must be a number, got {alpha!r}")
     if not isinstance(dropout, int | float) or isinstance(dropout, bool) or not 0 <= dropout < 1:
         out.append(f"model.lora.dropout must be a number in [0, 1), got {dropout!r}")
-    modules = family_modules(config)
-    if not modules:
+    modules, parameters = family_modules(config), family_parameters(config)
+    if not modules and not parameters:
         return out + [f"model.lora: the {config.family} family has no LoRA module table"]
     targets = lora.get("targets", "all-linear")
     targets = [targets] if isinstance(targets, str) else list(targets or [])
-    unknown = [t for t in targets if t != "all-linear" and t not in modules]
+    unknown = [t for t in targets if t != "all-linear" and t not in modules and t not in parameters]
     if unknown or not targets:
         out.append(f"model.lora.targets {unknown or targets}: the {config.family} family's modules are "
-                   f"{', '.join(modules)} (or all-linear)")
+                   f"{', '.join([*modules, *parameters])} (or all-linear)")
+    experts = [t for t in parameters if t in targets or "all-linear" in targets]
+    if experts and isinstance(dropout, int | float) and dropout > 0:
+        out.append(f"model.lora.dropout={dropout} with the experts targeted ({', '.join(experts)}"
+                   f"{', by all-linear' if 'all-linear' in targets else ''}): PEFT's LoRA on expert parameters has no "
+                   "dropout; set dropout: 0, or list targets without the experts")
     return out
 
 
@@ -118,13 +146,16 @@ def spec(config: Any) -> LoraSpec | None:
     lora = config.lora
     if lora is None:
         return None
-    modules = family_modules(config)
+    modules, parameters = family_modules(config), family_parameters(config)
     targets = lora.get("targets", "all-linear")
     targets = [targets] if isinstance(targets, str) else list(targets)
-    hf = tuple(modules) if "all-linear" in targets else tuple(t for t in modules if t in targets)
+    every = "all-linear" in targets
+    hf = tuple(t for t in modules if every or t in targets)
+    hf_parameters = tuple(t for t in parameters if every or t in targets)
     groups = tuple(modules[t] for t in hf)
     return LoraSpec(lora["rank"], float(lora.get("alpha", lora["rank"])), float(lora.get("dropout", 0.0)),
-                    tuple(name for group in groups for name in group), hf, groups)
+                    tuple(name for group in groups for name in group), hf, groups, hf_parameters,
+                    tuple(parameters[t] for t in hf_parameters))
 
 
 def adapters(config: Any, name: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...], axes: tuple[str, ...],
@@ -144,6 +175,33 @@ def adapters(config: Any, name: str, in_shape: tuple[int, ...], out_shape: tuple
     lora_b = TRAINS(jnp.zeros((lora.rank, *out_shape), dtype), out_sharding=("lora_rank", *axes[n_in:]),
                     eager_sharding=False)
     return lora_a, lora_b
+
+
+class ExpertAdapters(nnx.Module):
+    """The adapters of one stacked expert parameter (model/moe.py's `{name}_lora`): `lora_a` [experts, in, rank]
+    (None for a fused group's later parameter: it uses its first one's), `lora_b` [experts, rank, out]."""
+
+    def __init__(self, lora_a: nnx.LoRAParam | None, lora_b: nnx.LoRAParam):
+        self.lora_a, self.lora_b = nnx.data(lora_a), lora_b
+
+
+def expert_adapters(config: Any, name: str, in_size: int, out_size: int, axes: tuple[str, str, str],
+                    rngs: nnx.Rngs) -> ExpertAdapters | None:
+    """The adapters of our expert parameter `name` [experts, in, out] (logical `axes`), or None where `config.lora`
+    does not target it: each expert's A drawn as PEFT's `ParamWrapper` draws its lora_A (kaiming-uniform(a=sqrt(5))
+    over `in`: U(+-1/sqrt(in))), B zeros."""
+    lora = spec(config)
+    if lora is None or name not in lora.experts:
+        return None
+    dtype, experts = jnp.dtype(config.param_dtype), config.num_experts
+    lora_a = None
+    if lora.holds_a(name, experts=True):
+        bound = 1.0 / math.sqrt(in_size)
+        a = jax.random.uniform(rngs.params(), (experts, in_size, lora.rank), dtype, -bound, bound)
+        lora_a = TRAINS(a, out_sharding=(axes[0], axes[1], "lora_rank"), eager_sharding=False)
+    lora_b = TRAINS(jnp.zeros((experts, lora.rank, out_size), dtype), out_sharding=(axes[0], "lora_rank", axes[2]),
+                    eager_sharding=False)
+    return ExpertAdapters(lora_a, lora_b)
 
 
 def branch_input(x: jax.Array, lora_a: jax.Array, axes: tuple[str, ...], n_in: int, dtype: Any, dropout: float,
@@ -171,15 +229,26 @@ def branch(xa: jax.Array, lora_b: jax.Array, axes: tuple[str, ...], n_in: int, s
 
 def adapter_params(config: Any) -> int:
     """Elements of the adapters `config.lora` adds (PEFT's "trainable params"): rank x (in + the outs of its
-    modules) for each targeted HF module of each layer (one A for a fused module); 0 without LoRA."""
+    modules) for each targeted HF module of each layer that has it (one A for a fused module; a mixture of experts'
+    MLP modules in its dense layers alone), and each expert's for a targeted expert parameter of each sparse
+    layer; 0 without LoRA."""
     lora = spec(config)
     if lora is None:
         return 0
-    e, m, d = config.hidden_size, config.intermediate_size, config.head_dim
+    e, m, d, w = config.hidden_size, config.intermediate_size, config.head_dim, config.expert_width
     q, kv = config.num_heads * d, config.num_kv_heads * d
     sizes = {"q_proj": (e, q), "k_proj": (e, kv), "v_proj": (e, kv), "o_proj": (q, e), "gate_proj": (e, m),
              "up_proj": (e, m), "down_proj": (m, e)}
-    return config.num_layers * sum(lora.rank * (sizes[g[0]][0] + sum(sizes[t][1] for t in g)) for g in lora.groups)
+    experts = {"gate_proj": (e, w), "up_proj": (e, w), "down_proj": (w, e)}
+    sparse = len(config.sparse_layers)
+
+    def size(groups, sizes) -> int:
+        return sum(lora.rank * (sizes[g[0]][0] + sum(sizes[t][1] for t in g)) for g in groups)
+
+    mlp = [g for g in lora.groups if set(g) & {"gate_proj", "up_proj", "down_proj"}]
+    attention = [g for g in lora.groups if g not in mlp]
+    return (config.num_layers * size(attention, sizes) + (config.num_layers - sparse) * size(mlp, sizes)
+            + sparse * config.num_experts * size(lora.expert_groups, experts))
 
 
 # ---- params trees (pure dicts) -----------------------------------------------------------------------------
@@ -242,12 +311,20 @@ def merged(params: Mapping, config: Any) -> dict:
     module holding `lora_b` alone uses its fused group's A (a sibling's `lora_a`)."""
     lora = spec(config)
     scale, leaders = (lora.scale, lora.leaders()) if lora else (1.0, {})
+    expert_leaders = lora.leaders(experts=True) if lora else {}
 
     def walk(node: Mapping, stacked: bool) -> dict:
         out = {k: walk(v, stacked or (node is params and config.scan_layers and k == "layers"))
-               if isinstance(v, Mapping) else v for k, v in node.items() if k not in ADAPTERS}
+               if isinstance(v, Mapping) else v for k, v in node.items()
+               if k not in ADAPTERS and not str(k).endswith(EXPERT_SUFFIX)}
         for key, value in node.items():
-            if isinstance(value, Mapping) and "lora_b" in value:
+            if str(key).endswith(EXPERT_SUFFIX) and isinstance(value, Mapping):  # a stacked expert parameter's
+                name = key[: -len(EXPERT_SUFFIX)]
+                a = value["lora_a"] if "lora_a" in value else node[expert_leaders[name] + EXPERT_SUFFIX]["lora_a"]
+                weight = np.asarray(node[name])  # [(layers,) experts, in, out]: A_j B_j per expert
+                change = np.matmul(np.asarray(a, np.float32), np.asarray(value["lora_b"], np.float32)) * scale
+                out[name] = (weight + change).astype(weight.dtype)
+            elif isinstance(value, Mapping) and "lora_b" in value:
                 a = value["lora_a"] if "lora_a" in value else node[leaders[key]]["lora_a"]
                 kernel = np.asarray(value["kernel"])
                 out[key]["kernel"] = (kernel + delta(np.asarray(a, np.float32), np.asarray(value["lora_b"], np.float32),

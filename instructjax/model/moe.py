@@ -23,6 +23,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from instructjax.core.sharding import with_logical_constraint
+from instructjax.model import lora
 from instructjax.model.config import DecoderConfig
 from instructjax.model.layers import ACTIVATIONS, Dense, param
 
@@ -49,14 +50,21 @@ def route(logits: Array, k: int, renormalise: bool) -> tuple[Array, Array, Array
 
 class SparseMLP(nnx.Module):
     """The router (`router`: HF's `gate`) and the experts' gated MLPs, stacked: `gate_proj`, `up_proj` [E, embed,
-    width], `down_proj` [E, width, embed]."""
+    width], `down_proj` [E, width, embed]; where `config.lora` targets the experts, each targeted one's adapters
+    beside it (`gate_proj_lora`, ...: model/lora.py's `ExpertAdapters`, one A and B an expert)."""
 
     def __init__(self, config: DecoderConfig, *, rngs: nnx.Rngs):
         e, m, n = config.hidden_size, config.expert_width, config.num_experts
         self.router = Dense(e, n, ("embed", "expert"), config, name="router", rngs=rngs)
-        self.gate_proj = param(rngs, (n, e, m), ("expert", "embed", "mlp"), config)
-        self.up_proj = param(rngs, (n, e, m), ("expert", "embed", "mlp"), config)
-        self.down_proj = param(rngs, (n, m, e), ("expert", "mlp", "embed"), config)
+        shapes = {"gate_proj": (e, m, ("expert", "embed", "mlp")), "up_proj": (e, m, ("expert", "embed", "mlp")),
+                  "down_proj": (m, e, ("expert", "mlp", "embed"))}
+        for name, (n_in, n_out, axes) in shapes.items():
+            setattr(self, name, param(rngs, (n, n_in, n_out), axes, config))
+        for name, (n_in, n_out, axes) in shapes.items():
+            setattr(self, name + lora.EXPERT_SUFFIX,
+                    nnx.data(lora.expert_adapters(config, name, n_in, n_out, axes, rngs)))
+        spec = lora.spec(config)
+        self.lora_scale = spec.scale if spec is not None else 0.0
         self.k, self.renormalise, self.experts = config.experts_per_token, config.router_norm_topk, n
         self.activation, self.dtype = ACTIVATIONS[config.activation], jnp.dtype(config.dtype)
 
@@ -88,12 +96,25 @@ class SparseMLP(nnx.Module):
         order = jnp.argsort(choices, stable=True)  # copy i of the sorted list is choice order[i]
         sizes = jnp.bincount(choices, length=self.experts).astype(jnp.int32)
         copies = flat[order // k]
-        gate = jax.lax.ragged_dot(copies, self.gate_proj[...].astype(self.dtype), sizes)
-        up = jax.lax.ragged_dot(copies, self.up_proj[...].astype(self.dtype), sizes)
+        gate, shared = self.project(copies, "gate_proj", sizes)
+        up, _ = self.project(copies, "up_proj", sizes, shared)
         hidden = self.activation(checkpoint_name(gate, "gate_proj")) * checkpoint_name(up, "up_proj")
-        down = checkpoint_name(jax.lax.ragged_dot(hidden, self.down_proj[...].astype(self.dtype), sizes), "down_proj")
+        down = checkpoint_name(self.project(hidden, "down_proj", sizes)[0], "down_proj")
         unsorted = down[jnp.argsort(order)].reshape(n, k, -1)
         return jnp.sum(unsorted * weights[..., None], axis=1)
+
+    def project(self, x: Array, name: str, sizes: Array, shared: Array | None = None) -> tuple[Array, Array | None]:
+        """(x through each group's expert of parameter `name`, plus its LoRA branch x A_j B_j * alpha / rank where
+        it holds adapters; the branch's x A_j [copies, rank], which a fused group's later parameter takes as
+        `shared`, or None)."""
+        y = jax.lax.ragged_dot(x, getattr(self, name)[...].astype(self.dtype), sizes)
+        adapters = getattr(self, name + lora.EXPERT_SUFFIX)
+        if adapters is None:
+            return y, None
+        xa = shared if adapters.lora_a is None else jax.lax.ragged_dot(x, adapters.lora_a[...].astype(self.dtype),
+                                                                         sizes)
+        branch = jax.lax.ragged_dot(xa, adapters.lora_b[...].astype(self.dtype), sizes)
+        return y + branch * jnp.asarray(self.lora_scale, self.dtype), xa
 
 
 def stacked_stats(stats: list[RouterStats | None]) -> RouterStats | None:

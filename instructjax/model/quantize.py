@@ -1,8 +1,9 @@
 """A frozen base stored quantized (`model.quantize_base`, QLoRA): the LoRA-able projections of every layer keep
 their kernel as codes and a float32 absmax a block of `BLOCK` values (`Quantized` parameters of a
 `layers.QuantizedDense`, the base's own module: a plain `Dense` knows nothing of them), and each dequantizes its kernel
-to the compute dtype when it runs. The embedding, the norms and the output head stay as they are (bitsandbytes'
-`load_in_4bit` leaves them too).
+to the compute dtype when it runs. The embedding, the norms and the output head stay as they are, and so do a mixture of
+experts' router and experts (bitsandbytes' `load_in_4bit` leaves them too: it quantizes `nn.Linear` modules, and
+transformers' router and fused experts are parameters).
 
 The blocks are bitsandbytes' `Linear4bit`'s: it quantizes the HF weight [out, in] flattened row-major in blocks of
 64, so a block is 64 consecutive inputs of one output (`in` a multiple of 64). Our kernel is [*in, *out] (a
@@ -103,8 +104,9 @@ def problems(config: Any) -> list[str]:
         return []
     if config.lora is None:
         return [f"model.quantize_base={kind} stores a frozen base: it needs model.lora (QLoRA)"]
-    inputs = {"head_dim": config.head_dim, "hidden_size": config.hidden_size,
-              "intermediate_size": config.intermediate_size}  # the projections' last input axes
+    inputs = {"head_dim": config.head_dim, "hidden_size": config.hidden_size}  # the projections' last input axes
+    if "down_proj" in lora.module_names(config):  # a dense MLP (a mixture of experts may have none)
+        inputs["intermediate_size"] = config.intermediate_size
     return [f"model.quantize_base={kind} quantizes blocks of {BLOCK} inputs (bitsandbytes' layout): {name}="
             f"{size} is not a multiple of {BLOCK}" for name, size in inputs.items() if size % BLOCK]
 

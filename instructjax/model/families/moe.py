@@ -10,7 +10,10 @@ method, shared experts, Mixtral's training jitter, OLMoE's `clip_qkv`) is refuse
 Tensors: the layer's attention and norms, then the sparse block: Mixtral's `block_sparse_moe.gate` and
 `block_sparse_moe.experts.N.{w1,w3,w2}`, the others' `mlp.gate` and `mlp.experts.N.{gate,up,down}_proj` (the
 per-expert files transformers writes); Qwen3-MoE's dense layers keep LLaMA's MLP.
-LoRA: attention only (`lora_modules`): the experts are stacked parameters, not linear modules.
+LoRA: the attention (`lora_modules`) and the experts as PEFT's `target_parameters` of transformers' fused 3-D weights
+(`mlp.experts.gate_up_proj`, `mlp.experts.down_proj`: one A and B an expert), the same in the three families. Not
+Qwen3-MoE's dense MLPs (`mlp_only_layers`): PEFT 0.21 reads `gate_proj` / `up_proj` / `down_proj` targets on these
+models as the experts (its transformers v4 -> v5 conversion of MoE adapters), so an adapter of them would not load.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from instructjax.model.families.record import (
 )
 
 ATTENTION_LORA = {name: (name,) for name in ("q_proj", "k_proj", "v_proj", "o_proj")}
+# the experts' fused parameters in transformers' modules (PEFT's `target_parameters`) -> our stacked expert parameters
+EXPERT_LORA = {"mlp.experts.gate_up_proj": ("gate_proj", "up_proj"), "mlp.experts.down_proj": ("down_proj",)}
 # each experts key's other spelling (transformers' `attribute_map`: Qwen3-MoE saves num_local_experts)
 ALIAS = {"num_experts": "num_local_experts", "num_local_experts": "num_experts"}
 # config.json keys of routers we do not run, each with the value that means "not used"
@@ -119,11 +124,12 @@ def write_olmoe(config: DecoderConfig) -> dict[str, Any]:
 MIXTRAL = Family(switches=dict(router_norm_topk=True), router_aux_loss=0.001,
                  name="mixtral", architecture="MixtralForCausalLM", model_type="mixtral", read=read_mixtral,
                  write=write_mixtral, layer=layer_tensors, moe=mixtral_experts, norm_eps_default=1e-5,
-                 lora_modules=dict(ATTENTION_LORA))
+                 lora_modules=dict(ATTENTION_LORA), lora_parameters=dict(EXPERT_LORA))
 QWEN3_MOE = Family(switches=dict(qk_norm=True), router_aux_loss=0.001,
                    name="qwen3_moe", architecture="Qwen3MoeForCausalLM", model_type="qwen3_moe", read=read_qwen3_moe,
                    write=write_qwen3_moe, layer=layer_tensors, moe=qwen3_moe_experts, window_flag="use_sliding_window",
-                   lora_modules=dict(ATTENTION_LORA))
+                   lora_modules=dict(ATTENTION_LORA), lora_parameters=dict(EXPERT_LORA))
 OLMOE = Family(switches=dict(qk_norm=True, qk_norm_whole=True), router_aux_loss=0.01,
                name="olmoe", architecture="OlmoeForCausalLM", model_type="olmoe", read=read_olmoe, write=write_olmoe,
-               layer=layer_tensors, moe=qwen3_moe_experts, norm_eps_default=1e-5, lora_modules=dict(ATTENTION_LORA))
+               layer=layer_tensors, moe=qwen3_moe_experts, norm_eps_default=1e-5,
+               lora_modules=dict(ATTENTION_LORA), lora_parameters=dict(EXPERT_LORA))

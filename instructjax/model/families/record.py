@@ -57,7 +57,9 @@ class Family:
       experts' `moe(config)`: its sparse block's (router and experts), in place of the MLP's in its sparse layers;
       `router_aux_loss` its load-balancing coefficient (a config's `model.router_aux_loss` default).
     Adapters (model/lora.py): `lora_modules`, the HF linear modules a LoRA may target (PEFT's `target_modules`),
-      each -> our modules it is, several for a fused one in the order HF fuses them (Phi-3's `qkv_proj`: q, k, v).
+      each -> our modules it is, several for a fused one in the order HF fuses them (Phi-3's `qkv_proj`: q, k, v);
+      a mixture of experts' `lora_parameters`, its experts' fused 3-D HF parameters a LoRA may target (PEFT's
+      `target_parameters`, one A and B per expert), each -> our stacked expert parameters, in HF's fused order.
     """
 
     name: str
@@ -76,6 +78,7 @@ class Family:
     # the decoder switches the family sets (DecoderConfig's fields; the rest are LLaMA's defaults)
     switches: dict[str, Any] = field(default_factory=dict)
     lora_modules: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(LLAMA_LORA))
+    lora_parameters: dict[str, tuple[str, ...]] = field(default_factory=dict)
     moe: Callable[[DecoderConfig], list[Tensor]] | None = None
     router_aux_loss: float = 0.0  # the load-balancing loss's published coefficient (HF's `router_aux_loss_coef`)
 
