@@ -16,8 +16,8 @@ recomputes its cache there.
 Where the weights split over fsdp, each layer's are gathered whole for its turn. Left free, XLA:TPU's scheduler
 starts those gathers early and holds many layers' at once (`plan --compile --eval`: LLaMA-2-13B's decode step on a
 v5e-16 had 11.5 GiB of temporaries, about 19 of its layers' weights; 8 of its layers on a v5e-8, 4.4 GiB, and 1.9
-GiB with what follows); an optimization barrier ties layer i + 1's weights to layer i's input, so at most two layers' lie gathered (this one's
-and the next one's, fetched while this one runs).
+GiB with what follows); an optimization barrier ties layer i + 1's weights to layer i's input, so at most two
+layers' lie gathered (this one's and the next one's, fetched while this one runs).
 """
 
 from __future__ import annotations
