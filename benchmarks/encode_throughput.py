@@ -88,7 +88,7 @@ def ours(task: str, workers: int | None = None) -> tuple[float, float, int]:
 
     if workers is not None:
         os.environ["INSTRUCTJAX_ENCODE_WORKERS"] = str(workers)
-    examples._STREAMS.clear()
+    examples.streams().clear()
     cpu, start = cpu_seconds(), time.perf_counter()
     got = examples.encoded_examples(task)
     seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu
@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{source}: ours {runs[source][-1][0]:.2f} s, encode_batch {refs[source][-1][0]:.2f} s", flush=True)
         serial = {source: ours(task, workers=0)[0] for source, task in tasks.items()} if args.serial else {}
         pool.shutdown()
-        examples._STREAMS.clear()
+        examples.streams().clear()
 
     def median(values: list[tuple[float, float, int]], k: int) -> float:
         return statistics.median(v[k] for v in values)
