@@ -4,8 +4,8 @@ full-context sequence each, the fill and decode steps' own buffers: eval/placeme
 (`eval.slots` overrides them), and, with `plan --compile --eval`, the engine's fill and decode steps
 (model/decoding.py) built by the TPU compiler for the slice from abstract state alone, beside plan's figures.
 
-The evaluation mesh is the one `generate` and `eval` take by default (data parallelism where the weights fit a
-device, else fsdp over every device; `eval_mesh`). It lives at the CLI layer because it reads the training side's
+The evaluation mesh is the one `eval` takes: the run's `mesh:` where it names one, else the default (data
+parallelism where the weights fit a device, else fsdp over every device; `eval_mesh`). It lives at the CLI layer because it reads the training side's
 topologies and libtpu devices (train/) and the evaluation's placement (eval/), which do not import each other.
 """
 
@@ -76,7 +76,12 @@ def eval_plan(config: RunConfig, topology: Topology) -> EvalPlan:
 
     model = evaluated_model(config, topology)
     hbm, given = int(topology.hbm_gib * GIB), eval_section(config.eval).slots
-    sizes = placement.default_sizes(model, topology.devices, int(USABLE * hbm), given or DEFAULT_SLOTS)
+    if isinstance(config.mesh, dict):  # the run's mesh, as `eval` takes it (auto: the default's)
+        from instructjax.core.sharding import mesh_sizes
+
+        sizes = mesh_sizes(config.mesh, topology.devices)
+    else:
+        sizes = placement.default_sizes(model, topology.devices, int(USABLE * hbm), given or DEFAULT_SLOTS)
     length, shards = model.max_position_embeddings, sizes["data"] * sizes["fsdp"]
     slots = given or placement.choose_slots(model, sizes, length=length, memory=USABLE * hbm, most=DEFAULT_SLOTS)
     rows = fill_rows(bucket(length), slots=slots, shards=shards)
@@ -109,12 +114,14 @@ class CompiledEvalStep:
     temporaries: int
     compile_s: float
     collectives: dict[str, dict[str, int]] = field(default_factory=dict)
+    aliases: int = 0  # of the outputs, the bytes that are donated arguments updated in place (the cache)
 
 
-def compile_eval(config: RunConfig, topology: Topology) -> tuple[EvalPlan, list[CompiledEvalStep]]:
-    """The engine's fill step (a full call of full-context prompts) and decode step (every slot, `chunk` tokens)
-    lowered on a mesh of `topology`'s devices (libtpu's description of a slice, or this machine's) from abstract
-    parameters and cache, compiled, and measured beside `eval_plan`'s figures."""
+def compile_eval(config: RunConfig, topology: Topology, steps: tuple[str, ...] = ("fill", "decode")
+                 ) -> tuple[EvalPlan, list[CompiledEvalStep]]:
+    """The engine's fill step (a full call of full-context prompts) and decode step (every slot, `chunk` tokens),
+    those of them in `steps`, lowered on a mesh of `topology`'s devices (libtpu's description of a slice, or this
+    machine's) from abstract parameters and cache, compiled, and measured beside `eval_plan`'s figures."""
     from flax import nnx
 
     from instructjax.core import sharding
@@ -149,9 +156,9 @@ def compile_eval(config: RunConfig, topology: Topology) -> tuple[EvalPlan, list[
             graphdef, state, cache, small((plan.slots,)), small((plan.slots,)), keys(plan.slots), small((plan.slots,)),
             small((), jnp.float32), small((), jnp.float32), chunk=chunk, span=plan.length)),
     }
-    steps = []
+    compiled_steps = []
     with jax.set_mesh(mesh):
-        for name, (shape, lower) in lowered.items():
+        for name, (shape, lower) in ((name, lowered[name]) for name in steps):
             start = time.perf_counter()
             compiled = lower().compile()
             seconds = time.perf_counter() - start
@@ -159,9 +166,10 @@ def compile_eval(config: RunConfig, topology: Topology) -> tuple[EvalPlan, list[
             xla = (stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
                    + stats.temp_size_in_bytes)
             _, collectives = program_figures(compiled.as_text())
-            steps.append(CompiledEvalStep(name, shape, int(xla), plan.step_total(name), int(stats.temp_size_in_bytes),
-                                          round(seconds, 1), collectives))
-    return plan, steps
+            compiled_steps.append(CompiledEvalStep(name, shape, int(xla), plan.step_total(name),
+                                                   int(stats.temp_size_in_bytes), round(seconds, 1), collectives,
+                                                   int(stats.alias_size_in_bytes)))
+    return plan, compiled_steps
 
 
 def format_compiled(plan: EvalPlan, steps: list[CompiledEvalStep]) -> str:

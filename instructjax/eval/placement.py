@@ -150,20 +150,24 @@ def _layer_weights(config: DecoderConfig) -> int:
 
 def step_bytes(config: DecoderConfig, sizes: Mapping[str, int], *, slots: int, length: int, fill_rows: int,
                width: int) -> dict[str, int]:
-    """The fill and decode steps' own buffers on one device (beyond the weights and the cache), an estimate: the
-    decode step's logits of its slots (float32 and the compute dtype) and a copy of the cache; the fill step's, for
-    `fill_rows` prompts of `width` tokens, attention scores over the cache's `length` rows (float32 and the compute dtype), its widest
-    activations (the MLP's) and hidden states; in both, where the weights split over fsdp, one layer's weights and the
-    output projection gathered whole (over tensor) in the compute dtype."""
+    """The fill and decode steps' own buffers on one device (beyond the weights and the cache), an estimate of what
+    XLA:TPU allocates (checked against `plan --compile --eval`; model/decoding.py says why at most two layers' weights
+    lie gathered):
+    - both: where the weights split over fsdp, two layers' weights and the output projection gathered whole (over
+      tensor) in the compute dtype;
+    - decode: its slots' logits (float32 and the compute dtype), and every layer's weights laid out again for
+      matrix-vector products (a second copy of them as they lie on the device: the whole layer where they split
+      over fsdp, q, k and v where they do not);
+    - fill, for `fill_rows` prompts of `width` tokens: attention scores over the cache's `length` rows (float32
+      and the compute dtype), its widest activations (the MLP's) and hidden states."""
     c = np.dtype(config.dtype).itemsize
-    shards, tensor = sizes["data"] * sizes["fsdp"], sizes["tensor"]
+    shards, tensor, fsdp = sizes["data"] * sizes["fsdp"], sizes["tensor"], sizes["fsdp"]
     heads = config.num_heads // tensor if config.num_heads % tensor == 0 else config.num_heads
-    gathered = (_layer_weights(config) + config.hidden_size * config.vocab_size) * c // tensor \
-        if sizes["fsdp"] > 1 else 0
+    gathered = (2 * _layer_weights(config) + config.hidden_size * config.vocab_size) * c // tensor if fsdp > 1 else 0
+    qkv = config.hidden_size * config.head_dim * (config.num_heads + 2 * config.num_kv_heads)
+    relaid = config.num_layers * (_layer_weights(config) // fsdp if fsdp > 1 else qkv) * c // tensor
     rows = max(1, slots // shards)
-    # XLA:TPU keeps a second copy of the cache in the decode loop's carry (its temporaries held 11.5 GiB beside a
-    # 6.25 GiB cache for LLaMA-2-13B on a v5e-16, `plan --compile --eval`)
-    decode = rows * config.vocab_size * (4 + c) + gathered + cache_bytes_per_device(config, sizes, slots, length)
+    decode = rows * config.vocab_size * (4 + c) + gathered + relaid
     tokens = max(1, fill_rows // shards) * width
     scores = tokens * heads * length * (4 + c)
     acts = tokens * (config.hidden_size * (4 + 3 * c) + 3 * config.intermediate_size * c // tensor)
