@@ -176,7 +176,7 @@ def test_a_lora_sft_then_dpo_on_qwen3_moe_resumes_exports_scores_and_generates(t
     assert cli.main(["import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ckpt")]) == 0
     rows = tmp_path / "rows.jsonl"
     rows.write_text("".join(json.dumps(r) + "\n" for r in pm.ALPACA_ROWS))
-    sft = {"run_dir": str(tmp_path / "sft"), "max_steps": 2, "log_every": 1, "seed": 0,
+    sft = {"run_dir": str(tmp_path / "sft"), "max_steps": 1, "log_every": 1, "seed": 0,
            "model": {"init_from": str(tmp_path / "ckpt"), "dtype": "float32", "attention": "xla",
                      "lora": {"rank": 4, "alpha": 8, "targets": "all-linear"}},
            "data": {"mixture": "rows", "seq_len": 128, "global_batch": 8, "pack": False},
@@ -189,7 +189,7 @@ def test_a_lora_sft_then_dpo_on_qwen3_moe_resumes_exports_scores_and_generates(t
     def dpo(name: str, *extra: str) -> int:
         config = {"run_dir": str(tmp_path / name), "max_steps": 4, "log_every": 1, "seed": 0,
                   "model": {"init_from": str(tmp_path / "sft"), "dtype": "float32", "attention": "xla"},
-                  "data": {"mixture": "preference_builtin", "seq_len": 512, "global_batch": 4, "pack": "per_step"},
+                  "data": {"mixture": "preference_builtin", "seq_len": 512, "global_batch": 8, "pack": "per_step"},
                   "optim": {"lr": 1e-2, "warmup_ratio": 0.0, "loss_chunk": 64},
                   "objective": {"loss": "dpo", "beta": 0.1, "reference": "cached"},
                   "checkpoint": {"every": 2, "async_save": False}}
