@@ -68,7 +68,8 @@ def weight_bytes(config: DecoderConfig, sizes: Mapping[str, int]) -> int:
     """The parameters' bytes on one device of a mesh of `sizes`, sharded by the rules, in `config.param_dtype`."""
     mesh = jax.sharding.AbstractMesh(tuple(sizes.values()), tuple(sizes))
     total = 0
-    for leaf in jax.tree.leaves(nnx.state(abstract_model(config.replace(scan_layers=True)), nnx.Param),
+    alike = len({config.sparse_layer(i) for i in range(config.num_layers)}) == 1  # Qwen3-MoE may mix its layers
+    for leaf in jax.tree.leaves(nnx.state(abstract_model(config.replace(scan_layers=alike)), nnx.Param),
                                 is_leaf=lambda x: isinstance(x, nnx.Variable)):
         value = leaf.get_value()
         names = leaf.get_metadata().get("out_sharding")
