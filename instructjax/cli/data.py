@@ -18,12 +18,7 @@ import numpy as np
 from instructjax.cli import add_on_bad_row, load_run_config, prepare
 from instructjax.core.config import DataSection, RunConfig
 from instructjax.core.errors import ConfigError
-from instructjax.data.blends import specs
-from instructjax.data.schema import Conversation
-from instructjax.data.selection.embeddings import MODEL_ENCODERS, get_encoder
-from instructjax.data.sources.registry import SOURCES
 from instructjax.data.sources.synthetic import BUILTIN, LENGTH_STATS, TULU_TABLE1
-from instructjax.train import setup as run_setup
 
 if TYPE_CHECKING:
     from instructjax.data.binding import Resolved
@@ -90,6 +85,9 @@ def command_target(args) -> Target:
     """Turn NAME / --config / --data-files into a bound task or mixture. With --config the tasks are bound to
     that run: its model's tokenizer, its chat template and its row length (`instructjax.data.binding`)."""
     from instructjax.data.binding import bind, specs_of
+    from instructjax.data.blends import specs
+    from instructjax.data.sources.registry import SOURCES
+    from instructjax.train import setup as run_setup
 
     overrides = list(getattr(args, "overrides", []))
     if args.name and "=" in args.name:  # `data preview --config C data.seq_len=512`: an override, not a task
@@ -145,7 +143,9 @@ def task_stats(task: str, count: int | None = None, seed: int | None = None) -> 
     trained-token totals and what happened to the rows (read, kept, repaired, skipped) of one task, or of
     its subset of `count` drawn with `seed`, measured with the task's tokenizer, and the digest of the
     examples a run trains on (see `subset_sha256`)."""
+    from instructjax.data.blends import specs
     from instructjax.data.encoding.tokenizer import Tokenizer
+    from instructjax.data.schema import Conversation
     from instructjax.data.tokenized import examples as examples_lib
 
     spec = specs.task(task)
@@ -190,6 +190,7 @@ def task_stats(task: str, count: int | None = None, seed: int | None = None) -> 
 
 def run_stats(args) -> int:
     from instructjax.data.batches.pipeline import DataPipeline
+    from instructjax.data.blends import specs
 
     target = command_target(args)
     base = target.config.data if target.config else DataSection(mixture=target.name)
@@ -257,7 +258,9 @@ def highlight(tokenizer, tokens: np.ndarray, mask: np.ndarray, color: bool) -> s
 
 def run_preview(args) -> int:
     from instructjax.data.batches.pipeline import DataPipeline
+    from instructjax.data.blends import specs
     from instructjax.data.encoding.tokenizer import Tokenizer
+    from instructjax.data.schema import Conversation
     from instructjax.data.tokenized import examples as examples_lib
 
     target = command_target(args)
@@ -303,8 +306,11 @@ def run_preview(args) -> int:
 
 
 def run_select(args) -> int:
+    from instructjax.data.blends import specs
     from instructjax.data.encoding.encode import response_token_length
     from instructjax.data.encoding.tokenizer import Tokenizer
+    from instructjax.data.schema import Conversation
+    from instructjax.data.selection.embeddings import MODEL_ENCODERS, get_encoder
     from instructjax.data.selection.methods import select, write_selection
     from instructjax.data.tokenized import examples as examples_lib
 

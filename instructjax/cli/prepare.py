@@ -11,11 +11,8 @@ import time
 from pathlib import Path
 
 from instructjax.cli import add_on_bad_row, load_run_config, on_bad_row_overrides
-from instructjax.core import hosts, progress, stopping, storage
+from instructjax.core import stopping, storage
 from instructjax.core.errors import ConfigError
-from instructjax.data import cache
-from instructjax.data.blends import specs
-from instructjax.train import setup as run_setup
 
 
 def add_parser(subparsers) -> None:
@@ -46,8 +43,12 @@ def run_prepare(args) -> int:
 
 
 def _prepare(args) -> int:
+    from instructjax.core import hosts, progress
+    from instructjax.data import cache
+    from instructjax.data.blends import specs
     from instructjax.data.encoding import pool
     from instructjax.data.tokenized import examples, stream
+    from instructjax.train import setup as run_setup
 
     beam = _beam_runner(args)  # before any work: a runner or options that cannot run, or Beam missing
     config = load_run_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
