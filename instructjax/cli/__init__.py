@@ -15,11 +15,9 @@ import logging
 import os
 import sys
 
-from instructjax.core import progress
 from instructjax.core.config import load_config
 from instructjax.core.context import Context, current
 from instructjax.core.errors import InstructJaxError
-from instructjax.core.libtpu import quiet_without_tpu
 from instructjax.core.stopping import EXIT_PREEMPTED, Stopped
 from instructjax.core.user_modules import import_modules
 from instructjax.eval.config import eval_section
@@ -98,12 +96,12 @@ def _leaf_parsers(sub) -> list[argparse.ArgumentParser]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from instructjax.core import progress
+    from instructjax.core.libtpu import quiet_without_tpu
+
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # TensorFlow (via seqio) is chatty on import
-
     quiet_without_tpu()  # libtpu is installed everywhere; without TPU chips it must not look for a TPU VM
-
     progress.quiet_libraries()  # off a terminal: the libraries' own bars off (ours print plain lines)
-
     logging.getLogger("absl").setLevel(logging.WARNING)  # Orbax's INFO lines (through absl); its warnings stay
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)

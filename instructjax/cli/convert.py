@@ -5,8 +5,6 @@ from __future__ import annotations
 import resource
 import time
 
-from instructjax.model.config import param_count
-
 
 def register(subparsers) -> None:
     imp = subparsers.add_parser("import", help="a Hugging Face model (any supported family) -> an instructjax checkpoint")
@@ -51,6 +49,7 @@ def _report(what: str, start: float) -> None:
 
 def run_import(args) -> int:
     from instructjax.convert.saved import import_hf
+    from instructjax.model.config import param_count
 
     start = time.perf_counter()
     config = import_hf(args.hf, args.out, mesh=_parse_mesh(args.mesh), chat_template=args.chat_template,
@@ -63,6 +62,7 @@ def run_import(args) -> int:
 
 def run_export(args) -> int:
     from instructjax.convert.saved import export_checkpoint
+    from instructjax.model.config import param_count
 
     start = time.perf_counter()
     config = export_checkpoint(args.checkpoint, args.out, dtype=args.dtype, tokenizer=args.tokenizer,

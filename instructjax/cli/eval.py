@@ -12,18 +12,11 @@ import json
 import sys
 
 from instructjax.cli import load_run_config
-from instructjax.core import hosts, storage
+from instructjax.core import storage
 from instructjax.core.errors import ConfigError
-from instructjax.eval import pairwise as pw
-from instructjax.eval import quality, tulu
 from instructjax.eval.config import JudgeEndpoint
 from instructjax.eval.harness import numeric, results_json, run_lm_eval, run_suite
-from instructjax.eval.humaneval import load_problems
-from instructjax.eval.judge import ask
-from instructjax.eval.judge_prompts import pairwise_prompt
-from instructjax.eval.pairwise import read_jsonl, write_jsonl
 from instructjax.eval.run import EVAL_PARTS, evaluate_config
-from instructjax.eval.tulu.codex import codex_eval
 
 
 def register(subparsers) -> None:
@@ -126,6 +119,7 @@ def _placement_args(p: argparse.ArgumentParser) -> None:
 def _placement(args) -> dict:
     """The placement options; under several JAX processes (JAX_COORDINATOR_ADDRESS set: a pod's hosts) their
     runtime is started first, so that the mesh spans every host's devices."""
+    from instructjax.core import hosts
     from instructjax.eval.generate import DEFAULT_SLOTS
     from instructjax.eval.placement import parse_mesh
 
@@ -167,6 +161,8 @@ def _generator(args, cache: str | None = None):
 
 
 def _rows(path: str) -> list[dict]:
+    from instructjax.eval.pairwise import read_jsonl
+
     return read_jsonl(path)
 
 
@@ -188,6 +184,7 @@ def run_score(args) -> int:
 
 def run_generate(args) -> int:
     from instructjax.eval.generate import Sampling, complete
+    from instructjax.eval.pairwise import write_jsonl
 
     rows = _rows(args.prompts)
     storage.check_bucket(args.out, "--out")  # before generating, not after
@@ -228,6 +225,10 @@ def run_eval(args) -> int:
 
 def run_tulu(args) -> int:
     """`eval --suite tulu`: open-instruct's scripts (eval/tulu) on the model; --prompts-only: their requests."""
+    from instructjax.eval import tulu
+    from instructjax.eval.pairwise import write_jsonl
+    from instructjax.eval.tulu.codex import codex_eval
+
     chat_format = tulu.chat_format_of(args.model) if args.chat_format == "auto" else args.chat_format
     if args.prompts_only:
         from instructjax.convert.saved import saved_tokenizer
@@ -263,6 +264,8 @@ def run_eval_config(args) -> int:
 
 def _first_host() -> bool:
     """Whether this process writes the results (the first of several hosts, or the only one)."""
+    from instructjax.core import hosts
+
     return hosts.process()[0] == 0
 
 
@@ -276,6 +279,9 @@ def _print_and_write(summary: dict, out: str | None) -> None:
 
 
 def run_pairwise(args) -> int:
+    from instructjax.eval import pairwise as pw
+    from instructjax.eval.judge_prompts import pairwise_prompt
+
     if args.action == "requests":
         if not args.a or (args.mode != "flask" and not args.b):
             raise ConfigError(f"eval pairwise requests --mode {args.mode} needs --a" + ("" if args.mode == "flask" else
@@ -301,6 +307,10 @@ def run_pairwise(args) -> int:
 
 
 def run_quality(args) -> int:
+    from instructjax.eval import pairwise as pw
+    from instructjax.eval import quality
+    from instructjax.eval.judge import ask
+
     rows = _rows(args.data)
     requests = quality.quality_requests(rows)
     if args.action == "requests":
@@ -324,6 +334,9 @@ def run_quality(args) -> int:
 
 
 def run_codex(args) -> int:
+    from instructjax.eval.humaneval import load_problems
+    from instructjax.eval.tulu.codex import codex_eval
+
     problems = load_problems()
     if args.limit:
         problems = dict(list(problems.items())[: args.limit])

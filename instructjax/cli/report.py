@@ -14,9 +14,6 @@ from pathlib import Path
 
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError
-from instructjax.report.coverage import report
-from instructjax.report.families import write_report
-from instructjax.report.runs import config_paths
 
 
 def register(subparsers) -> None:
@@ -30,6 +27,10 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
+    from instructjax.report.coverage import report
+    from instructjax.report.families import write_report
+    from instructjax.report.runs import config_paths
+
     paths = config_paths(args.configs)
     if args.coverage:
         print(report(paths))

@@ -56,8 +56,6 @@ from instructjax.eval import run as ev_run
 from instructjax.eval.config import eval_section
 from instructjax.eval.judged import JUDGED_PARTS, pending, resolve_runs, waiting
 from instructjax.eval.run import config_parts, evaluate_config, model_step
-from instructjax.model.config import runs_only_keys
-from instructjax.report.runs import config_paths
 
 if TYPE_CHECKING:
     import argparse
@@ -130,6 +128,8 @@ def _marker(path) -> dict:
 
 def trained_step(config: RunConfig) -> int | None:
     """The step RUN_DIR/DONE records, when it stands for this config's training (None otherwise)."""
+    from instructjax.model.config import runs_only_keys
+
     done = _marker(storage.join(config.run_dir, "DONE"))
     return done.get("step") if done.get("config") == training_digest(config, not_training=runs_only_keys()) else None
 
@@ -243,6 +243,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _sweep(args: argparse.Namespace) -> int:
+    from instructjax.report.runs import config_paths
+
     paths = config_paths(args.configs)
     loaded, failed_to_load = {}, {}
     for path in paths:

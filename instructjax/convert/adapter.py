@@ -123,7 +123,6 @@ def read_adapter(adapter_dir: str, config: DecoderConfig) -> tuple[DecoderConfig
     if not os.path.isfile(weights):
         raise ConfigError(f"--adapter {adapter_dir}: no adapter_model.safetensors (PEFT's safe_serialization)")
     tensors = load_file(weights)
-
     abstract, tree = abstract_params(config), {}
     for module, entry in _adapted(config):
         paths = [path[:-1] for path, _ in entry.parts]

@@ -19,9 +19,6 @@ from typing import TYPE_CHECKING
 
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError
-from instructjax.eval.pairwise import write_jsonl
-from instructjax.eval.protocols import bbh_answer, gsm8k_answer, protocol_samples, score_suite_task
-from instructjax.eval.suite import lm_eval_runs, protocols
 
 if TYPE_CHECKING:
     from lm_eval.tasks import TaskManager
@@ -193,6 +190,10 @@ def run_suite(model: str, name: str, *, backend: str = "auto", include_path: str
     their seeded subsets (all documents, or lm-eval's first `limit`, when a limit is given) and scored from
     the raw generations by the paper's answer rule (`protocol` in their entry). `samples_out`: JSONL of
     every protocol document's response and extracted answer."""
+    from instructjax.eval.pairwise import write_jsonl
+    from instructjax.eval.protocols import protocol_samples
+    from instructjax.eval.suite import lm_eval_runs, protocols
+
     by_task = protocols(name)
     if by_task and limit is not None:
         print(f"instructjax: note: --limit takes lm-eval's first documents of {', '.join(by_task)}, not the "
@@ -240,6 +241,8 @@ def run_suite(model: str, name: str, *, backend: str = "auto", include_path: str
 
 def _record(summary: dict, logged: list, shots: int, here: dict, leaves: dict, out: dict) -> None:
     """One lm-eval call's metrics into the suite's summary, its protocol tasks scored by the paper's rule."""
+    from instructjax.eval.protocols import bbh_answer, gsm8k_answer, score_suite_task
+
     for task, metrics in out["results"].items():
         summary[f"{task}|{shots}-shot"] = numeric(metrics)
     for task, protocol in here.items():

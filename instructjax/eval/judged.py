@@ -23,11 +23,7 @@ from collections.abc import Callable
 
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError, DataError
-from instructjax.eval import alpacaeval, mt_bench
-from instructjax.eval import pairwise as pw
-from instructjax.eval.alpacaeval import ALPACA_EVAL_2, REFERENCE_FILES, package, read_reference
 from instructjax.eval.config import Comparison, EvalSection
-from instructjax.eval.judge_prompts import DEFAULT_PAIRWISE_PROMPT, pairwise_prompt
 
 JUDGE_MODE = {"pairwise": "pairwise", "alpaca_eval": "alpacaeval", "flask": "flask"}  # config key -> pairwise.py
 JUDGED_PARTS = (*JUDGE_MODE, "mt_bench")  # every part a judge scores (MT-Bench: eval/mt_bench.py)
@@ -89,12 +85,17 @@ def judge_files(ev: EvalSection, mode: str, out: str) -> dict[str, str | None]:
 
 def _reference(section) -> str:
     """The default AlpacaEval set of the part's annotator: the hub's file name (eval/alpacaeval.py)."""
+    from instructjax.eval.alpacaeval import ALPACA_EVAL_2, REFERENCE_FILES
+
     return REFERENCE_FILES.get(section.annotator or ALPACA_EVAL_2, "reference.json")
 
 
 def check_inputs(ev: EvalSection, mode: str, out: str) -> None:
     """A one-line ConfigError for an input file the part needs that is not there (before any work). Another run's
     outputs are not inputs: a comparison waits for them."""
+    from instructjax.eval.alpacaeval import package
+    from instructjax.eval.judge_prompts import pairwise_prompt
+
     files = judge_files(ev, mode, out)
     needed = [("prompts", files["prompts"]), ("against", files.get("against"))]
     if mode == "alpaca_eval":
@@ -113,6 +114,8 @@ def _judge(ev: EvalSection, part: str, requests: list[dict], replies_path: str, 
     """The judge's replies to `requests`: asked of the part's judge (`EvalSection.judge_of`; cached where the
     protocol `parses` them) unless the config names a replies file, else read from `replies_path`; None when there
     are none yet."""
+    from instructjax.eval import pairwise as pw
+
     endpoint = ev.judge_of(part)
     if endpoint is not None and not recorded:
         from instructjax.eval.judge import ask
@@ -137,6 +140,7 @@ def run_judged(generator: Callable[[], object], ev: EvalSection, mode: str, out:
                reuse_outputs: bool = False) -> dict:
     """One judged part (the module doc). `generator()` gives the model's generator (loaded when first needed);
     `reuse_outputs`: the model's outputs of an earlier run of this same model and block are taken as they are."""
+    from instructjax.eval import pairwise as pw
     from instructjax.eval.generate import Sampling, complete
 
     section, files = ev.judged(mode), judge_files(ev, mode, out)
@@ -172,11 +176,16 @@ def run_judged(generator: Callable[[], object], ev: EvalSection, mode: str, out:
 
 def _alpaca_eval_prompts(reference: str) -> list[dict]:
     """The AlpacaEval instructions, in the reference file's order."""
+    from instructjax.eval.alpacaeval import read_reference
+
     return [{"id": str(i), "instruction": row["instruction"]} for i, row in enumerate(read_reference(reference))]
 
 
 def _alpaca_eval(ev: EvalSection, outputs: list[dict], files: dict, out: str) -> dict:
     """AlpacaEval through the `alpaca_eval` package (eval/alpacaeval.py): its annotator's requests, judged."""
+    from instructjax.eval import alpacaeval
+    from instructjax.eval import pairwise as pw
+
     section = ev.judged("alpaca_eval")
     annotator = section.annotator or alpacaeval.ALPACA_EVAL_2
     reference = alpacaeval.read_reference(files["against"])
@@ -204,6 +213,9 @@ def _alpaca_eval(ev: EvalSection, outputs: list[dict], files: dict, out: str) ->
 
 def _compare(ev: EvalSection, outputs: list[dict], c: dict, out: str) -> dict:
     """One pairwise comparison: the model (system A) against the other outputs, in both orders."""
+    from instructjax.eval import pairwise as pw
+    from instructjax.eval.judge_prompts import DEFAULT_PAIRWISE_PROMPT, pairwise_prompt
+
     result = {"against": c["against"], "prompt": c["prompt"] or DEFAULT_PAIRWISE_PROMPT}
     if not storage.path(c["against"]).is_file():
         return {**result, "outputs": f"none yet: {c['against']} (evaluate that run first, then this one again)"}
@@ -233,6 +245,9 @@ def mt_bench_files(ev: EvalSection, out: str) -> dict[str, str | None]:
 def run_mt_bench(generator: Callable[[], object], ev: EvalSection, out: str, *, reuse_outputs: bool = False) -> dict:
     """MT-Bench (eval/mt_bench.py): the model's two-turn answers, the judge's requests, and the turn 1 and turn 2
     mean ratings once the judge's replies are there."""
+    from instructjax.eval import mt_bench
+    from instructjax.eval import pairwise as pw
+
     section, files = ev.protocol("mt_bench"), mt_bench_files(ev, out)
     questions = mt_bench.read_questions(files["questions"], files["references"])
     if reuse_outputs and storage.path(files["outputs"]).exists():

@@ -30,7 +30,6 @@ from instructjax.core import storage, tracking
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError, InstructJaxError
 from instructjax.core.run_identity import digest
-from instructjax.eval import tulu
 from instructjax.eval.config import EvalSection, eval_section
 from instructjax.eval.harness import numeric, results_json, run_lm_eval, run_suite
 from instructjax.eval.judged import (
@@ -41,12 +40,6 @@ from instructjax.eval.judged import (
     run_judged,
     run_mt_bench,
 )
-from instructjax.eval.long_form import require_nltk_data, run_long_form
-from instructjax.eval.suite import CODEX_EVAL, TULU, check_suite, suite
-from instructjax.eval.toxigen import run_toxigen
-from instructjax.eval.truthfulqa import run_truthfulqa
-from instructjax.eval.tulu import check_data
-from instructjax.eval.tulu.codex import codex_eval, problems
 
 EVAL_PARTS = ("suite", "tasks", "codex", "toxigen", "truthfulqa", "long_form", "mt_bench", "pairwise", "alpaca_eval",
               "flask")
@@ -56,6 +49,8 @@ PROTOCOLS = ("toxigen", "truthfulqa", "long_form")
 
 def config_parts(ev: EvalSection) -> list[str]:
     """The parts of EVAL_PARTS an EvalSection names, in that order (codex: as asked, else with the suite's)."""
+    from instructjax.eval.suite import CODEX_EVAL, TULU, check_suite, suite
+
     parts = []
     if ev.suite:
         parts.append("suite")
@@ -137,8 +132,15 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
     engine. `endpoint` (eval/endpoint.py's Endpoint): a server generates instead of this process."""
     from instructjax.convert.saved import is_hf_dir, split_checkpoint_path
     from instructjax.core.checkpoint import checkpoints_dir
+    from instructjax.eval import tulu
     from instructjax.eval.endpoint import EndpointError
     from instructjax.eval.engines import engine_record, load_engine
+    from instructjax.eval.long_form import require_nltk_data, run_long_form
+    from instructjax.eval.suite import TULU
+    from instructjax.eval.toxigen import run_toxigen
+    from instructjax.eval.truthfulqa import run_truthfulqa
+    from instructjax.eval.tulu import check_data
+    from instructjax.eval.tulu.codex import codex_eval, problems
 
     ev = resolve_runs(eval_section(config.eval), config.run_dir)
     named = config_parts(ev)  # an unknown suite: a one-line ConfigError

@@ -266,7 +266,6 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
         if save_executable and (rows, length) == largest:
             save_compiled(compiled, save_executable, target=slice_identity(devices, topology.hosts, mesh_sizes),
                           rows=rows, length=length, digest=digest)
-
     real = real_data or bool(save_executable)
     return CompileReport(name, topology.name, topology.devices, topology.hosts, mesh_sizes,
                          implementation_for(model.attention, topology.platform), shapes, memory.USABLE,

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 
-from instructjax.data.sources.registry import SOURCES
 from instructjax.data.sources.synthetic import BUILTIN_SUFFIX
 
 Counts = tuple[tuple[str, int | None], ...]  # (task, examples or None = all), as `specs.MixtureSpec.counts`
@@ -77,6 +76,8 @@ def tulu(sources: tuple[str, ...], *, builtin: bool = False) -> Counts:
 
 def paper_counts(name: str) -> Counts | None:
     """The counts of the mixture a paper's name stands for (see the module doc), or None."""
+    from instructjax.data.sources.registry import SOURCES
+
     base, builtin = (name[: -len(BUILTIN_SUFFIX)], True) if name.endswith(BUILTIN_SUFFIX) else (name, False)
     if name == "all_builtin":
         return tuple((s + BUILTIN_SUFFIX, None) for s in SOURCES)
