@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import copy
 import errno
 import os
 import threading
@@ -38,7 +39,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
 
-from instructjax.core import integrity, storage
+from instructjax.core import context, integrity, storage
 from instructjax.core.errors import ConfigError, InstructJaxError
 
 
@@ -87,6 +88,19 @@ def _read(step_dir: storage.Path, **items: Any) -> dict:
     """Items of one step (name -> Orbax restore args), opening that step directory only."""
     with _open_step(step_dir) as reader:
         return reader.restore(step_dir, args=ocp.args.Composite(**items))
+
+
+def _json_item(step_dir: storage.Path, name: str) -> dict:
+    """A JSON item (`meta`, `tokenizer`) of one step, read once per command: a sealed step is known by its
+    manifest's digest, so a step rewritten meanwhile is read again (an unsealed one is read every time)."""
+    identity = integrity.manifest_digest(step_dir)
+    if identity is None:
+        return _read(step_dir, **{name: ocp.args.JsonRestore()})[name]
+    read = context.current().slot("checkpoint.json_items", lambda _: {})  # (step dir, item) -> (identity, value)
+    key = (str(step_dir), name)
+    if key not in read or read[key][0] != identity:
+        read[key] = (identity, _read(step_dir, **{name: ocp.args.JsonRestore()})[name])
+    return copy.deepcopy(read[key][1])  # the caller's own
 
 
 def _params_tree(step_dir: storage.Path) -> Any:
@@ -257,11 +271,10 @@ class Checkpointer:
                 params=ocp.args.StandardRestore(abstract_params),
                 opt_state=ocp.args.StandardRestore(abstract_opt_state),
                 data=ocp.args.StandardRestore(),
-                meta=ocp.args.JsonRestore(),
             ),
         )
         data = np.asarray(restored["data"], np.int64).reshape(-1, 3)
-        return restored["params"], restored["opt_state"], data, restored["meta"]
+        return restored["params"], restored["opt_state"], data, _json_item(self.directory / str(step), "meta")
 
     def wait(self) -> None:
         """Wait until the last save is committed and sealed (and older steps rotated out)."""
@@ -309,7 +322,7 @@ def read_meta(directory: str | os.PathLike, step: int | None = None, *,
     may not be the one a later `load_params` takes, should a newer one's contents be damaged)."""
     path = checkpoints_dir(directory)
     step = integrity.intact_step(path, step, contents=contents)
-    meta = _read(path / str(step), meta=ocp.args.JsonRestore())["meta"]
+    meta = _json_item(path / str(step), "meta")
     model_config = meta["model_config"]
     if "scan_layers" not in model_config:
         model_config = {**model_config, "scan_layers": _stacked_layers(_params_tree(path / str(step)))}
@@ -329,7 +342,7 @@ def read_base(directory: str | os.PathLike, step: int | None = None) -> dict | N
     same step it was trained on (one line otherwise); None for a checkpoint that holds all its parameters."""
     path = checkpoints_dir(directory)
     step = integrity.intact_step(path, step)
-    base = _read(path / str(step), meta=ocp.args.JsonRestore())["meta"].get("base")
+    base = _json_item(path / str(step), "meta").get("base")
     if base is not None:
         check_base(base, f"{directory} step {step}")
     return base
@@ -355,7 +368,7 @@ def read_tokenizer(directory: str | os.PathLike, step: int | None = None) -> dic
     step = integrity.intact_step(path, step, contents=False)
     if not (path / str(step) / "tokenizer").is_dir():
         return None
-    return _read(path / str(step), tokenizer=ocp.args.JsonRestore())["tokenizer"]
+    return _json_item(path / str(step), "tokenizer")
 
 
 def load_params(

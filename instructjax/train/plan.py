@@ -76,24 +76,15 @@ def model_shapes(config: RunConfig) -> DecoderConfig:
 
 
 def stored_model(init_from: str) -> dict | None:
-    """The model config stored with the newest step of checkpoint `init_from` whose `meta` item reads, or None: that
-    JSON item (and, for a checkpoint older than `scan_layers`, the stored tree's names) alone; no array file is
-    opened, checked against the manifest or hashed, so a plan of a 70B import reads a few KB."""
-    import orbax.checkpoint as ocp
+    """The model config stored with the newest step of checkpoint `init_from` whose files are all there, or None:
+    its `meta` item alone (`read_meta` without hashing: no array file is opened, so a plan of a 70B import reads a few
+    KB)."""
+    from instructjax.core.checkpoint import read_meta  # orbax: loaded where a plan starts from a checkpoint
 
-    from instructjax.core import checkpoint
-    from instructjax.core.integrity import steps_on_disk
-
-    path = checkpoint.checkpoints_dir(init_from)
-    for step in reversed(steps_on_disk(path)):
-        try:
-            model = ocp.JsonCheckpointHandler().restore(path / str(step) / "meta", ocp.args.JsonRestore())["model_config"]
-            if "scan_layers" not in model:
-                model = {**model, "scan_layers": checkpoint._stacked_layers(checkpoint._params_tree(path / str(step)))}
-        except Exception:  # noqa: BLE001  an unreadable step: an older one, else the trainer's check
-            continue
-        return model
-    return None
+    try:
+        return read_meta(init_from, contents=False)[0]
+    except Exception:  # noqa: BLE001  no step reads: the trainer's own check says why, in one line
+        return None
 
 
 def data_counts(config: RunConfig, *, real_data: bool = False) -> DataCounts | None:

@@ -5,6 +5,7 @@ alone, and bad input is one line."""
 
 from __future__ import annotations
 
+import collections
 import pathlib
 
 import jax
@@ -275,7 +276,16 @@ def test_a_qlora_run_saves_its_adapters_alone_resumes_on_its_base_and_exports_wh
     saved, _, _, _ = load_params(str(tmp_path / "stopped"))
     paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(saved)[0]]
     assert paths and all(p[-1].key in lora.ADAPTERS for p in paths)  # the base is not saved again
-    resumed = train("stopped", None, "--resume")
+    import orbax.checkpoint as ocp  # the resumed command reads each checkpoint's JSON items (meta, tokenizer) once
+
+    reads, restore_json = collections.Counter(), ocp.JsonCheckpointHandler.restore
+    def counted(handler, directory, *args, **kwargs):
+        reads[str(directory).removeprefix(str(tmp_path))] += 1
+        return restore_json(handler, directory, *args, **kwargs)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ocp.JsonCheckpointHandler, "restore", counted)
+        resumed = train("stopped", None, "--resume")
+    assert {"/base/checkpoints/0/meta", "/stopped/checkpoints/2/meta"} <= set(reads) and max(reads.values()) == 1, reads
     np.testing.assert_allclose(resumed[-2:], straight[-2:], rtol=1e-6)
 
     assert cli.main(["export", "--checkpoint", str(tmp_path / "straight"), "--out", str(tmp_path / "merged")]) == 0
