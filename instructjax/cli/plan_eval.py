@@ -81,7 +81,8 @@ def eval_plan(config: RunConfig, topology: Topology) -> EvalPlan:
 
         sizes = mesh_sizes(config.mesh, topology.devices)
     else:
-        sizes = placement.default_sizes(model, topology.devices, int(USABLE * hbm), given or DEFAULT_SLOTS)
+        sizes = placement.default_sizes(model, topology.devices, int(USABLE * hbm), given or DEFAULT_SLOTS,
+                                        model.max_position_embeddings)
     length, shards = model.max_position_embeddings, sizes["data"] * sizes["fsdp"]
     slots = given or placement.choose_slots(model, sizes, length=length, memory=USABLE * hbm, most=DEFAULT_SLOTS)
     rows = fill_rows(bucket(length), slots=slots, shards=shards)

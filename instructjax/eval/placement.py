@@ -109,11 +109,16 @@ def eval_mesh(config: DecoderConfig, shape: Mapping[str, int] | None, *, slots: 
     return sharding.make_mesh(sizes), sizes
 
 
-def default_sizes(config: DecoderConfig, devices: int, memory: int, slots: int) -> dict[str, int]:
-    """Data parallelism over `devices` where the weights and a cache for `slots` fit one device's `memory`, else the
-    weights over fsdp."""
+def default_sizes(config: DecoderConfig, devices: int, memory: int, slots: int, length: int = 1024) -> dict[str, int]:
+    """Data parallelism over `devices` where the weights, a cache for `slots` of `length` rows and the steps' own
+    buffers for one slot a device (`step_bytes`) fit one device's `memory`, else the weights over fsdp."""
+    from instructjax.eval.engine import bucket, fill_rows
+
     sizes = sharding.mesh_sizes({"data": -1}, devices)
-    if weight_bytes(config, sizes) + cache_bytes_per_device(config, sizes, slots, 1024) > memory:
+    width, fewest = bucket(length), sizes["data"]
+    steps = step_bytes(config, sizes, slots=fewest, length=length, width=width,
+                       fill_rows=fill_rows(width, slots=fewest, shards=fewest))
+    if weight_bytes(config, sizes) + cache_bytes_per_device(config, sizes, slots, length) + max(steps.values()) > memory:
         sizes = sharding.mesh_sizes({"fsdp": -1}, devices)
     return sizes
 

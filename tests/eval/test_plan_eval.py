@@ -52,3 +52,16 @@ def test_decode_step_updates_the_cache_in_place_and_matches_plan_on_8_cpu_device
     assert plan.mesh == {"data": 8, "fsdp": 1, "tensor": 1} and plan.cache > 1.5 * plan.weights
     assert step.aliases == plan.cache and step.temporaries < 0.2 * plan.cache, step
     assert step.plan_bytes == pytest.approx(step.xla_bytes, rel=0.10), step
+
+
+def test_a_model_whose_weights_alone_fit_a_chip_splits_them_where_its_steps_would_not(capsys):
+    """OLMoE-1B-7B's 6,919,161,856 parameters in bfloat16 (12.9 GiB) fit one 16 GiB v5e chip, and with a cache of one
+    4096-token sequence (16 layers x 2 x 4096 x 2048 x 2 bytes) still under 90% of it, but not with a 4096-token
+    prompt's fill (its attention scores alone, 4096 x 16 heads x 4096 in float32 and bfloat16, 1.5 GiB): the eval
+    mesh splits the weights over fsdp, and the plan fits."""
+    weights, cache, scores = 6_919_161_856 * 2, 16 * 2 * 4096 * 2048 * 2, 4096 * 16 * 4096 * 6
+    assert weights + cache <= 0.9 * 16 * GIB < weights + cache + scores  # data parallel would not fit
+    main(["plan", "--config", str(REPO / "instructjax/configs/moe/olmoe_1b_7b_tulu_human_gpt.yaml"), "--topology",
+          "v5e-16", "--json"])
+    plan = json.loads(capsys.readouterr().out)["eval"]
+    assert plan["mesh"] == {"data": 1, "fsdp": 16, "tensor": 1} and plan["fits"], plan
