@@ -141,6 +141,19 @@ def problems(config: Any) -> list[str]:
     return out
 
 
+def unadapted(config: Any) -> str | None:
+    """One line naming the linear layers a LoRA on `config` leaves without adapters although they train in a full
+    fine-tune: a mixture of experts' dense MLP layers (Qwen3-MoE's `mlp_only_layers`), which the family's modules do
+    not list (PEFT cannot target them there); None where there are none or no LoRA."""
+    if config.lora is None or not config.num_experts:
+        return None
+    dense = [i for i in range(config.num_layers) if i not in config.sparse_layers]
+    if not dense or "gate_proj" in family_modules(config):
+        return None
+    return (f"model.lora: the dense MLPs of layer(s) {', '.join(map(str, dense))} of this {config.family} model get no "
+            "adapters (PEFT cannot target them beside the experts: model/families/moe.py); their weights stay frozen")
+
+
 def spec(config: Any) -> LoraSpec | None:
     """`config.lora` checked (DecoderConfig's own check ran first) and resolved, or None without LoRA."""
     lora = config.lora

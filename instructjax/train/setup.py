@@ -19,6 +19,7 @@ for the devices at hand, the step shapes and the schedule's length). Anchor: Max
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -262,12 +263,15 @@ def resolve_run(bound: BoundRun, *, devices: int, hosts: int, process_index: int
     serves them), and the step shapes. `fits(mesh, shapes)`: whether a step of the largest shape fits a device
     (default: this machine's, `topology.local_topology`). Nothing is written."""
     from instructjax.core import sharding
+    from instructjax.model import lora
     from instructjax.train import memory
     from instructjax.train.meshes import choose_mesh
     from instructjax.train.topology import local_topology
 
     config = bound.config
     check_trainable(config, devices, hosts)
+    if process_index == 0 and (skipped := lora.unadapted(bound.model)) is not None:
+        print(f"instructjax: warning: {skipped}", file=sys.stderr, flush=True)
     own = pipeline is None
     pipeline = open_pipeline(bound, process_index, hosts) if own else pipeline
     sources = bound.data.sources if own else list(pipeline.task_names)
