@@ -25,7 +25,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 import common  # noqa: E402
 
 MIB = 1024 * 1024
+HERE = Path(__file__).resolve()  # the children run this file, whichever script called main
 SOFTCAPPED = ("gemma2",)  # transformers' SDPA has no soft-cap: eager attention for these
+MOE_SIZE = dict(num_experts=8, experts_per_token=2)  # the mixtures of experts: 8 experts, top 2 (Mixtral's)
 
 
 def family_config(family: str, args):
@@ -44,6 +46,7 @@ def family_config(family: str, args):
                        layer_types=alternating(4, 2), local_rope_theta=10000.0, rope_theta=1e6),
         "gpt_neox": dict(num_kv_heads=4, rotary_dims=16),
         "opt": dict(num_kv_heads=4),
+        **{moe: MOE_SIZE for moe in ("mixtral", "qwen3_moe", "olmoe")},  # each expert as wide as the dense MLP
     }.get(family, {})
     return DecoderConfig(family=family, **{**FAMILIES[family], **size, **extra})
 
@@ -82,6 +85,8 @@ def torch_child(family: str, args) -> dict:
     config = family_config(family, args)
     hf = transformers.AutoConfig.for_model(**hf_config.to_hf(config))
     hf._attn_implementation = "eager" if family in SOFTCAPPED else "sdpa"
+    if config.num_experts:  # the router's load-balancing loss in the loss, as ours adds it
+        hf.output_router_logits = True
     model = transformers.AutoModelForCausalLM.from_config(hf).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.0)
     ids = torch.from_numpy(np.asarray(common.synthetic_batch(args.batch, args.seq, config.vocab_size)["tokens"])).long()
@@ -98,13 +103,15 @@ def torch_child(family: str, args) -> dict:
             "version": torch.__version__}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | None = None, *, doc: str = __doc__, families: str | None = None, seq: int = 512,
+         batch: int = 2, title: str = "Every family's training step, CPU: instructjax vs transformers") -> dict:
+    """The benchmark (`doc`, `families`, `seq`, `batch`, `title`: another script's defaults, e.g. moe_cpu.py's)."""
     from instructjax.model.config import FAMILIES
 
-    parser = common.parser(__doc__)
-    parser.add_argument("--families", default=",".join(FAMILIES))
-    parser.add_argument("--seq", type=int, default=512)
-    parser.add_argument("--batch", type=int, default=2)
+    parser = common.parser(doc)
+    parser.add_argument("--families", default=families or ",".join(FAMILIES))
+    parser.add_argument("--seq", type=int, default=seq)
+    parser.add_argument("--batch", type=int, default=batch)
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -118,8 +125,8 @@ def main(argv: list[str] | None = None) -> dict:
     rows, results = [], {}
     passed = ["--seq", str(args.seq), "--batch", str(args.batch), "--steps", str(args.steps)]
     for family in args.families.split(","):
-        ours = common.run_child([__file__, *passed, "--child", f"jax:{family}"])
-        theirs = common.run_child([__file__, *passed, "--child", f"torch:{family}"])
+        ours = common.run_child([str(HERE), *passed, "--child", f"jax:{family}"])
+        theirs = common.run_child([str(HERE), *passed, "--child", f"torch:{family}"])
         results[family] = {"jax": ours, "torch": theirs}
         if not ours or not theirs:
             rows.append([family, "failed" if not ours else "", "failed" if not theirs else "", "", "", "", ""])
@@ -129,13 +136,14 @@ def main(argv: list[str] | None = None) -> dict:
                      f"{(ours['peak'] - ours['baseline']) / MIB:,.0f} / {ours['peak'] / MIB:,.0f}",
                      f"{(theirs['peak'] - theirs['baseline']) / MIB:,.0f} / {theirs['peak'] / MIB:,.0f}"])
         print(f"families_cpu: {family} done", flush=True)
-    body = (f"Each family's switches at 4 layers x 256 wide (kv heads 2, vocab 32000), batch {args.batch} x seq "
+    body = (f"Each family's switches at 4 layers x 256 wide (kv heads 2, vocab 32000; a mixture of experts: 8 "
+            f"experts of the MLP's width 704, top 2), batch {args.batch} x seq "
             f"{args.seq}, float32, AdamW + clip; median of {args.steps} steps after a warm-up step; each run in its own "
             "process. Memory: peak RSS added by the run (peak - after imports) / peak RSS, MiB.\n\n"
             + common.table(["family", "params", "instructjax s/step", "transformers s/step", "speed (theirs/ours)",
                             "instructjax MiB", "transformers MiB"], rows) + "\n")
     print(body)
-    common.finish(args, "Every family's training step, CPU: instructjax vs transformers", body, results,
+    common.finish(args, title, body, results,
                   load_before=load_before)
     return results
 

@@ -4,7 +4,7 @@ router's statistics the losses and metrics are made from.
 The router: logits = x W [tokens, experts] in the compute dtype, softmax over every expert in float32, the top
 `experts_per_token` of it, renormalised to sum to one where `router_norm_topk` (Mixtral always; Qwen3-MoE and OLMoE
 by `norm_topk_prob`: Mixtral's "top-k of the logits, then softmax" is the same numbers). Dropless: every token reaches
-its k experts, none is dropped for capacity. The experts run as grouped matmuls (`jax.lax.ragged_dot`) over the
+its k experts, none is dropped for capacity. The experts run as grouped matmuls (`jax.lax.ragged_dot`; `grouped_matmul`) over the
 token copies sorted by expert, never a dense all-experts product; each copy's output is weighted and the k copies of
 a token summed back in its place.
 
@@ -15,6 +15,7 @@ over rows, so a packed row's are its examples' own. `aux_loss` and `z_loss` turn
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple
 
 import jax
@@ -37,6 +38,33 @@ class RouterStats(NamedTuple):
     counts: Array
     probs: Array
     z: Array
+
+
+def grouped_matmul(x: Array, w: Array, sizes: Array) -> Array:
+    """`jax.lax.ragged_dot`: rows of x [M, in], in consecutive groups of `sizes` [E] rows (summing to M), each times
+    its group's w [E, in, out]. XLA:CPU lowers ragged_dot as every group's product over every row (E times the work),
+    so on a CPU the groups run as blocks of rows instead (`blocked_matmul`); elsewhere ragged_dot itself."""
+    return jax.lax.platform_dependent(x, w, sizes, cpu=blocked_matmul, default=jax.lax.ragged_dot)
+
+
+def blocked_matmul(x: Array, w: Array, sizes: Array) -> Array:
+    """`grouped_matmul` as a scan over blocks of rows: each group padded to whole blocks (at most E - 1 rows of
+    padding a group, none computed twice), each block times its own group's matrix."""
+    m, experts = x.shape[0], w.shape[0]
+    block = int(min(128, max(8, 2 ** int(math.log2(max(1, m // (4 * experts)))))))
+    count = -(-(m + experts * (block - 1)) // block)  # blocks enough for any sizes
+    padded = -(-sizes // block) * block
+    ends = jnp.cumsum(padded)
+    group = jnp.repeat(jnp.arange(experts), sizes, total_repeat_length=m)  # each row's group
+    dest = (ends - padded)[group] + jnp.arange(m) - (jnp.cumsum(sizes) - sizes)[group]  # its row among the blocks
+    blocks = jnp.zeros((count * block, x.shape[1]), x.dtype).at[dest].set(x).reshape(count, block, -1)
+    owner = jnp.minimum(jnp.searchsorted(ends, jnp.arange(count) * block, side="right"), experts - 1)
+
+    def one(_, block_and_owner):
+        rows, j = block_and_owner
+        return None, rows @ jax.lax.dynamic_index_in_dim(w, j, keepdims=False)
+
+    return jax.lax.scan(one, None, (blocks, owner))[1].reshape(count * block, -1)[dest]
 
 
 def route(logits: Array, k: int, renormalise: bool) -> tuple[Array, Array, Array]:
@@ -90,7 +118,7 @@ class SparseMLP(nnx.Module):
 
     def grouped(self, flat: Array, experts: Array, weights: Array) -> Array:
         """Each token's k experts' outputs, weighted and summed: the N * k token copies sorted by expert, three
-        grouped matmuls over the experts' groups (`ragged_dot`), the copies put back in order."""
+        grouped matmuls over the experts' groups (`grouped_matmul`), the copies put back in order."""
         n, k = experts.shape
         choices = experts.reshape(-1)
         order = jnp.argsort(choices, stable=True)  # copy i of the sorted list is choice order[i]
@@ -107,13 +135,12 @@ class SparseMLP(nnx.Module):
         """(x through each group's expert of parameter `name`, plus its LoRA branch x A_j B_j * alpha / rank where
         it holds adapters; the branch's x A_j [copies, rank], which a fused group's later parameter takes as
         `shared`, or None)."""
-        y = jax.lax.ragged_dot(x, getattr(self, name)[...].astype(self.dtype), sizes)
+        y = grouped_matmul(x, getattr(self, name)[...].astype(self.dtype), sizes)
         adapters = getattr(self, name + lora.EXPERT_SUFFIX)
         if adapters is None:
             return y, None
-        xa = shared if adapters.lora_a is None else jax.lax.ragged_dot(x, adapters.lora_a[...].astype(self.dtype),
-                                                                         sizes)
-        branch = jax.lax.ragged_dot(xa, adapters.lora_b[...].astype(self.dtype), sizes)
+        xa = shared if adapters.lora_a is None else grouped_matmul(x, adapters.lora_a[...].astype(self.dtype), sizes)
+        branch = grouped_matmul(xa, adapters.lora_b[...].astype(self.dtype), sizes)
         return y + branch * jnp.asarray(self.lora_scale, self.dtype), xa
 
 
