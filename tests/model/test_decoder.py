@@ -279,3 +279,24 @@ def test_bad_configs_raise_config_error():
         preset("tiny", layer_types=["full", "sliding"])  # sliding layers without a window
     with pytest.raises(ConfigError, match="norm="):
         preset("tiny", norm="batch")
+
+
+@pytest.mark.parametrize("sizes", [(5, 0, 3, 2), (0, 0, 10, 0), (1, 1, 1, 7)])
+def test_grouped_matmul_on_cpu_against_numpy(sizes):
+    """model/moe.py's grouped matmul (on a CPU: blocks of rows, each group padded to whole blocks) gives each group's
+    rows times its own matrix, and that product's gradients, as float64 numpy does; empty and whole groups included."""
+    from instructjax.model.moe import grouped_matmul
+
+    rng = np.random.default_rng(0)
+    x, w = rng.standard_normal((sum(sizes), 6)), rng.standard_normal((len(sizes), 6, 5))
+    group = np.repeat(np.arange(len(sizes)), sizes)
+    want = np.einsum("mi,mio->mo", x, w[group])
+    f = lambda x, w: grouped_matmul(x, w, jnp.asarray(sizes, jnp.int32))  # noqa: E731
+    got = jax.jit(f)(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
+    np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+    dx, dw = jax.grad(lambda x, w: jnp.sum(f(x, w) ** 2) / 2, argnums=(0, 1))(jnp.asarray(x, jnp.float32),
+                                                                             jnp.asarray(w, jnp.float32))
+    np.testing.assert_allclose(np.asarray(dx), np.einsum("mo,mio->mi", want, w[group]), atol=1e-4)
+    want_dw = np.zeros_like(w)
+    np.add.at(want_dw, group, np.einsum("mi,mo->mio", x, want))
+    np.testing.assert_allclose(np.asarray(dw), want_dw, atol=1e-4)
