@@ -10,6 +10,9 @@ written in Alpaca's schema. What no test can do is not run, but checked:
   must fail with exactly one `instructjax: error:` line (what a reader without that thing gets);
 - anywhere: `make X` runs as `make -n X` (the set-up installs; `make test` is this suite), `pip`, `gcloud` and
   `vllm` are not ours to run, and `. .venv/bin/activate` is what this process already has.
+A block that another test already runs as written (a Beam pipeline, a run in a bucket, a TPU compile: a minute of
+CI each) says so on the line above its fence, `<!-- tested by tests/FILE.py::test_name[, ...] -->`: it is not run
+here; each test it names must exist, and every `--option` the block uses must appear in that test's file.
 A doc that drifts from the code fails here."""
 
 from __future__ import annotations
@@ -39,11 +42,15 @@ one_line_error() {  # the command fails, saying why in one line of ours and noth
 """
 
 
+TESTED_BY = re.compile(r"^<!-- tested by (\S.*\S) -->$")
+
+
 @dataclass
 class Block:
     language: str
     text: str
     line: int  # where it starts in its page
+    tested_by: tuple[str, ...] = ()  # the tests (FILE::NAME) that run it, from a `<!-- tested by ... -->` line above
 
     @property
     def needs(self) -> str | None:
@@ -59,7 +66,9 @@ def blocks(page: Path) -> list[Block]:
             at += 1
             continue
         end = next(i for i in range(at + 1, len(lines)) if lines[i].startswith("```"))
-        found.append(Block(opened.group(1), "\n".join(lines[at + 1 : end]), at + 1))
+        marker = TESTED_BY.match(lines[at - 1]) if at else None
+        tested_by = tuple(t.strip() for t in marker.group(1).split(",")) if marker else ()
+        found.append(Block(opened.group(1), "\n".join(lines[at + 1 : end]), at + 1, tested_by))
         at = end + 1
     return found
 
@@ -111,6 +120,17 @@ def carried_assignments(block: Block) -> list[str]:
     return [line for line in commands(block.text) if alone.match(line)]
 
 
+def check_tested_by(block: Block, where: str) -> None:
+    """A block another test runs: each test it names exists, and their files use every `--option` of the block."""
+    sources = []
+    for test in block.tested_by:
+        file, _, name = test.partition("::")
+        sources.append((REPO / file).read_text() if (REPO / file).is_file() else "")
+        assert re.search(rf"^def {re.escape(name)}\(", sources[-1], re.M), f"{where}: tested by {test}: no such test"
+    missing = sorted({o for o in re.findall(r"(?<![\w-])--[\w-]+", block.text) if not any(o in s for s in sources)})
+    assert not missing, f"{where}: the tests it names never use {missing}"
+
+
 @pytest.fixture(scope="module")
 def bucket(gcs_server) -> str:
     return gcs_server.bucket("instructjax-docs")
@@ -136,6 +156,10 @@ def test_every_shell_block_runs_as_written(page, tmp_path, bucket):
             target.write_text(block.text)
             continue
         if block.language != "bash":
+            continue
+        if block.tested_by:
+            check_tested_by(block, f"{page.relative_to(REPO)}:{block.line}")
+            carried += carried_assignments(block)
             continue
         done = subprocess.run(["bash", "-c", script(block, carried, bucket)], cwd=tmp_path, env=env,
                               capture_output=True, text=True, timeout=900)  # fmt: skip

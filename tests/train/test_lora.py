@@ -234,8 +234,8 @@ def test_dropout_steps_are_their_own_and_repeat_bitwise():
 
 def test_a_qlora_run_saves_its_adapters_alone_resumes_on_its_base_and_exports_what_it_computed(tmp_path, capsys):
     """A QLoRA (`model.lora` on an imported model, `quantize_base: nf4`): its checkpoints hold the adapters alone and
-    the base they were trained on; stopped at step 2 and resumed, steps 3-4 give the losses of the run that went
-    straight on (whose loss falls); the merged export (the dequantized base + the adapters) gives our model's logits
+    the base they were trained on; resumed from step 2 (its last checkpoint removed), steps 3-4 give the losses the
+    run had going straight on (whose loss falls); the merged export (the dequantized base + the adapters) gives our model's logits
     in transformers, and the PEFT adapter on the base dequantized as bitsandbytes does gives `score`'s log-probs; a
     base replaced under the run is one line. (LoRA without quantization trains through the same
     trainer path: tests/train/test_multihost.py runs one on several hosts.)"""
@@ -250,32 +250,28 @@ def test_a_qlora_run_saves_its_adapters_alone_resumes_on_its_base_and_exports_wh
     from instructjax import cli
     from instructjax.convert.saved import load_model
     from instructjax.core.checkpoint import load_params
-    from instructjax.train.trainer import Trainer
 
     hf = make_hf(str(tmp_path), "blocks64")
     base = str(tmp_path / "base")
     assert cli.main(["import", "--hf", hf, "--out", base]) == 0
 
-    def train(name: str, stop_at: int | None, *extra: str) -> list[float]:
+    def train(name: str, *extra: str) -> list[float]:
         config = {"run_dir": str(tmp_path / name), "max_steps": 4, "log_every": 1, "seed": 0,
                   "model": {"init_from": base, "dtype": "float32", "lora": {"rank": 4, "alpha": 8},
                             "quantize_base": "nf4"},
                   "data": {"mixture": "acp_ACP_builtin", "seq_len": 256, "global_batch": 8, "pack_window": 256},
                   "optim": {"lr": 1e-2, "warmup_ratio": 0.0}, "checkpoint": {"every": 2, "async_save": False}}
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
-        if stop_at is not None:  # stopped after saving step `stop_at`, as a preempted run is
-            Trainer(load_config(str(tmp_path / f"{name}.yaml"))).run(stop_at=stop_at)
-            return []
         assert cli.main(["train", "--config", str(tmp_path / f"{name}.yaml"), *extra]) == 0
         lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
         return [r["loss"] for r in map(json.loads, lines) if "loss" in r]
 
-    straight = train("straight", None)
+    straight = train("straight")
     assert straight[-1] < straight[0]
-    train("stopped", 2)
-    saved, _, _, _ = load_params(str(tmp_path / "stopped"))
+    saved, _, _, _ = load_params(str(tmp_path / "straight"), 2)
     paths = [p for p, _ in jax.tree_util.tree_flatten_with_path(saved)[0]]
     assert paths and all(p[-1].key in lora.ADAPTERS for p in paths)  # the base is not saved again
+    shutil.rmtree(tmp_path / "straight" / "checkpoints" / "4")  # as a run that stopped after saving step 2
     import orbax.checkpoint as ocp  # the resumed command reads each checkpoint's JSON items (meta, tokenizer) once
 
     reads, restore_json = collections.Counter(), ocp.JsonCheckpointHandler.restore
@@ -284,8 +280,8 @@ def test_a_qlora_run_saves_its_adapters_alone_resumes_on_its_base_and_exports_wh
         return restore_json(handler, directory, *args, **kwargs)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(ocp.JsonCheckpointHandler, "restore", counted)
-        resumed = train("stopped", None, "--resume")
-    assert {"/base/checkpoints/0/meta", "/stopped/checkpoints/2/meta"} <= set(reads) and max(reads.values()) == 1, reads
+        resumed = train("straight", "--resume")
+    assert {"/base/checkpoints/0/meta", "/straight/checkpoints/2/meta"} <= set(reads) and max(reads.values()) == 1, reads
     np.testing.assert_allclose(resumed[-2:], straight[-2:], rtol=1e-6)
 
     assert cli.main(["export", "--checkpoint", str(tmp_path / "straight"), "--out", str(tmp_path / "merged")]) == 0
@@ -328,4 +324,4 @@ def test_a_qlora_run_saves_its_adapters_alone_resumes_on_its_base_and_exports_wh
     shutil.rmtree(base)  # another model where the base was
     assert cli.main(["import", "--hf", make_hf(str(tmp_path / "other"), "blocks64", seed=1), "--out", base]) == 0
     with pytest.raises(ConfigError, match="now holds another model"):
-        load_model(str(tmp_path / "stopped"))
+        load_model(str(tmp_path / "straight"))

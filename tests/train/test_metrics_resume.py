@@ -1,6 +1,6 @@
 """A preempted and resumed run logs what an uninterrupted run logs: metrics.jsonl and the TensorBoard
 events line by line (timings aside), with SIGTERM at a step inside a log window and at a logged step
-(log_every=10: steps 7 and 10).
+(log_every=10: steps 7 and 10, one run stopped at both).
 
 Each run is the real `instructjax train` CLI in its own process (tests/helpers/fault_worker.py); the signal is a
 real SIGTERM the process sends itself once the chosen step is done."""
@@ -49,18 +49,20 @@ def reference(tmp_path_factory, env):
     return run_dir
 
 
-@pytest.mark.parametrize("at", [7, 10])  # inside a log window; a logged step (TensorBoard keeps it on resume)
-def test_sigterm_then_resume_logs_what_an_uninterrupted_run_logs(tmp_path, env, reference, at):
-    """... and Weights & Biases (offline) gets, in one W&B run across the restart, what metrics.jsonl holds."""
+def test_sigterm_then_resume_logs_what_an_uninterrupted_run_logs(tmp_path, env, reference):
+    """One run preempted twice: SIGTERM at step 7 (inside a log window), resumed, SIGTERM at step 10 (a logged step:
+    TensorBoard keeps it on resume), resumed to the end. It logs what the uninterrupted run logs, and Weights &
+    Biases (offline) gets, in one W&B run across the restarts, what metrics.jsonl holds."""
     from helpers import wandb_records
 
     from instructjax.core.tracking import run_id
 
     run_dir = tmp_path / "run"
     wandb = ["wandb.project=ij-test", "wandb.mode=offline", f"wandb.dir={tmp_path}", "wandb.tags=[resume]"]
-    stopped = train(run_dir, env, *wandb, faults={"FAULT_SIGTERM_AFTER_STEP": str(at)})
-    assert stopped.returncode == 75 and f"preempted: saved step {at}" in stopped.stderr, stopped.stderr[-3000:]
-    assert [r["step"] for r in lines(run_dir)] == [s for s in (10,) if s <= at]  # what was due before the signal
+    for at, resume in ((7, []), (10, ["--resume"])):
+        stopped = train(run_dir, env, *resume, *wandb, faults={"FAULT_SIGTERM_AFTER_STEP": str(at)})
+        assert stopped.returncode == 75 and f"preempted: saved step {at}" in stopped.stderr, stopped.stderr[-3000:]
+        assert [r["step"] for r in lines(run_dir)] == [s for s in (10,) if s <= at]  # what was due before the signal
     resumed = train(run_dir, env, "--resume", *wandb)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert lines(run_dir) == lines(reference)  # step 10's window covers steps 1-10 across the restart
@@ -69,7 +71,7 @@ def test_sigterm_then_resume_logs_what_an_uninterrupted_run_logs(tmp_path, env, 
     logged = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for record in logged:
         assert 0 < record["tokens_per_sec"] < 1e7 and 0 < record["step_seconds"] < 60
-    assert len(wandb_records.run_files(tmp_path, run_id(str(run_dir)))) == 2  # the preempted run, the resumed one
+    assert len(wandb_records.run_files(tmp_path, run_id(str(run_dir)))) == 3  # the two preempted runs, the last one
     history = wandb_records.history(tmp_path, run_id(str(run_dir)))
     numbers = [{k: v for k, v in r.items() if k != "step" and not isinstance(v, str)} for r in logged]
     assert history == {r["step"]: pytest.approx(n) for r, n in zip(logged, numbers, strict=True)}
