@@ -142,10 +142,12 @@ def problems(config: Any) -> list[str]:
 
 
 def unadapted(config: Any) -> str | None:
-    """One line naming the linear layers a LoRA on `config` leaves without adapters although they train in a full
-    fine-tune: a mixture of experts' dense MLP layers (Qwen3-MoE's `mlp_only_layers`), which the family's modules do
-    not list (PEFT cannot target them there); None where there are none or no LoRA."""
-    if config.lora is None or not config.num_experts:
+    """One line naming the linear layers an `all-linear` LoRA on `config` leaves without adapters although they
+    train in a full fine-tune: a mixture of experts' dense MLP layers (Qwen3-MoE's `mlp_only_layers`), which the
+    family's modules do not list (PEFT cannot target them there); None where there are none, or no `all-linear`."""
+    targets = (config.lora or {}).get("targets", "all-linear")
+    if config.lora is None or not config.num_experts or "all-linear" not in ([targets] if isinstance(targets, str)
+                                                                                else targets):
         return None
     dense = [i for i in range(config.num_layers) if i not in config.sparse_layers]
     if not dense or "gate_proj" in family_modules(config):

@@ -48,8 +48,8 @@ def grouped_matmul(x: Array, w: Array, sizes: Array) -> Array:
 
 
 def blocked_matmul(x: Array, w: Array, sizes: Array) -> Array:
-    """`grouped_matmul` as a scan over blocks of rows: each group padded to whole blocks (at most E - 1 rows of
-    padding a group, none computed twice), each block times its own group's matrix."""
+    """`grouped_matmul` as a scan over blocks of rows: each group padded to whole blocks (fewer than a block's rows
+    of padding a group), each block times its own group's matrix."""
     m, experts = x.shape[0], w.shape[0]
     block = int(min(128, max(8, 2 ** int(math.log2(max(1, m // (4 * experts)))))))
     count = -(-(m + experts * (block - 1)) // block)  # blocks enough for any sizes

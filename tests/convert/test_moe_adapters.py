@@ -95,6 +95,7 @@ def test_all_linear_on_a_mixture_of_experts_says_what_it_covers(tmp_path):
         dense = [i for i in range(SMALL["num_hidden_layers"]) if i in extra.get("mlp_only_layers", ())]
         assert (lora.unadapted(config) is None) == (not dense)  # said in one line (the trainer warns with it)
         assert not dense or f"dense MLPs of layer(s) {', '.join(map(str, dense))} " in lora.unadapted(config)
+        assert lora.unadapted(config.replace(lora={"rank": 2, "targets": ["q_proj"]})) is None  # what was asked
         assert spec.hf_parameters == tuple(EXPERTS) and spec.expert_groups == (("gate_proj", "up_proj"),
                                                                                   ("down_proj",))
         assert lora.adapter_count(abstract_params(config)) == lora.adapter_params(config)
