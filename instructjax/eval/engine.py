@@ -1,10 +1,11 @@
 """Continuous batching: a fixed number of slots in a preallocated KV cache (model/decoding.py), kept busy.
 
 Prompts are admitted longest first into free slots (a few at a time, padded to a power-of-two length bucket: the
-fill compiles once per bucket and row count). Every decode call advances every slot `chunk` tokens; then the host
-reads the new ids, ends a row at a stop id, at `max_new_tokens` or at a stop string, and frees its slot, into which
-the next prompt is filled while the others go on decoding: no batch barrier. The decode step compiles once per
-(slots, cache length, chunk).
+fill compiles once per bucket and row count). Every decode call advances every live slot `chunk` tokens; then the
+host reads the new ids, ends a row at a stop id, at `max_new_tokens` or at a stop string, and frees its slot, into
+which the next prompt is filled while the others go on decoding: no batch barrier. Once no prompt waits and a
+quarter of the slots stand idle, the live rows move into the front slots and the decode calls run only those
+(`decode_width`). The decode step compiles once per (rows, cache length, span, chunk).
 
 Prompts that share a long prefix (a few-shot protocol's examples: MMLU's subject header and shots, BBH's and GSM's
 chains of thought) share its keys and values: the prefix is filled once into its own cache, copied into each slot
@@ -51,6 +52,16 @@ def fill_rows(width: int, *, slots: int, shards: int, fill_tokens: int = FILL_TO
     return max(rows, shards)
 
 
+def decode_width(live: int, *, slots: int, shards: int) -> int:
+    """The front slots a decode call runs for `live` busy ones: all the slots, or, once a quarter of them (at least 8)
+    or more stand idle, the next multiple of that quarter (few widths, few compilations). A cache whose slots split
+    over devices (`shards` > 1) always runs whole: packing its rows would move them across devices."""
+    quarter = max(8, slots // 4)
+    if shards > 1 or live > slots - quarter:
+        return slots
+    return max(quarter, -(-live // quarter) * quarter)
+
+
 @dataclass
 class Stats:
     """What an engine did: `occupancy` is the share of slot-steps of the decode calls that produced a token kept."""
@@ -58,7 +69,8 @@ class Stats:
     prompts: int = 0
     new_tokens: int = 0
     decode_calls: int = 0
-    slot_steps: int = 0  # slots x steps of every decode call
+    slot_steps: int = 0  # rows x steps of every decode call
+    moved: int = 0  # rows moved into the front slots (`decode_width`)
     kept_steps: int = 0  # of those, the ones whose token a row kept
     fill_calls: int = 0
     fill_tokens: int = 0  # prompt tokens run through the model
@@ -226,10 +238,11 @@ class SlotEngine:
                 for b, row in admitted:
                     if self._finished(row, sampling, stops, stop):
                         slot_row[b] = None
-            active = [(b, r) for b, r in enumerate(slot_row) if r is not None]
-            if not active:
+            if all(r is None for r in slot_row):
                 continue
-            cache, drawn = self._decode(cache, slot_row, keys, sampling)
+            cache, width = self._pack(cache, slot_row)
+            active = [(b, r) for b, r in enumerate(slot_row) if r is not None]
+            cache, drawn = self._decode(cache, slot_row, width, keys, sampling)
             for b, row in active:
                 fed = len(row.prompt) + len(row.generated) - 1  # position of the first token fed in this call
                 for i in range(self.chunk):
@@ -297,10 +310,28 @@ class SlotEngine:
             del prefixes[key]  # every prompt of that prefix is in
         return cache, jobs
 
-    def _decode(self, cache, slot_row: list[_Row | None], keys: np.ndarray, sampling: Sampling):
-        tokens, positions = np.zeros(self.slots, np.int32), np.zeros(self.slots, np.int32)
-        counts, row_keys = np.zeros(self.slots, np.int32), np.zeros((self.slots, *keys.shape[1:]), keys.dtype)
-        for b, row in enumerate(slot_row):
+    def _pack(self, cache, slot_row: list[_Row | None]) -> tuple[decoding.SlotCache, int]:
+        """(the cache, the decode width): where fewer live slots than all run (`decode_width`), the live rows are
+        moved into the front slots first (`slot_row` is updated in place)."""
+        live = [b for b, row in enumerate(slot_row) if row is not None]
+        width = decode_width(len(live), slots=self.slots, shards=self.shards)
+        sources = [b for b in live if b >= len(live)]
+        if width < self.slots and sources:
+            targets = [b for b in range(len(live)) if slot_row[b] is None]
+            for source, target in zip(sources, targets, strict=True):
+                slot_row[target], slot_row[source] = slot_row[source], None
+            pad = self.slots - len(sources)  # one shape: the moves padded with moves to nowhere
+            self.stats.moved += len(sources)
+            with self._scope():
+                cache = decoding.move_slots(cache, jnp.asarray(sources + [0] * pad, jnp.int32),
+                                            jnp.asarray(targets + [self.slots] * pad, jnp.int32))
+        return cache, width
+
+    def _decode(self, cache, slot_row: list[_Row | None], width: int, keys: np.ndarray, sampling: Sampling):
+        """One decode call over the first `width` slots (every live one among them); the ids drawn [width, chunk]."""
+        tokens, positions = np.zeros(width, np.int32), np.zeros(width, np.int32)
+        counts, row_keys = np.zeros(width, np.int32), np.zeros((width, *keys.shape[1:]), keys.dtype)
+        for b, row in enumerate(slot_row[:width]):
             if row is not None:
                 tokens[b], positions[b] = row.generated[-1], len(row.prompt) + len(row.generated) - 1
                 counts[b], row_keys[b] = len(row.generated), keys[row.index]
@@ -311,7 +342,7 @@ class SlotEngine:
                                            jnp.float32(sampling.temperature), jnp.float32(sampling.top_p),
                                            chunk=self.chunk, span=span)
         self.stats.decode_calls += 1
-        self.stats.slot_steps += self.slots * self.chunk
+        self.stats.slot_steps += width * self.chunk
         return cache, np.asarray(drawn)
 
     # ---- log-likelihood -------------------------------------------------------------------------------------

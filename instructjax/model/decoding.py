@@ -121,7 +121,8 @@ def _layer(layer: DecoderLayer, x: Array, cos_sin, bias: Array, keys: Array, val
     keys = keys.at[where].set(jnp.swapaxes(k, 1, 2).astype(keys.dtype), mode="drop")
     values = values.at[where].set(jnp.swapaxes(v, 1, 2).astype(values.dtype), mode="drop")
     span = bias.shape[-1]
-    seen_k, seen_v = keys[:, :, :span], values[:, :, :span]
+    seen = keys.shape[0] if rows is not None else x.shape[0]  # without rows: the first B slots
+    seen_k, seen_v = keys[:seen, :, :span], values[:seen, :, :span]
     if rows is not None:
         seen_k, seen_v = seen_k[rows], seen_v[rows]
     out = _attend(q, seen_k.astype(q.dtype), seen_v.astype(q.dtype), bias, attn.scale, attn.softcap)
@@ -211,10 +212,10 @@ def extend(graphdef, state, cache: SlotCache, tokens: Array, starts: Array, leng
 @functools.partial(jax.jit, static_argnames=("graphdef", "chunk", "span"), donate_argnames=("cache",))
 def decode(graphdef, state, cache: SlotCache, tokens: Array, positions: Array, keys: Array, counts: Array,
            temperature: Array, top_p: Array, *, chunk: int, span: int) -> tuple[SlotCache, Array]:
-    """`chunk` steps of every slot: slot b feeds tokens[b] at positions[b] and draws the next id (key counts[b] +
-    step), attending over the first `span` cache rows (`span_bucket`: above every position fed). Returns (the cache,
-    the ids drawn [slots, chunk]); a slot that has finished goes on harmlessly in its own rows (the engine reads
-    what it needs)."""
+    """`chunk` steps of the first n = len(tokens) slots (all of them, or the live ones packed in front: `move_slots`):
+    slot b feeds tokens[b] at positions[b] and draws the next id (key counts[b] + step), attending over the first
+    `span` cache rows (`span_bucket`: above every position fed). Returns (the cache, the ids drawn [n, chunk]); a
+    slot that has finished goes on harmlessly in its own rows (the engine reads what it needs)."""
     model = nnx.merge(graphdef, state)
 
     def step(carry, i):
@@ -236,3 +237,12 @@ def copy_prefix(cache: SlotCache, prefix: SlotCache, rows: Array, *, length: int
         return dst.at[rows, :, :length].set(block, mode="drop")
 
     return SlotCache(tuple(map(put, cache.keys, prefix.keys)), tuple(map(put, cache.values, prefix.values)))
+
+
+@functools.partial(jax.jit, donate_argnames=("cache",))
+def move_slots(cache: SlotCache, sources: Array, targets: Array) -> SlotCache:
+    """The cache with slot sources[i]'s rows copied into slot targets[i] (a target past the last slot: nothing)."""
+    def move(layer):
+        return layer.at[targets].set(layer[sources], mode="drop")
+
+    return SlotCache(tuple(move(k) for k in cache.keys), tuple(move(v) for v in cache.values))

@@ -41,15 +41,22 @@ def hf_greedy(hf_model, prompt: list[int], n: int) -> list[int]:
 
 def test_fewer_slots_than_prompts_each_as_alone_and_as_transformers(models):
     """2 slots for 7 prompts: a finished row's slot takes the next prompt while the other decodes; every reply is
-    transformers' greedy one, the shared prefix filled once (3 prompts, 2 copies of it not recomputed)."""
+    transformers' greedy one, the shared prefix filled once (3 prompts, 2 copies of it not recomputed). 16 slots
+    for the same 7 with a stop id that ends the longest prompt's reply (slot 0) first: the decode calls run 8 rows,
+    the live rows moved into the front slots, and every reply is still transformers' up to its stop."""
     _, model, hf_model = models
     engine = SlotEngine(model, slots=2, chunk=3)
     got = engine.generate(PROMPTS, Sampling(max_new_tokens=9), stop_ids=[-1])
-    for prompt, ids in zip(PROMPTS, got, strict=True):
-        assert ids == hf_greedy(hf_model, prompt, 9)
+    expected = [hf_greedy(hf_model, prompt, 9) for prompt in PROMPTS]
+    assert got == expected
     assert engine.stats.prefix_tokens == 3 * 71  # each prompt's copy of the prefix, filled once into its own cache
     assert engine.stats.fill_tokens == sum(len(p) for p in PROMPTS) - 3 * 71 + 71
     assert engine.stats.kept_steps == 7 * 8  # the first id of each comes from its fill
+    stop = expected[6][1]  # prompt 6, the longest, is admitted first into slot 0
+    wide = SlotEngine(model, slots=16, chunk=3)
+    got = wide.generate(PROMPTS, Sampling(max_new_tokens=9), stop_ids=[stop])
+    assert got == [ids[: ids.index(stop) + 1] if stop in ids else ids for ids in expected]
+    assert wide.stats.moved > 0 and wide.stats.slot_steps == 8 * 3 * wide.stats.decode_calls
 
 
 @pytest.mark.slow
