@@ -38,7 +38,8 @@ class EvalPlan:
     slots: int
     slots_from: str  # "chosen to fit" or "eval.slots"
     length: int  # the cache's rows: a full-context sequence per slot
-    fill_rows: int  # a full fill call's prompts of `length` tokens
+    fill_rows: int  # the widest full fill call's prompts (pieces of longer ones: engine.fill_budget)
+    fill_width: int  # ... and their tokens each
     weights: int
     cache: int
     fill: int  # the fill step's own buffers
@@ -71,7 +72,7 @@ def evaluated_model(config: RunConfig, topology: Topology):
 
 def eval_plan(config: RunConfig, topology: Topology) -> EvalPlan:
     from instructjax.eval import placement
-    from instructjax.eval.engine import bucket, fill_rows
+    from instructjax.eval.engine import widest_fill
     from instructjax.eval.generate import DEFAULT_SLOTS
 
     model = evaluated_model(config, topology)
@@ -85,10 +86,10 @@ def eval_plan(config: RunConfig, topology: Topology) -> EvalPlan:
                                         model.max_position_embeddings)
     length, shards = model.max_position_embeddings, sizes["data"] * sizes["fsdp"]
     slots = given or placement.choose_slots(model, sizes, length=length, memory=USABLE * hbm, most=DEFAULT_SLOTS)
-    rows = fill_rows(bucket(length), slots=slots, shards=shards)
-    steps = placement.step_bytes(model, sizes, slots=slots, length=length, fill_rows=rows, width=bucket(length))
+    rows, width = widest_fill(length, slots=slots, shards=shards)
+    steps = placement.step_bytes(model, sizes, slots=slots, length=length, fill_rows=rows, width=width)
     return EvalPlan(topology.name, sizes, str(model.dtype), slots, "eval.slots" if given else "chosen to fit", length,
-                    rows, placement.weight_bytes(model, sizes),
+                    rows, width, placement.weight_bytes(model, sizes),
                     placement.cache_bytes_per_device(model, sizes, slots, length), steps["fill"], steps["decode"], hbm)
 
 
@@ -126,7 +127,6 @@ def compile_eval(config: RunConfig, topology: Topology, steps: tuple[str, ...] =
     from flax import nnx
 
     from instructjax.core import sharding
-    from instructjax.eval.engine import bucket
     from instructjax.model import decoding
     from instructjax.model.decoder import abstract_model
 
@@ -148,7 +148,7 @@ def compile_eval(config: RunConfig, topology: Topology, steps: tuple[str, ...] =
     def keys(n):
         return jax.ShapeDtypeStruct((n,), jax.eval_shape(lambda: jax.random.key(0)).dtype, sharding=where)
 
-    chunk, width, rows = 8, bucket(plan.length), plan.fill_rows
+    chunk, width, rows = 8, plan.fill_width, plan.fill_rows
     lowered = {
         "fill": ((rows, width), lambda: decoding.extend.lower(
             graphdef, state, cache, small((rows, width)), small((rows,)), small((rows,)), small((rows,)), keys(rows),

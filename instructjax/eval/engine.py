@@ -52,6 +52,20 @@ def fill_rows(width: int, *, slots: int, shards: int, fill_tokens: int = FILL_TO
     return max(rows, shards)
 
 
+def fill_budget(length: int, fill_tokens: int = FILL_TOKENS) -> int:
+    """A fill call's tokens (rows x bucket length) for a cache of `length` rows: `fill_tokens`, fewer past 4096 rows
+    so that its attention scores stay within fill_tokens x 4096 a head. A longer prompt is filled in pieces of that
+    many tokens, one call after another (chunked prefill)."""
+    return max(16, min(fill_tokens, fill_tokens * 4096 // max(length, 1)))
+
+
+def widest_fill(length: int, *, slots: int, shards: int, fill_tokens: int = FILL_TOKENS) -> tuple[int, int]:
+    """(rows, width) of the widest full fill call for a cache of `length` rows (what `plan` counts)."""
+    budget = fill_budget(length, fill_tokens)
+    width = min(bucket(length), bucket(budget))
+    return fill_rows(width, slots=slots, shards=shards, fill_tokens=budget), width
+
+
 def decode_width(live: int, *, slots: int, shards: int) -> int:
     """The front slots a decode call runs for `live` busy ones: all the slots, or, once a quarter of them (at least 8)
     or more stand idle, the next multiple of that quarter (few widths, few compilations). A cache whose slots split
@@ -159,17 +173,29 @@ class SlotEngine:
 
     def _fill(self, cache, jobs: list[tuple[int, list[int], int, int, int]], keys: np.ndarray, sampling: Sampling,
               candidates: Sequence[int]) -> tuple:
-        """Fill jobs (slot, tokens, start, prompt index, token count) in calls of a power-of-two row count; returns
-        (cache, first ids [n], candidate log-probs [n, C])."""
+        """Fill jobs (slot, tokens, start, prompt index, token count) in calls of a power-of-two row count, a job
+        longer than a call's tokens (`fill_budget`) in pieces, its leading ones first; returns (cache, first ids
+        [n], candidate log-probs [n, C])."""
+        budget = fill_budget(cache.length, self.fill_tokens)
+        while any(len(j[1]) > budget for j in jobs):
+            leading = [(slot, ids[:budget], start, index, count) for slot, ids, start, index, count in jobs
+                       if len(ids) > budget]
+            cache, _, _ = self._fill_calls(cache, leading, keys, sampling, (), budget)
+            jobs = [(slot, ids[budget:], start + budget, index, count) if len(ids) > budget else
+                    (slot, ids, start, index, count) for slot, ids, start, index, count in jobs]
+        return self._fill_calls(cache, jobs, keys, sampling, candidates, budget)
+
+    def _fill_calls(self, cache, jobs: list[tuple[int, list[int], int, int, int]], keys: np.ndarray,
+                    sampling: Sampling, candidates: Sequence[int], budget: int) -> tuple:
         firsts, logps = [], []
         cands = jnp.asarray(list(candidates) or [0], jnp.int32)
         k = 0
         while k < len(jobs):
             width = bucket(max(len(j[1]) for j in jobs[k:]))
-            full = self._fill_rows(width)
+            full = self._fill_rows(width, budget)
             group = jobs[k: k + full]
             width = bucket(max(len(j[1]) for j in group))
-            full = self._fill_rows(width)
+            full = self._fill_rows(width, budget)
             few = max(self.shards, full // 8)  # two row counts a bucket: a few rows, or a full call
             rows = few if len(group) <= few else full
             tokens = np.zeros((rows, width), np.int32)
@@ -193,8 +219,8 @@ class SlotEngine:
             k += len(group)
         return cache, np.concatenate(firsts), np.concatenate(logps)
 
-    def _fill_rows(self, width: int) -> int:
-        return fill_rows(width, slots=self.slots, shards=self.shards, fill_tokens=self.fill_tokens)
+    def _fill_rows(self, width: int, budget: int) -> int:
+        return fill_rows(width, slots=self.slots, shards=self.shards, fill_tokens=budget)
 
     def _prefix_cache(self, tokens: list[int], keys: np.ndarray, sampling: Sampling) -> decoding.SlotCache:
         """A one-slot cache holding `tokens`' keys and values."""

@@ -112,12 +112,12 @@ def eval_mesh(config: DecoderConfig, shape: Mapping[str, int] | None, *, slots: 
 def default_sizes(config: DecoderConfig, devices: int, memory: int, slots: int, length: int = 1024) -> dict[str, int]:
     """Data parallelism over `devices` where the weights, a cache for `slots` of `length` rows and the steps' own
     buffers for one slot a device (`step_bytes`) fit one device's `memory`, else the weights over fsdp."""
-    from instructjax.eval.engine import bucket, fill_rows
+    from instructjax.eval.engine import widest_fill
 
     sizes = sharding.mesh_sizes({"data": -1}, devices)
-    width, fewest = bucket(length), sizes["data"]
-    steps = step_bytes(config, sizes, slots=fewest, length=length, width=width,
-                       fill_rows=fill_rows(width, slots=fewest, shards=fewest))
+    fewest = sizes["data"]
+    rows, width = widest_fill(length, slots=fewest, shards=fewest)
+    steps = step_bytes(config, sizes, slots=fewest, length=length, width=width, fill_rows=rows)
     if weight_bytes(config, sizes) + cache_bytes_per_device(config, sizes, slots, length) + max(steps.values()) > memory:
         sizes = sharding.mesh_sizes({"fsdp": -1}, devices)
     return sizes
@@ -164,8 +164,8 @@ def step_bytes(config: DecoderConfig, sizes: Mapping[str, int], *, slots: int, l
     - decode: its slots' logits (float32 and the compute dtype), and every layer's weights laid out again for
       matrix-vector products (a second copy of them as they lie on the device: the whole layer where they split
       over fsdp, q, k and v where they do not);
-    - fill, for `fill_rows` prompts of `width` tokens: attention scores over the cache's `length` rows (float32
-      and the compute dtype), its widest activations (the MLP's) and hidden states."""
+    - fill, for `fill_rows` prompts (or pieces of longer ones) of `width` tokens: attention scores over the
+      cache's `length` rows (float32 and the compute dtype), its widest activations (the MLP's) and hidden states."""
     c = np.dtype(config.dtype).itemsize
     shards, tensor, fsdp = sizes["data"] * sizes["fsdp"], sizes["tensor"], sizes["fsdp"]
     heads = config.num_heads // tensor if config.num_heads % tensor == 0 else config.num_heads
@@ -184,14 +184,13 @@ def choose_slots(config: DecoderConfig, sizes: Mapping[str, int], *, length: int
     """The most slots (a power of two times the data-parallel devices, at most `most` or those devices) whose cache
     of `length` rows, the weights and the steps' buffers (`step_bytes`) fit `memory` per device; the fewest where
     none do (`check_fits` then says so)."""
-    from instructjax.eval.engine import bucket, fill_rows
+    from instructjax.eval.engine import widest_fill
 
     shards = sizes["data"] * sizes["fsdp"]
     weights, best, slots = weight_bytes(config, sizes), shards, shards
     while slots <= max(most, shards):
-        width = bucket(length)
-        steps = step_bytes(config, sizes, slots=slots, length=length, width=width,
-                           fill_rows=fill_rows(width, slots=slots, shards=shards))
+        rows, width = widest_fill(length, slots=slots, shards=shards)
+        steps = step_bytes(config, sizes, slots=slots, length=length, width=width, fill_rows=rows)
         if weights + cache_bytes_per_device(config, sizes, slots, length) + max(steps.values()) > memory:
             break
         best, slots = slots, slots * 2

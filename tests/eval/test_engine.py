@@ -43,7 +43,8 @@ def test_fewer_slots_than_prompts_each_as_alone_and_as_transformers(models):
     """2 slots for 7 prompts: a finished row's slot takes the next prompt while the other decodes; every reply is
     transformers' greedy one, the shared prefix filled once (3 prompts, 2 copies of it not recomputed). 16 slots
     for the same 7 with a stop id that ends the longest prompt's reply (slot 0) first: the decode calls run 8 rows,
-    the live rows moved into the front slots, and every reply is still transformers' up to its stop."""
+    the live rows moved into the front slots, and every reply is still transformers' up to its stop. Fill calls of
+    16 tokens: the prefix (71) filled in pieces, one call after another, and the same replies."""
     _, model, hf_model = models
     engine = SlotEngine(model, slots=2, chunk=3)
     got = engine.generate(PROMPTS, Sampling(max_new_tokens=9), stop_ids=[-1])
@@ -52,6 +53,9 @@ def test_fewer_slots_than_prompts_each_as_alone_and_as_transformers(models):
     assert engine.stats.prefix_tokens == 3 * 71  # each prompt's copy of the prefix, filled once into its own cache
     assert engine.stats.fill_tokens == sum(len(p) for p in PROMPTS) - 3 * 71 + 71
     assert engine.stats.kept_steps == 7 * 8  # the first id of each comes from its fill
+    pieces = SlotEngine(model, slots=2, chunk=3, fill_tokens=16)
+    assert pieces.generate(PROMPTS, Sampling(max_new_tokens=9), stop_ids=[-1]) == expected
+    assert pieces.stats.fill_calls >= engine.stats.fill_calls + 4  # 71 tokens: 5 pieces, not 1 call
     stop = expected[6][1]  # prompt 6, the longest, is admitted first into slot 0
     wide = SlotEngine(model, slots=16, chunk=3)
     got = wide.generate(PROMPTS, Sampling(max_new_tokens=9), stop_ids=[stop])
