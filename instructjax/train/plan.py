@@ -27,7 +27,8 @@ from typing import Any
 from instructjax.core import sharding, storage
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
-from instructjax.model.config import DecoderConfig, param_count, preset, with_overrides
+from instructjax.model.config import DecoderConfig, param_count, with_overrides
+from instructjax.model.presets import preset
 from instructjax.train.memory import GIB, USABLE, device_memory, needed_bytes, onchip_bytes, reference_bytes
 from instructjax.train.meshes import REAL_SHARE_SLACK, best_mesh, mesh_options
 from instructjax.train.objectives import objective_for

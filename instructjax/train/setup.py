@@ -27,7 +27,8 @@ from instructjax.core.config import DataSection, RunConfig
 from instructjax.core.errors import ConfigError
 from instructjax.data.blends.specs import default_registry
 from instructjax.data.encoding.templates import jinja_template
-from instructjax.model.config import DecoderConfig, preset, with_overrides
+from instructjax.model.config import DecoderConfig, with_overrides
+from instructjax.model.presets import preset
 
 if TYPE_CHECKING:
     from instructjax.data.batches.pipeline import DataPipeline, EpochPlan
