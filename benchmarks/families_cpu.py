@@ -32,7 +32,8 @@ MOE_SIZE = dict(num_experts=8, experts_per_token=2)  # the mixtures of experts: 
 
 def family_config(family: str, args):
     """The family's switches at the benchmark's size (windows and caps active at this length)."""
-    from instructjax.model.config import FAMILIES, DecoderConfig, alternating
+    from instructjax.model.config import FAMILIES, DecoderConfig
+    from instructjax.model.families.record import alternating
 
     size = dict(vocab_size=32000, hidden_size=256, intermediate_size=704, num_layers=4, num_heads=4, num_kv_heads=2,
                 max_position_embeddings=max(2048, args.seq), dtype="float32", param_dtype="float32")

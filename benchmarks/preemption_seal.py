@@ -57,7 +57,8 @@ def worker(stamp: str, argv: list[str]) -> int:
 
 def model_overrides(gb: float) -> list[str]:
     """A model whose float32 params + AdamW moments hold about `gb` GB (width 1024, as many layers as it takes)."""
-    from instructjax.model.config import param_count, preset
+    from instructjax.model.config import param_count
+    from instructjax.model.presets import preset
 
     shape = dict(hidden_size=1024, intermediate_size=4096, num_heads=8, num_kv_heads=8, max_position_embeddings=512)
     layers = 1

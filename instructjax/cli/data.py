@@ -98,7 +98,7 @@ def command_target(args) -> Target:
         overrides.append(f"tokenizer={args.tokenizer}")
     config = load_run_config(args.config, overrides) if args.config else None
     if config is not None:
-        specs.define(config.define)
+        run_setup.run_registry(config)  # its `define:` joins the command's registry, where the lookups below look
     name = args.name or (config.data.mixture if config is not None else None)
     if not name:
         raise ConfigError("name a task or mixture, or pass --config FILE")

@@ -34,7 +34,6 @@ import jax
 from instructjax.core import libtpu, storage
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
-from instructjax.data.blends.specs import default_registry
 from instructjax.model.attention import implementation_for
 from instructjax.train import setup as run_setup
 from instructjax.train.topology import GIB, Topology
@@ -179,9 +178,7 @@ def run_sources(config: RunConfig) -> int:
     """The number of tasks the run's mixture has (the per-source loss sums the step returns)."""
     from instructjax.data.binding import specs_of
 
-    registry = default_registry()  # what the config's `imports:` registered; its `define:` joins them
-    registry.define(config.define)
-    found = specs_of(config.data.mixture, registry)
+    found = specs_of(config.data.mixture, run_setup.run_registry(config))
     return len(found.tasks) if found is not None else 1
 
 

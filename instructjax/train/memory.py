@@ -1,13 +1,13 @@
 """What a training step holds on a device: `plan`, the trainer's memory check and `plan --compile`'s estimate.
 
-Memory per device comes from the real model and optimizer, never from guesses: the parameter tree is
-`nnx.eval_shape` of the Decoder the trainer builds, the optimizer state is `jax.eval_shape` of
-`tx.init` on it, and each array's per-device shard is its shape divided by the mesh axes that
-`core.sharding.logical_to_spec` assigns it on an `AbstractMesh` of the target topology (no devices
-needed). Gradients are float32 and sharded like the parameters (one more copy as the accumulator when
-`optim.micro_batches > 1`); they and AdamW's state are what trains, the step's own partition (model/partition.py:
-with `model.lora` the adapters alone). The step also holds the sharded parameters cast to the compute dtype (XLA hoists
-the cast out of the layer loop; seen in the TPU compiler's buffers, `plan --compile`).
+Memory per device comes from the real model and optimizer, never from guesses: the state is the step build's own
+(`train.step.abstract_state`: `nnx.eval_shape` of the Decoder, `jax.eval_shape` of AdamW's `tx.init` over what
+trains), placed by the step build's own shardings on an `AbstractMesh` of the target topology (no devices needed):
+each array's per-device shard is its shape divided by the mesh axes `core.sharding.logical_to_spec` assigns it.
+Gradients are float32 and sharded like the parameters (one more copy as the accumulator when `optim.micro_batches >
+1`); they and AdamW's state are what trains, the step's own partition (model/partition.py: with `model.lora` the
+adapters alone). The step also holds the sharded parameters cast to the compute dtype (XLA hoists the cast out of the
+layer loop; seen in the TPU compiler's buffers, `plan --compile`).
 
 Activations are an estimate, per device, for one micro-batch of `r` rows of `s` tokens (`r` = global
 batch / micro-batches / (data x fsdp)), tensor size `t`, `c`-byte compute (`model.dtype`: 2 for bf16), per
@@ -58,17 +58,15 @@ from typing import Any
 import jax
 import numpy as np
 import optax
-from flax import nnx
 from jax.sharding import AbstractMesh, PartitionSpec
 
-from instructjax.core import sharding
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
 from instructjax.core.optimizer import adamw
-from instructjax.model import partition, quantize
+from instructjax.model import quantize
 from instructjax.model.config import DecoderConfig
-from instructjax.model.decoder import Decoder
 from instructjax.train.objectives import objective_for
+from instructjax.train.step import AbstractState, abstract_state
 from instructjax.train.topology import Topology, local_topology
 
 GIB = 2**30
@@ -173,13 +171,6 @@ def memory_errors(out_of_memory_line: str):
         raise ConfigError(out_of_memory_line + f" [XLA: {' '.join(str(exc).split())[:160]}]") from None
 
 
-class _Spec:
-    """A PartitionSpec kept as one pytree leaf."""
-
-    def __init__(self, spec: PartitionSpec):
-        self.spec = spec
-
-
 def _shard_bytes(shape: tuple[int, ...], dtype: Any, spec: PartitionSpec, sizes: dict[str, int]) -> int:
     local = []
     for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec)), strict=True):
@@ -189,14 +180,10 @@ def _shard_bytes(shape: tuple[int, ...], dtype: Any, spec: PartitionSpec, sizes:
 
 
 @functools.lru_cache(maxsize=8)
-def _abstract_state(model: DecoderConfig, clip: bool) -> tuple[Any, Any, Any]:
-    """(params, their logical axis names, optimizer state), all abstract: nnx/jax.eval_shape, cached per model."""
-    state = nnx.state(nnx.eval_shape(lambda: Decoder(model, rngs=nnx.Rngs(0))), nnx.Param)
-    names = nnx.to_pure_dict(jax.tree.map(lambda v: _Spec(v.get_metadata().get("out_sharding")), state,
-                                          is_leaf=lambda x: isinstance(x, nnx.Variable)))
-    params = nnx.to_pure_dict(state)
-    tx = adamw(optax.constant_schedule(1.0), max_grad_norm=1.0 if clip else None)  # a schedule, as trained
-    return params, names, jax.eval_shape(tx.init, partition.of(model).trainable(params)), tx
+def _abstract_state(model: DecoderConfig, clip: bool) -> AbstractState:
+    """The step build's abstract state (`step.abstract_state`) under AdamW (clipped or not: its state's shape; a
+    schedule, as trained), cached per model: `plan` tries many meshes."""
+    return abstract_state(model, adamw(optax.constant_schedule(1.0), max_grad_norm=1.0 if clip else None))
 
 
 def _weights(model: DecoderConfig, path: tuple, array: Any) -> int:
@@ -210,19 +197,12 @@ def _weights(model: DecoderConfig, path: tuple, array: Any) -> int:
 
 def state_memory(model: DecoderConfig, sizes: dict[str, int], clip: bool = True) -> dict[str, int]:
     """Per-device bytes of parameters and optimizer state, and their global totals, from eval_shape."""
-    params, names, opt, tx = _abstract_state(model, clip)
-    trained = partition.of(model)  # what gets gradients and AdamW state: the step's own partition
-    mesh = AbstractMesh(tuple(sizes.values()), tuple(sizes))
-    is_spec = lambda x: isinstance(x, _Spec)  # noqa: E731
-    specs = jax.tree_util.tree_map_with_path(
-        lambda path, a, n: _Spec(sharding.logical_to_spec(n.spec, mesh, a.shape, what=sharding._path_str(path))
-                                 if n.spec else PartitionSpec()), params, names, is_leaf=is_spec)
-    opt_specs = optax.tree_utils.tree_map_params(tx, lambda _, s: s, opt, trained.trainable(specs),
-                                                 transform_non_params=lambda _: _Spec(PartitionSpec()))
-    leaves = lambda tree: jax.tree.leaves(tree, is_leaf=is_spec)  # noqa: E731
+    state = _abstract_state(model, clip)
+    params, opt, trained = state.params, state.opt, state.partition  # what gets gradients and AdamW state
+    specs, opt_specs = state.shardings(AbstractMesh(tuple(sizes.values()), tuple(sizes)))  # as the step places them
 
     def total(tree, spec_tree) -> tuple[int, int]:
-        pairs = list(zip(leaves(tree), leaves(spec_tree), strict=True))
+        pairs = list(zip(jax.tree.leaves(tree), jax.tree.leaves(spec_tree), strict=True))
         return (sum(_shard_bytes(a.shape, a.dtype, s.spec, sizes) for a, s in pairs),
                 sum(math.prod(a.shape) * np.dtype(a.dtype).itemsize for a, _ in pairs))
 

@@ -27,13 +27,13 @@ from typing import Any
 from instructjax.core import sharding, storage
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
-from instructjax.data.blends.specs import default_registry
-from instructjax.model.config import DecoderConfig, param_count, preset, with_overrides
+from instructjax.model.config import DecoderConfig, param_count, with_overrides
+from instructjax.model.presets import preset
 from instructjax.train.memory import GIB, USABLE, device_memory, needed_bytes, onchip_bytes, reference_bytes
 from instructjax.train.meshes import REAL_SHARE_SLACK, best_mesh, mesh_options
 from instructjax.train.objectives import objective_for
 from instructjax.train.plan_data import DataCounts, DataEstimate, count_tasks, epoch_of
-from instructjax.train.setup import resolve_model_config
+from instructjax.train.setup import resolve_model_config, run_registry
 from instructjax.train.topology import Topology
 
 
@@ -92,10 +92,7 @@ def data_counts(config: RunConfig, *, real_data: bool = False) -> DataCounts | N
     evaluation-only config. The trainer's checks of the objective against the tasks come first."""
     if config.max_steps == 0:
         return None
-    registry = default_registry()  # what the config's `imports:` registered; its `define:` joins them
-    if config.define:
-        registry.define(config.define)
-    return count_tasks(config, registry, real_data=real_data)
+    return count_tasks(config, run_registry(config), real_data=real_data)
 
 
 def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False, name: str = "",

@@ -324,13 +324,3 @@ def _step_words(data, shapes: tuple[tuple[int, int], ...] = ()) -> str:
                 f"({len(shapes)} step shape(s), each compiled once)")
     return f"{data.global_batch} rows" + (" of packed examples" if data.pack else ", one example each")
 
-
-def estimate_epoch(config: RunConfig, multiple: int = 1, registry=None) -> DataEstimate:
-    """One epoch as `plan` gives it (`count_tasks`, `epoch_of`); `registry`: the run's tasks and mixtures (None: the
-    default one)."""
-    return epoch_of(config, count_tasks(config, registry or specs.default_registry()), multiple)
-
-
-def real_epoch(config: RunConfig, multiple: int = 1, registry=None) -> DataEstimate:
-    """One epoch counted by the real pipeline with the run's tokenizer, every task read (hub datasets too)."""
-    return epoch_of(config, count_tasks(config, registry or specs.default_registry(), real_data=True), multiple)

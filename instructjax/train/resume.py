@@ -1,6 +1,7 @@
-"""Resuming a run from its newest intact checkpoint: read and checked before anything is written (`read_resume`: the
-model's shapes, what it trains, its tokenizer), then restored (`restore`: the state, a LoRA's adapters on the base
-they were trained on, the data's global position, the metrics window open at that step)."""
+"""What a run's step checkpoint holds, saved (`save_step`: the state, or a LoRA's adapters alone with the base they
+train on, the data's global position, the tokens so far, the metrics window open at that step, the run's and the
+model's configs) and resumed from the newest intact one: read and checked before anything is written (`read_resume`:
+the model's shapes, what it trains, its tokenizer), then restored (`restore`)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import jax
 from instructjax.convert.saved import load_base
 from instructjax.core import checkpoint as ckpt
 from instructjax.core import integrity, storage
-from instructjax.core.config import RunConfig
+from instructjax.core.config import RunConfig, to_dict
 from instructjax.core.errors import ConfigError
 from instructjax.core.run_identity import training_changes
 from instructjax.data.encoding.tokenizer import Tokenizer, materialize
@@ -24,6 +25,7 @@ from instructjax.train.setup import BoundRun, tokenizer_words
 
 if TYPE_CHECKING:
     from instructjax.data.batches.pipeline import DataPipeline
+    from instructjax.train.metrics import MetricsWindow
     from instructjax.train.step import StepBuild
 
 
@@ -88,3 +90,15 @@ def restore(checkpointer, run_dir: storage.Path, model: DecoderConfig, build: St
                           f"layout); it cannot resume with the global plan")  # fmt: skip
     pipeline.restore(data[0])  # the global position: any number of hosts continues from it
     return params, opt_state, latest, int(meta.get("tokens", 0)), meta.get("metrics_window")
+
+
+def save_step(checkpointer, step: int, config: RunConfig, model: DecoderConfig, build: StepBuild, base: dict | None,
+              params, opt_state, tokens: int, position, window: MetricsWindow | None = None) -> None:
+    """Save `step` (what `restore` reads back): the parameters (`base`: a LoRA on init_from, its adapters alone, the
+    base named), the optimizer state, the data `position` after its batch, the `tokens` so far, the metrics `window`
+    open at it and the configs."""
+    meta = {"run_config": to_dict(config), "model_config": dataclasses.asdict(model), "tokens": tokens,
+            "metrics_window": window.state() if window is not None else None}
+    if base:  # what trains alone: the base is init_from's
+        params, meta["base"] = build.partition.trainable(params), base
+    checkpointer.save(step, params, opt_state, ckpt.gather_data_state(position.to_array()), meta)

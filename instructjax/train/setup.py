@@ -27,7 +27,8 @@ from instructjax.core.config import DataSection, RunConfig
 from instructjax.core.errors import ConfigError
 from instructjax.data.blends.specs import default_registry
 from instructjax.data.encoding.templates import jinja_template
-from instructjax.model.config import DecoderConfig, preset, with_overrides
+from instructjax.model.config import DecoderConfig, with_overrides
+from instructjax.model.presets import preset
 
 if TYPE_CHECKING:
     from instructjax.data.batches.pipeline import DataPipeline, EpochPlan
@@ -121,13 +122,21 @@ class RunData:
     registry: Registry | None = None
 
 
-def bind_data(config: RunConfig, tokenizer: str | None, registry=None) -> RunData:
-    """Register the config's own tasks (`define:`) in `registry` (None: the default one, where a config's `imports:`
-    registered theirs) and bind its mixture to the run (see the module doc)."""
-    from instructjax.data.binding import bind
-
+def run_registry(config: RunConfig, registry: Registry | None = None) -> Registry:
+    """The registry `config`'s names resolve in, the one place that makes it: `registry` (None: the command's,
+    `specs.default_registry()`, made per command by `core.context`, where the config's `imports:` registered theirs)
+    with the config's own tasks and mixtures (`define:`) registered in it. What the trainer, `plan`, `plan --compile`
+    and the `data` commands look the config's mixture up in; calling it again registers the same specs."""
     registry = registry or default_registry()
     registry.define(config.define)
+    return registry
+
+
+def bind_data(config: RunConfig, tokenizer: str | None, registry: Registry | None = None) -> RunData:
+    """`config`'s mixture looked up in `run_registry(config, registry)` and bound to the run (see the module doc)."""
+    from instructjax.data.binding import bind
+
+    registry = run_registry(config, registry)
     resolved = checked_mixture(config, registry)  # once: bind and the pipeline take it from here
     if resolved is None:
         raise registry.unknown(config.data.mixture)
@@ -155,9 +164,9 @@ class BoundRun:
     data: RunData
 
 
-def bind_run(config: RunConfig, registry=None) -> BoundRun:
+def bind_run(config: RunConfig, registry: Registry | None = None) -> BoundRun:
     """The tokenizer, the model fitted to it and the data bound to both (see the module doc), the data's names looked
-    up in `registry` (None: the default one, where the config's `imports:` registered theirs)."""
+    up in `run_registry(config, registry)`."""
     from instructjax.data.encoding.tokenizer import Tokenizer
 
     path = tokenizer_path(config)

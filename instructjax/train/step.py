@@ -28,7 +28,7 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
 
 from instructjax.core import sharding
 from instructjax.core.config import RunConfig
@@ -197,27 +197,51 @@ class StepBuild:
             return self.step.lower(self.params, self.opt_state, self.batch(rows, seq_len), *reference)
 
 
-def build_step(model: DecoderConfig, tx: optax.GradientTransformation, config: RunConfig, num_sources: int,
-               mesh: Mesh, seed: int = 0) -> StepBuild:
-    """The run's step and abstract state on `mesh` (see the module doc): parameters sharded by the logical rules,
-    AdamW's moments like the parameters that train (`partition`), its counters replicated."""
-    objective = objective_for(config, num_sources)
+@dataclass(frozen=True)
+class AbstractState:
+    """A model's state before any mesh, nothing allocated: its graph, its variables (`state`: each with its logical
+    axes), the parameters as `jax.ShapeDtypeStruct`s (`params`), what trains (`partition`) and `tx`'s state over it
+    (`opt`). What the step build places on a mesh and the memory estimate counts (train/memory.py)."""
+
+    graphdef: Any
+    state: nnx.State
+    params: Any
+    partition: Partition
+    tx: optax.GradientTransformation
+    opt: Any
+
+    def shardings(self, mesh: Mesh | AbstractMesh) -> tuple[Any, Any]:
+        """(the parameters', AdamW state's) NamedShardings on `mesh`: parameters by the logical rules, AdamW's moments
+        like the parameters that train, its counters replicated."""
+        params = nnx.to_pure_dict(sharding.state_shardings(self.state, mesh))
+        opt = optax.tree_utils.tree_map_params(self.tx, lambda _, s: s, self.opt, self.partition.trainable(params),
+                                               transform_non_params=lambda _: NamedSharding(mesh, PartitionSpec()))
+        return params, opt
+
+
+def abstract_state(model: DecoderConfig, tx: optax.GradientTransformation, seed: int = 0) -> AbstractState:
+    """`model`'s `AbstractState` with `tx`'s state (`nnx.eval_shape` of the Decoder, `jax.eval_shape` of `tx.init`)."""
     graphdef, state = nnx.split(nnx.eval_shape(lambda: Decoder(model, rngs=nnx.Rngs(seed))))
     partition = Partition.of_state(state)
-    param_shardings = nnx.to_pure_dict(sharding.state_shardings(state, mesh))
     params = nnx.to_pure_dict(state)
+    return AbstractState(graphdef, state, params, partition, tx, jax.eval_shape(tx.init, partition.trainable(params)))
+
+
+def build_step(model: DecoderConfig, tx: optax.GradientTransformation, config: RunConfig, num_sources: int,
+               mesh: Mesh, seed: int = 0) -> StepBuild:
+    """The run's step and its `abstract_state` on `mesh` (see the module doc)."""
+    objective = objective_for(config, num_sources)
+    state = abstract_state(model, tx, seed)
+    param_shardings, opt_shardings = state.shardings(mesh)
+    partition = state.partition
     replicated = NamedSharding(mesh, PartitionSpec())
-    trained_shardings = partition.trainable(param_shardings)  # AdamW's moments' own, and a live reference's
-    opt = jax.eval_shape(tx.init, partition.trainable(params))
-    opt_shardings = optax.tree_utils.tree_map_params(tx, lambda _, s: s, opt, trained_shardings,
-                                                     transform_non_params=lambda _: replicated)
     with_sharding = lambda tree, shards: jax.tree.map(  # noqa: E731
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shards)
     batch_sharding = sharding.batch_sharding(mesh)
-    reference = (trained_shardings,) if objective.reference == "live" else ()
-    step = jax.jit(make_step(objective, graphdef, tx, config, mesh, partition),
+    reference = (partition.trainable(param_shardings),) if objective.reference == "live" else ()  # the adapters'
+    step = jax.jit(make_step(objective, state.graphdef, tx, config, mesh, partition),
                    in_shardings=(param_shardings, opt_shardings, batch_sharding, *reference),
                    out_shardings=(param_shardings, opt_shardings, replicated), donate_argnums=(0, 1))
-    return StepBuild(graphdef, with_sharding(params, param_shardings), with_sharding(opt, opt_shardings),
+    return StepBuild(state.graphdef, with_sharding(state.params, param_shardings), with_sharding(state.opt, opt_shardings),
                      param_shardings, opt_shardings, batch_sharding, step, bool(reference),
                      objective.reference == "cached", partition, objective, tx)

@@ -16,14 +16,13 @@ loop:        host batch -> global jax.Array -> step; metrics to RUN_DIR/metrics.
              (what `sweep` and the TPU launcher read). RUN_DIR may be local or in a bucket.
 hosts:       every host plans the same global steps (data.batches.pipeline); a host whose plan differs
              stops the run at once with one line, and a checkpoint resumes on any number of hosts.
-owners:      resuming (`train.resume`), the model a run starts from and a preference run's reference
+owners:      what a step's checkpoint holds, saved and resumed (`train.resume`), the model a run starts from and a preference run's reference
              (`train.reference`), steps saved by `plan --compile` (`train.compile`), the memory check
              (`train.memory`), the Mosaic-IT record (`train.metrics`): this module is the loop over them.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import sys
 import time
@@ -34,7 +33,6 @@ import numpy as np
 import yaml
 from jax.sharding import NamedSharding
 
-from instructjax.core import checkpoint as ckpt
 from instructjax.core import hosts, progress, runlock, sharding, storage, tracking
 from instructjax.core.config import RunConfig, to_dict
 from instructjax.core.errors import ConfigError, InstructJaxError
@@ -52,7 +50,7 @@ from instructjax.train.metrics import (
 )
 from instructjax.train.preemption import PreemptionWatch
 from instructjax.train.reference import prepare, start_base, starting_params
-from instructjax.train.resume import read_resume, restore
+from instructjax.train.resume import read_resume, restore, save_step
 from instructjax.train.step import build_step
 
 
@@ -137,12 +135,8 @@ class Trainer:
         """Save `step` with the data `position` after its batch and the metrics `window` open at it (unless another
         process took the run's lock over meanwhile: then one line, and nothing is saved)."""
         self.lock.check()
-        meta = {"run_config": to_dict(self.config), "model_config": dataclasses.asdict(self.model_config),
-                "tokens": tokens, "metrics_window": window.state() if window is not None else None}  # fmt: skip
-        data = ckpt.gather_data_state(position.to_array())
-        if self.base:  # what trains alone: the base is init_from's
-            params, meta["base"] = self.build.partition.trainable(params), self.base
-        self.checkpointer.save(step, params, opt_state, data, meta)
+        save_step(self.checkpointer, step, self.config, self.model_config, self.build, self.base, params, opt_state,
+                  tokens, position, window)
         if jax.process_index() == 0:  # the Mosaic-IT passes made so far, by k (RUN_DIR/mosaic_k.json)
             record_mosaics(str(self.run_dir), self.pipeline.stream.mosaic_k)
 

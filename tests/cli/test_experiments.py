@@ -15,7 +15,7 @@ from instructjax.data.blends import specs
 from instructjax.data.blends.specs import define as define_data
 from instructjax.eval.config import eval_section
 from instructjax.eval.suite import SUITE_NAMES
-from instructjax.model.config import PRESETS
+from instructjax.model.presets import PRESETS
 
 ROOT = REPO / "configs"
 SEEDS = REPO.parent / "shared" / "seeds"  # the papers' text, beside a developer's checkout
@@ -165,7 +165,7 @@ def test_adapter_variants_are_their_runs_with_the_authors_lora_recipes():
     0.1, lr 1e-4) and finetune_qlora_with_accelerate.sh (NF4, rank 64, alpha 16, dropout 0.1, lr 1e-4) for Tulu;
     LLaMA-Factory's llama3_lora_sft.yaml (rank 8, alpha 16 = 2 x rank, lr 1e-4) for seed 003. Each resolves to a
     model config the trainer accepts."""
-    from instructjax.model.config import preset
+    from instructjax.model.presets import preset
 
     want = {"seed004_tulu/tulu_human_gpt_llama1_65b_lora.yaml": ((256, 256, 0.1), "none", 1e-4),
             "seed004_tulu/tulu_human_gpt_llama1_65b_qlora.yaml": ((64, 16, 0.1), "nf4", 1e-4),

@@ -11,8 +11,9 @@ from flax import nnx
 from instructjax.core import checkpoint as ckpt
 from instructjax.core import sharding
 from instructjax.core.errors import ConfigError
-from instructjax.model.config import DecoderConfig, preset
+from instructjax.model.config import DecoderConfig
 from instructjax.model.decoder import Decoder
+from instructjax.model.presets import preset
 
 
 @pytest.fixture(scope="module")

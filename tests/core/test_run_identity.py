@@ -8,7 +8,8 @@ import dataclasses
 
 from instructjax.core.config import load_config, to_dict
 from instructjax.core.run_identity import digest, training_changes, training_digest, training_values
-from instructjax.model.config import DecoderConfig, preset, runs_only_keys
+from instructjax.model.config import DecoderConfig, runs_only_keys
+from instructjax.model.presets import preset
 
 # the hand list core/config.py held before the fields declared themselves
 LISTED_BEFORE = ("model.overrides.attention", "model.overrides.attention_block",

@@ -19,8 +19,8 @@ from instructjax.core.sharding import (
     shard_model,
     state_shardings,
 )
-from instructjax.model.config import preset
 from instructjax.model.decoder import Decoder, abstract_model
+from instructjax.model.presets import preset
 from instructjax.train.loss import loss_sums, reduce_loss
 
 

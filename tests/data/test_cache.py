@@ -81,8 +81,8 @@ def test_the_key_follows_a_selection_encoders_weights_not_its_path(monkeypatch, 
     from instructjax.core.checkpoint import save_params
     from instructjax.data.blends import specs
     from instructjax.data.blends.specs import SelectionSpec
-    from instructjax.model.config import preset
     from instructjax.model.decoder import Decoder
+    from instructjax.model.presets import preset
 
     monkeypatch.setenv("INSTRUCTJAX_CACHE_DIR", str(tmp_path / "cache"))
     from flax import nnx

@@ -196,8 +196,8 @@ def test_every_reply_unreadable_is_one_line(tmp_path):
     from instructjax.cli import main
     from instructjax.core.checkpoint import save_params
     from instructjax.data.encoding.tokenizer import Tokenizer, default_tokenizer_path
-    from instructjax.model.config import preset
     from instructjax.model.decoder import Decoder
+    from instructjax.model.presets import preset
 
     config = preset("tiny", dtype="float32")
     shapes = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))))

@@ -329,8 +329,8 @@ def test_judge_bodies_that_are_not_chat_completions_through_eval_config(tmp_path
     from instructjax.cli import main
     from instructjax.core.checkpoint import save_params
     from instructjax.data.encoding.tokenizer import Tokenizer, default_tokenizer_path
-    from instructjax.model.config import preset
     from instructjax.model.decoder import Decoder
+    from instructjax.model.presets import preset
 
     config = preset("tiny", dtype="float32")
     shapes = nnx.to_pure_dict(nnx.state(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))))

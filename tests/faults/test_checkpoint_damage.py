@@ -32,8 +32,8 @@ from instructjax import cli
 from instructjax.core import checkpoint as ckpt
 from instructjax.core import integrity
 from instructjax.core.errors import ConfigError
-from instructjax.model.config import preset
 from instructjax.model.decoder import Decoder
+from instructjax.model.presets import preset
 
 TOKENIZER = {"files": {"tokenizer.json": "{}" * 300}, "template": "tulu"}
 

@@ -132,7 +132,7 @@ def test_import_refuses_what_later_commands_cannot_use(tmp_path, capsys):
     from helpers.pretrained_models import bpe_tokenizer
 
     from instructjax.convert import hf_config
-    from instructjax.model.config import preset
+    from instructjax.model.presets import preset
 
     def hf_dir(name: str, rows: int, template: str | None) -> str:
         path = tmp_path / name

@@ -53,7 +53,7 @@ def make_hf_dir(path) -> str:
     from instructjax.convert import hf_config
     from instructjax.convert.hf import abstract_params
     from instructjax.convert.hf_names import entry_hf_shape, hf_weight_table
-    from instructjax.model.config import preset
+    from instructjax.model.presets import preset
 
     config = preset("tiny", dtype="float32")
     path.mkdir()

@@ -16,8 +16,9 @@ from instructjax.convert import hf_config
 from instructjax.convert.hf import hf_state, params_from_tensors
 from instructjax.core.errors import ConfigError
 from instructjax.model import rope
-from instructjax.model.config import PRESETS, REMAT_POLICIES, DecoderConfig, param_count, preset
+from instructjax.model.config import REMAT_POLICIES, DecoderConfig, param_count
 from instructjax.model.decoder import PROJECTIONS, Decoder, abstract_model, with_params
+from instructjax.model.presets import PRESETS, preset
 
 ROPE_SCALED = dict(
     rope_theta=500000.0,

@@ -7,8 +7,9 @@ from __future__ import annotations
 import dataclasses
 
 from instructjax.convert.hf_names import SPLITS
-from instructjax.model.config import FAMILIES, PRESETS, DecoderConfig, preset
+from instructjax.model.config import FAMILIES, DecoderConfig
 from instructjax.model.families import RECORDS, family_of
+from instructjax.model.presets import PRESETS, preset
 
 
 def test_every_family_has_its_switches_and_one_record():

@@ -14,8 +14,8 @@ from helpers.bitsandbytes_nf4 import NF4, quantize_4bit
 from instructjax.core.config import load_config
 from instructjax.core.errors import ConfigError
 from instructjax.model import lora, partition, quantize
-from instructjax.model.config import preset
 from instructjax.model.decoder import Decoder, with_params
+from instructjax.model.presets import preset
 from instructjax.train.optim import make_optimizer
 from instructjax.train.step import build_step
 

@@ -14,7 +14,7 @@ from helpers import REPO
 
 from instructjax.cli import main
 from instructjax.core import libtpu
-from instructjax.model.config import preset
+from instructjax.model.presets import preset
 from instructjax.train.compile import slice_devices
 from instructjax.train.topology import SLICE_SHAPES, TPU_CHIPS, tpu_topology
 

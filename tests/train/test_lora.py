@@ -17,10 +17,10 @@ from flax import nnx
 from instructjax.core.config import load_config
 from instructjax.core.errors import ConfigError
 from instructjax.model import lora
-from instructjax.model.config import preset
 from instructjax.model.decoder import Decoder, with_params
 from instructjax.model.layers import Dense
 from instructjax.model.partition import Partition
+from instructjax.model.presets import preset
 from instructjax.train.objectives import objective_for
 from instructjax.train.optim import make_optimizer
 from instructjax.train.step import build_step, make_step

@@ -11,8 +11,8 @@ from flax import nnx
 from instructjax.core.config import OptimSection
 from instructjax.core.errors import ConfigError
 from instructjax.core.optimizer import warmup_linear_decay
-from instructjax.model.config import preset
 from instructjax.model.decoder import abstract_model
+from instructjax.model.presets import preset
 from instructjax.train.loss import accumulate_gradients, loss_sums, per_source_sums, reduce_loss, token_nll
 from instructjax.train.optim import make_optimizer
 

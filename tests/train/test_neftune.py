@@ -17,8 +17,8 @@ from instructjax.core.config import load_config
 from instructjax.core.errors import ConfigError
 from instructjax.eval.generate import Sampling, generate_ids
 from instructjax.eval.score import score_ids
-from instructjax.model.config import preset
 from instructjax.model.decoder import Decoder
+from instructjax.model.presets import preset
 from instructjax.train import step as train_step
 from instructjax.train.objectives import objective_for
 from instructjax.train.optim import make_optimizer

@@ -14,7 +14,7 @@ from instructjax.core import sharding
 from instructjax.core.config import DataSection, ModelSection, OptimSection, RunConfig, load_config
 from instructjax.core.errors import ConfigError
 from instructjax.data.batches.packing import FEATURES
-from instructjax.model.config import preset
+from instructjax.model.presets import preset
 from instructjax.train.memory import GIB, activation_bytes, onchip_bytes
 from instructjax.train.optim import make_optimizer
 from instructjax.train.plan import make_plan

@@ -14,8 +14,9 @@ from flax import nnx
 
 from instructjax.core.config import load_config
 from instructjax.data.batches.packing import SequencePacker, pack_segments
-from instructjax.model.config import DecoderConfig, preset
+from instructjax.model.config import DecoderConfig
 from instructjax.model.decoder import Decoder, with_params
+from instructjax.model.presets import preset
 from instructjax.train.step import build_step
 
 SEQ = 64

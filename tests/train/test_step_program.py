@@ -12,7 +12,7 @@ import pytest
 
 from instructjax.core.config import load_config
 from instructjax.core.errors import ConfigError
-from instructjax.model.config import preset
+from instructjax.model.presets import preset
 from instructjax.train.compile import FORMAT, load_compiled, program_digest, slice_identity
 from instructjax.train.optim import make_optimizer
 from instructjax.train.step import build_step

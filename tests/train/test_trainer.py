@@ -17,8 +17,8 @@ from instructjax.core import checkpoint as ckpt
 from instructjax.core.config import load_config
 from instructjax.core.errors import ConfigError
 from instructjax.data.batches.pipeline import DataPipeline
-from instructjax.model.config import preset
 from instructjax.model.decoder import Decoder
+from instructjax.model.presets import preset
 from instructjax.train import setup as run_setup
 from instructjax.train.trainer import NonFiniteLoss, Trainer
 

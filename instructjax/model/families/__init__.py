@@ -5,7 +5,7 @@ experts); llama.py is the layout the other
 RoPE families reuse. `RECORDS` maps each family name to its record, in HF's order of `supported()`.
 
 Adding a family: a module here with its record (its switches first; its `lora_modules` where they are not LLaMA's),
-presets in model/config.py, and the record in `RECORDS`.
+presets in model/presets.py, and the record in `RECORDS`.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """LLaMA (1, 2, 3.x): the base layout the other RoPE families reuse (`layer_tensors`).
 
-Switches: none (LLaMA's are DecoderConfig's defaults); presets llama1-*, llama2-*, llama3*-* in model/config.py.
+Switches: none (LLaMA's are DecoderConfig's defaults); presets llama1-*, llama2-*, llama3*-* in model/presets.py.
 config.json: `attention_bias` sets the q/k/v and o biases, `mlp_bias` the MLP's.
 Tensors, under HF's `model.` prefix: layers.N.{input_layernorm, self_attn.{q,k,v,o}_proj, post_attention_layernorm,
 mlp.{gate,up,down}_proj}, embed_tokens, norm; and lm_head.

@@ -1,6 +1,6 @@
 """Mistral: LLaMA's layer with grouped kv heads and a sliding window on every layer.
 
-Switches: LLaMA's; preset mistral-7b in model/config.py.
+Switches: LLaMA's; preset mistral-7b in model/presets.py.
 config.json: `sliding_window` on every layer (no layer types); no bias keys.
 Tensors: LLaMA's.
 """

@@ -1,6 +1,6 @@
 """Phi-3: LLaMA's layer, its files fusing q/k/v (`qkv_proj`) and gate/up (`gate_up_proj`).
 
-Switches: LLaMA's; preset phi3-mini in model/config.py.
+Switches: LLaMA's; preset phi3-mini in model/presets.py.
 config.json: `partial_rotary_factor`, `original_max_position_embeddings` (long-RoPE), a window on every layer.
 Tensors: LLaMA's names with self_attn.qkv_proj and mlp.gate_up_proj, cut into q, k, v and gate, up on import.
 LoRA modules: qkv_proj and gate_up_proj fused (one A for q, k, v; one for gate, up), o_proj, down_proj.
