@@ -87,11 +87,13 @@ def _decode_md(r: dict) -> list[str]:
 def _run_md(r: dict) -> list[str]:
     e = r["export"]
     reference = "the same run on JAX's CPU platform" if r["cpu_reference"] else "itself (this is the CPU)"
-    return [f"`instructjax train --config configs/quickstart.yaml max_steps=20 checkpoint.every=10` on "
+    n = r["steps"]
+    return [f"`instructjax train --config configs/quickstart.yaml max_steps={n} checkpoint.every={n // 2}` on "
             f"{r['platform']} ({r['train_s']:.0f} s): loss {r['first_loss']:.4f} -> {r['last_loss']:.4f}.", "",
-            f"- resumed from step 10 (step 20 removed): last loss {r['resumed_last_loss']:.4f}, largest relative "
-            f"difference over steps 11-20 {r['resume_max_rel']:.1e} (tolerance {RESUME_TOLERANCE:.0e})",
-            f"- against {reference}: last loss {r['cpu_last_loss']:.4f}, largest relative difference over the 20 "
+            f"- resumed from step {n // 2} (step {n} removed): last loss {r['resumed_last_loss']:.4f}, largest "
+            f"relative difference over steps {n // 2 + 1}-{n} {r['resume_max_rel']:.1e} (tolerance "
+            f"{RESUME_TOLERANCE:.0e})",
+            f"- against {reference}: last loss {r['cpu_last_loss']:.4f}, largest relative difference over the {n} "
             f"steps {r['cpu_max_rel']:.1e} (tolerance {LOSS_TOLERANCE:.0e})",
             f"- export read by transformers: logits relative error {e['logits_rel']:.1e} (tolerance "
             f"{e['tolerance']:.0e}), argmax agreement {e['argmax_agree']:.1%}",

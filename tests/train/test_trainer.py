@@ -65,8 +65,9 @@ def test_first_loss_matches_numpy_cross_entropy(reference):
 
 @pytest.mark.parametrize(
     "mesh",
-    # data8 and fsdp8 are covered at the loss/gradient level by tests/core/test_sharding.py
-    [{"data": 2, "fsdp": 2, "tensor": 2}, {"fsdp": 4, "tensor": 2}],
+    # data8, fsdp8 and 2x2x2 are covered at the loss/gradient level by tests/core/test_sharding.py; here the trainer on
+    # every axis at once (fsdp4 x tensor2 showed nothing more, 31 s of CI)
+    [{"data": 2, "fsdp": 2, "tensor": 2}],
     ids=lambda m: "-".join(f"{k}{v}" for k, v in m.items()),
 )
 def test_mesh_shapes_give_the_same_losses(tmp_path, reference, mesh):
