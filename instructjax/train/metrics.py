@@ -33,6 +33,20 @@ STEP_KEYS = frozenset({"loss", "loss_sum", "loss_weight", "pairs", "grad_norm", 
                        "source_sums", "source_weights", "lr"})
 
 
+def _summary_writer():
+    """tensorboardX's SummaryWriter, imported without torch where torch is not imported yet: tensorboardX imports
+    torch when it can (4-6 s of a training process's start on a CPU) only to accept torch tensors, which metrics
+    never are."""
+    if "torch" in sys.modules:
+        from tensorboardX import SummaryWriter
+        return SummaryWriter
+    sys.modules["torch"] = None  # tensorboardX's `try: import torch` takes the ImportError path
+    try:
+        from tensorboardX import SummaryWriter
+    finally:
+        del sys.modules["torch"]
+    return SummaryWriter
+
 class MetricsWindow:
     """Sums over the steps since the last log line. A step's time runs from the previous step's outputs
     being ready to its own (the first step of a process includes compilation); `tokens_per_sec` and
@@ -138,7 +152,7 @@ class MetricsLogger:
         self.mirror.sync()
         self._synced = time.monotonic()
         try:
-            from tensorboardX import SummaryWriter
+            SummaryWriter = _summary_writer()
         except ImportError:  # a bare accelerator image: metrics.jsonl only
             print("instructjax: tensorboardX is not installed: no TensorBoard events (metrics.jsonl is written)",
                   file=sys.stderr)
