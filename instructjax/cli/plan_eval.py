@@ -64,7 +64,7 @@ class EvalPlan:
 def evaluated_model(config: RunConfig, topology: Topology):
     """The model as the evaluation runs it on `topology`: bfloat16 on accelerators, float32 on a CPU."""
     from instructjax.eval import placement
-    from instructjax.train.plan import model_shapes
+    from instructjax.train.resolution import model_shapes
 
     return placement.eval_config(model_shapes(config), placement.default_dtype("cpu" if topology.platform == "cpu"
                                                                                 else topology.platform))

@@ -49,17 +49,17 @@ def _prepare(args) -> int:
     from instructjax.data.encoding import pool
     from instructjax.data.tokenized import examples, stream
     from instructjax.train import setup as run_setup
+    from instructjax.train.resolution import PIPELINE, resolve
 
     beam = _beam_runner(args)  # before any work: a runner or options that cannot run, or Beam missing
     config = load_run_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
     if cache.cache_dir() is None:
         raise ConfigError("the tokenized cache is off (INSTRUCTJAX_CACHE_DIR=off): there is nowhere to prepare to")
-    tokenizer_path = run_setup.tokenizer_path(config)
+    bound = resolve(config, sizes=PIPELINE).bound  # the trainer's binding: its tokenizer, model and bound data
     if beam is None:
-        pool.start(tokenizer_path)  # the workers start while the hosts connect and the sources open
+        pool.start(bound.data.tokenizer)  # the workers start while the hosts connect and the sources open
 
     hosts.initialize(config.distributed, f"prepare:{config.run_dir}")
-    bound = run_setup.bind_run(config)  # the trainer's binding: its tokenizer, model and bound data
     index, count = hosts.process()
     primary, bars = index == 0, {}
     built = _prepare_on_beam(beam, args, config, bound, count) if beam is not None else set()

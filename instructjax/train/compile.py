@@ -174,14 +174,6 @@ def target_devices(topology: Topology) -> list:
     return devices
 
 
-def run_sources(config: RunConfig) -> int:
-    """The number of tasks the run's mixture has (the per-source loss sums the step returns)."""
-    from instructjax.data.binding import specs_of
-
-    found = specs_of(config.data.mixture, run_setup.run_registry(config))
-    return len(found.tasks) if found is not None else 1
-
-
 @dataclass(frozen=True)
 class _Target:
     """What a compiled step is built from: the run's config (mesh written in), model, sources, step shapes and the
@@ -195,14 +187,17 @@ class _Target:
 
 
 def _target(config: RunConfig, topology: Topology, *, real_data: bool, name: str) -> _Target:
-    """With `real_data`, the run resolved as the trainer resolves it (`train.setup.resolve_run`: its tokenizer, the
-    real pipeline's steps and step shapes, `mesh: auto` chosen for the slice by what fits its chips); else plan's
-    epoch (its tasks counted or estimated, `train.plan_data`; the mesh plan proposes, the model from its config)."""
+    """`config` resolved once (`train.resolution`): with `real_data`, `pipeline` sizes and the run resolved as the
+    trainer resolves it (`train.setup.resolve_run`: the real pipeline's steps and step shapes, `mesh: auto` chosen
+    for the slice by what fits its chips); else plan's `estimate` (its tasks counted, cached or from the papers, the
+    mesh plan proposes)."""
     from instructjax.train import memory
     from instructjax.train import plan as planning
+    from instructjax.train.resolution import ESTIMATE, PIPELINE, resolve
 
+    resolution = resolve(config, sizes=PIPELINE if real_data else ESTIMATE)
     if real_data:
-        bound = run_setup.bind_run(config)
+        bound = resolution.bound
 
         def fits(sizes, shapes) -> bool:
             needed = memory.step_needed(bound.model, bound.config, sizes, shapes, topology)[0]
@@ -211,11 +206,11 @@ def _target(config: RunConfig, topology: Topology, *, real_data: bool, name: str
         run = run_setup.resolve_run(bound, devices=topology.devices, hosts=topology.hosts,
                                     pipeline=run_setup.open_pipeline(bound), fits=fits)  # one process reads all
         return _Target(run.config, run.model, len(run.sources), run.step_shapes, run.total_steps)
-    plan = planning.plan_with_proposal(config, topology, name=name)
+    plan = planning.plan_with_proposal(config, topology, name=name, resolution=resolution)
     if plan.data is None:
         raise ConfigError("an evaluation-only config (max_steps: 0) has no train step to compile")
     run = dataclasses.replace(config, mesh=plan.mesh)
-    return _Target(run, planning.model_shapes(run), run_sources(run), plan.data.step_shapes, plan.data.run_steps)
+    return _Target(run, resolution.model, resolution.sources, plan.data.step_shapes, plan.data.run_steps)
 
 
 def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_data: bool = False,

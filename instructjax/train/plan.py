@@ -24,16 +24,15 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-from instructjax.core import sharding, storage
+from instructjax.core import sharding
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
-from instructjax.model.config import DecoderConfig, param_count, with_overrides
-from instructjax.model.presets import preset
+from instructjax.model.config import DecoderConfig, param_count
 from instructjax.train.memory import GIB, USABLE, device_memory, needed_bytes, onchip_bytes, reference_bytes
 from instructjax.train.meshes import REAL_SHARE_SLACK, best_mesh, mesh_options
 from instructjax.train.objectives import objective_for
-from instructjax.train.plan_data import DataCounts, DataEstimate, count_tasks, epoch_of
-from instructjax.train.setup import resolve_model_config, run_registry
+from instructjax.train.plan_data import DataEstimate, epoch_of
+from instructjax.train.resolution import ESTIMATE, PIPELINE, Resolution, resolve
 from instructjax.train.topology import Topology
 
 
@@ -62,53 +61,21 @@ class Plan:
         return {**dataclasses.asdict(self), "total_bytes": self.total_bytes}
 
 
-def model_shapes(config: RunConfig) -> DecoderConfig:
-    """The model a plan counts: the config stored with `model.init_from` where that checkpoint exists (its metadata,
-    never its weights: `stored_model`), else the preset with the config's overrides (a paper config planned before
-    the import)."""
-    if config.model.init_from:
-        if storage.path(config.model.init_from).exists():
-            stored = stored_model(config.model.init_from)
-            if stored is None:  # no step's metadata reads: the trainer's own check says why, in one line
-                return resolve_model_config(config)
-            return with_overrides(DecoderConfig.from_dict(stored), config.model.overrides)
-    return preset(config.model.preset, **config.model.overrides)
-
-
-def stored_model(init_from: str) -> dict | None:
-    """The model config stored with the newest step of checkpoint `init_from` whose files are all there, or None:
-    its `meta` item alone (`read_meta` without hashing: no array file is opened, so a plan of a 70B import reads a few
-    KB)."""
-    from instructjax.core.checkpoint import read_meta  # orbax: loaded where a plan starts from a checkpoint
-
-    try:
-        return read_meta(init_from, contents=False)[0]
-    except Exception:  # noqa: BLE001  no step reads: the trainer's own check says why, in one line
-        return None
-
-
-def data_counts(config: RunConfig, *, real_data: bool = False) -> DataCounts | None:
-    """The tasks of `config`'s mixture counted, cached or estimated (`plan_data.count_tasks`); None for an
-    evaluation-only config. The trainer's checks of the objective against the tasks come first."""
-    if config.max_steps == 0:
-        return None
-    return count_tasks(config, run_registry(config), real_data=real_data)
-
-
 def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False, name: str = "",
-              counts: DataCounts | None = None) -> Plan:
-    """The plan of `config` on `topology` (see the module docstring); `counts`: its tasks as `data_counts` gives
-    them (None: counted here)."""
+              resolution: Resolution | None = None) -> Plan:
+    """The plan of `config` on `topology` (see the module docstring); `resolution`: `config` resolved
+    (`train.resolution.resolve`: its model and its tasks' sizes; None: resolved here, `pipeline` sizes with
+    `real_data`); its mesh is `config`'s."""
+    resolution = (resolution or resolve(config, sizes=PIPELINE if real_data else ESTIMATE)).counted()
     if config.mesh == "auto":  # figures of the plain FSDP mesh; plan_with_proposal takes the proposed one
         config = dataclasses.replace(config, mesh={"data": 1, "fsdp": -1, "tensor": 1})
-    model = model_shapes(config)
+    model = resolution.model
     training = config.max_steps != 0
     sizes = (sharding.resolve_mesh(config, topology.devices, topology.hosts) if training
              else sharding.mesh_sizes(config.mesh, topology.devices))
     data = None
     if training:
-        counts = counts or data_counts(config, real_data=real_data)
-        data = epoch_of(config, counts, sharding.row_multiple(config, sizes, topology.hosts))
+        data = epoch_of(config, resolution.counts, sharding.row_multiple(config, sizes, topology.hosts))
     rows, length = max(data.step_shapes, key=lambda s: s[0] * s[1]) if training else (0, config.data.seq_len)
     memory, acts = device_memory(model, sizes, rows=rows, seq_len=length,  # the largest step shown
                                  micro_batches=config.optim.micro_batches,
@@ -146,18 +113,18 @@ REAL_SHARE_GOAL = 0.9  # below it, `plan_with_proposal` looks for a mesh that do
 
 
 def propose_mesh(config: RunConfig, topology: Topology, *, real_data: bool = False,
-                 counts: DataCounts | None = None) -> Plan | None:
+                 resolution: Resolution | None = None) -> Plan | None:
     """The plan on the mesh of `topology` (`mesh_options`) that the batch divides over, that fits, and that keeps
     the most of the step's tokens real (with `pack: per_step` a step packs into a multiple of the data-parallel
     devices: fewer of them, fewer padded rows); among meshes within REAL_SHARE_SLACK of the best, the least tensor
     parallelism. None for an evaluation-only config or when no mesh fits."""
     if config.max_steps == 0:
         return None
-    counts = counts or data_counts(config, real_data=real_data)
+    resolution = (resolution or resolve(config, sizes=PIPELINE if real_data else ESTIMATE)).counted()
     plans = []
     for sizes in mesh_options(topology.devices):
         try:
-            plan = make_plan(dataclasses.replace(config, mesh=sizes), topology, counts=counts)
+            plan = make_plan(dataclasses.replace(config, mesh=sizes), topology, resolution=resolution)
         except ConfigError:  # the batch does not divide over it, or the model's heads not over its tensor axis
             continue
         if plan.fits:
@@ -166,22 +133,24 @@ def propose_mesh(config: RunConfig, topology: Topology, *, real_data: bool = Fal
     return next((plan for plan in plans if plan.mesh is chosen), None)
 
 
-def plan_with_proposal(config: RunConfig, topology: Topology, *, real_data: bool = False, name: str = "") -> Plan:
+def plan_with_proposal(config: RunConfig, topology: Topology, *, real_data: bool = False, name: str = "",
+                       resolution: Resolution | None = None) -> Plan:
     """`make_plan`, with a proposed mesh (`propose_mesh`) where the config's own cannot serve the batch on this
     topology (the plan is then the proposal's, `proposal` says so) or keeps less than REAL_SHARE_GOAL of the
     step's tokens real and another mesh keeps more; the config's own error when no mesh can. The tasks are counted
-    once (`data_counts`) for every mesh tried."""
-    counts = data_counts(config, real_data=real_data)
+    once (`resolution`, made here where not given:
+    `pipeline` sizes with `real_data`) for every mesh tried."""
+    resolution = (resolution or resolve(config, sizes=PIPELINE if real_data else ESTIMATE)).counted()
     if config.mesh == "auto" and config.max_steps != 0:  # the proposal is the run's mesh
-        plan = propose_mesh(config, topology, counts=counts)
+        plan = propose_mesh(config, topology, resolution=resolution)
         if plan is None:  # none fits: the plain FSDP mesh's figures, which say so
-            return make_plan(config, topology, name=name, counts=counts)
+            return make_plan(config, topology, name=name, resolution=resolution)
         plan.config, plan.proposal = name, f"mesh: auto takes {_overrides(plan.mesh)}"
         return plan
     try:
-        plan = make_plan(config, topology, name=name, counts=counts)
+        plan = make_plan(config, topology, name=name, resolution=resolution)
     except ConfigError as e:
-        proposed = propose_mesh(config, topology, counts=counts)
+        proposed = propose_mesh(config, topology, resolution=resolution)
         if proposed is None:
             raise
         proposed.config, proposed.proposed = name, True
@@ -190,7 +159,7 @@ def plan_with_proposal(config: RunConfig, topology: Topology, *, real_data: bool
         return proposed
     if plan.data is None or plan.data.real_share >= REAL_SHARE_GOAL:
         return plan
-    proposed = propose_mesh(config, topology, counts=counts)
+    proposed = propose_mesh(config, topology, resolution=resolution)
     if proposed is not None and proposed.data.real_share > plan.data.real_share + REAL_SHARE_SLACK:
         plan.proposal = (f"{_overrides(proposed.mesh)}: {proposed.data.real_share:.1%} of the tokens processed real "
                          f"(this mesh: {plan.data.real_share:.1%}), {_gib(proposed.total_bytes)} a device")

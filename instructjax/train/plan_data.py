@@ -128,19 +128,20 @@ def _reads(spec, real_data: bool) -> bool:
     return spec.source not in LENGTH_STATS or _data_bytes(spec) <= COUNT_BYTES
 
 
-def count_tasks(config: RunConfig, registry, *, real_data: bool = False) -> DataCounts:
+def count_tasks(config: RunConfig, registry, *, real_data: bool = False,
+                bound: run_setup.BoundRun | None = None) -> DataCounts:
     """Each task of `config`'s mixture (looked up in `registry`) counted, read from the cache, or estimated (see the
-    module doc). The run is bound (its tokenizer read) only where a task is read or the cache holds a file of one."""
+    module doc). The run is bound (its tokenizer read) only where a task is read or the cache holds a file of one;
+    `bound`: bound already (`train.resolution`)."""
     from instructjax.data.tokenized import examples as examples_lib
 
     resolved = run_setup.checked_mixture(config, registry)
     if resolved is None:
         raise registry.unknown(config.data.mixture, "a registered task or mixture (data.mixture)")
     reads = [_reads(spec, real_data) for spec in resolved.specs]
-    bound = None
-    if any(reads):
+    if bound is None and any(reads):
         bound = run_setup.bind_run(config, registry)
-    elif any(examples_lib.cache_holds(task) for task in resolved.tasks):  # maybe there for the run's tokenizer
+    elif bound is None and any(examples_lib.cache_holds(task) for task in resolved.tasks):  # maybe there for the run's tokenizer
         try:
             bound = run_setup.bind_run(config, registry)
         except ConfigError:  # no tokenizer yet (`init_from` not imported): nothing cached can be the run's

@@ -10,10 +10,10 @@
   (`template:`, else the tasks' own, else tulu) and the run's row length (`instructjax.data.binding`).
 - **What the checkpoint carries**: the tokenizer files with the chat template the run trains with.
 
-Two steps, each made once and without side effects, that the trainer, `plan --compile --real-data` (and
-`--save-executable`), `plan --real-data` and `data prepare` share: `bind_run` (the tokenizer, the model fitted to it,
-the data bound to both: cheap) and `resolve_run` (the data pipeline, the epoch's steps, the mesh `mesh: auto` takes
-for the devices at hand, the step shapes and the schedule's length). Anchor: MaxText's `setup_train_loop`.
+Two steps, each made once and without side effects: `bind_run` (the tokenizer, the model fitted to it, the data
+bound to both: cheap; what `train.resolution.resolve` binds for every command) and `resolve_run` (the data pipeline,
+the epoch's steps, the mesh `mesh: auto` takes for the devices at hand, the step shapes and the schedule's length:
+the trainer's and `plan --compile --real-data`'s). Anchor: MaxText's `setup_train_loop`.
 """
 
 from __future__ import annotations

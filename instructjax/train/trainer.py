@@ -50,6 +50,7 @@ from instructjax.train.metrics import (
 )
 from instructjax.train.preemption import PreemptionWatch
 from instructjax.train.reference import prepare, start_base, starting_params
+from instructjax.train.resolution import PIPELINE, resolve
 from instructjax.train.resume import read_resume, restore, save_step
 from instructjax.train.step import build_step
 
@@ -84,7 +85,7 @@ class Trainer:
         self.run_dir = storage.path(config.run_dir)
         devices = list(jax.devices() if devices is None else devices)
         run_setup.check_trainable(config, len(devices), jax.process_count())  # before anything is read
-        bound = run_setup.bind_run(config)
+        bound = resolve(config, sizes=PIPELINE).bound  # the tokenizer, the model and the data bound: nothing read yet
         storage.check_bucket(config.run_dir, "run_dir")
         self.lock = runlock.take(config.run_dir)  # one writer per run dir: nothing is written before this
         try:
