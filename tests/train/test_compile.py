@@ -197,14 +197,23 @@ def test_plan_compile_and_the_trainer_resolve_one_run(tmp_path, capsys):
     assert len(resolved.step_shapes) > 1  # per_step: several shapes, every one compiled
 
 
-def test_compile_from_an_imported_checkpoint_reads_its_metadata_only(tmp_path, capsys):
+def test_compile_from_an_imported_checkpoint_reads_its_metadata_only(tmp_path, capsys, monkeypatch):
     """`plan` and `plan --compile` of a config whose model.init_from is an imported checkpoint whose weight arrays
     were overwritten after the import (zeros, each file its size: read or hashed, they fail its manifest): the model
-    is the stored one (not the config's preset), the step compiles, and nothing is written: no run_dir, no file
-    added or changed in the checkpoint."""
+    is the stored one (not the config's preset), the step compiles, each command opens the checkpoint's metadata
+    once, and nothing is written: no run_dir, no file added or changed in the checkpoint."""
     from helpers.models import make_hf_dir
 
+    from instructjax.core import checkpoint
     from instructjax.data.encoding.tokenizer import default_tokenizer_path
+
+    opened, read = [], checkpoint._read  # every Orbax read of a step's items, counted and carried out
+
+    def counted(step_dir, **items):
+        opened.extend(items)
+        return read(step_dir, **items)
+
+    monkeypatch.setattr(checkpoint, "_read", counted)
 
     ckpt = tmp_path / "ckpt"
     assert main(["import", "--hf", make_hf_dir(tmp_path / "hf"), "--out", str(ckpt)]) == 0
@@ -218,7 +227,10 @@ def test_compile_from_an_imported_checkpoint_reads_its_metadata_only(tmp_path, c
     capsys.readouterr()
     assert main(["plan", "--config", str(QUICKSTART), "--topology", "v5e-8", "--json", *overrides]) in (0, 1)
     assert json.loads(capsys.readouterr().out)["memory"]["params"] == 4_170_048  # the imported tiny model's
+    assert opened == ["meta"]  # the model's shapes for the plan, the evaluation's and the resolution's: one read
+    opened.clear()
     code, report = compile_json(capsys, "v5e-8", *overrides)
+    assert opened == ["meta"]
     assert code == 0 and report["shapes"] and all(s["mosaic_kernels"] >= 3 for s in report["shapes"])
     assert sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
     assert not (tmp_path / "run").exists()
