@@ -185,11 +185,13 @@ def test_a_tokenizer_without_a_template_is_one_config_error():
 
 
 @pytest.mark.slow
-def test_a_qwen_base_trains_and_exports_with_its_own_template(tmp_path):
-    """A small Qwen2 model with the Qwen2.5 tokenizer and template, through the CLI: import, one step with
-    `template: model`, export. The first step's loss is transformers' over the same rows with the assistant
-    tokens found by prefix rendering in transformers' ids; the export carries the model's own template, whose
-    `apply_chat_template` gives the ids the run trained on; generation stops at its `<|im_end|>`."""
+@pytest.mark.parametrize("family", ["qwen2", "qwen3_moe"])
+def test_a_qwen_base_trains_and_exports_with_its_own_template(tmp_path, family):
+    """A small Qwen2 model, and a Qwen3-MoE (4 experts, top 2), with the Qwen2.5 tokenizer and template, through the
+    CLI: import, one step with `template: model`, export. The first step's loss is transformers' over the same rows
+    with the assistant tokens found by prefix rendering in transformers' ids (for the MoE, its `moe/aux_loss` is
+    transformers' `load_balancing_loss_func` over every real token of the rows, padding left out); the export carries the model's own template, whose `apply_chat_template` gives the ids the run trained
+    on; generation stops at its `<|im_end|>`."""
     import torch
     import yaml
     from helpers.pretrained_models import ALPACA_ROWS
@@ -199,11 +201,16 @@ def test_a_qwen_base_trains_and_exports_with_its_own_template(tmp_path):
 
     path = build("qwen2.5", tmp_path / "tok")
     hf_tok = transformers.AutoTokenizer.from_pretrained(path)
-    config = transformers.Qwen2Config(vocab_size=len(hf_tok) + 8, hidden_size=64, intermediate_size=96,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=512, eos_token_id=hf_tok.eos_token_id, bos_token_id=None)
+    common = dict(vocab_size=len(hf_tok) + 8, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
+                  eos_token_id=hf_tok.eos_token_id, bos_token_id=None)
     torch.manual_seed(0)
-    model = transformers.Qwen2ForCausalLM(config).eval()
+    if family == "qwen2":
+        model = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**common)).eval()
+    else:
+        model = transformers.Qwen3MoeForCausalLM(transformers.Qwen3MoeConfig(
+            **common, head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=48,
+            norm_topk_prob=True)).eval()
     model.save_pretrained(tmp_path / "hf")
     hf_tok.save_pretrained(tmp_path / "hf")
     assert cli.main(["import", "--hf", str(tmp_path / "hf"), "--out", str(tmp_path / "ckpt")]) == 0
@@ -218,14 +225,23 @@ def test_a_qwen_base_trains_and_exports_with_its_own_template(tmp_path):
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
     assert cli.main(["train", "--config", str(tmp_path / "run.yaml")]) == 0
     total = count = 0.0
+    router_logits = []  # each row's, a tuple of its layers' [tokens, experts]
     for row in ALPACA_ROWS:
         user = row["instruction"] + (f"\n\n{row['input']}" if row["input"] else "")
         messages = [{"role": "user", "content": user}, {"role": "assistant", "content": row["output"]}]
         ids, mask = hf_ids(hf_tok, messages), prefix_mask(hf_tok, messages)
         nll, n = torch_masked_nll(model, ids, mask)
         total, count = total + nll, count + n
+        if family == "qwen3_moe":
+            with torch.no_grad():
+                router_logits.append(model(torch.tensor([ids]), output_router_logits=True).router_logits)
     first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["loss"] == pytest.approx(total / count, rel=1e-4)
+    if router_logits:  # every row's tokens at once, layer by layer, as transformers' loss takes a batch's
+        from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
+
+        layers = tuple(torch.cat(per_layer) for per_layer in zip(*router_logits, strict=True))
+        assert first["moe/aux_loss"] == pytest.approx(float(load_balancing_loss_func(layers, 4, 2)), rel=1e-4)
     assert cli.main(["export", "--checkpoint", str(tmp_path / "run"), "--out", str(tmp_path / "export")]) == 0
     exported = transformers.AutoTokenizer.from_pretrained(tmp_path / "export")
     assert exported.chat_template == TEMPLATES["qwen2.5"]["chat_template"]
