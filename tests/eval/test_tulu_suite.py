@@ -602,15 +602,22 @@ def test_every_setting_has_a_fidelity_row():
 
 
 @pytest.mark.slow
-def test_eval_config_runs_the_suite_as_transformers_would(model_dir, tmp_path):
-    """`eval --config` with `suite: tulu` on a tiny model: results.json holds each setting's score; MMLU's pick is
-    the likeliest of the four letter tokens after the prompt without BOS (transformers' logits), the generated
-    settings are scored from the completions logged beside them."""
+@pytest.mark.parametrize("experts", [0, 4])
+def test_eval_config_runs_the_suite_as_transformers_would(model_dir, tmp_path, experts):
+    """`eval --config` with `suite: tulu` on a tiny model, a LLaMA and a Mixtral (4 experts, top 2): results.json
+    holds each setting's score; MMLU's pick is the likeliest of the four letter tokens after the prompt without BOS
+    (transformers' logits), the generated settings are scored from the completions logged beside them."""
     import numpy as np
     import torch
     import transformers
 
     from instructjax.cli import main
+
+    if experts:  # the same tokenizer (trained again: a directory of its files alone)
+        from helpers.pretrained_models import hf_model, spm_tokenizer
+
+        model_dir = hf_model(str(tmp_path / "moe"), spm_tokenizer(str(tmp_path / "spm")), vocab_size=800, bos=1,
+                             eos=2, experts=experts)
 
     rng = random.Random(2)
     root = tmp_path / "data"

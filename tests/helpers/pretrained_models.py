@@ -101,20 +101,24 @@ def spm_tokenizer(directory: str, vocab_size: int = 800) -> str:
 
 
 def hf_model(directory: str, tokenizer_dir: str, *, vocab_size: int, bos: int | None, eos: int, seed: int = 0,
-             pretrain_steps: int = 0, tokens: list[list[int]] | None = None) -> str:
-    """A LlamaForCausalLM (GQA, norms randomised) saved with `save_pretrained`, plus the tokenizer files.
-    With `pretrain_steps`, first trained (AdamW, in PyTorch) on `tokens`: documents in the model's own ids."""
+             pretrain_steps: int = 0, tokens: list[list[int]] | None = None, experts: int = 0) -> str:
+    """A LlamaForCausalLM (GQA, norms randomised) saved with `save_pretrained`, plus the tokenizer files; with
+    `experts`, a MixtralForCausalLM of the same sizes with that many experts, top 2. With `pretrain_steps`, first
+    trained (AdamW, in PyTorch) on `tokens`: documents in the model's own ids."""
     import shutil
 
     import torch
     import transformers
 
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
-                                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                      max_position_embeddings=512, rms_norm_eps=1e-5, bos_token_id=bos,
-                                      eos_token_id=eos, pad_token_id=None)
-    model = transformers.LlamaForCausalLM(config).float()
+    sizes = dict(vocab_size=vocab_size, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                 num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, rms_norm_eps=1e-5,
+                 bos_token_id=bos, eos_token_id=eos, pad_token_id=None)
+    if experts:
+        config = transformers.MixtralConfig(**sizes, num_local_experts=experts, num_experts_per_tok=2)
+        model = transformers.MixtralForCausalLM(config).float()
+    else:
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**sizes)).float()
     with torch.no_grad():
         for name, p in model.named_parameters():
             if "norm" in name:
