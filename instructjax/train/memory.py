@@ -95,6 +95,7 @@ def device_memory(model: DecoderConfig, sizes: dict[str, int], *, rows: int, seq
     # the TPU compiler's buffers hold a bfloat16 copy of every sharded float32 parameter)
     compute, stored = np.dtype(model.dtype).itemsize, np.dtype(model.param_dtype).itemsize
     memory["copy_bytes"] = memory["float_bytes"] * compute // stored if compute != stored else 0  # not quantized
+    memory["expert_bytes"] = tpu_expert_buffers(model, sizes) if platform == "tpu" else 0
     per_device = -(-rows // (micro_batches * sizes["data"] * sizes["fsdp"]))
     loss_tokens = -(-loss_chunk // (sizes["data"] * sizes["fsdp"])) if loss_chunk else 0  # a chunk is split over rows
     acts = activation_bytes(model, per_device, seq_len, sizes["tensor"], platform, loss_tokens,
@@ -112,7 +113,7 @@ def needed_bytes(memory: dict[str, int], acts: dict[str, Any]) -> int:
     loss = accumulator + acts["logits"]
     backward = memory["grad_bytes"] + acts.get("recompute", 0)
     return (memory["param_bytes"] + memory["opt_bytes"] + memory.get("copy_bytes", 0) + acts.get("saved", 0)
-            + memory.get("reference_bytes", 0) + max(loss, backward))
+            + memory.get("reference_bytes", 0) + memory.get("expert_bytes", 0) + max(loss, backward))
 
 
 def reference_bytes(model: DecoderConfig, config: RunConfig, memory: dict[str, int]) -> int:
@@ -292,7 +293,25 @@ def activation_bytes(model: DecoderConfig, rows: int, seq_len: int, tensor: int,
 # `mlp` was 21 from those 17; 25 puts Llama-3-8B's steps on a v4-32 (4K, 11K and 23K tokens a chip) within 0.97-1.04
 # of MaxText's total, where 21 left the 23K one at 0.93 (benchmarks/RESULTS.md, issue 51); attention-bound models
 # (LLaMA-1/2, Phi-3) do not read it.
-TPU_BACKWARD = {"hidden": 33.5, "extra_norm": 0.8, "mlp": 25.0, "q": 68.0, "kv": 10.0, "weights": 3.0}
+# A mixture of experts' sparse layer: `moe` for each of a token's k copies' expert-width elements (the copies sorted
+# by expert, the experts' gate, up and hidden arrays, their float32 gradients), in the place of the MLP's; fitted to
+# XLA:TPU's steps of OLMoE's dimensions (k = 8 of 64 experts, width 1024) on a v5e-8: 4,096 and 8,192 tokens a
+# device over fsdp=8, and 32,768 over tensor=8, where it divides by the tensor axis as the experts' width does
+# (benchmarks/RESULTS.md, issue 67).
+TPU_BACKWARD = {"hidden": 33.5, "extra_norm": 0.8, "mlp": 25.0, "q": 68.0, "kv": 10.0, "weights": 3.0, "moe": 88.0}
+# XLA:TPU's buffers beside a mixture of experts' weights, whatever the tokens: bytes for each element of a device's
+# share of every sparse layer's experts (the same steps, 2 and 4 layers, 32 and 64 experts)
+TPU_EXPERT_BUFFERS = 4.5
+
+
+def tpu_expert_buffers(model: DecoderConfig, sizes: dict[str, int]) -> int:
+    """Bytes a device holds on a TPU beside a mixture of experts' weights (`TPU_EXPERT_BUFFERS`; 0 for a dense
+    model): its share of every sparse layer's experts, over the axes that shard them."""
+    if not model.sparse_layers:
+        return 0
+    share = sizes["fsdp"] * sizes["tensor"] * sizes.get("expert", 1)  # embed, mlp and expert dimensions
+    elements = len(model.sparse_layers) * model.num_experts * 3 * model.hidden_size * model.expert_width
+    return int(TPU_EXPERT_BUFFERS * elements / share)
 
 
 def tpu_backward(model: DecoderConfig, tokens: int, tensor: int) -> float:
@@ -306,7 +325,11 @@ def tpu_backward(model: DecoderConfig, tokens: int, tensor: int) -> float:
     weights = np.dtype(model.dtype).itemsize * (h * d * (2 * model.num_heads + 2 * model.num_kv_heads)
                                                 + (mlp_in + 1) * h * m) / t
     attention = k["q"] * model.num_heads / t * lanes + k["kv"] * model.num_kv_heads / t * lanes
-    per_token = (k["hidden"] + k["extra_norm"] * norms) * h + max(k["mlp"] * m / t, attention)
+    mlp = k["mlp"] * m / t
+    if model.sparse_layers:  # the larger of a dense layer's MLP (if any) and a sparse layer's experts
+        experts = k["moe"] * model.experts_per_token * model.expert_width / t
+        mlp = max(experts, mlp if len(model.sparse_layers) < model.num_layers else 0)
+    per_token = (k["hidden"] + k["extra_norm"] * norms) * h + max(mlp, attention)
     return tokens * per_token * scale + k["weights"] * weights
 
 

@@ -85,7 +85,7 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
     if memory["params"] != param_count(model):
         raise AssertionError(f"eval_shape gives {memory['params']} parameters, param_count {param_count(model)}")
     if not training:
-        memory["grad_bytes"] = memory["copy_bytes"] = memory["onchip_bytes"] = 0
+        memory["grad_bytes"] = memory["copy_bytes"] = memory["onchip_bytes"] = memory["expert_bytes"] = 0
         acts = {"per_layer": 0, "saved": 0, "recompute": 0, "layers": 0, "logits": 0, "total": 0, "attention": None,
                 "rows": 0,
                 "seq_len": config.data.seq_len}  # fmt: skip
@@ -192,7 +192,7 @@ def _apart(plan: Plan) -> str:
     phases) are not live together."""
     m, a = plan.memory, plan.activations
     lines = (m["param_bytes"] + m["opt_bytes"] + m["grad_bytes"] + m.get("copy_bytes", 0) + a["total"]
-             + m.get("reference_bytes", 0))
+             + m.get("reference_bytes", 0) + m.get("expert_bytes", 0))
     if _gib(lines) == _gib(plan.total_bytes):
         return ""
     return (f" ({_gib(lines - plan.total_bytes)} less than the lines above: the loss's logits are freed before the "
@@ -215,6 +215,8 @@ def format_plan(plan: Plan) -> str:
         f"  compute copy  {_gib(m['copy_bytes'])} (the parameters in the compute dtype, for the step)",
         f"  activations   {_gib(a['total'])} ({activation_words(a)}; {a['attention']} attention; {a['rows']} row(s) of "
         f"{a['seq_len']} a device; estimate)",
+        *([f"  experts       {_gib(m['expert_bytes'])} (XLA:TPU's buffers beside the experts' weights, measured)"]
+          if m.get("expert_bytes") else []),
         *([f"  reference     {_gib(m['reference_bytes'])} (the starting model, frozen, run in every step: about a "
            "third more compute a step)"] if m.get("reference_bytes") else []),
         f"  total         {_gib(plan.total_bytes)} of {t.hbm_gib:.3g} GiB -> "

@@ -301,3 +301,16 @@ def test_plan_states_the_router_losses_and_refuses_them_on_a_dense_model(capsys)
     assert main(["plan", "--config", str(TULU7B), "--topology", "v4-64", "model.router_aux_loss=0.01"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "model.router_aux_loss is for a mixture of experts; the llama model has none" in err[0]
+
+
+def test_a_mixture_of_experts_plan_counts_its_experts_by_hand():
+    """OLMoE-1B-7B on a v5e-8 over fsdp=8, 2 rows of 2048 a device, remat full: the recomputed layer's backward takes
+    a token's 88 bytes for each of its 8 copies' 1024 expert-width elements where a dense layer takes the larger of
+    the MLP's and the attention's, and XLA:TPU holds 4.5 bytes beside each element of the device's share of the
+    experts (train.memory.TPU_BACKWARD, TPU_EXPERT_BUFFERS: fitted to the compiler, benchmarks/RESULTS.md)."""
+    config = load_config(CONFIGS / "moe" / "olmoe_1b_7b_tulu_human_gpt.yaml",
+                         ["data.pack=true", "data.global_batch=16", "mesh.fsdp=8"])
+    plan = make_plan(config, tpu_topology("v5e-8"))
+    weights = 2 * (2048 * 128 * (2 * 16 + 2 * 16) + 3 * 2048 * 1024)  # the layer's attention and dense-MLP matrices
+    assert plan.activations["recompute"] == int(2 * 2048 * (33.5 * 2048 + 88 * 8 * 1024) + 3 * weights)
+    assert plan.memory["expert_bytes"] == int(4.5 * 16 * 64 * 3 * 2048 * 1024 / 8)
