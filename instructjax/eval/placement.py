@@ -157,27 +157,34 @@ def _layer_weights(config: DecoderConfig) -> int:
 def step_bytes(config: DecoderConfig, sizes: Mapping[str, int], *, slots: int, length: int, fill_rows: int,
                width: int) -> dict[str, int]:
     """The fill and decode steps' own buffers on one device (beyond the weights and the cache), an estimate of what
-    XLA:TPU allocates (checked against `plan --compile --eval`; model/decoding.py says why at most two layers' weights
-    lie gathered):
+    XLA:TPU allocates (checked against `plan --compile --eval`, benchmarks/RESULTS.md; model/decoding.py says why at
+    most two layers' weights lie gathered):
     - both: where the weights split over fsdp, two layers' weights and the output projection gathered whole (over
-      tensor) in the compute dtype;
-    - decode: its slots' logits (float32 and the compute dtype), and every layer's weights laid out again for
-      matrix-vector products (a second copy of them as they lie on the device: the whole layer where they split
-      over fsdp, q, k and v where they do not);
-    - fill, for `fill_rows` prompts (or pieces of longer ones) of `width` tokens: attention scores over the
-      cache's `length` rows (float32 and the compute dtype), its widest activations (the MLP's) and hidden states."""
+      tensor) in the compute dtype; with more than one slot a device, every layer's weights once more as they lie on
+      the device (the whole layer where they split over fsdp, q, k and v where they do not: the decode step's
+      matrix-vector products re-lay them out; LLaMA-2-13B on a v5e-16 at 2 slots a device holds 1.1 GiB more in
+      either step than at 1);
+    - decode: its slots' logits (float32 and the compute dtype);
+    - fill, for `fill_rows` prompts (or pieces of longer ones) of `width` tokens: attention scores over the cache's
+      `length` rows in float32 beside the larger of their compute-dtype copy and the gathered weights, its widest
+      activations (the MLP's) and hidden states, and a layer's keys and values of the slots it fills read back from
+      the cache whole on every device (the slots are known at run time only: where they split over devices, XLA:TPU
+      gathers each device's share into a [fill_rows, kv_heads, length, head_dim] array and all-reduces it;
+      LLaMA-2-13B on a v5e-16, 16 prompts x 4096: 1.25 GiB a device)."""
     c = np.dtype(config.dtype).itemsize
     shards, tensor, fsdp = sizes["data"] * sizes["fsdp"], sizes["tensor"], sizes["fsdp"]
     heads = config.num_heads // tensor if config.num_heads % tensor == 0 else config.num_heads
+    kv_heads = config.num_kv_heads // tensor if config.num_kv_heads % tensor == 0 else config.num_kv_heads
     gathered = (2 * _layer_weights(config) + config.hidden_size * config.vocab_size) * c // tensor if fsdp > 1 else 0
     qkv = config.hidden_size * config.head_dim * (config.num_heads + 2 * config.num_kv_heads)
-    relaid = config.num_layers * (_layer_weights(config) // fsdp if fsdp > 1 else qkv) * c // tensor
     rows = max(1, slots // shards)
+    relaid = config.num_layers * (_layer_weights(config) // fsdp if fsdp > 1 else qkv) * c // tensor if rows > 1 else 0
     decode = rows * config.vocab_size * (4 + c) + gathered + relaid
     tokens = max(1, fill_rows // shards) * width
-    scores = tokens * heads * length * (4 + c)
+    scores = tokens * heads * length
     acts = tokens * (config.hidden_size * (4 + 3 * c) + 3 * config.intermediate_size * c // tensor)
-    return {"fill": scores + acts + gathered, "decode": decode}
+    read = 2 * fill_rows * kv_heads * length * config.head_dim * c
+    return {"fill": scores * 4 + max(scores * c, gathered) + acts + read + relaid, "decode": decode}
 
 
 def choose_slots(config: DecoderConfig, sizes: Mapping[str, int], *, length: int, memory: float, most: int) -> int:
