@@ -22,13 +22,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
+from jax.sharding import PartitionSpec
 
-from instructjax.core.sharding import with_logical_constraint
+from instructjax.core.sharding import logical_to_spec, with_logical_constraint
 from instructjax.model import lora
 from instructjax.model.config import DecoderConfig
+from instructjax.model.kernels.common import target_platform
 from instructjax.model.layers import ACTIVATIONS, Dense, param
 
 Array = jax.Array
+EXPERT_AXIS = "expert"  # the mesh axis the experts are split over (core/sharding.py's rules: logical "expert")
 
 
 class RouterStats(NamedTuple):
@@ -58,7 +61,10 @@ def blocked_matmul(x: Array, w: Array, sizes: Array) -> Array:
     group = jnp.repeat(jnp.arange(experts), sizes, total_repeat_length=m)  # each row's group
     dest = (ends - padded)[group] + jnp.arange(m) - (jnp.cumsum(sizes) - sizes)[group]  # its row among the blocks
     blocks = jnp.zeros((count * block, x.shape[1]), x.dtype).at[dest].set(x).reshape(count, block, -1)
-    owner = jnp.minimum(jnp.searchsorted(ends, jnp.arange(count) * block, side="right"), experts - 1)
+    # each block's group: the groups ending at or before its first row (searchsorted's side="right", which jax
+    # 0.10.2 cannot trace inside a shard_map: model/moe.py's `dispatched`)
+    starts = jnp.arange(count) * block
+    owner = jnp.minimum(jnp.sum(ends[None, :] <= starts[:, None], axis=1), experts - 1)
 
     def one(_, block_and_owner):
         rows, j = block_and_owner
@@ -117,30 +123,99 @@ class SparseMLP(nnx.Module):
         return route(self.router(x.reshape(-1, x.shape[-1]).astype(self.dtype)), self.k, self.renormalise)[2]
 
     def grouped(self, flat: Array, experts: Array, weights: Array) -> Array:
-        """Each token's k experts' outputs, weighted and summed: the N * k token copies sorted by expert, three
-        grouped matmuls over the experts' groups (`grouped_matmul`), the copies put back in order."""
+        """Each token's k experts' outputs, weighted and summed: `local_experts` on every device where the mesh
+        has no expert axis (or none: one device), `dispatched` over it where it has one."""
+        params = {name: self.weights_of(name) for name in ("gate_proj", "up_proj", "down_proj")}
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty or dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True)).get(EXPERT_AXIS, 1) == 1:
+            return self.local_experts(flat, experts, weights, params)
+        return self.dispatched(flat, experts, weights, params, mesh)
+
+    def weights_of(self, name: str) -> dict[str, Array]:
+        """Parameter `name`'s stacked experts `w` [E, in, out] and, where it holds adapters, their `b` and its own
+        `a` (a fused group's later parameter has none: it takes its first one's branch input)."""
+        out = {"w": getattr(self, name)[...].astype(self.dtype)}
+        adapters = getattr(self, name + lora.EXPERT_SUFFIX)
+        if adapters is not None:
+            out["b"] = adapters.lora_b[...].astype(self.dtype)
+            if adapters.lora_a is not None:
+                out["a"] = adapters.lora_a[...].astype(self.dtype)
+        return out
+
+    def local_experts(self, flat: Array, experts: Array, weights: Array, params: dict, first: Array | int = 0
+                      ) -> Array:
+        """The weighted sum over each token's choices among the experts `first` .. `first` + E_l - 1 whose weights
+        `params` holds (E_l of them; all: every choice): the N * k token copies sorted by expert (those of other
+        experts last), three grouped matmuls over the experts' groups (`grouped_matmul`), the copies put back in
+        order. The copies of other experts ride in the last group (sizes must sum to the rows) and weigh 0."""
         n, k = experts.shape
-        choices = experts.reshape(-1)
+        local = params["gate_proj"]["w"].shape[0]
+        choices = experts.reshape(-1) - first
+        mine = (choices >= 0) & (choices < local)
+        choices = jnp.where(mine, choices, local)
         order = jnp.argsort(choices, stable=True)  # copy i of the sorted list is choice order[i]
-        sizes = jnp.bincount(choices, length=self.experts).astype(jnp.int32)
+        sizes = jnp.bincount(choices, length=local + 1).astype(jnp.int32)
+        sizes = sizes[:local].at[local - 1].add(sizes[local])
         copies = flat[order // k]
-        gate, shared = self.project(copies, "gate_proj", sizes)
-        up, _ = self.project(copies, "up_proj", sizes, shared)
+        gate, shared = self.project(copies, params["gate_proj"], sizes)
+        up, _ = self.project(copies, params["up_proj"], sizes, shared)
         hidden = self.activation(checkpoint_name(gate, "gate_proj")) * checkpoint_name(up, "up_proj")
-        down = checkpoint_name(self.project(hidden, "down_proj", sizes)[0], "down_proj")
+        down = checkpoint_name(self.project(hidden, params["down_proj"], sizes)[0], "down_proj")
         unsorted = down[jnp.argsort(order)].reshape(n, k, -1)
+        weights = jnp.where(mine.reshape(n, k), weights, jnp.zeros((), weights.dtype))
         return jnp.sum(unsorted * weights[..., None], axis=1)
 
-    def project(self, x: Array, name: str, sizes: Array, shared: Array | None = None) -> tuple[Array, Array | None]:
-        """(x through each group's expert of parameter `name`, plus its LoRA branch x A_j B_j * alpha / rank where
-        it holds adapters; the branch's x A_j [copies, rank], which a fused group's later parameter takes as
-        `shared`, or None)."""
-        y = grouped_matmul(x, getattr(self, name)[...].astype(self.dtype), sizes)
-        adapters = getattr(self, name + lora.EXPERT_SUFFIX)
-        if adapters is None:
+    def dispatched(self, flat: Array, experts: Array, weights: Array, params: dict, mesh) -> Array:
+        """`local_experts` with the experts split over the mesh's `expert` axis (a `shard_map` over it; the other axes
+        stay automatic): each device of an expert group gathers the group's tokens and their choices (an all-gather
+        over the axis), computes its own experts' share of every token (the others' choices weigh 0) and the shares
+        are summed back onto the tokens' own devices (a reduce-scatter: `psum_scatter`). The router ran before, on
+        each device's own tokens, so its choices and statistics are those of one device.
+
+        Why not an all-to-all: XLA:CPU has no `ragged_all_to_all` (jax 0.10.2: "not supported by XLA:CPU
+        ThunkEmitter"), and a dropless `all_to_all` must send each device a buffer for all k copies of every token
+        (k times the all-gather's bytes). Dropless and exact: every choice is computed by its expert's device. Cost:
+        each device's grouped matmuls run over the group's gathered copies (the expert-axis size times its own)."""
+        e, k = flat.shape[-1], experts.shape[-1]
+        batch = logical_to_spec(("batch",), mesh, flat.shape[:1], strict=False)[0]
+        batch = (batch,) if isinstance(batch, str) else tuple(batch or ())
+        split = bool(batch) and batch[-1] == EXPERT_AXIS  # the tokens are split over the axis (the last of them)
+        gathered = flat.dtype if target_platform() == "tpu" else jnp.float32  # XLA:CPU: no bf16 reduce-scatter
+        param_specs = jax.tree.map(lambda _: PartitionSpec(EXPERT_AXIS), params)
+
+        def body(x, ex, wt, p):
+            local = p["gate_proj"]["w"].shape[0]
+            if split:
+                x, ex, wt = (jax.lax.all_gather(a, EXPERT_AXIS, axis=1, tiled=True) for a in (x, ex, wt))
+            first = jax.lax.axis_index(EXPERT_AXIS) * local
+            y = self.local_experts(x.reshape(-1, e).astype(flat.dtype), ex.reshape(-1, k), wt.reshape(-1, k), p, first)
+            y = y.reshape(x.shape).astype(gathered)
+            if split:
+                return jax.lax.psum_scatter(y, EXPERT_AXIS, scatter_dimension=1, tiled=True)
+            return jax.lax.psum(y, EXPERT_AXIS)
+
+        if split:  # [outer, expert, n, ...]: the rows' order over (other batch axes, expert), as the batch is laid out
+            sizes = dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True))
+            outer, ways = math.prod(sizes[a] for a in batch[:-1]), sizes[EXPERT_AXIS]
+            shape = (outer, ways, -1)
+            spec = PartitionSpec(None, EXPERT_AXIS)
+        else:
+            shape, spec = (1, 1, -1), PartitionSpec()
+        args = (flat.astype(gathered).reshape(*shape, e), experts.reshape(*shape, k), weights.reshape(*shape, k))
+        out = jax.shard_map(body, mesh=mesh, axis_names={EXPERT_AXIS}, in_specs=(spec, spec, spec, param_specs),
+                            out_specs=spec)(*args, params)
+        return out.reshape(flat.shape).astype(flat.dtype)
+
+    def project(self, x: Array, params: dict[str, Array], sizes: Array, shared: Array | None = None
+                ) -> tuple[Array, Array | None]:
+        """(x through each group's expert of one parameter's `params` (`weights_of`), plus its LoRA branch
+        x A_j B_j * alpha / rank where it holds adapters; the branch's x A_j [copies, rank], which a fused group's
+        later parameter takes as `shared`, or None)."""
+        y = grouped_matmul(x, params["w"], sizes)
+        if "b" not in params:
             return y, None
-        xa = shared if adapters.lora_a is None else grouped_matmul(x, adapters.lora_a[...].astype(self.dtype), sizes)
-        branch = grouped_matmul(xa, adapters.lora_b[...].astype(self.dtype), sizes)
+        xa = grouped_matmul(x, params["a"], sizes) if "a" in params else shared
+        branch = grouped_matmul(xa, params["b"], sizes)
         return y + branch * jnp.asarray(self.lora_scale, self.dtype), xa
 
 
