@@ -29,6 +29,7 @@ from instructjax.core.errors import ConfigError
 # as fsdp's are (MaxText's layout): the batch is split over it too. Size 1 (every dense model): nothing changes.
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 BATCH_AXES = ("data", "fsdp", "expert")  # the data-parallel axes: each device of them holds its own rows
+OPTIONAL_AXES = ("expert",)  # left out of resolved sizes where 1
 
 # logical name -> mesh axes (None: replicated). Like T5X's standard_logical_axis_rules.
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
@@ -53,7 +54,8 @@ WHERE_DIVISIBLE = frozenset({"lora_rank"})
 
 def mesh_sizes(shape: Mapping[str, int], device_count: int) -> dict[str, int]:
     """The mesh shape resolved for `device_count` devices: axes missing from `shape` have size 1, one
-    axis may be -1 (the rest). The one resolution the trainer (`make_mesh`) and `plan` both use."""
+    axis may be -1 (the rest); an axis of `OPTIONAL_AXES` is left out where it is 1 (a dense run's mesh reads as it
+    always did). The one resolution the trainer (`make_mesh`) and `plan` both use."""
     if isinstance(shape, str):  # `mesh: auto` is resolved to sizes by train.meshes.choose_mesh first
         raise ConfigError(f"mesh {shape!r} must be resolved to axis sizes before a mesh is made")
     unknown = set(shape) - set(MESH_AXES)
@@ -70,7 +72,7 @@ def mesh_sizes(shape: Mapping[str, int], device_count: int) -> dict[str, int]:
         sizes[free[0]] = device_count // rest
     if math.prod(sizes.values()) != device_count:
         raise ConfigError(f"mesh shape {sizes} needs {math.prod(sizes.values())} devices, but there are {device_count}")
-    return sizes
+    return {axis: n for axis, n in sizes.items() if axis not in OPTIONAL_AXES or n != 1}
 
 
 def resolve_mesh(config, device_count: int, process_count: int = 1, *, experts: int | None = None) -> dict[str, int]:
@@ -86,7 +88,8 @@ def resolve_mesh(config, device_count: int, process_count: int = 1, *, experts: 
     shards = batch_shards(sizes)
     if (batch // micro) % shards:
         raise ConfigError(f"a micro-batch of {batch // micro} rows (data.global_batch={batch} / optim.micro_batches="
-                          f"{micro}) does not divide over the mesh's data*fsdp*expert={shards} devices")
+                          f"{micro}) does not divide over the mesh's {'*'.join(a for a in BATCH_AXES if a in sizes)}="
+                          f"{shards} devices")
     return sizes
 
 
@@ -117,7 +120,7 @@ def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = N
     """A mesh with axes `MESH_AXES` over `devices` (default all), sized by `mesh_sizes`."""
     devices = list(jax.devices() if devices is None else devices)
     sizes = mesh_sizes(shape, len(devices))
-    return Mesh(np.asarray(devices).reshape(tuple(sizes.values())), MESH_AXES)
+    return Mesh(np.asarray(devices).reshape(tuple(sizes.get(axis, 1) for axis in MESH_AXES)), MESH_AXES)
 
 
 def logical_to_spec(

@@ -44,21 +44,23 @@ class RouterStats(NamedTuple):
 
 
 def grouped_matmul(x: Array, w: Array, sizes: Array) -> Array:
-    """`jax.lax.ragged_dot`: rows of x [M, in], in consecutive groups of `sizes` [E] rows (summing to M), each times
-    its group's w [E, in, out]. XLA:CPU lowers ragged_dot as every group's product over every row (E times the work),
-    so on a CPU the groups run as blocks of rows instead (`blocked_matmul`); elsewhere ragged_dot itself."""
+    """`jax.lax.ragged_dot`: rows of x [M, in], in consecutive groups of `sizes` [E] rows (summing to at most M: the
+    rows after the last group are not computed and read 0 or anything), each times its group's w [E, in, out].
+    XLA:CPU lowers ragged_dot as every group's product over every row (E times the work), so on a CPU the groups run
+    as blocks of rows instead (`blocked_matmul`); elsewhere ragged_dot itself."""
     return jax.lax.platform_dependent(x, w, sizes, cpu=blocked_matmul, default=jax.lax.ragged_dot)
 
 
 def blocked_matmul(x: Array, w: Array, sizes: Array) -> Array:
     """`grouped_matmul` as a scan over blocks of rows: each group padded to whole blocks (fewer than a block's rows
-    of padding a group), each block times its own group's matrix."""
+    of padding a group), each block times its own group's matrix; the blocks after the last group's are skipped
+    (the rows after the groups, an expert device's copies of other devices' experts, read 0)."""
     m, experts = x.shape[0], w.shape[0]
     block = int(min(128, max(8, 2 ** int(math.log2(max(1, m // (4 * experts)))))))
     count = -(-(m + experts * (block - 1)) // block)  # blocks enough for any sizes
     padded = -(-sizes // block) * block
     ends = jnp.cumsum(padded)
-    group = jnp.repeat(jnp.arange(experts), sizes, total_repeat_length=m)  # each row's group
+    group = jnp.repeat(jnp.arange(experts), sizes, total_repeat_length=m)  # each row's group (the last after them)
     dest = (ends - padded)[group] + jnp.arange(m) - (jnp.cumsum(sizes) - sizes)[group]  # its row among the blocks
     blocks = jnp.zeros((count * block, x.shape[1]), x.dtype).at[dest].set(x).reshape(count, block, -1)
     # each block's group: the groups ending at or before its first row (searchsorted's side="right", which jax
@@ -66,11 +68,14 @@ def blocked_matmul(x: Array, w: Array, sizes: Array) -> Array:
     starts = jnp.arange(count) * block
     owner = jnp.minimum(jnp.sum(ends[None, :] <= starts[:, None], axis=1), experts - 1)
 
-    def one(_, block_and_owner):
-        rows, j = block_and_owner
-        return None, rows @ jax.lax.dynamic_index_in_dim(w, j, keepdims=False)
+    def one(_, block_owner_live):
+        rows, j, live = block_owner_live
+        matrix = jax.lax.dynamic_index_in_dim(w, j, keepdims=False)
+        # the skipped block's zeros made of its operands: they vary as theirs do inside a shard_map (cond's types)
+        return None, jax.lax.cond(live, lambda: rows @ matrix, lambda: jnp.zeros_like(rows[:, :1]) * matrix[0])
 
-    return jax.lax.scan(one, None, (blocks, owner))[1].reshape(count * block, -1)[dest]
+    out = jax.lax.scan(one, None, (blocks, owner, starts < ends[-1]))[1].reshape(count * block, -1)[dest]
+    return jnp.where((jnp.arange(m) < jnp.sum(sizes))[:, None], out, jnp.zeros((), out.dtype))
 
 
 def route(logits: Array, k: int, renormalise: bool) -> tuple[Array, Array, Array]:
@@ -147,22 +152,22 @@ class SparseMLP(nnx.Module):
         """The weighted sum over each token's choices among the experts `first` .. `first` + E_l - 1 whose weights
         `params` holds (E_l of them; all: every choice): the N * k token copies sorted by expert (those of other
         experts last), three grouped matmuls over the experts' groups (`grouped_matmul`), the copies put back in
-        order. The copies of other experts ride in the last group (sizes must sum to the rows) and weigh 0."""
+        order. The copies of other experts come after the groups: not computed (`grouped_matmul`), they weigh 0."""
         n, k = experts.shape
         local = params["gate_proj"]["w"].shape[0]
         choices = experts.reshape(-1) - first
         mine = (choices >= 0) & (choices < local)
         choices = jnp.where(mine, choices, local)
         order = jnp.argsort(choices, stable=True)  # copy i of the sorted list is choice order[i]
-        sizes = jnp.bincount(choices, length=local + 1).astype(jnp.int32)
-        sizes = sizes[:local].at[local - 1].add(sizes[local])
+        sizes = jnp.bincount(choices, length=local + 1)[:local].astype(jnp.int32)
         copies = flat[order // k]
         gate, shared = self.project(copies, params["gate_proj"], sizes)
         up, _ = self.project(copies, params["up_proj"], sizes, shared)
         hidden = self.activation(checkpoint_name(gate, "gate_proj")) * checkpoint_name(up, "up_proj")
         down = checkpoint_name(self.project(hidden, params["down_proj"], sizes)[0], "down_proj")
         unsorted = down[jnp.argsort(order)].reshape(n, k, -1)
-        weights = jnp.where(mine.reshape(n, k), weights, jnp.zeros((), weights.dtype))
+        if not isinstance(first, int):  # an expert device's: the copies of other devices' experts read 0
+            unsorted = jnp.where(mine.reshape(n, k, 1), unsorted, jnp.zeros((), unsorted.dtype))
         return jnp.sum(unsorted * weights[..., None], axis=1)
 
     def dispatched(self, flat: Array, experts: Array, weights: Array, params: dict, mesh) -> Array:
@@ -174,8 +179,10 @@ class SparseMLP(nnx.Module):
 
         Why not an all-to-all: XLA:CPU has no `ragged_all_to_all` (jax 0.10.2: "not supported by XLA:CPU
         ThunkEmitter"), and a dropless `all_to_all` must send each device a buffer for all k copies of every token
-        (k times the all-gather's bytes). Dropless and exact: every choice is computed by its expert's device. Cost:
-        each device's grouped matmuls run over the group's gathered copies (the expert-axis size times its own)."""
+        (k times the all-gather's bytes). Dropless and exact: every choice is computed by its expert's device. Each
+        device's grouped matmuls compute its own experts' copies alone (`grouped_matmul`: the others sorted after the
+        groups), but their buffers are sized for the worst case, every gathered copy (the expert axis's size times a
+        device's own)."""
         e, k = flat.shape[-1], experts.shape[-1]
         batch = logical_to_spec(("batch",), mesh, flat.shape[:1], strict=False)[0]
         batch = (batch,) if isinstance(batch, str) else tuple(batch or ())
