@@ -16,6 +16,7 @@ from instructjax.cli import main
 from instructjax.core import sharding
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
+from instructjax.eval.engine import SlotEngine
 from instructjax.model import lora
 from instructjax.model.decoder import Decoder, with_params
 from instructjax.train.meshes import mesh_options
@@ -108,10 +109,20 @@ def test_an_expert_axis_that_does_not_split_the_experts_is_one_line():
     with pytest.raises(ConfigError, match=r"^mesh.expert=2 splits a mixture of experts' experts; this model is dense"):
         sharding.resolve_mesh(RunConfig(mesh={"expert": 2, "fsdp": 4}), 8, experts=0)
     assert sharding.row_multiple(run, {"data": 1, "fsdp": 2, "expert": 4, "tensor": 1}) == 8  # the batch over it too
+    with pytest.raises(ConfigError, match=r"^the evaluation engine decodes with the experts whole .* mesh.expert=2 "):
+        SlotEngine(None, mesh=sharding.make_mesh({"expert": 2, "fsdp": 4}))
     # mesh: auto's options: a dense model's unchanged; a mixture of experts' expert sizes divide its experts
     assert mesh_options(8) == [{"data": 1, "fsdp": 8 // t, "tensor": t} for t in (1, 2, 4, 8)]
     assert [(o["expert"], o["tensor"]) for o in mesh_options(8, 4)] == [(4, 1), (2, 1), (1, 1), (4, 2), (2, 2),
                                                                          (1, 2), (2, 4), (1, 4), (1, 8)]
+
+
+def test_mesh_auto_splits_a_mixture_of_experts_experts(capsys):
+    """`plan` of the OLMoE config (`mesh: auto`) on a v5e-16: the largest expert axis that fits (8 of its 64
+    experts' ways: 16 does not fit), fsdp the rest."""
+    assert main(["plan", "--config", str(REPO / "configs" / "moe" / "olmoe_1b_7b_tulu_human_gpt.yaml"),
+                 "--topology", "v5e-16"]) == 0
+    assert "mesh: auto takes mesh.data=1 mesh.fsdp=2 mesh.expert=8 mesh.tensor=1" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("preset, expert, words", [("mixtral-8x7b", 16, "model has 8 experts; mesh.expert=16 does not"),
