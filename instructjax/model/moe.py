@@ -6,7 +6,8 @@ The router: logits = x W [tokens, experts] in the compute dtype, softmax over ev
 by `norm_topk_prob`: Mixtral's "top-k of the logits, then softmax" is the same numbers). Dropless: every token reaches
 its k experts, none is dropped for capacity. The experts run as grouped matmuls (`jax.lax.ragged_dot`; `grouped_matmul`) over the
 token copies sorted by expert, never a dense all-experts product; each copy's output is weighted and the k copies of
-a token summed back in its place.
+a token summed back in its place. On a mesh with an `expert` axis (core/sharding.py) each of its devices holds its
+own experts (their LoRA adapters alike) and the tokens are dispatched to them and back (`SparseMLP.dispatched`).
 
 `RouterStats`, per sparse layer, are sums over the real tokens (segment > 0) only: how many of the tokens' k choices
 each expert got, the softmax mass each expert got, and the squared logsumexp of the logits (the z-loss's). Sums add
@@ -24,7 +25,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 from jax.sharding import PartitionSpec
 
-from instructjax.core.sharding import logical_to_spec, with_logical_constraint
+from instructjax.core.sharding import BATCH_AXES, logical_to_spec, with_logical_constraint
 from instructjax.model import lora
 from instructjax.model.config import DecoderConfig
 from instructjax.model.kernels.common import target_platform
@@ -133,18 +134,21 @@ class SparseMLP(nnx.Module):
         params = {name: self.weights_of(name) for name in ("gate_proj", "up_proj", "down_proj")}
         mesh = jax.sharding.get_abstract_mesh()
         if mesh.empty or dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True)).get(EXPERT_AXIS, 1) == 1:
-            return self.local_experts(flat, experts, weights, params)
+            return self.local_experts(flat, experts, weights, {n: {k: w for k, (w, _) in p.items()}
+                                                               for n, p in params.items()})
         return self.dispatched(flat, experts, weights, params, mesh)
 
-    def weights_of(self, name: str) -> dict[str, Array]:
+    def weights_of(self, name: str) -> dict[str, tuple[Array, tuple[str, ...]]]:
         """Parameter `name`'s stacked experts `w` [E, in, out] and, where it holds adapters, their `b` and its own
-        `a` (a fused group's later parameter has none: it takes its first one's branch input)."""
-        out = {"w": getattr(self, name)[...].astype(self.dtype)}
+        `a` (a fused group's later parameter has none: it takes its first one's branch input); each with its
+        logical axes."""
+        axes = ("expert", "mlp", "embed") if name == "down_proj" else ("expert", "embed", "mlp")
+        out = {"w": (getattr(self, name)[...].astype(self.dtype), axes)}
         adapters = getattr(self, name + lora.EXPERT_SUFFIX)
         if adapters is not None:
-            out["b"] = adapters.lora_b[...].astype(self.dtype)
+            out["b"] = (adapters.lora_b[...].astype(self.dtype), (axes[0], "lora_rank", axes[2]))
             if adapters.lora_a is not None:
-                out["a"] = adapters.lora_a[...].astype(self.dtype)
+                out["a"] = (adapters.lora_a[...].astype(self.dtype), (axes[0], axes[1], "lora_rank"))
         return out
 
     def local_experts(self, flat: Array, experts: Array, weights: Array, params: dict, first: Array | int = 0
@@ -171,11 +175,14 @@ class SparseMLP(nnx.Module):
         return jnp.sum(unsorted * weights[..., None], axis=1)
 
     def dispatched(self, flat: Array, experts: Array, weights: Array, params: dict, mesh) -> Array:
-        """`local_experts` with the experts split over the mesh's `expert` axis (a `shard_map` over it; the other axes
-        stay automatic): each device of an expert group gathers the group's tokens and their choices (an all-gather
-        over the axis), computes its own experts' share of every token (the others' choices weigh 0) and the shares
-        are summed back onto the tokens' own devices (a reduce-scatter: `psum_scatter`). The router ran before, on
-        each device's own tokens, so its choices and statistics are those of one device.
+        """`local_experts` with the experts split over the mesh's `expert` axis, in a `shard_map` over the axes that
+        split the tokens (of data, fsdp) and expert (tensor, and any other, stays automatic): each device holds its own tokens and its own experts'
+        weights, gathered whole over fsdp (FSDP's gather; the gradient's transpose a reduce-scatter). Each device of
+        an expert group gathers the group's tokens and their choices (an all-gather over the axis), computes its own
+        experts' share of every token (the others' choices weigh 0) and the shares are summed back onto the tokens'
+        own devices (a reduce-scatter: `psum_scatter`); tokens the axis does not split (a decode step's few rows) are
+        whole on each of its devices, the shares summed (`psum`). The router ran before, on each device's own
+        tokens, so its choices and statistics are those of one device.
 
         Why not an all-to-all: XLA:CPU has no `ragged_all_to_all` (jax 0.10.2: "not supported by XLA:CPU
         ThunkEmitter"), and a dropless `all_to_all` must send each device a buffer for all k copies of every token
@@ -183,35 +190,42 @@ class SparseMLP(nnx.Module):
         device's grouped matmuls compute its own experts' copies alone (`grouped_matmul`: the others sorted after the
         groups), but their buffers are sized for the worst case, every gathered copy (the expert axis's size times a
         device's own)."""
-        e, k = flat.shape[-1], experts.shape[-1]
         batch = logical_to_spec(("batch",), mesh, flat.shape[:1], strict=False)[0]
         batch = (batch,) if isinstance(batch, str) else tuple(batch or ())
-        split = bool(batch) and batch[-1] == EXPERT_AXIS  # the tokens are split over the axis (the last of them)
+        split = EXPERT_AXIS in batch  # the tokens are split over the axis
+        manual = tuple(a for a in BATCH_AXES if a in batch or a == EXPERT_AXIS)  # those splitting them, and expert
         gathered = flat.dtype if target_platform() == "tpu" else jnp.float32  # XLA:CPU: no bf16 reduce-scatter
-        param_specs = jax.tree.map(lambda _: PartitionSpec(EXPERT_AXIS), params)
+
+        def manual_spec(array, names):  # the array's layout over the manual axes (tensor's left to the compiler)
+            spec = logical_to_spec(names, mesh, array.shape, strict=False)
+            keep = [tuple(a for a in ((s,) if isinstance(s, str) else tuple(s or ())) if a in manual) for s in spec]
+            return PartitionSpec(*(s[0] if len(s) == 1 else (s or None) for s in keep))
+
+        arrays = {n: {key: w for key, (w, _) in p.items()} for n, p in params.items()}
+        specs = {n: {key: manual_spec(w, names) for key, (w, names) in p.items()} for n, p in params.items()}
+        rows = PartitionSpec(batch or None)
+
+        def whole(w, spec):  # a weight whole but for its experts: gathered over the other manual axes that split it
+            for dim, entry in enumerate(spec):
+                axes = tuple(a for a in ((entry,) if isinstance(entry, str) else tuple(entry or ())) if a != EXPERT_AXIS)
+                if axes:
+                    w = jax.lax.all_gather(w, axes, axis=dim, tiled=True)
+            return w
 
         def body(x, ex, wt, p):
+            p = {n: {key: whole(w, specs[n][key]) for key, w in q.items()} for n, q in p.items()}
             local = p["gate_proj"]["w"].shape[0]
             if split:
-                x, ex, wt = (jax.lax.all_gather(a, EXPERT_AXIS, axis=1, tiled=True) for a in (x, ex, wt))
+                x, ex, wt = (jax.lax.all_gather(a, EXPERT_AXIS, axis=0, tiled=True) for a in (x, ex, wt))
             first = jax.lax.axis_index(EXPERT_AXIS) * local
-            y = self.local_experts(x.reshape(-1, e).astype(flat.dtype), ex.reshape(-1, k), wt.reshape(-1, k), p, first)
-            y = y.reshape(x.shape).astype(gathered)
+            y = self.local_experts(x.astype(flat.dtype), ex, wt, p, first).astype(gathered)
             if split:
-                return jax.lax.psum_scatter(y, EXPERT_AXIS, scatter_dimension=1, tiled=True)
+                return jax.lax.psum_scatter(y, EXPERT_AXIS, scatter_dimension=0, tiled=True)
             return jax.lax.psum(y, EXPERT_AXIS)
 
-        if split:  # [outer, expert, n, ...]: the rows' order over (other batch axes, expert), as the batch is laid out
-            sizes = dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True))
-            outer, ways = math.prod(sizes[a] for a in batch[:-1]), sizes[EXPERT_AXIS]
-            shape = (outer, ways, -1)
-            spec = PartitionSpec(None, EXPERT_AXIS)
-        else:
-            shape, spec = (1, 1, -1), PartitionSpec()
-        args = (flat.astype(gathered).reshape(*shape, e), experts.reshape(*shape, k), weights.reshape(*shape, k))
-        out = jax.shard_map(body, mesh=mesh, axis_names={EXPERT_AXIS}, in_specs=(spec, spec, spec, param_specs),
-                            out_specs=spec)(*args, params)
-        return out.reshape(flat.shape).astype(flat.dtype)
+        out = jax.shard_map(body, mesh=mesh, axis_names=set(manual), in_specs=(rows, rows, rows, specs),
+                            out_specs=rows)(flat.astype(gathered), experts, weights, arrays)
+        return out.astype(flat.dtype)
 
     def project(self, x: Array, params: dict[str, Array], sizes: Array, shared: Array | None = None
                 ) -> tuple[Array, Array | None]:
