@@ -78,11 +78,13 @@ def test_loss_and_gradients_are_the_same_with_the_experts_split(moe, ways):
             assert shard.data.shape[1] == EXPERTS // ways, (name, shard.data.shape)
 
 
-@pytest.mark.parametrize("ways, rows", [(2, 2), (8, 2), (4, 1)])
-def test_the_block_dispatches_any_batch(moe, ways, rows):
+@pytest.mark.parametrize("shape, rows", [({"expert": 2, "fsdp": 4}, 2), ({"expert": 8}, 2), ({"expert": 4, "fsdp": 2}, 1),
+                                         ({"data": 2, "expert": 2, "tensor": 2}, 8)])
+def test_the_block_dispatches_any_batch(moe, shape, rows):
     """The sparse block alone on `rows` rows that do not split over every batch axis (8 rows do: the test above):
     split over the expert axis alone (2 rows on expert 2 x fsdp 4), or not at all (2 rows 8 ways, one row 4 ways:
-    each expert device sees every token, the shares summed), gives one device's outputs and router sums."""
+    each expert device sees every token, the shares summed); and on data x expert with the experts' width over
+    tensor (left to the compiler inside the dispatch): one device's outputs and router sums."""
     config, graphdef, params, *_ = moe
     block = nnx.merge(graphdef, params).layers.mlp  # stacked: layer 0's weights taken below
     block_graph, block_params = nnx.split(block, nnx.Param)
@@ -93,7 +95,7 @@ def test_the_block_dispatches_any_batch(moe, ways, rows):
         return nnx.merge(block_graph, jax.tree.map(lambda w: w[0], p))(x, real)
 
     want, want_stats = jax.jit(run)(block_params, x)
-    mesh = sharding.make_mesh({"expert": ways, "fsdp": 8 // ways})
+    mesh = sharding.make_mesh(shape)
     with jax.set_mesh(mesh):
         placed = jax.device_put(block_params, sharding.state_shardings(block_params, mesh))
         got, got_stats = jax.jit(run)(placed, x)
