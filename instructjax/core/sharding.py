@@ -98,6 +98,17 @@ def batch_shards(sizes: Mapping[str, int]) -> int:
     return math.prod(sizes.get(axis, 1) for axis in BATCH_AXES)
 
 
+def without_experts(shape: Mapping[str, int]) -> dict[str, int]:
+    """A mesh shape with its expert axis folded into fsdp: the same devices, the experts split over fsdp instead (the
+    evaluation engine's mesh for a run trained with an expert axis: eval/run.py)."""
+    shape = dict(shape)
+    expert = shape.pop("expert", 1)
+    if expert != 1:
+        fsdp = shape.get("fsdp", 1)
+        shape["fsdp"] = -1 if -1 in (expert, fsdp) else fsdp * expert
+    return shape
+
+
 def check_experts(num_experts: int, sizes: Mapping[str, int]) -> None:
     """One ConfigError line where the mesh's expert axis cannot split the model's experts (a dense model's: none)."""
     split = sizes.get("expert", 1)

@@ -113,6 +113,10 @@ def test_an_expert_axis_that_does_not_split_the_experts_is_one_line():
     assert sharding.row_multiple(run, {"data": 1, "fsdp": 2, "expert": 4, "tensor": 1}) == 8  # the batch over it too
     with pytest.raises(ConfigError, match=r"^the evaluation engine decodes with the experts whole .* mesh.expert=2 "):
         SlotEngine(None, mesh=sharding.make_mesh({"expert": 2, "fsdp": 4}))
+    # the run's mesh as its evaluation takes it: the expert axis folded into fsdp
+    assert sharding.without_experts({"data": 1, "fsdp": 2, "expert": 8, "tensor": 1}) == {"data": 1, "fsdp": 16,
+                                                                                         "tensor": 1}
+    assert sharding.without_experts({"expert": 4, "fsdp": -1}) == {"fsdp": -1}
     # mesh: auto's options: a dense model's unchanged; a mixture of experts' expert sizes divide its experts
     assert mesh_options(8) == [{"data": 1, "fsdp": 8 // t, "tensor": t} for t in (1, 2, 4, 8)]
     assert [(o["expert"], o["tensor"]) for o in mesh_options(8, 4)] == [(4, 1), (2, 1), (1, 1), (4, 2), (2, 2),
