@@ -119,6 +119,9 @@ def check_experts(num_experts: int, sizes: Mapping[str, int]) -> None:
                           "experts): set mesh.expert: 1")
     if num_experts % split:
         raise ConfigError(f"model has {num_experts} experts; mesh.expert={split} does not divide them")
+    if sizes.get("tensor", 1) != 1:  # the dispatch's shard_map with tensor left to the compiler: XLA:CPU aborts
+        raise ConfigError(f"mesh.expert={split} with mesh.tensor={sizes['tensor']}: the experts' dispatch runs without "
+                          "tensor parallelism; set mesh.tensor: 1 (or mesh.expert: 1)")
 
 
 def row_multiple(config, sizes: Mapping[str, int], process_count: int = 1) -> int:

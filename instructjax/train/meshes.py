@@ -16,8 +16,8 @@ REAL_SHARE_SLACK = 0.02  # a mesh within this of the best real-token share is as
 
 def mesh_options(devices: int, experts: int = 0) -> list[dict[str, int]]:
     """The meshes a proposal chooses from: no data axis, the devices split between fsdp and tensor (1 to
-    MAX_TENSOR), least tensor parallelism first. For a mixture of `experts` experts, each tensor size's splits of the
-    rest between expert (each size dividing both the experts and the devices) and fsdp, the largest expert axis
+    MAX_TENSOR), least tensor parallelism first. For a mixture of `experts` experts, without tensor parallelism the
+    splits of the devices between expert (each size dividing both the experts and the devices) and fsdp, the largest expert axis
     first: the experts' weights, most of such a model, are then never gathered across it (its devices exchange the
     tokens instead, a few KiB a token: model/moe.py), where fsdp would gather every expert's weights every step."""
     options = []
@@ -27,7 +27,8 @@ def mesh_options(devices: int, experts: int = 0) -> list[dict[str, int]]:
         if not experts:
             options.append({"data": 1, "fsdp": devices // t, "tensor": t})
             continue
-        splits = [e for e in range(devices // t, 0, -1) if experts % e == 0 and (devices // t) % e == 0]
+        splits = [e for e in range(devices // t, 0, -1) if experts % e == 0 and (devices // t) % e == 0
+                  and (e == 1 or t == 1)]  # the experts' dispatch runs without tensor parallelism
         options += [{"data": 1, "fsdp": devices // t // e, "expert": e, "tensor": t} for e in splits]
     return options
 

@@ -54,11 +54,14 @@ def moe(tmp_path_factory):
     return config, graphdef, params, batch, step, step(params, batch)
 
 
-@pytest.mark.parametrize("ways", [pytest.param(1, marks=pytest.mark.slow), 2, pytest.param(4, marks=pytest.mark.slow),
-                                  8])
-def test_loss_and_gradients_are_the_same_with_the_experts_split(moe, ways):
+@pytest.mark.parametrize("shape", [pytest.param({"expert": 1, "fsdp": 8}, marks=pytest.mark.slow), {"expert": 2, "fsdp": 4},
+                                   pytest.param({"expert": 4, "fsdp": 2}, marks=pytest.mark.slow), {"expert": 8},
+                                   pytest.param({"data": 2, "expert": 4}, marks=pytest.mark.slow)],
+                         ids=["expert1", "expert2", "expert4", "expert8", "data2_expert4"])
+def test_loss_and_gradients_are_the_same_with_the_experts_split(moe, shape):
     config, graphdef, params, batch, step, ((want, want_aux), want_grads) = moe
-    mesh = sharding.make_mesh({"expert": ways, "fsdp": 8 // ways})
+    ways = shape["expert"]
+    mesh = sharding.make_mesh(shape)
     with jax.set_mesh(mesh):
         placed = jax.device_put(params, sharding.state_shardings(params, mesh))
         (got, got_aux), got_grads = step(placed, sharding.shard_batch(batch, mesh))
@@ -79,12 +82,12 @@ def test_loss_and_gradients_are_the_same_with_the_experts_split(moe, ways):
 
 
 @pytest.mark.parametrize("shape, rows", [({"expert": 2, "fsdp": 4}, 2), ({"expert": 8}, 2), ({"expert": 4, "fsdp": 2}, 1),
-                                         ({"data": 2, "expert": 2, "tensor": 2}, 8)])
+                                         ({"data": 2, "expert": 2, "fsdp": 2}, 8)])
 def test_the_block_dispatches_any_batch(moe, shape, rows):
     """The sparse block alone on `rows` rows that do not split over every batch axis (8 rows do: the test above):
     split over the expert axis alone (2 rows on expert 2 x fsdp 4), or not at all (2 rows 8 ways, one row 4 ways:
-    each expert device sees every token, the shares summed); and on data x expert with the experts' width over
-    tensor (left to the compiler inside the dispatch): one device's outputs and router sums."""
+    each expert device sees every token, the shares summed); and on data x expert x fsdp: one device's outputs and
+    router sums."""
     config, graphdef, params, *_ = moe
     block = nnx.merge(graphdef, params).layers.mlp  # stacked: layer 0's weights taken below
     block_graph, block_params = nnx.split(block, nnx.Param)
@@ -119,8 +122,9 @@ def test_an_expert_axis_that_does_not_split_the_experts_is_one_line():
     assert sharding.without_experts({"expert": 4, "fsdp": -1}) == {"fsdp": -1}
     # mesh: auto's options: a dense model's unchanged; a mixture of experts' expert sizes divide its experts
     assert mesh_options(8) == [{"data": 1, "fsdp": 8 // t, "tensor": t} for t in (1, 2, 4, 8)]
-    assert [(o["expert"], o["tensor"]) for o in mesh_options(8, 4)] == [(4, 1), (2, 1), (1, 1), (4, 2), (2, 2),
-                                                                         (1, 2), (2, 4), (1, 4), (1, 8)]
+    assert [(o["expert"], o["tensor"]) for o in mesh_options(8, 4)] == [(4, 1), (2, 1), (1, 1), (1, 2), (1, 4), (1, 8)]
+    with pytest.raises(ConfigError, match=r"^mesh.expert=2 with mesh.tensor=2: the experts' dispatch runs without"):
+        sharding.resolve_mesh(RunConfig(mesh={"expert": 2, "fsdp": 2, "tensor": 2}), 8, experts=8)
 
 
 def test_mesh_auto_splits_a_mixture_of_experts_experts(capsys):
