@@ -77,10 +77,10 @@ def eval_plan(config: RunConfig, topology: Topology) -> EvalPlan:
 
     model = evaluated_model(config, topology)
     hbm, given = int(topology.hbm_gib * GIB), eval_section(config.eval).slots
-    if isinstance(config.mesh, dict):  # the run's mesh, as `eval` takes it (auto: the default's)
-        from instructjax.core.sharding import mesh_sizes
+    if isinstance(config.mesh, dict):  # the run's mesh, as `eval` takes it: an expert axis folded in (auto: default)
+        from instructjax.core.sharding import mesh_sizes, without_experts
 
-        sizes = mesh_sizes(config.mesh, topology.devices)
+        sizes = mesh_sizes(without_experts(config.mesh), topology.devices)
     else:
         sizes = placement.default_sizes(model, topology.devices, int(USABLE * hbm), given or DEFAULT_SLOTS,
                                         model.max_position_embeddings)

@@ -1,12 +1,12 @@
 """Device mesh and the one logical-axis rules table.
 
 Model code names array dimensions logically (`batch`, `length`, `embed`, `mlp`, `heads`, ...); the
-`LOGICAL_AXIS_RULES` table below maps each name onto mesh axes of a mesh with axes (data, fsdp, tensor).
+`LOGICAL_AXIS_RULES` table below maps each name onto mesh axes of a mesh with axes (data, fsdp, expert, tensor).
 Changing the parallelism is changing the mesh shape, never the model.
 
 Resolution follows flax's `logical_to_mesh_axes`: dimensions are resolved left to right and a mesh axis
 already used by an earlier dimension is skipped (so activations `[batch, length, embed]` shard batch over
-(data, fsdp) and leave embed whole, while weights `[embed, mlp]` shard embed over fsdp).
+(data, fsdp, expert) and leave embed whole, while weights `[embed, mlp]` shard embed over fsdp).
 
 Activation constraints (`with_logical_constraint`) apply only under `jax.set_mesh(mesh)`; outside a mesh
 they are no-ops, so the model also runs unsharded on one device.
@@ -25,11 +25,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from instructjax.core.errors import ConfigError
 
-MESH_AXES = ("data", "fsdp", "tensor")
+# `expert` splits a mixture of experts' experts (model/moe.py); for everything else its devices are data-parallel,
+# as fsdp's are (MaxText's layout): the batch is split over it too. Size 1 (every dense model): nothing changes.
+MESH_AXES = ("data", "fsdp", "expert", "tensor")
+BATCH_AXES = ("data", "fsdp", "expert")  # the data-parallel axes: each device of them holds its own rows
+OPTIONAL_AXES = ("expert",)  # left out of resolved sizes where 1
 
 # logical name -> mesh axes (None: replicated). Like T5X's standard_logical_axis_rules.
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("batch", ("data", "fsdp")),
+    ("batch", BATCH_AXES),
     ("length", None),
     ("embed", "fsdp"),
     ("mlp", "tensor"),
@@ -38,7 +42,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("head_dim", None),
     ("vocab", "tensor"),
     ("norm", None),
-    ("expert", None),  # a mixture of experts' experts (model/moe.py): every device holds every expert
+    ("expert", "expert"),  # a mixture of experts' experts (model/moe.py): each expert device holds its own
     ("layers", None),  # the stacked axis of scanned layers: every device holds its shard of every layer
     # a LoRA adapter's rank (model/lora.py): over fsdp where fsdp is free and divides it, so that an adapter whose
     # other axis is not fsdp's (B of q/k/v/gate/up, A of o/down) is not whole on every device
@@ -50,7 +54,8 @@ WHERE_DIVISIBLE = frozenset({"lora_rank"})
 
 def mesh_sizes(shape: Mapping[str, int], device_count: int) -> dict[str, int]:
     """The mesh shape resolved for `device_count` devices: axes missing from `shape` have size 1, one
-    axis may be -1 (the rest). The one resolution the trainer (`make_mesh`) and `plan` both use."""
+    axis may be -1 (the rest); an axis of `OPTIONAL_AXES` is left out where it is 1 (a dense run's mesh reads as it
+    always did). The one resolution the trainer (`make_mesh`) and `plan` both use."""
     if isinstance(shape, str):  # `mesh: auto` is resolved to sizes by train.meshes.choose_mesh first
         raise ConfigError(f"mesh {shape!r} must be resolved to axis sizes before a mesh is made")
     unknown = set(shape) - set(MESH_AXES)
@@ -67,34 +72,69 @@ def mesh_sizes(shape: Mapping[str, int], device_count: int) -> dict[str, int]:
         sizes[free[0]] = device_count // rest
     if math.prod(sizes.values()) != device_count:
         raise ConfigError(f"mesh shape {sizes} needs {math.prod(sizes.values())} devices, but there are {device_count}")
-    return sizes
+    return {axis: n for axis, n in sizes.items() if axis not in OPTIONAL_AXES or n != 1}
 
 
-def resolve_mesh(config, device_count: int, process_count: int = 1) -> dict[str, int]:
+def resolve_mesh(config, device_count: int, process_count: int = 1, *, experts: int | None = None) -> dict[str, int]:
     """The run's mesh sizes on `device_count` devices and `process_count` hosts, with the batch checked
-    against them: every host feeds whole rows, every micro-batch splits over the data-parallel devices."""
+    against them: every host feeds whole rows, every micro-batch splits over the data-parallel devices; and with
+    `experts` (the model's `num_experts`, 0 for a dense model) the expert axis against the model (`check_experts`)."""
     sizes = mesh_sizes(config.mesh, device_count)
+    if experts is not None:
+        check_experts(experts, sizes)
     batch, micro = config.data.global_batch, config.optim.micro_batches
     if batch % process_count:
         raise ConfigError(f"data.global_batch={batch} is not divisible by the {process_count} host(s)")
-    shards = sizes["data"] * sizes["fsdp"]
+    shards = batch_shards(sizes)
     if (batch // micro) % shards:
         raise ConfigError(f"a micro-batch of {batch // micro} rows (data.global_batch={batch} / optim.micro_batches="
-                          f"{micro}) does not divide over the mesh's data*fsdp={shards} devices")
+                          f"{micro}) does not divide over the mesh's {'*'.join(a for a in BATCH_AXES if a in sizes)}="
+                          f"{shards} devices")
     return sizes
+
+
+def batch_shards(sizes: Mapping[str, int]) -> int:
+    """How many ways a mesh of `sizes` splits the batch (its data-parallel devices: data x fsdp x expert)."""
+    return math.prod(sizes.get(axis, 1) for axis in BATCH_AXES)
+
+
+def without_experts(shape: Mapping[str, int]) -> dict[str, int]:
+    """A mesh shape with its expert axis folded into fsdp: the same devices, the experts split over fsdp instead (the
+    evaluation engine's mesh for a run trained with an expert axis: eval/run.py)."""
+    shape = dict(shape)
+    expert = shape.pop("expert", 1)
+    if expert != 1:
+        fsdp = shape.get("fsdp", 1)
+        shape["fsdp"] = -1 if -1 in (expert, fsdp) else fsdp * expert
+    return shape
+
+
+def check_experts(num_experts: int, sizes: Mapping[str, int]) -> None:
+    """One ConfigError line where the mesh's expert axis cannot split the model's experts (a dense model's: none)."""
+    split = sizes.get("expert", 1)
+    if split == 1:
+        return
+    if not num_experts:
+        raise ConfigError(f"mesh.expert={split} splits a mixture of experts' experts; this model is dense (no "
+                          "experts): set mesh.expert: 1")
+    if num_experts % split:
+        raise ConfigError(f"model has {num_experts} experts; mesh.expert={split} does not divide them")
+    if sizes.get("tensor", 1) != 1:  # the dispatch's shard_map with tensor left to the compiler: XLA:CPU aborts
+        raise ConfigError(f"mesh.expert={split} with mesh.tensor={sizes['tensor']}: the experts' dispatch runs without "
+                          "tensor parallelism; set mesh.tensor: 1 (or mesh.expert: 1)")
 
 
 def row_multiple(config, sizes: Mapping[str, int], process_count: int = 1) -> int:
     """What every step's row count must be a multiple of on this mesh: whole rows per host, and each of the
-    `optim.micro_batches` micro-batches split evenly over the data-parallel (data x fsdp) devices."""
-    return math.lcm(config.optim.micro_batches * sizes["data"] * sizes["fsdp"], process_count)
+    `optim.micro_batches` micro-batches split evenly over the data-parallel (data x fsdp x expert) devices."""
+    return math.lcm(config.optim.micro_batches * batch_shards(sizes), process_count)
 
 
 def make_mesh(shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A mesh with axes (data, fsdp, tensor) over `devices` (default all), sized by `mesh_sizes`."""
+    """A mesh with axes `MESH_AXES` over `devices` (default all), sized by `mesh_sizes`."""
     devices = list(jax.devices() if devices is None else devices)
     sizes = mesh_sizes(shape, len(devices))
-    return Mesh(np.asarray(devices).reshape(tuple(sizes.values())), MESH_AXES)
+    return Mesh(np.asarray(devices).reshape(tuple(sizes.get(axis, 1) for axis in MESH_AXES)), MESH_AXES)
 
 
 def logical_to_spec(
@@ -174,7 +214,7 @@ def state_shardings(state: Any, mesh: Mesh) -> Any:
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:
-    """Sharding of a `[batch, length]` batch array: batch over (data, fsdp), length whole."""
+    """Sharding of a `[batch, length]` batch array: batch over (data, fsdp, expert), length whole."""
     return NamedSharding(mesh, logical_to_spec(("batch", "length"), mesh))
 
 
@@ -189,7 +229,7 @@ def batch_shardings(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, NamedShar
 
 
 def host_rows(array: np.ndarray, mesh: Mesh) -> jax.Array:
-    """A `[batch, ...]` host array that every host holds whole, on the mesh with its rows over (data, fsdp): each
+    """A `[batch, ...]` host array that every host holds whole, on the mesh with its rows over (data, fsdp, expert): each
     host feeds only the rows of its own devices (any number of processes)."""
     names = ("batch",) + (None,) * (array.ndim - 1)
     sharding = NamedSharding(mesh, logical_to_spec(names, mesh, array.shape))

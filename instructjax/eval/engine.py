@@ -148,6 +148,9 @@ class SlotEngine:
 
     def __init__(self, model: Decoder, *, slots: int = 32, chunk: int = 8, mesh=None, fill_tokens: int = FILL_TOKENS,
                  min_prefix: int = MIN_PREFIX):
+        if mesh is not None and dict(mesh.shape).get("expert", 1) > 1:  # its cache and fills split over data x fsdp
+            raise ConfigError(f"the evaluation engine decodes with the experts whole on each device: mesh.expert="
+                              f"{dict(mesh.shape)['expert']} is for training; decode on a mesh without it")
         self.model = decoding.unstacked(model)
         self.graphdef, self.state = nnx.split(self.model)
         self.config, self.mesh = self.model.config, mesh

@@ -26,7 +26,7 @@ import dataclasses
 import json
 import sys
 
-from instructjax.core import storage, tracking
+from instructjax.core import sharding, storage, tracking
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError, InstructJaxError
 from instructjax.core.run_identity import digest
@@ -189,7 +189,8 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
 
     def generator():  # loaded once, when a part first needs it
         if not loaded:
-            mesh = config.mesh if isinstance(config.mesh, dict) else None  # the run's mesh (auto: the default's)
+            # the run's mesh (auto: the default's), its expert axis folded into fsdp (the engine decodes without one)
+            mesh = sharding.without_experts(config.mesh) if isinstance(config.mesh, dict) else None
             slots = {"slots": ev.slots} if ev.slots else {}  # eval.slots, else the engine's default
             loaded.append(load_engine(target, batch_size=ev.batch_size, mesh=mesh, **slots)[0])
         return loaded[0]

@@ -6,7 +6,8 @@ The router: logits = x W [tokens, experts] in the compute dtype, softmax over ev
 by `norm_topk_prob`: Mixtral's "top-k of the logits, then softmax" is the same numbers). Dropless: every token reaches
 its k experts, none is dropped for capacity. The experts run as grouped matmuls (`jax.lax.ragged_dot`; `grouped_matmul`) over the
 token copies sorted by expert, never a dense all-experts product; each copy's output is weighted and the k copies of
-a token summed back in its place.
+a token summed back in its place. On a mesh with an `expert` axis (core/sharding.py) each of its devices holds its
+own experts (their LoRA adapters alike) and the tokens are dispatched to them and back (`SparseMLP.dispatched`).
 
 `RouterStats`, per sparse layer, are sums over the real tokens (segment > 0) only: how many of the tokens' k choices
 each expert got, the softmax mass each expert got, and the squared logsumexp of the logits (the z-loss's). Sums add
@@ -22,13 +23,16 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
+from jax.sharding import PartitionSpec
 
-from instructjax.core.sharding import with_logical_constraint
+from instructjax.core.sharding import BATCH_AXES, logical_to_spec, with_logical_constraint
 from instructjax.model import lora
 from instructjax.model.config import DecoderConfig
+from instructjax.model.kernels.common import target_platform
 from instructjax.model.layers import ACTIVATIONS, Dense, param
 
 Array = jax.Array
+EXPERT_AXIS = "expert"  # the mesh axis the experts are split over (core/sharding.py's rules: logical "expert")
 
 
 class RouterStats(NamedTuple):
@@ -41,30 +45,38 @@ class RouterStats(NamedTuple):
 
 
 def grouped_matmul(x: Array, w: Array, sizes: Array) -> Array:
-    """`jax.lax.ragged_dot`: rows of x [M, in], in consecutive groups of `sizes` [E] rows (summing to M), each times
-    its group's w [E, in, out]. XLA:CPU lowers ragged_dot as every group's product over every row (E times the work),
-    so on a CPU the groups run as blocks of rows instead (`blocked_matmul`); elsewhere ragged_dot itself."""
+    """`jax.lax.ragged_dot`: rows of x [M, in], in consecutive groups of `sizes` [E] rows (summing to at most M: the
+    rows after the last group are not computed and read 0 or anything), each times its group's w [E, in, out].
+    XLA:CPU lowers ragged_dot as every group's product over every row (E times the work), so on a CPU the groups run
+    as blocks of rows instead (`blocked_matmul`); elsewhere ragged_dot itself."""
     return jax.lax.platform_dependent(x, w, sizes, cpu=blocked_matmul, default=jax.lax.ragged_dot)
 
 
 def blocked_matmul(x: Array, w: Array, sizes: Array) -> Array:
     """`grouped_matmul` as a scan over blocks of rows: each group padded to whole blocks (fewer than a block's rows
-    of padding a group), each block times its own group's matrix."""
+    of padding a group), each block times its own group's matrix; the blocks after the last group's are skipped
+    (the rows after the groups, an expert device's copies of other devices' experts, read 0)."""
     m, experts = x.shape[0], w.shape[0]
     block = int(min(128, max(8, 2 ** int(math.log2(max(1, m // (4 * experts)))))))
     count = -(-(m + experts * (block - 1)) // block)  # blocks enough for any sizes
     padded = -(-sizes // block) * block
     ends = jnp.cumsum(padded)
-    group = jnp.repeat(jnp.arange(experts), sizes, total_repeat_length=m)  # each row's group
+    group = jnp.repeat(jnp.arange(experts), sizes, total_repeat_length=m)  # each row's group (the last after them)
     dest = (ends - padded)[group] + jnp.arange(m) - (jnp.cumsum(sizes) - sizes)[group]  # its row among the blocks
     blocks = jnp.zeros((count * block, x.shape[1]), x.dtype).at[dest].set(x).reshape(count, block, -1)
-    owner = jnp.minimum(jnp.searchsorted(ends, jnp.arange(count) * block, side="right"), experts - 1)
+    # each block's group: the groups ending at or before its first row (searchsorted's side="right", which jax
+    # 0.10.2 cannot trace inside a shard_map: model/moe.py's `dispatched`)
+    starts = jnp.arange(count) * block
+    owner = jnp.minimum(jnp.sum(ends[None, :] <= starts[:, None], axis=1), experts - 1)
 
-    def one(_, block_and_owner):
-        rows, j = block_and_owner
-        return None, rows @ jax.lax.dynamic_index_in_dim(w, j, keepdims=False)
+    def one(_, block_owner_live):
+        rows, j, live = block_owner_live
+        matrix = jax.lax.dynamic_index_in_dim(w, j, keepdims=False)
+        # the skipped block's zeros made of its operands: they vary as theirs do inside a shard_map (cond's types)
+        return None, jax.lax.cond(live, lambda: rows @ matrix, lambda: jnp.zeros_like(rows[:, :1]) * matrix[0])
 
-    return jax.lax.scan(one, None, (blocks, owner))[1].reshape(count * block, -1)[dest]
+    out = jax.lax.scan(one, None, (blocks, owner, starts < ends[-1]))[1].reshape(count * block, -1)[dest]
+    return jnp.where((jnp.arange(m) < jnp.sum(sizes))[:, None], out, jnp.zeros((), out.dtype))
 
 
 def route(logits: Array, k: int, renormalise: bool) -> tuple[Array, Array, Array]:
@@ -117,30 +129,114 @@ class SparseMLP(nnx.Module):
         return route(self.router(x.reshape(-1, x.shape[-1]).astype(self.dtype)), self.k, self.renormalise)[2]
 
     def grouped(self, flat: Array, experts: Array, weights: Array) -> Array:
-        """Each token's k experts' outputs, weighted and summed: the N * k token copies sorted by expert, three
-        grouped matmuls over the experts' groups (`grouped_matmul`), the copies put back in order."""
+        """Each token's k experts' outputs, weighted and summed: `local_experts` on every device where the mesh
+        has no expert axis (or none: one device), `dispatched` over it where it has one."""
+        params = {name: self.weights_of(name) for name in ("gate_proj", "up_proj", "down_proj")}
+        mesh = jax.sharding.get_abstract_mesh()
+        if mesh.empty or dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True)).get(EXPERT_AXIS, 1) == 1:
+            return self.local_experts(flat, experts, weights, {n: {k: w for k, (w, _) in p.items()}
+                                                               for n, p in params.items()})
+        return self.dispatched(flat, experts, weights, params, mesh)
+
+    def weights_of(self, name: str) -> dict[str, tuple[Array, tuple[str, ...]]]:
+        """Parameter `name`'s stacked experts `w` [E, in, out] and, where it holds adapters, their `b` and its own
+        `a` (a fused group's later parameter has none: it takes its first one's branch input); each with its
+        logical axes."""
+        axes = ("expert", "mlp", "embed") if name == "down_proj" else ("expert", "embed", "mlp")
+        out = {"w": (getattr(self, name)[...].astype(self.dtype), axes)}
+        adapters = getattr(self, name + lora.EXPERT_SUFFIX)
+        if adapters is not None:
+            out["b"] = (adapters.lora_b[...].astype(self.dtype), (axes[0], "lora_rank", axes[2]))
+            if adapters.lora_a is not None:
+                out["a"] = (adapters.lora_a[...].astype(self.dtype), (axes[0], axes[1], "lora_rank"))
+        return out
+
+    def local_experts(self, flat: Array, experts: Array, weights: Array, params: dict, first: Array | int = 0
+                      ) -> Array:
+        """The weighted sum over each token's choices among the experts `first` .. `first` + E_l - 1 whose weights
+        `params` holds (E_l of them; all: every choice): the N * k token copies sorted by expert (those of other
+        experts last), three grouped matmuls over the experts' groups (`grouped_matmul`), the copies put back in
+        order. The copies of other experts come after the groups: not computed (`grouped_matmul`), they weigh 0."""
         n, k = experts.shape
-        choices = experts.reshape(-1)
+        local = params["gate_proj"]["w"].shape[0]
+        choices = experts.reshape(-1) - first
+        mine = (choices >= 0) & (choices < local)
+        choices = jnp.where(mine, choices, local)
         order = jnp.argsort(choices, stable=True)  # copy i of the sorted list is choice order[i]
-        sizes = jnp.bincount(choices, length=self.experts).astype(jnp.int32)
+        sizes = jnp.bincount(choices, length=local + 1)[:local].astype(jnp.int32)
         copies = flat[order // k]
-        gate, shared = self.project(copies, "gate_proj", sizes)
-        up, _ = self.project(copies, "up_proj", sizes, shared)
+        gate, shared = self.project(copies, params["gate_proj"], sizes)
+        up, _ = self.project(copies, params["up_proj"], sizes, shared)
         hidden = self.activation(checkpoint_name(gate, "gate_proj")) * checkpoint_name(up, "up_proj")
-        down = checkpoint_name(self.project(hidden, "down_proj", sizes)[0], "down_proj")
+        down = checkpoint_name(self.project(hidden, params["down_proj"], sizes)[0], "down_proj")
         unsorted = down[jnp.argsort(order)].reshape(n, k, -1)
+        if not isinstance(first, int):  # an expert device's: the copies of other devices' experts read 0
+            unsorted = jnp.where(mine.reshape(n, k, 1), unsorted, jnp.zeros((), unsorted.dtype))
         return jnp.sum(unsorted * weights[..., None], axis=1)
 
-    def project(self, x: Array, name: str, sizes: Array, shared: Array | None = None) -> tuple[Array, Array | None]:
-        """(x through each group's expert of parameter `name`, plus its LoRA branch x A_j B_j * alpha / rank where
-        it holds adapters; the branch's x A_j [copies, rank], which a fused group's later parameter takes as
-        `shared`, or None)."""
-        y = grouped_matmul(x, getattr(self, name)[...].astype(self.dtype), sizes)
-        adapters = getattr(self, name + lora.EXPERT_SUFFIX)
-        if adapters is None:
+    def dispatched(self, flat: Array, experts: Array, weights: Array, params: dict, mesh) -> Array:
+        """`local_experts` with the experts split over the mesh's `expert` axis, in a `shard_map` over the axes that
+        split the tokens (of data, fsdp) and expert (tensor, and any other, stays automatic): each device holds its own tokens and its own experts'
+        weights, gathered whole over fsdp (FSDP's gather; the gradient's transpose a reduce-scatter). Each device of
+        an expert group gathers the group's tokens and their choices (an all-gather over the axis), computes its own
+        experts' share of every token (the others' choices weigh 0) and the shares are summed back onto the tokens'
+        own devices (a reduce-scatter: `psum_scatter`); tokens the axis does not split (a decode step's few rows) are
+        whole on each of its devices, the shares summed (`psum`). The router ran before, on each device's own
+        tokens, so its choices and statistics are those of one device.
+
+        Why not an all-to-all: XLA:CPU has no `ragged_all_to_all` (jax 0.10.2: "not supported by XLA:CPU
+        ThunkEmitter"), and a dropless `all_to_all` must send each device a buffer for all k copies of every token
+        (k times the all-gather's bytes). Dropless and exact: every choice is computed by its expert's device. Each
+        device's grouped matmuls compute its own experts' copies alone (`grouped_matmul`: the others sorted after the
+        groups), but their buffers are sized for the worst case, every gathered copy (the expert axis's size times a
+        device's own)."""
+        batch = logical_to_spec(("batch",), mesh, flat.shape[:1], strict=False)[0]
+        batch = (batch,) if isinstance(batch, str) else tuple(batch or ())
+        split = EXPERT_AXIS in batch  # the tokens are split over the axis
+        manual = tuple(a for a in BATCH_AXES if a in batch or a == EXPERT_AXIS)  # those splitting them, and expert
+        gathered = flat.dtype if target_platform() == "tpu" else jnp.float32  # XLA:CPU: no bf16 reduce-scatter
+
+        def manual_spec(array, names):  # the array's layout over the manual axes (tensor's left to the compiler)
+            spec = logical_to_spec(names, mesh, array.shape, strict=False)
+            keep = [tuple(a for a in ((s,) if isinstance(s, str) else tuple(s or ())) if a in manual) for s in spec]
+            return PartitionSpec(*(s[0] if len(s) == 1 else (s or None) for s in keep))
+
+        arrays = {n: {key: w for key, (w, _) in p.items()} for n, p in params.items()}
+        specs = {n: {key: manual_spec(w, names) for key, (w, names) in p.items()} for n, p in params.items()}
+        rows = PartitionSpec(batch or None)
+
+        def whole(w, spec):  # a weight whole but for its experts: gathered over the other manual axes that split it
+            for dim, entry in enumerate(spec):
+                axes = tuple(a for a in ((entry,) if isinstance(entry, str) else tuple(entry or ())) if a != EXPERT_AXIS)
+                if axes:
+                    w = jax.lax.all_gather(w, axes, axis=dim, tiled=True)
+            return w
+
+        def body(x, ex, wt, p):
+            p = {n: {key: whole(w, specs[n][key]) for key, w in q.items()} for n, q in p.items()}
+            local = p["gate_proj"]["w"].shape[0]
+            if split:
+                x, ex, wt = (jax.lax.all_gather(a, EXPERT_AXIS, axis=0, tiled=True) for a in (x, ex, wt))
+            first = jax.lax.axis_index(EXPERT_AXIS) * local
+            y = self.local_experts(x.astype(flat.dtype), ex, wt, p, first).astype(gathered)
+            if split:
+                return jax.lax.psum_scatter(y, EXPERT_AXIS, scatter_dimension=0, tiled=True)
+            return jax.lax.psum(y, EXPERT_AXIS)
+
+        out = jax.shard_map(body, mesh=mesh, axis_names=set(manual), in_specs=(rows, rows, rows, specs),
+                            out_specs=rows)(flat.astype(gathered), experts, weights, arrays)
+        return out.astype(flat.dtype)
+
+    def project(self, x: Array, params: dict[str, Array], sizes: Array, shared: Array | None = None
+                ) -> tuple[Array, Array | None]:
+        """(x through each group's expert of one parameter's `params` (`weights_of`), plus its LoRA branch
+        x A_j B_j * alpha / rank where it holds adapters; the branch's x A_j [copies, rank], which a fused group's
+        later parameter takes as `shared`, or None)."""
+        y = grouped_matmul(x, params["w"], sizes)
+        if "b" not in params:
             return y, None
-        xa = shared if adapters.lora_a is None else grouped_matmul(x, adapters.lora_a[...].astype(self.dtype), sizes)
-        branch = grouped_matmul(xa, adapters.lora_b[...].astype(self.dtype), sizes)
+        xa = grouped_matmul(x, params["a"], sizes) if "a" in params else shared
+        branch = grouped_matmul(xa, params["b"], sizes)
         return y + branch * jnp.asarray(self.lora_scale, self.dtype), xa
 
 

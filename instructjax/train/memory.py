@@ -10,7 +10,7 @@ adapters alone). The step also holds the sharded parameters cast to the compute 
 layer loop; seen in the TPU compiler's buffers, `plan --compile`).
 
 Activations are an estimate, per device, for one micro-batch of `r` rows of `s` tokens (`r` = global
-batch / micro-batches / (data x fsdp)), tensor size `t`, `c`-byte compute (`model.dtype`: 2 for bf16), per
+batch / micro-batches / (data x fsdp x expert)), tensor size `t`, `c`-byte compute (`model.dtype`: 2 for bf16), per
 decoder layer:
 
 - remat ``none``: everything the backward pass reads is kept (the residuals JAX saves, as
@@ -60,6 +60,7 @@ import numpy as np
 import optax
 from jax.sharding import AbstractMesh, PartitionSpec
 
+from instructjax.core import sharding
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
 from instructjax.core.optimizer import adamw
@@ -96,10 +97,11 @@ def device_memory(model: DecoderConfig, sizes: dict[str, int], *, rows: int, seq
     compute, stored = np.dtype(model.dtype).itemsize, np.dtype(model.param_dtype).itemsize
     memory["copy_bytes"] = memory["float_bytes"] * compute // stored if compute != stored else 0  # not quantized
     memory["expert_bytes"] = tpu_expert_buffers(model, sizes) if platform == "tpu" else 0
-    per_device = -(-rows // (micro_batches * sizes["data"] * sizes["fsdp"]))
-    loss_tokens = -(-loss_chunk // (sizes["data"] * sizes["fsdp"])) if loss_chunk else 0  # a chunk is split over rows
+    shards = sharding.batch_shards(sizes)
+    per_device = -(-rows // (micro_batches * shards))
+    loss_tokens = -(-loss_chunk // shards) if loss_chunk else 0  # a chunk is split over rows
     acts = activation_bytes(model, per_device, seq_len, sizes["tensor"], platform, loss_tokens,
-                            head_slices=sizes["data"] * sizes["fsdp"], onchip=onchip)
+                            head_slices=shards, onchip=onchip)
     acts.update(rows=per_device, seq_len=seq_len)
     return memory, acts
 

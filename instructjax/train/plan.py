@@ -14,8 +14,8 @@ step fills (`step_plan.mean_step_shape`) and activations for it.
 
 A mesh proposal (`plan_with_proposal`): where the config's mesh cannot serve the topology (the batch does not
 divide over its data-parallel devices) or keeps less than REAL_SHARE_GOAL of the step's tokens real, `plan`
-names the mesh of the slice (`mesh_options`: fsdp x tensor) that fits and keeps the most real, the least tensor
-parallelism among near-equals.
+names the mesh of the slice (`mesh_options`: fsdp x tensor; x expert for a mixture of experts) that fits and keeps
+the most real, the least tensor parallelism among near-equals.
 """
 
 from __future__ import annotations
@@ -71,8 +71,10 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
         config = dataclasses.replace(config, mesh={"data": 1, "fsdp": -1, "tensor": 1})
     model = resolution.model
     training = config.max_steps != 0
-    sizes = (sharding.resolve_mesh(config, topology.devices, topology.hosts) if training
-             else sharding.mesh_sizes(config.mesh, topology.devices))
+    sizes = sharding.mesh_sizes(config.mesh, topology.devices)
+    sharding.check_experts(model.num_experts, sizes)
+    if training:
+        sizes = sharding.resolve_mesh(config, topology.devices, topology.hosts)
     data = None
     if training:
         data = epoch_of(config, resolution.counts, sharding.row_multiple(config, sizes, topology.hosts))
@@ -122,7 +124,7 @@ def propose_mesh(config: RunConfig, topology: Topology, *, real_data: bool = Fal
         return None
     resolution = (resolution or resolve(config, sizes=PIPELINE if real_data else ESTIMATE)).counted()
     plans = []
-    for sizes in mesh_options(topology.devices):
+    for sizes in mesh_options(topology.devices, resolution.model.num_experts):
         try:
             plan = make_plan(dataclasses.replace(config, mesh=sizes), topology, resolution=resolution)
         except ConfigError:  # the batch does not divide over it, or the model's heads not over its tensor axis
@@ -138,9 +140,11 @@ def plan_with_proposal(config: RunConfig, topology: Topology, *, real_data: bool
     """`make_plan`, with a proposed mesh (`propose_mesh`) where the config's own cannot serve the batch on this
     topology (the plan is then the proposal's, `proposal` says so) or keeps less than REAL_SHARE_GOAL of the
     step's tokens real and another mesh keeps more; the config's own error when no mesh can. The tasks are counted
-    once (`resolution`, made here where not given:
-    `pipeline` sizes with `real_data`) for every mesh tried."""
-    resolution = (resolution or resolve(config, sizes=PIPELINE if real_data else ESTIMATE)).counted()
+    once (`resolution`, made here where not given: `pipeline` sizes with `real_data`) for every mesh tried."""
+    resolution = resolution or resolve(config, sizes=PIPELINE if real_data else ESTIMATE)
+    if isinstance(config.mesh, dict):  # an expert axis the model cannot take is the config's error, not the topology's
+        sharding.check_experts(resolution.model.num_experts, config.mesh)
+    resolution = resolution.counted()
     if config.mesh == "auto" and config.max_steps != 0:  # the proposal is the run's mesh
         plan = propose_mesh(config, topology, resolution=resolution)
         if plan is None:  # none fits: the plain FSDP mesh's figures, which say so

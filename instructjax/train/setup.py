@@ -301,18 +301,20 @@ def resolve_run(bound: BoundRun, *, devices: int, hosts: int, process_index: int
         def fits(sizes, step_shapes) -> bool:
             return memory.step_needed(bound.model, config, sizes, step_shapes, here)[0] <= memory.usable_bytes(here)
 
+    experts = bound.model.num_experts
     if config.mesh != "auto":
-        sizes = sharding.resolve_mesh(config, devices, hosts)
+        sizes = sharding.resolve_mesh(config, devices, hosts, experts=experts)
     else:
         sizes = None
         if isinstance(saved_mesh, dict):
             try:
-                sizes = sharding.resolve_mesh(dataclasses.replace(config, mesh=saved_mesh), devices, hosts)
+                sizes = sharding.resolve_mesh(dataclasses.replace(config, mesh=saved_mesh), devices, hosts,
+                                              experts=experts)
             except ConfigError:  # another number of devices: chosen again
                 pass
         if sizes is None:
             real_share = (lambda s: step_plan(s).efficiency) if config.data.pack == "per_step" else (lambda s: 1.0)
-            sizes = choose_mesh(config, devices, hosts, real_share, lambda s: fits(s, shapes(s)))
+            sizes = choose_mesh(config, devices, hosts, real_share, lambda s: fits(s, shapes(s)), experts=experts)
     processed = step_plan(sizes).processed if config.data.pack == "per_step" else 0
     return ResolvedRun(dataclasses.replace(config, mesh=sizes), bound.tokenizer, bound.model, sources, pipeline,
                        epoch, total_steps, sizes, shapes(sizes), processed)

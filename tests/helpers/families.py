@@ -65,11 +65,11 @@ def randomise(model: torch.nn.Module, seed: int) -> None:
                 p.copy_(0.08 * torch.randn_like(p))
 
 
-def build_family(name: str, path) -> tuple:
-    """(name, HF model, our model (scanned), our config, HF directory) of one family, saved by transformers under
-    path and imported from there."""
+def build_family(name: str, path, **overrides) -> tuple:
+    """(name, HF model, our model (scanned), our config, HF directory) of one family (its HF config's fields
+    `overrides` changed), saved by transformers under path and imported from there."""
     config_class, extra = FAMILIES[name]
-    hf_config = config_class(**{**SMALL, **extra})
+    hf_config = config_class(**{**SMALL, **extra, **overrides})
     hf_config._attn_implementation = "eager"
     model_class = CAUSAL_LM.get(name) or transformers.AutoModelForCausalLM.from_config(hf_config).__class__
     hf_model = model_class(hf_config).eval()

@@ -282,22 +282,25 @@ def test_bad_configs_raise_config_error():
         preset("tiny", norm="batch")
 
 
-@pytest.mark.parametrize("sizes", [(5, 0, 3, 2), (0, 0, 10, 0), (1, 1, 1, 7)])
-def test_grouped_matmul_on_cpu_against_numpy(sizes):
+@pytest.mark.parametrize("sizes, after", [((5, 0, 3, 2), 0), ((0, 0, 10, 0), 0), ((1, 1, 1, 7), 0),
+                                          ((2, 0, 3, 0), 9)])
+def test_grouped_matmul_on_cpu_against_numpy(sizes, after):
     """model/moe.py's grouped matmul (on a CPU: blocks of rows, each group padded to whole blocks) gives each group's
-    rows times its own matrix, and that product's gradients, as float64 numpy does; empty and whole groups included."""
+    rows times its own matrix, and that product's gradients, as float64 numpy does; empty and whole groups included,
+    and `after` rows after the groups (an expert device's copies of other devices' experts), which read 0."""
     from instructjax.model.moe import grouped_matmul
 
     rng = np.random.default_rng(0)
-    x, w = rng.standard_normal((sum(sizes), 6)), rng.standard_normal((len(sizes), 6, 5))
-    group = np.repeat(np.arange(len(sizes)), sizes)
-    want = np.einsum("mi,mio->mo", x, w[group])
+    x, w = rng.standard_normal((sum(sizes) + after, 6)), rng.standard_normal((len(sizes), 6, 5))
+    group = np.repeat(np.arange(len(sizes) + 1), sizes + (after,))
+    wz = np.concatenate([w, np.zeros((1, 6, 5))])  # the rows after the groups: times 0
+    want = np.einsum("mi,mio->mo", x, wz[group])
     f = lambda x, w: grouped_matmul(x, w, jnp.asarray(sizes, jnp.int32))  # noqa: E731
     got = jax.jit(f)(jnp.asarray(x, jnp.float32), jnp.asarray(w, jnp.float32))
     np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
     dx, dw = jax.grad(lambda x, w: jnp.sum(f(x, w) ** 2) / 2, argnums=(0, 1))(jnp.asarray(x, jnp.float32),
                                                                              jnp.asarray(w, jnp.float32))
-    np.testing.assert_allclose(np.asarray(dx), np.einsum("mo,mio->mi", want, w[group]), atol=1e-4)
-    want_dw = np.zeros_like(w)
+    np.testing.assert_allclose(np.asarray(dx), np.einsum("mo,mio->mi", want, wz[group]), atol=1e-4)
+    want_dw = np.zeros_like(wz)
     np.add.at(want_dw, group, np.einsum("mi,mo->mio", x, want))
-    np.testing.assert_allclose(np.asarray(dw), want_dw, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(dw), want_dw[:-1], atol=1e-4)
