@@ -128,11 +128,12 @@ def test_an_expert_axis_that_does_not_split_the_experts_is_one_line():
 
 
 def test_mesh_auto_splits_a_mixture_of_experts_experts(capsys):
-    """`plan` of the OLMoE config (`mesh: auto`) on a v5e-16: the largest expert axis that fits (8 of its 64
-    experts' ways: 16 does not fit), fsdp the rest."""
+    """`plan` of the OLMoE config (`mesh: auto`) on a v5e-16: the largest expert axis that fits (2 of its 64
+    experts' ways by plan's estimate, which counts a sparse layer's copies and XLA:TPU's buffers beside the experts:
+    8 and 4 do not fit; benchmarks/RESULTS.md, issue 67), fsdp the rest."""
     assert main(["plan", "--config", str(REPO / "configs" / "moe" / "olmoe_1b_7b_tulu_human_gpt.yaml"),
                  "--topology", "v5e-16"]) == 0
-    assert "mesh: auto takes mesh.data=1 mesh.fsdp=2 mesh.expert=8 mesh.tensor=1" in capsys.readouterr().out
+    assert "mesh: auto takes mesh.data=1 mesh.fsdp=8 mesh.expert=2 mesh.tensor=1" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("preset, expert, words", [("mixtral-8x7b", 16, "model has 8 experts; mesh.expert=16 does not"),
