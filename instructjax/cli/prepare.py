@@ -55,11 +55,11 @@ def _prepare(args) -> int:
     config = load_run_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
     if cache.cache_dir() is None:
         raise ConfigError("the tokenized cache is off (INSTRUCTJAX_CACHE_DIR=off): there is nowhere to prepare to")
-    bound = resolve(config, sizes=PIPELINE).bound  # the trainer's binding: its tokenizer, model and bound data
     if beam is None:
-        pool.start(bound.data.tokenizer)  # the workers start while the hosts connect and the sources open
+        pool.start(run_setup.tokenizer_path(config))  # the workers start while the hosts connect and the sources open
 
     hosts.initialize(config.distributed, f"prepare:{config.run_dir}")
+    bound = resolve(config, sizes=PIPELINE).bound  # the trainer's binding: its tokenizer, model and bound data
     index, count = hosts.process()
     primary, bars = index == 0, {}
     built = _prepare_on_beam(beam, args, config, bound, count) if beam is not None else set()

@@ -1,6 +1,7 @@
 """Which mesh a run takes on the devices at hand (`mesh: auto`): the fsdp x tensor split (fsdp x expert x tensor
 for a mixture of experts) the batch and the model divide over, that fits, and that keeps the most of each step's
-tokens real (by the run's own step plans); among near-equals the least tensor parallelism (then the most expert). The trainer, `plan` and `plan --compile` choose with it."""
+tokens real (by the run's own step plans); among near-equals the least tensor parallelism (then the most expert).
+The trainer, `plan` and `plan --compile` choose with it."""
 
 from __future__ import annotations
 
@@ -17,8 +18,8 @@ REAL_SHARE_SLACK = 0.02  # a mesh within this of the best real-token share is as
 def mesh_options(devices: int, experts: int = 0) -> list[dict[str, int]]:
     """The meshes a proposal chooses from: no data axis, the devices split between fsdp and tensor (1 to
     MAX_TENSOR), least tensor parallelism first. For a mixture of `experts` experts, without tensor parallelism the
-    splits of the devices between expert (each size dividing both the experts and the devices) and fsdp, the largest expert axis
-    first: the experts' weights, most of such a model, are then never gathered across it (its devices exchange the
+    splits of the devices between expert (each size dividing both the experts and the devices) and fsdp, the largest
+    expert axis first: the experts' weights, most of such a model, are then never gathered across it (its devices exchange the
     tokens instead, a few KiB a token: model/moe.py), where fsdp would gather every expert's weights every step."""
     options = []
     for t in (1, 2, 4, 8):
@@ -44,9 +45,9 @@ def best_mesh(candidates: list[tuple[dict[str, int], float]]) -> dict[str, int] 
 
 def choose_mesh(config: RunConfig, devices: int, hosts: int, real_share, fits, experts: int = 0) -> dict[str, int]:
     """`mesh: auto` for a run on `devices` devices and `hosts` hosts of a model of `experts` experts (0: dense): of
-    `mesh_options` that the batch divides over,
-    those the model's weights divide over and that `fits(sizes)`, the one `best_mesh` takes by `real_share(sizes)` (the trainer's own step plan); where
-    none fits, the best of the others (the trainer's memory check then names the figures)."""
+    `mesh_options` that the batch divides over, those the model's weights divide over and that `fits(sizes)`, the
+    one `best_mesh` takes by `real_share(sizes)` (the trainer's own step plan); where none fits, the best of the
+    others (the trainer's memory check then names the figures)."""
     usable, fitting = [], []
     for sizes in mesh_options(devices, experts):
         try:

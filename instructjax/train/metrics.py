@@ -47,6 +47,7 @@ def _summary_writer():
         del sys.modules["torch"]
     return SummaryWriter
 
+
 class MetricsWindow:
     """Sums over the steps since the last log line. A step's time runs from the previous step's outputs
     being ready to its own (the first step of a process includes compilation); `tokens_per_sec` and
