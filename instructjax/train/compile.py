@@ -366,3 +366,10 @@ def format_report(report: CompileReport) -> str:
                   f"{largest or 'none'}"]
     lines.append("fits" if report.fits else "DOES NOT FIT")
     return "\n".join(lines)
+
+
+def __getattr__(name: str):
+    if name == "run_sources":  # its home until a run had one resolution (train/resolution.py)
+        raise ImportError("instructjax.train.compile.run_sources moved: use "
+                          "instructjax.train.resolution.resolve(config).sources")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

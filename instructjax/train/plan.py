@@ -241,3 +241,12 @@ def format_plan(plan: Plan) -> str:
     if plan.proposal:
         lines.append(f"proposal    {plan.proposal}")
     return "\n".join(lines)
+
+
+def __getattr__(name: str):
+    if name in ("model_shapes", "stored_model"):  # their home until a run had one resolution (train/resolution.py)
+        raise ImportError(f"instructjax.train.plan.{name} moved: import it from instructjax.train.resolution")
+    if name == "data_counts":
+        raise ImportError("instructjax.train.plan.data_counts moved: use instructjax.train.resolution.resolve(config)"
+                          ".counted().counts")
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
