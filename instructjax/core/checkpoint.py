@@ -318,7 +318,7 @@ def read_meta(directory: str | os.PathLike, step: int | None = None, *,
     """(model config dict, run_config dict or None, step) of a checkpoint (`step`, else the newest intact one:
     see `intact_step`), without reading any array. The model config's `scan_layers` says how the stored
     parameters are laid out (for checkpoints written before the option existed, read from the stored tree).
-    `contents=False`: the step's files are checked present, not hashed (for the config alone: the step it returns
+    `contents=False`: the step's files are checked present and its JSON items hashed, not its arrays (for the config alone: the step it returns
     may not be the one a later `load_params` takes, should a newer one's contents be damaged)."""
     path = checkpoints_dir(directory)
     step = integrity.intact_step(path, step, contents=contents)
@@ -363,7 +363,7 @@ def check_base(base: dict, where: str) -> None:
 def read_tokenizer(directory: str | os.PathLike, step: int | None = None) -> dict | None:
     """The `tokenizer` item saved with a checkpoint ({files, template}), or None when it carries none
     (`data.tokenizer.materialize(item["files"])` makes a tokenizer directory of it). The step's files are checked
-    present, not hashed (a run's steps share one tokenizer)."""
+    present and its JSON items hashed, not its arrays (a run's steps share one tokenizer)."""
     path = checkpoints_dir(directory)
     step = integrity.intact_step(path, step, contents=False)
     if not (path / str(step) / "tokenizer").is_dir():

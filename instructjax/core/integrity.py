@@ -43,6 +43,7 @@ from instructjax.core import context, hosts, storage
 from instructjax.core.errors import ConfigError
 
 MANIFEST = "instructjax.manifest"
+JSON_ITEMS = ("meta", "tokenizer")  # a step's small items, read whole by their readers
 _WRITER = re.compile(r"(?:^|/)ocdbt\.process_(\d+)(?:/|$)")
 
 
@@ -109,8 +110,9 @@ def has_manifest(step_dir) -> bool:
 
 def check_manifest(step_dir, part: int = 0, parts: int = 1, *, contents: bool = True) -> str | None:
     """What is wrong with `step_dir` against its manifest, or None. Every file's size is checked, and every store
-    checksum against the store's listing (nothing is read); with `contents`, the xxh3 digests of files `part::parts`
-    (sorted by path) are then computed, so `parts` hosts share the reading of one step."""
+    checksum against the store's listing (nothing is read); then the xxh3 digests of files `part::parts` (sorted by
+    path) are computed, so `parts` hosts share the reading of one step: every file's with `contents`, else only the
+    JSON items' (`JSON_ITEMS`, a few KB to MB that their reader reads whole anyway)."""
     try:
         raw = (storage.path(step_dir) / MANIFEST).read_bytes()
     except OSError as exc:
@@ -130,16 +132,15 @@ def check_manifest(step_dir, part: int = 0, parts: int = 1, *, contents: bool = 
         if not _is_xxh3(digest) and entry.checksum != digest:
             return f"{name} differs from its manifest ({digest.split(':')[0]} checksum)"
         seen.append((name, entry.version, entry.checksum))
-    if not contents:
-        return None
-    key, state = (str(step_dir), part, parts), (head, tuple(seen))
+    key, state = (str(step_dir), part, parts, contents), (head, tuple(seen))
     # str(step dir), part, parts -> (what its files looked like when checked, problem found or None): a command that
     # opens a step several times (model config, tokenizer, params) reads its data once (`core.context`)
     checked = context.current().slot("checkpoint.checked", lambda _: {})
     if key in checked and checked[key][0] == state:
         return checked[key][1]
     problem = None
-    for name, (_, digest) in [f for f in files if _is_xxh3(f[1][1])][part::parts]:
+    hashed = [f for f in files if _is_xxh3(f[1][1]) and (contents or f[0].split("/")[0] in JSON_ITEMS)]
+    for name, (_, digest) in hashed[part::parts]:
         try:
             if storage.digest(storage.path(step_dir) / name) != (digest if ":" in digest else "xxh3:" + digest):
                 problem = f"{name} differs from its manifest (xxh3-128)"
@@ -204,7 +205,7 @@ def _problem(directory, step: int, contents: bool = True) -> str | None:
     if step in unsealed(directory, steps_on_disk(directory)):
         return f"it has no {MANIFEST}: its save stopped (or is still finishing) after Orbax committed it"
     try:  # written before manifests: trusted as then, once its JSON items read
-        for item in ("meta", "tokenizer"):
+        for item in JSON_ITEMS:
             if item == "meta" or (step_dir / item).is_dir():
                 ocp.JsonCheckpointHandler().restore(step_dir / item, ocp.args.JsonRestore())
     except Exception as exc:  # noqa: BLE001 - any unreadable item
@@ -218,7 +219,7 @@ def intact_step(directory, step: int | None = None, *, set_aside: bool = False,
     is not), else the newest intact step; damaged newer steps are named in one warning line on stderr and,
     with `set_aside`, renamed to `STEP.unreadable` (kept). `damaged`: steps already found unreadable.
     `contents=False` (a reader of a step's JSON items alone: its model config, tokenizer, base): every file is there
-    at its size by the store's listing, and none is read or hashed, so `plan` of a 70B import reads a few KB."""
+    at its size by the store's listing, and only the JSON items are hashed, so `plan` of a 70B import reads a few MB."""
     directory = storage.path(directory)
     steps = steps_on_disk(directory)
     if step is not None:

@@ -206,10 +206,11 @@ def model_run(tmp_path_factory):
     return run_dir, config, first
 
 
-def damaged_model_run(model_run, to: Path) -> Path:
+def damaged_model_run(model_run, to: Path, case: tuple[str, str] | None = None) -> Path:
+    """A copy of the run with one file of its step 2 damaged: `case` (file, way), else one drawn."""
     run_dir = copy(model_run[0], to)
     rng = random.Random(seed())
-    name, way = rng.choice(draw(run_dir / "checkpoints" / "2", rng))
+    name, way = case or rng.choice(draw(run_dir / "checkpoints" / "2", rng))
     damage(run_dir / "checkpoints" / "2" / name, way, rng)
     return run_dir
 
@@ -233,14 +234,15 @@ def test_export_generate_and_init_from_fall_back_with_one_warning(tmp_path, mode
     loaded = jax.device_get(nnx.to_pure_dict(nnx.state(generator.model)))  # evaluated with its layers as a list
     assert_same(relayout_layers(loaded, len(loaded["layers"]), stacked=True), first)
 
-    run_dir = damaged_model_run(model_run, tmp_path / "init_from")
-    run_config = load_config(None, [f"model.init_from={run_dir}"])
-    model_config = setup.resolve_model_config(run_config)  # what Trainer.__init__ opens, in its order
-    assert setup.tokenizer_path(run_config) is not None
-    params = load_params_as(str(run_dir), model_config)
-    one_fallback(capsys, 2, 1)
-    assert model_config.hidden_size == config.hidden_size
-    assert_same(jax.device_get(params), first)
+    for case in (None, ("tokenizer/metadata", "flip")):  # a flipped byte keeps the size a listing shows
+        run_dir = damaged_model_run(model_run, tmp_path / f"init_from_{case is None}", case)
+        run_config = load_config(None, [f"model.init_from={run_dir}"])
+        model_config = setup.resolve_model_config(run_config)  # what Trainer.__init__ opens, in its order
+        assert setup.tokenizer_path(run_config) is not None
+        params = load_params_as(str(run_dir), model_config)
+        one_fallback(capsys, 2, 1)
+        assert model_config.hidden_size == config.hidden_size
+        assert_same(jax.device_get(params), first)
 
 
 def test_naming_the_damaged_step_is_one_line(tmp_path, model_run, capsys):
