@@ -108,7 +108,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 
 def _placement_args(p: argparse.ArgumentParser) -> None:
-    """Where the model lies and how it decodes (eval/placement.py, eval/engine.py)."""
+    """Where the model lies and how it decodes (eval/placement.py, model/engine.py)."""
     p.add_argument("--dtype", choices=["float32", "bfloat16"],
                    help="the evaluation's dtype (default: bfloat16 on accelerators, float32 on a CPU)")
     p.add_argument("--mesh", help="the model's mesh over every device, e.g. fsdp=4,tensor=2 (default: data "

@@ -72,8 +72,8 @@ def evaluated_model(config: RunConfig, topology: Topology):
 
 def eval_plan(config: RunConfig, topology: Topology) -> EvalPlan:
     from instructjax.eval import placement
-    from instructjax.eval.engine import widest_fill
     from instructjax.eval.generate import DEFAULT_SLOTS
+    from instructjax.model.engine import widest_fill
 
     model = evaluated_model(config, topology)
     hbm, given = int(topology.hbm_gib * GIB), eval_section(config.eval).slots

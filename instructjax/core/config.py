@@ -37,7 +37,10 @@ from instructjax.core.user_modules import import_modules
 
 SCHEDULES = ("linear", "cosine")
 LOSS_REDUCTIONS = ("mean", "sum")
-OBJECTIVES = ("sft", "dpo", "dpo_norm", "simpo", "orpo")  # objective.loss (train/objectives/)
+OBJECTIVES = ("sft", "dpo", "dpo_norm", "simpo", "orpo", "grpo")  # objective.loss (train/objectives/)
+PAIR_LOSSES = ("dpo", "dpo_norm", "simpo", "orpo")  # the losses on preference pairs
+GRPO_LOSSES = ("dapo", "cispo")  # objective.loss_fn of grpo: open-instruct's GRPOLossType
+ADVANTAGE_NORMALIZATIONS = ("standard", "centered")  # open-instruct's advantage_normalization_type
 REFERENCES = ("cached", "live")  # objective.reference: where the reference model's log-probs come from
 REFERENCE_MODELS = ("start", "base")  # objective.reference_model: what stands as the reference (train/reference.py)
 OVERLONG = ("truncate", "split")
@@ -196,19 +199,39 @@ class ObjectiveSection:
     """What the step minimises (train/objectives/): `sft`, the next-token loss on the trained tokens, or a
     preference loss on chosen and rejected completions: `dpo` (sums of log-probs against a frozen reference),
     `dpo_norm` (per-token means: open-instruct's), `simpo` (per-token means, no reference, margin `gamma`), `orpo`
-    (the chosen side's NLL and an odds ratio of per-token means, weighed by `beta`, no reference)."""
+    (the chosen side's NLL and an odds ratio of per-token means, weighed by `beta`, no reference); or `grpo`, RL with
+    verifiable rewards on rollouts the run generates (open-instruct's grpo_fast: the keys below `beta`'s, with its
+    defaults; `beta` the KL's weight, 0.05 unless set)."""
 
     loss: str = "sft"
-    beta: float = 0.1
+    beta: float | None = None  # 0.1 (a preference loss's), 0.05 for grpo (open-instruct's), where left unset
     gamma: float = 0.5  # SimPO's target margin (TRL's simpo_gamma default)
     reference: str = "cached"  # the reference's log-probs computed once before training, or `live` in every step
     # the reference is the model the run starts from: `start` goes on training a LoRA init_from's adapters (their
     # starting values frozen as the reference); `base` folds them into the frozen base and trains fresh adapters
     reference_model: str = "start"
+    # grpo (open-instruct's names): a rollout is `prompts_per_rollout` prompts x `samples_per_prompt` completions,
+    # sampled at `temperature`, at most `response_length` new tokens each, packed into rows of data.seq_len
+    prompts_per_rollout: int = 16
+    samples_per_prompt: int = 4
+    temperature: float = 0.7
+    response_length: int = 256
+    loss_fn: str = "dapo"  # dapo: PPO's clipped ratio; cispo: the clipped ratio, frozen, times the log-prob
+    clip_lower: float = 0.2
+    clip_higher: float = 0.2
+    kl_estimator: int = 2  # open-instruct's estimate_kl: 0 log ratio, 1 its square / 2, 2 expm1(-d) + d, 3 ratio * d
+    advantage_normalization: str = "standard"  # (reward - group mean) / (group std + 1e-8); centered: no division
+    verification_reward: float = 10.0  # a verifier's score (0 to 1) times this is the reward
+    filter_zero_std: bool = True  # a prompt whose samples all score the same trains nothing (open-instruct's)
 
     def __post_init__(self):
         _check(self.loss in OBJECTIVES, f"objective.loss must be one of {OBJECTIVES}, got {self.loss!r}")
-        _check(self.beta > 0, f"objective.beta must be > 0, got {self.beta}")
+        if self.beta is None:
+            self.beta = 0.05 if self.loss == "grpo" else 0.1
+        if self.loss == "grpo":
+            _check(self.beta >= 0, f"objective.beta must be >= 0 (0: no KL term), got {self.beta}")
+        else:
+            _check(self.beta > 0, f"objective.beta must be > 0, got {self.beta}")
         _check(self.gamma >= 0, f"objective.gamma must be >= 0, got {self.gamma}")
         _check(self.reference in REFERENCES,
                f"objective.reference must be one of {REFERENCES}, got {self.reference!r}"
@@ -218,16 +241,31 @@ class ObjectiveSection:
                f"objective.reference_model must be one of {REFERENCE_MODELS}, got {self.reference_model!r}")
         _check(self.reference_model == "start" or self.needs_reference,
                f"objective.reference_model={self.reference_model}: objective.loss={self.loss} has no reference model")
+        _check(self.loss_fn in GRPO_LOSSES, f"objective.loss_fn must be one of {GRPO_LOSSES}, got {self.loss_fn!r}")
+        _check(self.kl_estimator in (0, 1, 2, 3), f"objective.kl_estimator must be 0, 1, 2 or 3, got {self.kl_estimator}")
+        _check(self.advantage_normalization in ADVANTAGE_NORMALIZATIONS, "objective.advantage_normalization must be "
+               f"one of {ADVANTAGE_NORMALIZATIONS}, got {self.advantage_normalization!r}")
+        for key in ("prompts_per_rollout", "samples_per_prompt", "response_length"):
+            _check(getattr(self, key) >= 1, f"objective.{key} must be >= 1, got {getattr(self, key)}")
+        _check(self.temperature > 0, f"objective.temperature must be > 0 (rollouts sample), got {self.temperature}")
+        _check(self.clip_lower >= 0 and self.clip_higher >= 0,
+               f"objective.clip_lower and clip_higher must be >= 0, got {self.clip_lower}, {self.clip_higher}")
 
     @property
     def preference(self) -> bool:
         """Whether the loss is on preference pairs."""
-        return self.loss != "sft"
+        return self.loss in PAIR_LOSSES
+
+    @property
+    def rollouts(self) -> bool:
+        """Whether the run trains on rollouts it generates (grpo) rather than on its data's examples."""
+        return self.loss == "grpo"
 
     @property
     def needs_reference(self) -> bool:
-        """DPO and dpo_norm compare with the starting model; SimPO and SFT do not."""
-        return self.loss in ("dpo", "dpo_norm")
+        """DPO and dpo_norm compare with the starting model, and grpo where its KL term counts (beta > 0); SimPO,
+        ORPO and SFT do not."""
+        return self.loss in ("dpo", "dpo_norm") or (self.loss == "grpo" and self.beta > 0)
 
 
 @dataclass

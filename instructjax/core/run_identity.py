@@ -20,7 +20,12 @@ NOT_TRAINING = ("name", "run_dir", "log_every", "mesh", "distributed", "checkpoi
 # training keys added after runs were made, at the value that leaves training as it was: left out of the digest at
 # that value, so a run finished before the key existed stays done (at any other value they are training keys)
 ADDED_OFF = {"optim.neftune_alpha": 0.0, "objective.loss": "sft", "objective.beta": 0.1, "objective.gamma": 0.5,
-             "objective.reference": "cached", "objective.reference_model": "start"}
+             "objective.reference": "cached", "objective.reference_model": "start",
+             # grpo's (issue 69): its rollouts, loss and rewards at open-instruct's values
+             "objective.prompts_per_rollout": 16, "objective.samples_per_prompt": 4, "objective.temperature": 0.7,
+             "objective.response_length": 256, "objective.loss_fn": "dapo", "objective.clip_lower": 0.2,
+             "objective.clip_higher": 0.2, "objective.kl_estimator": 2, "objective.advantage_normalization": "standard",
+             "objective.verification_reward": 10.0, "objective.filter_zero_std": True}
 
 
 def digest(values: Any) -> str:

@@ -1,6 +1,6 @@
 """The model in this job as an engine (eval/interface.py): text in, text out, and log-likelihoods.
 
-`Generator` tokenizes (the chat template for chats), generates by continuous batching (eval/engine.py: slots in a
+`Generator` tokenizes (the chat template for chats), generates by continuous batching (model/engine.py: slots in a
 preallocated KV cache, greedy or temperature / top-p sampling, a row ending at EOS, the template's end of turn,
 `max_new_tokens` or a stop string) and scores (eval/score.py), on the mesh the model was loaded onto
 (`load_generator`: eval/placement.py). A long-RoPE model (Phi-3) recomputes a row at the switch to its long
@@ -20,17 +20,17 @@ from instructjax.convert.saved import model_config, open_model
 from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.encoding.templates import DEFAULT_TEMPLATE, jinja_template
 from instructjax.eval import placement
-from instructjax.eval.engine import SlotEngine, bucket
 from instructjax.eval.interface import GREEDY, Sampling, TokenScores
 from instructjax.eval.score import score_ids
 from instructjax.model.decoder import Decoder
+from instructjax.model.engine import SlotEngine, bucket
 
 DEFAULT_SLOTS = 32  # sequences decoded at once (fewer where the KV cache would not fit)
 
 
 def generate_ids(model: Decoder, prompts: Sequence[Sequence[int]], sampling: Sampling,
                  stop_ids: Sequence[int], *, slots: int = DEFAULT_SLOTS) -> list[list[int]]:
-    """New ids per prompt (the stop id that ended a row included), by continuous batching (eval/engine.py) over
+    """New ids per prompt (the stop id that ended a row included), by continuous batching (model/engine.py) over
     `slots` slots; prompts must be non-empty."""
     return SlotEngine(model, slots=min(slots, bucket(len(prompts), 1))).generate(prompts, sampling, stop_ids)
 

@@ -17,7 +17,7 @@ An engine answers two kinds of request:
 `describe()` is what results.json records of the engine ({"name", "version"}, and "endpoint", "model" for a server).
 
 Implementations: the model in this job (`eval.generate.Generator`: continuous batching on the job's mesh,
-eval/engine.py) and an OpenAI-compatible server (the endpoint engine of `--endpoint`).
+model/engine.py) and an OpenAI-compatible server (the endpoint engine of `--endpoint`).
 """
 
 from __future__ import annotations
@@ -28,16 +28,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-
-@dataclass(frozen=True)
-class Sampling:
-    """temperature 0 is greedy; top_p < 1 keeps the smallest token set whose probability reaches top_p."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.0
-    top_p: float = 1.0
-    seed: int = 0
-
+from instructjax.model.engine import Sampling  # the engine's, model/engine.py: what every protocol passes
 
 GREEDY = Sampling()  # the default: greedy, up to 256 new tokens
 

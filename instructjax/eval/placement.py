@@ -112,7 +112,7 @@ def eval_mesh(config: DecoderConfig, shape: Mapping[str, int] | None, *, slots: 
 def default_sizes(config: DecoderConfig, devices: int, memory: int, slots: int, length: int = 1024) -> dict[str, int]:
     """Data parallelism over `devices` where the weights, a cache for `slots` of `length` rows and the steps' own
     buffers for one slot a device (`step_bytes`) fit one device's `memory`, else the weights over fsdp."""
-    from instructjax.eval.engine import widest_fill
+    from instructjax.model.engine import widest_fill
 
     sizes = sharding.mesh_sizes({"data": -1}, devices)
     fewest = sizes["data"]
@@ -191,7 +191,7 @@ def choose_slots(config: DecoderConfig, sizes: Mapping[str, int], *, length: int
     """The most slots (a power of two times the data-parallel devices, at most `most` or those devices) whose cache
     of `length` rows, the weights and the steps' buffers (`step_bytes`) fit `memory` per device; the fewest where
     none do (`check_fits` then says so)."""
-    from instructjax.eval.engine import widest_fill
+    from instructjax.model.engine import widest_fill
 
     shards = sizes["data"] * sizes["fsdp"]
     weights, best, slots = weight_bytes(config, sizes), shards, shards

@@ -39,14 +39,16 @@ def token_nll(logits: jax.Array, targets: jax.Array) -> jax.Array:
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), targets)
 
 
-def model_nll(model, hidden: jax.Array, targets: jax.Array, chunk: int) -> jax.Array:
+def model_nll(model, hidden: jax.Array, targets: jax.Array, chunk: int, temperature: float = 1.0) -> jax.Array:
     """Per-token nll [B, T] (float32) of a decoder's final hidden states: its logits `chunk` tokens at a time
-    (`chunked_token_nll`), or all at once with `chunk` 0."""
+    (`chunked_token_nll`), or all at once with `chunk` 0; with `temperature`, of the logits divided by it (after the
+    soft-cap: a rollout's sampling distribution, open-instruct's `forward_for_logprobs`)."""
     if chunk == 0:
-        return token_nll(model.logits(hidden), targets)
+        logits = model.logits(hidden)
+        return token_nll(logits if temperature == 1.0 else logits.astype(jnp.float32) / temperature, targets)
     head, transposed = model.output_head()
     return chunked_token_nll(hidden, head, targets, chunk=chunk, softcap=model.config.final_softcap,
-                             transposed=transposed, dtype=model.config.dtype)
+                             transposed=transposed, dtype=model.config.dtype, temperature=temperature)
 
 
 def loss_sums(logits: jax.Array, targets: jax.Array, loss_weights: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -134,8 +136,9 @@ def accumulate_gradients(
 
 def chunked_token_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, *, chunk: int = 1024,
                       softcap: float | None = None, transposed: bool = False,
-                      dtype: str | jnp.dtype = jnp.bfloat16) -> jax.Array:
-    """`token_nll` of the output projection's logits without ever holding them whole: [B, T] in float32.
+                      dtype: str | jnp.dtype = jnp.bfloat16, temperature: float = 1.0) -> jax.Array:
+    """`token_nll` of the output projection's logits (divided by `temperature`, after the soft-cap) without ever
+    holding them whole: [B, T] in float32.
 
     hidden [B, T, E] (the final hidden states, after the final norm); head [E, V], or with `transposed` the
     tied embedding table [V, E]; targets int [B, T]. The logits are made in this order, as in the model:
@@ -161,7 +164,7 @@ def chunked_token_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, *,
     mesh = jax.sharding.get_abstract_mesh()
     axes = () if mesh.empty else logical_to_spec(("batch",), mesh, hidden.shape[:1], strict=False)[0]
     axes = (axes,) if isinstance(axes, str) else tuple(axes or ())
-    options = dict(softcap=softcap, transposed=transposed, dtype=jnp.dtype(dtype))
+    options = dict(softcap=softcap, transposed=transposed, dtype=jnp.dtype(dtype), temperature=float(temperature))
     if not axes:
         return _chunked_nll(hidden, head, targets, chunk=chunk, **options)
     shards = math.prod(dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True))[a] for a in axes)
@@ -183,7 +186,8 @@ def chunked_token_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, *,
 
 
 def _chunked_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, *, chunk: int, softcap: float | None,
-                 transposed: bool, dtype: jnp.dtype, vocab_axes: tuple[str, ...] = ()) -> jax.Array:
+                 transposed: bool, dtype: jnp.dtype, vocab_axes: tuple[str, ...] = (),
+                 temperature: float = 1.0) -> jax.Array:
     """`chunked_token_nll` on one device's rows (or all of them, left to GSPMD); with `vocab_axes` (inside a
     `shard_map` over them) `head` is this device's slice of the vocabulary (`_sliced_nll`).
 
@@ -211,11 +215,12 @@ def _chunked_nll(hidden: jax.Array, head: jax.Array, targets: jax.Array, *, chun
     @functools.partial(jax.checkpoint, prevent_cse=False)  # backward: recompute the chunk's logits
     def one(x_c: jax.Array, y_c: jax.Array) -> jax.Array:
         if vocab_axes:
-            return _sliced_nll(x_c, head, y_c, spec=spec, softcap=softcap, dtype=dtype, axes=vocab_axes)
+            return _sliced_nll(x_c, head, y_c, spec=spec, softcap=softcap, dtype=dtype, axes=vocab_axes,
+                               temperature=temperature)
         logits = jnp.einsum(f"ce,{spec}->cv", x_c.astype(dtype), head.astype(dtype)).astype(jnp.float32)
         if softcap:
             logits = softcap * jnp.tanh(logits / softcap)
-        return token_nll(logits, y_c)
+        return token_nll(logits if temperature == 1.0 else logits / temperature, y_c)
 
     nll = jax.lax.map(lambda xy: one(*xy), (xs, ys))  # [num, chunk]
     return nll.swapaxes(0, 1).reshape(-1)[:n].reshape(batch, length)
@@ -243,7 +248,7 @@ _gather_tokens.defvjp(_gather_tokens_forward, _gather_tokens_backward)
 
 
 def _sliced_nll(x: jax.Array, head: jax.Array, y: jax.Array, *, spec: str, softcap: float | None, dtype: jnp.dtype,
-                axes: tuple[str, ...]) -> jax.Array:
+                axes: tuple[str, ...], temperature: float = 1.0) -> jax.Array:
     """One chunk's nll [c] on this device of a `shard_map` over `axes`, with `head` this device's slice of the
     vocabulary (device i holds ids i * V_i .. (i + 1) * V_i - 1, i counted over `axes` as `all_gather` orders
     them): the chunk's tokens of every device gathered (in the hidden states' dtype on a TPU, in float32 elsewhere),
@@ -257,6 +262,8 @@ def _sliced_nll(x: jax.Array, head: jax.Array, y: jax.Array, *, spec: str, softc
     logits = jnp.einsum(f"ce,{spec}->cv", xs.astype(dtype), head.astype(dtype)).astype(jnp.float32)
     if softcap:
         logits = softcap * jnp.tanh(logits / softcap)
+    if temperature != 1.0:
+        logits = logits / temperature
     width = logits.shape[1]
     index = jax.lax.axis_index(axes)
     top = jax.lax.pmax(jax.lax.stop_gradient(jnp.max(logits, axis=-1)), axes)  # the log-sum-exp's shift

@@ -66,6 +66,8 @@ class MetricsWindow:
         self.steps = 0
         self.source_sums, self.source_weights = np.zeros(self.num_sources), np.zeros(self.num_sources)
         self.rewards: dict[str, float] = {}  # an objective's own values (a preference loss's rewards), summed over pairs
+        # (over trained tokens where the objective has no pairs: grpo's)
+        self.rollout: dict[str, float] = {}  # a rollout's values (grpo's rewards, lengths), summed over steps
         self.moe: dict[str, float] = {}  # a mixture of experts' router losses, summed over steps
         self.expert_counts: np.ndarray | None = None  # [sparse layers, experts] choices, summed over steps
 
@@ -74,7 +76,8 @@ class MetricsWindow:
         return {"loss_sum": self.loss_sum, "weight": self.weight, "tokens": self.tokens, "seconds": self.seconds,
                 "steps": self.steps, "source_sums": self.source_sums.tolist(),
                 "source_weights": self.source_weights.tolist(), "pairs": self.pairs, "rewards": self.rewards,
-                "moe": self.moe, "expert_counts": None if self.expert_counts is None else self.expert_counts.tolist()}
+                "moe": self.moe, "expert_counts": None if self.expert_counts is None else self.expert_counts.tolist(),
+                "rollout": self.rollout}
 
     def load(self, state: dict) -> None:
         if len(state["source_sums"]) != self.num_sources:  # another mixture: start a fresh window
@@ -84,11 +87,14 @@ class MetricsWindow:
         self.source_sums = np.asarray(state["source_sums"], np.float64)
         self.source_weights = np.asarray(state["source_weights"], np.float64)
         self.pairs, self.rewards = state.get("pairs", 0.0), dict(state.get("rewards", {}))
-        self.moe = dict(state.get("moe", {}))
+        self.moe, self.rollout = dict(state.get("moe", {})), dict(state.get("rollout", {}))
         counts = state.get("expert_counts")
         self.expert_counts = None if counts is None else np.asarray(counts, np.float64)
 
-    def add(self, m: dict, seconds: float) -> None:
+    def add(self, m: dict, seconds: float, rollout: dict[str, float] | None = None) -> None:
+        """A step's device metrics `m`, its time, and the values of the rollout it trained on (grpo's)."""
+        for k, v in (rollout or {}).items():
+            self.rollout[k] = self.rollout.get(k, 0.0) + float(v)
         self.loss_sum += float(m["loss_sum"])
         self.weight += float(m.get("loss_weight", m["trained_tokens"]))  # the objective's normaliser (pairs: DPO)
         self.pairs += float(m.get("pairs", 0.0))
@@ -129,6 +135,9 @@ class MetricsWindow:
         if self.pairs:
             record["loss_reduction"] = "pairs"  # a preference loss: the mean over the window's pairs
             record.update({k: v / self.pairs for k, v in sorted(self.rewards.items())})
+        elif self.rewards:  # sums over the trained tokens: their means
+            record.update({k: v / self.weight if self.weight else 0.0 for k, v in sorted(self.rewards.items())})
+        record.update({k: v / max(self.steps, 1) for k, v in sorted(self.rollout.items())})
         self.reset()
         return record
 

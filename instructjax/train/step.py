@@ -86,20 +86,21 @@ def micro_split(micro: int, mesh) -> Callable[[jax.Array], jax.Array]:
     return split
 
 
-def forward(graphdef, params, batch, chunk: int, embed_noise=None,
-            lora_key=None) -> tuple[jax.Array, moe.RouterStats | None]:
-    """Each token's negative log-likelihood of its target [B, L] (float32) under the model `params`, and a mixture of
-    experts' router stats over the batch's real tokens (None for a dense model): the forward pass of every
-    objective."""
+def forward(graphdef, params, batch, chunk: int, embed_noise=None, lora_key=None,
+            temperature: float = 1.0) -> tuple[jax.Array, moe.RouterStats | None]:
+    """Each token's negative log-likelihood of its target [B, L] (float32) under the model `params` (its logits
+    divided by `temperature`), and a mixture of experts' router stats over the batch's real tokens (None for a dense
+    model): the forward pass of every objective."""
     model = nnx.merge(graphdef, params)
     hidden, stats = model.routed_hidden_states(batch["tokens"], batch["positions"], batch["segment_ids"],
                                                embed_noise=embed_noise, lora_key=lora_key)
-    return loss.model_nll(model, hidden, batch["targets"], chunk), stats
+    return loss.model_nll(model, hidden, batch["targets"], chunk, temperature), stats
 
 
-def forward_nll(graphdef, params, batch, chunk: int, embed_noise=None, lora_key=None) -> jax.Array:
+def forward_nll(graphdef, params, batch, chunk: int, embed_noise=None, lora_key=None,
+                temperature: float = 1.0) -> jax.Array:
     """`forward`'s nll alone (negated: the log-probs a reference stores)."""
-    return forward(graphdef, params, batch, chunk, embed_noise, lora_key)[0]
+    return forward(graphdef, params, batch, chunk, embed_noise, lora_key, temperature)[0]
 
 
 def router_terms(stats: moe.RouterStats, model: DecoderConfig, segment_ids: jax.Array) -> tuple[jax.Array, dict]:
@@ -111,10 +112,11 @@ def router_terms(stats: moe.RouterStats, model: DecoderConfig, segment_ids: jax.
                                                                    "moe/counts": stats.counts}
 
 
-def token_logps(graphdef, params, batch, chunk: int, embed_noise=None, lora_key=None) -> jax.Array:
+def token_logps(graphdef, params, batch, chunk: int, embed_noise=None, lora_key=None,
+                temperature: float = 1.0) -> jax.Array:
     """Each token's log-prob of its target [B, L] (float32) under the model `params` (the next-token loss, negated:
     what the preference losses sum per completion, and the cached reference stores)."""
-    return -forward_nll(graphdef, params, batch, chunk, embed_noise, lora_key)
+    return -forward_nll(graphdef, params, batch, chunk, embed_noise, lora_key, temperature)
 
 
 def make_step(objective: Objective, graphdef, tx, config: RunConfig, mesh, partition: Partition | None = None):
@@ -123,7 +125,7 @@ def make_step(objective: Objective, graphdef, tx, config: RunConfig, mesh, parti
     reference is live. `partition`: what trains (`model.partition`; by default the model's own, from its variables'
     types); `tx` updates it alone, its state made over it (`StepBuild.init_optimizer`)."""
     micro, alpha, chunk = config.optim.micro_batches, config.optim.neftune_alpha, config.optim.loss_chunk
-    split = micro_split(micro, mesh)
+    split, temperature = micro_split(micro, mesh), objective.temperature
 
     def step(params, opt_state, batch, reference=None):
         model = nnx.merge(graphdef, params)  # its config: a resumed run's stored lora
@@ -143,9 +145,10 @@ def make_step(objective: Objective, graphdef, tx, config: RunConfig, mesh, parti
         def micro_loss(p, mb):
             noise = neftune_noise(alpha, mb["neftune_key"]) if alpha else None
             nll, stats = forward(graphdef, part.combine(p, frozen), mb, chunk, noise,
-                                 mb["lora_key"] if dropout else None)
+                                 mb["lora_key"] if dropout else None, temperature)
             if reference is not None:
-                mb = {**mb, REFERENCE: jax.lax.stop_gradient(token_logps(graphdef, reference, mb, chunk))}
+                mb = {**mb, REFERENCE: jax.lax.stop_gradient(token_logps(graphdef, reference, mb, chunk,
+                                                                         temperature=temperature))}
             share, sums = objective.loss(nll, mb, weights)
             if stats is None:
                 return share, (sums, {})

@@ -170,7 +170,7 @@ def test_exported_template_is_the_trained_one(setup, exported):
 
 
 def test_generate_feeds_the_same_prompt_on_the_run_and_the_export(setup, exported, tmp_path, monkeypatch):
-    from instructjax.eval.engine import SlotEngine
+    from instructjax.model.engine import SlotEngine
 
     name, tok_dir, *_, run_dir = setup
     _, bos, eos, template = VARIANTS[name]

@@ -1,4 +1,4 @@
-"""Continuous batching (eval/engine.py) against transformers' greedy `generate` and the no-cache forward, on the
+"""Continuous batching (model/engine.py) against transformers' greedy `generate` and the no-cache forward, on the
 job's mesh against one device; a model that does not fit the devices is one line (eval/placement.py)."""
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ transformers = pytest.importorskip("transformers")
 from helpers.models import make_hf  # noqa: E402
 
 from instructjax.convert.saved import load_model  # noqa: E402
-from instructjax.eval.engine import SlotEngine  # noqa: E402
 from instructjax.eval.interface import Sampling  # noqa: E402
 from instructjax.eval.score import next_token_logprobs, score_ids  # noqa: E402
+from instructjax.model.engine import SlotEngine  # noqa: E402
 
 SHOTS = [1] + list(range(300, 370))  # a 71-token few-shot prefix shared by three prompts
 PROMPTS = [[1, 450, 4996, 17354], [1, 306], [1, 18637, 29892, 920, 526, 366, 29973, 13, 29966], SHOTS + [17, 18],

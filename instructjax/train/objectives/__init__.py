@@ -6,12 +6,13 @@ from __future__ import annotations
 
 from instructjax.core.config import RunConfig
 from instructjax.train.objectives.base import REFERENCES, Objective  # noqa: F401
+from instructjax.train.objectives.grpo import GRPO
 from instructjax.train.objectives.orpo import ORPO
 from instructjax.train.objectives.pairs import PairLoss
 from instructjax.train.objectives.sft import SFT
 
 OBJECTIVES: dict[str, type[Objective]] = {"sft": SFT, "dpo": PairLoss, "dpo_norm": PairLoss, "simpo": PairLoss,
-                                          "orpo": ORPO}
+                                          "orpo": ORPO, "grpo": GRPO}
 
 
 def objective_for(config: RunConfig, num_sources: int = 1) -> Objective:

@@ -44,6 +44,11 @@ class Objective:
         """Where the reference model's log-probs come from: `none`, `cached` or `live` (REFERENCES)."""
         return "none"
 
+    @property
+    def temperature(self) -> float:
+        """What the logits are divided by before the log-probs the loss takes (a rollout's sampling temperature)."""
+        return 1.0
+
     def features(self) -> dict[str, Any]:
         """The batch's features beyond the packed rows' (data/batches/packing.py), name -> dtype."""
         return {REFERENCE: jnp.float32} if self.reference == "cached" else {}

@@ -1,0 +1,117 @@
+"""GRPO (`objective.loss: grpo`): RL with verifiable rewards on rollouts the run generates (train/rollout.py), as
+open-instruct's grpo_fast trains it (`grpo_utils.compute_grpo_loss`, its loop in `PolicyTrainerRayProcess.step`).
+
+A rollout's completions are packed into rows as SFT's examples are, each response token a trained target carrying
+its completion's advantage (`advantages`, the group-normalised reward: `group_advantages`). With n the new
+log-prob of a target (the logits divided by the sampling temperature), o the old one (the policy that sampled:
+one update a rollout, so the same weights, stopped gradient: open-instruct's `num_mini_batches: 1`), r = e^(n - o)
+and A the advantage, a token's loss is
+
+    dapo:  max(-A r, -A clip(r, 1 - clip_lower, 1 + clip_higher))
+    cispo: -A min(sg(r), 1 + clip_higher) n
+    plus beta * KL, KL open-instruct's `estimate_kl`[kl_estimator] of d = clamp(n - ref, -40, 40)
+
+summed over the step's response tokens and divided by their number (open-instruct's `loss_denominator: token`).
+Logged under open-instruct's names, each a mean over the step's response tokens: loss/policy_avg, loss/kl_avg (beta
+times the estimator's), objective/kl{0..3}_avg, policy/clipfrac_avg, val/ratio.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from instructjax.data.batches.packing import REFERENCE
+from instructjax.train import loss
+from instructjax.train.objectives.base import Array, Objective
+
+ADVANTAGES = "advantages"  # the batch feature: each trained target's advantage [B, L] float32
+
+
+def group_advantages(scores: np.ndarray, samples: int, normalization: str) -> np.ndarray:
+    """Each completion's advantage from its reward and its prompt's group of `samples` (consecutive) completions:
+    `standard` (r - mean) / (std + 1e-8), `centered` r - mean (population std: numpy's, as open-instruct)."""
+    scores = np.asarray(scores, np.float64)
+    groups = scores.reshape(-1, samples)
+    mean = np.repeat(groups.mean(-1), samples)
+    if normalization == "centered":
+        return scores - mean
+    return (scores - mean) / (np.repeat(groups.std(-1), samples) + 1e-8)
+
+
+def kl_estimates(diff: Array, ratio: Array) -> Array:
+    """open-instruct's four KL estimators [4, ...] of d = new - reference log-probs: d, d^2 / 2, e^-d - 1 + d, r d."""
+    return jnp.stack([diff, diff ** 2 / 2, jnp.expm1(-diff) + diff, ratio * diff])
+
+
+def token_terms(new: Array, old: Array, ref: Array | None, advantages: Array, *, loss_fn: str, clip_lower: float,
+                clip_higher: float, kl_estimator: int) -> tuple[Array, Array, Array, Array]:
+    """Per token: (policy loss, clipped or not (0/1), every KL estimate [4, ...] (zeros without a reference),
+    ratio), from the new, old and reference log-probs and the advantages (open-instruct's `compute_grpo_loss`)."""
+    ratio = jnp.exp(new - old)
+    if loss_fn == "dapo":
+        unclipped = -advantages * ratio
+        clipped = -advantages * jnp.clip(ratio, 1.0 - clip_lower, 1.0 + clip_higher)
+        clipfrac = (clipped > unclipped).astype(jnp.float32)
+        policy = jnp.maximum(unclipped, clipped)
+    else:  # cispo: the ratio clipped from above and frozen, REINFORCE on the new log-prob
+        clipfrac = (ratio > 1.0 + clip_higher).astype(jnp.float32)
+        policy = -advantages * jnp.minimum(jax.lax.stop_gradient(ratio), 1.0 + clip_higher) * new
+    if ref is None:
+        kl = jnp.zeros((4, *new.shape), jnp.float32)
+    else:
+        kl = kl_estimates(jnp.clip(new - ref, -40.0, 40.0), ratio)
+    return policy, clipfrac, kl, ratio
+
+
+class GRPO(Objective):
+    name = "grpo"
+
+    @property
+    def reference(self) -> str:
+        return self.section.reference if self.section.needs_reference else "none"
+
+    @property
+    def temperature(self) -> float:
+        return float(self.section.temperature)
+
+    def features(self) -> dict:
+        return {**super().features(), ADVANTAGES: jnp.float32}
+
+    def weights(self, micro_batches: dict[str, Array]) -> dict[str, Array]:
+        tokens = jnp.sum(micro_batches["loss_weights"].astype(jnp.float32))
+        return {"tokens": tokens, "scale": loss.reduce_loss(jnp.float32(1.0), tokens, "mean")}
+
+    def loss(self, nll: Array, mb: dict[str, Array], weights: dict[str, Array]):
+        s = self.section
+        mask = mb["loss_weights"].astype(jnp.float32)
+        new = -nll
+        ref = mb[REFERENCE] if self.reference != "none" else None
+        policy, clipfrac, kl, ratio = token_terms(new, jax.lax.stop_gradient(new), ref, mb[ADVANTAGES],
+                                                  loss_fn=s.loss_fn, clip_lower=s.clip_lower,
+                                                  clip_higher=s.clip_higher, kl_estimator=s.kl_estimator)
+        per_token = policy + s.beta * kl[s.kl_estimator]
+        loss_sum = jnp.sum(per_token * mask)
+        total = lambda x: jax.lax.stop_gradient(jnp.sum(x * mask))  # noqa: E731
+        sums = {"loss/policy_avg": total(policy), "policy/clipfrac_avg": total(clipfrac), "val/ratio": total(ratio)}
+        if ref is not None:
+            sums |= {f"objective/kl{j}_avg": total(kl[j]) for j in range(4)}
+            sums["loss/kl_avg"] = s.beta * sums[f"objective/kl{s.kl_estimator}_avg"]
+        return loss_sum * weights["scale"], (loss_sum, sums)
+
+    def metrics(self, sums, weights: dict[str, Array]) -> dict[str, Array]:
+        loss_sum, token_sums = sums
+        zeros = jnp.zeros(self.num_sources)
+        return {"loss_sum": loss_sum, "loss_weight": weights["tokens"], "trained_tokens": weights["tokens"],
+                **token_sums, "source_sums": zeros, "source_weights": zeros}
+
+    def words(self) -> str:
+        s = self.section
+        words = (f"grpo ({s.loss_fn}, clip {s.clip_lower:g}/{s.clip_higher:g}), beta {s.beta:g}: "
+                 f"{s.prompts_per_rollout} prompts x {s.samples_per_prompt} samples a rollout, temperature "
+                 f"{s.temperature:g}, up to {s.response_length} new tokens")
+        if self.reference == "none":
+            return f"{words}; no reference model (beta 0)"
+        where = "in the update step" if self.reference == "live" else "with each rollout, before the update step"
+        return f"{words}; reference: a frozen copy of the starting model, its log-probs computed {where}"

@@ -1,0 +1,126 @@
+"""GRPO's loss, advantages, KL and clip fraction against open-instruct's own functions, read at test time from the
+pinned copy (tests/helpers/open_instruct_grpo.py): on fixed rollouts (log-probs, advantages, masks) of our choosing."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from helpers import open_instruct_grpo
+
+from instructjax.core.config import load_config
+from instructjax.data.batches.packing import REFERENCE
+from instructjax.train.objectives import objective_for
+from instructjax.train.objectives.grpo import ADVANTAGES, group_advantages, token_terms
+
+
+@pytest.fixture(scope="module")
+def theirs():
+    return open_instruct_grpo.grpo_functions()
+
+
+def rollouts(seed: int, rows: int = 6, length: int = 24):
+    """Log-probs of sampled tokens (new, old a step away, reference further), a group advantage per row, a mask of
+    response tokens (a prompt first, padding last)."""
+    rng = np.random.default_rng(seed)
+    new = np.log(rng.uniform(0.02, 0.98, (rows, length))).astype(np.float32)
+    old = (new + rng.normal(0, 0.25, new.shape)).clip(max=-1e-3).astype(np.float32)
+    ref = (new + rng.normal(0, 0.5, new.shape)).clip(max=-1e-3).astype(np.float32)
+    advantages = np.repeat(rng.normal(0, 1, (rows, 1)), length, axis=1).astype(np.float32)
+    mask = np.zeros((rows, length), bool)
+    for r in range(rows):
+        start = rng.integers(1, length // 3)
+        mask[r, start: rng.integers(start + 1, length + 1)] = True
+    return new, old, ref, advantages, mask
+
+
+@pytest.mark.parametrize("normalization", ["standard", "centered"])
+def test_group_advantages_are_open_instructs(normalization):
+    rng = np.random.default_rng(3)
+    for samples in (2, 4, 8):
+        scores = rng.choice([0.0, 10.0], size=5 * samples).astype(np.float64)
+        scores[:samples] = 10.0  # a group all solved: zero std
+        scores[samples: 2 * samples] = rng.uniform(0, 10, samples)  # graded rewards
+        expected = open_instruct_grpo.advantages(scores, samples, normalization)
+        np.testing.assert_allclose(group_advantages(scores, samples, normalization), expected, rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss_fn", ["dapo", "cispo"])
+def test_token_losses_kl_and_clip_fraction_are_open_instructs(theirs, loss_fn):
+    new, old, ref, adv, mask = rollouts(0)
+    clip_lower, clip_higher, beta = 0.2, 0.28, 0.05
+    for estimator in range(4):
+        config = type("Config", (), dict(loss_fn=theirs.GRPOLossType(loss_fn), clip_lower=clip_lower,
+                                          clip_higher=clip_higher, kl_estimator=estimator))()
+        t_new, t_old, t_ref, t_adv = (torch.tensor(x) for x in (new, old, ref, adv))
+        ratio = torch.exp(t_new - t_old)
+        pg, clipfrac, kl = theirs.compute_grpo_loss(t_new, ratio, t_adv, t_ref, config, torch.ones_like(t_new))
+        policy, ours_clip, ours_kl, ours_ratio = token_terms(
+            jnp.asarray(new), jnp.asarray(old), jnp.asarray(ref), jnp.asarray(adv), loss_fn=loss_fn,
+            clip_lower=clip_lower, clip_higher=clip_higher, kl_estimator=estimator)
+        np.testing.assert_allclose(np.asarray(policy), pg.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_array_equal(np.asarray(ours_clip), clipfrac.numpy())
+        np.testing.assert_allclose(np.asarray(ours_kl[estimator]), kl.numpy(), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(np.asarray(ours_ratio), ratio.numpy(), rtol=1e-6)
+        assert 0 < float(clipfrac[torch.tensor(mask)].mean()) < 1  # the rollouts clip some tokens, not all
+        # the step's loss: every sample's tokens over the accumulation group's tokens (loss_denominator: token)
+        t_mask = torch.tensor(mask)
+        total = float(t_mask.sum())
+        theirs_loss = sum(theirs.masked_mean(pg[i] + beta * kl[i], t_mask[i], None, total) for i in range(len(new)))
+        ours_loss = jnp.sum((policy + beta * ours_kl[estimator]) * mask) / mask.sum()
+        np.testing.assert_allclose(float(ours_loss), float(theirs_loss), rtol=1e-5)
+
+
+@pytest.mark.parametrize("loss_fn", ["dapo", "cispo"])
+def test_the_objectives_loss_gradient_and_metrics_are_open_instructs_first_update(theirs, loss_fn):
+    """One update a rollout (open-instruct's num_mini_batches 1): the old log-probs are the new ones, detached
+    (`resolve_old_logprob` at epoch 0); the gradient of the step's loss by each token's log-prob and the logged means
+    (`populate_sample_loss_stats` weighed by token counts, `compute_metrics_from_loss_stats`) agree."""
+    new, _, ref, adv, mask = rollouts(1)
+    config = load_config(None, ["objective.loss=grpo", f"objective.loss_fn={loss_fn}", "objective.clip_higher=0.28",
+                                "objective.reference=live"])
+    s = config.objective
+    objective = objective_for(config)
+    mb = {"loss_weights": jnp.asarray(mask), ADVANTAGES: jnp.asarray(adv), REFERENCE: jnp.asarray(ref)}
+    weights = objective.weights(mb)
+
+    def ours(nll):
+        share, sums = objective.loss(nll, mb, weights)
+        return share, sums
+
+    (share, sums), grad = jax.value_and_grad(ours, has_aux=True)(jnp.asarray(-new))
+    metrics = objective.metrics(sums, weights)
+
+    cfg = type("Config", (), dict(loss_fn=theirs.GRPOLossType(loss_fn), clip_lower=s.clip_lower,
+                                  clip_higher=s.clip_higher, kl_estimator=s.kl_estimator))()
+    t_new = torch.tensor(new, requires_grad=True)
+    t_mask, t_ref, t_adv = torch.tensor(mask), torch.tensor(ref), torch.tensor(adv)
+    total = float(t_mask.sum())
+    losses, kls, clips, policies, ratios = [], [], [], [], []
+    for i in range(len(new)):
+        old = t_new[i].detach()
+        ratio = torch.exp(t_new[i] - old)
+        pg, clipfrac, kl = theirs.compute_grpo_loss(t_new[i], ratio, t_adv[i], t_ref[i], cfg, torch.ones_like(old))
+        losses.append(theirs.masked_mean(pg + s.beta * kl, t_mask[i], None, total))
+        diff = (t_new[i] - t_ref[i]).clamp(-40.0, 40.0)
+        kls.append(theirs.masked_mean(theirs.estimate_kl(diff, ratio), t_mask[i]).detach())
+        clips.append(theirs.masked_mean(clipfrac, t_mask[i]))
+        policies.append(theirs.masked_mean(pg, t_mask[i]).detach())
+        ratios.append(theirs.masked_mean(ratio, t_mask[i]).detach())
+    loss = sum(losses)
+    loss.backward()
+    np.testing.assert_allclose(float(share), float(loss.detach()), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(-np.asarray(grad), t_new.grad.numpy(), rtol=1e-5, atol=1e-8)  # d/d(-nll)
+    counts = t_mask.sum(-1).float()
+    weigh = lambda per_sample: float((torch.stack(per_sample) * counts / counts.sum()).sum())  # noqa: E731
+    tokens = float(metrics["loss_weight"])
+    for j in range(4):
+        np.testing.assert_allclose(float(metrics[f"objective/kl{j}_avg"]) / tokens, weigh([k[j] for k in kls]),
+                                   rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(float(metrics["loss/kl_avg"]) / tokens, s.beta * weigh([k[2] for k in kls]),
+                               rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(float(metrics["policy/clipfrac_avg"]) / tokens, weigh(clips), atol=1e-7)
+    np.testing.assert_allclose(float(metrics["loss/policy_avg"]) / tokens, weigh(policies), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(float(metrics["val/ratio"]) / tokens, weigh(ratios), rtol=1e-6)
