@@ -177,11 +177,14 @@ def prepare(run_dir, config: RunConfig, model: DecoderConfig, build: StepBuild, 
     reference is `live`, what trains as it started (a full fine-tune's starting parameters, a LoRA's starting
     adapters: the step holds its base), else (); the second, with `objective.reference: cached`, `stream`'s log-probs
     read back from RUN_DIR, or computed (from `params` at step 0: the model the run starts from, a LoRA's starting
-    adapters included; from the reference made again on resume) and stored, else None."""
+    adapters included; from the reference made again on resume) and stored, else None; for grpo's rollouts (made as
+    the run goes) the reference model's parameters instead, whose log-probs each rollout computes."""
     if build.takes_reference:
         return (build.partition.trainable(reference_weights(config, model, build, base, params)),), None
     if not build.cached_reference:
         return (), None
+    if config.objective.rollouts:  # grpo: each rollout's reference log-probs, computed as it is made (train/rollout.py)
+        return (), reference_weights(config, model, build, base, params)
     named = identity(config.model.init_from, config.seed)
     found = load(run_dir, stream, named, resuming=start > 0)
     if found is None:

@@ -50,6 +50,7 @@ from instructjax.train.metrics import (
 )
 from instructjax.train.preemption import PreemptionWatch
 from instructjax.train.reference import prepare, start_base, starting_params
+from instructjax.train.rollout import reference_logps
 from instructjax.train.resolution import PIPELINE, resolve
 from instructjax.train.resume import read_resume, restore, save_step
 from instructjax.train.step import build_step
@@ -121,6 +122,9 @@ class Trainer:
             run_setup.report_data(self.pipeline, own=pipeline is None)
         self.tx, self.schedule = optim.make_optimizer(config.optim, self.total_steps)  # over what trains: the build's
         self.build = build_step(self.model_config, self.tx, self.config, len(self.sources), self.mesh, config.seed)
+        self.rollouts = config.objective.rollouts  # grpo: each batch a rollout of the policy as it stands
+        if self.rollouts:
+            self.pipeline.attach(self.build.graphdef, self.mesh, reference_logps(self.build, self.config))
         self.precompiled = saved_steps(config.compiled, devices=devices, hosts=jax.process_count(), mesh=run.mesh,
                                        build=self.build, shapes=run.step_shapes)  # (rows, length) -> a loaded step
 
@@ -138,8 +142,8 @@ class Trainer:
         self.lock.check()
         save_step(self.checkpointer, step, self.config, self.model_config, self.build, self.base, params, opt_state,
                   tokens, position, window)
-        if jax.process_index() == 0:  # the Mosaic-IT passes made so far, by k (RUN_DIR/mosaic_k.json)
-            record_mosaics(str(self.run_dir), self.pipeline.stream.mosaic_k)
+        if jax.process_index() == 0 and self.pipeline.stream is not None:  # the Mosaic-IT passes made so far, by k
+            record_mosaics(str(self.run_dir), self.pipeline.stream.mosaic_k)  # (RUN_DIR/mosaic_k.json)
 
     def run(self, stop_at: int | None = None) -> TrainResult:
         """Train to the last step, or stop after `stop_at` (as a preempted run would, after saving it); the run's
@@ -170,16 +174,22 @@ class Trainer:
             window.load(saved_window)
         last = min(stop_at or self.total_steps, self.total_steps)
         bar = progress.bar(total=self.total_steps, initial=start, disable=not primary, desc="train", unit="step")
-        batches = iter(self.pipeline)
+        batches = None if self.rollouts else iter(self.pipeline)
 
-        def finish(step, metrics, seconds):
+        def next_batch(params):  # (the step's batch on the mesh, the position after it, its rollout's metrics)
+            if self.rollouts:
+                made = self.pipeline.rollout(params)
+                return on_mesh(made.batch, self.build.batch_sharding), self.pipeline.state, made.metrics
+            return on_mesh(next(batches), self.build.batch_sharding), self.pipeline.state, None
+
+        def finish(step, metrics, seconds, rollout):
             nonlocal tokens
             m = jax.device_get(metrics)
             _stop_if_non_finite(m["loss"], step, self.checkpointer)
             result.losses[step], result.step = float(m["loss"]), step
             tokens += int(m["tokens"])
             m["lr"] = float(self.schedule(step - 1))
-            window.add(m, seconds)
+            window.add(m, seconds, rollout)
             bar.set_postfix(progress_figures(m, seconds))
             bar.update(1)
             if step % self.config.log_every == 0 or step == self.total_steps:
@@ -191,15 +201,16 @@ class Trainer:
                 self.schedule(start)  # its ops compiled here, not in the wall time of the second step
                 compile_steps(self.build, self.step_shapes, self.precompiled, params, opt_state, reference)
                 if start < last:
-                    batch, position = on_mesh(next(batches), self.build.batch_sharding), self.pipeline.state
+                    batch, position, made = next_batch(params)
                 clock = time.perf_counter()  # a step's wall time ends when its outputs are ready
                 for step in range(start + 1, last + 1):
                     params, opt_state, metrics = step_fn(params, opt_state, batch)
-                    if step < last:  # the next batch is made while this step runs
-                        batch, following = on_mesh(next(batches), self.build.batch_sharding), self.pipeline.state
+                    rollout = made
+                    if step < last:  # the next batch is made while this step runs (a rollout: from its outputs)
+                        batch, following, made = next_batch(params)
                     jax.block_until_ready(metrics)
                     now = time.perf_counter()
-                    finish(step, metrics, now - clock)
+                    finish(step, metrics, now - clock, rollout)
                     clock = now
                     result.preempted = preemption.should_stop(step)
                     if step % self.config.checkpoint.every == 0 or step == last or result.preempted:

@@ -202,8 +202,9 @@ def pack_segments(rows: dict[str, np.ndarray], n_rows: int | None = None, *, cap
     out = empty_rows(n_rows, row_length)
     row, at = np.nonzero(inside)  # every token, by its row and position in it
     dest = place.row[row], place.offset[row] + at
-    if REFERENCE in rows:
-        out[REFERENCE] = np.zeros((n_rows, row_length), np.float32)
+    for k in rows:  # a run's own features (a cached reference's log-probs, grpo's advantages), placed as the tokens
+        if k not in out:
+            out[k] = np.zeros((n_rows, row_length), rows[k].dtype)
     for k in out:
         out[k][dest] = rows[k][row, at]
     out["segment_ids"][dest] = kind * (place.segment[row] - 1) + rows["segment_ids"][row, at]

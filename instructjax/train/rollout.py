@@ -1,0 +1,235 @@
+"""GRPO's batches (`objective.loss: grpo`): each step's rollout, generated in the job by the policy as it stands.
+
+A step takes the next `prompts_per_rollout` prompts of the run's verifiable tasks (every task's prompts, in an order
+drawn from the run's seed anew each epoch), and the continuous-batching engine (model/engine.py), on the trainer's
+mesh with the policy's current parameters, samples `samples_per_prompt` completions of each at `temperature`, at most
+`response_length` new tokens, from keys that depend on the run's seed and the prompt's place in the run alone (a
+resumed run draws the same completions). Each completion is scored by its prompt's verifier (data/verifiers: the
+row's `dataset`) times `verification_reward`; the advantages are normalised within each prompt's group
+(`objectives.grpo.group_advantages`); a group whose completions all scored alike is left out with
+`filter_zero_std` (open-instruct's), and where every group of a rollout is, the next prompts are drawn (at most
+`MAX_REDRAWS` times). The kept completions, each its prompt then its response, are packed whole into the step's
+`data.global_batch` rows of `data.seq_len` as SFT's examples are (segments; the response tokens trained, each
+carrying its completion's advantage; with `objective.reference: cached`, the reference's log-prob of each, computed
+here by one forward pass of the reference model).
+
+It stands in for the run's data pipeline (`Trainer(pipeline=...)`): `task_names`, `plan_epoch` (an epoch: every
+prompt once), `state`/`restore` (the prompts drawn so far), `report`; `rollout(params)` makes the next batch.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AbstractMesh
+
+from instructjax.core.config import RunConfig
+from instructjax.core.errors import ConfigError
+from instructjax.data.batches.packing import REFERENCE, empty_rows, pack_segments
+from instructjax.data.batches.pipeline import EpochPlan, IteratorState
+from instructjax.model.engine import Sampling, SlotEngine
+from instructjax.train.objectives.grpo import ADVANTAGES, group_advantages
+
+MAX_REDRAWS = 8  # rollouts drawn for one step at most, where every group of the earlier ones scored alike
+ROLLOUT_STREAM = 0x524F4C4C  # "ROLL": the rollouts' own stream under the run's seed
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """A verifiable prompt: its ids (the chat template's generation prompt), its row's `ground_truth` and
+    verifier name, its task's index in the mixture and its id (for messages)."""
+
+    ids: tuple[int, ...]
+    ground_truth: str
+    verifier: str
+    task: int
+    id: str = ""
+
+
+@dataclass
+class Rollout:
+    """One step's rollout: the global batch (numpy, every host's rows) and what it logs."""
+
+    batch: dict[str, np.ndarray]
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+class Rollouts:
+    """The stand-in pipeline of a grpo run (see the module doc). `score(verifier, text, ground_truth)`: a verifier's
+    score in [0, 1]; `decode(ids)`: a completion's text as its verifier reads it; `stop_ids`: EOS and the chat
+    template's end of turn."""
+
+    def __init__(self, config: RunConfig, prompts: Sequence[Prompt], task_names: Sequence[str], *,
+                 decode: Callable[[list[int]], str], score: Callable[[str, str, str], float], stop_ids: Sequence[int],
+                 process_index: int = 0, process_count: int = 1):
+        s, data = config.objective, config.data
+        if not prompts:
+            raise ConfigError(f"data.mixture={data.mixture} holds no verifiable prompt to roll out")
+        self.config, self.section = config, s
+        self.prompts, self.task_names = list(prompts), list(task_names)
+        self.decode, self.score, self.stop_ids = decode, score, list(stop_ids)
+        self.process_index, self.process_count = process_index, process_count
+        self.drawn = 0  # prompts drawn so far (the position a checkpoint saves)
+        self.state = IteratorState(0, 0, 0)
+        self.reference = None  # objective.reference: cached: the reference model's parameters (`use_reference`)
+        self.stream = None  # no example stream (a data pipeline's: what Mosaic-IT records)
+        self.samples = s.prompts_per_rollout * s.samples_per_prompt
+        longest = max(len(p.ids) for p in self.prompts)
+        if longest + s.response_length > data.seq_len:
+            worst = max(self.prompts, key=lambda p: len(p.ids))
+            raise ConfigError(f"prompt {worst.id!r} of {self.task_names[worst.task]} has {longest} tokens: with "
+                              f"objective.response_length={s.response_length} it needs rows of {longest + s.response_length}"
+                              f" tokens; data.seq_len is {data.seq_len}")
+        if data.global_batch < self.samples:  # a completion of a row at most: the step's rows hold every one
+            raise ConfigError(f"data.global_batch={data.global_batch} rows cannot hold a rollout's {self.samples} "
+                              f"completions (objective.prompts_per_rollout x samples_per_prompt): set it to at least "
+                              f"{self.samples}")
+        self.graphdef = None
+        self.mesh = None
+        self.stats = {"rollouts": 0, "generated_tokens": 0, "seconds": 0.0}
+
+    # ---- the pipeline's interface (train/trainer.py) -----------------------------------------------------------
+
+    def plan_epoch(self, epoch: int = 0) -> EpochPlan:
+        steps = math.ceil(len(self.prompts) / self.section.prompts_per_rollout)
+        tokens = sum(len(p.ids) for p in self.prompts) * self.section.samples_per_prompt
+        return EpochPlan(examples=len(self.prompts), rows=steps * self.config.data.global_batch, tokens=tokens,
+                         trained_tokens=0, efficiency=1.0, steps=steps)
+
+    def restore(self, state) -> None:
+        self.drawn = int(np.asarray(state.to_array() if isinstance(state, IteratorState) else state).reshape(-1)[0])
+        self.state = IteratorState(self.drawn, 0, 0)
+
+    def report(self) -> list[str]:
+        s = self.section
+        return [f"grpo: {len(self.prompts)} verifiable prompts from {', '.join(self.task_names)}; a rollout: "
+                f"{s.prompts_per_rollout} prompts x {s.samples_per_prompt} samples, temperature {s.temperature:g}, up "
+                f"to {s.response_length} new tokens, packed into {self.config.data.global_batch} rows of "
+                f"{self.config.data.seq_len}"]
+
+    def use_reference(self, weights) -> None:
+        """objective.reference: cached: the reference model's parameters, whose log-probs each rollout computes."""
+        self.reference = weights
+
+    def attach(self, graphdef, mesh, token_logps: Callable | None = None) -> None:
+        """The trained model's graph and the mesh its parameters lie on; `token_logps(params, batch)` (jitted): each
+        target's log-prob at the sampling temperature, for a cached reference."""
+        self.graphdef, self.mesh, self.token_logps = graphdef, mesh, token_logps
+
+    # ---- a step's rollout ---------------------------------------------------------------------------------------
+
+    def order(self, epoch: int) -> np.ndarray:
+        """Epoch `epoch`'s order of the prompts (the run's seed's own permutation of each epoch)."""
+        return np.random.default_rng([self.config.seed, ROLLOUT_STREAM, epoch]).permutation(len(self.prompts))
+
+    def take(self, start: int, count: int) -> list[int]:
+        """The indices of prompts start .. start + count - 1 of the run (epochs end to end)."""
+        n = len(self.prompts)
+        return [int(self.order(k // n)[k % n]) for k in range(start, start + count)]
+
+    def rollout(self, params) -> Rollout:
+        """The next step's batch from the policy `params` (the trainer's, on its mesh), this host's rows."""
+        metrics: dict[str, float] = {}
+        for _ in range(MAX_REDRAWS):
+            chosen = self.take(self.drawn, self.section.prompts_per_rollout)
+            first, self.drawn = self.drawn, self.drawn + len(chosen)
+            kept, metrics = self._generate(params, chosen, first)
+            if kept:
+                break
+        self.state = IteratorState(self.drawn, 0, 0)
+        batch = self._pack(kept)
+        if self.reference is not None:
+            batch[REFERENCE] = np.asarray(jax.device_get(self.token_logps(self.reference, _on_mesh(batch, self.mesh))),
+                                          np.float32) * (batch["segment_ids"] > 0)
+        rows = len(batch["tokens"]) // self.process_count
+        mine = slice(self.process_index * rows, (self.process_index + 1) * rows)
+        return Rollout({k: v[mine] for k, v in batch.items()}, metrics)
+
+    def _generate(self, params, chosen: list[int], first: int) -> tuple[list[tuple], dict[str, float]]:
+        """Sample, score and normalise one rollout of the prompts `chosen` (the run's prompts `first`..): the kept
+        completions (prompt ids, response ids, advantage, task) and the rollout's metrics."""
+        s = self.section
+        start = time.perf_counter()
+        with jax.sharding.use_abstract_mesh(AbstractMesh((), ())):  # its layers as a list: placeholders, then these
+            engine = SlotEngine(nnx.merge(self.graphdef, params), slots=self._slots(), mesh=self.mesh)
+        prompts = [self.prompts[i] for i in chosen for _ in range(s.samples_per_prompt)]
+        sampling = Sampling(max_new_tokens=s.response_length, temperature=s.temperature, top_p=1.0,
+                            seed=int(np.random.default_rng([self.config.seed, ROLLOUT_STREAM, first]).integers(2**31)))
+        responses = engine.generate([list(p.ids) for p in prompts], sampling, self.stop_ids)
+        seconds = time.perf_counter() - start
+        verified = np.array([self.score(p.verifier, self.decode(r), p.ground_truth) for p, r in zip(prompts, responses,
+                                                                                                   strict=True)])
+        scores = verified * s.verification_reward
+        advantages = group_advantages(scores, s.samples_per_prompt, s.advantage_normalization)
+        groups = scores.reshape(-1, s.samples_per_prompt)
+        keep = np.repeat(groups.std(-1) > 0 if s.filter_zero_std else np.ones(len(groups), bool), s.samples_per_prompt)
+        lengths = np.array([len(r) for r in responses])
+        generated = int(lengths.sum())
+        self.stats["rollouts"] += 1
+        self.stats["generated_tokens"] += generated
+        self.stats["seconds"] += seconds
+        metrics = {"scores": float(scores.mean()), "scores_std": float(scores.std()),
+                   "objective/verifiable_reward": float(scores.mean()),
+                   "objective/verifiable_correct_rate": float((verified > 0).mean()),
+                   "real_batch_size_ratio": float(keep.mean()), "val/sequence_lengths": float(lengths.mean()),
+                   "val/stop_rate": float(np.mean([bool(r) and r[-1] in self.stop_ids for r in responses])),
+                   "val/advantages_mean": float(advantages[keep].mean()) if keep.any() else 0.0,
+                   "val/actor_tokens_per_second": generated / max(seconds, 1e-9), "time/generation": seconds}
+        for name in sorted({p.verifier for p in prompts}):
+            mine = np.array([p.verifier == name for p in prompts])
+            metrics[f"objective/{name}_reward"] = float(scores[mine].mean())
+            metrics[f"objective/{name}_correct_rate"] = float((verified[mine] > 0).mean())
+        kept = [(p.ids, tuple(r), float(a), p.task) for p, r, a, k in zip(prompts, responses, advantages, keep,
+                                                                           strict=True) if k]
+        return kept, metrics
+
+    def _slots(self) -> int:
+        shards = 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        return -(-min(self.samples, 64) // shards) * shards
+
+    def _pack(self, kept: list[tuple]) -> dict[str, np.ndarray]:
+        """The kept completions, each a segment (its prompt, then its response trained), packed into the step's rows."""
+        data = self.config.data
+        rows = empty_rows(max(len(kept), 1), data.seq_len)
+        rows[ADVANTAGES] = np.zeros(rows["tokens"].shape, np.float32)
+        for r, (prompt, response, advantage, task) in enumerate(kept):
+            ids = np.asarray(prompt + response, np.int32)
+            n = len(ids)
+            rows["tokens"][r, :n] = ids
+            rows["targets"][r, : n - 1] = ids[1:]
+            rows["loss_weights"][r, len(prompt) - 1: n - 1] = 1.0  # a target that is a response token
+            rows[ADVANTAGES][r, len(prompt) - 1: n - 1] = advantage
+            rows["segment_ids"][r, :n] = 1
+            rows["positions"][r, :n] = np.arange(n)
+            rows["source_ids"][r, :n] = task
+        if not kept:
+            return {k: np.zeros((data.global_batch, *v.shape[1:]), v.dtype) if k != "source_ids" else
+                    np.full((data.global_batch, data.seq_len), -1, np.int32) for k, v in rows.items()}
+        return pack_segments(rows, data.global_batch)
+
+
+def reference_logps(build, config: RunConfig) -> Callable | None:
+    """`token_logps(params, batch)` jitted at the sampling temperature: a cached reference's log-probs of a rollout
+    (None unless the objective's reference is `cached`)."""
+    if not build.cached_reference:
+        return None
+    from instructjax.train.step import token_logps
+
+    chunk, temperature = config.optim.loss_chunk, config.objective.temperature
+    return jax.jit(lambda params, batch: token_logps(build.graphdef, params, batch, chunk, temperature=temperature))
+
+
+def _on_mesh(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
+    """The global batch placed on `mesh` as the step takes it (every host holds the whole rollout)."""
+    from instructjax.core import sharding
+
+    if mesh is None:
+        return {k: jax.numpy.asarray(v) for k, v in batch.items()}
+    spec = sharding.batch_sharding(mesh)
+    return {k: jax.make_array_from_callback(v.shape, spec, lambda i, v=v: v[i]) for k, v in batch.items()}
