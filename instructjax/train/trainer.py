@@ -50,9 +50,9 @@ from instructjax.train.metrics import (
 )
 from instructjax.train.preemption import PreemptionWatch
 from instructjax.train.reference import prepare, start_base, starting_params
-from instructjax.train.rollout import reference_logps
 from instructjax.train.resolution import PIPELINE, resolve
 from instructjax.train.resume import read_resume, restore, save_step
+from instructjax.train.rollout import reference_logps
 from instructjax.train.step import build_step
 
 
