@@ -143,7 +143,7 @@ class Rollouts:
             if kept:
                 break
         self.state = IteratorState(self.drawn, 0, 0)
-        batch = self._pack(kept)
+        batch = pack_rollout(kept, self.config.data.global_batch, self.config.data.seq_len)
         if self.reference is not None:
             batch[REFERENCE] = np.asarray(jax.device_get(self.token_logps(self.reference, _on_mesh(batch, self.mesh))),
                                           np.float32) * (batch["segment_ids"] > 0)
@@ -193,25 +193,27 @@ class Rollouts:
         shards = 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         return -(-min(self.samples, 64) // shards) * shards
 
-    def _pack(self, kept: list[tuple]) -> dict[str, np.ndarray]:
-        """The kept completions, each a segment (its prompt, then its response trained), packed into the step's rows."""
-        data = self.config.data
-        rows = empty_rows(max(len(kept), 1), data.seq_len)
-        rows[ADVANTAGES] = np.zeros(rows["tokens"].shape, np.float32)
-        for r, (prompt, response, advantage, task) in enumerate(kept):
-            ids = np.asarray(prompt + response, np.int32)
-            n = len(ids)
-            rows["tokens"][r, :n] = ids
-            rows["targets"][r, : n - 1] = ids[1:]
-            rows["loss_weights"][r, len(prompt) - 1: n - 1] = 1.0  # a target that is a response token
-            rows[ADVANTAGES][r, len(prompt) - 1: n - 1] = advantage
-            rows["segment_ids"][r, :n] = 1
-            rows["positions"][r, :n] = np.arange(n)
-            rows["source_ids"][r, :n] = task
-        if not kept:
-            return {k: np.zeros((data.global_batch, *v.shape[1:]), v.dtype) if k != "source_ids" else
-                    np.full((data.global_batch, data.seq_len), -1, np.int32) for k, v in rows.items()}
-        return pack_segments(rows, data.global_batch)
+
+def pack_rollout(kept: Sequence[tuple], rows: int, seq_len: int) -> dict[str, np.ndarray]:
+    """Completions (prompt ids, response ids, advantage, task index), each a segment (its prompt, then its response
+    trained, each response token carrying the advantage), packed whole into `rows` rows of `seq_len` (all padding
+    where none is kept)."""
+    one = empty_rows(max(len(kept), 1), seq_len)
+    one[ADVANTAGES] = np.zeros(one["tokens"].shape, np.float32)
+    for r, (prompt, response, advantage, task) in enumerate(kept):
+        ids = np.asarray([*prompt, *response], np.int32)
+        n = len(ids)
+        one["tokens"][r, :n] = ids
+        one["targets"][r, : n - 1] = ids[1:]
+        one["loss_weights"][r, len(prompt) - 1: n - 1] = 1.0  # a target that is a response token
+        one[ADVANTAGES][r, len(prompt) - 1: n - 1] = advantage
+        one["segment_ids"][r, :n] = 1
+        one["positions"][r, :n] = np.arange(n)
+        one["source_ids"][r, :n] = task
+    if not kept:
+        out = empty_rows(rows, seq_len)
+        return {**out, ADVANTAGES: np.zeros((rows, seq_len), np.float32)}
+    return pack_segments(one, rows)
 
 
 def reference_logps(build, config: RunConfig) -> Callable | None:

@@ -2,8 +2,8 @@
 commit) at test time: the independent reference of train/objectives/grpo.py.
 
 Only the named top-level functions and classes of a file are compiled (their modules import ray, deepspeed,
-vLLM...), with their annotations dropped (they name types of modules not loaded); what they call from elsewhere is
-passed in `namespace`."""
+vLLM...), with their annotations and decorators dropped (they name types of modules not loaded; `torch.compile`);
+what they call from elsewhere is passed in `namespace`."""
 
 from __future__ import annotations
 
@@ -18,9 +18,10 @@ PINNED = Path(__file__).resolve().parents[1] / "assets" / "open_instruct"
 
 
 def _strip_annotations(node: ast.AST) -> None:
+    """Annotations and decorators dropped (`torch.compile` of log_softmax_and_gather: the same computation, eager)."""
     for n in ast.walk(node):
         if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            n.returns = None
+            n.returns, n.decorator_list = None, []
             for arg in (*n.args.args, *n.args.kwonlyargs, *n.args.posonlyargs, n.args.vararg, n.args.kwarg):
                 if arg is not None:
                     arg.annotation = None
@@ -40,15 +41,20 @@ def pinned(file: str, names: tuple[str, ...], namespace: dict | None = None) -> 
 
 
 def grpo_functions() -> types.SimpleNamespace:
-    """compute_grpo_loss (grpo_utils.py), estimate_kl (model_utils.py), masked_mean (rl_utils.py), GRPOLossType."""
+    """compute_grpo_loss, forward_for_logprobs, GRPOLossType (grpo_utils.py), estimate_kl, log_softmax_and_gather
+    (model_utils.py), masked_mean (rl_utils.py)."""
     import enum
 
     kl = pinned("model_utils.py", ("estimate_kl",))
     mean = pinned("rl_utils.py", ("masked_mean",))
     loss = pinned("grpo_utils.py", ("GRPOLossType", "compute_grpo_loss"),
                   {"enum": enum, "model_utils": types.SimpleNamespace(estimate_kl=kl["estimate_kl"])})
+    gather = pinned("model_utils.py", ("log_softmax_and_gather",))["log_softmax_and_gather"]
+    forward = pinned("grpo_utils.py", ("forward_for_logprobs",),
+                     {"model_utils": types.SimpleNamespace(log_softmax_and_gather=gather)})["forward_for_logprobs"]
     return types.SimpleNamespace(compute_grpo_loss=loss["compute_grpo_loss"], estimate_kl=kl["estimate_kl"],
-                                 masked_mean=mean["masked_mean"], GRPOLossType=loss["GRPOLossType"])
+                                 masked_mean=mean["masked_mean"], GRPOLossType=loss["GRPOLossType"],
+                                 forward_for_logprobs=forward)
 
 
 def advantages(scores: np.ndarray, samples: int, normalization: str) -> np.ndarray:

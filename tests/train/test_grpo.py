@@ -124,3 +124,75 @@ def test_the_objectives_loss_gradient_and_metrics_are_open_instructs_first_updat
     np.testing.assert_allclose(float(metrics["policy/clipfrac_avg"]) / tokens, weigh(clips), atol=1e-7)
     np.testing.assert_allclose(float(metrics["loss/policy_avg"]) / tokens, weigh(policies), rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(float(metrics["val/ratio"]) / tokens, weigh(ratios), rtol=1e-6)
+
+
+@pytest.mark.parametrize("loss_fn", ["dapo", "cispo"])
+def test_one_update_from_fixed_rollouts_is_open_instructs_on_transformers(theirs, tmp_path, loss_fn):
+    """One step from fixed rollouts (6 completions of 2 prompts, packed two a row, in 2 micro-batches): our step's
+    update (SGD at rate 1: the gradient itself) equals open-instruct's loop on the same tiny LLaMA in transformers
+    (`forward_for_logprobs` of each completion alone at the sampling temperature, `compute_grpo_loss`, `masked_mean`
+    over the step's tokens, backward), with a live reference (another LLaMA) so the KL term counts."""
+    import optax
+    import transformers
+
+    from instructjax.convert.hf import hf_state, hf_to_params
+    from instructjax.train.rollout import pack_rollout
+    from instructjax.train.step import build_step
+
+    hf_config = transformers.LlamaConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128,
+                                         tie_word_embeddings=False)
+    dirs = {}
+    for name, seed in (("policy", 0), ("reference", 1)):
+        torch.manual_seed(seed)
+        transformers.LlamaForCausalLM(hf_config).save_pretrained(tmp_path / name)
+        dirs[name] = str(tmp_path / name)
+    params, model = hf_to_params(dirs["policy"])
+    reference, _ = hf_to_params(dirs["reference"])
+    temperature, samples = 0.7, 3
+    rng = np.random.default_rng(5)
+    prompts = [tuple(rng.integers(3, 96, rng.integers(3, 7))) for _ in range(2)]
+    completions = [(p, tuple(rng.integers(3, 96, rng.integers(2, 9)))) for p in prompts for _ in range(samples)]
+    advantages = group_advantages(np.array([10.0, 0.0, 0.0, 10.0, 10.0, 0.0]), samples, "standard")
+    kept = [(p, r, float(a), 0) for (p, r), a in zip(completions, advantages, strict=True)]
+    batch = pack_rollout(kept, 4, 32)
+    assert batch["segment_ids"].max() >= 2  # completions share rows
+
+    run = load_config(None, ["objective.loss=grpo", f"objective.loss_fn={loss_fn}", "objective.reference=live",
+                             f"objective.temperature={temperature}", "objective.clip_higher=0.28", "data.seq_len=32",
+                             "optim.micro_batches=2"])
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1, 1), ("data", "fsdp", "expert", "tensor"))
+    build = build_step(model, optax.sgd(1.0), run, 1, mesh)
+    assert build.takes_reference
+    before = jax.tree.map(np.array, params)  # the step donates its parameters
+    with jax.set_mesh(mesh):
+        updated, _, metrics = build.step(params, build.init_optimizer(params), batch, reference)
+    ours = hf_state(jax.tree.map(lambda a, b: a - np.asarray(b), before, updated), model)
+
+    policy = transformers.LlamaForCausalLM.from_pretrained(dirs["policy"], dtype=torch.float32)
+    frozen = transformers.LlamaForCausalLM.from_pretrained(dirs["reference"], dtype=torch.float32)
+    s = run.objective
+    cfg = type("Config", (), dict(loss_fn=theirs.GRPOLossType(loss_fn), clip_lower=s.clip_lower,
+                                  clip_higher=s.clip_higher, kl_estimator=s.kl_estimator))()
+    masks = [torch.tensor([[0] * len(p) + [1] * len(r)]) for p, r in completions]
+    total = float(sum(m[:, 1:].sum() for m in masks))
+    step_loss = 0.0
+    for (p, r), a, mask in zip(completions, advantages, masks, strict=True):
+        ids = torch.tensor([[*p, *r]])
+        positions = torch.arange(ids.shape[1])[None]
+        new, _ = theirs.forward_for_logprobs(policy, ids, None, positions, -1, temperature)
+        with torch.no_grad():
+            ref, _ = theirs.forward_for_logprobs(frozen, ids, None, positions, -1, temperature)
+        response = mask[:, 1:].bool()
+        ratio = torch.exp(new - new.detach())
+        adv = torch.full_like(new, float(a))
+        pg, _, kl = theirs.compute_grpo_loss(new, ratio, adv, ref, cfg, torch.ones_like(new))
+        loss = theirs.masked_mean(pg + s.beta * kl, response, None, total)
+        loss.backward()
+        step_loss += float(loss.detach())
+    np.testing.assert_allclose(float(metrics["loss"]), step_loss, rtol=1e-4, atol=1e-7)
+    grads = {k: v.grad.numpy() for k, v in policy.named_parameters()}
+    assert set(grads) == set(ours)
+    scale = max(float(np.abs(g).max()) for g in grads.values())
+    for name, grad in grads.items():  # 3.5e-7 of the largest at worst, when written
+        np.testing.assert_allclose(ours[name], grad, atol=1e-4 * scale, err_msg=name)
