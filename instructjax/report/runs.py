@@ -63,11 +63,11 @@ class Run:
 
     @property
     def objective(self) -> str:
-        """"DPO", "DPO-norm", "SimPO" (any other objective by its name in capitals) where the run trained on
-        preference pairs (`objective.loss`), else "": a report labels such a run with it, and compares it with the run
-        it started from (`start`)."""
+        """"DPO", "DPO-norm", "SimPO", "RLVR" (grpo: RL with verifiable rewards; any other objective by its name in
+        capitals) where the run continued another on preference pairs or rollouts (`objective.loss`), else "": a report
+        labels such a run with it, and compares it with the run it started from (`start`)."""
         loss = self.config.objective.loss
-        return {"sft": "", "dpo": "DPO", "dpo_norm": "DPO-norm", "simpo": "SimPO"}.get(loss, loss.upper())
+        return {"sft": "", "dpo": "DPO", "dpo_norm": "DPO-norm", "simpo": "SimPO", "grpo": "RLVR"}.get(loss, loss.upper())
 
     def pairwise_against(self) -> dict[str, str]:
         """What the pairwise judge compared this run with, by comparison name (`eval.pairwise.against`)."""

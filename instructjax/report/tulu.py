@@ -194,7 +194,8 @@ TABLES = (
     Table("table_preference", "the suite before and after preference tuning (ours: Tulu 2's DPO stage)",
           ("Model", "Objective"), PREFERENCE_COLUMNS, _preference_row,
           NOTE + " Before: the SFT run; after: the run that continued it on UltraFeedback (objective.loss; Tulu 2's "
-          "DPO recipe, not in seed 004: no published numbers)."),
+          "DPO recipe, not in seed 004: no published numbers), or on verifiable prompts (+RLVR: grpo, Tulu 3's last "
+          "stage, after DPO)."),
 )
 
 

@@ -110,12 +110,15 @@ def needed_bytes(memory: dict[str, int], acts: dict[str, Any]) -> int:
     """A step's peak bytes a device (`device_memory`'s figures): parameters, AdamW state, the parameters'
     compute-dtype copy and the layers' saved inputs throughout; then the larger of the loss (its logits, and the
     gradient accumulator of earlier micro-batches) and the layers' backward (the gradients and the recomputed
-    layer): the loss's logits are freed before the layers' gradients are made."""
+    layer): the loss's logits are freed before the layers' gradients are made. A run that generates its batches
+    (grpo) needs the larger of that and the state with a rollout's buffers (`rollout_bytes`)."""
     accumulator = max(memory["grad_bytes"] - memory["param_bytes"], 0)
     loss = accumulator + acts["logits"]
     backward = memory["grad_bytes"] + acts.get("recompute", 0)
-    return (memory["param_bytes"] + memory["opt_bytes"] + memory.get("copy_bytes", 0) + acts.get("saved", 0)
-            + memory.get("reference_bytes", 0) + memory.get("expert_bytes", 0) + max(loss, backward))
+    held = memory["param_bytes"] + memory["opt_bytes"] + memory.get("reference_bytes", 0)
+    step = (held + memory.get("copy_bytes", 0) + acts.get("saved", 0) + memory.get("expert_bytes", 0)
+            + max(loss, backward))
+    return max(step, held + memory.get("rollout_bytes", 0))  # a rollout (grpo's) runs between two steps
 
 
 def reference_bytes(model: DecoderConfig, config: RunConfig, memory: dict[str, int]) -> int:
@@ -123,6 +126,11 @@ def reference_bytes(model: DecoderConfig, config: RunConfig, memory: dict[str, i
     term, train/objectives/: a copy of what trains, the whole model on a full fine-tune, the starting adapters for a
     LoRA on its own frozen base); none cached (its log-probs come with the batch) or without a reference."""
     return objective_for(config).reference_bytes(memory)
+
+
+def rollout_bytes(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], memory: dict[str, int]) -> int:
+    """A device's bytes for generating a batch between steps (the objective's plan term: grpo's KV cache, 0 else)."""
+    return objective_for(config).rollout_bytes(model, sizes, config.data.seq_len, memory)
 
 
 def usable_bytes(topology: Topology) -> float:
@@ -139,6 +147,7 @@ def step_needed(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], 
                                  clip=bool(config.optim.grad_clip), platform=topology.platform,
                                  loss_chunk=config.optim.loss_chunk, onchip=onchip_bytes(topology))
     memory["reference_bytes"] = reference_bytes(model, config, memory)
+    memory["rollout_bytes"] = rollout_bytes(model, config, sizes, memory)
     needed = needed_bytes(memory, acts)
     return needed, out_of_memory(needed, memory, acts, topology)
 

@@ -28,7 +28,15 @@ from instructjax.core import sharding
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
 from instructjax.model.config import DecoderConfig, param_count
-from instructjax.train.memory import GIB, USABLE, device_memory, needed_bytes, onchip_bytes, reference_bytes
+from instructjax.train.memory import (
+    GIB,
+    USABLE,
+    device_memory,
+    needed_bytes,
+    onchip_bytes,
+    reference_bytes,
+    rollout_bytes,
+)
 from instructjax.train.meshes import REAL_SHARE_SLACK, best_mesh, mesh_options
 from instructjax.train.objectives import objective_for
 from instructjax.train.plan_data import DataEstimate, epoch_of
@@ -84,6 +92,7 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
                                  clip=bool(config.optim.grad_clip), platform=topology.platform,
                                  loss_chunk=config.optim.loss_chunk, onchip=onchip_bytes(topology))  # fmt: skip
     memory["reference_bytes"] = reference_bytes(model, config, memory)
+    memory["rollout_bytes"] = rollout_bytes(model, config, sizes, memory)
     if memory["params"] != param_count(model):
         raise AssertionError(f"eval_shape gives {memory['params']} parameters, param_count {param_count(model)}")
     if not training:
@@ -196,11 +205,11 @@ def _apart(plan: Plan) -> str:
     phases) are not live together."""
     m, a = plan.memory, plan.activations
     lines = (m["param_bytes"] + m["opt_bytes"] + m["grad_bytes"] + m.get("copy_bytes", 0) + a["total"]
-             + m.get("reference_bytes", 0) + m.get("expert_bytes", 0))
+             + m.get("reference_bytes", 0) + m.get("expert_bytes", 0) + m.get("rollout_bytes", 0))
     if _gib(lines) == _gib(plan.total_bytes):
         return ""
     return (f" ({_gib(lines - plan.total_bytes)} less than the lines above: the loss's logits are freed before the "
-            "gradients are made)")
+            "gradients are made" + (", and a rollout runs between steps" if m.get("rollout_bytes") else "") + ")")
 
 
 def format_plan(plan: Plan) -> str:
@@ -223,6 +232,9 @@ def format_plan(plan: Plan) -> str:
           if m.get("expert_bytes") else []),
         *([f"  reference     {_gib(m['reference_bytes'])} (the starting model, frozen, run in every step: about a "
            "third more compute a step)"] if m.get("reference_bytes") else []),
+        *([f"  rollout       {_gib(m['rollout_bytes'])} (between steps, beside the parameters, AdamW state and "
+           "reference: its KV cache, the layers sliced for decoding, the slots' logits)"]
+          if m.get("rollout_bytes") else []),
         f"  total         {_gib(plan.total_bytes)} of {t.hbm_gib:.3g} GiB -> "
         + ("fits" if plan.fits else f"DOES NOT FIT (limit {USABLE:.0%} of it)") + _apart(plan),
     ]

@@ -34,7 +34,7 @@ from instructjax.core.errors import ConfigError
 from instructjax.data.batches.packing import REFERENCE, empty_rows, pack_segments
 from instructjax.data.batches.pipeline import EpochPlan, IteratorState
 from instructjax.model.engine import Sampling, SlotEngine
-from instructjax.train.objectives.grpo import ADVANTAGES, group_advantages
+from instructjax.train.objectives.grpo import ADVANTAGES, GRPO, group_advantages
 
 MAX_REDRAWS = 8  # rollouts drawn for one step at most, where every group of the earlier ones scored alike
 ROLLOUT_STREAM = 0x524F4C4C  # "ROLL": the rollouts' own stream under the run's seed
@@ -191,7 +191,7 @@ class Rollouts:
 
     def _slots(self) -> int:
         shards = 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
-        return -(-min(self.samples, 64) // shards) * shards
+        return GRPO(self.config).slots(shards)
 
 
 def pack_rollout(kept: Sequence[tuple], rows: int, seq_len: int) -> dict[str, np.ndarray]:

@@ -196,3 +196,41 @@ def test_one_update_from_fixed_rollouts_is_open_instructs_on_transformers(theirs
     scale = max(float(np.abs(g).max()) for g in grads.values())
     for name, grad in grads.items():  # 3.5e-7 of the largest at worst, when written
         np.testing.assert_allclose(ours[name], grad, atol=1e-4 * scale, err_msg=name)
+
+
+def test_plan_counts_what_a_rollout_allocates_and_the_reference():
+    """`plan`'s rollout term: the KV cache a rollout's engine holds (its arrays' bytes after generating, measured) and
+    the layers' sliced copy (the arrays decoding reads: counted as the whole model's, the embeddings it shares
+    included); the reference's copy where beta > 0, none at beta 0."""
+    from flax import nnx
+
+    from instructjax.model import decoding
+    from instructjax.model.decoder import Decoder
+    from instructjax.model.engine import Sampling, SlotEngine
+    from instructjax.model.presets import preset
+    from instructjax.train import memory as plan_memory
+    from instructjax.train.topology import local_topology
+
+    model = preset("tiny", dtype="float32", vocab_size=256, num_layers=2)
+    config = load_config(None, ["objective.loss=grpo", "objective.prompts_per_rollout=3", "objective.samples_per_prompt=2",
+                                "objective.response_length=40", "data.seq_len=64", "data.global_batch=6"])
+    decoder = Decoder(model, rngs=nnx.Rngs(0))
+    objective = objective_for(config)
+    sizes = {"data": 1, "fsdp": 1, "expert": 1, "tensor": 1}
+    param_bytes = sum(x.nbytes for x in jax.tree.leaves(nnx.state(decoder, nnx.Param)))
+    terms = objective.rollout_terms(model, sizes, 64, {"param_bytes": param_bytes})
+    engine = SlotEngine(decoder, slots=objective.slots(1))
+    engine.generate([[1, 5, 9, 11, 7, 3, 2, 4, 8, 6, 10, 12, 14, 13, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24]] * 6,
+                    Sampling(max_new_tokens=40, temperature=0.7), [2])
+    assert terms["cache"] == sum(x.nbytes for x in jax.tree.leaves(engine._cache))
+    assert model.scan_layers
+    sliced = nnx.to_pure_dict(nnx.state(decoding.unstacked(decoder), nnx.Param))["layers"]  # new arrays, a layer each
+    assert sum(x.nbytes for x in jax.tree.leaves(sliced)) <= terms["layers"] <= param_bytes  # embeddings: shared
+
+    shapes = [(6, 64)]
+    needed, _ = plan_memory.step_needed(model, config, sizes, shapes, local_topology())
+    no_kl = load_config(None, ["objective.loss=grpo", "objective.beta=0", "objective.prompts_per_rollout=3",
+                               "objective.samples_per_prompt=2", "data.seq_len=64", "data.global_batch=6"])
+    assert objective.reference_bytes({"trained_bytes": param_bytes}) == param_bytes
+    assert objective_for(no_kl).reference_bytes({"trained_bytes": param_bytes}) == 0
+    assert needed > plan_memory.step_needed(model, no_kl, sizes, shapes, local_topology())[0]

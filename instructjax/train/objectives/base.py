@@ -13,7 +13,8 @@ micro-batches, the trained partition and the update):
   the step's pairs, logged as their mean);
 - `reference`: what it compares with: `none`, `cached` (the batch carries the reference's log-prob of each target,
   `features`) or `live` (the step computes them from its fourth argument, the starting model, frozen);
-- its plan terms: `words()` (what `plan` prints of it) and `reference_bytes(memory)` (a live reference's copy).
+- its plan terms: `words()` (what `plan` prints of it), `reference_bytes(memory)` (a live reference's copy) and
+  `rollout_bytes(...)` (what generating a batch takes beside the state: grpo's).
 """
 
 from __future__ import annotations
@@ -65,6 +66,10 @@ class Objective:
     def words(self) -> str:
         """The objective in `plan`'s words ("" for SFT)."""
         return ""
+
+    def rollout_bytes(self, model, sizes: dict[str, int], seq_len: int, memory: dict[str, int]) -> int:
+        """A device's bytes for generating the step's batch beside the state (grpo's rollouts; 0 for a batch read)."""
+        return 0
 
     def reference_bytes(self, memory: dict[str, int]) -> int:
         """A device's bytes for the reference model beside the step's state (`train.memory`'s figures): a copy of

@@ -23,10 +23,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from instructjax.data.batches.packing import REFERENCE
+from instructjax.model import decoding
+from instructjax.model.engine import bucket
 from instructjax.train import loss
 from instructjax.train.objectives.base import Array, Objective
 
 ADVANTAGES = "advantages"  # the batch feature: each trained target's advantage [B, L] float32
+ROLLOUT_SLOTS = 64  # completions a rollout decodes at once, at most (a multiple of the data-parallel devices)
 
 
 def group_advantages(scores: np.ndarray, samples: int, normalization: str) -> np.ndarray:
@@ -105,6 +108,32 @@ class GRPO(Objective):
         zeros = jnp.zeros(self.num_sources)
         return {"loss_sum": loss_sum, "loss_weight": weights["tokens"], "trained_tokens": weights["tokens"],
                 **token_sums, "source_sums": zeros, "source_weights": zeros}
+
+    def slots(self, shards: int) -> int:
+        """The engine's slots for a rollout over `shards` data-parallel devices."""
+        samples = self.section.prompts_per_rollout * self.section.samples_per_prompt
+        return -(-min(samples, ROLLOUT_SLOTS) // shards) * shards
+
+    def reference_bytes(self, memory: dict[str, int]) -> int:
+        """The reference's parameters, held beside the policy whether its log-probs come in the step or with the
+        rollout (a LoRA's: its starting adapters)."""
+        return memory["trained_bytes"] if self.reference != "none" else 0
+
+    def rollout_terms(self, model, sizes: dict[str, int], seq_len: int, memory: dict[str, int]) -> dict[str, int]:
+        """A rollout's buffers a device, between two steps: `cache`, its share of the slots' KV cache (slots over
+        data x fsdp, kv heads over tensor, rows the engine's length bucket of `seq_len`); `layers`, the parameters
+        again where the layers are stacked (decoding reads them sliced into a list; the embeddings, shared, are
+        counted too: an estimate from above); `logits`, the slots' float32
+        logits and their draw."""
+        shards = sizes["data"] * sizes["fsdp"]
+        rows = self.slots(shards) // shards
+        tensor = sizes["tensor"] if model.num_kv_heads % sizes["tensor"] == 0 else 1
+        return {"cache": decoding.cache_bytes(model, rows, bucket(seq_len, 64)) // tensor,
+                "layers": memory["param_bytes"] if model.scan_layers else 0,
+                "logits": 2 * rows * model.vocab_size * 4}
+
+    def rollout_bytes(self, model, sizes: dict[str, int], seq_len: int, memory: dict[str, int]) -> int:
+        return sum(self.rollout_terms(model, sizes, seq_len, memory).values())
 
     def words(self) -> str:
         s = self.section
