@@ -153,7 +153,15 @@ def step_needed(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], 
 
 
 def out_of_memory(needed: int, memory: dict, acts: dict, topology: Topology) -> str:
-    """One line: what a step needs a device, what a device has, and the keys that change it."""
+    """One line: what a step (or a grpo run's rollout, where it is the larger) needs a device, what a device has, and
+    the keys that change it."""
+    held = memory["param_bytes"] + memory["opt_bytes"] + memory.get("reference_bytes", 0)
+    if memory.get("rollout_bytes") and held + memory["rollout_bytes"] >= needed:
+        return (f"out of memory: a rollout needs about {needed / GIB:.1f} GiB a device (its KV cache, the layers sliced "
+                f"for decoding and the slots' logits {_gib(memory['rollout_bytes'])} beside the parameters, AdamW "
+                f"state and reference {_gib(held)}), a device here has {topology.hbm_gib:.1f} GiB ({topology.name}); "
+                "lower objective.prompts_per_rollout x objective.samples_per_prompt (64 slots at most) or "
+                "data.seq_len (`instructjax plan --config ...` shows the figures)")
     return (f"out of memory: a step needs about {needed / GIB:.1f} GiB a device (parameters {_gib(memory['param_bytes'])}"
             f", AdamW state {_gib(memory['opt_bytes'])}, gradients {_gib(memory['grad_bytes'])}, their compute-dtype "
             f"copy {_gib(memory.get('copy_bytes', 0))}, activations "
