@@ -19,6 +19,7 @@ from instructjax import __version__
 from instructjax.convert.saved import model_config, open_model
 from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.encoding.templates import DEFAULT_TEMPLATE, jinja_template
+from instructjax.data.encoding.tokenizer import turn_end_ids
 from instructjax.eval import placement
 from instructjax.eval.interface import GREEDY, Sampling, TokenScores
 from instructjax.eval.score import score_ids
@@ -33,26 +34,6 @@ def generate_ids(model: Decoder, prompts: Sequence[Sequence[int]], sampling: Sam
     """New ids per prompt (the stop id that ended a row included), by continuous batching (model/engine.py) over
     `slots` slots; prompts must be non-empty."""
     return SlotEngine(model, slots=min(slots, bucket(len(prompts), 1))).generate(prompts, sampling, stop_ids)
-
-
-_REPLY = "\ue005"  # an assistant reply whose ending the chat template is asked for
-
-
-def turn_end_ids(hf_tokenizer) -> list[int]:
-    """EOS and the special token the chat template closes an assistant turn with (Qwen's `<|im_end|>`,
-    Llama-3's `<|eot_id|>`, Gemma's `<end_of_turn>`): a model trained on the template stops with it."""
-    ids = [hf_tokenizer.eos_token_id]
-    if not getattr(hf_tokenizer, "chat_template", None):
-        return ids
-    try:
-        text = hf_tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant",
-                                                 "content": _REPLY}], tokenize=False)
-    except Exception:  # noqa: BLE001  a template that refuses the probe: EOS alone
-        return ids
-    tail = text.split(_REPLY, 1)[-1].lstrip()
-    added = hf_tokenizer.get_added_vocab()
-    first = next((token for token in sorted(added, key=len, reverse=True) if tail.startswith(token)), None)
-    return ids + ([added[first]] if first is not None and added[first] not in ids else [])
 
 
 class Generator:

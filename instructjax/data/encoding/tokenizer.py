@@ -363,3 +363,23 @@ def materialize(files: dict[str, str], *, named: str | None = None) -> str:
         except OSError:
             shutil.rmtree(staging, ignore_errors=True)
     return directory
+
+
+_REPLY = "\ue005"  # an assistant reply whose ending the chat template is asked for
+
+
+def turn_end_ids(hf_tokenizer) -> list[int]:
+    """EOS and the special token the chat template closes an assistant turn with (Qwen's `<|im_end|>`,
+    Llama-3's `<|eot_id|>`, Gemma's `<end_of_turn>`): a model trained on the template stops with it."""
+    ids = [hf_tokenizer.eos_token_id]
+    if not getattr(hf_tokenizer, "chat_template", None):
+        return ids
+    try:
+        text = hf_tokenizer.apply_chat_template([{"role": "user", "content": "x"}, {"role": "assistant",
+                                                 "content": _REPLY}], tokenize=False)
+    except Exception:  # noqa: BLE001  a template that refuses the probe: EOS alone
+        return ids
+    tail = text.split(_REPLY, 1)[-1].lstrip()
+    added = hf_tokenizer.get_added_vocab()
+    first = next((token for token in sorted(added, key=len, reverse=True) if tail.startswith(token)), None)
+    return ids + ([added[first]] if first is not None and added[first] not in ids else [])
