@@ -79,6 +79,7 @@ class Rollouts:
         self.state = IteratorState(0, 0, 0)
         self.reference = None  # objective.reference: cached: the reference model's parameters (`use_reference`)
         self.stream = None  # no example stream (a data pipeline's: what Mosaic-IT records)
+        self.skipped: list[str] = []  # the rows the tasks' reads skipped, a line each (`report`)
         self.samples = s.prompts_per_rollout * s.samples_per_prompt
         longest = max(len(p.ids) for p in self.prompts)
         if longest + s.response_length > data.seq_len:
@@ -111,7 +112,7 @@ class Rollouts:
         return [f"grpo: {len(self.prompts)} verifiable prompts from {', '.join(self.task_names)}; a rollout: "
                 f"{s.prompts_per_rollout} prompts x {s.samples_per_prompt} samples, temperature {s.temperature:g}, up "
                 f"to {s.response_length} new tokens, packed into {self.config.data.global_batch} rows of "
-                f"{self.config.data.seq_len}"]
+                f"{self.config.data.seq_len}", *self.skipped]
 
     def use_reference(self, weights) -> None:
         """objective.reference: cached: the reference model's parameters, whose log-probs each rollout computes."""
@@ -192,6 +193,50 @@ class Rollouts:
     def _slots(self) -> int:
         shards = 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
         return GRPO(self.config).slots(shards)
+
+
+def open_rollouts(bound, process_index: int = 0, process_count: int = 1) -> Rollouts:
+    """A grpo run's rollouts over its bound mixture (`train.setup.BoundRun`): every verifiable task's prompts (an
+    epoch-mode mixture's counts: the first of each task's, as read), encoded by the run's chat template with its
+    generation prompt; verified by their rows' verifiers; stopped at EOS and the template's end of an assistant
+    turn."""
+    from instructjax.core.errors import BadRowPolicy
+    from instructjax.data.encoding.prompt import encode_prompts
+    from instructjax.data.encoding.tokenizer import turn_end_ids
+    from instructjax.data.tokenized.stream import read_conversations
+    from instructjax.data.verifiers import get_verifier
+
+    config, resolved, tokenizer = bound.config, bound.data.resolved, bound.tokenizer
+    mixture = resolved.mixture
+    if mixture is not None and not mixture.epoch_mode:
+        raise ConfigError(f"data.mixture={config.data.mixture} mixes by rates: a grpo run reads its tasks' prompts "
+                          "whole (a mixture of counts: `null` for all of a task)")
+    counts = dict(mixture.counts) if mixture is not None else {}
+    prompts, reports = [], []
+    for index, (task, spec) in enumerate(zip(resolved.tasks, resolved.specs, strict=True)):
+        policy = BadRowPolicy(spec.on_bad_row)
+        convs = list(read_conversations(spec, policy))
+        convs = convs[: counts.get(task) or len(convs)]
+        template = spec.template or config.template
+        for conv, encoded in zip(convs, encode_prompts(convs, template, tokenizer), strict=True):
+            prompts.append(Prompt(tuple(int(i) for i in encoded.tokens), conv.meta["ground_truth"],
+                                  conv.meta["verifier"], index, conv.id))
+        reports += [f"{bound.data.sources[index]}: {line}" for line in policy.summary()]
+    verifiers = {name: get_verifier(name) for name in {p.verifier for p in prompts}}
+    stop_ids = sorted(set(turn_end_ids(tokenizer.to_hf(_chat_template(tokenizer, config.template)))) - {None})
+    rollouts = Rollouts(config, prompts, bound.data.sources,
+                        decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=False),
+                        score=lambda name, text, truth: float(verifiers[name](text, truth)), stop_ids=stop_ids,
+                        process_index=process_index, process_count=process_count)
+    rollouts.skipped = reports
+    return rollouts
+
+
+def _chat_template(tokenizer, template: str | None) -> str | None:
+    """The Jinja chat template the run's `template` renders with (the tokenizer's own for `model`)."""
+    from instructjax.data.encoding.templates import jinja_template
+
+    return jinja_template(template, bos=tokenizer.adds_bos, own=tokenizer.chat_template) if template else None
 
 
 def pack_rollout(kept: Sequence[tuple], rows: int, seq_len: int) -> dict[str, np.ndarray]:

@@ -241,10 +241,23 @@ def checked_mixture(config: RunConfig, registry):
 
 def check_objective(config: RunConfig, resolved) -> None:
     """One ConfigError line where the objective and the mixture's tasks disagree: a preference loss trains on pairs
-    alone (every task a `preference` source's), SFT on no pair (SFT on a pair would train its rejected answer)."""
+    alone (every task a `preference` source's), SFT on no pair (SFT on a pair would train its rejected answer), grpo
+    on verifiable prompts alone, and nothing else on them (a prompt has no answer to train)."""
     tasks = list(zip(resolved.tasks, resolved.specs, strict=True))
-    pairs = [t for t, s in tasks if s is not None and s.preference]
     loss = config.objective.loss
+    prompts = [t for t, s in tasks if s is not None and s.verifiable]
+    if config.objective.rollouts and len(prompts) < len(tasks):
+        other = next(t for t, s in tasks if s is None or not s.verifiable)
+        raise ConfigError(f"objective.loss={loss} rolls out verifiable prompts, but data.mixture={config.data.mixture} "
+                          + ("has no verifiable task" if not prompts else f"holds {other!r}, which is not one")
+                          + " (a task of the `verifiable` source)")
+    if not config.objective.rollouts and prompts:
+        raise ConfigError(f"task {prompts[0]!r} of data.mixture={config.data.mixture} holds verifiable prompts (no "
+                          f"answer to train on): set objective.loss=grpo")
+    if config.objective.rollouts and config.data.pack == "per_step":
+        raise ConfigError("data.pack: per_step plans a run's steps from its examples; a grpo run packs each rollout "
+                          "into data.global_batch rows of data.seq_len: leave data.pack out")
+    pairs = [t for t, s in tasks if s is not None and s.preference]
     if config.objective.preference and len(pairs) < len(tasks):
         other = next(t for t, s in tasks if s is None or not s.preference)
         raise ConfigError(f"objective.loss={loss} trains on preference pairs, but data.mixture={config.data.mixture} "

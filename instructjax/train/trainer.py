@@ -52,7 +52,7 @@ from instructjax.train.preemption import PreemptionWatch
 from instructjax.train.reference import prepare, start_base, starting_params
 from instructjax.train.resolution import PIPELINE, resolve
 from instructjax.train.resume import read_resume, restore, save_step
-from instructjax.train.rollout import reference_logps
+from instructjax.train.rollout import open_rollouts, reference_logps
 from instructjax.train.step import build_step
 
 
@@ -103,6 +103,8 @@ class Trainer:
         if resume:
             self.resume_from, saved_config, bound = read_resume(self.run_dir, config, bound,
                                                                 accept_changes=accept_changes)
+        if config.objective.rollouts and pipeline is None:  # grpo: each step's batch a rollout of its prompts
+            pipeline = open_rollouts(bound, jax.process_index(), jax.process_count())
         run = self.resolved = run_setup.resolve_run(bound, devices=len(devices), hosts=jax.process_count(),
                                                     process_index=jax.process_index(), pipeline=pipeline,
                                                     saved_mesh=(saved_config or {}).get("mesh"))
