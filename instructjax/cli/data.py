@@ -305,7 +305,10 @@ def run_preview(args) -> int:
         print(f"=== {example_id} ({conv.source}) {len(tokens)} tokens, {int(mask.sum())} trained ===")
         if conv.meta.get("mosaic"):
             print(f"mosaic: {json.dumps(conv.meta['mosaic'], ensure_ascii=False)}")
-        if not mask.any():
+        if conv.prompt_only:  # a verifiable prompt: its ids ask for the answer, which a verifier scores
+            print(f"(a prompt: verifier {conv.meta.get('verifier')!r}, ground truth "
+                  f"{json.dumps(conv.meta.get('ground_truth'), ensure_ascii=False)})")
+        elif not mask.any():
             print(f"(no trained token within the first {len(tokens)} tokens: this example is kept out of training)")
         print(highlight(tokenizer, tokens, mask, color))
     return 0

@@ -129,6 +129,9 @@ def test_data_stats_says_a_verifiable_task_holds_prompts(capsys):
     assert task["mean_completion_tokens"] == 0.0 and task["rows"]["untrainable"] == 0
     code = main(["data", "stats", "verifiable_builtin"])
     assert code == 0 and "500 prompt(s) (verifiable" in capsys.readouterr().out
+    code = main(["data", "preview", "verifiable_builtin", "-n", "1"])
+    out = capsys.readouterr().out
+    assert code == 0 and "(a prompt: verifier 'gsm8k', ground truth \"" in out and "kept out of training" not in out
 
 
 def test_a_mixture_of_two_verifiable_tasks_through_seqio(tmp_path):
