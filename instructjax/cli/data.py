@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import json
 import sys
+from collections import Counter
 from dataclasses import asdict, dataclass
 from functools import partial
 from typing import TYPE_CHECKING
@@ -86,7 +87,7 @@ def command_target(args) -> Target:
     that run: its model's tokenizer, its chat template and its row length (`instructjax.data.binding`)."""
     from instructjax.data.binding import bind, specs_of
     from instructjax.data.blends import specs
-    from instructjax.data.sources.registry import SOURCES
+    from instructjax.data.sources.registry import ALL_SOURCES
     from instructjax.train import setup as run_setup
 
     overrides = list(getattr(args, "overrides", []))
@@ -104,7 +105,7 @@ def command_target(args) -> Target:
         raise ConfigError("name a task or mixture, or pass --config FILE")
     changes = {}
     if args.data_files:
-        if name not in SOURCES:
+        if name not in ALL_SOURCES:
             raise ConfigError(f"--data-files needs a source name, got {name!r}")
         changes["data_files"] = tuple(args.data_files)
     if args.template:
@@ -153,9 +154,12 @@ def task_stats(task: str, count: int | None = None, seed: int | None = None) -> 
     seed = seed if count is not None else None
     examples = examples_lib.encoded_examples(task, count, seed)
     rounds, prompt, completion, ids = [], [], [], []
+    verifiers: Counter = Counter()  # a verifiable task's prompts per verifier
     for ex in examples:
         conv = Conversation.from_json(ex["conversation"])
         ids.append(conv.id)
+        if spec.verifiable:
+            verifiers[conv.meta.get("verifier")] += 1
         rounds.append(conv.rounds)
         for m in conv.messages:
             if m["role"] != "system":  # Table 1 counts user prompts and assistant completions per round
@@ -174,8 +178,9 @@ def task_stats(task: str, count: int | None = None, seed: int | None = None) -> 
         "source": spec.source,
         "tokenizer": tokenizer.words.removeprefix("tokenizer "),
         "instances": len(examples),
-        "unit": "pairs" if spec.preference else "examples",
+        "unit": "pairs" if spec.preference else "prompts" if spec.verifiable else "examples",
         "subset_sha256": subset_sha256(ids),
+        **({"verifiers": dict(verifiers)} if spec.verifiable else {}),
         "mean_rounds": float(np.mean(rounds)) if rounds else 0.0,
         "mean_prompt_tokens": float(np.mean(prompt)) if prompt else 0.0,
         "mean_completion_tokens": float(np.mean(completion)) if completion else 0.0,
@@ -221,8 +226,9 @@ def run_stats(args) -> int:
             f" {r['mean_completion_tokens']:>7.1f} {r['trained_tokens']:>12,}   |        {ref}{mark}"
         )
         kept = r["rows"]
-        print(f"  rows: read {kept['read']:,}, kept {kept['kept']:,} " + ("pair(s)" if r["unit"] == "pairs" else
-                                                                        "example(s)"))
+        unit = {"pairs": "pair(s)", "prompts": "prompt(s) (verifiable: no token trained, rewarded by a verifier: "
+                 + ", ".join(f"{v} {n:,}" for v, n in sorted(r.get("verifiers", {}).items())) + ")"}
+        print(f"  rows: read {kept['read']:,}, kept {kept['kept']:,} " + unit.get(r["unit"], "example(s)"))
         for note in r["notes"]:
             print(f"  note: {note}")
     if any(r["paper"] and r["paper"]["table"] != "Tulu Table 1" for r in rows):
@@ -299,7 +305,10 @@ def run_preview(args) -> int:
         print(f"=== {example_id} ({conv.source}) {len(tokens)} tokens, {int(mask.sum())} trained ===")
         if conv.meta.get("mosaic"):
             print(f"mosaic: {json.dumps(conv.meta['mosaic'], ensure_ascii=False)}")
-        if not mask.any():
+        if conv.prompt_only:  # a verifiable prompt: its ids ask for the answer, which a verifier scores
+            print(f"(a prompt: verifier {conv.meta.get('verifier')!r}, ground truth "
+                  f"{json.dumps(conv.meta.get('ground_truth'), ensure_ascii=False)})")
+        elif not mask.any():
             print(f"(no trained token within the first {len(tokens)} tokens: this example is kept out of training)")
         print(highlight(tokenizer, tokens, mask, color))
     return 0

@@ -16,7 +16,8 @@ class Conversation:
     """One training conversation.
 
     `messages` alternates user/assistant after an optional leading system turn and ends with an
-    assistant turn; `source` is the task name; `id` is stable (dataset name + row index, or the
+    assistant turn (a prompt, `meta["prompt_turns"]` equal to its length, ends with a user turn: a verifiable
+    prompt, `sources.verifiable`); `source` is the task name; `id` is stable (dataset name + row index, or the
     dataset's own id); `meta` carries what selection or analysis needs (e.g. a quality score).
     """
 
@@ -25,8 +26,18 @@ class Conversation:
     id: str
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def validate(self, *, file: str | None = None, row: int | str | None = None) -> Conversation:
-        """Check the contract; raise a `DataError` naming file, row and problem. Returns self."""
+    @property
+    def prompt_only(self) -> bool:
+        """Whether every message is the prompt (`meta["prompt_turns"]` is their count): a verifiable prompt, which
+        asks for the next assistant turn and ends on a user turn."""
+        k = self.meta.get("prompt_turns")
+        return isinstance(k, int) and not isinstance(k, bool) and k == len(self.messages) > 0
+
+    def validate(self, *, file: str | None = None, row: int | str | None = None,
+                 prompt_only: bool | None = None) -> Conversation:
+        """Check the contract; raise a `DataError` naming file, row and problem. Returns self. `prompt_only` (None:
+        `self.prompt_only`): the conversation is a prompt, which ends on a user turn instead."""
+        prompt_only = self.prompt_only if prompt_only is None else prompt_only
         where = dict(file=file, row=row if row is not None else self.id, source=self.source)
         if not self.messages:
             raise DataError("conversation has no messages", reason="empty_conversation", **where)
@@ -54,7 +65,9 @@ class Conversation:
                     reason="role_order",
                     **where,
                 )
-        if turns[-1]["role"] != "assistant":
+        if prompt_only and turns[-1]["role"] != "user":
+            raise DataError("a prompt ends on an assistant turn, not a user turn", reason="role_order", **where)
+        if not prompt_only and turns[-1]["role"] != "assistant":
             raise DataError("conversation ends on a user turn", reason="ends_on_user", **where)
         for i, m in enumerate(turns):
             if m["role"] == "assistant" and not m["content"].strip():

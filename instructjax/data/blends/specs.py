@@ -20,7 +20,7 @@ from instructjax.core.coerce import build_section
 from instructjax.core.context import Context, current
 from instructjax.core.errors import ConfigError
 from instructjax.data.blends import papers
-from instructjax.data.sources.registry import PREFERENCE_SOURCES, SOURCES
+from instructjax.data.sources.registry import ALL_SOURCES, PREFERENCE_SOURCES, SOURCES, VERIFIABLE_SOURCES
 from instructjax.data.sources.synthetic import BUILTIN, BUILTIN_SUFFIX  # noqa: F401  (names of the built-in tasks)
 
 
@@ -69,8 +69,8 @@ class TaskSpec:
     system_turn: str = "keep"  # keep, merge or drop the system turn before the template (core/config.py)
 
     def __post_init__(self):
-        if self.source not in SOURCES and self.source not in PREFERENCE_SOURCES:
-            known = ", ".join(sorted([*SOURCES, *PREFERENCE_SOURCES]))
+        if self.source not in ALL_SOURCES:
+            known = ", ".join(sorted(ALL_SOURCES))
             raise ConfigError(f"unknown source {self.source!r} (known: {known})")
 
     @property
@@ -78,6 +78,12 @@ class TaskSpec:
         """Whether the task's examples are preference pairs (a `PREFERENCE_SOURCES` source): each example is a
         chosen and a rejected completion of one prompt, trained by a preference loss (`objective:`)."""
         return self.source in PREFERENCE_SOURCES
+
+    @property
+    def verifiable(self) -> bool:
+        """Whether the task's examples are verifiable prompts (a `VERIFIABLE_SOURCES` source): each example is a
+        prompt's tokens (no trained token) and its meta a `ground_truth` for a verifier, rewarded by RL (`objective:`)."""
+        return self.source in VERIFIABLE_SOURCES
 
 
 @dataclass(frozen=True)
@@ -139,7 +145,7 @@ class Registry:
             return self.parent.lookup_task(name)
         if name not in self.tasks:
             source = name.removesuffix(BUILTIN_SUFFIX)
-            if source in SOURCES or source in PREFERENCE_SOURCES:
+            if source in ALL_SOURCES:
                 self.tasks[name] = TaskSpec(source=source, data_files=(BUILTIN,) if name != source else None)
         return self.tasks.get(name)
 

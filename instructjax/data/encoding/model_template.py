@@ -235,3 +235,18 @@ def render_model(conv: Conversation, tokenizer: Tokenizer) -> Rendered:
     else:
         trained = _turn_spans(messages, text, contents, specials, tokenizer, where)
     return Rendered(text, trained, specials, adds_bos=False)
+
+
+def render_model_prompt(conv: Conversation, tokenizer: Tokenizer) -> Rendered:
+    """A prompt (messages ending on a user turn) rendered by the tokenizer's own chat template with
+    `add_generation_prompt=True`: its text, its special tokens, no trained span."""
+    where = f"prompt {conv.id!r}"
+    messages = [{"role": m["role"], "content": m["content"]} for m in conv.messages]
+    text, _ = render_text(messages, tokenizer, add_generation_prompt=True, where=where)
+    structure, _ = render_text([{**m, "content": PLACEHOLDER.format(i)} for i, m in enumerate(messages)], tokenizer,
+                               add_generation_prompt=True, where=where)
+    contents = _content_spans(text, structure, [m["content"] for m in messages])
+    if contents is None:
+        raise DataError(f"template 'model': {where}: the rendered text cannot be aligned with its messages (the "
+                        "template changes a message beyond trimming it)", reason="template")
+    return Rendered(text, [], _specials(text, contents, tokenizer), adds_bos=False)

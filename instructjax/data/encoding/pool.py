@@ -47,6 +47,7 @@ from instructjax.core.context import current
 from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.encoding.encode import Encoded, Segments, count_tokens, encode_conversations
 from instructjax.data.encoding.preference import encode_completions
+from instructjax.data.encoding.prompt import encode_prompts
 from instructjax.data.encoding.templates import get_template
 from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.schema import Conversation
@@ -71,6 +72,7 @@ class Job:
     system_turn: str = "keep"  # keep, merge or drop a system turn first (`Conversation.with_system_turn`)
     on_bad_row: str = "error"  # "skip": a conversation the template refuses is counted, not raised
     completion_only: bool = False  # a preference side: the mask on its completion alone (`encoding.preference`)
+    prompt_only: bool = False  # a verifiable prompt: its generation prompt's ids, nothing trained (`encoding.prompt`)
 
     def portable(self) -> bool:
         """Whether a fresh process knows the template (a built-in one; one registered at run time may not be)."""
@@ -102,8 +104,9 @@ def encode_rows(job: Job, convs: list[Conversation]) -> list[Result]:
     `on_bad_row: skip` a conversation the chat template refuses is a `Result` with no examples, skipped for it."""
     tokenizer = Tokenizer.load(job.tokenizer)
     convs = [c.with_system_turn(job.system_turn) for c in convs]
-    segments = Segments(tokenizer) if job.split_long and not job.completion_only else None  # a memo for the blocks
-    encode = encode_completions if job.completion_only else encode_conversations
+    whole = not (job.completion_only or job.prompt_only)  # a conversation trained whole (which may split)
+    segments = Segments(tokenizer) if job.split_long and whole else None  # a memo for the blocks
+    encode = encode_completions if job.completion_only else encode_prompts if job.prompt_only else encode_conversations
     try:
         encoded = encode(convs, job.template, tokenizer, job.max_length, segments)
     except DataError as e:

@@ -50,10 +50,10 @@ def register_task(name: str, spec: TaskSpec, *, overwrite: bool = True,
 
 
 def register_builtin_tasks() -> None:
-    """Every source as `NAME` (hub) and `NAME_builtin` (synthetic rows shipped with the package), in seqio's
-    registry; a name seqio already knows is left as it is (so a second call registers nothing)."""
+    """Every SFT and verifiable source as `NAME` (hub) and `NAME_builtin` (synthetic rows shipped with the package),
+    and the built-in-only sets as `NAME_builtin`, in seqio's registry; a name seqio already knows is left as it is (so a second call registers nothing)."""
     known = seqio.TaskRegistry.names()
-    for source in registry.SOURCES:
-        for name in (source, source + BUILTIN_SUFFIX):
-            if name not in known:
-                register_task(name, specs.task(name), overwrite=False)
+    names = [(s, s + BUILTIN_SUFFIX) for s in [*registry.SOURCES, *registry.VERIFIABLE_SOURCES]]
+    for name in [n for pair in names for n in pair] + [s + BUILTIN_SUFFIX for s in registry.BUILTIN_SOURCES]:
+        if name not in known:
+            register_task(name, specs.task(name), overwrite=False)

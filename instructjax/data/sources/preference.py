@@ -42,7 +42,7 @@ PAIR_META = ("score_chosen", "score_rejected", "prompt_id", "dataset", "source")
 Turns = list[dict[str, str]]
 
 
-def _turns(value: Any, key: str) -> Turns:
+def checked_turns(value: Any, key: str) -> Turns:
     """`value` checked to be a list of {role, content} objects of strings; a DataError naming `key`[k] otherwise."""
     if value is None:
         raise DataError(f"missing field {key!r} (absent or null)", reason="missing_field")
@@ -64,7 +64,7 @@ def _turns(value: Any, key: str) -> Turns:
 
 def _row_prompt(row: dict) -> Turns | str | None:
     value = row.get("prompt")
-    return value if value is None or isinstance(value, str) else _turns(value, "prompt")
+    return value if value is None or isinstance(value, str) else checked_turns(value, "prompt")
 
 
 def _same(a: Turns, b: Turns) -> int | None:
@@ -81,7 +81,7 @@ def _mismatch(what: str, k: int) -> DataError:
 
 def split_side(row: dict, side: str) -> tuple[Turns, Turns, bool]:
     """(prompt, completion, whether the side held the whole conversation) of one side of a row."""
-    turns = _turns(row.get(side), side)
+    turns = checked_turns(row.get(side), side)
     prompt = _row_prompt(row)
     if not turns or turns[0]["role"] == "assistant":  # the completion alone: the prompt is the row's
         if prompt is None:

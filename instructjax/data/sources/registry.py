@@ -1,5 +1,6 @@
 """The registry of sources: dataset name -> hub id, native columns and adapter (`Source`): the SFT datasets
-(`SOURCES`) and the preference ones (`PREFERENCE_SOURCES`), looked up by name (`get_source`). Loading one is `load`."""
+(`SOURCES`), the preference ones (`PREFERENCE_SOURCES`), the verifiable-prompt ones (`VERIFIABLE_SOURCES`) and the
+SFT sets that are built-in rows only (`BUILTIN_SOURCES`), looked up by name (`get_source`). Loading one is `load`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from instructjax.core.errors import ConfigError
-from instructjax.data.sources import adapters, chat_logs, dialogues, messages, preference, sharegpt
+from instructjax.data.sources import (
+    adapters,
+    chat_logs,
+    dialogues,
+    messages,
+    preference,
+    sharegpt,
+    verifiable,
+)
 
 
 @dataclass(frozen=True)
@@ -95,11 +104,27 @@ PREFERENCE_SOURCES: dict[str, Source] = {s.name: s for s in [
 ]}
 
 
+# Verifiable prompts (RLVR: GRPO), apart from SOURCES as the preference pairs are: a prompt and its `ground_truth`
+# for a verifier (`sources.verifiable`), no answer to train on. `verifiable`: allenai/RLVR-GSM from the hub; through
+# data_files, your own rows in the same schema (RLVR-MATH's, RLVR-IFeval's: set `dataset` per row).
+VERIFIABLE_SOURCES: dict[str, Source] = {s.name: s for s in [
+    Source("verifiable", "Verifiable prompts (RLVR-GSM)", "allenai/RLVR-GSM", ("messages", "ground_truth", "dataset"),
+           verifiable.verifiable, options={"remap_verifier": None}),
+]}
+
+# SFT sets that exist as built-in rows only (`NAME_builtin`; not one of `all_builtin`'s): `arithmetic`, chats that
+# answer the built-in verifiable prompts' kind of question (a toy model SFT'd on them, then RL'd on those prompts).
+BUILTIN_SOURCES: dict[str, Source] = {s.name: s for s in [
+    Source("arithmetic", "Arithmetic chats (built-in rows)", None, ("messages",), messages.messages),
+]}
+ALL_SOURCES: dict[str, Source] = {**SOURCES, **PREFERENCE_SOURCES, **VERIFIABLE_SOURCES, **BUILTIN_SOURCES}
+
+
 def get_source(name: str) -> Source:
-    """The registered source called `name` (an SFT dataset or a preference one); ConfigError listing the known names
-    otherwise."""
-    found = SOURCES.get(name) or PREFERENCE_SOURCES.get(name)
+    """The registered source called `name` (an SFT dataset, a preference one, a verifiable one or a built-in set);
+    ConfigError listing the known names otherwise."""
+    found = ALL_SOURCES.get(name)
     if found is None:
-        raise ConfigError(f"unknown source {name!r}; known: {', '.join(sorted([*SOURCES, *PREFERENCE_SOURCES]))}")
+        raise ConfigError(f"unknown source {name!r}; known: {', '.join(sorted(ALL_SOURCES))}")
     return found
 

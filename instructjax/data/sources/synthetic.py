@@ -63,6 +63,8 @@ OTHER_STATS: dict[str, LengthStats] = {
     # UltraFeedback binarized's train_prefs: 61,135 pairs (our estimate of its lengths)
     "preference": LengthStats(61_135, 1.0, 160.0, 300.0),
 }
+# The built-in arithmetic sets (`arithmetic_questions`): exact row counts, not a published dataset's
+ARITHMETIC_ROWS = {"verifiable": 500, "arithmetic": 800}
 LENGTH_STATS = {**TULU_TABLE1, **OTHER_STATS}
 
 _PROSE = """the a an of to and in is it that for on with as by at from this be are was or not can will
@@ -129,7 +131,10 @@ def _rescale(lengths: np.ndarray, mean: float) -> np.ndarray:
 
 
 def default_rows(name: str) -> int:
-    """Table 1's instance count scaled down 250x, clipped to 200..800 (oasst1: 200 trees)."""
+    """Table 1's instance count scaled down 250x, clipped to 200..800 (oasst1: 200 trees; the arithmetic sets
+    their own)."""
+    if name in ARITHMETIC_ROWS:
+        return ARITHMETIC_ROWS[name]
     return min(800, max(200, LENGTH_STATS[name].instances // 250)) if name != "oasst1" else 200
 
 
@@ -311,6 +316,48 @@ def _oasst1_rows(name, rng, n, stats):
         yield from message(None, "prompter", None, 1)
 
 
+def arithmetic_questions(rng, n: int, exclude: frozenset = frozenset()) -> list[tuple[str, int]]:
+    """`n` distinct arithmetic questions ("17 + 25", answer 42) not in `exclude`: one- and two-digit additions and
+    subtractions (never below 0), and multiplications of numbers up to 12 (one in five)."""
+    out: dict[str, int] = {}
+    while len(out) < n:
+        if rng.random() < 0.2:
+            a, b = (int(x) for x in rng.integers(2, 13, 2))
+            question, answer = f"{a} * {b}", a * b
+        else:
+            a, b = (int(x) for x in rng.integers(1, 100, 2))
+            if rng.random() < 0.5:
+                question, answer = f"{a} + {b}", a + b
+            else:
+                a, b = max(a, b), min(a, b)
+                question, answer = f"{a} - {b}", a - b
+        if question not in exclude:
+            out.setdefault(question, answer)
+    return list(out.items())
+
+
+ARITHMETIC_PROMPT = "What is {question}? Give the answer as a number."
+
+
+def _verifiable_rows(name, rng, n, stats):
+    """RLVR-GSM's schema: arithmetic prompts, their answers as ground truth, verified as GSM8K's (`gsm8k`)."""
+    for i, (question, answer) in enumerate(arithmetic_questions(rng, n)):
+        yield {"id": f"synthetic-{i:06x}-verifiable",
+               "messages": [{"role": "user", "content": ARITHMETIC_PROMPT.format(question=question)}],
+               "ground_truth": str(answer), "dataset": "gsm8k"}
+
+
+def _arithmetic_rows(name, rng, n, stats):
+    """Chats (`messages`) answering the built-in verifiable prompts' kind of question ("17 + 25 = 42. The answer is
+    42."), none of those prompts' questions (seed 0's) among them."""
+    seen = frozenset(q for q, _ in arithmetic_questions(
+        np.random.default_rng([0, sum(b"verifiable")]), ARITHMETIC_ROWS["verifiable"]))
+    for i, (question, answer) in enumerate(arithmetic_questions(rng, n, seen)):
+        yield {"id": f"synthetic-{i:06x}-arithmetic",
+               "messages": [{"role": "user", "content": ARITHMETIC_PROMPT.format(question=question)},
+                            {"role": "assistant", "content": f"{question} = {answer}. The answer is {answer}."}]}
+
+
 _GENERATORS = {
     "superni": _superni_rows,
     "cot": _inputs_targets_rows,
@@ -333,6 +380,8 @@ _GENERATORS = {
     "lmsys_chat": _lmsys_rows,
     "magpie": _magpie_rows,
     "preference": _preference_rows,
+    "verifiable": _verifiable_rows,
+    "arithmetic": _arithmetic_rows,
 }
 
 
@@ -345,7 +394,7 @@ def synthetic_rows(name: str, n_rows: int | None = None, seed: int = 0) -> list[
         raise ConfigError(f"n_rows must be >= 1, got {n}")
     name_key = sum(name.encode())  # a per-dataset stream, stable across Python runs
     rng = np.random.default_rng([seed, name_key])
-    rows = list(_GENERATORS[name](name, rng, n, LENGTH_STATS[name]))
+    rows = list(_GENERATORS[name](name, rng, n, LENGTH_STATS.get(name)))
     for row in rows:
         row["synthetic"] = True
     return rows

@@ -31,6 +31,9 @@ from instructjax.data.sources.rows import PipelineStats
 DEFAULT_MAX_LENGTH = 2048  # outside a run; a run truncates at its data.seq_len
 
 
+PROMPT_TOO_LONG = "prompt_over_max_length"  # a verifiable prompt longer than the row: skipped, counted
+
+
 @dataclass
 class TaskReport:
     """What happened to the rows of one task: nothing is dropped without being counted here.
@@ -163,7 +166,7 @@ def job_of(spec: TaskSpec) -> Job:
     """How the task's conversations are encoded."""
     return Job(spec.template or DEFAULT_TEMPLATE, Tokenizer.load(spec.tokenizer).path,
                spec.max_length or DEFAULT_MAX_LENGTH, registry.get_source(spec.source).split_long, spec.system_turn,
-               spec.on_bad_row, completion_only=spec.preference)
+               spec.on_bad_row, completion_only=spec.preference, prompt_only=spec.verifiable)
 
 
 class TaskStream:
@@ -184,6 +187,7 @@ class TaskStream:
         self.total: list[int] = []  # the rows the read will visit (for progress)
         self.counted = PipelineStats()
         self.preference = spec.preference  # pairs: a chosen side's example waits here for its rejected side
+        self.prompts = spec.verifiable  # verifiable prompts: no token is trained, a prompt over max_length is left out
         self._chosen: Example | str | None = None  # (a string: the reason the chosen side was skipped)
         self._results = results if results is not None else Encoder(
             job_of(spec), conversation_items(name, spec, seed, self.total, stats=self.counted), stats=self.counted)
@@ -233,8 +237,11 @@ class TaskStream:
         self.report.split += split
         for piece in pieces:
             self.report.rows += 1
+            if self.prompts and piece.truncated:  # cut, it would ask for the wrong thing
+                self.refused[PROMPT_TOO_LONG] += 1
+                continue
             self.report.truncated += int(piece.truncated)
-            if piece.n_trained == 0:
+            if piece.n_trained == 0 and not self.prompts:
                 self.report.empty_after_truncation += 1
                 continue
             self.examples.append({"tokens": piece.tokens, "loss_mask": piece.loss_mask,

@@ -1,0 +1,70 @@
+"""Verifiers: a verifiable prompt's reward, `(prediction, ground_truth) -> score in [0, 1]`, by name (a row's
+`dataset`, lower-cased). The built-in ones are open-instruct's (`ground_truth_utils`, pinned in
+tests/assets/open_instruct), with their semantics: `gsm8k`, `math`, `strict_math`, `ifeval_old` (Tulu 3's
+RLVR-IFeval rows: a JSON `func_name` and its arguments), `string_matcher`, `string_f1`, `puzzle`, `flan`.
+A user's own is a registered function (`@register_verifier("name")` in a module the config imports).
+`ifeval` (IFEvalG's instruction registry, OLMo 3's rows) is not ported: naming it is a ConfigError that says so.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from instructjax.core.context import current
+from instructjax.core.errors import ConfigError
+from instructjax.data.verifiers import builtin
+
+Verifier = Callable[[str, str], float]
+_TABLE = "data.verifiers"
+NOT_PORTED = {"ifeval": "open-instruct's IFEvalG instruction registry is not ported (Tulu 3's RLVR-IFeval rows "
+                        "are `ifeval_old`'s format: name that verifier)"}
+
+
+def register_verifier(name: str) -> Callable[[Verifier], Verifier]:
+    """Decorator: register `fn(prediction, ground_truth) -> float` as verifier `name` (lower-cased, as open-instruct
+    looks a row's `dataset` up), in the current context (`core.context`: a module a config imports registers for
+    the process). A name already registered is a ConfigError."""
+    key = name.lower()
+
+    def add(fn: Verifier) -> Verifier:
+        if not callable(fn):
+            raise ConfigError(f"verifier {name!r}: {fn!r} is not a function")
+        if key in builtin.VERIFIERS or _registered(key) is not None:
+            raise ConfigError(f"verifier {name!r} is already registered")
+        current().tables(_TABLE)[0][key] = fn
+        return fn
+
+    return add
+
+
+def _registered(name: str) -> Verifier | None:
+    return next((t[name] for t in current().tables(_TABLE) if name in t), None)
+
+
+def verifier_names() -> list[str]:
+    """Every registered verifier's name (the built-in ones and yours)."""
+    return sorted({*builtin.VERIFIERS, *(n for table in current().tables(_TABLE) for n in table)})
+
+
+def known_verifier(name: str) -> bool:
+    """Whether `name` (any case) names a registered verifier."""
+    key = name.lower()
+    return key in builtin.VERIFIERS or _registered(key) is not None
+
+
+def get_verifier(name: str) -> Verifier:
+    """The verifier registered as `name` (any case); one ConfigError line listing the known ones otherwise."""
+    key = name.lower()
+    found = builtin.VERIFIERS.get(key) or _registered(key)
+    if found is None:
+        why = f" ({NOT_PORTED[key]})" if key in NOT_PORTED else ""
+        raise ConfigError(f"unknown verifier {name!r}{why}; known: {', '.join(verifier_names())}")
+    return found
+
+
+def verify(name: str, prediction: str, ground_truth: str) -> float:
+    """The score in [0, 1] verifier `name` gives `prediction` against `ground_truth`."""
+    return float(get_verifier(name)(prediction, ground_truth))
+
+
+__all__ = ["Verifier", "get_verifier", "known_verifier", "register_verifier", "verifier_names", "verify"]
