@@ -35,7 +35,7 @@ from instructjax.core.errors import ConfigError
 from instructjax.core.shipped import config_file
 from instructjax.core.user_modules import import_modules
 
-SCHEDULES = ("linear", "cosine")
+SCHEDULES = ("linear", "cosine", "constant")
 LOSS_REDUCTIONS = ("mean", "sum")
 OBJECTIVES = ("sft", "dpo", "dpo_norm", "simpo", "orpo", "grpo")  # objective.loss (train/objectives/)
 PAIR_LOSSES = ("dpo", "dpo_norm", "simpo", "orpo")  # the losses on preference pairs
@@ -163,7 +163,7 @@ class OptimSection:
 
     lr: float = 2e-5
     warmup_ratio: float = 0.03
-    schedule: str = "linear"  # decay after warmup: "linear" (seeds 000/002/004) or "cosine" (seed 003)
+    schedule: str = "linear"  # after warmup: "linear" decay (seeds 000/002/004), "cosine" (seed 003), "constant" (grpo)
     weight_decay: float = 0.0
     b1: float = 0.9
     b2: float = 0.999

@@ -32,15 +32,21 @@ def warmup_linear_decay(peak_lr: float, total_steps: int, warmup_ratio: float = 
 
 
 def lr_schedule(peak_lr: float, total_steps: int, warmup_ratio: float = 0.03, schedule: str = "linear") -> optax.Schedule:
-    """Warmup over ceil(ratio * total) steps, then "linear" decay to 0 (seeds 000, 002, 004) or "cosine"
-    decay to 0 (seed 003; HF `get_cosine_schedule_with_warmup`)."""
+    """Warmup over ceil(ratio * total) steps, then "linear" decay to 0 (seeds 000, 002, 004), "cosine" decay to 0
+    (seed 003; HF `get_cosine_schedule_with_warmup`) or "constant" (open-instruct's GRPO recipes; HF
+    `get_constant_schedule_with_warmup`)."""
     if schedule == "linear":
         return warmup_linear_decay(peak_lr, total_steps, warmup_ratio)
-    if schedule != "cosine":
-        raise ConfigError(f"optim.schedule must be 'linear' or 'cosine', got {schedule!r}")
+    if schedule not in ("cosine", "constant"):
+        raise ConfigError(f"optim.schedule must be 'linear', 'cosine' or 'constant', got {schedule!r}")
     if total_steps <= 0 or not 0 <= warmup_ratio < 1:
         raise ConfigError(f"need total_steps > 0 and 0 <= warmup_ratio < 1, got {total_steps}, {warmup_ratio}")
     warmup_steps = math.ceil(warmup_ratio * total_steps)
+    if schedule == "constant":
+        if warmup_steps == 0:
+            return optax.constant_schedule(peak_lr)
+        return optax.join_schedules([optax.linear_schedule(0.0, peak_lr, warmup_steps),
+                                     optax.constant_schedule(peak_lr)], [warmup_steps])
     return optax.warmup_cosine_decay_schedule(0.0, peak_lr, warmup_steps, total_steps, end_value=0.0)
 
 

@@ -184,7 +184,11 @@ def prepare(run_dir, config: RunConfig, model: DecoderConfig, build: StepBuild, 
     if not build.cached_reference:
         return (), None
     if config.objective.rollouts:  # grpo: each rollout's reference log-probs, computed as it is made (train/rollout.py)
-        return (), reference_weights(config, model, build, base, params)
+        weights = reference_weights(config, model, build, base, params)
+        if build.partition.adapters:  # a LoRA's: its frozen base shared with the policy, its adapters apart
+            return (), weights
+        return (), jax.tree.map(lambda x: x.astype(model.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+                                weights)  # held in the compute dtype, as the forward casts its matrices anyway
     named = identity(config.model.init_from, config.seed)
     found = load(run_dir, stream, named, resuming=start > 0)
     if found is None:

@@ -114,17 +114,21 @@ def test_schedule_matches_transformers_formula(total, ratio):
         np.testing.assert_allclose(float(schedule(step)), hf_linear_lr(step, 2e-5, total, ratio), rtol=1e-5, atol=1e-12)
 
 
-@pytest.mark.parametrize("total,ratio", [(100, 0.03), (50, 0.1)])
-def test_cosine_schedule_matches_transformers(total, ratio):
-    """Seed 003's schedule against transformers' own get_cosine_schedule_with_warmup."""
+@pytest.mark.parametrize("schedule,total,ratio", [("cosine", 100, 0.03), ("cosine", 50, 0.1), ("constant", 50, 0.1),
+                                                   ("constant", 20, 0.0)])
+def test_cosine_and_constant_schedules_match_transformers(schedule, total, ratio):
+    """Seed 003's schedule and grpo's (open-instruct's `--lr_scheduler_type constant`) against transformers' own
+    get_cosine_schedule_with_warmup and get_constant_schedule_with_warmup."""
     import torch
-    from transformers import get_cosine_schedule_with_warmup
+    import transformers
 
     from instructjax.core.optimizer import lr_schedule
 
     opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2e-5)
-    hf = get_cosine_schedule_with_warmup(opt, math.ceil(ratio * total), total)
-    ours = lr_schedule(2e-5, total, ratio, schedule="cosine")
+    warmup = math.ceil(ratio * total)
+    hf = (transformers.get_cosine_schedule_with_warmup(opt, warmup, total) if schedule == "cosine" else
+          transformers.get_constant_schedule_with_warmup(opt, warmup))
+    ours = lr_schedule(2e-5, total, ratio, schedule=schedule)
     for step in range(total):
         np.testing.assert_allclose(float(ours(step)), hf.get_last_lr()[0], rtol=1e-5, atol=1e-12)
         opt.step()

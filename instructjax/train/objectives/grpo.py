@@ -116,8 +116,13 @@ class GRPO(Objective):
 
     def reference_bytes(self, memory: dict[str, int]) -> int:
         """The reference's parameters, held beside the policy whether its log-probs come in the step or with the
-        rollout (a LoRA's: its starting adapters)."""
-        return memory["trained_bytes"] if self.reference != "none" else 0
+        rollout (a LoRA's: its starting adapters); a full fine-tune's cached reference in the compute dtype."""
+        if self.reference == "none":
+            return 0
+        floats = memory.get("float_bytes", 0)
+        if self.reference == "cached" and memory["trained_bytes"] == memory["param_bytes"] and floats:
+            return memory["param_bytes"] - floats + (memory.get("copy_bytes") or floats)  # its floats cast
+        return memory["trained_bytes"]
 
     def rollout_terms(self, model, sizes: dict[str, int], seq_len: int, memory: dict[str, int]) -> dict[str, int]:
         """A rollout's buffers a device, between two steps: `cache`, its share of the slots' KV cache (slots over
