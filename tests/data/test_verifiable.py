@@ -82,6 +82,26 @@ def test_a_bad_row_is_one_data_error_naming_file_and_row(row, reason, words, tmp
     assert words in str(err.value) and "\n" not in str(err.value)
 
 
+def test_rlvr_ifeval_rows_read_with_remap_verifier_and_score_with_ifeval_old(tmp_path):
+    """allenai/RLVR-IFeval's rows (a row as its dataset card shows it) name `ifeval` but hold if_functions' JSON
+    constraints: refused with the way out, read with `remap_verifier`, scored by `ifeval_old`."""
+    from instructjax.data.verifiers import verify
+
+    truth = {"func_name": "validate_lowercase", "N": None, "quantifier": None, "end_phrase": None,
+             "keyword_list": None, "word": None, "forbidden_words": None, "letter": None, "i": None,
+             "first_word": None, "postscript_marker": None, "options": None, "section_splitter": None,
+             "original_prompt": None}
+    row = {"messages": [u("Describe IPv6. Your entire response should be in English, and in all lowercase letters.")],
+           "ground_truth": json.dumps(truth), "dataset": "ifeval", "constraint_type": "All Lowercase"}
+    path = write_jsonl(tmp_path / "ifeval.jsonl", [row])
+    with pytest.raises(DataError, match="remap_verifier: ifeval=ifeval_old"):
+        list(load_conversations("verifiable", [path]))
+    (conv,) = load_conversations("verifiable", [path], remap_verifier="ifeval=ifeval_old")
+    assert conv.meta["verifier"] == "ifeval_old"
+    assert verify("ifeval_old", "ipv6 is the newest version.", conv.meta["ground_truth"]) == 1.0
+    assert verify("ifeval_old", "IPv6 is the newest version.", conv.meta["ground_truth"]) == 0.0
+
+
 def test_the_cli_refuses_a_bad_row_in_one_line_with_exit_2(tmp_path, capsys):
     path = write_jsonl(tmp_path / "bad.jsonl", [{"messages": [u("1 + 1?")], "ground_truth": "2", "dataset": "nope"}])
     code = main(["data", "stats", "verifiable", "--data-files", path])
