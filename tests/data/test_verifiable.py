@@ -72,7 +72,7 @@ def test_rlvr_rows_are_prompts_with_their_ground_truth_and_verifier(tmp_path):
     ({"messages": [], "ground_truth": "2", "dataset": "gsm8k"}, "role_order", "user turn"),
     ({"messages": [a("Hi."), u("1 + 1?")], "ground_truth": "2", "dataset": "gsm8k"}, "role_order", "out of order"),
     ({"messages": [u("1 + 1?")], "ground_truth": "2", "dataset": "no_such_verifier"}, "unknown_verifier",
-     "known: flan, gsm8k, ifeval_old, math"),
+     "flan, gsm8k, ifeval_old, math"),
 ])
 def test_a_bad_row_is_one_data_error_naming_file_and_row(row, reason, words, tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [ROWS[0], row])
