@@ -218,3 +218,18 @@ def test_tulu_prompt_is_the_training_encodings_part_before_the_reply(path, tmp_p
         got = encode_prompt(conv, "tulu", tok)
         assert got == whole.tokens[:start].tolist()
         assert (got[0] == tok.bos_id) == bool(tok.adds_bos)
+
+
+def test_a_prompt_longer_than_the_row_is_left_out_and_counted(tmp_path):
+    """Cut, a prompt would ask for something else: it is skipped (`prompt_over_max_length`), never truncated."""
+    from instructjax.data.tokenized import examples as examples_lib
+
+    tok = Tokenizer.load(None)
+    lengths = [len(encode_prompt(Conversation(r["messages"], "t", "x"), "tulu", tok)) for r in ROWS]
+    limit = sorted(lengths)[1]  # the two shortest fit
+    specs.add_task("rlvr_short", specs.TaskSpec("verifiable", (write_jsonl(tmp_path / "r.jsonl", ROWS),),
+                                                max_length=limit))
+    kept = examples_lib.encoded_examples("rlvr_short")
+    assert sorted(len(e["tokens"]) for e in kept) == sorted(lengths)[:2]
+    report = examples_lib.task_report("rlvr_short")
+    assert report.skipped == {"prompt_over_max_length": 1} and report.truncated == 0
