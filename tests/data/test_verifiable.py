@@ -72,7 +72,7 @@ def test_rlvr_rows_are_prompts_with_their_ground_truth_and_verifier(tmp_path):
     ({"messages": [], "ground_truth": "2", "dataset": "gsm8k"}, "role_order", "user turn"),
     ({"messages": [a("Hi."), u("1 + 1?")], "ground_truth": "2", "dataset": "gsm8k"}, "role_order", "out of order"),
     ({"messages": [u("1 + 1?")], "ground_truth": "2", "dataset": "no_such_verifier"}, "unknown_verifier",
-     "known: flan, gsm8k, ifeval_old, math"),
+     "flan, gsm8k, ifeval_old, math"),
 ])
 def test_a_bad_row_is_one_data_error_naming_file_and_row(row, reason, words, tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [ROWS[0], row])
@@ -80,6 +80,26 @@ def test_a_bad_row_is_one_data_error_naming_file_and_row(row, reason, words, tmp
         list(load_conversations("verifiable", [path]))
     assert err.value.reason == reason and err.value.row == 2 and err.value.file == path
     assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_rlvr_ifeval_rows_read_with_remap_verifier_and_score_with_ifeval_old(tmp_path):
+    """allenai/RLVR-IFeval's rows (a row as its dataset card shows it) name `ifeval` but hold if_functions' JSON
+    constraints: refused with the way out, read with `remap_verifier`, scored by `ifeval_old`."""
+    from instructjax.data.verifiers import verify
+
+    truth = {"func_name": "validate_lowercase", "N": None, "quantifier": None, "end_phrase": None,
+             "keyword_list": None, "word": None, "forbidden_words": None, "letter": None, "i": None,
+             "first_word": None, "postscript_marker": None, "options": None, "section_splitter": None,
+             "original_prompt": None}
+    row = {"messages": [u("Describe IPv6. Your entire response should be in English, and in all lowercase letters.")],
+           "ground_truth": json.dumps(truth), "dataset": "ifeval", "constraint_type": "All Lowercase"}
+    path = write_jsonl(tmp_path / "ifeval.jsonl", [row])
+    with pytest.raises(DataError, match="remap_verifier: ifeval=ifeval_old"):
+        list(load_conversations("verifiable", [path]))
+    (conv,) = load_conversations("verifiable", [path], remap_verifier="ifeval=ifeval_old")
+    assert conv.meta["verifier"] == "ifeval_old"
+    assert verify("ifeval_old", "ipv6 is the newest version.", conv.meta["ground_truth"]) == 1.0
+    assert verify("ifeval_old", "IPv6 is the newest version.", conv.meta["ground_truth"]) == 0.0
 
 
 def test_the_cli_refuses_a_bad_row_in_one_line_with_exit_2(tmp_path, capsys):
@@ -198,3 +218,18 @@ def test_tulu_prompt_is_the_training_encodings_part_before_the_reply(path, tmp_p
         got = encode_prompt(conv, "tulu", tok)
         assert got == whole.tokens[:start].tolist()
         assert (got[0] == tok.bos_id) == bool(tok.adds_bos)
+
+
+def test_a_prompt_longer_than_the_row_is_left_out_and_counted(tmp_path):
+    """Cut, a prompt would ask for something else: it is skipped (`prompt_over_max_length`), never truncated."""
+    from instructjax.data.tokenized import examples as examples_lib
+
+    tok = Tokenizer.load(None)
+    lengths = [len(encode_prompt(Conversation(r["messages"], "t", "x"), "tulu", tok)) for r in ROWS]
+    limit = sorted(lengths)[1]  # the two shortest fit
+    specs.add_task("rlvr_short", specs.TaskSpec("verifiable", (write_jsonl(tmp_path / "r.jsonl", ROWS),),
+                                                max_length=limit))
+    kept = examples_lib.encoded_examples("rlvr_short")
+    assert sorted(len(e["tokens"]) for e in kept) == sorted(lengths)[:2]
+    report = examples_lib.task_report("rlvr_short")
+    assert report.skipped == {"prompt_over_max_length": 1} and report.truncated == 0

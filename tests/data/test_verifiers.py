@@ -124,15 +124,16 @@ def test_open_instructs_math_and_if_function_cases(theirs):
     capitals = cases["TestValidateFrequencyCapitalWords.test_validate_frequency_capital_words"]
     assert len(choice) == 4 and len(capitals) == 6
     for _, text, options, expected in choice:
-        assert if_checks.validate_choice(text, options) is expected
+        assert if_checks.validate_choice(text, options) is expected is theirs.if_functions.validate_choice(text, options)
     for _, text, n, quantifier, expected in capitals:
-        assert if_checks.validate_frequency_capital_words(text, n, quantifier) is expected
+        assert (if_checks.validate_frequency_capital_words(text, n, quantifier) is expected
+                is theirs.if_functions.validate_frequency_capital_words(text, n, quantifier))
 
 
 def test_ifeval_is_not_ported_and_says_so():
     """test_ground_truth_utils.py's IFEvalVerifier case (an empty instruction list) is IFEvalG's: not ported."""
     assert "TestIFEvalVerifierEmptyInstructions" in (PINNED / "test_ground_truth_utils.py").read_text()
-    with pytest.raises(ConfigError, match="IFEvalG .* not ported.*known: flan, gsm8k"):
+    with pytest.raises(ConfigError, match="IFEvalG .* not ported.*known: .*flan, gsm8k"):
         get_verifier("ifeval")
 
 
@@ -252,6 +253,7 @@ def test_a_users_verifier_registers_through_import_and_reads_its_rows(tmp_path, 
     """`--import` a module that registers `ends_with`: rows naming it are read, its score is the function's; an
     unknown name is one ConfigError line listing the known ones."""
     from instructjax.cli import main
+    from instructjax.core.context import current
 
     module = tmp_path / "my_verifiers_69.py"
     module.write_text("from instructjax.data.verifiers import register_verifier\n\n"
@@ -261,14 +263,18 @@ def test_a_users_verifier_registers_through_import_and_reads_its_rows(tmp_path, 
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"messages": [{"role": "user", "content": "Say bye."}], "ground_truth": "bye",
                                 "dataset": "ends_with"}) + "\n")
-    code = main(["--import", str(module), "data", "stats", "verifiable", "--data-files", str(rows), "--json"])
-    out = capsys.readouterr().out
-    assert code == 0, out
-    assert json.loads(out)["tasks"][0]["verifiers"] == {"ends_with": 1}
-    # registered for the process, as a user's chat template is (`core.user_modules`)
-    assert "ends_with" in verifier_names() and verify("ENDS_WITH", "ok, bye", "bye") == 1.0
-    with pytest.raises(ConfigError, match="already registered"):
-        register_verifier("gsm8k")(lambda p, t: 0.0)
+    try:
+        code = main(["--import", str(module), "data", "stats", "verifiable", "--data-files", str(rows), "--json"])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert json.loads(out)["tasks"][0]["verifiers"] == {"ends_with": 1}
+        # registered for the process, as a user's chat template is (`core.user_modules`)
+        assert "ends_with" in verifier_names() and verify("ENDS_WITH", "ok, bye", "bye") == 1.0
+        with pytest.raises(ConfigError, match="already registered"):
+            register_verifier("gsm8k")(lambda p, t: 0.0)
+    finally:  # what the module registered lives in the process's root context: leave it as it was
+        current().root.tables("data.verifiers")[0].pop("ends_with", None)
+        sys.modules.pop(module.stem, None)
     with pytest.raises(ConfigError) as err:
         get_verifier("no_such")
     assert str(err.value).count("\n") == 0 and "; known: " in str(err.value) and "gsm8k, " in str(err.value)

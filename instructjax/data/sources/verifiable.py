@@ -29,7 +29,7 @@ def _remap(remap_verifier: str | None) -> tuple[str, str] | None:
 
 def verifiable(row: dict, name: str, index: int, remap_verifier: str | None = None) -> list[Conversation]:
     """One verifiable-prompt row -> [its prompt Conversation] (see the module doc)."""
-    from instructjax.data.verifiers import known_verifier, verifier_names
+    from instructjax.data.verifiers import known_verifier, verifier_names, why_unknown
 
     prompt = checked_turns(row.get("messages"), "messages")
     if not prompt or prompt[-1]["role"] != "user":
@@ -48,7 +48,8 @@ def verifiable(row: dict, name: str, index: int, remap_verifier: str | None = No
     if remap is not None and verifier == remap[0]:
         verifier = remap[1]
     if not known_verifier(verifier):
+        why = f"; {why_unknown(verifier)}" if why_unknown(verifier) else ""
         raise DataError(f"'dataset' names verifier {dataset!r}, which nobody registered (known: "
-                        f"{', '.join(verifier_names())})", reason="unknown_verifier")
+                        f"{', '.join(verifier_names())}){why}", reason="unknown_verifier")
     meta = row_meta(row, ground_truth=truth, verifier=verifier, prompt_turns=len(prompt))
     return [Conversation(prompt, name, row_id(name, row, index), meta)]

@@ -16,8 +16,9 @@ from instructjax.data.verifiers import builtin
 
 Verifier = Callable[[str, str], float]
 _TABLE = "data.verifiers"
-NOT_PORTED = {"ifeval": "open-instruct's IFEvalG instruction registry is not ported (Tulu 3's RLVR-IFeval rows "
-                        "are `ifeval_old`'s format: name that verifier)"}
+NOT_PORTED = {"ifeval": "open-instruct's IFEvalG instruction registry is not ported; Tulu 3's RLVR-IFeval rows "
+                        "(dataset 'ifeval', a JSON func_name ground truth) are ifeval_old's: read them with "
+                        "source_options {remap_verifier: ifeval=ifeval_old}"}
 
 
 def register_verifier(name: str) -> Callable[[Verifier], Verifier]:
@@ -46,6 +47,11 @@ def verifier_names() -> list[str]:
     return sorted({*builtin.VERIFIERS, *(n for table in current().tables(_TABLE) for n in table)})
 
 
+def why_unknown(name: str) -> str:
+    """What to say of a verifier name nobody registered ("" or why it is missing, the way out)."""
+    return NOT_PORTED.get(name.lower(), "")
+
+
 def known_verifier(name: str) -> bool:
     """Whether `name` (any case) names a registered verifier."""
     key = name.lower()
@@ -57,7 +63,7 @@ def get_verifier(name: str) -> Verifier:
     key = name.lower()
     found = builtin.VERIFIERS.get(key) or _registered(key)
     if found is None:
-        why = f" ({NOT_PORTED[key]})" if key in NOT_PORTED else ""
+        why = f" ({why_unknown(key)})" if why_unknown(key) else ""
         raise ConfigError(f"unknown verifier {name!r}{why}; known: {', '.join(verifier_names())}")
     return found
 
