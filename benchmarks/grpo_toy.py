@@ -4,17 +4,16 @@
 
 Printed and logged: the rollouts' solve rate (open-instruct's `objective/verifiable_correct_rate`) step by step and
 plotted to RUN_DIR/solve_rate.png, its mean over the first and the last 10 steps; the greedy solve rate of the SFT
-model and of the GRPO model on 100 held-out verifiable prompts (the engine, temperature 0); rollout tokens/s, train
+model and of the GRPO model on the first 100 verifiable prompts (the engine, temperature 0); rollout tokens/s, train
 tokens/s (trained tokens over the step's time less its generation) and the share of a step spent generating.
 Goal: the solve rate rises from the SFT model's.
 
-    python benchmarks/grpo_toy.py [--sft-steps 300] [--steps 50] [--out /tmp/grpo_toy] [--no-append]
+    python benchmarks/grpo_toy.py [--sft-steps 800] [--steps 50] [--lr 2e-4] [--out /tmp/grpo_toy] [--no-append]
 """
 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import sys
 import time
@@ -28,11 +27,12 @@ from common import finish, parser  # noqa: E402
 
 MODEL = ["model.preset=tiny", "model.dtype=float32", "model.hidden_size=128", "model.intermediate_size=256",
          "model.num_layers=4", "model.num_heads=4", "model.num_kv_heads=2"]  # fmt: skip
+RESPONSE = 24  # new tokens a completion: "17 + 25 = 42. The answer is 42." and its end of turn are 20
 
 
 def solve_rate(run_dir: str, prompts: int, seed: int = 7) -> float:
-    """Greedy solve rate of the model saved in `run_dir` on `prompts` verifiable prompts it was not trained on (the
-    last of the built-in set, read in file order)."""
+    """Greedy solve rate of the model saved in `run_dir` on the first `prompts` of the built-in verifiable prompts (in
+    file order; GRPO's rollouts draw from all 500)."""
     from instructjax.core.config import load_config
     from instructjax.data.verifiers import verify
     from instructjax.eval.generate import load_generator
@@ -41,17 +41,19 @@ def solve_rate(run_dir: str, prompts: int, seed: int = 7) -> float:
     from instructjax.train.rollout import open_rollouts
 
     bound = run_setup.bind_run(load_config(None, [*MODEL, "data.mixture=verifiable_builtin", "data.seq_len=64",
-                                                  "objective.loss=grpo", "data.global_batch=64"]))
-    held_out = open_rollouts(bound).prompts[-prompts:]
+                                                  "objective.loss=grpo", "data.global_batch=64",
+                                                  f"objective.response_length={RESPONSE}"]))
+    held_out = open_rollouts(bound).prompts[:prompts]
     generator, _ = load_generator(run_dir)
-    outputs = generator.generate([list(p.ids) for p in held_out], Sampling(max_new_tokens=16, seed=seed))
+    outputs = generator.generate([list(p.ids) for p in held_out], Sampling(max_new_tokens=RESPONSE, seed=seed))
     return float(np.mean([verify(p.verifier, text, p.ground_truth) > 0 for p, text in zip(held_out, outputs,
                                                                                           strict=True)]))
 
 
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__)
-    p.add_argument("--sft-steps", type=int, default=300)
+    p.add_argument("--sft-steps", type=int, default=800)
+    p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--out", default="/tmp/grpo_toy")
     args = p.parse_args(argv)
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> dict:
     Trainer(load_config(None, [*MODEL, f"model.init_from={sft_dir}", "data.mixture=verifiable_builtin",
                                "data.seq_len=64", "data.global_batch=64", "objective.loss=grpo",
                                "objective.prompts_per_rollout=16", "objective.samples_per_prompt=4",
-                               "objective.response_length=16", "optim.lr=1e-4", "optim.warmup_ratio=0",
+                               f"objective.response_length={RESPONSE}", f"optim.lr={args.lr}",
+                               "optim.schedule=constant", "optim.warmup_ratio=0",
                                f"max_steps={args.steps}", "log_every=1", f"run_dir={grpo_dir}",
                                f"checkpoint.every={args.steps}"])).run()
     grpo_seconds = time.perf_counter() - started
@@ -101,12 +104,13 @@ def main(argv: list[str] | None = None) -> dict:
     first, last = float(rate[:10].mean()), float(rate[-10:].mean())
     body = "\n".join([
         f"SFT: {args.sft_steps} steps on arithmetic_builtin ({sft_seconds:.0f} s); GRPO: {args.steps} steps on "
-        f"verifiable_builtin, 16 prompts x 4 samples, temperature 0.7, 16 new tokens ({grpo_seconds:.0f} s)",
+        f"verifiable_builtin, 16 prompts x 4 samples, temperature 0.7, {RESPONSE} new tokens, lr {args.lr:g} constant "
+        f"({grpo_seconds:.0f} s)",
         "",
         "| | SFT model | after GRPO |",
         "|---|---|---|",
         f"| rollouts' solve rate (mean of the first / last 10 steps) | {first:.3f} | {last:.3f} |",
-        f"| greedy solve rate, 100 held-out prompts | {before:.2f} | {after:.2f} |",
+        f"| greedy solve rate, the first 100 prompts | {before:.2f} | {after:.2f} |",
         "",
         f"rollout {rollout_tps:.0f} tokens/s (generated); train {train_tps:.0f} tokens/s (trained tokens over the step "
         f"less its generation); a step spends {share:.0%} of its time generating (medians over steps 2..{args.steps})",

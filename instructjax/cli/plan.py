@@ -30,6 +30,9 @@ def register(subparsers) -> None:
     p.add_argument("--eval", action="store_true",
                    help="with --compile: build the evaluation engine's fill and decode steps instead of the train "
                         "step, beside plan's evaluation figures")
+    p.add_argument("--rollout", action="store_true",
+                   help="with --compile, for objective.loss: grpo: build its rollout engine's fill and decode steps "
+                        "(the trained model as it lies on the run's mesh) instead of the train step")
     p.add_argument("--save-executable", metavar="FILE",
                    help="with --compile: write the compiled step (of the largest step shape; the epoch counted by the "
                         "real pipeline) to FILE, for a run's `compiled: FILE` on the same slice")
@@ -46,7 +49,9 @@ def run(args) -> int:
     config = load_run_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
     if args.eval and not args.compile:
         raise ConfigError("plan --eval goes with --compile (plan itself always prints the evaluation's figures)")
-    if args.eval:
+    if args.rollout and not (args.compile and config.objective.rollouts):
+        raise ConfigError("plan --rollout goes with --compile, for a config of objective.loss: grpo")
+    if args.eval or args.rollout:
         return compiled_eval(args, config)
     if args.compile or args.save_executable:
         return compiled(args, config)
@@ -78,13 +83,15 @@ def compiled(args, config) -> int:
 
 
 def compiled_eval(args, config) -> int:
-    """`plan --compile --eval`: the evaluation engine's steps by the compiler (cli/plan_eval.py)."""
+    """`plan --compile --eval` (or `--rollout`): the evaluation (or rollout) engine's steps by the compiler
+    (cli/plan_eval.py)."""
     from instructjax.cli.plan_eval import compile_eval, format_compiled
     from instructjax.train.topology import local_topology, tpu_topology
 
     if args.gpus:
         raise ConfigError("--compile builds for a TPU slice (--topology v4-64, v5e-8, ...) or this machine; not --gpus")
-    plan, steps = compile_eval(config, tpu_topology(args.topology) if args.topology else local_topology())
+    plan, steps = compile_eval(config, tpu_topology(args.topology) if args.topology else local_topology(),
+                               rollout=args.rollout)
     print(json.dumps({"plan": plan.to_dict(), "steps": [dataclasses.asdict(s) for s in steps]}, indent=2)
           if args.json else format_compiled(plan, steps))
     return 0 if plan.fits else 1

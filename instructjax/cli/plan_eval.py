@@ -105,6 +105,29 @@ def format_eval_plan(plan: EvalPlan) -> str:
             + ("fits" if plan.fits else f"DOES NOT FIT (limit {USABLE:.0%} of it)"))
 
 
+def rollout_plan(config: RunConfig, topology: Topology) -> EvalPlan:
+    """A grpo run's rollouts as the engine runs them between two steps: the trained model as it lies (its parameters
+    in their own dtype, sharded over the run's mesh: `mesh: auto`, plan's plain FSDP one), the objective's slots
+    (`GRPO.slots`), the cache rows of `data.seq_len`'s length bucket; weights are the run's own, not a copy."""
+    from instructjax.core import sharding
+    from instructjax.eval import placement
+    from instructjax.model.engine import bucket, widest_fill
+    from instructjax.train.objectives.grpo import GRPO
+    from instructjax.train.resolution import model_shapes
+
+    model = model_shapes(config)
+    mesh = config.mesh if isinstance(config.mesh, dict) else {"data": 1, "fsdp": -1, "tensor": 1}
+    sizes = sharding.mesh_sizes(sharding.without_experts(mesh), topology.devices)
+    shards, length = sizes["data"] * sizes["fsdp"], bucket(config.data.seq_len, 64)
+    slots = GRPO(config).slots(shards)
+    rows, width = widest_fill(length, slots=slots, shards=shards)
+    steps = placement.step_bytes(model, sizes, slots=slots, length=length, fill_rows=rows, width=width)
+    return EvalPlan(topology.name, sizes, str(model.dtype), slots, "objective.prompts_per_rollout x samples_per_prompt",
+                    length, rows, width, placement.weight_bytes(model, sizes),
+                    placement.cache_bytes_per_device(model, sizes, slots, length), steps["fill"], steps["decode"],
+                    int(topology.hbm_gib * GIB))
+
+
 @dataclass
 class CompiledEvalStep:
     """One of the engine's steps as the TPU compiler built it; bytes per device."""
@@ -119,19 +142,21 @@ class CompiledEvalStep:
     aliases: int = 0  # of the outputs, the bytes that are donated arguments updated in place (the cache)
 
 
-def compile_eval(config: RunConfig, topology: Topology, steps: tuple[str, ...] = ("fill", "decode")
-                 ) -> tuple[EvalPlan, list[CompiledEvalStep]]:
+def compile_eval(config: RunConfig, topology: Topology, steps: tuple[str, ...] = ("fill", "decode"), *,
+                 rollout: bool = False) -> tuple[EvalPlan, list[CompiledEvalStep]]:
     """The engine's fill step (a full call of full-context prompts) and decode step (every slot, `chunk` tokens),
     those of them in `steps`, lowered on a mesh of `topology`'s devices (libtpu's description of a slice, or this
-    machine's) from abstract parameters and cache, compiled, and measured beside `eval_plan`'s figures."""
+    machine's) from abstract parameters and cache, compiled, and measured beside `eval_plan`'s figures (`rollout`: a
+    grpo run's rollout engine instead, `rollout_plan`'s)."""
     from flax import nnx
 
     from instructjax.core import sharding
     from instructjax.model import decoding
     from instructjax.model.decoder import abstract_model
+    from instructjax.train.resolution import model_shapes
 
-    plan = eval_plan(config, topology)
-    model = evaluated_model(config, topology)
+    plan = rollout_plan(config, topology) if rollout else eval_plan(config, topology)
+    model = model_shapes(config).replace(scan_layers=False) if rollout else evaluated_model(config, topology)
     mesh = sharding.make_mesh(plan.mesh, target_devices(topology))
     graphdef, state = nnx.split(abstract_model(model))
     shardings = nnx.to_pure_dict(sharding.state_shardings(state, mesh))

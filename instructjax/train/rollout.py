@@ -198,8 +198,8 @@ class Rollouts:
 def open_rollouts(bound, process_index: int = 0, process_count: int = 1) -> Rollouts:
     """A grpo run's rollouts over its bound mixture (`train.setup.BoundRun`): every verifiable task's prompts (an
     epoch-mode mixture's counts: the first of each task's, as read), encoded by the run's chat template with its
-    generation prompt; verified by their rows' verifiers; stopped at EOS and the template's end of an assistant
-    turn."""
+    generation prompt (one longer than its task's max_length left out and counted, as its examples are); verified
+    by their rows' verifiers; stopped at EOS and the template's end of an assistant turn."""
     from instructjax.core.errors import BadRowPolicy
     from instructjax.data.encoding.prompt import encode_prompts
     from instructjax.data.encoding.tokenizer import turn_end_ids
@@ -218,10 +218,17 @@ def open_rollouts(bound, process_index: int = 0, process_count: int = 1) -> Roll
         convs = list(read_conversations(spec, policy))
         convs = convs[: counts.get(task) or len(convs)]
         template = spec.template or config.template
-        for conv, encoded in zip(convs, encode_prompts(convs, template, tokenizer), strict=True):
+        longer = 0
+        for conv, encoded in zip(convs, encode_prompts(convs, template, tokenizer, spec.max_length), strict=True):
+            if encoded.truncated:  # as its examples leave it out (data/tokenized: prompt_over_max_length)
+                longer += 1
+                continue
             prompts.append(Prompt(tuple(int(i) for i in encoded.tokens), conv.meta["ground_truth"],
                                   conv.meta["verifier"], index, conv.id))
         reports += [f"{bound.data.sources[index]}: {line}" for line in policy.summary()]
+        if longer:
+            reports.append(f"{bound.data.sources[index]}: {longer} prompt(s) longer than its max_length "
+                           f"({spec.max_length} tokens) left out")
     verifiers = {name: get_verifier(name) for name in {p.verifier for p in prompts}}
     stop_ids = sorted(set(turn_end_ids(tokenizer.to_hf(_chat_template(tokenizer, config.template)))) - {None})
     rollouts = Rollouts(config, prompts, bound.data.sources,

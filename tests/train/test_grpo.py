@@ -234,3 +234,43 @@ def test_plan_counts_what_a_rollout_allocates_and_the_reference():
     assert objective.reference_bytes({"trained_bytes": param_bytes}) == param_bytes
     assert objective_for(no_kl).reference_bytes({"trained_bytes": param_bytes}) == 0
     assert needed > plan_memory.step_needed(model, no_kl, sizes, shapes, local_topology())[0]
+
+
+@pytest.mark.parametrize("overrides,expected", [
+    (["data.mixture=arithmetic_builtin"], "rolls out verifiable prompts, but data.mixture=arithmetic_builtin has no "
+                                          "verifiable task"),
+    (["objective.loss=sft"], "holds verifiable prompts (no answer to train on): set objective.loss=grpo"),
+    (["objective.prompts_per_rollout=4"], "data.global_batch=8 rows cannot hold a rollout's 16 completions"),
+    (["objective.response_length=60"], "it needs rows of"),
+])
+def test_a_grpo_run_that_cannot_be_is_one_line(tmp_path, capsys, overrides, expected):
+    """Bad input, one line and exit 2: grpo on a task that is not verifiable, another objective on verifiable prompts,
+    a batch too small for a rollout, a prompt and its response longer than a row (a rollout whose KV cache does not
+    fit: below)."""
+    from instructjax import cli
+
+    argv = ["train", "--config", "/dev/null", "model.preset=tiny", "model.dtype=float32", "data.seq_len=64",
+            "data.global_batch=8", "data.mixture=verifiable_builtin", "objective.loss=grpo",
+            "objective.prompts_per_rollout=2", "objective.samples_per_prompt=4", "objective.response_length=16",
+            "max_steps=2", f"run_dir={tmp_path / 'run'}", *overrides]
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("instructjax: error: ") and expected in err, err
+
+
+def test_a_rollout_that_does_not_fit_says_so_in_one_line():
+    """The memory check's line (what `train` raises before compiling, exit 2) where a rollout, not the step, is the
+    larger need: LLaMA-2-7B on a v5e-8 decoding 64 slots of 32K tokens (a CPU's dense attention would make the step
+    larger first)."""
+    from instructjax.model.presets import preset
+    from instructjax.train import memory
+    from instructjax.train.topology import tpu_topology
+
+    config = load_config(None, ["objective.loss=grpo", "data.seq_len=32768", "data.global_batch=64",
+                                "optim.micro_batches=8", "objective.prompts_per_rollout=16"])
+    sizes = {"data": 1, "fsdp": 8, "expert": 1, "tensor": 1}
+    needed, line = memory.step_needed(preset("llama2-7b", remat="full"), config, sizes, [(64, 32768)],
+                                      tpu_topology("v5e-8"))
+    assert needed > memory.usable_bytes(tpu_topology("v5e-8"))
+    assert line.count("\n") == 0 and line.startswith("out of memory: a rollout needs about"), line
+    assert "objective.prompts_per_rollout x objective.samples_per_prompt" in line

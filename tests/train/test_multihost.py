@@ -208,3 +208,48 @@ def test_a_host_with_other_data_stops_the_run_with_one_line(tmp_path):
         assert rc == 2 and len(errors) == 1, err[-3000:]
         assert "host 1 planned a different epoch than host 0 (examples 40 vs 39" in errors[0]
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+PARITY = """from instructjax.data.verifiers import register_verifier
+
+
+@register_verifier("parity_69")
+def parity(prediction: str, ground_truth: str) -> float:
+    return float(len(prediction) % 2 == int(ground_truth) % 2)
+"""
+
+
+def test_grpo_preempted_mid_run_on_two_hosts_resumes_as_one_process_runs(tmp_path):
+    """GRPO (issue 69) through the real CLI on 2 processes: each host runs the same rollout (the engine on the
+    trainer's mesh, its slots over both hosts' devices) and trains its rows of it; SIGTERM after step 2 (both save
+    step 2 and exit 75, the rollout of step 3 already drawn), resumed: every step's loss and rollout scores are one
+    process's uninterrupted run's. The prompts' verifier is the user's own (`imports:`), so rewards vary."""
+    from instructjax.data.sources.synthetic import synthetic_rows
+
+    rows = tmp_path / "prompts" / "rows.jsonl"
+    rows.parent.mkdir()
+    rows.write_text("".join(json.dumps({**row, "dataset": "parity_69"}) + "\n"
+                            for row in synthetic_rows("verifiable", 40)))
+    module = tmp_path / "parity_69.py"
+    module.write_text(PARITY)
+    config = tmp_path / "grpo.yaml"
+    config.write_text(f"imports: [{module}]\ndefine:\n  tasks:\n    parity_prompts:\n      source: verifiable\n"
+                      f"      data_files: [{rows.parent}]\n")
+    args = [*BASE, "data.mixture=parity_prompts", "data.seq_len=64", "data.global_batch=8", "objective.loss=grpo",
+            "objective.prompts_per_rollout=4", "objective.samples_per_prompt=2", "objective.response_length=12",
+            "objective.temperature=1.0", "objective.reference=live", "max_steps=4", "checkpoint.every=1000"]
+    run_dir = tmp_path / "multi"
+    results = wait(launch(2, run_dir, args, config=config, env_extra={"FAULT_SIGTERM_AFTER_STEP": "2"}))
+    assert all(rc == 75 for rc, _ in results), [err[-2000:] for _, err in results]
+    assert saved_steps(run_dir) == [2]
+    results = wait(launch(2, run_dir, args, "--resume", config=config))
+    assert all(rc == 0 for rc, _ in results), results[0][1][-3000:] + results[-1][1][-3000:]
+    reference = Trainer(load_config(config, [*args, f"run_dir={tmp_path / 'single'}"]),
+                        devices=jax.devices()[:DEVICES]).run()
+    records = {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
+    single = {r["step"]: r for r in map(json.loads, (tmp_path / "single" / "metrics.jsonl").read_text().splitlines())}
+    assert sorted(records) == sorted(single) == [1, 2, 3, 4]
+    assert len({single[s]["scores"] for s in single}) > 1  # the rewards vary
+    for step in range(1, 5):
+        assert records[step]["scores"] == single[step]["scores"], step
+        np.testing.assert_allclose(records[step]["loss"], reference.losses[step], rtol=1e-4, atol=1e-7)
