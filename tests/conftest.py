@@ -32,6 +32,8 @@ import uuid  # noqa: E402
 
 import pytest  # noqa: E402
 
+collect_ignore_glob = ["assets/*"]  # pinned upstream code and test data (their own tests are data here)
+
 
 def pytest_sessionfinish(session, exitstatus):
     for made in (_SESSION_CACHE, _SESSION_XLA_CACHE):  # made by this process (the xdist controller's: its workers

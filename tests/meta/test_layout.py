@@ -14,7 +14,7 @@ NOT_TESTS = {"helpers", "assets", "reference"}  # shared code, test data, upstre
 
 
 def _test_files() -> list:
-    return sorted(p for p in TESTS.rglob("test_*.py") if "reference" not in p.relative_to(TESTS).parts)
+    return sorted(p for p in TESTS.rglob("test_*.py") if not {"reference", "assets"} & set(p.relative_to(TESTS).parts))
 
 
 def test_every_test_file_lives_in_an_area_folder():
