@@ -91,9 +91,8 @@ class Rollouts:
             raise ConfigError(f"data.global_batch={data.global_batch} rows cannot hold a rollout's {self.samples} "
                               f"completions (objective.prompts_per_rollout x samples_per_prompt): set it to at least "
                               f"{self.samples}")
-        self.graphdef = None
-        self.mesh = None
-        self.stats = {"rollouts": 0, "generated_tokens": 0, "seconds": 0.0}
+        self.graphdef = self.mesh = self.token_logps = None  # `attach`
+        self._orders: dict[int, np.ndarray] = {}
 
     # ---- the pipeline's interface (train/trainer.py) -----------------------------------------------------------
 
@@ -127,7 +126,10 @@ class Rollouts:
 
     def order(self, epoch: int) -> np.ndarray:
         """Epoch `epoch`'s order of the prompts (the run's seed's own permutation of each epoch)."""
-        return np.random.default_rng([self.config.seed, ROLLOUT_STREAM, epoch]).permutation(len(self.prompts))
+        if epoch not in self._orders:
+            self._orders = {epoch: np.random.default_rng([self.config.seed, ROLLOUT_STREAM, epoch]).permutation(
+                len(self.prompts))}  # the epoch drawn from now on (a rollout spans two at most)
+        return self._orders[epoch]
 
     def take(self, start: int, count: int) -> list[int]:
         """The indices of prompts start .. start + count - 1 of the run (epochs end to end)."""
@@ -172,9 +174,6 @@ class Rollouts:
         keep = np.repeat(groups.std(-1) > 0 if s.filter_zero_std else np.ones(len(groups), bool), s.samples_per_prompt)
         lengths = np.array([len(r) for r in responses])
         generated = int(lengths.sum())
-        self.stats["rollouts"] += 1
-        self.stats["generated_tokens"] += generated
-        self.stats["seconds"] += seconds
         metrics = {"scores": float(scores.mean()), "scores_std": float(scores.std()),
                    "objective/verifiable_reward": float(scores.mean()),
                    "objective/verifiable_correct_rate": float((verified > 0).mean()),
