@@ -231,8 +231,11 @@ def test_plan_counts_what_a_rollout_allocates_and_the_reference():
     needed, _ = plan_memory.step_needed(model, config, sizes, shapes, local_topology())
     no_kl = load_config(None, ["objective.loss=grpo", "objective.beta=0", "objective.prompts_per_rollout=3",
                                "objective.samples_per_prompt=2", "data.seq_len=64", "data.global_batch=6"])
-    assert objective.reference_bytes({"trained_bytes": param_bytes}) == param_bytes
-    assert objective_for(no_kl).reference_bytes({"trained_bytes": param_bytes}) == 0
+    full = {"trained_bytes": param_bytes, "param_bytes": param_bytes, "float_bytes": param_bytes, "copy_bytes": 0}
+    assert objective.reference_bytes(full) == param_bytes  # float32 compute: the reference as it is
+    assert objective.reference_bytes({**full, "copy_bytes": param_bytes // 2}) == param_bytes // 2  # bfloat16
+    assert objective.reference_bytes({**full, "trained_bytes": 1000}) == 1000  # a LoRA's: its starting adapters
+    assert objective_for(no_kl).reference_bytes(full) == 0
     assert needed > plan_memory.step_needed(model, no_kl, sizes, shapes, local_topology())[0]
 
 
