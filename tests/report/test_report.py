@@ -506,6 +506,13 @@ def test_report_tables_and_figures_from_results(tmp_path):
          {"model": "m", "parts": ["suite", "codex", "alpaca_eval"], "codex": {"pass@1": 0.2, "pass@10": 0.4},
           "suite": {"mmlu_0shot": {"acc": 0.5}, "gsm_cot": gsm, "bbh_cot": bbh, **tydiqa}, "alpaca_eval": {"win_rate": 61.0, "n": 805}})
 
+    sft_dir = tmp_path / "runs" / "tulu_human_gpt_llama1_13b"
+    dpo_dir = tmp_path / "runs" / "tulu_human_gpt_llama1_13b_dpo"
+    for name, loss, start, mmlu in (("tulu_human_gpt_llama1_13b_dpo", "dpo", sft_dir, 0.52),
+                                    ("tulu_human_gpt_llama1_13b_rlvr", "grpo", dpo_dir, 0.53)):  # SFT -> DPO -> RLVR
+        write_run(tmp_path, name, f"model: {{preset: llama1-13b, init_from: {start}}}\ndata: {{mixture: x}}\n"
+                  f"objective: {{loss: {loss}}}\nexperiment: {{family: seed004, data: human_gpt}}\n",
+                  {"model": "m", "parts": ["suite"], "suite": {"mmlu_0shot": {"acc": mmlu}}})
     written, strangers = families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
     out = tmp_path / "out"
     assert strangers == []
@@ -519,6 +526,10 @@ def test_report_tables_and_figures_from_results(tmp_path):
     assert (float(longest["vs. Full (ours)"]), float(longest["vs. Full (paper)"])) == (1.3, 1.4505)
     assert float(longest["vs. Full (diff)"]) == pytest.approx(1.3 - 1.4505)
     assert longest["vs. Random (ours)"] == ""  # judged against the full dataset only
+    stages = {(r["Model"], r["Objective"]): r for r in read_csv(out / "seed004_table_preference.csv")}
+    assert sorted(stages) == [("Tulu 13B", "DPO"), ("Tulu 13B (+DPO)", "RLVR")]  # each stage beside the run it continued
+    rlvr = stages[("Tulu 13B (+DPO)", "RLVR")]
+    assert (rlvr["MMLU before (ours)"], rlvr["MMLU after (ours)"]) == ("52.0", "53.0")
     tulu = {r["Dataset"]: r for r in read_csv(out / "seed004_table3.csv")}["+Human+GPT data mix."]
     assert [tulu[f"{c} (ours)"] for c in ("MMLU", "GSM", "TydiQA", "Codex-Eval", "AlpacaEval")] == \
         ["50.0", "21.5", "40.0", "40.0", "61.0"]
@@ -686,6 +697,13 @@ def test_a_study_of_ones_own_gets_a_table_a_sweep_curve_and_the_losses(tmp_path)
         (tmp_path / "runs" / f"my_{name}" / "metrics.jsonl").write_text("".join(
             json.dumps({"step": s, "loss": 5.0 - s / (i + 1), "loss/alpaca": 5.5 - s / (i + 1)}) + "\n"
             for s in range(1, 6)))
+    sft_dir = tmp_path / "runs" / "tulu_human_gpt_llama1_13b"
+    dpo_dir = tmp_path / "runs" / "tulu_human_gpt_llama1_13b_dpo"
+    for name, loss, start, mmlu in (("tulu_human_gpt_llama1_13b_dpo", "dpo", sft_dir, 0.52),
+                                    ("tulu_human_gpt_llama1_13b_rlvr", "grpo", dpo_dir, 0.53)):  # SFT -> DPO -> RLVR
+        write_run(tmp_path, name, f"model: {{preset: llama1-13b, init_from: {start}}}\ndata: {{mixture: x}}\n"
+                  f"objective: {{loss: {loss}}}\nexperiment: {{family: seed004, data: human_gpt}}\n",
+                  {"model": "m", "parts": ["suite"], "suite": {"mmlu_0shot": {"acc": mmlu}}})
     written, strangers = families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out")
     out = tmp_path / "out"
     assert sorted(strangers) == ["my_high", "my_low", "my_mid"]
