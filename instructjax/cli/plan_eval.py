@@ -45,6 +45,7 @@ class EvalPlan:
     fill: int  # the fill step's own buffers
     decode: int  # the decode step's own buffers
     hbm: int
+    engine: str = "eval"  # whose engine: the evaluation's, or a grpo run's rollouts ("rollout")
 
     def step_total(self, step: str) -> int:
         return self.weights + self.cache + getattr(self, step)
@@ -99,7 +100,7 @@ def _gib(n: float) -> str:
 
 def format_eval_plan(plan: EvalPlan) -> str:
     mesh = ",".join(f"{axis}={n}" for axis, n in plan.mesh.items())
-    return (f"eval        mesh {mesh}, {plan.dtype}: weights {_gib(plan.weights)} + KV cache {_gib(plan.cache)} "
+    return (f"{plan.engine:<12}mesh {mesh}, {plan.dtype}: weights {_gib(plan.weights)} + KV cache {_gib(plan.cache)} "
             f"({plan.slots} slots x {plan.length} tokens, {plan.slots_from}) + steps {_gib(max(plan.fill, plan.decode))} "
             f"= {_gib(plan.total)} a device of {plan.hbm / GIB:.0f} GiB: "
             + ("fits" if plan.fits else f"DOES NOT FIT (limit {USABLE:.0%} of it)"))
@@ -125,7 +126,7 @@ def rollout_plan(config: RunConfig, topology: Topology) -> EvalPlan:
     return EvalPlan(topology.name, sizes, str(model.dtype), slots, "objective.prompts_per_rollout x samples_per_prompt",
                     length, rows, width, placement.weight_bytes(model, sizes),
                     placement.cache_bytes_per_device(model, sizes, slots, length), steps["fill"], steps["decode"],
-                    int(topology.hbm_gib * GIB))
+                    int(topology.hbm_gib * GIB), "rollout")
 
 
 @dataclass

@@ -277,3 +277,21 @@ def test_a_rollout_that_does_not_fit_says_so_in_one_line():
     assert needed > memory.usable_bytes(tpu_topology("v5e-8"))
     assert line.count("\n") == 0 and line.startswith("out of memory: a rollout needs about"), line
     assert "objective.prompts_per_rollout x objective.samples_per_prompt" in line
+
+
+def test_plan_compiles_the_rollout_engine_of_a_grpo_run(capsys):
+    """`plan --compile --rollout`: the rollout engine's fill and decode steps, compiled for this machine from the run's
+    own model on its mesh (64 slots: 16 prompts x 4 samples; the cache rows of data.seq_len); one line for a config
+    that rolls nothing out."""
+    import json
+
+    from instructjax import cli
+
+    argv = ["plan", "--config", "/dev/null", "--compile", "--rollout", "model.preset=tiny", "data.seq_len=512",
+            "data.mixture=verifiable_builtin", "data.global_batch=64", "--json"]
+    assert cli.main([*argv, "objective.loss=grpo"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert (report["plan"]["engine"], report["plan"]["slots"], report["plan"]["length"]) == ("rollout", 64, 512)
+    assert [s["step"] for s in report["steps"]] == ["fill", "decode"] and all(s["xla_bytes"] > 0 for s in report["steps"])
+    assert cli.main([*argv, "data.mixture=arithmetic_builtin"]) == 2
+    assert "plan --rollout goes with --compile, for a config of objective.loss: grpo" in capsys.readouterr().err
