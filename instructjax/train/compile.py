@@ -64,6 +64,7 @@ class CompiledShape:
     peak_bytes: int = 0  # the compiler's peak of live buffers a device (`memory_analysis().peak_memory_in_bytes`)
     collectives: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> {count, largest}
     refused: str = ""  # the compiler's own words where it refused the step for memory (xla_bytes: its figure)
+    beside: int = 0  # held on the device beside the step, none of its arguments (grpo's cached reference)
 
     @property
     def largest_all_reduce_bytes(self) -> int:
@@ -89,7 +90,7 @@ class CompileReport:
 
     @property
     def fits(self) -> bool:
-        return all(s.xla_bytes <= self.usable * s.hbm_bytes for s in self.shapes)
+        return all(s.xla_bytes + s.beside <= self.usable * s.hbm_bytes for s in self.shapes)
 
     def to_dict(self) -> dict[str, Any]:
         return {"config": self.config, "topology": self.topology, "devices": self.devices, "hosts": self.hosts,
@@ -234,7 +235,8 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
     largest = max(target.shapes, key=lambda s: s[0] * s[1])
     shapes = []
     for rows, length in sorted(set(target.shapes)):
-        estimate, _ = memory.step_needed(model, run, mesh_sizes, [(rows, length)], topology)
+        figures, acts = memory.step_memory(model, run, mesh_sizes, [(rows, length)], topology)
+        estimate, beside = memory.needed_bytes(figures, acts), memory.beside_step_bytes(run, figures)
         hbm = int(topology.hbm_gib * GIB)
         try:
             compiled, seconds, digest = compile_shape(build, rows, length)
@@ -245,7 +247,8 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
             needed = re.search(r"\(([\d.]+)G\) exceeds", words)
             temporaries = int(float(needed.group(1)) * GIB) if needed else hbm + 1
             shapes.append(CompiledShape(rows, length, temporaries, estimate, hbm, 0, 0, 0, temporaries, 0, 0.0,
-                                        peak_bytes=temporaries, refused=words[words.find("RESOURCE_EXHAUSTED"):][:200]))
+                                        peak_bytes=temporaries, refused=words[words.find("RESOURCE_EXHAUSTED"):][:200],
+                                        beside=beside))
             continue
         stats = compiled.memory_analysis()
         kernels, collectives = program_figures(compiled.as_text())
@@ -254,7 +257,7 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
         shapes.append(CompiledShape(rows, length, int(xla), estimate, hbm, stats.argument_size_in_bytes,
                                     stats.output_size_in_bytes, stats.alias_size_in_bytes, stats.temp_size_in_bytes,
                                     kernels, round(seconds, 1), int(getattr(stats, "peak_memory_in_bytes", 0)),
-                                    collectives))
+                                    collectives, beside=beside))
         if save_executable and (rows, length) == largest:
             save_compiled(compiled, save_executable, target=slice_identity(devices, topology.hosts, mesh_sizes),
                           rows=rows, length=length, digest=digest)
@@ -337,9 +340,11 @@ def compile_steps(build, shapes, saved: dict, params, opt_state, reference: tupl
 
 def does_not_fit(report: CompileReport) -> str:
     """One line: the first step shape the compiler says does not fit, its figure and the keys to change."""
-    s = next(s for s in report.shapes if s.xla_bytes > report.usable * s.hbm_bytes)
+    s = next(s for s in report.shapes if s.xla_bytes + s.beside > report.usable * s.hbm_bytes)
+    beside = f" and {s.beside / GIB:.2f} GiB beside it (the cached reference)" if s.beside else ""
     return (f"does not fit: the step of {s.rows} row(s) of {s.length} needs {'over ' if s.refused else ''}"
-            f"{s.xla_bytes / GIB:.2f} GiB a device by the TPU compiler ({report.topology}: {s.hbm_bytes / GIB:.0f} GiB HBM, {report.usable:.0%} usable); "
+            f"{s.xla_bytes / GIB:.2f} GiB a device by the TPU compiler{beside} ({report.topology}: "
+            f"{s.hbm_bytes / GIB:.0f} GiB HBM, {report.usable:.0%} usable); "
             "lower data.global_batch or data.seq_len, raise optim.micro_batches, set model.remat=full, or take a "
             "larger slice")
 
@@ -360,7 +365,9 @@ def format_report(report: CompileReport) -> str:
                             for kind, c in sorted(s.collectives.items()))
         lines += [f"  step {s.rows} x {s.length}: compiler {s.xla_bytes / GIB:.2f} GiB a device (arguments "
                   f"{s.arguments / GIB:.2f}, outputs {s.outputs / GIB:.2f}, aliased {s.aliases / GIB:.2f}, temporaries "
-                  f"{s.temporaries / GIB:.2f}; peak {s.peak_bytes / GIB:.2f}), plan {s.plan_bytes / GIB:.2f} GiB ({s.plan_bytes / max(s.xla_bytes, 1):.0%}"
+                  f"{s.temporaries / GIB:.2f}; peak {s.peak_bytes / GIB:.2f})"
+                  + (f" + {s.beside / GIB:.2f} GiB beside it (the cached reference)" if s.beside else "")
+                  + f", plan {s.plan_bytes / GIB:.2f} GiB ({s.plan_bytes / max(s.xla_bytes + s.beside, 1):.0%}"
                   f" of it), HBM {s.hbm_bytes / GIB:.0f} GiB",
                   f"    {s.mosaic_kernels} Mosaic kernel(s), compiled in {s.compile_s:.1f} s; collectives: "
                   f"{largest or 'none'}"]

@@ -138,18 +138,32 @@ def usable_bytes(topology: Topology) -> float:
     return USABLE * topology.hbm_gib * GIB
 
 
-def step_needed(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], shapes, topology: Topology
-                ) -> tuple[int, str]:
-    """The bytes a device needs for `model` on mesh `sizes` and the largest of the step `shapes` (rows, length) on
-    `topology`, and the one line saying so when they do not fit (`out_of_memory`)."""
+def step_memory(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], shapes, topology: Topology
+                ) -> tuple[dict[str, int], dict[str, Any]]:
+    """`device_memory`'s figures for the largest of the step `shapes` (rows, length), with the objective's terms
+    (`reference_bytes`, `rollout_bytes`)."""
     rows, length = max(shapes, key=lambda shape: shape[0] * shape[1])
     memory, acts = device_memory(model, sizes, rows=rows, seq_len=length, micro_batches=config.optim.micro_batches,
                                  clip=bool(config.optim.grad_clip), platform=topology.platform,
                                  loss_chunk=config.optim.loss_chunk, onchip=onchip_bytes(topology))
     memory["reference_bytes"] = reference_bytes(model, config, memory)
     memory["rollout_bytes"] = rollout_bytes(model, config, sizes, memory)
+    return memory, acts
+
+
+def step_needed(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], shapes, topology: Topology
+                ) -> tuple[int, str]:
+    """The bytes a device needs for `model` on mesh `sizes` and the largest of the step `shapes` (rows, length) on
+    `topology`, and the one line saying so when they do not fit (`out_of_memory`)."""
+    memory, acts = step_memory(model, config, sizes, shapes, topology)
     needed = needed_bytes(memory, acts)
     return needed, out_of_memory(needed, memory, acts, topology)
+
+
+def beside_step_bytes(config: RunConfig, memory: dict[str, int]) -> int:
+    """What a device holds while the train step runs that is none of the step's arguments: a grpo run's cached
+    reference (its parameters wait for the next rollout; a live one is an argument of the step)."""
+    return memory["reference_bytes"] if config.objective.rollouts and config.objective.reference == "cached" else 0
 
 
 def out_of_memory(needed: int, memory: dict, acts: dict, topology: Topology) -> str:
