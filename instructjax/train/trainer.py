@@ -9,7 +9,8 @@ train step:  jit with explicit shardings, state donated; the global batch is spl
              normalized by the trained-token weight of the whole global batch (all hosts). With
              `data.pack: per_step` the pipeline plans the run's few step shapes (rows x row length, rows a
              multiple of `sharding.row_multiple`); each is compiled before step 1
-loop:        host batch -> global jax.Array -> step; metrics to RUN_DIR/metrics.jsonl + TensorBoard;
+loop:        host batch -> global jax.Array -> step (a grpo run's batch: the rollout of the previous step's
+             parameters, train/rollout.py); metrics to RUN_DIR/metrics.jsonl + TensorBoard;
              Orbax saves every `checkpoint.every` steps and at the end; a non-finite loss stops the run
              before anything broken is saved; SIGTERM or SIGINT saves the step in flight and stops (preemption.py).
              A run that reached its last step writes RUN_DIR/DONE: {step, config: `training_digest`}
@@ -80,7 +81,8 @@ class Trainer:
                  pipeline=None):
         """`accept_changes`: resume although the config changes what the run trains (`resume.check_unchanged`);
         `devices`: the mesh's devices (default all); `pipeline`: a stand-in for the config's DataPipeline (iteration,
-        state, restore, task_names, report, use_reference, stream, plan_epoch; plan_steps for per_step)."""
+        state, restore, task_names, report, use_reference, stream, plan_epoch; plan_steps for per_step; a grpo run's
+        `rollout(params)` in place of the iteration: train/rollout.py)."""
         hosts.initialize(config.distributed, f"train:{config.run_dir}")  # the hosts tokenize together, each a share
         self.resume = resume
         self.run_dir = storage.path(config.run_dir)
