@@ -8,7 +8,8 @@ model and of the GRPO model on the first 100 verifiable prompts (the engine, tem
 tokens/s (trained tokens over the step's time less its generation) and the share of a step spent generating.
 Goal: the solve rate rises from the SFT model's.
 
-    python benchmarks/grpo_toy.py [--sft-steps 800] [--steps 50] [--lr 2e-4] [--out /tmp/grpo_toy] [--no-append]
+    python benchmarks/grpo_toy.py [--sft-steps 800] [--steps 50] [--lr 2e-4] [--samples 4] [--out /tmp/grpo_toy]
+                                  [--sft-from DIR] [--no-append]
 """
 
 from __future__ import annotations
@@ -56,22 +57,27 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--lr", type=float, default=2e-4)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--out", default="/tmp/grpo_toy")
+    p.add_argument("--samples", type=int, default=4, help="completions a prompt (16 prompts a rollout)")
+    p.add_argument("--sft-from", help="an SFT run of this benchmark's to start from (its SFT is not trained again)")
     args = p.parse_args(argv)
     from instructjax.core.config import load_config
     from instructjax.train.trainer import Trainer
 
     out = Path(args.out)
-    shutil.rmtree(out, ignore_errors=True)
-    sft_dir, grpo_dir = out / "sft", out / "grpo"
+    shutil.rmtree(out / "grpo", ignore_errors=True)
+    sft_dir, grpo_dir = Path(args.sft_from) if args.sft_from else out / "sft", out / "grpo"
     started = time.perf_counter()
-    Trainer(load_config(None, [*MODEL, "data.mixture=arithmetic_builtin", "data.seq_len=64", "data.global_batch=32",
-                               "optim.lr=3e-3", "optim.epochs=100", f"max_steps={args.sft_steps}", "log_every=50",
-                               f"run_dir={sft_dir}", f"checkpoint.every={args.sft_steps}"])).run()
+    if not args.sft_from:
+        shutil.rmtree(sft_dir, ignore_errors=True)
+        Trainer(load_config(None, [*MODEL, "data.mixture=arithmetic_builtin", "data.seq_len=64",
+                                   "data.global_batch=32", "optim.lr=3e-3", "optim.epochs=100",
+                                   f"max_steps={args.sft_steps}", "log_every=50", f"run_dir={sft_dir}",
+                                   f"checkpoint.every={args.sft_steps}"])).run()
     sft_seconds = time.perf_counter() - started
     started = time.perf_counter()
     Trainer(load_config(None, [*MODEL, f"model.init_from={sft_dir}", "data.mixture=verifiable_builtin",
-                               "data.seq_len=64", "data.global_batch=64", "objective.loss=grpo",
-                               "objective.prompts_per_rollout=16", "objective.samples_per_prompt=4",
+                               "data.seq_len=64", f"data.global_batch={16 * args.samples}", "objective.loss=grpo",
+                               "objective.prompts_per_rollout=16", f"objective.samples_per_prompt={args.samples}",
                                f"objective.response_length={RESPONSE}", f"optim.lr={args.lr}",
                                "optim.schedule=constant", "optim.warmup_ratio=0",
                                f"max_steps={args.steps}", "log_every=1", f"run_dir={grpo_dir}",
@@ -104,7 +110,7 @@ def main(argv: list[str] | None = None) -> dict:
     first, last = float(rate[:10].mean()), float(rate[-10:].mean())
     body = "\n".join([
         f"SFT: {args.sft_steps} steps on arithmetic_builtin ({sft_seconds:.0f} s); GRPO: {args.steps} steps on "
-        f"verifiable_builtin, 16 prompts x 4 samples, temperature 0.7, {RESPONSE} new tokens, lr {args.lr:g} constant "
+        f"verifiable_builtin, 16 prompts x {args.samples} samples, temperature 0.7, {RESPONSE} new tokens, lr {args.lr:g} constant "
         f"({grpo_seconds:.0f} s)",
         "",
         "| | SFT model | after GRPO |",

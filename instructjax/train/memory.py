@@ -172,7 +172,7 @@ def out_of_memory(needed: int, memory: dict, acts: dict, topology: Topology) -> 
     held = memory["param_bytes"] + memory["opt_bytes"] + memory.get("reference_bytes", 0)
     if memory.get("rollout_bytes") and held + memory["rollout_bytes"] >= needed:
         return (f"out of memory: a rollout needs about {needed / GIB:.1f} GiB a device (its KV cache, the layers sliced "
-                f"for decoding and the slots' logits {_gib(memory['rollout_bytes'])} beside the parameters, AdamW "
+                f"for decoding and the engine's steps {_gib(memory['rollout_bytes'])} beside the parameters, AdamW "
                 f"state and reference {_gib(held)}), a device here has {topology.hbm_gib:.1f} GiB ({topology.name}); "
                 "lower objective.prompts_per_rollout x objective.samples_per_prompt (64 slots at most) or "
                 "data.seq_len (`instructjax plan --config ...` shows the figures)")

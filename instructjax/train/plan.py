@@ -233,7 +233,7 @@ def format_plan(plan: Plan) -> str:
         *([f"  reference     {_gib(m['reference_bytes'])} (the starting model, frozen, run in every step: about a "
            "third more compute a step)"] if m.get("reference_bytes") else []),
         *([f"  rollout       {_gib(m['rollout_bytes'])} (between steps, beside the parameters, AdamW state and "
-           "reference: its KV cache, the layers sliced for decoding, the slots' logits)"]
+           "reference: its KV cache, the layers sliced for decoding, the engine's fill or decode step)"]
           if m.get("rollout_bytes") else []),
         f"  total         {_gib(plan.total_bytes)} of {t.hbm_gib:.3g} GiB -> "
         + ("fits" if plan.fits else f"DOES NOT FIT (limit {USABLE:.0%} of it)") + _apart(plan),

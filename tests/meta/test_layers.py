@@ -140,7 +140,7 @@ def test_the_data_layer_never_imports_jax():
 
 
 # Inside data/, its stages in pipeline order (docs/architecture.md): a module imports from its own stage or below.
-DATA_STAGES = {"schema": 0, "cache": 0, "sources": 1, "encoding": 2, "selection": 3, "mosaic": 3, "blends": 4,
+DATA_STAGES = {"schema": 0, "cache": 0, "verifiers": 0, "sources": 1, "encoding": 2, "selection": 3, "mosaic": 3, "blends": 4,
                "tokenized": 5, "seqio": 6, "binding": 7, "batches": 8}
 
 

@@ -11,7 +11,7 @@ import string
 from collections import Counter
 from collections.abc import Callable
 
-from instructjax.data.verifiers import math_answers as m
+import instructjax.data.verifiers.math_answers as m
 from instructjax.data.verifiers.if_checks import CHECKS
 
 log = logging.getLogger(__name__)
