@@ -4,12 +4,13 @@
 
 Printed and logged: the rollouts' solve rate (open-instruct's `objective/verifiable_correct_rate`) step by step and
 plotted to RUN_DIR/solve_rate.png, its mean over the first and the last 10 steps; the greedy solve rate of the SFT
-model and of the GRPO model on the first 100 verifiable prompts (the engine, temperature 0); rollout tokens/s, train
+model and of the GRPO model on the prompts RL draws (`--prompts` of the built-in set: a mixture's count of it, the
+subset an SFT run takes) and on 100 others (the engine, temperature 0); rollout tokens/s, train
 tokens/s (trained tokens over the step's time less its generation) and the share of a step spent generating.
 Goal: the solve rate rises from the SFT model's.
 
-    python benchmarks/grpo_toy.py [--sft-steps 800] [--steps 50] [--lr 2e-4] [--samples 4] [--out /tmp/grpo_toy]
-                                  [--sft-from DIR] [--no-append]
+    python benchmarks/grpo_toy.py [--sft-steps 800] [--steps 50] [--lr 2e-4] [--samples 4] [--prompts 64]
+                                  [--out /tmp/grpo_toy] [--sft-from DIR] [--no-append]
 """
 
 from __future__ import annotations
@@ -31,23 +32,31 @@ MODEL = ["model.preset=tiny", "model.dtype=float32", "model.hidden_size=128", "m
 RESPONSE = 24  # new tokens a completion: "17 + 25 = 42. The answer is 42." and its end of turn are 20
 
 
-def solve_rate(run_dir: str, prompts: int, seed: int = 7) -> float:
-    """Greedy solve rate of the model saved in `run_dir` on the first `prompts` of the built-in verifiable prompts (in
-    file order; GRPO's rollouts draw from all 500)."""
+def prompt_sets(mixture: Path, others: int = 100) -> tuple[list, list]:
+    """(the prompts the GRPO run draws: its mixture's subset of the built-in set, `others` of the rest)."""
     from instructjax.core.config import load_config
-    from instructjax.data.verifiers import verify
-    from instructjax.eval.generate import load_generator
-    from instructjax.model.engine import Sampling
     from instructjax.train import setup as run_setup
     from instructjax.train.rollout import open_rollouts
 
-    bound = run_setup.bind_run(load_config(None, [*MODEL, "data.mixture=verifiable_builtin", "data.seq_len=64",
-                                                  "objective.loss=grpo", "data.global_batch=64",
-                                                  f"objective.response_length={RESPONSE}"]))
-    held_out = open_rollouts(bound).prompts[:prompts]
+    def prompts(path, name):
+        return open_rollouts(run_setup.bind_run(load_config(path, [
+            *MODEL, f"data.mixture={name}", "data.seq_len=64", "objective.loss=grpo", "data.global_batch=64",
+            f"objective.response_length={RESPONSE}"]))).prompts
+
+    trained = prompts(mixture, "grpo_toy_prompts")
+    seen = {p.id for p in trained}
+    return trained, [p for p in prompts(None, "verifiable_builtin") if p.id not in seen][-others:]
+
+
+def solve_rate(run_dir: str, prompts: list, seed: int = 7) -> float:
+    """Greedy solve rate of the model saved in `run_dir` on `prompts` (the engine, temperature 0)."""
+    from instructjax.data.verifiers import verify
+    from instructjax.eval.generate import load_generator
+    from instructjax.model.engine import Sampling
+
     generator, _ = load_generator(run_dir)
-    outputs = generator.generate([list(p.ids) for p in held_out], Sampling(max_new_tokens=RESPONSE, seed=seed))
-    return float(np.mean([verify(p.verifier, text, p.ground_truth) > 0 for p, text in zip(held_out, outputs,
+    outputs = generator.generate([list(p.ids) for p in prompts], Sampling(max_new_tokens=RESPONSE, seed=seed))
+    return float(np.mean([verify(p.verifier, text, p.ground_truth) > 0 for p, text in zip(prompts, outputs,
                                                                                           strict=True)]))
 
 
@@ -58,6 +67,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--out", default="/tmp/grpo_toy")
     p.add_argument("--samples", type=int, default=4, help="completions a prompt (16 prompts a rollout)")
+    p.add_argument("--prompts", type=int, default=64,
+                   help="RL on N of the built-in verifiable prompts (a mixture of that count: each drawn every N / 16 "
+                        "steps)")
     p.add_argument("--sft-from", help="an SFT run of this benchmark's to start from (its SFT is not trained again)")
     args = p.parse_args(argv)
     from instructjax.core.config import load_config
@@ -75,7 +87,11 @@ def main(argv: list[str] | None = None) -> dict:
                                    f"checkpoint.every={args.sft_steps}"])).run()
     sft_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    Trainer(load_config(None, [*MODEL, f"model.init_from={sft_dir}", "data.mixture=verifiable_builtin",
+    mixture = out / "grpo_prompts.yaml"  # --prompts of the built-in set: each drawn every few steps
+    mixture.parent.mkdir(parents=True, exist_ok=True)
+    mixture.write_text(f"define:\n  mixtures:\n    grpo_toy_prompts:\n      mode: epoch\n      counts:\n"
+                       f"        verifiable_builtin: {args.prompts}\n")
+    Trainer(load_config(mixture, [*MODEL, f"model.init_from={sft_dir}", "data.mixture=grpo_toy_prompts",
                                "data.seq_len=64", f"data.global_batch={16 * args.samples}", "objective.loss=grpo",
                                "objective.prompts_per_rollout=16", f"objective.samples_per_prompt={args.samples}",
                                f"objective.response_length={RESPONSE}", f"optim.lr={args.lr}",
@@ -91,7 +107,9 @@ def main(argv: list[str] | None = None) -> dict:
     rollout_tps = float(np.median([s["val/actor_tokens_per_second"] for s in steps[1:]]))
     train_tps = float(np.median((trained / np.maximum(seconds - generation, 1e-9))[1:]))
     share = float(np.median((generation / seconds)[1:]))
-    before, after = solve_rate(str(sft_dir), 100), solve_rate(str(grpo_dir), 100)
+    trained, held_out = prompt_sets(mixture)
+    before, after = solve_rate(str(sft_dir), trained), solve_rate(str(grpo_dir), trained)
+    other_before, other_after = solve_rate(str(sft_dir), held_out), solve_rate(str(grpo_dir), held_out)
     try:
         import matplotlib
 
@@ -110,13 +128,14 @@ def main(argv: list[str] | None = None) -> dict:
     first, last = float(rate[:10].mean()), float(rate[-10:].mean())
     body = "\n".join([
         f"SFT: {args.sft_steps} steps on arithmetic_builtin ({sft_seconds:.0f} s); GRPO: {args.steps} steps on "
-        f"verifiable_builtin, 16 prompts x {args.samples} samples, temperature 0.7, {RESPONSE} new tokens, lr {args.lr:g} constant "
+        f"{args.prompts} of verifiable_builtin, 16 prompts x {args.samples} samples, temperature 0.7, {RESPONSE} new tokens, lr {args.lr:g} constant "
         f"({grpo_seconds:.0f} s)",
         "",
         "| | SFT model | after GRPO |",
         "|---|---|---|",
         f"| rollouts' solve rate (mean of the first / last 10 steps) | {first:.3f} | {last:.3f} |",
-        f"| greedy solve rate, the first 100 prompts | {before:.2f} | {after:.2f} |",
+        f"| greedy solve rate, the {args.prompts} RL prompts | {before:.2f} | {after:.2f} |",
+        f"| greedy solve rate, 100 other prompts of the set | {other_before:.2f} | {other_after:.2f} |",
         "",
         f"rollout {rollout_tps:.0f} tokens/s (generated); train {train_tps:.0f} tokens/s (trained tokens over the step "
         f"less its generation); a step spends {share:.0%} of its time generating (medians over steps 2..{args.steps})",
@@ -124,6 +143,7 @@ def main(argv: list[str] | None = None) -> dict:
         "solve rate by step: " + " ".join(f"{r:.2f}" for r in rate),
     ])
     summary = {"first10": first, "last10": last, "greedy_sft": before, "greedy_grpo": after,
+               "greedy_other_sft": other_before, "greedy_other_grpo": other_after,
                "rollout_tokens_per_sec": rollout_tps, "train_tokens_per_sec": train_tps, "generation_share": share}
     finish(args, "GRPO on built-in arithmetic, CPU (issue 69 item 5)", body, summary)
     print(body)

@@ -196,10 +196,12 @@ class Rollouts:
 
 def open_rollouts(bound, process_index: int = 0, process_count: int = 1) -> Rollouts:
     """A grpo run's rollouts over its bound mixture (`train.setup.BoundRun`): every verifiable task's prompts (an
-    epoch-mode mixture's counts: the first of each task's, as read), encoded by the run's chat template with its
-    generation prompt (one longer than its task's max_length left out and counted, as its examples are); verified
-    by their rows' verifiers; stopped at EOS and the template's end of an assistant turn."""
+    epoch-mode mixture's count: the subset an SFT run of it would take, `task_subsets`), encoded by the run's chat
+    template with its generation prompt (one longer than its task's max_length left out and counted, as its examples
+    are); verified by their rows' verifiers; stopped at EOS and the template's end of an assistant turn."""
     from instructjax.core.errors import BadRowPolicy
+    from instructjax.data.batches.example_order import task_subsets
+    from instructjax.data.blends.specs import subset_seed
     from instructjax.data.encoding.prompt import encode_prompts
     from instructjax.data.encoding.tokenizer import turn_end_ids
     from instructjax.data.tokenized.stream import read_conversations
@@ -210,20 +212,19 @@ def open_rollouts(bound, process_index: int = 0, process_count: int = 1) -> Roll
     if mixture is not None and not mixture.epoch_mode:
         raise ConfigError(f"data.mixture={config.data.mixture} mixes by rates: a grpo run reads its tasks' prompts "
                           "whole (a mixture of counts: `null` for all of a task)")
-    counts = dict(mixture.counts) if mixture is not None else {}
     prompts, reports = [], []
-    for index, (task, spec) in enumerate(zip(resolved.tasks, resolved.specs, strict=True)):
-        policy = BadRowPolicy(spec.on_bad_row)
-        convs = list(read_conversations(spec, policy))
-        convs = convs[: counts.get(task) or len(convs)]
+    for index, (task, spec, count, seed) in enumerate(task_subsets(bound.data.config, resolved)):
+        policy = BadRowPolicy(spec.on_bad_row)  # a count: the subset an SFT run of the mixture takes, in its order
+        convs = list(read_conversations(spec, policy, subset_seed(seed, task) if seed is not None else None))
         template = spec.template or config.template
-        longer = 0
+        longer, kept = 0, []
         for conv, encoded in zip(convs, encode_prompts(convs, template, tokenizer, spec.max_length), strict=True):
             if encoded.truncated:  # as its examples leave it out (data/tokenized: prompt_over_max_length)
                 longer += 1
                 continue
-            prompts.append(Prompt(tuple(int(i) for i in encoded.tokens), conv.meta["ground_truth"],
-                                  conv.meta["verifier"], index, conv.id))
+            kept.append(Prompt(tuple(int(i) for i in encoded.tokens), conv.meta["ground_truth"],
+                               conv.meta["verifier"], index, conv.id))
+        prompts += kept[:count] if count is not None else kept
         reports += [f"{bound.data.sources[index]}: {line}" for line in policy.summary()]
         if longer:
             reports.append(f"{bound.data.sources[index]}: {longer} prompt(s) longer than its max_length "
