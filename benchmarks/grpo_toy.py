@@ -9,7 +9,7 @@ subset an SFT run takes) and on 100 others (the engine, temperature 0); rollout 
 tokens/s (trained tokens over the step's time less its generation) and the share of a step spent generating.
 Goal: the solve rate rises from the SFT model's.
 
-    python benchmarks/grpo_toy.py [--sft-steps 800] [--steps 50] [--lr 2e-4] [--samples 4] [--prompts 64]
+    python benchmarks/grpo_toy.py [--sft-steps 800] [--steps 50] [--lr 5e-4] [--samples 8] [--prompts 64]
                                   [--out /tmp/grpo_toy] [--sft-from DIR] [--no-append]
 """
 
@@ -63,10 +63,10 @@ def solve_rate(run_dir: str, prompts: list, seed: int = 7) -> float:
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__)
     p.add_argument("--sft-steps", type=int, default=800)
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--out", default="/tmp/grpo_toy")
-    p.add_argument("--samples", type=int, default=4, help="completions a prompt (16 prompts a rollout)")
+    p.add_argument("--samples", type=int, default=8, help="completions a prompt (16 prompts a rollout)")
     p.add_argument("--prompts", type=int, default=64,
                    help="RL on N of the built-in verifiable prompts (a mixture of that count: each drawn every N / 16 "
                         "steps)")
