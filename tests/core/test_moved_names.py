@@ -9,7 +9,9 @@ import pytest
 
 MOVED = [("instructjax.core.config", "JudgeEndpoint", "instructjax.eval.config"),
          ("instructjax.core.config", "eval_section", "instructjax.eval.config"),
-         ("instructjax.eval.humaneval", "codex_eval", "instructjax.eval.tulu.codex")]
+         ("instructjax.eval.humaneval", "codex_eval", "instructjax.eval.tulu.codex"),
+         ("instructjax.eval.engine", "SlotEngine", "instructjax.model.engine"),
+         ("instructjax.eval.engine", "widest_fill", "instructjax.model.engine")]
 
 
 @pytest.mark.parametrize("old,name,new", MOVED)
