@@ -20,6 +20,7 @@ prompt once), `state`/`restore` (the prompts drawn so far), `report`; `rollout(p
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -145,6 +146,11 @@ class Rollouts:
             kept, metrics = self._generate(params, chosen, first)
             if kept:
                 break
+        else:  # said, not silent: the step's update is AdamW's momentum and decay alone
+            if self.process_index == 0:
+                print(f"instructjax: warning: {MAX_REDRAWS} rollouts in a row scored alike in every group (prompts "
+                      f"{first + len(chosen) - MAX_REDRAWS * len(chosen)}..{first + len(chosen) - 1} of the run): this "
+                      "step trains on no token", file=sys.stderr, flush=True)
         self.state = IteratorState(self.drawn, 0, 0)
         batch = pack_rollout(kept, self.config.data.global_batch, self.config.data.seq_len)
         if self.reference is not None:

@@ -295,3 +295,19 @@ def test_plan_compiles_the_rollout_engine_of_a_grpo_run(capsys):
     assert [s["step"] for s in report["steps"]] == ["fill", "decode"] and all(s["xla_bytes"] > 0 for s in report["steps"])
     assert cli.main([*argv, "data.mixture=arithmetic_builtin"]) == 2
     assert "plan --rollout goes with --compile, for a config of objective.loss: grpo" in capsys.readouterr().err
+
+
+def test_a_step_whose_rollouts_all_score_alike_says_so(tmp_path, capsys):
+    """An untrained model solves nothing: every group scores alike, the rollout is drawn again (8 times), then the step
+    trains on no token, and one warning line says so (nothing left out silently)."""
+    from instructjax.train.trainer import Trainer
+
+    config = load_config(None, ["model.preset=tiny", "model.dtype=float32", "data.mixture=verifiable_builtin",
+                                "data.seq_len=64", "data.global_batch=8", "objective.loss=grpo",
+                                "objective.prompts_per_rollout=2", "objective.samples_per_prompt=4",
+                                "objective.response_length=4", "max_steps=1", f"run_dir={tmp_path / 'run'}"])
+    result = Trainer(config).run()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("instructjax: warning:")]
+    assert warnings == ["instructjax: warning: 8 rollouts in a row scored alike in every group (prompts 0..15 of the "
+                        "run): this step trains on no token"]
+    assert result.losses == {1: 0.0}
