@@ -173,6 +173,13 @@ def spec(config: Any) -> LoraSpec | None:
                     tuple(parameters[t] for t in hf_parameters))
 
 
+def adapter_dtype(config: Any) -> jnp.dtype:
+    """The adapters' stored dtype: float32 over a 16-bit base (`model.param_dtype: bfloat16`, the frozen base in
+    bfloat16), as PEFT's `autocast_adapter_dtype` keeps them; else the base's."""
+    dtype = jnp.dtype(config.param_dtype)
+    return jnp.dtype(jnp.float32) if dtype.itemsize < 4 else dtype
+
+
 def adapters(config: Any, name: str, in_shape: tuple[int, ...], out_shape: tuple[int, ...], axes: tuple[str, ...],
              rngs: nnx.Rngs) -> tuple[nnx.LoRAParam | None, nnx.LoRAParam | None]:
     """(lora_a, lora_b) of our module `name` [*in_shape -> *out_shape] with logical `axes`: PEFT's A
@@ -181,7 +188,7 @@ def adapters(config: Any, name: str, in_shape: tuple[int, ...], out_shape: tuple
     lora = spec(config)
     if lora is None or name not in lora.targets:
         return None, None
-    dtype, n_in = jnp.dtype(config.param_dtype), len(in_shape)
+    dtype, n_in = adapter_dtype(config), len(in_shape)
     lora_a = None
     if lora.holds_a(name):
         bound = 1.0 / math.sqrt(math.prod(in_shape))
@@ -208,7 +215,7 @@ def expert_adapters(config: Any, name: str, in_size: int, out_size: int, axes: t
     lora = spec(config)
     if lora is None or name not in lora.experts:
         return None
-    dtype, experts = jnp.dtype(config.param_dtype), config.num_experts
+    dtype, experts = adapter_dtype(config), config.num_experts
     lora_a = None
     if lora.holds_a(name, experts=True):
         bound = 1.0 / math.sqrt(in_size)

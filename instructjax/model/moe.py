@@ -6,8 +6,9 @@ The router: logits = x W [tokens, experts] in the compute dtype, softmax over ev
 by `norm_topk_prob`: Mixtral's "top-k of the logits, then softmax" is the same numbers). Dropless: every token reaches
 its k experts, none is dropped for capacity. The experts run as grouped matmuls (`jax.lax.ragged_dot`; `grouped_matmul`) over the
 token copies sorted by expert, never a dense all-experts product; each copy's output is weighted and the k copies of
-a token summed back in its place. On a mesh with an `expert` axis (core/sharding.py) each of its devices holds its
-own experts (their LoRA adapters alike) and the tokens are dispatched to them and back (`SparseMLP.dispatched`).
+a token summed back in its place. On a mesh each device computes its own tokens (`SparseMLP.dispatched`); with an
+`expert` axis (core/sharding.py) each of its devices holds its own experts (their LoRA adapters alike) and the tokens
+are dispatched to them and back.
 
 `RouterStats`, per sparse layer, are sums over the real tokens (segment > 0) only: how many of the tokens' k choices
 each expert got, the softmax mass each expert got, and the squared logsumexp of the logits (the z-loss's). Sums add
@@ -129,14 +130,21 @@ class SparseMLP(nnx.Module):
         return route(self.router(x.reshape(-1, x.shape[-1]).astype(self.dtype)), self.k, self.renormalise)[2]
 
     def grouped(self, flat: Array, experts: Array, weights: Array) -> Array:
-        """Each token's k experts' outputs, weighted and summed: `local_experts` on every device where the mesh
-        has no expert axis (or none: one device), `dispatched` over it where it has one."""
+        """Each token's k experts' outputs, weighted and summed: `dispatched` where the expert axis splits the
+        experts, or where the batch axes split more token copies than the experts have rows of their matrices (a
+        train step's or a fill's: gathering the experts to the tokens moves fewer bytes than gathering the tokens to
+        the experts); else `local_experts` as XLA partitions it (no mesh, one device, a decode step's few tokens)."""
         params = {name: self.weights_of(name) for name in ("gate_proj", "up_proj", "down_proj")}
         mesh = jax.sharding.get_abstract_mesh()
-        if mesh.empty or dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True)).get(EXPERT_AXIS, 1) == 1:
-            return self.local_experts(flat, experts, weights, {n: {k: w for k, (w, _) in p.items()}
-                                                               for n, p in params.items()})
-        return self.dispatched(flat, experts, weights, params, mesh)
+        if not mesh.empty:
+            batch = logical_to_spec(("batch",), mesh, flat.shape[:1], strict=False)[0]
+            batch = (batch,) if isinstance(batch, str) else tuple(batch or ())
+            width, hidden = params["gate_proj"]["w"][0].shape[2], flat.shape[1]
+            many = flat.shape[0] * self.k * (hidden + width) >= self.experts * 3 * hidden * width
+            if (batch and many) or dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True)).get(EXPERT_AXIS, 1) > 1:
+                return self.dispatched(flat, experts, weights, params, mesh, batch)
+        return self.local_experts(flat, experts, weights, {n: {k: w for k, (w, _) in p.items()}
+                                                           for n, p in params.items()})
 
     def weights_of(self, name: str) -> dict[str, tuple[Array, tuple[str, ...]]]:
         """Parameter `name`'s stacked experts `w` [E, in, out] and, where it holds adapters, their `b` and its own
@@ -174,15 +182,20 @@ class SparseMLP(nnx.Module):
             unsorted = jnp.where(mine.reshape(n, k, 1), unsorted, jnp.zeros((), unsorted.dtype))
         return jnp.sum(unsorted * weights[..., None], axis=1)
 
-    def dispatched(self, flat: Array, experts: Array, weights: Array, params: dict, mesh) -> Array:
-        """`local_experts` with the experts split over the mesh's `expert` axis, in a `shard_map` over the axes that
-        split the tokens (of data, fsdp) and expert (tensor, and any other, stays automatic): each device holds its own tokens and its own experts'
-        weights, gathered whole over fsdp (FSDP's gather; the gradient's transpose a reduce-scatter). Each device of
-        an expert group gathers the group's tokens and their choices (an all-gather over the axis), computes its own
-        experts' share of every token (the others' choices weigh 0) and the shares are summed back onto the tokens'
-        own devices (a reduce-scatter: `psum_scatter`); tokens the axis does not split (a decode step's few rows) are
-        whole on each of its devices, the shares summed (`psum`). The router ran before, on each device's own
-        tokens, so its choices and statistics are those of one device.
+    def dispatched(self, flat: Array, experts: Array, weights: Array, params: dict, mesh, batch: tuple[str, ...]
+                   ) -> Array:
+        """`local_experts` in a `shard_map` over the mesh axes `batch` that split the tokens (of data, fsdp, expert)
+        and the expert axis (tensor, and any other, stays automatic): each device computes its own tokens with its
+        own experts' weights, gathered whole over fsdp (FSDP's gather; the gradient's transpose a reduce-scatter),
+        never the tokens gathered to the weights (which XLA's automatic partitioning picks: every device then holds
+        the k copies of the whole batch's tokens, 2 GiB an array for 64K tokens of width 2048).
+
+        Where the `expert` axis splits the experts, each device of an expert group gathers the group's tokens and
+        their choices (an all-gather over the axis), computes its own experts' share of every token (the others'
+        choices weigh 0) and the shares are summed back onto the tokens' own devices (a reduce-scatter:
+        `psum_scatter`); tokens the axis does not split (a decode step's few rows) are whole on each of its devices,
+        the shares summed (`psum`). The router ran before, on each device's own tokens, so its choices and
+        statistics are those of one device.
 
         Why not an all-to-all: XLA:CPU has no `ragged_all_to_all` (jax 0.10.2: "not supported by XLA:CPU
         ThunkEmitter"), and a dropless `all_to_all` must send each device a buffer for all k copies of every token
@@ -190,11 +203,11 @@ class SparseMLP(nnx.Module):
         device's grouped matmuls compute its own experts' copies alone (`grouped_matmul`: the others sorted after the
         groups), but their buffers are sized for the worst case, every gathered copy (the expert axis's size times a
         device's own)."""
-        batch = logical_to_spec(("batch",), mesh, flat.shape[:1], strict=False)[0]
-        batch = (batch,) if isinstance(batch, str) else tuple(batch or ())
-        split = EXPERT_AXIS in batch  # the tokens are split over the axis
-        manual = tuple(a for a in BATCH_AXES if a in batch or a == EXPERT_AXIS)  # those splitting them, and expert
-        gathered = flat.dtype if target_platform() == "tpu" else jnp.float32  # XLA:CPU: no bf16 reduce-scatter
+        experts_split = dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True)).get(EXPERT_AXIS, 1) > 1
+        split = experts_split and EXPERT_AXIS in batch  # the tokens are split over the expert axis
+        manual = tuple(a for a in BATCH_AXES if a in batch or (a == EXPERT_AXIS and experts_split))
+        # XLA:CPU has no bfloat16 reduce-scatter: the expert axis's shares are summed in float32 there
+        gathered = flat.dtype if target_platform() == "tpu" or not experts_split else jnp.float32
 
         def manual_spec(array, names):  # the array's layout over the manual axes (tensor's left to the compiler)
             spec = logical_to_spec(names, mesh, array.shape, strict=False)
@@ -214,6 +227,8 @@ class SparseMLP(nnx.Module):
 
         def body(x, ex, wt, p):
             p = {n: {key: whole(w, specs[n][key]) for key, w in q.items()} for n, q in p.items()}
+            if not experts_split:
+                return self.local_experts(x.astype(flat.dtype), ex, wt, p).astype(gathered)
             local = p["gate_proj"]["w"].shape[0]
             if split:
                 x, ex, wt = (jax.lax.all_gather(a, EXPERT_AXIS, axis=0, tiled=True) for a in (x, ex, wt))

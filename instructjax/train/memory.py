@@ -101,7 +101,7 @@ def device_memory(model: DecoderConfig, sizes: dict[str, int], *, rows: int, seq
     per_device = -(-rows // (micro_batches * shards))
     loss_tokens = -(-loss_chunk // shards) if loss_chunk else 0  # a chunk is split over rows
     acts = activation_bytes(model, per_device, seq_len, sizes["tensor"], platform, loss_tokens,
-                            head_slices=shards, onchip=onchip)
+                            head_slices=shards, onchip=onchip, experts=sizes.get("expert", 1))
     acts.update(rows=per_device, seq_len=seq_len)
     return memory, acts
 
@@ -257,10 +257,11 @@ MLP_ARRAYS = {("silu", True): 6, ("gelu_tanh", True): 8, ("gelu", True): 8, ("re
 
 
 def activation_bytes(model: DecoderConfig, rows: int, seq_len: int, tensor: int, platform: str = "tpu",
-                     loss_tokens: int = 0, head_slices: int = 1, onchip: int = 0) -> dict:
+                     loss_tokens: int = 0, head_slices: int = 1, onchip: int = 0, experts: int = 1) -> dict:
     """Per-device activation bytes for `rows` rows of `seq_len` on `platform` (see the module docstring's formula);
     the loss makes the logits of `loss_tokens` tokens at a time (0: all of them), its head sliced over
-    `head_slices` devices; `onchip`: the chip's memory beside HBM (`onchip_bytes`)."""
+    `head_slices` devices; `onchip`: the chip's memory beside HBM (`onchip_bytes`); `experts`: the mesh's expert
+    axis (a mixture of experts' experts split that many ways)."""
     from instructjax.model import attention
 
     s, r, t = seq_len, rows, tensor
@@ -296,7 +297,7 @@ def activation_bytes(model: DecoderConfig, rows: int, seq_len: int, tensor: int,
     # forward's arrays once (XLA:CPU's buffers, tests/train/test_plan.py)
     # (a quantized base adds no term: each device dequantizes its shard of a layer's codes into the compute dtype,
     # fused with the gather; XLA:TPU's buffers hold no float32 kernel)
-    backward = tpu_backward(model, s * r, t) if platform == "tpu" else full_layer
+    backward = tpu_backward(model, s * r, t, experts) if platform == "tpu" else full_layer
     recompute = 0 if model.remat == "none" else backward
     tokens = s * r if not loss_tokens else min(loss_tokens, s * r)
     logits = (c + 4 if c < 4 else c) * tokens * model.vocab_size / t  # float32 compute: one array
@@ -326,15 +327,23 @@ def activation_bytes(model: DecoderConfig, rows: int, seq_len: int, tensor: int,
 # `mlp` was 21 from those 17; 25 puts Llama-3-8B's steps on a v4-32 (4K, 11K and 23K tokens a chip) within 0.97-1.04
 # of MaxText's total, where 21 left the 23K one at 0.93 (benchmarks/RESULTS.md, issue 51); attention-bound models
 # (LLaMA-1/2, Phi-3) do not read it.
-# A mixture of experts' sparse layer: `moe` for each of a token's k copies' expert-width elements (the copies sorted
-# by expert, the experts' gate, up and hidden arrays, their float32 gradients), in the place of the MLP's; fitted to
-# XLA:TPU's steps of OLMoE's dimensions (k = 8 of 64 experts, width 1024) on a v5e-8: 4,096 and 8,192 tokens a
-# device over fsdp=8, and 32,768 over tensor=8, where it divides by the tensor axis as the experts' width does
-# (benchmarks/RESULTS.md, issue 67).
-TPU_BACKWARD = {"hidden": 33.5, "extra_norm": 0.8, "mlp": 25.0, "q": 68.0, "kv": 10.0, "weights": 3.0, "moe": 88.0}
+# A mixture of experts' sparse layer, in the place of the MLP's: for each of the token copies a device's grouped
+# matmuls are sized for (k a token, times the expert axis), `moe_hidden` bytes for each of their elements as wide as
+# the residual stream (the sorted copies and their gradient) and `moe` for each expert-width element (the experts'
+# gate, up and hidden arrays and their gradients), and `moe_gathered` more an element of the residual stream for the
+# copies gathered from the expert group's other devices (their float32 gradients); `moe_weights` copies of the
+# recomputed layer's experts gathered whole over fsdp (a device's own over the expert axis), in place of the MLP's
+# matrices in `weights`. Fitted to XLA:TPU's steps (benchmarks/RESULTS.md, issue 67): 2 and 4 layers of OLMoE's
+# dimensions (k = 8 of 32 and 64 experts, width 1024: 4,096 and 8,192 tokens a device over fsdp=8 of a v5e-8, 32,768
+# over tensor=8) and Qwen3-30B-A3B's (8 of 64 and 128, width 768: 2,048 to 8,192 over fsdp=16 of a v5e-16), and the
+# whole Mixtral 8x7B (v5p-64, v4-128), OLMoE-1B-7B (v5e-8 in bfloat16, v5e-16) and Qwen3-30B-A3B with LoRA (v4-32,
+# v5e-16; float32 and bfloat16 bases; expert axes of 1 to 16): 20 steps, all within 0.87-1.11 of the compiler.
+TPU_BACKWARD = {"hidden": 33.5, "extra_norm": 0.8, "mlp": 25.0, "q": 68.0, "kv": 10.0, "weights": 3.0, "moe": 14.0,
+                "moe_hidden": 5.0, "moe_weights": 1.5, "moe_gathered": 5.0}
 # XLA:TPU's buffers beside a mixture of experts' weights, whatever the tokens: bytes for each element of a device's
-# share of every sparse layer's experts (the same steps, 2 and 4 layers, 32 and 64 experts)
-TPU_EXPERT_BUFFERS = 4.5
+# share of every sparse layer's experts, where they train or are cast from float32, and where a LoRA's frozen base is
+# stored in the compute dtype (`model.param_dtype: bfloat16`; the same steps)
+TPU_EXPERT_BUFFERS = {"cast_or_trained": 3.5, "frozen": 2.0}
 
 
 def tpu_expert_buffers(model: DecoderConfig, sizes: dict[str, int]) -> int:
@@ -344,26 +353,37 @@ def tpu_expert_buffers(model: DecoderConfig, sizes: dict[str, int]) -> int:
         return 0
     share = sizes["fsdp"] * sizes["tensor"] * sizes.get("expert", 1)  # embed, mlp and expert dimensions
     elements = len(model.sparse_layers) * model.num_experts * 3 * model.hidden_size * model.expert_width
-    return int(TPU_EXPERT_BUFFERS * elements / share)
+    frozen = model.lora is not None and model.param_dtype == model.dtype  # a LoRA's base, never cast
+    return int(TPU_EXPERT_BUFFERS["frozen" if frozen else "cast_or_trained"] * elements / share)
 
 
-def tpu_backward(model: DecoderConfig, tokens: int, tensor: int) -> float:
-    """Bytes a device holds for the recomputed layer's backward on a TPU, for `tokens` tokens (`TPU_BACKWARD`)."""
+def tpu_backward(model: DecoderConfig, tokens: int, tensor: int, experts: int = 1) -> float:
+    """Bytes a device holds for the recomputed layer's backward on a TPU, for `tokens` tokens (`TPU_BACKWARD`);
+    `experts`: the mesh's expert axis."""
     k = TPU_BACKWARD
     h, m, d, t = model.hidden_size, model.intermediate_size, model.head_dim, tensor
     lanes = -(-d // 128) * 128
-    scale = np.dtype(model.dtype).itemsize / 2  # measured in bfloat16: float32 compute doubles every array
+    c = np.dtype(model.dtype).itemsize
+    scale = c / 2  # measured in bfloat16: float32 compute doubles every array
     norms = (4 if model.sandwich_norms else 2) - 2
     mlp_in = 2 if model.gated_mlp else 1
-    weights = np.dtype(model.dtype).itemsize * (h * d * (2 * model.num_heads + 2 * model.num_kv_heads)
-                                                + (mlp_in + 1) * h * m) / t
+    dense = not model.sparse_layers or len(model.sparse_layers) < model.num_layers  # a layer with a dense MLP
     attention = k["q"] * model.num_heads / t * lanes + k["kv"] * model.num_kv_heads / t * lanes
-    mlp = k["mlp"] * m / t
-    if model.sparse_layers:  # the larger of a dense layer's MLP (if any) and a sparse layer's experts
-        experts = k["moe"] * model.experts_per_token * model.expert_width / t
-        mlp = max(experts, mlp if len(model.sparse_layers) < model.num_layers else 0)
+    mlp = k["mlp"] * m / t if dense else 0
+    # the recomputed layer's matrices in the compute dtype, `weights` times (a sparse layer's experts `moe_weights`)
+    attention_weights = k["weights"] * h * d * (2 * model.num_heads + 2 * model.num_kv_heads)
+    mlp_weights = k["weights"] * (mlp_in + 1) * h * m if dense else 0
+    if model.sparse_layers:
+        # a sparse layer's experts: each device's grouped matmuls are sized for every copy its expert group gathered
+        # (k a token, times the expert axis: model/moe.py's `dispatched`), as wide as the residual stream and as the
+        # experts; its experts' matrices are gathered whole over fsdp (a device's own experts over the expert axis)
+        copies = model.experts_per_token * experts
+        gathered = model.experts_per_token * (experts - 1)  # the copies of the expert group's other devices
+        mlp = max(mlp, copies * (k["moe_hidden"] * h + k["moe"] * model.expert_width / t)
+                  + gathered * k["moe_gathered"] * h)
+        mlp_weights = max(mlp_weights, k["moe_weights"] * (model.num_experts // experts) * 3 * h * model.expert_width)
     per_token = (k["hidden"] + k["extra_norm"] * norms) * h + max(mlp, attention)
-    return tokens * per_token * scale + k["weights"] * weights
+    return tokens * per_token * scale + c * (attention_weights + mlp_weights) / t
 
 
 def _gib(n: float) -> str:

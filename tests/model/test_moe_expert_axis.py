@@ -106,6 +106,36 @@ def test_the_block_dispatches_any_batch(moe, shape, rows):
     np.testing.assert_allclose(np.asarray(got_stats.counts), np.asarray(want_stats.counts))
 
 
+def test_fsdp_gathers_the_experts_to_the_tokens_not_the_tokens_to_the_experts(moe):
+    """Without an expert axis, on a batch whose token copies outnumber the experts' matrices' rows (512 tokens x 2
+    copies x (64 + 96) against 8 experts x 3 x 64 x 96), fsdp's devices each compute their own tokens: the compiled
+    gradient all-gathers the experts' weights whole (FSDP's gather) and no array of the whole batch's token copies
+    (XLA's own partitioning of the sort and the grouped matmuls gathers every device's copies to each: on a TPU
+    2 GiB an array, issue 67)."""
+    import re
+
+    config, graphdef, params, *_ = moe
+    block = nnx.merge(graphdef, params).layers.mlp
+    block_graph, block_params = nnx.split(block, nnx.Param)
+    rows, length = 16, 32
+    x = jnp.asarray(np.random.default_rng(3).normal(0, 1, (rows, length, config.hidden_size)), jnp.float32)
+
+    def loss(p, x):
+        out, _ = nnx.merge(block_graph, jax.tree.map(lambda w: w[0], p))(x, jnp.ones((rows, length), bool))
+        return jnp.sum(out ** 2)
+
+    mesh = sharding.make_mesh({"fsdp": 8})
+    with jax.set_mesh(mesh):
+        placed = jax.device_put(block_params, sharding.state_shardings(block_params, mesh))
+        x = jax.device_put(x, jax.NamedSharding(mesh, jax.P("fsdp")))
+        text = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(placed, x).compile().as_text()
+    gathered = {tuple(int(d) for d in dims.split(",") if d)
+                for dims in re.findall(r"= \w+\[([\d,]*)\][^=]*? all-gather\(", text)}
+    copies = rows * length * config.experts_per_token
+    assert (EXPERTS, config.hidden_size, config.expert_width) in gathered, gathered
+    assert not [shape for shape in gathered if shape and shape[0] == copies], gathered
+
+
 def test_an_expert_axis_that_does_not_split_the_experts_is_one_line():
     run = RunConfig()
     assert sharding.resolve_mesh(RunConfig(mesh={"expert": 4, "fsdp": 2}), 8, experts=8)["expert"] == 4

@@ -103,6 +103,35 @@ def test_only_the_adapters_train():
     assert losses[-1] < losses[0]
 
 
+def test_a_bfloat16_base_keeps_its_adapters_in_float32_as_peft_does():
+    """`model.param_dtype: bfloat16` with LoRA: the frozen base in bfloat16 (half a float32 base's bytes), the
+    adapters float32, as PEFT's `get_peft_model` keeps them on a base loaded in bfloat16 (`autocast_adapter_dtype`),
+    and one step trains them."""
+    torch = pytest.importorskip("torch")
+    peft = pytest.importorskip("peft")
+    transformers = pytest.importorskip("transformers")
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=256, hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+        num_key_value_heads=2)).to(torch.bfloat16)
+    theirs = peft.get_peft_model(hf, peft.LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    dtypes = {("lora" if "lora_" in n else "base"): str(p.dtype).removeprefix("torch.")
+              for n, p in theirs.named_parameters()}
+    config = lora_config().replace(param_dtype="bfloat16")
+    params = nnx.to_pure_dict(nnx.state(Decoder(config, rngs=nnx.Rngs(0)), nnx.Param))
+    ours = {("lora" if any(getattr(k, "key", k) in lora.ADAPTERS for k in path) else "base"): str(leaf.dtype)
+            for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
+    assert ours == dtypes == {"base": "bfloat16", "lora": "float32"}
+    run = load_config(None, ["model.preset=tiny", f"data.seq_len={LENGTH}", f"data.global_batch={ROWS}",
+                             "optim.lr=1e-2", "optim.warmup_ratio=0"])
+    tx, _ = make_optimizer(run.optim, 10)
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
+    build = build_step(config, tx, run, 1, mesh)
+    after, _, metrics = build.step(params, build.init_optimizer(params), batch())
+    assert np.isfinite(float(metrics["loss"]))
+    for was, now in zip(jax.tree.leaves(lora.trainable(params)), jax.tree.leaves(lora.trainable(after)), strict=True):
+        assert now.dtype == np.float32 and not np.array_equal(was, now)
+
+
 def test_bad_lora_is_one_line():
     with pytest.raises(ConfigError, match=r"family's modules are q_proj, k_proj, v_proj, o_proj, gate_proj, "
                                           r"up_proj, down_proj \(or all-linear\)") as e:

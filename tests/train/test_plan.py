@@ -305,12 +305,28 @@ def test_plan_states_the_router_losses_and_refuses_them_on_a_dense_model(capsys)
 
 def test_a_mixture_of_experts_plan_counts_its_experts_by_hand():
     """OLMoE-1B-7B on a v5e-8 over fsdp=8, 2 rows of 2048 a device, remat full: the recomputed layer's backward takes
-    a token's 88 bytes for each of its 8 copies' 1024 expert-width elements where a dense layer takes the larger of
-    the MLP's and the attention's, and XLA:TPU holds 4.5 bytes beside each element of the device's share of the
-    experts (train.memory.TPU_BACKWARD, TPU_EXPERT_BUFFERS: fitted to the compiler, benchmarks/RESULTS.md)."""
+    for each of a token's 8 copies 5 bytes an element of the residual stream's 2048 and 14 of the experts' 1024
+    where a dense layer takes the larger of the MLP's and the attention's, and the layer's 64 experts gathered whole
+    1.5 times in bfloat16; XLA:TPU holds 3.5 bytes beside each element of the device's share of the experts, which
+    train (train.memory.TPU_BACKWARD, TPU_EXPERT_BUFFERS: fitted to the compiler, benchmarks/RESULTS.md)."""
     config = load_config(CONFIGS / "moe" / "olmoe_1b_7b_tulu_human_gpt.yaml",
                          ["data.pack=true", "data.global_batch=16", "mesh.fsdp=8"])
     plan = make_plan(config, tpu_topology("v5e-8"))
-    weights = 2 * (2048 * 128 * (2 * 16 + 2 * 16) + 3 * 2048 * 1024)  # the layer's attention and dense-MLP matrices
-    assert plan.activations["recompute"] == int(2 * 2048 * (33.5 * 2048 + 88 * 8 * 1024) + 3 * weights)
-    assert plan.memory["expert_bytes"] == int(4.5 * 16 * 64 * 3 * 2048 * 1024 / 8)
+    attention = 3 * 2 * 2048 * 128 * (2 * 16 + 2 * 16)  # the layer's attention matrices, 3 times in bfloat16
+    experts = 1.5 * 2 * 64 * 3 * 2048 * 1024
+    assert plan.activations["recompute"] == int(2 * 2048 * (33.5 * 2048 + 8 * (5 * 2048 + 14 * 1024)) + attention
+                                                + experts)
+    assert plan.memory["expert_bytes"] == int(3.5 * 16 * 64 * 3 * 2048 * 1024 / 8)
+    # Qwen3-30B-A3B's LoRA on a bfloat16 base over fsdp 4 x expert 4 of a v5e-16, one row of 2048 a device: each
+    # device's matmuls sized for its 4 expert devices' 8 copies a token (5 and 14 bytes an element, and 5 more an
+    # element of the residual stream for the 24 copies gathered from the other 3), its own 32 experts gathered whole
+    # 1.5 times; 2 bytes beside each element of its share of the frozen experts (never cast)
+    config = load_config(CONFIGS / "moe" / "qwen3_30b_a3b_lora_tulu_human_gpt.yaml",
+                         ["data.pack=true", "data.global_batch=16", "mesh.fsdp=4", "mesh.expert=4",
+                          "model.param_dtype=bfloat16"])
+    plan = make_plan(config, tpu_topology("v5e-16"))
+    attention = 3 * 2 * 2048 * 128 * (2 * 32 + 2 * 4)
+    experts = 1.5 * 2 * 32 * 3 * 2048 * 768
+    per_token = 33.5 * 2048 + 32 * (5 * 2048 + 14 * 768) + 24 * 5 * 2048
+    assert plan.activations["recompute"] == int(2048 * per_token + attention + experts)
+    assert plan.memory["expert_bytes"] == int(2.0 * 48 * 128 * 3 * 2048 * 768 / 16)
