@@ -234,9 +234,12 @@ def read_metrics(run_dir) -> list[dict]:
 
 
 def progress_figures(m: dict, seconds: float) -> dict[str, str]:
-    """A step's figures for the progress line: its loss and tokens a second; under a preference loss also its
+    """A step's figures for the progress line: its loss (the objective's, as metrics.jsonl's: a mixture of experts'
+    router penalty apart, its load-balancing loss as `aux`) and tokens a second; under a preference loss also its
     pairs' mean reward accuracy and margin (TRL's `rewards/accuracies` and `rewards/margins`)."""
     figures = {"loss": f"{float(m['loss']):.4f}"}
+    if "moe/aux_loss" in m:  # a mixture of experts' load-balancing loss, before its coefficient
+        figures["aux"] = f"{float(m['moe/aux_loss']):.4f}"
     pairs = float(m.get("pairs", 0.0))
     if pairs:
         figures["acc"] = f"{float(m['rewards/accuracies']) / pairs:.3f}"

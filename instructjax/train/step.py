@@ -158,6 +158,9 @@ def make_step(objective: Objective, graphdef, tx, config: RunConfig, mesh, parti
         result, grads, (sums, router) = loss.accumulate(micro_loss, trained, micro_batches)
         updates, opt_state = tx.update(grads, opt_state, trained)
         router = {k: v if k == "moe/counts" else v / micro for k, v in router.items()}
+        if router:  # the objective's loss, as metrics.jsonl logs it: the router's penalty trains but is logged apart
+            result = result - (model.config.router_aux_loss * router["moe/aux_loss"]
+                               + model.config.router_z_loss * router["moe/z_loss"])
         metrics = {"loss": result, "grad_norm": optax.global_norm(grads), "tokens": (batch["segment_ids"] > 0).sum(),
                    **objective.metrics(sums, weights), **router}
         return part.combine(optax.apply_updates(trained, updates), frozen), opt_state, metrics

@@ -12,6 +12,7 @@ prompt, and of the turns up to it, against the whole conversation's) computed he
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -186,7 +187,7 @@ def test_a_tokenizer_without_a_template_is_one_config_error():
 
 @pytest.mark.slow
 @pytest.mark.parametrize("family", ["qwen2", "qwen3_moe"])
-def test_a_qwen_base_trains_and_exports_with_its_own_template(tmp_path, family):
+def test_a_qwen_base_trains_and_exports_with_its_own_template(tmp_path, family, capfd):
     """A small Qwen2 model, and a Qwen3-MoE (4 experts, top 2), with the Qwen2.5 tokenizer and template, through the
     CLI: import, one step with `template: model`, export. The first step's loss is transformers' over the same rows
     with the assistant tokens found by prefix rendering in transformers' ids (for the MoE, its `moe/aux_loss` is
@@ -237,6 +238,9 @@ def test_a_qwen_base_trains_and_exports_with_its_own_template(tmp_path, family):
                 router_logits.append(model(torch.tensor([ids]), output_router_logits=True).router_logits)
     first = json.loads((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["loss"] == pytest.approx(total / count, rel=1e-4)
+    # the progress line's loss is metrics.jsonl's (a mixture of experts' router penalty apart, as `aux`)
+    printed = re.findall(r"train: .*?\bloss[= ]([\d.]+)", capfd.readouterr().err)
+    assert printed and abs(float(printed[-1]) - first["loss"]) < 6e-5, printed
     if router_logits:  # every row's tokens at once, layer by layer, as transformers' loss takes a batch's
         from transformers.models.qwen3_moe.modeling_qwen3_moe import load_balancing_loss_func
 
