@@ -72,7 +72,7 @@ def test_rlvr_rows_are_prompts_with_their_ground_truth_and_verifier(tmp_path):
     ({"messages": [], "ground_truth": "2", "dataset": "gsm8k"}, "role_order", "user turn"),
     ({"messages": [a("Hi."), u("1 + 1?")], "ground_truth": "2", "dataset": "gsm8k"}, "role_order", "out of order"),
     ({"messages": [u("1 + 1?")], "ground_truth": "2", "dataset": "no_such_verifier"}, "unknown_verifier",
-     "flan, gsm8k, ifeval_old, math"),
+     "flan, gsm8k, ifeval, ifeval_old, math"),
 ])
 def test_a_bad_row_is_one_data_error_naming_file_and_row(row, reason, words, tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", [ROWS[0], row])
@@ -84,7 +84,8 @@ def test_a_bad_row_is_one_data_error_naming_file_and_row(row, reason, words, tmp
 
 def test_rlvr_ifeval_rows_read_with_remap_verifier_and_score_with_ifeval_old(tmp_path):
     """allenai/RLVR-IFeval's rows (a row as its dataset card shows it) name `ifeval` but hold if_functions' JSON
-    constraints: refused with the way out, read with `remap_verifier`, scored by `ifeval_old`."""
+    constraints: refused with the way out (their ground truth is not IFEvalG's), read with `remap_verifier`, scored
+    by `ifeval_old`; an IF_multi_constraints row (IFEvalG's ground truth) is read and scored as `ifeval`."""
     from instructjax.data.verifiers import verify
 
     truth = {"func_name": "validate_lowercase", "N": None, "quantifier": None, "end_phrase": None,
@@ -94,12 +95,22 @@ def test_rlvr_ifeval_rows_read_with_remap_verifier_and_score_with_ifeval_old(tmp
     row = {"messages": [u("Describe IPv6. Your entire response should be in English, and in all lowercase letters.")],
            "ground_truth": json.dumps(truth), "dataset": "ifeval", "constraint_type": "All Lowercase"}
     path = write_jsonl(tmp_path / "ifeval.jsonl", [row])
-    with pytest.raises(DataError, match="remap_verifier: ifeval=ifeval_old"):
+    with pytest.raises(DataError, match="remap_verifier: ifeval=ifeval_old") as err:
         list(load_conversations("verifiable", [path]))
+    assert err.value.reason == "bad_ground_truth" and err.value.row == 1 and "\n" not in str(err.value)
     (conv,) = load_conversations("verifiable", [path], remap_verifier="ifeval=ifeval_old")
     assert conv.meta["verifier"] == "ifeval_old"
     assert verify("ifeval_old", "ipv6 is the newest version.", conv.meta["ground_truth"]) == 1.0
     assert verify("ifeval_old", "IPv6 is the newest version.", conv.meta["ground_truth"]) == 0.0
+    constraint = {"instruction_id": ["change_case:english_lowercase", "punctuation:no_comma"], "kwargs": [None, None]}
+    multi = {**row, "ground_truth": str([json.dumps(constraint)])}
+    import langdetect
+
+    langdetect.DetectorFactory.seed = 0  # english_lowercase asks langdetect, which draws
+    (conv,) = load_conversations("verifiable", [write_jsonl(tmp_path / "multi.jsonl", [multi])])
+    assert conv.meta["verifier"] == "ifeval"
+    assert verify("ifeval", "ipv6 is the newest version.", conv.meta["ground_truth"]) == 1.0
+    assert verify("ifeval", "<think>Hm.</think>IPv6, the newest version.", conv.meta["ground_truth"]) == 0.0
 
 
 def test_the_cli_refuses_a_bad_row_in_one_line_with_exit_2(tmp_path, capsys):

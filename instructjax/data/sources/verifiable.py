@@ -6,7 +6,8 @@ of {role, content} ending on a user turn), `ground_truth` (a string) and `datase
 One row -> one Conversation of the prompt turns; its meta holds `ground_truth`, `verifier` and `prompt_turns` (all
 its messages: `Conversation.prompt_only`). Bad rows (a DataError naming file, row and problem): `messages` missing,
 not a list of {role, content} strings, empty or not ending on a user turn; `ground_truth` missing, null or not a
-string; `dataset` missing, or naming a verifier nobody registered (the known ones are named). The source option
+string; `dataset` missing, or naming a verifier nobody registered (the known ones are named); a ground truth its
+verifier can tell is not its own (`ifeval`'s: `data.verifiers.check_ground_truth`). The source option
 `remap_verifier` ("old=new", open-instruct's `--remap_verifier`) sends rows of verifier `old` to `new`.
 """
 
@@ -29,7 +30,7 @@ def _remap(remap_verifier: str | None) -> tuple[str, str] | None:
 
 def verifiable(row: dict, name: str, index: int, remap_verifier: str | None = None) -> list[Conversation]:
     """One verifiable-prompt row -> [its prompt Conversation] (see the module doc)."""
-    from instructjax.data.verifiers import known_verifier, verifier_names, why_unknown
+    from instructjax.data.verifiers import check_ground_truth, known_verifier, verifier_names
 
     prompt = checked_turns(row.get("messages"), "messages")
     if not prompt or prompt[-1]["role"] != "user":
@@ -48,8 +49,8 @@ def verifiable(row: dict, name: str, index: int, remap_verifier: str | None = No
     if remap is not None and verifier == remap[0]:
         verifier = remap[1]
     if not known_verifier(verifier):
-        why = f"; {why_unknown(verifier)}" if why_unknown(verifier) else ""
         raise DataError(f"'dataset' names verifier {dataset!r}, which nobody registered (known: "
-                        f"{', '.join(verifier_names())}){why}", reason="unknown_verifier")
+                        f"{', '.join(verifier_names())})", reason="unknown_verifier")
+    check_ground_truth(verifier, truth)
     meta = row_meta(row, ground_truth=truth, verifier=verifier, prompt_turns=len(prompt))
     return [Conversation(prompt, name, row_id(name, row, index), meta)]

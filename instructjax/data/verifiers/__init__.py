@@ -1,9 +1,10 @@
 """Verifiers: a verifiable prompt's reward, `(prediction, ground_truth) -> score in [0, 1]`, by name (a row's
 `dataset`, lower-cased). The built-in ones are open-instruct's (`ground_truth_utils`, pinned in
-tests/assets/open_instruct), with their semantics: `gsm8k`, `math`, `strict_math`, `ifeval_old` (Tulu 3's
-RLVR-IFeval rows: a JSON `func_name` and its arguments), `string_matcher`, `string_f1`, `puzzle`, `flan`.
-A user's own is a registered function (`@register_verifier("name")` in a module the config imports).
-`ifeval` (IFEvalG's instruction registry, OLMo 3's rows) is not ported: naming it is a ConfigError that says so.
+tests/assets/open_instruct), with their semantics: `gsm8k`, `math`, `strict_math`, `ifeval` (IFEvalG's instruction
+registry, `verifiers.ifeval`: OLMo 3 / Tulu 3's IF_multi_constraints rows, a list holding `{"instruction_id": [...],
+"kwargs": [...]}`), `ifeval_old` (Tulu 3's RLVR-IFeval rows: a JSON `func_name` and its arguments; they name
+`ifeval`, so read them with source_options `{remap_verifier: ifeval=ifeval_old}`), `string_matcher`, `string_f1`,
+`puzzle`, `flan`. A user's own is a registered function (`@register_verifier("name")` in a module the config imports).
 """
 
 from __future__ import annotations
@@ -16,9 +17,6 @@ from instructjax.data.verifiers import builtin
 
 Verifier = Callable[[str, str], float]
 _TABLE = "data.verifiers"
-NOT_PORTED = {"ifeval": "open-instruct's IFEvalG instruction registry is not ported; Tulu 3's RLVR-IFeval rows "
-                        "(dataset 'ifeval', a JSON func_name ground truth) are ifeval_old's: read them with "
-                        "source_options {remap_verifier: ifeval=ifeval_old}"}
 
 
 def register_verifier(name: str) -> Callable[[Verifier], Verifier]:
@@ -47,9 +45,12 @@ def verifier_names() -> list[str]:
     return sorted({*builtin.VERIFIERS, *(n for table in current().tables(_TABLE) for n in table)})
 
 
-def why_unknown(name: str) -> str:
-    """What to say of a verifier name nobody registered ("" or why it is missing, the way out)."""
-    return NOT_PORTED.get(name.lower(), "")
+def check_ground_truth(name: str, ground_truth: str) -> None:
+    """One DataError line when a row's ground truth is not verifier `name`'s (the built-in ones that can tell:
+    `ifeval`); nothing for the others."""
+    check = builtin.GROUND_TRUTH_CHECKS.get(name.lower())
+    if check is not None:
+        check(ground_truth)
 
 
 def known_verifier(name: str) -> bool:
@@ -63,8 +64,7 @@ def get_verifier(name: str) -> Verifier:
     key = name.lower()
     found = builtin.VERIFIERS.get(key) or _registered(key)
     if found is None:
-        why = f" ({why_unknown(key)})" if why_unknown(key) else ""
-        raise ConfigError(f"unknown verifier {name!r}{why}; known: {', '.join(verifier_names())}")
+        raise ConfigError(f"unknown verifier {name!r}; known: {', '.join(verifier_names())}")
     return found
 
 
@@ -73,4 +73,4 @@ def verify(name: str, prediction: str, ground_truth: str) -> float:
     return float(get_verifier(name)(prediction, ground_truth))
 
 
-__all__ = ["Verifier", "get_verifier", "known_verifier", "register_verifier", "verifier_names", "verify"]
+__all__ = ["Verifier", "check_ground_truth", "get_verifier", "known_verifier", "register_verifier", "verifier_names", "verify"]

@@ -1,6 +1,7 @@
 """The built-in verifiers: open-instruct's `ground_truth_utils` verifiers (GSM8KVerifier, MathVerifier,
-StrictMathVerifier, IFEvalVerifierOld, StringMatcherVerifier, F1Verifier, PuzzleMatcherVerifier, FlanVerifier),
-each `(prediction, ground_truth) -> float`, under the names open-instruct registers them by."""
+StrictMathVerifier, IFEvalVerifier, IFEvalVerifierOld, StringMatcherVerifier, F1Verifier, PuzzleMatcherVerifier,
+FlanVerifier), each `(prediction, ground_truth) -> float`, under the names open-instruct registers them by.
+`GROUND_TRUTH_CHECKS`: a verifier's check of a row's ground truth when the row is read (one DataError line)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from collections import Counter
 from collections.abc import Callable
 
 import instructjax.data.verifiers.math_answers as m
+from instructjax.data.verifiers import ifeval as ifevalg
 from instructjax.data.verifiers.if_checks import CHECKS
 
 log = logging.getLogger(__name__)
@@ -75,6 +77,18 @@ def ifeval_old(prediction: str, ground_truth: str) -> float:
     return float(check(answer, **arguments) if constraint else check(answer))
 
 
+def ifeval(prediction: str, ground_truth: str) -> float:
+    """OLMo 3 / Tulu 3's IF_multi_constraints rows (IFEvalG, `verifiers.ifeval`): the fraction of the ground truth's
+    instructions the answer (thinking section removed) follows; 0 for an empty one (or no instructions)."""
+    pairs = ifevalg.constraints(ground_truth)
+    answer = remove_thinking_section(prediction)
+    if not prediction or not answer:
+        log.warning("Empty prediction received for the ifeval verifier.")
+        return 0.0
+    checks = ifevalg.followed(answer, ground_truth, pairs)
+    return sum(checks) / max(len(checks), 1)
+
+
 def normalize_answer(s: str) -> str:
     """SQuAD's normalisation: lower case, punctuation and articles removed, whitespace collapsed."""
     s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
@@ -117,6 +131,7 @@ def flan(prediction: str, ground_truth: str) -> float:
 
 
 VERIFIERS: dict[str, Callable[[str, str], float]] = {
-    "gsm8k": gsm8k, "math": math, "strict_math": strict_math, "ifeval_old": ifeval_old,
+    "gsm8k": gsm8k, "math": math, "strict_math": strict_math, "ifeval": ifeval, "ifeval_old": ifeval_old,
     "string_matcher": string_matcher, "string_f1": string_f1, "puzzle": puzzle, "flan": flan,
 }
+GROUND_TRUTH_CHECKS: dict[str, Callable[[str], None]] = {"ifeval": ifevalg.check_ground_truth}
