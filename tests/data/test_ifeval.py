@@ -345,6 +345,33 @@ def test_the_verifier_scores_as_ifevalverifier(theirs):
     assert "TestIFEvalVerifierEmptyInstructions" in (PINNED / "test_ground_truth_utils.py").read_text()
 
 
+def test_generated_multi_constraint_rows_score_as_ifevalverifier(theirs):
+    """300 rows of 1 to 5 instructions (any id, kwargs as IFEvalG draws them, nulls for what it leaves out), answered
+    with one of their crafted responses behind a thinking section: our score = IFEvalVerifier's (seeded alike)."""
+    rng = random.Random(7)
+    ids = [i for i in INSTRUCTIONS if i != "count:count_increment_word"]
+    scores = []
+    for row in range(300):
+        chosen = rng.sample(ids, rng.randint(1, 5))
+        kwargs = []
+        for iid in chosen:
+            random.seed(row)
+            args = build_theirs(theirs, iid, NEEDED.get(iid, {})).get_instruction_args()
+            nulls = {"unused_null": None} if rng.random() < 0.3 else {}
+            kwargs.append(None if args is None else {**NEEDED.get(iid, {}), **args, **nulls})
+        random.seed(row)
+        first = INSTRUCTIONS[chosen[0]](**{k: v for k, v in (kwargs[0] or {}).items() if v is not None})
+        answer = rng.choice(crafted(chosen[0], vars(first)))
+        prediction = f"<think>Let me see, {rng.choice(VOCAB)}.</think>{answer}" if rng.random() < 0.5 else answer
+        truth = ground_truth(chosen, kwargs, as_json=rng.random() < 0.8)
+        random.seed(row)
+        ours = verify("ifeval", prediction, truth)
+        random.seed(row)
+        assert ours == theirs.verifier([], prediction, truth).score, (truth, prediction)
+        scores.append(ours)
+    assert 0 < sum(s == 1 for s in scores) and 0 < sum(s == 0 for s in scores) and 0 < sum(0 < s < 1 for s in scores)
+
+
 @pytest.mark.parametrize("truth, words, at_load", [
     (ground_truth(["keywords:no_such"], [None]), "unknown instruction id 'keywords:no_such'", True),
     ("not a literal [", "SyntaxError", True),

@@ -79,11 +79,12 @@ def ifeval_old(prediction: str, ground_truth: str) -> float:
 
 def ifeval(prediction: str, ground_truth: str) -> float:
     """OLMo 3 / Tulu 3's IF_multi_constraints rows (IFEvalG, `verifiers.ifeval`): the fraction of the ground truth's
-    instructions the answer (thinking section removed) follows; 0 for an empty one (or no instructions)."""
+    instructions the answer (thinking section removed) follows; 0 for an empty one (or no instructions). A ground
+    truth naming an unknown id is a DataError even for an empty answer (IFEvalVerifier scores that 0 unread)."""
     pairs = ifevalg.constraints(ground_truth)
     answer = remove_thinking_section(prediction)
     if not prediction or not answer:
-        log.warning("Empty prediction received for the ifeval verifier.")
+        log.debug("ifeval: empty prediction, scored 0")
         return 0.0
     checks = ifevalg.followed(answer, ground_truth, pairs)
     return sum(checks) / max(len(checks), 1)
