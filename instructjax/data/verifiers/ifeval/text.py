@@ -17,13 +17,16 @@ PUNKT = "tokenizers/punkt_tab/english/"
 
 
 class NltkDataMissing(InstructJaxError):
-    """An nltk data package a check needs is not installed (no download is ever attempted)."""
+    """nltk or a data package of it a check needs is not installed (no download is ever attempted)."""
 
 
 @functools.cache
 def _punkt():
-    import nltk
-
+    try:
+        import nltk
+    except ImportError:
+        raise NltkDataMissing("the ifeval verifier's word and sentence checks need nltk, which is not installed: "
+                              "`pip install 'nltk>=3.9'`, then `python -m nltk.downloader punkt_tab`") from None
     try:
         nltk.data.find(PUNKT)
     except LookupError:
