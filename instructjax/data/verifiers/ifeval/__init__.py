@@ -1,7 +1,7 @@
 """The `ifeval` verifier's instruction registry: open-instruct's IFEvalG (its `ground_truth_utils.IFEvalVerifier`
 and `IFEvalG/`; Apache-2.0), itself Google's IFEval instructions (google-research/instruction_following_eval,
 Apache-2.0) with the new ones of Tulu 3 / OLMo 3's IF_multi_constraints rows. Ported to the same semantics:
-`instructions` (the 54 instruction classes, `INSTRUCTIONS` by id), `text` (IFEval's sentence splitter and nltk's
+`instructions` (its 54 instructions, `INSTRUCTIONS` by id), `text` (IFEval's sentence splitter and nltk's
 tokenizers), `words` (its keyword list and language codes).
 
 A ground truth is a Python literal list (`str([...])`) whose first element is the constraint: a dict, or a JSON
