@@ -60,6 +60,11 @@ def _data_error(cls: type, problem: str, reason: str, file, row, source) -> Data
     return cls(problem, reason=reason, file=file, row=row, source=source)
 
 
+class NltkDataMissing(InstructJaxError):
+    """nltk, or a data package of it a step needs, is not installed (no download is ever attempted): METEOR's
+    (eval/long_form.py), the ifeval verifier's (data/verifiers/ifeval/text.py)."""
+
+
 class SkippedRow(DataError):
     """A well-formed row that the dataset's own reference pipeline drops too (e.g. a ShareGPT conversation
     with a Bing speaker, a P3 answer choice marked incorrect): skipped and counted under any policy."""

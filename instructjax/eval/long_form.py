@@ -21,7 +21,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from instructjax.core import storage
-from instructjax.core.errors import ConfigError, DataError, InstructJaxError
+from instructjax.core.errors import ConfigError, DataError, NltkDataMissing
 from instructjax.data.sources.rows import numbered_rows
 from instructjax.eval.config import LongFormSection
 from instructjax.eval.pairwise import write_jsonl
@@ -29,10 +29,6 @@ from instructjax.eval.pairwise import write_jsonl
 BENCHMARKS = ("LongForm", "ELI5")
 METEOR_PARAMS = {"alpha": 0.9, "beta": 3, "gamma": 0.5}  # evaluate's meteor defaults
 NLTK_DATA = {"wordnet": "corpora/wordnet", "punkt_tab": "tokenizers/punkt_tab/english/"}
-
-
-class NltkDataMissing(InstructJaxError):
-    """An nltk data package METEOR needs is not installed (no download is ever attempted)."""
 
 
 def require_nltk_data() -> None:

@@ -11,13 +11,9 @@ from __future__ import annotations
 import functools
 import re
 
-from instructjax.core.errors import InstructJaxError
+from instructjax.core.errors import NltkDataMissing
 
 PUNKT = "tokenizers/punkt_tab/english/"
-
-
-class NltkDataMissing(InstructJaxError):
-    """nltk or a data package of it a check needs is not installed (no download is ever attempted)."""
 
 
 @functools.cache
