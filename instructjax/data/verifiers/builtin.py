@@ -12,8 +12,8 @@ import string
 from collections import Counter
 from collections.abc import Callable
 
+import instructjax.data.verifiers.ifeval as ifevalg
 import instructjax.data.verifiers.math_answers as m
-from instructjax.data.verifiers import ifeval as ifevalg
 from instructjax.data.verifiers.if_checks import CHECKS
 
 log = logging.getLogger(__name__)
