@@ -13,32 +13,23 @@ tests/assets/open_instruct (IFEvalG/ and ground_truth_utils.IFEvalVerifier; READ
 
 from __future__ import annotations
 
-import importlib
 import json
-import logging
 import random
-import sys
 import types
 
 import nltk
 import pytest
-from helpers import ASSETS
+from helpers.open_instruct_pinned import PINNED, empty_punkt, pinned_open_instruct
 
 from instructjax.core.errors import DataError
 from instructjax.data.verifiers import check_ground_truth, verify
 from instructjax.data.verifiers.ifeval import INSTRUCTIONS, text
 
-PINNED = ASSETS / "open_instruct"
-
 
 @pytest.fixture(scope="module")
 def punkt(tmp_path_factory):
     """nltk.data.path led by an NLTK_DATA folder holding an empty English punkt_tab model."""
-    root = tmp_path_factory.mktemp("nltk")
-    model = root / "tokenizers" / "punkt_tab" / "english"
-    model.mkdir(parents=True)
-    for name in ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ortho_context.tab"):
-        (model / name).write_text("")
+    root = empty_punkt(tmp_path_factory.mktemp("nltk"))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(nltk.data, "path", [str(root), *nltk.data.path])
         text._punkt.cache_clear()
@@ -48,45 +39,18 @@ def punkt(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def theirs(punkt):
-    """open-instruct's IFEvalG and ground_truth_utils from the pinned copy as the `open_instruct` package (what
-    ground_truth_utils imports and never uses here stubbed); IFEvalG's sentence tokenizer (the pickled punkt nltk
-    3.10 no longer loads) replaced by the punkt_tab model ours uses; langdetect seeded as both call it."""
+    """open-instruct's IFEvalG and ground_truth_utils from the pinned copy (tests/helpers/open_instruct_pinned.py);
+    IFEvalG's sentence tokenizer (the pickled punkt nltk 3.10 no longer loads) replaced by the punkt_tab model ours
+    uses; langdetect seeded as both call it."""
     import langdetect
 
     langdetect.DetectorFactory.seed = 0
-    stubs = {
-        "open_instruct": types.ModuleType("open_instruct"),
-        "open_instruct.logger_utils": types.SimpleNamespace(setup_logger=logging.getLogger),
-        "open_instruct.context_window_checker": types.ModuleType("context_window_checker"),
-        "open_instruct.judge_utils": types.SimpleNamespace(EXTRACTOR_MAP={}, JUDGE_PROMPT_MAP={},
-                                                           PRICE_PER_MILLION_TOKENS={}, build_messages=None),
-        "open_instruct.rubrics": types.ModuleType("rubrics"),
-        "open_instruct.rubrics.prompts": types.SimpleNamespace(RUBRIC_SCORING_PROMPT=""),
-        "open_instruct.rubrics.run_utils": types.SimpleNamespace(extract_json_from_response=None,
-                                                                 run_litellm_async=None, run_litellm_async_raw=None),
-        "open_instruct.utils": types.SimpleNamespace(extract_final_answer=None),
-    }
-    stubs["open_instruct"].__path__ = [str(PINNED)]  # IFEvalG/ found there as a namespace package
-    for name, module in stubs.items():
-        parent, _, leaf = name.rpartition(".")
-        if parent:
-            setattr(stubs[parent], leaf, module)
-    loaded = ["ground_truth_utils", "math_utils", "if_functions", "IFEvalG", "IFEvalG.instructions",
-              "IFEvalG.instructions_registry", "IFEvalG.instructions_util"]
-    saved = {k: sys.modules.get(k) for k in [*stubs, *(f"open_instruct.{m}" for m in loaded)]}
-    sys.modules.update(stubs)
-    try:
-        util = importlib.import_module("open_instruct.IFEvalG.instructions_util")
+    names = ("IFEvalG.instructions_util", "IFEvalG.instructions_registry", "ground_truth_utils")
+    with pinned_open_instruct(names) as pinned:
+        util = pinned["IFEvalG.instructions_util"]
         util._get_sentence_tokenizer = text._punkt
-        yield types.SimpleNamespace(
-            util=util, registry=importlib.import_module("open_instruct.IFEvalG.instructions_registry").INSTRUCTION_DICT,
-            verifier=importlib.import_module("open_instruct.ground_truth_utils").IFEvalVerifier())
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
+        yield types.SimpleNamespace(util=util, registry=pinned["IFEvalG.instructions_registry"].INSTRUCTION_DICT,
+                                    verifier=pinned["ground_truth_utils"].IFEvalVerifier())
 
 
 PROMPT = "Write a short poem about the sea. Keep it simple!"

@@ -11,15 +11,13 @@
 from __future__ import annotations
 
 import ast
-import importlib
 import json
-import logging
 import random
 import sys
 import types
 
 import pytest
-from helpers import ASSETS
+from helpers.open_instruct_pinned import PINNED, pinned_open_instruct
 
 from instructjax.core.errors import ConfigError
 from instructjax.data.verifiers import (
@@ -30,8 +28,6 @@ from instructjax.data.verifiers import (
     verifier_names,
     verify,
 )
-
-PINNED = ASSETS / "open_instruct"
 
 
 def expanded_cases(filename: str) -> dict[str, list[tuple]]:
@@ -50,39 +46,10 @@ def expanded_cases(filename: str) -> dict[str, list[tuple]]:
 
 @pytest.fixture(scope="module")
 def theirs():
-    """open-instruct's ground_truth_utils, math_utils and if_functions, imported from the pinned copy as the
-    `open_instruct` package; what they import and never use here (LLM judges, rubrics, IFEvalG, utils) stubbed."""
-    stubs = {
-        "open_instruct": types.ModuleType("open_instruct"),
-        "open_instruct.logger_utils": types.SimpleNamespace(setup_logger=logging.getLogger),
-        "open_instruct.context_window_checker": types.ModuleType("context_window_checker"),
-        "open_instruct.judge_utils": types.SimpleNamespace(EXTRACTOR_MAP={}, JUDGE_PROMPT_MAP={},
-                                                           PRICE_PER_MILLION_TOKENS={}, build_messages=None),
-        "open_instruct.rubrics": types.ModuleType("rubrics"),
-        "open_instruct.rubrics.prompts": types.SimpleNamespace(RUBRIC_SCORING_PROMPT=""),
-        "open_instruct.rubrics.run_utils": types.SimpleNamespace(extract_json_from_response=None,
-                                                                 run_litellm_async=None, run_litellm_async_raw=None),
-        "open_instruct.utils": types.SimpleNamespace(extract_final_answer=None),
-        "open_instruct.IFEvalG": types.ModuleType("IFEvalG"),
-        "open_instruct.IFEvalG.instructions_registry": types.SimpleNamespace(INSTRUCTION_DICT={}),
-    }
-    stubs["open_instruct"].__path__ = [str(PINNED)]
-    for name, module in stubs.items():  # `from open_instruct.X import y` finds each stub as its parent's attribute
-        parent, _, leaf = name.rpartition(".")
-        if parent:
-            setattr(stubs[parent], leaf, module)
-    saved = {k: sys.modules.get(k) for k in [*stubs, *(f"open_instruct.{m}" for m in ("ground_truth_utils",
-                                                                                     "math_utils", "if_functions"))]}
-    sys.modules.update(stubs)
-    try:
-        yield types.SimpleNamespace(**{m: importlib.import_module(f"open_instruct.{m}")
-                                       for m in ("ground_truth_utils", "math_utils", "if_functions")})
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                sys.modules.pop(k, None)
-            else:
-                sys.modules[k] = v
+    """open-instruct's ground_truth_utils, math_utils and if_functions, imported from the pinned copy
+    (tests/helpers/open_instruct_pinned.py; IFEvalG stubbed: tests/data/test_ifeval.py checks it)."""
+    with pinned_open_instruct(("ground_truth_utils", "math_utils", "if_functions"), stub_ifevalg=True) as pinned:
+        yield types.SimpleNamespace(**pinned)
 
 
 # verifier name -> (its open-instruct class; the pinned tests' cases: "Class.method" in test_ground_truth_utils.py)

@@ -10,6 +10,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers.open_instruct_pinned import empty_punkt
 
 from instructjax.core.errors import DataError
 from instructjax.eval import long_form
@@ -79,11 +80,7 @@ def make_wordnet(root: Path, synsets: dict) -> Path:
 def make_nltk_data(root: Path, synsets: dict) -> Path:
     """An NLTK_DATA folder: corpora/wordnet and an (empty) English punkt_tab model."""
     make_wordnet(root / "corpora" / "wordnet", synsets)
-    punkt = root / "tokenizers" / "punkt_tab" / "english"
-    punkt.mkdir(parents=True)
-    for name in ("collocations.tab", "sent_starters.txt", "abbrev_types.txt", "ortho_context.tab"):
-        (punkt / name).write_text("")
-    return root
+    return empty_punkt(root)
 
 
 def _reader(path: Path):
