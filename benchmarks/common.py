@@ -18,6 +18,7 @@ import os
 import platform
 import shlex
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -208,6 +209,24 @@ def train_step(model_config: Any, *, lr: float = 1e-4, total_steps: int = 1000, 
     params = nnx.to_pure_dict(nnx.state(model))
     opt_state = build.init_optimizer(params)  # over what trains (LoRA: the adapters alone)
     return build.step, params, opt_state, mesh, "instructjax.train.step.build_step"
+
+
+def timed_steps(step: Callable, params: Any, opt_state: Any, batch: Any, steps: int
+                ) -> tuple[list[float], Any, Any]:
+    """(each of `steps` steps' seconds, params, opt_state) after two untimed steps (compile + warm-up); call it
+    under the step's mesh."""
+    import jax
+
+    for _ in range(2):
+        params, opt_state, m = step(params, opt_state, batch)
+    jax.block_until_ready(m)
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        params, opt_state, m = step(params, opt_state, batch)
+        jax.block_until_ready(m)
+        times.append(time.perf_counter() - t0)
+    return times, params, opt_state
 
 
 def env_summary() -> dict[str, Any]:

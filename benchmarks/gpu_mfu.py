@@ -86,15 +86,7 @@ def jax_child(args) -> dict:
     with jax.set_mesh(mesh):
         batch = jax.device_put(common.synthetic_batch(args.batch, args.seq, config.vocab_size),
                                sharding.batch_sharding(mesh))  # fmt: skip
-        for _ in range(2):  # compile + warm-up
-            params, opt_state, m = step(params, opt_state, batch)
-        jax.block_until_ready(m)
-        times = []
-        for _ in range(args.steps):
-            t0 = time.perf_counter()
-            params, opt_state, m = step(params, opt_state, batch)
-            jax.block_until_ready(m)
-            times.append(time.perf_counter() - t0)
+        times, params, opt_state = common.timed_steps(step, params, opt_state, batch, args.steps)
         if args.profile:
             with jax.profiler.trace(args.profile):
                 for _ in range(3):

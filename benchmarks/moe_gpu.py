@@ -19,7 +19,6 @@ import argparse
 import dataclasses
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -60,15 +59,7 @@ def child(args) -> dict:
     with jax.set_mesh(mesh):
         batch = jax.device_put(common.synthetic_batch(args.batch, args.seq, config.vocab_size),
                                sharding.batch_sharding(mesh))
-        for _ in range(2):  # compile + warm-up
-            params, opt_state, m = step(params, opt_state, batch)
-        jax.block_until_ready(m)
-        times = []
-        for _ in range(args.steps):
-            t0 = time.perf_counter()
-            params, opt_state, m = step(params, opt_state, batch)
-            jax.block_until_ready(m)
-            times.append(time.perf_counter() - t0)
+        times, _, _ = common.timed_steps(step, params, opt_state, batch, args.steps)
     return {"step_s": statistics.median(times), "device": jax.devices()[0].device_kind}
 
 
