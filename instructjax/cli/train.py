@@ -12,8 +12,9 @@ from instructjax.core import stopping
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("train", help="train a model on a config's data: SFT, or DPO / SimPO on preference pairs "
-                                           "(the config's objective:)")
+    words = ("train a model on a config's data, by its objective.loss: SFT; DPO, dpo_norm, SimPO or ORPO on preference "
+             "pairs; GRPO on rollouts its verifiers score")
+    p = subparsers.add_parser("train", help=words, description=words[0].upper() + words[1:] + ".")
     p.add_argument("--config", required=True, help="a run config YAML (see configs/)")
     p.add_argument("--resume", action="store_true", help="continue from the run's latest checkpoint")
     p.add_argument("--accept-changes", action="store_true",
