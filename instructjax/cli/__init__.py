@@ -59,8 +59,9 @@ def load_run_config(path, overrides: list[str] | None = None):
     return config
 
 
-DESCRIPTION = """Instruction tuning in JAX, on TPUs, GPUs or a CPU: read and mix instruction data, train (SFT, DPO,
-SimPO, LoRA/QLoRA), export to Hugging Face, evaluate, and put the papers' tables beside your runs."""
+DESCRIPTION = """Instruction tuning in JAX, on TPUs, GPUs or a CPU: read and mix instruction data, train (SFT;
+DPO, dpo_norm, SimPO, ORPO on preference pairs; GRPO, RL with verifiable rewards; LoRA/QLoRA), export to Hugging
+Face, evaluate, and put the papers' tables beside your runs."""
 
 START_HERE = """start here:
   instructjax quickstart                                the whole job on built-in data and a tiny model (minutes, CPU)
