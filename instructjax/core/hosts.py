@@ -323,10 +323,11 @@ def _appears(path, wait_s: float = 2.0) -> bool:
 # ---- JAX's runtime ---------------------------------------------------------------------------------------------
 
 
-def initialize(distributed: bool, session: str = "run") -> None:
+def initialize(distributed: bool, session: str = "run", handles: stopping.ProcessHandles = stopping.PROCESS) -> None:
     """`jax.distributed.initialize` when `distributed` or JAX_COORDINATOR_ADDRESS is set (JAX_NUM_PROCESSES /
     JAX_PROCESS_ID give the rest on machines without a cluster auto-detection), with the heartbeat of
-    `INSTRUCTJAX_HEARTBEAT_SECONDS`; stderr then goes through the lost-host relay. Then `install(session=...)`."""
+    `INSTRUCTJAX_HEARTBEAT_SECONDS`; stderr then goes through the lost-host relay (held in `handles`). Then
+    `install(session=...)`."""
     if not (distributed or os.environ.get("JAX_COORDINATOR_ADDRESS")):  # one process: jax is not even imported
         install(session=session)
         return
@@ -340,24 +341,20 @@ def initialize(distributed: bool, session: str = "run") -> None:
         heartbeat = int(os.environ.get("INSTRUCTJAX_HEARTBEAT_SECONDS", DEFAULT_HEARTBEAT))
         jax.distributed.initialize(os.environ.get("JAX_COORDINATOR_ADDRESS"), heartbeat_timeout_seconds=heartbeat,
                                    **env)  # fmt: skip
-        stopping.jax_runtime_started(jax.process_count())  # JAX's preemption notifier took SIGTERM
+        stopping.jax_runtime_started(jax.process_count(), handles)  # JAX's preemption notifier took SIGTERM
         if jax.process_count() > 1:
-            _relay_stderr(jax.process_index())
+            _relay_stderr(jax.process_index(), handles)
     install(session=session)
 
 
-_RELAY: subprocess.Popen | None = None
-
-
-def _relay_stderr(host: int) -> None:
+def _relay_stderr(host: int, handles: stopping.ProcessHandles) -> None:
     """Send this process's stderr (Python's and the C++ runtime's: file descriptor 2) through `stderr_relay`, which
-    passes it on and turns JAX's report of a lost host into one line."""
-    global _RELAY
-    if _RELAY is not None:
+    passes it on and turns JAX's report of a lost host into one line (the relay process: `handles.relay`)."""
+    if handles.relay is not None:
         return
     sys.stderr.flush()
-    _RELAY = subprocess.Popen([sys.executable, "-m", "instructjax.core.stderr_relay", str(host)],
-                              stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fds=True,
-                              start_new_session=True)  # a terminal's Ctrl-C is this process's to handle
-    os.dup2(_RELAY.stdin.fileno(), 2)
-    _RELAY.stdin.close()
+    handles.relay = subprocess.Popen([sys.executable, "-m", "instructjax.core.stderr_relay", str(host)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, close_fds=True,
+                                     start_new_session=True)  # a terminal's Ctrl-C is this process's to handle
+    os.dup2(handles.relay.stdin.fileno(), 2)
+    handles.relay.stdin.close()

@@ -23,9 +23,11 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 # "Temporary failure, try again" (sysexits.h EX_TEMPFAIL): stopped on request with the work saved; launch/gpu.py and
 # launch/tpu_vm.py run `instructjax train --resume` again when they see it (unless they were told to stop).
@@ -93,50 +95,62 @@ class _Listener:
         os.close(self._read)
 
 
-_LISTENER: _Listener | None = None
-_JAX_PROCESSES = 1  # the processes of JAX's distributed runtime, once core.hosts started it
+@dataclass
+class ProcessHandles:
+    """What this process holds for the command running in it, in one object: the signal listener (`listening`), the
+    number of processes of JAX's distributed runtime once core.hosts started it, and the stderr relay process
+    (core.hosts). Signals and file descriptors belong to the process, so there is one (`PROCESS`): the trainer holds
+    it and passes it on (to `listening`, `requested` and `hosts.initialize`); every function here takes it, `PROCESS`
+    where none is given."""
+
+    listener: _Listener | None = None
+    jax_processes: int = 1
+    relay: subprocess.Popen | None = None
+
+
+PROCESS = ProcessHandles()
 
 
 @contextlib.contextmanager
-def listening() -> Iterator[None]:
+def listening(handles: ProcessHandles = PROCESS) -> Iterator[None]:
     """Within: SIGINT and SIGTERM ask the work to stop (see the module doc); a nested `listening()` changes nothing.
     Off the main thread (where Python cannot take signals) it does nothing."""
-    global _LISTENER
-    if _LISTENER is not None or threading.current_thread() is not threading.main_thread():
+    if handles.listener is not None or threading.current_thread() is not threading.main_thread():
         yield
         return
-    _LISTENER = _Listener(jax_sigterm=_JAX_PROCESSES > 1)
+    handles.listener = _Listener(jax_sigterm=handles.jax_processes > 1)
     try:
         yield
     finally:
-        listener, _LISTENER = _LISTENER, None
+        listener, handles.listener = handles.listener, None
         listener.close()
 
 
-def requested() -> bool:
+def requested(handles: ProcessHandles = PROCESS) -> bool:
     """Whether a signal asked this process's work to stop; never on several hosts, where JAX's preemption sync point
     says where they all stop (see the module doc)."""
-    return _LISTENER is not None and _LISTENER.requested and not _LISTENER.jax_sigterm
+    listener = handles.listener
+    return listener is not None and listener.requested and not listener.jax_sigterm
 
 
-def check(where: str, kept: str) -> None:
+def check(where: str, kept: str, handles: ProcessHandles = PROCESS) -> None:
     """At a safe point of work that one process does alone: `Stopped` when a signal asked, its line "stopped
     {where}: {kept}; run the same command again to continue"."""
-    if requested():
+    if requested(handles):
         raise Stopped(f"stopped {where}: {kept}; run the same command again to continue")
 
 
-def jax_runtime_started(processes: int) -> None:
+def jax_runtime_started(processes: int, handles: ProcessHandles = PROCESS) -> None:
     """JAX's distributed runtime is up (core.hosts), and with it JAX's own SIGTERM handler. With several processes
     SIGTERM stays JAX's, and a signal that came before is handed to it now (see the module doc); alone, this
     process's handler takes SIGTERM back."""
-    global _JAX_PROCESSES
-    _JAX_PROCESSES = processes
-    if _LISTENER is None:
+    handles.jax_processes = processes
+    listener = handles.listener
+    if listener is None:
         return
     if processes == 1:
-        signal.signal(signal.SIGTERM, _LISTENER._on_signal)
+        signal.signal(signal.SIGTERM, listener._on_signal)
         return
-    _LISTENER.jax_sigterm = True
-    if _LISTENER.requested:
+    listener.jax_sigterm = True
+    if listener.requested:
         os.kill(os.getpid(), signal.SIGTERM)

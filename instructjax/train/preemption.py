@@ -19,17 +19,19 @@ from instructjax.core import stopping
 
 class PreemptionWatch:
     """`watch.should_stop(step)` after each step: True on every host at the same step once a signal came. Within
-    `watch.listening()` the signals are taken (a no-op under a command that already took them)."""
+    `watch.listening()` the signals are taken (a no-op under a command that already took them); `handles`: the
+    process's (`core.stopping.ProcessHandles`), which the trainer holds."""
 
-    def __init__(self):
+    def __init__(self, handles: stopping.ProcessHandles = stopping.PROCESS):
         self.multi_host = jax.process_count() > 1
+        self.handles = handles
 
     def listening(self):
-        return stopping.listening()
+        return stopping.listening(self.handles)
 
     def should_stop(self, step: int) -> bool:
         if self.multi_host:
             from jax.experimental import multihost_utils
 
             return bool(multihost_utils.reached_preemption_sync_point(step))
-        return stopping.requested()
+        return stopping.requested(self.handles)

@@ -34,7 +34,7 @@ import numpy as np
 import yaml
 from jax.sharding import NamedSharding
 
-from instructjax.core import hosts, progress, runlock, sharding, storage, tracking
+from instructjax.core import hosts, progress, runlock, sharding, stopping, storage, tracking
 from instructjax.core.config import RunConfig, to_dict
 from instructjax.core.errors import ConfigError, InstructJaxError
 from instructjax.core.run_identity import training_digest
@@ -78,12 +78,14 @@ class Trainer:
     """Everything a run needs, set up (and checked) before any compilation; `run()` trains."""
 
     def __init__(self, config: RunConfig, *, resume: bool = False, accept_changes: bool = False, devices=None,
-                 pipeline=None):
+                 pipeline=None, process: stopping.ProcessHandles = stopping.PROCESS):
         """`accept_changes`: resume although the config changes what the run trains (`resume.check_unchanged`);
         `devices`: the mesh's devices (default all); `pipeline`: a stand-in for the config's DataPipeline (iteration,
         state, restore, task_names, report, use_reference, stream, plan_epoch; plan_steps for per_step; a grpo run's
-        `rollout(params)` in place of the iteration: train/rollout.py)."""
-        hosts.initialize(config.distributed, f"train:{config.run_dir}")  # the hosts tokenize together, each a share
+        `rollout(params)` in place of the iteration: train/rollout.py); `process`: the process's signal listener and
+        stderr relay (`core.stopping.ProcessHandles`), held here and passed to the hosts and the preemption watch."""
+        self.process = process
+        hosts.initialize(config.distributed, f"train:{config.run_dir}", process)  # the hosts tokenize together
         self.resume = resume
         self.run_dir = storage.path(config.run_dir)
         devices = list(jax.devices() if devices is None else devices)
@@ -199,7 +201,7 @@ class Trainer:
             if step % self.config.log_every == 0 or step == self.total_steps:
                 logger.log(step, window.flush(m, tokens, self.sources))
 
-        preemption = PreemptionWatch()
+        preemption = PreemptionWatch(self.process)
         try:
             with preemption.listening(), jax.set_mesh(self.mesh), memory.memory_errors(self.out_of_memory):
                 self.schedule(start)  # its ops compiled here, not in the wall time of the second step
