@@ -50,7 +50,10 @@ class Run:
 
     @property
     def name(self) -> str:
-        return self.config.name
+        """The config's `name:`, or where it has none (RunConfig's default) its run directory's name."""
+        if self.config.name != RunConfig.name:
+            return self.config.name
+        return storage.path(self.config.run_dir.rstrip("/")).name or self.config.name
 
     @property
     def adapter(self) -> str:

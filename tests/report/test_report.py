@@ -722,6 +722,11 @@ def test_a_study_of_ones_own_gets_a_table_a_sweep_curve_and_the_losses(tmp_path)
     written, _ = families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out2")
     assert not (tmp_path / "out2" / "configs_sweep.png").exists()
     assert list(read_csv(tmp_path / "out2" / "configs_runs.csv")[0])[:3] == ["run", "data.mixture", "optim.lr"]
+    config = tmp_path / "configs" / "my_other_data.yaml"  # no `name:`: the run is its run directory's name
+    config.write_text(config.read_text().replace("name: my_other_data\n", ""))
+    families.write_report(sorted((tmp_path / "configs").glob("*.yaml")), tmp_path / "out3")
+    assert sorted(r["run"] for r in read_csv(tmp_path / "out3" / "configs_runs.csv")) == [
+        "my_high", "my_low", "my_mid", "my_other_data"]
 
 
 def test_coverage_every_transcribed_row_has_a_config(tmp_path, capsys):
