@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -80,12 +81,17 @@ def test_beam_writes_the_in_process_cache_and_a_killed_worker_costs_a_rerun(tmp_
             workers = [p for p, cmd in _descendants(beam.pid) if "sdk_worker_main" in cmd and not cmd.startswith("/bin/sh")]
             if workers:
                 os.kill(workers[0], signal.SIGKILL)
-                killed = workers[0]
+                killed, at = workers[0], time.monotonic()
         time.sleep(0.05)
     out, err = beam.communicate(timeout=600)
+    after_kill = time.monotonic() - at if killed else 0.0
     assert beam.returncode == 0, err[-3000:]
     assert killed is not None and "a Beam worker process was lost" in err and "running the pipeline again (2 of 3)" in err
     assert "beam: 3 task(s) to tokenize in" in out and "3 written now, 0 there already" in out
+    # one timing line, the whole prepare's: it covers the pipeline's second run (after the kill)
+    assert "beam: 3 cache file(s) written\n" in out and out.count(" s:") == 1
+    took = float(re.search(r"^prepared 3 task\(s\) of beam_mix in ([0-9.]+) s:", out, re.M).group(1))
+    assert took + 2.0 >= after_kill, (took, after_kill)
     files = _files(cache)
     assert len(files) == 3 and files == _files(tmp_path / "inproc")
     assert not list(cache.glob("*.pieces"))
@@ -163,14 +169,44 @@ def test_a_worker_that_sees_other_data_than_the_plan_stops_with_one_line(tmp_pat
     builds = beam_prepare.plan([("mine", TaskSpec("alpaca", (str(rows),)), None, None)], 10)
     assert [(s.lo, s.hi) for s in builds[0].shards] == [(0, 10), (10, 20), (20, 30)]
     rows.write_text(rows.read_text().replace("Say 3.", "Say three."))
-    encode = beam_prepare._Encode(builds, ())
+    errors = str(tmp_path / "errors")
+    encode = beam_prepare._Encode(builds, (), errors)
     encode.setup()
-    with pytest.raises(RuntimeError) as crossed:
+    with pytest.raises(ConfigError) as met:
         list(encode.process((0, 0, 10)))
-    error = beam_prepare._user_error(str(crossed.value))
-    assert isinstance(error, ConfigError) and str(error).startswith(
+    error = beam_prepare.recorded_error(errors)  # what `run` raises: the worker's record, read back
+    assert isinstance(error, ConfigError) and str(error) == str(met.value) and str(error).startswith(
         "task 'mine': this Beam worker sees other data than the plan (its cache key ")
     assert not (tmp_path / "cache").exists()  # nothing written
+
+
+def test_beam_is_used_through_its_public_api():
+    """beam_prepare reaches no private name of Beam's (a `_name` of a Beam module, class or option class): options
+    through PipelineOptions and its `get_all_options` hook, a lost worker by its exit status."""
+    import ast
+
+    from instructjax.data.tokenized import beam_prepare
+
+    tree = ast.parse(Path(beam_prepare.__file__).read_text())
+    private = sorted({f"{ast.unparse(n.value)}.{n.attr}" for n in ast.walk(tree) if isinstance(n, ast.Attribute)
+                      and n.attr.startswith("_") and not n.attr.startswith("__")
+                      and ast.unparse(n.value) not in ("self", "os")}  # our own state; os._exit is public
+                     | {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 0
+                        and (n.module or "").startswith("apache_beam") for a in n.names if a.name.startswith("_")})
+    assert private == []
+
+
+def test_a_data_error_crosses_as_its_fields(tmp_path):
+    """A worker's DataError is recorded as data (JSON) and read back as the same error: its file, row, reason."""
+    from instructjax.core.errors import DataError
+    from instructjax.data.tokenized import beam_prepare
+
+    assert beam_prepare.recorded_error(str(tmp_path / "none")) is None
+    met = DataError("malformed JSON: line 1", reason="malformed_json", file="/d/rows.jsonl", row=18, source="messages")
+    beam_prepare.record(str(tmp_path), met)
+    got = beam_prepare.recorded_error(str(tmp_path))
+    assert type(got) is DataError and str(got) == str(met) and (got.reason, got.row, got.file) == ("malformed_json",
+                                                                                                  18, "/d/rows.jsonl")
 
 
 @pytest.mark.slow

@@ -12,23 +12,27 @@ template, the data layer's code), else one ConfigError line. Every step may be r
 not at all, and a piece or a cache file already there is not made again. Beam's local runner (the FnApiRunner, here
 with worker processes) does not retry the bundle of a worker that dies: `run` then runs the pipeline again (up to
 `ATTEMPTS` times in all) and only the shards without a piece are encoded again; Dataflow, Flink and Spark retry a
-failed work item themselves. A user's error in a worker (a bad row under `on_bad_row: error`, a worker that sees
-other data) reaches this process as its one line.
+failed work item themselves. A lost worker is known by its exit status: the runner's thread that waits on it
+raises when it exits non-zero, which ends the child process that runs the pipeline with `LOST`. A user's error in a
+worker (a bad row under `on_bad_row: error`, a worker that sees other data) crosses as data: a JSON record the worker
+writes beside the cache files (`<cache dir>/.beam-errors-<run>/`), which this process reads back as its one line.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import logging
 import math
 import os
 import pickle
-import re
 import signal
 import subprocess
 import sys
 import tempfile
-import time
+import threading
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +56,7 @@ from instructjax.data.tokenized import examples, shards, shared, stream
 
 ATTEMPTS = 3  # runs of the pipeline on the local runner when a worker process is lost
 MIN_SHARDS = 64  # shards in all at least (smaller ones where the tasks are small), so every worker has its share
-_MARK = "instructjax-error"  # how a user's error crosses from a worker to this process
+LOST = 3  # the exit status of the child process whose runner lost a worker
 
 
 @dataclass(frozen=True)
@@ -115,13 +119,8 @@ def _unit_bytes(units) -> float:
 def pipeline_options(args: list[str], workers: int) -> PipelineOptions:
     """Beam's options from `args` (as Beam's own command line takes them), checked here: an option Beam does not know,
     or a value it refuses, is one ConfigError line. No `--runner`: the FnApiRunner with `workers` local processes."""
-    parser = _StrictParser(allow_abbrev=False)
-    for cls in {str(c): c for c in PipelineOptions.__subclasses__()}.values():
-        cls._add_argparse_args(parser)  # noqa: SLF001 - every option class's flags, as Beam's own parser adds them
-    _, unknown = parser.parse_known_args(args)
-    if unknown:
-        raise ConfigError(f"--beam-args: Beam has no option {unknown[0]!r}")
     options = PipelineOptions(args)
+    options.get_all_options(add_extra_args_fn=_strict(args))  # every option class's flags, each value checked
     harness = options.view_as(WorkerOptions)
     harness.default_sdk_harness_log_level = harness.default_sdk_harness_log_level or "WARNING"
     direct = options.view_as(DirectOptions)
@@ -132,9 +131,21 @@ def pipeline_options(args: list[str], workers: int) -> PipelineOptions:
     return options
 
 
-class _StrictParser(beam.options.pipeline_options._BeamArgumentParser):  # noqa: SLF001
-    def error(self, message: str):
+def _strict(args: list[str]):
+    """For `get_all_options(add_extra_args_fn=...)`, handed the parser Beam builds of every option class's flags
+    before it parses `args`: an option it does not know, or a value it refuses, is one ConfigError line (argparse's
+    `error` exits the process otherwise)."""
+
+    def refuse(message: str):
         raise ConfigError(f"--beam-args: {message}")
+
+    def check(parser: argparse.ArgumentParser) -> None:
+        parser.error = refuse
+        _, unknown = parser.parse_known_args(args)
+        if unknown:
+            refuse(f"Beam has no option {unknown[0]!r}")
+
+    return check
 
 
 def _runner(options: PipelineOptions):
@@ -155,25 +166,31 @@ def _runner(options: PipelineOptions):
 def run(builds: list[TaskBuild], beam_args: list[str], workers: int, imports: Imports = ()) -> None:
     """Build the cache files of `builds` with a Beam pipeline (see the module doc), run by a child process of this
     one whose output (Beam's log lines, and its local workers') goes to a file, named when the pipeline fails. On the
-    local runner a lost worker (the runner says so in its log, and would wait for it) ends that run: the pipeline is
-    run again, up to `ATTEMPTS` runs in all."""
+    local runner a lost worker (the child's exit status `LOST`) ends that run: the pipeline is run again, up to
+    `ATTEMPTS` runs in all. A user's error a worker met (its record) is raised here as its one line."""
     if not builds:
         return
     options = pipeline_options(beam_args, workers)
     local = isinstance(_runner(options), _local_runner())
+    errors = errors_dir(builds)
     fd, plan_file = tempfile.mkstemp(prefix="instructjax-beam-", suffix=".plan")
     with os.fdopen(fd, "wb") as f:
-        pickle.dump((builds, beam_args, workers, imports), f)
+        pickle.dump((builds, beam_args, workers, imports, errors), f)
     fd, log = tempfile.mkstemp(prefix="instructjax-beam-", suffix=".log")
     os.close(fd)
     try:
         for attempt in range(1, ATTEMPTS + 1):
-            code, lost = _launch(plan_file, log)
+            code = _launch(plan_file, log)
             if code == 0:
                 os.unlink(log)
                 return
             if code == 2:
-                raise _user_error(Path(plan_file + ".error").read_text()) or ConfigError(f"see Beam's log: {log}")
+                error = recorded_error(errors)
+                if error is None:
+                    raise ConfigError(f"see Beam's log: {log}")
+                os.unlink(log)  # the error is its one line: nothing in the log to look for
+                raise error
+            lost = code == LOST
             if not (local and lost) or attempt == ATTEMPTS:
                 why = "a worker process was lost" if lost else f"exit status {code}"
                 raise ConfigError(f"the Beam pipeline failed ({why}; Beam's log: {log})")
@@ -183,60 +200,56 @@ def run(builds: list[TaskBuild], beam_args: list[str], workers: int, imports: Im
                   f"again ({attempt + 1} of {ATTEMPTS}); the {kept} piece(s) written are kept", file=sys.stderr,
                   flush=True)
     finally:
-        for leftover in (plan_file, plan_file + ".error"):
-            Path(leftover).unlink(missing_ok=True)
+        Path(plan_file).unlink(missing_ok=True)
+        storage.remove_tree(errors)
 
 
-_LOST = (b"Worker subprocess exited with return code", b"Channel closed prematurely")  # the local runner's words
-
-
-def _launch(plan_file: str, log: str) -> tuple[int, bool]:
-    """Run the pipeline of `plan_file` in a child process (its own process group) with its output appended to `log`:
-    (its exit status, whether the runner lost a worker). A lost worker ends it at once."""
-    begin = os.path.getsize(log)  # the runs before this one wrote the log up to here
-
-    def said_lost() -> bool:
-        with open(log, "rb") as f:
-            f.seek(begin)
-            text = f.read()
-        return any(word in text for word in _LOST)
-
+def _launch(plan_file: str, log: str) -> int:
+    """Run the pipeline of `plan_file` in a child process (its own process group) with its output appended to `log`;
+    its exit status. Whatever the child leaves running when it ends (a local runner's workers) is killed."""
     with open(log, "ab") as out:
         child = subprocess.Popen([sys.executable, "-c", _LAUNCHER, plan_file], stdout=out, stderr=subprocess.STDOUT,
                                  start_new_session=True)
-    lost = False
     try:
-        while child.poll() is None and not lost:
-            time.sleep(0.5)
-            lost = said_lost()
+        return child.wait()
     finally:
         if child.poll() is None:
-            os.killpg(child.pid, signal.SIGKILL)  # the runner and its workers
+            child.kill()
             child.wait()
-    return child.returncode, lost or said_lost()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(child.pid, signal.SIGKILL)  # the runner's workers, when the child ended without them
 
 
 _LAUNCHER = "import sys; from instructjax.data.tokenized import beam_prepare; sys.exit(beam_prepare.launched(sys.argv[1]))"
 
 
 def launched(plan_file: str) -> int:
-    """In the child process: run the pipeline of `plan_file` once. 0: done; 2: a user's error, its line written to
-    `<plan_file>.error`; anything else: Beam's failure (in the log)."""
+    """In the child process: run the pipeline of `plan_file` once. 0: done; 2: a user's error, recorded (`record`);
+    `LOST`: the runner lost a worker; anything else: Beam's failure (in the log)."""
     logging.getLogger().setLevel(logging.WARNING)
     with open(plan_file, "rb") as f:
-        builds, beam_args, workers, imports = pickle.load(f)
+        builds, beam_args, workers, imports, errors = pickle.load(f)
     options = pipeline_options(beam_args, workers)
+    threading.excepthook = _lost_worker
     try:
         with beam.Pipeline(runner=_runner(options), options=options) as pipeline:
-            _build(pipeline, builds, imports)
-    except Exception as exc:  # noqa: BLE001 - a worker's error crosses as text
-        user = exc if isinstance(exc, InstructJaxError) else _user_error(str(exc))
-        if user is None:
+            _build(pipeline, builds, imports, errors)
+    except Exception as exc:  # noqa: BLE001 - a user's error here, or one a worker recorded: exit 2
+        if isinstance(exc, InstructJaxError):
+            record(errors, exc)
+        if recorded_error(errors) is None:
             raise
-        kind = "DataError" if isinstance(user, DataError) else "ConfigError"
-        Path(plan_file + ".error").write_text(f"{_MARK}:{kind}: {_one_line(user)}")
         return 2
     return 0
+
+
+def _lost_worker(args: threading.ExceptHookArgs) -> None:
+    """A thread of the runner that ended by an exception: the local runner's thread that waits on a worker process
+    raises when that process exits non-zero (killed, out of memory), and the runner would wait for the worker for
+    ever; the pipeline's run ends at once with `LOST`."""
+    threading.__excepthook__(args)  # its traceback, in the log
+    sys.stderr.flush()
+    os._exit(LOST)
 
 
 def _local_runner() -> type:
@@ -245,7 +258,7 @@ def _local_runner() -> type:
     return FnApiRunner
 
 
-def _build(pipeline, builds: list[TaskBuild], imports: Imports) -> None:
+def _build(pipeline, builds: list[TaskBuild], imports: Imports, errors: str) -> None:
     # the costliest shards first: the local runner deals the shards out to its workers in turn, once
     units = sorted(((t, s.lo, s.hi) for t, b in enumerate(builds) for s in b.shards),
                    key=lambda u: -(u[2] - u[1]) * builds[u[0]].unit_bytes)
@@ -253,17 +266,17 @@ def _build(pipeline, builds: list[TaskBuild], imports: Imports) -> None:
          | "shards" >> beam.Create(list(enumerate(units)))
          | "spread" >> beam.GroupByKey()  # one key a shard: the runner hands them out over its workers
          | "unkey" >> beam.FlatMap(lambda kv: kv[1])
-         | "encode" >> beam.ParDo(_Encode(builds, imports))
+         | "encode" >> beam.ParDo(_Encode(builds, imports, errors))
          | "by task" >> beam.GroupByKey()
-         | "merge" >> beam.ParDo(_Merge(builds, imports)))  # fmt: skip
+         | "merge" >> beam.ParDo(_Merge(builds, imports, errors)))  # fmt: skip
 
 
 class _Worker(beam.DoFn):
     """What each step of a worker shares: the user's modules imported, the tokenizer on one thread (the runner's
     processes use the cores), each task checked against the plan once, its read opened once."""
 
-    def __init__(self, builds: list[TaskBuild], imports: Imports):
-        self.builds, self.imports = builds, imports
+    def __init__(self, builds: list[TaskBuild], imports: Imports, errors: str):
+        self.builds, self.imports, self.errors = builds, imports, errors
 
     def setup(self) -> None:
         os.environ["TOKENIZERS_PARALLELISM"] = "false"
@@ -295,7 +308,7 @@ class _Encode(_Worker):
 
     def process(self, unit: tuple[int, int, int]) -> Iterator[tuple[int, tuple[int, int]]]:
         t, lo, hi = unit
-        with _crossing():
+        with _crossing(self.errors):
             build = self.check(t)
             pieces = shared.pieces_dir(storage.path(build.where))
             if not storage.path(build.where).exists():  # a task merged already: nothing to make
@@ -310,7 +323,7 @@ class _Merge(_Worker):
 
     def process(self, task: tuple[int, list]) -> Iterator[tuple[str, str]]:
         t, _ = task
-        with _crossing():
+        with _crossing(self.errors):
             build = self.check(t)
             where = storage.path(build.where)
             if cache.load(where) is None:
@@ -325,22 +338,38 @@ class _Merge(_Worker):
         yield build.name, build.where
 
 
+def errors_dir(builds: list[TaskBuild]) -> str:
+    """Where the workers of one `run` record a user's error: beside the cache files (a worker writes there anyway)."""
+    return storage.join(storage.path(builds[0].where).parent, f".beam-errors-{uuid.uuid4().hex[:12]}")
+
+
+def record(errors: str, exc: InstructJaxError) -> None:
+    """A user's error as data: one JSON record in `errors` (a worker's own file), read back by `recorded_error`."""
+    fields = ({"kind": "DataError", "problem": exc.problem, "reason": exc.reason, "file": exc.file, "row": exc.row,
+               "source": exc.source} if isinstance(exc, DataError) else {"kind": "ConfigError", "message": _one_line(exc)})
+    storage.write_text(storage.join(errors, f"{os.getpid()}-{uuid.uuid4().hex[:8]}.json"), json.dumps(fields))
+
+
+def recorded_error(errors: str) -> InstructJaxError | None:
+    """The first user's error recorded in `errors` (None: none), as the error the worker met."""
+    found = sorted(name for name in storage.listing(errors) if name.endswith(".json"))  # not a write's temporary
+    if not found:
+        return None
+    fields = json.loads(storage.path(storage.join(errors, found[0])).read_text())
+    if fields["kind"] == "DataError":
+        return DataError(fields["problem"], reason=fields["reason"], file=fields["file"], row=fields["row"],
+                         source=fields["source"])
+    return ConfigError(fields["message"])
+
+
 @contextlib.contextmanager
-def _crossing() -> Iterator[None]:
-    """A user's error in a worker, marked so that `run` raises it as its one line."""
+def _crossing(errors: str) -> Iterator[None]:
+    """A user's error in a worker, recorded in `errors` for `run` to raise as its one line (and the bundle failed)."""
     try:
         yield
     except InstructJaxError as exc:
-        kind = "DataError" if isinstance(exc, DataError) else "ConfigError"
-        raise RuntimeError(f"{_MARK}:{kind}: {_one_line(exc)}") from exc
-
-
-def _user_error(text: str) -> InstructJaxError | None:
-    found = re.search(rf"{_MARK}:(\w+): ([^\n]*)", text)
-    if found is None:
-        return None
-    kind, line = found.groups()
-    return DataError(line, reason="beam") if kind == "DataError" else ConfigError(line)
+        record(errors, exc)
+        raise
 
 
 def _one_line(exc: BaseException) -> str:
