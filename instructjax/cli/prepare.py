@@ -43,6 +43,7 @@ def run_prepare(args) -> int:
 
 
 def _prepare(args) -> int:
+    start = time.time()  # the one figure printed: the whole prepare's wall time (a Beam pipeline's included)
     from instructjax.core import hosts, progress
     from instructjax.data import cache
     from instructjax.data.blends import specs
@@ -72,7 +73,6 @@ def _prepare(args) -> int:
         bars[task].n = done
         bars[task].refresh() if total is not None and done >= total else bars[task].update(0)
 
-    start = time.time()
     with stream.progress(show):
         pipeline = run_setup.open_pipeline(bound, index, count)
         pool.shutdown(wait=False)  # every task is encoded: the workers exit while the epoch is planned
@@ -138,8 +138,7 @@ def _prepare_on_beam(beam, args, config, bound, host_count: int) -> set[str]:
     base = None if storage.is_remote(args.config) else str(Path(args.config).parent)
     imports = (*((name, None) for name in [*args.imports_first, *args.imports]),
                *((name, base) for name in config.imports))
-    start = time.time()
     print(f"beam: {len(builds)} task(s) to tokenize in {sum(len(b.shards) for b in builds)} shard(s)", flush=True)
     beam_prepare.run(builds, args.beam_args, os.cpu_count() or 1, imports)
-    print(f"beam: {len(builds)} cache file(s) written in {time.time() - start:.1f} s", flush=True)
+    print(f"beam: {len(builds)} cache file(s) written", flush=True)  # the time: prepare's own line
     return {b.where for b in builds}
