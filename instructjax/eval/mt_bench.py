@@ -1,3 +1,6 @@
+# Derived from FastChat (https://github.com/lm-sys/FastChat), the FastChat authors (LMSYS), Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """MT-Bench as FastChat's llm_judge runs it (Zheng et al. 2023; seed 003 Tables 2 and 3: the 1-round and 2-round
 scores): 80 two-turn questions, the model answering turn 2 after its own turn-1 answer, a judge rating each turn
 1-10 with FastChat's single-answer prompts.

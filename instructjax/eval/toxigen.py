@@ -1,3 +1,6 @@
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """ToxiGen as seed 004 measures it (Appendix C; open-instruct's eval/toxigen/run_eval.py): % toxic generations.
 
 The prompts are ToxiGen's own hateful ones (Hartvigsen et al.: prompts/hate_<group>_1k.txt, one prompt a line,

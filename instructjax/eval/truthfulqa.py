@@ -1,3 +1,7 @@
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0;
+# Derived from TruthfulQA (https://github.com/sylinrl/TruthfulQA), the TruthfulQA authors, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """TruthfulQA's generation setting as seed 004 measures it (Appendix C; open-instruct's eval/truthfulqa, after the
 official TruthfulQA code): % truthful, % informative, % both.
 

@@ -1,3 +1,6 @@
+# Derived from FastChat (https://github.com/lm-sys/FastChat), the FastChat authors (LMSYS), Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """Chat templates: a Conversation -> one training text plus the character spans that are trained.
 
 Four templates, registered by name (message contents are stripped of surrounding whitespace in all):

@@ -1,3 +1,6 @@
+# Derived from FastChat (https://github.com/lm-sys/FastChat), the FastChat authors (LMSYS), Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """Multi-turn datasets: Baize's transcripts, ShareGPT-style turn lists (`chat_messages`) and their split into
 blocks of whole rounds (`split_blocks`), Open Assistant's message trees (`oasst1_conversations`)."""
 

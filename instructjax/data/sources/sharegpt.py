@@ -1,3 +1,6 @@
+# Derived from FastChat (https://github.com/lm-sys/FastChat), the FastChat authors (LMSYS), Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """ShareGPT (`anon8231489123/ShareGPT_Vicuna_unfiltered`): rows {id, conversations: [{from, value}]}, read
 one of two ways, chosen by the source option `clean`.
 

@@ -1,3 +1,6 @@
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """Verifiers: a verifiable prompt's reward, `(prediction, ground_truth) -> score in [0, 1]`, by name (a row's
 `dataset`, lower-cased). The built-in ones are open-instruct's (`ground_truth_utils`, pinned in
 tests/assets/open_instruct), with their semantics: `gsm8k`, `math`, `strict_math`, `ifeval` (IFEvalG's instruction

@@ -1,3 +1,6 @@
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """The 25 IFEval constraint checks of Tulu 3's RLVR-IFeval rows (open-instruct's `if_functions`, the `ifeval_old`
 verifier): each `(text, **arguments) -> bool`, its arguments named as the rows' ground truth names them (`N`,
 `quantifier`, `keyword_list`, ...), `CHECKS` by the rows' `func_name`."""

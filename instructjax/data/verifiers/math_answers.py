@@ -1,3 +1,7 @@
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0;
+# Derived from lm-evaluation-harness (https://github.com/EleutherAI/lm-evaluation-harness), Copyright (c) 2020 EleutherAI, MIT.
+# Modified for instructjax. See NOTICE.
+
 """MATH answers: extraction (a `\\boxed{}` answer, Minerva's "Final Answer: The final answer is X. I hope it is
 correct.") and equivalence (sympy on the parsed LaTeX, or Hendrycks' string normalisation), with the semantics of
 open-instruct's `math_utils` (itself lm-evaluation-harness's minerva_math utils and Lewkowycz et al. 2022,

@@ -1,3 +1,6 @@
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """Helpers of our lm-eval task YAMLs (this folder).
 
 BBH Direct (seed 004, Table 8): open-instruct's `eval/bbh/run_eval.py --no_cot` turns each official 3-shot CoT

@@ -1,3 +1,6 @@
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """BIG-Bench Hard as open-instruct's eval/bbh/run_eval.py (e44fcf5) with --max_num_examples_per_task 40: each
 task's 3-shot CoT prompt (the official cot-prompts file past its two header lines; direct, --no_cot: each exemplar's
 reasoning replaced by its final answer), 40 problems per task drawn by one `random.seed(42)` generator task after

@@ -1,3 +1,6 @@
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """Codex-HumanEval as open-instruct's eval/codex_humaneval/run_eval.py (e44fcf5), as submit_eval_jobs.py ran it:
 the raw prompt for every model (no --use_chat_format in either Codex group), 20 samples per problem at temperature
 0.1 (pass@1) and at 0.8 (pass@10), top-p 0.95, at most 512 new tokens, cut at the Codex paper's stop lines; pass@k

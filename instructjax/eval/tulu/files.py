@@ -1,3 +1,6 @@
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """The Tulu suite's evaluation sets in `eval.data_dir`, laid out as open-instruct's `data/eval` (what its
 scripts/prepare_eval_data.sh writes): `mmlu/{dev,test}/<subject>_{dev,test}.csv`, `gsm/test.jsonl`,
 `bbh/bbh/<task>.json` and `bbh/cot-prompts/<task>.txt`, `tydiqa/tydiqa-goldp-v1.1-{dev,train}.json`,

@@ -1,3 +1,6 @@
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """GSM8K as open-instruct's eval/gsm/run_eval.py (e44fcf5) with --n_shot 8 --max_num_examples 200: 200 test
 problems drawn by `random.seed(42); random.sample(test, 200)`, the eight CoT exemplars of Wei et al. (2022, Table
 20) with their reasoning (CoT) or only their answers (direct, --no_cot, whose exemplars the script introduces with

@@ -1,3 +1,6 @@
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """MMLU as open-instruct's eval/mmlu/run_eval.py (e44fcf5): every test question of every subject, `ntrain` dev
 questions before it (fewer while the prompt is over 2048 tokens), the answer read from the next token's
 probabilities of "A", "B", "C", "D" after "Answer:" (chat format: after "The answer is:"); accuracy over all

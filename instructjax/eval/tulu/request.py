@@ -1,3 +1,6 @@
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """One request of the Tulu suite: the prompt a reference script sends, in the chat format the model takes.
 
 Each of open-instruct's scripts builds a prompt two ways (`--use_chat_format` or not): a `Turn` holds both, the

@@ -1,3 +1,6 @@
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """TydiQA as open-instruct's eval/tydiqa/run_eval.py (e44fcf5) with --n_shot 1 --max_num_examples_per_lang 100
 --max_context_length 512: the gold-passage dev questions, 100 per language drawn by one `random.seed(42)` generator
 language after language, then one training exemplar per language from the same generator; passages cut to their

@@ -1,3 +1,6 @@
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """The `ifeval` verifier's instruction registry: open-instruct's IFEvalG (its `ground_truth_utils.IFEvalVerifier`
 and `IFEvalG/`; Apache-2.0), itself Google's IFEval instructions (google-research/instruction_following_eval,
 Apache-2.0) with the new ones of Tulu 3 / OLMo 3's IF_multi_constraints rows. Ported to the same semantics:

@@ -1,3 +1,21 @@
+# Copyright 2024 The Google Research Authors.
+#
+# Licensed under the Apache License, Version 2.0 (the "License");
+# you may not use this file except in compliance with the License.
+# You may obtain a copy of the License at
+#
+#     http://www.apache.org/licenses/LICENSE-2.0
+#
+# Unless required by applicable law or agreed to in writing, software
+# distributed under the License is distributed on an "AS IS" BASIS,
+# WITHOUT WARRANTIES OR CONDITIONS OF ANY KIND, either express or implied.
+# See the License for the specific language governing permissions and
+# limitations under the License.
+#
+# Derived from Google's IFEval (google-research/google-research, instruction_following_eval/) as open-instruct's
+# IFEvalG carries it (allenai/open-instruct, open_instruct/IFEvalG/, Apache-2.0); modified for instructjax (see NOTICE).
+
+
 """IFEvalG's data: the 1525 words it draws keywords from (in its order, so a seeded `random.sample` draws the
 same words) and the ISO 639-1 codes its `language:response_language` instruction accepts. From Google's IFEval
 (`instructions_util.py`, Apache-2.0) as open-instruct's IFEvalG carries it."""
