@@ -4,12 +4,12 @@
     python launch/gpu.py single --config configs/seed004_tulu/tulu_human_gpt_llama2_7b.yaml --dry-run
     python launch/gpu.py slurm --config CONFIG --nodes 4 --gpus-per-node 8 --partition gpu --dry-run
 
-`single` runs `instructjax train --resume` in one process that sees every local GPU. Both give the training
+`single` runs `instructjax train --auto-resume` in one process that sees every local GPU. Both give the training
 process the GPU XLA flags of instructjax.core.xla_flags (the scheduler, GEMM and collective settings measured
 for LLaMA on H100s); a flag the user already has in XLA_FLAGS wins. `slurm` writes
 an sbatch script: one task per node, `srun` starts the same command everywhere with the
 jax.distributed environment the trainer reads (JAX_COORDINATOR_ADDRESS = the first node,
-JAX_NUM_PROCESSES = tasks, JAX_PROCESS_ID = SLURM_PROCID); `--requeue` plus `--resume` make a
+JAX_NUM_PROCESSES = tasks, JAX_PROCESS_ID = SLURM_PROCID); `--requeue` plus `--auto-resume` make a
 preempted or failed-node job continue from its latest checkpoint. `--dry-run` prints the exact
 commands (and the sbatch script) instead of running them.
 
@@ -58,9 +58,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def train_argv(args, distributed: bool) -> list[str]:
-    """`instructjax train` with the config, --resume, and the launcher's overrides."""
+    """`instructjax train` with the config, --auto-resume, and the launcher's overrides."""
     overrides = ([f"run_dir={args.run_dir}"] if args.run_dir else []) + (["distributed=true"] if distributed else [])
-    return ["instructjax", "train", "--config", args.config, "--resume", *overrides, *args.overrides]
+    return ["instructjax", "train", "--config", args.config, "--auto-resume", *overrides, *args.overrides]
 
 
 def single_command(args) -> list[str]:

@@ -6,7 +6,7 @@
 
 Actions: `create` (on-demand/spot VM), `queued` (queued resource whose startup script installs the
 package and runs the training loop on every worker at boot), `setup` (install on --worker=all),
-`train` (copy the config, start `instructjax train --resume` on every worker), `up` (create, setup,
+`train` (copy the config, start `instructjax train --auto-resume` on every worker), `up` (create, setup,
 train), `logs` (stream worker 0's log), `status` (what every worker runs, and what the run in the bucket holds:
 DONE, the newest sealed step, the last logged step), `stop` (SIGTERM to the trainer on every worker, which saves
 the step in flight; waits until every worker's trainer has exited, then names the sealed step), `delete`,
@@ -183,7 +183,7 @@ def train_command(args) -> str:
     remote, _ = init_from(args)
     overrides = [f"run_dir={run_dir(args)}", "distributed=true"] + ([f"model.init_from={remote}"] if remote else [])
     cache = f"INSTRUCTJAX_CACHE_DIR={args.bucket}/tokenized"  # the workers tokenize together, once (data prepare)
-    train = f"{cache} instructjax train --config {REMOTE_CONFIG} --resume " + " ".join(overrides)
+    train = f"{cache} instructjax train --config {REMOTE_CONFIG} --auto-resume " + " ".join(overrides)
     return (f"echo $$ > {REMOTE_PID}; rm -f {REMOTE_STOP}; "
             f"while [ ! -e {REMOTE_STOP} ]; do {train} >> {REMOTE_LOG} 2>&1 && rc=0 || rc=$?; "
             f"[ $rc -eq {EXIT_PREEMPTED} ] && [ ! -e {REMOTE_STOP} ] || break; "

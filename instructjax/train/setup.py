@@ -59,6 +59,18 @@ def resolve_model_config(config: RunConfig) -> DecoderConfig:
     return preset(config.model.preset, **config.model.overrides)
 
 
+def init_from_error(init_from: str, error: Exception) -> str:
+    """What to do about a model.init_from that is no instructjax checkpoint: a Hugging Face directory is imported into
+    another directory (never into itself), a missing one written by `import`."""
+    from instructjax.core import storage
+
+    if (storage.path(init_from) / "config.json").is_file():
+        return (f"model.init_from={init_from} is a Hugging Face model directory, not an instructjax checkpoint: import "
+                f"it into another directory, `instructjax import --hf {init_from} --out CHECKPOINT_DIR`, and set "
+                "model.init_from=CHECKPOINT_DIR")
+    return f"model.init_from={init_from}: {error}; write it with `instructjax import --hf HF_DIR --out {init_from}`"
+
+
 def tokenizer_path(config: RunConfig) -> str | None:
     """The run's tokenizer path (None: the built-in default, for a from-scratch preset)."""
     if config.tokenizer:
@@ -71,8 +83,7 @@ def tokenizer_path(config: RunConfig) -> str | None:
     try:
         item = read_tokenizer(config.model.init_from)
     except ConfigError as e:
-        raise ConfigError(f"model.init_from={config.model.init_from}: {e}; write it with "
-                          f"`instructjax import --hf HF_DIR --out {config.model.init_from}`") from None
+        raise ConfigError(init_from_error(config.model.init_from, e)) from None
     path = materialize(item["files"], named=f"the tokenizer of model.init_from={config.model.init_from}") if item else None
     if path is None:
         raise ConfigError(f"model.init_from={config.model.init_from} carries no tokenizer (its HF directory had "

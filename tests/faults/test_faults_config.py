@@ -32,6 +32,8 @@ def one_line(capsys, argv) -> str:
 CONFIGS = [  # (id, config file text or None for a missing file, overrides, words the error must contain)
     ("missing_file", None, [], "does not exist"),
     ("bad_yaml", "model: {preset: tiny\n", [], "not valid YAML"),
+    ("yaml_syntax_error_placed", "name: a\noptim:\n  lr: 1\n   epochs: 2\n", [],
+     "config.yaml, line 4, column 10: not valid YAML (mapping values are not allowed here)"),
     ("not_a_mapping", "- a\n- b\n", [], "mapping at the top level"),
     ("wrong_type", "", ["max_steps=many"], "max_steps: expected int"),
     ("section_not_mapping", "optim: 3\n", [], "optim: expected a mapping"),
@@ -68,6 +70,23 @@ def test_bad_config_is_one_line_before_compiling(tmp_path, capsys, no_compile, t
         path.write_text(text)
     err = one_line(capsys, ["train", "--config", str(path), *BASE, f"run_dir={tmp_path / 'run'}", *overrides])
     assert words in err
+
+
+def test_a_directory_or_a_missing_checkpoint_is_one_line(tmp_path, capsys, no_compile):
+    """`train --config DIR` (once IsADirectoryError's traceback); `--resume` on a run_dir that holds no checkpoint (a
+    mistyped one once trained from scratch without a word); a Hugging Face directory as model.init_from, whose
+    message once said to import it into itself."""
+    (tmp_path / "configs").mkdir()
+    err = one_line(capsys, ["train", "--config", str(tmp_path / "configs"), *BASE])
+    assert f"config file {tmp_path / 'configs'} is a directory: give a file" in err
+    run = tmp_path / "typo"
+    err = one_line(capsys, ["train", "--config", "/dev/null", *BASE, f"run_dir={run}", "--resume"])
+    assert f"--resume: {run} holds no checkpoint to resume from" in err and "--auto-resume" in err
+    assert not run.exists()
+    hf = make_hf_dir(tmp_path / "hf")
+    err = one_line(capsys, ["train", "--config", "/dev/null", *BASE, f"model.init_from={hf}", f"run_dir={run}"])
+    assert "is a Hugging Face model directory" in err and f"import --hf {hf} --out CHECKPOINT_DIR" in err
+    assert f"--out {hf}`" not in err
 
 
 def _truncate(path, fraction=0.5):

@@ -105,10 +105,11 @@ def test_a_finished_run_resumed_says_so(tmp_path, capsys):
     common = ["train", "--config", "/dev/null", "model.preset=tiny", "model.dtype=float32", "data.seq_len=128",
               "data.mixture=acp_ACP_n10000_builtin", "data.global_batch=8", "data.pack_window=64", "max_steps=2",
               f"run_dir={tmp_path / 'run'}"]
-    assert main(common) == 0
+    assert main([*common, "--auto-resume"]) == 0  # what the launchers run: a run with no checkpoint yet starts
     assert "trained to step 2" in capsys.readouterr().out
-    assert main([*common, "--resume"]) == 0
-    assert "is already trained to its last step (2): nothing to train" in capsys.readouterr().out
+    for resume in ("--resume", "--auto-resume"):
+        assert main([*common, resume]) == 0
+        assert "is already trained to its last step (2): nothing to train" in capsys.readouterr().out
 
 
 @pytest.fixture(scope="module")

@@ -62,7 +62,7 @@ def test_tpu_up_dry_run(capsys, tmp_path):
     assert remote.startswith("nohup bash -c ")
     inner = shlex.split(remote)[3]
     assert inner.startswith("echo $$ > ~/instructjax_loop.pid; ")  # the loop's pid: `stop` signals its trainer
-    assert ("INSTRUCTJAX_CACHE_DIR=gs://bkt/tokenized instructjax train --config ~/instructjax_run.yaml --resume "
+    assert ("INSTRUCTJAX_CACHE_DIR=gs://bkt/tokenized instructjax train --config ~/instructjax_run.yaml --auto-resume "
             "run_dir=gs://bkt/runs/tulu7b distributed=true model.init_from=gs://bkt/checkpoints/base/llama2-7b >> "
             in inner)  # the config's init_from (checkpoints/base/llama2-7b), read from the bucket
     assert inner.endswith("; done") and "DONE" not in inner  # the run writes its own DONE marker
@@ -77,7 +77,7 @@ def test_tpu_queued_and_watch(capsys):
     assert "--node-id=tulu7b" in cmds[1] and "--runtime-version=v2-alpha-tpuv5-lite" in cmds[1] and cmds[1][-1] == "--spot"
     script = Path(next(a for a in cmds[1] if a.startswith("--metadata-from-file=")).split("=", 2)[2]).read_text()
     assert "gcloud storage cp gs://bkt/configs/tulu7b.yaml ~/instructjax_run.yaml" in script
-    assert "instructjax train --config ~/instructjax_run.yaml --resume run_dir=gs://bkt/runs/tulu7b" in script
+    assert "instructjax train --config ~/instructjax_run.yaml --auto-resume run_dir=gs://bkt/runs/tulu7b" in script
     assert f"pip install '/tmp/{tpu.wheel()}' 'jax[tpu]'" in script
     assert tpu.main(["watch", *BASE, "--dry-run"]) == 0
     done, describe, delete, create = printed(capsys)
@@ -170,7 +170,7 @@ def test_gpu_single_and_slurm(capsys, monkeypatch):
     (cmd,) = printed(capsys)
     flags = " ".join(xla_flags.gpu_flags(4))
     assert cmd == ["env", "XLA_PYTHON_CLIENT_MEM_FRACTION=0.95", f"XLA_FLAGS={flags}", "CUDA_VISIBLE_DEVICES=0,1,2,3",
-                   "instructjax", "train", "--config", "c.yaml", "--resume", "optim.micro_batches=2"]
+                   "instructjax", "train", "--config", "c.yaml", "--auto-resume", "optim.micro_batches=2"]
     assert gpu.main(["slurm", "--config", "c.yaml", "--nodes", "4", "--partition", "gpu", "--run-dir", "/shared/r",
                      "--dry-run"]) == 0
     out = capsys.readouterr().out
@@ -178,7 +178,7 @@ def test_gpu_single_and_slurm(capsys, monkeypatch):
                  "#SBATCH --partition=gpu", "export JAX_COORDINATOR_ADDRESS=$HEAD:12355",
                  "export JAX_NUM_PROCESSES=$SLURM_NTASKS",
                  "srun --kill-on-bad-exit=1 bash -c 'JAX_PROCESS_ID=$SLURM_PROCID exec instructjax train --config "
-                 "c.yaml --resume run_dir=/shared/r distributed=true' && rc=0 || rc=$?",
+                 "c.yaml --auto-resume run_dir=/shared/r distributed=true' && rc=0 || rc=$?",
                  'if [ "$rc" -eq 75 ]; then scontrol requeue "$SLURM_JOB_ID"; fi', "+ sbatch instructjax.sbatch",
                  f'export XLA_FLAGS="{" ".join(xla_flags.gpu_flags(32))} ${{XLA_FLAGS:-}}"'):
         assert line in out.splitlines()
