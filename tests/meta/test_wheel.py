@@ -61,6 +61,12 @@ def test_the_wheel_imports_from_its_own_environment(installed, tmp_path):
     assert Path(where.stdout.strip()).is_relative_to(bin_dir.parent) and not where.stdout.startswith(str(REPO))
 
 
+def test_the_wheel_ships_notice(installed):
+    """NOTICE (the derived parts, their upstreams and licences) is in the installed wheel, as it is in the checkout."""
+    (shipped,) = installed.parent.glob("lib/python3*/site-packages/instructjax-*.dist-info/licenses/NOTICE")
+    assert shipped.read_text() == (REPO / "NOTICE").read_text()
+
+
 def test_quickstart_runs_from_the_wheel(installed, tmp_path):
     out = run(installed, tmp_path, "quickstart", "max_steps=4", "checkpoint.every=4", "log_every=2")
     assert "ij_mc:" in out and "ij_rolling:" in out, out[-2000:]
