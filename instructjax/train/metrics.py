@@ -1,13 +1,14 @@
-"""Run metrics: RUN_DIR/metrics.jsonl, TensorBoard events, and loss.png at the end; RUN_DIR local or in a bucket;
-Weights & Biases too where the config asks (core/tracking.py).
+"""Run metrics: RUN_DIR/metrics.jsonl, TensorBoard events, and loss.png at the end (a grpo run's solve_rate.png too);
+RUN_DIR local or in a bucket; Weights & Biases too where the config asks (core/tracking.py).
 
 One JSON object per logged step (`step`, `loss` with `loss_reduction` saying which objective it is,
 `lr`, `grad_norm`, `tokens`, `tokens_per_sec` and `step_seconds` over the logged window's own wall time,
 and `loss/<source>`, the mean token loss of every mixture source that had trained tokens in the logged
 window; under a preference loss, `loss` is the mean over the window's pairs and the objective's own values, e.g.
 `rewards/chosen`, `rewards/rejected`, `rewards/accuracies` and `rewards/margins`, are TRL's, means over the same pairs:
-train/objectives/). A mixture of experts adds `moe/aux_loss` and `moe/z_loss` (the router's losses before their
-coefficients, means over the window's steps) and, per sparse layer i, `moe/layer_i/max_share` and
+train/objectives/); a window that trained no token (a grpo step whose rollouts all scored alike) logs `loss: null`
+(its token means too), never a 0 no step reached. A mixture of experts adds `moe/aux_loss` and `moe/z_loss` (the
+router's losses before their coefficients, means over the window's steps) and, per sparse layer i, `moe/layer_i/max_share` and
 `moe/layer_i/min_share`: the most and the least loaded expert's share of the window's tokens' choices. Only the primary host writes; without tensorboardX, metrics.jsonl alone.
 
 Nothing can be appended to in a bucket: the files are written in a local mirror of the run directory
@@ -115,7 +116,7 @@ class MetricsWindow:
     def flush(self, m: dict, total_tokens: int, sources: list[str]) -> dict:
         per = self.weight if self.reduction == "mean" else self.steps
         record = {
-            "loss": self.loss_sum / per if per else 0.0,
+            "loss": self.loss_sum / per if per else None,  # null: the window trained no token (a grpo step may not)
             "loss_reduction": self.reduction,
             "lr": float(m["lr"]),
             "grad_norm": float(m["grad_norm"]),
@@ -136,7 +137,7 @@ class MetricsWindow:
             record["loss_reduction"] = "pairs"  # a preference loss: the mean over the window's pairs
             record.update({k: v / self.pairs for k, v in sorted(self.rewards.items())})
         elif self.rewards:  # sums over the trained tokens: their means
-            record.update({k: v / self.weight if self.weight else 0.0 for k, v in sorted(self.rewards.items())})
+            record.update({k: v / self.weight if self.weight else None for k, v in sorted(self.rewards.items())})
         record.update({k: v / max(self.steps, 1) for k, v in sorted(self.rollout.items())})
         self.reset()
         return record
@@ -250,6 +251,13 @@ def progress_figures(m: dict, seconds: float) -> dict[str, str]:
 
 LOSS_LABELS = {"mean": "cross-entropy (nats/token)", "sum": "cross-entropy (nats, summed over a step's tokens)",
                "pairs": "preference loss (nats/pair)"}  # by `loss_reduction`
+GRPO_LABEL = "GRPO loss (policy + beta x KL, mean over response tokens)"
+SOLVE_RATE = "objective/verifiable_correct_rate"  # a grpo run's rollouts' solve rate (train/rollout.py)
+
+
+def _rollouts(records: list[dict]) -> bool:
+    """Whether the records are a grpo run's (its rollouts' values logged)."""
+    return any(SOLVE_RATE in r for r in records)
 
 
 def loss_figure(records: list[dict], title: str):
@@ -268,9 +276,11 @@ def loss_figure(records: list[dict], title: str):
     for key in keys:
         _plot(ax, records, key, key.removeprefix("loss/"), linewidth=2.2 if key == "loss" else 1.2)
     reduction = next((r["loss_reduction"] for r in reversed(records) if "loss_reduction" in r), "mean")
-    ax.set(xlabel="step", ylabel=LOSS_LABELS.get(reduction, "loss"), title=f"training loss: {title}")
+    label = GRPO_LABEL if _rollouts(records) else LOSS_LABELS.get(reduction, "loss")
+    ax.set(xlabel="step", ylabel=label, title=f"training loss: {title}")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_lines():  # none where no logged window trained a token
+        ax.legend()
     if preference:
         ax = axes[0][1]
         _plot(ax, records, "rewards/accuracies", "rewards/accuracies (left)", color="tab:green")
@@ -286,24 +296,49 @@ def loss_figure(records: list[dict], title: str):
     return fig
 
 
+def solve_rate_figure(records: list[dict], title: str):
+    """The figure of solve_rate.png (a grpo run's): the rollouts' solve rate and each verifier's against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    _plot(ax, records, SOLVE_RATE, "all prompts", linewidth=2.2)
+    for key in sorted({k for r in records for k in r if k.endswith("_correct_rate") and k != SOLVE_RATE}):
+        _plot(ax, records, key, key.removeprefix("objective/").removesuffix("_correct_rate"), linewidth=1.2)
+    ax.set(xlabel="step", ylabel="rollouts' solve rate (verifier score > 0)", ylim=(-0.02, 1.02),
+           title=f"solve rate: {title}")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def _plot(ax, records: list[dict], key: str, label: str, **style) -> None:
-    points = [(r["step"], r[key]) for r in records if key in r and math.isfinite(r[key])]
+    """`key` against the step where a record has a number for it (a window that trained nothing has none)."""
+    points = [(r["step"], r[key]) for r in records if isinstance(r.get(key), (int, float)) and math.isfinite(r[key])]
     if points:
         steps, values = zip(*points, strict=True)
         ax.plot(steps, values, label=label, **style)
 
 
 def plot_losses(run_dir) -> str | None:
-    """RUN_DIR/loss.png (`loss_figure`). None without metrics."""
+    """RUN_DIR/loss.png (`loss_figure`), and a grpo run's RUN_DIR/solve_rate.png (`solve_rate_figure`). None without
+    metrics."""
     records = read_metrics(run_dir)
     if not records:
         return None
     import matplotlib.pyplot as plt
 
-    fig = loss_figure(records, storage.path(run_dir).name)
+    name = storage.path(run_dir).name
+    figures = {"loss.png": loss_figure(records, name)}
+    if _rollouts(records):
+        figures["solve_rate.png"] = solve_rate_figure(records, name)
     with storage.writing_dir(run_dir) as local:
-        fig.savefig(os.path.join(local, "loss.png"), dpi=110)
-    plt.close(fig)
+        for file, fig in figures.items():
+            fig.savefig(os.path.join(local, file), dpi=110)
+            plt.close(fig)
     return f"{storage.path(run_dir)}/loss.png"
 
 

@@ -253,9 +253,14 @@ def checked_mixture(config: RunConfig, registry):
 def check_objective(config: RunConfig, resolved) -> None:
     """One ConfigError line where the objective and the mixture's tasks disagree: a preference loss trains on pairs
     alone (every task a `preference` source's), SFT on no pair (SFT on a pair would train its rejected answer), grpo
-    on verifiable prompts alone, and nothing else on them (a prompt has no answer to train)."""
+    on verifiable prompts alone (two samples of each at least: a group of one has no spread), and nothing else on
+    them (a prompt has no answer to train)."""
     tasks = list(zip(resolved.tasks, resolved.specs, strict=True))
     loss = config.objective.loss
+    if config.objective.rollouts and config.objective.samples_per_prompt < 2:
+        raise ConfigError(f"objective.samples_per_prompt={config.objective.samples_per_prompt}: grpo's advantage is a "
+                          "completion's reward against its prompt's other samples, and one sample has none (its "
+                          "advantage is always 0): set it to 2 or more (open-instruct's default: 4)")
     prompts = [t for t, s in tasks if s is not None and s.verifiable]
     if config.objective.rollouts and len(prompts) < len(tasks):
         other = next(t for t, s in tasks if s is None or not s.verifiable)

@@ -245,11 +245,13 @@ def test_plan_counts_what_a_rollout_allocates_and_the_reference():
     (["objective.loss=sft"], "holds verifiable prompts (no answer to train on): set objective.loss=grpo"),
     (["objective.prompts_per_rollout=4"], "data.global_batch=8 rows cannot hold a rollout's 16 completions"),
     (["objective.response_length=60"], "it needs rows of"),
+    (["objective.samples_per_prompt=1"], "objective.samples_per_prompt=1: grpo's advantage is a completion's reward "
+                                         "against its prompt's other samples"),
 ])
 def test_a_grpo_run_that_cannot_be_is_one_line(tmp_path, capsys, overrides, expected):
     """Bad input, one line and exit 2: grpo on a task that is not verifiable, another objective on verifiable prompts,
-    a batch too small for a rollout, a prompt and its response longer than a row (a rollout whose KV cache does not
-    fit: below)."""
+    a batch too small for a rollout, one sample a prompt (no spread in a group), a prompt and its response longer
+    than a row (a rollout whose KV cache does not fit: below)."""
     from instructjax import cli
 
     argv = ["train", "--config", "/dev/null", "model.preset=tiny", "model.dtype=float32", "data.seq_len=64",
@@ -297,11 +299,23 @@ def test_plan_compiles_the_rollout_engine_of_a_grpo_run(capsys):
     assert "plan --rollout goes with --compile, for a config of objective.loss: grpo" in capsys.readouterr().err
 
 
-def test_a_step_whose_rollouts_all_score_alike_says_so(tmp_path, capsys):
+def test_a_step_whose_rollouts_all_score_alike_says_so(tmp_path, capsys, monkeypatch):
     """An untrained model solves nothing: every group scores alike, the rollout is drawn again (8 times), then the step
-    trains on no token, and one warning line says so (nothing left out silently)."""
+    trains on no token, and one warning line says so (nothing left out silently). metrics.jsonl logs no loss for it
+    (null), loss.png plots none (no 0) and labels GRPO's loss so, and the run dir has solve_rate.png."""
+    from instructjax.train import rollout
+    from instructjax.train.metrics import GRPO_LABEL, loss_figure, read_metrics
     from instructjax.train.trainer import Trainer
 
+    draws = []
+    generate = rollout.Rollouts._generate
+
+    def timed(self, *args):
+        kept, metrics = generate(self, *args)
+        draws.append(metrics["time/generation"])
+        return kept, metrics
+
+    monkeypatch.setattr(rollout.Rollouts, "_generate", timed)
     config = load_config(None, ["model.preset=tiny", "model.dtype=float32", "data.mixture=verifiable_builtin",
                                 "data.seq_len=64", "data.global_batch=8", "objective.loss=grpo",
                                 "objective.prompts_per_rollout=2", "objective.samples_per_prompt=4",
@@ -311,3 +325,10 @@ def test_a_step_whose_rollouts_all_score_alike_says_so(tmp_path, capsys):
     assert warnings == ["instructjax: warning: 8 rollouts in a row scored alike in every group (prompts 0..15 of the "
                         "run): this step trains on no token"]
     assert result.losses == {1: 0.0}
+    (record,) = read_metrics(tmp_path / "run")
+    assert len(draws) == 8
+    assert record["loss"] is None and record["loss/policy_avg"] is None
+    assert record["objective/verifiable_correct_rate"] == 0.0
+    figure = loss_figure([record], "run")
+    assert figure.axes[0].get_ylabel() == GRPO_LABEL and figure.axes[0].get_lines() == []
+    assert (tmp_path / "run" / "loss.png").is_file() and (tmp_path / "run" / "solve_rate.png").is_file()
