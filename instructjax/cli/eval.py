@@ -7,13 +7,18 @@ OpenAI-compatible server: instructjax/eval/endpoint.py).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+import time
 
 from instructjax.cli import load_run_config
+from instructjax.cli.engine_flags import check_numbers, completion_tokens, endpoint, endpoint_args, model_args
+from instructjax.cli.engine_flags import generator as _generator
+from instructjax.cli.engine_flags import placement as _placement
+from instructjax.cli.engine_flags import placement_args as _placement_args
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError
+from instructjax.core.user_paths import expect_file, same_path
 from instructjax.eval.config import JudgeEndpoint
 from instructjax.eval.harness import numeric, results_json, run_lm_eval, run_suite
 from instructjax.eval.run import EVAL_PARTS, evaluate_config
@@ -21,20 +26,20 @@ from instructjax.eval.run import EVAL_PARTS, evaluate_config
 
 def register(subparsers) -> None:
     score = subparsers.add_parser("score", help="per-token log-probabilities of texts under a model")
-    _model_args(score)
+    model_args(score)
     score.add_argument("--text", nargs="+", default=[], help="texts to score")
     score.add_argument("--file", help="JSONL with a 'text' field per row")
     score.set_defaults(func=run_score)
 
-    gen = subparsers.add_parser("generate", help="chat completions (template applied, batched, KV cache)")
-    _model_args(gen)
+    gen = subparsers.add_parser("generate", help="chat completions (template applied, continuous batching)")
+    model_args(gen)
     gen.add_argument("--prompts", required=True, help="JSONL rows with 'id' and 'messages' or 'instruction'")
     gen.add_argument("--out", required=True, help="JSONL of {id, instruction, output}")
     gen.add_argument("--max-new-tokens", type=int, default=512)
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=0)
-    _endpoint_args(gen)
+    endpoint_args(gen)
     gen.set_defaults(func=run_generate)
 
     ev = subparsers.add_parser("eval", help="lm-eval tasks or a paper's suite; `eval pairwise`, `eval codex`",
@@ -59,7 +64,7 @@ def register(subparsers) -> None:
     ev.add_argument("--batch-size", type=int, default=8)
     _placement_args(ev)
     ev.add_argument("--out", help="write the results JSON here")
-    _endpoint_args(ev)
+    endpoint_args(ev)
     ev.set_defaults(func=run_eval)
     sub = ev.add_subparsers(dest="eval_command", required=False)
 
@@ -91,85 +96,28 @@ def register(subparsers) -> None:
     qa.set_defaults(func=run_quality)
 
     codex = sub.add_parser("codex", help="Codex-Eval on the 164 HumanEval problems (pass@1 T=0.1, pass@10 T=0.8)")
-    _model_args(codex)
+    model_args(codex)
     codex.add_argument("-n", type=int, default=20, help="samples per problem and temperature")
     codex.add_argument("--limit", type=int, help="only the first N problems")
     codex.add_argument("--max-new-tokens", type=int, default=512)
-    _endpoint_args(codex)
+    endpoint_args(codex)
     codex.set_defaults(func=run_codex)
 
 
-def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, help="a checkpoint (RUN_DIR[/STEP]) or an HF model directory")
-    p.add_argument("--tokenizer", help="tokenizer override (.model or HF dir); default: the model's own")
-    p.add_argument("--template", help="chat template name; default: the one the model was trained with")
-    p.add_argument("--batch-size", type=int, default=8, help="sequences scored at once")
-    _placement_args(p)
-
-
-def _placement_args(p: argparse.ArgumentParser) -> None:
-    """Where the model lies and how it decodes (eval/placement.py, model/engine.py)."""
-    p.add_argument("--dtype", choices=["float32", "bfloat16"],
-                   help="the evaluation's dtype (default: bfloat16 on accelerators, float32 on a CPU)")
-    p.add_argument("--mesh", help="the model's mesh over every device, e.g. fsdp=4,tensor=2 (default: data "
-                                  "parallel where the weights fit a device, else fsdp)")
-    p.add_argument("--slots", type=int, help="sequences decoded at once (continuous batching; default 32)")
-
-
-def _placement(args) -> dict:
-    """The placement options; under several JAX processes (JAX_COORDINATOR_ADDRESS set: a pod's hosts) their
-    runtime is started first, so that the mesh spans every host's devices."""
-    from instructjax.core import hosts
-    from instructjax.eval.generate import DEFAULT_SLOTS
-    from instructjax.eval.placement import parse_mesh
-
-    hosts.initialize(False, f"eval:{getattr(args, 'out', None)}")
-
-    return {"dtype": getattr(args, "dtype", None), "mesh": parse_mesh(getattr(args, "mesh", None)),
-            "slots": getattr(args, "slots", None) or DEFAULT_SLOTS}
-
-
-def _endpoint_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--endpoint", metavar="URL", help="generate with this OpenAI-compatible server (vLLM, "
-                   "transformers serve; e.g. http://localhost:8000/v1) instead of in this process; --model gives "
-                   "the tokenizer and chat template; --batch-size requests are in flight at once")
-    p.add_argument("--endpoint-model", metavar="NAME", help="the model's name at --endpoint (default: the one "
-                   "model the server lists)")
-    p.add_argument("--endpoint-retries", type=int, default=6, help="retries of a request after a dropped "
-                   "connection, a timeout, a rate limit or a server error")
-    p.add_argument("--endpoint-timeout", type=float, default=600.0, help="seconds one request may take")
-
-
-def _endpoint(args, cache: str | None = None):
-    """The Endpoint the flags name (None without --endpoint, or for a command without the flags); its replies
-    cached in `cache`."""
-    if not getattr(args, "endpoint", None):
-        if getattr(args, "endpoint_model", None):
-            raise ConfigError("--endpoint-model needs --endpoint (the server to ask)")
-        return None
-    from instructjax.eval.endpoint import Endpoint
-
-    return Endpoint(args.endpoint, args.endpoint_model, concurrency=args.batch_size, max_retries=args.endpoint_retries,
-                    timeout=args.endpoint_timeout, cache=cache)
-
-
-def _generator(args, cache: str | None = None):
-    from instructjax.eval.engines import load_engine
-
-    return load_engine(args.model, tokenizer=args.tokenizer, template=args.template, batch_size=args.batch_size,
-                       endpoint=_endpoint(args, cache), **_placement(args))
-
-
-def _rows(path: str) -> list[dict]:
+def _rows(path: str, what: str | None = None) -> list[dict]:
+    """A JSONL file's rows; `what`: the flag that named it, said with a path that is no file."""
     from instructjax.eval.pairwise import read_jsonl
 
+    if what:
+        expect_file(path, what)
     return read_jsonl(path)
 
 
 def run_score(args) -> int:
     from instructjax.eval.score import score_texts
 
-    texts = list(args.text) + ([r["text"] for r in _rows(args.file)] if args.file else [])
+    check_numbers(args)
+    texts = list(args.text) + ([r["text"] for r in _rows(args.file, "--file")] if args.file else [])
     if not texts:
         raise ConfigError("score: give --text or --file")
     generator, hf_tok = _generator(args)
@@ -183,16 +131,38 @@ def run_score(args) -> int:
 
 
 def run_generate(args) -> int:
-    from instructjax.eval.generate import Sampling, complete
+    from instructjax.core import progress
+    from instructjax.eval.generate import Sampling, complete, prompt_messages
     from instructjax.eval.pairwise import write_jsonl
 
-    rows = _rows(args.prompts)
+    check_numbers(args)
+    if same_path(args.prompts, args.out):
+        raise ConfigError(f"--out {args.out} is the --prompts file: the completions would replace the prompts; "
+                          "choose another --out")
+    rows = _rows(args.prompts, "--prompts")
+    if not rows:
+        raise ConfigError(f"--prompts {args.prompts} holds no prompts")
+    for i, row in enumerate(rows):  # every row asks for something: said before the model loads
+        prompt_messages(row, file=args.prompts, row_number=i + 1)
+    if storage.path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a directory: give the file to write")
     storage.check_bucket(args.out, "--out")  # before generating, not after
     generator, _ = _generator(args, cache=f"{args.out}.endpoint_cache.jsonl")
-    completions = complete(generator, rows, Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed))
+    stats = getattr(getattr(generator, "engine", None), "stats", None)
+    before, start = (stats.new_tokens if stats else 0), time.perf_counter()
+    bar = progress.bar(desc="generate", unit="tokens", disable=not _first_host())
+    try:
+        completions = complete(generator, rows, Sampling(args.max_new_tokens, args.temperature, args.top_p, args.seed),
+                               file=args.prompts, progress=bar)
+    finally:
+        bar.close()
+    seconds = time.perf_counter() - start
+    tokens = stats.new_tokens - before if stats else completion_tokens(generator, completions)
     if _first_host():  # every host holds every completion: one writes them
         write_jsonl(args.out, completions)
-        print(f"wrote {len(completions)} completions to {args.out}")
+        rate = f" ({tokens / seconds:,.1f} tokens/s)" if tokens is not None and seconds > 0 else ""
+        made = f"{tokens:,} new tokens" if tokens is not None else "generated"
+        print(f"wrote {len(completions)} completions to {args.out}: {made} in {seconds:.1f} s{rate}")
     return 0
 
 
@@ -246,7 +216,7 @@ def run_tulu(args) -> int:
 
     tulu.check_data(args.data_dir)
     cache = f"{args.out}.endpoint_cache.jsonl" if args.out else None
-    generator, _ = load_engine(args.model, batch_size=args.batch_size, endpoint=_endpoint(args, cache),
+    generator, _ = load_engine(args.model, batch_size=args.batch_size, endpoint=endpoint(args, cache),
                                **_placement(args))
     results = {"engine": engine_record(generator), "suite": tulu.run(generator, args.data_dir, chat_format),
                "codex": codex_eval(generator, tulu.codex.problems(args.data_dir), bos=False)}
@@ -257,7 +227,7 @@ def run_tulu(args) -> int:
 def run_eval_config(args) -> int:
     """`eval --config RUN.yaml [--only PARTS] [--model M]`: the eval: block's parts, results in its out dir."""
     only = [p.strip() for p in args.only.split(",") if p.strip()] if args.only else None
-    results = evaluate_config(load_run_config(args.config), model=args.model, only=only, endpoint=_endpoint(args))
+    results = evaluate_config(load_run_config(args.config), model=args.model, only=only, endpoint=endpoint(args))
     _print_and_write(results, args.out)
     return 0
 
@@ -337,6 +307,7 @@ def run_codex(args) -> int:
     from instructjax.eval.humaneval import load_problems
     from instructjax.eval.tulu.codex import codex_eval
 
+    check_numbers(args)
     problems = load_problems()
     if args.limit:
         problems = dict(list(problems.items())[: args.limit])

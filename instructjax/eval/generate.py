@@ -63,16 +63,23 @@ class Generator:
         return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
 
     def generate(self, prompts: Sequence[str | Sequence[int]], sampling: Sampling = GREEDY,
-                 until: Sequence[str] = ()) -> list[str]:
-        """Completions of raw prompts (text gets BOS) cut at end of turn and at the first `until` string."""
+                 until: Sequence[str] = (), *, progress=None) -> list[str]:
+        """Completions of raw prompts (text gets BOS) cut at end of turn and at the first `until` string.
+        `progress`: a bar (core/progress.py) told of the tokens generated as the rows grow."""
         encoded = [self.tokenizer(p, add_special_tokens=True)["input_ids"] if isinstance(p, str) else list(p)
                    for p in prompts]
         until = [stop for stop in until if stop]
         decode = functools.partial(self.tokenizer.decode, skip_special_tokens=True)
         # a row whose text holds a stop string ends there: what follows would be cut anyway
         ends = (lambda ids: any(stop in decode(ids) for stop in until)) if until else None
+        seen: dict[int, int] = {}  # each row's tokens the bar was told of (by the id of its list)
+        if progress is not None:
+            ends = _counting(progress, ends, seen)
+        generated = self.engine.generate(encoded, sampling, self.stop_ids, ends)
+        if progress is not None:  # the last tokens of rows that ended within a decode call
+            progress.update(sum(map(len, generated)) - sum(seen.values()))
         texts: list[str] = []
-        for ids in self.engine.generate(encoded, sampling, self.stop_ids, ends):
+        for ids in generated:
             text = decode(ids)
             for stop in until:
                 if stop in text:
@@ -80,9 +87,11 @@ class Generator:
             texts.append(text)
         return texts
 
-    def chat(self, conversations: Sequence[list[dict[str, str]]], sampling: Sampling = GREEDY) -> list[str]:
+    def chat(self, conversations: Sequence[list[dict[str, str]]], sampling: Sampling = GREEDY, *,
+             progress=None) -> list[str]:
         """The next assistant turn for each conversation (messages ending on a user turn)."""
-        return [t.strip() for t in self.generate([self.encode_chat(m) for m in conversations], sampling)]
+        return [t.strip() for t in self.generate([self.encode_chat(m) for m in conversations], sampling,
+                                                 progress=progress)]
 
     def score(self, sequences: Sequence[Sequence[int]]) -> list[TokenScores]:
         return score_ids(self.model, sequences, self.batch_size, mesh=self.mesh)
@@ -121,13 +130,51 @@ def chat_tokenizer(model: str, saved, chat_template: str | None):
     return saved.to_hf(chat_template)
 
 
-def complete(generator: Generator, rows: list[dict], sampling: Sampling, keep: tuple[str, ...] = ()) -> list[dict]:
-    """{id, instruction, output} (plus the row's `keep` fields) for rows with 'messages' or 'instruction'."""
-    conversations = []
-    for i, row in enumerate(rows):
-        messages = row.get("messages") or [{"role": "user", "content": row.get("instruction", "")}]
+def _counting(bar, ends, seen: dict[int, int]):
+    """A row-end check for the engine (its `generate`'s `stop`, called with every live row's ids after each decode
+    call) that tells `bar` how many tokens the rows grew by (`seen`: each row's count so far), and ends a row where
+    `ends` does."""
+    def stop(ids: list[int]) -> bool:
+        grown = len(ids) - seen.get(id(ids), 0)
+        if grown > 0:
+            seen[id(ids)] = len(ids)
+            bar.update(grown)
+        return bool(ends is not None and ends(ids))
+
+    return stop
+
+
+def prompt_messages(row, *, file: str | None = None, row_number: int | None = None) -> list[dict[str, str]]:
+    """The conversation a prompt row asks to continue: its `messages` (a last assistant turn dropped), or its
+    `instruction` as one user turn; a row with neither is one DataError line naming `file` and the row."""
+    def bad(problem: str, reason: str) -> DataError:
+        return DataError(problem, reason=reason, file=file, row=row_number)
+
+    if not isinstance(row, Mapping):
+        raise bad(f"expected a JSON object, got {type(row).__name__}", "wrong_type")
+    messages = row.get("messages")
+    if messages:
+        if not isinstance(messages, list) or not all(isinstance(m, Mapping) and "role" in m and "content" in m
+                                                     for m in messages):
+            raise bad("'messages' must be a list of {role, content} turns", "wrong_type")
         if messages[-1]["role"] == "assistant":
             messages = messages[:-1]
+        if not messages:
+            raise bad("'messages' holds nothing before its assistant turn", "missing_field")
+        return list(messages)
+    if not isinstance(row.get("instruction"), str):
+        raise bad("neither 'messages' nor 'instruction' (a prompt row needs one of them)", "missing_field")
+    return [{"role": "user", "content": row["instruction"]}]
+
+
+def complete(generator: Generator, rows: list[dict], sampling: Sampling, keep: tuple[str, ...] = (), *,
+             file: str | None = None, progress=None) -> list[dict]:
+    """{id, instruction, output} (plus the row's `keep` fields) for rows with 'messages' or 'instruction'
+    (`prompt_messages`; `file`: where the rows were read, named with a bad row). `progress`: a bar the model in
+    this job reports its generated tokens to (core/progress.py)."""
+    conversations = []
+    for i, row in enumerate(rows):
+        messages = prompt_messages(row, file=file, row_number=i + 1)
         conversations.append(messages)
         row.setdefault("id", str(i))
         row.setdefault("instruction", messages[-1]["content"])
@@ -136,6 +183,9 @@ def complete(generator: Generator, rows: list[dict], sampling: Sampling, keep: t
                 generator.encode_chat(messages)
             except DataError as e:
                 raise DataError(f"prompt {row['id']!r}: {e}", reason=e.reason) from None
-    outputs = generator.chat(conversations, sampling)
+    if progress is not None and isinstance(generator, Generator):
+        outputs = generator.chat(conversations, sampling, progress=progress)
+    else:
+        outputs = generator.chat(conversations, sampling)
     return [{"id": r["id"], "instruction": r["instruction"], "output": o, **{k: r[k] for k in keep if k in r}}
             for r, o in zip(rows, outputs, strict=True)]

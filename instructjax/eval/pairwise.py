@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError, DataError
+from instructjax.core.user_paths import expect_file
 from instructjax.eval.judge_prompts import JudgePrompt, pairwise_prompt
 
 
@@ -76,6 +77,7 @@ Write one line per skill as "<skill>: <score>", then a short justification."""
 def read_jsonl(path: str) -> list[dict]:
     """Rows of a JSONL file (local or in a bucket), or a one-line DataError naming the bad line."""
     rows = []
+    expect_file(path)  # a directory: one line, not IsADirectoryError
     try:
         text = storage.path(path).read_text()
     except FileNotFoundError:

@@ -119,3 +119,28 @@ def test_chat_uses_template(models):
     out = gen.chat([messages, messages + [{"role": "assistant", "content": "Yo"}, {"role": "user", "content": "?"}]],
                    Sampling(max_new_tokens=4))
     assert len(out) == 2 and all(isinstance(t, str) for t in out)
+
+
+def test_progress_counts_the_generated_tokens(models):
+    """`complete(..., progress=bar)`: the bar is told of every token the rows grow by (a plain line each update here,
+    INSTRUCTJAX_PROGRESS_SECONDS=0's way) and ends on the count generated, as the engine counts them; the completions are the same as without."""
+    import io
+
+    from instructjax.core.progress import Lines
+    from instructjax.eval.generate import complete
+
+    model, _, tok = models
+    gen = Generator(model, tok, batch_size=2, slots=2)
+    rows = [{"id": "a", "instruction": "Hi"}, {"id": "b", "messages": [{"role": "user", "content": "Yo there"}]},
+            {"id": "c", "instruction": "Hello, how are you?"}]
+    sampling = Sampling(max_new_tokens=6)
+    plain = complete(gen, [dict(r) for r in rows], sampling)
+    stream = io.StringIO()
+    bar = Lines(desc="generate", unit="tokens", stream=stream, seconds=0)
+    before = gen.engine.stats.new_tokens
+    shown = complete(gen, [dict(r) for r in rows], sampling, progress=bar)
+    bar.close()
+    assert shown == plain
+    lines = stream.getvalue().splitlines()
+    assert len(lines) >= 2 and all(line.startswith("generate: ") and " tokens" in line for line in lines), lines
+    assert 3 < bar.n == gen.engine.stats.new_tokens - before <= 3 * 6

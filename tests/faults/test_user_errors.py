@@ -59,6 +59,42 @@ def test_local_mistakes_are_one_line(model, capsys, tmp_path):
     assert not (tmp_path / "o.jsonl").exists()
 
 
+def test_generate_refuses_what_cannot_run_and_reports_its_rate(model, capsys, tmp_path):
+    """`generate` with impossible settings, prompts that ask nothing, a directory for a file, or --out on its own
+    --prompts: one line each, before the model loads (these once exited 0 with garbage, or replaced the prompts). A
+    run that can go prints its progress (stderr) and its tokens/s."""
+    prompts = tmp_path / "prompts.jsonl"
+    text = json.dumps({"id": "s", "messages": [{"role": "system", "content": "be brief"},
+                                               {"role": "user", "content": "hi"}]}) + "\n"
+    prompts.write_text(text)
+    (tmp_path / "dir").mkdir()
+    (tmp_path / "empty.jsonl").write_text("\n")
+    (tmp_path / "asks_nothing.jsonl").write_text(text + json.dumps({"id": "x", "input": "?"}) + "\n")
+    gen = ["generate", "--model", model["ckpt"], "--prompts", str(prompts), "--out", str(tmp_path / "o.jsonl")]
+    cases = [
+        (["generate", "--model", model["ckpt"], "--prompts", str(prompts), "--out", f"{tmp_path}/dir/../prompts.jsonl"],
+         "is the --prompts file"),
+        ([*gen, "--temperature", "-1"], "--temperature -1.0: must be >= 0"),
+        ([*gen, "--max-new-tokens", "-3"], "--max-new-tokens -3: must be >= 1"),
+        ([*gen, "--top-p", "1.5"], "--top-p 1.5: must be in (0, 1]"),
+        ([*gen, "--top-p", "0"], "--top-p 0.0: must be in (0, 1]"),
+        ([*gen, "--slots", "0"], "--slots 0: must be >= 1"),
+        ([*gen, "--batch-size", "0"], "--batch-size 0: must be >= 1"),
+        ([*gen[:4], str(tmp_path / "asks_nothing.jsonl"), *gen[5:]],
+         f"file {tmp_path / 'asks_nothing.jsonl'}, row 2: neither 'messages' nor 'instruction'"),
+        ([*gen[:4], str(tmp_path / "empty.jsonl"), *gen[5:]], "holds no prompts"),
+        ([*gen[:4], str(tmp_path / "dir"), *gen[5:]], f"--prompts {tmp_path / 'dir'} is a directory"),
+        ([*gen[:6], str(tmp_path / "dir")], f"--out {tmp_path / 'dir'} is a directory"),
+        (["score", "--model", model["ckpt"], "--file", str(tmp_path / "dir")], f"--file {tmp_path / 'dir'} is a directory"),
+    ]
+    for argv, words in cases:
+        assert words in one_line(capsys, argv), argv
+    assert prompts.read_text() == text and not (tmp_path / "o.jsonl").exists()
+    assert main([*gen, "--max-new-tokens", "2"]) == 0
+    out, err = capsys.readouterr()
+    assert "wrote 1 completions to" in out and "tokens/s" in out and "generate: " in err, (out, err)
+
+
 def test_a_bucket_that_does_not_exist_is_one_line_before_the_work(model, capsys, tmp_path, bucket, monkeypatch):
     gone = "gs://no-such-bucket-here"
     gen = ["generate", "--model", model["ckpt"], "--max-new-tokens", "2", "--prompts", model["prompts"]]
