@@ -228,17 +228,27 @@ def batch_shardings(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, NamedShar
     return shardings
 
 
+def place(arrays: Mapping[str, Any], sharding: NamedSharding, *, whole: bool) -> dict[str, jax.Array]:
+    """Host arrays as global `jax.Array`s laid out by `sharding` (batch axis first): the one place a host's arrays go
+    onto the mesh. `whole`: every host holds every row (a rollout, a batch each host built alike), and each feeds
+    only its own devices' rows; else each host holds just its own rows, in process order (the trainer's batches)."""
+    if whole:
+        return {k: jax.make_array_from_callback(np.shape(v), sharding, lambda index, v=v: np.asarray(v)[index])
+                for k, v in arrays.items()}
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v)) for k, v in arrays.items()}
+
+
 def host_rows(array: np.ndarray, mesh: Mesh) -> jax.Array:
     """A `[batch, ...]` host array that every host holds whole, on the mesh with its rows over (data, fsdp, expert): each
     host feeds only the rows of its own devices (any number of processes)."""
     names = ("batch",) + (None,) * (array.ndim - 1)
-    sharding = NamedSharding(mesh, logical_to_spec(names, mesh, array.shape))
-    return jax.make_array_from_callback(array.shape, sharding, lambda index: array[index])
+    return place({"rows": array}, NamedSharding(mesh, logical_to_spec(names, mesh, array.shape)), whole=True)["rows"]
 
 
 def shard_batch(batch: Mapping[str, Any], mesh: Mesh) -> dict[str, jax.Array]:
-    """Place a host-global batch (single process) onto the mesh; multi-host uses make_array_from_process_local_data."""
-    return jax.device_put(dict(batch), batch_shardings(batch, mesh))
+    """A batch every host holds whole, on the mesh (each array laid out by `batch_shardings`)."""
+    shardings = batch_shardings(batch, mesh)
+    return {k: place({k: v}, shardings[k], whole=True)[k] for k, v in batch.items()}
 
 
 def create_sharded_model(make_model: Callable[[], nnx.Module], mesh: Mesh) -> nnx.Module:

@@ -111,7 +111,6 @@ def compute(build: StepBuild, params, stream, rows: int, seq_len: int, chunk: in
     (its share of the rows) and gets every value."""
     score = jax.jit(lambda p, b: token_logps(build.graphdef, p, b, chunk) * (b["loss_weights"] > 0),
                     in_shardings=(build.param_shardings, build.batch_sharding), out_shardings=build.batch_sharding)
-    hosts, me = jax.process_count(), jax.process_index()
     packer, out = SequencePacker(seq_len, pack=False), []
     with jax.set_mesh(build.batch_sharding.mesh):
         for examples in stream.examples:
@@ -121,9 +120,7 @@ def compute(build: StepBuild, params, stream, rows: int, seq_len: int, chunk: in
                 batch, _ = packer.pack_window(part)
                 pad = empty_rows(rows - len(batch["tokens"]), seq_len)
                 batch = {k: np.concatenate([v, pad[k]]) for k, v in batch.items()}
-                share = slice(me * rows // hosts, (me + 1) * rows // hosts)
-                on_mesh = {k: jax.make_array_from_process_local_data(build.batch_sharding, v[share])
-                           for k, v in batch.items()}
+                on_mesh = sharding.place(batch, build.batch_sharding, whole=True)  # each host feeds its share
                 logps = np.asarray(multihost_utils.process_allgather(score(params, on_mesh), tiled=True))
                 values += [logps[i, : len(ex["tokens"])] for i, ex in enumerate(part)]
             lengths = np.asarray([len(v) for v in values], np.int64)

@@ -210,3 +210,21 @@ def test_embedding_lookup_reads_its_own_slice(shape):
     _, collectives = program_figures(hlo)
     largest = max(c["largest"] for c in collectives.values())
     assert largest <= table.nbytes // (mesh.shape["tensor"] * mesh.shape["fsdp"]), collectives
+
+
+@pytest.mark.parametrize("whole", [True, False])
+def test_host_arrays_go_onto_the_mesh_in_one_place(whole):
+    """`place`: the one way host arrays become global arrays (trainer, rollouts, reference, scoring): each device
+    holds its rows of the batch, whether every host holds every row (`whole`) or only its own (one host here: all)."""
+    from instructjax.core.sharding import batch_sharding, place
+
+    mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
+    rows = {"tokens": np.arange(24, dtype=np.int32).reshape(8, 3),
+            "weights": np.linspace(0, 1, 24, dtype=np.float32).reshape(8, 3)}
+    placed = place(rows, batch_sharding(mesh), whole=whole)
+    for key, value in rows.items():
+        assert placed[key].sharding == batch_sharding(mesh) and placed[key].dtype == value.dtype
+        np.testing.assert_array_equal(np.asarray(placed[key]), value)
+        for shard in placed[key].addressable_shards:  # 4 row shards of 2 rows, each on the 2 devices over tensor
+            assert shard.data.shape == (2, 3)
+            np.testing.assert_array_equal(np.asarray(shard.data), value[shard.index])
