@@ -24,7 +24,9 @@ def register(subparsers) -> None:
 
     exp = subparsers.add_parser("export", help="an instructjax checkpoint -> a Hugging Face model directory")
     exp.add_argument("--checkpoint", required=True, help="RUN_DIR (latest step) or RUN_DIR/checkpoints/STEP")
-    exp.add_argument("--out", required=True, help="HF directory to write")
+    exp.add_argument("--out", required=True, help="HF directory to write (new or empty, unless --force)")
+    exp.add_argument("--force", action="store_true", help="export over a non-empty --out: what it holds is removed "
+                     "first (an earlier export's adapter or shards would otherwise be loaded with the new model)")
     exp.add_argument("--dtype", default="fp32", choices=["fp32", "bf16", "fp16"])
     exp.add_argument("--tokenizer", help="tokenizer (.model or HF dir); default: the checkpoint's, else LLaMA's")
     exp.add_argument("--template", help="chat template name (tulu, alpaca, ...); default: the checkpoint's")
@@ -67,7 +69,7 @@ def run_export(args) -> int:
     start = time.perf_counter()
     config = export_checkpoint(args.checkpoint, args.out, dtype=args.dtype, tokenizer=args.tokenizer,
                                template=args.template, max_shard_bytes=int(args.max_shard_gb * 2**30),
-                               adapter=args.adapter)
+                               adapter=args.adapter, overwrite=args.force)
     if args.adapter:  # the adapter's own elements (PEFT's "trainable params"), not the model's
         from instructjax.model.lora import adapter_params
 

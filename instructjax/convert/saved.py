@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 
 import jax
@@ -168,21 +169,48 @@ def saved_tokenizer(path: str, *, step: int | None = None, tokenizer: str | None
     return tok, tok.chat_template
 
 
+def check_out(out: str, checkpoint: str, *, overwrite: bool) -> bool:
+    """Whether export directory `out` holds anything (files an export over it removes first, `clear_out`). Without
+    `overwrite` that is one line (--force replaces it), as is an `out` that holds the checkpoint itself."""
+    if not storage.listing(out):
+        return False
+    if not overwrite:
+        raise ConfigError(f"--out {out} is not empty: choose another directory, or pass --force to replace what it "
+                          "holds")
+    if (_resolved(split_checkpoint_path(checkpoint)[0]) + "/").startswith(_resolved(out) + "/"):
+        raise ConfigError(f"--out {out} holds the checkpoint {checkpoint}: choose another directory")
+    return True
+
+
+def _resolved(p: str) -> str:
+    return str(storage.path(p)).rstrip("/") if storage.is_remote(p) else os.path.realpath(storage.path(p))
+
+
+def clear_out(out: str, full: bool) -> None:
+    """An export's `out` emptied (`full`: it held files, `check_out`), so that no earlier export's file (an adapter's
+    adapter_config.json beside a merged model, another family's shards) stays beside the new one."""
+    if full:
+        storage.remove_tree(out)
+
+
 def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", tokenizer: str | None = None,
                       template: str | None = None, max_shard_bytes: int = 5 * 2**30,
-                      adapter: bool = False) -> DecoderConfig:
+                      adapter: bool = False, overwrite: bool = True) -> DecoderConfig:
     """instructjax checkpoint (RUN_DIR[/STEP]) -> HF directory: safetensors, configs, and the tokenizer and
     chat template the run trained with (`tokenizer` / `template` override them). A LoRA run's adapters are
-    merged into the kernels, or with `adapter` written alone as a PEFT adapter (`convert.adapter`)."""
+    merged into the kernels, or with `adapter` written alone as a PEFT adapter (`convert.adapter`). What `out`
+    held is removed before the export is written, once everything is read and checked; without `overwrite` a
+    non-empty `out` is one line instead (`check_out`)."""
     from instructjax.core.checkpoint import read_meta
 
     storage.check_bucket(out, "--out")
+    full = check_out(out, checkpoint, overwrite=overwrite)
     directory, step = split_checkpoint_path(checkpoint)
     stored, _, step = read_meta(directory, step)
     config = DecoderConfig.from_dict(stored)
     if adapter:
         export_adapter(directory, step, config, out, dtype=np_dtype(dtype, config.param_dtype), tokenizer=tokenizer,
-                       template=template)
+                       template=template, clear=full)
         return config
     # the merged model: the base as the run computed with it (a QLoRA's dequantized), W + A B alpha / rank (PEFT's
     # merge_and_unload)
@@ -197,6 +225,7 @@ def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", 
         token = turn_end_token(tok, chat_template)
         ends += [tok.special_id(token)] if token is not None else []
     eos_ids = list(dict.fromkeys(ends))
+    clear_out(out, full)
     with storage.writing_dir(out) as local:  # a bucket: written here, then uploaded
         params_to_hf(params, config, local, dtype=dtype, max_shard_bytes=max_shard_bytes)
         write_hf_config(config, local, dtype=target, bos_id=tok.bos_id, eos_ids=eos_ids, pad_id=tok.pad_id)
@@ -208,9 +237,10 @@ def export_checkpoint(checkpoint: str, out: str, *, dtype: str | None = "fp32", 
 
 
 def export_adapter(directory: str, step: int, config: DecoderConfig, out: str, *, dtype, tokenizer: str | None = None,
-                   template: str | None = None) -> None:
+                   template: str | None = None, clear: bool = False) -> None:
     """A LoRA checkpoint's adapters as a PEFT adapter directory at `out` (`convert.adapter`), with the run's tokenizer
-    and chat template beside them; everything is read and checked before `out` is made (a failure leaves none)."""
+    and chat template beside them; everything is read and checked before `out` is made (a failure leaves none), and
+    with `clear` emptied first."""
     from instructjax.core.checkpoint import load_params, read_tokenizer
 
     if config.lora is None:
@@ -220,6 +250,7 @@ def export_adapter(directory: str, step: int, config: DecoderConfig, out: str, *
     if tokenizer or read_tokenizer(directory, step) is not None:
         tok, chat_template = saved_tokenizer(directory, step=step, tokenizer=tokenizer, template=template)
     adapters = load_params(directory, step)[0]  # the step's own: a layered run's adapters alone, or all
+    clear_out(out, clear)
     with storage.writing_dir(out) as local:
         write_adapter(adapters, config, local, base=base, source=f"{directory} step {step}", dtype=dtype)
         if tok is not None:

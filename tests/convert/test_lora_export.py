@@ -144,6 +144,31 @@ def test_export_says_the_adapters_size_and_a_failed_one_leaves_nothing(exported,
     assert not (tmp_path / "none").exists()
 
 
+def test_export_over_an_earlier_export_is_refused_or_replaces_it_whole(exported, tmp_path, capsys):
+    """A merged export over an earlier --adapter export: one line naming --force, nothing touched; with --force the
+    directory holds the merged export's files alone (a stale adapter_config.json beside them made transformers load
+    the base plus that adapter). An --out that holds the checkpoint itself is never emptied."""
+    from instructjax import cli
+
+    _, hf, adapter, merged, _, _ = exported
+    run = os.path.join(os.path.dirname(adapter), "run")
+    out = tmp_path / "out"
+    assert cli.main(["export", "--checkpoint", run, "--out", str(out), "--adapter"]) == 0
+    before = {name: (out / name).stat().st_mtime_ns for name in os.listdir(out)}
+    assert "adapter_config.json" in before
+    capsys.readouterr()
+    again = ["export", "--checkpoint", run, "--out", str(out), "--tokenizer", hf]
+    assert cli.main(again) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--out {out} is not empty" in err[0] and "--force" in err[0], err
+    assert {name: (out / name).stat().st_mtime_ns for name in os.listdir(out)} == before
+    assert cli.main([*again, "--force"]) == 0
+    assert sorted(os.listdir(out)) == sorted(os.listdir(merged))
+    parent = os.path.dirname(run)
+    assert cli.main(["export", "--checkpoint", run, "--out", parent, "--force"]) == 2
+    assert "holds the checkpoint" in capsys.readouterr().err and os.path.isdir(os.path.join(run, "checkpoints"))
+
+
 def test_an_adapter_imported_onto_another_base_is_a_warning(exported, tmp_path, capsys):
     """An adapter made on one model imported onto another of the same shapes: a warning naming both; onto its own
     base: none."""
