@@ -230,9 +230,11 @@ def launched(plan_file: str) -> int:
     with open(plan_file, "rb") as f:
         builds, beam_args, workers, imports, errors = pickle.load(f)
     options = pipeline_options(beam_args, workers)
-    threading.excepthook = _lost_worker
+    runner = _runner(options)
+    if isinstance(runner, _local_runner()):  # its workers are this process's children
+        threading.excepthook = _lost_worker
     try:
-        with beam.Pipeline(runner=_runner(options), options=options) as pipeline:
+        with beam.Pipeline(runner=runner, options=options) as pipeline:
             _build(pipeline, builds, imports, errors)
     except Exception as exc:  # noqa: BLE001 - a user's error here, or one a worker recorded: exit 2
         if isinstance(exc, InstructJaxError):
