@@ -1,3 +1,6 @@
+# Derived from FastChat (https://github.com/lm-sys/FastChat), the FastChat authors (LMSYS), Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """LLM-as-judge evaluation as files: write judge requests, read the judge's replies, compute the scores.
 
 The judge is an outside API; requests and replies are JSONL (`{"id", "system"?, "prompt", ...}` out,
