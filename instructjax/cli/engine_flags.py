@@ -79,6 +79,8 @@ def check_numbers(args) -> None:
              ("slots", "--slots", lambda v: v >= 1, "must be >= 1"),
              ("batch_size", "--batch-size", lambda v: v >= 1, "must be >= 1"),
              ("n", "-n", lambda v: v >= 1, "must be >= 1"),
+             ("limit", "--limit", lambda v: v > 0, "must be > 0"),
+             ("num_fewshot", "--num-fewshot", lambda v: v >= 0, "must be >= 0"),
              ("endpoint_retries", "--endpoint-retries", lambda v: v >= 0, "must be >= 0"),
              ("endpoint_timeout", "--endpoint-timeout", lambda v: v > 0, "must be > 0"))
     for name, flag, ok, rule in rules:

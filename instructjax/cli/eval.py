@@ -167,6 +167,7 @@ def run_generate(args) -> int:
 
 
 def run_eval(args) -> int:
+    check_numbers(args)
     if args.endpoint and args.prompts_only:
         raise ConfigError("eval: --endpoint and --prompts-only exclude each other (--prompts-only writes the "
                           "requests and asks no model; send them to the server with --endpoint alone)")

@@ -86,6 +86,8 @@ def test_generate_refuses_what_cannot_run_and_reports_its_rate(model, capsys, tm
         ([*gen[:4], str(tmp_path / "dir"), *gen[5:]], f"--prompts {tmp_path / 'dir'} is a directory"),
         ([*gen[:6], str(tmp_path / "dir")], f"--out {tmp_path / 'dir'} is a directory"),
         (["score", "--model", model["ckpt"], "--file", str(tmp_path / "dir")], f"--file {tmp_path / 'dir'} is a directory"),
+        (["eval", "--model", model["ckpt"], "--tasks", "ij_mc", "--slots", "0"], "--slots 0: must be >= 1"),
+        (["eval", "codex", "--model", model["ckpt"], "-n", "0"], "-n 0: must be >= 1"),
     ]
     for argv, words in cases:
         assert words in one_line(capsys, argv), argv
