@@ -74,8 +74,8 @@ def evaluated_model(config: RunConfig, topology: Topology):
 def eval_plan(config: RunConfig, topology: Topology) -> EvalPlan:
     from instructjax.eval import placement
     from instructjax.eval.generate import DEFAULT_SLOTS
-    from instructjax.model import engine_memory
-    from instructjax.model.engine import widest_fill
+    from instructjax.model import batching_memory
+    from instructjax.model.batching_shapes import widest_fill
 
     model = evaluated_model(config, topology)
     hbm, given = int(topology.hbm_gib * GIB), eval_section(config.eval).slots
@@ -89,10 +89,10 @@ def eval_plan(config: RunConfig, topology: Topology) -> EvalPlan:
     length, shards = model.max_position_embeddings, sizes["data"] * sizes["fsdp"]
     slots = given or placement.choose_slots(model, sizes, length=length, memory=USABLE * hbm, most=DEFAULT_SLOTS)
     rows, width = widest_fill(length, slots=slots, shards=shards)
-    steps = engine_memory.step_bytes(model, sizes, slots=slots, length=length, fill_rows=rows, width=width)
+    steps = batching_memory.step_bytes(model, sizes, slots=slots, length=length, fill_rows=rows, width=width)
     return EvalPlan(topology.name, sizes, str(model.dtype), slots, "eval.slots" if given else "chosen to fit", length,
-                    rows, width, engine_memory.weight_bytes(model, sizes),
-                    engine_memory.cache_bytes_per_device(model, sizes, slots, length), steps["fill"], steps["decode"], hbm)
+                    rows, width, batching_memory.weight_bytes(model, sizes),
+                    batching_memory.cache_bytes_per_device(model, sizes, slots, length), steps["fill"], steps["decode"], hbm)
 
 
 def _gib(n: float) -> str:
@@ -112,8 +112,8 @@ def rollout_plan(config: RunConfig, topology: Topology) -> EvalPlan:
     in their own dtype, sharded over the run's mesh: `mesh: auto`, plan's plain FSDP one), the objective's slots
     (`GRPO.slots`), the cache rows of `data.seq_len`'s length bucket; weights are the run's own, not a copy."""
     from instructjax.core import sharding
-    from instructjax.model import engine_memory
-    from instructjax.model.engine import bucket, widest_fill
+    from instructjax.model import batching_memory
+    from instructjax.model.batching_shapes import bucket, widest_fill
     from instructjax.train.objectives.grpo import GRPO
     from instructjax.train.resolution import model_shapes
 
@@ -123,10 +123,10 @@ def rollout_plan(config: RunConfig, topology: Topology) -> EvalPlan:
     shards, length = sizes["data"] * sizes["fsdp"], bucket(config.data.seq_len, 64)
     slots = GRPO(config).slots(shards)
     rows, width = widest_fill(length, slots=slots, shards=shards)
-    steps = engine_memory.step_bytes(model, sizes, slots=slots, length=length, fill_rows=rows, width=width)
+    steps = batching_memory.step_bytes(model, sizes, slots=slots, length=length, fill_rows=rows, width=width)
     return EvalPlan(topology.name, sizes, str(model.dtype), slots, "objective.prompts_per_rollout x samples_per_prompt",
-                    length, rows, width, engine_memory.weight_bytes(model, sizes),
-                    engine_memory.cache_bytes_per_device(model, sizes, slots, length), steps["fill"], steps["decode"],
+                    length, rows, width, batching_memory.weight_bytes(model, sizes),
+                    batching_memory.cache_bytes_per_device(model, sizes, slots, length), steps["fill"], steps["decode"],
                     int(topology.hbm_gib * GIB), "rollout")
 
 

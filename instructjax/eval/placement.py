@@ -18,10 +18,10 @@ from flax import nnx
 
 from instructjax.core import sharding
 from instructjax.core.errors import ConfigError
+from instructjax.model.batching_memory import cache_bytes_per_device, step_bytes, weight_bytes
 from instructjax.model.config import DecoderConfig
 from instructjax.model.decoder import with_params
 from instructjax.model.decoding import unstacked
-from instructjax.model.engine_memory import cache_bytes_per_device, step_bytes, weight_bytes
 
 CACHE_SHARE = 0.5  # of what the weights leave on a device, the most the KV cache takes
 
@@ -87,7 +87,7 @@ def eval_mesh(config: DecoderConfig, shape: Mapping[str, int] | None, *, slots: 
 def default_sizes(config: DecoderConfig, devices: int, memory: int, slots: int, length: int = 1024) -> dict[str, int]:
     """Data parallelism over `devices` where the weights, a cache for `slots` of `length` rows and the steps' own
     buffers for one slot a device (`step_bytes`) fit one device's `memory`, else the weights over fsdp."""
-    from instructjax.model.engine import widest_fill
+    from instructjax.model.batching_shapes import widest_fill
 
     sizes = sharding.mesh_sizes({"data": -1}, devices)
     fewest = sizes["data"]
@@ -126,7 +126,7 @@ def choose_slots(config: DecoderConfig, sizes: Mapping[str, int], *, length: int
     """The most slots (a power of two times the data-parallel devices, at most `most` or those devices) whose cache
     of `length` rows, the weights and the steps' buffers (`step_bytes`) fit `memory` per device; the fewest where
     none do (`check_fits` then says so)."""
-    from instructjax.model.engine import widest_fill
+    from instructjax.model.batching_shapes import widest_fill
 
     shards = sizes["data"] * sizes["fsdp"]
     weights, best, slots = weight_bytes(config, sizes), shards, shards

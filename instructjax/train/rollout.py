@@ -1,7 +1,7 @@
 """GRPO's batches (`objective.loss: grpo`): each step's rollout, generated in the job by the policy as it stands.
 
 A step takes the next `prompts_per_rollout` prompts of the run's verifiable tasks (every task's prompts, in an order
-drawn from the run's seed anew each epoch), and the continuous-batching engine (model/engine.py), on the trainer's
+drawn from the run's seed anew each epoch), and the continuous batcher (model/batching.py), on the trainer's
 mesh with the policy's current parameters, samples `samples_per_prompt` completions of each at `temperature`, at most
 `response_length` new tokens, from keys that depend on the run's seed and the prompt's place in the run alone (a
 resumed run draws the same completions). Each completion is scored by its prompt's verifier (data/verifiers: the
@@ -34,7 +34,7 @@ from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
 from instructjax.data.batches.packing import REFERENCE, empty_rows, pack_segments
 from instructjax.data.batches.pipeline import EpochPlan, IteratorState
-from instructjax.model.engine import Sampling, SlotEngine
+from instructjax.model.batching import ContinuousBatcher, Sampling
 from instructjax.train.objectives.grpo import ADVANTAGES, GRPO, group_advantages
 
 MAX_REDRAWS = 8  # rollouts drawn for one step at most, where every group of the earlier ones scored alike
@@ -166,7 +166,7 @@ class Rollouts:
         s = self.section
         start = time.perf_counter()
         with jax.sharding.use_abstract_mesh(AbstractMesh((), ())):  # its layers as a list: placeholders, then these
-            engine = SlotEngine(nnx.merge(self.graphdef, params), slots=self._slots(), mesh=self.mesh)
+            engine = ContinuousBatcher(nnx.merge(self.graphdef, params), slots=self._slots(), mesh=self.mesh)
         prompts = [self.prompts[i] for i in chosen for _ in range(s.samples_per_prompt)]
         sampling = Sampling(max_new_tokens=s.response_length, temperature=s.temperature, top_p=1.0,
                             seed=int(np.random.default_rng([self.config.seed, ROLLOUT_STREAM, first]).integers(2**31)))
@@ -291,5 +291,4 @@ def _on_mesh(batch: dict[str, np.ndarray], mesh) -> dict[str, jax.Array]:
 
     if mesh is None:
         return {k: jax.numpy.asarray(v) for k, v in batch.items()}
-    spec = sharding.batch_sharding(mesh)
-    return {k: jax.make_array_from_callback(v.shape, spec, lambda i, v=v: v[i]) for k, v in batch.items()}
+    return sharding.place(batch, sharding.batch_sharding(mesh), whole=True)

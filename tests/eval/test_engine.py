@@ -1,4 +1,4 @@
-"""Continuous batching (model/engine.py) against transformers' greedy `generate` and the no-cache forward, on the
+"""Continuous batching (model/batching.py) against transformers' greedy `generate` and the no-cache forward, on the
 job's mesh against one device; a model that does not fit the devices is one line (eval/placement.py)."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from helpers.models import make_hf  # noqa: E402
 from instructjax.convert.saved import load_model  # noqa: E402
 from instructjax.eval.interface import Sampling  # noqa: E402
 from instructjax.eval.score import next_token_logprobs, score_ids  # noqa: E402
-from instructjax.model.engine import SlotEngine  # noqa: E402
+from instructjax.model.batching import ContinuousBatcher  # noqa: E402
 
 SHOTS = [1] + list(range(300, 370))  # a 71-token few-shot prefix shared by three prompts
 PROMPTS = [[1, 450, 4996, 17354], [1, 306], [1, 18637, 29892, 920, 526, 366, 29973, 13, 29966], SHOTS + [17, 18],
@@ -46,18 +46,18 @@ def test_fewer_slots_than_prompts_each_as_alone_and_as_transformers(models):
     the live rows moved into the front slots, and every reply is still transformers' up to its stop. Fill calls of
     16 tokens: the prefix (71) filled in pieces, one call after another, and the same replies."""
     _, model, hf_model = models
-    engine = SlotEngine(model, slots=2, chunk=3)
+    engine = ContinuousBatcher(model, slots=2, chunk=3)
     got = engine.generate(PROMPTS, Sampling(max_new_tokens=9), stop_ids=[-1])
     expected = [hf_greedy(hf_model, prompt, 9) for prompt in PROMPTS]
     assert got == expected
     assert engine.stats.prefix_tokens == 3 * 71  # each prompt's copy of the prefix, filled once into its own cache
     assert engine.stats.fill_tokens == sum(len(p) for p in PROMPTS) - 3 * 71 + 71
     assert engine.stats.kept_steps == 7 * 8  # the first id of each comes from its fill
-    pieces = SlotEngine(model, slots=2, chunk=3, fill_tokens=16)
+    pieces = ContinuousBatcher(model, slots=2, chunk=3, fill_tokens=16)
     assert pieces.generate(PROMPTS, Sampling(max_new_tokens=9), stop_ids=[-1]) == expected
     assert pieces.stats.fill_calls >= engine.stats.fill_calls + 4  # 71 tokens: 5 pieces, not 1 call
     stop = expected[6][1]  # prompt 6, the longest, is admitted first into slot 0
-    wide = SlotEngine(model, slots=16, chunk=3)
+    wide = ContinuousBatcher(model, slots=16, chunk=3)
     got = wide.generate(PROMPTS, Sampling(max_new_tokens=9), stop_ids=[stop])
     assert got == [ids[: ids.index(stop) + 1] if stop in ids else ids for ids in expected]
     assert wide.stats.moved > 0 and wide.stats.slot_steps == 8 * 3 * wide.stats.decode_calls
@@ -68,19 +68,19 @@ def test_stops_end_rows_and_sampling_is_the_prompts_whatever_the_slots(models):
     """A stop id ends its row where it appears (the others go on); temperature sampling gives each prompt the same
     ids with 1, 3 or 8 slots and another chunk length (its own key); top_p tiny is greedy."""
     _, model, _ = models
-    free = SlotEngine(model, slots=4).generate(PROMPTS, Sampling(max_new_tokens=10), stop_ids=[-1])
+    free = ContinuousBatcher(model, slots=4).generate(PROMPTS, Sampling(max_new_tokens=10), stop_ids=[-1])
     stop = free[0][3]
-    got = SlotEngine(model, slots=4).generate(PROMPTS, Sampling(max_new_tokens=10), stop_ids=[stop])
+    got = ContinuousBatcher(model, slots=4).generate(PROMPTS, Sampling(max_new_tokens=10), stop_ids=[stop])
     assert got == [row[: row.index(stop) + 1] if stop in row else row for row in free]
     sampling = Sampling(max_new_tokens=10, temperature=1.0, seed=5)
-    drawn = [SlotEngine(model, slots=s, chunk=c).generate(PROMPTS, sampling, [-1]) for s, c in ((1, 8), (3, 2), (8, 5))]
+    drawn = [ContinuousBatcher(model, slots=s, chunk=c).generate(PROMPTS, sampling, [-1]) for s, c in ((1, 8), (3, 2), (8, 5))]
     assert drawn[0] == drawn[1] == drawn[2] and drawn[0] != free
-    assert SlotEngine(model, slots=3).generate(PROMPTS, Sampling(10, temperature=1.0, top_p=1e-6), [-1]) == free
+    assert ContinuousBatcher(model, slots=3).generate(PROMPTS, Sampling(10, temperature=1.0, top_p=1e-6), [-1]) == free
 
 
 def test_next_token_logprobs_with_shared_prefix_equal_the_full_forward(models):
     _, model, _ = models
-    engine = SlotEngine(model, slots=4)
+    engine = ContinuousBatcher(model, slots=4)
     candidates = [319, 350, 315, 360]
     got = engine.next_token_logprobs(PROMPTS, candidates)
     assert engine.stats.prefix_tokens == 3 * 71
@@ -100,7 +100,7 @@ def test_sharded_over_8_devices_equals_one_device(models, mesh):
     generator, _ = load_generator(path, mesh=mesh, slots=8)
     params = jax.tree.leaves(generator.model)
     assert any(len(p.sharding.device_set) == 8 and not p.sharding.is_fully_replicated for p in params)
-    one = SlotEngine(model, slots=4)
+    one = ContinuousBatcher(model, slots=4)
     assert generator.engine.generate(PROMPTS, Sampling(max_new_tokens=8), [-1]) == \
         one.generate(PROMPTS, Sampling(max_new_tokens=8), [-1])
     for sharded, alone in zip(generator.score(PROMPTS), score_ids(model, PROMPTS), strict=True):
@@ -129,3 +129,17 @@ def test_a_model_too_big_for_the_devices_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and not (tmp_path / "o.jsonl").exists()
     assert "GiB per device" in err[0] and "fsdp=8" in err[0] and str(model) in err[0], err
+
+
+def test_a_slot_count_the_mesh_cannot_take_is_the_batchers_own_words():
+    """Continuous batching (model/batching.py) refuses slots the mesh's data x fsdp devices do not divide, or none,
+    in its own words (no CLI flag: the caller names where the count came from), as a typed error a caller maps."""
+    from instructjax.core import sharding
+    from instructjax.model.batching import ContinuousBatcher, SlotsError
+
+    mesh = sharding.make_mesh({"fsdp": 8})
+    with pytest.raises(SlotsError, match=r"^6 slots do not divide over the mesh.s data x fsdp = 8 devices$") as e:
+        ContinuousBatcher(None, slots=6, mesh=mesh)
+    assert (e.value.slots, e.value.shards) == (6, 8)
+    with pytest.raises(SlotsError, match="at least one slot, got 0"):
+        ContinuousBatcher(None, slots=0)

@@ -23,8 +23,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from instructjax.data.batches.packing import REFERENCE
-from instructjax.model import engine_memory
-from instructjax.model.engine import bucket, widest_fill
+from instructjax.model import batching_memory
+from instructjax.model.batching_shapes import bucket, widest_fill
 from instructjax.train import loss
 from instructjax.train.objectives.base import Array, Objective
 
@@ -129,12 +129,12 @@ class GRPO(Objective):
         data x fsdp, kv heads over tensor, rows the engine's length bucket of `seq_len`); `layers`, the parameters
         again where the layers are stacked (decoding reads them sliced into a list; the embeddings, shared, are
         counted too: an estimate from above); `steps`, the larger of the engine's fill and decode steps' own buffers
-        (model/engine_memory.py, as the evaluation's plan counts them)."""
+        (model/batching_memory.py, as the evaluation's plan counts them)."""
         shards = sizes["data"] * sizes["fsdp"]
         slots, length = self.slots(shards), bucket(seq_len, 64)
         rows, width = widest_fill(length, slots=slots, shards=shards)
-        steps = engine_memory.step_bytes(model, sizes, slots=slots, length=length, fill_rows=rows, width=width)
-        return {"cache": engine_memory.cache_bytes_per_device(model, sizes, slots, length),
+        steps = batching_memory.step_bytes(model, sizes, slots=slots, length=length, fill_rows=rows, width=width)
+        return {"cache": batching_memory.cache_bytes_per_device(model, sizes, slots, length),
                 "layers": memory["param_bytes"] if model.scan_layers else 0, "steps": max(steps.values())}
 
     def rollout_bytes(self, model, sizes: dict[str, int], seq_len: int, memory: dict[str, int]) -> int:
