@@ -57,6 +57,9 @@ def register(subparsers) -> None:
                          "template, its own template for one trained with another, none for a base model)")
     ev.add_argument("--prompts-only", action="store_true",
                     help="--suite tulu: write every request to OUT/requests.jsonl (--out), call no model")
+    ev.add_argument("--skip", help="--suite tulu: comma-separated benchmarks (mmlu, gsm, bbh, tydiqa, codex) or "
+                                   "settings (e.g. mmlu_5shot) left out, e.g. mmlu for a server without prompt "
+                                   "log-probs")
     ev.add_argument("--num-fewshot", type=int)
     ev.add_argument("--backend", choices=["auto", "hf", "instructjax"], default="auto")
     ev.add_argument("--include-path", help="directory with extra (e.g. offline) task YAMLs")
@@ -201,6 +204,8 @@ def run_tulu(args) -> int:
     from instructjax.eval.tulu.codex import codex_eval
 
     chat_format = tulu.chat_format_of(args.model) if args.chat_format == "auto" else args.chat_format
+    left = tulu.chosen([s.strip() for s in (args.skip or "").split(",") if s.strip()])
+    scored = [s for s in left if s in tulu.SCORED]
     if args.prompts_only:
         from instructjax.convert.saved import saved_tokenizer
 
@@ -208,19 +213,21 @@ def run_tulu(args) -> int:
             raise ConfigError("eval --prompts-only: give --out (the folder requests.jsonl is written to)")
         storage.check_bucket(args.out, "--out")
         tok, chat_template = saved_tokenizer(args.model)
-        reqs = tulu.requests(args.data_dir, tok.to_hf(chat_template), chat_format)
+        reqs = tulu.requests(args.data_dir, tok.to_hf(chat_template), chat_format, left)
         path = storage.join(args.out, "requests.jsonl")
         write_jsonl(path, [r.record() for r in reqs])
         print(f"wrote {len(reqs)} requests (chat format {chat_format!r}) to {path}")
         return 0
     from instructjax.eval.engines import engine_record, load_engine
 
-    tulu.check_data(args.data_dir)
+    tulu.check_data(args.data_dir, scored)
     cache = f"{args.out}.endpoint_cache.jsonl" if args.out else None
     generator, _ = load_engine(args.model, batch_size=args.batch_size, endpoint=endpoint(args, cache),
                                **_placement(args))
-    results = {"engine": engine_record(generator), "suite": tulu.run(generator, args.data_dir, chat_format),
-               "codex": codex_eval(generator, tulu.codex.problems(args.data_dir), bos=False)}
+    tulu.check_engine(generator, scored)  # a server without MMLU's prompt log-probs: one line before anything runs
+    results = {"engine": engine_record(generator), "suite": tulu.run(generator, args.data_dir, chat_format, scored)}
+    if len(scored) < len(left):  # the codex part
+        results["codex"] = codex_eval(generator, tulu.codex.problems(args.data_dir), bos=False)
     _print_and_write(results, args.out)
     return 0
 

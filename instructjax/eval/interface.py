@@ -17,18 +17,20 @@ An engine answers two kinds of request:
 `describe()` is what results.json records of the engine ({"name", "version"}, and "endpoint", "model" for a server).
 
 Implementations: the model in this job (`eval.generate.Generator`: continuous batching on the job's mesh,
-model/engine.py) and an OpenAI-compatible server (the endpoint engine of `--endpoint`).
+model/batching.py) and an OpenAI-compatible server (`eval.endpoint.EndpointEngine`, `--endpoint`, which scores no
+whole sequences); `eval.engines.load_engine` picks one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from instructjax.model.engine import Sampling  # the engine's, model/engine.py: what every protocol passes
+from instructjax.core.errors import ConfigError, DataError
+from instructjax.model.batching import Sampling  # continuous batching's: what every protocol passes
 
 GREEDY = Sampling()  # the default: greedy, up to 256 new tokens
 
@@ -60,3 +62,18 @@ class Engine(Protocol):
     def next_token_logprobs(self, sequences: Sequence[Sequence[int]], candidates: Sequence[int]) -> np.ndarray: ...
 
     def describe(self) -> dict[str, str]: ...
+
+
+def encode_chat(hf_tokenizer, messages: list[dict[str, str]]) -> list[int]:
+    """The chat template's prompt asking for the next assistant turn, tokenized as transformers does
+    (`apply_chat_template(tokenize=True)`: the template itself starts with BOS where the tokenizer adds one, as in
+    training): every engine's `encode_chat`. A template that does not compile or refuses the messages: one line."""
+    import jinja2
+
+    try:
+        ids = hf_tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    except jinja2.TemplateSyntaxError as e:
+        raise ConfigError(f"the model's chat template does not compile (line {e.lineno}: {e.message})") from None
+    except jinja2.TemplateError as e:
+        raise DataError(f"the model's chat template refuses the prompt ({e})", reason="template") from None
+    return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)

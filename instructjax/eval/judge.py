@@ -125,16 +125,23 @@ def _retry_after(exc: Exception, attempt: int) -> float:
 
 
 def with_retries(endpoint: JudgeEndpoint, call: Callable[[], object], what: str,
-                 error: type[InstructJaxError] = ConfigError):
+                 error: type[InstructJaxError] = ConfigError, *, first_contact: bool = False):
     """`call()`, tried again after rate limits, dropped connections, timeouts and server errors (up to
     `endpoint.max_retries` more times, waiting as the server says); past them, or on any other failure, one line:
-    "`what` failed after N attempt(s): ..." as `error`."""
+    "`what` failed after N attempt(s): ..." as `error`. `first_contact`: the first request to a server, which has
+    answered nothing yet: a connection that cannot be made (refused, no such host) fails at once, as nothing
+    listens there; retries are for a server that answered and then failed."""
     for attempt in range(endpoint.max_retries + 1):
         try:
             return call()
         except InstructJaxError:
             raise
         except Exception as exc:  # noqa: BLE001  the openai client's errors, by name (no import at module level)
+            if first_contact and type(exc).__name__ == "APIConnectionError":  # not APITimeoutError: it answered
+                cause = exc.__cause__ or exc.__context__
+                line = " ".join(f"{what} failed: nothing answers at {endpoint.base_url} ({type(cause or exc).__name__}: "
+                                f"{cause or exc}): is the server running there?".split())
+                raise error(line[:400]) from None
             if type(exc).__name__ not in RETRIABLE or attempt == endpoint.max_retries:
                 line = " ".join(f"{what} failed after {attempt + 1} attempt(s): {type(exc).__name__}: {exc}".split())
                 raise error(line[:400]) from None

@@ -181,6 +181,8 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
         if endpoint.cache is None:
             endpoint = dataclasses.replace(endpoint, cache=storage.join(out, "endpoint_cache.jsonl"))
         loaded.append(load_engine(target, batch_size=ev.batch_size, endpoint=endpoint)[0])
+        if "suite" in parts and ev.suite == TULU:  # MMLU on a server without prompt log-probs: said before any work
+            tulu.check_engine(loaded[0], tulu.SCORED, "--only the other parts")
     results: dict = {"model": model, "step": step, "eval": eval_digest(config),
                      "engine": engine_record(loaded[0] if loaded else None), "parts": parts}
     earlier = read_results(config) if only is not None else None

@@ -15,7 +15,8 @@ ALIASED = [("instructjax.model.engine", "SlotEngine", "instructjax.model.batchin
            ("instructjax.model.engine", "Sampling", "instructjax.model.batching", "Sampling"),
            ("instructjax.model.engine", "widest_fill", "instructjax.model.batching_shapes", "widest_fill"),
            ("instructjax.model.engine", "bucket", "instructjax.model.batching_shapes", "bucket"),
-           ("instructjax.model.engine_memory", "step_bytes", "instructjax.model.batching_memory", "step_bytes")]
+           ("instructjax.model.engine_memory", "step_bytes", "instructjax.model.batching_memory", "step_bytes"),
+           ("instructjax.eval.endpoint", "EndpointGenerator", "instructjax.eval.endpoint", "EndpointEngine")]
 
 
 @pytest.mark.parametrize("old,name,new", MOVED)

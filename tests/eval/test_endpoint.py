@@ -128,17 +128,56 @@ def test_a_prompt_goes_as_text_only_where_the_servers_tokens_are_ours(tmp_path):
         tulu_prompt
 
 
-def test_log_likelihood_without_prompt_logprobs_is_one_line_and_nothing_is_written(openai_server, data_dir,
-                                                                                  tmp_path, capsys):
-    """MMLU's answer letters need the server's prompt log-probs: `transformers serve` gives none."""
+def test_log_likelihood_without_prompt_logprobs_is_said_before_the_suite_starts_and_skip_runs_the_rest(
+        openai_server, data_dir, tmp_path, capsys):
+    """MMLU's answer letters need the server's prompt log-probs: `transformers serve` gives none. The suite asks
+    once and says so before it starts (one line naming MMLU's settings and --skip); `--skip` leaves them out (a
+    note names what will not run) and the rest runs through the server."""
     url, model = openai_server
     out = tmp_path / "results.json"
     capsys.readouterr()
-    code = main(["eval", "--model", model, "--suite", "tulu", "--data-dir", data_dir, "--chat-format", "tulu",
-                 "--endpoint", url, "--endpoint-retries", "1", "--out", str(out)])
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("instructjax: error")]
+    eval_tulu = ["eval", "--model", model, "--suite", "tulu", "--data-dir", data_dir, "--chat-format", "tulu",
+                 "--endpoint", url, "--endpoint-retries", "1", "--out", str(out)]
+    code = main(eval_tulu)
+    lines = capsys.readouterr().err.splitlines()
+    err = [line for line in lines if line.startswith("instructjax: error")]
     assert code == 2 and len(err) == 1 and "gives no prompt log-probs" in err[0] and "MMLU" in err[0], err
+    assert "mmlu_0shot, mmlu_5shot" in err[0] and "(--skip mmlu)" in err[0], err
+    assert not any("Tulu suite in chat format" in line for line in lines), lines  # said before the suite starts
     assert not out.exists()
+
+    code = main([*eval_tulu, "--skip", "mmlu,gsm,bbh,tydiqa_no_context_1shot,codex"])
+    notes = [line for line in capsys.readouterr().err.splitlines() if "will not run" in line]
+    assert code == 0 and len(notes) == 1 and "mmlu_0shot, mmlu_5shot" in notes[0] and "codex" in notes[0], notes
+    results = json.loads(out.read_text())
+    assert set(results["suite"]) == {"tydiqa_goldp_1shot", "chat_format"} and "codex" not in results
+    assert main([*eval_tulu, "--skip", "mmlu,nope"]) == 2
+    assert "--skip 'nope': not a benchmark" in capsys.readouterr().err
+
+
+def test_a_server_that_answered_is_retried_and_the_endpoint_is_an_engine_of_its_own(openai_server, monkeypatch):
+    """A server that fails a request (a server error, then a dropped connection) and then answers: the request
+    succeeds on its third attempt. The endpoint implements the engine interface without being the in-job
+    generator; scoring whole sequences through it is one line."""
+    from instructjax.eval import judge
+    from instructjax.eval.endpoint import EndpointError
+    from instructjax.eval.generate import Generator
+    from instructjax.eval.interface import Engine
+
+    monkeypatch.setattr(judge, "_retry_after", lambda exc, attempt: 0.0)
+    _Flaky.posts = []
+    flaky = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Flaky)
+    threading.Thread(target=flaky.serve_forever, daemon=True).start()
+    try:
+        served = load_engine(openai_server[1], endpoint=Endpoint(f"http://127.0.0.1:{flaky.server_address[1]}",
+                                                                  max_retries=2))[0]
+        assert served.generate(["Hi"], Sampling(max_new_tokens=4)) == [" fine"]
+    finally:
+        flaky.shutdown()
+    assert _Flaky.posts == ["/v1/completions"] * 3
+    assert isinstance(served, Engine) and not isinstance(served, Generator)
+    with pytest.raises(EndpointError, match="^endpoint .*: scoring whole sequences .* without --endpoint$"):
+        served.score([[1, 2, 3]])
 
 
 @pytest.mark.slow
@@ -201,8 +240,9 @@ def test_an_endpoint_down_or_failing_and_prompts_only_are_one_line(openai_server
                 "--batch-size", "1", "--endpoint"]
     failing = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Failing)
     threading.Thread(target=failing.serve_forever, daemon=True).start()
-    dead = f"http://127.0.0.1:{free_port()}/v1"
-    cases = [([*generate, dead], f"endpoint {dead}: listing its models failed after 2 attempt(s): APIConnectionError"),
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: one line at once, none of the 6 retries
+    cases = [([*generate, dead, "--endpoint-retries", "6"], f"endpoint {dead}: listing its models failed: nothing "
+                                                            f"answers at {dead} (ConnectError"),
              ([*generate, f"http://127.0.0.1:{failing.server_address[1]}"], "failed after 2 attempt(s): "
                                                                             "InternalServerError"),
              (["eval", "--model", model, "--suite", "tulu", "--prompts-only", "--out", str(tmp_path / "req"),
@@ -217,9 +257,28 @@ def test_an_endpoint_down_or_failing_and_prompts_only_are_one_line(openai_server
             err = [line for line in capsys.readouterr().err.splitlines() if not line.startswith("instructjax: note")
                    and not line.startswith("instructjax: generating")]
             assert code == 2 and len(err) == 1 and err[0].startswith("instructjax: error: ") and words in err[0], err
+            assert "attempt(s)" not in err[0] or "InternalServerError" in err[0], err  # refused: not retried
     finally:
         failing.shutdown()
     assert _Failing.posts == ["/v1/completions"] * 2  # one prompt, retried once; the others never sent
     assert not out.exists() and not (tmp_path / "req").exists()
     with pytest.raises(ConfigError, match="not an http"):
         Endpoint("localhost:8000")
+
+
+class _Flaky(_Failing):
+    """A server whose first completion is a server error, whose second drops the connection unanswered, and whose
+    third answers."""
+
+    posts: list = []
+
+    def do_POST(self):  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        type(self).posts.append(self.path)
+        if len(self.posts) == 1:
+            self._send(500, {"error": {"message": "busy", "type": "server_error"}})
+        elif len(self.posts) == 2:
+            self.close_connection = True  # no answer: the client sees the connection dropped
+        else:
+            self._send(200, {"id": "c", "object": "text_completion", "created": 0, "model": "m",
+                             "choices": [{"index": 0, "text": " fine", "finish_reason": "stop", "logprobs": None}]})

@@ -12,7 +12,9 @@ each group). One setting per experiment group of submit_eval_jobs.py; each modul
     codex_eval_temp_0.1/0.8  codex    pass@1 / pass@10 (fraction): the `codex` part of results.json
 
 `requests` builds every request (what `instructjax eval --suite tulu --prompts-only` writes), `run` answers and
-scores them. The sets are read from a data_dir laid out as open-instruct's data/eval (files.py).
+scores them. The sets are read from a data_dir laid out as open-instruct's data/eval (files.py). `chosen` is what
+runs once `--skip` leaves settings out (a server without prompt log-probs runs all but MMLU: `check_engine` says so
+before anything is asked).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from instructjax.eval.pairwise import write_jsonl
 from instructjax.eval.tulu import bbh, codex, files, gsm, mmlu, tydiqa
 from instructjax.eval.tulu.request import CHAT_FORMATS, Request
 
-__all__ = ["SETTINGS", "SCORED", "Request", "Setting", "answer", "chat_format_of", "check_data", "requests", "run"]
+__all__ = ["BENCHMARKS", "SETTINGS", "SCORED", "Request", "Setting", "answer", "chat_format_of", "check_data", "check_engine",
+           "chosen", "requests", "run"]
 
 
 @dataclass(frozen=True)
@@ -36,11 +39,12 @@ class Setting:
     benchmark: str  # its column in the paper's Table 8
     build: Callable[..., list[Request]]  # (data_dir, hf_tokenizer, chat_format, protocol=) -> requests
     score: Callable[[Sequence[Request], Sequence], dict] | None  # None: scored by the codex part
+    log_likelihood: bool = False  # answered from the next token's log-probabilities (a server's prompt log-probs)
 
 
 SETTINGS: dict[str, Setting] = {
-    "mmlu_0shot": Setting("MMLU 0-shot", functools.partial(mmlu.requests, ntrain=0), mmlu.score),
-    "mmlu_5shot": Setting("MMLU 5-shot", functools.partial(mmlu.requests, ntrain=5), mmlu.score),
+    "mmlu_0shot": Setting("MMLU 0-shot", functools.partial(mmlu.requests, ntrain=0), mmlu.score, True),
+    "mmlu_5shot": Setting("MMLU 5-shot", functools.partial(mmlu.requests, ntrain=5), mmlu.score, True),
     "gsm_direct": Setting("GSM Direct", functools.partial(gsm.requests, cot=False), gsm.score),
     "gsm_cot": Setting("GSM CoT", functools.partial(gsm.requests, cot=True), gsm.score),
     "bbh_direct": Setting("BBH Direct", functools.partial(bbh.requests, cot=False), bbh.score),
@@ -53,6 +57,37 @@ SETTINGS: dict[str, Setting] = {
                                    codex.requests(data_dir, protocol), None),
 }
 SCORED = tuple(name for name, s in SETTINGS.items() if s.score is not None)  # the `suite` part; codex: its own
+BENCHMARKS = tuple(dict.fromkeys(name.split("_")[0] for name in SETTINGS))  # mmlu, gsm, bbh, tydiqa, codex
+
+
+def chosen(skip: Sequence[str] = ()) -> list[str]:
+    """The settings that run (the codex part's among them) once `skip` is left out: each name a setting
+    (mmlu_5shot) or a benchmark (mmlu: both its settings; codex: the codex part). What is left out is named in a
+    note; an unknown name, or nothing left to run, is one line."""
+    for name in skip:
+        if name not in SETTINGS and name not in BENCHMARKS:
+            raise ConfigError(f"--skip {name!r}: not a benchmark ({', '.join(BENCHMARKS)}) or a setting "
+                              f"({', '.join(SETTINGS)}) of the Tulu suite")
+    left = [s for s in SETTINGS if s not in skip and s.split("_")[0] not in skip]
+    if not left:
+        raise ConfigError(f"--skip {','.join(skip)} leaves nothing of the Tulu suite to run")
+    if len(left) < len(SETTINGS):
+        print(f"instructjax: note: Tulu suite: {', '.join(s for s in SETTINGS if s not in left)} will not run "
+              "(--skip)", file=sys.stderr, flush=True)
+    return left
+
+
+def check_engine(engine, settings: Sequence[str], leave_out: str = "--skip mmlu") -> None:
+    """Before the suite asks anything: an engine that cannot answer the log-likelihood settings among `settings` (a
+    server without prompt log-probs: asked once, `gives_prompt_logprobs`) is one line naming them and how to leave
+    them out (`leave_out`)."""
+    from instructjax.eval.endpoint import EndpointError, no_prompt_logprobs
+
+    needs = [s for s in settings if SETTINGS[s].log_likelihood]
+    probe = getattr(engine, "gives_prompt_logprobs", None)  # the in-job engine always has them
+    if needs and probe is not None and not probe():
+        raise EndpointError(no_prompt_logprobs(engine.name, f"MMLU's answer letters ({', '.join(needs)})",
+                                               leave_out))
 
 
 def chat_format_of(model: str) -> str:
