@@ -10,6 +10,7 @@ import jax
 import pytest
 from helpers.models import make_hf_dir
 
+import instructjax.eval.generate  # noqa: F401  (plan's eval part reads its slot count: eval.score jits at import)
 import instructjax.train.trainer  # noqa: F401  (imported before jit is trapped: libraries jit at import)
 from instructjax import cli
 
