@@ -15,8 +15,8 @@ it stands for:
           outputs and the other parts kept.
 RUN_DIR may be local or in a bucket. With `--launch tpu` a run lives where the launcher puts it
 (BUCKET/runs/NAME, launch/tpu_vm.py `run_dir`), and every stage reads it there.
-The stages run in this process, the same code as `train --resume`, `export` and `eval --config`. SIGTERM or
-SIGINT (Ctrl-C) during training saves the step in flight and the sweep exits 75, as `train` does; during another
+The stages run in this process, the same code as `train --auto-resume`, `export --force` and `eval --config`.
+SIGTERM or SIGINT (Ctrl-C) during training saves the step in flight and the sweep exits 75, as `train` does; during another
 stage, that stage finishes (its marker written) and the sweep exits 75 before the next (`core.stopping`). A stage
 that fails is reported in one line, the run's later stages wait, and the sweep goes on with the next config.
 
@@ -128,8 +128,9 @@ def launch_command(kind: str, path: Path, config: RunConfig, launch_args: str, d
 
 def local_commands(path: Path, config: RunConfig) -> dict[str, str]:
     """What each stage amounts to on the command line (printed by --dry-run)."""
-    return {"train": f"instructjax train --config {path} --resume",
-            "export": f"instructjax export --checkpoint {config.run_dir} --out {storage.join(config.run_dir, 'hf')}",
+    return {"train": f"instructjax train --config {path} --auto-resume",
+            "export": f"instructjax export --checkpoint {config.run_dir} --out {storage.join(config.run_dir, 'hf')} "
+                      "--force",
             "eval": f"instructjax eval --config {path}"}
 
 

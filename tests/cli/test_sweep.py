@@ -185,8 +185,8 @@ def test_dry_run_prints_the_commands_and_hands_training_to_the_launchers(tmp_pat
     assert main(["sweep", str(configs), "--dry-run"]) == 0
     out = capfd.readouterr().out
     run_a = tmp_path / "runs" / "seed000_acp" / "acp_A_tiny"
-    for command in (f"instructjax train --config {configs / 'acp_A_tiny.yaml'} --resume",
-                    f"instructjax export --checkpoint {run_a} --out {run_a / 'hf'}",
+    for command in (f"instructjax train --config {configs / 'acp_A_tiny.yaml'} --auto-resume",
+                    f"instructjax export --checkpoint {run_a} --out {run_a / 'hf'} --force",
                     f"instructjax eval --config {configs / 'acp_C_tiny.yaml'}"):
         assert f"+ {command}\n" in out
     assert out.count("would run") == 6 and not (tmp_path / "runs").exists()  # a dry run writes nothing
@@ -200,9 +200,9 @@ def test_dry_run_prints_the_commands_and_hands_training_to_the_launchers(tmp_pat
     out = capfd.readouterr().out
     assert f"tpu_vm.py up --name acp-a-tiny --config {configs / 'acp_A_tiny.yaml'} --zone us-central2-b" in out
     assert "gcloud compute tpus tpu-vm create acp-c-tiny --zone us-central2-b" in out  # the launcher's own commands
-    assert f"instructjax train --config ~/instructjax_run.yaml --resume run_dir={bucket}/runs/acp-a-tiny" in out
+    assert f"instructjax train --config ~/instructjax_run.yaml --auto-resume run_dir={bucket}/runs/acp-a-tiny" in out
     # where the launcher put the run it starts from, not the local run directory its config names
-    assert f"--resume run_dir={bucket}/runs/acp-a-tiny-more distributed=true model.init_from={bucket}/runs/acp-a-tiny " \
+    assert f"--auto-resume run_dir={bucket}/runs/acp-a-tiny-more distributed=true model.init_from={bucket}/runs/acp-a-tiny " \
            in out
     later.unlink()
 
@@ -217,7 +217,7 @@ def test_dry_run_prints_the_commands_and_hands_training_to_the_launchers(tmp_pat
 
     assert main(["sweep", str(configs), "--launch", "gpu", "--launch-args", "--gpus-per-node 2", "--dry-run"]) == 0
     out = capfd.readouterr().out
-    assert f"CUDA_VISIBLE_DEVICES=0,1 instructjax train --config {configs / 'acp_C_tiny.yaml'} --resume" in out
+    assert f"CUDA_VISIBLE_DEVICES=0,1 instructjax train --config {configs / 'acp_C_tiny.yaml'} --auto-resume" in out
     assert out.count("printed") == 2 and "eval    -      pending" in out  # evaluated after training
 
 
