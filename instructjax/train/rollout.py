@@ -140,10 +140,12 @@ class Rollouts:
     def rollout(self, params) -> Rollout:
         """The next step's batch from the policy `params` (the trainer's, on its mesh), this host's rows."""
         metrics: dict[str, float] = {}
+        generation = 0.0  # every draw's (the step waits for all of them)
         for _ in range(MAX_REDRAWS):
             chosen = self.take(self.drawn, self.section.prompts_per_rollout)
             first, self.drawn = self.drawn, self.drawn + len(chosen)
             kept, metrics = self._generate(params, chosen, first)
+            generation += metrics["time/generation"]
             if kept:
                 break
         else:  # said, not silent: the step's update is AdamW's momentum and decay alone
@@ -151,6 +153,7 @@ class Rollouts:
                 print(f"instructjax: warning: {MAX_REDRAWS} rollouts in a row scored alike in every group (prompts "
                       f"{first + len(chosen) - MAX_REDRAWS * len(chosen)}..{first + len(chosen) - 1} of the run): this "
                       "step trains on no token", file=sys.stderr, flush=True)
+        metrics["time/generation"] = generation  # the other values are the last draw's (the one kept)
         self.state = IteratorState(self.drawn, 0, 0)
         batch = pack_rollout(kept, self.config.data.global_batch, self.config.data.seq_len)
         if self.reference is not None:
