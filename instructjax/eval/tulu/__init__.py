@@ -1,3 +1,6 @@
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """Seed 004's evaluation suite as open-instruct's own scripts run it (allenai/open-instruct at e44fcf5, the June
 2023 revision the paper's numbers come from: eval/*/run_eval.py with the arguments scripts/submit_eval_jobs.py gave
 each group). One setting per experiment group of submit_eval_jobs.py; each module builds that script's prompts

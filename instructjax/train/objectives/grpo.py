@@ -1,3 +1,6 @@
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """GRPO (`objective.loss: grpo`): RL with verifiable rewards on rollouts the run generates (train/rollout.py), as
 open-instruct's grpo_fast trains it (`grpo_utils.compute_grpo_loss`, its loop in `PolicyTrainerRayProcess.step`).
 
