@@ -238,3 +238,15 @@ def test_a_users_verifier_registers_through_import_and_reads_its_rows(tmp_path, 
     with pytest.raises(ConfigError) as err:
         get_verifier("no_such")
     assert str(err.value).count("\n") == 0 and "; known: " in str(err.value) and "gsm8k, " in str(err.value)
+
+
+def test_squad_f1_is_written_once():
+    """SQuAD's normalisation and F1: one copy (data/verifiers/squad.py), the verifiers' and the Tulu suite's TydiQA
+    score (whose reference tests are test_generated_cases_score_as_open_instructs and test_tulu_suite's metrics)."""
+    from instructjax.data.verifiers import builtin, squad
+    from instructjax.eval.tulu import metrics
+
+    assert builtin.f1_score is squad.f1_score and builtin.normalize_answer is squad.normalize_answer
+    assert metrics.squad is squad.squad
+    assert squad.squad(["The cat sat"], [["a cat sat down", "dog"]]) == {"exact_match": 0.0, "f1": pytest.approx(
+        100 * 2 * (2 / 2) * (2 / 3) / (2 / 2 + 2 / 3))}

@@ -8,13 +8,12 @@ from __future__ import annotations
 import json
 import logging
 import re
-import string
-from collections import Counter
 from collections.abc import Callable
 
 import instructjax.data.verifiers.ifeval as ifevalg
 import instructjax.data.verifiers.math_answers as m
 from instructjax.data.verifiers.if_checks import CHECKS
+from instructjax.data.verifiers.squad import f1_score, normalize_answer
 
 log = logging.getLogger(__name__)
 
@@ -88,22 +87,6 @@ def ifeval(prediction: str, ground_truth: str) -> float:
         return 0.0
     checks = ifevalg.followed(answer, ground_truth, pairs)
     return sum(checks) / max(len(checks), 1)
-
-
-def normalize_answer(s: str) -> str:
-    """SQuAD's normalisation: lower case, punctuation and articles removed, whitespace collapsed."""
-    s = "".join(ch for ch in s.lower() if ch not in set(string.punctuation))
-    return " ".join(re.sub(r"\b(a|an|the)\b", " ", s).split())
-
-
-def f1_score(prediction: str, ground_truth: str) -> float:
-    """SQuAD's token F1 of the normalised strings."""
-    predicted, truth = normalize_answer(prediction).split(), normalize_answer(ground_truth).split()
-    same = sum((Counter(predicted) & Counter(truth)).values())
-    if same == 0:
-        return 0
-    precision, recall = same / len(predicted), same / len(truth)
-    return 2 * precision * recall / (precision + recall)
 
 
 def string_matcher(prediction: str, ground_truth: str) -> float:
