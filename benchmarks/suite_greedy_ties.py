@@ -32,9 +32,9 @@ gen, tok = load_generator(f"{root}/quickstart")
 prompts = [tok(rows[i]["prompt"], add_special_tokens=False)["input_ids"] for i in chosen]
 out = {}
 if side == "after":
-    from instructjax.model.engine import SlotEngine
+    from instructjax.model.batching import ContinuousBatcher
     from instructjax.eval.interface import Sampling
-    engine = SlotEngine(gen.model, slots=1)
+    engine = ContinuousBatcher(gen.model, slots=1)
     out["ids"] = [engine.generate([p], Sampling(max_new_tokens=512), gen.stop_ids)[0] for p in prompts]
 elif side == "before":
     from instructjax.eval.generate import Sampling, generate_ids

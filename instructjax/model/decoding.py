@@ -8,7 +8,7 @@ cache), sharded slots over (data, fsdp) and kv heads over tensor. Slot b's keys 
 positions 0..p: a query at position p sees the keys at 0..p (within the layer's window). The model must hold its
 layers as a list (`unstacked`).
 
-Every function here is pure and jitted (the engine, model/engine.py, holds the state); the cache is donated, so a
+Every function here is pure and jitted (the batcher, model/batching.py, holds the state); the cache is donated, so a
 step updates it where it lies. A long-RoPE model (Phi-3) rotates a row with its long factors once that row
 reaches past the original context (`rope_for`): the engine re-fills such a row at the switch, as transformers
 recomputes its cache there.

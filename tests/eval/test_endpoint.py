@@ -110,10 +110,10 @@ def test_a_prompt_goes_as_text_only_where_the_servers_tokens_are_ours(tmp_path):
 
     from instructjax.data.encoding.templates import jinja_template
     from instructjax.data.encoding.tokenizer import Tokenizer
-    from instructjax.eval.endpoint import EndpointGenerator
+    from instructjax.eval.endpoint import EndpointEngine
 
     tok = Tokenizer.load(spm_tokenizer(str(tmp_path / "spm"))).to_hf(jinja_template("tulu", bos=True))
-    generator = EndpointGenerator.__new__(EndpointGenerator)  # its prompt rule alone: no server to ask
+    generator = EndpointEngine.__new__(EndpointEngine)  # its prompt rule alone: no server to ask
     generator.tokenizer, generator._added, generator._bare_text = tok, [tok.bos_token_id], False
     chat = generator.encode_chat([{"role": "user", "content": "What is the order of the group?"}])
     assert chat[0] == tok.bos_token_id

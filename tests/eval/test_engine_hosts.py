@@ -1,4 +1,4 @@
-"""A pod's hosts (model/engine.py, eval/score.py, cli/eval.py): `generate` and `score` on 2 JAX processes of 4 CPU
+"""A pod's hosts (model/batching.py, eval/score.py, cli/eval.py): `generate` and `score` on 2 JAX processes of 4 CPU
 devices each (gloo collectives), the model sharded over all 8, every host feeding its own devices' rows and one
 writing the results, against one process on one device."""
 

