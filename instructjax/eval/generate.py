@@ -1,6 +1,6 @@
 """The model in this job as an engine (eval/interface.py): text in, text out, and log-likelihoods.
 
-`Generator` tokenizes (the chat template for chats), generates by continuous batching (model/engine.py: slots in a
+`Generator` tokenizes (the chat template for chats), generates by continuous batching (model/batching.py: slots in a
 preallocated KV cache, greedy or temperature / top-p sampling, a row ending at EOS, the template's end of turn,
 `max_new_tokens` or a stop string) and scores (eval/score.py), on the mesh the model was loaded onto
 (`load_generator`: eval/placement.py). A long-RoPE model (Phi-3) recomputes a row at the switch to its long
@@ -17,23 +17,24 @@ import numpy as np
 
 from instructjax import __version__
 from instructjax.convert.saved import model_config, open_model
-from instructjax.core.errors import ConfigError, DataError
+from instructjax.core.errors import DataError
 from instructjax.data.encoding.templates import DEFAULT_TEMPLATE, jinja_template
 from instructjax.data.encoding.tokenizer import turn_end_ids
 from instructjax.eval import placement
-from instructjax.eval.interface import GREEDY, Sampling, TokenScores
+from instructjax.eval.interface import GREEDY, Sampling, TokenScores, encode_chat
 from instructjax.eval.score import score_ids
+from instructjax.model.batching import ContinuousBatcher
+from instructjax.model.batching_shapes import bucket
 from instructjax.model.decoder import Decoder
-from instructjax.model.engine import SlotEngine, bucket
 
 DEFAULT_SLOTS = 32  # sequences decoded at once (fewer where the KV cache would not fit)
 
 
 def generate_ids(model: Decoder, prompts: Sequence[Sequence[int]], sampling: Sampling,
                  stop_ids: Sequence[int], *, slots: int = DEFAULT_SLOTS) -> list[list[int]]:
-    """New ids per prompt (the stop id that ended a row included), by continuous batching (model/engine.py) over
+    """New ids per prompt (the stop id that ended a row included), by continuous batching (model/batching.py) over
     `slots` slots; prompts must be non-empty."""
-    return SlotEngine(model, slots=min(slots, bucket(len(prompts), 1))).generate(prompts, sampling, stop_ids)
+    return ContinuousBatcher(model, slots=min(slots, bucket(len(prompts), 1))).generate(prompts, sampling, stop_ids)
 
 
 class Generator:
@@ -46,21 +47,11 @@ class Generator:
                  slots: int = DEFAULT_SLOTS, chunk: int = 8, mesh=None):
         self.model, self.tokenizer, self.batch_size, self.mesh = model, hf_tokenizer, batch_size, mesh
         self.stop_ids = list(stop_ids) if stop_ids is not None else turn_end_ids(hf_tokenizer)
-        self.engine = SlotEngine(model, slots=slots, chunk=chunk, mesh=mesh)
+        self.engine = ContinuousBatcher(model, slots=slots, chunk=chunk, mesh=mesh)
 
     def encode_chat(self, messages: list[dict[str, str]]) -> list[int]:
-        """The chat template's prompt asking for the next assistant turn, tokenized as transformers does
-        (`apply_chat_template(tokenize=True)`: the template itself starts with BOS where the tokenizer adds
-        one, as in training)."""
-        import jinja2
-
-        try:
-            ids = self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
-        except jinja2.TemplateSyntaxError as e:
-            raise ConfigError(f"the model's chat template does not compile (line {e.lineno}: {e.message})") from None
-        except jinja2.TemplateError as e:
-            raise DataError(f"the model's chat template refuses the prompt ({e})", reason="template") from None
-        return list(ids["input_ids"] if isinstance(ids, Mapping) else ids)
+        """The chat template's prompt for the next assistant turn, as transformers tokenizes it (`encode_chat`)."""
+        return encode_chat(self.tokenizer, messages)
 
     def generate(self, prompts: Sequence[str | Sequence[int]], sampling: Sampling = GREEDY,
                  until: Sequence[str] = (), *, progress=None) -> list[str]:
