@@ -71,7 +71,7 @@ class TrainResult:
 
 def on_mesh(host_batch: dict[str, np.ndarray], batch_sharding: NamedSharding) -> dict[str, jax.Array]:
     """This host's rows as its part of global `jax.Array`s laid out by `batch_sharding` (batch axis first)."""
-    return {k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in host_batch.items()}
+    return sharding.place(host_batch, batch_sharding, whole=False)
 
 
 class Trainer:
