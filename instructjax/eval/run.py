@@ -26,7 +26,7 @@ import dataclasses
 import json
 import sys
 
-from instructjax.core import sharding, storage, tracking
+from instructjax.core import storage, tracking
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError, InstructJaxError
 from instructjax.core.run_identity import digest
@@ -192,6 +192,8 @@ def evaluate_config(config: RunConfig, *, model: str | None = None, only: list[s
     def generator():  # loaded once, when a part first needs it
         if not loaded:
             # the run's mesh (auto: the default's), its expert axis folded into fsdp (the engine decodes without one)
+            from instructjax.core import sharding  # here: JAX loads with a model, not with the command line
+
             mesh = sharding.without_experts(config.mesh) if isinstance(config.mesh, dict) else None
             slots = {"slots": ev.slots} if ev.slots else {}  # eval.slots, else the engine's default
             loaded.append(load_engine(target, batch_size=ev.batch_size, mesh=mesh, **slots)[0])

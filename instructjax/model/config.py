@@ -197,8 +197,7 @@ class DecoderConfig:
             if value is not None and not value > 0:
                 problems.append(f"{name}={value!r} must be positive (or null)")
         problems += self._expert_problems()
-        from instructjax.model.lora import problems as lora_problems
-        from instructjax.model.quantize import problems as quantize_problems
+        from instructjax.model.adapter_settings import lora_problems, quantize_problems
 
         return problems + lora_problems(self) + quantize_problems(self)
 
@@ -301,7 +300,7 @@ def checked_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     for key, value in overrides.items():
         try:
             if key == "double_quant":  # QLoRA's double quantization: refused in one line (model/quantize.py)
-                from instructjax.model.quantize import double_quant_problem
+                from instructjax.model.adapter_settings import double_quant_problem
 
                 if problem := double_quant_problem(value):
                     raise ConfigError(problem)

@@ -42,6 +42,13 @@ import numpy as np
 from flax import nnx
 
 from instructjax.core.sharding import with_logical_constraint
+from instructjax.model.adapter_settings import (  # noqa: F401 (module_names: re-exported, quantize.py uses it)
+    LORA_KEYS,
+    family_modules,
+    family_parameters,
+    lora_problems,
+    module_names,
+)
 from instructjax.model.families import RECORDS
 from instructjax.model.families.record import LLAMA_LORA
 
@@ -51,7 +58,8 @@ TRAINS = nnx.LoRAParam  # the adapters' Variable type: what trains where a model
 LLAMA_MODULES = LLAMA_LORA  # its old home
 # family -> {HF module name: our modules it is}: each family record's `lora_modules` (its old home)
 MODULES: dict[str, dict[str, tuple[str, ...]]] = {name: record.lora_modules for name, record in RECORDS.items()}
-KEYS = ("rank", "alpha", "dropout", "targets")
+KEYS = LORA_KEYS
+problems = lora_problems  # the checks of `model.lora`, without JAX: model/adapter_settings.py
 
 
 class LoraSpec(NamedTuple):
@@ -86,59 +94,6 @@ class LoraSpec(NamedTuple):
     def leaders(self, experts: bool = False) -> dict[str, str]:
         """Our targeted module (expert parameter where `experts`) -> the one whose A it uses (itself unless fused)."""
         return {name: group[0] for group in (self.expert_groups if experts else self.groups) for name in group}
-
-
-def family_modules(config: Any) -> dict[str, tuple[str, ...]]:
-    """The family's HF linear modules a LoRA may target -> our modules (a plain MLP has no gate)."""
-    record = RECORDS.get(config.family)
-    modules = dict(record.lora_modules) if record is not None else {}
-    if not config.gated_mlp:
-        modules.pop("gate_proj", None)
-    return modules
-
-
-def family_parameters(config: Any) -> dict[str, tuple[str, ...]]:
-    """A mixture of experts' fused expert parameters a LoRA may target (PEFT's `target_parameters`) -> our stacked
-    expert parameters; {} for a dense model."""
-    record = RECORDS.get(config.family)
-    return dict(record.lora_parameters) if record is not None and config.num_experts else {}
-
-
-def module_names(config: Any) -> set[str]:
-    """Our modules that are the family's linear layers (what a LoRA may adapt, what QLoRA quantizes)."""
-    return {name for group in family_modules(config).values() for name in group}
-
-
-def problems(config: Any) -> list[str]:
-    """What is wrong with `config.lora` (a DecoderConfig's), one phrase each; [] when fine or unset."""
-    lora = config.lora
-    if lora is None:
-        return []
-    if not isinstance(lora, Mapping):
-        return [f"model.lora must be a mapping of {KEYS}, got {lora!r}"]
-    out = [f"model.lora.{k} is unknown (known: {', '.join(KEYS)})" for k in lora if k not in KEYS]
-    rank, alpha, dropout = lora.get("rank"), lora.get("alpha", lora.get("rank")), lora.get("dropout", 0.0)
-    if not isinstance(rank, int) or isinstance(rank, bool) or rank <= 0:
-        out.append(f"model.lora.rank must be a positive integer, got {rank!r}")
-    if not isinstance(alpha, int | float) or isinstance(alpha, bool):
-        out.append(f"model.lora.alpha must be a number, got {alpha!r}")
-    if not isinstance(dropout, int | float) or isinstance(dropout, bool) or not 0 <= dropout < 1:
-        out.append(f"model.lora.dropout must be a number in [0, 1), got {dropout!r}")
-    modules, parameters = family_modules(config), family_parameters(config)
-    if not modules and not parameters:
-        return out + [f"model.lora: the {config.family} family has no LoRA module table"]
-    targets = lora.get("targets", "all-linear")
-    targets = [targets] if isinstance(targets, str) else list(targets or [])
-    unknown = [t for t in targets if t != "all-linear" and t not in modules and t not in parameters]
-    if unknown or not targets:
-        out.append(f"model.lora.targets {unknown or targets}: the {config.family} family's modules are "
-                   f"{', '.join([*modules, *parameters])} (or all-linear)")
-    experts = [t for t in parameters if t in targets or "all-linear" in targets]
-    if experts and isinstance(dropout, int | float) and dropout > 0:
-        out.append(f"model.lora.dropout={dropout} with the experts targeted ({', '.join(experts)}"
-                   f"{', by all-linear' if 'all-linear' in targets else ''}): PEFT's LoRA on expert parameters has no "
-                   "dropout; set dropout: 0, or list targets without the experts")
-    return out
 
 
 def unadapted(config: Any) -> str | None:

@@ -30,9 +30,15 @@ import numpy as np
 from flax import nnx
 
 from instructjax.model import lora
+from instructjax.model.adapter_settings import (
+    BLOCK,
+    QUANTIZE_KINDS,
+    double_quant_problem,  # noqa: F401 (re-exported: its old home)
+    quantize_problems,
+)
 
-KINDS = ("none", "nf4", "int8")
-BLOCK = 64
+KINDS = QUANTIZE_KINDS
+problems = quantize_problems  # the checks of `model.quantize_base`, without JAX: model/adapter_settings.py
 # bitsandbytes' NF4 values (`functional.get_4bit_type("nf4")`, its CUDA kernels' `nf4_dequantization_lut`): the
 # quantiles of N(0, 1) of QLoRA's `create_normal_map(offset=0.9677083)`, divided by the largest, in float32
 NF4 = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
@@ -93,30 +99,6 @@ def dequantize(codes: jax.Array, absmax: jax.Array, kind: str, out_dims: int, dt
         values = jnp.stack([table[codes >> 4], table[codes & 15]], axis=-1).reshape(*codes.shape[:-1], -1)
     blocks = values.reshape(*absmax.shape, BLOCK) * absmax[..., None]
     return _blocks_back(blocks.reshape(values.shape), out_dims).astype(dtype)
-
-
-def problems(config: Any) -> list[str]:
-    """What is wrong with `config.quantize_base` (a DecoderConfig's), one phrase each."""
-    kind = config.quantize_base
-    if kind not in KINDS:
-        return [f"model.quantize_base must be one of {KINDS}, got {kind!r}"]
-    if kind == "none":
-        return []
-    if config.lora is None:
-        return [f"model.quantize_base={kind} stores a frozen base: it needs model.lora (QLoRA)"]
-    inputs = {"head_dim": config.head_dim, "hidden_size": config.hidden_size}  # the projections' last input axes
-    if "down_proj" in lora.module_names(config):  # a dense MLP (a mixture of experts may have none)
-        inputs["intermediate_size"] = config.intermediate_size
-    return [f"model.quantize_base={kind} quantizes blocks of {BLOCK} inputs (bitsandbytes' layout): {name}="
-            f"{size} is not a multiple of {BLOCK}" for name, size in inputs.items() if size % BLOCK]
-
-
-def double_quant_problem(value: Any) -> str:
-    """The one line `double_quant` under `model:` gets: refused (or a no-op when false)."""
-    if value in (False, None):
-        return ""
-    return (f"model.double_quant={value!r}: QLoRA's double quantization of the absmax constants (bitsandbytes' "
-            "bnb_4bit_use_double_quant) is not supported; the absmax stay float32 (0.5 bit a weight): leave it out")
 
 
 def without_quantized(tree: Any) -> Any:
