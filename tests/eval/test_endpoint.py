@@ -154,6 +154,14 @@ def test_log_likelihood_without_prompt_logprobs_is_said_before_the_suite_starts_
     assert main([*eval_tulu, "--skip", "mmlu,nope"]) == 2
     assert "--skip 'nope': not a benchmark" in capsys.readouterr().err
 
+    (tmp_path / "run.yaml").write_text(f"name: ep\nrun_dir: {tmp_path / 'run'}\nmax_steps: 0\nmodel: {{init_from: "
+                                       f"{model}}}\neval: {{suite: tulu, chat_format: tulu, data_dir: {data_dir}, "
+                                       f"out_dir: {tmp_path / 'out'}}}\n")
+    assert main(["eval", "--config", str(tmp_path / "run.yaml"), "--endpoint", url]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("instructjax: error")]
+    assert len(err) == 1 and "mmlu_0shot, mmlu_5shot" in err[0] and "(--only the other parts)" in err[0], err
+    assert not (tmp_path / "out").exists()
+
 
 def test_a_server_that_answered_is_retried_and_the_endpoint_is_an_engine_of_its_own(openai_server, monkeypatch):
     """A server that fails a request (a server error, then a dropped connection) and then answers: the request
