@@ -1,3 +1,6 @@
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """The built-in verifiers: open-instruct's `ground_truth_utils` verifiers (GSM8KVerifier, MathVerifier,
 StrictMathVerifier, IFEvalVerifier, IFEvalVerifierOld, StringMatcherVerifier, F1Verifier, PuzzleMatcherVerifier,
 FlanVerifier), each `(prediction, ground_truth) -> float`, under the names open-instruct registers them by.

@@ -1,3 +1,6 @@
+# Derived from Hugging Face evaluate (https://github.com/huggingface/evaluate), Copyright 2020 The HuggingFace Evaluate Authors, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """SQuAD v1.1's answer normalisation, token F1 and exact match (Hugging Face `evaluate`'s `squad` metric, here so
 nothing is downloaded): the one copy, read by the verifiers (`string_f1`, `string_matcher`, `puzzle`, `flan`:
 data/verifiers/builtin.py) and by the Tulu suite's TydiQA (eval/tulu/tydiqa.py)."""

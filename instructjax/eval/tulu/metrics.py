@@ -1,3 +1,7 @@
+# Derived from Hugging Face evaluate (https://github.com/huggingface/evaluate), Copyright 2020 The HuggingFace Evaluate Authors, Apache-2.0;
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """The two metrics open-instruct's scripts load from Hugging Face `evaluate`, here so nothing is downloaded:
 `exact_match` with ignore_case and ignore_punctuation (GSM, BBH), and SQuAD v1.1's F1 and exact match (TydiQA:
 `squad`, the verifiers' own copy, data/verifiers/squad.py)."""
