@@ -7,7 +7,8 @@ key, how many requests may be in flight. `ask(requests, endpoint, cache)` sends 
 message (or its own `messages`), and gives back `{"id", "reply"}` rows, the replies the files route reads. A
 request's `sampling` (max_tokens, temperature, logprobs, top_logprobs: what an `alpaca_eval` annotator asks)
 overrides the endpoint's; with `logprobs` the row also holds the choice's `logprobs` as OpenAI gives them. Every reply is kept in a cache file keyed by (model, sampling, prompt): a rerun
-pays for nothing it already has. A request that keeps failing past the retries stops with one line naming it;
+pays for nothing it already has. A request that keeps failing past the retries stops with one line naming it (the
+first request is asked alone: where nothing answers, that is one line at once, no retries);
 the replies got before it stay in the cache. A reply the protocol cannot read is counted there and never cached
 (`parses`), and an answer that is not a chat completion (no JSON, no choices) is one line naming the request.
 
@@ -149,8 +150,9 @@ def with_retries(endpoint: JudgeEndpoint, call: Callable[[], object], what: str,
     raise AssertionError("unreachable")
 
 
-def _ask_one(client, endpoint: JudgeEndpoint, request: Mapping) -> str | dict:
-    """The reply's text, or {"text", "logprobs"} when the request asks for logprobs."""
+def _ask_one(client, endpoint: JudgeEndpoint, request: Mapping, first_contact: bool = False) -> str | dict:
+    """The reply's text, or {"text", "logprobs"} when the request asks for logprobs (`first_contact`: the first
+    request, where a server nothing answers at is one line at once: `with_retries`)."""
 
     def call() -> str | dict:
         out = client.chat.completions.create(model=endpoint.model, messages=messages(request),
@@ -166,7 +168,8 @@ def _ask_one(client, endpoint: JudgeEndpoint, request: Mapping) -> str | dict:
             return text
         return {"text": text, "logprobs": choice.logprobs.model_dump() if choice.logprobs else None}
 
-    return with_retries(endpoint, call, f"judge {endpoint.model} at {endpoint.base_url}: request {request['id']!r}")
+    return with_retries(endpoint, call, f"judge {endpoint.model} at {endpoint.base_url}: request {request['id']!r}",
+                        first_contact=first_contact)
 
 
 def run_all(work: Callable[[object], None], items: Sequence, concurrency: int) -> None:
@@ -204,16 +207,17 @@ def ask(requests: Sequence[Mapping], endpoint: JudgeEndpoint, cache_path: str | 
     if todo:
         judge = client(endpoint)
 
-        def one(item):
+        def one(item, first_contact: bool = False):
             request, key = item
-            reply = _ask_one(judge, endpoint, request)
+            reply = _ask_one(judge, endpoint, request, first_contact)
             if parses is None or parses(request, reply["text"] if isinstance(reply, dict) else reply):
                 cache.put(key, reply)
             else:
                 unread[key] = reply
 
         try:
-            run_all(one, todo, endpoint.concurrency)
+            one(todo[0], first_contact=True)  # alone: a server nothing answers at is one line, no retries
+            run_all(one, todo[1:], endpoint.concurrency)
         finally:
             cache.flush()
     return [_row(r["id"], unread[k] if cache.get(k) is None else cache.get(k))

@@ -394,3 +394,19 @@ def test_the_reply_cache_appends_locally_and_writes_a_bucket_whole(tmp_path, buc
     assert not storage.path(remote).exists()  # not yet: a whole write per reply would be quadratic
     cache.flush()
     assert ReplyCache(remote).replies == {"a": "one", "b": 2.5}
+
+
+def test_a_judge_nothing_answers_at_is_one_line_at_once(monkeypatch):
+    """A refused first request (nothing listens at the port) is not retried: one line naming the address; the
+    retries (6 here) are for a server that answered."""
+    from helpers.openai_server import free_port
+
+    from instructjax.eval import judge
+
+    waits = []
+    monkeypatch.setattr(judge, "_retry_after", lambda exc, attempt: waits.append(attempt) or 0.0)
+    dead = f"http://127.0.0.1:{free_port()}/v1"
+    endpoint = JudgeEndpoint(base_url=dead, model="m", max_retries=6)
+    with pytest.raises(ConfigError, match=f"^judge m at {dead}: request 'a' failed: nothing answers at {dead} "):
+        ask([{"id": "a", "prompt": "p"}, {"id": "b", "prompt": "q"}], endpoint, None)
+    assert waits == []
