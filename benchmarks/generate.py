@@ -133,8 +133,8 @@ def _jax_engine(args, prompts) -> dict:
     generator, _ = load_generator(args.model, slots=args.slots, dtype="float32")
     compiled = _compile_seconds()
     t0 = time.perf_counter()
-    out = generator.engine.generate(prompts, sampling, [args.eos])
-    stats = generator.engine.stats
+    out = generator.batcher.generate(prompts, sampling, [args.eos])
+    stats = generator.batcher.stats
     return {"ids": out, "generation_s": time.perf_counter() - t0, "compile_s": compiled["s"],
             "occupancy": stats.occupancy,
             "devices": jax.device_count(), "stats": stats.as_dict()}

@@ -101,7 +101,7 @@ def test_sharded_over_8_devices_equals_one_device(models, mesh):
     params = jax.tree.leaves(generator.model)
     assert any(len(p.sharding.device_set) == 8 and not p.sharding.is_fully_replicated for p in params)
     one = ContinuousBatcher(model, slots=4)
-    assert generator.engine.generate(PROMPTS, Sampling(max_new_tokens=8), [-1]) == \
+    assert generator.batcher.generate(PROMPTS, Sampling(max_new_tokens=8), [-1]) == \
         one.generate(PROMPTS, Sampling(max_new_tokens=8), [-1])
     for sharded, alone in zip(generator.score(PROMPTS), score_ids(model, PROMPTS), strict=True):
         np.testing.assert_allclose(sharded.logprobs, alone.logprobs, atol=2e-5)
