@@ -9,7 +9,9 @@ import pytest
 
 MOVED = [("instructjax.core.config", "JudgeEndpoint", "instructjax.eval.config"),
          ("instructjax.core.config", "eval_section", "instructjax.eval.config"),
-         ("instructjax.eval.humaneval", "codex_eval", "instructjax.eval.tulu.codex")]
+         ("instructjax.eval.humaneval", "codex_eval", "instructjax.eval.tulu.codex"),
+         ("instructjax.eval.engine", "widest_fill", "instructjax.model.batching_shapes"),
+         ("instructjax.eval.engine", "Sampling", "instructjax.model.batching")]
 # an old module that re-exports what moved (old name -> new home, new name)
 ALIASED = [("instructjax.model.engine", "SlotEngine", "instructjax.model.batching", "ContinuousBatcher"),
            ("instructjax.model.engine", "Sampling", "instructjax.model.batching", "Sampling"),
