@@ -1,8 +1,13 @@
-"""Test set-up: 8 forced CPU devices for sharding tests, quiet TensorFlow, no hub access."""
+"""Test set-up: 8 forced CPU devices for sharding tests, a cheap CPU compiler, quiet TensorFlow, no hub access."""
 
 import os
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+# The CPU compiler's cheap settings: the tests' programs are small and run a few times, so LLVM's expensive passes
+# cost more than they save (about 30% of a compile-bound file's CPU time); every test's tolerance holds without them.
+# Subprocesses inherit them (tests/meta/test_docs.py keeps them for a reader's one-device machine too).
+CHEAP_COMPILER = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+os.environ.setdefault("XLA_FLAGS", f"--xla_force_host_platform_device_count=8 {CHEAP_COMPILER}")
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # two test workers on two cores: torch's references one thread each
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -26,6 +31,9 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
     import tempfile
 
     _SESSION_XLA_CACHE = os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="instructjax-test-xla-")
+# every program, however quick to compile (JAX's default keeps those over a second): most of the suite's programs are
+# small, and the same tiny model's step compiles in many tests and processes
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
 
 import shutil  # noqa: E402
 import uuid  # noqa: E402

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from conftest import CHEAP_COMPILER
 from helpers import REPO
 
 pytestmark = pytest.mark.slow
@@ -162,6 +163,7 @@ def test_every_shell_block_runs_as_written(page, tmp_path, bucket):
     (tmp_path / "data" / "my_alpaca.jsonl").write_text(
         "".join(json.dumps(row) + "\n" for row in synthetic_rows("alpaca", 50)))
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # a reader's machine: one CPU device
+    env["XLA_FLAGS"] = CHEAP_COMPILER  # compiled as the other tests' programs are (tests/conftest.py)
     env["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
     carried: list[str] = []
     ran = 0
