@@ -18,7 +18,7 @@ from instructjax.core.config import load_config
 from instructjax.core.errors import ConfigError
 from instructjax.train.trainer import Trainer
 
-BASE = ["model.preset=tiny", "model.dtype=float32", "data.mixture=preference_builtin", "data.seq_len=512",
+BASE = ["model.preset=tiny", "model.dtype=float32", "data.mixture=preference_builtin", "data.seq_len=256",
         "data.global_batch=16", "data.pack_window=32", "optim.lr=1e-3", "optim.warmup_ratio=0", "log_every=1",
         "max_steps=4", "optim.micro_batches=2", "checkpoint.every=2", "objective.loss=dpo", "objective.beta=0.1",
         "objective.reference=live"]  # fmt: skip
