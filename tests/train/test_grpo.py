@@ -300,14 +300,16 @@ def test_plan_compiles_the_rollout_engine_of_a_grpo_run(capsys):
 
 
 def test_a_step_whose_rollouts_all_score_alike_says_so(tmp_path, capsys, monkeypatch):
-    """An untrained model solves nothing: every group scores alike, the rollout is drawn again (8 times), then the step
-    trains on no token, and one warning line says so (nothing left out silently). Its `time/generation` is the 8
-    draws' time; metrics.jsonl logs no loss for it (null), loss.png plots none (no 0) and labels GRPO's loss so, and
-    the run dir has solve_rate.png."""
+    """An untrained model solves nothing: every group scores alike, the rollout is drawn again (`MAX_REDRAWS` times: 8,
+    2 here, each draw a fresh engine's compile), then the step trains on no token, and one warning line says so
+    (nothing left out silently). Its `time/generation` is the draws' time; metrics.jsonl logs no loss for it (null),
+    loss.png plots none (no 0) and labels GRPO's loss so, and the run dir has solve_rate.png."""
     from instructjax.train import rollout
     from instructjax.train.metrics import GRPO_LABEL, loss_figure, read_metrics
     from instructjax.train.trainer import Trainer
 
+    assert rollout.MAX_REDRAWS == 8
+    monkeypatch.setattr(rollout, "MAX_REDRAWS", 2)
     draws = []
     generate = rollout.Rollouts._generate
 
@@ -323,11 +325,11 @@ def test_a_step_whose_rollouts_all_score_alike_says_so(tmp_path, capsys, monkeyp
                                 "objective.response_length=4", "max_steps=1", f"run_dir={tmp_path / 'run'}"])
     result = Trainer(config).run()
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("instructjax: warning:")]
-    assert warnings == ["instructjax: warning: 8 rollouts in a row scored alike in every group (prompts 0..15 of the "
+    assert warnings == ["instructjax: warning: 2 rollouts in a row scored alike in every group (prompts 0..3 of the "
                         "run): this step trains on no token"]
     assert result.losses == {1: 0.0}
     (record,) = read_metrics(tmp_path / "run")
-    assert len(draws) == 8 and record["time/generation"] == pytest.approx(sum(draws))
+    assert len(draws) == 2 and record["time/generation"] == pytest.approx(sum(draws))
     assert record["loss"] is None and record["loss/policy_avg"] is None
     assert record["objective/verifiable_correct_rate"] == 0.0
     figure = loss_figure([record], "run")
