@@ -81,12 +81,15 @@ def test_a_dpo_step_is_the_brute_force_whatever_the_packing(setting):
     want_losses = np.logaddexp(0.0, -BETA * (ratios[:, 0] - ratios[:, 1]))  # -log sigmoid
     rewards = BETA * ratios
 
+    layouts = {layout: SequencePacker(SEQ, pack=pack).pack_window(examples)[0]
+               for layout, pack in (("one pair a row", False), ("packed", True))}
+    count = len(layouts["one pair a row"]["tokens"])
+    count += count % 2  # even rows; the packed rows padded with empty ones to as many (one compiled step for both)
+    assert len(layouts["packed"]["tokens"]) < count and np.max(layouts["packed"]["segment_ids"]) >= 4, \
+        "several pairs share a row"
     results = {}
-    for layout, pack in (("one pair a row", False), ("packed", True)):
-        rows, _ = SequencePacker(SEQ, pack=pack).pack_window(examples)
-        rows = {k: np.concatenate([v, np.zeros((-len(v) % 2, SEQ), v.dtype)]) for k, v in rows.items()}  # even rows
-        if layout == "packed":
-            assert np.max(rows["segment_ids"]) >= 4, "several pairs share a row"
+    for layout, rows in layouts.items():
+        rows = {k: np.concatenate([v, np.zeros((count - len(v), SEQ), v.dtype)]) for k, v in rows.items()}
         copy = jax.tree.map(np.array, params)
         new, _, metrics = build.step(copy, tx.init(copy), rows, reference)
         np.testing.assert_allclose(float(metrics["loss"]), np.mean(want_losses), rtol=1e-4, err_msg=layout)
