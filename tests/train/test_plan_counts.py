@@ -34,9 +34,9 @@ PAIRS += [{"prompt_id": "same", "prompt": [u("Hi?")], "chosen": [a("Hello.")], "
           {"prompt_id": "empty", "prompt": [u("Hi?")], "chosen": [a("  ")], "rejected": [a("Go away.")]}]
 
 
-def write_config(tmp_path, name: str, task: dict, **top) -> str:
+def write_config(tmp_path, name: str, task: dict, data: dict | None = None, **top) -> str:
     config = {"run_dir": str(tmp_path / "run"), "model": {"preset": "tiny", "dtype": "float32"},
-              "data": {"mixture": name, "seq_len": 256, "global_batch": 8, "pack": False},
+              "data": {"mixture": name, "seq_len": 256, "global_batch": 8, "pack": False, **(data or {})},
               "define": {"tasks": {name: task}}, **top}
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(config))
@@ -134,14 +134,15 @@ def test_bucket_data_files_are_counted(capsys, tmp_path, bucket, monkeypatch):
 
 @pytest.mark.slow
 def test_the_run_is_the_steps_train_runs(capsys, tmp_path):
-    """The run line's steps against `train`'s: 3 epochs of the chats' 2 steps trained to the end (DONE's step); the
-    shipped quickstart's `max_steps: 200`, not its 8 epochs."""
+    """The run line's steps against `train`'s: 2 epochs of the chats' 2 steps trained to the end (DONE's step); the
+    shipped quickstart's `max_steps: 200`, not its 8 epochs. (Rows of 128 tokens: the chats' longest fits whole.)"""
     chats = write_config(tmp_path, "plan_run", {"source": "messages", "data_files": [str(CHATS)]},
-                         optim={"epochs": 3}, checkpoint={"every": 100})
+                         data={"seq_len": 128}, optim={"epochs": 2}, checkpoint={"every": 100})
     data, out = plan(capsys, chats)
+    assert data["examples"] == 10 and "run         2 epoch(s): 4 steps" in out
     assert main(["train", "--config", chats]) == 0
     capsys.readouterr()
-    assert json.loads((tmp_path / "run" / "DONE").read_text())["step"] == data["run_steps"] == 3 * 2
+    assert json.loads((tmp_path / "run" / "DONE").read_text())["step"] == data["run_steps"] == 2 * 2
     quickstart = REPO / "configs" / "quickstart.yaml"
     data, out = plan(capsys, str(quickstart), "--topology", "v5e-1")
     assert data["run_steps"] == yaml.safe_load(quickstart.read_text())["max_steps"] == 200
