@@ -38,6 +38,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from jax.experimental import multihost_utils
+from orbax.checkpoint._src.metadata import array_metadata_store  # the default handler's store, kept
 
 from instructjax.core import context, integrity, storage
 from instructjax.core.errors import ConfigError, InstructJaxError
@@ -127,6 +128,15 @@ def _disk_full(exc: BaseException) -> str | None:
     return None
 
 
+def _save_whole_arrays_on_cpu() -> None:
+    """On CPU, save each replicated array whole from its first replica (as Orbax does on GPUs): replica-parallel
+    saving slices it once per device, each slice a program compiled on first use (seconds per save on 8 devices)."""
+    if jax.default_backend() == "cpu":
+        handler = ocp.type_handlers.ArrayHandler(array_metadata_store=array_metadata_store.Store(),
+                                                 use_replica_parallel=False)
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+
+
 class Checkpointer:
     """The run's checkpoint manager: async saves sealed by a manifest, keep-N, restore of the newest intact
     step.
@@ -142,6 +152,7 @@ class Checkpointer:
         self.tokenizer, self.keep = tokenizer, keep
         options = ocp.CheckpointManagerOptions(max_to_keep=None, enable_async_checkpointing=async_save,
                                                create=True, lightweight_initialize=True)  # reads no step
+        _save_whole_arrays_on_cpu()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self._saving: int | None = None  # the step of the last save started
         self._sealer: threading.Thread | None = None
@@ -219,12 +230,9 @@ class Checkpointer:
         return guard()
 
     def _save(self, step: int, params: Any, opt_state: Any, data_state: np.ndarray, meta: dict) -> None:
-        items = dict(
-            params=ocp.args.StandardSave(params),
-            opt_state=ocp.args.StandardSave(opt_state),
-            data=ocp.args.StandardSave(np.asarray(data_state, np.int64)),
-            meta=ocp.args.JsonSave({**meta, "step": step}),
-        )
+        items = dict(params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+                     data=ocp.args.StandardSave(np.asarray(data_state, np.int64)),
+                     meta=ocp.args.JsonSave({**meta, "step": step}))
         if self.tokenizer is not None:
             items["tokenizer"] = ocp.args.JsonSave(self.tokenizer)
         self.manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -265,14 +273,9 @@ class Checkpointer:
         """(params, opt_state, data [process_count, 3], meta) of `step`, laid out as the abstract targets say."""
         if not (self.directory / str(step) / "opt_state").exists():
             raise ConfigError(f"checkpoint step {step} in {self.directory} has no optimizer state to resume from")
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                params=ocp.args.StandardRestore(abstract_params),
-                opt_state=ocp.args.StandardRestore(abstract_opt_state),
-                data=ocp.args.StandardRestore(),
-            ),
-        )
+        restored = self.manager.restore(step, args=ocp.args.Composite(
+            params=ocp.args.StandardRestore(abstract_params), opt_state=ocp.args.StandardRestore(abstract_opt_state),
+            data=ocp.args.StandardRestore()))
         data = np.asarray(restored["data"], np.int64).reshape(-1, 3)
         return restored["params"], restored["opt_state"], data, _json_item(self.directory / str(step), "meta")
 
@@ -296,6 +299,7 @@ def save_params(
     """Write a params-only checkpoint (what HF import produces) under `directory` (a run dir), with the
     `tokenizer` item when given, sealed by its manifest. Returns the checkpoints dir."""
     path = checkpoints_dir(directory)
+    _save_whole_arrays_on_cpu()
     with ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(create=True)) as manager:
         meta = {"step": step, "run_config": run_config, "model_config": model_config}
         items = dict(params=ocp.args.StandardSave(params), meta=ocp.args.JsonSave(meta))
@@ -318,8 +322,8 @@ def read_meta(directory: str | os.PathLike, step: int | None = None, *,
     """(model config dict, run_config dict or None, step) of a checkpoint (`step`, else the newest intact one:
     see `intact_step`), without reading any array. The model config's `scan_layers` says how the stored
     parameters are laid out (for checkpoints written before the option existed, read from the stored tree).
-    `contents=False`: the step's files are checked present and its JSON items hashed, not its arrays (for the config alone: the step it returns
-    may not be the one a later `load_params` takes, should a newer one's contents be damaged)."""
+    `contents=False`: only the step's files and JSON items are checked (for the config alone: a later `load_params`
+    may take an older step, should this one's arrays be damaged)."""
     path = checkpoints_dir(directory)
     step = integrity.intact_step(path, step, contents=contents)
     meta = _json_item(path / str(step), "meta")
