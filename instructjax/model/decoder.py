@@ -376,8 +376,16 @@ class Decoder(nnx.Module):
 
 
 def abstract_model(config: DecoderConfig) -> Decoder:
-    """A Decoder whose parameters are shape/dtype placeholders (no memory, no RNG)."""
-    return nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0)))
+    """A Decoder whose parameters are shape/dtype placeholders (no memory, no RNG), a model of its own (callers fill
+    it in). Traced once per config: tracing a deep model's construction takes a good part of a second."""
+    key = repr(config)
+    if key not in _ABSTRACT:
+        _ABSTRACT[key] = nnx.split(nnx.eval_shape(lambda: Decoder(config, rngs=nnx.Rngs(0))))
+    graphdef, state = _ABSTRACT[key]
+    return nnx.merge(graphdef, jax.tree.map(lambda x: x, state))  # the placeholders in containers of its own
+
+
+_ABSTRACT: dict[str, tuple] = {}  # repr(config) -> (graphdef, abstract state)
 
 
 def with_params(config: DecoderConfig, params: dict) -> Decoder:

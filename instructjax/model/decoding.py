@@ -66,8 +66,15 @@ def init_slot_cache(config: DecoderConfig, slots: int, length: int, mesh=None) -
     """An empty cache (zeros in the compute dtype), placed on `mesh` where one is given."""
     shape = (slots, config.num_kv_heads, length, config.head_dim)
     sharding = cache_sharding(config, slots, length, mesh) if mesh is not None else None
-    make = jax.jit(lambda: jnp.zeros(shape, config.dtype), out_shardings=sharding)
+    make = _zeros(shape, jnp.dtype(config.dtype), sharding)
     return SlotCache(tuple(make() for _ in range(config.num_layers)), tuple(make() for _ in range(config.num_layers)))
+
+
+@functools.lru_cache(maxsize=64)
+def _zeros(shape: tuple[int, ...], dtype, sharding) -> jax.stages.Wrapped:
+    """One compiled program making zeros of this shape where `sharding` says (each batcher's cache: no compilation
+    per `generate` call)."""
+    return jax.jit(lambda: jnp.zeros(shape, dtype), out_shardings=sharding)
 
 
 def cache_bytes(config: DecoderConfig, slots: int, length: int) -> int:

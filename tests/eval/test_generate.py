@@ -20,6 +20,19 @@ from instructjax.eval.score import score_ids  # noqa: E402
 from instructjax.model.decoding import sample  # noqa: E402
 
 PROMPTS = [[1, 450, 4996, 17354], [1, 306], [1, 18637, 29892, 920, 526, 366, 29973, 13, 29966]]
+_BUILT = ("/jax/core/compile/jaxpr_trace_duration", "/jax/core/compile/backend_compile_duration")
+_RECORDING: list[list[str]] = []  # the events of the call being watched (`traced_or_compiled`)
+jax.monitoring.register_event_duration_secs_listener(
+    lambda name, *_, **__: [events.append(name) for events in _RECORDING if name in _BUILT])
+
+
+def traced_or_compiled(call):
+    """(call(), the programs traced or compiled while it ran)."""
+    _RECORDING.append(events := [])
+    try:
+        return call(), events
+    finally:
+        _RECORDING.remove(events)
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +85,8 @@ def test_stops_at_end_of_turn_per_row(models):
     model, _, _ = models
     free = generate_ids(model, PROMPTS, Sampling(max_new_tokens=10), stop_ids=[2])
     stop = free[0][3]  # make row 0's 4th token the end-of-turn id
-    got = generate_ids(model, PROMPTS, Sampling(max_new_tokens=10), stop_ids=[stop])
+    got, built = traced_or_compiled(lambda: generate_ids(model, PROMPTS, Sampling(max_new_tokens=10), [stop]))
+    assert built == []  # a second call of the same shapes runs the programs the first one built
     for row, ids in zip(free, got, strict=True):
         cut = row.index(stop) + 1 if stop in row else len(row)
         assert ids == row[:cut]
