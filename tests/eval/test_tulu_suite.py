@@ -137,12 +137,19 @@ def data_dir(tmp_path_factory) -> str:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory) -> str:
-    """A tiny LLaMA saved by transformers with a LLaMA-like SentencePiece tokenizer (no chat template)."""
-    from helpers.pretrained_models import hf_model, spm_tokenizer
+def spm_dir(tmp_path_factory) -> str:
+    """A LLaMA-like SentencePiece tokenizer (a directory of its files alone), trained once for the module."""
+    from helpers.pretrained_models import spm_tokenizer
 
-    tok = spm_tokenizer(str(tmp_path_factory.mktemp("spm")))
-    return hf_model(str(tmp_path_factory.mktemp("model")), tok, vocab_size=800, bos=1, eos=2)
+    return spm_tokenizer(str(tmp_path_factory.mktemp("spm")))
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory, spm_dir) -> str:
+    """A tiny LLaMA saved by transformers with a LLaMA-like SentencePiece tokenizer (no chat template)."""
+    from helpers.pretrained_models import hf_model
+
+    return hf_model(str(tmp_path_factory.mktemp("model")), spm_dir, vocab_size=800, bos=1, eos=2)
 
 
 @pytest.fixture
@@ -206,15 +213,23 @@ def _requests_by_cli(model_dir: str, data_dir: str, out: Path, chat_format: str)
     return by_setting
 
 
+@pytest.fixture(scope="module")
+def suite_requests(model_dir, data_dir, tmp_path_factory) -> dict[str, dict[str, list[dict]]]:
+    """{chat format: `--prompts-only`'s requests by setting} of the suite on the data_dir, tulu and none."""
+    out = tmp_path_factory.mktemp("requests")
+    return {fmt: _requests_by_cli(model_dir, data_dir, out / fmt, fmt) for fmt in ("tulu", "none")}
+
+
 @pytest.mark.slow
-def test_prompts_are_open_instructs_prompt_for_prompt(reference, monkeypatch, model_dir, data_dir, tmp_path):
+def test_prompts_are_open_instructs_prompt_for_prompt(reference, monkeypatch, model_dir, data_dir, suite_requests,
+                                                      tmp_path):
     """`eval --suite tulu --prompts-only` writes, for every setting of the suite but Codex, the prompts
     open-instruct's script sends, in its order, with and without the chat format; stops and budgets agree."""
     from transformers import AutoTokenizer
 
     slow = AutoTokenizer.from_pretrained(model_dir, use_fast=False)
     newline = slow.encode("\n", add_special_tokens=False)[-1]
-    ours = {fmt: _requests_by_cli(model_dir, data_dir, tmp_path / fmt, fmt) for fmt in ("tulu", "none")}
+    ours = suite_requests
     assert set(ours["tulu"]) == set(tulu.SETTINGS)
     assert len(ours["tulu"]["codex_eval_temp_0.1"]) == len(CODEX)  # the data_dir's problems
     for setting, (script, folder, options) in GROUPS.items():
@@ -313,7 +328,7 @@ class _RecordingGenerator:
 
 @pytest.mark.slow
 def test_codex_is_open_instructs_request_for_request_and_pass_at_k(reference, monkeypatch, model_dir, data_dir,
-                                                                   tmp_path):
+                                                                   suite_requests, tmp_path):
     """Codex-HumanEval against open-instruct's eval/codex_humaneval/run_eval.py run as submit_eval_jobs.py ran it
     (20 samples, temperature 0.1 and 0.8, pass@1 5 10 20, no --use_chat_format): the requests `--prompts-only`
     writes (even in the chat format: the Codex groups had none) are the prompts each of its 20 sampling rounds
@@ -327,7 +342,7 @@ def test_codex_is_open_instructs_request_for_request_and_pass_at_k(reference, mo
     from instructjax.eval.tulu.codex import codex_eval
 
     slow = AutoTokenizer.from_pretrained(model_dir, use_fast=False)
-    ours = _requests_by_cli(model_dir, data_dir, tmp_path / "ours", "tulu")
+    ours = suite_requests["tulu"]
     problems = codex.problems(data_dir)
     rng = random.Random(4)
     rates = {0.1: (0.9, 0.3, 0.05), 0.8: (0.5, 0.2, 0.0)}  # each problem's chance of a passing completion
@@ -602,23 +617,22 @@ def test_every_setting_has_a_fidelity_row():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("experts", [0, 4])
-def test_eval_config_runs_the_suite_as_transformers_would(model_dir, tmp_path, experts):
-    """`eval --config` with `suite: tulu` on a tiny model, a LLaMA and a Mixtral (4 experts, top 2): results.json
-    holds each setting's score; MMLU's pick is the likeliest of the four letter tokens after the prompt without BOS
-    (transformers' logits), the generated settings are scored from the completions logged beside them."""
+def test_eval_config_runs_the_suite_as_transformers_would(spm_dir, tmp_path, monkeypatch):
+    """`eval --config` with `suite: tulu` on a tiny Mixtral (4 experts, top 2; its attention, norms and embeddings
+    a LLaMA's): results.json holds each setting's score; MMLU's pick is the likeliest of the four letter tokens
+    after the prompt without BOS (transformers' logits), the generated settings are scored from the completions
+    logged beside them (their budgets cut to 8 tokens here: no reference sees them, and the scripts' budgets are
+    compared in test_prompts_are_open_instructs_prompt_for_prompt)."""
     import numpy as np
     import torch
     import transformers
+    from helpers.pretrained_models import hf_model
 
     from instructjax.cli import main
 
-    if experts:  # the same tokenizer (trained again: a directory of its files alone)
-        from helpers.pretrained_models import hf_model, spm_tokenizer
-
-        model_dir = hf_model(str(tmp_path / "moe"), spm_tokenizer(str(tmp_path / "spm")), vocab_size=800, bos=1,
-                             eos=2, experts=experts)
-
+    model_dir = hf_model(str(tmp_path / "moe"), spm_dir, vocab_size=800, bos=1, eos=2, experts=4)
+    for module in (gsm, bbh, tydiqa):
+        monkeypatch.setattr(module, "MAX_NEW_TOKENS", 8)
     rng = random.Random(2)
     root = tmp_path / "data"
     (root / "mmlu" / "dev").mkdir(parents=True)
