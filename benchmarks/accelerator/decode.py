@@ -13,10 +13,9 @@ TINYLLAMA = ["--layers", "22", "--hidden", "2048", "--intermediate", "5632", "--
 
 def decode_args(small: bool) -> list[str]:
     model = SMALL_MODEL if small else TINYLLAMA
-    sizes = ["--batches", "1,4", "--prompt", "16", "--new-tokens", "8", "--repeats", "1"] if small else \
+    sizes = ["--batches", "2", "--prompt", "8", "--new-tokens", "4", "--repeats", "1"] if small else \
         ["--batches", "1,32", "--prompt", "128", "--new-tokens", "128", "--repeats", "3"]
     return [*model, *sizes]
-
 
 
 def decode_config(args):

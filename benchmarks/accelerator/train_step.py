@@ -20,7 +20,7 @@ SMALL_MODEL = ["--layers", "2", "--hidden", "64", "--intermediate", "128", "--he
 def train_step(args, small: bool, limit: int) -> dict:
     """gpu_mfu.py per shape (TinyLlama, then LLaMA-3.2-3B at full size): the first shape's figures, and every
     shape's under `shapes`. The shapes share the section's time limit."""
-    shapes = [SMALL_MODEL + ["--seq", "64", "--batch", "2", "--steps", "2", "--allow-cpu", "--remat", "none"]] if small \
+    shapes = [SMALL_MODEL + ["--seq", "64", "--batch", "2", "--steps", "1", "--allow-cpu", "--remat", "none"]] if small \
         else [list(shape) for shape in STEP_SHAPES]
     results, deadline = [], time.perf_counter() + limit
     for i, shape in enumerate(shapes):

@@ -25,6 +25,8 @@ def test_accelerator_check_runs_every_section_on_cpu(tmp_path):
     assert summary["small"] and summary["found"]["platform"] == "cpu"
     kernels = summary["kernels"]
     assert {r["impl"] for r in kernels["rows"]} == {"xla", "blockwise", "pallas_gpu", "splash"}
-    assert {r["dtype"] for r in kernels["leaks"]} == {"float32", "bfloat16"}
-    assert summary["real_run"]["steps"] == 8 and summary["real_run"]["export"]["argmax_agree"] >= 0.99
+    assert {r["dtype"] for r in kernels["rows"]} == {"float32", "bfloat16"}
+    assert {r["dtype"] for r in kernels["leaks"]} == {"float32"}  # the reduced size: float32's leak test alone
+    assert {r["impl"] for r in kernels["leaks"]} == {"xla", "blockwise", "pallas_gpu", "splash"}
+    assert summary["real_run"]["steps"] == 4 and summary["real_run"]["export"]["argmax_agree"] >= 0.99
     assert "| batch |" in (tmp_path / "accelerator_check.md").read_text()
