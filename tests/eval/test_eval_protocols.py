@@ -311,6 +311,31 @@ aggregate_metric_list:
     return str(root)
 
 
+@pytest.fixture(scope="module")
+def tasks_dir(tmp_path_factory) -> str:
+    """The tasks above and ij_broken (ij_gsm's YAML reading a file that does not exist) in one include path for
+    the module: lm-eval's task index of it (every one of lm-eval's task YAMLs read, seconds) is built once."""
+    root = tmp_path_factory.mktemp("lm_eval_tasks")
+    include = _write_tasks(root)
+    (root / "ij_broken.yaml").write_text((root / "ij_gsm.yaml").read_text().replace("task: ij_gsm",
+        "task: ij_broken").replace(str(root / "gsm.jsonl"), str(root / "gone.jsonl")))
+    return include
+
+
+@pytest.fixture(scope="module")
+def seeded_run(tasks_dir, tmp_path_factory) -> tuple[dict, list[dict]]:
+    """run_suite's summary of the oracle suite on the include path, and the samples it logged."""
+    from instructjax.eval import suite as suite_mod
+    from instructjax.eval.harness import run_suite
+
+    _register_oracle()
+    samples = tmp_path_factory.mktemp("seeded") / "samples.jsonl"
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.setitem(suite_mod.SUITES, "ij_proto", ORACLE_SUITE)
+        out = run_suite("unused", "ij_proto", backend="ij_oracle", include_path=tasks_dir, samples_out=str(samples))
+    return out, pw.read_jsonl(str(samples))
+
+
 ORACLE_SUITE = (
     SuiteTask("GSM-like", "ij_gsm", 0, "exact_match", protocol=Protocol("gsm8k", 4, 42)),
     SuiteTask("BBH-like", "ij_bbh", 0, "exact_match", protocol=Protocol("bbh", 3, 42)),
@@ -351,18 +376,16 @@ def _register_oracle():
             return out
 
 
-def test_a_failing_suite_task_loses_only_itself(tmp_path, monkeypatch, capsys):
+def test_a_failing_suite_task_loses_only_itself(tasks_dir, seeded_run, monkeypatch, capsys):
     """A task whose data cannot be read fails alone: one line naming it, an error in its place, the others of
     its lm-eval call scored as they would be without it."""
     from instructjax.eval import suite as suite_mod
     from instructjax.eval.harness import run_suite
 
     _register_oracle()
-    include = _write_tasks(tmp_path)
-    (tmp_path / "ij_broken.yaml").write_text((tmp_path / "ij_gsm.yaml").read_text().replace("task: ij_gsm",
-        "task: ij_broken").replace(str(tmp_path / "gsm.jsonl"), str(tmp_path / "gone.jsonl")))
-    monkeypatch.setitem(suite_mod.SUITES, "ij_proto", ORACLE_SUITE)
-    alone = run_suite("unused", "ij_proto", backend="ij_oracle", include_path=include)
+    include = tasks_dir
+    alone, _ = seeded_run  # the same suite without ij_broken
+    assert "ij_broken|0-shot" not in alone and "ij_gsm|0-shot" in alone
     monkeypatch.setitem(suite_mod.SUITES, "ij_proto", (*ORACLE_SUITE, SuiteTask("Broken", "ij_broken", 0, "x")))
     capsys.readouterr()
     out = run_suite("unused", "ij_proto", backend="ij_oracle", include_path=include)
@@ -376,17 +399,9 @@ def test_a_failing_suite_task_loses_only_itself(tmp_path, monkeypatch, capsys):
         run_suite("unused", "ij_proto", backend="ij_oracle", include_path=include)
 
 
-def test_run_suite_scores_the_seeded_subsets(tmp_path, monkeypatch):
-    from instructjax.eval import suite as suite_mod
-    from instructjax.eval.harness import run_suite
-
-    _register_oracle()
-    include = _write_tasks(tmp_path)
-    monkeypatch.setitem(suite_mod.SUITES, "ij_proto", ORACLE_SUITE)
-    out = run_suite("unused", "ij_proto", backend="ij_oracle", include_path=include,
-                    samples_out=str(tmp_path / "samples.jsonl"))
+def test_run_suite_scores_the_seeded_subsets(seeded_run):
+    out, logged = seeded_run
     gsm_ids = sorted(random.Random(42).sample(range(10), 4))  # the draw, written out independently
-    logged = pw.read_jsonl(str(tmp_path / "samples.jsonl"))
     assert sorted(r["doc_id"] for r in logged if r["task"] == "ij_gsm") == gsm_ids
     expected_gsm = 100 * sum(i % 3 != 0 for i in gsm_ids) / 4
     assert out["ij_gsm|0-shot"]["protocol"]["exact_match"] == expected_gsm
@@ -460,7 +475,7 @@ def test_judged_parts_generate_at_the_papers_length(tmp_path):
 
 
 @pytest.mark.slow
-def test_eval_config_runs_the_eval_block(tmp_path, monkeypatch):
+def test_eval_config_runs_the_eval_block(tasks_dir, tmp_path, monkeypatch):
     pytest.importorskip("torch")
     from helpers.models import make_hf
 
@@ -469,7 +484,7 @@ def test_eval_config_runs_the_eval_block(tmp_path, monkeypatch):
     from instructjax.eval import suite as suite_mod
 
     monkeypatch.setitem(suite_mod.SUITES, "ij_proto", ORACLE_SUITE)
-    include = _write_tasks(tmp_path)
+    include = tasks_dir
     run_dir = tmp_path / "run"
     import_hf(make_hf(tmp_path, "gqa", seed=3), str(run_dir))
     prompts = [{"id": str(i), "instruction": f"Say {w}.", "skills": ["Factuality", "conciseness"]}
