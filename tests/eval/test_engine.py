@@ -66,16 +66,19 @@ def test_fewer_slots_than_prompts_each_as_alone_and_as_transformers(models):
 @pytest.mark.slow
 def test_stops_end_rows_and_sampling_is_the_prompts_whatever_the_slots(models):
     """A stop id ends its row where it appears (the others go on); temperature sampling gives each prompt the same
-    ids with 1, 3 or 8 slots and another chunk length (its own key); top_p tiny is greedy."""
+    ids with 1, 2 or 16 slots and another chunk length (its own key); top_p tiny is greedy. (The shapes of the test
+    above, 2 and 16 slots in chunks of 3, compiled once for both; 1 slot in chunks of 8 is this test's own.)"""
     _, model, _ = models
-    free = ContinuousBatcher(model, slots=4).generate(PROMPTS, Sampling(max_new_tokens=10), stop_ids=[-1])
+    free = ContinuousBatcher(model, slots=2, chunk=3).generate(PROMPTS, Sampling(max_new_tokens=9), stop_ids=[-1])
     stop = free[0][3]
-    got = ContinuousBatcher(model, slots=4).generate(PROMPTS, Sampling(max_new_tokens=10), stop_ids=[stop])
+    got = ContinuousBatcher(model, slots=2, chunk=3).generate(PROMPTS, Sampling(max_new_tokens=9), stop_ids=[stop])
     assert got == [row[: row.index(stop) + 1] if stop in row else row for row in free]
-    sampling = Sampling(max_new_tokens=10, temperature=1.0, seed=5)
-    drawn = [ContinuousBatcher(model, slots=s, chunk=c).generate(PROMPTS, sampling, [-1]) for s, c in ((1, 8), (3, 2), (8, 5))]
+    sampling = Sampling(max_new_tokens=9, temperature=1.0, seed=5)
+    drawn = [ContinuousBatcher(model, slots=s, chunk=c).generate(PROMPTS, sampling, [-1]) for s, c in ((1, 8), (2, 3),
+                                                                                                        (16, 3))]
     assert drawn[0] == drawn[1] == drawn[2] and drawn[0] != free
-    assert ContinuousBatcher(model, slots=3).generate(PROMPTS, Sampling(10, temperature=1.0, top_p=1e-6), [-1]) == free
+    assert ContinuousBatcher(model, slots=2, chunk=3).generate(PROMPTS, Sampling(9, temperature=1.0, top_p=1e-6),
+                                                               [-1]) == free
 
 
 def test_next_token_logprobs_with_shared_prefix_equal_the_full_forward(models):
