@@ -46,15 +46,21 @@ def compile_json(capsys, topology: str, *overrides: str) -> tuple[int, dict]:
 # 16 examples: the loss's 4096-token chunk of logits (float32, 125 MiB a v4-8 chip) is larger than half the v4's
 # CMEM and sits in HBM, as plan counts it; on a v5e-8 and a v4-16 it fits on chip. (At 8 examples a v4-8's step is
 # 1.17x plan: XLA moved its embedding's and head's float32 gradients into CMEM, which it does not on a v4-16.)
-@pytest.mark.parametrize("topology", ["v5e-8", "v4-8", "v4-16"])
+SLICE_OVERRIDES = ("model.dtype=bfloat16", "data.global_batch=16", "mesh.data=1", "mesh.fsdp=-1")
+
+
+@pytest.mark.parametrize("topology", ["v4-8", "v4-16"])  # a v5e-8: the imported checkpoint's test below
 def test_tiny_config_compiles_for_a_slice(capsys, topology):
-    """The quickstart's step in bfloat16 built for a v5e-8 and a v4-8 (one host) and a v4-16 (8 chips on two
-    hosts): splash attention compiled as Mosaic kernels under the slice's mesh (forward, and the backward's dq and
+    """The quickstart's step in bfloat16 built for a v4-8 (one host) and a v4-16 (8 chips on two hosts), and
+    for a v5e-8 by the imported-checkpoint test below: see `check_slice_report`."""
+    check_slice_report(*compile_json(capsys, topology, *SLICE_OVERRIDES), topology)
+
+
+def check_slice_report(code: int, report: dict, topology: str) -> None:
+    """Splash attention compiled as Mosaic kernels under the slice's mesh (forward, and the backward's dq and
     dkv), the step's rows a multiple of the slice's hosts, the compiler's memory per device within 10% of plan's,
     its peak reported, and no all-reduce as large as the output head's float32 gradient over fsdp (the loss head is
     sliced over the devices) or a loss chunk's gathered hidden states."""
-    code, report = compile_json(capsys, topology, "model.dtype=bfloat16", "data.global_batch=16", "mesh.data=1",
-                                "mesh.fsdp=-1")
     slice_ = tpu_topology(topology)
     assert code == 0 and report["fits"] is True
     assert (report["topology"], report["devices"], report["hosts"]) == (topology, slice_.devices, slice_.hosts)
@@ -156,7 +162,7 @@ def test_a_saved_step_is_what_the_trainer_runs(tmp_path, capsys):
     from instructjax.train.trainer import Trainer
 
     saved = tmp_path / "step.bin"
-    common = ["max_steps=3", "data.global_batch=8", "log_every=1"]
+    common = ["max_steps=2", "data.global_batch=8", "log_every=1"]
     assert main(["plan", "--config", str(QUICKSTART), "--compile", "--save-executable", str(saved), *common]) == 0
     losses = {}
     for name, extra in (("saved", [f"compiled={saved}"]), ("compiled", [])):
@@ -165,7 +171,7 @@ def test_a_saved_step_is_what_the_trainer_runs(tmp_path, capsys):
         if extra:
             assert trainer.build.step._cache_size() == 0  # the loaded executable ran every step
             assert f"is {saved} (not compiled here)" in capsys.readouterr().err
-    assert losses["saved"] == losses["compiled"] and len(losses["saved"]) == 3
+    assert losses["saved"] == losses["compiled"] and len(losses["saved"]) == 2
     capsys.readouterr()
     assert main(["train", "--config", str(QUICKSTART), *common, f"run_dir={tmp_path / 'lr'}", "optim.lr=1e-4",
                  f"compiled={saved}"]) == 2
@@ -186,7 +192,7 @@ def test_plan_compile_and_the_trainer_resolve_one_run(tmp_path, capsys):
     from instructjax.core.config import load_config
     from instructjax.train.trainer import Trainer
 
-    common = ["mesh=auto", "data.pack=per_step", "data.global_batch=16", "max_steps=4"]
+    common = ["mesh=auto", "data.pack=per_step", "data.global_batch=16", "max_steps=2"]
     capsys.readouterr()
     assert main(["plan", "--config", str(QUICKSTART), "--compile", "--real-data", "--json", *common]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -201,7 +207,8 @@ def test_compile_from_an_imported_checkpoint_reads_its_metadata_only(tmp_path, c
     """`plan` and `plan --compile` of a config whose model.init_from is an imported checkpoint whose weight arrays
     were overwritten after the import (zeros, each file its size: read or hashed, they fail its manifest): the model
     is the stored one (not the config's preset), the step compiles, each command opens the checkpoint's metadata
-    once, and nothing is written: no run_dir, no file added or changed in the checkpoint."""
+    once, and nothing is written: no run_dir, no file added or changed in the checkpoint. The imported model is the
+    quickstart's tiny one, so its step is also the quickstart's step built for a v5e-8 (`check_slice_report`)."""
     from helpers.models import make_hf_dir
 
     from instructjax.core import checkpoint
@@ -223,7 +230,7 @@ def test_compile_from_an_imported_checkpoint_reads_its_metadata_only(tmp_path, c
         p.write_bytes(bytes(p.stat().st_size))
     before = sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.rglob("*"))
     overrides = [f"model.init_from={ckpt}", "model.preset=small-100m", f"run_dir={tmp_path / 'run'}",
-                 "model.dtype=bfloat16", f"tokenizer={default_tokenizer_path()}"]  # the import has none; plan counts
+                 *SLICE_OVERRIDES, f"tokenizer={default_tokenizer_path()}"]  # the import has none; plan counts
     capsys.readouterr()
     assert main(["plan", "--config", str(QUICKSTART), "--topology", "v5e-8", "--json", *overrides]) in (0, 1)
     assert json.loads(capsys.readouterr().out)["memory"]["params"] == 4_170_048  # the imported tiny model's
@@ -231,7 +238,8 @@ def test_compile_from_an_imported_checkpoint_reads_its_metadata_only(tmp_path, c
     opened.clear()
     code, report = compile_json(capsys, "v5e-8", *overrides)
     assert opened == ["meta"]
-    assert code == 0 and report["shapes"] and all(s["mosaic_kernels"] >= 3 for s in report["shapes"])
+    assert report["shapes"]
+    check_slice_report(code, report, "v5e-8")  # the imported model is the quickstart's tiny one: its v5e-8 step
     assert sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in tmp_path.rglob("*")) == before
     assert not (tmp_path / "run").exists()
 
@@ -241,11 +249,11 @@ def test_the_cli_stays_quiet_without_a_tpu(tmp_path):
     on stderr, and JAX's default backend stays this machine's (`quiet_without_tpu`, called by the CLI first)."""
     env = {k: v for k, v in os.environ.items() if k != "JAX_PLATFORMS" and not k.startswith("TPU_")}
     noise = ("TPU", "libtpu", "InitGoogle", "E0000")
-    for args in (["--help"], ["plan", "--config", str(QUICKSTART)]):
-        run = subprocess.run([sys.executable, "-m", "instructjax.cli", *args], capture_output=True, text=True, env=env,
-                             cwd=tmp_path, timeout=300)
-        assert run.returncode in (0, 1), run.stderr[-2000:]  # 1: plan proposes another mesh for these devices
-        assert not any(word in run.stderr for word in noise), run.stderr[-2000:]
+    run = subprocess.run([sys.executable, "-m", "instructjax.cli", "--help"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert not any(word in run.stderr for word in noise), run.stderr[-2000:]
+    # `plan`: through `main`, as `python -m instructjax.cli plan` runs it (`main` quiets libtpu first)
     code = (f"from instructjax.cli import main; main(['plan', '--config', {str(QUICKSTART)!r}]); import jax; "
             "print(jax.default_backend())")
     run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path,
