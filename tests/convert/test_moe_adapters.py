@@ -33,6 +33,15 @@ peft = pytest.importorskip("peft")
 EXPERTS = ["mlp.experts.gate_up_proj", "mlp.experts.down_proj"]
 
 
+_jitted_call = nnx.jit(lambda model, *args: model(*args))
+
+
+def our_logits(model, ids: np.ndarray) -> np.ndarray:
+    """Our model's logits on `ids` (every position attended), run jitted: one program a shape, not the layers' ops
+    one by one."""
+    return np.asarray(_jitted_call(model, ids, positions_of(ids), np.ones_like(ids)))
+
+
 def peft_logits(model, ids: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         return model(torch.tensor(ids, dtype=torch.long)).logits.numpy()
@@ -60,15 +69,14 @@ def test_a_peft_expert_adapter_imports_to_peft_logits_and_exports_back(tmp_path)
     params, stored, _, _ = load_params(str(tmp_path / "ours"))
     ours_config = DecoderConfig.from_dict(stored).replace(dtype="float32", attention="xla")
     assert ours_config.lora["targets"] == sorted(modules) + EXPERTS
-    ours = np.asarray(with_params(ours_config, params)(ids, positions_of(ids), np.ones_like(ids)))
+    ours = our_logits(with_params(ours_config, params), ids)
     diff = np.abs(ours - theirs).max()
     print(f"{name}: max |logit diff| ours vs PEFT's target_parameters: {diff:.2e}")
     assert diff < 1e-5 < np.abs(theirs - base).max()
     without_experts = lora.combine(jax.tree_util.tree_map_with_path(  # the experts' adapters alone zeroed
         lambda p, x: np.zeros_like(x) if any(str(getattr(k, "key", "")).endswith(lora.EXPERT_SUFFIX) for k in p)
         else x, lora.trainable(params)), lora.frozen(params))
-    assert np.abs(np.asarray(with_params(ours_config, without_experts)(ids, positions_of(ids), np.ones_like(ids)))
-                  - ours).max() > 1e-3  # the experts' adapters took part
+    assert np.abs(our_logits(with_params(ours_config, without_experts), ids) - ours).max() > 1e-3  # the experts' adapters took part
 
     export_checkpoint(str(tmp_path / "ours"), str(tmp_path / "back"), adapter=True)
     from safetensors.numpy import load_file
@@ -146,7 +154,7 @@ def test_qlora_on_a_mixture_of_experts_trains_a_step_and_its_adapter_loads_in_pe
                for n in ("gate_proj", "up_proj", "down_proj"))
 
     write_adapter(lora.trainable(after), config, str(tmp_path / "adapter"), base=str(tmp_path / "hf"))
-    ours = np.asarray(with_params(config, after)(ids, positions_of(ids), np.ones_like(ids)))
+    ours = our_logits(with_params(config, after), ids)
     four_bit = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32)
     dequantize_projections(four_bit)
     theirs = peft_logits(peft.PeftModel.from_pretrained(four_bit, str(tmp_path / "adapter")).eval(), ids)
@@ -208,7 +216,7 @@ def test_a_lora_dpo_on_qwen3_moe_resumes_exports_scores_and_generates(tmp_path, 
     theirs = peft.PeftModel.from_pretrained(base, adapter).eval()
     ids = np.random.default_rng(5).integers(3, 250, (1, 30))
     expected = peft_logits(theirs, ids)
-    got = np.asarray(ours(ids, positions_of(ids), np.ones_like(ids)))
+    got = our_logits(ours, ids)
     assert np.abs(got - expected).max() <= 1e-4 * max(1.0, np.abs(expected).max())
     with theirs.disable_adapter():
         assert np.abs(peft_logits(theirs, ids) - expected).max() > 1e-3  # the adapters trained
@@ -223,10 +231,10 @@ def test_a_lora_dpo_on_qwen3_moe_resumes_exports_scores_and_generates(tmp_path, 
     np.testing.assert_allclose([lp for _, lp in scored["tokens"]], want, atol=1e-4)
 
     prompts = [[17, 99, 42], [250, 7]]
-    generated = generate_ids(ours, prompts, Sampling(max_new_tokens=12), stop_ids=[-1])
+    generated = generate_ids(ours, prompts, Sampling(max_new_tokens=6), stop_ids=[-1])
     for prompt, new in zip(prompts, generated, strict=True):
         with torch.no_grad():
-            hf = theirs.generate(input_ids=torch.tensor([prompt]), max_new_tokens=12, do_sample=False,
+            hf = theirs.generate(input_ids=torch.tensor([prompt]), max_new_tokens=6, do_sample=False,
                                  eos_token_id=None, pad_token_id=0, attention_mask=torch.ones(1, len(prompt),
                                                                                               dtype=torch.long))
         assert new == hf[0, len(prompt):].tolist()
