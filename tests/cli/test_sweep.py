@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO
+from helpers.host_devices import xla_flags
 
 STEPS = 6
 CONFIG = """name: acp_{setting}_tiny
@@ -33,7 +34,7 @@ MIXTURES = {"AC": "no_such_mixture", "A": "acp_A_builtin", "C": "acp_C_builtin",
 
 
 def _sweep(configs: Path, *extra: str) -> subprocess.Popen:
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1", "JAX_PLATFORMS": "cpu"}
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"}
     return subprocess.Popen([sys.executable, "-m", "instructjax.cli", "sweep", str(configs), *extra], cwd=REPO,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 

@@ -34,6 +34,7 @@ import yaml
 pytestmark = pytest.mark.slow
 
 from helpers import WORKER  # noqa: E402
+from helpers.host_devices import xla_flags  # noqa: E402
 
 TIMINGS = {"tokens_per_sec", "step_seconds"}
 STEPS = 6
@@ -55,7 +56,7 @@ def cli(cwd: Path, *argv: str, env: dict | None = None, hosts: int = 1) -> list[
                  "JAX_PROCESS_ID": str(i)} if hosts > 1 else {}  # fmt: skip
         procs.append(subprocess.Popen(
             [sys.executable, str(WORKER), *argv], cwd=cwd, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": f"--xla_force_host_platform_device_count={4 // hosts}",
+            env={**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(4 // hosts),
                  **(env or {}), **extra}))  # fmt: skip
     out = []
     for p in procs:

@@ -33,6 +33,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 from helpers import ASSETS, REPO, WORKER  # noqa: E402
+from helpers.host_devices import xla_flags  # noqa: E402
 
 RAW_SHAREGPT = ASSETS / "sharegpt_raw" / "sharegpt_html.json"  # 21 rows
 RUN = ["model.preset=tiny", "model.dtype=float32", "optim.lr=3e-3", "log_every=1", "mesh.data=4", "mesh.fsdp=2",
@@ -46,13 +47,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _xla_flags(devices: int) -> str:
-    """`devices` CPU devices, compiled as this session's other programs are (tests/conftest.py's flags)."""
-    kept = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
-            if not flag.startswith("--xla_force_host_platform_device_count")]  # fmt: skip
-    return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
-
-
 def train(hosts: int, cache: Path, run_dir: Path, dies: int | None = None, *, command: tuple[str, ...] = ("train",),
           args: list[str] = RUN, env_of=None, start: bool = True):
     """`instructjax train` (or `command`) on `hosts` processes sharing `cache`: per host (exit code, stderr,
@@ -60,7 +54,7 @@ def train(hosts: int, cache: Path, run_dir: Path, dies: int | None = None, *, co
     `env_of(i)`: more environment for host i. `start=False`: the started processes, not waited for."""
     port, procs = _free_port(), []
     for i in range(hosts):
-        env = {**os.environ, "XLA_FLAGS": _xla_flags(8 // hosts), "JAX_PLATFORMS": "cpu",
+        env = {**os.environ, "XLA_FLAGS": xla_flags(8 // hosts), "JAX_PLATFORMS": "cpu",
                "INSTRUCTJAX_CACHE_DIR": str(cache), "INSTRUCTJAX_HEARTBEAT_SECONDS": "10",
                "FAULT_COUNT_ENCODED": f"{run_dir}.count{i}", **(env_of(i) if env_of else {})}  # fmt: skip
         if hosts > 1:
@@ -250,7 +244,7 @@ def test_a_failed_conversation_is_the_same_line_on_every_host_and_restart(tmp_pa
 
 
 def test_prepare_then_train_tokenizes_nothing(tmp_path):
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": _xla_flags(1),
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(1),
            "INSTRUCTJAX_CACHE_DIR": str(tmp_path / "cache"),
            "FAULT_COUNT_ENCODED": str(tmp_path / "prepare.count")}  # fmt: skip
     config = REPO / "configs" / "quickstart.yaml"

@@ -15,6 +15,7 @@ import pytest
 
 pytest.importorskip("torch")
 from helpers import TESTS  # noqa: E402
+from helpers.host_devices import xla_flags  # noqa: E402
 from helpers.models import make_hf  # noqa: E402
 
 from instructjax.convert.saved import load_model, saved_tokenizer  # noqa: E402
@@ -44,7 +45,7 @@ def test_generate_and_score_on_two_hosts_equal_one_device(tmp_path):
     score = ["score", "--model", path, "--text", *TEXTS, *mesh]
     port, procs = _free_port(), []
     for i in range(2):
-        env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4", "JAX_PLATFORMS": "cpu",
+        env = {**os.environ, "XLA_FLAGS": xla_flags(4), "JAX_PLATFORMS": "cpu",
                "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PROCESS_ID": str(i)}
         procs.append(subprocess.Popen([sys.executable, str(WORKER), json.dumps(generate), json.dumps(score)], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path))

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 from helpers import REPO
+from helpers.host_devices import xla_flags as host_xla_flags
 from helpers.signals import signal_set
 
 ROOT = REPO
@@ -287,7 +288,7 @@ def test_the_launchers_own_start_command_stops_on_its_stop_with_the_step_saved(t
         port = s.getsockname()[1]
     for key, value in {"PATH": f"{bin_dir}:{os.environ['PATH']}", "FAKE_TPU_HOMES": os.pathsep.join(map(str, homes)),
                        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": "2", "JAX_PLATFORMS": "cpu",
-                       "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+                       "XLA_FLAGS": host_xla_flags(4),
                        "INSTRUCTJAX_PROGRESS_SECONDS": "0.2"}.items():  # fmt: skip
         monkeypatch.setenv(key, value)
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(TINY_RUN))

@@ -32,6 +32,7 @@ from instructjax.train.trainer import Trainer
 pytestmark = pytest.mark.slow
 
 from helpers import WORKER  # noqa: E402
+from helpers.host_devices import xla_flags  # noqa: E402
 
 DEVICES = 8
 TIMEOUT = 900
@@ -47,19 +48,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _xla_flags(devices: int) -> str:
-    """`devices` CPU devices, compiled as this session's other programs are (tests/conftest.py's flags)."""
-    kept = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
-            if not flag.startswith("--xla_force_host_platform_device_count")]  # fmt: skip
-    return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
-
-
 def launch(hosts: int, run_dir, args, *extra, env_extra=None, config="/dev/null") -> list[subprocess.Popen]:
     """`instructjax train` on `hosts` local processes (DEVICES / hosts CPU devices each); `config` may
     name one file per host."""
     port, procs = _free_port(), []
     for i in range(hosts):
-        env = {**os.environ, "XLA_FLAGS": _xla_flags(DEVICES // hosts), "JAX_PLATFORMS": "cpu", **(env_extra or {})}
+        env = {**os.environ, "XLA_FLAGS": xla_flags(DEVICES // hosts), "JAX_PLATFORMS": "cpu", **(env_extra or {})}
         if hosts > 1:
             env |= {"JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(hosts),
                     "JAX_PROCESS_ID": str(i)}  # fmt: skip
