@@ -30,6 +30,7 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO
+from helpers.host_devices import xla_flags
 
 pytestmark = pytest.mark.slow
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
@@ -161,9 +162,7 @@ def test_every_shell_block_runs_as_written(page, tmp_path, bucket):
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "my_alpaca.jsonl").write_text(
         "".join(json.dumps(row) + "\n" for row in synthetic_rows("alpaca", 50)))
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # a reader's machine: one CPU device
-    env["XLA_FLAGS"] = " ".join(flag for flag in os.environ.get("XLA_FLAGS", "").split()  # compiled as the other
-                                if not flag.startswith("--xla_force_host_platform_device_count"))  # tests' programs are
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1)}  # a reader's machine: one CPU device (compiled as tests compile)
     env["PATH"] = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
     carried: list[str] = []
     ran = 0
