@@ -188,7 +188,7 @@ class Tokenizer:
     def load(cls, path: str | None = None) -> Tokenizer:
         """Load (cached per path): None -> the built-in default; a `.model` file; an HF tokenizer directory (local
         or a URL: gs://...)."""
-        return _load_cached(str(storage.path(path)) if path else default_tokenizer_path())
+        return _load_cached(_resolved(path, os.getcwd()) if path else default_tokenizer_path())
 
     def __reduce__(self):  # pickles as its path (its name comes with it): cheap to send to tf.data / worker processes
         return (_load_cached, (self.path,))
@@ -326,6 +326,12 @@ class Tokenizer:
         if template is not None:
             hf.chat_template = template
         return hf
+
+
+@functools.lru_cache(maxsize=64)
+def _resolved(path: str, cwd: str) -> str:
+    """`path` made absolute from `cwd` (a worker loads the tokenizer for every batch: made once)."""
+    return str(storage.path(path))
 
 
 @functools.lru_cache(maxsize=16)
