@@ -1,6 +1,7 @@
 """A mixture of experts' experts split over the mesh's `expert` axis (model/moe.py's `dispatched`, on 8 CPU
 devices): the loss with its router penalty and every gradient (LoRA adapters on the experts included) equal one
-device's, with the experts split 1, 2, 4 and 8 ways; no device holds every expert; the bad meshes are one line."""
+device's, with the experts split 1, 2, 4 (beside a data axis) and 8 ways; no device holds every expert; the bad
+meshes are one line."""
 
 from __future__ import annotations
 
@@ -55,9 +56,8 @@ def moe(tmp_path_factory):
 
 
 @pytest.mark.parametrize("shape", [pytest.param({"expert": 1, "fsdp": 8}, marks=pytest.mark.slow), {"expert": 2, "fsdp": 4},
-                                   pytest.param({"expert": 4, "fsdp": 2}, marks=pytest.mark.slow), {"expert": 8},
-                                   pytest.param({"data": 2, "expert": 4}, marks=pytest.mark.slow)],
-                         ids=["expert1", "expert2", "expert4", "expert8", "data2_expert4"])
+                                   {"expert": 8}, pytest.param({"data": 2, "expert": 4}, marks=pytest.mark.slow)],
+                         ids=["expert1", "expert2", "expert8", "data2_expert4"])  # 4 ways: data2_expert4's split
 def test_loss_and_gradients_are_the_same_with_the_experts_split(moe, shape):
     config, graphdef, params, batch, step, ((want, want_aux), want_grads) = moe
     ways = shape["expert"]
