@@ -39,7 +39,7 @@ TIMEOUT = 900
 BASE = ["model.preset=tiny", "model.dtype=float32", "optim.lr=3e-3", "optim.epochs=1", "log_every=1",
         "mesh.data=4", "mesh.fsdp=2", "data.prefetch=0"]  # fmt: skip
 SMALL = [*BASE, "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=128", "data.global_batch=8",
-         "data.pack_window=64", "max_steps=8"]  # fmt: skip
+         "data.pack_window=64", "max_steps=4"]  # fmt: skip
 
 
 def _free_port() -> int:
@@ -117,27 +117,27 @@ def test_hosts_plan_one_run_and_match_one_process(tmp_path, small_vocab, hosts=4
 def test_per_step_lora_dpo_preempted_on_two_hosts_resumes_on_one_as_the_unpacked_run(tmp_path, uninterrupted):
     """A LoRA trained by DPO on a saved base with `data.pack: per_step` on 2 processes (each host its slice of every
     step's packed rows, the step shapes agreed), the reference's log-probs cached first (every host runs its share
-    of each batch through the base, host 0 stores them), Ctrl-C (SIGINT) to the last host after step 2: it alone
+    of each batch through the base, host 0 stores them), Ctrl-C (SIGINT) to the last host after step 1: it alone
     hears it, and both hosts save the same step (the adapters alone, with the base's reference) and exit 75; resumed
     on 1 (another host count: the plan's slices made again; the cached log-probs read back, not made again), every
     step's loss is the unpacked run's on one process with the reference live. (Resumed on 4, it took 4 processes'
     start and compile for what the other host count proves; the plan test runs 4 hosts, the torn and GRPO tests
-    resume on 2.)"""
+    resume on 2. 3 steps: a step before the signal, one after the save; each step shape a host compiles.)"""
     from instructjax.core.checkpoint import load_params
     from instructjax.model import lora
 
-    base = uninterrupted[1]  # a base to adapt: the tiny model trained 8 steps (the torn test copies, not changes, it)
+    base = uninterrupted[1]  # a base to adapt: the tiny model trained 4 steps (the torn test copies, not changes, it)
     args = [*BASE, f"model.init_from={base}", "model.lora.rank=4", "model.lora.alpha=8",
             "data.mixture=preference_builtin", "objective.loss=dpo", "data.seq_len=512", "data.global_batch=16",
-            "data.pack_window=64", "max_steps=4", "checkpoint.every=1000"]  # fmt: skip
+            "data.pack_window=64", "max_steps=3", "checkpoint.every=1000"]  # fmt: skip
     run_dir = tmp_path / "multi"
     cached = [*args, "data.pack=per_step", "objective.reference=cached"]
     procs = launch(2, run_dir, cached, env_extra={"FAULT_STEP_SECONDS": "0.5"})
-    _signal_after(procs, run_dir, 2, target=1, sig=signal.SIGINT)
+    _signal_after(procs, run_dir, 1, target=1, sig=signal.SIGINT)
     results = wait(procs)
     assert all(rc == 75 for rc, _ in results), [err[-2000:] for _, err in results]
     (step,) = saved_steps(run_dir)
-    assert 2 <= step < 4
+    assert 1 <= step < 3
     saved = jax.tree_util.tree_flatten_with_path(load_params(str(run_dir))[0])[0]
     assert saved and all(path[-1].key in lora.ADAPTERS for path, _ in saved)  # the base is not saved again
     (stored,) = (run_dir / "reference_logps").iterdir()
@@ -147,8 +147,8 @@ def test_per_step_lora_dpo_preempted_on_two_hosts_resumes_on_one_as_the_unpacked
     assert stored.stat().st_mtime_ns == stamp
     reference = one_process([*args, "data.pack=false", "objective.reference=live"], tmp_path / "single")
     got = losses(run_dir)
-    assert sorted(got) == list(range(1, 5))
-    np.testing.assert_allclose([got[s] for s in range(1, 5)], [reference.losses[s] for s in range(1, 5)], rtol=1e-4)
+    assert sorted(got) == list(range(1, 4))
+    np.testing.assert_allclose([got[s] for s in range(1, 4)], [reference.losses[s] for s in range(1, 4)], rtol=1e-4)
 
 
 def _signal_after(procs, run_dir, step: int, target: int = 0, sig: int = signal.SIGTERM) -> None:
@@ -164,32 +164,32 @@ def _signal_after(procs, run_dir, step: int, target: int = 0, sig: int = signal.
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    """SMALL trained 8 steps in this process, saved at 3, 6 and 8: the torn test's reference, the DPO test's base."""
+    """SMALL trained 4 steps in this process, saved at 2 and 4: the torn test's reference, the DPO test's base."""
     run_dir = tmp_path_factory.mktemp("uninterrupted") / "run"
-    return one_process([*SMALL, "checkpoint.every=3"], run_dir), run_dir
+    return one_process([*SMALL, "checkpoint.every=2"], run_dir), run_dir
 
 
 def test_torn_newest_checkpoint_every_host_falls_back_to_the_same_step(tmp_path, uninterrupted):
     reference, reference_dir = uninterrupted
     run_dir = tmp_path / "run"
     shutil.copytree(reference_dir, run_dir)
-    assert saved_steps(run_dir) == [3, 6, 8]
+    assert saved_steps(run_dir) == [2, 4]
     seed = int(os.environ.get("FAULT_SEED", time.time_ns() % 10**6))
     rng = random.Random(seed)
-    name, way = rng.choice(draw(run_dir / "checkpoints" / "8", rng))
-    damage(run_dir / "checkpoints" / "8" / name, way, rng)
+    name, way = rng.choice(draw(run_dir / "checkpoints" / "4", rng))
+    damage(run_dir / "checkpoints" / "4" / name, way, rng)
     lines = (run_dir / "metrics.jsonl").read_text().splitlines()
-    (run_dir / "metrics.jsonl").write_text("\n".join(lines[:6]) + "\n")
-    results = wait(launch(2, run_dir, [*SMALL, "checkpoint.every=3"], "--resume"))
+    (run_dir / "metrics.jsonl").write_text("\n".join(lines[:2]) + "\n")
+    results = wait(launch(2, run_dir, [*SMALL, "checkpoint.every=2"], "--resume"))
     assert all(rc == 0 for rc, _ in results), results[0][1][-3000:]
     case = f"seed {seed}: {name} {way}"
     warnings = [[line for line in err.splitlines() if line.startswith("instructjax: warning:")]
                 for _, err in results]  # fmt: skip
     assert len(warnings[0]) == 1 and warnings[0] == warnings[1], f"{case}: {warnings}"  # alike on each host
-    assert "checkpoint step 8" in warnings[0][0] and "falling back to step 6" in warnings[0][0], case
+    assert "checkpoint step 4" in warnings[0][0] and "falling back to step 2" in warnings[0][0], case
     got = losses(run_dir)
-    np.testing.assert_allclose([got[s] for s in (7, 8)], [reference.losses[s] for s in (7, 8)], rtol=2e-5)
-    assert saved_steps(run_dir) == [3, 6, 8]
+    np.testing.assert_allclose([got[s] for s in (3, 4)], [reference.losses[s] for s in (3, 4)], rtol=2e-5)
+    assert saved_steps(run_dir) == [2, 4]
 
 
 def test_a_host_with_other_data_stops_the_run_with_one_line(tmp_path):
@@ -222,7 +222,7 @@ def parity(prediction: str, ground_truth: str) -> float:
 
 def test_grpo_preempted_mid_run_on_two_hosts_resumes_as_one_process_runs(tmp_path):
     """GRPO (issue 69) through the real CLI on 2 processes: each host runs the same rollout (the engine on the
-    trainer's mesh, its slots over both hosts' devices) and trains its rows of it; SIGTERM after step 2 (both save
+    trainer's mesh, its slots over both hosts' devices) and trains its rows of it; SIGTERM after step 1 (both save
     the step they agree on and exit 75, the next step's rollout already drawn), resumed: every step's loss and rollout scores are one
     process's uninterrupted run's. The prompts' verifier is the user's own (`imports:`), so rewards vary."""
     from instructjax.data.sources.synthetic import synthetic_rows
@@ -238,20 +238,20 @@ def test_grpo_preempted_mid_run_on_two_hosts_resumes_as_one_process_runs(tmp_pat
                       f"      data_files: [{rows.parent}]\n")
     args = [*BASE, "data.mixture=parity_prompts", "data.seq_len=64", "data.global_batch=8", "objective.loss=grpo",
             "objective.prompts_per_rollout=4", "objective.samples_per_prompt=2", "objective.response_length=12",
-            "objective.temperature=1.0", "objective.reference=live", "max_steps=4", "checkpoint.every=1000"]
+            "objective.temperature=1.0", "objective.reference=live", "max_steps=3", "checkpoint.every=1000"]
     run_dir = tmp_path / "multi"
-    results = wait(launch(2, run_dir, args, config=config, env_extra={"FAULT_SIGTERM_AFTER_STEP": "2"}))
+    results = wait(launch(2, run_dir, args, config=config, env_extra={"FAULT_SIGTERM_AFTER_STEP": "1"}))
     assert all(rc == 75 for rc, _ in results), [err[-2000:] for _, err in results]
     (step,) = saved_steps(run_dir)  # the hosts' sync point: the step both reach after the signal
-    assert 2 <= step < 4
+    assert 1 <= step < 3
     results = wait(launch(2, run_dir, args, "--resume", config=config))
     assert all(rc == 0 for rc, _ in results), results[0][1][-3000:] + results[-1][1][-3000:]
     reference = Trainer(load_config(config, [*args, f"run_dir={tmp_path / 'single'}"]),
                         devices=jax.devices()[:DEVICES]).run()
     records = {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
     single = {r["step"]: r for r in map(json.loads, (tmp_path / "single" / "metrics.jsonl").read_text().splitlines())}
-    assert sorted(records) == sorted(single) == [1, 2, 3, 4]
+    assert sorted(records) == sorted(single) == [1, 2, 3]
     assert len({single[s]["scores"] for s in single}) > 1  # the rewards vary
-    for step in range(1, 5):
+    for step in range(1, 4):
         assert records[step]["scores"] == single[step]["scores"], step
         np.testing.assert_allclose(records[step]["loss"], reference.losses[step], rtol=1e-4, atol=1e-7)
