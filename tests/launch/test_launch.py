@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import REPO
+from helpers import REPO, WORKER
 from helpers.host_devices import xla_flags as host_xla_flags
 from helpers.signals import signal_set
 
@@ -273,14 +273,15 @@ TINY_RUN = {"model": {"preset": "tiny", "dtype": "float32"}, "mesh": {"data": 4,
 def test_the_launchers_own_start_command_stops_on_its_stop_with_the_step_saved(tmp_path, bucket, capfd, monkeypatch):
     """launch/tpu_vm.py's own `train` and `stop` commands, run on this machine: gcloud's transport stood in for by
     tests/helpers/fake_gcloud.py (2 workers, each a home folder; JAX's runtime over 127.0.0.1), `instructjax` the real
-    CLI on a tiny config, the run in a bucket on the GCS-API server. `train` starts the loop as on a worker (`nohup
+    CLI on a tiny config (tests/helpers/fault_worker.py: each step at least 0.3 s, so the trainers wait for `stop` rather
+    than train flat out on the test's cores), the run in a bucket on the GCS-API server. `train` starts the loop as on a worker (`nohup
     bash -c ... &` from a non-interactive shell: SIGINT ignored); mid-run `stop` sends SIGTERM and returns once both
     trainers have exited, naming the step they saved, sealed; the loops do not resume."""
     bin_dir, homes = tmp_path / "bin", [tmp_path / f"worker{i}" for i in range(2)]
     for folder in (bin_dir, *homes):
         folder.mkdir()
     for name, target in (("gcloud", f"{sys.executable} {REPO / 'tests/helpers/fake_gcloud.py'}"),
-                         ("instructjax", f"env PYTHONPATH={REPO} {sys.executable} -m instructjax.cli")):
+                         ("instructjax", f"env PYTHONPATH={REPO} FAULT_STEP_SECONDS=0.3 {sys.executable} {WORKER}")):
         (bin_dir / name).write_text(f'#!/bin/sh\nexec {target} "$@"\n')
         (bin_dir / name).chmod(0o755)
     with socket.socket() as s:
