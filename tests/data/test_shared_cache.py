@@ -5,15 +5,15 @@ tokenizes and reads (tests/helpers/fault_worker.py FAULT_COUNT_ENCODED, FAULT_CO
 - 2 hosts starting cold on one cache directory tokenize, together, exactly the conversations one process
   tokenizes (each once); the cache files equal the one-process files byte for byte; the losses are equal;
 - 4 hosts, one of which dies as it starts tokenizing: the others stop with one line naming it (JAX's heartbeat,
-  INSTRUCTJAX_HEARTBEAT_SECONDS); the pieces the others finished stay, and a restart on 2 hosts (piece names do not
-  depend on the host count) tokenizes only the rest, ending with the same bytes;
+  INSTRUCTJAX_HEARTBEAT_SECONDS); the pieces the others finished stay, and a restart on 2 hosts (`data prepare`;
+  piece names do not depend on the host count) tokenizes only the rest, ending with the same bytes;
 - host 0 (the coordinator) killed mid-build: the other exits at once, with one line naming it (a host other than
   0 lost is the 4-host case above: after the heartbeat timeout);
 - two concurrent 2-host `data prepare` runs on one directory both finish, with the one-process bytes;
 - a host that skips a collective (its cache lookup failed alone) stops both hosts at once with one line, even
   when that host is slow to say so (host 0, the coordinator, exits last);
-- each host reads (fetches and adapts) only its share of the rows: of a task that keeps 40 of 600 rows, 20
-  each of 2 hosts; of one that keeps all 600, about 150 each of 4 hosts;
+- each host reads (fetches and adapts) only its share of the rows (`data prepare`: the same pipeline as `train`'s):
+  of a task that keeps 40 of 600 rows, 20 each of 2 hosts; of one that keeps all 600, about 150 each of 4 hosts;
 - a conversation that fails to tokenize is recorded in its piece: the same one line on both hosts, and again
   on a restart (which reads the piece back);
 - `data prepare --config` stopped by Ctrl-C during its first task: that task is finished and cached, the command
@@ -39,6 +39,7 @@ RAW_SHAREGPT = ASSETS / "sharegpt_raw" / "sharegpt_html.json"  # 21 rows
 RUN = ["model.preset=tiny", "model.dtype=float32", "optim.lr=3e-3", "log_every=1", "mesh.data=4", "mesh.fsdp=2",
        "data.prefetch=0", "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=128", "data.global_batch=8",
        "data.pack_window=64", "max_steps=2"]  # fmt: skip
+PREPARE = ("data", "prepare")  # the data side alone: what a build of the cache proves needs no training step
 
 
 def _free_port() -> int:
@@ -125,7 +126,7 @@ def test_hosts_share_one_cache_and_a_lost_host_costs_only_its_piece(tmp_path):
     done = pieces_done(tmp_path / "four")
     assert done > 0 and not list((tmp_path / "four").glob("*.tok"))
 
-    again = train(2, tmp_path / "four", tmp_path / "run4b")  # another host count: the same pieces
+    again = train(2, tmp_path / "four", tmp_path / "run4b", command=PREPARE, args=RUN[:-1])  # another host count
     assert all(code == 0 for code, _, _ in again), [err[-3000:] for _, err, _ in again]
     assert sum(n for _, _, n in again) == alone - done  # only what the lost run did not finish
     assert files(tmp_path / "four") == reference  # the pieces are gone, the files are the one-process ones
@@ -148,8 +149,8 @@ def test_the_coordinator_killed_mid_build_stops_the_other_at_once_with_one_line(
 
 
 def test_two_concurrent_prepares_on_one_directory_both_finish_with_the_same_bytes(tmp_path):
-    first = train(2, tmp_path / "cache", tmp_path / "a", command=("data", "prepare"), args=RUN[:-1], start=False)
-    second = train(2, tmp_path / "cache", tmp_path / "b", command=("data", "prepare"), args=RUN[:-1], start=False)
+    first = train(2, tmp_path / "cache", tmp_path / "a", command=PREPARE, args=RUN[:-1], start=False)
+    second = train(2, tmp_path / "cache", tmp_path / "b", command=PREPARE, args=RUN[:-1], start=False)
     for results in (wait(*first), wait(*second)):
         assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, err, _ in results]
     assert not list((tmp_path / "cache").glob("*.pieces"))
@@ -206,21 +207,20 @@ def _subset_args(rows: Path, count: int | None, trees: Path | None = None, **opt
 
 
 def test_each_host_reads_only_its_share_of_the_rows(tmp_path):
-    """Rows read = fetched and adapted (FAULT_COUNT_READ). A task keeping 40 of 600 rows: one process reads
+    """Rows read = fetched and adapted (FAULT_COUNT_READ), by `data prepare` (train's own data side: no step is
+    needed to count reads). A task keeping 40 of 600 rows: one process reads
     them and its read-ahead; 2 hosts read the 40 only, half each. A task keeping all of a pool of 550 of the
     600 rows, all of 60 OASST1 trees (300 messages, two trees joined) and all of a raw ShareGPT dump of 21 rows:
-    one process (`data prepare`) reads 1442 (550 drawn, then visited; the trees; the dump cleaned, then visited),
+    one process reads 1442 (550 drawn, then visited; the trees; the dump cleaned, then visited),
     4 hosts 1442 in all, about a quarter each (pieces of 8 or 9 rows drawing and visiting, of 1 or 2 trees, of
     a row of the dump). The files are one process's."""
     rows, trees = _rows(tmp_path, 600), _trees(tmp_path, 60)
     count = lambda tag: (lambda i: {"FAULT_COUNT_READ": str(tmp_path / f"{tag}{i}.read")})  # noqa: E731
     read = lambda tag, hosts: [int((tmp_path / f"{tag}{i}.read").read_text()) for i in range(hosts)]  # noqa: E731
-    for tag, hosts, kept, command in (("one", 1, 40, "train"), ("two", 2, 40, "train"),
-                                      ("all1", 1, None, "prepare"), ("all4", 4, None, "prepare")):
+    for tag, hosts, kept in (("one", 1, 40), ("two", 2, 40), ("all1", 1, None), ("all4", 4, None)):
         args = _subset_args(rows, kept, **({"per_part": 550, "trees": trees} if kept is None else {}))
-        args, command = (args, ("train",)) if command == "train" else ([a for a in args if a != "max_steps=2"],
-                                                                       ("data", "prepare"))  # fmt: skip
-        results = train(hosts, tmp_path / tag, tmp_path / f"run-{tag}", args=args, env_of=count(tag), command=command)
+        results = train(hosts, tmp_path / tag, tmp_path / f"run-{tag}", args=[a for a in args if a != "max_steps=2"],
+                        env_of=count(tag), command=PREPARE)  # fmt: skip
         assert all(code == 0 for code, _, _ in results), [err[-3000:] for _, err, _ in results]
     (alone,) = read("one", 1)
     assert 40 <= alone < 600  # one process reads what it keeps (and what its read-ahead needs), not every row
