@@ -2,7 +2,9 @@
 uninterrupted reference run (same command, same environment) through metrics.jsonl.
 
 - kill -9 while an asynchronous checkpoint is being committed, then kill -9 at a random step of the
-  resumed run, then a torn metrics line: the final --resume ends with exactly the reference losses;
+  resumed run, then a torn metrics line: the final --resume ends with exactly the reference losses; before the
+  first kill, a second trainer on the same run stops before writing anything, and after it the resume takes the
+  dead process's lock over;
 - torn latest checkpoints (every file of the newest emptied, as in issue 25's report, and a seeded
   (file, way) of the one before): resume warns once, falls back to the newest intact step, and again
   ends with exactly the reference losses (every file damaged every way: tests/faults/test_checkpoint_damage.py);
@@ -76,8 +78,8 @@ def finish(proc) -> tuple[int, str, str]:
     return proc.returncode, out, err
 
 
-def kill_when(proc, condition, what: str) -> None:
-    """kill -9 `proc` as soon as `condition()` holds (fails if it exits or times out first)."""
+def wait_for(proc, condition, what: str) -> None:
+    """Until `condition()` holds (fails if `proc` exits or times out first)."""
     deadline = time.monotonic() + TIMEOUT
     while not condition():
         if proc.poll() is not None:
@@ -86,9 +88,15 @@ def kill_when(proc, condition, what: str) -> None:
             proc.kill()
             pytest.fail(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def kill_when(proc, condition, what: str) -> str:
+    """kill -9 `proc` as soon as `condition()` holds (fails if it exits or times out first); its stderr."""
+    wait_for(proc, condition, what)
     os.kill(proc.pid, signal.SIGKILL)
-    proc.communicate()
+    _, err = proc.communicate()
     assert proc.returncode == -signal.SIGKILL
+    return err
 
 
 def metric_lines(run_dir) -> list[str]:
@@ -106,6 +114,13 @@ def losses(run_dir) -> dict[int, float]:
         assert record["step"] not in out, f"step {record['step']} logged twice"
         out[record["step"]] = record["loss"]
     return out
+
+
+def logged_anew(run_dir, before: list[str], step: int) -> bool:
+    """Whether this run has logged `step` (from step 1 on, a line a step): its line is not one of the lines an
+    earlier run left (`before`: the same loss, another step_seconds), which stay until a resume drops them."""
+    lines = metric_lines(run_dir)
+    return len(lines) >= step and lines[step - 1] not in before
 
 
 def last_logged(run_dir) -> int:
@@ -151,10 +166,29 @@ def assert_params_equal(run_dir, reference, step):
 
 
 def test_kill_9_mid_async_save_then_at_a_random_step_loses_nothing(tmp_path, env, reference):
+    """Also: a second `train --resume --accept-changes` on the run while the first (held in checkpoint 4's commit)
+    lives: one line naming the other process, exit 2, and nothing written (no changes.jsonl, config.yaml still the
+    first's); once the first is killed (-9), the resume takes its lock over with a warning."""
+    import socket
+
+    import yaml
+
     run_dir, marker = tmp_path / "run", tmp_path / "saving"
-    # 1. kill -9 while checkpoint 4 is committed asynchronously (its items written, not yet renamed)
-    proc = start(run_dir, env, faults={"FAULT_HOLD_SAVE_STEP": "4", "FAULT_MARKER": str(marker)})
-    kill_when(proc, marker.exists, "checkpoint 4's commit")
+    # 1. kill -9 while checkpoint 4 is committed asynchronously (its items written, not yet renamed); before the
+    #    kill, while it holds the run's lock, a second trainer is refused
+    first = start(run_dir, env, faults={"FAULT_HOLD_SAVE_STEP": "4", "FAULT_MARKER": str(marker)})
+    try:
+        wait_for(first, marker.exists, "checkpoint 4's commit")
+        rc, _, err = finish(start(run_dir, env, "optim.lr=1e-5", "--accept-changes", resume=True))
+        line = one_line_error(err)
+        assert rc == 2 and "is being trained by another process" in line, err[-2000:]
+        assert f"host {socket.gethostname()}, pid {first.pid}" in line
+        assert not (run_dir / "changes.jsonl").exists()
+        assert yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["lr"] == 3e-3
+    finally:
+        os.kill(first.pid, signal.SIGKILL)
+        first.communicate()
+    assert first.returncode == -signal.SIGKILL  # alive, mid-save, until the kill
     assert complete_steps(run_dir) == [2]
     assert any(name.startswith("4.") for name in torn_dirs(run_dir))  # the torn save is on disk
     before = metric_lines(run_dir)
@@ -162,9 +196,14 @@ def test_kill_9_mid_async_save_then_at_a_random_step_loses_nothing(tmp_path, env
     # 2. --resume (from 2, ignoring the torn 4), kill -9 at a random moment after a random logged step
     seed = int(os.environ.get("FAULT_SEED", time.time_ns() % 10**6))
     rng = random.Random(seed)
-    kill_after, delay = rng.randint(3, 4), rng.uniform(0.0, 0.9)  # steps take >= 0.5 s: the kill lands before 6
+    # steps take >= 0.5 s, and a step's line is written once the next step has taken its 0.5 s: the kill lands
+    # before step 6 starts
+    kill_after, delay = rng.randint(3, 4), rng.uniform(0.0, 0.45)
     proc = start(run_dir, env, resume=True, faults={"FAULT_STEP_SECONDS": "0.5"})
-    kill_when(proc, lambda: last_logged(run_dir) >= kill_after and (time.sleep(delay) or True), f"step {kill_after}")
+    err = kill_when(proc, lambda: logged_anew(run_dir, before, kill_after) and (time.sleep(delay) or True),
+                    f"step {kill_after}")
+    took_over = f"taking over the lock of a process that is gone (host {socket.gethostname()}, pid {first.pid}"
+    assert took_over in err, err[-3000:]
     resumed = metric_lines(run_dir)
     assert resumed[:2] == before[:2], f"seed {seed}: run 2 did not start from checkpoint 2"
     last = max(complete_steps(run_dir))
@@ -179,6 +218,7 @@ def test_kill_9_mid_async_save_then_at_a_random_step_loses_nothing(tmp_path, env
     assert losses(run_dir) == losses(reference), f"seed {seed} (killed after step {kill_after} + {delay:.2f}s)"
     assert complete_steps(run_dir)[-1] == STEPS
     assert_params_equal(run_dir, reference, STEPS)
+    assert not (run_dir / "LOCK").exists()
 
 
 def test_torn_latest_checkpoints_fall_back_to_the_newest_intact_one(tmp_path, env, reference):
@@ -305,35 +345,3 @@ def test_a_second_ctrl_c_exits_at_once_and_leaves_no_half_written_step(tmp_path,
     assert rc == 0, err[-3000:]
     assert losses(run_dir) == losses(reference)
     assert_params_equal(run_dir, reference, STEPS)
-
-
-def test_a_second_trainer_stops_before_writing_and_a_dead_ones_lock_is_taken_over(tmp_path, env, reference):
-    """A second `train --resume --accept-changes` on a run another live process trains: one line naming the other
-    process, exit 2, and nothing written (no changes.jsonl, config.yaml still the first's). The first killed (-9):
-    a resume takes its lock over with a warning and ends with the reference losses."""
-    import socket
-
-    import yaml
-
-    run_dir = tmp_path / "run"
-    # the first holds step 4's save open: alive, holding the lock, however slowly the second starts
-    first = start(run_dir, env, faults={"FAULT_HOLD_SAVE_STEP": "4", "FAULT_MARKER": str(tmp_path / "held")})
-    try:
-        deadline = time.monotonic() + TIMEOUT
-        while 2 not in complete_steps(run_dir):
-            assert first.poll() is None and time.monotonic() < deadline, first.communicate()[1][-3000:]
-            time.sleep(0.1)
-        rc, _, err = finish(start(run_dir, env, "optim.lr=1e-5", "--accept-changes", resume=True))
-        line = one_line_error(err)
-        assert rc == 2 and "is being trained by another process" in line, err[-2000:]
-        assert f"host {socket.gethostname()}, pid {first.pid}" in line
-        assert not (run_dir / "changes.jsonl").exists()
-        assert yaml.safe_load((run_dir / "config.yaml").read_text())["optim"]["lr"] == 3e-3
-    finally:
-        os.kill(first.pid, signal.SIGKILL)
-        first.communicate()
-    rc, _, err = finish(start(run_dir, env, resume=True))
-    assert rc == 0, err[-3000:]
-    assert f"taking over the lock of a process that is gone (host {socket.gethostname()}, pid {first.pid}" in err
-    assert losses(run_dir) == losses(reference)
-    assert not (run_dir / "LOCK").exists()
