@@ -35,9 +35,10 @@ def lines(run_dir) -> list[dict]:
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("xla_cache")
-    return {**os.environ, "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PLATFORMS": "cpu"}
+def env():
+    """The runs' environment: the session's persistent compilation cache (tests/conftest.py), so the runs after the
+    first read its programs back rather than compile them again."""
+    return {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
 @pytest.fixture(scope="module")
