@@ -22,6 +22,7 @@ tokenizes and reads (tests/helpers/fault_worker.py FAULT_COUNT_ENCODED, FAULT_CO
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -81,6 +82,34 @@ def wait(procs, run_dir: Path) -> list[tuple[int, str, int | None]]:
     return out
 
 
+def gloo_timed_out(results: list[tuple[int, str, int | None]]) -> bool:
+    """Whether a host failed as Gloo's connection between the hosts timed out (XLA's CPU collectives, set up at a
+    run's first step: a host much slower to get there, on a loaded machine), which says nothing of the cache."""
+    return any(code != 0 and "gloo" in err.lower() and ("timed out" in err.lower() or "timeout" in err.lower())
+               for code, err, _ in results)  # fmt: skip
+
+
+def train_again_if_gloo_timed_out(hosts: int, cache: Path, run_dir: Path) -> list[tuple[int, str, int | None]]:
+    """`train(hosts, cache, run_dir)`, run once more from nothing (cache, run and counts removed) when it failed
+    only as Gloo's connection timed out."""
+    results = train(hosts, cache, run_dir)
+    if hosts > 1 and gloo_timed_out(results):
+        for made in (cache, run_dir, *(Path(f"{run_dir}.count{i}") for i in range(hosts))):
+            shutil.rmtree(made, ignore_errors=True) if made.is_dir() else made.unlink(missing_ok=True)
+        results = train(hosts, cache, run_dir)
+    return results
+
+
+def wait_after_death(procs, run_dir: Path, dead: int) -> tuple[list[tuple[int, str, int | None]], float]:
+    """`wait`, and when host `dead` exited (it dies early, saying little): the others' stop is timed from its
+    death, not from the start of processes a loaded machine may be slow to start."""
+    deadline = time.monotonic() + 600
+    while procs[dead].poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    died = time.monotonic()
+    return wait(procs, run_dir), died
+
+
 def error_lines(err: str) -> list[str]:
     """Every line that speaks of an error (JAX's own report of a lost host included, were it shown)."""
     return [line for line in err.splitlines() if "error" in line.lower() or "Traceback" in line]
@@ -110,16 +139,15 @@ def test_hosts_share_one_cache_and_a_lost_host_costs_only_its_piece(tmp_path):
     reference = files(tmp_path / "one")
     assert alone > 0 and len(reference) == 3
 
-    shared = train(2, tmp_path / "two", tmp_path / "run2")
+    shared = train_again_if_gloo_timed_out(2, tmp_path / "two", tmp_path / "run2")  # hosts that run a step
     assert all(code == 0 for code, _, _ in shared), [err[-3000:] for _, err, _ in shared]
     counts = [n for _, _, n in shared]
     assert all(n > 0 for n in counts) and sum(counts) == alone, counts  # each conversation once, split
     assert files(tmp_path / "two") == reference
     assert losses(tmp_path / "run2") == pytest.approx(losses(tmp_path / "run1"), rel=1e-6)
 
-    started = time.monotonic()
-    lost = train(4, tmp_path / "four", tmp_path / "run4a", dies=3)
-    assert lost[3][0] == 9 and time.monotonic() - started < 120
+    lost, died = wait_after_death(*train(4, tmp_path / "four", tmp_path / "run4a", dies=3, start=False), dead=3)
+    assert lost[3][0] == 9 and time.monotonic() - died < 90  # JAX's heartbeat: 10 s here, 100 s by default
     for code, err, _ in lost[:3]:
         errors = error_lines(err)
         assert code != 0 and len(errors) == 1 and "host 3 stopped sending heartbeats" in errors[0], err[-3000:]
@@ -139,13 +167,13 @@ REFERENCE: dict[str, bytes] = {}  # the one-process cache files of RUN (the test
 def test_the_coordinator_killed_mid_build_stops_the_other_at_once_with_one_line(tmp_path):
     """Host 0, the coordinator of JAX's distributed runtime, dies: host 1 exits with one line naming it. (A host other
     than 0 that dies is found by the heartbeat: the test above, whose host 3 dies among 4.)"""
-    started = time.monotonic()
-    dead, alive = train(2, tmp_path / "cache", tmp_path / "run", dies=0)
+    (dead, alive), died = wait_after_death(*train(2, tmp_path / "cache", tmp_path / "run", dies=0, start=False),
+                                           dead=0)  # fmt: skip
     assert dead[0] == 9 and alive[0] != 0
     errors = error_lines(alive[1])
     assert len(errors) == 1 and "host 0 (the coordinator of JAX's distributed runtime) stopped" in errors[0], \
         alive[1][-3000:]
-    assert time.monotonic() - started < 120  # JAX's heartbeat (10 s here; 100 s by default), not an hour
+    assert time.monotonic() - died < 90  # at once: not after JAX's heartbeat timeout (10 s here; 100 s by default)
 
 
 def test_two_concurrent_prepares_on_one_directory_both_finish_with_the_same_bytes(tmp_path):
