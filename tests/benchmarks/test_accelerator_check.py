@@ -10,15 +10,17 @@ import sys
 
 import pytest
 from helpers import REPO
+from helpers.host_devices import xla_flags
 
 SCRIPT = REPO / "benchmarks" / "accelerator_check.py"
 
 
 @pytest.mark.slow
 def test_accelerator_check_runs_every_section_on_cpu(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device, as on a real host
+    # one CPU device, as on a real host, compiled as the session's other programs are (the cheap compiler flags)
+    env = {**os.environ, "XLA_FLAGS": xla_flags(1), "JAX_PLATFORMS": "cpu"}
     proc = subprocess.run([sys.executable, str(SCRIPT), "--out", str(tmp_path)], capture_output=True, text=True,
-                          env={**env, "JAX_PLATFORMS": "cpu"}, timeout=1800)
+                          env=env, timeout=1800)
     summary = json.loads((tmp_path / "accelerator_check.json").read_text())
     failed = {k: v.get("error", v) for k, v in summary.items() if isinstance(v, dict) and v.get("ok") is False}
     assert proc.returncode == 0 and not failed, (failed, proc.stdout[-2000:])
