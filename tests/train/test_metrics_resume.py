@@ -7,6 +7,7 @@ real SIGTERM the process sends itself once the chosen step is done."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -37,8 +38,10 @@ def lines(run_dir) -> list[dict]:
 @pytest.fixture(scope="module")
 def env():
     """The runs' environment: the session's persistent compilation cache (tests/conftest.py), so the runs after the
-    first read its programs back rather than compile them again."""
-    return {**os.environ, "JAX_PLATFORMS": "cpu"}
+    first read its programs back rather than compile them again; one CPU device, not the suite's 8 (the same logs,
+    no program sharded 8 ways)."""
+    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
 
 
 @pytest.fixture(scope="module")
