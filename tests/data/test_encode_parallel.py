@@ -254,3 +254,39 @@ def test_workers_do_not_run_a_script_again(tmp_path, split_tokenizers):
     out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == ["script ran", "1"]
+
+
+def test_workers_end_when_their_main_process_dies_without_stopping_them(tmp_path):
+    """A main process that exits without shutting the pool down (killed, or ended by JAX's distributed runtime when
+    another host died) leaves no worker behind: they ignore SIGTERM, and one left running holds the main process's
+    stdout and stderr open, so whoever reads them (CI, a launcher) waits for ever."""
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import os\n"
+        "from instructjax.data.encoding import pool, workers\n"
+        "from instructjax.data.schema import Conversation\n"
+        "conv = Conversation([{'role': 'user', 'content': 'hi'}, {'role': 'assistant', 'content': 'yo'}], 'x', 'x-0')\n"
+        "job = pool.Job('tulu', None, 64, False)\n"
+        "print(len(pool._unpack(pool._submit(1, pool._encode_packed, job, [conv]).result())), flush=True)\n"
+        "print(*workers.worker_pool().executor._processes, flush=True)\n"
+        "os._exit(3)\n"
+    )
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=30)  # pipes: waits
+    assert out.returncode == 3, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0] == "1" and lines[1]
+    def running(pid: str) -> bool:
+        try:
+            return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"  # a zombie has ended
+        except FileNotFoundError:
+            return False
+
+    deadline, alive = time.monotonic() + 10, lines[1].split()
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.2)
+        alive = [pid for pid in alive if running(pid)]
+    assert not alive

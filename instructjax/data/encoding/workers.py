@@ -1,6 +1,6 @@
 """The shared pool of worker processes that `encoding.pool`'s batches go to: spawned, one per core (at most
 `MAX_WORKERS`, or `INSTRUCTJAX_ENCODE_WORKERS`), each tokenizing on one thread, ignoring Ctrl-C (the main process
-stops them); one pool per command (`core.context`), restarted at another size, shut down after `IDLE_SECONDS`
+stops them) and ending when the main process is gone; one pool per command (`core.context`), restarted at another size, shut down after `IDLE_SECONDS`
 without work (and at exit)."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ class WorkerPool:
                 old, self.executor = self.executor, None
             if self.executor is None:
                 self.executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                                                    initializer=_init_worker)
+                                                    initializer=_init_worker, initargs=(os.getpid(),))
                 self.workers, self.pid = workers, os.getpid()
                 threading.Thread(target=self._reap, args=(self.executor,), daemon=True).start()
             with _without_main():  # a batch may start a worker
@@ -106,10 +106,20 @@ def worker_pool() -> WorkerPool:
     return current().slot("data.encoding_pool", lambda _: WorkerPool(), shared=True)
 
 
-def _init_worker() -> None:
+def _init_worker(main: int) -> None:
     os.environ["TOKENIZERS_PARALLELISM"] = "false"  # one thread per process: the processes use the cores
     for stop in (signal.SIGINT, signal.SIGTERM):  # Ctrl-C or a stop to the process group: the main process's to
         signal.signal(stop, signal.SIG_IGN)   # handle (core.stopping); a worker ends with the pool
+    threading.Thread(target=_exit_without, args=(main,), daemon=True).start()
+
+
+def _exit_without(main: int) -> None:
+    """End this worker once the main process `main` is gone without shutting the pool down (killed, or ended by
+    JAX's distributed runtime when another host died): nothing would stop it, as it ignores SIGTERM, and it holds
+    the main process's stdout and stderr open for whoever reads them."""
+    while os.getppid() == main:
+        time.sleep(1.0)
+    os._exit(1)
 
 
 @contextmanager
