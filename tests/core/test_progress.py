@@ -11,6 +11,7 @@ import sys
 
 import pytest
 from helpers import REPO
+from helpers.host_devices import xla_flags
 
 from instructjax.core.progress import Lines
 
@@ -20,7 +21,7 @@ def test_train_and_eval_off_a_terminal_print_plain_lines(tmp_path):
     env = {**os.environ, "INSTRUCTJAX_PROGRESS_SECONDS": "0"}  # a line at every step
     env.pop("TQDM_DISABLE", None)
     # one CPU device, not the suite's 8: the lines are the same, the steps not sharded 8 ways (half the run's CPU)
-    env["XLA_FLAGS"] = re.sub(r"--xla_force_host_platform_device_count=\d+", "", env.get("XLA_FLAGS", ""))
+    env["XLA_FLAGS"] = xla_flags(1)
     run = subprocess.run([sys.executable, "-m", "instructjax.cli", "train", "--config", "/dev/null",
                           "model.preset=tiny", "data.mixture=acp_ACP_n10000_builtin", "data.seq_len=128",
                           "data.global_batch=8", "max_steps=5", f"run_dir={tmp_path / 'run'}"],

@@ -1,8 +1,13 @@
-"""XLA_FLAGS for a test's child process: its own count of CPU devices, compiled as the session's other programs are."""
+"""The CPU devices a test's run sees: XLA_FLAGS for a child process (its own count of CPU devices, compiled as the
+session's other programs are), or one device in this process."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
 
 
 def xla_flags(devices: int) -> str:
@@ -10,3 +15,15 @@ def xla_flags(devices: int) -> str:
     kept = [flag for flag in os.environ.get("XLA_FLAGS", "").split()
             if not flag.startswith("--xla_force_host_platform_device_count")]  # fmt: skip
     return " ".join([*kept, f"--xla_force_host_platform_device_count={devices}"])
+
+
+@contextmanager
+def one_device() -> Iterator[None]:
+    """In this process, `jax.devices()` is the first of the session's 8 CPU devices alone (what a run builds its mesh
+    from): for a run whose claim is not about sharding, its programs not sharded 8 ways."""
+    import jax
+
+    one = jax.devices()[:1]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jax, "devices", lambda *args, **kwargs: one)
+        yield

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import pytest
+from helpers.host_devices import one_device
 
 from instructjax import cli
 
@@ -28,15 +29,18 @@ def records(run_dir) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
 
 
+@pytest.fixture
+def on_one_device():
+    """Every run of the test on one of the suite's 8 CPU devices (the same numbers, no program sharded 8 ways)."""
+    with one_device():
+        yield
+
+
 @pytest.mark.slow
-def test_dpo_after_a_lora_sft_run_starts_at_log_2_whatever_the_reference(tmp_path, monkeypatch):
-    """The SFT run: LoRA on an imported model (its adapters saved alone, on that base), one step. Every run on one of
-    the suite's 8 CPU devices (jax.devices patched: the same numbers, no program sharded 8 ways)."""
-    import jax
+def test_dpo_after_a_lora_sft_run_starts_at_log_2_whatever_the_reference(tmp_path, on_one_device):
+    """The SFT run: LoRA on an imported model (its adapters saved alone, on that base), one step."""
     from helpers.models import make_hf
 
-    one = jax.devices()[:1]
-    monkeypatch.setattr(jax, "devices", lambda *args, **kwargs: one)
     hf = make_hf(str(tmp_path), "gqa")
     assert cli.main(["import", "--hf", hf, "--out", str(tmp_path / "base")]) == 0
     sft = tmp_path / "sft"

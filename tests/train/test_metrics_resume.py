@@ -7,13 +7,13 @@ real SIGTERM the process sends itself once the chosen step is done."""
 
 import json
 import os
-import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from helpers import WORKER
+from helpers.host_devices import xla_flags
 from helpers.metrics import TIMINGS, tensorboard_scalars
 
 pytestmark = pytest.mark.slow
@@ -40,8 +40,7 @@ def env():
     """The runs' environment: the session's persistent compilation cache (tests/conftest.py), so the runs after the
     first read its programs back rather than compile them again; one CPU device, not the suite's 8 (the same logs,
     no program sharded 8 ways)."""
-    flags = re.sub(r"--xla_force_host_platform_device_count=\d+", "", os.environ.get("XLA_FLAGS", ""))
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": flags}
+    return {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(1)}
 
 
 @pytest.fixture(scope="module")

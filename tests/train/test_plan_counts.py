@@ -10,6 +10,7 @@ import json
 import pytest
 import yaml
 from helpers import ASSETS, REPO
+from helpers.host_devices import one_device
 
 from instructjax.cli import main
 
@@ -133,19 +134,15 @@ def test_bucket_data_files_are_counted(capsys, tmp_path, bucket, monkeypatch):
 
 
 @pytest.mark.slow
-def test_the_run_is_the_steps_train_runs(capsys, tmp_path, monkeypatch):
+def test_the_run_is_the_steps_train_runs(capsys, tmp_path):
     """The run line's steps against `train`'s: 2 epochs of the chats' 2 steps trained to the end (DONE's step); the
     shipped quickstart's `max_steps: 200`, not its 8 epochs. (Rows of 128 tokens: the chats' longest fits whole.)
     `train` runs on one of the suite's 8 CPU devices (the same steps; its program not sharded 8 ways)."""
-    import jax
-
     chats = write_config(tmp_path, "plan_run", {"source": "messages", "data_files": [str(CHATS)]},
                          data={"seq_len": 128}, optim={"epochs": 2}, checkpoint={"every": 100})
     data, out = plan(capsys, chats)
     assert data["examples"] == 10 and "run         2 epoch(s): 4 steps" in out
-    one = jax.devices()[:1]
-    with monkeypatch.context() as patch:
-        patch.setattr(jax, "devices", lambda *args, **kwargs: one)
+    with one_device():
         assert main(["train", "--config", chats]) == 0
     capsys.readouterr()
     assert json.loads((tmp_path / "run" / "DONE").read_text())["step"] == data["run_steps"] == 2 * 2

@@ -11,6 +11,7 @@ import jax
 import numpy as np
 import pytest
 from flax import nnx
+from helpers.host_devices import one_device
 
 from instructjax import cli
 from instructjax.core import checkpoint as ckpt
@@ -283,9 +284,7 @@ def test_config_imports_register_a_task_for_train_and_data_stats(tmp_path, capsy
     monkeypatch.chdir(tmp_path.parent)  # not the config's directory: `imports` is found next to the config
     assert cli.main(["data", "stats", "--config", str(config)]) == 0
     assert name in capsys.readouterr().out
-    one = jax.devices()[:1]
-    with monkeypatch.context() as patch:  # one of the 8 CPU devices: the same run, its step not sharded 8 ways
-        patch.setattr(jax, "devices", lambda *args, **kwargs: one)
+    with one_device():  # one of the 8 CPU devices: the same run, its step not sharded 8 ways
         assert cli.main(["train", "--config", str(config), f"run_dir={tmp_path / 'run'}"]) == 0
     assert ckpt.read_meta(tmp_path / "run")[2] == 1
     (tmp_path / "broken.py").write_text("raise RuntimeError('no GPU here')\n")
