@@ -241,7 +241,7 @@ class Tokenizer:
         computed from the ids, which skips the engine's offset tracking and reading a tuple per token."""
         engine = self._continuation if continued else self._engine
         if self._piece_spans is not None:
-            ids, lengths = engine_ids(getattr(engine, "encode_batch_fast", engine.encode_batch)(texts, add_special_tokens=False))
+            ids, lengths = self._piece_spans.ids(texts)  # the same engine for a continued text (no pre-tokenizer)
             spans = self._piece_spans(ids, lengths, texts)
             if spans is not None:
                 return ids, spans, lengths
