@@ -223,8 +223,8 @@ def parity(prediction: str, ground_truth: str) -> float:
 def test_grpo_preempted_mid_run_on_two_hosts_resumes_as_one_process_runs(tmp_path):
     """GRPO (issue 69) through the real CLI on 2 processes: each host runs the same rollout (the engine on the
     trainer's mesh, its slots over both hosts' devices) and trains its rows of it; SIGTERM after step 1 (both save
-    the step they agree on and exit 75, the next step's rollout already drawn), resumed: every step's loss and rollout scores are one
-    process's uninterrupted run's. The prompts' verifier is the user's own (`imports:`), so rewards vary."""
+    the step they agree on and exit 75, the next step's rollout already drawn), resumed on 1 process (the torn test resumes
+    on 2): every step's loss and rollout scores are one process's uninterrupted run's. The prompts' verifier is the user's own (`imports:`), so rewards vary."""
     from instructjax.data.sources.synthetic import synthetic_rows
 
     rows = tmp_path / "prompts" / "rows.jsonl"
@@ -244,7 +244,7 @@ def test_grpo_preempted_mid_run_on_two_hosts_resumes_as_one_process_runs(tmp_pat
     assert all(rc == 75 for rc, _ in results), [err[-2000:] for _, err in results]
     (step,) = saved_steps(run_dir)  # the hosts' sync point: the step both reach after the signal
     assert 1 <= step < 3
-    results = wait(launch(2, run_dir, args, "--resume", config=config))
+    results = wait(launch(1, run_dir, args, "--resume", config=config))  # another host count (2 once took 2 starts more)
     assert all(rc == 0 for rc, _ in results), results[0][1][-3000:] + results[-1][1][-3000:]
     reference = Trainer(load_config(config, [*args, f"run_dir={tmp_path / 'single'}"]),
                         devices=jax.devices()[:DEVICES]).run()
