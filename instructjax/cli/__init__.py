@@ -32,6 +32,7 @@ COMMAND_MODULES = [
     "instructjax.cli.experiments",
     "instructjax.cli.sweep",
     "instructjax.cli.report",
+    "instructjax.cli.mix",
     "instructjax.cli.quickstart",
 ]
 

@@ -7,7 +7,7 @@ import ast
 
 from helpers import REPO, TESTS
 
-AREAS = {"core", "data", "model", "convert", "train", "eval", "report", "cli",  # instructjax/'s areas
+AREAS = {"core", "data", "model", "convert", "train", "eval", "report", "mix", "cli",  # instructjax/'s areas
          "launch", "benchmarks",  # the repository's launch/ scripts and benchmarks/
          "faults", "meta"}  # the fault suites; the docs, layers, layout and wheel
 NOT_TESTS = {"helpers", "assets", "reference"}  # shared code, test data, upstream code verbatim
