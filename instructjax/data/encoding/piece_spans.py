@@ -4,6 +4,7 @@ batch encode, which tracks no offsets. Any other engine reads the engine's own o
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 from itertools import chain
@@ -30,9 +31,16 @@ class PieceSpans:
     it has, and a byte-fallback token covers the character its byte belongs to: that is how the engine aligns
     them. A batch whose pieces do not add up to its texts' lengths gets None (the engine's offsets are read)."""
 
-    def __init__(self, chars: np.ndarray, continuation: np.ndarray, prefix: bool, bare: Engine):
+    def __init__(self, chars: np.ndarray, continuation: np.ndarray, prefix: bool, engine: Engine):
         self.chars, self.continuation, self.prefix = chars, continuation, prefix
-        self.bare = bare  # the engine without its normalizer (`ids` normalizes)
+        self._engine = engine
+
+    @functools.cached_property
+    def bare(self) -> Engine:
+        """The engine without its normalizer (`ids` normalizes), built when first asked for."""
+        bare = Engine.from_str(self._engine.to_str())
+        bare.normalizer, bare.encode_special_tokens = None, True
+        return bare
 
     @classmethod
     def of(cls, engine: Engine) -> PieceSpans | None:
@@ -53,9 +61,7 @@ class PieceSpans:
             else:
                 continuation[i] = 0x80 <= int(byte.group(1), 16) < 0xC0
                 chars[i] = 1 - continuation[i]
-        bare = Engine.from_str(engine.to_str())
-        bare.normalizer, bare.encode_special_tokens = None, True
-        return cls(chars, continuation, prefix, bare)
+        return cls(chars, continuation, prefix, engine)
 
     def ids(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """`engine_ids` of the engine's encodings of `texts` (no special tokens added): its two normalizing steps done
