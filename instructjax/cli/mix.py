@@ -48,10 +48,20 @@ def r_squared(predicted: np.ndarray, actual: np.ndarray) -> float:
     return float(1 - np.sum((actual - predicted) ** 2) / np.sum((actual - np.mean(actual)) ** 2))
 
 
+def _same(a: str, b: str) -> bool:
+    """Whether two paths name one file (local paths resolved; a URL as written)."""
+    if storage.is_remote(a) or storage.is_remote(b):
+        return storage.join(a) == storage.join(b)
+    return storage.path(a).resolve() == storage.path(b).resolve()
+
+
 def run_fit(args) -> int:
     from instructjax.mix import law
     from instructjax.mix.table import read_table
 
+    for given in filter(None, (args.table, args.test)):  # what it reads is never what it writes
+        if any(_same(given, storage.join(args.out, name)) for name in ("fit.json", "fit.png")):
+            raise ConfigError(f"--out {args.out} would write over {given}, the table it reads: give another --out")
     table = read_table(args.table, args.weights, args.target)
     n, d = table.weights.shape
     if n < d + 2:

@@ -1,5 +1,5 @@
 """A table of proxy runs, one row each: its source weights and its targets (held-out losses, eval scores), from a
-CSV file with a header (`instructjax mix table` writes one; another tool's fits too, if it has the columns)."""
+CSV file with a header (any tool's, as long as it has the columns)."""
 
 from __future__ import annotations
 
@@ -26,14 +26,15 @@ class Table:
 
 def weight_columns(header: list[str], spec: str, path: str) -> list[str]:
     """The weight columns `spec` names: a comma-separated list of columns, or one prefix every weight column starts
-    with (olmix's tables: `weight.`; RegMix's: the sources' own names, listed)."""
+    with (e.g. `weight.`); at least 2 (a mixture of one source is no mixture)."""
     names = [s.strip() for s in spec.split(",") if s.strip()]
     if len(names) > 1 or (names and names[0] in header):
         missing = [n for n in names if n not in header]
         if missing:
             raise ConfigError(f"{path}: no column {', '.join(map(repr, missing))} (its columns: {', '.join(header)})")
-        return names
-    found = [c for c in header if names and c.startswith(names[0])]
+        found = names
+    else:
+        found = [c for c in header if names and c.startswith(names[0])]
     if len(found) < 2:
         raise ConfigError(f"{path}: --weights {spec!r} names {len(found)} column(s); a mixture needs at least 2 "
                           f"sources (its columns: {', '.join(header)})")
@@ -70,6 +71,9 @@ def read_table(path: str, weights: str, targets: list[str]) -> Table:
                 number = math.nan
             if not math.isfinite(number):
                 raise ConfigError(f"{path}, line {i}, column {name!r}: {cell!r} is not a number")
+            if number < 0 and name in sources:
+                raise ConfigError(f"{path}, line {i}, column {name!r}: a weight of {cell} (a mixture's weights are "
+                                  "0 or more)")
             values[name][i - 2] = number
     for target, lines in empty.items():
         if lines:

@@ -109,7 +109,8 @@ def test_mix_fit_writes_the_law_its_leave_one_out_figures_and_a_test_tables(tmp_
 
 def test_mix_fit_bad_tables_are_one_line(tmp_path, capsys):
     """Too few proxies for the law's parameters, a target some proxies lack (named), a cell that is not a number,
-    an unknown column: each one line and exit 2, nothing written."""
+    an unknown column, one weight column, a negative weight, an --out holding the table itself: each one line and
+    exit 2, nothing written."""
     header = ["weight.a", "weight.b", "weight.c", "loss"]
     rows = [[0.2, 0.3, 0.5, 1.1], [0.6, 0.2, 0.2, 1.0], [0.1, 0.1, 0.8, 1.3], [0.3, 0.3, 0.4, 1.2]]
     cases = {
@@ -125,7 +126,21 @@ def test_mix_fit_bad_tables_are_one_line(tmp_path, capsys):
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and said in err, (name, err)
         assert not (tmp_path / name).exists()
-    path = _write(tmp_path / "ok.csv", header, rows)
-    assert main(["mix", "fit", "--table", path, "--weights", "weight.", "--target", "acc", "--out",
-                 str(tmp_path / "x")]) == 2
-    assert "no target column 'acc'" in capsys.readouterr().err
+    path = _write(tmp_path / "ok.csv", header, [*rows, [0.5, 0.4, 0.1, 1.0]])
+    for args, said in ((["--weights", "weight.", "--target", "acc"], "no target column 'acc'"),
+                       (["--weights", "weight.a", "--target", "loss"], "--weights 'weight.a' names 1 column(s)"),
+                       (["--weights", "weight.a,weight.z", "--target", "loss"], "no column 'weight.z'")):
+        assert main(["mix", "fit", "--table", path, *args, "--out", str(tmp_path / "x")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and said in err, err
+    negative = _write(tmp_path / "negative.csv", header, [*rows, [0.5, -0.1, 0.6, 1.0]])
+    assert main(["mix", "fit", "--table", negative, "--weights", "weight.", "--target", "loss",
+                 "--out", str(tmp_path / "x")]) == 2
+    assert "line 6, column 'weight.b': a weight of -0.1" in capsys.readouterr().err
+    inside = tmp_path / "fits"
+    inside.mkdir()
+    own = _write(inside / "fit.json", header, [*rows, [0.5, 0.4, 0.1, 1.0]])  # the table where the fit would go
+    assert main(["mix", "fit", "--table", own, "--weights", "weight.", "--target", "loss", "--out",
+                 str(tmp_path / "." / "fits")]) == 2
+    assert "would write over" in capsys.readouterr().err
+    assert (inside / "fit.json").read_text().startswith("weight.a,") and not (tmp_path / "x").exists()
