@@ -85,30 +85,25 @@ def _write(path, header, rows) -> str:
     return str(path)
 
 
-def test_mix_fit_writes_the_law_its_leave_one_out_figures_and_a_test_tables(tmp_path, capsys, bucket):
-    """`instructjax mix fit` on a table drawn from the law, read from a bucket (the GCS-API server) and written to one:
-    fit.json holds the fitted t per source (near the law's), a leave-one-out Spearman and R² near 1, the held-out
-    (local) table's figures; fit.png is drawn."""
-    from instructjax.core import storage
-
+def test_mix_fit_writes_the_law_its_leave_one_out_figures_and_a_test_tables(tmp_path, capsys):
+    """`instructjax mix fit` on a table drawn from the law: fit.json holds the fitted t per source (near the law's),
+    a leave-one-out Spearman and R² near 1, the held-out table's figures; fit.png is drawn."""
     weights, target = table(10, 3, 3, noise=0.002)
     test_weights, test_target = table(12, 3, 4, noise=0.002)
     header = ["run", "weight.a", "weight.b", "weight.c", "loss"]
-    _write(tmp_path / "swarm.csv", header, [[f"p{i}", *w, y] for i, (w, y) in enumerate(zip(weights, target, strict=True))])
-    train = f"{bucket}/swarm.csv"
-    storage.write_text(train, (tmp_path / "swarm.csv").read_text())
+    train = _write(tmp_path / "swarm.csv", header, [[f"p{i}", *w, y] for i, (w, y) in enumerate(zip(weights, target, strict=True))])
     test = _write(tmp_path / "test.csv", header, [[f"q{i}", *w, y] for i, (w, y) in
                                                   enumerate(zip(test_weights, test_target, strict=True))])
-    out = f"{bucket}/fit"
+    out = tmp_path / "fit"
     assert main(["mix", "fit", "--table", train, "--weights", "weight.", "--target", "loss", "--test", test,
-                 "--out", out]) == 0
-    fitted = json.loads(storage.path(f"{out}/fit.json").read_text())
+                 "--out", str(out)]) == 0
+    fitted = json.loads((out / "fit.json").read_text())
     entry = fitted["targets"]["loss"]
     assert fitted["sources"] == ["weight.a", "weight.b", "weight.c"] and fitted["proxies"] == 10
     np.testing.assert_allclose(list(entry["params"]["t"].values()), SOURCES[:3], atol=0.15)
     assert entry["leave_one_out"]["spearman"] > 0.9 and entry["leave_one_out"]["r2"] > 0.9
     assert entry["test"]["proxies"] == 12 and entry["test"]["spearman"] > 0.9
-    assert storage.path(f"{out}/fit.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "fit.png").stat().st_size > 0
     assert "loss: leave-one-out Spearman" in capsys.readouterr().out
 
 
