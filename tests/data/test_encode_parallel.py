@@ -21,6 +21,7 @@ from instructjax.data.encoding.tokenizer import Tokenizer
 from instructjax.data.schema import Conversation
 from instructjax.data.sources.dialogues import split_blocks
 from instructjax.data.sources.registry import SOURCES
+from instructjax.data.sources.rows import PipelineStats
 from instructjax.data.tokenized import examples
 
 HUB = ASSETS / "hub"
@@ -97,6 +98,33 @@ def test_the_parallel_path_equals_one_conversation_at_a_time(encode_as, tmp_path
     assert any(r[1]["split"] for r in serial["parallel_blocks"]) and serial["parallel_hub_sharegpt_short"][0][1]["untrainable"]
     files = {p.name: p.read_bytes() for p in (tmp_path / "serial").glob("*.tok")}
     assert files and files == {p.name: p.read_bytes() for p in (tmp_path / "parallel").glob("*.tok")}
+
+
+def test_a_task_read_ahead_gives_what_it_gives_read_alone(encode_as, tmp_path, new_command):
+    """The next task of a mixture starts reading while the one before finishes (`examples.read_ahead`, what a
+    prepare or a run does between tasks): its examples, report, counts and cache file are those of the task read
+    alone, and a bad row read ahead is raised when its task is asked for, not before."""
+    def seen(name: str) -> tuple:
+        stats = PipelineStats()
+        got = examples.encoded_examples(name, stats=stats)
+        return ([(ex["tokens"].tobytes(), ex["loss_mask"].tobytes(), ex["id"]) for ex in got],
+                examples.task_report(name).as_dict(), stats.rows_read, stats.conversations_tokenized)
+
+    encode_as(True, tmp_path / "alone")
+    alone = seen("dolly_builtin")
+    encode_as(True, tmp_path / "ahead")
+    spec = specs.task("dolly_builtin")
+    examples.encoded_examples("alpaca_builtin", then=lambda: examples.read_ahead("dolly_builtin", spec))
+    assert examples._ahead()[("dolly_builtin", spec, None)].counted.conversations_tokenized > 0  # before it is asked
+    assert seen("dolly_builtin") == alone and alone[3] > 0
+    files = {p.name: p.read_bytes() for p in (tmp_path / "alone").glob("dolly*.tok")}
+    assert files and files == {p.name: p.read_bytes() for p in (tmp_path / "ahead").glob("dolly*.tok")}
+
+    specs.add_task("ahead_bad", TaskSpec(source="sharegpt", data_files=(str(long_and_bad_rows(tmp_path / "r.jsonl")),),
+                                         max_length=40))
+    examples.read_ahead("ahead_bad", specs.task("ahead_bad"))
+    with pytest.raises(DataError, match="row 2: missing field 'conversations'"):
+        examples.encoded_examples("ahead_bad")
 
 
 def long_and_bad_rows(path: Path) -> Path:

@@ -22,6 +22,7 @@ all of it is a function of (seed, epoch, window).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 import numpy as np
 
@@ -73,7 +74,9 @@ class ExampleStream:
         self._subset_seeds = {t: seed for t, _, _, seed in task_subsets(config, found)}
         self.shuffle = config.shuffle
         self.examples = [_task_examples(t, found.spec(t), self.counts.get(t), self._subset_seeds[t],
-                                        in_file_order=not self.shuffle, stats=self.stats) for t in self.task_names]
+                                        in_file_order=not self.shuffle, stats=self.stats,
+                                        then=self._read_ahead(self.task_names[i + 1 :]))
+                         for i, t in enumerate(self.task_names)]
         for name, ex in zip(self.task_names, self.examples, strict=True):
             if not ex:
                 spec = found.spec(name)  # None: a user's own seqio Task keeps no report
@@ -96,6 +99,17 @@ class ExampleStream:
         self._subset = None if self.rate_mode else self._draw_subsets()
         # a preference run's cached reference: per task, (each token's target log-prob end to end, offsets per example)
         self.reference: list[tuple[np.ndarray, np.ndarray]] | None = None
+
+    def _read_ahead(self, tasks: list[str]) -> Callable[[], None]:
+        """What a task does once its rows are read: the first of `tasks` (the next) starts reading and encoding
+        while the pool finishes the task's last batches (unless a signal asked the work to stop)."""
+
+        def start() -> None:
+            spec = self.resolved.spec(tasks[0]) if tasks else None
+            if spec is not None and not stopping.requested():
+                examples_lib.read_ahead(tasks[0], spec, self.counts.get(tasks[0]), self._subset_seeds[tasks[0]])
+
+        return start
 
     def report(self) -> list[str]:
         """What the tasks did not train as given: skipped rows, repairs, truncations, untrainable examples."""
@@ -281,13 +295,15 @@ def _stop_between_tasks(name: str) -> None:
 
 
 def _task_examples(name: str, spec: specs.TaskSpec | None, count: int | None, seed: int | None, *,
-                   in_file_order: bool, stats: PipelineStats) -> list[dict]:
+                   in_file_order: bool, stats: PipelineStats, then: Callable[[], None] | None = None) -> list[dict]:
     """A task's encoded examples (its subset of `count` when `seed` is set, in the draw's order or in file
     order): an instructjax task's own (`spec`, counted into `stats`), else a user's seqio Task read through seqio
-    and drawn the same way. A signal that asked the work to stop stops it here, between tasks (`stopping.check`)."""
+    and drawn the same way. A signal that asked the work to stop stops it here, between tasks (`stopping.check`).
+    `then`: see `examples.encoded_examples`."""
     _stop_between_tasks(name)
     if spec is not None:
-        return examples_lib.encoded_examples(name, count, seed, in_file_order=in_file_order, spec=spec, stats=stats)
+        return examples_lib.encoded_examples(name, count, seed, in_file_order=in_file_order, spec=spec, stats=stats,
+                                             then=then)
     from instructjax.data.seqio import lookup
 
     return lookup.examples(name, count, seed, in_file_order=in_file_order)

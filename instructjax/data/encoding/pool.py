@@ -268,6 +268,18 @@ class Encoder:
             result = encode_rows(self.job, [conv])[0]
         return tag, result
 
+    def has_read(self, wanted: int | None) -> bool:
+        """Whether the conversations read so far (and not handed back) are at least `wanted` (None: the stream has
+        been read to its end); their batches may still be encoding."""
+        return self._ended or (wanted is not None and self._queued >= wanted)
+
+    def read_ahead(self, wanted: int | None) -> None:
+        """Read and send to the pool the batches of up to `wanted` examples (None: every one) without waiting for
+        any: the pool's workers start on them while the caller finishes other work. Nothing when the pool is not
+        up (the first conversations are then encoded here, when asked for)."""
+        if self._poolable and _pool_is_up():
+            self._read(math.inf if wanted is None else wanted)
+
     def _read(self, wanted: float) -> None:
         if not self._poolable or (self._here < IN_PROCESS and not _pool_is_up()):
             if not self._queue:  # one batch at a time, here

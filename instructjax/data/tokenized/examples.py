@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 
-from instructjax.core import storage
+from instructjax.core import hosts, storage
 from instructjax.core.context import current
 from instructjax.data import cache
 from instructjax.data.blends import specs
@@ -42,7 +43,7 @@ from instructjax.data.tokenized.stream import (
 
 def encoded_examples(name: str, count: int | None = None, seed: int | None = None, *,
                      in_file_order: bool = False, spec: TaskSpec | None = None,
-                     stats: PipelineStats | None = None) -> list[dict]:
+                     stats: PipelineStats | None = None, then: Callable[[], None] | None = None) -> list[dict]:
     """Encoded examples of task `name` (cached per process), see `task_report`.
 
     `seed` None: every example, in row order. With `seed`: the first `count` trainable examples in the
@@ -51,9 +52,10 @@ def encoded_examples(name: str, count: int | None = None, seed: int | None = Non
     examples in their own order). A selection task is never shuffled: its order is the selection's.
     Cached on disk when the task reads local files (see `data.cache`). `spec`: the task's, as the caller
     resolved it (else looked up by name). `stats`: the caller's pipeline's, which counts what this call reads,
-    tokenizes and caches."""
+    tokenizes and caches. `then`: the caller's next work, called once the rows this call needs are read (see
+    `TaskStream.take`), e.g. `read_ahead` of the next task."""
     spec = spec or specs.task(name)
-    examples = _encoded_examples(name, spec, count, seed, stats if stats is not None else PipelineStats())
+    examples = _encoded_examples(name, spec, count, seed, stats if stats is not None else PipelineStats(), then)
     positions = streams()[(name, spec, seed)].positions if seed is not None else None
     if in_file_order and positions is not None:
         order = sorted(range(len(examples)), key=positions.__getitem__)  # stable: a row's examples keep theirs
@@ -61,8 +63,9 @@ def encoded_examples(name: str, count: int | None = None, seed: int | None = Non
     return examples
 
 
-def _encoded_examples(name: str, spec: TaskSpec, count: int | None, seed: int | None, stats: PipelineStats
-                      ) -> list[dict]:
+def _encoded_examples(name: str, spec: TaskSpec, count: int | None, seed: int | None, stats: PipelineStats,
+                      then: Callable[[], None] | None = None) -> list[dict]:
+    """`encoded_examples` in cache order: examples this process holds, the cache file's, or read (and cached)."""
     known = streams().get((name, spec, seed))
     if isinstance(known, _Cached) and (count is None or count > len(known.examples)):
         del streams()[(name, spec, seed)]  # a larger subset than the cached one: read on
@@ -71,7 +74,7 @@ def _encoded_examples(name: str, spec: TaskSpec, count: int | None, seed: int | 
             stats.cache_files[name] = known.where
             if known.read_back:
                 stats.from_cache.add(name)
-        return _take(name, spec, seed, count, stats)
+        return _take(name, spec, seed, count, stats, then)
     where = _cache_path(name, spec, count, seed)
     cached = None
     if where is not None:
@@ -83,7 +86,7 @@ def _encoded_examples(name: str, spec: TaskSpec, count: int | None, seed: int | 
         streams()[(name, spec, seed)] = _Cached(examples, report, where, read_back=True)
         stats.from_cache.add(name)
         return examples
-    examples = _take(name, spec, seed, count, stats)
+    examples = _take(name, spec, seed, count, stats, then)
     if where is not None:
         save(where, streams()[(name, spec, seed)], examples, stats)
         written = cache.load(where)  # from here on as a restart reads it: sizes known, tokens on disk, not in memory
@@ -91,6 +94,23 @@ def _encoded_examples(name: str, spec: TaskSpec, count: int | None, seed: int | 
             streams()[(name, spec, seed)] = _Cached(*written, where, read_back=False)
             return written[0]
     return examples
+
+
+def read_ahead(name: str, spec: TaskSpec, count: int | None = None, seed: int | None = None) -> None:
+    """Start reading and encoding task `name`'s examples (as `encoded_examples` with these arguments would) in the
+    encoding pool, without waiting: the call for them later takes what is done. Nothing when this process holds
+    them, the tokenized cache has them, the hosts of a launch build them together (`shared`), or the pool is not
+    up. A read that fails here fails again, in its place, when the examples are asked for."""
+    key = (name, spec, seed)
+    if key in streams() or key in _ahead() or hosts.current() is not None:
+        return
+    try:
+        where = _cache_path(name, spec, count, seed)
+        if where is None or not where.exists():
+            _ahead()[key] = TaskStream(name, spec, seed)
+            _ahead()[key].read_ahead(count)
+    except Exception:  # noqa: BLE001 - raised again where the examples are asked for
+        _ahead().pop(key, None)
 
 
 def cache_report(tasks: list[str], stats: PipelineStats) -> str:
@@ -104,13 +124,14 @@ def cache_report(tasks: list[str], stats: PipelineStats) -> str:
     return f"{read} of {len(tasks)} task(s) read from the tokenized cache ({where}); {here}"
 
 
-def _take(name: str, spec: TaskSpec, seed: int | None, count: int | None, stats: PipelineStats) -> list[dict]:
+def _take(name: str, spec: TaskSpec, seed: int | None, count: int | None, stats: PipelineStats,
+          then: Callable[[], None] | None = None) -> list[dict]:
     """`take(count)` of the task's stream (what it reads and tokenizes counted into `stats`); a read that fails is
     dropped, so asking again reads again (and raises again) rather than returning what was read before the
     failure."""
     stream = _stream(name, spec, seed)
     try:
-        return stream.take(count, stats)
+        return stream.take(count, stats, then)
     except BaseException:
         streams().pop((name, spec, seed), None)
         raise
@@ -192,7 +213,10 @@ class _Cached:
                                  truncated=report["truncated"], empty_after_truncation=report["untrainable"])
         self.positions: list[int] | None = report.get("positions")
 
-    def take(self, count: int | None, stats: PipelineStats | None = None) -> cache.CachedExamples:
+    def take(self, count: int | None, stats: PipelineStats | None = None,
+             then: Callable[[], None] | None = None) -> cache.CachedExamples:
+        if then is not None:  # nothing to read: the caller's next work starts now
+            then()
         return self.examples[:count]
 
 
@@ -211,8 +235,13 @@ def streams() -> dict[tuple, TaskStream]:
     return current().slot("data.streams", lambda _: {})
 
 
+def _ahead() -> dict[tuple, TaskStream]:
+    """Task streams `read_ahead` started, by (task, spec, seed), until their examples are asked for."""
+    return current().slot("data.read_ahead", lambda _: {})
+
+
 def _stream(name: str, spec: TaskSpec, seed: int | None) -> TaskStream:
     key = (name, spec, seed)
     if key not in streams():
-        streams()[key] = TaskStream(name, spec, seed)
+        streams()[key] = _ahead().pop(key, None) or TaskStream(name, spec, seed)
     return streams()[key]

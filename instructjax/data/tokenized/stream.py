@@ -175,8 +175,9 @@ class TaskStream:
     conversations are read ahead, each with what the policy had counted when it was read (`Read`), and the
     report, the positions and a read error follow the last conversation taken, not the last one read.
     `results`: where the (`Read`, result) of each conversation come from instead (`tokenized.shared`: pieces).
-    `counted`: the rows it read and the conversations it tokenized, all along (`take` adds each call's share to
-    its caller's stats: a stream kept between pipelines counts into the one that asked)."""
+    `counted`: the rows it read and the conversations it tokenized, all along (`take` adds what was read since the
+    last take, a `read_ahead` included, to its caller's stats: a stream kept between pipelines counts into the one
+    that asked)."""
 
     def __init__(self, name: str, spec: TaskSpec, seed: int | None, results=None):
         self.name, self.report, self.examples = name, TaskReport(), []
@@ -186,26 +187,38 @@ class TaskStream:
         self._last = Read(0, {}, {})
         self.total: list[int] = []  # the rows the read will visit (for progress)
         self.counted = PipelineStats()
+        self._credited = (0, 0)  # the rows read and conversations tokenized that a take has added to its caller's
         self.preference = spec.preference  # pairs: a chosen side's example waits here for its rejected side
         self.prompts = spec.verifiable  # verifiable prompts: no token is trained, a prompt over max_length is left out
         self._chosen: Example | str | None = None  # (a string: the reason the chosen side was skipped)
         self._results = results if results is not None else Encoder(
             job_of(spec), conversation_items(name, spec, seed, self.total, stats=self.counted), stats=self.counted)
 
-    def take(self, count: int | None, stats: PipelineStats | None = None) -> list[dict]:
+    def take(self, count: int | None, stats: PipelineStats | None = None,
+             then: Callable[[], None] | None = None) -> list[dict]:
         """The first `count` examples (None: every one), read and tokenized as far as needed; what that read and
-        tokenized is added to `stats`."""
-        read, tokenized = self.counted.rows_read, self.counted.conversations_tokenized
+        tokenized is added to `stats`. `then`: called once when the last conversation needed has been read (its
+        batches still encoding in the pool): the caller's next work starts while they finish."""
         try:
-            return self._take(count)
+            return self._take(count, then)
         finally:
+            now = (self.counted.rows_read, self.counted.conversations_tokenized)
             if stats is not None:
-                stats.rows_read += self.counted.rows_read - read
-                stats.conversations_tokenized += self.counted.conversations_tokenized - tokenized
+                stats.rows_read += now[0] - self._credited[0]
+                stats.conversations_tokenized += now[1] - self._credited[1]
+            self._credited = now
 
-    def _take(self, count: int | None) -> list[dict]:
+    def read_ahead(self, count: int | None) -> None:
+        """Start reading and encoding the first `count` examples (None: every one) in the pool, without waiting."""
+        if isinstance(self._results, Encoder):
+            self._results.read_ahead(None if count is None else count - len(self.examples))
+
+    def _take(self, count: int | None, then: Callable[[], None] | None = None) -> list[dict]:
         while count is None or len(self.examples) < count:
             got = self._results.next(None if count is None else count - len(self.examples))
+            if then is not None and (got is None or self._has_read(count)):
+                then, call = None, then
+                call()
             if got is None:
                 break
             self._last, result = got
@@ -216,11 +229,18 @@ class TaskStream:
             self._add(result)
             for callback in _watchers()[-1:]:
                 callback(self.name, *self.progress(count))
+        if then is not None:
+            then()
         report, last = self.report, self._last
         report.read, report.repaired = last.read, Counter(last.repaired)
         report.skipped = Counter(last.skipped) + self.refused
         report.examples = len(self.examples)
         return self.examples[:count] if count is not None else list(self.examples)
+
+    def _has_read(self, count: int | None) -> bool:
+        """Whether the conversations read cover what `count` still needs (None: the read has reached its end)."""
+        has_read = getattr(self._results, "has_read", None)  # `tokenized.shared`'s pieces: never read ahead
+        return has_read is not None and has_read(None if count is None else count - len(self.examples))
 
     def progress(self, count: int | None) -> tuple[int, int | None]:
         """(done, total): examples of `count`, or rows read of the rows there are."""
