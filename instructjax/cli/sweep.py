@@ -29,6 +29,10 @@ DONE in BUCKET/runs/NAME). `--dry-run` prints the commands instead of running th
 
 A config whose model.init_from is another config's run directory (a preference stage continuing an SFT run) runs
 after it, and waits (reported, exit 1) while that run has not trained to its end.
+
+Each config's stages run in a context of their own (`core.context`): the tasks and mixtures its `define:` block
+registers are its own, so configs that define a mixture of one name with other rates (a swarm's proxies,
+`mix swarm`) each train their own.
 """
 
 from __future__ import annotations
@@ -60,6 +64,7 @@ from instructjax.cli.sweep_stages import (  # noqa: F401  (the stages' names, at
     trained_step,
 )
 from instructjax.core import stopping, storage
+from instructjax.core.context import Context, current
 from instructjax.core.errors import InstructJaxError
 from instructjax.core.shipped import launch_dir
 from instructjax.core.stopping import EXIT_PREEMPTED
@@ -183,7 +188,8 @@ def _sweep(args: argparse.Namespace) -> int:
             status.add(loaded[path].name, "train").result = f"waiting: {loaded[start].name} has not trained"
             code = 1
             continue
-        outcome = sweep_one(path, loaded[path], status, args)
+        with Context(parent=current()):  # the config's own registry: two configs' `define:` of one name each count
+            outcome = sweep_one(path, loaded[path], status, args)
         if outcome == "preempted":
             code = EXIT_PREEMPTED
             break
