@@ -7,6 +7,10 @@ and writes FIT_DIR/fit.json (the fitted parameters, the Huber loss, each target'
 proxy predicted by the law refitted without it, from the full fit,
 and with `--test CSV` the same figures on a held-out table) and FIT_DIR/fit.png (each proxy's target as the law
 fitted to the others predicts it, against its own). FIT_DIR may be local or in a bucket.
+
+    instructjax mix swarm --config BASE.yaml --runs N --seed S --out SWARM_DIR [key=value ...]
+
+writes the proxies' configs, their weights (weights.csv) and swarm.json: cli/mix_swarm.py.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from instructjax.cli import mix_swarm
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError
 
@@ -36,6 +41,7 @@ def register(subparsers) -> None:
     p.add_argument("--out", required=True, help="directory for fit.json and fit.png")
     p.add_argument("--json", action="store_true", help="print fit.json instead of a line per target")
     p.set_defaults(func=run_fit)
+    mix_swarm.add_parser(sub)  # `mix swarm`: the proxies' configs (cli/mix_swarm.py)
 
 
 def spearman(predicted: np.ndarray, actual: np.ndarray) -> float:
