@@ -1,5 +1,6 @@
 """Mixture search: predict the best mixture of a run's sources from small proxy runs (olmix, RegMix, DoReMi).
 
 `swarm`: olmix's draws of the proxies' mixtures; `law`: olmix's log-linear mixing law and its fit; `table`: a table of
-proxies (one row each: its source weights and its targets) read from CSV. The `instructjax mix` commands (cli/mix.py) put them together.
+proxies (one row each: its source weights and its targets) read from CSV. The `instructjax mix` commands (cli/mix.py)
+put them together.
 """
