@@ -37,11 +37,17 @@ def test_registry_has_the_papers_datasets():
     assert SOURCES["magpie"].hub_id == "Magpie-Align/Magpie-Pro-300K-Filtered"
 
 
+@pytest.mark.parametrize("reader", ["json", "datasets"])
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_real_hub_rows_load_as_the_reference_pipeline_loads_them(name, tmp_path):
+def test_real_hub_rows_load_as_the_reference_pipeline_loads_them(name, reader, tmp_path, monkeypatch):
     """Under the default policy (error on a bad row) the quirks of real rows are repaired or counted, never
-    fatal; every kept conversation is as the dataset's reference pipeline makes it."""
+    fatal; every kept conversation is as the dataset's reference pipeline makes it, whichever reads the file
+    (`rows.SCAN_BYTES`: the json module, or `datasets`' Arrow tables)."""
     from instructjax.core.errors import BadRowPolicy
+    from instructjax.data.sources import rows as rows_lib
+
+    if reader == "datasets":
+        monkeypatch.setattr(rows_lib, "SCAN_BYTES", -1)
 
     [path] = [p for p in HUB.iterdir() if p.stem == name]
     policy = BadRowPolicy()

@@ -61,8 +61,14 @@ def good_rows_for(source):
             "baize": {"input": "[|Human|] q\n[|AI|] r\n[|Human|] "}}[source]
 
 
+@pytest.mark.parametrize("reader", ["json", "datasets"])
 @pytest.mark.parametrize("source,bad,reason,words", CASES, ids=[f"{c[0]}-{c[2]}" for c in CASES])
-def test_bad_row_is_named_then_skipped(tmp_path, source, bad, reason, words):
+def test_bad_row_is_named_then_skipped(tmp_path, monkeypatch, source, bad, reason, words, reader):
+    """Whichever reads the file (`rows.SCAN_BYTES`: the json module, or `datasets` and its fallback)."""
+    from instructjax.data.sources import rows as rows_lib
+
+    if reader == "datasets":
+        monkeypatch.setattr(rows_lib, "SCAN_BYTES", -1)
     good = good_rows_for(source)
     path = write_lines(tmp_path, [good, good, bad, good])  # the bad row is line 3
     err = first_error(source, path)
@@ -132,14 +138,17 @@ def test_gzipped_files_read_as_their_plain_twins(tmp_path, name):
 
 @pytest.mark.parametrize("name", ["rows.jsonl", "rows.json"])
 def test_without_datasets_the_same_rows_and_errors(tmp_path, monkeypatch, name):
-    """Where `datasets` is not installed (a bare accelerator image), json and jsonl are read here: the same
-    conversations and the same bad-row report as through `datasets`; parquet is a one-line ConfigError."""
+    """Where `datasets` is not installed (a bare accelerator image), or the file is small (`rows.SCAN_BYTES`), json
+    and jsonl are read here: the same conversations and the same bad-row report as through `datasets`; parquet is a
+    one-line ConfigError."""
     from instructjax.data.sources import rows as rows_lib
 
     rows = [dict(GOOD, output=f"hi {i}") for i in range(4)] + [dict(GOOD, output=7)]
     path = tmp_path / name
     path.write_text("\n".join(json.dumps(r) for r in rows) if name.endswith(".jsonl") else json.dumps(rows))
-    with_datasets = skipped("alpaca", str(path))
+    with monkeypatch.context() as through_datasets:
+        through_datasets.setattr(rows_lib, "SCAN_BYTES", -1)
+        with_datasets = skipped("alpaca", str(path))
 
     def missing():
         raise ImportError("No module named 'datasets'")
