@@ -24,6 +24,7 @@ A reader verifies the file, then memory-maps it: `CachedExamples` makes an examp
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import mmap
@@ -80,8 +81,10 @@ def model_digest(path: str) -> str | None:
     return h.hexdigest()
 
 
+@functools.cache
 def _code_digest() -> str:
-    """sha256 of the data layer's source: a change to how rows are read or encoded invalidates the cache."""
+    """sha256 of the data layer's source: a change to how rows are read or encoded invalidates the cache (read once
+    per process: the code a process runs is the code it started with)."""
     h = hashlib.sha256()
     root = Path(__file__).parent
     for path in sorted(root.rglob("*.py")):
