@@ -17,6 +17,10 @@ the mixture the fit predicts best, under caps: cli/mix_propose.py.
     instructjax mix swarm --config BASE.yaml --runs N --seed S --out SWARM_DIR [key=value ...]
 
 writes the proxies' configs, their weights (weights.csv) and swarm.json: cli/mix_swarm.py.
+
+    instructjax mix table SWARM_DIR --target loss:TASK [--target ...] --out table.csv
+
+the trained proxies' targets beside their weights, the table `mix fit` reads: cli/mix_table.py.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from instructjax.cli import mix_propose, mix_swarm
+from instructjax.cli import mix_propose, mix_swarm, mix_table
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError
 
@@ -50,6 +54,7 @@ def register(subparsers) -> None:
     p.set_defaults(func=run_fit)
     mix_swarm.add_parser(sub)  # `mix swarm`: the proxies' configs (cli/mix_swarm.py)
     mix_propose.add_parser(sub)  # `mix propose`: the best mixture under the fit (cli/mix_propose.py)
+    mix_table.add_parser(sub)  # `mix table`: a trained swarm's targets beside its weights (cli/mix_table.py)
 
 
 def spearman(predicted: np.ndarray, actual: np.ndarray) -> float:
