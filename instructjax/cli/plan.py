@@ -7,13 +7,16 @@ import json
 import sys
 
 from instructjax.cli import add_on_bad_row, load_run_config, on_bad_row_overrides
+from instructjax.core import storage
 from instructjax.core.errors import ConfigError
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("plan", help="pre-flight: per-device memory, fit, steps and tokens on a topology, "
                                            "and a mesh that serves the batch better where there is one")
-    p.add_argument("--config", required=True, help="a run config YAML (see configs/)")
+    p.add_argument("--config", required=True, help="a run config YAML (see configs/), or a swarm's directory (`mix "
+                                                    "swarm`: a proxy's plan, and the swarm's compute beside one full "
+                                                    "run of its base config)")
     where = p.add_mutually_exclusive_group()
     where.add_argument("--topology", help="a TPU slice: v4-64, v5e-16, v5p-128, v6e-8 (default: this machine)")
     where.add_argument("--gpus", type=int, help="number of GPUs (8 per node; default: this machine)")
@@ -46,6 +49,8 @@ def run(args) -> int:
     from instructjax.train.plan import format_plan, plan_with_proposal
     from instructjax.train.topology import gpu_topology, local_topology, tpu_topology
 
+    if storage.path(args.config).is_dir():
+        return swarm(args)
     config = load_run_config(args.config, [*args.overrides, *on_bad_row_overrides(args)])
     if args.eval and not args.compile:
         raise ConfigError("plan --eval goes with --compile (plan itself always prints the evaluation's figures)")
@@ -62,6 +67,43 @@ def run(args) -> int:
     print(json.dumps({**plan.to_dict(), "eval": evaluation.to_dict()}, indent=2) if args.json
           else f"{format_plan(plan)}\n{format_eval_plan(evaluation)}")
     return 0 if plan.fits and not plan.proposed else 1  # a proposed mesh: the config as given does not run here
+
+
+def swarm(args) -> int:
+    """`plan --config SWARM_DIR`: the first proxy's plan, then the swarm's tokens and training FLOPs (6 x parameters x
+    tokens) beside those of one full run of the base config `mix swarm` drew it from (as that config is written)."""
+    from instructjax.train.plan import format_plan, plan_with_proposal
+    from instructjax.train.topology import gpu_topology, local_topology, tpu_topology
+
+    try:
+        manifest = json.loads(storage.path(storage.join(args.config, "swarm.json")).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"--config {args.config} is a directory without swarm.json: give a run config YAML, or a "
+                          "directory `mix swarm` wrote") from None
+    if args.compile or args.eval or args.rollout or args.save_executable or args.json:
+        raise ConfigError("plan --config SWARM_DIR prints the swarm's figures; --compile, --eval, --rollout, "
+                          "--save-executable and --json take one proxy's config (SWARM_DIR/NAME.yaml)")
+    topology = tpu_topology(args.topology) if args.topology else gpu_topology(args.gpus, args.gpu_type) \
+        if args.gpus else local_topology()
+    overrides = [*args.overrides, *on_bad_row_overrides(args)]
+    first = storage.join(args.config, manifest["proxies"][0]["file"])
+    proxy = plan_with_proposal(load_run_config(first, overrides), topology, real_data=args.real_data, name=first)
+    full = plan_with_proposal(load_run_config(manifest["base_config"], overrides), topology,
+                              real_data=args.real_data, name=manifest["base_config"])
+    runs = len(manifest["proxies"])
+    proxy_tokens, full_tokens = proxy.data.run_tokens, full.data.run_tokens
+
+    def flops(plan, tokens: int) -> float:
+        return 6.0 * plan.memory["params"] * tokens
+
+    swarm_flops = runs * flops(proxy, proxy_tokens)
+    print(format_plan(proxy))
+    print(f"swarm       {runs} proxies like it: about {runs * proxy_tokens:,} tokens, {swarm_flops:.3g} training "
+          f"FLOPs (6 x {proxy.memory['params']:,} parameters x tokens)")
+    print(f"full run    {manifest['base_config']}: {full.memory['params']:,} parameters, about {full_tokens:,} "
+          f"tokens, {flops(full, full_tokens):.3g} FLOPs; the swarm is "
+          f"{swarm_flops / max(flops(full, full_tokens), 1):.1%} of one full run")
+    return 0 if proxy.fits else 1
 
 
 def compiled(args, config) -> int:

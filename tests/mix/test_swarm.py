@@ -193,3 +193,27 @@ def test_sweep_trains_each_proxy_on_its_own_rates(tmp_path, capsys, monkeypatch)
     monkeypatch.setattr(sweep, "export_stage", lambda config, row: None)
     assert main(["sweep", str(out)]) == 0
     assert trained == drawn and len({json.dumps(r, sort_keys=True) for r in trained.values()}) == 3
+
+
+def test_plan_puts_the_swarms_compute_beside_one_full_run(tmp_path, capsys):
+    """`plan --config SWARM_DIR`: the first proxy's plan, then the swarm's tokens (its proxies times a proxy's, as
+    `plan --json` counts one) and FLOPs beside the base config's full run; a directory without swarm.json is one line."""
+    base, out = base_config(tmp_path), tmp_path / "swarm"
+    assert main(["mix", "swarm", "--config", base, "--runs", "6", "--seed", "2", "--out", str(out),
+                 "--max-repetition", "8", "max_steps=20"]) == 0
+    capsys.readouterr()
+    figures = {}
+    for name, config in (("proxy", str(out / "tiny_acp_proxy000.yaml")), ("full", base)):
+        main(["plan", "--config", config, "--json"])
+        plan = json.loads(capsys.readouterr().out)
+        figures[name] = (plan["memory"]["params"], plan["data"]["run_tokens"])
+    main(["plan", "--config", str(out)])
+    printed = capsys.readouterr().out
+    (params, tokens), (full_params, full_tokens) = figures["proxy"], figures["full"]
+    assert f"swarm       6 proxies like it: about {6 * tokens:,} tokens, {6 * 6.0 * params * tokens:.3g} " in printed
+    assert (f"full run    {base}: {full_params:,} parameters, about {full_tokens:,} tokens, "
+            f"{6.0 * full_params * full_tokens:.3g} FLOPs; the swarm is {6 * tokens / full_tokens:.1%} of one full run"
+            in printed)
+    (tmp_path / "empty").mkdir()
+    assert main(["plan", "--config", str(tmp_path / "empty")]) == 2
+    assert "is a directory without swarm.json" in capsys.readouterr().err
