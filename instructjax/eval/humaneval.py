@@ -13,11 +13,10 @@ as passed only if it exits 0 *after* printing a sentinel that follows `check(...
 from __future__ import annotations
 
 import os
-import resource
 import subprocess
 import sys
 import tempfile
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -53,14 +52,15 @@ def truncate(completion: str) -> str:
     return completion[:cut]
 
 
-def _limits(memory_bytes: int, cpu_seconds: int) -> Callable[[], None]:
-    def apply() -> None:
-        resource.setrlimit(resource.RLIMIT_AS, (memory_bytes, memory_bytes))
-        resource.setrlimit(resource.RLIMIT_CPU, (cpu_seconds, cpu_seconds))
-        resource.setrlimit(resource.RLIMIT_FSIZE, (1 << 20, 1 << 20))
-        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-
-    return apply
+# the child's first lines: the limits on itself, then the program as a script (`__main__`). Set there rather than by a
+# preexec_fn, which makes subprocess fork this whole process (a model and JAX's threads) instead of vfork-ing
+_BOOT = """import resource, runpy, sys
+for limit, value in ((resource.RLIMIT_AS, {memory}), (resource.RLIMIT_CPU, {cpu}), (resource.RLIMIT_FSIZE, 1 << 20),
+                     (resource.RLIMIT_CORE, 0)):
+    resource.setrlimit(limit, (value, value))
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
 
 
 def run_program(program: str, timeout: float = 5.0, memory_bytes: int = 1 << 30) -> str:
@@ -70,9 +70,9 @@ def run_program(program: str, timeout: float = 5.0, memory_bytes: int = 1 << 30)
         with open(path, "w") as f:
             f.write(program)
         process = subprocess.Popen(
-            [sys.executable, "-I", "-B", path], cwd=tmp, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL, env={"PATH": "/usr/bin:/bin", "HOME": tmp, "PYTHONHASHSEED": "0"},
-            start_new_session=True, preexec_fn=_limits(memory_bytes, int(timeout) + 1),
+            [sys.executable, "-I", "-B", "-c", _BOOT.format(memory=memory_bytes, cpu=int(timeout) + 1), path], cwd=tmp,
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+            env={"PATH": "/usr/bin:/bin", "HOME": tmp, "PYTHONHASHSEED": "0"}, start_new_session=True,
         )
         try:
             out, _ = process.communicate(timeout=timeout)

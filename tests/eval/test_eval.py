@@ -50,6 +50,13 @@ def test_humaneval_problems_and_sandbox():
     # exiting early with status 0 must not count as passing the tests
     assert run_program(check_program(problem, "    import sys; sys.exit(0)\n")) == "failed"
     assert run_program(check_program(problem, "    import os; os._exit(0)\n")) == "failed"
+    # the limits hold in the program: memory, file size, CPU time (a busy loop with a longer wall timeout)
+    passing = problem["canonical_solution"]
+    assert run_program(check_program(problem, "    x = bytearray(1 << 29)\n" + passing), memory_bytes=1 << 28) == "failed"
+    assert run_program(check_program(problem, "    x = bytearray(1 << 20)\n" + passing), memory_bytes=1 << 30) == "passed"
+    assert run_program(check_program(problem, "    open('f', 'wb').write(bytes(2 << 20))\n" + passing)) == "failed"
+    assert run_program(check_program(problem, "    import resource\n    assert resource.getrlimit(resource.RLIMIT_CPU)"
+                                              "[0] == 3\n" + passing), timeout=2) == "passed"
 
 
 def test_pass_at_k_over_mixed_samples():
