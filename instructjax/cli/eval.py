@@ -8,6 +8,7 @@ OpenAI-compatible server: instructjax/eval/endpoint.py).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -186,6 +187,10 @@ def run_eval(args) -> int:
                           "tulu, or --config, are)")
     if args.prompts_only:
         raise ConfigError("eval --prompts-only: only with --suite tulu")
+    # a model that is not there: said before lm-eval reads its thousands of task YAMLs (a suite failed each task
+    # after ~20 s of them); --backend hf may name a hub model, a bucket's is found by its checkpoint
+    if args.backend in ("auto", "instructjax") and not storage.is_remote(args.model) and not os.path.exists(args.model):
+        raise ConfigError(f"--model {args.model}: no such directory (an exported HF directory, or a run's)")
     if args.suite:
         summary = run_suite(args.model, args.suite, backend=args.backend, include_path=args.include_path,
                             limit=args.limit, batch_size=args.batch_size)

@@ -117,13 +117,15 @@ def test_a_bucket_that_does_not_exist_is_one_line_before_the_work(model, capsys,
 
 def test_smaller_mistakes_say_what_is_wrong(capsys, tmp_path, bucket):
     """A data folder that does not exist (in a bucket too) is named, not called an unsupported file type; a null
-    message content says it may be null; an --include-path that does not exist is named (not looked for on the hub);
+    message content says it may be null; an --include-path that does not exist is named (not looked for on the hub), a
+    --model too (before lm-eval's task index is read);
     key=value after `data preview --config` is an override, not a task name."""
     cases = [
         (["data", "stats", "alpaca", "--data-files", f"{bucket}/nowhere/"], "nowhere/: no such file or directory"),
         (["data", "stats", "alpaca", "--data-files", str(tmp_path / "nowhere")], "no such file or directory"),
         (["eval", "--model", str(tmp_path), "--tasks", "x", "--include-path", str(tmp_path / "tasks")],
          f"--include-path {tmp_path / 'tasks'}: no such directory"),
+        (["eval", "--model", str(tmp_path / "nowhere"), "--suite", "mixture"], "nowhere: no such directory"),
         (["data", "preview", "alpaca_builtin", "data.seq_len=64"], "key=value overrides go with --config"),
     ]
     chats = tmp_path / "chats.jsonl"
