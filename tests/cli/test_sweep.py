@@ -1,5 +1,5 @@
 """`instructjax sweep` and `report` on a tiny A/C/P family: three settings trained (tiny preset, built-in data,
-6 steps), exported and evaluated on an offline lm-eval task; a fourth config fails and the sweep goes on. The
+4 steps), exported and evaluated on an offline lm-eval task; a fourth config fails and the sweep goes on. The
 sweep is stopped by Ctrl-C (SIGINT; SIGTERM alike) inside the second run's training and run again: nothing finished is redone, the
 interrupted run resumes from its checkpoint. `report` then fills three rows of seed 000's Table 1."""
 
@@ -18,7 +18,7 @@ import pytest
 from helpers import REPO
 from helpers.host_devices import xla_flags
 
-STEPS = 6
+STEPS = 4
 CONFIG = """name: acp_{setting}_tiny
 experiment: {{family: seed000, setting: {setting}}}
 run_dir: {root}/runs/seed000_acp/acp_{setting}_tiny
