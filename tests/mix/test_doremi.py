@@ -4,14 +4,13 @@ training step's lines transcribed in float64 numpy."""
 
 from __future__ import annotations
 
-import sys
 import types
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from helpers import ASSETS
+from helpers import pinned
 
 from instructjax.mix import doremi
 
@@ -23,11 +22,8 @@ def theirs():
     """DoReMi's trainer (the extract), its weights state as its model keeps it, wandb's log off."""
     import wandb
 
-    sys.path.insert(0, str(ASSETS / "doremi"))
-    try:
+    with pinned("doremi"):
         from doremi.trainer_update import DoReMiTrainer
-    finally:
-        sys.path.remove(str(ASSETS / "doremi"))
     wandb.init(mode="disabled")
     trainer = DoReMiTrainer()
     trainer.args = types.SimpleNamespace(doremi_optimizer="doremiv1", reweight_eta=doremi.ETA, reweight_eps=doremi.EPS)

@@ -4,11 +4,10 @@
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
-from helpers import ASSETS
+from helpers import pinned
 
 from instructjax.cli import main
 from instructjax.mix import law
@@ -19,12 +18,9 @@ SOURCES = np.array([-1.5, 0.4, 0.1, 0.25])  # the law the tables below are drawn
 @pytest.fixture(scope="module")
 def olmix():
     """olmix's fit/law.py and the log-linear law's part of fit/utils.py, as olmix imports them."""
-    sys.path.insert(0, str(ASSETS / "olmix"))
-    try:
+    with pinned("olmix"):
         from olmix.fit import law as their_law
         from olmix.fit import utils_loglinear
-    finally:
-        sys.path.remove(str(ASSETS / "olmix"))
     return their_law, utils_loglinear
 
 

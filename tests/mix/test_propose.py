@@ -5,12 +5,11 @@ end: the proposal as weights or as a run config, the ternary plot, bad input."""
 from __future__ import annotations
 
 import json
-import sys
 
 import numpy as np
 import pytest
 import yaml
-from helpers import ASSETS
+from helpers import pinned
 
 from instructjax.cli import main
 from instructjax.mix import propose
@@ -25,11 +24,8 @@ def olmix():
     its solve runs with Clarabel (the solver name swapped in cvxpy's `Problem.solve`, nothing else)."""
     import cvxpy
 
-    sys.path.insert(0, str(ASSETS / "olmix"))
-    try:
+    with pinned("olmix"):
         from olmix.fit import utils_proposer
-    finally:
-        sys.path.remove(str(ASSETS / "olmix"))
     solve = cvxpy.Problem.solve
 
     def clarabel(self, *args, **kwargs):

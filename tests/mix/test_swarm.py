@@ -7,12 +7,11 @@ from __future__ import annotations
 import csv
 import json
 import random
-import sys
 
 import numpy as np
 import pytest
 import yaml
-from helpers import ASSETS
+from helpers import pinned
 
 from instructjax.cli import main
 from instructjax.core.config import load_config
@@ -23,12 +22,9 @@ from instructjax.mix.table import read_table
 @pytest.fixture(scope="module")
 def olmix():
     """olmix's generator module and its `SourceConfig`, as olmix imports them."""
-    sys.path.insert(0, str(ASSETS / "olmix"))
-    try:
+    with pinned("olmix"):
         from olmix.aliases import SourceConfig
         from olmix.generate import synthesize_mixture_dirichlet as generator
-    finally:
-        sys.path.remove(str(ASSETS / "olmix"))
     return generator, SourceConfig
 
 
