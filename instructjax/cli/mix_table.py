@@ -46,8 +46,10 @@ def run_table(args) -> int:
     if not args.out.endswith(".csv"):
         raise ConfigError(f"--out {args.out}: the table is a .csv file (table.json is written beside it)")
     source = storage.join(args.swarm, WEIGHTS)
-    if storage.join(args.out) == source:
-        raise ConfigError(f"--out {args.out} is the swarm's own weights.csv: give another file")
+    beside = args.out.removesuffix(".csv") + ".json"
+    for own in (source, storage.join(args.swarm, "swarm.json")):  # what the swarm holds is never written over
+        if own in (storage.join(args.out), storage.join(beside)):
+            raise ConfigError(f"--out {args.out} would write over the swarm's own {own}: give another file")
     proxies, weight_columns = _proxies(source)
     rows, missing = [], []
     for proxy in proxies:
@@ -71,7 +73,6 @@ def run_table(args) -> int:
     writer.writerow(columns)
     writer.writerows([[row[c] if c == "proxy" else repr(row[c]) for c in columns] for row in rows])
     storage.write_text(args.out, table.getvalue())
-    beside = args.out.removesuffix(".csv") + ".json"
     storage.write_text(beside, json.dumps({"swarm": args.swarm, "examples": args.examples,
                                            "targets": [t.column for t in wanted], "rows": rows}, indent=1) + "\n")
     print(f"{len(rows)} proxies, {len(wanted)} target(s): wrote {args.out} and {beside}")

@@ -71,6 +71,10 @@ def measured(tmp_path, capsys) -> None:
     capsys.readouterr()
     assert main(["mix", "table", str(swarm), "--target", "accuracy", "--out", str(out)]) == 2
     assert "target 'accuracy': write KIND:NAME" in capsys.readouterr().err and not out.exists()
+    manifest = (swarm / "swarm.json").read_text()
+    assert main(["mix", "table", str(swarm), "--target", "metric:loss", "--out", str(swarm / "swarm.csv")]) == 2
+    assert "would write over the swarm's own" in capsys.readouterr().err
+    assert (swarm / "swarm.json").read_text() == manifest and not (swarm / "swarm.csv").exists()
     targets = ["--target", f"loss:{HELD_OUT}", "--target", "metric:loss"]
     assert main(["train", "--config", str(swarm / proxies[0]["config"])]) == 0
     capsys.readouterr()
