@@ -53,6 +53,7 @@ from instructjax.core.config_sections import (  # noqa: F401  (re-exported: thei
     MosaicSection,
     ObjectiveSection,
     OptimSection,
+    ReweightingSection,
     WandbSection,
     _check,
 )
@@ -97,6 +98,11 @@ class RunConfig:
                f"mesh must be a mapping of axis sizes or 'auto', got {self.mesh!r}")
         micro, batch = self.optim.micro_batches, self.data.global_batch
         _check(batch % micro == 0, f"data.global_batch={batch} is not divisible by optim.micro_batches={micro}")
+        if self.data.reweighting is not None:  # DoReMi's proxy: the next-token loss, its weights updated each step
+            _check(self.objective.loss == "sft", "data.reweighting trains a proxy on the next-token loss: objective.loss "
+                                                 f"must be sft, got {self.objective.loss}")
+            _check(micro == 1, f"data.reweighting updates the domain weights from the whole step's batch: "
+                               f"optim.micro_batches must be 1, got {micro}")
         unknown = set(self.define) - {"tasks", "mixtures"}
         _check(not unknown, f"define: unknown key(s) {sorted(unknown)}; 'tasks' and 'mixtures'")
 

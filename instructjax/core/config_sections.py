@@ -78,6 +78,30 @@ class MosaicSection:
         return {**MOSAIC_DISTRIBUTIONS[self.distribution], **self.distribution_params}
 
 
+REWEIGHTING_METHODS = ("doremi",)
+
+
+@dataclass
+class ReweightingSection:
+    """Online domain reweighting (`data.reweighting:`): DoReMi (`instructjax.train.doremi`, `train.reweighting`). Every
+    step the mixture's domain weights take an exponentiated-gradient step of size `eta` on each domain's excess loss
+    over the `reference` run's model (a RUN_DIR with a checkpoint: same model and tokenizer), smoothed by `eps` toward
+    uniform; the proxy trains on the domain-weighted loss, and the weights' running mean is the proposed mixture."""
+
+    method: str = "doremi"
+    reference: str = ""
+    eta: float = 1.0  # DoReMi's reweight_eta
+    eps: float = 1e-4  # DoReMi's reweight_eps
+
+    def __post_init__(self):
+        _check(self.method in REWEIGHTING_METHODS,
+               f"data.reweighting.method must be one of {REWEIGHTING_METHODS}, got {self.method!r}")
+        _check(bool(self.reference), "data.reweighting.reference must name the reference run's directory (a RUN_DIR "
+                                     "with a checkpoint, trained on the same model and tokenizer)")
+        _check(self.eta > 0, f"data.reweighting.eta must be > 0, got {self.eta}")
+        _check(0 <= self.eps < 1, f"data.reweighting.eps must be in [0, 1), got {self.eps}")
+
+
 @dataclass
 class DataSection:
     """The data of a run: a registered seqio Task or Mixture, rows of `seq_len` tokens, `global_batch` rows a
@@ -108,6 +132,7 @@ class DataSection:
     prefetch: int = 2
     on_bad_row: str | None = None
     system_turn: str = "keep"
+    reweighting: ReweightingSection | None = None  # DoReMi's online domain weights (None: the mixture's rates)
 
     def __post_init__(self):
         _check(self.seq_len >= 8, f"data.seq_len={self.seq_len} is too small for any example")

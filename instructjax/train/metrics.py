@@ -71,6 +71,7 @@ class MetricsWindow:
         self.rollout: dict[str, float] = {}  # a rollout's values (grpo's rewards, lengths), summed over steps
         self.moe: dict[str, float] = {}  # a mixture of experts' router losses, summed over steps
         self.expert_counts: np.ndarray | None = None  # [sparse layers, experts] choices, summed over steps
+        self.doremi: dict[str, np.ndarray] = {}  # DoReMi's weights, running mean and scores [sources] after the last step
 
     def state(self) -> dict:
         """The open window as JSON values (saved with a checkpoint)."""
@@ -103,6 +104,8 @@ class MetricsWindow:
             if k == "moe/counts":
                 counts = np.asarray(m[k], np.float64)
                 self.expert_counts = counts if self.expert_counts is None else self.expert_counts + counts
+            elif k.startswith("doremi/"):  # the last step's (a state, not a sum)
+                self.doremi[k] = np.asarray(m[k], np.float64)
             elif k.startswith("moe/"):
                 self.moe[k] = self.moe.get(k, 0.0) + float(m[k])
             else:
@@ -139,6 +142,9 @@ class MetricsWindow:
         elif self.rewards:  # sums over the trained tokens: their means
             record.update({k: v / self.weight if self.weight else None for k, v in sorted(self.rewards.items())})
         record.update({k: v / max(self.steps, 1) for k, v in sorted(self.rollout.items())})
+        for key, values in self.doremi.items():  # doremi/weights -> doremi/weight/SOURCE, ...
+            kind = {"doremi/weights": "weight", "doremi/average": "average", "doremi/scores": "score"}[key]
+            record.update({f"doremi/{kind}/{name}": float(v) for name, v in zip(sources, values, strict=True)})
         self.reset()
         return record
 

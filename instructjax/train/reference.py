@@ -186,6 +186,17 @@ def prepare(run_dir, config: RunConfig, model: DecoderConfig, build: StepBuild, 
             return (), weights
         return (), jax.tree.map(lambda x: x.astype(model.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
                                 weights)  # held in the compute dtype, as the forward casts its matrices anyway
+    if config.data.reweighting is not None:  # DoReMi's proxy: the reference run's model (train/reweighting.py)
+        from instructjax.train import reweighting
+
+        named = reweighting.identity(config)
+        found = load(run_dir, stream, named, resuming=start > 0)
+        if found is None:
+            found = compute(build, reweighting.reference_params(config, model, build), stream,
+                            config.data.global_batch, config.data.seq_len, config.optim.loss_chunk)
+            if jax.process_index() == 0:
+                save(run_dir, stream, found, named)
+        return (), found
     named = identity(config.model.init_from, config.seed)
     found = load(run_dir, stream, named, resuming=start > 0)
     if found is None:

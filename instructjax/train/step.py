@@ -40,6 +40,7 @@ from instructjax.model.decoder import Decoder
 from instructjax.model.partition import Partition
 from instructjax.train import loss
 from instructjax.train.objectives import Objective, objective_for
+from instructjax.train.objectives.base import STATE
 
 NEFTUNE_STREAM = 0x4E454654  # "NEFT": the noise's own stream under the run's seed
 LORA_DROPOUT_STREAM = 0x4C4F5241  # "LORA": the LoRA dropout masks' own stream
@@ -141,6 +142,8 @@ def make_step(objective: Objective, graphdef, tx, config: RunConfig, mesh, parti
         if dropout:
             micro_batches["lora_key"] = lora_keys(config.seed, opt_state, micro)
         weights = objective.weights(micro_batches)
+        if objective.stateful:  # its state from the optimizer's (DoReMi's weights), to the loss among the normalisers
+            weights = {**weights, STATE: objective.state_of(opt_state)}
 
         def micro_loss(p, mb):
             noise = neftune_noise(alpha, mb["neftune_key"]) if alpha else None
@@ -157,6 +160,8 @@ def make_step(objective: Objective, graphdef, tx, config: RunConfig, mesh, parti
 
         result, grads, (sums, router) = loss.accumulate(micro_loss, trained, micro_batches)
         updates, opt_state = tx.update(grads, opt_state, trained)
+        if objective.stateful:
+            opt_state = objective.next_state(opt_state, sums)
         router = {k: v if k == "moe/counts" else v / micro for k, v in router.items()}
         if router:  # the objective's loss, as metrics.jsonl logs it: the router's penalty trains but is logged apart
             result = result - (model.config.router_aux_loss * router["moe/aux_loss"]
@@ -234,9 +239,12 @@ def abstract_state(model: DecoderConfig, tx: optax.GradientTransformation, seed:
 
 
 def build_step(model: DecoderConfig, tx: optax.GradientTransformation, config: RunConfig, num_sources: int,
-               mesh: Mesh, seed: int = 0) -> StepBuild:
-    """The run's step and its `abstract_state` on `mesh` (see the module doc)."""
+               mesh: Mesh, seed: int = 0, sampling=None) -> StepBuild:
+    """The run's step and its `abstract_state` on `mesh` (see the module doc); an objective that carries a state
+    chains its carrier after `tx` (DoReMi's: its weights start at `sampling`, the rates the data is drawn at)."""
     objective = objective_for(config, num_sources)
+    if objective.stateful:
+        tx = objective.wrap(tx, sampling)
     state = abstract_state(model, tx, seed)
     param_shardings, opt_shardings = state.shardings(mesh)
     partition = state.partition

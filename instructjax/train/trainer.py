@@ -39,7 +39,7 @@ from instructjax.core.config import RunConfig, to_dict
 from instructjax.core.errors import ConfigError, InstructJaxError
 from instructjax.core.run_identity import training_digest
 from instructjax.model.config import runs_only_keys
-from instructjax.train import memory, optim
+from instructjax.train import memory, optim, reweighting
 from instructjax.train import setup as run_setup
 from instructjax.train.compile import compile_steps, saved_steps
 from instructjax.train.metrics import (
@@ -127,7 +127,12 @@ class Trainer:
         if jax.process_index() == 0:
             run_setup.report_data(self.pipeline, own=pipeline is None)
         self.tx, self.schedule = optim.make_optimizer(config.optim, self.total_steps)  # over what trains: the build's
-        self.build = build_step(self.model_config, self.tx, self.config, len(self.sources), self.mesh, config.seed)
+        sampling = None
+        if config.data.reweighting is not None:  # DoReMi: its reference checked, its weights start at the data's rates
+            reweighting.check_reference(config, self.model_config, self.tokenizer)
+            sampling = reweighting.sampling(self.pipeline.stream)
+        self.build = build_step(self.model_config, self.tx, self.config, len(self.sources), self.mesh, config.seed,
+                                sampling)
         self.rollouts = config.objective.rollouts  # grpo: each batch a rollout of the policy as it stands
         if self.rollouts:
             self.pipeline.attach(self.build.graphdef, self.mesh, reference_logps(self.build, self.config))
@@ -231,6 +236,8 @@ class Trainer:
             self.checkpointer.wait()  # committed and sealed
             logger.close()
         self.checkpointer.close()
+        if primary and self.config.data.reweighting is not None and result.step > start:  # DoReMi's mixture so far
+            reweighting.write_outputs(self.run_dir, self.config, self.sources, reweighting.carried_state(opt_state))
         if primary:
             _wrap_up(result, self.total_steps, self.training_digest)
         return result

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from instructjax.core.config import RunConfig
 from instructjax.train.objectives.base import REFERENCES, Objective  # noqa: F401
+from instructjax.train.objectives.doremi import DoReMi
 from instructjax.train.objectives.grpo import GRPO
 from instructjax.train.objectives.orpo import ORPO
 from instructjax.train.objectives.pairs import PairLoss
@@ -16,5 +17,8 @@ OBJECTIVES: dict[str, type[Objective]] = {"sft": SFT, "dpo": PairLoss, "dpo_norm
 
 
 def objective_for(config: RunConfig, num_sources: int = 1) -> Objective:
-    """The objective `config.objective.loss` names, for a mixture of `num_sources` tasks."""
+    """The objective `config.objective.loss` names, for a mixture of `num_sources` tasks (SFT with
+    `data.reweighting`: DoReMi's proxy)."""
+    if config.data.reweighting is not None:
+        return DoReMi(config, num_sources)
     return OBJECTIVES[config.objective.loss](config, num_sources)

@@ -11,6 +11,9 @@ micro-batches, the trained partition and the update):
 - `metrics(sums, weights)`: the step's logged values beside `loss`, `grad_norm` and `tokens` (train/metrics.py's
   window adds them up: `loss_sum` over `loss_weight`, `pairs`, per-source sums, and every other value as a sum over
   the step's pairs, logged as their mean);
+- `stateful`: it carries a state across steps in the optimizer state: `wrap(tx, ...)` chains its carrier after the
+  optimizer, the step hands `state_of(opt_state)` to `loss` among the normalisers and stores `next_state` after the
+  update (DoReMi's domain weights, train/objectives/doremi.py);
 - `reference`: what it compares with: `none`, `cached` (the batch carries the reference's log-prob of each target,
   `features`) or `live` (the step computes them from its fourth argument, the starting model, frozen);
 - its plan terms: `words()` (what `plan` prints of it), `reference_bytes(memory)` (a live reference's copy) and
@@ -29,6 +32,7 @@ from instructjax.data.batches.packing import REFERENCE
 
 Array = jax.Array
 REFERENCES = ("none", "cached", "live")
+STATE = "state"  # a stateful objective's state among the normalisers `loss` receives
 
 
 class Objective:
@@ -36,6 +40,7 @@ class Objective:
 
     name = ""
     pairs = False  # trains on preference pairs (a pair: one row's segments 2k - 1 and 2k)
+    stateful = False  # carries a state of its own in the optimizer state (`wrap`, `state_of`, `next_state`: DoReMi's)
 
     def __init__(self, config: RunConfig, num_sources: int = 1):
         self.config, self.section, self.num_sources = config, config.objective, num_sources

@@ -1,4 +1,4 @@
-"""DoReMi's online domain weights (instructjax/mix/doremi.py) against DoReMi's own `update_domain_weights`, pinned in
+"""DoReMi's online domain weights (instructjax/train/doremi.py) against DoReMi's own `update_domain_weights`, pinned in
 tests/assets/doremi (run in torch on the same excess losses, step after step), and its reweighted loss against the
 training step's lines transcribed in float64 numpy."""
 
@@ -12,7 +12,7 @@ import pytest
 import torch
 from helpers import pinned
 
-from instructjax.mix import doremi
+from instructjax.train import doremi
 
 DOMAINS = 4
 
