@@ -19,11 +19,17 @@ def xla_flags(devices: int) -> str:
 
 @contextmanager
 def one_device() -> Iterator[None]:
-    """In this process, `jax.devices()` is the first of the session's 8 CPU devices alone (what a run builds its mesh
-    from): for a run whose claim is not about sharding, its programs not sharded 8 ways."""
+    """In this process, `jax.devices()` and `jax.local_devices()` are the first of the session's 8 CPU devices alone,
+    and `jax.device_count()` and `jax.local_device_count()` are 1 (what a run builds its mesh from, what `score`,
+    `generate` and `eval` size theirs by: eval/placement.py): for a run whose claim is not about sharding, its programs
+    not sharded 8 ways. Every one of the four, or a mesh sized by a count lands on one device: "mesh shape data 8 needs
+    8 devices, but there are 1"."""
     import jax
 
     one = jax.devices()[:1]
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(jax, "devices", lambda *args, **kwargs: one)
+        patch.setattr(jax, "local_devices", lambda *args, **kwargs: one)
+        patch.setattr(jax, "device_count", lambda *args, **kwargs: 1)
+        patch.setattr(jax, "local_device_count", lambda *args, **kwargs: 1)
         yield

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from helpers.host_devices import one_device
 
 from instructjax.core.config import load_config
 from instructjax.core.errors import ConfigError
@@ -261,7 +262,15 @@ def test_dropout_steps_are_their_own_and_repeat_bitwise():
         assert np.abs(x - z).max() > 1e-6
 
 
-def test_a_qlora_run_saves_its_adapters_alone_resumes_on_its_base_and_exports_what_it_computed(tmp_path, capsys):
+@pytest.fixture
+def on_one_device():
+    """The test's runs on one of the suite's 8 CPU devices (nothing here is about sharding: no program split 8 ways)."""
+    with one_device():
+        yield
+
+
+def test_a_qlora_run_saves_its_adapters_alone_resumes_on_its_base_and_exports_what_it_computed(tmp_path, capsys,
+                                                                                                on_one_device):
     """A QLoRA (`model.lora` on an imported model, `quantize_base: nf4`): its checkpoints hold the adapters alone and
     the base they were trained on; resumed from step 2 (its last checkpoint removed), steps 3-4 give the losses the
     run had going straight on (whose loss falls); the merged export (the dequantized base + the adapters) gives our model's logits
