@@ -15,6 +15,7 @@ import torch
 import transformers
 from flax import nnx
 from helpers.families import FAMILIES, SMALL, build_family, positions_of, randomise
+from helpers.host_devices import one_device
 
 from instructjax.convert.adapter import write_adapter
 from instructjax.convert.hf import HFTensors, abstract_params, params_from_tensors, read_hf_config
@@ -162,8 +163,15 @@ def test_qlora_on_a_mixture_of_experts_trains_a_step_and_its_adapter_loads_in_pe
     assert np.abs(ours - theirs).max() < 1e-4
 
 
+@pytest.fixture
+def on_one_device():
+    """The test's runs on one of the suite's 8 CPU devices (nothing there is about sharding: no program split 8 ways)."""
+    with one_device():
+        yield
+
+
 @pytest.mark.slow
-def test_a_lora_dpo_on_qwen3_moe_resumes_exports_scores_and_generates(tmp_path, capsys):
+def test_a_lora_dpo_on_qwen3_moe_resumes_exports_scores_and_generates(tmp_path, capsys, on_one_device):
     """Through the CLI on a tiny Qwen3-MoE (one layer dense) with its own BPE tokenizer: `import`; a LoRA DPO
     (`all-linear`: the attention and the experts) with `pack: per_step`, resumed from its step 1 (its last checkpoint
     removed), whose step 2 is the uninterrupted run's again; `export --adapter`, which PEFT loads to our logits;
