@@ -18,6 +18,10 @@ the mixture the fit predicts best, under caps: cli/mix_propose.py.
 
 writes the proxies' configs, their weights (weights.csv) and swarm.json: cli/mix_swarm.py.
 
+    instructjax mix train SWARM_DIR [--packed K]
+
+trains the swarm's proxies, K at a time stacked in one vmapped step: cli/mix_train.py.
+
     instructjax mix table SWARM_DIR --target loss:TASK [--target ...] --out table.csv
 
 the trained proxies' targets beside their weights, the table `mix fit` reads: cli/mix_table.py.
@@ -30,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 
-from instructjax.cli import mix_propose, mix_swarm, mix_table
+from instructjax.cli import mix_propose, mix_swarm, mix_table, mix_train
 from instructjax.core import storage
 from instructjax.core.errors import ConfigError
 
@@ -55,6 +59,7 @@ def register(subparsers) -> None:
     mix_swarm.add_parser(sub)  # `mix swarm`: the proxies' configs (cli/mix_swarm.py)
     mix_propose.add_parser(sub)  # `mix propose`: the best mixture under the fit (cli/mix_propose.py)
     mix_table.add_parser(sub)  # `mix table`: a trained swarm's targets beside its weights (cli/mix_table.py)
+    mix_train.add_parser(sub)  # `mix train`: a swarm's proxies, K stacked in one step (cli/mix_train.py)
 
 
 def spearman(predicted: np.ndarray, actual: np.ndarray) -> float:

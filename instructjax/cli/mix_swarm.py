@@ -42,6 +42,8 @@ def add_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=42, help="the draws' seed (olmix's default: 42)")
     p.add_argument("--out", required=True, help="the swarm's directory (new or empty, unless --force)")
     p.add_argument("--force", action="store_true", help="write over a non-empty --out: what it holds is removed first")
+    p.add_argument("--packed", type=int, metavar="K", help="then train the proxies, K stacked in one step (as `mix "
+                   "train SWARM_DIR --packed K`; without it `sweep SWARM_DIR` trains them one by one)")
     p.add_argument("--runs-dir", help="where the proxies' runs go, RUNS_DIR/NAME (default: the base run_dir + _swarm)")
     p.add_argument("--min-strength", type=float, default=default.min_strength, help="the Dirichlet's lowest "
                    f"concentration (default {default.min_strength})")
@@ -102,8 +104,12 @@ def run_swarm(args) -> int:
     _write(args, proxies, manifest, clear)
     print(f"{args.runs} proxies of {len(drawn.sources)} sources ({', '.join(drawn.sources)}), {config.max_steps:,} "
           f"steps and about {budget:,} tokens each, {budget * args.runs:,} in all -> {args.out}")
-    print(f"next: instructjax sweep {args.out}")
-    return 0
+    if args.packed is None:
+        print(f"next: instructjax sweep {args.out}")
+        return 0
+    from instructjax.cli.mix_train import train_swarm
+
+    return train_swarm(args.out, args.packed)
 
 
 def _count(config, *, real_data: bool):

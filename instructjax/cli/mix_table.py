@@ -50,7 +50,7 @@ def run_table(args) -> int:
     for own in (source, storage.join(args.swarm, "swarm.json")):  # what the swarm holds is never written over
         if own in (storage.join(args.out), storage.join(beside)):
             raise ConfigError(f"--out {args.out} would write over the swarm's own {own}: give another file")
-    proxies, weight_columns = _proxies(source)
+    proxies, weight_columns = read_proxies(source)
     rows, missing = [], []
     for proxy in proxies:
         row, why_not = {"proxy": proxy["proxy"], **{c: float(proxy[c]) for c in weight_columns}}, []
@@ -79,7 +79,7 @@ def run_table(args) -> int:
     return 0
 
 
-def _proxies(path: str) -> tuple[list[dict], list[str]]:
+def read_proxies(path: str) -> tuple[list[dict], list[str]]:
     """weights.csv's rows and its weight columns."""
     try:
         text = storage.path(path).read_text()

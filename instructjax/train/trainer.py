@@ -196,7 +196,7 @@ class Trainer:
         def finish(step, metrics, seconds, rollout):
             nonlocal tokens
             m = jax.device_get(metrics)
-            _stop_if_non_finite(m["loss"], step, self.checkpointer)
+            stop_if_non_finite(m["loss"], step, self.checkpointer)
             result.losses[step], result.step = float(m["loss"]), step
             tokens += int(m["tokens"])
             m["lr"] = float(self.schedule(step - 1))
@@ -239,11 +239,11 @@ class Trainer:
         if primary and self.config.data.reweighting is not None and result.step > start:  # DoReMi's mixture so far
             reweighting.write_outputs(self.run_dir, self.config, self.sources, reweighting.carried_state(opt_state))
         if primary:
-            _wrap_up(result, self.total_steps, self.training_digest)
+            wrap_up(result, self.total_steps, self.training_digest)
         return result
 
 
-def _stop_if_non_finite(loss, step: int, checkpointer) -> None:
+def stop_if_non_finite(loss, step: int, checkpointer) -> None:
     """A NaN/inf `loss` at `step` stops the run before anything broken is saved, naming the last good checkpoint."""
     if not np.isfinite(loss):
         checkpointer.wait()
@@ -252,7 +252,7 @@ def _stop_if_non_finite(loss, step: int, checkpointer) -> None:
                             f"checkpoint is {'step ' + str(last_saved) if last_saved else 'none'}")
 
 
-def _wrap_up(result: TrainResult, total_steps: int, digest: str) -> None:
+def wrap_up(result: TrainResult, total_steps: int, digest: str) -> None:
     """The first host's end of a run: a preempted run says so; the loss plot; RUN_DIR/DONE where it reached its last
     step ({step, config: `training_digest`}: what `sweep` and the TPU launcher read)."""
     if result.preempted:
