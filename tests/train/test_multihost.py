@@ -128,7 +128,7 @@ def test_per_step_lora_dpo_preempted_on_two_hosts_resumes_on_one_as_the_unpacked
 
     base = uninterrupted[1]  # a base to adapt: the tiny model trained 4 steps (the torn test copies, not changes, it)
     args = [*BASE, f"model.init_from={base}", "model.lora.rank=4", "model.lora.alpha=8",
-            "data.mixture=preference_builtin", "objective.loss=dpo", "data.seq_len=512", "data.global_batch=16",
+            "data.mixture=preference_builtin", "objective.loss=dpo", "data.seq_len=256", "data.global_batch=8",
             "data.pack_window=64", "max_steps=3", "checkpoint.every=1000"]  # fmt: skip
     run_dir = tmp_path / "multi"
     cached = [*args, "data.pack=per_step", "objective.reference=cached"]
