@@ -237,7 +237,7 @@ def test_grpo_preempted_mid_run_on_two_hosts_resumes_as_one_process_runs(tmp_pat
     config.write_text(f"imports: [{module}]\ndefine:\n  tasks:\n    parity_prompts:\n      source: verifiable\n"
                       f"      data_files: [{rows.parent}]\n")
     args = [*BASE, "data.mixture=parity_prompts", "data.seq_len=64", "data.global_batch=8", "objective.loss=grpo",
-            "objective.prompts_per_rollout=4", "objective.samples_per_prompt=2", "objective.response_length=12",
+            "objective.prompts_per_rollout=4", "objective.samples_per_prompt=2", "objective.response_length=6",
             "objective.temperature=1.0", "objective.reference=live", "max_steps=3", "checkpoint.every=1000"]
     run_dir = tmp_path / "multi"
     results = wait(launch(2, run_dir, args, config=config, env_extra={"FAULT_SIGTERM_AFTER_STEP": "1"}))
