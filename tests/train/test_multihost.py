@@ -103,7 +103,7 @@ def test_hosts_plan_one_run_and_match_one_process(tmp_path, small_vocab, hosts=4
     first 2 steps' losses are one process's (the whole epoch took 7 minutes of CI, 8 steps 48 s more than 4; two hosts
     on the Tulu mix, 84 s more of CI, showed nothing four did not; a second step shows the hosts' slices move on)."""
     args = [*BASE, f"tokenizer={small_vocab}", "model.vocab_size=640", f"data.mixture={mixture}",
-            "data.seq_len=512", "data.global_batch=32", "data.pack_window=256", "checkpoint.every=1000",
+            "data.seq_len=512", "data.global_batch=16", "data.pack_window=256", "checkpoint.every=1000",
             "max_steps=2"]  # fmt: skip
     results = wait(launch(hosts, tmp_path / "multi", args))
     assert all(rc == 0 for rc, _ in results), results[0][1][-3000:] + results[-1][1][-3000:]
