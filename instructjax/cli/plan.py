@@ -36,6 +36,9 @@ def register(subparsers) -> None:
     p.add_argument("--rollout", action="store_true",
                    help="with --compile, for objective.loss: grpo: build its rollout engine's fill and decode steps "
                         "(the trained model as it lies on the run's mesh) instead of the train step")
+    p.add_argument("--packed", type=int, default=0, metavar="K",
+                   help="with --compile: build the step of K proxies of this config stacked (`mix train --packed K`) "
+                        "and say how many fit")
     p.add_argument("--save-executable", metavar="FILE",
                    help="with --compile: write the compiled step (of the largest step shape; the epoch counted by the "
                         "real pipeline) to FILE, for a run's `compiled: FILE` on the same slice")
@@ -56,6 +59,8 @@ def run(args) -> int:
         raise ConfigError("plan --eval goes with --compile (plan itself always prints the evaluation's figures)")
     if args.rollout and not (args.compile and config.objective.rollouts):
         raise ConfigError("plan --rollout goes with --compile, for a config of objective.loss: grpo")
+    if args.packed and not args.compile or args.packed < 0 or args.packed and (args.eval or args.rollout):
+        raise ConfigError("plan --packed K (K >= 1) goes with --compile, for the train step")
     if args.eval or args.rollout:
         return compiled_eval(args, config)
     if args.compile or args.save_executable:
@@ -116,7 +121,7 @@ def compiled(args, config) -> int:
                           "--topology, for this machine; not for --gpus")
     topology = tpu_topology(args.topology) if args.topology else local_topology()
     report = compile_run(config, topology, name=args.config, real_data=args.real_data,
-                         save_executable=args.save_executable)
+                         save_executable=args.save_executable, packed=args.packed)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
     if not report.fits:
         print(f"instructjax: {does_not_fit(report)}", file=sys.stderr, flush=True)

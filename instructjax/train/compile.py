@@ -36,6 +36,7 @@ from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
 from instructjax.model.attention import implementation_for
 from instructjax.train import setup as run_setup
+from instructjax.train.step import lower_stacked
 from instructjax.train.topology import GIB, Topology
 
 FORMAT = 2  # a saved step's file (1: known by a digest of some of the config, before its program's)
@@ -87,15 +88,25 @@ class CompileReport:
     shapes: list[CompiledShape]
     usable: float  # the share of HBM a step may take (plan.USABLE)
     shapes_from: str = "run"  # "run": the shapes the trainer compiles (the real pipeline); "estimate": plan's mean step
+    packed: int = 0  # proxies stacked in the step (`--packed K`, train/packed.py); 0: the run's own step
 
     @property
     def fits(self) -> bool:
         return all(s.xla_bytes + s.beside <= self.usable * s.hbm_bytes for s in self.shapes)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"config": self.config, "topology": self.topology, "devices": self.devices, "hosts": self.hosts,
-                "mesh": self.mesh, "attention": self.attention, "fits": self.fits,
-                "shapes_from": self.shapes_from, "shapes": [s.to_dict() for s in self.shapes]}
+        out = {"config": self.config, "topology": self.topology, "devices": self.devices, "hosts": self.hosts,
+               "mesh": self.mesh, "attention": self.attention, "fits": self.fits,
+               "shapes_from": self.shapes_from, "shapes": [s.to_dict() for s in self.shapes]}
+        if self.packed:
+            out |= {"packed": self.packed, "proxies_that_fit": self.proxies_that_fit}
+        return out
+
+    @property
+    def proxies_that_fit(self) -> int:
+        """With `packed`: the proxies the usable HBM holds, each taking the largest compiled step's bytes / `packed`."""
+        s = max(self.shapes, key=lambda s: s.rows * s.length)
+        return int(self.usable * s.hbm_bytes // max(s.xla_bytes / max(self.packed, 1), 1))
 
 
 def slice_devices(topology: Topology) -> list:
@@ -147,11 +158,12 @@ def program_figures(text: str) -> tuple[int, dict[str, dict[str, int]]]:
     return kernels, found
 
 
-def compile_shape(build, rows: int, length: int) -> tuple[Any, float, str]:
+def compile_shape(build, rows: int, length: int, packed: tuple[int, RunConfig] | None = None
+                  ) -> tuple[Any, float, str]:
     """The compiled step for a batch of `rows` x `length`, the seconds it took to lower and compile, and its
-    `program_digest`."""
+    `program_digest`; `packed` (K, the run's config): K proxies' step stacked (train/packed.py)."""
     start = time.perf_counter()
-    lowered = build.lower(rows, length)
+    lowered = build.lower(rows, length) if packed is None else lower_stacked(build, packed[1], packed[0], rows, length)
     compiled = lowered.compile()
     return compiled, time.perf_counter() - start, program_digest(lowered)
 
@@ -215,18 +227,20 @@ def _target(config: RunConfig, topology: Topology, *, real_data: bool, name: str
 
 
 def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_data: bool = False,
-                save_executable: str | None = None) -> CompileReport:
+                save_executable: str | None = None, packed: int = 0) -> CompileReport:
     """Build `config`'s train step for `topology` (a TPU slice, or this machine) for every step shape the run
     compiles (`_target`: as the trainer resolves the run with `real_data`, else plan's estimate); `save_executable`:
     write the compiled step of the largest shape there (`save_compiled`; the epoch then counted by the real pipeline,
-    as the trainer counts it: the learning-rate schedule is part of the program)."""
+    as the trainer counts it: the learning-rate schedule is part of the program); `packed` K: the step of K proxies
+    of the config stacked (train/packed.py), and how many fit."""
     from instructjax.core import sharding
     from instructjax.train import memory, optim
     from instructjax.train.step import build_step
 
     devices = target_devices(topology)
-    if config.max_steps == 0:
-        raise ConfigError("an evaluation-only config (max_steps: 0) has no train step to compile")
+    if config.max_steps == 0 or packed and save_executable:
+        raise ConfigError("--packed with --save-executable: a saved step is one run's (a pack compiles its own)"
+                          if packed else "an evaluation-only config (max_steps: 0) has no train step to compile")
     target = _target(config, topology, real_data=real_data or bool(save_executable), name=name)
     run, model, mesh_sizes = target.config, target.model, target.config.mesh
     tx, _ = optim.make_optimizer(run.optim, target.total_steps)
@@ -237,9 +251,10 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
     for rows, length in sorted(set(target.shapes)):
         figures, acts = memory.step_memory(model, run, mesh_sizes, [(rows, length)], topology)
         estimate, beside = memory.needed_bytes(figures, acts), memory.beside_step_bytes(run, figures)
+        estimate *= max(packed, 1)  # plan's figure is one proxy's
         hbm = int(topology.hbm_gib * GIB)
         try:
-            compiled, seconds, digest = compile_shape(build, rows, length)
+            compiled, seconds, digest = compile_shape(build, rows, length, (packed, run) if packed else None)
         except Exception as e:  # XLA:TPU refuses a program over the chip's memory while compiling it
             if "RESOURCE_EXHAUSTED" not in str(e):
                 raise
@@ -264,7 +279,7 @@ def compile_run(config: RunConfig, topology: Topology, *, name: str = "", real_d
     real = real_data or bool(save_executable)
     return CompileReport(name, topology.name, topology.devices, topology.hosts, mesh_sizes,
                          implementation_for(model.attention, topology.platform), shapes, memory.USABLE,
-                         "run" if real else "estimate")
+                         "run" if real else "estimate", packed)
 
 
 def slice_identity(devices, hosts: int, mesh: dict[str, int]) -> dict[str, Any]:
@@ -371,6 +386,9 @@ def format_report(report: CompileReport) -> str:
                   f" of it), HBM {s.hbm_bytes / GIB:.0f} GiB",
                   f"    {s.mosaic_kernels} Mosaic kernel(s), compiled in {s.compile_s:.1f} s; collectives: "
                   f"{largest or 'none'}"]
+    if report.packed:
+        lines.append(f"packed      {report.packed} proxies stacked in the step (the figures above are theirs together); "
+                     f"about {report.proxies_that_fit} fit a device's usable HBM")
     lines.append("fits" if report.fits else "DOES NOT FIT")
     return "\n".join(lines)
 

@@ -22,7 +22,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec
 
 from instructjax.core import progress, storage
 from instructjax.core.config import RunConfig, to_dict
@@ -30,7 +29,7 @@ from instructjax.core.context import Context, current
 from instructjax.core.errors import ConfigError
 from instructjax.train.metrics import MetricsLogger, MetricsWindow, progress_figures
 from instructjax.train.preemption import PreemptionWatch
-from instructjax.train.step import make_step
+from instructjax.train.step import stacked_sharding, stacked_step
 from instructjax.train.trainer import Trainer, TrainResult, stop_if_non_finite, wrap_up
 
 ALIKE = ("model", "optim", "objective", "mesh", "seed", "max_steps", "log_every", "checkpoint")
@@ -57,10 +56,6 @@ def check_stackable(configs: list[RunConfig]) -> None:
                "compiled: (a saved step is one run's)" if config.compiled else "")
         if why:
             raise ConfigError(f"--packed: {config.run_dir}: {why} cannot be stacked")
-
-
-def _stacked(sharding: NamedSharding) -> NamedSharding:
-    return NamedSharding(sharding.mesh, PartitionSpec(None, *sharding.spec))
 
 
 def _lane(tree, k: int):
@@ -99,16 +94,8 @@ class PackedTrainer:
             from instructjax.train.step import build_step
 
             build = build_step(first.model_config, first.tx, first.config, self.sources, first.mesh, first.config.seed)
-        self.build = build
-        stacked = lambda tree: jax.tree.map(_stacked, tree)  # noqa: E731
-        self.step = jax.jit(jax.vmap(make_step(build.objective, build.graphdef, build.tx, first.config, first.mesh,
-                                               build.partition)),
-                            in_shardings=(stacked(build.param_shardings), stacked(build.opt_shardings),
-                                          _stacked(build.batch_sharding)),
-                            out_shardings=(stacked(build.param_shardings), stacked(build.opt_shardings),
-                                           NamedSharding(first.mesh, PartitionSpec())),
-                            donate_argnums=(0, 1))
-        self.batch_sharding = _stacked(build.batch_sharding)
+        self.build, self.step = build, stacked_step(build, first.config)
+        self.batch_sharding = stacked_sharding(build.batch_sharding)
 
     def _release(self) -> None:
         for trainer in self.trainers:

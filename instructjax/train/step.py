@@ -259,3 +259,32 @@ def build_step(model: DecoderConfig, tx: optax.GradientTransformation, config: R
     return StepBuild(state.graphdef, with_sharding(state.params, param_shardings), with_sharding(state.opt, opt_shardings),
                      param_shardings, opt_shardings, batch_sharding, step, bool(reference),
                      objective.reference == "cached", partition, objective, tx)
+
+
+def stacked_sharding(sharding: NamedSharding) -> NamedSharding:
+    """`sharding` with a leading unsharded axis (proxies stacked: train/packed.py)."""
+    return NamedSharding(sharding.mesh, PartitionSpec(None, *sharding.spec))
+
+
+def stacked_step(build, config: RunConfig):
+    """`build`'s step `vmap`ped over a leading axis of proxies, jitted with the shardings of the state and the batch
+    gaining that axis, unsharded (each proxy laid out as alone); the state donated."""
+    stacked = lambda tree: jax.tree.map(stacked_sharding, tree)  # noqa: E731
+    mesh = build.batch_sharding.mesh
+    step = make_step(build.objective, build.graphdef, build.tx, config, mesh, build.partition)
+    return jax.jit(jax.vmap(step), in_shardings=(stacked(build.param_shardings), stacked(build.opt_shardings),
+                                                 stacked_sharding(build.batch_sharding)),
+                   out_shardings=(stacked(build.param_shardings), stacked(build.opt_shardings),
+                                  NamedSharding(mesh, PartitionSpec())),
+                   donate_argnums=(0, 1))
+
+
+def lower_stacked(build, config: RunConfig, proxies: int, rows: int, length: int):
+    """The stacked step of `proxies` runs lowered for batches of `rows` x `length` each (`plan --compile --packed`)."""
+    def grow(a):
+        return jax.ShapeDtypeStruct((proxies, *a.shape), a.dtype, sharding=stacked_sharding(a.sharding))
+
+    params, opt_state = jax.tree.map(grow, build.params), jax.tree.map(grow, build.opt_state)
+    batch = {name: grow(a) for name, a in build.batch(rows, length).items()}
+    with jax.set_mesh(build.batch_sharding.mesh):
+        return stacked_step(build, config).lower(params, opt_state, batch)

@@ -91,3 +91,18 @@ def test_proxies_that_differ_in_more_than_their_data_are_one_line(swarm, tmp_pat
     assert "differ in optim" in str(info.value) and "\n" not in str(info.value)
     assert main(["mix", "train", str(root / "swarm"), "--packed", "0"]) == 2
     assert capsys.readouterr().err.strip().count("\n") == 0
+
+
+def test_plan_compile_packed_builds_k_proxies_state_and_batches_and_counts_what_fits(swarm):
+    """The stacked step's arguments (parameters, optimizer state, batch) are K times one proxy's step's, as the
+    compiler lays them out; `proxies_that_fit` divides the usable memory by a proxy's share of the stacked step."""
+    from instructjax.train.compile import compile_run
+    from instructjax.train.topology import local_topology
+
+    _, configs = swarm
+    config, topology = load_config(str(configs[0])), local_topology()
+    alone_step, stacked = compile_run(config, topology), compile_run(config, topology, packed=3)
+    one, three = alone_step.shapes[0], stacked.shapes[0]
+    assert (three.rows, three.length) == (one.rows, one.length) and three.arguments == 3 * one.arguments
+    assert stacked.proxies_that_fit == int(stacked.usable * three.hbm_bytes // (three.xla_bytes / 3)) >= 3
+    assert "proxies_that_fit" in stacked.to_dict() and "proxies_that_fit" not in alone_step.to_dict()
