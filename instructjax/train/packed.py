@@ -18,10 +18,13 @@ the same step (fresh, or resumed together). Anything else is one line naming the
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import yaml
 
 from instructjax.core import progress, storage
 from instructjax.core.config import RunConfig, to_dict
@@ -53,7 +56,8 @@ def check_stackable(configs: list[RunConfig]) -> None:
         why = ("data.pack: per_step (its step shapes are each run's own)" if config.data.pack == "per_step" else
                f"objective.loss {config.objective.loss} (a pack trains sft)" if config.objective.loss != "sft" else
                "data.reweighting" if config.data.reweighting is not None else
-               "compiled: (a saved step is one run's)" if config.compiled else "")
+               "compiled: (a saved step is one run's)" if config.compiled else
+               "wandb: (a W&B run a process; metrics.jsonl and TensorBoard are each run's)" if config.wandb else "")
         if why:
             raise ConfigError(f"--packed: {config.run_dir}: {why} cannot be stacked")
 
@@ -109,99 +113,113 @@ class PackedTrainer:
             self._release()
 
     def _train(self, stop_at: int | None) -> list[TrainResult]:
-        lanes = self.trainers
-        contexts = self.contexts
-        states = []
-        for trainer, context in zip(lanes, contexts, strict=True):
-            with context:
-                states.append(trainer.init_state())
-        starts = {s[2] for s in states}
-        if len(starts) != 1:
+        lanes = [_Lane(trainer, context) for trainer, context in zip(self.trainers, self.contexts, strict=True)]
+        states = [lane.start() for lane in lanes]
+        if len({lane.result.step for lane in lanes}) != 1:
             raise ConfigError("--packed: the runs saved different steps ("
-                              + ", ".join(f"{t.run_dir}: {s[2]}" for t, s in zip(lanes, states, strict=True))
+                              + ", ".join(f"{lane.trainer.run_dir}: {lane.result.step}" for lane in lanes)
                               + "): resume them apart")
-        start = starts.pop()
+        start = lanes[0].result.step
         stack = jax.jit(lambda *trees: jax.tree.map(lambda *xs: jnp.stack(xs), *trees))
         params, opt_state = stack(*(s[0] for s in states)), stack(*(s[1] for s in states))
-        tokens = [s[3] for s in states]
-        results = [TrainResult(t.run_dir, start) for t in lanes]
-        windows, loggers = [], []
-        for trainer, state in zip(lanes, states, strict=True):
-            storage.write_text(trainer.run_dir / "config.yaml", _yaml(trainer.config))
-            loggers.append(MetricsLogger(trainer.run_dir, resume_step=start if trainer.resume else None))
-            window = MetricsWindow(len(trainer.sources), trainer.config.optim.loss_reduction)
-            if start and state[4]:
-                window.load(state[4])
-            windows.append(window)
-        iterators = []
-        for trainer, context in zip(lanes, contexts, strict=True):
-            with context:
-                iterators.append(iter(trainer.pipeline))
         last = min(stop_at or self.total_steps, self.total_steps)
         bar = progress.bar(total=self.total_steps, initial=start, desc=f"train {len(lanes)} packed", unit="step")
-        preemption = PreemptionWatch(lanes[0].process)
+        preemption = PreemptionWatch(self.trainers[0].process)
 
-        def next_batch():
-            rows = []
-            for it, context in zip(iterators, contexts, strict=True):
-                with context:
-                    rows.append(next(it))
+        def next_batch():  # (the lanes' batches stacked on the mesh, each lane's data position after its batch)
+            rows = [lane.next_batch() for lane in lanes]
             host = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-            return jax.device_put(host, self.batch_sharding), [t.pipeline.state for t in lanes]
+            return jax.device_put(host, self.batch_sharding), [lane.trainer.pipeline.state for lane in lanes]
 
         stopped = False
         try:
-            with preemption.listening(), jax.set_mesh(lanes[0].mesh):
+            with preemption.listening(), jax.set_mesh(self.trainers[0].mesh):
                 if start < last:
                     batch, positions = next_batch()
                 clock = time.perf_counter()
                 for step in range(start + 1, last + 1):
                     params, opt_state, metrics = self.step(params, opt_state, batch)
-                    if step < last:
+                    if step < last:  # the next batches are made while this step runs
                         batch, following = next_batch()
                     metrics = jax.device_get(metrics)
                     now = time.perf_counter()
                     seconds, clock = now - clock, now
-                    for k, trainer in enumerate(lanes):
-                        m = {key: value[k] for key, value in metrics.items()}
-                        n = len(trainer.sources)
-                        m["source_sums"], m["source_weights"] = m["source_sums"][:n], m["source_weights"][:n]
-                        stop_if_non_finite(m["loss"], step, trainer.checkpointer)
-                        results[k].losses[step], results[k].step = float(m["loss"]), step
-                        tokens[k] += int(m["tokens"])
-                        m["lr"] = float(trainer.schedule(step - 1))
-                        windows[k].add(m, seconds / len(lanes))
-                        if step % trainer.config.log_every == 0 or step == self.total_steps:
-                            loggers[k].log(step, windows[k].flush(m, tokens[k], trainer.sources))
+                    for k, lane in enumerate(lanes):
+                        m = lane.record(step, {key: value[k] for key, value in metrics.items()}, seconds / len(lanes),
+                                        self.total_steps)
                     bar.set_postfix(progress_figures(m, seconds))
                     bar.update(1)
                     stopped = preemption.should_stop(step)
-                    if step % lanes[0].config.checkpoint.every == 0 or step == last or stopped:
-                        for k, trainer in enumerate(lanes):
-                            loggers[k].sync()
-                            with contexts[k]:
-                                trainer.save(step, _lane(params, k), _lane(opt_state, k), tokens[k], positions[k],
-                                             windows[k])
+                    if step % self.trainers[0].config.checkpoint.every == 0 or step == last or stopped:
+                        for k, lane in enumerate(lanes):
+                            lane.save(step, _lane(params, k), _lane(opt_state, k), positions[k])
                     if stopped:
                         break
                     if step < last:
                         positions = following
         finally:
             bar.close()
-            for trainer, logger in zip(lanes, loggers, strict=True):
-                trainer.checkpointer.wait()
-                logger.close()
-        for trainer, result in zip(lanes, results, strict=True):
-            trainer.checkpointer.close()
-            result.preempted = stopped
-            wrap_up(result, self.total_steps, trainer.training_digest)
-        return results
+            for lane in lanes:
+                lane.close()
+        for lane in lanes:
+            lane.result.preempted = stopped
+            wrap_up(lane.result, self.total_steps, lane.trainer.training_digest)
+        return [lane.result for lane in lanes]
 
 
-def _yaml(config: RunConfig) -> str:
-    import yaml
+@dataclass
+class _Lane:
+    """One run of a pack: its trainer and context, and what its loop keeps (metrics window and log, tokens, result)."""
 
-    return yaml.safe_dump(to_dict(config), sort_keys=False)
+    trainer: Trainer
+    context: Context
+    window: MetricsWindow | None = None
+    logger: MetricsLogger | None = None
+    batches: Iterator | None = None
+    tokens: int = 0
+    result: TrainResult | None = None
+
+    def start(self):
+        """The run's starting (params, opt_state), its log and window opened at its start step, its batches."""
+        trainer = self.trainer
+        with self.context:
+            params, opt_state, start, self.tokens, saved_window = trainer.init_state()
+            self.batches = iter(trainer.pipeline)
+        self.result = TrainResult(trainer.run_dir, start)
+        storage.write_text(trainer.run_dir / "config.yaml", yaml.safe_dump(to_dict(trainer.config), sort_keys=False))
+        self.logger = MetricsLogger(trainer.run_dir, resume_step=start if trainer.resume else None)
+        self.window = MetricsWindow(len(trainer.sources), trainer.config.optim.loss_reduction)
+        if start and saved_window:
+            self.window.load(saved_window)
+        return params, opt_state
+
+    def next_batch(self) -> dict:
+        with self.context:
+            return next(self.batches)
+
+    def record(self, step: int, m: dict, seconds: float, total_steps: int) -> dict:
+        """Step `step`'s device metrics `m` of this run (its own sources' sums), logged as its trainer logs them."""
+        trainer, n = self.trainer, len(self.trainer.sources)
+        m["source_sums"], m["source_weights"] = m["source_sums"][:n], m["source_weights"][:n]
+        stop_if_non_finite(m["loss"], step, trainer.checkpointer)
+        self.result.losses[step], self.result.step = float(m["loss"]), step
+        self.tokens += int(m["tokens"])
+        m["lr"] = float(trainer.schedule(step - 1))
+        self.window.add(m, seconds)
+        if step % trainer.config.log_every == 0 or step == total_steps:
+            self.logger.log(step, self.window.flush(m, self.tokens, trainer.sources))
+        return m
+
+    def save(self, step: int, params, opt_state, position) -> None:
+        self.logger.sync()  # the metrics kept never lag behind a saved step
+        with self.context:
+            self.trainer.save(step, params, opt_state, self.tokens, position, self.window)
+
+    def close(self) -> None:
+        self.trainer.checkpointer.wait()
+        if self.logger is not None:
+            self.logger.close()
+        self.trainer.checkpointer.close()
 
 
 def train_packed(configs: list[RunConfig], *, resume: bool = False, **kwargs) -> list[TrainResult]:
