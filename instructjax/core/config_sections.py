@@ -85,7 +85,7 @@ REWEIGHTING_METHODS = ("doremi",)
 class ReweightingSection:
     """Online domain reweighting (`data.reweighting:`): DoReMi (`instructjax.train.doremi`, `train.reweighting`). Every
     step the mixture's domain weights take an exponentiated-gradient step of size `eta` on each domain's excess loss
-    over the `reference` run's model (a RUN_DIR with a checkpoint: same model and tokenizer), smoothed by `eps` toward
+    over the `reference` run's model (a RUN_DIR with a checkpoint: same model, tokenizer and tasks), smoothed by `eps` toward
     uniform; the proxy trains on the domain-weighted loss, and the weights' running mean is the proposed mixture."""
 
     method: str = "doremi"

@@ -29,8 +29,9 @@ def sampling(stream) -> np.ndarray:
     return (drawn / drawn.sum()).astype(np.float32)
 
 
-def check_reference(config: RunConfig, model: DecoderConfig, tokenizer) -> None:
-    """The reference run holds an intact checkpoint of a model shaped as this run's, trained with its tokenizer."""
+def check_reference(config: RunConfig, model: DecoderConfig, tokenizer, sources: list[str]) -> None:
+    """The reference run holds an intact checkpoint, trained with this run's tokenizer on its tasks (`sources`), of a
+    model shaped as this run's."""
     import jax
     from flax import nnx
 
@@ -50,14 +51,34 @@ def check_reference(config: RunConfig, model: DecoderConfig, tokenizer) -> None:
         state = nnx.state(nnx.eval_shape(lambda: Decoder(decoder, rngs=nnx.Rngs(0))), nnx.Param)
         return jax.tree.map(lambda a: tuple(a.shape), nnx.to_pure_dict(state))
 
-    theirs = DecoderConfig.from_dict(stored).replace(scan_layers=model.scan_layers)
-    if theirs.lora is not None or shapes(theirs) != shapes(model.replace(lora=None)):
-        raise ConfigError(f"data.reweighting.reference {where}: its model is not this run's (the reference and the "
-                          "proxy share one architecture; a LoRA reference is not supported)")
     item = read_tokenizer(where)
     if item is not None and Tokenizer.load(materialize(item["files"])).fingerprint != tokenizer.fingerprint:
         raise ConfigError(f"data.reweighting.reference {where}: trained with another tokenizer than this run's "
                           f"{tokenizer.words}")
+    tasks = _reference_tasks(where)
+    if tasks is not None and tasks != sorted(specs.base_name(s) for s in sources):
+        raise ConfigError(f"data.reweighting.reference {where}: trained on the tasks {', '.join(tasks)}, not this "
+                          f"run's {', '.join(sorted(specs.base_name(s) for s in sources))} (its domains are theirs)")
+    theirs = DecoderConfig.from_dict(stored).replace(scan_layers=model.scan_layers)
+    if theirs.lora is not None or shapes(theirs) != shapes(model.replace(lora=None)):
+        raise ConfigError(f"data.reweighting.reference {where}: its model is not this run's (the reference and the "
+                          "proxy share one architecture; a LoRA reference is not supported)")
+
+
+def _reference_tasks(where: str) -> list[str] | None:
+    """The tasks of the reference run's mixture, as its RUN_DIR/config.yaml names it (None without one), bound in a
+    context of its own (DoReMi's reference defines the run's mixture name at other rates)."""
+    from instructjax.core.config import load_config
+    from instructjax.core.context import Context, current
+    from instructjax.train import setup as run_setup
+
+    path = storage.join(where, "config.yaml")
+    if not storage.path(path).is_file():
+        return None
+    with Context(parent=current()):
+        reference = load_config(path)
+        resolved = run_setup.checked_mixture(reference, run_setup.run_registry(reference))
+        return None if resolved is None else sorted(specs.base_name(t) for t in resolved.tasks)
 
 
 def identity(config: RunConfig) -> dict:

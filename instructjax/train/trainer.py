@@ -118,6 +118,8 @@ class Trainer:
         self.mesh = sharding.make_mesh(run.mesh, devices)
         self.step_shapes = run.step_shapes if config.data.pack == "per_step" else ()  # each compiled before step 1
         _check_hosts_agree(run.epoch, config, run.processed)
+        if config.data.reweighting is not None:  # DoReMi's reference: this run's model, tokenizer and tasks
+            reweighting.check_reference(config, self.model_config, self.tokenizer, self.sources)
         self.out_of_memory = memory.check_fits(run.model, run.config, run.mesh, run.step_shapes)  # before compiling
         tokenizer = run_setup.tokenizer_item(run.tokenizer, run.config.template)  # what a checkpoint carries
         self.checkpointer = config.checkpoint.build(self.run_dir, tokenizer)
@@ -128,8 +130,7 @@ class Trainer:
             run_setup.report_data(self.pipeline, own=pipeline is None)
         self.tx, self.schedule = optim.make_optimizer(config.optim, self.total_steps)  # over what trains: the build's
         sampling = None
-        if config.data.reweighting is not None:  # DoReMi: its reference checked, its weights start at the data's rates
-            reweighting.check_reference(config, self.model_config, self.tokenizer)
+        if config.data.reweighting is not None:  # DoReMi: its weights start at the rates the data is drawn at
             sampling = reweighting.sampling(self.pipeline.stream)
         self.build = build_step(self.model_config, self.tx, self.config, len(self.sources), self.mesh, config.seed,
                                 sampling)

@@ -135,17 +135,30 @@ def test_a_stopped_and_resumed_proxy_is_the_uninterrupted_one(runs):
                                    rtol=1e-6)
 
 
-@pytest.mark.parametrize("reference, words", [
+@pytest.mark.parametrize("case, words", [
     ("missing", "no intact checkpoint"),
-    ("ref", "its model is not this run's"),
+    ("model", "its model is not this run's"),
+    ("tasks", "trained on the tasks alpaca_builtin, code_alpaca_builtin, p3_builtin, not this run's alpaca_builtin, "
+              "p3_builtin"),
+    ("tokenizer", "trained with another tokenizer"),
 ])  # fmt: skip
-def test_a_reference_that_is_not_the_runs_model_is_one_line(runs, tmp_path, capsys, reference, words):
+def test_a_reference_that_is_not_the_runs_model_tasks_or_tokenizer_is_one_line(runs, tmp_path, capsys, case, words):
     root, _ = runs
     file = tmp_path / "c.yaml"
     file.write_text(f"run_dir: {tmp_path / 'bad'}\n")
-    args = ["train", "--config", str(file), *BASE, "max_steps=1", "data.global_batch=8", f"data.reweighting.reference={root / reference}"]
-    if reference == "ref":
+    reference = root / ("missing" if case == "missing" else "ref")
+    args = ["train", "--config", str(file), *BASE, "max_steps=1", "data.global_batch=8",
+            f"data.reweighting.reference={reference}"]
+    if case == "model":
         args.append("model.overrides.intermediate_size=96")  # another shape than the reference's
+    if case == "tasks":  # two of the reference's three domains
+        args += ["data.mixture=ap", "define.mixtures.ap.mode=rate", "define.mixtures.ap.rates.alpaca_builtin=1",
+                 "define.mixtures.ap.rates.p3_builtin=1"]
+    if case == "tokenizer":
+        from helpers.pretrained_models import bpe_tokenizer
+
+        args += [f"tokenizer={bpe_tokenizer(str(tmp_path / 'tokenizer'), vocab_size=600)}", "data.seq_len=512"]
     assert cli.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and words in err[0] and str(root / reference) in err[0]
+    assert len(err) == 1 and words in err[0] and str(reference) in err[0]
+    assert not (tmp_path / "bad" / "checkpoints").exists()
