@@ -17,9 +17,9 @@ from helpers.host_devices import one_device
 from instructjax import cli
 
 SFT = ["model.dtype=float32", "model.lora.rank=4", "model.lora.alpha=16", "data.mixture=acp_ACP_builtin",
-       "data.seq_len=256", "data.global_batch=8", "data.pack_window=64", "optim.lr=3e-2", "optim.warmup_ratio=0",
+       "data.seq_len=256", "data.global_batch=4", "data.pack_window=64", "optim.lr=3e-2", "optim.warmup_ratio=0",
        "max_steps=1", "log_every=1", "checkpoint.async_save=false"]
-DPO = ["model.dtype=float32", "data.mixture=preference_builtin", "data.seq_len=256", "data.global_batch=8",
+DPO = ["model.dtype=float32", "data.mixture=preference_builtin", "data.seq_len=256", "data.global_batch=4",
        "data.pack_window=16", "optim.lr=1e-2", "optim.warmup_ratio=0", "log_every=1", "max_steps=2",
        "objective.loss=dpo", "objective.beta=0.1", "checkpoint.async_save=false"]
 REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/margins")
