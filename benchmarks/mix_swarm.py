@@ -5,7 +5,9 @@ On the built-in alpaca, code_alpaca and p3 tasks (seed 000's A, C and P), a tiny
   1. `mix swarm`: `--runs` proxy configs (default 30) of `--steps` steps (default 40), olmix's draws;
   2. each proxy trained (`train`, in this process: one compile, shared);
   3. `mix table`: each proxy's loss on `--target-task` (default dolly_builtin, a task none of them trains on);
-  4. `mix fit` (olmix's log-linear law) on all proxies but the last 6, `--test` on those 6: their Spearman (goal 0.8);
+  4. `--held` mixtures (default 6) drawn uniformly on the simplex (a flat Dirichlet, the benchmark's seed), trained as
+     the proxies are and scored the same way; `mix fit` (olmix's log-linear law) on the swarm, `--test` on them: their
+     Spearman (goal 0.8);
   5. `mix propose` (olmix's exact proposer) from the fit; the proposal, the natural mixture (each task's share of the
      tokens) and the uniform one each trained at 4x a proxy's steps and scored on the target the same way (goal: the
      proposal lowest);
@@ -26,13 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 import common  # noqa: E402
 
-HELD = 6  # proxies the fit never sees
 SPEARMAN_GOAL = 0.8
 
 
@@ -61,17 +63,32 @@ def with_rates(config: dict, name: str, rates: dict[str, float], steps: int, run
             "define": {"mixtures": {mixture: {"mode": "rate", "rates": rates}}}}
 
 
-def split(table: Path, fit: Path, test: Path) -> None:
-    rows = list(csv.reader(table.open()))
-    header, body = rows[0], rows[1:]
-    for path, part in ((fit, body[:-HELD]), (test, body[-HELD:])):
-        with path.open("w", newline="") as f:
-            csv.writer(f, lineterminator="\n").writerows([header, *part])
+def trained(root: Path, where: str, base: dict, mixtures: dict[str, dict[str, float]], sources: list[str], steps: int,
+            target: str, examples: int) -> dict[str, float]:
+    """Each of `mixtures` trained from `base` for `steps` steps (ROOT/runs/WHERE_NAME), laid out as a swarm in ROOT/WHERE
+    for `mix table`, which scores each on `target` into ROOT/WHERE.csv: name -> its figure."""
+    folder = root / where
+    folder.mkdir(exist_ok=True)
+    for name, rates in mixtures.items():
+        config = with_rates(base, name, {s: float(rates.get(s, 0.0)) for s in sources if rates.get(s, 0.0) > 0},
+                            steps, str(root / "runs" / f"{where}_{name}"))
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+        quietly(["train", "--config", str(folder / f"{name}.yaml")])
+    with (folder / "weights.csv").open("w", newline="") as f:
+        writer = csv.writer(f, lineterminator="\n")
+        writer.writerow(["proxy", "config", "run_dir", *(f"weight.{s}" for s in sources)])
+        for name, rates in mixtures.items():
+            writer.writerow([name, f"{name}.yaml", str(root / "runs" / f"{where}_{name}"),
+                             *(float(rates.get(s, 0.0)) for s in sources)])
+    run(["mix", "table", str(folder), "--target", target, "--examples", str(examples),
+         "--out", str(root / f"{where}.csv")])
+    return {r["proxy"]: float(r[target]) for r in csv.DictReader((root / f"{where}.csv").open())}
 
 
 def main() -> None:
     p = common.parser(__doc__)
-    p.add_argument("--runs", type=int, default=30, help="proxies (the last 6 held out of the fit)")
+    p.add_argument("--runs", type=int, default=30, help="proxies")
+    p.add_argument("--held", type=int, default=6, help="mixtures drawn uniformly on the simplex, never fitted on")
     p.add_argument("--steps", type=int, default=40, help="each proxy's steps (the final runs train 4x as many)")
     p.add_argument("--target-task", default="dolly_builtin", help="the held-out task whose loss is the target")
     p.add_argument("--examples", type=int, default=128, help="the target task's examples scored")
@@ -105,33 +122,20 @@ def main() -> None:
     swarm_seconds = time.perf_counter() - start
     run(["mix", "table", str(swarm), "--target", target, "--examples", str(args.examples),
          "--out", str(root / "table.csv")])
-    split(root / "table.csv", root / "fit.csv", root / "test.csv")
-    fit = json.loads(quietly(["mix", "fit", "--table", str(root / "fit.csv"), "--weights", "weight.", "--target",
-                              target, "--test", str(root / "test.csv"), "--out", str(root / "fit"), "--json"]))
+    sources, steps = manifest["sources"], 4 * args.steps
+    draws = np.random.default_rng(args.seed).dirichlet(np.ones(len(sources)), args.held)
+    held = {f"held{i}": dict(zip(sources, map(float, w), strict=True)) for i, w in enumerate(draws)}
+    trained(root, "held", base, held, sources, args.steps, target, args.examples)
+    fit = json.loads(quietly(["mix", "fit", "--table", str(root / "table.csv"), "--weights", "weight.", "--target",
+                              target, "--test", str(root / "held.csv"), "--out", str(root / "fit"), "--json"]))
     figures = fit["targets"][target]
     run(["mix", "propose", "--fit", str(root / "fit"), "--config", str(root / "base.yaml"),
          "--out", str(root / "proposed.yaml")])
     proposed_config = yaml.safe_load((root / "proposed.yaml").read_text())
     proposed_rates = next(iter(proposed_config["define"]["mixtures"].values()))["rates"]
 
-    sources, steps = manifest["sources"], 4 * args.steps
     final = {"proposed": proposed_rates, "natural": manifest["natural"], "uniform": dict.fromkeys(sources, 1 / 3)}
-    finals = root / "finals"  # the three final runs, as a swarm `mix table` reads
-    finals.mkdir(exist_ok=True)
-    for name, rates in final.items():
-        config = with_rates(base, name, {s: float(rates.get(s, 0.0)) for s in sources if rates.get(s, 0.0) > 0},
-                            steps, str(root / "runs" / f"final_{name}"))
-        (finals / f"{name}.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-        quietly(["train", "--config", str(finals / f"{name}.yaml")])
-    with (finals / "weights.csv").open("w", newline="") as f:
-        writer = csv.writer(f, lineterminator="\n")
-        writer.writerow(["proxy", "config", "run_dir", *(f"weight.{s}" for s in sources)])
-        for name, rates in final.items():
-            writer.writerow([name, f"{name}.yaml", str(root / "runs" / f"final_{name}"),
-                             *(float(rates.get(s, 0.0)) for s in sources)])
-    run(["mix", "table", str(finals), "--target", target, "--examples", str(args.examples),
-         "--out", str(root / "finals.csv")])
-    scored = {r["proxy"]: float(r[target]) for r in csv.DictReader((root / "finals.csv").open())}
+    scored = trained(root, "finals", base, final, sources, steps, target, args.examples)
 
     grid_points = math.comb(round(1 / args.grid_step) + len(sources) - 1, len(sources) - 1)
     swarm_tokens, final_tokens = manifest["total_tokens"], 4 * manifest["budget_tokens"]
@@ -141,10 +145,10 @@ def main() -> None:
         f"target: the loss on {args.examples} examples of {args.target_task} (trained by none). Swarm trained in "
         f"{swarm_seconds:.0f} s.",
         common.table(["fit (olmix's log-linear law)", "Spearman", "R²"], [
-            [f"leave-one-out, {len(proxies) - HELD} proxies", f"{figures['leave_one_out']['spearman']:.3f}",
+            [f"leave-one-out, {len(proxies)} proxies", f"{figures['leave_one_out']['spearman']:.3f}",
              f"{figures['leave_one_out']['r2']:.3f}"],
-            [f"the {HELD} proxies it never saw (goal >= {SPEARMAN_GOAL})", f"**{figures['test']['spearman']:.3f}**",
-             f"{figures['test']['r2']:.3f}"]]),
+            [f"{args.held} mixtures it never saw, drawn uniformly on the simplex (goal >= {SPEARMAN_GOAL})",
+             f"**{figures['test']['spearman']:.3f}**", f"{figures['test']['r2']:.3f}"]]),
         common.table(["mixture, trained 4x a proxy's steps", *sources, f"{target}"], [
             [name, *(f"{float(final[name].get(s, 0.0)):.3f}" for s in sources), f"{scored[name]:.4f}"]
             for name in final]),
