@@ -18,12 +18,19 @@ parameters, its partition (what trains: a LoRA's adapters) and rows of examples:
                to sum to 1: LESS takes the learning rates), summed; then each train example's mean over every
                subtask's target examples, and the best subtask's (`less/data_selection/matching.py`).
 
+A warm-up run (a LoRA run that saved a step per epoch) gives the checkpoints: `warmup_step` reads a step's parameters,
+its Adam moments and the learning rate it trained at; `pool_features` makes a pool's projected features a batch of
+rows at a time.
+
 LESS projects with trak's projector; `rademacher` draws its own matrix (JAX's generator), so features differ from
 trak's stream, while the scores under one matrix are LESS's (tests/train/test_less.py runs LESS's code on the
 same model, examples, moments and matrix).
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -99,3 +106,87 @@ def influence(train: list[np.ndarray], target: list[np.ndarray], weights: list[f
 def top(scores: np.ndarray, k: int) -> np.ndarray:
     """The indices of the `k` highest scores, highest first (ties: the earlier example first)."""
     return np.argsort(-scores, kind="stable")[:k]
+
+
+# ---- a warm-up run's checkpoints and a pool's features --------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WarmupStep:
+    """A LoRA warm-up run's saved step: its model, parameters, the Adam moments of what trains (each flattened in the
+    trained tree's order, as `flatten` lays out gradients) and the learning rate the step trained at (metrics.jsonl)."""
+
+    step: int
+    model: Any
+    params: Any
+    first: np.ndarray  # [D] Adam's first moment (optax `mu`)
+    second: np.ndarray  # [D] its second (optax `nu`)
+    lr: float
+
+
+def warmup_steps(run_dir: str) -> list[int]:
+    """The warm-up run's saved steps, oldest first (LESS takes a checkpoint per epoch: the run keeps them)."""
+    from instructjax.core.checkpoint import checkpoints_dir
+    from instructjax.core.integrity import steps_on_disk
+
+    return sorted(steps_on_disk(checkpoints_dir(run_dir)))
+
+
+def warmup_step(run_dir: str, step: int) -> WarmupStep:
+    """`run_dir`'s `step` (see `WarmupStep`); one line where it trains no LoRA or logged no learning rate."""
+    import optax
+    import orbax.checkpoint as ocp
+
+    from instructjax.convert.saved import load_params_as
+    from instructjax.core.checkpoint import checkpoints_dir, read_meta
+    from instructjax.core.coerce import build_section
+    from instructjax.core.config import OptimSection
+    from instructjax.core.errors import ConfigError
+    from instructjax.model.config import DecoderConfig
+    from instructjax.train.metrics import read_metrics
+    from instructjax.train.step import abstract_state
+
+    stored, run_config, step = read_meta(run_dir, step)
+    model = DecoderConfig.from_dict(stored)
+    if model.lora is None:
+        raise ConfigError(f"{run_dir}: LESS's warm-up trains a LoRA; its model has none (model.lora)")
+    tx, _ = build_section(OptimSection, (run_config or {}).get("optim", {}), "optim").build(1)
+    state = abstract_state(model, tx)
+    step_dir = checkpoints_dir(run_dir) / str(step)
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler(opt_state=ocp.StandardCheckpointHandler())) as reader:
+        opt_state = reader.restore(step_dir, args=ocp.args.Composite(
+            opt_state=ocp.args.StandardRestore(state.opt)))["opt_state"]
+    moments = [optax.tree_utils.tree_get(opt_state, name) for name in ("mu", "nu")]
+    logged = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step and "lr" in r]
+    if not logged:
+        raise ConfigError(f"{run_dir}: no learning rate logged by step {step} (metrics.jsonl): LESS weighs each "
+                          "checkpoint by it")
+    first, second = (np.concatenate([np.asarray(x).reshape(-1) for x in jax.tree.leaves(m)]) for m in moments)
+    return WarmupStep(step, model, load_params_as(run_dir, model, step=step), first, second, float(logged[-1]["lr"]))
+
+
+def pool_features(warm: WarmupStep, rows: dict[str, np.ndarray], kind: str, matrix: jax.Array, batch: int = 8
+                  ) -> np.ndarray:
+    """[rows, k]: each row's (one example a row) `kind` features under `warm`, projected by `matrix` and normalised,
+    `batch` rows at a time (never more than a batch's full gradients at once)."""
+    from flax import nnx
+
+    from instructjax.model.decoder import Decoder
+    from instructjax.model.partition import Partition
+
+    abstract = nnx.eval_shape(lambda: Decoder(warm.model, rngs=nnx.Rngs(0)))
+    graphdef, partition = nnx.graphdef(abstract), Partition.of_state(nnx.state(abstract, nnx.Param))
+
+    @jax.jit
+    def one_batch(params, part):
+        return project(features(flatten(gradients(graphdef, partition, params, part)), kind, warm.first,
+                                warm.second), matrix)
+
+    n = len(rows["tokens"])
+    out = []
+    for start in range(0, n, batch):
+        part = {k: v[start : start + batch] for k, v in rows.items()}
+        short = batch - len(part["tokens"])  # the last batch padded to the compiled shape, its padding dropped
+        part = {k: np.concatenate([v, np.zeros((short, *v.shape[1:]), v.dtype)]) for k, v in part.items()}
+        out.append(np.asarray(one_batch(warm.params, part))[: batch - short])
+    return np.concatenate(out) if out else np.zeros((0, matrix.shape[1]), np.float32)
