@@ -288,14 +288,8 @@ class Checkpointer:
         self.manager.close()
 
 
-def save_params(
-    directory: str | os.PathLike,
-    params: Any,
-    model_config: dict,
-    run_config: dict | None = None,
-    step: int = 0,
-    tokenizer: dict | None = None,
-) -> storage.Path:
+def save_params(directory: str | os.PathLike, params: Any, model_config: dict, run_config: dict | None = None,
+                step: int = 0, tokenizer: dict | None = None) -> storage.Path:
     """Write a params-only checkpoint (what HF import produces) under `directory` (a run dir), with the
     `tokenizer` item when given, sealed by its manifest. Returns the checkpoints dir."""
     path = checkpoints_dir(directory)
@@ -362,6 +356,12 @@ def check_base(base: dict, where: str) -> None:
         found = "is gone" if now is None else "now holds another model"
         raise ConfigError(f"{where} holds LoRA adapters trained on {base['checkpoint']} step {base['step']}, which "
                           f"{found}: put that base back (or start a new run on the new one)")
+
+
+def read_opt_state(directory: str | os.PathLike, step: int, abstract_opt_state: Any) -> Any:
+    """The optimizer state saved with `step`, laid out as `abstract_opt_state` says (LESS reads a warm-up's moments)."""
+    return _read(checkpoints_dir(directory) / str(step), opt_state=ocp.args.StandardRestore(abstract_opt_state))[
+        "opt_state"]
 
 
 def read_tokenizer(directory: str | os.PathLike, step: int | None = None) -> dict | None:

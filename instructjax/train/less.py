@@ -135,10 +135,9 @@ def warmup_steps(run_dir: str) -> list[int]:
 def warmup_step(run_dir: str, step: int) -> WarmupStep:
     """`run_dir`'s `step` (see `WarmupStep`); one line where it trains no LoRA or logged no learning rate."""
     import optax
-    import orbax.checkpoint as ocp
 
     from instructjax.convert.saved import load_params_as
-    from instructjax.core.checkpoint import checkpoints_dir, read_meta
+    from instructjax.core.checkpoint import read_meta, read_opt_state
     from instructjax.core.coerce import build_section
     from instructjax.core.config import OptimSection
     from instructjax.core.errors import ConfigError
@@ -151,11 +150,7 @@ def warmup_step(run_dir: str, step: int) -> WarmupStep:
     if model.lora is None:
         raise ConfigError(f"{run_dir}: LESS's warm-up trains a LoRA; its model has none (model.lora)")
     tx, _ = build_section(OptimSection, (run_config or {}).get("optim", {}), "optim").build(1)
-    state = abstract_state(model, tx)
-    step_dir = checkpoints_dir(run_dir) / str(step)
-    with ocp.Checkpointer(ocp.CompositeCheckpointHandler(opt_state=ocp.StandardCheckpointHandler())) as reader:
-        opt_state = reader.restore(step_dir, args=ocp.args.Composite(
-            opt_state=ocp.args.StandardRestore(state.opt)))["opt_state"]
+    opt_state = read_opt_state(run_dir, step, abstract_state(model, tx).opt)
     moments = [optax.tree_utils.tree_get(opt_state, name) for name in ("mu", "nu")]
     logged = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step and "lr" in r]
     if not logged:
@@ -165,17 +160,22 @@ def warmup_step(run_dir: str, step: int) -> WarmupStep:
     return WarmupStep(step, model, load_params_as(run_dir, model, step=step), first, second, float(logged[-1]["lr"]))
 
 
-def pool_features(warm: WarmupStep, rows: dict[str, np.ndarray], kind: str, matrix: jax.Array, batch: int = 8
-                  ) -> np.ndarray:
-    """[rows, k]: each row's (one example a row) `kind` features under `warm`, projected by `matrix` and normalised,
-    `batch` rows at a time (never more than a batch's full gradients at once)."""
+def model_parts(model) -> tuple[Any, Any]:
+    """(graph, what trains: `Partition`) of a `DecoderConfig`, nothing allocated: what `gradients` takes."""
     from flax import nnx
 
     from instructjax.model.decoder import Decoder
     from instructjax.model.partition import Partition
 
-    abstract = nnx.eval_shape(lambda: Decoder(warm.model, rngs=nnx.Rngs(0)))
-    graphdef, partition = nnx.graphdef(abstract), Partition.of_state(nnx.state(abstract, nnx.Param))
+    abstract = nnx.eval_shape(lambda: Decoder(model, rngs=nnx.Rngs(0)))
+    return nnx.graphdef(abstract), Partition.of_state(nnx.state(abstract, nnx.Param))
+
+
+def pool_features(warm: WarmupStep, rows: dict[str, np.ndarray], kind: str, matrix: jax.Array, batch: int = 8
+                  ) -> np.ndarray:
+    """[rows, k]: each row's (one example a row) `kind` features under `warm`, projected by `matrix` and normalised,
+    `batch` rows at a time (never more than a batch's full gradients at once)."""
+    graphdef, partition = model_parts(warm.model)
 
     @jax.jit
     def one_batch(params, part):

@@ -190,18 +190,14 @@ def prepare(run_dir, config: RunConfig, model: DecoderConfig, build: StepBuild, 
         from instructjax.train import reweighting
 
         named = reweighting.identity(config)
-        found = load(run_dir, stream, named, resuming=start > 0)
-        if found is None:
-            found = compute(build, reweighting.reference_params(config, model, build), stream,
-                            config.data.global_batch, config.data.seq_len, config.optim.loss_chunk)
-            if jax.process_index() == 0:
-                save(run_dir, stream, found, named)
-        return (), found
-    named = identity(config.model.init_from, config.seed)
+        weights = lambda: reweighting.reference_params(config, model, build)  # noqa: E731
+    else:
+        named = identity(config.model.init_from, config.seed)
+        weights = lambda: params if start == 0 else reference_weights(config, model, build, base, params)  # noqa: E731
     found = load(run_dir, stream, named, resuming=start > 0)
     if found is None:
-        weights = params if start == 0 else reference_weights(config, model, build, base, params)
-        found = compute(build, weights, stream, config.data.global_batch, config.data.seq_len, config.optim.loss_chunk)
+        found = compute(build, weights(), stream, config.data.global_batch, config.data.seq_len,
+                        config.optim.loss_chunk)
         if jax.process_index() == 0:
             save(run_dir, stream, found, named)
     return (), found

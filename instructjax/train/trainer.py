@@ -129,9 +129,8 @@ class Trainer:
         if jax.process_index() == 0:
             run_setup.report_data(self.pipeline, own=pipeline is None)
         self.tx, self.schedule = optim.make_optimizer(config.optim, self.total_steps)  # over what trains: the build's
-        sampling = None
-        if config.data.reweighting is not None:  # DoReMi: its weights start at the rates the data is drawn at
-            sampling = reweighting.sampling(self.pipeline.stream)
+        # DoReMi: its weights start at the rates the data is drawn at
+        sampling = reweighting.sampling(self.pipeline.stream) if config.data.reweighting is not None else None
         self.build = build_step(self.model_config, self.tx, self.config, len(self.sources), self.mesh, config.seed,
                                 sampling)
         self.rollouts = config.objective.rollouts  # grpo: each batch a rollout of the policy as it stands

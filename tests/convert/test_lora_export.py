@@ -3,25 +3,23 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 
 pytest.importorskip("torch")
 peft = pytest.importorskip("peft")
 
-from helpers.models import make_hf  # noqa: E402
+from helpers.models import lora_run_on_hf, make_hf  # noqa: E402
 
 from instructjax.convert.saved import export_checkpoint, import_hf  # noqa: E402
-from instructjax.core.checkpoint import load_params, save_params  # noqa: E402
+from instructjax.core.checkpoint import load_params  # noqa: E402
 from instructjax.model import lora  # noqa: E402
 from instructjax.model.config import DecoderConfig  # noqa: E402
-from instructjax.model.decoder import Decoder, with_params  # noqa: E402
+from instructjax.model.decoder import with_params  # noqa: E402
 
 LORA = {"rank": 4, "alpha": 16, "targets": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "down_proj"]}
 
@@ -37,18 +35,8 @@ def log_probs(logits: np.ndarray, ids: np.ndarray) -> np.ndarray:
 def exported(tmp_path_factory):
     """(our log-probs, the HF base dir, the adapter dir, the merged dir, token ids, our config)."""
     tmp = tmp_path_factory.mktemp("lora_export")
-    hf = make_hf(str(tmp), "gqa")
-    import_hf(hf, str(tmp / "base"))
-    base, stored, _, _ = load_params(str(tmp / "base"))
-    config = DecoderConfig.from_dict(stored).replace(dtype="float32", lora=LORA)
-    adapters = lora.trainable(nnx.to_pure_dict(nnx.state(Decoder(config, rngs=nnx.Rngs(3)), nnx.Param)))
-    rng = np.random.default_rng(0)  # a trained B is not 0
-    adapters = jax.tree_util.tree_map_with_path(
-        lambda p, x: rng.normal(0, 0.05, x.shape).astype(np.float32) if p[-1].key == "lora_b" else np.asarray(x),
-        adapters)
-    params = lora.combine(adapters, base)
-    run = str(tmp / "run")
-    save_params(run, params, dataclasses.asdict(config), run_config={"model": {"init_from": hf}}, step=5)
+    hf, config, params, run = lora_run_on_hf(tmp, LORA, step=5)
+    rng = np.random.default_rng(1)
     export_checkpoint(run, str(tmp / "adapter"), adapter=True)
     export_checkpoint(run, str(tmp / "merged"), tokenizer=hf)
     ids = rng.integers(3, 32000, (2, 24)).astype(np.int32)

@@ -1,5 +1,5 @@
 """Tiny models in the Hugging Face layout, built here: a random PyTorch LLaMA with its tokenizer (`make_hf`),
-and a torch-free one written as safetensors (`make_hf_dir`)."""
+a torch-free one written as safetensors (`make_hf_dir`), and a LoRA run on an imported one (`lora_run_on_hf`)."""
 
 from __future__ import annotations
 
@@ -44,6 +44,35 @@ def make_hf(directory, name: str, *, seed: int = 0, **save_kwargs) -> str:
         json.dump({"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
                    "add_bos_token": True, "legacy": True}, f)
     return path
+
+
+def lora_run_on_hf(directory, lora: dict, *, step: int) -> tuple[str, object, dict, str]:
+    """(the HF base dir, our config with `lora`, the parameters, the run dir): `make_hf`'s "gqa" LLaMA imported, its
+    adapters fresh with a random B (a trained B is not 0), saved as DIRECTORY/run's `step`, init_from the HF base."""
+    import dataclasses
+
+    import jax
+    from flax import nnx
+
+    from instructjax.convert.saved import import_hf
+    from instructjax.core.checkpoint import load_params, save_params
+    from instructjax.model import lora as lora_lib
+    from instructjax.model.config import DecoderConfig
+    from instructjax.model.decoder import Decoder
+
+    hf = make_hf(str(directory), "gqa")
+    import_hf(hf, os.path.join(str(directory), "base"))
+    base, stored, _, _ = load_params(os.path.join(str(directory), "base"))
+    config = DecoderConfig.from_dict(stored).replace(dtype="float32", lora=lora)
+    adapters = lora_lib.trainable(nnx.to_pure_dict(nnx.state(Decoder(config, rngs=nnx.Rngs(3)), nnx.Param)))
+    rng = np.random.default_rng(0)
+    adapters = jax.tree_util.tree_map_with_path(
+        lambda p, x: rng.normal(0, 0.05, x.shape).astype(np.float32) if p[-1].key == "lora_b" else np.asarray(x),
+        adapters)
+    params = lora_lib.combine(adapters, base)
+    run = os.path.join(str(directory), "run")
+    save_params(run, params, dataclasses.asdict(config), run_config={"model": {"init_from": hf}}, step=step)
+    return hf, config, params, run
 
 
 def make_hf_dir(path) -> str:

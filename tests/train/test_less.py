@@ -7,22 +7,15 @@ same examples on top."""
 
 from __future__ import annotations
 
-import dataclasses
-
 import jax
 import numpy as np
 import pytest
-from flax import nnx
 from helpers import pinned
-from helpers.models import make_hf
+from helpers.models import lora_run_on_hf
 
 from instructjax.convert.adapter import adapter_tensors
-from instructjax.convert.saved import export_checkpoint, import_hf
-from instructjax.core.checkpoint import load_params, save_params
+from instructjax.convert.saved import export_checkpoint
 from instructjax.model import lora
-from instructjax.model.config import DecoderConfig
-from instructjax.model.decoder import Decoder
-from instructjax.model.partition import Partition
 from instructjax.train import less
 
 torch = pytest.importorskip("torch")
@@ -38,18 +31,8 @@ def models(tmp_path_factory):
     from transformers import AutoModelForCausalLM
 
     tmp = tmp_path_factory.mktemp("less")
-    hf = make_hf(str(tmp), "gqa")
-    import_hf(hf, str(tmp / "base"))
-    base, stored, _, _ = load_params(str(tmp / "base"))
-    config = DecoderConfig.from_dict(stored).replace(dtype="float32", lora=LORA)
-    adapters = lora.trainable(nnx.to_pure_dict(nnx.state(Decoder(config, rngs=nnx.Rngs(3)), nnx.Param)))
-    rng = np.random.default_rng(0)  # a trained B is not 0
-    adapters = jax.tree_util.tree_map_with_path(
-        lambda p, x: rng.normal(0, 0.05, x.shape).astype(np.float32) if p[-1].key == "lora_b" else np.asarray(x),
-        adapters)
-    params = lora.combine(adapters, base)
-    save_params(str(tmp / "run"), params, dataclasses.asdict(config), run_config={"model": {"init_from": hf}}, step=1)
-    export_checkpoint(str(tmp / "run"), str(tmp / "adapter"), adapter=True)
+    hf, config, params, run = lora_run_on_hf(tmp, LORA, step=1)
+    export_checkpoint(run, str(tmp / "adapter"), adapter=True)
     theirs = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(hf).float(), str(tmp / "adapter"),
                                             is_trainable=True)
     return config, params, theirs
@@ -75,9 +58,7 @@ def our_rows(ids, labels) -> dict[str, np.ndarray]:
 
 def ours_in_peft_order(config, params, theirs, ids, labels) -> np.ndarray:
     """Our per-example gradients [n, D], each laid out as LESS flattens PEFT's: its trainable parameters in order."""
-    graphdef = nnx.graphdef(Decoder(config, rngs=nnx.Rngs(0)))
-    partition = Partition.of_state(nnx.state(Decoder(config, rngs=nnx.Rngs(0)), nnx.Param))
-    grads = less.gradients(graphdef, partition, params, our_rows(ids, labels))
+    grads = less.gradients(*less.model_parts(config), params, our_rows(ids, labels))
     names = [n for n, p in theirs.named_parameters() if p.requires_grad]
     per_example = []
     for i in range(ids.shape[0]):
