@@ -33,6 +33,25 @@ def test_a_registry_handed_to_binding_holds_its_tasks_and_variants_apart_from_th
         binding.bind("reg_only_mixx", tokenizer=None, registry=registry)
 
 
+def test_a_mixture_redefined_in_a_child_registry_binds_at_the_childs_rates():
+    """A config bound outside any command (`plan --compile`, a notebook) leaves its mixture's bound variant in the
+    thread's registry; another config defining the same name at other rates, bound in a command's child registry,
+    trains at its own rates, not at the variant the parent made (found as a leak between two tests)."""
+    def rates(alpaca: float) -> dict:
+        return {"mixtures": {"redef_mix": {"mode": "rate", "rates": {"alpaca_builtin": alpaca,
+                                                                       "dolly_builtin": 1 - alpaca}}}}
+
+    parent = Registry()
+    parent.define(rates(0.75))
+    first = binding.bind("redef_mix", tokenizer=None, max_length=64, registry=parent)
+    child = Registry(parent)
+    child.define(rates(0.2))
+    second = binding.bind("redef_mix", tokenizer=None, max_length=64, registry=child)
+    assert first.name != "redef_mix" and first.name != second.name
+    assert [r for _, r in child.lookup_mixture(second.name).rates] == [0.2, 0.8]
+    assert [r for _, r in parent.lookup_mixture(first.name).rates] == [0.75, 0.25]
+
+
 def test_the_public_functions_write_into_the_default_registry():
     specs.add_task("default_reg_chats", TaskSpec(source="dolly", data_files=("builtin",)))
     default = specs.default_registry()

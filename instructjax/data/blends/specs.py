@@ -216,7 +216,9 @@ class Registry:
         spec = self.lookup_mixture(name)
         if spec is None:
             raise ConfigError(f"{name!r} is not a registered mixture")
-        variant = f"{self.base_name(name)}.{_digest(sorted(task_map.items()))}"
+        # named by the mixture's own counts or rates too: a variant made in a parent registry from another
+        # definition of `name` (one config bound outside any command, then another config's `define:`) is not this one
+        variant = f"{self.base_name(name)}.{_digest((spec, sorted(task_map.items())))}"
         if self.lookup_mixture(variant) is None:
             self.add_mixture(variant, MixtureSpec(counts=tuple((task_map[t], n) for t, n in spec.counts),
                                                   rates=tuple((task_map[t], r) for t, r in spec.rates)))
