@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from instructjax.cli import add_on_bad_row, load_run_config, prepare
+from instructjax.cli import add_on_bad_row, load_run_config, prepare, select_less
 from instructjax.core.config import DataSection, RunConfig
 from instructjax.core.errors import ConfigError
 from instructjax.data.sources.synthetic import BUILTIN, LENGTH_STATS, TULU_TABLE1
@@ -57,7 +57,8 @@ def register(subparsers) -> None:
 
     select = sub.add_parser("select", help="data selection (seed 002): write the chosen subset as jsonl")
     common(select)
-    select.add_argument("--method", required=True, help="longest|shortest|random|kmeans|kcenter|quality|full")
+    select.add_argument("--method", required=True,
+                        help="longest|shortest|random|kmeans|kcenter|quality|full, or less (targeted: LESS)")
     select.add_argument("-k", type=int, help="how many examples to keep (omit for --method full)")
     select.add_argument("--num-clusters", type=int, default=100, help="k-means clusters (seed 002: 100)")
     select.add_argument("--encoder", default="tfidf-svd",
@@ -67,6 +68,7 @@ def register(subparsers) -> None:
     select.add_argument("--seed", type=int, default=0)
     select.add_argument("--score-key", default="score", help="meta column for --method quality")
     select.add_argument("--out", required=True, help="output .jsonl with the chosen examples and scores")
+    select_less.add_flags(select)
     select.set_defaults(func=run_select)
     prepare.add_parser(sub)
 
@@ -269,6 +271,8 @@ def run_preview(args) -> int:
     from instructjax.data.schema import Conversation
     from instructjax.data.tokenized import examples as examples_lib
 
+    if args.method == "less":
+        return select_less.run(args, command_target)
     target = command_target(args)
     mosaic = target.config.data.mosaic if target.config else None
     tokenizer = Tokenizer.load(specs.task(target.tasks[0]).tokenizer)
@@ -323,6 +327,8 @@ def run_select(args) -> int:
     from instructjax.data.selection.methods import select, write_selection
     from instructjax.data.tokenized import examples as examples_lib
 
+    if args.method == "less":
+        return select_less.run(args, command_target)
     target = command_target(args)
     convs = [
         Conversation.from_json(ex["conversation"]) for t in target.tasks for ex in examples_lib.encoded_examples(t)

@@ -12,15 +12,16 @@ parameters, its partition (what trains: a LoRA's adapters) and rows of examples:
     features   of a gradient vector g: `sgd` g itself, `sign` its sign, `adam` LESS's `obtain_gradients_with_adam`
                with the checkpoint's Adam moments m and v: one moment update with g, then m' / sqrt(v' + eps), no bias
                correction (beta1 0.9, beta2 0.999, eps 1e-8);
-    project    the features times a random projection matrix (`rademacher`: entries +-1, a seed's), each row then
-               normalised to unit length (`merge_and_normalize_info`);
+    project    the features times a random projection matrix (`rademacher`: entries +-1, a seed's, drawn a block of
+               rows at a time: `project_streamed` never holds it whole), each row then normalised to unit length
+               (`merge_and_normalize_info`);
     influence  per checkpoint, every train x target inner product, weighted by the checkpoints' weights (normalised
                to sum to 1: LESS takes the learning rates), summed; then each train example's mean over every
                subtask's target examples, and the best subtask's (`less/data_selection/matching.py`).
 
 A warm-up run (a LoRA run that saved a step per epoch) gives the checkpoints: `warmup_step` reads a step's parameters,
-its Adam moments and the learning rate it trained at; `pool_features` makes a pool's projected features a batch of
-rows at a time.
+its Adam moments and its epoch's mean learning rate; `train/less_features.py` makes and keeps a pool's features,
+`train/less_select.py` is the selection method.
 
 LESS projects with trak's projector; `rademacher` draws its own matrix (JAX's generator), so features differ from
 trak's stream, while the scores under one matrix are LESS's (tests/train/test_less.py runs LESS's code on the
@@ -79,15 +80,55 @@ def features(grads: jax.Array, kind: str = "adam", m: jax.Array | None = None, v
     return first / jnp.sqrt(second + EPS)
 
 
-def rademacher(dim_in: int, dim_out: int, seed: int = 0) -> jax.Array:
-    """A [dim_in, dim_out] matrix of +-1, the seed's."""
-    return jnp.where(jax.random.bernoulli(jax.random.key(seed), 0.5, (dim_in, dim_out)), 1.0, -1.0)
+BLOCK = 4096  # rows of the projection drawn at a time: a 7B LoRA's matrix (~1e8 x 8192) is never held whole
+
+
+def rademacher_block(seed: int, index, dim_out: int, block: int = BLOCK) -> jax.Array:
+    """Rows [index * block, (index + 1) * block) of the seed's projection: +-1, from the seed's key folded with
+    `index`."""
+    key = jax.random.fold_in(jax.random.key(seed), index)
+    return jnp.where(jax.random.bernoulli(key, 0.5, (block, dim_out)), 1.0, -1.0)
+
+
+def rademacher(dim_in: int, dim_out: int, seed: int = 0, block: int = BLOCK) -> jax.Array:
+    """The seed's [dim_in, dim_out] projection of +-1, whole (the blocks of `rademacher_block`, end to end)."""
+    blocks = [rademacher_block(seed, i, dim_out, block) for i in range(-(-dim_in // block))]
+    return jnp.concatenate(blocks)[:dim_in]
+
+
+def normalise(projected: jax.Array) -> jax.Array:
+    """Each row at unit length (torch's `normalize`, eps 1e-12)."""
+    return projected / jnp.maximum(jnp.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
 
 
 def project(feats: jax.Array, matrix: jax.Array) -> jax.Array:
-    """`feats` [rows, D] times `matrix` [D, k], each row normalised to unit length (torch's `normalize`, eps 1e-12)."""
-    projected = feats.astype(jnp.float32) @ matrix.astype(jnp.float32)
-    return projected / jnp.maximum(jnp.linalg.norm(projected, axis=1, keepdims=True), 1e-12)
+    """`feats` [rows, D] times `matrix` [D, k], each row normalised to unit length."""
+    return normalise(feats.astype(jnp.float32) @ matrix.astype(jnp.float32))
+
+
+def project_streamed(feats: jax.Array, dim_out: int, seed: int = 0, block: int = BLOCK) -> jax.Array:
+    """`project(feats, rademacher(D, dim_out, seed, block))`, the matrix drawn a block of rows at a time inside the
+    loop (what trak's projector does on a GPU): memory of one block, whatever D."""
+    rows, dim_in = feats.shape
+    blocks = -(-dim_in // block)
+    padded = jnp.pad(feats.astype(jnp.float32), ((0, 0), (0, blocks * block - dim_in)))
+
+    def add(i, total):
+        part = jax.lax.dynamic_slice_in_dim(padded, i * block, block, axis=1)
+        return total + part @ rademacher_block(seed, i, dim_out, block)
+
+    return normalise(jax.lax.fori_loop(0, blocks, add, jnp.zeros((rows, dim_out), jnp.float32)))
+
+
+@dataclass(frozen=True)
+class Projection:
+    """LESS's projection: to `dim` dimensions (8192 in its scripts) by the `seed`'s +-1 matrix, then normalised."""
+
+    dim: int = 8192
+    seed: int = 0
+
+    def __call__(self, feats: jax.Array) -> jax.Array:
+        return project_streamed(feats, self.dim, self.seed)
 
 
 def influence(train: list[np.ndarray], target: list[np.ndarray], weights: list[float], subtasks: list
@@ -114,7 +155,8 @@ def top(scores: np.ndarray, k: int) -> np.ndarray:
 @dataclass(frozen=True)
 class WarmupStep:
     """A LoRA warm-up run's saved step: its model, parameters, the Adam moments of what trains (each flattened in the
-    trained tree's order, as `flatten` lays out gradients) and the learning rate the step trained at (metrics.jsonl)."""
+    trained tree's order, as `flatten` lays out gradients) and its weight: the mean learning rate of the steps since the
+    checkpoint before (metrics.jsonl; LESS's "average lr of the epoch")."""
 
     step: int
     model: Any
@@ -132,8 +174,10 @@ def warmup_steps(run_dir: str) -> list[int]:
     return sorted(steps_on_disk(checkpoints_dir(run_dir)))
 
 
-def warmup_step(run_dir: str, step: int) -> WarmupStep:
-    """`run_dir`'s `step` (see `WarmupStep`); one line where it trains no LoRA or logged no learning rate."""
+def warmup_step(run_dir: str, step: int, since: int = 0) -> WarmupStep:
+    """`run_dir`'s `step` (see `WarmupStep`), its learning rate the mean of those logged after step `since` (the
+    checkpoint before: LESS weighs a checkpoint by its epoch's average rate); one line where it trains no LoRA or
+    logged no learning rate."""
     import optax
 
     from instructjax.convert.saved import load_params_as
@@ -152,12 +196,13 @@ def warmup_step(run_dir: str, step: int) -> WarmupStep:
     tx, _ = build_section(OptimSection, (run_config or {}).get("optim", {}), "optim").build(1)
     opt_state = read_opt_state(run_dir, step, abstract_state(model, tx).opt)
     moments = [optax.tree_utils.tree_get(opt_state, name) for name in ("mu", "nu")]
-    logged = [r for r in read_metrics(run_dir) if r.get("step", 0) <= step and "lr" in r]
+    logged = [r for r in read_metrics(run_dir) if since < r.get("step", 0) <= step and "lr" in r]
     if not logged:
         raise ConfigError(f"{run_dir}: no learning rate logged by step {step} (metrics.jsonl): LESS weighs each "
                           "checkpoint by it")
     first, second = (np.concatenate([np.asarray(x).reshape(-1) for x in jax.tree.leaves(m)]) for m in moments)
-    return WarmupStep(step, model, load_params_as(run_dir, model, step=step), first, second, float(logged[-1]["lr"]))
+    rate = float(np.mean([r["lr"] for r in {r["step"]: r for r in logged}.values()]))  # a resumed step logged once
+    return WarmupStep(step, model, load_params_as(run_dir, model, step=step), first, second, rate)
 
 
 def model_parts(model) -> tuple[Any, Any]:
@@ -169,24 +214,3 @@ def model_parts(model) -> tuple[Any, Any]:
 
     abstract = nnx.eval_shape(lambda: Decoder(model, rngs=nnx.Rngs(0)))
     return nnx.graphdef(abstract), Partition.of_state(nnx.state(abstract, nnx.Param))
-
-
-def pool_features(warm: WarmupStep, rows: dict[str, np.ndarray], kind: str, matrix: jax.Array, batch: int = 8
-                  ) -> np.ndarray:
-    """[rows, k]: each row's (one example a row) `kind` features under `warm`, projected by `matrix` and normalised,
-    `batch` rows at a time (never more than a batch's full gradients at once)."""
-    graphdef, partition = model_parts(warm.model)
-
-    @jax.jit
-    def one_batch(params, part):
-        return project(features(flatten(gradients(graphdef, partition, params, part)), kind, warm.first,
-                                warm.second), matrix)
-
-    n = len(rows["tokens"])
-    out = []
-    for start in range(0, n, batch):
-        part = {k: v[start : start + batch] for k, v in rows.items()}
-        short = batch - len(part["tokens"])  # the last batch padded to the compiled shape, its padding dropped
-        part = {k: np.concatenate([v, np.zeros((short, *v.shape[1:]), v.dtype)]) for k, v in part.items()}
-        out.append(np.asarray(one_batch(warm.params, part))[: batch - short])
-    return np.concatenate(out) if out else np.zeros((0, matrix.shape[1]), np.float32)

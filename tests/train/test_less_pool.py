@@ -11,7 +11,6 @@ import pytest
 from helpers.host_devices import one_device
 
 from instructjax.core.config import load_config
-from instructjax.data.batches.packing import SequencePacker
 from instructjax.data.tokenized.examples import encoded_examples
 from instructjax.train import less
 from instructjax.train.trainer import Trainer
@@ -45,17 +44,28 @@ def test_a_saved_steps_moments_and_learning_rate_are_the_trainers(warmup):
 
 
 def test_the_pools_features_a_batch_at_a_time_are_each_examples_alone(warmup):
+    """Batches sorted by length, padded to a power of two, split over the devices, the projection drawn a block at
+    a time: each example's features as made alone, unprojected then projected by the whole matrix."""
+    from jax.sharding import Mesh
+
+    from instructjax.train import less_features as store
+
     warm = less.warmup_step(warmup, 2)
     examples = [encoded_examples("alpaca_builtin")[i] for i in range(5)]
-    rows, _ = SequencePacker(128, pack=False).pack_window(examples)
-    rows = {k: v for k, v in rows.items() if k != "source_ids"}
     dim = warm.first.shape[0]  # what trains, flattened
-    matrix = less.rademacher(dim, 16, seed=0)
     with one_device():
-        batched = less.pool_features(warm, rows, "adam", matrix, batch=3)
-        alone = np.concatenate([less.pool_features(warm, {k: v[i : i + 1] for k, v in rows.items()}, "adam", matrix,
-                                                   batch=1) for i in range(5)])
+        mesh = Mesh(np.asarray(jax.devices()), ("data",))
+        fn = store.feature_fn(warm.model, "adam", less.Projection(16, seed=0), mesh)
+        batched = store.compute(examples, lambda rows: fn(warm, rows), 3, dim=16)
+        plain = store.feature_fn(warm.model, "adam", lambda feats: feats, mesh)
+        alone = np.concatenate([plain(warm, store.rows_of([ex], 1)) for ex in examples])
     assert batched.shape == (5, 16)
-    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    np.testing.assert_allclose(batched, less.project(alone, less.rademacher(dim, 16, seed=0)), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
 
+
+def test_the_streamed_projection_is_the_whole_matrix():
+    feats = np.random.default_rng(0).normal(size=(3, 100)).astype(np.float32)
+    streamed = less.project_streamed(feats, 8, seed=2, block=32)  # 4 blocks, the last one short
+    np.testing.assert_allclose(streamed, less.project(feats, less.rademacher(100, 8, seed=2, block=32)), atol=1e-6)
+    assert not np.allclose(streamed, less.project(feats, less.rademacher(100, 8, seed=3, block=32)), atol=1e-2)

@@ -19,7 +19,7 @@ from instructjax.core.errors import DataError, SkippedRow
 from instructjax.data.schema import Conversation
 
 # Columns copied into meta when a row has them (quality scores, categories, synthetic labels).
-META_COLUMNS = ("score", "quality_score", "category", "task", "task_name", "task_source", "template_type",
+META_COLUMNS = ("score", "quality_score", "category", "task", "task_name", "task_source", "template_type", "subtask",
                 "topic", "synthetic")
 NO_INPUT = ("<noinput>", "<no input>", "noinput")  # Alpaca-style "no input" placeholders
 

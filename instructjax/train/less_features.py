@@ -1,0 +1,141 @@
+"""LESS's features on disk: a selection directory's `features/` (what `train/less_select.py` scores from).
+
+    features/manifest.json          what the features are of: the pool's digest (ids, tokens, trained tokens), the
+                                    warm-up's (its run's config and share), the projection (dim, seed) and the
+                                    gradient type; features of another pool or warm-up here are refused, naming
+                                    what differs, never mixed or overwritten
+    features/ckpt-N/pool.npy        [pool, dim] float32: each pool example's projected, normalised features under
+                                    the warm-up's step N (examples with no trained token: zeros, never selected)
+    features/ckpt-N/pool/part-K.npy while the pass runs: a chunk of the pool's rows each; a preempted pass goes on
+                                    from the chunks written (each written whole: a reader sees all of it or none)
+    features/ckpt-N/target-D.npy    the target's features (D: the target's digest), beside the pool's: one pass
+                                    over the pool serves every target
+
+Examples go through the model a batch at a time, sorted by length and padded to a power of two (few programs),
+their rows split over the devices (`data` axis of a one-axis mesh); a batch holds its own gradients and no more.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from collections.abc import Callable
+
+import jax
+import numpy as np
+
+from instructjax.core import storage
+from instructjax.core.errors import ConfigError
+from instructjax.data.batches.packing import SequencePacker
+from instructjax.train import less
+
+CHUNK_BATCHES = 16  # batches a part file holds: what a preempted pass may redo
+MIN_WIDTH = 16
+
+
+def digest_examples(examples: list[dict], labels: list[str] | None = None) -> str:
+    """The sha256 of examples' ids, tokens and trained tokens (and labels): what their features are a function of."""
+    h = hashlib.sha256()
+    for i, ex in enumerate(examples):
+        h.update(json.dumps(json.loads(ex["conversation"]).get("id")).encode())
+        h.update(np.asarray(ex["tokens"], np.int32).tobytes())
+        h.update(np.asarray(ex["loss_mask"], np.int8).tobytes())
+        if labels is not None:
+            h.update(labels[i].encode())
+    return h.hexdigest()
+
+
+def check_manifest(directory: str, manifest: dict) -> None:
+    """Write DIR/features/manifest.json, or check the one there is this one (one line naming what differs)."""
+    where = storage.join(directory, "features", "manifest.json")
+    if storage.path(where).exists():
+        found = json.loads(storage.path(where).read_text())
+        differ = [k for k in sorted(set(found) | set(manifest)) if found.get(k) != manifest.get(k)]
+        if differ:
+            raise ConfigError(f"{where}: features of another {', '.join(differ)} (found {found.get(differ[0])!r}, "
+                              f"this selection's {manifest.get(differ[0])!r}): pick another directory, or remove "
+                              f"{storage.join(directory, 'features')} to compute them again")
+        return
+    storage.write_text(where, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def _save(path: str, array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array)
+    storage.write_bytes(path, buffer.getvalue())
+
+
+def _load(path: str) -> np.ndarray:
+    return np.load(io.BytesIO(storage.path(path).read_bytes()))
+
+
+def batches(examples: list[dict], batch: int) -> list[list[int]]:
+    """The examples' indices in batches of `batch`, longest first (similar lengths share a padded width)."""
+    order = sorted(range(len(examples)), key=lambda i: (-len(examples[i]["tokens"]), i))
+    return [order[i : i + batch] for i in range(0, len(order), batch)]
+
+
+def rows_of(examples: list[dict], batch: int) -> dict[str, np.ndarray]:
+    """`batch` rows of one example each (the rest padding), as wide as the longest padded to a power of two."""
+    width = max(MIN_WIDTH, 1 << (max(len(ex["tokens"]) for ex in examples) - 1).bit_length())
+    rows, _ = SequencePacker(width, pack=False).pack_window(examples)
+    rows = {k: v for k, v in rows.items() if k != "source_ids"}
+    short = batch - len(rows["tokens"])
+    return {k: np.concatenate([v, np.zeros((short, width), v.dtype)]) for k, v in rows.items()}
+
+
+def feature_fn(model, kind: str, projection: less.Projection, mesh) -> Callable:
+    """`(warm, rows) -> [rows, dim]`: a batch's `kind` features under a warm-up step of `model`, projected, the rows
+    split over `mesh`; one program for every step (its parameters and moments are arguments)."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    graphdef, partition = less.model_parts(model)
+    split, whole = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+
+    @jax.jit
+    def run(params, first, second, rows):
+        grads = less.flatten(less.gradients(graphdef, partition, params, rows))
+        return projection(less.features(grads, kind, first, second))
+
+    def apply(warm: less.WarmupStep, rows: dict[str, np.ndarray]) -> np.ndarray:
+        state = jax.device_put((warm.params, warm.first, warm.second), whole)
+        return np.asarray(run(*state, jax.device_put(rows, split)))
+
+    return apply
+
+
+def compute(examples: list[dict], fn: Callable, batch: int, parts: str | None = None, dim: int = 0) -> np.ndarray:
+    """[examples, dim]: `fn(rows)`'s features of every example (zeros for one with no trained token), a batch at a
+    time; `parts`: a directory where each chunk of CHUNK_BATCHES batches is written as it is made and read back when
+    there (a preempted pass goes on)."""
+    trained = [i for i, ex in enumerate(examples) if np.asarray(ex["loss_mask"])[1:].any()]
+    out = np.zeros((len(examples), dim), np.float32)
+    groups = batches([examples[i] for i in trained], batch)
+    for chunk in range(0, len(groups), CHUNK_BATCHES):
+        part = storage.join(parts, f"part-{chunk // CHUNK_BATCHES:05d}.npy") if parts else None
+        if part is not None and storage.path(part).exists():
+            made = _load(part)
+        else:
+            made = np.concatenate([fn(rows_of([examples[trained[i]] for i in group], batch))[: len(group)]
+                                   for group in groups[chunk : chunk + CHUNK_BATCHES]])
+            if part is not None:
+                _save(part, made)
+        out[[trained[i] for group in groups[chunk : chunk + CHUNK_BATCHES] for i in group]] = made
+    return out
+
+
+def features_at(directory: str, warm: less.WarmupStep, name: str, examples: list[dict], fn: Callable, dim: int,
+                batch: int, *, resumable: bool) -> np.ndarray:
+    """DIR/features/ckpt-N/NAME.npy of warm-up step N (`fn`: `feature_fn`'s): read when there, else made (see the
+    module doc) and written."""
+    where = storage.join(directory, "features", f"ckpt-{warm.step}")
+    path = storage.join(where, f"{name}.npy")
+    if storage.path(path).exists():
+        return _load(path)
+    parts = storage.join(where, name) if resumable else None
+    made = compute(examples, lambda rows: fn(warm, rows), batch, parts, dim)
+    _save(path, made)
+    if parts is not None:
+        storage.remove_tree(parts)
+    return made
