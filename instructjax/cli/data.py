@@ -271,8 +271,6 @@ def run_preview(args) -> int:
     from instructjax.data.schema import Conversation
     from instructjax.data.tokenized import examples as examples_lib
 
-    if args.method == "less":
-        return select_less.run(args, command_target)
     target = command_target(args)
     mosaic = target.config.data.mosaic if target.config else None
     tokenizer = Tokenizer.load(specs.task(target.tasks[0]).tokenizer)

@@ -54,38 +54,6 @@ def settings_of(args):
         seed=args.seed, template=args.template, warmup_overrides=tuple(args.warmup_override))
 
 
-def examples_of(tasks: list[str]) -> tuple[list[dict], list[str]]:
-    """Every example of the bound tasks, in order, and each one's task (as the user named it)."""
-    from instructjax.data.blends import specs
-    from instructjax.data.tokenized.examples import encoded_examples
-
-    examples, names = [], []
-    for task in tasks:
-        found = encoded_examples(task)
-        examples += found
-        names += [specs.base_name(task)] * len(found)
-    return examples, names
-
-
-def target_of(args, tokenizer: str, max_length: int) -> tuple[list[dict], list[str]]:
-    """The target's examples and each one's subtask (`less_select.target_labels`)."""
-    from instructjax.data.binding import bind
-    from instructjax.data.blends import specs
-    from instructjax.train.less_select import target_labels
-
-    name, where = args.target, args.target
-    if storage.path(args.target).is_file():
-        name = "less_target"
-        specs.add_task(name, specs.TaskSpec(source=args.target_source, data_files=(args.target,)))
-    elif specs.lookup_mixture(name) is None and specs.lookup_task(name) is None:
-        raise ConfigError(f"--target {args.target}: neither a file nor a registered task or mixture")
-    bound = bind(name, tokenizer=tokenizer, template=args.template, max_length=max_length)
-    examples, tasks = examples_of(bound.tasks)
-    if not examples:
-        raise ConfigError(f"--target {where}: no examples")
-    return examples, target_labels(examples, tasks, where)
-
-
 def run(args, target_of_pool) -> int:
     """`data select --method less` (see the module doc); `target_of_pool(args)`: the bound pool (`command_target`)."""
     from instructjax.core.config import load_config
@@ -105,8 +73,9 @@ def run(args, target_of_pool) -> int:
     base = less_select.base_checkpoint(args.model, directory)
     tokenizer = run_setup.tokenizer_path(load_config(None, [f"model.init_from={base}"]))
     args.tokenizer, args.max_length = tokenizer, settings.max_length
-    pool, _ = examples_of(target_of_pool(args).tasks)
-    target, labels = target_of(args, tokenizer, settings.max_length)
+    pool, _ = less_select.examples_of(target_of_pool(args).tasks)
+    target, labels = less_select.target_of(args.target, args.target_source, tokenizer, args.template,
+                                           settings.max_length)
     scored = less_select.run(pool, target, labels, settings, base, directory)
     k = args.k if args.k is not None else max(1, round(args.fraction * len(pool)))
     chosen = less_select.top(scored, k)

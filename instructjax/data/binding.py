@@ -20,7 +20,6 @@ from instructjax.core.errors import ConfigError
 from instructjax.data.blends import specs
 from instructjax.data.encoding.templates import DEFAULT_TEMPLATE
 from instructjax.data.encoding.tokenizer import Tokenizer
-from instructjax.data.selection.embeddings import MODEL_ENCODERS
 
 
 @dataclass(frozen=True)
@@ -76,7 +75,7 @@ def uses_model_encoder(name: str | Resolved, registry: specs.Registry | None = N
     """True when a task of `name` selects its examples with an encoder that runs a model (the model's weights:
     `instructjax.train.selection_encoder`, loaded when the encoder is asked for)."""
     found = name if isinstance(name, Resolved) else specs_of(name, registry)
-    return any(s is not None and s.selection is not None and s.selection.encoder in MODEL_ENCODERS
+    return any(s is not None and s.selection is not None and s.selection.with_model
                for s in (found.specs if found else ()))
 
 
@@ -111,10 +110,10 @@ def bind(name: str | Resolved, *, tokenizer: str | None, template: str | None = 
         changes = dict(tokenizer=tokenizer if tokenizer else None, template=task_template,
                        max_length=spec.max_length or side_length, on_bad_row=on_bad_row or spec.on_bad_row,
                        system_turn=system_turn or spec.system_turn)
-        if spec.selection is not None and spec.selection.encoder in MODEL_ENCODERS:
+        if spec.selection is not None and spec.selection.with_model:
             if not (spec.selection.encoder_model or model):
-                raise ConfigError(f"task {task!r}: selection encoder {spec.selection.encoder!r} embeds with the "
-                                  "run's model; set model.init_from (or selection.encoder_model)")
+                raise ConfigError(f"task {task!r}: selection {spec.selection.encoder or spec.selection.method!r} "
+                                  "runs the run's model; set model.init_from (or selection.encoder_model)")
             changes["selection"] = dataclasses.replace(
                 spec.selection, encoder_model=spec.selection.encoder_model or model,
                 encoder_tokenizer=tokenizer if tokenizer else None)

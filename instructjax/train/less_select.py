@@ -17,6 +17,7 @@ alike).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -138,6 +139,39 @@ def _messages_row(example: dict) -> dict:
     return {"id": conversation["id"], "messages": conversation["messages"]}
 
 
+def examples_of(tasks: list[str]) -> tuple[list[dict], list[str]]:
+    """Every example of the bound tasks, in order, and each one's task (as the user named it)."""
+    from instructjax.data.blends import specs
+    from instructjax.data.tokenized.examples import encoded_examples
+
+    examples, names = [], []
+    for task in tasks:
+        found = encoded_examples(task)
+        examples += found
+        names += [specs.base_name(task)] * len(found)
+    return examples, names
+
+
+def target_of(target: str, source: str, tokenizer: str | None, template: str | None, max_length: int
+              ) -> tuple[list[dict], list[str]]:
+    """The target's examples (a task or mixture, or a file of `source` rows), bound to the pool's tokenizer,
+    template and length, and each one's subtask (`target_labels`)."""
+    from instructjax.data.binding import bind
+    from instructjax.data.blends import specs
+
+    name = target
+    if storage.path(target).is_file():
+        name = "less_target"
+        specs.add_task(name, specs.TaskSpec(source=source, data_files=(target,)))
+    elif specs.lookup_mixture(name) is None and specs.lookup_task(name) is None:
+        raise ConfigError(f"less target {target}: neither a file nor a registered task or mixture")
+    bound = bind(name, tokenizer=tokenizer, template=template, max_length=max_length)
+    examples, tasks = examples_of(bound.tasks)
+    if not examples:
+        raise ConfigError(f"less target {target}: no examples")
+    return examples, target_labels(examples, tasks, target)
+
+
 def target_labels(examples: list[dict], tasks: list[str], where: str) -> list[str]:
     """Each target example's subtask: its row's `subtask` where every row has one, else its task's name; one line
     where some rows have one and others not."""
@@ -224,3 +258,40 @@ def run(pool: list[dict], target: list[dict], labels: list[str], settings: LessS
         weights.append(warm.lr)
         since = step
     return scores(pool_features, target_features, weights, labels, pool)
+
+
+def select_conversations(convs: list, spec) -> list:
+    """A task's `selection: {method: less, ...}` (`data.tokenized.stream` calls it with the task's conversations and
+    bound spec: the run's model as `encoder_model`, its tokenizer, template and length): the chosen conversations,
+    best first. The warm-up and features go to `selection.directory`, by default under the tokenized cache by what
+    they are of (the pool, model, target and settings); a second run with the same ones reuses them."""
+    import hashlib
+
+    from instructjax.data import cache
+    from instructjax.data.encoding.encode import encode_conversations
+    from instructjax.data.encoding.tokenizer import Tokenizer
+
+    sel = spec.selection
+    if not sel.encoder_model:
+        raise ConfigError("selection less selects with the run's model: set model.init_from (or "
+                          "selection.encoder_model)")
+    known = {f.name for f in dataclasses.fields(LessSettings)} - {"template", "max_length", "seed"}
+    if unknown := sorted(set(dict(sel.less)) - known):
+        raise ConfigError(f"selection.less: unknown {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    settings = LessSettings(**{**dict(sel.less), "template": spec.template, "max_length": spec.max_length or 2048,
+                               "seed": sel.seed})
+    tokenizer = Tokenizer.load(spec.tokenizer)
+    pool = [{"tokens": e.tokens, "loss_mask": e.loss_mask, "conversation": c.to_json()}
+            for c, e in zip(convs, encode_conversations(convs, spec.template, tokenizer, spec.max_length), strict=True)]
+    directory = sel.directory
+    if directory is None:
+        home = cache.cache_dir()
+        if home is None:
+            raise ConfigError("selection less: set selection.directory (the tokenized cache is off)")
+        key = hashlib.sha256(json.dumps([sel.encoder_model, [p["conversation"] for p in pool], sorted(sel.less),
+                                         settings.max_length, settings.seed], default=str).encode()).hexdigest()
+        directory = storage.join(str(home), "less", key[:16])
+    target, labels = target_of(sel.target, sel.target_source, spec.tokenizer, spec.template, settings.max_length)
+    scored = run(pool, target, labels, settings, sel.encoder_model, directory)
+    k = sel.k if sel.k is not None else max(1, round(sel.fraction * len(pool)))
+    return [convs[s.index] for s in top(scored, k)]

@@ -198,3 +198,26 @@ def test_features_of_another_pool_and_bad_input_are_one_line(made, capsys):
             err = capsys.readouterr().err.strip()
             assert words in err and "\n" not in err, err
     assert (sel / "features" / "manifest.json").read_text() == manifest and not (sel / "x.jsonl").exists()
+
+
+def test_a_tasks_selection_less_chooses_what_the_command_chose(made, tmp_path, capsys, monkeypatch):
+    """`selection: {method: less}` in a config's task, the run's model (init_from: the command's imported base)
+    selecting: the same examples, in the same order, as `data select --method less` with the same settings."""
+    import yaml
+
+    root, hf, pool, target, sel = made
+    monkeypatch.setenv("INSTRUCTJAX_CACHE_DIR", str(tmp_path / "cache"))  # its warm-up and features: trained anew
+    less_settings = {"warmup_fraction": 0.34, "warmup_epochs": 2, "warmup_batch": 2, "lora_rank": 4, "lora_alpha": 8,
+                     "lora_dropout": 0, "lora_targets": ["q_proj", "v_proj"], "dim": 32, "batch": 4,
+                     "warmup_overrides": ["model.dtype=float32"]}  # FLAGS' values
+    config = {"model": {"init_from": str(sel / "base"), "dtype": "float32"},
+              "data": {"mixture": "less_pool", "seq_len": 64},
+              "define": {"tasks": {"less_pool": {"source": "alpaca", "data_files": [pool], "selection": {
+                  "method": "less", "target": target, "k": 4, "less": less_settings}}}}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    capsys.readouterr()
+    with one_device():
+        assert main(["data", "preview", "--config", str(tmp_path / "c.yaml"), "--json", "-n", "10"]) == 0
+    shown = [json.loads(line)["id"] for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    chosen = [json.loads(line)["id"] for line in (sel / "chosen.jsonl").read_text().splitlines()]
+    assert shown == chosen

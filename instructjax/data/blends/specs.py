@@ -26,7 +26,11 @@ from instructjax.data.sources.synthetic import BUILTIN, BUILTIN_SUFFIX  # noqa: 
 
 @dataclass(frozen=True)
 class SelectionSpec:
-    """Keep `k` of a task's conversations chosen by `method` (see instructjax.data.selection.methods)."""
+    """Keep `k` (or a `fraction`) of a task's conversations chosen by `method` (see
+    instructjax.data.selection.methods). `less` (targeted, `train/less_select.py`) selects for a `target` (a task or
+    mixture, or a file of `target_source` rows) with the run's model (or `encoder_model`); `less` holds its settings
+    (`LessSettings`' fields: warmup_fraction, dim, ...) and `directory` where its warm-up and features go (None: under
+    the tokenized cache, by the pool, model and settings)."""
 
     method: str
     k: int | None = None
@@ -34,16 +38,33 @@ class SelectionSpec:
     score_key: str = "score"
     num_clusters: int = 100
     encoder: str | None = None
-    encoder_model: str | None = None  # for an encoder that embeds with a model: the run binds its own
+    encoder_model: str | None = None  # the model an encoder embeds with, or LESS selects with: the run binds its own
     encoder_tokenizer: str | None = None
+    fraction: float | None = None
+    target: str | None = None
+    target_source: str = "messages"
+    less: tuple[tuple[str, object], ...] = ()
+    directory: str | None = None
 
     def __post_init__(self):
-        from instructjax.data.selection.methods import METHODS
+        from instructjax.data.selection.methods import METHODS, TARGETED_METHODS
 
-        if self.method not in METHODS:
-            raise ConfigError(f"selection.method must be one of {METHODS}, got {self.method!r}")
+        if self.method not in METHODS + TARGETED_METHODS:
+            raise ConfigError(f"selection.method must be one of {METHODS + TARGETED_METHODS}, got {self.method!r}")
         if self.k is not None and self.k < 1:
             raise ConfigError(f"selection.k must be >= 1 (or null for 'full'), got {self.k}")
+        if self.fraction is not None and not 0 < self.fraction <= 1:
+            raise ConfigError(f"selection.fraction must be in (0, 1], got {self.fraction}")
+        if self.method in TARGETED_METHODS and (not self.target or (self.k is None) == (self.fraction is None)):
+            raise ConfigError(f"selection {self.method!r} needs a target and one of k and fraction")
+
+    @property
+    def with_model(self) -> bool:
+        """Whether the selection runs a model (an embedding encoder, or a targeted method): the run binds its own."""
+        from instructjax.data.selection.embeddings import MODEL_ENCODERS
+        from instructjax.data.selection.methods import TARGETED_METHODS
+
+        return self.encoder in MODEL_ENCODERS or self.method in TARGETED_METHODS
 
 
 @dataclass(frozen=True)
@@ -234,6 +255,10 @@ class Registry:
                 values["data_files"] = tuple([files] if isinstance(files, str) else files)
             if "source_options" in values:
                 values["source_options"] = tuple(sorted(values["source_options"].items()))
+            if isinstance((values.get("selection") or {}).get("less"), dict):  # LESS's settings, hashable
+                less = values["selection"]["less"]
+                values["selection"] = {**values["selection"], "less": tuple(
+                    sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in less.items()))}
             self.add_task(name, build_section(TaskSpec, values, f"define.tasks.{name}"))
         for name, values in (block.get("mixtures") or {}).items():
             mode = values.get("mode", "epoch")

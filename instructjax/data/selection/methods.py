@@ -52,6 +52,9 @@ from instructjax.data.schema import Conversation
 from instructjax.data.selection.embeddings import DEFAULT_ENCODER, Encoder, embed, get_encoder
 
 METHODS = ("longest", "shortest", "random", "kmeans", "kcenter", "quality", "full")
+# selection for a target, with a model, in the layer that trains (imported by name when a task asks for it)
+TARGETED_METHODS = ("less",)
+TARGETED = {"less": "instructjax.train.less_select"}
 KMEANS_N_INIT = 1  # one k-means++ start, as sklearn's n_init="auto" does for k-means++
 
 

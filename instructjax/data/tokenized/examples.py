@@ -27,7 +27,6 @@ from instructjax.data.blends import specs
 from instructjax.data.blends.specs import BUILTIN, TaskSpec
 from instructjax.data.encoding.templates import DEFAULT_TEMPLATE, MODEL_TEMPLATE, get_template
 from instructjax.data.encoding.tokenizer import Tokenizer
-from instructjax.data.selection.embeddings import MODEL_ENCODERS
 from instructjax.data.sources import synthetic
 from instructjax.data.sources.data_files import local_files
 from instructjax.data.sources.hub import hub_identity
@@ -184,8 +183,10 @@ def cache_key(name: str, spec: TaskSpec, count: int | None, seed: int | None) ->
         return None
     template = get_template(spec.template or DEFAULT_TEMPLATE)
     sel = spec.selection
-    weights = (cache.model_digest(sel.encoder_model) if sel is not None and sel.encoder in MODEL_ENCODERS
+    weights = (cache.model_digest(sel.encoder_model) if sel is not None and sel.with_model
                and sel.encoder_model and storage.path(sel.encoder_model).is_dir() else None)  # fmt: skip
+    if weights is not None and sel.target and storage.path(sel.target).is_file():  # a targeted selection's target
+        weights += storage.digest(sel.target)
     tokenizer = Tokenizer.load(spec.tokenizer)
     return cache.key(files=files, spec_repr=repr(spec), tokenizer_fingerprint=tokenizer.fingerprint,
                      template_repr=_template_identity(template, tokenizer),

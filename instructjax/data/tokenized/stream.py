@@ -5,6 +5,7 @@ the report of what happened to the rows (`TaskReport`). `examples` keeps these s
 
 from __future__ import annotations
 
+import importlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from instructjax.core.context import current
 from instructjax.core.errors import BadRowPolicy, ConfigError, DataError
 from instructjax.data import cache
 from instructjax.data.blends import specs
-from instructjax.data.blends.specs import BUILTIN, SelectionSpec, TaskSpec
+from instructjax.data.blends.specs import BUILTIN, TaskSpec
 from instructjax.data.encoding.encode import response_token_length
 from instructjax.data.encoding.pool import Encoder, Example, Job, Result
 from instructjax.data.encoding.templates import DEFAULT_TEMPLATE
@@ -147,7 +148,7 @@ def conversation_items(name: str, spec: TaskSpec, seed: int | None, total: list[
     conversations = read_conversations(spec, policy, shuffle, read_at, total, share, stats)
     try:
         if spec.selection is not None:  # the selection's order (it reads every row first)
-            conversations = iter(_apply_selection(list(conversations), spec.selection, Tokenizer.load(spec.tokenizer)))
+            conversations = iter(_apply_selection(list(conversations), spec))
     except Exception as exc:  # noqa: BLE001 - raised when the stream is first taken from
         yield None, counted(exc)
         return
@@ -316,10 +317,14 @@ def progress(callback: Callable[[str, int, int | None], None]) -> Iterator[None]
         _watchers().remove(callback)
 
 
-def _apply_selection(convs: list[Conversation], sel: SelectionSpec, tokenizer: Tokenizer) -> list[Conversation]:
-    """The conversations `sel` keeps, in the selection's order (`TaskReport.rows` counts only these)."""
-    from instructjax.data.selection.methods import select
+def _apply_selection(convs: list[Conversation], spec: TaskSpec) -> list[Conversation]:
+    """The conversations `spec.selection` keeps, in the selection's order (`TaskReport.rows` counts only these); a
+    targeted method (LESS) runs in the layer that trains, imported by name (`selection.methods.TARGETED`)."""
+    from instructjax.data.selection.methods import TARGETED, select
 
+    sel, tokenizer = spec.selection, Tokenizer.load(spec.tokenizer)
+    if sel.method in TARGETED:
+        return importlib.import_module(TARGETED[sel.method]).select_conversations(convs, spec)
     encoder = sel.encoder
     if encoder in MODEL_ENCODERS:
         if sel.encoder_model is None:
