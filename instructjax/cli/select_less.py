@@ -7,6 +7,7 @@ reuses."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 
 from instructjax.core import storage
@@ -57,6 +58,7 @@ def settings_of(args):
 def run(args, target_of_pool) -> int:
     """`data select --method less` (see the module doc); `target_of_pool(args)`: the bound pool (`command_target`)."""
     from instructjax.core.config import load_config
+    from instructjax.data.blends import specs
     from instructjax.data.schema import Conversation
     from instructjax.data.selection.methods import Selected, write_selection
     from instructjax.train import less_select
@@ -73,8 +75,11 @@ def run(args, target_of_pool) -> int:
     base = less_select.base_checkpoint(args.model, directory)
     tokenizer = run_setup.tokenizer_path(load_config(None, [f"model.init_from={base}"]))
     args.tokenizer, args.max_length = tokenizer, settings.max_length
-    pool, _ = less_select.examples_of(target_of_pool(args).tasks)
-    target, labels = less_select.target_of(args.target, args.target_source, tokenizer, args.template,
+    bound = target_of_pool(args)
+    template = specs.task(bound.tasks[0]).template  # the pool's, bound (the warm-up trains under it)
+    settings = dataclasses.replace(settings, template=template)
+    pool, _ = less_select.examples_of(bound.tasks)
+    target, labels = less_select.target_of(args.target, args.target_source, tokenizer, template,
                                            settings.max_length)
     scored = less_select.run(pool, target, labels, settings, base, directory)
     k = args.k if args.k is not None else max(1, round(args.fraction * len(pool)))

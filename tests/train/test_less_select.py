@@ -200,20 +200,20 @@ def test_features_of_another_pool_and_bad_input_are_one_line(made, capsys):
     assert (sel / "features" / "manifest.json").read_text() == manifest and not (sel / "x.jsonl").exists()
 
 
-def test_a_tasks_selection_less_chooses_what_the_command_chose(made, tmp_path, capsys, monkeypatch):
+def test_a_tasks_selection_less_chooses_what_the_command_chose(made, tmp_path, capsys):
     """`selection: {method: less}` in a config's task, the run's model (init_from: the command's imported base)
-    selecting: the same examples, in the same order, as `data select --method less` with the same settings."""
+    selecting in the command's directory (its manifest checks the pool, base and warm-up are the same ones): the
+    same examples, in the same order, as `data select --method less` with the same settings."""
     import yaml
 
     root, hf, pool, target, sel = made
-    monkeypatch.setenv("INSTRUCTJAX_CACHE_DIR", str(tmp_path / "cache"))  # its warm-up and features: trained anew
     less_settings = {"warmup_fraction": 0.34, "warmup_epochs": 2, "warmup_batch": 2, "lora_rank": 4, "lora_alpha": 8,
                      "lora_dropout": 0, "lora_targets": ["q_proj", "v_proj"], "dim": 32, "batch": 4,
                      "warmup_overrides": ["model.dtype=float32"]}  # FLAGS' values
     config = {"model": {"init_from": str(sel / "base"), "dtype": "float32"},
               "data": {"mixture": "less_pool", "seq_len": 64},
               "define": {"tasks": {"less_pool": {"source": "alpaca", "data_files": [pool], "selection": {
-                  "method": "less", "target": target, "k": 4, "less": less_settings}}}}}
+                  "method": "less", "target": target, "k": 4, "less": less_settings, "directory": str(sel)}}}}}
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
     capsys.readouterr()
     with one_device():
