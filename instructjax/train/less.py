@@ -83,11 +83,16 @@ def features(grads: jax.Array, kind: str = "adam", m: jax.Array | None = None, v
 BLOCK = 4096  # rows of the projection drawn at a time: a 7B LoRA's matrix (~1e8 x 8192) is never held whole
 
 
+PROJECTION = "rademacher-bits-1"  # how `rademacher_block` draws: features made by another are not comparable
+
+
 def rademacher_block(seed: int, index, dim_out: int, block: int = BLOCK) -> jax.Array:
-    """Rows [index * block, (index + 1) * block) of the seed's projection: +-1, from the seed's key folded with
-    `index`."""
+    """Rows [index * block, (index + 1) * block) of the seed's projection: +-1, each sign a bit of 32-bit words drawn
+    from the seed's key folded with `index` (a 32nd of the random numbers one draw a sign would take)."""
     key = jax.random.fold_in(jax.random.key(seed), index)
-    return jnp.where(jax.random.bernoulli(key, 0.5, (block, dim_out)), 1.0, -1.0)
+    words = jax.random.bits(key, (block, -(-dim_out // 32)), jnp.uint32)
+    bits = (words[..., None] >> jnp.arange(32, dtype=jnp.uint32)) & 1
+    return bits.reshape(block, -1)[:, :dim_out].astype(jnp.float32) * 2 - 1
 
 
 def rademacher(dim_in: int, dim_out: int, seed: int = 0, block: int = BLOCK) -> jax.Array:

@@ -11,7 +11,7 @@
     features/ckpt-N/target-D.npy    the target's features (D: the target's digest), beside the pool's: one pass
                                     over the pool serves every target
 
-Examples go through the model a batch at a time, sorted by length and padded to a power of two (few programs),
+Examples go through the model a batch at a time, sorted by length and padded to one of four widths an octave,
 their rows split over the devices (`data` axis of a one-axis mesh); a batch holds its own gradients and no more.
 """
 
@@ -32,6 +32,7 @@ from instructjax.train import less
 
 CHUNK_BATCHES = 16  # batches a part file holds: what a preempted pass may redo
 MIN_WIDTH = 16
+MATRIX_BYTES = 1 << 30  # a projection matrix at most this large is drawn once and kept (float32)
 
 
 def digest_examples(examples: list[dict], labels: list[str] | None = None) -> str:
@@ -77,51 +78,74 @@ def batches(examples: list[dict], batch: int) -> list[list[int]]:
 
 
 def rows_of(examples: list[dict], batch: int) -> dict[str, np.ndarray]:
-    """`batch` rows of one example each (the rest padding), as wide as the longest padded to a power of two."""
-    width = max(MIN_WIDTH, 1 << (max(len(ex["tokens"]) for ex in examples) - 1).bit_length())
+    """`batch` rows of one example each (the rest padding), as wide as the longest rounded up to a quarter of the
+    power of two above it (four widths an octave: few programs, little padding)."""
+    longest = max(len(ex["tokens"]) for ex in examples)
+    step = max(MIN_WIDTH, (1 << (longest - 1).bit_length()) // 4)  # a quarter of the power of two above: few
+    width = -(-longest // step) * step  # programs, at most a quarter of padding
     rows, _ = SequencePacker(width, pack=False).pack_window(examples)
     rows = {k: v for k, v in rows.items() if k != "source_ids"}
     short = batch - len(rows["tokens"])
     return {k: np.concatenate([v, np.zeros((short, width), v.dtype)]) for k, v in rows.items()}
 
 
-def feature_fn(model, kind: str, projection: less.Projection, mesh) -> Callable:
+def feature_fn(model, kind: str, projection: less.Projection | Callable, mesh) -> Callable:
     """`(warm, rows) -> [rows, dim]`: a batch's `kind` features under a warm-up step of `model`, projected, the rows
-    split over `mesh`; one program for every step (its parameters and moments are arguments)."""
+    split over `mesh`; one program for every step (its parameters and moments are arguments). The projection matrix
+    is drawn once and kept when it is at most MATRIX_BYTES (a small model's), else a block at a time in every batch
+    (`less.project_streamed`: the same matrix)."""
     from jax.sharding import NamedSharding, PartitionSpec
 
     graphdef, partition = less.model_parts(model)
     split, whole = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
+    kept: dict[int, jax.Array | None] = {}  # the matrix by the trained size, drawn on first use
 
     @jax.jit
-    def run(params, first, second, rows):
-        grads = less.flatten(less.gradients(graphdef, partition, params, rows))
-        return projection(less.features(grads, kind, first, second))
+    def run(params, first, second, matrix, rows):
+        feats = less.features(less.flatten(less.gradients(graphdef, partition, params, rows)), kind, first, second)
+        return less.project(feats, matrix) if matrix is not None else projection(feats)
 
     def apply(warm: less.WarmupStep, rows: dict[str, np.ndarray]) -> np.ndarray:
+        size = warm.first.size
+        if size not in kept:
+            small = isinstance(projection, less.Projection) and size * projection.dim * 4 <= MATRIX_BYTES
+            kept[size] = (jax.jit(lambda: less.rademacher(size, projection.dim, projection.seed),
+                                  out_shardings=whole)() if small else None)
         state = jax.device_put((warm.params, warm.first, warm.second), whole)
-        return np.asarray(run(*state, jax.device_put(rows, split)))
+        return np.asarray(run(*state, kept[size], jax.device_put(rows, split)))
 
     return apply
 
 
-def compute(examples: list[dict], fn: Callable, batch: int, parts: str | None = None, dim: int = 0) -> np.ndarray:
+def compute(examples: list[dict], fn: Callable, batch: int, parts: str | None = None, dim: int = 0,
+            desc: str = "less features") -> np.ndarray:
     """[examples, dim]: `fn(rows)`'s features of every example (zeros for one with no trained token), a batch at a
-    time; `parts`: a directory where each chunk of CHUNK_BATCHES batches is written as it is made and read back when
-    there (a preempted pass goes on)."""
+    time, a progress bar over the examples; `parts`: a directory where each chunk of CHUNK_BATCHES batches is written
+    as it is made and read back when there (a preempted pass goes on)."""
+    from instructjax.core import progress
+
     trained = [i for i, ex in enumerate(examples) if np.asarray(ex["loss_mask"])[1:].any()]
     out = np.zeros((len(examples), dim), np.float32)
     groups = batches([examples[i] for i in trained], batch)
-    for chunk in range(0, len(groups), CHUNK_BATCHES):
-        part = storage.join(parts, f"part-{chunk // CHUNK_BATCHES:05d}.npy") if parts else None
-        if part is not None and storage.path(part).exists():
-            made = _load(part)
-        else:
-            made = np.concatenate([fn(rows_of([examples[trained[i]] for i in group], batch))[: len(group)]
-                                   for group in groups[chunk : chunk + CHUNK_BATCHES]])
-            if part is not None:
-                _save(part, made)
-        out[[trained[i] for group in groups[chunk : chunk + CHUNK_BATCHES] for i in group]] = made
+    bar = progress.bar(total=len(trained), desc=desc, unit="example")
+    try:
+        for chunk in range(0, len(groups), CHUNK_BATCHES):
+            part = storage.join(parts, f"part-{chunk // CHUNK_BATCHES:05d}.npy") if parts else None
+            done = [trained[i] for group in groups[chunk : chunk + CHUNK_BATCHES] for i in group]
+            if part is not None and storage.path(part).exists():
+                made = _load(part)
+                bar.update(len(done))
+            else:
+                made = []
+                for group in groups[chunk : chunk + CHUNK_BATCHES]:
+                    made.append(fn(rows_of([examples[trained[i]] for i in group], batch))[: len(group)])
+                    bar.update(len(group))
+                made = np.concatenate(made)
+                if part is not None:
+                    _save(part, made)
+            out[done] = made
+    finally:
+        bar.close()
     return out
 
 
@@ -134,7 +158,7 @@ def features_at(directory: str, warm: less.WarmupStep, name: str, examples: list
     if storage.path(path).exists():
         return _load(path)
     parts = storage.join(where, name) if resumable else None
-    made = compute(examples, lambda rows: fn(warm, rows), batch, parts, dim)
+    made = compute(examples, lambda rows: fn(warm, rows), batch, parts, dim, f"less features ckpt-{warm.step} {name}")
     _save(path, made)
     if parts is not None:
         storage.remove_tree(parts)

@@ -236,6 +236,7 @@ def run(pool: list[dict], target: list[dict], labels: list[str], settings: LessS
     base = base_checkpoint(model, directory)
     store.check_manifest(directory, {  # the pool's and warm-up's: features of other ones are never reused
         "pool": store.digest_examples(pool), "base": base_reference(base)["digest"],
+        "projection": less.PROJECTION,
         "warmup": {name: getattr(settings, name) for name in WARMUP_FIELDS} | {"lora_targets": list(settings.lora_targets),
                                                                               "warmup_overrides": list(settings.warmup_overrides)},
     })

@@ -43,9 +43,10 @@ def test_a_saved_steps_moments_and_learning_rate_are_the_trainers(warmup):
     assert warm.lr == pytest.approx(float(trainer.schedule(0)))  # step 1 trained at the schedule's first rate
 
 
-def test_the_pools_features_a_batch_at_a_time_are_each_examples_alone(warmup):
-    """Batches sorted by length, padded to a power of two, split over the devices, the projection drawn a block at
-    a time: each example's features as made alone, unprojected then projected by the whole matrix."""
+def test_the_pools_features_a_batch_at_a_time_are_each_examples_alone(warmup, monkeypatch):
+    """Batches sorted by length, padded to a power of two, split over the devices, the projection kept whole or
+    drawn a block at a time: each example's features as made alone, unprojected then projected by the whole
+    matrix."""
     from jax.sharding import Mesh
 
     from instructjax.train import less_features as store
@@ -59,9 +60,13 @@ def test_the_pools_features_a_batch_at_a_time_are_each_examples_alone(warmup):
         batched = store.compute(examples, lambda rows: fn(warm, rows), 3, dim=16)
         plain = store.feature_fn(warm.model, "adam", lambda feats: feats, mesh)
         alone = np.concatenate([plain(warm, store.rows_of([ex], 1)) for ex in examples])
+        monkeypatch.setattr(store, "MATRIX_BYTES", 0)  # the matrix drawn a block at a time in every batch
+        fn = store.feature_fn(warm.model, "adam", less.Projection(16, seed=0), mesh)
+        streamed = store.compute(examples, lambda rows: fn(warm, rows), 3, dim=16)
     assert batched.shape == (5, 16)
     np.testing.assert_allclose(batched, less.project(alone, less.rademacher(dim, 16, seed=0)), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(streamed, batched, atol=1e-5)
 
 
 def test_the_streamed_projection_is_the_whole_matrix():
