@@ -72,6 +72,12 @@ def run(args, target_of_pool) -> int:
         raise ConfigError(f"--fraction must be in (0, 1], got {args.fraction}")
     settings = settings_of(args)
     directory = str(storage.path(args.out).parent)
+    out = storage.path(args.out)
+    made_here = {"warmup.jsonl", "base.json", "features", "warmup", "base"}  # the selection's own, beside FILE
+    if out.name in made_here or out.name.endswith(".scores.jsonl") or (
+            storage.path(args.target).is_file() and out.resolve() == storage.path(args.target).resolve()):
+        raise ConfigError(f"--out {args.out}: the selection writes its own {out.name} there (or it is the "
+                          "--target): name another file")
     base = less_select.base_checkpoint(args.model, directory)
     tokenizer = run_setup.tokenizer_path(load_config(None, [f"model.init_from={base}"]))
     args.tokenizer, args.max_length = tokenizer, settings.max_length
@@ -86,7 +92,7 @@ def run(args, target_of_pool) -> int:
     chosen = less_select.top(scored, k)
     write_selection([Selected(Conversation.from_json(pool[s.index]["conversation"]), s.score) for s in chosen],
                     args.out, method="less")
-    out = storage.path(args.out)  # FILE.scores.jsonl: several targets' selections share a directory and its features
+    # FILE.scores.jsonl: several targets' selections share a directory and its features
     scores_path = storage.join(directory, f"{out.stem}.scores.jsonl")
     less_select.write_scores(scores_path, scored)
     where = {"selected": args.out, "scores": scores_path, "warmup": storage.join(directory, "warmup"),

@@ -18,6 +18,7 @@ alike).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -75,14 +76,26 @@ class Scored:
 
 
 def base_checkpoint(model: str, directory: str) -> str:
-    """An instructjax checkpoint of `model`: itself, or an HF directory imported once as DIR/base."""
+    """An instructjax checkpoint of `model`: itself, or an HF directory imported once as DIR/base (DIR/base.json
+    names the directory and the digest of its files: another model's import there is refused, never reused)."""
     from instructjax.convert.saved import import_hf, is_hf_dir
+    from instructjax.data.cache import model_digest
 
     if not is_hf_dir(model):
         return model
-    base = storage.join(directory, "base")
-    if not storage.path(storage.join(base, "checkpoints")).exists():
-        import_hf(model, base)
+    base, record = storage.join(directory, "base"), storage.join(directory, "base.json")
+    source = {"model": str(model), "digest": model_digest(model)}
+    if storage.path(record).exists():
+        found = json.loads(storage.path(record).read_text())
+        if found != source:
+            raise ConfigError(f"{record}: {base} was imported from {found['model']} (files {found['digest'][:12]}), "
+                              f"not {model} (files {source['digest'][:12]}): pick another directory, or remove {base} "
+                              "and what was made from it")
+        return base
+    if storage.path(base).exists():
+        raise ConfigError(f"{base} is there already and is not an import of {model}: pick another --out directory")
+    import_hf(model, base)
+    storage.write_text(record, json.dumps(source) + "\n")
     return base
 
 
@@ -160,13 +173,15 @@ def target_of(target: str, source: str, tokenizer: str | None, template: str | N
     from instructjax.data.blends import specs
 
     name = target
-    if storage.path(target).is_file():
-        name = "less_target"
+    if storage.path(target).is_file():  # a task of its own name: never a user's task's
+        name = f"less_target.{hashlib.sha256(str(target).encode()).hexdigest()[:8]}"
         specs.add_task(name, specs.TaskSpec(source=source, data_files=(target,)))
     elif specs.lookup_mixture(name) is None and specs.lookup_task(name) is None:
         raise ConfigError(f"less target {target}: neither a file nor a registered task or mixture")
     bound = bind(name, tokenizer=tokenizer, template=template, max_length=max_length)
     examples, tasks = examples_of(bound.tasks)
+    if name != target:  # a file: its rows' subtask, else the file's name
+        tasks = [storage.path(target).name] * len(examples)
     if not examples:
         raise ConfigError(f"less target {target}: no examples")
     return examples, target_labels(examples, tasks, target)
@@ -266,8 +281,6 @@ def select_conversations(convs: list, spec) -> list:
     bound spec: the run's model as `encoder_model`, its tokenizer, template and length): the chosen conversations,
     best first. The warm-up and features go to `selection.directory`, by default under the tokenized cache by what
     they are of (the pool, model, target and settings); a second run with the same ones reuses them."""
-    import hashlib
-
     from instructjax.data import cache
     from instructjax.data.encoding.encode import encode_conversations
     from instructjax.data.encoding.tokenizer import Tokenizer

@@ -141,7 +141,7 @@ def test_a_second_target_reuses_the_warmup_and_the_pools_features(made, monkeypa
     assert [path.read_bytes() for path in kept] == before
     assert len((sel / "other.jsonl").read_text().splitlines()) == round(0.25 * len(POOL))
     assert {json.loads(line)["subtask"] for line in (sel / "other.scores.jsonl").read_text().splitlines()} == {
-        "less_target"}
+        "other.jsonl"}
 
 
 class Killed(Exception):
@@ -179,10 +179,16 @@ def test_a_preempted_feature_pass_goes_on_where_it_stopped(made, monkeypatch):
 
 
 def test_features_of_another_pool_and_bad_input_are_one_line(made, capsys):
+    from helpers.models import make_hf_dir
+
+    from instructjax.data.encoding.tokenizer import Tokenizer
+
     root, hf, pool, target, sel = made
     manifest = (sel / "features" / "manifest.json").read_text()
     smaller = write_jsonl(root / "smaller.jsonl", POOL[:-1])
     bad = root / "bad"
+    other_hf = make_hf_dir(root / "other_hf")
+    Tokenizer.load().save(other_hf)
     partial = write_jsonl(root / "partial.jsonl", [{**TARGET[0]}, {"messages": TARGET[1]["messages"]}])
     cases = [
         (select(root, hf, smaller, target, sel / "x.jsonl", "-k", "2"), "features of another pool"),
@@ -190,6 +196,8 @@ def test_features_of_another_pool_and_bad_input_are_one_line(made, capsys):
         (select(root, hf, pool, write_jsonl(root / "empty.jsonl", []), bad / "b.jsonl", "-k", "2"), "no examples"),
         (select(root, hf, pool, partial, bad / "c.jsonl", "-k", "2"), "has no subtask while others have one"),
         (select(root, hf, pool, target, bad / "d.jsonl", "-k", "2", "--lora-targets", "nope_proj"), "nope_proj"),
+        (select(root, hf, pool, target, target, "-k", "2"), "or it is the --target"),
+        (select(root, other_hf, pool, target, sel / "y.jsonl", "-k", "2"), f"was imported from {hf}"),
     ]
     capsys.readouterr()
     with one_device():
@@ -198,6 +206,7 @@ def test_features_of_another_pool_and_bad_input_are_one_line(made, capsys):
             err = capsys.readouterr().err.strip()
             assert words in err and "\n" not in err, err
     assert (sel / "features" / "manifest.json").read_text() == manifest and not (sel / "x.jsonl").exists()
+    assert json.loads((root / "target.jsonl").read_text().splitlines()[0]) == TARGET[0]  # not written over
 
 
 def test_a_tasks_selection_less_chooses_what_the_command_chose(made, tmp_path, capsys):
