@@ -77,6 +77,7 @@ def main() -> None:
 
     load_before = common.load_average()
     root = Path(args.dir or tempfile.mkdtemp(prefix="less_proof_"))
+    root.mkdir(parents=True, exist_ok=True)  # a --dir not made yet
     define = pool_files(root, args.target_rows, args.heldout_rows)
     common_keys = {"model": {"preset": "tiny", "dtype": "float32"}, "define": define, "log_every": 10}
     base = root / "runs" / "base"
