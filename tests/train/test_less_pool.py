@@ -44,7 +44,7 @@ def test_a_saved_steps_moments_and_learning_rate_are_the_trainers(warmup):
 
 
 def test_the_pools_features_a_batch_at_a_time_are_each_examples_alone(warmup, monkeypatch):
-    """Batches sorted by length, padded to a power of two, split over the devices, the projection kept whole or
+    """Batches sorted by length, padded to one of four widths an octave, split over the devices, the projection kept whole or
     drawn a block at a time: each example's features as made alone, unprojected then projected by the whole
     matrix."""
     from jax.sharding import Mesh
