@@ -102,14 +102,15 @@ def main() -> None:
     for method, out in outs.items():
         chosen = [json.loads(line) for line in out.read_text().splitlines()]
         where = collections.Counter(c["source"] for c in chosen)
-        run = root / "runs" / method
+        run = root / "runs" / f"{method}-{args.steps}steps"  # a rerun in --dir DIR at other steps trains anew
         config = write_config(root / f"{method}.yaml", {
             **common_keys, "model": {"init_from": str(base), "dtype": "float32"}, "run_dir": str(run),
             "define": {"tasks": {**define["tasks"], f"sel_{method}": {"source": "messages", "data_files": [str(out)]}},
                        "mixtures": define["mixtures"]},
             "data": {"mixture": f"sel_{method}", "seq_len": 256, "global_batch": 8},
             "optim": {"lr": 5e-4, "warmup_ratio": 0.03}, "max_steps": args.steps})
-        train(config)
+        if not (run / "DONE").exists():  # at the same steps: the run made before
+            train(config)
         loss = task_loss(load_config(config), str(run), "heldout_cot", args.heldout_rows)
         summary[f"{method}_loss"] = loss
         rows.append([method, f"{loss:.4f}", ", ".join(f"{s} {where.get(s, 0)}" for s in SOURCES)])
