@@ -15,7 +15,6 @@ import torch
 import transformers
 from flax import nnx
 from helpers.families import FAMILIES, SMALL, build_family, positions_of, randomise
-from helpers.host_devices import one_device
 
 from instructjax.convert.adapter import write_adapter
 from instructjax.convert.hf import HFTensors, abstract_params, params_from_tensors, read_hf_config
@@ -161,13 +160,6 @@ def test_qlora_on_a_mixture_of_experts_trains_a_step_and_its_adapter_loads_in_pe
     theirs = peft_logits(peft.PeftModel.from_pretrained(four_bit, str(tmp_path / "adapter")).eval(), ids)
     print(f"QLoRA MoE adapter in PEFT on the NF4 base vs ours: {np.abs(ours - theirs).max():.2e}")
     assert np.abs(ours - theirs).max() < 1e-4
-
-
-@pytest.fixture
-def on_one_device():
-    """The test's runs on one of the suite's 8 CPU devices (nothing there is about sharding: no program split 8 ways)."""
-    with one_device():
-        yield
 
 
 @pytest.mark.slow

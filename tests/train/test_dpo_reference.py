@@ -12,7 +12,6 @@ import math
 
 import numpy as np
 import pytest
-from helpers.host_devices import one_device
 
 from instructjax import cli
 
@@ -27,13 +26,6 @@ REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/margins")
 
 def records(run_dir) -> dict[int, dict]:
     return {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
-
-
-@pytest.fixture
-def on_one_device():
-    """Every run of the test on one of the suite's 8 CPU devices (the same numbers, no program sharded 8 ways)."""
-    with one_device():
-        yield
 
 
 @pytest.mark.slow

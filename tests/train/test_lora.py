@@ -13,7 +13,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from helpers.host_devices import one_device
 
 from instructjax.core.config import load_config
 from instructjax.core.errors import ConfigError
@@ -260,13 +259,6 @@ def test_dropout_steps_are_their_own_and_repeat_bitwise():
     for x, y, z in zip(jax.tree.leaves(dropped), jax.tree.leaves(again), jax.tree.leaves(plain), strict=True):
         np.testing.assert_array_equal(x, y)
         assert np.abs(x - z).max() > 1e-6
-
-
-@pytest.fixture
-def on_one_device():
-    """The test's runs on one of the suite's 8 CPU devices (nothing here is about sharding: no program split 8 ways)."""
-    with one_device():
-        yield
 
 
 def test_a_qlora_run_saves_its_adapters_alone_resumes_on_its_base_and_exports_what_it_computed(tmp_path, capsys,
