@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO
+from helpers.host_devices import xla_flags
 
 PROBE = """
 import sys
@@ -22,7 +23,8 @@ print("PROBE", code, ",".join(heavy) or "-")
 
 def probe(argv: list[str], cwd: Path) -> tuple[int, str, str]:
     """(exit code, heavy modules imported, stderr) of `instructjax ARGV` in a fresh interpreter."""
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu"}
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "PATH": "/usr/bin:/bin", "JAX_PLATFORMS": "cpu",
+           "XLA_FLAGS": xla_flags(1)}  # one CPU device, the session's cheap compiler flags
     proc = subprocess.run([sys.executable, "-c", PROBE.format(argv=argv)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=600)
     line = [x for x in proc.stdout.splitlines() if x.startswith("PROBE ")]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from helpers import REPO
+from helpers.host_devices import xla_flags
 
 pytestmark = pytest.mark.slow
 
@@ -37,10 +38,11 @@ def installed(tmp_path_factory) -> Path:
 
 
 def environment(bin_dir: Path) -> dict[str, str]:
-    """A reader's environment with the new one's bin first (the GCS-API server's variables kept, where set)."""
-    environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "XLA_FLAGS", "VIRTUAL_ENV")}
+    """A reader's environment with the new one's bin first (the GCS-API server's variables kept, where set): one CPU
+    device, compiled as the session's other programs are (tests/conftest.py's cheap flags)."""
+    environ = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     return {**environ, "PATH": f"{bin_dir}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-            "JAX_PLATFORMS": "cpu"}
+            "JAX_PLATFORMS": "cpu", "XLA_FLAGS": xla_flags(1)}
 
 
 def run(bin_dir: Path, cwd: Path, *argv: str, timeout: int = 900, code: int = 0) -> str:
