@@ -10,7 +10,7 @@ import argparse
 import dataclasses
 import json
 
-from instructjax.core import storage
+from instructjax.core import hosts, storage
 from instructjax.core.errors import ConfigError
 
 LESS_FLAGS = "LESS (--method less; its scripts' values by default)"
@@ -72,6 +72,7 @@ def run(args, target_of_pool) -> int:
         raise ConfigError(f"--fraction must be in (0, 1], got {args.fraction}")
     settings = settings_of(args)
     directory = str(storage.path(args.out).parent)
+    hosts.initialize(False, f"select:{directory}")  # several hosts (JAX_COORDINATOR_ADDRESS): one selection, before JAX
     out = storage.path(args.out)
     made_here = {"warmup.jsonl", "base.json", "features", "warmup", "base"}  # the selection's own, beside FILE
     if out.name in made_here or out.name.endswith(".scores.jsonl") or (
@@ -90,10 +91,12 @@ def run(args, target_of_pool) -> int:
     scored = less_select.run(pool, target, labels, settings, base, directory)
     k = args.k if args.k is not None else max(1, round(args.fraction * len(pool)))
     chosen = less_select.top(scored, k)
+    scores_path = storage.join(directory, f"{out.stem}.scores.jsonl")
+    if hosts.process()[0] != 0:  # every host scored alike; host 0 writes and says so
+        return 0
     write_selection([Selected(Conversation.from_json(pool[s.index]["conversation"]), s.score) for s in chosen],
                     args.out, method="less")
     # FILE.scores.jsonl: several targets' selections share a directory and its features
-    scores_path = storage.join(directory, f"{out.stem}.scores.jsonl")
     less_select.write_scores(scores_path, scored)
     where = {"selected": args.out, "scores": scores_path, "warmup": storage.join(directory, "warmup"),
              "features": storage.join(directory, "features"), "examples": len(chosen), "pool": len(pool)}

@@ -265,6 +265,13 @@ def enter(name: str, doing: str) -> Collective | None:
     return None if coordinator is None else Collective(coordinator, name, doing)
 
 
+def agree(name: str, value: T, doing: str) -> T:
+    """Host 0's `value` (JSON) on every host: a decision each must take alike (whether a file is there yet, where
+    another host may be about to write it); `value` itself with one host."""
+    collective = enter(name, doing)
+    return value if collective is None else collective.all_gather(value)[0]
+
+
 def first_then_others(name: str, make: Callable[[], T], doing: str) -> T:
     """`make()` on host 0, then on the others once host 0 is done (what host 0 made, e.g. converted files in a
     shared directory, the others then find). Host 0 failing lets the others go on: they fail alike."""

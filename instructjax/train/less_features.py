@@ -12,7 +12,8 @@
                                     over the pool serves every target
 
 Examples go through the model a batch at a time, sorted by length and padded to one of four widths an octave,
-their rows split over the devices (`data` axis of a one-axis mesh); a batch holds its own gradients and no more.
+their rows split over the devices (`data` axis of a one-axis mesh: on several hosts, all of theirs, each host then
+given every row's features and host 0 writing them); a batch holds its own gradients and no more.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from instructjax.core import storage
+from instructjax.core import hosts, storage
 from instructjax.core.errors import ConfigError
 from instructjax.data.batches.packing import SequencePacker
 from instructjax.train import less
@@ -50,18 +51,23 @@ def digest_examples(examples: list[dict], labels: list[str] | None = None) -> st
 def check_manifest(directory: str, manifest: dict) -> None:
     """Write DIR/features/manifest.json, or check the one there is this one (one line naming what differs)."""
     where = storage.join(directory, "features", "manifest.json")
-    if storage.path(where).exists():
-        found = json.loads(storage.path(where).read_text())
+    found = hosts.agree(f"less/{where}", storage.path(where).exists() and json.loads(storage.path(where).read_text()),
+                        "reading the features' manifest")
+    if found:
         differ = [k for k in sorted(set(found) | set(manifest)) if found.get(k) != manifest.get(k)]
         if differ:
             raise ConfigError(f"{where}: features of another {', '.join(differ)} (found {found.get(differ[0])!r}, "
                               f"this selection's {manifest.get(differ[0])!r}): pick another directory, or remove "
                               f"{storage.join(directory, 'features')} to compute them again")
         return
-    storage.write_text(where, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+    if hosts.process()[0] == 0:
+        storage.write_text(where, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def _save(path: str, array: np.ndarray) -> None:
+    """Written by host 0 alone (every host holds the same features: `feature_fn` gives each all of them)."""
+    if hosts.process()[0] != 0:
+        return
     buffer = io.BytesIO()
     np.save(buffer, array)
     storage.write_bytes(path, buffer.getvalue())
@@ -69,6 +75,11 @@ def _save(path: str, array: np.ndarray) -> None:
 
 def _load(path: str) -> np.ndarray:
     return np.load(io.BytesIO(storage.path(path).read_bytes()))
+
+
+def _there(path: str) -> bool:
+    """Whether `path` is there, as host 0 sees it (every host then reads it, or every host makes it: alike)."""
+    return hosts.agree(f"less/{path}", storage.path(path).exists(), "reading the features")
 
 
 def batches(examples: list[dict], batch: int) -> list[list[int]]:
@@ -100,7 +111,7 @@ def feature_fn(model, kind: str, projection: less.Projection | Callable, mesh) -
     split, whole = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
     kept: dict[int, jax.Array | None] = {}  # the matrix by the trained size, drawn on first use
 
-    @jax.jit
+    @jax.jit(out_shardings=whole)  # every host gets every row's features (what np.asarray reads on each)
     def run(params, first, second, matrix, rows):
         feats = less.features(less.flatten(less.gradients(graphdef, partition, params, rows)), kind, first, second)
         return less.project(feats, matrix) if matrix is not None else projection(feats)
@@ -111,10 +122,16 @@ def feature_fn(model, kind: str, projection: less.Projection | Callable, mesh) -
             small = isinstance(projection, less.Projection) and size * projection.dim * 4 <= MATRIX_BYTES
             kept[size] = (jax.jit(lambda: less.rademacher(size, projection.dim, projection.seed),
                                   out_shardings=whole)() if small else None)
-        state = jax.device_put((warm.params, warm.first, warm.second), whole)
-        return np.asarray(run(*state, kept[size], jax.device_put(rows, split)))
+        state = _on((warm.params, warm.first, warm.second), whole)
+        return np.asarray(run(*state, kept[size], _on(rows, split)))
 
     return apply
+
+
+def _on(tree, sharding):
+    """`tree`'s host arrays (the same on every host) as arrays of `sharding`, on one host or several."""
+    return jax.tree.map(lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda index: np.asarray(x)[index]),
+                        tree)
 
 
 def compute(examples: list[dict], fn: Callable, batch: int, parts: str | None = None, dim: int = 0,
@@ -127,12 +144,12 @@ def compute(examples: list[dict], fn: Callable, batch: int, parts: str | None = 
     trained = [i for i, ex in enumerate(examples) if np.asarray(ex["loss_mask"])[1:].any()]
     out = np.zeros((len(examples), dim), np.float32)
     groups = batches([examples[i] for i in trained], batch)
-    bar = progress.bar(total=len(trained), desc=desc, unit="example")
+    bar = progress.bar(total=len(trained), desc=desc, unit="example", disable=hosts.process()[0] != 0)  # host 0 says
     try:
         for chunk in range(0, len(groups), CHUNK_BATCHES):
             part = storage.join(parts, f"part-{chunk // CHUNK_BATCHES:05d}.npy") if parts else None
             done = [trained[i] for group in groups[chunk : chunk + CHUNK_BATCHES] for i in group]
-            if part is not None and storage.path(part).exists():
+            if part is not None and _there(part):
                 made = _load(part)
                 bar.update(len(done))
             else:
@@ -155,11 +172,11 @@ def features_at(directory: str, warm: less.WarmupStep, name: str, examples: list
     module doc) and written."""
     where = storage.join(directory, "features", f"ckpt-{warm.step}")
     path = storage.join(where, f"{name}.npy")
-    if storage.path(path).exists():
+    if _there(path):
         return _load(path)
     parts = storage.join(where, name) if resumable else None
     made = compute(examples, lambda rows: fn(warm, rows), batch, parts, dim, f"less features ckpt-{warm.step} {name}")
     _save(path, made)
-    if parts is not None:
+    if parts is not None and hosts.process()[0] == 0:
         storage.remove_tree(parts)
     return made

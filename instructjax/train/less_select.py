@@ -13,6 +13,11 @@ gradients align best with a target's, the steps of its code (princeton-nlp/LESS)
 DIR is the selection's directory (`data select`: the --out file's). The target: a task or mixture (its tasks, or
 its rows' `subtask`, label the subtasks) or a file of `messages` rows (each with or without a `subtask` field, all
 alike).
+
+On several hosts (JAX's distributed runtime, as `train`), DIR is one directory for all of them (a bucket on a pod):
+the warm-up trains on every host's devices, each batch of the feature pass is split over them all, every host ends
+with every score, and host 0 writes what they share; whether a file is there yet (a step to resume, features to
+reuse) is host 0's view, so the hosts never take different paths.
 """
 
 from __future__ import annotations
@@ -25,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from instructjax.core import storage
+from instructjax.core import hosts, storage
 from instructjax.core.errors import ConfigError
 
 GRADIENT_TYPES = ("adam", "sgd", "sign")
@@ -85,18 +90,34 @@ def base_checkpoint(model: str, directory: str) -> str:
         return model
     base, record = storage.join(directory, "base"), storage.join(directory, "base.json")
     source = {"model": str(model), "digest": model_digest(model)}
-    if storage.path(record).exists():
-        found = json.loads(storage.path(record).read_text())
+    found = hosts.agree(f"less/{record}", storage.path(record).exists() and json.loads(storage.path(record).read_text()),
+                        "reading the selection's base")
+    if found:
         if found != source:
             raise ConfigError(f"{record}: {base} was imported from {found['model']} (files {found['digest'][:12]}), "
                               f"not {model} (files {source['digest'][:12]}): pick another directory, or remove {base} "
                               "and what was made from it")
         return base
-    if storage.path(base).exists():
+    if hosts.agree(f"less/{base}", storage.path(base).exists(), "reading the selection's base"):
         raise ConfigError(f"{base} is there already and is not an import of {model}: pick another --out directory")
-    import_hf(model, base)
-    storage.write_text(record, json.dumps(source) + "\n")
+    import_hf(model, base, mesh=_hosts_mesh())  # with several hosts, each saves its share (Orbax's multi-host save)
+    if _first():
+        storage.write_text(record, json.dumps(source) + "\n")
     return base
+
+
+def _first() -> bool:
+    """Whether this process writes what the selection's hosts share (host 0; the only one alone)."""
+    return hosts.process()[0] == 0
+
+
+def _hosts_mesh():
+    """None with one host; with several, every host's devices on the fsdp axis (what a multi-host save takes)."""
+    if hosts.process()[1] == 1:
+        return None
+    from instructjax.core.sharding import make_mesh
+
+    return make_mesh({"data": 1, "fsdp": -1})
 
 
 def warmup_config(settings: LessSettings, base: str, rows_file: str, run_dir: str, epoch_steps: int,
@@ -132,10 +153,12 @@ def warmup(pool: list[dict], settings: LessSettings, base: str, directory: str, 
     if storage.path(rows_file).exists() and storage.path(rows_file).read_text() != rows:
         raise ConfigError(f"{rows_file}: another pool's or seed's warm-up share is there: pick another directory, or "
                           f"remove {rows_file} and {run_dir}")
-    storage.write_text(rows_file, rows)
+    if _first():
+        storage.write_text(rows_file, rows)
+    hosts.agree(f"less/{rows_file}", True, "writing the warm-up's share")  # the others read it once it is written
     epoch_steps = math.ceil(share / settings.warmup_batch)
     config = warmup_config(settings, base, rows_file, run_dir, epoch_steps, template)
-    if storage.path(storage.join(run_dir, "DONE")).exists():
+    if hosts.agree(f"less/{run_dir}", storage.path(storage.join(run_dir, "DONE")).exists(), "reading the warm-up"):
         return run_dir
     with Context(parent=current()):
         trainer = Trainer(config, resume=storage.path(storage.join(run_dir, "checkpoints")).exists())

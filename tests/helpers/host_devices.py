@@ -33,3 +33,16 @@ def one_device() -> Iterator[None]:
         patch.setattr(jax, "device_count", lambda *args, **kwargs: 1)
         patch.setattr(jax, "local_device_count", lambda *args, **kwargs: 1)
         yield
+
+
+def host_envs(hosts: int, devices: int) -> list[dict[str, str]]:
+    """The environments of `hosts` local processes that form one JAX distributed runtime (gloo collectives on the CPU,
+    a free port of this machine for its coordinator), `devices` CPU devices each."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [{**os.environ, "XLA_FLAGS": xla_flags(devices), "JAX_PLATFORMS": "cpu",
+             "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}", "JAX_NUM_PROCESSES": str(hosts), "JAX_PROCESS_ID": str(i)}
+            for i in range(hosts)]  # fmt: skip
