@@ -5,7 +5,9 @@ drawn from the run's seed anew each epoch), and the continuous batcher (model/ba
 mesh with the policy's current parameters, samples `samples_per_prompt` completions of each at `temperature`, at most
 `response_length` new tokens, from keys that depend on the run's seed and the prompt's place in the run alone (a
 resumed run draws the same completions). Each completion is scored by its prompt's verifier (data/verifiers: the
-row's `dataset`) times `verification_reward`; the advantages are normalised within each prompt's group
+row's `dataset`) times `verification_reward`, a verifier that draws at random (IFEvalG's null kwargs) drawing from
+(the run's seed, the prompt's position in the run, the sample) alone: every host scores the whole rollout alike, and
+a resumed run scores as the uninterrupted one; the advantages are normalised within each prompt's group
 (`objectives.grpo.group_advantages`); a group whose completions all scored alike is left out with
 `filter_zero_std` (open-instruct's), and where every group of a rollout is, the next prompts are drawn (at most
 `MAX_REDRAWS` times). The kept completions, each its prompt then its response, are packed whole into the step's
@@ -62,12 +64,12 @@ class Rollout:
 
 
 class Rollouts:
-    """The stand-in pipeline of a grpo run (see the module doc). `score(verifier, text, ground_truth)`: a verifier's
-    score in [0, 1]; `decode(ids)`: a completion's text as its verifier reads it; `stop_ids`: EOS and the chat
+    """The stand-in pipeline of a grpo run (see the module doc). `score(verifier, text, ground_truth, key)`: a
+    verifier's score in [0, 1], its random draws (if any) seeded from `key`; `decode(ids)`: a completion's text as its verifier reads it; `stop_ids`: EOS and the chat
     template's end of turn."""
 
     def __init__(self, config: RunConfig, prompts: Sequence[Prompt], task_names: Sequence[str], *,
-                 decode: Callable[[list[int]], str], score: Callable[[str, str, str], float], stop_ids: Sequence[int],
+                 decode: Callable[[list[int]], str], score: Callable[[str, str, str, tuple], float], stop_ids: Sequence[int],
                  process_index: int = 0, process_count: int = 1):
         s, data = config.objective, config.data
         if not prompts:
@@ -175,8 +177,10 @@ class Rollouts:
                             seed=int(np.random.default_rng([self.config.seed, ROLLOUT_STREAM, first]).integers(2**31)))
         responses = engine.generate([list(p.ids) for p in prompts], sampling, self.stop_ids)
         seconds = time.perf_counter() - start
-        verified = np.array([self.score(p.verifier, self.decode(r), p.ground_truth) for p, r in zip(prompts, responses,
-                                                                                                   strict=True)])
+        samples = s.samples_per_prompt  # each reward a function of (seed, prompt position, sample) alone
+        verified = np.array([self.score(p.verifier, self.decode(r), p.ground_truth,
+                                        (self.config.seed, ROLLOUT_STREAM, first + j // samples, j % samples))
+                             for j, (p, r) in enumerate(zip(prompts, responses, strict=True))])
         scores = verified * s.verification_reward
         advantages = group_advantages(scores, s.samples_per_prompt, s.advantage_normalization)
         groups = scores.reshape(-1, s.samples_per_prompt)
@@ -214,7 +218,7 @@ def open_rollouts(bound, process_index: int = 0, process_count: int = 1) -> Roll
     from instructjax.data.encoding.prompt import encode_prompts
     from instructjax.data.encoding.tokenizer import turn_end_ids
     from instructjax.data.tokenized.stream import read_conversations
-    from instructjax.data.verifiers import get_verifier
+    from instructjax.data.verifiers import get_verifier, seeded_score
 
     config, resolved, tokenizer = bound.config, bound.data.resolved, bound.tokenizer
     mixture = resolved.mixture
@@ -242,7 +246,8 @@ def open_rollouts(bound, process_index: int = 0, process_count: int = 1) -> Roll
     stop_ids = sorted(set(turn_end_ids(tokenizer.to_hf(_chat_template(tokenizer, config.template)))) - {None})
     rollouts = Rollouts(config, prompts, bound.data.sources,
                         decode=lambda ids: tokenizer.decode(ids, skip_special_tokens=False),
-                        score=lambda name, text, truth: float(verifiers[name](text, truth)), stop_ids=stop_ids,
+                        score=lambda name, text, truth, key: seeded_score(verifiers[name], text, truth, key),
+                        stop_ids=stop_ids,
                         process_index=process_index, process_count=process_count)
     rollouts.skipped = reports
     return rollouts

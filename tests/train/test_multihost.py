@@ -220,17 +220,23 @@ def parity(prediction: str, ground_truth: str) -> float:
 """
 
 
+IFEVAL_DRAWN = repr([json.dumps({"instruction_id": ["length_constraints:number_words"], "kwargs": [None]})])
+
+
 def test_grpo_preempted_mid_run_on_two_hosts_resumes_as_one_process_runs(tmp_path):
     """GRPO (issue 69) through the real CLI on 2 processes: each host runs the same rollout (the engine on the
     trainer's mesh, its slots over both hosts' devices) and trains its rows of it; SIGTERM after step 1 (both save
-    the step they agree on and exit 75, the next step's rollout already drawn), resumed on 1 process (the torn test resumes
-    on 2): every step's loss and rollout scores are one process's uninterrupted run's. The prompts' verifier is the user's own (`imports:`), so rewards vary."""
+    the step they agree on and exit 75, the next step's rollout already drawn), resumed on 1 process (the torn test
+    resumes on 2): every step's loss and rollout scores are one process's uninterrupted run's. Half the prompts'
+    verifier is the user's own (`imports:`), half are IFEvalG's word count with its kwargs null (the relation and the
+    count drawn at random for each completion, issue 81's pure rewards: each host and the resumed run draw alike)."""
     from instructjax.data.sources.synthetic import synthetic_rows
 
     rows = tmp_path / "prompts" / "rows.jsonl"
     rows.parent.mkdir()
-    rows.write_text("".join(json.dumps({**row, "dataset": "parity_69"}) + "\n"
-                            for row in synthetic_rows("verifiable", 40)))
+    rows.write_text("".join(json.dumps({**row, "dataset": "parity_69"} if i % 2 else
+                                       {**row, "dataset": "ifeval", "ground_truth": IFEVAL_DRAWN}) + "\n"
+                            for i, row in enumerate(synthetic_rows("verifiable", 40))))
     module = tmp_path / "parity_69.py"
     module.write_text(PARITY)
     config = tmp_path / "grpo.yaml"

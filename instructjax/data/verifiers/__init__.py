@@ -12,7 +12,7 @@ registry, `verifiers.ifeval`: OLMo 3 / Tulu 3's IF_multi_constraints rows, a lis
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from instructjax.core.context import current
 from instructjax.core.errors import ConfigError
@@ -76,4 +76,21 @@ def verify(name: str, prediction: str, ground_truth: str) -> float:
     return float(get_verifier(name)(prediction, ground_truth))
 
 
-__all__ = ["Verifier", "check_ground_truth", "get_verifier", "known_verifier", "register_verifier", "verifier_names", "verify"]
+def seeded_score(verifier: Verifier, prediction: str, ground_truth: str, key: Sequence[int]) -> float:
+    """`verifier(prediction, ground_truth)` with Python's global `random` seeded from `key` for the call, its state
+    before put back after: a verifier that draws (IFEvalG's kwargs a row leaves null) draws the same for the same
+    key on every host and in every resume. The rollouts' key: (run seed, prompt position in the run, sample)."""
+    import random
+
+    import numpy as np
+
+    state = random.getstate()
+    random.seed(int(np.random.SeedSequence([int(k) for k in key]).generate_state(1, np.uint64)[0]))
+    try:
+        return float(verifier(prediction, ground_truth))
+    finally:
+        random.setstate(state)
+
+
+__all__ = ["Verifier", "check_ground_truth", "get_verifier", "known_verifier", "register_verifier", "seeded_score",
+           "verifier_names", "verify"]
