@@ -224,6 +224,9 @@ class ObjectiveSection:
     advantage_normalization: str = "standard"  # (reward - group mean) / (group std + 1e-8); centered: no division
     verification_reward: float = 10.0  # a verifier's score (0 to 1) times this is the reward
     filter_zero_std: bool = True  # a prompt whose samples all score the same trains nothing (open-instruct's)
+    # a verifier that raises on a completion: `zero` scores it 0 and names it in a warning line (a pod's run goes on);
+    # `stop`: one error line naming it, and the run stops
+    verifier_errors: str = "zero"
 
     def __post_init__(self):
         _check(self.loss in OBJECTIVES, f"objective.loss must be one of {OBJECTIVES}, got {self.loss!r}")
@@ -248,6 +251,8 @@ class ObjectiveSection:
                f"one of {ADVANTAGE_NORMALIZATIONS}, got {self.advantage_normalization!r}")
         for key in ("prompts_per_rollout", "samples_per_prompt", "response_length"):
             _check(getattr(self, key) >= 1, f"objective.{key} must be >= 1, got {getattr(self, key)}")
+        _check(self.verifier_errors in ("zero", "stop"),
+               f"objective.verifier_errors must be zero or stop, got {self.verifier_errors!r}")
         _check(self.temperature > 0, f"objective.temperature must be > 0 (rollouts sample), got {self.temperature}")
         _check(self.clip_lower >= 0 and self.clip_higher >= 0,
                f"objective.clip_lower and clip_higher must be >= 0, got {self.clip_lower}, {self.clip_higher}")

@@ -25,7 +25,8 @@ ADDED_OFF = {"optim.neftune_alpha": 0.0, "objective.loss": "sft", "objective.bet
              "objective.prompts_per_rollout": 16, "objective.samples_per_prompt": 4, "objective.temperature": 0.7,
              "objective.response_length": 256, "objective.loss_fn": "dapo", "objective.clip_lower": 0.2,
              "objective.clip_higher": 0.2, "objective.kl_estimator": 2, "objective.advantage_normalization": "standard",
-             "objective.verification_reward": 10.0, "objective.filter_zero_std": True}
+             "objective.verification_reward": 10.0, "objective.filter_zero_std": True,
+             "objective.verifier_errors": "zero"}
 
 
 def digest(values: Any) -> str:

@@ -33,7 +33,7 @@ from flax import nnx
 from jax.sharding import AbstractMesh
 
 from instructjax.core.config import RunConfig
-from instructjax.core.errors import ConfigError
+from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.batches.packing import REFERENCE, empty_rows, pack_segments
 from instructjax.data.batches.pipeline import EpochPlan, IteratorState
 from instructjax.model.batching import ContinuousBatcher, Sampling
@@ -165,6 +165,24 @@ class Rollouts:
         mine = slice(self.process_index * rows, (self.process_index + 1) * rows)
         return Rollout({k: v[mine] for k, v in batch.items()}, metrics)
 
+    def _scored(self, prompt: Prompt, text: str, position: int, sample: int) -> float:
+        """`prompt`'s verifier's score of `text`, sample `sample` of the run's prompt number `position`: a function
+        of them alone (its random draws seeded from the run's seed, the position and the sample). A verifier that
+        raises scores 0 with a warning line naming the completion, or stops the run (`objective.verifier_errors`)."""
+        try:
+            return self.score(prompt.verifier, text, prompt.ground_truth,
+                              (self.config.seed, ROLLOUT_STREAM, position, sample))
+        except Exception as err:  # noqa: BLE001  a user's verifier may raise anything
+            where = (f"verifier {prompt.verifier} raised on sample {sample} of prompt {position} of the run "
+                     f"({self.task_names[prompt.task]} {prompt.id or ''})".replace(" )", ")")
+                     + f": {type(err).__name__}: {err}".replace("\n", " "))
+            if self.section.verifier_errors == "stop":
+                raise DataError(f"{where} (objective.verifier_errors: stop)", reason="verifier_raised") from None
+            if self.process_index == 0:
+                print(f"instructjax: warning: {where}; scored 0 (objective.verifier_errors: stop stops the run "
+                      "instead)", file=sys.stderr, flush=True)
+            return 0.0
+
     def _generate(self, params, chosen: list[int], first: int) -> tuple[list[tuple], dict[str, float]]:
         """Sample, score and normalise one rollout of the prompts `chosen` (the run's prompts `first`..): the kept
         completions (prompt ids, response ids, advantage, task) and the rollout's metrics."""
@@ -177,9 +195,7 @@ class Rollouts:
                             seed=int(np.random.default_rng([self.config.seed, ROLLOUT_STREAM, first]).integers(2**31)))
         responses = engine.generate([list(p.ids) for p in prompts], sampling, self.stop_ids)
         seconds = time.perf_counter() - start
-        samples = s.samples_per_prompt  # each reward a function of (seed, prompt position, sample) alone
-        verified = np.array([self.score(p.verifier, self.decode(r), p.ground_truth,
-                                        (self.config.seed, ROLLOUT_STREAM, first + j // samples, j % samples))
+        verified = np.array([self._scored(p, self.decode(r), first + j // s.samples_per_prompt, j % s.samples_per_prompt)
                              for j, (p, r) in enumerate(zip(prompts, responses, strict=True))])
         scores = verified * s.verification_reward
         advantages = group_advantages(scores, s.samples_per_prompt, s.advantage_normalization)

@@ -335,3 +335,43 @@ def test_a_step_whose_rollouts_all_score_alike_says_so(tmp_path, capsys, monkeyp
     figure = loss_figure([record], "run")
     assert figure.axes[0].get_ylabel() == GRPO_LABEL and figure.axes[0].get_lines() == []
     assert (tmp_path / "run" / "loss.png").is_file() and (tmp_path / "run" / "solve_rate.png").is_file()
+
+
+def test_a_verifiers_draws_are_its_keys_and_a_raise_is_0_named_or_a_stop(capsys):
+    """A drawing verifier (IFEvalG's word count, its kwargs null) scores the same completion alike for one key and
+    leaves Python's `random` as it found it; a verifier that raises scores 0 with one warning line naming the
+    completion (the default), or stops with one error line (`objective.verifier_errors: stop`)."""
+    import json
+    import random
+
+    from instructjax.core.errors import DataError
+    from instructjax.data.verifiers import get_verifier, register_verifier, seeded_score
+    from instructjax.train.rollout import Prompt, Rollouts
+
+    drawn = repr([json.dumps({"instruction_id": ["length_constraints:number_words"], "kwargs": [None]})])
+    ifeval = get_verifier("ifeval")
+    random.seed(5)
+    before = random.getstate()
+    scores = [seeded_score(ifeval, "a few words", drawn, (0, 1, k, 0)) for k in range(16)]
+    assert random.getstate() == before
+    assert scores == [seeded_score(ifeval, "a few words", drawn, (0, 1, k, 0)) for k in range(16)]
+    assert len(set(scores)) == 2  # the keys draw different relations and counts
+
+    @register_verifier("raises_81")
+    def raises(prediction: str, ground_truth: str) -> float:
+        raise ValueError("no answer\nhere")
+
+    prompt = Prompt((1, 2), "7", "raises_81", 0, "row-7")
+    for policy in ("zero", "stop"):
+        config = load_config(None, ["objective.loss=grpo", f"objective.verifier_errors={policy}"])
+        made = Rollouts(config, [prompt], ["my_task"], decode=str, stop_ids=[2],
+                        score=lambda name, text, truth, key: seeded_score(get_verifier(name), text, truth, key))
+        words = "verifier raises_81 raised on sample 3 of prompt 11 of the run (my_task row-7): ValueError: no answer here"
+        if policy == "zero":
+            assert made._scored(prompt, "x", 11, 3) == 0.0
+            assert capsys.readouterr().err.splitlines() == [f"instructjax: warning: {words}; scored 0 "
+                                                            "(objective.verifier_errors: stop stops the run instead)"]
+        else:
+            with pytest.raises(DataError) as raised:
+                made._scored(prompt, "x", 11, 3)
+            assert str(raised.value) == f"{words} (objective.verifier_errors: stop)"
