@@ -227,6 +227,18 @@ class ObjectiveSection:
     # a verifier that raises on a completion: `zero` scores it 0 and names it in a warning line (a pod's run goes on);
     # `stop`: one error line naming it, and the run stops
     verifier_errors: str = "zero"
+    # the sampler's drift from the learner (open-instruct's names): each response token's policy loss weighed by
+    # rho = pi_learner / pi_sampler clamped to [rho_clamp_lower_bound, rho_clamp_upper_bound], 0 where rho (or its
+    # completion's: rho_mask_sequence_level; or the completion's mean |rho - 1|: rho_mask_tv_divergence) is outside
+    # [rho_mask_lower_bound, rho_mask_upper_bound]; a bound of 0 is none. Off here (open-instruct's default is on):
+    # with a synchronous rollout the sampler is the learner up to the engine's numerics
+    use_rho_correction: bool = False
+    rho_clamp_lower_bound: float = 0.0
+    rho_clamp_upper_bound: float = 2.0
+    rho_mask_lower_bound: float = 0.0
+    rho_mask_upper_bound: float = 0.0
+    rho_mask_sequence_level: bool = False
+    rho_mask_tv_divergence: bool = False
 
     def __post_init__(self):
         _check(self.loss in OBJECTIVES, f"objective.loss must be one of {OBJECTIVES}, got {self.loss!r}")
@@ -253,6 +265,13 @@ class ObjectiveSection:
             _check(getattr(self, key) >= 1, f"objective.{key} must be >= 1, got {getattr(self, key)}")
         _check(self.verifier_errors in ("zero", "stop"),
                f"objective.verifier_errors must be zero or stop, got {self.verifier_errors!r}")
+        _check(not self.use_rho_correction or self.loss == "grpo", "objective.use_rho_correction weighs a rollout's "
+               f"tokens by the log-probs its sampler drew them with: objective.loss={self.loss} has no rollouts (grpo)")
+        for key, lower in (("rho_mask_lower_bound", True), ("rho_clamp_lower_bound", True),
+                           ("rho_mask_upper_bound", False), ("rho_clamp_upper_bound", False)):
+            value = getattr(self, key)  # open-instruct's checks: 0 (none), or a lower bound in (0, 1), an upper > 1
+            _check(value == 0 or (0 < value < 1 if lower else value > 1),
+                   f"objective.{key} must be 0 (none) or {'in (0, 1)' if lower else '> 1'}, got {value}")
         _check(self.temperature > 0, f"objective.temperature must be > 0 (rollouts sample), got {self.temperature}")
         _check(self.clip_lower >= 0 and self.clip_higher >= 0,
                f"objective.clip_lower and clip_higher must be >= 0, got {self.clip_lower}, {self.clip_higher}")

@@ -26,7 +26,10 @@ ADDED_OFF = {"optim.neftune_alpha": 0.0, "objective.loss": "sft", "objective.bet
              "objective.response_length": 256, "objective.loss_fn": "dapo", "objective.clip_lower": 0.2,
              "objective.clip_higher": 0.2, "objective.kl_estimator": 2, "objective.advantage_normalization": "standard",
              "objective.verification_reward": 10.0, "objective.filter_zero_std": True,
-             "objective.verifier_errors": "zero"}
+             "objective.verifier_errors": "zero", "objective.use_rho_correction": False,
+             "objective.rho_clamp_lower_bound": 0.0, "objective.rho_clamp_upper_bound": 2.0,
+             "objective.rho_mask_lower_bound": 0.0, "objective.rho_mask_upper_bound": 0.0,
+             "objective.rho_mask_sequence_level": False, "objective.rho_mask_tv_divergence": False}
 
 
 def digest(values: Any) -> str:

@@ -86,6 +86,7 @@ class _Row:
     index: int
     prompt: list[int]
     generated: list[int] = field(default_factory=list)
+    logps: list[float] = field(default_factory=list)  # each generated id's log-prob as drawn (`decoding.sampled_logp`)
     prefix: tuple | None = None  # the shared prefix it is filled after
     done: bool = False
 
@@ -140,19 +141,19 @@ class ContinuousBatcher:
               candidates: Sequence[int]) -> tuple:
         """Fill jobs (slot, tokens, start, prompt index, token count) in calls of a power-of-two row count, a job
         longer than a call's tokens (`fill_budget`) in pieces, its leading ones first; returns (cache, first ids
-        [n], candidate log-probs [n, C])."""
+        [n], their log-probs [n], candidate log-probs [n, C])."""
         budget = fill_budget(cache.length, self.fill_tokens)
         while any(len(j[1]) > budget for j in jobs):
             leading = [(slot, ids[:budget], start, index, count) for slot, ids, start, index, count in jobs
                        if len(ids) > budget]
-            cache, _, _ = self._fill_calls(cache, leading, keys, sampling, (), budget)
+            cache, *_ = self._fill_calls(cache, leading, keys, sampling, (), budget)
             jobs = [(slot, ids[budget:], start + budget, index, count) if len(ids) > budget else
                     (slot, ids, start, index, count) for slot, ids, start, index, count in jobs]
         return self._fill_calls(cache, jobs, keys, sampling, candidates, budget)
 
     def _fill_calls(self, cache, jobs: list[tuple[int, list[int], int, int, int]], keys: np.ndarray,
                     sampling: Sampling, candidates: Sequence[int], budget: int) -> tuple:
-        firsts, logps = [], []
+        firsts, first_logps, logps = [], [], []
         cands = jnp.asarray(list(candidates) or [0], jnp.int32)
         k = 0
         while k < len(jobs):
@@ -173,16 +174,17 @@ class ContinuousBatcher:
                 row_keys[r] = keys[index]
             span = decoding.span_bucket(int((starts + width).max()), cache.length)  # the prompts' rows, not the replies'
             with self._scope():
-                cache, first, logp = decoding.extend(
+                cache, first, first_logp, logp = decoding.extend(
                     self.graphdef, self.state, cache, jnp.asarray(tokens), jnp.asarray(starts), jnp.asarray(lengths),
                     jnp.asarray(slots), jax.random.wrap_key_data(jnp.asarray(row_keys)), jnp.asarray(counts),
                     jnp.float32(sampling.temperature), jnp.float32(sampling.top_p), cands, span=span)
             firsts.append(np.asarray(first)[: len(group)])
+            first_logps.append(np.asarray(first_logp)[: len(group)])
             logps.append(np.asarray(logp)[: len(group)])
             self.stats.fill_calls += 1
             self.stats.fill_tokens += sum(len(j[1]) for j in group)
             k += len(group)
-        return cache, np.concatenate(firsts), np.concatenate(logps)
+        return cache, np.concatenate(firsts), np.concatenate(first_logps), np.concatenate(logps)
 
     def _fill_rows(self, width: int, budget: int) -> int:
         return fill_rows(width, slots=self.slots, shards=self.shards, fill_tokens=budget)
@@ -190,20 +192,21 @@ class ContinuousBatcher:
     def _prefix_cache(self, tokens: list[int], keys: np.ndarray, sampling: Sampling) -> decoding.SlotCache:
         """A one-slot cache holding `tokens`' keys and values."""
         cache = decoding.init_slot_cache(self.config, 1, bucket(len(tokens)), self.mesh)
-        cache, _, _ = self._fill(cache, [(0, tokens, 0, 0, 0)], keys, sampling, ())
+        cache, *_ = self._fill(cache, [(0, tokens, 0, 0, 0)], keys, sampling, ())
         return cache
 
     # ---- the schedule ---------------------------------------------------------------------------------------
 
     def generate(self, prompts: Sequence[Sequence[int]], sampling: Sampling, stop_ids: Sequence[int],
-                 stop: Callable[[list[int]], bool] | None = None) -> list[list[int]]:
+                 stop: Callable[[list[int]], bool] | None = None, *, with_logps: bool = False) -> list:
         """New ids per prompt (the stop id that ended it included). `stop(ids)`: whether a row's ids so far hold a
-        stop string (checked after every decode call)."""
+        stop string (checked after every decode call). `with_logps`: (ids, each id's log-prob as drawn) per prompt
+        (`decoding.sampled_logp`: what an RL learner weighs its ratio against)."""
         rows = [_Row(i, list(p)) for i, p in enumerate(prompts)]
         if any(not r.prompt for r in rows):
             raise ValueError("generate: every prompt needs at least one token (e.g. BOS)")
         if sampling.max_new_tokens <= 0 or not rows:
-            return [[] for _ in rows]
+            return [([], []) if with_logps else [] for _ in rows]
         start = time.perf_counter()
         stops = set(stop_ids)
         keys = np.asarray(jax.random.key_data(jax.vmap(lambda i: jax.random.fold_in(jax.random.key(sampling.seed), i))(
@@ -233,7 +236,7 @@ class ContinuousBatcher:
                 continue
             cache, width = self._pack(cache, slot_row)
             active = [(b, r) for b, r in enumerate(slot_row) if r is not None]
-            cache, drawn = self._decode(cache, slot_row, width, keys, sampling)
+            cache, drawn, drawn_logps = self._decode(cache, slot_row, width, keys, sampling)
             for b, row in active:
                 fed = len(row.prompt) + len(row.generated) - 1  # position of the first token fed in this call
                 for i in range(self.chunk):
@@ -242,6 +245,7 @@ class ContinuousBatcher:
                         slot_row[b] = None
                         break
                     row.generated.append(int(drawn[b, i]))
+                    row.logps.append(float(drawn_logps[b, i]))
                     self.stats.kept_steps += 1
                     if self._finished(row, sampling, stops, None):
                         break
@@ -251,7 +255,7 @@ class ContinuousBatcher:
         self.stats.prompts += len(rows)
         self.stats.new_tokens += sum(len(r.generated) for r in rows)
         self.stats.seconds += time.perf_counter() - start
-        return [r.generated for r in rows]
+        return [(r.generated, r.logps) if with_logps else r.generated for r in rows]
 
     def _finished(self, row: _Row, sampling: Sampling, stops: set[int], stop) -> bool:
         row.done = row.done or (bool(row.generated) and row.generated[-1] in stops) or \
@@ -274,9 +278,10 @@ class ContinuousBatcher:
         """Fill the admitted rows' slots (a row re-filled at a long-RoPE switch: its whole sequence so far) and draw
         each row's next id."""
         cache, jobs = self._jobs(cache, admitted, keys, sampling, prefixes, pending)
-        cache, first, _ = self._fill(cache, jobs, keys, sampling, ())
-        for (_, row), token in zip(admitted, first, strict=True):
+        cache, first, first_logps, _ = self._fill(cache, jobs, keys, sampling, ())
+        for (_, row), token, logp in zip(admitted, first, first_logps, strict=True):
             row.generated.append(int(token))
+            row.logps.append(float(logp))
         return cache
 
     def _jobs(self, cache, admitted: list[tuple[int, _Row]], keys, sampling, prefixes, pending) -> tuple:
@@ -319,7 +324,8 @@ class ContinuousBatcher:
         return cache, width
 
     def _decode(self, cache, slot_row: list[_Row | None], width: int, keys: np.ndarray, sampling: Sampling):
-        """One decode call over the first `width` slots (every live one among them); the ids drawn [width, chunk]."""
+        """One decode call over the first `width` slots (every live one among them); the ids drawn [width, chunk] and
+        their log-probs."""
         tokens, positions = np.zeros(width, np.int32), np.zeros(width, np.int32)
         counts, row_keys = np.zeros(width, np.int32), np.zeros((width, *keys.shape[1:]), keys.dtype)
         for b, row in enumerate(slot_row[:width]):
@@ -328,13 +334,13 @@ class ContinuousBatcher:
                 counts[b], row_keys[b] = len(row.generated), keys[row.index]
         span = decoding.span_bucket(int(positions.max()) + self.chunk, cache.length)
         with self._scope():
-            cache, drawn = decoding.decode(self.graphdef, self.state, cache, jnp.asarray(tokens), jnp.asarray(positions),
+            cache, drawn, logps = decoding.decode(self.graphdef, self.state, cache, jnp.asarray(tokens), jnp.asarray(positions),
                                            jax.random.wrap_key_data(jnp.asarray(row_keys)), jnp.asarray(counts),
                                            jnp.float32(sampling.temperature), jnp.float32(sampling.top_p),
                                            chunk=self.chunk, span=span)
         self.stats.decode_calls += 1
         self.stats.slot_steps += width * self.chunk
-        return cache, np.asarray(drawn)
+        return cache, np.asarray(drawn), np.asarray(logps)
 
     # ---- log-likelihood -------------------------------------------------------------------------------------
 
@@ -357,7 +363,7 @@ class ContinuousBatcher:
         while pending:
             admitted = [(b, pending.pop(0)) for b in range(min(self.slots, len(pending)))]
             cache, jobs = self._jobs(cache, admitted, keys, sampling, prefixes, pending)
-            cache, _, logp = self._fill(cache, jobs, keys, sampling, candidates)
+            cache, _, _, logp = self._fill(cache, jobs, keys, sampling, candidates)
             for (_, row), values in zip(admitted, logp, strict=True):
                 out[row.index] = values
         self._cache = cache

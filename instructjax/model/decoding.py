@@ -194,6 +194,13 @@ def sample(logits: Array, keys: Array, temperature: Array, top_p: Array) -> Arra
     return jax.lax.cond(temperature == 0.0, greedy, draw, logits)
 
 
+def sampled_logp(logits: Array, token: Array, temperature: Array) -> Array:
+    """[B] the log-prob of each drawn id under the distribution it was drawn from: the logits over `temperature`
+    (the logits themselves when greedy), before any nucleus cut (what a learner recomputes)."""
+    scaled = logits / jnp.where(temperature == 0.0, 1.0, temperature)
+    return jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), token[:, None], axis=-1)[:, 0]
+
+
 def _step_keys(keys: Array, counts: Array) -> Array:
     """Row b's key for its token number counts[b]."""
     return jax.vmap(jax.random.fold_in)(keys, counts)
@@ -205,24 +212,26 @@ def extend(graphdef, state, cache: SlotCache, tokens: Array, starts: Array, leng
     """Fill slots `rows` [n] with tokens [n, T] (row i's first lengths[i] are real) at positions starts[i]..; rows
     past the cache's slots are padding and write nothing; attention over the first `span` cache rows (`span_bucket`
     of the last position filled: a prompt need not read the rows its reply will take; default: all). Returns (the
-    cache, the first new id of each row drawn from its last real token's logits, those logits' log-softmax over
-    `candidates`)."""
+    cache, the first new id of each row drawn from its last real token's logits, its log-prob (`sampled_logp`),
+    those logits' log-softmax over `candidates`)."""
     model = nnx.merge(graphdef, state)
     positions = starts[:, None] + jnp.arange(tokens.shape[1])[None, :]
     hidden, cache = _forward(model, cache, tokens, positions, starts + lengths - 1, rows, span)
     last = jnp.take_along_axis(hidden, jnp.maximum(lengths - 1, 0)[:, None, None], axis=1)
     logits = model.logits(last)[:, 0].astype(jnp.float32)
     first = sample(logits, _step_keys(keys, counts), temperature, top_p)
-    return cache, replicated(first), replicated(jax.nn.log_softmax(logits[:, candidates], axis=-1))
+    return (cache, replicated(first), replicated(sampled_logp(logits, first, temperature)),
+            replicated(jax.nn.log_softmax(logits[:, candidates], axis=-1)))
 
 
 @functools.partial(jax.jit, static_argnames=("graphdef", "chunk", "span"), donate_argnames=("cache",))
 def decode(graphdef, state, cache: SlotCache, tokens: Array, positions: Array, keys: Array, counts: Array,
-           temperature: Array, top_p: Array, *, chunk: int, span: int) -> tuple[SlotCache, Array]:
+           temperature: Array, top_p: Array, *, chunk: int, span: int) -> tuple[SlotCache, Array, Array]:
     """`chunk` steps of the first n = len(tokens) slots (all of them, or the live ones packed in front: `move_slots`):
     slot b feeds tokens[b] at positions[b] and draws the next id (key counts[b] + step), attending over the first
-    `span` cache rows (`span_bucket`: above every position fed). Returns (the cache, the ids drawn [n, chunk]); a
-    slot that has finished goes on harmlessly in its own rows (the engine reads what it needs)."""
+    `span` cache rows (`span_bucket`: above every position fed). Returns (the cache, the ids drawn [n, chunk], their
+    log-probs [n, chunk]: `sampled_logp`); a slot that has finished goes on harmlessly in its own rows (the engine
+    reads what it needs)."""
     model = nnx.merge(graphdef, state)
 
     def step(carry, i):
@@ -230,10 +239,10 @@ def decode(graphdef, state, cache: SlotCache, tokens: Array, positions: Array, k
         hidden, cache = _forward(model, cache, token[:, None], (positions + i)[:, None], positions + i, None, span)
         logits = model.logits(hidden)[:, 0].astype(jnp.float32)
         token = sample(logits, _step_keys(keys, counts + i), temperature, top_p)
-        return (cache, token), token
+        return (cache, token), (token, sampled_logp(logits, token, temperature))
 
-    (cache, _), drawn = jax.lax.scan(step, (cache, tokens), jnp.arange(chunk))
-    return cache, replicated(drawn.T)
+    (cache, _), (drawn, logps) = jax.lax.scan(step, (cache, tokens), jnp.arange(chunk))
+    return cache, replicated(drawn.T), replicated(logps.T)
 
 
 @functools.partial(jax.jit, static_argnames=("length",), donate_argnames=("cache",))

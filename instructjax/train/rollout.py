@@ -37,7 +37,7 @@ from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.batches.packing import REFERENCE, empty_rows, pack_segments
 from instructjax.data.batches.pipeline import EpochPlan, IteratorState
 from instructjax.model.batching import ContinuousBatcher, Sampling
-from instructjax.train.objectives.grpo import ADVANTAGES, GRPO, group_advantages
+from instructjax.train.objectives.grpo import ADVANTAGES, GRPO, SAMPLER, group_advantages
 
 MAX_REDRAWS = 8  # rollouts drawn for one step at most, where every group of the earlier ones scored alike
 ROLLOUT_STREAM = 0x524F4C4C  # "ROLL": the rollouts' own stream under the run's seed
@@ -158,6 +158,8 @@ class Rollouts:
         metrics["time/generation"] = generation  # the other values are the last draw's (the one kept)
         self.state = IteratorState(self.drawn, 0, 0)
         batch = pack_rollout(kept, self.config.data.global_batch, self.config.data.seq_len)
+        if not self.section.use_rho_correction:  # the step takes the sampler's log-probs only to weigh by them
+            del batch[SAMPLER]
         if self.reference is not None:
             batch[REFERENCE] = np.asarray(jax.device_get(self.token_logps(self.reference, _on_mesh(batch, self.mesh))),
                                           np.float32) * (batch["segment_ids"] > 0)
@@ -193,7 +195,8 @@ class Rollouts:
         prompts = [self.prompts[i] for i in chosen for _ in range(s.samples_per_prompt)]
         sampling = Sampling(max_new_tokens=s.response_length, temperature=s.temperature, top_p=1.0,
                             seed=int(np.random.default_rng([self.config.seed, ROLLOUT_STREAM, first]).integers(2**31)))
-        responses = engine.generate([list(p.ids) for p in prompts], sampling, self.stop_ids)
+        drawn = engine.generate([list(p.ids) for p in prompts], sampling, self.stop_ids, with_logps=True)
+        responses, sampled = [ids for ids, _ in drawn], [logps for _, logps in drawn]
         seconds = time.perf_counter() - start
         verified = np.array([self._scored(p, self.decode(r), first + j // s.samples_per_prompt, j % s.samples_per_prompt)
                              for j, (p, r) in enumerate(zip(prompts, responses, strict=True))])
@@ -214,8 +217,8 @@ class Rollouts:
             mine = np.array([p.verifier == name for p in prompts])
             metrics[f"objective/{name}_reward"] = float(scores[mine].mean())
             metrics[f"objective/{name}_correct_rate"] = float((verified[mine] > 0).mean())
-        kept = [(p.ids, tuple(r), float(a), p.task) for p, r, a, k in zip(prompts, responses, advantages, keep,
-                                                                           strict=True) if k]
+        kept = [(p.ids, tuple(r), float(a), p.task, tuple(lp)) for p, r, a, k, lp in zip(
+            prompts, responses, advantages, keep, sampled, strict=True) if k]
         return kept, metrics
 
     def _slots(self) -> int:
@@ -277,24 +280,26 @@ def _chat_template(tokenizer, template: str | None) -> str | None:
 
 
 def pack_rollout(kept: Sequence[tuple], rows: int, seq_len: int) -> dict[str, np.ndarray]:
-    """Completions (prompt ids, response ids, advantage, task index), each a segment (its prompt, then its response
-    trained, each response token carrying the advantage), packed whole into `rows` rows of `seq_len` (all padding
-    where none is kept)."""
+    """Completions (prompt ids, response ids, advantage, task index, each response id's log-prob as the engine drew
+    it), each a segment (its prompt, then its response trained, each response token carrying the advantage and its
+    sampled log-prob: `SAMPLER`), packed whole into `rows` rows of `seq_len` (all padding where none is kept)."""
     one = empty_rows(max(len(kept), 1), seq_len)
     one[ADVANTAGES] = np.zeros(one["tokens"].shape, np.float32)
-    for r, (prompt, response, advantage, task) in enumerate(kept):
+    one[SAMPLER] = np.zeros(one["tokens"].shape, np.float32)
+    for r, (prompt, response, advantage, task, sampled) in enumerate(kept):
         ids = np.asarray([*prompt, *response], np.int32)
         n = len(ids)
         one["tokens"][r, :n] = ids
         one["targets"][r, : n - 1] = ids[1:]
         one["loss_weights"][r, len(prompt) - 1: n - 1] = 1.0  # a target that is a response token
         one[ADVANTAGES][r, len(prompt) - 1: n - 1] = advantage
+        one[SAMPLER][r, len(prompt) - 1: n - 1] = sampled
         one["segment_ids"][r, :n] = 1
         one["positions"][r, :n] = np.arange(n)
         one["source_ids"][r, :n] = task
     if not kept:
         out = empty_rows(rows, seq_len)
-        return {**out, ADVANTAGES: np.zeros((rows, seq_len), np.float32)}
+        return {**out, ADVANTAGES: np.zeros((rows, seq_len), np.float32), SAMPLER: np.zeros((rows, seq_len), np.float32)}
     return pack_segments(one, rows)
 
 

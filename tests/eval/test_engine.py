@@ -68,7 +68,7 @@ def test_stops_end_rows_and_sampling_is_the_prompts_whatever_the_slots(models):
     """A stop id ends its row where it appears (the others go on); temperature sampling gives each prompt the same
     ids with 1, 2 or 16 slots and another chunk length (its own key); top_p tiny is greedy. (The shapes of the test
     above, 2 and 16 slots in chunks of 3, compiled once for both; 1 slot in chunks of 8 is this test's own.)"""
-    _, model, _ = models
+    _, model, hf_model = models
     free = ContinuousBatcher(model, slots=2, chunk=3).generate(PROMPTS, Sampling(max_new_tokens=9), stop_ids=[-1])
     stop = free[0][3]
     got = ContinuousBatcher(model, slots=2, chunk=3).generate(PROMPTS, Sampling(max_new_tokens=9), stop_ids=[stop])
@@ -79,6 +79,15 @@ def test_stops_end_rows_and_sampling_is_the_prompts_whatever_the_slots(models):
     assert drawn[0] == drawn[1] == drawn[2] and drawn[0] != free
     assert ContinuousBatcher(model, slots=2, chunk=3).generate(PROMPTS, Sampling(9, temperature=1.0, top_p=1e-6),
                                                                [-1]) == free
+    # each drawn id's log-prob as the engine drew it (a GRPO rollout's sampler log-probs): transformers' log-softmax
+    # of the logits over the temperature, at that id, in a forward of the prompt and the ids before it
+    cool = Sampling(max_new_tokens=9, temperature=0.7, seed=5)
+    pairs = ContinuousBatcher(model, slots=2, chunk=3).generate(PROMPTS, cool, [-1], with_logps=True)
+    with torch.no_grad():
+        for prompt, (ids, logps) in zip(PROMPTS, pairs, strict=True):
+            logits = hf_model(torch.tensor([prompt + ids])).logits[0, len(prompt) - 1: -1].double() / 0.7
+            want = torch.log_softmax(logits, -1)[torch.arange(len(ids)), torch.tensor(ids)].numpy()
+            np.testing.assert_allclose(logps, want, atol=2e-5)
 
 
 def test_next_token_logprobs_with_shared_prefix_equal_the_full_forward(models):

@@ -57,6 +57,16 @@ def grpo_functions() -> types.SimpleNamespace:
                                  forward_for_logprobs=forward)
 
 
+def rho_correction():
+    """compute_rho_correction (grpo_utils.py) with what it calls: (old, sampler, mask, advantages, config) ->
+    RhoCorrection(weights, metrics, histogram_metrics)."""
+    from dataclasses import dataclass, field
+
+    return pinned("grpo_utils.py", ("RhoCorrection", "_rho_drop_masks", "_sequence_level_mean",
+                                    "compute_rho_correction"), {"dataclass": dataclass, "field": field}
+                  )["compute_rho_correction"]
+
+
 def advantages(scores: np.ndarray, samples: int, normalization: str) -> np.ndarray:
     """The advantages open-instruct's data preparation loop computes from a rollout's scores (data_loader.py,
     `DataPreparationActor._data_preparation_loop`: its statements from `scores = np.array(batch.scores)` through

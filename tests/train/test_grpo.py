@@ -126,12 +126,15 @@ def test_the_objectives_loss_gradient_and_metrics_are_open_instructs_first_updat
     np.testing.assert_allclose(float(metrics["val/ratio"]) / tokens, weigh(ratios), rtol=1e-6)
 
 
-@pytest.mark.parametrize("loss_fn", ["dapo", "cispo"])
-def test_one_update_from_fixed_rollouts_is_open_instructs_on_transformers(theirs, tmp_path, loss_fn):
+@pytest.mark.parametrize("loss_fn, rho", [("dapo", False), ("cispo", False), ("dapo", True)])
+def test_one_update_from_fixed_rollouts_is_open_instructs_on_transformers(theirs, tmp_path, loss_fn, rho):
     """One step from fixed rollouts (6 completions of 2 prompts, packed two a row, in 2 micro-batches): our step's
     update (SGD at rate 1: the gradient itself) equals open-instruct's loop on the same tiny LLaMA in transformers
     (`forward_for_logprobs` of each completion alone at the sampling temperature, `compute_grpo_loss`, `masked_mean`
-    over the step's tokens, backward), with a live reference (another LLaMA) so the KL term counts."""
+    over the step's tokens, backward), with a live reference (another LLaMA) so the KL term counts. `rho`: the
+    sampler's log-probs drifted from the policy's (some tokens' weights clamped, some dropped) and
+    `use_rho_correction` on, open-instruct's `compute_rho_correction` weighing its loss."""
+    from helpers.open_instruct_grpo import rho_correction
     import optax
     import transformers
 
@@ -154,13 +157,19 @@ def test_one_update_from_fixed_rollouts_is_open_instructs_on_transformers(theirs
     prompts = [tuple(rng.integers(3, 96, rng.integers(3, 7))) for _ in range(2)]
     completions = [(p, tuple(rng.integers(3, 96, rng.integers(2, 9)))) for p in prompts for _ in range(samples)]
     advantages = group_advantages(np.array([10.0, 0.0, 0.0, 10.0, 10.0, 0.0]), samples, "standard")
-    kept = [(p, r, float(a), 0) for (p, r), a in zip(completions, advantages, strict=True)]
+    policy = transformers.LlamaForCausalLM.from_pretrained(dirs["policy"], dtype=torch.float32)
+    with torch.no_grad():  # the sampler's log-probs: the policy's, drifted
+        sampled = [theirs.forward_for_logprobs(policy, torch.tensor([[*p, *r]]), None, torch.arange(len(p) + len(r))[None],
+                                               -1, temperature)[0][0, len(p) - 1:].numpy() for p, r in completions]
+    sampled = [lp + rng.normal(0, 0.4, lp.shape).astype(np.float32) if rho else lp for lp in sampled]
+    kept = [(p, r, float(a), 0, lp) for (p, r), a, lp in zip(completions, advantages, sampled, strict=True)]
     batch = pack_rollout(kept, 4, 32)
     assert batch["segment_ids"].max() >= 2  # completions share rows
 
     run = load_config(None, ["objective.loss=grpo", f"objective.loss_fn={loss_fn}", "objective.reference=live",
                              f"objective.temperature={temperature}", "objective.clip_higher=0.28", "data.seq_len=32",
-                             "optim.micro_batches=2"])
+                             "optim.micro_batches=2", *([f"objective.{k}={v}" for k, v in RHO_KEYS.items()] if rho
+                                                        else [])])
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1, 1), ("data", "fsdp", "expert", "tensor"))
     build = build_step(model, optax.sgd(1.0), run, 1, mesh)
     assert build.takes_reference
@@ -169,15 +178,15 @@ def test_one_update_from_fixed_rollouts_is_open_instructs_on_transformers(theirs
         updated, _, metrics = build.step(params, build.init_optimizer(params), batch, reference)
     ours = hf_state(jax.tree.map(lambda a, b: a - np.asarray(b), before, updated), model)
 
-    policy = transformers.LlamaForCausalLM.from_pretrained(dirs["policy"], dtype=torch.float32)
     frozen = transformers.LlamaForCausalLM.from_pretrained(dirs["reference"], dtype=torch.float32)
     s = run.objective
     cfg = type("Config", (), dict(loss_fn=theirs.GRPOLossType(loss_fn), clip_lower=s.clip_lower,
-                                  clip_higher=s.clip_higher, kl_estimator=s.kl_estimator))()
+                                  clip_higher=s.clip_higher, kl_estimator=s.kl_estimator, use_rho_correction=rho,
+                                  **{k: getattr(s, k) for k in RHO_FIELDS}))()
     masks = [torch.tensor([[0] * len(p) + [1] * len(r)]) for p, r in completions]
     total = float(sum(m[:, 1:].sum() for m in masks))
-    step_loss = 0.0
-    for (p, r), a, mask in zip(completions, advantages, masks, strict=True):
+    step_loss, clamped = 0.0, []
+    for (p, r), a, mask, lp in zip(completions, advantages, masks, sampled, strict=True):
         ids = torch.tensor([[*p, *r]])
         positions = torch.arange(ids.shape[1])[None]
         new, _ = theirs.forward_for_logprobs(policy, ids, None, positions, -1, temperature)
@@ -186,11 +195,19 @@ def test_one_update_from_fixed_rollouts_is_open_instructs_on_transformers(theirs
         response = mask[:, 1:].bool()
         ratio = torch.exp(new - new.detach())
         adv = torch.full_like(new, float(a))
-        pg, _, kl = theirs.compute_grpo_loss(new, ratio, adv, ref, cfg, torch.ones_like(new))
+        weights = torch.ones_like(new)
+        if rho:
+            sampler = torch.zeros_like(new)
+            sampler[0, len(p) - 1:] = torch.from_numpy(lp)
+            correction = rho_correction()(new.detach(), sampler, response, adv, cfg)
+            weights = correction.weights
+            clamped.append(correction.metrics["val/rho_clipfrac"][response].sum() + (weights[response] == 0).sum())
+        pg, _, kl = theirs.compute_grpo_loss(new, ratio, adv, ref, cfg, weights)
         loss = theirs.masked_mean(pg + s.beta * kl, response, None, total)
         loss.backward()
         step_loss += float(loss.detach())
     np.testing.assert_allclose(float(metrics["loss"]), step_loss, rtol=1e-4, atol=1e-7)
+    assert not rho or sum(clamped) > 0  # some weights clamped or tokens dropped
     grads = {k: v.grad.numpy() for k, v in policy.named_parameters()}
     assert set(grads) == set(ours)
     scale = max(float(np.abs(g).max()) for g in grads.values())
@@ -375,3 +392,53 @@ def test_a_verifiers_draws_are_its_keys_and_a_raise_is_0_named_or_a_stop(capsys)
             with pytest.raises(DataError) as raised:
                 made._scored(prompt, "x", 11, 3)
             assert str(raised.value) == f"{words} (objective.verifier_errors: stop)"
+
+
+RHO_FIELDS = ("rho_clamp_lower_bound", "rho_clamp_upper_bound", "rho_mask_lower_bound", "rho_mask_upper_bound",
+              "rho_mask_sequence_level", "rho_mask_tv_divergence")
+RHO_KEYS = {"use_rho_correction": True, "rho_clamp_upper_bound": 1.3, "rho_mask_lower_bound": 0.5,
+            "rho_mask_upper_bound": 1.6}  # the one-update test's: clamped and dropped tokens both
+RHO_CASES = {  # open-instruct's defaults (clamp at 2), then its bounds at work, token and sequence level, and VACO's
+    "clamp": {},
+    "token": {"rho_clamp_lower_bound": 0.7, "rho_clamp_upper_bound": 1.3, "rho_mask_lower_bound": 0.5,
+              "rho_mask_upper_bound": 1.6},
+    "sequence": {"rho_mask_lower_bound": 0.9, "rho_mask_upper_bound": 1.1, "rho_mask_sequence_level": True},
+    "tv": {"rho_mask_lower_bound": 0.5, "rho_mask_upper_bound": 1.05, "rho_mask_tv_divergence": True},
+}
+
+
+@pytest.mark.parametrize("case", sorted(RHO_CASES))
+def test_rho_weights_and_metrics_are_open_instructs(case):
+    """`rho_correction` against the pinned `compute_rho_correction` on rollouts whose sampler drifted (some weights
+    clamped, some tokens dropped: asserted), within 1e-6; and two completions packed in one row (a completion is a
+    segment here, a row there) weigh as each alone."""
+    import types
+
+    from helpers.open_instruct_grpo import rho_correction as pinned_rho
+
+    from instructjax.train.objectives.grpo import rho_correction
+
+    keys = {"use_rho_correction": True, "rho_clamp_lower_bound": 0.0, "rho_clamp_upper_bound": 2.0,
+            "rho_mask_lower_bound": 0.0, "rho_mask_upper_bound": 0.0, "rho_mask_sequence_level": False,
+            "rho_mask_tv_divergence": False, **RHO_CASES[case]}
+    section = load_config(None, ["objective.loss=grpo", *(f"objective.{k}={v}" for k, v in keys.items())]).objective
+    new, _, _, advantages, mask = rollouts(3, rows=8, length=24)
+    sampler = (new + np.random.default_rng(4).normal(0, 0.5, new.shape)).clip(max=-1e-3).astype(np.float32)
+    segments = (np.cumsum(mask, 1) > 0) & (np.cumsum(mask[:, ::-1], 1)[:, ::-1] > 0)  # each row: one completion
+    theirs = pinned_rho()(torch.from_numpy(new), torch.from_numpy(sampler), torch.from_numpy(mask),
+                        torch.from_numpy(advantages), types.SimpleNamespace(**keys))
+    weights, metrics = rho_correction(jnp.asarray(new), jnp.asarray(sampler), jnp.asarray(mask),
+                                      jnp.asarray(advantages), jnp.asarray(segments.astype(np.int32)), section)
+    np.testing.assert_allclose(np.asarray(weights), theirs.weights.numpy(), rtol=1e-6, atol=1e-6)
+    assert set(metrics) == set(theirs.metrics)
+    for key, values in theirs.metrics.items():
+        np.testing.assert_allclose(np.asarray(metrics[key])[mask], values.numpy()[mask], rtol=1e-6, atol=1e-6,
+                                   err_msg=key)
+    assert theirs.metrics["val/rho_drop_frac"][mask].any() or case == "clamp"
+    assert theirs.metrics["val/rho_clipfrac"][mask].any() or case in ("sequence", "tv")
+    # rows 0 and 1 packed into one row, completions 1 and 2
+    packed = lambda x: np.concatenate([x[0], x[1]])[None]  # noqa: E731
+    two = packed(segments.astype(np.int32) * np.array([[1], [2]] + [[0]] * 6))
+    weights2, _ = rho_correction(*(jnp.asarray(packed(x)) for x in (new, sampler, mask, advantages)),
+                                 jnp.asarray(two), section)
+    np.testing.assert_allclose(np.asarray(weights2)[0], np.concatenate(np.asarray(weights)[:2]), rtol=1e-6)

@@ -32,6 +32,7 @@ from instructjax.train import loss
 from instructjax.train.objectives.base import Array, Objective
 
 ADVANTAGES = "advantages"  # the batch feature: each trained target's advantage [B, L] float32
+SAMPLER = "sampler_logps"  # with objective.use_rho_correction: each trained target's log-prob as the engine drew it
 ROLLOUT_SLOTS = 64  # completions a rollout decodes at once, at most (a multiple of the data-parallel devices)
 
 
@@ -71,6 +72,54 @@ def token_terms(new: Array, old: Array, ref: Array | None, advantages: Array, *,
     return policy, clipfrac, kl, ratio
 
 
+def segment_mean(values: Array, mask: Array, segments: Array) -> Array:
+    """Each token's completion's masked mean of `values` [B, L] (a completion: a row's segment id; its tokens with
+    `mask` counted, an empty one 0), broadcast back to its tokens: open-instruct's `_sequence_level_mean` of a row
+    that holds one completion."""
+    rows, length = values.shape
+    ids = (jnp.arange(rows)[:, None] * (length + 1) + segments).reshape(-1)
+    mask = mask.astype(jnp.float32).reshape(-1)
+    total = jax.ops.segment_sum(values.reshape(-1) * mask, ids, num_segments=rows * (length + 1))
+    count = jax.ops.segment_sum(mask, ids, num_segments=rows * (length + 1))
+    return (total / jnp.maximum(count, 1.0))[ids].reshape(rows, length)
+
+
+def rho_correction(old: Array, sampler: Array, mask: Array, advantages: Array, segments: Array, section
+                   ) -> tuple[Array, dict[str, Array]]:
+    """open-instruct's `compute_rho_correction`: per token, the weight of its policy loss from rho = pi_old /
+    pi_sampler (the log ratio clamped to +-10): 0 where rho (or its completion's: `rho_mask_sequence_level`; or, with
+    `rho_mask_tv_divergence`, where the completion's mean |rho - 1| is out of bounds and the token moves it further)
+    falls outside the mask bounds, else rho clamped to the clamp bounds (a bound of 0: none). Also the 0/1 (or
+    weight) per token of its metrics: val/rho_drop_frac, _low_frac, _high_frac, val/rho_weight, val/rho_clipfrac."""
+    mask = mask > 0
+    diff = jnp.where(mask, jnp.clip(old - sampler, -10.0, 10.0), 0.0)
+    rho = jnp.exp(diff)
+    effective = jnp.exp(segment_mean(diff, mask, segments)) if section.rho_mask_sequence_level else rho
+
+    def out_of(values, lower, upper):
+        low = (values < lower) & mask if lower > 0 else jnp.zeros_like(mask)
+        high = (values > upper) & mask if upper > 0 else jnp.zeros_like(mask)
+        return low, high
+
+    if section.rho_mask_tv_divergence:
+        low, high = out_of(segment_mean(jnp.abs(rho - 1.0), mask, segments), section.rho_mask_lower_bound,
+                           section.rho_mask_upper_bound)
+        further = jnp.sign(diff) * advantages > 0  # tokens that increase the divergence
+        low, high = low & further, high & further
+    else:
+        low, high = out_of(effective, section.rho_mask_lower_bound, section.rho_mask_upper_bound)
+    clamped = effective
+    if section.rho_clamp_lower_bound > 0:
+        clamped = jnp.maximum(clamped, section.rho_clamp_lower_bound)
+    if section.rho_clamp_upper_bound > 0:
+        clamped = jnp.minimum(clamped, section.rho_clamp_upper_bound)
+    weights = jnp.where(mask & ~low & ~high, clamped, 0.0)
+    f32 = lambda x: x.astype(jnp.float32)  # noqa: E731
+    return weights, {"val/rho_drop_frac": f32(low | high), "val/rho_drop_low_frac": f32(low),
+                     "val/rho_drop_high_frac": f32(high), "val/rho_weight": weights,
+                     "val/rho_clipfrac": f32(clamped != effective)}
+
+
 class GRPO(Objective):
     name = "grpo"
 
@@ -83,7 +132,8 @@ class GRPO(Objective):
         return float(self.section.temperature)
 
     def features(self) -> dict:
-        return {**super().features(), ADVANTAGES: jnp.float32}
+        return {**super().features(), ADVANTAGES: jnp.float32,
+                **({SAMPLER: jnp.float32} if self.section.use_rho_correction else {})}
 
     def weights(self, micro_batches: dict[str, Array]) -> dict[str, Array]:
         tokens = jnp.sum(micro_batches["loss_weights"].astype(jnp.float32))
@@ -97,10 +147,16 @@ class GRPO(Objective):
         policy, clipfrac, kl, ratio = token_terms(new, jax.lax.stop_gradient(new), ref, mb[ADVANTAGES],
                                                   loss_fn=s.loss_fn, clip_lower=s.clip_lower,
                                                   clip_higher=s.clip_higher, kl_estimator=s.kl_estimator)
+        total = lambda x: jax.lax.stop_gradient(jnp.sum(x * mask))  # noqa: E731
+        sums = {}
+        if s.use_rho_correction:  # the sampler's drift from the learner, as open-instruct weighs it
+            rho, rho_sums = rho_correction(jax.lax.stop_gradient(new), mb[SAMPLER], mask, mb[ADVANTAGES],
+                                           mb["segment_ids"], s)
+            policy, clipfrac = policy * rho, clipfrac * (rho != 0)
+            sums = {k: total(v) for k, v in rho_sums.items()}
         per_token = policy + s.beta * kl[s.kl_estimator]
         loss_sum = jnp.sum(per_token * mask)
-        total = lambda x: jax.lax.stop_gradient(jnp.sum(x * mask))  # noqa: E731
-        sums = {"loss/policy_avg": total(policy), "policy/clipfrac_avg": total(clipfrac), "val/ratio": total(ratio)}
+        sums |= {"loss/policy_avg": total(policy), "policy/clipfrac_avg": total(clipfrac), "val/ratio": total(ratio)}
         if ref is not None:
             sums |= {f"objective/kl{j}_avg": total(kl[j]) for j in range(4)}
             sums["loss/kl_avg"] = s.beta * sums[f"objective/kl{s.kl_estimator}_avg"]
