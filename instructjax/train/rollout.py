@@ -1,3 +1,6 @@
+# Derived from open-instruct (https://github.com/allenai/open-instruct), Copyright 2024 AllenAI, Apache-2.0.
+# Modified for instructjax. See NOTICE.
+
 """GRPO's batches (`objective.loss: grpo`): each step's rollout, generated in the job by the policy as it stands.
 
 A step takes the next `prompts_per_rollout` prompts of the run's verifiable tasks (every task's prompts, in an order

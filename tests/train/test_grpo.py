@@ -134,9 +134,9 @@ def test_one_update_from_fixed_rollouts_is_open_instructs_on_transformers(theirs
     over the step's tokens, backward), with a live reference (another LLaMA) so the KL term counts. `rho`: the
     sampler's log-probs drifted from the policy's (some tokens' weights clamped, some dropped) and
     `use_rho_correction` on, open-instruct's `compute_rho_correction` weighing its loss."""
-    from helpers.open_instruct_grpo import rho_correction
     import optax
     import transformers
+    from helpers.open_instruct_grpo import rho_correction
 
     from instructjax.convert.hf import hf_state, hf_to_params
     from instructjax.train.rollout import pack_rollout
