@@ -125,6 +125,15 @@ class ContinuousBatcher:
         self.stats = Stats()
         self._cache: decoding.SlotCache | None = None
 
+    def load(self, model: Decoder) -> None:
+        """Decode with `model`'s parameters from now on: the same architecture (a policy after an update), its arrays
+        taken where they lie (stacked layers sliced, as at construction); the compiled steps and the slots' cache
+        kept."""
+        if model.config.replace(scan_layers=False) != self.config:
+            raise ValueError("ContinuousBatcher.load: another architecture than the engine's")
+        self.model = decoding.unstacked(model)
+        self.state = nnx.state(self.model)
+
     # ---- device calls ---------------------------------------------------------------------------------------
 
     def _scope(self):

@@ -111,13 +111,13 @@ def needed_bytes(memory: dict[str, int], acts: dict[str, Any]) -> int:
     compute-dtype copy and the layers' saved inputs throughout; then the larger of the loss (its logits, and the
     gradient accumulator of earlier micro-batches) and the layers' backward (the gradients and the recomputed
     layer): the loss's logits are freed before the layers' gradients are made. A run that generates its batches
-    (grpo) needs the larger of that and the state with a rollout's buffers (`rollout_bytes`)."""
+    (grpo) needs the larger of that (its engine's KV cache beside) and the state with a rollout's buffers."""
     accumulator = max(memory["grad_bytes"] - memory["param_bytes"], 0)
     loss = accumulator + acts["logits"]
     backward = memory["grad_bytes"] + acts.get("recompute", 0)
     held = memory["param_bytes"] + memory["opt_bytes"] + memory.get("reference_bytes", 0)
     step = (held + memory.get("copy_bytes", 0) + acts.get("saved", 0) + memory.get("expert_bytes", 0)
-            + max(loss, backward))
+            + memory.get("engine_cache_bytes", 0) + max(loss, backward))
     return max(step, held + memory.get("rollout_bytes", 0))  # a rollout (grpo's) runs between two steps
 
 
@@ -128,9 +128,12 @@ def reference_bytes(model: DecoderConfig, config: RunConfig, memory: dict[str, i
     return objective_for(config).reference_bytes(memory)
 
 
-def rollout_bytes(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], memory: dict[str, int]) -> int:
-    """A device's bytes for generating a batch between steps (the objective's plan term: grpo's KV cache, 0 else)."""
-    return objective_for(config).rollout_bytes(model, sizes, config.data.seq_len, memory)
+def rollout_figures(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], memory: dict[str, int]) -> dict:
+    """A device's bytes for generating a batch between steps (`rollout_bytes`: grpo's; 0 else), and of them the
+    engine's KV cache, kept through the steps too (`engine_cache_bytes`)."""
+    objective, seq_len = objective_for(config), config.data.seq_len
+    return {"rollout_bytes": objective.rollout_bytes(model, sizes, seq_len, memory),
+            "engine_cache_bytes": objective.engine_cache_bytes(model, sizes, seq_len)}
 
 
 def usable_bytes(topology: Topology) -> float:
@@ -147,7 +150,7 @@ def step_memory(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], 
                                  clip=bool(config.optim.grad_clip), platform=topology.platform,
                                  loss_chunk=config.optim.loss_chunk, onchip=onchip_bytes(topology))
     memory["reference_bytes"] = reference_bytes(model, config, memory)
-    memory["rollout_bytes"] = rollout_bytes(model, config, sizes, memory)
+    memory.update(rollout_figures(model, config, sizes, memory))
     return memory, acts
 
 
@@ -161,19 +164,21 @@ def step_needed(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], 
 
 
 def beside_step_bytes(config: RunConfig, memory: dict[str, int]) -> int:
-    """What a device holds while the train step runs that is none of the step's arguments: a grpo run's cached
-    reference (its parameters wait for the next rollout; a live one is an argument of the step)."""
-    return memory["reference_bytes"] if config.objective.rollouts and config.objective.reference == "cached" else 0
+    """What a device holds while the train step runs that is none of the step's arguments: a grpo run's engine's KV
+    cache and its cached reference (its parameters wait for the next rollout; a live one is an argument of the step)."""
+    cached = config.objective.rollouts and config.objective.reference == "cached"
+    return memory.get("engine_cache_bytes", 0) + (memory["reference_bytes"] if cached else 0)
 
 
 def out_of_memory(needed: int, memory: dict, acts: dict, topology: Topology) -> str:
-    """One line: what a step (or a grpo run's rollout, where it is the larger) needs a device, what a device has, and
-    the keys that change it."""
+    """One line: what a step (or a grpo run's rollout, where it or its KV cache is the larger part) needs a device,
+    what a device has, and the keys that change it."""
     held = memory["param_bytes"] + memory["opt_bytes"] + memory.get("reference_bytes", 0)
-    if memory.get("rollout_bytes") and held + memory["rollout_bytes"] >= needed:
-        return (f"out of memory: a rollout needs about {needed / GIB:.1f} GiB a device (its KV cache, the layers sliced "
-                f"for decoding and the engine's steps {_gib(memory['rollout_bytes'])} beside the parameters, AdamW "
-                f"state and reference {_gib(held)}), a device here has {topology.hbm_gib:.1f} GiB ({topology.name}); "
+    cache = memory.get("engine_cache_bytes", 0)  # the rollout engine's, kept through the steps
+    if memory.get("rollout_bytes") and (held + memory["rollout_bytes"] >= needed or cache * 2 >= needed):
+        return (f"out of memory: a rollout needs about {needed / GIB:.1f} GiB a device (its KV cache {_gib(cache)}, kept "
+                f"through the steps, the layers sliced for decoding and the engine's steps, {_gib(memory['rollout_bytes'])}"
+                f" in all, beside the parameters, AdamW state and reference {_gib(held)}), a device here has {topology.hbm_gib:.1f} GiB ({topology.name}); "
                 "lower objective.prompts_per_rollout x objective.samples_per_prompt (64 slots at most) or "
                 "data.seq_len (`instructjax plan --config ...` shows the figures)")
     return (f"out of memory: a step needs about {needed / GIB:.1f} GiB a device (parameters {_gib(memory['param_bytes'])}"

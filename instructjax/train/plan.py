@@ -35,7 +35,7 @@ from instructjax.train.memory import (
     needed_bytes,
     onchip_bytes,
     reference_bytes,
-    rollout_bytes,
+    rollout_figures,
 )
 from instructjax.train.meshes import REAL_SHARE_SLACK, best_mesh, mesh_options
 from instructjax.train.objectives import objective_for
@@ -92,7 +92,7 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
                                  clip=bool(config.optim.grad_clip), platform=topology.platform,
                                  loss_chunk=config.optim.loss_chunk, onchip=onchip_bytes(topology))  # fmt: skip
     memory["reference_bytes"] = reference_bytes(model, config, memory)
-    memory["rollout_bytes"] = rollout_bytes(model, config, sizes, memory)
+    memory.update(rollout_figures(model, config, sizes, memory))
     if memory["params"] != param_count(model):
         raise AssertionError(f"eval_shape gives {memory['params']} parameters, param_count {param_count(model)}")
     if not training:
@@ -233,7 +233,8 @@ def format_plan(plan: Plan) -> str:
         *([f"  reference     {_gib(m['reference_bytes'])} (the starting model, frozen, run in every step: about a "
            "third more compute a step)"] if m.get("reference_bytes") else []),
         *([f"  rollout       {_gib(m['rollout_bytes'])} (between steps, beside the parameters, AdamW state and "
-           "reference: its KV cache, the layers sliced for decoding, the engine's fill or decode step)"]
+           f"reference: its KV cache, {_gib(m.get('engine_cache_bytes', 0))}, kept through the steps too (the "
+           "engine is made once a run), the layers sliced for decoding, the engine's fill or decode step)"]
           if m.get("rollout_bytes") else []),
         f"  total         {_gib(plan.total_bytes)} of {t.hbm_gib:.3g} GiB -> "
         + ("fits" if plan.fits else f"DOES NOT FIT (limit {USABLE:.0%} of it)") + _apart(plan),

@@ -4,8 +4,9 @@
 """GRPO's batches (`objective.loss: grpo`): each step's rollout, generated in the job by the policy as it stands.
 
 A step takes the next `prompts_per_rollout` prompts of the run's verifiable tasks (every task's prompts, in an order
-drawn from the run's seed anew each epoch), and the continuous batcher (model/batching.py), on the trainer's
-mesh with the policy's current parameters, samples `samples_per_prompt` completions of each at `temperature`, at most
+drawn from the run's seed anew each epoch), and the continuous batcher (model/batching.py: made once a run, its
+compiled steps and KV cache kept, handed each update's parameters), on the trainer's mesh with the policy's current
+parameters, samples `samples_per_prompt` completions of each at `temperature`, at most
 `response_length` new tokens, from keys that depend on the run's seed and the prompt's place in the run alone (a
 resumed run draws the same completions). Each completion is scored by its prompt's verifier (data/verifiers: the
 row's `dataset`) times `verification_reward`, a verifier that draws at random (IFEvalG's null kwargs) drawing from
@@ -98,6 +99,7 @@ class Rollouts:
                               f"completions (objective.prompts_per_rollout x samples_per_prompt): set it to at least "
                               f"{self.samples}")
         self.graphdef = self.mesh = self.token_logps = None  # `attach`
+        self._engine: ContinuousBatcher | None = None  # `_engine_with`: one a run
         self._orders: dict[int, np.ndarray] = {}
 
     # ---- the pipeline's interface (train/trainer.py) -----------------------------------------------------------
@@ -193,8 +195,7 @@ class Rollouts:
         completions (prompt ids, response ids, advantage, task) and the rollout's metrics."""
         s = self.section
         start = time.perf_counter()
-        with jax.sharding.use_abstract_mesh(AbstractMesh((), ())):  # its layers as a list: placeholders, then these
-            engine = ContinuousBatcher(nnx.merge(self.graphdef, params), slots=self._slots(), mesh=self.mesh)
+        engine = self._engine_with(params)
         prompts = [self.prompts[i] for i in chosen for _ in range(s.samples_per_prompt)]
         sampling = Sampling(max_new_tokens=s.response_length, temperature=s.temperature, top_p=1.0,
                             seed=int(np.random.default_rng([self.config.seed, ROLLOUT_STREAM, first]).integers(2**31)))
@@ -223,6 +224,18 @@ class Rollouts:
         kept = [(p.ids, tuple(r), float(a), p.task, tuple(lp)) for p, r, a, k, lp in zip(
             prompts, responses, advantages, keep, sampled, strict=True) if k]
         return kept, metrics
+
+    def _engine_with(self, params) -> ContinuousBatcher:
+        """The run's engine (made on the first rollout: its compiled fill and decode steps and its slots' cache live
+        as long as the run) decoding with `params`, the policy as it stands: the trainer's arrays themselves (with
+        `model.scan_layers`, each layer sliced from them: a copy `plan` counts)."""
+        with jax.sharding.use_abstract_mesh(AbstractMesh((), ())):  # its layers as a list: placeholders, then these
+            policy = nnx.merge(self.graphdef, params)
+            if self._engine is None:
+                self._engine = ContinuousBatcher(policy, slots=self._slots(), mesh=self.mesh)
+            else:
+                self._engine.load(policy)
+        return self._engine
 
     def _slots(self) -> int:
         shards = 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]

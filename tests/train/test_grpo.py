@@ -281,9 +281,9 @@ def test_a_grpo_run_that_cannot_be_is_one_line(tmp_path, capsys, overrides, expe
 
 
 def test_a_rollout_that_does_not_fit_says_so_in_one_line():
-    """The memory check's line (what `train` raises before compiling, exit 2) where a rollout, not the step, is the
-    larger need: LLaMA-2-7B on a v5e-8 decoding 64 slots of 32K tokens (a CPU's dense attention would make the step
-    larger first)."""
+    """The memory check's line (what `train` raises before compiling, exit 2) where a rollout's KV cache (kept through
+    the steps: the engine is made once a run) is most of the need: LLaMA-2-7B on a v5e-8 decoding 64 slots of 32K
+    tokens (a CPU's dense attention would make the step larger first)."""
     from instructjax.model.presets import preset
     from instructjax.train import memory
     from instructjax.train.topology import tpu_topology
@@ -295,7 +295,7 @@ def test_a_rollout_that_does_not_fit_says_so_in_one_line():
                                       tpu_topology("v5e-8"))
     assert needed > memory.usable_bytes(tpu_topology("v5e-8"))
     assert line.count("\n") == 0 and line.startswith("out of memory: a rollout needs about"), line
-    assert "objective.prompts_per_rollout x objective.samples_per_prompt" in line
+    assert "objective.prompts_per_rollout x objective.samples_per_prompt" in line and "kept through the steps" in line
 
 
 def test_plan_compiles_the_rollout_engine_of_a_grpo_run(capsys):
@@ -318,8 +318,8 @@ def test_plan_compiles_the_rollout_engine_of_a_grpo_run(capsys):
 
 def test_a_step_whose_rollouts_all_score_alike_says_so(tmp_path, capsys, monkeypatch):
     """An untrained model solves nothing: every group scores alike, the rollout is drawn again (`MAX_REDRAWS` times: 8,
-    2 here, each draw a fresh engine's compile), then the step trains on no token, and one warning line says so
-    (nothing left out silently). Its `time/generation` is the draws' time; metrics.jsonl logs no loss for it (null),
+    2 here, by the one engine the run makes: its compiled steps and cache kept), then the step trains on no token, and
+    one warning line says so (nothing left out silently). Its `time/generation` is the draws' time; metrics.jsonl logs no loss for it (null),
     loss.png plots none (no 0) and labels GRPO's loss so, and the run dir has solve_rate.png."""
     from instructjax.train import rollout
     from instructjax.train.metrics import GRPO_LABEL, loss_figure, read_metrics
@@ -336,6 +336,9 @@ def test_a_step_whose_rollouts_all_score_alike_says_so(tmp_path, capsys, monkeyp
         return kept, metrics
 
     monkeypatch.setattr(rollout.Rollouts, "_generate", timed)
+    engines, made = [], rollout.ContinuousBatcher.__init__
+    monkeypatch.setattr(rollout.ContinuousBatcher, "__init__", lambda self, *a, **k: engines.append(self) or made(
+        self, *a, **k))
     config = load_config(None, ["model.preset=tiny", "model.dtype=float32", "data.mixture=verifiable_builtin",
                                 "data.seq_len=64", "data.global_batch=8", "objective.loss=grpo",
                                 "objective.prompts_per_rollout=2", "objective.samples_per_prompt=4",
@@ -347,6 +350,7 @@ def test_a_step_whose_rollouts_all_score_alike_says_so(tmp_path, capsys, monkeyp
     assert result.losses == {1: 0.0}
     (record,) = read_metrics(tmp_path / "run")
     assert len(draws) == 2 and record["time/generation"] == pytest.approx(sum(draws))
+    assert len(engines) == 1 and engines[0].stats.prompts == 2 * 8  # one engine drew both rollouts
     assert record["loss"] is None and record["loss/policy_avg"] is None
     assert record["objective/verifiable_correct_rate"] == 0.0
     figure = loss_figure([record], "run")

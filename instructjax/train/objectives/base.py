@@ -76,6 +76,10 @@ class Objective:
         """A device's bytes for generating the step's batch beside the state (grpo's rollouts; 0 for a batch read)."""
         return 0
 
+    def engine_cache_bytes(self, model, sizes: dict[str, int], seq_len: int) -> int:
+        """A device's bytes the rollout engine keeps through the steps (grpo's KV cache, made once a run; 0 else)."""
+        return 0
+
     def reference_bytes(self, memory: dict[str, int]) -> int:
         """A device's bytes for the reference model beside the step's state (`train.memory`'s figures): a copy of
         what trains (the whole model; a LoRA's starting adapters on its own frozen base) where it runs live."""

@@ -193,11 +193,15 @@ class GRPO(Objective):
         slots, length = self.slots(shards), bucket(seq_len, 64)
         rows, width = widest_fill(length, slots=slots, shards=shards)
         steps = batching_memory.step_bytes(model, sizes, slots=slots, length=length, fill_rows=rows, width=width)
-        return {"cache": batching_memory.cache_bytes_per_device(model, sizes, slots, length),
+        return {"cache": self.engine_cache_bytes(model, sizes, seq_len),
                 "layers": memory["param_bytes"] if model.scan_layers else 0, "steps": max(steps.values())}
 
     def rollout_bytes(self, model, sizes: dict[str, int], seq_len: int, memory: dict[str, int]) -> int:
         return sum(self.rollout_terms(model, sizes, seq_len, memory).values())
+
+    def engine_cache_bytes(self, model, sizes: dict[str, int], seq_len: int) -> int:
+        shards = sizes["data"] * sizes["fsdp"]
+        return batching_memory.cache_bytes_per_device(model, sizes, self.slots(shards), bucket(seq_len, 64))
 
     def words(self) -> str:
         s = self.section
