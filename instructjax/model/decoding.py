@@ -178,14 +178,16 @@ def sample(logits: Array, keys: Array, temperature: Array, top_p: Array) -> Arra
     """Next ids [B] from logits [B, V] (float32): argmax (the first of equal ones, as torch) when temperature is
     0, else a nucleus draw with row b's own key `keys[b]`."""
 
-    def draw(logits):
-        logits = logits / temperature
+    def nucleus(logits):  # the smallest set of most likely ids whose mass reaches top_p; the rest -inf
         sorted_logits = jnp.sort(logits, axis=-1)[:, ::-1]
         probs = jax.nn.softmax(sorted_logits, axis=-1)
         before = jnp.cumsum(probs, axis=-1) - probs  # probability mass of strictly more likely tokens
-        kept = jnp.where((before < top_p) | (top_p >= 1.0), sorted_logits, jnp.inf)
-        threshold = jnp.min(kept, axis=-1, keepdims=True)
-        logits = jnp.where(logits >= threshold, logits, -jnp.inf)
+        threshold = jnp.min(jnp.where(before < top_p, sorted_logits, jnp.inf), axis=-1, keepdims=True)
+        return jnp.where(logits >= threshold, logits, -jnp.inf)
+
+    def draw(logits):
+        logits = logits / temperature  # top_p 1 keeps every id: no sort of the vocabulary (a GRPO rollout's case)
+        logits = jax.lax.cond(top_p < 1.0, nucleus, lambda x: x, logits)
         return jax.vmap(lambda key, row: jax.random.categorical(key, row))(keys, logits).astype(jnp.int32)
 
     def greedy(logits):
