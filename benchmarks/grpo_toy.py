@@ -105,8 +105,11 @@ def main(argv: list[str] | None = None) -> dict:
     seconds = np.array([s["step_seconds"] for s in steps])
     trained = np.diff([0] + [s["tokens"] for s in steps])
     rollout_tps = float(np.median([s["val/actor_tokens_per_second"] for s in steps[1:]]))
-    train_tps = float(np.median((trained / np.maximum(seconds - generation, 1e-9))[1:]))
-    share = float(np.median((generation / seconds)[1:]))
+    # step t's wall time holds its update and the making of step t + 1's rollout (drawn while it runs, logged with
+    # step t + 1): the update alone is the time less the next step's generation
+    update = seconds[:-1] - generation[1:]
+    train_tps = float(np.median((trained[:-1] / np.maximum(update, 1e-9))[1:]))
+    share = float(np.median((generation[1:] / seconds[:-1])[1:]))
     trained, held_out = prompt_sets(mixture)
     before, after = solve_rate(str(sft_dir), trained), solve_rate(str(grpo_dir), trained)
     other_before, other_after = solve_rate(str(sft_dir), held_out), solve_rate(str(grpo_dir), held_out)
@@ -138,7 +141,7 @@ def main(argv: list[str] | None = None) -> dict:
         f"| greedy solve rate, 100 other prompts of the set | {other_before:.2f} | {other_after:.2f} |",
         "",
         f"rollout {rollout_tps:.0f} tokens/s (generated); train {train_tps:.0f} tokens/s (trained tokens over the step "
-        f"less its generation); a step spends {share:.0%} of its time generating (medians over steps 2..{args.steps})",
+        f"less its generation); a step spends {share:.0%} of its time generating (medians over steps 2..{args.steps - 1})",
         "",
         "solve rate by step: " + " ".join(f"{r:.2f}" for r in rate),
     ])
