@@ -249,7 +249,7 @@ def _first_host() -> bool:
     """Whether this process writes the results (the first of several hosts, or the only one)."""
     from instructjax.core import hosts
 
-    return hosts.process()[0] == 0
+    return hosts.is_first()
 
 
 def _print_and_write(summary: dict, out: str | None) -> None:

@@ -92,7 +92,7 @@ def run(args, target_of_pool) -> int:
     k = args.k if args.k is not None else max(1, round(args.fraction * len(pool)))
     chosen = less_select.top(scored, k)
     scores_path = storage.join(directory, f"{out.stem}.scores.jsonl")
-    if hosts.process()[0] != 0:  # every host scored alike; host 0 writes and says so
+    if not hosts.is_first():  # every host scored alike; host 0 writes and says so
         return 0
     write_selection([Selected(Conversation.from_json(pool[s.index]["conversation"]), s.score) for s in chosen],
                     args.out, method="less")

@@ -171,6 +171,11 @@ def process() -> tuple[int, int]:
     return (coordinator.process_index, coordinator.process_count) if coordinator is not None else (0, 1)
 
 
+def is_first() -> bool:
+    """Whether this process is host 0 (the one that writes what the hosts share; True alone)."""
+    return process()[0] == 0
+
+
 def timeout() -> float:
     said = os.environ.get("INSTRUCTJAX_SHARED_TIMEOUT")
     return float(said) if said else DEFAULT_TIMEOUT

@@ -343,10 +343,10 @@ class ContinuousBatcher:
                 counts[b], row_keys[b] = len(row.generated), keys[row.index]
         span = decoding.span_bucket(int(positions.max()) + self.chunk, cache.length)
         with self._scope():
-            cache, drawn, logps = decoding.decode(self.graphdef, self.state, cache, jnp.asarray(tokens), jnp.asarray(positions),
-                                           jax.random.wrap_key_data(jnp.asarray(row_keys)), jnp.asarray(counts),
-                                           jnp.float32(sampling.temperature), jnp.float32(sampling.top_p),
-                                           chunk=self.chunk, span=span)
+            cache, drawn, logps = decoding.decode(
+                self.graphdef, self.state, cache, jnp.asarray(tokens), jnp.asarray(positions),
+                jax.random.wrap_key_data(jnp.asarray(row_keys)), jnp.asarray(counts),
+                jnp.float32(sampling.temperature), jnp.float32(sampling.top_p), chunk=self.chunk, span=span)
         self.stats.decode_calls += 1
         self.stats.slot_steps += width * self.chunk
         return cache, np.asarray(drawn), np.asarray(logps)

@@ -60,13 +60,13 @@ def check_manifest(directory: str, manifest: dict) -> None:
                               f"this selection's {manifest.get(differ[0])!r}): pick another directory, or remove "
                               f"{storage.join(directory, 'features')} to compute them again")
         return
-    if hosts.process()[0] == 0:
+    if hosts.is_first():
         storage.write_text(where, json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
 
 def _save(path: str, array: np.ndarray) -> None:
     """Written by host 0 alone (every host holds the same features: `feature_fn` gives each all of them)."""
-    if hosts.process()[0] != 0:
+    if not hosts.is_first():
         return
     buffer = io.BytesIO()
     np.save(buffer, array)
@@ -144,7 +144,7 @@ def compute(examples: list[dict], fn: Callable, batch: int, parts: str | None = 
     trained = [i for i, ex in enumerate(examples) if np.asarray(ex["loss_mask"])[1:].any()]
     out = np.zeros((len(examples), dim), np.float32)
     groups = batches([examples[i] for i in trained], batch)
-    bar = progress.bar(total=len(trained), desc=desc, unit="example", disable=hosts.process()[0] != 0)  # host 0 says
+    bar = progress.bar(total=len(trained), desc=desc, unit="example", disable=not hosts.is_first())  # host 0 says
     try:
         for chunk in range(0, len(groups), CHUNK_BATCHES):
             part = storage.join(parts, f"part-{chunk // CHUNK_BATCHES:05d}.npy") if parts else None
@@ -177,6 +177,6 @@ def features_at(directory: str, warm: less.WarmupStep, name: str, examples: list
     parts = storage.join(where, name) if resumable else None
     made = compute(examples, lambda rows: fn(warm, rows), batch, parts, dim, f"less features ckpt-{warm.step} {name}")
     _save(path, made)
-    if parts is not None and hosts.process()[0] == 0:
+    if parts is not None and hosts.is_first():
         storage.remove_tree(parts)
     return made

@@ -101,14 +101,9 @@ def base_checkpoint(model: str, directory: str) -> str:
     if hosts.agree(f"less/{base}", storage.path(base).exists(), "reading the selection's base"):
         raise ConfigError(f"{base} is there already and is not an import of {model}: pick another --out directory")
     import_hf(model, base, mesh=_hosts_mesh())  # with several hosts, each saves its share (Orbax's multi-host save)
-    if _first():
+    if hosts.is_first():
         storage.write_text(record, json.dumps(source) + "\n")
     return base
-
-
-def _first() -> bool:
-    """Whether this process writes what the selection's hosts share (host 0; the only one alone)."""
-    return hosts.process()[0] == 0
 
 
 def _hosts_mesh():
@@ -153,7 +148,7 @@ def warmup(pool: list[dict], settings: LessSettings, base: str, directory: str, 
     if storage.path(rows_file).exists() and storage.path(rows_file).read_text() != rows:
         raise ConfigError(f"{rows_file}: another pool's or seed's warm-up share is there: pick another directory, or "
                           f"remove {rows_file} and {run_dir}")
-    if _first():
+    if hosts.is_first():
         storage.write_text(rows_file, rows)
     hosts.agree(f"less/{rows_file}", True, "writing the warm-up's share")  # the others read it once it is written
     epoch_steps = math.ceil(share / settings.warmup_batch)

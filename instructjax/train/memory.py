@@ -176,9 +176,10 @@ def out_of_memory(needed: int, memory: dict, acts: dict, topology: Topology) -> 
     held = memory["param_bytes"] + memory["opt_bytes"] + memory.get("reference_bytes", 0)
     cache = memory.get("engine_cache_bytes", 0)  # the rollout engine's, kept through the steps
     if memory.get("rollout_bytes") and (held + memory["rollout_bytes"] >= needed or cache * 2 >= needed):
-        return (f"out of memory: a rollout needs about {needed / GIB:.1f} GiB a device (its KV cache {_gib(cache)}, kept "
-                f"through the steps, the layers sliced for decoding and the engine's steps, {_gib(memory['rollout_bytes'])}"
-                f" in all, beside the parameters, AdamW state and reference {_gib(held)}), a device here has {topology.hbm_gib:.1f} GiB ({topology.name}); "
+        return (f"out of memory: a rollout needs about {needed / GIB:.1f} GiB a device (its KV cache {_gib(cache)}, "
+                "kept through the steps, the layers sliced for decoding and the engine's steps, "
+                f"{_gib(memory['rollout_bytes'])} in all, beside the parameters, AdamW state and reference "
+                f"{_gib(held)}), a device here has {topology.hbm_gib:.1f} GiB ({topology.name}); "
                 "lower objective.prompts_per_rollout x objective.samples_per_prompt (64 slots at most) or "
                 "data.seq_len (`instructjax plan --config ...` shows the figures)")
     return (f"out of memory: a step needs about {needed / GIB:.1f} GiB a device (parameters {_gib(memory['param_bytes'])}"

@@ -358,7 +358,7 @@ def test_a_step_whose_rollouts_all_score_alike_says_so(tmp_path, capsys, monkeyp
     assert (tmp_path / "run" / "loss.png").is_file() and (tmp_path / "run" / "solve_rate.png").is_file()
 
 
-def test_a_verifiers_draws_are_its_keys_and_a_raise_is_0_named_or_a_stop(capsys):
+def test_a_verifiers_draws_are_its_keys_and_a_raise_is_0_named_or_a_stop(capsys, new_command):
     """A drawing verifier (IFEvalG's word count, its kwargs null) scores the same completion alike for one key and
     leaves Python's `random` as it found it; a verifier that raises scores 0 with one warning line naming the
     completion (the default), or stops with one error line (`objective.verifier_errors: stop`)."""
@@ -377,6 +377,8 @@ def test_a_verifiers_draws_are_its_keys_and_a_raise_is_0_named_or_a_stop(capsys)
     assert random.getstate() == before
     assert scores == [seeded_score(ifeval, "a few words", drawn, (0, 1, k, 0)) for k in range(16)]
     assert len(set(scores)) == 2  # the keys draw different relations and counts
+
+    new_command()  # the verifier below registered in this test's command alone
 
     @register_verifier("raises_81")
     def raises(prediction: str, ground_truth: str) -> float:
