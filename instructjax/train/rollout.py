@@ -69,12 +69,12 @@ class Rollout:
 
 class Rollouts:
     """The stand-in pipeline of a grpo run (see the module doc). `score(verifier, text, ground_truth, key)`: a
-    verifier's score in [0, 1], its random draws (if any) seeded from `key`; `decode(ids)`: a completion's text as its verifier reads it; `stop_ids`: EOS and the chat
-    template's end of turn."""
+    verifier's score in [0, 1], its random draws (if any) seeded from `key`; `decode(ids)`: a completion's text as
+    its verifier reads it; `stop_ids`: EOS and the chat template's end of turn."""
 
     def __init__(self, config: RunConfig, prompts: Sequence[Prompt], task_names: Sequence[str], *,
-                 decode: Callable[[list[int]], str], score: Callable[[str, str, str, tuple], float], stop_ids: Sequence[int],
-                 process_index: int = 0, process_count: int = 1):
+                 decode: Callable[[list[int]], str], score: Callable[[str, str, str, tuple], float],
+                 stop_ids: Sequence[int], process_index: int = 0, process_count: int = 1):
         s, data = config.objective, config.data
         if not prompts:
             raise ConfigError(f"data.mixture={data.mixture} holds no verifiable prompt to roll out")
@@ -202,7 +202,8 @@ class Rollouts:
         drawn = engine.generate([list(p.ids) for p in prompts], sampling, self.stop_ids, with_logps=True)
         responses, sampled = [ids for ids, _ in drawn], [logps for _, logps in drawn]
         seconds = time.perf_counter() - start
-        verified = np.array([self._scored(p, self.decode(r), first + j // s.samples_per_prompt, j % s.samples_per_prompt)
+        samples = s.samples_per_prompt
+        verified = np.array([self._scored(p, self.decode(r), first + j // samples, j % samples)
                              for j, (p, r) in enumerate(zip(prompts, responses, strict=True))])
         scores = verified * s.verification_reward
         advantages = group_advantages(scores, s.samples_per_prompt, s.advantage_normalization)
