@@ -194,7 +194,8 @@ def test_two_hosts_select_what_one_process_selects(made, tmp_path):
     argv = [sys.executable, "-m", "instructjax.cli", *select(root, hf, pool, target, tmp_path / "chosen.jsonl", "-k", "4")]
     procs = [subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for env in host_envs(2, 1)]
-    done = [(p.wait(timeout=600), *p.communicate()) for p in procs]
+    outputs = [p.communicate(timeout=600) for p in procs]  # (not wait(): a process blocked on a full pipe never ends)
+    done = [(p.returncode, out, err) for p, (out, err) in zip(procs, outputs, strict=True)]
     assert all(code == 0 for code, _, _ in done), [err[-3000:] for _, _, err in done]
     said = [[line for line in out.splitlines() if line.startswith("selected")] for _, out, _ in done]
     assert said[0][0].startswith("selected 4 of 18 examples by less") and not said[1]  # host 0 says it
