@@ -61,7 +61,6 @@ def ours(hf: str, directory: str, rank: int, dim: int, exs: list[dict], batch: i
     """Examples per second of our pass (after a first pass that compiles)."""
     import jax
     from flax import nnx
-    from jax.sharding import Mesh
 
     from instructjax.convert.saved import import_hf, load_params_as
     from instructjax.model import lora as lora_lib
@@ -80,7 +79,7 @@ def ours(hf: str, directory: str, rank: int, dim: int, exs: list[dict], batch: i
     rng = np.random.default_rng(1)
     warm = less.WarmupStep(1, config, params, rng.normal(0, 1e-3, d).astype(np.float32),
                            rng.uniform(1e-8, 1e-5, d).astype(np.float32), 1.0)
-    fn = store.feature_fn(config, "adam", less.Projection(dim, 0), Mesh(np.asarray(jax.devices()[:1]), ("data",)))
+    fn = store.feature_fn(config, "adam", less.Projection(dim, 0), store.feature_mesh(jax.devices()[:1]))
     store.compute(exs, lambda rows: fn(warm, rows), batch, dim=dim)  # compiles each width's program
     start = time.perf_counter()
     store.compute(exs, lambda rows: fn(warm, rows), batch, dim=dim)

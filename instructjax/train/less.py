@@ -125,6 +125,27 @@ def project_streamed(feats: jax.Array, dim_out: int, seed: int = 0, block: int =
     return normalise(jax.lax.fori_loop(0, blocks, add, jnp.zeros((rows, dim_out), jnp.float32)))
 
 
+def features_projected(grads: jax.Array, kind: str, m: jax.Array | None, v: jax.Array | None, dim_out: int,
+                       seed: int = 0, block: int = BLOCK) -> jax.Array:
+    """`project_streamed(features(grads, kind, m, v), dim_out, seed, block)` with the features never whole: each block
+    of `block` values made into features and projected in turn (a 7B LoRA's features, 4 bytes a value an example,
+    would be one more copy of its gradients; the Adam moments' updated copies two more)."""
+    rows, dim_in = grads.shape
+    full, rest = divmod(dim_in, block)
+
+    def part(start, size: int, index) -> jax.Array:
+        def cut(x):
+            return None if x is None else jax.lax.dynamic_slice_in_dim(x, start, size, axis=x.ndim - 1)
+
+        feats = features(cut(grads), kind, cut(m), cut(v)).astype(jnp.float32)
+        return feats @ rademacher_block(seed, index, dim_out, block)[:size]
+
+    total = jnp.zeros((rows, dim_out), jnp.float32)
+    if full:  # (a loop over no whole block would still trace one)
+        total = jax.lax.fori_loop(0, full, lambda i, t: t + part(i * block, block, i), total)
+    return normalise(total + part(full * block, rest, full) if rest else total)
+
+
 @dataclass(frozen=True)
 class Projection:
     """LESS's projection: to `dim` dimensions (8192 in its scripts) by the `seed`'s +-1 matrix, then normalised."""

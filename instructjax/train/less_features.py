@@ -100,38 +100,106 @@ def rows_of(examples: list[dict], batch: int) -> dict[str, np.ndarray]:
     return {k: np.concatenate([v, np.zeros((short, width), v.dtype)]) for k, v in rows.items()}
 
 
-def feature_fn(model, kind: str, projection: less.Projection | Callable, mesh) -> Callable:
-    """`(warm, rows) -> [rows, dim]`: a batch's `kind` features under a warm-up step of `model`, projected, the rows
-    split over `mesh`; one program for every step (its parameters and moments are arguments). The projection matrix
-    is drawn once and kept when it is at most MATRIX_BYTES (a small model's), else a block at a time in every batch
-    (`less.project_streamed`: the same matrix)."""
+KERNELS_IN_A_PASS = ("xla", "blockwise")  # attention a pass of per-example gradients runs (see `feature_model`)
+
+
+def feature_mesh(devices) -> jax.sharding.Mesh:
+    """The feature pass's mesh: fsdp over `devices` (every host's), the parameters split over it by the training rules
+    and each batch's rows over the same devices (a 7B's parameters need not fit one chip)."""
+    from instructjax.core.sharding import make_mesh
+
+    return make_mesh({"data": 1, "fsdp": -1}, devices)
+
+
+def feature_model(model):
+    """`model` as the feature pass runs it: attention by XLA (`blockwise`: no [T, T] scores) where it names a fused
+    kernel or `auto` (splash, Pallas, cuDNN), which XLA cannot split over the mesh inside `vmap` over examples."""
+    return model if model.attention in KERNELS_IN_A_PASS else model.replace(attention="blockwise")
+
+
+def feature_program(model, kind: str, projection: less.Projection | Callable, mesh, kept_matrix: bool):
+    """The jitted `(params, first, second, matrix, rows) -> [rows, dim]` of a batch's `kind` features under a warm-up
+    step of `model`, projected (by `matrix`, kept, or `projection` inside); the parameters laid out by the training
+    rules on `mesh`, the moments and matrix whole, the rows over the batch axes, every row's features on every device
+    (each host reads them all). Also what `plan --less --compile` lowers (train/less_plan.py)."""
     from jax.sharding import NamedSharding, PartitionSpec
 
-    graphdef, partition = less.model_parts(model)
-    split, whole = NamedSharding(mesh, PartitionSpec("data")), NamedSharding(mesh, PartitionSpec())
-    kept: dict[int, jax.Array | None] = {}  # the matrix by the trained size, drawn on first use
+    from instructjax.core import sharding
 
-    @jax.jit(out_shardings=whole)  # every host gets every row's features (what np.asarray reads on each)
+    graphdef, partition = less.model_parts(feature_model(model))
+    whole = NamedSharding(mesh, PartitionSpec())
+
     def run(params, first, second, matrix, rows):
-        feats = less.features(less.flatten(less.gradients(graphdef, partition, params, rows)), kind, first, second)
-        return less.project(feats, matrix) if matrix is not None else projection(feats)
+        grads = less.flatten(less.gradients(graphdef, partition, params, rows))
+        if kept_matrix:
+            return less.project(less.features(grads, kind, first, second), matrix)
+        if isinstance(projection, less.Projection):  # a block of features at a time: never all of them
+            return less.features_projected(grads, kind, first, second, projection.dim, projection.seed)
+        return projection(less.features(grads, kind, first, second))
+
+    return jax.jit(run, in_shardings=(param_shardings(model, mesh), whole, whole, whole if kept_matrix else None,
+                                      sharding.batch_sharding(mesh)), out_shardings=whole)
+
+
+def param_shardings(model, mesh):
+    """The parameters' shardings on `mesh` (a pure dict, as `load_params_as` gives them), by the training rules."""
+    from flax import nnx
+
+    from instructjax.core import sharding
+    from instructjax.model.decoder import Decoder
+
+    state = nnx.state(nnx.eval_shape(lambda: Decoder(feature_model(model), rngs=nnx.Rngs(0))), nnx.Param)
+    return nnx.to_pure_dict(sharding.state_shardings(state, mesh))
+
+
+def keeps_matrix(size: int, projection) -> bool:
+    """Whether the projection of `size` trained values is drawn once and kept (at most MATRIX_BYTES), else a block
+    at a time in every batch."""
+    return isinstance(projection, less.Projection) and size * projection.dim * 4 <= MATRIX_BYTES
+
+
+def feature_fn(model, kind: str, projection: less.Projection | Callable, mesh) -> Callable:
+    """`(warm, rows) -> [rows, dim]`: a batch's `kind` features under a warm-up step of `model`, projected, the
+    parameters and rows split over `mesh` (`feature_mesh`); one program for every step (`feature_program`: its
+    parameters and moments are arguments, placed once a step). The projection matrix is drawn once and kept when it
+    is at most MATRIX_BYTES (a small model's), else a block at a time in every batch (`less.project_streamed`: the
+    same matrix)."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    whole = NamedSharding(mesh, PartitionSpec())
+    programs, kept, placed = {}, {}, {}  # by the trained size: program and matrix; the last step's state placed
 
     def apply(warm: less.WarmupStep, rows: dict[str, np.ndarray]) -> np.ndarray:
         size = warm.first.size
-        if size not in kept:
-            small = isinstance(projection, less.Projection) and size * projection.dim * 4 <= MATRIX_BYTES
+        if size not in programs:
+            keep = keeps_matrix(size, projection)
+            programs[size] = feature_program(model, kind, projection, mesh, keep)
             kept[size] = (jax.jit(lambda: less.rademacher(size, projection.dim, projection.seed),
-                                  out_shardings=whole)() if small else None)
-        state = _on((warm.params, warm.first, warm.second), whole)
-        return np.asarray(run(*state, kept[size], _on(rows, split)))
+                                  out_shardings=whole)() if keep else None)
+        if placed.get("step") is not warm:  # a 7B's parameters go onto the mesh once a step, not once a batch
+            placed.clear()
+            placed.update(step=warm, state=(_on(warm.params, param_shardings(model, mesh)),
+                                            *_on((warm.first, warm.second), whole)))
+        return np.asarray(programs[size](*placed["state"], kept[size], _on(rows, _batch(mesh))))
 
     return apply
 
 
-def _on(tree, sharding):
-    """`tree`'s host arrays (the same on every host) as arrays of `sharding`, on one host or several."""
-    return jax.tree.map(lambda x: jax.make_array_from_callback(np.shape(x), sharding, lambda index: np.asarray(x)[index]),
-                        tree)
+def _batch(mesh):
+    from instructjax.core import sharding
+
+    return sharding.batch_sharding(mesh)
+
+
+def _on(tree, shardings):
+    """`tree`'s host arrays (the same on every host) as arrays laid out by `shardings` (one for every leaf, or a tree
+    of them), on one host or several."""
+    def one(x, sharding):
+        return jax.make_array_from_callback(np.shape(x), sharding, lambda index: np.asarray(x)[index])
+
+    if isinstance(shardings, jax.sharding.Sharding):
+        return jax.tree.map(lambda x: one(x, shardings), tree)
+    return jax.tree.map(one, tree, shardings)
 
 
 def compute(examples: list[dict], fn: Callable, batch: int, parts: str | None = None, dim: int = 0,

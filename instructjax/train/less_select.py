@@ -258,7 +258,6 @@ def run(pool: list[dict], target: list[dict], labels: list[str], settings: LessS
     """Steps 1-3 of the module doc on encoded `pool` and `target` examples (the base's tokenizer, the run's
     template): every pool example scored."""
     import jax
-    from jax.sharding import Mesh
 
     from instructjax.core.checkpoint import base_reference
     from instructjax.train import less
@@ -276,7 +275,7 @@ def run(pool: list[dict], target: list[dict], labels: list[str], settings: LessS
     run_dir = warmup(pool, settings, base, directory, settings.template)
     projection = less.Projection(settings.dim, settings.projection_seed)
     devices = jax.devices()
-    mesh = Mesh(np.asarray(devices), ("data",))
+    mesh = store.feature_mesh(devices)
     batch = -(-settings.batch // len(devices)) * len(devices)
     tag = f"d{settings.dim}-s{settings.projection_seed}"
     names = (f"pool-{settings.gradient_type}-{tag}", f"target-{store.digest_examples(target, labels)[:16]}-{tag}")

@@ -69,6 +69,19 @@ def test_the_pools_features_a_batch_at_a_time_are_each_examples_alone(warmup, mo
     np.testing.assert_allclose(streamed, batched, atol=1e-5)
 
 
+@pytest.mark.parametrize("kind", ["adam", "sgd", "sign"])
+def test_features_projected_a_block_at_a_time_are_the_whole_features_projected(kind):
+    """Features made and projected a block of values at a time (a remainder block short) are the features made
+    whole and projected by the whole matrix."""
+    rng = np.random.default_rng(1)
+    grads = rng.normal(size=(3, 100)).astype(np.float32)
+    m, v = rng.normal(0, 1e-3, 100).astype(np.float32), rng.uniform(1e-8, 1e-5, 100).astype(np.float32)
+    for block in (32, 25):  # 3 blocks and a remainder of 4 values; 4 blocks that divide the values
+        blocked = less.features_projected(grads, kind, m, v, 8, seed=2, block=block)
+        whole = less.project(less.features(grads, kind, m, v), less.rademacher(100, 8, seed=2, block=block))
+        np.testing.assert_allclose(blocked, whole, atol=1e-6)
+
+
 def test_the_streamed_projection_is_the_whole_matrix():
     feats = np.random.default_rng(0).normal(size=(3, 100)).astype(np.float32)
     streamed = less.project_streamed(feats, 8, seed=2, block=32)  # 4 blocks, the last one short

@@ -182,9 +182,9 @@ def test_a_preempted_feature_pass_goes_on_where_it_stopped(made, monkeypatch):
 def test_two_hosts_select_what_one_process_selects(made, tmp_path):
     """`data select --method less` on 2 processes (JAX's distributed runtime over gloo, a CPU device each): the warm-up
     trains on both hosts' devices, each feature batch is split over them, host 0 alone writes and says so. The chosen
-    examples are the one-process run's, and every score within 1% of its (Adam's m / sqrt(v) amplifies the warm-up's
-    last bits: on 1 device and on 2 its losses agree to 1e-7 and the scores to 0.4%; 1 process on 2 devices gave
-    these hosts' scores bit for bit)."""
+    examples are the one-process run's, and every score within 1% of its (of the largest score, for one near 0: the
+    parameters split over the hosts sum in another order, and Adam's m / sqrt(v) amplifies the warm-up's last bits:
+    on 1 device and on 2 its losses agree to 1e-7 and the scores to 0.4%, one score of 1e-3 to 3e-5)."""
     import subprocess
     import sys
 
@@ -204,7 +204,7 @@ def test_two_hosts_select_what_one_process_selects(made, tmp_path):
     assert ids(tmp_path / "chosen.jsonl") == ids(sel / "chosen.jsonl")
     scores = [[json.loads(line)["score"] for line in (where / "chosen.scores.jsonl").read_text().splitlines()]
               for where in (tmp_path, sel)]
-    np.testing.assert_allclose(*scores, rtol=1e-2)
+    np.testing.assert_allclose(*scores, rtol=1e-2, atol=1e-2 * np.abs(scores[1]).max())  # a score near 0: its scale
 
 
 def test_features_of_another_pool_and_bad_input_are_one_line(made, capsys):
