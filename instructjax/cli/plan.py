@@ -36,6 +36,10 @@ def register(subparsers) -> None:
     p.add_argument("--rollout", action="store_true",
                    help="with --compile, for objective.loss: grpo: build its rollout engine's fill and decode steps "
                         "(the trained model as it lies on the run's mesh) instead of the train step")
+    p.add_argument("--less", action="store_true",
+                   help="LESS's feature pass instead of the train step (`data select --method less`): the config's "
+                        "model with LESS's LoRA (a task's selection.less, else its defaults), its memory per device; "
+                        "with --compile built by the compiler beside it")
     p.add_argument("--packed", type=int, default=0, metavar="K",
                    help="with --compile: build the step of K proxies of this config stacked (`mix train --packed K`) "
                         "and say how many fit")
@@ -61,6 +65,8 @@ def run(args) -> int:
         raise ConfigError("plan --rollout goes with --compile, for a config of objective.loss: grpo")
     if args.packed and not args.compile or args.packed < 0 or args.packed and (args.eval or args.rollout):
         raise ConfigError("plan --packed K (K >= 1) goes with --compile, for the train step")
+    if args.less:
+        return less_features(args, config)
     if args.eval or args.rollout:
         return compiled_eval(args, config)
     if args.compile or args.save_executable:
@@ -127,6 +133,23 @@ def compiled(args, config) -> int:
         print(f"instructjax: {does_not_fit(report)}", file=sys.stderr, flush=True)
         return 1
     return 0
+
+
+def less_features(args, config) -> int:
+    """`plan --less [--compile]`: LESS's feature pass (train/less_plan.py); exit 1 where it does not fit."""
+    from instructjax.train.less_plan import compile_features, format_feature_plan, plan_features
+    from instructjax.train.topology import gpu_topology, local_topology, tpu_topology
+
+    if args.eval or args.rollout or args.packed or args.save_executable:
+        raise ConfigError("plan --less plans LESS's feature pass: not with --eval, --rollout, --packed or "
+                          "--save-executable")
+    if args.compile and args.gpus:
+        raise ConfigError("--compile builds for a TPU slice (--topology v4-64, v5e-8, ...) or this machine; not --gpus")
+    topology = tpu_topology(args.topology) if args.topology else gpu_topology(args.gpus, args.gpu_type) \
+        if args.gpus else local_topology()
+    plan = (compile_features if args.compile else plan_features)(config, topology)
+    print(json.dumps(plan.to_dict(), indent=2) if args.json else format_feature_plan(plan))
+    return 0 if plan.fits else 1
 
 
 def compiled_eval(args, config) -> int:
