@@ -1,14 +1,15 @@
 """LESS's feature pass (issue 80, item 4): examples per second of ours (`train/less_features.py`: batches of
-`vmap(grad)`, sorted by length and padded to a power of two, Adam features and the projection drawn a block at a
-time, in one jitted program) against LESS's own loop (its `obtain_gradients_with_adam`, pinned in tests/assets/less,
+`vmap(grad)`, grouped by trained tokens (the tiny model's head is most of its work) and padded to four widths an
+octave, the head at the trained tokens alone, Adam features and the projection in one jitted program) against LESS's own loop (its `obtain_gradients_with_adam`, pinned in tests/assets/less,
 one example at a time through a PEFT LoRA in transformers, projected 16 at a time as its `collect_grads` does, by a
 +-1 matrix held whole: trak's CPU projector without its block-wise generation), on the same tiny LLaMA, LoRA and
 examples, one after the other in one process, on this CPU.
 
-Both run once over a few examples first (ours compiles a program per padded width); the figure is the timed pass
-over `--examples` examples of `--min-length`..`--max-length` tokens (a prompt's tokens untrained). Goal: 2x.
+Both run once over the examples first (ours compiles a program per padded width); the figure is the timed pass over
+`--examples` examples of LESS's pool (the built-in Tulu sources' rows, at random, of at most `--max-length` tokens;
+`--random-tokens`: random ones, a prompt of up to half a row untrained). Goal: 2x.
 
-    python benchmarks/less_features.py [--examples 256] [--rank 8] [--dim 8192] [--no-append]
+    python benchmarks/less_features.py [--examples 256] [--rank 8] [--dim 8192] [--random-tokens] [--no-append]
 """
 
 from __future__ import annotations
@@ -46,6 +47,20 @@ def hf_model(directory: str) -> str:
     return path
 
 
+POOL = ("flan_v2_builtin", "cot_builtin", "dolly_builtin", "oasst1_builtin")  # LESS's pool (seed 004's tulu_human)
+
+
+def pool_examples(n: int, longest: int, seed: int = 0) -> list[dict]:
+    """`n` of the built-in Tulu pool's examples (its four sources, encoded by the built-in tokenizer), at random,
+    of at most `longest` tokens and some trained."""
+    from instructjax.data.tokenized.examples import encoded_examples
+
+    pool = [{"tokens": np.asarray(e["tokens"], np.int32), "loss_mask": np.asarray(e["loss_mask"], np.int32)}
+            for name in POOL for e in encoded_examples(name)]
+    pool = [e for e in pool if len(e["tokens"]) <= longest and e["loss_mask"][1:].any()]
+    return [pool[i] for i in np.random.default_rng(seed).choice(len(pool), n, replace=False)]
+
+
 def examples(n: int, low: int, high: int, seed: int = 0) -> list[dict]:
     rng = np.random.default_rng(seed)
     out = []
@@ -80,9 +95,10 @@ def ours(hf: str, directory: str, rank: int, dim: int, exs: list[dict], batch: i
     warm = less.WarmupStep(1, config, params, rng.normal(0, 1e-3, d).astype(np.float32),
                            rng.uniform(1e-8, 1e-5, d).astype(np.float32), 1.0)
     fn = store.feature_fn(config, "adam", less.Projection(dim, 0), store.feature_mesh(jax.devices()[:1]))
-    store.compute(exs, lambda rows: fn(warm, rows), batch, dim=dim)  # compiles each width's program
+    order = store.batch_order(config)
+    store.compute(exs, lambda rows: fn(warm, rows), batch, dim=dim, order=order)  # compiles each width's program
     start = time.perf_counter()
-    store.compute(exs, lambda rows: fn(warm, rows), batch, dim=dim)
+    store.compute(exs, lambda rows: fn(warm, rows), batch, dim=dim, order=order)
     return len(exs) / (time.perf_counter() - start)
 
 
@@ -128,15 +144,23 @@ def main() -> None:
     p = common.parser(__doc__)
     p.add_argument("--examples", type=int, default=256)
     p.add_argument("--min-length", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--max-length", type=int, help="the longest example (default: 512 of the pool's, 128 random)")
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--dim", type=int, default=8192)
     p.add_argument("--batch", type=int, default=16, help="our examples a batch")
+    p.add_argument("--random-tokens", action="store_true",
+                   help="random tokens of --min-length..--max-length, the first up to half untrained, instead of the "
+                        "built-in Tulu pool's examples of at most --max-length tokens")
     args = p.parse_args()
     load_before = common.load_average()
     directory = tempfile.mkdtemp(prefix="less_features_")
     hf = hf_model(directory)
-    exs = examples(args.examples, args.min_length, args.max_length)
+    args.max_length = args.max_length or (128 if args.random_tokens else 512)
+    exs = (examples(args.examples, args.min_length, args.max_length) if args.random_tokens
+           else pool_examples(args.examples, args.max_length))
+    where = (f"random tokens, {args.min_length}-{args.max_length} a row" if args.random_tokens else
+             f"the built-in Tulu pool's ({', '.join(POOL)}), at most {args.max_length} tokens")
+    real, trained = sum(len(e["tokens"]) for e in exs), sum(int(e["loss_mask"][1:].sum()) for e in exs)
     mine = ours(hf, directory, args.rank, args.dim, exs, args.batch)
     print(f"ours: {mine:.1f} examples/s", flush=True)
     reference = theirs(hf, args.rank, args.dim, exs)
@@ -144,7 +168,7 @@ def main() -> None:
     ratio = mine / reference
     body = "\n\n".join([
         f"Tiny LLaMA (hidden 64, 2 layers), LoRA rank {args.rank} on {', '.join(TARGETS)}, Adam features projected to "
-        f"{args.dim}, {args.examples} examples of {args.min_length}-{args.max_length} tokens, one CPU process.",
+        f"{args.dim}, {args.examples} examples ({where}: {real:,} tokens, {trained:,} trained), one CPU process.",
         common.table(["LESS's loop: examples/s", "ours: examples/s", "ours / LESS"],
                      [[f"{reference:.1f}", f"{mine:.1f}", f"**{ratio:.2f}x**"]]),
     ])

@@ -44,9 +44,22 @@ BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # obtain_gradients_with_adam's
 
 
 def example_loss(graphdef, params, row: dict[str, jax.Array], chunk: int = 0) -> jax.Array:
-    """One example's loss (a row of one example, [L] each feature): the mean cross-entropy of its trained tokens."""
-    nll, _ = forward(graphdef, params, {k: v[None] for k, v in row.items()}, chunk)
-    trained = (row["loss_weights"] > 0).astype(jnp.float32)
+    """One example's loss (a row of one example, [L] each feature): the mean cross-entropy of its trained tokens.
+    With `row["trained_at"]` ([P]: the positions whose targets train, then -1s) the output head runs at those alone
+    (LESS's loop runs it at every position, a prompt's weighing 0: the same loss and gradients)."""
+    if "trained_at" not in row:
+        nll, _ = forward(graphdef, params, {k: v[None] for k, v in row.items()}, chunk)
+        trained = (row["loss_weights"] > 0).astype(jnp.float32)
+        return jnp.sum(nll[0] * trained) / jnp.maximum(jnp.sum(trained), 1.0)
+    from flax import nnx
+
+    from instructjax.train.loss import model_nll
+
+    model = nnx.merge(graphdef, params)
+    hidden, _ = model.routed_hidden_states(row["tokens"][None], row["positions"][None], row["segment_ids"][None])
+    at = jnp.maximum(row["trained_at"], 0)
+    trained = (row["trained_at"] >= 0).astype(jnp.float32)
+    nll = model_nll(model, hidden[:, at], row["targets"][at][None], chunk)
     return jnp.sum(nll[0] * trained) / jnp.maximum(jnp.sum(trained), 1.0)
 
 

@@ -11,9 +11,10 @@
     features/ckpt-N/target-D.npy    the target's features (D: the target's digest), beside the pool's: one pass
                                     over the pool serves every target
 
-Examples go through the model a batch at a time, sorted by length and padded to one of four widths an octave,
-their rows split over the devices (`data` axis of a one-axis mesh: on several hosts, all of theirs, each host then
-given every row's features and host 0 writing them); a batch holds its own gradients and no more.
+Examples go through the model a batch at a time, sorted by length (or, where the output head is most of a token's
+work, by trained tokens: `batch_order`) and padded to one of four widths an octave, the output head run at the
+trained tokens alone; the parameters over fsdp on every device (every host's) and a batch's rows split over them,
+each host then given every row's features and host 0 writing them; a batch holds its own gradients and no more.
 """
 
 from __future__ import annotations
@@ -82,22 +83,46 @@ def _there(path: str) -> bool:
     return hosts.agree(f"less/{path}", storage.path(path).exists(), "reading the features")
 
 
-def batches(examples: list[dict], batch: int) -> list[list[int]]:
-    """The examples' indices in batches of `batch`, longest first (similar lengths share a padded width)."""
-    order = sorted(range(len(examples)), key=lambda i: (-len(examples[i]["tokens"]), i))
-    return [order[i : i + batch] for i in range(0, len(order), batch)]
+def batch_order(model) -> str:
+    """How a pass groups examples: by their trained tokens (`trained`) where the output head is most of a token's
+    work (a small model with a large vocabulary: the head runs at the trained tokens alone), else by their length."""
+    layer = model.head_dim * model.hidden_size * (2 * model.num_heads + 2 * model.num_kv_heads) + (
+        (2 if model.gated_mlp else 1) + 1) * model.hidden_size * model.intermediate_size
+    return "trained" if model.hidden_size * model.vocab_size > model.num_layers * layer else "length"
+
+
+def _trained(example: dict) -> int:
+    return int(np.asarray(example["loss_mask"])[1:].sum())
+
+
+def batches(examples: list[dict], batch: int, order: str = "length") -> list[list[int]]:
+    """The examples' indices in batches of `batch`, longest first (`order`: by length or by trained tokens; similar
+    ones share a padded width)."""
+    size = (lambda ex: (_trained(ex), len(ex["tokens"]))) if order == "trained" else (lambda ex: len(ex["tokens"]))
+    ranked = sorted(range(len(examples)), key=lambda i: (size(examples[i]), -i), reverse=True)
+    return [ranked[i : i + batch] for i in range(0, len(ranked), batch)]
+
+
+def width_of(longest: int) -> int:
+    """`longest` rounded up to a quarter of the power of two above it (four widths an octave: few programs, at most a
+    quarter of padding)."""
+    step = max(MIN_WIDTH, (1 << (longest - 1).bit_length()) // 4)
+    return -(-longest // step) * step
 
 
 def rows_of(examples: list[dict], batch: int) -> dict[str, np.ndarray]:
-    """`batch` rows of one example each (the rest padding), as wide as the longest rounded up to a quarter of the
-    power of two above it (four widths an octave: few programs, little padding)."""
-    longest = max(len(ex["tokens"]) for ex in examples)
-    step = max(MIN_WIDTH, (1 << (longest - 1).bit_length()) // 4)  # a quarter of the power of two above: few
-    width = -(-longest // step) * step  # programs, at most a quarter of padding
+    """`batch` rows of one example each (the rest padding), as wide as the longest (`width_of`), and `trained_at`:
+    each row's trained positions, then -1s, as many as the most trained tokens of a row (`width_of`)."""
+    width = width_of(max(len(ex["tokens"]) for ex in examples))
     rows, _ = SequencePacker(width, pack=False).pack_window(examples)
     rows = {k: v for k, v in rows.items() if k != "source_ids"}
     short = batch - len(rows["tokens"])
-    return {k: np.concatenate([v, np.zeros((short, width), v.dtype)]) for k, v in rows.items()}
+    rows = {k: np.concatenate([v, np.zeros((short, width), v.dtype)]) for k, v in rows.items()}
+    trained = [np.flatnonzero(weights > 0) for weights in rows["loss_weights"]]
+    rows["trained_at"] = np.full((batch, width_of(max(1, *map(len, trained)))), -1, np.int32)
+    for row, at in zip(rows["trained_at"], trained, strict=True):
+        row[: len(at)] = at
+    return rows
 
 
 KERNELS_IN_A_PASS = ("xla", "blockwise")  # attention a pass of per-example gradients runs (see `feature_model`)
@@ -203,7 +228,7 @@ def _on(tree, shardings):
 
 
 def compute(examples: list[dict], fn: Callable, batch: int, parts: str | None = None, dim: int = 0,
-            desc: str = "less features") -> np.ndarray:
+            desc: str = "less features", order: str = "length") -> np.ndarray:
     """[examples, dim]: `fn(rows)`'s features of every example (zeros for one with no trained token), a batch at a
     time, a progress bar over the examples; `parts`: a directory where each chunk of CHUNK_BATCHES batches is written
     as it is made and read back when there (a preempted pass goes on)."""
@@ -211,7 +236,7 @@ def compute(examples: list[dict], fn: Callable, batch: int, parts: str | None = 
 
     trained = [i for i, ex in enumerate(examples) if np.asarray(ex["loss_mask"])[1:].any()]
     out = np.zeros((len(examples), dim), np.float32)
-    groups = batches([examples[i] for i in trained], batch)
+    groups = batches([examples[i] for i in trained], batch, order)
     bar = progress.bar(total=len(trained), desc=desc, unit="example", disable=not hosts.is_first())  # host 0 says
     try:
         for chunk in range(0, len(groups), CHUNK_BATCHES):
@@ -243,7 +268,8 @@ def features_at(directory: str, warm: less.WarmupStep, name: str, examples: list
     if _there(path):
         return _load(path)
     parts = storage.join(where, name) if resumable else None
-    made = compute(examples, lambda rows: fn(warm, rows), batch, parts, dim, f"less features ckpt-{warm.step} {name}")
+    made = compute(examples, lambda rows: fn(warm, rows), batch, parts, dim, f"less features ckpt-{warm.step} {name}",
+                   batch_order(warm.model))
     _save(path, made)
     if parts is not None and hosts.is_first():
         storage.remove_tree(parts)

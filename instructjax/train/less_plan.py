@@ -12,8 +12,8 @@ examples a device. Per device, for a LoRA of `D` trained values and a projection
     layers     each layer's saved input (the model's `remat`: `memory.activation_bytes`)
     gradients  each example's gradient, b D float32 (its features made and projected a block at a time beside it:
                `less.features_projected`)
-    loss       the logits (s b V in the compute dtype and float32), the output head and one layer's weight matrices
-               gathered whole (compute dtype)
+    loss       the logits (s b V in the compute dtype and float32: the head runs at the trained tokens, at most
+               all s), the output head and one layer's weight matrices gathered whole (compute dtype)
 
 Checked against XLA:TPU's buffers of the pass for LLaMA-2-7B with LESS's LoRA on a v4-64 and a v5e-16
 (benchmarks/RESULTS.md, tests/train/test_less_plan.py).
@@ -159,7 +159,7 @@ def compile_features(config: RunConfig, topology: Topology) -> FeaturePlan:
     moment = shaped((plan.trained,), jnp.float32, whole)
     matrix = shaped((plan.trained, settings.dim), jnp.float32, whole) if plan.kept_matrix else None
     examples = {name: shaped((rows, settings.max_length), jnp.float32 if name == "loss_weights" else jnp.int32, batch)
-                for name in ("tokens", "targets", "loss_weights", "segment_ids", "positions")}
+                for name in ("tokens", "targets", "loss_weights", "segment_ids", "positions", "trained_at")}
     start = time.perf_counter()
     compiled = program.lower(params, moment, moment, matrix, examples).compile()
     stats = compiled.memory_analysis()
