@@ -7,7 +7,8 @@
     features/ckpt-N/pool.npy        [pool, dim] float32: each pool example's projected, normalised features under
                                     the warm-up's step N (examples with no trained token: zeros, never selected)
     features/ckpt-N/pool/part-K.npy while the pass runs: a chunk of the pool's rows each; a preempted pass goes on
-                                    from the chunks written (each written whole: a reader sees all of it or none)
+                                    from the chunks written (each written whole: a reader sees all of it or none;
+                                    part-trained-K.npy: of batches grouped by trained tokens, `batch_order`)
     features/ckpt-N/target-D.npy    the target's features (D: the target's digest), beside the pool's: one pass
                                     over the pool serves every target
 
@@ -237,10 +238,11 @@ def compute(examples: list[dict], fn: Callable, batch: int, parts: str | None = 
     trained = [i for i, ex in enumerate(examples) if np.asarray(ex["loss_mask"])[1:].any()]
     out = np.zeros((len(examples), dim), np.float32)
     groups = batches([examples[i] for i in trained], batch, order)
+    tag = "" if order == "length" else f"{order}-"  # a part holds its batches' examples: another order's are others
     bar = progress.bar(total=len(trained), desc=desc, unit="example", disable=not hosts.is_first())  # host 0 says
     try:
         for chunk in range(0, len(groups), CHUNK_BATCHES):
-            part = storage.join(parts, f"part-{chunk // CHUNK_BATCHES:05d}.npy") if parts else None
+            part = storage.join(parts, f"part-{tag}{chunk // CHUNK_BATCHES:05d}.npy") if parts else None
             done = [trained[i] for group in groups[chunk : chunk + CHUNK_BATCHES] for i in group]
             if part is not None and _there(part):
                 made = _load(part)
