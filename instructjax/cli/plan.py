@@ -140,9 +140,9 @@ def less_features(args, config) -> int:
     from instructjax.train.less_plan import compile_features, format_feature_plan, plan_features
     from instructjax.train.topology import gpu_topology, local_topology, tpu_topology
 
-    if args.eval or args.rollout or args.packed or args.save_executable:
-        raise ConfigError("plan --less plans LESS's feature pass: not with --eval, --rollout, --packed or "
-                          "--save-executable")
+    if args.eval or args.rollout or args.packed or args.save_executable or args.real_data:
+        raise ConfigError("plan --less plans LESS's feature pass: not with --eval, --rollout, --packed, "
+                          "--save-executable or --real-data")
     if args.compile and args.gpus:
         raise ConfigError("--compile builds for a TPU slice (--topology v4-64, v5e-8, ...) or this machine; not --gpus")
     topology = tpu_topology(args.topology) if args.topology else gpu_topology(args.gpus, args.gpu_type) \

@@ -28,7 +28,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from instructjax.core import hosts, storage
+from instructjax.core import hosts, sharding, storage
 from instructjax.core.errors import ConfigError
 from instructjax.data.batches.packing import SequencePacker
 from instructjax.train import less
@@ -84,12 +84,16 @@ def _there(path: str) -> bool:
     return hosts.agree(f"less/{path}", storage.path(path).exists(), "reading the features")
 
 
+def layer_values(model) -> int:
+    """A decoder layer's weight matrices' values: q, k, v and o, and the MLP's (gate,) up and down."""
+    return model.head_dim * model.hidden_size * (2 * model.num_heads + 2 * model.num_kv_heads) + (
+        (2 if model.gated_mlp else 1) + 1) * model.hidden_size * model.intermediate_size
+
+
 def batch_order(model) -> str:
     """How a pass groups examples: by their trained tokens (`trained`) where the output head is most of a token's
     work (a small model with a large vocabulary: the head runs at the trained tokens alone), else by their length."""
-    layer = model.head_dim * model.hidden_size * (2 * model.num_heads + 2 * model.num_kv_heads) + (
-        (2 if model.gated_mlp else 1) + 1) * model.hidden_size * model.intermediate_size
-    return "trained" if model.hidden_size * model.vocab_size > model.num_layers * layer else "length"
+    return "trained" if model.hidden_size * model.vocab_size > model.num_layers * layer_values(model) else "length"
 
 
 def _trained(example: dict) -> int:
@@ -150,8 +154,6 @@ def feature_program(model, kind: str, projection: less.Projection | Callable, me
     (each host reads them all). Also what `plan --less --compile` lowers (train/less_plan.py)."""
     from jax.sharding import NamedSharding, PartitionSpec
 
-    from instructjax.core import sharding
-
     graphdef, partition = less.model_parts(feature_model(model))
     whole = NamedSharding(mesh, PartitionSpec())
 
@@ -171,7 +173,6 @@ def param_shardings(model, mesh):
     """The parameters' shardings on `mesh` (a pure dict, as `load_params_as` gives them), by the training rules."""
     from flax import nnx
 
-    from instructjax.core import sharding
     from instructjax.model.decoder import Decoder
 
     state = nnx.state(nnx.eval_shape(lambda: Decoder(feature_model(model), rngs=nnx.Rngs(0))), nnx.Param)
@@ -206,22 +207,17 @@ def feature_fn(model, kind: str, projection: less.Projection | Callable, mesh) -
             placed.clear()
             placed.update(step=warm, state=(_on(warm.params, param_shardings(model, mesh)),
                                             *_on((warm.first, warm.second), whole)))
-        return np.asarray(programs[size](*placed["state"], kept[size], _on(rows, _batch(mesh))))
+        rows = sharding.place(rows, sharding.batch_sharding(mesh), whole=True)
+        return np.asarray(programs[size](*placed["state"], kept[size], rows))
 
     return apply
 
 
-def _batch(mesh):
-    from instructjax.core import sharding
-
-    return sharding.batch_sharding(mesh)
-
-
 def _on(tree, shardings):
     """`tree`'s host arrays (the same on every host) as arrays laid out by `shardings` (one for every leaf, or a tree
-    of them), on one host or several."""
-    def one(x, sharding):
-        return jax.make_array_from_callback(np.shape(x), sharding, lambda index: np.asarray(x)[index])
+    of them), on one host or several (`core.sharding.place`, a leaf at a time)."""
+    def one(x, on):
+        return sharding.place({"x": x}, on, whole=True)["x"]
 
     if isinstance(shardings, jax.sharding.Sharding):
         return jax.tree.map(lambda x: one(x, shardings), tree)

@@ -69,13 +69,13 @@ class FeaturePlan:
 def less_settings(config: RunConfig):
     """LESS's settings for `config`: the `less:` keys of the first task of its `define:` that selects by LESS, over
     LESS's defaults; the length the config's `data.seq_len`."""
-    from instructjax.train.less_select import LessSettings
+    from instructjax.train.less_select import settings_of
 
     for task in (config.define.get("tasks") or {}).values():
         selection = (task or {}).get("selection") or {}
         if selection.get("method") == "less":
-            return LessSettings(**{**dict(selection.get("less") or {}), "max_length": config.data.seq_len})
-    return LessSettings(max_length=config.data.seq_len)
+            return settings_of(selection.get("less"), max_length=config.data.seq_len)
+    return settings_of(None, max_length=config.data.seq_len)
 
 
 def feature_setup(config: RunConfig, topology: Topology):
@@ -102,17 +102,15 @@ def trained_values(model) -> int:
         nnx.to_pure_dict(state))))
 
 
-def feature_memory(model, settings, rows: int, topology: Topology) -> dict[str, int]:
-    """The pass's bytes a device, by the module doc's terms."""
+def feature_memory(model, settings, rows: int, d: int, topology: Topology) -> dict[str, int]:
+    """The pass's bytes a device, by the module doc's terms (`d`: `trained_values(model)`)."""
     from instructjax.train import memory
 
     sizes = sharding.mesh_sizes({"data": 1, "fsdp": -1}, topology.devices)
     state = memory.state_memory(model, sizes, clip=False)
     c, stored = np.dtype(model.dtype).itemsize, np.dtype(model.param_dtype).itemsize
-    d, k, s, b = trained_values(model), settings.dim, settings.max_length, rows // topology.devices
-    h, v, m = model.hidden_size, model.vocab_size, model.intermediate_size
-    layer = model.head_dim * h * (2 * model.num_heads + 2 * model.num_kv_heads) + (
-        (2 if model.gated_mlp else 1) + 1) * h * m
+    k, s, b = settings.dim, settings.max_length, rows // topology.devices
+    h, v = model.hidden_size, model.vocab_size
     acts = memory.activation_bytes(model, b, s, 1, topology.platform)
     return {
         "params": state["param_bytes"],
@@ -123,15 +121,18 @@ def feature_memory(model, settings, rows: int, topology: Topology) -> dict[str, 
         "layers": acts["saved"],
         "gradients": b * d * 4,
         "logits": (c + 4 if c < 4 else c) * s * b * v,
-        "gathered": c * (v * h + layer),
+        "gathered": c * (v * h + store.layer_values(model)),
     }
 
 
 def plan_features(config: RunConfig, topology: Topology) -> FeaturePlan:
     """`plan --less`: the feature pass's memory per device on `topology`."""
-    model, settings, rows = feature_setup(config, topology)
-    figures = feature_memory(model, settings, rows, topology)
+    return _plan(*feature_setup(config, topology), topology)
+
+
+def _plan(model, settings, rows: int, topology: Topology) -> FeaturePlan:
     d = trained_values(model)
+    figures = feature_memory(model, settings, rows, d, topology)
     return FeaturePlan(topology.name, topology.devices, rows, settings.max_length, d, settings.dim,
                        store.keeps_matrix(d, less.Projection(settings.dim)), figures, int(topology.hbm_gib * GIB))
 
@@ -145,8 +146,8 @@ def compile_features(config: RunConfig, topology: Topology) -> FeaturePlan:
 
     from instructjax.train.compile import program_figures, target_devices
 
-    plan = plan_features(config, topology)
     model, settings, rows = feature_setup(config, topology)
+    plan = _plan(model, settings, rows, topology)
     mesh = store.feature_mesh(target_devices(topology))
     projection = less.Projection(settings.dim, settings.projection_seed)
     program = store.feature_program(model, settings.gradient_type, projection, mesh, plan.kept_matrix)

@@ -70,6 +70,15 @@ class LessSettings:
                 raise ConfigError(f"less: {name} must be >= 1, got {getattr(self, name)}")
 
 
+def settings_of(less, **fixed) -> LessSettings:
+    """A task's `selection.less` keys over LESS's defaults, with `fixed` (the run's template, length and seed: not
+    its keys); one line naming a key it does not know."""
+    known = {f.name for f in dataclasses.fields(LessSettings)} - {"template", "max_length", "seed"}
+    if unknown := sorted(set(dict(less or {})) - known):
+        raise ConfigError(f"selection.less: unknown {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+    return LessSettings(**{**dict(less or {}), **fixed})
+
+
 @dataclass(frozen=True)
 class Scored:
     """A pool example's score and its best subtask (NaN and None: it has no trained token)."""
@@ -306,11 +315,7 @@ def select_conversations(convs: list, spec) -> list:
     if not sel.encoder_model:
         raise ConfigError("selection less selects with the run's model: set model.init_from (or "
                           "selection.encoder_model)")
-    known = {f.name for f in dataclasses.fields(LessSettings)} - {"template", "max_length", "seed"}
-    if unknown := sorted(set(dict(sel.less)) - known):
-        raise ConfigError(f"selection.less: unknown {', '.join(unknown)} (known: {', '.join(sorted(known))})")
-    settings = LessSettings(**{**dict(sel.less), "template": spec.template, "max_length": spec.max_length or 2048,
-                               "seed": sel.seed})
+    settings = settings_of(sel.less, template=spec.template, max_length=spec.max_length or 2048, seed=sel.seed)
     tokenizer = Tokenizer.load(spec.tokenizer)
     pool = [{"tokens": e.tokens, "loss_mask": e.loss_mask, "conversation": c.to_json()}
             for c, e in zip(convs, encode_conversations(convs, spec.template, tokenizer, spec.max_length), strict=True)]

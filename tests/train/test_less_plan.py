@@ -65,7 +65,14 @@ def test_the_pass_is_laid_out_as_less_configures_it(capsys, tmp_path):
     assert code == 1 and big["fits"] is False and big["needed_bytes"] > big["hbm_bytes"]
 
 
-def test_bad_input_is_one_line(capsys):
+def test_bad_input_is_one_line(capsys, tmp_path):
     assert main(["plan", "--config", str(TULU_7B), "--less", "--compile", "--eval"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "plan --less plans LESS's feature pass" in err[0], err
+    config = yaml.safe_load(TULU_7B.read_text())
+    config["define"] = {"tasks": {"tulu_pool": {"source": "alpaca", "data_files": ["builtin"], "selection": {
+        "method": "less", "target": "alpaca_builtin", "fraction": 0.05, "less": {"lora_rnak": 64}}}}}
+    (tmp_path / "less.yaml").write_text(yaml.safe_dump(config))
+    assert main(["plan", "--config", str(tmp_path / "less.yaml"), "--less"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "selection.less: unknown lora_rnak" in err[0], err
