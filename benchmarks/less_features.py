@@ -1,6 +1,6 @@
 """LESS's feature pass (issue 80, item 4): examples per second of ours (`train/less_features.py`: batches of
-`vmap(grad)`, grouped by trained tokens (the tiny model's head is most of its work) and padded to four widths an
-octave, the head at the trained tokens alone, Adam features and the projection in one jitted program) against LESS's own loop (its `obtain_gradients_with_adam`, pinned in tests/assets/less,
+`vmap(grad)`, sorted by length and padded to four widths an octave, the head once over a batch's trained tokens
+end to end, Adam features and the projection in one jitted program) against LESS's own loop (its `obtain_gradients_with_adam`, pinned in tests/assets/less,
 one example at a time through a PEFT LoRA in transformers, projected 16 at a time as its `collect_grads` does, by a
 +-1 matrix held whole: trak's CPU projector without its block-wise generation), on the same tiny LLaMA, LoRA and
 examples, one after the other in one process, on this CPU.
@@ -95,10 +95,9 @@ def ours(hf: str, directory: str, rank: int, dim: int, exs: list[dict], batch: i
     warm = less.WarmupStep(1, config, params, rng.normal(0, 1e-3, d).astype(np.float32),
                            rng.uniform(1e-8, 1e-5, d).astype(np.float32), 1.0)
     fn = store.feature_fn(config, "adam", less.Projection(dim, 0), store.feature_mesh(jax.devices()[:1]))
-    order = store.batch_order(config)
-    store.compute(exs, lambda rows: fn(warm, rows), batch, dim=dim, order=order)  # compiles each width's program
+    store.compute(exs, lambda rows: fn(warm, rows), batch, dim=dim)  # compiles each width's program
     start = time.perf_counter()
-    store.compute(exs, lambda rows: fn(warm, rows), batch, dim=dim, order=order)
+    store.compute(exs, lambda rows: fn(warm, rows), batch, dim=dim)
     return len(exs) / (time.perf_counter() - start)
 
 

@@ -44,33 +44,72 @@ BETA1, BETA2, EPS = 0.9, 0.999, 1e-8  # obtain_gradients_with_adam's
 
 
 def example_loss(graphdef, params, row: dict[str, jax.Array], chunk: int = 0) -> jax.Array:
-    """One example's loss (a row of one example, [L] each feature): the mean cross-entropy of its trained tokens.
-    With `row["trained_at"]` ([P]: the positions whose targets train, then -1s) the output head runs at those alone
-    (LESS's loop runs it at every position, a prompt's weighing 0: the same loss and gradients)."""
-    if "trained_at" not in row:
-        nll, _ = forward(graphdef, params, {k: v[None] for k, v in row.items()}, chunk)
-        trained = (row["loss_weights"] > 0).astype(jnp.float32)
-        return jnp.sum(nll[0] * trained) / jnp.maximum(jnp.sum(trained), 1.0)
-    from flax import nnx
-
-    from instructjax.train.loss import model_nll
-
-    model = nnx.merge(graphdef, params)
-    hidden, _ = model.routed_hidden_states(row["tokens"][None], row["positions"][None], row["segment_ids"][None])
-    at = jnp.maximum(row["trained_at"], 0)
-    trained = (row["trained_at"] >= 0).astype(jnp.float32)
-    nll = model_nll(model, hidden[:, at], row["targets"][at][None], chunk)
+    """One example's loss (a row of one example, [L] each feature): the mean cross-entropy of its trained tokens."""
+    nll, _ = forward(graphdef, params, {k: v[None] for k, v in row.items()}, chunk)
+    trained = (row["loss_weights"] > 0).astype(jnp.float32)
     return jnp.sum(nll[0] * trained) / jnp.maximum(jnp.sum(trained), 1.0)
 
 
 def gradients(graphdef, partition, params, rows: dict[str, jax.Array], chunk: int = 0):
     """Each row's gradient of `partition`'s trained parameters (a tree, each leaf with a leading axis of rows)."""
     trained, frozen = partition.trainable(params), partition.frozen(params)
+    if HEAD_ROWS[0] in rows:
+        if not head_trains(partition):
+            return _gradients_one_head(graphdef, partition, trained, frozen, rows, chunk)
+        rows = {k: v for k, v in rows.items() if k not in HEAD_ROWS}
 
     def one(row):
         return jax.grad(lambda t: example_loss(graphdef, partition.combine(t, frozen), row, chunk))(trained)
 
     return jax.vmap(one)(rows)
+
+
+HEAD_ROWS = ("head_rows", "head_positions")  # a batch's trained tokens, end to end (`_gradients_one_head`)
+
+
+def head_trains(partition) -> bool:
+    """Whether the output head (`lm_head`, or the embedding table tied to it) is among what trains."""
+    return not partition.adapters or any(path[0] in ("lm_head", "embed_tokens") for path in partition.trained)
+
+
+def _gradients_one_head(graphdef, partition, trained, frozen, rows: dict[str, jax.Array], chunk: int):
+    """`gradients` with the output head run once over the batch's trained tokens, end to end (`rows["head_rows"]`,
+    `rows["head_positions"]` [S, M]: each of S groups of rows' trained tokens, as its row in the group and position,
+    then -1s; a group is a device's rows): each row's hidden states by its own copy of what trains (`vmap`), the
+    gradient of the sum of the rows' losses by the hidden states taken once, pulled back to each row's copy (the head
+    does not train: a row's hidden states carry its own loss's gradient alone). LESS's loop runs the head at every
+    position of an example, a prompt's weighing 0: the same gradients."""
+    from flax import nnx
+
+    from instructjax.train.loss import model_nll
+
+    size = rows["tokens"].shape[0]
+    copies = jax.tree.map(lambda x: jnp.broadcast_to(x, (size, *x.shape)), trained)  # each row's own
+
+    def hidden_of(copies):
+        def one(copy, row):
+            model = nnx.merge(graphdef, partition.combine(copy, frozen))
+            inputs = (row["tokens"][None], row["positions"][None], row["segment_ids"][None])
+            return model.routed_hidden_states(*inputs)[0][0]
+
+        return jax.vmap(one)(copies, {k: v for k, v in rows.items() if k not in HEAD_ROWS})
+
+    hidden, pullback = jax.vjp(hidden_of, copies)
+    model = nnx.merge(graphdef, partition.combine(trained, frozen))
+    groups, _ = rows["head_rows"].shape
+    counts = jnp.sum(rows["loss_weights"] > 0, axis=1).astype(jnp.float32).reshape(groups, -1)
+    at, positions = jnp.maximum(rows["head_rows"], 0), jnp.maximum(rows["head_positions"], 0)
+    targets = rows["targets"].reshape(groups, -1, rows["targets"].shape[1])
+    gather = jax.vmap(lambda x, r, p: x[r, p])
+
+    def head_loss(hidden):
+        grouped = hidden.reshape(groups, -1, *hidden.shape[1:])
+        nll = model_nll(model, gather(grouped, at, positions), gather(targets, at, positions), chunk)
+        weights = (rows["head_rows"] >= 0) / jnp.maximum(jax.vmap(lambda c, r: c[r])(counts, at), 1.0)
+        return jnp.sum(nll * weights)
+
+    (grads,) = pullback(jax.grad(head_loss)(hidden))
+    return grads
 
 
 def flatten(tree) -> jax.Array:

@@ -7,15 +7,14 @@
     features/ckpt-N/pool.npy        [pool, dim] float32: each pool example's projected, normalised features under
                                     the warm-up's step N (examples with no trained token: zeros, never selected)
     features/ckpt-N/pool/part-K.npy while the pass runs: a chunk of the pool's rows each; a preempted pass goes on
-                                    from the chunks written (each written whole: a reader sees all of it or none;
-                                    part-trained-K.npy: of batches grouped by trained tokens, `batch_order`)
+                                    from the chunks written (each written whole: a reader sees all of it or none)
     features/ckpt-N/target-D.npy    the target's features (D: the target's digest), beside the pool's: one pass
                                     over the pool serves every target
 
-Examples go through the model a batch at a time, sorted by length (or, where the output head is most of a token's
-work, by trained tokens: `batch_order`) and padded to one of four widths an octave, the output head run at the
-trained tokens alone; the parameters over fsdp on every device (every host's) and a batch's rows split over them,
-each host then given every row's features and host 0 writing them; a batch holds its own gradients and no more.
+Examples go through the model a batch at a time, sorted by length and padded to one of four widths an octave, the
+output head run once over a device's rows' trained tokens alone, end to end (`less.gradients`); the parameters over
+fsdp on every device (every host's) and a batch's rows split over them, each host then given every row's features
+and host 0 writing them; a batch holds its own gradients and no more.
 """
 
 from __future__ import annotations
@@ -90,21 +89,9 @@ def layer_values(model) -> int:
         (2 if model.gated_mlp else 1) + 1) * model.hidden_size * model.intermediate_size
 
 
-def batch_order(model) -> str:
-    """How a pass groups examples: by their trained tokens (`trained`) where the output head is most of a token's
-    work (a small model with a large vocabulary: the head runs at the trained tokens alone), else by their length."""
-    return "trained" if model.hidden_size * model.vocab_size > model.num_layers * layer_values(model) else "length"
-
-
-def _trained(example: dict) -> int:
-    return int(np.asarray(example["loss_mask"])[1:].sum())
-
-
-def batches(examples: list[dict], batch: int, order: str = "length") -> list[list[int]]:
-    """The examples' indices in batches of `batch`, longest first (`order`: by length or by trained tokens; similar
-    ones share a padded width)."""
-    size = (lambda ex: (_trained(ex), len(ex["tokens"]))) if order == "trained" else (lambda ex: len(ex["tokens"]))
-    ranked = sorted(range(len(examples)), key=lambda i: (size(examples[i]), -i), reverse=True)
+def batches(examples: list[dict], batch: int) -> list[list[int]]:
+    """The examples' indices in batches of `batch`, longest first (similar lengths share a padded width)."""
+    ranked = sorted(range(len(examples)), key=lambda i: (len(examples[i]["tokens"]), -i), reverse=True)
     return [ranked[i : i + batch] for i in range(0, len(ranked), batch)]
 
 
@@ -115,19 +102,22 @@ def width_of(longest: int) -> int:
     return -(-longest // step) * step
 
 
-def rows_of(examples: list[dict], batch: int) -> dict[str, np.ndarray]:
-    """`batch` rows of one example each (the rest padding), as wide as the longest (`width_of`), and `trained_at`:
-    each row's trained positions, then -1s, as many as the most trained tokens of a row (`width_of`)."""
+def rows_of(examples: list[dict], batch: int, groups: int = 1) -> dict[str, np.ndarray]:
+    """`batch` rows of one example each (the rest padding), as wide as the longest (`width_of`), and the trained
+    tokens of each of `groups` groups of rows (a device's: `batch` divides into them) end to end, as their row in
+    the group and position, then -1s, as many as a group's most (`width_of`): `less.HEAD_ROWS`."""
     width = width_of(max(len(ex["tokens"]) for ex in examples))
     rows, _ = SequencePacker(width, pack=False).pack_window(examples)
     rows = {k: v for k, v in rows.items() if k != "source_ids"}
     short = batch - len(rows["tokens"])
     rows = {k: np.concatenate([v, np.zeros((short, width), v.dtype)]) for k, v in rows.items()}
-    trained = [np.flatnonzero(weights > 0) for weights in rows["loss_weights"]]
-    rows["trained_at"] = np.full((batch, width_of(max(1, *map(len, trained)))), -1, np.int32)
-    for row, at in zip(rows["trained_at"], trained, strict=True):
-        row[: len(at)] = at
-    return rows
+    each = batch // groups
+    at = [[(i, p) for i in range(each) for p in np.flatnonzero(rows["loss_weights"][g * each + i] > 0)]
+          for g in range(groups)]
+    head = np.full((2, groups, width_of(max(1, *map(len, at), 1))), -1, np.int32)
+    for g, pairs in enumerate(at):
+        head[:, g, : len(pairs)] = np.asarray(pairs, np.int32).reshape(-1, 2).T
+    return rows | dict(zip(less.HEAD_ROWS, head, strict=True))
 
 
 KERNELS_IN_A_PASS = ("xla", "blockwise")  # attention a pass of per-example gradients runs (see `feature_model`)
@@ -225,28 +215,28 @@ def _on(tree, shardings):
 
 
 def compute(examples: list[dict], fn: Callable, batch: int, parts: str | None = None, dim: int = 0,
-            desc: str = "less features", order: str = "length") -> np.ndarray:
+            desc: str = "less features", groups: int = 1) -> np.ndarray:
     """[examples, dim]: `fn(rows)`'s features of every example (zeros for one with no trained token), a batch at a
-    time, a progress bar over the examples; `parts`: a directory where each chunk of CHUNK_BATCHES batches is written
-    as it is made and read back when there (a preempted pass goes on)."""
+    time (`rows_of`'s, in `groups`: the devices a batch splits over), a progress bar over the examples; `parts`: a
+    directory where each chunk of CHUNK_BATCHES batches is written as it is made and read back when there (a
+    preempted pass goes on)."""
     from instructjax.core import progress
 
     trained = [i for i, ex in enumerate(examples) if np.asarray(ex["loss_mask"])[1:].any()]
     out = np.zeros((len(examples), dim), np.float32)
-    groups = batches([examples[i] for i in trained], batch, order)
-    tag = "" if order == "length" else f"{order}-"  # a part holds its batches' examples: another order's are others
+    ranked = batches([examples[i] for i in trained], batch)
     bar = progress.bar(total=len(trained), desc=desc, unit="example", disable=not hosts.is_first())  # host 0 says
     try:
-        for chunk in range(0, len(groups), CHUNK_BATCHES):
-            part = storage.join(parts, f"part-{tag}{chunk // CHUNK_BATCHES:05d}.npy") if parts else None
-            done = [trained[i] for group in groups[chunk : chunk + CHUNK_BATCHES] for i in group]
+        for chunk in range(0, len(ranked), CHUNK_BATCHES):
+            part = storage.join(parts, f"part-{chunk // CHUNK_BATCHES:05d}.npy") if parts else None
+            done = [trained[i] for group in ranked[chunk : chunk + CHUNK_BATCHES] for i in group]
             if part is not None and _there(part):
                 made = _load(part)
                 bar.update(len(done))
             else:
                 made = []
-                for group in groups[chunk : chunk + CHUNK_BATCHES]:
-                    made.append(fn(rows_of([examples[trained[i]] for i in group], batch))[: len(group)])
+                for group in ranked[chunk : chunk + CHUNK_BATCHES]:
+                    made.append(fn(rows_of([examples[trained[i]] for i in group], batch, groups))[: len(group)])
                     bar.update(len(group))
                 made = np.concatenate(made)
                 if part is not None:
@@ -258,7 +248,7 @@ def compute(examples: list[dict], fn: Callable, batch: int, parts: str | None = 
 
 
 def features_at(directory: str, warm: less.WarmupStep, name: str, examples: list[dict], fn: Callable, dim: int,
-                batch: int, *, resumable: bool) -> np.ndarray:
+                batch: int, *, resumable: bool, groups: int = 1) -> np.ndarray:
     """DIR/features/ckpt-N/NAME.npy of warm-up step N (`fn`: `feature_fn`'s): read when there, else made (see the
     module doc) and written."""
     where = storage.join(directory, "features", f"ckpt-{warm.step}")
@@ -267,7 +257,7 @@ def features_at(directory: str, warm: less.WarmupStep, name: str, examples: list
         return _load(path)
     parts = storage.join(where, name) if resumable else None
     made = compute(examples, lambda rows: fn(warm, rows), batch, parts, dim, f"less features ckpt-{warm.step} {name}",
-                   batch_order(warm.model))
+                   groups)
     _save(path, made)
     if parts is not None and hosts.is_first():
         storage.remove_tree(parts)

@@ -10,10 +10,11 @@ examples a device. Per device, for a LoRA of `D` trained values and a projection
                them), the warm-up step's two Adam moments whole (2 D float32), the projection matrix where it is kept
                (D k float32, at most MATRIX_BYTES) and every example's features (the batch x k float32)
     layers     each layer's saved input (the model's `remat`: `memory.activation_bytes`)
+    copies     each example's own copy of what trains, b D (its hidden states made by it: `less.gradients`)
     gradients  each example's gradient, b D float32 (its features made and projected a block at a time beside it:
                `less.features_projected`)
-    loss       the logits (s b V in the compute dtype and float32: the head runs at the trained tokens, at most
-               all s), the output head and one layer's weight matrices gathered whole (compute dtype)
+    loss       the logits (s b V in the compute dtype and float32: the head runs at a device's trained tokens, at
+               most all b s), the output head and one layer's weight matrices gathered whole (compute dtype)
 
 Checked against XLA:TPU's buffers of the pass for LLaMA-2-7B with LESS's LoRA on a v4-64 and a v5e-16
 (benchmarks/RESULTS.md, tests/train/test_less_plan.py).
@@ -119,6 +120,7 @@ def feature_memory(model, settings, rows: int, d: int, topology: Topology) -> di
         "matrix": d * k * 4 if store.keeps_matrix(d, less.Projection(k)) else 0,
         "features": rows * k * 4,
         "layers": acts["saved"],
+        "copies": b * d * stored,
         "gradients": b * d * 4,
         "logits": (c + 4 if c < 4 else c) * s * b * v,
         "gathered": c * (v * h + store.layer_values(model)),
@@ -160,7 +162,9 @@ def compile_features(config: RunConfig, topology: Topology) -> FeaturePlan:
     moment = shaped((plan.trained,), jnp.float32, whole)
     matrix = shaped((plan.trained, settings.dim), jnp.float32, whole) if plan.kept_matrix else None
     examples = {name: shaped((rows, settings.max_length), jnp.float32 if name == "loss_weights" else jnp.int32, batch)
-                for name in ("tokens", "targets", "loss_weights", "segment_ids", "positions", "trained_at")}
+                for name in ("tokens", "targets", "loss_weights", "segment_ids", "positions")}
+    examples |= {name: shaped((topology.devices, rows // topology.devices * settings.max_length), jnp.int32, batch)
+                 for name in less.HEAD_ROWS}  # every token trained, at most
     start = time.perf_counter()
     compiled = program.lower(params, moment, moment, matrix, examples).compile()
     stats = compiled.memory_analysis()

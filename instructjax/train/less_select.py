@@ -294,9 +294,9 @@ def run(pool: list[dict], target: list[dict], labels: list[str], settings: LessS
         programs = programs or [store.feature_fn(warm.model, kind, projection, mesh)  # one per kind, every step's
                                 for kind in (settings.gradient_type, "sgd")]
         pool_features.append(store.features_at(directory, warm, names[0], pool, programs[0], settings.dim, batch,
-                                               resumable=True))
+                                               resumable=True, groups=len(devices)))
         target_features.append(store.features_at(directory, warm, names[1], target, programs[1], settings.dim, batch,
-                                                 resumable=False))
+                                                 resumable=False, groups=len(devices)))
         weights.append(warm.lr)
         since = step
     return scores(pool_features, target_features, weights, labels, pool)

@@ -44,9 +44,10 @@ def test_a_saved_steps_moments_and_learning_rate_are_the_trainers(warmup):
 
 
 def test_the_pools_features_a_batch_at_a_time_are_each_examples_alone(warmup, monkeypatch):
-    """Batches sorted by length or by trained tokens, padded to one of four widths an octave, the output head at the
-    trained tokens alone, the projection kept whole or drawn a block at a time: each example's features as made alone
-    with the head at every position (LESS's loss), unprojected then projected by the whole matrix."""
+    """Batches sorted by length, padded to one of four widths an octave, the output head once over a batch's (or each
+    of two groups of rows') trained tokens end to end, the projection kept whole or drawn a block at a time: each
+    example's features as made alone with the head at every position (LESS's loss), unprojected then projected by the
+    whole matrix."""
     from jax.sharding import Mesh
 
     from instructjax.train import less_features as store
@@ -59,9 +60,9 @@ def test_the_pools_features_a_batch_at_a_time_are_each_examples_alone(warmup, mo
         fn = store.feature_fn(warm.model, "adam", less.Projection(16, seed=0), mesh)
         batched = store.compute(examples, lambda rows: fn(warm, rows), 3, dim=16)
         plain = store.feature_fn(warm.model, "adam", lambda feats: feats, mesh)
-        everywhere = lambda rows: {k: v for k, v in rows.items() if k != "trained_at"}  # noqa: E731
+        everywhere = lambda rows: {k: v for k, v in rows.items() if k not in less.HEAD_ROWS}  # noqa: E731
         alone = np.concatenate([plain(warm, everywhere(store.rows_of([ex], 1))) for ex in examples])
-        by_trained = store.compute(examples, lambda rows: fn(warm, rows), 3, dim=16, order="trained")
+        grouped = store.compute(examples, lambda rows: fn(warm, rows), 4, dim=16, groups=2)
         monkeypatch.setattr(store, "MATRIX_BYTES", 0)  # the matrix drawn a block at a time in every batch
         fn = store.feature_fn(warm.model, "adam", less.Projection(16, seed=0), mesh)
         streamed = store.compute(examples, lambda rows: fn(warm, rows), 3, dim=16)
@@ -69,7 +70,7 @@ def test_the_pools_features_a_batch_at_a_time_are_each_examples_alone(warmup, mo
     np.testing.assert_allclose(batched, less.project(alone, less.rademacher(dim, 16, seed=0)), atol=1e-5)
     np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(streamed, batched, atol=1e-5)
-    np.testing.assert_allclose(by_trained, batched, atol=1e-5)
+    np.testing.assert_allclose(grouped, batched, atol=1e-5)
 
 
 @pytest.mark.parametrize("kind", ["adam", "sgd", "sign"])
