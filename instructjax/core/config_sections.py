@@ -227,6 +227,14 @@ class ObjectiveSection:
     # a verifier that raises on a completion: `zero` scores it 0 and names it in a warning line (a pod's run goes on);
     # `stop`: one error line naming it, and the run stops
     verifier_errors: str = "zero"
+    # asynchronous rollouts (open-instruct's async_steps): step t trains on a rollout of the parameters after update
+    # t - 1 - async_steps (the run's first for the first steps), made while the steps before it train; 0: of the
+    # parameters after the step before it, made between the two (synchronous)
+    async_steps: int = 0
+    # the rollout engine on a mesh of its own (Tunix's disaggregated rollout, open-instruct's vLLM workers): the last
+    # rollout_devices / hosts of each host's devices, the learner on the rest, each update's parameters sent over;
+    # 0: the engine decodes on the trainer's mesh
+    rollout_devices: int = 0
     # the sampler's drift from the learner (open-instruct's names): each response token's policy loss weighed by
     # rho = pi_learner / pi_sampler clamped to [rho_clamp_lower_bound, rho_clamp_upper_bound], 0 where rho (or its
     # completion's: rho_mask_sequence_level; or the completion's mean |rho - 1|: rho_mask_tv_divergence) is outside
@@ -263,6 +271,12 @@ class ObjectiveSection:
                f"one of {ADVANTAGE_NORMALIZATIONS}, got {self.advantage_normalization!r}")
         for key in ("prompts_per_rollout", "samples_per_prompt", "response_length"):
             _check(getattr(self, key) >= 1, f"objective.{key} must be >= 1, got {getattr(self, key)}")
+        _check(self.async_steps >= 0, f"objective.async_steps must be >= 0 (0: synchronous), got {self.async_steps}")
+        _check(not self.async_steps or self.loss == "grpo", f"objective.async_steps={self.async_steps} makes rollouts "
+               f"ahead of the steps: objective.loss={self.loss} has no rollouts (grpo)")
+        _check(self.rollout_devices >= 0, f"objective.rollout_devices must be >= 0, got {self.rollout_devices}")
+        _check(not self.rollout_devices or self.loss == "grpo", f"objective.rollout_devices={self.rollout_devices} "
+               f"gives the rollout engine devices of its own: objective.loss={self.loss} has no rollouts (grpo)")
         _check(self.verifier_errors in ("zero", "stop"),
                f"objective.verifier_errors must be zero or stop, got {self.verifier_errors!r}")
         _check(not self.use_rho_correction or self.loss == "grpo", "objective.use_rho_correction weighs a rollout's "

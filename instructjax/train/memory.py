@@ -130,10 +130,12 @@ def reference_bytes(model: DecoderConfig, config: RunConfig, memory: dict[str, i
 
 def rollout_figures(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], memory: dict[str, int]) -> dict:
     """A device's bytes for generating a batch between steps (`rollout_bytes`: grpo's; 0 else), and of them the
-    engine's KV cache, kept through the steps too (`engine_cache_bytes`)."""
+    engine's KV cache, kept through the steps too (`engine_cache_bytes`; with `objective.async_steps`, beside it the
+    copy of the parameters the next rollouts are made from)."""
     objective, seq_len = objective_for(config), config.data.seq_len
+    ahead = memory["param_bytes"] if config.objective.rollouts and config.objective.async_steps else 0
     return {"rollout_bytes": objective.rollout_bytes(model, sizes, seq_len, memory),
-            "engine_cache_bytes": objective.engine_cache_bytes(model, sizes, seq_len)}
+            "engine_cache_bytes": objective.engine_cache_bytes(model, sizes, seq_len) + ahead}
 
 
 def usable_bytes(topology: Topology) -> float:

@@ -25,6 +25,7 @@ prompt once), `state`/`restore` (the prompts drawn so far), `report`; `rollout(p
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 import time
@@ -32,9 +33,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import AbstractMesh
+from jax.sharding import AbstractMesh, NamedSharding
 
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError, DataError
@@ -61,10 +63,13 @@ class Prompt:
 
 @dataclass
 class Rollout:
-    """One step's rollout: the global batch (numpy, every host's rows) and what it logs."""
+    """One step's rollout: this host's rows of the global batch (numpy), what it logs, the whole batch (every host's
+    rows) and the prompts' position after it (what `train/rollout_ahead.py` keeps)."""
 
     batch: dict[str, np.ndarray]
     metrics: dict[str, float] = field(default_factory=dict)
+    whole: dict[str, np.ndarray] = field(default_factory=dict)
+    position: int = 0
 
 
 class Rollouts:
@@ -98,7 +103,13 @@ class Rollouts:
             raise ConfigError(f"data.global_batch={data.global_batch} rows cannot hold a rollout's {self.samples} "
                               f"completions (objective.prompts_per_rollout x samples_per_prompt): set it to at least "
                               f"{self.samples}")
-        self.graphdef = self.mesh = self.token_logps = None  # `attach`
+        ahead = s.async_steps * s.prompts_per_rollout
+        if ahead > len(self.prompts):  # the rollouts made ahead would hold a prompt twice
+            raise ConfigError(f"objective.async_steps={s.async_steps}: {s.async_steps} rollouts ahead take {ahead} "
+                              f"prompts (objective.prompts_per_rollout={s.prompts_per_rollout}); data.mixture="
+                              f"{data.mixture} has {len(self.prompts)}: set it to at most "
+                              f"{len(self.prompts) // s.prompts_per_rollout}")
+        self.graphdef = self.mesh = self.token_logps = self.engine_mesh = self._engine_shardings = None  # `attach`
         self._engine: ContinuousBatcher | None = None  # `_engine_with`: one a run
         self._orders: dict[int, np.ndarray] = {}
 
@@ -125,10 +136,21 @@ class Rollouts:
         """objective.reference: cached: the reference model's parameters, whose log-probs each rollout computes."""
         self.reference = weights
 
-    def attach(self, graphdef, mesh, token_logps: Callable | None = None) -> None:
+    def attach(self, graphdef, mesh, token_logps: Callable | None = None, engine_mesh=None,
+               param_shardings=None) -> None:
         """The trained model's graph and the mesh its parameters lie on; `token_logps(params, batch)` (jitted): each
-        target's log-prob at the sampling temperature, for a cached reference."""
+        target's log-prob at the sampling temperature, for a cached reference; `engine_mesh`: the engine's own mesh
+        (`objective.rollout_devices`), the parameters laid out on it as `param_shardings` lay them on `mesh`."""
         self.graphdef, self.mesh, self.token_logps = graphdef, mesh, token_logps
+        self.engine_mesh, self._engine_shardings = engine_mesh, None
+        if engine_mesh is not None:
+            self._engine_shardings = jax.tree.map(lambda s: NamedSharding(engine_mesh, s.spec), param_shardings)
+
+    def engine_params(self, params):
+        """A copy of `params` where the engine decodes: sent to its own mesh, or copied on the trainer's."""
+        if self.engine_mesh is None:
+            return jax.tree.map(jnp.copy, params)
+        return jax.device_put(params, self._engine_shardings)
 
     # ---- a step's rollout ---------------------------------------------------------------------------------------
 
@@ -168,9 +190,13 @@ class Rollouts:
         if self.reference is not None:
             batch[REFERENCE] = np.asarray(jax.device_get(self.token_logps(self.reference, _on_mesh(batch, self.mesh))),
                                           np.float32) * (batch["segment_ids"] > 0)
+        return Rollout(self.mine(batch), metrics, batch, self.drawn)
+
+    def mine(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """This host's rows of a global batch."""
         rows = len(batch["tokens"]) // self.process_count
         mine = slice(self.process_index * rows, (self.process_index + 1) * rows)
-        return Rollout({k: v[mine] for k, v in batch.items()}, metrics)
+        return {k: v[mine] for k, v in batch.items()}
 
     def _scored(self, prompt: Prompt, text: str, position: int, sample: int) -> float:
         """`prompt`'s verifier's score of `text`, sample `sample` of the run's prompt number `position`: a function
@@ -195,11 +221,12 @@ class Rollouts:
         completions (prompt ids, response ids, advantage, task) and the rollout's metrics."""
         s = self.section
         start = time.perf_counter()
-        engine = self._engine_with(params)
         prompts = [self.prompts[i] for i in chosen for _ in range(s.samples_per_prompt)]
         sampling = Sampling(max_new_tokens=s.response_length, temperature=s.temperature, top_p=1.0,
                             seed=int(np.random.default_rng([self.config.seed, ROLLOUT_STREAM, first]).integers(2**31)))
-        drawn = engine.generate([list(p.ids) for p in prompts], sampling, self.stop_ids, with_logps=True)
+        with jax.set_mesh(self.engine_mesh) if self.engine_mesh is not None else contextlib.nullcontext():
+            drawn = self._engine_with(params).generate([list(p.ids) for p in prompts], sampling, self.stop_ids,
+                                                       with_logps=True)
         responses, sampled = [ids for ids, _ in drawn], [logps for _, logps in drawn]
         seconds = time.perf_counter() - start
         samples = s.samples_per_prompt
@@ -230,16 +257,19 @@ class Rollouts:
         """The run's engine (made on the first rollout: its compiled fill and decode steps and its slots' cache live
         as long as the run) decoding with `params`, the policy as it stands: the trainer's arrays themselves (with
         `model.scan_layers`, each layer sliced from them: a copy `plan` counts)."""
+        if self.engine_mesh is not None:  # each update's parameters sent over (a no-op for ones made there)
+            params = jax.device_put(params, self._engine_shardings)
         with jax.sharding.use_abstract_mesh(AbstractMesh((), ())):  # its layers as a list: placeholders, then these
             policy = nnx.merge(self.graphdef, params)
             if self._engine is None:
-                self._engine = ContinuousBatcher(policy, slots=self._slots(), mesh=self.mesh)
+                self._engine = ContinuousBatcher(policy, slots=self._slots(), mesh=self.engine_mesh or self.mesh)
             else:
                 self._engine.load(policy)
         return self._engine
 
     def _slots(self) -> int:
-        shards = 1 if self.mesh is None else self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        mesh = self.engine_mesh or self.mesh
+        shards = 1 if mesh is None else mesh.shape["data"] * mesh.shape["fsdp"]
         return GRPO(self.config).slots(shards)
 
 

@@ -38,6 +38,7 @@ from instructjax.core import hosts, progress, runlock, sharding, stopping, stora
 from instructjax.core.config import RunConfig, to_dict
 from instructjax.core.errors import ConfigError, InstructJaxError
 from instructjax.core.run_identity import training_digest
+from instructjax.data.batches.pipeline import IteratorState
 from instructjax.model.config import runs_only_keys
 from instructjax.train import memory, optim, reweighting
 from instructjax.train import setup as run_setup
@@ -54,6 +55,8 @@ from instructjax.train.reference import prepare, start_base, starting_params
 from instructjax.train.resolution import PIPELINE, resolve
 from instructjax.train.resume import read_resume, restore, save_step
 from instructjax.train.rollout import open_rollouts, reference_logps
+from instructjax.train.rollout_ahead import RolloutsAhead, read_ahead
+from instructjax.train.rollout_devices import engine_mesh, split_devices
 from instructjax.train.step import build_step
 
 
@@ -88,7 +91,7 @@ class Trainer:
         hosts.initialize(config.distributed, f"train:{config.run_dir}", process)  # the hosts tokenize together
         self.resume = resume
         self.run_dir = storage.path(config.run_dir)
-        devices = list(jax.devices() if devices is None else devices)
+        devices, self.engine_devices = split_devices(list(jax.devices() if devices is None else devices), config)
         run_setup.check_trainable(config, len(devices), jax.process_count())  # before anything is read
         bound = resolve(config, sizes=PIPELINE).bound  # the tokenizer, the model and the data bound: nothing read yet
         storage.check_bucket(config.run_dir, "run_dir")
@@ -135,7 +138,9 @@ class Trainer:
                                 sampling)
         self.rollouts = config.objective.rollouts  # grpo: each batch a rollout of the policy as it stands
         if self.rollouts:
-            self.pipeline.attach(self.build.graphdef, self.mesh, reference_logps(self.build, self.config))
+            self.pipeline.attach(self.build.graphdef, self.mesh, reference_logps(self.build, self.config),
+                                 engine_mesh(self.engine_devices, self.config, self.model_config),
+                                 self.build.param_shardings)
         self.precompiled = saved_steps(config.compiled, devices=devices, hosts=jax.process_count(), mesh=run.mesh,
                                        build=self.build, shapes=run.step_shapes)  # (rows, length) -> a loaded step
 
@@ -164,6 +169,19 @@ class Trainer:
         finally:
             self.lock.release()
 
+    def _ahead(self, start: int) -> RolloutsAhead | None:
+        """A grpo run's rollouts made `objective.async_steps` ahead, or None (synchronous: a resumed run's rollouts
+        made ahead by a run with async_steps are dropped, said in one line)."""
+        k = self.config.objective.async_steps if self.rollouts else 0
+        if k:
+            return RolloutsAhead(self.pipeline, k, self.run_dir, self.total_steps)
+        if self.rollouts and start and (dropped := read_ahead(str(self.run_dir / "rollouts"), start, self.pipeline)):
+            if jax.process_index() == 0:
+                print(f"instructjax: warning: the {len(dropped)} rollouts made ahead of step {start} are dropped "
+                      "(objective.async_steps is 0: each step's rollout is made from the parameters before it)",
+                      file=sys.stderr, flush=True)
+        return None
+
     def _train(self, stop_at: int | None) -> TrainResult:
         primary = jax.process_index() == 0
         params, opt_state, start, tokens, saved_window = self.init_state()
@@ -186,6 +204,8 @@ class Trainer:
         last = min(stop_at or self.total_steps, self.total_steps)
         bar = progress.bar(total=self.total_steps, initial=start, disable=not primary, desc="train", unit="step")
         batches = None if self.rollouts else iter(self.pipeline)
+        ahead = self._ahead(start)  # grpo with objective.async_steps: rollouts made k steps ahead
+
 
         def next_batch(params):  # (the step's batch on the mesh, the position after it, its rollout's metrics)
             if self.rollouts:
@@ -211,13 +231,22 @@ class Trainer:
             with preemption.listening(), jax.set_mesh(self.mesh), memory.memory_errors(self.out_of_memory):
                 self.schedule(start)  # its ops compiled here, not in the wall time of the second step
                 compile_steps(self.build, self.step_shapes, self.precompiled, params, opt_state, reference)
-                if start < last:
+                if start < last and ahead:
+                    ahead.begin(start, params)
+                elif start < last:
                     batch, position, made = next_batch(params)
                 clock = time.perf_counter()  # a step's wall time ends when its outputs are ready
                 for step in range(start + 1, last + 1):
+                    if ahead:  # this step's rollout, made k steps ago; the parameters it starts from kept
+                        taken = ahead.take(step, params)
+                        batch, made = on_mesh(taken.batch, self.build.batch_sharding), taken.metrics
+                        snapshot = ahead.snapshot(params)
                     params, opt_state, metrics = step_fn(params, opt_state, batch)
                     rollout = made
-                    if step < last:  # the next batch is made while this step runs (a rollout: from its outputs)
+                    if ahead:  # step + k's rollout made while this step runs, from the parameters it started from
+                        ahead.after(step, snapshot)
+                        position = following = IteratorState(ahead.position(), 0, 0)
+                    elif step < last:  # the next batch is made while this step runs (a rollout: from its outputs)
                         batch, following, made = next_batch(params)
                     jax.block_until_ready(metrics)
                     now = time.perf_counter()
@@ -226,6 +255,8 @@ class Trainer:
                     result.preempted = preemption.should_stop(step)
                     if step % self.config.checkpoint.every == 0 or step == last or result.preempted:
                         logger.sync()  # the metrics kept never lag behind a saved step
+                        if ahead:  # before the checkpoint: a step saved never lacks them
+                            ahead.save(step, self.checkpointer.manager.all_steps())
                         self.save(step, params, opt_state, tokens, position, window)
                     if result.preempted:
                         break

@@ -264,6 +264,13 @@ def test_plan_counts_what_a_rollout_allocates_and_the_reference():
     (["objective.response_length=60"], "it needs rows of"),
     (["objective.samples_per_prompt=1"], "objective.samples_per_prompt=1: grpo's advantage is a completion's reward "
                                          "against its prompt's other samples"),
+    (["objective.async_steps=-1"], "objective.async_steps must be >= 0 (0: synchronous), got -1"),
+    (["objective.async_steps=1000"], "objective.async_steps=1000: 1000 rollouts ahead take 2000 prompts "
+                                     "(objective.prompts_per_rollout=2); data.mixture=verifiable_builtin has"),
+    (["objective.rollout_devices=8"], "objective.rollout_devices=8: the engine takes the same share of each of the 1 "
+                                      "hosts' 8 devices and leaves each some to learn on: at most 7, a multiple of 1"),
+    (["objective.loss=sft", "data.mixture=alpaca_builtin", "objective.async_steps=1"],
+     "objective.async_steps=1 makes rollouts ahead of the steps: objective.loss=sft has no rollouts (grpo)"),
 ])
 def test_a_grpo_run_that_cannot_be_is_one_line(tmp_path, capsys, overrides, expected):
     """Bad input, one line and exit 2: grpo on a task that is not verifiable, another objective on verifiable prompts,

@@ -225,9 +225,10 @@ IFEVAL_DRAWN = repr([json.dumps({"instruction_id": ["length_constraints:number_w
 
 def test_grpo_preempted_mid_run_on_two_hosts_resumes_as_one_process_runs(tmp_path):
     """GRPO (issue 69) through the real CLI on 2 processes: each host runs the same rollout (the engine on the
-    trainer's mesh, its slots over both hosts' devices) and trains its rows of it; SIGTERM after step 1 (both save
-    the step they agree on and exit 75, the next step's rollout already drawn), resumed on 1 process (the torn test
-    resumes on 2): every step's loss and rollout scores are one process's uninterrupted run's. Half the prompts'
+    trainer's mesh, its slots over both hosts' devices) and trains its rows of it, made a step ahead (issue 81's
+    `objective.async_steps: 1`); SIGTERM after step 1 (both save the step they agree on, host 0 the rollout made ahead
+    of it, and exit 75), resumed on 1 process (the torn test resumes on 2): every step's loss and rollout scores are
+    one process's uninterrupted run's. Half the prompts'
     verifier is the user's own (`imports:`), half are IFEvalG's word count with its kwargs null (the relation and the
     count drawn at random for each completion, issue 81's pure rewards: each host and the resumed run draw alike)."""
     from instructjax.data.sources.synthetic import synthetic_rows
@@ -244,7 +245,8 @@ def test_grpo_preempted_mid_run_on_two_hosts_resumes_as_one_process_runs(tmp_pat
                       f"      data_files: [{rows.parent}]\n")
     args = [*BASE, "data.mixture=parity_prompts", "data.seq_len=64", "data.global_batch=8", "objective.loss=grpo",
             "objective.prompts_per_rollout=4", "objective.samples_per_prompt=2", "objective.response_length=6",
-            "objective.temperature=1.0", "objective.reference=live", "max_steps=3", "checkpoint.every=1000"]
+            "objective.temperature=1.0", "objective.reference=live", "objective.async_steps=1", "max_steps=3",
+            "checkpoint.every=1000"]
     run_dir = tmp_path / "multi"
     results = wait(launch(2, run_dir, args, config=config, env_extra={"FAULT_SIGTERM_AFTER_STEP": "1"}))
     assert all(rc == 75 for rc, _ in results), [err[-2000:] for _, err in results]
