@@ -126,6 +126,8 @@ def compiled(args, config) -> int:
         raise ConfigError("--compile builds the step for a TPU slice (--topology v4-64, v5e-8, ...) or, without "
                           "--topology, for this machine; not for --gpus")
     topology = tpu_topology(args.topology) if args.topology else local_topology()
+    if config.objective.rollouts and config.objective.rollout_devices:
+        return compiled_apart(args, config, topology)
     report = compile_run(config, topology, name=args.config, real_data=args.real_data,
                          save_executable=args.save_executable, packed=args.packed)
     print(json.dumps(report.to_dict(), indent=2) if args.json else format_report(report))
@@ -165,3 +167,36 @@ def compiled_eval(args, config) -> int:
     print(json.dumps({"plan": plan.to_dict(), "steps": [dataclasses.asdict(s) for s in steps]}, indent=2)
           if args.json else format_compiled(plan, steps))
     return 0 if plan.fits else 1
+
+
+def compiled_apart(args, config, topology) -> int:
+    """`plan --compile` of a grpo run whose rollout engine has devices of its own (`objective.rollout_devices`): the
+    update step built for the learner's part of the slice, the engine's fill and decode steps for the other part
+    (its own fsdp mesh), and whether each fits; exit 1 where one does not."""
+    from instructjax.cli.plan_eval import compile_eval, format_compiled
+    from instructjax.train.compile import compile_run, does_not_fit, format_report
+    from instructjax.train.rollout_devices import split_topology
+
+    if not topology.shape or args.packed or args.save_executable:
+        raise ConfigError("plan --compile with objective.rollout_devices builds both parts for a TPU slice "
+                          "(--topology v5e-32, ...), without --packed or --save-executable")
+    part = (f"objective.rollout_devices={config.objective.rollout_devices}: XLA:TPU builds no program over part of a "
+            f"{topology.name} (its chips' ICI routing is limited): there the engine needs a slice of its own")
+    if topology.generation in ("v5e", "v6e") and topology.hosts > 1:  # refused (v5e-32), or libtpu aborts (v5e-16)
+        raise ConfigError(part)
+    learner, engine = split_topology(topology, config)
+    try:
+        report = compile_run(config, learner, name=args.config, real_data=args.real_data)
+        plan, steps = compile_eval(dataclasses.replace(config, mesh="auto"), engine, rollout=True)
+    except Exception as e:  # XLA:TPU's refusal of a program over part of a slice whose ICI routing is limited (v5e)
+        if "should include all slice devices" not in str(e):
+            raise
+        raise ConfigError(part) from None
+    if args.json:
+        print(json.dumps({"learner": report.to_dict(), "engine": {
+            "plan": plan.to_dict(), "steps": [dataclasses.asdict(s) for s in steps]}}, indent=2))
+    else:
+        print(f"{format_report(report)}\n{engine.name}\n{format_compiled(plan, steps)}")
+    if not report.fits:
+        print(f"instructjax: {does_not_fit(report)}", file=sys.stderr, flush=True)
+    return 0 if report.fits and plan.fits else 1

@@ -126,10 +126,10 @@ def slice_devices(topology: Topology) -> list:
         raise ConfigError(f"libtpu cannot describe {topology.name} ({topology.libtpu_name}): "
                           f"{' '.join(str(e).split())[:200]}") from None
     devices = list(desc.devices)
-    if len(devices) != topology.devices:
+    if len(topology.part or devices) != topology.devices:
         raise ConfigError(f"libtpu describes {topology.name} with {len(devices)} devices, plan counts "
                           f"{topology.devices}")
-    return devices
+    return [devices[i] for i in topology.part] if topology.part else devices
 
 
 def program_figures(text: str) -> tuple[int, dict[str, dict[str, int]]]:

@@ -131,9 +131,11 @@ def reference_bytes(model: DecoderConfig, config: RunConfig, memory: dict[str, i
 def rollout_figures(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], memory: dict[str, int]) -> dict:
     """A device's bytes for generating a batch between steps (`rollout_bytes`: grpo's; 0 else), and of them the
     engine's KV cache, kept through the steps too (`engine_cache_bytes`; with `objective.async_steps`, beside it the
-    copy of the parameters the next rollouts are made from)."""
-    objective, seq_len = objective_for(config), config.data.seq_len
-    ahead = memory["param_bytes"] if config.objective.rollouts and config.objective.async_steps else 0
+    copy of the parameters the next rollouts are made from; none with the engine on devices of its own)."""
+    objective, seq_len, s = objective_for(config), config.data.seq_len, config.objective
+    if s.rollout_devices:  # the engine's devices' bytes: GRPO.engine_mesh_bytes
+        return {"rollout_bytes": 0, "engine_cache_bytes": 0}
+    ahead = memory["param_bytes"] if s.rollouts and s.async_steps else 0
     return {"rollout_bytes": objective.rollout_bytes(model, sizes, seq_len, memory),
             "engine_cache_bytes": objective.engine_cache_bytes(model, sizes, seq_len) + ahead}
 

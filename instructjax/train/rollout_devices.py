@@ -30,6 +30,24 @@ def split_devices(devices: list, config: RunConfig) -> tuple[list, list]:
     return learner, engine
 
 
+def split_topology(topology, config: RunConfig) -> tuple:
+    """(the learner's part of TPU slice `topology`, the rollout engine's): `split_devices` of its devices as libtpu
+    describes them, each part a `Topology` of its own (`part`: its devices' positions in the slice)."""
+    import dataclasses
+
+    from instructjax.train.compile import slice_devices
+
+    devices = slice_devices(topology)
+    learner, engine = split_devices(devices, config)
+    position = {d.id: i for i, d in enumerate(devices)}
+
+    def part(chosen: list, what: str):
+        return dataclasses.replace(topology, name=f"{topology.name} ({what}: {len(chosen)} devices)",
+                                   devices=len(chosen), part=tuple(position[d.id] for d in chosen))
+
+    return part(learner, "learner"), part(engine, "rollout engine")
+
+
 def engine_mesh(devices: list, config: RunConfig, model):
     """The rollout engine's own mesh over `devices` (fsdp over them all; None for none), one line where a device of
     it cannot hold the engine's share (`GRPO.engine_mesh_bytes`)."""

@@ -45,6 +45,7 @@ class Topology:
     shape: tuple[int, ...] = ()
     chip_config: str = ""
     host_bounds: tuple[int, int, int] = (1, 1, 1)
+    part: tuple[int, ...] = ()  # a part of the slice (a grpo run's learner or rollout engine): its devices' positions
 
     @property
     def libtpu_name(self) -> str:

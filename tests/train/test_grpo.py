@@ -455,3 +455,25 @@ def test_rho_weights_and_metrics_are_open_instructs(case):
     weights2, _ = rho_correction(*(jnp.asarray(packed(x)) for x in (new, sampler, mask, advantages)),
                                  jnp.asarray(two), section)
     np.testing.assert_allclose(np.asarray(weights2)[0], np.concatenate(np.asarray(weights)[:2]), rtol=1e-6)
+
+
+def test_plan_compiles_each_half_of_a_run_whose_engine_has_devices_of_its_own(capsys):
+    """`plan --compile` with `objective.rollout_devices`: on a v4-8 (4 chips, 1 host) the update step built for the
+    learner's 2 chips and the engine's fill and decode steps for the other 2, each half's fit said; a v5e slice of
+    several hosts, whose compiler builds no program over part of it (v5e-32 refuses, libtpu aborts on a v5e-16), is
+    one line (exit 2)."""
+    import json
+
+    from instructjax import cli
+
+    argv = ["plan", "--config", "/dev/null", "--compile", "model.preset=tiny", "data.seq_len=128",
+            "data.mixture=verifiable_builtin", "data.global_batch=8", "objective.loss=grpo",
+            "objective.prompts_per_rollout=2", "objective.samples_per_prompt=4", "objective.rollout_devices=2"]
+    assert cli.main([*argv, "--topology", "v4-8", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["learner"]["devices"] == 2 and report["learner"]["fits"]
+    assert report["engine"]["plan"]["mesh"]["fsdp"] == 2 and [s["step"] for s in report["engine"]["steps"]] == [
+        "fill", "decode"]
+    assert cli.main([*argv[:-1], "objective.rollout_devices=8", "--topology", "v5e-16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "XLA:TPU builds no program over part of a v5e-16" in err, err
