@@ -20,7 +20,8 @@ carrying its completion's advantage; with `objective.reference: cached`, the ref
 here by one forward pass of the reference model).
 
 It stands in for the run's data pipeline (`Trainer(pipeline=...)`): `task_names`, `plan_epoch` (an epoch: every
-prompt once), `state`/`restore` (the prompts drawn so far), `report`; `rollout(params)` makes the next batch.
+prompt once), `state`/`restore` (the prompts drawn so far), `report`, `batch_source` (the loop's batches:
+data/batches/source.py); `rollout(params)` makes the next rollout.
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError, DataError
 from instructjax.data.batches.packing import REFERENCE, empty_rows, pack_segments
 from instructjax.data.batches.pipeline import EpochPlan, IteratorState
+from instructjax.data.batches.source import Batch
 from instructjax.model.batching import ContinuousBatcher, Sampling
 from instructjax.train.objectives.grpo import ADVANTAGES, GRPO, SAMPLER, group_advantages
 
@@ -62,12 +64,10 @@ class Prompt:
 
 
 @dataclass
-class Rollout:
+class Rollout(Batch):
     """One step's rollout: this host's rows of the global batch (numpy), what it logs, the whole batch (every host's
     rows) and the prompts' position after it (what `train/rollout_ahead.py` keeps)."""
 
-    batch: dict[str, np.ndarray]
-    metrics: dict[str, float] = field(default_factory=dict)
     whole: dict[str, np.ndarray] = field(default_factory=dict)
     position: int = 0
 
@@ -131,6 +131,14 @@ class Rollouts:
                 f"{s.prompts_per_rollout} prompts x {s.samples_per_prompt} samples, temperature {s.temperature:g}, up "
                 f"to {s.response_length} new tokens, packed into {self.config.data.global_batch} rows of "
                 f"{self.config.data.seq_len}", *self.skipped]
+
+    def batch_source(self, run_dir, total_steps: int, place):
+        """The run's batches (`data.batches.source`): each step's rollout made while the step before runs, from its
+        parameters; with `async_steps` k, k steps ahead (train/rollout_ahead.py); placed on the mesh by `place`."""
+        from instructjax.train.rollout_ahead import RolloutsAhead, RolloutsBetweenSteps
+
+        k = self.section.async_steps
+        return RolloutsAhead(self, k, run_dir, total_steps, place) if k else RolloutsBetweenSteps(self, run_dir, place)
 
     def use_reference(self, weights) -> None:
         """objective.reference: cached: the reference model's parameters, whose log-probs each rollout computes."""

@@ -23,18 +23,21 @@ import sys
 import numpy as np
 
 from instructjax.core import hosts, storage
+from instructjax.data.batches.pipeline import IteratorState
+from instructjax.data.batches.source import MadeBetweenSteps
 from instructjax.train.rollout import Rollout, Rollouts
 
 
 class RolloutsAhead:
     """A grpo run's rollouts made `k` steps ahead (see the module doc), over its `Rollouts`."""
 
-    def __init__(self, rollouts: Rollouts, k: int, run_dir, total_steps: int):
-        self.rollouts, self.k, self.total_steps = rollouts, k, total_steps
+    def __init__(self, rollouts: Rollouts, k: int, run_dir, total_steps: int, place):
+        self.rollouts, self.k, self.total_steps, self.place = rollouts, k, total_steps, place
         self.folder = storage.join(str(run_dir), "rollouts")
         self.made: dict[int, tuple[Rollout, int]] = {}  # step -> (its rollout, the update its parameters are of)
+        self.snapshot = None  # the parameters the step in flight started from, where the engine decodes
 
-    def begin(self, start: int, params) -> None:
+    def begin(self, start: int, last: int, params) -> None:
         """Before step `start` + 1: the rollouts of steps start + 1 .. start + k, made from `params` (a fresh run's) or
         read back from the saved step `start`'s file (a resumed run's; made from `params` where it is missing)."""
         if start:
@@ -46,10 +49,13 @@ class RolloutsAhead:
         for step in range(start + 1, min(start + self.k, self.total_steps) + 1):
             if step not in self.made:
                 self.made[step] = (self.rollouts.rollout(params), start)
+        for rollout, _ in self.made.values():
+            rollout.rows = self.place(rollout.rows)
 
     def take(self, step: int, params) -> Rollout:
         """Step `step`'s rollout, its staleness among its metrics; one older than k is dropped and made anew from
-        `params` (update `step` - 1)."""
+        `params` (update `step` - 1). A copy of `params` is kept where the engine decodes (the step donates them)."""
+        self.snapshot = self.rollouts.engine_params(params)
         rollout, version = self.made.pop(step)
         if step - 1 - version > self.k:
             if self.rollouts.process_index == 0:
@@ -57,23 +63,23 @@ class RolloutsAhead:
                       f" {step - 1 - version} updates old (objective.async_steps={self.k}): dropped, made anew from "
                       f"update {step - 1}'s", file=sys.stderr, flush=True)
             rollout, version = self.rollouts.rollout(params), step - 1
-            rollout.metrics["rollout/dropped"] = 1.0
+            rollout.rows, rollout.metrics["rollout/dropped"] = self.place(rollout.rows), 1.0
         age = step - 1 - version
         rollout.metrics |= {"rollout/staleness": float(age), f"rollout/staleness_{age}": 1.0}  # a window's: a histogram
         return rollout
 
-    def snapshot(self, params):
-        """A copy of `params` where the engine decodes (the step about to run donates them)."""
-        return self.rollouts.engine_params(params)
-
-    def after(self, step: int, snapshot) -> None:
-        """Step `step` dispatched: make step `step` + k's rollout from `snapshot` (update `step` - 1's parameters)."""
+    def after(self, step: int, params) -> None:
+        """Step `step` dispatched: make step `step` + k's rollout from the copy of the parameters it started from
+        (update `step` - 1's)."""
+        snapshot, self.snapshot = self.snapshot, None
         if step + self.k <= self.total_steps:
-            self.made[step + self.k] = (self.rollouts.rollout(snapshot), step - 1)
+            rollout = self.rollouts.rollout(snapshot)
+            rollout.rows = self.place(rollout.rows)  # sent while the step runs
+            self.made[step + self.k] = (rollout, step - 1)
 
-    def position(self) -> int:
+    def position(self, step: int) -> IteratorState:
         """The prompts drawn so far (by the rollouts made ahead too): what a checkpoint saves beside them."""
-        return self.rollouts.drawn
+        return IteratorState(self.rollouts.drawn, 0, 0)
 
     def save(self, step: int, kept_steps) -> None:
         """RUN_DIR/rollouts/step-S.npz: the rollouts made ahead of saved step `step` (host 0 writes, before the
@@ -105,3 +111,20 @@ def read_ahead(folder: str, step: int, rollouts: Rollouts) -> dict[int, tuple[Ro
             whole = {k.split("/", 1)[1]: saved[k] for k in saved.files if k.startswith(f"{later}/")}
             made[int(later)] = (Rollout(rollouts.mine(whole), m["metrics"], whole, m["position"]), m["version"])
     return made
+
+
+class RolloutsBetweenSteps(MadeBetweenSteps):
+    """`async_steps: 0`: each step's rollout made while the step before runs, from its outputs; a resumed run's
+    rollouts made ahead by a run with async_steps are dropped, said in one line."""
+
+    def __init__(self, rollouts: Rollouts, run_dir, place):
+        super().__init__(rollouts.rollout, lambda: rollouts.state, place)
+        self.rollouts, self.folder = rollouts, storage.join(str(run_dir), "rollouts")
+
+    def begin(self, start: int, last: int, params) -> None:
+        dropped = read_ahead(self.folder, start, self.rollouts) if start else None
+        if dropped and self.rollouts.process_index == 0:
+            print(f"instructjax: warning: the {len(dropped)} rollouts made ahead of step {start} are dropped "
+                  "(objective.async_steps is 0: each step's rollout is made from the parameters before it)",
+                  file=sys.stderr, flush=True)
+        super().begin(start, last, params)

@@ -38,7 +38,6 @@ from instructjax.core import hosts, progress, runlock, sharding, stopping, stora
 from instructjax.core.config import RunConfig, to_dict
 from instructjax.core.errors import ConfigError, InstructJaxError
 from instructjax.core.run_identity import training_digest
-from instructjax.data.batches.pipeline import IteratorState
 from instructjax.model.config import runs_only_keys
 from instructjax.train import memory, optim, reweighting
 from instructjax.train import setup as run_setup
@@ -55,7 +54,6 @@ from instructjax.train.reference import prepare, start_base, starting_params
 from instructjax.train.resolution import PIPELINE, resolve
 from instructjax.train.resume import read_resume, restore, save_step
 from instructjax.train.rollout import open_rollouts, reference_logps
-from instructjax.train.rollout_ahead import RolloutsAhead, read_ahead
 from instructjax.train.rollout_devices import engine_mesh, split_devices
 from instructjax.train.step import build_step
 
@@ -84,8 +82,8 @@ class Trainer:
                  pipeline=None, process: stopping.ProcessHandles = stopping.PROCESS):
         """`accept_changes`: resume although the config changes what the run trains (`resume.check_unchanged`);
         `devices`: the mesh's devices (default all); `pipeline`: a stand-in for the config's DataPipeline (iteration,
-        state, restore, task_names, report, use_reference, stream, plan_epoch; plan_steps for per_step; a grpo run's
-        `rollout(params)` in place of the iteration: train/rollout.py); `process`: the process's signal listener and
+        state, restore, task_names, report, use_reference, stream, plan_epoch, `batch_source` (data/batches/source.py);
+        plan_steps for per_step; a grpo run's: train/rollout.py); `process`: the process's signal listener and
         stderr relay (`core.stopping.ProcessHandles`), held here and passed to the hosts and the preemption watch."""
         self.process = process
         hosts.initialize(config.distributed, f"train:{config.run_dir}", process)  # the hosts tokenize together
@@ -169,19 +167,6 @@ class Trainer:
         finally:
             self.lock.release()
 
-    def _ahead(self, start: int) -> RolloutsAhead | None:
-        """A grpo run's rollouts made `objective.async_steps` ahead, or None (synchronous: a resumed run's rollouts
-        made ahead by a run with async_steps are dropped, said in one line)."""
-        k = self.config.objective.async_steps if self.rollouts else 0
-        if k:
-            return RolloutsAhead(self.pipeline, k, self.run_dir, self.total_steps)
-        if self.rollouts and start and (dropped := read_ahead(str(self.run_dir / "rollouts"), start, self.pipeline)):
-            if jax.process_index() == 0:
-                print(f"instructjax: warning: the {len(dropped)} rollouts made ahead of step {start} are dropped "
-                      "(objective.async_steps is 0: each step's rollout is made from the parameters before it)",
-                      file=sys.stderr, flush=True)
-        return None
-
     def _train(self, stop_at: int | None) -> TrainResult:
         primary = jax.process_index() == 0
         params, opt_state, start, tokens, saved_window = self.init_state()
@@ -203,15 +188,8 @@ class Trainer:
             window.load(saved_window)
         last = min(stop_at or self.total_steps, self.total_steps)
         bar = progress.bar(total=self.total_steps, initial=start, disable=not primary, desc="train", unit="step")
-        batches = None if self.rollouts else iter(self.pipeline)
-        ahead = self._ahead(start)  # grpo with objective.async_steps: rollouts made k steps ahead
-
-
-        def next_batch(params):  # (the step's batch on the mesh, the position after it, its rollout's metrics)
-            if self.rollouts:
-                made = self.pipeline.rollout(params)
-                return on_mesh(made.batch, self.build.batch_sharding), self.pipeline.state, made.metrics
-            return on_mesh(next(batches), self.build.batch_sharding), self.pipeline.state, None
+        source = self.pipeline.batch_source(self.run_dir, self.total_steps,  # data.batches.source
+                                            lambda rows: on_mesh(rows, self.build.batch_sharding))
 
         def finish(step, metrics, seconds, rollout):
             nonlocal tokens
@@ -231,37 +209,24 @@ class Trainer:
             with preemption.listening(), jax.set_mesh(self.mesh), memory.memory_errors(self.out_of_memory):
                 self.schedule(start)  # its ops compiled here, not in the wall time of the second step
                 compile_steps(self.build, self.step_shapes, self.precompiled, params, opt_state, reference)
-                if start < last and ahead:
-                    ahead.begin(start, params)
-                elif start < last:
-                    batch, position, made = next_batch(params)
+                if start < last:
+                    source.begin(start, last, params)
                 clock = time.perf_counter()  # a step's wall time ends when its outputs are ready
                 for step in range(start + 1, last + 1):
-                    if ahead:  # this step's rollout, made k steps ago; the parameters it starts from kept
-                        taken = ahead.take(step, params)
-                        batch, made = on_mesh(taken.batch, self.build.batch_sharding), taken.metrics
-                        snapshot = ahead.snapshot(params)
-                    params, opt_state, metrics = step_fn(params, opt_state, batch)
-                    rollout = made
-                    if ahead:  # step + k's rollout made while this step runs, from the parameters it started from
-                        ahead.after(step, snapshot)
-                        position = following = IteratorState(ahead.position(), 0, 0)
-                    elif step < last:  # the next batch is made while this step runs (a rollout: from its outputs)
-                        batch, following, made = next_batch(params)
+                    made = source.take(step, params)
+                    params, opt_state, metrics = step_fn(params, opt_state, made.rows)
+                    source.after(step, params)  # the next batch made while this step runs
                     jax.block_until_ready(metrics)
                     now = time.perf_counter()
-                    finish(step, metrics, now - clock, rollout)
+                    finish(step, metrics, now - clock, made.metrics)
                     clock = now
                     result.preempted = preemption.should_stop(step)
                     if step % self.config.checkpoint.every == 0 or step == last or result.preempted:
                         logger.sync()  # the metrics kept never lag behind a saved step
-                        if ahead:  # before the checkpoint: a step saved never lacks them
-                            ahead.save(step, self.checkpointer.manager.all_steps())
-                        self.save(step, params, opt_state, tokens, position, window)
+                        source.save(step, self.checkpointer.manager.all_steps())  # before the checkpoint
+                        self.save(step, params, opt_state, tokens, source.position(step), window)
                     if result.preempted:
                         break
-                    if step < last:
-                        position = following
         finally:
             bar.close()
             self.checkpointer.wait()  # committed and sealed

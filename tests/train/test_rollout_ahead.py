@@ -62,7 +62,7 @@ def by_rule(config, k: int) -> dict[int, float]:
             for step in range(1, STEPS + 1):
                 made = trainer.pipeline.rollout(updates[max(0, step - 1 - k)])
                 params, opt_state, metrics = trainer.build.step(
-                    params, opt_state, on_mesh(made.batch, trainer.build.batch_sharding), *reference)
+                    params, opt_state, on_mesh(made.rows, trainer.build.batch_sharding), *reference)
                 updates.append(jax.tree.map(jnp.copy, params))
                 losses[step] = float(metrics["loss"])
     finally:

@@ -180,6 +180,20 @@ class DataPipeline:
         finally:
             stop.set()
 
+    def batch_source(self, run_dir, total_steps: int, place):
+        """The run's batches (`data.batches.source`): the next made while a step runs, from the current state on,
+        placed on the mesh by `place`."""
+        from instructjax.data.batches.source import Batch, MadeBetweenSteps
+
+        batches = None
+
+        def make(params) -> Batch:
+            nonlocal batches
+            batches = batches or iter(self)  # from the state restored
+            return Batch(next(batches))
+
+        return MadeBetweenSteps(make, lambda: self.state, place)
+
     def restore(self, state: IteratorState | np.ndarray | dict) -> None:
         """Continue from a saved state: the next batch is the one that followed it."""
         if isinstance(state, dict):
