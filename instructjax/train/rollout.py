@@ -200,6 +200,10 @@ class Rollouts:
                                           np.float32) * (batch["segment_ids"] > 0)
         return Rollout(self.mine(batch), metrics, batch, self.drawn)
 
+    def restored(self, whole: dict[str, np.ndarray], metrics: dict[str, float], position: int) -> Rollout:
+        """A rollout read back (train/rollout_ahead.py), this host's rows of its whole batch."""
+        return Rollout(self.mine(whole), metrics, whole, position)
+
     def mine(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """This host's rows of a global batch."""
         rows = len(batch["tokens"]) // self.process_count

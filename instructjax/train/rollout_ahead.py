@@ -19,13 +19,16 @@ from __future__ import annotations
 import io
 import json
 import sys
+from typing import Any
 
 import numpy as np
 
 from instructjax.core import hosts, storage
 from instructjax.data.batches.pipeline import IteratorState
-from instructjax.data.batches.source import MadeBetweenSteps
-from instructjax.train.rollout import Rollout, Rollouts
+from instructjax.data.batches.source import Batch, MadeBetweenSteps
+
+Rollouts = Any  # train/rollout.py's (which makes these sources: no import back)
+Rollout = Batch  # train/rollout.py's Rollout: a Batch with its whole batch and the position after it
 
 
 class RolloutsAhead:
@@ -109,7 +112,7 @@ def read_ahead(folder: str, step: int, rollouts: Rollouts) -> dict[int, tuple[Ro
         made = {}
         for later, m in meta.items():
             whole = {k.split("/", 1)[1]: saved[k] for k in saved.files if k.startswith(f"{later}/")}
-            made[int(later)] = (Rollout(rollouts.mine(whole), m["metrics"], whole, m["position"]), m["version"])
+            made[int(later)] = (rollouts.restored(whole, m["metrics"], m["position"]), m["version"])
     return made
 
 

@@ -54,11 +54,12 @@ def engine_mesh(devices: list, config: RunConfig, model):
     if not devices:
         return None
     from instructjax.core.sharding import make_mesh
-    from instructjax.train.memory import usable_bytes
+    from instructjax.train.memory import state_memory, usable_bytes
     from instructjax.train.topology import GIB, local_topology
 
     mesh = make_mesh({"data": 1, "fsdp": -1}, devices)
-    needed = GRPO(config).engine_mesh_bytes(model, dict(mesh.shape), config.data.seq_len)
+    sizes = dict(mesh.shape)
+    needed = GRPO(config).engine_mesh_bytes(model, sizes, config.data.seq_len, state_memory(model, sizes)["param_bytes"])
     if needed > usable_bytes(local_topology()):
         raise ConfigError(f"objective.rollout_devices={len(devices)}: the rollout engine needs about "
                           f"{needed / GIB:.1f} GiB a device on its {len(devices)} devices (its parameters, KV cache and "

@@ -15,12 +15,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from instructjax.data.batches.pipeline import IteratorState
+IteratorState = Any  # data/batches/pipeline.py's (which makes its sources from here)
 
 
 @dataclass

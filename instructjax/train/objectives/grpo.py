@@ -199,12 +199,9 @@ class GRPO(Objective):
     def rollout_bytes(self, model, sizes: dict[str, int], seq_len: int, memory: dict[str, int]) -> int:
         return sum(self.rollout_terms(model, sizes, seq_len, memory).values())
 
-    def engine_mesh_bytes(self, model, sizes: dict[str, int], seq_len: int) -> int:
-        """A device's bytes on the engine's own mesh of `sizes` (`objective.rollout_devices`): its parameters (twice
-        with `async_steps`: the next update's arrive while it decodes) and a rollout's buffers."""
-        from instructjax.train.memory import state_memory
-
-        params = state_memory(model, sizes)["param_bytes"]
+    def engine_mesh_bytes(self, model, sizes: dict[str, int], seq_len: int, params: int) -> int:
+        """A device's bytes on the engine's own mesh of `sizes` (`objective.rollout_devices`): its parameters (`params`
+        bytes a device; twice with `async_steps`: the next update's arrive while it decodes) and a rollout's buffers."""
         copies = 2 if self.section.async_steps else 1
         return copies * params + self.rollout_bytes(model, sizes, seq_len, {"param_bytes": params})
 
