@@ -16,7 +16,7 @@ RunConfig = Any  # a core.config.RunConfig (not imported: config imports this mo
 # everything below them). The model's own such fields are declared where they are defined (model.config.RUNS_ONLY)
 # and passed in by the callers (`not_training`: model.config.runs_only_keys()).
 NOT_TRAINING = ("name", "run_dir", "log_every", "mesh", "distributed", "checkpoint", "eval", "wandb", "data.prefetch",
-                "compiled", "optim.loss_chunk", "experiment")
+                "compiled", "optim.loss_chunk", "experiment", "objective.rollout_devices")
 # training keys added after runs were made, at the value that leaves training as it was: left out of the digest at
 # that value, so a run finished before the key existed stays done (at any other value they are training keys)
 ADDED_OFF = {"optim.neftune_alpha": 0.0, "objective.loss": "sft", "objective.beta": 0.1, "objective.gamma": 0.5,
@@ -29,7 +29,8 @@ ADDED_OFF = {"optim.neftune_alpha": 0.0, "objective.loss": "sft", "objective.bet
              "objective.verifier_errors": "zero", "objective.use_rho_correction": False,
              "objective.rho_clamp_lower_bound": 0.0, "objective.rho_clamp_upper_bound": 2.0,
              "objective.rho_mask_lower_bound": 0.0, "objective.rho_mask_upper_bound": 0.0,
-             "objective.rho_mask_sequence_level": False, "objective.rho_mask_tv_divergence": False}
+             "objective.rho_mask_sequence_level": False, "objective.rho_mask_tv_divergence": False,
+             "objective.async_steps": 0}  # issue 81's rollouts made ahead
 
 
 def digest(values: Any) -> str:

@@ -458,22 +458,28 @@ def test_rho_weights_and_metrics_are_open_instructs(case):
 
 
 def test_plan_compiles_each_half_of_a_run_whose_engine_has_devices_of_its_own(capsys):
-    """`plan --compile` with `objective.rollout_devices`: on a v4-8 (4 chips, 1 host) the update step built for the
-    learner's 2 chips and the engine's fill and decode steps for the other 2, each half's fit said; a v5e slice of
-    several hosts, whose compiler builds no program over part of it (v5e-32 refuses, libtpu aborts on a v5e-16), is
-    one line (exit 2)."""
-    import json
+    """`plan --compile` with `objective.rollout_devices` (`cli.plan.compiled_apart`'s parts): on a v4-8 (4 chips, 1
+    host) the update step built for the learner's 2 chips and the engine's decode step for the other 2 (its fill is
+    `plan --compile --rollout`'s, above), each fitting; a v5e slice of several hosts, whose compiler builds no program
+    over part of it (v5e-32 refuses, libtpu aborts on a v5e-16), is one line (exit 2)."""
+    import dataclasses
 
     from instructjax import cli
+    from instructjax.cli.plan_eval import compile_eval
+    from instructjax.train.compile import compile_run
+    from instructjax.train.rollout_devices import split_topology
+    from instructjax.train.topology import tpu_topology
 
-    argv = ["plan", "--config", "/dev/null", "--compile", "model.preset=tiny", "data.seq_len=128",
-            "data.mixture=verifiable_builtin", "data.global_batch=8", "objective.loss=grpo",
-            "objective.prompts_per_rollout=2", "objective.samples_per_prompt=4", "objective.rollout_devices=2"]
-    assert cli.main([*argv, "--topology", "v4-8", "--json"]) == 0
-    report = json.loads(capsys.readouterr().out)
-    assert report["learner"]["devices"] == 2 and report["learner"]["fits"]
-    assert report["engine"]["plan"]["mesh"]["fsdp"] == 2 and [s["step"] for s in report["engine"]["steps"]] == [
-        "fill", "decode"]
-    assert cli.main([*argv[:-1], "objective.rollout_devices=8", "--topology", "v5e-16"]) == 2
+    args = ["model.preset=tiny", "data.seq_len=128", "data.mixture=verifiable_builtin", "data.global_batch=8",
+            "objective.loss=grpo", "objective.prompts_per_rollout=2", "objective.samples_per_prompt=4"]
+    config = load_config(None, [*args, "objective.rollout_devices=2"])
+    learner, engine = split_topology(tpu_topology("v4-8"), config)
+    assert (learner.devices, engine.devices) == (2, 2) and set(learner.part) | set(engine.part) == {0, 1, 2, 3}
+    report = compile_run(config, learner)
+    assert report.fits and report.devices == 2 and report.shapes and all(s.xla_bytes > 0 for s in report.shapes)
+    plan, (decode,) = compile_eval(dataclasses.replace(config, mesh="auto"), engine, ("decode",), rollout=True)
+    assert plan.mesh["fsdp"] == 2 and plan.fits and decode.xla_bytes > 0
+    argv = ["plan", "--config", "/dev/null", "--compile", "--topology", "v5e-16", *args, "objective.rollout_devices=8"]
+    assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "XLA:TPU builds no program over part of a v5e-16" in err, err
