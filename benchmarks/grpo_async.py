@@ -27,7 +27,7 @@ os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")  
 sys.path.insert(0, str(Path(__file__).parent))
 
 from common import finish, parser  # noqa: E402
-from grpo_toy import MODEL, RESPONSE  # noqa: E402
+from grpo_toy import MODEL, RESPONSE, train_sft  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -45,11 +45,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     sft_dir = Path(args.sft_from) if args.sft_from else out / "sft"
     if not args.sft_from:
-        shutil.rmtree(sft_dir, ignore_errors=True)
-        Trainer(load_config(None, [*MODEL, "data.mixture=arithmetic_builtin", "data.seq_len=64",
-                                   "data.global_batch=32", "optim.lr=3e-3", "optim.epochs=100",
-                                   f"max_steps={args.sft_steps}", "log_every=50", f"run_dir={sft_dir}",
-                                   f"checkpoint.every={args.sft_steps}"])).run()
+        train_sft(sft_dir, args.sft_steps)
     mixture = out / "grpo_prompts.yaml"
     mixture.parent.mkdir(parents=True, exist_ok=True)
     mixture.write_text(f"define:\n  mixtures:\n    grpo_async_prompts:\n      mode: epoch\n      counts:\n"

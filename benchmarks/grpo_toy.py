@@ -60,6 +60,17 @@ def solve_rate(run_dir: str, prompts: list, seed: int = 7) -> float:
                                                                                           strict=True)]))
 
 
+def train_sft(sft_dir: Path, steps: int) -> None:
+    """The SFT model GRPO starts from: `steps` steps on the built-in arithmetic chats, saved in `sft_dir` (anew)."""
+    from instructjax.core.config import load_config
+    from instructjax.train.trainer import Trainer
+
+    shutil.rmtree(sft_dir, ignore_errors=True)
+    Trainer(load_config(None, [*MODEL, "data.mixture=arithmetic_builtin", "data.seq_len=64", "data.global_batch=32",
+                               "optim.lr=3e-3", "optim.epochs=100", f"max_steps={steps}", "log_every=50",
+                               f"run_dir={sft_dir}", f"checkpoint.every={steps}"])).run()
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = parser(__doc__)
     p.add_argument("--sft-steps", type=int, default=800)
@@ -80,11 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     sft_dir, grpo_dir = Path(args.sft_from) if args.sft_from else out / "sft", out / "grpo"
     started = time.perf_counter()
     if not args.sft_from:
-        shutil.rmtree(sft_dir, ignore_errors=True)
-        Trainer(load_config(None, [*MODEL, "data.mixture=arithmetic_builtin", "data.seq_len=64",
-                                   "data.global_batch=32", "optim.lr=3e-3", "optim.epochs=100",
-                                   f"max_steps={args.sft_steps}", "log_every=50", f"run_dir={sft_dir}",
-                                   f"checkpoint.every={args.sft_steps}"])).run()
+        train_sft(sft_dir, args.sft_steps)
     sft_seconds = time.perf_counter() - started
     started = time.perf_counter()
     mixture = out / "grpo_prompts.yaml"  # --prompts of the built-in set: each drawn every few steps

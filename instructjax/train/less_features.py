@@ -111,10 +111,12 @@ def rows_of(examples: list[dict], batch: int, groups: int = 1) -> dict[str, np.n
     rows = {k: v for k, v in rows.items() if k != "source_ids"}
     short = batch - len(rows["tokens"])
     rows = {k: np.concatenate([v, np.zeros((short, width), v.dtype)]) for k, v in rows.items()}
+    if batch % groups:
+        raise ValueError(f"{batch} rows do not split into {groups} groups (a device's rows each)")
     each = batch // groups
     at = [[(i, p) for i in range(each) for p in np.flatnonzero(rows["loss_weights"][g * each + i] > 0)]
           for g in range(groups)]
-    head = np.full((2, groups, width_of(max(1, *map(len, at), 1))), -1, np.int32)
+    head = np.full((2, groups, width_of(max([1, *map(len, at)]))), -1, np.int32)
     for g, pairs in enumerate(at):
         head[:, g, : len(pairs)] = np.asarray(pairs, np.int32).reshape(-1, 2).T
     return rows | dict(zip(less.HEAD_ROWS, head, strict=True))
