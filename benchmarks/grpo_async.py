@@ -1,7 +1,7 @@
-"""GRPO with rollouts made ahead (issue 81 item 6: `objective.async_steps` k = 0, 1, 2), on this CPU: the same run
+"""GRPO with rollouts made ahead (issue 81 item 6: `objective.grpo.async_steps` k = 0, 1, 2), on this CPU: the same run
 (grpo_toy's model and prompts: a tiny LLaMA SFT'd on `arithmetic_builtin`, then GRPO on `verifiable_builtin`, every
 group kept, `filter_zero_std: false`, so each step draws one rollout) for each k on one device, then on 8 host
-devices split 4 + 4 (`objective.rollout_devices: 4`: the engine on 4, the learner on 4), one after the other in one
+devices split 4 + 4 (`objective.grpo.rollout_devices: 4`: the engine on 4, the learner on 4), one after the other in one
 process, to the same number of updates.
 
 Printed and logged for each: the wall time of the GRPO run (Trainer.run, its compiles included), the median step
@@ -60,12 +60,12 @@ def main(argv: list[str] | None = None) -> dict:
         started = time.perf_counter()
         Trainer(load_config(mixture, [*MODEL, f"model.init_from={sft_dir}", "data.mixture=grpo_async_prompts",
                                       "data.seq_len=64", f"data.global_batch={16 * args.samples}",
-                                      "objective.loss=grpo", "objective.prompts_per_rollout=16",
-                                      f"objective.samples_per_prompt={args.samples}",
-                                      f"objective.response_length={RESPONSE}", "optim.lr=5e-4",
-                                      "optim.schedule=constant", "optim.warmup_ratio=0", f"objective.async_steps={k}",
+                                      "objective.loss=grpo", "objective.grpo.prompts_per_rollout=16",
+                                      f"objective.grpo.samples_per_prompt={args.samples}",
+                                      f"objective.grpo.response_length={RESPONSE}", "optim.lr=5e-4",
+                                      "optim.schedule=constant", "optim.warmup_ratio=0", f"objective.grpo.async_steps={k}",
                                       f"max_steps={args.steps}", "log_every=1", f"run_dir={run_dir}",
-                                      "objective.filter_zero_std=false", f"objective.rollout_devices={apart}",
+                                      "objective.grpo.filter_zero_std=false", f"objective.grpo.rollout_devices={apart}",
                                       f"checkpoint.every={args.steps}"]), devices=jax.devices()[:devices]).run()
         wall = time.perf_counter() - started
         steps = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]

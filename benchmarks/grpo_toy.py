@@ -41,7 +41,7 @@ def prompt_sets(mixture: Path, others: int = 100) -> tuple[list, list]:
     def prompts(path, name):
         return open_rollouts(run_setup.bind_run(load_config(path, [
             *MODEL, f"data.mixture={name}", "data.seq_len=64", "objective.loss=grpo", "data.global_batch=64",
-            f"objective.response_length={RESPONSE}"]))).prompts
+            f"objective.grpo.response_length={RESPONSE}"]))).prompts
 
     trained = prompts(mixture, "grpo_toy_prompts")
     seen = {p.id for p in trained}
@@ -100,8 +100,8 @@ def main(argv: list[str] | None = None) -> dict:
                        f"        verifiable_builtin: {args.prompts}\n")
     Trainer(load_config(mixture, [*MODEL, f"model.init_from={sft_dir}", "data.mixture=grpo_toy_prompts",
                                "data.seq_len=64", f"data.global_batch={16 * args.samples}", "objective.loss=grpo",
-                               "objective.prompts_per_rollout=16", f"objective.samples_per_prompt={args.samples}",
-                               f"objective.response_length={RESPONSE}", f"optim.lr={args.lr}",
+                               "objective.grpo.prompts_per_rollout=16", f"objective.grpo.samples_per_prompt={args.samples}",
+                               f"objective.grpo.response_length={RESPONSE}", f"optim.lr={args.lr}",
                                "optim.schedule=constant", "optim.warmup_ratio=0",
                                f"max_steps={args.steps}", "log_every=1", f"run_dir={grpo_dir}",
                                f"checkpoint.every={args.steps}"])).run()

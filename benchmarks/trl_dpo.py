@@ -20,7 +20,7 @@ default system turn, the prompt, the completion) is 75 to 117 tokens with the ti
 With `--lora R` (dpo and dpo_norm), DPO continues a LoRA SFT run: a PEFT adapter of rank R on every linear module
 (A and B random, standing for the SFT run's trained adapters) is TRL's `PeftModel` (`is_trainable=True`, no
 `ref_model`: DPOTrainer copies the adapter into a frozen "ref" adapter, the reference) and our `instructjax import
---adapter` checkpoint that the run names in `init_from` (`objective.reference_model: start`, the default: the SFT
+--adapter` checkpoint that the run names in `init_from` (`objective.dpo.reference_model: start`, the default: the SFT
 adapters train on, their starting values the reference). The first step is then log 2 on both sides.
 
 AdamW (TRL's defaults), linear decay from `--lr` without warmup, clipping at 1.0, `--batch` pairs a step, one
@@ -294,7 +294,8 @@ def ours(root: Path, hf_dir: str, rows_path: Path, args, loss: str) -> dict:
            "data": {"mixture": "prefs", "seq_len": 2 * args.max_length, "global_batch": args.batch, "pack": False,
                     "shuffle": False},
            "optim": {"lr": args.lr, "warmup_ratio": 0.0, "grad_clip": 1.0, "epochs": 1, "weight_decay": 0.0},
-           "objective": {"loss": loss, "beta": args.beta, "gamma": args.gamma, "reference": args.reference},
+           "objective": {"loss": loss, loss: {"beta": args.beta, **({"gamma": args.gamma} if loss == "simpo" else {}),
+                                              **({"reference": args.reference} if loss in ("dpo", "dpo_norm") else {})}},
            "define": {"tasks": {"prefs": {"source": "preference", "data_files": [str(rows_path)]}},
                       "mixtures": {"prefs": {"mode": "epoch", "counts": {"prefs": None}}}}}
     (root / "run.yaml").write_text(yaml.safe_dump(run))
@@ -392,7 +393,7 @@ def main(argv: list[str] | None = None) -> dict:
              if args.model == "smollm2" else f"Qwen2 ({args.layers} x {args.hidden}), a Qwen2.5 ChatML tokenizer")
     if args.lora:
         model += (f", continuing a LoRA SFT run's adapter (rank {args.lora}, every linear module; TRL: a PeftModel "
-                  "whose frozen copy is the reference, ours: `objective.reference_model: start`)")
+                  "whose frozen copy is the reference, ours: `objective.dpo.reference_model: start`)")
     body = (model + f"; {args.steps} steps of {args.batch} "
             f"synthetic UltraFeedback-schema pairs in file order, one pair a row, float32 on the CPU, AdamW lr "
             f"{args.lr:g} linear decay, clip 1.0, beta {args.beta:g}"

@@ -45,7 +45,7 @@ SEED004_DPO_STARTS = {("tulu_human_gpt", "llama2-7b"), ("tulu_human_gpt", "llama
 SEED004_DPO = {  # open-instruct's Tulu 2 DPO script (scripts/dpo_train_with_accelerate.sh)
     "data": {"mixture": "preference", "seq_len": 4096, "global_batch": 32},
     "optim": {"lr": 5e-7, "warmup_ratio": 0.1, "epochs": 3},
-    "objective": {"loss": "dpo", "beta": 0.1, "reference": "cached"},
+    "objective": {"loss": "dpo", "dpo": {"beta": 0.1, "reference": "cached"}},
     "note": "DPO (not in the paper): Tulu 2's stage after SFT, open-instruct's dpo_train_with_accelerate.sh: beta 0.1,\n"
             "lr 5e-7 linear with 10% warmup, 3 epochs, 32 pairs a step, each side cut at 2048 tokens (a row holds a\n"
             "pair: seq_len 4096), on UltraFeedback binarized (HuggingFaceH4's train_prefs; Tulu 2 used allenai's\n"

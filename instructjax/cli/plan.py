@@ -126,7 +126,7 @@ def compiled(args, config) -> int:
         raise ConfigError("--compile builds the step for a TPU slice (--topology v4-64, v5e-8, ...) or, without "
                           "--topology, for this machine; not for --gpus")
     topology = tpu_topology(args.topology) if args.topology else local_topology()
-    if config.objective.rollouts and config.objective.rollout_devices:
+    if config.objective.rollouts and config.objective.options.rollout_devices:
         return compiled_apart(args, config, topology)
     report = compile_run(config, topology, name=args.config, real_data=args.real_data,
                          save_executable=args.save_executable, packed=args.packed)
@@ -170,18 +170,19 @@ def compiled_eval(args, config) -> int:
 
 
 def compiled_apart(args, config, topology) -> int:
-    """`plan --compile` of a grpo run whose rollout engine has devices of its own (`objective.rollout_devices`): the
-    update step built for the learner's part of the slice, the engine's fill and decode steps for the other part
+    """`plan --compile` of a grpo run whose rollout engine has devices of its own (`objective.grpo.rollout_devices`):
+    the update step built for the learner's part of the slice, the engine's fill and decode steps for the other part
     (its own fsdp mesh), and whether each fits; exit 1 where one does not."""
     from instructjax.cli.plan_eval import compile_eval, format_compiled
     from instructjax.train.compile import compile_run, does_not_fit, format_report
     from instructjax.train.rollout_devices import split_topology
 
     if not topology.shape or args.packed or args.save_executable:
-        raise ConfigError("plan --compile with objective.rollout_devices builds both parts for a TPU slice "
+        raise ConfigError("plan --compile with objective.grpo.rollout_devices builds both parts for a TPU slice "
                           "(--topology v5e-32, ...), without --packed or --save-executable")
-    part = (f"objective.rollout_devices={config.objective.rollout_devices}: XLA:TPU builds no program over part of a "
-            f"{topology.name} (its chips' ICI routing is limited): there the engine needs a slice of its own")
+    part = (f"objective.grpo.rollout_devices={config.objective.options.rollout_devices}: XLA:TPU builds no program "
+            f"over part of a {topology.name} (its chips' ICI routing is limited): there the engine needs a slice of "
+            "its own")
     if topology.generation in ("v5e", "v6e") and topology.hosts > 1:  # refused (v5e-32), or libtpu aborts (v5e-16)
         raise ConfigError(part)
     learner, engine = split_topology(topology, config)

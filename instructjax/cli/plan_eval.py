@@ -124,7 +124,8 @@ def rollout_plan(config: RunConfig, topology: Topology) -> EvalPlan:
     slots = GRPO(config).slots(shards)
     rows, width = widest_fill(length, slots=slots, shards=shards)
     steps = batching_memory.step_bytes(model, sizes, slots=slots, length=length, fill_rows=rows, width=width)
-    return EvalPlan(topology.name, sizes, str(model.dtype), slots, "objective.prompts_per_rollout x samples_per_prompt",
+    return EvalPlan(topology.name, sizes, str(model.dtype),
+                    slots, "objective.grpo.prompts_per_rollout x samples_per_prompt",
                     length, rows, width, batching_memory.weight_bytes(model, sizes),
                     batching_memory.cache_bytes_per_device(model, sizes, slots, length), steps["fill"], steps["decode"],
                     int(topology.hbm_gib * GIB), "rollout")

@@ -250,7 +250,7 @@ def hf_base(directory: str, step: int) -> str | None:
     """The Hugging Face model a LoRA checkpoint's adapters sit on (what PEFT's `base_model_name_or_path` names):
     the HF directory its base was imported from, followed through the bases of LoRA runs layered on one another;
     None for a LoRA trained from scratch. A base no HF directory holds (a full fine-tune's weights, or init_from's
-    adapters merged into it: `objective.reference_model: base`) is one line."""
+    adapters merged into it: `objective.dpo.reference_model: base`) is one line."""
     from instructjax.core.checkpoint import read_base, read_meta
     from instructjax.core.storage import path
 
@@ -271,7 +271,7 @@ def hf_base(directory: str, step: int) -> str | None:
                               "no Hugging Face directory holds: export it without --adapter (the merged model)")
         if base.get("merged"):
             raise ConfigError(f"--adapter: the adapters of {directory} sit on {base['checkpoint']} step {base['step']} "
-                              "with its LoRA adapters merged (objective.reference_model: base), which no Hugging Face "
+                              "with its LoRA adapters merged (objective.<loss>.reference_model: base), which no Hugging Face "
                               "directory holds: export it without --adapter (the merged model)")
         where, at = base["checkpoint"], base["step"]
 

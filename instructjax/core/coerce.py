@@ -34,6 +34,8 @@ def _coerce(value: Any, kind: Any, where: str) -> Any:
             return value
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        if hasattr(kind, "from_config"):  # a section that reads its mapping itself (`objective:`)
+            return kind.from_config(value, where)
         return _build(kind, value, where)
     if origin in (tuple, list) or kind in (tuple, list):
         if not isinstance(value, (list, tuple)):

@@ -166,8 +166,11 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 
 
 def to_dict(config: RunConfig) -> dict:
-    """The resolved config as plain data (saved with every checkpoint)."""
-    return dataclasses.asdict(config)
+    """The resolved config as plain data, as a config file writes it (saved with every checkpoint)."""
+    out = dataclasses.asdict(config)
+    loss = config.objective.loss
+    out["objective"] = {"loss": loss, loss: out["objective"]["options"]}  # `objective: {loss: grpo, grpo: {...}}`
+    return out
 
 
 

@@ -9,16 +9,25 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from instructjax.core.coerce import build_section, unknown_key
 from instructjax.core.errors import ConfigError
+from instructjax.core.objectives import (  # noqa: F401  (their import path was this module)
+    ADVANTAGE_NORMALIZATIONS,
+    GRPO_LOSSES,
+    OBJECTIVES,
+    OPTIONS,
+    PAIR_LOSSES,
+    REFERENCE_MODELS,
+    REFERENCES,
+    NoReference,
+    Options,
+    Pairs,
+    Rollouts,
+    owners,
+)
 
 SCHEDULES = ("linear", "cosine", "constant")
 LOSS_REDUCTIONS = ("mean", "sum")
-OBJECTIVES = ("sft", "dpo", "dpo_norm", "simpo", "orpo", "grpo")  # objective.loss (train/objectives/)
-PAIR_LOSSES = ("dpo", "dpo_norm", "simpo", "orpo")  # the losses on preference pairs
-GRPO_LOSSES = ("dapo", "cispo")  # objective.loss_fn of grpo: open-instruct's GRPOLossType
-ADVANTAGE_NORMALIZATIONS = ("standard", "centered")  # open-instruct's advantage_normalization_type
-REFERENCES = ("cached", "live")  # objective.reference: where the reference model's log-probs come from
-REFERENCE_MODELS = ("start", "base")  # objective.reference_model: what stands as the reference (train/reference.py)
 OVERLONG = ("truncate", "split")
 PACK_MODES = (True, False, "per_step")
 SYSTEM_TURNS = ("keep", "merge", "drop")
@@ -197,114 +206,65 @@ class OptimSection:
 
 @dataclass
 class ObjectiveSection:
-    """What the step minimises (train/objectives/): `sft`, the next-token loss on the trained tokens, or a
-    preference loss on chosen and rejected completions: `dpo` (sums of log-probs against a frozen reference),
-    `dpo_norm` (per-token means: open-instruct's), `simpo` (per-token means, no reference, margin `gamma`), `orpo`
-    (the chosen side's NLL and an odds ratio of per-token means, weighed by `beta`, no reference); or `grpo`, RL with
-    verifiable rewards on rollouts the run generates (open-instruct's grpo_fast: the keys below `beta`'s, with its
-    defaults; `beta` the KL's weight, 0.05 unless set)."""
+    """What the step minimises (train/objectives/): `loss` names the objective, and its own options are its
+    subsection, `objective.<loss>:` (core/objectives.py: `sft`, the next-token loss; the preference losses `dpo`,
+    `dpo_norm`, `simpo`, `orpo`; `grpo`, RL with verifiable rewards on rollouts the run generates)."""
 
     loss: str = "sft"
-    beta: float | None = None  # 0.1 (a preference loss's), 0.05 for grpo (open-instruct's), where left unset
-    gamma: float = 0.5  # SimPO's target margin (TRL's simpo_gamma default)
-    reference: str = "cached"  # the reference's log-probs computed once before training, or `live` in every step
-    # the reference is the model the run starts from: `start` goes on training a LoRA init_from's adapters (their
-    # starting values frozen as the reference); `base` folds them into the frozen base and trains fresh adapters
-    reference_model: str = "start"
-    # grpo (open-instruct's names): a rollout is `prompts_per_rollout` prompts x `samples_per_prompt` completions,
-    # sampled at `temperature`, at most `response_length` new tokens each, packed into rows of data.seq_len
-    prompts_per_rollout: int = 16
-    samples_per_prompt: int = 4
-    temperature: float = 0.7
-    response_length: int = 256
-    loss_fn: str = "dapo"  # dapo: PPO's clipped ratio; cispo: the clipped ratio, frozen, times the log-prob
-    clip_lower: float = 0.2
-    clip_higher: float = 0.2
-    kl_estimator: int = 2  # open-instruct's estimate_kl: 0 log ratio, 1 its square / 2, 2 expm1(-d) + d, 3 ratio * d
-    advantage_normalization: str = "standard"  # (reward - group mean) / (group std + 1e-8); centered: no division
-    verification_reward: float = 10.0  # a verifier's score (0 to 1) times this is the reward
-    filter_zero_std: bool = True  # a prompt whose samples all score the same trains nothing (open-instruct's)
-    # a verifier that raises on a completion: `zero` scores it 0 and names it in a warning line (a pod's run goes on);
-    # `stop`: one error line naming it, and the run stops
-    verifier_errors: str = "zero"
-    # asynchronous rollouts (open-instruct's async_steps): step t trains on a rollout of the parameters after update
-    # t - 1 - async_steps (the run's first for the first steps), made while the steps before it train; 0: of the
-    # parameters after the step before it, made between the two (synchronous)
-    async_steps: int = 0
-    # the rollout engine on a mesh of its own (Tunix's disaggregated rollout, open-instruct's vLLM workers): the last
-    # rollout_devices / hosts of each host's devices, the learner on the rest, each update's parameters sent over;
-    # 0: the engine decodes on the trainer's mesh
-    rollout_devices: int = 0
-    # the sampler's drift from the learner (open-instruct's names): each response token's policy loss weighed by
-    # rho = pi_learner / pi_sampler clamped to [rho_clamp_lower_bound, rho_clamp_upper_bound], 0 where rho (or its
-    # completion's: rho_mask_sequence_level; or the completion's mean |rho - 1|: rho_mask_tv_divergence) is outside
-    # [rho_mask_lower_bound, rho_mask_upper_bound]; a bound of 0 is none. Off here (open-instruct's default is on):
-    # with a synchronous rollout the sampler is the learner up to the engine's numerics
-    use_rho_correction: bool = False
-    rho_clamp_lower_bound: float = 0.0
-    rho_clamp_upper_bound: float = 2.0
-    rho_mask_lower_bound: float = 0.0
-    rho_mask_upper_bound: float = 0.0
-    rho_mask_sequence_level: bool = False
-    rho_mask_tv_divergence: bool = False
+    options: Options | None = None  # the objective's options (OPTIONS[loss]); None: its defaults
 
     def __post_init__(self):
-        _check(self.loss in OBJECTIVES, f"objective.loss must be one of {OBJECTIVES}, got {self.loss!r}")
-        if self.beta is None:
-            self.beta = 0.05 if self.loss == "grpo" else 0.1
-        if self.loss == "grpo":
-            _check(self.beta >= 0, f"objective.beta must be >= 0 (0: no KL term), got {self.beta}")
-        else:
-            _check(self.beta > 0, f"objective.beta must be > 0, got {self.beta}")
-        _check(self.gamma >= 0, f"objective.gamma must be >= 0, got {self.gamma}")
-        _check(self.reference in REFERENCES,
-               f"objective.reference must be one of {REFERENCES}, got {self.reference!r}"
-               + (f" (the reference model is objective.reference_model: {' | '.join(REFERENCE_MODELS)})"
-                  if self.reference in REFERENCE_MODELS else ""))
-        _check(self.reference_model in REFERENCE_MODELS,
-               f"objective.reference_model must be one of {REFERENCE_MODELS}, got {self.reference_model!r}")
-        _check(self.reference_model == "start" or self.needs_reference,
-               f"objective.reference_model={self.reference_model}: objective.loss={self.loss} has no reference model")
-        _check(self.loss_fn in GRPO_LOSSES, f"objective.loss_fn must be one of {GRPO_LOSSES}, got {self.loss_fn!r}")
-        _check(self.kl_estimator in (0, 1, 2, 3), f"objective.kl_estimator must be 0, 1, 2 or 3, got {self.kl_estimator}")
-        _check(self.advantage_normalization in ADVANTAGE_NORMALIZATIONS, "objective.advantage_normalization must be "
-               f"one of {ADVANTAGE_NORMALIZATIONS}, got {self.advantage_normalization!r}")
-        for key in ("prompts_per_rollout", "samples_per_prompt", "response_length"):
-            _check(getattr(self, key) >= 1, f"objective.{key} must be >= 1, got {getattr(self, key)}")
-        _check(self.async_steps >= 0, f"objective.async_steps must be >= 0 (0: synchronous), got {self.async_steps}")
-        _check(not self.async_steps or self.loss == "grpo", f"objective.async_steps={self.async_steps} makes rollouts "
-               f"ahead of the steps: objective.loss={self.loss} has no rollouts (grpo)")
-        _check(self.rollout_devices >= 0, f"objective.rollout_devices must be >= 0, got {self.rollout_devices}")
-        _check(not self.rollout_devices or self.loss == "grpo", f"objective.rollout_devices={self.rollout_devices} "
-               f"gives the rollout engine devices of its own: objective.loss={self.loss} has no rollouts (grpo)")
-        _check(self.verifier_errors in ("zero", "stop"),
-               f"objective.verifier_errors must be zero or stop, got {self.verifier_errors!r}")
-        _check(not self.use_rho_correction or self.loss == "grpo", "objective.use_rho_correction weighs a rollout's "
-               f"tokens by the log-probs its sampler drew them with: objective.loss={self.loss} has no rollouts (grpo)")
-        for key, lower in (("rho_mask_lower_bound", True), ("rho_clamp_lower_bound", True),
-                           ("rho_mask_upper_bound", False), ("rho_clamp_upper_bound", False)):
-            value = getattr(self, key)  # open-instruct's checks: 0 (none), or a lower bound in (0, 1), an upper > 1
-            _check(value == 0 or (0 < value < 1 if lower else value > 1),
-                   f"objective.{key} must be 0 (none) or {'in (0, 1)' if lower else '> 1'}, got {value}")
-        _check(self.temperature > 0, f"objective.temperature must be > 0 (rollouts sample), got {self.temperature}")
-        _check(self.clip_lower >= 0 and self.clip_higher >= 0,
-               f"objective.clip_lower and clip_higher must be >= 0, got {self.clip_lower}, {self.clip_higher}")
+        _check(self.loss in OPTIONS, f"objective.loss must be one of {OBJECTIVES}, got {self.loss!r}")
+        kind = OPTIONS[self.loss]
+        if self.options is None:
+            self.options = kind()
+        _check(isinstance(self.options, kind), f"objective.{self.loss}: options of {type(self.options).__name__}, "
+                                                f"not {kind.__name__}")
+
+    @classmethod
+    def from_config(cls, values: dict, where: str) -> ObjectiveSection:
+        """The section from a config's `objective:` mapping: `loss` and the loss's own subsection; a key an
+        objective's subsection holds written flat (before the subsections), or another objective's subsection, is
+        one line naming where it goes."""
+        values = dict(values)
+        loss = values.pop("loss", "sft")
+        _check(isinstance(loss, str) and loss in OPTIONS, f"{where}.loss must be one of {OBJECTIVES}, got {loss!r}")
+        own, problems = values.pop(loss, None) or {}, []
+        for key in values:
+            holders = owners(key)
+            if key in OPTIONS:
+                problems.append(f"{where}.{key}: {where}.loss is {loss}, which reads only {where}.{loss}: leave "
+                                f"{where}.{key} out, or set {where}.loss={key}")
+            elif loss in holders:
+                problems.append(f"{where}.{key} moved into the objective's own subsection: write {where}.{loss}.{key}")
+            elif holders:
+                problems.append(f"{where}.{key} is an option of {', '.join(holders)} ({where}.{holders[0]}.{key}), "
+                                f"not of {where}.loss={loss}")
+            else:
+                problems.append(str(unknown_key(f"{where}.{key}", ["loss", loss])))
+        _check(not problems, "; ".join(problems))
+        _check(isinstance(own, dict), f"{where}.{loss}: expected a mapping, got {own!r}")
+        return cls(loss, build_section(OPTIONS[loss], own, f"{where}.{loss}"))
 
     @property
     def preference(self) -> bool:
         """Whether the loss is on preference pairs."""
-        return self.loss in PAIR_LOSSES
+        return self.options.data is Pairs
 
     @property
     def rollouts(self) -> bool:
         """Whether the run trains on rollouts it generates (grpo) rather than on its data's examples."""
-        return self.loss == "grpo"
+        return self.options.data is Rollouts
+
+    @property
+    def reference_model(self) -> str:
+        """What stands as the reference model (its options' `reference_model`; `start` for an objective without)."""
+        return getattr(self.options, "reference_model", "start")
 
     @property
     def needs_reference(self) -> bool:
-        """DPO and dpo_norm compare with the starting model, and grpo where its KL term counts (beta > 0); SimPO,
-        ORPO and SFT do not."""
-        return self.loss in ("dpo", "dpo_norm") or (self.loss == "grpo" and self.beta > 0)
+        """Whether the objective compares with a reference model (DPO; grpo where its KL term counts, beta > 0)."""
+        return self.options.reference_kind is not NoReference
 
 
 @dataclass

@@ -38,6 +38,20 @@ def digest(values: Any) -> str:
     return hashlib.sha256(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def flat_objective(values: dict) -> dict:
+    """`values` (a config as plain data) with the objective's own subsection (`objective.grpo.beta`) written as the
+    flat keys its options had before the subsections (`objective.beta`): how a run's identity names them, so a run
+    finished before stays done and a checkpoint saved before compares key for key."""
+    objective = values.get("objective")
+    if not isinstance(objective, dict):
+        return values
+    loss = objective.get("loss", "sft")
+    own = objective.get("options", objective.get(loss))  # a RunConfig's fields, or as a config file writes it
+    if not isinstance(own, dict):  # saved before the subsections: flat already
+        return values
+    return {**values, "objective": {"loss": loss, **own}}
+
+
 def training_values(config: RunConfig | dict, *, not_training: tuple[str, ...]) -> dict[str, Any]:
     """What a run's training depends on: the config (or its `to_dict`) as dotted keys, but `NOT_TRAINING` and
     `not_training` (the model's runs-only keys)."""
@@ -53,7 +67,7 @@ def training_values(config: RunConfig | dict, *, not_training: tuple[str, ...]) 
         elif not (prefix in ADDED_OFF and value == ADDED_OFF[prefix]):
             flat[prefix] = value
 
-    walk("", config if isinstance(config, dict) else dataclasses.asdict(config))
+    walk("", flat_objective(config if isinstance(config, dict) else dataclasses.asdict(config)))
     return flat
 
 
@@ -72,11 +86,16 @@ def training_changes(before: dict, after: RunConfig, *, not_training: tuple[str,
     new = training_values(json.loads(json.dumps(dataclasses.asdict(after), default=str)), not_training=not_training)
     for values in (old, new):  # a key added since was off in a config that lacks it
         values.update({k: off for k, off in ADDED_OFF.items() if k not in values})
-    return [f"{typed_key(k)}: {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new))
+    loss = after.objective.loss
+    return [f"{typed_key(k, loss)}: {old[k]!r} -> {new[k]!r}" for k in sorted(set(old) & set(new))
             if old[k] != new[k] and k not in ignore]  # fmt: skip
 
 
-def typed_key(key: str) -> str:
+def typed_key(key: str, loss: str = "sft") -> str:
     """A dotted key as a user types it: a model field is typed under `model:` (the config stores it under
-    `model.overrides`)."""
-    return "model." + key.removeprefix("model.overrides.") if key.startswith("model.overrides.") else key
+    `model.overrides`), an objective's option under its subsection (`objective.grpo.beta` for loss `loss`)."""
+    if key.startswith("model.overrides."):
+        return "model." + key.removeprefix("model.overrides.")
+    if key.startswith("objective.") and key != "objective.loss":
+        return f"objective.{loss}." + key.removeprefix("objective.")
+    return key

@@ -10,11 +10,10 @@ Only the primary host logs.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 
-from instructjax.core.config import RunConfig
+from instructjax.core.config import RunConfig, to_dict
 from instructjax.core.errors import ConfigError
 
 
@@ -37,7 +36,7 @@ def start(config: RunConfig, job: str):
     group = section.group or (parts[-2] if len(parts) > 1 else None)
     return wandb.init(project=section.project, entity=section.entity, group=group, name=config.name,
                       id=run_id(config.run_dir), resume="allow", job_type=job, tags=list(section.tags),
-                      mode=section.mode, dir=section.dir, config=dataclasses.asdict(config))
+                      mode=section.mode, dir=section.dir, config=to_dict(config))
 
 
 def numbers(values: dict, prefix: str = "", sep: str = "/") -> dict[str, float]:

@@ -12,11 +12,11 @@ acc_norm,none`), without standard errors; a run without results has empty cells,
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from instructjax.core.config import to_dict
 from instructjax.core.tracking import numbers
 from instructjax.report.figures import Figure, Panel, Series
 from instructjax.report.runs import Run, number
@@ -38,7 +38,7 @@ def flat(value, prefix: str = "", sep: str = ".") -> dict[str, object]:
 
 def config_keys(run: Run) -> dict[str, object]:
     """The run's resolved config as dotted keys (lists and tuples as JSON)."""
-    keys = flat(dataclasses.asdict(run.config))
+    keys = flat(to_dict(run.config))  # as a config file writes them: `objective.dpo.beta`
     return {k: json.dumps(v) if isinstance(v, (list, tuple)) else v for k, v in keys.items()
             if k.split(".")[0] not in PLACE}
 

@@ -63,6 +63,7 @@ from jax.sharding import AbstractMesh, PartitionSpec
 from instructjax.core import sharding
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
+from instructjax.core.objectives import RolloutLogProbs
 from instructjax.core.optimizer import adamw
 from instructjax.model import quantize
 from instructjax.model.config import DecoderConfig
@@ -130,12 +131,13 @@ def reference_bytes(model: DecoderConfig, config: RunConfig, memory: dict[str, i
 
 def rollout_figures(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], memory: dict[str, int]) -> dict:
     """A device's bytes for generating a batch between steps (`rollout_bytes`: grpo's; 0 else), and of them the
-    engine's KV cache, kept through the steps too (`engine_cache_bytes`; with `objective.async_steps`, beside it the
-    copy of the parameters the next rollouts are made from; none with the engine on devices of its own)."""
-    objective, seq_len, s = objective_for(config), config.data.seq_len, config.objective
-    if s.rollout_devices:  # the engine's devices' bytes: GRPO.engine_mesh_bytes
+    engine's KV cache, kept through the steps too (`engine_cache_bytes`; with `objective.grpo.async_steps`, beside it
+    the copy of the parameters the next rollouts are made from; none with the engine on devices of its own)."""
+    objective, seq_len = objective_for(config), config.data.seq_len
+    grpo = config.objective.options if config.objective.rollouts else None
+    if grpo and grpo.rollout_devices:  # the engine's devices' bytes: GRPO.engine_mesh_bytes
         return {"rollout_bytes": 0, "engine_cache_bytes": 0}
-    ahead = memory["param_bytes"] if s.rollouts and s.async_steps else 0
+    ahead = memory["param_bytes"] if grpo and grpo.async_steps else 0
     return {"rollout_bytes": objective.rollout_bytes(model, sizes, seq_len, memory),
             "engine_cache_bytes": objective.engine_cache_bytes(model, sizes, seq_len) + ahead}
 
@@ -170,7 +172,7 @@ def step_needed(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], 
 def beside_step_bytes(config: RunConfig, memory: dict[str, int]) -> int:
     """What a device holds while the train step runs that is none of the step's arguments: a grpo run's engine's KV
     cache and its cached reference (its parameters wait for the next rollout; a live one is an argument of the step)."""
-    cached = config.objective.rollouts and config.objective.reference == "cached"
+    cached = config.objective.options.reference_kind is RolloutLogProbs
     return memory.get("engine_cache_bytes", 0) + (memory["reference_bytes"] if cached else 0)
 
 
@@ -184,7 +186,7 @@ def out_of_memory(needed: int, memory: dict, acts: dict, topology: Topology) -> 
                 "kept through the steps, the layers sliced for decoding and the engine's steps, "
                 f"{_gib(memory['rollout_bytes'])} in all, beside the parameters, AdamW state and reference "
                 f"{_gib(held)}), a device here has {topology.hbm_gib:.1f} GiB ({topology.name}); "
-                "lower objective.prompts_per_rollout x objective.samples_per_prompt (64 slots at most) or "
+                "lower objective.grpo.prompts_per_rollout x objective.grpo.samples_per_prompt (64 slots at most) or "
                 "data.seq_len (`instructjax plan --config ...` shows the figures)")
     return (f"out of memory: a step needs about {needed / GIB:.1f} GiB a device (parameters {_gib(memory['param_bytes'])}"
             f", AdamW state {_gib(memory['opt_bytes'])}, gradients {_gib(memory['grad_bytes'])}, their compute-dtype "

@@ -1,4 +1,4 @@
-"""Preference losses on chosen and rejected completions (`objective:`, core/config.py `ObjectiveSection`).
+"""Preference losses on chosen and rejected completions (`objective:`, their options in core/objectives.py).
 
 A step's rows hold the two completions of each pair, packed like SFT rows: every trained token carries its pair's
 index in the step and its side (0 chosen, 1 rejected), so `completion_logps` sums the token log-probs of each
@@ -21,7 +21,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from instructjax.core.config import ObjectiveSection
+from instructjax.core.objectives import NoReference, Options
 
 Array = jax.Array
 CHOSEN, REJECTED = 0, 1
@@ -46,12 +46,13 @@ def completion_logps(token_logps: Array, weights: Array, pair: Array, side: Arra
     return sums[:-1].reshape(pairs, 2), counts[:-1].reshape(pairs, 2)
 
 
-def pair_losses(objective: ObjectiveSection, policy: Array, counts: Array,
+def pair_losses(objective: Options, policy: Array, counts: Array,
                 reference: Array | None = None) -> tuple[Array, Array]:
     """Each pair's loss [pairs] and rewards [pairs, 2] (see the module doc), from the policy's and the reference's
-    summed completion log-probs and the completions' trained tokens, each [pairs, 2]."""
+    summed completion log-probs and the completions' trained tokens, each [pairs, 2]; `objective` the loss's options
+    (`config.objective.options`: core/objectives.py)."""
     beta = objective.beta
-    if objective.needs_reference and reference is None:
+    if objective.reference_kind is not NoReference and reference is None:
         raise ValueError(f"objective.loss={objective.loss} needs the reference's log-probs")
     tokens = jnp.maximum(counts, 1.0)
     if objective.loss == "dpo":

@@ -1,9 +1,10 @@
 """The model a run starts from (`starting_params`: fresh, init_from's, or a LoRA's base with its adapters) and a
 preference run's reference: that model, frozen (`start_base`, `starting_adapters`: a LoRA run on a LoRA init_from
-goes on training its adapters, their starting values the reference, or with `objective.reference_model: base` trains
-fresh ones on them merged), and its log-probs; `prepare` gives the step what its objective takes.
+goes on training its adapters, their starting values the reference, or with `reference_model: base` trains
+fresh ones on them merged), and its log-probs; `prepare` makes ready what the objective's kind of reference hands to
+the steps (core/objectives.py `ReadyReference`).
 
-With `objective.reference: cached` (open-instruct's DPO precomputes them), before the first step every example of the run's tasks goes once through the starting model, one example a
+With `reference: cached` (`objective.dpo.reference`) (open-instruct's DPO precomputes them), before the first step every example of the run's tasks goes once through the starting model, one example a
 row, and each token's log-prob of its target is kept (0 where nothing is trained). They are stored under
 RUN_DIR/reference_logps/ (a file per task: the values end to end and each example's length), read back on resume,
 and handed to the step with the tokens (the pipeline's `reference_logps`), so the reference holds no memory while
@@ -25,6 +26,7 @@ from instructjax.convert.saved import load_base, load_params_as
 from instructjax.core import sharding, storage
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
+from instructjax.core.objectives import LiveParams, ReadyReference, RolloutLogProbs, StoredLogProbs
 from instructjax.data.batches.packing import SequencePacker, empty_rows
 from instructjax.data.blends import specs
 from instructjax.model.config import DecoderConfig
@@ -69,7 +71,7 @@ def load(run_dir, stream, identity: dict, *, resuming: bool) -> list[tuple[np.nd
 def start_base(config, model) -> dict | None:
     """The base a LoRA run on `model.init_from` is layered on (`core.checkpoint.base_reference`), None without one:
     init_from's newest step, whose adapters (if it holds some) the run goes on training, their starting values the
-    reference (`objective.reference_model: start`); with `base`, that model with its adapters merged (`merged`), fresh
+    reference (`reference_model: start`); with `base`, that model with its adapters merged (`merged`), fresh
     adapters trained on it, the reference that merged model."""
     from instructjax.core import checkpoint
 
@@ -169,23 +171,24 @@ def reference_weights(config: RunConfig, model: DecoderConfig, build: StepBuild,
 
 
 def prepare(run_dir, config: RunConfig, model: DecoderConfig, build: StepBuild, base: dict | None, stream, params,
-            start: int) -> tuple[tuple, list[tuple[np.ndarray, np.ndarray]] | None]:
-    """(the step's reference argument, the cached log-probs the batches carry): the first, where the objective's
-    reference is `live`, what trains as it started (a full fine-tune's starting parameters, a LoRA's starting
-    adapters: the step holds its base), else (); the second, with `objective.reference: cached`, `stream`'s log-probs
-    read back from RUN_DIR, or computed (from `params` at step 0: the model the run starts from, a LoRA's starting
-    adapters included; from the reference made again on resume) and stored, else None; for grpo's rollouts (made as
-    the run goes) the reference model's parameters instead, whose log-probs each rollout computes."""
-    if build.takes_reference:
-        return (build.partition.trainable(reference_weights(config, model, build, base, params)),), None
-    if not build.cached_reference:
-        return (), None
-    if config.objective.rollouts:  # grpo: each rollout's reference log-probs, computed as it is made (train/rollout.py)
+            start: int) -> ReadyReference:
+    """The objective's reference made ready for the steps, by its kind (`build.objective.reference`): `LiveParams`,
+    what trains as it started (a full fine-tune's starting parameters, a LoRA's starting adapters: the step holds its
+    base); `StoredLogProbs`, `stream`'s log-probs read back from RUN_DIR, or computed (from `params` at step 0: the
+    model the run starts from, a LoRA's starting adapters included; from the reference made again on resume) and
+    stored; `RolloutLogProbs`, the reference model's parameters, whose log-probs each rollout computes as it is made
+    (train/rollout.py)."""
+    kind = build.objective.reference
+    if kind is LiveParams:
+        return ReadyReference(kind, build.partition.trainable(reference_weights(config, model, build, base, params)))
+    if kind is RolloutLogProbs:
         weights = reference_weights(config, model, build, base, params)
         if build.partition.adapters:  # a LoRA's: its frozen base shared with the policy, its adapters apart
-            return (), weights
-        return (), jax.tree.map(lambda x: x.astype(model.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
-                                weights)  # held in the compute dtype, as the forward casts its matrices anyway
+            return ReadyReference(kind, weights)
+        return ReadyReference(kind, jax.tree.map(  # held in the compute dtype, as the forward casts its matrices anyway
+            lambda x: x.astype(model.dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, weights))
+    if kind is not StoredLogProbs:
+        return ReadyReference(kind)
     if config.data.reweighting is not None:  # DoReMi's proxy: the reference run's model (train/reweighting.py)
         from instructjax.train import reweighting
 
@@ -200,4 +203,4 @@ def prepare(run_dir, config: RunConfig, model: DecoderConfig, build: StepBuild, 
                         config.optim.loss_chunk)
         if jax.process_index() == 0:
             save(run_dir, stream, found, named)
-    return (), found
+    return ReadyReference(kind, found)

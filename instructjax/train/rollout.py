@@ -16,7 +16,7 @@ a resumed run scores as the uninterrupted one; the advantages are normalised wit
 `filter_zero_std` (open-instruct's), and where every group of a rollout is, the next prompts are drawn (at most
 `MAX_REDRAWS` times). The kept completions, each its prompt then its response, are packed whole into the step's
 `data.global_batch` rows of `data.seq_len` as SFT's examples are (segments; the response tokens trained, each
-carrying its completion's advantage; with `objective.reference: cached`, the reference's log-prob of each, computed
+carrying its completion's advantage; with `objective.grpo.reference: cached`, the reference's log-prob of each, computed
 here by one forward pass of the reference model).
 
 It stands in for the run's data pipeline (`Trainer(pipeline=...)`): `task_names`, `plan_epoch` (an epoch: every
@@ -41,6 +41,7 @@ from jax.sharding import AbstractMesh, NamedSharding
 
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError, DataError
+from instructjax.core.objectives import ReadyReference, RolloutLogProbs
 from instructjax.data.batches.packing import REFERENCE, empty_rows, pack_segments
 from instructjax.data.batches.pipeline import EpochPlan, IteratorState
 from instructjax.data.batches.source import Batch
@@ -80,16 +81,16 @@ class Rollouts:
     def __init__(self, config: RunConfig, prompts: Sequence[Prompt], task_names: Sequence[str], *,
                  decode: Callable[[list[int]], str], score: Callable[[str, str, str, tuple], float],
                  stop_ids: Sequence[int], process_index: int = 0, process_count: int = 1):
-        s, data = config.objective, config.data
+        s, data = config.objective.options, config.data
         if not prompts:
             raise ConfigError(f"data.mixture={data.mixture} holds no verifiable prompt to roll out")
-        self.config, self.section = config, s
+        self.config, self.options = config, s
         self.prompts, self.task_names = list(prompts), list(task_names)
         self.decode, self.score, self.stop_ids = decode, score, list(stop_ids)
         self.process_index, self.process_count = process_index, process_count
         self.drawn = 0  # prompts drawn so far (the position a checkpoint saves)
         self.state = IteratorState(0, 0, 0)
-        self.reference = None  # objective.reference: cached: the reference model's parameters (`use_reference`)
+        self.reference = None  # a cached reference's parameters (RolloutLogProbs: `use_reference`)
         self.stream = None  # no example stream (a data pipeline's: what Mosaic-IT records)
         self.skipped: list[str] = []  # the rows the tasks' reads skipped, a line each (`report`)
         self.samples = s.prompts_per_rollout * s.samples_per_prompt
@@ -97,17 +98,17 @@ class Rollouts:
         if longest + s.response_length > data.seq_len:
             worst = max(self.prompts, key=lambda p: len(p.ids))
             raise ConfigError(f"prompt {worst.id!r} of {self.task_names[worst.task]} has {longest} tokens: with "
-                              f"objective.response_length={s.response_length} it needs rows of {longest + s.response_length}"
-                              f" tokens; data.seq_len is {data.seq_len}")
+                              f"objective.grpo.response_length={s.response_length} it needs rows of "
+                              f"{longest + s.response_length} tokens; data.seq_len is {data.seq_len}")
         if data.global_batch < self.samples:  # a completion of a row at most: the step's rows hold every one
             raise ConfigError(f"data.global_batch={data.global_batch} rows cannot hold a rollout's {self.samples} "
-                              f"completions (objective.prompts_per_rollout x samples_per_prompt): set it to at least "
-                              f"{self.samples}")
+                              "completions (objective.grpo.prompts_per_rollout x samples_per_prompt): set it to at "
+                              f"least {self.samples}")
         ahead = s.async_steps * s.prompts_per_rollout
         if ahead > len(self.prompts):  # the rollouts made ahead would hold a prompt twice
-            raise ConfigError(f"objective.async_steps={s.async_steps}: {s.async_steps} rollouts ahead take {ahead} "
-                              f"prompts (objective.prompts_per_rollout={s.prompts_per_rollout}); data.mixture="
-                              f"{data.mixture} has {len(self.prompts)}: set it to at most "
+            raise ConfigError(f"objective.grpo.async_steps={s.async_steps}: {s.async_steps} rollouts ahead take "
+                              f"{ahead} prompts (objective.grpo.prompts_per_rollout={s.prompts_per_rollout}); "
+                              f"data.mixture={data.mixture} has {len(self.prompts)}: set it to at most "
                               f"{len(self.prompts) // s.prompts_per_rollout}")
         self.graphdef = self.mesh = self.token_logps = self.engine_mesh = self._engine_shardings = None  # `attach`
         self._engine: ContinuousBatcher | None = None  # `_engine_with`: one a run
@@ -116,8 +117,8 @@ class Rollouts:
     # ---- the pipeline's interface (train/trainer.py) -----------------------------------------------------------
 
     def plan_epoch(self, epoch: int = 0) -> EpochPlan:
-        steps = math.ceil(len(self.prompts) / self.section.prompts_per_rollout)
-        tokens = sum(len(p.ids) for p in self.prompts) * self.section.samples_per_prompt
+        steps = math.ceil(len(self.prompts) / self.options.prompts_per_rollout)
+        tokens = sum(len(p.ids) for p in self.prompts) * self.options.samples_per_prompt
         return EpochPlan(examples=len(self.prompts), rows=steps * self.config.data.global_batch, tokens=tokens,
                          trained_tokens=0, efficiency=1.0, steps=steps)
 
@@ -126,7 +127,7 @@ class Rollouts:
         self.state = IteratorState(self.drawn, 0, 0)
 
     def report(self) -> list[str]:
-        s = self.section
+        s = self.options
         return [f"grpo: {len(self.prompts)} verifiable prompts from {', '.join(self.task_names)}; a rollout: "
                 f"{s.prompts_per_rollout} prompts x {s.samples_per_prompt} samples, temperature {s.temperature:g}, up "
                 f"to {s.response_length} new tokens, packed into {self.config.data.global_batch} rows of "
@@ -137,22 +138,22 @@ class Rollouts:
         parameters; with `async_steps` k, k steps ahead (train/rollout_ahead.py); placed on the mesh by `place`."""
         from instructjax.train.rollout_ahead import RolloutsAhead, RolloutsBetweenSteps
 
-        k = self.section.async_steps
+        k = self.options.async_steps
         return RolloutsAhead(self, k, run_dir, total_steps, place) if k else RolloutsBetweenSteps(self, run_dir, place)
 
-    def use_reference(self, weights) -> None:
-        """objective.reference: cached: the reference model's parameters, whose log-probs each rollout computes."""
-        self.reference = weights
+    def use_reference(self, reference: ReadyReference) -> None:
+        """The run's reference as `train.reference.prepare` made it ready: with a cached one (`RolloutLogProbs`), the
+        reference model's parameters, whose log-probs each rollout computes; else nothing (a live one is the step's)."""
+        self.reference = reference.value if reference.kind is RolloutLogProbs else None
 
-    def attach(self, graphdef, mesh, token_logps: Callable | None = None, engine_mesh=None,
-               param_shardings=None) -> None:
-        """The trained model's graph and the mesh its parameters lie on; `token_logps(params, batch)` (jitted): each
-        target's log-prob at the sampling temperature, for a cached reference; `engine_mesh`: the engine's own mesh
-        (`objective.rollout_devices`), the parameters laid out on it as `param_shardings` lay them on `mesh`."""
-        self.graphdef, self.mesh, self.token_logps = graphdef, mesh, token_logps
+    def attach(self, build, mesh, engine_mesh=None) -> None:
+        """The run's step (`build`: the trained model's graph, its parameters' layout) and the mesh they lie on;
+        `engine_mesh`: the engine's own mesh (`objective.grpo.rollout_devices`), the parameters laid out on it as they
+        lie on `mesh`."""
+        self.graphdef, self.mesh, self.token_logps = build.graphdef, mesh, reference_logps(build, self.config)
         self.engine_mesh, self._engine_shardings = engine_mesh, None
         if engine_mesh is not None:
-            self._engine_shardings = jax.tree.map(lambda s: NamedSharding(engine_mesh, s.spec), param_shardings)
+            self._engine_shardings = jax.tree.map(lambda s: NamedSharding(engine_mesh, s.spec), build.param_shardings)
 
     def engine_params(self, params):
         """A copy of `params` where the engine decodes: sent to its own mesh, or copied on the trainer's."""
@@ -179,7 +180,7 @@ class Rollouts:
         metrics: dict[str, float] = {}
         generation = 0.0  # every draw's (the step waits for all of them)
         for _ in range(MAX_REDRAWS):
-            chosen = self.take(self.drawn, self.section.prompts_per_rollout)
+            chosen = self.take(self.drawn, self.options.prompts_per_rollout)
             first, self.drawn = self.drawn, self.drawn + len(chosen)
             kept, metrics = self._generate(params, chosen, first)
             generation += metrics["time/generation"]
@@ -193,7 +194,7 @@ class Rollouts:
         metrics["time/generation"] = generation  # the other values are the last draw's (the one kept)
         self.state = IteratorState(self.drawn, 0, 0)
         batch = pack_rollout(kept, self.config.data.global_batch, self.config.data.seq_len)
-        if not self.section.use_rho_correction:  # the step takes the sampler's log-probs only to weigh by them
+        if not self.options.use_rho_correction:  # the step takes the sampler's log-probs only to weigh by them
             del batch[SAMPLER]
         if self.reference is not None:
             batch[REFERENCE] = np.asarray(jax.device_get(self.token_logps(self.reference, _on_mesh(batch, self.mesh))),
@@ -213,7 +214,8 @@ class Rollouts:
     def _scored(self, prompt: Prompt, text: str, position: int, sample: int) -> float:
         """`prompt`'s verifier's score of `text`, sample `sample` of the run's prompt number `position`: a function
         of them alone (its random draws seeded from the run's seed, the position and the sample). A verifier that
-        raises scores 0 with a warning line naming the completion, or stops the run (`objective.verifier_errors`)."""
+        raises scores 0 with a warning line naming the completion, or stops the run
+        (`objective.grpo.verifier_errors`)."""
         try:
             return self.score(prompt.verifier, text, prompt.ground_truth,
                               (self.config.seed, ROLLOUT_STREAM, position, sample))
@@ -221,17 +223,17 @@ class Rollouts:
             where = (f"verifier {prompt.verifier} raised on sample {sample} of prompt {position} of the run "
                      f"({self.task_names[prompt.task]} {prompt.id or ''})".replace(" )", ")")
                      + f": {type(err).__name__}: {err}".replace("\n", " "))
-            if self.section.verifier_errors == "stop":
-                raise DataError(f"{where} (objective.verifier_errors: stop)", reason="verifier_raised") from None
+            if self.options.verifier_errors == "stop":
+                raise DataError(f"{where} (objective.grpo.verifier_errors: stop)", reason="verifier_raised") from None
             if self.process_index == 0:
-                print(f"instructjax: warning: {where}; scored 0 (objective.verifier_errors: stop stops the run "
+                print(f"instructjax: warning: {where}; scored 0 (objective.grpo.verifier_errors: stop stops the run "
                       "instead)", file=sys.stderr, flush=True)
             return 0.0
 
     def _generate(self, params, chosen: list[int], first: int) -> tuple[list[tuple], dict[str, float]]:
         """Sample, score and normalise one rollout of the prompts `chosen` (the run's prompts `first`..): the kept
         completions (prompt ids, response ids, advantage, task) and the rollout's metrics."""
-        s = self.section
+        s = self.options
         start = time.perf_counter()
         prompts = [self.prompts[i] for i in chosen for _ in range(s.samples_per_prompt)]
         sampling = Sampling(max_new_tokens=s.response_length, temperature=s.temperature, top_p=1.0,
@@ -369,7 +371,7 @@ def reference_logps(build, config: RunConfig) -> Callable | None:
         return None
     from instructjax.train.step import token_logps
 
-    chunk, temperature = config.optim.loss_chunk, config.objective.temperature
+    chunk, temperature = config.optim.loss_chunk, config.objective.options.temperature
     return jax.jit(lambda params, batch: token_logps(build.graphdef, params, batch, chunk, temperature=temperature))
 
 

@@ -1,5 +1,5 @@
-"""Rollouts made ahead (`objective.async_steps: k` > 0; open-instruct's `async_steps`): step t trains on a rollout of
-the parameters after update t - 1 - k (the run's first parameters for steps 1 .. k + 1), so a rollout is made while
+"""Rollouts made ahead (`objective.grpo.async_steps: k` > 0; open-instruct's `async_steps`): step t trains on a rollout
+of the parameters after update t - 1 - k (the run's first parameters for steps 1 .. k + 1), so a rollout is made while
 the k steps before it train.
 
 schedule   right after step t is dispatched (JAX's async dispatch: its update runs on the devices meanwhile), the
@@ -63,8 +63,8 @@ class RolloutsAhead:
         if step - 1 - version > self.k:
             if self.rollouts.process_index == 0:
                 print(f"instructjax: warning: the rollout of step {step} was made from update {version}'s parameters,"
-                      f" {step - 1 - version} updates old (objective.async_steps={self.k}): dropped, made anew from "
-                      f"update {step - 1}'s", file=sys.stderr, flush=True)
+                      f" {step - 1 - version} updates old (objective.grpo.async_steps={self.k}): dropped, made anew "
+                      f"from update {step - 1}'s", file=sys.stderr, flush=True)
             rollout, version = self.rollouts.rollout(params), step - 1
             rollout.rows, rollout.metrics["rollout/dropped"] = self.place(rollout.rows), 1.0
         age = step - 1 - version
@@ -128,6 +128,6 @@ class RolloutsBetweenSteps(MadeBetweenSteps):
         dropped = read_ahead(self.folder, start, self.rollouts) if start else None
         if dropped and self.rollouts.process_index == 0:
             print(f"instructjax: warning: the {len(dropped)} rollouts made ahead of step {start} are dropped "
-                  "(objective.async_steps is 0: each step's rollout is made from the parameters before it)",
+                  "(objective.grpo.async_steps is 0: each step's rollout is made from the parameters before it)",
                   file=sys.stderr, flush=True)
         super().begin(start, last, params)

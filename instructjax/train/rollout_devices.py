@@ -1,4 +1,4 @@
-"""Where a grpo run's rollout engine decodes (`objective.rollout_devices`): on the trainer's own mesh (0, the
+"""Where a grpo run's rollout engine decodes (`objective.grpo.rollout_devices`): on the trainer's own mesh (0, the
 default), or on a mesh of its own, the last rollout_devices / hosts of each host's devices (Tunix's disaggregated
 rollout, open-instruct's vLLM workers), the learner on the rest, each update's parameters sent over
 (`Rollouts.engine_params`)."""
@@ -11,9 +11,9 @@ from instructjax.train.objectives.grpo import GRPO
 
 
 def split_devices(devices: list, config: RunConfig) -> tuple[list, list]:
-    """(the learner's devices, the rollout engine's): the last `objective.rollout_devices` / hosts of each host's
+    """(the learner's devices, the rollout engine's): the last `objective.grpo.rollout_devices` / hosts of each host's
     devices the engine's (none: it decodes on the learner's); one line where that leaves a host none to learn on."""
-    count = config.objective.rollout_devices if config.objective.rollouts else 0
+    count = config.objective.options.rollout_devices if config.objective.rollouts else 0
     if not count:
         return devices, []
     hosts = sorted({d.process_index for d in devices})
@@ -22,7 +22,7 @@ def split_devices(devices: list, config: RunConfig) -> tuple[list, list]:
     for host in hosts:
         mine = [d for d in devices if d.process_index == host]
         if rest or each >= len(mine):
-            raise ConfigError(f"objective.rollout_devices={count}: the engine takes the same share of each of the "
+            raise ConfigError(f"objective.grpo.rollout_devices={count}: the engine takes the same share of each of the "
                               f"{len(hosts)} hosts' {len(mine)} devices and leaves each some to learn on: at most "
                               f"{len(hosts) * (len(mine) - 1)}, a multiple of {len(hosts)}")
         learner += mine[: len(mine) - each]
@@ -61,7 +61,7 @@ def engine_mesh(devices: list, config: RunConfig, model):
     sizes = dict(mesh.shape)
     needed = GRPO(config).engine_mesh_bytes(model, sizes, config.data.seq_len, state_memory(model, sizes)["param_bytes"])
     if needed > usable_bytes(local_topology()):
-        raise ConfigError(f"objective.rollout_devices={len(devices)}: the rollout engine needs about "
+        raise ConfigError(f"objective.grpo.rollout_devices={len(devices)}: the rollout engine needs about "
                           f"{needed / GIB:.1f} GiB a device on its {len(devices)} devices (its parameters, KV cache and "
                           f"steps), more than a device here has ({usable_bytes(local_topology()) / GIB:.1f} GiB): give "
                           "it more devices")

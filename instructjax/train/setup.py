@@ -48,13 +48,15 @@ def resolve_model_config(config: RunConfig) -> DecoderConfig:
             return model
         if config.objective.reference_model == "base":  # its adapters merged into the base: fresh ones of any shape
             if model.lora is None:
-                raise ConfigError(f"objective.reference_model=base trains fresh LoRA adapters on model.init_from="
+                raise ConfigError(f"objective.{config.objective.loss}.reference_model=base trains fresh LoRA "
+                                  f"adapters on model.init_from="
                                   f"{config.model.init_from} with its adapters merged: set model.lora (or leave it "
                                   "out to take init_from's)")
             return model
         raise ConfigError(f"model.init_from={config.model.init_from} holds the LoRA adapters of "
                           f"{stored['lora']}, not model.lora={model.lora}: leave model.lora out to continue them"
-                          + (", set objective.reference_model=base to train fresh ones on them merged"
+                          + (f", set objective.{config.objective.loss}.reference_model=base to train fresh ones on "
+                             f"them merged"
                              if config.objective.needs_reference else "") + ", or import the base without --adapter")
     return preset(config.model.preset, **config.model.overrides)
 
@@ -257,8 +259,9 @@ def check_objective(config: RunConfig, resolved) -> None:
     them (a prompt has no answer to train)."""
     tasks = list(zip(resolved.tasks, resolved.specs, strict=True))
     loss = config.objective.loss
-    if config.objective.rollouts and config.objective.samples_per_prompt < 2:
-        raise ConfigError(f"objective.samples_per_prompt={config.objective.samples_per_prompt}: grpo's advantage is a "
+    if config.objective.rollouts and config.objective.options.samples_per_prompt < 2:
+        raise ConfigError(f"objective.grpo.samples_per_prompt={config.objective.options.samples_per_prompt}: grpo's "
+                          "advantage is a "
                           "completion's reward against its prompt's other samples, and one sample has none (its "
                           "advantage is always 0): set it to 2 or more (open-instruct's default: 4)")
     prompts = [t for t, s in tasks if s is not None and s.verifiable]

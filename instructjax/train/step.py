@@ -252,13 +252,13 @@ def build_step(model: DecoderConfig, tx: optax.GradientTransformation, config: R
     with_sharding = lambda tree, shards: jax.tree.map(  # noqa: E731
         lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shards)
     batch_sharding = sharding.batch_sharding(mesh)
-    reference = (partition.trainable(param_shardings),) if objective.reference == "live" else ()  # the adapters'
+    reference = (partition.trainable(param_shardings),) if objective.reference.step_argument else ()  # the adapters'
     step = jax.jit(make_step(objective, state.graphdef, tx, config, mesh, partition),
                    in_shardings=(param_shardings, opt_shardings, batch_sharding, *reference),
                    out_shardings=(param_shardings, opt_shardings, replicated), donate_argnums=(0, 1))
     return StepBuild(state.graphdef, with_sharding(state.params, param_shardings), with_sharding(state.opt, opt_shardings),
                      param_shardings, opt_shardings, batch_sharding, step, bool(reference),
-                     objective.reference == "cached", partition, objective, tx)
+                     objective.reference.in_batch, partition, objective, tx)
 
 
 def stacked_sharding(sharding: NamedSharding) -> NamedSharding:

@@ -41,6 +41,7 @@ from instructjax.core.run_identity import training_digest
 from instructjax.model.config import runs_only_keys
 from instructjax.train import memory, optim, reweighting
 from instructjax.train import setup as run_setup
+from instructjax.train.batch_sources import open_batches
 from instructjax.train.compile import compile_steps, saved_steps
 from instructjax.train.metrics import (
     MetricsLogger,
@@ -53,7 +54,6 @@ from instructjax.train.preemption import PreemptionWatch
 from instructjax.train.reference import prepare, start_base, starting_params
 from instructjax.train.resolution import PIPELINE, resolve
 from instructjax.train.resume import read_resume, restore, save_step
-from instructjax.train.rollout import open_rollouts, reference_logps
 from instructjax.train.rollout_devices import engine_mesh, split_devices
 from instructjax.train.step import build_step
 
@@ -108,8 +108,8 @@ class Trainer:
         if resume:
             self.resume_from, saved_config, bound = read_resume(self.run_dir, config, bound,
                                                                 accept_changes=accept_changes)
-        if config.objective.rollouts and pipeline is None:  # grpo: each step's batch a rollout of its prompts
-            pipeline = open_rollouts(bound, jax.process_index(), jax.process_count())
+        if pipeline is None:  # the objective's own batches where it makes them (grpo's rollouts), else its data's
+            pipeline = open_batches(bound, jax.process_index(), jax.process_count())
         run = self.resolved = run_setup.resolve_run(bound, devices=len(devices), hosts=jax.process_count(),
                                                     process_index=jax.process_index(), pipeline=pipeline,
                                                     saved_mesh=(saved_config or {}).get("mesh"))
@@ -134,11 +134,7 @@ class Trainer:
         sampling = reweighting.sampling(self.pipeline.stream) if config.data.reweighting is not None else None
         self.build = build_step(self.model_config, self.tx, self.config, len(self.sources), self.mesh, config.seed,
                                 sampling)
-        self.rollouts = config.objective.rollouts  # grpo: each batch a rollout of the policy as it stands
-        if self.rollouts:
-            self.pipeline.attach(self.build.graphdef, self.mesh, reference_logps(self.build, self.config),
-                                 engine_mesh(self.engine_devices, self.config, self.model_config),
-                                 self.build.param_shardings)
+        self.pipeline.attach(self.build, self.mesh, engine_mesh(self.engine_devices, self.config, self.model_config))
         self.precompiled = saved_steps(config.compiled, devices=devices, hosts=jax.process_count(), mesh=run.mesh,
                                        build=self.build, shapes=run.step_shapes)  # (rows, length) -> a loaded step
 
@@ -175,13 +171,13 @@ class Trainer:
             storage.write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.config), sort_keys=False))
         logger = MetricsLogger(self.run_dir, enabled=primary, resume_step=start if self.resume else None,
                                tracker=tracking.start(self.config, "train") if primary else None)
-        reference, logps = prepare(self.run_dir, self.config, self.model_config, self.build, self.base,
-                                   self.pipeline.stream, params, start)  # before the pipeline's first batch
-        if logps is not None:  # objective.reference: cached: the batches carry the reference's log-probs
-            self.pipeline.use_reference(logps)
+        reference = prepare(self.run_dir, self.config, self.model_config, self.build, self.base,
+                            self.pipeline.stream, params, start)  # before the pipeline's first batch
+        self.pipeline.use_reference(reference)  # stored log-probs the batches carry, or a rollout's reference
 
         def step_fn(params, opt_state, batch):  # a step loaded from `compiled:` where its shape is this batch's
-            return self.precompiled.get(batch["tokens"].shape, self.build.step)(params, opt_state, batch, *reference)
+            return self.precompiled.get(batch["tokens"].shape, self.build.step)(params, opt_state, batch,
+                                                                                 *reference.step_args)
 
         window = MetricsWindow(len(self.sources), self.config.optim.loss_reduction)
         if start and saved_window:  # a preempted run's half-filled log window, as the checkpoint saved it
@@ -208,7 +204,8 @@ class Trainer:
         try:
             with preemption.listening(), jax.set_mesh(self.mesh), memory.memory_errors(self.out_of_memory):
                 self.schedule(start)  # its ops compiled here, not in the wall time of the second step
-                compile_steps(self.build, self.step_shapes, self.precompiled, params, opt_state, reference)
+                compile_steps(self.build, self.step_shapes, self.precompiled, params, opt_state,
+                              reference.step_args)
                 if start < last:
                     source.begin(start, last, params)
                 clock = time.perf_counter()  # a step's wall time ends when its outputs are ready

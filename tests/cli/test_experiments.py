@@ -197,7 +197,7 @@ def test_dpo_stages_continue_tulu_1_1_with_tulu_2s_recipe():
     for path in stages:
         c, sft = load(path), load(path.replace("_dpo.yaml", ".yaml"))
         assert c.model.init_from == sft.run_dir and c.model.preset == sft.model.preset
-        assert (c.objective.loss, c.objective.beta, c.objective.reference) == ("dpo", 0.1, "cached")
+        assert (c.objective.loss, c.objective.options.beta, c.objective.options.reference) == ("dpo", 0.1, "cached")
         assert (c.optim.lr, c.optim.epochs, c.optim.warmup_ratio, c.data.global_batch) == (5e-7, 3, 0.1, 32)
         assert c.data.seq_len == 2 * 2048 and specs.task(c.data.mixture).preference
         assert c.eval == sft.eval

@@ -31,7 +31,7 @@ def test_sweep_trains_the_sft_run_before_the_dpo_run_that_continues_it(tmp_path)
     configs.mkdir()
     sft = tmp_path / "runs" / "z_sft"  # sorts after the DPO config: the sweep still trains it first
     write(configs, tmp_path, "z_sft", "alpaca_builtin")
-    write(configs, tmp_path, "a_dpo", "preference_builtin", "objective: {loss: dpo, beta: 0.1}\n",
+    write(configs, tmp_path, "a_dpo", "preference_builtin", "objective: {loss: dpo, dpo: {beta: 0.1}}\n",
           f", init_from: {sft}")
     assert main(["sweep", str(configs), "--status", str(tmp_path / "sweep.json")]) == 0
     rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]

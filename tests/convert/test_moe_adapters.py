@@ -192,7 +192,7 @@ def test_a_lora_dpo_on_qwen3_moe_resumes_exports_scores_and_generates(tmp_path, 
                             "lora": {"rank": 4, "alpha": 8, "targets": "all-linear"}},
                   "data": {"mixture": "preference_builtin", "seq_len": 512, "global_batch": 8, "pack": "per_step"},
                   "optim": {"lr": 1e-2, "warmup_ratio": 0.0, "loss_chunk": 64},
-                  "objective": {"loss": "dpo", "beta": 0.1, "reference": "cached"},
+                  "objective": {"loss": "dpo", "dpo": {"beta": 0.1, "reference": "cached"}},
                   "checkpoint": {"every": 1, "async_save": False}}
         (tmp_path / f"{name}.yaml").write_text(yaml.safe_dump(config))
         return cli.main(["train", "--config", str(tmp_path / f"{name}.yaml"), *extra])

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from helpers import REPO
+
 from instructjax.core.config import load_config, to_dict
 from instructjax.core.run_identity import digest, training_changes, training_digest, training_values
 from instructjax.model.config import DecoderConfig, runs_only_keys
@@ -89,3 +91,30 @@ def test_a_key_added_since_changes_the_digest_only_when_on():
     assert _changes("optim.neftune_alpha", 0.0, 5.0) == ["optim.neftune_alpha: 0.0 -> 5.0"]
     assert training_changes(then, on, not_training=runs_only_keys()) == ["optim.neftune_alpha: 0.0 -> 5.0"]
     assert training_changes(then, off, not_training=runs_only_keys()) == []
+
+
+# a grpo run's `objective:` as config.yaml and the checkpoint's meta stored it before the objectives had subsections:
+# every option of every objective, flat (the Tulu 3 RLVR config's values)
+FLAT_RLVR = {"loss": "grpo", "beta": 0.01, "gamma": 0.5, "reference": "cached", "reference_model": "start",
+             "prompts_per_rollout": 48, "samples_per_prompt": 16, "temperature": 1.0, "response_length": 2048,
+             "loss_fn": "dapo", "clip_lower": 0.2, "clip_higher": 0.2, "kl_estimator": 2,
+             "advantage_normalization": "standard", "verification_reward": 10.0, "filter_zero_std": True,
+             "verifier_errors": "zero", "use_rho_correction": False, "rho_clamp_lower_bound": 0.0,
+             "rho_clamp_upper_bound": 2.0, "rho_mask_lower_bound": 0.0, "rho_mask_upper_bound": 0.0,
+             "rho_mask_sequence_level": False, "rho_mask_tv_divergence": False, "async_steps": 0, "rollout_devices": 0}
+
+
+def test_a_run_saved_with_the_flat_objective_keys_keeps_its_identity():
+    """A run saved before `objective.<loss>:` existed resumes without a change and stays done (its DONE marker's
+    digest); a change of an objective's option is named as it is typed now."""
+    config = load_config(str(REPO / "configs/rlvr/tulu3_rlvr_llama3_8b.yaml"), ["model.preset=tiny",
+                                                                                "model.init_from=null"])
+    then = {**to_dict(config), "objective": dict(FLAT_RLVR)}
+    assert training_changes(then, config, not_training=runs_only_keys()) == []
+    assert training_digest(config, not_training=runs_only_keys()) == digest(training_values(
+        then, not_training=runs_only_keys()))
+    hotter = load_config(str(REPO / "configs/rlvr/tulu3_rlvr_llama3_8b.yaml"),
+                         ["model.preset=tiny", "model.init_from=null", "objective.grpo.beta=0.02"])
+    assert training_changes(then, hotter, not_training=runs_only_keys()) == ["objective.grpo.beta: 0.01 -> 0.02"]
+    assert training_changes(to_dict(config), hotter, not_training=runs_only_keys()) == [
+        "objective.grpo.beta: 0.01 -> 0.02"]

@@ -104,7 +104,7 @@ def test_a_dpo_step_compiles_within_10_percent_of_plan(capsys, reference):
     with the batch. Plan (which counts the live reference's copy) is within 10% of the compiler either way."""
     code, report = compile_json(capsys, "v4-8", "model.dtype=bfloat16", "data.global_batch=16", "mesh.data=1",
                                 "mesh.fsdp=-1", "data.mixture=preference_builtin", "data.mosaic=null",
-                                "objective.loss=dpo", f"objective.reference={reference}")
+                                "objective.loss=dpo", f"objective.dpo.reference={reference}")
     assert code == 0 and report["fits"] is True
     for shape in report["shapes"]:
         assert shape["mosaic_kernels"] >= (4 if reference == "live" else 3)

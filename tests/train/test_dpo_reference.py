@@ -20,7 +20,7 @@ SFT = ["model.dtype=float32", "model.lora.rank=4", "model.lora.alpha=16", "data.
        "max_steps=1", "log_every=1", "checkpoint.async_save=false"]
 DPO = ["model.dtype=float32", "data.mixture=preference_builtin", "data.seq_len=256", "data.global_batch=4",
        "data.pack_window=16", "optim.lr=1e-2", "optim.warmup_ratio=0", "log_every=1", "max_steps=2",
-       "objective.loss=dpo", "objective.beta=0.1", "checkpoint.async_save=false"]
+       "objective.loss=dpo", "objective.dpo.beta=0.1", "checkpoint.async_save=false"]
 REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/margins")
 
 
@@ -42,7 +42,7 @@ def test_dpo_after_a_lora_sft_run_starts_at_log_2_whatever_the_reference(tmp_pat
     for model, where in [("start", "cached"), ("start", "live"), ("base", "live")]:
         run = tmp_path / f"{model}-{where}"
         assert cli.main(["train", "--config", "/dev/null", *DPO, f"model.init_from={sft}", f"run_dir={run}",
-                         f"objective.reference_model={model}", f"objective.reference={where}"]) == 0
+                         f"objective.dpo.reference_model={model}", f"objective.dpo.reference={where}"]) == 0
         runs[model, where] = records(run)
     for (model, where), steps in runs.items():
         first = steps[1]
@@ -65,10 +65,12 @@ def test_dpo_after_a_lora_sft_run_starts_at_log_2_whatever_the_reference(tmp_pat
 
 
 @pytest.mark.parametrize("keys, words", [
-    (["objective.loss=dpo", "objective.reference=start"],
-     r"objective.reference must be one of \('cached', 'live'\).*objective.reference_model: start \| base"),
-    (["objective.loss=simpo", "objective.reference_model=base"], "objective.loss=simpo has no reference model"),
-    (["objective.loss=dpo", "objective.reference_model=sft"], "objective.reference_model must be one of"),
+    (["objective.loss=dpo", "objective.dpo.reference=start"],
+     r"objective.dpo.reference must be one of \('cached', 'live'\).*objective.dpo.reference_model: start \| base"),
+    (["objective.loss=simpo", "objective.simpo.reference_model=base"], "objective.simpo.reference_model: unknown key"),
+    (["objective.loss=grpo", "objective.grpo.beta=0", "objective.grpo.reference_model=base"],
+     "objective.grpo.reference_model=base: this grpo has no reference model"),
+    (["objective.loss=dpo", "objective.dpo.reference_model=sft"], "objective.dpo.reference_model must be one of"),
 ])
 def test_a_reference_model_that_cannot_be_is_one_line(keys, words):
     from instructjax.core.config import load_config

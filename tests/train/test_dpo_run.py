@@ -20,8 +20,8 @@ from instructjax.train.trainer import Trainer
 
 BASE = ["model.preset=tiny", "model.dtype=float32", "data.mixture=preference_builtin", "data.seq_len=256",
         "data.global_batch=16", "data.pack_window=32", "optim.lr=1e-3", "optim.warmup_ratio=0", "log_every=1",
-        "max_steps=2", "optim.micro_batches=2", "checkpoint.every=2", "objective.loss=dpo", "objective.beta=0.1",
-        "objective.reference=live"]  # fmt: skip
+        "max_steps=2", "optim.micro_batches=2", "checkpoint.every=2", "objective.loss=dpo", "objective.dpo.beta=0.1",
+        "objective.dpo.reference=live"]  # fmt: skip
 REWARDS = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins")
 
 
@@ -49,7 +49,7 @@ def test_cached_per_step_resumed_is_the_live_unpacked_dpo_run(tmp_path, capsys):
     lines = {line.get_label().split()[0]: list(line.get_ydata()) for ax in figure.axes for line in ax.get_lines()}
     for key in ("loss", "rewards/accuracies", "rewards/margins"):
         assert lines[key] == [logged[step][key] for step in range(1, 3)], key
-    cached = [*BASE, "data.pack=per_step", "objective.reference=cached", f"run_dir={tmp_path / 'b'}"]
+    cached = [*BASE, "data.pack=per_step", "objective.dpo.reference=cached", f"run_dir={tmp_path / 'b'}"]
     first = Trainer(load_config(None, cached))
     assert first.run(stop_at=1).step == 1
     stored = sorted((tmp_path / "b" / "reference_logps").iterdir())
@@ -73,13 +73,15 @@ def test_cached_per_step_resumed_is_the_live_unpacked_dpo_run(tmp_path, capsys):
 
 @pytest.mark.parametrize("changes, words", [
     (["objective.loss=sft"], "holds preference pairs: set objective.loss to dpo"),
+    (["objective.loss=orpo"], "objective.dpo: objective.loss is orpo, which reads only objective.orpo"),
     (["data.mixture=alpaca_builtin"], "has no preference task"),
 ])
 def test_an_objective_the_mixture_disagrees_with_is_one_line(tmp_path, changes, words, capsys):
+    base = [a for a in BASE if not a.startswith("objective.dpo.")] if "objective.loss=sft" in changes else BASE
     with pytest.raises(ConfigError, match=words):
-        Trainer(load_config(None, [*BASE, *changes, f"run_dir={tmp_path / 'r'}"]))
+        Trainer(load_config(None, [*base, *changes, f"run_dir={tmp_path / 'r'}"]))
     assert not (tmp_path / "r").exists()
     # plan (and plan --compile, which plans first) refuses what the trainer refuses, in the same words
-    assert cli.main(["plan", "--config", "/dev/null", *BASE, *changes, "--topology", "v5e-8"]) == 2
+    assert cli.main(["plan", "--config", "/dev/null", *base, *changes, "--topology", "v5e-8"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and re.search(words, err[0]), err

@@ -79,9 +79,10 @@ def test_the_objectives_loss_gradient_and_metrics_are_open_instructs_first_updat
     (`resolve_old_logprob` at epoch 0); the gradient of the step's loss by each token's log-prob and the logged means
     (`populate_sample_loss_stats` weighed by token counts, `compute_metrics_from_loss_stats`) agree."""
     new, _, ref, adv, mask = rollouts(1)
-    config = load_config(None, ["objective.loss=grpo", f"objective.loss_fn={loss_fn}", "objective.clip_higher=0.28",
-                                "objective.reference=live"])
-    s = config.objective
+    config = load_config(None, ["objective.loss=grpo", f"objective.grpo.loss_fn={loss_fn}",
+                                "objective.grpo.clip_higher=0.28",
+                                "objective.grpo.reference=live"])
+    s = config.objective.options
     objective = objective_for(config)
     mb = {"loss_weights": jnp.asarray(mask), ADVANTAGES: jnp.asarray(adv), REFERENCE: jnp.asarray(ref)}
     weights = objective.weights(mb)
@@ -166,9 +167,10 @@ def test_one_update_from_fixed_rollouts_is_open_instructs_on_transformers(theirs
     batch = pack_rollout(kept, 4, 32)
     assert batch["segment_ids"].max() >= 2  # completions share rows
 
-    run = load_config(None, ["objective.loss=grpo", f"objective.loss_fn={loss_fn}", "objective.reference=live",
-                             f"objective.temperature={temperature}", "objective.clip_higher=0.28", "data.seq_len=32",
-                             "optim.micro_batches=2", *([f"objective.{k}={v}" for k, v in RHO_KEYS.items()] if rho
+    run = load_config(None, ["objective.loss=grpo", f"objective.grpo.loss_fn={loss_fn}",
+                             "objective.grpo.reference=live",
+                             f"objective.grpo.temperature={temperature}", "objective.grpo.clip_higher=0.28", "data.seq_len=32",
+                             "optim.micro_batches=2", *([f"objective.grpo.{k}={v}" for k, v in RHO_KEYS.items()] if rho
                                                         else [])])
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1, 1), ("data", "fsdp", "expert", "tensor"))
     build = build_step(model, optax.sgd(1.0), run, 1, mesh)
@@ -179,7 +181,7 @@ def test_one_update_from_fixed_rollouts_is_open_instructs_on_transformers(theirs
     ours = hf_state(jax.tree.map(lambda a, b: a - np.asarray(b), before, updated), model)
 
     frozen = transformers.LlamaForCausalLM.from_pretrained(dirs["reference"], dtype=torch.float32)
-    s = run.objective
+    s = run.objective.options
     cfg = type("Config", (), dict(loss_fn=theirs.GRPOLossType(loss_fn), clip_lower=s.clip_lower,
                                   clip_higher=s.clip_higher, kl_estimator=s.kl_estimator, use_rho_correction=rho,
                                   **{k: getattr(s, k) for k in RHO_FIELDS}))()
@@ -229,8 +231,9 @@ def test_plan_counts_what_a_rollout_allocates_and_the_reference():
     from instructjax.train.topology import local_topology
 
     model = preset("tiny", dtype="float32", vocab_size=256, num_layers=2)
-    config = load_config(None, ["objective.loss=grpo", "objective.prompts_per_rollout=3", "objective.samples_per_prompt=2",
-                                "objective.response_length=40", "data.seq_len=64", "data.global_batch=6"])
+    config = load_config(None, ["objective.loss=grpo", "objective.grpo.prompts_per_rollout=3",
+                                "objective.grpo.samples_per_prompt=2",
+                                "objective.grpo.response_length=40", "data.seq_len=64", "data.global_batch=6"])
     decoder = Decoder(model, rngs=nnx.Rngs(0))
     objective = objective_for(config)
     sizes = {"data": 1, "fsdp": 1, "expert": 1, "tensor": 1}
@@ -246,8 +249,8 @@ def test_plan_counts_what_a_rollout_allocates_and_the_reference():
 
     shapes = [(6, 64)]
     needed, _ = plan_memory.step_needed(model, config, sizes, shapes, local_topology())
-    no_kl = load_config(None, ["objective.loss=grpo", "objective.beta=0", "objective.prompts_per_rollout=3",
-                               "objective.samples_per_prompt=2", "data.seq_len=64", "data.global_batch=6"])
+    no_kl = load_config(None, ["objective.loss=grpo", "objective.grpo.beta=0", "objective.grpo.prompts_per_rollout=3",
+                               "objective.grpo.samples_per_prompt=2", "data.seq_len=64", "data.global_batch=6"])
     full = {"trained_bytes": param_bytes, "param_bytes": param_bytes, "float_bytes": param_bytes, "copy_bytes": 0}
     assert objective.reference_bytes(full) == param_bytes  # float32 compute: the reference as it is
     assert objective.reference_bytes({**full, "copy_bytes": param_bytes // 2}) == param_bytes // 2  # bfloat16
@@ -260,17 +263,22 @@ def test_plan_counts_what_a_rollout_allocates_and_the_reference():
     (["data.mixture=arithmetic_builtin"], "rolls out verifiable prompts, but data.mixture=arithmetic_builtin has no "
                                           "verifiable task"),
     (["objective.loss=sft"], "holds verifiable prompts (no answer to train on): set objective.loss=grpo"),
-    (["objective.prompts_per_rollout=4"], "data.global_batch=8 rows cannot hold a rollout's 16 completions"),
-    (["objective.response_length=60"], "it needs rows of"),
-    (["objective.samples_per_prompt=1"], "objective.samples_per_prompt=1: grpo's advantage is a completion's reward "
+    (["objective.grpo.prompts_per_rollout=4"], "data.global_batch=8 rows cannot hold a rollout's 16 completions"),
+    (["objective.grpo.response_length=60"], "it needs rows of"),
+    (["objective.grpo.samples_per_prompt=1"],
+     "objective.grpo.samples_per_prompt=1: grpo's advantage is a completion's reward "
                                          "against its prompt's other samples"),
-    (["objective.async_steps=-1"], "objective.async_steps must be >= 0 (0: synchronous), got -1"),
-    (["objective.async_steps=1000"], "objective.async_steps=1000: 1000 rollouts ahead take 2000 prompts "
-                                     "(objective.prompts_per_rollout=2); data.mixture=verifiable_builtin has"),
-    (["objective.rollout_devices=8"], "objective.rollout_devices=8: the engine takes the same share of each of the 1 "
+    (["objective.grpo.async_steps=-1"], "objective.grpo.async_steps must be >= 0 (0: synchronous), got -1"),
+    (["objective.grpo.async_steps=1000"], "objective.grpo.async_steps=1000: 1000 rollouts ahead take 2000 prompts "
+                                     "(objective.grpo.prompts_per_rollout=2); data.mixture=verifiable_builtin has"),
+    (["objective.grpo.rollout_devices=8"],
+     "objective.grpo.rollout_devices=8: the engine takes the same share of each of the 1 "
                                       "hosts' 8 devices and leaves each some to learn on: at most 7, a multiple of 1"),
+    (["objective.loss=sft", "data.mixture=alpaca_builtin", "objective.grpo.async_steps=1"],
+     "objective.grpo: objective.loss is sft, which reads only objective.sft: leave objective.grpo out, or set "
+     "objective.loss=grpo"),
     (["objective.loss=sft", "data.mixture=alpaca_builtin", "objective.async_steps=1"],
-     "objective.async_steps=1 makes rollouts ahead of the steps: objective.loss=sft has no rollouts (grpo)"),
+     "objective.async_steps is an option of grpo (objective.grpo.async_steps), not of objective.loss=sft"),
 ])
 def test_a_grpo_run_that_cannot_be_is_one_line(tmp_path, capsys, overrides, expected):
     """Bad input, one line and exit 2: grpo on a task that is not verifiable, another objective on verifiable prompts,
@@ -280,8 +288,11 @@ def test_a_grpo_run_that_cannot_be_is_one_line(tmp_path, capsys, overrides, expe
 
     argv = ["train", "--config", "/dev/null", "model.preset=tiny", "model.dtype=float32", "data.seq_len=64",
             "data.global_batch=8", "data.mixture=verifiable_builtin", "objective.loss=grpo",
-            "objective.prompts_per_rollout=2", "objective.samples_per_prompt=4", "objective.response_length=16",
-            "max_steps=2", f"run_dir={tmp_path / 'run'}", *overrides]
+            "objective.grpo.prompts_per_rollout=2", "objective.grpo.samples_per_prompt=4", "objective.grpo.response_length=16",
+            "max_steps=2", f"run_dir={tmp_path / 'run'}"]
+    if "objective.loss=sft" in overrides:  # grpo's own keys left out: an sft config has none
+        argv = [a for a in argv if not a.startswith("objective.grpo.")]
+    argv += overrides
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and err.startswith("instructjax: error: ") and expected in err, err
@@ -296,13 +307,13 @@ def test_a_rollout_that_does_not_fit_says_so_in_one_line():
     from instructjax.train.topology import tpu_topology
 
     config = load_config(None, ["objective.loss=grpo", "data.seq_len=32768", "data.global_batch=64",
-                                "optim.micro_batches=8", "objective.prompts_per_rollout=16"])
+                                "optim.micro_batches=8", "objective.grpo.prompts_per_rollout=16"])
     sizes = {"data": 1, "fsdp": 8, "expert": 1, "tensor": 1}
     needed, line = memory.step_needed(preset("llama2-7b", remat="full"), config, sizes, [(64, 32768)],
                                       tpu_topology("v5e-8"))
     assert needed > memory.usable_bytes(tpu_topology("v5e-8"))
     assert line.count("\n") == 0 and line.startswith("out of memory: a rollout needs about"), line
-    assert "objective.prompts_per_rollout x objective.samples_per_prompt" in line and "kept through the steps" in line
+    assert "objective.grpo.prompts_per_rollout x objective.grpo.samples_per_prompt" in line and "kept through the steps" in line
 
 
 def test_plan_compiles_the_rollout_engine_of_a_grpo_run(capsys):
@@ -348,8 +359,8 @@ def test_a_step_whose_rollouts_all_score_alike_says_so(tmp_path, capsys, monkeyp
         self, *a, **k))
     config = load_config(None, ["model.preset=tiny", "model.dtype=float32", "data.mixture=verifiable_builtin",
                                 "data.seq_len=64", "data.global_batch=8", "objective.loss=grpo",
-                                "objective.prompts_per_rollout=2", "objective.samples_per_prompt=4",
-                                "objective.response_length=4", "max_steps=1", f"run_dir={tmp_path / 'run'}"])
+                                "objective.grpo.prompts_per_rollout=2", "objective.grpo.samples_per_prompt=4",
+                                "objective.grpo.response_length=4", "max_steps=1", f"run_dir={tmp_path / 'run'}"])
     result = Trainer(config).run()
     warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("instructjax: warning:")]
     assert warnings == ["instructjax: warning: 2 rollouts in a row scored alike in every group (prompts 0..3 of the "
@@ -368,7 +379,7 @@ def test_a_step_whose_rollouts_all_score_alike_says_so(tmp_path, capsys, monkeyp
 def test_a_verifiers_draws_are_its_keys_and_a_raise_is_0_named_or_a_stop(capsys, new_command):
     """A drawing verifier (IFEvalG's word count, its kwargs null) scores the same completion alike for one key and
     leaves Python's `random` as it found it; a verifier that raises scores 0 with one warning line naming the
-    completion (the default), or stops with one error line (`objective.verifier_errors: stop`)."""
+    completion (the default), or stops with one error line (`objective.grpo.verifier_errors: stop`)."""
     import json
     import random
 
@@ -393,18 +404,18 @@ def test_a_verifiers_draws_are_its_keys_and_a_raise_is_0_named_or_a_stop(capsys,
 
     prompt = Prompt((1, 2), "7", "raises_81", 0, "row-7")
     for policy in ("zero", "stop"):
-        config = load_config(None, ["objective.loss=grpo", f"objective.verifier_errors={policy}"])
+        config = load_config(None, ["objective.loss=grpo", f"objective.grpo.verifier_errors={policy}"])
         made = Rollouts(config, [prompt], ["my_task"], decode=str, stop_ids=[2],
                         score=lambda name, text, truth, key: seeded_score(get_verifier(name), text, truth, key))
         words = "verifier raises_81 raised on sample 3 of prompt 11 of the run (my_task row-7): ValueError: no answer here"
         if policy == "zero":
             assert made._scored(prompt, "x", 11, 3) == 0.0
             assert capsys.readouterr().err.splitlines() == [f"instructjax: warning: {words}; scored 0 "
-                                                            "(objective.verifier_errors: stop stops the run instead)"]
+                                                            "(objective.grpo.verifier_errors: stop stops the run instead)"]
         else:
             with pytest.raises(DataError) as raised:
                 made._scored(prompt, "x", 11, 3)
-            assert str(raised.value) == f"{words} (objective.verifier_errors: stop)"
+            assert str(raised.value) == f"{words} (objective.grpo.verifier_errors: stop)"
 
 
 RHO_FIELDS = ("rho_clamp_lower_bound", "rho_clamp_upper_bound", "rho_mask_lower_bound", "rho_mask_upper_bound",
@@ -434,7 +445,8 @@ def test_rho_weights_and_metrics_are_open_instructs(case):
     keys = {"use_rho_correction": True, "rho_clamp_lower_bound": 0.0, "rho_clamp_upper_bound": 2.0,
             "rho_mask_lower_bound": 0.0, "rho_mask_upper_bound": 0.0, "rho_mask_sequence_level": False,
             "rho_mask_tv_divergence": False, **RHO_CASES[case]}
-    section = load_config(None, ["objective.loss=grpo", *(f"objective.{k}={v}" for k, v in keys.items())]).objective
+    section = load_config(None, ["objective.loss=grpo", *(f"objective.grpo.{k}={v}" for k, v in keys.items())]
+                          ).objective.options
     new, _, _, advantages, mask = rollouts(3, rows=8, length=24)
     sampler = (new + np.random.default_rng(4).normal(0, 0.5, new.shape)).clip(max=-1e-3).astype(np.float32)
     segments = (np.cumsum(mask, 1) > 0) & (np.cumsum(mask[:, ::-1], 1)[:, ::-1] > 0)  # each row: one completion
@@ -458,7 +470,7 @@ def test_rho_weights_and_metrics_are_open_instructs(case):
 
 
 def test_plan_compiles_each_half_of_a_run_whose_engine_has_devices_of_its_own(capsys):
-    """`plan --compile` with `objective.rollout_devices` (`cli.plan.compiled_apart`'s parts): on a v4-8 (4 chips, 1
+    """`plan --compile` with `objective.grpo.rollout_devices` (`cli.plan.compiled_apart`'s parts): on a v4-8 (4 chips, 1
     host) the update step built for the learner's 2 chips and the engine's decode step for the other 2 (its fill is
     `plan --compile --rollout`'s, above), each fitting; a v5e slice of several hosts, whose compiler builds no program
     over part of it (v5e-32 refuses, libtpu aborts on a v5e-16), is one line (exit 2)."""
@@ -471,15 +483,16 @@ def test_plan_compiles_each_half_of_a_run_whose_engine_has_devices_of_its_own(ca
     from instructjax.train.topology import tpu_topology
 
     args = ["model.preset=tiny", "data.seq_len=128", "data.mixture=verifiable_builtin", "data.global_batch=8",
-            "objective.loss=grpo", "objective.prompts_per_rollout=2", "objective.samples_per_prompt=4"]
-    config = load_config(None, [*args, "objective.rollout_devices=2"])
+            "objective.loss=grpo", "objective.grpo.prompts_per_rollout=2", "objective.grpo.samples_per_prompt=4"]
+    config = load_config(None, [*args, "objective.grpo.rollout_devices=2"])
     learner, engine = split_topology(tpu_topology("v4-8"), config)
     assert (learner.devices, engine.devices) == (2, 2) and set(learner.part) | set(engine.part) == {0, 1, 2, 3}
     report = compile_run(config, learner)
     assert report.fits and report.devices == 2 and report.shapes and all(s.xla_bytes > 0 for s in report.shapes)
     plan, (decode,) = compile_eval(dataclasses.replace(config, mesh="auto"), engine, ("decode",), rollout=True)
     assert plan.mesh["fsdp"] == 2 and plan.fits and decode.xla_bytes > 0
-    argv = ["plan", "--config", "/dev/null", "--compile", "--topology", "v5e-16", *args, "objective.rollout_devices=8"]
+    argv = ["plan", "--config", "/dev/null", "--compile", "--topology", "v5e-16",
+            *args, "objective.grpo.rollout_devices=8"]
     assert cli.main(argv) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "XLA:TPU builds no program over part of a v5e-16" in err, err

@@ -131,7 +131,7 @@ def test_per_step_lora_dpo_preempted_on_two_hosts_resumes_on_one_as_the_unpacked
             "data.mixture=preference_builtin", "objective.loss=dpo", "data.seq_len=256", "data.global_batch=8",
             "data.pack_window=64", "max_steps=3", "checkpoint.every=1000"]  # fmt: skip
     run_dir = tmp_path / "multi"
-    cached = [*args, "data.pack=per_step", "objective.reference=cached"]
+    cached = [*args, "data.pack=per_step", "objective.dpo.reference=cached"]
     procs = launch(2, run_dir, cached, env_extra={"FAULT_STEP_SECONDS": "0.5"})
     _signal_after(procs, run_dir, 1, target=1, sig=signal.SIGINT)
     results = wait(procs)
@@ -145,7 +145,7 @@ def test_per_step_lora_dpo_preempted_on_two_hosts_resumes_on_one_as_the_unpacked
     results = wait(launch(1, run_dir, cached, "--resume"))
     assert all(rc == 0 for rc, _ in results), results[0][1][-3000:] + results[-1][1][-3000:]
     assert stored.stat().st_mtime_ns == stamp
-    reference = one_process([*args, "data.pack=false", "objective.reference=live"], tmp_path / "single")
+    reference = one_process([*args, "data.pack=false", "objective.dpo.reference=live"], tmp_path / "single")
     got = losses(run_dir)
     assert sorted(got) == list(range(1, 4))
     np.testing.assert_allclose([got[s] for s in range(1, 4)], [reference.losses[s] for s in range(1, 4)], rtol=1e-4)
@@ -226,7 +226,7 @@ IFEVAL_DRAWN = repr([json.dumps({"instruction_id": ["length_constraints:number_w
 def test_grpo_preempted_mid_run_on_two_hosts_resumes_as_one_process_runs(tmp_path):
     """GRPO (issue 69) through the real CLI on 2 processes: each host runs the same rollout (the engine on the
     trainer's mesh, its slots over both hosts' devices) and trains its rows of it, made a step ahead (issue 81's
-    `objective.async_steps: 1`); SIGTERM after step 1 (both save the step they agree on, host 0 the rollout made ahead
+    `objective.grpo.async_steps: 1`); SIGTERM after step 1 (both save the step they agree on, host 0 the rollout made ahead
     of it, and exit 75), resumed on 1 process (the torn test resumes on 2): every step's loss and rollout scores are
     one process's uninterrupted run's. Half the prompts'
     verifier is the user's own (`imports:`), half are IFEvalG's word count with its kwargs null (the relation and the
@@ -244,8 +244,8 @@ def test_grpo_preempted_mid_run_on_two_hosts_resumes_as_one_process_runs(tmp_pat
     config.write_text(f"imports: [{module}]\ndefine:\n  tasks:\n    parity_prompts:\n      source: verifiable\n"
                       f"      data_files: [{rows.parent}]\n")
     args = [*BASE, "data.mixture=parity_prompts", "data.seq_len=64", "data.global_batch=8", "objective.loss=grpo",
-            "objective.prompts_per_rollout=4", "objective.samples_per_prompt=2", "objective.response_length=6",
-            "objective.temperature=1.0", "objective.reference=live", "objective.async_steps=1", "max_steps=3",
+            "objective.grpo.prompts_per_rollout=4", "objective.grpo.samples_per_prompt=2", "objective.grpo.response_length=6",
+            "objective.grpo.temperature=1.0", "objective.grpo.reference=live", "objective.grpo.async_steps=1", "max_steps=3",
             "checkpoint.every=1000"]
     run_dir = tmp_path / "multi"
     results = wait(launch(2, run_dir, args, config=config, env_extra={"FAULT_SIGTERM_AFTER_STEP": "1"}))

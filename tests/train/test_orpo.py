@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from instructjax.core.config import load_config
+from instructjax.core.objectives import NoReference, Pairs
 from instructjax.data.batches.packing import SequencePacker
 from instructjax.train.objectives import objective_for
 
@@ -69,8 +70,8 @@ def test_orpo_is_trls_odds_ratio_loss_on_packed_pairs():
                                                                 torch.tensor(means[:, 1])))
     want = nll_sum / nll_count - losses.mean()  # ORPOTrainer.get_batch_loss_metrics: policy_nll_loss - losses.mean()
 
-    objective = objective_for(load_config(None, ["objective.loss=orpo", f"objective.beta={BETA}"]))
-    assert objective.reference == "none" and objective.pairs
+    objective = objective_for(load_config(None, ["objective.loss=orpo", f"objective.orpo.beta={BETA}"]))
+    assert objective.reference is NoReference and objective.options.data is Pairs
     split = lambda x: x.reshape(len(x) // 2, 2, *x.shape[1:]).swapaxes(0, 1)  # noqa: E731  (train/step.py's split)
     micro = {k: jnp.asarray(split(v)) for k, v in rows.items()}
     weights = objective.weights(micro)

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from instructjax.core.config import ObjectiveSection
+from instructjax.core.config import ObjectiveSection, load_config
 from instructjax.core.errors import ConfigError
+from instructjax.core.objectives import OPTIONS, SimPOOptions
 from instructjax.train import preference
 
 PAIRS = 6
@@ -71,7 +72,7 @@ def test_dpo_and_dpo_norm_equal_their_formulas_in_float64(loss):
     """DPO: -log sigmoid(beta ((c - c_ref) - (r - r_ref))) on summed log-probs; dpo_norm (open-instruct's
     `dpo_norm`, TRL's `sigmoid_norm`) the same on per-token means; rewards beta x the log-ratio."""
     policy, reference, counts = _inputs()
-    objective = ObjectiveSection(loss=loss, beta=0.3)
+    objective = OPTIONS[loss](beta=0.3)
     losses, rewards = preference.pair_losses(objective, jnp.asarray(policy, jnp.float32), jnp.asarray(counts, jnp.float32),
                                              jnp.asarray(reference, jnp.float32))
     metrics = means(rewards)
@@ -90,7 +91,7 @@ def test_simpo_equals_trls_cpo_loss_with_the_simpo_loss_type():
     torch = pytest.importorskip("torch")
     cpo = pytest.importorskip("trl.experimental.cpo.cpo_trainer")
     policy, _, counts = _inputs(2)
-    objective = ObjectiveSection(loss="simpo", beta=2.0, gamma=1.2)
+    objective = SimPOOptions(beta=2.0, gamma=1.2)
     losses, rewards = preference.pair_losses(objective, jnp.asarray(policy, jnp.float32), jnp.asarray(counts, jnp.float32))
     metrics = means(rewards)
     trainer = SimpleNamespace(alpha=0.0, beta=2.0, loss_type="simpo", simpo_gamma=1.2, label_smoothing=0.0,
@@ -103,10 +104,12 @@ def test_simpo_equals_trls_cpo_loss_with_the_simpo_loss_type():
 
 
 def test_the_objective_section_refuses_bad_values_in_one_line():
-    for bad, words in (({"loss": "dpo2"}, "objective.loss"), ({"beta": 0}, "objective.beta"),
-                       ({"reference": "disk"}, "objective.reference"), ({"gamma": -1}, "objective.gamma")):
+    for bad, words in ((["objective.loss=dpo2"], "objective.loss"), (["objective.loss=dpo", "objective.dpo.beta=0"],
+                       "objective.dpo.beta"), (["objective.loss=dpo", "objective.dpo.reference=disk"],
+                       "objective.dpo.reference"), (["objective.loss=simpo", "objective.simpo.gamma=-1"],
+                       "objective.simpo.gamma")):
         with pytest.raises(ConfigError, match=words) as err:
-            ObjectiveSection(**bad)
+            load_config(None, bad)
         assert "\n" not in str(err.value)
     assert ObjectiveSection().loss == "sft" and not ObjectiveSection().preference
     assert ObjectiveSection(loss="dpo").needs_reference and not ObjectiveSection(loss="simpo").needs_reference

@@ -64,7 +64,7 @@ def setting(request):
     model = FAMILIES[request.param]()
     params = nnx.to_pure_dict(nnx.state(Decoder(model, rngs=nnx.Rngs(0)), nnx.Param))
     reference = nnx.to_pure_dict(nnx.state(Decoder(model, rngs=nnx.Rngs(1)), nnx.Param))
-    run = load_config(None, ["objective.loss=dpo", f"objective.beta={BETA}", "objective.reference=live",
+    run = load_config(None, ["objective.loss=dpo", f"objective.dpo.beta={BETA}", "objective.dpo.reference=live",
                              f"data.seq_len={SEQ}", "optim.micro_batches=2"])
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:1]).reshape(1, 1, 1), ("data", "fsdp", "tensor"))
     tx = optax.sgd(1.0)  # the update is the gradient: the layouts' gradients compared, not Adam's signs of them

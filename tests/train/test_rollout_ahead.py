@@ -1,4 +1,4 @@
-"""Rollouts made ahead (`objective.async_steps`, issue 81 item 3), against a loop written here from the rule alone:
+"""Rollouts made ahead (`objective.grpo.async_steps`, issue 81 item 3), against a loop written here from the rule alone:
 step t trains on the synchronous `Rollouts.rollout` of the parameters after update t - 1 - k (the first ones for the
 first steps), the rollouts made in step order; a run stopped and resumed trains as the uninterrupted one."""
 
@@ -40,9 +40,9 @@ def prompts(tmp_path_factory):
 
 def config_args(run_dir, k: int) -> list[str]:
     return ["model.preset=tiny", "model.dtype=float32", "optim.lr=3e-3", "data.mixture=drawn_81", "data.seq_len=64",
-            "data.global_batch=8", "objective.loss=grpo", "objective.beta=0", "objective.prompts_per_rollout=4",
-            "objective.samples_per_prompt=2", "objective.response_length=6", "objective.temperature=1.0",
-            f"max_steps={STEPS}", "log_every=1", f"objective.async_steps={k}", f"run_dir={run_dir}"]
+            "data.global_batch=8", "objective.loss=grpo", "objective.grpo.beta=0", "objective.grpo.prompts_per_rollout=4",
+            "objective.grpo.samples_per_prompt=2", "objective.grpo.response_length=6", "objective.grpo.temperature=1.0",
+            f"max_steps={STEPS}", "log_every=1", f"objective.grpo.async_steps={k}", f"run_dir={run_dir}"]
 
 
 def config_of(prompts, run_dir, k: int):
@@ -55,14 +55,14 @@ def by_rule(config, k: int) -> dict[int, float]:
     trainer = Trainer(config)
     try:
         params, opt_state, *_ = trainer.init_state()
-        reference, _ = prepare(trainer.run_dir, trainer.config, trainer.model_config, trainer.build, trainer.base,
+        reference = prepare(trainer.run_dir, trainer.config, trainer.model_config, trainer.build, trainer.base,
                                None, params, 0)
         updates, losses = [jax.tree.map(jnp.copy, params)], {}
         with jax.set_mesh(trainer.mesh):
             for step in range(1, STEPS + 1):
                 made = trainer.pipeline.rollout(updates[max(0, step - 1 - k)])
                 params, opt_state, metrics = trainer.build.step(
-                    params, opt_state, on_mesh(made.rows, trainer.build.batch_sharding), *reference)
+                    params, opt_state, on_mesh(made.rows, trainer.build.batch_sharding), *reference.step_args)
                 updates.append(jax.tree.map(jnp.copy, params))
                 losses[step] = float(metrics["loss"])
     finally:
@@ -99,14 +99,15 @@ def test_each_step_trains_on_the_rollout_of_update_t_minus_1_minus_k_and_resumes
         assert sorted(result.losses) == [2, 3] and all(np.isfinite(v) for v in result.losses.values())
         warnings = [line for line in capsys.readouterr().err.splitlines() if "made ahead" in line]
         assert warnings == ["instructjax: warning: the 1 rollouts made ahead of step 1 are dropped "
-                            "(objective.async_steps is 0: each step's rollout is made from the parameters before it)"]
+                            "(objective.grpo.async_steps is 0: each step's rollout is made from the parameters before it)"]
 
 
 def test_the_engine_on_devices_of_its_own_makes_the_rollouts_the_trainers_devices_make(prompts, tmp_path):
-    """`objective.rollout_devices: 4` of 8 devices (the engine on the last 4, the learner on the first 4, each update's
+    """`objective.grpo.rollout_devices: 4` of 8 devices (the engine on the last 4, the learner on the first 4, each update's
     parameters sent over) with k = 1 trains as the same run on 4 devices with the engine on the trainer's mesh (one
     shape of mesh each: the same programs): every step's loss and scores."""
-    apart = Trainer(load_config(prompts, [*config_args(tmp_path / "apart", 1), "objective.rollout_devices=4"])).run()
+    apart = Trainer(load_config(prompts, [*config_args(tmp_path / "apart", 1),
+                                          "objective.grpo.rollout_devices=4"])).run()
     together = Trainer(config_of(prompts, tmp_path / "together", 1), devices=jax.devices()[:4]).run()
     assert apart.losses == together.losses
     scores = [[r["scores"] for r in read_metrics(tmp_path / name)] for name in ("apart", "together")]

@@ -36,15 +36,15 @@ def digest(*overrides: str) -> str:
 
 @pytest.mark.slow
 def test_a_step_saved_for_dpo_serves_dpo_alone(tmp_path):
-    dpo = ("objective.loss=dpo", "objective.reference=cached")
+    dpo = ("objective.loss=dpo", "objective.dpo.reference=cached")
     saved_for = digest(*dpo)
     saved = tmp_path / "step.bin"  # what `plan --compile --save-executable` writes, but the executable (refused first)
     target = slice_identity(jax.devices()[:1], 1, MESH)
     saved.write_bytes(pickle.dumps({"format": FORMAT, "target": target, "rows": ROWS, "length": LENGTH,
                                     "digest": saved_for, "payload": b"", "in_tree": None, "out_tree": None}))
     others = {"simpo": ["objective.loss=simpo"], "dpo_norm": ["objective.loss=dpo_norm"],
-              "another beta": [*dpo, "objective.beta=0.2"], "NEFTune on": [*dpo, "optim.neftune_alpha=5"],
-              "the reference live": ["objective.loss=dpo", "objective.reference=live"]}
+              "another beta": [*dpo, "objective.dpo.beta=0.2"], "NEFTune on": [*dpo, "optim.neftune_alpha=5"],
+              "the reference live": ["objective.loss=dpo", "objective.dpo.reference=live"]}
     for name, overrides in others.items():
         with pytest.raises(ConfigError, match=r"was built for another step \(its program differs") as refused:
             load_compiled(str(saved), target=target, build=build(*overrides), shapes=[(ROWS, LENGTH)])

@@ -29,6 +29,7 @@ import numpy as np
 
 from instructjax.core.config import DataSection
 from instructjax.core.errors import ConfigError
+from instructjax.core.objectives import ReadyReference, StoredLogProbs
 from instructjax.data.batches.example_order import ExampleStream, named_rng
 from instructjax.data.batches.packing import PackStats, SequencePacker, segment_lengths
 from instructjax.data.batches.step_plan import StepPlan, plan_step_rows
@@ -92,10 +93,14 @@ class DataPipeline:
         """What the data did not train as given (see `ExampleStream.report`)."""
         return self.stream.report()
 
-    def use_reference(self, reference: list[tuple[np.ndarray, np.ndarray]] | None) -> None:
-        """A preference run's cached reference log-probs (train/reference.py: per task, each token's target log-prob
-        end to end and the offsets per example), carried by the batches made from here on as `reference_logps`."""
-        self.stream.reference = reference
+    def use_reference(self, reference: ReadyReference) -> None:
+        """The run's reference as train/reference.py made it ready: stored log-probs (`StoredLogProbs`: per task,
+        each token's target log-prob end to end and the offsets per example) are carried by the batches made from
+        here on as `reference_logps`; any other kind gives the batches nothing."""
+        self.stream.reference = reference.value if reference.kind is StoredLogProbs else None
+
+    def attach(self, build, mesh, engine_mesh=None) -> None:
+        """The run's step and mesh: examples read from the data need nothing of them (rollouts do: train/rollout.py)."""
 
     def packed_window(self, epoch: int, window: int) -> dict[str, np.ndarray] | None:
         """One window's rows, in a seeded random order (best-fit-decreasing opens long rows first), or without

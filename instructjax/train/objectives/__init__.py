@@ -1,19 +1,19 @@
 """The objectives a run can train (`objective.loss`), each a plug-in of the one step (`base.Objective`;
-train/step.py `make_step`). Adding one: its module here, its name in `OBJECTIVES` below and in core/config.py's
-`OBJECTIVES` (the config's check), and its tests (docs/architecture.md, "adding an objective")."""
+train/step.py `make_step`). Adding one: its options in core/objectives.py (what the config reads, the data it trains
+on, the reference it compares with) and their line in `OPTIONS` there; its module here and its line in `OBJECTIVES`
+below; its tests (docs/architecture.md, "adding an objective")."""
 
 from __future__ import annotations
 
 from instructjax.core.config import RunConfig
-from instructjax.train.objectives.base import REFERENCES, Objective  # noqa: F401
+from instructjax.train.objectives.base import Objective
 from instructjax.train.objectives.doremi import DoReMi
 from instructjax.train.objectives.grpo import GRPO
 from instructjax.train.objectives.orpo import ORPO
-from instructjax.train.objectives.pairs import PairLoss
+from instructjax.train.objectives.pairs import DPO, DPONorm, SimPO
 from instructjax.train.objectives.sft import SFT
 
-OBJECTIVES: dict[str, type[Objective]] = {"sft": SFT, "dpo": PairLoss, "dpo_norm": PairLoss, "simpo": PairLoss,
-                                          "orpo": ORPO, "grpo": GRPO}
+OBJECTIVES: dict[str, type[Objective]] = {o.options.loss: o for o in (SFT, DPO, DPONorm, SimPO, ORPO, GRPO)}
 
 
 def objective_for(config: RunConfig, num_sources: int = 1) -> Objective:

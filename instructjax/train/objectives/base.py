@@ -14,8 +14,10 @@ micro-batches, the trained partition and the update):
 - `stateful`: it carries a state across steps in the optimizer state: `wrap(tx, ...)` chains its carrier after the
   optimizer, the step hands `state_of(opt_state)` to `loss` among the normalisers and stores `next_state` after the
   update (DoReMi's domain weights, train/objectives/doremi.py);
-- `reference`: what it compares with: `none`, `cached` (the batch carries the reference's log-prob of each target,
-  `features`) or `live` (the step computes them from its fourth argument, the starting model, frozen);
+- `options`: its options class (core/objectives.py), which says what it trains on and what it compares with;
+- `reference`: that reference's kind, a type (core/objectives.py): `NoReference`, `StoredLogProbs` or
+  `RolloutLogProbs` (the batch carries the reference's log-prob of each target, `features`), or `LiveParams` (the
+  step computes them from its fourth argument, the starting model, frozen);
 - its plan terms: `words()` (what `plan` prints of it), `reference_bytes(memory)` (a live reference's copy) and
   `rollout_bytes(...)` (what generating a batch takes beside the state: grpo's).
 """
@@ -28,27 +30,31 @@ import jax
 import jax.numpy as jnp
 
 from instructjax.core.config import RunConfig
+from instructjax.core.objectives import LiveParams, Options, Reference
 from instructjax.data.batches.packing import REFERENCE
 
 Array = jax.Array
-REFERENCES = ("none", "cached", "live")
 STATE = "state"  # a stateful objective's state among the normalisers `loss` receives
 
 
 class Objective:
     """The interface `make_step` calls (see the module doc); `config` the run's, `num_sources` its mixture's tasks."""
 
-    name = ""
-    pairs = False  # trains on preference pairs (a pair: one row's segments 2k - 1 and 2k)
+    options: type[Options]  # its options (`objective.<loss>:`), whose class declares its data and its reference
     stateful = False  # carries a state of its own in the optimizer state (`wrap`, `state_of`, `next_state`: DoReMi's)
 
     def __init__(self, config: RunConfig, num_sources: int = 1):
-        self.config, self.section, self.num_sources = config, config.objective, num_sources
+        self.config, self.num_sources = config, num_sources
+        self.options = config.objective.options  # this objective's own: an instance of the class `options` names
 
     @property
-    def reference(self) -> str:
-        """Where the reference model's log-probs come from: `none`, `cached` or `live` (REFERENCES)."""
-        return "none"
+    def name(self) -> str:
+        return self.options.loss
+
+    @property
+    def reference(self) -> type[Reference]:
+        """The kind of reference it compares with (core/objectives.py), as its options set it."""
+        return self.options.reference_kind
 
     @property
     def temperature(self) -> float:
@@ -57,7 +63,7 @@ class Objective:
 
     def features(self) -> dict[str, Any]:
         """The batch's features beyond the packed rows' (data/batches/packing.py), name -> dtype."""
-        return {REFERENCE: jnp.float32} if self.reference == "cached" else {}
+        return {REFERENCE: jnp.float32} if self.reference.in_batch else {}
 
     def weights(self, micro_batches: dict[str, Array]) -> dict[str, Array]:
         raise NotImplementedError
@@ -83,4 +89,4 @@ class Objective:
     def reference_bytes(self, memory: dict[str, int]) -> int:
         """A device's bytes for the reference model beside the step's state (`train.memory`'s figures): a copy of
         what trains (the whole model; a LoRA's starting adapters on its own frozen base) where it runs live."""
-        return memory["trained_bytes"] if self.reference == "live" else 0
+        return memory["trained_bytes"] if self.reference is LiveParams else 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from instructjax.core.objectives import Reference, StoredLogProbs
 from instructjax.data.batches.packing import REFERENCE
 from instructjax.train import doremi
 from instructjax.train.objectives.base import STATE, Array
@@ -20,12 +21,11 @@ from instructjax.train.objectives.sft import SFT
 
 
 class DoReMi(SFT):
-    name = "sft"
     stateful = True
 
     @property
-    def reference(self) -> str:
-        return "cached"
+    def reference(self) -> type[Reference]:
+        return StoredLogProbs  # the reference run's model's log-probs (train/reference.py)
 
     def wrap(self, tx, sampling=None):
         """`tx` followed by the carrier of the weights, started at `sampling` (uniform by default: `plan`)."""

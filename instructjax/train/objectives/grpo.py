@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from instructjax.core.objectives import GRPOOptions, LiveParams, NoReference, RolloutLogProbs
 from instructjax.data.batches.packing import REFERENCE
 from instructjax.model import batching_memory
 from instructjax.model.batching_shapes import bucket, widest_fill
@@ -32,7 +33,7 @@ from instructjax.train import loss
 from instructjax.train.objectives.base import Array, Objective
 
 ADVANTAGES = "advantages"  # the batch feature: each trained target's advantage [B, L] float32
-SAMPLER = "sampler_logps"  # with objective.use_rho_correction: each trained target's log-prob as the engine drew it
+SAMPLER = "sampler_logps"  # with objective.grpo.use_rho_correction: each trained target's log-prob as drawn
 ROLLOUT_SLOTS = 64  # completions a rollout decodes at once, at most (a multiple of the data-parallel devices)
 
 
@@ -121,29 +122,25 @@ def rho_correction(old: Array, sampler: Array, mask: Array, advantages: Array, s
 
 
 class GRPO(Objective):
-    name = "grpo"
-
-    @property
-    def reference(self) -> str:
-        return self.section.reference if self.section.needs_reference else "none"
+    options = GRPOOptions
 
     @property
     def temperature(self) -> float:
-        return float(self.section.temperature)
+        return float(self.options.temperature)
 
     def features(self) -> dict:
         return {**super().features(), ADVANTAGES: jnp.float32,
-                **({SAMPLER: jnp.float32} if self.section.use_rho_correction else {})}
+                **({SAMPLER: jnp.float32} if self.options.use_rho_correction else {})}
 
     def weights(self, micro_batches: dict[str, Array]) -> dict[str, Array]:
         tokens = jnp.sum(micro_batches["loss_weights"].astype(jnp.float32))
         return {"tokens": tokens, "scale": loss.reduce_loss(jnp.float32(1.0), tokens, "mean")}
 
     def loss(self, nll: Array, mb: dict[str, Array], weights: dict[str, Array]):
-        s = self.section
+        s = self.options
         mask = mb["loss_weights"].astype(jnp.float32)
         new = -nll
-        ref = mb[REFERENCE] if self.reference != "none" else None
+        ref = mb[REFERENCE] if self.reference is not NoReference else None
         policy, clipfrac, kl, ratio = token_terms(new, jax.lax.stop_gradient(new), ref, mb[ADVANTAGES],
                                                   loss_fn=s.loss_fn, clip_lower=s.clip_lower,
                                                   clip_higher=s.clip_higher, kl_estimator=s.kl_estimator)
@@ -170,16 +167,16 @@ class GRPO(Objective):
 
     def slots(self, shards: int) -> int:
         """The engine's slots for a rollout over `shards` data-parallel devices."""
-        samples = self.section.prompts_per_rollout * self.section.samples_per_prompt
+        samples = self.options.prompts_per_rollout * self.options.samples_per_prompt
         return -(-min(samples, ROLLOUT_SLOTS) // shards) * shards
 
     def reference_bytes(self, memory: dict[str, int]) -> int:
         """The reference's parameters, held beside the policy whether its log-probs come in the step or with the
         rollout (a LoRA's: its starting adapters); a full fine-tune's cached reference in the compute dtype."""
-        if self.reference == "none":
+        if self.reference is NoReference:
             return 0
         floats = memory.get("float_bytes", 0)
-        if self.reference == "cached" and memory["trained_bytes"] == memory["param_bytes"] and floats:
+        if self.reference is RolloutLogProbs and memory["trained_bytes"] == memory["param_bytes"] and floats:
             return memory["param_bytes"] - floats + (memory.get("copy_bytes") or floats)  # its floats cast
         return memory["trained_bytes"]
 
@@ -200,9 +197,10 @@ class GRPO(Objective):
         return sum(self.rollout_terms(model, sizes, seq_len, memory).values())
 
     def engine_mesh_bytes(self, model, sizes: dict[str, int], seq_len: int, params: int) -> int:
-        """A device's bytes on the engine's own mesh of `sizes` (`objective.rollout_devices`): its parameters (`params`
-        bytes a device; twice with `async_steps`: the next update's arrive while it decodes) and a rollout's buffers."""
-        copies = 2 if self.section.async_steps else 1
+        """A device's bytes on the engine's own mesh of `sizes` (`objective.grpo.rollout_devices`): its parameters
+        (`params` bytes a device; twice with `async_steps`: the next update's arrive while it decodes) and a rollout's
+        buffers."""
+        copies = 2 if self.options.async_steps else 1
         return copies * params + self.rollout_bytes(model, sizes, seq_len, {"param_bytes": params})
 
     def engine_cache_bytes(self, model, sizes: dict[str, int], seq_len: int) -> int:
@@ -210,11 +208,11 @@ class GRPO(Objective):
         return batching_memory.cache_bytes_per_device(model, sizes, self.slots(shards), bucket(seq_len, 64))
 
     def words(self) -> str:
-        s = self.section
+        s = self.options
         words = (f"grpo ({s.loss_fn}, clip {s.clip_lower:g}/{s.clip_higher:g}), beta {s.beta:g}: "
                  f"{s.prompts_per_rollout} prompts x {s.samples_per_prompt} samples a rollout, temperature "
                  f"{s.temperature:g}, up to {s.response_length} new tokens")
-        if self.reference == "none":
+        if self.reference is NoReference:
             return f"{words}; no reference model (beta 0)"
-        where = "in the update step" if self.reference == "live" else "with each rollout, before the update step"
+        where = "in the update step" if self.reference is LiveParams else "with each rollout, before the update step"
         return f"{words}; reference: a frozen copy of the starting model, its log-probs computed {where}"

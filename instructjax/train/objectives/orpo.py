@@ -17,6 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from instructjax.core.objectives import ORPOOptions
 from instructjax.train import loss, preference
 from instructjax.train.objectives.base import Array
 from instructjax.train.objectives.pairs import PairObjective
@@ -36,14 +37,14 @@ def chosen_targets(segment_ids: Array) -> Array:
 
 
 class ORPO(PairObjective):
-    name = "orpo"
+    options = ORPOOptions
 
     def weights(self, micro_batches: dict[str, Array]) -> dict[str, Array]:
         chosen = jnp.sum(chosen_targets(micro_batches["segment_ids"]).astype(jnp.float32))
         return {**super().weights(micro_batches), "nll_scale": loss.reduce_loss(jnp.float32(1.0), chosen, "mean")}
 
     def loss(self, nll: Array, mb: dict[str, Array], weights: dict[str, Array]):
-        beta, tokens = self.section.beta, mb["loss_weights"].astype(jnp.float32)
+        beta, tokens = self.options.beta, mb["loss_weights"].astype(jnp.float32)
         pair, side, slots = preference.pair_slots(mb["segment_ids"])
         policy, counts = preference.completion_logps(-nll, tokens, pair, side, slots)
         real = jnp.all(counts > 0, axis=1)
@@ -60,4 +61,4 @@ class ORPO(PairObjective):
         return share, (share * pairs, sums, jnp.sum(tokens))
 
     def words(self) -> str:
-        return f"orpo, beta {self.section.beta:g}; no reference model (the chosen side's NLL and its odds ratio)"
+        return f"orpo, beta {self.options.beta:g}; no reference model (the chosen side's NLL and its odds ratio)"

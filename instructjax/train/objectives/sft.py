@@ -6,12 +6,13 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
+from instructjax.core.objectives import SFTOptions
 from instructjax.train import loss
 from instructjax.train.objectives.base import Array, Objective
 
 
 class SFT(Objective):
-    name = "sft"
+    options = SFTOptions
 
     def weights(self, micro_batches: dict[str, Array]) -> dict[str, Array]:
         weight = jnp.sum(micro_batches["loss_weights"].astype(jnp.float32))
