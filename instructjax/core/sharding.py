@@ -1,7 +1,8 @@
 """Device mesh and the one logical-axis rules table.
 
 Model code names array dimensions logically (`batch`, `length`, `embed`, `mlp`, `heads`, ...); the
-`LOGICAL_AXIS_RULES` table below maps each name onto mesh axes of a mesh with axes (data, fsdp, expert, tensor).
+`LOGICAL_AXIS_RULES` table below maps each name onto mesh axes of a mesh with axes (data, fsdp, expert, context,
+tensor).
 Changing the parallelism is changing the mesh shape, never the model.
 
 Resolution follows flax's `logical_to_mesh_axes`: dimensions are resolved left to right and a mesh axis
@@ -27,14 +28,15 @@ from instructjax.core.errors import ConfigError
 
 # `expert` splits a mixture of experts' experts (model/moe.py); for everything else its devices are data-parallel,
 # as fsdp's are (MaxText's layout): the batch is split over it too. Size 1 (every dense model): nothing changes.
-MESH_AXES = ("data", "fsdp", "expert", "tensor")
+# `context` splits each row's tokens (model/context.py: long rows); size 1, every row whole on its device.
+MESH_AXES = ("data", "fsdp", "expert", "context", "tensor")
 BATCH_AXES = ("data", "fsdp", "expert")  # the data-parallel axes: each device of them holds its own rows
-OPTIONAL_AXES = ("expert",)  # left out of resolved sizes where 1
+OPTIONAL_AXES = ("expert", "context")  # left out of resolved sizes where 1
 
 # logical name -> mesh axes (None: replicated). Like T5X's standard_logical_axis_rules.
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", BATCH_AXES),
-    ("length", None),
+    ("length", "context"),  # a row's tokens: split only by a context axis (model/context.py)
     ("embed", "fsdp"),
     ("mlp", "tensor"),
     ("heads", "tensor"),
@@ -99,13 +101,15 @@ def batch_shards(sizes: Mapping[str, int]) -> int:
 
 
 def without_experts(shape: Mapping[str, int]) -> dict[str, int]:
-    """A mesh shape with its expert axis folded into fsdp: the same devices, the experts split over fsdp instead (the
-    evaluation engine's mesh for a run trained with an expert axis: eval/run.py)."""
+    """A mesh shape with its expert and context axes folded into fsdp: the same devices, the experts split over fsdp
+    instead and each row whole on its device (the evaluation engine's mesh for a run trained with them: eval/run.py;
+    its KV cache holds a prompt's tokens together)."""
     shape = dict(shape)
-    expert = shape.pop("expert", 1)
-    if expert != 1:
-        fsdp = shape.get("fsdp", 1)
-        shape["fsdp"] = -1 if -1 in (expert, fsdp) else fsdp * expert
+    for axis in ("expert", "context"):
+        size = shape.pop(axis, 1)
+        if size != 1:
+            fsdp = shape.get("fsdp", 1)
+            shape["fsdp"] = -1 if -1 in (size, fsdp) else fsdp * size
     return shape
 
 

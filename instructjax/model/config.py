@@ -42,8 +42,10 @@ from instructjax.core.errors import ConfigError
 from instructjax.model.families import RECORDS
 
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable", "save_attention",
-                  "minimal_with_context")  # see instructjax.model.decoder.remat_policy
+                  "minimal_with_context")  # see instructjax.model.layers.remat_policy
 ATTENTION = ("auto", "xla", "blockwise", "splash", "pallas_gpu", "cudnn")  # see instructjax.model.attention
+CONTEXT_STRATEGIES = ("all_gather", "ring", "ulysses")  # attention over rows split by `context`: model/context.py
+CONTEXT_REORDERS = ("striped", "dual_chunk_swap", "none")  # how a row is dealt out over `context` first
 NORMS = ("rms", "rms_plus_one", "layer")
 ACTIVATIONS = ("silu", "gelu_tanh", "gelu", "relu")
 LAYER_TYPES = ("full", "sliding")
@@ -75,7 +77,9 @@ class DecoderConfig:
     on CPU), `attention_block` its tile size (None: the implementation's default),
     `attention_backward_block` the backward pass's tiles where the kernel has its own (pallas_gpu), and
     `scan_layers` runs the decoder layers as one `scan` over stacked parameters (compile time independent
-    of depth) instead of a Python loop over per-layer parameters.
+    of depth) instead of a Python loop over per-layer parameters; with a `context` mesh axis, `context_strategy`
+    says how attention meets the other devices' keys and `context_reorder` how rows are dealt out over the axis
+    (model/context.py).
     """
 
     family: str = "llama"
@@ -129,6 +133,8 @@ class DecoderConfig:
     attention_block: int | None = field(default=None, metadata=RUNS_ONLY)
     attention_backward_block: int | None = field(default=None, metadata=RUNS_ONLY)
     scan_layers: bool = field(default=True, metadata=RUNS_ONLY)
+    context_strategy: str = field(default="all_gather", metadata=RUNS_ONLY)
+    context_reorder: str = field(default="striped", metadata=RUNS_ONLY)
     bos_id: int | None = 1
     eos_id: int = 2
     extra_eos_ids: tuple[int, ...] = ()  # further end-of-turn ids (an HF `eos_token_id` list after its first)
@@ -158,7 +164,8 @@ class DecoderConfig:
     def _problems(self) -> list[str]:
         problems = []
         choices = {"family": FAMILIES, "norm": NORMS, "activation": ACTIVATIONS, "residual": ("sequential", "parallel"),
-                   "positions": ("rope", "learned"), "remat": REMAT_POLICIES, "attention": ATTENTION}
+                   "positions": ("rope", "learned"), "remat": REMAT_POLICIES, "attention": ATTENTION,
+                   "context_strategy": CONTEXT_STRATEGIES, "context_reorder": CONTEXT_REORDERS}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 problems.append(f"{name}={getattr(self, name)!r} is not one of {tuple(allowed)}")

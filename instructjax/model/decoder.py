@@ -26,9 +26,18 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from instructjax.core.sharding import with_logical_constraint
-from instructjax.model import attention, rope
+from instructjax.model import attention, context, rope
 from instructjax.model.config import DecoderConfig
-from instructjax.model.layers import ACTIVATIONS, Embed, Norm, dense, module_key, projections
+from instructjax.model.layers import (  # noqa: F401  (PROJECTIONS: the layer's named activations, imported from here)
+    ACTIVATIONS,
+    PROJECTIONS,
+    Embed,
+    Norm,
+    dense,
+    module_key,
+    projections,
+    remat_policy,
+)
 from instructjax.model.moe import RouterStats, SparseMLP, stacked_stats
 
 Array = jax.Array
@@ -58,11 +67,13 @@ def layer_windows(config: DecoderConfig) -> tuple[int | None, ...]:
 class LayerKinds(NamedTuple):
     """The arrays that differ between a model's types of layer (`layer_windows`), one entry per type: the
     attention mask input and the RoPE cos/sin (one pair when every type shares it); and the real tokens [B, T]
-    (segment > 0) a mixture of experts counts its router's statistics over (None when decoding)."""
+    (segment > 0) a mixture of experts counts its router's statistics over (None when decoding); with rows split over
+    a `context` axis, each token's place in its row [T] (model/context.py; the masks are then the segment ids)."""
 
     masks: tuple[Array, ...]  # `attention.mask_input` per type (empty when decoding)
     ropes: tuple[tuple[Array, Array] | tuple[None, None], ...]
     real: Array | None = None
+    order: Array | None = None
 
     def rope(self, kind: Array | int) -> tuple[Array | None, Array | None]:
         """cos, sin of a layer of type index `kind` (a traced index selects elementwise)."""
@@ -92,7 +103,7 @@ class Attention(nnx.Module):
         self.q_norm = Norm(q_norm[0], config, q_norm[1]) if config.qk_norm else None
         self.k_norm = Norm(k_norm[0], config, k_norm[1]) if config.qk_norm else None
         self.implementation, self.block = config.attention, config.attention_block
-        self.backward_block = config.attention_backward_block
+        self.backward_block, self.context_strategy = config.attention_backward_block, config.context_strategy
         self.scale, self.softcap = config.query_scale or d ** -0.5, config.attention_softcap
         self.windows = layer_windows(config)
 
@@ -116,6 +127,9 @@ class Attention(nnx.Module):
         q, k, v = self.qkv(x, *kinds.rope(kind), key)
 
         def kernel(i: int):
+            if kinds.order is not None:  # the row split over the mesh's context axis
+                return lambda q, k, v: context.attention(q, k, v, kinds.masks[i], kinds.order, self.context_strategy,
+                                                         window=self.windows[i], softcap=self.softcap, scale=self.scale)
             return lambda q, k, v: attention.self_attention(
                 q, k, v, kinds.masks[i], attention.implementation_for(self.implementation), self.block, self.backward_block,
                 window=self.windows[i], softcap=self.softcap, scale=self.scale)
@@ -202,24 +216,6 @@ class DecoderLayer(nnx.Module):
         return self._rest(x, attended)[0], kv
 
 
-# Named activations of a layer (checkpoint_name above): every projection's output and the attention output.
-PROJECTIONS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-
-
-def remat_policy(name: str):
-    """The jax.checkpoint policy of `config.remat` (not `none`): what a layer keeps for its backward pass.
-    `minimal_with_context` is MaxText's GPU choice: every projection's output and the attention output are
-    kept, the rest (norms, RoPE, activations, the attention kernel's own residuals) recomputed."""
-    policies = jax.checkpoint_policies
-    return {
-        "full": None,  # save nothing, recompute the whole layer
-        "dots_saveable": policies.dots_saveable,
-        "dots_with_no_batch_dims_saveable": policies.dots_with_no_batch_dims_saveable,
-        "save_attention": policies.save_only_these_names("attention"),
-        "minimal_with_context": policies.save_only_these_names(*PROJECTIONS, "attention"),
-    }[name]
-
-
 def stacked_layers(config: DecoderConfig, rngs: nnx.Rngs) -> DecoderLayer:
     """`num_layers` decoder layers as one module whose parameters have a leading `layers` axis."""
 
@@ -288,11 +284,13 @@ class Decoder(nnx.Module):
 
     def routed_hidden_states(self, tokens: Array, positions: Array, segment_ids: Array,
                              embed_noise: Callable[[Array], Array] | None = None,
-                             lora_key: Array | None = None) -> tuple[Array, RouterStats | None]:
+                             lora_key: Array | None = None, order: Array | None = None
+                             ) -> tuple[Array, RouterStats | None]:
         """`hidden_states` without a cache, with the sparse layers' router stats over the real tokens (a leading
-        layers axis; None for a dense model): what the train step's router losses and metrics are made from."""
+        layers axis; None for a dense model): what the train step's router losses and metrics are made from. `order`:
+        each token's place in its row [T] where the rows are split over a `context` axis (model/context.py)."""
         x = self._embeddings(tokens, positions, embed_noise)
-        kinds = self._kinds(positions, segment_ids, decoding=False)
+        kinds = self._kinds(positions, segment_ids, decoding=False, order=order)
         x, stats = self._train_layers(x, self._kind_ids(), kinds, lora_key)
         return self.norm(x), stats
 
@@ -308,7 +306,7 @@ class Decoder(nnx.Module):
         types = sorted(set(self.config.kinds))  # "full" before "sliding", as layer_windows
         return np.asarray([types.index(kind) for kind in self.config.kinds], np.int32)
 
-    def _kinds(self, positions: Array, segment_ids: Array, decoding: bool) -> LayerKinds:
+    def _kinds(self, positions: Array, segment_ids: Array, decoding: bool, order: Array | None = None) -> LayerKinds:
         config, types, windows = self.config, sorted(set(self.config.kinds)), layer_windows(self.config)
         if config.positions != "rope":
             ropes = ((None, None),)
@@ -317,8 +315,12 @@ class Decoder(nnx.Module):
         else:
             ropes = tuple(rope.cos_sin(positions, config, kind) for kind in types)
         implementation = attention.implementation_for(config.attention)
+        if order is None and not decoding and context.context_size() > 1:  # split as they are
+            order = jnp.arange(segment_ids.shape[1], dtype=jnp.int32)
+        if order is not None:
+            implementation = "context"  # model/context.py meets the keys by their segment ids and places
         masks = () if decoding else tuple(attention.mask_input(implementation, segment_ids, w) for w in windows)
-        return LayerKinds(masks, ropes, None if decoding else segment_ids > 0)
+        return LayerKinds(masks, ropes, None if decoding else segment_ids > 0, order)
 
     def _train_layers(self, x: Array, kind_ids: np.ndarray, kinds: LayerKinds,
                       key: Array | None) -> tuple[Array, RouterStats | None]:

@@ -159,3 +159,17 @@ class Norm(nnx.Module):
         if self.kind == "rms_plus_one":
             return (normed * (1.0 + scale.astype(jnp.float32))).astype(self.dtype)
         return normed.astype(self.dtype) * scale.astype(self.dtype)
+
+
+def remat_policy(name: str):
+    """The jax.checkpoint policy of `config.remat` (not `none`): what a layer keeps for its backward pass.
+    `minimal_with_context` is MaxText's GPU choice: every projection's output and the attention output are
+    kept, the rest (norms, RoPE, activations, the attention kernel's own residuals) recomputed."""
+    policies = jax.checkpoint_policies
+    return {
+        "full": None,  # save nothing, recompute the whole layer
+        "dots_saveable": policies.dots_saveable,
+        "dots_with_no_batch_dims_saveable": policies.dots_with_no_batch_dims_saveable,
+        "save_attention": policies.save_only_these_names("attention"),
+        "minimal_with_context": policies.save_only_these_names(*PROJECTIONS, "attention"),
+    }[name]

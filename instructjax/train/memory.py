@@ -10,8 +10,8 @@ adapters alone). The step also holds the sharded parameters cast to the compute 
 layer loop; seen in the TPU compiler's buffers, `plan --compile`).
 
 Activations are an estimate, per device, for one micro-batch of `r` rows of `s` tokens (`r` = global
-batch / micro-batches / (data x fsdp x expert)), tensor size `t`, `c`-byte compute (`model.dtype`: 2 for bf16), per
-decoder layer:
+batch / micro-batches / (data x fsdp x expert); `s` a row's tokens over the `context` axis, whose attention adds
+`model.context.with_split_attention`), tensor size `t`, `c`-byte compute (`model.dtype`: 2 for bf16), per decoder layer:
 
 - remat ``none``: everything the backward pass reads is kept (the residuals JAX saves, as
   `jax.ad_checkpoint.print_saved_residuals` lists them):
@@ -42,10 +42,9 @@ with 0) of `V / t` each in the compute dtype and their float32 log-softmax (`c +
 before the layers' backward starts: the total counts the larger of them and the recomputed layer. On a TPU, of a head
 sliced over the batch devices (`train.loss`), an array of logits that fits in half the chip's on-chip memory
 (`ONCHIP_BYTES`: v4's CMEM, v5e's VMEM) is placed there by XLA:TPU, outside HBM (but for a soft-capped head,
-Gemma-2's, whose logits are counted whole). The
-total is checked against XLA's own buffer assignment of the compiled train step (tests/train/test_plan.py: within
-15% on XLA:CPU in float32). XLA fuses and schedules differently on each platform, so real peaks differ by
-tens of percent; a config "fits" when the total is within `USABLE` of the chip's HBM.
+Gemma-2's, whose logits are counted whole). The total is checked against XLA's own buffer assignment of the
+compiled train step (tests/train/test_plan.py: within 15% on XLA:CPU in float32). XLA fuses and schedules
+differently on each platform, so real peaks differ by tens of percent; a config "fits" within `USABLE` of HBM.
 """
 
 from __future__ import annotations
@@ -63,9 +62,8 @@ from jax.sharding import AbstractMesh, PartitionSpec
 from instructjax.core import sharding
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
-from instructjax.core.objectives import RolloutLogProbs
 from instructjax.core.optimizer import adamw
-from instructjax.model import quantize
+from instructjax.model import context, quantize
 from instructjax.model.config import DecoderConfig
 from instructjax.train.objectives import objective_for
 from instructjax.train.step import AbstractState, abstract_state
@@ -98,13 +96,13 @@ def device_memory(model: DecoderConfig, sizes: dict[str, int], *, rows: int, seq
     compute, stored = np.dtype(model.dtype).itemsize, np.dtype(model.param_dtype).itemsize
     memory["copy_bytes"] = memory["float_bytes"] * compute // stored if compute != stored else 0  # not quantized
     memory["expert_bytes"] = tpu_expert_buffers(model, sizes) if platform == "tpu" else 0
-    shards = sharding.batch_shards(sizes)
+    shards, parts = sharding.batch_shards(sizes), sizes.get("context", 1)
     per_device = -(-rows // (micro_batches * shards))
     loss_tokens = -(-loss_chunk // shards) if loss_chunk else 0  # a chunk is split over rows
-    acts = activation_bytes(model, per_device, seq_len, sizes["tensor"], platform, loss_tokens,
+    acts = activation_bytes(model, per_device, seq_len // parts, sizes["tensor"], platform, loss_tokens,
                             head_slices=shards, onchip=onchip, experts=sizes.get("expert", 1))
-    acts.update(rows=per_device, seq_len=seq_len)
-    return memory, acts
+    acts = context.with_split_attention(acts, model, per_device, seq_len, parts, sizes["tensor"])  # 1: as it is
+    return memory, {**acts, "rows": per_device, "seq_len": seq_len}
 
 
 def needed_bytes(memory: dict[str, int], acts: dict[str, Any]) -> int:
@@ -172,7 +170,7 @@ def step_needed(model: DecoderConfig, config: RunConfig, sizes: dict[str, int], 
 def beside_step_bytes(config: RunConfig, memory: dict[str, int]) -> int:
     """What a device holds while the train step runs that is none of the step's arguments: a grpo run's engine's KV
     cache and its cached reference (its parameters wait for the next rollout; a live one is an argument of the step)."""
-    cached = config.objective.options.reference_kind is RolloutLogProbs
+    cached = config.objective.rollouts and config.objective.options.reference_kind.in_batch  # each rollout's
     return memory.get("engine_cache_bytes", 0) + (memory["reference_bytes"] if cached else 0)
 
 

@@ -27,6 +27,7 @@ from typing import Any
 from instructjax.core import sharding
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
+from instructjax.model import context
 from instructjax.model.config import DecoderConfig, param_count
 from instructjax.train.memory import (
     GIB,
@@ -87,6 +88,7 @@ def make_plan(config: RunConfig, topology: Topology, *, real_data: bool = False,
     if training:
         data = epoch_of(config, resolution.counts, sharding.row_multiple(config, sizes, topology.hosts))
     rows, length = max(data.step_shapes, key=lambda s: s[0] * s[1]) if training else (0, config.data.seq_len)
+    context.check(model, sizes, [s[1] for s in data.step_shapes] if training else [length])
     memory, acts = device_memory(model, sizes, rows=rows, seq_len=length,  # the largest step shown
                                  micro_batches=config.optim.micro_batches,
                                  clip=bool(config.optim.grad_clip), platform=topology.platform,
@@ -153,6 +155,8 @@ def plan_with_proposal(config: RunConfig, topology: Topology, *, real_data: bool
     resolution = resolution or resolve(config, sizes=PIPELINE if real_data else ESTIMATE)
     if isinstance(config.mesh, dict):  # an expert axis the model cannot take is the config's error, not the topology's
         sharding.check_experts(resolution.model.num_experts, config.mesh)
+        if config.mesh.get("context", 1) != 1:  # and so are rows that cannot split over its context axis
+            context.check(resolution.model, sharding.mesh_sizes(config.mesh, topology.devices), [config.data.seq_len])
     resolution = resolution.counted()
     if config.mesh == "auto" and config.max_steps != 0:  # the proposal is the run's mesh
         plan = propose_mesh(config, topology, resolution=resolution)

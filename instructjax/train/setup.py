@@ -347,6 +347,9 @@ def resolve_run(bound: BoundRun, *, devices: int, hosts: int, process_index: int
         if sizes is None:
             real_share = (lambda s: step_plan(s).efficiency) if config.data.pack == "per_step" else (lambda s: 1.0)
             sizes = choose_mesh(config, devices, hosts, real_share, lambda s: fits(s, shapes(s)), experts=experts)
+    from instructjax.model import context
+
+    context.check(bound.model, sizes, [length for _, length in shapes(sizes)])  # rows split over mesh.context
     processed = step_plan(sizes).processed if config.data.pack == "per_step" else 0
     return ResolvedRun(dataclasses.replace(config, mesh=sizes), bound.tokenizer, bound.model, sources, pipeline,
                        epoch, total_steps, sizes, shapes(sizes), processed)

@@ -26,6 +26,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 from flax import nnx
 from jax.sharding import AbstractMesh, Mesh, NamedSharding, PartitionSpec
@@ -34,7 +35,7 @@ from instructjax.core import sharding
 from instructjax.core.config import RunConfig
 from instructjax.core.errors import ConfigError
 from instructjax.data.batches.packing import REFERENCE, empty_rows
-from instructjax.model import lora, moe
+from instructjax.model import context, lora, moe
 from instructjax.model.config import DecoderConfig
 from instructjax.model.decoder import Decoder
 from instructjax.model.partition import Partition
@@ -93,9 +94,31 @@ def forward(graphdef, params, batch, chunk: int, embed_noise=None, lora_key=None
     divided by `temperature`), and a mixture of experts' router stats over the batch's real tokens (None for a dense
     model): the forward pass of every objective."""
     model = nnx.merge(graphdef, params)
+    parts = context.context_size()
+    if parts > 1:  # rows split over the mesh's context axis, dealt out first (model/context.py)
+        return split_forward(model, batch, chunk, parts, embed_noise, lora_key, temperature)
     hidden, stats = model.routed_hidden_states(batch["tokens"], batch["positions"], batch["segment_ids"],
                                                embed_noise=embed_noise, lora_key=lora_key)
     return loss.model_nll(model, hidden, batch["targets"], chunk, temperature), stats
+
+
+def split_forward(model: Decoder, batch, chunk: int, parts: int, embed_noise=None, lora_key=None,
+                  temperature: float = 1.0) -> tuple[jax.Array, moe.RouterStats | None]:
+    """`forward` of rows split over a `context` axis of `parts` devices: each row's tokens (and their positions,
+    segments and targets) dealt out in `model.context_reorder`'s order, each token's nll put back in its place, so
+    the objective sees the row as it is. NEFTune's noise is drawn for the row as it is, then dealt out with it."""
+    order = context.order_of(batch["tokens"].shape[1], parts, model.config.context_reorder)
+    back = np.argsort(order)
+
+    def deal(x):
+        return sharding.with_logical_constraint(jnp.take(x, order, axis=1), ("batch", "length", *[None] * (x.ndim - 2)))
+
+    noise = None if embed_noise is None else (lambda x: deal(embed_noise(jnp.take(x, back, axis=1))))
+    hidden, stats = model.routed_hidden_states(deal(batch["tokens"]), deal(batch["positions"]),
+                                               deal(batch["segment_ids"]), embed_noise=noise, lora_key=lora_key,
+                                               order=jnp.asarray(order))
+    nll = loss.model_nll(model, hidden, deal(batch["targets"]), chunk, temperature)
+    return sharding.with_logical_constraint(jnp.take(nll, back, axis=1), ("batch", "length")), stats
 
 
 def forward_nll(graphdef, params, batch, chunk: int, embed_noise=None, lora_key=None,

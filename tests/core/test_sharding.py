@@ -37,9 +37,10 @@ CONFIG = preset("tiny", dtype="float32", vocab_size=512, num_layers=1)
 def test_make_mesh_shapes_and_errors():
     assert jax.device_count() == 8
     mesh = make_mesh({"data": 2, "fsdp": 2, "tensor": 2})
-    assert mesh.axis_names == ("data", "fsdp", "expert", "tensor") and mesh.devices.shape == (2, 2, 1, 2)
-    assert make_mesh({"fsdp": -1, "tensor": 2}).devices.shape == (1, 4, 1, 2)
-    assert make_mesh({"tensor": 3}, devices=jax.devices()[:3]).devices.shape == (1, 1, 1, 3)
+    assert mesh.axis_names == ("data", "fsdp", "expert", "context", "tensor") and mesh.devices.shape == (2, 2, 1, 1, 2)
+    assert make_mesh({"fsdp": -1, "tensor": 2}).devices.shape == (1, 4, 1, 1, 2)
+    assert make_mesh({"tensor": 3}, devices=jax.devices()[:3]).devices.shape == (1, 1, 1, 1, 3)
+    assert make_mesh({"data": 2, "context": 4}).devices.shape == (2, 1, 1, 4, 1)
     with pytest.raises(ConfigError, match="needs 4 devices, but there are 8"):
         make_mesh({"data": 4})
     with pytest.raises(ConfigError, match="unknown mesh axes"):

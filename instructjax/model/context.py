@@ -1,0 +1,210 @@
+"""Context parallelism: one row's tokens split over the mesh's `context` axis, so a row longer than one device can
+hold trains on several (`mesh: {context: N}`; MaxText's `context` axis, open-instruct's and TRL's sequence
+parallelism).
+
+Everything but attention works on each device's own tokens as it is (the rules table splits `length` over
+`context`). Attention needs the other devices' keys and values, by `model.context_strategy`:
+
+| strategy     | how (inside one `shard_map` over the mesh)                                                          |
+|--------------|-----------------------------------------------------------------------------------------------------|
+| `all_gather` | keys and values gathered over `context`, queries kept local (MaxText's default)                     |
+| `ring`       | key/value blocks passed around the ring (`ppermute`), each met with online softmax: no device ever  |
+|              | holds the row's keys                                                                                |
+| `ulysses`    | heads exchanged with an all-to-all: each device attends over the whole row for 1/N of the heads     |
+
+Each compares query and key by their place in the row (`order`, the token's index before any reordering) and
+their segment, so a packed row's documents never see each other, a causal mask and a sliding window hold
+whatever the layout. Causal attention makes a row's later tokens costlier; `model.context_reorder` deals the row's
+tokens out before the split (`order_of`: `striped` every N-th token, `dual_chunk_swap` chunks i and 2N - 1 - i of
+2N to device i, as MaxText's reorder strategies; on packed rows of several documents only striped balances them),
+the train step undoing it on each token's loss (train/step.py `forward`).
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import PartitionSpec
+
+from instructjax.core.errors import ConfigError
+from instructjax.core.sharding import logical_to_spec
+from instructjax.model.config import CONTEXT_REORDERS, CONTEXT_STRATEGIES  # noqa: F401  (the choices)
+from instructjax.model.kernels.common import MASKED, softcapped
+
+Array = jax.Array
+AXIS = "context"
+QUERY_ROWS = 512  # queries met at once in a block: a [512, block] array of scores a head
+
+
+def context_size(mesh=None) -> int:
+    """The `context` axis's size on `mesh` (default: the mesh set by `jax.set_mesh`; 1 without one)."""
+    mesh = jax.sharding.get_abstract_mesh() if mesh is None else mesh
+    if mesh is None or mesh.empty:
+        return 1
+    return dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True)).get(AXIS, 1)
+
+
+def order_of(length: int, parts: int, reorder: str) -> np.ndarray:
+    """The row's token indices in the order they are split over `parts` devices (each device the next
+    length / parts of them): `none` as they are, `dual_chunk_swap` chunks i and 2 parts - 1 - i of 2 parts for
+    device i (an early and a late chunk: equal causal work), `striped` tokens i, i + parts, i + 2 parts, ..."""
+    index = np.arange(length, dtype=np.int32)
+    if parts == 1 or reorder == "none":
+        return index
+    if reorder == "striped":
+        return index.reshape(-1, parts).T.reshape(-1)
+    chunks = index.reshape(2 * parts, -1)
+    return np.concatenate([np.concatenate([chunks[i], chunks[2 * parts - 1 - i]]) for i in range(parts)])
+
+
+def check(model, sizes: dict[str, int], lengths) -> None:
+    """One ConfigError line where rows of `lengths` cannot split over the `context` axis of a mesh of `sizes` for
+    `model` (a DecoderConfig): a row length the split (and its reorder) does not divide, or ulysses' heads."""
+    parts = sizes.get(AXIS, 1)
+    if parts == 1:
+        return
+    need = parts * (2 if model.context_reorder == "dual_chunk_swap" else 1)
+    for length in sorted(set(lengths)):
+        if length % need:
+            raise ConfigError(f"a row of {length} tokens (data.seq_len) does not split over mesh.context={parts}"
+                              + (" into 2 x context chunks (model.context_reorder: dual_chunk_swap)" if need > parts
+                                 else "") + f": make it a multiple of {need}")
+    tensor = sizes.get("tensor", 1)
+    heads, kv_heads = model.num_heads // tensor, max(model.num_kv_heads // tensor, 1)
+    if model.context_strategy == "ulysses" and (heads % parts or kv_heads % parts):
+        raise ConfigError(f"model.context_strategy: ulysses deals each device of mesh.context={parts} a share of the "
+                          f"heads: the model's {heads} heads and {kv_heads} kv heads (a tensor device's) must both be "
+                          "multiples of it (all_gather and ring split no heads)")
+
+
+def _block(q, k, v, seg_q, seg_k, ord_q, ord_k, window, softcap, scale):
+    """One block of keys met by the local queries: (unnormalised output [b, K, G, t, D], row max and sum [b, K, G, t])
+    in float32, masked by segment, causality and window on the tokens' places in the row; `QUERY_ROWS` queries at a
+    time (each group's scores recomputed in the backward pass), so [QUERY_ROWS, s] scores a head at most."""
+    t = q.shape[1]
+    if t > QUERY_ROWS and t % QUERY_ROWS == 0:
+        n = t // QUERY_ROWS
+        tiles = (jnp.moveaxis(q.reshape(q.shape[0], n, QUERY_ROWS, *q.shape[2:]), 1, 0),
+                 jnp.moveaxis(seg_q.reshape(-1, n, QUERY_ROWS), 1, 0), ord_q.reshape(n, QUERY_ROWS))
+        one = jax.checkpoint(lambda x: _scores(*x[:2], k, v, seg_k, x[2], ord_k, window, softcap, scale))
+        out, top, total = jax.lax.map(one, tiles)  # [n, b, K, G, rows(, D)]
+        rows = lambda x: jnp.moveaxis(x, 0, 3).reshape(*x.shape[1:4], t, *x.shape[5:])  # noqa: E731
+        return rows(out), rows(top), rows(total)
+    return _scores(q, seg_q, k, v, seg_k, ord_q, ord_k, window, softcap, scale)
+
+
+def _scores(q, seg_q, k, v, seg_k, ord_q, ord_k, window, softcap, scale):
+    """`_block` of queries q [b, t, K, G, D] at once."""
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    scores = softcapped(scores, softcap)
+    see = (seg_q[:, :, None] == seg_k[:, None, :]) & (ord_k[None, None, :] <= ord_q[None, :, None])
+    if window is not None:
+        see = see & (ord_q[None, :, None] - ord_k[None, None, :] < window)
+    see = see[:, None, None]  # [b, 1, 1, t, s]
+    scores = jnp.where(see, scores, MASKED)
+    top = jnp.max(scores, axis=-1)
+    probs = jnp.where(see, jnp.exp(scores - top[..., None]), 0.0)
+    out = jnp.einsum("bkgts,bskd->bkgtd", probs.astype(v.dtype), v, preferred_element_type=jnp.float32)
+    return out, top, jnp.sum(probs, axis=-1)
+
+
+def _merge(acc, new):
+    """Two blocks' online-softmax partial results as one."""
+    (o1, m1, l1), (o2, m2, l2) = acc, new
+    top = jnp.maximum(m1, m2)
+    a, b = jnp.exp(m1 - top), jnp.exp(m2 - top)
+    return o1 * a[..., None] + o2 * b[..., None], top, l1 * a + l2 * b
+
+
+def _local(q, k, v, seg, order, strategy, parts, window, softcap, scale):
+    """One device's attention (inside the shard_map): its queries q [b, t, h, D] against the row's keys, met a block
+    of t keys at a time (the key block's scores recomputed in the backward pass: `jax.checkpoint`), so no device
+    holds more than a [t, t] block of scores a head."""
+    b, t, h, d = q.shape
+    if strategy == "ulysses":  # [b, t, h, D] -> [b, T, h / parts, D]: the whole row for some heads
+        q, k, v = (jax.lax.all_to_all(x, AXIS, 2, 1, tiled=True) for x in (q, k, v))
+        seg, order = jax.lax.all_gather(seg, AXIS, axis=1, tiled=True), jax.lax.all_gather(order, AXIS, tiled=True)
+    seg_q, ord_q, groups = seg, order, q.shape[2] // k.shape[2]
+    q = q.reshape(*q.shape[:2], k.shape[2], groups, d)
+
+    @jax.checkpoint
+    def meet(acc, kv):  # the queries against one block of keys, merged into what the earlier blocks gave
+        return _merge(acc, _block(q, kv[0], kv[1], seg_q, kv[2], ord_q, kv[3], window, softcap, scale))
+
+    zeros = jnp.moveaxis(q.astype(jnp.float32) * 0, 1, 3)  # [b, K, G, t, D], varying over the mesh as q does
+    start = (zeros, zeros[..., 0] + MASKED, zeros[..., 0])
+    if strategy == "ring":  # each device's block passed on to the next, `parts` turns
+        ring = [(i, (i + 1) % parts) for i in range(parts)]
+
+        def turn(carry, _):
+            acc, kv = carry
+            return (meet(acc, kv), tuple(jax.lax.ppermute(x, AXIS, ring) for x in kv)), None
+
+        (acc, _), _ = jax.lax.scan(turn, (start, (k, v, seg, order)), None, length=parts)
+    else:  # the row's keys here already (ulysses), or gathered now (all_gather): `parts` blocks of them
+        if strategy == "all_gather":
+            k, v = (jax.lax.all_gather(x, AXIS, axis=1, tiled=True) for x in (k, v))
+            seg, order = jax.lax.all_gather(seg, AXIS, axis=1, tiled=True), jax.lax.all_gather(order, AXIS, tiled=True)
+        size = k.shape[1] // parts
+        blocks = (*(jnp.moveaxis(x.reshape(b, parts, size, *x.shape[2:]), 1, 0) for x in (k, v, seg)),
+                  order.reshape(parts, size))
+        acc, _ = jax.lax.scan(lambda acc, kv: (meet(acc, kv), None), start, blocks)
+    out, _, total = acc
+    out = (out / total[..., None]).astype(v.dtype)  # [b, K, G, t, D]
+    out = jnp.moveaxis(out, 3, 1).reshape(b, out.shape[3], -1, d)  # [b, t, h, D]
+    if strategy == "ulysses":
+        out = jax.lax.all_to_all(out, AXIS, 1, 2, tiled=True)
+    return out
+
+
+def attention(q: Array, k: Array, v: Array, segment_ids: Array, order: Array, strategy: str, *,
+              window: int | None = None, softcap: float | None = None, scale: float | None = None) -> Array:
+    """Causal same-segment attention of rows split over the mesh's `context` axis: q [B, T, H, D], k and v
+    [B, T, K, D], `segment_ids` [B, T] and `order` [T] (each token's place in the row) laid out as the split lays
+    them; -> [B, T, H, D] (see the module doc)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    parts = context_size(mesh)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
+    spec = lambda names, x: logical_to_spec(names, mesh, x.shape, strict=False)  # noqa: E731
+    heads = spec(("batch", "length", "heads", "head_dim"), q)
+    kv_heads = spec(("batch", "length", "kv_heads", "head_dim"), k)
+    rows = spec(("batch", "length"), segment_ids)
+
+    def body(q, k, v, seg, order):
+        return _local(q, k, v, seg, order, strategy, parts, window, softcap, scale)
+
+    return jax.shard_map(body, mesh=mesh, in_specs=(heads, kv_heads, kv_heads, rows, PartitionSpec(AXIS)),
+                         out_specs=heads)(q, k, v, segment_ids, order)
+
+
+def with_split_attention(acts: dict, model, rows: int, seq_len: int, parts: int, tensor: int) -> dict:
+    """A plan's activation figures (train/memory.py `activation_bytes`, for a device's share of each row) with one
+    layer's attention over rows split `parts` ways (`layer_bytes`) in the recomputed layer's working set; as they are
+    for whole rows."""
+    if parts == 1:
+        return acts
+    recompute = acts["recompute"] + layer_bytes(model, rows, seq_len, parts, tensor)
+    return {**acts, "recompute": recompute, "layers": acts["saved"] + recompute,
+            "total": acts["saved"] + max(recompute, acts["logits"]),
+            "attention": f"context-split ({model.context_strategy}, 1/{parts} of each row a device)"}
+
+
+def layer_bytes(model, rows: int, seq_len: int, parts: int, tensor: int) -> int:
+    """A device's bytes for one layer's attention over rows split `parts` ways (model/context.py; 0 unsplit): the
+    keys and values it meets at once (all_gather: the row's; ring: its own block and the one arriving; ulysses: the
+    row's queries, keys and values for its share of the heads), and one tile of scores [rows, heads, QUERY_ROWS, t]
+    in float32 with its probabilities (t = seq_len / parts; ulysses' heads / parts)."""
+    if parts == 1:
+        return 0
+    c, t = np.dtype(model.dtype).itemsize, seq_len // parts
+    heads, kv = model.num_heads / tensor, max(model.num_kv_heads / tensor, 1)
+    queries = min(seq_len if model.context_strategy == "ulysses" else t, QUERY_ROWS)
+    scores = 8 * rows * heads * queries * t / (parts if model.context_strategy == "ulysses" else 1)
+    if model.context_strategy == "all_gather":
+        return int(2 * c * rows * seq_len * kv * model.head_dim + scores)
+    if model.context_strategy == "ring":
+        return int(4 * c * rows * t * kv * model.head_dim + scores)
+    return int(c * rows * seq_len * (heads + 2 * kv) * model.head_dim / parts + scores)
