@@ -29,7 +29,7 @@ quickstart: setup
 	$(BIN)/instructjax quickstart
 
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile tests
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=25 tests
 
 lint: setup
 	$(BIN)/ruff check instructjax tests benchmarks
