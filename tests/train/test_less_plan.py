@@ -31,12 +31,13 @@ def lora_values(model, rank: int) -> int:
 
 @pytest.mark.skipif(not libtpu.installed(), reason="libtpu (the tpu extra) is part of the set-up")
 def test_the_7b_pass_on_a_v5e_16_is_within_10_percent_of_the_compiler(capsys):
-    """LLaMA-2-7B with LESS's LoRA (rank 128 on q/k/v/o), 16 examples of 2048 tokens over a v5e-16 (the parameters
-    over fsdp: whole they are 25 GiB in float32): the compiler's bytes a device within 10% of plan's, the parameters
+    """LLaMA-2-7B's layers with LESS's LoRA (rank 128 on q/k/v/o), 16 examples of 2048 tokens over a v5e-16 (the
+    parameters over fsdp), 8 of its 32 layers (1.04 of the compiler; the whole 7B's 0.99 is in docs/launch_tpu.md, a
+    compile two and a half times as long): the compiler's bytes a device within 10% of plan's, the parameters
     gathered (all-gathers), and it fits the 16 GiB chip."""
-    code, report = plan_json(capsys, TULU_7B, "v5e-16", "--compile")
+    code, report = plan_json(capsys, TULU_7B, "v5e-16", "--compile", "model.num_layers=8")
     assert code == 0 and report["fits"] is True
-    assert report["trained"] == lora_values(preset("llama2-7b"), 128)
+    assert report["trained"] == lora_values(preset("llama2-7b", num_layers=8), 128)
     assert report["needed_bytes"] == pytest.approx(report["compiled"]["xla_bytes"], rel=0.10), report
     assert report["compiled"]["collectives"]["all-gather"]["count"] > 0
 
