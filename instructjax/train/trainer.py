@@ -39,7 +39,7 @@ from instructjax.core.config import RunConfig, to_dict
 from instructjax.core.errors import ConfigError, InstructJaxError
 from instructjax.core.run_identity import training_digest
 from instructjax.model.config import runs_only_keys
-from instructjax.train import memory, optim
+from instructjax.train import memory, optim, reweighting
 from instructjax.train import setup as run_setup
 from instructjax.train.batch_sources import open_batches
 from instructjax.train.compile import compile_steps, saved_steps
@@ -50,7 +50,6 @@ from instructjax.train.metrics import (
     progress_figures,
     record_mosaics,
 )
-from instructjax.train.objectives import objective_for
 from instructjax.train.preemption import PreemptionWatch
 from instructjax.train.reference import prepare, start_base, starting_params
 from instructjax.train.resolution import PIPELINE, resolve
@@ -120,8 +119,8 @@ class Trainer:
         self.mesh = sharding.make_mesh(run.mesh, devices)
         self.step_shapes = run.step_shapes if config.data.pack == "per_step" else ()  # each compiled before step 1
         _check_hosts_agree(run.epoch, config, run.processed)
-        objective = objective_for(config, len(self.sources))
-        objective.check_run(self.model_config, self.tokenizer, self.sources)  # DoReMi's reference run's
+        if config.data.reweighting is not None:  # DoReMi's reference: this run's model, tokenizer and tasks
+            reweighting.check_reference(config, self.model_config, self.tokenizer, self.sources)
         self.out_of_memory = memory.check_fits(run.model, run.config, run.mesh, run.step_shapes)  # before compiling
         tokenizer = run_setup.tokenizer_item(run.tokenizer, run.config.template)  # what a checkpoint carries
         self.checkpointer = config.checkpoint.build(self.run_dir, tokenizer)
@@ -131,7 +130,8 @@ class Trainer:
         if jax.process_index() == 0:
             run_setup.report_data(self.pipeline, own=pipeline is None)
         self.tx, self.schedule = optim.make_optimizer(config.optim, self.total_steps)  # over what trains: the build's
-        sampling = objective.starting_state(self.pipeline.stream)  # DoReMi's weights: the rates the data is drawn at
+        # DoReMi: its weights start at the rates the data is drawn at
+        sampling = reweighting.sampling(self.pipeline.stream) if config.data.reweighting is not None else None
         self.build = build_step(self.model_config, self.tx, self.config, len(self.sources), self.mesh, config.seed,
                                 sampling)
         self.pipeline.attach(self.build, self.mesh, engine_mesh(self.engine_devices, self.config, self.model_config))
@@ -229,8 +229,8 @@ class Trainer:
             self.checkpointer.wait()  # committed and sealed
             logger.close()
         self.checkpointer.close()
-        if primary and result.step > start:  # what the objective leaves (DoReMi's mixture so far)
-            self.build.objective.after_run(self.run_dir, self.sources, opt_state)
+        if primary and self.config.data.reweighting is not None and result.step > start:  # DoReMi's mixture so far
+            reweighting.write_outputs(self.run_dir, self.config, self.sources, reweighting.carried_state(opt_state))
         if primary:
             wrap_up(result, self.total_steps, self.training_digest)
         return result

@@ -78,20 +78,6 @@ class Objective:
         """The objective in `plan`'s words ("" for SFT)."""
         return ""
 
-    # ---- the run around the steps (the trainer calls each for every objective) ------------------------------------
-
-    def check_run(self, model, tokenizer, sources: list[str]) -> None:
-        """One ConfigError line where the run cannot train this objective, before anything is compiled (DoReMi's:
-        its reference run's model, tokenizer and tasks)."""
-
-    def starting_state(self, stream):
-        """What a stateful objective's state starts from, given the run's example stream (DoReMi's: the rates its
-        tasks are drawn at); None for the others."""
-        return None
-
-    def after_run(self, run_dir, sources: list[str], opt_state) -> None:
-        """What the objective leaves in RUN_DIR once it trained (host 0 alone; DoReMi's proposed mixture)."""
-
     def rollout_bytes(self, model, sizes: dict[str, int], seq_len: int, memory: dict[str, int]) -> int:
         """A device's bytes for generating the step's batch beside the state (grpo's rollouts; 0 for a batch read)."""
         return 0

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 
 from instructjax.core.objectives import Reference, StoredLogProbs
 from instructjax.data.batches.packing import REFERENCE
-from instructjax.train import doremi, reweighting
+from instructjax.train import doremi
 from instructjax.train.objectives.base import STATE, Array
 from instructjax.train.objectives.sft import SFT
 
@@ -26,15 +26,6 @@ class DoReMi(SFT):
     @property
     def reference(self) -> type[Reference]:
         return StoredLogProbs  # the reference run's model's log-probs (train/reference.py)
-
-    def check_run(self, model, tokenizer, sources: list[str]) -> None:
-        reweighting.check_reference(self.config, model, tokenizer, sources)  # this run's model, tokenizer and tasks
-
-    def starting_state(self, stream):
-        return reweighting.sampling(stream)  # the weights start at the rates the data is drawn at
-
-    def after_run(self, run_dir, sources: list[str], opt_state) -> None:
-        reweighting.write_outputs(run_dir, self.config, sources, reweighting.carried_state(opt_state))
 
     def wrap(self, tx, sampling=None):
         """`tx` followed by the carrier of the weights, started at `sampling` (uniform by default: `plan`)."""
