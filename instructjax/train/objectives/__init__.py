@@ -22,3 +22,10 @@ def objective_for(config: RunConfig, num_sources: int = 1) -> Objective:
     if config.data.reweighting is not None:
         return DoReMi(config, num_sources)
     return OBJECTIVES[config.objective.loss](config, num_sources)
+
+
+def __getattr__(name: str):
+    if name == "REFERENCES":  # the reference's kinds are types now: an old import names them
+        raise ImportError("instructjax.train.objectives.REFERENCES moved: the kinds of reference are the types of "
+                          "instructjax.core.objectives (NoReference, LiveParams, StoredLogProbs, RolloutLogProbs)")
+    raise AttributeError(f"module 'instructjax.train.objectives' has no attribute {name!r}")
