@@ -11,6 +11,9 @@ from .train_step import SMALL_MODEL
 TINYLLAMA = ["--layers", "22", "--hidden", "2048", "--intermediate", "5632", "--heads", "32", "--kv-heads", "4"]
 
 
+DEFAULT_CHUNK = 8  # ContinuousBatcher's own default: generate_ids' figures are this chunk's
+
+
 def decode_args(small: bool) -> list[str]:
     model = SMALL_MODEL if small else TINYLLAMA
     sizes = ["--batches", "2", "--prompt", "8", "--new-tokens", "4", "--repeats", "1"] if small else \
@@ -34,26 +37,39 @@ def decode_jax(args) -> dict:
     import numpy as np
     from flax import nnx
 
-    from instructjax.eval.generate import Sampling, generate_ids
+    from instructjax.eval.generate import DEFAULT_SLOTS, Sampling, generate_ids
+    from instructjax.model.batching import ContinuousBatcher
     from instructjax.model.decoder import Decoder
+    from instructjax.model.batching_shapes import bucket
 
     config = decode_config(args)
     model = nnx.jit(lambda: Decoder(config, rngs=nnx.Rngs(0)))()  # one compiled init, not an op per tensor
     sampling = Sampling(max_new_tokens=args.new_tokens)
-    out = {}
-    for batch in args.batches:
+
+    def timed(batch: int, chunk: int | None) -> dict:
+        """generate_ids as a user calls it (chunk None), or its batcher with `chunk` decode steps a device call."""
         prompts = np.random.default_rng(batch).integers(3, config.vocab_size, (batch, args.prompt)).tolist()
+
+        def call():
+            if chunk is None:
+                return generate_ids(model, prompts, sampling, stop_ids=[-1])
+            batcher = ContinuousBatcher(model, slots=min(DEFAULT_SLOTS, bucket(batch, 1)), chunk=chunk)
+            return batcher.generate(prompts, sampling, [-1])
+
         t0 = time.perf_counter()
-        first = generate_ids(model, prompts, sampling, stop_ids=[-1])
+        first = call()
         compile_s = time.perf_counter() - t0
         assert all(len(ids) == args.new_tokens for ids in first)
         times = []
         for _ in range(args.repeats):
             t0 = time.perf_counter()
-            generate_ids(model, prompts, sampling, stop_ids=[-1])
+            call()
             times.append(time.perf_counter() - t0)
-        out[str(batch)] = {"s": statistics.median(times), "first_call_s": compile_s}
-    return {"results": out, "device": jax.devices()[0].device_kind}
+        return {"s": statistics.median(times), "first_call_s": compile_s}
+
+    out = {str(batch): timed(batch, None) for batch in args.batches}
+    by_chunk = {str(c): {str(b): timed(b, c) for b in args.batches} for c in args.chunks if c != DEFAULT_CHUNK}
+    return {"results": out, "by_chunk": by_chunk, "device": jax.devices()[0].device_kind}
 
 
 def decode_torch(args) -> dict:

@@ -78,10 +78,17 @@ def _decode_md(r: dict) -> list[str]:
         ref = theirs.get(batch)
         rows.append([batch, f"{tokens / x['s']:,.0f}", f"{x['first_call_s']:.1f}",
                      f"{tokens / ref['s']:,.0f}" if ref else "-", f"{ref['s'] / x['s']:.2f}x" if ref else "-"])
-    return [f"Greedy decoding, {r['jax']['model']}: prompt {r['jax']['prompt']} tokens, {r['jax']['new_tokens']} new "
-            "tokens per row (no early stop), bf16 weights; median of the timed calls.", "",
-            common.table(["batch", "instructjax tokens/s", "first call s (compile)", "transformers tokens/s",
-                          "ratio"], rows)]
+    lines = [f"Greedy decoding, {r['jax']['model']}: prompt {r['jax']['prompt']} tokens, {r['jax']['new_tokens']} "
+             "new tokens per row (no early stop), bf16 weights; median of the timed calls.", "",
+             common.table(["batch", "instructjax tokens/s", "first call s (compile)", "transformers tokens/s",
+                           "ratio"], rows)]
+    by_chunk = r["jax"].get("by_chunk") or {}
+    if by_chunk:
+        chunk_rows = [[chunk, batch, f"{int(batch) * r['jax']['new_tokens'] / x['s']:,.0f}", f"{x['first_call_s']:.1f}"]
+                      for chunk, per_batch in by_chunk.items() for batch, x in per_batch.items()]
+        lines += ["", "The batcher with other decode steps per device call (`chunk`; the table above is 8):", "",
+                  common.table(["chunk", "batch", "instructjax tokens/s", "first call s"], chunk_rows)]
+    return lines
 
 
 def _run_md(r: dict) -> list[str]:
