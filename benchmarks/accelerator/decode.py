@@ -39,8 +39,8 @@ def decode_jax(args) -> dict:
 
     from instructjax.eval.generate import DEFAULT_SLOTS, Sampling, generate_ids
     from instructjax.model.batching import ContinuousBatcher
-    from instructjax.model.decoder import Decoder
     from instructjax.model.batching_shapes import bucket
+    from instructjax.model.decoder import Decoder
 
     config = decode_config(args)
     model = nnx.jit(lambda: Decoder(config, rngs=nnx.Rngs(0)))()  # one compiled init, not an op per tensor

@@ -28,7 +28,8 @@ from instructjax.core.errors import ConfigError
 
 # `expert` splits a mixture of experts' experts (model/moe.py); for everything else its devices are data-parallel,
 # as fsdp's are (MaxText's layout): the batch is split over it too. Size 1 (every dense model): nothing changes.
-# `context` splits each row's tokens (model/context.py: long rows); size 1, every row whole on its device.
+# `context` splits each row's tokens (model/context.py: long rows); size 1, every row whole on its device. Its
+# devices each hold the whole model's computation for their tokens, so the weights shard over it as over fsdp.
 MESH_AXES = ("data", "fsdp", "expert", "context", "tensor")
 BATCH_AXES = ("data", "fsdp", "expert")  # the data-parallel axes: each device of them holds its own rows
 OPTIONAL_AXES = ("expert", "context")  # left out of resolved sizes where 1
@@ -37,7 +38,7 @@ OPTIONAL_AXES = ("expert", "context")  # left out of resolved sizes where 1
 LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("batch", BATCH_AXES),
     ("length", "context"),  # a row's tokens: split only by a context axis (model/context.py)
-    ("embed", "fsdp"),
+    ("embed", ("fsdp", "context")),  # weights over the context devices too (MaxText's): rows split, not weights
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),

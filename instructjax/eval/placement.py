@@ -80,8 +80,18 @@ def eval_mesh(config: DecoderConfig, shape: Mapping[str, int] | None, *, slots: 
     cache for `slots` fit one device, else the weights over fsdp; checked to fit (`check_fits`)."""
     count = jax.device_count()
     sizes = default_sizes(config, count, device_bytes(), slots) if shape is None else sharding.mesh_sizes(shape, count)
+    if sizes.get("context", 1) != 1:
+        folded = sharding.mesh_sizes(sharding.without_experts(sizes), count)
+        raise ConfigError(f"{where}: mesh context={sizes['context']} splits training rows (model/context.py); "
+                          "generation keeps each sequence's KV cache whole on its devices: give those devices to "
+                          f"fsdp instead, --mesh {mesh_text(folded)}")
     check_fits(config, sizes, where=where)
     return sharding.make_mesh(sizes), sizes
+
+
+def mesh_text(sizes: Mapping[str, int]) -> str:
+    """{"data": 1, "fsdp": 8} -> "data=1,fsdp=8" (as --mesh takes it)."""
+    return ",".join(f"{axis}={n}" for axis, n in sizes.items())
 
 
 def default_sizes(config: DecoderConfig, devices: int, memory: int, slots: int, length: int = 1024) -> dict[str, int]:
@@ -102,15 +112,31 @@ def check_fits(config: DecoderConfig, sizes: Mapping[str, int], *, where: str, m
     """One line when the weights, sharded on a mesh of `sizes`, and a cache of one slot per data-parallel device for
     a single full-context sequence do not fit a device (`memory`, default `device_bytes`)."""
     memory = device_bytes() if memory is None else memory
-    weights = weight_bytes(config, sizes)
-    cache = cache_bytes_per_device(config, sizes, sizes["data"] * sizes["fsdp"], config.max_position_embeddings)
+    weights, cache = _one_sequence(config, sizes)
     if weights + cache > memory:
-        mesh = ",".join(f"{axis}={n}" for axis, n in sizes.items())
+        devices = int(np.prod(list(sizes.values())))
+        wider = next((mesh for mesh in _wider_meshes(devices, sizes.get("tensor", 1))
+                      if sum(_one_sequence(config, mesh)) <= memory), None)
+        advice = (f"--mesh {mesh_text(wider)} would hold it" if wider else
+                  f"no mesh of these {devices} devices holds it (tensor up to 8): use more devices")
         raise ConfigError(f"{where}: the model needs {_gib(weights + cache)} per device to evaluate (weights "
-                          f"{_gib(weights)} in {config.param_dtype} sharded over mesh {mesh}, plus a KV cache of "
-                          f"{_gib(cache)} for one {config.max_position_embeddings}-token sequence per data-parallel "
-                          f"device) but a device has {_gib(memory)}: use more devices, --mesh with more fsdp or tensor, "
-                          "or --dtype bfloat16")
+                          f"{_gib(weights)} in {config.param_dtype} sharded over mesh {mesh_text(sizes)}, plus a KV "
+                          f"cache of {_gib(cache)} for one {config.max_position_embeddings}-token sequence per "
+                          f"data-parallel device) but a device has {_gib(memory)}: {advice}, or --dtype bfloat16")
+
+
+def _one_sequence(config: DecoderConfig, sizes: Mapping[str, int]) -> tuple[int, int]:
+    """A device's bytes for the weights on a mesh of `sizes`, and for the KV cache of one full-context sequence per
+    data-parallel device (the least an evaluation holds)."""
+    cache = cache_bytes_per_device(config, sizes, sizes["data"] * sizes["fsdp"], config.max_position_embeddings)
+    return weight_bytes(config, sizes), cache
+
+
+def _wider_meshes(devices: int, tensor: int) -> list[dict[str, int]]:
+    """The meshes of `devices` devices a sequence that does not fit is offered: all of them over fsdp, then over
+    fsdp x tensor for each tensor size (up to 8) above `tensor`, least first."""
+    options = [{"data": 1, "fsdp": devices // t, "tensor": t} for t in (1, 2, 4, 8) if devices % t == 0]
+    return [mesh for mesh in options if mesh["tensor"] >= tensor]
 
 
 def as_evaluated(model, config: DecoderConfig):

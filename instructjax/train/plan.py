@@ -38,7 +38,7 @@ from instructjax.train.memory import (
     reference_bytes,
     rollout_figures,
 )
-from instructjax.train.meshes import REAL_SHARE_SLACK, best_mesh, mesh_options
+from instructjax.train.meshes import REAL_SHARE_SLACK, best_mesh, mesh_options, option_groups
 from instructjax.train.objectives import objective_for
 from instructjax.train.plan_data import DataEstimate, epoch_of
 from instructjax.train.resolution import ESTIMATE, PIPELINE, Resolution, resolve
@@ -127,23 +127,32 @@ REAL_SHARE_GOAL = 0.9  # below it, `plan_with_proposal` looks for a mesh that do
 
 def propose_mesh(config: RunConfig, topology: Topology, *, real_data: bool = False,
                  resolution: Resolution | None = None) -> Plan | None:
-    """The plan on the mesh of `topology` (`mesh_options`) that the batch divides over, that fits, and that keeps
-    the most of the step's tokens real (with `pack: per_step` a step packs into a multiple of the data-parallel
-    devices: fewer of them, fewer padded rows); among meshes within REAL_SHARE_SLACK of the best, the least tensor
-    parallelism. None for an evaluation-only config or when no mesh fits."""
+    """The plan on the mesh of `topology` (`option_groups`: whole rows a device, then rows split over a `context`
+    axis) that the batch divides over, that fits, and that keeps the most of the step's tokens real (with `pack:
+    per_step` a step packs into a multiple of the data-parallel devices: fewer of them, fewer padded rows); among
+    meshes within REAL_SHARE_SLACK of the best, the least tensor parallelism. None for an evaluation-only config or
+    when no mesh fits."""
     if config.max_steps == 0:
         return None
     resolution = (resolution or resolve(config, sizes=PIPELINE if real_data else ESTIMATE)).counted()
+    for group in option_groups(topology.devices, resolution.model.num_experts):
+        plans = [plan for plan in _plans(config, topology, resolution, group) if plan.fits]
+        if plans:
+            chosen = best_mesh([(plan.mesh, plan.data.real_share) for plan in plans])
+            return next(plan for plan in plans if plan.mesh is chosen)
+    return None
+
+
+def _plans(config: RunConfig, topology: Topology, resolution: Resolution, meshes: list[dict]) -> list[Plan]:
+    """The plans of `config` on each of `meshes` that serve it (the batch divides over the mesh, the model's heads
+    over its tensor axis, its rows over its context axis)."""
     plans = []
-    for sizes in mesh_options(topology.devices, resolution.model.num_experts):
+    for sizes in meshes:
         try:
-            plan = make_plan(dataclasses.replace(config, mesh=sizes), topology, resolution=resolution)
-        except ConfigError:  # the batch does not divide over it, or the model's heads not over its tensor axis
+            plans.append(make_plan(dataclasses.replace(config, mesh=sizes), topology, resolution=resolution))
+        except ConfigError:
             continue
-        if plan.fits:
-            plans.append(plan)
-    chosen = best_mesh([(plan.mesh, plan.data.real_share) for plan in plans])
-    return next((plan for plan in plans if plan.mesh is chosen), None)
+    return plans
 
 
 def plan_with_proposal(config: RunConfig, topology: Topology, *, real_data: bool = False, name: str = "",
@@ -160,8 +169,11 @@ def plan_with_proposal(config: RunConfig, topology: Topology, *, real_data: bool
     resolution = resolution.counted()
     if config.mesh == "auto" and config.max_steps != 0:  # the proposal is the run's mesh
         plan = propose_mesh(config, topology, resolution=resolution)
-        if plan is None:  # none fits: the plain FSDP mesh's figures, which say so
-            return make_plan(config, topology, name=name, resolution=resolution)
+        if plan is None:  # none fits: the figures of the first mesh that serves the batch, which say so
+            served = _plans(config, topology, resolution, mesh_options(topology.devices, resolution.model.num_experts))
+            plan = served[0] if served else make_plan(config, topology, name=name, resolution=resolution)
+            plan.config = name
+            return plan
         plan.config, plan.proposal = name, f"mesh: auto takes {_overrides(plan.mesh)}"
         return plan
     try:

@@ -304,7 +304,7 @@ def resolve_run(bound: BoundRun, *, devices: int, hosts: int, process_index: int
     serves them), and the step shapes. `fits(mesh, shapes)`: whether a step of the largest shape fits a device
     (default: this machine's, `topology.local_topology`). Nothing is written."""
     from instructjax.core import sharding
-    from instructjax.model import lora
+    from instructjax.model import context, lora
     from instructjax.train import memory
     from instructjax.train.meshes import choose_mesh
     from instructjax.train.topology import local_topology
@@ -346,9 +346,8 @@ def resolve_run(bound: BoundRun, *, devices: int, hosts: int, process_index: int
                 pass
         if sizes is None:
             real_share = (lambda s: step_plan(s).efficiency) if config.data.pack == "per_step" else (lambda s: 1.0)
-            sizes = choose_mesh(config, devices, hosts, real_share, lambda s: fits(s, shapes(s)), experts=experts)
-    from instructjax.model import context
-
+            sizes = choose_mesh(config, devices, hosts, real_share, lambda s: fits(s, shapes(s)), experts=experts,
+                                splits=lambda s: context.check(bound.model, s, [length for _, length in shapes(s)]))
     context.check(bound.model, sizes, [length for _, length in shapes(sizes)])  # rows split over mesh.context
     processed = step_plan(sizes).processed if config.data.pack == "per_step" else 0
     return ResolvedRun(dataclasses.replace(config, mesh=sizes), bound.tokenizer, bound.model, sources, pipeline,

@@ -14,6 +14,7 @@ from flax import nnx
 
 from instructjax.cli import main
 from instructjax.core import sharding
+from instructjax.core.errors import ConfigError
 from instructjax.model import attention, context
 from instructjax.model.decoder import Decoder
 from instructjax.model.presets import preset
@@ -159,3 +160,52 @@ def test_rows_that_cannot_split_are_one_line(capsys, overrides, words):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and words in err[0], err
+
+
+def test_mesh_auto_splits_rows_only_where_no_whole_row_fits_and_then_the_least():
+    """`mesh: auto` for Llama-3.1-8B rows of 65,536 tokens, 8 a step, on a v4-64 (32 GiB chips): every mesh that
+    keeps a row whole on a device is planned not to fit, and so is every one with context 2; plan takes a context-4
+    mesh, which fits. Brute force over the explicit meshes, each planned on its own."""
+    import dataclasses
+
+    from instructjax.core.config import load_config
+    from instructjax.train.meshes import mesh_options
+    from instructjax.train.plan import make_plan, plan_with_proposal
+    from instructjax.train.resolution import ESTIMATE, resolve
+    from instructjax.train.topology import tpu_topology
+
+    config = load_config(None, ["model.preset=llama3.1-8b", "model.remat=full", "data.mixture=alpaca_builtin",
+                                "data.seq_len=65536", "data.global_batch=8", "mesh=auto"])
+    topology, resolution = tpu_topology("v4-64"), resolve(config, sizes=ESTIMATE).counted()
+    chosen = plan_with_proposal(config, topology, resolution=resolution)
+    assert chosen.fits and chosen.mesh.get("context") == 4, chosen.mesh
+
+    def fits(sizes) -> bool | None:  # None: the mesh cannot serve the run
+        try:
+            return make_plan(dataclasses.replace(config, mesh=sizes), topology, resolution=resolution).fits
+        except ConfigError:
+            return None
+
+    for parts in (1, 2):
+        served = [fits(sizes) for sizes in mesh_options(32, 0, parts)]
+        assert any(f is not None for f in served) and not any(served), (parts, served)
+
+
+def test_choose_mesh_tries_context_splits_least_first():
+    """The trainer's choice (train/meshes.py `choose_mesh`) over the same groups: with whole rows fitting nowhere,
+    the least context that fits and whose rows split; where nothing fits, the best unsplit mesh."""
+    from instructjax.core.config import load_config
+    from instructjax.train.meshes import choose_mesh
+
+    config = load_config(None, ["model.preset=tiny", "data.seq_len=512", "data.global_batch=8"])
+
+    def splits(sizes):
+        if sizes["context"] == 2:
+            raise ConfigError("rows do not split in 2")
+
+    fits = lambda sizes: sizes.get("context", 1) >= 2 and sizes["tensor"] <= 2  # noqa: E731
+    assert choose_mesh(config, 8, 1, lambda s: 1.0, fits, splits=splits) == \
+        {"data": 1, "fsdp": 2, "context": 4, "tensor": 1}
+    assert choose_mesh(config, 8, 1, lambda s: 1.0, fits) == {"data": 1, "fsdp": 8, "tensor": 1}  # no splits: none
+    assert choose_mesh(config, 8, 1, lambda s: 1.0, lambda s: False, splits=splits) == \
+        {"data": 1, "fsdp": 8, "tensor": 1}
