@@ -183,8 +183,7 @@ def attention(q: Array, k: Array, v: Array, segment_ids: Array, order: Array, st
 def with_split_attention(acts: dict, model, rows: int, seq_len: int, parts: int, tensor: int) -> dict:
     """A plan's activation figures (train/memory.py `activation_bytes`, for a device's share of each row) with one
     layer's attention over rows split `parts` ways (`layer_bytes`) in the recomputed layer's working set, and with
-    `remat: full` each layer's queries, keys and values (`kept_bytes`) beside its saved input; as they are
-    for whole rows."""
+    `remat: full` each layer's keys and values (`kept_bytes`) beside its saved input; as they are for whole rows."""
     if parts == 1:
         return acts
     recompute = acts["recompute"] + layer_bytes(model, rows, seq_len, parts, tensor)
@@ -196,11 +195,12 @@ def with_split_attention(acts: dict, model, rows: int, seq_len: int, parts: int,
 
 def kept_bytes(model, rows: int, tokens: int, tensor: int) -> int:
     """What XLA:TPU keeps of every layer for the backward pass around the split attention under `remat: full`
-    beyond its input: the attention's q, k and v for a device's `tokens` of each of `rows` rows (the `shard_map`'s
-    inputs; measured: benchmarks/context_plan.py, 34.6 KB a token a layer compiled against plan's 23.1 without it
-    for Llama-3.1-8B at 32K over fsdp 8 x context 4 of a v5e-32)."""
-    heads, kv = model.num_heads / tensor, max(model.num_kv_heads / tensor, 1)
-    return int(model.num_layers * rows * tokens * (heads + 2 * kv) * model.head_dim * np.dtype(model.dtype).itemsize)
+    beyond its input, as measured (benchmarks/context_plan.py; the mechanism not established): about a device's keys
+    and values for its `tokens` of each of `rows` rows. Llama-3.1-8B, compiler against plan with and without this
+    term: 32K rows over fsdp 8 x context 4 of a v5e-32, 14.2 GiB against 13.3 (12.3 without); 128K over fsdp 16 x
+    context 2 of a v5p-64, 68.8 against 68.2 (60.2 without)."""
+    kv = max(model.num_kv_heads / tensor, 1)
+    return int(model.num_layers * rows * tokens * 2 * kv * model.head_dim * np.dtype(model.dtype).itemsize)
 
 
 def layer_bytes(model, rows: int, seq_len: int, parts: int, tensor: int) -> int:

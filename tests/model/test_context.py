@@ -163,7 +163,7 @@ def test_rows_that_cannot_split_are_one_line(capsys, overrides, words):
 
 
 def test_mesh_auto_splits_rows_only_where_no_whole_row_fits_and_then_the_least():
-    """`mesh: auto` for Llama-3.1-8B rows of 65,536 tokens, 8 a step, on a v4-64 (32 GiB chips): every mesh that
+    """`mesh: auto` for Llama-3.1-8B rows of 81,920 tokens, 8 a step, on a v4-64 (32 GiB chips): every mesh that
     keeps a row whole on a device is planned not to fit, and so is every one with context 2; plan takes a context-4
     mesh, which fits. Brute force over the explicit meshes, each planned on its own."""
     import dataclasses
@@ -175,7 +175,7 @@ def test_mesh_auto_splits_rows_only_where_no_whole_row_fits_and_then_the_least()
     from instructjax.train.topology import tpu_topology
 
     config = load_config(None, ["model.preset=llama3.1-8b", "model.remat=full", "data.mixture=alpaca_builtin",
-                                "data.seq_len=65536", "data.global_batch=8", "mesh=auto"])
+                                "data.seq_len=81920", "data.global_batch=8", "mesh=auto"])
     topology, resolution = tpu_topology("v4-64"), resolve(config, sizes=ESTIMATE).counted()
     chosen = plan_with_proposal(config, topology, resolution=resolution)
     assert chosen.fits and chosen.mesh.get("context") == 4, chosen.mesh
