@@ -183,24 +183,27 @@ def attention(q: Array, k: Array, v: Array, segment_ids: Array, order: Array, st
 def with_split_attention(acts: dict, model, rows: int, seq_len: int, parts: int, tensor: int) -> dict:
     """A plan's activation figures (train/memory.py `activation_bytes`, for a device's share of each row) with one
     layer's attention over rows split `parts` ways (`layer_bytes`) in the recomputed layer's working set, and with
-    `remat: full` each layer's keys and values (`kept_bytes`) beside its saved input; as they are for whole rows."""
+    `remat: full` what the compiler keeps of each layer's keys and values (`kept_bytes`) beside its saved input; as
+    they are for whole rows."""
     if parts == 1:
         return acts
     recompute = acts["recompute"] + layer_bytes(model, rows, seq_len, parts, tensor)
-    saved = acts["saved"] + (kept_bytes(model, rows, seq_len // parts, tensor) if model.remat == "full" else 0)
+    saved = acts["saved"] + (kept_bytes(model, rows, seq_len // parts, tensor, parts) if model.remat == "full" else 0)
     return {**acts, "saved": saved, "recompute": recompute, "layers": saved + recompute,
             "total": saved + max(recompute, acts["logits"]),
             "attention": f"context-split ({model.context_strategy}, 1/{parts} of each row a device)"}
 
 
-def kept_bytes(model, rows: int, tokens: int, tensor: int) -> int:
+def kept_bytes(model, rows: int, tokens: int, tensor: int, parts: int) -> int:
     """What XLA:TPU keeps of every layer for the backward pass around the split attention under `remat: full`
-    beyond its input, as measured (benchmarks/context_plan.py; the mechanism not established): about a device's keys
-    and values for its `tokens` of each of `rows` rows. Llama-3.1-8B, compiler against plan with and without this
-    term: 32K rows over fsdp 8 x context 4 of a v5e-32, 14.2 GiB against 13.3 (12.3 without); 128K over fsdp 16 x
-    context 2 of a v5p-64, 68.8 against 68.2 (60.2 without)."""
+    beyond its input, for a device's `tokens` of each of `rows` rows split `parts` ways: with `all_gather`, about
+    one of the row's gathered keys or values a layer; fitted to the compiler's figures for Llama-3.1-8B on a
+    v5p-64, a v4-64 and a v5e-32 with context 2, 4 and 8 (benchmarks/context_plan.py: plan within 0.96-1.08 of
+    the compiler on 8 of the 9, 1.12 on the ninth), the mechanism not established. `ring` and `ulysses` (not
+    measured): a device's own keys and values a layer."""
     kv = max(model.num_kv_heads / tensor, 1)
-    return int(model.num_layers * rows * tokens * 2 * kv * model.head_dim * np.dtype(model.dtype).itemsize)
+    held = parts if model.context_strategy == "all_gather" else 2  # tokens' worth of one kv head's width
+    return int(model.num_layers * rows * tokens * held * kv * model.head_dim * np.dtype(model.dtype).itemsize)
 
 
 def layer_bytes(model, rows: int, seq_len: int, parts: int, tensor: int) -> int:
