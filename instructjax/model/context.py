@@ -37,6 +37,7 @@ from instructjax.model.kernels.common import MASKED, softcapped
 Array = jax.Array
 AXIS = "context"
 QUERY_ROWS = 512  # queries met at once in a block: a [512, block] array of scores a head
+KERNELS = ("splash", "pallas_gpu", "cudnn")  # model.attention's platform kernels: none runs over split rows
 
 
 def context_size(mesh=None) -> int:
@@ -62,10 +63,15 @@ def order_of(length: int, parts: int, reorder: str) -> np.ndarray:
 
 def check(model, sizes: dict[str, int], lengths) -> None:
     """One ConfigError line where rows of `lengths` cannot split over the `context` axis of a mesh of `sizes` for
-    `model` (a DecoderConfig): a row length the split (and its reorder) does not divide, or ulysses' heads."""
+    `model` (a DecoderConfig): a platform kernel named for attention, a row length the split (and its reorder) does
+    not divide, or ulysses' heads."""
     parts = sizes.get(AXIS, 1)
     if parts == 1:
         return
+    if model.attention in KERNELS:
+        raise ConfigError(f"model.attention: {model.attention} does not run over rows split by mesh.context={parts}: "
+                          "the split rows' attention is model/context.py's own (plain JAX, a block of keys at a "
+                          "time); set model.attention: auto, or mesh.context: 1")
     need = parts * (2 if model.context_reorder == "dual_chunk_swap" else 1)
     for length in sorted(set(lengths)):
         if length % need:

@@ -152,6 +152,7 @@ def test_a_model_on_split_rows_trains_as_on_one_device(family, shape, strategy):
      "a row of 516 tokens (data.seq_len) does not split over mesh.context=4 into 2 x context chunks"),
     (["mesh.context=4", "model.context_strategy=ulysses"], "the model's 4 heads and 2 kv heads"),
     (["mesh.context=16"], "does not divide 8 devices"),
+    (["mesh.context=4", "model.attention=splash"], "model.attention: splash does not run over rows split by mesh"),
 ])
 def test_rows_that_cannot_split_are_one_line(capsys, overrides, words):
     argv = ["plan", "--config", "/dev/null", "model.preset=tiny", "data.mixture=alpaca_builtin", "data.seq_len=512",
