@@ -204,9 +204,9 @@ def kept_bytes(model, rows: int, tokens: int, tensor: int, parts: int) -> int:
     """What XLA:TPU keeps of every layer for the backward pass around the split attention under `remat: full`
     beyond its input, for a device's `tokens` of each of `rows` rows split `parts` ways: with `all_gather`, about
     one of the row's gathered keys or values a layer; fitted to the compiler's figures for Llama-3.1-8B on a
-    v5p-64, a v4-64 and a v5e-32 with context 2, 4 and 8 (benchmarks/context_plan.py: plan within 0.96-1.08 of
-    the compiler on 8 of the 9, 1.12 on the ninth), the mechanism not established. `ring` and `ulysses` (not
-    measured): a device's own keys and values a layer."""
+    v5p-64, a v4-64 and a v5e-32 with context 1, 2, 4 and 8 (benchmarks/context_plan.py: plan within 0.91-1.07 of
+    the compiler in 11 of 12 steps, 1.12 in one), the mechanism not established. `ring` and `ulysses`: a device's own
+    keys and values a layer (32K over fsdp 8 x context 4 of a v5e-32: 0.92 and 1.02 of the compiler)."""
     kv = max(model.num_kv_heads / tensor, 1)
     held = parts if model.context_strategy == "all_gather" else 2  # tokens' worth of one kv head's width
     return int(model.num_layers * rows * tokens * held * kv * model.head_dim * np.dtype(model.dtype).itemsize)
