@@ -5,13 +5,13 @@ all_gather strategy, striped rows), on each slice for `mesh.context` 1, 2, 4 and
 context (tensor 1), the fewest rows a step that the slice's hosts and fsdp devices take. For each, the longest
 of `LENGTHS` that `plan` says fits a chip, then that step built by XLA:TPU (`plan --compile`: libtpu's topology
 descriptions, no TPU needed): its bytes a device beside plan's, and whether the compiler's fit too (90% of HBM,
-plan's `USABLE`). Then `--rows`: the config itself at 32K, 64K and 128K on v5p-64 and v4-64 with `mesh: auto`
+plan's `USABLE`). Then (unless `--no-rows`) the config itself at 32K, 64K and 128K on v5p-64 and v4-64 with `mesh: auto`
 (which splits rows only where no whole row fits: train/meshes.py), plan against the compiler.
 
     python benchmarks/context_plan.py [--slices v5p-64,v4-64,v5e-32] [--contexts 1,2,4,8] [--no-compile]
-        [--no-write]
+        [--no-rows] [--no-write]
 
-Compiling an 8B step on 2 idle CPU cores takes minutes; `--no-compile` gives plan's table alone in seconds.
+Compiling an 8B step on 2 idle CPU cores takes 40 s to 3 minutes (the whole run about 20 minutes); `--no-compile` gives plan's table alone in seconds.
 """
 
 from __future__ import annotations

@@ -2,9 +2,9 @@
 that slice.
 
 The table [rows, embed] is sharded by its logical axes (`vocab` -> tensor, `embed` -> fsdp and context) and the
-ids [batch, length] by `batch` -> (data, fsdp) and `length` -> context. Left to GSPMD, `jnp.take` on such a table may gather the table whole along one
-axis and all-reduce a table-sized gradient every step (Gemma-2's tied 256K x 2304 table on a v4-32: 1.1 GiB each
-way). Here, inside a `shard_map` over the mesh's axes, a device:
+ids [batch, length] by `batch` -> (data, fsdp) and `length` -> context. Left to GSPMD, `jnp.take` on such a table
+may gather the table whole along one axis and all-reduce a table-sized gradient every step (Gemma-2's tied 256K x
+2304 table on a v4-32: 1.1 GiB each way). Here, inside a `shard_map` over the mesh's axes, a device:
 
 1. gathers the ids of the devices that share its rows but hold the other columns of the table (the axes that shard
    both the batch and `embed`, usually fsdp, and both a row's tokens and `embed`: context; a few bytes a token);
