@@ -18,6 +18,12 @@ whatever the layout. Causal attention makes a row's later tokens costlier; `mode
 tokens out before the split (`order_of`: `striped` every N-th token, `dual_chunk_swap` chunks i and 2N - 1 - i of
 2N to device i, as MaxText's reorder strategies; on packed rows of several documents only striped balances them),
 the train step undoing it on each token's loss (train/step.py `forward`).
+
+On a TPU (`model.attention: auto` or `splash`) all_gather and ulysses meet the keys by splash attention
+(`_splash`): the keys put back in the row's own order, the kernel's mask comparing each query's place in the row
+with each key's (MaxText's load-balanced masks), all_gather's queries split over the devices with the kernel's mask
+information. Ring, the other platforms, and rows whose share a device is not whole tiles of 128 tokens use the
+blocks above (plain JAX).
 """
 
 from __future__ import annotations
@@ -31,13 +37,15 @@ from jax.sharding import PartitionSpec
 
 from instructjax.core.errors import ConfigError
 from instructjax.core.sharding import logical_to_spec
+from instructjax.model.attention import implementation_for
 from instructjax.model.config import CONTEXT_REORDERS, CONTEXT_STRATEGIES  # noqa: F401  (the choices)
 from instructjax.model.kernels.common import MASKED, softcapped
 
 Array = jax.Array
 AXIS = "context"
 QUERY_ROWS = 512  # queries met at once in a block: a [512, block] array of scores a head
-KERNELS = ("splash", "pallas_gpu", "cudnn")  # model.attention's platform kernels: none runs over split rows
+KERNELS = ("pallas_gpu", "cudnn")  # model.attention's GPU kernels: neither runs over split rows (splash does)
+LANES = 128  # splash tiles: a device's share of a row in whole tiles
 
 
 def context_size(mesh=None) -> int:
@@ -63,21 +71,26 @@ def order_of(length: int, parts: int, reorder: str) -> np.ndarray:
 
 def check(model, sizes: dict[str, int], lengths) -> None:
     """One ConfigError line where rows of `lengths` cannot split over the `context` axis of a mesh of `sizes` for
-    `model` (a DecoderConfig): a platform kernel named for attention, a row length the split (and its reorder) does
-    not divide, or ulysses' heads."""
+    `model` (a DecoderConfig): a GPU kernel named for attention or splash with ring, a row length the split (its
+    reorder, splash's tiles) does not divide, or ulysses' heads."""
     parts = sizes.get(AXIS, 1)
     if parts == 1:
         return
     if model.attention in KERNELS:
         raise ConfigError(f"model.attention: {model.attention} does not run over rows split by mesh.context={parts}: "
-                          "the split rows' attention is model/context.py's own (plain JAX, a block of keys at a "
-                          "time); set model.attention: auto, or mesh.context: 1")
-    need = parts * (2 if model.context_reorder == "dual_chunk_swap" else 1)
+                          "the split rows meet their keys by splash (TPU) or model/context.py's own blocks (plain "
+                          "JAX); set model.attention: auto, or mesh.context: 1")
+    if model.attention == "splash" and model.context_strategy == "ring":
+        raise ConfigError(f"model.attention: splash does not pass blocks of keys around a ring (mesh.context={parts}"
+                          "): use model.context_strategy: all_gather or ulysses with it, or model.attention: auto")
+    dual, splash = model.context_reorder == "dual_chunk_swap", model.attention == "splash"
+    need = math.lcm(parts * (2 if dual else 1), parts * LANES if splash else 1)
+    into = " and ".join([*(["into 2 x context chunks (model.context_reorder: dual_chunk_swap)"] if dual else []),
+                         *([f"in whole splash tiles of {LANES} a device (model.attention: splash)"] if splash else [])])
     for length in sorted(set(lengths)):
         if length % need:
             raise ConfigError(f"a row of {length} tokens (data.seq_len) does not split over mesh.context={parts}"
-                              + (" into 2 x context chunks (model.context_reorder: dual_chunk_swap)" if need > parts
-                                 else "") + f": make it a multiple of {need}")
+                              + (f" {into}" if into else "") + f": make it a multiple of {need}")
     tensor = sizes.get("tensor", 1)
     heads, kv_heads = model.num_heads // tensor, max(model.num_kv_heads // tensor, 1)
     if model.context_strategy == "ulysses" and (heads % parts or kv_heads % parts):
@@ -166,11 +179,13 @@ def _local(q, k, v, seg, order, strategy, parts, window, softcap, scale):
     return out
 
 
-def attention(q: Array, k: Array, v: Array, segment_ids: Array, order: Array, strategy: str, *,
-              window: int | None = None, softcap: float | None = None, scale: float | None = None) -> Array:
+def attention(q: Array, k: Array, v: Array, segment_ids: Array, order: Array | None, strategy: str, *,
+              reorder: str = "none", kernel: str = "blocks", block: int | None = None, window: int | None = None,
+              softcap: float | None = None, scale: float | None = None) -> Array:
     """Causal same-segment attention of rows split over the mesh's `context` axis: q [B, T, H, D], k and v
-    [B, T, K, D], `segment_ids` [B, T] and `order` [T] (each token's place in the row) laid out as the split lays
-    them; -> [B, T, H, D] (see the module doc)."""
+    [B, T, K, D], `segment_ids` [B, T] and `order` [T] (each token's place in the row: `order_of(T, context,
+    reorder)`; None for rows split as they are) laid out as the split lays them; -> [B, T, H, D] (see the module
+    doc). `kernel`: model.attention's implementation, splash (`uses_splash`) or our blocks."""
     mesh = jax.sharding.get_abstract_mesh()
     parts = context_size(mesh)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
@@ -178,6 +193,15 @@ def attention(q: Array, k: Array, v: Array, segment_ids: Array, order: Array, st
     heads = spec(("batch", "length", "heads", "head_dim"), q)
     kv_heads = spec(("batch", "length", "kv_heads", "head_dim"), k)
     rows = spec(("batch", "length"), segment_ids)
+    if uses_splash(kernel, strategy, q.shape[1] // parts):
+        if kv_heads[2] != heads[2]:  # kv heads that do not split like the query heads: one per query head
+            k, v = (jnp.repeat(x, q.shape[2] // k.shape[2], axis=2) for x in (k, v))
+            kv_heads = heads
+        shares = math.prod(dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True))[name]
+                           for name in _names(heads[2]))
+        return _splash(q, k, v, segment_ids, strategy, order_of(q.shape[1], parts, reorder), q.shape[2] // shares,
+                       (heads, kv_heads, rows), block or 512, window, softcap, scale)
+    order = jnp.arange(q.shape[1], dtype=jnp.int32) if order is None else order
 
     def body(q, k, v, seg, order):
         return _local(q, k, v, seg, order, strategy, parts, window, softcap, scale)
@@ -186,18 +210,72 @@ def attention(q: Array, k: Array, v: Array, segment_ids: Array, order: Array, st
                          out_specs=heads)(q, k, v, segment_ids, order)
 
 
-def with_split_attention(acts: dict, model, rows: int, seq_len: int, parts: int, tensor: int) -> dict:
+def uses_splash(kernel: str, strategy: str, tokens: int) -> bool:
+    """Whether rows split with a device's `tokens` of each meet their keys by TPU splash attention: model.attention
+    splash (`auto` on a TPU) with the all_gather or ulysses strategy, and whole splash tiles of 128 tokens a device
+    (ring passes its blocks of keys in plain JAX)."""
+    return kernel == "splash" and strategy != "ring" and tokens % LANES == 0
+
+
+def _names(entry) -> tuple[str, ...]:
+    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
+
+
+def _splash(q, k, v, segment_ids, strategy, order, heads, specs, block, window, softcap, scale):
+    """`attention` by splash: the row's keys, values and segment ids gathered (all_gather) or each device's share of
+    the heads over the whole row (ulysses, an all-to-all), put back in the row's own order; the queries stay in the
+    split's order, the kernel's mask comparing each query's place in the row (`order`) with each key's. all_gather
+    splits the queries over the devices as the kernel's mask information (MaxText's splash with context)."""
+    from instructjax.model.kernels.common import target_platform
+    from instructjax.model.kernels.splash import attend_rows, kernel
+
+    mesh, (q_spec, kv_spec, rows), interpret = jax.sharding.get_abstract_mesh(), specs, target_platform() != "tpu"
+    length, parts = q.shape[1], context_size()
+    back = None if np.array_equal(order, np.arange(length)) else np.argsort(order)
+    in_row = lambda x: x if back is None else jnp.take(x, back, axis=1)  # noqa: E731  the row in its own order
+    gathered = lambda x: in_row(jax.lax.all_gather(x, AXIS, axis=1, tiled=True))  # noqa: E731
+    if strategy == "all_gather":
+        run = kernel(length, heads, _tile(length // parts, block), window, softcap, interpret, query_order=order,
+                     query_shards=parts)
+        run_spec = run.manual_sharding_spec(jax.sharding.NamedSharding(mesh, PartitionSpec(None, AXIS)))
+
+        def body(q, k, v, seg, run):
+            return attend_rows(run, q, gathered(k), gathered(v), seg, gathered(seg), scale)
+    else:  # ulysses: [b, t, h, D] -> [b, T, h / parts, D] and back
+        run = kernel(length, heads // parts, _tile(length, block), window, softcap, interpret, query_order=order)
+        run_spec = PartitionSpec()
+
+        def body(q, k, v, seg, run):
+            q, k, v = (jax.lax.all_to_all(x, AXIS, 2, 1, tiled=True) for x in (q, k, v))
+            seg = jax.lax.all_gather(seg, AXIS, axis=1, tiled=True)
+            out = attend_rows(run, q, in_row(k), in_row(v), seg, in_row(seg), scale)
+            return jax.lax.all_to_all(out, AXIS, 1, 2, tiled=True)
+
+    return jax.shard_map(body, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, rows, run_spec), out_specs=q_spec,
+                         check_vma=False)(q, k, v, segment_ids.astype(jnp.int32), run)
+
+
+def _tile(tokens: int, block: int) -> int:
+    """The largest splash tile (a multiple of 128 tokens, at most `block`) that divides `tokens`."""
+    return next(size for size in range(min(block, tokens) // LANES * LANES, 0, -LANES) if tokens % size == 0)
+
+
+def with_split_attention(acts: dict, model, rows: int, seq_len: int, parts: int, tensor: int,
+                         platform: str = "tpu") -> dict:
     """A plan's activation figures (train/memory.py `activation_bytes`, for a device's share of each row) with one
     layer's attention over rows split `parts` ways (`layer_bytes`) in the recomputed layer's working set, and with
-    `remat: full` what the compiler keeps of each layer's keys and values (`kept_bytes`) beside its saved input; as
-    they are for whole rows."""
+    `remat: full` what the compiler keeps of each layer's keys and values around our blocks (`kept_bytes`; nothing
+    around splash) beside its saved input; as they are for whole rows."""
     if parts == 1:
         return acts
-    recompute = acts["recompute"] + layer_bytes(model, rows, seq_len, parts, tensor)
-    saved = acts["saved"] + (kept_bytes(model, rows, seq_len // parts, tensor, parts) if model.remat == "full" else 0)
+    splash = uses_splash(implementation_for(model.attention, platform), model.context_strategy, seq_len // parts)
+    recompute = acts["recompute"] + layer_bytes(model, rows, seq_len, parts, tensor, splash)
+    kept = model.remat == "full" and not splash
+    saved = acts["saved"] + (kept_bytes(model, rows, seq_len // parts, tensor, parts) if kept else 0)
     return {**acts, "saved": saved, "recompute": recompute, "layers": saved + recompute,
             "total": saved + max(recompute, acts["logits"]),
-            "attention": f"context-split ({model.context_strategy}, 1/{parts} of each row a device)"}
+            "attention": f"context-split ({model.context_strategy}{' by splash' if splash else ''}, 1/{parts} of "
+                         "each row a device)"}
 
 
 def kept_bytes(model, rows: int, tokens: int, tensor: int, parts: int) -> int:
@@ -212,17 +290,18 @@ def kept_bytes(model, rows: int, tokens: int, tensor: int, parts: int) -> int:
     return int(model.num_layers * rows * tokens * held * kv * model.head_dim * np.dtype(model.dtype).itemsize)
 
 
-def layer_bytes(model, rows: int, seq_len: int, parts: int, tensor: int) -> int:
+def layer_bytes(model, rows: int, seq_len: int, parts: int, tensor: int, splash: bool = False) -> int:
     """A device's bytes for one layer's attention over rows split `parts` ways (model/context.py; 0 unsplit): the
     keys and values it meets at once (all_gather: the row's; ring: its own block and the one arriving; ulysses: the
-    row's queries, keys and values for its share of the heads), and one tile of scores [rows, heads, QUERY_ROWS, t]
-    in float32 with its probabilities (t = seq_len / parts; ulysses' heads / parts)."""
+    row's queries, keys and values for its share of the heads), and with our blocks (not `splash`, whose tiles stay
+    on chip) one tile of scores [rows, heads, QUERY_ROWS, t] in float32 with its probabilities (t = seq_len / parts;
+    ulysses' heads / parts)."""
     if parts == 1:
         return 0
     c, t = np.dtype(model.dtype).itemsize, seq_len // parts
     heads, kv = model.num_heads / tensor, max(model.num_kv_heads / tensor, 1)
     queries = min(seq_len if model.context_strategy == "ulysses" else t, QUERY_ROWS)
-    scores = 8 * rows * heads * queries * t / (parts if model.context_strategy == "ulysses" else 1)
+    scores = 0 if splash else 8 * rows * heads * queries * t / (parts if model.context_strategy == "ulysses" else 1)
     if model.context_strategy == "all_gather":
         return int(2 * c * rows * seq_len * kv * model.head_dim + scores)
     if model.context_strategy == "ring":

@@ -104,6 +104,7 @@ class Attention(nnx.Module):
         self.k_norm = Norm(k_norm[0], config, k_norm[1]) if config.qk_norm else None
         self.implementation, self.block = config.attention, config.attention_block
         self.backward_block, self.context_strategy = config.attention_backward_block, config.context_strategy
+        self.context_reorder = config.context_reorder
         self.scale, self.softcap = config.query_scale or d ** -0.5, config.attention_softcap
         self.windows = layer_windows(config)
 
@@ -127,9 +128,11 @@ class Attention(nnx.Module):
         q, k, v = self.qkv(x, *kinds.rope(kind), key)
 
         def kernel(i: int):
-            if kinds.order is not None:  # the row split over the mesh's context axis
-                return lambda q, k, v: context.attention(q, k, v, kinds.masks[i], kinds.order, self.context_strategy,
-                                                         window=self.windows[i], softcap=self.softcap, scale=self.scale)
+            if kinds.order is not None or context.context_size() > 1:  # the row split over the mesh's context axis
+                return lambda q, k, v: context.attention(
+                    q, k, v, kinds.masks[i], kinds.order, self.context_strategy, window=self.windows[i],
+                    reorder=self.context_reorder if kinds.order is not None else "none", softcap=self.softcap,
+                    kernel=attention.implementation_for(self.implementation), block=self.block, scale=self.scale)
             return lambda q, k, v: attention.self_attention(
                 q, k, v, kinds.masks[i], attention.implementation_for(self.implementation), self.block, self.backward_block,
                 window=self.windows[i], softcap=self.softcap, scale=self.scale)
@@ -315,9 +318,7 @@ class Decoder(nnx.Module):
         else:
             ropes = tuple(rope.cos_sin(positions, config, kind) for kind in types)
         implementation = attention.implementation_for(config.attention)
-        if order is None and not decoding and context.context_size() > 1:  # split as they are
-            order = jnp.arange(segment_ids.shape[1], dtype=jnp.int32)
-        if order is not None:
+        if not decoding and (order is not None or context.context_size() > 1):  # split (as they are: order None)
             implementation = "context"  # model/context.py meets the keys by their segment ids and places
         masks = () if decoding else tuple(attention.mask_input(implementation, segment_ids, w) for w in windows)
         return LayerKinds(masks, ropes, None if decoding else segment_ids > 0, order)

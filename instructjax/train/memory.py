@@ -101,7 +101,7 @@ def device_memory(model: DecoderConfig, sizes: dict[str, int], *, rows: int, seq
     loss_tokens = -(-loss_chunk // shards) if loss_chunk else 0  # a chunk is split over rows
     acts = activation_bytes(model, per_device, seq_len // parts, sizes["tensor"], platform, loss_tokens,
                             head_slices=shards, onchip=onchip, experts=sizes.get("expert", 1))
-    acts = context.with_split_attention(acts, model, per_device, seq_len, parts, sizes["tensor"])  # 1: as it is
+    acts = context.with_split_attention(acts, model, per_device, seq_len, parts, sizes["tensor"], platform)
     return memory, {**acts, "rows": per_device, "seq_len": seq_len}
 
 

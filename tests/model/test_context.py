@@ -1,8 +1,9 @@
 """Rows split over the mesh's `context` axis (model/context.py), on 8 CPU devices: attention by each strategy, with
 each reorder, equals the dense reference (model/attention.py's `xla`, rows whole) in value and in every gradient on
 packed rows of three segments and padding, with and without a sliding window and a soft-cap; a broken segment mask
-is caught; a tiny LLaMA, a Gemma-2-like model (windows, soft-caps) and a mixture of experts train to the same loss
-and gradients as on one device; what cannot split is one line."""
+is caught; TPU splash attention (interpret mode) over split rows likewise; a tiny LLaMA, a Gemma-2-like model
+(windows, soft-caps; with splash too) and a mixture of experts train to the same loss and gradients as on one device;
+what cannot split is one line."""
 
 from __future__ import annotations
 
@@ -95,6 +96,41 @@ def test_queries_met_a_few_rows_at_a_time_give_the_same(want, monkeypatch, strat
     test_attention_over_split_rows_is_the_dense_reference(want, strategy, shape, "none")
 
 
+SPLASH = [("all_gather", {"context": 4}, "striped"), ("ulysses", {"context": 2}, "dual_chunk_swap")]
+
+
+@pytest.mark.parametrize("strategy, shape, reorder", SPLASH, ids=lambda x: x if isinstance(x, str) else
+                         "_".join(f"{k}{v}" for k, v in x.items()))
+def test_splash_over_split_rows_is_the_dense_reference(strategy, shape, reorder):
+    """TPU splash attention (interpret mode) meeting a split row's keys: rows of 512 tokens in three segments and
+    padding, 128 a device at context 4, in value and every gradient the dense reference's on whole rows; a kernel
+    whose mask ignores the reorder (queries compared by their place in the split, not in the row) is caught."""
+    length = 512
+    rng = np.random.default_rng(0)
+    q, k, v, cotangent = (jnp.asarray(rng.normal(size=(B, length, n, D)), jnp.float32) for n in (4, 2, 2, 4))
+    segments = jnp.asarray(np.stack([np.repeat([1, 2, 3, 0], [150, 200, 140, 22]), np.repeat([1, 2, 3], [60, 300, 152])]),
+                           jnp.int32)
+    want_value, want_grads = _loss(_reference)(q, k, v, cotangent, segments)
+    order, mesh = context.order_of(length, shape["context"], reorder), sharding.make_mesh(shape, jax.devices()[: np.prod(list(shape.values()))])
+
+    def split(told):
+        def attend(q, k, v, segments, window, softcap):
+            deal = lambda x: jnp.take(x, order, axis=1)  # noqa: E731
+            out = context.attention(deal(q), deal(k), deal(v), deal(segments), None, strategy, reorder=told,
+                                    kernel="splash", block=128, window=window, softcap=softcap)
+            return jnp.take(out, np.argsort(order), axis=1)
+
+        return attend
+
+    with jax.set_mesh(mesh):
+        value, grads = _loss(split(reorder))(q, k, v, cotangent, segments)
+        unordered, _ = _loss(split("none"))(q, k, v, cotangent, segments)
+    assert abs(float(value) - float(want_value)) <= 1e-5 * abs(float(want_value))
+    for got, ref, name in zip(grads, want_grads, "qkv", strict=True):
+        np.testing.assert_allclose(np.asarray(got), np.asarray(ref), atol=1e-5, rtol=1e-5, err_msg=name)
+    assert abs(float(unordered) - float(want_value)) > 1e-2
+
+
 def test_the_reorders_balance_causal_work():
     """Each device's causal pairs (query, key at or before it) on a row of 64 tokens over 4 devices: the split as it
     is gives the last device 6.6 times the first's (904 pairs to 136); dual-chunk swap gives all the same; striped
@@ -112,23 +148,25 @@ MODELS = {
     "gemma2": dict(sliding_window=8, layer_types=("sliding", "full"), attention_softcap=20.0, final_softcap=15.0),
     "moe": dict(num_experts=4, experts_per_token=2),
 }
-RUNS = [("llama", {"context": 4}, "ring"), ("llama", {"data": 2, "context": 4}, "all_gather"),
-        ("gemma2", {"context": 2}, "ulysses"),
-        ("moe", {"data": 2, "context": 4}, "ring")]
+RUNS = [("llama", {"context": 4}, "ring", "auto"), ("gemma2", {"context": 2}, "ulysses", "auto"),
+        ("moe", {"data": 2, "context": 4}, "all_gather", "auto"), ("gemma2", {"data": 2, "context": 2}, "all_gather", "splash")]
 
 
-@pytest.mark.parametrize("family, shape, strategy", RUNS, ids=lambda x: x if isinstance(x, str) else
+@pytest.mark.parametrize("family, shape, strategy, kernel", RUNS, ids=lambda x: x if isinstance(x, str) else
                          "_".join(f"{k}{v}" for k, v in x.items()))
-def test_a_model_on_split_rows_trains_as_on_one_device(family, shape, strategy):
+def test_a_model_on_split_rows_trains_as_on_one_device(family, shape, strategy, kernel):
     """The train step's forward (rows dealt out striped, each token's loss put back; NEFTune's noise, the
-    loss in chunks of 16 tokens) and the gradient of every parameter equal the whole rows' on one device."""
-    config = preset("tiny", dtype="float32", scan_layers=False, context_strategy=strategy, **MODELS[family])
+    loss in chunks of 16 tokens) and the gradient of every parameter equal the whole rows' on one device; with
+    model.attention: splash, rows of 256 tokens (whole splash tiles a device)."""
+    config = preset("tiny", dtype="float32", scan_layers=False, context_strategy=strategy, attention=kernel,
+                    **MODELS[family])
     graphdef, params = nnx.split(Decoder(config, rngs=nnx.Rngs(0)), nnx.Param)
     rng = np.random.default_rng(1)
-    tokens = rng.integers(3, config.vocab_size, (B, T)) * (SEGMENTS > 0)
-    positions = np.stack([np.concatenate([np.arange(np.sum(r == s)) for s in np.unique(r)]) for r in SEGMENTS])
+    segments = SEGMENTS if kernel == "auto" else np.repeat(SEGMENTS, 8, axis=1)
+    tokens = rng.integers(3, config.vocab_size, segments.shape) * (segments > 0)
+    positions = np.stack([np.concatenate([np.arange(np.sum(r == s)) for s in np.unique(r)]) for r in segments])
     batch = {"tokens": jnp.asarray(tokens, jnp.int32), "positions": jnp.asarray(positions, jnp.int32),
-             "segment_ids": jnp.asarray(SEGMENTS), "targets": jnp.asarray(np.roll(tokens, -1, 1), jnp.int32)}
+             "segment_ids": jnp.asarray(segments), "targets": jnp.asarray(np.roll(tokens, -1, 1), jnp.int32)}
 
     def loss(p, b):
         nll, _ = forward(graphdef, p, b, 16, neftune_noise(5.0, jax.random.key(3)))
@@ -152,7 +190,10 @@ def test_a_model_on_split_rows_trains_as_on_one_device(family, shape, strategy):
      "a row of 516 tokens (data.seq_len) does not split over mesh.context=4 into 2 x context chunks"),
     (["mesh.context=4", "model.context_strategy=ulysses"], "the model's 4 heads and 2 kv heads"),
     (["mesh.context=16"], "does not divide 8 devices"),
-    (["mesh.context=4", "model.attention=splash"], "model.attention: splash does not run over rows split by mesh"),
+    (["mesh.context=4", "model.attention=pallas_gpu"], "model.attention: pallas_gpu does not run over rows split by"),
+    (["mesh.context=4", "model.attention=splash", "model.context_strategy=ring"], "splash does not pass blocks of keys"),
+    (["mesh.context=8", "model.attention=splash"], "in whole splash tiles of 128 a device (model.attention: splash): "
+     "make it a multiple of 1024"),
 ])
 def test_rows_that_cannot_split_are_one_line(capsys, overrides, words):
     argv = ["plan", "--config", "/dev/null", "model.preset=tiny", "data.mixture=alpaca_builtin", "data.seq_len=512",
@@ -164,7 +205,7 @@ def test_rows_that_cannot_split_are_one_line(capsys, overrides, words):
 
 
 def test_mesh_auto_splits_rows_only_where_no_whole_row_fits_and_then_the_least():
-    """`mesh: auto` for Llama-3.1-8B rows of 81,920 tokens, 8 a step, on a v4-64 (32 GiB chips): every mesh that
+    """`mesh: auto` for Llama-3.1-8B rows of 98,304 tokens, 8 a step, on a v4-64 (32 GiB chips): every mesh that
     keeps a row whole on a device is planned not to fit, and so is every one with context 2; plan takes a context-4
     mesh, which fits. Brute force over the explicit meshes, each planned on its own."""
     import dataclasses
@@ -176,7 +217,7 @@ def test_mesh_auto_splits_rows_only_where_no_whole_row_fits_and_then_the_least()
     from instructjax.train.topology import tpu_topology
 
     config = load_config(None, ["model.preset=llama3.1-8b", "model.remat=full", "data.mixture=alpaca_builtin",
-                                "data.seq_len=81920", "data.global_batch=8", "mesh=auto"])
+                                "data.seq_len=98304", "data.global_batch=8", "mesh=auto"])
     topology, resolution = tpu_topology("v4-64"), resolve(config, sizes=ESTIMATE).counted()
     chosen = plan_with_proposal(config, topology, resolution=resolution)
     assert chosen.fits and chosen.mesh.get("context") == 4, chosen.mesh

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from instructjax.model.kernels.common import pad_to_blocks, per_shard, target_platform
 
@@ -13,25 +14,42 @@ Array = jax.Array
 LANES = 128  # splash tiles are multiples of this
 
 
-def _kernel(length: int, heads: int, block: int, window: int | None, softcap: float | None, interpret: bool):
+def kernel(length: int, heads: int, block: int, window: int | None, softcap: float | None, interpret: bool, *,
+           query_order: np.ndarray | None = None, query_shards: int = 1):
+    """The splash kernel for rows of `length` tokens and `heads` query heads: causal (within `window` where the layer
+    has one). `query_order`: each query's place in the row where the queries come in another order than the keys
+    (rows split over a `context` axis after a reorder, model/context.py); `query_shards`: the devices the queries are
+    split over, the kernel's mask information split alike (pass the kernel into `shard_map` with
+    `kernel.manual_sharding_spec`)."""
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
 
     shape = (length, length)
     # a query sees the `window` keys ending at itself: window - 1 to its left
     one = masks.CausalMask(shape) if window is None else masks.LocalMask(shape, (window - 1, 0), offset=0)
+    if query_order is not None:
+        one.q_sequence = np.asarray(query_order, np.int32)  # the mask compares places in the row (MaxText's
+        # load-balanced masks)
     mask = masks.MultiHeadMask([one for _ in range(heads)])
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                               block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
-    return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret,
-                                  attn_logits_soft_cap=softcap)
+    return splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=query_shards,
+                                  interpret=interpret, attn_logits_soft_cap=softcap)
+
+
+def attend_rows(run, q: Array, k: Array, v: Array, query_segments: Array, key_segments: Array, scale: float) -> Array:
+    """`run` (a `kernel`) on each row: q [b, t, h, D], k/v [b, s, kh, D], segment ids [b, t] and [b, s] -> [b, t, h, D]."""
+    from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import SegmentIds
+
+    one_row = lambda q, k, v, sq, sk: run(q, k, v, SegmentIds(sq, sk))  # noqa: E731  [h, t, D] per row
+    out = jax.vmap(one_row)((q * scale).astype(q.dtype).transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3),
+                            v.transpose(0, 2, 1, 3), query_segments, key_segments)
+    return out.transpose(0, 2, 1, 3)
 
 
 def splash_attention(q: Array, k: Array, v: Array, segment_ids: Array, *, block: int = 512, scale: float,
                      window: int | None = None, softcap: float | None = None) -> Array:
     """Causal same-segment attention by TPU splash attention; q [B, T, H, D], k/v [B, T, K, D] -> [B, T, H, D]."""
-    from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import SegmentIds
-
     t = q.shape[1]
     block = min(block, -(-t // LANES) * LANES)  # tiles are whole multiples of the TPU's 128 lanes
     if block % LANES:
@@ -39,11 +57,8 @@ def splash_attention(q: Array, k: Array, v: Array, segment_ids: Array, *, block:
     q, k, v, segment_ids = pad_to_blocks(block, q, k, v, segment_ids.astype(jnp.int32))
     interpret = target_platform() != "tpu"  # the slice compiled for, not this host
 
-    def kernel(q, k, v, segment_ids):  # one shard: [b, T, h, D], [b, T, kh, D], [b, T]
-        run = _kernel(q.shape[1], q.shape[2], block, window, softcap, interpret)
-        one_row = lambda q, k, v, s: run(q, k, v, SegmentIds(s, s))  # noqa: E731  [h, T, D] per row
-        out = jax.vmap(one_row)((q * scale).astype(q.dtype).transpose(0, 2, 1, 3), k.transpose(0, 2, 1, 3),
-                                v.transpose(0, 2, 1, 3), segment_ids)
-        return out.transpose(0, 2, 1, 3)
+    def one_shard(q, k, v, segment_ids):  # [b, T, h, D], [b, T, kh, D], [b, T]
+        run = kernel(q.shape[1], q.shape[2], block, window, softcap, interpret)
+        return attend_rows(run, q, k, v, segment_ids, segment_ids, scale)
 
-    return per_shard(kernel, q, k, v, segment_ids)[:, :t]
+    return per_shard(one_shard, q, k, v, segment_ids)[:, :t]
