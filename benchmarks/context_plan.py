@@ -11,7 +11,8 @@ plan's `USABLE`). Then (unless `--no-rows`) the config itself at 32K, 64K and 12
     python benchmarks/context_plan.py [--slices v5p-64,v4-64,v5e-32] [--contexts 1,2,4,8] [--no-compile]
         [--no-rows] [--no-write]
 
-Compiling an 8B step on 2 idle CPU cores takes 40 s to 3 minutes (the whole run about 20 minutes); `--no-compile` gives plan's table alone in seconds.
+Compiling an 8B step on 2 idle CPU cores takes 40 s to 14 minutes (v5p-64 at 384K: the whole run about an hour;
+`--slices`/`--contexts` pick a part); `--no-compile` gives plan's table alone in seconds.
 """
 
 from __future__ import annotations
