@@ -26,7 +26,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from instructjax.core.sharding import with_logical_constraint
-from instructjax.model import attention, context, rope
+from instructjax.model import attention, context, lora, rope
 from instructjax.model.config import DecoderConfig
 from instructjax.model.layers import (  # noqa: F401  (PROJECTIONS: the layer's named activations, imported from here)
     ACTIVATIONS,
@@ -326,10 +326,10 @@ class Decoder(nnx.Module):
     def _train_layers(self, x: Array, kind_ids: np.ndarray, kinds: LayerKinds,
                       key: Array | None) -> tuple[Array, RouterStats | None]:
         """The layers without a cache, and the sparse layers' router stats (stacked); a `key` reaches each layer as
-        an argument (remat's recompute draws the same dropout masks)."""
+        an argument, a key a token made of it there (remat's recompute draws the same dropout masks)."""
         def run_layer(layer: DecoderLayer, x: Array, kind: Array | int, kinds: LayerKinds,
                       key: Array | None) -> tuple[Array, RouterStats | None]:
-            return layer(x, kind, kinds, key)
+            return layer(x, kind, kinds, key if key is None else lora.token_keys(key, *x.shape[:2], kinds.order))
 
         def remat(fn):
             return nnx.remat(fn, policy=remat_policy(self.config.remat)) if self.config.remat != "none" else fn

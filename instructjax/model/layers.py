@@ -108,8 +108,11 @@ def dense(in_shape, out_shape, axes: tuple[str, ...], config: DecoderConfig, *, 
 
 
 def module_key(key: Array | None, name: str) -> Array | None:
-    """A layer's LoRA dropout key for its module `name` (each module its own masks), None without one."""
-    return None if key is None else jax.random.fold_in(key, PROJECTIONS.index(name))
+    """A layer's LoRA dropout keys (a key a token: model/lora.py `token_keys`) for its module `name` (each module
+    its own masks), None without them."""
+    if key is None:
+        return None
+    return jax.vmap(lambda k: jax.random.fold_in(k, PROJECTIONS.index(name)))(key.reshape(-1)).reshape(key.shape)
 
 
 def projections(x: Array, denses: list[Dense], key: Array | None = None) -> list[Array]:

@@ -24,8 +24,8 @@ fused `gate_up_proj`'s gate and up share each expert's A); PEFT refuses a dropou
 `gate_up_proj`, GPT-NeoX's `query_key_value`) is a group of our modules sharing one A, as PEFT's single lora_A: the
 group's first module (q_proj, gate_proj) holds `lora_a`, each module its own part of PEFT's lora_B as `lora_b`, and
 the attention / MLP computes dropout(x) A once for the group. `dropout` (PEFT's `lora_dropout`) drops the LoRA
-branch's input in the train step alone, its masks from the step's key (train/step.py), not torch's: PEFT's exact
-masks cannot be reproduced. `merged` folds the adapters into the kernels (the export without `--adapter`).
+branch's input in the train step alone, its masks from the step's key (train/step.py) and each token's row and
+place in it (`token_keys`: the same whatever the layout), not torch's: PEFT's exact masks cannot be reproduced. `merged` folds the adapters into the kernels (the export without `--adapter`).
 `trainable` / `frozen` / `combine` select the adapters of a params tree read from disk by their names (a tree
 without its model at hand); a run's own trees go through its `Partition`.
 """
@@ -181,15 +181,24 @@ def expert_adapters(config: Any, name: str, in_size: int, out_size: int, axes: t
     return ExpertAdapters(lora_a, lora_b)
 
 
+def token_keys(key: jax.Array, rows: int, length: int, order: jax.Array | None = None) -> jax.Array:
+    """A layer's LoRA dropout keys, one for each token of `rows` rows of `length` [rows, length]: `key` folded with
+    the row and then the token's place in it (`order`: the places of rows split over a context axis,
+    model/context.py), so a token draws the same mask whatever the layout."""
+    places = jnp.arange(length, dtype=jnp.int32) if order is None else order
+    row = lambda r: jax.vmap(lambda p: jax.random.fold_in(jax.random.fold_in(key, r), p))(places)  # noqa: E731
+    return with_logical_constraint(jax.vmap(row)(jnp.arange(rows, dtype=jnp.int32)), ("batch", "length"))
+
+
 def branch_input(x: jax.Array, lora_a: jax.Array, axes: tuple[str, ...], n_in: int, dtype: Any, dropout: float,
-                 key: jax.Array | None = None) -> jax.Array:
-    """The branch's dropout(x) A [tokens, rank] for x [..., *in]. With `key` (the train step's alone) and `dropout` p
-    > 0, x flattened to [tokens, in] keeps the elements where jax.random.bernoulli(key, 1 - p, [tokens, in]) is true,
-    divided by 1 - p (PEFT's nn.Dropout, but not torch's masks)."""
+                 keys: jax.Array | None = None) -> jax.Array:
+    """The branch's dropout(x) A [tokens, rank] for x [..., *in]. With `keys` (a key a token, `token_keys`: the
+    train step's alone) and `dropout` p > 0, each token's x keeps the elements where jax.random.bernoulli(its key,
+    1 - p, [in]) is true, divided by 1 - p (PEFT's nn.Dropout, but not torch's masks)."""
     in_size = math.prod(lora_a.shape[:n_in])
     flat = x.astype(dtype).reshape(-1, in_size)
-    if key is not None and dropout > 0:
-        keep = jax.random.bernoulli(key, 1.0 - dropout, flat.shape)
+    if keys is not None and dropout > 0:
+        keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - dropout, (in_size,)))(keys.reshape(-1))
         flat = jnp.where(keep, flat / (1.0 - dropout), jnp.zeros((), flat.dtype))
     # stored split over fsdp by its rank where its input axis is not (core.sharding), used whole over the rank
     # like a base kernel: gathered, not a matmul split over the rank

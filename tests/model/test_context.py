@@ -144,20 +144,20 @@ def test_the_reorders_balance_causal_work():
 
 
 MODELS = {
-    "llama": dict(),
+    "llama_lora": dict(lora={"rank": 4, "alpha": 8, "dropout": 0.3}),
     "gemma2": dict(sliding_window=8, layer_types=("sliding", "full"), attention_softcap=20.0, final_softcap=15.0),
     "moe": dict(num_experts=4, experts_per_token=2),
 }
-RUNS = [("llama", {"context": 4}, "ring", "auto"), ("gemma2", {"context": 2}, "ulysses", "auto"),
+RUNS = [("llama_lora", {"context": 4}, "ring", "auto"), ("gemma2", {"context": 2}, "ulysses", "auto"),
         ("moe", {"data": 2, "context": 4}, "all_gather", "auto"), ("gemma2", {"data": 2, "context": 2}, "all_gather", "splash")]
 
 
 @pytest.mark.parametrize("family, shape, strategy, kernel", RUNS, ids=lambda x: x if isinstance(x, str) else
                          "_".join(f"{k}{v}" for k, v in x.items()))
 def test_a_model_on_split_rows_trains_as_on_one_device(family, shape, strategy, kernel):
-    """The train step's forward (rows dealt out striped, each token's loss put back; NEFTune's noise, the
-    loss in chunks of 16 tokens) and the gradient of every parameter equal the whole rows' on one device; with
-    model.attention: splash, rows of 256 tokens (whole splash tiles a device)."""
+    """The train step's forward (rows dealt out striped, each token's loss put back; NEFTune's noise, LoRA's
+    dropout, the loss in chunks of 16 tokens) and the gradient of every parameter equal the whole rows' on one
+    device; with model.attention: splash, rows of 256 tokens (whole splash tiles a device)."""
     config = preset("tiny", dtype="float32", scan_layers=False, context_strategy=strategy, attention=kernel,
                     **MODELS[family])
     graphdef, params = nnx.split(Decoder(config, rngs=nnx.Rngs(0)), nnx.Param)
@@ -169,7 +169,8 @@ def test_a_model_on_split_rows_trains_as_on_one_device(family, shape, strategy, 
              "segment_ids": jnp.asarray(segments), "targets": jnp.asarray(np.roll(tokens, -1, 1), jnp.int32)}
 
     def loss(p, b):
-        nll, _ = forward(graphdef, p, b, 16, neftune_noise(5.0, jax.random.key(3)))
+        nll, _ = forward(graphdef, p, b, 16, neftune_noise(5.0, jax.random.key(3)),
+                         jax.random.key(4) if config.lora else None)
         return jnp.sum(nll * (b["segment_ids"] > 0)) / jnp.sum(b["segment_ids"] > 0)
 
     step = jax.jit(jax.value_and_grad(loss))

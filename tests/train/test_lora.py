@@ -187,15 +187,18 @@ def test_a_fused_group_shares_one_a_and_trains_through_it():
 
 
 def test_dropout_drops_the_lora_input_against_numpy():
-    """lora.dropout p: with a key the LoRA branch reads x * mask / (1 - p), mask = jax.random.bernoulli(key, 1 - p,
-    [tokens, in]) (the base path undropped); without a key (eval, score, generate) no dropout."""
+    """lora.dropout p: with keys the LoRA branch reads x * mask / (1 - p), each token's mask
+    jax.random.bernoulli(fold_in(fold_in(key, row), place), 1 - p, [in]) (the base path undropped); without keys
+    (eval, score, generate) no dropout."""
     config = lora_config(dropout=0.25)
     dense = Dense(64, (4, 16), ("embed", "heads", "head_dim"), config, name="q_proj", rngs=nnx.Rngs(0))
     b = np.random.default_rng(1).normal(size=(4, 4, 16)).astype(np.float32)
     dense.lora_b[...] = jnp.asarray(b)
     x = np.random.default_rng(2).normal(size=(2, 3, 64)).astype(np.float32)
     key = jax.random.key(7)
-    mask = np.asarray(jax.random.bernoulli(key, 0.75, (6, 64))).reshape(2, 3, 64)
+    mask = np.asarray([[jax.random.bernoulli(jax.random.fold_in(jax.random.fold_in(key, r), p), 0.75, (64,))
+                        for p in range(3)] for r in range(2)])
+    key = lora.token_keys(key, 2, 3)
     assert 0 < mask.mean() < 1
     a, w = np.asarray(dense.lora_a[...], np.float64), np.asarray(dense.kernel[...], np.float64).reshape(64, 64)
 
