@@ -67,8 +67,8 @@ def layer_windows(config: DecoderConfig) -> tuple[int | None, ...]:
 class LayerKinds(NamedTuple):
     """The arrays that differ between a model's types of layer (`layer_windows`), one entry per type: the
     attention mask input and the RoPE cos/sin (one pair when every type shares it); and the real tokens [B, T]
-    (segment > 0) a mixture of experts counts its router's statistics over (None when decoding); with rows split over
-    a `context` axis, each token's place in its row [T] (model/context.py; the masks are then the segment ids)."""
+    (segment > 0) a mixture of experts counts its router's statistics over (None when decoding); with rows the train
+    step dealt out over a `context` axis, each token's place in its row [T] (model/context.py; None: as they are)."""
 
     masks: tuple[Array, ...]  # `attention.mask_input` per type (empty when decoding)
     ropes: tuple[tuple[Array, Array] | tuple[None, None], ...]
