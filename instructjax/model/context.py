@@ -39,7 +39,7 @@ from instructjax.core.errors import ConfigError
 from instructjax.core.sharding import logical_to_spec
 from instructjax.model.attention import implementation_for
 from instructjax.model.config import CONTEXT_REORDERS, CONTEXT_STRATEGIES  # noqa: F401  (the choices)
-from instructjax.model.kernels.common import MASKED, softcapped
+from instructjax.model.kernels.common import MASKED, softcapped, whole_groups
 
 Array = jax.Array
 AXIS = "context"
@@ -194,12 +194,9 @@ def attention(q: Array, k: Array, v: Array, segment_ids: Array, order: Array | N
     kv_heads = spec(("batch", "length", "kv_heads", "head_dim"), k)
     rows = spec(("batch", "length"), segment_ids)
     if uses_splash(kernel, strategy, q.shape[1] // parts):
-        if kv_heads[2] != heads[2]:  # kv heads that do not split like the query heads: one per query head
-            k, v = (jnp.repeat(x, q.shape[2] // k.shape[2], axis=2) for x in (k, v))
-            kv_heads = heads
-        shares = math.prod(dict(zip(mesh.axis_names, mesh.axis_sizes, strict=True))[name]
-                           for name in _names(heads[2]))
-        return _splash(q, k, v, segment_ids, strategy, order_of(q.shape[1], parts, reorder), q.shape[2] // shares,
+        k, v, kv_heads = whole_groups(q, k, v, heads, kv_heads)
+        local_heads = jax.sharding.NamedSharding(mesh, heads).shard_shape(q.shape)[2]
+        return _splash(q, k, v, segment_ids, strategy, order_of(q.shape[1], parts, reorder), local_heads,
                        (heads, kv_heads, rows), block or 512, window, softcap, scale)
     order = jnp.arange(q.shape[1], dtype=jnp.int32) if order is None else order
 
@@ -215,10 +212,6 @@ def uses_splash(kernel: str, strategy: str, tokens: int) -> bool:
     splash (`auto` on a TPU) with the all_gather or ulysses strategy, and whole splash tiles of 128 tokens a device
     (ring passes its blocks of keys in plain JAX)."""
     return kernel == "splash" and strategy != "ring" and tokens % LANES == 0
-
-
-def _names(entry) -> tuple[str, ...]:
-    return () if entry is None else (entry,) if isinstance(entry, str) else tuple(entry)
 
 
 def _splash(q, k, v, segment_ids, strategy, order, heads, specs, block, window, softcap, scale):

@@ -25,7 +25,8 @@ fused `gate_up_proj`'s gate and up share each expert's A); PEFT refuses a dropou
 group's first module (q_proj, gate_proj) holds `lora_a`, each module its own part of PEFT's lora_B as `lora_b`, and
 the attention / MLP computes dropout(x) A once for the group. `dropout` (PEFT's `lora_dropout`) drops the LoRA
 branch's input in the train step alone, its masks from the step's key (train/step.py) and each token's row and
-place in it (`token_keys`: the same whatever the layout), not torch's: PEFT's exact masks cannot be reproduced. `merged` folds the adapters into the kernels (the export without `--adapter`).
+place in it (`token_keys`: the same whatever the layout), not torch's: PEFT's exact masks cannot be reproduced.
+`merged` folds the adapters into the kernels (the export without `--adapter`).
 `trainable` / `frozen` / `combine` select the adapters of a params tree read from disk by their names (a tree
 without its model at hand); a run's own trees go through its `Partition`.
 """

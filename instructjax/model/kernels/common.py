@@ -59,10 +59,16 @@ def per_shard(kernel, q: Array, k: Array, v: Array, segment_ids: Array) -> Array
 
     q_spec = logical_to_spec(("batch", "length", "heads", "head_dim"), mesh, q.shape, strict=False)
     kv_spec = logical_to_spec(("batch", "length", "kv_heads", "head_dim"), mesh, k.shape, strict=False)
-    if kv_spec[2] != q_spec[2]:
-        group = q.shape[2] // k.shape[2]
-        k, v = jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2)
-        kv_spec = q_spec
+    k, v, kv_spec = whole_groups(q, k, v, q_spec, kv_spec)
     seg_spec = jax.sharding.PartitionSpec(q_spec[0], None)
     return jax.shard_map(kernel, mesh=mesh, in_specs=(q_spec, kv_spec, kv_spec, seg_spec), out_specs=q_spec,
                          check_vma=False)(q, k, v, segment_ids)
+
+
+def whole_groups(q: Array, k: Array, v: Array, q_spec, kv_spec):
+    """k, v and their spec such that each device holds whole groups of query heads and their kv head: where the kv
+    heads (spec `kv_spec`) do not split like the query heads (`q_spec`), repeated to one per query head."""
+    if kv_spec[2] == q_spec[2]:
+        return k, v, kv_spec
+    group = q.shape[2] // k.shape[2]
+    return jnp.repeat(k, group, axis=2), jnp.repeat(v, group, axis=2), q_spec

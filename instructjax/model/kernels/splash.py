@@ -27,9 +27,8 @@ def kernel(length: int, heads: int, block: int, window: int | None, softcap: flo
     shape = (length, length)
     # a query sees the `window` keys ending at itself: window - 1 to its left
     one = masks.CausalMask(shape) if window is None else masks.LocalMask(shape, (window - 1, 0), offset=0)
-    if query_order is not None:
-        one.q_sequence = np.asarray(query_order, np.int32)  # the mask compares places in the row (MaxText's
-        # load-balanced masks)
+    if query_order is not None:  # the mask compares places in the row (as MaxText's load-balanced masks)
+        one.q_sequence = np.asarray(query_order, np.int32)
     mask = masks.MultiHeadMask([one for _ in range(heads)])
     sizes = splash.BlockSizes(block_q=block, block_kv=block, block_kv_compute=block, block_q_dkv=block,
                               block_kv_dkv=block, block_kv_dkv_compute=block, block_q_dq=block, block_kv_dq=block)
@@ -38,7 +37,8 @@ def kernel(length: int, heads: int, block: int, window: int | None, softcap: flo
 
 
 def attend_rows(run, q: Array, k: Array, v: Array, query_segments: Array, key_segments: Array, scale: float) -> Array:
-    """`run` (a `kernel`) on each row: q [b, t, h, D], k/v [b, s, kh, D], segment ids [b, t] and [b, s] -> [b, t, h, D]."""
+    """`run` (a `kernel`) on each row: q [b, t, h, D], k/v [b, s, kh, D], segment ids [b, t] and [b, s]
+    -> [b, t, h, D]."""
     from jax.experimental.pallas.ops.tpu.splash_attention.splash_attention_kernel import SegmentIds
 
     one_row = lambda q, k, v, sq, sk: run(q, k, v, SegmentIds(sq, sk))  # noqa: E731  [h, t, D] per row
