@@ -199,6 +199,9 @@ def branch_input(x: jax.Array, lora_a: jax.Array, axes: tuple[str, ...], n_in: i
     in_size = math.prod(lora_a.shape[:n_in])
     flat = x.astype(dtype).reshape(-1, in_size)
     if keys is not None and dropout > 0:
+        if keys.size != flat.shape[0]:
+            raise ValueError(f"LoRA dropout takes a key a token (lora.token_keys): {keys.shape} keys for "
+                             f"{flat.shape[0]} tokens")
         keep = jax.vmap(lambda k: jax.random.bernoulli(k, 1.0 - dropout, (in_size,)))(keys.reshape(-1))
         flat = jnp.where(keep, flat / (1.0 - dropout), jnp.zeros((), flat.dtype))
     # stored split over fsdp by its rank where its input axis is not (core.sharding), used whole over the rank
