@@ -19,11 +19,12 @@ tokens out before the split (`order_of`: `striped` every N-th token, `dual_chunk
 2N to device i, as MaxText's reorder strategies; on packed rows of several documents only striped balances them),
 the train step undoing it on each token's loss (train/step.py `forward`).
 
-On a TPU (`model.attention: auto` or `splash`) all_gather and ulysses meet the keys by splash attention
-(`_splash`): the keys put back in the row's own order, the kernel's mask comparing each query's place in the row
-with each key's (MaxText's load-balanced masks), all_gather's queries split over the devices with the kernel's mask
-information. Ring, the other platforms, and rows whose share a device is not whole tiles of 128 tokens use the
-blocks above (plain JAX).
+On a TPU (`model.attention: auto` or `splash`) every strategy meets the keys by splash attention (`_splash`): for
+all_gather and ulysses the keys put back in the row's own order, the kernel's mask comparing each query's place in
+the row with each key's (MaxText's load-balanced masks), all_gather's queries split over the devices with the
+kernel's mask information; for ring one kernel a turn, its outputs merged by their log-sum-exps and its backward
+given the row's (kernels/splash_ring.py). The other platforms, and rows whose share a device is not whole tiles of
+128 tokens, use the blocks above (plain JAX).
 """
 
 from __future__ import annotations
@@ -71,8 +72,8 @@ def order_of(length: int, parts: int, reorder: str) -> np.ndarray:
 
 def check(model, sizes: dict[str, int], lengths) -> None:
     """One ConfigError line where rows of `lengths` cannot split over the `context` axis of a mesh of `sizes` for
-    `model` (a DecoderConfig): a GPU kernel named for attention or splash with ring, a row length the split (its
-    reorder, splash's tiles) does not divide, or ulysses' heads."""
+    `model` (a DecoderConfig): a GPU kernel named for attention, a row length the split (its reorder, splash's
+    tiles) does not divide, or ulysses' heads."""
     parts = sizes.get(AXIS, 1)
     if parts == 1:
         return
@@ -80,9 +81,6 @@ def check(model, sizes: dict[str, int], lengths) -> None:
         raise ConfigError(f"model.attention: {model.attention} does not run over rows split by mesh.context={parts}: "
                           "the split rows meet their keys by splash (TPU) or model/context.py's own blocks (plain "
                           "JAX); set model.attention: auto, or mesh.context: 1")
-    if model.attention == "splash" and model.context_strategy == "ring":
-        raise ConfigError(f"model.attention: splash does not pass blocks of keys around a ring (mesh.context={parts}"
-                          "): use model.context_strategy: all_gather or ulysses with it, or model.attention: auto")
     dual, splash = model.context_reorder == "dual_chunk_swap", model.attention == "splash"
     need = math.lcm(parts * (2 if dual else 1), parts * LANES if splash else 1)
     into = " and ".join([*(["into 2 x context chunks (model.context_reorder: dual_chunk_swap)"] if dual else []),
@@ -196,8 +194,8 @@ def attention(q: Array, k: Array, v: Array, segment_ids: Array, order: Array | N
     if uses_splash(kernel, strategy, q.shape[1] // parts):
         k, v, kv_heads = whole_groups(q, k, v, heads, kv_heads)
         local_heads = jax.sharding.NamedSharding(mesh, heads).shard_shape(q.shape)[2]
-        return _splash(q, k, v, segment_ids, strategy, order_of(q.shape[1], parts, reorder), local_heads,
-                       (heads, kv_heads, rows), block or 512, window, softcap, scale)
+        return _splash(q, k, v, segment_ids, strategy, reorder, local_heads, (heads, kv_heads, rows), block or 512,
+                       window, softcap, scale)
     order = jnp.arange(q.shape[1], dtype=jnp.int32) if order is None else order
 
     def body(q, k, v, seg, order):
@@ -209,31 +207,40 @@ def attention(q: Array, k: Array, v: Array, segment_ids: Array, order: Array | N
 
 def uses_splash(kernel: str, strategy: str, tokens: int) -> bool:
     """Whether rows split with a device's `tokens` of each meet their keys by TPU splash attention: model.attention
-    splash (`auto` on a TPU) with the all_gather or ulysses strategy, and whole splash tiles of 128 tokens a device
-    (ring passes its blocks of keys in plain JAX)."""
-    return kernel == "splash" and strategy != "ring" and tokens % LANES == 0
+    splash (`auto` on a TPU) and whole splash tiles of 128 tokens a device, whatever the `strategy`."""
+    del strategy
+    return kernel == "splash" and tokens % LANES == 0
 
 
-def _splash(q, k, v, segment_ids, strategy, order, heads, specs, block, window, softcap, scale):
+def _splash(q, k, v, segment_ids, strategy, reorder, heads, specs, block, window, softcap, scale):
     """`attention` by splash: the row's keys, values and segment ids gathered (all_gather) or each device's share of
-    the heads over the whole row (ulysses, an all-to-all), put back in the row's own order; the queries stay in the
-    split's order, the kernel's mask comparing each query's place in the row (`order`) with each key's. all_gather
-    splits the queries over the devices as the kernel's mask information (MaxText's splash with context)."""
+    the heads over the whole row (ulysses, an all-to-all), put back in the row's own order, the queries staying in
+    the split's order and the kernel's mask comparing each query's place in the row with each key's; or each
+    device's block passed around the ring, a kernel a turn (ring, kernels/splash_ring.py). all_gather and ring split
+    the queries over the devices as the kernel's mask information (MaxText's splash with context)."""
     from instructjax.model.kernels.common import target_platform
     from instructjax.model.kernels.splash import attend_rows, kernel
+    from instructjax.model.kernels.splash_ring import attend_ring, ring_kernels
 
     mesh, (q_spec, kv_spec, rows), interpret = jax.sharding.get_abstract_mesh(), specs, target_platform() != "tpu"
     length, parts = q.shape[1], context_size()
+    order, by_query = order_of(length, parts, reorder), jax.sharding.NamedSharding(mesh, PartitionSpec(None, AXIS))
     back = None if np.array_equal(order, np.arange(length)) else np.argsort(order)
     in_row = lambda x: x if back is None else jnp.take(x, back, axis=1)  # noqa: E731  the row in its own order
     gathered = lambda x: in_row(jax.lax.all_gather(x, AXIS, axis=1, tiled=True))  # noqa: E731
     if strategy == "all_gather":
         run = kernel(length, heads, _tile(length // parts, block), window, softcap, interpret, query_order=order,
                      query_shards=parts)
-        run_spec = run.manual_sharding_spec(jax.sharding.NamedSharding(mesh, PartitionSpec(None, AXIS)))
+        run_spec = run.manual_sharding_spec(by_query)
 
         def body(q, k, v, seg, run):
             return attend_rows(run, q, gathered(k), gathered(v), seg, gathered(seg), scale)
+    elif strategy == "ring":
+        run = ring_kernels(order, parts, reorder, heads, _tile(length // parts, block), window, softcap, interpret)
+        run_spec = tuple(turn.manual_sharding_spec(by_query) for turn in run)
+
+        def body(q, k, v, seg, runs):
+            return attend_ring(runs, q, k, v, seg, scale)
     else:  # ulysses: [b, t, h, D] -> [b, T, h / parts, D] and back
         run = kernel(length, heads // parts, _tile(length, block), window, softcap, interpret, query_order=order)
         run_spec = PartitionSpec()
