@@ -535,6 +535,8 @@ eval:
     from instructjax.core.tracking import run_id
 
     logged = wandb_records.summary(tmp_path, run_id(str(run_dir)))
+    assert "eval/pairwise/vs/b/winning_score" in logged, (  # what there was, should this fail again (it has, rarely)
+        sorted(str(p.relative_to(tmp_path)) for p in tmp_path.glob("wandb/*/*")), sorted(logged))
     assert logged["eval/pairwise/vs/b/winning_score"] == pytest.approx(5 / 3)
     assert logged["eval/suite/ij_gsm|0-shot/protocol/n"] == 4
     assert "none yet" in results["flask"]["replies"]
