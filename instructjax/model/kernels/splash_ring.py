@@ -23,47 +23,39 @@ Array = jax.Array
 AXIS = "context"
 
 
-def _masks():
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
-
-    return masks
-
-
 def ring_turn_mask(order: np.ndarray, parts: int, turn: int, reorder: str, window: int | None):
     """The splash mask of ring turn `turn` for rows dealt out by `order` (model/context.py `order_of(length, parts,
     reorder)`): each query's `q_sequence` is its place in the row shifted left by `bits`, or'ed with the block it
-    meets, (d - turn) mod parts; a key's place follows from its block and index by the reorder's closed form (the
-    kernel computes it, so the mask is never held)."""
-    masks = _masks()
+    meets, (d - turn) mod parts; the kernel computes a key's place from its block and index by the reorder's closed
+    form, so the mask is never held (splash.py `range_mask`)."""
+    from instructjax.model.kernels.splash import range_mask
+
     length, share = len(order), len(order) // parts
     half, bits = share // 2, max(1, (parts - 1).bit_length())
+    meets = (np.arange(length) // share - turn) % parts  # the block each query meets
+    places = np.asarray(order, np.int64)
 
-    class RingTurn(masks._ComputableMask):
-        def __init__(self):
-            super().__init__((length, share), self.sees)
-            device = np.arange(length) // share
-            self.q_sequence = ((np.asarray(order, np.int64) << bits) | ((device - turn) % parts)).astype(np.int32)
-            self.key = (length, parts, reorder, window, bits)
+    def sees(q, kv):  # numpy or jnp (in the kernel) alike
+        place, block = q >> bits, q & ((1 << bits) - 1)
+        if reorder == "striped":
+            key = block + parts * kv
+        elif reorder == "dual_chunk_swap":  # block's chunk, then chunk 2 parts - 1 - block
+            key = block * half + kv + (kv >= half).astype(np.int32) * ((2 * parts - 2 - 2 * block) * half)
+        else:
+            key = block * share + kv
+        seen = key <= place
+        return seen if window is None else seen & (place - key < window)
 
-        def sees(self, q, kv):  # numpy (mask information) or jnp (in the kernel) alike
-            place, block = q >> bits, q & ((1 << bits) - 1)
-            if reorder == "striped":
-                key = block + parts * kv
-            elif reorder == "dual_chunk_swap":  # block's chunk, then chunk 2 parts - 1 - block
-                key = block * half + kv + (kv >= half).astype(np.int32) * ((2 * parts - 2 - 2 * block) * half)
-            else:
-                key = block * share + kv
-            seen = key <= place
-            return seen if window is None else seen & (place - key < window)
-
-        def __eq__(self, other):
-            return (isinstance(other, type(self)) and self.key == other.key
-                    and np.array_equal(self.q_sequence, other.q_sequence))
-
-        def __hash__(self):
-            return hash((self.key, self.q_sequence.tobytes()))
-
-    return RingTurn()
+    # each query's keys in its turn's block, [from, to): a device's places rise with their index, whatever the reorder
+    chunks, see_from, see_to = places.reshape(parts, share), [], []
+    for mine in range(parts):
+        keys = chunks[(mine - turn) % parts]
+        see_to.append(np.searchsorted(keys, chunks[mine], side="right"))
+        see_from.append(np.zeros(share, np.int64) if window is None else
+                        np.searchsorted(keys, chunks[mine] - window, side="right"))
+    q_sequence = ((places << bits) | meets).astype(np.int32)
+    return range_mask((length, share), q_sequence, np.concatenate(see_from), np.concatenate(see_to), sees,
+                      ("ring", parts, reorder, window))
 
 
 def ring_kernels(order: np.ndarray, parts: int, reorder: str, heads: int, block: int, window: int | None,
@@ -92,10 +84,11 @@ def _mask_information(order: bytes, parts: int, reorder: str, turn: int, heads: 
     """Splash's mask information for a turn, for the forward and dq kernels and for the dk/dv kernel, and the mask's
     function for the kernel: its grid not shrunk (splash's `make_splash_mha` shrinks it, which fails where a device's
     queries see none of the turn's keys)."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
     from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask_info as info
 
     one = ring_turn_mask(np.frombuffer(order, np.int32), parts, turn, reorder, window)
-    mask = _masks().MultiHeadMask([one] * heads)
+    mask = masks.MultiHeadMask([one] * heads)
     forward, sees = info._process_mask(mask, (block, block), False, head_shards=1, q_seq_shards=parts,
                                        shrink_grid=False)
     keys, _ = info._process_mask(mask, (block, block), True, head_shards=1, q_seq_shards=parts, shrink_grid=False)
