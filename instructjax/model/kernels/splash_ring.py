@@ -9,6 +9,11 @@
 - Masks: the keys a query meets at turn t are those of device (d - t) mod N; the turn's kernel is one mask over every
   device's queries (split over them as splash's `q_seq_shards`), each query's `q_sequence` carrying its place in the
   row and the block it meets, the mask computing each key's place from its index (`ring_turn_mask`).
+
+Splash offers neither a backward given another log-sum-exp nor a grid left unshrunk, so this calls two private
+functions of jax's splash (`_splash_attention_bwd`, `_process_mask`; their signatures as of jax 0.10.2): the tests
+run both in interpret mode (tests/model/test_context.py, test_splash_masks.py), so a jax that changes them fails
+there first.
 """
 
 from __future__ import annotations
