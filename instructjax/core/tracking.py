@@ -24,7 +24,8 @@ def run_id(run_dir: str) -> str:
 
 def start(config: RunConfig, job: str):
     """The W&B run of `config` (its `wandb:` section), started or resumed for `job` ("train", "eval"); None when
-    the config names no `wandb:` section."""
+    the config names no `wandb:` section. A W&B run still active in this process is finished first (`reinit`):
+    W&B would otherwise hand that run back, and this run's numbers would land in it."""
     section = config.wandb
     if section is None:
         return None
@@ -36,7 +37,7 @@ def start(config: RunConfig, job: str):
     group = section.group or (parts[-2] if len(parts) > 1 else None)
     return wandb.init(project=section.project, entity=section.entity, group=group, name=config.name,
                       id=run_id(config.run_dir), resume="allow", job_type=job, tags=list(section.tags),
-                      mode=section.mode, dir=section.dir, config=to_dict(config))
+                      mode=section.mode, dir=section.dir, config=to_dict(config), reinit=True)
 
 
 def numbers(values: dict, prefix: str = "", sep: str = "/") -> dict[str, float]:

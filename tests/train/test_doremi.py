@@ -24,11 +24,12 @@ def theirs():
 
     with pinned("doremi"):
         from doremi.trainer_update import DoReMiTrainer
-    wandb.init(mode="disabled")
+    run = wandb.init(mode="disabled")
     trainer = DoReMiTrainer()
     trainer.args = types.SimpleNamespace(doremi_optimizer="doremiv1", reweight_eta=doremi.ETA, reweight_eps=doremi.EPS)
     trainer.domain_list = [f"d{i}" for i in range(DOMAINS)]
-    return trainer
+    yield trainer
+    run.finish()  # no W&B run left active for the tests after these
 
 
 def step(rng: np.random.Generator, rows: int, width: int, absent: int | None):

@@ -78,8 +78,9 @@ def theirs():
 
     with pinned("doremi"):
         from doremi.trainer_update import DoReMiTrainer
-    wandb.init(mode="disabled")
-    return DoReMiTrainer()
+    run = wandb.init(mode="disabled")
+    yield DoReMiTrainer()
+    run.finish()  # no W&B run left active for the tests after these
 
 
 def test_each_steps_weights_are_doremis_update_on_its_excess_over_the_reference(runs, theirs):
