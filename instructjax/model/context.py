@@ -191,7 +191,7 @@ def attention(q: Array, k: Array, v: Array, segment_ids: Array, order: Array | N
     heads = spec(("batch", "length", "heads", "head_dim"), q)
     kv_heads = spec(("batch", "length", "kv_heads", "head_dim"), k)
     rows = spec(("batch", "length"), segment_ids)
-    if uses_splash(kernel, strategy, q.shape[1] // parts):
+    if uses_splash(kernel, q.shape[1] // parts):
         k, v, kv_heads = whole_groups(q, k, v, heads, kv_heads)
         local_heads = jax.sharding.NamedSharding(mesh, heads).shard_shape(q.shape)[2]
         return _splash(q, k, v, segment_ids, strategy, reorder, local_heads, (heads, kv_heads, rows), block or 512,
@@ -205,10 +205,9 @@ def attention(q: Array, k: Array, v: Array, segment_ids: Array, order: Array | N
                          out_specs=heads)(q, k, v, segment_ids, order)
 
 
-def uses_splash(kernel: str, strategy: str, tokens: int) -> bool:
-    """Whether rows split with a device's `tokens` of each meet their keys by TPU splash attention: model.attention
-    splash (`auto` on a TPU) and whole splash tiles of 128 tokens a device, whatever the `strategy`."""
-    del strategy
+def uses_splash(kernel: str, tokens: int) -> bool:
+    """Whether rows split with a device's `tokens` of each meet their keys by TPU splash attention (every strategy):
+    model.attention splash (`auto` on a TPU) and whole splash tiles of 128 tokens a device."""
     return kernel == "splash" and tokens % LANES == 0
 
 
@@ -268,7 +267,7 @@ def with_split_attention(acts: dict, model, rows: int, seq_len: int, parts: int,
     around splash) beside its saved input; as they are for whole rows."""
     if parts == 1:
         return acts
-    splash = uses_splash(implementation_for(model.attention, platform), model.context_strategy, seq_len // parts)
+    splash = uses_splash(implementation_for(model.attention, platform), seq_len // parts)
     recompute = acts["recompute"] + layer_bytes(model, rows, seq_len, parts, tensor, splash)
     kept = model.remat == "full" and not splash
     saved = acts["saved"] + (kept_bytes(model, rows, seq_len // parts, tensor, parts) if kept else 0)
