@@ -169,6 +169,8 @@ class Trainer:
         result = TrainResult(self.run_dir, start)
         if primary:
             storage.write_text(self.run_dir / "config.yaml", yaml.safe_dump(to_dict(self.config), sort_keys=False))
+        logger = MetricsLogger(self.run_dir, enabled=primary, resume_step=start if self.resume else None,
+                               tracker=tracking.start(self.config, "train") if primary else None)
         reference = prepare(self.run_dir, self.config, self.model_config, self.build, self.base,
                             self.pipeline.stream, params, start)  # before the pipeline's first batch
         self.pipeline.use_reference(reference)  # stored log-probs the batches carry, or a rollout's reference
@@ -199,9 +201,6 @@ class Trainer:
                 logger.log(step, window.flush(m, tokens, self.sources))
 
         preemption = PreemptionWatch(self.process)
-        # made last before the loop, so that what fails before it leaves no W&B run open (closed in `finally`)
-        logger = MetricsLogger(self.run_dir, enabled=primary, resume_step=start if self.resume else None,
-                               tracker=tracking.start(self.config, "train") if primary else None)
         try:
             with preemption.listening(), jax.set_mesh(self.mesh), memory.memory_errors(self.out_of_memory):
                 self.schedule(start)  # its ops compiled here, not in the wall time of the second step
